@@ -1,0 +1,103 @@
+/**
+ * The closed set of error codes postbox speaks on the wire and throws in process.
+ * Each code says whether retrying the same request later can succeed.
+ */
+export const ERROR_CODES = {
+  /** No successful `hello` yet, or the credentials were rejected. Not retryable with the same credentials. */
+  unauthorized: { retryable: false },
+  /** The frame failed decoding or schema validation. Fix the sender. */
+  invalid_frame: { retryable: false },
+  /** The frame or body is over the negotiated limit; the connection is closed. */
+  too_large: { retryable: false },
+  /** The peer is sending faster than allowed, or a bounded queue is full. Retry after a backoff. */
+  rate_limited: { retryable: true },
+  /** No protocol version in common. Upgrade the client or server. */
+  unsupported_version: { retryable: false },
+  /** The recipient user has no registered device. */
+  unknown_recipient: { retryable: false },
+  /** The sender's device list for a recipient is out of date (E2EE). Refresh and retry. */
+  mismatched_devices: { retryable: false },
+  /** The sender used keys for devices that no longer exist (E2EE). Refresh and retry. */
+  stale_devices: { retryable: false },
+  /** The sender is not a member of the group. */
+  not_member: { retryable: false },
+  /** The session may not perform this action (e.g. an admin action by a non-admin). */
+  forbidden: { retryable: false },
+  /** The group is at its member cap. */
+  group_full: { retryable: false },
+  /** The server is shutting down or its store is unavailable. Retry, maybe on another node. */
+  unavailable: { retryable: true },
+  /** An unexpected server fault. Retried; the request is idempotent. */
+  internal: { retryable: true },
+  /** The connection closed before the request was answered. Retried after reconnect. */
+  disconnected: { retryable: true },
+  /** The client was closed by the application. */
+  closed: { retryable: false },
+} as const satisfies Record<string, { retryable: boolean }>;
+
+/** One of the closed set of postbox error codes. */
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+/** Every error code, for schemas and docs. */
+export const ERROR_CODE_LIST = Object.keys(ERROR_CODES) as [ErrorCode, ...ErrorCode[]];
+
+/** Whether a request that failed with `code` may succeed if retried. */
+export function isRetryable(code: ErrorCode): boolean {
+  return ERROR_CODES[code].retryable;
+}
+
+/**
+ * The one error class of postbox. Check `.code` (or use {@link isPostboxError}) rather than
+ * `instanceof`, which breaks across bundle boundaries.
+ */
+export class PostboxError extends Error {
+  /** Stable, machine-readable code from {@link ERROR_CODES}. */
+  readonly code: ErrorCode;
+  /** Whether retrying may succeed. */
+  readonly retryable: boolean;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'PostboxError';
+    this.code = code;
+    this.retryable = ERROR_CODES[code].retryable;
+  }
+}
+
+/** Type guard that works across bundle copies of postbox. */
+export function isPostboxError(e: unknown): e is PostboxError {
+  return (
+    typeof e === 'object' &&
+    e !== null &&
+    (e as { name?: unknown }).name === 'PostboxError' &&
+    typeof (e as { code?: unknown }).code === 'string' &&
+    (e as { code: string }).code in ERROR_CODES
+  );
+}
+
+/**
+ * Close codes used when postbox closes a connection (WebSocket-compatible numbers).
+ */
+export const CLOSE_CODES = {
+  /** Normal close. */
+  normal: 1000,
+  /** The server is shutting down; reconnect (elsewhere). */
+  goingAway: 1001,
+  /** The transport died without a close handshake. */
+  abnormal: 1006,
+  /** Authentication failed or a frame came before `hello`. */
+  unauthorized: 1008,
+  /** A frame was over the size limit. */
+  tooLarge: 1009,
+  /** A server fault. */
+  internal: 1011,
+  /** No frame arrived within the heartbeat timeout. */
+  heartbeatTimeout: 4000,
+  /** Another connection of the same device replaced this one. */
+  replaced: 4001,
+  /** Too many invalid frames, or a protocol violation. */
+  protocolError: 4002,
+  /** Too many frames too fast. */
+  rateLimited: 4003,
+  /** No protocol version in common. */
+  unsupportedVersion: 4004,
+} as const;

@@ -1,0 +1,120 @@
+/**
+ * The server's storage contract. The store is the source of truth: everything the server
+ * engine keeps in memory is a cache or a hint that can be rebuilt from it.
+ */
+
+/** A user's device. */
+export interface DeviceAddress {
+  user: string;
+  device: string;
+}
+
+/** Status kinds that travel in inbox entries. */
+export type EntryStatus = 'delivered' | 'read' | 'expired';
+
+/** A message to commit: stored once, referenced from every recipient device's inbox. */
+export interface MessageInput {
+  kind: 'msg';
+  /** The authenticated sender (never taken from a frame field). */
+  from: DeviceAddress;
+  /** Client-generated id; with `from` it is the dedupe key. */
+  id: string;
+  /** Recipient user. */
+  to: string;
+  /** Per-(conversation, sender device) sequence number. */
+  seq: number;
+  body: Uint8Array;
+}
+
+/** A client-produced receipt (read) to commit to the recipient's and the sender's other devices. */
+export interface ReceiptInput {
+  kind: 'receipt';
+  from: DeviceAddress;
+  id: string;
+  /** The user whose messages were read. */
+  to: string;
+  status: 'read';
+  ids: string[];
+}
+
+/** One item of an {@link ServerStore.append} batch. */
+export type AppendInput = MessageInput | ReceiptInput;
+
+/** What happened to one appended item. */
+export type AppendOutcome =
+  | {
+      ok: true;
+      /** Commit time; for a duplicate, the original commit time. */
+      ts: number;
+      /** True when `(from, id)` was already committed: nothing was written. */
+      duplicate: boolean;
+      /** Devices that got a new inbox entry (doorbells to ring). */
+      notify: DeviceAddress[];
+    }
+  | { ok: false; code: 'unknown_recipient' };
+
+/** An inbox entry as read back for delivery. */
+export type InboxEntry =
+  | {
+      offset: number;
+      kind: 'msg';
+      id: string;
+      from: DeviceAddress;
+      to: string;
+      seq: number;
+      /** Commit time of the message. */
+      ts: number;
+      body: Uint8Array;
+    }
+  | {
+      offset: number;
+      kind: 'status';
+      status: EntryStatus;
+      ids: string[];
+      /** The user the status is from (delivered/read) or about (expired). */
+      by: string;
+      ts: number;
+    };
+
+/** Result of operations that may put new entries into inboxes. */
+export interface NotifyResult {
+  /** How many entries the operation removed. */
+  count: number;
+  /** Devices that got new inbox entries. */
+  notify: DeviceAddress[];
+}
+
+/**
+ * Durable server state: devices, messages, per-device inboxes, dedupe records.
+ *
+ * Rules every adapter keeps (the conformance suite in `postbox/testing` checks them):
+ * - **Atomic append with dedupe.** Each item of {@link append} is all-or-nothing: its dedupe
+ *   record, its body and an entry in every recipient device's inbox. The whole batch commits
+ *   in one transaction (group commit), and durably before the promise resolves.
+ * - **Recipients are resolved at commit time**: every device of `to` plus every device of the
+ *   sender's user other than the sending device.
+ * - **No skip.** Offsets are monotone per device; a reader that has seen offset X never later
+ *   finds a committed entry with offset ≤ X.
+ * - **Ack produces statuses atomically.** Acking message entries from another user appends
+ *   one `delivered` status per sender user (listing the acked ids) to every device of that user,
+ *   in the same transaction as the deletes.
+ * - **Expiry** removes entries committed before a cutoff and tells senders `expired` the same way.
+ */
+export interface ServerStore {
+  /** For logs and conformance reports. */
+  readonly name: string;
+  /** Records that a device exists (idempotent). Messages go to devices registered at commit time. */
+  registerDevice(device: DeviceAddress, now: number): Promise<void>;
+  /** The user's registered device ids, in registration order. */
+  devices(user: string): Promise<string[]>;
+  /** Commits a batch; see the interface rules. Outcomes are in input order. */
+  append(batch: AppendInput[], now: number): Promise<AppendOutcome[]>;
+  /** Up to `limit` entries of the device's inbox with offset > `after`, in offset order. */
+  readInbox(device: DeviceAddress, after: number, limit: number): Promise<InboxEntry[]>;
+  /** Deletes the device's entries at `offsets` (others' entries and unknown offsets are ignored). */
+  ack(device: DeviceAddress, offsets: number[], now: number): Promise<NotifyResult>;
+  /** Removes entries and dedupe records committed before `cutoff`; tells senders `expired`. */
+  expire(cutoff: number, now: number): Promise<NotifyResult>;
+  /** Releases resources. The data stays for the next open. */
+  close(): Promise<void>;
+}
