@@ -61,6 +61,16 @@ export interface InboundChange {
 
 /**
  * Durable client state. Every method is atomic; the engine serialises calls for one store.
+ *
+ * Rules every adapter keeps (the conformance suite in `postbox/testing` checks them):
+ * - **Sequence with the outbox write.** `enqueue(draft, true)` gives the draft's conversation its
+ *   next sequence number (1, 2, 3, … per conversation) in the same atomic write that stores the
+ *   entry; a re-opened store continues the count, never reuses or skips a number.
+ * - **Durable outbox.** Entries stay `pending` (and are returned by `pending()` in enqueue order)
+ *   until `setStatus` moves them on, across re-opens.
+ * - **Inbound dedupe.** A message is stored at most once per `(from, fromDevice, id)`.
+ * - **Held and released.** A message inserted with `held: true` is returned by `held()` until a
+ *   later change lists its id in `release`; stream positions persist across re-opens.
  */
 export interface ClientStore {
   /** For logs and conformance reports. */
@@ -77,8 +87,10 @@ export interface ClientStore {
   /** An outgoing item by id. */
   outgoing(id: string): Promise<OutboxEntry | undefined>;
   /**
-   * Applies one inbound change atomically. Returns `inserted: false` when the message was a
-   * duplicate (nothing else in the change is applied then).
+   * Applies one inbound change atomically. When `insert` is a duplicate (its
+   * `(from, fromDevice, id)` is already stored, held or not) nothing of the change is applied and
+   * `inserted` is false; otherwise the whole change is applied and `inserted` tells whether it
+   * carried a message.
    */
   applyInbound(change: InboundChange): Promise<{ inserted: boolean }>;
   /** Next expected sequence for a stream key, or undefined when never seen. */

@@ -37,10 +37,17 @@ function decodeWith<S extends z.ZodType>(schema: S, data: Uint8Array, maxBytes: 
   }
   const parsed = schema.safeParse(raw);
   if (!parsed.success) {
-    const t = typeof raw === 'object' && raw !== null ? (raw as { t?: unknown }).t : undefined;
-    throw new PostboxError('invalid_frame', `frame ${JSON.stringify(t)} failed validation: ${parsed.error.issues[0]?.message ?? 'invalid'}`, {
-      cause: parsed.error,
-    });
+    const { t, r } = typeof raw === 'object' && raw !== null ? (raw as { t?: unknown; r?: unknown }) : {};
+    const issue = parsed.error.issues[0];
+    const where = issue && issue.path.length > 0 ? ` at ${issue.path.map(String).join('.')}` : '';
+    const options: { cause: unknown; requestId?: number } = { cause: parsed.error };
+    // Echoing the request id lets the sender fail that one request instead of waiting forever.
+    if (typeof r === 'number' && Number.isInteger(r) && r >= 0 && r <= 0xffffffff) options.requestId = r;
+    throw new PostboxError(
+      'invalid_frame',
+      `frame ${typeof t === 'string' ? JSON.stringify(t.slice(0, 16)) : `of type ${typeof t}`} failed validation${where}: ${issue?.message ?? 'invalid'}`,
+      options,
+    );
   }
   return parsed.data;
 }

@@ -55,11 +55,17 @@ export class PostboxError extends Error {
   readonly code: ErrorCode;
   /** Whether retrying may succeed. */
   readonly retryable: boolean;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
+  /**
+   * The request id of the frame that failed, when it could be read even though the frame was
+   * invalid, so the error can be answered to that request.
+   */
+  readonly requestId: number | undefined;
+  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; requestId?: number }) {
     super(message, options);
     this.name = 'PostboxError';
     this.code = code;
     this.retryable = ERROR_CODES[code].retryable;
+    this.requestId = options?.requestId;
   }
 }
 

@@ -13,7 +13,7 @@ const user = z.string().min(1).max(128);
 const device = z.string().min(1).max(64);
 const reqId = z.number().int().nonnegative().max(0xffffffff);
 const offset = z.number().int().nonnegative();
-const bytes = z.instanceof(Uint8Array);
+const bytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array, { message: 'expected binary' });
 
 /** Wire form of a receipt status: `d` delivered, `r` read, `x` expired. */
 export const wireStatus = z.enum(['d', 'r', 'x']);

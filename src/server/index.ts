@@ -3,3 +3,5 @@
  * @packageDocumentation
  */
 export type * from './store.js';
+export { createServer, PostboxServer } from './engine.js';
+export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './engine.js';

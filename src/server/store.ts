@@ -88,17 +88,25 @@ export interface NotifyResult {
  * Durable server state: devices, messages, per-device inboxes, dedupe records.
  *
  * Rules every adapter keeps (the conformance suite in `postbox/testing` checks them):
- * - **Atomic append with dedupe.** Each item of {@link append} is all-or-nothing: its dedupe
- *   record, its body and an entry in every recipient device's inbox. The whole batch commits
- *   in one transaction (group commit), and durably before the promise resolves.
- * - **Recipients are resolved at commit time**: every device of `to` plus every device of the
- *   sender's user other than the sending device.
- * - **No skip.** Offsets are monotone per device; a reader that has seen offset X never later
- *   finds a committed entry with offset ≤ X.
- * - **Ack produces statuses atomically.** Acking message entries from another user appends
- *   one `delivered` status per sender user (listing the acked ids) to every device of that user,
- *   in the same transaction as the deletes.
- * - **Expiry** removes entries committed before a cutoff and tells senders `expired` the same way.
+ * - **Atomic append with dedupe.** Each item of {@link ServerStore.append} is all-or-nothing:
+ *   its dedupe record, its body (stored once) and one entry in every recipient device's inbox.
+ *   The whole batch commits in one transaction (group commit), durably, before the promise
+ *   resolves. A second item with a known `(from.user, from.device, id)`, in the same batch or
+ *   any later one, writes nothing and reports `duplicate: true` with the original commit time.
+ * - **Recipients are resolved at commit time.** A message or receipt to user `to` goes to every
+ *   device of `to` plus every device of the sender's user other than the sending device. When
+ *   `to` has no device the item fails with `unknown_recipient` and writes nothing.
+ * - **No skip.** Offsets are positive and strictly increasing per device; a reader that has seen
+ *   offset X never later finds a committed entry with offset ≤ X.
+ * - **Delivered once.** When a device of the recipient user acks a message entry, and no device
+ *   of that user had acked the same message before, one `delivered` status (listing the ids,
+ *   `by` the recipient user) is appended to every device of the sender's user, in the same
+ *   transaction as the delete. Acks by the sender's own other devices produce nothing.
+ * - **Store once, reference many.** A body is kept while any inbox entry references it.
+ * - **Expiry.** {@link ServerStore.expire} removes inbox entries committed before the cutoff;
+ *   for each removed message that no recipient device had acked, an `expired` status (`by` the
+ *   recipient user) is appended, at `now`, to every device of the sender's user. Dedupe records
+ *   older than the cutoff are dropped.
  */
 export interface ServerStore {
   /** For logs and conformance reports. */
@@ -111,7 +119,11 @@ export interface ServerStore {
   append(batch: AppendInput[], now: number): Promise<AppendOutcome[]>;
   /** Up to `limit` entries of the device's inbox with offset > `after`, in offset order. */
   readInbox(device: DeviceAddress, after: number, limit: number): Promise<InboxEntry[]>;
-  /** Deletes the device's entries at `offsets` (others' entries and unknown offsets are ignored). */
+  /**
+   * Deletes the device's entries at `offsets`; offsets the device does not have (already acked,
+   * never existed) are ignored, and no other device's entry is ever touched. Returns how many
+   * entries were deleted and which devices got a `delivered` status.
+   */
   ack(device: DeviceAddress, offsets: number[], now: number): Promise<NotifyResult>;
   /** Removes entries and dedupe records committed before `cutoff`; tells senders `expired`. */
   expire(cutoff: number, now: number): Promise<NotifyResult>;

@@ -1,0 +1,148 @@
+// The main job: a scripted tour of postbox's promise, with a transcript and a checked summary.
+//   npm run demo
+// One server engine and two users in one process, over the in-memory transport with real
+// latency. Everything is imported by the package's public names, the way an app would.
+import { createClient, type PostboxClient, type ReceivedMessage } from 'postbox/client';
+import { createMemoryClientState, memoryClientStore } from 'postbox/client/memory';
+import { createServer, type PostboxServer } from 'postbox/server';
+import { createMemoryServerState, memoryServerStore } from 'postbox/server/memory';
+import { memoryNetwork } from 'postbox/transport/memory';
+
+const started = Date.now();
+const say = (line: string) => console.log(`${((Date.now() - started) / 1000).toFixed(2).padStart(6)}s  ${line}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const text = (s: string) => new TextEncoder().encode(s);
+const untext = (b: Uint8Array) => new TextDecoder().decode(b);
+const TICKS: Record<string, string> = { pending: '…', sent: '✓', delivered: '✓✓', read: '✓✓ read', failed: '✗', expired: '⌛' };
+
+async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+// ---------------------------------------------------------------- the world
+const net = memoryNetwork({ faults: { latency: { min: 2, max: 15 } } });
+const serverState = createMemoryServerState(); // the "disk": survives the server engine
+const tokens = new Map([
+  ['token-alice', { user: 'alice', device: 'phone' }],
+  ['token-bob', { user: 'bob', device: 'phone' }],
+]);
+const startServer = async (): Promise<PostboxServer> => {
+  const server = createServer({
+    store: memoryServerStore({ state: serverState }),
+    authenticate: (cred) => (typeof cred === 'string' ? (tokens.get(cred) ?? null) : null),
+    heartbeatMs: 2000,
+  });
+  await server.listen(net.server);
+  return server;
+};
+let server = await startServer();
+for (const { user, device } of tokens.values()) await server.registerDevice(user, device);
+
+interface Person {
+  name: string;
+  client: PostboxClient;
+  inbox: ReceivedMessage[];
+  status: Map<string, string>;
+}
+const person = (name: string, token: string): Person => {
+  const client = createClient({
+    transport: net.client(name),
+    store: memoryClientStore({ state: createMemoryClientState() }),
+    credentials: token,
+    backoffBaseMs: 100,
+    backoffMaxMs: 2000,
+  });
+  const p: Person = { name, client, inbox: [], status: new Map() };
+  client.on('message', (m) => p.inbox.push(m));
+  client.on('status', (s) => p.status.set(s.id, s.status));
+  client.on('error', () => {});
+  return p;
+};
+const alice = person('alice', 'token-alice');
+const bob = person('bob', 'token-bob');
+await until('both online', () => alice.client.state === 'open' && bob.client.state === 'open');
+say('alice and bob are online');
+
+// ---------------------------------------------------------------- 1. ticks
+console.log('\n— 1. one message, ✓ → ✓✓ → read');
+const watch = (p: Person, id: string) =>
+  p.client.on('status', (s) => {
+    if (s.id === id) say(`alice's "hi bob" is ${TICKS[s.status]} (${s.status})`);
+  });
+const hi = alice.client.send('bob', text('hi bob'));
+watch(alice, hi);
+await until('bob has it', () => bob.inbox.some((m) => m.id === hi));
+say(`bob's screen: alice: ${untext(bob.inbox.find((m) => m.id === hi)!.body)}`);
+await until('delivered', () => alice.status.get(hi) === 'delivered');
+say('bob opens the chat');
+await bob.client.markRead('alice');
+await until('read', () => alice.status.get(hi) === 'read');
+
+// ---------------------------------------------------------------- 2. offline backlog
+console.log('\n— 2. bob goes offline; his messages wait for him on the server');
+await bob.client.close();
+say('bob is offline');
+const backlog = ['are you there?', 'call me', 'never mind, found it'].map((t) => alice.client.send('bob', text(t)));
+await until('backlog acked', () => backlog.every((id) => alice.status.get(id) === 'sent'));
+say(`alice sent ${backlog.length}: each shows ✓ (durable on the server), none ✓✓ yet`);
+const before = bob.inbox.length;
+bob.client.start();
+await until('backlog drained', () => bob.inbox.length === before + backlog.length);
+say(`bob is back and gets the backlog: ${bob.inbox.slice(before).map((m) => JSON.stringify(untext(m.body))).join(', ')}`);
+await until('backlog delivered', () => backlog.every((id) => alice.status.get(id) === 'delivered'));
+say('alice sees ✓✓ on all three');
+
+// ---------------------------------------------------------------- 3. crash mid-stream
+console.log('\n— 3. a steady stream both ways; the server crashes mid-stream and restarts');
+const N = 300;
+const sent: { from: Person; to: Person; id: string }[] = [];
+const pump = async (from: Person, to: Person) => {
+  for (let i = 0; i < N; i++) {
+    sent.push({ from, to, id: from.client.send(to.name, text(`${from.name} #${i}`)) });
+    await sleep(3);
+  }
+};
+const streams = Promise.all([pump(alice, bob), pump(bob, alice)]);
+await until('stream under way', () => sent.length > N / 2);
+say(`server crash: every connection dies, the engine is gone (after ${sent.length} sends)`);
+net.cutAll();
+await server.close();
+await sleep(300);
+server = await startServer();
+say('server restarted over the same store; clients reconnect by themselves');
+await streams;
+await until(
+  'everything delivered',
+  () => sent.every(({ from, id }) => from.status.get(id) === 'delivered' || from.status.get(id) === 'read'),
+  30_000,
+);
+say(`all ${sent.length} stream messages show ✓✓`);
+
+// ---------------------------------------------------------------- the check
+const all = [{ from: alice, to: bob, id: hi }, ...backlog.map((id) => ({ from: alice, to: bob, id })), ...sent];
+let lost = 0;
+let duplicated = 0;
+let outOfOrder = 0;
+for (const { to, id } of all) {
+  const n = to.inbox.filter((m) => m.id === id).length;
+  if (n === 0) lost++;
+  if (n > 1) duplicated += n - 1;
+}
+for (const p of [alice, bob]) {
+  const last = new Map<string, number>();
+  for (const m of p.inbox) {
+    const key = `${m.from}/${m.fromDevice}`;
+    if (m.seq <= (last.get(key) ?? 0)) outOfOrder++;
+    last.set(key, m.seq);
+  }
+}
+const delivered = all.length - lost;
+console.log(`\nsent ${all.length}, delivered ${delivered}, lost ${lost}, duplicated ${duplicated}, out of order ${outOfOrder}`);
+await alice.client.close();
+await bob.client.close();
+await server.close();
+process.exit(lost + duplicated + outOfOrder === 0 ? 0 : 1);

@@ -1,0 +1,719 @@
+import { EventEmitter } from 'eventemitter3';
+import {
+  CLOSE_CODES,
+  DEFAULT_MAX_FRAME_BYTES,
+  MIN_PROTOCOL_VERSION,
+  PROTOCOL_VERSION,
+  PostboxError,
+  decodeServerFrame,
+  encodeFrame,
+  isRetryable,
+  type ClientFrame,
+  type MsgFrame,
+  type ServerFrame,
+  type StatusFrame,
+  type WelcomeFrame,
+} from '../protocol/index.js';
+import type { ClientTransport, Connection } from '../transport/types.js';
+import { backoff, seededRandom, systemClock, type Clock, type Random, type TimerHandle } from '../util/clock.js';
+import { ulidFactory } from '../util/ulid.js';
+import { nextStatus } from './status.js';
+import type { ClientStore, InboundMessage, MessageStatus, OutboxEntry } from './store.js';
+
+/** Connection states; every transition emits `connection`. */
+export type ConnectionState = 'idle' | 'connecting' | 'handshaking' | 'open' | 'backoff' | 'closed';
+
+/** A message as the app sees it. */
+export interface ReceivedMessage {
+  id: string;
+  /** Conversation from this user's point of view: the peer for 1:1. */
+  conv: string;
+  from: string;
+  fromDevice: string;
+  seq: number;
+  /** Server commit time (ms): for display, never for order. */
+  ts: number;
+  body: Uint8Array;
+  /** A copy of this user's own message, sent from another of its devices. */
+  self: boolean;
+  /** Arrived after its gap was already given up (see the `gap` event). */
+  late: boolean;
+}
+
+/** A status change of a message this device sent. */
+export interface StatusChange {
+  id: string;
+  conv: string;
+  status: MessageStatus;
+  /** The user that produced it (delivered/read), when known. */
+  by?: string;
+}
+
+/** Messages that did not arrive within `gapTimeoutMs`; the held ones after them were released. */
+export interface GapEvent {
+  conv: string;
+  from: string;
+  fromDevice: string;
+  /** First missing sequence number. */
+  fromSeq: number;
+  /** Last missing sequence number. */
+  toSeq: number;
+}
+
+/** Events of {@link PostboxClient}. */
+export interface ClientEvents {
+  /** A new message, once per message per device, in per-sender order. */
+  message: (message: ReceivedMessage) => void;
+  /** A sent message moved forward: pending → sent → delivered → read, or failed / expired. */
+  status: (change: StatusChange) => void;
+  /** A gap in a sender's sequence stayed open past `gapTimeoutMs`. */
+  gap: (gap: GapEvent) => void;
+  /** The connection state changed. `error` is set when the change was caused by one. */
+  connection: (state: ConnectionState, error?: PostboxError) => void;
+  /** Messages were marked read on another device of this user. */
+  readElsewhere: (ids: string[]) => void;
+  /** A local fault (store failure); the engine recovers by reconnecting. */
+  error: (error: unknown) => void;
+}
+
+/** Options of {@link createClient}. */
+export interface ClientOptions {
+  transport: ClientTransport;
+  store: ClientStore;
+  /** Sent in `hello` for the server's `authenticate` hook; a function is called on every connect. */
+  credentials: unknown | (() => unknown | Promise<unknown>);
+  /** Device id hint sent in `hello`. */
+  device?: string;
+  /** @default systemClock */
+  clock?: Clock;
+  /** Randomness for ids and jitter. @default Math.random */
+  random?: Random;
+  /** First reconnect/backoff ceiling, ms. @default 500 */
+  backoffBaseMs?: number;
+  /** Largest backoff ceiling, ms. @default 30000 */
+  backoffMaxMs?: number;
+  /** How long a hole in a sender's sequence may stay open before `gap`. @default 10000 */
+  gapTimeoutMs?: number;
+  /**
+   * Most messages held behind one hole per sender device; one more gives the hole up at once
+   * (a `gap` event), so a sender that skips a number cannot make this device buffer without end.
+   * @default 1024
+   */
+  maxHeldPerStream?: number;
+  /** Give up on a handshake after this. @default 10000 */
+  handshakeTimeoutMs?: number;
+  /** Most sends in flight (the server's advertised window caps it too). @default 128 */
+  maxInflight?: number;
+  /** Largest body accepted by `send` before the server says otherwise. @default 65536 */
+  maxBodyBytes?: number;
+  /** Connect as soon as the client is created. @default true */
+  autoStart?: boolean;
+}
+
+const streamKey = (conv: string, from: string, fromDevice: string) => `${conv}\u0000${from}\u0000${fromDevice}`;
+const STATUS_FROM_WIRE = { d: 'delivered', r: 'read', x: 'expired' } as const;
+
+/**
+ * The client engine: a durable outbox that sends in order and resends until acked, and an
+ * inbound path that persists, dedupes and orders before it acks. Create with {@link createClient}.
+ */
+export class PostboxClient extends EventEmitter<ClientEvents> {
+  readonly store: ClientStore;
+  private readonly transport: ClientTransport;
+  private readonly clock: Clock;
+  private readonly random: Random;
+  private readonly ulid: () => string;
+  private readonly opts: {
+    backoffBaseMs: number;
+    backoffMaxMs: number;
+    gapTimeoutMs: number;
+    maxHeldPerStream: number;
+    handshakeTimeoutMs: number;
+    maxInflight: number;
+    maxBodyBytes: number;
+  };
+  private readonly credentials: ClientOptions['credentials'];
+  private readonly deviceHint: string | undefined;
+
+  private _state: ConnectionState = 'idle';
+  private conn: Connection | undefined;
+  private generation = 0;
+  private attempt = 0;
+  private reconnectTimer: TimerHandle | undefined;
+  private heartbeatTimer: TimerHandle | undefined;
+  private handshakeTimer: TimerHandle | undefined;
+  private heartbeatMs = 25_000;
+  private window = 128;
+  private lastSentAt = 0;
+  private lastReceivedAt = 0;
+  private me: { user: string; device: string } | undefined;
+
+  // Outbox.
+  private loaded: Promise<void>;
+  private queue: OutboxEntry[] = [];
+  private sendPointer = 0;
+  private nextReq = 1;
+  private readonly inflight = new Map<number, string>();
+
+  // Inbound.
+  private readonly streams = new Map<string, number>();
+  private readonly heldByKey = new Map<string, Map<number, InboundMessage>>();
+  private readonly gapTimers = new Map<string, TimerHandle>();
+  private pendingAcks: number[] = [];
+
+  // Serialised store access.
+  private chain: Promise<unknown> = Promise.resolve();
+  private tasks = 0;
+
+  constructor(options: ClientOptions) {
+    super();
+    this.transport = options.transport;
+    this.store = options.store;
+    this.clock = options.clock ?? systemClock;
+    this.random = options.random ?? Math.random;
+    this.ulid = ulidFactory(this.clock, this.random);
+    this.credentials = options.credentials;
+    this.deviceHint = options.device;
+    this.opts = {
+      backoffBaseMs: options.backoffBaseMs ?? 500,
+      backoffMaxMs: options.backoffMaxMs ?? 30_000,
+      gapTimeoutMs: options.gapTimeoutMs ?? 10_000,
+      maxHeldPerStream: options.maxHeldPerStream ?? 1024,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
+      maxInflight: options.maxInflight ?? 128,
+      maxBodyBytes: options.maxBodyBytes ?? 64 * 1024,
+    };
+    this.loaded = this.serial(() => this.load());
+    if (options.autoStart ?? true) this.start();
+  }
+
+  /** The connection state. */
+  get state(): ConnectionState {
+    return this._state;
+  }
+
+  /** Who the server says this device is (after the first `welcome`). */
+  get identity(): { user: string; device: string } | undefined {
+    return this.me;
+  }
+
+  /** Connects (and keeps reconnecting) until {@link close}. */
+  start(): void {
+    if (this._state !== 'idle' && this._state !== 'closed') return;
+    this.setState('connecting');
+    void this.connect();
+  }
+
+  /**
+   * Queues a message to user `to` and returns its id at once. The id and the sequence number
+   * are stored with the outbox entry in one durable write; the `status` event then reports
+   * `pending`, `sent` (✓, durable on the server), `delivered` (✓✓), `read`.
+   * @throws PostboxError `too_large` when the body is over the limit, `invalid_frame` when `to`
+   * is not a valid user id (1–128 characters), `closed` after {@link close}.
+   */
+  send(to: string, body: Uint8Array): string {
+    if (this._state === 'closed') throw new PostboxError('closed', 'client is closed');
+    if (typeof to !== 'string' || to.length < 1 || to.length > 128) {
+      throw new PostboxError('invalid_frame', 'recipient must be a user id of 1 to 128 characters');
+    }
+    if (body.byteLength > this.opts.maxBodyBytes) {
+      throw new PostboxError('too_large', `body of ${body.byteLength} bytes is over ${this.opts.maxBodyBytes}`);
+    }
+    const id = this.ulid();
+    void this.serial(async () => {
+      const entry = await this.store.enqueue(
+        { id, kind: 'msg', to, conv: to, body: body.slice(), createdAt: this.clock.now() },
+        true,
+      );
+      this.queue.push(entry);
+      this.emit('status', { id, conv: to, status: 'pending' });
+      this.pumpOutbox();
+    });
+    return id;
+  }
+
+  /**
+   * Marks the conversation's received messages read, up to and including `upTo` (all when
+   * omitted), and sends read receipts to their senders through the outbox (so they survive
+   * being offline). Resolves when the receipts are durably queued.
+   */
+  markRead(conv: string, upTo?: string): Promise<void> {
+    return this.serial(async () => {
+      const messages = await this.store.inbound(conv);
+      const end = upTo === undefined ? messages.length - 1 : messages.findIndex((m) => m.id === upTo);
+      const bySender = new Map<string, string[]>();
+      for (let i = 0; i <= end; i++) {
+        const m = messages[i]!;
+        // Only the peer's own messages get receipts: not copies of this user's messages sent
+        // from its other devices (their sender is not the conversation's peer).
+        if (m.read || m.held || m.from !== m.conv || m.from === this.me?.user) continue;
+        let ids = bySender.get(m.from);
+        if (!ids) bySender.set(m.from, (ids = []));
+        ids.push(m.id);
+      }
+      for (const [from, ids] of bySender) {
+        for (let i = 0; i < ids.length; i += 512) {
+          const chunk = ids.slice(i, i + 512);
+          const entry = await this.store.enqueue(
+            { id: this.ulid(), kind: 'read', to: from, conv, ids: chunk, createdAt: this.clock.now() },
+            false,
+          );
+          await this.store.markRead(chunk);
+          this.queue.push(entry);
+        }
+      }
+      this.pumpOutbox();
+    });
+  }
+
+  /** Resolves when every queued store operation so far has finished (useful in tests). */
+  settled(): Promise<void> {
+    return this.serial(async () => {});
+  }
+
+  /** Outgoing items not yet acked by the server. */
+  get unsent(): number {
+    return this.queue.length;
+  }
+
+  /** Closes the connection and stops reconnecting. The store stays open for its owner. */
+  async close(): Promise<void> {
+    this.setState('closed');
+    this.clock.clearTimeout(this.reconnectTimer);
+    this.stopTimers();
+    for (const t of this.gapTimers.values()) this.clock.clearTimeout(t);
+    this.gapTimers.clear();
+    const conn = this.conn;
+    this.conn = undefined;
+    this.generation++;
+    conn?.close(CLOSE_CODES.normal, 'client closed');
+    await this.chain.catch(() => {});
+  }
+
+  // ------------------------------------------------------------------ connection
+
+  private setState(state: ConnectionState, error?: PostboxError): void {
+    if (this._state === state) return;
+    if (this._state === 'closed' && state !== 'connecting') return;
+    this._state = state;
+    this.emit('connection', state, error);
+  }
+
+  private async connect(): Promise<void> {
+    const gen = ++this.generation;
+    let conn: Connection;
+    try {
+      await this.loaded;
+      conn = await this.transport.connect();
+    } catch (e) {
+      if (gen === this.generation) this.scheduleReconnect(new PostboxError('disconnected', 'connect failed', { cause: e }));
+      return;
+    }
+    if (gen !== this.generation || this._state === 'closed') {
+      conn.close(CLOSE_CODES.normal, 'stale');
+      return;
+    }
+    this.conn = conn;
+    conn.setHandlers({
+      frame: (data) => {
+        if (gen === this.generation) this.onFrame(data);
+      },
+      close: (code, reason) => {
+        if (gen === this.generation) this.onClose(code, reason);
+      },
+      drain: () => {
+        if (gen === this.generation) this.pumpOutbox();
+      },
+    });
+    this.setState('handshaking');
+    this.lastReceivedAt = this.clock.now();
+    this.handshakeTimer = this.clock.setTimeout(() => {
+      if (gen === this.generation && this._state === 'handshaking') this.drop('handshake timeout');
+    }, this.opts.handshakeTimeoutMs);
+    let cred: unknown;
+    try {
+      cred = typeof this.credentials === 'function' ? await (this.credentials as () => unknown)() : this.credentials;
+    } catch (e) {
+      this.emit('error', e);
+      this.drop('credentials failed');
+      return;
+    }
+    if (gen !== this.generation) return;
+    const hello: ClientFrame = { t: 'hello', v: [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION], cred };
+    if (this.deviceHint !== undefined) hello.dev = this.deviceHint;
+    this.write(hello);
+  }
+
+  /** Drops the current connection (e.g. found dead) and reconnects after a backoff. */
+  private drop(reason: string): void {
+    const conn = this.conn;
+    this.onClose(CLOSE_CODES.abnormal, reason);
+    conn?.close(CLOSE_CODES.normal, reason);
+  }
+
+  private onClose(code: number, reason: string): void {
+    this.generation++;
+    this.conn = undefined;
+    this.stopTimers();
+    // Everything unacked goes out again, in order, on the next connection.
+    this.inflight.clear();
+    this.sendPointer = 0;
+    if (this._state === 'closed') return;
+    const fatal =
+      code === CLOSE_CODES.unauthorized
+        ? 'unauthorized'
+        : code === CLOSE_CODES.unsupportedVersion
+          ? 'unsupported_version'
+          : code === CLOSE_CODES.replaced
+            ? 'closed'
+            : undefined;
+    if (fatal) {
+      this.setState('closed', new PostboxError(fatal, `connection closed: ${reason || code}`));
+      return;
+    }
+    this.scheduleReconnect(new PostboxError('disconnected', `connection closed: ${reason || code}`));
+  }
+
+  private scheduleReconnect(error: PostboxError): void {
+    if (this._state === 'closed') return;
+    this.setState('backoff', error);
+    const delay = backoff(this.attempt++, this.opts.backoffBaseMs, this.opts.backoffMaxMs, this.random);
+    this.clock.clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = this.clock.setTimeout(() => {
+      if (this._state !== 'backoff') return;
+      this.setState('connecting');
+      void this.connect();
+    }, delay);
+  }
+
+  private stopTimers(): void {
+    this.clock.clearTimeout(this.heartbeatTimer);
+    this.clock.clearTimeout(this.handshakeTimer);
+    this.heartbeatTimer = this.handshakeTimer = undefined;
+  }
+
+  private scheduleHeartbeat(): void {
+    const gen = this.generation;
+    this.heartbeatTimer = this.clock.setTimeout(
+      () => {
+        if (gen !== this.generation || this._state !== 'open') return;
+        const now = this.clock.now();
+        if (now - this.lastReceivedAt > this.heartbeatMs * 2) {
+          this.drop('heartbeat timeout');
+          return;
+        }
+        if (now - this.lastSentAt >= this.heartbeatMs / 2 || now - this.lastReceivedAt >= this.heartbeatMs / 2) {
+          this.write({ t: 'ping' });
+        }
+        this.scheduleHeartbeat();
+      },
+      Math.max(10, Math.floor(this.heartbeatMs / 2)),
+    );
+  }
+
+  private write(frame: ClientFrame): void {
+    if (!this.conn) return;
+    this.lastSentAt = this.clock.now();
+    this.conn.send(encodeFrame(frame));
+  }
+
+  private onFrame(data: Uint8Array): void {
+    this.lastReceivedAt = this.clock.now();
+    let frame: ServerFrame;
+    try {
+      frame = decodeServerFrame(data, Math.max(DEFAULT_MAX_FRAME_BYTES, this.opts.maxBodyBytes * 2));
+    } catch (e) {
+      this.emit('error', e);
+      this.drop('invalid frame from server');
+      return;
+    }
+    switch (frame.t) {
+      case 'welcome':
+        return this.onWelcome(frame);
+      case 'ok':
+        return this.onOk(frame.r);
+      case 'err':
+        return this.onErr(frame.r, new PostboxError(frame.c, frame.m ?? frame.c));
+      case 'msg':
+        return this.onMsg(frame);
+      case 'st':
+        return this.onStatus(frame);
+      case 'ping':
+        return this.write({ t: 'pong' });
+      case 'pong':
+        return;
+    }
+  }
+
+  private onWelcome(w: WelcomeFrame): void {
+    if (this._state !== 'handshaking') return;
+    this.clock.clearTimeout(this.handshakeTimer);
+    this.me = { user: w.u, device: w.d };
+    this.heartbeatMs = w.hb;
+    this.window = Math.max(1, Math.min(this.opts.maxInflight, w.lim.window));
+    this.opts.maxBodyBytes = w.lim.body;
+    this.attempt = 0;
+    this.setState('open');
+    this.scheduleHeartbeat();
+    this.flushAcks();
+    this.pumpOutbox();
+  }
+
+  // ------------------------------------------------------------------ outbox
+
+  private async load(): Promise<void> {
+    this.queue = await this.store.pending();
+    for (const m of await this.store.held()) {
+      const key = streamKey(m.conv, m.from, m.fromDevice);
+      let held = this.heldByKey.get(key);
+      if (!held) this.heldByKey.set(key, (held = new Map()));
+      held.set(m.seq, m);
+      this.armGapTimer(key);
+    }
+  }
+
+  private pumpOutbox(): void {
+    if (this._state !== 'open' || !this.conn) return;
+    while (this.inflight.size < this.window && this.sendPointer < this.queue.length) {
+      const e = this.queue[this.sendPointer++]!;
+      const r = this.nextReq++;
+      if (this.nextReq > 0xffffffff) this.nextReq = 1;
+      this.inflight.set(r, e.id);
+      if (e.kind === 'msg') this.write({ t: 'send', r, id: e.id, to: e.to, seq: e.seq!, b: e.body! });
+      else this.write({ t: 'rcpt', r, id: e.id, to: e.to, ids: e.ids! });
+    }
+  }
+
+  private onOk(r: number): void {
+    const id = this.inflight.get(r);
+    if (id === undefined) return;
+    this.inflight.delete(r);
+    this.settleOutgoing(id, 'sent');
+  }
+
+  private onErr(r: number | undefined, error: PostboxError): void {
+    const id = r === undefined ? undefined : this.inflight.get(r);
+    if (id === undefined) {
+      this.emit('error', error);
+      if (error.retryable) this.drop(`server error ${error.code}`);
+      return;
+    }
+    if (isRetryable(error.code)) {
+      // Later sends may already be in flight; resending everything in order on a fresh
+      // connection is what keeps per-sender order.
+      this.drop(`server error ${error.code}`);
+      return;
+    }
+    this.inflight.delete(r!);
+    this.settleOutgoing(id, 'failed', error);
+  }
+
+  /** Takes an item out of the in-memory queue and records its new status. */
+  private settleOutgoing(id: string, status: MessageStatus, error?: PostboxError, by?: string): void {
+    const idx = this.queue.findIndex((e) => e.id === id);
+    if (idx >= 0) {
+      this.queue.splice(idx, 1);
+      if (idx < this.sendPointer) this.sendPointer--;
+    }
+    void this.serial(() => this.applyStatus(id, status, by));
+    if (error) this.emit('error', error);
+    this.pumpOutbox();
+  }
+
+  private async applyStatus(id: string, event: MessageStatus, by?: string): Promise<void> {
+    const entry = await this.store.outgoing(id);
+    if (!entry) return;
+    const next = nextStatus(entry.status, event);
+    if (next === entry.status) return;
+    await this.store.setStatus(id, next);
+    if (entry.kind !== 'msg') return;
+    const change: StatusChange = { id, conv: entry.conv, status: next };
+    if (by !== undefined) change.by = by;
+    this.emit('status', change);
+  }
+
+  // ------------------------------------------------------------------ inbound
+
+  private onStatus(f: StatusFrame): void {
+    const status = STATUS_FROM_WIRE[f.s];
+    const offset = f.o;
+    void this.serial(async () => {
+      if (status === 'read' && this.me && f.by === this.me.user) {
+        await this.store.markRead(f.ids);
+        this.emit('readElsewhere', f.ids);
+      } else {
+        for (const id of f.ids) {
+          // A status can overtake the `ok` (the ok was lost with a connection); it settles the item too.
+          const idx = this.queue.findIndex((e) => e.id === id);
+          if (idx >= 0) {
+            this.queue.splice(idx, 1);
+            if (idx < this.sendPointer) this.sendPointer--;
+          }
+          await this.applyStatus(id, status, f.by);
+        }
+      }
+      this.ackLater(offset);
+    });
+  }
+
+  private onMsg(f: MsgFrame): void {
+    const me = this.me;
+    if (!me) return; // a server sends entries only after welcome; ignore a broken one
+    const self = f.f === me.user;
+    const conv = self ? (f.to ?? me.user) : f.f;
+    const key = streamKey(conv, f.f, f.fd);
+    const gen = this.generation;
+    void this.serial(async () => {
+      try {
+        await this.receive(key, {
+          id: f.id,
+          conv,
+          from: f.f,
+          fromDevice: f.fd,
+          to: f.to ?? me.user,
+          seq: f.seq,
+          ts: f.ts,
+          body: f.b,
+          held: false,
+          read: false,
+        });
+      } catch (e) {
+        // Not acked: the server delivers it again after the reconnect.
+        this.emit('error', e);
+        if (gen === this.generation) this.drop('client store failed');
+        return;
+      }
+      this.ackLater(f.o);
+    });
+  }
+
+  private async nextFor(key: string): Promise<number> {
+    let next = this.streams.get(key);
+    if (next === undefined) {
+      next = (await this.store.streamNext(key)) ?? 1;
+      this.streams.set(key, next);
+    }
+    return next;
+  }
+
+  private async receive(key: string, m: InboundMessage): Promise<void> {
+    const next = await this.nextFor(key);
+    if (m.seq === next) {
+      const held = this.heldByKey.get(key);
+      const released: InboundMessage[] = [];
+      let n = m.seq + 1;
+      while (held?.has(n)) released.push(held.get(n++)!);
+      const { inserted } = await this.store.applyInbound({
+        insert: m,
+        release: released.map((r) => r.id),
+        streams: [{ key, next: n }],
+      });
+      if (!inserted) return;
+      this.streams.set(key, n);
+      for (const r of released) held!.delete(r.seq);
+      if (held && held.size === 0) this.clearGap(key);
+      this.emitMessage(m, false);
+      for (const r of released) this.emitMessage(r, false);
+    } else if (m.seq < next) {
+      const { inserted } = await this.store.applyInbound({ insert: m });
+      if (inserted) this.emitMessage(m, true);
+    } else {
+      const { inserted } = await this.store.applyInbound({ insert: { ...m, held: true } });
+      if (!inserted) return;
+      let held = this.heldByKey.get(key);
+      if (!held) this.heldByKey.set(key, (held = new Map()));
+      held.set(m.seq, m);
+      if (held.size > this.opts.maxHeldPerStream) {
+        this.clearGap(key);
+        await this.giveUpGap(key);
+      } else this.armGapTimer(key);
+    }
+  }
+
+  private emitMessage(m: InboundMessage, late: boolean): void {
+    this.emit('message', {
+      id: m.id,
+      conv: m.conv,
+      from: m.from,
+      fromDevice: m.fromDevice,
+      seq: m.seq,
+      ts: m.ts,
+      body: m.body,
+      self: this.me !== undefined && m.from === this.me.user,
+      late,
+    });
+  }
+
+  private armGapTimer(key: string): void {
+    if (this.gapTimers.has(key)) return;
+    this.gapTimers.set(
+      key,
+      this.clock.setTimeout(() => {
+        this.gapTimers.delete(key);
+        void this.serial(() => this.giveUpGap(key));
+      }, this.opts.gapTimeoutMs),
+    );
+  }
+
+  private clearGap(key: string): void {
+    this.clock.clearTimeout(this.gapTimers.get(key));
+    this.gapTimers.delete(key);
+  }
+
+  private async giveUpGap(key: string): Promise<void> {
+    const held = this.heldByKey.get(key);
+    if (!held || held.size === 0) return;
+    const ordered = [...held.values()].sort((a, b) => a.seq - b.seq);
+    let expect = await this.nextFor(key);
+    const last = ordered[ordered.length - 1]!;
+    await this.store.applyInbound({ release: ordered.map((m) => m.id), streams: [{ key, next: last.seq + 1 }] });
+    this.streams.set(key, last.seq + 1);
+    this.heldByKey.delete(key);
+    for (const m of ordered) {
+      if (m.seq > expect) {
+        this.emit('gap', { conv: m.conv, from: m.from, fromDevice: m.fromDevice, fromSeq: expect, toSeq: m.seq - 1 });
+      }
+      this.emitMessage(m, false);
+      expect = m.seq + 1;
+    }
+  }
+
+  private ackLater(offset: number): void {
+    this.pendingAcks.push(offset);
+    if (this.pendingAcks.length >= 512) this.flushAcks();
+  }
+
+  private flushAcks(): void {
+    if (this.pendingAcks.length === 0 || !this.conn || this._state !== 'open') return;
+    const o = this.pendingAcks;
+    this.pendingAcks = [];
+    this.write({ t: 'ack', o });
+  }
+
+  /** Runs store work one task at a time; acks go out when the queue runs dry (coalesced). */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    this.tasks++;
+    const run = this.chain.then(fn);
+    this.chain = run
+      .catch((e) => {
+        this.emit('error', e);
+      })
+      .finally(() => {
+        if (--this.tasks === 0) this.flushAcks();
+      });
+    return run;
+  }
+}
+
+/**
+ * Creates a client engine and (unless `autoStart: false`) connects it.
+ * @example
+ * const client = createClient({ transport, store: memoryClientStore(), credentials: token });
+ * client.on('message', (m) => render(m));
+ * const id = client.send('bob', new TextEncoder().encode('hi'));
+ */
+export function createClient(options: ClientOptions): PostboxClient {
+  return new PostboxClient(options);
+}
+
+export { seededRandom };

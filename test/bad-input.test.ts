@@ -1,0 +1,207 @@
+import { pack } from 'msgpackr';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CLOSE_CODES, encodeFrame, type ErrFrame } from '../src/protocol/index.js';
+import { seededRandom } from '../src/util/clock.js';
+import { makeWorld, text, type RawConnection, type World } from './helpers.js';
+
+let world: World | undefined;
+afterEach(async () => {
+  await world?.close();
+  world = undefined;
+});
+
+const errors = (raw: RawConnection): ErrFrame[] => raw.frames.filter((f): f is ErrFrame => f.t === 'err');
+
+/** Everything the server holds for a user's devices, to show that bad input changed none of it. */
+async function snapshot(w: World, user: string, devices: string[]) {
+  return {
+    devices: await w.server.store.devices(user),
+    inboxes: await Promise.all(devices.map((device) => w.server.store.readInbox({ user, device }, 0, 10_000))),
+  };
+}
+
+describe('bad input gets a typed error and harms no one', () => {
+  it('anything before a successful hello gets unauthorized and the connection closes', async () => {
+    world = await makeWorld();
+    const raw = await world.raw();
+    raw.send({ t: 'send', r: 1, id: 'x', to: 'bob', seq: 1, b: text('sneaky') });
+    await world.advance(50);
+    expect(errors(raw).map((e) => e.c)).toEqual(['unauthorized']);
+    expect(raw.closed?.code).toBe(CLOSE_CODES.unauthorized);
+  });
+
+  it('a hello with bad credentials gets unauthorized and the connection closes', async () => {
+    world = await makeWorld();
+    const raw = await world.raw();
+    await raw.hello('alice', 'phone', 'wrong-secret');
+    expect(errors(raw).map((e) => e.c)).toEqual(['unauthorized']);
+    expect(raw.closed?.code).toBe(CLOSE_CODES.unauthorized);
+    expect(await world.server.store.devices('alice')).toEqual([]);
+  });
+
+  it('a hello with no version in common gets unsupported_version', async () => {
+    world = await makeWorld();
+    const raw = await world.raw();
+    raw.send({ t: 'hello', v: [7, 9], cred: 'alice/phone:letmein' });
+    await world.advance(50);
+    expect(errors(raw).map((e) => e.c)).toEqual(['unsupported_version']);
+    expect(raw.closed?.code).toBe(CLOSE_CODES.unsupportedVersion);
+  });
+
+  it('a frame that fails validation gets invalid_frame (echoing its request id) and changes nothing', async () => {
+    world = await makeWorld();
+    const bob = await world.device('bob');
+    const before = await snapshot(world, 'bob', ['phone']);
+    const raw = await world.raw();
+    await raw.hello('mallory', 'm1');
+    raw.send({ t: 'send', r: 5, id: 'x', to: 'bob', seq: -1, b: text('bad seq') });
+    raw.send({ t: 'send', r: 6, id: '', to: 'bob', seq: 1, b: text('empty id') });
+    raw.send({ t: 'send', r: 7, id: 'y', to: 'bob', seq: 1, b: 'not binary' });
+    raw.send({ t: 'nope' });
+    raw.sendBytes(new Uint8Array([0xc1, 0xff, 0x00]));
+    await world.advance(100);
+    expect(errors(raw).map((e) => [e.c, e.r])).toEqual([
+      ['invalid_frame', 5],
+      ['invalid_frame', 6],
+      ['invalid_frame', 7],
+      ['invalid_frame', undefined],
+      ['invalid_frame', undefined],
+    ]);
+    expect(raw.closed).toBeUndefined();
+    expect(await snapshot(world, 'bob', ['phone'])).toEqual(before);
+    expect(bob.messages).toEqual([]);
+  });
+
+  it('a client that keeps sending invalid frames is disconnected', async () => {
+    world = await makeWorld({ server: { maxInvalidFrames: 3 } });
+    const raw = await world.raw();
+    await raw.hello('mallory', 'm1');
+    for (let i = 0; i < 5; i++) raw.send({ t: 'junk', i });
+    await world.advance(100);
+    expect(raw.closed?.code).toBe(CLOSE_CODES.protocolError);
+  });
+
+  it('a frame over the size limit gets too_large and the connection closes', async () => {
+    world = await makeWorld({ server: { maxFrameBytes: 1024 } });
+    const raw = await world.raw();
+    await raw.hello('mallory', 'm1');
+    raw.send({ t: 'send', r: 1, id: 'big', to: 'bob', seq: 1, b: new Uint8Array(4096) });
+    await world.advance(50);
+    expect(errors(raw).map((e) => e.c)).toEqual(['too_large']);
+    expect(raw.closed?.code).toBe(CLOSE_CODES.tooLarge);
+  });
+
+  it('a body over the body limit fails that send with too_large; the client shows failed', async () => {
+    world = await makeWorld({ server: { maxBodyBytes: 100 } });
+    const alice = await world.device('alice');
+    await world.device('bob');
+    expect(() => alice.client.send('bob', new Uint8Array(200))).toThrow(/over/);
+    const raw = await world.raw();
+    await raw.hello('mallory', 'm1');
+    raw.send({ t: 'send', r: 9, id: 'big', to: 'bob', seq: 1, b: new Uint8Array(200) });
+    await world.advance(50);
+    expect(errors(raw).map((e) => [e.c, e.r])).toEqual([['too_large', 9]]);
+    expect(raw.closed).toBeUndefined();
+  });
+
+  it('the sender identity comes from the session, never from a frame field', async () => {
+    world = await makeWorld();
+    const bob = await world.device('bob');
+    const raw = await world.raw();
+    await raw.hello('mallory', 'm1');
+    raw.send({ t: 'send', r: 1, id: 'forged', to: 'bob', seq: 1, b: text('I am alice'), f: 'alice', fd: 'phone', from: 'alice' });
+    await world.advance(100);
+    expect(bob.messages.map((m) => [m.from, m.fromDevice])).toEqual([['mallory', 'm1']]);
+  });
+
+  it("a device can read and ack only its own inbox: acking another's offsets changes nothing", async () => {
+    world = await makeWorld();
+    const alice = await world.device('alice');
+    const bob = await world.device('bob');
+    await bob.client.close();
+    for (let i = 0; i < 5; i++) alice.client.send('bob', text(String(i)));
+    await world.advance(200);
+    const before = await snapshot(world, 'bob', ['phone']);
+    expect(before.inboxes[0]).toHaveLength(5);
+    const raw = await world.raw();
+    await raw.hello('mallory', 'm1');
+    raw.send({ t: 'ack', o: [1, 2, 3, 4, 5, 6, 7, 8] });
+    await world.advance(100);
+    expect(await snapshot(world, 'bob', ['phone'])).toEqual(before);
+    expect(raw.frames.filter((f) => f.t === 'msg')).toEqual([]);
+    expect(alice.statuses.filter((s) => s.status === 'delivered')).toEqual([]);
+  });
+
+  it('a frame flood is rate limited and closed; other users keep messaging', async () => {
+    world = await makeWorld({ server: { maxFramesPerSecond: 100 } });
+    const alice = await world.device('alice');
+    const bob = await world.device('bob');
+    const raw = await world.raw();
+    await raw.hello('mallory', 'm1');
+    for (let i = 0; i < 300; i++) raw.send({ t: 'ping' });
+    await world.advance(100);
+    expect(errors(raw).map((e) => e.c)).toContain('rate_limited');
+    expect(raw.closed?.code).toBe(CLOSE_CODES.rateLimited);
+    const id = alice.client.send('bob', text('still here'));
+    await world.advance(200);
+    expect(bob.messages.map((m) => m.id)).toEqual([id]);
+  });
+
+  it('a send to a user with no device fails with unknown_recipient and writes nothing', async () => {
+    world = await makeWorld();
+    const alice = await world.device('alice');
+    const id = alice.client.send('nobody', text('hello?'));
+    await world.advance(200);
+    expect(alice.statusOf(id)).toBe('failed');
+  });
+
+  it('seeded garbage never crashes the server nor changes another user (fuzz, replayable by seed)', async () => {
+    for (const seed of [1, 2, 3, 4, 5]) {
+      world = await makeWorld({ seed });
+      const alice = await world.device('alice');
+      const bob = await world.device('bob');
+      alice.client.send('bob', text('before'));
+      await world.advance(200);
+      const before = await snapshot(world, 'bob', ['phone']);
+      const bobMessages = bob.messages.length;
+      const rnd = seededRandom(seed);
+      for (let round = 0; round < 20; round++) {
+        const raw = await world.raw(`fuzz${round}`);
+        if (rnd() < 0.7) await raw.hello('mallory', `m${round}`);
+        for (let i = 0; i < 30 && !raw.closed; i++) raw.sendBytes(garbage(rnd));
+        await world.advance(20);
+      }
+      await world.advance(200);
+      expect(await snapshot(world, 'bob', ['phone']), `seed ${seed}`).toEqual(before);
+      expect(bob.messages.length, `seed ${seed}`).toBe(bobMessages);
+      const id = alice.client.send('bob', text('after'));
+      await world.advance(300);
+      expect(bob.messages.at(-1)?.id, `seed ${seed}`).toBe(id);
+      await world.close();
+      world = undefined;
+    }
+  });
+});
+
+/** Random bytes, random msgpack values, and near-valid frames with one field broken. */
+function garbage(rnd: () => number): Uint8Array {
+  const kind = Math.floor(rnd() * 4);
+  const n = Math.floor(rnd() * 64);
+  if (kind === 0) return Uint8Array.from({ length: n }, () => Math.floor(rnd() * 256));
+  // No value here names bob: a frame that stays valid after the swap only reaches mallory.
+  const values: unknown[] = [null, -1, 2 ** 53, 'zz', '', 'x'.repeat(300), [], {}, new Uint8Array(3), true, 1.5];
+  const pickV = () => values[Math.floor(rnd() * values.length)];
+  if (kind === 1) return pack(pickV());
+  const frames: Record<string, unknown>[] = [
+    { t: 'send', r: 1, id: 'f', to: 'mallory', seq: 1, b: new Uint8Array(4) },
+    { t: 'ack', o: [1, 2, 3] },
+    { t: 'rcpt', r: 2, id: 'g', to: 'mallory', ids: ['a'] },
+    { t: 'hello', v: [1, 1], cred: 'bob/phone:wrong' },
+  ];
+  const f = { ...frames[Math.floor(rnd() * frames.length)]! };
+  const keys = Object.keys(f);
+  f[keys[Math.floor(rnd() * keys.length)]!] = pickV();
+  if (kind === 2) return pack(f);
+  // kind 3: a valid ack of offsets mallory does not have (bob's inbox uses the same numbers).
+  return encodeFrame({ t: 'ack', o: [Math.floor(rnd() * 100) + 1] });
+}

@@ -1,0 +1,23 @@
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+
+// Every subpath in the exports map resolves from the built package, by its public name, so
+// the map cannot rot. Runs in a child Node process (package self-reference), testing what ships.
+const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as { exports: Record<string, unknown> };
+const subpaths = Object.keys(pkg.exports).filter((s) => s !== './package.json');
+
+describe('the exports map', () => {
+  for (const sub of subpaths) {
+    it(`postbox${sub.slice(1)} imports from dist`, () => {
+      const name = `postbox${sub.slice(1)}`;
+      const out = execFileSync(
+        process.execPath,
+        ['--input-type=module', '-e', `const m = await import(${JSON.stringify(name)}); console.log(JSON.stringify(Object.keys(m)));`],
+        { encoding: 'utf8' },
+      );
+      const keys = JSON.parse(out) as string[];
+      expect(keys.length).toBeGreaterThan(0);
+    });
+  }
+});

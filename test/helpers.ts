@@ -1,0 +1,170 @@
+// Small scenario builders shared by the engine tests: a world on a virtual clock with an
+// in-memory network, one server engine over a memory store, and devices whose events are
+// recorded so a test reads like the guarantee it proves.
+import { createClient, type PostboxClient, type ReceivedMessage, type StatusChange } from '../src/client/index.js';
+import { createMemoryClientState, memoryClientStore, type MemoryClientState } from '../src/client/stores/memory.js';
+import { decodeServerFrame, encodeFrame, type ClientFrame, type ServerFrame } from '../src/protocol/index.js';
+import { createServer, type PostboxServer, type ServerOptions } from '../src/server/index.js';
+import { createMemoryServerState, memoryServerStore, type MemoryServerState } from '../src/server/stores/memory.js';
+import { VirtualClock } from '../src/testing/virtual-clock.js';
+import { memoryNetwork, type LinkFaults, type MemoryNetwork } from '../src/transport/memory.js';
+import type { Connection } from '../src/transport/types.js';
+import { seededRandom } from '../src/util/clock.js';
+
+/** Credentials the test server accepts: `user/device:secret` with the right secret. */
+export const SECRET = 'letmein';
+
+export interface TestDevice {
+  user: string;
+  device: string;
+  state: MemoryClientState;
+  client: PostboxClient;
+  messages: ReceivedMessage[];
+  statuses: StatusChange[];
+  gaps: unknown[];
+  /** Latest status seen per message id. */
+  statusOf(id: string): string | undefined;
+  restart(): Promise<void>;
+}
+
+export interface World {
+  clock: VirtualClock;
+  net: MemoryNetwork;
+  serverState: MemoryServerState;
+  server: PostboxServer;
+  device(user: string, device?: string): Promise<TestDevice>;
+  restartServer(): Promise<void>;
+  advance(ms: number): Promise<void>;
+  /** A raw protocol connection (no client engine) for bad-input tests. */
+  raw(name?: string): Promise<RawConnection>;
+  close(): Promise<void>;
+}
+
+export interface RawConnection {
+  conn: Connection;
+  frames: ServerFrame[];
+  closed: { code: number; reason: string } | undefined;
+  send(frame: ClientFrame | Record<string, unknown>): void;
+  sendBytes(data: Uint8Array): void;
+  hello(user: string, device: string, secret?: string): Promise<void>;
+}
+
+export async function makeWorld(
+  opts: { seed?: number; faults?: LinkFaults; server?: Partial<ServerOptions> } = {},
+): Promise<World> {
+  const clock = new VirtualClock();
+  const net = memoryNetwork({ clock, random: seededRandom(opts.seed ?? 7), faults: opts.faults ?? { latency: { min: 1, max: 5 } } });
+  const serverState = createMemoryServerState();
+  const makeServer = () =>
+    createServer({
+      store: memoryServerStore({ state: serverState }),
+      authenticate: (cred) => {
+        if (typeof cred !== 'string') return null;
+        const m = /^([^/]+)\/([^:]+):(.*)$/.exec(cred);
+        if (!m || m[3] !== SECRET) return null;
+        return { user: m[1]!, device: m[2]! };
+      },
+      clock,
+      heartbeatMs: 1000,
+      ...opts.server,
+    });
+  let server = makeServer();
+  await server.listen(net.server);
+  const devices: TestDevice[] = [];
+
+  const world: World = {
+    clock,
+    net,
+    serverState,
+    get server() {
+      return server;
+    },
+    async device(user, device = 'phone') {
+      const state = createMemoryClientState();
+      const d: TestDevice = {
+        user,
+        device,
+        state,
+        client: undefined as unknown as PostboxClient,
+        messages: [],
+        statuses: [],
+        gaps: [],
+        statusOf(id) {
+          return [...d.statuses].reverse().find((s) => s.id === id)?.status;
+        },
+        async restart() {
+          await d.client.close();
+          d.client = start();
+        },
+      };
+      const start = () => {
+        const c = createClient({
+          transport: net.client(`${user}/${device}`),
+          store: memoryClientStore({ state }),
+          credentials: `${user}/${device}:${SECRET}`,
+          clock,
+          random: seededRandom(devices.length + 1),
+          backoffBaseMs: 50,
+          backoffMaxMs: 1000,
+        });
+        c.on('message', (m) => d.messages.push(m));
+        c.on('status', (s) => d.statuses.push(s));
+        c.on('gap', (g) => d.gaps.push(g));
+        c.on('error', () => {});
+        return c;
+      };
+      d.client = start();
+      devices.push(d);
+      await server.registerDevice(user, device);
+      await clock.advance(50);
+      return d;
+    },
+    async restartServer() {
+      net.cutAll();
+      await server.close();
+      server = makeServer();
+      await server.listen(net.server);
+    },
+    advance: (ms) => clock.advance(ms),
+    async raw(name = 'raw') {
+      const conn = await connectRaw(net, clock, name);
+      return conn;
+    },
+    async close() {
+      for (const d of devices) await d.client.close();
+      await server.close();
+    },
+  };
+  return world;
+}
+
+async function connectRaw(net: MemoryNetwork, clock: VirtualClock, name: string): Promise<RawConnection> {
+  const pending = net.client(name).connect();
+  await clock.advance(20);
+  const conn = await pending;
+  const raw: RawConnection = {
+    conn,
+    frames: [],
+    closed: undefined,
+    send(frame) {
+      conn.send(encodeFrame(frame as ClientFrame));
+    },
+    sendBytes(data) {
+      conn.send(data);
+    },
+    async hello(user, device, secret = SECRET) {
+      raw.send({ t: 'hello', v: [1, 1], cred: `${user}/${device}:${secret}` });
+      await clock.advance(20);
+    },
+  };
+  conn.setHandlers({
+    frame: (data) => raw.frames.push(decodeServerFrame(data, 1 << 24)),
+    close: (code, reason) => {
+      raw.closed = { code, reason };
+    },
+  });
+  return raw;
+}
+
+export const text = (s: string): Uint8Array => new TextEncoder().encode(s);
+export const untext = (b: Uint8Array): string => new TextDecoder().decode(b);

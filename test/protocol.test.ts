@@ -1,0 +1,152 @@
+import { describe, expect, it } from 'vitest';
+import { nextStatus, STATUS_RANK } from '../src/client/status.js';
+import type { MessageStatus } from '../src/client/store.js';
+import {
+  ERROR_CODES,
+  ERROR_CODE_LIST,
+  PostboxError,
+  decodeClientFrame,
+  decodeServerFrame,
+  encodeFrame,
+  isPostboxError,
+  isRetryable,
+  negotiateVersion,
+  type ClientFrame,
+  type ServerFrame,
+} from '../src/protocol/index.js';
+import { backoff, seededRandom } from '../src/util/clock.js';
+import { ulidFactory } from '../src/util/ulid.js';
+
+const b = (n: number) => Uint8Array.from({ length: n }, (_, i) => i & 0xff);
+
+const clientFrames: ClientFrame[] = [
+  { t: 'hello', v: [1, 1], cred: { token: 'abc' }, dev: 'phone' },
+  { t: 'send', r: 1, id: '01HZX', to: 'bob', seq: 1, b: b(100) },
+  { t: 'rcpt', r: 2, id: '01HZY', to: 'alice', ids: ['a', 'b'] },
+  { t: 'ack', o: [1, 2, 3] },
+  { t: 'ping' },
+  { t: 'pong' },
+];
+const serverFrames: ServerFrame[] = [
+  { t: 'welcome', v: 1, u: 'bob', d: 'phone', hb: 25000, lim: { frame: 262144, body: 65536, window: 256 } },
+  { t: 'ok', r: 1, ts: 1700000000000 },
+  { t: 'err', r: 1, c: 'too_large', m: 'body too big' },
+  { t: 'msg', o: 7, id: '01HZX', f: 'alice', fd: 'phone', seq: 3, ts: 1700000000000, b: b(10) },
+  { t: 'msg', o: 8, id: '01HZZ', f: 'bob', fd: 'laptop', to: 'alice', seq: 1, ts: 1700000000000, b: b(1) },
+  { t: 'st', o: 9, s: 'd', ids: ['01HZX'], by: 'bob', ts: 1700000000001 },
+  { t: 'ping' },
+];
+
+describe('the wire protocol', () => {
+  it('every frame survives encode → decode unchanged', () => {
+    for (const f of clientFrames) expect(decodeClientFrame(encodeFrame(f))).toEqual(f);
+    for (const f of serverFrames) expect(decodeServerFrame(encodeFrame(f))).toEqual(f);
+  });
+
+  it('undefined optional fields are left off the wire', () => {
+    const withUndefined = { t: 'err', c: 'internal', r: undefined, m: undefined } as unknown as ServerFrame;
+    expect(encodeFrame(withUndefined)).toEqual(encodeFrame({ t: 'err', c: 'internal' }));
+  });
+
+  it('a frame over the limit is refused with too_large before it is decoded', () => {
+    const data = encodeFrame({ t: 'send', r: 1, id: 'x', to: 'bob', seq: 1, b: b(2000) });
+    expect(() => decodeClientFrame(data, 1000)).toThrow(expect.objectContaining({ code: 'too_large' }));
+  });
+
+  it('a frame that is not msgpack or fails its schema is invalid_frame, with the request id when readable', () => {
+    expect(() => decodeClientFrame(new Uint8Array([0xc1]))).toThrow(expect.objectContaining({ code: 'invalid_frame' }));
+    try {
+      decodeClientFrame(encodeFrame({ t: 'send', r: 42, id: 'x', to: '', seq: 1, b: b(1) } as ClientFrame));
+      expect.unreachable();
+    } catch (e) {
+      expect(isPostboxError(e) && e.code === 'invalid_frame' && e.requestId === 42).toBe(true);
+    }
+  });
+
+  it('a server frame is never accepted as a client frame', () => {
+    for (const f of serverFrames.filter((f) => f.t !== 'ping')) {
+      expect(() => decodeClientFrame(encodeFrame(f))).toThrow(expect.objectContaining({ code: 'invalid_frame' }));
+    }
+  });
+
+  it('the version is the highest both sides speak, or none', () => {
+    expect(negotiateVersion([1, 3], [1, 2])).toBe(2);
+    expect(negotiateVersion([1, 1], [1, 1])).toBe(1);
+    expect(negotiateVersion([3, 4], [1, 2])).toBeUndefined();
+  });
+
+  it('error codes are a closed set, each marked retryable or not', () => {
+    expect(ERROR_CODE_LIST.length).toBe(Object.keys(ERROR_CODES).length);
+    for (const code of ERROR_CODE_LIST) {
+      const e = new PostboxError(code, 'x');
+      expect(typeof e.retryable).toBe('boolean');
+      expect(e.retryable).toBe(isRetryable(code));
+      expect(isPostboxError(e)).toBe(true);
+    }
+    expect(isRetryable('rate_limited')).toBe(true);
+    expect(isRetryable('invalid_frame')).toBe(false);
+    // The guard works on a structural copy (another bundle's class).
+    expect(isPostboxError({ name: 'PostboxError', code: 'internal', message: '' })).toBe(true);
+    expect(isPostboxError({ name: 'PostboxError', code: 'made_up' })).toBe(false);
+  });
+});
+
+describe('receipts are monotone', () => {
+  const all: MessageStatus[] = ['pending', 'sent', 'delivered', 'read', 'failed', 'expired'];
+
+  it('no event ever moves a status backwards, whatever order receipts arrive in (seeded, 2000 orders)', () => {
+    const rnd = seededRandom(99);
+    for (let run = 0; run < 2000; run++) {
+      let s: MessageStatus = 'pending';
+      for (let i = 0; i < 8; i++) {
+        const event = all[Math.floor(rnd() * all.length)]!;
+        const next = nextStatus(s, event);
+        expect(STATUS_RANK[next]).toBeGreaterThanOrEqual(STATUS_RANK[s]);
+        if (next !== s) expect(next).toBe(event);
+        s = next;
+      }
+    }
+  });
+
+  it('the happy path and its shortcuts', () => {
+    expect(nextStatus('pending', 'sent')).toBe('sent');
+    expect(nextStatus('sent', 'delivered')).toBe('delivered');
+    expect(nextStatus('delivered', 'read')).toBe('read');
+    expect(nextStatus('pending', 'read')).toBe('read');
+    expect(nextStatus('read', 'delivered')).toBe('read');
+    expect(nextStatus('delivered', 'expired')).toBe('delivered');
+    expect(nextStatus('failed', 'sent')).toBe('failed');
+  });
+});
+
+describe('backoff and ids', () => {
+  it('backoff is full jitter under an exponential ceiling capped at max', () => {
+    const rnd = seededRandom(5);
+    for (let attempt = 0; attempt < 20; attempt++) {
+      const ceiling = Math.min(30_000, 500 * 2 ** attempt);
+      for (let i = 0; i < 50; i++) {
+        const d = backoff(attempt, 500, 30_000, rnd);
+        expect(d).toBeGreaterThanOrEqual(0);
+        expect(d).toBeLessThan(ceiling);
+      }
+    }
+    // Spread: full jitter uses the whole range, not a narrow band around the ceiling.
+    const ds = Array.from({ length: 1000 }, () => backoff(10, 500, 30_000, rnd));
+    expect(Math.min(...ds)).toBeLessThan(3000);
+    expect(Math.max(...ds)).toBeGreaterThan(27_000);
+  });
+
+  it('ulids sort by creation, also within one millisecond and when the clock steps back', () => {
+    let t = 1_700_000_000_000;
+    const next = ulidFactory({ now: () => t }, seededRandom(1));
+    const out: string[] = [];
+    for (let i = 0; i < 1000; i++) {
+      if (i % 100 === 0) t += 1;
+      if (i === 500) t -= 50;
+      out.push(next());
+    }
+    expect([...out].sort()).toEqual(out);
+    expect(new Set(out).size).toBe(out.length);
+    expect(out.every((id) => id.length === 26)).toBe(true);
+  });
+});
