@@ -32,7 +32,10 @@ export default tseslint.config(
     files: ['src/client/**/*.ts', 'src/protocol/**/*.ts', 'src/transport/memory.ts', 'src/util/**/*.ts'],
     ignores: ['src/client/stores/sqlite.ts'],
     rules: {
-      'no-restricted-imports': ['error', { patterns: ['node:*', 'fs', 'path', 'crypto', 'os', 'net', 'http'] }],
+      'no-restricted-imports': [
+        'error',
+        { patterns: ['node:*', 'fs', 'path', 'crypto', 'os', 'net', 'http'] },
+      ],
     },
   },
 );

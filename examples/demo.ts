@@ -9,11 +9,19 @@ import { createMemoryServerState, memoryServerStore } from 'postbox/server/memor
 import { memoryNetwork } from 'postbox/transport/memory';
 
 const started = Date.now();
-const say = (line: string) => console.log(`${((Date.now() - started) / 1000).toFixed(2).padStart(6)}s  ${line}`);
+const say = (line: string) =>
+  console.log(`${((Date.now() - started) / 1000).toFixed(2).padStart(6)}s  ${line}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const text = (s: string) => new TextEncoder().encode(s);
 const untext = (b: Uint8Array) => new TextDecoder().decode(b);
-const TICKS: Record<string, string> = { pending: '…', sent: '✓', delivered: '✓✓', read: '✓✓ read', failed: '✗', expired: '⌛' };
+const TICKS: Record<string, string> = {
+  pending: '…',
+  sent: '✓',
+  delivered: '✓✓',
+  read: '✓✓ read',
+  failed: '✗',
+  expired: '⌛',
+};
 
 async function until(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
   const end = Date.now() + ms;
@@ -86,13 +94,20 @@ await until('read', () => alice.status.get(hi) === 'read');
 console.log('\n— 2. bob goes offline; his messages wait for him on the server');
 await bob.client.close();
 say('bob is offline');
-const backlog = ['are you there?', 'call me', 'never mind, found it'].map((t) => alice.client.send('bob', text(t)));
+const backlog = ['are you there?', 'call me', 'never mind, found it'].map((t) =>
+  alice.client.send('bob', text(t)),
+);
 await until('backlog acked', () => backlog.every((id) => alice.status.get(id) === 'sent'));
 say(`alice sent ${backlog.length}: each shows ✓ (durable on the server), none ✓✓ yet`);
 const before = bob.inbox.length;
 bob.client.start();
 await until('backlog drained', () => bob.inbox.length === before + backlog.length);
-say(`bob is back and gets the backlog: ${bob.inbox.slice(before).map((m) => JSON.stringify(untext(m.body))).join(', ')}`);
+say(
+  `bob is back and gets the backlog: ${bob.inbox
+    .slice(before)
+    .map((m) => JSON.stringify(untext(m.body)))
+    .join(', ')}`,
+);
 await until('backlog delivered', () => backlog.every((id) => alice.status.get(id) === 'delivered'));
 say('alice sees ✓✓ on all three');
 
@@ -123,7 +138,11 @@ await until(
 say(`all ${sent.length} stream messages show ✓✓`);
 
 // ---------------------------------------------------------------- the check
-const all = [{ from: alice, to: bob, id: hi }, ...backlog.map((id) => ({ from: alice, to: bob, id })), ...sent];
+const all = [
+  { from: alice, to: bob, id: hi },
+  ...backlog.map((id) => ({ from: alice, to: bob, id })),
+  ...sent,
+];
 let lost = 0;
 let duplicated = 0;
 let outOfOrder = 0;
@@ -141,7 +160,9 @@ for (const p of [alice, bob]) {
   }
 }
 const delivered = all.length - lost;
-console.log(`\nsent ${all.length}, delivered ${delivered}, lost ${lost}, duplicated ${duplicated}, out of order ${outOfOrder}`);
+console.log(
+  `\nsent ${all.length}, delivered ${delivered}, lost ${lost}, duplicated ${duplicated}, out of order ${outOfOrder}`,
+);
 await alice.client.close();
 await bob.client.close();
 await server.close();

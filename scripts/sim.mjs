@@ -17,7 +17,15 @@ const seeds = one !== undefined ? [one] : Array.from({ length: count }, (_, i) =
 
 const started = Date.now();
 let failed = 0;
-const totals = { sent: 0, acked: 0, deliveries: 0, cuts: 0, halfOpens: 0, clientRestarts: 0, serverRestarts: 0 };
+const totals = {
+  sent: 0,
+  acked: 0,
+  deliveries: 0,
+  cuts: 0,
+  halfOpens: 0,
+  clientRestarts: 0,
+  serverRestarts: 0,
+};
 for (const seed of seeds) {
   const result = await runSimulation({ seed, trace: trace ? (l) => console.log(l) : undefined });
   for (const k of Object.keys(totals)) totals[k] += result.stats[k];
@@ -26,7 +34,8 @@ for (const seed of seeds) {
     console.log(`seed ${seed} FAILED (replay: npm run sim -- --seed ${seed} --trace)`);
     for (const v of result.violations.slice(0, 10)) console.log(`  ${v}`);
   }
-  if (seeds.length > 1 && seed % 500 === 0) console.log(`… ${seed - from + 1} seeds, ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  if (seeds.length > 1 && seed % 500 === 0)
+    console.log(`… ${seed - from + 1} seeds, ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
 const secs = ((Date.now() - started) / 1000).toFixed(1);
 console.log(`${seeds.length - failed} passed, ${failed} failed`);

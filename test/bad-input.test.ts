@@ -16,7 +16,9 @@ const errors = (raw: RawConnection): ErrFrame[] => raw.frames.filter((f): f is E
 async function snapshot(w: World, user: string, devices: string[]) {
   return {
     devices: await w.server.store.devices(user),
-    inboxes: await Promise.all(devices.map((device) => w.server.store.readInbox({ user, device }, 0, 10_000))),
+    inboxes: await Promise.all(
+      devices.map((device) => w.server.store.readInbox({ user, device }, 0, 10_000)),
+    ),
   };
 }
 
@@ -109,7 +111,17 @@ describe('bad input gets a typed error and harms no one', () => {
     const bob = await world.device('bob');
     const raw = await world.raw();
     await raw.hello('mallory', 'm1');
-    raw.send({ t: 'send', r: 1, id: 'forged', to: 'bob', seq: 1, b: text('I am alice'), f: 'alice', fd: 'phone', from: 'alice' });
+    raw.send({
+      t: 'send',
+      r: 1,
+      id: 'forged',
+      to: 'bob',
+      seq: 1,
+      b: text('I am alice'),
+      f: 'alice',
+      fd: 'phone',
+      from: 'alice',
+    });
     await world.advance(100);
     expect(bob.messages.map((m) => [m.from, m.fromDevice])).toEqual([['mallory', 'm1']]);
   });
@@ -189,7 +201,19 @@ function garbage(rnd: () => number): Uint8Array {
   const n = Math.floor(rnd() * 64);
   if (kind === 0) return Uint8Array.from({ length: n }, () => Math.floor(rnd() * 256));
   // No value here names bob: a frame that stays valid after the swap only reaches mallory.
-  const values: unknown[] = [null, -1, 2 ** 53, 'zz', '', 'x'.repeat(300), [], {}, new Uint8Array(3), true, 1.5];
+  const values: unknown[] = [
+    null,
+    -1,
+    2 ** 53,
+    'zz',
+    '',
+    'x'.repeat(300),
+    [],
+    {},
+    new Uint8Array(3),
+    true,
+    1.5,
+  ];
   const pickV = () => values[Math.floor(rnd() * values.length)];
   if (kind === 1) return pack(pickV());
   const frames: Record<string, unknown>[] = [

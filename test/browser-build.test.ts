@@ -19,7 +19,12 @@ const nodeBuiltins: Plugin = {
 };
 
 describe('the client core is browser-safe', () => {
-  for (const entry of ['src/client/index.ts', 'src/protocol/index.ts', 'src/transport/memory.ts', 'src/client/stores/memory.ts']) {
+  for (const entry of [
+    'src/client/index.ts',
+    'src/protocol/index.ts',
+    'src/transport/memory.ts',
+    'src/client/stores/memory.ts',
+  ]) {
     it(`${entry} bundles for the browser with no node: import`, async () => {
       const result = await build({
         entryPoints: [entry],

@@ -17,11 +17,22 @@ describe('the message path', () => {
     const bob = await world.device('bob');
     const id = alice.client.send('bob', text('hello bob'));
     await world.advance(200);
-    expect(bob.messages.map((m) => [m.id, m.from, m.conv, untext(m.body)])).toEqual([[id, 'alice', 'alice', 'hello bob']]);
-    expect(alice.statuses.filter((s) => s.id === id).map((s) => s.status)).toEqual(['pending', 'sent', 'delivered']);
+    expect(bob.messages.map((m) => [m.id, m.from, m.conv, untext(m.body)])).toEqual([
+      [id, 'alice', 'alice', 'hello bob'],
+    ]);
+    expect(alice.statuses.filter((s) => s.id === id).map((s) => s.status)).toEqual([
+      'pending',
+      'sent',
+      'delivered',
+    ]);
     await bob.client.markRead('alice');
     await world.advance(200);
-    expect(alice.statuses.filter((s) => s.id === id).map((s) => s.status)).toEqual(['pending', 'sent', 'delivered', 'read']);
+    expect(alice.statuses.filter((s) => s.id === id).map((s) => s.status)).toEqual([
+      'pending',
+      'sent',
+      'delivered',
+      'read',
+    ]);
     expect(alice.statusOf(id)).toBe('read');
     expect((await alice.client.store.outgoing(id))?.status).toBe('read');
   });
@@ -31,7 +42,11 @@ describe('the message path', () => {
     const alice = await world.device('alice');
     const bob = await world.device('bob');
     await bob.client.close();
-    const sent = [alice.client.send('bob', text('1')), alice.client.send('bob', text('2')), alice.client.send('bob', text('3'))];
+    const sent = [
+      alice.client.send('bob', text('1')),
+      alice.client.send('bob', text('2')),
+      alice.client.send('bob', text('3')),
+    ];
     await world.advance(500);
     expect(sent.map((id) => alice.statusOf(id))).toEqual(['sent', 'sent', 'sent']);
     expect(bob.messages).toEqual([]);
@@ -54,7 +69,11 @@ describe('the message path', () => {
     const copy = aliceLaptop.messages[0]!;
     expect([copy.self, copy.conv, copy.from]).toEqual([true, 'bob', 'alice']);
     // Two recipient devices acked, but delivered is reported once.
-    expect(alicePhone.statuses.filter((s) => s.id === id).map((s) => s.status)).toEqual(['pending', 'sent', 'delivered']);
+    expect(alicePhone.statuses.filter((s) => s.id === id).map((s) => s.status)).toEqual([
+      'pending',
+      'sent',
+      'delivered',
+    ]);
   });
 
   it("a read on one device marks the conversation read on the user's other devices", async () => {
@@ -195,7 +214,8 @@ describe('order and gaps', () => {
   });
 
   it('a hole that never fills becomes a gap event and the held messages are released in order', async () => {
-    world = await makeWorld();
+    // A long heartbeat keeps the raw connection (which never pings) open through the wait.
+    world = await makeWorld({ server: { heartbeatMs: 60_000 } });
     const bob = await world.device('bob');
     const raw = await world.raw('alice-raw');
     await raw.hello('alice', 'raw');

@@ -1,11 +1,24 @@
 // Small scenario builders shared by the engine tests: a world on a virtual clock with an
 // in-memory network, one server engine over a memory store, and devices whose events are
 // recorded so a test reads like the guarantee it proves.
-import { createClient, type PostboxClient, type ReceivedMessage, type StatusChange } from '../src/client/index.js';
-import { createMemoryClientState, memoryClientStore, type MemoryClientState } from '../src/client/stores/memory.js';
+import {
+  createClient,
+  type PostboxClient,
+  type ReceivedMessage,
+  type StatusChange,
+} from '../src/client/index.js';
+import {
+  createMemoryClientState,
+  memoryClientStore,
+  type MemoryClientState,
+} from '../src/client/stores/memory.js';
 import { decodeServerFrame, encodeFrame, type ClientFrame, type ServerFrame } from '../src/protocol/index.js';
 import { createServer, type PostboxServer, type ServerOptions } from '../src/server/index.js';
-import { createMemoryServerState, memoryServerStore, type MemoryServerState } from '../src/server/stores/memory.js';
+import {
+  createMemoryServerState,
+  memoryServerStore,
+  type MemoryServerState,
+} from '../src/server/stores/memory.js';
 import { VirtualClock } from '../src/testing/virtual-clock.js';
 import { memoryNetwork, type LinkFaults, type MemoryNetwork } from '../src/transport/memory.js';
 import type { Connection } from '../src/transport/types.js';
@@ -53,7 +66,11 @@ export async function makeWorld(
   opts: { seed?: number; faults?: LinkFaults; server?: Partial<ServerOptions> } = {},
 ): Promise<World> {
   const clock = new VirtualClock();
-  const net = memoryNetwork({ clock, random: seededRandom(opts.seed ?? 7), faults: opts.faults ?? { latency: { min: 1, max: 5 } } });
+  const net = memoryNetwork({
+    clock,
+    random: seededRandom(opts.seed ?? 7),
+    faults: opts.faults ?? { latency: { min: 1, max: 5 } },
+  });
   const serverState = createMemoryServerState();
   const makeServer = () =>
     createServer({

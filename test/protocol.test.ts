@@ -54,7 +54,9 @@ describe('the wire protocol', () => {
   });
 
   it('a frame that is not msgpack or fails its schema is invalid_frame, with the request id when readable', () => {
-    expect(() => decodeClientFrame(new Uint8Array([0xc1]))).toThrow(expect.objectContaining({ code: 'invalid_frame' }));
+    expect(() => decodeClientFrame(new Uint8Array([0xc1]))).toThrow(
+      expect.objectContaining({ code: 'invalid_frame' }),
+    );
     try {
       decodeClientFrame(encodeFrame({ t: 'send', r: 42, id: 'x', to: '', seq: 1, b: b(1) } as ClientFrame));
       expect.unreachable();
@@ -65,7 +67,9 @@ describe('the wire protocol', () => {
 
   it('a server frame is never accepted as a client frame', () => {
     for (const f of serverFrames.filter((f) => f.t !== 'ping')) {
-      expect(() => decodeClientFrame(encodeFrame(f))).toThrow(expect.objectContaining({ code: 'invalid_frame' }));
+      expect(() => decodeClientFrame(encodeFrame(f))).toThrow(
+        expect.objectContaining({ code: 'invalid_frame' }),
+      );
     }
   });
 

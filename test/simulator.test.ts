@@ -14,7 +14,9 @@ describe('the delivery invariants hold under faults, for every seed', () => {
         const r = await runSimulation({ seed });
         expect(r.stats.sent).toBeGreaterThan(0);
         if (r.violations.length > 0) {
-          failures.push(`seed ${seed} (replay: npm run sim -- --seed ${seed} --trace):\n  ${r.violations.slice(0, 5).join('\n  ')}`);
+          failures.push(
+            `seed ${seed} (replay: npm run sim -- --seed ${seed} --trace):\n  ${r.violations.slice(0, 5).join('\n  ')}`,
+          );
         }
       }
       expect(failures).toEqual([]);

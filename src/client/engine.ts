@@ -15,7 +15,14 @@ import {
   type WelcomeFrame,
 } from '../protocol/index.js';
 import type { ClientTransport, Connection } from '../transport/types.js';
-import { backoff, seededRandom, systemClock, type Clock, type Random, type TimerHandle } from '../util/clock.js';
+import {
+  backoff,
+  seededRandom,
+  systemClock,
+  type Clock,
+  type Random,
+  type TimerHandle,
+} from '../util/clock.js';
 import { ulidFactory } from '../util/ulid.js';
 import { nextStatus } from './status.js';
 import type { ClientStore, InboundMessage, MessageStatus, OutboxEntry } from './store.js';
@@ -80,7 +87,11 @@ export interface ClientEvents {
 export interface ClientOptions {
   transport: ClientTransport;
   store: ClientStore;
-  /** Sent in `hello` for the server's `authenticate` hook; a function is called on every connect. */
+  /**
+   * Sent in `hello` for the server's `authenticate` hook. A function is called on every connect
+   * (refresh a token there); with a function, a refusal is retried after a backoff, with a
+   * static value it closes the client for good.
+   */
   credentials: unknown | (() => unknown | Promise<unknown>);
   /** Device id hint sent in `hello`. */
   device?: string;
@@ -110,7 +121,8 @@ export interface ClientOptions {
   autoStart?: boolean;
 }
 
-const streamKey = (conv: string, from: string, fromDevice: string) => `${conv}\u0000${from}\u0000${fromDevice}`;
+const streamKey = (conv: string, from: string, fromDevice: string) =>
+  `${conv}\u0000${from}\u0000${fromDevice}`;
 const STATUS_FROM_WIRE = { d: 'delivered', r: 'read', x: 'expired' } as const;
 
 /**
@@ -149,7 +161,6 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private me: { user: string; device: string } | undefined;
 
   // Outbox.
-  private loaded: Promise<void>;
   private queue: OutboxEntry[] = [];
   private sendPointer = 0;
   private nextReq = 1;
@@ -183,7 +194,6 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       maxInflight: options.maxInflight ?? 128,
       maxBodyBytes: options.maxBodyBytes ?? 64 * 1024,
     };
-    this.loaded = this.serial(() => this.load());
     if (options.autoStart ?? true) this.start();
   }
 
@@ -217,14 +227,25 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       throw new PostboxError('invalid_frame', 'recipient must be a user id of 1 to 128 characters');
     }
     if (body.byteLength > this.opts.maxBodyBytes) {
-      throw new PostboxError('too_large', `body of ${body.byteLength} bytes is over ${this.opts.maxBodyBytes}`);
+      throw new PostboxError(
+        'too_large',
+        `body of ${body.byteLength} bytes is over ${this.opts.maxBodyBytes}`,
+      );
     }
     const id = this.ulid();
+    const copy = body.slice();
     void this.serial(async () => {
-      const entry = await this.store.enqueue(
-        { id, kind: 'msg', to, conv: to, body: body.slice(), createdAt: this.clock.now() },
-        true,
-      );
+      let entry: OutboxEntry;
+      try {
+        entry = await this.store.enqueue(
+          { id, kind: 'msg', to, conv: to, body: copy, createdAt: this.clock.now() },
+          true,
+        );
+      } catch (e) {
+        // Never stored, so never sent: say so rather than leave the id without a status.
+        this.emit('status', { id, conv: to, status: 'failed' });
+        throw e;
+      }
       this.queue.push(entry);
       this.emit('status', { id, conv: to, status: 'pending' });
       this.pumpOutbox();
@@ -303,10 +324,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const gen = ++this.generation;
     let conn: Connection;
     try {
-      await this.loaded;
+      // The store is the truth: every connection starts from what it holds, which also heals
+      // the in-memory queue after a store failure.
+      await this.serial(() => this.load());
+      if (gen !== this.generation) return;
       conn = await this.transport.connect();
     } catch (e) {
-      if (gen === this.generation) this.scheduleReconnect(new PostboxError('disconnected', 'connect failed', { cause: e }));
+      if (gen === this.generation)
+        this.scheduleReconnect(new PostboxError('disconnected', 'connect failed', { cause: e }));
       return;
     }
     if (gen !== this.generation || this._state === 'closed') {
@@ -332,7 +357,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     }, this.opts.handshakeTimeoutMs);
     let cred: unknown;
     try {
-      cred = typeof this.credentials === 'function' ? await (this.credentials as () => unknown)() : this.credentials;
+      cred =
+        typeof this.credentials === 'function'
+          ? await (this.credentials as () => unknown)()
+          : this.credentials;
     } catch (e) {
       this.emit('error', e);
       this.drop('credentials failed');
@@ -359,14 +387,15 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.inflight.clear();
     this.sendPointer = 0;
     if (this._state === 'closed') return;
+    // Retrying cannot help with static credentials the server refused or with no common
+    // version. Everything else reconnects, `replaced` included: a stale connection of this same
+    // device (say, from before a restart) can reach the server after the new one and replace it.
     const fatal =
-      code === CLOSE_CODES.unauthorized
+      code === CLOSE_CODES.unauthorized && typeof this.credentials !== 'function'
         ? 'unauthorized'
         : code === CLOSE_CODES.unsupportedVersion
           ? 'unsupported_version'
-          : code === CLOSE_CODES.replaced
-            ? 'closed'
-            : undefined;
+          : undefined;
     if (fatal) {
       this.setState('closed', new PostboxError(fatal, `connection closed: ${reason || code}`));
       return;
@@ -402,7 +431,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           this.drop('heartbeat timeout');
           return;
         }
-        if (now - this.lastSentAt >= this.heartbeatMs / 2 || now - this.lastReceivedAt >= this.heartbeatMs / 2) {
+        if (
+          now - this.lastSentAt >= this.heartbeatMs / 2 ||
+          now - this.lastReceivedAt >= this.heartbeatMs / 2
+        ) {
           this.write({ t: 'ping' });
         }
         this.scheduleHeartbeat();
@@ -463,6 +495,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
 
   private async load(): Promise<void> {
     this.queue = await this.store.pending();
+    this.sendPointer = 0;
+    this.heldByKey.clear();
     for (const m of await this.store.held()) {
       const key = streamKey(m.conv, m.from, m.fromDevice);
       let held = this.heldByKey.get(key);
@@ -510,14 +544,27 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
 
   /** Takes an item out of the in-memory queue and records its new status. */
   private settleOutgoing(id: string, status: MessageStatus, error?: PostboxError, by?: string): void {
-    const idx = this.queue.findIndex((e) => e.id === id);
-    if (idx >= 0) {
-      this.queue.splice(idx, 1);
-      if (idx < this.sendPointer) this.sendPointer--;
-    }
-    void this.serial(() => this.applyStatus(id, status, by));
+    this.unqueue(id);
+    const gen = this.generation;
+    void this.serial(async () => {
+      try {
+        await this.applyStatus(id, status, by);
+      } catch (e) {
+        // The store still says pending; reconnecting reloads the outbox and resends it.
+        this.emit('error', e);
+        if (gen === this.generation) this.drop('client store failed');
+      }
+    });
     if (error) this.emit('error', error);
     this.pumpOutbox();
+  }
+
+  /** Removes an entry from the in-memory send queue, keeping the send pointer on the same next entry. */
+  private unqueue(id: string): void {
+    const idx = this.queue.findIndex((e) => e.id === id);
+    if (idx < 0) return;
+    this.queue.splice(idx, 1);
+    if (idx < this.sendPointer) this.sendPointer--;
   }
 
   private async applyStatus(id: string, event: MessageStatus, by?: string): Promise<void> {
@@ -537,20 +584,24 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private onStatus(f: StatusFrame): void {
     const status = STATUS_FROM_WIRE[f.s];
     const offset = f.o;
+    const gen = this.generation;
     void this.serial(async () => {
-      if (status === 'read' && this.me && f.by === this.me.user) {
-        await this.store.markRead(f.ids);
-        this.emit('readElsewhere', f.ids);
-      } else {
-        for (const id of f.ids) {
-          // A status can overtake the `ok` (the ok was lost with a connection); it settles the item too.
-          const idx = this.queue.findIndex((e) => e.id === id);
-          if (idx >= 0) {
-            this.queue.splice(idx, 1);
-            if (idx < this.sendPointer) this.sendPointer--;
+      try {
+        if (status === 'read' && this.me && f.by === this.me.user) {
+          await this.store.markRead(f.ids);
+          this.emit('readElsewhere', f.ids);
+        } else {
+          for (const id of f.ids) {
+            // A status can overtake the `ok` (the ok was lost with a connection); it settles the item too.
+            this.unqueue(id);
+            await this.applyStatus(id, status, f.by);
           }
-          await this.applyStatus(id, status, f.by);
         }
+      } catch (e) {
+        // Not acked: the server delivers it again after the reconnect.
+        this.emit('error', e);
+        if (gen === this.generation) this.drop('client store failed');
+        return;
       }
       this.ackLater(offset);
     });
@@ -666,12 +717,21 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const ordered = [...held.values()].sort((a, b) => a.seq - b.seq);
     let expect = await this.nextFor(key);
     const last = ordered[ordered.length - 1]!;
-    await this.store.applyInbound({ release: ordered.map((m) => m.id), streams: [{ key, next: last.seq + 1 }] });
+    await this.store.applyInbound({
+      release: ordered.map((m) => m.id),
+      streams: [{ key, next: last.seq + 1 }],
+    });
     this.streams.set(key, last.seq + 1);
     this.heldByKey.delete(key);
     for (const m of ordered) {
       if (m.seq > expect) {
-        this.emit('gap', { conv: m.conv, from: m.from, fromDevice: m.fromDevice, fromSeq: expect, toSeq: m.seq - 1 });
+        this.emit('gap', {
+          conv: m.conv,
+          from: m.from,
+          fromDevice: m.fromDevice,
+          fromSeq: expect,
+          toSeq: m.seq - 1,
+        });
       }
       this.emitMessage(m, false);
       expect = m.seq + 1;

@@ -4,5 +4,12 @@
  */
 export type * from './store.js';
 export { createClient, PostboxClient } from './engine.js';
-export type { ClientEvents, ClientOptions, ConnectionState, GapEvent, ReceivedMessage, StatusChange } from './engine.js';
+export type {
+  ClientEvents,
+  ClientOptions,
+  ConnectionState,
+  GapEvent,
+  ReceivedMessage,
+  StatusChange,
+} from './engine.js';
 export { nextStatus } from './status.js';

@@ -27,7 +27,10 @@ function stripUndefined<T extends object>(frame: T): T {
 
 function decodeWith<S extends z.ZodType>(schema: S, data: Uint8Array, maxBytes: number): z.infer<S> {
   if (data.byteLength > maxBytes) {
-    throw new PostboxError('too_large', `frame of ${data.byteLength} bytes is over the ${maxBytes}-byte limit`);
+    throw new PostboxError(
+      'too_large',
+      `frame of ${data.byteLength} bytes is over the ${maxBytes}-byte limit`,
+    );
   }
   let raw: unknown;
   try {

@@ -13,7 +13,13 @@ const user = z.string().min(1).max(128);
 const device = z.string().min(1).max(64);
 const reqId = z.number().int().nonnegative().max(0xffffffff);
 const offset = z.number().int().nonnegative();
-const bytes = z.custom<Uint8Array>((v) => v instanceof Uint8Array, { message: 'expected binary' });
+// Decoders may hand back a Uint8Array subclass (Node's Buffer); a plain view over the same memory
+// keeps values identical on every platform without copying.
+const bytes = z
+  .custom<Uint8Array>((v) => v instanceof Uint8Array, { message: 'expected binary' })
+  .transform((v) =>
+    v.constructor === Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength),
+  );
 
 /** Wire form of a receipt status: `d` delivered, `r` read, `x` expired. */
 export const wireStatus = z.enum(['d', 'r', 'x']);
@@ -67,7 +73,11 @@ export const welcomeFrame = z.object({
   u: user,
   d: device,
   hb: z.number().int().positive(),
-  lim: z.object({ frame: z.number().int().positive(), body: z.number().int().positive(), window: z.number().int().positive() }),
+  lim: z.object({
+    frame: z.number().int().positive(),
+    body: z.number().int().positive(),
+    window: z.number().int().positive(),
+  }),
 });
 
 /** The request `r` is durably committed at server time `ts` (ms). */

@@ -108,7 +108,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   readonly store: ServerStore;
   private readonly authenticate: Authenticate;
   /** @internal */ readonly clock: Clock;
-  /** @internal */ readonly opts: Required<Omit<ServerOptions, 'store' | 'authenticate' | 'clock' | 'logger'>>;
+  /** @internal */ readonly opts: Required<
+    Omit<ServerOptions, 'store' | 'authenticate' | 'clock' | 'logger'>
+  >;
   /** @internal */ readonly log: Logger;
   private readonly sessions = new Map<string, Session>();
   private readonly connections = new Set<Session>();
@@ -381,7 +383,9 @@ class Session {
   checkLiveness(now: number): void {
     if (this.state === 'closed') return;
     if (this.state !== 'open') {
-      if (now - this.openedAt > this.server.opts.helloTimeoutMs) this.close(CLOSE_CODES.unauthorized, 'no hello');
+      // Not `unauthorized`: a slow link is no reason for the client to give up for good.
+      if (now - this.openedAt > this.server.opts.helloTimeoutMs)
+        this.close(CLOSE_CODES.heartbeatTimeout, 'no hello in time');
       return;
     }
     if (now - this.lastFrameAt > this.server.opts.heartbeatMs * 2) {
@@ -412,7 +416,9 @@ class Session {
     try {
       frame = decodeClientFrame(data, this.server.opts.maxFrameBytes);
     } catch (e) {
-      const err = isPostboxError(e) ? e : new PostboxError('invalid_frame', 'undecodable frame', { cause: e });
+      const err = isPostboxError(e)
+        ? e
+        : new PostboxError('invalid_frame', 'undecodable frame', { cause: e });
       this.sendError(err.code, err.message, this.state === 'open' ? err.requestId : undefined);
       if (err.code === 'too_large') this.close(CLOSE_CODES.tooLarge, 'frame too large');
       else if (this.state !== 'open' || ++this.invalidFrames > this.server.opts.maxInvalidFrames) {
@@ -484,7 +490,13 @@ class Session {
       auth = null;
     }
     if (this.isClosed()) return;
-    if (!auth || typeof auth.user !== 'string' || typeof auth.device !== 'string' || !auth.user || !auth.device) {
+    if (
+      !auth ||
+      typeof auth.user !== 'string' ||
+      typeof auth.device !== 'string' ||
+      !auth.user ||
+      !auth.device
+    ) {
       this.sendError('unauthorized', 'credentials rejected');
       this.close(CLOSE_CODES.unauthorized, 'unauthorized');
       return;
@@ -572,7 +584,16 @@ class Session {
     if (e.kind === 'status') {
       return { t: 'st', o: e.offset, s: WIRE_STATUS[e.status], ids: e.ids, by: e.by, ts: e.ts };
     }
-    const f: MsgFrame = { t: 'msg', o: e.offset, id: e.id, f: e.from.user, fd: e.from.device, seq: e.seq, ts: e.ts, b: e.body };
+    const f: MsgFrame = {
+      t: 'msg',
+      o: e.offset,
+      id: e.id,
+      f: e.from.user,
+      fd: e.from.device,
+      seq: e.seq,
+      ts: e.ts,
+      b: e.body,
+    };
     if (e.to !== this.addr!.user) f.to = e.to;
     return f;
   }

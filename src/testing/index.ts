@@ -2,4 +2,10 @@
  * Test kit for postbox and for integrators: conformance suites, virtual clock, simulator.
  * @packageDocumentation
  */
-export {};
+export * from './conformance.js';
+export * from './server-store-conformance.js';
+export * from './client-store-conformance.js';
+export * from './transport-conformance.js';
+export { VirtualClock } from './virtual-clock.js';
+export { runSimulation } from './simulator.js';
+export type { SimulationOptions, SimulationResult } from './simulator.js';

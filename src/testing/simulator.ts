@@ -1,9 +1,17 @@
 import { createClient, type PostboxClient } from '../client/engine.js';
 import { STATUS_RANK } from '../client/status.js';
 import type { MessageStatus } from '../client/store.js';
-import { createMemoryClientState, memoryClientStore, type MemoryClientState } from '../client/stores/memory.js';
+import {
+  createMemoryClientState,
+  memoryClientStore,
+  type MemoryClientState,
+} from '../client/stores/memory.js';
 import { createServer, type PostboxServer } from '../server/engine.js';
-import { createMemoryServerState, memoryServerStore, type MemoryServerState } from '../server/stores/memory.js';
+import {
+  createMemoryServerState,
+  memoryServerStore,
+  type MemoryServerState,
+} from '../server/stores/memory.js';
 import { memoryNetwork } from '../transport/memory.js';
 import { seededRandom, type Random } from '../util/clock.js';
 import { VirtualClock } from './virtual-clock.js';
@@ -92,17 +100,36 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     virtualMs: 0,
   };
 
+  const level = options.faultLevel ?? 1;
+  // Some runs put every device on a slow (2G-like) link, so bufferedAmount and the delivery
+  // window matter.
+  const slow = rnd() < 0.3 ? { bytesPerMs: 2 + Math.floor(rnd() * 40) } : {};
   const net = memoryNetwork({
     clock,
     random: seededRandom(seed ^ 0x9e3779b9),
-    faults: { latency: { min: 1, max: 40 }, cutProbability: 0.004 * (options.faultLevel ?? 1) },
+    faults: { latency: { min: 1, max: 40 }, cutProbability: 0.004 * level, ...slow },
   });
+  // Store faults: a failed operation changes nothing, and the engines recover by closing the
+  // connection (server) or dropping it (client) and starting again from what the store holds.
+  const faultRnd = seededRandom(seed ^ 0x5bd1e995);
+  let storeFaults = level > 0;
+  const serverFaultOps = new Set(['append', 'ack', 'readInbox']);
+  const clientFaultOps = new Set(['applyInbound', 'streamNext', 'setStatus', 'pending', 'held']);
   const serverState: MemoryServerState = createMemoryServerState();
   const heartbeatMs = 1000;
   const deliveryWindow = 1 + Math.floor(rnd() * 16);
+  // A crashed server's engine may still have commits in flight; from the crash on, nothing it
+  // does reaches the store, so what it never committed it never acked.
+  let engineAlive = { value: true };
   const makeServer = () =>
     createServer({
-      store: memoryServerStore({ state: serverState }),
+      store: memoryServerStore({
+        state: serverState,
+        failWhen: (
+          (alive) => (op: string) =>
+            !alive.value || (storeFaults && serverFaultOps.has(op) && faultRnd() < 0.003 * level)
+        )(engineAlive),
+      }),
       authenticate: (cred) => cred as { user: string; device: string },
       clock,
       heartbeatMs,
@@ -139,7 +166,10 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     const random: Random = seededRandom(Math.floor(rnd() * 2 ** 32));
     const client = createClient({
       transport: net.client(dev.name),
-      store: memoryClientStore({ state: dev.state }),
+      store: memoryClientStore({
+        state: dev.state,
+        failWhen: (op) => storeFaults && clientFaultOps.has(op) && faultRnd() < 0.002 * level,
+      }),
       credentials: { user: dev.user, device: dev.device },
       device: dev.device,
       clock,
@@ -165,6 +195,9 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       if (rec) rec.statuses.push(s.status);
     });
     client.on('error', () => {});
+    client.on('connection', (state, error) => {
+      if (state === 'closed' && error) trace(`${dev.name} closed: ${error.code} ${error.message}`);
+    });
     dev.client = client;
     return client;
   };
@@ -181,11 +214,13 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   const crashServer = async () => {
     // A crash: every connection dies at once (acks in flight are lost), queued commits that
     // had not reached the store are dropped with their sessions, and the engine is abandoned.
+    engineAlive.value = false;
     net.cutAll();
     await server.close();
     serverDown = true;
   };
   const restartServer = async () => {
+    engineAlive = { value: true };
     server = makeServer();
     await server.listen(net.server);
     serverDown = false;
@@ -218,7 +253,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       if (dev.client) {
         const conv = pick(users.filter((u) => u !== dev.user));
         trace(`${step} read ${dev.name} ${conv}`);
-        void dev.client.markRead(conv);
+        dev.client.markRead(conv).catch(() => {});
         stats.reads++;
       }
     } else if (r < 0.7 && chance(0.6)) {
@@ -252,7 +287,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
 
   // Quiet phase: no new faults, everyone online, run until nothing is left to do.
   trace('quiet');
-  net.setFaults({ latency: { min: 1, max: 40 } });
+  net.setFaults({ latency: { min: 1, max: 40 }, ...slow });
+  storeFaults = false;
   if (serverDown) await restartServer();
   for (const d of devices) if (!d.client) startClient(d);
   let quiet = false;
@@ -284,7 +320,10 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   for (const rec of sent.values()) {
     const acked = rec.statuses.some((s) => STATUS_RANK[s] >= STATUS_RANK.sent && s !== 'failed');
     if (acked) stats.acked++;
-    else violations.push(`liveness: ${rec.id} from ${rec.from.name} never reached sent (${rec.statuses.join(',')})`);
+    else
+      violations.push(
+        `liveness: ${rec.id} from ${rec.from.name} never reached sent (${rec.statuses.join(',')})`,
+      );
     // 1. No loss: every recipient device and every other device of the sender has it.
     const audience = [...byUser.get(rec.to)!, ...byUser.get(rec.from.user)!.filter((d) => d !== rec.from)];
     const key = `${rec.from.user}/${rec.from.device}/${rec.id}`;
@@ -306,19 +345,26 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     // Final status is right: delivered to someone, and read iff a recipient device read it.
     const final = rec.statuses[rec.statuses.length - 1];
     const readByRecipient = await Promise.all(
-      byUser.get(rec.to)!.map(async (d) => (await d.client!.store.inbound(rec.from.user)).some((m) => m.id === rec.id && m.read)),
+      byUser
+        .get(rec.to)!
+        .map(async (d) =>
+          (await d.client!.store.inbound(rec.from.user)).some((m) => m.id === rec.id && m.read),
+        ),
     );
     const expected: MessageStatus = readByRecipient.some(Boolean) ? 'read' : 'delivered';
     if (final !== expected) violations.push(`final status: ${rec.id} is ${final}, expected ${expected}`);
     const stored = (await rec.from.client!.store.outgoing(rec.id))?.status;
-    if (stored !== final) violations.push(`final status: ${rec.id} stored as ${stored} but last event was ${final}`);
+    if (stored !== final)
+      violations.push(`final status: ${rec.id} stored as ${stored} but last event was ${final}`);
   }
   for (const d of devices) {
     // 3. Per-sender order: within each (conversation, sender device) stream, 1, 2, 3, … with no holes.
     for (const [stream, seqs] of d.order) {
       for (let i = 0; i < seqs.length; i++) {
         if (seqs[i] !== i + 1) {
-          violations.push(`per-sender order: ${d.name} saw stream ${stream} as ${seqs.slice(0, i + 1).join(',')}`);
+          violations.push(
+            `per-sender order: ${d.name} saw stream ${stream} as ${seqs.slice(0, i + 1).join(',')}`,
+          );
           break;
         }
       }

@@ -1,0 +1,250 @@
+/**
+ * The in-memory {@link ClientStore}: the reference implementation of the contract and the test
+ * double, with a `state` object that outlives a store (a new store over the same state is an app
+ * restart after a crash) and a `failWhen` fault switch. Browser-safe: no Node built-ins.
+ * @packageDocumentation
+ */
+import type {
+  ClientStore,
+  InboundChange,
+  InboundMessage,
+  MessageStatus,
+  OutboxDraft,
+  OutboxEntry,
+} from '../store.js';
+
+/**
+ * Opaque durable state of a memory client store; a new store over the same state is a "re-open
+ * after a crash". Its contents are private to this module and may change between versions.
+ */
+export interface MemoryClientState {
+  /** Brand that keeps other objects from passing as a state; nothing else is public. */
+  readonly kind: 'postbox.memory-client-state';
+}
+
+/** The operations the {@link MemoryClientStoreOptions.failWhen} switch can fail (the method names). */
+export type ClientStoreOp =
+  | 'enqueue'
+  | 'pending'
+  | 'setStatus'
+  | 'outgoing'
+  | 'applyInbound'
+  | 'streamNext'
+  | 'held'
+  | 'inbound'
+  | 'outgoingIn'
+  | 'markRead';
+
+/** Options of {@link memoryClientStore}. */
+export interface MemoryClientStoreOptions {
+  /**
+   * Share state across store instances to simulate app restarts.
+   * @default a fresh state
+   */
+  state?: MemoryClientState;
+  /**
+   * Fault switch, asked before every operation: when it returns true the operation rejects with
+   * an Error and changes nothing.
+   * @default never fail
+   */
+  failWhen?: (op: ClientStoreOp) => boolean;
+}
+
+interface ClientData extends MemoryClientState {
+  /** conversation → last sequence number handed out. */
+  seqs: Map<string, number>;
+  /** outgoing id → entry, in enqueue order. */
+  outbox: Map<string, OutboxEntry>;
+  /** conversation → outgoing ids in enqueue order. */
+  outByConv: Map<string, string[]>;
+  /** dedupe key → inbound message, in arrival order. */
+  inbound: Map<string, InboundMessage>;
+  /** conversation → inbound dedupe keys in arrival order. */
+  inByConv: Map<string, string[]>;
+  /** message id → inbound dedupe keys (release and markRead address messages by id). */
+  byId: Map<string, string[]>;
+  /** dedupe keys of held messages, in arrival order. */
+  held: Set<string>;
+  /** stream key → next expected sequence. */
+  streams: Map<string, number>;
+}
+
+/** Creates an empty state for {@link memoryClientStore}. */
+export function createMemoryClientState(): MemoryClientState {
+  const data: ClientData = {
+    kind: 'postbox.memory-client-state',
+    seqs: new Map(),
+    outbox: new Map(),
+    outByConv: new Map(),
+    inbound: new Map(),
+    inByConv: new Map(),
+    byId: new Map(),
+    held: new Set(),
+    streams: new Map(),
+  };
+  return data;
+}
+
+// Length-prefixed so that no two different tuples share a key.
+const inboundKey = (m: { from: string; fromDevice: string; id: string }): string =>
+  `${m.from.length}:${m.from}${m.fromDevice.length}:${m.fromDevice}${m.id}`;
+
+function copyOutbox(e: OutboxEntry): OutboxEntry {
+  const out: OutboxEntry = { ...e };
+  if (e.body !== undefined) out.body = new Uint8Array(e.body);
+  if (e.ids !== undefined) out.ids = [...e.ids];
+  return out;
+}
+
+function copyInbound(m: InboundMessage): InboundMessage {
+  return { ...m, body: new Uint8Array(m.body) };
+}
+
+function listIn<K, V>(map: Map<K, V[]>, key: K): V[] {
+  let list = map.get(key);
+  if (!list) map.set(key, (list = []));
+  return list;
+}
+
+/**
+ * A {@link ClientStore} kept in memory. Every operation runs synchronously inside its promise,
+ * so each call is atomic.
+ *
+ * Choices where the contract is silent: enqueueing an id that is already in the outbox rejects
+ * and changes nothing; `setStatus` of an unknown id is ignored.
+ *
+ * @example
+ * ```ts
+ * const disk = createMemoryClientState();
+ * let store = memoryClientStore({ state: disk });
+ * // … crash …
+ * store = memoryClientStore({ state: disk }); // same outbox, counters, history
+ * ```
+ */
+export function memoryClientStore(
+  options: MemoryClientStoreOptions = {},
+): ClientStore & { readonly name: 'memory' } {
+  const data = (options.state ?? createMemoryClientState()) as ClientData;
+  const failWhen = options.failWhen;
+
+  function check(op: ClientStoreOp): void {
+    if (failWhen?.(op)) throw new Error(`memory client store: injected failure in ${op}`);
+  }
+
+  function eachById(ids: string[], fn: (key: string, m: InboundMessage) => void): void {
+    for (const id of ids) {
+      for (const key of data.byId.get(id) ?? []) {
+        const m = data.inbound.get(key);
+        if (m) fn(key, m);
+      }
+    }
+  }
+
+  return {
+    name: 'memory',
+
+    async enqueue(draft: OutboxDraft, sequenced: boolean): Promise<OutboxEntry> {
+      check('enqueue');
+      if (data.outbox.has(draft.id)) {
+        throw new Error(`memory client store: outbox id ${draft.id} is already enqueued`);
+      }
+      const entry: OutboxEntry = copyOutbox({ ...draft, status: 'pending' });
+      if (sequenced) {
+        const seq = (data.seqs.get(draft.conv) ?? 0) + 1;
+        data.seqs.set(draft.conv, seq);
+        entry.seq = seq;
+      } else {
+        delete entry.seq;
+      }
+      data.outbox.set(entry.id, entry);
+      listIn(data.outByConv, entry.conv).push(entry.id);
+      return copyOutbox(entry);
+    },
+
+    async pending(): Promise<OutboxEntry[]> {
+      check('pending');
+      const out: OutboxEntry[] = [];
+      for (const e of data.outbox.values()) if (e.status === 'pending') out.push(copyOutbox(e));
+      return out;
+    },
+
+    async setStatus(id: string, status: MessageStatus): Promise<void> {
+      check('setStatus');
+      const e = data.outbox.get(id);
+      if (e) e.status = status;
+    },
+
+    async outgoing(id: string): Promise<OutboxEntry | undefined> {
+      check('outgoing');
+      const e = data.outbox.get(id);
+      return e && copyOutbox(e);
+    },
+
+    async applyInbound(change: InboundChange): Promise<{ inserted: boolean }> {
+      check('applyInbound');
+      let inserted = false;
+      if (change.insert) {
+        const key = inboundKey(change.insert);
+        if (data.inbound.has(key)) return { inserted: false };
+        const m = copyInbound(change.insert);
+        data.inbound.set(key, m);
+        listIn(data.inByConv, m.conv).push(key);
+        listIn(data.byId, m.id).push(key);
+        if (m.held) data.held.add(key);
+        inserted = true;
+      }
+      if (change.release) {
+        eachById(change.release, (key, m) => {
+          m.held = false;
+          data.held.delete(key);
+        });
+      }
+      for (const s of change.streams ?? []) data.streams.set(s.key, s.next);
+      return { inserted };
+    },
+
+    async streamNext(key: string): Promise<number | undefined> {
+      check('streamNext');
+      return data.streams.get(key);
+    },
+
+    async held(): Promise<InboundMessage[]> {
+      check('held');
+      const out: InboundMessage[] = [];
+      for (const key of data.held) {
+        const m = data.inbound.get(key);
+        if (m) out.push(copyInbound(m));
+      }
+      return out;
+    },
+
+    async inbound(conv: string): Promise<InboundMessage[]> {
+      check('inbound');
+      const out: InboundMessage[] = [];
+      for (const key of data.inByConv.get(conv) ?? []) {
+        const m = data.inbound.get(key);
+        if (m) out.push(copyInbound(m));
+      }
+      return out;
+    },
+
+    async outgoingIn(conv: string): Promise<OutboxEntry[]> {
+      check('outgoingIn');
+      const out: OutboxEntry[] = [];
+      for (const id of data.outByConv.get(conv) ?? []) {
+        const e = data.outbox.get(id);
+        if (e) out.push(copyOutbox(e));
+      }
+      return out;
+    },
+
+    async markRead(ids: string[]): Promise<void> {
+      check('markRead');
+      eachById(ids, (_key, m) => {
+        m.read = true;
+      });
+    },
+
+    async close(): Promise<void> {},
+  };
+}

@@ -1,0 +1,640 @@
+/**
+ * The {@link ServerStore} conformance suite: one case per rule of the contract. Run it against
+ * your own adapter with {@link registerCases}.
+ */
+import assert from 'node:assert/strict';
+import type {
+  AppendOutcome,
+  DeviceAddress,
+  InboxEntry,
+  MessageInput,
+  ReceiptInput,
+  ServerStore,
+} from '../server/store.js';
+import type { ConformanceCase } from './conformance.js';
+
+/** How the server store suite opens and re-opens the adapter under test. */
+export interface ServerStoreSubject {
+  /** Names the adapter in reports. */
+  name: string;
+  /** A store over fresh empty data. */
+  open(): Promise<ServerStore>;
+  /** Closes `store` and opens a new one over the SAME data (a restart). */
+  reopen(store: ServerStore): Promise<ServerStore>;
+}
+
+const alice1: DeviceAddress = { user: 'alice', device: 'a1' };
+const alice2: DeviceAddress = { user: 'alice', device: 'a2' };
+const alice3: DeviceAddress = { user: 'alice', device: 'a3' };
+const bob1: DeviceAddress = { user: 'bob', device: 'b1' };
+const bob2: DeviceAddress = { user: 'bob', device: 'b2' };
+const carol1: DeviceAddress = { user: 'carol', device: 'c1' };
+
+const ALL = 1_000_000;
+const encoder = new TextEncoder();
+
+function msg(from: DeviceAddress, id: string, to: string, seq = 1, body?: Uint8Array): MessageInput {
+  return { kind: 'msg', from, id, to, seq, body: body ?? encoder.encode(`body of ${id}`) };
+}
+
+function receipt(from: DeviceAddress, id: string, to: string, ids: string[]): ReceiptInput {
+  return { kind: 'receipt', from, id, to, status: 'read', ids };
+}
+
+/** Every byte value, twice, in a non-trivial order. */
+function binaryBody(): Uint8Array {
+  const b = new Uint8Array(512);
+  for (let i = 0; i < b.length; i++) b[i] = (i * 167 + 13) & 0xff;
+  return b;
+}
+
+function assertBytes(actual: Uint8Array, expected: Uint8Array, what: string): void {
+  assert.ok(actual instanceof Uint8Array, `${what}: body is a Uint8Array`);
+  assert.equal(actual.byteLength, expected.byteLength, `${what}: body length`);
+  for (let i = 0; i < expected.byteLength; i++) {
+    if (actual[i] !== expected[i]) assert.fail(`${what}: body differs at byte ${i}`);
+  }
+}
+
+const devKey = (d: DeviceAddress): string => `${d.user}/${d.device}`;
+
+function assertDevices(actual: DeviceAddress[], expected: DeviceAddress[], what: string): void {
+  const keys = actual.map(devKey);
+  assert.equal(new Set(keys).size, keys.length, `${what}: each device listed once`);
+  assert.deepEqual([...keys].sort(), expected.map(devKey).sort(), what);
+}
+
+function ok(outcome: AppendOutcome | undefined, what: string): Extract<AppendOutcome, { ok: true }> {
+  assert.ok(outcome, `${what}: an outcome`);
+  if (!outcome.ok) assert.fail(`${what}: expected ok, got ${outcome.code}`);
+  return outcome;
+}
+
+async function appendOne(store: ServerStore, item: MessageInput | ReceiptInput, now: number) {
+  const outcomes = await store.append([item], now);
+  assert.equal(outcomes.length, 1, 'one outcome per item');
+  return ok(outcomes[0], `append ${item.id}`);
+}
+
+async function inbox(store: ServerStore, d: DeviceAddress): Promise<InboxEntry[]> {
+  return store.readInbox(d, 0, ALL);
+}
+
+function msgIds(entries: InboxEntry[]): string[] {
+  return entries.flatMap((e) => (e.kind === 'msg' ? [e.id] : []));
+}
+
+function statuses(entries: InboxEntry[]) {
+  return entries.flatMap((e) =>
+    e.kind === 'status' ? [{ status: e.status, ids: [...e.ids].sort(), by: e.by, ts: e.ts }] : [],
+  );
+}
+
+function offsetOf(entries: InboxEntry[], id: string): number {
+  const e = entries.find((x) => x.kind === 'msg' && x.id === id);
+  assert.ok(e, `entry ${id} is in the inbox`);
+  return e.offset;
+}
+
+/** Holds the store of one case, so a case can re-open it and the suite can close it. */
+interface Harness {
+  store: ServerStore;
+  reopen(): Promise<ServerStore>;
+}
+
+async function register(store: ServerStore, ...devices: DeviceAddress[]): Promise<void> {
+  for (const d of devices) await store.registerDevice(d, 1);
+}
+
+const tick = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0));
+
+/**
+ * The {@link ServerStore} conformance suite: a list of cases, each named after the guarantee it
+ * proves, each on fresh data from `subject.open()`.
+ *
+ * @example
+ * ```ts
+ * import { registerCases, serverStoreConformance } from 'postbox/testing';
+ * import { describe, it } from 'vitest';
+ *
+ * describe('my store', () =>
+ *   registerCases(
+ *     serverStoreConformance({
+ *       name: 'my store',
+ *       open: async () => myStore(await freshDatabase()),
+ *       reopen: async (store) => { await store.close(); return myStore(sameDatabase()); },
+ *     }),
+ *     it,
+ *   ));
+ * ```
+ */
+export function serverStoreConformance(subject: ServerStoreSubject): ConformanceCase[] {
+  const cases: ConformanceCase[] = [];
+  const test = (name: string, body: (h: Harness) => Promise<void>): void => {
+    cases.push({
+      name,
+      async run() {
+        const h: Harness = {
+          store: await subject.open(),
+          async reopen() {
+            h.store = await subject.reopen(h.store);
+            return h.store;
+          },
+        };
+        try {
+          await body(h);
+        } finally {
+          await h.store.close();
+        }
+      },
+    });
+  };
+
+  test('devices are listed in registration order and registration is idempotent', async ({ store }) => {
+    assert.deepEqual(await store.devices('bob'), []);
+    await register(store, bob2, bob1, bob2, alice1);
+    await store.registerDevice(bob1, 99);
+    assert.deepEqual(await store.devices('bob'), ['b2', 'b1']);
+    assert.deepEqual(await store.devices('alice'), ['a1']);
+  });
+
+  test('append is atomic across every recipient device', async ({ store }) => {
+    await register(store, alice1, alice2, bob1, bob2);
+    const body = binaryBody();
+    const out = await appendOne(store, msg(alice1, 'm1', 'bob', 7, body), 1000);
+    assert.equal(out.ts, 1000, 'commit time is `now`');
+    assert.equal(out.duplicate, false);
+    assertDevices(out.notify, [alice2, bob1, bob2], 'notify lists every recipient device once');
+    for (const d of [alice2, bob1, bob2]) {
+      const entries = await inbox(store, d);
+      assert.equal(entries.length, 1, `${devKey(d)} has the message`);
+      const e = entries[0]!;
+      assert.ok(e.kind === 'msg');
+      assert.ok(Number.isInteger(e.offset) && e.offset > 0, 'offsets are positive integers');
+      const { offset: _o, body: got, ...rest } = e;
+      assert.deepEqual(rest, { kind: 'msg', id: 'm1', from: alice1, to: 'bob', seq: 7, ts: 1000 });
+      assertBytes(got, body, devKey(d));
+    }
+    assert.deepEqual(await inbox(store, alice1), [], 'the sending device gets no copy');
+  });
+
+  test('bodies are stored byte-exact and independent of the caller’s and readers’ buffers', async ({
+    store,
+  }) => {
+    await register(store, alice1, bob1);
+    const body = binaryBody();
+    const expected = body.slice();
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1, body), 1000);
+    body.fill(0); // the caller reuses its buffer
+    const first = (await inbox(store, bob1))[0]!;
+    assert.ok(first.kind === 'msg');
+    assertBytes(first.body, expected, 'after the caller reused its buffer');
+    first.body.fill(1); // a reader scribbles on what it got
+    const second = (await inbox(store, bob1))[0]!;
+    assert.ok(second.kind === 'msg');
+    assertBytes(second.body, expected, 'after a reader changed its copy');
+    const empty = await appendOne(store, msg(alice1, 'm2', 'bob', 2, new Uint8Array(0)), 1001);
+    assert.equal(empty.duplicate, false);
+    const e = (await inbox(store, bob1))[1]!;
+    assert.ok(e.kind === 'msg');
+    assertBytes(e.body, new Uint8Array(0), 'an empty body');
+  });
+
+  test('a duplicate id in the same batch or a later one writes nothing and returns the original ts', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1);
+    const outcomes = await store.append(
+      [msg(alice1, 'm1', 'bob', 1), msg(alice1, 'm1', 'bob', 2, encoder.encode('other'))],
+      1000,
+    );
+    assert.equal(outcomes.length, 2);
+    const first = ok(outcomes[0], 'first');
+    assert.equal(first.duplicate, false);
+    assert.deepEqual(ok(outcomes[1], 'second'), { ok: true, ts: 1000, duplicate: true, notify: [] });
+    const later = await store.append([msg(alice1, 'm1', 'bob', 3, encoder.encode('again'))], 2000);
+    assert.deepEqual(later, [{ ok: true, ts: 1000, duplicate: true, notify: [] }]);
+    const entries = await inbox(store, bob1);
+    assert.equal(entries.length, 1, 'one entry for the id');
+    const e = entries[0]!;
+    assert.ok(e.kind === 'msg');
+    assert.equal(e.seq, 1);
+    assertBytes(e.body, encoder.encode('body of m1'), 'the original body');
+    assert.equal((await inbox(store, alice2)).length, 1);
+    // The key is (user, device, id): the same id from another device or user is a new message.
+    const other = await appendOne(store, msg(alice2, 'm1', 'bob', 1), 3000);
+    assert.equal(other.duplicate, false);
+    await register(store, carol1);
+    const fromCarol = await appendOne(store, msg(carol1, 'm1', 'bob', 1), 3000);
+    assert.equal(fromCarol.duplicate, false);
+    assert.equal((await inbox(store, bob1)).length, 3);
+  });
+
+  test('recipients are the devices registered at commit time', async ({ store }) => {
+    await register(store, alice1, bob1);
+    const first = await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    assertDevices(first.notify, [bob1], 'before bob2 and alice2 exist');
+    await register(store, bob2, alice2);
+    const second = await appendOne(store, msg(alice1, 'm2', 'bob', 2), 2000);
+    assertDevices(second.notify, [bob1, bob2, alice2], 'after they registered');
+    assert.deepEqual(msgIds(await inbox(store, bob1)), ['m1', 'm2']);
+    assert.deepEqual(msgIds(await inbox(store, bob2)), ['m2']);
+    assert.deepEqual(msgIds(await inbox(store, alice2)), ['m2']);
+  });
+
+  test('unknown recipient writes nothing', async ({ store }) => {
+    await register(store, alice1, alice2, bob1);
+    const outcomes = await store.append([msg(alice1, 'm1', 'nobody'), msg(alice1, 'm2', 'bob', 1)], 1000);
+    assert.deepEqual(outcomes[0], { ok: false, code: 'unknown_recipient' });
+    assert.equal(ok(outcomes[1], 'the other item of the batch').duplicate, false);
+    assert.deepEqual(msgIds(await inbox(store, alice2)), ['m2'], 'no copy of m1 for the sender’s devices');
+    const r = await store.append([receipt(bob1, 'r1', 'nobody', ['x'])], 1000);
+    assert.deepEqual(r, [{ ok: false, code: 'unknown_recipient' }]);
+    assert.equal((await inbox(store, alice2)).length, 1);
+    // No dedupe record was written: once the user exists, the same id commits.
+    await register(store, { user: 'nobody', device: 'n1' });
+    const retry = await appendOne(store, msg(alice1, 'm1', 'nobody'), 2000);
+    assert.equal(retry.duplicate, false);
+    assert.equal(retry.ts, 2000);
+  });
+
+  test('offsets strictly increase per device, across acks and re-opens', async (h) => {
+    await register(h.store, alice1, bob1);
+    const seen: number[] = [];
+    const take = async () => {
+      const entries = await h.store.readInbox(bob1, seen.at(-1) ?? 0, ALL);
+      for (const e of entries) seen.push(e.offset);
+      return entries;
+    };
+    for (let i = 0; i < 5; i++) await appendOne(h.store, msg(alice1, `m${i}`, 'bob', i + 1), 1000 + i);
+    await h.store.append(
+      [5, 6, 7].map((i) => msg(alice1, `m${i}`, 'bob', i + 1)),
+      2000,
+    );
+    await take();
+    await h.store.ack(bob1, [...seen], 3000);
+    await appendOne(h.store, msg(alice1, 'm8', 'bob', 9), 3000);
+    await take();
+    await h.reopen();
+    await appendOne(h.store, msg(alice1, 'm9', 'bob', 10), 4000);
+    const all = await inbox(h.store, bob1);
+    assert.deepEqual(msgIds(all), ['m8', 'm9']);
+    for (const e of all) if (!seen.includes(e.offset)) seen.push(e.offset);
+    assert.equal(seen.length, 10);
+    for (let i = 0; i < seen.length; i++) {
+      assert.ok(Number.isInteger(seen[i]) && seen[i]! > 0, 'offsets are positive integers');
+      if (i > 0) assert.ok(seen[i]! > seen[i - 1]!, `offset ${seen[i]} after ${seen[i - 1]} (never reused)`);
+    }
+  });
+
+  test('a batch of 512 items commits in one call', async ({ store }) => {
+    await register(store, alice1, bob1);
+    const batch = Array.from({ length: 512 }, (_, i) =>
+      msg(alice1, `m${String(i).padStart(3, '0')}`, 'bob', i + 1),
+    );
+    const outcomes = await store.append(batch, 1000);
+    assert.equal(outcomes.length, 512);
+    for (const [i, o] of outcomes.entries()) {
+      const r = ok(o, `item ${i}`);
+      assert.equal(r.duplicate, false);
+      assert.equal(r.ts, 1000);
+    }
+    const entries = await inbox(store, bob1);
+    assert.deepEqual(
+      msgIds(entries),
+      batch.map((m) => m.id),
+      'one entry per item, in batch order',
+    );
+  });
+
+  test('readInbox honours after and limit', async ({ store }) => {
+    await register(store, alice1, bob1);
+    for (let i = 0; i < 10; i++) await appendOne(store, msg(alice1, `m${i}`, 'bob', i + 1), 1000 + i);
+    const all = await inbox(store, bob1);
+    assert.equal(all.length, 10);
+    const first = await store.readInbox(bob1, 0, 3);
+    assert.deepEqual(msgIds(first), ['m0', 'm1', 'm2']);
+    const rest = await store.readInbox(bob1, first[2]!.offset, 100);
+    assert.deepEqual(msgIds(rest), ['m3', 'm4', 'm5', 'm6', 'm7', 'm8', 'm9']);
+    const middle = await store.readInbox(bob1, all[4]!.offset, 2);
+    assert.deepEqual(msgIds(middle), ['m5', 'm6']);
+    assert.deepEqual(await store.readInbox(bob1, all[9]!.offset, 100), []);
+    assert.deepEqual(await store.readInbox(bob1, 0, 0), []);
+    // `after` need not be an existing offset (e.g. it was acked).
+    await store.ack(bob1, [all[3]!.offset], 2000);
+    assert.deepEqual(msgIds(await store.readInbox(bob1, all[2]!.offset, 2)), ['m4', 'm5']);
+    assert.deepEqual(await store.readInbox(carol1, 0, 10), [], 'an unknown device has an empty inbox');
+  });
+
+  test('no reader skips an entry under concurrent appends', async ({ store }) => {
+    const senders = Array.from({ length: 50 }, (_, i) => ({ user: `s${i}`, device: 'd' }));
+    await register(store, bob1, ...senders);
+    const perBatch = 4;
+    const total = senders.length * perBatch;
+    let done = false;
+    const writers = Promise.all(
+      senders.map(async (s, i) => {
+        for (let k = 0; k < i % 3; k++) await tick(); // stagger
+        return store.append(
+          Array.from({ length: perBatch }, (_, j) => msg(s, `${s.user}-${j}`, 'bob', j + 1)),
+          1000 + i,
+        );
+      }),
+    ).finally(() => {
+      done = true;
+    });
+    const seen = new Map<number, string>();
+    let cursor = 0;
+    for (let round = 0; ; round++) {
+      assert.ok(round < 100_000, 'the reader finishes');
+      const finished = done; // taken before the read, so an empty page then means "all read"
+      const page = await store.readInbox(bob1, cursor, 7);
+      for (const e of page) {
+        assert.ok(e.offset > cursor, `offset ${e.offset} is after the cursor ${cursor}`);
+        assert.ok(e.kind === 'msg');
+        seen.set(e.offset, e.id);
+        cursor = e.offset;
+      }
+      if (page.length === 0) {
+        if (finished) break;
+        await tick();
+      }
+    }
+    const outcomes = (await writers).flat();
+    assert.equal(outcomes.length, total);
+    for (const o of outcomes) assert.equal(ok(o, 'concurrent append').duplicate, false);
+    const all = await inbox(store, bob1);
+    assert.equal(all.length, total, 'every item committed');
+    for (const e of all) {
+      assert.ok(seen.has(e.offset), `entry at offset ${e.offset} appeared behind the reader’s cursor`);
+    }
+    assert.equal(seen.size, total);
+  });
+
+  test('ack deletes only the acking device’s entries', async ({ store }) => {
+    await register(store, alice1, bob1, bob2);
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    await appendOne(store, msg(alice1, 'm2', 'bob', 2), 1000);
+    const b1 = await inbox(store, bob1);
+    const res = await store.ack(bob1, [offsetOf(b1, 'm1')], 2000);
+    assert.equal(res.count, 1);
+    assert.deepEqual(msgIds(await inbox(store, bob1)), ['m2']);
+    assert.deepEqual(msgIds(await inbox(store, bob2)), ['m1', 'm2'], 'the other device keeps its entries');
+    const again = await store.ack(bob1, [offsetOf(b1, 'm1'), 987_654], 2001);
+    assert.deepEqual(again, { count: 0, notify: [] }, 'already acked and unknown offsets are ignored');
+    const b2 = await inbox(store, bob2);
+    const both = await store.ack(
+      bob2,
+      b2.map((e) => e.offset),
+      2002,
+    );
+    assert.equal(both.count, 2);
+    assert.deepEqual(await inbox(store, bob2), []);
+    assert.deepEqual(msgIds(await inbox(store, bob1)), ['m2']);
+  });
+
+  test('a device cannot ack another device’s entries', async ({ store }) => {
+    await register(store, alice1, bob1, bob2, carol1);
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    await appendOne(store, msg(alice1, 'm2', 'bob', 2), 1000);
+    const before1 = await inbox(store, bob1);
+    const before2 = await inbox(store, bob2);
+    const offsets = [...before1, ...before2].map((e) => e.offset);
+    assert.deepEqual(await store.ack(carol1, offsets, 2000), { count: 0, notify: [] });
+    assert.deepEqual(await store.ack({ user: 'bob', device: 'b9' }, offsets, 2000), { count: 0, notify: [] });
+    assert.deepEqual(await inbox(store, bob1), before1);
+    assert.deepEqual(await inbox(store, bob2), before2);
+    assert.deepEqual(await inbox(store, alice1), [], 'no delivered for acks that deleted nothing');
+  });
+
+  test('delivered is queued once, on the first recipient device’s ack', async ({ store }) => {
+    await register(store, alice1, alice2, bob1, bob2, carol1);
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    await appendOne(store, msg(alice2, 'm2', 'bob', 1), 1000);
+    await appendOne(store, msg(carol1, 'm3', 'bob', 1), 1000);
+    const b1 = await inbox(store, bob1);
+    assert.deepEqual(msgIds(b1), ['m1', 'm2', 'm3']);
+    const res = await store.ack(
+      bob1,
+      b1.map((e) => e.offset),
+      2000,
+    );
+    assert.equal(res.count, 3);
+    assertDevices(res.notify, [alice1, alice2, carol1], 'every device of each sender user');
+    const delivered = (ids: string[]) => ({ status: 'delivered', ids, by: 'bob', ts: 2000 });
+    assert.deepEqual(
+      statuses(await inbox(store, alice1)),
+      [delivered(['m1', 'm2'])],
+      'grouped per sender user',
+    );
+    assert.deepEqual(statuses(await inbox(store, alice2)), [delivered(['m1', 'm2'])]);
+    assert.deepEqual(statuses(await inbox(store, carol1)), [delivered(['m3'])]);
+    // The second recipient device's ack deletes its entries and queues nothing.
+    const b2 = await inbox(store, bob2);
+    const second = await store.ack(
+      bob2,
+      b2.map((e) => e.offset),
+      3000,
+    );
+    assert.deepEqual(second, { count: 3, notify: [] });
+    assert.equal(statuses(await inbox(store, alice1)).length, 1);
+    assert.equal(statuses(await inbox(store, carol1)).length, 1);
+  });
+
+  test('the sender’s other devices’ acks produce no delivered', async ({ store }) => {
+    await register(store, alice1, alice2, bob1);
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    const a2 = await inbox(store, alice2);
+    assert.deepEqual(await store.ack(alice2, [offsetOf(a2, 'm1')], 2000), { count: 1, notify: [] });
+    assert.deepEqual(await inbox(store, alice1), []);
+    assert.deepEqual(await inbox(store, alice2), []);
+    // The recipient's ack is still the first one that counts.
+    const res = await store.ack(bob1, [offsetOf(await inbox(store, bob1), 'm1')], 3000);
+    assertDevices(res.notify, [alice1, alice2], 'delivered after the recipient acks');
+    assert.deepEqual(statuses(await inbox(store, alice1)), [
+      { status: 'delivered', ids: ['m1'], by: 'bob', ts: 3000 },
+    ]);
+  });
+
+  test('acking a status entry produces nothing', async ({ store }) => {
+    await register(store, alice1, bob1, bob2);
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    await store.ack(bob1, [offsetOf(await inbox(store, bob1), 'm1')], 2000);
+    const a1 = await inbox(store, alice1);
+    assert.equal(a1.length, 1);
+    const bobBefore = await inbox(store, bob2);
+    assert.deepEqual(
+      await store.ack(
+        alice1,
+        a1.map((e) => e.offset),
+        3000,
+      ),
+      { count: 1, notify: [] },
+    );
+    assert.deepEqual(await inbox(store, alice1), []);
+    assert.deepEqual(await inbox(store, bob1), []);
+    assert.deepEqual(await inbox(store, bob2), bobBefore);
+  });
+
+  test('a receipt becomes a read status on the reader’s other devices and the sender’s devices', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, bob2);
+    const out = await appendOne(store, receipt(bob1, 'r1', 'alice', ['m1', 'm2']), 5000);
+    assert.equal(out.ts, 5000);
+    assert.equal(out.duplicate, false);
+    assertDevices(out.notify, [alice1, alice2, bob2], 'notify');
+    const read = { status: 'read', ids: ['m1', 'm2'], by: 'bob', ts: 5000 };
+    for (const d of [alice1, alice2, bob2]) {
+      const entries = await inbox(store, d);
+      assert.equal(entries.length, 1);
+      assert.deepEqual(statuses(entries), [read], devKey(d));
+    }
+    assert.deepEqual(await inbox(store, bob1), [], 'not to the reading device');
+    const dup = await store.append([receipt(bob1, 'r1', 'alice', ['m1', 'm2'])], 6000);
+    assert.deepEqual(dup, [{ ok: true, ts: 5000, duplicate: true, notify: [] }]);
+    assert.equal((await inbox(store, alice1)).length, 1, 'a duplicate receipt writes nothing');
+  });
+
+  test('dedupe survives a re-open', async (h) => {
+    await register(h.store, alice1, bob1);
+    await appendOne(h.store, msg(alice1, 'm1', 'bob', 1), 1000);
+    await appendOne(h.store, receipt(bob1, 'r1', 'alice', ['x']), 1100);
+    await h.store.ack(bob1, [offsetOf(await inbox(h.store, bob1), 'm1')], 1500);
+    await h.reopen();
+    assert.deepEqual(await h.store.append([msg(alice1, 'm1', 'bob', 1)], 2000), [
+      { ok: true, ts: 1000, duplicate: true, notify: [] },
+    ]);
+    assert.deepEqual(await h.store.append([receipt(bob1, 'r1', 'alice', ['x'])], 2000), [
+      { ok: true, ts: 1100, duplicate: true, notify: [] },
+    ]);
+    assert.deepEqual(await inbox(h.store, bob1), [], 'the acked message is not written again');
+  });
+
+  test('inbox and undelivered bodies survive a re-open', async (h) => {
+    await register(h.store, alice1, bob1, bob2);
+    const body = binaryBody();
+    await appendOne(h.store, msg(alice1, 'm1', 'bob', 1, body), 1000);
+    await appendOne(h.store, msg(alice1, 'm2', 'bob', 2), 1001);
+    await h.store.ack(bob1, [offsetOf(await inbox(h.store, bob1), 'm1')], 2000);
+    const before = {
+      alice1: await inbox(h.store, alice1),
+      bob1: await inbox(h.store, bob1),
+      bob2: await inbox(h.store, bob2),
+    };
+    await h.reopen();
+    assert.deepEqual(await h.store.devices('bob'), ['b1', 'b2'], 'devices survive');
+    assert.deepEqual(await inbox(h.store, alice1), before.alice1, 'the delivered status survives');
+    assert.deepEqual(await inbox(h.store, bob1), before.bob1, 'acked entries stay deleted');
+    const b2 = await inbox(h.store, bob2);
+    assert.deepEqual(b2, before.bob2, 'the unacked entries survive with their offsets');
+    const e = b2[0]!;
+    assert.ok(e.kind === 'msg' && e.id === 'm1');
+    assertBytes(e.body, body, 'the body another device still needs');
+  });
+
+  test('expiry removes old entries and tells the sender expired once per undelivered message', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, bob2, carol1);
+    await appendOne(store, msg(alice1, 'old1', 'bob', 1), 1000); // → bob1, bob2, alice2
+    await appendOne(store, msg(alice1, 'old2', 'carol', 1), 1100); // → carol1, alice2
+    await appendOne(store, msg(alice2, 'old3', 'bob', 1), 1200); // → bob1, bob2, alice1
+    await appendOne(store, receipt(bob1, 'r1', 'alice', ['z']), 1300); // → alice1, alice2, bob2
+    await appendOne(store, msg(alice1, 'new1', 'bob', 2), 2000); // at the cutoff: not before it, stays
+    // The sender's other device acking does not make a message delivered.
+    await store.ack(alice2, [offsetOf(await inbox(store, alice2), 'old1')], 1400);
+    const res = await store.expire(2000, 9000);
+    assert.equal(res.count, 2 + 2 + 3 + 3, 'every entry committed before the cutoff');
+    assertDevices(res.notify, [alice1, alice2], 'the sender user’s devices');
+    const expected = [
+      { status: 'expired', ids: ['old1', 'old3'], by: 'bob', ts: 9000 },
+      { status: 'expired', ids: ['old2'], by: 'carol', ts: 9000 },
+    ];
+    const byWho = (a: { by: string }, b: { by: string }) => a.by.localeCompare(b.by);
+    assert.deepEqual(
+      statuses(await inbox(store, alice1)).sort(byWho),
+      expected,
+      'once per message, per recipient',
+    );
+    assert.deepEqual(statuses(await inbox(store, alice2)).sort(byWho), expected);
+    assert.deepEqual(msgIds(await inbox(store, alice2)), ['new1']);
+    assert.deepEqual(msgIds(await inbox(store, bob1)), ['new1']);
+    assert.deepEqual(msgIds(await inbox(store, bob2)), ['new1']);
+    assert.deepEqual(statuses(await inbox(store, bob2)), [], 'old status entries are removed too');
+    assert.deepEqual(await inbox(store, carol1), []);
+    // A second pass finds nothing more to remove or tell.
+    assert.deepEqual(await store.expire(2000, 9500), { count: 0, notify: [] });
+  });
+
+  test('a delivered message that expires on another device produces no expired', async ({ store }) => {
+    await register(store, alice1, bob1, bob2);
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    await store.ack(bob1, [offsetOf(await inbox(store, bob1), 'm1')], 3000);
+    const res = await store.expire(2000, 9000);
+    assert.deepEqual(res, { count: 1, notify: [] }, 'bob2’s copy goes, silently');
+    assert.deepEqual(await inbox(store, bob2), []);
+    assert.deepEqual(statuses(await inbox(store, alice1)), [
+      { status: 'delivered', ids: ['m1'], by: 'bob', ts: 3000 },
+    ]);
+  });
+
+  test('a message to the sender’s own user never produces delivered or expired', async ({ store }) => {
+    await register(store, alice1, alice2, alice3);
+    const out = await appendOne(store, msg(alice1, 'note', 'alice', 1), 1000);
+    assert.ok(
+      out.notify.some((d) => devKey(d) === devKey(alice2)) &&
+        out.notify.some((d) => devKey(d) === devKey(alice3)),
+      'the user’s other devices get it',
+    );
+    const res = await store.ack(alice2, [offsetOf(await inbox(store, alice2), 'note')], 1500);
+    assert.deepEqual(res, { count: 1, notify: [] });
+    const exp = await store.expire(2000, 9000);
+    assert.deepEqual(exp.notify, []);
+    assert.deepEqual(await inbox(store, alice2), []);
+    assert.deepEqual(statuses(await inbox(store, alice1)), []);
+    assert.deepEqual(statuses(await inbox(store, alice3)), []);
+  });
+
+  test('expiry drops old dedupe records', async ({ store }) => {
+    await register(store, alice1, bob1);
+    await appendOne(store, msg(alice1, 'old', 'bob', 1), 1000);
+    await appendOne(store, msg(alice1, 'young', 'bob', 2), 2500);
+    await store.ack(
+      bob1,
+      (await inbox(store, bob1)).map((e) => e.offset),
+      2600,
+    );
+    await appendOne(store, msg(alice1, 'edge', 'bob', 3), 2000);
+    await store.expire(2000, 3000);
+    const edge = await store.append([msg(alice1, 'edge', 'bob', 3)], 4000);
+    assert.deepEqual(
+      edge,
+      [{ ok: true, ts: 2000, duplicate: true, notify: [] }],
+      'a record at the cutoff stays',
+    );
+    const again = await appendOne(store, msg(alice1, 'old', 'bob', 1), 4000);
+    assert.equal(again.duplicate, false, 'a resend after the cutoff is accepted as new');
+    assert.equal(again.ts, 4000);
+    assert.deepEqual(msgIds(await inbox(store, bob1)), ['edge', 'old']);
+    const young = await store.append([msg(alice1, 'young', 'bob', 2)], 4000);
+    assert.deepEqual(young, [{ ok: true, ts: 2500, duplicate: true, notify: [] }], 'newer records stay');
+  });
+
+  test('reads return copies that callers cannot use to change stored state', async ({ store }) => {
+    await register(store, alice1, bob1);
+    await appendOne(store, receipt(bob1, 'r1', 'alice', ['m1']), 1000);
+    const first = await inbox(store, alice1);
+    const e = first[0]!;
+    assert.ok(e.kind === 'status');
+    e.ids.push('mutated');
+    e.by = 'mallory';
+    const devices = await store.devices('alice');
+    devices.push('x');
+    const again = await inbox(store, alice1);
+    assert.deepEqual(statuses(again), [{ status: 'read', ids: ['m1'], by: 'bob', ts: 1000 }]);
+    assert.deepEqual(await store.devices('alice'), ['a1']);
+  });
+
+  return cases;
+}
