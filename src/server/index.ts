@@ -5,3 +5,5 @@
 export type * from './store.js';
 export { createServer, PostboxServer } from './engine.js';
 export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './engine.js';
+export { insecureDevAuthenticator, signToken, tokenAuthenticator, verifyToken } from './auth.js';
+export type { TokenClaims } from './auth.js';

@@ -94,8 +94,10 @@ export interface NotifyResult {
  *   resolves. A second item with a known `(from.user, from.device, id)`, in the same batch or
  *   any later one, writes nothing and reports `duplicate: true` with the original commit time.
  * - **Recipients are resolved at commit time.** A message or receipt to user `to` goes to every
- *   device of `to` plus every device of the sender's user other than the sending device. When
- *   `to` has no device the item fails with `unknown_recipient` and writes nothing.
+ *   device of `to` plus every device of the sender's user, never to the sending device itself
+ *   (so a note to oneself reaches one's other devices). When `to` has no device the item fails
+ *   with `unknown_recipient` and writes nothing. Its commit time is the `now` of the append, and
+ *   the items of one batch enter each inbox in batch order.
  * - **No skip.** Offsets are positive and strictly increasing per device; a reader that has seen
  *   offset X never later finds a committed entry with offset ≤ X.
  * - **Delivered once.** When a device of the recipient user acks a message entry, and no device
@@ -103,7 +105,8 @@ export interface NotifyResult {
  *   `by` the recipient user) is appended to every device of the sender's user, in the same
  *   transaction as the delete. Acks by the sender's own other devices produce nothing.
  * - **Store once, reference many.** A body is kept while any inbox entry references it.
- * - **Expiry.** {@link ServerStore.expire} removes inbox entries committed before the cutoff;
+ * - **Expiry.** {@link ServerStore.expire} removes inbox entries (messages and statuses)
+ *   committed strictly before the cutoff;
  *   for each removed message that no recipient device had acked, an `expired` status (`by` the
  *   recipient user) is appended, at `now`, to every device of the sender's user. Dedupe records
  *   older than the cutoff are dropped.

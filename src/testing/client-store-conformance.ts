@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import type { ClientStore, InboundMessage, OutboxDraft, OutboxEntry } from '../client/store.js';
-import type { ConformanceCase } from './conformance.js';
+import { storeCaseBuilder, type ConformanceCase, type StoreHarness } from './conformance.js';
 
 /** How the client store suite opens and re-opens the adapter under test. */
 export interface ClientStoreSubject {
@@ -66,10 +66,7 @@ function shape<T extends { body?: Uint8Array }>(e: T): Omit<T, 'body'> {
 const ids = (list: Array<{ id: string }>): string[] => list.map((e) => e.id);
 
 /** Holds the store of one case, so a case can re-open it and the suite can close it. */
-interface Harness {
-  store: ClientStore;
-  reopen(): Promise<ClientStore>;
-}
+type Harness = StoreHarness<ClientStore>;
 
 /**
  * The {@link ClientStore} conformance suite: a list of cases, each named after the guarantee it
@@ -93,25 +90,7 @@ interface Harness {
  */
 export function clientStoreConformance(subject: ClientStoreSubject): ConformanceCase[] {
   const cases: ConformanceCase[] = [];
-  const test = (name: string, body: (h: Harness) => Promise<void>): void => {
-    cases.push({
-      name,
-      async run() {
-        const h: Harness = {
-          store: await subject.open(),
-          async reopen() {
-            h.store = await subject.reopen(h.store);
-            return h.store;
-          },
-        };
-        try {
-          await body(h);
-        } finally {
-          await h.store.close();
-        }
-      },
-    });
-  };
+  const test = storeCaseBuilder(subject, cases);
 
   test('sequence numbers start at 1 and count per conversation', async ({ store }) => {
     const got: Array<[string, number | undefined]> = [];

@@ -25,3 +25,41 @@ export function registerCases(
 ): void {
   for (const c of cases) it(c.name, () => c.run());
 }
+
+/** What a store case works on: the store under test, and a way to restart it over the same data. */
+export interface StoreHarness<S> {
+  /** The current store (replaced by {@link StoreHarness.reopen}). */
+  store: S;
+  /** Closes the store and opens a new one over the same data; returns (and keeps) the new one. */
+  reopen(): Promise<S>;
+}
+
+/**
+ * Builds a `test(name, body)` helper for a store suite: each case opens fresh data, hands the
+ * body a {@link StoreHarness}, and closes whatever store is current at the end.
+ * @internal
+ */
+export function storeCaseBuilder<S extends { close(): Promise<void> }>(
+  subject: { open(): Promise<S>; reopen(store: S): Promise<S> },
+  cases: ConformanceCase[],
+): (name: string, body: (h: StoreHarness<S>) => Promise<void>) => void {
+  return (name, body) => {
+    cases.push({
+      name,
+      async run() {
+        const h: StoreHarness<S> = {
+          store: await subject.open(),
+          async reopen() {
+            h.store = await subject.reopen(h.store);
+            return h.store;
+          },
+        };
+        try {
+          await body(h);
+        } finally {
+          await h.store.close();
+        }
+      },
+    });
+  };
+}

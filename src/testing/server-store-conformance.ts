@@ -11,7 +11,7 @@ import type {
   ReceiptInput,
   ServerStore,
 } from '../server/store.js';
-import type { ConformanceCase } from './conformance.js';
+import { storeCaseBuilder, type ConformanceCase, type StoreHarness } from './conformance.js';
 
 /** How the server store suite opens and re-opens the adapter under test. */
 export interface ServerStoreSubject {
@@ -97,10 +97,7 @@ function offsetOf(entries: InboxEntry[], id: string): number {
 }
 
 /** Holds the store of one case, so a case can re-open it and the suite can close it. */
-interface Harness {
-  store: ServerStore;
-  reopen(): Promise<ServerStore>;
-}
+type Harness = StoreHarness<ServerStore>;
 
 async function register(store: ServerStore, ...devices: DeviceAddress[]): Promise<void> {
   for (const d of devices) await store.registerDevice(d, 1);
@@ -130,25 +127,7 @@ const tick = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0
  */
 export function serverStoreConformance(subject: ServerStoreSubject): ConformanceCase[] {
   const cases: ConformanceCase[] = [];
-  const test = (name: string, body: (h: Harness) => Promise<void>): void => {
-    cases.push({
-      name,
-      async run() {
-        const h: Harness = {
-          store: await subject.open(),
-          async reopen() {
-            h.store = await subject.reopen(h.store);
-            return h.store;
-          },
-        };
-        try {
-          await body(h);
-        } finally {
-          await h.store.close();
-        }
-      },
-    });
-  };
+  const test = storeCaseBuilder(subject, cases);
 
   test('devices are listed in registration order and registration is idempotent', async ({ store }) => {
     assert.deepEqual(await store.devices('bob'), []);
