@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import type { ClientStore, InboundMessage, OutboxDraft, OutboxEntry } from '../client/store.js';
-import { storeCaseBuilder, type ConformanceCase, type StoreHarness } from './conformance.js';
+import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
 
 /** How the client store suite opens and re-opens the adapter under test. */
 export interface ClientStoreSubject {
@@ -66,7 +66,6 @@ function shape<T extends { body?: Uint8Array }>(e: T): Omit<T, 'body'> {
 const ids = (list: Array<{ id: string }>): string[] => list.map((e) => e.id);
 
 /** Holds the store of one case, so a case can re-open it and the suite can close it. */
-type Harness = StoreHarness<ClientStore>;
 
 /**
  * The {@link ClientStore} conformance suite: a list of cases, each named after the guarantee it

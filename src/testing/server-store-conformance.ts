@@ -11,7 +11,7 @@ import type {
   ReceiptInput,
   ServerStore,
 } from '../server/store.js';
-import { storeCaseBuilder, type ConformanceCase, type StoreHarness } from './conformance.js';
+import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
 
 /** How the server store suite opens and re-opens the adapter under test. */
 export interface ServerStoreSubject {
@@ -97,7 +97,6 @@ function offsetOf(entries: InboxEntry[], id: string): number {
 }
 
 /** Holds the store of one case, so a case can re-open it and the suite can close it. */
-type Harness = StoreHarness<ServerStore>;
 
 async function register(store: ServerStore, ...devices: DeviceAddress[]): Promise<void> {
   for (const d of devices) await store.registerDevice(d, 1);
