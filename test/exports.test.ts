@@ -17,7 +17,11 @@ describe('the exports map', () => {
       const name = `postbox${sub.slice(1)}`;
       const out = execFileSync(
         process.execPath,
-        ['--input-type=module', '-e', `const m = await import(${JSON.stringify(name)}); console.log(JSON.stringify(Object.keys(m)));`],
+        [
+          '--input-type=module',
+          '-e',
+          `const m = await import(${JSON.stringify(name)}); console.log(JSON.stringify(Object.keys(m)));`,
+        ],
         { encoding: 'utf8' },
       );
       const keys = JSON.parse(out) as string[];

@@ -46,7 +46,11 @@ export function signToken(secret: string | Uint8Array, claims: TokenClaims): str
  * Verifies a token made by {@link signToken}; returns its claims, or `null` when it is malformed,
  * forged or expired. Comparison is constant-time.
  */
-export function verifyToken(secret: string | Uint8Array, token: unknown, now = Date.now()): TokenClaims | null {
+export function verifyToken(
+  secret: string | Uint8Array,
+  token: unknown,
+  now = Date.now(),
+): TokenClaims | null {
   if (typeof token !== 'string' || token.length > MAX_TOKEN_CHARS) return null;
   const parts = token.split('.');
   if (parts.length !== 3 || parts[0] !== PREFIX) return null;
@@ -74,7 +78,10 @@ export function verifyToken(secret: string | Uint8Array, token: unknown, now = D
  * @example
  * createServer({ store, authenticate: tokenAuthenticator(process.env.POSTBOX_SECRET!) });
  */
-export function tokenAuthenticator(secret: string | Uint8Array, options: { clock?: Pick<Clock, 'now'> } = {}): Authenticate {
+export function tokenAuthenticator(
+  secret: string | Uint8Array,
+  options: { clock?: Pick<Clock, 'now'> } = {},
+): Authenticate {
   if (secretLength(secret) < 16) throw new RangeError('the token secret must be at least 16 bytes');
   const clock = options.clock ?? systemClock;
   return (credentials): AuthResult | null => {
