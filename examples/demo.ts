@@ -1,13 +1,19 @@
 // The main job: a scripted tour of postbox's promise, with a transcript and a checked summary.
 //   npm run demo
-// One server engine and two users in one process, over the in-memory transport with real
-// latency. Everything is imported by the package's public names, the way an app would.
+// A real `postbox serve` process on SQLite in a temp dir, and two users whose clients (SQLite
+// stores, WebSocket) run in this process — imported by the package's public names, the way an
+// app would. The server is killed with SIGKILL mid-stream and restarted on the same file.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { createClient, type PostboxClient, type ReceivedMessage } from 'postbox/client';
-import { createMemoryClientState, memoryClientStore } from 'postbox/client/memory';
-import { createServer, type PostboxServer } from 'postbox/server';
-import { createMemoryServerState, memoryServerStore } from 'postbox/server/memory';
-import { memoryNetwork } from 'postbox/transport/memory';
-
+import { sqliteClientStore } from 'postbox/client/sqlite';
+import { signToken } from 'postbox/server';
+import { websocketClientTransport } from 'postbox/transport/websocket';
 const started = Date.now();
 const say = (line: string) =>
   console.log(`${((Date.now() - started) / 1000).toFixed(2).padStart(6)}s  ${line}`);
@@ -32,23 +38,45 @@ async function until(what: string, cond: () => boolean, ms = 20_000): Promise<vo
 }
 
 // ---------------------------------------------------------------- the world
-const net = memoryNetwork({ faults: { latency: { min: 2, max: 15 } } });
-const serverState = createMemoryServerState(); // the "disk": survives the server engine
-const tokens = new Map([
-  ['token-alice', { user: 'alice', device: 'phone' }],
-  ['token-bob', { user: 'bob', device: 'phone' }],
-]);
-const startServer = async (): Promise<PostboxServer> => {
-  const server = createServer({
-    store: memoryServerStore({ state: serverState }),
-    authenticate: (cred) => (typeof cred === 'string' ? (tokens.get(cred) ?? null) : null),
-    heartbeatMs: 2000,
+const dir = mkdtempSync(join(tmpdir(), 'postbox-demo-'));
+const data = join(dir, 'server.sqlite');
+const secret = randomBytes(24).toString('base64url');
+// The `postbox` command, from the source tree (npm run demo) or beside this file when built.
+const cli = ['../dist/cli/main.js', '../cli/main.js']
+  .map((p) => fileURLToPath(new URL(p, import.meta.url)))
+  .find((p) => existsSync(p))!;
+
+let serverProc: ChildProcess | undefined;
+const startServer = (port: number): Promise<string> =>
+  new Promise((resolve, reject) => {
+    const p = spawn(
+      process.execPath,
+      [
+        cli,
+        'serve',
+        '--port',
+        String(port),
+        '--data',
+        data,
+        '--log-level',
+        'error',
+        '--heartbeat-ms',
+        '3000',
+      ],
+      {
+        env: { ...process.env, POSTBOX_SECRET: secret },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    serverProc = p;
+    p.once('exit', (code) => reject(new Error(`server exited early (${code})`)));
+    createInterface({ input: p.stdout! }).on('line', (line) => {
+      if (line.startsWith('postbox listening on ')) resolve(line.split(' ')[3]!);
+    });
   });
-  await server.listen(net.server);
-  return server;
-};
-let server = await startServer();
-for (const { user, device } of tokens.values()) await server.registerDevice(user, device);
+const url = await startServer(0);
+const port = Number(new URL(url).port);
+say(`server up: ${url}, SQLite at ${data} (WAL, fsync before every ack)`);
 
 interface Person {
   name: string;
@@ -56,11 +84,11 @@ interface Person {
   inbox: ReceivedMessage[];
   status: Map<string, string>;
 }
-const person = (name: string, token: string): Person => {
+const person = (name: string): Person => {
   const client = createClient({
-    transport: net.client(name),
-    store: memoryClientStore({ state: createMemoryClientState() }),
-    credentials: token,
+    transport: websocketClientTransport({ url }),
+    store: sqliteClientStore({ path: join(dir, `${name}.sqlite`) }),
+    credentials: signToken(secret, { user: name, device: 'phone' }),
     backoffBaseMs: 100,
     backoffMaxMs: 2000,
   });
@@ -70,10 +98,10 @@ const person = (name: string, token: string): Person => {
   client.on('error', () => {});
   return p;
 };
-const alice = person('alice', 'token-alice');
-const bob = person('bob', 'token-bob');
+const alice = person('alice');
+const bob = person('bob');
 await until('both online', () => alice.client.state === 'open' && bob.client.state === 'open');
-say('alice and bob are online');
+say('alice and bob are online (signed tokens, SQLite client stores)');
 
 // ---------------------------------------------------------------- 1. ticks
 console.log('\n— 1. one message, ✓ → ✓✓ → read');
@@ -123,12 +151,14 @@ const pump = async (from: Person, to: Person) => {
 };
 const streams = Promise.all([pump(alice, bob), pump(bob, alice)]);
 await until('stream under way', () => sent.length > N / 2);
-say(`server crash: every connection dies, the engine is gone (after ${sent.length} sends)`);
-net.cutAll();
-await server.close();
-await sleep(300);
-server = await startServer();
-say('server restarted over the same store; clients reconnect by themselves');
+say(`kill -9 the server mid-stream (after ${sent.length} sends)`);
+serverProc!.removeAllListeners('exit');
+serverProc!.kill('SIGKILL');
+await new Promise((r) => serverProc!.once('exit', r));
+await sleep(500);
+say('server dead: clients show "offline" and keep queueing; restarting on the same file');
+await startServer(port);
+say('server back; clients reconnect by themselves (backoff with jitter) and resend what was never acked');
 await streams;
 await until(
   'everything delivered',
@@ -165,5 +195,8 @@ console.log(
 );
 await alice.client.close();
 await bob.client.close();
-await server.close();
+serverProc!.removeAllListeners('exit');
+serverProc!.kill('SIGTERM');
+await new Promise((r) => serverProc!.once('exit', r));
+rmSync(dir, { recursive: true, force: true });
 process.exit(lost + duplicated + outOfOrder === 0 ? 0 : 1);

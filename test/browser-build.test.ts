@@ -24,6 +24,7 @@ describe('the client core is browser-safe', () => {
     'src/protocol/index.ts',
     'src/transport/memory.ts',
     'src/client/stores/memory.ts',
+    'src/transport/websocket-client.ts',
   ]) {
     it(`${entry} bundles for the browser with no node: import`, async () => {
       const result = await build({

@@ -1,0 +1,221 @@
+// Child processes of the bench: every one is tracked here and killed when the orchestrator
+// exits, whatever the reason (normal end, error, Ctrl-C). Children also exit on their own when
+// their IPC channel to the orchestrator goes away (see `child.mjs`).
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+
+const live = new Set();
+
+/** True when `taskset` can pin processes to cores (Linux with util-linux). */
+export const canPin = (() => {
+  if (process.platform !== 'linux' || os.availableParallelism() < 2) return false;
+  const r = spawnSync('taskset', ['-c', '0', 'true'], { stdio: 'ignore' });
+  return r.status === 0;
+})();
+
+/** Core of the server under test and core of the load generator (when pinning is possible). */
+export const SERVER_CORE = 0;
+export const LOAD_CORE = 1;
+
+function killAll() {
+  for (const c of live) {
+    try {
+      c.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  live.clear();
+}
+
+let hooked = false;
+function hookExit() {
+  if (hooked) return;
+  hooked = true;
+  process.on('exit', killAll);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.on(sig, () => {
+      process.stderr.write(`\nbench: ${sig}, stopping children\n`);
+      killAll();
+      process.exit(130);
+    });
+  }
+}
+
+/**
+ * Builds the argv that runs `cmd` with the open-files limit raised to the hard limit and, when
+ * possible, pinned to `core`.
+ */
+function wrap(cmd, args, core) {
+  const inner = core !== undefined && canPin ? ['taskset', '-c', String(core), cmd, ...args] : [cmd, ...args];
+  return ['bash', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'bash', ...inner]];
+}
+
+/**
+ * Starts a Node child with an IPC channel. Its stdout is dropped, its stderr kept (the last
+ * lines are shown when it fails).
+ * @returns a handle with `request(msg)` (resolves with the reply carrying the same `rid`),
+ *   `next(type)` (resolves with the next message of that type), `exited`, `kill()`.
+ */
+export function startNode(script, args, { core, nodeFlags = [] } = {}) {
+  hookExit();
+  const [cmd, argv] = wrap(process.execPath, [...nodeFlags, script, ...args], core);
+  const proc = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+  live.add(proc);
+  let stderr = '';
+  proc.stderr.on('data', (d) => {
+    stderr = (stderr + d.toString()).slice(-4000);
+  });
+  const waiters = [];
+  let rid = 0;
+  const pending = new Map();
+  proc.on('message', (m) => {
+    if (m && m.rid !== undefined && pending.has(m.rid)) {
+      const p = pending.get(m.rid);
+      pending.delete(m.rid);
+      p.resolve(m);
+      return;
+    }
+    if (m && m.type === 'error') {
+      // The child reported a fatal error (it exits right after): fail whoever waits on it.
+      const err = new Error(`${script}: ${m.error}`);
+      for (const w of waiters.splice(0)) w.reject(err);
+      for (const p of pending.values()) p.reject(err);
+      pending.clear();
+      return;
+    }
+    const i = waiters.findIndex((w) => w.type === m.type);
+    if (i >= 0) waiters.splice(i, 1)[0].resolve(m);
+    else handle.onMessage?.(m);
+  });
+  const exited = new Promise((resolve) => {
+    proc.on('exit', (code, signal) => {
+      live.delete(proc);
+      const err = new Error(`${script} exited (${signal ?? code})${stderr ? `:\n${tail(stderr)}` : ''}`);
+      for (const w of waiters.splice(0)) w.reject(err);
+      for (const p of pending.values()) p.reject(err);
+      pending.clear();
+      resolve({ code, signal });
+    });
+  });
+  const handle = {
+    proc,
+    get pid() {
+      return proc.pid;
+    },
+    get stderr() {
+      return stderr;
+    },
+    onMessage: undefined,
+    exited,
+    send(msg) {
+      if (proc.connected) proc.send(msg);
+    },
+    request(msg, timeoutMs = 30_000) {
+      const id = ++rid;
+      return withTimeout(
+        new Promise((resolve, reject) => {
+          pending.set(id, { resolve, reject });
+          if (proc.connected) proc.send({ ...msg, rid: id });
+          else reject(new Error(`${script} is not running`));
+        }),
+        timeoutMs,
+        `${script}: no reply to ${msg.type}`,
+      );
+    },
+    next(type, timeoutMs = 60_000) {
+      return withTimeout(
+        new Promise((resolve, reject) => waiters.push({ type, resolve, reject })),
+        timeoutMs,
+        `${script}: no "${type}" within ${timeoutMs} ms`,
+      );
+    },
+    kill() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      return exited;
+    },
+    /** Asks the child to exit cleanly (profiles get written), then kills it after `graceMs`. */
+    async stop(graceMs = 3000) {
+      if (proc.exitCode !== null || proc.signalCode !== null) return exited;
+      if (proc.connected) proc.send({ type: 'stop' });
+      const t = setTimeout(() => handle.kill(), graceMs);
+      await exited;
+      clearTimeout(t);
+      return exited;
+    },
+  };
+  return handle;
+}
+
+/** Starts a non-Node child (the mosquitto broker), pinned like a server, tracked like the rest. */
+export function startProcess(cmd, args, { core } = {}) {
+  hookExit();
+  const [c, argv] = wrap(cmd, args, core);
+  const proc = spawn(c, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+  live.add(proc);
+  let stderr = '';
+  proc.stderr.on('data', (d) => {
+    stderr = (stderr + d.toString()).slice(-2000);
+  });
+  const exited = new Promise((resolve) =>
+    proc.on('exit', (code, signal) => {
+      live.delete(proc);
+      resolve({ code, signal });
+    }),
+  );
+  return {
+    proc,
+    exited,
+    get stderr() {
+      return stderr;
+    },
+    kill() {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      return exited;
+    },
+  };
+}
+
+function tail(s) {
+  return s.trim().split('\n').slice(-12).join('\n');
+}
+
+/** Rejects with `message` if `promise` has not settled within `ms`. */
+export function withTimeout(promise, ms, message) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(message)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+const TICKS = (() => {
+  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
+  return Number(r.stdout) || 100;
+})();
+
+/** CPU time (µs, user and system) of any process, read from /proc; undefined when unreadable. */
+export function procCpu(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Fields 14 and 15 of stat (utime, stime) are at 11 and 12 after the command name.
+    return { user: (Number(f[11]) * 1e6) / TICKS, system: (Number(f[12]) * 1e6) / TICKS };
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resident set size (bytes) of any process, from /proc; undefined when unreadable. */
+export function procRss(pid) {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const m = /VmRSS:\s+(\d+) kB/.exec(status);
+    return m ? Number(m[1]) * 1024 : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,370 @@
+// Turning raw per-round results into the table, the ratios, the targets, JSON lines and the chart.
+import { human, median, round } from './stats.mjs';
+
+/** Unit of a metric, from its name. */
+export function unitOf(metric) {
+  if (metric.endsWith('_ms')) return 'ms';
+  if (metric === 'msgs_per_server_cpu_s') return 'msg/cpu-s';
+  if (metric.endsWith('msgs_per_s')) return 'msg/s';
+  if (metric === 'ops_per_s') return 'ops/s';
+  if (metric.endsWith('_pct')) return '%';
+  if (metric.endsWith('_kb_per_conn')) return 'KB';
+  if (metric.startsWith('bytes') || metric.endsWith('_bytes')) return 'B';
+  if (metric.startsWith('frames')) return 'frames';
+  if (metric.endsWith('_s')) return 's';
+  return 'count';
+}
+
+// Counts and bookkeeping: shown in the table, but a ratio of them means nothing.
+const NO_RATIO = new Set([
+  'duplicates',
+  'missing',
+  'misrouted',
+  'timed_out',
+  'out_of_range',
+  'undelivered_after_5s',
+  'setup_s',
+  'load_cpu_pct',
+]);
+
+/** Collects per-round values of (scenario, system, metric). */
+export class Results {
+  constructor() {
+    this.map = new Map();
+    this.notes = [];
+    this.detail = {};
+  }
+  add(scenario, system, metric, value, unit = unitOf(metric)) {
+    if (value === undefined || value === null || Number.isNaN(value)) return;
+    const key = `${scenario}\t${system}\t${metric}`;
+    let e = this.map.get(key);
+    if (!e) this.map.set(key, (e = { scenario, system, metric, unit, values: [] }));
+    e.values.push(value);
+  }
+  /** Adds a load result object: `metric` or `sub:metric` (a sub-scenario, e.g. a rate). */
+  addObject(scenario, system, obj) {
+    for (const [k, v] of Object.entries(obj)) {
+      const i = k.indexOf(':');
+      if (i < 0) this.add(scenario, system, k, v);
+      else this.add(`${scenario}-${k.slice(0, i)}`, system, k.slice(i + 1), v);
+    }
+  }
+  get(scenario, system, metric) {
+    const e = this.map.get(`${scenario}\t${system}\t${metric}`);
+    return e && median(e.values);
+  }
+  /** One row per (scenario, system, metric): median, min, max, rounds. */
+  summary() {
+    return [...this.map.values()].map((e) => ({
+      scenario: e.scenario,
+      system: e.system,
+      metric: e.metric,
+      unit: e.unit,
+      value: round(median(e.values)),
+      min: round(Math.min(...e.values)),
+      max: round(Math.max(...e.values)),
+      rounds: e.values.length,
+    }));
+  }
+}
+
+const isOurs = (system) => system.startsWith('postbox') || system === 'msgpackr';
+
+/** postbox ÷ peer for every metric both have. */
+export function ratios(summary) {
+  const out = [];
+  const by = new Map();
+  for (const r of summary) {
+    const k = `${r.scenario}\t${r.metric}`;
+    if (!by.has(k)) by.set(k, []);
+    by.get(k).push(r);
+  }
+  for (const rows of by.values()) {
+    const ours = rows.filter((r) => isOurs(r.system));
+    const peers = rows.filter((r) => !isOurs(r.system));
+    for (const a of ours) {
+      if (NO_RATIO.has(a.metric)) continue;
+      for (const b of peers) {
+        if (!a.value || !b.value) continue;
+        out.push({
+          scenario: a.scenario,
+          ours: a.system,
+          peer: b.system,
+          metric: a.metric,
+          value: round(a.value / b.value),
+        });
+      }
+    }
+  }
+  return out;
+}
+
+function pad(s, n, right = false) {
+  s = String(s);
+  return right ? s.padStart(n) : s.padEnd(n);
+}
+
+function table(header, rows) {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  const line = (cells) => cells.map((c, i) => pad(c, widths[i], i > 0)).join('  ');
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}
+
+/** The readable table: one block per scenario, systems as columns, "median [min–max]" cells. */
+export function renderTable(summary, systemOrder) {
+  const blocks = [];
+  const scenarios = [...new Set(summary.map((r) => r.scenario))];
+  for (const sc of scenarios) {
+    const rows = summary.filter((r) => r.scenario === sc);
+    const systems = [...new Set(rows.map((r) => r.system))].sort(
+      (a, b) => systemOrder.indexOf(a) - systemOrder.indexOf(b),
+    );
+    const metrics = [...new Set(rows.map((r) => r.metric))];
+    const body = metrics.map((m) => {
+      const unit = rows.find((r) => r.metric === m).unit;
+      return [
+        `${m} (${unit})`,
+        ...systems.map((s) => {
+          const r = rows.find((x) => x.system === s && x.metric === m);
+          if (!r) return '·';
+          return r.rounds > 1 && r.min !== r.max
+            ? `${human(r.value)} [${human(r.min)}–${human(r.max)}]`
+            : human(r.value);
+        }),
+      ];
+    });
+    blocks.push(`== ${sc}\n${table(['metric', ...systems], body)}`);
+  }
+  return blocks.join('\n\n');
+}
+
+/** Ratios block: one line per (scenario, metric, postbox system), peers as columns. */
+export function renderRatios(rs) {
+  const peers = [...new Set(rs.map((r) => r.peer))];
+  const keys = [...new Set(rs.map((r) => `${r.scenario}\t${r.metric}\t${r.ours}`))];
+  const body = keys.map((k) => {
+    const [sc, m, ours] = k.split('\t');
+    return [
+      `${sc} ${m}`,
+      ours,
+      ...peers.map((p) => {
+        const r = rs.find((x) => x.scenario === sc && x.metric === m && x.ours === ours && x.peer === p);
+        return r ? `${r.value}×` : '·';
+      }),
+    ];
+  });
+  return table(['scenario metric', 'postbox ÷', ...peers], body);
+}
+
+/** Checks the issue's targets against the medians. */
+export function checkTargets(results, idleStep) {
+  const t = [];
+  const ratioTarget = (name, [sa, a], [sb, b], metric, op, limit, note) => {
+    const va = results.get(sa, a, metric);
+    const vb = results.get(sb, b, metric);
+    const ratio = va !== undefined && vb ? va / vb : undefined;
+    const pass = ratio === undefined ? undefined : op === '>=' ? ratio >= limit : ratio <= limit;
+    t.push({ name, ours: a, peer: b, metric, value: round(ratio), limit, op, pass, note });
+  };
+  ratioTarget(
+    'durable 1:1 throughput (SQLite, fsync before ack) ≥ 1.2 × Socket.IO emitWithAck',
+    ['saturation', 'postbox-sqlite'],
+    ['saturation', 'socketio'],
+    'msgs_per_s',
+    '>=',
+    1.2,
+  );
+  ratioTarget(
+    '  same, postbox with the memory store (not durable)',
+    ['saturation', 'postbox-memory'],
+    ['saturation', 'socketio'],
+    'msgs_per_s',
+    '>=',
+    1.2,
+  );
+  ratioTarget(
+    'p99 send→delivered at 5k msg/s (SQLite) ≤ 1.5 × raw ws relay',
+    ['latency-5k', 'postbox-sqlite'],
+    ['latency-5k', 'ws'],
+    'delivered_p99_ms',
+    '<=',
+    1.5,
+  );
+  ratioTarget(
+    '  same, postbox with the memory store',
+    ['latency-5k', 'postbox-memory'],
+    ['latency-5k', 'ws'],
+    'delivered_p99_ms',
+    '<=',
+    1.5,
+  );
+  ratioTarget(
+    `heap per idle connection (${idleStep}) ≤ 1.5 × raw ws`,
+    [`idle-${idleStep}`, 'postbox-memory'],
+    [`idle-${idleStep}`, 'ws'],
+    'heap_kb_per_conn',
+    '<=',
+    1.5,
+  );
+  ratioTarget(
+    `heap per idle connection (${idleStep}) well under Socket.IO (taken as ≤ 0.5×)`,
+    [`idle-${idleStep}`, 'postbox-memory'],
+    [`idle-${idleStep}`, 'socketio'],
+    'heap_kb_per_conn',
+    '<=',
+    0.5,
+  );
+  const bytes = results.get('wire', 'postbox', 'bytes_per_message');
+  t.push({
+    name: 'protocol bytes for one message’s whole life ≤ 160',
+    ours: 'postbox',
+    metric: 'bytes_per_message',
+    value: bytes,
+    limit: 160,
+    op: '<=',
+    unit: 'B',
+    pass: bytes === undefined ? undefined : bytes <= 160,
+  });
+  ratioTarget(
+    '  and ≤ ⅓ of the XMPP stanzas (message, XEP-0184 receipt, XEP-0198 acks)',
+    ['wire', 'postbox'],
+    ['wire', 'xmpp'],
+    'bytes_per_message',
+    '<=',
+    round(1 / 3),
+  );
+  return t;
+}
+
+export function renderTargets(targets) {
+  return targets
+    .map((t) => {
+      const verdict = t.pass === undefined ? 'n/a ' : t.pass ? 'PASS' : 'MISS';
+      const v =
+        t.value === undefined
+          ? 'not measured'
+          : t.unit
+            ? `${t.value} ${t.unit} (limit ${t.limit})`
+            : `${t.value}× (limit ${t.op === '>=' ? '≥' : '≤'} ${t.limit}×)`;
+      return `${verdict}  ${t.name}: ${v}`;
+    })
+    .join('\n');
+}
+
+// ------------------------------------------------------------------------------- chart
+
+const COLORS = {
+  ws: '#9aa5b1',
+  'ws-fsync': '#7b8794',
+  socketio: '#f0b429',
+  mqtt: '#8e6cc0',
+  'postbox-memory': '#3ebd93',
+  'postbox-sqlite': '#147d64',
+};
+const esc = (s) => String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;');
+
+/**
+ * A hand-written SVG: saturation throughput per system (bars with min–max whiskers), and p99
+ * send→delivered per system at 5k/10k/20k msg/s and at saturation (log scale).
+ */
+export function renderChart(summary, systems, machine) {
+  const get = (sc, sys, m) => summary.find((r) => r.scenario === sc && r.system === sys && r.metric === m);
+  const W = 980;
+  const H = 420;
+  const top = 60;
+  const plotH = 280;
+  const parts = [];
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="system-ui, sans-serif" font-size="12">`,
+    `<rect width="${W}" height="${H}" fill="#fff"/>`,
+    `<text x="20" y="24" font-size="16" font-weight="600">postbox vs peers — 1:1, 200 clients, 100-byte messages, loopback</text>`,
+    `<text x="20" y="42" fill="#52606d">${esc(machine)}</text>`,
+  );
+  // Panel 1: throughput.
+  const sat = systems.map((s) => get('saturation', s, 'msgs_per_s')).filter(Boolean);
+  const x1 = 70;
+  const w1 = 380;
+  const maxT = Math.max(1, ...sat.map((r) => r.max));
+  const scaleT = niceMax(maxT);
+  parts.push(
+    `<text x="${x1}" y="${top - 4}" font-weight="600">messages/s at saturation (higher is better)</text>`,
+  );
+  for (let k = 0; k <= 4; k++) {
+    const v = (scaleT * k) / 4;
+    const y = top + plotH - (plotH * k) / 4;
+    parts.push(
+      `<line x1="${x1}" x2="${x1 + w1}" y1="${y}" y2="${y}" stroke="#e4e7eb"/>`,
+      `<text x="${x1 - 6}" y="${y + 4}" text-anchor="end" fill="#52606d">${human(v)}</text>`,
+    );
+  }
+  const bw = w1 / Math.max(1, sat.length);
+  sat.forEach((r, k) => {
+    const h = (plotH * r.value) / scaleT;
+    const x = x1 + k * bw + bw * 0.15;
+    const y = top + plotH - h;
+    const yMin = top + plotH - (plotH * r.min) / scaleT;
+    const yMax = top + plotH - (plotH * r.max) / scaleT;
+    parts.push(
+      `<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(bw * 0.7).toFixed(1)}" height="${h.toFixed(1)}" fill="${COLORS[r.system] ?? '#999'}"/>`,
+      `<line x1="${(x + bw * 0.35).toFixed(1)}" x2="${(x + bw * 0.35).toFixed(1)}" y1="${yMin.toFixed(1)}" y2="${yMax.toFixed(1)}" stroke="#1f2933"/>`,
+      `<text x="${(x + bw * 0.35).toFixed(1)}" y="${(y - 4).toFixed(1)}" text-anchor="middle">${human(r.value)}</text>`,
+      `<text x="${(x + bw * 0.35).toFixed(1)}" y="${top + plotH + 16}" text-anchor="middle" font-size="11">${esc(r.system)}</text>`,
+    );
+  });
+  // Panel 2: p99 latency, log scale.
+  const groups = [
+    ['latency-5k', '5k/s'],
+    ['latency-10k', '10k/s'],
+    ['latency-20k', '20k/s'],
+    ['saturation', 'saturation'],
+  ];
+  const x2 = 560;
+  const w2 = 400;
+  const lat = systems.map((s) => groups.map(([sc]) => get(sc, s, 'delivered_p99_ms')));
+  const vals = lat.flat().filter(Boolean);
+  const lo = 0.1;
+  const hi = niceMax(Math.max(1, ...vals.map((r) => r.value)));
+  const ly = (v) => top + plotH - (plotH * Math.log10(Math.max(lo, v) / lo)) / Math.log10(hi / lo);
+  parts.push(
+    `<text x="${x2}" y="${top - 4}" font-weight="600">p99 send→delivered, ms, log scale (lower is better)</text>`,
+  );
+  for (let v = lo; v <= hi * 1.001; v *= 10) {
+    parts.push(
+      `<line x1="${x2}" x2="${x2 + w2}" y1="${ly(v).toFixed(1)}" y2="${ly(v).toFixed(1)}" stroke="#e4e7eb"/>`,
+      `<text x="${x2 - 6}" y="${(ly(v) + 4).toFixed(1)}" text-anchor="end" fill="#52606d">${human(v)}</text>`,
+    );
+  }
+  const gw = w2 / groups.length;
+  const sw = (gw * 0.8) / Math.max(1, systems.length);
+  groups.forEach(([, label], g) => {
+    parts.push(
+      `<text x="${(x2 + g * gw + gw / 2).toFixed(1)}" y="${top + plotH + 16}" text-anchor="middle" font-size="11">${label}</text>`,
+    );
+    systems.forEach((s, k) => {
+      const r = lat[k][g];
+      if (!r) return;
+      const x = x2 + g * gw + gw * 0.1 + k * sw;
+      const y = ly(r.value);
+      parts.push(
+        `<rect x="${x.toFixed(1)}" y="${y.toFixed(1)}" width="${(sw * 0.9).toFixed(1)}" height="${(top + plotH - y).toFixed(1)}" fill="${COLORS[s] ?? '#999'}"><title>${esc(s)} ${label}: ${human(r.value)} ms</title></rect>`,
+      );
+    });
+  });
+  // Legend.
+  systems.forEach((s, k) => {
+    const x = 70 + k * 150;
+    const y = H - 30;
+    parts.push(
+      `<rect x="${x}" y="${y - 10}" width="12" height="12" fill="${COLORS[s] ?? '#999'}"/>`,
+      `<text x="${x + 18}" y="${y}">${esc(s)}</text>`,
+    );
+  });
+  parts.push('</svg>');
+  return parts.join('\n') + '\n';
+}
+
+function niceMax(v) {
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}

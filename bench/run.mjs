@@ -1,0 +1,541 @@
+// postbox benchmarks, side by side with the peers a user would pick instead.
+//
+//   npm run bench                  every scenario, 3 rounds (≤ 15 min)
+//   npm run bench -- --quick       one short round of everything (≤ 90 s)
+//   npm run bench -- --only NAME   one scenario (saturation, latency, drain, idle, wire, codec)
+//   npm run bench -- --rounds N    rounds per scenario
+//
+// Each measurement runs the server under test and the load generator in separate processes,
+// pinned to core 0 and core 1 when `taskset` exists; systems alternate inside every round and
+// medians with the min–max spread are reported. See docs/benchmarks.md.
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  LOAD_CORE,
+  SERVER_CORE,
+  canPin,
+  procCpu,
+  startNode,
+  startProcess,
+  withTimeout,
+} from './lib/proc.mjs';
+import {
+  Results,
+  checkTargets,
+  ratios,
+  renderChart,
+  renderRatios,
+  renderTable,
+  renderTargets,
+} from './lib/report.mjs';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.dirname(here);
+const SCRIPT = {
+  server: path.join(here, 'server.mjs'),
+  load: path.join(here, 'load.mjs'),
+  solo: path.join(here, 'solo.mjs'),
+};
+
+// ------------------------------------------------------------------------------- arguments
+
+function parseArgs(argv) {
+  const a = { quick: false, only: undefined, rounds: undefined, profile: undefined };
+  for (let i = 0; i < argv.length; i++) {
+    const x = argv[i];
+    if (x === '--quick') a.quick = true;
+    else if (x === '--only') a.only = argv[++i];
+    else if (x.startsWith('--only=')) a.only = x.slice(7);
+    else if (x === '--rounds') a.rounds = Number(argv[++i]);
+    else if (x === '--profile') a.profile = path.resolve(argv[++i]);
+    else if (x === '--systems') a.systems = argv[++i].split(',');
+    else if (x.startsWith('--rounds=')) a.rounds = Number(x.slice(9));
+    else if (x === '--help' || x === '-h') {
+      console.log(
+        'usage: npm run bench -- [--quick] [--only NAME] [--rounds N] [--systems a,b] [--profile DIR]',
+      );
+      process.exit(0);
+    } else {
+      console.error(`unknown argument ${x}`);
+      process.exit(2);
+    }
+  }
+  return a;
+}
+
+const args = parseArgs(process.argv.slice(2));
+const quick = args.quick;
+const ROUNDS = args.rounds ?? (quick ? 1 : 3);
+const started = Date.now();
+const elapsed = () => `${((Date.now() - started) / 1000).toFixed(0)}s`;
+const log = (s) => console.log(s);
+
+// ------------------------------------------------------------------------------- scenarios
+
+const LOAD = { n: 200, size: 100 };
+const DRAIN = quick
+  ? { devices: 200, perDevice: 100, senders: 100, rate: 1000 }
+  : { devices: 1000, perDevice: 100, senders: 200, rate: 1000 };
+const IDLE_STEPS = quick ? [2000] : [10000, 19000];
+const idleLabel = (n) => `${n / 1000}k`;
+
+const SCENARIOS = {
+  saturation: {
+    about: `1:1 at saturation: ${LOAD.n} clients, client i → i+${LOAD.n / 2}, 16 messages in flight each`,
+    systems: ['ws', 'ws-fsync', 'socketio', 'mqtt', 'postbox-memory', 'postbox-sqlite'],
+    params: {
+      ...LOAD,
+      window: 16,
+      ...(quick ? { warmupMs: 500, measureMs: 1500 } : { warmupMs: 2000, measureMs: 5000 }),
+    },
+    timeoutMs: 60_000,
+  },
+  latency: {
+    about: 'paced open-loop load at 5k, 10k, 20k msg/s; latency from the scheduled send time',
+    systems: ['ws', 'ws-fsync', 'socketio', 'mqtt', 'postbox-memory', 'postbox-sqlite'],
+    params: {
+      ...LOAD,
+      rates: [5000, 10000, 20000],
+      ...(quick
+        ? { firstWarmupMs: 800, warmupMs: 300, measureMs: 1000 }
+        : { firstWarmupMs: 2000, warmupMs: 1000, measureMs: 3000 }),
+    },
+    timeoutMs: 90_000,
+  },
+  drain: {
+    about: `offline drain: ${DRAIN.devices} offline devices × ${DRAIN.perDevice} queued messages, reconnecting at ${DRAIN.rate}/s${quick ? ' (scaled down from 1,000 devices for --quick)' : ''}`,
+    systems: ['mqtt', 'postbox-memory', 'postbox-sqlite'],
+    params: { ...DRAIN, size: LOAD.size, timeoutMs: 60_000 },
+    serverOptions: { preRegister: { prefix: 'r', count: DRAIN.devices } },
+    timeoutMs: 180_000,
+  },
+  idle: {
+    about: `idle density: server heap and RSS per connection at ${IDLE_STEPS.map(idleLabel).join(' and ')} connections${quick ? ' (scaled down from 10k/19k for --quick)' : ''}`,
+    systems: ['ws', 'socketio', 'postbox-memory'],
+    params: { steps: IDLE_STEPS, base: 100 },
+    timeoutMs: 240_000,
+    rounds: quick ? 1 : 2,
+  },
+  wire: {
+    about:
+      'protocol bytes for one 1:1 message’s whole life (send, ack, deliver, device ack, delivered status, its ack), payload excluded',
+    solo: true,
+    rounds: 1,
+    timeoutMs: 30_000,
+  },
+  codec: {
+    about: 'encode + decode of the real `msg` envelope (100-byte body), ops/s on one core',
+    solo: true,
+    params: { ms: quick ? 300 : 1500 },
+    timeoutMs: 60_000,
+  },
+};
+// `--profile DIR`: every server and load child writes a V8 CPU profile (.cpuprofile) into DIR.
+const PROFILE_FLAGS = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${args.profile}`] : [];
+
+const SYSTEM_ORDER = [
+  'ws',
+  'ws-fsync',
+  'socketio',
+  'mqtt',
+  'postbox-memory',
+  'postbox-sqlite',
+  'postbox',
+  'xmpp',
+  'postbox-codec',
+  'msgpackr',
+  'json',
+];
+
+if (args.only && !SCENARIOS[args.only]) {
+  console.error(`unknown scenario ${args.only}; one of: ${Object.keys(SCENARIOS).join(', ')}`);
+  process.exit(2);
+}
+
+// ------------------------------------------------------------------------------- machine
+
+function mosquittoVersion() {
+  const r = spawnSync('mosquitto', ['-h'], { encoding: 'utf8' });
+  if (r.error) return undefined;
+  return /mosquitto version (\S+)/.exec(r.stdout + r.stderr)?.[1];
+}
+
+const machine = {
+  cpu: os.cpus()[0]?.model ?? 'unknown',
+  nproc: os.availableParallelism(),
+  memory_gb: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+  node: process.version,
+  os: `${os.type()} ${os.release()}`,
+  pinned: canPin
+    ? `server on core ${SERVER_CORE}, load on core ${LOAD_CORE} (taskset)`
+    : 'no (taskset unavailable)',
+  mosquitto: mosquittoVersion() ?? 'not installed',
+};
+const machineLine = `${machine.nproc} cores (${machine.cpu}), ${machine.memory_gb} GB, Node ${machine.node}, ${machine.os}`;
+
+// ------------------------------------------------------------------------------- mosquitto
+
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'postbox-bench-'));
+process.on('exit', () => rmSync(tmp, { recursive: true, force: true }));
+
+function reachable(port, host = '127.0.0.1') {
+  return new Promise((resolve) => {
+    const s = net.connect(port, host);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+    s.setTimeout(1000, () => {
+      s.destroy();
+      resolve(false);
+    });
+  });
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function findMosquittoPid() {
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      if (readFileSync(`/proc/${d}/comm`, 'utf8').trim() === 'mosquitto') return Number(d);
+    } catch {
+      // raced with an exiting process
+    }
+  }
+  return undefined;
+}
+
+/**
+ * How MQTT runs: preferably a private broker per measurement (fresh state, pinned to the server
+ * core like every other server, TCP_NODELAY on), else the machine's broker at 127.0.0.1:1883
+ * (started with the system config if it is down), else skipped.
+ */
+async function mqttMode() {
+  if (machine.mosquitto !== 'not installed') {
+    try {
+      const b = await startBroker();
+      await b.stop();
+      return {
+        kind: 'private',
+        note: `private mosquitto ${machine.mosquitto} per run, pinned, set_tcp_nodelay true`,
+      };
+    } catch (e) {
+      log(`mosquitto: a private broker did not start (${e.message}); trying 127.0.0.1:1883`);
+    }
+  }
+  if (!(await reachable(1883))) {
+    spawnSync('mosquitto', ['-d', '-c', '/etc/mosquitto/mosquitto.conf'], { stdio: 'ignore' });
+    for (let i = 0; i < 20 && !(await reachable(1883)); i++) await new Promise((r) => setTimeout(r, 100));
+  }
+  if (await reachable(1883)) {
+    return {
+      kind: 'shared',
+      note: 'the machine’s broker at 127.0.0.1:1883 (not pinned; its own TCP_NODELAY setting)',
+    };
+  }
+  return undefined;
+}
+
+async function startBroker() {
+  const port = await freePort();
+  const dir = mkdtempSync(path.join(tmp, 'mosquitto-'));
+  const conf = path.join(dir, 'mosquitto.conf');
+  writeFileSync(
+    conf,
+    [
+      `listener ${port} 127.0.0.1`,
+      'allow_anonymous true',
+      'set_tcp_nodelay true',
+      'persistence false',
+      'log_dest none',
+      '',
+    ].join('\n'),
+  );
+  const p = startProcess('mosquitto', ['-c', conf], { core: SERVER_CORE });
+  const deadline = Date.now() + 5000;
+  while (!(await reachable(port))) {
+    if (p.proc.exitCode !== null || Date.now() > deadline) {
+      p.kill();
+      throw new Error(`mosquitto did not listen: ${p.stderr.trim() || 'no output'}`);
+    }
+    await new Promise((r) => setTimeout(r, 30));
+  }
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    cpu: async () => procCpu(p.proc.pid),
+    stop: () => p.kill(),
+  };
+}
+
+let mqtt;
+let runId = 0;
+
+// ------------------------------------------------------------------------------- running
+
+async function startServer(system, options) {
+  if (system === 'mqtt') {
+    if (mqtt.kind === 'private') return startBroker();
+    const pid = findMosquittoPid();
+    return { url: 'mqtt://127.0.0.1:1883', cpu: async () => pid && procCpu(pid), stop: async () => {} };
+  }
+  const child = startNode(SCRIPT.server, [JSON.stringify({ system, options })], {
+    core: SERVER_CORE,
+    nodeFlags: ['--expose-gc', ...PROFILE_FLAGS],
+  });
+  try {
+    const ready = await child.next('ready', 30_000);
+    return {
+      url: ready.url,
+      cpu: async () => (await child.request({ type: 'cpu' })).cpu,
+      mem: async () => {
+        const r = await child.request({ type: 'mem' }, 60_000);
+        return { mem: r.mem, connections: r.connections };
+      },
+      stop: () => child.stop(),
+    };
+  } catch (e) {
+    await child.kill();
+    throw e;
+  }
+}
+
+/** One measurement: a fresh server child and a fresh load child for `system`. */
+async function runPair(scenario, system, def) {
+  const dataDir = path.join(tmp, `${scenario}-${system}-${++runId}`);
+  mkdirSync(dataDir, { recursive: true });
+  const server = await startServer(system, { dataDir, ...def.serverOptions });
+  let load;
+  try {
+    const params = { ...def.params, prefix: `b${process.pid}x${runId}` };
+    load = startNode(SCRIPT.load, [JSON.stringify({ system, scenario, url: server.url, params })], {
+      core: LOAD_CORE,
+      nodeFlags: PROFILE_FLAGS,
+    });
+    load.onMessage = async (m) => {
+      if (m.type !== 'mark') return;
+      const reply = { type: 'marked', mark: m.mark };
+      try {
+        reply.cpu = await server.cpu();
+        if (m.data?.mem && server.mem) Object.assign(reply, await server.mem());
+      } catch (e) {
+        reply.error = String(e);
+      }
+      load.send(reply);
+    };
+    const r = await load.next('result', def.timeoutMs);
+    return r.result;
+  } finally {
+    await load?.stop();
+    await server.stop();
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+async function runSolo(scenario, params, timeoutMs) {
+  const child = startNode(SCRIPT.solo, [JSON.stringify({ scenario, params })], { core: SERVER_CORE });
+  try {
+    return (await child.next('result', timeoutMs)).result;
+  } finally {
+    await child.kill();
+  }
+}
+
+const results = new Results();
+const failures = [];
+
+async function runScenario(name) {
+  const def = SCENARIOS[name];
+  const rounds = Math.min(ROUNDS, def.rounds ?? ROUNDS);
+  log(`\n# ${name}: ${def.about}${rounds > 1 ? ` — ${rounds} rounds` : ''}`);
+  if (def.solo) {
+    for (let r = 0; r < rounds; r++) {
+      try {
+        const out = await withTimeout(
+          runSolo(name, { ...def.params, round: r }, def.timeoutMs),
+          def.timeoutMs + 5000,
+          `${name}: timed out`,
+        );
+        for (const x of out.results) results.add(name, x.system, x.metric, x.value, x.unit);
+        if (out.detail) results.detail[name] = out.detail;
+        log(`  round ${r + 1} done (${elapsed()})`);
+      } catch (e) {
+        failures.push(`${name} round ${r + 1}: ${firstLines(e.message).split('\n')[0]}`);
+        log(`  ! ${name} round ${r + 1} failed: ${firstLines(e.message)}`);
+      }
+    }
+    return;
+  }
+  let systems = args.systems ? def.systems.filter((s) => args.systems.includes(s)) : def.systems;
+  if (!mqtt && systems.includes('mqtt')) {
+    log('  SKIP mqtt: mosquitto is not installed and nothing answers at 127.0.0.1:1883');
+    systems = systems.filter((s) => s !== 'mqtt');
+  }
+  for (let r = 0; r < rounds; r++) {
+    // Alternate: each round starts with a different system.
+    const order = systems.map((_, k) => systems[(k + r) % systems.length]);
+    for (const system of order) {
+      const t = Date.now();
+      try {
+        const out = await runPair(name, system, def);
+        results.addObject(name, system, out);
+        log(
+          `  round ${r + 1} ${system.padEnd(15)} ${brief(name, out)} (${((Date.now() - t) / 1000).toFixed(1)}s, total ${elapsed()})`,
+        );
+      } catch (e) {
+        failures.push(`${name} ${system} round ${r + 1}: ${firstLines(e.message).split('\n')[0]}`);
+        log(`  ! round ${r + 1} ${system} failed: ${firstLines(e.message)}`);
+      }
+    }
+  }
+}
+
+/** An error message without its stack frames. */
+function firstLines(msg) {
+  return msg
+    .split('\n')
+    .filter((l) => !/^\s+at /.test(l))
+    .slice(0, 6)
+    .join('\n    ');
+}
+
+function brief(name, out) {
+  const f = (v) => (v === undefined ? '–' : Number(v.toPrecision(3)));
+  if (name === 'saturation')
+    return `${Math.round(out.msgs_per_s)} msg/s, delivered p50/p99 ${f(out.delivered_p50_ms)}/${f(out.delivered_p99_ms)} ms`;
+  if (name === 'latency')
+    return `p99 at 5k/10k/20k: ${['5k', '10k', '20k'].map((k) => f(out[`${k}:delivered_p99_ms`])).join('/')} ms`;
+  if (name === 'drain')
+    return `${Math.round(out.drain_msgs_per_s)} msg/s, first msg p50 ${f(out.first_msg_p50_ms)} ms, dup ${out.duplicates}, missing ${out.missing}`;
+  if (name === 'idle')
+    return Object.entries(out)
+      .filter(([k]) => k.endsWith('heap_kb_per_conn'))
+      .map(([k, v]) => `${k.split(':')[0]}: ${f(v)} KB heap/conn`)
+      .join(', ');
+  return '';
+}
+
+// ------------------------------------------------------------------------------- main
+
+async function main() {
+  log(
+    `postbox bench${quick ? ' --quick' : ''}${args.only ? ` --only ${args.only}` : ''}, ${ROUNDS} round(s)`,
+  );
+  log(`machine: ${machineLine}`);
+  log(`pinning: ${machine.pinned}`);
+  const selected = args.only ? [args.only] : Object.keys(SCENARIOS);
+  if (selected.some((s) => SCENARIOS[s].systems?.includes('mqtt'))) {
+    mqtt = await mqttMode();
+    log(
+      `mqtt:    ${mqtt ? mqtt.note : 'SKIPPED — mosquitto is not installed and 127.0.0.1:1883 does not answer'}`,
+    );
+  }
+  for (const name of selected) await runScenario(name);
+
+  const summary = results.summary();
+  const rs = ratios(summary);
+  const idleStep = idleLabel(IDLE_STEPS[IDLE_STEPS.length - 1]);
+  const targets = checkTargets(results, idleStep);
+
+  log(`\n================ results (median${ROUNDS > 1 ? ' [min–max]' : ''} over rounds) ================\n`);
+  log(renderTable(summary, SYSTEM_ORDER));
+  if (results.detail.wire) {
+    log('\n== wire: the frames of one message');
+    for (const [sys, lines] of Object.entries(results.detail.wire)) log(`${sys}:\n  ${lines.join('\n  ')}`);
+  }
+  log('\n================ ratios: postbox ÷ peer (same run) ================\n');
+  log(renderRatios(rs));
+  log('\n================ targets (issue 4) ================\n');
+  log(renderTargets(targets));
+  if (failures.length) log(`\n${failures.length} measurement(s) failed:\n  ${failures.join('\n  ')}`);
+  log(`\nmachine: ${machineLine}; ${machine.pinned}; total ${elapsed()}`);
+
+  // JSON lines: every median, then every ratio and target, each a line starting with `{`.
+  log('');
+  for (const r of summary) {
+    log(
+      JSON.stringify({
+        scenario: r.scenario,
+        system: r.system,
+        metric: r.metric,
+        value: r.value,
+        unit: r.unit,
+      }),
+    );
+  }
+  for (const r of rs) {
+    log(
+      JSON.stringify({
+        scenario: r.scenario,
+        system: `${r.ours}/${r.peer}`,
+        metric: r.metric,
+        value: r.value,
+        unit: 'ratio',
+      }),
+    );
+  }
+  for (const t of targets) {
+    if (t.value === undefined) continue;
+    log(
+      JSON.stringify({
+        scenario: 'target',
+        system: t.peer ? `${t.ours}/${t.peer}` : t.ours,
+        metric: `${t.name.trim()} — ${t.pass ? 'PASS' : 'MISS'}`,
+        value: t.value,
+        unit: t.unit ?? 'ratio',
+      }),
+    );
+  }
+
+  const report = {
+    date: new Date().toISOString(),
+    mode: quick ? 'quick' : 'full',
+    rounds: ROUNDS,
+    only: args.only ?? null,
+    machine,
+    mqtt: mqtt?.note ?? null,
+    scenarios: Object.fromEntries(Object.entries(SCENARIOS).map(([k, v]) => [k, v.about])),
+    results: summary,
+    ratios: rs,
+    targets,
+    wire_detail: results.detail.wire ?? null,
+    failures,
+    seconds: Math.round((Date.now() - started) / 1000),
+  };
+  const dir = path.join(here, 'results');
+  mkdirSync(dir, { recursive: true });
+  const file = quick ? 'quick.json' : args.only ? `only-${args.only}.json` : 'latest.json';
+  writeFileSync(path.join(dir, file), JSON.stringify(report, null, 2) + '\n');
+  const written = [`bench/results/${file}`];
+  if (!quick && !args.only) {
+    const systems = SCENARIOS.saturation.systems.filter((s) => summary.some((r) => r.system === s));
+    writeFileSync(
+      path.join(root, 'docs', 'benchmarks.svg'),
+      renderChart(summary, systems, `${machineLine}; ${ROUNDS} rounds, medians; whiskers: min–max`),
+    );
+    written.push('docs/benchmarks.svg');
+  }
+  console.error(`\nwrote ${written.join(', ')}`);
+}
+
+main().then(
+  () => process.exit(failures.length ? 1 : 0),
+  (e) => {
+    console.error(e);
+    process.exit(1);
+  },
+);

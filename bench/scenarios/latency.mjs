@@ -1,0 +1,96 @@
+// Latency at fixed rates (load side). For each rate, messages are sent on an open-loop schedule
+// spread round-robin over the clients (client i → client i + n/2), and each latency is measured
+// from the message's *scheduled* send time, so a stalled system cannot hide its queueing
+// (no coordinated omission). Percentiles cover the messages scheduled after the warm-up.
+import { performance } from 'node:perf_hooks';
+import { mark, sleep } from '../lib/child.mjs';
+import { Samples } from '../lib/stats.mjs';
+
+const PS = [50, 99, 99.9];
+
+export async function run(sys, p) {
+  const { url, n, size, rates, warmupMs, firstWarmupMs, measureMs, prefix } = p;
+  const now = () => performance.now();
+  const sentAt = new Samples(1 << 20);
+  const seq = new Int32Array(n);
+  let lat;
+  let tStart = Infinity;
+  let tEnd = Infinity;
+  let outstanding = 0;
+  let lost = 0;
+
+  const inWindow = (tag) => {
+    const s = sentAt.get(tag);
+    return s >= tStart && s < tEnd ? s : undefined;
+  };
+  const onDeliver = (_to, tag) => {
+    outstanding--;
+    const s = inWindow(tag);
+    if (s !== undefined) lat.delivered.push(now() - s);
+  };
+  const onAck = (_i, tag) => {
+    const s = inWindow(tag);
+    if (s !== undefined) lat.acked.push(now() - s);
+  };
+  const onStatus = (_i, tag) => {
+    const s = inWindow(tag);
+    if (s !== undefined) lat.status.push(now() - s);
+  };
+  const client = await sys.connect({ url, n, size, prefix, onDeliver, onAck, onStatus });
+
+  const out = {};
+  for (const rate of rates) {
+    lat = { delivered: new Samples(), acked: new Samples(), status: new Samples() };
+    const start = now();
+    // The first rate also warms up the JIT and every connection, so it gets a longer warm-up.
+    tStart = start + (rate === rates[0] ? firstWarmupMs : warmupMs);
+    tEnd = tStart + measureMs;
+    let sent = 0;
+    let m0;
+    await new Promise((resolve) => {
+      const tick = () => {
+        const t = now();
+        const due = Math.min(
+          Math.floor(((t - start) * rate) / 1000),
+          Math.ceil(((tEnd - start) * rate) / 1000),
+        );
+        while (sent < due) {
+          const i = sent % n;
+          const tag = seq[i]++ * n + i;
+          sentAt.set(tag, start + (sent * 1000) / rate);
+          sent++;
+          outstanding++;
+          client.send(i, (i + n / 2) % n, tag);
+        }
+        if (m0 === undefined && t >= tStart) m0 = mark('start');
+        if (t >= tEnd) resolve();
+        else setImmediate(tick);
+      };
+      tick();
+    });
+    const m1 = await mark('end');
+    const deadline = now() + 5000;
+    while (outstanding > 0 && now() < deadline) await sleep(10);
+    lost += outstanding;
+    outstanding = 0;
+    const k = `${rate / 1000}k`;
+    const c0 = (await m0).cpu;
+    if (c0 && m1.cpu) {
+      out[`${k}:server_cpu_pct`] =
+        (100 * (m1.cpu.user + m1.cpu.system - c0.user - c0.system)) / 1e6 / (measureMs / 1000);
+    }
+    for (const [name, s] of Object.entries(lat)) {
+      if (s.length === 0) continue;
+      const [p50, p99, p999] = s.percentiles(PS);
+      Object.assign(out, {
+        [`${k}:${name}_p50_ms`]: p50,
+        [`${k}:${name}_p99_ms`]: p99,
+        [`${k}:${name}_p999_ms`]: p999,
+      });
+    }
+    await sleep(200);
+  }
+  await client.close();
+  if (lost > 0) out.undelivered_after_5s = lost;
+  return out;
+}

@@ -1,0 +1,41 @@
+// Load side of the Socket.IO relay (see socketio.server.mjs). The 100-byte message is a string
+// (Socket.IO's fast path: binary would add an attachment frame per message).
+import { io } from 'socket.io-client';
+import { openMany } from './common.mjs';
+
+export const capabilities = { ack: true };
+
+function open(url, i, onDeliver) {
+  return new Promise((resolve, reject) => {
+    const s = io(url, {
+      transports: ['websocket'],
+      forceNew: true,
+      reconnection: false,
+      auth: { u: i },
+    });
+    s.once('connect', () => resolve(s));
+    s.once('connect_error', reject);
+    if (onDeliver) s.on('m', (_from, body) => onDeliver(i, parseInt(body, 36)));
+  });
+}
+
+export async function connect({ url, n, size, onDeliver, onAck }) {
+  const socks = await openMany(n, (i) => open(url, i, onDeliver));
+  return {
+    send(i, to, tag) {
+      socks[i].emitWithAck('m', to, tag.toString(36).padEnd(size, '-')).then(() => onAck(i, tag));
+    },
+    async close() {
+      for (const s of socks) s.disconnect();
+    },
+  };
+}
+
+export async function openIdle({ url, from, count }) {
+  const socks = await openMany(count, (k) => open(url, from + k));
+  return {
+    async close() {
+      for (const s of socks) s.disconnect();
+    },
+  };
+}

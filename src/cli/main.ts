@@ -1,0 +1,160 @@
+#!/usr/bin/env node
+// The `postbox` command: `serve` runs a server, `token` signs a client token, `chat` runs the
+// terminal chat client (examples/chat.ts).
+import { parseArgs } from 'node:util';
+import { signToken } from '../server/auth.js';
+import { LOG_LEVELS, type LogLevel } from './log.js';
+import { startServe, type ServeOptions } from './serve.js';
+
+const HELP = `postbox — embeddable store-and-forward messaging
+
+Usage:
+  postbox serve [options]        run a server (WebSocket + SQLite)
+  postbox token --user U --device D [--secret S] [--ttl-hours H]
+                                 print a signed client token
+  postbox chat --server URL --as USER --to PEER [--token T | --secret S | --insecure-dev-auth]
+                                 terminal chat client (see examples/chat.ts)
+
+serve options (flag, environment variable, default):
+  --port N                  POSTBOX_PORT                  8080
+  --host H                  POSTBOX_HOST                  127.0.0.1
+  --data FILE               POSTBOX_DATA                  ./postbox.sqlite
+  --path P                  POSTBOX_PATH                  /postbox
+  --secret S                POSTBOX_SECRET                (required, ≥ 16 bytes; clients present tokens from 'postbox token')
+  --insecure-dev-auth       POSTBOX_INSECURE_DEV_AUTH=1   accept "user/device" as credentials: ANYONE CAN BE ANYONE
+  --retention-days N        POSTBOX_RETENTION_DAYS        30
+  --max-body-bytes N        POSTBOX_MAX_BODY_BYTES        65536
+  --max-frame-bytes N       POSTBOX_MAX_FRAME_BYTES       262144
+  --max-conns-per-address N POSTBOX_MAX_CONNS_PER_ADDRESS 256
+  --heartbeat-ms N          POSTBOX_HEARTBEAT_MS          25000
+  --log-level L             POSTBOX_LOG_LEVEL             info (debug|info|warn|error|silent)
+`;
+
+function env(name: string): string | undefined {
+  const v = process.env[name];
+  return v === undefined || v === '' ? undefined : v;
+}
+
+function num(flag: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0)
+    throw new Error(`--${flag} must be a non-negative number, got ${JSON.stringify(value)}`);
+  return n;
+}
+
+async function serve(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      port: { type: 'string' },
+      host: { type: 'string' },
+      data: { type: 'string' },
+      path: { type: 'string' },
+      secret: { type: 'string' },
+      'insecure-dev-auth': { type: 'boolean' },
+      'retention-days': { type: 'string' },
+      'max-body-bytes': { type: 'string' },
+      'max-frame-bytes': { type: 'string' },
+      'max-conns-per-address': { type: 'string' },
+      'heartbeat-ms': { type: 'string' },
+      'log-level': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
+  const logLevel = (values['log-level'] ?? env('POSTBOX_LOG_LEVEL') ?? 'info') as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) throw new Error(`--log-level must be one of ${LOG_LEVELS.join(', ')}`);
+  const options: ServeOptions = {
+    port: num('port', values.port ?? env('POSTBOX_PORT'), 8080),
+    host: values.host ?? env('POSTBOX_HOST') ?? '127.0.0.1',
+    data: values.data ?? env('POSTBOX_DATA') ?? './postbox.sqlite',
+    path: values.path ?? env('POSTBOX_PATH') ?? '/postbox',
+    insecureDevAuth: values['insecure-dev-auth'] ?? env('POSTBOX_INSECURE_DEV_AUTH') === '1',
+    retentionDays: num('retention-days', values['retention-days'] ?? env('POSTBOX_RETENTION_DAYS'), 30),
+    maxBodyBytes: num('max-body-bytes', values['max-body-bytes'] ?? env('POSTBOX_MAX_BODY_BYTES'), 65536),
+    maxFrameBytes: num(
+      'max-frame-bytes',
+      values['max-frame-bytes'] ?? env('POSTBOX_MAX_FRAME_BYTES'),
+      262144,
+    ),
+    maxConnectionsPerAddress: num(
+      'max-conns-per-address',
+      values['max-conns-per-address'] ?? env('POSTBOX_MAX_CONNS_PER_ADDRESS'),
+      256,
+    ),
+    heartbeatMs: num('heartbeat-ms', values['heartbeat-ms'] ?? env('POSTBOX_HEARTBEAT_MS'), 25000),
+    logLevel,
+  };
+  const secret = values.secret ?? env('POSTBOX_SECRET');
+  if (secret !== undefined) options.secret = secret;
+  if (!options.secret && options.insecureDevAuth) {
+    process.stderr.write(
+      '\n  !!! --insecure-dev-auth: credentials are "user/device" strings and ANYONE CAN BE ANYONE. !!!\n' +
+        '  !!! For local play only. Use --secret and signed tokens (postbox token) anywhere else. !!!\n\n',
+    );
+  }
+  const handle = await startServe(options);
+  // One parseable line on stdout: tests and scripts wait for it.
+  process.stdout.write(`postbox listening on ${handle.url} (data: ${options.data})\n`);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(
+      `postbox: ${signal}, shutting down (finishing commits, closing connections with 1001)\n`,
+    );
+    handle.close().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        process.stderr.write(`postbox: shutdown failed: ${String(e)}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+function token(argv: string[]): void {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      user: { type: 'string' },
+      device: { type: 'string' },
+      secret: { type: 'string' },
+      'ttl-hours': { type: 'string' },
+    },
+  });
+  const secret = values.secret ?? env('POSTBOX_SECRET');
+  if (!values.user || !values.device || !secret)
+    throw new Error('postbox token needs --user, --device and --secret (or POSTBOX_SECRET)');
+  const claims: { user: string; device: string; expiresAt?: number } = {
+    user: values.user,
+    device: values.device,
+  };
+  if (values['ttl-hours'] !== undefined)
+    claims.expiresAt = Date.now() + num('ttl-hours', values['ttl-hours'], 0) * 3600_000;
+  process.stdout.write(`${signToken(secret, claims)}\n`);
+}
+
+const [command, ...rest] = process.argv.slice(2);
+try {
+  if (command === 'serve') await serve(rest);
+  else if (command === 'token') token(rest);
+  else if (command === 'chat') {
+    // The chat client is an example app built on the public API; it ships compiled beside the CLI.
+    const chat = './../examples/chat.js';
+    await import(chat);
+  } else {
+    process.stdout.write(HELP);
+    if (command !== undefined && command !== 'help' && command !== '--help' && command !== '-h')
+      process.exitCode = 2;
+  }
+} catch (e) {
+  process.stderr.write(`postbox: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(2);
+}

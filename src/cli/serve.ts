@@ -1,0 +1,122 @@
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { insecureDevAuthenticator, tokenAuthenticator } from '../server/auth.js';
+import { createServer, type PostboxServer } from '../server/engine.js';
+import { sqliteServerStore } from '../server/stores/sqlite.js';
+import type { ServerStore } from '../server/store.js';
+import { websocketServerTransport } from '../transport/websocket.js';
+import { jsonLogger, type LogLevel } from './log.js';
+
+/** Settings of `postbox serve`; each has a flag and an environment variable (see `postbox serve --help`). */
+export interface ServeOptions {
+  /** TCP port; 0 picks a free one. @default 8080 */
+  port: number;
+  /** Interface to bind. @default '127.0.0.1' */
+  host: string;
+  /** SQLite database file. @default './postbox.sqlite' */
+  data: string;
+  /** HTTP path of the WebSocket endpoint. @default '/postbox' */
+  path: string;
+  /** Secret for signed tokens (at least 16 bytes). Required unless `insecureDevAuth`. */
+  secret?: string;
+  /** Accept `user/device` strings as credentials. Anyone can be anyone: local play only. */
+  insecureDevAuth: boolean;
+  /** Days an undelivered message waits before it expires. @default 30 */
+  retentionDays: number;
+  /** Largest message body in bytes. @default 65536 */
+  maxBodyBytes: number;
+  /** Largest frame in bytes, enforced before decoding. @default 262144 */
+  maxFrameBytes: number;
+  /** Open connections allowed from one address. @default 256 */
+  maxConnectionsPerAddress: number;
+  /** Heartbeat interval advertised to clients. @default 25000 */
+  heartbeatMs: number;
+  /** @default 'info' */
+  logLevel: LogLevel;
+}
+
+/** A running `postbox serve`. */
+export interface ServeHandle {
+  /** The WebSocket URL clients connect to. */
+  url: string;
+  engine: PostboxServer;
+  http: HttpServer;
+  store: ServerStore;
+  /**
+   * Graceful shutdown: stop accepting, finish in-flight commits (their acks go out), close every
+   * connection with 1001 "going away" so clients reconnect, then close the store.
+   */
+  close(): Promise<void>;
+}
+
+/** Starts the server command's stack: HTTP (`/healthz`, `/readyz`), WebSocket, SQLite, engine. */
+export async function startServe(options: ServeOptions): Promise<ServeHandle> {
+  const log = jsonLogger(options.logLevel);
+  let authenticate;
+  if (options.secret) authenticate = tokenAuthenticator(options.secret);
+  else if (options.insecureDevAuth) authenticate = insecureDevAuthenticator();
+  else
+    throw new Error(
+      'no authentication configured: pass --secret (or POSTBOX_SECRET), or --insecure-dev-auth for local play',
+    );
+
+  const store = sqliteServerStore({ path: options.data });
+  let ready = false;
+  const http = createHttpServer((req, res) => {
+    if (req.url === '/healthz') {
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
+    } else if (req.url === '/readyz') {
+      res
+        .writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' })
+        .end(ready ? 'ready\n' : 'not ready\n');
+    } else {
+      res
+        .writeHead(404, { 'content-type': 'text/plain' })
+        .end('postbox: connect with WebSocket at the configured path\n');
+    }
+  });
+  const transport = websocketServerTransport({
+    server: http,
+    path: options.path,
+    maxFrameBytes: options.maxFrameBytes,
+    maxConnectionsPerAddress: options.maxConnectionsPerAddress,
+  });
+  const engine = createServer({
+    store,
+    authenticate,
+    logger: log,
+    heartbeatMs: options.heartbeatMs,
+    retentionMs: options.retentionDays * 24 * 3600_000,
+    maxBodyBytes: options.maxBodyBytes,
+    maxFrameBytes: options.maxFrameBytes,
+  });
+  engine.on('error', (e) => log.error('store failure', e));
+  await engine.listen(transport);
+  await new Promise<void>((resolve, reject) => {
+    http.once('error', reject);
+    http.listen(options.port, options.host, () => resolve());
+  });
+  const addr = http.address();
+  const port = typeof addr === 'object' && addr ? addr.port : options.port;
+  const host = options.host.includes(':') ? `[${options.host}]` : options.host;
+  const url = `ws://${host}:${port}${options.path}`;
+  ready = true;
+  let closing: Promise<void> | undefined;
+  return {
+    url,
+    engine,
+    http,
+    store,
+    close() {
+      closing ??= (async () => {
+        ready = false;
+        await engine.close();
+        await new Promise<void>((resolve) => {
+          http.close(() => resolve());
+          http.closeAllConnections();
+        });
+        await store.close();
+      })();
+      return closing;
+    },
+  };
+}

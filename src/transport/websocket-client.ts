@@ -1,0 +1,511 @@
+/**
+ * The WebSocket client transport. Browser-safe: it uses the platform `WebSocket` (browsers,
+ * Node ≥ 22, Deno, Bun, React Native), a constructor you pass in, or — on Node 20, which has no
+ * global `WebSocket` — the optional peer `ws`, loaded lazily through a dynamic import that
+ * bundlers do not follow. No Node built-in is imported, statically or otherwise.
+ *
+ * Node users can import the same function from `postbox/transport/websocket`, next to the server
+ * transport; browser bundles import `postbox/transport/websocket-client`.
+ * @packageDocumentation
+ */
+import { CLOSE_CODES } from '../protocol/errors.js';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import type { ClientTransport, Connection, ConnectionHandlers } from './types.js';
+
+/** `readyState` of an open socket: the same number in every WebSocket implementation. */
+const OPEN = 1;
+/** RFC 6455 "unsupported data": what a text frame on a binary-only protocol earns. */
+const UNSUPPORTED_DATA = 1003;
+/** RFC 6455 limits a close reason to 123 bytes of UTF-8. */
+const MAX_REASON_BYTES = 123;
+/** Matches the protocol's default frame limit (`DEFAULT_MAX_FRAME_BYTES`, without importing the codec). */
+const DEFAULT_MAX_FRAME_BYTES = 256 * 1024;
+/** `drain` fires when the send buffer falls back to this many bytes (and again when it empties). */
+const DRAIN_LOW_WATER_BYTES = 64 * 1024;
+/** How often a client with bytes above the low-water mark looks at `bufferedAmount` (no event exists). */
+const DRAIN_POLL_MS = 25;
+
+/**
+ * The part of a WebSocket that postbox uses: the intersection of the WHATWG `WebSocket`
+ * (browsers, Node ≥ 22, Deno, Bun) and `ws`. Declared here so the core needs no peer types.
+ * Event handlers are the `on…` properties, which every implementation has.
+ */
+export interface WebSocketLike {
+  /** Set to `'arraybuffer'` so binary frames arrive as `ArrayBuffer`, not `Blob`. */
+  binaryType: string;
+  /** 0 connecting, 1 open, 2 closing, 3 closed. */
+  readonly readyState: number;
+  /** Bytes queued by `send()` and not yet handed to the network. */
+  readonly bufferedAmount: number;
+  /** Receives the open event. */
+  onopen: ((event: any) => void) | null;
+  /** Receives message events; `event.data` is a `string` for text frames, an `ArrayBuffer` for binary ones. */
+  onmessage: ((event: any) => void) | null;
+  /** Receives the close event, with `code` and `reason`. */
+  onclose: ((event: any) => void) | null;
+  /** Receives error events (followed by a close event). */
+  onerror: ((event: any) => void) | null;
+  /** Queues one binary frame. */
+  send(data: Uint8Array): void;
+  /** Starts the closing handshake. */
+  close(code?: number, reason?: string): void;
+}
+
+/**
+ * Options the client transport passes as the constructor's third argument. `ws` reads them (it
+ * then enforces the frame limit before buffering a frame, and never offers compression); the
+ * WHATWG `WebSocket` constructor takes two arguments and ignores a third.
+ */
+export interface WebSocketConstructorOptions {
+  /** Largest incoming frame, in bytes. */
+  maxPayload?: number;
+  /** Always `false`: compression costs CPU and opens compression oracles (CRIME/BREACH-style). */
+  perMessageDeflate?: boolean;
+}
+
+/** A WebSocket constructor: `globalThis.WebSocket`, `ws`'s `WebSocket`, or anything shaped like them. */
+export type WebSocketConstructor = new (
+  url: string,
+  protocols?: string | string[],
+  options?: WebSocketConstructorOptions,
+) => WebSocketLike;
+
+/** Options of {@link websocketClientTransport}. */
+export interface WebSocketClientOptions {
+  /**
+   * The server's URL, e.g. `wss://chat.example.com/postbox`. A function is called on every
+   * connect, so each reconnect can pick a gateway or carry a fresh query token.
+   */
+  url: string | (() => string);
+  /**
+   * The WebSocket implementation.
+   * @default `globalThis.WebSocket` when it exists (browsers, Node ≥ 22); otherwise the optional
+   * peer `ws`, imported lazily on first connect (Node 20). Install `ws` or pass this option there.
+   */
+  WebSocket?: WebSocketConstructor;
+  /**
+   * Largest frame accepted from the server; a bigger one closes the connection with 1009. With
+   * `ws` the limit is enforced before the frame is buffered; a platform `WebSocket` has no such
+   * knob, so there it is checked on arrival.
+   * @default 262144 (256 KiB, the protocol's default)
+   */
+  maxFrameBytes?: number;
+  /** A connect that has not opened within this many ms is abandoned: it rejects and the socket is closed. @default 10000 */
+  connectTimeoutMs?: number;
+  /** Timers (connect timeout, drain polling, handler hand-over). @default systemClock */
+  clock?: Clock;
+}
+
+/**
+ * Creates a WebSocket client transport. Frames are binary only: a text frame from the server is a
+ * protocol violation and closes the connection with 1003. Heartbeats, reconnect and backoff are
+ * the engine's job, not the transport's.
+ *
+ * `bufferedAmount` is the socket's own. There is no "drain" event on a WebSocket, so while more
+ * than 64 KiB are buffered the transport looks every 25 ms and calls the `drain` handler when the
+ * buffer falls back to 64 KiB, and once more when it is empty.
+ *
+ * TCP_NODELAY: browsers set it on WebSocket connections, and so does `ws`.
+ *
+ * @example
+ * ```ts
+ * const client = createClient({
+ *   transport: websocketClientTransport({ url: 'wss://chat.example.com/postbox' }),
+ *   store: memoryClientStore(),
+ *   credentials: () => fetchToken(),
+ * });
+ * ```
+ */
+export function websocketClientTransport(options: WebSocketClientOptions): ClientTransport {
+  const maxFrameBytes = positive(options.maxFrameBytes, DEFAULT_MAX_FRAME_BYTES, 'maxFrameBytes');
+  const connectTimeoutMs = positive(options.connectTimeoutMs, 10_000, 'connectTimeoutMs');
+  const clock = options.clock ?? systemClock;
+
+  const open = (Ctor: WebSocketConstructor): Promise<Connection> =>
+    new Promise<Connection>((resolve, reject) => {
+      const url = typeof options.url === 'function' ? options.url() : options.url;
+      let socket: WebSocketLike;
+      try {
+        socket = new Ctor(url, undefined, { maxPayload: maxFrameBytes, perMessageDeflate: false });
+      } catch (e) {
+        reject(new Error(`websocket transport: cannot open ${url}`, { cause: e }));
+        return;
+      }
+      socket.binaryType = 'arraybuffer';
+      const id = `ws-client-${++connectionCount}`;
+      let settled = false;
+      let opened = false;
+
+      const fail = (message: string, cause?: unknown): void => {
+        if (settled) return;
+        settled = true;
+        clock.clearTimeout(timer);
+        socket.onopen = socket.onmessage = socket.onclose = null;
+        // Keep a no-op error listener: an EventEmitter-based socket (ws) throws on unheard errors.
+        socket.onerror = () => {};
+        try {
+          socket.close();
+        } catch {
+          // Closing a socket that is already failing may throw; it is going away either way.
+        }
+        reject(new Error(`websocket transport: ${message} (${url})`, cause ? { cause } : undefined));
+      };
+      const timer = clock.setTimeout(
+        () => fail(`no connection within ${connectTimeoutMs} ms`),
+        connectTimeoutMs,
+      );
+
+      const conn = socketConnection(socket, id, clock, maxFrameBytes);
+      socket.onopen = () => {
+        if (settled) return;
+        settled = opened = true;
+        clock.clearTimeout(timer);
+        resolve(conn.connection);
+      };
+      socket.onmessage = (event: { data: unknown }) => conn.message(event.data);
+      socket.onerror = (event: unknown) => {
+        if (!opened) fail(`connection failed: ${errorMessage(event)}`, event);
+        else conn.error(event);
+      };
+      socket.onclose = (event: { code?: number; reason?: string }) => {
+        if (!opened) fail(`closed before opening (code ${event.code ?? '?'})`);
+        else conn.remoteClose(event.code ?? CLOSE_CODES.abnormal, event.reason ?? '');
+      };
+    });
+
+  return {
+    name: 'websocket',
+    async connect() {
+      return open(await webSocketConstructor(options.WebSocket));
+    },
+  };
+}
+
+/** Numbers client connections: ids stay unique across every transport of the process. */
+let connectionCount = 0;
+
+/** A settled promise of `ws`'s constructor, shared by every transport of the process. */
+let wsConstructor: Promise<WebSocketConstructor> | undefined;
+
+/** The explicit constructor, else the platform's, else `ws` (loaded once, lazily). */
+function webSocketConstructor(explicit: WebSocketConstructor | undefined): Promise<WebSocketConstructor> {
+  if (explicit) return Promise.resolve(explicit);
+  const platform = (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  if (typeof platform === 'function') return Promise.resolve(platform);
+  wsConstructor ??= loadWs().catch((e: unknown) => {
+    wsConstructor = undefined; // let a later connect try again (say, after `npm i ws`)
+    throw e;
+  });
+  return wsConstructor;
+}
+
+async function loadWs(): Promise<WebSocketConstructor> {
+  // A specifier in a variable: bundlers leave this import alone, so browser bundles never pull
+  // `ws` (or the Node built-ins it needs) in. Only Node 20 ever gets here.
+  const specifier = 'ws';
+  let mod: { WebSocket?: WebSocketConstructor; default?: WebSocketConstructor };
+  try {
+    mod = (await import(/* webpackIgnore: true */ /* @vite-ignore */ specifier)) as typeof mod;
+  } catch (e) {
+    throw new Error(
+      'websocket transport: this runtime has no global WebSocket (Node < 22) and the optional peer `ws` ' +
+        'could not be loaded; install it (`npm i ws`) or pass the `WebSocket` option',
+      { cause: e },
+    );
+  }
+  const Ctor = mod.WebSocket ?? mod.default;
+  if (typeof Ctor !== 'function') throw new Error('websocket transport: `ws` exports no WebSocket');
+  return Ctor;
+}
+
+/** The client side of one socket, as {@link websocketClientTransport} wires it. */
+function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFrameBytes: number) {
+  let open = true;
+  let errorClose: { code: number; reason: string } | undefined;
+  let poll: TimerHandle | undefined;
+  const gate = drainGate(DRAIN_LOW_WATER_BYTES);
+  const slot = handlerSlot(clock, () => connection.close(CLOSE_CODES.internal, 'connection handler threw'));
+
+  const buffered = (): number => {
+    const n = socket.bufferedAmount;
+    return typeof n === 'number' && Number.isFinite(n) && n > 0 ? n : 0;
+  };
+  const watch = (): void => {
+    if (poll !== undefined || !gate.pending) return;
+    poll = clock.setTimeout(() => {
+      poll = undefined;
+      if (!open) return;
+      if (gate.settle(buffered())) slot.drain();
+      watch();
+    }, DRAIN_POLL_MS);
+  };
+  const stop = (): void => {
+    open = false;
+    clock.clearTimeout(poll);
+    poll = undefined;
+  };
+
+  /**
+   * The server broke the protocol: close the socket, and tell the owner after the frames that
+   * arrived before the offending one (unlike an owner's own close, which drops them).
+   */
+  const violation = (code: number, reason: string): void => {
+    stop();
+    closeSocket(socket, code, truncateReason(reason));
+    slot.closeRemote(code, reason);
+  };
+
+  const connection: Connection = {
+    id,
+    get bufferedAmount() {
+      return buffered();
+    },
+    get isOpen() {
+      return open;
+    },
+    send(data) {
+      if (!open || socket.readyState !== OPEN) return;
+      try {
+        socket.send(data);
+      } catch {
+        return; // the socket is failing; its close event follows
+      }
+      gate.sent(buffered());
+      watch();
+    },
+    close(code = CLOSE_CODES.normal, reason = '') {
+      if (!open) return;
+      stop();
+      closeSocket(socket, code, truncateReason(reason));
+      slot.closeLocal(code, reason);
+    },
+    setHandlers(handlers) {
+      slot.set(handlers, id);
+    },
+  };
+
+  return {
+    connection,
+    message(data: unknown): void {
+      if (!open) return;
+      const bytes = binaryData(data);
+      if (!bytes) return violation(UNSUPPORTED_DATA, 'binary frames only');
+      if (bytes.byteLength > maxFrameBytes) return violation(CLOSE_CODES.tooLarge, 'frame too large');
+      slot.frame(bytes);
+    },
+    error(event: unknown): void {
+      // `ws` reports why it is failing the connection (say, a frame over `maxPayload`); the close
+      // event that follows carries only what the peer echoed, or 1006.
+      errorClose ??= errorCloseCode(event);
+    },
+    remoteClose(code: number, reason: string): void {
+      if (!open) return;
+      stop();
+      slot.closeRemote(errorClose?.code ?? code, errorClose?.reason ?? reason);
+    },
+  };
+}
+
+/** Closes with `code`, or with 1000 where the implementation refuses that code. */
+function closeSocket(socket: WebSocketLike, code: number, reason: string): void {
+  try {
+    socket.close(code, reason);
+  } catch {
+    // Platform WebSockets accept only 1000 and 3000–4999 from scripts (no 1003, 1009, 1011):
+    // the local owner still gets `code`, the server gets a normal close with the reason.
+    try {
+      socket.close(CLOSE_CODES.normal, reason);
+    } catch {
+      // Already closed.
+    }
+  }
+}
+
+/** The frame's bytes, or `undefined` for a text frame (or a `Blob` from a socket that ignored `binaryType`). */
+function binaryData(data: unknown): Uint8Array | undefined {
+  if (Object.prototype.toString.call(data) === '[object ArrayBuffer]')
+    return new Uint8Array(data as ArrayBuffer);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  return undefined;
+}
+
+function errorMessage(event: unknown): string {
+  const message =
+    (event as { message?: unknown } | null)?.message ??
+    (event as { error?: { message?: unknown } } | null)?.error?.message;
+  return typeof message === 'string' && message !== '' ? message : 'network error';
+}
+
+function positive(value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (!(value > 0) || !Number.isFinite(value)) {
+    throw new RangeError(`websocket transport: ${name} must be a positive number, got ${value}`);
+  }
+  return value;
+}
+
+/**
+ * The close code a `ws` error stands for (the code `ws` sends the peer), when the error says.
+ * Platform WebSockets give errors no detail; their close event then decides.
+ * @internal
+ */
+export function errorCloseCode(error: unknown): { code: number; reason: string } | undefined {
+  const e = (error as { error?: unknown } | null)?.error ?? error;
+  const code = (e as { code?: unknown } | null)?.code;
+  if (typeof code !== 'string' || !code.startsWith('WS_ERR_')) return undefined;
+  const reason = truncateReason(errorMessage(e));
+  if (code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') return { code: CLOSE_CODES.tooLarge, reason };
+  if (code === 'WS_ERR_INVALID_UTF8') return { code: 1007, reason };
+  return { code: 1002, reason };
+}
+
+/**
+ * Cuts a close reason to the 123 bytes of UTF-8 a close frame can carry, on a character boundary.
+ * @internal
+ */
+export function truncateReason(reason: string): string {
+  if (reason.length <= MAX_REASON_BYTES / 3) return reason;
+  const encoder = new TextEncoder();
+  if (encoder.encode(reason).byteLength <= MAX_REASON_BYTES) return reason;
+  let out = '';
+  let bytes = 0;
+  for (const ch of reason) {
+    const n = encoder.encode(ch).byteLength;
+    if (bytes + n > MAX_REASON_BYTES) break;
+    out += ch;
+    bytes += n;
+  }
+  return out;
+}
+
+/**
+ * When to call `drain`: once the buffer falls back to `lowWater` after a send left it above, and
+ * once more when it empties — so an owner whose own high-water mark is below `lowWater` is not
+ * left waiting for an event that never comes.
+ * @internal
+ */
+export function drainGate(lowWater: number): {
+  /** Call after each send with the buffered amount. */
+  sent(amount: number): void;
+  /** Call when bytes may have left the buffer; true when `drain` is due. */
+  settle(amount: number): boolean;
+  /** True while a `drain` is still owed. */
+  readonly pending: boolean;
+} {
+  let above = false;
+  let toEmpty = false;
+  return {
+    sent(amount) {
+      if (amount > lowWater) {
+        above = true;
+        toEmpty = false;
+      }
+    },
+    settle(amount) {
+      if (above && amount <= lowWater) {
+        above = false;
+        toEmpty = amount > 0;
+        return true;
+      }
+      if (toEmpty && amount === 0) {
+        toEmpty = false;
+        return true;
+      }
+      return false;
+    },
+    get pending() {
+      return above || toEmpty;
+    },
+  };
+}
+
+/**
+ * Hands a connection's events to its owner with the guarantees of `Connection`: frames that
+ * arrive before `setHandlers` are kept, in order, and handed over on the next turn (not inside
+ * `setHandlers`, whose caller may still be wiring itself up); later frames queue behind them; the
+ * close handler fires at most once, after every frame; nothing follows it. A handler that throws
+ * does not propagate into the socket's event loop (on Node that would crash the process): `onThrow`
+ * is called instead, and closes the connection.
+ * @internal
+ */
+export function handlerSlot(
+  clock: Clock,
+  onThrow: (error: unknown) => void,
+): {
+  set(handlers: ConnectionHandlers, id: string): void;
+  frame(data: Uint8Array): void;
+  drain(): void;
+  /** The peer closed or the socket died: tell the owner after the frames already received. */
+  closeRemote(code: number, reason: string): void;
+  /** The owner closed: drop frames not yet handed over, and tell the owner on a later turn. */
+  closeLocal(code: number, reason: string): void;
+} {
+  let handlers: ConnectionHandlers | undefined;
+  let inbox: Uint8Array[] = [];
+  let pendingClose: { code: number; reason: string } | undefined;
+  let flushing = false;
+  let closed = false;
+
+  const guarded = (fn: () => void): void => {
+    try {
+      fn();
+    } catch (e) {
+      onThrow(e);
+    }
+  };
+  const flush = (): void => {
+    const h = handlers!;
+    // `inbox` may be replaced (emptied) by a close from inside a handler; read it afresh each time.
+    for (let i = 0; i < inbox.length; i++) {
+      const data = inbox[i]!;
+      guarded(() => h.frame(data));
+    }
+    inbox = [];
+    flushing = false;
+    const close = pendingClose;
+    pendingClose = undefined;
+    if (close) {
+      try {
+        h.close(close.code, close.reason);
+      } catch {
+        // The connection is gone either way; a throwing close handler must not crash the process.
+      }
+    }
+  };
+  const schedule = (): void => {
+    if (!handlers || flushing) return;
+    flushing = true;
+    clock.setTimeout(flush, 0);
+  };
+
+  return {
+    set(h, id) {
+      if (handlers) throw new Error(`websocket transport: setHandlers called twice on ${id}`);
+      handlers = h;
+      if (inbox.length > 0 || pendingClose) schedule();
+    },
+    frame(data) {
+      if (closed) return;
+      if (handlers && !flushing) guarded(() => handlers!.frame(data));
+      else inbox.push(data);
+    },
+    drain() {
+      if (closed || !handlers || flushing) return;
+      const h = handlers;
+      guarded(() => h.drain?.());
+    },
+    closeRemote(code, reason) {
+      if (closed) return;
+      closed = true;
+      pendingClose = { code, reason };
+      if (handlers && !flushing) flush();
+    },
+    closeLocal(code, reason) {
+      if (closed) return;
+      closed = true;
+      inbox = [];
+      pendingClose = { code, reason };
+      schedule();
+    },
+  };
+}

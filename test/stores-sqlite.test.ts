@@ -1,0 +1,387 @@
+import Database from 'better-sqlite3';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { ClientStore } from '../src/client/store.js';
+import { SQLITE_CLIENT_SCHEMA_VERSION, sqliteClientStore } from '../src/client/stores/sqlite.js';
+import type { DeviceAddress, MessageInput, ServerStore } from '../src/server/store.js';
+import { SQLITE_SERVER_SCHEMA_VERSION, sqliteServerStore } from '../src/server/stores/sqlite.js';
+import { clientStoreConformance, registerCases, serverStoreConformance } from '../src/testing/index.js';
+import { migrate, type SqliteDatabase, type SqliteStatement } from '../src/util/sqlite.js';
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'postbox-sqlite-'));
+afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
+let fileCount = 0;
+/** A fresh database file name in the test's temp dir. */
+const freshFile = (): string => path.join(root, `db-${++fileCount}.sqlite`);
+
+// A store's file is its "disk": a new store over the same file is a restart.
+const files = new WeakMap<object, string>();
+
+/**
+ * Opens a store on `file`, either by path or handed a connection; a handed connection is closed
+ * after the store, as its owner would, so `reopen` really reopens the file.
+ */
+function opener<S extends ServerStore | ClientStore>(
+  make: (source: { path: string } | { database: Database.Database }) => S,
+  mode: 'path' | 'database',
+) {
+  return (file: string): S => {
+    let store: S;
+    if (mode === 'path') {
+      store = make({ path: file });
+    } else {
+      const db = new Database(file);
+      const inner = make({ database: db });
+      store = {
+        ...inner,
+        async close() {
+          await inner.close();
+          db.close();
+        },
+      };
+    }
+    files.set(store, file);
+    return store;
+  };
+}
+
+for (const mode of ['path', 'database'] as const) {
+  const openServer = opener((source) => sqliteServerStore(source), mode);
+  const openClient = opener((source) => sqliteClientStore(source), mode);
+
+  describe(`sqlite server store conformance (file, ${mode})`, () => {
+    registerCases(
+      serverStoreConformance({
+        name: `sqlite (${mode})`,
+        open: async () => openServer(freshFile()),
+        async reopen(old) {
+          await old.close();
+          return openServer(files.get(old)!);
+        },
+      }),
+      it,
+    );
+  });
+
+  describe(`sqlite client store conformance (file, ${mode})`, () => {
+    registerCases(
+      clientStoreConformance({
+        name: `sqlite (${mode})`,
+        open: async () => openClient(freshFile()),
+        async reopen(old) {
+          await old.close();
+          return openClient(files.get(old)!);
+        },
+      }),
+      it,
+    );
+  });
+}
+
+describe('sqlite stores on a :memory: database', () => {
+  it('work without a file (for tests), though they keep nothing after close', async () => {
+    const server = sqliteServerStore({ path: ':memory:' });
+    await server.registerDevice(alice1, 1);
+    await server.registerDevice(bob1, 1);
+    expect(await server.append([msg('m1')], 1000)).toEqual([
+      { ok: true, ts: 1000, duplicate: false, notify: [bob1] },
+    ]);
+    await server.close();
+    const client = sqliteClientStore({ path: ':memory:' });
+    expect((await client.enqueue(draft('o1'), true)).seq).toBe(1);
+    await client.close();
+  });
+});
+
+const alice1: DeviceAddress = { user: 'alice', device: 'a1' };
+const bob1: DeviceAddress = { user: 'bob', device: 'b1' };
+const bob2: DeviceAddress = { user: 'bob', device: 'b2' };
+const msg = (id: string, seq = 1, body: Uint8Array = new TextEncoder().encode(id)): MessageInput => ({
+  kind: 'msg',
+  from: alice1,
+  id,
+  to: 'bob',
+  seq,
+  body,
+});
+const draft = (id: string) => ({
+  id,
+  kind: 'msg' as const,
+  to: 'bob',
+  conv: 'bob',
+  body: new Uint8Array([1]),
+  createdAt: 1,
+});
+
+/** A second connection on the same file, for white-box looks. */
+function peek(file: string) {
+  const db = new Database(file, { readonly: true });
+  const count = (table: string): number =>
+    (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+  return { db, count, close: () => db.close() };
+}
+
+/**
+ * Wraps a database to record what runs on it: `BEGIN`s and `COMMIT`s, and every write statement
+ * run outside a transaction (autocommit), which a store must never do for a batch.
+ */
+function recording(db: Database.Database) {
+  const log = { begins: 0, commits: 0, autocommitWrites: [] as string[] };
+  const wrapStatement = (sql: string, stmt: Database.Statement): SqliteStatement => {
+    const head = sql.trim().split(/\s+/)[0]!.toUpperCase();
+    const before = (): void => {
+      if (head === 'BEGIN') log.begins++;
+      else if (head === 'COMMIT') log.commits++;
+      else if (!stmt.reader && head !== 'ROLLBACK' && head !== 'PRAGMA' && !db.inTransaction) {
+        log.autocommitWrites.push(sql);
+      }
+    };
+    return {
+      run: (...p: unknown[]) => (before(), stmt.run(...p)),
+      get: (...p: unknown[]) => (before(), stmt.get(...p)),
+      all: (...p: unknown[]) => (before(), stmt.all(...p)),
+      safeIntegers: (t?: boolean) => stmt.safeIntegers(t),
+    };
+  };
+  const wrapped: SqliteDatabase = {
+    prepare: (sql) => wrapStatement(sql, db.prepare(sql)),
+    exec: (sql) => db.exec(sql),
+    close: () => db.close(),
+    get inTransaction() {
+      return db.inTransaction;
+    },
+  };
+  return { wrapped, log };
+}
+
+describe('sqlite server store', () => {
+  it('runs in WAL mode with synchronous=FULL and a busy timeout', async () => {
+    const file = freshFile();
+    const store = sqliteServerStore({ path: file, busyTimeoutMs: 1234 });
+    const other = peek(file);
+    expect(other.db.pragma('journal_mode', { simple: true })).toBe('wal'); // persistent, per file
+    other.close();
+    await store.close();
+    // synchronous and busy_timeout are per connection: look at one the store was handed.
+    const db = new Database(file);
+    const handedStore = sqliteServerStore({ database: db, busyTimeoutMs: 4321 });
+    expect(db.pragma('synchronous', { simple: true })).toBe(2); // FULL
+    expect(db.pragma('busy_timeout', { simple: true })).toBe(4321);
+    expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    await handedStore.close();
+    db.close();
+  });
+
+  it('migrations are idempotent: re-opening applies nothing, user_version is the step count', async () => {
+    const file = freshFile();
+    const first = sqliteServerStore({ path: file });
+    await first.registerDevice(bob1, 1);
+    await first.close();
+    const second = sqliteServerStore({ path: file });
+    expect(await second.devices('bob')).toEqual(['b1']);
+    await second.close();
+    const db = new Database(file);
+    expect(db.pragma('user_version', { simple: true })).toBe(SQLITE_SERVER_SCHEMA_VERSION);
+    expect(SQLITE_SERVER_SCHEMA_VERSION).toBeGreaterThanOrEqual(1);
+    db.close();
+  });
+
+  it('refuses a database written by a newer schema', () => {
+    const file = freshFile();
+    const db = new Database(file);
+    db.pragma(`user_version = ${SQLITE_SERVER_SCHEMA_VERSION + 1}`);
+    db.close();
+    expect(() => sqliteServerStore({ path: file })).toThrow(/newer/);
+  });
+
+  it('a batch of 512 appends is exactly one transaction', async () => {
+    const db = new Database(freshFile());
+    const { wrapped, log } = recording(db);
+    const store = sqliteServerStore({ database: wrapped });
+    for (const d of [alice1, bob1, bob2]) await store.registerDevice(d, 1);
+    const batch = Array.from({ length: 512 }, (_, i) => msg(`m${i}`, i + 1));
+    log.begins = log.commits = 0;
+    log.autocommitWrites.length = 0;
+    const outcomes = await store.append(batch, 1000);
+    expect(outcomes.every((o) => o.ok && !o.duplicate)).toBe(true);
+    expect(log).toEqual({ begins: 1, commits: 1, autocommitWrites: [] });
+    expect((await store.readInbox(bob2, 0, 1000)).length).toBe(512);
+    await store.close();
+    db.close();
+  });
+
+  it('a store handed a database does not close it', async () => {
+    const db = new Database(freshFile());
+    const store = sqliteServerStore({ database: db });
+    await store.registerDevice(bob1, 1);
+    await store.close();
+    expect(db.open).toBe(true);
+    expect(db.prepare('SELECT count(*) AS n FROM devices').get()).toEqual({ n: 1 });
+    await expect(store.devices('bob')).rejects.toThrow(/closed/);
+    db.close();
+  });
+
+  it('a store that opened its file closes it', async () => {
+    const file = freshFile();
+    const store = sqliteServerStore({ path: file });
+    await store.close();
+    await store.close(); // idempotent
+    await expect(store.devices('bob')).rejects.toThrow(/closed/);
+  });
+
+  it('a body is stored once and deleted with its last inbox reference', async () => {
+    const file = freshFile();
+    const store = sqliteServerStore({ path: file });
+    const alice2 = { user: 'alice', device: 'a2' };
+    for (const d of [alice1, alice2, bob1, bob2]) await store.registerDevice(d, 1);
+    await store.append([msg('m1')], 1000);
+    const look = peek(file);
+    expect(look.count('messages')).toBe(1); // three entries, one body
+    expect(look.count('inbox')).toBe(3);
+    await store.ack(bob1, [1], 2000);
+    await store.ack(bob2, [1], 2000);
+    expect(look.count('messages')).toBe(1); // alice2 still references it
+    await store.ack(alice2, [1], 2000);
+    expect(look.count('messages')).toBe(0);
+    await store.append([msg('m2', 2)], 3000);
+    expect(await store.expire(4000, 5000)).toMatchObject({ count: 5 }); // 3 msg entries + 2 delivered
+    expect(look.count('messages')).toBe(0);
+    look.close();
+    await store.close();
+  });
+
+  it('a big expiry backlog is removed in bounded transactions, telling each message once', async () => {
+    const file = freshFile();
+    const db = new Database(file);
+    const { wrapped, log } = recording(db);
+    const store = sqliteServerStore({ database: wrapped, expiryBatchSize: 1000 });
+    for (const d of [alice1, bob1, bob2]) await store.registerDevice(d, 1);
+    const messages = 10_000; // × 2 recipient devices = 20k entries
+    for (let i = 0; i < messages; i += 500) {
+      await store.append(
+        Array.from({ length: 500 }, (_, j) => msg(`m${i + j}`, i + j + 1)),
+        1000,
+      );
+    }
+    await store.append([msg('young', messages + 1)], 5000);
+    log.begins = 0;
+    let ticks = 0;
+    const ticker = setInterval(() => ticks++, 0);
+    const res = await store.expire(2000, 9000);
+    clearInterval(ticker);
+    expect(res).toEqual({ count: 2 * messages, notify: [alice1] });
+    expect(log.begins).toBeGreaterThanOrEqual((2 * messages) / 1000); // each step its own transaction
+    expect(ticks).toBeGreaterThan(0); // the event loop ran between steps
+    const told = (await store.readInbox(alice1, 0, 1_000_000)).flatMap((e) =>
+      e.kind === 'status' && e.status === 'expired' ? e.ids : [],
+    );
+    expect(told.length).toBe(messages);
+    expect(new Set(told).size).toBe(messages);
+    for (const d of [bob1, bob2]) {
+      expect((await store.readInbox(d, 0, 10)).map((e) => e.kind === 'msg' && e.id)).toEqual(['young']);
+    }
+    const look = peek(file);
+    expect(look.count('messages')).toBe(1);
+    expect(look.count('dedupe')).toBe(1);
+    look.close();
+    await store.close();
+    db.close();
+  });
+
+  it('bigint-defaulting connections still give numbers', async () => {
+    const db = new Database(freshFile());
+    db.defaultSafeIntegers(true);
+    const store = sqliteServerStore({ database: db });
+    for (const d of [alice1, bob1]) await store.registerDevice(d, 1);
+    await store.append([msg('m1')], 1000);
+    const [e] = await store.readInbox(bob1, 0, 10);
+    expect(e).toMatchObject({ offset: 1, ts: 1000, seq: 1 });
+    expect(typeof e!.offset).toBe('number');
+    await store.close();
+    db.close();
+  });
+});
+
+describe('sqlite client store', () => {
+  it('runs in WAL mode with synchronous=FULL; migrations are idempotent', async () => {
+    const file = freshFile();
+    const first = sqliteClientStore({ path: file });
+    await first.enqueue(draft('o1'), true);
+    await first.close();
+    const db = new Database(file);
+    const second = sqliteClientStore({ database: db });
+    expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(db.pragma('synchronous', { simple: true })).toBe(2);
+    expect(db.pragma('user_version', { simple: true })).toBe(SQLITE_CLIENT_SCHEMA_VERSION);
+    expect((await second.enqueue(draft('o2'), true)).seq).toBe(2);
+    await second.close();
+    expect(db.open).toBe(true);
+    db.close();
+  });
+
+  it('an enqueue that fails does not burn a sequence number', async () => {
+    const store = sqliteClientStore({ path: freshFile() });
+    await store.enqueue(draft('m1'), true);
+    await expect(store.enqueue(draft('m1'), true)).rejects.toThrow(/already/);
+    expect((await store.enqueue(draft('m2'), true)).seq).toBe(2);
+    await store.close();
+  });
+
+  it('enqueue and applyInbound are one transaction each', async () => {
+    const db = new Database(freshFile());
+    const { wrapped, log } = recording(db);
+    const store = sqliteClientStore({ database: wrapped });
+    log.begins = log.commits = 0;
+    await store.enqueue(draft('o1'), true);
+    await store.applyInbound({
+      insert: {
+        id: 'm1',
+        conv: 'alice',
+        from: 'alice',
+        fromDevice: 'a1',
+        to: 'me',
+        seq: 2,
+        ts: 1,
+        body: new Uint8Array([1]),
+        held: true,
+        read: false,
+      },
+      streams: [{ key: 'alice/a1', next: 1 }],
+    });
+    await store.applyInbound({ release: ['m1'], streams: [{ key: 'alice/a1', next: 3 }] });
+    expect(log).toEqual({ begins: 3, commits: 3, autocommitWrites: [] });
+    await store.close();
+    db.close();
+  });
+});
+
+describe('the migration runner', () => {
+  it('applies only the missing steps, each once', () => {
+    const db = new Database(freshFile());
+    const applied: string[] = [];
+    const step = (name: string) => (d: SqliteDatabase) => {
+      applied.push(name);
+      d.exec(`CREATE TABLE ${name} (x)`);
+    };
+    expect(migrate(db, [step('a')], 'test')).toBe(1);
+    expect(migrate(db, [step('a'), step('b')], 'test')).toBe(2);
+    expect(migrate(db, [step('a'), step('b')], 'test')).toBe(2);
+    expect(applied).toEqual(['a', 'b']);
+    expect(db.pragma('user_version', { simple: true })).toBe(2);
+    db.close();
+  });
+
+  it('a failing step leaves the database at the previous version', () => {
+    const db = new Database(freshFile());
+    const bad = (d: SqliteDatabase) => {
+      d.exec('CREATE TABLE half (x)');
+      throw new Error('boom');
+    };
+    expect(() => migrate(db, [(d) => d.exec('CREATE TABLE ok (x)'), bad], 'test')).toThrow('boom');
+    expect(db.pragma('user_version', { simple: true })).toBe(1);
+    expect(db.prepare("SELECT name FROM sqlite_master WHERE name = 'half'").get()).toBeUndefined();
+    db.close();
+  });
+});

@@ -1,0 +1,496 @@
+// The WebSocket transport over real sockets on 127.0.0.1 (ephemeral ports): the transport
+// conformance suite in both server modes, the engines end to end, and bad input that closes
+// only the offending connection while the others keep working.
+import { once } from 'node:events';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { WebSocketServer, WebSocket as WsWebSocket } from 'ws';
+import { createClient, type PostboxClient, type ReceivedMessage } from '../src/client/index.js';
+import { memoryClientStore } from '../src/client/stores/memory.js';
+import { CLOSE_CODES } from '../src/protocol/errors.js';
+import { createServer } from '../src/server/index.js';
+import { memoryServerStore } from '../src/server/stores/memory.js';
+import { registerCases } from '../src/testing/conformance.js';
+import { transportConformance, type TransportSubject } from '../src/testing/transport-conformance.js';
+import type { Connection } from '../src/transport/types.js';
+import {
+  websocketClientTransport,
+  websocketServerTransport,
+  type WebSocketConstructor,
+  type WebSocketServerOptions,
+  type WebSocketServerTransport,
+} from '../src/transport/websocket.js';
+
+// Both implementations fit the structural type the client declares instead of importing peers.
+const _ws: WebSocketConstructor = WsWebSocket;
+const _platform: WebSocketConstructor = null as unknown as typeof globalThis.WebSocket;
+void _ws;
+void _platform;
+
+const TEST_MS = 10_000;
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+async function until(what: string, condition: () => boolean, ms = 5_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}
+
+let cleanup: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const f of cleanup.reverse()) await f();
+  cleanup = [];
+});
+
+/** An http server on an ephemeral loopback port whose plain requests get 404. */
+async function httpServer(): Promise<{ server: HttpServer; port: number; close(): Promise<void> }> {
+  const server = createHttpServer((_req, res) => res.writeHead(404).end());
+  // Upgraded sockets leave the http server's own tracking (closeAllConnections misses them), and
+  // an upgrade no handler answers is never read: keep every socket to destroy it at the end.
+  const sockets = new Set<net.Socket>();
+  server.on('connection', (s: net.Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as net.AddressInfo).port;
+  const close = () =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => resolve());
+    });
+  return { server, port, close };
+}
+
+interface Accepted {
+  conn: Connection;
+  frames: Uint8Array[];
+  closes: { code: number; reason: string }[];
+}
+
+/** Starts `transport` with an owner that records everything and echoes frames unless told not to. */
+async function serve(transport: WebSocketServerTransport, echo = true): Promise<Accepted[]> {
+  const accepted: Accepted[] = [];
+  await transport.listen((conn) => {
+    const a: Accepted = { conn, frames: [], closes: [] };
+    accepted.push(a);
+    conn.setHandlers({
+      frame: (data) => {
+        a.frames.push(data);
+        if (echo) conn.send(data);
+      },
+      close: (code, reason) => a.closes.push({ code, reason }),
+    });
+  });
+  cleanup.push(async () => {
+    for (const a of accepted) a.conn.close(1000, 'test over');
+    await transport.close();
+  });
+  return accepted;
+}
+
+/** A postbox client connection that records what it gets. */
+async function connect(url: string, options: { maxFrameBytes?: number } = {}) {
+  const conn = await websocketClientTransport({ url, ...options }).connect();
+  const frames: Uint8Array[] = [];
+  const closes: { code: number; reason: string }[] = [];
+  conn.setHandlers({ frame: (d) => frames.push(d), close: (code, reason) => closes.push({ code, reason }) });
+  cleanup.push(() => conn.close());
+  return { conn, frames, closes };
+}
+
+/** Proves a connection still works: one frame there and back. */
+async function echoes(client: { conn: Connection; frames: Uint8Array[] }, label: string): Promise<void> {
+  const before = client.frames.length;
+  const probe = new Uint8Array([7, 7, 7, label.length]);
+  client.conn.send(probe);
+  await until(`an echo on ${label}`, () => client.frames.length > before);
+  expect(client.frames.at(-1)).toEqual(probe);
+}
+
+/** A bare `ws` client, for sending what postbox's client never would. */
+function rawWs(url: string, options: { localAddress?: string } = {}) {
+  const ws = new WsWebSocket(url, { perMessageDeflate: false, ...options });
+  ws.on('error', () => {});
+  const opened = new Promise<void>((resolve, reject) => {
+    ws.once('open', () => resolve());
+    ws.once('error', reject);
+  });
+  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+    ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })),
+  );
+  cleanup.push(() => ws.terminate());
+  return { ws, opened, closed };
+}
+
+async function ownPort(options: Omit<WebSocketServerOptions, 'server' | 'port'> = {}) {
+  const transport = websocketServerTransport({ port: 0, ...options });
+  const accepted = await serve(transport);
+  return { transport, accepted, url: transport.url!, port: transport.address!.port };
+}
+
+describe('websocket transport conformance', () => {
+  const ownPortSubject: TransportSubject = {
+    name: 'websocket (own port)',
+    async setup() {
+      const server = websocketServerTransport({ port: 0 });
+      let url: string | undefined;
+      return {
+        server,
+        // Read once the server listens, then kept: after close() the port must refuse connects.
+        client: () => websocketClientTransport({ url: () => (url ??= server.url!) }),
+        teardown: () => server.close(),
+      };
+    },
+  };
+  const attachedSubject: TransportSubject = {
+    name: 'websocket (attached to an http.Server)',
+    async setup() {
+      const http = await httpServer();
+      const server = websocketServerTransport({ server: http.server, path: '/chat' });
+      return {
+        server,
+        client: () => websocketClientTransport({ url: `ws://127.0.0.1:${http.port}/chat?v=1` }),
+        async teardown() {
+          await server.close();
+          await http.close();
+        },
+      };
+    },
+  };
+  for (const subject of [ownPortSubject, attachedSubject]) {
+    describe(subject.name, () =>
+      registerCases(transportConformance(subject), (name, fn) => it(name, fn, TEST_MS)),
+    );
+  }
+});
+
+describe('the engines over the websocket transport', () => {
+  it(
+    'alice sends to bob over real sockets, bob receives it once, alice sees delivered',
+    { timeout: TEST_MS },
+    async () => {
+      const server = createServer({
+        store: memoryServerStore(),
+        authenticate: (cred) => (typeof cred === 'string' ? { user: cred, device: 'phone' } : null),
+      });
+      const transport = websocketServerTransport({ port: 0 });
+      await server.listen(transport);
+      cleanup.push(() => server.close());
+      const device = (user: string, WebSocket?: WebSocketConstructor) => {
+        const client: PostboxClient = createClient({
+          transport: websocketClientTransport({ url: transport.url!, ...(WebSocket ? { WebSocket } : {}) }),
+          store: memoryClientStore(),
+          credentials: user,
+        });
+        cleanup.push(() => client.close());
+        const inbox: ReceivedMessage[] = [];
+        const status = new Map<string, string>();
+        client.on('message', (m) => inbox.push(m));
+        client.on('status', (s) => status.set(s.id, s.status));
+        return { client, inbox, status };
+      };
+      // One lazily loads `ws` (Node 20 has no global WebSocket), one is handed the constructor.
+      const alice = device('alice');
+      const bob = device('bob', WsWebSocket);
+      await until('both online', () => alice.client.state === 'open' && bob.client.state === 'open');
+      const id = alice.client.send('bob', new TextEncoder().encode('hello over TCP'));
+      await until('delivered', () => alice.status.get(id) === 'delivered');
+      expect(bob.inbox.map((m) => [m.id, m.from, new TextDecoder().decode(m.body)])).toEqual([
+        [id, 'alice', 'hello over TCP'],
+      ]);
+      expect(server.connectionCount).toBe(2);
+    },
+  );
+});
+
+describe('bad input closes only the offending connection', () => {
+  it(
+    'a text frame closes its connection with 1003; another connection keeps working',
+    { timeout: TEST_MS },
+    async () => {
+      const { accepted, url } = await ownPort();
+      const good = await connect(url);
+      const bad = rawWs(url);
+      await bad.opened;
+      bad.ws.send('{"t":"hello"}');
+      expect(await bad.closed).toEqual({ code: 1003, reason: 'binary frames only' });
+      await until('the server side closed', () => accepted.some((a) => a.closes.length > 0));
+      const badSide = accepted.find((a) => a.closes.length > 0)!;
+      expect(badSide.closes).toEqual([{ code: 1003, reason: 'binary frames only' }]);
+      expect(badSide.frames).toEqual([]);
+      await echoes(good, 'the good connection');
+    },
+  );
+
+  it(
+    'a frame over maxFrameBytes closes with 1009 before it is buffered or decoded',
+    { timeout: TEST_MS },
+    async () => {
+      const { accepted, url, port } = await ownPort({ maxFrameBytes: 1024 });
+      const good = await connect(url);
+      await echoes(good, 'the good connection');
+
+      // A whole frame one KiB over the limit.
+      const bad = rawWs(url);
+      await bad.opened;
+      bad.ws.send(new Uint8Array(2048));
+      expect((await bad.closed).code).toBe(CLOSE_CODES.tooLarge);
+
+      // A header announcing 1 GiB followed by a few bytes: refused from the header alone, so the
+      // server never waits for (or buffers) the payload.
+      const raw = await handshake(port);
+      const header = Buffer.from([0x82, 0xff, 0, 0, 0, 0, 0x40, 0, 0, 0, 1, 2, 3, 4]); // binary, masked, 64-bit length
+      raw.socket.write(Buffer.concat([header, Buffer.alloc(16)]));
+      const reply = await raw.nextBytes(4);
+      expect(reply[0]).toBe(0x88); // a close frame...
+      expect(reply.readUInt16BE(2)).toBe(CLOSE_CODES.tooLarge); // ...with 1009
+
+      await until('both server sides closed', () => accepted.filter((a) => a.closes.length > 0).length === 2);
+      for (const a of accepted.filter((x) => x.closes.length > 0)) {
+        expect(a.closes.map((c) => c.code)).toEqual([CLOSE_CODES.tooLarge]);
+        expect(a.frames).toEqual([]); // the owner never saw a byte of it
+      }
+      await echoes(good, 'the good connection');
+    },
+  );
+
+  it(
+    'a flood of connections from one address is refused past maxConnectionsPerAddress; others are unaffected',
+    { timeout: TEST_MS },
+    async () => {
+      const { accepted, url } = await ownPort({ maxConnectionsPerAddress: 3 });
+      const first = await connect(url);
+      await connect(url);
+      await connect(url);
+      const flood = await Promise.allSettled(
+        Array.from({ length: 20 }, () => websocketClientTransport({ url }).connect()),
+      );
+      for (const attempt of flood) {
+        if (attempt.status === 'fulfilled') attempt.value.close();
+        expect(attempt.status).toBe('rejected');
+        expect(String((attempt as PromiseRejectedResult).reason?.message)).toMatch(/429/);
+      }
+      expect(accepted).toHaveLength(3);
+      await echoes(first, 'an existing connection');
+
+      // Another address (all of 127.0.0.0/8 is loopback on Linux) is not limited by this one.
+      const other = rawWs(url, { localAddress: '127.0.0.2' });
+      await other.opened;
+      expect(accepted.at(-1)!.conn.remoteAddress).toBe('127.0.0.2');
+
+      // A closed connection frees its slot.
+      first.conn.close();
+      await until('the slot to free', () => accepted[0]!.closes.length > 0);
+      let again: Awaited<ReturnType<typeof connect>> | undefined;
+      const end = Date.now() + 2_000;
+      while (!again && Date.now() < end) again = await connect(url).catch(() => undefined);
+      expect(again).toBeDefined();
+      await echoes(again!, 'a connection made after one closed');
+    },
+  );
+
+  it(
+    'a peer that never reads is cut at maxBufferedBytes; server memory stays bounded',
+    { timeout: TEST_MS },
+    async () => {
+      const cap = 1024 * 1024;
+      const frameBytes = 64 * 1024;
+      const transport = websocketServerTransport({ port: 0, maxBufferedBytes: cap });
+      const accepted = await serve(transport);
+      const good = await connect(transport.url!);
+      await until('the good connection at the server', () => accepted.length === 1);
+
+      const slow = await handshake(transport.address!.port);
+      slow.socket.pause(); // never reads again: the kernel buffers fill, then the server's do
+      await until('the slow connection at the server', () => accepted.length === 2);
+      const victim = accepted[1]!;
+      let maxBuffered = 0;
+      let sent = 0;
+      await new Promise<void>((resolve) => {
+        const push = () => {
+          for (let i = 0; i < 16 && victim.conn.isOpen; i++) {
+            victim.conn.send(new Uint8Array(frameBytes).fill(i)); // fresh bytes: what is queued is really held
+            sent += frameBytes;
+            maxBuffered = Math.max(maxBuffered, victim.conn.bufferedAmount);
+          }
+          if (victim.conn.isOpen && sent < 1024 * 1024 * 1024) setImmediate(push);
+          else resolve();
+        };
+        push();
+      });
+      expect(victim.conn.isOpen).toBe(false);
+      await until('the close event', () => victim.closes.length > 0);
+      expect(victim.closes).toEqual([
+        { code: CLOSE_CODES.rateLimited, reason: 'send buffer full: the peer is not reading' },
+      ]);
+      expect(sent).toBeGreaterThan(cap); // it really pushed past the cap (the rest sat in kernel buffers)
+      expect(maxBuffered).toBeGreaterThan(0);
+      expect(maxBuffered).toBeLessThanOrEqual(cap + frameBytes);
+      expect(victim.conn.bufferedAmount).toBeLessThanOrEqual(cap);
+      // The socket was reset, not left to a close handshake the peer would never read.
+      slow.socket.resume();
+      await slow.ended;
+      await echoes(good, 'the good connection');
+    },
+  );
+
+  it(
+    'upgrades for other paths on an attached http.Server are left to their owner',
+    { timeout: TEST_MS },
+    async () => {
+      const http = await httpServer();
+      cleanup.push(() => http.close());
+      const transport = websocketServerTransport({ server: http.server, path: '/postbox' });
+      const accepted = await serve(transport);
+      // Another WebSocket endpoint on the same server, the way `ws` recommends (noServer), added after ours.
+      const other = new WebSocketServer({ noServer: true });
+      cleanup.push(() => new Promise((resolve) => other.close(resolve)));
+      http.server.on('upgrade', (req, socket, head) => {
+        if (req.url === '/other')
+          other.handleUpgrade(req, socket, head, (ws) => ws.on('message', (d) => ws.send(`other: ${d}`)));
+      });
+      const good = await connect(`ws://127.0.0.1:${http.port}/postbox`);
+      const foreign = rawWs(`ws://127.0.0.1:${http.port}/other`);
+      await foreign.opened;
+      const reply = once(foreign.ws, 'message');
+      foreign.ws.send('ping');
+      expect(String((await reply)[0])).toBe('other: ping');
+      expect(accepted).toHaveLength(1); // postbox never saw /other
+      await echoes(good, 'the postbox connection');
+
+      // With no other upgrade handler, a foreign path is refused rather than left hanging.
+      const lone = await httpServer();
+      cleanup.push(() => lone.close());
+      const alone = websocketServerTransport({ server: lone.server });
+      await serve(alone);
+      await expect(
+        websocketClientTransport({ url: `ws://127.0.0.1:${lone.port}/elsewhere` }).connect(),
+      ).rejects.toThrow(/404/);
+      // Closing the transport detaches it and leaves the app's server alone.
+      await transport.close();
+      expect(http.server.listening).toBe(true);
+      // (The app's remaining handler ignores /postbox, so the attempt can only time out.)
+      await expect(
+        websocketClientTransport({
+          url: `ws://127.0.0.1:${http.port}/postbox`,
+          connectTimeoutMs: 300,
+        }).connect(),
+      ).rejects.toThrow();
+      expect(accepted).toHaveLength(1);
+      await echoes(good, 'an open connection after the transport closed');
+    },
+  );
+});
+
+describe('the client side', () => {
+  /** A bare `ws` server that does `onConnection` to each client. */
+  async function rawServer(onConnection: (ws: WsWebSocket) => void): Promise<string> {
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+    await once(wss, 'listening');
+    wss.on('connection', onConnection);
+    cleanup.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const c of wss.clients) c.terminate();
+          wss.close(() => resolve());
+        }),
+    );
+    return `ws://127.0.0.1:${(wss.address() as net.AddressInfo).port}`;
+  }
+
+  it('a text frame from the server closes the connection with 1003', { timeout: TEST_MS }, async () => {
+    let seen: Promise<[number, Buffer]> | undefined;
+    const url = await rawServer((ws) => {
+      seen = once(ws, 'close') as Promise<[number, Buffer]>;
+      ws.send(new Uint8Array([1, 2]));
+      ws.send('not binary');
+      ws.send(new Uint8Array([3]));
+    });
+    const client = await connect(url);
+    await until('the close', () => client.closes.length > 0);
+    expect(client.frames).toEqual([new Uint8Array([1, 2])]);
+    expect(client.closes).toEqual([{ code: 1003, reason: 'binary frames only' }]);
+    expect(client.conn.isOpen).toBe(false);
+    expect((await seen!)[0]).toBe(1003);
+  });
+
+  it('a frame over the client maxFrameBytes closes with 1009', { timeout: TEST_MS }, async () => {
+    const url = await rawServer((ws) => ws.send(new Uint8Array(4096)));
+    const client = await connect(url, { maxFrameBytes: 1024 });
+    await until('the close', () => client.closes.length > 0);
+    expect(client.frames).toEqual([]);
+    expect(client.closes.map((c) => c.code)).toEqual([CLOSE_CODES.tooLarge]);
+  });
+
+  it(
+    'a connect that never opens rejects after connectTimeoutMs and closes its socket',
+    { timeout: TEST_MS },
+    async () => {
+      const sockets: net.Socket[] = [];
+      // The server reads (and drops) what arrives, so it sees the client's end of the socket.
+      const silent = net.createServer((s) => sockets.push(s.on('error', () => {}).resume()));
+      silent.listen(0, '127.0.0.1');
+      await once(silent, 'listening');
+      cleanup.push(() => new Promise((resolve) => silent.close(resolve)));
+      cleanup.push(() => sockets.forEach((s) => s.destroy()));
+      const started = Date.now();
+      const url = `ws://127.0.0.1:${(silent.address() as net.AddressInfo).port}/postbox`;
+      await expect(websocketClientTransport({ url, connectTimeoutMs: 300 }).connect()).rejects.toThrow(
+        /within 300 ms/,
+      );
+      expect(Date.now() - started).toBeGreaterThanOrEqual(290);
+      await until('the socket to close', () => sockets.length === 1 && sockets[0]!.destroyed);
+    },
+  );
+
+  it('a connect to a closed port rejects', { timeout: TEST_MS }, async () => {
+    const probe = net.createServer();
+    probe.listen(0, '127.0.0.1');
+    await once(probe, 'listening');
+    const port = (probe.address() as net.AddressInfo).port;
+    await new Promise((resolve) => probe.close(resolve));
+    await expect(
+      websocketClientTransport({ url: `ws://127.0.0.1:${port}/postbox` }).connect(),
+    ).rejects.toThrow(/websocket transport/);
+  });
+});
+
+/** A WebSocket upgrade done by hand on a raw TCP socket, so a test controls every byte and every read. */
+async function handshake(port: number) {
+  const socket = net.connect(port, '127.0.0.1');
+  socket.on('error', () => {});
+  cleanup.push(() => socket.destroy());
+  const ended = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  let buffered = Buffer.alloc(0);
+  let wake: (() => void) | undefined;
+  socket.on('data', (d: Buffer) => {
+    buffered = Buffer.concat([buffered, d]);
+    wake?.();
+  });
+  const need = async (enough: () => boolean): Promise<void> => {
+    while (!enough()) {
+      if (socket.destroyed) throw new Error('socket closed');
+      await Promise.race([new Promise<void>((resolve) => (wake = resolve)), ended]);
+    }
+  };
+  const nextBytes = async (n: number): Promise<Buffer> => {
+    await need(() => buffered.length >= n);
+    const out = buffered.subarray(0, n);
+    buffered = buffered.subarray(n);
+    return out;
+  };
+  await once(socket, 'connect');
+  socket.write(
+    `GET /postbox HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+  );
+  await need(() => buffered.includes('\r\n\r\n'));
+  const end = buffered.indexOf('\r\n\r\n') + 4;
+  expect(buffered.subarray(0, end).toString()).toMatch(/^HTTP\/1\.1 101 /);
+  buffered = buffered.subarray(end);
+  return { socket, nextBytes, ended };
+}
