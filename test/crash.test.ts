@@ -1,16 +1,15 @@
 // Crash tests with real processes: a server on SQLite killed with SIGKILL under load and
 // restarted on the same file, and a client process killed mid-send and restarted on its SQLite
 // store. Each round picks a different kill moment (printed, so a failure can be related to it).
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { afterAll, describe, expect, it } from 'vitest';
 import { startServe, type ServeHandle } from '../src/cli/serve.js';
 import { createClient, type ReceivedMessage } from '../src/client/index.js';
 import { memoryClientStore } from '../src/client/stores/memory.js';
 import { websocketClientTransport } from '../src/transport/websocket.js';
+import { run, startServerProcess } from './fixtures/proc.js';
 
 const dirs: string[] = [];
 const tempDir = () => {
@@ -23,73 +22,6 @@ afterAll(() => {
 });
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const between = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo));
-
-/** A child process whose stdout lines can be awaited. */
-interface Proc {
-  proc: ChildProcessWithoutNullStreams;
-  lines: string[];
-  waitFor(prefix: string, ms?: number): Promise<string>;
-  exited: Promise<number | null>;
-}
-
-function run(args: string[]): Proc {
-  const proc = spawn(process.execPath, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  const lines: string[] = [];
-  const waiters: Array<{ prefix: string; resolve: (l: string) => void }> = [];
-  createInterface({ input: proc.stdout }).on('line', (line) => {
-    lines.push(line);
-    for (const w of [...waiters]) {
-      if (line.startsWith(w.prefix)) {
-        waiters.splice(waiters.indexOf(w), 1);
-        w.resolve(line);
-      }
-    }
-  });
-  let stderr = '';
-  proc.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
-  const exited = new Promise<number | null>((resolve) => proc.on('exit', (code) => resolve(code)));
-  return {
-    proc,
-    lines,
-    exited,
-    waitFor(prefix, ms = 30_000) {
-      const seen = lines.find((l) => l.startsWith(prefix));
-      if (seen) return Promise.resolve(seen);
-      return new Promise((resolve, reject) => {
-        const t = setTimeout(
-          () => reject(new Error(`no "${prefix}" line within ${ms} ms; stderr: ${stderr}`)),
-          ms,
-        );
-        waiters.push({
-          prefix,
-          resolve: (l) => {
-            clearTimeout(t);
-            resolve(l);
-          },
-        });
-      });
-    },
-  };
-}
-
-async function startServerProcess(data: string, port = 0): Promise<{ p: Proc; url: string; port: number }> {
-  const p = run([
-    'dist/cli/main.js',
-    'serve',
-    '--port',
-    String(port),
-    '--data',
-    data,
-    '--insecure-dev-auth',
-    '--log-level',
-    'error',
-    '--heartbeat-ms',
-    '2000',
-  ]);
-  const line = await p.waitFor('postbox listening on ');
-  const url = line.split(' ')[3]!;
-  return { p, url, port: Number(new URL(url).port) };
-}
 
 describe('kill -9 with real processes', () => {
   for (const round of [1, 2, 3]) {

@@ -127,8 +127,13 @@ function token(argv: string[]): void {
       device: { type: 'string' },
       secret: { type: 'string' },
       'ttl-hours': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
     },
   });
+  if (values.help) {
+    process.stdout.write(HELP);
+    return;
+  }
   const secret = values.secret ?? env('POSTBOX_SECRET');
   if (!values.user || !values.device || !secret)
     throw new Error('postbox token needs --user, --device and --secret (or POSTBOX_SECRET)');

@@ -1,0 +1,179 @@
+// The `postbox` command as a user runs it (built `dist/cli/main.js`, real processes, real
+// sockets): `serve` never accepts anyone silently, signed tokens work end to end, SIGTERM is a
+// graceful "going away", and the terminal chat shows ticks live and sends what was typed while
+// the server was down.
+import { execFileSync } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { WebSocket as WsWebSocket } from 'ws';
+import { createClient, type ConnectionState } from '../src/client/index.js';
+import { memoryClientStore } from '../src/client/stores/memory.js';
+import type { PostboxError } from '../src/protocol/errors.js';
+import { verifyToken } from '../src/server/auth.js';
+import { websocketClientTransport } from '../src/transport/websocket.js';
+import { run, type Proc } from './fixtures/proc.js';
+
+const SECRET = 'a-test-secret-of-enough-bytes';
+const TEST_MS = 30_000;
+const dirs: string[] = [];
+const tempDir = () => {
+  const d = mkdtempSync(join(tmpdir(), 'postbox-cli-'));
+  dirs.push(d);
+  return d;
+};
+let procs: Proc[] = [];
+afterEach(async () => {
+  for (const p of procs) if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill('SIGKILL');
+  procs = [];
+});
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function until(what: string, condition: () => boolean, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!condition()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+function postbox(...args: string[]): Proc {
+  const p = run(['dist/cli/main.js', ...args]);
+  procs.push(p);
+  return p;
+}
+
+async function serve(data: string, ...flags: string[]): Promise<{ p: Proc; url: string; port: number }> {
+  const port = flags.includes('--port') ? [] : ['--port', '0'];
+  const p = postbox('serve', ...port, '--data', data, ...flags);
+  const line = await p.waitFor('postbox listening on ');
+  const url = line.split(' ')[3]!;
+  return { p, url, port: Number(new URL(url).port) };
+}
+
+/** True once some output line of `p` contains `text` (the chat redraws its prompt with escapes). */
+const printed = (p: Proc, text: string) => () => p.lines.some((l) => l.includes(text));
+
+describe('postbox serve', () => {
+  it('refuses to start with no authentication configured: it never accepts anyone silently', async () => {
+    const p = postbox('serve', '--port', '0', '--data', join(tempDir(), 'db.sqlite'));
+    expect(await p.exited).toBe(2);
+    expect(p.stderr()).toMatch(/no authentication configured: pass --secret/);
+    expect(p.lines.some((l) => l.startsWith('postbox listening'))).toBe(false);
+  });
+
+  it('announces --insecure-dev-auth loudly on stderr', { timeout: TEST_MS }, async () => {
+    const { p } = await serve(join(tempDir(), 'db.sqlite'), '--insecure-dev-auth');
+    expect(p.stderr()).toMatch(/ANYONE CAN BE ANYONE/);
+  });
+
+  it(
+    'with --secret, a token from `postbox token` is accepted and one signed with another secret is refused',
+    { timeout: TEST_MS },
+    async () => {
+      const { url } = await serve(join(tempDir(), 'db.sqlite'), '--secret', SECRET);
+      const token = (user: string, secret: string) =>
+        execFileSync(
+          process.execPath,
+          ['dist/cli/main.js', 'token', '--user', user, '--device', 'd1', '--secret', secret],
+          { encoding: 'utf8' },
+        ).trim();
+      const good = token('alice', SECRET);
+      expect(verifyToken(SECRET, good)).toMatchObject({ user: 'alice', device: 'd1' });
+
+      const clientWith = (credentials: string) => {
+        const states: Array<{ state: ConnectionState; code?: string }> = [];
+        const client = createClient({
+          transport: websocketClientTransport({ url }),
+          store: memoryClientStore(),
+          credentials,
+        });
+        client.on('connection', (state, error) =>
+          states.push({ state, code: (error as PostboxError | undefined)?.code }),
+        );
+        return { client, states };
+      };
+      const alice = clientWith(good);
+      const mallory = clientWith(token('alice', 'some-other-secret-of-16+'));
+      await until('alice online', () => alice.states.some((s) => s.state === 'open'));
+      await until('mallory refused', () => mallory.states.some((s) => s.state === 'closed'));
+      expect(mallory.states.at(-1)).toEqual({ state: 'closed', code: 'unauthorized' });
+      expect(mallory.states.some((s) => s.state === 'open')).toBe(false);
+      await alice.client.close();
+      await mallory.client.close();
+    },
+  );
+
+  it('SIGTERM closes every connection with 1001 "going away" and exits 0', { timeout: TEST_MS }, async () => {
+    const { p, url } = await serve(join(tempDir(), 'db.sqlite'), '--secret', SECRET);
+    const ws = new WsWebSocket(url);
+    ws.on('error', () => {});
+    await once(ws, 'open');
+    const closed = once(ws, 'close') as Promise<[number, Buffer]>;
+    p.proc.kill('SIGTERM');
+    expect((await closed)[0]).toBe(1001);
+    expect(await p.exited).toBe(0);
+    expect(p.stderr()).toMatch(/SIGTERM, shutting down/);
+  });
+});
+
+describe('postbox chat', () => {
+  it(
+    'two terminals chat with ✓ / ✓✓ / read ticks shown live; a line typed while the server is down goes out when it returns',
+    { timeout: 60_000 },
+    async () => {
+      const dir = tempDir();
+      const data = join(dir, 'server.sqlite');
+      let server = await serve(data, '--secret', SECRET, '--heartbeat-ms', '2000');
+      const chat = (me: string, peer: string) =>
+        postbox(
+          'chat',
+          '--server',
+          server.url,
+          '--as',
+          me,
+          '--to',
+          peer,
+          '--secret',
+          SECRET,
+          '--store',
+          join(dir, `${me}.sqlite`),
+        );
+      const alice = chat('alice', 'bob');
+      const bob = chat('bob', 'alice');
+      await until(
+        'both online',
+        () => printed(alice, '[online as alice')() && printed(bob, '[online as bob')(),
+      );
+
+      alice.proc.stdin.write('hello bob\n');
+      await until('bob sees it', printed(bob, 'alice: hello bob'));
+      await until('alice sees ✓', printed(alice, '✓  "hello bob"'));
+      // Bob has the chat on screen, so it is read at once: alice's tick goes to read.
+      await until('alice sees read', printed(alice, '✓✓ (read)  "hello bob"'));
+
+      // The server goes away; alice keeps typing; the line waits in her SQLite outbox.
+      server.p.proc.kill('SIGTERM');
+      expect(await server.p.exited).toBe(0);
+      await until('alice offline', printed(alice, '[offline:'));
+      alice.proc.stdin.write('sent while the server was down\n');
+      await sleep(300);
+      expect(printed(bob, 'sent while the server was down')()).toBe(false);
+
+      server = await serve(data, '--secret', SECRET, '--heartbeat-ms', '2000', '--port', String(server.port));
+      await until('bob gets the queued line', printed(bob, 'alice: sent while the server was down'), 40_000);
+      await until('alice sees it read', printed(alice, '✓✓ (read)  "sent while the server was down"'));
+      expect(bob.lines.filter((l) => l.includes('alice: hello bob'))).toHaveLength(1);
+
+      alice.proc.stdin.end('/quit\n');
+      bob.proc.stdin.end('/quit\n');
+      expect(await alice.exited).toBe(0);
+      expect(await bob.exited).toBe(0);
+    },
+  );
+});
