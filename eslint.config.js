@@ -20,6 +20,7 @@ export default tseslint.config(
         Buffer: 'readonly',
         TextEncoder: 'readonly',
         TextDecoder: 'readonly',
+        performance: 'readonly',
       },
     },
     rules: {
