@@ -327,7 +327,9 @@ describe('bad input closes only the offending connection', () => {
       expect(victim.closes).toEqual([
         { code: CLOSE_CODES.rateLimited, reason: 'send buffer full: the peer is not reading' },
       ]);
-      expect(sent).toBeGreaterThan(cap); // it really pushed past the cap (the rest sat in kernel buffers)
+      // It really pushed up to the cap (with frames of one tick corked together, the kernel may
+      // not have taken any of them yet; otherwise more went out before the cut).
+      expect(sent).toBeGreaterThanOrEqual(cap);
       expect(maxBuffered).toBeGreaterThan(0);
       expect(maxBuffered).toBeLessThanOrEqual(cap + frameBytes);
       expect(victim.conn.bufferedAmount).toBeLessThanOrEqual(cap);

@@ -260,7 +260,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** @internal */
   ring(devices: DeviceAddress[]): void {
-    for (const d of devices) this.sessions.get(keyOf(d))?.pump();
+    for (const d of devices) this.sessions.get(keyOf(d))?.notify();
   }
 
   /** @internal */
@@ -347,6 +347,11 @@ class Session {
   private readonly inflight = new Set<number>();
   private reading = false;
   private dirty = false;
+  /**
+   * The last read reached the end of the inbox and nothing was appended since (every append
+   * rings): an ack or a drain then frees room without a pointless read of an empty tail.
+   */
+  private drained = false;
 
   constructor(
     private readonly server: PostboxServer,
@@ -551,9 +556,15 @@ class Session {
     this.pump();
   }
 
+  /** New entries landed in this device's inbox. */
+  notify(): void {
+    this.drained = false;
+    this.pump();
+  }
+
   /** Pulls the next entries of the inbox into the delivery window. Store is the truth; this is idempotent. */
   pump(): void {
-    if (this.state !== 'open') return;
+    if (this.state !== 'open' || this.drained) return;
     if (this.reading) {
       this.dirty = true;
       return;
@@ -572,6 +583,7 @@ class Session {
           this.send(this.entryFrame(e));
         }
         if (this.dirty || entries.length === room) this.pump();
+        else this.drained = true;
       },
       (e) => {
         this.reading = false;

@@ -288,6 +288,14 @@ function serverConnection(
   const slot = handlerSlot(systemClock, () =>
     connection.close(CLOSE_CODES.internal, 'connection handler threw'),
   );
+  // Frames sent in one tick leave in one write (one syscall) rather than one each: the socket is
+  // corked at the first send of a tick and uncorked when the tick's synchronous work is done.
+  const tcp = socket as Partial<Socket>;
+  let corked = false;
+  const uncork = (): void => {
+    corked = false;
+    tcp.uncork?.();
+  };
   // One callback for every send: when a write completes, bytes have left the buffer.
   const written = (error?: Error): void => {
     if (!error && open && gate.settle(ws.bufferedAmount)) slot.drain();
@@ -333,6 +341,11 @@ function serverConnection(
         if (typeof reset === 'function') reset.call(socket);
         else ws.terminate();
         return;
+      }
+      if (!corked && tcp.cork) {
+        corked = true;
+        tcp.cork();
+        process.nextTick(uncork);
       }
       ws.send(data, SEND_OPTIONS, written);
       gate.sent(ws.bufferedAmount);

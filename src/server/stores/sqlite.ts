@@ -165,6 +165,15 @@ interface EntryRow {
   state: number | null;
 }
 
+/** An ack waiting for the next group commit. */
+interface PendingAck {
+  device: DeviceAddress;
+  offsets: number[];
+  now: number;
+  resolve(result: NotifyResult): void;
+  reject(error: unknown): void;
+}
+
 /** Status groups: one status entry per group goes to every device of `user`. */
 type Groups = Map<string, { user: string; by: string; ids: string[] }>;
 
@@ -409,6 +418,56 @@ export function sqliteServerStore(
     });
   }
 
+  /** Acks waiting for the next group commit. */
+  let pendingAcks: PendingAck[] = [];
+
+  /** One device's ack inside a running transaction: deletes the entries, queues `delivered`. */
+  function ackIn(w: Writer, a: PendingAck, notify: NotifySet): number {
+    const row = sql.deviceId.get(a.device.user, a.device.device) as { id: number } | undefined;
+    if (!row) return 0;
+    let count = 0;
+    // sender user → ids newly delivered to this (recipient) user
+    const delivered: Groups = new Map();
+    for (const offset of a.offsets) {
+      const e = sql.entryGet.get(row.id, offset) as EntryRow | undefined;
+      if (!e) continue;
+      sql.entryDelete.run(row.id, offset);
+      count++;
+      if (e.message === null || e.from_user === null || e.state !== UNDELIVERED) continue;
+      if (e.to_user !== a.device.user || e.from_user === a.device.user) continue;
+      sql.setState.run(DELIVERED, e.message); // no-op when that was its last reference
+      let g = delivered.get(e.from_user);
+      if (!g) delivered.set(e.from_user, (g = { user: e.from_user, by: a.device.user, ids: [] }));
+      g.ids.push(e.msg_id!);
+    }
+    fanOut(w, delivered, 'delivered', a.now, notify);
+    return count;
+  }
+
+  /** Commits every pending ack in one transaction; all of them fail together if it fails. */
+  function flushAcks(): void {
+    const batch = pendingAcks;
+    pendingAcks = [];
+    if (batch.length === 0) return; // close() flushed them already
+    let results: NotifyResult[];
+    try {
+      results = tx(() => {
+        const w = writer();
+        const out = batch.map((a) => {
+          const notify = new NotifySet();
+          const count = ackIn(w, a, notify);
+          return { count, notify: notify.list };
+        });
+        w.flush();
+        return out;
+      });
+    } catch (e) {
+      for (const a of batch) a.reject(e);
+      return;
+    }
+    batch.forEach((a, i) => a.resolve(results[i]!));
+  }
+
   return {
     name: 'sqlite',
 
@@ -450,31 +509,13 @@ export function sqliteServerStore(
 
     async ack(device: DeviceAddress, offsets: number[], now: number): Promise<NotifyResult> {
       check();
-      const row = sql.deviceId.get(device.user, device.device) as { id: number } | undefined;
-      if (!row || offsets.length === 0) return { count: 0, notify: [] };
-      const notify = new NotifySet();
-      const count = tx(() => {
-        const w = writer();
-        let count = 0;
-        // sender user → ids newly delivered to this (recipient) user
-        const delivered: Groups = new Map();
-        for (const offset of offsets) {
-          const e = sql.entryGet.get(row.id, offset) as EntryRow | undefined;
-          if (!e) continue;
-          sql.entryDelete.run(row.id, offset);
-          count++;
-          if (e.message === null || e.from_user === null || e.state !== UNDELIVERED) continue;
-          if (e.to_user !== device.user || e.from_user === device.user) continue;
-          sql.setState.run(DELIVERED, e.message); // no-op when that was its last reference
-          let g = delivered.get(e.from_user);
-          if (!g) delivered.set(e.from_user, (g = { user: e.from_user, by: device.user, ids: [] }));
-          g.ids.push(e.msg_id!);
-        }
-        fanOut(w, delivered, 'delivered', now, notify);
-        w.flush();
-        return count;
+      if (offsets.length === 0) return { count: 0, notify: [] };
+      // Group commit for acks: every ack called in this turn of the event loop joins one
+      // transaction (one fsync), committed on the next turn; each caller gets its own result.
+      return new Promise<NotifyResult>((resolve, reject) => {
+        pendingAcks.push({ device, offsets, now, resolve, reject });
+        if (pendingAcks.length === 1) setImmediate(flushAcks);
       });
-      return { count, notify: notify.list };
     },
 
     async expire(cutoff: number, now: number): Promise<NotifyResult> {
@@ -501,6 +542,8 @@ export function sqliteServerStore(
 
     async close(): Promise<void> {
       if (closed) return;
+      // Acks already accepted are committed before the file closes.
+      flushAcks();
       closed = true;
       if (owned) db.close();
     },
