@@ -29,7 +29,9 @@ describe('kill -9 with real processes', () => {
       const data = join(tempDir(), 'server.sqlite');
       let server = await startServerProcess(data);
       const gen = run(['test/fixtures/loadgen.mjs', server.url, '5']);
-      const killAfter = between(300, 1500);
+      await gen.waitFor('online');
+      // CRASH_KILL_MS=N replays a failing round's kill moment (printed below).
+      const killAfter = Number(process.env.CRASH_KILL_MS) || between(50, 1500);
       await sleep(killAfter);
       const before = JSON.parse(
         (gen.lines.filter((l) => l.startsWith('progress ')).at(-1) ?? 'progress {}').slice(9),

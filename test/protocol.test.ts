@@ -1,3 +1,4 @@
+import { pack } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { nextStatus, STATUS_RANK } from '../src/client/status.js';
 import type { MessageStatus } from '../src/client/store.js';
@@ -29,7 +30,7 @@ const clientFrames: ClientFrame[] = [
 ];
 const serverFrames: ServerFrame[] = [
   { t: 'welcome', v: 1, u: 'bob', d: 'phone', hb: 25000, lim: { frame: 262144, body: 65536, window: 256 } },
-  { t: 'ok', r: 1, ts: 1700000000000 },
+  { t: 'ok', r: 1 },
   { t: 'err', r: 1, c: 'too_large', m: 'body too big' },
   { t: 'msg', o: 7, id: '01HZX', f: 'alice', fd: 'phone', seq: 3, ts: 1700000000000, b: b(10) },
   { t: 'msg', o: 8, id: '01HZZ', f: 'bob', fd: 'laptop', to: 'alice', seq: 1, ts: 1700000000000, b: b(1) },
@@ -92,6 +93,61 @@ describe('the wire protocol', () => {
     // The guard works on a structural copy (another bundle's class).
     expect(isPostboxError({ name: 'PostboxError', code: 'internal', message: '' })).toBe(true);
     expect(isPostboxError({ name: 'PostboxError', code: 'made_up' })).toBe(false);
+  });
+});
+
+describe('the compact wire form', () => {
+  const USER16 = 'alice.4f1c2e9a7b';
+  it('canonical ULIDs travel as 16 bytes and come back as the same string (seeded, 2000 ids)', () => {
+    const random = seededRandom(7);
+    let t = 0;
+    const next = ulidFactory({ now: () => (t += Math.floor(random() * 1e9)) }, random);
+    const extremes = ['00000000000000000000000000', '7ZZZZZZZZZZZZZZZZZZZZZZZZZ'];
+    for (const id of [...extremes, ...Array.from({ length: 2000 }, next)]) {
+      const f: ClientFrame = { t: 'send', r: 1, id, to: USER16, seq: 1, b: b(0) };
+      const data = encodeFrame(f);
+      // 16 bytes and a 2-byte bin header: as long as a 17-character string (1-byte header).
+      expect(data.byteLength).toBe(encodeFrame({ ...f, id: 'x'.repeat(17) }).byteLength);
+      expect(decodeClientFrame(data)).toEqual(f);
+    }
+  });
+
+  it('ids that are not canonical ULIDs stay strings, unchanged', () => {
+    for (const id of [
+      '01hzx8k2v9tzp3n6b5c0ra0000',
+      '8ZZZZZZZZZZZZZZZZZZZZZZZZZ',
+      'ILOU0000000000000000000000',
+      'a',
+      '€'.repeat(26),
+    ]) {
+      const f: ServerFrame = { t: 'st', o: 1, s: 'r', ids: [id, id], by: 'bob', ts: 1 };
+      expect(decodeServerFrame(encodeFrame(f))).toEqual(f);
+    }
+  });
+
+  it('one 1:1 message costs at most 160 bytes of protocol over its whole life (payload excluded)', () => {
+    const id = ulidFactory({ now: () => 1_795_000_000_000 }, seededRandom(1))();
+    const body = b(100);
+    const life: Array<ClientFrame | ServerFrame> = [
+      { t: 'send', r: 1, id, to: 'bob.4f1c2e9a7b3d', seq: 1, b: body },
+      { t: 'ok', r: 1 },
+      { t: 'msg', o: 1, id, f: USER16, fd: 'd', seq: 1, ts: 1_795_000_000_000, b: body },
+      { t: 'ack', o: [1] },
+      { t: 'st', o: 1, s: 'd', ids: [id], by: 'bob.4f1c2e9a7b3d', ts: 1_795_000_000_001 },
+      { t: 'ack', o: [1] },
+    ];
+    const bytes = life.reduce((n, f) => n + encodeFrame(f).byteLength, 0) - 2 * body.byteLength;
+    expect(bytes).toBeLessThanOrEqual(160);
+  });
+
+  it('the map form is accepted too; unknown codes and surplus fields are invalid_frame', () => {
+    const f: ClientFrame = { t: 'send', r: 5, id: 'm1', to: 'bob', seq: 2, b: b(3) };
+    expect(decodeClientFrame(pack(f))).toEqual(f);
+    expect(() => decodeClientFrame(pack([99, 1]))).toThrow(/invalid|failed validation/);
+    expect(() => decodeClientFrame(pack([4, [1], 'surplus']))).toThrow(/failed validation/);
+    expect(() => decodeClientFrame(pack(['send', 1]))).toThrow(/failed validation/);
+    // A server frame's code is not a client frame.
+    expect(() => decodeClientFrame(encodeFrame({ t: 'ok', r: 1 }))).toThrow(/failed validation/);
   });
 });
 

@@ -7,11 +7,11 @@
 // 6 client→server with the mask, for frames under 126 bytes).
 import { once } from 'node:events';
 import { createServer as createHttpServer } from 'node:http';
-import { Packr } from 'msgpackr';
 import { Server } from 'socket.io';
 import { io } from 'socket.io-client';
 import { createClient } from 'postbox/client';
 import { memoryClientStore } from 'postbox/client/memory';
+import { decodeClientFrame, decodeServerFrame } from 'postbox/protocol';
 import { createServer } from 'postbox/server';
 import { memoryServerStore } from 'postbox/server/memory';
 import { memoryNetwork } from 'postbox/transport/memory';
@@ -43,11 +43,10 @@ async function postbox() {
     return new Promise((resolve) => c.on('connection', (s) => s === 'open' && resolve(c)));
   };
   const [a, b] = await Promise.all([open(ALICE), open(BOB)]);
-  const unpacker = new Packr({ useRecords: false });
-  const unpack = (d) => unpacker.unpack(d);
   const frames = [];
   net.intercept((data, dir, link) => {
-    frames.push({ dir, link: link.name, bytes: data.byteLength, t: unpack(data).t });
+    const t = (dir === 'toServer' ? decodeClientFrame(data) : decodeServerFrame(data)).t;
+    frames.push({ dir, link: link.name, bytes: data.byteLength, t });
     return 'pass';
   });
   let delivered = false;

@@ -3,15 +3,123 @@ import type { z } from 'zod';
 import { PostboxError } from './errors.js';
 import { clientFrame, serverFrame, type ClientFrame, type ServerFrame } from './frames.js';
 
-// Plain msgpack maps (no msgpackr records) so any msgpack implementation can speak the protocol.
+// Plain msgpack (no msgpackr records) so any msgpack implementation can speak the protocol.
 const packr = new Packr({ useRecords: false, variableMapSize: true, moreTypes: false });
 
 /** Default largest frame, in bytes, accepted before decoding. */
 export const DEFAULT_MAX_FRAME_BYTES = 256 * 1024;
 
-/** Encodes a frame to bytes. Undefined optional fields are left out. */
+/**
+ * The compact wire form. A frame travels as a msgpack array `[code, field1, field2, …]`: the
+ * type's code, then its fields in the order below (absent optional fields are nil, trailing ones
+ * left out), so no field name ever goes on the wire. Message ids that are canonical ULIDs travel
+ * as their 16 bytes instead of 26 characters. Decoders also accept the map form
+ * (`{ t: 'send', r: 1, … }`), which is handy for debugging and other-language clients.
+ * See docs/protocol.md.
+ */
+const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
+  hello: { code: 1, fields: ['v', 'cred', 'dev'] },
+  send: { code: 2, fields: ['r', 'id', 'to', 'seq', 'b'] },
+  rcpt: { code: 3, fields: ['r', 'id', 'to', 'ids'] },
+  ack: { code: 4, fields: ['o'] },
+  ping: { code: 5, fields: [] },
+  pong: { code: 6, fields: [] },
+  welcome: { code: 7, fields: ['v', 'u', 'd', 'hb', 'lim'] },
+  ok: { code: 8, fields: ['r'] },
+  err: { code: 9, fields: ['r', 'c', 'm'] },
+  msg: { code: 10, fields: ['o', 'id', 'f', 'fd', 'seq', 'ts', 'b', 'to'] },
+  st: { code: 11, fields: ['o', 's', 'ids', 'by', 'ts'] },
+};
+const BY_CODE: Array<{ t: string; fields: readonly string[] } | undefined> = [];
+for (const [t, l] of Object.entries(LAYOUT)) BY_CODE[l.code] = { t, fields: l.fields };
+
+/** Fields that hold one message id, and fields that hold a list of them. */
+const ID_FIELD = 'id';
+const IDS_FIELD = 'ids';
+
+const CROCKFORD = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+const CROCKFORD_VALUE = new Int8Array(128).fill(-1);
+for (let i = 0; i < CROCKFORD.length; i++) CROCKFORD_VALUE[CROCKFORD.charCodeAt(i)] = i;
+
+/** The 16 bytes of a canonical ULID (26 upper-case Crockford characters, first ≤ 7), else undefined. */
+function ulidBytes(id: string): Uint8Array | undefined {
+  if (id.length !== 26) return undefined;
+  const out = new Uint8Array(16);
+  // 130 bits of base32, of which the top 2 must be zero: read 5 bits at a time, big-endian.
+  let acc = 0;
+  let bits = -2; // the first character's two surplus high bits are dropped
+  let k = 0;
+  for (let i = 0; i < 26; i++) {
+    const c = id.charCodeAt(i);
+    const v = c < 128 ? CROCKFORD_VALUE[c]! : -1;
+    if (v < 0 || (i === 0 && v > 7)) return undefined;
+    acc = ((acc << 5) | v) & 0xffff;
+    bits += 5;
+    if (bits >= 8) {
+      bits -= 8;
+      out[k++] = (acc >> bits) & 0xff;
+    }
+  }
+  return out;
+}
+
+/** The canonical ULID string of 16 bytes. */
+function ulidString(b: Uint8Array): string {
+  let out = '';
+  let acc = 0;
+  let bits = 2; // 128 bits read as 130: two leading zero bits
+  let i = 0;
+  for (let n = 0; n < 26; n++) {
+    while (bits < 5) {
+      acc = ((acc << 8) | b[i++]!) & 0xfff;
+      bits += 8;
+    }
+    bits -= 5;
+    out += CROCKFORD[(acc >> bits) & 31];
+  }
+  return out;
+}
+
+const packId = (v: unknown): unknown => (typeof v === 'string' ? (ulidBytes(v) ?? v) : v);
+const unpackId = (v: unknown): unknown =>
+  v instanceof Uint8Array && v.byteLength === 16 ? ulidString(v) : v;
+
+/** Encodes a frame to bytes, in the compact wire form. Undefined optional fields are left out. */
 export function encodeFrame(frame: ClientFrame | ServerFrame): Uint8Array {
-  return packr.pack(stripUndefined(frame));
+  const layout = LAYOUT[frame.t];
+  // A type without a layout (only tests build one) goes as a map.
+  if (!layout) return packr.pack(stripUndefined(frame));
+  const record = frame as unknown as Record<string, unknown>;
+  const out: unknown[] = [layout.code];
+  let end = 1;
+  for (const f of layout.fields) {
+    let v = record[f];
+    if (v !== undefined) {
+      if (f === ID_FIELD) v = packId(v);
+      else if (f === IDS_FIELD && Array.isArray(v)) v = v.map(packId);
+    }
+    out.push(v === undefined ? null : v);
+    if (v !== undefined) end = out.length;
+  }
+  out.length = end;
+  return packr.pack(out);
+}
+
+/** The frame object of a compact array, or `raw` itself when it is not one (the schema then judges it). */
+function fromWire(raw: unknown): unknown {
+  if (!Array.isArray(raw)) return raw;
+  const layout = typeof raw[0] === 'number' ? BY_CODE[raw[0]] : undefined;
+  if (!layout || raw.length - 1 > layout.fields.length) return { t: undefined };
+  const frame: Record<string, unknown> = { t: layout.t };
+  for (let i = 0; i < layout.fields.length; i++) {
+    const f = layout.fields[i]!;
+    let v = raw[i + 1];
+    if (v === undefined || v === null) continue;
+    if (f === ID_FIELD) v = unpackId(v);
+    else if (f === IDS_FIELD && Array.isArray(v)) v = v.map(unpackId);
+    frame[f] = v;
+  }
+  return frame;
 }
 
 function stripUndefined<T extends object>(frame: T): T {
@@ -34,7 +142,7 @@ function decodeWith<S extends z.ZodType>(schema: S, data: Uint8Array, maxBytes: 
   }
   let raw: unknown;
   try {
-    raw = packr.unpack(data);
+    raw = fromWire(packr.unpack(data));
   } catch (cause) {
     throw new PostboxError('invalid_frame', 'frame is not valid msgpack', { cause });
   }

@@ -80,8 +80,11 @@ export const welcomeFrame = z.object({
   }),
 });
 
-/** The request `r` is durably committed at server time `ts` (ms). */
-export const okFrame = z.object({ t: z.literal('ok'), r: reqId, ts: z.number() });
+/**
+ * The request `r` is durably committed. No timestamp: the sending device already has its own
+ * send time, and the server's commit time reaches every other device in its copy (`msg.ts`).
+ */
+export const okFrame = z.object({ t: z.literal('ok'), r: reqId });
 
 /** The request `r` (or the connection, if absent) failed with `c`. */
 export const errFrame = z.object({

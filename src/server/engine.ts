@@ -294,7 +294,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
           const out = outcomes[i]!;
           p.session.pendingSends--;
           if (out.ok) {
-            p.session.send({ t: 'ok', r: p.r, ts: out.ts });
+            p.session.send({ t: 'ok', r: p.r });
             for (const n of out.notify) notify.push(n);
           } else {
             p.session.sendError(out.code, 'recipient has no registered device', p.r);

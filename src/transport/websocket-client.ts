@@ -131,7 +131,8 @@ export function websocketClientTransport(options: WebSocketClientOptions): Clien
         reject(new Error(`websocket transport: cannot open ${url}`, { cause: e }));
         return;
       }
-      socket.binaryType = 'arraybuffer';
+      // `ws` (Node 20) hands out its own Buffers with 'nodebuffer': no copy into an ArrayBuffer.
+      socket.binaryType = isWs(socket) ? 'nodebuffer' : 'arraybuffer';
       const id = `ws-client-${++connectionCount}`;
       let settled = false;
       let opened = false;
@@ -239,6 +240,25 @@ function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFr
       watch();
     }, DRAIN_POLL_MS);
   };
+  // With `ws`, the frames of one synchronous run leave in one write (one syscall) rather than one
+  // each: the TCP socket is corked at the first send and uncorked once that run is over.
+  // Browsers batch on their own; they have no such knob.
+  const ws = isWs(socket);
+  let corked: CorkableSocket | undefined;
+  const uncork = (): void => {
+    const tcp = corked;
+    corked = undefined;
+    tcp?.uncork();
+  };
+  const cork = (): void => {
+    if (corked || !ws) return;
+    // Read at send time: `ws` sets it only once the connection is open.
+    const tcp = (socket as { _socket?: CorkableSocket | null })._socket;
+    if (!tcp || typeof tcp.cork !== 'function' || typeof tcp.uncork !== 'function') return;
+    corked = tcp;
+    tcp.cork();
+    queueMicrotask(uncork);
+  };
   const stop = (): void => {
     open = false;
     clock.clearTimeout(poll);
@@ -265,6 +285,7 @@ function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFr
     },
     send(data) {
       if (!open || socket.readyState !== OPEN) return;
+      cork();
       try {
         socket.send(data);
       } catch {
@@ -304,6 +325,17 @@ function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFr
       slot.closeRemote(errorClose?.code ?? code, errorClose?.reason ?? reason);
     },
   };
+}
+
+/** The part of `ws`'s underlying TCP socket used to batch writes. */
+interface CorkableSocket {
+  cork(): void;
+  uncork(): void;
+}
+
+/** True for a socket of the `ws` package (it keeps its TCP socket in `_socket`); false for platform WebSockets. */
+function isWs(socket: WebSocketLike): boolean {
+  return '_socket' in socket && typeof (socket as { terminate?: unknown }).terminate === 'function';
 }
 
 /** Closes with `code`, or with 1000 where the implementation refuses that code. */
