@@ -301,7 +301,9 @@ async function startServer(system, options) {
     const ready = await child.next('ready', 30_000);
     return {
       url: ready.url,
-      cpu: async () => (await child.request({ type: 'cpu' })).cpu,
+      // Read from /proc, not asked of the server: a server whose event loop is busy (say, in an
+      // fsync) would answer late, and the sample would be taken at the wrong moment.
+      cpu: async () => procCpu(child.pid) ?? (await child.request({ type: 'cpu' })).cpu,
       mem: async () => {
         const r = await child.request({ type: 'mem' }, 60_000);
         return { mem: r.mem, connections: r.connections };
