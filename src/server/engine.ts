@@ -15,7 +15,7 @@ import {
   type MsgFrame,
   type ServerFrame,
 } from '../protocol/index.js';
-import type { Connection, ServerTransport } from '../transport/types.js';
+import type { Connection, ConnectionHandlers, ServerTransport } from '../transport/types.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import type { AppendInput, DeviceAddress, InboxEntry, NotifyResult, ServerStore } from './store.js';
 
@@ -332,6 +332,20 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
 const WIRE_STATUS = { delivered: 'd', read: 'r', expired: 'x' } as const;
 
+/** A session's connection handlers: one small object rather than three closures per connection. */
+class SessionHandlers implements ConnectionHandlers {
+  constructor(private readonly session: Session) {}
+  frame(data: Uint8Array): void {
+    this.session.onFrame(data);
+  }
+  close(code: number): void {
+    this.session.onClosed(code);
+  }
+  drain(): void {
+    this.session.pump();
+  }
+}
+
 /** One connection's state: handshake, rate limits, commit pipeline and delivery window. */
 class Session {
   addr: DeviceAddress | undefined;
@@ -358,11 +372,7 @@ class Session {
     readonly conn: Connection,
   ) {
     this.openedAt = this.lastFrameAt = this.rateWindowStart = server.clock.now();
-    conn.setHandlers({
-      frame: (data) => this.onFrame(data),
-      close: (code) => this.onClosed(code),
-      drain: () => this.pump(),
-    });
+    conn.setHandlers(new SessionHandlers(this));
   }
 
   send(frame: ServerFrame): void {
@@ -398,13 +408,15 @@ class Session {
     }
   }
 
-  private onClosed(code: number): void {
+  /** @internal the connection closed. */
+  onClosed(code: number): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
     this.server.unbind(this, code);
   }
 
-  private onFrame(data: Uint8Array): void {
+  /** @internal one frame arrived. */
+  onFrame(data: Uint8Array): void {
     if (this.state === 'closed') return;
     const now = this.server.clock.now();
     this.lastFrameAt = now;

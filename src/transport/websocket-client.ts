@@ -224,8 +224,8 @@ function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFr
   let open = true;
   let errorClose: { code: number; reason: string } | undefined;
   let poll: TimerHandle | undefined;
-  const gate = drainGate(DRAIN_LOW_WATER_BYTES);
-  const slot = handlerSlot(clock, () => connection.close(CLOSE_CODES.internal, 'connection handler threw'));
+  const gate = new DrainGate(DRAIN_LOW_WATER_BYTES);
+  const slot = new HandlerSlot(clock, { close: (code, reason) => connection.close(code, reason) });
 
   const buffered = (): number => {
     const n = socket.bufferedAmount;
@@ -413,42 +413,37 @@ export function truncateReason(reason: string): string {
 /**
  * When to call `drain`: once the buffer falls back to `lowWater` after a send left it above, and
  * once more when it empties — so an owner whose own high-water mark is below `lowWater` is not
- * left waiting for an event that never comes.
+ * left waiting for an event that never comes. A class, not closures: one lives per connection.
  * @internal
  */
-export function drainGate(lowWater: number): {
+export class DrainGate {
+  private above = false;
+  private toEmpty = false;
+  constructor(private readonly lowWater: number) {}
   /** Call after each send with the buffered amount. */
-  sent(amount: number): void;
+  sent(amount: number): void {
+    if (amount > this.lowWater) {
+      this.above = true;
+      this.toEmpty = false;
+    }
+  }
   /** Call when bytes may have left the buffer; true when `drain` is due. */
-  settle(amount: number): boolean;
+  settle(amount: number): boolean {
+    if (this.above && amount <= this.lowWater) {
+      this.above = false;
+      this.toEmpty = amount > 0;
+      return true;
+    }
+    if (this.toEmpty && amount === 0) {
+      this.toEmpty = false;
+      return true;
+    }
+    return false;
+  }
   /** True while a `drain` is still owed. */
-  readonly pending: boolean;
-} {
-  let above = false;
-  let toEmpty = false;
-  return {
-    sent(amount) {
-      if (amount > lowWater) {
-        above = true;
-        toEmpty = false;
-      }
-    },
-    settle(amount) {
-      if (above && amount <= lowWater) {
-        above = false;
-        toEmpty = amount > 0;
-        return true;
-      }
-      if (toEmpty && amount === 0) {
-        toEmpty = false;
-        return true;
-      }
-      return false;
-    },
-    get pending() {
-      return above || toEmpty;
-    },
-  };
+  get pending(): boolean {
+    return this.above || this.toEmpty;
+  }
 }
 
 /**
@@ -456,46 +451,41 @@ export function drainGate(lowWater: number): {
  * arrive before `setHandlers` are kept, in order, and handed over on the next turn (not inside
  * `setHandlers`, whose caller may still be wiring itself up); later frames queue behind them; the
  * close handler fires at most once, after every frame; nothing follows it. A handler that throws
- * does not propagate into the socket's event loop (on Node that would crash the process): `onThrow`
- * is called instead, and closes the connection.
+ * does not propagate into the socket's event loop (on Node that would crash the process): the
+ * connection is closed with 1011 instead. A class, not closures: one lives per connection.
  * @internal
  */
-export function handlerSlot(
-  clock: Clock,
-  onThrow: (error: unknown) => void,
-): {
-  set(handlers: ConnectionHandlers, id: string): void;
-  frame(data: Uint8Array): void;
-  drain(): void;
-  /** The peer closed or the socket died: tell the owner after the frames already received. */
-  closeRemote(code: number, reason: string): void;
-  /** The owner closed: drop frames not yet handed over, and tell the owner on a later turn. */
-  closeLocal(code: number, reason: string): void;
-} {
-  let handlers: ConnectionHandlers | undefined;
-  let inbox: Uint8Array[] = [];
-  let pendingClose: { code: number; reason: string } | undefined;
-  let flushing = false;
-  let closed = false;
+export class HandlerSlot {
+  private handlers: ConnectionHandlers | undefined;
+  private inbox: Uint8Array[] = [];
+  private pendingClose: { code: number; reason: string } | undefined;
+  private flushing = false;
+  private closed = false;
 
-  const guarded = (fn: () => void): void => {
+  constructor(
+    private readonly clock: Clock,
+    private readonly connection: Pick<Connection, 'close'>,
+  ) {}
+
+  private guarded(fn: (h: ConnectionHandlers) => void): void {
     try {
-      fn();
-    } catch (e) {
-      onThrow(e);
+      fn(this.handlers!);
+    } catch {
+      this.connection.close(CLOSE_CODES.internal, 'connection handler threw');
     }
-  };
-  const flush = (): void => {
-    const h = handlers!;
+  }
+
+  private flush(): void {
+    const h = this.handlers!;
     // `inbox` may be replaced (emptied) by a close from inside a handler; read it afresh each time.
-    for (let i = 0; i < inbox.length; i++) {
-      const data = inbox[i]!;
-      guarded(() => h.frame(data));
+    for (let i = 0; i < this.inbox.length; i++) {
+      const data = this.inbox[i]!;
+      this.guarded((x) => x.frame(data));
     }
-    inbox = [];
-    flushing = false;
-    const close = pendingClose;
-    pendingClose = undefined;
+    this.inbox = [];
+    this.flushing = false;
+    const close = this.pendingClose;
+    this.pendingClose = undefined;
     if (close) {
       try {
         h.close(close.code, close.reason);
@@ -503,41 +493,45 @@ export function handlerSlot(
         // The connection is gone either way; a throwing close handler must not crash the process.
       }
     }
-  };
-  const schedule = (): void => {
-    if (!handlers || flushing) return;
-    flushing = true;
-    clock.setTimeout(flush, 0);
-  };
+  }
 
-  return {
-    set(h, id) {
-      if (handlers) throw new Error(`websocket transport: setHandlers called twice on ${id}`);
-      handlers = h;
-      if (inbox.length > 0 || pendingClose) schedule();
-    },
-    frame(data) {
-      if (closed) return;
-      if (handlers && !flushing) guarded(() => handlers!.frame(data));
-      else inbox.push(data);
-    },
-    drain() {
-      if (closed || !handlers || flushing) return;
-      const h = handlers;
-      guarded(() => h.drain?.());
-    },
-    closeRemote(code, reason) {
-      if (closed) return;
-      closed = true;
-      pendingClose = { code, reason };
-      if (handlers && !flushing) flush();
-    },
-    closeLocal(code, reason) {
-      if (closed) return;
-      closed = true;
-      inbox = [];
-      pendingClose = { code, reason };
-      schedule();
-    },
-  };
+  private schedule(): void {
+    if (!this.handlers || this.flushing) return;
+    this.flushing = true;
+    this.clock.setTimeout(() => this.flush(), 0);
+  }
+
+  set(h: ConnectionHandlers, id: string): void {
+    if (this.handlers) throw new Error(`websocket transport: setHandlers called twice on ${id}`);
+    this.handlers = h;
+    if (this.inbox.length > 0 || this.pendingClose) this.schedule();
+  }
+
+  frame(data: Uint8Array): void {
+    if (this.closed) return;
+    if (this.handlers && !this.flushing) this.guarded((h) => h.frame(data));
+    else this.inbox.push(data);
+  }
+
+  drain(): void {
+    if (this.closed || !this.handlers || this.flushing) return;
+    this.guarded((h) => h.drain?.());
+  }
+
+  /** The peer closed or the socket died: tell the owner after the frames already received. */
+  closeRemote(code: number, reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pendingClose = { code, reason };
+    if (this.handlers && !this.flushing) this.flush();
+  }
+
+  /** The owner closed: drop frames not yet handed over, and tell the owner on a later turn. */
+  closeLocal(code: number, reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.inbox = [];
+    this.pendingClose = { code, reason };
+    this.schedule();
+  }
 }

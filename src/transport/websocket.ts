@@ -14,8 +14,8 @@ import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket as WsSocket } from 'ws';
 import { CLOSE_CODES } from '../protocol/errors.js';
 import { systemClock } from '../util/clock.js';
-import type { Connection, ServerTransport } from './types.js';
-import { drainGate, errorCloseCode, handlerSlot, truncateReason } from './websocket-client.js';
+import type { Connection, ConnectionHandlers, ServerTransport } from './types.js';
+import { DrainGate, HandlerSlot, errorCloseCode, truncateReason } from './websocket-client.js';
 
 export {
   websocketClientTransport,
@@ -208,7 +208,7 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
         ws.terminate(); // closed during the handshake
         return;
       }
-      const connection = serverConnection(ws, socket, `ws-${++count}`, address, maxBuffered, lowWater);
+      const connection = new WsServerConnection(ws, socket, `ws-${++count}`, address, maxBuffered, lowWater);
       try {
         accept(connection);
       } catch {
@@ -273,99 +273,131 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
   };
 }
 
-/** The server side of one `ws` socket. */
-function serverConnection(
-  ws: WsSocket,
-  socket: Duplex,
-  id: string,
-  remoteAddress: string,
-  maxBuffered: number,
-  lowWater: number,
-): Connection {
-  let open = true;
-  let errorClose: { code: number; reason: string } | undefined;
-  const gate = drainGate(lowWater);
-  const slot = handlerSlot(systemClock, () =>
-    connection.close(CLOSE_CODES.internal, 'connection handler threw'),
-  );
-  // Frames sent in one tick leave in one write (one syscall) rather than one each: the socket is
-  // corked at the first send of a tick and uncorked when the tick's synchronous work is done.
-  const tcp = socket as Partial<Socket>;
-  let corked = false;
-  const uncork = (): void => {
-    corked = false;
-    tcp.uncork?.();
-  };
-  // One callback for every send: when a write completes, bytes have left the buffer.
-  const written = (error?: Error): void => {
-    if (!error && open && gate.settle(ws.bufferedAmount)) slot.drain();
-  };
+/** Where a `ws` socket keeps its connection, so its listeners can be shared functions. */
+const CONNECTION = Symbol('postbox.connection');
+type TaggedWs = WsSocket & { [CONNECTION]: WsServerConnection };
 
-  ws.on('message', (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
-    if (!open) return;
+// One set of listeners for every socket (`this` is the socket): no closures per connection.
+function onWsMessage(this: WsSocket, data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+  (this as TaggedWs)[CONNECTION].message(data, isBinary);
+}
+function onWsError(this: WsSocket, error: Error): void {
+  (this as TaggedWs)[CONNECTION].error(error);
+}
+function onWsClose(this: WsSocket, code: number, reason: Buffer): void {
+  (this as TaggedWs)[CONNECTION].remoteClose(code, reason);
+}
+function uncorkConnection(connection: WsServerConnection): void {
+  connection.uncork();
+}
+
+/**
+ * The server side of one `ws` socket. A class, with listeners shared by every socket: thousands
+ * of idle connections should cost their sockets and little else.
+ */
+class WsServerConnection implements Connection {
+  private open = true;
+  private corked = false;
+  private errorClose: { code: number; reason: string } | undefined;
+  private readonly gate: DrainGate;
+  private readonly slot: HandlerSlot;
+  /** One callback for every send: when a write completes, bytes have left the buffer. */
+  private readonly written: (error?: Error) => void;
+
+  constructor(
+    private readonly ws: WsSocket,
+    private readonly socket: Duplex,
+    readonly id: string,
+    readonly remoteAddress: string,
+    private readonly maxBuffered: number,
+    lowWater: number,
+  ) {
+    this.gate = new DrainGate(lowWater);
+    this.slot = new HandlerSlot(systemClock, this);
+    this.written = (error?: Error) => {
+      if (!error && this.open && this.gate.settle(this.ws.bufferedAmount)) this.slot.drain();
+    };
+    (ws as TaggedWs)[CONNECTION] = this;
+    ws.on('message', onWsMessage);
+    // Without a listener `ws` would rethrow its errors and crash the process.
+    ws.on('error', onWsError);
+    ws.on('close', onWsClose);
+  }
+
+  get bufferedAmount(): number {
+    return this.ws.bufferedAmount;
+  }
+
+  get isOpen(): boolean {
+    return this.open;
+  }
+
+  message(data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+    if (!this.open) return;
     if (!isBinary) {
       // The client broke the protocol: the owner still gets the frames that came before it.
-      open = false;
-      ws.close(UNSUPPORTED_DATA, 'binary frames only');
-      return slot.closeRemote(UNSUPPORTED_DATA, 'binary frames only');
+      this.open = false;
+      this.ws.close(UNSUPPORTED_DATA, 'binary frames only');
+      return this.slot.closeRemote(UNSUPPORTED_DATA, 'binary frames only');
     }
-    slot.frame(ownedBytes(data));
-  });
-  // Without a listener `ws` would rethrow its errors and crash the process.
-  ws.on('error', (error) => {
-    errorClose ??= errorCloseCode(error);
-  });
-  ws.on('close', (code: number, reason: Buffer) => {
-    if (!open) return;
-    open = false;
-    slot.closeRemote(errorClose?.code ?? code, errorClose?.reason ?? reason.toString());
-  });
+    this.slot.frame(ownedBytes(data));
+  }
 
-  const connection: Connection = {
-    id,
-    remoteAddress,
-    get bufferedAmount() {
-      return ws.bufferedAmount;
-    },
-    get isOpen() {
-      return open;
-    },
-    send(data) {
-      if (!open || ws.readyState !== ws.OPEN) return;
-      if (ws.bufferedAmount + data.byteLength > maxBuffered) {
-        // The peer is not reading. A close frame would queue behind what it is not reading, so
-        // reset the socket: the memory it pinned is released now, not after a close timeout.
-        open = false;
-        slot.closeLocal(CLOSE_CODES.rateLimited, 'send buffer full: the peer is not reading');
-        const reset = (socket as Partial<Socket>).resetAndDestroy;
-        if (typeof reset === 'function') reset.call(socket);
-        else ws.terminate();
-        return;
-      }
-      if (!corked && tcp.cork) {
-        corked = true;
-        tcp.cork();
-        process.nextTick(uncork);
-      }
-      ws.send(data, SEND_OPTIONS, written);
-      gate.sent(ws.bufferedAmount);
-    },
-    close(code = CLOSE_CODES.normal, reason = '') {
-      if (!open) return;
-      open = false;
-      try {
-        ws.close(code, truncateReason(reason));
-      } catch {
-        // A code no close frame may carry (1005, 1006, 1015, …): end without a handshake.
-        ws.terminate();
-      }
-      slot.closeLocal(code, reason);
-    },
-    setHandlers(handlers) {
-      slot.set(handlers, id);
-    },
-  };
-  return connection;
+  error(error: Error): void {
+    this.errorClose ??= errorCloseCode(error);
+  }
+
+  remoteClose(code: number, reason: Buffer): void {
+    if (!this.open) return;
+    this.open = false;
+    this.slot.closeRemote(this.errorClose?.code ?? code, this.errorClose?.reason ?? reason.toString());
+  }
+
+  uncork(): void {
+    this.corked = false;
+    (this.socket as Partial<Socket>).uncork?.();
+  }
+
+  send(data: Uint8Array): void {
+    const ws = this.ws;
+    if (!this.open || ws.readyState !== ws.OPEN) return;
+    if (ws.bufferedAmount + data.byteLength > this.maxBuffered) {
+      // The peer is not reading. A close frame would queue behind what it is not reading, so
+      // reset the socket: the memory it pinned is released now, not after a close timeout.
+      this.open = false;
+      this.slot.closeLocal(CLOSE_CODES.rateLimited, 'send buffer full: the peer is not reading');
+      const reset = (this.socket as Partial<Socket>).resetAndDestroy;
+      if (typeof reset === 'function') reset.call(this.socket);
+      else ws.terminate();
+      return;
+    }
+    // Frames sent in one tick leave in one write (one syscall) rather than one each: the socket
+    // is corked at the first send of a tick and uncorked when the tick's synchronous work is done.
+    const tcp = this.socket as Partial<Socket>;
+    if (!this.corked && tcp.cork) {
+      this.corked = true;
+      tcp.cork();
+      process.nextTick(uncorkConnection, this);
+    }
+    ws.send(data, SEND_OPTIONS, this.written);
+    this.gate.sent(ws.bufferedAmount);
+  }
+
+  close(code: number = CLOSE_CODES.normal, reason = ''): void {
+    if (!this.open) return;
+    this.open = false;
+    try {
+      this.ws.close(code, truncateReason(reason));
+    } catch {
+      // A code no close frame may carry (1005, 1006, 1015, …): end without a handshake.
+      this.ws.terminate();
+    }
+    this.slot.closeLocal(code, reason);
+  }
+
+  setHandlers(handlers: ConnectionHandlers): void {
+    this.slot.set(handlers, this.id);
+  }
 }
 
 /**
