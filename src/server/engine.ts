@@ -358,7 +358,8 @@ class Session {
   private rateCount = 0;
   // Delivery window.
   private cursor = 0;
-  private readonly inflight = new Set<number>();
+  /** Offsets delivered and not yet acked; made on the first delivery (idle sessions never need one). */
+  private inflight: Set<number> | undefined;
   private reading = false;
   private dirty = false;
   /**
@@ -557,7 +558,7 @@ class Session {
   }
 
   private async onAck(offsets: number[]): Promise<void> {
-    for (const o of offsets) this.inflight.delete(o);
+    if (this.inflight) for (const o of offsets) this.inflight.delete(o);
     try {
       const res = await this.server.store.ack(this.addr!, offsets, this.server.clock.now());
       this.server.ring(res.notify);
@@ -581,7 +582,7 @@ class Session {
       this.dirty = true;
       return;
     }
-    const room = this.server.opts.deliveryWindow - this.inflight.size;
+    const room = this.server.opts.deliveryWindow - (this.inflight?.size ?? 0);
     if (room <= 0 || this.conn.bufferedAmount > this.server.opts.sendHighWaterBytes) return;
     this.reading = true;
     this.dirty = false;
@@ -591,7 +592,7 @@ class Session {
         if (this.state !== 'open') return;
         for (const e of entries) {
           this.cursor = e.offset;
-          this.inflight.add(e.offset);
+          (this.inflight ??= new Set()).add(e.offset);
           this.send(this.entryFrame(e));
         }
         if (this.dirty || entries.length === room) this.pump();
