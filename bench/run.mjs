@@ -80,7 +80,7 @@ const LOAD = { n: 200, size: 100 };
 const DRAIN = quick
   ? { devices: 200, perDevice: 100, senders: 100, rate: 1000 }
   : { devices: 1000, perDevice: 100, senders: 200, rate: 1000 };
-const IDLE_STEPS = quick ? [2000] : [10000, 19000];
+const IDLE_STEPS = quick ? [1000] : [10000, 19000];
 const idleLabel = (n) => `${n / 1000}k`;
 
 const SCENARIOS = {
@@ -90,7 +90,7 @@ const SCENARIOS = {
     params: {
       ...LOAD,
       window: 16,
-      ...(quick ? { warmupMs: 500, measureMs: 1500 } : { warmupMs: 2000, measureMs: 5000 }),
+      ...(quick ? { warmupMs: 400, measureMs: 1200 } : { warmupMs: 2000, measureMs: 5000 }),
     },
     timeoutMs: 60_000,
   },
@@ -101,7 +101,7 @@ const SCENARIOS = {
       ...LOAD,
       rates: [5000, 10000, 20000],
       ...(quick
-        ? { firstWarmupMs: 800, warmupMs: 300, measureMs: 1000 }
+        ? { firstWarmupMs: 600, warmupMs: 300, measureMs: 800 }
         : { firstWarmupMs: 2000, warmupMs: 1000, measureMs: 3000 }),
     },
     timeoutMs: 90_000,
