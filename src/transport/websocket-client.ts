@@ -257,7 +257,10 @@ function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFr
     if (!tcp || typeof tcp.cork !== 'function' || typeof tcp.uncork !== 'function') return;
     corked = tcp;
     tcp.cork();
-    queueMicrotask(uncork);
+    // Node's nextTick runs once the current microtasks (promise continuations) are done, so the
+    // frames an engine sends across several awaits in one turn still leave together.
+    if (nodeNextTick) nodeNextTick(uncork);
+    else queueMicrotask(uncork);
   };
   const stop = (): void => {
     open = false;
@@ -326,6 +329,9 @@ function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFr
     },
   };
 }
+
+/** `process.nextTick` on Node (the only place `ws` runs); looked up without naming a Node module. */
+const nodeNextTick = (globalThis as { process?: { nextTick?: (fn: () => void) => void } }).process?.nextTick;
 
 /** The part of `ws`'s underlying TCP socket used to batch writes. */
 interface CorkableSocket {
