@@ -14,7 +14,7 @@ import { memoryClientStore } from '../src/client/stores/memory.js';
 import type { PostboxError } from '../src/protocol/errors.js';
 import { verifyToken } from '../src/server/auth.js';
 import { websocketClientTransport } from '../src/transport/websocket.js';
-import { run, type Proc } from './fixtures/proc.js';
+import { killAll, run, type Proc } from './fixtures/proc.js';
 
 const SECRET = 'a-test-secret-of-enough-bytes';
 const TEST_MS = 30_000;
@@ -24,11 +24,8 @@ const tempDir = () => {
   dirs.push(d);
   return d;
 };
-let procs: Proc[] = [];
-afterEach(async () => {
-  for (const p of procs) if (p.proc.exitCode === null && p.proc.signalCode === null) p.proc.kill('SIGKILL');
-  procs = [];
-});
+// Whatever a test started is gone after it, passed or failed.
+afterEach(() => killAll());
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
@@ -43,9 +40,7 @@ async function until(what: string, condition: () => boolean, ms = 15_000): Promi
 }
 
 function postbox(...args: string[]): Proc {
-  const p = run(['dist/cli/main.js', ...args]);
-  procs.push(p);
-  return p;
+  return run(['dist/cli/main.js', ...args]);
 }
 
 async function serve(data: string, ...flags: string[]): Promise<{ p: Proc; url: string; port: number }> {

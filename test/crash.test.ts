@@ -4,12 +4,12 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { startServe, type ServeHandle } from '../src/cli/serve.js';
 import { createClient, type ReceivedMessage } from '../src/client/index.js';
 import { memoryClientStore } from '../src/client/stores/memory.js';
 import { websocketClientTransport } from '../src/transport/websocket.js';
-import { run, startServerProcess } from './fixtures/proc.js';
+import { killAll, run, startServerProcess } from './fixtures/proc.js';
 
 const dirs: string[] = [];
 const tempDir = () => {
@@ -17,6 +17,8 @@ const tempDir = () => {
   dirs.push(d);
   return d;
 };
+// A failed round must not leave its server or load processes running.
+afterEach(() => killAll());
 afterAll(() => {
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
