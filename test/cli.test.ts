@@ -4,8 +4,6 @@
 // the server was down.
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { WebSocket as WsWebSocket } from 'ws';
@@ -15,29 +13,15 @@ import type { PostboxError } from '../src/protocol/errors.js';
 import { verifyToken } from '../src/server/auth.js';
 import { websocketClientTransport } from '../src/transport/websocket.js';
 import { killAll, run, type Proc } from './fixtures/proc.js';
+import { sleep, tempDirs, until } from './fixtures/util.js';
 
 const SECRET = 'a-test-secret-of-enough-bytes';
 const TEST_MS = 30_000;
-const dirs: string[] = [];
-const tempDir = () => {
-  const d = mkdtempSync(join(tmpdir(), 'postbox-cli-'));
-  dirs.push(d);
-  return d;
-};
+const dirs = tempDirs('cli');
+const tempDir = () => dirs.make();
 // Whatever a test started is gone after it, passed or failed.
 afterEach(() => killAll());
-afterAll(() => {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function until(what: string, condition: () => boolean, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
+afterAll(() => dirs.removeAll());
 
 function postbox(...args: string[]): Proc {
   return run(['dist/cli/main.js', ...args]);

@@ -1,8 +1,6 @@
 // Crash tests with real processes: a server on SQLite killed with SIGKILL under load and
 // restarted on the same file, and a client process killed mid-send and restarted on its SQLite
 // store. Each round picks a different kill moment (printed, so a failure can be related to it).
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { startServe, type ServeHandle } from '../src/cli/serve.js';
@@ -10,19 +8,13 @@ import { createClient, type ReceivedMessage } from '../src/client/index.js';
 import { memoryClientStore } from '../src/client/stores/memory.js';
 import { websocketClientTransport } from '../src/transport/websocket.js';
 import { killAll, run, startServerProcess } from './fixtures/proc.js';
+import { sleep, tempDirs } from './fixtures/util.js';
 
-const dirs: string[] = [];
-const tempDir = () => {
-  const d = mkdtempSync(join(tmpdir(), 'postbox-crash-'));
-  dirs.push(d);
-  return d;
-};
+const dirs = tempDirs('crash');
+const tempDir = () => dirs.make();
 // A failed round must not leave its server or load processes running.
 afterEach(() => killAll());
-afterAll(() => {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+afterAll(() => dirs.removeAll());
 const between = (lo: number, hi: number) => lo + Math.floor(Math.random() * (hi - lo));
 
 describe('kill -9 with real processes', () => {

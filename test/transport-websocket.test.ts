@@ -14,6 +14,7 @@ import { memoryServerStore } from '../src/server/stores/memory.js';
 import { registerCases } from '../src/testing/conformance.js';
 import { transportConformance, type TransportSubject } from '../src/testing/transport-conformance.js';
 import type { Connection } from '../src/transport/types.js';
+import { until as waitUntil } from './fixtures/util.js';
 import {
   websocketClientTransport,
   websocketServerTransport,
@@ -29,14 +30,8 @@ void _ws;
 void _platform;
 
 const TEST_MS = 10_000;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-async function until(what: string, condition: () => boolean, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!condition()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
+/** Waits for loopback events: a few seconds is already far too long. */
+const until = (what: string, condition: () => boolean) => waitUntil(what, condition, 5_000);
 
 let cleanup: Array<() => unknown> = [];
 afterEach(async () => {

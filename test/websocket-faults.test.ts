@@ -7,15 +7,7 @@ import { createServer, type PostboxServer } from '../src/server/index.js';
 import { memoryServerStore } from '../src/server/stores/memory.js';
 import { websocketClientTransport, websocketServerTransport } from '../src/transport/websocket.js';
 import { startTcpProxy, type TcpProxy } from './fixtures/tcp-proxy.js';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-async function until(what: string, cond: () => boolean, ms = 15_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(10);
-  }
-}
+import { sleep, until } from './fixtures/util.js';
 
 let cleanup: Array<() => Promise<void>> = [];
 afterEach(async () => {
