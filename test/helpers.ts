@@ -3,9 +3,12 @@
 // recorded so a test reads like the guarantee it proves.
 import {
   createClient,
+  type GroupChangeEvent,
   type PostboxClient,
+  type PresenceChange,
   type ReceivedMessage,
   type StatusChange,
+  type TypingChange,
 } from '../src/client/index.js';
 import {
   createMemoryClientState,
@@ -13,7 +16,12 @@ import {
   type MemoryClientState,
 } from '../src/client/stores/memory.js';
 import { decodeServerFrame, encodeFrame, type ClientFrame, type ServerFrame } from '../src/protocol/index.js';
-import { createServer, type PostboxServer, type ServerOptions } from '../src/server/index.js';
+import {
+  createServer,
+  type PostboxServer,
+  type ServerOptions,
+  type ServerStore,
+} from '../src/server/index.js';
 import {
   createMemoryServerState,
   memoryServerStore,
@@ -35,6 +43,11 @@ export interface TestDevice {
   messages: ReceivedMessage[];
   statuses: StatusChange[];
   gaps: unknown[];
+  groupChanges: GroupChangeEvent[];
+  presence: PresenceChange[];
+  typing: TypingChange[];
+  memberStatuses: Array<{ id: string; user: string; status: string }>;
+  linkCodes: string[];
   /** Latest status seen per message id. */
   statusOf(id: string): string | undefined;
   restart(): Promise<void>;
@@ -45,7 +58,8 @@ export interface World {
   net: MemoryNetwork;
   serverState: MemoryServerState;
   server: PostboxServer;
-  device(user: string, device?: string): Promise<TestDevice>;
+  /** A client device; `register: false` leaves registration to its hello (and linking rules). */
+  device(user: string, device?: string, opts?: { register?: boolean }): Promise<TestDevice>;
   restartServer(): Promise<void>;
   advance(ms: number): Promise<void>;
   /** A raw protocol connection (no client engine) for bad-input tests. */
@@ -57,13 +71,19 @@ export interface RawConnection {
   conn: Connection;
   frames: ServerFrame[];
   closed: { code: number; reason: string } | undefined;
-  send(frame: ClientFrame | Record<string, unknown>): void;
+  send(frame: Record<string, unknown>): void;
   sendBytes(data: Uint8Array): void;
   hello(user: string, device: string, secret?: string): Promise<void>;
 }
 
 export async function makeWorld(
-  opts: { seed?: number; faults?: LinkFaults; server?: Partial<ServerOptions> } = {},
+  opts: {
+    seed?: number;
+    faults?: LinkFaults;
+    server?: Partial<ServerOptions>;
+    /** Opens the server store (again after a restart, over the same data); memory by default. */
+    openStore?: () => ServerStore | Promise<ServerStore>;
+  } = {},
 ): Promise<World> {
   const clock = new VirtualClock();
   const net = memoryNetwork({
@@ -72,9 +92,10 @@ export async function makeWorld(
     faults: opts.faults ?? { latency: { min: 1, max: 5 } },
   });
   const serverState = createMemoryServerState();
+  let store: ServerStore = (await opts.openStore?.()) ?? memoryServerStore({ state: serverState });
   const makeServer = () =>
     createServer({
-      store: memoryServerStore({ state: serverState }),
+      store,
       authenticate: (cred) => {
         if (typeof cred !== 'string') return null;
         const m = /^([^/]+)\/([^:]+):(.*)$/.exec(cred);
@@ -83,6 +104,8 @@ export async function makeWorld(
       },
       clock,
       heartbeatMs: 1000,
+      // Most tests give a user several devices freely; the linking tests ask for approval.
+      linking: 'open',
       ...opts.server,
     });
   let server = makeServer();
@@ -96,7 +119,7 @@ export async function makeWorld(
     get server() {
       return server;
     },
-    async device(user, device = 'phone') {
+    async device(user, device = 'phone', deviceOpts = {}) {
       const state = createMemoryClientState();
       const d: TestDevice = {
         user,
@@ -106,6 +129,11 @@ export async function makeWorld(
         messages: [],
         statuses: [],
         gaps: [],
+        groupChanges: [],
+        presence: [],
+        typing: [],
+        memberStatuses: [],
+        linkCodes: [],
         statusOf(id) {
           return [...d.statuses].reverse().find((s) => s.id === id)?.status;
         },
@@ -127,18 +155,27 @@ export async function makeWorld(
         c.on('message', (m) => d.messages.push(m));
         c.on('status', (s) => d.statuses.push(s));
         c.on('gap', (g) => d.gaps.push(g));
+        c.on('group', (_view, change) => d.groupChanges.push(change));
+        c.on('presence', (p) => d.presence.push(p));
+        c.on('typing', (t) => d.typing.push(t));
+        c.on('memberStatus', (m) => d.memberStatuses.push(m));
+        c.on('linkCode', (l) => d.linkCodes.push(l.code));
         c.on('error', () => {});
         return c;
       };
       d.client = start();
       devices.push(d);
-      await server.registerDevice(user, device);
+      if (deviceOpts.register !== false) await server.registerDevice(user, device);
       await clock.advance(50);
       return d;
     },
     async restartServer() {
       net.cutAll();
       await server.close();
+      if (opts.openStore) {
+        await store.close();
+        store = await opts.openStore();
+      }
       server = makeServer();
       await server.listen(net.server);
     },
@@ -150,6 +187,7 @@ export async function makeWorld(
     async close() {
       for (const d of devices) await d.client.close();
       await server.close();
+      if (opts.openStore) await store.close();
     },
   };
   return world;

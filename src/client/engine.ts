@@ -9,9 +9,12 @@ import {
   encodeFrame,
   isRetryable,
   type ClientFrame,
+  type GroupEventFrame,
+  type GroupOp,
   type MsgFrame,
   type ServerFrame,
   type StatusFrame,
+  type TypingNoticeFrame,
   type WelcomeFrame,
 } from '../protocol/index.js';
 import type { ClientTransport, Connection } from '../transport/types.js';
@@ -24,11 +27,65 @@ import {
   type TimerHandle,
 } from '../util/clock.js';
 import { ulidFactory } from '../util/ulid.js';
+import {
+  applyGroupEvent,
+  decodeChange,
+  decodeSendRecord,
+  decodeView,
+  encodeChange,
+  encodeSendRecord,
+  encodeView,
+  type GroupChangeEvent,
+  type GroupView,
+} from './groups.js';
 import { nextStatus } from './status.js';
 import type { ClientStore, InboundMessage, MessageStatus, OutboxEntry } from './store.js';
 
-/** Connection states; every transition emits `connection`. */
-export type ConnectionState = 'idle' | 'connecting' | 'handshaking' | 'open' | 'backoff' | 'closed';
+/**
+ * Connection states; every transition emits `connection`. `linking`: this is a new device of a
+ * user who already has devices, waiting for one of them to approve it (see the `linkCode` event).
+ */
+export type ConnectionState =
+  'idle' | 'connecting' | 'handshaking' | 'linking' | 'open' | 'backoff' | 'closed';
+
+/** Group ids start with `#` (user ids must not). */
+export const isGroupId = (conv: string): boolean => conv.startsWith('#');
+
+/** Presence of a watched user. */
+export interface PresenceChange {
+  user: string;
+  online: boolean;
+  /** When it was last online, if offline and the privacy rule shows it. */
+  lastSeen?: number;
+}
+
+/** Someone started or stopped typing in a conversation. */
+export interface TypingChange {
+  /** The 1:1 peer or the group id. */
+  conv: string;
+  user: string;
+  device: string;
+  /** False when they stopped, sent the message, or the notice expired. */
+  on: boolean;
+}
+
+/** One member's receipt of a group message this device sent. */
+export interface MemberStatus {
+  user: string;
+  status: 'delivered' | 'read' | 'expired';
+}
+
+/** What is known about a message this device sent: the "message info" view. */
+export interface MessageInfo {
+  id: string;
+  conv: string;
+  /** The aggregate: for a group, `delivered` means delivered to all, `read` read by all. */
+  status: MessageStatus;
+  /** Group messages: the members it went to (as this device knew the group at send time). */
+  recipients?: string[];
+  /** Group messages: each member's receipt so far. */
+  members?: MemberStatus[];
+}
 
 /** A message as the app sees it. */
 export interface ReceivedMessage {
@@ -45,6 +102,8 @@ export interface ReceivedMessage {
   self: boolean;
   /** Arrived after its gap was already given up (see the `gap` event). */
   late: boolean;
+  /** A group message: `conv` is the group id. */
+  group: boolean;
 }
 
 /** A status change of a message this device sent. */
@@ -79,6 +138,19 @@ export interface ClientEvents {
   connection: (state: ConnectionState, error?: PostboxError) => void;
   /** Messages were marked read on another device of this user. */
   readElsewhere: (ids: string[]) => void;
+  /** A group this device knows changed (or became known); `change` is what happened. */
+  group: (view: GroupView, change: GroupChangeEvent) => void;
+  /** A member's receipt of a group message this device sent (see {@link PostboxClient.messageInfo}). */
+  memberStatus: (change: { id: string; conv: string; user: string; status: MemberStatus['status'] }) => void;
+  /** A watched user's presence (see {@link PostboxClient.watchPresence}). */
+  presence: (change: PresenceChange) => void;
+  /** Typing notices of others; `on: false` also when a notice expired without a stop. */
+  typing: (change: TypingChange) => void;
+  /**
+   * This device awaits approval: show `code` (e.g. as a QR code) to an existing device of the
+   * user, which calls {@link PostboxClient.approveDevice}. A new code comes on each connection.
+   */
+  linkCode: (link: { code: string; expiresAt: number }) => void;
   /** A local fault (store failure); the engine recovers by reconnecting. */
   error: (error: unknown) => void;
 }
@@ -119,7 +191,23 @@ export interface ClientOptions {
   maxBodyBytes?: number;
   /** Connect as soon as the client is created. @default true */
   autoStart?: boolean;
+  /** A typing notice with no stop and no refresh ends after this. @default 6000 */
+  typingTimeoutMs?: number;
+  /** While typing continues, `on` is sent again at most this often. @default 3000 */
+  typingRefreshMs?: number;
 }
+
+/** A request answered by `ok`/`err` outside the outbox (approve, unlink, subscribe). */
+interface PendingRequest {
+  resolve(): void;
+  reject(error: PostboxError): void;
+}
+
+const NS_GROUP = 'group';
+const NS_GROUP_SEND = 'gsend';
+const NS_MEMBER_STATUS = 'rcpt';
+const MEMBER_STATUS_CODE = { delivered: 1, read: 2, expired: 3 } as const;
+const MEMBER_STATUS_NAME = ['', 'delivered', 'read', 'expired'] as const;
 
 const streamKey = (conv: string, from: string, fromDevice: string) =>
   `${conv}\u0000${from}\u0000${fromDevice}`;
@@ -143,6 +231,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     handshakeTimeoutMs: number;
     maxInflight: number;
     maxBodyBytes: number;
+    typingTimeoutMs: number;
+    typingRefreshMs: number;
   };
   private readonly credentials: ClientOptions['credentials'];
   private readonly deviceHint: string | undefined;
@@ -172,6 +262,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly gapTimers = new Map<string, TimerHandle>();
   private pendingAcks: number[] = [];
 
+  // Groups, requests, presence, typing.
+  private readonly groupViews = new Map<string, GroupView>();
+  private readonly waiters = new Map<string, { resolve(): void; reject(e: PostboxError): void }>();
+  private readonly requests = new Map<number, PendingRequest>();
+  private readonly watched = new Set<string>();
+  private readonly typingSentAt = new Map<string, number>();
+  private readonly typingTimers = new Map<string, TimerHandle>();
+
   // Serialised store access.
   private chain: Promise<unknown> = Promise.resolve();
   private tasks = 0;
@@ -193,6 +291,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
       maxInflight: options.maxInflight ?? 128,
       maxBodyBytes: options.maxBodyBytes ?? 64 * 1024,
+      typingTimeoutMs: options.typingTimeoutMs ?? 6000,
+      typingRefreshMs: options.typingRefreshMs ?? 3000,
     };
     if (options.autoStart ?? true) this.start();
   }
@@ -222,6 +322,29 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * is not a valid user id (1–128 characters), `closed` after {@link close}.
    */
   send(to: string, body: Uint8Array): string {
+    if (typeof to === 'string' && isGroupId(to)) {
+      throw new PostboxError('invalid_frame', 'group ids start with #: use sendToGroup');
+    }
+    return this.queueMessage(to, body);
+  }
+
+  /**
+   * Queues a message to a group and returns its id at once; the server stores it once and
+   * delivers it to every device of every member at commit time (and to this user's other
+   * devices). `status` reports `sent`, then `delivered` when every member (as this device knew the
+   * group when sending) has it and `read` when every one has read it; `memberStatus` and
+   * {@link messageInfo} give each member's receipt. A sender who is not a member gets `failed`
+   * (`not_member`).
+   * @throws PostboxError as {@link send}.
+   */
+  sendToGroup(group: string, body: Uint8Array): string {
+    if (typeof group !== 'string' || !isGroupId(group)) {
+      throw new PostboxError('invalid_frame', 'not a group id (group ids start with #)');
+    }
+    return this.queueMessage(group, body);
+  }
+
+  private queueMessage(to: string, body: Uint8Array): string {
     if (this._state === 'closed') throw new PostboxError('closed', 'client is closed');
     if (typeof to !== 'string' || to.length < 1 || to.length > 128) {
       throw new PostboxError('invalid_frame', 'recipient must be a user id of 1 to 128 characters');
@@ -246,11 +369,225 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         this.emit('status', { id, conv: to, status: 'failed' });
         throw e;
       }
+      if (isGroupId(to)) {
+        const view = this.groupViews.get(to);
+        const recipients = view ? view.members.map((m) => m.user).filter((u) => u !== this.me?.user) : [];
+        await this.store.putState([
+          { ns: NS_GROUP_SEND, key: id, value: encodeSendRecord({ recipients, delivered: 0, read: 0 }) },
+        ]);
+      }
       this.queue.push(entry);
       this.emit('status', { id, conv: to, status: 'pending' });
       this.pumpOutbox();
     });
     return id;
+  }
+
+  // ------------------------------------------------------------------ groups
+
+  /**
+   * Creates a group named `name` with this user as its admin and `members` (other users, at most
+   * 1,023 of them, or the server's lower cap) as members. The request goes through the durable
+   * outbox, so it survives being offline and restarts; the promise resolves with the group id
+   * when the server has committed it (every member device then gets the group), and rejects with
+   * `unknown_recipient` (a member never registered a device), `group_full`, or `closed`.
+   * @param id - the group id to use (`#` and 1-63 of [0-9A-Za-z_-]); a fresh one by default.
+   */
+  async createGroup(name: string, members: string[], id?: string): Promise<string> {
+    const group = id ?? `#${this.ulid()}`;
+    await this.groupRequest(group, { op: 'create', m: members, n: name });
+    return group;
+  }
+
+  /** Adds users to a group (admins only: else `forbidden`; past the cap `group_full`). */
+  addMembers(group: string, users: string[]): Promise<void> {
+    return this.groupRequest(group, { op: 'add', m: users });
+  }
+
+  /** Removes users from a group (admins only). A removed member gets nothing sent after it. */
+  removeMembers(group: string, users: string[]): Promise<void> {
+    return this.groupRequest(group, { op: 'remove', m: users });
+  }
+
+  /** Leaves a group. A last admin who leaves hands the role to the longest-standing member. */
+  leaveGroup(group: string): Promise<void> {
+    return this.groupRequest(group, { op: 'leave' });
+  }
+
+  /** Makes members admins (admins only). */
+  promoteMembers(group: string, users: string[]): Promise<void> {
+    return this.groupRequest(group, { op: 'promote', m: users });
+  }
+
+  /** Makes admins plain members (admins only; the last admin cannot be demoted). */
+  demoteMembers(group: string, users: string[]): Promise<void> {
+    return this.groupRequest(group, { op: 'demote', m: users });
+  }
+
+  /** Renames a group (admins only). */
+  renameGroup(group: string, name: string): Promise<void> {
+    return this.groupRequest(group, { op: 'rename', n: name });
+  }
+
+  /** A group as this device knows it (after its membership events arrived), or undefined. */
+  group(id: string): GroupView | undefined {
+    const v = this.groupViews.get(id);
+    return v && { ...v, members: v.members.map((m) => ({ ...m })) };
+  }
+
+  /** Every group this device knows, including ones this user has left. */
+  groups(): GroupView[] {
+    return [...this.groupViews.keys()].map((id) => this.group(id)!);
+  }
+
+  /**
+   * The "message info" view of a message this device sent: its aggregate status and, for a
+   * group message, each member's receipt. Undefined for an unknown id.
+   */
+  messageInfo(id: string): Promise<MessageInfo | undefined> {
+    return this.serial(async () => {
+      const entry = await this.store.outgoing(id);
+      if (!entry || entry.kind !== 'msg') return undefined;
+      const info: MessageInfo = { id, conv: entry.conv, status: entry.status };
+      if (!isGroupId(entry.conv)) return info;
+      const rec = await this.store.getState(NS_GROUP_SEND, id);
+      info.recipients = rec ? decodeSendRecord(rec).recipients : [];
+      const prefix = `${id}\u0000`;
+      info.members = (await this.store.listState(NS_MEMBER_STATUS, prefix)).map((e) => ({
+        user: e.key.slice(prefix.length),
+        status: MEMBER_STATUS_NAME[e.value[0]!] as MemberStatus['status'],
+      }));
+      return info;
+    });
+  }
+
+  private groupRequest(group: string, change: { op: GroupOp; m?: string[]; n?: string }): Promise<void> {
+    if (this._state === 'closed') return Promise.reject(new PostboxError('closed', 'client is closed'));
+    if (typeof group !== 'string' || !/^#[0-9A-Za-z_-]{1,63}$/.test(group)) {
+      return Promise.reject(new PostboxError('invalid_frame', 'group id: # then 1-63 of [0-9A-Za-z_-]'));
+    }
+    if (
+      change.m &&
+      (change.m.length > 1024 || change.m.some((u) => typeof u !== 'string' || !u || u.length > 128))
+    ) {
+      return Promise.reject(
+        new PostboxError('invalid_frame', 'members: at most 1,024 user ids of 1 to 128 characters'),
+      );
+    }
+    if (change.n !== undefined && (typeof change.n !== 'string' || !change.n || change.n.length > 128)) {
+      return Promise.reject(new PostboxError('invalid_frame', 'group name: 1 to 128 characters'));
+    }
+    const id = this.ulid();
+    const done = new Promise<void>((resolve, reject) => this.waiters.set(id, { resolve, reject }));
+    void this.serial(async () => {
+      let entry: OutboxEntry;
+      try {
+        entry = await this.store.enqueue(
+          {
+            id,
+            kind: 'group',
+            to: group,
+            conv: group,
+            body: encodeChange(change),
+            createdAt: this.clock.now(),
+          },
+          false,
+        );
+      } catch (e) {
+        this.settleWaiter(id, new PostboxError('internal', 'could not queue the request', { cause: e }));
+        throw e;
+      }
+      this.queue.push(entry);
+      this.pumpOutbox();
+    });
+    return done;
+  }
+
+  private settleWaiter(id: string, error?: PostboxError): void {
+    const w = this.waiters.get(id);
+    if (!w) return;
+    this.waiters.delete(id);
+    if (error) w.reject(error);
+    else w.resolve();
+  }
+
+  // ------------------------------------------------------------------ devices, presence, typing
+
+  /**
+   * Approves linking the new device that shows `code` (see the `linkCode` event) to this user.
+   * Needs a live connection. Rejects with `forbidden` for a wrong or expired code.
+   */
+  approveDevice(code: string): Promise<void> {
+    return this.request((r) => ({ t: 'lnk', r, code }));
+  }
+
+  /**
+   * Unlinks a device of this user (this one included): the server deletes it and its inbox and
+   * closes its connection; it must be linked (approved) again to come back.
+   */
+  unlinkDevice(device: string): Promise<void> {
+    return this.request((r) => ({ t: 'unl', r, d: device }));
+  }
+
+  /**
+   * Follows a user's presence (a chat on screen): `presence` events now and on every change,
+   * re-subscribed after reconnects until {@link unwatchPresence}. Rejects with `forbidden` when
+   * the server's privacy rule hides that user from this one (default: only users who share a
+   * conversation see each other).
+   */
+  async watchPresence(user: string): Promise<void> {
+    this.watched.add(user);
+    try {
+      await this.request((r) => ({ t: 'sub', r, u: user }));
+    } catch (e) {
+      if (isPostboxErrorCode(e, 'forbidden')) this.watched.delete(user);
+      throw e;
+    }
+  }
+
+  /** Stops following a user's presence. */
+  unwatchPresence(user: string): void {
+    if (!this.watched.delete(user)) return;
+    if (this._state === 'open') this.write({ t: 'unsub', u: user });
+  }
+
+  /**
+   * Tells the peer (or the group's online members) that this user is typing (`on`) or stopped.
+   * Call it on every keystroke: `on` goes out at most every `typingRefreshMs`, `off` once.
+   * Nothing is stored or queued: when offline, it is dropped.
+   */
+  setTyping(conv: string, on: boolean): void {
+    if (this._state !== 'open' || typeof conv !== 'string' || !conv || conv.length > 128) return;
+    const now = this.clock.now();
+    const last = this.typingSentAt.get(conv);
+    if (on) {
+      if (last !== undefined && now - last < this.opts.typingRefreshMs) return;
+      this.typingSentAt.set(conv, now);
+    } else {
+      if (last === undefined) return;
+      this.typingSentAt.delete(conv);
+    }
+    const frame: ClientFrame = { t: 'typ', to: conv, on };
+    if (isGroupId(conv)) frame.g = true;
+    this.write(frame);
+  }
+
+  private request(build: (r: number) => ClientFrame): Promise<void> {
+    if (this._state === 'closed') return Promise.reject(new PostboxError('closed', 'client is closed'));
+    if (this._state !== 'open' || !this.conn) {
+      return Promise.reject(new PostboxError('disconnected', 'needs a live connection'));
+    }
+    const r = this.takeReq();
+    return new Promise<void>((resolve, reject) => {
+      this.requests.set(r, { resolve, reject });
+      this.write(build(r));
+    });
+  }
+
+  private takeReq(): number {
+    const r = this.nextReq++;
+    if (this.nextReq > 0xffffffff) this.nextReq = 1;
+    return r;
   }
 
   /**
@@ -265,9 +602,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       const bySender = new Map<string, string[]>();
       for (let i = 0; i <= end; i++) {
         const m = messages[i]!;
-        // Only the peer's own messages get receipts: not copies of this user's messages sent
-        // from its other devices (their sender is not the conversation's peer).
-        if (m.read || m.held || m.from !== m.conv || m.from === this.me?.user) continue;
+        // Only others' messages get receipts: not copies of this user's messages sent from its
+        // other devices (in a 1:1 chat their sender is not the conversation's peer).
+        if (m.read || m.held || m.from === this.me?.user) continue;
+        if (!isGroupId(conv) && m.from !== m.conv) continue;
         let ids = bySender.get(m.from);
         if (!ids) bySender.set(m.from, (ids = []));
         ids.push(m.id);
@@ -304,6 +642,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.stopTimers();
     for (const t of this.gapTimers.values()) this.clock.clearTimeout(t);
     this.gapTimers.clear();
+    for (const t of this.typingTimers.values()) this.clock.clearTimeout(t);
+    this.typingTimers.clear();
+    // Queued requests stay in the outbox for the next start; only this run's promises end.
+    for (const id of [...this.waiters.keys()]) {
+      this.settleWaiter(id, new PostboxError('closed', 'client closed before the server answered'));
+    }
     const conn = this.conn;
     this.conn = undefined;
     this.generation++;
@@ -386,6 +730,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     // Everything unacked goes out again, in order, on the next connection.
     this.inflight.clear();
     this.sendPointer = 0;
+    this.typingSentAt.clear();
+    const requests = [...this.requests.values()];
+    this.requests.clear();
+    for (const q of requests) q.reject(new PostboxError('disconnected', 'connection closed'));
     if (this._state === 'closed') return;
     // Retrying cannot help with static credentials the server refused or with no common
     // version. Everything else reconnects, `replaced` included: a stale connection of this same
@@ -395,7 +743,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         ? 'unauthorized'
         : code === CLOSE_CODES.unsupportedVersion
           ? 'unsupported_version'
-          : undefined;
+          : code === CLOSE_CODES.unlinked
+            ? 'forbidden'
+            : undefined;
     if (fatal) {
       this.setState('closed', new PostboxError(fatal, `connection closed: ${reason || code}`));
       return;
@@ -470,6 +820,24 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         return this.onMsg(frame);
       case 'st':
         return this.onStatus(frame);
+      case 'gev':
+        return this.onGroupEvent(frame);
+      case 'pres':
+        if (this.watched.has(frame.u)) {
+          const change: PresenceChange = { user: frame.u, online: frame.on };
+          if (frame.ls !== undefined) change.lastSeen = frame.ls;
+          this.emit('presence', change);
+        }
+        return;
+      case 'typn':
+        return this.onTyping(frame);
+      case 'lcode':
+        if (this._state !== 'handshaking' && this._state !== 'linking') return;
+        // Approval can take a while: the handshake timeout no longer applies.
+        this.clock.clearTimeout(this.handshakeTimer);
+        this.setState('linking');
+        this.emit('linkCode', { code: frame.code, expiresAt: frame.exp });
+        return;
       case 'ping':
         return this.write({ t: 'pong' });
       case 'pong':
@@ -478,7 +846,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   }
 
   private onWelcome(w: WelcomeFrame): void {
-    if (this._state !== 'handshaking') return;
+    if (this._state !== 'handshaking' && this._state !== 'linking') return;
     this.clock.clearTimeout(this.handshakeTimer);
     this.me = { user: w.u, device: w.d };
     this.heartbeatMs = w.hb;
@@ -489,6 +857,17 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.scheduleHeartbeat();
     this.flushAcks();
     this.pumpOutbox();
+    // Subscriptions end with a connection; the ones the app still wants are renewed.
+    for (const user of this.watched) {
+      const r = this.takeReq();
+      this.requests.set(r, {
+        resolve: () => {},
+        reject: (e) => {
+          if (e.code === 'forbidden') this.watched.delete(user);
+        },
+      });
+      this.write({ t: 'sub', r, u: user });
+    }
   }
 
   // ------------------------------------------------------------------ outbox
@@ -496,6 +875,11 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private async load(): Promise<void> {
     this.queue = await this.store.pending();
     this.sendPointer = 0;
+    if (this.groupViews.size === 0) {
+      for (const { key, value } of await this.store.listState(NS_GROUP)) {
+        this.groupViews.set(key, decodeView(key, value));
+      }
+    }
     this.heldByKey.clear();
     for (const m of await this.store.held()) {
       const key = streamKey(m.conv, m.from, m.fromDevice);
@@ -510,15 +894,29 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     if (this._state !== 'open' || !this.conn) return;
     while (this.inflight.size < this.window && this.sendPointer < this.queue.length) {
       const e = this.queue[this.sendPointer++]!;
-      const r = this.nextReq++;
-      if (this.nextReq > 0xffffffff) this.nextReq = 1;
+      const r = this.takeReq();
       this.inflight.set(r, e.id);
-      if (e.kind === 'msg') this.write({ t: 'send', r, id: e.id, to: e.to, seq: e.seq!, b: e.body! });
-      else this.write({ t: 'rcpt', r, id: e.id, to: e.to, ids: e.ids! });
+      if (e.kind === 'msg') {
+        const f: ClientFrame = { t: 'send', r, id: e.id, to: e.to, seq: e.seq!, b: e.body! };
+        if (isGroupId(e.to)) f.g = true;
+        this.write(f);
+      } else if (e.kind === 'group') {
+        const c = decodeChange(e.body!);
+        const f: ClientFrame = { t: 'grp', r, id: e.id, g: e.to, op: c.op };
+        if (c.m) f.m = c.m;
+        if (c.n !== undefined) f.n = c.n;
+        this.write(f);
+      } else this.write({ t: 'rcpt', r, id: e.id, to: e.to, ids: e.ids! });
     }
   }
 
   private onOk(r: number): void {
+    const q = this.requests.get(r);
+    if (q) {
+      this.requests.delete(r);
+      q.resolve();
+      return;
+    }
     const id = this.inflight.get(r);
     if (id === undefined) return;
     this.inflight.delete(r);
@@ -526,6 +924,17 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   }
 
   private onErr(r: number | undefined, error: PostboxError): void {
+    const q = r === undefined ? undefined : this.requests.get(r);
+    if (q) {
+      this.requests.delete(r!);
+      q.reject(error);
+      return;
+    }
+    if (r === undefined && (error.code === 'rate_limited' || error.code === 'not_member')) {
+      // An ephemeral notice (typing) was refused: nothing to retry, the connection is fine.
+      this.emit('error', error);
+      return;
+    }
     const id = r === undefined ? undefined : this.inflight.get(r);
     if (id === undefined) {
       this.emit('error', error);
@@ -545,6 +954,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   /** Takes an item out of the in-memory queue and records its new status. */
   private settleOutgoing(id: string, status: MessageStatus, error?: PostboxError, by?: string): void {
     this.unqueue(id);
+    this.settleWaiter(
+      id,
+      status === 'failed' ? (error ?? new PostboxError('internal', 'failed')) : undefined,
+    );
     const gen = this.generation;
     void this.serial(async () => {
       try {
@@ -594,7 +1007,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           for (const id of f.ids) {
             // A status can overtake the `ok` (the ok was lost with a connection); it settles the item too.
             this.unqueue(id);
-            await this.applyStatus(id, status, f.by);
+            if (isGroupId(await this.convOf(id))) await this.onMemberStatus(id, f.by, status);
+            else await this.applyStatus(id, status, f.by);
           }
         }
       } catch (e) {
@@ -607,11 +1021,100 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     });
   }
 
+  /** The conversation of an outgoing item ('' when unknown). */
+  private async convOf(id: string): Promise<string> {
+    return (await this.store.outgoing(id))?.conv ?? '';
+  }
+
+  /**
+   * One member's receipt of a group message this device sent: recorded per member, counted
+   * against the recipients known at send time, and the aggregate moves when every one has it.
+   */
+  private async onMemberStatus(id: string, user: string, status: MessageStatus): Promise<void> {
+    if (status !== 'delivered' && status !== 'read' && status !== 'expired') return;
+    await this.applyStatus(id, 'sent');
+    const key = `${id}\u0000${user}`;
+    const old = (await this.store.getState(NS_MEMBER_STATUS, key))?.[0] ?? 0;
+    const code = MEMBER_STATUS_CODE[status];
+    const forward = status === 'expired' ? old === 0 : old === 0 || old === 3 || (old === 1 && code === 2);
+    if (!forward) return;
+    const raw = await this.store.getState(NS_GROUP_SEND, id);
+    const rec = raw ? decodeSendRecord(raw) : { recipients: [], delivered: 0, read: 0 };
+    if (rec.recipients.includes(user)) {
+      if ((old === 0 || old === 3) && code !== 3) rec.delivered++;
+      if (code === 2) rec.read++;
+    }
+    await this.store.putState([
+      { ns: NS_MEMBER_STATUS, key, value: Uint8Array.of(code) },
+      { ns: NS_GROUP_SEND, key: id, value: encodeSendRecord(rec) },
+    ]);
+    const conv = await this.convOf(id);
+    this.emit('memberStatus', { id, conv, user, status });
+    const all = rec.recipients.length;
+    if (all > 0 && rec.read >= all) await this.applyStatus(id, 'read');
+    else if (all > 0 && rec.delivered >= all) await this.applyStatus(id, 'delivered');
+  }
+
+  private onGroupEvent(f: GroupEventFrame): void {
+    const gen = this.generation;
+    void this.serial(async () => {
+      try {
+        const me = this.me?.user ?? '';
+        const next = applyGroupEvent(this.groupViews.get(f.g), f, me);
+        if (next) {
+          await this.store.putState([{ ns: NS_GROUP, key: f.g, value: encodeView(next) }]);
+          this.groupViews.set(f.g, next);
+          this.emit('group', this.group(f.g)!, {
+            group: f.g,
+            ver: f.v,
+            op: f.op,
+            by: f.by,
+            members: [...f.m],
+            ts: f.ts,
+          });
+        }
+      } catch (e) {
+        this.emit('error', e);
+        if (gen === this.generation) this.drop('client store failed');
+        return;
+      }
+      this.ackLater(f.o);
+    });
+  }
+
+  private onTyping(f: TypingNoticeFrame): void {
+    const conv = f.g && f.to !== undefined ? f.to : f.f;
+    const key = streamKey(conv, f.f, f.fd);
+    this.clock.clearTimeout(this.typingTimers.get(key));
+    this.typingTimers.delete(key);
+    if (f.on) {
+      // A notice with no stop (the sender went away) ends by itself.
+      this.typingTimers.set(
+        key,
+        this.clock.setTimeout(() => {
+          this.typingTimers.delete(key);
+          this.emit('typing', { conv, user: f.f, device: f.fd, on: false });
+        }, this.opts.typingTimeoutMs),
+      );
+    }
+    this.emit('typing', { conv, user: f.f, device: f.fd, on: f.on });
+  }
+
+  /** A message from a device that was typing ends its typing notice. */
+  private endTyping(conv: string, user: string, device: string): void {
+    const key = streamKey(conv, user, device);
+    const t = this.typingTimers.get(key);
+    if (t === undefined) return;
+    this.clock.clearTimeout(t);
+    this.typingTimers.delete(key);
+    this.emit('typing', { conv, user, device, on: false });
+  }
+
   private onMsg(f: MsgFrame): void {
     const me = this.me;
     if (!me) return; // a server sends entries only after welcome; ignore a broken one
     const self = f.f === me.user;
-    const conv = self ? (f.to ?? me.user) : f.f;
+    const conv = f.g && f.to !== undefined ? f.to : self ? (f.to ?? me.user) : f.f;
     const key = streamKey(conv, f.f, f.fd);
     const gen = this.generation;
     void this.serial(async () => {
@@ -682,6 +1185,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   }
 
   private emitMessage(m: InboundMessage, late: boolean): void {
+    this.endTyping(m.conv, m.from, m.fromDevice);
     this.emit('message', {
       id: m.id,
       conv: m.conv,
@@ -692,6 +1196,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       body: m.body,
       self: this.me !== undefined && m.from === this.me.user,
       late,
+      group: isGroupId(m.conv),
     });
   }
 
@@ -777,3 +1282,7 @@ export function createClient(options: ClientOptions): PostboxClient {
 }
 
 export { seededRandom };
+
+function isPostboxErrorCode(e: unknown, code: string): boolean {
+  return e instanceof Error && (e as { code?: unknown }).code === code;
+}

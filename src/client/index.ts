@@ -3,13 +3,18 @@
  * @packageDocumentation
  */
 export type * from './store.js';
-export { createClient, PostboxClient } from './engine.js';
+export { createClient, isGroupId, PostboxClient } from './engine.js';
 export type {
   ClientEvents,
   ClientOptions,
   ConnectionState,
   GapEvent,
+  MemberStatus,
+  MessageInfo,
+  PresenceChange,
   ReceivedMessage,
   StatusChange,
+  TypingChange,
 } from './engine.js';
+export type { GroupChangeEvent, GroupMemberView, GroupView } from './groups.js';
 export { nextStatus } from './status.js';

@@ -10,9 +10,12 @@ export type MessageStatus = 'pending' | 'sent' | 'delivered' | 'read' | 'failed'
 export interface OutboxDraft {
   /** Client-generated ULID. */
   id: string;
-  /** `msg` for messages, `read` for read receipts. */
-  kind: 'msg' | 'read';
-  /** Recipient user. */
+  /**
+   * `msg` for messages, `read` for read receipts, `group` for membership changes (the change,
+   * msgpack-encoded, in `body`).
+   */
+  kind: 'msg' | 'read' | 'group';
+  /** Recipient user, or a group id (group ids start with `#`). */
   to: string;
   /** Conversation the sequence counter belongs to. */
   conv: string;
@@ -59,6 +62,13 @@ export interface InboundChange {
   streams?: Array<{ key: string; next: number }>;
 }
 
+/** One write of {@link ClientStore.putState}: `value` undefined deletes the key. */
+export interface StateWrite {
+  ns: string;
+  key: string;
+  value: Uint8Array | undefined;
+}
+
 /**
  * Durable client state. Every method is atomic; the engine serialises calls for one store.
  *
@@ -71,6 +81,11 @@ export interface InboundChange {
  * - **Inbound dedupe.** A message is stored at most once per `(from, fromDevice, id)`.
  * - **Held and released.** A message inserted with `held: true` is returned by `held()` until a
  *   later change lists its id in `release`; stream positions persist across re-opens.
+ * - **State namespaces.** `putState` writes (or deletes) any number of `(ns, key)` values in one
+ *   atomic write; `getState` and `listState` read them back, byte for byte, across re-opens;
+ *   `listState` returns a namespace's keys that start with a prefix in ascending order
+ *   (of their UTF-8 bytes; the same as code-unit order for the ASCII keys the engine uses). The engine keeps group views and per-member receipts there; adapters (encryption)
+ *   keep their own state in their own namespaces.
  */
 export interface ClientStore {
   /** For logs and conformance reports. */
@@ -103,6 +118,12 @@ export interface ClientStore {
   outgoingIn(conv: string): Promise<OutboxEntry[]>;
   /** Marks inbound messages read (unknown ids are ignored). */
   markRead(ids: string[]): Promise<void>;
+  /** A value of a state namespace, or undefined. */
+  getState(ns: string, key: string): Promise<Uint8Array | undefined>;
+  /** Writes and deletes state values, all in one atomic write. */
+  putState(writes: StateWrite[]): Promise<void>;
+  /** The namespace's entries whose key starts with `prefix` (all when omitted), in key order. */
+  listState(ns: string, prefix?: string): Promise<Array<{ key: string; value: Uint8Array }>>;
   /** Releases resources; the data stays for the next open. */
   close(): Promise<void>;
 }

@@ -19,7 +19,7 @@ export const DEFAULT_MAX_FRAME_BYTES = 256 * 1024;
  */
 const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   hello: { code: 1, fields: ['v', 'cred', 'dev'] },
-  send: { code: 2, fields: ['r', 'id', 'to', 'seq', 'b'] },
+  send: { code: 2, fields: ['r', 'id', 'to', 'seq', 'b', 'g'] },
   rcpt: { code: 3, fields: ['r', 'id', 'to', 'ids'] },
   ack: { code: 4, fields: ['o'] },
   ping: { code: 5, fields: [] },
@@ -27,8 +27,18 @@ const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   welcome: { code: 7, fields: ['v', 'u', 'd', 'hb', 'lim'] },
   ok: { code: 8, fields: ['r'] },
   err: { code: 9, fields: ['r', 'c', 'm'] },
-  msg: { code: 10, fields: ['o', 'id', 'f', 'fd', 'seq', 'ts', 'b', 'to'] },
+  msg: { code: 10, fields: ['o', 'id', 'f', 'fd', 'seq', 'ts', 'b', 'to', 'g'] },
   st: { code: 11, fields: ['o', 's', 'ids', 'by', 'ts'] },
+  grp: { code: 12, fields: ['r', 'id', 'g', 'op', 'm', 'n'] },
+  lnk: { code: 13, fields: ['r', 'code'] },
+  unl: { code: 14, fields: ['r', 'd'] },
+  sub: { code: 15, fields: ['r', 'u'] },
+  unsub: { code: 16, fields: ['u'] },
+  typ: { code: 17, fields: ['to', 'on', 'g'] },
+  gev: { code: 18, fields: ['o', 'g', 'v', 'op', 'by', 'm', 'ts', 'n', 's'] },
+  lcode: { code: 19, fields: ['code', 'exp'] },
+  pres: { code: 20, fields: ['u', 'on', 'ls'] },
+  typn: { code: 21, fields: ['f', 'fd', 'on', 'to', 'g'] },
 };
 const BY_CODE: Array<{ t: string; fields: readonly string[] } | undefined> = [];
 for (const [t, l] of Object.entries(LAYOUT)) BY_CODE[l.code] = { t, fields: l.fields };

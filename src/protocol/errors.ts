@@ -106,4 +106,8 @@ export const CLOSE_CODES = {
   rateLimited: 4003,
   /** No protocol version in common. */
   unsupportedVersion: 4004,
+  /** This device was unlinked from its user; reconnecting needs linking again. */
+  unlinked: 4005,
+  /** The link code shown by a device awaiting approval expired unused; reconnect for a new one. */
+  linkExpired: 4006,
 } as const;

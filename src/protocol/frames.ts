@@ -13,6 +13,12 @@ const user = z.string().min(1).max(128);
 const device = z.string().min(1).max(64);
 const reqId = z.number().int().nonnegative().max(0xffffffff);
 const offset = z.number().int().nonnegative();
+/** Group ids start with `#` so they never collide with a user id in a client's conversations. */
+const groupId = z.string().regex(/^#[0-9A-Za-z_-]{1,63}$/, 'group id: # then 1-63 of [0-9A-Za-z_-]');
+const groupName = z.string().min(1).max(128);
+/** Largest member list in one frame (a group's hard cap). */
+export const MAX_GROUP_MEMBERS = 1024;
+const userList = z.array(user).min(1).max(MAX_GROUP_MEMBERS);
 // Decoders may hand back a Uint8Array subclass (Node's Buffer); a plain view over the same memory
 // keeps values identical on every platform without copying.
 const bytes = z
@@ -34,7 +40,10 @@ export const helloFrame = z.object({
   dev: device.optional(),
 });
 
-/** A message for user `to`; `seq` is the per-(conversation, sender device) sequence. */
+/**
+ * A message for user `to` (or, with `g`, for group `to`); `seq` is the per-(conversation, sender
+ * device) sequence.
+ */
 export const sendFrame = z.object({
   t: z.literal('send'),
   r: reqId,
@@ -42,6 +51,48 @@ export const sendFrame = z.object({
   to: user,
   seq: z.number().int().positive(),
   b: bytes,
+  g: z.literal(true).optional(),
+});
+
+/** Group operation codes on the wire. */
+export const groupOp = z.enum(['create', 'add', 'remove', 'leave', 'promote', 'demote', 'rename']);
+
+/**
+ * A membership change of group `g`, deduplicated by `id` like a message: `m` lists the users it
+ * is about (create: the other initial members), `n` the name (create, rename).
+ */
+export const groupFrame = z.object({
+  t: z.literal('grp'),
+  r: reqId,
+  id,
+  g: groupId,
+  op: groupOp,
+  m: userList.optional(),
+  n: groupName.optional(),
+});
+
+/** Approves linking the new device that shows `code` to this user (see docs/devices.md). */
+export const linkApproveFrame = z.object({
+  t: z.literal('lnk'),
+  r: reqId,
+  code: z.string().min(8).max(64),
+});
+
+/** Unlinks device `d` of this user (itself included): its inbox is deleted, its session closed. */
+export const unlinkFrame = z.object({ t: z.literal('unl'), r: reqId, d: device });
+
+/** Subscribes to user `u`'s presence for as long as this connection lasts. */
+export const subscribeFrame = z.object({ t: z.literal('sub'), r: reqId, u: user });
+
+/** Ends a presence subscription. */
+export const unsubscribeFrame = z.object({ t: z.literal('unsub'), u: user });
+
+/** Typing started (`on`) or stopped in the 1:1 chat with `to` or, with `g`, in group `to`. */
+export const typingFrame = z.object({
+  t: z.literal('typ'),
+  to: user,
+  g: z.literal(true).optional(),
+  on: z.boolean(),
 });
 
 /** A read receipt for messages `ids` that user `to` sent. Stored and forwarded like a message. */
@@ -108,6 +159,55 @@ export const msgFrame = z.object({
   seq: z.number().int().positive(),
   ts: z.number(),
   b: bytes,
+  /** `to` is a group (always present then). */
+  g: z.literal(true).optional(),
+});
+
+/**
+ * An inbox entry carrying a membership change of group `g`, at version `v`, made by `by`, about
+ * users `m`. `s` is the whole membership after the change (`[user, 1 if admin else 0]`) for a
+ * device that did not know the group.
+ */
+export const groupEventFrame = z.object({
+  t: z.literal('gev'),
+  o: offset,
+  g: groupId,
+  v: z.number().int().positive(),
+  op: groupOp,
+  by: user,
+  m: z.array(user).max(MAX_GROUP_MEMBERS),
+  ts: z.number(),
+  n: groupName.optional(),
+  s: z
+    .array(z.tuple([user, z.union([z.literal(0), z.literal(1)])]))
+    .max(MAX_GROUP_MEMBERS)
+    .optional(),
+});
+
+/** Linking this device needs approval: show `code` (e.g. as a QR code) to an existing device. */
+export const linkCodeFrame = z.object({
+  t: z.literal('lcode'),
+  code: z.string().min(8).max(64),
+  /** When the code stops working (server time, ms). */
+  exp: z.number(),
+});
+
+/** User `u` is online (`on`) or not; `ls` is its last-seen time when the privacy rule shows it. */
+export const presenceFrame = z.object({
+  t: z.literal('pres'),
+  u: user,
+  on: z.boolean(),
+  ls: z.number().optional(),
+});
+
+/** Device `fd` of user `f` started or stopped typing to this user, or (with `g`) in group `to`. */
+export const typingNoticeFrame = z.object({
+  t: z.literal('typn'),
+  f: user,
+  fd: device,
+  on: z.boolean(),
+  to: user.optional(),
+  g: z.literal(true).optional(),
 });
 
 /** An inbox entry carrying a status for messages `ids`, produced by (or about) user `by`. */
@@ -128,6 +228,12 @@ export const clientFrame = z.discriminatedUnion('t', [
   ackFrame,
   pingFrame,
   pongFrame,
+  groupFrame,
+  linkApproveFrame,
+  unlinkFrame,
+  subscribeFrame,
+  unsubscribeFrame,
+  typingFrame,
 ]);
 /** Every frame a server may send. */
 export const serverFrame = z.discriminatedUnion('t', [
@@ -138,6 +244,10 @@ export const serverFrame = z.discriminatedUnion('t', [
   statusFrame,
   pingFrame,
   pongFrame,
+  groupEventFrame,
+  linkCodeFrame,
+  presenceFrame,
+  typingNoticeFrame,
 ]);
 
 export type HelloFrame = z.infer<typeof helloFrame>;
@@ -152,6 +262,17 @@ export type ErrFrame = z.infer<typeof errFrame>;
 export type MsgFrame = z.infer<typeof msgFrame>;
 export type StatusFrame = z.infer<typeof statusFrame>;
 export type WireStatus = z.infer<typeof wireStatus>;
+export type GroupFrame = z.infer<typeof groupFrame>;
+export type GroupOp = z.infer<typeof groupOp>;
+export type LinkApproveFrame = z.infer<typeof linkApproveFrame>;
+export type UnlinkFrame = z.infer<typeof unlinkFrame>;
+export type SubscribeFrame = z.infer<typeof subscribeFrame>;
+export type UnsubscribeFrame = z.infer<typeof unsubscribeFrame>;
+export type TypingFrame = z.infer<typeof typingFrame>;
+export type GroupEventFrame = z.infer<typeof groupEventFrame>;
+export type LinkCodeFrame = z.infer<typeof linkCodeFrame>;
+export type PresenceFrame = z.infer<typeof presenceFrame>;
+export type TypingNoticeFrame = z.infer<typeof typingNoticeFrame>;
 /** A frame a client sends. */
 export type ClientFrame = z.infer<typeof clientFrame>;
 /** A frame a server sends. */

@@ -9,15 +9,26 @@ import {
   encodeFrame,
   isPostboxError,
   negotiateVersion,
+  MAX_GROUP_MEMBERS,
   type ClientFrame,
   type ErrorCode,
+  type GroupEventFrame,
+  type GroupFrame,
   type HelloFrame,
   type MsgFrame,
   type ServerFrame,
+  type TypingFrame,
 } from '../protocol/index.js';
 import type { Connection, ConnectionHandlers, ServerTransport } from '../transport/types.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
-import type { AppendInput, DeviceAddress, InboxEntry, NotifyResult, ServerStore } from './store.js';
+import type {
+  AppendInput,
+  DeviceAddress,
+  GroupChange,
+  InboxEntry,
+  NotifyResult,
+  ServerStore,
+} from './store.js';
 
 /** Who a connection is, as decided by the app's {@link Authenticate} hook. */
 export interface AuthResult {
@@ -34,6 +45,22 @@ export type Authenticate = (
   credentials: unknown,
   context: { device?: string; remoteAddress?: string },
 ) => AuthResult | null | Promise<AuthResult | null>;
+
+/**
+ * What a viewer may see of a target user's presence: `true` (online and last seen), `false`
+ * (nothing: subscribing fails with `forbidden`), or `'online'` (online/offline, no last-seen time).
+ */
+export type PresenceVisibility = boolean | 'online';
+
+/**
+ * The presence privacy hook: may `viewer` see `target`'s presence? `store` answers questions such
+ * as {@link ServerStore.related} (do they share a conversation).
+ */
+export type PresencePolicy = (
+  viewer: string,
+  target: string,
+  store: ServerStore,
+) => PresenceVisibility | Promise<PresenceVisibility>;
 
 /** Minimal logger; `console` fits. */
 export interface Logger {
@@ -77,6 +104,35 @@ export interface ServerOptions {
   maxInvalidFrames?: number;
   /** Pause deliveries while the connection buffers more than this many bytes. @default 1 MiB */
   sendHighWaterBytes?: number;
+  /** Most members a group may have; at most 1,024. @default 1024 */
+  maxGroupMembers?: number;
+  /**
+   * How a new device of a user who already has devices joins: `'approval'` (it gets a link code
+   * that an existing device must approve, see docs/devices.md) or `'open'` (the `authenticate`
+   * hook's word is enough, for apps whose credentials already prove the device).
+   * @default 'approval'
+   */
+  linking?: 'approval' | 'open';
+  /** How long a link code stays valid. @default 300000 (5 minutes) */
+  linkCodeTtlMs?: number;
+  /**
+   * Who may see whose presence: `'contacts'` (users who share a conversation, see
+   * {@link ServerStore.related}), `'everyone'`, `'nobody'`, or a {@link PresencePolicy} hook.
+   * @default 'contacts'
+   */
+  presence?: 'contacts' | 'everyone' | 'nobody' | PresencePolicy;
+  /**
+   * A user who goes offline is announced offline only after this long without coming back, so a
+   * flapping connection does not storm subscribers. @default 3000
+   */
+  presenceDebounceMs?: number;
+  /** Most presence subscriptions per connection. @default 256 */
+  maxSubscriptions?: number;
+  /**
+   * Typing notices a device may send per 10 s; more are refused with `rate_limited` and dropped.
+   * @default 20
+   */
+  maxTypingPer10s?: number;
   /** @default silent */
   logger?: Logger;
 }
@@ -89,13 +145,36 @@ export interface ServerEvents {
   offline: (device: DeviceAddress, code: number) => void;
   /** A store failure; affected connections were closed so clients retry. */
   error: (error: unknown) => void;
+  /** A user's announced presence changed (after the debounce). */
+  presence: (user: string, online: boolean, lastSeen: number | undefined) => void;
+  /** A device was linked to its user by another device's approval. */
+  linked: (device: DeviceAddress, approvedBy: DeviceAddress) => void;
+  /** A device was unlinked. */
+  unlinked: (device: DeviceAddress) => void;
+}
+
+/** Announced presence of one user and its pending offline announcement. */
+interface PresenceState {
+  sessions: number;
+  announced: boolean;
+  timer: TimerHandle | undefined;
 }
 
 interface PendingCommit {
-  session: Session;
+  /** The connection that asked, answered with `ok`/`err`; absent for server-side changes. */
+  session?: Session;
   input: AppendInput;
   r: number;
+  /** Called with the refusal code, or undefined when committed. */
+  done?: (code: ErrorCode | undefined) => void;
 }
+
+const REFUSAL_TEXT: Record<string, string> = {
+  unknown_recipient: 'recipient has no registered device',
+  not_member: 'not a member of the group',
+  forbidden: 'not allowed',
+  group_full: 'group is at its member cap',
+};
 
 const keyOf = (a: DeviceAddress): string => `${a.user}\u0000${a.device}`;
 
@@ -109,8 +188,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly authenticate: Authenticate;
   /** @internal */ readonly clock: Clock;
   /** @internal */ readonly opts: Required<
-    Omit<ServerOptions, 'store' | 'authenticate' | 'clock' | 'logger'>
+    Omit<ServerOptions, 'store' | 'authenticate' | 'clock' | 'logger' | 'presence'>
   >;
+  private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
   private readonly sessions = new Map<string, Session>();
   private readonly connections = new Set<Session>();
@@ -122,6 +202,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private sweepTimer: TimerHandle | undefined;
   private expiryTimer: TimerHandle | undefined;
   private closing = false;
+  /** user → its devices' open sessions. */
+  private readonly userSessions = new Map<string, Set<Session>>();
+  /** user → presence bookkeeping, for users online or with an offline announcement pending. */
+  private readonly presence = new Map<string, PresenceState>();
+  /** user → sessions subscribed to its presence. */
+  private readonly watchers = new Map<string, Set<Session>>();
+  /** link code → the session of the device waiting for approval. */
+  private readonly linkCodes = new Map<string, Session>();
+  /** group id → member users; a cache for typing notices, dropped on every change. */
+  private readonly memberCache = new Map<string, Set<string>>();
 
   constructor(options: ServerOptions) {
     super();
@@ -142,7 +232,22 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       maxFramesPerSecond: options.maxFramesPerSecond ?? 2000,
       maxInvalidFrames: options.maxInvalidFrames ?? 8,
       sendHighWaterBytes: options.sendHighWaterBytes ?? 1024 * 1024,
+      maxGroupMembers: Math.min(MAX_GROUP_MEMBERS, options.maxGroupMembers ?? MAX_GROUP_MEMBERS),
+      linking: options.linking ?? 'approval',
+      linkCodeTtlMs: options.linkCodeTtlMs ?? 300_000,
+      presenceDebounceMs: options.presenceDebounceMs ?? 3000,
+      maxSubscriptions: options.maxSubscriptions ?? 256,
+      maxTypingPer10s: options.maxTypingPer10s ?? 20,
     };
+    const p = options.presence ?? 'contacts';
+    this.presencePolicy =
+      typeof p === 'function'
+        ? p
+        : p === 'everyone'
+          ? () => true
+          : p === 'nobody'
+            ? () => false
+            : (viewer, target, store) => store.related(viewer, target);
     this.scheduleSweep();
     this.scheduleExpiry();
   }
@@ -178,7 +283,41 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
    * connects wait in its inbox. (A device is also registered when it first says `hello`.)
    */
   async registerDevice(user: string, device: string): Promise<void> {
-    await this.store.registerDevice({ user, device }, this.clock.now());
+    const res = await this.store.registerDevice({ user, device }, this.clock.now());
+    this.ring(res.notify);
+  }
+
+  /**
+   * Unlinks a device: deletes it and its inbox and closes its session (close code 4005), as a
+   * device's own `unlinkDevice` does. Resolves false when the device was not registered.
+   */
+  async unlinkDevice(user: string, device: string): Promise<boolean> {
+    const addr = { user, device };
+    const removed = await this.store.unregisterDevice(addr);
+    this.sessions.get(keyOf(addr))?.close(CLOSE_CODES.unlinked, 'device unlinked');
+    if (removed) this.emit('unlinked', addr);
+    return removed;
+  }
+
+  /**
+   * Commits a membership change on behalf of `actor` (a device of the acting user), through the
+   * same ordered commit path as clients' changes: for server-side group management. Rejects with
+   * the refusal's {@link PostboxError} code.
+   */
+  changeGroup(actor: DeviceAddress, group: string, change: GroupChange, id: string): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.enqueueCommit({
+        input: { kind: 'group', from: actor, id, group, change, maxMembers: this.opts.maxGroupMembers },
+        r: 0,
+        done: (code) =>
+          code === undefined ? resolve() : reject(new PostboxError(code, `group change refused: ${code}`)),
+      });
+    });
+  }
+
+  /** Whether the user has an open session on this server. */
+  isOnline(user: string): boolean {
+    return (this.presence.get(user)?.sessions ?? 0) > 0;
   }
 
   /** Runs expiry now (it also runs every `expiryIntervalMs`). */
@@ -230,19 +369,199 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     const old = this.sessions.get(key);
     if (old && old !== session) old.close(CLOSE_CODES.replaced, 'replaced by a newer connection');
     this.sessions.set(key, session);
+    let mine = this.userSessions.get(session.addr!.user);
+    if (!mine) this.userSessions.set(session.addr!.user, (mine = new Set()));
+    mine.add(session);
     this.emit('online', session.addr!);
+    this.presenceUp(session.addr!.user);
   }
 
   /** @internal */
   unbind(session: Session, code: number): void {
     this.connections.delete(session);
     this.commitQueue = this.commitQueue.filter((p) => p.session !== session);
+    if (session.linkCode !== undefined) this.linkCodes.delete(session.linkCode);
+    for (const target of session.subscriptions?.keys() ?? []) {
+      const set = this.watchers.get(target);
+      set?.delete(session);
+      if (set?.size === 0) this.watchers.delete(target);
+    }
     if (!session.addr) return;
     const key = keyOf(session.addr);
     if (this.sessions.get(key) === session) {
       this.sessions.delete(key);
+      const mine = this.userSessions.get(session.addr.user);
+      mine?.delete(session);
+      if (mine?.size === 0) this.userSessions.delete(session.addr.user);
       this.emit('offline', session.addr, code);
+      this.presenceDown(session.addr.user);
     }
+  }
+
+  // ------------------------------------------------------------ presence
+
+  private presenceUp(user: string): void {
+    let p = this.presence.get(user);
+    if (!p) this.presence.set(user, (p = { sessions: 0, announced: false, timer: undefined }));
+    p.sessions++;
+    if (p.timer !== undefined) {
+      // Back before the offline announcement: subscribers never saw it leave.
+      this.clock.clearTimeout(p.timer);
+      p.timer = undefined;
+    }
+    if (!p.announced) {
+      p.announced = true;
+      this.announce(user, true, undefined);
+    }
+  }
+
+  private presenceDown(user: string): void {
+    const p = this.presence.get(user);
+    if (!p || --p.sessions > 0) return;
+    const now = this.clock.now();
+    this.store.setLastSeen(user, now).catch((e) => this.log.error('setLastSeen failed', e));
+    p.timer = this.clock.setTimeout(() => {
+      p.timer = undefined;
+      if (p.sessions > 0) return;
+      this.presence.delete(user);
+      this.announce(user, false, now);
+    }, this.opts.presenceDebounceMs);
+  }
+
+  private announce(user: string, online: boolean, lastSeen: number | undefined): void {
+    this.emit('presence', user, online, lastSeen);
+    for (const s of this.watchers.get(user) ?? []) {
+      const showLastSeen = s.subscriptions?.get(user) === true;
+      s.send(
+        online || lastSeen === undefined || !showLastSeen
+          ? { t: 'pres', u: user, on: online }
+          : { t: 'pres', u: user, on: false, ls: lastSeen },
+      );
+    }
+  }
+
+  /** @internal `sub`: privacy check, then the current state, then changes until unsubscribe or close. */
+  async subscribe(session: Session, r: number, target: string): Promise<void> {
+    const viewer = session.addr!.user;
+    let visible: PresenceVisibility;
+    let lastSeen: number | undefined;
+    try {
+      visible = viewer === target ? true : await this.presencePolicy(viewer, target, this.store);
+      lastSeen = visible === true ? await this.store.lastSeen(target) : undefined;
+    } catch (e) {
+      this.log.warn('presence policy failed', e);
+      visible = false;
+    }
+    if (session.isClosed()) return;
+    if (visible === false) {
+      session.sendError('forbidden', 'presence not visible', r);
+      return;
+    }
+    const subs = (session.subscriptions ??= new Map());
+    if (!subs.has(target) && subs.size >= this.opts.maxSubscriptions) {
+      session.sendError('rate_limited', `over ${this.opts.maxSubscriptions} subscriptions`, r);
+      return;
+    }
+    subs.set(target, visible === true);
+    let set = this.watchers.get(target);
+    if (!set) this.watchers.set(target, (set = new Set()));
+    set.add(session);
+    session.send({ t: 'ok', r });
+    const online = this.presence.get(target)?.announced === true;
+    session.send(
+      online || lastSeen === undefined
+        ? { t: 'pres', u: target, on: online }
+        : { t: 'pres', u: target, on: false, ls: lastSeen },
+    );
+  }
+
+  /** @internal */
+  unsubscribe(session: Session, target: string): void {
+    session.subscriptions?.delete(target);
+    const set = this.watchers.get(target);
+    set?.delete(session);
+    if (set?.size === 0) this.watchers.delete(target);
+  }
+
+  // ------------------------------------------------------------ typing
+
+  /** @internal forwards a typing notice to the online devices it concerns; nothing is stored. */
+  async typing(session: Session, f: TypingFrame): Promise<void> {
+    const from = session.addr!;
+    let users: Iterable<string>;
+    if (f.g) {
+      let members = this.memberCache.get(f.to);
+      if (!members) {
+        const g = await this.store.group(f.to);
+        members = new Set(g?.members.map((m) => m.user));
+        if (g) this.memberCache.set(f.to, members);
+      }
+      if (!members.has(from.user)) {
+        session.sendError('not_member', 'not a member of the group');
+        return;
+      }
+      users = members;
+    } else {
+      users = [f.to];
+    }
+    const notice: ServerFrame = f.g
+      ? { t: 'typn', f: from.user, fd: from.device, on: f.on, to: f.to, g: true }
+      : { t: 'typn', f: from.user, fd: from.device, on: f.on };
+    let encoded: Uint8Array | undefined;
+    for (const user of users) {
+      if (user === from.user) continue;
+      for (const s of this.userSessions.get(user) ?? []) s.sendEncoded((encoded ??= encodeFrame(notice)));
+    }
+  }
+
+  // ------------------------------------------------------------ devices
+
+  /** @internal a new device awaits approval: hands out its link code. */
+  startLink(session: Session): { code: string; exp: number } {
+    const bytes = new Uint8Array(15);
+    globalThis.crypto.getRandomValues(bytes);
+    let code = '';
+    for (const b of bytes) code += 'ABCDEFGHJKMNPQRSTVWXYZ0123456789'[b & 31];
+    session.linkCode = code;
+    this.linkCodes.set(code, session);
+    return { code, exp: this.clock.now() + this.opts.linkCodeTtlMs };
+  }
+
+  /** @internal `lnk`: an existing device approves the device showing `code`. */
+  async approveLink(approver: Session, r: number, code: string): Promise<void> {
+    const pending = this.linkCodes.get(code);
+    const by = approver.addr!;
+    if (!pending || pending.isClosed() || pending.pendingAddr?.user !== by.user) {
+      approver.sendError('forbidden', 'no device of this user awaits approval with that code', r);
+      return;
+    }
+    this.linkCodes.delete(code);
+    pending.linkCode = undefined;
+    const ok = await pending.completeLink();
+    if (!ok) {
+      approver.sendError('unavailable', 'the new device could not be registered', r);
+      return;
+    }
+    approver.send({ t: 'ok', r });
+    this.emit('linked', pending.addr!, by);
+  }
+
+  /** @internal `unl`: a device unlinks a device of its own user. */
+  async unlinkFromSession(session: Session, r: number, device: string): Promise<void> {
+    try {
+      await this.unlinkDevice(session.addr!.user, device);
+    } catch (e) {
+      this.reportStoreFailure(e, [session]);
+      return;
+    }
+    session.send({ t: 'ok', r });
+  }
+
+  /** @internal whether approval is needed before this device may open a session. */
+  async needsApproval(addr: DeviceAddress): Promise<boolean> {
+    if (this.opts.linking === 'open') return false;
+    const devices = await this.store.devices(addr.user);
+    return devices.length > 0 && !devices.includes(addr.device);
   }
 
   /** @internal */
@@ -285,19 +604,30 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         } catch (error) {
           // Answering an error here while later sends of the same connection commit would
           // break per-sender order; closing makes the client resend everything in order.
-          this.reportStoreFailure(error, new Set(batch.map((p) => p.session)));
+          const sessions = new Set<Session>();
+          for (const p of batch) {
+            if (p.session) sessions.add(p.session);
+            else p.done?.('unavailable');
+          }
+          this.reportStoreFailure(error, sessions);
           continue;
         }
         const notify: DeviceAddress[] = [];
         for (let i = 0; i < batch.length; i++) {
           const p = batch[i]!;
           const out = outcomes[i]!;
+          if (out.ok && p.input.kind === 'group') this.memberCache.delete(p.input.group);
+          p.done?.(out.ok ? undefined : out.code);
+          if (!p.session) {
+            if (out.ok) for (const n of out.notify) notify.push(n);
+            continue;
+          }
           p.session.pendingSends--;
           if (out.ok) {
             p.session.send({ t: 'ok', r: p.r });
             for (const n of out.notify) notify.push(n);
           } else {
-            p.session.sendError(out.code, 'recipient has no registered device', p.r);
+            p.session.sendError(out.code, REFUSAL_TEXT[out.code] ?? out.code, p.r);
           }
         }
         this.ring(notify);
@@ -349,7 +679,16 @@ class SessionHandlers implements ConnectionHandlers {
 /** One connection's state: handshake, rate limits, commit pipeline and delivery window. */
 class Session {
   addr: DeviceAddress | undefined;
-  private state: 'hello' | 'authenticating' | 'open' | 'closed' = 'hello';
+  private state: 'hello' | 'authenticating' | 'linking' | 'open' | 'closed' = 'hello';
+  /** While awaiting link approval: who this device says it is, and the code it was given. */
+  pendingAddr: DeviceAddress | undefined;
+  linkCode: string | undefined;
+  private linkStartedAt = 0;
+  private version = PROTOCOL_VERSION;
+  /** Presence subscriptions: target user → whether its last-seen time may be shown. */
+  subscriptions: Map<string, boolean> | undefined;
+  private typingWindowStart = 0;
+  private typingCount = 0;
   pendingSends = 0;
   private lastFrameAt: number;
   private readonly openedAt: number;
@@ -380,6 +719,11 @@ class Session {
     if (this.state !== 'closed') this.conn.send(encodeFrame(frame));
   }
 
+  /** Sends an already encoded frame (one encoding shared by many recipients). */
+  sendEncoded(data: Uint8Array): void {
+    if (this.state === 'open') this.conn.send(data);
+  }
+
   sendError(code: ErrorCode, message: string, r?: number): void {
     const frame: ServerFrame = { t: 'err', c: code, m: message };
     if (r !== undefined) frame.r = r;
@@ -398,6 +742,11 @@ class Session {
 
   checkLiveness(now: number): void {
     if (this.state === 'closed') return;
+    if (this.state === 'linking') {
+      if (now - this.linkStartedAt > this.server.opts.linkCodeTtlMs)
+        this.close(CLOSE_CODES.linkExpired, 'link code expired');
+      return;
+    }
     if (this.state !== 'open') {
       // Not `unauthorized`: a slow link is no reason for the client to give up for good.
       if (now - this.openedAt > this.server.opts.helloTimeoutMs)
@@ -446,7 +795,9 @@ class Session {
     }
     if (this.state !== 'open') {
       if (frame.t === 'hello' && this.state === 'hello') void this.onHello(frame);
-      else {
+      else if (this.state === 'linking' && (frame.t === 'ping' || frame.t === 'pong')) {
+        if (frame.t === 'ping') this.send({ t: 'pong' });
+      } else {
         this.sendError('unauthorized', 'say hello first');
         this.close(CLOSE_CODES.unauthorized, 'no hello');
       }
@@ -458,14 +809,44 @@ class Session {
           this.sendError('too_large', `body over ${this.server.opts.maxBodyBytes} bytes`, frame.r);
           return;
         }
-        this.commit(frame.r, {
+        const input: AppendInput = {
           kind: 'msg',
           from: this.addr!,
           id: frame.id,
           to: frame.to,
           seq: frame.seq,
           body: frame.b,
-        });
+        };
+        if (frame.g) input.group = true;
+        this.commit(frame.r, input);
+        return;
+      }
+      case 'grp':
+        return this.onGroup(frame);
+      case 'lnk':
+        void this.server.approveLink(this, frame.r, frame.code);
+        return;
+      case 'unl':
+        void this.server.unlinkFromSession(this, frame.r, frame.d);
+        return;
+      case 'sub':
+        void this.server.subscribe(this, frame.r, frame.u);
+        return;
+      case 'unsub':
+        this.server.unsubscribe(this, frame.u);
+        return;
+      case 'typ': {
+        if (now - this.typingWindowStart >= 10_000) {
+          this.typingWindowStart = now;
+          this.typingCount = 0;
+        }
+        if (++this.typingCount > this.server.opts.maxTypingPer10s) {
+          // Dropped, not fatal: typing is ephemeral and a flood only costs the flooder.
+          if (this.typingCount === this.server.opts.maxTypingPer10s + 1)
+            this.sendError('rate_limited', 'too many typing notices');
+          return;
+        }
+        void this.server.typing(this, frame);
         return;
       }
       case 'rcpt':
@@ -520,26 +901,85 @@ class Session {
       return;
     }
     const addr = { user: auth.user, device: auth.device };
+    this.version = version;
+    let approval: boolean;
     try {
-      await this.server.store.registerDevice(addr, this.server.clock.now());
+      approval = await this.server.needsApproval(addr);
     } catch (e) {
       this.server.reportStoreFailure(e, [this]);
       return;
     }
     if (this.isClosed()) return;
+    if (approval) {
+      this.state = 'linking';
+      this.pendingAddr = addr;
+      this.linkStartedAt = this.server.clock.now();
+      const { code, exp } = this.server.startLink(this);
+      this.send({ t: 'lcode', code, exp });
+      return;
+    }
+    await this.open(addr);
+  }
+
+  /** Registers the approved device and opens its session. False when the store failed. */
+  async completeLink(): Promise<boolean> {
+    if (this.state !== 'linking' || !this.pendingAddr) return false;
+    return this.open(this.pendingAddr);
+  }
+
+  private async open(addr: DeviceAddress): Promise<boolean> {
+    let registered: NotifyResult;
+    try {
+      registered = await this.server.store.registerDevice(addr, this.server.clock.now());
+    } catch (e) {
+      this.server.reportStoreFailure(e, [this]);
+      return false;
+    }
+    if (this.isClosed()) return false;
     this.addr = addr;
+    this.pendingAddr = undefined;
     this.state = 'open';
     this.server.bind(this);
     const o = this.server.opts;
     this.send({
       t: 'welcome',
-      v: version,
+      v: this.version,
       u: addr.user,
       d: addr.device,
       hb: o.heartbeatMs,
       lim: { frame: o.maxFrameBytes, body: o.maxBodyBytes, window: o.maxPendingSends },
     });
+    this.server.ring(registered.notify);
     this.pump();
+    return true;
+  }
+
+  private onGroup(f: GroupFrame): void {
+    let change: GroupChange;
+    switch (f.op) {
+      case 'create':
+        if (f.n === undefined) return this.sendError('invalid_frame', 'create needs a name', f.r);
+        change = { op: 'create', name: f.n, members: f.m ?? [] };
+        break;
+      case 'rename':
+        if (f.n === undefined) return this.sendError('invalid_frame', 'rename needs a name', f.r);
+        change = { op: 'rename', name: f.n };
+        break;
+      case 'leave':
+        change = { op: 'leave' };
+        break;
+      default:
+        if (!f.m) return this.sendError('invalid_frame', `${f.op} needs members`, f.r);
+        change = { op: f.op, members: f.m };
+    }
+    this.commit(f.r, {
+      kind: 'group',
+      from: this.addr!,
+      id: f.id,
+      group: f.g,
+      change,
+      maxMembers: this.server.opts.maxGroupMembers,
+    });
   }
 
   private commit(r: number, input: AppendInput): void {
@@ -609,6 +1049,22 @@ class Session {
     if (e.kind === 'status') {
       return { t: 'st', o: e.offset, s: WIRE_STATUS[e.status], ids: e.ids, by: e.by, ts: e.ts };
     }
+    if (e.kind === 'group') {
+      const ev = e.event;
+      const f: GroupEventFrame = {
+        t: 'gev',
+        o: e.offset,
+        g: ev.group,
+        v: ev.ver,
+        op: ev.op,
+        by: ev.by,
+        m: ev.members,
+        ts: e.ts,
+      };
+      if (ev.name !== undefined) f.n = ev.name;
+      if (ev.snapshot) f.s = ev.snapshot.map((m) => [m.user, m.role === 'admin' ? 1 : 0]);
+      return f;
+    }
     const f: MsgFrame = {
       t: 'msg',
       o: e.offset,
@@ -619,7 +1075,10 @@ class Session {
       ts: e.ts,
       b: e.body,
     };
-    if (e.to !== this.addr!.user) f.to = e.to;
+    if (e.group) {
+      f.to = e.to;
+      f.g = true;
+    } else if (e.to !== this.addr!.user) f.to = e.to;
     return f;
   }
 }

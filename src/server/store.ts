@@ -19,8 +19,10 @@ export interface MessageInput {
   from: DeviceAddress;
   /** Client-generated id; with `from` it is the dedupe key. */
   id: string;
-  /** Recipient user. */
+  /** Recipient user, or the group id when `group` is set. */
   to: string;
+  /** `to` is a group: the message goes to every device of every member at commit time. */
+  group?: boolean;
   /** Per-(conversation, sender device) sequence number. */
   seq: number;
   body: Uint8Array;
@@ -37,8 +39,81 @@ export interface ReceiptInput {
   ids: string[];
 }
 
+/** A member's role in a group: admins may add, remove, promote, demote and rename. */
+export type GroupRole = 'admin' | 'member';
+
+/** One member of a group. */
+export interface GroupMember {
+  user: string;
+  role: GroupRole;
+}
+
+/**
+ * A membership change, as a client asks for it.
+ * - `create`: a new group named `name`; the creator is its first admin, `members` (other users)
+ *   join as members.
+ * - `add` / `remove`: admins only; users already in (add) or not in (remove) are skipped.
+ * - `leave`: the acting user leaves. When the last admin leaves, the longest-standing remaining
+ *   member becomes admin, so a group never ends up without one.
+ * - `promote` / `demote`: admins only; change members' roles.
+ * - `rename`: admins only.
+ */
+export type GroupChange =
+  | { op: 'create'; name: string; members: string[] }
+  | { op: 'add'; members: string[] }
+  | { op: 'remove'; members: string[] }
+  | { op: 'leave' }
+  | { op: 'promote'; members: string[] }
+  | { op: 'demote'; members: string[] }
+  | { op: 'rename'; name: string };
+
+/** A membership change to commit. Deduplicated by `(from, id)` like a message. */
+export interface GroupInput {
+  kind: 'group';
+  from: DeviceAddress;
+  /** Client-generated request id; with `from` it is the dedupe key. */
+  id: string;
+  group: string;
+  change: GroupChange;
+  /** Most members the group may have after the change (the server's configured cap). */
+  maxMembers: number;
+}
+
+/**
+ * A committed membership change as every affected device receives it. Events of one group carry
+ * versions 1, 2, 3, … in commit order. The devices of users who are new to the group (the
+ * creation, an `add`, a newly linked device) get a `snapshot` of the whole group after the change
+ * instead of having to know the history.
+ */
+export interface GroupEvent {
+  group: string;
+  /** The group's version after this change. */
+  ver: number;
+  op: GroupChange['op'];
+  /** The user who made the change. */
+  by: string;
+  /** Users the change is about (added, removed, promoted, demoted; the leaver for `leave`). */
+  members: string[];
+  /** The group's name (always on `create`, `rename` and snapshots). */
+  name?: string;
+  /** The whole membership after the change, for devices that did not know the group. */
+  snapshot?: GroupMember[];
+}
+
+/** A group as the store holds it. */
+export interface GroupState {
+  id: string;
+  name: string;
+  ver: number;
+  /** Members in join order. */
+  members: GroupMember[];
+}
+
 /** One item of an {@link ServerStore.append} batch. */
-export type AppendInput = MessageInput | ReceiptInput;
+export type AppendInput = MessageInput | ReceiptInput | GroupInput;
+
+/** Why an append item was refused; nothing of it was written. */
+export type AppendRefusal = 'unknown_recipient' | 'not_member' | 'forbidden' | 'group_full';
 
 /** What happened to one appended item. */
 export type AppendOutcome =
@@ -51,7 +126,7 @@ export type AppendOutcome =
       /** Devices that got a new inbox entry (doorbells to ring). */
       notify: DeviceAddress[];
     }
-  | { ok: false; code: 'unknown_recipient' };
+  | { ok: false; code: AppendRefusal };
 
 /** An inbox entry as read back for delivery. */
 export type InboxEntry =
@@ -60,7 +135,9 @@ export type InboxEntry =
       kind: 'msg';
       id: string;
       from: DeviceAddress;
+      /** Recipient user, or the group id when `group` is set. */
       to: string;
+      group?: boolean;
       seq: number;
       /** Commit time of the message. */
       ts: number;
@@ -74,6 +151,13 @@ export type InboxEntry =
       /** The user the status is from (delivered/read) or about (expired). */
       by: string;
       ts: number;
+    }
+  | {
+      offset: number;
+      kind: 'group';
+      event: GroupEvent;
+      /** Commit time of the change. */
+      ts: number;
     };
 
 /** Result of operations that may put new entries into inboxes. */
@@ -85,37 +169,63 @@ export interface NotifyResult {
 }
 
 /**
- * Durable server state: devices, messages, per-device inboxes, dedupe records.
+ * Durable server state: devices, groups, messages, per-device inboxes, dedupe records, last-seen
+ * times.
  *
  * Rules every adapter keeps (the conformance suite in `postbox/testing` checks them):
  * - **Atomic append with dedupe.** Each item of {@link ServerStore.append} is all-or-nothing:
- *   its dedupe record, its body (stored once) and one entry in every recipient device's inbox.
- *   The whole batch commits in one transaction (group commit), durably, before the promise
- *   resolves. A second item with a known `(from.user, from.device, id)`, in the same batch or
- *   any later one, writes nothing and reports `duplicate: true` with the original commit time.
+ *   its dedupe record, its body or event (stored once) and one entry in every recipient device's
+ *   inbox. The whole batch commits in one transaction (group commit), durably, before the promise
+ *   resolves; the fan-out of one item to many devices is part of that one write, never a round
+ *   trip per device. A second item with a known `(from.user, from.device, id)`, in the same batch
+ *   or any later one, writes nothing and reports `duplicate: true` with the original commit time.
+ *   Items of one batch take effect in batch order (a change to a group applies to the messages
+ *   after it).
  * - **Recipients are resolved at commit time.** A message or receipt to user `to` goes to every
  *   device of `to` plus every device of the sender's user, never to the sending device itself
  *   (so a note to oneself reaches one's other devices). When `to` has no device the item fails
- *   with `unknown_recipient` and writes nothing. Its commit time is the `now` of the append, and
- *   the items of one batch enter each inbox in batch order.
+ *   with `unknown_recipient`. A group message goes to every device of every member at that
+ *   moment except the sending device; a sender who is not a member (or an unknown group) gets
+ *   `not_member`. Its commit time is the `now` of the append, and the items of one batch enter
+ *   each inbox in batch order.
+ * - **Groups.** `create` fails with `forbidden` when the group id exists, with `unknown_recipient`
+ *   when a listed user has no device and with `group_full` past `maxMembers`; other changes fail
+ *   with `not_member` when the actor is not a member and with `forbidden` when an admin-only change
+ *   comes from a member, or a `demote` would leave the group without an admin; `add` past
+ *   `maxMembers` fails with `group_full`. Users a change cannot apply to are skipped (adding a
+ *   member, removing a non-member or oneself — that is `leave`), and a change left with nothing to
+ *   do succeeds writing only its dedupe record. A change that succeeds raises the group's version by one and appends
+ *   one `group` entry ({@link GroupEvent}) to every device of every member after the change and of
+ *   every user it removed, the acting device included; devices of users new to the group get the
+ *   event with a `snapshot`. A device registered later gets a snapshot of each of its user's
+ *   groups in its inbox.
  * - **No skip.** Offsets are positive and strictly increasing per device; a reader that has seen
  *   offset X never later finds a committed entry with offset ≤ X.
- * - **Delivered once.** When a device of the recipient user acks a message entry, and no device
- *   of that user had acked the same message before, one `delivered` status (listing the ids,
- *   `by` the recipient user) is appended to every device of the sender's user, in the same
- *   transaction as the delete. Acks by the sender's own other devices produce nothing.
- * - **Store once, reference many.** A body is kept while any inbox entry references it.
- * - **Expiry.** {@link ServerStore.expire} removes inbox entries (messages and statuses)
- *   committed strictly before the cutoff;
- *   for each removed message that no recipient device had acked, an `expired` status (`by` the
- *   recipient user) is appended, at `now`, to every device of the sender's user. Dedupe records
- *   older than the cutoff are dropped.
+ * - **Delivered once per user.** When a device of user U acks a message entry, U is not the
+ *   sender's user, and no device of U had acked the same message before, one `delivered` status
+ *   (listing the ids, `by` U) is appended to every device of the sender's user, in the same
+ *   transaction as the delete. For a 1:1 message U is the recipient; for a group message each
+ *   member produces its own. Acks by the sender's own other devices produce nothing.
+ * - **Store once, reference many.** A body (and a group event) is kept while any inbox entry
+ *   references it.
+ * - **Expiry.** {@link ServerStore.expire} removes inbox entries committed strictly before the
+ *   cutoff; for each (removed message, recipient user U ≠ sender user) where no device of U had
+ *   acked it, one `expired` status (`by` U) is appended, at `now`, to every device of the
+ *   sender's user. Dedupe records older than the cutoff are dropped.
+ * - **Unlinking.** {@link ServerStore.unregisterDevice} removes the device and every entry of its
+ *   inbox (releasing bodies), producing no statuses.
  */
 export interface ServerStore {
   /** For logs and conformance reports. */
   readonly name: string;
-  /** Records that a device exists (idempotent). Messages go to devices registered at commit time. */
-  registerDevice(device: DeviceAddress, now: number): Promise<void>;
+  /**
+   * Records that a device exists (idempotent). Messages go to devices registered at commit time.
+   * A device new to the store gets a snapshot of each group its user is in; the result lists it
+   * in `notify` when it did.
+   */
+  registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult>;
+  /** Removes a device and its whole inbox (no statuses are produced). False when it was unknown. */
+  unregisterDevice(device: DeviceAddress): Promise<boolean>;
   /** The user's registered device ids, in registration order. */
   devices(user: string): Promise<string[]>;
   /** Commits a batch; see the interface rules. Outcomes are in input order. */
@@ -130,6 +240,19 @@ export interface ServerStore {
   ack(device: DeviceAddress, offsets: number[], now: number): Promise<NotifyResult>;
   /** Removes entries and dedupe records committed before `cutoff`; tells senders `expired`. */
   expire(cutoff: number, now: number): Promise<NotifyResult>;
+  /** A group's current state, or undefined when it does not exist. */
+  group(id: string): Promise<GroupState | undefined>;
+  /** Ids of the groups the user is a member of. */
+  groupsOf(user: string): Promise<string[]>;
+  /**
+   * Whether two users share a conversation: a group they are both in, or a 1:1 message committed
+   * between them (either way). The default presence privacy rule.
+   */
+  related(a: string, b: string): Promise<boolean>;
+  /** Records when a user was last online (durable; a later call with an older time is ignored). */
+  setLastSeen(user: string, ts: number): Promise<void>;
+  /** When the user was last online, or undefined when never recorded. */
+  lastSeen(user: string): Promise<number | undefined>;
   /** Releases resources. The data stays for the next open. */
   close(): Promise<void>;
 }

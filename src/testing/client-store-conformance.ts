@@ -332,5 +332,58 @@ export function clientStoreConformance(subject: ClientStoreSubject): Conformance
     );
   });
 
+  test('state namespaces: one atomic write of many keys, read back byte-exact after a re-open', async (h) => {
+    const body = binaryBody();
+    await h.store.putState([
+      { ns: 'group', key: '#g1', value: body },
+      { ns: 'group', key: '#g2', value: encoder.encode('two') },
+      { ns: 'rcpt', key: 'm1\u0000bob', value: encoder.encode('d') },
+    ]);
+    body.fill(0);
+    await h.reopen();
+    const s2 = h.store;
+    assertBytes(
+      await s2.getState('group', '#g1'),
+      binaryBody(),
+      'a value after the caller reused its buffer',
+    );
+    assert.equal(await s2.getState('group', 'm1\u0000bob'), undefined, 'namespaces are separate');
+    assert.equal(await s2.getState('nope', '#g1'), undefined, 'an unknown namespace is empty');
+    const got = await s2.getState('group', '#g2');
+    got!.fill(0);
+    assertBytes(await s2.getState('group', '#g2'), encoder.encode('two'), 'after a reader changed its copy');
+  });
+
+  test('state namespaces: a write replaces, an undefined value deletes', async ({ store }) => {
+    await store.putState([{ ns: 'n', key: 'k', value: encoder.encode('one') }]);
+    await store.putState([{ ns: 'n', key: 'k', value: encoder.encode('two') }]);
+    assertBytes(await store.getState('n', 'k'), encoder.encode('two'), 'replaced');
+    await store.putState([
+      { ns: 'n', key: 'k', value: undefined },
+      { ns: 'n', key: 'gone-already', value: undefined },
+    ]);
+    assert.equal(await store.getState('n', 'k'), undefined, 'deleted');
+    assert.deepEqual(await store.listState('n'), []);
+  });
+
+  test('state namespaces: listState returns exactly the keys with the prefix, in key order', async ({
+    store,
+  }) => {
+    const keys = ['m2\u0000carol', 'm1\u0000bob', 'm1\u0000alice', 'm10\u0000dave', 'm1', 'n1\u0000x'];
+    await store.putState(keys.map((key) => ({ ns: 'rcpt', key, value: encoder.encode(key) })));
+    await store.putState([{ ns: 'other', key: 'm1\u0000zed', value: encoder.encode('z') }]);
+    const listed = await store.listState('rcpt', 'm1\u0000');
+    assert.deepEqual(
+      listed.map((e) => e.key),
+      ['m1\u0000alice', 'm1\u0000bob'],
+    );
+    assertBytes(listed[1]!.value, encoder.encode('m1\u0000bob'), 'values come with their keys');
+    assert.deepEqual(
+      (await store.listState('rcpt')).map((e) => e.key),
+      [...keys].sort(),
+      'without a prefix: the whole namespace, sorted',
+    );
+  });
+
   return cases;
 }

@@ -135,6 +135,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       heartbeatMs,
       deliveryWindow,
       maxCommitBatch: 1 + Math.floor(rnd() * 64),
+      linking: 'open',
     });
   let server: PostboxServer = makeServer();
   await server.listen(net.server);

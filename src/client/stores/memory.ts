@@ -11,6 +11,7 @@ import type {
   MessageStatus,
   OutboxDraft,
   OutboxEntry,
+  StateWrite,
 } from '../store.js';
 
 /**
@@ -33,7 +34,10 @@ export type ClientStoreOp =
   | 'held'
   | 'inbound'
   | 'outgoingIn'
-  | 'markRead';
+  | 'markRead'
+  | 'getState'
+  | 'putState'
+  | 'listState';
 
 /** Options of {@link memoryClientStore}. */
 export interface MemoryClientStoreOptions {
@@ -67,6 +71,8 @@ interface ClientData extends MemoryClientState {
   held: Set<string>;
   /** stream key → next expected sequence. */
   streams: Map<string, number>;
+  /** namespace → key → value. */
+  kv: Map<string, Map<string, Uint8Array>>;
 }
 
 /** Creates an empty state for {@link memoryClientStore}. */
@@ -81,6 +87,7 @@ export function createMemoryClientState(): MemoryClientState {
     byId: new Map(),
     held: new Set(),
     streams: new Map(),
+    kv: new Map(),
   };
   return data;
 }
@@ -251,6 +258,34 @@ export function memoryClientStore(
       eachById(ids, (_key, m) => {
         m.read = true;
       });
+    },
+
+    async getState(ns: string, key: string): Promise<Uint8Array | undefined> {
+      check('getState');
+      const v = data.kv.get(ns)?.get(key);
+      return v && new Uint8Array(v);
+    },
+
+    async putState(writes: StateWrite[]): Promise<void> {
+      check('putState');
+      for (const w of writes) {
+        let space = data.kv.get(w.ns);
+        if (w.value === undefined) {
+          space?.delete(w.key);
+          continue;
+        }
+        if (!space) data.kv.set(w.ns, (space = new Map()));
+        space.set(w.key, new Uint8Array(w.value));
+      }
+    },
+
+    async listState(ns: string, prefix = ''): Promise<Array<{ key: string; value: Uint8Array }>> {
+      check('listState');
+      const out: Array<{ key: string; value: Uint8Array }> = [];
+      for (const [key, value] of data.kv.get(ns) ?? []) {
+        if (key.startsWith(prefix)) out.push({ key, value: new Uint8Array(value) });
+      }
+      return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     },
 
     async close(): Promise<void> {},

@@ -16,6 +16,7 @@
  * | `outbox` | `n` (rowid: enqueue order), `id` (unique), `kind`, `to_user`, `conv`, `body`, `ids`, `created_at`, `seq`, `status` | outgoing items; indexes by `(conv, n)` and a partial index of the pending ones |
  * | `inbound` | `n` (rowid: arrival order), `from_user`, `from_device`, `id`, `conv`, `to_user`, `seq`, `ts`, `body`, `held`, `read` | received messages; unique `(from_user, from_device, id)`; indexes by `(conv, n)`, by `id`, and a partial index of the held ones |
  * | `streams` | `key`, `next` | next expected sequence per stream |
+ * | `state` | `ns`, `key`, `value` | state namespaces (group views, member receipts, adapters); primary key `(ns, key)`; `WITHOUT ROWID` |
  *
  * @packageDocumentation
  */
@@ -27,6 +28,7 @@ import type {
   MessageStatus,
   OutboxDraft,
   OutboxEntry,
+  StateWrite,
 } from '../store.js';
 import {
   openStoreDatabase,
@@ -98,6 +100,16 @@ const MIGRATIONS: readonly SqliteMigration[] = [
         next INTEGER NOT NULL
       ) WITHOUT ROWID;
     `),
+  // 2: state namespaces (group views, per-member receipts, adapters' state).
+  (db) =>
+    db.exec(`
+      CREATE TABLE state (
+        ns TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (ns, key)
+      ) WITHOUT ROWID;
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite client store has fully migrated. */
@@ -105,7 +117,7 @@ export const SQLITE_CLIENT_SCHEMA_VERSION: number = MIGRATIONS.length;
 
 interface OutboxRow {
   id: string;
-  kind: 'msg' | 'read';
+  kind: 'msg' | 'read' | 'group';
   to_user: string;
   conv: string;
   body: Uint8Array | null;
@@ -217,6 +229,13 @@ export function sqliteClientStore(
     held: q(`SELECT ${INBOUND_COLUMNS} FROM inbound WHERE held = 1 ORDER BY n`),
     inbound: q(`SELECT ${INBOUND_COLUMNS} FROM inbound WHERE conv = ? ORDER BY n`),
     markRead: q('UPDATE inbound SET read = 1 WHERE id = ?'),
+    getState: q('SELECT value FROM state WHERE ns = ? AND key = ?'),
+    putState: q(
+      'INSERT INTO state (ns, key, value) VALUES (?, ?, ?) ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value',
+    ),
+    deleteState: q('DELETE FROM state WHERE ns = ? AND key = ?'),
+    // Keys in [prefix, prefix + U+FFFF): the prefix's range in the primary key, no LIKE escaping.
+    listState: q('SELECT key, value FROM state WHERE ns = ? AND key >= ? AND key < ? ORDER BY key'),
   };
 
   let closed = false;
@@ -330,6 +349,32 @@ export function sqliteClientStore(
       tx(() => {
         for (const id of ids) sql.markRead.run(id);
       });
+    },
+
+    async getState(ns: string, key: string): Promise<Uint8Array | undefined> {
+      check();
+      const row = sql.getState.get(ns, key) as { value: Uint8Array } | undefined;
+      return row && new Uint8Array(row.value);
+    },
+
+    async putState(writes: StateWrite[]): Promise<void> {
+      check();
+      if (writes.length === 0) return;
+      tx(() => {
+        for (const w of writes) {
+          if (w.value === undefined) sql.deleteState.run(w.ns, w.key);
+          else sql.putState.run(w.ns, w.key, bindBytes(w.value));
+        }
+      });
+    },
+
+    async listState(ns: string, prefix = ''): Promise<Array<{ key: string; value: Uint8Array }>> {
+      check();
+      const rows = sql.listState.all(ns, prefix, `${prefix}\uffff`) as Array<{
+        key: string;
+        value: Uint8Array;
+      }>;
+      return rows.map((r) => ({ key: r.key, value: new Uint8Array(r.value) }));
     },
 
     async close(): Promise<void> {

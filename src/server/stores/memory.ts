@@ -7,8 +7,16 @@
 import type {
   AppendInput,
   AppendOutcome,
+  AppendRefusal,
+  MessageInput,
   DeviceAddress,
   EntryStatus,
+  GroupChange,
+  GroupEvent,
+  GroupInput,
+  GroupMember,
+  GroupRole,
+  GroupState,
   InboxEntry,
   NotifyResult,
   ServerStore,
@@ -24,7 +32,19 @@ export interface MemoryServerState {
 }
 
 /** The operations the {@link MemoryServerStoreOptions.failWhen} switch can fail. */
-export type ServerStoreOp = 'registerDevice' | 'devices' | 'append' | 'readInbox' | 'ack' | 'expire';
+export type ServerStoreOp =
+  | 'registerDevice'
+  | 'unregisterDevice'
+  | 'devices'
+  | 'append'
+  | 'readInbox'
+  | 'ack'
+  | 'expire'
+  | 'group'
+  | 'groupsOf'
+  | 'related'
+  | 'setLastSeen'
+  | 'lastSeen';
 
 /** Options of {@link memoryServerStore}. */
 export interface MemoryServerStoreOptions {
@@ -46,18 +66,27 @@ interface StoredMessage {
   from: DeviceAddress;
   id: string;
   to: string;
+  group: boolean;
   seq: number;
   ts: number;
   body: Uint8Array;
   /** Inbox entries referencing this message. */
   refs: number;
-  /** A device of the recipient user (`to`) has acked it: `delivered` was produced. */
-  acked: boolean;
+  /** Recipient users a device of which has acked it (each produced its `delivered`). */
+  ackedBy: Set<string>;
 }
 
 type StoredEntry =
   | { kind: 'msg'; ts: number; message: string }
-  | { kind: 'status'; ts: number; status: EntryStatus; ids: string[]; by: string };
+  | { kind: 'status'; ts: number; status: EntryStatus; ids: string[]; by: string }
+  | { kind: 'group'; ts: number; event: GroupEvent };
+
+interface StoredGroup {
+  name: string;
+  ver: number;
+  /** user → role, in join order. */
+  members: Map<string, GroupRole>;
+}
 
 interface Inbox {
   /** Last offset handed out; never decreases, so offsets are not reused after deletes. */
@@ -73,8 +102,14 @@ interface ServerData extends MemoryServerState {
   inboxes: Map<string, Inbox>;
   /** dedupe key → message still referenced by some inbox. */
   messages: Map<string, StoredMessage>;
-  /** dedupe key → original commit time (messages and receipts). */
+  /** dedupe key → original commit time (messages, receipts, group changes). */
   dedupe: Map<string, number>;
+  groups: Map<string, StoredGroup>;
+  /** user → ids of the groups it is in. */
+  userGroups: Map<string, Set<string>>;
+  /** Pairs of users a 1:1 message was committed between. */
+  contacts: Set<string>;
+  lastSeen: Map<string, number>;
 }
 
 /** Creates an empty state for {@link memoryServerStore}. */
@@ -85,6 +120,10 @@ export function createMemoryServerState(): MemoryServerState {
     inboxes: new Map(),
     messages: new Map(),
     dedupe: new Map(),
+    groups: new Map(),
+    userGroups: new Map(),
+    contacts: new Set(),
+    lastSeen: new Map(),
   };
   return data;
 }
@@ -93,6 +132,8 @@ export function createMemoryServerState(): MemoryServerState {
 const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
 const dedupeKey = (from: DeviceAddress, id: string): string =>
   `${from.user.length}:${from.user}${from.device.length}:${from.device}${id}`;
+const pairKey = (a: string, b: string): string => (a < b ? `${a.length}:${a}${b}` : `${b.length}:${b}${a}`);
+const uniq = (users: string[]): string[] => [...new Set(users)];
 
 /** Collects devices that got new entries, each once, in first-seen order. */
 class NotifySet {
@@ -148,31 +189,182 @@ export function memoryServerStore(
     return out.list.filter((d) => d.user !== from.user || d.device !== from.device);
   }
 
+  /** Every device of every member of a group, in member then registration order. */
+  function memberDevices(g: StoredGroup): DeviceAddress[] {
+    const out: DeviceAddress[] = [];
+    for (const user of g.members.keys()) {
+      for (const device of devicesOf(user)) out.push({ user, device });
+    }
+    return out;
+  }
+
+  function snapshotOf(g: StoredGroup): GroupMember[] {
+    return [...g.members].map(([user, role]) => ({ user, role }));
+  }
+
+  function joinGroup(id: string, user: string): void {
+    let set = data.userGroups.get(user);
+    if (!set) data.userGroups.set(user, (set = new Set()));
+    set.add(id);
+  }
+
+  function leaveGroup(id: string, user: string): void {
+    data.userGroups.get(user)?.delete(id);
+  }
+
+  /**
+   * Validates and applies a membership change. Returns the event and who gets which form of
+   * it, `null` for a change with nothing to do, or a refusal code.
+   */
+  function applyChange(
+    item: GroupInput,
+  ): { event: GroupEvent; group: StoredGroup; joined: string[]; removed: string[] } | null | AppendRefusal {
+    const actor = item.from.user;
+    const c: GroupChange = item.change;
+    let g = data.groups.get(item.group);
+    if (c.op === 'create') {
+      if (g) return 'forbidden';
+      const members = uniq([actor, ...c.members]);
+      if (members.length > item.maxMembers) return 'group_full';
+      if (members.some((u) => devicesOf(u).length === 0)) return 'unknown_recipient';
+      g = { name: c.name, ver: 1, members: new Map() };
+      for (const u of members) g.members.set(u, u === actor ? 'admin' : 'member');
+      data.groups.set(item.group, g);
+      for (const u of members) joinGroup(item.group, u);
+      const event: GroupEvent = {
+        group: item.group,
+        ver: 1,
+        op: 'create',
+        by: actor,
+        members: members.filter((u) => u !== actor),
+        name: c.name,
+      };
+      return { event, group: g, joined: members, removed: [] };
+    }
+    if (!g || !g.members.has(actor)) return 'not_member';
+    const isAdmin = g.members.get(actor) === 'admin';
+    let changed: string[] = [];
+    let joined: string[] = [];
+    let removed: string[] = [];
+    switch (c.op) {
+      case 'add': {
+        if (!isAdmin) return 'forbidden';
+        changed = uniq(c.members).filter((u) => !g.members.has(u));
+        if (g.members.size + changed.length > item.maxMembers) return 'group_full';
+        if (changed.some((u) => devicesOf(u).length === 0)) return 'unknown_recipient';
+        for (const u of changed) g.members.set(u, 'member');
+        joined = changed;
+        break;
+      }
+      case 'remove': {
+        if (!isAdmin) return 'forbidden';
+        changed = uniq(c.members).filter((u) => u !== actor && g.members.has(u));
+        for (const u of changed) g.members.delete(u);
+        removed = changed;
+        break;
+      }
+      case 'leave': {
+        changed = [actor];
+        g.members.delete(actor);
+        removed = changed;
+        // A group never ends up without an admin: the longest-standing member takes over.
+        if (isAdmin && g.members.size > 0 && ![...g.members.values()].includes('admin')) {
+          const heir = g.members.keys().next().value as string;
+          g.members.set(heir, 'admin');
+        }
+        break;
+      }
+      case 'promote':
+      case 'demote': {
+        if (!isAdmin) return 'forbidden';
+        const to: GroupRole = c.op === 'promote' ? 'admin' : 'member';
+        changed = uniq(c.members).filter((u) => g.members.has(u) && g.members.get(u) !== to);
+        if (to === 'member') {
+          const admins = [...g.members.values()].filter((r) => r === 'admin').length;
+          if (changed.length >= admins) return 'forbidden';
+        }
+        for (const u of changed) g.members.set(u, to);
+        break;
+      }
+      case 'rename': {
+        if (!isAdmin) return 'forbidden';
+        if (c.name === g.name) return null;
+        g.name = c.name;
+        break;
+      }
+    }
+    if (c.op !== 'rename' && changed.length === 0) return null;
+    g.ver++;
+    for (const u of joined) joinGroup(item.group, u);
+    for (const u of removed) leaveGroup(item.group, u);
+    const event: GroupEvent = { group: item.group, ver: g.ver, op: c.op, by: actor, members: changed };
+    if (c.op === 'rename') event.name = g.name;
+    return { event, group: g, joined, removed };
+  }
+
+  function commitGroup(item: GroupInput, key: string, now: number): AppendOutcome {
+    const applied = applyChange(item);
+    if (typeof applied === 'string') return { ok: false, code: applied };
+    data.dedupe.set(key, now);
+    if (applied === null) return { ok: true, ts: now, duplicate: false, notify: [] };
+    const { event, group, joined, removed } = applied;
+    const full: GroupEvent = { ...event, name: group.name, snapshot: snapshotOf(group) };
+    const isNew = new Set(joined);
+    const notify = new NotifySet();
+    for (const d of memberDevices(group)) {
+      push(d, { kind: 'group', ts: now, event: isNew.has(d.user) ? full : event });
+      notify.add(d);
+    }
+    for (const user of removed) {
+      for (const device of devicesOf(user)) {
+        const d = { user, device };
+        push(d, { kind: 'group', ts: now, event });
+        notify.add(d);
+      }
+    }
+    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+  }
+
+  function commitMessage(item: MessageInput, key: string, now: number): AppendOutcome {
+    let targets: DeviceAddress[];
+    if (item.group) {
+      const g = data.groups.get(item.to);
+      if (!g || !g.members.has(item.from.user)) return { ok: false, code: 'not_member' };
+      targets = memberDevices(g).filter((d) => d.user !== item.from.user || d.device !== item.from.device);
+    } else {
+      if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
+      targets = recipients(item.from, item.to);
+      data.contacts.add(pairKey(item.from.user, item.to));
+    }
+    data.dedupe.set(key, now);
+    if (targets.length > 0) {
+      data.messages.set(key, {
+        from: { user: item.from.user, device: item.from.device },
+        id: item.id,
+        to: item.to,
+        group: item.group === true,
+        seq: item.seq,
+        ts: now,
+        body: new Uint8Array(item.body),
+        refs: targets.length,
+        ackedBy: new Set(),
+      });
+    }
+    for (const d of targets) push(d, { kind: 'msg', ts: now, message: key });
+    return { ok: true, ts: now, duplicate: false, notify: targets };
+  }
+
   function commit(item: AppendInput, now: number): AppendOutcome {
     const key = dedupeKey(item.from, item.id);
     const original = data.dedupe.get(key);
     if (original !== undefined) return { ok: true, ts: original, duplicate: true, notify: [] };
+    if (item.kind === 'group') return commitGroup(item, key, now);
+    if (item.kind === 'msg') return commitMessage(item, key, now);
     if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
     const targets = recipients(item.from, item.to);
     data.dedupe.set(key, now);
-    if (item.kind === 'msg') {
-      if (targets.length > 0) {
-        data.messages.set(key, {
-          from: { user: item.from.user, device: item.from.device },
-          id: item.id,
-          to: item.to,
-          seq: item.seq,
-          ts: now,
-          body: new Uint8Array(item.body),
-          refs: targets.length,
-          acked: false,
-        });
-      }
-      for (const d of targets) push(d, { kind: 'msg', ts: now, message: key });
-    } else {
-      for (const d of targets) {
-        push(d, { kind: 'status', ts: now, status: 'read', ids: [...item.ids], by: item.from.user });
-      }
+    for (const d of targets) {
+      push(d, { kind: 'status', ts: now, status: 'read', ids: [...item.ids], by: item.from.user });
     }
     return { ok: true, ts: now, duplicate: false, notify: targets };
   }
@@ -200,13 +392,20 @@ export function memoryServerStore(
     }
   }
 
+  function copyEvent(e: GroupEvent): GroupEvent {
+    const out: GroupEvent = { ...e, members: [...e.members] };
+    if (e.snapshot) out.snapshot = e.snapshot.map((m) => ({ ...m }));
+    return out;
+  }
+
   function toEntry(offset: number, e: StoredEntry): InboxEntry | undefined {
     if (e.kind === 'status') {
       return { offset, kind: 'status', status: e.status, ids: [...e.ids], by: e.by, ts: e.ts };
     }
+    if (e.kind === 'group') return { offset, kind: 'group', event: copyEvent(e.event), ts: e.ts };
     const m = data.messages.get(e.message);
     if (!m) return undefined; // unreachable while refs are counted right
-    return {
+    const out: InboxEntry = {
       offset,
       kind: 'msg',
       id: m.id,
@@ -216,16 +415,52 @@ export function memoryServerStore(
       ts: m.ts,
       body: new Uint8Array(m.body),
     };
+    if (m.group) out.group = true;
+    return out;
   }
 
   return {
     name: 'memory',
 
-    async registerDevice(device: DeviceAddress, _now: number): Promise<void> {
+    async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check('registerDevice');
       const list = data.devices.get(device.user);
+      if (list?.includes(device.device)) return { count: 0, notify: [] };
       if (!list) data.devices.set(device.user, [device.device]);
-      else if (!list.includes(device.device)) list.push(device.device);
+      else list.push(device.device);
+      // A new device learns its user's groups from snapshots, as a newly added member would.
+      let count = 0;
+      for (const id of data.userGroups.get(device.user) ?? []) {
+        const g = data.groups.get(id)!;
+        const event: GroupEvent = {
+          group: id,
+          ver: g.ver,
+          op: 'add',
+          by: device.user,
+          members: [device.user],
+          name: g.name,
+          snapshot: snapshotOf(g),
+        };
+        push(device, { kind: 'group', ts: now, event });
+        count++;
+      }
+      return { count, notify: count > 0 ? [{ user: device.user, device: device.device }] : [] };
+    },
+
+    async unregisterDevice(device: DeviceAddress): Promise<boolean> {
+      check('unregisterDevice');
+      const list = data.devices.get(device.user);
+      const i = list ? list.indexOf(device.device) : -1;
+      if (!list || i < 0) return false;
+      list.splice(i, 1);
+      if (list.length === 0) data.devices.delete(device.user);
+      const k = deviceKey(device);
+      const inbox = data.inboxes.get(k);
+      if (inbox) {
+        for (const e of inbox.entries.values()) if (e.kind === 'msg') unref(e.message);
+        data.inboxes.delete(k);
+      }
+      return true;
     },
 
     async devices(user: string): Promise<string[]> {
@@ -267,8 +502,8 @@ export function memoryServerStore(
         count++;
         if (e.kind !== 'msg') continue;
         const m = unref(e.message);
-        if (!m || m.acked || m.to !== device.user || m.from.user === device.user) continue;
-        m.acked = true;
+        if (!m || m.from.user === device.user || m.ackedBy.has(device.user)) continue;
+        m.ackedBy.add(device.user);
         let g = delivered.get(m.from.user);
         if (!g) delivered.set(m.from.user, (g = { user: m.from.user, by: device.user, ids: [] }));
         g.ids.push(m.id);
@@ -281,27 +516,60 @@ export function memoryServerStore(
       check('expire');
       const notify = new NotifySet();
       let count = 0;
-      // (sender user, recipient user) → ids of undelivered messages, each message once
+      // (sender user, recipient user) → ids of messages that user never got, each once
       const expired = new Map<string, { user: string; by: string; ids: string[] }>();
       const told = new Set<string>();
-      for (const inbox of data.inboxes.values()) {
+      for (const [k, inbox] of data.inboxes) {
+        const owner = k.slice(k.indexOf(':') + 1, k.indexOf(':') + 1 + Number(k.slice(0, k.indexOf(':'))));
         for (const [offset, e] of inbox.entries) {
           if (e.ts >= cutoff) continue;
           inbox.entries.delete(offset);
           count++;
           if (e.kind !== 'msg') continue;
           const m = unref(e.message);
-          if (!m || m.acked || m.to === m.from.user || told.has(e.message)) continue;
-          told.add(e.message);
-          const gk = `${m.from.user.length}:${m.from.user}${m.to}`;
+          if (!m || owner === m.from.user || m.ackedBy.has(owner)) continue;
+          const tk = `${e.message}\u0000${owner}`;
+          if (told.has(tk)) continue;
+          told.add(tk);
+          const gk = pairKey(m.from.user, owner) + (m.from.user < owner ? '<' : '>');
           let g = expired.get(gk);
-          if (!g) expired.set(gk, (g = { user: m.from.user, by: m.to, ids: [] }));
+          if (!g) expired.set(gk, (g = { user: m.from.user, by: owner, ids: [] }));
           g.ids.push(m.id);
         }
       }
       for (const [key, ts] of data.dedupe) if (ts < cutoff) data.dedupe.delete(key);
       fanOut(expired, 'expired', now, notify);
       return { count, notify: notify.list };
+    },
+
+    async group(id: string): Promise<GroupState | undefined> {
+      check('group');
+      const g = data.groups.get(id);
+      return g && { id, name: g.name, ver: g.ver, members: snapshotOf(g) };
+    },
+
+    async groupsOf(user: string): Promise<string[]> {
+      check('groupsOf');
+      return [...(data.userGroups.get(user) ?? [])];
+    },
+
+    async related(a: string, b: string): Promise<boolean> {
+      check('related');
+      if (a === b || data.contacts.has(pairKey(a, b))) return true;
+      const mine = data.userGroups.get(a);
+      if (!mine) return false;
+      for (const id of data.userGroups.get(b) ?? []) if (mine.has(id)) return true;
+      return false;
+    },
+
+    async setLastSeen(user: string, ts: number): Promise<void> {
+      check('setLastSeen');
+      if ((data.lastSeen.get(user) ?? -Infinity) < ts) data.lastSeen.set(user, ts);
+    },
+
+    async lastSeen(user: string): Promise<number | undefined> {
+      check('lastSeen');
+      return data.lastSeen.get(user);
     },
 
     async close(): Promise<void> {},

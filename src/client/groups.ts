@@ -1,0 +1,157 @@
+import { Packr } from 'msgpackr';
+import type { GroupEventFrame, GroupOp } from '../protocol/index.js';
+
+/** A member of a group as this device knows it. */
+export interface GroupMemberView {
+  user: string;
+  role: 'admin' | 'member';
+}
+
+/**
+ * A group as this device knows it, built from the ordered membership events in its inbox, so
+ * every device of every member converges on the same view (same version, same members in join
+ * order, same roles).
+ */
+export interface GroupView {
+  id: string;
+  name: string;
+  /** Version of the last change applied. */
+  ver: number;
+  /** Members in join order. */
+  members: GroupMemberView[];
+  /** This device's user is a member (false after it left or was removed). */
+  member: boolean;
+}
+
+/** A membership change as the app sees it (the `group` event). */
+export interface GroupChangeEvent {
+  group: string;
+  ver: number;
+  op: GroupOp;
+  /** The user who made the change. */
+  by: string;
+  /** Users the change is about. */
+  members: string[];
+  /** Server commit time. */
+  ts: number;
+}
+
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+/** Encodes a view for the client store's `group` namespace. */
+export function encodeView(v: GroupView): Uint8Array {
+  return packr.pack([
+    v.name,
+    v.ver,
+    v.members.map((m) => [m.user, m.role === 'admin' ? 1 : 0]),
+    v.member ? 1 : 0,
+  ]);
+}
+
+/** Decodes a stored view. */
+export function decodeView(id: string, data: Uint8Array): GroupView {
+  const [name, ver, members, member] = packr.unpack(data) as [
+    string,
+    number,
+    Array<[string, number]>,
+    number,
+  ];
+  return {
+    id,
+    name,
+    ver,
+    members: members.map(([user, admin]) => ({ user, role: admin ? 'admin' : 'member' })),
+    member: member === 1,
+  };
+}
+
+/** Encodes a membership change request for the outbox. */
+export function encodeChange(c: { op: GroupOp; m?: string[]; n?: string }): Uint8Array {
+  return packr.pack([c.op, c.m ?? null, c.n ?? null]);
+}
+
+/** Decodes an outbox membership change request. */
+export function decodeChange(data: Uint8Array): { op: GroupOp; m?: string[]; n?: string } {
+  const [op, m, n] = packr.unpack(data) as [GroupOp, string[] | null, string | null];
+  const out: { op: GroupOp; m?: string[]; n?: string } = { op };
+  if (m) out.m = m;
+  if (n !== null) out.n = n;
+  return out;
+}
+
+/**
+ * Applies one membership event to a view, returning the new view or `undefined` when the event
+ * changes nothing (already applied: its version is not newer; or it is about a group this device
+ * never knew and carries no snapshot). Pure: the input view is not modified.
+ *
+ * The server's rule for a leaving last admin (the longest-standing remaining member becomes
+ * admin) is recomputed here from the join order, so the event does not need to carry it.
+ */
+export function applyGroupEvent(
+  view: GroupView | undefined,
+  ev: GroupEventFrame,
+  me: string,
+): GroupView | undefined {
+  if (view && ev.v <= view.ver) return undefined;
+  if (ev.s) {
+    const members = ev.s.map(([user, admin]): GroupMemberView => ({
+      user,
+      role: admin ? 'admin' : 'member',
+    }));
+    return {
+      id: ev.g,
+      name: ev.n ?? view?.name ?? '',
+      ver: ev.v,
+      members,
+      member: members.some((m) => m.user === me),
+    };
+  }
+  if (!view) return undefined;
+  const next: GroupView = { ...view, ver: ev.v, members: view.members.map((m) => ({ ...m })) };
+  const about = new Set(ev.m);
+  switch (ev.op) {
+    case 'create':
+    case 'add':
+      for (const user of ev.m) {
+        if (!next.members.some((m) => m.user === user)) next.members.push({ user, role: 'member' });
+      }
+      break;
+    case 'remove':
+    case 'leave': {
+      const leaverWasAdmin = next.members.some((m) => about.has(m.user) && m.role === 'admin');
+      next.members = next.members.filter((m) => !about.has(m.user));
+      if (ev.op === 'leave' && leaverWasAdmin && next.members.length > 0) {
+        if (!next.members.some((m) => m.role === 'admin')) next.members[0]!.role = 'admin';
+      }
+      break;
+    }
+    case 'promote':
+    case 'demote':
+      for (const m of next.members) if (about.has(m.user)) m.role = ev.op === 'promote' ? 'admin' : 'member';
+      break;
+    case 'rename':
+      if (ev.n !== undefined) next.name = ev.n;
+      break;
+  }
+  next.member = next.members.some((m) => m.user === me);
+  return next;
+}
+
+/** Per-member receipt bookkeeping of one group message this device sent. */
+export interface GroupSendRecord {
+  /** Members other than the sender at send time, as this device knew them. */
+  recipients: string[];
+  delivered: number;
+  read: number;
+}
+
+/** Encodes a send record for the `gsend` namespace. */
+export function encodeSendRecord(r: GroupSendRecord): Uint8Array {
+  return packr.pack([r.recipients, r.delivered, r.read]);
+}
+
+/** Decodes a send record. */
+export function decodeSendRecord(data: Uint8Array): GroupSendRecord {
+  const [recipients, delivered, read] = packr.unpack(data) as [string[], number, number];
+  return { recipients, delivered, read };
+}
