@@ -8,7 +8,7 @@ const CHUNK = 25;
 describe('the delivery invariants hold under faults, for every seed', () => {
   for (let start = 1; start <= SEEDS; start += CHUNK) {
     const end = Math.min(SEEDS, start + CHUNK - 1);
-    it(`no loss, no duplicates, per-sender order, monotone receipts: seeds ${start}..${end}`, async () => {
+    it(`no loss, no duplicates, per-sender order, monotone receipts, exact group audiences, converging group views: seeds ${start}..${end}`, async () => {
       const failures: string[] = [];
       for (let seed = start; seed <= end; seed++) {
         const r = await runSimulation({ seed });
@@ -30,7 +30,15 @@ describe('the delivery invariants hold under faults, for every seed', () => {
   });
 
   it('faults really happen in the simulated runs', async () => {
-    const totals = { cuts: 0, halfOpens: 0, clientRestarts: 0, serverRestarts: 0, acked: 0 };
+    const totals = {
+      cuts: 0,
+      halfOpens: 0,
+      clientRestarts: 0,
+      serverRestarts: 0,
+      acked: 0,
+      groupSent: 0,
+      membershipChanges: 0,
+    };
     for (let seed = 1; seed <= 20; seed++) {
       const r = await runSimulation({ seed });
       for (const k of Object.keys(totals) as (keyof typeof totals)[]) totals[k] += r.stats[k];
@@ -40,5 +48,8 @@ describe('the delivery invariants hold under faults, for every seed', () => {
     expect(totals.clientRestarts).toBeGreaterThan(0);
     expect(totals.serverRestarts).toBeGreaterThan(0);
     expect(totals.acked).toBeGreaterThan(100);
+    // Groups and membership changes concurrent with sends are part of every run's mix.
+    expect(totals.groupSent).toBeGreaterThan(50);
+    expect(totals.membershipChanges).toBeGreaterThan(20);
   });
 });

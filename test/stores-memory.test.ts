@@ -94,12 +94,39 @@ describe('memory server store fault switch', () => {
 
   it('every operation can be failed without changing the state', async () => {
     const state = createMemoryServerState();
-    const ops: ServerStoreOp[] = ['registerDevice', 'devices', 'append', 'readInbox', 'ack', 'expire'];
+    const ops: ServerStoreOp[] = [
+      'registerDevice',
+      'unregisterDevice',
+      'devices',
+      'append',
+      'readInbox',
+      'ack',
+      'expire',
+      'group',
+      'groupsOf',
+      'related',
+      'setLastSeen',
+      'lastSeen',
+    ];
     let failing: ServerStoreOp | undefined;
     const store = memoryServerStore({ state, failWhen: (op) => op === failing });
     await store.registerDevice(alice1, 1);
     await store.registerDevice(bob1, 1);
     await store.append([msg('m1')], 1000);
+    await store.append(
+      [
+        {
+          kind: 'group',
+          from: alice1,
+          id: 'g1',
+          group: 'g',
+          change: { op: 'create', name: 'G', members: ['bob'] },
+          maxMembers: 10,
+        },
+      ],
+      1000,
+    );
+    await store.setLastSeen('bob', 1000);
     const snapshot = JSON.stringify(dump(state));
     for (const op of ops) {
       failing = op;
@@ -110,6 +137,12 @@ describe('memory server store fault switch', () => {
         readInbox: () => store.readInbox(bob1, 0, 10),
         ack: () => store.ack(bob1, [1], 2000),
         expire: () => store.expire(5000, 6000),
+        unregisterDevice: () => store.unregisterDevice(bob1),
+        group: () => store.group('g'),
+        groupsOf: () => store.groupsOf('bob'),
+        related: () => store.related('alice', 'bob'),
+        setLastSeen: () => store.setLastSeen('bob', 5000),
+        lastSeen: () => store.lastSeen('bob'),
       };
       await expect(calls[op]()).rejects.toThrow(op);
       expect(JSON.stringify(dump(state))).toBe(snapshot);

@@ -5,7 +5,13 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { ClientStore } from '../src/client/store.js';
 import { SQLITE_CLIENT_SCHEMA_VERSION, sqliteClientStore } from '../src/client/stores/sqlite.js';
-import type { DeviceAddress, MessageInput, ServerStore } from '../src/server/store.js';
+import type {
+  DeviceAddress,
+  GroupChange,
+  GroupInput,
+  MessageInput,
+  ServerStore,
+} from '../src/server/store.js';
 import { SQLITE_SERVER_SCHEMA_VERSION, sqliteServerStore } from '../src/server/stores/sqlite.js';
 import { clientStoreConformance, registerCases, serverStoreConformance } from '../src/testing/index.js';
 import { migrate, type SqliteDatabase, type SqliteStatement } from '../src/util/sqlite.js';
@@ -106,6 +112,42 @@ const msg = (id: string, seq = 1, body: Uint8Array = new TextEncoder().encode(id
   seq,
   body,
 });
+const groupItem = (id: string, change: GroupChange, maxMembers = 256): GroupInput => ({
+  kind: 'group',
+  from: alice1,
+  id,
+  group: 'g',
+  change,
+  maxMembers,
+});
+
+/** Schema version 1 as released: a database written by postbox before groups. */
+const SCHEMA_V1 = `
+  CREATE TABLE devices (
+    id INTEGER PRIMARY KEY, user TEXT NOT NULL, device TEXT NOT NULL,
+    registered_at INTEGER NOT NULL, last_offset INTEGER NOT NULL DEFAULT 0, UNIQUE (user, device)
+  );
+  CREATE TABLE messages (
+    id INTEGER PRIMARY KEY, from_user TEXT NOT NULL, from_device TEXT NOT NULL, msg_id TEXT NOT NULL,
+    to_user TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL, body BLOB NOT NULL,
+    refs INTEGER NOT NULL, state INTEGER NOT NULL DEFAULT 0
+  );
+  CREATE TABLE inbox (
+    dev INTEGER NOT NULL, pos INTEGER NOT NULL, ts INTEGER NOT NULL, message INTEGER,
+    status TEXT, ids TEXT, by_user TEXT, PRIMARY KEY (dev, pos)
+  ) WITHOUT ROWID;
+  CREATE INDEX inbox_ts ON inbox (ts);
+  CREATE TABLE dedupe (
+    from_user TEXT NOT NULL, from_device TEXT NOT NULL, msg_id TEXT NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (from_user, from_device, msg_id)
+  ) WITHOUT ROWID;
+  CREATE INDEX dedupe_ts ON dedupe (ts);
+  CREATE TRIGGER inbox_unref AFTER DELETE ON inbox WHEN old.message IS NOT NULL BEGIN
+    UPDATE messages SET refs = refs - 1 WHERE id = old.message;
+    DELETE FROM messages WHERE id = old.message AND refs <= 0;
+  END;
+`;
+
 const draft = (id: string) => ({
   id,
   kind: 'msg' as const,
@@ -288,6 +330,135 @@ describe('sqlite server store', () => {
     look.close();
     await store.close();
     db.close();
+  });
+
+  it('a group message to 1,024 members × 2 devices is one transaction: one body, 2,048 entries', async () => {
+    const file = freshFile();
+    const db = new Database(file);
+    const { wrapped, log } = recording(db);
+    const store = sqliteServerStore({ database: wrapped });
+    const users = Array.from({ length: 1024 }, (_, i) => `u${i}`);
+    await store.registerDevice(alice1, 1);
+    for (const user of users) {
+      await store.registerDevice({ user, device: 'd1' }, 1);
+      await store.registerDevice({ user, device: 'd2' }, 1);
+    }
+    const create = groupItem('r1', { op: 'create', name: 'Big', members: users }, 1025);
+    log.begins = log.commits = 0;
+    log.autocommitWrites.length = 0;
+    expect((await store.append([create], 1000))[0]).toMatchObject({ ok: true });
+    const [out] = await store.append([{ ...msg('m1'), to: 'g', group: true }], 2000);
+    expect(out).toMatchObject({ ok: true, duplicate: false });
+    expect(out!.ok && out!.notify.length).toBe(2048);
+    expect(log).toEqual({ begins: 2, commits: 2, autocommitWrites: [] });
+    const look = peek(file);
+    expect(look.count('messages')).toBe(1);
+    expect(look.count('group_events')).toBe(1); // the create event, snapshot form, stored once
+    expect(look.count('inbox')).toBe(2 * 2049 - 1); // the event everywhere, the message but to a1
+    look.close();
+    await store.close();
+    db.close();
+  });
+
+  it('group events are stored once per form and released with their last entry', async () => {
+    const file = freshFile();
+    const store = sqliteServerStore({ path: file });
+    const alice2 = { user: 'alice', device: 'a2' };
+    const carol1 = { user: 'carol', device: 'c1' };
+    for (const d of [alice1, alice2, bob1, bob2, carol1]) await store.registerDevice(d, 1);
+    await store.append([groupItem('r1', { op: 'create', name: 'G', members: ['bob'] })], 1000);
+    const look = peek(file);
+    const refs = () =>
+      look.db
+        .prepare('SELECT refs FROM group_events ORDER BY id')
+        .all()
+        .map((r) => (r as { refs: number }).refs);
+    expect(refs()).toEqual([4]); // one snapshot form for alice1, alice2, bob1, bob2
+    await store.append([groupItem('r2', { op: 'add', members: ['carol'] })], 2000);
+    expect(refs()).toEqual([4, 1, 4]); // + the snapshot form for carol1, the delta for the rest
+    for (const d of [alice1, alice2, bob1, bob2, carol1]) {
+      await store.ack(
+        d,
+        (await store.readInbox(d, 0, 100)).map((e) => e.offset),
+        3000,
+      );
+    }
+    expect(look.count('group_events')).toBe(0);
+    // Unlinking a device releases what its inbox referenced, like acks do.
+    await store.append([{ ...msg('m1'), to: 'g', group: true }], 4000);
+    expect(await store.unregisterDevice(bob1)).toBe(true);
+    expect(look.count('messages')).toBe(1);
+    for (const d of [alice2, bob2, carol1]) expect(await store.unregisterDevice(d)).toBe(true);
+    expect(look.count('messages')).toBe(0);
+    expect(look.count('inbox')).toBe(0);
+    expect(await store.registerDevice(carol1, 5000)).toEqual({ count: 1, notify: [carol1] });
+    expect(refs()).toEqual([1]); // a new device's snapshot
+    look.close();
+    await store.close();
+  });
+
+  it('expired is told once per (message, user) across bounded expiry steps, and marks go with the message', async () => {
+    const file = freshFile();
+    const store = sqliteServerStore({ path: file, expiryBatchSize: 1 });
+    const alice2 = { user: 'alice', device: 'a2' };
+    const carol1 = { user: 'carol', device: 'c1' };
+    for (const d of [alice1, alice2, bob1, bob2, carol1]) await store.registerDevice(d, 1);
+    await store.append([groupItem('r1', { op: 'create', name: 'G', members: ['bob', 'carol'] })], 500);
+    await store.append([{ ...msg('m1'), to: 'g', group: true }], 1000);
+    const res = await store.expire(2000, 9000); // 5 events + 4 copies, one per step
+    expect(res.count).toBe(9);
+    const told = (await store.readInbox(alice1, 0, 100)).flatMap((e) =>
+      e.kind === 'status' ? [`${e.status} ${e.ids.join(',')} by ${e.by}`] : [],
+    );
+    expect(told.sort()).toEqual(['expired m1 by bob', 'expired m1 by carol']);
+    const look = peek(file);
+    expect(look.count('messages')).toBe(0);
+    expect(look.count('delivered')).toBe(0);
+    look.close();
+    await store.close();
+  });
+
+  it('migrating a version 1 database keeps its data and its delivered state', async () => {
+    const file = freshFile();
+    const v1 = new Database(file);
+    v1.exec(SCHEMA_V1);
+    v1.exec(`
+      INSERT INTO devices (id, user, device, registered_at, last_offset) VALUES
+        (1, 'alice', 'a1', 1, 0), (2, 'bob', 'b1', 1, 2), (3, 'bob', 'b2', 1, 2);
+      INSERT INTO messages (id, from_user, from_device, msg_id, to_user, seq, ts, body, refs, state) VALUES
+        (1, 'alice', 'a1', 'told', 'bob', 1, 1000, x'01', 1, 1),
+        (2, 'alice', 'a1', 'fresh', 'bob', 2, 1001, x'02', 2, 0);
+      INSERT INTO inbox (dev, pos, ts, message) VALUES (3, 1, 1000, 1), (2, 2, 1001, 2), (3, 2, 1001, 2);
+      INSERT INTO dedupe VALUES ('alice', 'a1', 'told', 1000), ('alice', 'a1', 'fresh', 1001);
+      PRAGMA user_version = 1;
+    `);
+    v1.close();
+    const store = sqliteServerStore({ path: file });
+    const look = peek(file);
+    expect(look.db.pragma('user_version', { simple: true })).toBe(SQLITE_SERVER_SCHEMA_VERSION);
+    expect(look.db.prepare('SELECT message, user FROM delivered').all()).toEqual([
+      { message: 1, user: 'bob' },
+    ]);
+    look.close();
+    expect(
+      (await store.readInbox(bob2, 0, 10)).map((e) => e.kind === 'msg' && [e.id, e.ts, e.group]),
+    ).toEqual([
+      ['told', 1000, undefined],
+      ['fresh', 1001, undefined],
+    ]);
+    // 'told' was delivered before the upgrade: acking it tells nobody again; 'fresh' was not.
+    expect(await store.ack(bob2, [1, 2], 2000)).toEqual({ count: 2, notify: [alice1] });
+    const statuses = (await store.readInbox(alice1, 0, 10)).flatMap((e) =>
+      e.kind === 'status' ? e.ids : [],
+    );
+    expect(statuses).toEqual(['fresh']);
+    // Offsets continue from the stored counter.
+    await store.append([msg('next', 3)], 3000);
+    expect((await store.readInbox(bob1, 0, 10)).map((e) => e.offset)).toEqual([2, 3]);
+    expect(await store.append([msg('fresh', 2)], 4000)).toEqual([
+      { ok: true, ts: 1001, duplicate: true, notify: [] },
+    ]);
+    await store.close();
   });
 
   it('bigint-defaulting connections still give numbers', async () => {

@@ -1115,11 +1115,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     if (!me) return; // a server sends entries only after welcome; ignore a broken one
     const self = f.f === me.user;
     const conv = f.g && f.to !== undefined ? f.to : self ? (f.to ?? me.user) : f.f;
-    const key = streamKey(conv, f.f, f.fd);
     const gen = this.generation;
     void this.serial(async () => {
       try {
-        await this.receive(key, {
+        await this.receive(streamKey(conv, f.f, f.fd), {
           id: f.id,
           conv,
           from: f.f,
@@ -1151,7 +1150,11 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   }
 
   private async receive(key: string, m: InboundMessage): Promise<void> {
-    const next = await this.nextFor(key);
+    let next = await this.nextFor(key);
+    // In a group a hole in a sender's sequence is never waited for: it is a message the server
+    // refused (the sender was no longer a member) or one sent while this user was not in the
+    // group, and the inbox already delivers a sender's messages in commit order.
+    if (m.seq > next && isGroupId(m.conv)) next = m.seq;
     if (m.seq === next) {
       const held = this.heldByKey.get(key);
       const released: InboundMessage[] = [];

@@ -21,6 +21,8 @@ export interface GroupView {
   members: GroupMemberView[];
   /** This device's user is a member (false after it left or was removed). */
   member: boolean;
+  /** The version at which this device's user (last) joined: it has the messages sent since. */
+  since: number;
 }
 
 /** A membership change as the app sees it (the `group` event). */
@@ -45,15 +47,17 @@ export function encodeView(v: GroupView): Uint8Array {
     v.ver,
     v.members.map((m) => [m.user, m.role === 'admin' ? 1 : 0]),
     v.member ? 1 : 0,
+    v.since,
   ]);
 }
 
 /** Decodes a stored view. */
 export function decodeView(id: string, data: Uint8Array): GroupView {
-  const [name, ver, members, member] = packr.unpack(data) as [
+  const [name, ver, members, member, since] = packr.unpack(data) as [
     string,
     number,
     Array<[string, number]>,
+    number,
     number,
   ];
   return {
@@ -62,6 +66,7 @@ export function decodeView(id: string, data: Uint8Array): GroupView {
     ver,
     members: members.map(([user, admin]) => ({ user, role: admin ? 'admin' : 'member' })),
     member: member === 1,
+    since,
   };
 }
 
@@ -98,12 +103,15 @@ export function applyGroupEvent(
       user,
       role: admin ? 'admin' : 'member',
     }));
+    const member = members.some((m) => m.user === me);
     return {
       id: ev.g,
       name: ev.n ?? view?.name ?? '',
       ver: ev.v,
       members,
-      member: members.some((m) => m.user === me),
+      member,
+      // A snapshot goes to devices new to the group: a membership period starts here.
+      since: member && !view?.member ? ev.v : (view?.since ?? ev.v),
     };
   }
   if (!view) return undefined;

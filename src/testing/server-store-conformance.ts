@@ -4,8 +4,14 @@
  */
 import assert from 'node:assert/strict';
 import type {
+  AppendInput,
   AppendOutcome,
+  AppendRefusal,
   DeviceAddress,
+  GroupChange,
+  GroupEvent,
+  GroupInput,
+  GroupMember,
   InboxEntry,
   MessageInput,
   ReceiptInput,
@@ -29,6 +35,7 @@ const alice3: DeviceAddress = { user: 'alice', device: 'a3' };
 const bob1: DeviceAddress = { user: 'bob', device: 'b1' };
 const bob2: DeviceAddress = { user: 'bob', device: 'b2' };
 const carol1: DeviceAddress = { user: 'carol', device: 'c1' };
+const dave1: DeviceAddress = { user: 'dave', device: 'd1' };
 
 const ALL = 1_000_000;
 const encoder = new TextEncoder();
@@ -40,6 +47,27 @@ function msg(from: DeviceAddress, id: string, to: string, seq = 1, body?: Uint8A
 function receipt(from: DeviceAddress, id: string, to: string, ids: string[]): ReceiptInput {
   return { kind: 'receipt', from, id, to, status: 'read', ids };
 }
+
+/** A message to group `group`. */
+function gmsg(from: DeviceAddress, id: string, group: string, seq = 1, body?: Uint8Array): MessageInput {
+  return { ...msg(from, id, group, seq, body), group: true };
+}
+
+/** The member cap the group cases run with, unless a case is about the cap. */
+const CAP = 256;
+
+function groupChange(
+  from: DeviceAddress,
+  id: string,
+  group: string,
+  change: GroupChange,
+  maxMembers = CAP,
+): GroupInput {
+  return { kind: 'group', from, id, group, change, maxMembers };
+}
+
+const create = (from: DeviceAddress, id: string, group: string, name: string, members: string[], max = CAP) =>
+  groupChange(from, id, group, { op: 'create', name, members }, max);
 
 /** Every byte value, twice, in a non-trivial order. */
 function binaryBody(): Uint8Array {
@@ -70,10 +98,18 @@ function ok(outcome: AppendOutcome | undefined, what: string): Extract<AppendOut
   return outcome;
 }
 
-async function appendOne(store: ServerStore, item: MessageInput | ReceiptInput, now: number) {
+async function appendOne(store: ServerStore, item: AppendInput, now: number) {
   const outcomes = await store.append([item], now);
   assert.equal(outcomes.length, 1, 'one outcome per item');
   return ok(outcomes[0], `append ${item.id}`);
+}
+
+async function refused(store: ServerStore, item: AppendInput, now: number, code: AppendRefusal) {
+  assert.deepEqual(
+    await store.append([item], now),
+    [{ ok: false, code }],
+    `${item.id} is refused with ${code}`,
+  );
 }
 
 async function inbox(store: ServerStore, d: DeviceAddress): Promise<InboxEntry[]> {
@@ -88,6 +124,29 @@ function statuses(entries: InboxEntry[]) {
   return entries.flatMap((e) =>
     e.kind === 'status' ? [{ status: e.status, ids: [...e.ids].sort(), by: e.by, ts: e.ts }] : [],
   );
+}
+
+function events(entries: InboxEntry[]): GroupEvent[] {
+  return entries.flatMap((e) => (e.kind === 'group' ? [e.event] : []));
+}
+
+/** One line per entry, to compare an inbox's order across kinds. */
+function summary(entries: InboxEntry[]): string[] {
+  return entries.map((e) =>
+    e.kind === 'msg'
+      ? `msg ${e.id}`
+      : e.kind === 'group'
+        ? `${e.event.group} v${e.event.ver} ${e.event.op}${e.event.snapshot ? ' +snapshot' : ''}`
+        : `${e.status} ${[...e.ids].sort().join(',')} by ${e.by}`,
+  );
+}
+
+const admin = (user: string): GroupMember => ({ user, role: 'admin' });
+const member = (user: string): GroupMember => ({ user, role: 'member' });
+
+/** Every inbox of `devices`, for before/after comparisons. */
+async function inboxes(store: ServerStore, devices: DeviceAddress[]): Promise<InboxEntry[][]> {
+  return Promise.all(devices.map((d) => inbox(store, d)));
 }
 
 function offsetOf(entries: InboxEntry[], id: string): number {
@@ -612,6 +671,698 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     const again = await inbox(store, alice1);
     assert.deepEqual(statuses(again), [{ status: 'read', ids: ['m1'], by: 'bob', ts: 1000 }]);
     assert.deepEqual(await store.devices('alice'), ['a1']);
+  });
+
+  // ---- Groups -------------------------------------------------------------------------------
+
+  test('creating a group makes the creator admin and gives every member device, the acting one included, the event with a snapshot', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, bob2, carol1, dave1);
+    const out = await appendOne(store, create(alice1, 'r1', 'g1', 'Team', ['bob', 'carol', 'bob']), 1000);
+    assert.equal(out.ts, 1000);
+    assert.equal(out.duplicate, false);
+    assertDevices(
+      out.notify,
+      [alice1, alice2, bob1, bob2, carol1],
+      'every member device, the acting one included',
+    );
+    const members = [admin('alice'), member('bob'), member('carol')];
+    assert.deepEqual(await store.group('g1'), { id: 'g1', name: 'Team', ver: 1, members });
+    const expected: GroupEvent = {
+      group: 'g1',
+      ver: 1,
+      op: 'create',
+      by: 'alice',
+      members: ['bob', 'carol'],
+      name: 'Team',
+      snapshot: members,
+    };
+    for (const d of [alice1, alice2, bob1, bob2, carol1]) {
+      const entries = await inbox(store, d);
+      assert.equal(entries.length, 1, `${devKey(d)} has the event`);
+      const e = entries[0]!;
+      assert.ok(e.kind === 'group', `${devKey(d)}: a group entry`);
+      assert.ok(Number.isInteger(e.offset) && e.offset > 0, 'offsets are positive integers');
+      assert.deepEqual({ ts: e.ts, event: e.event }, { ts: 1000, event: expected }, devKey(d));
+    }
+    assert.deepEqual(await inbox(store, dave1), [], 'not to users outside the group');
+    for (const u of ['alice', 'bob', 'carol']) assert.deepEqual(await store.groupsOf(u), ['g1'], u);
+    assert.deepEqual(await store.groupsOf('dave'), []);
+    assert.equal(await store.group('nope'), undefined);
+    const dup = await store.append([create(alice1, 'r1', 'g1', 'Other', ['dave'])], 2000);
+    assert.deepEqual(
+      dup,
+      [{ ok: true, ts: 1000, duplicate: true, notify: [] }],
+      'a resent create is a duplicate',
+    );
+    assert.equal((await inbox(store, alice1)).length, 1);
+    assert.equal((await store.group('g1'))?.name, 'Team');
+  });
+
+  test('creating a group is refused for an existing id, an unknown member or past the cap, writing nothing', async ({
+    store,
+  }) => {
+    await register(store, alice1, bob1, carol1);
+    await appendOne(store, create(alice1, 'r1', 'g1', 'One', ['bob']), 1000);
+    const devices = [alice1, bob1, carol1];
+    const before = await inboxes(store, devices);
+    await refused(store, create(carol1, 'r2', 'g1', 'Mine', []), 1100, 'forbidden');
+    await refused(store, create(alice1, 'r3', 'g2', 'Two', ['bob', 'nobody']), 1100, 'unknown_recipient');
+    await refused(store, create(alice1, 'r4', 'g3', 'Three', ['bob', 'carol'], 2), 1100, 'group_full');
+    assert.deepEqual(await store.group('g1'), {
+      id: 'g1',
+      name: 'One',
+      ver: 1,
+      members: [admin('alice'), member('bob')],
+    });
+    assert.equal(await store.group('g2'), undefined);
+    assert.equal(await store.group('g3'), undefined);
+    assert.deepEqual(await store.groupsOf('carol'), []);
+    assert.deepEqual(await inboxes(store, devices), before, 'no inbox changed');
+    // No dedupe record was written: the same request commits once it fits (the creator counts).
+    const retry = await appendOne(store, create(alice1, 'r4', 'g3', 'Three', ['bob', 'carol'], 3), 1200);
+    assert.equal(retry.duplicate, false);
+    assert.equal(retry.ts, 1200);
+    assert.deepEqual((await store.group('g3'))?.members, [admin('alice'), member('bob'), member('carol')]);
+  });
+
+  test('only admins add, remove, promote, demote and rename: members get forbidden, non-members not_member', async ({
+    store,
+  }) => {
+    await register(store, alice1, bob1, carol1, dave1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob']), 1000);
+    const devices = [alice1, bob1, carol1, dave1];
+    const before = await inboxes(store, devices);
+    const adminOnly: GroupChange[] = [
+      { op: 'add', members: ['carol'] },
+      { op: 'remove', members: ['alice'] },
+      { op: 'promote', members: ['bob'] },
+      { op: 'demote', members: ['alice'] },
+      { op: 'rename', name: 'Bob’s' },
+    ];
+    for (const [i, c] of adminOnly.entries()) {
+      await refused(store, groupChange(bob1, `b${i}`, 'g', c), 1100, 'forbidden');
+    }
+    for (const [i, c] of [...adminOnly, { op: 'leave' } as const].entries()) {
+      await refused(store, groupChange(carol1, `c${i}`, 'g', c), 1100, 'not_member');
+    }
+    await refused(
+      store,
+      groupChange(alice1, 'a1', 'nope', { op: 'add', members: ['bob'] }),
+      1100,
+      'not_member',
+    );
+    assert.deepEqual(await store.group('g'), {
+      id: 'g',
+      name: 'G',
+      ver: 1,
+      members: [admin('alice'), member('bob')],
+    });
+    assert.equal(await store.group('nope'), undefined, 'a change to an unknown group creates nothing');
+    assert.deepEqual(await inboxes(store, devices), before, 'no inbox changed');
+    // Refusals leave no dedupe record: once bob is an admin, his earlier request commits.
+    await appendOne(store, groupChange(alice1, 'r2', 'g', { op: 'promote', members: ['bob'] }), 1200);
+    const retry = await appendOne(
+      store,
+      groupChange(bob1, 'b0', 'g', { op: 'add', members: ['carol'] }),
+      1300,
+    );
+    assert.equal(retry.duplicate, false);
+    assert.deepEqual((await store.group('g'))?.members, [admin('alice'), admin('bob'), member('carol')]);
+  });
+
+  test('each change raises the version by one, reaching members as a delta and new members with a snapshot', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, carol1, dave1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob']), 1000);
+    const add = await appendOne(
+      store,
+      groupChange(alice1, 'r2', 'g', { op: 'add', members: ['carol', 'bob', 'carol'] }),
+      2000,
+    );
+    assertDevices(add.notify, [alice1, alice2, bob1, carol1], 'every member device, the acting one included');
+    await appendOne(store, groupChange(alice2, 'r3', 'g', { op: 'promote', members: ['carol'] }), 3000);
+    await appendOne(store, groupChange(carol1, 'r4', 'g', { op: 'rename', name: 'H' }), 4000);
+    await appendOne(store, groupChange(carol1, 'r5', 'g', { op: 'demote', members: ['alice'] }), 5000);
+    assert.deepEqual(await store.group('g'), {
+      id: 'g',
+      name: 'H',
+      ver: 5,
+      members: [member('alice'), member('bob'), admin('carol')],
+    });
+    const deltas: GroupEvent[] = [
+      { group: 'g', ver: 2, op: 'add', by: 'alice', members: ['carol'] },
+      { group: 'g', ver: 3, op: 'promote', by: 'alice', members: ['carol'] },
+      { group: 'g', ver: 4, op: 'rename', by: 'carol', members: [], name: 'H' },
+      { group: 'g', ver: 5, op: 'demote', by: 'carol', members: ['alice'] },
+    ];
+    for (const d of [alice1, alice2, bob1]) {
+      const evs = events(await inbox(store, d));
+      assert.deepEqual(
+        evs.map((e) => e.ver),
+        [1, 2, 3, 4, 5],
+        `${devKey(d)}: versions 1, 2, 3, … in commit order`,
+      );
+      assert.deepEqual(evs.slice(1), deltas, `${devKey(d)}: deltas, without a snapshot`);
+    }
+    const c = await inbox(store, carol1);
+    assert.deepEqual(
+      events(c),
+      [
+        { ...deltas[0]!, name: 'G', snapshot: [admin('alice'), member('bob'), member('carol')] },
+        ...deltas.slice(1),
+      ],
+      'the new member starts from a snapshot',
+    );
+    assert.deepEqual(
+      c.map((e) => e.ts),
+      [2000, 3000, 4000, 5000],
+      'each entry carries its commit time',
+    );
+    assert.deepEqual(await inbox(store, dave1), []);
+  });
+
+  test('adding past the cap is group_full and adding a user without devices unknown_recipient; neither adds anyone', async ({
+    store,
+  }) => {
+    await register(store, alice1, bob1, carol1, dave1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob'], 3), 1000);
+    const devices = [alice1, bob1, carol1, dave1];
+    const before = await inboxes(store, devices);
+    const add = (id: string, members: string[]) => groupChange(alice1, id, 'g', { op: 'add', members }, 3);
+    await refused(store, add('r2', ['carol', 'dave']), 1100, 'group_full');
+    await refused(store, add('r3', ['nobody']), 1100, 'unknown_recipient');
+    assert.deepEqual(await store.group('g'), {
+      id: 'g',
+      name: 'G',
+      ver: 1,
+      members: [admin('alice'), member('bob')],
+    });
+    assert.deepEqual(await inboxes(store, devices), before, 'no inbox changed');
+    // Users already in do not count twice against the cap.
+    const out = await appendOne(store, add('r4', ['bob', 'carol']), 1200);
+    assertDevices(out.notify, [alice1, bob1, carol1], 'members after the add');
+    assert.deepEqual((await store.group('g'))?.members, [admin('alice'), member('bob'), member('carol')]);
+  });
+
+  test('a change with nothing to do succeeds, writing only its dedupe record', async ({ store }) => {
+    await register(store, alice1, bob1, carol1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob']), 1000);
+    const devices = [alice1, bob1, carol1];
+    const before = await inboxes(store, devices);
+    const noops: GroupChange[] = [
+      { op: 'add', members: ['bob'] },
+      { op: 'add', members: [] },
+      { op: 'remove', members: ['carol'] },
+      { op: 'remove', members: ['alice'] },
+      { op: 'promote', members: ['alice', 'carol'] },
+      { op: 'demote', members: ['bob'] },
+      { op: 'rename', name: 'G' },
+    ];
+    const outcomes = await store.append(
+      noops.map((c, i) => groupChange(alice1, `n${i}`, 'g', c)),
+      2000,
+    );
+    assert.deepEqual(
+      outcomes,
+      noops.map(() => ({ ok: true, ts: 2000, duplicate: false, notify: [] })),
+    );
+    assert.deepEqual(await store.group('g'), {
+      id: 'g',
+      name: 'G',
+      ver: 1,
+      members: [admin('alice'), member('bob')],
+    });
+    assert.deepEqual(await inboxes(store, devices), before, 'no event, no version');
+    const again = await store.append(
+      [groupChange(alice1, 'n0', 'g', { op: 'add', members: ['carol'] })],
+      3000,
+    );
+    assert.deepEqual(
+      again,
+      [{ ok: true, ts: 2000, duplicate: true, notify: [] }],
+      'the dedupe record was written',
+    );
+    assert.deepEqual(await store.groupsOf('carol'), []);
+  });
+
+  test('a removed member gets the remove event but nothing committed after it', async ({ store }) => {
+    await register(store, alice1, bob1, bob2, carol1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob', 'carol']), 1000);
+    await appendOne(store, gmsg(alice1, 'm1', 'g', 1), 1100);
+    const out = await appendOne(
+      store,
+      groupChange(alice1, 'r2', 'g', { op: 'remove', members: ['bob'] }),
+      1200,
+    );
+    assertDevices(out.notify, [alice1, bob1, bob2, carol1], 'members after the change and the removed user');
+    const removal: GroupEvent = { group: 'g', ver: 2, op: 'remove', by: 'alice', members: ['bob'] };
+    for (const d of [alice1, bob1, bob2, carol1]) {
+      assert.deepEqual(events(await inbox(store, d)).at(-1), removal, `${devKey(d)}: the event, no snapshot`);
+    }
+    await appendOne(store, gmsg(alice1, 'm2', 'g', 2), 1300);
+    await appendOne(store, groupChange(alice1, 'r3', 'g', { op: 'rename', name: 'H' }), 1400);
+    for (const d of [bob1, bob2]) {
+      assert.deepEqual(
+        summary(await inbox(store, d)),
+        ['g v1 create +snapshot', 'msg m1', 'g v2 remove'],
+        `${devKey(d)} gets nothing after its removal`,
+      );
+    }
+    assert.deepEqual(summary(await inbox(store, carol1)), [
+      'g v1 create +snapshot',
+      'msg m1',
+      'g v2 remove',
+      'msg m2',
+      'g v3 rename',
+    ]);
+    await refused(store, gmsg(bob1, 'b1', 'g'), 1500, 'not_member');
+    await refused(store, groupChange(bob1, 'b2', 'g', { op: 'leave' }), 1500, 'not_member');
+    assert.deepEqual(await store.groupsOf('bob'), []);
+    assert.deepEqual((await store.group('g'))?.members, [admin('alice'), member('carol')]);
+  });
+
+  test('a member can leave, and when the last admin leaves the longest-standing member becomes admin', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, carol1, dave1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob', 'carol', 'dave']), 1000);
+    const out = await appendOne(store, groupChange(alice1, 'r2', 'g', { op: 'leave' }), 2000);
+    assertDevices(out.notify, [alice1, alice2, bob1, carol1, dave1], 'the leaver’s devices and the members’');
+    const leave: GroupEvent = { group: 'g', ver: 2, op: 'leave', by: 'alice', members: ['alice'] };
+    for (const d of [alice1, alice2, bob1, carol1, dave1]) {
+      assert.deepEqual(events(await inbox(store, d)).at(-1), leave, devKey(d));
+    }
+    assert.deepEqual(await store.group('g'), {
+      id: 'g',
+      name: 'G',
+      ver: 2,
+      members: [admin('bob'), member('carol'), member('dave')],
+    });
+    assert.deepEqual(await store.groupsOf('alice'), []);
+    // A member leaving changes no role.
+    await appendOne(store, groupChange(carol1, 'r3', 'g', { op: 'leave' }), 3000);
+    assert.deepEqual(await store.group('g'), {
+      id: 'g',
+      name: 'G',
+      ver: 3,
+      members: [admin('bob'), member('dave')],
+    });
+    // An admin leaving while another admin stays promotes nobody.
+    await appendOne(store, create(alice1, 'r4', 'g2', 'G2', ['bob', 'carol', 'dave']), 4000);
+    await appendOne(store, groupChange(alice1, 'r5', 'g2', { op: 'promote', members: ['dave'] }), 4100);
+    await appendOne(store, groupChange(alice1, 'r6', 'g2', { op: 'leave' }), 4200);
+    assert.deepEqual((await store.group('g2'))?.members, [member('bob'), member('carol'), admin('dave')]);
+  });
+
+  test('a demote that would leave the group without an admin is forbidden', async ({ store }) => {
+    await register(store, alice1, bob1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob']), 1000);
+    await refused(
+      store,
+      groupChange(alice1, 'r2', 'g', { op: 'demote', members: ['alice'] }),
+      1100,
+      'forbidden',
+    );
+    await appendOne(store, groupChange(alice1, 'r3', 'g', { op: 'promote', members: ['bob'] }), 1200);
+    await refused(
+      store,
+      groupChange(alice1, 'r4', 'g', { op: 'demote', members: ['alice', 'bob'] }),
+      1300,
+      'forbidden',
+    );
+    assert.deepEqual(await store.group('g'), {
+      id: 'g',
+      name: 'G',
+      ver: 2,
+      members: [admin('alice'), admin('bob')],
+    });
+    const out = await appendOne(
+      store,
+      groupChange(bob1, 'r5', 'g', { op: 'demote', members: ['alice'] }),
+      1400,
+    );
+    assertDevices(out.notify, [alice1, bob1], 'both members');
+    assert.deepEqual(await store.group('g'), {
+      id: 'g',
+      name: 'G',
+      ver: 3,
+      members: [member('alice'), admin('bob')],
+    });
+  });
+
+  test('refused group items in a batch change nothing: the group and every inbox stay as they were', async ({
+    store,
+  }) => {
+    await register(store, alice1, bob1, carol1, dave1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob'], 3), 1000);
+    const devices = [alice1, bob1, carol1, dave1];
+    const look = async () => ({
+      group: await store.group('g'),
+      groupsOf: await Promise.all(['alice', 'bob', 'carol', 'dave'].map((u) => store.groupsOf(u))),
+      inboxes: await inboxes(store, devices),
+    });
+    const before = await look();
+    const batch: AppendInput[] = [
+      create(bob1, 'x1', 'g', 'Again', ['carol']),
+      groupChange(bob1, 'x2', 'g', { op: 'remove', members: ['alice'] }),
+      groupChange(alice1, 'x3', 'g', { op: 'demote', members: ['alice'] }),
+      groupChange(carol1, 'x4', 'g', { op: 'rename', name: 'Carol’s' }),
+      groupChange(alice1, 'x5', 'g', { op: 'add', members: ['carol', 'dave'] }, 3),
+      groupChange(alice1, 'x6', 'g', { op: 'add', members: ['nobody'] }),
+      gmsg(carol1, 'x7', 'g'),
+      gmsg(alice1, 'x8', 'nope'),
+    ];
+    const outcomes = await store.append(batch, 2000);
+    assert.deepEqual(
+      outcomes.map((o) => (o.ok ? 'ok' : o.code)),
+      [
+        'forbidden',
+        'forbidden',
+        'forbidden',
+        'not_member',
+        'group_full',
+        'unknown_recipient',
+        'not_member',
+        'not_member',
+      ],
+    );
+    assert.deepEqual(await look(), before);
+  });
+
+  test('a group message reaches every device of every member except the sending one, its body stored once', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, bob2, carol1, dave1);
+    await appendOne(store, create(bob1, 'r1', 'g', 'G', ['alice', 'carol']), 1000);
+    const body = binaryBody();
+    const out = await appendOne(store, gmsg(alice1, 'm1', 'g', 5, body), 2000);
+    assert.equal(out.ts, 2000);
+    assertDevices(out.notify, [alice2, bob1, bob2, carol1], 'notify lists every recipient device once');
+    for (const d of [alice2, bob1, bob2, carol1]) {
+      const msgs = (await inbox(store, d)).filter((e) => e.kind === 'msg');
+      assert.equal(msgs.length, 1, `${devKey(d)} has the message`);
+      const e = msgs[0]!;
+      assert.ok(e.kind === 'msg');
+      const { offset: _o, body: got, ...rest } = e;
+      assert.deepEqual(rest, { kind: 'msg', id: 'm1', from: alice1, to: 'g', group: true, seq: 5, ts: 2000 });
+      assertBytes(got, body, devKey(d));
+    }
+    assert.deepEqual(msgIds(await inbox(store, alice1)), [], 'the sending device gets no copy');
+    assert.deepEqual(await inbox(store, dave1), [], 'nor does a non-member');
+    // Store once, reference many: the body outlives every ack but the last.
+    for (const d of [alice2, bob1, bob2]) await store.ack(d, [offsetOf(await inbox(store, d), 'm1')], 3000);
+    const last = (await inbox(store, carol1)).find((e) => e.kind === 'msg');
+    assert.ok(last?.kind === 'msg');
+    assertBytes(last.body, body, 'the last reference');
+    const dup = await store.append([gmsg(alice1, 'm1', 'g', 5)], 4000);
+    assert.deepEqual(dup, [{ ok: true, ts: 2000, duplicate: true, notify: [] }]);
+  });
+
+  test('a group message from a non-member or to an unknown group is not_member and writes nothing', async ({
+    store,
+  }) => {
+    await register(store, alice1, bob1, carol1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob']), 1000);
+    const devices = [alice1, bob1, carol1];
+    const before = await inboxes(store, devices);
+    await refused(store, gmsg(carol1, 'm1', 'g'), 1100, 'not_member');
+    await refused(store, gmsg(alice1, 'm2', 'nope'), 1100, 'not_member');
+    assert.deepEqual(await inboxes(store, devices), before);
+    // No dedupe record was written: once carol is a member, the same id commits.
+    await appendOne(store, groupChange(alice1, 'r2', 'g', { op: 'add', members: ['carol'] }), 1200);
+    const retry = await appendOne(store, gmsg(carol1, 'm1', 'g'), 1300);
+    assert.equal(retry.duplicate, false);
+    assert.equal(retry.ts, 1300);
+    assertDevices(retry.notify, [alice1, bob1], 'the other members');
+  });
+
+  test('membership changes and messages in one batch take effect in batch order', async ({ store }) => {
+    await register(store, alice1, bob1, carol1);
+    const outcomes = await store.append(
+      [
+        create(alice1, 'r1', 'g', 'G', ['bob']),
+        gmsg(alice1, 'm1', 'g', 1),
+        groupChange(alice1, 'r2', 'g', { op: 'add', members: ['carol'] }),
+        gmsg(carol1, 'm2', 'g', 1),
+        groupChange(alice1, 'r3', 'g', { op: 'remove', members: ['bob'] }),
+        gmsg(alice1, 'm3', 'g', 2),
+        gmsg(bob1, 'm4', 'g', 1),
+      ],
+      1000,
+    );
+    assert.equal(outcomes.length, 7);
+    assert.deepEqual(outcomes[6], { ok: false, code: 'not_member' }, 'bob is out by then');
+    assertDevices(ok(outcomes[1], 'm1').notify, [bob1], 'm1 before carol joined');
+    assertDevices(ok(outcomes[3], 'm2').notify, [alice1, bob1], 'm2 after carol joined');
+    assertDevices(ok(outcomes[5], 'm3').notify, [carol1], 'm3 after bob left');
+    assert.deepEqual(summary(await inbox(store, alice1)), [
+      'g v1 create +snapshot',
+      'g v2 add',
+      'msg m2',
+      'g v3 remove',
+    ]);
+    assert.deepEqual(summary(await inbox(store, bob1)), [
+      'g v1 create +snapshot',
+      'msg m1',
+      'g v2 add',
+      'msg m2',
+      'g v3 remove',
+    ]);
+    assert.deepEqual(summary(await inbox(store, carol1)), ['g v2 add +snapshot', 'g v3 remove', 'msg m3']);
+  });
+
+  test('delivered is queued once per member user of a group message; the sender’s own devices produce none', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, bob2, carol1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob', 'carol']), 1000);
+    await appendOne(store, gmsg(alice1, 'm1', 'g'), 1100);
+    const entry = async (d: DeviceAddress) => [offsetOf(await inbox(store, d), 'm1')];
+    assert.deepEqual(await store.ack(alice2, await entry(alice2), 2000), { count: 1, notify: [] });
+    const byBob = await store.ack(bob1, await entry(bob1), 3000);
+    assert.equal(byBob.count, 1);
+    assertDevices(byBob.notify, [alice1, alice2], 'every device of the sender user');
+    assert.deepEqual(
+      await store.ack(bob2, await entry(bob2), 3500),
+      { count: 1, notify: [] },
+      'bob’s second device',
+    );
+    const byCarol = await store.ack(carol1, await entry(carol1), 4000);
+    assertDevices(byCarol.notify, [alice1, alice2], 'carol’s own delivered');
+    const expected = [
+      { status: 'delivered', ids: ['m1'], by: 'bob', ts: 3000 },
+      { status: 'delivered', ids: ['m1'], by: 'carol', ts: 4000 },
+    ];
+    assert.deepEqual(statuses(await inbox(store, alice1)), expected);
+    assert.deepEqual(statuses(await inbox(store, alice2)), expected);
+    for (const d of [bob1, bob2, carol1]) {
+      assert.deepEqual(statuses(await inbox(store, d)), [], `${devKey(d)}: members are not told`);
+    }
+  });
+
+  test('expiry tells the sender expired once per (group message, member user) that never got it', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, bob2, carol1, dave1);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob', 'carol', 'dave']), 500);
+    await appendOne(store, gmsg(alice1, 'm1', 'g'), 1000); // → alice2, bob1, bob2, carol1, dave1
+    await store.ack(bob1, [offsetOf(await inbox(store, bob1), 'm1')], 1500); // bob has it
+    const res = await store.expire(2000, 9000);
+    assert.equal(res.count, 6 + 4 + 2, 'the create events, the unacked copies, the delivered statuses');
+    assertDevices(res.notify, [alice1, alice2], 'the sender user’s devices');
+    const expected = [
+      { status: 'expired', ids: ['m1'], by: 'carol', ts: 9000 },
+      { status: 'expired', ids: ['m1'], by: 'dave', ts: 9000 },
+    ];
+    const byWho = (a: { by: string }, b: { by: string }) => a.by.localeCompare(b.by);
+    assert.deepEqual(
+      statuses(await inbox(store, alice1)).sort(byWho),
+      expected,
+      'not for bob, once per member',
+    );
+    assert.deepEqual(statuses(await inbox(store, alice2)).sort(byWho), expected);
+    for (const d of [bob1, bob2, carol1, dave1]) assert.deepEqual(await inbox(store, d), [], devKey(d));
+    assert.deepEqual(await store.expire(2000, 9500), { count: 0, notify: [] });
+  });
+
+  test('a device registered later gets a snapshot of each of its user’s groups', async ({ store }) => {
+    await register(store, alice1, bob1, carol1);
+    await appendOne(store, create(alice1, 'r1', 'g1', 'One', ['bob']), 1000);
+    await appendOne(store, create(carol1, 'r2', 'g2', 'Two', ['bob', 'alice']), 1100);
+    await appendOne(store, groupChange(carol1, 'r3', 'g2', { op: 'rename', name: 'Zwei' }), 1200);
+    await appendOne(store, create(alice1, 'r4', 'g3', 'Three', []), 1300);
+    const res = await store.registerDevice(bob2, 3000);
+    assert.deepEqual(res, { count: 2, notify: [bob2] });
+    const entries = await inbox(store, bob2);
+    assert.deepEqual(
+      entries.map((e) => [e.kind, e.ts]),
+      [
+        ['group', 3000],
+        ['group', 3000],
+      ],
+    );
+    assert.deepEqual(
+      events(entries).sort((a, b) => a.group.localeCompare(b.group)),
+      [
+        {
+          group: 'g1',
+          ver: 1,
+          op: 'add',
+          by: 'bob',
+          members: ['bob'],
+          name: 'One',
+          snapshot: [admin('alice'), member('bob')],
+        },
+        {
+          group: 'g2',
+          ver: 2,
+          op: 'add',
+          by: 'bob',
+          members: ['bob'],
+          name: 'Zwei',
+          snapshot: [admin('carol'), member('bob'), member('alice')],
+        },
+      ],
+    );
+    assert.deepEqual(await store.registerDevice(bob2, 4000), { count: 0, notify: [] }, 'registering again');
+    assert.equal((await inbox(store, bob2)).length, 2);
+    assert.deepEqual(await store.registerDevice(dave1, 4000), { count: 0, notify: [] }, 'a user in no group');
+    assert.deepEqual(await inbox(store, dave1), []);
+    const next = await appendOne(store, gmsg(alice1, 'm1', 'g1'), 5000);
+    assertDevices(next.notify, [bob1, bob2], 'the new device is a recipient from now on');
+  });
+
+  test('unregistering a device deletes its whole inbox without statuses; other devices keep their copies', async ({
+    store,
+  }) => {
+    await register(store, alice1, bob1, bob2);
+    const body = binaryBody();
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1, body), 1000);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob']), 1100);
+    await appendOne(store, gmsg(alice1, 'm2', 'g', 1), 1200);
+    assert.equal(await store.unregisterDevice(bob1), true);
+    assert.deepEqual(await store.devices('bob'), ['b2']);
+    assert.deepEqual(await inbox(store, bob1), []);
+    const b2 = await inbox(store, bob2);
+    assert.deepEqual(summary(b2), ['msg m1', 'g v1 create +snapshot', 'msg m2']);
+    const m1 = b2[0]!;
+    assert.ok(m1.kind === 'msg');
+    assertBytes(m1.body, body, 'the other device still reads the body');
+    assert.deepEqual(
+      statuses(await inbox(store, alice1)),
+      [],
+      'no delivered or expired for the dropped copies',
+    );
+    assert.equal(await store.unregisterDevice(bob1), false, 'already gone');
+    assert.equal(await store.unregisterDevice({ user: 'zed', device: 'z1' }), false, 'never registered');
+    // The user stays in the group; messages go to the devices left.
+    assert.deepEqual(await store.groupsOf('bob'), ['g']);
+    assertDevices((await appendOne(store, gmsg(alice1, 'm3', 'g', 2), 1300)).notify, [bob2], 'm3');
+    // A device linked again starts over: an empty inbox and a snapshot of its groups.
+    assert.deepEqual(await store.registerDevice(bob1, 1400), { count: 1, notify: [bob1] });
+    assert.deepEqual(summary(await inbox(store, bob1)), ['g v1 add +snapshot']);
+    assert.equal(await store.unregisterDevice(bob1), true);
+    assert.equal(await store.unregisterDevice(bob2), true);
+    assert.deepEqual(await store.devices('bob'), []);
+    await refused(store, msg(alice1, 'm4', 'bob', 2), 1500, 'unknown_recipient');
+    const exp = await store.expire(10_000, 11_000);
+    assert.deepEqual(exp.notify, [], 'nothing left to expire for bob');
+    assert.deepEqual(statuses(await inbox(store, alice1)), []);
+  });
+
+  test('related is true between users who share a group or exchanged a 1:1 message, either way', async ({
+    store,
+  }) => {
+    await register(store, alice1, bob1, carol1, dave1);
+    assert.equal(await store.related('alice', 'bob'), false);
+    await refused(store, msg(alice1, 'x', 'nobody'), 900, 'unknown_recipient');
+    assert.equal(await store.related('alice', 'nobody'), false, 'a refused message relates no one');
+    await appendOne(store, msg(alice1, 'm1', 'bob'), 1000);
+    assert.equal(await store.related('alice', 'bob'), true);
+    assert.equal(await store.related('bob', 'alice'), true, 'either way');
+    assert.equal(await store.related('alice', 'carol'), false);
+    await appendOne(store, create(carol1, 'r1', 'g', 'G', ['dave']), 1100);
+    assert.equal(await store.related('carol', 'dave'), true);
+    assert.equal(await store.related('dave', 'carol'), true);
+    assert.equal(await store.related('alice', 'dave'), false);
+    assert.equal(await store.related('bob', 'carol'), false);
+    await appendOne(store, groupChange(carol1, 'r2', 'g', { op: 'remove', members: ['dave'] }), 1200);
+    assert.equal(await store.related('carol', 'dave'), false, 'only a group both are in now counts');
+    await store.expire(5000, 6000);
+    assert.equal(await store.related('alice', 'bob'), true, 'a conversation outlives its entries');
+  });
+
+  test('lastSeen is durable and never moves back', async (h) => {
+    assert.equal(await h.store.lastSeen('alice'), undefined);
+    await h.store.setLastSeen('alice', 1000);
+    await h.store.setLastSeen('alice', 500);
+    assert.equal(await h.store.lastSeen('alice'), 1000, 'an older time is ignored');
+    await h.store.setLastSeen('alice', 2000);
+    await h.store.setLastSeen('bob', 1500);
+    await h.reopen();
+    assert.equal(await h.store.lastSeen('alice'), 2000);
+    assert.equal(await h.store.lastSeen('bob'), 1500);
+    assert.equal(await h.store.lastSeen('carol'), undefined);
+    await h.store.setLastSeen('alice', 1999);
+    assert.equal(await h.store.lastSeen('alice'), 2000);
+  });
+
+  test('a group message to 1,024 members with two devices each is 2,048 entries from one append', async ({
+    store,
+  }) => {
+    const sender: DeviceAddress = { user: 'owner', device: 'o1' };
+    const users = Array.from({ length: 1024 }, (_, i) => `u${String(i).padStart(4, '0')}`);
+    const devices = users.flatMap((user) => [
+      { user, device: 'd1' },
+      { user, device: 'd2' },
+    ]);
+    await register(store, sender, ...devices);
+    await appendOne(store, create(sender, 'r1', 'big', 'Big', users, 1025), 1000);
+    const out = await appendOne(store, gmsg(sender, 'm1', 'big'), 2000);
+    assert.equal(out.notify.length, 2048);
+    assertDevices(out.notify, devices, 'every member device');
+    for (const d of devices) {
+      assert.deepEqual(summary(await inbox(store, d)), ['big v1 create +snapshot', 'msg m1'], devKey(d));
+    }
+    const first = events(await inbox(store, devices[0]!))[0]!;
+    assert.equal(first.snapshot?.length, 1025, 'the snapshot lists every member');
+    assert.deepEqual(summary(await inbox(store, sender)), ['big v1 create +snapshot']);
+  });
+
+  test('groups, memberships, group entries, contacts and delivered marks survive a re-open', async (h) => {
+    await register(h.store, alice1, bob1, bob2, carol1);
+    await appendOne(h.store, create(alice1, 'r1', 'g', 'G', ['bob', 'carol']), 1000);
+    await appendOne(h.store, groupChange(alice1, 'r2', 'g', { op: 'promote', members: ['carol'] }), 1100);
+    await appendOne(h.store, gmsg(alice1, 'm1', 'g', 1, binaryBody()), 1200);
+    await appendOne(h.store, msg(bob1, 'm2', 'carol'), 1300);
+    await h.store.ack(bob1, [offsetOf(await inbox(h.store, bob1), 'm1')], 1400);
+    const devices = [alice1, bob1, bob2, carol1];
+    const look = async () => ({
+      group: await h.store.group('g'),
+      groupsOf: await Promise.all(['alice', 'bob', 'carol'].map((u) => h.store.groupsOf(u))),
+      inboxes: await inboxes(h.store, devices),
+    });
+    const before = await look();
+    await h.reopen();
+    assert.deepEqual(await look(), before);
+    assert.equal(await h.store.related('bob', 'carol'), true);
+    assert.equal(await h.store.related('alice', 'bob'), true);
+    const dup = await h.store.append(
+      [groupChange(alice1, 'r2', 'g', { op: 'promote', members: ['bob'] })],
+      2000,
+    );
+    assert.deepEqual(
+      dup,
+      [{ ok: true, ts: 1100, duplicate: true, notify: [] }],
+      'the change’s dedupe record',
+    );
+    const second = await h.store.ack(bob2, [offsetOf(await inbox(h.store, bob2), 'm1')], 2100);
+    assert.deepEqual(second, { count: 1, notify: [] }, 'bob’s delivered was already queued');
+    await appendOne(h.store, groupChange(carol1, 'r3', 'g', { op: 'rename', name: 'H' }), 2200);
+    assert.equal((await h.store.group('g'))?.ver, 3, 'versions continue');
   });
 
   return cases;

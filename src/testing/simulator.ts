@@ -1,6 +1,7 @@
 import { createClient, type PostboxClient } from '../client/engine.js';
 import { STATUS_RANK } from '../client/status.js';
 import type { MessageStatus } from '../client/store.js';
+import type { AppendInput, AppendOutcome, GroupState, ServerStore } from '../server/store.js';
 import {
   createMemoryClientState,
   memoryClientStore,
@@ -28,6 +29,8 @@ export interface SimulationOptions {
   steps?: number;
   /** Probability scale of faults (0 = none). @default 1 */
   faultLevel?: number;
+  /** Groups created at the start; members then come and go while messages flow. @default 1..2 */
+  groups?: number;
   /** Print each action (for replaying a failing seed). */
   trace?: (line: string) => void;
 }
@@ -39,6 +42,10 @@ export interface SimulationResult {
   stats: {
     sent: number;
     acked: number;
+    /** Group messages sent (included in `sent`). */
+    groupSent: number;
+    /** Membership changes committed while messages flowed. */
+    membershipChanges: number;
     deliveries: number;
     reads: number;
     clientRestarts: number;
@@ -68,8 +75,13 @@ interface SentRecord {
   id: string;
   from: SimDevice;
   to: string;
+  /** Set for a group message: `to` is the group id. */
+  group?: boolean;
   statuses: MessageStatus[];
 }
+
+/** What the store did with a group message, observed at its commit. */
+type GroupCommit = { ok: true; members: string[] } | { ok: false };
 
 /**
  * Runs one seeded scenario: a server engine and several multi-device users over the faulty
@@ -91,6 +103,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   const stats: SimulationResult['stats'] = {
     sent: 0,
     acked: 0,
+    groupSent: 0,
+    membershipChanges: 0,
     deliveries: 0,
     reads: 0,
     clientRestarts: 0,
@@ -121,15 +135,50 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   // A crashed server's engine may still have commits in flight; from the crash on, nothing it
   // does reaches the store, so what it never committed it never acked.
   let engineAlive = { value: true };
+  // The oracle of "a group message goes to exactly the members at its commit": the store is
+  // wrapped so that each item of a batch is applied on its own, synchronously (the memory store
+  // computes every call at once), and the group's membership is read right after the item —
+  // the same result as the atomic batch, since the fault decision is taken for the whole batch
+  // before any item is applied.
+  const groupCommits = new Map<string, GroupCommit>();
+  let committedChanges = 0;
+  const oracleStore = (alive: { value: boolean }): ServerStore => {
+    const inner = memoryServerStore({
+      state: serverState,
+      // Appends fail (as a whole batch) in the wrapper below, never item by item in here.
+      failWhen: (op: string) =>
+        !alive.value ||
+        (storeFaults && op !== 'append' && serverFaultOps.has(op) && faultRnd() < 0.003 * level),
+    });
+    const wrapped: ServerStore = Object.create(inner) as ServerStore;
+    wrapped.append = (batch: AppendInput[], now: number): Promise<AppendOutcome[]> => {
+      if (!alive.value || (storeFaults && faultRnd() < 0.003 * level)) {
+        return Promise.reject(new Error('simulated store failure in append'));
+      }
+      const results: Array<Promise<AppendOutcome[]>> = [];
+      for (const item of batch) {
+        const outcome = inner.append([item], now);
+        results.push(outcome);
+        if (item.kind === 'group') {
+          void outcome.then(([o]) => {
+            if (o?.ok && !o.duplicate) committedChanges++;
+          });
+        }
+        if (item.kind !== 'msg' || !item.group) continue;
+        const members: Promise<GroupState | undefined> = inner.group(item.to);
+        const id = item.id;
+        void Promise.all([outcome, members]).then(([[o], g]) => {
+          if (!o || (o.ok && o.duplicate)) return;
+          groupCommits.set(id, o.ok ? { ok: true, members: g!.members.map((m) => m.user) } : { ok: false });
+        });
+      }
+      return Promise.all(results).then((r) => r.flat());
+    };
+    return wrapped;
+  };
   const makeServer = () =>
     createServer({
-      store: memoryServerStore({
-        state: serverState,
-        failWhen: (
-          (alive) => (op: string) =>
-            !alive.value || (storeFaults && serverFaultOps.has(op) && faultRnd() < 0.003 * level)
-        )(engineAlive),
-      }),
+      store: oracleStore(engineAlive),
       authenticate: (cred) => cred as { user: string; device: string },
       clock,
       heartbeatMs,
@@ -162,6 +211,26 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     }
   }
   const sent = new Map<string, SentRecord>();
+
+  // Groups, created before the first send by a random member, with a random half of the users.
+  const groupIds: string[] = [];
+  const groupCount = options.groups ?? 1 + Math.floor(rnd() * 2);
+  const faultsWere = storeFaults;
+  storeFaults = false; // the setup itself is not under test
+  for (let g = 0; g < groupCount; g++) {
+    const id = `#g${g}`;
+    const creator = pick(users);
+    const members = users.filter((u) => u !== creator && rnd() < 0.6);
+    await server.changeGroup(
+      { user: creator, device: 'd0' },
+      id,
+      { op: 'create', name: id, members },
+      `create-${g}`,
+    );
+    groupIds.push(id);
+    trace(`group ${id} by ${creator}: ${members.join(',')}`);
+  }
+  storeFaults = faultsWere;
 
   const startClient = (dev: SimDevice): PostboxClient => {
     const random: Random = seededRandom(Math.floor(rnd() * 2 ** 32));
@@ -241,7 +310,45 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     }
     const r = rnd();
     const dev = pick(devices);
-    if (r < 0.55) {
+    if (r < 0.12 && groupIds.length > 0) {
+      // A group message, from a member (by the device's own view, which may be stale: the
+      // server then refuses it and the client reports failed).
+      const group = pick(groupIds);
+      if (dev.client?.group(group)?.member) {
+        const id = dev.client.sendToGroup(group, new TextEncoder().encode(`${dev.name}#${stats.sent}`));
+        sent.set(id, { id, from: dev, to: group, group: true, statuses: [] });
+        stats.sent++;
+        stats.groupSent++;
+        trace(`${step} group send ${dev.name} -> ${group} ${id}`);
+      }
+    } else if (r < 0.16 && groupIds.length > 0) {
+      // A membership change, concurrent with the messages in flight.
+      const group = pick(groupIds);
+      const view = dev.client?.group(group);
+      if (dev.client && view) {
+        const inGroup = view.members.map((m) => m.user);
+        const outside = users.filter((u) => !inGroup.includes(u));
+        const x = rnd();
+        let p: Promise<void> | undefined;
+        if (x < 0.45 && outside.length > 0) {
+          const u = pick(outside);
+          trace(`${step} ${dev.name} adds ${u} to ${group}`);
+          p = dev.client.addMembers(group, [u]);
+        } else if (x < 0.85 && inGroup.length > 1) {
+          const u = pick(inGroup.filter((m) => m !== dev.user));
+          trace(`${step} ${dev.name} removes ${u} from ${group}`);
+          p = dev.client.removeMembers(group, [u]);
+        } else if (x < 0.95 && view.member) {
+          trace(`${step} ${dev.name} leaves ${group}`);
+          p = dev.client.leaveGroup(group);
+        } else if (view.member) {
+          const u = pick(inGroup);
+          trace(`${step} ${dev.name} promotes ${u} in ${group}`);
+          p = dev.client.promoteMembers(group, [u]);
+        }
+        p?.catch(() => {});
+      }
+    } else if (r < 0.55) {
       const others = users.filter((u) => u !== dev.user);
       const to = pick(others);
       if (dev.client) {
@@ -252,7 +359,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       }
     } else if (r < 0.65) {
       if (dev.client) {
-        const conv = pick(users.filter((u) => u !== dev.user));
+        const conv =
+          groupIds.length > 0 && rnd() < 0.3 ? pick(groupIds) : pick(users.filter((u) => u !== dev.user));
         trace(`${step} read ${dev.name} ${conv}`);
         dev.client.markRead(conv).catch(() => {});
         stats.reads++;
@@ -318,7 +426,63 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     if (!l) byUser.set(d.user, (l = []));
     l.push(d);
   }
+  stats.membershipChanges = committedChanges;
+  const everyone = devices;
   for (const rec of sent.values()) {
+    if (!rec.group) continue;
+    const commit = groupCommits.get(rec.id);
+    const key = `${rec.from.user}/${rec.from.device}/${rec.id}`;
+    const final = rec.statuses[rec.statuses.length - 1];
+    if (!commit) {
+      violations.push(`liveness: group message ${rec.id} from ${rec.from.name} never committed or refused`);
+      continue;
+    }
+    if (!commit.ok) {
+      // Refused (the sender was no longer a member at commit): failed, and shown nowhere.
+      if (final !== 'failed') violations.push(`group refusal: ${rec.id} refused but its status is ${final}`);
+      for (const d of everyone) {
+        if (d.seen.has(key)) violations.push(`group refusal: refused ${rec.id} reached ${d.name}`);
+      }
+      continue;
+    }
+    stats.acked++;
+    if (final === 'failed' || final === undefined || final === 'pending') {
+      violations.push(`liveness: group message ${rec.id} committed but its status is ${final}`);
+    }
+    // Exactly the members at commit: every device of each (but the sending one) once, no one else.
+    const audience = new Set(commit.members);
+    for (const d of everyone) {
+      const n = d.seen.get(key) ?? 0;
+      const should = audience.has(d.user) && d !== rec.from;
+      if (should && n === 0) violations.push(`no loss: group ${rec.id} never reached ${d.name}`);
+      if (!should && n > 0)
+        violations.push(`group audience: ${rec.id} reached ${d.name}, not a member at commit`);
+      if (n > 1) violations.push(`no duplicates: ${rec.id} shown ${n} times on ${d.name}`);
+    }
+    for (let i = 1; i < rec.statuses.length; i++) {
+      if (STATUS_RANK[rec.statuses[i]!] <= STATUS_RANK[rec.statuses[i - 1]!]) {
+        violations.push(`monotone receipts: ${rec.id} went ${rec.statuses.join(' → ')}`);
+        break;
+      }
+    }
+  }
+  // Every device of every current member converges on the server's view of each group.
+  for (const id of groupIds) {
+    const g = await server.store.group(id);
+    const want = JSON.stringify({ ver: g!.ver, name: g!.name, members: g!.members });
+    for (const d of devices) {
+      const v = d.client!.group(id);
+      const isMember = g!.members.some((m) => m.user === d.user);
+      if (isMember) {
+        const got = v && JSON.stringify({ ver: v.ver, name: v.name, members: v.members });
+        if (got !== want) violations.push(`group views converge: ${d.name} has ${got}, server ${want}`);
+      } else if (v?.member) {
+        violations.push(`group views converge: ${d.name} thinks it is in ${id}, the server does not`);
+      }
+    }
+  }
+  for (const rec of sent.values()) {
+    if (rec.group) continue;
     const acked = rec.statuses.some((s) => STATUS_RANK[s] >= STATUS_RANK.sent && s !== 'failed');
     if (acked) stats.acked++;
     else
@@ -359,10 +523,14 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       violations.push(`final status: ${rec.id} stored as ${stored} but last event was ${final}`);
   }
   for (const d of devices) {
-    // 3. Per-sender order: within each (conversation, sender device) stream, 1, 2, 3, … with no holes.
+    // 3. Per-sender order: within each (conversation, sender device) stream, 1, 2, 3, … with no
+    // holes; in a group, strictly increasing (a member sees a sender's stream only while it is in
+    // the group, and refused sends leave holes; the exact-audience check above already proves no
+    // message a member should have is missing).
     for (const [stream, seqs] of d.order) {
+      const inGroup = stream.startsWith('#');
       for (let i = 0; i < seqs.length; i++) {
-        if (seqs[i] !== i + 1) {
+        if (inGroup ? i > 0 && seqs[i]! <= seqs[i - 1]! : seqs[i] !== i + 1) {
           violations.push(
             `per-sender order: ${d.name} saw stream ${stream} as ${seqs.slice(0, i + 1).join(',')}`,
           );

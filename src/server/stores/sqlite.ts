@@ -10,32 +10,51 @@
  * call, so a batch costs one fsync, not one per message (group commit).
  *
  * **Schema** (version {@link SQLITE_SERVER_SCHEMA_VERSION}, kept in `PRAGMA user_version` and
- * reached by migration steps applied in one transaction each):
+ * reached by migration steps applied in one transaction each; step 2 added groups, per-user
+ * delivery tracking, contacts and last-seen times):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
  * | `devices` | `id` (rowid), `user`, `device`, `registered_at`, `last_offset` | registration order; the per-device offset counter; unique `(user, device)` |
- * | `messages` | `id` (rowid), `from_user`, `from_device`, `msg_id`, `to_user`, `seq`, `ts`, `body`, `refs`, `state` | each body stored once; `refs` counts inbox entries pointing at it; `state` 0 undelivered, 1 delivered (a recipient device acked), 2 sender told expired |
- * | `inbox` | `dev`, `pos`, `ts`, `message` or (`status`, `ids`, `by_user`) | one row per entry; primary key `(dev, pos)` = (device, offset); `WITHOUT ROWID` |
+ * | `messages` | `id` (rowid), `from_user`, `from_device`, `msg_id`, `to_user`, `to_group`, `seq`, `ts`, `body`, `refs` | each body stored once; `to_user` is the group id when `to_group` is 1; `refs` counts inbox entries pointing at it |
+ * | `delivered` | `message`, `user` | recipient users already accounted for: a device of `user` acked `message` (sender told `delivered`) or the sender was told `expired`; primary key `(message, user)`; rows go with their message; `WITHOUT ROWID` |
+ * | `group_events` | `id` (rowid), `data`, `refs` | each form of a group event (delta, snapshot) stored once, msgpack-encoded; `refs` counts inbox entries pointing at it |
+ * | `inbox` | `dev`, `pos`, `ts`, `message` or `event` or (`status`, `ids`, `by_user`) | one row per entry; primary key `(dev, pos)` = (device, offset); `WITHOUT ROWID` |
+ * | `groups` | `id`, `name`, `ver` | one row per group; `WITHOUT ROWID` |
+ * | `group_members` | `joined` (rowid), `group_id`, `user`, `role` | `joined` orders members by join (the longest-standing first); unique `(group_id, user)`; index by `user` |
+ * | `contacts` | `a`, `b` | pairs (`a` < `b`) a 1:1 message was committed between; `WITHOUT ROWID` |
+ * | `last_seen` | `user`, `ts` | when each user was last online; `WITHOUT ROWID` |
  * | `dedupe` | `from_user`, `from_device`, `msg_id`, `ts` | one record per committed item; primary key `(from_user, from_device, msg_id)`; `WITHOUT ROWID` |
  *
  * Indexes: `inbox` by `(dev, pos)` (reads and acks; `dev` is the `devices` row of `(user, device)`),
- * `inbox_ts` and `dedupe_ts` (expiry), `dedupe` by its key (dedupe), `devices` by `(user, device)`.
- * A trigger on inbox deletes decrements `messages.refs` and deletes the body with its last
- * reference, so no delete path can leak or drop a body. No foreign keys are declared (the trigger
- * keeps `inbox` and `messages` consistent, and a foreign key from `inbox.message` would cost an
- * extra index for every body delete), so the connection's `foreign_keys` setting does not matter.
+ * `inbox_ts` and `dedupe_ts` (expiry), `dedupe` by its key (dedupe), `devices` by `(user, device)`,
+ * `group_members` by `(group_id, user)` and by `user` (membership, fan-out, `groupsOf`).
+ * Triggers on inbox deletes decrement `messages.refs` and `group_events.refs` and delete the body
+ * or event with its last reference, and one on message deletes drops its `delivered` rows, so no
+ * delete path can leak or drop either. No foreign keys are declared (the triggers keep the
+ * tables consistent, and a foreign key from `inbox.message` would cost an extra index for every
+ * body delete), so the connection's `foreign_keys` setting does not matter.
  *
  * @packageDocumentation
  */
 import Database from 'better-sqlite3';
+import { Packr } from 'msgpackr';
 import type {
   AppendInput,
   AppendOutcome,
+  AppendRefusal,
   DeviceAddress,
   EntryStatus,
+  GroupChange,
+  GroupEvent,
+  GroupInput,
+  GroupMember,
+  GroupRole,
+  GroupState,
   InboxEntry,
+  MessageInput,
   NotifyResult,
+  ReceiptInput,
   ServerStore,
 } from '../store.js';
 import {
@@ -123,19 +142,68 @@ const MIGRATIONS: readonly SqliteMigration[] = [
         DELETE FROM messages WHERE id = old.message AND refs <= 0;
       END;
     `),
+  // 2: groups, group messages and events, per-(message, user) delivery, contacts, last seen.
+  // The per-message `state` flag becomes `delivered` rows: a 1:1 message had one recipient user.
+  (db) =>
+    db.exec(`
+      ALTER TABLE messages ADD COLUMN to_group INTEGER NOT NULL DEFAULT 0;
+      CREATE TABLE delivered (
+        message INTEGER NOT NULL,
+        user TEXT NOT NULL,
+        PRIMARY KEY (message, user)
+      ) WITHOUT ROWID;
+      INSERT INTO delivered (message, user) SELECT id, to_user FROM messages WHERE state <> 0;
+      ALTER TABLE messages DROP COLUMN state;
+      CREATE TRIGGER messages_gone AFTER DELETE ON messages BEGIN
+        DELETE FROM delivered WHERE message = old.id;
+      END;
+      CREATE TABLE group_events (
+        id INTEGER PRIMARY KEY,
+        data BLOB NOT NULL,
+        refs INTEGER NOT NULL
+      );
+      ALTER TABLE inbox ADD COLUMN event INTEGER;
+      CREATE TRIGGER inbox_unref_event AFTER DELETE ON inbox WHEN old.event IS NOT NULL BEGIN
+        UPDATE group_events SET refs = refs - 1 WHERE id = old.event;
+        DELETE FROM group_events WHERE id = old.event AND refs <= 0;
+      END;
+      CREATE TABLE groups (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        ver INTEGER NOT NULL
+      ) WITHOUT ROWID;
+      CREATE TABLE group_members (
+        joined INTEGER PRIMARY KEY,
+        group_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        role TEXT NOT NULL,
+        UNIQUE (group_id, user)
+      );
+      CREATE INDEX group_members_user ON group_members (user);
+      CREATE TABLE contacts (
+        a TEXT NOT NULL,
+        b TEXT NOT NULL,
+        PRIMARY KEY (a, b)
+      ) WITHOUT ROWID;
+      CREATE TABLE last_seen (
+        user TEXT PRIMARY KEY,
+        ts INTEGER NOT NULL
+      ) WITHOUT ROWID;
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
 export const SQLITE_SERVER_SCHEMA_VERSION: number = MIGRATIONS.length;
 
-/** `messages.state` values. */
-const UNDELIVERED = 0;
-const DELIVERED = 1;
-const TOLD_EXPIRED = 2;
-
 interface DeviceRow {
   id: number;
   device: string;
+  last_offset: number;
+}
+
+/** A device of a group member, as the fan-out query returns it. */
+interface MemberDeviceRow extends DeviceRow {
+  user: string;
 }
 
 interface InboxRow {
@@ -145,24 +213,27 @@ interface InboxRow {
   status: string | null;
   ids: string | null;
   by_user: string | null;
+  event: number | null;
   from_user: string | null;
   from_device: string | null;
   msg_id: string | null;
   to_user: string | null;
+  to_group: number | null;
   seq: number | null;
   mts: number | null;
   body: Uint8Array | null;
+  event_data: Uint8Array | null;
 }
 
 /** An inbox entry with what ack and expiry need to know about its message. */
 interface EntryRow {
   dev: number;
   pos: number;
+  /** The device's user (expiry; ack knows it). */
+  owner?: string | null;
   message: number | null;
   from_user: string | null;
   msg_id: string | null;
-  to_user: string | null;
-  state: number | null;
 }
 
 /** An ack waiting for the next group commit. */
@@ -179,6 +250,7 @@ type Groups = Map<string, { user: string; by: string; ids: string[] }>;
 
 // Length-prefixed so that no two different tuples share a key.
 const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
+const uniq = (users: string[]): string[] => [...new Set(users)];
 
 /** Collects devices that got new entries, each once, in first-seen order. */
 class NotifySet {
@@ -196,6 +268,163 @@ class NotifySet {
 const bindBytes = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+// Plain msgpack: the stored events stay readable by any msgpack implementation.
+const packr = new Packr({ useRecords: false, moreTypes: false });
+
+/**
+ * A stored group event: the msgpack array `[group, ver, op, by, members, name | nil, snapshot |
+ * nil]`, the snapshot flattened to `[user, isAdmin (0/1), …]`, so no field name is stored and a
+ * 1,024-member snapshot costs about its user ids.
+ */
+type EventTuple = [
+  string,
+  number,
+  GroupChange['op'],
+  string,
+  string[],
+  string | null,
+  Array<string | number> | null,
+];
+
+function encodeEvent(e: GroupEvent): Buffer {
+  const snapshot = e.snapshot?.flatMap((m) => [m.user, m.role === 'admin' ? 1 : 0]) ?? null;
+  const tuple: EventTuple = [e.group, e.ver, e.op, e.by, e.members, e.name ?? null, snapshot];
+  return packr.pack(tuple);
+}
+
+function decodeEvent(data: Uint8Array): GroupEvent {
+  const [group, ver, op, by, members, name, snapshot] = packr.unpack(data) as EventTuple;
+  const e: GroupEvent = { group, ver, op, by, members };
+  if (name !== null) e.name = name;
+  if (snapshot !== null) {
+    e.snapshot = [];
+    for (let i = 0; i < snapshot.length; i += 2) {
+      e.snapshot.push({ user: snapshot[i] as string, role: snapshot[i + 1] === 1 ? 'admin' : 'member' });
+    }
+  }
+  return e;
+}
+
+/** A group as a change sees it: `members` maps user → role in join order. */
+interface GroupView {
+  name: string;
+  ver: number;
+  members: Map<string, GroupRole>;
+}
+
+/** What a membership change does, worked out before anything is written. */
+interface ChangePlan {
+  /** The event as existing and removed members get it (no snapshot). */
+  event: GroupEvent;
+  /** The group after the change. */
+  after: GroupView;
+  created: boolean;
+  /** Users new to the group, in join order (they get the snapshot form). */
+  joined: string[];
+  /** Users the change took out of the group. */
+  removed: string[];
+  /** Role changes of users who stay members. */
+  roles: Map<string, GroupRole>;
+}
+
+/**
+ * Validates a membership change against the group's current state and works out its effect:
+ * the rules of the memory store's `applyChange`, without writing. Returns `null` for a change
+ * with nothing to do, or the refusal code.
+ */
+function planChange(
+  item: GroupInput,
+  current: GroupView | undefined,
+  hasDevice: (user: string) => boolean,
+): ChangePlan | null | AppendRefusal {
+  const actor = item.from.user;
+  const c: GroupChange = item.change;
+  if (c.op === 'create') {
+    if (current) return 'forbidden';
+    const members = uniq([actor, ...c.members]);
+    if (members.length > item.maxMembers) return 'group_full';
+    if (members.some((u) => !hasDevice(u))) return 'unknown_recipient';
+    const after: GroupView = { name: c.name, ver: 1, members: new Map() };
+    for (const u of members) after.members.set(u, u === actor ? 'admin' : 'member');
+    const event: GroupEvent = {
+      group: item.group,
+      ver: 1,
+      op: 'create',
+      by: actor,
+      members: members.filter((u) => u !== actor),
+      name: c.name,
+    };
+    return { event, after, created: true, joined: members, removed: [], roles: new Map() };
+  }
+  if (!current || !current.members.has(actor)) return 'not_member';
+  const isAdmin = current.members.get(actor) === 'admin';
+  const after: GroupView = { name: current.name, ver: current.ver, members: new Map(current.members) };
+  const roles = new Map<string, GroupRole>();
+  let changed: string[] = [];
+  let joined: string[] = [];
+  let removed: string[] = [];
+  switch (c.op) {
+    case 'add': {
+      if (!isAdmin) return 'forbidden';
+      changed = uniq(c.members).filter((u) => !after.members.has(u));
+      if (after.members.size + changed.length > item.maxMembers) return 'group_full';
+      if (changed.some((u) => !hasDevice(u))) return 'unknown_recipient';
+      for (const u of changed) after.members.set(u, 'member');
+      joined = changed;
+      break;
+    }
+    case 'remove': {
+      if (!isAdmin) return 'forbidden';
+      changed = uniq(c.members).filter((u) => u !== actor && after.members.has(u));
+      for (const u of changed) after.members.delete(u);
+      removed = changed;
+      break;
+    }
+    case 'leave': {
+      changed = [actor];
+      after.members.delete(actor);
+      removed = changed;
+      // A group never ends up without an admin: the longest-standing member takes over.
+      if (isAdmin && after.members.size > 0 && ![...after.members.values()].includes('admin')) {
+        const heir = after.members.keys().next().value as string;
+        after.members.set(heir, 'admin');
+        roles.set(heir, 'admin');
+      }
+      break;
+    }
+    case 'promote':
+    case 'demote': {
+      if (!isAdmin) return 'forbidden';
+      const to: GroupRole = c.op === 'promote' ? 'admin' : 'member';
+      changed = uniq(c.members).filter((u) => after.members.has(u) && after.members.get(u) !== to);
+      if (to === 'member') {
+        const admins = [...after.members.values()].filter((r) => r === 'admin').length;
+        if (changed.length >= admins) return 'forbidden';
+      }
+      for (const u of changed) {
+        after.members.set(u, to);
+        roles.set(u, to);
+      }
+      break;
+    }
+    case 'rename': {
+      if (!isAdmin) return 'forbidden';
+      if (c.name === after.name) return null;
+      after.name = c.name;
+      break;
+    }
+  }
+  if (c.op !== 'rename' && changed.length === 0) return null;
+  after.ver++;
+  const event: GroupEvent = { group: item.group, ver: after.ver, op: c.op, by: actor, members: changed };
+  if (c.op === 'rename') event.name = after.name;
+  return { event, after, created: false, joined, removed, roles };
+}
+
+function snapshotOf(g: GroupView): GroupMember[] {
+  return [...g.members].map(([user, role]) => ({ user, role }));
+}
 
 /**
  * A {@link ServerStore} in a SQLite database (see the module header for the schema and the
@@ -235,40 +464,75 @@ export function sqliteServerStore(
     insertDevice: q(
       'INSERT INTO devices (user, device, registered_at) VALUES (?, ?, ?) ON CONFLICT (user, device) DO NOTHING',
     ),
-    devicesOf: q('SELECT id, device FROM devices WHERE user = ? ORDER BY id'),
+    devicesOf: q('SELECT id, device, last_offset FROM devices WHERE user = ? ORDER BY id'),
     deviceId: q('SELECT id FROM devices WHERE user = ? AND device = ?'),
+    deviceDelete: q('DELETE FROM devices WHERE id = ?'),
     lastOffset: q('SELECT last_offset FROM devices WHERE id = ?'),
     setLastOffset: q('UPDATE devices SET last_offset = ? WHERE id = ?'),
     dedupeGet: q('SELECT ts FROM dedupe WHERE from_user = ? AND from_device = ? AND msg_id = ?'),
     dedupeInsert: q('INSERT INTO dedupe (from_user, from_device, msg_id, ts) VALUES (?, ?, ?, ?)'),
     messageInsert: q(
-      `INSERT INTO messages (from_user, from_device, msg_id, to_user, seq, ts, body, refs)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
+    eventInsert: q('INSERT INTO group_events (data, refs) VALUES (?, ?)'),
     entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message) VALUES (?, ?, ?, ?)'),
+    entryEventInsert: q('INSERT INTO inbox (dev, pos, ts, event) VALUES (?, ?, ?, ?)'),
     entryStatusInsert: q('INSERT INTO inbox (dev, pos, ts, status, ids, by_user) VALUES (?, ?, ?, ?, ?, ?)'),
     readInbox: q(
-      `SELECT i.pos, i.ts, i.message, i.status, i.ids, i.by_user,
-              m.from_user, m.from_device, m.msg_id, m.to_user, m.seq, m.ts AS mts, m.body
-       FROM inbox i LEFT JOIN messages m ON m.id = i.message
+      `SELECT i.pos, i.ts, i.message, i.status, i.ids, i.by_user, i.event,
+              m.from_user, m.from_device, m.msg_id, m.to_user, m.to_group, m.seq, m.ts AS mts, m.body,
+              e.data AS event_data
+       FROM inbox i
+       LEFT JOIN messages m ON m.id = i.message
+       LEFT JOIN group_events e ON e.id = i.event
        WHERE i.dev = (SELECT id FROM devices WHERE user = ? AND device = ?) AND i.pos > ?
        ORDER BY i.pos LIMIT ?`,
     ),
     entryGet: q(
-      `SELECT i.dev, i.pos, i.message, m.from_user, m.msg_id, m.to_user, m.state
+      `SELECT i.dev, i.pos, i.message, m.from_user, m.msg_id
        FROM inbox i LEFT JOIN messages m ON m.id = i.message WHERE i.dev = ? AND i.pos = ?`,
     ),
     entryDelete: q('DELETE FROM inbox WHERE dev = ? AND pos = ?'),
-    setState: q('UPDATE messages SET state = ? WHERE id = ?'),
+    inboxDelete: q('DELETE FROM inbox WHERE dev = ?'),
+    /** Marks (message, user) as told; `changes` is 0 when it already was (delivered once). */
+    markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
     expiredEntries: q(
-      `SELECT i.dev, i.pos, i.message, m.from_user, m.msg_id, m.to_user, m.state
-       FROM inbox i LEFT JOIN messages m ON m.id = i.message
+      `SELECT i.dev, i.pos, i.message, d.user AS owner, m.from_user, m.msg_id
+       FROM inbox i
+       LEFT JOIN devices d ON d.id = i.dev
+       LEFT JOIN messages m ON m.id = i.message
        WHERE i.ts < ? ORDER BY i.ts LIMIT ?`,
     ),
     expireDedupe: q(
       `DELETE FROM dedupe WHERE (from_user, from_device, msg_id) IN
          (SELECT from_user, from_device, msg_id FROM dedupe WHERE ts < ? LIMIT ?)`,
     ),
+    groupGet: q('SELECT name, ver FROM groups WHERE id = ?'),
+    groupInsert: q('INSERT INTO groups (id, name, ver) VALUES (?, ?, ?)'),
+    groupUpdate: q('UPDATE groups SET name = ?, ver = ? WHERE id = ?'),
+    groupMembers: q('SELECT user, role FROM group_members WHERE group_id = ? ORDER BY joined'),
+    memberInsert: q('INSERT INTO group_members (group_id, user, role) VALUES (?, ?, ?)'),
+    memberDelete: q('DELETE FROM group_members WHERE group_id = ? AND user = ?'),
+    memberRole: q('UPDATE group_members SET role = ? WHERE group_id = ? AND user = ?'),
+    isMember: q('SELECT 1 AS x FROM group_members WHERE group_id = ? AND user = ?'),
+    memberDevices: q(
+      `SELECT d.id, d.user, d.device, d.last_offset
+       FROM group_members gm JOIN devices d ON d.user = gm.user
+       WHERE gm.group_id = ? ORDER BY gm.joined, d.id`,
+    ),
+    groupsOf: q('SELECT group_id FROM group_members WHERE user = ? ORDER BY joined'),
+    contactInsert: q('INSERT OR IGNORE INTO contacts (a, b) VALUES (?, ?)'),
+    contactGet: q('SELECT 1 AS x FROM contacts WHERE a = ? AND b = ?'),
+    shareGroup: q(
+      `SELECT 1 AS x FROM group_members x JOIN group_members y ON y.group_id = x.group_id
+       WHERE x.user = ? AND y.user = ? LIMIT 1`,
+    ),
+    lastSeenSet: q(
+      `INSERT INTO last_seen (user, ts) VALUES (?, ?)
+       ON CONFLICT (user) DO UPDATE SET ts = excluded.ts WHERE excluded.ts > last_seen.ts`,
+    ),
+    lastSeenGet: q('SELECT ts FROM last_seen WHERE user = ?'),
   };
 
   let closed = false;
@@ -278,20 +542,29 @@ export function sqliteServerStore(
 
   /**
    * The per-transaction view of device lists and offset counters. Offsets come from the device's
-   * `last_offset` row, read once and written back once per transaction. No skip: every write
-   * transaction holds SQLite's single write lock from `BEGIN IMMEDIATE` to `COMMIT`, and readers
-   * see only committed snapshots, so a transaction that takes offsets commits before any later
-   * one can take larger offsets: no reader can pass an offset whose entry is not yet committed.
+   * `last_offset` row, read once (with the device list when possible) and written back once per
+   * transaction. No skip: every write transaction holds SQLite's single write lock from
+   * `BEGIN IMMEDIATE` to `COMMIT`, and readers see only committed snapshots, so a transaction
+   * that takes offsets commits before any later one can take larger offsets: no reader can pass
+   * an offset whose entry is not yet committed.
    */
   function writer() {
     const devices = new Map<string, DeviceRow[]>();
     const last = new Map<number, number>();
+    /** Seeds a device's counter from a row read in this transaction, unless already in use. */
+    const prime = (r: DeviceRow): void => {
+      if (!last.has(r.id)) last.set(r.id, r.last_offset);
+    };
     return {
       devicesOf(user: string): DeviceRow[] {
         let list = devices.get(user);
-        if (!list) devices.set(user, (list = sql.devicesOf.all(user) as DeviceRow[]));
+        if (!list) {
+          devices.set(user, (list = sql.devicesOf.all(user) as DeviceRow[]));
+          for (const r of list) prime(r);
+        }
         return list;
       },
+      prime,
       next(dev: number): number {
         let v = last.get(dev);
         if (v === undefined) v = (sql.lastOffset.get(dev) as { last_offset: number }).last_offset;
@@ -316,10 +589,89 @@ export function sqliteServerStore(
     sql.entryStatusInsert.run(dev, w.next(dev), now, status, JSON.stringify(ids), by);
   }
 
-  function commit(w: Writer, item: AppendInput, now: number): AppendOutcome {
-    const original = sql.dedupeGet.get(item.from.user, item.from.device, item.id) as
-      { ts: number } | undefined;
-    if (original) return { ok: true, ts: original.ts, duplicate: true, notify: [] };
+  /** Stores one form of an event once, referenced by `refs` entries (none: nothing stored). */
+  function storeEvent(event: GroupEvent, refs: number): number | undefined {
+    if (refs === 0) return undefined;
+    return Number(sql.eventInsert.run(encodeEvent(event), refs).lastInsertRowid);
+  }
+
+  function loadGroup(id: string): GroupView | undefined {
+    const row = sql.groupGet.get(id) as { name: string; ver: number } | undefined;
+    if (!row) return undefined;
+    const members = new Map<string, GroupRole>();
+    for (const m of sql.groupMembers.all(id) as GroupMember[]) members.set(m.user, m.role);
+    return { name: row.name, ver: row.ver, members };
+  }
+
+  function commitGroup(w: Writer, item: GroupInput, now: number): AppendOutcome {
+    const plan = planChange(item, loadGroup(item.group), (u) => w.devicesOf(u).length > 0);
+    if (typeof plan === 'string') return { ok: false, code: plan };
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
+    if (plan === null) return { ok: true, ts: now, duplicate: false, notify: [] };
+    const { event, after, joined, removed } = plan;
+    if (plan.created) {
+      sql.groupInsert.run(item.group, after.name, after.ver);
+    } else {
+      sql.groupUpdate.run(after.name, after.ver, item.group);
+    }
+    for (const u of removed) sql.memberDelete.run(item.group, u);
+    for (const [u, role] of plan.roles) sql.memberRole.run(role, item.group, u);
+    for (const u of joined) sql.memberInsert.run(item.group, u, after.members.get(u)!);
+    // Members after the change (new ones get the snapshot form), then the users it removed.
+    const isNew = new Set(joined);
+    const targets: Array<{ dev: number; addr: DeviceAddress; full: boolean }> = [];
+    for (const r of sql.memberDevices.all(item.group) as MemberDeviceRow[]) {
+      w.prime(r);
+      targets.push({ dev: r.id, addr: { user: r.user, device: r.device }, full: isNew.has(r.user) });
+    }
+    for (const user of removed) {
+      for (const r of w.devicesOf(user))
+        targets.push({ dev: r.id, addr: { user, device: r.device }, full: false });
+    }
+    const fullRefs = targets.filter((t) => t.full).length;
+    const fullId = storeEvent({ ...event, name: after.name, snapshot: snapshotOf(after) }, fullRefs);
+    const deltaId = storeEvent(event, targets.length - fullRefs);
+    const notify = new NotifySet();
+    for (const t of targets) {
+      sql.entryEventInsert.run(t.dev, w.next(t.dev), now, t.full ? fullId : deltaId);
+      notify.add(t.addr);
+    }
+    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+  }
+
+  /** Inserts the body once and one entry per target device referencing it. */
+  function storeMessage(w: Writer, item: MessageInput, targets: Array<{ dev: number }>, now: number): void {
+    if (targets.length === 0) return;
+    const { lastInsertRowid } = sql.messageInsert.run(
+      item.from.user,
+      item.from.device,
+      item.id,
+      item.to,
+      item.group ? 1 : 0,
+      item.seq,
+      now,
+      bindBytes(item.body),
+      targets.length,
+    );
+    for (const t of targets) sql.entryMessageInsert.run(t.dev, w.next(t.dev), now, lastInsertRowid);
+  }
+
+  function commitGroupMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
+    if (!sql.isMember.get(item.to, item.from.user)) return { ok: false, code: 'not_member' };
+    const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
+    // One query for every member device and its counter; the fan-out is then one insert each,
+    // all inside the batch's transaction.
+    for (const r of sql.memberDevices.all(item.to) as MemberDeviceRow[]) {
+      if (r.user === item.from.user && r.device === item.from.device) continue;
+      w.prime(r);
+      targets.push({ dev: r.id, addr: { user: r.user, device: r.device } });
+    }
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
+    storeMessage(w, item, targets, now);
+    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
+  }
+
+  function commitDirect(w: Writer, item: MessageInput | ReceiptInput, now: number): AppendOutcome {
     const toDevices = w.devicesOf(item.to);
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
     // Every device of `to`, then the sender user's devices, each once, never the sending device.
@@ -337,23 +689,24 @@ export function sqliteServerStore(
     add(item.from.user, w.devicesOf(item.from.user));
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
     if (item.kind === 'msg') {
-      if (targets.length > 0) {
-        const { lastInsertRowid } = sql.messageInsert.run(
-          item.from.user,
-          item.from.device,
-          item.id,
-          item.to,
-          item.seq,
-          now,
-          bindBytes(item.body),
-          targets.length,
-        );
-        for (const t of targets) sql.entryMessageInsert.run(t.dev, w.next(t.dev), now, lastInsertRowid);
+      storeMessage(w, item, targets, now);
+      if (item.from.user !== item.to) {
+        const [a, b] = item.from.user < item.to ? [item.from.user, item.to] : [item.to, item.from.user];
+        sql.contactInsert.run(a, b);
       }
     } else {
       for (const t of targets) pushStatus(w, t.dev, now, 'read', item.ids, item.from.user);
     }
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
+  }
+
+  function commit(w: Writer, item: AppendInput, now: number): AppendOutcome {
+    const original = sql.dedupeGet.get(item.from.user, item.from.device, item.id) as
+      { ts: number } | undefined;
+    if (original) return { ok: true, ts: original.ts, duplicate: true, notify: [] };
+    if (item.kind === 'group') return commitGroup(w, item, now);
+    if (item.kind === 'msg' && item.group) return commitGroupMessage(w, item, now);
+    return commitDirect(w, item, now);
   }
 
   /** Appends one status per group to every device of the group's user. */
@@ -366,51 +719,63 @@ export function sqliteServerStore(
     }
   }
 
+  /** Queues `status` about message `id` from `by` to the sender user `user`, grouped per pair. */
+  function queue(groups: Groups, user: string, by: string, id: string): void {
+    const gk = `${user.length}:${user}${by}`;
+    let g = groups.get(gk);
+    if (!g) groups.set(gk, (g = { user, by, ids: [] }));
+    g.ids.push(id);
+  }
+
   function toEntry(r: InboxRow): InboxEntry | undefined {
-    if (r.message === null) {
-      return {
+    if (r.message !== null) {
+      if (r.from_user === null) return undefined; // unreachable: the trigger keeps refs right
+      const out: InboxEntry = {
         offset: r.pos,
-        kind: 'status',
-        status: r.status as EntryStatus,
-        ids: JSON.parse(r.ids ?? '[]') as string[],
-        by: r.by_user ?? '',
-        ts: r.ts,
+        kind: 'msg',
+        id: r.msg_id!,
+        from: { user: r.from_user, device: r.from_device! },
+        to: r.to_user!,
+        seq: r.seq!,
+        ts: r.mts!,
+        body: r.body ? new Uint8Array(r.body) : new Uint8Array(0),
       };
+      if (r.to_group === 1) out.group = true;
+      return out;
     }
-    if (r.from_user === null) return undefined; // unreachable: the trigger keeps refs right
+    if (r.event !== null) {
+      if (r.event_data === null) return undefined; // unreachable: the trigger keeps refs right
+      return { offset: r.pos, kind: 'group', event: decodeEvent(r.event_data), ts: r.ts };
+    }
     return {
       offset: r.pos,
-      kind: 'msg',
-      id: r.msg_id!,
-      from: { user: r.from_user, device: r.from_device! },
-      to: r.to_user!,
-      seq: r.seq!,
-      ts: r.mts!,
-      body: r.body ? new Uint8Array(r.body) : new Uint8Array(0),
+      kind: 'status',
+      status: r.status as EntryStatus,
+      ids: JSON.parse(r.ids ?? '[]') as string[],
+      by: r.by_user ?? '',
+      ts: r.ts,
     };
   }
 
   /**
    * One bounded expiry step, in one transaction: removes up to `expiryBatchSize` entries committed
-   * before `cutoff`, and tells the senders of the undelivered messages among them `expired`. The
-   * `state` flag (not a per-call set) makes "once per message" hold across steps.
+   * before `cutoff`, and tells the senders `expired` for each (message, recipient user) among them
+   * not yet accounted for. The `delivered` rows (not a per-call set) make "once per user" hold
+   * across steps; a message's rows go with its last entry.
    */
   function expireStep(cutoff: number, now: number, notify: NotifySet): number {
     return tx(() => {
       const w = writer();
       const rows = sql.expiredEntries.all(cutoff, expiryBatchSize) as EntryRow[];
       const expired: Groups = new Map();
-      const told = new Set<number>();
       for (const r of rows) {
+        // Marked before the delete: the delete may take the message (and its marks) with it.
+        if (r.message !== null && r.from_user !== null && r.owner && r.owner !== r.from_user) {
+          if (sql.markDelivered.run(r.message, r.owner).changes === 1) {
+            queue(expired, r.from_user, r.owner, r.msg_id!);
+          }
+        }
         sql.entryDelete.run(r.dev, r.pos);
-        if (r.message === null || r.from_user === null || r.state !== UNDELIVERED) continue;
-        if (r.to_user === r.from_user || told.has(r.message)) continue;
-        told.add(r.message);
-        sql.setState.run(TOLD_EXPIRED, r.message); // no-op when that was its last reference
-        const gk = `${r.from_user.length}:${r.from_user}${r.to_user}`;
-        let g = expired.get(gk);
-        if (!g) expired.set(gk, (g = { user: r.from_user, by: r.to_user!, ids: [] }));
-        g.ids.push(r.msg_id!);
       }
       fanOut(w, expired, 'expired', now, notify);
       w.flush();
@@ -425,20 +790,20 @@ export function sqliteServerStore(
   function ackIn(w: Writer, a: PendingAck, notify: NotifySet): number {
     const row = sql.deviceId.get(a.device.user, a.device.device) as { id: number } | undefined;
     if (!row) return 0;
+    const user = a.device.user;
     let count = 0;
     // sender user → ids newly delivered to this (recipient) user
     const delivered: Groups = new Map();
     for (const offset of a.offsets) {
       const e = sql.entryGet.get(row.id, offset) as EntryRow | undefined;
       if (!e) continue;
+      // Marked before the delete: the delete may take the message (and its marks) with it.
+      if (e.message !== null && e.from_user !== null && e.from_user !== user) {
+        if (sql.markDelivered.run(e.message, user).changes === 1)
+          queue(delivered, e.from_user, user, e.msg_id!);
+      }
       sql.entryDelete.run(row.id, offset);
       count++;
-      if (e.message === null || e.from_user === null || e.state !== UNDELIVERED) continue;
-      if (e.to_user !== a.device.user || e.from_user === a.device.user) continue;
-      sql.setState.run(DELIVERED, e.message); // no-op when that was its last reference
-      let g = delivered.get(e.from_user);
-      if (!g) delivered.set(e.from_user, (g = { user: e.from_user, by: a.device.user, ids: [] }));
-      g.ids.push(e.msg_id!);
     }
     fanOut(w, delivered, 'delivered', a.now, notify);
     return count;
@@ -471,9 +836,44 @@ export function sqliteServerStore(
   return {
     name: 'sqlite',
 
-    async registerDevice(device: DeviceAddress, now: number): Promise<void> {
+    async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
-      sql.insertDevice.run(device.user, device.device, now);
+      return tx(() => {
+        if (sql.insertDevice.run(device.user, device.device, now).changes === 0) {
+          return { count: 0, notify: [] };
+        }
+        const w = writer();
+        const row = sql.deviceId.get(device.user, device.device) as { id: number };
+        // A new device learns its user's groups from snapshots, as a newly added member would.
+        let count = 0;
+        for (const { group_id: id } of sql.groupsOf.all(device.user) as Array<{ group_id: string }>) {
+          const g = loadGroup(id)!;
+          const event: GroupEvent = {
+            group: id,
+            ver: g.ver,
+            op: 'add',
+            by: device.user,
+            members: [device.user],
+            name: g.name,
+            snapshot: snapshotOf(g),
+          };
+          sql.entryEventInsert.run(row.id, w.next(row.id), now, storeEvent(event, 1));
+          count++;
+        }
+        w.flush();
+        return { count, notify: count > 0 ? [{ user: device.user, device: device.device }] : [] };
+      });
+    },
+
+    async unregisterDevice(device: DeviceAddress): Promise<boolean> {
+      check();
+      return tx(() => {
+        const row = sql.deviceId.get(device.user, device.device) as { id: number } | undefined;
+        if (!row) return false;
+        sql.inboxDelete.run(row.id); // the triggers release bodies and events
+        sql.deviceDelete.run(row.id);
+        return true;
+      });
     },
 
     async devices(user: string): Promise<string[]> {
@@ -538,6 +938,35 @@ export function sqliteServerStore(
         if (closed) break;
       }
       return { count, notify: notify.list };
+    },
+
+    async group(id: string): Promise<GroupState | undefined> {
+      check();
+      const g = loadGroup(id);
+      return g && { id, name: g.name, ver: g.ver, members: snapshotOf(g) };
+    },
+
+    async groupsOf(user: string): Promise<string[]> {
+      check();
+      return (sql.groupsOf.all(user) as Array<{ group_id: string }>).map((r) => r.group_id);
+    },
+
+    async related(a: string, b: string): Promise<boolean> {
+      check();
+      if (a === b) return true;
+      const [x, y] = a < b ? [a, b] : [b, a];
+      return sql.contactGet.get(x, y) !== undefined || sql.shareGroup.get(a, b) !== undefined;
+    },
+
+    async setLastSeen(user: string, ts: number): Promise<void> {
+      check();
+      if (Number.isNaN(ts)) return; // never newer than anything
+      sql.lastSeenSet.run(user, ts);
+    },
+
+    async lastSeen(user: string): Promise<number | undefined> {
+      check();
+      return (sql.lastSeenGet.get(user) as { ts: number } | undefined)?.ts;
     },
 
     async close(): Promise<void> {
