@@ -193,6 +193,64 @@ describe('bad input gets a typed error and harms no one', () => {
       world = undefined;
     }
   });
+  it('group abuse (non-member send, non-admin action, add past the cap, hidden presence, a stranger approving a link) gets typed errors and changes nothing', async () => {
+    world = await makeWorld({ server: { maxGroupMembers: 3, linking: 'approval' } });
+    const w = world;
+    const alice = await w.device('alice');
+    for (const u of ['bob', 'carol', 'dave']) await w.device(u);
+    const create = alice.client.createGroup('g', ['bob'], '#g1');
+    await w.advance(200);
+    expect(await create).toBe('#g1');
+    const users = ['alice', 'bob', 'carol', 'dave'];
+    const before = {
+      group: await w.server.store.group('#g1'),
+      inboxes: await Promise.all(users.map((u) => snapshot(w, u, ['phone']))),
+    };
+    const pending = await w.raw('pending');
+    await pending.hello('alice', 'tablet'); // a new device: waits for approval
+    const raw = await w.raw();
+    await raw.hello('mallory', 'm1');
+    raw.send({ t: 'send', r: 1, id: 'm1', to: '#g1', seq: 1, b: text('let me in'), g: true });
+    raw.send({ t: 'grp', r: 2, id: 'm2', g: '#g1', op: 'add', m: ['mallory'] });
+    raw.send({ t: 'grp', r: 3, id: 'm3', g: '#g1', op: 'create', n: 'mine', m: ['bob'] });
+    raw.send({ t: 'sub', r: 4, u: 'alice' });
+    raw.send({
+      t: 'lnk',
+      r: 5,
+      code: (pending.frames.find((f) => f.t === 'lcode') as { code: string }).code,
+    });
+    raw.send({ t: 'grp', r: 6, id: 'm6', g: '#g1', op: 'add' });
+    raw.send({ t: 'typ', to: '#g1', g: true, on: true });
+    const bobRaw = await w.raw('bob2');
+    await bobRaw.hello('bob', 'phone');
+    bobRaw.send({ t: 'grp', r: 1, id: 'b1', g: '#g1', op: 'remove', m: ['alice'] });
+    bobRaw.send({ t: 'grp', r: 2, id: 'b2', g: '#g1', op: 'rename', n: 'bob rules' });
+    await w.advance(300);
+    const aliceRaw = await w.raw('alice2');
+    await aliceRaw.hello('alice', 'phone');
+    aliceRaw.send({ t: 'grp', r: 1, id: 'a1', g: '#g1', op: 'add', m: ['carol', 'dave'] });
+    await w.advance(300);
+    expect(errors(raw).map((e) => [e.r, e.c])).toEqual([
+      [1, 'not_member'],
+      [2, 'not_member'],
+      [3, 'forbidden'],
+      [4, 'forbidden'],
+      [5, 'forbidden'],
+      [6, 'invalid_frame'],
+      [undefined, 'not_member'],
+    ]);
+    expect(errors(bobRaw).map((e) => [e.r, e.c])).toEqual([
+      [1, 'forbidden'],
+      [2, 'forbidden'],
+    ]);
+    expect(errors(aliceRaw).map((e) => [e.r, e.c])).toEqual([[1, 'group_full']]);
+    expect(raw.closed).toBeUndefined();
+    expect(pending.frames.some((f) => f.t === 'welcome')).toBe(false);
+    expect({
+      group: await w.server.store.group('#g1'),
+      inboxes: await Promise.all(users.map((u) => snapshot(w, u, ['phone']))),
+    }).toEqual(before);
+  });
 });
 
 /** Random bytes, random msgpack values, and near-valid frames with one field broken. */

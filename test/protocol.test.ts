@@ -27,6 +27,15 @@ const clientFrames: ClientFrame[] = [
   { t: 'ack', o: [1, 2, 3] },
   { t: 'ping' },
   { t: 'pong' },
+  { t: 'send', r: 3, id: '01HZW', to: '#trip', seq: 2, b: b(5), g: true },
+  { t: 'grp', r: 4, id: '01HZV', g: '#trip', op: 'create', m: ['bob', 'carol'], n: 'Trip' },
+  { t: 'grp', r: 5, id: '01HZU', g: '#trip', op: 'leave' },
+  { t: 'lnk', r: 6, code: 'ABCDEFGHJKMNPQR' },
+  { t: 'unl', r: 7, d: 'laptop' },
+  { t: 'sub', r: 8, u: 'bob' },
+  { t: 'unsub', u: 'bob' },
+  { t: 'typ', to: 'bob', on: true },
+  { t: 'typ', to: '#trip', on: false, g: true },
 ];
 const serverFrames: ServerFrame[] = [
   { t: 'welcome', v: 1, u: 'bob', d: 'phone', hb: 25000, lim: { frame: 262144, body: 65536, window: 256 } },
@@ -36,6 +45,39 @@ const serverFrames: ServerFrame[] = [
   { t: 'msg', o: 8, id: '01HZZ', f: 'bob', fd: 'laptop', to: 'alice', seq: 1, ts: 1700000000000, b: b(1) },
   { t: 'st', o: 9, s: 'd', ids: ['01HZX'], by: 'bob', ts: 1700000000001 },
   { t: 'ping' },
+  {
+    t: 'msg',
+    o: 10,
+    id: '01HZW',
+    f: 'bob',
+    fd: 'p',
+    to: '#trip',
+    seq: 2,
+    ts: 1700000000002,
+    b: b(3),
+    g: true,
+  },
+  {
+    t: 'gev',
+    o: 11,
+    g: '#trip',
+    v: 1,
+    op: 'create',
+    by: 'alice',
+    m: ['bob'],
+    ts: 1,
+    n: 'Trip',
+    s: [
+      ['alice', 1],
+      ['bob', 0],
+    ],
+  },
+  { t: 'gev', o: 12, g: '#trip', v: 2, op: 'remove', by: 'alice', m: ['bob'], ts: 2 },
+  { t: 'lcode', code: 'ABCDEFGHJKMNPQR', exp: 1700000300000 },
+  { t: 'pres', u: 'bob', on: false, ls: 1700000000000 },
+  { t: 'pres', u: 'bob', on: true },
+  { t: 'typn', f: 'alice', fd: 'phone', on: true },
+  { t: 'typn', f: 'alice', fd: 'phone', on: true, to: '#trip', g: true },
 ];
 
 describe('the wire protocol', () => {
@@ -63,6 +105,24 @@ describe('the wire protocol', () => {
       expect.unreachable();
     } catch (e) {
       expect(isPostboxError(e) && e.code === 'invalid_frame' && e.requestId === 42).toBe(true);
+    }
+  });
+
+  it('group ids, member lists and names are bounded by the schema', () => {
+    const bad: Array<Record<string, unknown>> = [
+      { t: 'grp', r: 1, id: 'x', g: 'no-hash', op: 'leave' },
+      { t: 'grp', r: 1, id: 'x', g: '#' + 'a'.repeat(64), op: 'leave' },
+      { t: 'grp', r: 1, id: 'x', g: '#ok', op: 'explode' },
+      { t: 'grp', r: 1, id: 'x', g: '#ok', op: 'add', m: Array.from({ length: 1025 }, (_, i) => `u${i}`) },
+      { t: 'grp', r: 1, id: 'x', g: '#ok', op: 'add', m: [] },
+      { t: 'grp', r: 1, id: 'x', g: '#ok', op: 'rename', n: 'x'.repeat(129) },
+      { t: 'send', r: 1, id: 'x', to: 'bob', seq: 1, b: b(1), g: 1 },
+      { t: 'typ', to: 'bob', on: 'yes' },
+    ];
+    for (const f of bad) {
+      expect(() => decodeClientFrame(encodeFrame(f as ClientFrame))).toThrow(
+        expect.objectContaining({ code: 'invalid_frame' }),
+      );
     }
   });
 
