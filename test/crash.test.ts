@@ -69,6 +69,9 @@ describe('kill -9 with real processes', () => {
       maxFrameBytes: 262144,
       maxConnectionsPerAddress: 256,
       heartbeatMs: 2000,
+      linking: 'approval',
+      maxGroupMembers: 1024,
+      presence: 'contacts',
       logLevel: 'error',
     });
     const received: ReceivedMessage[] = [];

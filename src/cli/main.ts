@@ -27,6 +27,9 @@ serve options (flag, environment variable, default):
   --max-frame-bytes N       POSTBOX_MAX_FRAME_BYTES       262144
   --max-conns-per-address N POSTBOX_MAX_CONNS_PER_ADDRESS 256
   --heartbeat-ms N          POSTBOX_HEARTBEAT_MS          25000
+  --linking MODE            POSTBOX_LINKING               approval (approval|open: may a user's new device join without an existing device's approval)
+  --max-group-members N     POSTBOX_MAX_GROUP_MEMBERS     1024 (at most 1024)
+  --presence WHO            POSTBOX_PRESENCE              contacts (contacts|everyone|nobody: who may see whose online/last seen)
   --log-level L             POSTBOX_LOG_LEVEL             info (debug|info|warn|error|silent)
 `;
 
@@ -41,6 +44,12 @@ function num(flag: string, value: string | undefined, fallback: number): number 
   if (!Number.isFinite(n) || n < 0)
     throw new Error(`--${flag} must be a non-negative number, got ${JSON.stringify(value)}`);
   return n;
+}
+
+function oneOf<T extends string>(flag: string, value: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(value))
+    throw new Error(`--${flag} must be one of ${allowed.join(', ')}, got ${JSON.stringify(value)}`);
+  return value as T;
 }
 
 async function serve(argv: string[]): Promise<void> {
@@ -58,6 +67,9 @@ async function serve(argv: string[]): Promise<void> {
       'max-frame-bytes': { type: 'string' },
       'max-conns-per-address': { type: 'string' },
       'heartbeat-ms': { type: 'string' },
+      linking: { type: 'string' },
+      'max-group-members': { type: 'string' },
+      presence: { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -87,6 +99,17 @@ async function serve(argv: string[]): Promise<void> {
       256,
     ),
     heartbeatMs: num('heartbeat-ms', values['heartbeat-ms'] ?? env('POSTBOX_HEARTBEAT_MS'), 25000),
+    linking: oneOf('linking', values.linking ?? env('POSTBOX_LINKING') ?? 'approval', ['approval', 'open']),
+    maxGroupMembers: num(
+      'max-group-members',
+      values['max-group-members'] ?? env('POSTBOX_MAX_GROUP_MEMBERS'),
+      1024,
+    ),
+    presence: oneOf('presence', values.presence ?? env('POSTBOX_PRESENCE') ?? 'contacts', [
+      'contacts',
+      'everyone',
+      'nobody',
+    ]),
     logLevel,
   };
   const secret = values.secret ?? env('POSTBOX_SECRET');

@@ -30,6 +30,12 @@ export interface ServeOptions {
   maxConnectionsPerAddress: number;
   /** Heartbeat interval advertised to clients. @default 25000 */
   heartbeatMs: number;
+  /** Whether a user's new device needs an existing device's approval. @default 'approval' */
+  linking: 'approval' | 'open';
+  /** Most members of a group (at most 1,024). @default 1024 */
+  maxGroupMembers: number;
+  /** Who may see whose presence. @default 'contacts' */
+  presence: 'contacts' | 'everyone' | 'nobody';
   /** @default 'info' */
   logLevel: LogLevel;
 }
@@ -85,6 +91,9 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     authenticate,
     logger: log,
     heartbeatMs: options.heartbeatMs,
+    linking: options.linking,
+    maxGroupMembers: options.maxGroupMembers,
+    presence: options.presence,
     retentionMs: options.retentionDays * 24 * 3600_000,
     maxBodyBytes: options.maxBodyBytes,
     maxFrameBytes: options.maxFrameBytes,
