@@ -86,7 +86,7 @@ describe('memory server store fault switch', () => {
     expect(await store.readInbox(bob1, 0, 100)).toEqual([]);
     // No dedupe record was left behind: the retry is a first commit, at its own time.
     expect(await store.append([msg('m1')], 2000)).toEqual([
-      { ok: true, ts: 2000, duplicate: false, notify: [bob1] },
+      { ok: true, ts: 2000, duplicate: false, notify: [bob1], offsets: [1] },
     ]);
     const entries = await store.readInbox(bob1, 0, 100);
     expect(entries.map((e) => e.offset)).toEqual([1]);

@@ -92,7 +92,7 @@ describe('sqlite stores on a :memory: database', () => {
     await server.registerDevice(alice1, 1);
     await server.registerDevice(bob1, 1);
     expect(await server.append([msg('m1')], 1000)).toEqual([
-      { ok: true, ts: 1000, duplicate: false, notify: [bob1] },
+      { ok: true, ts: 1000, duplicate: false, notify: [bob1], offsets: [1] },
     ]);
     await server.close();
     const client = sqliteClientStore({ path: ':memory:' });

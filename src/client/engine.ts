@@ -30,10 +30,12 @@ import { ulidFactory } from '../util/ulid.js';
 import {
   applyGroupEvent,
   decodeChange,
-  decodeSendRecord,
+  decodeCounts,
+  decodeRecipients,
   decodeView,
   encodeChange,
-  encodeSendRecord,
+  encodeCounts,
+  encodeRecipients,
   encodeView,
   type GroupChangeEvent,
   type GroupView,
@@ -205,6 +207,7 @@ interface PendingRequest {
 
 const NS_GROUP = 'group';
 const NS_GROUP_SEND = 'gsend';
+const NS_GROUP_COUNT = 'gcount';
 const NS_MEMBER_STATUS = 'rcpt';
 const MEMBER_STATUS_CODE = { delivered: 1, read: 2, expired: 3 } as const;
 const MEMBER_STATUS_NAME = ['', 'delivered', 'read', 'expired'] as const;
@@ -269,6 +272,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly watched = new Set<string>();
   private readonly typingSentAt = new Map<string, number>();
   private readonly typingTimers = new Map<string, TimerHandle>();
+  private readonly recipientCache = new Map<string, Set<string>>();
 
   // Serialised store access.
   private chain: Promise<unknown> = Promise.resolve();
@@ -372,9 +376,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       if (isGroupId(to)) {
         const view = this.groupViews.get(to);
         const recipients = view ? view.members.map((m) => m.user).filter((u) => u !== this.me?.user) : [];
-        await this.store.putState([
-          { ns: NS_GROUP_SEND, key: id, value: encodeSendRecord({ recipients, delivered: 0, read: 0 }) },
-        ]);
+        await this.store.putState([{ ns: NS_GROUP_SEND, key: id, value: encodeRecipients(recipients) }]);
       }
       this.queue.push(entry);
       this.emit('status', { id, conv: to, status: 'pending' });
@@ -450,8 +452,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       if (!entry || entry.kind !== 'msg') return undefined;
       const info: MessageInfo = { id, conv: entry.conv, status: entry.status };
       if (!isGroupId(entry.conv)) return info;
-      const rec = await this.store.getState(NS_GROUP_SEND, id);
-      info.recipients = rec ? decodeSendRecord(rec).recipients : [];
+      info.recipients = [...(await this.recipientsOf(id))];
       const prefix = `${id}\u0000`;
       info.members = (await this.store.listState(NS_MEMBER_STATUS, prefix)).map((e) => ({
         user: e.key.slice(prefix.length),
@@ -1007,7 +1008,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           for (const id of f.ids) {
             // A status can overtake the `ok` (the ok was lost with a connection); it settles the item too.
             this.unqueue(id);
-            if (isGroupId(await this.convOf(id))) await this.onMemberStatus(id, f.by, status);
+            const entry = await this.store.outgoing(id);
+            if (entry && isGroupId(entry.conv)) await this.onMemberStatus(entry, f.by, status);
             else await this.applyStatus(id, status, f.by);
           }
         }
@@ -1021,38 +1023,48 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     });
   }
 
-  /** The conversation of an outgoing item ('' when unknown). */
-  private async convOf(id: string): Promise<string> {
-    return (await this.store.outgoing(id))?.conv ?? '';
-  }
-
   /**
    * One member's receipt of a group message this device sent: recorded per member, counted
    * against the recipients known at send time, and the aggregate moves when every one has it.
    */
-  private async onMemberStatus(id: string, user: string, status: MessageStatus): Promise<void> {
+  private async onMemberStatus(entry: OutboxEntry, user: string, status: MessageStatus): Promise<void> {
     if (status !== 'delivered' && status !== 'read' && status !== 'expired') return;
-    await this.applyStatus(id, 'sent');
+    const id = entry.id;
+    if (entry.status === 'pending') await this.applyStatus(id, 'sent');
     const key = `${id}\u0000${user}`;
     const old = (await this.store.getState(NS_MEMBER_STATUS, key))?.[0] ?? 0;
     const code = MEMBER_STATUS_CODE[status];
     const forward = status === 'expired' ? old === 0 : old === 0 || old === 3 || (old === 1 && code === 2);
     if (!forward) return;
-    const raw = await this.store.getState(NS_GROUP_SEND, id);
-    const rec = raw ? decodeSendRecord(raw) : { recipients: [], delivered: 0, read: 0 };
-    if (rec.recipients.includes(user)) {
-      if ((old === 0 || old === 3) && code !== 3) rec.delivered++;
-      if (code === 2) rec.read++;
+    const recipients = await this.recipientsOf(id);
+    const raw = await this.store.getState(NS_GROUP_COUNT, id);
+    const count = raw ? decodeCounts(raw) : { delivered: 0, read: 0 };
+    if (recipients.has(user)) {
+      if ((old === 0 || old === 3) && code !== 3) count.delivered++;
+      if (code === 2) count.read++;
     }
     await this.store.putState([
       { ns: NS_MEMBER_STATUS, key, value: Uint8Array.of(code) },
-      { ns: NS_GROUP_SEND, key: id, value: encodeSendRecord(rec) },
+      { ns: NS_GROUP_COUNT, key: id, value: encodeCounts(count) },
     ]);
-    const conv = await this.convOf(id);
-    this.emit('memberStatus', { id, conv, user, status });
-    const all = rec.recipients.length;
-    if (all > 0 && rec.read >= all) await this.applyStatus(id, 'read');
-    else if (all > 0 && rec.delivered >= all) await this.applyStatus(id, 'delivered');
+    this.emit('memberStatus', { id, conv: entry.conv, user, status });
+    const all = recipients.size;
+    if (all > 0 && count.read >= all) await this.applyStatus(id, 'read');
+    else if (all > 0 && count.delivered >= all) await this.applyStatus(id, 'delivered');
+  }
+
+  /** The recipients recorded when a group message was sent, cached for the receipts that follow. */
+  private async recipientsOf(id: string): Promise<Set<string>> {
+    let set = this.recipientCache.get(id);
+    if (!set) {
+      const raw = await this.store.getState(NS_GROUP_SEND, id);
+      set = new Set(raw ? decodeRecipients(raw) : []);
+      if (this.recipientCache.size >= 64) {
+        this.recipientCache.delete(this.recipientCache.keys().next().value as string);
+      }
+      this.recipientCache.set(id, set);
+    }
+    return set;
   }
 
   private onGroupEvent(f: GroupEventFrame): void {

@@ -145,21 +145,23 @@ export function applyGroupEvent(
   return next;
 }
 
-/** Per-member receipt bookkeeping of one group message this device sent. */
-export interface GroupSendRecord {
-  /** Members other than the sender at send time, as this device knew them. */
-  recipients: string[];
-  delivered: number;
-  read: number;
+/** Encodes the recipients of a group message this device sent (the `gsend` namespace). */
+export function encodeRecipients(users: string[]): Uint8Array {
+  return packr.pack(users);
 }
 
-/** Encodes a send record for the `gsend` namespace. */
-export function encodeSendRecord(r: GroupSendRecord): Uint8Array {
-  return packr.pack([r.recipients, r.delivered, r.read]);
+/** Decodes recorded recipients. */
+export function decodeRecipients(data: Uint8Array): string[] {
+  return packr.unpack(data) as string[];
 }
 
-/** Decodes a send record. */
-export function decodeSendRecord(data: Uint8Array): GroupSendRecord {
-  const [recipients, delivered, read] = packr.unpack(data) as [string[], number, number];
-  return { recipients, delivered, read };
+/** How many recipients have a group message delivered, and read (the `gcount` namespace). */
+export function encodeCounts(c: { delivered: number; read: number }): Uint8Array {
+  return packr.pack([c.delivered, c.read]);
+}
+
+/** Decodes receipt counters. */
+export function decodeCounts(data: Uint8Array): { delivered: number; read: number } {
+  const [delivered, read] = packr.unpack(data) as [number, number];
+  return { delivered, read };
 }

@@ -26,6 +26,7 @@ import type {
   DeviceAddress,
   GroupChange,
   InboxEntry,
+  MessageInput,
   NotifyResult,
   ServerStore,
 } from './store.js';
@@ -577,6 +578,38 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     }
   }
 
+  /**
+   * Pushes a just-committed message straight to each recipient session that has delivered
+   * everything before it (the common case for online devices), without reading it back from the
+   * store; the others are rung as usual.
+   */
+  private deliverNew(
+    input: MessageInput,
+    ts: number,
+    devices: DeviceAddress[],
+    offsets: number[],
+    ring: DeviceAddress[],
+  ): void {
+    const entry: InboxEntry = {
+      offset: 0,
+      kind: 'msg',
+      id: input.id,
+      from: input.from,
+      to: input.to,
+      seq: input.seq,
+      ts,
+      body: input.body,
+    };
+    if (input.group) entry.group = true;
+    for (let i = 0; i < devices.length; i++) {
+      const d = devices[i]!;
+      const s = this.sessions.get(keyOf(d));
+      if (!s) continue; // offline: the entry waits in its inbox
+      entry.offset = offsets[i]!;
+      if (!s.offer(entry)) ring.push(d);
+    }
+  }
+
   /** @internal */
   ring(devices: DeviceAddress[]): void {
     for (const d of devices) this.sessions.get(keyOf(d))?.notify();
@@ -618,15 +651,13 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
           const out = outcomes[i]!;
           if (out.ok && p.input.kind === 'group') this.memberCache.delete(p.input.group);
           p.done?.(out.ok ? undefined : out.code);
-          if (!p.session) {
-            if (out.ok) for (const n of out.notify) notify.push(n);
-            continue;
-          }
-          p.session.pendingSends--;
+          if (p.session) p.session.pendingSends--;
           if (out.ok) {
-            p.session.send({ t: 'ok', r: p.r });
-            for (const n of out.notify) notify.push(n);
-          } else {
+            p.session?.send({ t: 'ok', r: p.r });
+            if (out.offsets && p.input.kind === 'msg' && !out.duplicate) {
+              this.deliverNew(p.input, out.ts, out.notify, out.offsets, notify);
+            } else for (const n of out.notify) notify.push(n);
+          } else if (p.session) {
             p.session.sendError(out.code, REFUSAL_TEXT[out.code] ?? out.code, p.r);
           }
         }
@@ -1007,6 +1038,21 @@ class Session {
       return;
     }
     this.pump();
+  }
+
+  /**
+   * Delivers a just-committed entry without a store read when this session has delivered
+   * everything before it (its inbox was drained and the entry is the very next offset) and has
+   * room. False when it could not: the caller rings instead.
+   */
+  offer(e: InboxEntry): boolean {
+    if (this.state !== 'open' || !this.drained || this.reading || this.cursor !== e.offset - 1) return false;
+    if ((this.inflight?.size ?? 0) >= this.server.opts.deliveryWindow) return false;
+    if (this.conn.bufferedAmount > this.server.opts.sendHighWaterBytes) return false;
+    this.cursor = e.offset;
+    (this.inflight ??= new Set()).add(e.offset);
+    this.send(this.entryFrame(e));
+    return true;
   }
 
   /** New entries landed in this device's inbox. */

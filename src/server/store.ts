@@ -125,6 +125,12 @@ export type AppendOutcome =
       duplicate: boolean;
       /** Devices that got a new inbox entry (doorbells to ring). */
       notify: DeviceAddress[];
+      /**
+       * For a message item: the offset of its new entry in each `notify` device's inbox (same
+       * order), so the engine can push it to a waiting connection without reading it back.
+       * Optional: without it the engine reads the inbox as for any other entry.
+       */
+      offsets?: number[];
     }
   | { ok: false; code: AppendRefusal };
 

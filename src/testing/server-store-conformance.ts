@@ -267,6 +267,26 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     assert.equal((await inbox(store, bob1)).length, 3);
   });
 
+  test('offsets reported by append, when given, are where each notified device finds the message', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, bob2);
+    await store.append([msg(bob1, 'warm', 'alice')], 500); // offsets need not start at 1
+    const [out] = await store.append([msg(alice1, 'm1', 'bob')], 1000);
+    assert.ok(out?.ok);
+    if (!out.offsets) return; // optional: the engine then reads the inbox as usual
+    assert.equal(out.offsets.length, out.notify.length, 'one offset per notified device');
+    for (let i = 0; i < out.notify.length; i++) {
+      const entries = await store.readInbox(out.notify[i]!, out.offsets[i]! - 1, 1);
+      assert.equal(entries[0]?.offset, out.offsets[i], `${devKey(out.notify[i]!)}: the offset exists`);
+      assert.equal(
+        entries[0]?.kind === 'msg' && entries[0].id,
+        'm1',
+        `${devKey(out.notify[i]!)}: it holds the message`,
+      );
+    }
+  });
+
   test('recipients are the devices registered at commit time', async ({ store }) => {
     await register(store, alice1, bob1);
     const first = await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);

@@ -173,11 +173,12 @@ export function memoryServerStore(
     return data.devices.get(user) ?? [];
   }
 
-  function push(device: DeviceAddress, entry: StoredEntry): void {
+  function push(device: DeviceAddress, entry: StoredEntry): number {
     const k = deviceKey(device);
     let inbox = data.inboxes.get(k);
     if (!inbox) data.inboxes.set(k, (inbox = { last: 0, entries: new Map() }));
     inbox.entries.set(++inbox.last, entry);
+    return inbox.last;
   }
 
   /** Every device of `to` plus the sender user's other devices, each once. */
@@ -350,8 +351,8 @@ export function memoryServerStore(
         ackedBy: new Set(),
       });
     }
-    for (const d of targets) push(d, { kind: 'msg', ts: now, message: key });
-    return { ok: true, ts: now, duplicate: false, notify: targets };
+    const offsets = targets.map((d) => push(d, { kind: 'msg', ts: now, message: key }));
+    return { ok: true, ts: now, duplicate: false, notify: targets, offsets };
   }
 
   function commit(item: AppendInput, now: number): AppendOutcome {

@@ -639,9 +639,14 @@ export function sqliteServerStore(
     return { ok: true, ts: now, duplicate: false, notify: notify.list };
   }
 
-  /** Inserts the body once and one entry per target device referencing it. */
-  function storeMessage(w: Writer, item: MessageInput, targets: Array<{ dev: number }>, now: number): void {
-    if (targets.length === 0) return;
+  /** Inserts the body once and one entry per target device referencing it; returns their offsets. */
+  function storeMessage(
+    w: Writer,
+    item: MessageInput,
+    targets: Array<{ dev: number }>,
+    now: number,
+  ): number[] {
+    if (targets.length === 0) return [];
     const { lastInsertRowid } = sql.messageInsert.run(
       item.from.user,
       item.from.device,
@@ -653,7 +658,11 @@ export function sqliteServerStore(
       bindBytes(item.body),
       targets.length,
     );
-    for (const t of targets) sql.entryMessageInsert.run(t.dev, w.next(t.dev), now, lastInsertRowid);
+    return targets.map((t) => {
+      const offset = w.next(t.dev);
+      sql.entryMessageInsert.run(t.dev, offset, now, lastInsertRowid);
+      return offset;
+    });
   }
 
   function commitGroupMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
@@ -667,8 +676,8 @@ export function sqliteServerStore(
       targets.push({ dev: r.id, addr: { user: r.user, device: r.device } });
     }
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
-    storeMessage(w, item, targets, now);
-    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
+    const offsets = storeMessage(w, item, targets, now);
+    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
   }
 
   function commitDirect(w: Writer, item: MessageInput | ReceiptInput, now: number): AppendOutcome {
@@ -688,8 +697,9 @@ export function sqliteServerStore(
     add(item.to, toDevices);
     add(item.from.user, w.devicesOf(item.from.user));
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
+    let offsets: number[] | undefined;
     if (item.kind === 'msg') {
-      storeMessage(w, item, targets, now);
+      offsets = storeMessage(w, item, targets, now);
       if (item.from.user !== item.to) {
         const [a, b] = item.from.user < item.to ? [item.from.user, item.to] : [item.to, item.from.user];
         sql.contactInsert.run(a, b);
@@ -697,7 +707,9 @@ export function sqliteServerStore(
     } else {
       for (const t of targets) pushStatus(w, t.dev, now, 'read', item.ids, item.from.user);
     }
-    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
+    const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
+    if (offsets) out.offsets = offsets;
+    return out;
   }
 
   function commit(w: Writer, item: AppendInput, now: number): AppendOutcome {
