@@ -3,6 +3,8 @@
 //   npx postbox chat --server ws://127.0.0.1:8080/postbox --as alice --to bob --insecure-dev-auth
 //   npx postbox chat --server ws://… --as alice --to bob --secret "$POSTBOX_SECRET"   (signs its own token)
 //   npx postbox chat --server ws://… --as alice --to bob --token pb1.…               (a token from your login service)
+// --to may be a group id (#…). Commands: /group NAME user1,user2 (create a group and chat in it),
+// /add USER, /remove USER, /leave, /members, /approve CODE (link a new device of yours), /quit.
 import { mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -33,7 +35,8 @@ if (!values.as || !values.to) {
   process.exit(2);
 }
 const me = values.as;
-const peer = values.to;
+let peer = values.to;
+const isGroup = (conv: string) => conv.startsWith('#');
 const secret = values.secret ?? process.env.POSTBOX_SECRET;
 const credentials =
   values.token ??
@@ -71,7 +74,10 @@ const print = (line: string) => {
 };
 
 client.on('connection', (state, error) => {
-  if (state === 'open') print(`[online as ${me}, chatting with ${peer}]`);
+  if (state === 'open') {
+    print(`[online as ${me}, chatting with ${peer}]`);
+    if (!isGroup(peer)) client.watchPresence(peer).catch(() => {});
+  } else if (state === 'linking') print('[this device waits for approval from one you already have]');
   else if (state === 'backoff')
     print(
       `[offline: ${error?.message ?? 'disconnected'}; messages queue and go out when the server is back]`,
@@ -90,11 +96,74 @@ client.on('status', (s) => {
   if (t !== undefined && s.status !== 'pending') print(`  ${TICK[s.status]}  "${t}"`);
 });
 client.on('gap', (g) => print(`[${g.fromSeq}–${g.toSeq} from ${g.from} never arrived]`));
+client.on('linkCode', ({ code }) => print(`[on a device you already have, type: /approve ${code}]`));
+client.on('presence', (p) =>
+  print(
+    `[${p.user} is ${p.online ? 'online' : `offline${p.lastSeen ? `, last seen ${new Date(p.lastSeen).toLocaleTimeString()}` : ''}`}]`,
+  ),
+);
+client.on('typing', (t) => {
+  if (t.on && t.conv === peer) print(`[${t.user} is typing…]`);
+});
+client.on('group', (view, change) =>
+  print(`[${view.name} (${view.id}): ${change.by} ${change.op} ${change.members.join(', ')}]`),
+);
+client.on('memberStatus', (s) => {
+  const t = texts.get(s.id);
+  if (t !== undefined) print(`  ${s.user}: ${s.status}  "${t}"`);
+});
+
+/** Runs a command line; false when it was not one. */
+function command(t: string): boolean {
+  const [cmd, ...rest] = t.split(/\s+/);
+  const arg = rest.join(' ');
+  const report = (p: Promise<unknown>) =>
+    p.then(
+      () => print(`[${cmd}: done]`),
+      (e: Error) => print(`[${cmd}: ${e.message}]`),
+    );
+  switch (cmd) {
+    case '/group': {
+      const [name, users = ''] = rest;
+      if (!name) return (print('usage: /group NAME user1,user2'), true);
+      client.createGroup(name, users.split(',').filter(Boolean)).then(
+        (id) => {
+          peer = id;
+          print(`[group ${id} created; now chatting in it]`);
+        },
+        (e: Error) => print(`[/group: ${e.message}]`),
+      );
+      return true;
+    }
+    case '/add':
+      return (void report(client.addMembers(peer, [arg])), true);
+    case '/remove':
+      return (void report(client.removeMembers(peer, [arg])), true);
+    case '/leave':
+      return (void report(client.leaveGroup(peer)), true);
+    case '/members':
+      print(
+        `[${
+          client
+            .group(peer)
+            ?.members.map((m) => `${m.user}${m.role === 'admin' ? ' (admin)' : ''}`)
+            .join(', ') ?? 'not a group'
+        }]`,
+      );
+      return true;
+    case '/approve':
+      return (void report(client.approveDevice(arg)), true);
+    default:
+      return false;
+  }
+}
 
 rl.on('line', (line) => {
   const t = line.trim();
   if (t === '/quit') return rl.close();
-  if (t) texts.set(client.send(peer, new TextEncoder().encode(t)), t);
+  if (t.startsWith('/') && command(t)) return rl.prompt();
+  const body = new TextEncoder().encode(t);
+  if (t) texts.set(isGroup(peer) ? client.sendToGroup(peer, body) : client.send(peer, body), t);
   rl.prompt();
 });
 rl.on('close', () => {

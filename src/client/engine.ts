@@ -854,12 +854,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.window = Math.max(1, Math.min(this.opts.maxInflight, w.lim.window));
     this.opts.maxBodyBytes = w.lim.body;
     this.attempt = 0;
+    // Taken before 'open' is emitted: a watch the app starts in its handler subscribes by itself.
+    const renew = [...this.watched];
     this.setState('open');
     this.scheduleHeartbeat();
     this.flushAcks();
     this.pumpOutbox();
     // Subscriptions end with a connection; the ones the app still wants are renewed.
-    for (const user of this.watched) {
+    for (const user of renew) {
       const r = this.takeReq();
       this.requests.set(r, {
         resolve: () => {},
