@@ -8,6 +8,7 @@ import {
   PostboxError,
   decodeClientFrame,
   decodeServerFrame,
+  encodeAtOffset,
   encodeFrame,
   isPostboxError,
   isRetryable,
@@ -84,6 +85,41 @@ describe('the wire protocol', () => {
   it('every frame survives encode → decode unchanged', () => {
     for (const f of clientFrames) expect(decodeClientFrame(encodeFrame(f))).toEqual(f);
     for (const f of serverFrames) expect(decodeServerFrame(encodeFrame(f))).toEqual(f);
+  });
+
+  it('an entry frame packed once for many offsets has exactly the bytes of packing it per offset', () => {
+    const offsets = [
+      0,
+      1,
+      127,
+      128,
+      255,
+      256,
+      65535,
+      65536,
+      2 ** 31,
+      2 ** 32 - 1,
+      2 ** 32,
+      2 ** 40,
+      2 ** 53 - 1,
+    ];
+    const big: ServerFrame = {
+      t: 'msg',
+      o: 0,
+      id: '01JDQ4M7X8K2V9TZP3N6B5C0RA',
+      f: 'a',
+      fd: 'd',
+      seq: 1,
+      ts: 1,
+      b: b(70_000),
+      to: '#g',
+      g: true,
+    };
+    for (const f of [...serverFrames.filter((f) => 'o' in f), big]) {
+      const at = encodeAtOffset(f);
+      for (const o of offsets)
+        expect(Buffer.from(at(o))).toEqual(Buffer.from(encodeFrame({ ...f, o } as ServerFrame)));
+    }
   });
 
   it('undefined optional fields are left off the wire', () => {

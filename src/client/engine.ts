@@ -197,6 +197,15 @@ export interface ClientOptions {
   typingTimeoutMs?: number;
   /** While typing continues, `on` is sent again at most this often. @default 3000 */
   typingRefreshMs?: number;
+  /**
+   * Acks of received entries wait up to this long to leave as one frame (like TCP's delayed
+   * ACK): a burst costs one ack, and on a busy device acking does not compete with receiving.
+   * Half the server's delivery window of unsent acks goes out at once, so a drain never stalls;
+   * the sender's ✓✓ comes this much later at most. 0 acks as soon as the received entries are
+   * stored.
+   * @default 25
+   */
+  ackDelayMs?: number;
 }
 
 /** A request answered by `ok`/`err` outside the outbox (approve, unlink, subscribe). */
@@ -236,6 +245,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     maxBodyBytes: number;
     typingTimeoutMs: number;
     typingRefreshMs: number;
+    ackDelayMs: number;
   };
   private readonly credentials: ClientOptions['credentials'];
   private readonly deviceHint: string | undefined;
@@ -264,6 +274,11 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly heldByKey = new Map<string, Map<number, InboundMessage>>();
   private readonly gapTimers = new Map<string, TimerHandle>();
   private pendingAcks: number[] = [];
+  private ackTimer: TimerHandle | undefined;
+  /** Unsent acks that go out at once: half the server's delivery window. */
+  private ackBatch = 512;
+  /** `ackDelayMs`, or 0 with a server that does not say its delivery window. */
+  private ackDelay = 0;
 
   // Groups, requests, presence, typing.
   private readonly groupViews = new Map<string, GroupView>();
@@ -297,6 +312,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       maxBodyBytes: options.maxBodyBytes ?? 64 * 1024,
       typingTimeoutMs: options.typingTimeoutMs ?? 6000,
       typingRefreshMs: options.typingRefreshMs ?? 3000,
+      ackDelayMs: options.ackDelayMs ?? 25,
     };
     if (options.autoStart ?? true) this.start();
   }
@@ -769,7 +785,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private stopTimers(): void {
     this.clock.clearTimeout(this.heartbeatTimer);
     this.clock.clearTimeout(this.handshakeTimer);
-    this.heartbeatTimer = this.handshakeTimer = undefined;
+    this.clock.clearTimeout(this.ackTimer);
+    this.heartbeatTimer = this.handshakeTimer = this.ackTimer = undefined;
   }
 
   private scheduleHeartbeat(): void {
@@ -853,6 +870,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.heartbeatMs = w.hb;
     this.window = Math.max(1, Math.min(this.opts.maxInflight, w.lim.window));
     this.opts.maxBodyBytes = w.lim.body;
+    // Delaying acks needs the server's delivery window, or a drain could stall on it.
+    this.ackBatch = w.lim.dw === undefined ? 512 : Math.max(1, Math.min(512, Math.floor(w.lim.dw / 2)));
+    this.ackDelay = w.lim.dw === undefined ? 0 : this.opts.ackDelayMs;
     this.attempt = 0;
     // Taken before 'open' is emitted: a watch the app starts in its handler subscribes by itself.
     const renew = [...this.watched];
@@ -1262,17 +1282,31 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
 
   private ackLater(offset: number): void {
     this.pendingAcks.push(offset);
-    if (this.pendingAcks.length >= 512) this.flushAcks();
+    if (this.pendingAcks.length >= this.ackBatch) this.flushAcks();
+  }
+
+  /** The store work ran dry: the acks go out now, or after `ackDelayMs` with whatever follows. */
+  private acksIdle(): void {
+    if (this.pendingAcks.length === 0 || this.ackTimer !== undefined) return;
+    if (this.ackDelay <= 0) return this.flushAcks();
+    this.ackTimer = this.clock.setTimeout(() => {
+      this.ackTimer = undefined;
+      this.flushAcks();
+    }, this.ackDelay);
   }
 
   private flushAcks(): void {
     if (this.pendingAcks.length === 0 || !this.conn || this._state !== 'open') return;
-    const o = this.pendingAcks;
+    this.clock.clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    // The ack frame carries at most 1,024 offsets.
+    for (let k = 0; k < this.pendingAcks.length; k += 1024) {
+      this.write({ t: 'ack', o: this.pendingAcks.slice(k, k + 1024) });
+    }
     this.pendingAcks = [];
-    this.write({ t: 'ack', o });
   }
 
-  /** Runs store work one task at a time; acks go out when the queue runs dry (coalesced). */
+  /** Runs store work one task at a time; acks are coalesced while it is busy (see `acksIdle`). */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     this.tasks++;
     const run = this.chain.then(fn);
@@ -1281,7 +1315,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         this.emit('error', e);
       })
       .finally(() => {
-        if (--this.tasks === 0) this.flushAcks();
+        if (--this.tasks === 0) this.acksIdle();
       });
     return run;
   }

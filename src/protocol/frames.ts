@@ -128,6 +128,8 @@ export const welcomeFrame = z.object({
     frame: z.number().int().positive(),
     body: z.number().int().positive(),
     window: z.number().int().positive(),
+    /** Entries the server pushes ahead of the device's acks (its delivery window). */
+    dw: z.number().int().positive().optional(),
   }),
 });
 

@@ -6,6 +6,7 @@ import {
   PROTOCOL_VERSION,
   PostboxError,
   decodeClientFrame,
+  encodeAtOffset,
   encodeFrame,
   isPostboxError,
   negotiateVersion,
@@ -600,13 +601,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       ts,
       body: input.body,
     };
+    // A group entry reads the same on every device but for its offset: packed once.
+    let encode: ((offset: number) => Uint8Array) | undefined;
     if (input.group) entry.group = true;
     for (let i = 0; i < devices.length; i++) {
       const d = devices[i]!;
       const s = this.sessions.get(keyOf(d));
       if (!s) continue; // offline: the entry waits in its inbox
       entry.offset = offsets[i]!;
-      if (!s.offer(entry)) ring.push(d);
+      if (input.group) encode ??= encodeAtOffset(s.entryFrame(entry));
+      if (!s.offer(entry, encode)) ring.push(d);
     }
   }
 
@@ -978,7 +982,7 @@ class Session {
       u: addr.user,
       d: addr.device,
       hb: o.heartbeatMs,
-      lim: { frame: o.maxFrameBytes, body: o.maxBodyBytes, window: o.maxPendingSends },
+      lim: { frame: o.maxFrameBytes, body: o.maxBodyBytes, window: o.maxPendingSends, dw: o.deliveryWindow },
     });
     this.server.ring(registered.notify);
     this.pump();
@@ -1045,13 +1049,14 @@ class Session {
    * everything before it (its inbox was drained and the entry is the very next offset) and has
    * room. False when it could not: the caller rings instead.
    */
-  offer(e: InboxEntry): boolean {
+  offer(e: InboxEntry, encode?: (offset: number) => Uint8Array): boolean {
     if (this.state !== 'open' || !this.drained || this.reading || this.cursor !== e.offset - 1) return false;
     if ((this.inflight?.size ?? 0) >= this.server.opts.deliveryWindow) return false;
     if (this.conn.bufferedAmount > this.server.opts.sendHighWaterBytes) return false;
     this.cursor = e.offset;
     (this.inflight ??= new Set()).add(e.offset);
-    this.send(this.entryFrame(e));
+    if (encode) this.sendEncoded(encode(e.offset));
+    else this.send(this.entryFrame(e));
     return true;
   }
 
@@ -1091,7 +1096,8 @@ class Session {
     );
   }
 
-  private entryFrame(e: InboxEntry): ServerFrame {
+  /** The frame this session sends for an inbox entry. */
+  entryFrame(e: InboxEntry): ServerFrame {
     if (e.kind === 'status') {
       return { t: 'st', o: e.offset, s: WIRE_STATUS[e.status], ids: e.ids, by: e.by, ts: e.ts };
     }
