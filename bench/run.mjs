@@ -1,8 +1,8 @@
 // postbox benchmarks, side by side with the peers a user would pick instead.
 //
-//   npm run bench                  every scenario, 3 rounds (≤ 15 min)
-//   npm run bench -- --quick       one short round of everything (≤ 90 s)
-//   npm run bench -- --only NAME   one scenario (saturation, latency, drain, idle, wire, codec)
+//   npm run bench                  every scenario, 3 rounds (≤ 20 min)
+//   npm run bench -- --quick       one short round of everything (≤ 2 min)
+//   npm run bench -- --only NAME   one scenario (saturation, latency, drain, fanout, idle, wire, codec)
 //   npm run bench -- --rounds N    rounds per scenario
 //
 // Each measurement runs the server under test and the load generator in separate processes,
@@ -80,6 +80,7 @@ const LOAD = { n: 200, size: 100 };
 const DRAIN = quick
   ? { devices: 200, perDevice: 100, senders: 100, rate: 1000 }
   : { devices: 1000, perDevice: 100, senders: 200, rate: 1000 };
+const FANOUT = { sizes: [64, 256, 1024], window: 64 };
 const IDLE_STEPS = quick ? [1000] : [10000, 19000];
 const idleLabel = (n) => `${n / 1000}k`;
 
@@ -111,6 +112,29 @@ const SCENARIOS = {
     systems: ['mqtt', 'postbox-memory', 'postbox-sqlite'],
     params: { ...DRAIN, size: LOAD.size, timeoutMs: 60_000 },
     serverOptions: { preRegister: { prefix: 'r', count: DRAIN.devices } },
+    timeoutMs: 180_000,
+  },
+  fanout: {
+    about: `group fan-out: groups of ${FANOUT.sizes.join(', ')} members, all online, one sender; ${FANOUT.window} messages in flight (deliveries/s), then one message at a time (send → first / last member)`,
+    systems: ['ws', 'socketio', 'postbox-memory', 'postbox-sqlite'],
+    params: {
+      ...FANOUT,
+      size: LOAD.size,
+      ...(quick
+        ? { pacedWarmup: 3, pacedMsgs: 30, pacedMs: 600, warmupMs: 300, measureMs: 500, drainMs: 2000 }
+        : {
+            pacedWarmup: 5,
+            pacedMsgs: 200,
+            pacedMs: 6000,
+            warmupMs: 1000,
+            measureMs: 2000,
+            drainMs: 10_000,
+          }),
+      gapMs: 2,
+      settleMs: quick ? 100 : 200,
+    },
+    // ws and Socket.IO run their fan-out servers; postbox lets a user's devices in without approval.
+    serverOptions: { variant: 'fanout', linking: 'open' },
     timeoutMs: 180_000,
   },
   idle: {
@@ -423,6 +447,13 @@ function brief(name, out) {
     return `p99 at 5k/10k/20k: ${['5k', '10k', '20k'].map((k) => f(out[`${k}:delivered_p99_ms`])).join('/')} ms`;
   if (name === 'drain')
     return `${Math.round(out.drain_msgs_per_s)} msg/s, first msg p50 ${f(out.first_msg_p50_ms)} ms, dup ${out.duplicates}, missing ${out.missing}`;
+  if (name === 'fanout')
+    return FANOUT.sizes
+      .map(
+        (k) =>
+          `${k}: ${Math.round(out[`${k}:deliveries_per_s`] ?? 0)}/s, last p50/p99 ${f(out[`${k}:last_p50_ms`])}/${f(out[`${k}:last_p99_ms`])} ms`,
+      )
+      .join('; ');
   if (name === 'idle')
     return Object.entries(out)
       .filter(([k]) => k.endsWith('heap_kb_per_conn'))

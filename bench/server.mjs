@@ -10,11 +10,18 @@ const SERVERS = {
   'postbox-memory': './systems/postbox.server.mjs',
   'postbox-sqlite': './systems/postbox.server.mjs',
 };
+// Scenarios that need a different server for a peer (`options.variant`); postbox serves them all.
+const VARIANTS = {
+  fanout: {
+    ws: './systems/ws.fanout.server.mjs',
+    socketio: './systems/socketio.fanout.server.mjs',
+  },
+};
 
 try {
   const { system, options = {} } = JSON.parse(process.argv[2]);
   const store = system === 'postbox-sqlite' ? 'sqlite' : 'memory';
-  const mod = await import(SERVERS[system]);
+  const mod = await import(VARIANTS[options.variant]?.[system] ?? SERVERS[system]);
   const server = await mod.start({ ...options, store });
   onRequest('cpu', () => ({ cpu: process.cpuUsage() }));
   onRequest('mem', async () => {

@@ -6,6 +6,8 @@ export function unitOf(metric) {
   if (metric.endsWith('_ms')) return 'ms';
   if (metric === 'msgs_per_server_cpu_s') return 'msg/cpu-s';
   if (metric.endsWith('msgs_per_s')) return 'msg/s';
+  if (metric === 'deliveries_per_server_cpu_s') return 'deliveries/cpu-s';
+  if (metric === 'deliveries_per_s') return 'deliveries/s';
   if (metric === 'ops_per_s') return 'ops/s';
   if (metric.endsWith('_pct')) return '%';
   if (metric.endsWith('_kb_per_conn')) return 'KB';
@@ -25,6 +27,9 @@ const NO_RATIO = new Set([
   'undelivered_after_5s',
   'setup_s',
   'load_cpu_pct',
+  'reordered',
+  'paced_msgs',
+  'load_cpu_per_msg_ms',
 ]);
 
 /** Collects per-round values of (scenario, system, metric). */
@@ -213,6 +218,22 @@ export function checkTargets(results, idleStep) {
     'heap_kb_per_conn',
     '<=',
     0.5,
+  );
+  ratioTarget(
+    'group fan-out, 1,024 members: send → last member p99 (SQLite) ≤ Socket.IO rooms',
+    ['fanout-1024', 'postbox-sqlite'],
+    ['fanout-1024', 'socketio'],
+    'last_p99_ms',
+    '<=',
+    1,
+  );
+  ratioTarget(
+    '  same, postbox with the memory store',
+    ['fanout-1024', 'postbox-memory'],
+    ['fanout-1024', 'socketio'],
+    'last_p99_ms',
+    '<=',
+    1,
   );
   const bytes = results.get('wire', 'postbox', 'bytes_per_message');
   t.push({

@@ -5,6 +5,8 @@
 import { createClient } from 'postbox/client';
 import { memoryClientStore } from 'postbox/client/memory';
 import * as ws from 'postbox/transport/websocket';
+import { WebSocket } from 'ws';
+import { PROTOCOL_VERSION, decodeServerFrame, encodeFrame } from 'postbox/protocol';
 import { openMany } from './common.mjs';
 
 // The client transport may live in its own module (browser-safe build); take it from either.
@@ -123,4 +125,92 @@ export async function drainConnect({ url, device, onMessage }) {
     client.on('message', (m) => onMessage(tagOfBody(m.body))),
   );
   return { close: () => c.close() };
+}
+
+/**
+ * A group member at the protocol level: a WebSocket that says hello, decodes and validates every
+ * frame the server sends (the codec and schemas the client engine uses), reports each group
+ * message and acks it the way the engine does — `ACK_DELAY_MS` after the last entry, or at once
+ * when half the server's delivery window awaits its ack. What it skips is the engine's client
+ * store and events: a phone pays for those on its own CPU, while here 1,024 members share the
+ * one load core.
+ */
+const ACK_DELAY_MS = 25; // the engine's `ackDelayMs` default
+function wireMember(url, user, onMsg) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { perMessageDeflate: false });
+    let acks = [];
+    let batch = 512;
+    let timer;
+    const flush = () => {
+      clearTimeout(timer);
+      timer = undefined;
+      for (let k = 0; k < acks.length; k += 1024) {
+        ws.send(encodeFrame({ t: 'ack', o: acks.slice(k, k + 1024) }));
+      }
+      acks = [];
+    };
+    const handshake = setTimeout(() => reject(new Error(`${user}: no welcome in 30 s`)), 30_000);
+    ws.once('open', () =>
+      ws.send(encodeFrame({ t: 'hello', v: [PROTOCOL_VERSION, PROTOCOL_VERSION], cred: user })),
+    );
+    ws.once('error', reject);
+    ws.on('message', (data) => {
+      const f = decodeServerFrame(data);
+      if (f.t === 'welcome') {
+        clearTimeout(handshake);
+        if (f.lim.dw) batch = Math.max(1, Math.floor(f.lim.dw / 2));
+        resolve({ close: () => ws.terminate() });
+        return;
+      }
+      if (f.t === 'ping') return ws.send(encodeFrame({ t: 'pong' }));
+      if (f.o === undefined) return;
+      if (f.t === 'msg' && f.g) onMsg(f.b);
+      acks.push(f.o);
+      if (acks.length >= batch) flush();
+      else timer ??= setTimeout(flush, ACK_DELAY_MS);
+    });
+  });
+}
+
+/**
+ * Group fan-out: members `u1…u(n-1)` are {@link wireMember}s; each group has a fresh sender `s<g>`,
+ * a client engine (memory store) that creates group `#g<g>` with u1…u(members-1) through the
+ * client API (committed when it resolves). Its `sendToGroup`'s `sent` (✓, committed) and
+ * aggregate `delivered` (✓✓, every member has it) statuses are reported. Fresh, because a sender
+ * keeps every member's receipt of every message it sent: after the smaller groups' saturation
+ * runs that is some 600k entries in its memory store, whose garbage collection would otherwise
+ * be measured as fan-out latency.
+ */
+export async function fanoutConnect({ url, n, size, onDeliver, onAck, onStatus }) {
+  const members = await openMany(n - 1, (k) =>
+    wireMember(url, `u${k + 1}`, (body) => onDeliver(k + 1, tagOfBody(body))),
+  );
+  const senders = [];
+  const body = new Uint8Array(size);
+  const view = new DataView(body.buffer);
+  return {
+    async group(g, count) {
+      const from = await open(url, `s${g}`);
+      senders.push(from);
+      const tags = sender(
+        from,
+        0,
+        (_i, tag) => onAck?.(tag),
+        (_i, tag) => onStatus?.(tag),
+      );
+      const users = Array.from({ length: count - 1 }, (_, k) => `u${k + 1}`);
+      const id = await from.createGroup(`fanout ${count}`, users, `#g${g}`);
+      return {
+        send(tag) {
+          view.setUint32(0, tag, true);
+          tags.set(from.sendToGroup(id, body), tag);
+        },
+      };
+    },
+    async close() {
+      for (const m of members) m.close();
+      await Promise.all(senders.map((c) => c.close()));
+    },
+  };
 }

@@ -1,12 +1,13 @@
 // The postbox server as an app embeds it: the engine over the WebSocket transport, with the
 // memory store or the SQLite store (durable: committed and synced before the `ok`). Every
-// option is the default; authentication believes the credential (a local bench only).
+// option is the default (but `linking`, when a scenario asks); authentication believes the
+// credential (a local bench only).
 import path from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { createServer } from 'postbox/server';
 import { websocketServerTransport } from 'postbox/transport/websocket';
 
-export async function start({ store: kind = 'memory', dataDir, preRegister }) {
+export async function start({ store: kind = 'memory', dataDir, preRegister, linking }) {
   let store;
   if (kind === 'sqlite') {
     const { sqliteServerStore } = await import('postbox/server/sqlite');
@@ -16,7 +17,11 @@ export async function start({ store: kind = 'memory', dataDir, preRegister }) {
     const { memoryServerStore } = await import('postbox/server/memory');
     store = memoryServerStore();
   }
-  const server = createServer({ store, authenticate: (cred) => ({ user: cred, device: 'd' }) });
+  const server = createServer({
+    store,
+    authenticate: (cred) => ({ user: cred, device: 'd' }),
+    ...(linking ? { linking } : {}),
+  });
   server.on('error', (e) => process.stderr.write(`postbox server error: ${e?.stack ?? e}\n`));
   // The idle scenario opens ~19k connections from one address.
   const transport = websocketServerTransport({

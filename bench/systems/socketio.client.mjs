@@ -39,3 +39,28 @@ export async function openIdle({ url, from, count }) {
     },
   };
 }
+
+/**
+ * Group fan-out (see socketio.fanout.server.mjs): `n` sockets; `group(g, members)` makes sockets
+ * 0…members-1 join room `g` and returns its sender (socket 0).
+ */
+export async function fanoutConnect({ url, n, size, onDeliver }) {
+  const socks = await openMany(n, async (i) => {
+    const s = await open(url, i);
+    s.on('m', (body) => onDeliver(i, parseInt(body, 36)));
+    return s;
+  });
+  return {
+    async group(g, members) {
+      await Promise.all(socks.slice(0, members).map((s) => s.emitWithAck('join', g)));
+      return {
+        send(tag) {
+          socks[0].emit('g', g, tag.toString(36).padEnd(size, '-'));
+        },
+      };
+    },
+    async close() {
+      for (const s of socks) s.disconnect();
+    },
+  };
+}

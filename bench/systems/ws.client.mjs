@@ -36,3 +36,52 @@ export async function openIdle({ url, from, count }) {
     },
   };
 }
+
+/**
+ * Group fan-out (see ws.fanout.server.mjs): `n` sockets; `group(g, members)` makes sockets
+ * 0…members-1 join group `g` and returns its sender (socket 0).
+ */
+export async function fanoutConnect({ url, n, size, onDeliver }) {
+  const joins = new Map();
+  const socks = await openMany(
+    n,
+    (i) =>
+      new Promise((resolve, reject) => {
+        const ws = new WebSocket(`${url}?u=${i}`, { perMessageDeflate: false });
+        ws.once('open', () => resolve(ws));
+        ws.once('error', reject);
+        ws.on('message', (d) => {
+          if (d[0] === 0x02) onDeliver(i, d.readUInt32LE(3));
+          else if (d[0] === 0x03) joins.get(`${i}:${d.readUInt16LE(1)}`)?.();
+        });
+      }),
+  );
+  return {
+    async group(g, members) {
+      await Promise.all(
+        socks.slice(0, members).map(
+          (s, i) =>
+            new Promise((resolve) => {
+              joins.set(`${i}:${g}`, resolve);
+              const b = Buffer.alloc(3);
+              b[0] = 0x01;
+              b.writeUInt16LE(g, 1);
+              s.send(b);
+            }),
+        ),
+      );
+      return {
+        send(tag) {
+          const b = Buffer.alloc(3 + size);
+          b[0] = 0x02;
+          b.writeUInt16LE(g, 1);
+          b.writeUInt32LE(tag, 3);
+          socks[0].send(b);
+        },
+      };
+    },
+    async close() {
+      for (const s of socks) s.terminate();
+    },
+  };
+}
