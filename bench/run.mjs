@@ -130,7 +130,7 @@ const SCENARIOS = {
             measureMs: 2000,
             drainMs: 10_000,
           }),
-      gapMs: 2,
+      gapMs: 50,
       settleMs: quick ? 100 : 200,
     },
     // ws and Socket.IO run their fan-out servers; postbox lets a user's devices in without approval.

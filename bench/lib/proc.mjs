@@ -70,6 +70,11 @@ export function startNode(script, args, { core, nodeFlags = [] } = {}) {
   const waiters = [];
   let rid = 0;
   const pending = new Map();
+  // A child that dies while a message is on its way makes `send` fail with EPIPE; its exit is
+  // what the caller sees (and reports), not an unhandled 'error' that takes the whole run down.
+  proc.on('error', (e) => {
+    if (e?.code !== 'EPIPE') process.stderr.write(`${script}: ${e?.stack ?? e}\n`);
+  });
   proc.on('message', (m) => {
     if (m && m.rid !== undefined && pending.has(m.rid)) {
       const p = pending.get(m.rid);

@@ -3,7 +3,8 @@
 //   1. paced: one message at a time — the next leaves `gapMs` after the previous one reached
 //      every member and, for a system with statuses (postbox), after the sender saw its
 //      aggregate ✓✓ (every member's receipt back), so each message meets an idle system: fan-out
-//      latency, not queueing. After `pacedWarmup` uncounted ones, up to `pacedMsgs` messages or
+//      latency, not queueing. The gap (50 ms) is longer than a client's ack delay (25 ms): the
+//      sender's acks of its 1,023 receipts land before the next message, not in its fan-out. After `pacedWarmup` uncounted ones, up to `pacedMsgs` messages or
 //      `pacedMs`, whichever ends first. Per message: send → the first member has it, send → the
 //      last member has it (p50/p99 over the messages); postbox also send → ✓ (committed) and
 //      send → ✓✓. And the server's and the load process's CPU per message, which tells where
