@@ -10,7 +10,7 @@ import {
   memoryServerStore,
   type ServerStoreOp,
 } from '../src/server/stores/memory.js';
-import type { MessageInput, ServerStore } from '../src/server/store.js';
+import type { DeviceAddress, KeyUpload, MessageInput, ServerStore } from '../src/server/store.js';
 import { clientStoreConformance, registerCases, serverStoreConformance } from '../src/testing/index.js';
 
 // A memory store's state is its "disk": a new store over the same state is a restart.
@@ -72,6 +72,21 @@ const msg = (id: string, seq = 1): MessageInput => ({
   seq,
   body: new TextEncoder().encode(id),
 });
+const key = (id: number) => ({ id, key: new Uint8Array([id]), signature: new Uint8Array([id, 0]) });
+const keys = (rid: number): KeyUpload => ({
+  registrationId: rid,
+  identityKey: new Uint8Array([rid]),
+  signedPreKey: key(1),
+  lastResortKyber: key(2),
+  preKeys: [key(3), key(4)],
+  kyberPreKeys: [key(5)],
+});
+/** An end-to-end encrypted message from alice1 to bob, one envelope per device. */
+const sealed = (id: string, devices: Array<DeviceAddress & { rid: number }>): MessageInput => ({
+  ...msg(id),
+  body: new Uint8Array(0),
+  envelopes: devices.map((d) => ({ ...d, body: new TextEncoder().encode(`${id} for ${d.device}`) })),
+});
 
 describe('memory server store fault switch', () => {
   it('a failing append changes nothing and the next one works', async () => {
@@ -107,6 +122,9 @@ describe('memory server store fault switch', () => {
       'related',
       'setLastSeen',
       'lastSeen',
+      'putKeys',
+      'claimKeys',
+      'keyCount',
     ];
     let failing: ServerStoreOp | undefined;
     const store = memoryServerStore({ state, failWhen: (op) => op === failing });
@@ -127,6 +145,7 @@ describe('memory server store fault switch', () => {
       1000,
     );
     await store.setLastSeen('bob', 1000);
+    await store.putKeys(bob1, keys(7));
     const snapshot = JSON.stringify(dump(state));
     for (const op of ops) {
       failing = op;
@@ -143,6 +162,9 @@ describe('memory server store fault switch', () => {
         related: () => store.related('alice', 'bob'),
         setLastSeen: () => store.setLastSeen('bob', 5000),
         lastSeen: () => store.lastSeen('bob'),
+        putKeys: () => store.putKeys(bob1, keys(8)),
+        claimKeys: () => store.claimKeys('bob'),
+        keyCount: () => store.keyCount(bob1),
       };
       await expect(calls[op]()).rejects.toThrow(op);
       expect(JSON.stringify(dump(state))).toBe(snapshot);
@@ -164,6 +186,34 @@ describe('memory server store fault switch', () => {
     expect(messageCount(state)).toBe(0);
     await store.append([msg('m2', 2)], 3000);
     expect(await store.expire(4000, 5000)).toMatchObject({ count: 5 }); // 3 msg entries + 2 delivered statuses
+    expect(messageCount(state)).toBe(0);
+  });
+
+  it('an end-to-end encrypted message is one record without a shared body, its envelopes going with their entries', async () => {
+    const state = createMemoryServerState();
+    const store = memoryServerStore({ state });
+    for (const [i, d] of [alice1, bob1, bob2].entries()) {
+      await store.registerDevice(d, 1);
+      await store.putKeys(d, keys(i + 1)); // registration ids 1, 2, 3
+    }
+    const [out] = await store.append(
+      [
+        sealed('m1', [
+          { ...bob1, rid: 2 },
+          { ...bob2, rid: 3 },
+        ]),
+      ],
+      1000,
+    );
+    expect(out).toMatchObject({ ok: true, notify: [bob1, bob2] });
+    expect(messageCount(state)).toBe(1);
+    expect(messageBodies(state)).toEqual([0]);
+    expect(entryBodies(state)).toEqual(['m1 for b1', 'm1 for b2']);
+    expect(await store.unregisterDevice(bob1)).toBe(true);
+    expect(entryBodies(state)).toEqual(['m1 for b2']);
+    expect(messageCount(state)).toBe(1);
+    await store.ack(bob2, [1], 2000);
+    expect(entryBodies(state)).toEqual([]);
     expect(messageCount(state)).toBe(0);
   });
 });
@@ -239,4 +289,17 @@ function dump(state: object): unknown {
 }
 function messageCount(state: object): number {
   return (state as unknown as { messages: Map<string, unknown> }).messages.size;
+}
+function messageBodies(state: object): number[] {
+  const messages = (state as unknown as { messages: Map<string, { body: Uint8Array }> }).messages;
+  return [...messages.values()].map((m) => m.body.byteLength);
+}
+/** Every per-entry body in every inbox, as text. */
+function entryBodies(state: object): string[] {
+  const inboxes = (
+    state as unknown as { inboxes: Map<string, { entries: Map<number, { body?: Uint8Array }> }> }
+  ).inboxes;
+  return [...inboxes.values()].flatMap((i) =>
+    [...i.entries.values()].flatMap((e) => (e.body ? [new TextDecoder().decode(e.body)] : [])),
+  );
 }

@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import { Packr } from 'msgpackr';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,6 +10,7 @@ import type {
   DeviceAddress,
   GroupChange,
   GroupInput,
+  KeyUpload,
   MessageInput,
   ServerStore,
 } from '../src/server/store.js';
@@ -147,6 +149,48 @@ const SCHEMA_V1 = `
     DELETE FROM messages WHERE id = old.message AND refs <= 0;
   END;
 `;
+
+/** Schema version 2 as released: groups, delivered rows, contacts, last seen; no key directory. */
+const SCHEMA_V2 = `${SCHEMA_V1}
+  ALTER TABLE messages ADD COLUMN to_group INTEGER NOT NULL DEFAULT 0;
+  CREATE TABLE delivered (message INTEGER NOT NULL, user TEXT NOT NULL, PRIMARY KEY (message, user)) WITHOUT ROWID;
+  ALTER TABLE messages DROP COLUMN state;
+  CREATE TRIGGER messages_gone AFTER DELETE ON messages BEGIN
+    DELETE FROM delivered WHERE message = old.id;
+  END;
+  CREATE TABLE group_events (id INTEGER PRIMARY KEY, data BLOB NOT NULL, refs INTEGER NOT NULL);
+  ALTER TABLE inbox ADD COLUMN event INTEGER;
+  CREATE TRIGGER inbox_unref_event AFTER DELETE ON inbox WHEN old.event IS NOT NULL BEGIN
+    UPDATE group_events SET refs = refs - 1 WHERE id = old.event;
+    DELETE FROM group_events WHERE id = old.event AND refs <= 0;
+  END;
+  CREATE TABLE groups (id TEXT PRIMARY KEY, name TEXT NOT NULL, ver INTEGER NOT NULL) WITHOUT ROWID;
+  CREATE TABLE group_members (
+    joined INTEGER PRIMARY KEY, group_id TEXT NOT NULL, user TEXT NOT NULL, role TEXT NOT NULL,
+    UNIQUE (group_id, user)
+  );
+  CREATE INDEX group_members_user ON group_members (user);
+  CREATE TABLE contacts (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
+  CREATE TABLE last_seen (user TEXT PRIMARY KEY, ts INTEGER NOT NULL) WITHOUT ROWID;
+`;
+
+const key = (id: number) => ({ id, key: new Uint8Array([id]), signature: new Uint8Array([id, 0]) });
+/** A first key upload with one-time EC keys `pre` (ids) and one Kyber key (id 100). */
+const keys = (rid: number, pre: number[] = [1, 2]): KeyUpload => ({
+  registrationId: rid,
+  identityKey: new Uint8Array([rid, 1]),
+  signedPreKey: key(90),
+  lastResortKyber: key(99),
+  preKeys: pre.map(key),
+  kyberPreKeys: [key(100)],
+});
+/** An end-to-end encrypted message from alice1 to bob; each envelope's body names its device. */
+const sealed = (id: string, devices: Array<DeviceAddress & { rid: number }>, seq = 1): MessageInput => ({
+  ...msg(id, seq),
+  body: new Uint8Array(0),
+  envelopes: devices.map((d) => ({ ...d, body: new TextEncoder().encode(`${id} for ${d.device}`) })),
+});
+const text = (b: Uint8Array): string => new TextDecoder().decode(b);
 
 const draft = (id: string) => ({
   id,
@@ -458,6 +502,189 @@ describe('sqlite server store', () => {
     expect(await store.append([msg('fresh', 2)], 4000)).toEqual([
       { ok: true, ts: 1001, duplicate: true, notify: [] },
     ]);
+    await store.close();
+  });
+
+  it('migrating a version 2 database keeps its data and gives its devices a key directory', async () => {
+    const file = freshFile();
+    const v2 = new Database(file);
+    v2.exec(SCHEMA_V2);
+    v2.exec(`
+      INSERT INTO devices (id, user, device, registered_at, last_offset) VALUES
+        (1, 'alice', 'a1', 1, 1), (2, 'bob', 'b1', 1, 3), (3, 'bob', 'b2', 1, 3);
+      INSERT INTO messages (id, from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs) VALUES
+        (1, 'alice', 'a1', 'told', 'bob', 0, 1, 1000, x'01', 1),
+        (2, 'alice', 'a1', 'fresh', 'bob', 0, 2, 1001, x'0203', 2),
+        (3, 'alice', 'a1', 'gm', 'g', 1, 1, 1002, x'04', 1);
+      INSERT INTO delivered (message, user) VALUES (1, 'bob');
+      INSERT INTO inbox (dev, pos, ts, message, event) VALUES
+        (1, 1, 900, NULL, 1), (2, 1, 900, NULL, 1), (3, 1, 900, NULL, 1),
+        (3, 2, 1000, 1, NULL), (2, 2, 1001, 2, NULL), (3, 3, 1001, 2, NULL),
+        (2, 3, 1002, 3, NULL);
+      INSERT INTO dedupe VALUES ('alice', 'a1', 'told', 1000), ('alice', 'a1', 'fresh', 1001), ('alice', 'a1', 'gm', 1002);
+      INSERT INTO groups (id, name, ver) VALUES ('g', 'G', 1);
+      INSERT INTO group_members (joined, group_id, user, role) VALUES (1, 'g', 'alice', 'admin'), (2, 'g', 'bob', 'member');
+      INSERT INTO contacts (a, b) VALUES ('alice', 'bob');
+      INSERT INTO last_seen (user, ts) VALUES ('bob', 1500);
+      PRAGMA user_version = 2;
+    `);
+    // A create event as version 2 stored it: [group, ver, op, by, members, name, snapshot].
+    const event = new Packr({ useRecords: false, moreTypes: false }).pack([
+      'g',
+      1,
+      'create',
+      'alice',
+      ['bob'],
+      'G',
+      ['alice', 1, 'bob', 0],
+    ]);
+    v2.prepare('INSERT INTO group_events (id, data, refs) VALUES (1, ?, 3)').run(event);
+    v2.close();
+    const store = sqliteServerStore({ path: file });
+    const look = peek(file);
+    expect(look.db.pragma('user_version', { simple: true })).toBe(SQLITE_SERVER_SCHEMA_VERSION);
+    look.close();
+    // Everything written before the upgrade reads as before.
+    const summary = async (d: DeviceAddress) =>
+      (await store.readInbox(d, 0, 10)).map((e) =>
+        e.kind === 'msg' ? `${e.offset} ${e.id} ${[...e.body].join(',')}` : `${e.offset} ${e.kind}`,
+      );
+    expect(await summary(bob1)).toEqual(['1 group', '2 fresh 2,3', '3 gm 4']);
+    const [created] = await store.readInbox(alice1, 0, 10);
+    expect(created?.kind === 'group' && created.event).toEqual({
+      group: 'g',
+      ver: 1,
+      op: 'create',
+      by: 'alice',
+      members: ['bob'],
+      name: 'G',
+      snapshot: [
+        { user: 'alice', role: 'admin' },
+        { user: 'bob', role: 'member' },
+      ],
+    });
+    expect(await summary(bob2)).toEqual(['1 group', '2 told 1', '3 fresh 2,3']);
+    expect(await store.group('g')).toMatchObject({ ver: 1, members: [{ user: 'alice' }, { user: 'bob' }] });
+    expect(await store.related('alice', 'bob')).toBe(true);
+    expect(await store.lastSeen('bob')).toBe(1500);
+    expect(await store.append([msg('fresh', 2)], 4000)).toEqual([
+      { ok: true, ts: 1001, duplicate: true, notify: [] },
+    ]);
+    // 'told' was delivered before the upgrade: acking it tells nobody again; 'fresh' was not.
+    expect(await store.ack(bob2, [2, 3], 2000)).toEqual({ count: 2, notify: [alice1] });
+    // Devices registered before the upgrade publish keys and receive end-to-end encrypted messages.
+    expect(await store.claimKeys('bob')).toEqual([]);
+    await store.putKeys(alice1, keys(1));
+    await store.putKeys(bob1, keys(2));
+    await store.putKeys(bob2, keys(3));
+    expect((await store.claimKeys('bob')).map((b) => [b.device, b.preKey?.id])).toEqual([
+      ['b1', 1],
+      ['b2', 1],
+    ]);
+    const [out] = await store.append(
+      [
+        sealed(
+          'e1',
+          [
+            { ...bob1, rid: 2 },
+            { ...bob2, rid: 3 },
+          ],
+          3,
+        ),
+      ],
+      3000,
+    );
+    expect(out).toMatchObject({ ok: true, notify: [bob1, bob2], offsets: [4, 4] });
+    for (const d of [bob1, bob2]) {
+      const [e] = await store.readInbox(d, 3, 10);
+      expect(e?.kind === 'msg' && text(e.body)).toBe(`e1 for ${d.device}`);
+    }
+    await store.close();
+  });
+
+  it('claimKeys and putKeys are one transaction each, and a refused upload writes nothing', async () => {
+    const db = new Database(freshFile());
+    const { wrapped, log } = recording(db);
+    const store = sqliteServerStore({ database: wrapped });
+    for (const d of [alice1, bob1, bob2]) await store.registerDevice(d, 1);
+    log.begins = log.commits = 0;
+    log.autocommitWrites.length = 0;
+    await store.putKeys(bob1, keys(2, [1, 2, 3, 4]));
+    await store.putKeys(bob2, keys(3));
+    expect(log).toEqual({ begins: 2, commits: 2, autocommitWrites: [] });
+    log.begins = log.commits = 0;
+    expect((await store.claimKeys('bob')).map((b) => b.device)).toEqual(['b1', 'b2']);
+    expect(log).toEqual({ begins: 1, commits: 1, autocommitWrites: [] });
+    const count = (table: string) =>
+      (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+    const before = [count('device_keys'), count('prekeys'), count('kyber_prekeys')];
+    // A re-install without a signed prekey, and keys of an unregistered device, are refused whole.
+    const { signedPreKey: _s, ...partial } = keys(9, [7]);
+    await expect(store.putKeys(bob1, partial)).rejects.toThrow(/signed prekey/);
+    await expect(store.putKeys({ user: 'bob', device: 'b9' }, keys(9))).rejects.toThrow(/register/);
+    expect([count('device_keys'), count('prekeys'), count('kyber_prekeys')]).toEqual(before);
+    expect(await store.keyCount(bob1)).toEqual({ preKeys: 3, kyberPreKeys: 0 });
+    await store.close();
+    db.close();
+  });
+
+  it('two connections on one file never hand out the same one-time key', async () => {
+    const file = freshFile();
+    const one = sqliteServerStore({ path: file });
+    const two = sqliteServerStore({ path: file });
+    await one.registerDevice(bob1, 1);
+    await one.putKeys(
+      bob1,
+      keys(
+        2,
+        Array.from({ length: 30 }, (_, i) => i + 1),
+      ),
+    );
+    const claims = await Promise.all(
+      Array.from({ length: 40 }, (_, i) => (i % 2 === 0 ? one : two).claimKeys('bob', 'b1')),
+    );
+    const handed = claims.flat().flatMap((b) => (b.preKey ? [b.preKey.id] : []));
+    expect(handed.length).toBe(30);
+    expect(new Set(handed).size).toBe(30);
+    expect(await two.keyCount(bob1)).toEqual({ preKeys: 0, kyberPreKeys: 0 });
+    await one.close();
+    await two.close();
+  });
+
+  it('an end-to-end encrypted message stores no shared body, and each envelope goes with its entry', async () => {
+    const file = freshFile();
+    const store = sqliteServerStore({ path: file });
+    for (const [i, d] of [alice1, bob1, bob2].entries()) {
+      await store.registerDevice(d, 1);
+      await store.putKeys(d, keys(i + 1)); // registration ids 1, 2, 3
+    }
+    await store.append(
+      [
+        sealed('m1', [
+          { ...bob1, rid: 2 },
+          { ...bob2, rid: 3 },
+        ]),
+      ],
+      1000,
+    );
+    const look = peek(file);
+    const bodies = () =>
+      look.db
+        .prepare('SELECT body FROM inbox WHERE body IS NOT NULL ORDER BY dev')
+        .all()
+        .map((r) => text((r as { body: Uint8Array }).body));
+    expect(look.db.prepare('SELECT length(body) AS n, refs FROM messages').all()).toEqual([
+      { n: 0, refs: 2 },
+    ]);
+    expect(bodies()).toEqual(['m1 for b1', 'm1 for b2']);
+    expect(await store.unregisterDevice(bob1)).toBe(true);
+    expect(bodies()).toEqual(['m1 for b2']);
+    expect(look.count('device_keys')).toBe(2); // the unlinked device's keys went with it
+    expect(look.db.prepare('SELECT DISTINCT dev FROM prekeys').all()).toEqual([{ dev: 1 }, { dev: 3 }]);
+    await store.ack(bob2, [1], 2000);
+    expect(bodies()).toEqual([]);
+    expect(look.count('messages')).toBe(0);
+    look.close();
     await store.close();
   });
 

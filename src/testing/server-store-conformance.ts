@@ -8,11 +8,14 @@ import type {
   AppendOutcome,
   AppendRefusal,
   DeviceAddress,
+  DeviceEnvelope,
   GroupChange,
   GroupEvent,
   GroupInput,
   GroupMember,
   InboxEntry,
+  KeyBundle,
+  KeyUpload,
   MessageInput,
   ReceiptInput,
   ServerStore,
@@ -162,6 +165,134 @@ async function register(store: ServerStore, ...devices: DeviceAddress[]): Promis
 }
 
 const tick = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0));
+
+// ---- Key directory helpers -------------------------------------------------------------------
+
+const decoder = new TextDecoder();
+/** Stand-ins for key material and ciphertexts: bytes that say what they are. */
+const bytes = (label: string): Uint8Array => encoder.encode(label);
+const text = (b: Uint8Array): string => decoder.decode(b);
+
+/** A registration id (1…16380) that differs between devices and between installs of one device. */
+function ridOf(d: DeviceAddress, gen: number): number {
+  let h = 0;
+  for (const c of `${devKey(d)}#${gen}`) h = (h * 31 + c.charCodeAt(0)) % 16_380;
+  return h + 1;
+}
+
+const signed = (id: number, label: string) => ({
+  id,
+  key: bytes(label),
+  signature: bytes(`signature of ${label}`),
+});
+
+/**
+ * A key upload of install `gen` of device `d` (a re-install is the next `gen`: a new identity key
+ * and registration id), with one-time EC keys `pre` and Kyber keys `kyber` in that order. `full`
+ * (the default) adds the signed prekey (id 1) and the last-resort Kyber key (id 9000).
+ */
+function upload(
+  d: DeviceAddress,
+  o: { gen?: number; pre?: number[]; kyber?: number[]; full?: boolean } = {},
+): KeyUpload {
+  const gen = o.gen ?? 1;
+  const name = `${devKey(d)}#${gen}`;
+  const keys: KeyUpload = {
+    registrationId: ridOf(d, gen),
+    identityKey: bytes(`identity ${name}`),
+    preKeys: (o.pre ?? []).map((id) => ({ id, key: bytes(`pre ${id} ${name}`) })),
+    kyberPreKeys: (o.kyber ?? []).map((id) => signed(id, `kyber ${id} ${name}`)),
+  };
+  if (o.full !== false) {
+    keys.signedPreKey = signed(1, `signed ${name}`);
+    keys.lastResortKyber = signed(9000, `last resort ${name}`);
+  }
+  return keys;
+}
+
+/** Gives each device a first upload: one-time EC keys 1, 2, 3 and Kyber keys 101, 102. */
+async function giveKeys(store: ServerStore, ...devices: DeviceAddress[]): Promise<void> {
+  for (const d of devices) await store.putKeys(d, upload(d, { pre: [1, 2, 3], kyber: [101, 102] }));
+}
+
+const noKeys = { preKeys: 0, kyberPreKeys: 0 };
+
+/** A bundle in words, so that whole bundles compare at once. */
+function describeBundle(b: KeyBundle) {
+  const key = (k: { id: number; key: Uint8Array }) => `${k.id}: ${text(k.key)}`;
+  const sig = (k: { id: number; key: Uint8Array; signature: Uint8Array }) =>
+    `${key(k)} (${text(k.signature)})`;
+  return {
+    device: devKey(b),
+    rid: b.registrationId,
+    identity: text(b.identityKey),
+    signed: sig(b.signedPreKey),
+    kyber: sig(b.kyberPreKey),
+    pre: b.preKey ? key(b.preKey) : 'none',
+  };
+}
+
+/**
+ * The bundle install `gen` of `d` hands out with one-time EC key `pre` (or none) and one-time
+ * Kyber key `kyber` (or the last-resort one), as {@link describeBundle} words it.
+ */
+function bundleOf(d: DeviceAddress, gen: number, pre: number | undefined, kyber: number | undefined) {
+  const name = `${devKey(d)}#${gen}`;
+  const kyberLabel = kyber === undefined ? `last resort ${name}` : `kyber ${kyber} ${name}`;
+  return {
+    device: devKey(d),
+    rid: ridOf(d, gen),
+    identity: `identity ${name}`,
+    signed: `1: signed ${name} (signature of signed ${name})`,
+    kyber: `${kyber ?? 9000}: ${kyberLabel} (signature of ${kyberLabel})`,
+    pre: pre === undefined ? 'none' : `${pre}: pre ${pre} ${name}`,
+  };
+}
+
+/** Device `d`'s envelope of message `id`, made for registration id `rid` (its first install's by default). */
+function envelope(id: string, d: DeviceAddress, rid = ridOf(d, 1)): DeviceEnvelope {
+  return { user: d.user, device: d.device, rid, body: bytes(`${id} sealed for ${devKey(d)}`) };
+}
+
+/** An end-to-end encrypted message with an envelope for each device (see {@link envelope}). */
+function sealed(
+  from: DeviceAddress,
+  id: string,
+  to: string,
+  devices: Array<DeviceAddress | DeviceEnvelope>,
+  seq = 1,
+): MessageInput {
+  const envelopes = devices.map((d) => ('rid' in d ? d : envelope(id, d)));
+  return { kind: 'msg', from, id, to, seq, body: new Uint8Array(0), envelopes };
+}
+
+/** The body of message `id` in an inbox, as text. */
+function bodyOf(entries: InboxEntry[], id: string): string {
+  const e = entries.find((x) => x.kind === 'msg' && x.id === id);
+  assert.ok(e?.kind === 'msg', `entry ${id} is in the inbox`);
+  return text(e.body);
+}
+
+/** Asserts that the item is refused with `code` and exactly this device difference (in any order). */
+async function refusedWith(
+  store: ServerStore,
+  item: AppendInput,
+  now: number,
+  code: AppendRefusal,
+  devices: { missing?: DeviceAddress[]; extra?: DeviceAddress[]; stale?: DeviceAddress[] },
+): Promise<void> {
+  const outcomes = await store.append([item], now);
+  assert.equal(outcomes.length, 1, 'one outcome per item');
+  const o = outcomes[0]!;
+  assert.ok(!o.ok, `${item.id} is refused`);
+  assert.equal(o.code, code, `${item.id} is refused with ${code}`);
+  const names = (list?: DeviceAddress[]) => (list ?? []).map(devKey).sort();
+  assert.deepEqual(
+    { missing: names(o.devices?.missing), extra: names(o.devices?.extra), stale: names(o.devices?.stale) },
+    { missing: names(devices.missing), extra: names(devices.extra), stale: names(devices.stale) },
+    `${item.id}: the device difference`,
+  );
+}
 
 /**
  * The {@link ServerStore} conformance suite: a list of cases, each named after the guarantee it
@@ -1383,6 +1514,453 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     assert.deepEqual(second, { count: 1, notify: [] }, 'bob’s delivered was already queued');
     await appendOne(h.store, groupChange(carol1, 'r3', 'g', { op: 'rename', name: 'H' }), 2200);
     assert.equal((await h.store.group('g'))?.ver, 3, 'versions continue');
+  });
+
+  // ---- Key directory --------------------------------------------------------------------------
+
+  test('keys are published only for a registered device, and a first upload needs a signed prekey and a last-resort Kyber key', async ({
+    store,
+  }) => {
+    await register(store, bob1);
+    await assert.rejects(store.putKeys(bob2, upload(bob2, { pre: [1] })), 'an unregistered device');
+    await assert.rejects(
+      store.putKeys(bob1, upload(bob1, { pre: [1], kyber: [101], full: false })),
+      'a first upload with one-time keys only',
+    );
+    const noSigned = upload(bob1, { pre: [1] });
+    delete noSigned.signedPreKey;
+    await assert.rejects(store.putKeys(bob1, noSigned), 'a first upload without a signed prekey');
+    const noKyber = upload(bob1, { pre: [1] });
+    delete noKyber.lastResortKyber;
+    await assert.rejects(store.putKeys(bob1, noKyber), 'a first upload without a last-resort Kyber key');
+    assert.deepEqual(await store.claimKeys('bob'), [], 'a refused upload stores nothing');
+    assert.deepEqual(await store.keyCount(bob1), noKeys);
+    assert.deepEqual(await store.keyCount(bob2), noKeys, 'an unregistered device has no keys');
+    await store.putKeys(bob1, upload(bob1, { pre: [1, 2, 3], kyber: [101, 102] }));
+    assert.deepEqual(await store.keyCount(bob1), { preKeys: 3, kyberPreKeys: 2 });
+    await store.putKeys(bob1, upload(bob1, { full: false }));
+    assert.deepEqual(await store.keyCount(bob1), { preKeys: 3, kyberPreKeys: 2 }, 'an upload of nothing new');
+  });
+
+  test('claimKeys hands out one-time keys oldest first and each once, then the last-resort Kyber key and no EC prekey', async ({
+    store,
+  }) => {
+    await register(store, bob1);
+    // Upload order, not key id order, decides which key is the oldest.
+    await store.putKeys(bob1, upload(bob1, { pre: [7, 3, 5], kyber: [102, 101] }));
+    const claim = async () => (await store.claimKeys('bob', 'b1')).map(describeBundle);
+    assert.deepEqual(await claim(), [bundleOf(bob1, 1, 7, 102)]);
+    assert.deepEqual(await store.keyCount(bob1), { preKeys: 2, kyberPreKeys: 1 }, 'claimed keys are gone');
+    assert.deepEqual(await claim(), [bundleOf(bob1, 1, 3, 101)]);
+    assert.deepEqual(
+      await claim(),
+      [bundleOf(bob1, 1, 5, undefined)],
+      'the last-resort Kyber key once the one-time ones ran out',
+    );
+    assert.deepEqual(
+      await claim(),
+      [bundleOf(bob1, 1, undefined, undefined)],
+      'no EC prekey once those ran out',
+    );
+    assert.deepEqual(
+      await claim(),
+      [bundleOf(bob1, 1, undefined, undefined)],
+      'the last-resort key is reused',
+    );
+    assert.deepEqual(await store.keyCount(bob1), noKeys);
+    // A replenishment: the same identity, one-time keys only.
+    await store.putKeys(bob1, upload(bob1, { pre: [8], kyber: [103], full: false }));
+    assert.deepEqual(await store.keyCount(bob1), { preKeys: 1, kyberPreKeys: 1 });
+    assert.deepEqual(await claim(), [bundleOf(bob1, 1, 8, 103)]);
+  });
+
+  test('a later upload replaces the signed prekey, last-resort Kyber key and registration id; a re-sent key id replaces that key', async ({
+    store,
+  }) => {
+    await register(store, bob1);
+    await store.putKeys(bob1, upload(bob1, { pre: [1, 2], kyber: [101] }));
+    const rotation: KeyUpload = {
+      ...upload(bob1, { full: false }),
+      registrationId: 4321,
+      signedPreKey: signed(2, 'signed two'),
+      lastResortKyber: signed(9001, 'last resort two'),
+      preKeys: [
+        { id: 2, key: bytes('pre 2 again') },
+        { id: 3, key: bytes('pre 3') },
+      ],
+    };
+    await store.putKeys(bob1, rotation);
+    // The caller may reuse its buffers: the store kept its own copies.
+    rotation.identityKey.fill(0);
+    rotation.signedPreKey!.key.fill(0);
+    rotation.preKeys![0]!.key.fill(0);
+    assert.deepEqual(await store.keyCount(bob1), { preKeys: 3, kyberPreKeys: 1 }, 'key 2 is not there twice');
+    const first = await store.claimKeys('bob');
+    assert.equal(first.length, 1);
+    const b = describeBundle(first[0]!);
+    assert.deepEqual(
+      { rid: b.rid, identity: b.identity, signed: b.signed, pre: b.pre, kyber: b.kyber },
+      {
+        rid: 4321,
+        identity: 'identity bob/b1#1',
+        signed: '2: signed two (signature of signed two)',
+        pre: '1: pre 1 bob/b1#1',
+        kyber: '101: kyber 101 bob/b1#1 (signature of kyber 101 bob/b1#1)',
+      },
+    );
+    // A reader may scribble on what it got.
+    first[0]!.identityKey.fill(0);
+    first[0]!.signedPreKey.key.fill(0);
+    const second = (await store.claimKeys('bob')).map(describeBundle);
+    assert.deepEqual(
+      second.map((x) => [x.identity, x.signed, x.pre, x.kyber]),
+      [
+        [
+          'identity bob/b1#1',
+          '2: signed two (signature of signed two)',
+          '2: pre 2 again',
+          '9001: last resort two (signature of last resort two)',
+        ],
+      ],
+      'the re-sent key in its original place; the new last-resort key',
+    );
+    assert.deepEqual(
+      (await store.claimKeys('bob')).map((x) => describeBundle(x).pre),
+      ['3: pre 3'],
+    );
+  });
+
+  test('a one-time key is never handed out twice, also under 50 concurrent claims', async ({ store }) => {
+    await register(store, bob1, bob2);
+    const ids = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
+    await store.putKeys(bob1, upload(bob1, { pre: ids(1, 20), kyber: ids(101, 10) }));
+    await store.putKeys(bob2, upload(bob2, { pre: ids(1, 20) }));
+    // Half the claims ask for the user's every device, half for b1 alone.
+    const claims = await Promise.all(
+      Array.from({ length: 50 }, (_, i) =>
+        i % 2 === 0 ? store.claimKeys('bob') : store.claimKeys('bob', 'b1'),
+      ),
+    );
+    const bundles = claims.flat();
+    const forB1 = bundles.filter((b) => b.device === 'b1');
+    const forB2 = bundles.filter((b) => b.device === 'b2');
+    assert.equal(forB1.length, 50, 'every claim got a bundle for b1');
+    assert.equal(forB2.length, 25);
+    const handedOut = (list: KeyBundle[]) => list.flatMap((b) => (b.preKey ? [b.preKey.id] : []));
+    assert.deepEqual(
+      handedOut(forB1).sort((a, b) => a - b),
+      ids(1, 20),
+      'b1: each EC prekey exactly once',
+    );
+    assert.deepEqual(
+      handedOut(forB2).sort((a, b) => a - b),
+      ids(1, 20),
+      'b2: each EC prekey exactly once',
+    );
+    const kyber = forB1.map((b) => b.kyberPreKey.id);
+    assert.deepEqual(
+      kyber.filter((id) => id !== 9000).sort((a, b) => a - b),
+      ids(101, 10),
+      'each one-time Kyber key exactly once',
+    );
+    assert.equal(kyber.filter((id) => id === 9000).length, 40, 'then the last-resort key');
+    assert.ok(
+      forB2.every((b) => b.kyberPreKey.id === 9000),
+      'b2 uploaded no one-time Kyber key: always the last-resort one',
+    );
+    assert.deepEqual(await store.keyCount(bob1), noKeys);
+    assert.deepEqual(await store.keyCount(bob2), noKeys);
+  });
+
+  test('a new identity key (a re-install) drops the old one-time keys, and must come with a signed prekey and a last-resort Kyber key', async ({
+    store,
+  }) => {
+    await register(store, bob1);
+    await store.putKeys(bob1, upload(bob1, { pre: [1, 2, 3], kyber: [101, 102] }));
+    await store.claimKeys('bob');
+    await assert.rejects(
+      store.putKeys(bob1, upload(bob1, { gen: 2, pre: [1], full: false })),
+      'a re-install with one-time keys only',
+    );
+    assert.deepEqual(
+      (await store.claimKeys('bob')).map(describeBundle),
+      [bundleOf(bob1, 1, 2, 102)],
+      'the refused upload changed nothing',
+    );
+    // Key ids may start over after a re-install.
+    await store.putKeys(bob1, upload(bob1, { gen: 2, pre: [1, 50], kyber: [150] }));
+    assert.deepEqual(
+      await store.keyCount(bob1),
+      { preKeys: 2, kyberPreKeys: 1 },
+      'only the new install’s keys',
+    );
+    assert.deepEqual((await store.claimKeys('bob')).map(describeBundle), [bundleOf(bob1, 2, 1, 150)]);
+    assert.deepEqual((await store.claimKeys('bob')).map(describeBundle), [bundleOf(bob1, 2, 50, undefined)]);
+    // The same identity key again is no re-install: the one-time keys stay.
+    await store.putKeys(bob1, upload(bob1, { gen: 2, pre: [60] }));
+    await store.putKeys(bob1, upload(bob1, { gen: 2, pre: [61], full: false }));
+    assert.deepEqual(await store.keyCount(bob1), { preKeys: 2, kyberPreKeys: 0 });
+  });
+
+  test('unregistering a device drops its keys; linked again, it starts without any', async ({ store }) => {
+    await register(store, alice1, bob1, bob2);
+    await giveKeys(store, alice1, bob1, bob2);
+    await appendOne(store, sealed(alice1, 'm1', 'bob', [bob1, bob2]), 1000);
+    assert.equal(await store.unregisterDevice(bob1), true);
+    assert.deepEqual(await store.keyCount(bob1), noKeys);
+    assert.deepEqual(
+      (await store.claimKeys('bob')).map((b) => b.device),
+      ['b2'],
+      'the directory lists the devices left',
+    );
+    assert.deepEqual(await store.claimKeys('bob', 'b1'), []);
+    assert.equal(
+      bodyOf(await inbox(store, bob2), 'm1'),
+      'm1 sealed for bob/b2',
+      'the other device keeps its body',
+    );
+    await refusedWith(store, sealed(alice1, 'm2', 'bob', [bob1, bob2]), 1100, 'mismatched_devices', {
+      extra: [bob1],
+    });
+    await store.registerDevice(bob1, 2000);
+    assert.deepEqual(await store.claimKeys('bob', 'b1'), [], 'a device linked again has no keys');
+    await assert.rejects(
+      store.putKeys(bob1, upload(bob1, { pre: [9], full: false })),
+      'its next upload is a first upload',
+    );
+    assertDevices(
+      (await appendOne(store, sealed(alice1, 'm2', 'bob', [bob2]), 2100)).notify,
+      [bob2],
+      'it is not expected until it publishes keys',
+    );
+    // Unlinking the device registered last, too: a store that gives its row to the next device
+    // must not hand that device the old keys.
+    await giveKeys(store, bob1);
+    assert.equal(await store.unregisterDevice(bob1), true);
+    await store.registerDevice(bob1, 3000);
+    assert.deepEqual(await store.keyCount(bob1), noKeys);
+    assert.deepEqual(await store.claimKeys('bob', 'b1'), []);
+  });
+
+  test('claimKeys(user) covers every device with keys in registration order and skips the others; claimKeys(user, device) only that one', async ({
+    store,
+  }) => {
+    const bob3: DeviceAddress = { user: 'bob', device: 'b3' };
+    await register(store, bob2, alice1, bob1, bob3);
+    await store.putKeys(bob3, upload(bob3, { pre: [1, 2] }));
+    await store.putKeys(bob2, upload(bob2, { pre: [1, 2] }));
+    assert.deepEqual(
+      (await store.claimKeys('bob')).map(describeBundle),
+      [bundleOf(bob2, 1, 1, undefined), bundleOf(bob3, 1, 1, undefined)],
+      'registration order; b1 has no keys',
+    );
+    assert.deepEqual((await store.claimKeys('bob', 'b3')).map(describeBundle), [
+      bundleOf(bob3, 1, 2, undefined),
+    ]);
+    assert.deepEqual(await store.keyCount(bob2), { preKeys: 1, kyberPreKeys: 0 }, 'b2 was not claimed from');
+    assert.deepEqual(await store.claimKeys('bob', 'b1'), [], 'a device without keys');
+    assert.deepEqual(await store.claimKeys('bob', 'b9'), [], 'an unknown device');
+    assert.deepEqual(await store.claimKeys('alice'), [], 'a user without keys');
+    assert.deepEqual(await store.claimKeys('nobody'), [], 'an unknown user');
+    assert.deepEqual(await store.claimKeys('alice', 'b2'), [], 'another user’s device id');
+  });
+
+  // ---- Device lists -----------------------------------------------------------------------------
+
+  test('an end-to-end encrypted message gives each expected device its own envelope', async ({ store }) => {
+    await register(store, alice1, alice2, bob1, bob2);
+    await giveKeys(store, alice1, alice2, bob1, bob2);
+    const out = await appendOne(store, sealed(alice1, 'm1', 'bob', [bob2, alice2, bob1], 7), 1000);
+    assert.equal(out.duplicate, false);
+    assert.equal(out.ts, 1000);
+    assertDevices(out.notify, [bob1, bob2, alice2], 'notify lists the expected devices');
+    for (const d of [bob1, bob2, alice2]) {
+      const entries = await inbox(store, d);
+      assert.equal(entries.length, 1, `${devKey(d)} has the message`);
+      const e = entries[0]!;
+      assert.ok(e.kind === 'msg');
+      const { offset: _o, body, ...rest } = e;
+      assert.deepEqual(rest, { kind: 'msg', id: 'm1', from: alice1, to: 'bob', seq: 7, ts: 1000 });
+      assert.equal(text(body), `m1 sealed for ${devKey(d)}`, `${devKey(d)} reads its own envelope`);
+    }
+    assert.deepEqual(await inbox(store, alice1), [], 'the sending device gets no copy');
+    if (out.offsets) {
+      assert.equal(out.offsets.length, out.notify.length, 'one offset per notified device');
+      for (let i = 0; i < out.notify.length; i++) {
+        const d = out.notify[i]!;
+        const [e] = await store.readInbox(d, out.offsets[i]! - 1, 1);
+        assert.equal(e?.offset, out.offsets[i]);
+        assert.equal(
+          e?.kind === 'msg' && text(e.body),
+          `m1 sealed for ${devKey(d)}`,
+          `${devKey(d)}’s offset`,
+        );
+      }
+    }
+    assert.equal(await store.related('alice', 'bob'), true);
+    // Bodies are byte-exact, empty ones too.
+    const binary = { ...envelope('m2', bob1), body: binaryBody() };
+    const empty = { ...envelope('m2', bob2), body: new Uint8Array(0) };
+    await appendOne(store, sealed(alice1, 'm2', 'bob', [binary, empty, alice2], 8), 1100);
+    const m2 = async (d: DeviceAddress) =>
+      (await inbox(store, d)).find((e) => e.kind === 'msg' && e.id === 'm2');
+    const b1 = await m2(bob1);
+    const b2 = await m2(bob2);
+    assert.ok(b1?.kind === 'msg' && b2?.kind === 'msg');
+    assertBytes(b1.body, binaryBody(), 'a binary envelope');
+    assertBytes(b2.body, new Uint8Array(0), 'an empty envelope');
+    // Dedupe is by (sender device, id), whatever the envelopes.
+    const before = await inboxes(store, [alice1, alice2, bob1, bob2]);
+    assert.deepEqual(await store.append([sealed(alice1, 'm1', 'bob', [bob1])], 2000), [
+      { ok: true, ts: 1000, duplicate: true, notify: [] },
+    ]);
+    assert.deepEqual(await store.append([msg(alice1, 'm1', 'bob')], 2000), [
+      { ok: true, ts: 1000, duplicate: true, notify: [] },
+    ]);
+    assert.deepEqual(
+      await inboxes(store, [alice1, alice2, bob1, bob2]),
+      before,
+      'a duplicate writes nothing',
+    );
+  });
+
+  test('envelopes that miss an expected device, add another or carry a stale registration id are refused with the difference, writing nothing', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, bob2, carol1);
+    await giveKeys(store, alice1, alice2, bob1, bob2, carol1);
+    const devices = [alice1, alice2, bob1, bob2, carol1];
+    const before = await inboxes(store, devices);
+    const send = (list: Array<DeviceAddress | DeviceEnvelope>) => sealed(alice1, 'm1', 'bob', list);
+    const mismatched = 'mismatched_devices';
+    await refusedWith(store, send([bob1, alice2]), 1000, mismatched, { missing: [bob2] });
+    await refusedWith(store, send([bob1, bob2]), 1000, mismatched, { missing: [alice2] });
+    await refusedWith(
+      store,
+      send([bob1, bob2, alice2, carol1, { user: 'bob', device: 'b9' }]),
+      1000,
+      mismatched,
+      {
+        extra: [carol1, { user: 'bob', device: 'b9' }],
+      },
+    );
+    await refusedWith(store, send([bob1, bob2, alice2, alice1]), 1000, mismatched, { extra: [alice1] });
+    await refusedWith(store, send([bob1, bob1, bob2, alice2]), 1000, mismatched, { extra: [bob1] });
+    await refusedWith(store, send([bob1, alice2, carol1]), 1000, mismatched, {
+      missing: [bob2],
+      extra: [carol1],
+    });
+    await refusedWith(store, send([]), 1000, mismatched, { missing: [bob1, bob2, alice2] });
+    const stale = (d: DeviceAddress) => envelope('m1', d, ridOf(d, 1) + 1);
+    await refusedWith(store, send([bob1, stale(bob2), stale(alice2)]), 1000, 'stale_devices', {
+      stale: [bob2, alice2],
+    });
+    await refusedWith(store, send([stale(bob1), alice2]), 1000, mismatched, { missing: [bob2] });
+    // A re-install makes the registration id the sender knew stale.
+    await store.putKeys(bob1, upload(bob1, { gen: 2 }));
+    assert.notEqual(ridOf(bob1, 2), ridOf(bob1, 1));
+    await refusedWith(store, send([bob1, bob2, alice2]), 1000, 'stale_devices', { stale: [bob1] });
+    assert.deepEqual(await inboxes(store, devices), before, 'no inbox changed');
+    assert.equal(await store.related('alice', 'bob'), false, 'a refused message relates no one');
+    // No dedupe record was written: the corrected list commits.
+    const retry = await appendOne(store, send([envelope('m1', bob1, ridOf(bob1, 2)), bob2, alice2]), 2000);
+    assert.equal(retry.duplicate, false);
+    assert.equal(retry.ts, 2000);
+    assert.equal(bodyOf(await inbox(store, bob1), 'm1'), 'm1 sealed for bob/b1');
+  });
+
+  test('an end-to-end encrypted message to a user without keys is unknown_recipient, a group message with envelopes forbidden; neither writes anything', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, carol1);
+    await giveKeys(store, alice1, alice2, carol1); // bob1 is registered but has no keys
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['carol']), 500);
+    const devices = [alice1, alice2, bob1, carol1];
+    const before = await inboxes(store, devices);
+    await refused(store, sealed(alice1, 'm1', 'bob', [alice2]), 1000, 'unknown_recipient');
+    await refused(store, sealed(alice1, 'm2', 'nobody', [alice2]), 1000, 'unknown_recipient');
+    await refused(store, { ...sealed(alice1, 'm3', 'g', [carol1, alice2]), group: true }, 1000, 'forbidden');
+    await refused(store, { ...sealed(alice1, 'm4', 'g', []), group: true }, 1000, 'forbidden');
+    assert.deepEqual(await inboxes(store, devices), before, 'no inbox changed');
+    assert.equal(await store.related('alice', 'bob'), false);
+    // No dedupe records were written.
+    await giveKeys(store, bob1);
+    const m1 = await appendOne(store, sealed(alice1, 'm1', 'bob', [bob1, alice2]), 2000);
+    assert.equal(m1.duplicate, false);
+    const m3 = await appendOne(store, gmsg(alice1, 'm3', 'g'), 2000);
+    assert.equal(m3.duplicate, false);
+  });
+
+  test('the sender’s other devices with keys are expected, and registered devices without keys get nothing', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, alice3, bob1, bob2);
+    await giveKeys(store, alice1, alice2, bob1); // alice3 and bob2 have no keys
+    const out = await appendOne(store, sealed(alice1, 'm1', 'bob', [bob1, alice2]), 1000);
+    assertDevices(out.notify, [bob1, alice2], 'the devices with keys');
+    assert.deepEqual(await inbox(store, bob2), [], 'a device without keys could not decrypt it');
+    assert.deepEqual(await inbox(store, alice3), []);
+    await refusedWith(store, sealed(alice1, 'm2', 'bob', [bob1, alice2, bob2]), 1000, 'mismatched_devices', {
+      extra: [bob2],
+    });
+    // A note to oneself goes to one's other devices with keys.
+    const note = await appendOne(store, sealed(alice1, 'n1', 'alice', [alice2]), 1100);
+    assertDevices(note.notify, [alice2], 'the other device with keys');
+    assert.equal(bodyOf(await inbox(store, alice2), 'n1'), 'n1 sealed for alice/a2');
+    await refusedWith(store, sealed(alice2, 'n2', 'alice', []), 1100, 'mismatched_devices', {
+      missing: [alice1],
+    });
+    // With no other device with keys, there is nobody to send to, but the user is known.
+    await store.unregisterDevice(alice2);
+    const alone = await appendOne(store, sealed(alice1, 'n3', 'alice', []), 1200);
+    assert.deepEqual(alone.notify, []);
+  });
+
+  test('an end-to-end encrypted message is delivered once per user, expires like any other, and each body goes with its entry', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, bob2);
+    await giveKeys(store, alice1, alice2, bob1, bob2);
+    await appendOne(store, sealed(alice1, 'm1', 'bob', [bob1, bob2, alice2], 1), 1000);
+    await appendOne(store, sealed(alice1, 'm2', 'bob', [bob1, bob2, alice2], 2), 1000);
+    const entry = async (d: DeviceAddress, id: string) => [offsetOf(await inbox(store, d), id)];
+    assert.deepEqual(await store.ack(alice2, await entry(alice2, 'm1'), 1500), { count: 1, notify: [] });
+    const byBob = await store.ack(bob1, await entry(bob1, 'm1'), 2000);
+    assertDevices(byBob.notify, [alice1, alice2], 'every device of the sender user');
+    assert.equal(
+      bodyOf(await inbox(store, bob2), 'm1'),
+      'm1 sealed for bob/b2',
+      'b2 still reads its own body',
+    );
+    assert.deepEqual(await store.ack(bob2, await entry(bob2, 'm1'), 2100), { count: 1, notify: [] });
+    const delivered = { status: 'delivered', ids: ['m1'], by: 'bob', ts: 2000 };
+    assert.deepEqual(statuses(await inbox(store, alice1)), [delivered]);
+    const exp = await store.expire(1001, 9000);
+    assert.equal(exp.count, 3, 'the copies of m2');
+    assertDevices(exp.notify, [alice1, alice2], 'the sender user’s devices');
+    const expired = { status: 'expired', ids: ['m2'], by: 'bob', ts: 9000 };
+    assert.deepEqual(statuses(await inbox(store, alice1)), [delivered, expired]);
+    for (const d of [alice1, alice2, bob1, bob2])
+      assert.deepEqual(msgIds(await inbox(store, d)), [], devKey(d));
+  });
+
+  test('keys and every device’s own body survive a re-open', async (h) => {
+    await register(h.store, alice1, bob1, bob2);
+    await giveKeys(h.store, alice1, bob1, bob2);
+    await h.store.claimKeys('bob', 'b1');
+    await appendOne(h.store, sealed(alice1, 'm1', 'bob', [bob1, bob2]), 1000);
+    const before = await inboxes(h.store, [bob1, bob2]);
+    await h.reopen();
+    assert.deepEqual(await inboxes(h.store, [bob1, bob2]), before);
+    assert.equal(bodyOf(await inbox(h.store, bob2), 'm1'), 'm1 sealed for bob/b2');
+    assert.deepEqual(await h.store.keyCount(bob1), { preKeys: 2, kyberPreKeys: 1 });
+    assert.deepEqual((await h.store.claimKeys('bob', 'b1')).map(describeBundle), [bundleOf(bob1, 1, 2, 102)]);
+    await refusedWith(h.store, sealed(alice1, 'm2', 'bob', [bob1]), 2000, 'mismatched_devices', {
+      missing: [bob2],
+    });
+    assert.deepEqual(await h.store.append([sealed(alice1, 'm1', 'bob', [bob1, bob2])], 2000), [
+      { ok: true, ts: 1000, duplicate: true, notify: [] },
+    ]);
   });
 
   return cases;

@@ -18,9 +18,12 @@ import type {
   GroupRole,
   GroupState,
   InboxEntry,
+  KeyBundle,
+  KeyUpload,
   NotifyResult,
   ServerStore,
 } from '../store.js';
+import { checkDeviceList, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
 
 /**
  * Opaque durable state of a memory server store; a new store over the same state is a "re-open
@@ -44,7 +47,10 @@ export type ServerStoreOp =
   | 'groupsOf'
   | 'related'
   | 'setLastSeen'
-  | 'lastSeen';
+  | 'lastSeen'
+  | 'putKeys'
+  | 'claimKeys'
+  | 'keyCount';
 
 /** Options of {@link memoryServerStore}. */
 export interface MemoryServerStoreOptions {
@@ -69,6 +75,7 @@ interface StoredMessage {
   group: boolean;
   seq: number;
   ts: number;
+  /** The body every entry shows; empty for an end-to-end encrypted message (entries have their own). */
   body: Uint8Array;
   /** Inbox entries referencing this message. */
   refs: number;
@@ -77,7 +84,8 @@ interface StoredMessage {
 }
 
 type StoredEntry =
-  | { kind: 'msg'; ts: number; message: string }
+  /** `body`: this device's own envelope of an end-to-end encrypted message. */
+  | { kind: 'msg'; ts: number; message: string; body?: Uint8Array }
   | { kind: 'status'; ts: number; status: EntryStatus; ids: string[]; by: string }
   | { kind: 'group'; ts: number; event: GroupEvent };
 
@@ -95,6 +103,22 @@ interface Inbox {
   entries: Map<number, StoredEntry>;
 }
 
+/** A one-time EC prekey, as the directory stores and hands it out. */
+type PublicPreKey = NonNullable<KeyBundle['preKey']>;
+/** A signed prekey or a Kyber prekey. */
+type SignedPublicKey = KeyBundle['signedPreKey'];
+
+/** A device's entry in the key directory. Maps keep upload order: the oldest key comes first. */
+interface StoredKeys {
+  registrationId: number;
+  identityKey: Uint8Array;
+  signedPreKey: SignedPublicKey;
+  lastResortKyber: SignedPublicKey;
+  /** One-time keys by id: a re-uploaded id replaces the key in place. */
+  preKeys: Map<number, PublicPreKey>;
+  kyberPreKeys: Map<number, SignedPublicKey>;
+}
+
 interface ServerData extends MemoryServerState {
   /** user → device ids in registration order. */
   devices: Map<string, string[]>;
@@ -110,6 +134,8 @@ interface ServerData extends MemoryServerState {
   /** Pairs of users a 1:1 message was committed between. */
   contacts: Set<string>;
   lastSeen: Map<string, number>;
+  /** device key → its keys in the directory. */
+  keys: Map<string, StoredKeys>;
 }
 
 /** Creates an empty state for {@link memoryServerStore}. */
@@ -124,9 +150,12 @@ export function createMemoryServerState(): MemoryServerState {
     userGroups: new Map(),
     contacts: new Set(),
     lastSeen: new Map(),
+    keys: new Map(),
   };
   return data;
 }
+
+const LABEL = 'memory server store';
 
 // Length-prefixed so that no two different tuples share a key.
 const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
@@ -134,6 +163,14 @@ const dedupeKey = (from: DeviceAddress, id: string): string =>
   `${from.user.length}:${from.user}${from.device.length}:${from.device}${id}`;
 const pairKey = (a: string, b: string): string => (a < b ? `${a.length}:${a}${b}` : `${b.length}:${b}${a}`);
 const uniq = (users: string[]): string[] => [...new Set(users)];
+const EMPTY = new Uint8Array(0);
+
+const copyKey = (k: PublicPreKey): PublicPreKey => ({ id: k.id, key: new Uint8Array(k.key) });
+const copySigned = (k: SignedPublicKey): SignedPublicKey => ({
+  id: k.id,
+  key: new Uint8Array(k.key),
+  signature: new Uint8Array(k.signature),
+});
 
 /** Collects devices that got new entries, each once, in first-seen order. */
 class NotifySet {
@@ -166,7 +203,7 @@ export function memoryServerStore(
   const failWhen = options.failWhen;
 
   function check(op: ServerStoreOp): void {
-    if (failWhen?.(op)) throw new Error(`memory server store: injected failure in ${op}`);
+    if (failWhen?.(op)) throw new Error(`${LABEL}: injected failure in ${op}`);
   }
 
   function devicesOf(user: string): string[] {
@@ -326,9 +363,27 @@ export function memoryServerStore(
     return { ok: true, ts: now, duplicate: false, notify: notify.list };
   }
 
+  /** The user's devices that have keys, in registration order. */
+  function keyedDevices(user: string): KeyedDevice[] {
+    const out: KeyedDevice[] = [];
+    for (const device of devicesOf(user)) {
+      const k = data.keys.get(deviceKey({ user, device }));
+      if (k) out.push({ user, device, rid: k.registrationId });
+    }
+    return out;
+  }
+
   function commitMessage(item: MessageInput, key: string, now: number): AppendOutcome {
     let targets: DeviceAddress[];
-    if (item.group) {
+    // Per target, for an end-to-end encrypted message: each device's own envelope.
+    let bodies: Uint8Array[] | undefined;
+    if (item.envelopes) {
+      const checked = checkDeviceList(item, item.envelopes, keyedDevices);
+      if ('code' in checked) return checked;
+      targets = checked.targets.map((d) => ({ user: d.user, device: d.device }));
+      bodies = checked.bodies;
+      data.contacts.add(pairKey(item.from.user, item.to));
+    } else if (item.group) {
       const g = data.groups.get(item.to);
       if (!g || !g.members.has(item.from.user)) return { ok: false, code: 'not_member' };
       targets = memberDevices(g).filter((d) => d.user !== item.from.user || d.device !== item.from.device);
@@ -346,12 +401,19 @@ export function memoryServerStore(
         group: item.group === true,
         seq: item.seq,
         ts: now,
-        body: new Uint8Array(item.body),
+        body: bodies ? EMPTY : new Uint8Array(item.body),
         refs: targets.length,
         ackedBy: new Set(),
       });
     }
-    const offsets = targets.map((d) => push(d, { kind: 'msg', ts: now, message: key }));
+    const offsets = targets.map((d, i) =>
+      push(
+        d,
+        bodies
+          ? { kind: 'msg', ts: now, message: key, body: new Uint8Array(bodies[i]!) }
+          : { kind: 'msg', ts: now, message: key },
+      ),
+    );
     return { ok: true, ts: now, duplicate: false, notify: targets, offsets };
   }
 
@@ -414,7 +476,7 @@ export function memoryServerStore(
       to: m.to,
       seq: m.seq,
       ts: m.ts,
-      body: new Uint8Array(m.body),
+      body: new Uint8Array(e.body ?? m.body),
     };
     if (m.group) out.group = true;
     return out;
@@ -456,6 +518,7 @@ export function memoryServerStore(
       list.splice(i, 1);
       if (list.length === 0) data.devices.delete(device.user);
       const k = deviceKey(device);
+      data.keys.delete(k);
       const inbox = data.inboxes.get(k);
       if (inbox) {
         for (const e of inbox.entries.values()) if (e.kind === 'msg') unref(e.message);
@@ -571,6 +634,65 @@ export function memoryServerStore(
     async lastSeen(user: string): Promise<number | undefined> {
       check('lastSeen');
       return data.lastSeen.get(user);
+    },
+
+    async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
+      check('putKeys');
+      if (!devicesOf(device.user).includes(device.device)) throw notRegistered(LABEL, device);
+      const k = deviceKey(device);
+      const old = data.keys.get(k);
+      const kind = uploadKind(old?.identityKey, keys, LABEL); // throws before any write
+      // A first upload or a re-install starts a fresh record: no one-time key of an old identity.
+      const stored: StoredKeys =
+        kind === 'update'
+          ? old!
+          : {
+              registrationId: keys.registrationId,
+              identityKey: EMPTY,
+              signedPreKey: keys.signedPreKey!,
+              lastResortKyber: keys.lastResortKyber!,
+              preKeys: new Map(),
+              kyberPreKeys: new Map(),
+            };
+      data.keys.set(k, stored);
+      stored.registrationId = keys.registrationId;
+      stored.identityKey = new Uint8Array(keys.identityKey);
+      if (keys.signedPreKey) stored.signedPreKey = copySigned(keys.signedPreKey);
+      if (keys.lastResortKyber) stored.lastResortKyber = copySigned(keys.lastResortKyber);
+      for (const p of keys.preKeys ?? []) stored.preKeys.set(p.id, copyKey(p));
+      for (const p of keys.kyberPreKeys ?? []) stored.kyberPreKeys.set(p.id, copySigned(p));
+    },
+
+    async claimKeys(user: string, device?: string): Promise<KeyBundle[]> {
+      check('claimKeys');
+      const out: KeyBundle[] = [];
+      for (const id of devicesOf(user)) {
+        if (device !== undefined && id !== device) continue;
+        const k = data.keys.get(deviceKey({ user, device: id }));
+        if (!k) continue;
+        // Oldest first; a claimed one-time key leaves the directory in the same step.
+        const pre = k.preKeys.values().next().value as PublicPreKey | undefined;
+        if (pre) k.preKeys.delete(pre.id);
+        const kyber = k.kyberPreKeys.values().next().value as SignedPublicKey | undefined;
+        if (kyber) k.kyberPreKeys.delete(kyber.id);
+        const bundle: KeyBundle = {
+          user,
+          device: id,
+          registrationId: k.registrationId,
+          identityKey: new Uint8Array(k.identityKey),
+          signedPreKey: copySigned(k.signedPreKey),
+          kyberPreKey: copySigned(kyber ?? k.lastResortKyber),
+        };
+        if (pre) bundle.preKey = copyKey(pre);
+        out.push(bundle);
+      }
+      return out;
+    },
+
+    async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number }> {
+      check('keyCount');
+      const k = data.keys.get(deviceKey(device));
+      return { preKeys: k?.preKeys.size ?? 0, kyberPreKeys: k?.kyberPreKeys.size ?? 0 };
     },
 
     async close(): Promise<void> {},

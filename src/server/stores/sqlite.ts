@@ -11,7 +11,8 @@
  *
  * **Schema** (version {@link SQLITE_SERVER_SCHEMA_VERSION}, kept in `PRAGMA user_version` and
  * reached by migration steps applied in one transaction each; step 2 added groups, per-user
- * delivery tracking, contacts and last-seen times):
+ * delivery tracking, contacts and last-seen times; step 3 the key directory and per-device bodies
+ * of end-to-end encrypted messages):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -19,21 +20,26 @@
  * | `messages` | `id` (rowid), `from_user`, `from_device`, `msg_id`, `to_user`, `to_group`, `seq`, `ts`, `body`, `refs` | each body stored once; `to_user` is the group id when `to_group` is 1; `refs` counts inbox entries pointing at it |
  * | `delivered` | `message`, `user` | recipient users already accounted for: a device of `user` acked `message` (sender told `delivered`) or the sender was told `expired`; primary key `(message, user)`; rows go with their message; `WITHOUT ROWID` |
  * | `group_events` | `id` (rowid), `data`, `refs` | each form of a group event (delta, snapshot) stored once, msgpack-encoded; `refs` counts inbox entries pointing at it |
- * | `inbox` | `dev`, `pos`, `ts`, `message` or `event` or (`status`, `ids`, `by_user`) | one row per entry; primary key `(dev, pos)` = (device, offset); `WITHOUT ROWID` |
+ * | `inbox` | `dev`, `pos`, `ts`, `message` (with `body` for an end-to-end encrypted message) or `event` or (`status`, `ids`, `by_user`) | one row per entry; primary key `(dev, pos)` = (device, offset); `body` is this device's own envelope, and such a message's `messages.body` is empty; `WITHOUT ROWID` |
  * | `groups` | `id`, `name`, `ver` | one row per group; `WITHOUT ROWID` |
  * | `group_members` | `joined` (rowid), `group_id`, `user`, `role` | `joined` orders members by join (the longest-standing first); unique `(group_id, user)`; index by `user` |
  * | `contacts` | `a`, `b` | pairs (`a` < `b`) a 1:1 message was committed between; `WITHOUT ROWID` |
  * | `last_seen` | `user`, `ts` | when each user was last online; `WITHOUT ROWID` |
  * | `dedupe` | `from_user`, `from_device`, `msg_id`, `ts` | one record per committed item; primary key `(from_user, from_device, msg_id)`; `WITHOUT ROWID` |
+ * | `device_keys` | `dev`, `identity_key`, `registration_id`, `signed_id`, `signed_key`, `signed_sig`, `kyber_id`, `kyber_key`, `kyber_sig` | a device's directory entry (the `kyber_*` columns are the last-resort Kyber key); `dev` (the `devices` row) is the rowid |
+ * | `prekeys` | `id` (rowid), `dev`, `key_id`, `key` | unclaimed one-time EC prekeys; `id` is upload order (oldest first); unique `(dev, key_id)`; index by `dev` |
+ * | `kyber_prekeys` | `id` (rowid), `dev`, `key_id`, `key`, `signature` | unclaimed one-time Kyber prekeys, as `prekeys` |
  *
  * Indexes: `inbox` by `(dev, pos)` (reads and acks; `dev` is the `devices` row of `(user, device)`),
  * `inbox_ts` and `dedupe_ts` (expiry), `dedupe` by its key (dedupe), `devices` by `(user, device)`,
- * `group_members` by `(group_id, user)` and by `user` (membership, fan-out, `groupsOf`).
+ * `group_members` by `(group_id, user)` and by `user` (membership, fan-out, `groupsOf`), `prekeys`
+ * and `kyber_prekeys` by `(dev, key_id)` (re-uploads) and by `dev` (claims, oldest first).
  * Triggers on inbox deletes decrement `messages.refs` and `group_events.refs` and delete the body
- * or event with its last reference, and one on message deletes drops its `delivered` rows, so no
- * delete path can leak or drop either. No foreign keys are declared (the triggers keep the
- * tables consistent, and a foreign key from `inbox.message` would cost an extra index for every
- * body delete), so the connection's `foreign_keys` setting does not matter.
+ * or event with its last reference, one on message deletes drops its `delivered` rows, and one on
+ * device deletes drops the device's keys, so no delete path can leak or drop any of them. No
+ * foreign keys are declared (the triggers keep the tables consistent, and a foreign key from
+ * `inbox.message` would cost an extra index for every body delete), so the connection's
+ * `foreign_keys` setting does not matter.
  *
  * @packageDocumentation
  */
@@ -44,6 +50,7 @@ import type {
   AppendOutcome,
   AppendRefusal,
   DeviceAddress,
+  DeviceEnvelope,
   EntryStatus,
   GroupChange,
   GroupEvent,
@@ -52,11 +59,14 @@ import type {
   GroupRole,
   GroupState,
   InboxEntry,
+  KeyBundle,
+  KeyUpload,
   MessageInput,
   NotifyResult,
   ReceiptInput,
   ServerStore,
 } from '../store.js';
+import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import {
   openStoreDatabase,
   prepareNumeric,
@@ -190,6 +200,46 @@ const MIGRATIONS: readonly SqliteMigration[] = [
         ts INTEGER NOT NULL
       ) WITHOUT ROWID;
     `),
+  // 3: the key directory, and per-device bodies of end-to-end encrypted messages. One-time keys
+  // are rowid tables so that the rowid is upload order: the index on `dev` alone then holds
+  // (dev, rowid), and the oldest key of a device is its first entry.
+  (db) =>
+    db.exec(`
+      ALTER TABLE inbox ADD COLUMN body BLOB;
+      CREATE TABLE device_keys (
+        dev INTEGER PRIMARY KEY,
+        identity_key BLOB NOT NULL,
+        registration_id INTEGER NOT NULL,
+        signed_id INTEGER NOT NULL,
+        signed_key BLOB NOT NULL,
+        signed_sig BLOB NOT NULL,
+        kyber_id INTEGER NOT NULL,
+        kyber_key BLOB NOT NULL,
+        kyber_sig BLOB NOT NULL
+      );
+      CREATE TABLE prekeys (
+        id INTEGER PRIMARY KEY,
+        dev INTEGER NOT NULL,
+        key_id INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        UNIQUE (dev, key_id)
+      );
+      CREATE INDEX prekeys_dev ON prekeys (dev);
+      CREATE TABLE kyber_prekeys (
+        id INTEGER PRIMARY KEY,
+        dev INTEGER NOT NULL,
+        key_id INTEGER NOT NULL,
+        key BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        UNIQUE (dev, key_id)
+      );
+      CREATE INDEX kyber_prekeys_dev ON kyber_prekeys (dev);
+      CREATE TRIGGER devices_gone AFTER DELETE ON devices BEGIN
+        DELETE FROM device_keys WHERE dev = old.id;
+        DELETE FROM prekeys WHERE dev = old.id;
+        DELETE FROM kyber_prekeys WHERE dev = old.id;
+      END;
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -204,6 +254,29 @@ interface DeviceRow {
 /** A device of a group member, as the fan-out query returns it. */
 interface MemberDeviceRow extends DeviceRow {
   user: string;
+}
+
+/** A device with keys, as the device-list check sees it. */
+interface KeyedDeviceRow extends MemberDeviceRow {
+  rid: number;
+}
+
+/** A device's `device_keys` row. */
+interface KeysRow {
+  identity_key: Uint8Array;
+  registration_id: number;
+  signed_id: number;
+  signed_key: Uint8Array;
+  signed_sig: Uint8Array;
+  kyber_id: number;
+  kyber_key: Uint8Array;
+  kyber_sig: Uint8Array;
+}
+
+/** A keyed device of a user and its `device_keys` row, as a claim reads it. */
+interface BundleRow extends KeysRow {
+  id: number;
+  device: string;
 }
 
 interface InboxRow {
@@ -222,6 +295,8 @@ interface InboxRow {
   seq: number | null;
   mts: number | null;
   body: Uint8Array | null;
+  /** The device's own envelope of an end-to-end encrypted message. */
+  own_body: Uint8Array | null;
   event_data: Uint8Array | null;
 }
 
@@ -263,6 +338,8 @@ class NotifySet {
     this.list.push({ user: d.user, device: d.device });
   }
 }
+
+const EMPTY = new Uint8Array(0);
 
 /** A view of the caller's bytes for binding; SQLite copies them. */
 const bindBytes = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
@@ -426,6 +503,11 @@ function snapshotOf(g: GroupView): GroupMember[] {
   return [...g.members].map(([user, role]) => ({ user, role }));
 }
 
+/** A signed key from its columns, in buffers of its own. */
+function signedKey(id: number, key: Uint8Array, signature: Uint8Array): KeyBundle['signedPreKey'] {
+  return { id, key: new Uint8Array(key), signature: new Uint8Array(signature) };
+}
+
 /**
  * A {@link ServerStore} in a SQLite database (see the module header for the schema and the
  * durability settings). Pass `path` to let the store open (and later close) the file, or
@@ -476,13 +558,13 @@ export function sqliteServerStore(
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     eventInsert: q('INSERT INTO group_events (data, refs) VALUES (?, ?)'),
-    entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message) VALUES (?, ?, ?, ?)'),
+    entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body) VALUES (?, ?, ?, ?, ?)'),
     entryEventInsert: q('INSERT INTO inbox (dev, pos, ts, event) VALUES (?, ?, ?, ?)'),
     entryStatusInsert: q('INSERT INTO inbox (dev, pos, ts, status, ids, by_user) VALUES (?, ?, ?, ?, ?, ?)'),
     readInbox: q(
       `SELECT i.pos, i.ts, i.message, i.status, i.ids, i.by_user, i.event,
               m.from_user, m.from_device, m.msg_id, m.to_user, m.to_group, m.seq, m.ts AS mts, m.body,
-              e.data AS event_data
+              i.body AS own_body, e.data AS event_data
        FROM inbox i
        LEFT JOIN messages m ON m.id = i.message
        LEFT JOIN group_events e ON e.id = i.event
@@ -533,6 +615,53 @@ export function sqliteServerStore(
        ON CONFLICT (user) DO UPDATE SET ts = excluded.ts WHERE excluded.ts > last_seen.ts`,
     ),
     lastSeenGet: q('SELECT ts FROM last_seen WHERE user = ?'),
+    keyedDevices: q(
+      `SELECT d.id, d.user, d.device, d.last_offset, k.registration_id AS rid
+       FROM devices d JOIN device_keys k ON k.dev = d.id WHERE d.user = ? ORDER BY d.id`,
+    ),
+    keysGet: q('SELECT * FROM device_keys WHERE dev = ?'),
+    keysPut: q(
+      `INSERT INTO device_keys (dev, identity_key, registration_id, signed_id, signed_key, signed_sig,
+                                kyber_id, kyber_key, kyber_sig)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+       ON CONFLICT (dev) DO UPDATE SET identity_key = excluded.identity_key,
+         registration_id = excluded.registration_id, signed_id = excluded.signed_id,
+         signed_key = excluded.signed_key, signed_sig = excluded.signed_sig, kyber_id = excluded.kyber_id,
+         kyber_key = excluded.kyber_key, kyber_sig = excluded.kyber_sig`,
+    ),
+    // A re-uploaded id replaces the key in place (its rowid, so its place in line, stays).
+    preKeyPut: q(
+      `INSERT INTO prekeys (dev, key_id, key) VALUES (?, ?, ?)
+       ON CONFLICT (dev, key_id) DO UPDATE SET key = excluded.key`,
+    ),
+    kyberPreKeyPut: q(
+      `INSERT INTO kyber_prekeys (dev, key_id, key, signature) VALUES (?, ?, ?, ?)
+       ON CONFLICT (dev, key_id) DO UPDATE SET key = excluded.key, signature = excluded.signature`,
+    ),
+    preKeysDrop: q('DELETE FROM prekeys WHERE dev = ?'),
+    kyberPreKeysDrop: q('DELETE FROM kyber_prekeys WHERE dev = ?'),
+    bundlesOf: q(
+      `SELECT d.id, d.device, k.* FROM devices d JOIN device_keys k ON k.dev = d.id
+       WHERE d.user = ? ORDER BY d.id`,
+    ),
+    bundleOf: q(
+      `SELECT d.id, d.device, k.* FROM devices d JOIN device_keys k ON k.dev = d.id
+       WHERE d.user = ? AND d.device = ?`,
+    ),
+    // Takes the device's oldest one-time key and deletes it in one statement.
+    preKeyClaim: q(
+      `DELETE FROM prekeys WHERE id = (SELECT id FROM prekeys WHERE dev = ? ORDER BY id LIMIT 1)
+       RETURNING key_id, key`,
+    ),
+    kyberPreKeyClaim: q(
+      `DELETE FROM kyber_prekeys WHERE id = (SELECT id FROM kyber_prekeys WHERE dev = ? ORDER BY id LIMIT 1)
+       RETURNING key_id, key, signature`,
+    ),
+    keyCount: q(
+      `SELECT (SELECT count(*) FROM prekeys WHERE dev = d.id) AS pre,
+              (SELECT count(*) FROM kyber_prekeys WHERE dev = d.id) AS kyber
+       FROM devices d WHERE d.user = ? AND d.device = ?`,
+    ),
   };
 
   let closed = false;
@@ -639,12 +768,16 @@ export function sqliteServerStore(
     return { ok: true, ts: now, duplicate: false, notify: notify.list };
   }
 
-  /** Inserts the body once and one entry per target device referencing it; returns their offsets. */
+  /**
+   * Inserts the body once and one entry per target device referencing it; returns their offsets.
+   * With `bodies` (an end-to-end encrypted message) each entry holds its own, in target order.
+   */
   function storeMessage(
     w: Writer,
     item: MessageInput,
     targets: Array<{ dev: number }>,
     now: number,
+    bodies?: Uint8Array[],
   ): number[] {
     if (targets.length === 0) return [];
     const { lastInsertRowid } = sql.messageInsert.run(
@@ -655,12 +788,13 @@ export function sqliteServerStore(
       item.group ? 1 : 0,
       item.seq,
       now,
-      bindBytes(item.body),
+      bindBytes(bodies ? EMPTY : item.body),
       targets.length,
     );
-    return targets.map((t) => {
+    return targets.map((t, i) => {
       const offset = w.next(t.dev);
-      sql.entryMessageInsert.run(t.dev, offset, now, lastInsertRowid);
+      const own = bodies ? bindBytes(bodies[i]!) : null;
+      sql.entryMessageInsert.run(t.dev, offset, now, lastInsertRowid, own);
       return offset;
     });
   }
@@ -700,10 +834,7 @@ export function sqliteServerStore(
     let offsets: number[] | undefined;
     if (item.kind === 'msg') {
       offsets = storeMessage(w, item, targets, now);
-      if (item.from.user !== item.to) {
-        const [a, b] = item.from.user < item.to ? [item.from.user, item.to] : [item.to, item.from.user];
-        sql.contactInsert.run(a, b);
-      }
+      relate(item.from.user, item.to);
     } else {
       for (const t of targets) pushStatus(w, t.dev, now, 'read', item.ids, item.from.user);
     }
@@ -712,11 +843,40 @@ export function sqliteServerStore(
     return out;
   }
 
+  /** Records that a 1:1 message was committed between two users (for `related`). */
+  function relate(from: string, to: string): void {
+    if (from === to) return;
+    const [a, b] = from < to ? [from, to] : [to, from];
+    sql.contactInsert.run(a, b);
+  }
+
+  /** An end-to-end encrypted message: checked against the directory, one body per device. */
+  function commitSealed(
+    w: Writer,
+    item: MessageInput,
+    envelopes: DeviceEnvelope[],
+    now: number,
+  ): AppendOutcome {
+    const checked = checkDeviceList(item, envelopes, (user) => {
+      const rows = sql.keyedDevices.all(user) as KeyedDeviceRow[];
+      for (const r of rows) w.prime(r);
+      return rows;
+    });
+    if ('code' in checked) return checked;
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
+    const targets = checked.targets.map((t) => ({ dev: t.id }));
+    const offsets = storeMessage(w, item, targets, now, checked.bodies);
+    relate(item.from.user, item.to);
+    const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
+    return { ok: true, ts: now, duplicate: false, notify, offsets };
+  }
+
   function commit(w: Writer, item: AppendInput, now: number): AppendOutcome {
     const original = sql.dedupeGet.get(item.from.user, item.from.device, item.id) as
       { ts: number } | undefined;
     if (original) return { ok: true, ts: original.ts, duplicate: true, notify: [] };
     if (item.kind === 'group') return commitGroup(w, item, now);
+    if (item.kind === 'msg' && item.envelopes) return commitSealed(w, item, item.envelopes, now);
     if (item.kind === 'msg' && item.group) return commitGroupMessage(w, item, now);
     return commitDirect(w, item, now);
   }
@@ -750,7 +910,7 @@ export function sqliteServerStore(
         to: r.to_user!,
         seq: r.seq!,
         ts: r.mts!,
-        body: r.body ? new Uint8Array(r.body) : new Uint8Array(0),
+        body: new Uint8Array(r.own_body ?? r.body ?? EMPTY),
       };
       if (r.to_group === 1) out.group = true;
       return out;
@@ -979,6 +1139,80 @@ export function sqliteServerStore(
     async lastSeen(user: string): Promise<number | undefined> {
       check();
       return (sql.lastSeenGet.get(user) as { ts: number } | undefined)?.ts;
+    },
+
+    async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
+      check();
+      tx(() => {
+        const row = sql.deviceId.get(device.user, device.device) as { id: number } | undefined;
+        if (!row) throw notRegistered(LABEL, device);
+        const old = sql.keysGet.get(row.id) as KeysRow | undefined;
+        const kind = uploadKind(old?.identity_key, keys, LABEL); // throws: the transaction rolls back
+        if (kind === 'reinstall') {
+          sql.preKeysDrop.run(row.id);
+          sql.kyberPreKeysDrop.run(row.id);
+        }
+        // uploadKind made sure that only an update may leave them out.
+        const signed = keys.signedPreKey ?? {
+          id: old!.signed_id,
+          key: old!.signed_key,
+          signature: old!.signed_sig,
+        };
+        const kyber = keys.lastResortKyber ?? {
+          id: old!.kyber_id,
+          key: old!.kyber_key,
+          signature: old!.kyber_sig,
+        };
+        sql.keysPut.run(
+          row.id,
+          bindBytes(keys.identityKey),
+          keys.registrationId,
+          signed.id,
+          bindBytes(signed.key),
+          bindBytes(signed.signature),
+          kyber.id,
+          bindBytes(kyber.key),
+          bindBytes(kyber.signature),
+        );
+        for (const k of keys.preKeys ?? []) sql.preKeyPut.run(row.id, k.id, bindBytes(k.key));
+        for (const k of keys.kyberPreKeys ?? []) {
+          sql.kyberPreKeyPut.run(row.id, k.id, bindBytes(k.key), bindBytes(k.signature));
+        }
+      });
+    },
+
+    async claimKeys(user: string, device?: string): Promise<KeyBundle[]> {
+      check();
+      // One write transaction for every device's claim: no other connection, or process, can
+      // take the same one-time key in between.
+      return tx(() => {
+        const rows = (
+          device === undefined ? sql.bundlesOf.all(user) : sql.bundleOf.all(user, device)
+        ) as BundleRow[];
+        return rows.map((r) => {
+          const pre = sql.preKeyClaim.get(r.id) as { key_id: number; key: Uint8Array } | undefined;
+          const kyber = sql.kyberPreKeyClaim.get(r.id) as
+            { key_id: number; key: Uint8Array; signature: Uint8Array } | undefined;
+          const bundle: KeyBundle = {
+            user,
+            device: r.device,
+            registrationId: r.registration_id,
+            identityKey: new Uint8Array(r.identity_key),
+            signedPreKey: signedKey(r.signed_id, r.signed_key, r.signed_sig),
+            kyberPreKey: kyber
+              ? signedKey(kyber.key_id, kyber.key, kyber.signature)
+              : signedKey(r.kyber_id, r.kyber_key, r.kyber_sig),
+          };
+          if (pre) bundle.preKey = { id: pre.key_id, key: new Uint8Array(pre.key) };
+          return bundle;
+        });
+      });
+    },
+
+    async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number }> {
+      check();
+      const r = sql.keyCount.get(device.user, device.device) as { pre: number; kyber: number } | undefined;
+      return { preKeys: r?.pre ?? 0, kyberPreKeys: r?.kyber ?? 0 };
     },
 
     async close(): Promise<void> {
