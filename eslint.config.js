@@ -30,8 +30,14 @@ export default tseslint.config(
   },
   {
     // The client core must stay browser-safe: no Node built-ins.
-    files: ['src/client/**/*.ts', 'src/protocol/**/*.ts', 'src/transport/memory.ts', 'src/util/**/*.ts'],
-    ignores: ['src/client/stores/sqlite.ts'],
+    files: [
+      'src/client/**/*.ts',
+      'src/crypto/**/*.ts',
+      'src/protocol/**/*.ts',
+      'src/transport/memory.ts',
+      'src/util/**/*.ts',
+    ],
+    ignores: ['src/client/stores/sqlite.ts', 'src/crypto/libsignal.ts'],
     rules: {
       'no-restricted-imports': [
         'error',
