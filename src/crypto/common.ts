@@ -86,8 +86,14 @@ export function toHex(b: Uint8Array): string {
 export class StateTxn {
   private readonly cache = new Map<string, Uint8Array | undefined>();
   private readonly writes = new Map<string, Uint8Array | undefined>();
+  private readonly committed: Array<() => void> = [];
 
   constructor(private readonly state: CryptoStateStore) {}
+
+  /** Runs `fn` once the writes are committed (still inside the operation's lock). */
+  afterCommit(fn: () => void): void {
+    this.committed.push(fn);
+  }
 
   /** The value of `key` as this operation sees it. */
   async get(key: string): Promise<Uint8Array | undefined> {
@@ -111,10 +117,38 @@ export class StateTxn {
 
   /** Writes everything in one atomic put. */
   async commit(): Promise<void> {
-    if (this.writes.size === 0) return;
+    if (this.writes.size === 0) return void this.committed.splice(0).forEach((fn) => fn());
     const writes = [...this.writes].map(([key, value]) => ({ key, value }));
     this.writes.clear();
     await this.state.put(writes);
+    for (const fn of this.committed.splice(0)) fn();
+  }
+}
+
+/**
+ * A small least-recently-used map: adapters keep their hottest parsed state (libsignal session
+ * records) in one, so an established session costs no store read and no parse per message.
+ * @internal
+ */
+export class RecentMap<V> {
+  private readonly map = new Map<string, V>();
+
+  constructor(private readonly limit: number) {}
+
+  get(key: string): V | undefined {
+    const v = this.map.get(key);
+    if (v !== undefined) {
+      this.map.delete(key);
+      this.map.set(key, v);
+    }
+    return v;
+  }
+
+  set(key: string, value: V | undefined): void {
+    this.map.delete(key);
+    if (value === undefined) return;
+    this.map.set(key, value);
+    if (this.map.size > this.limit) this.map.delete(this.map.keys().next().value!);
   }
 }
 

@@ -10,6 +10,8 @@
  *   message key and concurrent decrypts keep replay protection;
  * - every operation reads and writes the state through one transaction committed only on
  *   success, so a failed decrypt changes nothing (and a successful one is atomic);
+ * - the most recently used session records stay parsed in memory (libsignal never mutates a
+ *   record it loaded), so an established session costs no store read and no parse per message;
  * - a last-resort Kyber key is refused a second time with the same signed prekey and base key;
  * - identity keys are compared, reported and trusted through the engine's {@link IdentityHooks}.
  *
@@ -25,6 +27,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import {
   IdentityGuard,
   NoSessionError,
+  RecentMap,
   addressKey,
   bytesEqual,
   concatBytes,
@@ -64,6 +67,8 @@ export interface LibsignalCryptoOptions {
 /** Signal's safety number parameters (fingerprint version 2, 5200 hash iterations). */
 const FINGERPRINT_VERSION = 2;
 const FINGERPRINT_ITERATIONS = 5200;
+/** How many parsed session records an adapter keeps in memory (the most recently used). */
+const SESSION_CACHE = 512;
 /** libsignal device ids are small numbers; postbox devices each get their own address name instead. */
 const DEVICE_ID = 1;
 
@@ -145,7 +150,9 @@ class Operation
     /** The peer device the operation is about (sessions, identities). */
     readonly peer: CryptoAddress,
     /** The group of a sender-key operation. */
-    readonly group = '',
+    readonly group: string,
+    /** The adapter's parsed session records, as committed (libsignal never mutates a loaded record). */
+    private readonly records: RecentMap<signal.SessionRecord>,
   ) {}
 
   /** Checks and trusts `key` for the peer (once per operation), as {@link IdentityGuard.require}. */
@@ -157,15 +164,21 @@ class Operation
 
   // SessionStore
   async saveSession(name: signal.ProtocolAddress, record: signal.SessionRecord): Promise<void> {
-    this.sessions.set(name.name(), record);
-    this.txn.set(`sess/${name.name()}`, record.serialize());
+    const key = name.name();
+    this.sessions.set(key, record);
+    this.txn.set(`sess/${key}`, record.serialize());
+    this.txn.afterCommit(() => this.records.set(key, record));
   }
   async getSession(name: signal.ProtocolAddress): Promise<signal.SessionRecord | null> {
     const key = name.name();
     let record = this.sessions.get(key);
     if (record === undefined) {
-      const bytes = await this.txn.get(`sess/${key}`);
-      record = bytes ? signal.SessionRecord.deserialize(ab(bytes)) : null;
+      record = this.records.get(key) ?? null;
+      if (!record) {
+        const bytes = await this.txn.get(`sess/${key}`);
+        record = bytes ? signal.SessionRecord.deserialize(ab(bytes)) : null;
+        if (record) this.records.set(key, record); // as stored: committed state
+      }
       this.sessions.set(key, record);
     }
     if (!record) this.noSession = true;
@@ -353,6 +366,7 @@ export function libsignalCrypto(options: LibsignalCryptoOptions = {}): CryptoAda
   const now = options.now ?? Date.now;
   const lock = keyedLock();
   const addresses = new Map<string, signal.ProtocolAddress>();
+  const records = new RecentMap<signal.SessionRecord>(SESSION_CACHE);
   let state: CryptoStateStore | undefined;
   let me: Self | undefined;
   let guard: IdentityGuard | undefined;
@@ -372,7 +386,7 @@ export function libsignalCrypto(options: LibsignalCryptoOptions = {}): CryptoAda
     fn: (op: Operation) => Promise<T>,
   ): Promise<T> =>
     transact(lock, opened(state), lockKeys, (txn) =>
-      fn(new Operation(txn, opened(me), opened(guard), peer, group)),
+      fn(new Operation(txn, opened(me), opened(guard), peer, group, records)),
     );
 
   /** New prekeys: a signed prekey and a last-resort Kyber key when `rotate`, and `count` one-time keys of each kind. */
@@ -476,8 +490,13 @@ export function libsignalCrypto(options: LibsignalCryptoOptions = {}): CryptoAda
     rotateKeys: async () => transact(lock, opened(state), keys.prekeys, (txn) => makeKeys(txn, true, 0)),
 
     async hasSession(peer) {
-      const bytes = await opened(state).get(keys.session(peer));
-      return !!bytes && signal.SessionRecord.deserialize(ab(bytes)).hasCurrentState(new Date(now()));
+      let record = records.get(addressKey(peer));
+      if (!record) {
+        const bytes = await opened(state).get(keys.session(peer));
+        if (!bytes) return false;
+        record = signal.SessionRecord.deserialize(ab(bytes));
+      }
+      return record.hasCurrentState(new Date(now()));
     },
 
     async processBundle(bundle: KeyBundle): Promise<IdentityStatus> {
