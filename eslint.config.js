@@ -41,7 +41,8 @@ export default tseslint.config(
     rules: {
       'no-restricted-imports': [
         'error',
-        { patterns: ['node:*', 'fs', 'path', 'crypto', 'os', 'net', 'http'] },
+        // Bare module names as `paths` (a `crypto` pattern would also match ../crypto/*.js).
+        { paths: ['fs', 'path', 'crypto', 'os', 'net', 'http'], patterns: ['node:*'] },
       ],
     },
   },

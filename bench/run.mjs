@@ -2,7 +2,7 @@
 //
 //   npm run bench                  every scenario, 3 rounds (≤ 20 min)
 //   npm run bench -- --quick       one short round of everything (≤ 2 min)
-//   npm run bench -- --only NAME   one scenario (saturation, latency, drain, fanout, idle, wire, codec)
+//   npm run bench -- --only NAME   one scenario (saturation, latency, drain, fanout, e2ee, crypto, idle, wire, codec)
 //   npm run bench -- --rounds N    rounds per scenario
 //
 // Each measurement runs the server under test and the load generator in separate processes,
@@ -81,6 +81,7 @@ const DRAIN = quick
   ? { devices: 200, perDevice: 100, senders: 100, rate: 1000 }
   : { devices: 1000, perDevice: 100, senders: 200, rate: 1000 };
 const FANOUT = { sizes: [64, 256, 1024], window: 64 };
+const E2EE = { n: 40, window: 8 };
 const IDLE_STEPS = quick ? [1000] : [10000, 19000];
 const idleLabel = (n) => `${n / 1000}k`;
 
@@ -136,6 +137,17 @@ const SCENARIOS = {
     // ws and Socket.IO run their fan-out servers; postbox lets a user's devices in without approval.
     serverOptions: { variant: 'fanout', linking: 'open' },
     timeoutMs: 180_000,
+  },
+  e2ee: {
+    about: `1:1 at saturation with end-to-end encryption (libsignal on every client): ${E2EE.n} clients, client i → i+${E2EE.n / 2}, ${E2EE.window} messages in flight each`,
+    systems: ['postbox-memory', 'postbox-sqlite'],
+    params: {
+      ...E2EE,
+      size: LOAD.size,
+      crypto: 'libsignal',
+      ...(quick ? { warmupMs: 1500, measureMs: 1500 } : { warmupMs: 3000, measureMs: 5000 }),
+    },
+    timeoutMs: 120_000,
   },
   idle: {
     about: `idle density: server heap and RSS per connection at ${IDLE_STEPS.map(idleLabel).join(' and ')} connections${quick ? ' (scaled down from 10k/19k for --quick)' : ''}`,
@@ -441,7 +453,7 @@ function firstLines(msg) {
 
 function brief(name, out) {
   const f = (v) => (v === undefined ? '–' : Number(v.toPrecision(3)));
-  if (name === 'saturation')
+  if (name === 'saturation' || name === 'e2ee')
     return `${Math.round(out.msgs_per_s)} msg/s, delivered p50/p99 ${f(out.delivered_p50_ms)}/${f(out.delivered_p99_ms)} ms`;
   if (name === 'latency')
     return `p99 at 5k/10k/20k: ${['5k', '10k', '20k'].map((k) => f(out[`${k}:delivered_p99_ms`])).join('/')} ms`;

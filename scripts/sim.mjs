@@ -2,6 +2,7 @@
 // Runs the seeded simulator over many seeds against the built package.
 //   npm run sim -- --seeds 10000          seeds 1..10000
 //   npm run sim -- --seed 1234 --trace    replay one seed with a trace of its actions
+//   npm run sim -- --seeds 50 --crypto    with the libsignal adapter on every device (120 steps)
 import { runSimulation } from '../dist/testing/simulator.js';
 
 const args = process.argv.slice(2);
@@ -13,6 +14,9 @@ const one = flag('seed', undefined);
 const count = flag('seeds', 1000);
 const from = flag('from', 1);
 const trace = args.includes('--trace');
+const libsignal = args.includes('--crypto')
+  ? (await import('../dist/crypto/libsignal.js')).libsignalCrypto
+  : undefined;
 const seeds = one !== undefined ? [one] : Array.from({ length: count }, (_, i) => from + i);
 
 const started = Date.now();
@@ -27,7 +31,11 @@ const totals = {
   serverRestarts: 0,
 };
 for (const seed of seeds) {
-  const result = await runSimulation({ seed, trace: trace ? (l) => console.log(l) : undefined });
+  const result = await runSimulation({
+    seed,
+    trace: trace ? (l) => console.log(l) : undefined,
+    ...(libsignal ? { steps: 120, crypto: () => libsignal() } : {}),
+  });
   for (const k of Object.keys(totals)) totals[k] += result.stats[k];
   if (result.violations.length > 0) {
     failed++;

@@ -2,12 +2,12 @@
 // clock), over the memory store and the SQLite store. Each test is named after the guarantee it
 // proves.
 import { afterEach, describe, expect, it } from 'vitest';
-import type { PostboxError } from '../src/protocol/index.js';
+import { isPostboxError, type PostboxError } from '../src/protocol/index.js';
 import type { ServerOptions, ServerStore } from '../src/server/index.js';
 import { memoryServerStore } from '../src/server/stores/memory.js';
 import { sqliteServerStore } from '../src/server/stores/sqlite.js';
 import { tempDirs } from './fixtures/util.js';
-import { makeWorld, text, untext, type TestDevice, type World } from './helpers.js';
+import { makeWorld, settled, text, untext, type TestDevice, type World } from './helpers.js';
 
 let world: World | undefined;
 const dirs = tempDirs('groups');
@@ -32,22 +32,11 @@ async function worldOn(kind: StoreKind, server: Partial<ServerOptions> = {}): Pr
 }
 
 /** Advances the virtual clock until the promise settles; returns its value or its error. */
-async function settle<T>(w: World, p: Promise<T>, maxMs = 5000): Promise<T | PostboxError> {
-  let done = false;
-  let out: T | PostboxError;
-  p.then(
-    (v) => {
-      done = true;
-      out = v;
-    },
-    (e: PostboxError) => {
-      done = true;
-      out = e;
-    },
-  );
-  for (let t = 0; t < maxMs && !done; t += 10) await w.advance(10);
-  if (!done) throw new Error('promise did not settle');
-  return out!;
+function settle<T>(w: World, p: Promise<T>, maxMs = 5000): Promise<T | PostboxError> {
+  return settled(w, p, maxMs).catch((e: unknown) => {
+    if (isPostboxError(e)) return e;
+    throw e;
+  });
 }
 
 const codeOf = (v: unknown): string | undefined =>

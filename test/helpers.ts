@@ -1,8 +1,10 @@
 // Small scenario builders shared by the engine tests: a world on a virtual clock with an
 // in-memory network, one server engine over a memory store, and devices whose events are
 // recorded so a test reads like the guarantee it proves.
+import type { CryptoAdapter } from '../src/crypto/types.js';
 import {
   createClient,
+  type ClientOptions,
   type GroupChangeEvent,
   type PostboxClient,
   type PresenceChange,
@@ -48,6 +50,8 @@ export interface TestDevice {
   typing: TypingChange[];
   memberStatuses: Array<{ id: string; user: string; status: string }>;
   linkCodes: string[];
+  identityChanges: Array<{ user: string; device: string }>;
+  undecryptable: Array<{ from: string; fromDevice: string; id: string }>;
   /** Latest status seen per message id. */
   statusOf(id: string): string | undefined;
   restart(): Promise<void>;
@@ -58,8 +62,15 @@ export interface World {
   net: MemoryNetwork;
   serverState: MemoryServerState;
   server: PostboxServer;
-  /** A client device; `register: false` leaves registration to its hello (and linking rules). */
-  device(user: string, device?: string, opts?: { register?: boolean }): Promise<TestDevice>;
+  /**
+   * A client device; `register: false` leaves registration to its hello (and linking rules);
+   * `state` reuses a client state (a re-opened app), `client` adds client options.
+   */
+  device(
+    user: string,
+    device?: string,
+    opts?: { register?: boolean; state?: MemoryClientState; client?: Partial<ClientOptions> },
+  ): Promise<TestDevice>;
   restartServer(): Promise<void>;
   advance(ms: number): Promise<void>;
   /** A raw protocol connection (no client engine) for bad-input tests. */
@@ -83,6 +94,8 @@ export async function makeWorld(
     server?: Partial<ServerOptions>;
     /** Opens the server store (again after a restart, over the same data); memory by default. */
     openStore?: () => ServerStore | Promise<ServerStore>;
+    /** A crypto adapter for each client start (end-to-end encryption on every device). */
+    crypto?: (user: string, device: string) => CryptoAdapter;
   } = {},
 ): Promise<World> {
   const clock = new VirtualClock();
@@ -120,7 +133,7 @@ export async function makeWorld(
       return server;
     },
     async device(user, device = 'phone', deviceOpts = {}) {
-      const state = createMemoryClientState();
+      const state = deviceOpts.state ?? createMemoryClientState();
       const d: TestDevice = {
         user,
         device,
@@ -134,6 +147,8 @@ export async function makeWorld(
         typing: [],
         memberStatuses: [],
         linkCodes: [],
+        identityChanges: [],
+        undecryptable: [],
         statusOf(id) {
           return [...d.statuses].reverse().find((s) => s.id === id)?.status;
         },
@@ -151,7 +166,11 @@ export async function makeWorld(
           random: seededRandom(devices.length + 1),
           backoffBaseMs: 50,
           backoffMaxMs: 1000,
+          ...(opts.crypto ? { crypto: opts.crypto(user, device) } : {}),
+          ...deviceOpts.client,
         });
+        c.on('identityChanged', (p) => d.identityChanges.push(p));
+        c.on('undecryptable', (u) => d.undecryptable.push(u));
         c.on('message', (m) => d.messages.push(m));
         c.on('status', (s) => d.statuses.push(s));
         c.on('gap', (g) => d.gaps.push(g));
@@ -160,7 +179,9 @@ export async function makeWorld(
         c.on('typing', (t) => d.typing.push(t));
         c.on('memberStatus', (m) => d.memberStatuses.push(m));
         c.on('linkCode', (l) => d.linkCodes.push(l.code));
-        c.on('error', () => {});
+        c.on('error', (e) => {
+          if (process.env.POSTBOX_TEST_DEBUG) console.log(`${user}/${device} error:`, e);
+        });
         return c;
       };
       d.client = start();
@@ -219,6 +240,33 @@ async function connectRaw(net: MemoryNetwork, clock: VirtualClock, name: string)
     },
   });
   return raw;
+}
+
+/**
+ * Advances the virtual clock (and lets real promises run: encryption does real work) until the
+ * promise settles, and returns its value or throws its error.
+ */
+export async function settled<T>(w: World, p: Promise<T>, maxMs = 20_000): Promise<T> {
+  let done = false;
+  let value: T | undefined;
+  let error: unknown;
+  p.then(
+    (v) => {
+      done = true;
+      value = v;
+    },
+    (e: unknown) => {
+      done = true;
+      error = e;
+    },
+  );
+  for (let t = 0; t < maxMs && !done; t += 10) {
+    await w.advance(10);
+    await new Promise((r) => setImmediate(r));
+  }
+  if (!done) throw new Error('promise did not settle');
+  if (error) throw error;
+  return value as T;
 }
 
 export const text = (s: string): Uint8Array => new TextEncoder().encode(s);

@@ -37,6 +37,35 @@ const clientFrames: ClientFrame[] = [
   { t: 'unsub', u: 'bob' },
   { t: 'typ', to: 'bob', on: true },
   { t: 'typ', to: '#trip', on: false, g: true },
+  {
+    t: 'send',
+    r: 9,
+    id: '01HZT',
+    to: 'bob',
+    seq: 3,
+    b: b(0),
+    e: [
+      ['bob', 'phone', 77, b(40)],
+      ['alice', 'laptop', 12, b(41)],
+    ],
+  },
+  { t: 'send', r: 10, id: '01HZS', to: 'bob', seq: 0, b: b(0), e: [['bob', 'phone', 77, b(9)]] },
+  {
+    t: 'keys',
+    r: 11,
+    rid: 4242,
+    ik: b(33),
+    spk: [1, b(33), b(64)],
+    lrk: [2, b(1569), b(64)],
+    pk: [
+      [3, b(33)],
+      [4, b(33)],
+    ],
+    kpk: [[5, b(1569), b(64)]],
+  },
+  { t: 'keys', r: 12, rid: 4242, ik: b(33), pk: [[6, b(33)]] },
+  { t: 'kget', r: 13, u: ['bob', 'carol'] },
+  { t: 'kget', r: 14, u: ['bob'], d: 'phone' },
 ];
 const serverFrames: ServerFrame[] = [
   { t: 'welcome', v: 1, u: 'bob', d: 'phone', hb: 25000, lim: { frame: 262144, body: 65536, window: 256 } },
@@ -79,6 +108,24 @@ const serverFrames: ServerFrame[] = [
   { t: 'pres', u: 'bob', on: true },
   { t: 'typn', f: 'alice', fd: 'phone', on: true },
   { t: 'typn', f: 'alice', fd: 'phone', on: true, to: '#trip', g: true },
+  {
+    t: 'err',
+    r: 9,
+    c: 'mismatched_devices',
+    m: 'device list does not match the directory',
+    d: { m: [['bob', 'tablet']], x: [['bob', 'old']] },
+  },
+  { t: 'err', r: 10, c: 'stale_devices', d: { s: [['bob', 'phone']] } },
+  {
+    t: 'kb',
+    r: 13,
+    b: [
+      ['bob', 'phone', 77, b(33), [1, b(33), b(64)], [5, b(1569), b(64)], [3, b(33)]],
+      ['carol', 'p', 9, b(33), [1, b(33), b(64)], [2, b(1569), b(64)]],
+    ],
+  },
+  { t: 'kb', r: 14, b: [] },
+  { t: 'klow', pk: 3, kpk: 0 },
 ];
 
 describe('the wire protocol', () => {

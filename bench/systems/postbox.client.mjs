@@ -20,11 +20,15 @@ function tagOfBody(b) {
   return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
 }
 
-function open(url, user, setup) {
+// `crypto: 'libsignal'` (the e2ee scenario): the Signal protocol on every client.
+const libsignal = async () => (await import('postbox/crypto/libsignal')).libsignalCrypto;
+
+function open(url, user, setup, crypto) {
   const client = createClient({
     transport: websocketClientTransport({ url }),
     store: memoryClientStore(),
     credentials: user,
+    ...(crypto ? { crypto: crypto() } : {}),
   });
   client.on('error', () => {});
   setup?.(client);
@@ -58,13 +62,19 @@ function sender(client, i, onAck, onStatus) {
   return tags;
 }
 
-export async function connect({ url, n, size, onDeliver, onAck, onStatus }) {
+export async function connect({ url, n, size, onDeliver, onAck, onStatus, crypto }) {
   const tagMaps = [];
+  const adapter = crypto === 'libsignal' ? await libsignal() : undefined;
   const clients = await openMany(n, (i) =>
-    open(url, `u${i}`, (c) => {
-      tagMaps[i] = sender(c, i, onAck, onStatus);
-      c.on('message', (m) => onDeliver(i, tagOfBody(m.body)));
-    }),
+    open(
+      url,
+      `u${i}`,
+      (c) => {
+        tagMaps[i] = sender(c, i, onAck, onStatus);
+        c.on('message', (m) => onDeliver(i, tagOfBody(m.body)));
+      },
+      adapter,
+    ),
   );
   const body = new Uint8Array(size);
   const view = new DataView(body.buffer);

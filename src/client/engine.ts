@@ -7,9 +7,13 @@ import {
   PostboxError,
   decodeServerFrame,
   encodeFrame,
+  isPostboxError,
   isRetryable,
   type ClientFrame,
+  type DeviceListDifference,
+  type ErrFrame,
   type GroupEventFrame,
+  type KeyBundlesFrame,
   type GroupOp,
   type MsgFrame,
   type ServerFrame,
@@ -40,6 +44,8 @@ import {
   type GroupChangeEvent,
   type GroupView,
 } from './groups.js';
+import type { CryptoAdapter, KeyBundle, KeyUpload } from '../crypto/types.js';
+import { E2ee, decodeContent, encodeContent, type Content } from './e2ee.js';
 import { nextStatus } from './status.js';
 import type { ClientStore, InboundMessage, MessageStatus, OutboxEntry } from './store.js';
 
@@ -155,6 +161,17 @@ export interface ClientEvents {
   linkCode: (link: { code: string; expiresAt: number }) => void;
   /** A local fault (store failure); the engine recovers by reconnecting. */
   error: (error: unknown) => void;
+  /**
+   * A peer device's identity key changed (a re-install, or someone in the middle): show it, and
+   * offer {@link PostboxClient.safetyNumber} to compare. Under `identityPolicy: 'block'`, messages
+   * to and from that device wait for {@link PostboxClient.verifyIdentity}.
+   */
+  identityChanged: (peer: { user: string; device: string }) => void;
+  /**
+   * A message that this device could not decrypt and its sender could not send again (gone from
+   * its log). Recoverable failures never show up here: the message arrives late instead.
+   */
+  undecryptable: (info: { from: string; fromDevice: string; id: string }) => void;
 }
 
 /** Options of {@link createClient}. */
@@ -206,6 +223,24 @@ export interface ClientOptions {
    * @default 25
    */
   ackDelayMs?: number;
+  /**
+   * End-to-end encryption (docs/encryption.md): every body is encrypted on this device for each
+   * recipient device, and the server only ever sees ciphertext. Every client of an app must use
+   * the same setting. Without it, bodies travel as the app gives them.
+   */
+  crypto?: CryptoAdapter;
+  /**
+   * When a peer device's identity key changes: `'accept'` it and emit `identityChanged` (what
+   * most messengers do), or `'block'` messages to and from it until {@link PostboxClient.verifyIdentity}.
+   * @default 'accept'
+   */
+  identityPolicy?: 'accept' | 'block';
+  /** One-time prekeys of each kind kept in the server's directory. @default 50 */
+  preKeySupply?: number;
+  /** The signed prekey is rotated after this. @default 7 days */
+  signedPreKeyMaxAgeMs?: number;
+  /** A peer that could not decrypt a message may have it sent again this long after it was sent. @default 1 day */
+  resendWindowMs?: number;
 }
 
 /** A request answered by `ok`/`err` outside the outbox (approve, unlink, subscribe). */
@@ -246,6 +281,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     typingTimeoutMs: number;
     typingRefreshMs: number;
     ackDelayMs: number;
+    resendWindowMs: number;
   };
   private readonly credentials: ClientOptions['credentials'];
   private readonly deviceHint: string | undefined;
@@ -293,6 +329,21 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private chain: Promise<unknown> = Promise.resolve();
   private tasks = 0;
 
+  // End-to-end encryption.
+  private readonly e2ee: E2ee | undefined;
+  /** Outgoing frames that need encrypting leave through this chain, in outbox order. */
+  private txChain: Promise<void> = Promise.resolve();
+  /** Resolves when the adapter is open for the current connection. */
+  private cryptoReady: Promise<void> = Promise.resolve();
+  private readonly keyRequests = new Map<
+    number,
+    { resolve(b: KeyBundle[]): void; reject(e: PostboxError): void }
+  >();
+  /** Sender-key distributions in flight (not outbox items): what to do on `ok` / `err`. */
+  private readonly ctlRequests = new Map<number, { ok(): void; err(e: PostboxError): void }>();
+  /** Device-list corrections per outgoing id, to give up on one that never settles. */
+  private readonly corrections = new Map<string, number>();
+
   constructor(options: ClientOptions) {
     super();
     this.transport = options.transport;
@@ -313,7 +364,25 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       typingTimeoutMs: options.typingTimeoutMs ?? 6000,
       typingRefreshMs: options.typingRefreshMs ?? 3000,
       ackDelayMs: options.ackDelayMs ?? 25,
+      resendWindowMs: options.resendWindowMs ?? 24 * 3600_000,
     };
+    if (options.crypto) {
+      this.e2ee = new E2ee(
+        options.crypto,
+        this.store,
+        {
+          identityPolicy: options.identityPolicy ?? 'accept',
+          preKeySupply: Math.max(1, Math.min(200, options.preKeySupply ?? 50)),
+          signedPreKeyMaxAgeMs: options.signedPreKeyMaxAgeMs ?? 7 * 24 * 3600_000,
+        },
+        {
+          claim: (users, device) => this.claimKeys(users, device),
+          upload: (keys) => this.uploadKeys(keys),
+          identityChanged: (peer) => this.emit('identityChanged', { user: peer.user, device: peer.device }),
+          now: () => this.clock.now(),
+        },
+      );
+    }
     if (options.autoStart ?? true) this.start();
   }
 
@@ -456,6 +525,31 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   /** Every group this device knows, including ones this user has left. */
   groups(): GroupView[] {
     return [...this.groupViews.keys()].map((id) => this.group(id)!);
+  }
+
+  /**
+   * The safety number of this device and a peer device (60 digits, identical on both), for the
+   * users to compare in person or over another channel. Undefined without encryption or before
+   * the two devices have exchanged a message.
+   */
+  async safetyNumber(user: string, device: string): Promise<string | undefined> {
+    if (!this.e2ee || !this.me) return undefined;
+    await this.cryptoReady;
+    return this.e2ee.safetyNumber({ user, device });
+  }
+
+  /**
+   * Marks a peer device's current identity key as verified (after comparing safety numbers).
+   * Under `identityPolicy: 'block'` this releases the messages that waited for it. False when
+   * the device's identity is not known.
+   */
+  async verifyIdentity(user: string, device: string): Promise<boolean> {
+    if (!this.e2ee || !this.me) return false;
+    await this.cryptoReady;
+    const ok = await this.e2ee.verify({ user, device });
+    // What waited (unsent items, unacked entries) goes again on a fresh connection.
+    if (ok && this._state === 'open') this.drop('identity verified');
+    return ok;
   }
 
   /**
@@ -748,8 +842,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.inflight.clear();
     this.sendPointer = 0;
     this.typingSentAt.clear();
-    const requests = [...this.requests.values()];
+    const requests = [...this.requests.values(), ...this.keyRequests.values()];
     this.requests.clear();
+    this.keyRequests.clear();
+    this.ctlRequests.clear();
     for (const q of requests) q.reject(new PostboxError('disconnected', 'connection closed'));
     if (this._state === 'closed') return;
     // Retrying cannot help with static credentials the server refused or with no common
@@ -833,7 +929,17 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       case 'ok':
         return this.onOk(frame.r);
       case 'err':
-        return this.onErr(frame.r, new PostboxError(frame.c, frame.m ?? frame.c));
+        return this.onErr(frame.r, errorOf(frame));
+      case 'kb':
+        return this.onKeyBundles(frame);
+      case 'klow':
+        if (this.e2ee) {
+          const e2ee = this.e2ee;
+          void this.cryptoReady
+            .then(() => e2ee.replenish(frame.pk, frame.kpk))
+            .catch((e) => this.emit('error', e));
+        }
+        return;
       case 'msg':
         return this.onMsg(frame);
       case 'st':
@@ -874,6 +980,20 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.ackBatch = w.lim.dw === undefined ? 512 : Math.max(1, Math.min(512, Math.floor(w.lim.dw / 2)));
     this.ackDelay = w.lim.dw === undefined ? 0 : this.opts.ackDelayMs;
     this.attempt = 0;
+    if (this.e2ee) {
+      // Inbound messages (serial) and outgoing ones (tx chain) wait for the adapter to open.
+      const e2ee = this.e2ee;
+      const me = this.me;
+      const gen = this.generation;
+      this.cryptoReady = this.serial(async () => {
+        await e2ee.open(me);
+      });
+      void this.cryptoReady
+        .then(() => (gen === this.generation ? e2ee.onConnected() : undefined))
+        .catch((e) => {
+          if (gen === this.generation) this.emit('error', e);
+        });
+    }
     // Taken before 'open' is emitted: a watch the app starts in its handler subscribes by itself.
     const renew = [...this.watched];
     this.setState('open');
@@ -919,7 +1039,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       const e = this.queue[this.sendPointer++]!;
       const r = this.takeReq();
       this.inflight.set(r, e.id);
-      if (e.kind === 'msg') {
+      // With encryption every frame takes the (asynchronous) sealing path, so none overtakes another.
+      if (this.e2ee) this.sealAndSend(e, r);
+      else if (e.kind === 'msg') {
         const f: ClientFrame = { t: 'send', r, id: e.id, to: e.to, seq: e.seq!, b: e.body! };
         if (isGroupId(e.to)) f.g = true;
         this.write(f);
@@ -933,7 +1055,195 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     }
   }
 
+  // ------------------------------------------------------------------ encryption
+
+  /** Builds (encrypting where needed) and writes an outbox item's frame, in outbox order. */
+  private sealAndSend(e: OutboxEntry, r: number): void {
+    const gen = this.generation;
+    this.txChain = this.txChain.then(async () => {
+      if (gen !== this.generation) return;
+      let frame: ClientFrame;
+      try {
+        await this.cryptoReady;
+        frame = await this.sealedFrame(e, r);
+      } catch (err) {
+        // The connection went away mid-way: everything unacked goes out again after reconnecting.
+        if (gen === this.generation) this.sealFailed(e.id, r, err);
+        return;
+      }
+      if (gen === this.generation) this.write(frame);
+    });
+  }
+
+  private async sealedFrame(e: OutboxEntry, r: number): Promise<ClientFrame> {
+    const e2ee = this.e2ee!;
+    if (e.kind === 'group') {
+      const c = decodeChange(e.body!);
+      const f: ClientFrame = { t: 'grp', r, id: e.id, g: e.to, op: c.op };
+      if (c.m) f.m = c.m;
+      if (c.n !== undefined) f.n = c.n;
+      return f;
+    }
+    if (e.kind === 'read') return { t: 'rcpt', r, id: e.id, to: e.to, ids: e.ids! };
+    if (e.kind === 'msg' && isGroupId(e.to)) {
+      await this.distribute(e.to);
+      return {
+        t: 'send',
+        r,
+        id: e.id,
+        to: e.to,
+        seq: e.seq!,
+        b: await e2ee.groupEncrypt(e.to, [0, e.body!]),
+        g: true,
+      };
+    }
+    const content: Content = e.kind === 'ctl' ? decodeContent(e.body!) : [0, e.body!];
+    const envelopes = await e2ee.envelopes(e.to, content, content[0] === 2);
+    if (envelopes.length === 0) {
+      throw new PostboxError('unknown_recipient', `no device of ${e.to} has published keys`);
+    }
+    return { t: 'send', r, id: e.id, to: e.to, seq: e.kind === 'ctl' ? 0 : e.seq!, b: EMPTY, e: envelopes };
+  }
+
+  /** Sends this device's sender key for `group` to every member device that lacks it. */
+  private async distribute(group: string): Promise<void> {
+    const e2ee = this.e2ee!;
+    const me = this.me!.user;
+    const view = this.groupViews.get(group);
+    const users = view ? view.members.map((m) => m.user).filter((u) => u !== me) : [];
+    const { distribution, to, gen } = await e2ee.missingDistribution(group, users);
+    for (const [user, devices] of to) {
+      const envelopes = await e2ee.envelopes(user, [1, group, distribution]);
+      if (envelopes.length === 0) continue;
+      const r = this.takeReq();
+      this.ctlRequests.set(r, {
+        ok: () => void e2ee.distributed(group, user, devices, gen).catch((x) => this.emit('error', x)),
+        err: (x) => {
+          if (x.devices) void e2ee.correct(x.devices).catch((y) => this.emit('error', y));
+        },
+      });
+      // Committed before the group message that needs it, so every inbox has it first.
+      this.write({ t: 'send', r, id: this.ulid(), to: user, seq: 0, b: EMPTY, e: envelopes });
+    }
+  }
+
+  private sealFailed(id: string, r: number, err: unknown): void {
+    const code = isPostboxError(err) ? err.code : (err as { code?: unknown })?.code;
+    if (code === 'disconnected' || code === 'closed') return;
+    this.inflight.delete(r);
+    if (code === 'untrusted_identity') {
+      // Stays pending in the store: it goes out after verifyIdentity() (which reconnects).
+      this.unqueue(id);
+      this.emit('error', err);
+      this.pumpOutbox();
+      return;
+    }
+    if (code === 'unknown_recipient' || !this.retryCorrection(id)) {
+      const e = isPostboxError(err) ? err : new PostboxError('internal', 'encryption failed', { cause: err });
+      this.settleOutgoing(id, 'failed', e);
+      return;
+    }
+    this.emit('error', err);
+    this.drop('encryption failed');
+  }
+
+  /** Counts a correction of an outgoing item; false once it has had too many. */
+  private retryCorrection(id: string): boolean {
+    const n = (this.corrections.get(id) ?? 0) + 1;
+    if (this.corrections.size > 1024) this.corrections.clear();
+    this.corrections.set(id, n);
+    return n <= 5;
+  }
+
+  /** The directory disagreed with a send's device list: fix the lists, then send everything again. */
+  private onDeviceMismatch(id: string, r: number, error: PostboxError): void {
+    if (!this.retryCorrection(id) || !error.devices) {
+      this.inflight.delete(r);
+      this.settleOutgoing(id, 'failed', error);
+      return;
+    }
+    const gen = this.generation;
+    this.e2ee!.correct(error.devices).then(
+      () => {
+        // Later sends may be in flight; resending everything in order keeps per-sender order.
+        if (gen === this.generation) this.drop('device list corrected');
+      },
+      (e) => {
+        this.emit('error', e);
+        if (gen === this.generation) this.drop('device list correction failed');
+      },
+    );
+  }
+
+  private claimKeys(users: string[], device?: string): Promise<KeyBundle[]> {
+    if (this._state !== 'open' || !this.conn) {
+      return Promise.reject(new PostboxError('disconnected', 'needs a live connection'));
+    }
+    const r = this.takeReq();
+    return new Promise<KeyBundle[]>((resolve, reject) => {
+      this.keyRequests.set(r, { resolve, reject });
+      const f: ClientFrame = { t: 'kget', r, u: users };
+      if (device !== undefined) f.d = device;
+      this.write(f);
+    });
+  }
+
+  private uploadKeys(k: KeyUpload): Promise<void> {
+    return this.request((r) => {
+      const f: ClientFrame = { t: 'keys', r, rid: k.registrationId, ik: k.identityKey };
+      if (k.signedPreKey) f.spk = [k.signedPreKey.id, k.signedPreKey.key, k.signedPreKey.signature];
+      if (k.lastResortKyber)
+        f.lrk = [k.lastResortKyber.id, k.lastResortKyber.key, k.lastResortKyber.signature];
+      if (k.preKeys?.length) f.pk = k.preKeys.map((p) => [p.id, p.key]);
+      if (k.kyberPreKeys?.length) f.kpk = k.kyberPreKeys.map((p) => [p.id, p.key, p.signature]);
+      return f;
+    });
+  }
+
+  private onKeyBundles(f: KeyBundlesFrame): void {
+    const q = this.keyRequests.get(f.r);
+    if (!q) return;
+    this.keyRequests.delete(f.r);
+    q.resolve(
+      f.b.map(([user, device, registrationId, identityKey, spk, kpk, pk]) => {
+        const b: KeyBundle = {
+          user,
+          device,
+          registrationId,
+          identityKey,
+          signedPreKey: { id: spk[0], key: spk[1], signature: spk[2] },
+          kyberPreKey: { id: kpk[0], key: kpk[1], signature: kpk[2] },
+        };
+        if (pk) b.preKey = { id: pk[0], key: pk[1] };
+        return b;
+      }),
+    );
+  }
+
+  /** Queues a control message of the encryption layer (resend request or answer) to `to`. */
+  private async enqueueControl(to: string, content: Content): Promise<void> {
+    const entry = await this.store.enqueue(
+      {
+        id: this.ulid(),
+        kind: 'ctl',
+        to,
+        conv: to,
+        body: encodeContent(content),
+        createdAt: this.clock.now(),
+      },
+      false,
+    );
+    this.queue.push(entry);
+    this.pumpOutbox();
+  }
+
   private onOk(r: number): void {
+    const ctl = this.ctlRequests.get(r);
+    if (ctl) {
+      this.ctlRequests.delete(r);
+      ctl.ok();
+      return;
+    }
     const q = this.requests.get(r);
     if (q) {
       this.requests.delete(r);
@@ -947,6 +1257,18 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   }
 
   private onErr(r: number | undefined, error: PostboxError): void {
+    const k = r === undefined ? undefined : this.keyRequests.get(r);
+    if (k) {
+      this.keyRequests.delete(r!);
+      k.reject(error);
+      return;
+    }
+    const ctl = r === undefined ? undefined : this.ctlRequests.get(r);
+    if (ctl) {
+      this.ctlRequests.delete(r!);
+      ctl.err(error);
+      return;
+    }
     const q = r === undefined ? undefined : this.requests.get(r);
     if (q) {
       this.requests.delete(r!);
@@ -968,6 +1290,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       // Later sends may already be in flight; resending everything in order on a fresh
       // connection is what keeps per-sender order.
       this.drop(`server error ${error.code}`);
+      return;
+    }
+    if (this.e2ee && (error.code === 'mismatched_devices' || error.code === 'stale_devices')) {
+      this.onDeviceMismatch(id, r!, error);
       return;
     }
     this.inflight.delete(r!);
@@ -1098,6 +1424,11 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         if (next) {
           await this.store.putState([{ ns: NS_GROUP, key: f.g, value: encodeView(next) }]);
           this.groupViews.set(f.g, next);
+          // Someone left: a new sender key, which the members that remain get on the next send.
+          if (this.e2ee && next.member && (f.op === 'remove' || f.op === 'leave')) {
+            await this.cryptoReady;
+            await this.e2ee.rotateGroup(f.g);
+          }
           this.emit('group', this.group(f.g)!, {
             group: f.g,
             ver: f.v,
@@ -1144,9 +1475,114 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.emit('typing', { conv, user, device, on: false });
   }
 
+  /**
+   * An encrypted entry: decrypted in inbox order, then a message goes the usual way and a
+   * control content is handled here. One that cannot be decrypted is acked and asked for again
+   * (the sender re-encrypts it over a fresh session); one from an identity that is not trusted
+   * (`identityPolicy: 'block'`) stays unacked on the server until it is verified.
+   */
+  private onSealedMsg(f: MsgFrame): void {
+    const me = this.me!;
+    const e2ee = this.e2ee!;
+    const gen = this.generation;
+    const group = f.g && f.to !== undefined ? f.to : undefined;
+    const from = { user: f.f, device: f.fd };
+    void this.serial(async () => {
+      try {
+        // An adapter that failed to open is a local fault: not acked, tried again after reconnecting.
+        await this.cryptoReady;
+        let content: Content;
+        try {
+          content = await e2ee.decrypt(from, f.b, group);
+        } catch (e) {
+          const code = (e as { code?: unknown; reason?: unknown }).code;
+          if (code === 'untrusted_identity') return;
+          // A control message (seq 0) is never asked for again: that could ping-pong over a
+          // broken session; a group message that needed a lost sender key is asked for instead.
+          if ((e as { reason?: unknown }).reason !== 'duplicate') {
+            if (!group) await e2ee.archive(from);
+            if (f.seq !== 0) await this.enqueueControl(f.f, [2, f.id, f.fd]);
+          }
+          this.ackLater(f.o);
+          return;
+        }
+        const self = f.f === me.user;
+        switch (content[0]) {
+          case 0:
+            if (f.seq === 0) break; // a message always has a sequence number
+            await this.receive(
+              streamKey(group ?? (self ? (f.to ?? me.user) : f.f), f.f, f.fd),
+              this.inboundOf(f, group ?? (self ? (f.to ?? me.user) : f.f), f.id, f.seq, f.ts, content[1]),
+            );
+            break;
+          case 1:
+            if (!group) await e2ee.adapter.processGroupDistribution(from, content[1], content[2]);
+            break;
+          case 2:
+            if (content[2] === me.device) await this.answerResend(f.f, f.fd, content[1]);
+            break;
+          case 3: {
+            const [, id, seq, conv, body, ts] = content;
+            const c = conv !== null && isGroupId(conv) ? conv : self ? (conv ?? me.user) : f.f;
+            await this.receive(streamKey(c, f.f, f.fd), this.inboundOf(f, c, id, seq, ts, body));
+            break;
+          }
+          case 4:
+            this.emit('undecryptable', { from: f.f, fromDevice: f.fd, id: content[1] });
+            break;
+        }
+      } catch (e) {
+        // Not acked: the server delivers it again after the reconnect.
+        this.emit('error', e);
+        if (gen === this.generation) this.drop('client store failed');
+        return;
+      }
+      this.ackLater(f.o);
+    });
+  }
+
+  private inboundOf(
+    f: MsgFrame,
+    conv: string,
+    id: string,
+    seq: number,
+    ts: number,
+    body: Uint8Array,
+  ): InboundMessage {
+    const to = isGroupId(conv) ? conv : f.f === this.me!.user ? conv : this.me!.user;
+    return { id, conv, from: f.f, fromDevice: f.fd, to, seq, ts, body, held: false, read: false };
+  }
+
+  /** A peer device could not decrypt message `id`: send it again over a fresh session, or say it cannot be. */
+  private async answerResend(user: string, device: string, id: string): Promise<void> {
+    const e = await this.store.outgoing(id);
+    const me = this.me!.user;
+    const allowed =
+      e !== undefined &&
+      e.kind === 'msg' &&
+      e.body !== undefined &&
+      this.clock.now() - e.createdAt <= this.opts.resendWindowMs &&
+      (e.to === user ||
+        user === me ||
+        (isGroupId(e.to) && (this.groupViews.get(e.to)?.members.some((m) => m.user === user) ?? false)));
+    // The requester's session is broken: either answer goes over a fresh one.
+    await this.e2ee!.archive({ user, device });
+    if (!allowed) {
+      await this.enqueueControl(user, [4, id]);
+      return;
+    }
+    await this.enqueueControl(user, [3, id, e.seq ?? 0, e.to, e.body!, e.createdAt]);
+  }
+
   private onMsg(f: MsgFrame): void {
     const me = this.me;
     if (!me) return; // a server sends entries only after welcome; ignore a broken one
+    if (this.e2ee) return this.onSealedMsg(f);
+    if (f.seq === 0) {
+      // An encrypting client's control message: nothing for a client without encryption.
+      void this.serial(async () => this.ackLater(f.o));
+      return;
+    }
     const self = f.f === me.user;
     const conv = f.g && f.to !== undefined ? f.to : self ? (f.to ?? me.user) : f.f;
     const gen = this.generation;
@@ -1319,6 +1755,19 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       });
     return run;
   }
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** The error an `err` frame reports, with its device-list difference when it has one. */
+function errorOf(f: ErrFrame): PostboxError {
+  if (!f.d) return new PostboxError(f.c, f.m ?? f.c);
+  const list = (l: Array<[string, string]> | undefined) => l?.map(([user, device]) => ({ user, device }));
+  const devices: DeviceListDifference = {};
+  if (f.d.m) devices.missing = list(f.d.m)!;
+  if (f.d.x) devices.extra = list(f.d.x)!;
+  if (f.d.s) devices.stale = list(f.d.s)!;
+  return new PostboxError(f.c, f.m ?? f.c, { devices });
 }
 
 /**

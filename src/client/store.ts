@@ -14,7 +14,7 @@ export interface OutboxDraft {
    * `msg` for messages, `read` for read receipts, `group` for membership changes (the change,
    * msgpack-encoded, in `body`).
    */
-  kind: 'msg' | 'read' | 'group';
+  kind: 'msg' | 'read' | 'group' | 'ctl';
   /** Recipient user, or a group id (group ids start with `#`). */
   to: string;
   /** Conversation the sequence counter belongs to. */

@@ -19,14 +19,14 @@ export const DEFAULT_MAX_FRAME_BYTES = 256 * 1024;
  */
 const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   hello: { code: 1, fields: ['v', 'cred', 'dev'] },
-  send: { code: 2, fields: ['r', 'id', 'to', 'seq', 'b', 'g'] },
+  send: { code: 2, fields: ['r', 'id', 'to', 'seq', 'b', 'g', 'e'] },
   rcpt: { code: 3, fields: ['r', 'id', 'to', 'ids'] },
   ack: { code: 4, fields: ['o'] },
   ping: { code: 5, fields: [] },
   pong: { code: 6, fields: [] },
   welcome: { code: 7, fields: ['v', 'u', 'd', 'hb', 'lim'] },
   ok: { code: 8, fields: ['r'] },
-  err: { code: 9, fields: ['r', 'c', 'm'] },
+  err: { code: 9, fields: ['r', 'c', 'm', 'd'] },
   msg: { code: 10, fields: ['o', 'id', 'f', 'fd', 'seq', 'ts', 'b', 'to', 'g'] },
   st: { code: 11, fields: ['o', 's', 'ids', 'by', 'ts'] },
   grp: { code: 12, fields: ['r', 'id', 'g', 'op', 'm', 'n'] },
@@ -39,6 +39,10 @@ const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   lcode: { code: 19, fields: ['code', 'exp'] },
   pres: { code: 20, fields: ['u', 'on', 'ls'] },
   typn: { code: 21, fields: ['f', 'fd', 'on', 'to', 'g'] },
+  keys: { code: 22, fields: ['r', 'rid', 'ik', 'spk', 'lrk', 'pk', 'kpk'] },
+  kget: { code: 23, fields: ['r', 'u', 'd'] },
+  kb: { code: 24, fields: ['r', 'b'] },
+  klow: { code: 25, fields: ['pk', 'kpk'] },
 };
 const BY_CODE: Array<{ t: string; fields: readonly string[] } | undefined> = [];
 for (const [t, l] of Object.entries(LAYOUT)) BY_CODE[l.code] = { t, fields: l.fields };

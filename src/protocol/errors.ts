@@ -46,6 +46,16 @@ export function isRetryable(code: ErrorCode): boolean {
   return ERROR_CODES[code].retryable;
 }
 
+/** The devices a `mismatched_devices` / `stale_devices` refusal is about. */
+export interface DeviceListDifference {
+  /** Devices with keys that the send left out. */
+  missing?: Array<{ user: string; device: string }>;
+  /** Devices the send addressed that the directory does not have. */
+  extra?: Array<{ user: string; device: string }>;
+  /** Devices whose registration id changed (re-installed). */
+  stale?: Array<{ user: string; device: string }>;
+}
+
 /**
  * The one error class of postbox. Check `.code` (or use {@link isPostboxError}) rather than
  * `instanceof`, which breaks across bundle boundaries.
@@ -60,12 +70,19 @@ export class PostboxError extends Error {
    * invalid, so the error can be answered to that request.
    */
   readonly requestId: number | undefined;
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown; requestId?: number }) {
+  /** `mismatched_devices` / `stale_devices`: which devices the directory disagreed about. */
+  readonly devices: DeviceListDifference | undefined;
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options?: { cause?: unknown; requestId?: number; devices?: DeviceListDifference },
+  ) {
     super(message, options);
     this.name = 'PostboxError';
     this.code = code;
     this.retryable = ERROR_CODES[code].retryable;
     this.requestId = options?.requestId;
+    this.devices = options?.devices;
   }
 }
 

@@ -27,6 +27,26 @@ const bytes = z
     v.constructor === Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength),
   );
 
+/** A public key on the wire (EC keys are 33 bytes, Kyber-1024 keys 1,569). */
+const keyBytes = bytes.refine((v) => v.byteLength >= 1 && v.byteLength <= 2048, 'key of 1-2048 bytes');
+const signature = bytes.refine((v) => v.byteLength >= 1 && v.byteLength <= 128, 'signature of 1-128 bytes');
+const keyId = z.number().int().nonnegative().max(0xffffffff);
+/** A signed prekey on the wire: `[id, key, signature]`. */
+const wireSignedKey = z.tuple([keyId, keyBytes, signature]);
+/** A one-time EC prekey on the wire: `[id, key]`. */
+const wirePreKey = z.tuple([keyId, keyBytes]);
+/** A registration id (Signal's are 1-16380; 0 is never used). */
+const registrationId = z.number().int().positive().max(0xffff);
+/** Most one-time keys of each kind in one `keys` frame (Kyber keys are 1.6 KB each). */
+export const MAX_KEYS_PER_UPLOAD = 100;
+/** Most per-device envelopes in one `send` (the recipient's and the sender's other devices). */
+export const MAX_ENVELOPES = 64;
+/** Most users in one `kget`. */
+export const MAX_KEY_USERS = 64;
+/** A device of a user on the wire: `[user, device]`. */
+const wireDevice = z.tuple([user, device]);
+const deviceList = z.array(wireDevice).max(2 * MAX_ENVELOPES);
+
 /** Wire form of a receipt status: `d` delivered, `r` read, `x` expired. */
 export const wireStatus = z.enum(['d', 'r', 'x']);
 
@@ -49,9 +69,45 @@ export const sendFrame = z.object({
   r: reqId,
   id,
   to: user,
-  seq: z.number().int().positive(),
+  /** 0: an unsequenced control message of the encryption layer (1:1 only). */
+  seq: z.number().int().nonnegative(),
   b: bytes,
   g: z.literal(true).optional(),
+  /**
+   * End-to-end encrypted 1:1 message: one `[user, device, registration id, ciphertext]` per
+   * device of `to` and per other device of the sender (then `b` is empty).
+   */
+  e: z
+    .array(z.tuple([user, device, registrationId, bytes]))
+    .min(1)
+    .max(MAX_ENVELOPES)
+    .optional(),
+});
+
+/**
+ * Publishes this device's public keys to the directory (see docs/encryption.md): registration id,
+ * identity key, and any of a signed prekey, a last-resort Kyber key, one-time EC and Kyber keys.
+ */
+export const keysFrame = z.object({
+  t: z.literal('keys'),
+  r: reqId,
+  rid: registrationId,
+  ik: keyBytes,
+  spk: wireSignedKey.optional(),
+  lrk: wireSignedKey.optional(),
+  pk: z.array(wirePreKey).max(MAX_KEYS_PER_UPLOAD).optional(),
+  kpk: z.array(wireSignedKey).max(MAX_KEYS_PER_UPLOAD).optional(),
+});
+
+/**
+ * Claims key bundles: for every device with keys of each user in `u`, or (with one user) only
+ * device `d`. Answered by `kb` (each one-time key is handed out once) or `err`.
+ */
+export const keyGetFrame = z.object({
+  t: z.literal('kget'),
+  r: reqId,
+  u: z.array(user).min(1).max(MAX_KEY_USERS),
+  d: device.optional(),
 });
 
 /** Group operation codes on the wire. */
@@ -145,6 +201,30 @@ export const errFrame = z.object({
   r: reqId.optional(),
   c: z.enum(ERROR_CODE_LIST),
   m: z.string().max(1024).optional(),
+  /** `mismatched_devices` / `stale_devices`: missing, extra and stale devices. */
+  d: z.object({ m: deviceList.optional(), x: deviceList.optional(), s: deviceList.optional() }).optional(),
+});
+
+/**
+ * Bundles claimed by `kget` `r`: `[user, device, registration id, identity key, signed prekey,
+ * Kyber prekey, one-time EC prekey?]` each.
+ */
+export const keyBundlesFrame = z.object({
+  t: z.literal('kb'),
+  r: reqId,
+  b: z
+    .array(z.tuple([user, device, registrationId, keyBytes, wireSignedKey, wireSignedKey]).rest(wirePreKey))
+    .max(MAX_KEY_USERS * MAX_ENVELOPES),
+});
+
+/**
+ * This device's supply of one-time keys in the directory is low (`pk` EC, `kpk` Kyber left):
+ * upload more (`keys`).
+ */
+export const keysLowFrame = z.object({
+  t: z.literal('klow'),
+  pk: z.number().int().nonnegative(),
+  kpk: z.number().int().nonnegative(),
 });
 
 /**
@@ -158,7 +238,8 @@ export const msgFrame = z.object({
   f: user,
   fd: device,
   to: user.optional(),
-  seq: z.number().int().positive(),
+  /** 0: a control message of the encryption layer (not part of the sender's sequence). */
+  seq: z.number().int().nonnegative(),
   ts: z.number(),
   b: bytes,
   /** `to` is a group (always present then). */
@@ -236,6 +317,8 @@ export const clientFrame = z.discriminatedUnion('t', [
   subscribeFrame,
   unsubscribeFrame,
   typingFrame,
+  keysFrame,
+  keyGetFrame,
 ]);
 /** Every frame a server may send. */
 export const serverFrame = z.discriminatedUnion('t', [
@@ -250,6 +333,8 @@ export const serverFrame = z.discriminatedUnion('t', [
   linkCodeFrame,
   presenceFrame,
   typingNoticeFrame,
+  keyBundlesFrame,
+  keysLowFrame,
 ]);
 
 export type HelloFrame = z.infer<typeof helloFrame>;
@@ -275,6 +360,10 @@ export type GroupEventFrame = z.infer<typeof groupEventFrame>;
 export type LinkCodeFrame = z.infer<typeof linkCodeFrame>;
 export type PresenceFrame = z.infer<typeof presenceFrame>;
 export type TypingNoticeFrame = z.infer<typeof typingNoticeFrame>;
+export type KeysFrame = z.infer<typeof keysFrame>;
+export type KeyGetFrame = z.infer<typeof keyGetFrame>;
+export type KeyBundlesFrame = z.infer<typeof keyBundlesFrame>;
+export type KeysLowFrame = z.infer<typeof keysLowFrame>;
 /** A frame a client sends. */
 export type ClientFrame = z.infer<typeof clientFrame>;
 /** A frame a server sends. */

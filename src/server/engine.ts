@@ -12,8 +12,11 @@ import {
   negotiateVersion,
   MAX_GROUP_MEMBERS,
   type ClientFrame,
+  type ErrFrame,
   type ErrorCode,
   type GroupEventFrame,
+  type KeyGetFrame,
+  type KeysFrame,
   type GroupFrame,
   type HelloFrame,
   type MsgFrame,
@@ -25,7 +28,10 @@ import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import type {
   AppendInput,
   DeviceAddress,
+  DeviceMismatch,
   GroupChange,
+  KeyBundle,
+  KeyUpload,
   InboxEntry,
   MessageInput,
   NotifyResult,
@@ -135,6 +141,16 @@ export interface ServerOptions {
    * @default 20
    */
   maxTypingPer10s?: number;
+  /**
+   * Key bundles (devices) a connection may claim per 10 s; more are refused with
+   * `rate_limited`. One-time keys are a finite supply an abuser could drain. @default 4096
+   */
+  maxKeyClaimsPer10s?: number;
+  /**
+   * A device is told (`klow`) to upload more one-time keys when either of its supplies falls
+   * below this, on connect and when its keys are claimed. 0 turns the notice off. @default 10
+   */
+  keyLowWater?: number;
   /** @default silent */
   logger?: Logger;
 }
@@ -176,9 +192,26 @@ const REFUSAL_TEXT: Record<string, string> = {
   not_member: 'not a member of the group',
   forbidden: 'not allowed',
   group_full: 'group is at its member cap',
+  mismatched_devices: 'device list does not match the directory',
+  stale_devices: 'some devices were re-registered',
 };
 
+/** Wire form of a device-list difference. */
+function wireDifference(d: DeviceMismatch): NonNullable<ErrFrame['d']> {
+  const out: NonNullable<ErrFrame['d']> = {};
+  const list = (l: DeviceAddress[]): Array<[string, string]> => l.map((a) => [a.user, a.device]);
+  if (d.missing?.length) out.m = list(d.missing);
+  if (d.extra?.length) out.x = list(d.extra);
+  if (d.stale?.length) out.s = list(d.stale);
+  return out;
+}
+
 const keyOf = (a: DeviceAddress): string => `${a.user}\u0000${a.device}`;
+
+type WireKey = [number, Uint8Array, Uint8Array];
+
+/** What a ciphertext may add to `maxBodyBytes` (a PreKey message carries ~1.9 KB of keys). */
+const CIPHERTEXT_OVERHEAD = 4096;
 
 /**
  * The embeddable server engine. Hand it connections with {@link PostboxServer.accept} or a
@@ -240,6 +273,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       presenceDebounceMs: options.presenceDebounceMs ?? 3000,
       maxSubscriptions: options.maxSubscriptions ?? 256,
       maxTypingPer10s: options.maxTypingPer10s ?? 20,
+      maxKeyClaimsPer10s: options.maxKeyClaimsPer10s ?? 4096,
+      keyLowWater: options.keyLowWater ?? 10,
     };
     const p = options.presence ?? 'contacts';
     this.presencePolicy =
@@ -549,6 +584,72 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   }
 
   /** @internal `unl`: a device unlinks a device of its own user. */
+  // ------------------------------------------------------------ key directory
+
+  /** @internal publishes a device's keys (`keys` frame). */
+  async putKeys(session: Session, f: KeysFrame): Promise<void> {
+    const upload: KeyUpload = { registrationId: f.rid, identityKey: f.ik };
+    if (f.spk) upload.signedPreKey = { id: f.spk[0], key: f.spk[1], signature: f.spk[2] };
+    if (f.lrk) upload.lastResortKyber = { id: f.lrk[0], key: f.lrk[1], signature: f.lrk[2] };
+    if (f.pk) upload.preKeys = f.pk.map(([id, key]) => ({ id, key }));
+    if (f.kpk) upload.kyberPreKeys = f.kpk.map(([id, key, signature]) => ({ id, key, signature }));
+    try {
+      await this.store.putKeys(session.addr!, upload);
+    } catch (e) {
+      // A first upload without a signed prekey, or a store fault: the device retries.
+      this.log.warn('key upload refused', e);
+      session.sendError('invalid_frame', 'key upload refused', f.r);
+      return;
+    }
+    session.send({ t: 'ok', r: f.r });
+  }
+
+  /** @internal claims bundles (`kget` frame) and tells devices that run low. */
+  async claimKeys(session: Session, f: KeyGetFrame): Promise<void> {
+    const bundles: KeyBundle[] = [];
+    try {
+      for (const user of f.u) {
+        bundles.push(...(await this.store.claimKeys(user, f.u.length === 1 ? f.d : undefined)));
+      }
+    } catch (e) {
+      this.log.error('key claim failed', e);
+      session.sendError('unavailable', 'key directory unavailable', f.r);
+      return;
+    }
+    session.keyClaims += bundles.length;
+    session.send({
+      t: 'kb',
+      r: f.r,
+      b: bundles.map((b) => {
+        const t: [string, string, number, Uint8Array, WireKey, WireKey, ...Array<[number, Uint8Array]>] = [
+          b.user,
+          b.device,
+          b.registrationId,
+          b.identityKey,
+          [b.signedPreKey.id, b.signedPreKey.key, b.signedPreKey.signature],
+          [b.kyberPreKey.id, b.kyberPreKey.key, b.kyberPreKey.signature],
+        ];
+        if (b.preKey) t.push([b.preKey.id, b.preKey.key]);
+        return t;
+      }),
+    });
+    for (const b of bundles) void this.checkKeySupply(b);
+  }
+
+  /** @internal tells a connected device whose one-time keys run low to upload more. */
+  async checkKeySupply(device: DeviceAddress): Promise<void> {
+    const low = this.opts.keyLowWater;
+    const s = low > 0 ? this.sessions.get(keyOf(device)) : undefined;
+    if (!s) return;
+    try {
+      const n = await this.store.keyCount(device);
+      if (n && (n.preKeys < low || n.kyberPreKeys < low))
+        s.send({ t: 'klow', pk: n.preKeys, kpk: n.kyberPreKeys });
+    } catch (e) {
+      this.log.warn('key count failed', e);
+    }
+  }
+
   async unlinkFromSession(session: Session, r: number, device: string): Promise<void> {
     try {
       await this.unlinkDevice(session.addr!.user, device);
@@ -604,11 +705,14 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     // A group entry reads the same on every device but for its offset: packed once.
     let encode: ((offset: number) => Uint8Array) | undefined;
     if (input.group) entry.group = true;
+    // An encrypted 1:1 message carries one ciphertext per device.
+    const bodies = input.envelopes && new Map(input.envelopes.map((e) => [keyOf(e), e.body]));
     for (let i = 0; i < devices.length; i++) {
       const d = devices[i]!;
       const s = this.sessions.get(keyOf(d));
       if (!s) continue; // offline: the entry waits in its inbox
       entry.offset = offsets[i]!;
+      if (bodies) entry.body = bodies.get(keyOf(d)) ?? input.body;
       if (input.group) encode ??= encodeAtOffset(s.entryFrame(entry));
       if (!s.offer(entry, encode)) ring.push(d);
     }
@@ -662,7 +766,12 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
               this.deliverNew(p.input, out.ts, out.notify, out.offsets, notify);
             } else for (const n of out.notify) notify.push(n);
           } else if (p.session) {
-            p.session.sendError(out.code, REFUSAL_TEXT[out.code] ?? out.code, p.r);
+            p.session.sendError(
+              out.code,
+              REFUSAL_TEXT[out.code] ?? out.code,
+              p.r,
+              out.devices && wireDifference(out.devices),
+            );
           }
         }
         this.ring(notify);
@@ -724,6 +833,10 @@ class Session {
   subscriptions: Map<string, boolean> | undefined;
   private typingWindowStart = 0;
   private typingCount = 0;
+  /** @internal key claims in the current 10 s window. */
+  keyWindowStart = 0;
+  /** @internal */
+  keyClaims = 0;
   pendingSends = 0;
   private lastFrameAt: number;
   private readonly openedAt: number;
@@ -759,9 +872,10 @@ class Session {
     if (this.state === 'open') this.conn.send(data);
   }
 
-  sendError(code: ErrorCode, message: string, r?: number): void {
-    const frame: ServerFrame = { t: 'err', c: code, m: message };
+  sendError(code: ErrorCode, message: string, r?: number, devices?: ErrFrame['d']): void {
+    const frame: ErrFrame = { t: 'err', c: code, m: message };
     if (r !== undefined) frame.r = r;
+    if (devices) frame.d = devices;
     this.send(frame);
   }
 
@@ -840,11 +954,18 @@ class Session {
     }
     switch (frame.t) {
       case 'send': {
-        if (frame.b.byteLength > this.server.opts.maxBodyBytes) {
-          this.sendError('too_large', `body over ${this.server.opts.maxBodyBytes} bytes`, frame.r);
+        const max = this.server.opts.maxBodyBytes;
+        // A ciphertext is its plaintext plus the session's overhead (a first, PreKey message
+        // carries some 1.9 KB of keys).
+        if (frame.b.byteLength > max || frame.e?.some((e) => e[3].byteLength > max + CIPHERTEXT_OVERHEAD)) {
+          this.sendError('too_large', `body over ${max} bytes`, frame.r);
           return;
         }
-        const input: AppendInput = {
+        if (frame.g && (frame.e || frame.seq === 0)) {
+          this.sendError('invalid_frame', 'a group message has one body and a sequence number', frame.r);
+          return;
+        }
+        const input: MessageInput = {
           kind: 'msg',
           from: this.addr!,
           id: frame.id,
@@ -853,7 +974,26 @@ class Session {
           body: frame.b,
         };
         if (frame.g) input.group = true;
+        if (frame.e)
+          input.envelopes = frame.e.map(([user, device, rid, body]) => ({ user, device, rid, body }));
         this.commit(frame.r, input);
+        return;
+      }
+      case 'keys':
+        void this.server.putKeys(this, frame);
+        return;
+      case 'kget': {
+        // Counted per user asked for; each device claimed counts again when the answer comes.
+        if (now - this.keyWindowStart >= 10_000) {
+          this.keyWindowStart = now;
+          this.keyClaims = 0;
+        }
+        this.keyClaims += frame.u.length;
+        if (this.keyClaims > this.server.opts.maxKeyClaimsPer10s) {
+          this.sendError('rate_limited', 'too many key claims', frame.r);
+          return;
+        }
+        void this.server.claimKeys(this, frame);
         return;
       }
       case 'grp':
@@ -986,6 +1126,7 @@ class Session {
     });
     this.server.ring(registered.notify);
     this.pump();
+    void this.server.checkKeySupply(addr);
     return true;
   }
 

@@ -2,6 +2,9 @@
  * The server's storage contract. The store is the source of truth: everything the server
  * engine keeps in memory is a cache or a hint that can be rebuilt from it.
  */
+import type { KeyBundle, KeyUpload } from '../crypto/types.js';
+
+export type { KeyBundle, KeyUpload } from '../crypto/types.js';
 
 /** A user's device. */
 export interface DeviceAddress {
@@ -25,6 +28,23 @@ export interface MessageInput {
   group?: boolean;
   /** Per-(conversation, sender device) sequence number. */
   seq: number;
+  /** The body every recipient device gets (empty when `envelopes` carries the bodies). */
+  body: Uint8Array;
+  /**
+   * End-to-end encrypted 1:1 message: one ciphertext per device, for every device of `to` and
+   * every other device of the sender's user that has keys in the directory. Each device's inbox
+   * entry carries its own envelope's body. The list is checked against the directory at commit
+   * (see {@link ServerStore} "Device lists").
+   */
+  envelopes?: DeviceEnvelope[];
+}
+
+/** One device's ciphertext of an end-to-end encrypted message. */
+export interface DeviceEnvelope {
+  user: string;
+  device: string;
+  /** The registration id the sender's session with this device was made for. */
+  rid: number;
   body: Uint8Array;
 }
 
@@ -113,7 +133,18 @@ export interface GroupState {
 export type AppendInput = MessageInput | ReceiptInput | GroupInput;
 
 /** Why an append item was refused; nothing of it was written. */
-export type AppendRefusal = 'unknown_recipient' | 'not_member' | 'forbidden' | 'group_full';
+export type AppendRefusal =
+  'unknown_recipient' | 'not_member' | 'forbidden' | 'group_full' | 'mismatched_devices' | 'stale_devices';
+
+/** The device-list difference of a `mismatched_devices` / `stale_devices` refusal. */
+export interface DeviceMismatch {
+  /** Devices with keys the envelopes left out. */
+  missing?: DeviceAddress[];
+  /** Envelopes for devices that are not (or no longer) in the directory. */
+  extra?: DeviceAddress[];
+  /** Envelopes made for another registration id than the directory's (re-installed devices). */
+  stale?: DeviceAddress[];
+}
 
 /** What happened to one appended item. */
 export type AppendOutcome =
@@ -132,7 +163,7 @@ export type AppendOutcome =
        */
       offsets?: number[];
     }
-  | { ok: false; code: AppendRefusal };
+  | { ok: false; code: AppendRefusal; devices?: DeviceMismatch };
 
 /** An inbox entry as read back for delivery. */
 export type InboxEntry =
@@ -219,7 +250,23 @@ export interface NotifyResult {
  *   acked it, one `expired` status (`by` U) is appended, at `now`, to every device of the
  *   sender's user. Dedupe records older than the cutoff are dropped.
  * - **Unlinking.** {@link ServerStore.unregisterDevice} removes the device and every entry of its
- *   inbox (releasing bodies), producing no statuses.
+ *   inbox (releasing bodies) and its keys, producing no statuses.
+ * - **Device lists.** A message with `envelopes` (1:1 only; a group message with envelopes is
+ *   refused `forbidden`) is checked at commit against the key directory. Expected: every device
+ *   of `to` with keys, and every device of the sender's user with keys but the sending one.
+ *   Envelopes for unexpected devices, or expected devices without an envelope, refuse the item
+ *   with `mismatched_devices` (`devices.extra` / `devices.missing`); otherwise envelopes whose
+ *   `rid` is not the device's current registration id refuse it with `stale_devices`
+ *   (`devices.stale`). When `to` has no device with keys it is `unknown_recipient`. Accepted,
+ *   the message goes to exactly the expected devices, each entry with its own envelope's body
+ *   (registered devices without keys get nothing: they could not decrypt it).
+ * - **Key directory.** {@link ServerStore.putKeys} replaces a device's identity key,
+ *   registration id, signed prekey and last-resort Kyber key when given and adds one-time keys;
+ *   a new identity key (a re-install) first drops the device's old one-time keys.
+ *   {@link ServerStore.claimKeys} hands out each one-time key at most once, also under
+ *   concurrent claims from several connections and nodes: one EC and one Kyber one-time key per
+ *   device (oldest first), the last-resort Kyber key once the one-time ones ran out, no EC
+ *   prekey once those ran out.
  */
 export interface ServerStore {
   /** For logs and conformance reports. */
@@ -259,6 +306,18 @@ export interface ServerStore {
   setLastSeen(user: string, ts: number): Promise<void>;
   /** When the user was last online, or undefined when never recorded. */
   lastSeen(user: string): Promise<number | undefined>;
+  /**
+   * Publishes a registered device's public keys (see "Key directory"). Fails (rejects) for an
+   * unregistered device and for a first upload without a signed prekey and last-resort Kyber key.
+   */
+  putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void>;
+  /**
+   * Claims a bundle for every device of `user` that has keys (or only for `device`), in
+   * registration order; empty when there is none.
+   */
+  claimKeys(user: string, device?: string): Promise<KeyBundle[]>;
+  /** How many unclaimed one-time keys a device has left (zeros for a device without keys). */
+  keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number }>;
   /** Releases resources. The data stays for the next open. */
   close(): Promise<void>;
 }

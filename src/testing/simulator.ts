@@ -1,6 +1,7 @@
 import { createClient, type PostboxClient } from '../client/engine.js';
 import { STATUS_RANK } from '../client/status.js';
 import type { MessageStatus } from '../client/store.js';
+import type { CryptoAdapter } from '../crypto/types.js';
 import type { AppendInput, AppendOutcome, GroupState, ServerStore } from '../server/store.js';
 import {
   createMemoryClientState,
@@ -33,6 +34,11 @@ export interface SimulationOptions {
   groups?: number;
   /** Print each action (for replaying a failing seed). */
   trace?: (line: string) => void;
+  /**
+   * End-to-end encryption on every device: a new adapter per client start (restarts re-open the
+   * device's crypto state from its store). Every device uploads its keys before the first send.
+   */
+  crypto?: () => CryptoAdapter;
 }
 
 /** What a run found. `violations` is empty when every invariant held. */
@@ -248,6 +254,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       backoffMaxMs: 2000,
       gapTimeoutMs: 3_600_000,
       maxInflight: 1 + Math.floor(rnd() * 32),
+      ...(options.crypto ? { crypto: options.crypto() } : {}),
     });
     client.on('message', (m) => {
       const k = `${m.from}/${m.fromDevice}/${m.id}`;
@@ -272,6 +279,19 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     return client;
   };
   for (const d of devices) startClient(d);
+  if (options.crypto) {
+    // Every device publishes its keys before the first send, so every message has a fixed
+    // audience (a device without keys gets nothing: it could not decrypt it).
+    storeFaults = false;
+    for (let t = 0; t < 120_000; t += 50) {
+      const counts = await Promise.all(
+        devices.map((d) => server.store.keyCount({ user: d.user, device: d.device })),
+      );
+      if (counts.every((c) => c && c.preKeys > 0)) break;
+      await clock.advance(50);
+    }
+    storeFaults = faultsWere;
+  }
 
   const stopClient = async (dev: SimDevice) => {
     const c = dev.client;

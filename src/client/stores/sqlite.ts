@@ -117,7 +117,7 @@ export const SQLITE_CLIENT_SCHEMA_VERSION: number = MIGRATIONS.length;
 
 interface OutboxRow {
   id: string;
-  kind: 'msg' | 'read' | 'group';
+  kind: 'msg' | 'read' | 'group' | 'ctl';
   to_user: string;
   conv: string;
   body: Uint8Array | null;
