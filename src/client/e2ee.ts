@@ -98,8 +98,11 @@ export interface E2eeOptions {
   signedPreKeyMaxAgeMs: number;
 }
 
-/** Kyber keys are 1.6 KB: at most this many one-time keys of each kind per `keys` frame. */
-const UPLOAD_CHUNK = 25;
+/**
+ * Kyber keys are 1.6 KB: at most this many one-time keys of each kind per `keys` frame (~17 KB),
+ * each frame answered before the next, so on a 2G link pings still get through between them.
+ */
+const UPLOAD_CHUNK = 10;
 
 const addrKey = (a: CryptoAddress): string => `${a.user.length}:${a.user}${a.device}`;
 
@@ -118,6 +121,16 @@ export class E2ee {
     private readonly io: E2eeIo,
   ) {
     this.local = clientCryptoState(store, NS_E2EE);
+  }
+
+  /** Whether {@link open} has succeeded. */
+  get opened(): boolean {
+    return this.identity !== undefined;
+  }
+
+  /** Throws unless the adapter is open (a local fault: the entry is not acked). */
+  assertOpen(): void {
+    if (!this.identity) throw new Error('crypto adapter is not open');
   }
 
   /** Opens the adapter for this device (once per client). */

@@ -253,6 +253,11 @@ const NS_GROUP = 'group';
 const NS_GROUP_SEND = 'gsend';
 const NS_GROUP_COUNT = 'gcount';
 const NS_MEMBER_STATUS = 'rcpt';
+/** Group streams waiting for messages asked for again (see `pin`). */
+const NS_PINS = 'pin';
+/** With encryption: a sent group message's group version, and when each user last joined a group. */
+const NS_GROUP_SEND_VER = 'gsendv';
+const NS_GROUP_JOINED = 'gjoin';
 const MEMBER_STATUS_CODE = { delivered: 1, read: 2, expired: 3 } as const;
 const MEMBER_STATUS_NAME = ['', 'delivered', 'read', 'expired'] as const;
 
@@ -309,6 +314,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly streams = new Map<string, number>();
   private readonly heldByKey = new Map<string, Map<number, InboundMessage>>();
   private readonly gapTimers = new Map<string, TimerHandle>();
+  /** Group streams waiting for messages asked for again (stream key → their sequence numbers). */
+  private readonly pins = new Map<string, Set<number>>();
   private pendingAcks: number[] = [];
   private ackTimer: TimerHandle | undefined;
   /** Unsent acks that go out at once: half the server's delivery window. */
@@ -461,7 +468,11 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       if (isGroupId(to)) {
         const view = this.groupViews.get(to);
         const recipients = view ? view.members.map((m) => m.user).filter((u) => u !== this.me?.user) : [];
-        await this.store.putState([{ ns: NS_GROUP_SEND, key: id, value: encodeRecipients(recipients) }]);
+        await this.store.putState([
+          { ns: NS_GROUP_SEND, key: id, value: encodeRecipients(recipients) },
+          // The group's version when sent: who joined after it may have received it too.
+          ...(this.e2ee ? [{ ns: NS_GROUP_SEND_VER, key: id, value: encodeNumber(view?.ver ?? 0) }] : []),
+        ]);
       }
       this.queue.push(entry);
       this.emit('status', { id, conv: to, status: 'pending' });
@@ -985,9 +996,13 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       const e2ee = this.e2ee;
       const me = this.me;
       const gen = this.generation;
-      this.cryptoReady = this.serial(async () => {
-        await e2ee.open(me);
-      });
+      // Opened once per client (again only after a failure). It is a serial task, and serial
+      // tasks never await it — they only check it ran — so no earlier task waits on a later one.
+      if (!e2ee.opened) {
+        this.cryptoReady = this.serial(async () => {
+          await e2ee.open(me);
+        });
+      }
       void this.cryptoReady
         .then(() => (gen === this.generation ? e2ee.onConnected() : undefined))
         .catch((e) => {
@@ -1022,6 +1037,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       for (const { key, value } of await this.store.listState(NS_GROUP)) {
         this.groupViews.set(key, decodeView(key, value));
       }
+    }
+    this.pins.clear();
+    for (const { key, value } of await this.store.listState(NS_PINS)) {
+      this.pins.set(key, new Set(JSON.parse(new TextDecoder().decode(value)) as number[]));
     }
     this.heldByKey.clear();
     for (const m of await this.store.held()) {
@@ -1422,11 +1441,15 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         const me = this.me?.user ?? '';
         const next = applyGroupEvent(this.groupViews.get(f.g), f, me);
         if (next) {
-          await this.store.putState([{ ns: NS_GROUP, key: f.g, value: encodeView(next) }]);
+          const joined =
+            this.e2ee && (f.op === 'add' || f.op === 'create')
+              ? f.m.map((u) => ({ ns: NS_GROUP_JOINED, key: `${f.g}\u0000${u}`, value: encodeNumber(f.v) }))
+              : [];
+          await this.store.putState([{ ns: NS_GROUP, key: f.g, value: encodeView(next) }, ...joined]);
           this.groupViews.set(f.g, next);
           // Someone left: a new sender key, which the members that remain get on the next send.
           if (this.e2ee && next.member && (f.op === 'remove' || f.op === 'leave')) {
-            await this.cryptoReady;
+            this.e2ee.assertOpen();
             await this.e2ee.rotateGroup(f.g);
           }
           this.emit('group', this.group(f.g)!, {
@@ -1490,7 +1513,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     void this.serial(async () => {
       try {
         // An adapter that failed to open is a local fault: not acked, tried again after reconnecting.
-        await this.cryptoReady;
+        e2ee.assertOpen();
         let content: Content;
         try {
           content = await e2ee.decrypt(from, f.b, group);
@@ -1499,9 +1522,13 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           if (code === 'untrusted_identity') return;
           // A control message (seq 0) is never asked for again: that could ping-pong over a
           // broken session; a group message that needed a lost sender key is asked for instead.
-          if ((e as { reason?: unknown }).reason !== 'duplicate') {
-            if (!group) await e2ee.archive(from);
-            if (f.seq !== 0) await this.enqueueControl(f.f, [2, f.id, f.fd]);
+          // A "replay" is a message decrypted before whose plaintext was never stored (a crash or
+          // store failure in between): asked for again unless it is really here.
+          const replay = (e as { reason?: unknown }).reason === 'duplicate';
+          if (f.seq !== 0 && !(replay && (await this.haveInbound(f, group)))) {
+            if (!group && !replay) await e2ee.archive(from);
+            await this.enqueueControl(f.f, [2, f.id, f.fd]);
+            if (group) await this.pin(streamKey(group, f.f, f.fd), f.seq);
           }
           this.ackLater(f.o);
           return;
@@ -1519,7 +1546,11 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
             if (!group) await e2ee.adapter.processGroupDistribution(from, content[1], content[2]);
             break;
           case 2:
-            if (content[2] === me.device) await this.answerResend(f.f, f.fd, content[1]);
+            // For this device: its device id, and addressed to this user (not a copy of a
+            // request this user's other device sent someone else).
+            if (content[2] === me.device && (f.to === undefined || f.to === me.user)) {
+              await this.answerResend(f.f, f.fd, content[1]);
+            }
             break;
           case 3: {
             const [, id, seq, conv, body, ts] = content;
@@ -1539,6 +1570,46 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       }
       this.ackLater(f.o);
     });
+  }
+
+  /**
+   * A group stream waits for a message asked for again: later ones from that sender device are
+   * held until it arrives (or `gapTimeoutMs` gives up), instead of skipping it as a group hole.
+   */
+  private async pin(key: string, seq: number): Promise<void> {
+    if (seq < (await this.nextFor(key))) return;
+    const set = new Set(this.pins.get(key));
+    set.add(seq);
+    await this.savePins(key, set);
+  }
+
+  /** Pins survive restarts (a restarted app would otherwise skip the hole). */
+  private async savePins(key: string, set: Set<number> | undefined): Promise<void> {
+    const value = set?.size ? new TextEncoder().encode(JSON.stringify([...set])) : undefined;
+    await this.store.putState([{ ns: NS_PINS, key, value }]);
+    if (value) this.pins.set(key, set!);
+    else this.pins.delete(key);
+  }
+
+  /**
+   * Whether a user may have been a member when this device's group message committed: one of
+   * its recipients at send time, or added to the group after that (it may have been removed
+   * again since; a user removed before the send gets nothing).
+   */
+  private async mayHaveReceived(id: string, group: string, user: string): Promise<boolean> {
+    if ((await this.recipientsOf(id)).has(user)) return true;
+    const sent = await this.store.getState(NS_GROUP_SEND_VER, id);
+    const joined = await this.store.getState(NS_GROUP_JOINED, `${group}\u0000${user}`);
+    return sent !== undefined && joined !== undefined && decodeNumber(joined) > decodeNumber(sent);
+  }
+
+  /** Whether a delivered message is already in the client store. */
+  private async haveInbound(f: MsgFrame, group: string | undefined): Promise<boolean> {
+    const me = this.me!.user;
+    const conv = group ?? (f.f === me ? (f.to ?? me) : f.f);
+    return (await this.store.inbound(conv)).some(
+      (m) => m.id === f.id && m.from === f.f && m.fromDevice === f.fd,
+    );
   }
 
   private inboundOf(
@@ -1562,9 +1633,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       e.kind === 'msg' &&
       e.body !== undefined &&
       this.clock.now() - e.createdAt <= this.opts.resendWindowMs &&
-      (e.to === user ||
-        user === me ||
-        (isGroupId(e.to) && (this.groupViews.get(e.to)?.members.some((m) => m.user === user) ?? false)));
+      (e.to === user || user === me || (isGroupId(e.to) && (await this.mayHaveReceived(e.id, e.to, user))));
     // The requester's session is broken: either answer goes over a fresh one.
     await this.e2ee!.archive({ user, device });
     if (!allowed) {
@@ -1624,8 +1693,19 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     // In a group a hole in a sender's sequence is never waited for: it is a message the server
     // refused (the sender was no longer a member) or one sent while this user was not in the
     // group, and the inbox already delivers a sender's messages in commit order.
-    if (m.seq > next && isGroupId(m.conv)) next = m.seq;
+    if (m.seq > next && isGroupId(m.conv)) {
+      // Skip the hole, but not past a message asked for again.
+      let first = m.seq;
+      for (const s of this.pins.get(key) ?? []) if (s >= next && s < first) first = s;
+      next = first;
+    }
     if (m.seq === next) {
+      const pinned = this.pins.get(key);
+      if (pinned?.has(m.seq)) {
+        const rest = new Set(pinned);
+        rest.delete(m.seq);
+        await this.savePins(key, rest);
+      }
       const held = this.heldByKey.get(key);
       const released: InboundMessage[] = [];
       let n = m.seq + 1;
@@ -1690,6 +1770,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   }
 
   private async giveUpGap(key: string): Promise<void> {
+    if (this.pins.has(key)) await this.savePins(key, undefined);
     const held = this.heldByKey.get(key);
     if (!held || held.size === 0) return;
     const ordered = [...held.values()].sort((a, b) => a.seq - b.seq);
@@ -1758,6 +1839,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
 }
 
 const EMPTY = new Uint8Array(0);
+
+const encodeNumber = (n: number): Uint8Array => new TextEncoder().encode(String(n));
+const decodeNumber = (b: Uint8Array): number => Number(new TextDecoder().decode(b));
 
 /** The error an `err` frame reports, with its device-list difference when it has one. */
 function errorOf(f: ErrFrame): PostboxError {

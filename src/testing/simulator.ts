@@ -136,7 +136,9 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   const serverFaultOps = new Set(['append', 'ack', 'readInbox']);
   const clientFaultOps = new Set(['applyInbound', 'streamNext', 'setStatus', 'pending', 'held']);
   const serverState: MemoryServerState = createMemoryServerState();
-  const heartbeatMs = 1000;
+  // With encryption a key upload is some 17 KB a frame (Kyber keys are 1.6 KB): on the slowest
+  // simulated links (2 bytes/ms) a 1 s heartbeat would call every uploading device dead.
+  const heartbeatMs = options.crypto ? 10_000 : 1000;
   const deliveryWindow = 1 + Math.floor(rnd() * 16);
   // A crashed server's engine may still have commits in flight; from the crash on, nothing it
   // does reaches the store, so what it never committed it never acked.
@@ -254,7 +256,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       backoffMaxMs: 2000,
       gapTimeoutMs: 3_600_000,
       maxInflight: 1 + Math.floor(rnd() * 32),
-      ...(options.crypto ? { crypto: options.crypto() } : {}),
+      ...(options.crypto ? { crypto: options.crypto(), preKeySupply: 10 } : {}),
     });
     client.on('message', (m) => {
       const k = `${m.from}/${m.fromDevice}/${m.id}`;
