@@ -316,8 +316,11 @@ export interface ServerStore {
    * registration order; empty when there is none.
    */
   claimKeys(user: string, device?: string): Promise<KeyBundle[]>;
-  /** How many unclaimed one-time keys a device has left (zeros for a device without keys). */
-  keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number }>;
+  /**
+   * How many unclaimed one-time keys a device has left; undefined for a device without keys in
+   * the directory (never uploaded, or unregistered), so the server nags only devices that encrypt.
+   */
+  keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined>;
   /** Releases resources. The data stays for the next open. */
   close(): Promise<void>;
 }

@@ -1534,8 +1534,8 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     delete noKyber.lastResortKyber;
     await assert.rejects(store.putKeys(bob1, noKyber), 'a first upload without a last-resort Kyber key');
     assert.deepEqual(await store.claimKeys('bob'), [], 'a refused upload stores nothing');
-    assert.deepEqual(await store.keyCount(bob1), noKeys);
-    assert.deepEqual(await store.keyCount(bob2), noKeys, 'an unregistered device has no keys');
+    assert.equal(await store.keyCount(bob1), undefined, 'a device that never uploaded has no keys');
+    assert.equal(await store.keyCount(bob2), undefined, 'an unregistered device has no keys');
     await store.putKeys(bob1, upload(bob1, { pre: [1, 2, 3], kyber: [101, 102] }));
     assert.deepEqual(await store.keyCount(bob1), { preKeys: 3, kyberPreKeys: 2 });
     await store.putKeys(bob1, upload(bob1, { full: false }));
@@ -1707,7 +1707,7 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     await giveKeys(store, alice1, bob1, bob2);
     await appendOne(store, sealed(alice1, 'm1', 'bob', [bob1, bob2]), 1000);
     assert.equal(await store.unregisterDevice(bob1), true);
-    assert.deepEqual(await store.keyCount(bob1), noKeys);
+    assert.equal(await store.keyCount(bob1), undefined);
     assert.deepEqual(
       (await store.claimKeys('bob')).map((b) => b.device),
       ['b2'],
@@ -1738,7 +1738,7 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     await giveKeys(store, bob1);
     assert.equal(await store.unregisterDevice(bob1), true);
     await store.registerDevice(bob1, 3000);
-    assert.deepEqual(await store.keyCount(bob1), noKeys);
+    assert.equal(await store.keyCount(bob1), undefined);
     assert.deepEqual(await store.claimKeys('bob', 'b1'), []);
   });
 

@@ -689,10 +689,10 @@ export function memoryServerStore(
       return out;
     },
 
-    async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number }> {
+    async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {
       check('keyCount');
       const k = data.keys.get(deviceKey(device));
-      return { preKeys: k?.preKeys.size ?? 0, kyberPreKeys: k?.kyberPreKeys.size ?? 0 };
+      return k && { preKeys: k.preKeys.size, kyberPreKeys: k.kyberPreKeys.size };
     },
 
     async close(): Promise<void> {},

@@ -660,7 +660,7 @@ export function sqliteServerStore(
     keyCount: q(
       `SELECT (SELECT count(*) FROM prekeys WHERE dev = d.id) AS pre,
               (SELECT count(*) FROM kyber_prekeys WHERE dev = d.id) AS kyber
-       FROM devices d WHERE d.user = ? AND d.device = ?`,
+       FROM devices d JOIN device_keys k ON k.dev = d.id WHERE d.user = ? AND d.device = ?`,
     ),
   };
 
@@ -1209,10 +1209,10 @@ export function sqliteServerStore(
       });
     },
 
-    async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number }> {
+    async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {
       check();
       const r = sql.keyCount.get(device.user, device.device) as { pre: number; kyber: number } | undefined;
-      return { preKeys: r?.pre ?? 0, kyberPreKeys: r?.kyber ?? 0 };
+      return r && { preKeys: r.pre, kyberPreKeys: r.kyber };
     },
 
     async close(): Promise<void> {
