@@ -149,6 +149,13 @@ const SCENARIOS = {
     },
     timeoutMs: 120_000,
   },
+  crypto: {
+    about:
+      '1:1 encrypt + decrypt on one thread, established session, 100-byte plaintext: the postbox libsignal adapter beside raw libsignal (objects, and records kept serialized as a store does)',
+    solo: true,
+    params: { ms: quick ? 400 : 1500 },
+    timeoutMs: 60_000,
+  },
   idle: {
     about: `idle density: server heap and RSS per connection at ${IDLE_STEPS.map(idleLabel).join(' and ')} connections${quick ? ' (scaled down from 10k/19k for --quick)' : ''}`,
     systems: ['ws', 'socketio', 'postbox-memory'],
@@ -185,6 +192,9 @@ const SYSTEM_ORDER = [
   'postbox-codec',
   'msgpackr',
   'json',
+  'libsignal',
+  'libsignal-serialized',
+  'postbox-libsignal',
 ];
 
 if (args.only && !SCENARIOS[args.only]) {

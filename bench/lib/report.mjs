@@ -235,6 +235,14 @@ export function checkTargets(results, idleStep) {
     '<=',
     1,
   );
+  ratioTarget(
+    'encrypt + decrypt through the libsignal adapter ≥ 0.8 × raw libsignal (issue 6)',
+    ['crypto', 'postbox-libsignal'],
+    ['crypto', 'libsignal'],
+    'msgs_per_s',
+    '>=',
+    0.8,
+  );
   const bytes = results.get('wire', 'postbox', 'bytes_per_message');
   t.push({
     name: 'protocol bytes for one message’s whole life ≤ 160',

@@ -53,7 +53,7 @@ export async function run(sys, p) {
     if (s !== undefined) lat.status.push(now() - s);
   };
 
-  client = await sys.connect({ url, n, size, prefix, onDeliver, onAck, onStatus });
+  client = await sys.connect({ url, n, size, prefix, onDeliver, onAck, onStatus, crypto: p.crypto });
   for (let i = 0; i < n; i++) pump(i);
   await sleep(warmupMs);
   const m0 = await mark('start');
