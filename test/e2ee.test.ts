@@ -136,6 +136,50 @@ describe.each(ADAPTERS)('end-to-end encryption with the %s adapter', (_name, ada
   });
 });
 
+describe('device lists follow the directory', () => {
+  it('a device linked after the sender learned the list gets the next message (missing), an unlinked one is dropped (extra)', async () => {
+    world = await makeWorld({ crypto: () => libsignalCrypto() });
+    const alice = await world.device('alice');
+    const bob = await world.device('bob');
+    const tablet = await world.device('bob', 'tablet');
+    await world.advance(500);
+    alice.client.send('bob', text('one'));
+    await until(world, () => bob.messages.length === 1 && tablet.messages.length === 1);
+    // Bob links a laptop: Alice's list lacks it, the server says which device is missing.
+    const laptop = await world.device('bob', 'laptop');
+    await world.advance(500);
+    const two = alice.client.send('bob', text('two'));
+    await until(world, () => texts(laptop).includes('two') && texts(bob).includes('two'));
+    // Bob unlinks the tablet: Alice's list has a device too many.
+    await settle(world, bob.client.unlinkDevice('tablet'));
+    await world.advance(500);
+    const three = alice.client.send('bob', text('three'));
+    await until(world, () => texts(laptop).includes('three') && texts(bob).includes('three'));
+    await until(world, () => alice.statusOf(two) === 'delivered' && alice.statusOf(three) === 'delivered');
+    expect(texts(tablet)).toEqual(['one', 'two']);
+    expect(texts(laptop)).toEqual(['two', 'three']);
+  });
+});
+
+describe('key directory upkeep', () => {
+  it('the signed prekey is rotated once it is older than signedPreKeyMaxAgeMs, and sessions keep working', async () => {
+    world = await makeWorld({ crypto: () => libsignalCrypto() });
+    const bob = await world.device('bob', 'phone', { client: { signedPreKeyMaxAgeMs: 60_000 } });
+    const alice = await world.device('alice');
+    await world.advance(500);
+    const spk = async () => (await world!.server.store.claimKeys('bob', 'phone'))[0]!.signedPreKey.id;
+    const first = await spk();
+    alice.client.send('bob', text('before'));
+    await until(world, () => bob.messages.length === 1);
+    await world.advance(61_000);
+    await bob.restart(); // the check runs on connect
+    await world.advance(500);
+    expect(await spk()).not.toBe(first);
+    alice.client.send('bob', text('after'));
+    await until(world, () => texts(bob).includes('after'));
+  });
+});
+
 describe('recovery: the app sees a message late, never a hole', () => {
   it('a re-installed device (new identity, same device id) still gets the message: stale_devices, refresh, retry', async () => {
     world = await makeWorld({ crypto: () => libsignalCrypto() });
