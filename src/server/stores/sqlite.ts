@@ -44,15 +44,12 @@
  * @packageDocumentation
  */
 import Database from 'better-sqlite3';
-import { Packr } from 'msgpackr';
 import type {
   AppendInput,
   AppendOutcome,
-  AppendRefusal,
   DeviceAddress,
   DeviceEnvelope,
   EntryStatus,
-  GroupChange,
   GroupEvent,
   GroupInput,
   GroupMember,
@@ -67,6 +64,17 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import {
+  decodeEvent,
+  encodeEvent,
+  NotifySet,
+  planChange,
+  queueStatus,
+  signedKey,
+  snapshotOf,
+  type Groups,
+  type GroupView,
+} from './relational.js';
 import {
   openStoreDatabase,
   prepareNumeric,
@@ -320,193 +328,12 @@ interface PendingAck {
   reject(error: unknown): void;
 }
 
-/** Status groups: one status entry per group goes to every device of `user`. */
-type Groups = Map<string, { user: string; by: string; ids: string[] }>;
-
-// Length-prefixed so that no two different tuples share a key.
-const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
-const uniq = (users: string[]): string[] => [...new Set(users)];
-
-/** Collects devices that got new entries, each once, in first-seen order. */
-class NotifySet {
-  private readonly seen = new Set<string>();
-  readonly list: DeviceAddress[] = [];
-  add(d: DeviceAddress): void {
-    const k = deviceKey(d);
-    if (this.seen.has(k)) return;
-    this.seen.add(k);
-    this.list.push({ user: d.user, device: d.device });
-  }
-}
-
 const EMPTY = new Uint8Array(0);
 
 /** A view of the caller's bytes for binding; SQLite copies them. */
 const bindBytes = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
 
 const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
-
-// Plain msgpack: the stored events stay readable by any msgpack implementation.
-const packr = new Packr({ useRecords: false, moreTypes: false });
-
-/**
- * A stored group event: the msgpack array `[group, ver, op, by, members, name | nil, snapshot |
- * nil]`, the snapshot flattened to `[user, isAdmin (0/1), …]`, so no field name is stored and a
- * 1,024-member snapshot costs about its user ids.
- */
-type EventTuple = [
-  string,
-  number,
-  GroupChange['op'],
-  string,
-  string[],
-  string | null,
-  Array<string | number> | null,
-];
-
-function encodeEvent(e: GroupEvent): Buffer {
-  const snapshot = e.snapshot?.flatMap((m) => [m.user, m.role === 'admin' ? 1 : 0]) ?? null;
-  const tuple: EventTuple = [e.group, e.ver, e.op, e.by, e.members, e.name ?? null, snapshot];
-  return packr.pack(tuple);
-}
-
-function decodeEvent(data: Uint8Array): GroupEvent {
-  const [group, ver, op, by, members, name, snapshot] = packr.unpack(data) as EventTuple;
-  const e: GroupEvent = { group, ver, op, by, members };
-  if (name !== null) e.name = name;
-  if (snapshot !== null) {
-    e.snapshot = [];
-    for (let i = 0; i < snapshot.length; i += 2) {
-      e.snapshot.push({ user: snapshot[i] as string, role: snapshot[i + 1] === 1 ? 'admin' : 'member' });
-    }
-  }
-  return e;
-}
-
-/** A group as a change sees it: `members` maps user → role in join order. */
-interface GroupView {
-  name: string;
-  ver: number;
-  members: Map<string, GroupRole>;
-}
-
-/** What a membership change does, worked out before anything is written. */
-interface ChangePlan {
-  /** The event as existing and removed members get it (no snapshot). */
-  event: GroupEvent;
-  /** The group after the change. */
-  after: GroupView;
-  created: boolean;
-  /** Users new to the group, in join order (they get the snapshot form). */
-  joined: string[];
-  /** Users the change took out of the group. */
-  removed: string[];
-  /** Role changes of users who stay members. */
-  roles: Map<string, GroupRole>;
-}
-
-/**
- * Validates a membership change against the group's current state and works out its effect:
- * the rules of the memory store's `applyChange`, without writing. Returns `null` for a change
- * with nothing to do, or the refusal code.
- */
-function planChange(
-  item: GroupInput,
-  current: GroupView | undefined,
-  hasDevice: (user: string) => boolean,
-): ChangePlan | null | AppendRefusal {
-  const actor = item.from.user;
-  const c: GroupChange = item.change;
-  if (c.op === 'create') {
-    if (current) return 'forbidden';
-    const members = uniq([actor, ...c.members]);
-    if (members.length > item.maxMembers) return 'group_full';
-    if (members.some((u) => !hasDevice(u))) return 'unknown_recipient';
-    const after: GroupView = { name: c.name, ver: 1, members: new Map() };
-    for (const u of members) after.members.set(u, u === actor ? 'admin' : 'member');
-    const event: GroupEvent = {
-      group: item.group,
-      ver: 1,
-      op: 'create',
-      by: actor,
-      members: members.filter((u) => u !== actor),
-      name: c.name,
-    };
-    return { event, after, created: true, joined: members, removed: [], roles: new Map() };
-  }
-  if (!current || !current.members.has(actor)) return 'not_member';
-  const isAdmin = current.members.get(actor) === 'admin';
-  const after: GroupView = { name: current.name, ver: current.ver, members: new Map(current.members) };
-  const roles = new Map<string, GroupRole>();
-  let changed: string[] = [];
-  let joined: string[] = [];
-  let removed: string[] = [];
-  switch (c.op) {
-    case 'add': {
-      if (!isAdmin) return 'forbidden';
-      changed = uniq(c.members).filter((u) => !after.members.has(u));
-      if (after.members.size + changed.length > item.maxMembers) return 'group_full';
-      if (changed.some((u) => !hasDevice(u))) return 'unknown_recipient';
-      for (const u of changed) after.members.set(u, 'member');
-      joined = changed;
-      break;
-    }
-    case 'remove': {
-      if (!isAdmin) return 'forbidden';
-      changed = uniq(c.members).filter((u) => u !== actor && after.members.has(u));
-      for (const u of changed) after.members.delete(u);
-      removed = changed;
-      break;
-    }
-    case 'leave': {
-      changed = [actor];
-      after.members.delete(actor);
-      removed = changed;
-      // A group never ends up without an admin: the longest-standing member takes over.
-      if (isAdmin && after.members.size > 0 && ![...after.members.values()].includes('admin')) {
-        const heir = after.members.keys().next().value as string;
-        after.members.set(heir, 'admin');
-        roles.set(heir, 'admin');
-      }
-      break;
-    }
-    case 'promote':
-    case 'demote': {
-      if (!isAdmin) return 'forbidden';
-      const to: GroupRole = c.op === 'promote' ? 'admin' : 'member';
-      changed = uniq(c.members).filter((u) => after.members.has(u) && after.members.get(u) !== to);
-      if (to === 'member') {
-        const admins = [...after.members.values()].filter((r) => r === 'admin').length;
-        if (changed.length >= admins) return 'forbidden';
-      }
-      for (const u of changed) {
-        after.members.set(u, to);
-        roles.set(u, to);
-      }
-      break;
-    }
-    case 'rename': {
-      if (!isAdmin) return 'forbidden';
-      if (c.name === after.name) return null;
-      after.name = c.name;
-      break;
-    }
-  }
-  if (c.op !== 'rename' && changed.length === 0) return null;
-  after.ver++;
-  const event: GroupEvent = { group: item.group, ver: after.ver, op: c.op, by: actor, members: changed };
-  if (c.op === 'rename') event.name = after.name;
-  return { event, after, created: false, joined, removed, roles };
-}
-
-function snapshotOf(g: GroupView): GroupMember[] {
-  return [...g.members].map(([user, role]) => ({ user, role }));
-}
-
-/** A signed key from its columns, in buffers of its own. */
-function signedKey(id: number, key: Uint8Array, signature: Uint8Array): KeyBundle['signedPreKey'] {
-  return { id, key: new Uint8Array(key), signature: new Uint8Array(signature) };
-}
 
 /**
  * A {@link ServerStore} in a SQLite database (see the module header for the schema and the
@@ -891,14 +718,6 @@ export function sqliteServerStore(
     }
   }
 
-  /** Queues `status` about message `id` from `by` to the sender user `user`, grouped per pair. */
-  function queue(groups: Groups, user: string, by: string, id: string): void {
-    const gk = `${user.length}:${user}${by}`;
-    let g = groups.get(gk);
-    if (!g) groups.set(gk, (g = { user, by, ids: [] }));
-    g.ids.push(id);
-  }
-
   function toEntry(r: InboxRow): InboxEntry | undefined {
     if (r.message !== null) {
       if (r.from_user === null) return undefined; // unreachable: the trigger keeps refs right
@@ -944,7 +763,7 @@ export function sqliteServerStore(
         // Marked before the delete: the delete may take the message (and its marks) with it.
         if (r.message !== null && r.from_user !== null && r.owner && r.owner !== r.from_user) {
           if (sql.markDelivered.run(r.message, r.owner).changes === 1) {
-            queue(expired, r.from_user, r.owner, r.msg_id!);
+            queueStatus(expired, r.from_user, r.owner, r.msg_id!);
           }
         }
         sql.entryDelete.run(r.dev, r.pos);
@@ -972,7 +791,7 @@ export function sqliteServerStore(
       // Marked before the delete: the delete may take the message (and its marks) with it.
       if (e.message !== null && e.from_user !== null && e.from_user !== user) {
         if (sql.markDelivered.run(e.message, user).changes === 1)
-          queue(delivered, e.from_user, user, e.msg_id!);
+          queueStatus(delivered, e.from_user, user, e.msg_id!);
       }
       sql.entryDelete.run(row.id, offset);
       count++;
