@@ -66,6 +66,8 @@ const clientFrames: ClientFrame[] = [
   { t: 'keys', r: 12, rid: 4242, ik: b(33), pk: [[6, b(33)]] },
   { t: 'kget', r: 13, u: ['bob', 'carol'] },
   { t: 'kget', r: 14, u: ['bob'], d: 'phone' },
+  { t: 'ptok', r: 15, k: 'fcm', tok: 'a-token' },
+  { t: 'ptok', r: 16 },
 ];
 const serverFrames: ServerFrame[] = [
   { t: 'welcome', v: 1, u: 'bob', d: 'phone', hb: 25000, lim: { frame: 262144, body: 65536, window: 256 } },

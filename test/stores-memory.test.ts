@@ -125,6 +125,8 @@ describe('memory server store fault switch', () => {
       'putKeys',
       'claimKeys',
       'keyCount',
+      'setPushToken',
+      'pushToken',
     ];
     let failing: ServerStoreOp | undefined;
     const store = memoryServerStore({ state, failWhen: (op) => op === failing });
@@ -165,6 +167,8 @@ describe('memory server store fault switch', () => {
         putKeys: () => store.putKeys(bob1, keys(8)),
         claimKeys: () => store.claimKeys('bob'),
         keyCount: () => store.keyCount(bob1),
+        setPushToken: () => store.setPushToken(bob1, { kind: 'fcm', token: 't2' }),
+        pushToken: () => store.pushToken(bob1),
       };
       await expect(calls[op]()).rejects.toThrow(op);
       expect(JSON.stringify(dump(state))).toBe(snapshot);

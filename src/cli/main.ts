@@ -30,6 +30,7 @@ serve options (flag, environment variable, default):
   --linking MODE            POSTBOX_LINKING               approval (approval|open: may a user's new device join without an existing device's approval)
   --max-group-members N     POSTBOX_MAX_GROUP_MEMBERS     1024 (at most 1024)
   --presence WHO            POSTBOX_PRESENCE              contacts (contacts|everyone|nobody: who may see whose online/last seen)
+  --push-webhook URL        POSTBOX_PUSH_WEBHOOK          (none) POST content-free wake-ups for offline devices to URL (docs/push.md)
   --log-level L             POSTBOX_LOG_LEVEL             info (debug|info|warn|error|silent)
 `;
 
@@ -70,6 +71,7 @@ async function serve(argv: string[]): Promise<void> {
       linking: { type: 'string' },
       'max-group-members': { type: 'string' },
       presence: { type: 'string' },
+      'push-webhook': { type: 'string' },
       'log-level': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -112,6 +114,8 @@ async function serve(argv: string[]): Promise<void> {
     ]),
     logLevel,
   };
+  const pushWebhook = values['push-webhook'] ?? env('POSTBOX_PUSH_WEBHOOK');
+  if (pushWebhook !== undefined) options.pushWebhook = pushWebhook;
   const secret = values.secret ?? env('POSTBOX_SECRET');
   if (secret !== undefined) options.secret = secret;
   if (!options.secret && options.insecureDevAuth) {

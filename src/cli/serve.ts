@@ -1,3 +1,4 @@
+import { webhookPush } from '../server/push/webhook.js';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { insecureDevAuthenticator, tokenAuthenticator } from '../server/auth.js';
 import { createServer, type PostboxServer } from '../server/engine.js';
@@ -36,6 +37,8 @@ export interface ServeOptions {
   maxGroupMembers: number;
   /** Who may see whose presence. @default 'contacts' */
   presence: 'contacts' | 'everyone' | 'nobody';
+  /** Where to POST wake-ups for devices without a connection (see docs/push.md). @default none */
+  pushWebhook?: string;
   /** @default 'info' */
   logLevel: LogLevel;
 }
@@ -97,6 +100,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     retentionMs: options.retentionDays * 24 * 3600_000,
     maxBodyBytes: options.maxBodyBytes,
     maxFrameBytes: options.maxFrameBytes,
+    ...(options.pushWebhook ? { push: webhookPush({ url: options.pushWebhook }) } : {}),
   });
   engine.on('error', (e) => log.error('store failure', e));
   await engine.listen(transport);

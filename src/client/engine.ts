@@ -652,6 +652,19 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   }
 
   /**
+   * Registers this device's push token with the server (`kind`: `apns`, `fcm`, `webpush` or the
+   * app's own; `token` as the platform gave it), or removes it with `undefined`. The server then
+   * wakes this device, content-free, when something lands in its inbox while it has no
+   * connection (see docs/push.md). Needs a live connection; call it again when the platform
+   * hands out a new token (calling it in an `open` handler is cheap and always right).
+   */
+  setPushToken(token: { kind: string; token: string } | undefined): Promise<void> {
+    return this.request((r) =>
+      token ? { t: 'ptok', r, k: token.kind, tok: token.token } : { t: 'ptok', r },
+    );
+  }
+
+  /**
    * Follows a user's presence (a chat on screen): `presence` events now and on every change,
    * re-subscribed after reconnects until {@link unwatchPresence}. Rejects with `forbidden` when
    * the server's privacy rule hides that user from this one (default: only users who share a

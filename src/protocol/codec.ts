@@ -43,6 +43,7 @@ const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   kget: { code: 23, fields: ['r', 'u', 'd'] },
   kb: { code: 24, fields: ['r', 'b'] },
   klow: { code: 25, fields: ['pk', 'kpk'] },
+  ptok: { code: 26, fields: ['r', 'k', 'tok'] },
 };
 const BY_CODE: Array<{ t: string; fields: readonly string[] } | undefined> = [];
 for (const [t, l] of Object.entries(LAYOUT)) BY_CODE[l.code] = { t, fields: l.fields };

@@ -100,6 +100,17 @@ export const keysFrame = z.object({
 });
 
 /**
+ * Registers this device's push token (`k` the service, `tok` the token), or with neither removes
+ * it; answered `ok`. See docs/push.md.
+ */
+export const pushTokenFrame = z.object({
+  t: z.literal('ptok'),
+  r: reqId,
+  k: z.string().min(1).max(16).optional(),
+  tok: z.string().min(1).max(4096).optional(),
+});
+
+/**
  * Claims key bundles: for every device with keys of each user in `u`, or (with one user) only
  * device `d`. Answered by `kb` (each one-time key is handed out once) or `err`.
  */
@@ -319,6 +330,7 @@ export const clientFrame = z.discriminatedUnion('t', [
   typingFrame,
   keysFrame,
   keyGetFrame,
+  pushTokenFrame,
 ]);
 /** Every frame a server may send. */
 export const serverFrame = z.discriminatedUnion('t', [
@@ -364,6 +376,7 @@ export type KeysFrame = z.infer<typeof keysFrame>;
 export type KeyGetFrame = z.infer<typeof keyGetFrame>;
 export type KeyBundlesFrame = z.infer<typeof keyBundlesFrame>;
 export type KeysLowFrame = z.infer<typeof keysLowFrame>;
+export type PushTokenFrame = z.infer<typeof pushTokenFrame>;
 /** A frame a client sends. */
 export type ClientFrame = z.infer<typeof clientFrame>;
 /** A frame a server sends. */

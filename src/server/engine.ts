@@ -17,6 +17,7 @@ import {
   type GroupEventFrame,
   type KeyGetFrame,
   type KeysFrame,
+  type PushTokenFrame,
   type GroupFrame,
   type HelloFrame,
   type MsgFrame,
@@ -25,6 +26,7 @@ import {
 } from '../protocol/index.js';
 import type { Connection, ConnectionHandlers, ServerTransport } from '../transport/types.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import type { PushProvider, PushToken } from './push/types.js';
 import type {
   AppendInput,
   DeviceAddress,
@@ -147,6 +149,13 @@ export interface ServerOptions {
    */
   maxKeyClaimsPer10s?: number;
   /**
+   * Wakes devices without a connection when entries land in their inbox (content-free; see
+   * docs/push.md). Devices register tokens with `client.setPushToken`.
+   */
+  push?: PushProvider;
+  /** At most one wake-up per device per this interval. @default 60000 */
+  pushIntervalMs?: number;
+  /**
    * A device is told (`klow`) to upload more one-time keys when either of its supplies falls
    * below this, on connect and when its keys are claimed. 0 turns the notice off. @default 10
    */
@@ -223,7 +232,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly authenticate: Authenticate;
   /** @internal */ readonly clock: Clock;
   /** @internal */ readonly opts: Required<
-    Omit<ServerOptions, 'store' | 'authenticate' | 'clock' | 'logger' | 'presence'>
+    Omit<ServerOptions, 'store' | 'authenticate' | 'clock' | 'logger' | 'presence' | 'push'>
   >;
   private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
@@ -245,6 +254,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly watchers = new Map<string, Set<Session>>();
   /** link code → the session of the device waiting for approval. */
   private readonly linkCodes = new Map<string, Session>();
+  private readonly push: PushProvider | undefined;
+  /** device → push token, for a store that does not keep them. */
+  private readonly pushTokens = new Map<string, PushToken>();
+  /** device → time of its last wake-up (bounded: the oldest are forgotten past 100k). */
+  private readonly lastWake = new Map<string, number>();
   /** group id → member users; a cache for typing notices, dropped on every change. */
   private readonly memberCache = new Map<string, Set<string>>();
 
@@ -275,7 +289,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       maxTypingPer10s: options.maxTypingPer10s ?? 20,
       maxKeyClaimsPer10s: options.maxKeyClaimsPer10s ?? 4096,
       keyLowWater: options.keyLowWater ?? 10,
+      pushIntervalMs: options.pushIntervalMs ?? 60_000,
     };
+    this.push = options.push;
     const p = options.presence ?? 'contacts';
     this.presencePolicy =
       typeof p === 'function'
@@ -710,7 +726,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     for (let i = 0; i < devices.length; i++) {
       const d = devices[i]!;
       const s = this.sessions.get(keyOf(d));
-      if (!s) continue; // offline: the entry waits in its inbox
+      if (!s) {
+        // Offline: the entry waits in its inbox (and a push may wake the device).
+        if (this.push) ring.push(d);
+        continue;
+      }
       entry.offset = offsets[i]!;
       if (bodies) entry.body = bodies.get(keyOf(d)) ?? input.body;
       if (input.group) encode ??= encodeAtOffset(s.entryFrame(entry));
@@ -720,7 +740,45 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** @internal */
   ring(devices: DeviceAddress[]): void {
-    for (const d of devices) this.sessions.get(keyOf(d))?.notify();
+    for (const d of devices) {
+      const s = this.sessions.get(keyOf(d));
+      if (s) s.notify();
+      else if (this.push) void this.wake(d);
+    }
+  }
+
+  /** A device without a connection got an inbox entry: wake it, at most once per interval. */
+  private async wake(device: DeviceAddress): Promise<void> {
+    const k = keyOf(device);
+    const now = this.clock.now();
+    const last = this.lastWake.get(k);
+    if (last !== undefined && now - last < this.opts.pushIntervalMs) return;
+    this.lastWake.delete(k);
+    this.lastWake.set(k, now);
+    if (this.lastWake.size > 100_000) this.lastWake.delete(this.lastWake.keys().next().value as string);
+    try {
+      const token = this.store.pushToken ? await this.store.pushToken(device) : this.pushTokens.get(k);
+      if (!token || this.sessions.has(k)) return;
+      await this.push!.wake(device, token, { ts: now });
+    } catch (e) {
+      this.log.warn('push wake-up failed', e);
+    }
+  }
+
+  /** @internal registers or removes a device's push token (`ptok`). */
+  async setPushToken(session: Session, f: PushTokenFrame): Promise<void> {
+    const token = f.k !== undefined && f.tok !== undefined ? { kind: f.k, token: f.tok } : undefined;
+    const addr = session.addr!;
+    try {
+      if (this.store.setPushToken) await this.store.setPushToken(addr, token);
+      else if (token) this.pushTokens.set(keyOf(addr), token);
+      else this.pushTokens.delete(keyOf(addr));
+    } catch (e) {
+      this.log.error('push token not stored', e);
+      session.sendError('unavailable', 'push token not stored', f.r);
+      return;
+    }
+    session.send({ t: 'ok', r: f.r });
   }
 
   /** @internal */
@@ -981,6 +1039,9 @@ class Session {
       }
       case 'keys':
         void this.server.putKeys(this, frame);
+        return;
+      case 'ptok':
+        void this.server.setPushToken(this, frame);
         return;
       case 'kget': {
         // Counted per user asked for; each device claimed counts again when the answer comes.

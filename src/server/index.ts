@@ -7,3 +7,6 @@ export { createServer, PostboxServer } from './engine.js';
 export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './engine.js';
 export { insecureDevAuthenticator, signToken, tokenAuthenticator, verifyToken } from './auth.js';
 export type { TokenClaims } from './auth.js';
+export type { PushProvider, PushToken, WakeReason } from './push/types.js';
+export { webhookPush } from './push/webhook.js';
+export type { WebhookPushOptions } from './push/webhook.js';

@@ -3,6 +3,7 @@
  * engine keeps in memory is a cache or a hint that can be rebuilt from it.
  */
 import type { KeyBundle, KeyUpload } from '../crypto/types.js';
+import type { PushToken } from './push/types.js';
 
 export type { KeyBundle, KeyUpload } from '../crypto/types.js';
 
@@ -321,6 +322,14 @@ export interface ServerStore {
    * the directory (never uploaded, or unregistered), so the server nags only devices that encrypt.
    */
   keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined>;
+  /**
+   * Records (or with `undefined` removes) a registered device's push token (see docs/push.md);
+   * unregistering a device removes it. Optional: without these two methods the engine keeps
+   * tokens in memory only, and a restarted server knows a token again when its device reconnects.
+   */
+  setPushToken?(device: DeviceAddress, token: PushToken | undefined): Promise<void>;
+  /** A device's push token, if it registered one. */
+  pushToken?(device: DeviceAddress): Promise<PushToken | undefined>;
   /** Releases resources. The data stays for the next open. */
   close(): Promise<void>;
 }

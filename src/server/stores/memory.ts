@@ -4,6 +4,7 @@
  * restart after a crash) and a `failWhen` fault switch.
  * @packageDocumentation
  */
+import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
@@ -50,7 +51,9 @@ export type ServerStoreOp =
   | 'lastSeen'
   | 'putKeys'
   | 'claimKeys'
-  | 'keyCount';
+  | 'keyCount'
+  | 'setPushToken'
+  | 'pushToken';
 
 /** Options of {@link memoryServerStore}. */
 export interface MemoryServerStoreOptions {
@@ -136,6 +139,8 @@ interface ServerData extends MemoryServerState {
   lastSeen: Map<string, number>;
   /** device key → its keys in the directory. */
   keys: Map<string, StoredKeys>;
+  /** device key → push token. */
+  pushTokens: Map<string, PushToken>;
 }
 
 /** Creates an empty state for {@link memoryServerStore}. */
@@ -151,6 +156,7 @@ export function createMemoryServerState(): MemoryServerState {
     contacts: new Set(),
     lastSeen: new Map(),
     keys: new Map(),
+    pushTokens: new Map(),
   };
   return data;
 }
@@ -198,7 +204,7 @@ class NotifySet {
  */
 export function memoryServerStore(
   options: MemoryServerStoreOptions = {},
-): ServerStore & { readonly name: 'memory' } {
+): ServerStore & Required<Pick<ServerStore, 'setPushToken' | 'pushToken'>> & { readonly name: 'memory' } {
   const data = (options.state ?? createMemoryServerState()) as ServerData;
   const failWhen = options.failWhen;
 
@@ -519,6 +525,7 @@ export function memoryServerStore(
       if (list.length === 0) data.devices.delete(device.user);
       const k = deviceKey(device);
       data.keys.delete(k);
+      data.pushTokens.delete(k);
       const inbox = data.inboxes.get(k);
       if (inbox) {
         for (const e of inbox.entries.values()) if (e.kind === 'msg') unref(e.message);
@@ -687,6 +694,19 @@ export function memoryServerStore(
         out.push(bundle);
       }
       return out;
+    },
+
+    async setPushToken(device: DeviceAddress, token: PushToken | undefined): Promise<void> {
+      check('setPushToken');
+      const k = deviceKey(device);
+      if (!token) data.pushTokens.delete(k);
+      else if (devicesOf(device.user).includes(device.device)) data.pushTokens.set(k, { ...token });
+    },
+
+    async pushToken(device: DeviceAddress): Promise<PushToken | undefined> {
+      check('pushToken');
+      const t = data.pushTokens.get(deviceKey(device));
+      return t && { ...t };
     },
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {

@@ -44,6 +44,7 @@
  * @packageDocumentation
  */
 import Database from 'better-sqlite3';
+import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
@@ -248,6 +249,18 @@ const MIGRATIONS: readonly SqliteMigration[] = [
         DELETE FROM kyber_prekeys WHERE dev = old.id;
       END;
     `),
+  // 4: push tokens, one per device, gone with the device.
+  (db) =>
+    db.exec(`
+      CREATE TABLE push_tokens (
+        dev INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        token TEXT NOT NULL
+      );
+      CREATE TRIGGER devices_gone_push AFTER DELETE ON devices BEGIN
+        DELETE FROM push_tokens WHERE dev = old.id;
+      END;
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -355,7 +368,7 @@ const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmedi
  */
 export function sqliteServerStore(
   options: SqliteServerStoreOptions,
-): ServerStore & { readonly name: 'sqlite' } {
+): ServerStore & Required<Pick<ServerStore, 'setPushToken' | 'pushToken'>> & { readonly name: 'sqlite' } {
   const expiryBatchSize = options.expiryBatchSize ?? 1000;
   if (!Number.isInteger(expiryBatchSize) || expiryBatchSize < 1) {
     throw new RangeError(`${LABEL}: expiryBatchSize must be a positive integer, got ${expiryBatchSize}`);
@@ -442,6 +455,16 @@ export function sqliteServerStore(
        ON CONFLICT (user) DO UPDATE SET ts = excluded.ts WHERE excluded.ts > last_seen.ts`,
     ),
     lastSeenGet: q('SELECT ts FROM last_seen WHERE user = ?'),
+    pushSet: q(
+      `INSERT INTO push_tokens (dev, kind, token) SELECT id, ?, ? FROM devices WHERE user = ? AND device = ?
+       ON CONFLICT (dev) DO UPDATE SET kind = excluded.kind, token = excluded.token`,
+    ),
+    pushDelete: q(
+      'DELETE FROM push_tokens WHERE dev = (SELECT id FROM devices WHERE user = ? AND device = ?)',
+    ),
+    pushGet: q(
+      'SELECT p.kind, p.token FROM push_tokens p JOIN devices d ON d.id = p.dev WHERE d.user = ? AND d.device = ?',
+    ),
     keyedDevices: q(
       `SELECT d.id, d.user, d.device, d.last_offset, k.registration_id AS rid
        FROM devices d JOIN device_keys k ON k.dev = d.id WHERE d.user = ? ORDER BY d.id`,
@@ -958,6 +981,18 @@ export function sqliteServerStore(
     async lastSeen(user: string): Promise<number | undefined> {
       check();
       return (sql.lastSeenGet.get(user) as { ts: number } | undefined)?.ts;
+    },
+
+    async setPushToken(device: DeviceAddress, token: PushToken | undefined): Promise<void> {
+      check();
+      if (token) sql.pushSet.run(token.kind, token.token, device.user, device.device);
+      else sql.pushDelete.run(device.user, device.device);
+    },
+
+    async pushToken(device: DeviceAddress): Promise<PushToken | undefined> {
+      check();
+      const r = sql.pushGet.get(device.user, device.device) as PushToken | undefined;
+      return r && { kind: r.kind, token: r.token };
     },
 
     async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
