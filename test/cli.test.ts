@@ -88,6 +88,50 @@ describe('postbox serve', () => {
     },
   );
 
+  it(
+    '/metrics counts connections, sends, commits, deliveries, acks and errors in Prometheus format; /healthz and /readyz answer',
+    { timeout: TEST_MS },
+    async () => {
+      const { url, port } = await serve(join(tempDir(), 'db.sqlite'), '--insecure-dev-auth');
+      const http = `http://127.0.0.1:${port}`;
+      expect((await fetch(`${http}/healthz`)).status).toBe(200);
+      expect((await fetch(`${http}/readyz`)).status).toBe(200);
+      const open = (user: string) =>
+        createClient({
+          transport: websocketClientTransport({ url }),
+          store: memoryClientStore(),
+          credentials: `${user}/d1`,
+        });
+      const alice = open('alice');
+      const bob = open('bob');
+      const got: string[] = [];
+      bob.on('message', (m) => got.push(m.id));
+      const ids = [1, 2, 3].map((i) => alice.send('bob', new TextEncoder().encode(`m${i}`)));
+      await until('delivered', () => ids.every((id) => got.includes(id)));
+      // A bad frame earns an error, which is counted by code.
+      const ws = new WsWebSocket(url);
+      ws.on('error', () => {});
+      await once(ws, 'open');
+      ws.send(Buffer.from([0xc1]));
+      await once(ws, 'close');
+      await sleep(100);
+      const res = await fetch(`${http}/metrics`);
+      expect(res.headers.get('content-type')).toMatch(/text\/plain/);
+      const text = await res.text();
+      const value = (re: RegExp) => Number(re.exec(text)?.[1] ?? NaN);
+      expect(value(/^postbox_connections (\d+)$/m)).toBe(2);
+      expect(value(/^postbox_sends_total\{kind="msg",result="ok"\} (\d+)$/m)).toBe(3);
+      expect(value(/^postbox_deliveries_total (\d+)$/m)).toBeGreaterThanOrEqual(3);
+      expect(value(/^postbox_commit_seconds_count\{result="ok"\} (\d+)$/m)).toBeGreaterThanOrEqual(1);
+      expect(value(/^postbox_errors_total\{code="invalid_frame"\} (\d+)$/m)).toBe(1);
+      expect(value(/^postbox_online_devices (\d+)$/m)).toBe(2);
+      // Acks leave the clients up to 25 ms late (ackDelayMs); by now they are in.
+      expect(value(/^postbox_acks_total (\d+)$/m)).toBeGreaterThanOrEqual(3);
+      await alice.close();
+      await bob.close();
+    },
+  );
+
   it('SIGTERM closes every connection with 1001 "going away" and exits 0', { timeout: TEST_MS }, async () => {
     const { p, url } = await serve(join(tempDir(), 'db.sqlite'), '--secret', SECRET);
     const ws = new WsWebSocket(url);

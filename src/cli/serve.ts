@@ -1,3 +1,4 @@
+import { prometheusMetrics } from './metrics.js';
 import { webhookPush } from '../server/push/webhook.js';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import { insecureDevAuthenticator, tokenAuthenticator } from '../server/auth.js';
@@ -69,9 +70,21 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     );
 
   const store = sqliteServerStore({ path: options.data });
+  const metrics = await prometheusMetrics();
   let ready = false;
   const http = createHttpServer((req, res) => {
-    if (req.url === '/healthz') {
+    if (req.url === '/metrics') {
+      if (!metrics) {
+        res
+          .writeHead(503, { 'content-type': 'text/plain' })
+          .end('metrics need the optional peer prom-client: npm install prom-client\n');
+        return;
+      }
+      metrics.render().then(
+        (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
+        () => res.writeHead(500).end(),
+      );
+    } else if (req.url === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (req.url === '/readyz') {
       res
@@ -101,7 +114,9 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     maxBodyBytes: options.maxBodyBytes,
     maxFrameBytes: options.maxFrameBytes,
     ...(options.pushWebhook ? { push: webhookPush({ url: options.pushWebhook }) } : {}),
+    ...(metrics ? { metrics: metrics.hooks } : {}),
   });
+  metrics?.watch(engine);
   engine.on('error', (e) => log.error('store failure', e));
   await engine.listen(transport);
   await new Promise<void>((resolve, reject) => {

@@ -26,6 +26,8 @@ import {
 } from '../protocol/index.js';
 import type { Connection, ConnectionHandlers, ServerTransport } from '../transport/types.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import { performance } from 'node:perf_hooks';
+import { noMetrics, type ServerMetrics } from './metrics.js';
 import type { PushProvider, PushToken } from './push/types.js';
 import type {
   AppendInput,
@@ -155,6 +157,8 @@ export interface ServerOptions {
   push?: PushProvider;
   /** At most one wake-up per device per this interval. @default 60000 */
   pushIntervalMs?: number;
+  /** Monitoring hooks (see {@link ServerMetrics}). @default none */
+  metrics?: ServerMetrics;
   /**
    * A device is told (`klow`) to upload more one-time keys when either of its supplies falls
    * below this, on connect and when its keys are claimed. 0 turns the notice off. @default 10
@@ -232,7 +236,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly authenticate: Authenticate;
   /** @internal */ readonly clock: Clock;
   /** @internal */ readonly opts: Required<
-    Omit<ServerOptions, 'store' | 'authenticate' | 'clock' | 'logger' | 'presence' | 'push'>
+    Omit<ServerOptions, 'store' | 'authenticate' | 'clock' | 'logger' | 'presence' | 'push' | 'metrics'>
   >;
   private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
@@ -255,6 +259,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** link code → the session of the device waiting for approval. */
   private readonly linkCodes = new Map<string, Session>();
   private readonly push: PushProvider | undefined;
+  /** @internal */ readonly metrics: ServerMetrics;
   /** device → push token, for a store that does not keep them. */
   private readonly pushTokens = new Map<string, PushToken>();
   /** device → time of its last wake-up (bounded: the oldest are forgotten past 100k). */
@@ -292,6 +297,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       pushIntervalMs: options.pushIntervalMs ?? 60_000,
     };
     this.push = options.push;
+    this.metrics = options.metrics ?? noMetrics;
     const p = options.presence ?? 'contacts';
     this.presencePolicy =
       typeof p === 'function'
@@ -329,6 +335,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     }
     const session = new Session(this, connection);
     this.connections.add(session);
+    this.metrics.connection(1);
   }
 
   /**
@@ -431,7 +438,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** @internal */
   unbind(session: Session, code: number): void {
-    this.connections.delete(session);
+    if (this.connections.delete(session)) this.metrics.connection(-1);
     this.commitQueue = this.commitQueue.filter((p) => p.session !== session);
     if (session.linkCode !== undefined) this.linkCodes.delete(session.linkCode);
     for (const target of session.subscriptions?.keys() ?? []) {
@@ -740,6 +747,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** @internal */
   ring(devices: DeviceAddress[]): void {
+    if (devices.length > 0) this.metrics.doorbell(devices.length);
     for (const d of devices) {
       const s = this.sessions.get(keyOf(d));
       if (s) s.notify();
@@ -760,7 +768,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       const token = this.store.pushToken ? await this.store.pushToken(device) : this.pushTokens.get(k);
       if (!token || this.sessions.has(k)) return;
       await this.push!.wake(device, token, { ts: now });
+      this.metrics.push(true);
     } catch (e) {
+      this.metrics.push(false);
       this.log.warn('push wake-up failed', e);
     }
   }
@@ -795,12 +805,15 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       while (this.commitQueue.length > 0) {
         const batch = this.commitQueue.splice(0, this.opts.maxCommitBatch);
         let outcomes;
+        const started = performance.now();
         try {
           outcomes = await this.store.append(
             batch.map((p) => p.input),
             this.clock.now(),
           );
+          this.metrics.commit(performance.now() - started, batch.length, true);
         } catch (error) {
+          this.metrics.commit(performance.now() - started, batch.length, false);
           // Answering an error here while later sends of the same connection commit would
           // break per-sender order; closing makes the client resend everything in order.
           const sessions = new Set<Session>();
@@ -815,6 +828,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         for (let i = 0; i < batch.length; i++) {
           const p = batch[i]!;
           const out = outcomes[i]!;
+          this.metrics.sent(p.input.kind, out.ok ? undefined : out.code);
           if (out.ok && p.input.kind === 'group') this.memberCache.delete(p.input.group);
           p.done?.(out.ok ? undefined : out.code);
           if (p.session) p.session.pendingSends--;
@@ -931,6 +945,7 @@ class Session {
   }
 
   sendError(code: ErrorCode, message: string, r?: number, devices?: ErrFrame['d']): void {
+    this.server.metrics.error(code);
     const frame: ErrFrame = { t: 'err', c: code, m: message };
     if (r !== undefined) frame.r = r;
     if (devices) frame.d = devices;
@@ -1238,6 +1253,7 @@ class Session {
     if (this.inflight) for (const o of offsets) this.inflight.delete(o);
     try {
       const res = await this.server.store.ack(this.addr!, offsets, this.server.clock.now());
+      this.server.metrics.acked(res.count);
       this.server.ring(res.notify);
     } catch (e) {
       this.server.reportStoreFailure(e, [this]);
@@ -1259,6 +1275,7 @@ class Session {
     (this.inflight ??= new Set()).add(e.offset);
     if (encode) this.sendEncoded(encode(e.offset));
     else this.send(this.entryFrame(e));
+    this.server.metrics.delivered(1);
     return true;
   }
 
@@ -1288,6 +1305,7 @@ class Session {
           (this.inflight ??= new Set()).add(e.offset);
           this.send(this.entryFrame(e));
         }
+        if (entries.length > 0) this.server.metrics.delivered(entries.length);
         if (this.dirty || entries.length === room) this.pump();
         else this.drained = true;
       },

@@ -9,4 +9,6 @@ export { insecureDevAuthenticator, signToken, tokenAuthenticator, verifyToken } 
 export type { TokenClaims } from './auth.js';
 export type { PushProvider, PushToken, WakeReason } from './push/types.js';
 export { webhookPush } from './push/webhook.js';
+export { noMetrics } from './metrics.js';
+export type { ServerMetrics } from './metrics.js';
 export type { WebhookPushOptions } from './push/webhook.js';
