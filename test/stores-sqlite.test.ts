@@ -68,6 +68,7 @@ for (const mode of ['path', 'database'] as const) {
           await old.close();
           return openServer(files.get(old)!);
         },
+        share: async (store) => openServer(files.get(store)!),
       }),
       it,
     );

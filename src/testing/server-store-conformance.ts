@@ -30,6 +30,12 @@ export interface ServerStoreSubject {
   open(): Promise<ServerStore>;
   /** Closes `store` and opens a new one over the SAME data (a restart). */
   reopen(store: ServerStore): Promise<ServerStore>;
+  /**
+   * Opens another store over the same data as `store`, alongside it: a second gateway node (or
+   * process) on a shared database. The suite closes it. Optional: without it, the cases about
+   * several nodes run their "nodes" on `store` alone.
+   */
+  share?(store: ServerStore): Promise<ServerStore>;
 }
 
 const alice1: DeviceAddress = { user: 'alice', device: 'a1' };
@@ -165,6 +171,35 @@ async function register(store: ServerStore, ...devices: DeviceAddress[]): Promis
 }
 
 const tick = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0));
+
+/**
+ * Reads `d`'s inbox page by page after the last offset seen, as a delivering connection does,
+ * checking that each entry comes after that cursor, until a page read after `done()` turned true
+ * comes back empty. Returns every entry it read.
+ */
+async function follow(
+  store: ServerStore,
+  d: DeviceAddress,
+  pageSize: number,
+  done: () => boolean,
+): Promise<InboxEntry[]> {
+  const read: InboxEntry[] = [];
+  let cursor = 0;
+  for (let round = 0; ; round++) {
+    assert.ok(round < 100_000, 'the reader finishes');
+    const finished = done(); // taken before the read, so an empty page then means "all read"
+    const page = await store.readInbox(d, cursor, pageSize);
+    for (const e of page) {
+      assert.ok(e.offset > cursor, `offset ${e.offset} is after the cursor ${cursor}`);
+      read.push(e);
+      cursor = e.offset;
+    }
+    if (page.length === 0) {
+      if (finished) return read;
+      await tick();
+    }
+  }
+}
 
 // ---- Key directory helpers -------------------------------------------------------------------
 
@@ -532,21 +567,9 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
       done = true;
     });
     const seen = new Map<number, string>();
-    let cursor = 0;
-    for (let round = 0; ; round++) {
-      assert.ok(round < 100_000, 'the reader finishes');
-      const finished = done; // taken before the read, so an empty page then means "all read"
-      const page = await store.readInbox(bob1, cursor, 7);
-      for (const e of page) {
-        assert.ok(e.offset > cursor, `offset ${e.offset} is after the cursor ${cursor}`);
-        assert.ok(e.kind === 'msg');
-        seen.set(e.offset, e.id);
-        cursor = e.offset;
-      }
-      if (page.length === 0) {
-        if (finished) break;
-        await tick();
-      }
+    for (const e of await follow(store, bob1, 7, () => done)) {
+      assert.ok(e.kind === 'msg');
+      seen.set(e.offset, e.id);
     }
     const outcomes = (await writers).flat();
     assert.equal(outcomes.length, total);
@@ -557,6 +580,63 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
       assert.ok(seen.has(e.offset), `entry at offset ${e.offset} appeared behind the reader’s cursor`);
     }
     assert.equal(seen.size, total);
+  });
+
+  test('no reader skips an entry while several nodes append to one inbox', async (h) => {
+    const others: ServerStore[] = [];
+    for (let i = 0; subject.share && i < 3; i++) others.push(await subject.share(h.store));
+    // Three writing nodes and one reading node (all `h.store` without `share`), so that reads do
+    // not queue behind writes for a connection and poll as fast as the store answers.
+    const nodes = [h.store, ...others.slice(0, 2)];
+    const reading = others[2] ?? h.store;
+    try {
+      const senders = Array.from({ length: 40 }, (_, i) => ({ user: `n${i}`, device: 'd' }));
+      await register(h.store, bob1, bob2, ...senders);
+      // Each sender commits five batches through "its" node, messages and read receipts mixed,
+      // so entries of bob's inbox come from many transactions on every node at once.
+      let done = false;
+      const writers = Promise.all(
+        senders.map(async (s, i) => {
+          const node = nodes[i % nodes.length]!;
+          const outcomes: AppendOutcome[] = [];
+          for (let b = 0; b < 5; b++) {
+            for (let k = 0; k < (i + b) % 3; k++) await tick(); // stagger
+            const items: AppendInput[] = Array.from({ length: 1 + ((i + b) % 3) }, (_, j) =>
+              (i + j) % 4 === 3
+                ? receipt(s, `${s.user}-${b}-${j}`, 'bob', [`x${i}`])
+                : msg(s, `${s.user}-${b}-${j}`, 'bob', b * 3 + j + 1),
+            );
+            outcomes.push(...(await node.append(items, 1000 + i)));
+          }
+          return outcomes;
+        }),
+      ).finally(() => {
+        done = true;
+      });
+      // Three readers, each polling with its last seen offset.
+      const readers = [1, 2, 3].map(async () => {
+        const read = await follow(reading, bob1, 3, () => done);
+        return new Set(read.map((e) => e.offset));
+      });
+      const outcomes = await writers;
+      const seenBy = await Promise.all(readers);
+      const total = outcomes.flat().length;
+      for (const o of outcomes.flat()) assert.equal(ok(o, 'append on a node').duplicate, false);
+      const all = await inbox(h.store, bob1);
+      assert.equal(all.length, total, 'every item committed one entry to b1');
+      assert.equal(new Set(all.map((e) => e.offset)).size, total, 'offsets are unique');
+      for (const [r, seen] of seenBy.entries()) {
+        for (const e of all) {
+          assert.ok(
+            seen.has(e.offset),
+            `reader ${r}: entry at offset ${e.offset} appeared behind its cursor`,
+          );
+        }
+      }
+      assert.equal((await inbox(h.store, bob2)).length, total, 'and one to b2');
+    } finally {
+      for (const n of others) await n.close();
+    }
   });
 
   test('ack deletes only the acking device’s entries', async ({ store }) => {

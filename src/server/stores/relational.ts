@@ -15,6 +15,7 @@ import type {
   GroupMember,
   GroupRole,
   KeyBundle,
+  KeyUpload,
 } from '../store.js';
 
 /** Status groups: one status entry per group goes to every device of `user`. */
@@ -204,4 +205,99 @@ export function queueStatus(groups: Groups, user: string, by: string, id: string
   let g = groups.get(gk);
   if (!g) groups.set(gk, (g = { user, by, ids: [] }));
   g.ids.push(id);
+}
+
+/** A device's directory entry as the SQL stores keep it (the `kyber_*` columns: the last-resort key). */
+export interface KeysRow {
+  identity_key: Uint8Array;
+  registration_id: number;
+  signed_id: number;
+  signed_key: Uint8Array;
+  signed_sig: Uint8Array;
+  kyber_id: number;
+  kyber_key: Uint8Array;
+  kyber_sig: Uint8Array;
+}
+
+/**
+ * The signed prekey and last-resort Kyber key a device has after an upload: the uploaded ones,
+ * else the stored ones (`uploadKind` made sure that only an update, which has them, leaves them out).
+ */
+export function keptKeys(
+  keys: KeyUpload,
+  old: KeysRow | undefined,
+): { signed: KeyBundle['signedPreKey']; kyber: KeyBundle['signedPreKey'] } {
+  return {
+    signed: keys.signedPreKey ?? { id: old!.signed_id, key: old!.signed_key, signature: old!.signed_sig },
+    kyber: keys.lastResortKyber ?? { id: old!.kyber_id, key: old!.kyber_key, signature: old!.kyber_sig },
+  };
+}
+
+/** A one-time key as a claim took it out of the directory. */
+export interface ClaimedKey {
+  key_id: number;
+  key: Uint8Array;
+  signature?: Uint8Array | null;
+}
+
+/**
+ * A device's bundle from its directory entry and the one-time keys claimed for it: the Kyber
+ * one-time key, else the last-resort one; the EC one-time key only when there was one.
+ */
+export function bundleFrom(
+  user: string,
+  device: string,
+  r: KeysRow,
+  pre: ClaimedKey | undefined,
+  kyber: ClaimedKey | undefined,
+): KeyBundle {
+  const bundle: KeyBundle = {
+    user,
+    device,
+    registrationId: r.registration_id,
+    identityKey: new Uint8Array(r.identity_key),
+    signedPreKey: signedKey(r.signed_id, r.signed_key, r.signed_sig),
+    kyberPreKey: kyber
+      ? signedKey(kyber.key_id, kyber.key, kyber.signature!)
+      : signedKey(r.kyber_id, r.kyber_key, r.kyber_sig),
+  };
+  if (pre) bundle.preKey = { id: pre.key_id, key: new Uint8Array(pre.key) };
+  return bundle;
+}
+
+/**
+ * The devices a 1:1 message or receipt goes to: every device of `to`, then the sender user's
+ * devices, each once, never the sending device.
+ */
+export function directTargets<R extends { id: number; device: string }>(
+  item: { from: DeviceAddress; to: string },
+  toDevices: R[],
+  fromDevices: R[],
+): Array<{ dev: number; addr: DeviceAddress }> {
+  const seen = new Set<number>();
+  const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
+  const add = (user: string, rows: R[]) => {
+    for (const r of rows) {
+      if (seen.has(r.id)) continue;
+      seen.add(r.id);
+      if (user === item.from.user && r.device === item.from.device) continue;
+      targets.push({ dev: r.id, addr: { user, device: r.device } });
+    }
+  };
+  add(item.to, toDevices);
+  add(item.from.user, fromDevices);
+  return targets;
+}
+
+/** The event a device new to the store gets for one of its user's groups: a snapshot, as on an add. */
+export function joinSnapshot(group: string, g: GroupView, user: string): GroupEvent {
+  return {
+    group,
+    ver: g.ver,
+    op: 'add',
+    by: user,
+    members: [user],
+    name: g.name,
+    snapshot: snapshotOf(g),
+  };
 }

@@ -66,15 +66,19 @@ import type {
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import {
+  bundleFrom,
   decodeEvent,
+  directTargets,
   encodeEvent,
+  joinSnapshot,
+  keptKeys,
   NotifySet,
   planChange,
   queueStatus,
-  signedKey,
   snapshotOf,
   type Groups,
   type GroupView,
+  type KeysRow,
 } from './relational.js';
 import {
   openStoreDatabase,
@@ -280,18 +284,6 @@ interface MemberDeviceRow extends DeviceRow {
 /** A device with keys, as the device-list check sees it. */
 interface KeyedDeviceRow extends MemberDeviceRow {
   rid: number;
-}
-
-/** A device's `device_keys` row. */
-interface KeysRow {
-  identity_key: Uint8Array;
-  registration_id: number;
-  signed_id: number;
-  signed_key: Uint8Array;
-  signed_sig: Uint8Array;
-  kyber_id: number;
-  kyber_key: Uint8Array;
-  kyber_sig: Uint8Array;
 }
 
 /** A keyed device of a user and its `device_keys` row, as a claim reads it. */
@@ -667,19 +659,7 @@ export function sqliteServerStore(
   function commitDirect(w: Writer, item: MessageInput | ReceiptInput, now: number): AppendOutcome {
     const toDevices = w.devicesOf(item.to);
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
-    // Every device of `to`, then the sender user's devices, each once, never the sending device.
-    const seen = new Set<number>();
-    const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
-    const add = (user: string, rows: DeviceRow[]) => {
-      for (const r of rows) {
-        if (seen.has(r.id)) continue;
-        seen.add(r.id);
-        if (user === item.from.user && r.device === item.from.device) continue;
-        targets.push({ dev: r.id, addr: { user, device: r.device } });
-      }
-    };
-    add(item.to, toDevices);
-    add(item.from.user, w.devicesOf(item.from.user));
+    const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
     let offsets: number[] | undefined;
     if (item.kind === 'msg') {
@@ -862,15 +842,7 @@ export function sqliteServerStore(
         let count = 0;
         for (const { group_id: id } of sql.groupsOf.all(device.user) as Array<{ group_id: string }>) {
           const g = loadGroup(id)!;
-          const event: GroupEvent = {
-            group: id,
-            ver: g.ver,
-            op: 'add',
-            by: device.user,
-            members: [device.user],
-            name: g.name,
-            snapshot: snapshotOf(g),
-          };
+          const event = joinSnapshot(id, g, device.user);
           sql.entryEventInsert.run(row.id, w.next(row.id), now, storeEvent(event, 1));
           count++;
         }
@@ -1006,17 +978,7 @@ export function sqliteServerStore(
           sql.preKeysDrop.run(row.id);
           sql.kyberPreKeysDrop.run(row.id);
         }
-        // uploadKind made sure that only an update may leave them out.
-        const signed = keys.signedPreKey ?? {
-          id: old!.signed_id,
-          key: old!.signed_key,
-          signature: old!.signed_sig,
-        };
-        const kyber = keys.lastResortKyber ?? {
-          id: old!.kyber_id,
-          key: old!.kyber_key,
-          signature: old!.kyber_sig,
-        };
+        const { signed, kyber } = keptKeys(keys, old);
         sql.keysPut.run(
           row.id,
           bindBytes(keys.identityKey),
@@ -1047,18 +1009,7 @@ export function sqliteServerStore(
           const pre = sql.preKeyClaim.get(r.id) as { key_id: number; key: Uint8Array } | undefined;
           const kyber = sql.kyberPreKeyClaim.get(r.id) as
             { key_id: number; key: Uint8Array; signature: Uint8Array } | undefined;
-          const bundle: KeyBundle = {
-            user,
-            device: r.device,
-            registrationId: r.registration_id,
-            identityKey: new Uint8Array(r.identity_key),
-            signedPreKey: signedKey(r.signed_id, r.signed_key, r.signed_sig),
-            kyberPreKey: kyber
-              ? signedKey(kyber.key_id, kyber.key, kyber.signature)
-              : signedKey(r.kyber_id, r.kyber_key, r.kyber_sig),
-          };
-          if (pre) bundle.preKey = { id: pre.key_id, key: new Uint8Array(pre.key) };
-          return bundle;
+          return bundleFrom(user, r.device, r, pre, kyber);
         });
       });
     },

@@ -1,0 +1,1434 @@
+/**
+ * The PostgreSQL {@link ServerStore} (`postbox/server/postgres`): the durable store for many
+ * gateway nodes, on `pg` (an optional peer dependency: install it to use this subpath).
+ *
+ * **Ack means durable.** Every write is one transaction that runs with `synchronous_commit = on`
+ * (set per transaction, whatever the role or server default), so `append` resolves only after
+ * PostgreSQL has flushed its commit record. Each `append(batch)` is exactly one transaction: the
+ * server engine batches concurrent sends into one call, so a batch costs one WAL flush (group
+ * commit), and the inbox entries of the whole batch go in with one multi-row `INSERT`.
+ *
+ * **No skip across nodes.** Offsets come from a per-device head row (`inbox_heads.last_offset`),
+ * locked (`SELECT … ORDER BY dev FOR UPDATE`) at the end of the writing transaction and held until
+ * its `COMMIT`. Two transactions that write to one inbox therefore take its offsets one after the
+ * other and commit in that order, so a reader never sees offset 6 committed while 5 is still to
+ * come — which a sequence (or `serial`) could not promise. Locking every head in device order, as
+ * the last step, keeps writers of overlapping device sets from deadlocking; the rarer deadlocks
+ * elsewhere (two batches with the same two dedupe keys in opposite orders) are retried.
+ *
+ * The schema, its indexes and how to partition it are in `docs/postgres.md`; the tables are
+ * those of the SQLite store (see `postbox/server/sqlite`) with `inbox_heads` split out of
+ * `devices`, and migrations are versioned in `postbox_schema`, each step in its own transaction
+ * under an advisory lock, so nodes starting together apply each step once.
+ *
+ * @packageDocumentation
+ */
+import pg from 'pg';
+import type {
+  AppendInput,
+  AppendOutcome,
+  DeviceAddress,
+  DeviceEnvelope,
+  EntryStatus,
+  GroupEvent,
+  GroupInput,
+  GroupMember,
+  GroupRole,
+  GroupState,
+  InboxEntry,
+  KeyBundle,
+  KeyUpload,
+  MessageInput,
+  NotifyResult,
+  ReceiptInput,
+  ServerStore,
+} from '../store.js';
+import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import {
+  bundleFrom,
+  decodeEvent,
+  directTargets,
+  encodeEvent,
+  joinSnapshot,
+  keptKeys,
+  NotifySet,
+  planChange,
+  queueStatus,
+  snapshotOf,
+  type Groups,
+  type GroupView,
+  type KeysRow,
+} from './relational.js';
+
+/** The result of a query, as far as the store reads it (a structural subset of `pg`'s). */
+export interface PgQueryResult {
+  rows: unknown[];
+  rowCount: number | null;
+}
+
+/** Something that runs a parameterised query: a `pg` `Client`, `PoolClient` or `Pool`. */
+export interface PgQueryable {
+  query(text: string, values?: unknown[]): Promise<PgQueryResult>;
+}
+
+/** A connection checked out of a pool (a structural subset of `pg`'s `PoolClient`). */
+export interface PgPoolClient extends PgQueryable {
+  /** Returns the connection; with an error, the pool destroys it instead. */
+  release(error?: Error | boolean): void;
+}
+
+/** The members of a `pg` `Pool` the store uses, so no `pg` type leaks into postbox's API. */
+export interface PgPool extends PgQueryable {
+  connect(): Promise<PgPoolClient>;
+  end(): Promise<void>;
+}
+
+/** Options of {@link openPostgresServerStore} besides where the database is. */
+export interface PostgresServerStoreTuning {
+  /**
+   * The schema the store's tables live in (created when missing). Every statement names it, so
+   * the store works on a pool whose `search_path` points elsewhere, and several stores (tenants,
+   * test runs) can share one database.
+   * @default 'public'
+   */
+  schema?: string;
+  /**
+   * Most inbox entries one expiry transaction removes (and, separately, most dedupe records one
+   * statement deletes). Expiry loops over such batches, committing each, so a large backlog never
+   * holds locks, or bloats one transaction, for long.
+   * @default 1000
+   */
+  expiryBatchSize?: number;
+  /**
+   * How many times a transaction that PostgreSQL aborted as a deadlock victim or a serialization
+   * failure is run again (after a short random wait) before the call rejects.
+   * @default 5
+   */
+  maxRetries?: number;
+}
+
+/**
+ * Options of {@link openPostgresServerStore}: either `connectionString` (the store makes a pool of
+ * `poolSize` connections and ends it on `close()`) or `pool` (a `pg` `Pool` the caller keeps
+ * owning), plus the {@link PostgresServerStoreTuning} knobs.
+ */
+export type PostgresServerStoreOptions = (
+  | {
+      /** A libpq connection string or URI, e.g. `postgres://app@db.internal/postbox`. */
+      connectionString: string;
+      /**
+       * Connections in the store's own pool.
+       * @default 10
+       */
+      poolSize?: number;
+      pool?: never;
+    }
+  | {
+      /** An open `pg` `Pool`; the store never ends it. */
+      pool: PgPool;
+      connectionString?: never;
+    }
+) &
+  PostgresServerStoreTuning;
+
+/** The PostgreSQL server store: a {@link ServerStore} named `'postgres'`. */
+export type PostgresServerStore = ServerStore & { readonly name: 'postgres' };
+
+const LABEL = 'postgres server store';
+
+/** Applies one migration step inside its transaction; `s` is the quoted schema name. */
+type PgMigration = (c: PgQueryable, s: string) => Promise<unknown>;
+
+const MIGRATIONS: readonly PgMigration[] = [
+  // 1: the whole schema of the SQLite store at its version 3, with the offset counters in a table
+  // of their own (one small row per device: the row every writer to that inbox locks).
+  (c, s) =>
+    c.query(`
+      CREATE TABLE ${s}.devices (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        user_id text NOT NULL,
+        device text NOT NULL,
+        registered_at bigint NOT NULL,
+        UNIQUE (user_id, device)
+      );
+      CREATE TABLE ${s}.inbox_heads (
+        dev bigint PRIMARY KEY,
+        last_offset bigint NOT NULL DEFAULT 0
+      );
+      CREATE TABLE ${s}.messages (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        from_user text NOT NULL,
+        from_device text NOT NULL,
+        msg_id text NOT NULL,
+        to_user text NOT NULL,
+        to_group boolean NOT NULL,
+        seq bigint NOT NULL,
+        ts bigint NOT NULL,
+        body bytea NOT NULL,
+        refs integer NOT NULL
+      );
+      CREATE TABLE ${s}.delivered (
+        message bigint NOT NULL,
+        user_id text NOT NULL,
+        PRIMARY KEY (message, user_id)
+      );
+      CREATE TABLE ${s}.group_events (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        data bytea NOT NULL,
+        refs integer NOT NULL
+      );
+      CREATE TABLE ${s}.inbox (
+        dev bigint NOT NULL,
+        pos bigint NOT NULL,
+        ts bigint NOT NULL,
+        message bigint,
+        body bytea,
+        event bigint,
+        status text,
+        ids text,
+        by_user text,
+        PRIMARY KEY (dev, pos)
+      );
+      CREATE INDEX inbox_ts ON ${s}.inbox (ts);
+      CREATE TABLE ${s}.groups (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        ver integer NOT NULL
+      );
+      CREATE TABLE ${s}.group_members (
+        joined bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        group_id text NOT NULL,
+        user_id text NOT NULL,
+        role text NOT NULL,
+        UNIQUE (group_id, user_id)
+      );
+      CREATE INDEX group_members_user ON ${s}.group_members (user_id);
+      CREATE TABLE ${s}.contacts (
+        a text NOT NULL,
+        b text NOT NULL,
+        PRIMARY KEY (a, b)
+      );
+      CREATE TABLE ${s}.last_seen (
+        user_id text PRIMARY KEY,
+        ts double precision NOT NULL
+      );
+      CREATE TABLE ${s}.dedupe (
+        from_user text NOT NULL,
+        from_device text NOT NULL,
+        msg_id text NOT NULL,
+        ts bigint NOT NULL,
+        PRIMARY KEY (from_user, from_device, msg_id)
+      );
+      CREATE INDEX dedupe_ts ON ${s}.dedupe (ts);
+      CREATE TABLE ${s}.device_keys (
+        dev bigint PRIMARY KEY,
+        identity_key bytea NOT NULL,
+        registration_id integer NOT NULL,
+        signed_id integer NOT NULL,
+        signed_key bytea NOT NULL,
+        signed_sig bytea NOT NULL,
+        kyber_id integer NOT NULL,
+        kyber_key bytea NOT NULL,
+        kyber_sig bytea NOT NULL
+      );
+      CREATE TABLE ${s}.prekeys (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        dev bigint NOT NULL,
+        key_id integer NOT NULL,
+        key bytea NOT NULL,
+        UNIQUE (dev, key_id)
+      );
+      CREATE INDEX prekeys_dev ON ${s}.prekeys (dev, id);
+      CREATE TABLE ${s}.kyber_prekeys (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        dev bigint NOT NULL,
+        key_id integer NOT NULL,
+        key bytea NOT NULL,
+        signature bytea NOT NULL,
+        UNIQUE (dev, key_id)
+      );
+      CREATE INDEX kyber_prekeys_dev ON ${s}.kyber_prekeys (dev, id);
+    `),
+];
+
+/** The `postbox_schema` version of a schema the PostgreSQL server store has fully migrated. */
+export const POSTGRES_SERVER_SCHEMA_VERSION: number = MIGRATIONS.length;
+
+/** Deadlock victim, serialization failure: the transaction may simply run again. */
+const RETRYABLE = new Set(['40P01', '40001']);
+
+const isRetryable = (e: unknown): boolean =>
+  typeof e === 'object' && e !== null && RETRYABLE.has((e as { code?: unknown }).code as string);
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** `BEGIN` for a write: the commit waits for the WAL flush even where the default says otherwise. */
+const BEGIN_DURABLE = 'BEGIN; SET LOCAL synchronous_commit = on';
+
+/** Quotes a schema name after checking it is a plain identifier (it is spliced into SQL). */
+function quoteSchema(schema: string): string {
+  if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(schema)) {
+    throw new RangeError(`${LABEL}: schema must be a plain identifier (letters, digits, _), got ${schema}`);
+  }
+  return `"${schema}"`;
+}
+
+/**
+ * Brings the schema up to {@link POSTGRES_SERVER_SCHEMA_VERSION}: each missing step in its own
+ * transaction, under a transaction-scoped advisory lock keyed by the schema name, so nodes that
+ * start together wait for each other and each step is applied exactly once. Refuses a schema
+ * written by a newer version of the store. Resolves with how many steps this call applied.
+ */
+export async function migratePostgresServerStore(pool: PgPool, schema = 'public'): Promise<number> {
+  const s = quoteSchema(schema);
+  for (let steps = 0; ; steps++) {
+    const c = await pool.connect();
+    let applied = false;
+    try {
+      await c.query('BEGIN');
+      await c.query('SELECT pg_advisory_xact_lock(hashtextextended($1, 0))', [`postbox:${schema}`]);
+      await c.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
+      await c.query(
+        `CREATE TABLE IF NOT EXISTS ${s}.postbox_schema (
+           version integer PRIMARY KEY,
+           applied_at timestamptz NOT NULL DEFAULT now()
+         )`,
+      );
+      const { rows } = await c.query(`SELECT coalesce(max(version), 0) AS v FROM ${s}.postbox_schema`);
+      const version = Number((rows[0] as { v: number }).v);
+      if (version > MIGRATIONS.length) {
+        throw new Error(
+          `${LABEL}: schema ${schema} is at version ${version}, newer than this postbox knows ` +
+            `(${MIGRATIONS.length}); upgrade postbox`,
+        );
+      }
+      if (version < MIGRATIONS.length) {
+        await MIGRATIONS[version]!(c, s);
+        await c.query(`INSERT INTO ${s}.postbox_schema (version) VALUES ($1)`, [version + 1]);
+        applied = true;
+      }
+      await c.query('COMMIT');
+      c.release();
+      if (!applied) return steps;
+    } catch (e) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      c.release();
+      throw e;
+    }
+  }
+}
+
+interface DeviceRow {
+  id: number;
+  user: string;
+  device: string;
+}
+
+/** A device with keys, as the device-list check sees it. */
+interface KeyedDeviceRow extends DeviceRow {
+  rid: number;
+}
+
+interface InboxRow {
+  pos: string;
+  ts: string;
+  message: string | null;
+  status: string | null;
+  ids: string | null;
+  by_user: string | null;
+  event: string | null;
+  from_user: string | null;
+  from_device: string | null;
+  msg_id: string | null;
+  to_user: string | null;
+  to_group: boolean | null;
+  seq: string | null;
+  mts: string | null;
+  body: Uint8Array | null;
+  own_body: Uint8Array | null;
+  event_data: Uint8Array | null;
+}
+
+/** A removed inbox entry with what ack and expiry need to know about its message. */
+interface RemovedRow {
+  dev: string;
+  pos: string;
+  message: string | null;
+  event: string | null;
+  owner?: string;
+  from_user: string | null;
+  msg_id: string | null;
+}
+
+/** An ack waiting for the next group commit. */
+interface PendingAck {
+  device: DeviceAddress;
+  offsets: number[];
+  now: number;
+  resolve(result: NotifyResult): void;
+  reject(error: unknown): void;
+}
+
+/** An inbox entry to insert when the transaction takes its offsets. */
+interface NewEntry {
+  dev: number;
+  ts: number;
+  message: number | null;
+  body: Uint8Array | null;
+  event: number | null;
+  status: EntryStatus | null;
+  ids: string | null;
+  by: string | null;
+  /** Where to report the offset: `sink[slot]`. */
+  sink?: number[];
+  slot?: number;
+}
+
+const EMPTY = new Uint8Array(0);
+
+/**
+ * Opens a {@link ServerStore} on PostgreSQL: connects (or takes `pool`), migrates the schema (see
+ * {@link migratePostgresServerStore}) and resolves with the store. Async because migrations are;
+ * every node of a deployment may call it at start-up.
+ *
+ * Several stores (nodes) on one schema are the intended deployment: every rule of the contract,
+ * the no-skip rule and one-time key claims included, holds across them.
+ *
+ * @example
+ * ```ts
+ * import { createServer } from 'postbox/server';
+ * import { openPostgresServerStore } from 'postbox/server/postgres';
+ *
+ * const store = await openPostgresServerStore({ connectionString: process.env.DATABASE_URL! });
+ * const server = createServer({ store, authenticate });
+ * ```
+ */
+export async function openPostgresServerStore(
+  options: PostgresServerStoreOptions,
+): Promise<PostgresServerStore> {
+  const expiryBatchSize = options.expiryBatchSize ?? 1000;
+  if (!Number.isInteger(expiryBatchSize) || expiryBatchSize < 1) {
+    throw new RangeError(`${LABEL}: expiryBatchSize must be a positive integer, got ${expiryBatchSize}`);
+  }
+  const maxRetries = options.maxRetries ?? 5;
+  const schema = options.schema ?? 'public';
+  const s = quoteSchema(schema);
+  const owned = options.pool === undefined;
+  const pool: PgPool =
+    options.pool ??
+    (new pg.Pool({
+      connectionString: options.connectionString,
+      max: options.poolSize ?? 10,
+    }) as unknown as PgPool);
+  try {
+    await migratePostgresServerStore(pool, schema);
+  } catch (e) {
+    if (owned) await pool.end();
+    throw e;
+  }
+  return postgresStore(pool, owned, s, expiryBatchSize, maxRetries);
+}
+
+function postgresStore(
+  pool: PgPool,
+  owned: boolean,
+  s: string,
+  expiryBatchSize: number,
+  maxRetries: number,
+): PostgresServerStore {
+  let closed = false;
+  function check(): void {
+    if (closed) throw new Error(`${LABEL}: the store is closed`);
+  }
+
+  /** Writes still running, so that `close()` waits for them before ending the pool. */
+  const running = new Set<Promise<unknown>>();
+  function track<T>(p: Promise<T>): Promise<T> {
+    running.add(p);
+    const done = () => running.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
+  /**
+   * Runs `fn` in one durable transaction on one connection, again (with a fresh `fn` state) when
+   * PostgreSQL picked it as a deadlock victim or a serialization failure.
+   */
+  function tx<T>(fn: (c: PgQueryable) => Promise<T>): Promise<T> {
+    return track(
+      (async () => {
+        for (let attempt = 0; ; attempt++) {
+          const c = await pool.connect();
+          try {
+            await c.query(BEGIN_DURABLE);
+            const out = await fn(c);
+            await c.query('COMMIT');
+            c.release();
+            return out;
+          } catch (e) {
+            let broken = false;
+            await c.query('ROLLBACK').catch(() => (broken = true));
+            c.release(broken);
+            if (attempt >= maxRetries || !isRetryable(e)) throw e;
+            await sleep(Math.random() * 10 * (attempt + 1));
+          }
+        }
+      })(),
+    );
+  }
+
+  const rowsOf = async <R>(c: PgQueryable, text: string, values?: unknown[]): Promise<R[]> =>
+    (await c.query(text, values)).rows as R[];
+
+  const deviceRow = (r: { id: string; user: string; device: string }): DeviceRow => ({
+    id: Number(r.id),
+    user: r.user,
+    device: r.device,
+  });
+
+  /**
+   * The per-transaction view of device lists, and the entries the transaction adds. Offsets are
+   * taken only in {@link Writer.flush}, the last step before `COMMIT`: it locks the head rows of
+   * every device written to, in device order, so the locks are held for as short a time as
+   * possible and two transactions never wait for each other's heads in a cycle.
+   */
+  class Writer {
+    private readonly devices = new Map<string, DeviceRow[]>();
+    private readonly entries: NewEntry[] = [];
+    private readonly contacts = new Set<string>();
+    /** Offset sinks with an entry dropped because its device was unregistered meanwhile. */
+    readonly broken = new Set<number[]>();
+    constructor(private readonly c: PgQueryable) {}
+
+    /** The user's devices in registration order (read once per transaction). */
+    async devicesOf(user: string): Promise<DeviceRow[]> {
+      let list = this.devices.get(user);
+      if (!list) {
+        const rows = await rowsOf<{ id: string; user: string; device: string }>(
+          this.c,
+          `SELECT id, user_id AS user, device FROM ${s}.devices WHERE user_id = $1 ORDER BY id`,
+          [user],
+        );
+        this.devices.set(user, (list = rows.map(deviceRow)));
+      }
+      return list;
+    }
+
+    /** Reads the device lists of several users in one query. */
+    async prefetch(users: string[]): Promise<void> {
+      const missing = [...new Set(users)].filter((u) => !this.devices.has(u));
+      if (missing.length === 0) return;
+      for (const u of missing) this.devices.set(u, []);
+      const rows = await rowsOf<{ id: string; user: string; device: string }>(
+        this.c,
+        `SELECT id, user_id AS user, device FROM ${s}.devices WHERE user_id = ANY($1::text[]) ORDER BY id`,
+        [missing],
+      );
+      for (const r of rows) this.devices.get(r.user)!.push(deviceRow(r));
+    }
+
+    /** A prefetched user's devices. */
+    known(user: string): DeviceRow[] {
+      return this.devices.get(user) ?? [];
+    }
+
+    add(e: NewEntry): void {
+      this.entries.push(e);
+    }
+
+    status(dev: number, now: number, status: EntryStatus, ids: readonly string[], by: string): void {
+      this.add({
+        dev,
+        ts: now,
+        message: null,
+        body: null,
+        event: null,
+        status,
+        ids: JSON.stringify(ids),
+        by,
+      });
+    }
+
+    /** Records that a 1:1 message was committed between two users (for `related`). */
+    async relate(from: string, to: string): Promise<void> {
+      if (from === to) return;
+      const [a, b] = from < to ? [from, to] : [to, from];
+      const k = `${a.length}:${a}${b}`;
+      if (this.contacts.has(k)) return;
+      this.contacts.add(k);
+      await this.c.query(`INSERT INTO ${s}.contacts (a, b) VALUES ($1, $2) ON CONFLICT DO NOTHING`, [a, b]);
+    }
+
+    /** Takes the offsets (locking the heads) and inserts every new entry in one statement. */
+    async flush(): Promise<void> {
+      if (this.entries.length === 0) return;
+      const c = this.c;
+      const devs = [...new Set(this.entries.map((e) => e.dev))].sort((a, b) => a - b);
+      const heads = await rowsOf<{ dev: string; last_offset: string }>(
+        c,
+        `SELECT dev, last_offset FROM ${s}.inbox_heads WHERE dev = ANY($1::bigint[]) ORDER BY dev FOR UPDATE`,
+        [devs],
+      );
+      const last = new Map<number, number>();
+      for (const h of heads) last.set(Number(h.dev), Number(h.last_offset));
+      const cols = {
+        dev: [] as number[],
+        pos: [] as number[],
+        ts: [] as number[],
+        message: [] as Array<number | null>,
+        body: [] as Array<Uint8Array | null>,
+        event: [] as Array<number | null>,
+        status: [] as Array<string | null>,
+        ids: [] as Array<string | null>,
+        by: [] as Array<string | null>,
+      };
+      const droppedMessages: number[] = [];
+      const droppedEvents: number[] = [];
+      for (const e of this.entries) {
+        const prev = last.get(e.dev);
+        if (prev === undefined) {
+          // Unregistered since this transaction listed it: the entry has no inbox to go to.
+          if (e.message !== null) droppedMessages.push(e.message);
+          if (e.event !== null) droppedEvents.push(e.event);
+          if (e.sink) this.broken.add(e.sink);
+          continue;
+        }
+        const pos = prev + 1;
+        last.set(e.dev, pos);
+        if (e.sink) e.sink[e.slot!] = pos;
+        cols.dev.push(e.dev);
+        cols.pos.push(pos);
+        cols.ts.push(e.ts);
+        cols.message.push(e.message);
+        cols.body.push(e.body);
+        cols.event.push(e.event);
+        cols.status.push(e.status);
+        cols.ids.push(e.ids);
+        cols.by.push(e.by);
+      }
+      if (cols.dev.length > 0) {
+        await c.query(
+          `INSERT INTO ${s}.inbox (dev, pos, ts, message, body, event, status, ids, by_user)
+           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[],
+                                $6::bigint[], $7::text[], $8::text[], $9::text[])`,
+          [cols.dev, cols.pos, cols.ts, cols.message, cols.body, cols.event, cols.status, cols.ids, cols.by],
+        );
+        await c.query(
+          `UPDATE ${s}.inbox_heads h SET last_offset = x.v
+           FROM unnest($1::bigint[], $2::bigint[]) AS x(dev, v) WHERE h.dev = x.dev`,
+          [[...last.keys()], [...last.values()]],
+        );
+      }
+      await release(c, droppedMessages, droppedEvents);
+    }
+  }
+
+  /**
+   * Drops one reference per listed id (repeated ids: several) from bodies and events, deleting
+   * those left without any, with their `delivered` marks. Rows are locked in id order first, so
+   * transactions releasing overlapping bodies wait for each other rather than deadlock.
+   */
+  async function release(c: PgQueryable, messages: number[], events: number[]): Promise<void> {
+    for (const [table, ids] of [
+      ['messages', messages],
+      ['group_events', events],
+    ] as const) {
+      if (ids.length === 0) continue;
+      const counts = new Map<number, number>();
+      for (const id of ids) counts.set(id, (counts.get(id) ?? 0) + 1);
+      const keys = [...counts.keys()].sort((a, b) => a - b);
+      await c.query(`SELECT id FROM ${s}.${table} WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE`, [
+        keys,
+      ]);
+      await c.query(
+        `UPDATE ${s}.${table} t SET refs = t.refs - x.n
+         FROM unnest($1::bigint[], $2::int[]) AS x(id, n) WHERE t.id = x.id`,
+        [keys, keys.map((k) => counts.get(k)!)],
+      );
+      await c.query(
+        table === 'messages'
+          ? `WITH gone AS (DELETE FROM ${s}.messages WHERE id = ANY($1::bigint[]) AND refs <= 0 RETURNING id)
+             DELETE FROM ${s}.delivered WHERE message IN (SELECT id FROM gone)`
+          : `DELETE FROM ${s}.group_events WHERE id = ANY($1::bigint[]) AND refs <= 0`,
+        [keys],
+      );
+    }
+  }
+
+  /** Stores one form of an event once, referenced by `refs` entries (none: nothing stored). */
+  async function storeEvent(c: PgQueryable, event: GroupEvent, refs: number): Promise<number | null> {
+    if (refs === 0) return null;
+    const [row] = await rowsOf<{ id: string }>(
+      c,
+      `INSERT INTO ${s}.group_events (data, refs) VALUES ($1, $2) RETURNING id`,
+      [encodeEvent(event), refs],
+    );
+    return Number(row!.id);
+  }
+
+  async function loadGroup(c: PgQueryable, id: string, lock = ''): Promise<GroupView | undefined> {
+    const [row] = await rowsOf<{ name: string; ver: number }>(
+      c,
+      `SELECT name, ver FROM ${s}.groups WHERE id = $1 ${lock}`,
+      [id],
+    );
+    if (!row) return undefined;
+    const members = new Map<string, GroupRole>();
+    const list = await rowsOf<GroupMember>(
+      c,
+      `SELECT user_id AS user, role FROM ${s}.group_members WHERE group_id = $1 ORDER BY joined`,
+      [id],
+    );
+    for (const m of list) members.set(m.user, m.role);
+    return { name: row.name, ver: row.ver, members };
+  }
+
+  /**
+   * Claims `(from, id)` for this item: true when it is new. A concurrent transaction holding the
+   * same key makes the insert wait for its outcome (the unique key is the dedupe).
+   */
+  async function claim(c: PgQueryable, item: AppendInput, now: number): Promise<boolean> {
+    const r = await c.query(
+      `INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts) VALUES ($1, $2, $3, $4)
+       ON CONFLICT DO NOTHING`,
+      [item.from.user, item.from.device, item.id, now],
+    );
+    return r.rowCount === 1;
+  }
+
+  /** Gives back the claim of an item that was refused: a refusal writes nothing. */
+  async function unclaim(c: PgQueryable, item: AppendInput): Promise<void> {
+    await c.query(`DELETE FROM ${s}.dedupe WHERE from_user = $1 AND from_device = $2 AND msg_id = $3`, [
+      item.from.user,
+      item.from.device,
+      item.id,
+    ]);
+  }
+
+  async function commitGroup(
+    c: PgQueryable,
+    w: Writer,
+    item: GroupInput,
+    now: number,
+  ): Promise<AppendOutcome> {
+    const change = item.change;
+    const current = await loadGroup(c, item.group, 'FOR UPDATE');
+    await w.prefetch(['members' in change ? change.members : [], item.from.user].flat());
+    const plan = planChange(item, current, (u) => w.known(u).length > 0);
+    if (typeof plan === 'string') return { ok: false, code: plan };
+    if (plan === null) return { ok: true, ts: now, duplicate: false, notify: [] };
+    const { event, after, joined, removed } = plan;
+    if (plan.created) {
+      const r = await c.query(
+        `INSERT INTO ${s}.groups (id, name, ver) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+        [item.group, after.name, after.ver],
+      );
+      if (r.rowCount !== 1) return { ok: false, code: 'forbidden' }; // created meanwhile by another node
+    } else {
+      await c.query(`UPDATE ${s}.groups SET name = $1, ver = $2 WHERE id = $3`, [
+        after.name,
+        after.ver,
+        item.group,
+      ]);
+    }
+    if (removed.length > 0) {
+      await c.query(`DELETE FROM ${s}.group_members WHERE group_id = $1 AND user_id = ANY($2::text[])`, [
+        item.group,
+        removed,
+      ]);
+    }
+    if (plan.roles.size > 0) {
+      await c.query(
+        `UPDATE ${s}.group_members m SET role = x.role FROM unnest($2::text[], $3::text[]) AS x(user_id, role)
+         WHERE m.group_id = $1 AND m.user_id = x.user_id`,
+        [item.group, [...plan.roles.keys()], [...plan.roles.values()]],
+      );
+    }
+    if (joined.length > 0) {
+      // In join order: the identity column orders members by when they joined.
+      await c.query(
+        `INSERT INTO ${s}.group_members (group_id, user_id, role)
+         SELECT $1, u, r FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS x(u, r, n) ORDER BY n`,
+        [item.group, joined, joined.map((u) => after.members.get(u)!)],
+      );
+    }
+    // Members after the change (new ones get the snapshot form), then the users it removed.
+    const isNew = new Set(joined);
+    const targets: Array<{ dev: number; addr: DeviceAddress; full: boolean }> = [];
+    const memberDevices = await rowsOf<{ id: string; user: string; device: string }>(
+      c,
+      `SELECT d.id, d.user_id AS user, d.device
+       FROM ${s}.group_members gm JOIN ${s}.devices d ON d.user_id = gm.user_id
+       WHERE gm.group_id = $1 ORDER BY gm.joined, d.id`,
+      [item.group],
+    );
+    for (const r of memberDevices) {
+      targets.push({ dev: Number(r.id), addr: { user: r.user, device: r.device }, full: isNew.has(r.user) });
+    }
+    await w.prefetch(removed);
+    for (const user of removed) {
+      for (const r of w.known(user))
+        targets.push({ dev: r.id, addr: { user, device: r.device }, full: false });
+    }
+    const fullRefs = targets.filter((t) => t.full).length;
+    const fullId = await storeEvent(c, { ...event, name: after.name, snapshot: snapshotOf(after) }, fullRefs);
+    const deltaId = await storeEvent(c, event, targets.length - fullRefs);
+    const notify = new NotifySet();
+    for (const t of targets) {
+      w.add({
+        dev: t.dev,
+        ts: now,
+        message: null,
+        body: null,
+        event: t.full ? fullId : deltaId,
+        status: null,
+        ids: null,
+        by: null,
+      });
+      notify.add(t.addr);
+    }
+    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+  }
+
+  /**
+   * Inserts the body once and queues one entry per target device referencing it; returns the
+   * array their offsets will be in once the writer flushes. With `bodies` (an end-to-end encrypted
+   * message) each entry holds its own, in target order.
+   */
+  async function storeMessage(
+    c: PgQueryable,
+    w: Writer,
+    item: MessageInput,
+    devs: number[],
+    now: number,
+    bodies?: Uint8Array[],
+  ): Promise<number[]> {
+    const offsets: number[] = new Array<number>(devs.length).fill(0);
+    if (devs.length === 0) return offsets;
+    const [row] = await rowsOf<{ id: string }>(
+      c,
+      `INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
+      [
+        item.from.user,
+        item.from.device,
+        item.id,
+        item.to,
+        item.group === true,
+        item.seq,
+        now,
+        bodies ? EMPTY : item.body,
+        devs.length,
+      ],
+    );
+    const message = Number(row!.id);
+    devs.forEach((dev, i) => {
+      w.add({
+        dev,
+        ts: now,
+        message,
+        body: bodies ? bodies[i]! : null,
+        event: null,
+        status: null,
+        ids: null,
+        by: null,
+        sink: offsets,
+        slot: i,
+      });
+    });
+    return offsets;
+  }
+
+  async function commitGroupMessage(
+    c: PgQueryable,
+    w: Writer,
+    item: MessageInput,
+    now: number,
+  ): Promise<AppendOutcome> {
+    // FOR SHARE: a concurrent membership change of this group waits for this commit (and this
+    // message for it), so a message reaches exactly the members of one version of the group.
+    const member = await c.query(
+      `SELECT 1 FROM ${s}.groups g WHERE g.id = $1
+         AND EXISTS (SELECT 1 FROM ${s}.group_members WHERE group_id = g.id AND user_id = $2)
+       FOR SHARE`,
+      [item.to, item.from.user],
+    );
+    if (member.rowCount === 0) return { ok: false, code: 'not_member' };
+    const rows = await rowsOf<{ id: string; user: string; device: string }>(
+      c,
+      `SELECT d.id, d.user_id AS user, d.device
+       FROM ${s}.group_members gm JOIN ${s}.devices d ON d.user_id = gm.user_id
+       WHERE gm.group_id = $1 ORDER BY gm.joined, d.id`,
+      [item.to],
+    );
+    const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
+    for (const r of rows) {
+      if (r.user === item.from.user && r.device === item.from.device) continue;
+      targets.push({ dev: Number(r.id), addr: { user: r.user, device: r.device } });
+    }
+    const offsets = await storeMessage(
+      c,
+      w,
+      item,
+      targets.map((t) => t.dev),
+      now,
+    );
+    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
+  }
+
+  async function commitDirect(
+    c: PgQueryable,
+    w: Writer,
+    item: MessageInput | ReceiptInput,
+    now: number,
+  ): Promise<AppendOutcome> {
+    const toDevices = await w.devicesOf(item.to);
+    if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
+    const targets = directTargets(item, toDevices, await w.devicesOf(item.from.user));
+    const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
+    if (item.kind === 'msg') {
+      out.offsets = await storeMessage(
+        c,
+        w,
+        item,
+        targets.map((t) => t.dev),
+        now,
+      );
+      await w.relate(item.from.user, item.to);
+    } else {
+      for (const t of targets) w.status(t.dev, now, 'read', item.ids, item.from.user);
+    }
+    return out;
+  }
+
+  /** An end-to-end encrypted message: checked against the directory, one body per device. */
+  async function commitSealed(
+    c: PgQueryable,
+    w: Writer,
+    item: MessageInput,
+    envelopes: DeviceEnvelope[],
+    now: number,
+  ): Promise<AppendOutcome> {
+    const rows = await rowsOf<{ id: string; user: string; device: string; rid: number }>(
+      c,
+      `SELECT d.id, d.user_id AS user, d.device, k.registration_id AS rid
+       FROM ${s}.devices d JOIN ${s}.device_keys k ON k.dev = d.id
+       WHERE d.user_id = ANY($1::text[]) ORDER BY d.id`,
+      [[item.to, item.from.user]],
+    );
+    const keyed = (user: string): KeyedDeviceRow[] =>
+      rows.filter((r) => r.user === user).map((r) => ({ ...deviceRow(r), rid: r.rid }));
+    const checked = checkDeviceList(item, envelopes, keyed);
+    if ('code' in checked) return checked;
+    const offsets = await storeMessage(
+      c,
+      w,
+      item,
+      checked.targets.map((t) => t.id),
+      now,
+      checked.bodies,
+    );
+    await w.relate(item.from.user, item.to);
+    const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
+    return { ok: true, ts: now, duplicate: false, notify, offsets };
+  }
+
+  async function commit(c: PgQueryable, w: Writer, item: AppendInput, now: number): Promise<AppendOutcome> {
+    if (!(await claim(c, item, now))) {
+      const [original] = await rowsOf<{ ts: string }>(
+        c,
+        `SELECT ts FROM ${s}.dedupe WHERE from_user = $1 AND from_device = $2 AND msg_id = $3`,
+        [item.from.user, item.from.device, item.id],
+      );
+      return { ok: true, ts: Number(original!.ts), duplicate: true, notify: [] };
+    }
+    let out: AppendOutcome;
+    if (item.kind === 'group') out = await commitGroup(c, w, item, now);
+    else if (item.kind === 'msg' && item.envelopes) out = await commitSealed(c, w, item, item.envelopes, now);
+    else if (item.kind === 'msg' && item.group) out = await commitGroupMessage(c, w, item, now);
+    else out = await commitDirect(c, w, item, now);
+    if (!out.ok) await unclaim(c, item);
+    return out;
+  }
+
+  /** Appends one status per group to every device of the group's user. */
+  async function fanOut(w: Writer, groups: Groups, status: EntryStatus, now: number, notify: NotifySet) {
+    await w.prefetch([...groups.values()].map((g) => g.user));
+    for (const g of groups.values()) {
+      for (const r of w.known(g.user)) {
+        w.status(r.id, now, status, g.ids, g.by);
+        notify.add({ user: g.user, device: r.device });
+      }
+    }
+  }
+
+  /**
+   * Marks (message, user) as told for each removed message entry of a user other than its sender
+   * and queues `status` to the sender for the marks that are new; then releases the bodies and
+   * events of every removed entry.
+   */
+  async function settle(c: PgQueryable, removed: RemovedRow[], user: (r: RemovedRow) => string, out: Groups) {
+    const marks = removed.filter(
+      (r) => r.message !== null && r.from_user !== null && r.from_user !== user(r),
+    );
+    if (marks.length > 0) {
+      const fresh = await rowsOf<{ message: string; user_id: string }>(
+        c,
+        `INSERT INTO ${s}.delivered (message, user_id)
+         SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING RETURNING message, user_id`,
+        [marks.map((r) => r.message), marks.map(user)],
+      );
+      const isFresh = new Set(fresh.map((f) => `${f.message}:${f.user_id}`));
+      for (const r of marks) {
+        const k = `${r.message}:${user(r)}`;
+        if (!isFresh.delete(k)) continue; // already told (or a repeat within this call)
+        queueStatus(out, r.from_user!, user(r), r.msg_id!);
+      }
+    }
+    await release(
+      c,
+      removed.flatMap((r) => (r.message === null ? [] : [Number(r.message)])),
+      removed.flatMap((r) => (r.event === null ? [] : [Number(r.event)])),
+    );
+  }
+
+  /**
+   * One bounded expiry step, in one transaction: removes up to `expiryBatchSize` entries committed
+   * before `cutoff` (skipping rows another transaction holds: an ack on another node), and tells
+   * the senders `expired` for each (message, recipient user) among them not yet accounted for.
+   */
+  function expireStep(cutoff: number, now: number, notify: NotifySet): Promise<number> {
+    return tx(async (c) => {
+      const w = new Writer(c);
+      const removed = await rowsOf<RemovedRow>(
+        c,
+        `WITH picked AS (
+           SELECT dev, pos FROM ${s}.inbox WHERE ts < $1 ORDER BY ts LIMIT $2 FOR UPDATE SKIP LOCKED
+         ), del AS (
+           DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
+           RETURNING i.dev, i.pos, i.message, i.event
+         )
+         SELECT del.*, d.user_id AS owner, m.from_user, m.msg_id
+         FROM del JOIN ${s}.devices d ON d.id = del.dev LEFT JOIN ${s}.messages m ON m.id = del.message
+         ORDER BY del.dev, del.pos`,
+        [cutoff, expiryBatchSize],
+      );
+      const expired: Groups = new Map();
+      await settle(c, removed, (r) => r.owner!, expired);
+      await fanOut(w, expired, 'expired', now, notify);
+      await w.flush();
+      return removed.length;
+    });
+  }
+
+  let pendingAcks: PendingAck[] = [];
+
+  /** Commits every pending ack in one transaction; all of them fail together if it fails. */
+  async function flushAcks(): Promise<void> {
+    const batch = pendingAcks;
+    pendingAcks = [];
+    if (batch.length === 0) return;
+    let results: NotifyResult[];
+    try {
+      results = await tx(async (c) => {
+        const w = new Writer(c);
+        const out: NotifyResult[] = [];
+        for (const a of batch) {
+          const notify = new NotifySet();
+          const removed = await rowsOf<RemovedRow>(
+            c,
+            `WITH del AS (
+               DELETE FROM ${s}.inbox WHERE pos = ANY($3::bigint[])
+                 AND dev = (SELECT id FROM ${s}.devices WHERE user_id = $1 AND device = $2)
+               RETURNING dev, pos, message, event
+             )
+             SELECT del.*, m.from_user, m.msg_id FROM del LEFT JOIN ${s}.messages m ON m.id = del.message
+             ORDER BY del.pos`,
+            [a.device.user, a.device.device, a.offsets.filter((o) => Number.isSafeInteger(o))],
+          );
+          // sender user → ids newly delivered to this (recipient) user
+          const delivered: Groups = new Map();
+          await settle(c, removed, () => a.device.user, delivered);
+          await fanOut(w, delivered, 'delivered', a.now, notify);
+          out.push({ count: removed.length, notify: notify.list });
+        }
+        await w.flush();
+        return out;
+      });
+    } catch (e) {
+      for (const a of batch) a.reject(e);
+      return;
+    }
+    batch.forEach((a, i) => a.resolve(results[i]!));
+  }
+
+  function toEntry(r: InboxRow): InboxEntry | undefined {
+    const offset = Number(r.pos);
+    if (r.message !== null) {
+      if (r.from_user === null) return undefined; // unreachable: refs keep the body while referenced
+      const out: InboxEntry = {
+        offset,
+        kind: 'msg',
+        id: r.msg_id!,
+        from: { user: r.from_user, device: r.from_device! },
+        to: r.to_user!,
+        seq: Number(r.seq),
+        ts: Number(r.mts),
+        body: new Uint8Array(r.own_body ?? r.body ?? EMPTY),
+      };
+      if (r.to_group) out.group = true;
+      return out;
+    }
+    if (r.event !== null) {
+      if (r.event_data === null) return undefined; // unreachable: refs keep the event while referenced
+      return { offset, kind: 'group', event: decodeEvent(r.event_data), ts: Number(r.ts) };
+    }
+    return {
+      offset,
+      kind: 'status',
+      status: r.status as EntryStatus,
+      ids: JSON.parse(r.ids ?? '[]') as string[],
+      by: r.by_user ?? '',
+      ts: Number(r.ts),
+    };
+  }
+
+  const bundleSelect = `SELECT d.id, d.device, k.* FROM ${s}.devices d JOIN ${s}.device_keys k ON k.dev = d.id`;
+
+  return {
+    name: 'postgres',
+
+    async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
+      check();
+      return tx(async (c) => {
+        const [row] = await rowsOf<{ id: string }>(
+          c,
+          `WITH d AS (
+             INSERT INTO ${s}.devices (user_id, device, registered_at) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id, device) DO NOTHING RETURNING id
+           ), h AS (INSERT INTO ${s}.inbox_heads (dev) SELECT id FROM d)
+           SELECT id FROM d`,
+          [device.user, device.device, now],
+        );
+        if (!row) return { count: 0, notify: [] };
+        const dev = Number(row.id);
+        const w = new Writer(c);
+        // A new device learns its user's groups from snapshots, as a newly added member would.
+        const groups = await rowsOf<{ group_id: string }>(
+          c,
+          `SELECT group_id FROM ${s}.group_members WHERE user_id = $1 ORDER BY joined`,
+          [device.user],
+        );
+        for (const { group_id: id } of groups) {
+          const g = (await loadGroup(c, id, 'FOR SHARE'))!;
+          const event = joinSnapshot(id, g, device.user);
+          const ev = await storeEvent(c, event, 1);
+          w.add({ dev, ts: now, message: null, body: null, event: ev, status: null, ids: null, by: null });
+        }
+        await w.flush();
+        const count = groups.length;
+        return { count, notify: count > 0 ? [{ user: device.user, device: device.device }] : [] };
+      });
+    },
+
+    async unregisterDevice(device: DeviceAddress): Promise<boolean> {
+      check();
+      return tx(async (c) => {
+        // The head row first: an append that listed this device either committed its entries
+        // before (they are deleted below) or waits, then finds no head and drops them.
+        const [row] = await rowsOf<{ dev: string }>(
+          c,
+          `SELECT h.dev FROM ${s}.inbox_heads h JOIN ${s}.devices d ON d.id = h.dev
+           WHERE d.user_id = $1 AND d.device = $2 FOR UPDATE OF h`,
+          [device.user, device.device],
+        );
+        if (!row) return false;
+        const removed = await rowsOf<{ message: string | null; event: string | null }>(
+          c,
+          `DELETE FROM ${s}.inbox WHERE dev = $1 RETURNING message, event`,
+          [row.dev],
+        );
+        await release(
+          c,
+          removed.flatMap((r) => (r.message === null ? [] : [Number(r.message)])),
+          removed.flatMap((r) => (r.event === null ? [] : [Number(r.event)])),
+        );
+        await c.query(
+          `WITH h AS (DELETE FROM ${s}.inbox_heads WHERE dev = $1),
+                k AS (DELETE FROM ${s}.device_keys WHERE dev = $1),
+                p AS (DELETE FROM ${s}.prekeys WHERE dev = $1),
+                q AS (DELETE FROM ${s}.kyber_prekeys WHERE dev = $1)
+           DELETE FROM ${s}.devices WHERE id = $1`,
+          [row.dev],
+        );
+        return true;
+      });
+    },
+
+    async devices(user: string): Promise<string[]> {
+      check();
+      const rows = await rowsOf<{ device: string }>(
+        pool,
+        `SELECT device FROM ${s}.devices WHERE user_id = $1 ORDER BY id`,
+        [user],
+      );
+      return rows.map((r) => r.device);
+    },
+
+    async append(batch: AppendInput[], now: number): Promise<AppendOutcome[]> {
+      check();
+      if (batch.length === 0) return [];
+      // One transaction for the whole batch: one WAL flush at COMMIT (group commit).
+      return tx(async (c) => {
+        const w = new Writer(c);
+        const outcomes: AppendOutcome[] = [];
+        for (const item of batch) outcomes.push(await commit(c, w, item, now));
+        await w.flush();
+        for (const o of outcomes) if (o.ok && o.offsets && w.broken.has(o.offsets)) delete o.offsets;
+        return outcomes;
+      });
+    },
+
+    async readInbox(device: DeviceAddress, after: number, limit: number): Promise<InboxEntry[]> {
+      check();
+      if (limit <= 0 || Number.isNaN(after) || after === Infinity) return [];
+      // Offsets are integers: `> 4.5` is `> 4`. NaN or an infinite limit reads on.
+      const from = after < 0 ? 0 : Math.floor(after);
+      const max = Number.isFinite(limit) ? Math.ceil(limit) : null;
+      const rows = await rowsOf<InboxRow>(
+        pool,
+        `SELECT i.pos, i.ts, i.message, i.status, i.ids, i.by_user, i.event,
+                m.from_user, m.from_device, m.msg_id, m.to_user, m.to_group, m.seq, m.ts AS mts, m.body,
+                i.body AS own_body, e.data AS event_data
+         FROM ${s}.inbox i
+         LEFT JOIN ${s}.messages m ON m.id = i.message
+         LEFT JOIN ${s}.group_events e ON e.id = i.event
+         WHERE i.dev = (SELECT id FROM ${s}.devices WHERE user_id = $1 AND device = $2) AND i.pos > $3
+         ORDER BY i.pos LIMIT $4`,
+        [device.user, device.device, from, max],
+      );
+      const out: InboxEntry[] = [];
+      for (const r of rows) {
+        const e = toEntry(r);
+        if (e) out.push(e);
+      }
+      return out;
+    },
+
+    async ack(device: DeviceAddress, offsets: number[], now: number): Promise<NotifyResult> {
+      check();
+      if (offsets.length === 0) return { count: 0, notify: [] };
+      // Group commit for acks: every ack called in this turn of the event loop joins one
+      // transaction, committed on the next turn; each caller gets its own result.
+      return new Promise<NotifyResult>((resolve, reject) => {
+        pendingAcks.push({ device, offsets, now, resolve, reject });
+        if (pendingAcks.length === 1) setImmediate(() => void track(flushAcks()));
+      });
+    },
+
+    async expire(cutoff: number, now: number): Promise<NotifyResult> {
+      check();
+      const notify = new NotifySet();
+      let count = 0;
+      // Bounded steps, each its own transaction. A store closed mid-way stops early; the rest
+      // expires on the next call.
+      for (;;) {
+        const removed = await expireStep(cutoff, now, notify);
+        count += removed;
+        if (removed < expiryBatchSize || closed) break;
+      }
+      while (!closed) {
+        const r = await track(
+          pool.query(
+            `DELETE FROM ${s}.dedupe WHERE ctid = ANY(ARRAY(SELECT ctid FROM ${s}.dedupe WHERE ts < $1 LIMIT $2))`,
+            [cutoff, expiryBatchSize],
+          ),
+        );
+        if ((r.rowCount ?? 0) < expiryBatchSize) break;
+      }
+      return { count, notify: notify.list };
+    },
+
+    async group(id: string): Promise<GroupState | undefined> {
+      check();
+      const g = await loadGroup(pool, id);
+      return g && { id, name: g.name, ver: g.ver, members: snapshotOf(g) };
+    },
+
+    async groupsOf(user: string): Promise<string[]> {
+      check();
+      const rows = await rowsOf<{ group_id: string }>(
+        pool,
+        `SELECT group_id FROM ${s}.group_members WHERE user_id = $1 ORDER BY joined`,
+        [user],
+      );
+      return rows.map((r) => r.group_id);
+    },
+
+    async related(a: string, b: string): Promise<boolean> {
+      check();
+      if (a === b) return true;
+      const [x, y] = a < b ? [a, b] : [b, a];
+      const r = await pool.query(
+        `SELECT EXISTS (SELECT 1 FROM ${s}.contacts WHERE a = $1 AND b = $2)
+             OR EXISTS (SELECT 1 FROM ${s}.group_members p JOIN ${s}.group_members q ON q.group_id = p.group_id
+                        WHERE p.user_id = $3 AND q.user_id = $4) AS related`,
+        [x, y, a, b],
+      );
+      return (r.rows[0] as { related: boolean }).related;
+    },
+
+    async setLastSeen(user: string, ts: number): Promise<void> {
+      check();
+      if (Number.isNaN(ts)) return; // never newer than anything
+      await track(
+        pool.query(
+          `INSERT INTO ${s}.last_seen (user_id, ts) VALUES ($1, $2)
+           ON CONFLICT (user_id) DO UPDATE SET ts = excluded.ts WHERE excluded.ts > last_seen.ts`,
+          [user, ts],
+        ),
+      );
+    },
+
+    async lastSeen(user: string): Promise<number | undefined> {
+      check();
+      const [row] = await rowsOf<{ ts: number }>(pool, `SELECT ts FROM ${s}.last_seen WHERE user_id = $1`, [
+        user,
+      ]);
+      return row?.ts;
+    },
+
+    async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
+      check();
+      await tx(async (c) => {
+        // The device row locked: uploads of one device (and its unlinking) take turns.
+        const [row] = await rowsOf<{ id: string }>(
+          c,
+          `SELECT id FROM ${s}.devices WHERE user_id = $1 AND device = $2 FOR UPDATE`,
+          [device.user, device.device],
+        );
+        if (!row) throw notRegistered(LABEL, device);
+        const [old] = await rowsOf<KeysRow>(c, `SELECT * FROM ${s}.device_keys WHERE dev = $1`, [row.id]);
+        const kind = uploadKind(old?.identity_key, keys, LABEL); // throws: the transaction rolls back
+        if (kind === 'reinstall') {
+          await c.query(
+            `WITH p AS (DELETE FROM ${s}.prekeys WHERE dev = $1) DELETE FROM ${s}.kyber_prekeys WHERE dev = $1`,
+            [row.id],
+          );
+        }
+        const { signed, kyber } = keptKeys(keys, old);
+        await c.query(
+          `INSERT INTO ${s}.device_keys (dev, identity_key, registration_id, signed_id, signed_key, signed_sig,
+                                         kyber_id, kyber_key, kyber_sig)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (dev) DO UPDATE SET identity_key = excluded.identity_key,
+             registration_id = excluded.registration_id, signed_id = excluded.signed_id,
+             signed_key = excluded.signed_key, signed_sig = excluded.signed_sig, kyber_id = excluded.kyber_id,
+             kyber_key = excluded.kyber_key, kyber_sig = excluded.kyber_sig`,
+          [
+            row.id,
+            keys.identityKey,
+            keys.registrationId,
+            signed.id,
+            signed.key,
+            signed.signature,
+            kyber.id,
+            kyber.key,
+            kyber.signature,
+          ],
+        );
+        // One row per key id (a repeated id: the last key, in the first one's place in line); a
+        // re-uploaded id replaces the key in place, so its place in line stays.
+        const pre = new Map((keys.preKeys ?? []).map((k) => [k.id, k]));
+        if (pre.size > 0) {
+          await c.query(
+            `INSERT INTO ${s}.prekeys (dev, key_id, key)
+             SELECT $1, i, k FROM unnest($2::int[], $3::bytea[]) WITH ORDINALITY AS x(i, k, n) ORDER BY n
+             ON CONFLICT (dev, key_id) DO UPDATE SET key = excluded.key`,
+            [row.id, [...pre.keys()], [...pre.values()].map((k) => k.key)],
+          );
+        }
+        const kyb = new Map((keys.kyberPreKeys ?? []).map((k) => [k.id, k]));
+        if (kyb.size > 0) {
+          await c.query(
+            `INSERT INTO ${s}.kyber_prekeys (dev, key_id, key, signature)
+             SELECT $1, i, k, g FROM unnest($2::int[], $3::bytea[], $4::bytea[]) WITH ORDINALITY AS x(i, k, g, n)
+             ORDER BY n
+             ON CONFLICT (dev, key_id) DO UPDATE SET key = excluded.key, signature = excluded.signature`,
+            [
+              row.id,
+              [...kyb.keys()],
+              [...kyb.values()].map((k) => k.key),
+              [...kyb.values()].map((k) => k.signature),
+            ],
+          );
+        }
+      });
+    },
+
+    async claimKeys(user: string, device?: string): Promise<KeyBundle[]> {
+      check();
+      const rows = await rowsOf<KeysRow & { id: string; device: string }>(
+        pool,
+        device === undefined
+          ? `${bundleSelect} WHERE d.user_id = $1 ORDER BY d.id`
+          : `${bundleSelect} WHERE d.user_id = $1 AND d.device = $2`,
+        device === undefined ? [user] : [user, device],
+      );
+      if (rows.length === 0) return [];
+      // Each device's oldest unclaimed one-time keys, deleted as they are read. SKIP LOCKED: a
+      // concurrent claim (on any node) holding the oldest row takes it, this one the next.
+      const claimed = await rowsOf<{
+        dev: string;
+        kind: 'ec' | 'kyber';
+        key_id: number;
+        key: Uint8Array;
+        signature: Uint8Array | null;
+      }>(
+        pool,
+        `WITH ec AS (
+           DELETE FROM ${s}.prekeys p WHERE p.id = ANY(ARRAY(
+             SELECT k.id FROM unnest($1::bigint[]) AS x(dev) CROSS JOIN LATERAL (
+               SELECT id FROM ${s}.prekeys WHERE dev = x.dev ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+             ) k))
+           RETURNING p.dev, p.key_id, p.key
+         ), ky AS (
+           DELETE FROM ${s}.kyber_prekeys p WHERE p.id = ANY(ARRAY(
+             SELECT k.id FROM unnest($1::bigint[]) AS x(dev) CROSS JOIN LATERAL (
+               SELECT id FROM ${s}.kyber_prekeys WHERE dev = x.dev ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
+             ) k))
+           RETURNING p.dev, p.key_id, p.key, p.signature
+         )
+         SELECT dev, 'ec' AS kind, key_id, key, NULL::bytea AS signature FROM ec
+         UNION ALL SELECT dev, 'kyber', key_id, key, signature FROM ky`,
+        [rows.map((r) => r.id)],
+      );
+      return rows.map((r) => {
+        const pre = claimed.find((k) => k.dev === r.id && k.kind === 'ec');
+        const kyber = claimed.find((k) => k.dev === r.id && k.kind === 'kyber');
+        return bundleFrom(user, r.device, r, pre, kyber);
+      });
+    },
+
+    async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {
+      check();
+      const [r] = await rowsOf<{ pre: string; kyber: string }>(
+        pool,
+        `SELECT (SELECT count(*) FROM ${s}.prekeys WHERE dev = d.id) AS pre,
+                (SELECT count(*) FROM ${s}.kyber_prekeys WHERE dev = d.id) AS kyber
+         FROM ${s}.devices d JOIN ${s}.device_keys k ON k.dev = d.id WHERE d.user_id = $1 AND d.device = $2`,
+        [device.user, device.device],
+      );
+      return r && { preKeys: Number(r.pre), kyberPreKeys: Number(r.kyber) };
+    },
+
+    async close(): Promise<void> {
+      if (closed) return;
+      closed = true;
+      // Acks already accepted, and every write under way, finish before the pool ends.
+      await flushAcks();
+      while (running.size > 0) await Promise.allSettled([...running]);
+      if (owned) await pool.end();
+    },
+  };
+}

@@ -1,0 +1,234 @@
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, describe, expect, it } from 'vitest';
+import type { DeviceAddress, KeyUpload, MessageInput, ServerStore } from '../src/server/store.js';
+import {
+  migratePostgresServerStore,
+  openPostgresServerStore,
+  POSTGRES_SERVER_SCHEMA_VERSION,
+  type PgPool,
+} from '../src/server/stores/postgres.js';
+import { registerCases, serverStoreConformance } from '../src/testing/index.js';
+
+// The real server: CI starts it (.ci/run). POSTBOX_PG_URL points elsewhere.
+const URL = process.env.POSTBOX_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+
+/** Why PostgreSQL cannot be used, or undefined when it can. */
+async function unreachable(): Promise<string | undefined> {
+  const client = new pg.Client({ connectionString: URL, connectionTimeoutMillis: 2000 });
+  try {
+    await client.connect();
+    await client.query('SELECT 1');
+    return undefined;
+  } catch (e) {
+    return `PostgreSQL at ${URL} is not reachable (${(e as Error).message})`;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+const reason = await unreachable();
+
+// Each case works in a schema of its own, dropped when the file is done: runs never see each
+// other's data, and nothing is left behind in the database.
+const schemas: string[] = [];
+const freshSchema = (): string => {
+  const name = `pb_${randomBytes(6).toString('hex')}`;
+  schemas.push(name);
+  return name;
+};
+
+// A store's schema is its "disk": a new store over the same schema is a restart (or another node).
+const schemaOf = new WeakMap<ServerStore, string>();
+async function openOn(schema: string): Promise<ServerStore> {
+  const store = await openPostgresServerStore({ connectionString: URL, schema, poolSize: 4 });
+  schemaOf.set(store, schema);
+  return store;
+}
+
+if (reason !== undefined && process.env.POSTBOX_REQUIRE_SERVICES) {
+  describe('postgres server store', () => {
+    it('needs PostgreSQL (POSTBOX_REQUIRE_SERVICES is set, so a skip would be a failure)', () => {
+      throw new Error(reason);
+    });
+  });
+} else if (reason !== undefined) {
+  console.warn(`postgres server store tests SKIPPED: ${reason}. Start it, or set POSTBOX_PG_URL.`);
+  describe.skip(`postgres server store (skipped: ${reason})`, () => {
+    it('conformance', () => undefined);
+  });
+} else {
+  afterAll(async () => {
+    const admin = new pg.Client({ connectionString: URL });
+    await admin.connect();
+    try {
+      for (const name of schemas) await admin.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`);
+    } finally {
+      await admin.end();
+    }
+  });
+
+  describe('postgres server store conformance', () => {
+    registerCases(
+      serverStoreConformance({
+        name: 'postgres',
+        open: () => openOn(freshSchema()),
+        async reopen(old) {
+          await old.close();
+          return openOn(schemaOf.get(old)!);
+        },
+        share: (store) => openOn(schemaOf.get(store)!),
+      }),
+      it,
+    );
+  });
+
+  describe('postgres server store', () => {
+    const alice1: DeviceAddress = { user: 'alice', device: 'a1' };
+    const bob1: DeviceAddress = { user: 'bob', device: 'b1' };
+    const msg = (id: string, from = alice1, to = 'bob'): MessageInput => ({
+      kind: 'msg',
+      from,
+      id,
+      to,
+      seq: 1,
+      body: new TextEncoder().encode(id),
+    });
+    const withPool = async <T>(fn: (pool: pg.Pool) => Promise<T>): Promise<T> => {
+      const pool = new pg.Pool({ connectionString: URL, max: 4 });
+      try {
+        return await fn(pool);
+      } finally {
+        await pool.end();
+      }
+    };
+    const count = async (pool: pg.Pool, schema: string, table: string): Promise<number> =>
+      Number((await pool.query(`SELECT count(*) AS n FROM "${schema}".${table}`)).rows[0].n);
+
+    it('nodes starting together apply each migration step once, and re-opening applies nothing', async () => {
+      const schema = freshSchema();
+      await withPool(async (pool) => {
+        const versions = await Promise.all(
+          Array.from({ length: 4 }, () => migratePostgresServerStore(pool as unknown as PgPool, schema)),
+        );
+        // Every step applied by exactly one of them.
+        expect(versions.reduce((a, b) => a + b, 0)).toBe(POSTGRES_SERVER_SCHEMA_VERSION);
+        const steps = await pool.query(`SELECT version FROM "${schema}".postbox_schema ORDER BY version`);
+        expect(steps.rows.map((r: { version: number }) => r.version)).toEqual(
+          Array.from({ length: POSTGRES_SERVER_SCHEMA_VERSION }, (_, i) => i + 1),
+        );
+        expect(await migratePostgresServerStore(pool as unknown as PgPool, schema)).toBe(0);
+      });
+    });
+
+    it('refuses a schema written by a newer version', async () => {
+      const schema = freshSchema();
+      await withPool(async (pool) => {
+        await migratePostgresServerStore(pool as unknown as PgPool, schema);
+        await pool.query(`INSERT INTO "${schema}".postbox_schema (version) VALUES (999)`);
+        await expect(openPostgresServerStore({ pool: pool as unknown as PgPool, schema })).rejects.toThrow(
+          /newer/,
+        );
+      });
+    });
+
+    it('a store handed a pool uses it and never ends it; writes run with synchronous_commit on', async () => {
+      const schema = freshSchema();
+      await withPool(async (pool) => {
+        await pool.query(`SET synchronous_commit = off`); // on one connection only: the store sets its own
+        const store = await openPostgresServerStore({ pool, schema });
+        await store.registerDevice(alice1, 1);
+        await store.registerDevice(bob1, 1);
+        expect(await store.append([msg('m1')], 1000)).toEqual([
+          { ok: true, ts: 1000, duplicate: false, notify: [bob1], offsets: [1] },
+        ]);
+        await store.close();
+        expect((await pool.query('SELECT 1 AS x')).rows).toEqual([{ x: 1 }]);
+      });
+    });
+
+    it('rejects a schema name that is not a plain identifier', async () => {
+      await expect(
+        openPostgresServerStore({ connectionString: URL, schema: 'x"; DROP TABLE y; --' }),
+      ).rejects.toThrow(/plain identifier/);
+    });
+
+    it('a body is stored once and deleted with its last inbox reference', async () => {
+      const schema = freshSchema();
+      const store = await openOn(schema);
+      const bob2: DeviceAddress = { user: 'bob', device: 'b2' };
+      try {
+        for (const d of [alice1, bob1, bob2]) await store.registerDevice(d, 1);
+        await store.append([msg('m1')], 1000);
+        await withPool(async (pool) => {
+          expect(await count(pool, schema, 'messages')).toBe(1);
+          expect(await count(pool, schema, 'inbox')).toBe(2);
+          const [e1] = await store.readInbox(bob1, 0, 10);
+          await store.ack(bob1, [e1!.offset], 2000);
+          expect(await count(pool, schema, 'messages')).toBe(1);
+          const [e2] = await store.readInbox(bob2, 0, 10);
+          await store.ack(bob2, [e2!.offset], 2000);
+          expect(await count(pool, schema, 'messages')).toBe(0);
+          expect(await count(pool, schema, 'delivered')).toBe(0); // its marks went with it
+        });
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('a big expiry backlog is removed in bounded transactions, telling each message once', async () => {
+      const schema = freshSchema();
+      const store = await openPostgresServerStore({ connectionString: URL, schema, expiryBatchSize: 100 });
+      try {
+        await store.registerDevice(alice1, 1);
+        await store.registerDevice(bob1, 1);
+        await store.registerDevice({ user: 'bob', device: 'b2' }, 1);
+        const batch = Array.from({ length: 450 }, (_, i) => msg(`m${i}`));
+        await store.append(batch, 1000);
+        const r = await store.expire(2000, 3000);
+        expect(r.count).toBe(900);
+        const statuses = (await store.readInbox(alice1, 0, 10_000)).flatMap((e) =>
+          e.kind === 'status' && e.status === 'expired' ? e.ids : [],
+        );
+        expect(statuses.sort()).toEqual(batch.map((m) => m.id).sort()); // each once, across steps
+        await withPool(async (pool) => {
+          expect(await count(pool, schema, 'messages')).toBe(0);
+          expect(await count(pool, schema, 'dedupe')).toBe(0);
+        });
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('three nodes claiming one device’s keys concurrently never hand out a one-time key twice', async () => {
+      const schema = freshSchema();
+      const nodes = [await openOn(schema), await openOn(schema), await openOn(schema)];
+      try {
+        await nodes[0]!.registerDevice(bob1, 1);
+        const keys: KeyUpload = {
+          identityKey: new Uint8Array([1]),
+          registrationId: 7,
+          signedPreKey: { id: 1, key: new Uint8Array([2]), signature: new Uint8Array([3]) },
+          lastResortKyber: { id: 9000, key: new Uint8Array([4]), signature: new Uint8Array([5]) },
+          preKeys: Array.from({ length: 60 }, (_, i) => ({ id: i + 1, key: new Uint8Array([i]) })),
+          kyberPreKeys: Array.from({ length: 30 }, (_, i) => ({
+            id: 101 + i,
+            key: new Uint8Array([i]),
+            signature: new Uint8Array([i]),
+          })),
+        };
+        await nodes[1]!.putKeys(bob1, keys);
+        const claims = await Promise.all(
+          Array.from({ length: 90 }, (_, i) => nodes[i % 3]!.claimKeys('bob', 'b1')),
+        );
+        const bundles = claims.flat();
+        const pre = bundles.flatMap((b) => (b.preKey ? [b.preKey.id] : []));
+        expect(pre.sort((a, b) => a - b)).toEqual(Array.from({ length: 60 }, (_, i) => i + 1));
+        const kyber = bundles.map((b) => b.kyberPreKey.id).filter((id) => id !== 9000);
+        expect(kyber.sort((a, b) => a - b)).toEqual(Array.from({ length: 30 }, (_, i) => 101 + i));
+      } finally {
+        for (const n of nodes) await n.close();
+      }
+    });
+  });
+}
