@@ -200,6 +200,29 @@ if (reason !== undefined && process.env.POSTBOX_REQUIRE_SERVICES) {
       }
     });
 
+    it('a push token set on one node is known on another, replaced, removed, and gone with its device', async () => {
+      const schema = freshSchema();
+      const [a, b] = [await openPostgresServerStore({ connectionString: URL, schema }), await openOn(schema)];
+      try {
+        await a.setPushToken(bob1, { kind: 'fcm', token: 'early' }); // not registered yet: ignored
+        await a.registerDevice(bob1, 1);
+        expect(await b.pushToken?.(bob1)).toBeUndefined();
+        await a.setPushToken(bob1, { kind: 'fcm', token: 't1' });
+        expect(await b.pushToken?.(bob1)).toEqual({ kind: 'fcm', token: 't1' });
+        await b.setPushToken?.(bob1, { kind: 'apns', token: 't2' });
+        expect(await a.pushToken(bob1)).toEqual({ kind: 'apns', token: 't2' });
+        await a.setPushToken(bob1, undefined);
+        expect(await a.pushToken(bob1)).toBeUndefined();
+        await a.setPushToken(bob1, { kind: 'fcm', token: 't3' });
+        await b.unregisterDevice(bob1);
+        await a.registerDevice(bob1, 2);
+        expect(await a.pushToken(bob1)).toBeUndefined();
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    });
+
     it('three nodes claiming one device’s keys concurrently never hand out a one-time key twice', async () => {
       const schema = freshSchema();
       const nodes = [await openOn(schema), await openOn(schema), await openOn(schema)];

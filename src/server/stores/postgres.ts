@@ -24,6 +24,7 @@
  * @packageDocumentation
  */
 import pg from 'pg';
+import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
@@ -131,8 +132,12 @@ export type PostgresServerStoreOptions = (
 ) &
   PostgresServerStoreTuning;
 
-/** The PostgreSQL server store: a {@link ServerStore} named `'postgres'`. */
-export type PostgresServerStore = ServerStore & { readonly name: 'postgres' };
+/**
+ * The PostgreSQL server store: a {@link ServerStore} named `'postgres'` that keeps push tokens too
+ * (so any node can wake any device).
+ */
+export type PostgresServerStore = ServerStore &
+  Required<Pick<ServerStore, 'setPushToken' | 'pushToken'>> & { readonly name: 'postgres' };
 
 const LABEL = 'postgres server store';
 
@@ -248,6 +253,15 @@ const MIGRATIONS: readonly PgMigration[] = [
         UNIQUE (dev, key_id)
       );
       CREATE INDEX kyber_prekeys_dev ON ${s}.kyber_prekeys (dev, id);
+    `),
+  // 2: push tokens, one per device (gone with the device), so every node can wake any device.
+  (c, s) =>
+    c.query(`
+      CREATE TABLE ${s}.push_tokens (
+        dev bigint PRIMARY KEY,
+        kind text NOT NULL,
+        token text NOT NULL
+      );
     `),
 ];
 
@@ -1157,7 +1171,8 @@ function postgresStore(
           `WITH h AS (DELETE FROM ${s}.inbox_heads WHERE dev = $1),
                 k AS (DELETE FROM ${s}.device_keys WHERE dev = $1),
                 p AS (DELETE FROM ${s}.prekeys WHERE dev = $1),
-                q AS (DELETE FROM ${s}.kyber_prekeys WHERE dev = $1)
+                q AS (DELETE FROM ${s}.kyber_prekeys WHERE dev = $1),
+                t AS (DELETE FROM ${s}.push_tokens WHERE dev = $1)
            DELETE FROM ${s}.devices WHERE id = $1`,
           [row.dev],
         );
@@ -1420,6 +1435,35 @@ function postgresStore(
         [device.user, device.device],
       );
       return r && { preKeys: Number(r.pre), kyberPreKeys: Number(r.kyber) };
+    },
+
+    async setPushToken(device: DeviceAddress, token: PushToken | undefined): Promise<void> {
+      check();
+      await track(
+        token
+          ? pool.query(
+              `INSERT INTO ${s}.push_tokens (dev, kind, token)
+               SELECT id, $3, $4 FROM ${s}.devices WHERE user_id = $1 AND device = $2
+               ON CONFLICT (dev) DO UPDATE SET kind = excluded.kind, token = excluded.token`,
+              [device.user, device.device, token.kind, token.token],
+            )
+          : pool.query(
+              `DELETE FROM ${s}.push_tokens
+               WHERE dev = (SELECT id FROM ${s}.devices WHERE user_id = $1 AND device = $2)`,
+              [device.user, device.device],
+            ),
+      );
+    },
+
+    async pushToken(device: DeviceAddress): Promise<PushToken | undefined> {
+      check();
+      const [r] = await rowsOf<PushToken>(
+        pool,
+        `SELECT p.kind, p.token FROM ${s}.push_tokens p JOIN ${s}.devices d ON d.id = p.dev
+         WHERE d.user_id = $1 AND d.device = $2`,
+        [device.user, device.device],
+      );
+      return r && { kind: r.kind, token: r.token };
     },
 
     async close(): Promise<void> {
