@@ -400,6 +400,9 @@ interface NewEntry {
 
 const EMPTY = new Uint8Array(0);
 
+/** Bound of the per-store cache of contact pairs known to be stored. */
+const MAX_KNOWN_CONTACTS = 100_000;
+
 /**
  * Opens a {@link ServerStore} on PostgreSQL: connects (or takes `pool`), migrates the schema (see
  * {@link migratePostgresServerStore}) and resolves with the store. Async because migrations are;
@@ -455,6 +458,12 @@ function postgresStore(
     if (closed) throw new Error(`${LABEL}: the store is closed`);
   }
 
+  /**
+   * Contact pairs known to be stored (`contacts` rows are never deleted), so that a conversation's
+   * next messages skip the insert. A cache: cleared when it grows past its bound.
+   */
+  const knownContacts = new Set<string>();
+
   /** Writes still running, so that `close()` waits for them before ending the pool. */
   const running = new Set<Promise<unknown>>();
   function track<T>(p: Promise<T>): Promise<T> {
@@ -509,7 +518,8 @@ function postgresStore(
   class Writer {
     private readonly devices = new Map<string, DeviceRow[]>();
     private readonly entries: NewEntry[] = [];
-    private readonly contacts = new Set<string>();
+    /** Contact pairs this transaction wrote (known to the store once it commits). */
+    readonly contacts = new Set<string>();
     /** Offset sinks with an entry dropped because its device was unregistered meanwhile. */
     readonly broken = new Set<number[]>();
     constructor(private readonly c: PgQueryable) {}
@@ -568,7 +578,7 @@ function postgresStore(
       if (from === to) return;
       const [a, b] = from < to ? [from, to] : [to, from];
       const k = `${a.length}:${a}${b}`;
-      if (this.contacts.has(k)) return;
+      if (this.contacts.has(k) || knownContacts.has(k)) return;
       this.contacts.add(k);
       await this.c.query(`INSERT INTO ${s}.contacts (a, b) VALUES ($1, $2) ON CONFLICT DO NOTHING`, [a, b]);
     }
@@ -622,15 +632,26 @@ function postgresStore(
       }
       if (cols.dev.length > 0) {
         await c.query(
-          `INSERT INTO ${s}.inbox (dev, pos, ts, message, body, event, status, ids, by_user)
+          `WITH heads AS (
+             UPDATE ${s}.inbox_heads h SET last_offset = x.v
+             FROM unnest($10::bigint[], $11::bigint[]) AS x(dev, v) WHERE h.dev = x.dev
+           )
+           INSERT INTO ${s}.inbox (dev, pos, ts, message, body, event, status, ids, by_user)
            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[],
                                 $6::bigint[], $7::text[], $8::text[], $9::text[])`,
-          [cols.dev, cols.pos, cols.ts, cols.message, cols.body, cols.event, cols.status, cols.ids, cols.by],
-        );
-        await c.query(
-          `UPDATE ${s}.inbox_heads h SET last_offset = x.v
-           FROM unnest($1::bigint[], $2::bigint[]) AS x(dev, v) WHERE h.dev = x.dev`,
-          [[...last.keys()], [...last.values()]],
+          [
+            cols.dev,
+            cols.pos,
+            cols.ts,
+            cols.message,
+            cols.body,
+            cols.event,
+            cols.status,
+            cols.ids,
+            cols.by,
+            [...last.keys()],
+            [...last.values()],
+          ],
         );
       }
       await release(c, droppedMessages, droppedEvents);
@@ -807,7 +828,8 @@ function postgresStore(
   /**
    * Inserts the body once and queues one entry per target device referencing it; returns the
    * array their offsets will be in once the writer flushes. With `bodies` (an end-to-end encrypted
-   * message) each entry holds its own, in target order.
+   * message) each entry holds its own, in target order. `claiming` also claims the item's dedupe
+   * key, in the same statement: null (nothing stored) when the key is known.
    */
   async function storeMessage(
     c: PgQueryable,
@@ -816,13 +838,22 @@ function postgresStore(
     devs: number[],
     now: number,
     bodies?: Uint8Array[],
-  ): Promise<number[]> {
+    claiming = false,
+  ): Promise<number[] | null> {
     const offsets: number[] = new Array<number>(devs.length).fill(0);
     if (devs.length === 0) return offsets;
+    // Claiming: the dedupe key goes in with the body, and a known key stores nothing (no row).
     const [row] = await rowsOf<{ id: string }>(
       c,
-      `INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
+      claiming
+        ? `WITH d AS (
+             INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts) VALUES ($1, $2, $3, $7)
+             ON CONFLICT DO NOTHING RETURNING 1
+           )
+           INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
+           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM d) RETURNING id`
+        : `INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
       [
         item.from.user,
         item.from.device,
@@ -835,7 +866,8 @@ function postgresStore(
         devs.length,
       ],
     );
-    const message = Number(row!.id);
+    if (!row) return null;
+    const message = Number(row.id);
     devs.forEach((dev, i) => {
       w.add({
         dev,
@@ -887,31 +919,34 @@ function postgresStore(
       targets.map((t) => t.dev),
       now,
     );
-    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
+    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets: offsets! };
   }
 
+  /**
+   * A 1:1 message or receipt, which claims its own dedupe key (null: a duplicate): a message with
+   * the body's insert, in one statement, the round trip most appends consist of.
+   */
   async function commitDirect(
     c: PgQueryable,
     w: Writer,
     item: MessageInput | ReceiptInput,
     now: number,
-  ): Promise<AppendOutcome> {
+  ): Promise<AppendOutcome | null> {
     const toDevices = await w.devicesOf(item.to);
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
     const targets = directTargets(item, toDevices, await w.devicesOf(item.from.user));
+    const devs = targets.map((t) => t.dev);
     const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
-    if (item.kind === 'msg') {
-      out.offsets = await storeMessage(
-        c,
-        w,
-        item,
-        targets.map((t) => t.dev),
-        now,
-      );
+    if (item.kind === 'msg' && devs.length > 0) {
+      const offsets = await storeMessage(c, w, item, devs, now, undefined, true);
+      if (!offsets) return null;
+      out.offsets = offsets;
       await w.relate(item.from.user, item.to);
-    } else {
-      for (const t of targets) w.status(t.dev, now, 'read', item.ids, item.from.user);
+      return out;
     }
+    if (!(await claim(c, item, now))) return null;
+    if (item.kind === 'msg') await w.relate(item.from.user, item.to);
+    else for (const dev of devs) w.status(dev, now, 'read', item.ids, item.from.user);
     return out;
   }
 
@@ -944,23 +979,38 @@ function postgresStore(
     );
     await w.relate(item.from.user, item.to);
     const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
-    return { ok: true, ts: now, duplicate: false, notify, offsets };
+    return { ok: true, ts: now, duplicate: false, notify, offsets: offsets! }; // not claiming: never null
+  }
+
+  /** The commit time of an item whose dedupe key is known, or undefined. */
+  async function original(c: PgQueryable, item: AppendInput): Promise<number | undefined> {
+    const [row] = await rowsOf<{ ts: string }>(
+      c,
+      `SELECT ts FROM ${s}.dedupe WHERE from_user = $1 AND from_device = $2 AND msg_id = $3`,
+      [item.from.user, item.from.device, item.id],
+    );
+    return row && Number(row.ts);
   }
 
   async function commit(c: PgQueryable, w: Writer, item: AppendInput, now: number): Promise<AppendOutcome> {
-    if (!(await claim(c, item, now))) {
-      const [original] = await rowsOf<{ ts: string }>(
-        c,
-        `SELECT ts FROM ${s}.dedupe WHERE from_user = $1 AND from_device = $2 AND msg_id = $3`,
-        [item.from.user, item.from.device, item.id],
-      );
-      return { ok: true, ts: Number(original!.ts), duplicate: true, notify: [] };
+    const duplicate = (ts: number | undefined): AppendOutcome => ({
+      ok: true,
+      ts: ts ?? now,
+      duplicate: true,
+      notify: [],
+    });
+    if (item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes))) {
+      const out = await commitDirect(c, w, item, now);
+      if (out?.ok) return out;
+      // A duplicate, or a refusal: which is a duplicate too when the key is known.
+      const ts = await original(c, item);
+      return out === null || ts !== undefined ? duplicate(ts) : out;
     }
+    if (!(await claim(c, item, now))) return duplicate(await original(c, item));
     let out: AppendOutcome;
     if (item.kind === 'group') out = await commitGroup(c, w, item, now);
-    else if (item.kind === 'msg' && item.envelopes) out = await commitSealed(c, w, item, item.envelopes, now);
-    else if (item.kind === 'msg' && item.group) out = await commitGroupMessage(c, w, item, now);
-    else out = await commitDirect(c, w, item, now);
+    else if (item.envelopes) out = await commitSealed(c, w, item, item.envelopes, now);
+    else out = await commitGroupMessage(c, w, item, now);
     if (!out.ok) await unclaim(c, item);
     return out;
   }
@@ -1194,14 +1244,20 @@ function postgresStore(
       check();
       if (batch.length === 0) return [];
       // One transaction for the whole batch: one WAL flush at COMMIT (group commit).
-      return tx(async (c) => {
+      let written = new Set<string>();
+      const outcomes = await tx(async (c) => {
         const w = new Writer(c);
-        const outcomes: AppendOutcome[] = [];
-        for (const item of batch) outcomes.push(await commit(c, w, item, now));
+        written = w.contacts;
+        const out: AppendOutcome[] = [];
+        for (const item of batch) out.push(await commit(c, w, item, now));
         await w.flush();
-        for (const o of outcomes) if (o.ok && o.offsets && w.broken.has(o.offsets)) delete o.offsets;
-        return outcomes;
+        for (const o of out) if (o.ok && o.offsets && w.broken.has(o.offsets)) delete o.offsets;
+        return out;
       });
+      // Committed: later transactions need not write these pairs again (rows are never deleted).
+      if (knownContacts.size + written.size > MAX_KNOWN_CONTACTS) knownContacts.clear();
+      for (const k of written) knownContacts.add(k);
+      return outcomes;
     },
 
     async readInbox(device: DeviceAddress, after: number, limit: number): Promise<InboxEntry[]> {
