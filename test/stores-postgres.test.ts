@@ -147,6 +147,21 @@ if (reason !== undefined && process.env.POSTBOX_REQUIRE_SERVICES) {
       });
     });
 
+    it('keeps commit times exactly, fractions of a millisecond included', async () => {
+      const store = await openOn(freshSchema());
+      try {
+        await store.registerDevice(alice1, 0.25);
+        await store.registerDevice(bob1, 0.25);
+        const [first] = await store.append([msg('m1')], 1_700_000_000_123.5);
+        expect(first).toMatchObject({ ok: true, ts: 1_700_000_000_123.5 });
+        const [again] = await store.append([msg('m1')], 1_800_000_000_000);
+        expect(again).toMatchObject({ ok: true, duplicate: true, ts: 1_700_000_000_123.5 });
+        expect((await store.readInbox(bob1, 0, 10))[0]?.ts).toBe(1_700_000_000_123.5);
+      } finally {
+        await store.close();
+      }
+    });
+
     it('rejects a schema name that is not a plain identifier', async () => {
       await expect(
         openPostgresServerStore({ connectionString: URL, schema: 'x"; DROP TABLE y; --' }),

@@ -146,14 +146,16 @@ type PgMigration = (c: PgQueryable, s: string) => Promise<unknown>;
 
 const MIGRATIONS: readonly PgMigration[] = [
   // 1: the whole schema of the SQLite store at its version 3, with the offset counters in a table
-  // of their own (one small row per device: the row every writer to that inbox locks).
+  // of their own (one small row per device: the row every writer to that inbox locks). Times are
+  // double precision: they are JS numbers (a virtual clock may have fractions of a millisecond),
+  // and float8 holds every integer millisecond exactly.
   (c, s) =>
     c.query(`
       CREATE TABLE ${s}.devices (
         id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
         user_id text NOT NULL,
         device text NOT NULL,
-        registered_at bigint NOT NULL,
+        registered_at double precision NOT NULL,
         UNIQUE (user_id, device)
       );
       CREATE TABLE ${s}.inbox_heads (
@@ -168,7 +170,7 @@ const MIGRATIONS: readonly PgMigration[] = [
         to_user text NOT NULL,
         to_group boolean NOT NULL,
         seq bigint NOT NULL,
-        ts bigint NOT NULL,
+        ts double precision NOT NULL,
         body bytea NOT NULL,
         refs integer NOT NULL
       );
@@ -185,7 +187,7 @@ const MIGRATIONS: readonly PgMigration[] = [
       CREATE TABLE ${s}.inbox (
         dev bigint NOT NULL,
         pos bigint NOT NULL,
-        ts bigint NOT NULL,
+        ts double precision NOT NULL,
         message bigint,
         body bytea,
         event bigint,
@@ -221,7 +223,7 @@ const MIGRATIONS: readonly PgMigration[] = [
         from_user text NOT NULL,
         from_device text NOT NULL,
         msg_id text NOT NULL,
-        ts bigint NOT NULL,
+        ts double precision NOT NULL,
         PRIMARY KEY (from_user, from_device, msg_id)
       );
       CREATE INDEX dedupe_ts ON ${s}.dedupe (ts);
@@ -637,7 +639,7 @@ function postgresStore(
              FROM unnest($10::bigint[], $11::bigint[]) AS x(dev, v) WHERE h.dev = x.dev
            )
            INSERT INTO ${s}.inbox (dev, pos, ts, message, body, event, status, ids, by_user)
-           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bytea[],
+           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::bigint[], $5::bytea[],
                                 $6::bigint[], $7::text[], $8::text[], $9::text[])`,
           [
             cols.dev,
