@@ -19,6 +19,7 @@ serve options (flag, environment variable, default):
   --port N                  POSTBOX_PORT                  8080
   --host H                  POSTBOX_HOST                  127.0.0.1
   --data FILE               POSTBOX_DATA                  ./postbox.sqlite
+  --store URL               POSTBOX_STORE                 (the --data SQLite file) postgres://…[?schema=S]: keep everything in PostgreSQL instead
   --path P                  POSTBOX_PATH                  /postbox
   --secret S                POSTBOX_SECRET                (required, ≥ 16 bytes; clients present tokens from 'postbox token')
   --insecure-dev-auth       POSTBOX_INSECURE_DEV_AUTH=1   accept "user/device" as credentials: ANYONE CAN BE ANYONE
@@ -60,6 +61,7 @@ async function serve(argv: string[]): Promise<void> {
       port: { type: 'string' },
       host: { type: 'string' },
       data: { type: 'string' },
+      store: { type: 'string' },
       path: { type: 'string' },
       secret: { type: 'string' },
       'insecure-dev-auth': { type: 'boolean' },
@@ -114,6 +116,14 @@ async function serve(argv: string[]): Promise<void> {
     ]),
     logLevel,
   };
+  const storeUrl = values.store ?? env('POSTBOX_STORE');
+  if (storeUrl !== undefined) {
+    if (!/^postgres(ql)?:\/\//.test(storeUrl)) {
+      process.stderr.write(`postbox: --store must be a postgres:// URL (got ${JSON.stringify(storeUrl)})\n`);
+      process.exit(2);
+    }
+    options.store = storeUrl;
+  }
   const pushWebhook = values['push-webhook'] ?? env('POSTBOX_PUSH_WEBHOOK');
   if (pushWebhook !== undefined) options.pushWebhook = pushWebhook;
   const secret = values.secret ?? env('POSTBOX_SECRET');
@@ -126,7 +136,8 @@ async function serve(argv: string[]): Promise<void> {
   }
   const handle = await startServe(options);
   // One parseable line on stdout: tests and scripts wait for it.
-  process.stdout.write(`postbox listening on ${handle.url} (data: ${options.data})\n`);
+  const where = options.store ? options.store.replace(/\/\/[^@/]*@/, '//…@') : options.data;
+  process.stdout.write(`postbox listening on ${handle.url} (data: ${where})\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -14,8 +14,10 @@ export interface ServeOptions {
   port: number;
   /** Interface to bind. @default '127.0.0.1' */
   host: string;
-  /** SQLite database file. @default './postbox.sqlite' */
+  /** SQLite database file (unless `store` is set). @default './postbox.sqlite' */
   data: string;
+  /** A `postgres://` connection string: keep everything in PostgreSQL instead of `data`. */
+  store?: string;
   /** HTTP path of the WebSocket endpoint. @default '/postbox' */
   path: string;
   /** Secret for signed tokens (at least 16 bytes). Required unless `insecureDevAuth`. */
@@ -58,6 +60,15 @@ export interface ServeHandle {
   close(): Promise<void>;
 }
 
+/** A PostgreSQL store from a `postgres://` URL; a `schema` query parameter picks the schema. */
+async function openPostgres(url: string): Promise<ServerStore> {
+  const { openPostgresServerStore } = await import('../server/stores/postgres.js');
+  const u = new URL(url);
+  const schema = u.searchParams.get('schema') ?? undefined;
+  u.searchParams.delete('schema');
+  return openPostgresServerStore({ connectionString: u.toString(), ...(schema ? { schema } : {}) });
+}
+
 /** Starts the server command's stack: HTTP (`/healthz`, `/readyz`), WebSocket, SQLite, engine. */
 export async function startServe(options: ServeOptions): Promise<ServeHandle> {
   const log = jsonLogger(options.logLevel);
@@ -69,7 +80,9 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
       'no authentication configured: pass --secret (or POSTBOX_SECRET), or --insecure-dev-auth for local play',
     );
 
-  const store = sqliteServerStore({ path: options.data });
+  const store: ServerStore = options.store
+    ? await openPostgres(options.store)
+    : sqliteServerStore({ path: options.data });
   const metrics = await prometheusMetrics();
   let ready = false;
   const http = createHttpServer((req, res) => {
