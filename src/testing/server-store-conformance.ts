@@ -639,6 +639,36 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     }
   });
 
+  test('a message sent through several nodes at once commits once, and every node reports its time', async (h) => {
+    const others: ServerStore[] = [];
+    for (let i = 0; subject.share && i < 2; i++) others.push(await subject.share(h.store));
+    const nodes = [h.store, ...others];
+    try {
+      await register(h.store, alice1, bob1);
+      // A client that resends while its first attempt is still committing, through other gateways.
+      const ids = Array.from({ length: 20 }, (_, i) => `m${i}`);
+      const results = await Promise.all(
+        ids.map((id, i) =>
+          Promise.all(
+            [0, 1, 2].map(async (n) => {
+              for (let k = 0; k < (i + n) % 3; k++) await tick();
+              return (await nodes[n % nodes.length]!.append([msg(alice1, id, 'bob', i + 1)], 1000 + n))[0];
+            }),
+          ),
+        ),
+      );
+      for (const [i, tries] of results.entries()) {
+        const outs = tries.map((o) => ok(o, `${ids[i]} on a node`));
+        assert.equal(outs.filter((o) => !o.duplicate).length, 1, `${ids[i]} committed once`);
+        const ts = outs.find((o) => !o.duplicate)!.ts;
+        for (const o of outs) assert.equal(o.ts, ts, `${ids[i]}: duplicates report the original time`);
+      }
+      assert.deepEqual(msgIds(await inbox(h.store, bob1)).sort(), [...ids].sort(), 'one entry per message');
+    } finally {
+      for (const n of others) await n.close();
+    }
+  });
+
   test('ack deletes only the acking device’s entries', async ({ store }) => {
     await register(store, alice1, bob1, bob2);
     await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
