@@ -6,6 +6,7 @@ export * from './conformance.js';
 export * from './server-store-conformance.js';
 export * from './client-store-conformance.js';
 export * from './crypto-conformance.js';
+export * from './cluster-conformance.js';
 export * from './transport-conformance.js';
 export { VirtualClock } from './virtual-clock.js';
 export { runSimulation } from './simulator.js';

@@ -1,0 +1,82 @@
+/**
+ * What every cluster adapter keeps on its own node: handlers, the devices it registered and the
+ * users it watches. Both are bounded by the node's sessions.
+ * @internal
+ */
+import type { ClusterAdapter, DeviceAddress, PresenceEvent, TypingNotice, Unsubscribe } from './types.js';
+
+/** A device's identity as one string (also its Redis key suffix); unambiguous for any ids. */
+export const deviceKey = (d: DeviceAddress): string => JSON.stringify([d.user, d.device]);
+
+/** A random suffix that makes a node incarnation unique. */
+export function incarnationToken(): string {
+  const bytes = new Uint8Array(6);
+  globalThis.crypto.getRandomValues(bytes);
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/** A list of handlers; a throwing handler is dropped from that one call, not from the list. */
+class Handlers<A extends unknown[]> {
+  private readonly list = new Set<(...args: A) => void>();
+  add(h: (...args: A) => void): Unsubscribe {
+    const wrapped = (...args: A) => h(...args);
+    this.list.add(wrapped);
+    return () => void this.list.delete(wrapped);
+  }
+  emit(...args: A): void {
+    for (const h of this.list) {
+      try {
+        h(...args);
+      } catch {
+        // A handler's bug must not stop delivery to the others (see ClusterAdapter).
+      }
+    }
+  }
+}
+
+/** The per-node state and handler plumbing shared by the adapters. @internal */
+export class NodeCore {
+  readonly doorbell = new Handlers<[DeviceAddress[]]>();
+  readonly replaced = new Handlers<[DeviceAddress[]]>();
+  readonly presence = new Handlers<[PresenceEvent]>();
+  readonly typing = new Handlers<[string[], TypingNotice]>();
+  /** Devices registered by this node (so it can re-register them after losing its liveness). */
+  readonly local = new Map<string, DeviceAddress>();
+  /** Watched user → number of `watch` calls not yet undone. */
+  readonly watched = new Map<string, number>();
+
+  /** Counts one watch; true when it is the user's first (subscribe now). */
+  watch(user: string): boolean {
+    const n = this.watched.get(user) ?? 0;
+    this.watched.set(user, n + 1);
+    return n === 0;
+  }
+
+  /** Undoes one watch; true when it was the user's last (unsubscribe now). */
+  unwatch(user: string): boolean {
+    const n = this.watched.get(user);
+    if (n === undefined) return false;
+    if (n > 1) {
+      this.watched.set(user, n - 1);
+      return false;
+    }
+    this.watched.delete(user);
+    return true;
+  }
+
+  /**
+   * Unregisters every device this node still holds and announces the users who left with it
+   * (a clean stop needs no debounce: the node is going away).
+   */
+  async leave(adapter: ClusterAdapter, now: number): Promise<void> {
+    for (const d of [...this.local.values()]) {
+      const r = await adapter.unregister(d);
+      if (r.wentOffline) await adapter.publishPresence({ user: d.user, online: false, v: r.v, at: now });
+    }
+  }
+
+  /** Delivers a presence event if this node watches its user. */
+  deliverPresence(e: PresenceEvent): void {
+    if (this.watched.has(e.user)) this.presence.emit(e);
+  }
+}

@@ -1,0 +1,515 @@
+/**
+ * `postbox/server/redis`: the {@link ClusterAdapter} for many gateway nodes over one Redis
+ * (a single primary, optionally with replicas and Sentinel; see docs/scaling.md for the key
+ * layout and why Redis Cluster sharding is not supported yet).
+ *
+ * Layout, with `P` the prefix and `I` a node incarnation (`nodeId/random`):
+ * - `P alive:I` → nodeId, with a TTL the heartbeat refreshes: the ONLY key that expires. A
+ *   node's liveness is one key, so a heartbeat costs one command however many devices the node
+ *   holds (a TTL per device key would cost a write per device per heartbeat).
+ * - `P nodes` (set of incarnations) and `P devs:I` (set of the devices I holds): what reapers walk.
+ * - `P d:[user,device]` → I: the registry. Valid only while `alive:I` exists, so a dead node's
+ *   entries stop counting at once when its TTL runs out; live nodes then reap them in batches.
+ * - `P u:user` (hash I → that incarnation's devices of the user): presence is "some field > 0
+ *   whose incarnation is alive", so it survives a node's death without anyone decrementing.
+ * - `P v`: one counter that versions every presence change (monotone per user for free).
+ * - channels `P n:I` (doorbells, take-overs, typing for node I) and `P p:user` (presence events
+ *   of one user, subscribed only by nodes that watch it): nothing is broadcast to every node.
+ *
+ * Every multi-key step is one Lua script, so each is atomic and one round trip.
+ * @packageDocumentation
+ */
+import { Redis, type RedisOptions } from 'ioredis';
+import { NodeCore, deviceKey, incarnationToken } from './common.js';
+import type {
+  ClusterAdapter,
+  DeviceAddress,
+  PresenceEvent,
+  PresenceState,
+  RegisterResult,
+  TypingNotice,
+  UnregisterResult,
+} from './types.js';
+
+export type * from './types.js';
+
+/** Options of {@link redisCluster}. */
+export interface RedisClusterOptions {
+  /** A `redis://` URL or ioredis options. The adapter opens two connections (commands, subscriber). */
+  redis: string | RedisOptions;
+  /** Prefix of every key and channel, so deployments (and tests) can share a Redis. @default 'postbox:' */
+  prefix?: string;
+  /** A node's entries stop counting this long after its last heartbeat. @default 15000 */
+  ttlMs?: number;
+  /** How often a node heartbeats and reaps dead nodes; well under `ttlMs`. @default ttlMs / 3 */
+  heartbeatMs?: number;
+  /** Most devices of a dead node reaped per heartbeat (one script run). @default 500 */
+  reapBatch?: number;
+  /** Background failures (heartbeat, lost hints, connection errors). @default ignored */
+  onError?: (error: unknown) => void;
+}
+
+/** The Redis adapter, with the crash switch the conformance suite uses. */
+export interface RedisClusterAdapter extends ClusterAdapter {
+  /**
+   * Dies like `kill -9`: drops both connections and the heartbeat, cleans nothing up (for tests).
+   */
+  crash(): Promise<void>;
+}
+
+/** Devices per script run in `ring`/`locate`, so one call cannot stall Redis. */
+const CHUNK = 1000;
+
+const ALIVE = `
+local function alive(p, inc) return redis.call('EXISTS', p .. 'alive:' .. inc) == 1 end
+local function online(p, uk)
+  local all = redis.call('HGETALL', uk)
+  for i = 1, #all, 2 do
+    if tonumber(all[i + 1]) > 0 and alive(p, all[i]) then return true end
+  end
+  return false
+end
+`;
+
+// KEYS: dev, user hash, my devs, version. ARGV: inc, prefix, member.
+const REGISTER = `${ALIVE}
+local inc, p, m = ARGV[1], ARGV[2], ARGV[3]
+local before = online(p, KEYS[2])
+local prev = redis.call('GET', KEYS[1])
+local replaced = ''
+if prev ~= inc then
+  if prev then
+    redis.call('SREM', p .. 'devs:' .. prev, m)
+    if redis.call('HINCRBY', KEYS[2], prev, -1) <= 0 then redis.call('HDEL', KEYS[2], prev) end
+    if alive(p, prev) then
+      replaced = redis.call('GET', p .. 'alive:' .. prev)
+      redis.call('PUBLISH', p .. 'n:' .. prev, '{"t":"r","d":[' .. m .. ']}')
+    end
+  end
+  redis.call('SET', KEYS[1], inc)
+  redis.call('SADD', KEYS[3], m)
+  redis.call('HINCRBY', KEYS[2], inc, 1)
+end
+return { replaced, before and 0 or 1, redis.call('INCR', KEYS[4]) }
+`;
+
+// KEYS: dev, user hash, my devs, version. ARGV: inc, prefix, member.
+const UNREGISTER = `${ALIVE}
+local inc, p, m = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('GET', KEYS[1]) ~= inc then
+  return { 0, 0, tonumber(redis.call('GET', KEYS[4]) or '0') }
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[3], m)
+if redis.call('HINCRBY', KEYS[2], inc, -1) <= 0 then redis.call('HDEL', KEYS[2], inc) end
+return { 1, online(p, KEYS[2]) and 0 or 1, redis.call('INCR', KEYS[4]) }
+`;
+
+// KEYS: dev keys. ARGV: prefix. → node id or '' per device.
+const LOCATE = `${ALIVE}
+local p, out, seen = ARGV[1], {}, {}
+for i, k in ipairs(KEYS) do
+  local inc = redis.call('GET', k)
+  local node = ''
+  if inc then
+    if seen[inc] == nil then seen[inc] = redis.call('GET', p .. 'alive:' .. inc) or '' end
+    node = seen[inc]
+  end
+  out[i] = node
+end
+return out
+`;
+
+// KEYS: dev keys. ARGV: prefix, my inc, members (same order). → indexes (1-based) held by me.
+const RING = `${ALIVE}
+local p, me, by, mine = ARGV[1], ARGV[2], {}, {}
+for i, k in ipairs(KEYS) do
+  local inc = redis.call('GET', k)
+  if inc == me then
+    mine[#mine + 1] = i
+  elseif inc and alive(p, inc) then
+    if by[inc] == nil then by[inc] = {} end
+    table.insert(by[inc], ARGV[i + 2])
+  end
+end
+for inc, list in pairs(by) do
+  redis.call('PUBLISH', p .. 'n:' .. inc, '{"t":"d","d":[' .. table.concat(list, ',') .. ']}')
+end
+return mine
+`;
+
+// KEYS: user hashes, version. ARGV: prefix. → 0/1 per user, then the version.
+const PRESENCE = `${ALIVE}
+local out = {}
+for i = 1, #KEYS - 1 do out[i] = online(ARGV[1], KEYS[i]) and 1 or 0 end
+out[#KEYS] = tonumber(redis.call('GET', KEYS[#KEYS]) or '0')
+return out
+`;
+
+// KEYS: user hashes. ARGV: prefix, notice JSON, users (same order).
+const TYPING = `${ALIVE}
+local p, by = ARGV[1], {}
+for i, uk in ipairs(KEYS) do
+  local all = redis.call('HGETALL', uk)
+  for j = 1, #all, 2 do
+    local inc = all[j]
+    if tonumber(all[j + 1]) > 0 and alive(p, inc) then
+      if by[inc] == nil then by[inc] = {} end
+      table.insert(by[inc], ARGV[i + 2])
+    end
+  end
+end
+for inc, users in pairs(by) do
+  redis.call('PUBLISH', p .. 'n:' .. inc, '{"t":"t","u":' .. cjson.encode(users) .. ',"n":' .. ARGV[2] .. '}')
+end
+return 0
+`;
+
+// KEYS: alive key. ARGV: node id, ttl. → 1 refreshed, 0 lost (expired or never there).
+const HEARTBEAT = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`;
+
+// KEYS: devs set of a dead inc, nodes set, version. ARGV: inc, prefix, batch, origin, now.
+// Removes up to \`batch\` devices of a dead incarnation and announces users it left offline.
+const REAP = `${ALIVE}
+local inc, p = ARGV[1], ARGV[2]
+if alive(p, inc) then return 0 end
+local members = redis.call('SPOP', KEYS[1], tonumber(ARGV[3]))
+for _, m in ipairs(members) do
+  local dk = p .. 'd:' .. m
+  if redis.call('GET', dk) == inc then redis.call('DEL', dk) end
+  local user = cjson.decode(m)[1]
+  local uk = p .. 'u:' .. user
+  if redis.call('HINCRBY', uk, inc, -1) <= 0 then redis.call('HDEL', uk, inc) end
+  local v = redis.call('INCR', KEYS[3])
+  if not online(p, uk) then
+    redis.call('PUBLISH', p .. 'p:' .. user, cjson.encode({ user = user, online = false, v = v,
+      at = tonumber(ARGV[5]), origin = ARGV[4], lost = true }))
+  end
+end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], inc) end
+return #members
+`;
+
+/** The scripts, as ioredis defines them on the command connection. */
+interface Scripts {
+  pbRegister(...args: string[]): Promise<[string, number, number]>;
+  pbUnregister(...args: string[]): Promise<[number, number, number]>;
+  pbLocate(...args: Array<string | number>): Promise<string[]>;
+  pbRing(...args: Array<string | number>): Promise<number[]>;
+  pbPresence(...args: Array<string | number>): Promise<number[]>;
+  pbTyping(...args: Array<string | number>): Promise<number>;
+  pbHeartbeat(...args: Array<string | number>): Promise<number>;
+  pbReap(...args: Array<string | number>): Promise<number>;
+}
+
+/** Splits `list` into runs of at most `n`. */
+function chunks<T>(list: T[], n: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < list.length; i += n) out.push(list.slice(i, i + n));
+  return out;
+}
+
+/**
+ * The Redis cluster adapter: a device → node registry with liveness, doorbells over pub/sub, and
+ * presence and typing across nodes. Nothing connects until {@link ClusterAdapter.start}.
+ *
+ * Doorbells use pub/sub rather than streams on purpose: a doorbell is a hint whose only value is
+ * being early. A stream would keep doorbells for a node that is down (a backlog nobody needs,
+ * since the reconnecting devices drain their inboxes anyway) and cost trimming and acks.
+ *
+ * @example
+ * ```ts
+ * import { redisCluster } from 'postbox/server/redis';
+ * const cluster = redisCluster({ redis: 'redis://10.0.0.5:6379' });
+ * await cluster.start(`gw-${hostname()}-${process.pid}`);
+ * ```
+ */
+export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter {
+  const prefix = options.prefix ?? 'postbox:';
+  const ttlMs = options.ttlMs ?? 15_000;
+  const heartbeatMs = options.heartbeatMs ?? Math.max(1, Math.floor(ttlMs / 3));
+  const reapBatch = options.reapBatch ?? 500;
+  const onError = options.onError ?? (() => {});
+  const core = new NodeCore();
+  const versionKey = `${prefix}v`;
+  const nodesKey = `${prefix}nodes`;
+  const devKey = (d: DeviceAddress): string => `${prefix}d:${deviceKey(d)}`;
+  const userKey = (u: string): string => `${prefix}u:${u}`;
+  const presenceChannel = (u: string): string => `${prefix}p:${u}`;
+
+  let nodeId: string | undefined;
+  let inc: string | undefined;
+  let cmd: (Redis & Scripts) | undefined;
+  let sub: Redis | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let beating: Promise<void> | undefined;
+
+  const connect = (): Redis => {
+    const r =
+      typeof options.redis === 'string'
+        ? new Redis(options.redis, { lazyConnect: true })
+        : new Redis({ ...options.redis, lazyConnect: true });
+    r.on('error', onError);
+    return r;
+  };
+
+  /** Connects, failing on the first error rather than retrying forever as ioredis would. */
+  const ready = (r: Redis): Promise<void> =>
+    new Promise((resolve, reject) => {
+      r.once('error', reject);
+      r.connect().then(() => {
+        r.off('error', reject);
+        resolve();
+      }, reject);
+    });
+
+  const defineScripts = (r: Redis): Redis & Scripts => {
+    r.defineCommand('pbRegister', { numberOfKeys: 4, lua: REGISTER });
+    r.defineCommand('pbUnregister', { numberOfKeys: 4, lua: UNREGISTER });
+    r.defineCommand('pbLocate', { lua: LOCATE });
+    r.defineCommand('pbRing', { lua: RING });
+    r.defineCommand('pbPresence', { lua: PRESENCE });
+    r.defineCommand('pbTyping', { lua: TYPING });
+    r.defineCommand('pbHeartbeat', { numberOfKeys: 1, lua: HEARTBEAT });
+    r.defineCommand('pbReap', { numberOfKeys: 3, lua: REAP });
+    return r as Redis & Scripts;
+  };
+
+  const onMessage = (channel: string, message: string): void => {
+    let m: {
+      t?: string;
+      d?: Array<[string, string]>;
+      u?: string[];
+      n?: TypingNotice;
+    } & Partial<PresenceEvent>;
+    try {
+      m = JSON.parse(message) as typeof m;
+    } catch (e) {
+      onError(e);
+      return;
+    }
+    if (inc !== undefined && channel === `${prefix}n:${inc}`) {
+      const devices = (m.d ?? []).map(([user, device]) => ({ user, device }));
+      if (m.t === 'd') core.doorbell.emit(devices);
+      else if (m.t === 'r') {
+        for (const d of devices) core.local.delete(deviceKey(d));
+        core.replaced.emit(devices);
+      } else if (m.t === 't' && m.u && m.n) core.typing.emit(m.u, m.n);
+    } else if (channel.startsWith(`${prefix}p:`) && typeof m.user === 'string') {
+      core.deliverPresence(m as PresenceEvent);
+    }
+  };
+
+  /** Becomes a new incarnation: listens on its channel first, so no doorbell to it is missed. */
+  const claim = async (): Promise<void> => {
+    const old = inc;
+    inc = `${nodeId!}/${incarnationToken()}`;
+    await sub!.subscribe(`${prefix}n:${inc}`);
+    if (old !== undefined) await sub!.unsubscribe(`${prefix}n:${old}`);
+    await cmd!.multi().set(`${prefix}alive:${inc}`, nodeId!, 'PX', ttlMs).sadd(nodesKey, inc).exec();
+  };
+
+  /** KEYS and ARGV of the register and unregister scripts. */
+  const registryArgs = (d: DeviceAddress, member: string): string[] => [
+    devKey(d),
+    userKey(d.user),
+    `${prefix}devs:${inc!}`,
+    versionKey,
+    inc!,
+    prefix,
+    member,
+  ];
+
+  const registerHere = async (d: DeviceAddress): Promise<RegisterResult> => {
+    const member = deviceKey(d);
+    core.local.set(member, d);
+    const [replaced, came, v] = await cmd!.pbRegister(...registryArgs(d, member));
+    return { replaced: replaced === '' ? undefined : replaced, cameOnline: came === 1, v };
+  };
+
+  /** One bounded reaping step: a batch of every dead incarnation's devices. */
+  const reap = async (): Promise<void> => {
+    const incs = await cmd!.smembers(nodesKey);
+    if (incs.length === 0) return;
+    const live = await cmd!.mget(incs.map((i) => `${prefix}alive:${i}`));
+    for (let i = 0; i < incs.length; i++) {
+      if (live[i] !== null) continue;
+      await cmd!.pbReap(
+        `${prefix}devs:${incs[i]!}`,
+        nodesKey,
+        versionKey,
+        incs[i]!,
+        prefix,
+        reapBatch,
+        nodeId!,
+        Date.now(),
+      );
+    }
+  };
+
+  const heartbeat = async (): Promise<void> => {
+    if (nodeId === undefined || !cmd) return;
+    const ok = await cmd.pbHeartbeat(`${prefix}alive:${inc!}`, nodeId, ttlMs);
+    if (ok === 0) {
+      // Paused past the TTL: reapers may be at the old incarnation; register anew under a new one.
+      await claim();
+      for (const d of [...core.local.values()]) await registerHere(d);
+    }
+    await reap();
+  };
+
+  const schedule = (): void => {
+    timer = setTimeout(() => {
+      beating = heartbeat()
+        .catch(onError)
+        .finally(() => {
+          beating = undefined;
+          if (nodeId !== undefined) schedule();
+        });
+    }, heartbeatMs);
+    timer.unref?.();
+  };
+
+  const started = (): Redis & Scripts => {
+    if (nodeId === undefined || !cmd) throw new Error('cluster node not started: call start(nodeId) first');
+    return cmd;
+  };
+
+  const teardown = (): void => {
+    if (timer !== undefined) clearTimeout(timer);
+    timer = undefined;
+    nodeId = inc = undefined;
+    core.local.clear();
+    core.watched.clear();
+  };
+
+  const adapter: RedisClusterAdapter = {
+    name: 'redis',
+    get nodeId() {
+      return nodeId;
+    },
+    async start(id) {
+      if (nodeId !== undefined) throw new Error(`cluster node already started as ${nodeId}`);
+      cmd = defineScripts(connect());
+      sub = connect();
+      sub.on('message', onMessage);
+      try {
+        await Promise.all([ready(cmd), ready(sub)]);
+        nodeId = id;
+        await claim();
+      } catch (e) {
+        nodeId = inc = undefined;
+        cmd.disconnect();
+        sub.disconnect();
+        cmd = sub = undefined;
+        throw e;
+      }
+      schedule();
+    },
+    async stop() {
+      if (nodeId === undefined || !cmd || !sub) return;
+      if (timer !== undefined) clearTimeout(timer);
+      timer = undefined;
+      await beating;
+      const r = cmd;
+      try {
+        await core.leave(adapter, Date.now());
+        await r.multi().del(`${prefix}alive:${inc!}`, `${prefix}devs:${inc!}`).srem(nodesKey, inc!).exec();
+      } finally {
+        teardown();
+        await Promise.allSettled([r.quit(), sub.quit()]);
+        cmd = sub = undefined;
+      }
+    },
+    async crash() {
+      if (nodeId === undefined) return;
+      teardown();
+      cmd?.disconnect();
+      sub?.disconnect();
+      cmd = sub = undefined;
+    },
+    register(d) {
+      started();
+      return registerHere(d);
+    },
+    async unregister(d): Promise<UnregisterResult> {
+      const r = started();
+      const member = deviceKey(d);
+      core.local.delete(member);
+      const [removed, off, v] = await r.pbUnregister(...registryArgs(d, member));
+      return { removed: removed === 1, wentOffline: off === 1, v };
+    },
+    async locate(list) {
+      const r = started();
+      const out: Array<string | undefined> = [];
+      for (const part of chunks(list, CHUNK)) {
+        const nodes = await r.pbLocate(part.length, ...part.map(devKey), prefix);
+        for (const n of nodes) out.push(n === '' ? undefined : n);
+      }
+      return out;
+    },
+    async ring(list) {
+      if (nodeId === undefined || !cmd) return;
+      try {
+        for (const part of chunks(list, CHUNK)) {
+          const mine = await cmd.pbRing(
+            part.length,
+            ...part.map(devKey),
+            prefix,
+            inc!,
+            ...part.map(deviceKey),
+          );
+          if (mine.length > 0) core.doorbell.emit(mine.map((i) => part[i - 1]!));
+        }
+      } catch (e) {
+        onError(e); // a lost hint: the inbox still has the entries
+      }
+    },
+    onDoorbell: (h) => core.doorbell.add(h),
+    onReplaced: (h) => core.replaced.add(h),
+    async presence(list): Promise<PresenceState[]> {
+      const r = started();
+      if (list.length === 0) return [];
+      const out: PresenceState[] = [];
+      for (const part of chunks(list, CHUNK)) {
+        const reply = await r.pbPresence(part.length + 1, ...part.map(userKey), versionKey, prefix);
+        const v = reply[part.length]!;
+        for (let i = 0; i < part.length; i++) out.push({ online: reply[i] === 1, v });
+      }
+      return out;
+    },
+    async publishPresence(e) {
+      if (nodeId === undefined || !cmd) return;
+      const event: PresenceEvent = { ...e, origin: nodeId };
+      try {
+        await cmd.publish(presenceChannel(e.user), JSON.stringify(event));
+      } catch (err) {
+        onError(err);
+      }
+    },
+    async watch(user) {
+      started();
+      if (core.watch(user)) await sub!.subscribe(presenceChannel(user));
+    },
+    async unwatch(user) {
+      if (core.unwatch(user) && sub) await sub.unsubscribe(presenceChannel(user));
+    },
+    onPresence: (h) => core.presence.add(h),
+    async typing(list, notice) {
+      if (nodeId === undefined || !cmd || list.length === 0) return;
+      const n = JSON.stringify(notice);
+      try {
+        for (const part of chunks(list, CHUNK))
+          await cmd.pbTyping(part.length, ...part.map(userKey), prefix, n, ...part);
+      } catch (e) {
+        onError(e);
+      }
+    },
+    onTyping: (h) => core.typing.add(h),
+  };
+  return adapter;
+}
