@@ -669,6 +669,50 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     }
   });
 
+  test('acks and expiry racing on several nodes tell the sender once per message and user', async (h) => {
+    const others: ServerStore[] = [];
+    for (let i = 0; subject.share && i < 2; i++) others.push(await subject.share(h.store));
+    const [a, b, c] = [h.store, others[0] ?? h.store, others[1] ?? h.store];
+    try {
+      await register(h.store, alice1, bob1, bob2, carol1);
+      const toBob = Array.from({ length: 30 }, (_, i) => msg(alice1, `b${i}`, 'bob', i + 1));
+      const toCarol = Array.from({ length: 30 }, (_, i) => msg(alice1, `c${i}`, 'carol', i + 1));
+      await h.store.append([...toBob, ...toCarol], 1000);
+      const offsets = async (d: DeviceAddress) => (await inbox(h.store, d)).map((e) => e.offset);
+      const [o1, o2, o3] = [await offsets(bob1), await offsets(bob2), await offsets(carol1)];
+      // Both of bob's devices ack on two nodes while three nodes expire everything, carol's
+      // device acking half of hers meanwhile.
+      await Promise.all([
+        a.ack(bob1, o1, 3000),
+        b.ack(bob2, o2, 3000),
+        c.ack(carol1, o3.slice(0, 15), 3000),
+        a.expire(2000, 3000),
+        b.expire(2000, 3000),
+        c.expire(2000, 3000),
+      ]);
+      const told = new Map<string, string[]>();
+      for (const e of await inbox(h.store, alice1)) {
+        if (e.kind !== 'status') continue;
+        for (const id of e.ids)
+          told.set(`${id} by ${e.by}`, [...(told.get(`${id} by ${e.by}`) ?? []), e.status]);
+      }
+      for (const m of [...toBob, ...toCarol]) {
+        const by = m.to;
+        const statuses = told.get(`${m.id} by ${by}`) ?? [];
+        assert.equal(
+          statuses.length,
+          1,
+          `${m.id}: one status by ${by}, got ${statuses.join(', ') || 'none'}`,
+        );
+      }
+      assert.equal(told.size, toBob.length + toCarol.length, 'no other statuses');
+      for (const d of [bob1, bob2, carol1])
+        assert.deepEqual(await inbox(h.store, d), [], `${devKey(d)} emptied`);
+    } finally {
+      for (const n of others) await n.close();
+    }
+  });
+
   test('ack deletes only the acking device’s entries', async ({ store }) => {
     await register(store, alice1, bob1, bob2);
     await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
