@@ -9,25 +9,10 @@ import {
   type PgPool,
 } from '../src/server/stores/postgres.js';
 import { registerCases, serverStoreConformance } from '../src/testing/index.js';
+import { PG_URL, pgUnreachable, servicesRequired } from './fixtures/services.js';
 
-// The real server: CI starts it (.ci/run). POSTBOX_PG_URL points elsewhere.
-const URL = process.env.POSTBOX_PG_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
-
-/** Why PostgreSQL cannot be used, or undefined when it can. */
-async function unreachable(): Promise<string | undefined> {
-  const client = new pg.Client({ connectionString: URL, connectionTimeoutMillis: 2000 });
-  try {
-    await client.connect();
-    await client.query('SELECT 1');
-    return undefined;
-  } catch (e) {
-    return `PostgreSQL at ${URL} is not reachable (${(e as Error).message})`;
-  } finally {
-    await client.end().catch(() => undefined);
-  }
-}
-
-const reason = await unreachable();
+const URL = PG_URL;
+const reason = await pgUnreachable();
 
 // Each case works in a schema of its own, dropped when the file is done: runs never see each
 // other's data, and nothing is left behind in the database.
@@ -46,7 +31,7 @@ async function openOn(schema: string): Promise<ServerStore> {
   return store;
 }
 
-if (reason !== undefined && process.env.POSTBOX_REQUIRE_SERVICES) {
+if (reason !== undefined && servicesRequired()) {
   describe('postgres server store', () => {
     it('needs PostgreSQL (POSTBOX_REQUIRE_SERVICES is set, so a skip would be a failure)', () => {
       throw new Error(reason);
@@ -119,6 +104,31 @@ if (reason !== undefined && process.env.POSTBOX_REQUIRE_SERVICES) {
         );
         expect(await migratePostgresServerStore(pool as unknown as PgPool, schema)).toBe(0);
       });
+    });
+
+    it('a schema one step behind gets only the missing step, and keeps its data', async () => {
+      const schema = freshSchema();
+      const old = await openOn(schema);
+      await old.registerDevice(alice1, 1);
+      await old.registerDevice(bob1, 1);
+      await old.append([msg('m1')], 1000);
+      await old.close();
+      await withPool(async (pool) => {
+        // As a version 1 schema was: without step 2's table and record.
+        await pool.query(`DROP TABLE "${schema}".push_tokens`);
+        await pool.query(`DELETE FROM "${schema}".postbox_schema WHERE version = 2`);
+        expect(await migratePostgresServerStore(pool as unknown as PgPool, schema)).toBe(1);
+      });
+      const store = await openOn(schema);
+      try {
+        expect((await store.readInbox(bob1, 0, 10)).map((e) => (e.kind === 'msg' ? e.id : e.kind))).toEqual([
+          'm1',
+        ]);
+        await store.setPushToken?.(bob1, { kind: 'fcm', token: 't' });
+        expect(await store.pushToken?.(bob1)).toEqual({ kind: 'fcm', token: 't' });
+      } finally {
+        await store.close();
+      }
     });
 
     it('refuses a schema written by a newer version', async () => {
