@@ -172,6 +172,27 @@ if (reason !== undefined && servicesRequired()) {
       }
     });
 
+    it('reads with any numbers for after and limit, as the memory store does', async () => {
+      const store = await openOn(freshSchema());
+      try {
+        await store.registerDevice(alice1, 1);
+        await store.registerDevice(bob1, 1);
+        await store.append([msg('m1'), msg('m2')], 1000);
+        const ids = async (after: number, limit: number) =>
+          (await store.readInbox(bob1, after, limit)).map((e) => e.offset);
+        expect(await ids(0, 1e20)).toEqual([1, 2]);
+        expect(await ids(0, Infinity)).toEqual([1, 2]);
+        expect(await ids(0, NaN)).toEqual([1, 2]);
+        expect(await ids(0.5, 1.5)).toEqual([1, 2]);
+        expect(await ids(-Infinity, 1)).toEqual([1]);
+        expect(await ids(1e20, 10)).toEqual([]);
+        expect(await ids(NaN, 10)).toEqual([]);
+        expect(await store.ack(bob1, [1e20, 1.5, NaN], 2000)).toEqual({ count: 0, notify: [] });
+      } finally {
+        await store.close();
+      }
+    });
+
     it('rejects a schema name that is not a plain identifier', async () => {
       await expect(
         openPostgresServerStore({ connectionString: URL, schema: 'x"; DROP TABLE y; --' }),

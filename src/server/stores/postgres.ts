@@ -1264,10 +1264,11 @@ function postgresStore(
 
     async readInbox(device: DeviceAddress, after: number, limit: number): Promise<InboxEntry[]> {
       check();
-      if (limit <= 0 || Number.isNaN(after) || after === Infinity) return [];
-      // Offsets are integers: `> 4.5` is `> 4`. NaN or an infinite limit reads on.
+      if (limit <= 0 || Number.isNaN(after) || after >= Number.MAX_SAFE_INTEGER) return [];
+      // Offsets are safe integers: `> 4.5` is `> 4`. A NaN, infinite or huge limit reads on (and
+      // never reaches PostgreSQL as a number its bigint cannot hold).
       const from = after < 0 ? 0 : Math.floor(after);
-      const max = Number.isFinite(limit) ? Math.ceil(limit) : null;
+      const max = limit < Number.MAX_SAFE_INTEGER ? Math.ceil(limit) : null;
       const rows = await rowsOf<InboxRow>(
         pool,
         `SELECT i.pos, i.ts, i.message, i.status, i.ids, i.by_user, i.event,
