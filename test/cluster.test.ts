@@ -160,6 +160,36 @@ describe.skipIf(unreachable !== undefined && !process.env.POSTBOX_REQUIRE_SERVIC
     it,
   );
 
+  it('when Redis loses everything, each node re-registers what it holds within a heartbeat', async () => {
+    const prefix = `postbox-test:${Math.random().toString(36).slice(2)}:`;
+    const [a, b] = [0, 1].map(() => redisCluster({ redis: REDIS_URL, prefix, ttlMs: TTL_MS }));
+    try {
+      await a!.start('A');
+      await b!.start('B');
+      const before = await a!.register({ user: 'u', device: 'd' });
+      await admin.del(...(await keys(prefix))); // a Redis restart without persistence
+      expect(await b!.locate([{ user: 'u', device: 'd' }])).toEqual([undefined]);
+      const end = Date.now() + TTL_MS * 4;
+      while ((await b!.locate([{ user: 'u', device: 'd' }]))[0] !== 'A' && Date.now() < end)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(await b!.locate([{ user: 'u', device: 'd' }])).toEqual(['A']);
+      expect((await b!.presence(['u']))[0]!).toMatchObject({ online: true });
+      // Versions keep growing past those handed out before the loss.
+      expect((await b!.presence(['u']))[0]!.v).toBeGreaterThan(before.v);
+      // The re-registered node still gets its doorbells (on its new incarnation's channel).
+      const got: unknown[] = [];
+      a!.onDoorbell((d) => got.push(d));
+      await b!.ring([{ user: 'u', device: 'd' }]);
+      await new Promise((r) => setTimeout(r, 60));
+      expect(got).toEqual([[{ user: 'u', device: 'd' }]]);
+    } finally {
+      await a!.stop();
+      await b!.stop();
+      const left = await keys(prefix);
+      if (left.length > 0) await admin.del(...left);
+    }
+  });
+
   it('nothing connects before start, and a node that cannot reach Redis fails to start', async () => {
     const errors: unknown[] = [];
     const c = redisCluster({

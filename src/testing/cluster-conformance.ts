@@ -265,7 +265,7 @@ export function clusterConformance(subject: ClusterSubject): ConformanceCase[] {
   test('a user whose last device was on a dead node goes offline after the TTL, and watchers are told', async (c) => {
     const a = await c.start('A');
     const b = await c.start('B');
-    await a.node.register(alice1);
+    const registered = await a.node.register(alice1);
     await a.node.register(bob1);
     await b.node.register({ user: 'bob', device: 'b2' });
     await b.node.watch('alice');
@@ -277,6 +277,7 @@ export function clusterConformance(subject: ClusterSubject): ConformanceCase[] {
     assert.equal(e.online, false);
     assert.equal(e.lost, true);
     assert.equal(e.origin, 'B');
+    assert.ok(e.v > registered.v, 'the reaper versions its event after what it reaped');
     // Bob still has a device on a live node: online, and never announced offline.
     assert.equal((await b.node.presence(['bob']))[0]!.online, true);
     await sleep(SETTLE_MS);

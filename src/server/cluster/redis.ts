@@ -12,7 +12,8 @@
  *   entries stop counting at once when its TTL runs out; live nodes then reap them in batches.
  * - `P u:user` (hash I → that incarnation's devices of the user): presence is "some field > 0
  *   whose incarnation is alive", so it survives a node's death without anyone decrementing.
- * - `P v`: one counter that versions every presence change (monotone per user for free).
+ * - `P v`: one counter that versions every presence change (monotone per user for free),
+ *   started from the clock in µs so that it keeps growing across a Redis restart.
  * - channels `P n:I` (doorbells, take-overs, typing for node I) and `P p:user` (presence events
  *   of one user, subscribed only by nodes that watch it): nothing is broadcast to every node.
  *
@@ -186,8 +187,9 @@ for _, m in ipairs(members) do
   if redis.call('HINCRBY', uk, inc, -1) <= 0 then redis.call('HDEL', uk, inc) end
   local v = redis.call('INCR', KEYS[3])
   if not online(p, uk) then
-    redis.call('PUBLISH', p .. 'p:' .. user, cjson.encode({ user = user, online = false, v = v,
-      at = tonumber(ARGV[5]), origin = ARGV[4], lost = true }))
+    -- Built by hand: cjson prints numbers with 14 digits, and versions have 16.
+    redis.call('PUBLISH', p .. 'p:' .. user, '{"user":' .. cjson.encode(user) .. ',"online":false,"v":' ..
+      string.format('%.0f', v) .. ',"at":' .. ARGV[5] .. ',"origin":' .. cjson.encode(ARGV[4]) .. ',"lost":true}')
   end
 end
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], inc) end
@@ -248,11 +250,17 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
   let timer: ReturnType<typeof setTimeout> | undefined;
   let beating: Promise<void> | undefined;
 
-  const connect = (): Redis => {
+  /**
+   * Opens a connection. Commands fail at once while Redis is unreachable instead of waiting in
+   * ioredis's offline queue: that queue is unbounded, and a hint that waits is worth nothing.
+   * (The subscriber keeps ioredis's resubscription on reconnect.)
+   */
+  const connect = (queue: boolean): Redis => {
+    const own = { lazyConnect: true, enableOfflineQueue: queue };
     const r =
       typeof options.redis === 'string'
-        ? new Redis(options.redis, { lazyConnect: true })
-        : new Redis({ ...options.redis, lazyConnect: true });
+        ? new Redis(options.redis, own)
+        : new Redis({ ...options.redis, ...own });
     r.on('error', onError);
     return r;
   };
@@ -310,7 +318,14 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     inc = `${nodeId!}/${incarnationToken()}`;
     await sub!.subscribe(`${prefix}n:${inc}`);
     if (old !== undefined) await sub!.unsubscribe(`${prefix}n:${old}`);
-    await cmd!.multi().set(`${prefix}alive:${inc}`, nodeId!, 'PX', ttlMs).sadd(nodesKey, inc).exec();
+    await cmd!
+      .multi()
+      .set(`${prefix}alive:${inc}`, nodeId!, 'PX', ttlMs)
+      .sadd(nodesKey, inc)
+      // Versions start from the clock in µs, so after Redis lost everything they still grow past
+      // the ones receivers hold (unless it had been incremented over a million times a second).
+      .set(versionKey, Date.now() * 1000, 'NX')
+      .exec();
   };
 
   /** KEYS and ARGV of the register and unregister scripts. */
@@ -394,8 +409,8 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     },
     async start(id) {
       if (nodeId !== undefined) throw new Error(`cluster node already started as ${nodeId}`);
-      cmd = defineScripts(connect());
-      sub = connect();
+      cmd = defineScripts(connect(false));
+      sub = connect(true);
       sub.on('message', onMessage);
       try {
         await Promise.all([ready(cmd), ready(sub)]);
