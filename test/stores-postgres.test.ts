@@ -1,7 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { DeviceAddress, KeyUpload, MessageInput, ServerStore } from '../src/server/store.js';
+import type {
+  DeviceAddress,
+  GroupChange,
+  GroupInput,
+  KeyUpload,
+  MessageInput,
+  ServerStore,
+} from '../src/server/store.js';
 import {
   migratePostgresServerStore,
   openPostgresServerStore,
@@ -263,6 +270,47 @@ if (reason !== undefined && servicesRequired()) {
         await b.unregisterDevice(bob1);
         await a.registerDevice(bob1, 2);
         expect(await a.pushToken(bob1)).toBeUndefined();
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    });
+
+    it('a device linked on one node while another adds its user to a group learns the group', async () => {
+      const schema = freshSchema();
+      const [a, b] = [await openOn(schema), await openOn(schema)];
+      const group = (id: string, change: GroupChange): GroupInput => ({
+        kind: 'group',
+        from: alice1,
+        id,
+        group: `g-${id}`,
+        change,
+        maxMembers: 1000,
+      });
+      try {
+        await a.registerDevice(alice1, 1);
+        const users = Array.from({ length: 40 }, (_, i) => `u${i}`);
+        for (const u of users) await a.registerDevice({ user: u, device: 'd1' }, 1);
+        await a.append(
+          users.map((u) => ({ ...group(u, { op: 'create', name: u, members: [] }), id: `create-${u}` })),
+          1,
+        );
+        // Each user's new device races the add of that user to a group of its own, on the other node.
+        await Promise.all(
+          users.map((u) =>
+            Promise.all([
+              a.registerDevice({ user: u, device: 'd2' }, 2),
+              b.append([{ ...group(u, { op: 'add', members: [u] }), id: `add-${u}` }], 2),
+            ]),
+          ),
+        );
+        for (const u of users) {
+          const known = (await a.readInbox({ user: u, device: 'd2' }, 0, 100)).some(
+            (e) =>
+              e.kind === 'group' && e.event.group === `g-${u}` && e.event.snapshot?.some((m) => m.user === u),
+          );
+          expect(known, `${u}/d2 got a snapshot of its group with itself in it`).toBe(true);
+        }
       } finally {
         await a.close();
         await b.close();

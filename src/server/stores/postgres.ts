@@ -703,6 +703,23 @@ function postgresStore(
     return Number(row!.id);
   }
 
+  /**
+   * Takes a transaction-scoped advisory lock per user, in one global order. Linking a device and
+   * adding its user to a group both take it, so they cannot miss each other: without it, a
+   * device linked (on one node) while its user joins a group (on another) would read the
+   * membership before the join commits while the join reads the devices before the link commits,
+   * and the new device would never learn the group.
+   */
+  async function lockUsers(c: PgQueryable, users: string[]): Promise<void> {
+    if (users.length === 0) return;
+    await c.query(
+      `SELECT pg_advisory_xact_lock(k) FROM (
+         SELECT hashtextextended($1 || u, 0) AS k FROM unnest($2::text[]) AS u ORDER BY u
+       ) AS keys`,
+      [`postbox:${s}:user:`, [...new Set(users)]],
+    );
+  }
+
   async function loadGroup(c: PgQueryable, id: string, lock = ''): Promise<GroupView | undefined> {
     const [row] = await rowsOf<{ name: string; ver: number }>(
       c,
@@ -749,6 +766,9 @@ function postgresStore(
     now: number,
   ): Promise<AppendOutcome> {
     const change = item.change;
+    // Users who may join: their devices being linked meanwhile wait, or are waited for (below).
+    if (change.op === 'create') await lockUsers(c, [item.from.user, ...change.members]);
+    else if (change.op === 'add') await lockUsers(c, change.members);
     const current = await loadGroup(c, item.group, 'FOR UPDATE');
     await w.prefetch(['members' in change ? change.members : [], item.from.user].flat());
     const plan = planChange(item, current, (u) => w.known(u).length > 0);
@@ -1167,6 +1187,7 @@ function postgresStore(
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
       return tx(async (c) => {
+        await lockUsers(c, [device.user]);
         const [row] = await rowsOf<{ id: string }>(
           c,
           `WITH d AS (
