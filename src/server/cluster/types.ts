@@ -68,7 +68,9 @@ export interface PresenceState {
  * "offline" racing a newer "online".
  */
 export interface PresenceEvent {
+  /** The user whose presence this is. */
   user: string;
+  /** Some device of the user is connected (true), or none is (false). */
   online: boolean;
   /**
    * The user's presence version when the state was read: it grows with every register and
@@ -196,8 +198,10 @@ export interface ClusterAdapter {
   onPresence(handler: (event: PresenceEvent) => void): Unsubscribe;
 
   /**
-   * Forwards a typing notice to the nodes holding devices of `users` (the engine has already
-   * checked membership and left the typist's own user out). Best effort; never rejects.
+   * Forwards a typing notice to the nodes holding devices of `users`, this one included (so the
+   * engine delivers typing only from {@link ClusterAdapter.onTyping}, never directly as well).
+   * The engine has already checked membership and left the typist's own user out. Best effort;
+   * never rejects.
    */
   typing(users: string[], notice: TypingNotice): Promise<void>;
   /**
