@@ -1221,12 +1221,14 @@ function postgresStore(
     async unregisterDevice(device: DeviceAddress): Promise<boolean> {
       check();
       return tx(async (c) => {
-        // The head row first: an append that listed this device either committed its entries
-        // before (they are deleted below) or waits, then finds no head and drops them.
+        // The head and device rows first: an append that listed this device either committed
+        // its entries before (they are deleted below) or waits, then finds no head and drops
+        // them; a key upload (which locks the device row) either committed its keys before or
+        // waits, then finds no device.
         const [row] = await rowsOf<{ dev: string }>(
           c,
           `SELECT h.dev FROM ${s}.inbox_heads h JOIN ${s}.devices d ON d.id = h.dev
-           WHERE d.user_id = $1 AND d.device = $2 FOR UPDATE OF h`,
+           WHERE d.user_id = $1 AND d.device = $2 FOR UPDATE OF h, d`,
           [device.user, device.device],
         );
         if (!row) return false;
