@@ -22,8 +22,8 @@ import type {
 export type Groups = Map<string, { user: string; by: string; ids: string[] }>;
 
 // Length-prefixed so that no two different tuples share a key.
-export const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
-export const uniq = (users: string[]): string[] => [...new Set(users)];
+const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
+const uniq = (users: string[]): string[] => [...new Set(users)];
 
 /** Collects devices that got new entries, each once, in first-seen order. */
 export class NotifySet {
@@ -55,12 +55,14 @@ export type EventTuple = [
   Array<string | number> | null,
 ];
 
+/** A group event in its stored form ({@link EventTuple}). */
 export function encodeEvent(e: GroupEvent): Buffer {
   const snapshot = e.snapshot?.flatMap((m) => [m.user, m.role === 'admin' ? 1 : 0]) ?? null;
   const tuple: EventTuple = [e.group, e.ver, e.op, e.by, e.members, e.name ?? null, snapshot];
   return packr.pack(tuple);
 }
 
+/** A group event from its stored form ({@link EventTuple}). */
 export function decodeEvent(data: Uint8Array): GroupEvent {
   const [group, ver, op, by, members, name, snapshot] = packr.unpack(data) as EventTuple;
   const e: GroupEvent = { group, ver, op, by, members };
@@ -190,6 +192,7 @@ export function planChange(
   return { event, after, created: false, joined, removed, roles };
 }
 
+/** A group's whole membership, in join order, as snapshots carry it. */
 export function snapshotOf(g: GroupView): GroupMember[] {
   return [...g.members].map(([user, role]) => ({ user, role }));
 }
