@@ -106,6 +106,8 @@ describe('postbox serve', () => {
       const bob = open('bob');
       const got: string[] = [];
       bob.on('message', (m) => got.push(m.id));
+      // Bob's device exists (registered by its hello) before Alice sends to him.
+      await until('both online', () => alice.state === 'open' && bob.state === 'open');
       const ids = [1, 2, 3].map((i) => alice.send('bob', new TextEncoder().encode(`m${i}`)));
       await until('delivered', () => ids.every((id) => got.includes(id)));
       // A bad frame earns an error, which is counted by code.
