@@ -12,10 +12,8 @@ import type {
   MessageInput,
   DeviceAddress,
   EntryStatus,
-  GroupChange,
   GroupEvent,
   GroupInput,
-  GroupMember,
   GroupRole,
   GroupState,
   InboxEntry,
@@ -25,6 +23,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
+import { NotifySet, planChange, snapshotOf } from './relational.js';
 
 /**
  * Opaque durable state of a memory server store; a new store over the same state is a "re-open
@@ -168,7 +167,6 @@ const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.d
 const dedupeKey = (from: DeviceAddress, id: string): string =>
   `${from.user.length}:${from.user}${from.device.length}:${from.device}${id}`;
 const pairKey = (a: string, b: string): string => (a < b ? `${a.length}:${a}${b}` : `${b.length}:${b}${a}`);
-const uniq = (users: string[]): string[] => [...new Set(users)];
 const EMPTY = new Uint8Array(0);
 
 const copyKey = (k: PublicPreKey): PublicPreKey => ({ id: k.id, key: new Uint8Array(k.key) });
@@ -177,18 +175,6 @@ const copySigned = (k: SignedPublicKey): SignedPublicKey => ({
   key: new Uint8Array(k.key),
   signature: new Uint8Array(k.signature),
 });
-
-/** Collects devices that got new entries, each once, in first-seen order. */
-class NotifySet {
-  private readonly seen = new Set<string>();
-  readonly list: DeviceAddress[] = [];
-  add(d: DeviceAddress): void {
-    const k = deviceKey(d);
-    if (this.seen.has(k)) return;
-    this.seen.add(k);
-    this.list.push({ user: d.user, device: d.device });
-  }
-}
 
 /**
  * A {@link ServerStore} kept in memory. Every operation runs synchronously inside its promise,
@@ -242,10 +228,6 @@ export function memoryServerStore(
     return out;
   }
 
-  function snapshotOf(g: StoredGroup): GroupMember[] {
-    return [...g.members].map(([user, role]) => ({ user, role }));
-  }
-
   function joinGroup(id: string, user: string): void {
     let set = data.userGroups.get(user);
     if (!set) data.userGroups.set(user, (set = new Set()));
@@ -257,93 +239,19 @@ export function memoryServerStore(
   }
 
   /**
-   * Validates and applies a membership change. Returns the event and who gets which form of
-   * it, `null` for a change with nothing to do, or a refusal code.
+   * Validates and applies a membership change (the rules shared with the SQL stores, see
+   * `planChange`). Returns the event and who gets which form of it, `null` for a change with
+   * nothing to do, or a refusal code.
    */
   function applyChange(
     item: GroupInput,
   ): { event: GroupEvent; group: StoredGroup; joined: string[]; removed: string[] } | null | AppendRefusal {
-    const actor = item.from.user;
-    const c: GroupChange = item.change;
-    let g = data.groups.get(item.group);
-    if (c.op === 'create') {
-      if (g) return 'forbidden';
-      const members = uniq([actor, ...c.members]);
-      if (members.length > item.maxMembers) return 'group_full';
-      if (members.some((u) => devicesOf(u).length === 0)) return 'unknown_recipient';
-      g = { name: c.name, ver: 1, members: new Map() };
-      for (const u of members) g.members.set(u, u === actor ? 'admin' : 'member');
-      data.groups.set(item.group, g);
-      for (const u of members) joinGroup(item.group, u);
-      const event: GroupEvent = {
-        group: item.group,
-        ver: 1,
-        op: 'create',
-        by: actor,
-        members: members.filter((u) => u !== actor),
-        name: c.name,
-      };
-      return { event, group: g, joined: members, removed: [] };
-    }
-    if (!g || !g.members.has(actor)) return 'not_member';
-    const isAdmin = g.members.get(actor) === 'admin';
-    let changed: string[] = [];
-    let joined: string[] = [];
-    let removed: string[] = [];
-    switch (c.op) {
-      case 'add': {
-        if (!isAdmin) return 'forbidden';
-        changed = uniq(c.members).filter((u) => !g.members.has(u));
-        if (g.members.size + changed.length > item.maxMembers) return 'group_full';
-        if (changed.some((u) => devicesOf(u).length === 0)) return 'unknown_recipient';
-        for (const u of changed) g.members.set(u, 'member');
-        joined = changed;
-        break;
-      }
-      case 'remove': {
-        if (!isAdmin) return 'forbidden';
-        changed = uniq(c.members).filter((u) => u !== actor && g.members.has(u));
-        for (const u of changed) g.members.delete(u);
-        removed = changed;
-        break;
-      }
-      case 'leave': {
-        changed = [actor];
-        g.members.delete(actor);
-        removed = changed;
-        // A group never ends up without an admin: the longest-standing member takes over.
-        if (isAdmin && g.members.size > 0 && ![...g.members.values()].includes('admin')) {
-          const heir = g.members.keys().next().value as string;
-          g.members.set(heir, 'admin');
-        }
-        break;
-      }
-      case 'promote':
-      case 'demote': {
-        if (!isAdmin) return 'forbidden';
-        const to: GroupRole = c.op === 'promote' ? 'admin' : 'member';
-        changed = uniq(c.members).filter((u) => g.members.has(u) && g.members.get(u) !== to);
-        if (to === 'member') {
-          const admins = [...g.members.values()].filter((r) => r === 'admin').length;
-          if (changed.length >= admins) return 'forbidden';
-        }
-        for (const u of changed) g.members.set(u, to);
-        break;
-      }
-      case 'rename': {
-        if (!isAdmin) return 'forbidden';
-        if (c.name === g.name) return null;
-        g.name = c.name;
-        break;
-      }
-    }
-    if (c.op !== 'rename' && changed.length === 0) return null;
-    g.ver++;
-    for (const u of joined) joinGroup(item.group, u);
-    for (const u of removed) leaveGroup(item.group, u);
-    const event: GroupEvent = { group: item.group, ver: g.ver, op: c.op, by: actor, members: changed };
-    if (c.op === 'rename') event.name = g.name;
-    return { event, group: g, joined, removed };
+    const plan = planChange(item, data.groups.get(item.group), (u) => devicesOf(u).length > 0);
+    if (plan === null || typeof plan === 'string') return plan;
+    data.groups.set(item.group, plan.after);
+    for (const u of plan.joined) joinGroup(item.group, u);
+    for (const u of plan.removed) leaveGroup(item.group, u);
+    return { event: plan.event, group: plan.after, joined: plan.joined, removed: plan.removed };
   }
 
   function commitGroup(item: GroupInput, key: string, now: number): AppendOutcome {

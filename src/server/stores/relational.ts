@@ -1,7 +1,8 @@
 /**
- * What the SQL server stores (SQLite, PostgreSQL) share besides the key-directory rules: the
- * membership-change rules worked out before anything is written, the stored form of group events,
- * and small collectors. Pure code: each store reads and writes its own rows around it.
+ * What the built-in server stores share besides the key-directory rules: the membership-change
+ * rules worked out before anything is written (all three stores), the stored form of group
+ * events (the SQL stores) and small collectors. Pure code: each store reads and writes its own
+ * state around it.
  * @internal
  * @packageDocumentation
  */
@@ -99,8 +100,8 @@ export interface ChangePlan {
 }
 
 /**
- * Validates a membership change against the group's current state and works out its effect:
- * the rules of the memory store's `applyChange`, without writing. Returns `null` for a change
+ * Validates a membership change against the group's current state and works out its effect,
+ * without writing (every built-in store applies the plan its own way). Returns `null` for a change
  * with nothing to do, or the refusal code.
  */
 export function planChange(
