@@ -6,7 +6,7 @@
  * @internal
  */
 import { Packr } from 'msgpackr';
-import { clientCryptoState } from '../crypto/common.js';
+import { bytesEqual, clientCryptoState } from '../crypto/common.js';
 import type {
   CryptoAdapter,
   CryptoAddress,
@@ -155,7 +155,7 @@ export class E2ee {
   private changed(peer: CryptoAddress, key: Uint8Array): void {
     const k = addrKey(peer);
     const last = this.seen.get(k);
-    if (last && equalBytes(last, key)) return; // the same change seen again (a blocked retry)
+    if (last && bytesEqual(last, key)) return; // the same change seen again (a blocked retry)
     this.seen.set(k, key);
     this.io.identityChanged(peer);
   }
@@ -163,7 +163,7 @@ export class E2ee {
   private async trust(peer: CryptoAddress, key: Uint8Array, status: IdentityStatus): Promise<boolean> {
     if (this.opts.identityPolicy === 'accept' || status !== 'changed') return true;
     const verified = await this.local.get(`v/${addrKey(peer)}`);
-    return verified !== undefined && equalBytes(verified, key);
+    return verified !== undefined && bytesEqual(verified, key);
   }
 
   /** Records the peer's newest identity key as verified by the user. */
@@ -373,7 +373,11 @@ export class E2ee {
     users: string[],
   ): Promise<{ distribution: Uint8Array; to: Map<string, KnownDevice[]>; gen: number }> {
     const all = [...new Set([...users, this.me!.user])];
-    await this.ensure(all);
+    // Only users whose device list is unknown need the directory here; sessions for the devices
+    // that lack the key are made when the distribution is encrypted for them.
+    const unknown: string[] = [];
+    for (const u of all) if (!(await this.listOf(u))) unknown.push(u);
+    if (unknown.length > 0) await this.ensure(unknown);
     const gen = await this.generation(group);
     const to = new Map<string, KnownDevice[]>();
     for (const u of all) {
@@ -385,7 +389,9 @@ export class E2ee {
         l.push(d);
       }
     }
-    return { distribution: await this.adapter.groupDistribution(group), to, gen };
+    // Made only when someone lacks it: on most sends everyone has it already.
+    const distribution = to.size > 0 ? await this.adapter.groupDistribution(group) : new Uint8Array(0);
+    return { distribution, to, gen };
   }
 
   /** Records that `user`'s devices now have this device's sender key generation `gen`. */
@@ -414,10 +420,4 @@ function prefixed(kind: number, body: Uint8Array): Uint8Array {
   out[0] = kind;
   out.set(body, 1);
   return out;
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.byteLength !== b.byteLength) return false;
-  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
