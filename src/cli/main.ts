@@ -20,6 +20,9 @@ serve options (flag, environment variable, default):
   --host H                  POSTBOX_HOST                  127.0.0.1
   --data FILE               POSTBOX_DATA                  ./postbox.sqlite
   --store URL               POSTBOX_STORE                 (the --data SQLite file) postgres://…[?schema=S]: keep everything in PostgreSQL instead
+  --cluster URL             POSTBOX_CLUSTER               (one node) redis://…[?prefix=P]: one gateway of many over Redis (needs --store postgres://)
+  --node-id ID              POSTBOX_NODE_ID               HOST-PID (this gateway's name in the cluster)
+  --cluster-ttl-ms N        POSTBOX_CLUSTER_TTL_MS        15000 (a dead gateway stops counting after this)
   --path P                  POSTBOX_PATH                  /postbox
   --secret S                POSTBOX_SECRET                (required, ≥ 16 bytes; clients present tokens from 'postbox token')
   --insecure-dev-auth       POSTBOX_INSECURE_DEV_AUTH=1   accept "user/device" as credentials: ANYONE CAN BE ANYONE
@@ -62,6 +65,9 @@ async function serve(argv: string[]): Promise<void> {
       host: { type: 'string' },
       data: { type: 'string' },
       store: { type: 'string' },
+      cluster: { type: 'string' },
+      'node-id': { type: 'string' },
+      'cluster-ttl-ms': { type: 'string' },
       path: { type: 'string' },
       secret: { type: 'string' },
       'insecure-dev-auth': { type: 'boolean' },
@@ -124,6 +130,27 @@ async function serve(argv: string[]): Promise<void> {
     }
     options.store = storeUrl;
   }
+  const clusterUrl = values.cluster ?? env('POSTBOX_CLUSTER');
+  if (clusterUrl !== undefined) {
+    if (!/^rediss?:\/\//.test(clusterUrl)) {
+      process.stderr.write(`postbox: --cluster must be a redis:// URL (got ${JSON.stringify(clusterUrl)})\n`);
+      process.exit(2);
+    }
+    if (!options.store) {
+      process.stderr.write(
+        'postbox: --cluster needs --store postgres://…: every gateway must share one store (a SQLite file is one node)\n',
+      );
+      process.exit(2);
+    }
+    options.cluster = clusterUrl;
+    const nodeId = values['node-id'] ?? env('POSTBOX_NODE_ID');
+    if (nodeId !== undefined) options.nodeId = nodeId;
+    options.clusterTtlMs = num(
+      'cluster-ttl-ms',
+      values['cluster-ttl-ms'] ?? env('POSTBOX_CLUSTER_TTL_MS'),
+      15000,
+    );
+  }
   const pushWebhook = values['push-webhook'] ?? env('POSTBOX_PUSH_WEBHOOK');
   if (pushWebhook !== undefined) options.pushWebhook = pushWebhook;
   const secret = values.secret ?? env('POSTBOX_SECRET');
@@ -137,7 +164,8 @@ async function serve(argv: string[]): Promise<void> {
   const handle = await startServe(options);
   // One parseable line on stdout: tests and scripts wait for it.
   const where = options.store ? options.store.replace(/\/\/[^@/]*@/, '//…@') : options.data;
-  process.stdout.write(`postbox listening on ${handle.url} (data: ${where})\n`);
+  const node = handle.nodeId ? `, node ${handle.nodeId} of the cluster` : '';
+  process.stdout.write(`postbox listening on ${handle.url} (data: ${where}${node})\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

@@ -1,6 +1,8 @@
 import { prometheusMetrics } from './metrics.js';
 import { webhookPush } from '../server/push/webhook.js';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { hostname } from 'node:os';
+import type { ClusterAdapter } from '../server/cluster/types.js';
 import { insecureDevAuthenticator, tokenAuthenticator } from '../server/auth.js';
 import { createServer, type PostboxServer } from '../server/engine.js';
 import { sqliteServerStore } from '../server/stores/sqlite.js';
@@ -18,6 +20,15 @@ export interface ServeOptions {
   data: string;
   /** A `postgres://` connection string: keep everything in PostgreSQL instead of `data`. */
   store?: string;
+  /**
+   * A `redis://` URL: run as one gateway node of many over this Redis (needs `store`); a `prefix`
+   * query parameter namespaces the keys. @default one node, no Redis
+   */
+  cluster?: string;
+  /** This node's name in the cluster. @default `HOST-PID` */
+  nodeId?: string;
+  /** A dead node's entries stop counting after this. @default 15000 */
+  clusterTtlMs?: number;
   /** HTTP path of the WebSocket endpoint. @default '/postbox' */
   path: string;
   /** Secret for signed tokens (at least 16 bytes). Required unless `insecureDevAuth`. */
@@ -53,6 +64,8 @@ export interface ServeHandle {
   engine: PostboxServer;
   http: HttpServer;
   store: ServerStore;
+  /** This node's id in the cluster, when it runs with one. */
+  nodeId: string | undefined;
   /**
    * Graceful shutdown: stop accepting, finish in-flight commits (their acks go out), close every
    * connection with 1001 "going away" so clients reconnect, then close the store.
@@ -69,6 +82,22 @@ async function openPostgres(url: string): Promise<ServerStore> {
   return openPostgresServerStore({ connectionString: u.toString(), ...(schema ? { schema } : {}) });
 }
 
+/** A started Redis cluster node from a `redis://` URL; a `prefix` query parameter sets the key prefix. */
+async function openCluster(url: string, options: ServeOptions, log: ReturnType<typeof jsonLogger>) {
+  const { redisCluster } = await import('../server/cluster/redis.js');
+  const u = new URL(url);
+  const prefix = u.searchParams.get('prefix') ?? undefined;
+  u.searchParams.delete('prefix');
+  const cluster = redisCluster({
+    redis: u.toString(),
+    ...(prefix ? { prefix } : {}),
+    ttlMs: options.clusterTtlMs ?? 15_000,
+    onError: (e) => log.warn('cluster', e),
+  });
+  await cluster.start(options.nodeId ?? `${hostname()}-${process.pid}`);
+  return cluster;
+}
+
 /** Starts the server command's stack: HTTP (`/healthz`, `/readyz`), WebSocket, SQLite, engine. */
 export async function startServe(options: ServeOptions): Promise<ServeHandle> {
   const log = jsonLogger(options.logLevel);
@@ -83,6 +112,16 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
   const store: ServerStore = options.store
     ? await openPostgres(options.store)
     : sqliteServerStore({ path: options.data });
+  let cluster: ClusterAdapter | undefined;
+  try {
+    if (options.cluster) cluster = await openCluster(options.cluster, options, log);
+  } catch (e) {
+    await store.close();
+    const where = options.cluster!.replace(/\/\/[^@/]*@/, '//…@');
+    throw new Error(`cannot join the cluster at ${where}: ${e instanceof Error ? e.message : String(e)}`, {
+      cause: e,
+    });
+  }
   const metrics = await prometheusMetrics();
   let ready = false;
   const http = createHttpServer((req, res) => {
@@ -128,6 +167,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     maxFrameBytes: options.maxFrameBytes,
     ...(options.pushWebhook ? { push: webhookPush({ url: options.pushWebhook }) } : {}),
     ...(metrics ? { metrics: metrics.hooks } : {}),
+    ...(cluster ? { cluster } : {}),
   });
   metrics?.watch(engine);
   engine.on('error', (e) => log.error('store failure', e));
@@ -147,6 +187,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     engine,
     http,
     store,
+    nodeId: cluster?.nodeId,
     close() {
       closing ??= (async () => {
         ready = false;
@@ -155,6 +196,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
           http.close(() => resolve());
           http.closeAllConnections();
         });
+        await cluster?.stop();
         await store.close();
       })();
       return closing;

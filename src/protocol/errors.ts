@@ -127,4 +127,9 @@ export const CLOSE_CODES = {
   unlinked: 4005,
   /** The link code shown by a device awaiting approval expired unused; reconnect for a new one. */
   linkExpired: 4006,
+  /**
+   * The server is overloaded (too many handshakes at once, say after another gateway died and its
+   * clients all came here): reconnect after a backoff, maybe to another gateway.
+   */
+  tryAgainLater: 1013,
 } as const;

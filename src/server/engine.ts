@@ -27,6 +27,7 @@ import {
 import type { Connection, ConnectionHandlers, ServerTransport } from '../transport/types.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import { performance } from 'node:perf_hooks';
+import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
 import type { PushProvider, PushToken } from './push/types.js';
 import type {
@@ -164,6 +165,30 @@ export interface ServerOptions {
    * below this, on connect and when its keys are claimed. 0 turns the notice off. @default 10
    */
   keyLowWater?: number;
+  /**
+   * Makes this server one gateway node of many (see docs/scaling.md): entries for devices
+   * connected to other nodes ring those nodes' doorbells, presence and typing cross nodes, and a
+   * device's newest connection wins cluster-wide. Start it (`await cluster.start(nodeId)`) before
+   * the first connection; the server never stops it: its owner does, after
+   * {@link PostboxServer.close}. Without it the server is a single node and keeps all of this in
+   * its own memory.
+   */
+  cluster?: ClusterAdapter;
+  /**
+   * An open session re-reads its inbox when it has not read it for this long, so an entry whose
+   * doorbell was lost (its node died mid-ring, Redis dropped it, the registry was stale or
+   * unreachable) still arrives without a reconnect. Costs one inbox read per idle connection
+   * per interval. 0 turns it off. @default 30000 with a cluster, 0 without (one node's rings
+   * are not lost)
+   */
+  inboxPollMs?: number;
+  /**
+   * Handshakes (`hello` until `welcome`: authentication, device registration) in progress at
+   * once. Past it a new connection gets `unavailable` and close code 1013 ("try again later"),
+   * and its client backs off with jitter, so the clients of a dead gateway reconnecting all at
+   * once cannot overload the survivors' stores. @default 256
+   */
+  maxConcurrentHandshakes?: number;
   /** @default silent */
   logger?: Logger;
 }
@@ -221,6 +246,9 @@ function wireDifference(d: DeviceMismatch): NonNullable<ErrFrame['d']> {
 
 const keyOf = (a: DeviceAddress): string => `${a.user}\u0000${a.device}`;
 
+/** With a cluster, a group's cached member list (for typing) is re-read after this long. */
+const MEMBER_CACHE_MS = 5000;
+
 type WireKey = [number, Uint8Array, Uint8Array];
 
 /** What a ciphertext may add to `maxBodyBytes` (a PreKey message carries ~1.9 KB of keys). */
@@ -236,7 +264,10 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly authenticate: Authenticate;
   /** @internal */ readonly clock: Clock;
   /** @internal */ readonly opts: Required<
-    Omit<ServerOptions, 'store' | 'authenticate' | 'clock' | 'logger' | 'presence' | 'push' | 'metrics'>
+    Omit<
+      ServerOptions,
+      'store' | 'authenticate' | 'clock' | 'logger' | 'presence' | 'push' | 'metrics' | 'cluster'
+    >
   >;
   private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
@@ -264,8 +295,25 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly pushTokens = new Map<string, PushToken>();
   /** device → time of its last wake-up (bounded: the oldest are forgotten past 100k). */
   private readonly lastWake = new Map<string, number>();
-  /** group id → member users; a cache for typing notices, dropped on every change. */
-  private readonly memberCache = new Map<string, Set<string>>();
+  /**
+   * group id → member users and when they were read; a cache for typing notices, dropped on every
+   * change made here (with a cluster, changes made on other nodes age it out).
+   */
+  private readonly memberCache = new Map<string, { members: Set<string>; at: number }>();
+  /** The gateway cluster this node belongs to, if any. */
+  private readonly cluster: ClusterAdapter | undefined;
+  private readonly clusterHandlers: Unsubscribe[] = [];
+  /** Cluster calls in flight that {@link close} waits for (unregistrations, presence checks). */
+  private readonly clusterOps = new Set<Promise<unknown>>();
+  /**
+   * With a cluster: watched user → the newest presence (highest version) applied here, so an
+   * older event arriving late is dropped.
+   */
+  private readonly presenceSeen = new Map<string, { v: number; online: boolean; at: number }>();
+  /** With a cluster: user whose last device left → its pending offline check (the debounce). */
+  private readonly offlineChecks = new Map<string, { timer: TimerHandle; run: () => Promise<void> }>();
+  /** @internal handshakes in progress. */
+  handshakes = 0;
 
   constructor(options: ServerOptions) {
     super();
@@ -295,7 +343,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       maxKeyClaimsPer10s: options.maxKeyClaimsPer10s ?? 4096,
       keyLowWater: options.keyLowWater ?? 10,
       pushIntervalMs: options.pushIntervalMs ?? 60_000,
+      inboxPollMs: options.inboxPollMs ?? (options.cluster ? 30_000 : 0),
+      maxConcurrentHandshakes: options.maxConcurrentHandshakes ?? 256,
     };
+    this.cluster = options.cluster;
+    if (this.cluster) this.joinCluster(this.cluster);
     this.push = options.push;
     this.metrics = options.metrics ?? noMetrics;
     const p = options.presence ?? 'contacts';
@@ -375,7 +427,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     });
   }
 
-  /** Whether the user has an open session on this server. */
+  /** Whether the user has an open session on this server (this node, with a cluster). */
   isOnline(user: string): boolean {
     return (this.presence.get(user)?.sessions ?? 0) > 0;
   }
@@ -400,6 +452,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     await Promise.all(this.transports.map((t) => t.close()));
     await this.idle();
     for (const s of [...this.connections]) s.close(CLOSE_CODES.goingAway, 'server shutting down');
+    if (this.cluster) {
+      // Unregister every device, then announce now the users who left with this node (their
+      // clients reconnect elsewhere and are announced online again there).
+      while (this.clusterOps.size > 0) await Promise.allSettled([...this.clusterOps]);
+      const checks = [...this.offlineChecks.values()];
+      this.offlineChecks.clear();
+      for (const c of checks) this.clock.clearTimeout(c.timer);
+      await Promise.allSettled(checks.map((c) => c.run()));
+      for (const off of this.clusterHandlers.splice(0)) off();
+    }
   }
 
   /** Resolves when no commit is queued or running. */
@@ -409,6 +471,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   }
 
   // ------------------------------------------------------------ internals used by Session
+
+  /** @internal */
+  get hasCluster(): boolean {
+    return this.cluster !== undefined;
+  }
 
   /** @internal */
   get isClosing(): boolean {
@@ -433,7 +500,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     if (!mine) this.userSessions.set(session.addr!.user, (mine = new Set()));
     mine.add(session);
     this.emit('online', session.addr!);
-    this.presenceUp(session.addr!.user);
+    // With a cluster, presence follows the cluster's registry (see registerInCluster).
+    if (!this.cluster) this.presenceUp(session.addr!.user);
   }
 
   /** @internal */
@@ -441,11 +509,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     if (this.connections.delete(session)) this.metrics.connection(-1);
     this.commitQueue = this.commitQueue.filter((p) => p.session !== session);
     if (session.linkCode !== undefined) this.linkCodes.delete(session.linkCode);
-    for (const target of session.subscriptions?.keys() ?? []) {
-      const set = this.watchers.get(target);
-      set?.delete(session);
-      if (set?.size === 0) this.watchers.delete(target);
-    }
+    for (const target of session.subscriptions?.keys() ?? []) this.unwatch(session, target);
     if (!session.addr) return;
     const key = keyOf(session.addr);
     if (this.sessions.get(key) === session) {
@@ -454,8 +518,136 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       mine?.delete(session);
       if (mine?.size === 0) this.userSessions.delete(session.addr.user);
       this.emit('offline', session.addr, code);
-      this.presenceDown(session.addr.user);
+      if (this.cluster) this.unregisterInCluster(session.addr);
+      else this.presenceDown(session.addr.user);
     }
+  }
+
+  // ------------------------------------------------------------ cluster
+
+  /** Hooks this node's sessions to the cluster's doorbells, take-overs, presence and typing. */
+  private joinCluster(c: ClusterAdapter): void {
+    this.clusterHandlers.push(
+      c.onDoorbell((devices) => {
+        for (const d of devices) this.sessions.get(keyOf(d))?.notify();
+      }),
+      c.onReplaced((devices) => {
+        for (const d of devices)
+          this.sessions.get(keyOf(d))?.close(CLOSE_CODES.replaced, 'replaced by a newer connection');
+      }),
+      c.onPresence((e) => this.onClusterPresence(e)),
+      c.onTyping((users, notice) => this.deliverTyping(users, notice)),
+    );
+  }
+
+  /** Runs a cluster call that {@link close} must wait for; its failure is logged, not thrown. */
+  private clusterOp(what: string, op: () => Promise<void>): Promise<void> {
+    const p = op().catch((e) => this.log.warn(`cluster ${what} failed`, e));
+    this.clusterOps.add(p);
+    void p.finally(() => this.clusterOps.delete(p));
+    return p;
+  }
+
+  /**
+   * @internal Registers a device that is opening a session here, before its first inbox read:
+   * from then on every commit for it rings this node, and every commit before is in that read.
+   * When the cluster is unreachable the session opens anyway and gets its entries by polling.
+   */
+  registerInCluster(addr: DeviceAddress): Promise<void> {
+    return this.clusterOp('register', async () => {
+      const r = await this.cluster!.register(addr);
+      const pending = this.offlineChecks.get(addr.user);
+      if (pending) {
+        // Back before its offline announcement: watchers never saw the user leave.
+        this.clock.clearTimeout(pending.timer);
+        this.offlineChecks.delete(addr.user);
+      }
+      if (r.cameOnline) this.publishPresence(addr.user, true, r.v, this.clock.now());
+    });
+  }
+
+  /**
+   * @internal Forgets a device that closed its session here (unless a newer session of it is
+   * open here again). When that was the user's last device anywhere, last seen is written and,
+   * after the debounce, the user is announced offline if no device came back meanwhile.
+   */
+  unregisterInCluster(addr: DeviceAddress): void {
+    const c = this.cluster!;
+    void this.clusterOp('unregister', async () => {
+      // A newer session of the device replacing this one here binds right after this one closes.
+      await undefined;
+      if (this.sessions.has(keyOf(addr))) return;
+      const r = await c.unregister(addr);
+      if (!r.wentOffline || this.sessions.has(keyOf(addr))) return;
+      const user = addr.user;
+      const at = this.clock.now();
+      this.store.setLastSeen(user, at).catch((e) => this.log.error('setLastSeen failed', e));
+      const old = this.offlineChecks.get(user);
+      if (old) this.clock.clearTimeout(old.timer);
+      const run = async (): Promise<void> => {
+        const [now] = await c.presence([user]);
+        if (now && !now.online) this.publishPresence(user, false, now.v, at);
+      };
+      const check = {
+        run,
+        timer: this.clock.setTimeout(() => {
+          if (this.offlineChecks.get(user) !== check) return;
+          this.offlineChecks.delete(user);
+          void this.clusterOp('presence check', run);
+        }, this.opts.presenceDebounceMs),
+      };
+      this.offlineChecks.set(user, check);
+    });
+  }
+
+  /** Announces a user's presence to every node watching it (this one hears it back). */
+  private publishPresence(user: string, online: boolean, v: number, at: number): void {
+    this.emit('presence', user, online, online ? undefined : at);
+    void this.cluster!.publishPresence({ user, online, v, at });
+  }
+
+  /** A presence event from the cluster: to this node's watchers, unless it is older than what they saw. */
+  private onClusterPresence(e: PresenceEvent): void {
+    if (e.lost && e.origin === this.cluster!.nodeId) {
+      // This node reaped a dead node's last device of the user: nobody else records last seen.
+      this.store.setLastSeen(e.user, e.at).catch((err) => this.log.error('setLastSeen failed', err));
+      this.emit('presence', e.user, false, e.at);
+    }
+    if (!this.watchers.has(e.user)) return;
+    const seen = this.presenceSeen.get(e.user);
+    if (seen && seen.v >= e.v) return;
+    this.presenceSeen.set(e.user, { v: e.v, online: e.online, at: e.at });
+    // Levels, not edges: a second "online" (two nodes saw devices come) tells watchers nothing.
+    if (seen?.online && e.online) return;
+    this.tellWatchers(e.user, e.online, e.online ? undefined : e.at);
+  }
+
+  /** Typing notices from the cluster (this node's own included): to the local sessions of `users`. */
+  private deliverTyping(users: string[], n: TypingNotice): void {
+    const frame: ServerFrame = n.group
+      ? { t: 'typn', f: n.from.user, fd: n.from.device, on: n.on, to: n.to, g: true }
+      : { t: 'typn', f: n.from.user, fd: n.from.device, on: n.on };
+    let encoded: Uint8Array | undefined;
+    for (const user of users) {
+      if (user === n.from.user) continue;
+      for (const s of this.userSessions.get(user) ?? []) s.sendEncoded((encoded ??= encodeFrame(frame)));
+    }
+  }
+
+  /** Rings the nodes of devices not connected here; wakes by push those connected nowhere. */
+  private async ringRemote(devices: DeviceAddress[]): Promise<void> {
+    const c = this.cluster!;
+    await c.ring(devices);
+    if (!this.push) return;
+    let where: Array<string | undefined>;
+    try {
+      where = await c.locate(devices);
+    } catch (e) {
+      // Unknown whereabouts: a wake-up too many beats a device left asleep.
+      this.log.warn('cluster locate failed', e);
+      where = [];
+    }
+    for (let i = 0; i < devices.length; i++) if (where[i] === undefined) void this.wake(devices[i]!);
   }
 
   // ------------------------------------------------------------ presence
@@ -490,6 +682,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   private announce(user: string, online: boolean, lastSeen: number | undefined): void {
     this.emit('presence', user, online, lastSeen);
+    this.tellWatchers(user, online, lastSeen);
+  }
+
+  /** Sends a presence change to this node's sessions watching `user`. */
+  private tellWatchers(user: string, online: boolean, lastSeen: number | undefined): void {
     for (const s of this.watchers.get(user) ?? []) {
       const showLastSeen = s.subscriptions?.get(user) === true;
       s.send(
@@ -524,10 +721,26 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     }
     subs.set(target, visible === true);
     let set = this.watchers.get(target);
-    if (!set) this.watchers.set(target, (set = new Set()));
+    if (!set) {
+      this.watchers.set(target, (set = new Set()));
+      if (this.cluster) void this.clusterOp('watch', () => this.cluster!.watch(target));
+    }
     set.add(session);
     session.send({ t: 'ok', r });
-    const online = this.presence.get(target)?.announced === true;
+    let online = this.presence.get(target)?.announced === true;
+    if (this.cluster) {
+      try {
+        const [now] = await this.cluster.presence([target]);
+        const seen = this.presenceSeen.get(target);
+        // An event newer than this read may have arrived meanwhile; the newest wins.
+        if (now && (!seen || seen.v < now.v))
+          this.presenceSeen.set(target, { v: now.v, online: now.online, at: this.clock.now() });
+        online = this.presenceSeen.get(target)?.online ?? false;
+      } catch (e) {
+        this.log.warn('cluster presence read failed', e);
+      }
+      if (session.isClosed() || !session.subscriptions?.has(target)) return;
+    }
     session.send(
       online || lastSeen === undefined
         ? { t: 'pres', u: target, on: online }
@@ -538,9 +751,18 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** @internal */
   unsubscribe(session: Session, target: string): void {
     session.subscriptions?.delete(target);
+    this.unwatch(session, target);
+  }
+
+  /** Drops one session from `target`'s watchers; the last one stops the cluster's events. */
+  private unwatch(session: Session, target: string): void {
     const set = this.watchers.get(target);
-    set?.delete(session);
-    if (set?.size === 0) this.watchers.delete(target);
+    if (!set?.delete(session) || set.size > 0) return;
+    this.watchers.delete(target);
+    if (this.cluster) {
+      this.presenceSeen.delete(target);
+      void this.clusterOp('unwatch', () => this.cluster!.unwatch(target));
+    }
   }
 
   // ------------------------------------------------------------ typing
@@ -550,11 +772,14 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     const from = session.addr!;
     let users: Iterable<string>;
     if (f.g) {
-      let members = this.memberCache.get(f.to);
+      const now = this.clock.now();
+      const cached = this.memberCache.get(f.to);
+      let members =
+        cached && (!this.cluster || now - cached.at < MEMBER_CACHE_MS) ? cached.members : undefined;
       if (!members) {
         const g = await this.store.group(f.to);
         members = new Set(g?.members.map((m) => m.user));
-        if (g) this.memberCache.set(f.to, members);
+        if (g) this.memberCache.set(f.to, { members, at: now });
       }
       if (!members.has(from.user)) {
         session.sendError('not_member', 'not a member of the group');
@@ -563,6 +788,13 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       users = members;
     } else {
       users = [f.to];
+    }
+    if (this.cluster) {
+      const to = [...users].filter((u) => u !== from.user);
+      const notice: TypingNotice = { from, to: f.to, on: f.on };
+      if (f.g) notice.group = true;
+      if (to.length > 0) await this.cluster.typing(to, notice);
+      return;
     }
     const notice: ServerFrame = f.g
       ? { t: 'typn', f: from.user, fd: from.device, on: f.on, to: f.to, g: true }
@@ -734,8 +966,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       const d = devices[i]!;
       const s = this.sessions.get(keyOf(d));
       if (!s) {
-        // Offline: the entry waits in its inbox (and a push may wake the device).
-        if (this.push) ring.push(d);
+        // Not here: the entry waits in its inbox; its node is rung (or a push wakes it).
+        if (this.push || this.cluster) ring.push(d);
         continue;
       }
       entry.offset = offsets[i]!;
@@ -748,11 +980,14 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** @internal */
   ring(devices: DeviceAddress[]): void {
     if (devices.length > 0) this.metrics.doorbell(devices.length);
+    let remote: DeviceAddress[] | undefined;
     for (const d of devices) {
       const s = this.sessions.get(keyOf(d));
       if (s) s.notify();
+      else if (this.cluster) (remote ??= []).push(d);
       else if (this.push) void this.wake(d);
     }
+    if (remote) void this.ringRemote(remote);
   }
 
   /** A device without a connection got an inbox entry: wake it, at most once per interval. */
@@ -926,6 +1161,8 @@ class Session {
    * rings): an ack or a drain then frees room without a pointless read of an empty tail.
    */
   private drained = false;
+  /** When the inbox was last read (for {@link ServerOptions.inboxPollMs}). */
+  private lastReadAt = 0;
 
   constructor(
     private readonly server: PostboxServer,
@@ -977,7 +1214,11 @@ class Session {
     }
     if (now - this.lastFrameAt > this.server.opts.heartbeatMs * 2) {
       this.close(CLOSE_CODES.heartbeatTimeout, 'heartbeat timeout');
+      return;
     }
+    const poll = this.server.opts.inboxPollMs;
+    // A doorbell may have been lost: look at the inbox anyway now and then.
+    if (poll > 0 && now - this.lastReadAt >= poll) this.notify();
   }
 
   /** @internal the connection closed. */
@@ -1125,6 +1366,22 @@ class Session {
   }
 
   private async onHello(hello: HelloFrame): Promise<void> {
+    const server = this.server;
+    if (server.handshakes >= server.opts.maxConcurrentHandshakes) {
+      // Shed load before it reaches the authenticator and the store; the client backs off.
+      this.sendError('unavailable', 'server busy, try again later');
+      this.close(CLOSE_CODES.tryAgainLater, 'server busy');
+      return;
+    }
+    server.handshakes++;
+    try {
+      await this.handshake(hello);
+    } finally {
+      server.handshakes--;
+    }
+  }
+
+  private async handshake(hello: HelloFrame): Promise<void> {
     this.state = 'authenticating';
     const version = negotiateVersion(hello.v, [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION]);
     if (version === undefined) {
@@ -1187,6 +1444,13 @@ class Session {
       return false;
     }
     if (this.isClosed()) return false;
+    if (this.server.hasCluster) {
+      await this.server.registerInCluster(addr);
+      if (this.isClosed()) {
+        this.server.unregisterInCluster(addr);
+        return false;
+      }
+    }
     this.addr = addr;
     this.pendingAddr = undefined;
     this.state = 'open';
@@ -1296,6 +1560,7 @@ class Session {
     if (room <= 0 || this.conn.bufferedAmount > this.server.opts.sendHighWaterBytes) return;
     this.reading = true;
     this.dirty = false;
+    this.lastReadAt = this.server.clock.now();
     this.server.store.readInbox(this.addr!, this.cursor, room).then(
       (entries) => {
         this.reading = false;

@@ -287,6 +287,20 @@ export function clusterConformance(subject: ClusterSubject): ConformanceCase[] {
     );
   });
 
+  test('the node that reaps a dead node hears the users it left offline, even unwatched (it records last seen)', async (c) => {
+    const a = await c.start('A');
+    const b = await c.start('B');
+    await a.node.register(carol1);
+    await c.h.crash(a.node);
+    await c.afterTtl('B reaps carol', () => b.got.presence.some((e) => e.user === 'carol'));
+    const e = b.got.presence.find((x) => x.user === 'carol')!;
+    assert.equal(e.online, false);
+    assert.equal(e.lost, true);
+    assert.equal(e.origin, 'B');
+    await sleep(SETTLE_MS);
+    assert.equal(b.got.presence.filter((x) => x.user === 'carol').length, 1, 'told once');
+  });
+
   test('presence events reach the nodes that watch the user, and only while they watch', async (c) => {
     const a = await c.start('A');
     const b = await c.start('B');

@@ -75,6 +75,14 @@ export class NodeCore {
     }
   }
 
+  /**
+   * Delivers a `lost` event this node published by reaping, when it does not watch the user
+   * (watched users' events arrive the usual way): its engine records the user's last seen.
+   */
+  deliverReaped(e: PresenceEvent): void {
+    if (!this.watched.has(e.user)) this.presence.emit(e);
+  }
+
   /** Delivers a presence event if this node watches its user. */
   deliverPresence(e: PresenceEvent): void {
     if (this.watched.has(e.user)) this.presence.emit(e);

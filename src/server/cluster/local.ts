@@ -119,7 +119,7 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
   };
 
   /** Removes one device of a dead incarnation; the user's offline event when it was its last. */
-  const reapOne = (inc: string, key: string, origin: string): void => {
+  const reapOne = (inc: string, key: string, origin: string, originCore: NodeCore): void => {
     const [user] = JSON.parse(key) as [string, string];
     if (devices.get(key) === inc) devices.delete(key);
     count(user, inc, -1);
@@ -127,18 +127,19 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
     if (!onlineNow(user)) {
       const event: PresenceEvent = { user, online: false, v: version, at: clock.now(), origin, lost: true };
       broadcast((c) => c.deliverPresence(event));
+      queueMicrotask(() => originCore.deliverReaped(event));
     }
   };
 
   /** One bounded reaping step over the dead incarnations, run by a live node's heartbeat. */
-  const reap = (origin: string): void => {
+  const reap = (origin: string, originCore: NodeCore): void => {
     let budget = reapBatch;
     for (const [inc, i] of incarnations) {
       if (alive(inc)) continue;
       for (const key of i.devices) {
         if (budget-- <= 0) return;
         i.devices.delete(key);
-        reapOne(inc, key, origin);
+        reapOne(inc, key, origin, originCore);
       }
       incarnations.delete(inc);
     }
@@ -191,7 +192,7 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
         claim();
         for (const d of core.local.values()) registerHere(d);
       }
-      reap(nodeId);
+      reap(nodeId, core);
       schedule();
     };
     const schedule = (): void => {
@@ -211,7 +212,7 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
         if (nodeId !== undefined) throw new Error(`cluster node already started as ${nodeId}`);
         nodeId = id;
         claim();
-        reap(id);
+        reap(id, core);
         schedule();
       },
       async stop() {

@@ -179,6 +179,7 @@ const REAP = `${ALIVE}
 local inc, p = ARGV[1], ARGV[2]
 if alive(p, inc) then return 0 end
 local members = redis.call('SPOP', KEYS[1], tonumber(ARGV[3]))
+local events = {}
 for _, m in ipairs(members) do
   local dk = p .. 'd:' .. m
   if redis.call('GET', dk) == inc then redis.call('DEL', dk) end
@@ -188,12 +189,14 @@ for _, m in ipairs(members) do
   local v = redis.call('INCR', KEYS[3])
   if not online(p, uk) then
     -- Built by hand: cjson prints numbers with 14 digits, and versions have 16.
-    redis.call('PUBLISH', p .. 'p:' .. user, '{"user":' .. cjson.encode(user) .. ',"online":false,"v":' ..
-      string.format('%.0f', v) .. ',"at":' .. ARGV[5] .. ',"origin":' .. cjson.encode(ARGV[4]) .. ',"lost":true}')
+    local e = '{"user":' .. cjson.encode(user) .. ',"online":false,"v":' .. string.format('%.0f', v) ..
+      ',"at":' .. ARGV[5] .. ',"origin":' .. cjson.encode(ARGV[4]) .. ',"lost":true}'
+    redis.call('PUBLISH', p .. 'p:' .. user, e)
+    events[#events + 1] = e
   end
 end
 if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], inc) end
-return #members
+return events
 `;
 
 /** The scripts, as ioredis defines them on the command connection. */
@@ -205,7 +208,7 @@ interface Scripts {
   pbPresence(...args: Array<string | number>): Promise<number[]>;
   pbTyping(...args: Array<string | number>): Promise<number>;
   pbHeartbeat(...args: Array<string | number>): Promise<number>;
-  pbReap(...args: Array<string | number>): Promise<number>;
+  pbReap(...args: Array<string | number>): Promise<string[]>;
 }
 
 /** Splits `list` into runs of at most `n`. */
@@ -353,7 +356,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     const live = await cmd!.mget(incs.map((i) => `${prefix}alive:${i}`));
     for (let i = 0; i < incs.length; i++) {
       if (live[i] !== null) continue;
-      await cmd!.pbReap(
+      const events = await cmd!.pbReap(
         `${prefix}devs:${incs[i]!}`,
         nodesKey,
         versionKey,
@@ -363,6 +366,9 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
         nodeId!,
         Date.now(),
       );
+      // The users this reaping left offline, for this node's engine to record their last seen
+      // (watchers, this node's included, hear them on the users' channels).
+      for (const e of events) core.deliverReaped(JSON.parse(e) as PresenceEvent);
     }
   };
 

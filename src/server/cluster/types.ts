@@ -194,7 +194,11 @@ export interface ClusterAdapter {
   watch(user: string): Promise<void>;
   /** Undoes one {@link ClusterAdapter.watch}; the last one stops the events. */
   unwatch(user: string): Promise<void>;
-  /** Receives presence events of watched users, from every node (this one included). */
+  /**
+   * Receives presence events of watched users, from every node (this one included), and the
+   * `lost` events this node published by reaping a dead node, watched or not (its engine records
+   * those users' last seen: nobody else does).
+   */
   onPresence(handler: (event: PresenceEvent) => void): Unsubscribe;
 
   /**
