@@ -1,6 +1,7 @@
 // The WebSocket transport over real sockets on 127.0.0.1 (ephemeral ports): the transport
-// conformance suite in both server modes, the engines end to end, and bad input that closes
-// only the offending connection while the others keep working.
+// conformance suite in both server modes, the engines end to end, bad input that closes only
+// the offending connection while the others keep working, and a client on a list of gateways
+// that spreads over them and fails over when its node dies.
 import { once } from 'node:events';
 import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
 import net from 'node:net';
@@ -13,7 +14,7 @@ import { createServer } from '../src/server/index.js';
 import { memoryServerStore } from '../src/server/stores/memory.js';
 import { registerCases } from '../src/testing/conformance.js';
 import { transportConformance, type TransportSubject } from '../src/testing/transport-conformance.js';
-import type { Connection } from '../src/transport/types.js';
+import type { ClientTransport, Connection } from '../src/transport/types.js';
 import { until as waitUntil } from './fixtures/util.js';
 import {
   websocketClientTransport,
@@ -445,14 +446,252 @@ describe('the client side', () => {
   );
 
   it('a connect to a closed port rejects', { timeout: TEST_MS }, async () => {
-    const probe = net.createServer();
-    probe.listen(0, '127.0.0.1');
-    await once(probe, 'listening');
-    const port = (probe.address() as net.AddressInfo).port;
-    await new Promise((resolve) => probe.close(resolve));
-    await expect(
-      websocketClientTransport({ url: `ws://127.0.0.1:${port}/postbox` }).connect(),
-    ).rejects.toThrow(/websocket transport/);
+    await expect(websocketClientTransport({ url: await deadUrl() }).connect()).rejects.toThrow(
+      /websocket transport/,
+    );
+  });
+});
+
+/** A URL on a loopback port that was free a moment ago and has nothing listening now. */
+async function deadUrl(): Promise<string> {
+  const probe = net.createServer();
+  probe.listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const port = (probe.address() as net.AddressInfo).port;
+  await new Promise((resolve) => probe.close(resolve));
+  return `ws://127.0.0.1:${port}/postbox`;
+}
+
+describe('a list of gateway URLs', () => {
+  /** One gateway node: a bare `ws` server that keeps its sockets, so a test can close or kill them. */
+  async function gateway() {
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+    await once(wss, 'listening');
+    const sockets: WsWebSocket[] = [];
+    wss.on('connection', (ws) => sockets.push(ws.on('error', () => {})));
+    cleanup.push(
+      () =>
+        new Promise<void>((resolve) => {
+          for (const ws of sockets) ws.terminate();
+          wss.close(() => resolve());
+        }),
+    );
+    return { url: `ws://127.0.0.1:${(wss.address() as net.AddressInfo).port}/postbox`, sockets };
+  }
+
+  /** Connects once through `transport` and records what the connection's owner is told. */
+  async function connectVia(transport: ClientTransport) {
+    const conn = await transport.connect();
+    const closes: number[] = [];
+    conn.setHandlers({ frame: () => {}, close: (code) => closes.push(code) });
+    cleanup.push(() => conn.close());
+    return { conn, closes };
+  }
+
+  /** How many connections each gateway has accepted so far. */
+  const counts = (nodes: Array<{ sockets: unknown[] }>) => nodes.map((n) => n.sockets.length);
+
+  /** mulberry32: a tiny seeded generator, so the spread below is the same on every run. */
+  function seeded(seed: number): () => number {
+    let a = seed >>> 0;
+    return () => {
+      a = (a + 0x6d2b79f5) >>> 0;
+      let t = a;
+      t = Math.imul(t ^ (t >>> 15), t | 1);
+      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+
+  it('an empty list is refused when the transport is created', () => {
+    expect(() => websocketClientTransport({ url: [] })).toThrow(/empty list/);
+    expect(() => websocketClientTransport({ url: ['ws://127.0.0.1:1/postbox', ''] })).toThrow(
+      /url\[1\] must be a non-empty string/,
+    );
+  });
+
+  it(
+    'first connects spread over the gateways, each starting where the injected random points',
+    { timeout: TEST_MS },
+    async () => {
+      const nodes = [await gateway(), await gateway(), await gateway()];
+      const urls = nodes.map((n) => n.url);
+      const random = seeded(20_240_601);
+      const draws = Array.from({ length: 12 }, () => random());
+      const expected = draws.map((r) => Math.floor(r * nodes.length));
+      // The seed was picked so that every gateway gets some: the spread is what is under test.
+      expect(new Set(expected).size).toBe(nodes.length);
+      for (const [i, r] of draws.entries()) {
+        const before = counts(nodes);
+        await connectVia(websocketClientTransport({ url: urls, random: () => r }));
+        await until(`client ${i} accepted`, () => counts(nodes).some((c, n) => c > before[n]!));
+        expect(counts(nodes).map((c, n) => c - before[n]!)).toEqual(
+          nodes.map((_, n) => (n === expected[i] ? 1 : 0)),
+        );
+      }
+      expect(counts(nodes)).toEqual(nodes.map((_, n) => expected.filter((e) => e === n).length));
+    },
+  );
+
+  it(
+    'a gateway with nothing listening is skipped: the next connect goes to the next URL',
+    { timeout: TEST_MS },
+    async () => {
+      const live = await gateway();
+      const transport = websocketClientTransport({ url: [await deadUrl(), live.url], random: () => 0 });
+      await expect(transport.connect()).rejects.toThrow(/websocket transport/);
+      await connectVia(transport);
+      await until('the live gateway to accept', () => live.sockets.length === 1);
+    },
+  );
+
+  it(
+    'connects failing together on one dead gateway move the transport one URL on, not one per failure',
+    { timeout: TEST_MS },
+    async () => {
+      const [next, after] = [await gateway(), await gateway()];
+      const transport = websocketClientTransport({
+        url: [await deadUrl(), next.url, after.url],
+        random: () => 0,
+      });
+      const attempts = await Promise.allSettled([transport.connect(), transport.connect()]);
+      expect(attempts.map((a) => a.status)).toEqual(['rejected', 'rejected']);
+      await connectVia(transport);
+      await until('a gateway to accept', () => next.sockets.length + after.sockets.length === 1);
+      expect(counts([next, after])).toEqual([1, 0]);
+    },
+  );
+
+  /** How the gateway a client is on ends its connection; `moves` says where the next connect goes. */
+  const endings: Array<{ how: string; code: number; end: (ws: WsWebSocket) => void; moves: boolean }> = [
+    { how: 'dies (socket killed, no close frame)', code: 1006, end: (ws) => ws.terminate(), moves: true },
+    { how: 'goes away (1001)', code: 1001, end: (ws) => ws.close(1001, 'shutting down'), moves: true },
+    { how: 'fails (1011)', code: 1011, end: (ws) => ws.close(1011, 'store unavailable'), moves: true },
+    { how: 'restarts (1012)', code: 1012, end: (ws) => ws.close(1012, 'restart'), moves: true },
+    { how: 'sheds load (1013)', code: 1013, end: (ws) => ws.close(1013, 'try again later'), moves: true },
+    { how: 'closes cleanly (1000)', code: 1000, end: (ws) => ws.close(1000, 'bye'), moves: false },
+    {
+      how: 'closes with a postbox code (4000 heartbeat timeout)',
+      code: CLOSE_CODES.heartbeatTimeout,
+      end: (ws) => ws.close(CLOSE_CODES.heartbeatTimeout, 'heartbeat timeout'),
+      moves: false,
+    },
+    {
+      how: 'closes with a postbox code (4001 replaced)',
+      code: CLOSE_CODES.replaced,
+      end: (ws) => ws.close(CLOSE_CODES.replaced, 'replaced'),
+      moves: false,
+    },
+  ];
+  for (const { how, code, end, moves } of endings) {
+    it(
+      `when the gateway a client is on ${how}, the next connect goes to ${moves ? 'the next gateway' : 'the same gateway'}`,
+      { timeout: TEST_MS },
+      async () => {
+        // The first gateway keeps listening throughout: only the close code decides.
+        const [first, second] = [await gateway(), await gateway()];
+        const transport = websocketClientTransport({ url: [first.url, second.url], random: () => 0 });
+        const client = await connectVia(transport);
+        await until('the first gateway to accept', () => first.sockets.length === 1);
+        end(first.sockets[0]!);
+        await until('the close to reach the client', () => client.closes.length === 1);
+        expect(client.closes).toEqual([code]);
+        await connectVia(transport);
+        await until(
+          'a gateway to accept the reconnect',
+          () => first.sockets.length + second.sockets.length === 2,
+        );
+        expect(counts([first, second])).toEqual(moves ? [1, 1] : [2, 0]);
+      },
+    );
+  }
+
+  it(
+    'the transport stays on a gateway that keeps working, and reads random only once',
+    { timeout: TEST_MS },
+    async () => {
+      const nodes = [await gateway(), await gateway(), await gateway()];
+      let draws = 0;
+      const transport = websocketClientTransport({
+        url: nodes.map((n) => n.url),
+        random: () => (draws++, 0.5),
+      });
+      for (let i = 1; i <= 3; i++) {
+        const client = await connectVia(transport);
+        await until(`connect ${i} accepted`, () => nodes[1]!.sockets.length === i);
+        client.conn.close(); // the owner's own clean close
+      }
+      expect(counts(nodes)).toEqual([0, 3, 0]);
+      expect(draws).toBe(1);
+    },
+  );
+
+  it(
+    'an owner that closes a link it found dead with 1006 sends the next connect to the next gateway',
+    { timeout: TEST_MS },
+    async () => {
+      const [first, second] = [await gateway(), await gateway()];
+      const transport = websocketClientTransport({ url: [first.url, second.url], random: () => 0 });
+      const client = await connectVia(transport);
+      client.conn.close(CLOSE_CODES.abnormal, 'heartbeat timeout');
+      await connectVia(transport);
+      await until('both gateways to accept', () => first.sockets.length + second.sockets.length === 2);
+      expect(counts([first, second])).toEqual([1, 1]);
+    },
+  );
+
+  describe('with the engines', () => {
+    /** A server engine on its own port: one gateway node. */
+    async function node() {
+      const server = createServer({
+        store: memoryServerStore(),
+        authenticate: (cred) => (typeof cred === 'string' ? { user: cred, device: 'phone' } : null),
+      });
+      const transport = websocketServerTransport({ port: 0 });
+      await server.listen(transport);
+      cleanup.push(() => server.close());
+      return { server, url: transport.url! };
+    }
+
+    function client(urls: string[]): PostboxClient {
+      const c = createClient({
+        transport: websocketClientTransport({ url: urls, random: () => 0 }),
+        store: memoryClientStore(),
+        credentials: 'alice',
+        // Short waits keep the test quick; the engine still picks each one with full jitter.
+        backoffBaseMs: 20,
+        backoffMaxMs: 100,
+      });
+      cleanup.push(() => c.close());
+      return c;
+    }
+
+    it(
+      'a client whose first gateway is down comes online on the next one by itself',
+      { timeout: TEST_MS },
+      async () => {
+        const live = await node();
+        const alice = client([await deadUrl(), live.url]);
+        await until('alice online', () => alice.state === 'open');
+        expect(live.server.connectionCount).toBe(1);
+      },
+    );
+
+    it(
+      'a client whose gateway shuts down comes back online on another gateway by itself',
+      { timeout: TEST_MS },
+      async () => {
+        const [first, second] = [await node(), await node()];
+        const alice = client([first.url, second.url]);
+        await until('alice online on the first gateway', () => alice.state === 'open');
+        expect([first.server.connectionCount, second.server.connectionCount]).toEqual([1, 0]);
+        await first.server.close();
+        await until(
+          'alice online on the second gateway',
+          () => alice.state === 'open' && second.server.connectionCount === 1,
+        );
+      },
+    );
   });
 });
 

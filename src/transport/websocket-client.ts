@@ -73,10 +73,37 @@ export type WebSocketConstructor = new (
 /** Options of {@link websocketClientTransport}. */
 export interface WebSocketClientOptions {
   /**
-   * The server's URL, e.g. `wss://chat.example.com/postbox`. A function is called on every
-   * connect, so each reconnect can pick a gateway or carry a fresh query token.
+   * Where to connect, e.g. `wss://chat.example.com/postbox`.
+   *
+   * - A **string**: every connect goes there.
+   * - A **list** of gateway URLs (several nodes behind distinct hosts or ports; copied at creation,
+   *   must not be empty): the first connect goes to a random entry (see `random`), so clients
+   *   spread over the gateways. The transport then stays on the URL that worked for as long as it
+   *   keeps working, and moves to the next entry (round robin, wrapping) when
+   *   - a connect to it fails: an error, no open within `connectTimeoutMs`, or closed before
+   *     opening; or
+   *   - a connection to it ends with a code that says the node failed: 1006 (died without a close
+   *     handshake), 1001 (going away: the node shuts down), 1011 (server fault), 1012 (service
+   *     restart) or 1013 (try again later: shedding load).
+   *
+   *   Any other close keeps the URL: a clean 1000, one of postbox's application codes
+   *   (4000–4999: heartbeat timeout, replaced, rate limited, …) or a protocol or policy close
+   *   (1002, 1008, 1009, …): those are about this client, and another node would answer the
+   *   same. The code that decides is the one the connection's `close` handler gets, whichever
+   *   side closed: an owner that finds a link dead on its own can close it with 1006 to move on
+   *   (the wire then carries 1000). The transport only picks the URL; retry timing (backoff with
+   *   jitter) stays with the client engine, which calls `connect()` once per attempt.
+   * - A **function**: called on every connect, so each reconnect can pick a gateway itself or
+   *   carry a fresh query token.
    */
-  url: string | (() => string);
+  url: string | readonly string[] | (() => string);
+  /**
+   * Randomness for the starting position in a `url` list: a number in `[0, 1)`, read once, at the
+   * first connect. Pass a seeded generator for deterministic tests and simulations. Unused when
+   * `url` is a string or a function.
+   * @default Math.random
+   */
+  random?: () => number;
   /**
    * The WebSocket implementation.
    * @default `globalThis.WebSocket` when it exists (browsers, Node ≥ 22); otherwise the optional
@@ -107,6 +134,11 @@ export interface WebSocketClientOptions {
  *
  * TCP_NODELAY: browsers set it on WebSocket connections, and so does `ws`.
  *
+ * With a list of gateway URLs the transport spreads first connects over them at random and fails
+ * over round robin when a node dies, restarts or sheds load (see {@link WebSocketClientOptions.url}).
+ *
+ * @throws TypeError when `url` is an empty list or holds something other than non-empty strings.
+ *
  * @example
  * ```ts
  * const client = createClient({
@@ -114,20 +146,26 @@ export interface WebSocketClientOptions {
  *   store: memoryClientStore(),
  *   credentials: () => fetchToken(),
  * });
+ * // Several gateway nodes: clients spread over them and move on when theirs dies.
+ * websocketClientTransport({
+ *   url: ['wss://gw1.example.com/postbox', 'wss://gw2.example.com/postbox', 'wss://gw3.example.com/postbox'],
+ * });
  * ```
  */
 export function websocketClientTransport(options: WebSocketClientOptions): ClientTransport {
   const maxFrameBytes = positive(options.maxFrameBytes, DEFAULT_MAX_FRAME_BYTES, 'maxFrameBytes');
   const connectTimeoutMs = positive(options.connectTimeoutMs, 10_000, 'connectTimeoutMs');
   const clock = options.clock ?? systemClock;
+  const gateways = gatewayPicker(options.url, options.random ?? Math.random);
 
   const open = (Ctor: WebSocketConstructor): Promise<Connection> =>
     new Promise<Connection>((resolve, reject) => {
-      const url = typeof options.url === 'function' ? options.url() : options.url;
+      const { url, at } = gateways.pick();
       let socket: WebSocketLike;
       try {
         socket = new Ctor(url, undefined, { maxPayload: maxFrameBytes, perMessageDeflate: false });
       } catch (e) {
+        gateways.failed(at);
         reject(new Error(`websocket transport: cannot open ${url}`, { cause: e }));
         return;
       }
@@ -141,6 +179,7 @@ export function websocketClientTransport(options: WebSocketClientOptions): Clien
         if (settled) return;
         settled = true;
         clock.clearTimeout(timer);
+        gateways.failed(at);
         socket.onopen = socket.onmessage = socket.onclose = null;
         // Keep a no-op error listener: an EventEmitter-based socket (ws) throws on unheard errors.
         socket.onerror = () => {};
@@ -156,7 +195,9 @@ export function websocketClientTransport(options: WebSocketClientOptions): Clien
         connectTimeoutMs,
       );
 
-      const conn = socketConnection(socket, id, clock, maxFrameBytes);
+      const conn = socketConnection(socket, id, clock, maxFrameBytes, (code) => {
+        if (NODE_FAILURE_CODES.has(code)) gateways.failed(at);
+      });
       socket.onopen = () => {
         if (settled) return;
         settled = opened = true;
@@ -178,6 +219,64 @@ export function websocketClientTransport(options: WebSocketClientOptions): Clien
     name: 'websocket',
     async connect() {
       return open(await webSocketConstructor(options.WebSocket));
+    },
+  };
+}
+
+/**
+ * Close codes that say the node failed rather than this client or its session, so the next
+ * connect goes to the next gateway of a `url` list: died without a close handshake (1006), going
+ * away (1001), server fault (1011), service restart (1012), try again later (1013).
+ */
+const NODE_FAILURE_CODES: ReadonlySet<number> = new Set([
+  CLOSE_CODES.abnormal,
+  CLOSE_CODES.goingAway,
+  CLOSE_CODES.internal,
+  1012,
+  1013,
+]);
+
+/** Which URL each connect of a transport uses. */
+interface GatewayPicker {
+  /** The URL for the next connect, and its position in the list (-1 when `url` is not a list). */
+  pick(): { url: string; at: number };
+  /**
+   * The gateway at `at` failed: the next connect goes to the one after it. Ignored when the
+   * transport has already moved off `at`, so several connects failing on one dead node (or a
+   * late close from a node left long ago) do not skip the healthy ones.
+   */
+  failed(at: number): void;
+}
+
+/** Validates `url` (at creation, so a bad list fails where it is written) and picks from it. */
+function gatewayPicker(url: WebSocketClientOptions['url'], random: () => number): GatewayPicker {
+  if (typeof url === 'string') return { pick: () => ({ url, at: -1 }), failed: () => {} };
+  if (typeof url === 'function') return { pick: () => ({ url: url(), at: -1 }), failed: () => {} };
+  if (!Array.isArray(url)) {
+    throw new TypeError('websocket transport: `url` must be a string, a list of strings or a function');
+  }
+  if (url.length === 0) {
+    throw new TypeError('websocket transport: `url` is an empty list; pass at least one gateway URL');
+  }
+  const urls: string[] = [...(url as readonly unknown[])].map((u, i) => {
+    if (typeof u !== 'string' || u === '') {
+      throw new TypeError(`websocket transport: url[${i}] must be a non-empty string, got ${String(u)}`);
+    }
+    return u;
+  });
+  /** Where connects go; chosen at the first connect. */
+  let current: number | undefined;
+  return {
+    pick() {
+      if (current === undefined) {
+        const r = random();
+        // Guards a generator that strays outside [0, 1): never an index out of the list.
+        current = r > 0 && r < 1 ? Math.floor(r * urls.length) : 0;
+      }
+      return { url: urls[current]!, at: current };
+    },
+    failed(at) {
+      if (at === current) current = (at + 1) % urls.length;
     },
   };
 }
@@ -219,8 +318,17 @@ async function loadWs(): Promise<WebSocketConstructor> {
   return Ctor;
 }
 
-/** The client side of one socket, as {@link websocketClientTransport} wires it. */
-function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFrameBytes: number) {
+/**
+ * The client side of one socket, as {@link websocketClientTransport} wires it. `ended` gets the
+ * code the owner's `close` handler gets, once, when the connection ends (from either side).
+ */
+function socketConnection(
+  socket: WebSocketLike,
+  id: string,
+  clock: Clock,
+  maxFrameBytes: number,
+  ended: (code: number) => void,
+) {
   let open = true;
   let errorClose: { code: number; reason: string } | undefined;
   let poll: TimerHandle | undefined;
@@ -275,6 +383,7 @@ function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFr
   const violation = (code: number, reason: string): void => {
     stop();
     closeSocket(socket, code, truncateReason(reason));
+    ended(code);
     slot.closeRemote(code, reason);
   };
 
@@ -301,6 +410,7 @@ function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFr
       if (!open) return;
       stop();
       closeSocket(socket, code, truncateReason(reason));
+      ended(code);
       slot.closeLocal(code, reason);
     },
     setHandlers(handlers) {
@@ -325,7 +435,10 @@ function socketConnection(socket: WebSocketLike, id: string, clock: Clock, maxFr
     remoteClose(code: number, reason: string): void {
       if (!open) return;
       stop();
-      slot.closeRemote(errorClose?.code ?? code, errorClose?.reason ?? reason);
+      const final = errorClose?.code ?? code;
+      // Before the owner hears of it: an owner that reconnects at once must get the next URL.
+      ended(final);
+      slot.closeRemote(final, errorClose?.reason ?? reason);
     },
   };
 }
