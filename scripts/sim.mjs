@@ -3,6 +3,7 @@
 //   npm run sim -- --seeds 10000          seeds 1..10000
 //   npm run sim -- --seed 1234 --trace    replay one seed with a trace of its actions
 //   npm run sim -- --seeds 50 --crypto    with the libsignal adapter on every device (120 steps)
+//   npm run sim -- --seeds 500 --nodes 3  three gateway nodes over an in-memory cluster
 import { runSimulation } from '../dist/testing/simulator.js';
 
 const args = process.argv.slice(2);
@@ -14,6 +15,7 @@ const one = flag('seed', undefined);
 const count = flag('seeds', 1000);
 const from = flag('from', 1);
 const trace = args.includes('--trace');
+const nodes = flag('nodes', 1);
 const libsignal = args.includes('--crypto')
   ? (await import('../dist/crypto/libsignal.js')).libsignalCrypto
   : undefined;
@@ -29,17 +31,20 @@ const totals = {
   halfOpens: 0,
   clientRestarts: 0,
   serverRestarts: 0,
+  doorbellOutages: 0,
 };
 for (const seed of seeds) {
   const result = await runSimulation({
     seed,
     trace: trace ? (l) => console.log(l) : undefined,
+    nodes,
     ...(libsignal ? { steps: 120, crypto: () => libsignal() } : {}),
   });
   for (const k of Object.keys(totals)) totals[k] += result.stats[k];
   if (result.violations.length > 0) {
     failed++;
-    console.log(`seed ${seed} FAILED (replay: npm run sim -- --seed ${seed} --trace)`);
+    const more = nodes > 1 ? ` --nodes ${nodes}` : '';
+    console.log(`seed ${seed} FAILED (replay: npm run sim -- --seed ${seed}${more} --trace)`);
     for (const v of result.violations.slice(0, 10)) console.log(`  ${v}`);
   }
   if (seeds.length > 1 && seed % 500 === 0)

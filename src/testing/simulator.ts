@@ -14,7 +14,9 @@ import {
   memoryServerStore,
   type MemoryServerState,
 } from '../server/stores/memory.js';
-import { memoryNetwork } from '../transport/memory.js';
+import { memoryClusterHub, type MemoryClusterNode } from '../server/cluster/local.js';
+import { memoryNetwork, type MemoryNetwork } from '../transport/memory.js';
+import type { ClientTransport } from '../transport/types.js';
 import { seededRandom, type Random } from '../util/clock.js';
 import { VirtualClock } from './virtual-clock.js';
 
@@ -39,6 +41,13 @@ export interface SimulationOptions {
    * device's crypto state from its store). Every device uploads its keys before the first send.
    */
   crypto?: () => CryptoAdapter;
+  /**
+   * Gateway nodes over the one store, joined by an in-memory cluster (`memoryClusterHub`). With
+   * more than one, every connect goes to a random node, crashes hit one node at a time (its
+   * registrations linger until the cluster's TTL), and doorbells between nodes are sometimes
+   * dropped, so delivery across nodes must survive lost hints. @default 1
+   */
+  nodes?: number;
 }
 
 /** What a run found. `violations` is empty when every invariant held. */
@@ -56,6 +65,8 @@ export interface SimulationResult {
     reads: number;
     clientRestarts: number;
     serverRestarts: number;
+    /** Periods in which doorbells between nodes were dropped (several nodes only). */
+    doorbellOutages: number;
     cuts: number;
     halfOpens: number;
     virtualMs: number;
@@ -115,6 +126,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     reads: 0,
     clientRestarts: 0,
     serverRestarts: 0,
+    doorbellOutages: 0,
     cuts: 0,
     halfOpens: 0,
     virtualMs: 0,
@@ -124,11 +136,18 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   // Some runs put every device on a slow (2G-like) link, so bufferedAmount and the delivery
   // window matter.
   const slow = rnd() < 0.3 ? { bytesPerMs: 2 + Math.floor(rnd() * 40) } : {};
-  const net = memoryNetwork({
-    clock,
-    random: seededRandom(seed ^ 0x9e3779b9),
-    faults: { latency: { min: 1, max: 40 }, cutProbability: 0.004 * level, ...slow },
-  });
+  const nodeCount = Math.max(1, Math.floor(options.nodes ?? 1));
+  // One network per node (a node's listener); node 0's draws are those of a one-node run.
+  const nets: MemoryNetwork[] = Array.from({ length: nodeCount }, (_, i) =>
+    memoryNetwork({
+      clock,
+      random: seededRandom(i === 0 ? seed ^ 0x9e3779b9 : (seed ^ 0x9e3779b9) + i * 0x632be5ab),
+      faults: { latency: { min: 1, max: 40 }, cutProbability: 0.004 * level, ...slow },
+    }),
+  );
+  const hub = nodeCount > 1 ? memoryClusterHub({ clock, ttlMs: 3000 }) : undefined;
+  // Which node each connect goes to: its own stream, so a one-node run draws as before.
+  const nodeRnd = seededRandom(seed ^ 0x2545f491);
   // Store faults: a failed operation changes nothing, and the engines recover by closing the
   // connection (server) or dropping it (client) and starting again from what the store holds.
   const faultRnd = seededRandom(seed ^ 0x5bd1e995);
@@ -142,7 +161,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   const deliveryWindow = 1 + Math.floor(rnd() * 16);
   // A crashed server's engine may still have commits in flight; from the crash on, nothing it
   // does reaches the store, so what it never committed it never acked.
-  let engineAlive = { value: true };
+  const engineAlive = nets.map(() => ({ value: true }));
   // The oracle of "a group message goes to exactly the members at its commit": the store is
   // wrapped so that each item of a batch is applied on its own, synchronously (the memory store
   // computes every call at once), and the group's membership is read right after the item —
@@ -184,18 +203,42 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     };
     return wrapped;
   };
-  const makeServer = () =>
-    createServer({
-      store: oracleStore(engineAlive),
+  const clusterNodes: Array<MemoryClusterNode | undefined> = nets.map(() => undefined);
+  let incarnation = 0;
+  const makeServer = async (i: number): Promise<PostboxServer> => {
+    let cluster: MemoryClusterNode | undefined;
+    if (hub) {
+      cluster = clusterNodes[i] = hub.node();
+      await cluster.start(`n${i}.${incarnation++}`);
+    }
+    return createServer({
+      store: oracleStore(engineAlive[i]!),
       authenticate: (cred) => cred as { user: string; device: string },
       clock,
       heartbeatMs,
       deliveryWindow,
       maxCommitBatch: 1 + Math.floor(rnd() * 64),
       linking: 'open',
+      ...(cluster ? { cluster, inboxPollMs: 5000 } : {}),
     });
-  let server: PostboxServer = makeServer();
-  await server.listen(net.server);
+  };
+  const servers: PostboxServer[] = [];
+  for (let i = 0; i < nodeCount; i++) {
+    servers.push(await makeServer(i));
+    await servers[i]!.listen(nets[i]!.server);
+  }
+  const serverDown = nets.map(() => false);
+  const serverUpAtStep = nets.map(() => 0);
+  /** A running node, for setup and checks (they read the one shared store). */
+  const server = (): PostboxServer => servers[serverDown.indexOf(false)]!;
+  const net = nets[0]!;
+  const transportFor = (name: string): ClientTransport =>
+    nodeCount === 1
+      ? net.client(name)
+      : {
+          name: 'simulated gateways',
+          connect: () => nets[Math.floor(nodeRnd() * nodeCount)]!.client(name).connect(),
+        };
 
   const users = Array.from({ length: userCount }, (_, i) => `user${i}`);
   const devices: SimDevice[] = [];
@@ -215,7 +258,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
         offlineUntilStep: -1,
       });
       // Every device exists before the first send, so every message has a fixed audience.
-      await server.registerDevice(user, `d${d}`);
+      await server().registerDevice(user, `d${d}`);
     }
   }
   const sent = new Map<string, SentRecord>();
@@ -229,7 +272,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     const id = `#g${g}`;
     const creator = pick(users);
     const members = users.filter((u) => u !== creator && rnd() < 0.6);
-    await server.changeGroup(
+    await server().changeGroup(
       { user: creator, device: 'd0' },
       id,
       { op: 'create', name: id, members },
@@ -243,7 +286,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   const startClient = (dev: SimDevice): PostboxClient => {
     const random: Random = seededRandom(Math.floor(rnd() * 2 ** 32));
     const client = createClient({
-      transport: net.client(dev.name),
+      transport: transportFor(dev.name),
       store: memoryClientStore({
         state: dev.state,
         failWhen: (op) => storeFaults && clientFaultOps.has(op) && faultRnd() < 0.002 * level,
@@ -287,7 +330,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     storeFaults = false;
     for (let t = 0; t < 120_000; t += 50) {
       const counts = await Promise.all(
-        devices.map((d) => server.store.keyCount({ user: d.user, device: d.device })),
+        devices.map((d) => server().store.keyCount({ user: d.user, device: d.device })),
       );
       if (counts.every((c) => c && c.preKeys > 0)) break;
       await clock.advance(50);
@@ -301,22 +344,24 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     await c?.close();
   };
 
-  let serverDown = false;
-  let serverUpAtStep = 0;
-  const crashServer = async () => {
+  const crashServer = async (i: number) => {
     // A crash: every connection dies at once (acks in flight are lost), queued commits that
-    // had not reached the store are dropped with their sessions, and the engine is abandoned.
-    engineAlive.value = false;
-    net.cutAll();
-    await server.close();
-    serverDown = true;
+    // had not reached the store are dropped with their sessions, and the engine is abandoned
+    // (its cluster node dies first: nothing is cleaned up, its entries linger until the TTL).
+    engineAlive[i]!.value = false;
+    await clusterNodes[i]?.crash();
+    nets[i]!.cutAll();
+    await servers[i]!.close();
+    serverDown[i] = true;
   };
-  const restartServer = async () => {
-    engineAlive = { value: true };
-    server = makeServer();
-    await server.listen(net.server);
-    serverDown = false;
+  const restartServer = async (i: number) => {
+    engineAlive[i] = { value: true };
+    servers[i] = await makeServer(i);
+    await servers[i]!.listen(nets[i]!.server);
+    serverDown[i] = false;
   };
+  const allConnections = () => nets.flatMap((n) => n.connections()).filter((c) => c.isOpen);
+  let doorbellsBackAtStep = -1;
 
   for (let step = 0; step < steps; step++) {
     await clock.advance(Math.floor(rnd() * 60));
@@ -326,9 +371,15 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
         startClient(d);
       }
     }
-    if (serverDown && step >= serverUpAtStep) {
-      trace(`${step} server up`);
-      await restartServer();
+    for (let i = 0; i < nodeCount; i++) {
+      if (serverDown[i] && step >= serverUpAtStep[i]!) {
+        trace(`${step} server ${i} up`);
+        await restartServer(i);
+      }
+    }
+    if (hub?.faults.dropDoorbells && step >= doorbellsBackAtStep) {
+      trace(`${step} doorbells back`);
+      hub.faults.dropDoorbells = false;
     }
     const r = rnd();
     const dev = pick(devices);
@@ -388,14 +439,14 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
         stats.reads++;
       }
     } else if (r < 0.7 && chance(0.6)) {
-      const conns = net.connections().filter((c) => c.isOpen);
+      const conns = allConnections();
       if (conns.length) {
         trace(`${step} cut`);
         pick(conns).cut();
         stats.cuts++;
       }
     } else if (r < 0.73 && chance(0.6)) {
-      const conns = net.connections().filter((c) => c.isOpen);
+      const conns = allConnections();
       if (conns.length) {
         trace(`${step} half-open`);
         pick(conns).halfOpen();
@@ -408,19 +459,29 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
         stats.clientRestarts++;
         dev.offlineUntilStep = step + (rnd() < 0.5 ? 0 : Math.floor(rnd() * 40));
       }
-    } else if (r < 0.785 && chance(0.6) && !serverDown) {
-      trace(`${step} server crash`);
-      await crashServer();
-      stats.serverRestarts++;
-      serverUpAtStep = step + Math.floor(rnd() * 20);
+    } else if (r < 0.785 && chance(0.6)) {
+      const up = serverDown.flatMap((down, i) => (down ? [] : [i]));
+      if (up.length > 0) {
+        const i = nodeCount === 1 ? 0 : pick(up);
+        trace(`${step} server ${i} crash`);
+        await crashServer(i);
+        stats.serverRestarts++;
+        serverUpAtStep[i] = step + Math.floor(rnd() * 20);
+      }
+    } else if (hub && r < 0.8 && chance(0.6) && !hub.faults.dropDoorbells) {
+      trace(`${step} doorbells dropped`);
+      hub.faults.dropDoorbells = true;
+      stats.doorbellOutages++;
+      doorbellsBackAtStep = step + Math.floor(rnd() * 30);
     }
   }
 
   // Quiet phase: no new faults, everyone online, run until nothing is left to do.
   trace('quiet');
-  net.setFaults({ latency: { min: 1, max: 40 }, ...slow });
+  for (const n of nets) n.setFaults({ latency: { min: 1, max: 40 }, ...slow });
   storeFaults = false;
-  if (serverDown) await restartServer();
+  if (hub) hub.faults.dropDoorbells = false;
+  for (let i = 0; i < nodeCount; i++) if (serverDown[i]) await restartServer(i);
   for (const d of devices) if (!d.client) startClient(d);
   let quiet = false;
   for (let i = 0; i < 2000 && !quiet; i++) {
@@ -435,7 +496,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       const c = d.client!;
       if (c.state !== 'open' || c.unsent > 0) return false;
       if ((await c.store.pending()).length > 0) return false;
-      const inbox = await server.store.readInbox({ user: d.user, device: d.device }, 0, 1);
+      const inbox = await server().store.readInbox({ user: d.user, device: d.device }, 0, 1);
       if (inbox.length > 0) return false;
     }
     return true;
@@ -490,7 +551,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   }
   // Every device of every current member converges on the server's view of each group.
   for (const id of groupIds) {
-    const g = await server.store.group(id);
+    const g = await server().store.group(id);
     const want = JSON.stringify({ ver: g!.ver, name: g!.name, members: g!.members });
     for (const d of devices) {
       const v = d.client!.group(id);
@@ -572,6 +633,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   }
 
   for (const d of devices) await stopClient(d);
-  await server.close();
+  for (const s of servers) await s.close();
+  for (const c of clusterNodes) await c?.stop();
   return { seed, violations, stats };
 }
