@@ -1,0 +1,398 @@
+// Several gateway nodes in one process: server engines over one memory store, joined by the
+// in-memory cluster hub, each with a network of its own. Each test puts devices on chosen nodes
+// and proves one promise of docs/scaling.md: what crosses nodes, and what a lost hint costs.
+import { afterEach, describe, expect, it } from 'vitest';
+import { createClient, type PostboxClient, type ReceivedMessage } from '../src/client/index.js';
+import { memoryClientStore } from '../src/client/stores/memory.js';
+import { CLOSE_CODES, decodeServerFrame, encodeFrame, type ServerFrame } from '../src/protocol/index.js';
+import {
+  memoryClusterHub,
+  type MemoryClusterHub,
+  type MemoryClusterNode,
+} from '../src/server/cluster/local.js';
+import { createServer, type PostboxServer, type ServerOptions } from '../src/server/index.js';
+import { noMetrics } from '../src/server/metrics.js';
+import type { PushProvider } from '../src/server/push/types.js';
+import type { DeviceAddress } from '../src/server/store.js';
+import { createMemoryServerState, memoryServerStore } from '../src/server/stores/memory.js';
+import { VirtualClock } from '../src/testing/virtual-clock.js';
+import { memoryNetwork, type MemoryNetwork } from '../src/transport/memory.js';
+import { seededRandom } from '../src/util/clock.js';
+import { text, untext } from './helpers.js';
+
+const TTL_MS = 3000;
+const POLL_MS = 10_000;
+
+interface Node {
+  net: MemoryNetwork;
+  server: PostboxServer;
+  cluster: MemoryClusterNode;
+}
+
+interface Device {
+  client: PostboxClient;
+  messages: ReceivedMessage[];
+  statuses: Map<string, string>;
+  presence: Array<{ user: string; online: boolean; lastSeen?: number }>;
+  typing: Array<{ user: string; on: boolean }>;
+  /** Which node each connect went to. */
+  connects: number[];
+}
+
+interface Cluster {
+  clock: VirtualClock;
+  hub: MemoryClusterHub;
+  nodes: Node[];
+  /** A device connecting to `node` (a function: where each connect goes). */
+  device(user: string, device: string, node: number | (() => number)): Promise<Device>;
+  crash(i: number): Promise<void>;
+  advance(ms: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+let cluster: Cluster | undefined;
+afterEach(async () => {
+  await cluster?.close();
+  cluster = undefined;
+});
+
+async function makeCluster(n: number, server: Partial<ServerOptions> = {}): Promise<Cluster> {
+  const clock = new VirtualClock();
+  const hub = memoryClusterHub({ clock, ttlMs: TTL_MS });
+  const state = createMemoryServerState();
+  const nodes: Node[] = [];
+  const devices: Device[] = [];
+  let incarnation = 0;
+  const startNode = async (i: number): Promise<Node> => {
+    const net =
+      nodes[i]?.net ??
+      memoryNetwork({ clock, random: seededRandom(i + 1), faults: { latency: { min: 1, max: 5 } } });
+    const c = hub.node();
+    await c.start(`n${i}.${incarnation++}`);
+    const s = createServer({
+      store: memoryServerStore({ state }),
+      authenticate: (cred) => {
+        const [user, device] = String(cred).split('/');
+        return user && device ? { user, device } : null;
+      },
+      clock,
+      heartbeatMs: 1000,
+      linking: 'open',
+      presence: 'everyone',
+      presenceDebounceMs: 500,
+      inboxPollMs: POLL_MS,
+      cluster: c,
+      ...server,
+    });
+    await s.listen(net.server);
+    return { net, server: s, cluster: c };
+  };
+  for (let i = 0; i < n; i++) nodes.push(await startNode(i));
+  const c: Cluster = {
+    clock,
+    hub,
+    nodes,
+    async device(user, device, node) {
+      const where = typeof node === 'number' ? () => node : node;
+      const d: Device = {
+        client: undefined as unknown as PostboxClient,
+        messages: [],
+        statuses: new Map(),
+        presence: [],
+        typing: [],
+        connects: [],
+      };
+      d.client = createClient({
+        transport: {
+          name: 'cluster-test',
+          connect: () => {
+            const i = where();
+            d.connects.push(i);
+            return nodes[i]!.net.client(`${user}/${device}`).connect();
+          },
+        },
+        store: memoryClientStore(),
+        credentials: `${user}/${device}`,
+        clock,
+        random: seededRandom(devices.length + 11),
+        backoffBaseMs: 50,
+        backoffMaxMs: 500,
+      });
+      d.client.on('message', (m) => d.messages.push(m));
+      d.client.on('status', (s) => d.statuses.set(s.id, s.status));
+      d.client.on('presence', (p) => d.presence.push(p));
+      d.client.on('typing', (t) => d.typing.push({ user: t.user, on: t.on }));
+      d.client.on('error', () => {});
+      devices.push(d);
+      await nodes[0]!.server.registerDevice(user, device);
+      await clock.advance(100);
+      return d;
+    },
+    async crash(i) {
+      // kill -9: the cluster node stops without cleanup, every connection dies, the engine is gone.
+      await nodes[i]!.cluster.crash();
+      nodes[i]!.net.cutAll();
+      await nodes[i]!.server.close();
+    },
+    advance: (ms) => clock.advance(ms),
+    async close() {
+      for (const d of devices) await d.client.close();
+      for (const x of nodes) {
+        await x.server.close();
+        await x.cluster.stop();
+      }
+    },
+  };
+  return c;
+}
+
+/** Advances the virtual clock until `p` settles (client requests need the network to move). */
+async function settle<T>(c: Cluster, p: Promise<T>): Promise<T> {
+  let done = false;
+  const out = p.finally(() => {
+    done = true;
+  });
+  for (let t = 0; t < 20_000 && !done; t += 10) {
+    await c.advance(10);
+    await new Promise((r) => setImmediate(r));
+  }
+  return out;
+}
+
+/** A bare protocol connection to one node: sees every frame and its close code. */
+async function rawDevice(c: Cluster, node: number, user: string, device: string) {
+  const pending = c.nodes[node]!.net.client(`raw ${user}/${device}`).connect();
+  await c.advance(20);
+  const conn = await pending;
+  const raw = { frames: [] as ServerFrame[], closed: undefined as number | undefined };
+  conn.setHandlers({
+    frame: (data) => raw.frames.push(decodeServerFrame(data, 1 << 20)),
+    close: (code) => {
+      raw.closed = code;
+    },
+  });
+  conn.send(encodeFrame({ t: 'hello', v: [1, 1], cred: `${user}/${device}` }));
+  await c.advance(50);
+  return raw;
+}
+
+describe('gateway nodes over one store and a cluster', () => {
+  it('a message to a device on another node arrives at once (a doorbell, not a poll), and ✓✓ comes back across', async () => {
+    cluster = await makeCluster(3);
+    const alice = await cluster.device('alice', 'phone', 0);
+    const bob = await cluster.device('bob', 'phone', 1);
+    const bobTablet = await cluster.device('bob', 'tablet', 2);
+    const ids = [1, 2, 3].map((i) => alice.client.send('bob', text(`m${i}`)));
+    await cluster.advance(200); // far below the inbox poll interval
+    expect(bob.messages.map((m) => untext(m.body))).toEqual(['m1', 'm2', 'm3']);
+    expect(bobTablet.messages.map((m) => untext(m.body))).toEqual(['m1', 'm2', 'm3']);
+    expect(ids.map((id) => alice.statuses.get(id))).toEqual(['delivered', 'delivered', 'delivered']);
+  });
+
+  it('a group message fans out to members on every node, once each, in order', async () => {
+    cluster = await makeCluster(3);
+    const members = await Promise.all(
+      ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'].map((u, i) => cluster!.device(u, 'phone', i % 3)),
+    );
+    const [alice, ...rest] = members;
+    const g = alice!.client.createGroup('trip', ['bob', 'carol', 'dave', 'erin', 'frank']);
+    await cluster.advance(300);
+    const group = await g;
+    for (let i = 0; i < 5; i++) alice!.client.sendToGroup(group, text(`g${i}`));
+    await cluster.advance(300);
+    for (const m of rest)
+      expect(m.messages.map((x) => untext(x.body))).toEqual(['g0', 'g1', 'g2', 'g3', 'g4']);
+  });
+
+  it('a lost doorbell costs latency, not the message: the inbox poll delivers it', async () => {
+    cluster = await makeCluster(2);
+    const alice = await cluster.device('alice', 'phone', 0);
+    const bob = await cluster.device('bob', 'phone', 1);
+    cluster.hub.faults.dropDoorbells = true;
+    alice.client.send('bob', text('rung into the void'));
+    await cluster.advance(POLL_MS / 4);
+    expect(bob.messages).toHaveLength(0); // the hint was lost; the entry waits in the inbox
+    await cluster.advance(POLL_MS);
+    expect(bob.messages.map((m) => untext(m.body))).toEqual(['rung into the void']);
+  });
+
+  it("the newest connection of a device wins across nodes: the old node closes its session as 'replaced'", async () => {
+    cluster = await makeCluster(2);
+    const old = await rawDevice(cluster, 0, 'bob', 'phone');
+    expect(old.frames.some((f) => f.t === 'welcome')).toBe(true);
+    const now = await rawDevice(cluster, 1, 'bob', 'phone');
+    expect(now.frames.some((f) => f.t === 'welcome')).toBe(true);
+    await cluster.advance(50);
+    expect(old.closed).toBe(CLOSE_CODES.replaced);
+    expect(now.closed).toBeUndefined();
+    // And the registry points at the new node: a message rings there.
+    const alice = await cluster.device('alice', 'phone', 0);
+    alice.client.send('bob', text('to the new connection'));
+    await cluster.advance(200);
+    expect(now.frames.some((f) => f.t === 'msg')).toBe(true);
+  });
+
+  it('presence crosses nodes: a watcher sees a user on another node come online and, after the debounce, go offline with last seen', async () => {
+    cluster = await makeCluster(2);
+    const alice = await cluster.device('alice', 'phone', 0);
+    await settle(cluster, alice.client.watchPresence('bob'));
+    await cluster.advance(100);
+    expect(alice.presence).toEqual([{ user: 'bob', online: false }]);
+    const bob = await cluster.device('bob', 'phone', 1);
+    await cluster.advance(100);
+    expect(alice.presence.at(-1)).toEqual({ user: 'bob', online: true });
+    // A second device on a third node: still one "online".
+    const before = alice.presence.length;
+    await settle(cluster, bob.client.close());
+    await cluster.advance(100); // within the debounce: not announced
+    expect(alice.presence).toHaveLength(before);
+    await cluster.advance(1000);
+    const last = alice.presence.at(-1)!;
+    expect(last.online).toBe(false);
+    expect(last.lastSeen).toBeGreaterThan(0);
+    expect(alice.presence.filter((p) => !p.online)).toHaveLength(2); // the initial state and this
+  });
+
+  it('a user flapping between nodes within the debounce is never announced offline', async () => {
+    cluster = await makeCluster(2);
+    const alice = await cluster.device('alice', 'phone', 0);
+    let at = 0;
+    const bob = await cluster.device('bob', 'phone', () => at);
+    await settle(cluster, alice.client.watchPresence('bob'));
+    await cluster.advance(100);
+    expect(alice.presence.at(-1)).toEqual({ user: 'bob', online: true });
+    at = 1;
+    for (const l of cluster.nodes[0]!.net.connections()) if (l.name === 'bob/phone') l.cut();
+    await cluster.advance(2000);
+    expect(bob.client.state).toBe('open');
+    expect(bob.connects.at(-1)).toBe(1);
+    expect(alice.presence.every((p) => p.online)).toBe(true);
+  });
+
+  it('typing crosses nodes and reaches only the devices it concerns', async () => {
+    cluster = await makeCluster(3);
+    const alice = await cluster.device('alice', 'phone', 0);
+    const bob = await cluster.device('bob', 'phone', 1);
+    const carol = await cluster.device('carol', 'phone', 2);
+    alice.client.setTyping('bob', true);
+    await cluster.advance(100);
+    expect(bob.typing).toEqual([{ user: 'alice', on: true }]);
+    expect(carol.typing).toEqual([]);
+    expect(alice.typing).toEqual([]);
+  });
+
+  it('push wakes a device connected nowhere, never one connected to another node', async () => {
+    const calls: DeviceAddress[] = [];
+    const push: PushProvider = {
+      name: 'recorder',
+      async wake(device) {
+        calls.push(device);
+      },
+    };
+    cluster = await makeCluster(2, { push, pushIntervalMs: 1 });
+    const alice = await cluster.device('alice', 'phone', 0);
+    const bob = await cluster.device('bob', 'phone', 1);
+    await settle(cluster, bob.client.setPushToken({ kind: 'fcm', token: 'tok' }));
+    await cluster.advance(100);
+    alice.client.send('bob', text('online elsewhere'));
+    await cluster.advance(300);
+    expect(bob.messages).toHaveLength(1);
+    expect(calls).toEqual([]);
+    await settle(cluster, bob.client.close());
+    await cluster.advance(1000);
+    alice.client.send('bob', text('offline'));
+    await cluster.advance(300);
+    expect(calls).toEqual([{ user: 'bob', device: 'phone' }]);
+  });
+
+  it('a node crash: its clients reconnect to the others, drain what waited, and nothing acked is lost', async () => {
+    cluster = await makeCluster(3);
+    const alice = await cluster.device('alice', 'phone', 0);
+    let bobNode = 1;
+    const bob = await cluster.device('bob', 'phone', () => bobNode);
+    await settle(cluster, alice.client.watchPresence('bob'));
+    const first = [0, 1, 2].map((i) => alice.client.send('bob', text(`before ${i}`)));
+    await cluster.advance(200);
+    expect(bob.messages).toHaveLength(3);
+    await cluster.crash(1);
+    bobNode = 2; // node 1 is gone; the client's next connect goes elsewhere
+    const later = [0, 1, 2].map((i) => alice.client.send('bob', text(`after ${i}`)));
+    await cluster.advance(2000);
+    expect(bob.client.state).toBe('open');
+    expect(bob.messages.map((m) => untext(m.body))).toEqual([
+      'before 0',
+      'before 1',
+      'before 2',
+      'after 0',
+      'after 1',
+      'after 2',
+    ]);
+    for (const id of [...first, ...later]) expect(alice.statuses.get(id)).toBe('delivered');
+    // The dead node's registrations stop counting after the TTL and are reaped, without it.
+    await cluster.advance(TTL_MS * 3);
+    expect(cluster.hub.size().nodes).toBe(2);
+  });
+
+  it('the node that reaps a dead node records the last seen of the users it left offline', async () => {
+    cluster = await makeCluster(2);
+    await cluster.device('carol', 'phone', 1);
+    await cluster.advance(100);
+    await cluster.crash(1);
+    const before = cluster.clock.now();
+    await cluster.advance(TTL_MS * 3);
+    const seen = await cluster.nodes[0]!.server.store.lastSeen('carol');
+    expect(seen).toBeGreaterThanOrEqual(before);
+  });
+
+  it('a reconnect storm past the handshake cap is told to try again later (1013), and every client gets in after backing off', async () => {
+    let gate: (() => void) | undefined;
+    let opened: Promise<void> = new Promise<void>((r) => (gate = r));
+    let inFlight = 0;
+    let most = 0;
+    let refusals = 0;
+    cluster = await makeCluster(1, {
+      maxConcurrentHandshakes: 3,
+      // A slow authenticator: handshakes pile up as they would behind a busy store.
+      authenticate: async (cred) => {
+        most = Math.max(most, ++inFlight);
+        await opened;
+        inFlight--;
+        const [user, device] = String(cred).split('/');
+        return { user: user!, device: device! };
+      },
+      metrics: {
+        ...noMetrics,
+        error: (code) => {
+          if (code === 'unavailable') refusals++;
+        },
+      },
+    });
+    const c = cluster;
+    // Ten bare connections say hello while the authenticator is stuck: three are let in.
+    const raws = [];
+    for (let i = 0; i < 10; i++) raws.push(await rawDevice(c, 0, `u${i}`, 'phone'));
+    const refused = raws.filter((r) => r.closed === CLOSE_CODES.tryAgainLater);
+    expect(refused).toHaveLength(7);
+    for (const r of refused)
+      expect(r.frames).toContainEqual(expect.objectContaining({ t: 'err', c: 'unavailable' }));
+    gate!();
+    await c.advance(100);
+    expect(raws.filter((r) => r.frames.some((f) => f.t === 'welcome'))).toHaveLength(3);
+    // Real clients whose handshakes each take a second: all of them get in, never more than
+    // three handshakes at once, the rest told to come back later.
+    opened = new Promise<void>((r) => c.clock.setTimeout(r, 1000));
+    const renew = (): void => {
+      opened = new Promise<void>((r) => c.clock.setTimeout(r, 1000));
+      c.clock.setTimeout(renew, 1000);
+    };
+    c.clock.setTimeout(renew, 1000);
+    most = 0;
+    refusals = 0;
+    const clients = [];
+    for (let i = 0; i < 12; i++) clients.push(await c.device(`v${i}`, 'phone', 0));
+    for (let t = 0; t < 600 && clients.some((d) => d.client.state !== 'open'); t++) await c.advance(100);
+    expect(clients.filter((d) => d.client.state !== 'open')).toEqual([]);
+    expect(most).toBeLessThanOrEqual(3);
+    expect(refusals).toBeGreaterThan(0);
+  });
+});
