@@ -37,6 +37,9 @@ interface Device {
   typing: Array<{ user: string; on: boolean }>;
   /** Which node each connect went to. */
   connects: number[];
+  linkCodes: string[];
+  /** Connection state changes with their error codes. */
+  closes: string[];
 }
 
 interface Cluster {
@@ -44,7 +47,12 @@ interface Cluster {
   hub: MemoryClusterHub;
   nodes: Node[];
   /** A device connecting to `node` (a function: where each connect goes). */
-  device(user: string, device: string, node: number | (() => number)): Promise<Device>;
+  device(
+    user: string,
+    device: string,
+    node: number | (() => number),
+    opts?: { register?: boolean },
+  ): Promise<Device>;
   crash(i: number): Promise<void>;
   advance(ms: number): Promise<void>;
   close(): Promise<void>;
@@ -92,7 +100,7 @@ async function makeCluster(n: number, server: Partial<ServerOptions> = {}): Prom
     clock,
     hub,
     nodes,
-    async device(user, device, node) {
+    async device(user, device, node, opts = {}) {
       const where = typeof node === 'number' ? () => node : node;
       const d: Device = {
         client: undefined as unknown as PostboxClient,
@@ -101,6 +109,8 @@ async function makeCluster(n: number, server: Partial<ServerOptions> = {}): Prom
         presence: [],
         typing: [],
         connects: [],
+        linkCodes: [],
+        closes: [],
       };
       d.client = createClient({
         transport: {
@@ -123,8 +133,12 @@ async function makeCluster(n: number, server: Partial<ServerOptions> = {}): Prom
       d.client.on('presence', (p) => d.presence.push(p));
       d.client.on('typing', (t) => d.typing.push({ user: t.user, on: t.on }));
       d.client.on('error', () => {});
+      d.client.on('linkCode', (l) => d.linkCodes.push(l.code));
+      d.client.on('connection', (state, error) => {
+        if (state === 'closed') d.closes.push(error?.code ?? 'closed');
+      });
       devices.push(d);
-      await nodes[0]!.server.registerDevice(user, device);
+      if (opts.register !== false) await nodes[0]!.server.registerDevice(user, device);
       await clock.advance(100);
       return d;
     },
@@ -152,6 +166,7 @@ async function settle<T>(c: Cluster, p: Promise<T>): Promise<T> {
   const out = p.finally(() => {
     done = true;
   });
+  out.catch(() => {}); // handled by the caller once returned; not unhandled while we wait
   for (let t = 0; t < 20_000 && !done; t += 10) {
     await c.advance(10);
     await new Promise((r) => setImmediate(r));
@@ -342,6 +357,46 @@ describe('gateway nodes over one store and a cluster', () => {
     await cluster.advance(TTL_MS * 3);
     const seen = await cluster.nodes[0]!.server.store.lastSeen('carol');
     expect(seen).toBeGreaterThanOrEqual(before);
+  });
+
+  it("a new device waiting on one node is approved by its user's device on another node", async () => {
+    cluster = await makeCluster(2, { linking: 'approval' });
+    const phone = await cluster.device('bob', 'phone', 0);
+    const laptop = await cluster.device('bob', 'laptop', 1, { register: false });
+    await cluster.advance(100);
+    expect(laptop.client.state).toBe('linking');
+    const code = laptop.linkCodes[0]!;
+    // Another user cannot approve it, from any node.
+    const mallory = await cluster.device('mallory', 'phone', 0);
+    await expect(settle(cluster, mallory.client.approveDevice(code))).rejects.toMatchObject({
+      code: 'forbidden',
+    });
+    await settle(cluster, phone.client.approveDevice(code));
+    await cluster.advance(200);
+    expect(laptop.client.state).toBe('open');
+    expect(laptop.connects.at(-1)).toBe(1);
+    expect(await cluster.nodes[0]!.server.store.devices('bob')).toContain('laptop');
+    // And it is a device of bob's like any other: it gets what bob gets.
+    const alice = await cluster.device('alice', 'phone', 0);
+    alice.client.send('bob', text('to all of bob'));
+    await cluster.advance(300);
+    expect(laptop.messages.map((m) => untext(m.body))).toEqual(['to all of bob']);
+    // A code is good once.
+    await expect(settle(cluster, phone.client.approveDevice(code))).rejects.toMatchObject({
+      code: 'forbidden',
+    });
+  });
+
+  it('a device unlinked from another node is closed there (4005) and stays out', async () => {
+    cluster = await makeCluster(2);
+    const phone = await cluster.device('bob', 'phone', 0);
+    const tablet = await cluster.device('bob', 'tablet', 1);
+    expect(tablet.client.state).toBe('open');
+    await settle(cluster, phone.client.unlinkDevice('tablet'));
+    await cluster.advance(200);
+    expect(tablet.client.state).toBe('closed');
+    expect(tablet.closes).toEqual(['forbidden']);
+    expect(await cluster.nodes[0]!.server.store.devices('bob')).toEqual(['phone']);
   });
 
   it('a reconnect storm past the handshake cap is told to try again later (1013), and every client gets in after backing off', async () => {

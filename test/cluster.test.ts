@@ -90,7 +90,7 @@ describe('memory cluster faults and the local cluster', () => {
     timers.shift()!.fn();
     expect(await a.locate([{ user: 'u', device: 'd' }])).toEqual(['A']);
     expect((await a.presence(['u']))[0]!.online).toBe(true);
-    expect(hub.size()).toEqual({ nodes: 1, devices: 1, users: 1 });
+    expect(hub.size()).toEqual({ nodes: 1, devices: 1, users: 1, links: 0 });
     await a.stop();
   });
 });

@@ -407,6 +407,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     const addr = { user, device };
     const removed = await this.store.unregisterDevice(addr);
     this.sessions.get(keyOf(addr))?.close(CLOSE_CODES.unlinked, 'device unlinked');
+    // Connected to another node: close it there.
+    if (this.cluster) await this.cluster.closeDevices([addr], CLOSE_CODES.unlinked);
     if (removed) this.emit('unlinked', addr);
     return removed;
   }
@@ -537,6 +539,17 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       }),
       c.onPresence((e) => this.onClusterPresence(e)),
       c.onTyping((users, notice) => this.deliverTyping(users, notice)),
+      c.onClose((devices, code) => {
+        for (const d of devices) this.sessions.get(keyOf(d))?.close(code, 'closed by the cluster');
+      }),
+      c.onLinkApproved((code) => {
+        // Approved from another node, which already registered the device: open its session.
+        const pending = this.linkCodes.get(code);
+        if (!pending) return;
+        this.linkCodes.delete(code);
+        pending.linkCode = undefined;
+        void pending.completeLink();
+      }),
     );
   }
 
@@ -816,6 +829,12 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     for (const b of bytes) code += 'ABCDEFGHJKMNPQRSTVWXYZ0123456789'[b & 31];
     session.linkCode = code;
     this.linkCodes.set(code, session);
+    const addr = session.pendingAddr;
+    if (this.cluster && addr) {
+      // So that a device of the user connected to any node can approve it.
+      const c = this.cluster;
+      void this.clusterOp('offer link', () => c.offerLink(code, addr, this.opts.linkCodeTtlMs));
+    }
     return { code, exp: this.clock.now() + this.opts.linkCodeTtlMs };
   }
 
@@ -823,6 +842,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   async approveLink(approver: Session, r: number, code: string): Promise<void> {
     const pending = this.linkCodes.get(code);
     const by = approver.addr!;
+    if (!pending && this.cluster) return this.approveRemoteLink(approver, r, code);
     if (!pending || pending.isClosed() || pending.pendingAddr?.user !== by.user) {
       approver.sendError('forbidden', 'no device of this user awaits approval with that code', r);
       return;
@@ -836,6 +856,38 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     }
     approver.send({ t: 'ok', r });
     this.emit('linked', pending.addr!, by);
+  }
+
+  /**
+   * Approves a device waiting on another node: takes its code from the cluster (once, and only for
+   * a device of the approver's user), registers the device in the store (the approval is durable:
+   * should the notice to its node be lost, its next hello needs no approval), and the waiting
+   * node opens its session.
+   */
+  private async approveRemoteLink(approver: Session, r: number, code: string): Promise<void> {
+    const by = approver.addr!;
+    let device: DeviceAddress | undefined;
+    try {
+      device = await this.cluster!.takeLink(code, by.user);
+    } catch (e) {
+      this.log.warn('cluster takeLink failed', e);
+      approver.sendError('unavailable', 'link codes are unavailable, try again', r);
+      return;
+    }
+    if (!device) {
+      approver.sendError('forbidden', 'no device of this user awaits approval with that code', r);
+      return;
+    }
+    try {
+      const res = await this.store.registerDevice(device, this.clock.now());
+      this.ring(res.notify);
+    } catch (e) {
+      this.log.error('store failure registering a linked device', e);
+      approver.sendError('unavailable', 'the new device could not be registered', r);
+      return;
+    }
+    approver.send({ t: 'ok', r });
+    this.emit('linked', device, by);
   }
 
   /** @internal `unl`: a device unlinks a device of its own user. */

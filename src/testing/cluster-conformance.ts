@@ -344,6 +344,65 @@ export function clusterConformance(subject: ClusterSubject): ConformanceCase[] {
     assert.equal(b.got.typing.length + x.got.typing.length, 2);
   });
 
+  test('closeDevices closes each device on the node holding it, this one included, and nowhere else', async (c) => {
+    const a = await c.start('A');
+    const b = await c.start('B');
+    const x = await c.start('C');
+    const closed = new Map<string, Array<[DeviceAddress[], number]>>();
+    for (const [id, m] of [
+      ['A', a],
+      ['B', b],
+      ['C', x],
+    ] as const) {
+      closed.set(id, []);
+      m.node.onClose((d, code) => closed.get(id)!.push([d, code]));
+    }
+    await a.node.register(alice1);
+    await b.node.register(bob1);
+    await b.node.register(carol1);
+    await a.node.closeDevices([alice1, bob1, carol1, nobody], 4005);
+    await eventually(
+      'closes arrive',
+      1000,
+      () => closed.get('A')!.length === 1 && closed.get('B')!.length === 1,
+    );
+    await sleep(SETTLE_MS);
+    assert.deepEqual(closed.get('A'), [[[alice1], 4005]]);
+    assert.equal(closed.get('B')!.length, 1);
+    assert.deepEqual(
+      closed
+        .get('B')![0]![0]
+        .map((d) => d.device)
+        .sort(),
+      ['b1', 'c1'],
+    );
+    assert.equal(closed.get('B')![0]![1], 4005);
+    assert.deepEqual(closed.get('C'), []);
+  });
+
+  test('a link code offered on one node is taken once, only for its user, from any node; its node is told', async (c) => {
+    const a = await c.start('A');
+    const b = await c.start('B');
+    const approved: string[] = [];
+    a.node.onLinkApproved((code) => approved.push(code));
+    const waiting: DeviceAddress = { user: 'alice', device: 'new-laptop' };
+    await a.node.offerLink('CODE1', waiting, 60_000);
+    assert.equal(
+      await b.node.takeLink('CODE1', 'mallory'),
+      undefined,
+      "another user's device cannot take it",
+    );
+    assert.equal(await b.node.takeLink('NOPE', 'alice'), undefined);
+    assert.deepEqual(await b.node.takeLink('CODE1', 'alice'), waiting);
+    assert.equal(await b.node.takeLink('CODE1', 'alice'), undefined, 'taken once');
+    await eventually('the waiting node is told', 1000, () => approved.length === 1);
+    assert.deepEqual(approved, ['CODE1']);
+    // An offer lapses after its time.
+    await a.node.offerLink('CODE2', waiting, Math.max(50, c.ttlMs / 4));
+    await sleep(Math.max(50, c.ttlMs / 4) + SETTLE_MS);
+    assert.equal(await b.node.takeLink('CODE2', 'alice'), undefined, 'expired');
+  });
+
   test('stop leaves at once: devices forgotten, users who left with it announced offline', async (c) => {
     const a = await c.start('A');
     const b = await c.start('B');

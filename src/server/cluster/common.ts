@@ -40,6 +40,8 @@ export class NodeCore {
   readonly replaced = new Handlers<[DeviceAddress[]]>();
   readonly presence = new Handlers<[PresenceEvent]>();
   readonly typing = new Handlers<[string[], TypingNotice]>();
+  readonly closed = new Handlers<[DeviceAddress[], number]>();
+  readonly linkApproved = new Handlers<[string]>();
   /** Devices registered by this node (so it can re-register them after losing its liveness). */
   readonly local = new Map<string, DeviceAddress>();
   /** Watched user → number of `watch` calls not yet undone. */

@@ -55,7 +55,7 @@ export interface MemoryClusterHub {
   /** Fault switches, off by default. */
   readonly faults: MemoryClusterFaults;
   /** Sizes of the shared state, to check that nothing leaks. */
-  size(): { nodes: number; devices: number; users: number };
+  size(): { nodes: number; devices: number; users: number; links: number };
 }
 
 /** One node incarnation in the hub (a Redis liveness key + device set + channel). */
@@ -89,6 +89,8 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
   const devices = new Map<string, string>();
   /** user → incarnation → that incarnation's devices of the user. */
   const users = new Map<string, Map<string, number>>();
+  /** Offered link codes → the waiting device, its incarnation, and when the offer ends. */
+  const links = new Map<string, { device: DeviceAddress; inc: string; expiresAt: number }>();
   /** One version counter for all users: monotone per user, and nothing to keep per user. */
   let version = 0;
 
@@ -296,6 +298,35 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
         for (const [i, l] of byNode) toNode(i, (c) => c.typing.emit(l, notice));
       },
       onTyping: (h) => core.typing.add(h),
+      async closeDevices(list, code) {
+        const byNode = new Map<string, DeviceAddress[]>();
+        for (const d of list) {
+          const i = devices.get(deviceKey(d));
+          if (!alive(i)) continue;
+          let l = byNode.get(i);
+          if (!l) byNode.set(i, (l = []));
+          l.push(d);
+        }
+        for (const [i, l] of byNode) {
+          if (i === inc) core.closed.emit(l, code);
+          else toNode(i, (c) => c.closed.emit(l, code));
+        }
+      },
+      onClose: (h) => core.closed.add(h),
+      async offerLink(code, device, ttl) {
+        requireStarted();
+        for (const [k, l] of links) if (l.expiresAt <= clock.now()) links.delete(k);
+        links.set(code, { device, inc: inc!, expiresAt: clock.now() + ttl });
+      },
+      async takeLink(code, user) {
+        const l = links.get(code);
+        if (!l || l.expiresAt <= clock.now() || l.device.user !== user) return undefined;
+        links.delete(code);
+        if (l.inc === inc) core.linkApproved.emit(code);
+        else toNode(l.inc, (c) => c.linkApproved.emit(code));
+        return l.device;
+      },
+      onLinkApproved: (h) => core.linkApproved.add(h),
     };
     return adapter;
   }
@@ -303,7 +334,10 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
   return {
     node,
     faults,
-    size: () => ({ nodes: incarnations.size, devices: devices.size, users: users.size }),
+    size: () => {
+      for (const [k, l] of links) if (l.expiresAt <= clock.now()) links.delete(k);
+      return { nodes: incarnations.size, devices: devices.size, users: users.size, links: links.size };
+    },
   };
 }
 

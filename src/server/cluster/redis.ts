@@ -121,20 +121,21 @@ end
 return out
 `;
 
-// KEYS: dev keys. ARGV: prefix, my inc, members (same order). → indexes (1-based) held by me.
+// KEYS: dev keys. ARGV: prefix, my inc, message head (e.g. '"t":"d"'), members (same order).
+// → indexes (1-based) held by me. Doorbells and closes both go to the nodes holding the devices.
 const RING = `${ALIVE}
-local p, me, by, mine = ARGV[1], ARGV[2], {}, {}
+local p, me, head, by, mine = ARGV[1], ARGV[2], ARGV[3], {}, {}
 for i, k in ipairs(KEYS) do
   local inc = redis.call('GET', k)
   if inc == me then
     mine[#mine + 1] = i
   elseif inc and alive(p, inc) then
     if by[inc] == nil then by[inc] = {} end
-    table.insert(by[inc], ARGV[i + 2])
+    table.insert(by[inc], ARGV[i + 3])
   end
 end
 for inc, list in pairs(by) do
-  redis.call('PUBLISH', p .. 'n:' .. inc, '{"t":"d","d":[' .. table.concat(list, ',') .. ']}')
+  redis.call('PUBLISH', p .. 'n:' .. inc, '{' .. head .. ',"d":[' .. table.concat(list, ',') .. ']}')
 end
 return mine
 `;
@@ -164,6 +165,18 @@ for inc, users in pairs(by) do
   redis.call('PUBLISH', p .. 'n:' .. inc, '{"t":"t","u":' .. cjson.encode(users) .. ',"n":' .. ARGV[2] .. '}')
 end
 return 0
+`;
+
+// KEYS: link key. ARGV: prefix, user, code. → the offer's JSON when taken, else false.
+// Takes an offered link code once, only for its user, and tells the node where the device waits.
+const TAKE_LINK = `
+local offer = redis.call('GET', KEYS[1])
+if not offer then return false end
+local o = cjson.decode(offer)
+if o.u ~= ARGV[2] then return false end
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', ARGV[1] .. 'n:' .. o.i, '{"t":"l","k":' .. cjson.encode(ARGV[3]) .. '}')
+return offer
 `;
 
 // KEYS: alive key. ARGV: node id, ttl. → 1 refreshed, 0 lost (expired or never there).
@@ -209,6 +222,7 @@ interface Scripts {
   pbTyping(...args: Array<string | number>): Promise<number>;
   pbHeartbeat(...args: Array<string | number>): Promise<number>;
   pbReap(...args: Array<string | number>): Promise<string[]>;
+  pbTakeLink(key: string, prefix: string, user: string, code: string): Promise<string | null>;
 }
 
 /** Splits `list` into runs of at most `n`. */
@@ -287,6 +301,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     r.defineCommand('pbTyping', { lua: TYPING });
     r.defineCommand('pbHeartbeat', { numberOfKeys: 1, lua: HEARTBEAT });
     r.defineCommand('pbReap', { numberOfKeys: 3, lua: REAP });
+    r.defineCommand('pbTakeLink', { numberOfKeys: 1, lua: TAKE_LINK });
     return r as Redis & Scripts;
   };
 
@@ -296,6 +311,8 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
       d?: Array<[string, string]>;
       u?: string[];
       n?: TypingNotice;
+      c?: number;
+      k?: string;
     } & Partial<PresenceEvent>;
     try {
       m = JSON.parse(message) as typeof m;
@@ -310,6 +327,8 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
         for (const d of devices) core.local.delete(deviceKey(d));
         core.replaced.emit(devices);
       } else if (m.t === 't' && m.u && m.n) core.typing.emit(m.u, m.n);
+      else if (m.t === 'c' && typeof m.c === 'number') core.closed.emit(devices, m.c);
+      else if (m.t === 'l' && typeof m.k === 'string') core.linkApproved.emit(m.k);
     } else if (channel.startsWith(`${prefix}p:`) && typeof m.user === 'string') {
       core.deliverPresence(m as PresenceEvent);
     }
@@ -482,6 +501,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
             ...part.map(devKey),
             prefix,
             inc!,
+            '"t":"d"',
             ...part.map(deviceKey),
           );
           if (mine.length > 0) core.doorbell.emit(mine.map((i) => part[i - 1]!));
@@ -531,6 +551,43 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
       }
     },
     onTyping: (h) => core.typing.add(h),
+    async closeDevices(list, code) {
+      if (nodeId === undefined || !cmd) return;
+      try {
+        for (const part of chunks(list, CHUNK)) {
+          const head = `"t":"c","c":${Math.trunc(code)}`;
+          const mine = await cmd.pbRing(
+            part.length,
+            ...part.map(devKey),
+            prefix,
+            inc!,
+            head,
+            ...part.map(deviceKey),
+          );
+          if (mine.length > 0)
+            core.closed.emit(
+              mine.map((i) => part[i - 1]!),
+              code,
+            );
+        }
+      } catch (e) {
+        onError(e);
+      }
+    },
+    onClose: (h) => core.closed.add(h),
+    async offerLink(code, device, ttl) {
+      const r = started();
+      const offer = JSON.stringify({ u: device.user, d: device.device, i: inc! });
+      await r.set(`${prefix}link:${code}`, offer, 'PX', Math.max(1, Math.ceil(ttl)));
+    },
+    async takeLink(code, user) {
+      const r = started();
+      const offer = await r.pbTakeLink(`${prefix}link:${code}`, prefix, user, code);
+      if (!offer) return undefined;
+      const o = JSON.parse(offer) as { u: string; d: string };
+      return { user: o.u, device: o.d };
+    },
+    onLinkApproved: (h) => core.linkApproved.add(h),
   };
   return adapter;
 }

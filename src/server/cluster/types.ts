@@ -16,7 +16,11 @@
  *   cluster-wide, the engine (which owns the debounce) announces with
  *   {@link ClusterAdapter.publishPresence}, and watchers everywhere get
  *   {@link ClusterAdapter.onPresence} for the users this node {@link ClusterAdapter.watch}es;
- * - typing → {@link ClusterAdapter.typing}; {@link ClusterAdapter.onTyping} delivers to local sessions.
+ * - typing → {@link ClusterAdapter.typing}; {@link ClusterAdapter.onTyping} delivers to local sessions;
+ * - a device unlinked anywhere → {@link ClusterAdapter.closeDevices} closes its session wherever it is;
+ * - a new device waiting for approval on one node, approved from a device on another →
+ *   {@link ClusterAdapter.offerLink} / {@link ClusterAdapter.takeLink} /
+ *   {@link ClusterAdapter.onLinkApproved}.
  *
  * @packageDocumentation
  */
@@ -213,4 +217,27 @@ export interface ClusterAdapter {
    * devices have left since): send them to those users' local sessions.
    */
   onTyping(handler: (users: string[], notice: TypingNotice) => void): Unsubscribe;
+
+  /**
+   * Tells the nodes holding `devices` (this one included, through {@link ClusterAdapter.onClose})
+   * to close their sessions with `code`: a device unlinked on one node must not stay connected to
+   * another. Best effort; never rejects (the store already refuses the device).
+   */
+  closeDevices(devices: DeviceAddress[], code: number): Promise<void>;
+  /** Receives devices whose sessions here must close, and the close code. */
+  onClose(handler: (devices: DeviceAddress[], code: number) => void): Unsubscribe;
+
+  /**
+   * Publishes the link code of a device waiting on this node for approval by one of its user's
+   * devices, for `ttlMs`, so a device connected to any node can approve it.
+   */
+  offerLink(code: string, device: DeviceAddress, ttlMs: number): Promise<void>;
+  /**
+   * Takes a link code offered on any node, once: only when its device belongs to `user` (else
+   * the code stays and the answer is undefined, as for an unknown or expired code). The node
+   * where the device waits is told through {@link ClusterAdapter.onLinkApproved}.
+   */
+  takeLink(code: string, user: string): Promise<DeviceAddress | undefined>;
+  /** Receives the link codes of this node's waiting devices that were approved elsewhere. */
+  onLinkApproved(handler: (code: string) => void): Unsubscribe;
 }
