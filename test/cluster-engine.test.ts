@@ -399,6 +399,22 @@ describe('gateway nodes over one store and a cluster', () => {
     expect(await cluster.nodes[0]!.server.store.devices('bob')).toEqual(['phone']);
   });
 
+  it('with the cluster unreachable, sessions still open and get their entries by the inbox poll', async () => {
+    cluster = await makeCluster(2);
+    const alice = await cluster.device('alice', 'phone', 0);
+    // Redis goes away for node 1: every registry call it makes fails.
+    const down = cluster.nodes[1]!.cluster;
+    const fail = () => Promise.reject(new Error('redis unreachable'));
+    Object.assign(down, { register: fail, unregister: fail, locate: fail, presence: fail });
+    const bob = await cluster.device('bob', 'phone', 1);
+    expect(bob.client.state).toBe('open');
+    alice.client.send('bob', text('the long way round'));
+    await cluster.advance(POLL_MS / 4);
+    expect(bob.messages).toHaveLength(0); // nobody knows where bob is: no doorbell reaches him
+    await cluster.advance(POLL_MS);
+    expect(bob.messages.map((m) => untext(m.body))).toEqual(['the long way round']);
+  });
+
   it('a reconnect storm past the handshake cap is told to try again later (1013), and every client gets in after backing off', async () => {
     let gate: (() => void) | undefined;
     let opened: Promise<void> = new Promise<void>((r) => (gate = r));
