@@ -1,13 +1,17 @@
 // postbox benchmarks, side by side with the peers a user would pick instead.
 //
-//   npm run bench                  every scenario, 3 rounds (≤ 20 min)
-//   npm run bench -- --quick       one short round of everything (≤ 2 min)
-//   npm run bench -- --only NAME   one scenario (saturation, latency, drain, fanout, e2ee, crypto, idle, wire, codec)
+//   npm run bench                  every scenario, 3 rounds (≤ 20 min, pgstore about 2 more)
+//   npm run bench -- --quick       one short round of everything (≤ 2 min, pgstore under 1 more)
+//   npm run bench -- --only NAME   one scenario (saturation, latency, drain, fanout, e2ee, crypto, idle, wire, codec,
+//                                  pgstore)
 //   npm run bench -- --rounds N    rounds per scenario
 //
 // Each measurement runs the server under test and the load generator in separate processes,
 // pinned to core 0 and core 1 when `taskset` exists; systems alternate inside every round and
 // medians with the min–max spread are reported. See docs/benchmarks.md.
+//
+// pgstore needs PostgreSQL (POSTBOX_PG_URL, default postgres://postgres@127.0.0.1:5432/test); when it
+// does not answer, the scenario says so and is skipped (a failure if POSTBOX_REQUIRE_SERVICES is set).
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
@@ -28,6 +32,7 @@ import {
   checkTargets,
   ratios,
   renderChart,
+  renderPgstore,
   renderRatios,
   renderTable,
   renderTargets,
@@ -176,6 +181,13 @@ const SCENARIOS = {
     params: { ms: quick ? 300 : 1500 },
     timeoutMs: 60_000,
   },
+  pgstore: {
+    about:
+      'PostgreSQL store append beside raw PostgreSQL INSERTs, synchronous_commit on, 100-byte messages, batches of 1/16/256 per transaction, 1 and 12 writers (postbox: 3 nodes × 4), then rows, round trips and WAL per message',
+    solo: true,
+    params: quick ? { ms: 600, warmupMs: 150, slices: 2 } : { ms: 1000, warmupMs: 200, slices: 4 },
+    timeoutMs: 150_000,
+  },
 };
 // `--profile DIR`: every server and load child writes a V8 CPU profile (.cpuprofile) into DIR.
 const PROFILE_FLAGS = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${args.profile}`] : [];
@@ -195,6 +207,10 @@ const SYSTEM_ORDER = [
   'libsignal',
   'libsignal-serialized',
   'postbox-libsignal',
+  'postgres',
+  'postgres-unnest',
+  'postbox-pg',
+  'postbox-pg-spread',
 ];
 
 if (args.only && !SCENARIOS[args.only]) {
@@ -405,6 +421,7 @@ async function runSolo(scenario, params, timeoutMs) {
 
 const results = new Results();
 const failures = [];
+const skipped = [];
 
 async function runScenario(name) {
   const def = SCENARIOS[name];
@@ -418,9 +435,20 @@ async function runScenario(name) {
           def.timeoutMs + 5000,
           `${name}: timed out`,
         );
-        for (const x of out.results) results.add(name, x.system, x.metric, x.value, x.unit);
-        if (out.detail) results.detail[name] = out.detail;
-        log(`  round ${r + 1} done (${elapsed()})`);
+        if (out.skipped) {
+          // A service the scenario needs is missing: say so, and let the rest of the bench run.
+          log(`  SKIP ${name}: ${out.skipped}`);
+          skipped.push(`${name}: ${out.skipped}`);
+          if (process.env.POSTBOX_REQUIRE_SERVICES) failures.push(`${name}: ${out.skipped}`);
+          return;
+        }
+        for (const x of out.results) results.add(x.scenario ?? name, x.system, x.metric, x.value, x.unit);
+        if (out.detail) results.detail[name] = { ...results.detail[name], ...out.detail };
+        for (const e of out.errors ?? []) {
+          failures.push(`${name} round ${r + 1}: ${e}`);
+          log(`  ! ${name} round ${r + 1}: ${e}`);
+        }
+        log(`  round ${r + 1} done (${elapsed()})${out.brief ? `: ${out.brief}` : ''}`);
       } catch (e) {
         failures.push(`${name} round ${r + 1}: ${firstLines(e.message).split('\n')[0]}`);
         log(`  ! ${name} round ${r + 1} failed: ${firstLines(e.message)}`);
@@ -514,8 +542,11 @@ async function main() {
   }
   log('\n================ ratios: postbox ÷ peer (same run) ================\n');
   log(renderRatios(rs));
+  const pgstore = renderPgstore(summary, rs, ROUNDS > 1, results.detail.pgstore);
+  if (pgstore) log(`\n${pgstore}`);
   log('\n================ targets (issue 4) ================\n');
   log(renderTargets(targets));
+  if (skipped.length) log(`\nskipped: ${skipped.join('; ')}`);
   if (failures.length) log(`\n${failures.length} measurement(s) failed:\n  ${failures.join('\n  ')}`);
   log(`\nmachine: ${machineLine}; ${machine.pinned}; total ${elapsed()}`);
 
@@ -568,7 +599,9 @@ async function main() {
     ratios: rs,
     targets,
     wire_detail: results.detail.wire ?? null,
+    pgstore_detail: results.detail.pgstore ?? null,
     failures,
+    skipped,
     seconds: Math.round((Date.now() - started) / 1000),
   };
   const dir = path.join(here, 'results');

@@ -161,6 +161,98 @@ export function renderRatios(rs) {
   return table(['scenario metric', 'postbox ÷', ...peers], body);
 }
 
+/**
+ * The pgstore scenario as two tables, or '' when it did not run: messages/s of raw PostgreSQL and
+ * of the postbox store per (batch, writers) with the ratio postbox ÷ raw, then what one message
+ * costs each (rows, index entries, round trips, WAL).
+ */
+export function renderPgstore(summary, rs, spread = false, detail = undefined) {
+  const rows = summary.filter((r) => r.scenario.startsWith('pgstore-'));
+  if (rows.length === 0) return '';
+  const get = (sc, sys, m) => rows.find((r) => r.scenario === sc && r.system === sys && r.metric === m);
+  const ratio = (sc, ours, peer) =>
+    rs.find((r) => r.scenario === sc && r.ours === ours && r.peer === peer && r.metric === 'msgs_per_s');
+  const cell = (r) =>
+    !r
+      ? '·'
+      : spread && r.rounds > 1 && r.min !== r.max
+        ? `${human(r.value)} [${human(r.min)}–${human(r.max)}]`
+        : human(r.value);
+  const x = (r) => (r ? `${r.value}×` : '·');
+  const cells = [...new Set(rows.map((r) => r.scenario))]
+    .map((sc) => /^pgstore-b(\d+)-w(\d+)$/.exec(sc))
+    .filter(Boolean)
+    .sort((a, b) => a[2] - b[2] || a[1] - b[1]);
+  const rate = cells.map(([sc, batch, writers]) => [
+    batch,
+    writers,
+    cell(get(sc, 'postgres', 'msgs_per_s')),
+    cell(get(sc, 'postgres-unnest', 'msgs_per_s')),
+    cell(get(sc, 'postbox-pg', 'msgs_per_s')),
+    x(ratio(sc, 'postbox-pg', 'postgres')),
+    x(ratio(sc, 'postbox-pg', 'postgres-unnest')),
+    cell(get(sc, 'postbox-pg-spread', 'msgs_per_s')),
+    x(ratio(sc, 'postbox-pg-spread', 'postgres')),
+  ]);
+  const out = [
+    '== pgstore: messages/s with synchronous_commit on, and postbox ÷ raw PostgreSQL (same run)',
+    table(
+      [
+        'batch',
+        'writers',
+        'postgres',
+        'postgres-unnest',
+        'postbox-pg (1 inbox)',
+        '÷ postgres',
+        '÷ unnest',
+        'postbox-pg-spread',
+        '÷ postgres',
+      ],
+      rate,
+    ),
+  ];
+  const costs = [...new Set(rows.map((r) => r.scenario))]
+    .map((sc) => /^pgstore-cost-b(\d+)$/.exec(sc))
+    .filter(Boolean)
+    .sort((a, b) => a[1] - b[1]);
+  const costRows = [];
+  for (const [sc, batch] of costs) {
+    for (const sys of ['postgres', 'postgres-unnest', 'postbox-pg']) {
+      if (!get(sc, sys, 'rows_per_msg')) continue;
+      costRows.push([
+        batch,
+        sys,
+        ...[
+          'rows_per_msg',
+          'updates_per_msg',
+          'index_entries_per_msg',
+          'round_trips_per_msg',
+          'wal_bytes_per_msg',
+        ].map((m) => human(get(sc, sys, m)?.value)),
+      ]);
+    }
+  }
+  if (costRows.length > 0) {
+    out.push(
+      '',
+      '== pgstore: what one message writes (rows from pg_stat_user_tables, round trips = queries sent)',
+      table(
+        ['batch', 'system', 'rows inserted', 'rows updated', 'index entries', 'round trips', 'WAL bytes'],
+        costRows,
+      ),
+    );
+  }
+  if (detail?.settings) {
+    const st = detail.settings;
+    out.push(
+      '',
+      `PostgreSQL ${st.server_version} at ${detail.url}: synchronous_commit ${st.synchronous_commit}, fsync ${st.fsync}, ` +
+        `wal_sync_method ${st.wal_sync_method}, full_page_writes ${st.full_page_writes}; WAL counted from ${detail.wal}`,
+    );
+  }
+  return out.join('\n');
+}
+
 /** Checks the issue's targets against the medians. */
 export function checkTargets(results, idleStep) {
   const t = [];
