@@ -15,6 +15,7 @@ import { memoryServerStore } from '../src/server/stores/memory.js';
 import { registerCases } from '../src/testing/conformance.js';
 import { transportConformance, type TransportSubject } from '../src/testing/transport-conformance.js';
 import type { ClientTransport, Connection } from '../src/transport/types.js';
+import { seededRandom } from '../src/util/clock.js';
 import { until as waitUntil } from './fixtures/util.js';
 import {
   websocketClientTransport,
@@ -491,18 +492,6 @@ describe('a list of gateway URLs', () => {
   /** How many connections each gateway has accepted so far. */
   const counts = (nodes: Array<{ sockets: unknown[] }>) => nodes.map((n) => n.sockets.length);
 
-  /** mulberry32: a tiny seeded generator, so the spread below is the same on every run. */
-  function seeded(seed: number): () => number {
-    let a = seed >>> 0;
-    return () => {
-      a = (a + 0x6d2b79f5) >>> 0;
-      let t = a;
-      t = Math.imul(t ^ (t >>> 15), t | 1);
-      t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-  }
-
   it('an empty list is refused when the transport is created', () => {
     expect(() => websocketClientTransport({ url: [] })).toThrow(/empty list/);
     expect(() => websocketClientTransport({ url: ['ws://127.0.0.1:1/postbox', ''] })).toThrow(
@@ -516,7 +505,7 @@ describe('a list of gateway URLs', () => {
     async () => {
       const nodes = [await gateway(), await gateway(), await gateway()];
       const urls = nodes.map((n) => n.url);
-      const random = seeded(20_240_601);
+      const random = seededRandom(20_240_601);
       const draws = Array.from({ length: 12 }, () => random());
       const expected = draws.map((r) => Math.floor(r * nodes.length));
       // The seed was picked so that every gateway gets some: the spread is what is under test.

@@ -120,6 +120,19 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
     if (core) queueMicrotask(() => fn(core));
   };
 
+  /** The devices registered on a live incarnation, grouped by it (doorbells and closes go there). */
+  const byHolder = (list: DeviceAddress[]): Map<string, DeviceAddress[]> => {
+    const byNode = new Map<string, DeviceAddress[]>();
+    for (const d of list) {
+      const i = devices.get(deviceKey(d));
+      if (!alive(i)) continue;
+      let l = byNode.get(i);
+      if (!l) byNode.set(i, (l = []));
+      l.push(d);
+    }
+    return byNode;
+  };
+
   /** Removes one device of a dead incarnation; the user's offline event when it was its last. */
   const reapOne = (inc: string, key: string, origin: string, originCore: NodeCore): void => {
     const [user] = JSON.parse(key) as [string, string];
@@ -256,15 +269,7 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
         });
       },
       async ring(list) {
-        const byNode = new Map<string, DeviceAddress[]>();
-        for (const d of list) {
-          const i = devices.get(deviceKey(d));
-          if (!alive(i)) continue;
-          let l = byNode.get(i);
-          if (!l) byNode.set(i, (l = []));
-          l.push(d);
-        }
-        for (const [i, l] of byNode) {
+        for (const [i, l] of byHolder(list)) {
           if (i === inc) core.doorbell.emit(l);
           else if (!faults.dropDoorbells) toNode(i, (c) => c.doorbell.emit(l));
         }
@@ -299,15 +304,7 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
       },
       onTyping: (h) => core.typing.add(h),
       async closeDevices(list, code) {
-        const byNode = new Map<string, DeviceAddress[]>();
-        for (const d of list) {
-          const i = devices.get(deviceKey(d));
-          if (!alive(i)) continue;
-          let l = byNode.get(i);
-          if (!l) byNode.set(i, (l = []));
-          l.push(d);
-        }
-        for (const [i, l] of byNode) {
+        for (const [i, l] of byHolder(list)) {
           if (i === inc) core.closed.emit(l, code);
           else toNode(i, (c) => c.closed.emit(l, code));
         }
