@@ -347,5 +347,63 @@ if (reason !== undefined && servicesRequired()) {
         for (const n of nodes) await n.close();
       }
     });
+
+    it('two nodes acking entries of the same messages at once never deadlock (marks and bodies lock in one order)', async () => {
+      // Each body sits in three inboxes (the peer's two devices and the sender's other device);
+      // each node acks two of them in one batch, the two nodes in opposite message orders: even
+      // rounds on devices of the same users (shared `delivered` keys), odd rounds the sender's
+      // copies (shared message rows only). With no retries a deadlock shows as a failed ack.
+      const schema = freshSchema();
+      const a = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
+      const b = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
+      const dev = (user: string, device: string): DeviceAddress => ({ user, device });
+      const [p1, p2, q1, q2, s1, s2] = [
+        dev('P', 'd1'),
+        dev('P', 'd2'),
+        dev('Q', 'd1'),
+        dev('Q', 'd2'),
+        dev('S', 'd1'),
+        dev('S', 'd2'),
+      ];
+      const failures: string[] = [];
+      try {
+        for (const d of [p1, p2, q1, q2, s1, s2]) await a.registerDevice(d, 1);
+        for (let i = 0; i < 8; i++) {
+          await a.append(
+            [
+              { kind: 'msg', from: s1, id: `p${i}`, to: 'P', seq: i + 1, body: Uint8Array.of(1) },
+              { kind: 'msg', from: s1, id: `q${i}`, to: 'Q', seq: i + 1, body: Uint8Array.of(2) },
+            ],
+            2,
+          );
+          const offset = async (d: DeviceAddress, id: string) =>
+            (await a.readInbox(d, 0, 1000)).find((e) => e.kind === 'msg' && e.id === id)!.offset;
+          const even = i % 2 === 0;
+          const [pA, qA] = [await offset(p1, `p${i}`), await offset(q1, `q${i}`)];
+          const [qB, pB] = even
+            ? [await offset(q2, `q${i}`), await offset(p2, `p${i}`)]
+            : [await offset(s2, `q${i}`), await offset(s2, `p${i}`)];
+          const results = await Promise.allSettled([
+            a.ack(p1, [pA], 3),
+            a.ack(q1, [qA], 3),
+            b.ack(even ? q2 : s2, [qB], 3),
+            b.ack(even ? p2 : s2, [pB], 3),
+          ]);
+          for (const r of results)
+            if (r.status === 'rejected') failures.push(`round ${i}: ${(r.reason as Error).message}`);
+        }
+        // And the statuses are right: S hears delivered once per (message, recipient user).
+        const st = (await a.readInbox(s1, 0, 1000)).filter((e) => e.kind === 'status');
+        expect(st.flatMap((e) => (e.kind === 'status' ? e.ids : [])).sort()).toEqual(
+          Array.from({ length: 8 }, (_, i) => [`p${i}`, `q${i}`])
+            .flat()
+            .sort(),
+        );
+      } finally {
+        await a.close();
+        await b.close();
+      }
+      expect(failures, 'acks that failed (deadlock victims)').toEqual([]);
+    });
   });
 }

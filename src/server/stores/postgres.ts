@@ -1050,31 +1050,44 @@ function postgresStore(
 
   /**
    * Marks (message, user) as told for each removed message entry of a user other than its sender
-   * and queues `status` to the sender for the marks that are new; then releases the bodies and
-   * events of every removed entry.
+   * and queues `status` to the sender (in its part's `out`) for the marks that are new; then
+   * releases the bodies and events of every removed entry. All parts at once, marks in (message,
+   * user) order and bodies in id order: two nodes acking overlapping messages (two devices of one
+   * user, a group body, a sender's copies) then take their locks in one order and never deadlock.
    */
-  async function settle(c: PgQueryable, removed: RemovedRow[], user: (r: RemovedRow) => string, out: Groups) {
-    const marks = removed.filter(
-      (r) => r.message !== null && r.from_user !== null && r.from_user !== user(r),
-    );
+  async function settle(
+    c: PgQueryable,
+    parts: Array<{ removed: RemovedRow[]; user: (r: RemovedRow) => string; out: Groups }>,
+  ) {
+    const marks = parts
+      .flatMap((p) =>
+        p.removed
+          .filter((r) => r.message !== null && r.from_user !== null && r.from_user !== p.user(r))
+          .map((r) => ({ r, user: p.user(r), out: p.out })),
+      )
+      .sort(
+        (a, b) =>
+          Number(a.r.message) - Number(b.r.message) || (a.user < b.user ? -1 : a.user > b.user ? 1 : 0),
+      );
     if (marks.length > 0) {
       const fresh = await rowsOf<{ message: string; user_id: string }>(
         c,
         `INSERT INTO ${s}.delivered (message, user_id)
          SELECT * FROM unnest($1::bigint[], $2::text[]) ON CONFLICT DO NOTHING RETURNING message, user_id`,
-        [marks.map((r) => r.message), marks.map(user)],
+        [marks.map((m) => m.r.message), marks.map((m) => m.user)],
       );
       const isFresh = new Set(fresh.map((f) => `${f.message}:${f.user_id}`));
-      for (const r of marks) {
-        const k = `${r.message}:${user(r)}`;
+      for (const m of marks) {
+        const k = `${m.r.message}:${m.user}`;
         if (!isFresh.delete(k)) continue; // already told (or a repeat within this call)
-        queueStatus(out, r.from_user!, user(r), r.msg_id!);
+        queueStatus(m.out, m.r.from_user!, m.user, m.r.msg_id!);
       }
     }
+    const all = parts.flatMap((p) => p.removed);
     await release(
       c,
-      removed.flatMap((r) => (r.message === null ? [] : [Number(r.message)])),
-      removed.flatMap((r) => (r.event === null ? [] : [Number(r.event)])),
+      all.flatMap((r) => (r.message === null ? [] : [Number(r.message)])),
+      all.flatMap((r) => (r.event === null ? [] : [Number(r.event)])),
     );
   }
 
@@ -1100,7 +1113,7 @@ function postgresStore(
         [cutoff, expiryBatchSize],
       );
       const expired: Groups = new Map();
-      await settle(c, removed, (r) => r.owner!, expired);
+      await settle(c, [{ removed, user: (r) => r.owner!, out: expired }]);
       await fanOut(w, expired, 'expired', now, notify);
       await w.flush();
       return removed.length;
@@ -1108,6 +1121,9 @@ function postgresStore(
   }
 
   let pendingAcks: PendingAck[] = [];
+
+  const deviceOrder = (a: DeviceAddress, b: DeviceAddress): number =>
+    a.user < b.user ? -1 : a.user > b.user ? 1 : a.device < b.device ? -1 : a.device > b.device ? 1 : 0;
 
   /** Commits every pending ack in one transaction; all of them fail together if it fails. */
   async function flushAcks(): Promise<void> {
@@ -1118,9 +1134,10 @@ function postgresStore(
     try {
       results = await tx(async (c) => {
         const w = new Writer(c);
-        const out: NotifyResult[] = [];
-        for (const a of batch) {
-          const notify = new NotifySet();
+        const parts: Array<{ removed: RemovedRow[]; user: () => string; out: Groups }> = [];
+        // Inbox rows too are deleted in one order (by device), should two nodes ack for one device.
+        const order = batch.map((_, i) => i).sort((x, y) => deviceOrder(batch[x]!.device, batch[y]!.device));
+        for (const a of order.map((i) => batch[i]!)) {
           const removed = await rowsOf<RemovedRow>(
             c,
             `WITH del AS (
@@ -1133,10 +1150,18 @@ function postgresStore(
             [a.device.user, a.device.device, a.offsets.filter((o) => Number.isSafeInteger(o))],
           );
           // sender user → ids newly delivered to this (recipient) user
-          const delivered: Groups = new Map();
-          await settle(c, removed, () => a.device.user, delivered);
-          await fanOut(w, delivered, 'delivered', a.now, notify);
-          out.push({ count: removed.length, notify: notify.list });
+          parts.push({ removed, user: () => a.device.user, out: new Map() });
+        }
+        // Back in the batch's order, for the answers.
+        const byBatch = new Array<(typeof parts)[number]>(batch.length);
+        order.forEach((i, k) => (byBatch[i] = parts[k]!));
+        // The whole batch's marks and releases together, in one lock order (see settle).
+        await settle(c, parts);
+        const out: NotifyResult[] = [];
+        for (let i = 0; i < batch.length; i++) {
+          const notify = new NotifySet();
+          await fanOut(w, byBatch[i]!.out, 'delivered', batch[i]!.now, notify);
+          out.push({ count: byBatch[i]!.removed.length, notify: notify.list });
         }
         await w.flush();
         return out;
