@@ -348,6 +348,42 @@ if (reason !== undefined && servicesRequired()) {
       }
     });
 
+    it('two nodes committing batches that start the same conversations in opposite orders never deadlock', async () => {
+      // The first message between two users records them as contacts; batches on two nodes
+      // holding first messages of the same pairs in opposite orders must not lock them crosswise.
+      const schema = freshSchema();
+      const a = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
+      const b = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
+      const failures: string[] = [];
+      try {
+        const users = Array.from({ length: 12 }, (_, i) => `u${i}`);
+        for (const u of users) await a.registerDevice({ user: u, device: 'd' }, 1);
+        for (let round = 0; round < 6; round++) {
+          const pairs = users.map((u, i) => [u, users[(i + 1 + round) % users.length]!] as const);
+          const batch = (from: readonly (readonly [string, string])[], tag: string): MessageInput[] =>
+            from.map(([f, t], i) => ({
+              kind: 'msg',
+              from: { user: f, device: 'd' },
+              id: `${tag}${round}-${i}`,
+              to: t,
+              seq: round * 100 + i + 1,
+              body: Uint8Array.of(i),
+            }));
+          const results = await Promise.allSettled([
+            a.append(batch(pairs, 'a'), 2),
+            b.append(batch([...pairs].reverse(), 'b'), 2),
+          ]);
+          for (const r of results)
+            if (r.status === 'rejected') failures.push(`round ${round}: ${(r.reason as Error).message}`);
+        }
+        expect(await a.related('u0', 'u1')).toBe(true);
+      } finally {
+        await a.close();
+        await b.close();
+      }
+      expect(failures, 'appends that failed (deadlock victims)').toEqual([]);
+    });
+
     it('two nodes acking entries of the same messages at once never deadlock (marks and bodies lock in one order)', async () => {
       // Each body sits in three inboxes (the peer's two devices and the sender's other device);
       // each node acks two of them in one batch, the two nodes in opposite message orders: even

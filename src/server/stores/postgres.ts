@@ -522,6 +522,8 @@ function postgresStore(
     private readonly entries: NewEntry[] = [];
     /** Contact pairs this transaction wrote (known to the store once it commits). */
     readonly contacts = new Set<string>();
+    /** Pairs to insert at {@link Writer.flush}. */
+    private newContacts: Array<[string, string]> = [];
     /** Offset sinks with an entry dropped because its device was unregistered meanwhile. */
     readonly broken = new Set<number[]>();
     constructor(private readonly c: PgQueryable) {}
@@ -582,11 +584,32 @@ function postgresStore(
       const k = `${a.length}:${a}${b}`;
       if (this.contacts.has(k) || knownContacts.has(k)) return;
       this.contacts.add(k);
-      await this.c.query(`INSERT INTO ${s}.contacts (a, b) VALUES ($1, $2) ON CONFLICT DO NOTHING`, [a, b]);
+      this.newContacts.push([a, b]);
     }
 
-    /** Takes the offsets (locking the heads) and inserts every new entry in one statement. */
+    /**
+     * Writes the transaction's new contact pairs in one statement, sorted: writers on several
+     * nodes inserting the same new pairs then take their index locks in one order (inserted one by
+     * one in batch order, they deadlocked).
+     */
+    private async writeContacts(): Promise<void> {
+      if (this.newContacts.length === 0) return;
+      const pairs = this.newContacts.sort(([a1, b1], [a2, b2]) =>
+        a1 < a2 ? -1 : a1 > a2 ? 1 : b1 < b2 ? -1 : b1 > b2 ? 1 : 0,
+      );
+      this.newContacts = [];
+      await this.c.query(
+        `INSERT INTO ${s}.contacts (a, b) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING`,
+        [pairs.map((p) => p[0]), pairs.map((p) => p[1])],
+      );
+    }
+
+    /**
+     * Writes the new contact pairs, then takes the offsets (locking the heads) and inserts every
+     * new entry in one statement.
+     */
     async flush(): Promise<void> {
+      await this.writeContacts();
       if (this.entries.length === 0) return;
       const c = this.c;
       const devs = [...new Set(this.entries.map((e) => e.dev))].sort((a, b) => a - b);
