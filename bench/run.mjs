@@ -188,6 +188,29 @@ const SCENARIOS = {
     params: quick ? { ms: 600, warmupMs: 150, slices: 2 } : { ms: 1000, warmupMs: 200, slices: 4 },
     timeoutMs: 150_000,
   },
+  // bench/scenarios/multinode.mjs starts its own `postbox serve` nodes and load process (nothing
+  // pinned); needs PostgreSQL and Redis (POSTBOX_PG_URL, POSTBOX_REDIS_URL), else skipped.
+  multinode: {
+    about: `three postbox nodes on PostgreSQL + Redis beside one node on PostgreSQL: ${LOAD.n} clients spread over the nodes, each sending to a client on another node, 16 in flight each; then one of the three SIGKILLed under 100 msg/s (client defaults: backoff 500 ms–30 s): time until its clients are back on the others and everything is delivered. Nodes, PostgreSQL, Redis and the load share ${os.cpus().length} cores, unpinned`,
+    solo: true,
+    rounds: quick ? 1 : 2,
+    params: {
+      n: LOAD.n,
+      size: LOAD.size,
+      measureTimeoutMs: 120_000,
+      saturation: {
+        window: 16,
+        ...(quick ? { warmupMs: 1500, measureMs: 2000 } : { warmupMs: 2000, measureMs: 5000 }),
+      },
+      failover: {
+        rate: 100,
+        ...(quick ? { beforeMs: 2500, afterMs: 1000 } : { beforeMs: 5000, afterMs: 2000 }),
+        reconnectTimeoutMs: 60_000,
+        drainTimeoutMs: 30_000,
+      },
+    },
+    timeoutMs: 300_000,
+  },
 };
 // `--profile DIR`: every server and load child writes a V8 CPU profile (.cpuprofile) into DIR.
 const PROFILE_FLAGS = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${args.profile}`] : [];
