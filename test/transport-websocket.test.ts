@@ -523,7 +523,7 @@ describe('a list of gateway URLs', () => {
   );
 
   it(
-    'a gateway with nothing listening is skipped: the next connect goes to the next URL',
+    'a gateway with nothing listening is skipped: the next connect goes to another URL',
     { timeout: TEST_MS },
     async () => {
       const live = await gateway();
@@ -531,6 +531,26 @@ describe('a list of gateway URLs', () => {
       await expect(transport.connect()).rejects.toThrow(/websocket transport/);
       await connectVia(transport);
       await until('the live gateway to accept', () => live.sockets.length === 1);
+    },
+  );
+
+  it(
+    'the clients of a dead gateway spread over all the survivors, not onto one neighbour',
+    { timeout: TEST_MS },
+    async () => {
+      const survivors = [await gateway(), await gateway(), await gateway()];
+      const dead = await deadUrl();
+      const seeded = seededRandom(7);
+      for (let i = 0; i < 12; i++) {
+        let first = true;
+        // Every client starts on the dead gateway; where it moves is the transport's own draw.
+        const random = () => (first ? ((first = false), 0) : seeded());
+        const transport = websocketClientTransport({ url: [dead, ...survivors.map((g) => g.url)], random });
+        await expect(transport.connect()).rejects.toThrow(/websocket transport/);
+        await connectVia(transport);
+      }
+      await until('every client on a survivor', () => counts(survivors).reduce((a, b) => a + b) === 12);
+      expect(counts(survivors).every((n) => n > 0)).toBe(true);
     },
   );
 
@@ -574,7 +594,7 @@ describe('a list of gateway URLs', () => {
   ];
   for (const { how, code, end, moves } of endings) {
     it(
-      `when the gateway a client is on ${how}, the next connect goes to ${moves ? 'the next gateway' : 'the same gateway'}`,
+      `when the gateway a client is on ${how}, the next connect goes to ${moves ? 'another gateway' : 'the same gateway'}`,
       { timeout: TEST_MS },
       async () => {
         // The first gateway keeps listening throughout: only the close code decides.
@@ -616,7 +636,7 @@ describe('a list of gateway URLs', () => {
   );
 
   it(
-    'an owner that closes a link it found dead with 1006 sends the next connect to the next gateway',
+    'an owner that closes a link it found dead with 1006 sends the next connect to another gateway',
     { timeout: TEST_MS },
     async () => {
       const [first, second] = [await gateway(), await gateway()];

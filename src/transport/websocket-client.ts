@@ -79,7 +79,8 @@ export interface WebSocketClientOptions {
    * - A **list** of gateway URLs (several nodes behind distinct hosts or ports; copied at creation,
    *   must not be empty): the first connect goes to a random entry (see `random`), so clients
    *   spread over the gateways. The transport then stays on the URL that worked for as long as it
-   *   keeps working, and moves to the next entry (round robin, wrapping) when
+   *   keeps working, and moves to another entry, drawn at random among the others (so the clients
+   *   of a dead node spread over the survivors instead of all landing on its neighbour), when
    *   - a connect to it fails: an error, no open within `connectTimeoutMs`, or closed before
    *     opening; or
    *   - a connection to it ends with a code that says the node failed: 1006 (died without a close
@@ -98,9 +99,9 @@ export interface WebSocketClientOptions {
    */
   url: string | readonly string[] | (() => string);
   /**
-   * Randomness for the starting position in a `url` list: a number in `[0, 1)`, read once, at the
-   * first connect. Pass a seeded generator for deterministic tests and simulations. Unused when
-   * `url` is a string or a function.
+   * Randomness for the position in a `url` list: a number in `[0, 1)`, read at the first connect
+   * and at each move to another gateway. Pass a seeded generator for deterministic tests and
+   * simulations. Unused when `url` is a string or a function.
    * @default Math.random
    */
   random?: () => number;
@@ -135,7 +136,7 @@ export interface WebSocketClientOptions {
  * TCP_NODELAY: browsers set it on WebSocket connections, and so does `ws`.
  *
  * With a list of gateway URLs the transport spreads first connects over them at random and fails
- * over round robin when a node dies, restarts or sheds load (see {@link WebSocketClientOptions.url}).
+ * over to another gateway, at random, when a node dies, restarts or sheds load (see {@link WebSocketClientOptions.url}).
  *
  * @throws TypeError when `url` is an empty list or holds something other than non-empty strings.
  *
@@ -225,7 +226,7 @@ export function websocketClientTransport(options: WebSocketClientOptions): Clien
 
 /**
  * Close codes that say the node failed rather than this client or its session, so the next
- * connect goes to the next gateway of a `url` list: died without a close handshake (1006), going
+ * connect goes to another gateway of a `url` list: died without a close handshake (1006), going
  * away (1001), server fault (1011), service restart (1012), try again later (1013).
  */
 const NODE_FAILURE_CODES: ReadonlySet<number> = new Set([
@@ -241,7 +242,7 @@ interface GatewayPicker {
   /** The URL for the next connect, and its position in the list (-1 when `url` is not a list). */
   pick(): { url: string; at: number };
   /**
-   * The gateway at `at` failed: the next connect goes to the one after it. Ignored when the
+   * The gateway at `at` failed: the next connect goes to another one, at random. Ignored when the
    * transport has already moved off `at`, so several connects failing on one dead node (or a
    * late close from a node left long ago) do not skip the healthy ones.
    */
@@ -264,19 +265,21 @@ function gatewayPicker(url: WebSocketClientOptions['url'], random: () => number)
     }
     return u;
   });
+  /** An index below `n` from one draw; guards a generator that strays outside [0, 1). */
+  const draw = (n: number): number => {
+    const r = random();
+    return r > 0 && r < 1 ? Math.floor(r * n) : 0;
+  };
   /** Where connects go; chosen at the first connect. */
   let current: number | undefined;
   return {
     pick() {
-      if (current === undefined) {
-        const r = random();
-        // Guards a generator that strays outside [0, 1): never an index out of the list.
-        current = r > 0 && r < 1 ? Math.floor(r * urls.length) : 0;
-      }
+      current ??= draw(urls.length);
       return { url: urls[current]!, at: current };
     },
     failed(at) {
-      if (at === current) current = (at + 1) % urls.length;
+      // Any other gateway, uniformly: the clients of one dead node spread over all the others.
+      if (at === current && urls.length > 1) current = (at + 1 + draw(urls.length - 1)) % urls.length;
     },
   };
 }
