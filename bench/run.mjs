@@ -3,7 +3,7 @@
 //   npm run bench                  every scenario, 3 rounds (≤ 20 min, pgstore about 2 more)
 //   npm run bench -- --quick       one short round of everything (≤ 2 min, pgstore under 1 more)
 //   npm run bench -- --only NAME   one scenario (saturation, latency, drain, fanout, e2ee, crypto, idle, wire, codec,
-//                                  pgstore)
+//                                  pgstore, multinode)
 //   npm run bench -- --rounds N    rounds per scenario
 //
 // Each measurement runs the server under test and the load generator in separate processes,
