@@ -635,8 +635,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     this.tellWatchers(e.user, e.online, e.online ? undefined : e.at);
   }
 
-  /** Typing notices from the cluster (this node's own included): to the local sessions of `users`. */
-  private deliverTyping(users: string[], n: TypingNotice): void {
+  /** A typing notice to this node's sessions of `users` (the typist's own user left out). */
+  private deliverTyping(users: Iterable<string>, n: TypingNotice): void {
     const frame: ServerFrame = n.group
       ? { t: 'typn', f: n.from.user, fd: n.from.device, on: n.on, to: n.to, g: true }
       : { t: 'typn', f: n.from.user, fd: n.from.device, on: n.on };
@@ -802,21 +802,12 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     } else {
       users = [f.to];
     }
-    if (this.cluster) {
-      const to = [...users].filter((u) => u !== from.user);
-      const notice: TypingNotice = { from, to: f.to, on: f.on };
-      if (f.g) notice.group = true;
-      if (to.length > 0) await this.cluster.typing(to, notice);
-      return;
-    }
-    const notice: ServerFrame = f.g
-      ? { t: 'typn', f: from.user, fd: from.device, on: f.on, to: f.to, g: true }
-      : { t: 'typn', f: from.user, fd: from.device, on: f.on };
-    let encoded: Uint8Array | undefined;
-    for (const user of users) {
-      if (user === from.user) continue;
-      for (const s of this.userSessions.get(user) ?? []) s.sendEncoded((encoded ??= encodeFrame(notice)));
-    }
+    const notice: TypingNotice = { from, to: f.to, on: f.on };
+    if (f.g) notice.group = true;
+    if (!this.cluster) return this.deliverTyping(users, notice);
+    // Through the cluster, this node's own sessions included (see ClusterAdapter.typing).
+    const to = [...users].filter((u) => u !== from.user);
+    if (to.length > 0) await this.cluster.typing(to, notice);
   }
 
   // ------------------------------------------------------------ devices
