@@ -89,7 +89,7 @@ describe('postbox serve', () => {
   );
 
   it(
-    '/metrics counts connections, sends, commits, deliveries, acks and errors in Prometheus format; /healthz and /readyz answer',
+    '/metrics counts connections, sends, commits, deliveries, acks, errors and inbox depth in Prometheus format; /healthz and /readyz answer',
     { timeout: TEST_MS },
     async () => {
       const { url, port } = await serve(join(tempDir(), 'db.sqlite'), '--insecure-dev-auth');
@@ -127,6 +127,8 @@ describe('postbox serve', () => {
       expect(value(/^postbox_commit_seconds_count\{result="ok"\} (\d+)$/m)).toBeGreaterThanOrEqual(1);
       expect(value(/^postbox_errors_total\{code="invalid_frame"\} (\d+)$/m)).toBe(1);
       expect(value(/^postbox_online_devices (\d+)$/m)).toBe(2);
+      // Inbox depth, counted by the SQLite store at scrape time.
+      expect(value(/^postbox_inbox_entries (\d+)$/m)).toBeGreaterThanOrEqual(0);
       // Acks leave the clients up to 25 ms late (ackDelayMs); by now they are in.
       expect(value(/^postbox_acks_total (\d+)$/m)).toBeGreaterThanOrEqual(3);
       await alice.close();

@@ -169,6 +169,7 @@ describe('memory server store fault switch', () => {
         keyCount: () => store.keyCount(bob1),
         setPushToken: () => store.setPushToken(bob1, { kind: 'fcm', token: 't2' }),
         pushToken: () => store.pushToken(bob1),
+        inboxSize: () => store.inboxSize!(),
       };
       await expect(calls[op]()).rejects.toThrow(op);
       expect(JSON.stringify(dump(state))).toBe(snapshot);

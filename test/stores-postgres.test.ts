@@ -348,6 +348,29 @@ if (reason !== undefined && servicesRequired()) {
       }
     });
 
+    it('inboxSize follows the entries waiting, from the table statistics (an estimate that lags by about a second)', async () => {
+      const store = await openOn(freshSchema());
+      try {
+        for (const d of [alice1, bob1, { user: 'bob', device: 'b2' }]) await store.registerDevice(d, 1);
+        await store.append([msg('m1'), msg('m2'), msg('m3')], 2);
+        const until = async (n: number) => {
+          for (let i = 0; i < 150 && (await store.inboxSize!()) !== n; i++)
+            await new Promise((r) => setTimeout(r, 100));
+          return store.inboxSize!();
+        };
+        expect(await until(6)).toBe(6); // 3 messages × bob's 2 devices
+        const entries = await store.readInbox(bob1, 0, 10);
+        await store.ack(
+          bob1,
+          entries.map((e) => e.offset),
+          3,
+        );
+        expect(await until(4)).toBe(4); // b1's three gone, alice's `delivered` status waiting
+      } finally {
+        await store.close();
+      }
+    });
+
     it('two nodes committing batches that start the same conversations in opposite orders never deadlock', async () => {
       // The first message between two users records them as contacts; batches on two nodes
       // holding first messages of the same pairs in opposite orders must not lock them crosswise.

@@ -20,7 +20,8 @@ export interface PrometheusMetrics {
  * Builds the metrics on prom-client, or undefined when it is not installed. Names: `postbox_`
  * `connections` (gauge), `sends_total{kind,result}`, `commit_seconds` (histogram of group-commit
  * latency), `commit_items` (histogram of batch sizes), `deliveries_total`, `acks_total`,
- * `doorbells_total`, `push_total{result}`, `errors_total{code}`, `online_devices` (gauge), plus
+ * `doorbells_total`, `push_total{result}`, `errors_total{code}`, `online_devices` (gauge),
+ * `inbox_entries` (gauge: the inbox depth, when the store can count it), plus
  * the process defaults (CPU, memory, event loop lag).
  */
 export async function prometheusMetrics(): Promise<PrometheusMetrics | undefined> {
@@ -101,6 +102,19 @@ export async function prometheusMetrics(): Promise<PrometheusMetrics | undefined
   return {
     hooks,
     watch(engine) {
+      const store = engine.store;
+      if (store.inboxSize) {
+        const size = store.inboxSize.bind(store);
+        new prom.Gauge({
+          name: 'postbox_inbox_entries',
+          help: 'Entries waiting in all inboxes (not yet acked), as the store counts them',
+          registers: [registry],
+          async collect() {
+            // A failing store leaves the last value: a scrape must not fail with it.
+            this.set(await size().catch(() => NaN));
+          },
+        });
+      }
       new prom.Gauge({
         name: 'postbox_online_devices',
         help: 'Devices with an open session on this node',

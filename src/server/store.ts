@@ -330,6 +330,12 @@ export interface ServerStore {
   setPushToken?(device: DeviceAddress, token: PushToken | undefined): Promise<void>;
   /** A device's push token, if it registered one. */
   pushToken?(device: DeviceAddress): Promise<PushToken | undefined>;
+  /**
+   * How many entries wait in all inboxes (delivered and not yet acked, or not yet delivered): the
+   * inbox depth that `/metrics` reports. Optional; may be an estimate where an exact count is
+   * costly (the PostgreSQL store reads the table's live-row statistics).
+   */
+  inboxSize?(): Promise<number>;
   /** Releases resources. The data stays for the next open. */
   close(): Promise<void>;
 }

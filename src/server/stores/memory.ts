@@ -52,7 +52,8 @@ export type ServerStoreOp =
   | 'claimKeys'
   | 'keyCount'
   | 'setPushToken'
-  | 'pushToken';
+  | 'pushToken'
+  | 'inboxSize';
 
 /** Options of {@link memoryServerStore}. */
 export interface MemoryServerStoreOptions {
@@ -615,6 +616,13 @@ export function memoryServerStore(
       check('pushToken');
       const t = data.pushTokens.get(deviceKey(device));
       return t && { ...t };
+    },
+
+    async inboxSize(): Promise<number> {
+      check('inboxSize');
+      let n = 0;
+      for (const inbox of data.inboxes.values()) n += inbox.entries.size;
+      return n;
     },
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {

@@ -1596,6 +1596,17 @@ function postgresStore(
       return r && { kind: r.kind, token: r.token };
     },
 
+    async inboxSize(): Promise<number> {
+      check();
+      // The statistics' live-row count: an estimate, but free (count(*) reads the whole table).
+      const [r] = await rowsOf<{ n: string | null }>(
+        pool,
+        `SELECT n_live_tup AS n FROM pg_stat_user_tables WHERE relid = to_regclass($1)`,
+        [`${s}.inbox`],
+      );
+      return Math.max(0, Number(r?.n ?? 0));
+    },
+
     async close(): Promise<void> {
       if (closed) return;
       closed = true;

@@ -454,6 +454,7 @@ export function sqliteServerStore(
     pushDelete: q(
       'DELETE FROM push_tokens WHERE dev = (SELECT id FROM devices WHERE user = ? AND device = ?)',
     ),
+    inboxSize: q('SELECT count(*) AS n FROM inbox'),
     pushGet: q(
       'SELECT p.kind, p.token FROM push_tokens p JOIN devices d ON d.id = p.dev WHERE d.user = ? AND d.device = ?',
     ),
@@ -965,6 +966,11 @@ export function sqliteServerStore(
       check();
       const r = sql.pushGet.get(device.user, device.device) as PushToken | undefined;
       return r && { kind: r.kind, token: r.token };
+    },
+
+    async inboxSize(): Promise<number> {
+      check();
+      return (sql.inboxSize.get() as { n: number }).n;
     },
 
     async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
