@@ -3,11 +3,11 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { localCluster, memoryClusterHub, type MemoryClusterNode } from '../src/server/cluster/local.js';
 import { redisCluster, type RedisClusterAdapter } from '../src/server/cluster/redis.js';
 import { clusterConformance, registerCases } from '../src/testing/index.js';
+import { REDIS_URL, redisUnreachable } from './fixtures/redis.js';
 
 // Small TTLs keep the waits for a dead node short; heartbeats are a third of them, and reaping
 // runs in batches of 100 so the bounded case needs several steps.
 const TTL_MS = 400;
-const REDIS_URL = process.env.POSTBOX_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
 describe('memory cluster hub conformance', () => {
   registerCases(
@@ -95,33 +95,13 @@ describe('memory cluster faults and the local cluster', () => {
   });
 });
 
-/** Whether Redis answers at `REDIS_URL`, and why not. */
-async function probeRedis(): Promise<string | undefined> {
-  const r = new Redis(REDIS_URL, {
-    lazyConnect: true,
-    connectTimeout: 1000,
-    maxRetriesPerRequest: 0,
-    retryStrategy: () => null,
-  });
-  r.on('error', () => {});
-  try {
-    await r.connect();
-    await r.ping();
-    return undefined;
-  } catch (e) {
-    return e instanceof Error ? e.message : String(e);
-  } finally {
-    r.disconnect();
-  }
-}
-
-const unreachable = await probeRedis();
+const unreachable = await redisUnreachable();
 if (unreachable !== undefined && !process.env.POSTBOX_REQUIRE_SERVICES)
-  console.warn(`cluster.test.ts: Redis suite SKIPPED: no Redis at ${REDIS_URL} (${unreachable})`);
+  console.warn(`cluster.test.ts: Redis suite SKIPPED: ${unreachable}`);
 
 describe.skipIf(unreachable !== undefined && !process.env.POSTBOX_REQUIRE_SERVICES)('redis cluster', () => {
   it('Redis is reachable (POSTBOX_REQUIRE_SERVICES makes its absence a failure)', () => {
-    expect(unreachable, `no Redis at ${REDIS_URL}; start it (see .ci/run)`).toBeUndefined();
+    expect(unreachable, 'start Redis (see .ci/run)').toBeUndefined();
   });
 
   const admin = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });

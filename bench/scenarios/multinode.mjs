@@ -33,6 +33,7 @@ import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import pg from 'pg';
 import { procCpu, startNode } from '../lib/proc.mjs';
+import { pgUnreachable, redact } from '../lib/services.mjs';
 import { human } from '../lib/stats.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -65,17 +66,6 @@ function withParams(url, params) {
   return u.toString();
 }
 
-/** The URL without its password, for printing. */
-function redact(url) {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(unparseable URL)';
-  }
-}
-
 /** A Redis connection that fails fast instead of retrying (probes and clean-ups). */
 function redis() {
   const r = new Redis(REDIS_URL, {
@@ -90,15 +80,8 @@ function redis() {
 
 /** Why PostgreSQL or Redis cannot be used, or undefined when both can. */
 async function unavailable() {
-  const c = new pg.Client({ connectionString: PG_URL, connectionTimeoutMillis: 3000 });
-  try {
-    await c.connect();
-    await c.query('SELECT 1');
-  } catch (e) {
-    return `PostgreSQL at ${redact(PG_URL)} is not reachable (${e.message || e.code || e})`;
-  } finally {
-    await c.end().catch(() => undefined);
-  }
+  const pgReason = await pgUnreachable(PG_URL);
+  if (pgReason) return pgReason;
   const r = redis();
   let cause; // ioredis rejects with "Connection is closed."; its 'error' event says why
   r.on('error', (e) => (cause ??= e));

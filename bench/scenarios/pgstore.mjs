@@ -31,6 +31,7 @@ import { randomBytes } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { openPostgresServerStore } from 'postbox/server/postgres';
+import { pgUnreachable, redact } from '../lib/services.mjs';
 
 export const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/test';
 const BODY = Buffer.alloc(100, 7);
@@ -39,31 +40,6 @@ const NODES = 3;
 const PER_NODE = 4;
 const WRITERS = [1, NODES * PER_NODE];
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Why PostgreSQL at `url` cannot be used, or undefined when it can. */
-export async function unreachable(url) {
-  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 3000 });
-  try {
-    await c.connect();
-    await c.query('SELECT 1');
-    return undefined;
-  } catch (e) {
-    return `PostgreSQL at ${redact(url)} is not reachable (${e.message || e.code || e})`;
-  } finally {
-    await c.end().catch(() => undefined);
-  }
-}
-
-/** The URL without its password, for printing. */
-function redact(url) {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return '(unparseable URL)';
-  }
-}
 
 const newSchema = (kind) => `pbbench_${kind}_${randomBytes(5).toString('hex')}`;
 
@@ -528,7 +504,7 @@ const COST_SYSTEMS = ['postgres', 'postgres-unnest', 'postbox-pg'];
 
 export async function run({ ms, warmupMs, slices = 3, round = 0, url }) {
   url = url ?? process.env.POSTBOX_PG_URL ?? DEFAULT_URL;
-  const why = await unreachable(url);
+  const why = await pgUnreachable(url);
   if (why) return { results: [], skipped: why };
   const admin = new pg.Client({ connectionString: url, application_name: 'pbbench-admin' });
   await admin.connect();
