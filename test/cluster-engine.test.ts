@@ -415,6 +415,20 @@ describe('gateway nodes over one store and a cluster', () => {
     expect(bob.messages.map((m) => untext(m.body))).toEqual(['the long way round']);
   });
 
+  it('a cluster that hangs holds a handshake for at most a few seconds: the session opens and lives on the poll', async () => {
+    cluster = await makeCluster(2);
+    const alice = await cluster.device('alice', 'phone', 0);
+    const hung = cluster.nodes[1]!.cluster;
+    Object.assign(hung, { register: () => new Promise(() => {}) });
+    const bob = await cluster.device('bob', 'phone', 1);
+    expect(bob.client.state).not.toBe('open');
+    for (let t = 0; t < 4000; t += 100) await cluster.advance(100);
+    expect(bob.client.state).toBe('open');
+    alice.client.send('bob', text('via the poll'));
+    await cluster.advance(POLL_MS * 1.5);
+    expect(bob.messages.map((m) => untext(m.body))).toEqual(['via the poll']);
+  });
+
   it('a reconnect storm past the handshake cap is told to try again later (1013), and every client gets in after backing off', async () => {
     let gate: (() => void) | undefined;
     let opened: Promise<void> = new Promise<void>((r) => (gate = r));

@@ -246,6 +246,15 @@ function wireDifference(d: DeviceMismatch): NonNullable<ErrFrame['d']> {
 
 const keyOf = (a: DeviceAddress): string => `${a.user}\u0000${a.device}`;
 
+/**
+ * A session opening while the cluster does not answer its registration within this opens anyway
+ * (its entries then come by the inbox poll).
+ */
+const CLUSTER_REGISTER_TIMEOUT_MS = 3000;
+
+/** How long {@link PostboxServer.close} waits for the cluster to take this node's leave. */
+const CLUSTER_CLOSE_WAIT_MS = 5000;
+
 /** With a cluster, a group's cached member list (for typing) is re-read after this long. */
 const MEMBER_CACHE_MS = 5000;
 
@@ -456,14 +465,30 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     for (const s of [...this.connections]) s.close(CLOSE_CODES.goingAway, 'server shutting down');
     if (this.cluster) {
       // Unregister every device, then announce now the users who left with this node (their
-      // clients reconnect elsewhere and are announced online again there).
-      while (this.clusterOps.size > 0) await Promise.allSettled([...this.clusterOps]);
+      // clients reconnect elsewhere and are announced online again there). A backend that does
+      // not answer holds the shutdown for a few seconds at most: the TTL cleans up after it.
+      const deadline = this.clock.now() + CLUSTER_CLOSE_WAIT_MS;
+      while (this.clusterOps.size > 0 && this.clock.now() < deadline)
+        await this.settledBy(deadline, [...this.clusterOps]);
       const checks = [...this.offlineChecks.values()];
       this.offlineChecks.clear();
       for (const c of checks) this.clock.clearTimeout(c.timer);
-      await Promise.allSettled(checks.map((c) => c.run()));
+      await this.settledBy(
+        deadline,
+        checks.map((c) => c.run()),
+      );
       for (const off of this.clusterHandlers.splice(0)) off();
     }
+  }
+
+  /** Waits until every promise settled or the clock passed `deadline`, whichever comes first. */
+  private async settledBy(deadline: number, promises: Array<Promise<unknown>>): Promise<void> {
+    let timer: TimerHandle | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = this.clock.setTimeout(resolve, Math.max(0, deadline - this.clock.now()));
+    });
+    await Promise.race([Promise.allSettled(promises), late]);
+    this.clock.clearTimeout(timer);
   }
 
   /** Resolves when no commit is queued or running. */
@@ -568,7 +593,17 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
    */
   registerInCluster(addr: DeviceAddress): Promise<void> {
     return this.clusterOp('register', async () => {
-      const r = await this.cluster!.register(addr);
+      // A hung backend must not hold handshakes (and so the handshake cap) forever.
+      let timer: TimerHandle | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = this.clock.setTimeout(
+          () => reject(new Error(`no answer within ${CLUSTER_REGISTER_TIMEOUT_MS} ms`)),
+          CLUSTER_REGISTER_TIMEOUT_MS,
+        );
+      });
+      const r = await Promise.race([this.cluster!.register(addr), late]).finally(() =>
+        this.clock.clearTimeout(timer),
+      );
       const pending = this.offlineChecks.get(addr.user);
       if (pending) {
         // Back before its offline announcement: watchers never saw the user leave.
@@ -1497,6 +1532,8 @@ class Session {
     this.addr = addr;
     this.pendingAddr = undefined;
     this.state = 'open';
+    // Heartbeats count from here: a slow handshake (authentication, store, cluster) is not silence.
+    this.lastFrameAt = this.server.clock.now();
     this.server.bind(this);
     const o = this.server.opts;
     this.send({
