@@ -6,7 +6,7 @@
 // credentials `u<i>/d`). Client i starts on gateway i mod (number of URLs) and sends to client
 // i + n/2, which with 200 clients and 3 gateways is always on another gateway: every message
 // crosses nodes. Clients find the gateways by themselves: the WebSocket client transport's URL
-// list (random start, failover round robin) when this build has it, else a function moving to
+// list (placed start, failover to a random other gateway) when this build has it, else a function moving to
 // the next gateway on every connect. Before either mode, every client sends one message to its
 // peer and all must arrive (`prime`): a conversation's first message is not a steady state.
 //
@@ -27,6 +27,16 @@ import { WebSocket } from 'ws';
 import { fail, mark, sleep, tell } from '../lib/child.mjs';
 import { Samples } from '../lib/stats.mjs';
 import { openMany } from '../systems/common.mjs';
+
+/** A `random` whose first draw picks gateway `home` of `k`, and Math.random after that. */
+function placeThen(home, k) {
+  let first = true;
+  return () => {
+    if (!first) return Math.random();
+    first = false;
+    return (home + 0.5) / k;
+  };
+}
 
 const websocketClientTransport =
   wsTransport.websocketClientTransport ??
@@ -76,8 +86,9 @@ async function connectAll({ urls, n, size }, on) {
     const client = createClient({
       transport: websocketClientTransport({
         url,
-        // The list's start is the one random draw: place client i on gateway i mod k.
-        ...(urlListSupported ? { random: () => (home + 0.5) / k } : {}),
+        // The first draw places client i on gateway i mod k; later draws (where to fail over
+        // to) are the transport's own random choice, as in an app.
+        ...(urlListSupported ? { random: placeThen(home, k) } : {}),
         WebSocket: Dial,
       }),
       store: memoryClientStore(),
