@@ -170,16 +170,10 @@ describe('the engines over the websocket transport', () => {
     'alice sends to bob over real sockets, bob receives it once, alice sees delivered',
     { timeout: TEST_MS },
     async () => {
-      const server = createServer({
-        store: memoryServerStore(),
-        authenticate: (cred) => (typeof cred === 'string' ? { user: cred, device: 'phone' } : null),
-      });
-      const transport = websocketServerTransport({ port: 0 });
-      await server.listen(transport);
-      cleanup.push(() => server.close());
+      const { server, url } = await node();
       const device = (user: string, WebSocket?: WebSocketConstructor) => {
         const client: PostboxClient = createClient({
-          transport: websocketClientTransport({ url: transport.url!, ...(WebSocket ? { WebSocket } : {}) }),
+          transport: websocketClientTransport({ url, ...(WebSocket ? { WebSocket } : {}) }),
           store: memoryClientStore(),
           credentials: user,
         });
@@ -453,6 +447,18 @@ describe('the client side', () => {
   });
 });
 
+/** A server engine on a port of its own (a gateway node), accepting `user` strings as credentials. */
+async function node() {
+  const server = createServer({
+    store: memoryServerStore(),
+    authenticate: (cred) => (typeof cred === 'string' ? { user: cred, device: 'phone' } : null),
+  });
+  const transport = websocketServerTransport({ port: 0 });
+  await server.listen(transport);
+  cleanup.push(() => server.close());
+  return { server, url: transport.url! };
+}
+
 /** A URL on a loopback port that was free a moment ago and has nothing listening now. */
 async function deadUrl(): Promise<string> {
   const probe = net.createServer();
@@ -650,18 +656,6 @@ describe('a list of gateway URLs', () => {
   );
 
   describe('with the engines', () => {
-    /** A server engine on its own port: one gateway node. */
-    async function node() {
-      const server = createServer({
-        store: memoryServerStore(),
-        authenticate: (cred) => (typeof cred === 'string' ? { user: cred, device: 'phone' } : null),
-      });
-      const transport = websocketServerTransport({ port: 0 });
-      await server.listen(transport);
-      cleanup.push(() => server.close());
-      return { server, url: transport.url! };
-    }
-
     function client(urls: string[]): PostboxClient {
       const c = createClient({
         transport: websocketClientTransport({ url: urls, random: () => 0 }),
