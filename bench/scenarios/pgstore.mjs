@@ -389,6 +389,19 @@ async function walOf(ctx, schema, from, to) {
 const costTxns = (batch) => Math.max(4, Math.ceil(64 / batch));
 
 /**
+ * Runs one warm-up `step` (not counted), then `txns` counted ones, and returns the WAL span they
+ * wrote: from the insert position before to the flush position after (our commits are flushed,
+ * so everything of ours is before it).
+ */
+async function walSpan(ctx, counter, txns, step) {
+  await step();
+  counter.n = 0;
+  const from = await lsn(ctx.admin, 'insert');
+  for (let i = 0; i < txns; i++) await step();
+  return { from, to: await lsn(ctx.admin, 'flush') };
+}
+
+/**
  * What one message costs `system` at `batch` per transaction. Two phases on single connections:
  * set-up and one warm-up transaction (so once-per-pair rows such as `contacts` are written),
  * the connection closed; then the measured transactions on a fresh connection, closed too, and
@@ -439,12 +452,13 @@ async function cost(ctx, system, batch) {
       const pool = new pg.Pool({ connectionString: ctx.url, max: 1, application_name: tag });
       const store = await openPostgresServerStore({ pool: counting(pool, counter), schema });
       try {
-        const step = postboxStep(store, { user: 'alice', device: 'd' }, 'bob', batch);
-        await step(); // the connection's first transaction (the store's caches), not counted
-        counter.n = 0;
-        from = await lsn(ctx.admin, 'insert');
-        for (let i = 0; i < txns; i++) await step();
-        to = await lsn(ctx.admin, 'flush'); // our commits are flushed: everything of ours is before it
+        // The connection's first transaction (the store's caches) is not counted.
+        ({ from, to } = await walSpan(
+          ctx,
+          counter,
+          txns,
+          postboxStep(store, { user: 'alice', device: 'd' }, 'bob', batch),
+        ));
       } finally {
         await store.close();
         await pool.end();
@@ -452,12 +466,12 @@ async function cost(ctx, system, batch) {
     } else {
       const c = await rawConnection(ctx.url, tag);
       try {
-        const step = rawStep(counting(c, counter), schema, 's', batch, unnest);
-        await step();
-        counter.n = 0;
-        from = await lsn(ctx.admin, 'insert');
-        for (let i = 0; i < txns; i++) await step();
-        to = await lsn(ctx.admin, 'flush'); // our commits are flushed: everything of ours is before it
+        ({ from, to } = await walSpan(
+          ctx,
+          counter,
+          txns,
+          rawStep(counting(c, counter), schema, 's', batch, unnest),
+        ));
       } finally {
         await c.end();
       }
