@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 // Every subpath in the exports map resolves from the built package, by its public name, so
 // the map cannot rot. Runs in a child Node process (package self-reference), testing what ships.
 const pkg = JSON.parse(readFileSync('package.json', 'utf8')) as {
-  exports: Record<string, string | { types: string; import: string }>;
+  exports: Record<string, string | { types: string; default: string }>;
 };
 const subpaths = Object.keys(pkg.exports).filter((s) => s !== './package.json');
 // Subpaths that carry only type declarations (interfaces for adapter authors).
@@ -30,4 +30,22 @@ describe('the exports map', () => {
       expect(typeof entry === 'object' && existsSync(entry.types)).toBe(true);
     });
   }
+
+  // ESM-only, but CommonJS apps on Node >= 20.19 can require() it (require(esm)): the map's
+  // `default` condition is what lets require() in.
+  it('every subpath loads from CommonJS with require()', () => {
+    const out = execFileSync(
+      process.execPath,
+      [
+        '-e',
+        `const subs = ${JSON.stringify(subpaths)};
+         console.log(JSON.stringify(subs.map((s) => Object.keys(require('postbox' + s.slice(1))).length)));`,
+      ],
+      { encoding: 'utf8' },
+    );
+    const counts = JSON.parse(out) as number[];
+    subpaths.forEach((sub, i) => {
+      if (!typeOnly.has(sub)) expect(counts[i], sub).toBeGreaterThan(0);
+    });
+  });
 });
