@@ -4,6 +4,7 @@
 // the server was down.
 import { execFileSync } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { WebSocket as WsWebSocket } from 'ws';
@@ -37,6 +38,15 @@ async function serve(data: string, ...flags: string[]): Promise<{ p: Proc; url: 
 
 /** True once some output line of `p` contains `text` (the chat redraws its prompt with escapes). */
 const printed = (p: Proc, text: string) => () => p.lines.some((l) => l.includes(text));
+
+describe('the postbox command', () => {
+  it('--version prints the package version and exits 0', async () => {
+    const p = postbox('--version');
+    expect(await p.exited).toBe(0);
+    const { version } = JSON.parse(readFileSync('package.json', 'utf8')) as { version: string };
+    expect(p.lines).toContain(`postbox ${version}`);
+  });
+});
 
 describe('postbox serve', () => {
   it('refuses to start with no authentication configured: it never accepts anyone silently', async () => {
@@ -131,6 +141,10 @@ describe('postbox serve', () => {
       expect(value(/^postbox_inbox_entries (\d+)$/m)).toBeGreaterThanOrEqual(0);
       // Acks leave the clients up to 25 ms late (ackDelayMs); by now they are in.
       expect(value(/^postbox_acks_total (\d+)$/m)).toBeGreaterThanOrEqual(3);
+      // prom-client's defaults under one prefix, as docs/operations.md names them.
+      expect(text).toMatch(/^postbox_process_cpu_seconds_total /m);
+      expect(text).toMatch(/^postbox_nodejs_eventloop_lag_seconds /m);
+      expect(text).not.toMatch(/postbox_process_process_|postbox_process_nodejs_/);
       await alice.close();
       await bob.close();
     },

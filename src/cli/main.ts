@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // The `postbox` command: `serve` runs a server, `token` signs a client token, `chat` runs the
 // terminal chat client (examples/chat.ts).
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { signToken } from '../server/auth.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
@@ -10,6 +11,7 @@ const HELP = `postbox — embeddable store-and-forward messaging
 
 Usage:
   postbox serve [options]        run a server (WebSocket + SQLite)
+  postbox --version              print the version
   postbox token --user U --device D [--secret S] [--ttl-hours H]
                                  print a signed client token
   postbox chat --server URL --as USER --to PEER [--token T | --secret S | --insecure-dev-auth]
@@ -216,7 +218,13 @@ const [command, ...rest] = process.argv.slice(2);
 try {
   if (command === 'serve') await serve(rest);
   else if (command === 'token') token(rest);
-  else if (command === 'chat') {
+  else if (command === '--version' || command === '-v' || command === 'version') {
+    // dist/cli/main.js → the package's own package.json, two levels up (also from src/ under tsx).
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+      version: string;
+    };
+    process.stdout.write(`postbox ${pkg.version}\n`);
+  } else if (command === 'chat') {
     // The chat client is an example app built on the public API; it ships compiled beside the CLI.
     const chat = './../examples/chat.js';
     await import(chat);

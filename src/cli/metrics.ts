@@ -32,7 +32,8 @@ export async function prometheusMetrics(): Promise<PrometheusMetrics | undefined
     return undefined;
   }
   const registry = new prom.Registry();
-  prom.collectDefaultMetrics({ register: registry, prefix: 'postbox_process_' });
+  // prom-client's names already start with `process_` / `nodejs_`: prefix only with `postbox_`.
+  prom.collectDefaultMetrics({ register: registry, prefix: 'postbox_' });
   const m = {
     connections: new prom.Gauge({
       name: 'postbox_connections',

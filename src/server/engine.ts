@@ -453,7 +453,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /**
    * Stops accepting, finishes in-flight commits (their acks are sent), then closes every
-   * connection with "going away" so clients reconnect. The store is left open for its owner.
+   * connection with "going away" so clients reconnect, and stops every timer of its own, so a
+   * process whose other handles are closed exits at once. The store is left open: its owner
+   * closes it (after this resolves); so is the cluster adapter.
    */
   async close(): Promise<void> {
     if (this.closing) return;
@@ -463,6 +465,10 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     await Promise.all(this.transports.map((t) => t.close()));
     await this.idle();
     for (const s of [...this.connections]) s.close(CLOSE_CODES.goingAway, 'server shutting down');
+    // Pending offline announcements would keep the process alive for the debounce, with no one
+    // left to tell (every connection just closed; last seen was stored when each left).
+    for (const p of this.presence.values()) this.clock.clearTimeout(p.timer);
+    this.presence.clear();
     if (this.cluster) {
       // Unregister every device, then announce now the users who left with this node (their
       // clients reconnect elsewhere and are announced online again there). A backend that does
