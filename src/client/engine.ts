@@ -810,7 +810,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       conn = await this.transport.connect();
     } catch (e) {
       if (gen === this.generation)
-        this.scheduleReconnect(new PostboxError('disconnected', 'connect failed', { cause: e }));
+        this.scheduleReconnect(
+          // The transport's own words, not only in `cause`: "install ws", "ECONNREFUSED", ….
+          new PostboxError('disconnected', `connect failed: ${e instanceof Error ? e.message : String(e)}`, {
+            cause: e,
+          }),
+        );
       return;
     }
     if (gen !== this.generation || this._state === 'closed') {
