@@ -10,6 +10,7 @@ import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { isDeviceId, isGroupId, isUserId } from 'postbox';
 import { createClient } from 'postbox/client';
 import { sqliteClientStore } from 'postbox/client/sqlite';
 import { signToken } from 'postbox/server';
@@ -36,11 +37,17 @@ if (!values.as || !values.to) {
 }
 const me = values.as;
 let peer = values.to;
-const isGroup = (conv: string) => conv.startsWith('#');
+if (!isUserId(me) || !isDeviceId(values.device) || !(isUserId(peer) || isGroupId(peer))) {
+  process.stderr.write(
+    'user and device ids are 1-128 (devices: 1-64) of A-Z a-z 0-9 . _ - : @ +; group ids are # then 1-63 of A-Z a-z 0-9 _ -\n',
+  );
+  process.exit(2);
+}
+const device = values.device;
 const secret = values.secret ?? process.env.POSTBOX_SECRET;
+// With the secret, every (re)connect signs a fresh token: a session outlives any one token.
 const credentials =
-  values.token ??
-  (secret ? signToken(secret, { user: me, device: values.device }) : `${me}/${values.device}`);
+  values.token ?? (secret ? () => signToken(secret, { user: me, device }) : `${me}/${device}`);
 if (!values.token && !secret && !values['insecure-dev-auth']) {
   process.stderr.write(
     'pass --token, --secret (or POSTBOX_SECRET), or --insecure-dev-auth for a dev server\n',
@@ -51,7 +58,7 @@ if (!values.token && !secret && !values['insecure-dev-auth']) {
 // The device's own durable state: its outbox survives a restart of this program.
 const dir = join(homedir(), '.postbox');
 mkdirSync(dir, { recursive: true });
-const store = sqliteClientStore({ path: values.store ?? join(dir, `${me}-${values.device}.sqlite`) });
+const store = sqliteClientStore({ path: values.store ?? join(dir, `${me}-${device}.sqlite`) });
 const client = createClient({
   transport: websocketClientTransport({ url: values.server }),
   store,
@@ -76,7 +83,7 @@ const print = (line: string) => {
 client.on('connection', (state, error) => {
   if (state === 'open') {
     print(`[online as ${me}, chatting with ${peer}]`);
-    if (!isGroup(peer)) client.watchPresence(peer).catch(() => {});
+    if (!isGroupId(peer)) client.watchPresence(peer).catch(() => {});
   } else if (state === 'linking') print('[this device waits for approval from one you already have]');
   else if (state === 'backoff')
     print(
@@ -163,7 +170,7 @@ rl.on('line', (line) => {
   if (t === '/quit') return rl.close();
   if (t.startsWith('/') && command(t)) return rl.prompt();
   const body = new TextEncoder().encode(t);
-  if (t) texts.set(isGroup(peer) ? client.sendToGroup(peer, body) : client.send(peer, body), t);
+  if (t) texts.set(isGroupId(peer) ? client.sendToGroup(peer, body) : client.send(peer, body), t);
   rl.prompt();
 });
 rl.on('close', () => {

@@ -12,7 +12,10 @@ export {
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   PostboxError,
+  isDeviceId,
+  isGroupId,
   isPostboxError,
   isRetryable,
+  isUserId,
 } from './protocol/index.js';
 export type { ErrorCode } from './protocol/index.js';

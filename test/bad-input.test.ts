@@ -1,7 +1,9 @@
 import { pack } from 'msgpackr';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CLOSE_CODES, encodeFrame, type ErrFrame } from '../src/protocol/index.js';
+import type { AuthResult } from '../src/server/index.js';
 import { seededRandom } from '../src/util/clock.js';
+import { badIds } from './fixtures/ids.js';
 import { makeWorld, text, type RawConnection, type World } from './helpers.js';
 
 let world: World | undefined;
@@ -159,6 +161,59 @@ describe('bad input gets a typed error and harms no one', () => {
     expect(bob.messages.map((m) => m.id)).toEqual([id]);
   });
 
+  it('a device whose id contains NUL cannot take over another device session', async () => {
+    world = await makeWorld();
+    // ('a', 'b\0c') and ('a\0b', 'c') once made the same session key: the second replaced the first.
+    const victim = await world.raw('victim');
+    await victim.hello('a', 'b\u0000c');
+    const thief = await world.raw('thief');
+    await thief.hello('a\u0000b', 'c');
+    expect(victim.closed?.code).not.toBe(CLOSE_CODES.replaced);
+    expect(errors(thief).map((e) => e.c)).toEqual(['unauthorized']);
+    expect(thief.closed?.code).toBe(CLOSE_CODES.unauthorized);
+    expect(world.server.onlineDevices()).toEqual([]);
+  });
+
+  it('a #-prefixed user id is refused at hello and in frames: no user poses as a group', async () => {
+    world = await makeWorld();
+    const poser = await world.raw('poser');
+    await poser.hello('#g1', 'phone');
+    expect(errors(poser).map((e) => e.c)).toEqual(['unauthorized']);
+    expect(await world.server.store.devices('#g1')).toEqual([]);
+    const raw = await world.raw();
+    await raw.hello('mallory', 'm1');
+    raw.send({ t: 'send', r: 1, id: 'x', to: '#g1', seq: 1, b: text('to a group without g') });
+    raw.send({ t: 'send', r: 2, id: 'y', to: 'bob', seq: 1, b: text('to a user with g'), g: true });
+    raw.send({ t: 'rcpt', r: 3, id: 'z', to: '#g1', ids: ['a'] });
+    raw.send({ t: 'sub', r: 4, u: '#g1' });
+    raw.send({ t: 'grp', r: 5, id: 'w', g: '#g2', op: 'create', n: 'n', m: ['#g1'] });
+    raw.send({ t: 'kget', r: 6, u: ['#g1'] });
+    await world.advance(100);
+    expect(errors(raw).map((e) => [e.c, e.r])).toEqual([1, 2, 3, 4, 5, 6].map((r) => ['invalid_frame', r]));
+    expect(await world.server.store.group('#g2')).toBeUndefined();
+  });
+
+  it('an id from the authenticate hook that breaks the id rule is refused at hello and registers nothing (seeded)', async () => {
+    // The hook passes on whatever the credentials say, as a careless app's might.
+    world = await makeWorld({ server: { authenticate: (cred) => cred as AuthResult } });
+    const cases = [
+      ...badIds(21, 128).map(({ id, why }) => ({ user: id, device: 'phone', why: `user: ${why}` })),
+      ...badIds(22, 64).map(({ id, why }) => ({ user: 'mallory', device: id, why: `device: ${why}` })),
+    ];
+    for (const [i, { user, device, why }] of cases.entries()) {
+      const raw = await world.raw(`r${i}`);
+      raw.send({ t: 'hello', v: [1, 1], cred: { user, device } });
+      await world.advance(20);
+      expect(
+        errors(raw).map((e) => e.c),
+        why,
+      ).toEqual(['unauthorized']);
+      expect(raw.closed?.code, why).toBe(CLOSE_CODES.unauthorized);
+    }
+    expect(world.server.onlineDevices()).toEqual([]);
+    expect(await world.server.store.devices('mallory')).toEqual([]);
+  });
+
   it('a send to a user with no device fails with unknown_recipient and writes nothing', async () => {
     world = await makeWorld();
     const alice = await world.device('alice');
@@ -253,6 +308,9 @@ describe('bad input gets a typed error and harms no one', () => {
   });
 });
 
+/** Ids that break the id rule (NUL, `#`, controls, Unicode look-alikes…), for the id fields. */
+const BAD_IDS = badIds(31, 128).map((b) => b.id);
+
 /** Random bytes, random msgpack values, and near-valid frames with one field broken. */
 function garbage(rnd: () => number): Uint8Array {
   const kind = Math.floor(rnd() * 4);
@@ -271,6 +329,7 @@ function garbage(rnd: () => number): Uint8Array {
     new Uint8Array(3),
     true,
     1.5,
+    ...BAD_IDS,
   ];
   const pickV = () => values[Math.floor(rnd() * values.length)];
   if (kind === 1) return pack(pickV());
@@ -279,6 +338,19 @@ function garbage(rnd: () => number): Uint8Array {
     { t: 'ack', o: [1, 2, 3] },
     { t: 'rcpt', r: 2, id: 'g', to: 'mallory', ids: ['a'] },
     { t: 'hello', v: [1, 1], cred: 'bob/phone:wrong' },
+    { t: 'sub', r: 3, u: 'mallory' },
+    { t: 'typ', to: 'mallory', on: true },
+    { t: 'grp', r: 4, id: 'h', g: '#fuzz', op: 'create', n: 'n', m: ['mallory'] },
+    { t: 'kget', r: 5, u: ['mallory'], d: 'zz' },
+    {
+      t: 'send',
+      r: 6,
+      id: 'e',
+      to: 'mallory',
+      seq: 0,
+      b: new Uint8Array(0),
+      e: [['mallory', 'zz', 1, new Uint8Array(2)]],
+    },
   ];
   const f = { ...frames[Math.floor(rnd() * frames.length)]! };
   const keys = Object.keys(f);

@@ -163,6 +163,55 @@ describe('postbox serve', () => {
   });
 });
 
+describe('postbox token', () => {
+  const token = async (...flags: string[]) => {
+    const p = postbox('token', '--secret', SECRET, ...flags);
+    const code = await p.exited;
+    return { code, out: p.lines.join('\n'), err: p.stderr() };
+  };
+
+  it(
+    'without --ttl-hours prints a token that expires in 24 hours; --no-expiry only with a loud warning',
+    { timeout: TEST_MS },
+    async () => {
+      const before = Date.now();
+      const day = await token('--user', 'alice', '--device', 'd1');
+      expect(day.code).toBe(0);
+      const exp = verifyToken(SECRET, day.out)?.expiresAt;
+      expect(exp).toBeGreaterThanOrEqual(before + 24 * 3600_000);
+      expect(exp).toBeLessThanOrEqual(Date.now() + 24 * 3600_000);
+      const hour = verifyToken(
+        SECRET,
+        (await token('--user', 'alice', '--device', 'd1', '--ttl-hours', '1')).out,
+      );
+      expect(hour?.expiresAt).toBeLessThanOrEqual(Date.now() + 3600_000);
+      const forever = await token('--user', 'alice', '--device', 'd1', '--no-expiry');
+      expect(verifyToken(SECRET, forever.out)).toEqual({ user: 'alice', device: 'd1' });
+      expect(forever.err).toMatch(/NEVER EXPIRES/);
+      for (const flags of [
+        ['--ttl-hours', '0'],
+        ['--ttl-hours', '1', '--no-expiry'],
+      ]) {
+        expect((await token('--user', 'alice', '--device', 'd1', ...flags)).code).toBe(2);
+      }
+    },
+  );
+
+  it('refuses a user or device id that breaks the id rule', { timeout: TEST_MS }, async () => {
+    for (const [user, device] of [
+      ['#g1', 'd1'],
+      ['al ice', 'd1'],
+      ['alice', 'd/1'],
+      ['alice', 'x'.repeat(65)],
+    ]) {
+      const r = await token('--user', user!, '--device', device!);
+      expect(r.code, `${user} ${device}`).toBe(2);
+      expect(r.out).toBe('');
+      expect(r.err).toMatch(/not a valid (user|device) id/);
+    }
+  });
+});
+
 describe('postbox chat', () => {
   it(
     'two terminals chat with ✓ / ✓✓ / read ticks shown live; a line typed while the server is down goes out when it returns',

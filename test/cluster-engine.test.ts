@@ -399,6 +399,18 @@ describe('gateway nodes over one store and a cluster', () => {
     expect(await cluster.nodes[0]!.server.store.devices('bob')).toEqual(['phone']);
   });
 
+  it('server.disconnect on one node closes the user sessions on every node (4007)', async () => {
+    cluster = await makeCluster(2);
+    const phone = await cluster.device('bob', 'phone', 0);
+    const tablet = await cluster.device('bob', 'tablet', 1);
+    const alice = await cluster.device('alice', 'phone', 1);
+    await cluster.nodes[0]!.server.disconnect('bob');
+    await cluster.advance(200);
+    // Static credentials, refused for good; a credentials function would be asked again.
+    expect([phone.closes, tablet.closes]).toEqual([['unauthorized'], ['unauthorized']]);
+    expect(alice.client.state).toBe('open');
+  });
+
   it('with the cluster unreachable, sessions still open and get their entries by the inbox poll', async () => {
     cluster = await makeCluster(2);
     const alice = await cluster.device('alice', 'phone', 0);

@@ -6,6 +6,7 @@ import {
   ERROR_CODES,
   ERROR_CODE_LIST,
   PostboxError,
+  clientFrame,
   decodeClientFrame,
   decodeServerFrame,
   encodeAtOffset,
@@ -13,13 +14,89 @@ import {
   isPostboxError,
   isRetryable,
   negotiateVersion,
+  serverFrame,
   type ClientFrame,
   type ServerFrame,
 } from '../src/protocol/index.js';
 import { backoff, seededRandom } from '../src/util/clock.js';
 import { ulidFactory } from '../src/util/ulid.js';
+import { badGroupIds, badIds, validGroupIds, validIds } from './fixtures/ids.js';
 
 const b = (n: number) => Uint8Array.from({ length: n }, (_, i) => i & 0xff);
+
+type IdKind = 'user' | 'device' | 'group' | 'conv';
+/** Where each frame type carries ids (`*`: every element); `conv` is a user or, with `g`, a group. */
+const ID_FIELDS: Record<string, Array<[string, IdKind]>> = {
+  hello: [['dev', 'device']],
+  send: [
+    ['to', 'conv'],
+    ['e.*.0', 'user'],
+    ['e.*.1', 'device'],
+  ],
+  rcpt: [['to', 'user']],
+  grp: [
+    ['g', 'group'],
+    ['m.*', 'user'],
+  ],
+  unl: [['d', 'device']],
+  sub: [['u', 'user']],
+  unsub: [['u', 'user']],
+  typ: [['to', 'conv']],
+  kget: [
+    ['u.*', 'user'],
+    ['d', 'device'],
+  ],
+  welcome: [
+    ['u', 'user'],
+    ['d', 'device'],
+  ],
+  err: ['m', 'x', 's'].flatMap((l): Array<[string, IdKind]> => [
+    [`d.${l}.*.0`, 'user'],
+    [`d.${l}.*.1`, 'device'],
+  ]),
+  msg: [
+    ['f', 'user'],
+    ['fd', 'device'],
+    ['to', 'conv'],
+  ],
+  st: [['by', 'user']],
+  gev: [
+    ['g', 'group'],
+    ['by', 'user'],
+    ['m.*', 'user'],
+    ['s.*.0', 'user'],
+  ],
+  pres: [['u', 'user']],
+  typn: [
+    ['f', 'user'],
+    ['fd', 'device'],
+    ['to', 'conv'],
+  ],
+  kb: [
+    ['b.*.0', 'user'],
+    ['b.*.1', 'device'],
+  ],
+};
+/** Frame types that carry no user, device or group id. */
+const NO_IDS = ['ack', 'ping', 'pong', 'ok', 'keys', 'ptok', 'lnk', 'lcode', 'klow'];
+
+/** The concrete paths a pattern names in `value` (none when a step is absent). */
+function expand(value: unknown, pattern: string[]): string[][] {
+  if (pattern.length === 0) return [[]];
+  if (value === null || typeof value !== 'object') return [];
+  const [head, ...rest] = pattern as [string, ...string[]];
+  const keys = head === '*' ? Object.keys(value) : head in value ? [head] : [];
+  return keys.flatMap((k) => expand((value as Record<string, unknown>)[k], rest).map((p) => [k, ...p]));
+}
+
+/** A deep copy of `frame` with the value at `path` replaced. */
+function withAt<F>(frame: F, path: string[], v: string): F {
+  if (path.length === 0) return v as F;
+  const [head, ...rest] = path as [string, ...string[]];
+  const copy = (Array.isArray(frame) ? [...frame] : { ...frame }) as Record<string, unknown>;
+  copy[head] = withAt(copy[head], rest, v);
+  return copy as F;
+}
 
 const clientFrames: ClientFrame[] = [
   { t: 'hello', v: [1, 1], cred: { token: 'abc' }, dev: 'phone' },
@@ -209,6 +286,36 @@ describe('the wire protocol', () => {
         expect.objectContaining({ code: 'invalid_frame' }),
       );
     }
+  });
+
+  it('every id field of every frame follows the one id rule (seeded, generated ids)', () => {
+    const types = (u: typeof clientFrame | typeof serverFrame) => u.options.map((o) => o.shape.t.value);
+    expect(new Set([...Object.keys(ID_FIELDS), ...NO_IDS])).toEqual(
+      new Set([...types(clientFrame), ...types(serverFrame)]),
+    );
+    const fromClient = new Set<string>(types(clientFrame));
+    const decode = (f: ClientFrame | ServerFrame) =>
+      fromClient.has(f.t) ? decodeClientFrame(encodeFrame(f)) : decodeServerFrame(encodeFrame(f));
+    const good = { user: validIds(1, 8, 128), device: validIds(2, 8, 64), group: validGroupIds(3, 8) };
+    const bad = { user: badIds(4, 128), device: badIds(5, 64), group: badGroupIds(6) };
+    let checked = 0;
+    for (const frame of [...clientFrames, ...serverFrames]) {
+      for (const [path, kind] of ID_FIELDS[frame.t] ?? []) {
+        for (const at of expand(frame, path.split('.'))) {
+          // `to` is a group id exactly when the frame says `g`: the other kind is as bad as junk.
+          const k = kind === 'conv' ? ((frame as { g?: true }).g ? 'group' : 'user') : kind;
+          const other = kind === 'conv' ? good[k === 'group' ? 'user' : 'group'].slice(0, 3) : [];
+          for (const id of good[k]) expect(decode(withAt(frame, at, id))).toEqual(withAt(frame, at, id));
+          for (const { id, why } of [...bad[k], ...other.map((id) => ({ id, why: 'other kind' }))]) {
+            expect(() => decode(withAt(frame, at, id)), `${frame.t}.${at.join('.')}: ${why}`).toThrow(
+              expect.objectContaining({ code: 'invalid_frame' }),
+            );
+          }
+          checked++;
+        }
+      }
+    }
+    expect(checked).toBeGreaterThan(40);
   });
 
   it('a server frame is never accepted as a client frame', () => {

@@ -3,7 +3,7 @@
 // terminal chat client (examples/chat.ts).
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { signToken } from '../server/auth.js';
+import { DEFAULT_TOKEN_TTL_MS, signToken } from '../server/auth.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
 import { startServe, type ServeOptions } from './serve.js';
 
@@ -12,8 +12,8 @@ const HELP = `postbox — embeddable store-and-forward messaging
 Usage:
   postbox serve [options]        run a server (WebSocket + SQLite)
   postbox --version              print the version
-  postbox token --user U --device D [--secret S] [--ttl-hours H]
-                                 print a signed client token
+  postbox token --user U --device D [--secret S] [--ttl-hours H | --no-expiry]
+                                 print a signed client token, valid for H hours (default 24)
   postbox chat --server URL --as USER --to PEER [--token T | --secret S | --insecure-dev-auth]
                                  terminal chat client (see examples/chat.ts)
 
@@ -195,6 +195,7 @@ function token(argv: string[]): void {
       device: { type: 'string' },
       secret: { type: 'string' },
       'ttl-hours': { type: 'string' },
+      'no-expiry': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -205,13 +206,17 @@ function token(argv: string[]): void {
   const secret = values.secret ?? env('POSTBOX_SECRET');
   if (!values.user || !values.device || !secret)
     throw new Error('postbox token needs --user, --device and --secret (or POSTBOX_SECRET)');
-  const claims: { user: string; device: string; expiresAt?: number } = {
-    user: values.user,
-    device: values.device,
-  };
-  if (values['ttl-hours'] !== undefined)
-    claims.expiresAt = Date.now() + num('ttl-hours', values['ttl-hours'], 0) * 3600_000;
-  process.stdout.write(`${signToken(secret, claims)}\n`);
+  if (values['no-expiry'] && values['ttl-hours'] !== undefined)
+    throw new Error('pass --ttl-hours or --no-expiry, not both');
+  const hours = num('ttl-hours', values['ttl-hours'], DEFAULT_TOKEN_TTL_MS / 3600_000);
+  if (!(hours > 0)) throw new Error('--ttl-hours must be more than 0');
+  if (values['no-expiry']) {
+    process.stderr.write(
+      'postbox: --no-expiry: this token NEVER EXPIRES. Only your authenticate hook can stop it (docs/operations.md).\n',
+    );
+  }
+  const expiresAt = values['no-expiry'] ? null : Date.now() + hours * 3600_000;
+  process.stdout.write(`${signToken(secret, { user: values.user, device: values.device, expiresAt })}\n`);
 }
 
 const [command, ...rest] = process.argv.slice(2);

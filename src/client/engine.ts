@@ -7,8 +7,13 @@ import {
   PostboxError,
   decodeServerFrame,
   encodeFrame,
+  assertDeviceId,
+  assertGroupId,
+  assertUserId,
+  isGroupId,
   isPostboxError,
   isRetryable,
+  isUserId,
   type ClientFrame,
   type DeviceListDifference,
   type ErrFrame,
@@ -56,8 +61,7 @@ import type { ClientStore, InboundMessage, MessageStatus, OutboxEntry } from './
 export type ConnectionState =
   'idle' | 'connecting' | 'handshaking' | 'linking' | 'open' | 'backoff' | 'closed';
 
-/** Group ids start with `#` (user ids must not). */
-export const isGroupId = (conv: string): boolean => conv.startsWith('#');
+export { isGroupId };
 
 /** Presence of a watched user. */
 export interface PresenceChange {
@@ -181,10 +185,12 @@ export interface ClientOptions {
   /**
    * Sent in `hello` for the server's `authenticate` hook. A function is called on every connect
    * (refresh a token there); with a function, a refusal is retried after a backoff, with a
-   * static value it closes the client for good.
+   * static value it closes the client for good. A session whose credentials expire or are revoked
+   * is closed by the server (4007); the client then reconnects, calling the function again, or
+   * with a static value closes for good with `unauthorized`.
    */
   credentials: unknown | (() => unknown | Promise<unknown>);
-  /** Device id hint sent in `hello`. */
+  /** Device id hint sent in `hello` (a valid device id, or the constructor throws `invalid_frame`). */
   device?: string;
   /** @default systemClock */
   clock?: Clock;
@@ -359,6 +365,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.random = options.random ?? Math.random;
     this.ulid = ulidFactory(this.clock, this.random);
     this.credentials = options.credentials;
+    if (options.device !== undefined) assertDeviceId(options.device, 'device');
     this.deviceHint = options.device;
     this.opts = {
       backoffBaseMs: options.backoffBaseMs ?? 500,
@@ -415,12 +422,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * are stored with the outbox entry in one durable write; the `status` event then reports
    * `pending`, `sent` (✓, durable on the server), `delivered` (✓✓), `read`.
    * @throws PostboxError `too_large` when the body is over the limit, `invalid_frame` when `to`
-   * is not a valid user id (1–128 characters), `closed` after {@link close}.
+   * is not a valid user id (see `isUserId`; a group id needs {@link sendToGroup}), `closed` after
+   * {@link close}.
    */
   send(to: string, body: Uint8Array): string {
-    if (typeof to === 'string' && isGroupId(to)) {
-      throw new PostboxError('invalid_frame', 'group ids start with #: use sendToGroup');
-    }
+    if (isGroupId(to)) throw new PostboxError('invalid_frame', 'group ids start with #: use sendToGroup');
+    assertUserId(to, 'recipient');
     return this.queueMessage(to, body);
   }
 
@@ -434,17 +441,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * @throws PostboxError as {@link send}.
    */
   sendToGroup(group: string, body: Uint8Array): string {
-    if (typeof group !== 'string' || !isGroupId(group)) {
-      throw new PostboxError('invalid_frame', 'not a group id (group ids start with #)');
-    }
+    assertGroupId(group, 'group');
     return this.queueMessage(group, body);
   }
 
   private queueMessage(to: string, body: Uint8Array): string {
     if (this._state === 'closed') throw new PostboxError('closed', 'client is closed');
-    if (typeof to !== 'string' || to.length < 1 || to.length > 128) {
-      throw new PostboxError('invalid_frame', 'recipient must be a user id of 1 to 128 characters');
-    }
     if (body.byteLength > this.opts.maxBodyBytes) {
       throw new PostboxError(
         'too_large',
@@ -585,16 +587,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
 
   private groupRequest(group: string, change: { op: GroupOp; m?: string[]; n?: string }): Promise<void> {
     if (this._state === 'closed') return Promise.reject(new PostboxError('closed', 'client is closed'));
-    if (typeof group !== 'string' || !/^#[0-9A-Za-z_-]{1,63}$/.test(group)) {
-      return Promise.reject(new PostboxError('invalid_frame', 'group id: # then 1-63 of [0-9A-Za-z_-]'));
+    if (change.m && change.m.length > 1024) {
+      return Promise.reject(new PostboxError('invalid_frame', 'members: at most 1,024 user ids'));
     }
-    if (
-      change.m &&
-      (change.m.length > 1024 || change.m.some((u) => typeof u !== 'string' || !u || u.length > 128))
-    ) {
-      return Promise.reject(
-        new PostboxError('invalid_frame', 'members: at most 1,024 user ids of 1 to 128 characters'),
-      );
+    try {
+      assertGroupId(group, 'group');
+      for (const u of change.m ?? []) assertUserId(u, 'member');
+    } catch (e) {
+      return Promise.reject(e as PostboxError);
     }
     if (change.n !== undefined && (typeof change.n !== 'string' || !change.n || change.n.length > 128)) {
       return Promise.reject(new PostboxError('invalid_frame', 'group name: 1 to 128 characters'));
@@ -645,9 +645,11 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
 
   /**
    * Unlinks a device of this user (this one included): the server deletes it and its inbox and
-   * closes its connection; it must be linked (approved) again to come back.
+   * closes its connection; it must be linked (approved) again to come back. Rejects with
+   * `invalid_frame` for an invalid device id.
    */
-  unlinkDevice(device: string): Promise<void> {
+  async unlinkDevice(device: string): Promise<void> {
+    assertDeviceId(device, 'device');
     return this.request((r) => ({ t: 'unl', r, d: device }));
   }
 
@@ -668,9 +670,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * Follows a user's presence (a chat on screen): `presence` events now and on every change,
    * re-subscribed after reconnects until {@link unwatchPresence}. Rejects with `forbidden` when
    * the server's privacy rule hides that user from this one (default: only users who share a
-   * conversation see each other).
+   * conversation see each other), and with `invalid_frame` for an invalid user id.
    */
   async watchPresence(user: string): Promise<void> {
+    assertUserId(user, 'user');
     this.watched.add(user);
     try {
       await this.request((r) => ({ t: 'sub', r, u: user }));
@@ -690,9 +693,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * Tells the peer (or the group's online members) that this user is typing (`on`) or stopped.
    * Call it on every keystroke: `on` goes out at most every `typingRefreshMs`, `off` once.
    * Nothing is stored or queued: when offline, it is dropped.
+   * @throws PostboxError `invalid_frame` when `conv` is neither a user nor a group id.
    */
   setTyping(conv: string, on: boolean): void {
-    if (this._state !== 'open' || typeof conv !== 'string' || !conv || conv.length > 128) return;
+    if (!isUserId(conv) && !isGroupId(conv))
+      throw new PostboxError('invalid_frame', 'not a user or group id');
+    if (this._state !== 'open') return;
     const now = this.clock.now();
     const last = this.typingSentAt.get(conv);
     if (on) {
@@ -877,11 +883,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.ctlRequests.clear();
     for (const q of requests) q.reject(new PostboxError('disconnected', 'connection closed'));
     if (this._state === 'closed') return;
-    // Retrying cannot help with static credentials the server refused or with no common
-    // version. Everything else reconnects, `replaced` included: a stale connection of this same
-    // device (say, from before a restart) can reach the server after the new one and replace it.
+    // Retrying cannot help with static credentials the server refused or found expired, or with
+    // no common version. Everything else reconnects, `replaced` included: a stale connection of
+    // this same device (say, from before a restart) can reach the server after the new one and
+    // replace it. Expired credentials reconnect with fresh ones from the function; if it keeps
+    // handing out stale ones, the server refuses the hello (1008) and the backoff grows.
+    const refused = code === CLOSE_CODES.unauthorized || code === CLOSE_CODES.reauthenticate;
     const fatal =
-      code === CLOSE_CODES.unauthorized && typeof this.credentials !== 'function'
+      refused && typeof this.credentials !== 'function'
         ? 'unauthorized'
         : code === CLOSE_CODES.unsupportedVersion
           ? 'unsupported_version'

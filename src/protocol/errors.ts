@@ -128,6 +128,12 @@ export const CLOSE_CODES = {
   /** The link code shown by a device awaiting approval expired unused; reconnect for a new one. */
   linkExpired: 4006,
   /**
+   * The session's credentials expired or were revoked: get fresh credentials and reconnect. The
+   * client engine reconnects after a backoff, asking its `credentials` function again; with
+   * static credentials it closes for good (`unauthorized`).
+   */
+  reauthenticate: 4007,
+  /**
    * The server is overloaded (too many handshakes at once, say after another gateway died and its
    * clients all came here): reconnect after a backoff, maybe to another gateway.
    */

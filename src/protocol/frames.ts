@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { ERROR_CODE_LIST } from './errors.js';
+import { conversationIdSchema, deviceIdSchema, groupIdSchema, isGroupId, userIdSchema } from './ids.js';
 
 /**
  * Wire frames. Every frame is a msgpack map with a short type tag `t`; keys are kept to one
@@ -9,12 +10,18 @@ import { ERROR_CODE_LIST } from './errors.js';
  */
 
 const id = z.string().min(1).max(64);
-const user = z.string().min(1).max(128);
-const device = z.string().min(1).max(64);
+// Every id field goes by the one rule of ids.ts.
+const user = userIdSchema;
+const device = deviceIdSchema;
 const reqId = z.number().int().nonnegative().max(0xffffffff);
 const offset = z.number().int().nonnegative();
-/** Group ids start with `#` so they never collide with a user id in a client's conversations. */
-const groupId = z.string().regex(/^#[0-9A-Za-z_-]{1,63}$/, 'group id: # then 1-63 of [0-9A-Za-z_-]');
+/** Group ids start with `#`, which no user id has, so the two never collide in a conversation list. */
+const groupId = groupIdSchema;
+/** `to` names a group exactly when `g` is set: a user id never passes for a group, nor the reverse. */
+const conversation = conversationIdSchema;
+const toMatchesG = (f: { to?: string | undefined; g?: true | undefined }): boolean =>
+  f.g === true ? f.to !== undefined && isGroupId(f.to) : f.to === undefined || !isGroupId(f.to);
+const TO_MATCHES_G = { message: 'to is a group id exactly when g is set', path: ['to'] };
 const groupName = z.string().min(1).max(128);
 /** Largest member list in one frame (a group's hard cap). */
 export const MAX_GROUP_MEMBERS = 1024;
@@ -64,25 +71,27 @@ export const helloFrame = z.object({
  * A message for user `to` (or, with `g`, for group `to`); `seq` is the per-(conversation, sender
  * device) sequence.
  */
-export const sendFrame = z.object({
-  t: z.literal('send'),
-  r: reqId,
-  id,
-  to: user,
-  /** 0: an unsequenced control message of the encryption layer (1:1 only). */
-  seq: z.number().int().nonnegative(),
-  b: bytes,
-  g: z.literal(true).optional(),
-  /**
-   * End-to-end encrypted 1:1 message: one `[user, device, registration id, ciphertext]` per
-   * device of `to` and per other device of the sender (then `b` is empty).
-   */
-  e: z
-    .array(z.tuple([user, device, registrationId, bytes]))
-    .min(1)
-    .max(MAX_ENVELOPES)
-    .optional(),
-});
+export const sendFrame = z
+  .object({
+    t: z.literal('send'),
+    r: reqId,
+    id,
+    to: conversation,
+    /** 0: an unsequenced control message of the encryption layer (1:1 only). */
+    seq: z.number().int().nonnegative(),
+    b: bytes,
+    g: z.literal(true).optional(),
+    /**
+     * End-to-end encrypted 1:1 message: one `[user, device, registration id, ciphertext]` per
+     * device of `to` and per other device of the sender (then `b` is empty).
+     */
+    e: z
+      .array(z.tuple([user, device, registrationId, bytes]))
+      .min(1)
+      .max(MAX_ENVELOPES)
+      .optional(),
+  })
+  .refine(toMatchesG, TO_MATCHES_G);
 
 /**
  * Publishes this device's public keys to the directory (see docs/encryption.md): registration id,
@@ -155,12 +164,14 @@ export const subscribeFrame = z.object({ t: z.literal('sub'), r: reqId, u: user 
 export const unsubscribeFrame = z.object({ t: z.literal('unsub'), u: user });
 
 /** Typing started (`on`) or stopped in the 1:1 chat with `to` or, with `g`, in group `to`. */
-export const typingFrame = z.object({
-  t: z.literal('typ'),
-  to: user,
-  g: z.literal(true).optional(),
-  on: z.boolean(),
-});
+export const typingFrame = z
+  .object({
+    t: z.literal('typ'),
+    to: conversation,
+    g: z.literal(true).optional(),
+    on: z.boolean(),
+  })
+  .refine(toMatchesG, TO_MATCHES_G);
 
 /** A read receipt for messages `ids` that user `to` sent. Stored and forwarded like a message. */
 export const receiptFrame = z.object({
@@ -242,20 +253,22 @@ export const keysLowFrame = z.object({
  * An inbox entry carrying a message. `to` is present only when it differs from the receiving
  * user (a copy of one's own message sent from another device).
  */
-export const msgFrame = z.object({
-  t: z.literal('msg'),
-  o: offset,
-  id,
-  f: user,
-  fd: device,
-  to: user.optional(),
-  /** 0: a control message of the encryption layer (not part of the sender's sequence). */
-  seq: z.number().int().nonnegative(),
-  ts: z.number(),
-  b: bytes,
-  /** `to` is a group (always present then). */
-  g: z.literal(true).optional(),
-});
+export const msgFrame = z
+  .object({
+    t: z.literal('msg'),
+    o: offset,
+    id,
+    f: user,
+    fd: device,
+    to: conversation.optional(),
+    /** 0: a control message of the encryption layer (not part of the sender's sequence). */
+    seq: z.number().int().nonnegative(),
+    ts: z.number(),
+    b: bytes,
+    /** `to` is a group (always present then). */
+    g: z.literal(true).optional(),
+  })
+  .refine(toMatchesG, TO_MATCHES_G);
 
 /**
  * An inbox entry carrying a membership change of group `g`, at version `v`, made by `by`, about
@@ -295,14 +308,16 @@ export const presenceFrame = z.object({
 });
 
 /** Device `fd` of user `f` started or stopped typing to this user, or (with `g`) in group `to`. */
-export const typingNoticeFrame = z.object({
-  t: z.literal('typn'),
-  f: user,
-  fd: device,
-  on: z.boolean(),
-  to: user.optional(),
-  g: z.literal(true).optional(),
-});
+export const typingNoticeFrame = z
+  .object({
+    t: z.literal('typn'),
+    f: user,
+    fd: device,
+    on: z.boolean(),
+    to: conversation.optional(),
+    g: z.literal(true).optional(),
+  })
+  .refine(toMatchesG, TO_MATCHES_G);
 
 /** An inbox entry carrying a status for messages `ids`, produced by (or about) user `by`. */
 export const statusFrame = z.object({

@@ -6,3 +6,4 @@ export * from './errors.js';
 export * from './frames.js';
 export * from './codec.js';
 export * from './version.js';
+export * from './ids.js';

@@ -2,6 +2,8 @@ import { EventEmitter } from 'eventemitter3';
 import {
   CLOSE_CODES,
   DEFAULT_MAX_FRAME_BYTES,
+  assertDeviceId,
+  assertUserId,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   PostboxError,
@@ -27,8 +29,10 @@ import {
 import type { Connection, ConnectionHandlers, ServerTransport } from '../transport/types.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import { performance } from 'node:perf_hooks';
+import { deviceKey } from './cluster/common.js';
 import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
+import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
 import type { PushProvider, PushToken } from './push/types.js';
 import type {
   AppendInput,
@@ -45,8 +49,16 @@ import type {
 
 /** Who a connection is, as decided by the app's {@link Authenticate} hook. */
 export interface AuthResult {
+  /** The user id; one that breaks the id rule (see `isUserId`) refuses the connection. */
   user: string;
+  /** The device id; one that breaks the id rule (see `isDeviceId`) refuses the connection. */
   device: string;
+  /**
+   * When the credentials expire, ms since the epoch: the session is closed then (within half a
+   * heartbeat interval) with close code 4007, and the client reconnects with fresh credentials.
+   * One already past refuses the connection. @default never
+   */
+  expiresAt?: number;
 }
 
 /**
@@ -244,7 +256,11 @@ function wireDifference(d: DeviceMismatch): NonNullable<ErrFrame['d']> {
   return out;
 }
 
-const keyOf = (a: DeviceAddress): string => `${a.user}\u0000${a.device}`;
+/**
+ * A device's session key. Unambiguous for any two strings, not only valid ids: a separator
+ * character would let ids containing it collide, and one device take over another's session.
+ */
+const keyOf = deviceKey;
 
 /**
  * A session opening while the cluster does not answer its registration within this opens anyway
@@ -402,8 +418,10 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /**
    * Registers a device ahead of its first connection, so messages sent to its user before it
    * connects wait in its inbox. (A device is also registered when it first says `hello`.)
+   * @throws PostboxError `invalid_frame` for an invalid user or device id.
    */
   async registerDevice(user: string, device: string): Promise<void> {
+    assertAddress({ user, device });
     const res = await this.store.registerDevice({ user, device }, this.clock.now());
     this.ring(res.notify);
   }
@@ -411,9 +429,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /**
    * Unlinks a device: deletes it and its inbox and closes its session (close code 4005), as a
    * device's own `unlinkDevice` does. Resolves false when the device was not registered.
+   * @throws PostboxError `invalid_frame` for an invalid user or device id.
    */
   async unlinkDevice(user: string, device: string): Promise<boolean> {
     const addr = { user, device };
+    assertAddress(addr);
     const removed = await this.store.unregisterDevice(addr);
     this.sessions.get(keyOf(addr))?.close(CLOSE_CODES.unlinked, 'device unlinked');
     // Connected to another node: close it there.
@@ -425,10 +445,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /**
    * Commits a membership change on behalf of `actor` (a device of the acting user), through the
    * same ordered commit path as clients' changes: for server-side group management. Rejects with
-   * the refusal's {@link PostboxError} code.
+   * the refusal's {@link PostboxError} code (`invalid_frame` for an invalid id).
    */
   changeGroup(actor: DeviceAddress, group: string, change: GroupChange, id: string): Promise<void> {
     return new Promise((resolve, reject) => {
+      assertGroupChange(actor, group, change);
       this.enqueueCommit({
         input: { kind: 'group', from: actor, id, group, change, maxMembers: this.opts.maxGroupMembers },
         r: 0,
@@ -436,6 +457,32 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
           code === undefined ? resolve() : reject(new PostboxError(code, `group change refused: ${code}`)),
       });
     });
+  }
+
+  /**
+   * Cuts a user off (every device) or one device, now: closes their sessions with close code
+   * 4007 ("get fresh credentials and reconnect") on this node and, with a cluster, on every node.
+   * It revokes nothing by itself: make your `authenticate` hook refuse them first, or their
+   * clients reconnect at once. See docs/operations.md, "Cutting off a user or device".
+   * @throws PostboxError `invalid_frame` for an invalid user or device id.
+   */
+  async disconnect(user: string, device?: string): Promise<void> {
+    assertUserId(user, 'user');
+    if (device !== undefined) assertDeviceId(device, 'device');
+    // Open sessions, and handshakes the hook already let through (their `hello` came before the
+    // hook started refusing): a scan of this node's connections, fine for a rare admin call.
+    for (const s of [...this.connections]) {
+      const a = s.addr ?? s.pendingAddr;
+      if (a?.user === user && (device === undefined || a.device === device))
+        s.close(CLOSE_CODES.reauthenticate, 'credentials revoked');
+    }
+    if (!this.cluster) return;
+    // Its sessions on other nodes are of devices the store knows.
+    const devices = device !== undefined ? [device] : await this.store.devices(user);
+    await this.cluster.closeDevices(
+      devices.map((d) => ({ user, device: d })),
+      CLOSE_CODES.reauthenticate,
+    );
   }
 
   /** Whether the user has an open session on this server (this node, with a cluster). */
@@ -1215,10 +1262,13 @@ class SessionHandlers implements ConnectionHandlers {
 class Session {
   addr: DeviceAddress | undefined;
   private state: 'hello' | 'authenticating' | 'linking' | 'open' | 'closed' = 'hello';
-  /** While awaiting link approval: who this device says it is, and the code it was given. */
+  /** From the hook's answer until the session opens (link approval included): who it is. */
   pendingAddr: DeviceAddress | undefined;
+  /** While awaiting link approval: the code it was given. */
   linkCode: string | undefined;
   private linkStartedAt = 0;
+  /** When the credentials of this session expire (the hook's `expiresAt`), if they do. */
+  private expiresAt: number | undefined;
   private version = PROTOCOL_VERSION;
   /** Presence subscriptions: target user → whether its last-seen time may be shown. */
   subscriptions: Map<string, boolean> | undefined;
@@ -1285,6 +1335,12 @@ class Session {
 
   checkLiveness(now: number): void {
     if (this.state === 'closed') return;
+    if (this.expiresAt !== undefined && now >= this.expiresAt) {
+      // Its credentials ran out: the client asks its `credentials` function for fresh ones.
+      this.sendError('unauthorized', 'credentials expired');
+      this.close(CLOSE_CODES.reauthenticate, 'credentials expired');
+      return;
+    }
     if (this.state === 'linking') {
       if (now - this.linkStartedAt > this.server.opts.linkCodeTtlMs)
         this.close(CLOSE_CODES.linkExpired, 'link code expired');
@@ -1481,18 +1537,18 @@ class Session {
       auth = null;
     }
     if (this.isClosed()) return;
-    if (
-      !auth ||
-      typeof auth.user !== 'string' ||
-      typeof auth.device !== 'string' ||
-      !auth.user ||
-      !auth.device
-    ) {
-      this.sendError('unauthorized', 'credentials rejected');
+    const accepted = acceptAuth(auth, this.server.clock.now());
+    if ('refused' in accepted) {
+      // An app whose hook passes on ids it never checked wants to hear about it.
+      if (auth && accepted.refused !== 'credentials expired')
+        this.server.log.warn(`authenticate hook's answer refused: ${accepted.refused}`);
+      this.sendError('unauthorized', accepted.refused);
       this.close(CLOSE_CODES.unauthorized, 'unauthorized');
       return;
     }
-    const addr = { user: auth.user, device: auth.device };
+    const addr = accepted.addr;
+    this.pendingAddr = addr;
+    this.expiresAt = accepted.expiresAt;
     this.version = version;
     let approval: boolean;
     try {
@@ -1504,7 +1560,6 @@ class Session {
     if (this.isClosed()) return;
     if (approval) {
       this.state = 'linking';
-      this.pendingAddr = addr;
       this.linkStartedAt = this.server.clock.now();
       const { code, exp } = this.server.startLink(this);
       this.send({ t: 'lcode', code, exp });

@@ -5,8 +5,14 @@
 export type * from './store.js';
 export { createServer, PostboxServer } from './engine.js';
 export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './engine.js';
-export { insecureDevAuthenticator, signToken, tokenAuthenticator, verifyToken } from './auth.js';
-export type { TokenClaims } from './auth.js';
+export {
+  DEFAULT_TOKEN_TTL_MS,
+  insecureDevAuthenticator,
+  signToken,
+  tokenAuthenticator,
+  verifyToken,
+} from './auth.js';
+export type { TokenClaims, TokenRequest } from './auth.js';
 export type { PushProvider, PushToken, WakeReason } from './push/types.js';
 export { webhookPush } from './push/webhook.js';
 export { noMetrics } from './metrics.js';
