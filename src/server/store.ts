@@ -198,6 +198,18 @@ export type InboxEntry =
       ts: number;
     };
 
+/** Options of {@link ServerStore.claimKeys}. */
+export interface ClaimOptions {
+  /**
+   * Asked once for each device about to be claimed, synchronously inside the claim: whether this
+   * claim may take that device's one-time keys. For a device it answers false for, the bundle has
+   * the signed prekey, the last-resort Kyber key and no EC prekey, and the device's one-time keys
+   * stay in the directory (the server's per-claimer budget, see `maxOneTimeKeyClaimsPerDay`).
+   * @default every device's one-time keys may be taken
+   */
+  oneTime?: (device: string) => boolean;
+}
+
 /** Result of operations that may put new entries into inboxes. */
 export interface NotifyResult {
   /** How many entries the operation removed. */
@@ -267,7 +279,8 @@ export interface NotifyResult {
  *   {@link ServerStore.claimKeys} hands out each one-time key at most once, also under
  *   concurrent claims from several connections and nodes: one EC and one Kyber one-time key per
  *   device (oldest first), the last-resort Kyber key once the one-time ones ran out, no EC
- *   prekey once those ran out.
+ *   prekey once those ran out; for a device that {@link ClaimOptions.oneTime} refuses, the
+ *   last-resort Kyber key and no EC prekey, taking nothing.
  */
 export interface ServerStore {
   /** For logs and conformance reports. */
@@ -314,9 +327,10 @@ export interface ServerStore {
   putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void>;
   /**
    * Claims a bundle for every device of `user` that has keys (or only for `device`), in
-   * registration order; empty when there is none.
+   * registration order; empty when there is none. `options.oneTime` may keep a device's one-time
+   * keys out of the claim.
    */
-  claimKeys(user: string, device?: string): Promise<KeyBundle[]>;
+  claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]>;
   /**
    * How many unclaimed one-time keys a device has left; undefined for a device without keys in
    * the directory (never uploaded, or unregistered), so the server nags only devices that encrypt.

@@ -1728,6 +1728,23 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     assert.deepEqual(await claim(), [bundleOf(bob1, 1, 8, 103)]);
   });
 
+  test('a claim that may not take a device’s one-time keys gets its last-resort bundle and leaves them all', async ({
+    store,
+  }) => {
+    await register(store, bob1, bob2);
+    await giveKeys(store, bob1, bob2);
+    const asked: string[] = [];
+    const oneTime = (device: string) => (asked.push(device), device === 'b2');
+    const claimed = (await store.claimKeys('bob', undefined, { oneTime })).map(describeBundle);
+    assert.deepEqual(claimed, [bundleOf(bob1, 1, undefined, undefined), bundleOf(bob2, 1, 1, 101)]);
+    assert.deepEqual(asked, ['b1', 'b2'], 'asked once per device claimed');
+    assert.deepEqual(await store.keyCount(bob1), { preKeys: 3, kyberPreKeys: 2 }, 'b1 kept its keys');
+    assert.deepEqual(await store.keyCount(bob2), { preKeys: 2, kyberPreKeys: 1 });
+    const one = await store.claimKeys('bob', 'b1', { oneTime: () => false });
+    assert.deepEqual(one.map(describeBundle), [bundleOf(bob1, 1, undefined, undefined)]);
+    assert.deepEqual((await store.claimKeys('bob', 'b1')).map(describeBundle), [bundleOf(bob1, 1, 1, 101)]);
+  });
+
   test('a later upload replaces the signed prekey, last-resort Kyber key and registration id; a re-sent key id replaces that key', async ({
     store,
   }) => {

@@ -9,6 +9,7 @@ import type {
   AppendInput,
   AppendOutcome,
   AppendRefusal,
+  ClaimOptions,
   MessageInput,
   DeviceAddress,
   EntryStatus,
@@ -579,17 +580,20 @@ export function memoryServerStore(
       for (const p of keys.kyberPreKeys ?? []) stored.kyberPreKeys.set(p.id, copySigned(p));
     },
 
-    async claimKeys(user: string, device?: string): Promise<KeyBundle[]> {
+    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
       check('claimKeys');
       const out: KeyBundle[] = [];
       for (const id of devicesOf(user)) {
         if (device !== undefined && id !== device) continue;
         const k = data.keys.get(deviceKey({ user, device: id }));
         if (!k) continue;
+        const oneTime = options?.oneTime?.(id) ?? true;
         // Oldest first; a claimed one-time key leaves the directory in the same step.
-        const pre = k.preKeys.values().next().value as PublicPreKey | undefined;
+        const pre = oneTime ? (k.preKeys.values().next().value as PublicPreKey | undefined) : undefined;
         if (pre) k.preKeys.delete(pre.id);
-        const kyber = k.kyberPreKeys.values().next().value as SignedPublicKey | undefined;
+        const kyber = oneTime
+          ? (k.kyberPreKeys.values().next().value as SignedPublicKey | undefined)
+          : undefined;
         if (kyber) k.kyberPreKeys.delete(kyber.id);
         const bundle: KeyBundle = {
           user,

@@ -28,6 +28,7 @@ import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
+  ClaimOptions,
   DeviceAddress,
   DeviceEnvelope,
   EntryStatus,
@@ -1511,7 +1512,7 @@ function postgresStore(
       });
     },
 
-    async claimKeys(user: string, device?: string): Promise<KeyBundle[]> {
+    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
       check();
       const rows = await rowsOf<KeysRow & { id: string; device: string }>(
         pool,
@@ -1521,17 +1522,21 @@ function postgresStore(
         device === undefined ? [user] : [user, device],
       );
       if (rows.length === 0) return [];
+      const oneTime = rows.filter((r) => options?.oneTime?.(r.device) ?? true);
       // Each device's oldest unclaimed one-time keys, deleted as they are read. SKIP LOCKED: a
       // concurrent claim (on any node) holding the oldest row takes it, this one the next.
-      const claimed = await rowsOf<{
+      type Claimed = {
         dev: string;
         kind: 'ec' | 'kyber';
         key_id: number;
         key: Uint8Array;
         signature: Uint8Array | null;
-      }>(
-        pool,
-        `WITH ec AS (
+      };
+      const claimed: Claimed[] = [];
+      if (oneTime.length > 0) {
+        const taken = await rowsOf<Claimed>(
+          pool,
+          `WITH ec AS (
            DELETE FROM ${s}.prekeys p WHERE p.id = ANY(ARRAY(
              SELECT k.id FROM unnest($1::bigint[]) AS x(dev) CROSS JOIN LATERAL (
                SELECT id FROM ${s}.prekeys WHERE dev = x.dev ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
@@ -1546,8 +1551,10 @@ function postgresStore(
          )
          SELECT dev, 'ec' AS kind, key_id, key, NULL::bytea AS signature FROM ec
          UNION ALL SELECT dev, 'kyber', key_id, key, signature FROM ky`,
-        [rows.map((r) => r.id)],
-      );
+          [oneTime.map((r) => r.id)],
+        );
+        claimed.push(...taken);
+      }
       return rows.map((r) => {
         const pre = claimed.find((k) => k.dev === r.id && k.kind === 'ec');
         const kyber = claimed.find((k) => k.dev === r.id && k.kind === 'kyber');

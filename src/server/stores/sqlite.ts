@@ -48,6 +48,7 @@ import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
+  ClaimOptions,
   DeviceAddress,
   DeviceEnvelope,
   EntryStatus,
@@ -1003,7 +1004,7 @@ export function sqliteServerStore(
       });
     },
 
-    async claimKeys(user: string, device?: string): Promise<KeyBundle[]> {
+    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
       check();
       // One write transaction for every device's claim: no other connection, or process, can
       // take the same one-time key in between.
@@ -1012,6 +1013,8 @@ export function sqliteServerStore(
           device === undefined ? sql.bundlesOf.all(user) : sql.bundleOf.all(user, device)
         ) as BundleRow[];
         return rows.map((r) => {
+          if (!(options?.oneTime?.(r.device) ?? true))
+            return bundleFrom(user, r.device, r, undefined, undefined);
           const pre = sql.preKeyClaim.get(r.id) as { key_id: number; key: Uint8Array } | undefined;
           const kyber = sql.kyberPreKeyClaim.get(r.id) as
             { key_id: number; key: Uint8Array; signature: Uint8Array } | undefined;
