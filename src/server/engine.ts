@@ -854,6 +854,10 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       }
       users = members;
     } else {
+      // Only to a user who consented to the typist (wrote to it, or took part in a group with
+      // it). Dropped without an error otherwise, as for a user offline: an error would tell a
+      // stranger who consented, and a client typing into a brand-new chat is no fault.
+      if (!(await this.consented(from.user, f.to))) return;
       users = [f.to];
     }
     const notice: TypingNotice = { from, to: f.to, on: f.on };
@@ -862,6 +866,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     // Through the cluster, this node's own sessions included (see ClusterAdapter.typing).
     const to = [...users].filter((u) => u !== from.user);
     if (to.length > 0) await this.cluster.typing(to, notice);
+  }
+
+  /** Whether `target` consented to `viewer` ({@link ServerStore.related}); a store fault says no. */
+  private async consented(viewer: string, target: string): Promise<boolean> {
+    try {
+      return await this.store.related(viewer, target);
+    } catch (e) {
+      this.log.warn('relation check failed', e);
+      return false;
+    }
   }
 
   // ------------------------------------------------------------ devices

@@ -49,7 +49,11 @@ export interface DeviceEnvelope {
   body: Uint8Array;
 }
 
-/** A client-produced receipt (read) to commit to the recipient's and the sender's other devices. */
+/**
+ * A client-produced receipt (read) to commit to the devices of the user whose messages were read
+ * and the reader's other devices. Only ids of messages the reader received count (see
+ * {@link ServerStore} "Receipts"); the others are dropped.
+ */
 export interface ReceiptInput {
   kind: 'receipt';
   from: DeviceAddress;
@@ -238,6 +242,18 @@ export interface NotifyResult {
  *   moment except the sending device; a sender who is not a member (or an unknown group) gets
  *   `not_member`. Its commit time is the `now` of the append, and the items of one batch enter
  *   each inbox in batch order.
+ * - **Receipts.** A receipt names messages of user `to` by id; an id counts only when a message
+ *   with that id from `to` was committed (and its dedupe record is not yet expired) and went to
+ *   the reader: a 1:1 message to the reader's user, or a group message committed while the
+ *   reader was a member of the group (it joined at or before the group version the message was
+ *   committed at, and has not left since). The status entries list only the ids that count, in
+ *   the receipt's order; when none does, the receipt writes only its dedupe record (and is still
+ *   `ok`, with nothing to `notify`).
+ * - **Consent** ({@link ServerStore.related}). `related(viewer, target)` holds when `target`
+ *   made a relationship with `viewer`: a 1:1 message from `target` to `viewer` was committed, or
+ *   both are members of a group in which `target` took part while `viewer` was in it (created
+ *   it, changed it, or sent a message in it, at or after the version `viewer` joined at). Being
+ *   added to a group by someone else, or receiving a message, is no consent.
  * - **Groups.** `create` fails with `forbidden` when the group id exists, with `unknown_recipient`
  *   when a listed user has no device and with `group_full` past `maxMembers`; other changes fail
  *   with `not_member` when the actor is not a member and with `forbidden` when an admin-only change
@@ -312,10 +328,12 @@ export interface ServerStore {
   /** Ids of the groups the user is a member of. */
   groupsOf(user: string): Promise<string[]>;
   /**
-   * Whether two users share a conversation: a group they are both in, or a 1:1 message committed
-   * between them (either way). The default presence privacy rule.
+   * Whether `target` consented to `viewer` (see "Consent"): it wrote to `viewer`, or took part in
+   * a group while `viewer` was in it. Directed: `related(a, b)` says nothing about
+   * `related(b, a)`. A user is related to itself. The default presence privacy rule, and what a
+   * 1:1 typing notice from `viewer` to `target` needs.
    */
-  related(a: string, b: string): Promise<boolean>;
+  related(viewer: string, target: string): Promise<boolean>;
   /** Records when a user was last online (durable; a later call with an older time is ignored). */
   setLastSeen(user: string, ts: number): Promise<void>;
   /** When the user was last online, or undefined when never recorded. */
