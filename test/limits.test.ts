@@ -1,7 +1,7 @@
 // The limit maps themselves: what they count, and that no flood of keys grows them without bound
 // or lets one claimer reset its own one-time key budget.
 import { describe, expect, it } from 'vitest';
-import { OneTimeKeyBudget, WindowCounters } from '../src/server/limits.js';
+import { BoundedMap, OneTimeKeyBudget, WindowCounters } from '../src/server/limits.js';
 
 describe('per-user and per-device limit maps', () => {
   it('a window counts until it ends, then starts again', () => {
@@ -45,5 +45,15 @@ describe('per-user and per-device limit maps', () => {
     const b = new OneTimeKeyBudget(1, 1000, 10, 100);
     for (let u = 0; u < 100; u++) for (let d = 0; d < 10; d++) b.take(`user${u}`, `device${d}`, u);
     expect(b.size).toBeLessThanOrEqual(100);
+  });
+
+  it('a bounded cache (group members for typing, last wake-ups) forgets the key set longest ago', () => {
+    const m = new BoundedMap<string, number>(3);
+    for (const k of ['a', 'b', 'c']) m.set(k, 1);
+    m.set('a', 2); // set again: now the newest
+    m.set('d', 1);
+    expect([...m.keys()]).toEqual(['c', 'a', 'd']);
+    for (let i = 0; i < 1000; i++) m.set(`g${i}`, i);
+    expect(m.size).toBe(3);
   });
 });

@@ -28,7 +28,7 @@ import type { Connection, ConnectionHandlers, ServerTransport } from '../transpo
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import { performance } from 'node:perf_hooks';
 import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
-import { Limits } from './limits.js';
+import { BoundedMap, Limits } from './limits.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
 import type { PushProvider, PushToken } from './push/types.js';
 import type {
@@ -273,6 +273,9 @@ const CLUSTER_CLOSE_WAIT_MS = 5000;
 /** With a cluster, a group's cached member list (for typing) is re-read after this long. */
 const MEMBER_CACHE_MS = 5000;
 
+/** Most groups whose members the typing cache keeps (the least recently read are dropped). */
+const MEMBER_CACHE_MAX = 10_000;
+
 type WireKey = [number, Uint8Array, Uint8Array];
 
 /** What a ciphertext may add to `maxBodyBytes` (a PreKey message carries ~1.9 KB of keys). */
@@ -318,12 +321,15 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** device → push token, for a store that does not keep them. */
   private readonly pushTokens = new Map<string, PushToken>();
   /** device → time of its last wake-up (bounded: the oldest are forgotten past 100k). */
-  private readonly lastWake = new Map<string, number>();
+  private readonly lastWake = new BoundedMap<string, number>(100_000);
   /**
    * group id → member users and when they were read; a cache for typing notices, dropped on every
-   * change made here (with a cluster, changes made on other nodes age it out).
+   * change made here (with a cluster, changes made on other nodes age it out). Bounded: typing in
+   * ever more groups must not grow it without end.
    */
-  private readonly memberCache = new Map<string, { members: Set<string>; at: number }>();
+  private readonly memberCache = new BoundedMap<string, { members: Set<string>; at: number }>(
+    MEMBER_CACHE_MAX,
+  );
   /** The gateway cluster this node belongs to, if any. */
   private readonly cluster: ClusterAdapter | undefined;
   private readonly clusterHandlers: Unsubscribe[] = [];
@@ -1121,9 +1127,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     const now = this.clock.now();
     const last = this.lastWake.get(k);
     if (last !== undefined && now - last < this.opts.pushIntervalMs) return;
-    this.lastWake.delete(k);
     this.lastWake.set(k, now);
-    if (this.lastWake.size > 100_000) this.lastWake.delete(this.lastWake.keys().next().value as string);
     try {
       const token = this.store.pushToken ? await this.store.pushToken(device) : this.pushTokens.get(k);
       if (!token || this.sessions.has(k)) return;

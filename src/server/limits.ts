@@ -23,6 +23,24 @@ export const MAX_ONE_TIME_TARGETS = 4096;
 /** Most (claimer, device) records the one-time key budget keeps across all claimers. */
 export const MAX_ONE_TIME_RECORDS = 200_000;
 
+/**
+ * A map that keeps at most `max` keys: setting a key moves it to the back, and past `max` the key
+ * set longest ago is forgotten. For caches and hints keyed by what clients name (groups, devices),
+ * which must not grow with an attacker's creativity.
+ */
+export class BoundedMap<K, V> extends Map<K, V> {
+  constructor(private readonly max: number) {
+    super();
+  }
+
+  override set(key: K, value: V): this {
+    super.delete(key);
+    super.set(key, value);
+    if (this.size > this.max) super.delete(this.keys().next().value as K);
+    return this;
+  }
+}
+
 interface Window {
   start: number;
   count: number;
