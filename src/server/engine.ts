@@ -68,7 +68,8 @@ export type PresenceVisibility = boolean | 'online';
 
 /**
  * The presence privacy hook: may `viewer` see `target`'s presence? `store` answers questions such
- * as {@link ServerStore.related} (do they share a conversation).
+ * as {@link ServerStore.related} (did `target` consent to `viewer`: write to it, or take part in a
+ * group with it).
  */
 export type PresencePolicy = (
   viewer: string,
