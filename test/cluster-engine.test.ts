@@ -289,6 +289,8 @@ describe('gateway nodes over one store and a cluster', () => {
     const alice = await cluster.device('alice', 'phone', 0);
     const bob = await cluster.device('bob', 'phone', 1);
     const carol = await cluster.device('carol', 'phone', 2);
+    bob.client.send('alice', text('hi alice')); // bob wrote to alice: her typing may reach him
+    await cluster.advance(200);
     alice.client.setTyping('bob', true);
     await cluster.advance(100);
     expect(bob.typing).toEqual([{ user: 'alice', on: true }]);

@@ -333,7 +333,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const w = await worldOn(kind, { presenceDebounceMs: 1000 });
       const alice = await w.device('alice');
       const bob = await w.device('bob');
-      alice.client.send('bob', text('we share a chat'));
+      bob.client.send('alice', text('we share a chat')); // bob wrote to alice: she may watch him
       await w.advance(200);
       await settle(w, alice.client.watchPresence('bob'));
       expect(alice.presence).toEqual([{ user: 'bob', online: true }]);
@@ -359,9 +359,10 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const w = await worldOn(kind, { presenceDebounceMs: 2000 });
       const alice = await w.device('alice');
       const bob = await w.device('bob');
-      alice.client.send('bob', text('hi'));
+      bob.client.send('alice', text('hi'));
       await w.advance(200);
       await settle(w, alice.client.watchPresence('bob'));
+      expect(alice.presence).toEqual([{ user: 'bob', online: true }]);
       for (let i = 0; i < 10; i++) {
         w.net.cutAll(); // both reconnect within the debounce
         await w.advance(1500);
@@ -406,8 +407,8 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const alice = await w.device('alice');
       const bob = await w.device('bob');
       const carol = await w.device('carol');
-      alice.client.send('bob', text('hi'));
-      alice.client.send('carol', text('hi'));
+      bob.client.send('alice', text('hi'));
+      carol.client.send('alice', text('hi'));
       await w.advance(200);
       await settle(w, alice.client.watchPresence('bob'));
       await settle(w, alice.client.watchPresence('carol'));
@@ -430,6 +431,10 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const alice = await w.device('alice');
       const bob = await w.device('bob');
       const carol = await w.device('carol');
+      // Typing reaches only users who wrote to the typist.
+      bob.client.send('alice', text('hi'));
+      carol.client.send('alice', text('hi'));
+      await w.advance(200);
       await carol.client.close();
       alice.client.setTyping('bob', true);
       alice.client.setTyping('carol', true); // offline: dropped, never queued

@@ -17,7 +17,13 @@ import {
   memoryClientStore,
   type MemoryClientState,
 } from '../src/client/stores/memory.js';
-import { decodeServerFrame, encodeFrame, type ClientFrame, type ServerFrame } from '../src/protocol/index.js';
+import {
+  decodeClientFrame,
+  decodeServerFrame,
+  encodeFrame,
+  type ClientFrame,
+  type ServerFrame,
+} from '../src/protocol/index.js';
 import {
   createServer,
   type PostboxServer,
@@ -271,3 +277,45 @@ export async function settled<T>(w: World, p: Promise<T>, maxMs = 20_000): Promi
 
 export const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 export const untext = (b: Uint8Array): string => new TextDecoder().decode(b);
+
+/**
+ * A server that speaks just enough of the protocol to open a session (it welcomes whoever says
+ * hello, as `user`/the device asked for) and commits every request (`ok`); a test then pushes
+ * frames of its choosing, such as a status a real server would never send, to see what a client
+ * makes of them.
+ */
+export interface FakeServer {
+  /** Frames every client sent, in order. */
+  received: ClientFrame[];
+  /** Sends a frame to every open connection. */
+  push(frame: ServerFrame): void;
+}
+
+export async function fakeServer(net: MemoryNetwork, user: string): Promise<FakeServer> {
+  const open = new Set<Connection>();
+  const fake: FakeServer = {
+    received: [],
+    push(frame) {
+      for (const c of open) c.send(encodeFrame(frame));
+    },
+  };
+  await net.server.listen((conn) => {
+    conn.setHandlers({
+      frame(data) {
+        const f = decodeClientFrame(data);
+        fake.received.push(f);
+        const reply = (frame: ServerFrame) => conn.send(encodeFrame(frame));
+        if (f.t === 'hello') {
+          open.add(conn);
+          const lim = { frame: 1 << 18, body: 1 << 16, window: 256 };
+          reply({ t: 'welcome', v: 1, u: user, d: f.dev ?? 'phone', hb: 1000, lim });
+        } else if (f.t === 'ping') reply({ t: 'pong' });
+        else if ('r' in f && f.t !== 'kget') reply({ t: 'ok', r: f.r });
+      },
+      close() {
+        open.delete(conn);
+      },
+    });
+  });
+  return fake;
+}

@@ -16,6 +16,7 @@ import {
   type PgPool,
 } from '../src/server/stores/postgres.js';
 import { registerCases, serverStoreConformance } from '../src/testing/index.js';
+import { checkAfterUpgrade, msg, writeBeforeUpgrade } from './fixtures/consent-upgrade.js';
 import { PG_URL, pgUnreachable, servicesRequired } from './fixtures/services.js';
 
 const URL = PG_URL;
@@ -78,14 +79,6 @@ if (reason !== undefined && servicesRequired()) {
   describe('postgres server store', () => {
     const alice1: DeviceAddress = { user: 'alice', device: 'a1' };
     const bob1: DeviceAddress = { user: 'bob', device: 'b1' };
-    const msg = (id: string, from = alice1, to = 'bob'): MessageInput => ({
-      kind: 'msg',
-      from,
-      id,
-      to,
-      seq: 1,
-      body: new TextEncoder().encode(id),
-    });
     const withPool = async <T>(fn: (pool: pg.Pool) => Promise<T>): Promise<T> => {
       const pool = new pg.Pool({ connectionString: URL, max: 4 });
       try {
@@ -113,26 +106,30 @@ if (reason !== undefined && servicesRequired()) {
       });
     });
 
-    it('a schema one step behind gets only the missing step, and keeps its data', async () => {
+    it('a schema one step behind gets only the missing step, and keeps its data and who may see whom', async () => {
       const schema = freshSchema();
       const old = await openOn(schema);
-      await old.registerDevice(alice1, 1);
-      await old.registerDevice(bob1, 1);
-      await old.append([msg('m1')], 1000);
+      await writeBeforeUpgrade(old);
       await old.close();
       await withPool(async (pool) => {
-        // As a version 1 schema was: without step 2's table and record.
-        await pool.query(`DROP TABLE "${schema}".push_tokens`);
-        await pool.query(`DELETE FROM "${schema}".postbox_schema WHERE version = 2`);
+        // As a version 2 schema was: symmetric contacts, members without versions, dedupe records
+        // that do not say where a message went, keyed by device before message id.
+        await pool.query(`
+          SET search_path TO "${schema}";
+          CREATE TABLE contacts (a text NOT NULL, b text NOT NULL, PRIMARY KEY (a, b));
+          INSERT INTO contacts SELECT DISTINCT least(viewer, target), greatest(viewer, target) FROM consents;
+          DROP TABLE consents;
+          ALTER TABLE group_members DROP COLUMN since_ver, DROP COLUMN acted_ver;
+          ALTER TABLE dedupe DROP COLUMN to_user, DROP COLUMN gver, DROP CONSTRAINT dedupe_pkey,
+            ADD PRIMARY KEY (from_user, from_device, msg_id);
+          DELETE FROM postbox_schema WHERE version = 3;
+          RESET search_path;
+        `);
         expect(await migratePostgresServerStore(pool as unknown as PgPool, schema)).toBe(1);
       });
       const store = await openOn(schema);
       try {
-        expect((await store.readInbox(bob1, 0, 10)).map((e) => (e.kind === 'msg' ? e.id : e.kind))).toEqual([
-          'm1',
-        ]);
-        await store.setPushToken?.(bob1, { kind: 'fcm', token: 't' });
-        expect(await store.pushToken?.(bob1)).toEqual({ kind: 'fcm', token: 't' });
+        await checkAfterUpgrade(store);
       } finally {
         await store.close();
       }
@@ -372,7 +369,7 @@ if (reason !== undefined && servicesRequired()) {
     });
 
     it('two nodes committing batches that start the same conversations in opposite orders never deadlock', async () => {
-      // The first message between two users records them as contacts; batches on two nodes
+      // The first message between two users records the sender's consent; batches on two nodes
       // holding first messages of the same pairs in opposite orders must not lock them crosswise.
       const schema = freshSchema();
       const a = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
@@ -399,7 +396,7 @@ if (reason !== undefined && servicesRequired()) {
           for (const r of results)
             if (r.status === 'rejected') failures.push(`round ${round}: ${(r.reason as Error).message}`);
         }
-        expect(await a.related('u0', 'u1')).toBe(true);
+        expect(await a.related('u1', 'u0')).toBe(true);
       } finally {
         await a.close();
         await b.close();

@@ -16,6 +16,7 @@ import type {
 } from '../src/server/store.js';
 import { SQLITE_SERVER_SCHEMA_VERSION, sqliteServerStore } from '../src/server/stores/sqlite.js';
 import { clientStoreConformance, registerCases, serverStoreConformance } from '../src/testing/index.js';
+import { checkAfterUpgrade, writeBeforeUpgrade } from './fixtures/consent-upgrade.js';
 import { migrate, type SqliteDatabase, type SqliteStatement } from '../src/util/sqlite.js';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'postbox-sqlite-'));
@@ -600,6 +601,36 @@ describe('sqlite server store', () => {
       const [e] = await store.readInbox(d, 3, 10);
       expect(e?.kind === 'msg' && text(e.body)).toBe(`e1 for ${d.device}`);
     }
+    await store.close();
+  });
+
+  it('migrating a version 4 database keeps its data and who may see whom, and receipts about what is still in inboxes', async () => {
+    const file = freshFile();
+    const old = sqliteServerStore({ path: file });
+    await writeBeforeUpgrade(old);
+    await old.close();
+    // Back to version 4 as released: symmetric contacts, members without versions, dedupe
+    // records that do not say where a message went, keyed by device before message id.
+    const v4 = new Database(file);
+    v4.exec(`
+      CREATE TABLE contacts (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
+      INSERT INTO contacts SELECT DISTINCT min(viewer, target), max(viewer, target) FROM consents;
+      DROP TABLE consents;
+      ALTER TABLE group_members DROP COLUMN since_ver;
+      ALTER TABLE group_members DROP COLUMN acted_ver;
+      CREATE TABLE dedupe_v4 (
+        from_user TEXT NOT NULL, from_device TEXT NOT NULL, msg_id TEXT NOT NULL, ts INTEGER NOT NULL,
+        PRIMARY KEY (from_user, from_device, msg_id)
+      ) WITHOUT ROWID;
+      INSERT INTO dedupe_v4 SELECT from_user, from_device, msg_id, ts FROM dedupe;
+      DROP TABLE dedupe;
+      ALTER TABLE dedupe_v4 RENAME TO dedupe;
+      CREATE INDEX dedupe_ts ON dedupe (ts);
+      PRAGMA user_version = 4;
+    `);
+    v4.close();
+    const store = sqliteServerStore({ path: file });
+    await checkAfterUpgrade(store);
     await store.close();
   });
 

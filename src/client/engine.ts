@@ -261,7 +261,10 @@ const NS_GROUP_COUNT = 'gcount';
 const NS_MEMBER_STATUS = 'rcpt';
 /** Group streams waiting for messages asked for again (see `pin`). */
 const NS_PINS = 'pin';
-/** With encryption: a sent group message's group version, and when each user last joined a group. */
+/**
+ * A sent group message's group version, and when each user last joined a group: who may have
+ * received the message (its statuses are believed, and a resend is answered, only from them).
+ */
 const NS_GROUP_SEND_VER = 'gsendv';
 const NS_GROUP_JOINED = 'gjoin';
 const MEMBER_STATUS_CODE = { delivered: 1, read: 2, expired: 3 } as const;
@@ -473,7 +476,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         await this.store.putState([
           { ns: NS_GROUP_SEND, key: id, value: encodeRecipients(recipients) },
           // The group's version when sent: who joined after it may have received it too.
-          ...(this.e2ee ? [{ ns: NS_GROUP_SEND_VER, key: id, value: encodeNumber(view?.ver ?? 0) }] : []),
+          { ns: NS_GROUP_SEND_VER, key: id, value: encodeNumber(view?.ver ?? 0) },
         ]);
       }
       this.queue.push(entry);
@@ -1400,10 +1403,13 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           this.emit('readElsewhere', f.ids);
         } else {
           for (const id of f.ids) {
+            const entry = await this.store.outgoing(id);
+            // Only a user the message went to can have received or read it: a status from anyone
+            // else is forged (a server that does not check forwarded it) and changes nothing.
+            if (!entry || !(await this.reached(entry, f.by))) continue;
             // A status can overtake the `ok` (the ok was lost with a connection); it settles the item too.
             this.unqueue(id);
-            const entry = await this.store.outgoing(id);
-            if (entry && isGroupId(entry.conv)) await this.onMemberStatus(entry, f.by, status);
+            if (isGroupId(entry.conv)) await this.onMemberStatus(entry, f.by, status);
             else await this.applyStatus(id, status, f.by);
           }
         }
@@ -1469,7 +1475,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         const next = applyGroupEvent(this.groupViews.get(f.g), f, me);
         if (next) {
           const joined =
-            this.e2ee && (f.op === 'add' || f.op === 'create')
+            f.op === 'add' || f.op === 'create'
               ? f.m.map((u) => ({ ns: NS_GROUP_JOINED, key: `${f.g}\u0000${u}`, value: encodeNumber(f.v) }))
               : [];
           await this.store.putState([{ ns: NS_GROUP, key: f.g, value: encodeView(next) }, ...joined]);
@@ -1618,6 +1624,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     else this.pins.delete(key);
   }
 
+  /** Whether this device's message `e` may have reached `user`: its 1:1 peer, or a member (see below). */
+  private async reached(e: OutboxEntry, user: string): Promise<boolean> {
+    if (e.kind !== 'msg') return false;
+    return isGroupId(e.to) ? this.mayHaveReceived(e.id, e.to, user) : e.to === user;
+  }
+
   /**
    * Whether a user may have been a member when this device's group message committed: one of
    * its recipients at send time, or added to the group after that (it may have been removed
@@ -1660,7 +1672,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       e.kind === 'msg' &&
       e.body !== undefined &&
       this.clock.now() - e.createdAt <= this.opts.resendWindowMs &&
-      (e.to === user || user === me || (isGroupId(e.to) && (await this.mayHaveReceived(e.id, e.to, user))));
+      (user === me || (await this.reached(e, user)));
     // The requester's session is broken: either answer goes over a fresh one.
     await this.e2ee!.archive({ user, device });
     if (!allowed) {

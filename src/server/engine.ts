@@ -31,6 +31,7 @@ import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import { performance } from 'node:perf_hooks';
 import { deviceKey } from './cluster/common.js';
 import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
+import { BoundedMap, Limits } from './limits.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
 import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
 import type { PushProvider, PushToken } from './push/types.js';
@@ -79,7 +80,8 @@ export type PresenceVisibility = boolean | 'online';
 
 /**
  * The presence privacy hook: may `viewer` see `target`'s presence? `store` answers questions such
- * as {@link ServerStore.related} (do they share a conversation).
+ * as {@link ServerStore.related} (did `target` consent to `viewer`: write to it, or take part in a
+ * group with it).
  */
 export type PresencePolicy = (
   viewer: string,
@@ -123,7 +125,10 @@ export interface ServerOptions {
   maxPendingSends?: number;
   /** Most items in one store append (one group commit). @default 512 */
   maxCommitBatch?: number;
-  /** Frames per second a connection may send before it is closed with `rate_limited`. @default 2000 */
+  /**
+   * Frames per second a device may send (all its connections together, so reconnecting does not
+   * reset the count) before its connection is closed with `rate_limited`. @default 2000
+   */
   maxFramesPerSecond?: number;
   /** Invalid frames a connection may send before it is closed. @default 8 */
   maxInvalidFrames?: number;
@@ -141,8 +146,9 @@ export interface ServerOptions {
   /** How long a link code stays valid. @default 300000 (5 minutes) */
   linkCodeTtlMs?: number;
   /**
-   * Who may see whose presence: `'contacts'` (users who share a conversation, see
-   * {@link ServerStore.related}), `'everyone'`, `'nobody'`, or a {@link PresencePolicy} hook.
+   * Who may see whose presence: `'contacts'` (users who consented to the viewer: wrote to it, or
+   * took part in a group with it; see {@link ServerStore.related}), `'everyone'`, `'nobody'`, or a
+   * {@link PresencePolicy} hook. 1:1 typing notices always need that consent, whatever this says.
    * @default 'contacts'
    */
   presence?: 'contacts' | 'everyone' | 'nobody' | PresencePolicy;
@@ -151,18 +157,28 @@ export interface ServerOptions {
    * flapping connection does not storm subscribers. @default 3000
    */
   presenceDebounceMs?: number;
-  /** Most presence subscriptions per connection. @default 256 */
+  /**
+   * Most presence subscriptions a device holds at once (they live as long as its session, and a
+   * device has one session at a time). @default 256
+   */
   maxSubscriptions?: number;
   /**
-   * Typing notices a device may send per 10 s; more are refused with `rate_limited` and dropped.
-   * @default 20
+   * Typing notices a user (all its devices together) may send per 10 s; more are dropped, the
+   * first with a `rate_limited` error. @default 20
    */
   maxTypingPer10s?: number;
   /**
-   * Key bundles (devices) a connection may claim per 10 s; more are refused with
-   * `rate_limited`. One-time keys are a finite supply an abuser could drain. @default 4096
+   * Key bundles a user (all its devices together) may claim per 10 s; a claim past it is refused
+   * with `rate_limited`. Counts each user asked for, then each bundle handed out. @default 4096
    */
   maxKeyClaimsPer10s?: number;
+  /**
+   * One-time prekeys a user may take of any one device per day (Signal's defence against
+   * draining them). Past it, that user's claims for that device are still answered, with a
+   * bundle of the signed prekey and the last-resort Kyber key and no one-time key, which makes a
+   * session just as well. 0 hands out only such bundles. @default 5
+   */
+  maxOneTimeKeyClaimsPerDay?: number;
   /**
    * Wakes devices without a connection when entries land in their inbox (content-free; see
    * docs/push.md). Devices register tokens with `client.setPushToken`.
@@ -274,6 +290,9 @@ const CLUSTER_CLOSE_WAIT_MS = 5000;
 /** With a cluster, a group's cached member list (for typing) is re-read after this long. */
 const MEMBER_CACHE_MS = 5000;
 
+/** Most groups whose members the typing cache keeps (the least recently read are dropped). */
+const MEMBER_CACHE_MAX = 10_000;
+
 type WireKey = [number, Uint8Array, Uint8Array];
 
 /** What a ciphertext may add to `maxBodyBytes` (a PreKey message carries ~1.9 KB of keys). */
@@ -319,12 +338,15 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** device → push token, for a store that does not keep them. */
   private readonly pushTokens = new Map<string, PushToken>();
   /** device → time of its last wake-up (bounded: the oldest are forgotten past 100k). */
-  private readonly lastWake = new Map<string, number>();
+  private readonly lastWake = new BoundedMap<string, number>(100_000);
   /**
    * group id → member users and when they were read; a cache for typing notices, dropped on every
-   * change made here (with a cluster, changes made on other nodes age it out).
+   * change made here (with a cluster, changes made on other nodes age it out). Bounded: typing in
+   * ever more groups must not grow it without end.
    */
-  private readonly memberCache = new Map<string, { members: Set<string>; at: number }>();
+  private readonly memberCache = new BoundedMap<string, { members: Set<string>; at: number }>(
+    MEMBER_CACHE_MAX,
+  );
   /** The gateway cluster this node belongs to, if any. */
   private readonly cluster: ClusterAdapter | undefined;
   private readonly clusterHandlers: Unsubscribe[] = [];
@@ -339,6 +361,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly offlineChecks = new Map<string, { timer: TimerHandle; run: () => Promise<void> }>();
   /** @internal handshakes in progress. */
   handshakes = 0;
+  /** @internal the per-user and per-device limits (see limits.ts). */
+  readonly limits: Limits;
 
   constructor(options: ServerOptions) {
     super();
@@ -366,11 +390,13 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       maxSubscriptions: options.maxSubscriptions ?? 256,
       maxTypingPer10s: options.maxTypingPer10s ?? 20,
       maxKeyClaimsPer10s: options.maxKeyClaimsPer10s ?? 4096,
+      maxOneTimeKeyClaimsPerDay: options.maxOneTimeKeyClaimsPerDay ?? 5,
       keyLowWater: options.keyLowWater ?? 10,
       pushIntervalMs: options.pushIntervalMs ?? 60_000,
       inboxPollMs: options.inboxPollMs ?? (options.cluster ? 30_000 : 0),
       maxConcurrentHandshakes: options.maxConcurrentHandshakes ?? 256,
     };
+    this.limits = new Limits(this.opts);
     this.cluster = options.cluster;
     if (this.cluster) this.joinCluster(this.cluster);
     this.push = options.push;
@@ -888,6 +914,10 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       }
       users = members;
     } else {
+      // Only to a user who consented to the typist (wrote to it, or took part in a group with
+      // it). Dropped without an error otherwise, as for a user offline: an error would tell a
+      // stranger who consented, and a client typing into a brand-new chat is no fault.
+      if (!(await this.consented(from.user, f.to))) return;
       users = [f.to];
     }
     const notice: TypingNotice = { from, to: f.to, on: f.on };
@@ -896,6 +926,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     // Through the cluster, this node's own sessions included (see ClusterAdapter.typing).
     const to = [...users].filter((u) => u !== from.user);
     if (to.length > 0) await this.cluster.typing(to, notice);
+  }
+
+  /** Whether `target` consented to `viewer` ({@link ServerStore.related}); a store fault says no. */
+  private async consented(viewer: string, target: string): Promise<boolean> {
+    try {
+      return await this.store.related(viewer, target);
+    } catch (e) {
+      this.log.warn('relation check failed', e);
+      return false;
+    }
   }
 
   // ------------------------------------------------------------ devices
@@ -990,19 +1030,33 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     session.send({ t: 'ok', r: f.r });
   }
 
-  /** @internal claims bundles (`kget` frame) and tells devices that run low. */
+  /**
+   * @internal claims bundles (`kget` frame) and tells devices that run low. The claiming user's
+   * bundles per 10 s are limited, and so are the one-time keys it takes of each device (see
+   * {@link ServerOptions.maxOneTimeKeyClaimsPerDay}).
+   */
   async claimKeys(session: Session, f: KeyGetFrame): Promise<void> {
+    const claimer = session.addr!.user;
+    // Asking for one user twice in a frame gets nothing a second answer would not.
+    const users = [...new Set(f.u)];
+    if (!this.limits.claim(claimer, users.length, this.clock.now())) {
+      session.sendError('rate_limited', 'too many key claims', f.r);
+      return;
+    }
     const bundles: KeyBundle[] = [];
     try {
-      for (const user of f.u) {
-        bundles.push(...(await this.store.claimKeys(user, f.u.length === 1 ? f.d : undefined)));
+      for (const user of users) {
+        const oneTime = (device: string) => this.limits.oneTimeKey(claimer, user, device, this.clock.now());
+        bundles.push(
+          ...(await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime })),
+        );
       }
     } catch (e) {
       this.log.error('key claim failed', e);
       session.sendError('unavailable', 'key directory unavailable', f.r);
       return;
     }
-    session.keyClaims += bundles.length;
+    this.limits.claimed(claimer, bundles.length, this.clock.now());
     session.send({
       t: 'kb',
       r: f.r,
@@ -1127,9 +1181,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     const now = this.clock.now();
     const last = this.lastWake.get(k);
     if (last !== undefined && now - last < this.opts.pushIntervalMs) return;
-    this.lastWake.delete(k);
     this.lastWake.set(k, now);
-    if (this.lastWake.size > 100_000) this.lastWake.delete(this.lastWake.keys().next().value as string);
     try {
       const token = this.store.pushToken ? await this.store.pushToken(device) : this.pushTokens.get(k);
       if (!token || this.sessions.has(k)) return;
@@ -1272,12 +1324,6 @@ class Session {
   private version = PROTOCOL_VERSION;
   /** Presence subscriptions: target user → whether its last-seen time may be shown. */
   subscriptions: Map<string, boolean> | undefined;
-  private typingWindowStart = 0;
-  private typingCount = 0;
-  /** @internal key claims in the current 10 s window. */
-  keyWindowStart = 0;
-  /** @internal */
-  keyClaims = 0;
   pendingSends = 0;
   private lastFrameAt: number;
   private readonly openedAt: number;
@@ -1377,7 +1423,12 @@ class Session {
       this.rateWindowStart = now;
       this.rateCount = 0;
     }
-    if (++this.rateCount > this.server.opts.maxFramesPerSecond) {
+    // Counted per device once it is known, so that reconnecting does not reset the count.
+    const addr = this.addr;
+    const over = addr
+      ? !this.server.limits.frame(addr.user, addr.device, now)
+      : ++this.rateCount > this.server.opts.maxFramesPerSecond;
+    if (over) {
       this.sendError('rate_limited', 'too many frames per second');
       this.close(CLOSE_CODES.rateLimited, 'rate limited');
       return;
@@ -1439,20 +1490,9 @@ class Session {
       case 'ptok':
         void this.server.setPushToken(this, frame);
         return;
-      case 'kget': {
-        // Counted per user asked for; each device claimed counts again when the answer comes.
-        if (now - this.keyWindowStart >= 10_000) {
-          this.keyWindowStart = now;
-          this.keyClaims = 0;
-        }
-        this.keyClaims += frame.u.length;
-        if (this.keyClaims > this.server.opts.maxKeyClaimsPer10s) {
-          this.sendError('rate_limited', 'too many key claims', frame.r);
-          return;
-        }
+      case 'kget':
         void this.server.claimKeys(this, frame);
         return;
-      }
       case 'grp':
         return this.onGroup(frame);
       case 'lnk':
@@ -1468,14 +1508,10 @@ class Session {
         this.server.unsubscribe(this, frame.u);
         return;
       case 'typ': {
-        if (now - this.typingWindowStart >= 10_000) {
-          this.typingWindowStart = now;
-          this.typingCount = 0;
-        }
-        if (++this.typingCount > this.server.opts.maxTypingPer10s) {
+        const verdict = this.server.limits.typing(this.addr!.user, now);
+        if (verdict !== 'ok') {
           // Dropped, not fatal: typing is ephemeral and a flood only costs the flooder.
-          if (this.typingCount === this.server.opts.maxTypingPer10s + 1)
-            this.sendError('rate_limited', 'too many typing notices');
+          if (verdict === 'first-over') this.sendError('rate_limited', 'too many typing notices');
           return;
         }
         void this.server.typing(this, frame);

@@ -49,7 +49,11 @@ export interface DeviceEnvelope {
   body: Uint8Array;
 }
 
-/** A client-produced receipt (read) to commit to the recipient's and the sender's other devices. */
+/**
+ * A client-produced receipt (read) to commit to the devices of the user whose messages were read
+ * and the reader's other devices. Only ids of messages the reader received count (see
+ * {@link ServerStore} "Receipts"); the others are dropped.
+ */
 export interface ReceiptInput {
   kind: 'receipt';
   from: DeviceAddress;
@@ -198,6 +202,18 @@ export type InboxEntry =
       ts: number;
     };
 
+/** Options of {@link ServerStore.claimKeys}. */
+export interface ClaimOptions {
+  /**
+   * Asked once for each device about to be claimed, synchronously inside the claim: whether this
+   * claim may take that device's one-time keys. For a device it answers false for, the bundle has
+   * the signed prekey, the last-resort Kyber key and no EC prekey, and the device's one-time keys
+   * stay in the directory (the server's per-claimer budget, see `maxOneTimeKeyClaimsPerDay`).
+   * @default every device's one-time keys may be taken
+   */
+  oneTime?: (device: string) => boolean;
+}
+
 /** Result of operations that may put new entries into inboxes. */
 export interface NotifyResult {
   /** How many entries the operation removed. */
@@ -226,6 +242,18 @@ export interface NotifyResult {
  *   moment except the sending device; a sender who is not a member (or an unknown group) gets
  *   `not_member`. Its commit time is the `now` of the append, and the items of one batch enter
  *   each inbox in batch order.
+ * - **Receipts.** A receipt names messages of user `to` by id; an id counts only when a message
+ *   with that id from `to` was committed (and its dedupe record is not yet expired) and went to
+ *   the reader: a 1:1 message to the reader's user, or a group message committed while the
+ *   reader was a member of the group (it joined at or before the group version the message was
+ *   committed at, and has not left since). The status entries list only the ids that count, in
+ *   the receipt's order; when none does, the receipt writes only its dedupe record (and is still
+ *   `ok`, with nothing to `notify`).
+ * - **Consent** ({@link ServerStore.related}). `related(viewer, target)` holds when `target`
+ *   made a relationship with `viewer`: a 1:1 message from `target` to `viewer` was committed, or
+ *   both are members of a group in which `target` took part while `viewer` was in it (created
+ *   it, changed it, or sent a message in it, at or after the version `viewer` joined at). Being
+ *   added to a group by someone else, or receiving a message, is no consent.
  * - **Groups.** `create` fails with `forbidden` when the group id exists, with `unknown_recipient`
  *   when a listed user has no device and with `group_full` past `maxMembers`; other changes fail
  *   with `not_member` when the actor is not a member and with `forbidden` when an admin-only change
@@ -267,7 +295,8 @@ export interface NotifyResult {
  *   {@link ServerStore.claimKeys} hands out each one-time key at most once, also under
  *   concurrent claims from several connections and nodes: one EC and one Kyber one-time key per
  *   device (oldest first), the last-resort Kyber key once the one-time ones ran out, no EC
- *   prekey once those ran out.
+ *   prekey once those ran out; for a device that {@link ClaimOptions.oneTime} refuses, the
+ *   last-resort Kyber key and no EC prekey, taking nothing.
  */
 export interface ServerStore {
   /** For logs and conformance reports. */
@@ -299,10 +328,12 @@ export interface ServerStore {
   /** Ids of the groups the user is a member of. */
   groupsOf(user: string): Promise<string[]>;
   /**
-   * Whether two users share a conversation: a group they are both in, or a 1:1 message committed
-   * between them (either way). The default presence privacy rule.
+   * Whether `target` consented to `viewer` (see "Consent"): it wrote to `viewer`, or took part in
+   * a group while `viewer` was in it. Directed: `related(a, b)` says nothing about
+   * `related(b, a)`. A user is related to itself. The default presence privacy rule, and what a
+   * 1:1 typing notice from `viewer` to `target` needs.
    */
-  related(a: string, b: string): Promise<boolean>;
+  related(viewer: string, target: string): Promise<boolean>;
   /** Records when a user was last online (durable; a later call with an older time is ignored). */
   setLastSeen(user: string, ts: number): Promise<void>;
   /** When the user was last online, or undefined when never recorded. */
@@ -314,9 +345,10 @@ export interface ServerStore {
   putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void>;
   /**
    * Claims a bundle for every device of `user` that has keys (or only for `device`), in
-   * registration order; empty when there is none.
+   * registration order; empty when there is none. `options.oneTime` may keep a device's one-time
+   * keys out of the claim.
    */
-  claimKeys(user: string, device?: string): Promise<KeyBundle[]>;
+  claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]>;
   /**
    * How many unclaimed one-time keys a device has left; undefined for a device without keys in
    * the directory (never uploaded, or unregistered), so the server nags only devices that encrypt.

@@ -592,6 +592,13 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     try {
       const senders = Array.from({ length: 40 }, (_, i) => ({ user: `n${i}`, device: 'd' }));
       await register(h.store, bob1, bob2, ...senders);
+      // Something of bob's for each sender's receipts to be about (bob2's copies acked away).
+      for (const [i, s] of senders.entries()) await appendOne(h.store, msg(bob1, `x${i}`, s.user), 900);
+      await h.store.ack(
+        bob2,
+        (await inbox(h.store, bob2)).map((e) => e.offset),
+        950,
+      );
       // Each sender commits five batches through "its" node, messages and read receipts mixed,
       // so entries of bob's inbox come from many transactions on every node at once.
       let done = false;
@@ -822,20 +829,27 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     store,
   }) => {
     await register(store, alice1, alice2, bob1, bob2);
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    await appendOne(store, msg(alice2, 'm2', 'bob', 1), 1001);
+    const [a1, a2, b1, b2] = await inboxes(store, [alice1, alice2, bob1, bob2]);
     const out = await appendOne(store, receipt(bob1, 'r1', 'alice', ['m1', 'm2']), 5000);
     assert.equal(out.ts, 5000);
     assert.equal(out.duplicate, false);
     assertDevices(out.notify, [alice1, alice2, bob2], 'notify');
     const read = { status: 'read', ids: ['m1', 'm2'], by: 'bob', ts: 5000 };
-    for (const d of [alice1, alice2, bob2]) {
+    for (const [d, was] of [
+      [alice1, a1],
+      [alice2, a2],
+      [bob2, b2],
+    ] as const) {
       const entries = await inbox(store, d);
-      assert.equal(entries.length, 1);
+      assert.equal(entries.length, was!.length + 1, `${devKey(d)}: one entry more`);
       assert.deepEqual(statuses(entries), [read], devKey(d));
     }
-    assert.deepEqual(await inbox(store, bob1), [], 'not to the reading device');
+    assert.deepEqual(await inbox(store, bob1), b1, 'not to the reading device');
     const dup = await store.append([receipt(bob1, 'r1', 'alice', ['m1', 'm2'])], 6000);
     assert.deepEqual(dup, [{ ok: true, ts: 5000, duplicate: true, notify: [] }]);
-    assert.equal((await inbox(store, alice1)).length, 1, 'a duplicate receipt writes nothing');
+    assert.equal(statuses(await inbox(store, alice1)).length, 1, 'a duplicate receipt writes nothing');
   });
 
   test('dedupe survives a re-open', async (h) => {
@@ -882,7 +896,7 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     await appendOne(store, msg(alice1, 'old1', 'bob', 1), 1000); // → bob1, bob2, alice2
     await appendOne(store, msg(alice1, 'old2', 'carol', 1), 1100); // → carol1, alice2
     await appendOne(store, msg(alice2, 'old3', 'bob', 1), 1200); // → bob1, bob2, alice1
-    await appendOne(store, receipt(bob1, 'r1', 'alice', ['z']), 1300); // → alice1, alice2, bob2
+    await appendOne(store, receipt(bob1, 'r1', 'alice', ['old1']), 1300); // → alice1, alice2, bob2
     await appendOne(store, msg(alice1, 'new1', 'bob', 2), 2000); // at the cutoff: not before it, stays
     // The sender's other device acking does not make a message delivered.
     await store.ack(alice2, [offsetOf(await inbox(store, alice2), 'old1')], 1400);
@@ -965,6 +979,7 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
 
   test('reads return copies that callers cannot use to change stored state', async ({ store }) => {
     await register(store, alice1, bob1);
+    await appendOne(store, msg(alice1, 'm1', 'bob'), 900);
     await appendOne(store, receipt(bob1, 'r1', 'alice', ['m1']), 1000);
     const first = await inbox(store, alice1);
     const e = first[0]!;
@@ -1578,26 +1593,106 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     assert.deepEqual(statuses(await inbox(store, alice1)), []);
   });
 
-  test('related is true between users who share a group or exchanged a 1:1 message, either way', async ({
+  test('related(viewer, target) holds once target wrote to viewer 1:1; being written to is no consent', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, carol1);
+    assert.equal(await store.related('alice', 'bob'), false);
+    assert.equal(await store.related('alice', 'alice'), true, 'a user is related to itself');
+    await refused(store, msg(alice1, 'x', 'nobody'), 900, 'unknown_recipient');
+    assert.equal(await store.related('nobody', 'alice'), false, 'a refused message relates no one');
+    await appendOne(store, msg(alice1, 'm1', 'bob'), 1000);
+    assert.equal(await store.related('bob', 'alice'), true, 'alice wrote to bob: bob may see alice');
+    assert.equal(await store.related('alice', 'bob'), false, 'but not the other way round');
+    await appendOne(store, msg(alice2, 'note', 'alice'), 1050);
+    assert.equal(await store.related('alice', 'bob'), false, 'a note to oneself relates no one else');
+    await appendOne(store, msg(bob1, 'm2', 'alice'), 1100);
+    assert.equal(await store.related('alice', 'bob'), true, 'once bob writes back, both ways');
+    assert.equal(await store.related('carol', 'alice'), false);
+    await store.expire(5000, 6000);
+    assert.equal(await store.related('bob', 'alice'), true, 'a conversation outlives its entries');
+    assert.equal(await store.related('alice', 'bob'), true);
+  });
+
+  test('in a group, related(viewer, target) holds once target took part (created, changed, sent) while viewer was a member', async ({
     store,
   }) => {
     await register(store, alice1, bob1, carol1, dave1);
-    assert.equal(await store.related('alice', 'bob'), false);
-    await refused(store, msg(alice1, 'x', 'nobody'), 900, 'unknown_recipient');
-    assert.equal(await store.related('alice', 'nobody'), false, 'a refused message relates no one');
-    await appendOne(store, msg(alice1, 'm1', 'bob'), 1000);
-    assert.equal(await store.related('alice', 'bob'), true);
-    assert.equal(await store.related('bob', 'alice'), true, 'either way');
-    assert.equal(await store.related('alice', 'carol'), false);
-    await appendOne(store, create(carol1, 'r1', 'g', 'G', ['dave']), 1100);
+    await appendOne(store, create(carol1, 'r1', 'g', 'G', ['dave']), 1000);
+    assert.equal(await store.related('dave', 'carol'), true, 'carol created the group with dave in it');
+    assert.equal(await store.related('carol', 'dave'), false, 'being added is no consent');
+    await appendOne(store, groupChange(carol1, 'r2', 'g', { op: 'add', members: ['bob'] }), 1100);
+    assert.equal(await store.related('bob', 'carol'), true, 'carol added bob');
+    assert.equal(await store.related('bob', 'dave'), false, 'dave never took part since bob joined');
+    assert.equal(await store.related('dave', 'bob'), false);
+    await appendOne(store, gmsg(dave1, 'm1', 'g'), 1200);
+    assert.equal(await store.related('bob', 'dave'), true, 'dave sent a message with bob in the group');
     assert.equal(await store.related('carol', 'dave'), true);
-    assert.equal(await store.related('dave', 'carol'), true);
-    assert.equal(await store.related('alice', 'dave'), false);
-    assert.equal(await store.related('bob', 'carol'), false);
-    await appendOne(store, groupChange(carol1, 'r2', 'g', { op: 'remove', members: ['dave'] }), 1200);
-    assert.equal(await store.related('carol', 'dave'), false, 'only a group both are in now counts');
-    await store.expire(5000, 6000);
-    assert.equal(await store.related('alice', 'bob'), true, 'a conversation outlives its entries');
+    await appendOne(store, groupChange(carol1, 'r3', 'g', { op: 'add', members: ['alice'] }), 1300);
+    assert.equal(await store.related('alice', 'dave'), false, 'dave spoke before alice joined');
+    assert.equal(await store.related('alice', 'carol'), true);
+    await appendOne(store, groupChange(carol1, 'r4', 'g', { op: 'remove', members: ['dave'] }), 1400);
+    assert.equal(await store.related('bob', 'dave'), false, 'only a group both are in now counts');
+    assert.equal(await store.related('dave', 'carol'), false);
+    // Removed and added again: a new membership, and consent starts over.
+    await appendOne(store, groupChange(carol1, 'r5', 'g', { op: 'add', members: ['dave'] }), 1500);
+    assert.equal(await store.related('carol', 'dave'), false, 'dave has not taken part since rejoining');
+    await appendOne(store, groupChange(dave1, 'r6', 'g', { op: 'leave' }), 1600);
+    assert.equal(await store.related('carol', 'dave'), false, 'leaving is not taking part');
+    assert.equal(await store.related('nobody', 'carol'), false);
+  });
+
+  test('a receipt counts only the ids of messages that went to its reader; a receipt left with none writes only its dedupe record', async (h) => {
+    const store = h.store;
+    await register(store, alice1, alice2, bob1, carol1, dave1);
+    await appendOne(store, msg(alice1, 'to-bob', 'bob'), 1000);
+    await appendOne(store, msg(alice2, 'to-carol', 'carol'), 1001);
+    await appendOne(store, create(alice1, 'r1', 'g', 'G', ['bob']), 1002);
+    await appendOne(store, gmsg(alice1, 'in-g', 'g', 1), 1003);
+    await appendOne(store, groupChange(alice1, 'r2', 'g', { op: 'add', members: ['carol'] }), 1004);
+    await appendOne(store, gmsg(alice2, 'in-g-later', 'g', 1), 1005);
+    const daveBefore = await inbox(store, dave1);
+    const readBy = async (d: DeviceAddress) =>
+      statuses(await inbox(h.store, d)).filter((x) => x.status === 'read');
+    // Carol joined after 'in-g' and never got 'to-bob'; 'to-carol' and 'in-g-later' count.
+    const mixed = ['to-bob', 'in-g', 'to-carol', 'made-up', 'in-g-later', 'r1', 'to-carol'];
+    const out = await appendOne(store, receipt(carol1, 'c1', 'alice', mixed), 2000);
+    assertDevices(out.notify, [alice1, alice2], 'the sender’s devices');
+    const carolRead = { status: 'read', ids: ['in-g-later', 'to-carol'], by: 'carol', ts: 2000 };
+    assert.deepEqual(await readBy(alice1), [carolRead], 'only what went to carol, each once');
+    // Dave got nothing of alice's: nothing is written, but the receipt is committed (deduped).
+    const none = await appendOne(store, receipt(dave1, 'd1', 'alice', ['to-bob', 'in-g', 'nope']), 2100);
+    assert.deepEqual(none, { ok: true, ts: 2100, duplicate: false, notify: [] });
+    assert.deepEqual(await store.append([receipt(dave1, 'd1', 'alice', ['to-bob'])], 2200), [
+      { ok: true, ts: 2100, duplicate: true, notify: [] },
+    ]);
+    // Ids are looked up under the receipt's `to`: naming alice's ids to someone else is nothing.
+    await appendOne(store, receipt(bob1, 'b0', 'carol', ['to-bob']), 2250);
+    assert.deepEqual(await readBy(carol1), []);
+    // Bob, a member since the start, got both group messages and his own 1:1 one.
+    await appendOne(store, receipt(bob1, 'b1', 'alice', ['in-g', 'to-bob', 'in-g-later']), 2300);
+    assert.deepEqual(await readBy(alice2), [
+      carolRead,
+      { status: 'read', ids: ['in-g', 'in-g-later', 'to-bob'], by: 'bob', ts: 2300 },
+    ]);
+    // A member who left no longer counts for the group's messages, also after a re-open.
+    await appendOne(store, groupChange(bob1, 'r3', 'g', { op: 'leave' }), 2400);
+    await h.reopen();
+    await appendOne(h.store, receipt(bob1, 'b2', 'alice', ['in-g', 'to-bob']), 2500);
+    assert.deepEqual((await readBy(alice1)).at(-1), { status: 'read', ids: ['to-bob'], by: 'bob', ts: 2500 });
+    assert.deepEqual(await inbox(h.store, dave1), daveBefore, 'dave’s inbox never changed');
+  });
+
+  test('what a receipt is checked against expires with the message’s dedupe record', async ({ store }) => {
+    await register(store, alice1, bob1);
+    await appendOne(store, msg(alice1, 'old', 'bob'), 1000);
+    await appendOne(store, msg(alice1, 'young', 'bob', 2), 3000);
+    await store.expire(2000, 3500);
+    await appendOne(store, receipt(bob1, 'r1', 'alice', ['old', 'young']), 4000);
+    assert.deepEqual(
+      statuses(await inbox(store, alice1)).filter((x) => x.status === 'read'),
+      [{ status: 'read', ids: ['young'], by: 'bob', ts: 4000 }],
+    );
   });
 
   test('lastSeen is durable and never moves back', async (h) => {
@@ -1653,8 +1748,10 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     const before = await look();
     await h.reopen();
     assert.deepEqual(await look(), before);
-    assert.equal(await h.store.related('bob', 'carol'), true);
-    assert.equal(await h.store.related('alice', 'bob'), true);
+    assert.equal(await h.store.related('carol', 'bob'), true, 'bob wrote to carol');
+    assert.equal(await h.store.related('bob', 'carol'), false);
+    assert.equal(await h.store.related('bob', 'alice'), true, 'alice took part in the group with bob in it');
+    assert.equal(await h.store.related('alice', 'bob'), false);
     const dup = await h.store.append(
       [groupChange(alice1, 'r2', 'g', { op: 'promote', members: ['bob'] })],
       2000,
@@ -1726,6 +1823,23 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     await store.putKeys(bob1, upload(bob1, { pre: [8], kyber: [103], full: false }));
     assert.deepEqual(await store.keyCount(bob1), { preKeys: 1, kyberPreKeys: 1 });
     assert.deepEqual(await claim(), [bundleOf(bob1, 1, 8, 103)]);
+  });
+
+  test('a claim that may not take a device’s one-time keys gets its last-resort bundle and leaves them all', async ({
+    store,
+  }) => {
+    await register(store, bob1, bob2);
+    await giveKeys(store, bob1, bob2);
+    const asked: string[] = [];
+    const oneTime = (device: string) => (asked.push(device), device === 'b2');
+    const claimed = (await store.claimKeys('bob', undefined, { oneTime })).map(describeBundle);
+    assert.deepEqual(claimed, [bundleOf(bob1, 1, undefined, undefined), bundleOf(bob2, 1, 1, 101)]);
+    assert.deepEqual(asked, ['b1', 'b2'], 'asked once per device claimed');
+    assert.deepEqual(await store.keyCount(bob1), { preKeys: 3, kyberPreKeys: 2 }, 'b1 kept its keys');
+    assert.deepEqual(await store.keyCount(bob2), { preKeys: 2, kyberPreKeys: 1 });
+    const one = await store.claimKeys('bob', 'b1', { oneTime: () => false });
+    assert.deepEqual(one.map(describeBundle), [bundleOf(bob1, 1, undefined, undefined)]);
+    assert.deepEqual((await store.claimKeys('bob', 'b1')).map(describeBundle), [bundleOf(bob1, 1, 1, 101)]);
   });
 
   test('a later upload replaces the signed prekey, last-resort Kyber key and registration id; a re-sent key id replaces that key', async ({
@@ -1951,7 +2065,7 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
         );
       }
     }
-    assert.equal(await store.related('alice', 'bob'), true);
+    assert.equal(await store.related('bob', 'alice'), true, 'alice wrote to bob');
     // Bodies are byte-exact, empty ones too.
     const binary = { ...envelope('m2', bob1), body: binaryBody() };
     const empty = { ...envelope('m2', bob2), body: new Uint8Array(0) };

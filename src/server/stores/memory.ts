@@ -9,6 +9,7 @@ import type {
   AppendInput,
   AppendOutcome,
   AppendRefusal,
+  ClaimOptions,
   MessageInput,
   DeviceAddress,
   EntryStatus,
@@ -23,7 +24,14 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
-import { NotifySet, planChange, snapshotOf } from './relational.js';
+import {
+  membershipMarks,
+  NotifySet,
+  planChange,
+  receiptIds,
+  snapshotOf,
+  type SentRecord,
+} from './relational.js';
 
 /**
  * Opaque durable state of a memory server store; a new store over the same state is a "re-open
@@ -97,6 +105,10 @@ interface StoredGroup {
   ver: number;
   /** user → role, in join order. */
   members: Map<string, GroupRole>;
+  /** member → the version its current membership began at. */
+  since: Map<string, number>;
+  /** member → the latest version at which it took part (created, changed, sent a message). */
+  acted: Map<string, number>;
 }
 
 interface Inbox {
@@ -131,11 +143,16 @@ interface ServerData extends MemoryServerState {
   messages: Map<string, StoredMessage>;
   /** dedupe key → original commit time (messages, receipts, group changes). */
   dedupe: Map<string, number>;
+  /**
+   * (sender user, message id) → where messages with that id went, with their commit times: what
+   * statuses about them are checked against (kept as long as their dedupe records).
+   */
+  sent: Map<string, Array<SentRecord & { ts: number }>>;
   groups: Map<string, StoredGroup>;
   /** user → ids of the groups it is in. */
   userGroups: Map<string, Set<string>>;
-  /** Pairs of users a 1:1 message was committed between. */
-  contacts: Set<string>;
+  /** (viewer, target) pairs where target consented to viewer: it wrote to viewer 1:1. */
+  consents: Set<string>;
   lastSeen: Map<string, number>;
   /** device key → its keys in the directory. */
   keys: Map<string, StoredKeys>;
@@ -151,9 +168,10 @@ export function createMemoryServerState(): MemoryServerState {
     inboxes: new Map(),
     messages: new Map(),
     dedupe: new Map(),
+    sent: new Map(),
     groups: new Map(),
     userGroups: new Map(),
-    contacts: new Set(),
+    consents: new Set(),
     lastSeen: new Map(),
     keys: new Map(),
     pushTokens: new Map(),
@@ -168,6 +186,8 @@ const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.d
 const dedupeKey = (from: DeviceAddress, id: string): string =>
   `${from.user.length}:${from.user}${from.device.length}:${from.device}${id}`;
 const pairKey = (a: string, b: string): string => (a < b ? `${a.length}:${a}${b}` : `${b.length}:${b}${a}`);
+/** An ordered pair: `(a, b)` and `(b, a)` differ. */
+const orderedKey = (a: string, b: string): string => `${a.length}:${a}${b}`;
 const EMPTY = new Uint8Array(0);
 
 const copyKey = (k: PublicPreKey): PublicPreKey => ({ id: k.id, key: new Uint8Array(k.key) });
@@ -247,12 +267,25 @@ export function memoryServerStore(
   function applyChange(
     item: GroupInput,
   ): { event: GroupEvent; group: StoredGroup; joined: string[]; removed: string[] } | null | AppendRefusal {
-    const plan = planChange(item, data.groups.get(item.group), (u) => devicesOf(u).length > 0);
+    const old = data.groups.get(item.group);
+    const plan = planChange(item, old, (u) => devicesOf(u).length > 0);
     if (plan === null || typeof plan === 'string') return plan;
-    data.groups.set(item.group, plan.after);
+    const group: StoredGroup = {
+      ...plan.after,
+      since: new Map(old?.since),
+      acted: new Map(old?.acted),
+    };
+    const marks = membershipMarks(item, plan);
+    for (const u of plan.removed) {
+      group.since.delete(u);
+      group.acted.delete(u);
+    }
+    for (const u of marks.joined) group.since.set(u, marks.ver);
+    if (marks.acted !== undefined) group.acted.set(marks.acted, marks.ver);
+    data.groups.set(item.group, group);
     for (const u of plan.joined) joinGroup(item.group, u);
     for (const u of plan.removed) leaveGroup(item.group, u);
-    return { event: plan.event, group: plan.after, joined: plan.joined, removed: plan.removed };
+    return { event: plan.event, group, joined: plan.joined, removed: plan.removed };
   }
 
   function commitGroup(item: GroupInput, key: string, now: number): AppendOutcome {
@@ -290,6 +323,8 @@ export function memoryServerStore(
 
   function commitMessage(item: MessageInput, key: string, now: number): AppendOutcome {
     let targets: DeviceAddress[];
+    /** The group's version, for a group message. */
+    let ver: number | null = null;
     // Per target, for an end-to-end encrypted message: each device's own envelope.
     let bodies: Uint8Array[] | undefined;
     if (item.envelopes) {
@@ -297,17 +332,24 @@ export function memoryServerStore(
       if ('code' in checked) return checked;
       targets = checked.targets.map((d) => ({ user: d.user, device: d.device }));
       bodies = checked.bodies;
-      data.contacts.add(pairKey(item.from.user, item.to));
     } else if (item.group) {
       const g = data.groups.get(item.to);
       if (!g || !g.members.has(item.from.user)) return { ok: false, code: 'not_member' };
       targets = memberDevices(g).filter((d) => d.user !== item.from.user || d.device !== item.from.device);
+      // Sending in a group is taking part in it.
+      g.acted.set(item.from.user, g.ver);
+      ver = g.ver;
     } else {
       if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
       targets = recipients(item.from, item.to);
-      data.contacts.add(pairKey(item.from.user, item.to));
     }
+    // Writing to someone is consenting to them.
+    if (!item.group && item.from.user !== item.to) data.consents.add(orderedKey(item.to, item.from.user));
     data.dedupe.set(key, now);
+    const sk = orderedKey(item.from.user, item.id);
+    const records = data.sent.get(sk) ?? [];
+    records.push({ id: item.id, to: item.to, ver, ts: now });
+    data.sent.set(sk, records);
     if (targets.length > 0) {
       data.messages.set(key, {
         from: { user: item.from.user, device: item.from.device },
@@ -339,10 +381,13 @@ export function memoryServerStore(
     if (item.kind === 'group') return commitGroup(item, key, now);
     if (item.kind === 'msg') return commitMessage(item, key, now);
     if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
-    const targets = recipients(item.from, item.to);
     data.dedupe.set(key, now);
+    const records = item.ids.flatMap((id) => data.sent.get(orderedKey(item.to, id)) ?? []);
+    const ids = receiptIds(item, records, (g) => data.groups.get(g)?.since.get(item.from.user));
+    if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
+    const targets = recipients(item.from, item.to);
     for (const d of targets) {
-      push(d, { kind: 'status', ts: now, status: 'read', ids: [...item.ids], by: item.from.user });
+      push(d, { kind: 'status', ts: now, status: 'read', ids: [...ids], by: item.from.user });
     }
     return { ok: true, ts: now, duplicate: false, notify: targets };
   }
@@ -518,6 +563,11 @@ export function memoryServerStore(
         }
       }
       for (const [key, ts] of data.dedupe) if (ts < cutoff) data.dedupe.delete(key);
+      for (const [key, records] of data.sent) {
+        const kept = records.filter((r) => r.ts >= cutoff);
+        if (kept.length === 0) data.sent.delete(key);
+        else if (kept.length < records.length) data.sent.set(key, kept);
+      }
       fanOut(expired, 'expired', now, notify);
       return { count, notify: notify.list };
     },
@@ -533,12 +583,14 @@ export function memoryServerStore(
       return [...(data.userGroups.get(user) ?? [])];
     },
 
-    async related(a: string, b: string): Promise<boolean> {
+    async related(viewer: string, target: string): Promise<boolean> {
       check('related');
-      if (a === b || data.contacts.has(pairKey(a, b))) return true;
-      const mine = data.userGroups.get(a);
-      if (!mine) return false;
-      for (const id of data.userGroups.get(b) ?? []) if (mine.has(id)) return true;
+      if (viewer === target || data.consents.has(orderedKey(viewer, target))) return true;
+      for (const id of data.userGroups.get(viewer) ?? []) {
+        const g = data.groups.get(id)!;
+        // The target took part in the group while the viewer was in it.
+        if ((g.acted.get(target) ?? -1) >= g.since.get(viewer)!) return true;
+      }
       return false;
     },
 
@@ -579,17 +631,20 @@ export function memoryServerStore(
       for (const p of keys.kyberPreKeys ?? []) stored.kyberPreKeys.set(p.id, copySigned(p));
     },
 
-    async claimKeys(user: string, device?: string): Promise<KeyBundle[]> {
+    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
       check('claimKeys');
       const out: KeyBundle[] = [];
       for (const id of devicesOf(user)) {
         if (device !== undefined && id !== device) continue;
         const k = data.keys.get(deviceKey({ user, device: id }));
         if (!k) continue;
+        const oneTime = options?.oneTime?.(id) ?? true;
         // Oldest first; a claimed one-time key leaves the directory in the same step.
-        const pre = k.preKeys.values().next().value as PublicPreKey | undefined;
+        const pre = oneTime ? (k.preKeys.values().next().value as PublicPreKey | undefined) : undefined;
         if (pre) k.preKeys.delete(pre.id);
-        const kyber = k.kyberPreKeys.values().next().value as SignedPublicKey | undefined;
+        const kyber = oneTime
+          ? (k.kyberPreKeys.values().next().value as SignedPublicKey | undefined)
+          : undefined;
         if (kyber) k.kyberPreKeys.delete(kyber.id);
         const bundle: KeyBundle = {
           user,

@@ -28,6 +28,7 @@ import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
+  ClaimOptions,
   DeviceAddress,
   DeviceEnvelope,
   EntryStatus,
@@ -53,12 +54,15 @@ import {
   joinSnapshot,
   keptKeys,
   NotifySet,
+  membershipMarks,
   planChange,
   queueStatus,
+  receiptIds,
   snapshotOf,
   type Groups,
   type GroupView,
   type KeysRow,
+  type SentRecord,
 } from './relational.js';
 
 /** The result of a query, as far as the store reads it (a structural subset of `pg`'s). */
@@ -265,6 +269,32 @@ const MIGRATIONS: readonly PgMigration[] = [
         token text NOT NULL
       );
     `),
+  // 3: as the SQLite store's step 5. Consent becomes directed: each old symmetric pair, which
+  // cannot tell who wrote first, becomes consent both ways (what it granted before). Members get
+  // the version their membership began at (0: since the start, for existing ones) and the latest
+  // at which they took part (the current one, for existing ones, so existing groups keep their
+  // visibility). Dedupe records say where a message went (known for messages still in an inbox;
+  // receipts for older ones are dropped), keyed sender user first, then message id.
+  (c, s) =>
+    c.query(`
+      CREATE TABLE ${s}.consents (
+        viewer text NOT NULL,
+        target text NOT NULL,
+        PRIMARY KEY (viewer, target)
+      );
+      INSERT INTO ${s}.consents (viewer, target)
+        SELECT a, b FROM ${s}.contacts UNION SELECT b, a FROM ${s}.contacts;
+      DROP TABLE ${s}.contacts;
+      ALTER TABLE ${s}.group_members
+        ADD COLUMN since_ver integer NOT NULL DEFAULT 0,
+        ADD COLUMN acted_ver integer NOT NULL DEFAULT -1;
+      UPDATE ${s}.group_members m SET acted_ver = g.ver FROM ${s}.groups g WHERE g.id = m.group_id;
+      ALTER TABLE ${s}.dedupe ADD COLUMN to_user text, ADD COLUMN gver integer;
+      UPDATE ${s}.dedupe d SET to_user = m.to_user, gver = CASE WHEN m.to_group THEN g.ver END
+        FROM ${s}.messages m LEFT JOIN ${s}.groups g ON m.to_group AND g.id = m.to_user
+        WHERE m.from_user = d.from_user AND m.from_device = d.from_device AND m.msg_id = d.msg_id;
+      ALTER TABLE ${s}.dedupe DROP CONSTRAINT dedupe_pkey, ADD PRIMARY KEY (from_user, msg_id, from_device);
+    `),
 ];
 
 /** The `postbox_schema` version of a schema the PostgreSQL server store has fully migrated. */
@@ -402,8 +432,8 @@ interface NewEntry {
 
 const EMPTY = new Uint8Array(0);
 
-/** Bound of the per-store cache of contact pairs known to be stored. */
-const MAX_KNOWN_CONTACTS = 100_000;
+/** Bound of the per-store cache of consents known to be stored. */
+const MAX_KNOWN_CONSENTS = 100_000;
 
 /**
  * Opens a {@link ServerStore} on PostgreSQL: connects (or takes `pool`), migrates the schema (see
@@ -461,10 +491,10 @@ function postgresStore(
   }
 
   /**
-   * Contact pairs known to be stored (`contacts` rows are never deleted), so that a conversation's
+   * Consents known to be stored (`consents` rows are never deleted), so that a conversation's
    * next messages skip the insert. A cache: cleared when it grows past its bound.
    */
-  const knownContacts = new Set<string>();
+  const knownConsents = new Set<string>();
 
   /** Writes still running, so that `close()` waits for them before ending the pool. */
   const running = new Set<Promise<unknown>>();
@@ -520,10 +550,10 @@ function postgresStore(
   class Writer {
     private readonly devices = new Map<string, DeviceRow[]>();
     private readonly entries: NewEntry[] = [];
-    /** Contact pairs this transaction wrote (known to the store once it commits). */
-    readonly contacts = new Set<string>();
-    /** Pairs to insert at {@link Writer.flush}. */
-    private newContacts: Array<[string, string]> = [];
+    /** Consents this transaction wrote (known to the store once it commits). */
+    readonly consents = new Set<string>();
+    /** (viewer, target) pairs to insert at {@link Writer.flush}. */
+    private newConsents: Array<[string, string]> = [];
     /** Offset sinks with an entry dropped because its device was unregistered meanwhile. */
     readonly broken = new Set<number[]>();
     constructor(private readonly c: PgQueryable) {}
@@ -577,39 +607,39 @@ function postgresStore(
       });
     }
 
-    /** Records that a 1:1 message was committed between two users (for `related`). */
-    async relate(from: string, to: string): Promise<void> {
+    /** Records that the sender of a 1:1 message consented to its recipient (for `related`). */
+    relate(from: string, to: string): void {
       if (from === to) return;
-      const [a, b] = from < to ? [from, to] : [to, from];
-      const k = `${a.length}:${a}${b}`;
-      if (this.contacts.has(k) || knownContacts.has(k)) return;
-      this.contacts.add(k);
-      this.newContacts.push([a, b]);
+      const k = `${to.length}:${to}${from}`;
+      if (this.consents.has(k) || knownConsents.has(k)) return;
+      this.consents.add(k);
+      this.newConsents.push([to, from]);
     }
 
     /**
-     * Writes the transaction's new contact pairs in one statement, sorted: writers on several
-     * nodes inserting the same new pairs then take their index locks in one order (inserted one by
-     * one in batch order, they deadlocked).
+     * Writes the transaction's new consents in one statement, sorted: writers on several nodes
+     * inserting the same new pairs then take their index locks in one order (inserted one by one
+     * in batch order, they deadlocked).
      */
-    private async writeContacts(): Promise<void> {
-      if (this.newContacts.length === 0) return;
-      const pairs = this.newContacts.sort(([a1, b1], [a2, b2]) =>
+    private async writeConsents(): Promise<void> {
+      if (this.newConsents.length === 0) return;
+      const pairs = this.newConsents.sort(([a1, b1], [a2, b2]) =>
         a1 < a2 ? -1 : a1 > a2 ? 1 : b1 < b2 ? -1 : b1 > b2 ? 1 : 0,
       );
-      this.newContacts = [];
+      this.newConsents = [];
       await this.c.query(
-        `INSERT INTO ${s}.contacts (a, b) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING`,
+        `INSERT INTO ${s}.consents (viewer, target) SELECT * FROM unnest($1::text[], $2::text[])
+         ON CONFLICT DO NOTHING`,
         [pairs.map((p) => p[0]), pairs.map((p) => p[1])],
       );
     }
 
     /**
-     * Writes the new contact pairs, then takes the offsets (locking the heads) and inserts every
-     * new entry in one statement.
+     * Writes the new consents, then takes the offsets (locking the heads) and inserts every new
+     * entry in one statement.
      */
     async flush(): Promise<void> {
-      await this.writeContacts();
+      await this.writeConsents();
       if (this.entries.length === 0) return;
       const c = this.c;
       const devs = [...new Set(this.entries.map((e) => e.dev))].sort((a, b) => a - b);
@@ -762,13 +792,15 @@ function postgresStore(
 
   /**
    * Claims `(from, id)` for this item: true when it is new. A concurrent transaction holding the
-   * same key makes the insert wait for its outcome (the unique key is the dedupe).
+   * same key makes the insert wait for its outcome (the unique key is the dedupe). A 1:1 message
+   * records its recipient (a group message's record is completed by its commit).
    */
   async function claim(c: PgQueryable, item: AppendInput, now: number): Promise<boolean> {
+    const to = item.kind === 'msg' ? item.to : null;
     const r = await c.query(
-      `INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts) VALUES ($1, $2, $3, $4)
+      `INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts, to_user) VALUES ($1, $2, $3, $4, $5)
        ON CONFLICT DO NOTHING`,
-      [item.from.user, item.from.device, item.id, now],
+      [item.from.user, item.from.device, item.id, now, to],
     );
     return r.rowCount === 1;
   }
@@ -824,13 +856,22 @@ function postgresStore(
         [item.group, [...plan.roles.keys()], [...plan.roles.values()]],
       );
     }
+    const marks = membershipMarks(item, plan);
     if (joined.length > 0) {
       // In join order: the identity column orders members by when they joined.
       await c.query(
-        `INSERT INTO ${s}.group_members (group_id, user_id, role)
-         SELECT $1, u, r FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS x(u, r, n) ORDER BY n`,
-        [item.group, joined, joined.map((u) => after.members.get(u)!)],
+        `INSERT INTO ${s}.group_members (group_id, user_id, role, since_ver, acted_ver)
+         SELECT $1, u, r, $4, CASE WHEN u = $5 THEN $4 ELSE -1 END
+         FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS x(u, r, n) ORDER BY n`,
+        [item.group, joined, joined.map((u) => after.members.get(u)!), marks.ver, marks.acted ?? null],
       );
+    }
+    if (marks.acted !== undefined && !joined.includes(marks.acted)) {
+      await c.query(`UPDATE ${s}.group_members SET acted_ver = $3 WHERE group_id = $1 AND user_id = $2`, [
+        item.group,
+        marks.acted,
+        marks.ver,
+      ]);
     }
     // Members after the change (new ones get the snapshot form), then the users it removed.
     const isNew = new Set(joined);
@@ -892,7 +933,7 @@ function postgresStore(
       c,
       claiming
         ? `WITH d AS (
-             INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts) VALUES ($1, $2, $3, $7)
+             INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts, to_user) VALUES ($1, $2, $3, $7, $4)
              ON CONFLICT DO NOTHING RETURNING 1
            )
            INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
@@ -937,12 +978,23 @@ function postgresStore(
     now: number,
   ): Promise<AppendOutcome> {
     // FOR SHARE: a concurrent membership change of this group waits for this commit (and this
-    // message for it), so a message reaches exactly the members of one version of the group.
+    // message for it), so a message reaches exactly the members of one version of the group. In
+    // the same round trip: the sender took part in the group at that version (written only when
+    // it moved on), and the message's dedupe record (claimed already) gets that version.
     const member = await c.query(
-      `SELECT 1 FROM ${s}.groups g WHERE g.id = $1
-         AND EXISTS (SELECT 1 FROM ${s}.group_members WHERE group_id = g.id AND user_id = $2)
-       FOR SHARE`,
-      [item.to, item.from.user],
+      `WITH g AS (
+         SELECT g.ver FROM ${s}.groups g WHERE g.id = $1
+           AND EXISTS (SELECT 1 FROM ${s}.group_members WHERE group_id = g.id AND user_id = $2)
+         FOR SHARE
+       ), acted AS (
+         UPDATE ${s}.group_members m SET acted_ver = g.ver FROM g
+         WHERE m.group_id = $1 AND m.user_id = $2 AND m.acted_ver < g.ver
+       ), rec AS (
+         UPDATE ${s}.dedupe d SET gver = g.ver FROM g
+         WHERE d.from_user = $2 AND d.msg_id = $4 AND d.from_device = $3
+       )
+       SELECT ver FROM g`,
+      [item.to, item.from.user, item.from.device, item.id],
     );
     if (member.rowCount === 0) return { ok: false, code: 'not_member' };
     const rows = await rowsOf<{ id: string; user: string; device: string }>(
@@ -986,13 +1038,32 @@ function postgresStore(
       const offsets = await storeMessage(c, w, item, devs, now, undefined, true);
       if (!offsets) return null;
       out.offsets = offsets;
-      await w.relate(item.from.user, item.to);
+      w.relate(item.from.user, item.to);
       return out;
     }
     if (!(await claim(c, item, now))) return null;
-    if (item.kind === 'msg') await w.relate(item.from.user, item.to);
-    else for (const dev of devs) w.status(dev, now, 'read', item.ids, item.from.user);
+    if (item.kind === 'msg') {
+      w.relate(item.from.user, item.to);
+      return out;
+    }
+    const ids = await countedIds(c, item);
+    if (ids.length === 0) return { ...out, notify: [] };
+    for (const dev of devs) w.status(dev, now, 'read', ids, item.from.user);
     return out;
+  }
+
+  /** The ids of a receipt that count (see `receiptIds`), read in one query. */
+  async function countedIds(c: PgQueryable, item: ReceiptInput): Promise<string[]> {
+    const rows = await rowsOf<SentRecord & { since: number | null }>(
+      c,
+      `SELECT d.msg_id AS id, d.to_user AS "to", d.gver AS ver, m.since_ver AS since
+       FROM ${s}.dedupe d
+       LEFT JOIN ${s}.group_members m ON d.gver IS NOT NULL AND m.group_id = d.to_user AND m.user_id = $3
+       WHERE d.from_user = $1 AND d.msg_id = ANY($2::text[]) AND d.to_user IS NOT NULL`,
+      [item.to, item.ids, item.from.user],
+    );
+    const since = new Map(rows.flatMap((r) => (r.since === null ? [] : [[r.to, r.since] as const])));
+    return receiptIds(item, rows, (g) => since.get(g));
   }
 
   /** An end-to-end encrypted message: checked against the directory, one body per device. */
@@ -1022,7 +1093,7 @@ function postgresStore(
       now,
       checked.bodies,
     );
-    await w.relate(item.from.user, item.to);
+    w.relate(item.from.user, item.to);
     const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
     return { ok: true, ts: now, duplicate: false, notify, offsets: offsets! }; // not claiming: never null
   }
@@ -1320,7 +1391,7 @@ function postgresStore(
       let written = new Set<string>();
       const outcomes = await tx(async (c) => {
         const w = new Writer(c);
-        written = w.contacts;
+        written = w.consents;
         const out: AppendOutcome[] = [];
         for (const item of batch) out.push(await commit(c, w, item, now));
         await w.flush();
@@ -1328,8 +1399,8 @@ function postgresStore(
         return out;
       });
       // Committed: later transactions need not write these pairs again (rows are never deleted).
-      if (knownContacts.size + written.size > MAX_KNOWN_CONTACTS) knownContacts.clear();
-      for (const k of written) knownContacts.add(k);
+      if (knownConsents.size + written.size > MAX_KNOWN_CONSENTS) knownConsents.clear();
+      for (const k of written) knownConsents.add(k);
       return outcomes;
     },
 
@@ -1410,15 +1481,15 @@ function postgresStore(
       return rows.map((r) => r.group_id);
     },
 
-    async related(a: string, b: string): Promise<boolean> {
+    async related(viewer: string, target: string): Promise<boolean> {
       check();
-      if (a === b) return true;
-      const [x, y] = a < b ? [a, b] : [b, a];
+      if (viewer === target) return true;
+      // Target wrote to viewer, or took part in a group while viewer was in it.
       const r = await pool.query(
-        `SELECT EXISTS (SELECT 1 FROM ${s}.contacts WHERE a = $1 AND b = $2)
-             OR EXISTS (SELECT 1 FROM ${s}.group_members p JOIN ${s}.group_members q ON q.group_id = p.group_id
-                        WHERE p.user_id = $3 AND q.user_id = $4) AS related`,
-        [x, y, a, b],
+        `SELECT EXISTS (SELECT 1 FROM ${s}.consents WHERE viewer = $1 AND target = $2)
+             OR EXISTS (SELECT 1 FROM ${s}.group_members v JOIN ${s}.group_members t ON t.group_id = v.group_id
+                        WHERE v.user_id = $1 AND t.user_id = $2 AND t.acted_ver >= v.since_ver) AS related`,
+        [viewer, target],
       );
       return (r.rows[0] as { related: boolean }).related;
     },
@@ -1511,7 +1582,7 @@ function postgresStore(
       });
     },
 
-    async claimKeys(user: string, device?: string): Promise<KeyBundle[]> {
+    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
       check();
       const rows = await rowsOf<KeysRow & { id: string; device: string }>(
         pool,
@@ -1521,17 +1592,21 @@ function postgresStore(
         device === undefined ? [user] : [user, device],
       );
       if (rows.length === 0) return [];
+      const oneTime = rows.filter((r) => options?.oneTime?.(r.device) ?? true);
       // Each device's oldest unclaimed one-time keys, deleted as they are read. SKIP LOCKED: a
       // concurrent claim (on any node) holding the oldest row takes it, this one the next.
-      const claimed = await rowsOf<{
+      type Claimed = {
         dev: string;
         kind: 'ec' | 'kyber';
         key_id: number;
         key: Uint8Array;
         signature: Uint8Array | null;
-      }>(
-        pool,
-        `WITH ec AS (
+      };
+      const claimed: Claimed[] = [];
+      if (oneTime.length > 0) {
+        const taken = await rowsOf<Claimed>(
+          pool,
+          `WITH ec AS (
            DELETE FROM ${s}.prekeys p WHERE p.id = ANY(ARRAY(
              SELECT k.id FROM unnest($1::bigint[]) AS x(dev) CROSS JOIN LATERAL (
                SELECT id FROM ${s}.prekeys WHERE dev = x.dev ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
@@ -1546,8 +1621,10 @@ function postgresStore(
          )
          SELECT dev, 'ec' AS kind, key_id, key, NULL::bytea AS signature FROM ec
          UNION ALL SELECT dev, 'kyber', key_id, key, signature FROM ky`,
-        [rows.map((r) => r.id)],
-      );
+          [oneTime.map((r) => r.id)],
+        );
+        claimed.push(...taken);
+      }
       return rows.map((r) => {
         const pre = claimed.find((k) => k.dev === r.id && k.kind === 'ec');
         const kyber = claimed.find((k) => k.dev === r.id && k.kind === 'kyber');

@@ -17,6 +17,7 @@ import type {
   GroupRole,
   KeyBundle,
   KeyUpload,
+  ReceiptInput,
 } from '../store.js';
 
 /** Status groups: one status entry per group goes to every device of `user`. */
@@ -303,5 +304,52 @@ export function joinSnapshot(group: string, g: GroupView, user: string): GroupEv
     members: [user],
     name: g.name,
     snapshot: snapshotOf(g),
+  };
+}
+
+/** What a store keeps of a committed message to check statuses about it (the "Receipts" rule). */
+export interface SentRecord {
+  /** The message id. */
+  id: string;
+  /** The recipient user, or the group id for a group message. */
+  to: string;
+  /** For a group message, the group's version when it committed; null for a 1:1 message. */
+  ver: number | null;
+}
+
+/**
+ * The ids of a receipt that count (the "Receipts" rule): those of a message from its `to` that
+ * went to its reader. `records` are the stored records of the messages of `to` with those ids (a
+ * message id may have several, one per sending device); `since(group)` is the version at which
+ * the reader's current membership of a group began, undefined when it is not a member. Ids keep
+ * the receipt's order, each once.
+ */
+export function receiptIds(
+  item: ReceiptInput,
+  records: SentRecord[],
+  since: (group: string) => number | undefined,
+): string[] {
+  const reader = item.from.user;
+  const ok = new Set<string>();
+  for (const r of records) {
+    if (r.ver === null ? r.to === reader : (since(r.to) ?? Infinity) <= r.ver) ok.add(r.id);
+  }
+  return [...new Set(item.ids)].filter((id) => ok.has(id));
+}
+
+/**
+ * Who consents to whom by a committed membership change (the "Consent" rule), as versions each
+ * store records: users who joined are members from the change's version on, and the actor, when
+ * still a member, took part in the group at that version.
+ */
+export function membershipMarks(
+  item: GroupInput,
+  plan: ChangePlan,
+): { ver: number; joined: string[]; acted: string | undefined } {
+  const actor = item.from.user;
+  return {
+    ver: plan.after.ver,
+    joined: plan.joined,
+    acted: plan.after.members.has(actor) ? actor : undefined,
   };
 }

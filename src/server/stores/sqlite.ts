@@ -12,7 +12,8 @@
  * **Schema** (version {@link SQLITE_SERVER_SCHEMA_VERSION}, kept in `PRAGMA user_version` and
  * reached by migration steps applied in one transaction each; step 2 added groups, per-user
  * delivery tracking, contacts and last-seen times; step 3 the key directory and per-device bodies
- * of end-to-end encrypted messages):
+ * of end-to-end encrypted messages; step 4 push tokens; step 5 directed consents, membership
+ * versions and where each message went, see below):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -22,10 +23,10 @@
  * | `group_events` | `id` (rowid), `data`, `refs` | each form of a group event (delta, snapshot) stored once, msgpack-encoded; `refs` counts inbox entries pointing at it |
  * | `inbox` | `dev`, `pos`, `ts`, `message` (with `body` for an end-to-end encrypted message) or `event` or (`status`, `ids`, `by_user`) | one row per entry; primary key `(dev, pos)` = (device, offset); `body` is this device's own envelope, and such a message's `messages.body` is empty; `WITHOUT ROWID` |
  * | `groups` | `id`, `name`, `ver` | one row per group; `WITHOUT ROWID` |
- * | `group_members` | `joined` (rowid), `group_id`, `user`, `role` | `joined` orders members by join (the longest-standing first); unique `(group_id, user)`; index by `user` |
- * | `contacts` | `a`, `b` | pairs (`a` < `b`) a 1:1 message was committed between; `WITHOUT ROWID` |
+ * | `group_members` | `joined` (rowid), `group_id`, `user`, `role`, `since_ver`, `acted_ver` | `joined` orders members by join (the longest-standing first); `since_ver` is the group version the membership began at, `acted_ver` the latest at which the member took part (-1: never); unique `(group_id, user)`; index by `user` |
+ * | `consents` | `viewer`, `target` | `target` wrote to `viewer` 1:1 (see `related`); `WITHOUT ROWID` |
  * | `last_seen` | `user`, `ts` | when each user was last online; `WITHOUT ROWID` |
- * | `dedupe` | `from_user`, `from_device`, `msg_id`, `ts` | one record per committed item; primary key `(from_user, from_device, msg_id)`; `WITHOUT ROWID` |
+ * | `dedupe` | `from_user`, `msg_id`, `from_device`, `ts`, `to_user`, `gver` | one record per committed item; for a message also where it went (`to_user`, and the group version `gver` of a group message), which receipts are checked against; primary key `(from_user, msg_id, from_device)`, so a receipt finds a sender's message by id; `WITHOUT ROWID` |
  * | `device_keys` | `dev`, `identity_key`, `registration_id`, `signed_id`, `signed_key`, `signed_sig`, `kyber_id`, `kyber_key`, `kyber_sig` | a device's directory entry (the `kyber_*` columns are the last-resort Kyber key); `dev` (the `devices` row) is the rowid |
  * | `prekeys` | `id` (rowid), `dev`, `key_id`, `key` | unclaimed one-time EC prekeys; `id` is upload order (oldest first); unique `(dev, key_id)`; index by `dev` |
  * | `kyber_prekeys` | `id` (rowid), `dev`, `key_id`, `key`, `signature` | unclaimed one-time Kyber prekeys, as `prekeys` |
@@ -48,6 +49,7 @@ import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
+  ClaimOptions,
   DeviceAddress,
   DeviceEnvelope,
   EntryStatus,
@@ -73,12 +75,15 @@ import {
   joinSnapshot,
   keptKeys,
   NotifySet,
+  membershipMarks,
   planChange,
   queueStatus,
+  receiptIds,
   snapshotOf,
   type Groups,
   type GroupView,
   type KeysRow,
+  type SentRecord,
 } from './relational.js';
 import {
   openStoreDatabase,
@@ -265,6 +270,42 @@ const MIGRATIONS: readonly SqliteMigration[] = [
         DELETE FROM push_tokens WHERE dev = old.id;
       END;
     `),
+  // 5: consent becomes directed, members carry versions, dedupe records say where a message went.
+  // The old symmetric contacts cannot tell who wrote first: each pair becomes consent both ways
+  // (what it granted before). Members of existing groups count as members since the start and
+  // as having taken part at the current version, so existing groups keep their visibility.
+  // Messages still in an inbox get their recipients; older records have none, so receipts for
+  // messages delivered before the upgrade are dropped.
+  (db) =>
+    db.exec(`
+      CREATE TABLE consents (
+        viewer TEXT NOT NULL,
+        target TEXT NOT NULL,
+        PRIMARY KEY (viewer, target)
+      ) WITHOUT ROWID;
+      INSERT INTO consents (viewer, target) SELECT a, b FROM contacts UNION SELECT b, a FROM contacts;
+      DROP TABLE contacts;
+      ALTER TABLE group_members ADD COLUMN since_ver INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE group_members ADD COLUMN acted_ver INTEGER NOT NULL DEFAULT -1;
+      UPDATE group_members SET acted_ver = (SELECT ver FROM groups WHERE groups.id = group_members.group_id);
+      CREATE TABLE dedupe_v5 (
+        from_user TEXT NOT NULL,
+        msg_id TEXT NOT NULL,
+        from_device TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        to_user TEXT,
+        gver INTEGER,
+        PRIMARY KEY (from_user, msg_id, from_device)
+      ) WITHOUT ROWID;
+      INSERT INTO dedupe_v5 (from_user, msg_id, from_device, ts, to_user, gver)
+        SELECT d.from_user, d.msg_id, d.from_device, d.ts, m.to_user,
+               CASE WHEN m.to_group = 1 THEN (SELECT ver FROM groups g WHERE g.id = m.to_user) END
+        FROM dedupe d LEFT JOIN messages m
+          ON m.from_user = d.from_user AND m.from_device = d.from_device AND m.msg_id = d.msg_id;
+      DROP TABLE dedupe;
+      ALTER TABLE dedupe_v5 RENAME TO dedupe;
+      CREATE INDEX dedupe_ts ON dedupe (ts);
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -384,7 +425,13 @@ export function sqliteServerStore(
     lastOffset: q('SELECT last_offset FROM devices WHERE id = ?'),
     setLastOffset: q('UPDATE devices SET last_offset = ? WHERE id = ?'),
     dedupeGet: q('SELECT ts FROM dedupe WHERE from_user = ? AND from_device = ? AND msg_id = ?'),
-    dedupeInsert: q('INSERT INTO dedupe (from_user, from_device, msg_id, ts) VALUES (?, ?, ?, ?)'),
+    dedupeInsert: q(
+      'INSERT INTO dedupe (from_user, from_device, msg_id, ts, to_user, gver) VALUES (?, ?, ?, ?, ?, ?)',
+    ),
+    /** A sender's messages with one id, and where each went. */
+    sentGet: q(
+      'SELECT msg_id AS id, to_user AS "to", gver AS ver FROM dedupe WHERE from_user = ? AND msg_id = ? AND to_user IS NOT NULL',
+    ),
     messageInsert: q(
       `INSERT INTO messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -419,28 +466,38 @@ export function sqliteServerStore(
        WHERE i.ts < ? ORDER BY i.ts LIMIT ?`,
     ),
     expireDedupe: q(
-      `DELETE FROM dedupe WHERE (from_user, from_device, msg_id) IN
-         (SELECT from_user, from_device, msg_id FROM dedupe WHERE ts < ? LIMIT ?)`,
+      `DELETE FROM dedupe WHERE (from_user, msg_id, from_device) IN
+         (SELECT from_user, msg_id, from_device FROM dedupe WHERE ts < ? LIMIT ?)`,
     ),
     groupGet: q('SELECT name, ver FROM groups WHERE id = ?'),
     groupInsert: q('INSERT INTO groups (id, name, ver) VALUES (?, ?, ?)'),
     groupUpdate: q('UPDATE groups SET name = ?, ver = ? WHERE id = ?'),
     groupMembers: q('SELECT user, role FROM group_members WHERE group_id = ? ORDER BY joined'),
-    memberInsert: q('INSERT INTO group_members (group_id, user, role) VALUES (?, ?, ?)'),
+    memberInsert: q(
+      'INSERT INTO group_members (group_id, user, role, since_ver, acted_ver) VALUES (?, ?, ?, ?, ?)',
+    ),
+    memberActed: q(
+      'UPDATE group_members SET acted_ver = ? WHERE group_id = ? AND user = ? AND acted_ver < ?',
+    ),
+    memberSince: q('SELECT since_ver FROM group_members WHERE group_id = ? AND user = ?'),
     memberDelete: q('DELETE FROM group_members WHERE group_id = ? AND user = ?'),
     memberRole: q('UPDATE group_members SET role = ? WHERE group_id = ? AND user = ?'),
-    isMember: q('SELECT 1 AS x FROM group_members WHERE group_id = ? AND user = ?'),
+    /** The group's version, when the user is a member. */
+    memberOf: q(
+      'SELECT g.ver FROM groups g JOIN group_members m ON m.group_id = g.id WHERE g.id = ? AND m.user = ?',
+    ),
     memberDevices: q(
       `SELECT d.id, d.user, d.device, d.last_offset
        FROM group_members gm JOIN devices d ON d.user = gm.user
        WHERE gm.group_id = ? ORDER BY gm.joined, d.id`,
     ),
     groupsOf: q('SELECT group_id FROM group_members WHERE user = ? ORDER BY joined'),
-    contactInsert: q('INSERT OR IGNORE INTO contacts (a, b) VALUES (?, ?)'),
-    contactGet: q('SELECT 1 AS x FROM contacts WHERE a = ? AND b = ?'),
-    shareGroup: q(
-      `SELECT 1 AS x FROM group_members x JOIN group_members y ON y.group_id = x.group_id
-       WHERE x.user = ? AND y.user = ? LIMIT 1`,
+    consentInsert: q('INSERT OR IGNORE INTO consents (viewer, target) VALUES (?, ?)'),
+    consentGet: q('SELECT 1 AS x FROM consents WHERE viewer = ? AND target = ?'),
+    /** A group the viewer is in where the target took part since the viewer joined. */
+    groupConsent: q(
+      `SELECT 1 AS x FROM group_members v JOIN group_members t ON t.group_id = v.group_id
+       WHERE v.user = ? AND t.user = ? AND t.acted_ver >= v.since_ver LIMIT 1`,
     ),
     lastSeenSet: q(
       `INSERT INTO last_seen (user, ts) VALUES (?, ?)
@@ -578,9 +635,10 @@ export function sqliteServerStore(
   function commitGroup(w: Writer, item: GroupInput, now: number): AppendOutcome {
     const plan = planChange(item, loadGroup(item.group), (u) => w.devicesOf(u).length > 0);
     if (typeof plan === 'string') return { ok: false, code: plan };
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     if (plan === null) return { ok: true, ts: now, duplicate: false, notify: [] };
     const { event, after, joined, removed } = plan;
+    const marks = membershipMarks(item, plan);
     if (plan.created) {
       sql.groupInsert.run(item.group, after.name, after.ver);
     } else {
@@ -588,7 +646,11 @@ export function sqliteServerStore(
     }
     for (const u of removed) sql.memberDelete.run(item.group, u);
     for (const [u, role] of plan.roles) sql.memberRole.run(role, item.group, u);
-    for (const u of joined) sql.memberInsert.run(item.group, u, after.members.get(u)!);
+    for (const u of joined) {
+      const acted = u === marks.acted ? marks.ver : -1;
+      sql.memberInsert.run(item.group, u, after.members.get(u)!, marks.ver, acted);
+    }
+    if (marks.acted !== undefined) sql.memberActed.run(marks.ver, item.group, marks.acted, marks.ver);
     // Members after the change (new ones get the snapshot form), then the users it removed.
     const isNew = new Set(joined);
     const targets: Array<{ dev: number; addr: DeviceAddress; full: boolean }> = [];
@@ -643,7 +705,10 @@ export function sqliteServerStore(
   }
 
   function commitGroupMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
-    if (!sql.isMember.get(item.to, item.from.user)) return { ok: false, code: 'not_member' };
+    const member = sql.memberOf.get(item.to, item.from.user) as { ver: number } | undefined;
+    if (!member) return { ok: false, code: 'not_member' };
+    // Sending in a group is taking part in it (written only when the version moved on).
+    sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
     const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
     // One query for every member device and its counter; the fan-out is then one insert each,
     // all inside the batch's transaction.
@@ -652,7 +717,7 @@ export function sqliteServerStore(
       w.prime(r);
       targets.push({ dev: r.id, addr: { user: r.user, device: r.device } });
     }
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, member.ver);
     const offsets = storeMessage(w, item, targets, now);
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
   }
@@ -660,25 +725,31 @@ export function sqliteServerStore(
   function commitDirect(w: Writer, item: MessageInput | ReceiptInput, now: number): AppendOutcome {
     const toDevices = w.devicesOf(item.to);
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
+    if (item.kind === 'receipt') return commitReceipt(w, item, toDevices, now);
     const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
-    let offsets: number[] | undefined;
-    if (item.kind === 'msg') {
-      offsets = storeMessage(w, item, targets, now);
-      relate(item.from.user, item.to);
-    } else {
-      for (const t of targets) pushStatus(w, t.dev, now, 'read', item.ids, item.from.user);
-    }
-    const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
-    if (offsets) out.offsets = offsets;
-    return out;
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
+    const offsets = storeMessage(w, item, targets, now);
+    relate(item.from.user, item.to);
+    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
   }
 
-  /** Records that a 1:1 message was committed between two users (for `related`). */
+  /** A read receipt: a status with the ids that count (see `receiptIds`) or, with none, nothing. */
+  function commitReceipt(w: Writer, item: ReceiptInput, toDevices: DeviceRow[], now: number): AppendOutcome {
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
+    const records = item.ids.flatMap((id) => sql.sentGet.all(item.to, id) as SentRecord[]);
+    const ids = receiptIds(item, records, (g) => {
+      const row = sql.memberSince.get(g, item.from.user) as { since_ver: number } | undefined;
+      return row?.since_ver;
+    });
+    if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
+    const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
+    for (const t of targets) pushStatus(w, t.dev, now, 'read', ids, item.from.user);
+    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
+  }
+
+  /** Records that the sender of a 1:1 message consented to its recipient (for `related`). */
   function relate(from: string, to: string): void {
-    if (from === to) return;
-    const [a, b] = from < to ? [from, to] : [to, from];
-    sql.contactInsert.run(a, b);
+    if (from !== to) sql.consentInsert.run(to, from);
   }
 
   /** An end-to-end encrypted message: checked against the directory, one body per device. */
@@ -694,7 +765,7 @@ export function sqliteServerStore(
       return rows;
     });
     if ('code' in checked) return checked;
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now);
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const targets = checked.targets.map((t) => ({ dev: t.id }));
     const offsets = storeMessage(w, item, targets, now, checked.bodies);
     relate(item.from.user, item.to);
@@ -938,11 +1009,12 @@ export function sqliteServerStore(
       return (sql.groupsOf.all(user) as Array<{ group_id: string }>).map((r) => r.group_id);
     },
 
-    async related(a: string, b: string): Promise<boolean> {
+    async related(viewer: string, target: string): Promise<boolean> {
       check();
-      if (a === b) return true;
-      const [x, y] = a < b ? [a, b] : [b, a];
-      return sql.contactGet.get(x, y) !== undefined || sql.shareGroup.get(a, b) !== undefined;
+      if (viewer === target) return true;
+      return (
+        sql.consentGet.get(viewer, target) !== undefined || sql.groupConsent.get(viewer, target) !== undefined
+      );
     },
 
     async setLastSeen(user: string, ts: number): Promise<void> {
@@ -1003,7 +1075,7 @@ export function sqliteServerStore(
       });
     },
 
-    async claimKeys(user: string, device?: string): Promise<KeyBundle[]> {
+    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
       check();
       // One write transaction for every device's claim: no other connection, or process, can
       // take the same one-time key in between.
@@ -1012,6 +1084,8 @@ export function sqliteServerStore(
           device === undefined ? sql.bundlesOf.all(user) : sql.bundleOf.all(user, device)
         ) as BundleRow[];
         return rows.map((r) => {
+          if (!(options?.oneTime?.(r.device) ?? true))
+            return bundleFrom(user, r.device, r, undefined, undefined);
           const pre = sql.preKeyClaim.get(r.id) as { key_id: number; key: Uint8Array } | undefined;
           const kyber = sql.kyberPreKeyClaim.get(r.id) as
             { key_id: number; key: Uint8Array; signature: Uint8Array } | undefined;
