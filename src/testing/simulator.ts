@@ -338,6 +338,24 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     storeFaults = faultsWere;
   }
 
+  /**
+   * Records a send once the client has stored it, as an app would (without holding up the
+   * scenario: awaiting here could wait on store work that waits on the network). A refused send
+   * was never stored: there is nothing to check for it.
+   */
+  const track = (step: number, what: Omit<SentRecord, 'id' | 'statuses'>, send: Promise<string>) => {
+    const name = what.group ? 'group send' : 'send';
+    stats.sent++;
+    if (what.group) stats.groupSent++;
+    send.then(
+      (id) => {
+        sent.set(id, { id, statuses: [], ...what });
+        trace(`${step} ${name} ${what.from.name} -> ${what.to} ${id}`);
+      },
+      (e: unknown) => trace(`${step} ${name} ${what.from.name} -> ${what.to} refused: ${String(e)}`),
+    );
+  };
+
   const stopClient = async (dev: SimDevice) => {
     const c = dev.client;
     dev.client = undefined;
@@ -388,11 +406,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       // server then refuses it and the client reports failed).
       const group = pick(groupIds);
       if (dev.client?.group(group)?.member) {
-        const id = dev.client.sendToGroup(group, new TextEncoder().encode(`${dev.name}#${stats.sent}`));
-        sent.set(id, { id, from: dev, to: group, group: true, statuses: [] });
-        stats.sent++;
-        stats.groupSent++;
-        trace(`${step} group send ${dev.name} -> ${group} ${id}`);
+        const body = new TextEncoder().encode(`${dev.name}#${stats.sent}`);
+        track(step, { from: dev, to: group, group: true }, dev.client.sendToGroup(group, body));
       }
     } else if (r < 0.16 && groupIds.length > 0) {
       // A membership change, concurrent with the messages in flight.
@@ -425,10 +440,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       const others = users.filter((u) => u !== dev.user);
       const to = pick(others);
       if (dev.client) {
-        const id = dev.client.send(to, new TextEncoder().encode(`${dev.name}#${stats.sent}`));
-        sent.set(id, { id, from: dev, to, statuses: [] });
-        stats.sent++;
-        trace(`${step} send ${dev.name} -> ${to} ${id}`);
+        const body = new TextEncoder().encode(`${dev.name}#${stats.sent}`);
+        track(step, { from: dev, to }, dev.client.send(to, body));
       }
     } else if (r < 0.65) {
       if (dev.client) {
