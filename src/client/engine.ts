@@ -146,7 +146,11 @@ export interface GapEvent {
 
 /** Events of {@link PostboxClient}. */
 export interface ClientEvents {
-  /** A new message, once per message per device, in per-sender order. */
+  /**
+   * A new message, in per-sender order: fired once per message, right after the client store
+   * committed it, and never again for that id (not after a restart, nor when the server delivers
+   * it again). An app that died before handling it finds it with {@link PostboxClient.history}.
+   */
   message: (message: ReceivedMessage) => void;
   /** A sent message moved forward: pending → sent → delivered → read, or failed / expired. */
   status: (change: StatusChange) => void;
