@@ -73,6 +73,13 @@ export interface SimulationResult {
   };
 }
 
+/** The list under `key`, created empty when missing. */
+function listIn<V>(map: Map<string, V[]>, key: string): V[] {
+  let list = map.get(key);
+  if (!list) map.set(key, (list = []));
+  return list;
+}
+
 interface SimDevice {
   user: string;
   device: string;
@@ -83,6 +90,10 @@ interface SimDevice {
   seen: Map<string, number>;
   /** stream key → seqs in event order. */
   order: Map<string, number[]>;
+  /** conversation → (from/fd/id) of `message` events in event order, across engine restarts. */
+  shownIn: Map<string, string[]>;
+  /** conversation → ids of this device's sends, in the order they resolved (were stored). */
+  sentIn: Map<string, string[]>;
   gaps: number;
   late: number;
   offlineUntilStep: number;
@@ -253,6 +264,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
         client: undefined,
         seen: new Map(),
         order: new Map(),
+        shownIn: new Map(),
+        sentIn: new Map(),
         gaps: 0,
         late: 0,
         offlineUntilStep: -1,
@@ -308,6 +321,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       let o = dev.order.get(sk);
       if (!o) dev.order.set(sk, (o = []));
       o.push(m.seq);
+      listIn(dev.shownIn, m.conv).push(k);
       if (m.late) dev.late++;
       stats.deliveries++;
     });
@@ -350,6 +364,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     send.then(
       (id) => {
         sent.set(id, { id, statuses: [], ...what });
+        listIn(what.from.sentIn, what.to).push(id);
         trace(`${step} ${name} ${what.from.name} -> ${what.to} ${id}`);
       },
       (e: unknown) => trace(`${step} ${name} ${what.from.name} -> ${what.to} refused: ${String(e)}`),
@@ -642,6 +657,32 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     for (const k of d.seen.keys()) {
       const id = k.split('/').pop()!;
       if (!sent.has(id)) violations.push(`no phantom: ${d.name} saw unknown message ${k}`);
+    }
+  }
+
+  // History reads back what the events showed: every message once, received ones in event order,
+  // sent ones in the order they were stored (paged, so the cursor is exercised too).
+  for (const d of devices) {
+    for (const conv of new Set([...d.shownIn.keys(), ...d.sentIn.keys()])) {
+      const got = { in: [] as string[], out: [] as string[] };
+      let before: string | undefined;
+      for (;;) {
+        const page = await d.client!.history(conv, { before, limit: 100 });
+        for (const m of page) {
+          if (m.outgoing) got.out.unshift(m.id);
+          else got.in.unshift(`${m.from}/${m.fromDevice}/${m.id}`);
+        }
+        if (page.length < 100) break;
+        before = page[page.length - 1]!.cursor;
+      }
+      const want = { in: d.shownIn.get(conv) ?? [], out: d.sentIn.get(conv) ?? [] };
+      for (const dir of ['in', 'out'] as const) {
+        if (got[dir].join() !== want[dir].join()) {
+          violations.push(
+            `history: ${d.name} ${conv} ${dir} is ${got[dir].length} messages, not the ${want[dir].length} ${dir === 'in' ? 'shown' : 'sent'} in that order`,
+          );
+        }
+      }
     }
   }
 
