@@ -31,7 +31,7 @@ describe('send() resolves at the durability point', () => {
     expect(alice.statusOf(first)).toBe('pending');
   });
 
-  it('a send that rejects was never stored and will never be sent: too large, bad recipient, closed, store failure', async () => {
+  it('a send that rejects was never stored and will never be sent: too large, bad recipient or body, closed, store failure', async () => {
     world = await makeWorld({ server: { maxBodyBytes: 100 } });
     let failEnqueue = false;
     const alice = await world.device('alice', 'phone', {
@@ -50,6 +50,7 @@ describe('send() resolves at the durability point', () => {
     await attempt(alice.client.send('', text('to no one')));
     await attempt(alice.client.send('#group', text('not a user')));
     await attempt(alice.client.sendToGroup('bob', text('not a group')));
+    await attempt(alice.client.send('bob', 'not bytes' as unknown as Uint8Array));
     failEnqueue = true;
     const refused = await alice.client.send('bob', text('the disk is full')).catch((e: unknown) => e);
     failEnqueue = false;
@@ -60,6 +61,7 @@ describe('send() resolves at the durability point', () => {
     await attempt(alice.client.sendToGroup('#g', text('after close')));
     expect(outcomes).toEqual([
       'too_large',
+      'invalid_frame',
       'invalid_frame',
       'invalid_frame',
       'invalid_frame',

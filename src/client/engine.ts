@@ -434,8 +434,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    *
    * Rejects, and the message was never stored and will never be sent, with a PostboxError:
    * `too_large` when the body is over the limit, `invalid_frame` when `to` is not a valid user id
-   * (1–128 characters, not a group id), `closed` after {@link close}, `unavailable` (with the
-   * store's error as `cause`) when the client store failed to write it.
+   * (1–128 characters, not a group id) or `body` is not a Uint8Array, `closed` after
+   * {@link close}, `unavailable` (with the store's error as `cause`) when the client store failed
+   * to write it. The body is copied when `send` is called: the caller may reuse its buffer.
    * @example
    * ```ts
    * const id = await client.send('bob', new TextEncoder().encode('hi bob'));
@@ -498,6 +499,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     if (typeof to !== 'string' || to.length < 1 || to.length > 128) {
       throw new PostboxError('invalid_frame', 'recipient must be a user id of 1 to 128 characters');
     }
+    if (!(body instanceof Uint8Array)) throw new PostboxError('invalid_frame', 'body must be a Uint8Array');
     if (body.byteLength > this.opts.maxBodyBytes) {
       throw new PostboxError(
         'too_large',
