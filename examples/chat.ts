@@ -1,5 +1,7 @@
 // A terminal chat client on the public API: type a line to send it, watch ✓ / ✓✓ / read change
-// live, and keep typing while the server is down — the outbox sends when it returns.
+// live, and keep typing while the server is down — the outbox sends when it returns. At start it
+// draws the conversation's recent history from the client store: the screen is rebuilt from
+// what the store holds, so nothing the program missed before a crash is missing here.
 //   npx postbox chat --server ws://127.0.0.1:8080/postbox --as alice --to bob --insecure-dev-auth
 //   npx postbox chat --server ws://… --as alice --to bob --secret "$POSTBOX_SECRET"   (signs its own token)
 //   npx postbox chat --server ws://… --as alice --to bob --token pb1.…               (a token from your login service)
@@ -74,6 +76,8 @@ const TICK: Record<string, string> = {
   expired: '⌛ expired',
 };
 const texts = new Map<string, string>();
+/** Ids on screen: history and the live `message` event may both show a message; draw it once. */
+const shown = new Set<string>();
 const rl = createInterface({ input: process.stdin, output: process.stdout, prompt: `${me}> ` });
 const print = (line: string) => {
   process.stdout.write(`\r\x1b[K${line}\n`);
@@ -92,6 +96,8 @@ client.on('connection', (state, error) => {
   else if (state === 'closed' && error) print(`[stopped: ${error.message}]`);
 });
 client.on('message', (m) => {
+  if (shown.has(m.id)) return;
+  shown.add(m.id);
   const body = new TextDecoder().decode(m.body);
   if (m.conv !== peer) print(`(${m.conv}) ${m.from}: ${body}`);
   else print(`${m.self ? `${m.from} (other device)` : m.from}: ${body}`);
@@ -169,12 +175,40 @@ rl.on('line', (line) => {
   const t = line.trim();
   if (t === '/quit') return rl.close();
   if (t.startsWith('/') && command(t)) return rl.prompt();
-  const body = new TextEncoder().encode(t);
-  if (t) texts.set(isGroupId(peer) ? client.sendToGroup(peer, body) : client.send(peer, body), t);
+  if (t) {
+    const body = new TextEncoder().encode(t);
+    // Resolved: in the outbox on disk, so it goes out even if this program dies now.
+    (isGroupId(peer) ? client.sendToGroup(peer, body) : client.send(peer, body)).then(
+      (id) => {
+        shown.add(id);
+        texts.set(id, t);
+      },
+      (e: Error) => print(`  ✗ not sent (${e.message}): "${t}"`),
+    );
+  }
   rl.prompt();
 });
 rl.on('close', () => {
   void client.close().then(() => store.close().then(() => process.exit(0)));
 });
+/** Draws the last messages of the conversation, oldest first, from the store (works offline). */
+async function drawHistory(): Promise<void> {
+  const recent = (await client.history(peer, { limit: 20 })).reverse();
+  if (recent.length > 0) print(`[last ${recent.length} messages with ${peer}]`);
+  for (const m of recent) {
+    shown.add(m.id);
+    const body = new TextDecoder().decode(m.body);
+    if (m.outgoing) {
+      texts.set(m.id, body);
+      print(`${me}: ${body}  ${TICK[m.status!]}`);
+    } else print(`${m.self ? `${m.from} (other device)` : m.from}: ${body}`);
+  }
+  const elsewhere = (await client.conversations()).filter((c) => c.conv !== peer && c.unread > 0);
+  if (elsewhere.length > 0) {
+    print(`[unread elsewhere: ${elsewhere.map((c) => `${c.conv} (${c.unread})`).join(', ')}]`);
+  }
+}
+
+await drawHistory();
 void client.markRead(peer);
 rl.prompt();

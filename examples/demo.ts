@@ -109,7 +109,8 @@ const watch = (p: Person, id: string) =>
   p.client.on('status', (s) => {
     if (s.id === id) say(`alice's "hi bob" is ${TICKS[s.status]} (${s.status})`);
   });
-const hi = alice.client.send('bob', text('hi bob'));
+// Resolves once the message is in alice's outbox on disk: from here on it survives a crash.
+const hi = await alice.client.send('bob', text('hi bob'));
 watch(alice, hi);
 await until('bob has it', () => bob.inbox.some((m) => m.id === hi));
 say(`bob's screen: alice: ${untext(bob.inbox.find((m) => m.id === hi)!.body)}`);
@@ -122,8 +123,8 @@ await until('read', () => alice.status.get(hi) === 'read');
 console.log('\n— 2. bob goes offline; his messages wait for him on the server');
 await bob.client.close();
 say('bob is offline');
-const backlog = ['are you there?', 'call me', 'never mind, found it'].map((t) =>
-  alice.client.send('bob', text(t)),
+const backlog = await Promise.all(
+  ['are you there?', 'call me', 'never mind, found it'].map((t) => alice.client.send('bob', text(t))),
 );
 await until('backlog acked', () => backlog.every((id) => alice.status.get(id) === 'sent'));
 say(`alice sent ${backlog.length}: each shows ✓ (durable on the server), none ✓✓ yet`);
@@ -145,7 +146,7 @@ const N = 300;
 const sent: { from: Person; to: Person; id: string }[] = [];
 const pump = async (from: Person, to: Person) => {
   for (let i = 0; i < N; i++) {
-    sent.push({ from, to, id: from.client.send(to.name, text(`${from.name} #${i}`)) });
+    sent.push({ from, to, id: await from.client.send(to.name, text(`${from.name} #${i}`)) });
     await sleep(3);
   }
 };

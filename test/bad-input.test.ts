@@ -99,7 +99,7 @@ describe('bad input gets a typed error and harms no one', () => {
     world = await makeWorld({ server: { maxBodyBytes: 100 } });
     const alice = await world.device('alice');
     await world.device('bob');
-    expect(() => alice.client.send('bob', new Uint8Array(200))).toThrow(/over/);
+    await expect(alice.client.send('bob', new Uint8Array(200))).rejects.toMatchObject({ code: 'too_large' });
     const raw = await world.raw();
     await raw.hello('mallory', 'm1');
     raw.send({ t: 'send', r: 9, id: 'big', to: 'bob', seq: 1, b: new Uint8Array(200) });
@@ -133,7 +133,7 @@ describe('bad input gets a typed error and harms no one', () => {
     const alice = await world.device('alice');
     const bob = await world.device('bob');
     await bob.client.close();
-    for (let i = 0; i < 5; i++) alice.client.send('bob', text(String(i)));
+    for (let i = 0; i < 5; i++) await alice.client.send('bob', text(String(i)));
     await world.advance(200);
     const before = await snapshot(world, 'bob', ['phone']);
     expect(before.inboxes[0]).toHaveLength(5);
@@ -156,7 +156,7 @@ describe('bad input gets a typed error and harms no one', () => {
     await world.advance(100);
     expect(errors(raw).map((e) => e.c)).toContain('rate_limited');
     expect(raw.closed?.code).toBe(CLOSE_CODES.rateLimited);
-    const id = alice.client.send('bob', text('still here'));
+    const id = await alice.client.send('bob', text('still here'));
     await world.advance(200);
     expect(bob.messages.map((m) => m.id)).toEqual([id]);
   });
@@ -217,7 +217,7 @@ describe('bad input gets a typed error and harms no one', () => {
   it('a send to a user with no device fails with unknown_recipient and writes nothing', async () => {
     world = await makeWorld();
     const alice = await world.device('alice');
-    const id = alice.client.send('nobody', text('hello?'));
+    const id = await alice.client.send('nobody', text('hello?'));
     await world.advance(200);
     expect(alice.statusOf(id)).toBe('failed');
   });
@@ -227,7 +227,7 @@ describe('bad input gets a typed error and harms no one', () => {
       world = await makeWorld({ seed });
       const alice = await world.device('alice');
       const bob = await world.device('bob');
-      alice.client.send('bob', text('before'));
+      await alice.client.send('bob', text('before'));
       await world.advance(200);
       const before = await snapshot(world, 'bob', ['phone']);
       const bobMessages = bob.messages.length;
@@ -241,7 +241,7 @@ describe('bad input gets a typed error and harms no one', () => {
       await world.advance(200);
       expect(await snapshot(world, 'bob', ['phone']), `seed ${seed}`).toEqual(before);
       expect(bob.messages.length, `seed ${seed}`).toBe(bobMessages);
-      const id = alice.client.send('bob', text('after'));
+      const id = await alice.client.send('bob', text('after'));
       await world.advance(300);
       expect(bob.messages.at(-1)?.id, `seed ${seed}`).toBe(id);
       await world.close();

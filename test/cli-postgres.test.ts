@@ -68,7 +68,9 @@ if (reason && servicesRequired()) {
         const bob0 = open('bob');
         await until('bob online', () => bob0.state === 'open');
         await bob0.close();
-        const ids = [1, 2, 3].map((i) => alice.send('bob', new TextEncoder().encode(`m${i}`)));
+        const ids = await Promise.all(
+          [1, 2, 3].map((i) => alice.send('bob', new TextEncoder().encode(`m${i}`))),
+        );
         await until('acked', () => ids.every((id) => statuses.get(id) === 'sent'), 20_000);
         p.proc.kill('SIGKILL');
         await p.exited;

@@ -118,7 +118,9 @@ describe('postbox serve', () => {
       bob.on('message', (m) => got.push(m.id));
       // Bob's device exists (registered by its hello) before Alice sends to him.
       await until('both online', () => alice.state === 'open' && bob.state === 'open');
-      const ids = [1, 2, 3].map((i) => alice.send('bob', new TextEncoder().encode(`m${i}`)));
+      const ids = await Promise.all(
+        [1, 2, 3].map((i) => alice.send('bob', new TextEncoder().encode(`m${i}`))),
+      );
       await until('delivered', () => ids.every((id) => got.includes(id)));
       // A bad frame earns an error, which is counted by code.
       const ws = new WsWebSocket(url);
@@ -214,7 +216,7 @@ describe('postbox token', () => {
 
 describe('postbox chat', () => {
   it(
-    'two terminals chat with ✓ / ✓✓ / read ticks shown live; a line typed while the server is down goes out when it returns',
+    'two terminals chat with ✓ / ✓✓ / read ticks shown live; a line typed while the server is down goes out when it returns; a chat killed and started again draws its history from the store',
     { timeout: 60_000 },
     async () => {
       const dir = tempDir();
@@ -261,9 +263,18 @@ describe('postbox chat', () => {
       expect(bob.lines.filter((l) => l.includes('alice: hello bob'))).toHaveLength(1);
 
       alice.proc.stdin.end('/quit\n');
-      bob.proc.stdin.end('/quit\n');
       expect(await alice.exited).toBe(0);
-      expect(await bob.exited).toBe(0);
+      // kill -9 bob's chat and start it again on its store: it draws the conversation from the
+      // store at start (the server has nothing left to send it), with alice's lines once each.
+      bob.proc.kill('SIGKILL');
+      await bob.exited;
+      const again = chat('bob', 'alice');
+      await until('history drawn', printed(again, '[last 2 messages with alice]'));
+      await until('online again', printed(again, '[online as bob'));
+      expect(again.lines.filter((l) => l.includes('alice: hello bob'))).toHaveLength(1);
+      expect(again.lines.filter((l) => l.includes('alice: sent while the server was down'))).toHaveLength(1);
+      again.proc.stdin.end('/quit\n');
+      expect(await again.exited).toBe(0);
     },
   );
 });

@@ -197,7 +197,7 @@ describe('gateway nodes over one store and a cluster', () => {
     const alice = await cluster.device('alice', 'phone', 0);
     const bob = await cluster.device('bob', 'phone', 1);
     const bobTablet = await cluster.device('bob', 'tablet', 2);
-    const ids = [1, 2, 3].map((i) => alice.client.send('bob', text(`m${i}`)));
+    const ids = await Promise.all([1, 2, 3].map((i) => alice.client.send('bob', text(`m${i}`))));
     await cluster.advance(200); // far below the inbox poll interval
     expect(bob.messages.map((m) => untext(m.body))).toEqual(['m1', 'm2', 'm3']);
     expect(bobTablet.messages.map((m) => untext(m.body))).toEqual(['m1', 'm2', 'm3']);
@@ -213,7 +213,7 @@ describe('gateway nodes over one store and a cluster', () => {
     const g = alice!.client.createGroup('trip', ['bob', 'carol', 'dave', 'erin', 'frank']);
     await cluster.advance(300);
     const group = await g;
-    for (let i = 0; i < 5; i++) alice!.client.sendToGroup(group, text(`g${i}`));
+    for (let i = 0; i < 5; i++) await alice!.client.sendToGroup(group, text(`g${i}`));
     await cluster.advance(300);
     for (const m of rest)
       expect(m.messages.map((x) => untext(x.body))).toEqual(['g0', 'g1', 'g2', 'g3', 'g4']);
@@ -224,7 +224,7 @@ describe('gateway nodes over one store and a cluster', () => {
     const alice = await cluster.device('alice', 'phone', 0);
     const bob = await cluster.device('bob', 'phone', 1);
     cluster.hub.faults.dropDoorbells = true;
-    alice.client.send('bob', text('rung into the void'));
+    await alice.client.send('bob', text('rung into the void'));
     await cluster.advance(POLL_MS / 4);
     expect(bob.messages).toHaveLength(0); // the hint was lost; the entry waits in the inbox
     await cluster.advance(POLL_MS);
@@ -242,7 +242,7 @@ describe('gateway nodes over one store and a cluster', () => {
     expect(now.closed).toBeUndefined();
     // And the registry points at the new node: a message rings there.
     const alice = await cluster.device('alice', 'phone', 0);
-    alice.client.send('bob', text('to the new connection'));
+    await alice.client.send('bob', text('to the new connection'));
     await cluster.advance(200);
     expect(now.frames.some((f) => f.t === 'msg')).toBe(true);
   });
@@ -289,7 +289,7 @@ describe('gateway nodes over one store and a cluster', () => {
     const alice = await cluster.device('alice', 'phone', 0);
     const bob = await cluster.device('bob', 'phone', 1);
     const carol = await cluster.device('carol', 'phone', 2);
-    bob.client.send('alice', text('hi alice')); // bob wrote to alice: her typing may reach him
+    await bob.client.send('alice', text('hi alice')); // bob wrote to alice: her typing may reach him
     await cluster.advance(200);
     alice.client.setTyping('bob', true);
     await cluster.advance(100);
@@ -311,13 +311,13 @@ describe('gateway nodes over one store and a cluster', () => {
     const bob = await cluster.device('bob', 'phone', 1);
     await settle(cluster, bob.client.setPushToken({ kind: 'fcm', token: 'tok' }));
     await cluster.advance(100);
-    alice.client.send('bob', text('online elsewhere'));
+    await alice.client.send('bob', text('online elsewhere'));
     await cluster.advance(300);
     expect(bob.messages).toHaveLength(1);
     expect(calls).toEqual([]);
     await settle(cluster, bob.client.close());
     await cluster.advance(1000);
-    alice.client.send('bob', text('offline'));
+    await alice.client.send('bob', text('offline'));
     await cluster.advance(300);
     expect(calls).toEqual([{ user: 'bob', device: 'phone' }]);
   });
@@ -328,12 +328,12 @@ describe('gateway nodes over one store and a cluster', () => {
     let bobNode = 1;
     const bob = await cluster.device('bob', 'phone', () => bobNode);
     await settle(cluster, alice.client.watchPresence('bob'));
-    const first = [0, 1, 2].map((i) => alice.client.send('bob', text(`before ${i}`)));
+    const first = await Promise.all([0, 1, 2].map((i) => alice.client.send('bob', text(`before ${i}`))));
     await cluster.advance(200);
     expect(bob.messages).toHaveLength(3);
     await cluster.crash(1);
     bobNode = 2; // node 1 is gone; the client's next connect goes elsewhere
-    const later = [0, 1, 2].map((i) => alice.client.send('bob', text(`after ${i}`)));
+    const later = await Promise.all([0, 1, 2].map((i) => alice.client.send('bob', text(`after ${i}`))));
     await cluster.advance(2000);
     expect(bob.client.state).toBe('open');
     expect(bob.messages.map((m) => untext(m.body))).toEqual([
@@ -380,7 +380,7 @@ describe('gateway nodes over one store and a cluster', () => {
     expect(await cluster.nodes[0]!.server.store.devices('bob')).toContain('laptop');
     // And it is a device of bob's like any other: it gets what bob gets.
     const alice = await cluster.device('alice', 'phone', 0);
-    alice.client.send('bob', text('to all of bob'));
+    await alice.client.send('bob', text('to all of bob'));
     await cluster.advance(300);
     expect(laptop.messages.map((m) => untext(m.body))).toEqual(['to all of bob']);
     // A code is good once.
@@ -422,7 +422,7 @@ describe('gateway nodes over one store and a cluster', () => {
     Object.assign(down, { register: fail, unregister: fail, locate: fail, presence: fail });
     const bob = await cluster.device('bob', 'phone', 1);
     expect(bob.client.state).toBe('open');
-    alice.client.send('bob', text('the long way round'));
+    await alice.client.send('bob', text('the long way round'));
     await cluster.advance(POLL_MS / 4);
     expect(bob.messages).toHaveLength(0); // nobody knows where bob is: no doorbell reaches him
     await cluster.advance(POLL_MS);
@@ -438,7 +438,7 @@ describe('gateway nodes over one store and a cluster', () => {
     expect(bob.client.state).not.toBe('open');
     for (let t = 0; t < 4000; t += 100) await cluster.advance(100);
     expect(bob.client.state).toBe('open');
-    alice.client.send('bob', text('via the poll'));
+    await alice.client.send('bob', text('via the poll'));
     await cluster.advance(POLL_MS * 1.5);
     expect(bob.messages.map((m) => untext(m.body))).toEqual(['via the poll']);
   });

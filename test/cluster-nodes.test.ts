@@ -253,18 +253,20 @@ function addDevice(user: string, device: string, first: number, rng: () => numbe
 }
 
 /**
- * Queues one message and records which devices must show it (docs/devices.md): for 1:1 every
+ * Queues one message and, once stored, records which devices must show it (docs/devices.md): for 1:1 every
  * device of the peer and every other device of the sender; for a group every device of every
  * member but the sending one.
  */
-function send(from: Device, to: string, round: number): void {
+async function send(from: Device, to: string, round: number): Promise<void> {
   const audience = isGroup(to)
     ? groups.get(to)!.flatMap((u) => devicesOf.get(u)!)
     : [...devicesOf.get(to)!, ...devicesOf.get(from.user)!];
   const shown = new Map(audience.filter((d) => d !== from).map((d) => [d.name, 0]));
   const body = enc.encode(`${from.name} to ${to}, round ${round}`);
-  const id = isGroup(to) ? from.client.sendToGroup(to, body) : from.client.send(to, body);
-  sent.set(id, { id, from, to, round, statuses: [], ackedOn: undefined, ackedAt: undefined, shown });
+  const id = await (isGroup(to) ? from.client.sendToGroup(to, body) : from.client.send(to, body));
+  // Resolved: the message is in the outbox, pending (its `pending` event came just before).
+  const statuses: MessageStatus[] = ['pending'];
+  sent.set(id, { id, from, to, round, statuses, ackedOn: undefined, ackedAt: undefined, shown });
   const key = `${from.name}\u0000${to}`;
   sentOrder.set(key, [...(sentOrder.get(key) ?? []), id]);
   const p = pendingIn(round);
@@ -465,7 +467,7 @@ if (reason && servicesRequired()) {
             let to = pick(targets);
             while (to === from.user || (isGroup(to) && !groups.get(to)!.includes(from.user)))
               to = pick(targets);
-            send(from, to, round);
+            await send(from, to, round);
             if (i % READ_EVERY === READ_EVERY - 1) {
               const reader = pick(devices);
               const conv = last(reader.received)?.conv;

@@ -48,7 +48,7 @@ describe.each(ADAPTERS)('end-to-end encryption with the %s adapter', (_name, ada
     const bob = await world.device('bob', 'phone');
     const bobTablet = await world.device('bob', 'tablet');
     await world.advance(500);
-    const ids = ['one', 'two', 'three'].map((t) => alice.client.send('bob', text(t)));
+    const ids = await Promise.all(['one', 'two', 'three'].map((t) => alice.client.send('bob', text(t))));
     await until(world, () => ids.every((id) => alice.statusOf(id) === 'delivered'));
     await until(
       world,
@@ -57,7 +57,7 @@ describe.each(ADAPTERS)('end-to-end encryption with the %s adapter', (_name, ada
     expect(texts(bob)).toEqual(['one', 'two', 'three']);
     expect(texts(bobTablet)).toEqual(['one', 'two', 'three']);
     expect(aliceLaptop.messages.every((m) => m.self && m.conv === 'bob')).toBe(true);
-    bob.client.send('alice', text('back'));
+    await bob.client.send('alice', text('back'));
     await until(world, () => texts(alice).includes('back') && texts(aliceLaptop).includes('back'));
   });
 
@@ -67,14 +67,14 @@ describe.each(ADAPTERS)('end-to-end encryption with the %s adapter', (_name, ada
     const bob = await world.device('bob');
     await world.advance(500);
     const sent = Array.from({ length: 50 }, (_, i) => `m${i}`);
-    for (const t of sent) alice.client.send('bob', text(t));
+    for (const t of sent) await alice.client.send('bob', text(t));
     await until(world, () => bob.messages.length === 50);
     expect(texts(bob)).toEqual(sent);
     // And both ways at once.
     const back = Array.from({ length: 30 }, (_, i) => `b${i}`);
     for (let i = 0; i < 30; i++) {
-      bob.client.send('alice', text(back[i]!));
-      alice.client.send('bob', text(`x${i}`));
+      await bob.client.send('alice', text(back[i]!));
+      await alice.client.send('bob', text(`x${i}`));
     }
     await until(world, () => alice.messages.length === 30 && bob.messages.length === 80);
     expect(texts(alice)).toEqual(back);
@@ -90,11 +90,11 @@ describe.each(ADAPTERS)('end-to-end encryption with the %s adapter', (_name, ada
     const g = await settle(world!, alice.client.createGroup('trip', ['bob', 'carol']));
     await until(world, () => carol.client.group(g)?.members.length === 3);
     const sent = Array.from({ length: 20 }, (_, i) => `g${i}`);
-    for (const t of sent) alice.client.sendToGroup(g, text(t));
+    for (const t of sent) await alice.client.sendToGroup(g, text(t));
     await until(world, () => [bob, bobTablet, carol].every((d) => d.messages.length === 20));
     for (const d of [bob, bobTablet, carol]) expect(texts(d)).toEqual(sent);
     // Members answer in the group too.
-    carol.client.sendToGroup(g, text('from carol'));
+    await carol.client.sendToGroup(g, text('from carol'));
     await until(world, () => texts(alice).includes('from carol') && texts(bobTablet).includes('from carol'));
   });
 
@@ -105,15 +105,15 @@ describe.each(ADAPTERS)('end-to-end encryption with the %s adapter', (_name, ada
     const dave = await world.device('dave');
     await world.advance(500);
     const g = await settle(world!, alice.client.createGroup('club', ['bob']));
-    alice.client.sendToGroup(g, text('before'));
+    await alice.client.sendToGroup(g, text('before'));
     await until(world, () => texts(bob).includes('before'));
     await settle(world!, alice.client.addMembers(g, ['dave']));
     await until(world, () => alice.client.group(g)?.members.length === 3);
-    alice.client.sendToGroup(g, text('welcome dave'));
+    await alice.client.sendToGroup(g, text('welcome dave'));
     await until(world, () => texts(dave).includes('welcome dave') && texts(bob).includes('welcome dave'));
     await settle(world!, alice.client.removeMembers(g, ['bob']));
     await until(world, () => alice.client.group(g)?.members.length === 2);
-    alice.client.sendToGroup(g, text('after bob'));
+    await alice.client.sendToGroup(g, text('after bob'));
     await until(world, () => texts(dave).includes('after bob'));
     await world.advance(500);
     expect(texts(bob)).not.toContain('after bob');
@@ -125,9 +125,9 @@ describe.each(ADAPTERS)('end-to-end encryption with the %s adapter', (_name, ada
     const alice = await world.device('alice');
     const bob = await world.device('bob');
     await world.advance(500);
-    alice.client.send('bob', text('hi'));
+    await alice.client.send('bob', text('hi'));
     await until(world, () => bob.messages.length === 1);
-    bob.client.send('alice', text('hello'));
+    await bob.client.send('alice', text('hello'));
     await until(world, () => alice.messages.length === 1);
     const a = await alice.client.safetyNumber('bob', 'phone');
     const b = await bob.client.safetyNumber('alice', 'phone');
@@ -143,17 +143,17 @@ describe('device lists follow the directory', () => {
     const bob = await world.device('bob');
     const tablet = await world.device('bob', 'tablet');
     await world.advance(500);
-    alice.client.send('bob', text('one'));
+    await alice.client.send('bob', text('one'));
     await until(world, () => bob.messages.length === 1 && tablet.messages.length === 1);
     // Bob links a laptop: Alice's list lacks it, the server says which device is missing.
     const laptop = await world.device('bob', 'laptop');
     await world.advance(500);
-    const two = alice.client.send('bob', text('two'));
+    const two = await alice.client.send('bob', text('two'));
     await until(world, () => texts(laptop).includes('two') && texts(bob).includes('two'));
     // Bob unlinks the tablet: Alice's list has a device too many.
     await settle(world, bob.client.unlinkDevice('tablet'));
     await world.advance(500);
-    const three = alice.client.send('bob', text('three'));
+    const three = await alice.client.send('bob', text('three'));
     await until(world, () => texts(laptop).includes('three') && texts(bob).includes('three'));
     await until(world, () => alice.statusOf(two) === 'delivered' && alice.statusOf(three) === 'delivered');
     expect(texts(tablet)).toEqual(['one', 'two']);
@@ -169,13 +169,13 @@ describe('key directory upkeep', () => {
     await world.advance(500);
     const spk = async () => (await world!.server.store.claimKeys('bob', 'phone'))[0]!.signedPreKey.id;
     const first = await spk();
-    alice.client.send('bob', text('before'));
+    await alice.client.send('bob', text('before'));
     await until(world, () => bob.messages.length === 1);
     await world.advance(61_000);
     await bob.restart(); // the check runs on connect
     await world.advance(500);
     expect(await spk()).not.toBe(first);
-    alice.client.send('bob', text('after'));
+    await alice.client.send('bob', text('after'));
     await until(world, () => texts(bob).includes('after'));
   });
 });
@@ -184,7 +184,7 @@ describe('recovery: the app sees a message late, never a hole', () => {
   it('a re-installed device (new identity, same device id) still gets the message: stale_devices, refresh, retry', async () => {
     world = await makeWorld({ crypto: () => libsignalCrypto() });
     const { alice, bob } = await reinstalledPeer(world, {});
-    const id = alice.client.send('bob', text('second'));
+    const id = await alice.client.send('bob', text('second'));
     await until(world, () => texts(bob).includes('second'));
     await until(world, () => alice.statusOf(id) === 'delivered');
     expect(alice.identityChanges).toEqual([{ user: 'bob', device: 'phone' }]);
@@ -194,8 +194,8 @@ describe('recovery: the app sees a message late, never a hole', () => {
     world = await makeWorld({ crypto: () => libsignalCrypto() });
     // Bob's app comes back having lost every session (and nothing else).
     const { alice, restarted } = await lostSessions(world, {});
-    alice.client.send('bob', text('two'));
-    alice.client.send('bob', text('three'));
+    await alice.client.send('bob', text('two'));
+    await alice.client.send('bob', text('three'));
     await until(world, () => texts(restarted).includes('two') && texts(restarted).includes('three'));
     expect(texts(restarted)).toEqual(['two', 'three']);
     expect(restarted.undecryptable).toEqual([]);
@@ -204,7 +204,7 @@ describe('recovery: the app sees a message late, never a hole', () => {
   it('a message the sender can no longer send again becomes an undecryptable event, not silence', async () => {
     world = await makeWorld({ crypto: () => libsignalCrypto() });
     const { alice, restarted } = await lostSessions(world, { resendWindowMs: 0 });
-    const id = alice.client.send('bob', text('lost'));
+    const id = await alice.client.send('bob', text('lost'));
     await until(world, () => restarted.undecryptable.length === 1);
     expect(restarted.undecryptable[0]).toMatchObject({ from: 'alice', fromDevice: 'phone', id });
   });
@@ -216,7 +216,7 @@ describe('recovery: the app sees a message late, never a hole', () => {
     const senders: TestDevice[] = [];
     for (let i = 0; i < 6; i++) senders.push(await world.device(`s${i}`));
     await world.advance(500);
-    for (const s of senders) s.client.send('bob', text(`from ${s.user}`));
+    for (const s of senders) await s.client.send('bob', text(`from ${s.user}`));
     await until(world, () => bob.messages.length === 6);
     expect(new Set(texts(bob)).size).toBe(6);
     const left = await world.server.store.keyCount({ user: 'bob', device: 'phone' });
@@ -244,9 +244,9 @@ describe('the server is a blind courier', () => {
     const carol = await world.device('carol');
     await world.advance(500);
     const secrets = Array.from({ length: 10 }, (_, i) => `TOP-SECRET-PLAINTEXT-${i}-${'x'.repeat(20)}`);
-    for (const s of secrets.slice(0, 5)) alice.client.send('bob', text(s));
+    for (const s of secrets.slice(0, 5)) await alice.client.send('bob', text(s));
     const g = await settle(world!, alice.client.createGroup('secret club', ['bob', 'carol']));
-    for (const s of secrets.slice(5)) alice.client.sendToGroup(g, text(s));
+    for (const s of secrets.slice(5)) await alice.client.sendToGroup(g, text(s));
     await until(
       world,
       () => bob.messages.length === 10 && carol.messages.length === 5 && aliceLaptop.messages.length === 10,
@@ -268,9 +268,9 @@ async function lostSessions(w: World, aliceOptions: Partial<ClientOptions>) {
   const alice = await w.device('alice', 'phone', { client: aliceOptions });
   const bob = await w.device('bob');
   await w.advance(500);
-  alice.client.send('bob', text('one'));
+  await alice.client.send('bob', text('one'));
   await until(w, () => bob.messages.length === 1);
-  bob.client.send('alice', text('ack'));
+  await bob.client.send('alice', text('ack'));
   await until(w, () => alice.messages.length === 1);
   return { alice, restarted: await wipeSessions(w, bob) };
 }
@@ -295,7 +295,7 @@ async function reinstalledPeer(w: World, aliceOptions: Partial<ClientOptions>) {
   const alice = await w.device('alice', 'phone', { client: aliceOptions });
   const first = await w.device('bob');
   await w.advance(500);
-  alice.client.send('bob', text('first'));
+  await alice.client.send('bob', text('first'));
   await until(w, () => first.messages.length === 1);
   await first.client.close();
   const bob = await w.device('bob', 'phone', { state: createMemoryClientState() });
@@ -307,7 +307,7 @@ describe('identity changes', () => {
   it("under identityPolicy 'block' a message to a changed identity waits until it is verified, then goes", async () => {
     world = await makeWorld({ crypto: () => libsignalCrypto() });
     const { alice, bob } = await reinstalledPeer(world, { identityPolicy: 'block' });
-    const id = alice.client.send('bob', text('second'));
+    const id = await alice.client.send('bob', text('second'));
     await until(world, () => alice.identityChanges.length === 1);
     await world.advance(3000);
     expect(texts(bob)).toEqual([]);
@@ -355,7 +355,7 @@ describe('bad key-directory input gets a typed error and harms no one', () => {
     // Bob's keys were claimed at most ten times and he still receives.
     const alice = await world.device('alice');
     await world.advance(500);
-    alice.client.send('bob', text('still fine'));
+    await alice.client.send('bob', text('still fine'));
     await until(world, () => texts(bob).includes('still fine'));
   });
 });

@@ -15,7 +15,7 @@ describe('the message path', () => {
     world = await makeWorld();
     const alice = await world.device('alice');
     const bob = await world.device('bob');
-    const id = alice.client.send('bob', text('hello bob'));
+    const id = await alice.client.send('bob', text('hello bob'));
     await world.advance(200);
     expect(bob.messages.map((m) => [m.id, m.from, m.conv, untext(m.body)])).toEqual([
       [id, 'alice', 'alice', 'hello bob'],
@@ -43,9 +43,9 @@ describe('the message path', () => {
     const bob = await world.device('bob');
     await bob.client.close();
     const sent = [
-      alice.client.send('bob', text('1')),
-      alice.client.send('bob', text('2')),
-      alice.client.send('bob', text('3')),
+      await alice.client.send('bob', text('1')),
+      await alice.client.send('bob', text('2')),
+      await alice.client.send('bob', text('3')),
     ];
     await world.advance(500);
     expect(sent.map((id) => alice.statusOf(id))).toEqual(['sent', 'sent', 'sent']);
@@ -62,7 +62,7 @@ describe('the message path', () => {
     const aliceLaptop = await world.device('alice', 'laptop');
     const bobPhone = await world.device('bob', 'phone');
     const bobTablet = await world.device('bob', 'tablet');
-    const id = alicePhone.client.send('bob', text('hi all'));
+    const id = await alicePhone.client.send('bob', text('hi all'));
     await world.advance(300);
     for (const d of [aliceLaptop, bobPhone, bobTablet]) expect(ids(d.messages)).toEqual([id]);
     expect(alicePhone.messages).toEqual([]);
@@ -83,7 +83,7 @@ describe('the message path', () => {
     const bobTablet = await world.device('bob', 'tablet');
     const readElsewhere: string[][] = [];
     bobTablet.client.on('readElsewhere', (xs) => readElsewhere.push(xs));
-    const id = alice.client.send('bob', text('read me'));
+    const id = await alice.client.send('bob', text('read me'));
     await world.advance(300);
     await bobPhone.client.markRead('alice');
     await world.advance(300);
@@ -96,7 +96,7 @@ describe('the message path', () => {
     world = await makeWorld();
     const alice = await world.device('alice');
     const bob = await world.device('bob');
-    const sent = [1, 2, 3].map((i) => alice.client.send('bob', text(String(i))));
+    const sent = await Promise.all([1, 2, 3].map((i) => alice.client.send('bob', text(String(i)))));
     await world.advance(300);
     await bob.client.markRead('alice', sent[1]);
     await world.advance(300);
@@ -118,7 +118,7 @@ describe('no loss and no duplicates across faults', () => {
       }
       return 'pass';
     });
-    const id = alice.client.send('bob', text('once'));
+    const id = await alice.client.send('bob', text('once'));
     await world.advance(3000);
     expect(cutDone).toBe(true);
     expect(ids(bob.messages)).toEqual([id]);
@@ -138,7 +138,7 @@ describe('no loss and no duplicates across faults', () => {
       }
       return 'pass';
     });
-    const id = alice.client.send('bob', text('once'));
+    const id = await alice.client.send('bob', text('once'));
     await world.advance(3000);
     expect(cuts).toBe(1);
     expect(ids(bob.messages)).toEqual([id]);
@@ -151,7 +151,7 @@ describe('no loss and no duplicates across faults', () => {
     const alice = await world.device('alice');
     const bob = await world.device('bob');
     await bob.client.close();
-    const id = alice.client.send('bob', text('durable'));
+    const id = await alice.client.send('bob', text('durable'));
     await world.advance(200);
     expect(alice.statusOf(id)).toBe('sent');
     await world.restartServer();
@@ -166,7 +166,7 @@ describe('no loss and no duplicates across faults', () => {
     const alice = await world.device('alice');
     const bob = await world.device('bob');
     world.net.intercept((_f, dir) => (dir === 'toServer' ? 'drop' : 'pass'));
-    const sent = [1, 2, 3].map((i) => alice.client.send('bob', text(`m${i}`)));
+    const sent = await Promise.all([1, 2, 3].map((i) => alice.client.send('bob', text(`m${i}`))));
     await world.advance(100);
     expect(sent.map((id) => alice.statusOf(id))).toEqual(['pending', 'pending', 'pending']);
     await alice.restart();
@@ -184,7 +184,7 @@ describe('no loss and no duplicates across faults', () => {
     alice.client.on('connection', (s) => states.push(s));
     const link = world.net.connections().find((l) => l.name === 'alice/phone')!;
     link.halfOpen();
-    const id = alice.client.send('bob', text('through the tunnel'));
+    const id = await alice.client.send('bob', text('through the tunnel'));
     // Heartbeat is 1 s: the client gives up after 2 s of silence and reconnects.
     await world.advance(6000);
     expect(states).toContain('backoff');
@@ -197,7 +197,7 @@ describe('no loss and no duplicates across faults', () => {
 });
 
 describe('order and gaps', () => {
-  it('messages are shown in the order sent even when a later one is committed first', async () => {
+  it('messages are shown in the order sent even when a later one is committed first, and history keeps that order', async () => {
     world = await makeWorld();
     const bob = await world.device('bob');
     const raw = await world.raw('alice-raw');
@@ -211,6 +211,8 @@ describe('order and gaps', () => {
     await world.advance(100);
     expect(ids(bob.messages)).toEqual(['m1', 'm2', 'm3']);
     expect(bob.gaps).toEqual([]);
+    // m3 arrived first but was held: history lists it where it was shown, newest first.
+    expect(ids(await bob.client.history('alice'))).toEqual(['m3', 'm2', 'm1']);
   });
 
   it('a hole that never fills becomes a gap event and the held messages are released in order', async () => {
@@ -244,7 +246,7 @@ describe('flow control', () => {
     world = await makeWorld({ server: { deliveryWindow: 4 } });
     const alice = await world.device('alice');
     await world.server.registerDevice('bob', 'raw');
-    for (let i = 0; i < 10; i++) alice.client.send('bob', text(String(i)));
+    for (let i = 0; i < 10; i++) await alice.client.send('bob', text(String(i)));
     await world.advance(300);
     const raw = await world.raw('bob-raw');
     await raw.hello('bob', 'raw');
@@ -263,7 +265,7 @@ describe('retention', () => {
     const alice = await world.device('alice');
     const bob = await world.device('bob');
     await bob.client.close();
-    const id = alice.client.send('bob', text('too late'));
+    const id = await alice.client.send('bob', text('too late'));
     await world.advance(200);
     expect(alice.statusOf(id)).toBe('sent');
     await world.advance(75_000);
@@ -279,7 +281,7 @@ describe('retention', () => {
     await world.device('bob', 'phone');
     const tablet = await world.device('bob', 'tablet');
     await tablet.client.close();
-    const id = alice.client.send('bob', text('seen on the phone'));
+    const id = await alice.client.send('bob', text('seen on the phone'));
     await world.advance(75_000);
     expect(alice.statusOf(id)).toBe('delivered');
   });

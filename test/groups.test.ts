@@ -100,7 +100,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const carol = await w.device('carol');
       const outsider = await w.device('eve');
       const id = (await settle(w, alice.client.createGroup('g', ['bob', 'carol']))) as string;
-      const sent = [1, 2, 3].map((i) => alice.client.sendToGroup(id, text(`m${i}`)));
+      const sent = await Promise.all([1, 2, 3].map((i) => alice.client.sendToGroup(id, text(`m${i}`))));
       await w.advance(300);
       for (const d of [alice2, bob, bob2, carol]) {
         expect(d.messages.map((m) => [m.id, m.conv, m.group, untext(m.body)])).toEqual(
@@ -118,8 +118,8 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const bob = await w.device('bob');
       const eve = await w.device('eve');
       const id = (await settle(w, alice.client.createGroup('g', ['bob']))) as string;
-      const m = eve.client.sendToGroup(id, text('let me in'));
-      const unknown = eve.client.sendToGroup('#nosuchgroup', text('hello?'));
+      const m = await eve.client.sendToGroup(id, text('let me in'));
+      const unknown = await eve.client.sendToGroup('#nosuchgroup', text('hello?'));
       await w.advance(300);
       expect(eve.statusOf(m)).toBe('failed');
       expect(eve.statusOf(unknown)).toBe('failed');
@@ -132,11 +132,11 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const bob = await w.device('bob');
       const carol = await w.device('carol');
       const id = (await settle(w, alice.client.createGroup('g', ['bob', 'carol']))) as string;
-      const before = alice.client.sendToGroup(id, text('before'));
+      const before = await alice.client.sendToGroup(id, text('before'));
       await w.advance(200);
       await carol.client.close(); // offline: the removal and later messages meet in its inbox
       await settle(w, alice.client.removeMembers(id, ['carol']));
-      const after = alice.client.sendToGroup(id, text('after'));
+      const after = await alice.client.sendToGroup(id, text('after'));
       await w.advance(200);
       carol.client.start();
       await w.advance(500);
@@ -145,7 +145,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       expect(viewOf(carol, id)?.member).toBe(false);
       expect(carol.groupChanges.map((c) => c.op)).toEqual(['create', 'remove']);
       // A removed member cannot send either.
-      const late = carol.client.sendToGroup(id, text('still here?'));
+      const late = await carol.client.sendToGroup(id, text('still here?'));
       await w.advance(200);
       expect(carol.statusOf(late)).toBe('failed');
     });
@@ -195,7 +195,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const id = (await settle(w, alice.client.createGroup('g', ['bob', 'carol']))) as string;
       await w.advance(100);
       await carol.client.close();
-      const m = alice.client.sendToGroup(id, text('hi all'));
+      const m = await alice.client.sendToGroup(id, text('hi all'));
       await w.advance(300);
       expect(alice.statusOf(m)).toBe('sent'); // bob has it, carol not yet
       expect(alice.memberStatuses).toEqual([{ id: m, conv: id, user: 'bob', status: 'delivered' }]);
@@ -246,7 +246,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const id = (await settle(w, alice.client.createGroup('g', ['bob']))) as string;
       await w.restartServer();
       await w.advance(2000);
-      const m = alice.client.sendToGroup(id, text('after restart'));
+      const m = await alice.client.sendToGroup(id, text('after restart'));
       await settle(w, alice.client.renameGroup(id, 'renamed'));
       await w.advance(500);
       expect(bob.messages.map((x) => x.id)).toEqual([m]);
@@ -275,7 +275,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       expect(laptop.client.state).toBe('open');
       expect(await w.server.store.devices('alice')).toEqual(['phone', 'laptop']);
       expect(viewOf(laptop, id)?.members.map((m) => m.user)).toEqual(['alice', 'bob']);
-      const m = alice.client.sendToGroup(id, text('to my laptop too'));
+      const m = await alice.client.sendToGroup(id, text('to my laptop too'));
       await w.advance(200);
       expect(laptop.messages.map((x) => x.id)).toEqual([m]);
     });
@@ -286,7 +286,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const laptop = await w.device('alice', 'laptop');
       const bob = await w.device('bob');
       await laptop.client.close();
-      bob.client.send('alice', text('waiting for the laptop'));
+      await bob.client.send('alice', text('waiting for the laptop'));
       await w.advance(200);
       expect(await w.server.store.readInbox({ user: 'alice', device: 'laptop' }, 0, 10)).toHaveLength(1);
       await settle(w, alice.client.unlinkDevice('laptop'));
@@ -313,7 +313,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const bob = await w.device('bob', 'phone');
       const bob2 = await w.device('bob', 'laptop');
       await bob2.client.close();
-      const m = alice.client.send('bob', text('hi'));
+      const m = await alice.client.send('bob', text('hi'));
       await w.advance(300);
       expect(alice.statusOf(m)).toBe('delivered');
       bob2.client.start();
@@ -333,7 +333,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const w = await worldOn(kind, { presenceDebounceMs: 1000 });
       const alice = await w.device('alice');
       const bob = await w.device('bob');
-      bob.client.send('alice', text('we share a chat')); // bob wrote to alice: she may watch him
+      await bob.client.send('alice', text('we share a chat')); // bob wrote to alice: she may watch him
       await w.advance(200);
       await settle(w, alice.client.watchPresence('bob'));
       expect(alice.presence).toEqual([{ user: 'bob', online: true }]);
@@ -359,7 +359,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const w = await worldOn(kind, { presenceDebounceMs: 2000 });
       const alice = await w.device('alice');
       const bob = await w.device('bob');
-      bob.client.send('alice', text('hi'));
+      await bob.client.send('alice', text('hi'));
       await w.advance(200);
       await settle(w, alice.client.watchPresence('bob'));
       expect(alice.presence).toEqual([{ user: 'bob', online: true }]);
@@ -397,7 +397,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const w = await worldOn(kind, { presence: 'nobody' });
       const alice = await w.device('alice');
       await w.device('bob');
-      alice.client.send('bob', text('hi'));
+      await alice.client.send('bob', text('hi'));
       await w.advance(200);
       expect(codeOf(await settle(w, alice.client.watchPresence('bob')))).toBe('forbidden');
     });
@@ -407,8 +407,8 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const alice = await w.device('alice');
       const bob = await w.device('bob');
       const carol = await w.device('carol');
-      bob.client.send('alice', text('hi'));
-      carol.client.send('alice', text('hi'));
+      await bob.client.send('alice', text('hi'));
+      await carol.client.send('alice', text('hi'));
       await w.advance(200);
       await settle(w, alice.client.watchPresence('bob'));
       await settle(w, alice.client.watchPresence('carol'));
@@ -432,8 +432,8 @@ for (const kind of ['memory', 'sqlite'] as const) {
       const bob = await w.device('bob');
       const carol = await w.device('carol');
       // Typing reaches only users who wrote to the typist.
-      bob.client.send('alice', text('hi'));
-      carol.client.send('alice', text('hi'));
+      await bob.client.send('alice', text('hi'));
+      await carol.client.send('alice', text('hi'));
       await w.advance(200);
       await carol.client.close();
       alice.client.setTyping('bob', true);
@@ -449,7 +449,7 @@ for (const kind of ['memory', 'sqlite'] as const) {
       // A message ends the notice at once.
       alice.client.setTyping('bob', true);
       await w.advance(50);
-      alice.client.send('bob', text('done typing'));
+      await alice.client.send('bob', text('done typing'));
       await w.advance(200);
       expect(bob.typing.slice(-2).map((t) => t.on)).toEqual([true, false]);
     });
@@ -510,7 +510,7 @@ describe('fan-out scale', () => {
     const id = (await settle(w, alice.client.createGroup('big', users))) as string;
     expect(alice.client.group(id)?.members).toHaveLength(1024);
     appends = items = 0;
-    const m = alice.client.sendToGroup(id, text('to everyone'));
+    const m = await alice.client.sendToGroup(id, text('to everyone'));
     await w.advance(200);
     expect(alice.statusOf(m)).toBe('sent');
     expect([appends, items]).toEqual([1, 1]);

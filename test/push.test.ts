@@ -41,25 +41,25 @@ describe('push wake-ups', () => {
     await world.advance(200);
     await settled(world, bob.client.setPushToken({ kind: 'fcm', token: 'bob-token' }));
     // Connected: messages arrive over the connection, no wake-up.
-    for (let i = 0; i < 3; i++) alice.client.send('bob', text(`online ${i}`));
+    for (let i = 0; i < 3; i++) await alice.client.send('bob', text(`online ${i}`));
     await world.advance(500);
     expect(bob.messages).toHaveLength(3);
     expect(push.calls).toEqual([]);
     // Offline: one wake-up for a burst, another only after the interval.
     await bob.client.close();
     await world.advance(3000);
-    for (let i = 0; i < 5; i++) alice.client.send('bob', text(`offline ${i}`));
+    for (let i = 0; i < 5; i++) await alice.client.send('bob', text(`offline ${i}`));
     await world.advance(500);
     expect(push.calls).toHaveLength(1);
     expect(push.calls[0]).toMatchObject({
       device: { user: 'bob', device: 'phone' },
       token: { kind: 'fcm', token: 'bob-token' },
     });
-    alice.client.send('bob', text('still within the interval'));
+    await alice.client.send('bob', text('still within the interval'));
     await world.advance(500);
     expect(push.calls).toHaveLength(1);
     await world.advance(10_000);
-    alice.client.send('bob', text('after the interval'));
+    await alice.client.send('bob', text('after the interval'));
     await world.advance(500);
     expect(push.calls).toHaveLength(2);
     // The payload carries nothing of the message.
@@ -78,8 +78,8 @@ describe('push wake-ups', () => {
     await bob.client.close();
     await carol.client.close();
     await world.advance(3000);
-    alice.client.send('bob', text('hi'));
-    alice.client.send('carol', text('hi'));
+    await alice.client.send('bob', text('hi'));
+    await alice.client.send('carol', text('hi'));
     await world.advance(500);
     expect(push.calls).toEqual([]);
   });

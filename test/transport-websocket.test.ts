@@ -188,7 +188,7 @@ describe('the engines over the websocket transport', () => {
       const alice = device('alice');
       const bob = device('bob', WsWebSocket);
       await until('both online', () => alice.client.state === 'open' && bob.client.state === 'open');
-      const id = alice.client.send('bob', new TextEncoder().encode('hello over TCP'));
+      const id = await alice.client.send('bob', new TextEncoder().encode('hello over TCP'));
       await until('delivered', () => alice.status.get(id) === 'delivered');
       expect(bob.inbox.map((m) => [m.id, m.from, new TextDecoder().decode(m.body)])).toEqual([
         [id, 'alice', 'hello over TCP'],

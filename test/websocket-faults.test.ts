@@ -57,7 +57,7 @@ describe('the engines over real WebSockets, with a faulty path', () => {
     await until('online', () => alice.c.state === 'open' && bob.c.state === 'open');
     proxy.blackholeAll();
     const lostAt = Date.now();
-    const id = alice.c.send('bob', new TextEncoder().encode('through the tunnel'));
+    const id = await alice.c.send('bob', new TextEncoder().encode('through the tunnel'));
     await until('alice notices', () => alice.c.state !== 'open');
     const noticedAfter = Date.now() - lostAt;
     await until('delivered', () => alice.status.get(id) === 'delivered');
@@ -77,7 +77,7 @@ describe('the engines over real WebSockets, with a faulty path', () => {
     await until('online', () => alice.c.state === 'open' && bob.c.state === 'open');
     const ids: string[] = [];
     for (let i = 0; i < 300; i++) {
-      ids.push(alice.c.send('bob', new TextEncoder().encode(`m${i}`)));
+      ids.push(await alice.c.send('bob', new TextEncoder().encode(`m${i}`)));
       if (i === 100 || i === 200) proxy.cutAll();
       if (i % 20 === 0) await sleep(5);
     }

@@ -135,7 +135,8 @@ async function connectAll({ urls, n, size }, on) {
   const view = new DataView(body.buffer);
   const send = (i, to, tag) => {
     view.setUint32(0, tag, true);
-    tagMaps[i].set(clients[i].send(`u${to}`, body), tag); // `send` copies the body
+    // `send` copies the body when called; not awaited (an app's send button would not wait).
+    void clients[i].send(`u${to}`, body).then((id) => tagMaps[i].set(id, tag));
   };
   return {
     gateway,

@@ -53,7 +53,7 @@ async function postbox() {
   let received = false;
   a.on('status', (s) => (delivered ||= s.status === 'delivered'));
   b.on('message', () => (received = true));
-  a.send(BOB, new Uint8Array(PAYLOAD).fill(7));
+  await a.send(BOB, new Uint8Array(PAYLOAD).fill(7));
   // Done when alice has acked the `delivered` status (the last frame of the exchange).
   await until(() => delivered && received && frames.some((f) => f.link === ALICE && f.t === 'ack'));
   await sleep(50);

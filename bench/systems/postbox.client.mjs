@@ -81,8 +81,10 @@ export async function connect({ url, n, size, onDeliver, onAck, onStatus, crypto
   return {
     send(i, to, tag) {
       view.setUint32(0, tag, true);
-      // `send` copies the body before it returns, so one buffer serves every send.
-      tagMaps[i].set(clients[i].send(`u${to}`, body), tag);
+      // `send` copies the body when called, so one buffer serves every send. Not awaited, as
+      // an app's send button would not: the id is known once stored, well before the ack can
+      // come. A refused send is a bug here: its rejection is left unhandled and ends the run.
+      void clients[i].send(`u${to}`, body).then((id) => tagMaps[i].set(id, tag));
     },
     async close() {
       await Promise.all(clients.map((c) => c.close()));
@@ -108,22 +110,30 @@ export async function drainSetup({ url, devices, perDevice, senders, size }) {
   const clients = await openMany(senders, (k) => open(url, `s${k}`));
   await Promise.all(
     clients.map(async (c, k) => {
-      const ids = new Set();
-      const done = new Promise((resolve, reject) => {
-        c.on('status', (s) => {
-          if (s.status === 'failed') reject(new Error(`send failed: ${s.id}`));
-          else if (s.status !== 'pending' && ids.delete(s.id) && ids.size === 0) resolve();
-        });
+      // Ids become known as the sends resolve; a status may come first, so both are counted.
+      const acked = new Set();
+      let failed;
+      let check = () => {};
+      c.on('status', (s) => {
+        if (s.status === 'failed') failed ??= new Error(`send failed: ${s.id}`);
+        else if (s.status !== 'pending') acked.add(s.id);
+        check();
       });
       const body = new Uint8Array(size);
       const view = new DataView(body.buffer);
+      const sends = [];
       for (let j = k; j < devices; j += senders) {
         for (let m = 0; m < perDevice; m++) {
           view.setUint32(0, j * perDevice + m, true);
-          ids.add(c.send(`r${j}`, body));
+          sends.push(c.send(`r${j}`, body));
         }
       }
-      if (ids.size > 0) await done;
+      const ids = await Promise.all(sends);
+      await new Promise((resolve, reject) => {
+        // Every status this client gets is about one of these sends.
+        check = () => (failed ? reject(failed) : acked.size >= ids.length && resolve());
+        check();
+      });
       await c.close();
     }),
   );
@@ -214,7 +224,7 @@ export async function fanoutConnect({ url, n, size, onDeliver, onAck, onStatus }
       return {
         send(tag) {
           view.setUint32(0, tag, true);
-          tags.set(from.sendToGroup(id, body), tag);
+          void from.sendToGroup(id, body).then((m) => tags.set(m, tag));
         },
       };
     },

@@ -92,12 +92,11 @@ sender.on('status', (s) => {
 });
 const body = new Uint8Array(100).fill(7);
 for (let k = 0; k < M + 3; k++) {
-  await new Promise((resolve) => {
-    const t0 = performance.now();
-    pending = { id: undefined, t0, got: 0, resolve };
-    pending.id = sender.sendToGroup(group, body);
-    sentAt.set(pending.id, t0);
-  });
+  const t0 = performance.now();
+  const done = new Promise((resolve) => (pending = { id: undefined, t0, got: 0, resolve }));
+  pending.id = await sender.sendToGroup(group, body);
+  sentAt.set(pending.id, t0);
+  await done;
   if (k === 2) for (const s of Object.values(samples)) s.length = 0; // warm-up
   await new Promise((r) => setTimeout(r, Number(values['gap-ms'])));
 }

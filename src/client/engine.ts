@@ -52,7 +52,17 @@ import {
 import type { CryptoAdapter, KeyBundle, KeyUpload } from '../crypto/types.js';
 import { E2ee, decodeContent, encodeContent, type Content } from './e2ee.js';
 import { nextStatus } from './status.js';
-import type { ClientStore, InboundMessage, MessageStatus, OutboxEntry } from './store.js';
+import type { ClientStore, InboundMessage, MessageStatus, OutboxEntry, StateWrite } from './store.js';
+import {
+  loadIdentity,
+  readConversations,
+  readHistory,
+  saveIdentity,
+  type ConversationSummary,
+  type HistoryMessage,
+  type HistoryOptions,
+} from './history.js';
+import { storeRefused } from './outbox.js';
 
 /**
  * Connection states; every transition emits `connection`. `linking`: this is a new device of a
@@ -140,7 +150,11 @@ export interface GapEvent {
 
 /** Events of {@link PostboxClient}. */
 export interface ClientEvents {
-  /** A new message, once per message per device, in per-sender order. */
+  /**
+   * A new message, in per-sender order: fired once per message, right after the client store
+   * committed it, and never again for that id (not after a restart, nor when the server delivers
+   * it again). An app that died before handling it finds it with {@link PostboxClient.history}.
+   */
   message: (message: ReceivedMessage) => void;
   /** A sent message moved forward: pending → sent → delivered → read, or failed / expired. */
   status: (change: StatusChange) => void;
@@ -421,35 +435,75 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   }
 
   /**
-   * Queues a message to user `to` and returns its id at once. The id and the sequence number
-   * are stored with the outbox entry in one durable write; the `status` event then reports
-   * `pending`, `sent` (✓, durable on the server), `delivered` (✓✓), `read`.
-   * @throws PostboxError `too_large` when the body is over the limit, `invalid_frame` when `to`
-   * is not a valid user id (see `isUserId`; a group id needs {@link sendToGroup}), `closed` after
-   * {@link close}.
+   * Queues a message to user `to`. Resolves with the message id once the outbox entry (id and
+   * sequence number, one atomic write) is committed in the client store: from then on the message
+   * survives a crash of the app and will be sent, resent until the server acks it. Until it
+   * resolves, a crash may have lost it or kept it (the app finds out with {@link history} at
+   * start). The `status` event then reports `pending`, `sent` (✓, durable on the server),
+   * `delivered` (✓✓), `read`.
+   *
+   * Rejects, and the message was never stored and will never be sent, with a PostboxError:
+   * `too_large` when the body is over the limit, `invalid_frame` when `to` is not a valid user id
+   * (1–128 characters, not a group id) or `body` is not a Uint8Array, `closed` after
+   * {@link close}, `unavailable` (with the store's error as `cause`) when the client store failed
+   * to write it. The body is copied when `send` is called: the caller may reuse its buffer.
+   * @example
+   * ```ts
+   * const id = await client.send('bob', new TextEncoder().encode('hi bob'));
+   * // the message is in the outbox on disk: it will reach bob, even if the app dies now
+   * ```
    */
-  send(to: string, body: Uint8Array): string {
+  async send(to: string, body: Uint8Array): Promise<string> {
     if (isGroupId(to)) throw new PostboxError('invalid_frame', 'group ids start with #: use sendToGroup');
     assertUserId(to, 'recipient');
     return this.queueMessage(to, body);
   }
 
   /**
-   * Queues a message to a group and returns its id at once; the server stores it once and
-   * delivers it to every device of every member at commit time (and to this user's other
-   * devices). `status` reports `sent`, then `delivered` when every member (as this device knew the
-   * group when sending) has it and `read` when every one has read it; `memberStatus` and
-   * {@link messageInfo} give each member's receipt. A sender who is not a member gets `failed`
-   * (`not_member`).
-   * @throws PostboxError as {@link send}.
+   * Queues a message to a group; resolves with its id once it is committed in the client store,
+   * and rejects when it is not, exactly as {@link send}. The server stores it once and delivers it
+   * to every device of every member at commit time (and to this user's other devices). `status`
+   * reports `sent`, then `delivered` when every member (as this device knew the group when
+   * sending) has it and `read` when every one has read it; `memberStatus` and {@link messageInfo}
+   * give each member's receipt. A sender who is not a member gets `failed` (`not_member`). The
+   * recipients it is counted against are stored in the same atomic write as the message.
    */
-  sendToGroup(group: string, body: Uint8Array): string {
+  async sendToGroup(group: string, body: Uint8Array): Promise<string> {
     assertGroupId(group, 'group');
     return this.queueMessage(group, body);
   }
 
-  private queueMessage(to: string, body: Uint8Array): string {
+  /**
+   * One conversation's messages, received and sent (never receipts), newest first, from the
+   * client store: `limit` of them (default 50), older than the `before` cursor when given. Read
+   * it at start to draw a chat and to catch up on anything the app's own state missed (a crash
+   * between the store commit and the app's `message` handler, say). Works offline.
+   * @example
+   * ```ts
+   * const page = await client.history('bob', { limit: 20 });
+   * const older = await client.history('bob', { before: page.at(-1)?.cursor, limit: 20 });
+   * ```
+   */
+  history(conv: string, options: HistoryOptions = {}): Promise<HistoryMessage[]> {
+    return this.serial(async () => readHistory(this.store, conv, options, await this.self()));
+  }
+
+  /**
+   * Every conversation with a message, the most recently active first, each with its latest
+   * message and its number of unread received messages. From the client store; works offline.
+   */
+  conversations(): Promise<ConversationSummary[]> {
+    return this.serial(async () => readConversations(this.store, await this.self()));
+  }
+
+  /** This device's identity: from the live session, else as saved on an earlier connection. */
+  private async self(): Promise<{ user: string; device: string } | undefined> {
+    return this.me ?? (await loadIdentity(this.store));
+  }
+
+  private async queueMessage(to: string, body: Uint8Array): Promise<string> {
     if (this._state === 'closed') throw new PostboxError('closed', 'client is closed');
+    if (!(body instanceof Uint8Array)) throw new PostboxError('invalid_frame', 'body must be a Uint8Array');
     if (body.byteLength > this.opts.maxBodyBytes) {
       throw new PostboxError(
         'too_large',
@@ -458,32 +512,42 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     }
     const id = this.ulid();
     const copy = body.slice();
-    void this.serial(async () => {
+    return this.serial(async () => {
       let entry: OutboxEntry;
       try {
+        // A group message's bookkeeping goes in the same atomic write: a crash in between would
+        // send a message whose receipts count against no one, so its ✓✓ never came.
+        const state = isGroupId(to) ? await this.groupSendState(id, to) : undefined;
         entry = await this.store.enqueue(
           { id, kind: 'msg', to, conv: to, body: copy, createdAt: this.clock.now() },
           true,
+          state,
         );
       } catch (e) {
-        // Never stored, so never sent: say so rather than leave the id without a status.
-        this.emit('status', { id, conv: to, status: 'failed' });
-        throw e;
-      }
-      if (isGroupId(to)) {
-        const view = this.groupViews.get(to);
-        const recipients = view ? view.members.map((m) => m.user).filter((u) => u !== this.me?.user) : [];
-        await this.store.putState([
-          { ns: NS_GROUP_SEND, key: id, value: encodeRecipients(recipients) },
-          // The group's version when sent: who joined after it may have received it too.
-          { ns: NS_GROUP_SEND_VER, key: id, value: encodeNumber(view?.ver ?? 0) },
-        ]);
+        throw storeRefused('message', e);
       }
       this.queue.push(entry);
       this.emit('status', { id, conv: to, status: 'pending' });
       this.pumpOutbox();
+      return id;
     });
-    return id;
+  }
+
+  /** The recipients a group message counts its receipts against, as this device knows the group. */
+  private async groupSendState(id: string, group: string): Promise<StateWrite[]> {
+    // The views load with the first connection; a send before it reads the stored one.
+    let view = this.groupViews.get(group);
+    if (!view) {
+      const raw = await this.store.getState(NS_GROUP, group);
+      view = raw && decodeView(group, raw);
+    }
+    const me = (await this.self())?.user;
+    const recipients = view ? view.members.map((m) => m.user).filter((u) => u !== me) : [];
+    const writes: StateWrite[] = [{ ns: NS_GROUP_SEND, key: id, value: encodeRecipients(recipients) }];
+    // The group's version when sent: who joined after it may have received it too (receipts
+    // and resends are checked against it, with or without encryption).
+    writes.push({ ns: NS_GROUP_SEND_VER, key: id, value: encodeNumber(view?.ver ?? 0) });
+    return writes;
   }
 
   // ------------------------------------------------------------------ groups
@@ -619,7 +683,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           false,
         );
       } catch (e) {
-        this.settleWaiter(id, new PostboxError('internal', 'could not queue the request', { cause: e }));
+        this.settleWaiter(id, storeRefused('request', e));
         throw e;
       }
       this.queue.push(entry);
@@ -1013,7 +1077,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private onWelcome(w: WelcomeFrame): void {
     if (this._state !== 'handshaking' && this._state !== 'linking') return;
     this.clock.clearTimeout(this.handshakeTimer);
-    this.me = { user: w.u, device: w.d };
+    const me = (this.me = { user: w.u, device: w.d });
+    // Saved so that history names this device's messages while offline, after a restart.
+    void this.serial(() => saveIdentity(this.store, me));
     this.heartbeatMs = w.hb;
     this.window = Math.max(1, Math.min(this.opts.maxInflight, w.lim.window));
     this.opts.maxBodyBytes = w.lim.body;
@@ -1024,7 +1090,6 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     if (this.e2ee) {
       // Inbound messages (serial) and outgoing ones (tx chain) wait for the adapter to open.
       const e2ee = this.e2ee;
-      const me = this.me;
       const gen = this.generation;
       // Opened once per client (again only after a failure). It is a serial task, and serial
       // tasks never await it — they only check it ran — so no earlier task waits on a later one.
@@ -1660,7 +1725,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     body: Uint8Array,
   ): InboundMessage {
     const to = isGroupId(conv) ? conv : f.f === this.me!.user ? conv : this.me!.user;
-    return { id, conv, from: f.f, fromDevice: f.fd, to, seq, ts, body, held: false, read: false };
+    // This user's own message (sent from another device) is never unread here.
+    const read = f.f === this.me!.user;
+    return { id, conv, from: f.f, fromDevice: f.fd, to, seq, ts, body, held: false, read };
   }
 
   /** A peer device could not decrypt message `id`: send it again over a fresh session, or say it cannot be. */
@@ -1706,7 +1773,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           ts: f.ts,
           body: f.b,
           held: false,
-          read: false,
+          // This user's own message (sent from another device) is never unread here.
+          read: self,
         });
       } catch (e) {
         // Not acked: the server delivers it again after the reconnect.
@@ -1898,7 +1966,7 @@ function errorOf(f: ErrFrame): PostboxError {
  * @example
  * const client = createClient({ transport, store: memoryClientStore(), credentials: token });
  * client.on('message', (m) => render(m));
- * const id = client.send('bob', new TextEncoder().encode('hi'));
+ * const id = await client.send('bob', new TextEncoder().encode('hi')); // stored: it will be sent
  */
 export function createClient(options: ClientOptions): PostboxClient {
   return new PostboxClient(options);

@@ -70,6 +70,23 @@ export interface StateWrite {
 }
 
 /**
+ * One shown message of a conversation's history: received (`inbound`) or sent from this device
+ * (`outgoing`, always of kind `msg`). `pos` is its history position (see {@link ClientStore}).
+ */
+export type HistoryRecord =
+  | { pos: number; inbound: InboundMessage; outgoing?: undefined }
+  | { pos: number; outgoing: OutboxEntry; inbound?: undefined };
+
+/** A conversation as {@link ClientStore.conversations} lists it. */
+export interface ConversationRecord {
+  conv: string;
+  /** Its shown message with the highest history position. */
+  last: HistoryRecord;
+  /** Its shown inbound messages that are not read. */
+  unread: number;
+}
+
+/**
  * Durable client state. Every method is atomic; the engine serialises calls for one store.
  *
  * Rules every adapter keeps (the conformance suite in `postbox/testing` checks them):
@@ -77,7 +94,9 @@ export interface StateWrite {
  *   next sequence number (1, 2, 3, … per conversation) in the same atomic write that stores the
  *   entry; a re-opened store continues the count, never reuses or skips a number.
  * - **Durable outbox.** Entries stay `pending` (and are returned by `pending()` in enqueue order)
- *   until `setStatus` moves them on, across re-opens.
+ *   until `setStatus` moves them on, across re-opens. An id already in the outbox is refused:
+ *   `enqueue` rejects and changes nothing. The `state` writes passed to `enqueue` commit in the
+ *   same atomic write as the entry, or not at all.
  * - **Inbound dedupe.** A message is stored at most once per `(from, fromDevice, id)`.
  * - **Held and released.** A message inserted with `held: true` is returned by `held()` until a
  *   later change lists its id in `release`; stream positions persist across re-opens.
@@ -86,6 +105,15 @@ export interface StateWrite {
  *   `listState` returns a namespace's keys that start with a prefix in ascending order
  *   (of their UTF-8 bytes; the same as code-unit order for the ASCII keys the engine uses). The engine keeps group views and per-member receipts there; adapters (encryption)
  *   keep their own state in their own namespaces.
+ * - **History positions.** A message is *shown* once the app can see it: an outgoing entry of
+ *   kind `msg` when it is enqueued, an inbound message when it is inserted not held, or when a
+ *   later change releases it. At that moment it takes the next number of one store-wide counter
+ *   (an inserted message before the ones its change releases, those in `release` order), so
+ *   positions follow the order in which the engine showed messages (per-sender order included,
+ *   which arrival order is not). Positions never change, are never reused and survive re-opens.
+ *   `history` and `conversations` serve shown messages only (never receipts, membership changes
+ *   or held messages) and read by position through an index: neither scans a conversation's
+ *   whole history nor every stored message.
  */
 export interface ClientStore {
   /** For logs and conformance reports. */
@@ -93,8 +121,11 @@ export interface ClientStore {
   /**
    * Stores an outgoing item as `pending`. When `sequenced`, assigns the conversation's next
    * sequence number (starting at 1) in the same atomic write, so a crash cannot reuse or skip one.
+   * `state` (the engine's bookkeeping of the item, e.g. a group message's recipients) is written in
+   * that same atomic write: a crash keeps the entry and its state, or neither. Rejects, changing
+   * nothing, when `draft.id` is already in the outbox. When this resolves the entry is durable.
    */
-  enqueue(draft: OutboxDraft, sequenced: boolean): Promise<OutboxEntry>;
+  enqueue(draft: OutboxDraft, sequenced: boolean, state?: StateWrite[]): Promise<OutboxEntry>;
   /** Items still `pending`, in enqueue order. */
   pending(): Promise<OutboxEntry[]>;
   /** Records an outgoing item's status (the engine has already checked it moves forward). */
@@ -124,6 +155,17 @@ export interface ClientStore {
   putState(writes: StateWrite[]): Promise<void>;
   /** The namespace's entries whose key starts with `prefix` (all when omitted), in key order. */
   listState(ns: string, prefix?: string): Promise<Array<{ key: string; value: Uint8Array }>>;
+  /**
+   * A page of a conversation's shown messages, received and sent, newest first: at most `limit`
+   * of those with a history position below `before` (all positions when undefined). Paging with
+   * `before` set to the last position of the previous page visits every shown message once.
+   */
+  history(conv: string, before: number | undefined, limit: number): Promise<HistoryRecord[]>;
+  /**
+   * Every conversation that has a shown message, the one with the latest shown message first,
+   * each with that message and its number of unread inbound messages (shown, `read` false).
+   */
+  conversations(): Promise<ConversationRecord[]>;
   /** Releases resources; the data stays for the next open. */
   close(): Promise<void>;
 }

@@ -3,7 +3,18 @@
  * your own adapter with {@link registerCases}.
  */
 import assert from 'node:assert/strict';
-import type { ClientStore, InboundMessage, OutboxDraft, OutboxEntry } from '../client/store.js';
+import type { ClientStore, InboundMessage, OutboxEntry } from '../client/store.js';
+import {
+  assertBytes,
+  binaryBody,
+  draft,
+  encoder,
+  ids,
+  inbound,
+  readDraft,
+  shape,
+} from './client-store-fixtures.js';
+import { historyCases } from './client-history-conformance.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
 
 /** How the client store suite opens and re-opens the adapter under test. */
@@ -15,57 +26,6 @@ export interface ClientStoreSubject {
   /** Closes `store` and opens a new one over the SAME data (an app restart). */
   reopen(store: ClientStore): Promise<ClientStore>;
 }
-
-const encoder = new TextEncoder();
-
-function draft(id: string, conv: string, body?: Uint8Array): OutboxDraft {
-  return { id, kind: 'msg', to: conv, conv, body: body ?? encoder.encode(`body of ${id}`), createdAt: 1000 };
-}
-
-function readDraft(id: string, conv: string, ids: string[]): OutboxDraft {
-  return { id, kind: 'read', to: conv, conv, ids, createdAt: 1000 };
-}
-
-function inbound(id: string, conv: string, seq: number, extra: Partial<InboundMessage> = {}): InboundMessage {
-  return {
-    id,
-    conv,
-    from: conv,
-    fromDevice: 'd1',
-    to: 'me',
-    seq,
-    ts: 1000 + seq,
-    body: encoder.encode(`body of ${id}`),
-    held: false,
-    read: false,
-    ...extra,
-  };
-}
-
-/** Every byte value, twice, in a non-trivial order. */
-function binaryBody(): Uint8Array {
-  const b = new Uint8Array(512);
-  for (let i = 0; i < b.length; i++) b[i] = (i * 167 + 13) & 0xff;
-  return b;
-}
-
-function assertBytes(actual: Uint8Array | undefined, expected: Uint8Array, what: string): void {
-  assert.ok(actual instanceof Uint8Array, `${what}: body is a Uint8Array`);
-  assert.equal(actual.byteLength, expected.byteLength, `${what}: body length`);
-  for (let i = 0; i < expected.byteLength; i++) {
-    if (actual[i] !== expected[i]) assert.fail(`${what}: body differs at byte ${i}`);
-  }
-}
-
-/** An entry without its body, so the rest compares with deepEqual whatever byte class is used. */
-function shape<T extends { body?: Uint8Array }>(e: T): Omit<T, 'body'> {
-  const { body: _body, ...rest } = e;
-  return rest;
-}
-
-const ids = (list: Array<{ id: string }>): string[] => list.map((e) => e.id);
-
-/** Holds the store of one case, so a case can re-open it and the suite can close it. */
 
 /**
  * The {@link ClientStore} conformance suite: a list of cases, each named after the guarantee it
@@ -385,5 +345,6 @@ export function clientStoreConformance(subject: ClientStoreSubject): Conformance
     );
   });
 
+  historyCases(test);
   return cases;
 }

@@ -73,6 +73,13 @@ export interface SimulationResult {
   };
 }
 
+/** The list under `key`, created empty when missing. */
+function listIn<V>(map: Map<string, V[]>, key: string): V[] {
+  let list = map.get(key);
+  if (!list) map.set(key, (list = []));
+  return list;
+}
+
 interface SimDevice {
   user: string;
   device: string;
@@ -83,6 +90,10 @@ interface SimDevice {
   seen: Map<string, number>;
   /** stream key → seqs in event order. */
   order: Map<string, number[]>;
+  /** conversation → (from/fd/id) of `message` events in event order, across engine restarts. */
+  shownIn: Map<string, string[]>;
+  /** conversation → ids of this device's sends, in the order they resolved (were stored). */
+  sentIn: Map<string, string[]>;
   gaps: number;
   late: number;
   offlineUntilStep: number;
@@ -253,6 +264,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
         client: undefined,
         seen: new Map(),
         order: new Map(),
+        shownIn: new Map(),
+        sentIn: new Map(),
         gaps: 0,
         late: 0,
         offlineUntilStep: -1,
@@ -308,6 +321,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       let o = dev.order.get(sk);
       if (!o) dev.order.set(sk, (o = []));
       o.push(m.seq);
+      listIn(dev.shownIn, m.conv).push(k);
       if (m.late) dev.late++;
       stats.deliveries++;
     });
@@ -337,6 +351,25 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     }
     storeFaults = faultsWere;
   }
+
+  /**
+   * Records a send once the client has stored it, as an app would (without holding up the
+   * scenario: awaiting here could wait on store work that waits on the network). A refused send
+   * was never stored: there is nothing to check for it.
+   */
+  const track = (step: number, what: Omit<SentRecord, 'id' | 'statuses'>, send: Promise<string>) => {
+    const name = what.group ? 'group send' : 'send';
+    stats.sent++;
+    if (what.group) stats.groupSent++;
+    send.then(
+      (id) => {
+        sent.set(id, { id, statuses: [], ...what });
+        listIn(what.from.sentIn, what.to).push(id);
+        trace(`${step} ${name} ${what.from.name} -> ${what.to} ${id}`);
+      },
+      (e: unknown) => trace(`${step} ${name} ${what.from.name} -> ${what.to} refused: ${String(e)}`),
+    );
+  };
 
   const stopClient = async (dev: SimDevice) => {
     const c = dev.client;
@@ -388,11 +421,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       // server then refuses it and the client reports failed).
       const group = pick(groupIds);
       if (dev.client?.group(group)?.member) {
-        const id = dev.client.sendToGroup(group, new TextEncoder().encode(`${dev.name}#${stats.sent}`));
-        sent.set(id, { id, from: dev, to: group, group: true, statuses: [] });
-        stats.sent++;
-        stats.groupSent++;
-        trace(`${step} group send ${dev.name} -> ${group} ${id}`);
+        const body = new TextEncoder().encode(`${dev.name}#${stats.sent}`);
+        track(step, { from: dev, to: group, group: true }, dev.client.sendToGroup(group, body));
       }
     } else if (r < 0.16 && groupIds.length > 0) {
       // A membership change, concurrent with the messages in flight.
@@ -425,10 +455,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       const others = users.filter((u) => u !== dev.user);
       const to = pick(others);
       if (dev.client) {
-        const id = dev.client.send(to, new TextEncoder().encode(`${dev.name}#${stats.sent}`));
-        sent.set(id, { id, from: dev, to, statuses: [] });
-        stats.sent++;
-        trace(`${step} send ${dev.name} -> ${to} ${id}`);
+        const body = new TextEncoder().encode(`${dev.name}#${stats.sent}`);
+        track(step, { from: dev, to }, dev.client.send(to, body));
       }
     } else if (r < 0.65) {
       if (dev.client) {
@@ -629,6 +657,32 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     for (const k of d.seen.keys()) {
       const id = k.split('/').pop()!;
       if (!sent.has(id)) violations.push(`no phantom: ${d.name} saw unknown message ${k}`);
+    }
+  }
+
+  // History reads back what the events showed: every message once, received ones in event order,
+  // sent ones in the order they were stored (paged, so the cursor is exercised too).
+  for (const d of devices) {
+    for (const conv of new Set([...d.shownIn.keys(), ...d.sentIn.keys()])) {
+      const got = { in: [] as string[], out: [] as string[] };
+      let before: string | undefined;
+      for (;;) {
+        const page = await d.client!.history(conv, { before, limit: 100 });
+        for (const m of page) {
+          if (m.outgoing) got.out.unshift(m.id);
+          else got.in.unshift(`${m.from}/${m.fromDevice}/${m.id}`);
+        }
+        if (page.length < 100) break;
+        before = page[page.length - 1]!.cursor;
+      }
+      const want = { in: d.shownIn.get(conv) ?? [], out: d.sentIn.get(conv) ?? [] };
+      for (const dir of ['in', 'out'] as const) {
+        if (got[dir].join() !== want[dir].join()) {
+          violations.push(
+            `history: ${d.name} ${conv} ${dir} is ${got[dir].length} messages, not the ${want[dir].length} ${dir === 'in' ? 'shown' : 'sent'} in that order`,
+          );
+        }
+      }
     }
   }
 

@@ -6,6 +6,8 @@
  */
 import type {
   ClientStore,
+  ConversationRecord,
+  HistoryRecord,
   InboundChange,
   InboundMessage,
   MessageStatus,
@@ -37,7 +39,9 @@ export type ClientStoreOp =
   | 'markRead'
   | 'getState'
   | 'putState'
-  | 'listState';
+  | 'listState'
+  | 'history'
+  | 'conversations';
 
 /** Options of {@link memoryClientStore}. */
 export interface MemoryClientStoreOptions {
@@ -73,6 +77,21 @@ interface ClientData extends MemoryClientState {
   streams: Map<string, number>;
   /** namespace → key → value. */
   kv: Map<string, Map<string, Uint8Array>>;
+  /** The last history position handed out. */
+  pos: number;
+  /** conversation → its shown messages in position order (inbound by dedupe key, outgoing by id). */
+  hist: Map<string, HistoryRef[]>;
+  /** dedupe keys of shown inbound messages (a held one is not shown yet). */
+  shown: Set<string>;
+  /** conversation → dedupe keys of its shown inbound messages that are not read. */
+  unread: Map<string, Set<string>>;
+}
+
+/** A shown message in {@link ClientData.hist}. */
+interface HistoryRef {
+  pos: number;
+  key?: string;
+  id?: string;
 }
 
 /** Creates an empty state for {@link memoryClientStore}. */
@@ -88,6 +107,10 @@ export function createMemoryClientState(): MemoryClientState {
     held: new Set(),
     streams: new Map(),
     kv: new Map(),
+    pos: 0,
+    hist: new Map(),
+    shown: new Set(),
+    unread: new Map(),
   };
   return data;
 }
@@ -123,12 +146,23 @@ function listIn<K, V>(map: Map<K, V[]>, key: K): V[] {
   return list;
 }
 
+/** The index of the first ref at or after position `pos` (refs are in position order). */
+function firstAtOrAfter(refs: HistoryRef[], pos: number): number {
+  let lo = 0;
+  let hi = refs.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (refs[mid]!.pos < pos) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 /**
  * A {@link ClientStore} kept in memory. Every operation runs synchronously inside its promise,
  * so each call is atomic.
  *
- * Choices where the contract is silent: enqueueing an id that is already in the outbox rejects
- * and changes nothing; `setStatus` of an unknown id is ignored.
+ * Choice where the contract is silent: `setStatus` of an unknown id is ignored.
  *
  * @example
  * ```ts
@@ -157,10 +191,41 @@ export function memoryClientStore(
     }
   }
 
+  /** Gives a message the next history position (see the contract's rule). */
+  function show(conv: string, ref: { key: string; read: boolean } | { id: string }): void {
+    const pos = ++data.pos;
+    if ('key' in ref) {
+      listIn(data.hist, conv).push({ pos, key: ref.key });
+      data.shown.add(ref.key);
+      if (!ref.read) {
+        let set = data.unread.get(conv);
+        if (!set) data.unread.set(conv, (set = new Set()));
+        set.add(ref.key);
+      }
+    } else listIn(data.hist, conv).push({ pos, id: ref.id });
+  }
+
+  function record(ref: HistoryRef): HistoryRecord {
+    if (ref.key !== undefined) return { pos: ref.pos, inbound: copyInbound(data.inbound.get(ref.key)!) };
+    return { pos: ref.pos, outgoing: copyOutbox(data.outbox.get(ref.id!)!) };
+  }
+
+  function writeState(writes: StateWrite[]): void {
+    for (const w of writes) {
+      let space = data.kv.get(w.ns);
+      if (w.value === undefined) {
+        space?.delete(w.key);
+        continue;
+      }
+      if (!space) data.kv.set(w.ns, (space = new Map()));
+      space.set(w.key, new Uint8Array(w.value));
+    }
+  }
+
   return {
     name: 'memory',
 
-    async enqueue(draft: OutboxDraft, sequenced: boolean): Promise<OutboxEntry> {
+    async enqueue(draft: OutboxDraft, sequenced: boolean, state?: StateWrite[]): Promise<OutboxEntry> {
       check('enqueue');
       if (data.outbox.has(draft.id)) {
         throw new Error(`memory client store: outbox id ${draft.id} is already enqueued`);
@@ -173,6 +238,8 @@ export function memoryClientStore(
       }
       data.outbox.set(entry.id, entry);
       listIn(data.outByConv, entry.conv).push(entry.id);
+      if (entry.kind === 'msg') show(entry.conv, { id: entry.id });
+      if (state) writeState(state);
       return copyOutbox(entry);
     },
 
@@ -206,12 +273,14 @@ export function memoryClientStore(
         listIn(data.inByConv, m.conv).push(key);
         listIn(data.byId, m.id).push(key);
         if (m.held) data.held.add(key);
+        else show(m.conv, { key, read: m.read });
         inserted = true;
       }
       if (change.release) {
         eachById(change.release, (key, m) => {
           m.held = false;
           data.held.delete(key);
+          if (!data.shown.has(key)) show(m.conv, { key, read: m.read });
         });
       }
       for (const s of change.streams ?? []) data.streams.set(s.key, s.next);
@@ -255,8 +324,9 @@ export function memoryClientStore(
 
     async markRead(ids: string[]): Promise<void> {
       check('markRead');
-      eachById(ids, (_key, m) => {
+      eachById(ids, (key, m) => {
         m.read = true;
+        data.unread.get(m.conv)?.delete(key);
       });
     },
 
@@ -268,15 +338,7 @@ export function memoryClientStore(
 
     async putState(writes: StateWrite[]): Promise<void> {
       check('putState');
-      for (const w of writes) {
-        let space = data.kv.get(w.ns);
-        if (w.value === undefined) {
-          space?.delete(w.key);
-          continue;
-        }
-        if (!space) data.kv.set(w.ns, (space = new Map()));
-        space.set(w.key, new Uint8Array(w.value));
-      }
+      writeState(writes);
     },
 
     async listState(ns: string, prefix = ''): Promise<Array<{ key: string; value: Uint8Array }>> {
@@ -286,6 +348,25 @@ export function memoryClientStore(
         if (key.startsWith(prefix)) out.push({ key, value: new Uint8Array(value) });
       }
       return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+    },
+
+    async history(conv: string, before: number | undefined, limit: number): Promise<HistoryRecord[]> {
+      check('history');
+      const refs = data.hist.get(conv) ?? [];
+      const out: HistoryRecord[] = [];
+      const end = before === undefined ? refs.length : firstAtOrAfter(refs, before);
+      for (let i = end - 1; i >= 0 && out.length < limit; i--) out.push(record(refs[i]!));
+      return out;
+    },
+
+    async conversations(): Promise<ConversationRecord[]> {
+      check('conversations');
+      const out: ConversationRecord[] = [];
+      for (const [conv, refs] of data.hist) {
+        const last = refs[refs.length - 1];
+        if (last) out.push({ conv, last: record(last), unread: data.unread.get(conv)?.size ?? 0 });
+      }
+      return out.sort((a, b) => b.last.pos - a.last.pos);
     },
 
     async close(): Promise<void> {},

@@ -13,8 +13,9 @@
  * | table | columns | purpose |
  * | --- | --- | --- |
  * | `seqs` | `conv`, `last` | last sequence number handed out per conversation |
- * | `outbox` | `n` (rowid: enqueue order), `id` (unique), `kind`, `to_user`, `conv`, `body`, `ids`, `created_at`, `seq`, `status` | outgoing items; indexes by `(conv, n)` and a partial index of the pending ones |
- * | `inbound` | `n` (rowid: arrival order), `from_user`, `from_device`, `id`, `conv`, `to_user`, `seq`, `ts`, `body`, `held`, `read` | received messages; unique `(from_user, from_device, id)`; indexes by `(conv, n)`, by `id`, and a partial index of the held ones |
+ * | `outbox` | `n` (rowid: enqueue order), `id` (unique), `kind`, `to_user`, `conv`, `body`, `ids`, `created_at`, `seq`, `status`, `pos` (history position, messages only) | outgoing items; indexes by `(conv, n)`, by `(conv, pos)`, and a partial index of the pending ones |
+ * | `inbound` | `n` (rowid: arrival order), `from_user`, `from_device`, `id`, `conv`, `to_user`, `seq`, `ts`, `body`, `held`, `read`, `pos` (history position, null while held) | received messages; unique `(from_user, from_device, id)`; indexes by `(conv, n)`, by `id`, by `(conv, pos)`, and partial indexes of the held and of the unread shown ones |
+ * | `convs` | `conv`, `last` | each conversation's latest history position (indexed: the conversation list, and the store-wide position counter as its maximum) |
  * | `streams` | `key`, `next` | next expected sequence per stream |
  * | `state` | `ns`, `key`, `value` | state namespaces (group views, member receipts, adapters); primary key `(ns, key)`; `WITHOUT ROWID` |
  *
@@ -23,6 +24,8 @@
 import Database from 'better-sqlite3';
 import type {
   ClientStore,
+  ConversationRecord,
+  HistoryRecord,
   InboundChange,
   InboundMessage,
   MessageStatus,
@@ -35,9 +38,17 @@ import {
   prepareNumeric,
   transactor,
   type SqliteConnectionOptions,
-  type SqliteMigration,
   type SqliteSource,
 } from '../../util/sqlite.js';
+import {
+  INBOUND_COLUMNS,
+  MIGRATIONS,
+  OUTBOX_COLUMNS,
+  toInbound,
+  toOutbox,
+  type InboundRow,
+  type OutboxRow,
+} from './sqlite-schema.js';
 
 export type {
   SqliteConnectionOptions,
@@ -56,133 +67,19 @@ export type SqliteClientStoreOptions = SqliteSource & SqliteConnectionOptions;
 
 const LABEL = 'sqlite client store';
 
-const MIGRATIONS: readonly SqliteMigration[] = [
-  // 1: the initial schema.
-  (db) =>
-    db.exec(`
-      CREATE TABLE seqs (
-        conv TEXT PRIMARY KEY,
-        last INTEGER NOT NULL
-      ) WITHOUT ROWID;
-      CREATE TABLE outbox (
-        n INTEGER PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
-        kind TEXT NOT NULL,
-        to_user TEXT NOT NULL,
-        conv TEXT NOT NULL,
-        body BLOB,
-        ids TEXT,
-        created_at INTEGER NOT NULL,
-        seq INTEGER,
-        status TEXT NOT NULL
-      );
-      CREATE INDEX outbox_conv ON outbox (conv, n);
-      CREATE INDEX outbox_pending ON outbox (n) WHERE status = 'pending';
-      CREATE TABLE inbound (
-        n INTEGER PRIMARY KEY,
-        from_user TEXT NOT NULL,
-        from_device TEXT NOT NULL,
-        id TEXT NOT NULL,
-        conv TEXT NOT NULL,
-        to_user TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        ts INTEGER NOT NULL,
-        body BLOB NOT NULL,
-        held INTEGER NOT NULL,
-        read INTEGER NOT NULL,
-        UNIQUE (from_user, from_device, id)
-      );
-      CREATE INDEX inbound_conv ON inbound (conv, n);
-      CREATE INDEX inbound_id ON inbound (id);
-      CREATE INDEX inbound_held ON inbound (n) WHERE held = 1;
-      CREATE TABLE streams (
-        key TEXT PRIMARY KEY,
-        next INTEGER NOT NULL
-      ) WITHOUT ROWID;
-    `),
-  // 2: state namespaces (group views, per-member receipts, adapters' state).
-  (db) =>
-    db.exec(`
-      CREATE TABLE state (
-        ns TEXT NOT NULL,
-        key TEXT NOT NULL,
-        value BLOB NOT NULL,
-        PRIMARY KEY (ns, key)
-      ) WITHOUT ROWID;
-    `),
-];
-
 /** The `PRAGMA user_version` of a database the SQLite client store has fully migrated. */
 export const SQLITE_CLIENT_SCHEMA_VERSION: number = MIGRATIONS.length;
 
-interface OutboxRow {
-  id: string;
-  kind: 'msg' | 'read' | 'group' | 'ctl';
-  to_user: string;
-  conv: string;
-  body: Uint8Array | null;
-  ids: string | null;
-  created_at: number;
-  seq: number | null;
-  status: MessageStatus;
-}
-
-interface InboundRow {
-  id: string;
-  conv: string;
-  from_user: string;
-  from_device: string;
-  to_user: string;
-  seq: number;
-  ts: number;
-  body: Uint8Array;
-  held: number;
-  read: number;
-}
-
-const OUTBOX_COLUMNS = 'id, kind, to_user, conv, body, ids, created_at, seq, status';
-const INBOUND_COLUMNS = 'id, conv, from_user, from_device, to_user, seq, ts, body, held, read';
-
 /** A view of the caller's bytes for binding; SQLite copies them. */
 const bindBytes = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-
-function toOutbox(r: OutboxRow): OutboxEntry {
-  const e: OutboxEntry = {
-    id: r.id,
-    kind: r.kind,
-    to: r.to_user,
-    conv: r.conv,
-    createdAt: r.created_at,
-    status: r.status,
-  };
-  if (r.body !== null) e.body = new Uint8Array(r.body);
-  if (r.ids !== null) e.ids = JSON.parse(r.ids) as string[];
-  if (r.seq !== null) e.seq = r.seq;
-  return e;
-}
-
-function toInbound(r: InboundRow): InboundMessage {
-  return {
-    id: r.id,
-    conv: r.conv,
-    from: r.from_user,
-    fromDevice: r.from_device,
-    to: r.to_user,
-    seq: r.seq,
-    ts: r.ts,
-    body: new Uint8Array(r.body),
-    held: r.held !== 0,
-    read: r.read !== 0,
-  };
-}
 
 /**
  * A {@link ClientStore} in a SQLite database (see the module header for the schema). Pass `path`
  * to let the store open (and later close) the file, or `database` to hand it a `better-sqlite3`
  * connection you keep owning.
  *
- * Choices where the contract is silent, as in the memory store: enqueueing an id that is already
- * in the outbox rejects and changes nothing; `setStatus` of an unknown id is ignored.
+ * Choice where the contract is silent, as in the memory store: `setStatus` of an unknown id is
+ * ignored.
  *
  * @example
  * ```ts
@@ -209,8 +106,8 @@ export function sqliteClientStore(
     ),
     outboxHas: q('SELECT 1 FROM outbox WHERE id = ?'),
     outboxInsert: q(
-      `INSERT INTO outbox (id, kind, to_user, conv, body, ids, created_at, seq, status)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')`,
+      `INSERT INTO outbox (id, kind, to_user, conv, body, ids, created_at, seq, status, pos)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)`,
     ),
     pending: q(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' ORDER BY n`),
     setStatus: q('UPDATE outbox SET status = ? WHERE id = ?'),
@@ -218,10 +115,29 @@ export function sqliteClientStore(
     outgoingIn: q(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE conv = ? ORDER BY n`),
     inboundHas: q('SELECT 1 FROM inbound WHERE from_user = ? AND from_device = ? AND id = ?'),
     inboundInsert: q(
-      `INSERT INTO inbound (from_user, from_device, id, conv, to_user, seq, ts, body, held, read)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO inbound (from_user, from_device, id, conv, to_user, seq, ts, body, held, read, pos)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
-    release: q('UPDATE inbound SET held = 0 WHERE id = ? AND held = 1'),
+    heldById: q('SELECT n, conv FROM inbound WHERE id = ? AND held = 1 ORDER BY n'),
+    release: q('UPDATE inbound SET held = 0, pos = ? WHERE n = ?'),
+    // The counter is the largest position of any conversation (an index lookup on convs_last).
+    nextPos: q('SELECT coalesce(max(last), 0) + 1 AS pos FROM convs'),
+    touchConv: q(
+      'INSERT INTO convs (conv, last) VALUES (?, ?) ON CONFLICT (conv) DO UPDATE SET last = excluded.last',
+    ),
+    convs: q('SELECT conv, last FROM convs ORDER BY last DESC'),
+    inboundPage: q(
+      `SELECT pos, ${INBOUND_COLUMNS} FROM inbound
+       WHERE conv = ? AND pos IS NOT NULL AND pos < ? ORDER BY pos DESC LIMIT ?`,
+    ),
+    outboxPage: q(
+      `SELECT pos, ${OUTBOX_COLUMNS} FROM outbox
+       WHERE conv = ? AND pos IS NOT NULL AND pos < ? ORDER BY pos DESC LIMIT ?`,
+    ),
+    // Named: the planner may prefer inbound_pos, which would count every shown message.
+    unread: q(
+      'SELECT count(*) AS n FROM inbound INDEXED BY inbound_unread WHERE conv = ? AND read = 0 AND pos IS NOT NULL',
+    ),
     setStream: q(
       'INSERT INTO streams (key, next) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET next = excluded.next',
     ),
@@ -243,10 +159,44 @@ export function sqliteClientStore(
     if (closed) throw new Error(`${LABEL}: the store is closed`);
   }
 
+  /** The next history position, recorded as its conversation's latest (inside a transaction). */
+  function show(conv: string): number {
+    const pos = (sql.nextPos.get() as { pos: number }).pos;
+    sql.touchConv.run(conv, pos);
+    return pos;
+  }
+
+  function writeState(writes: StateWrite[]): void {
+    for (const w of writes) {
+      if (w.value === undefined) sql.deleteState.run(w.ns, w.key);
+      else sql.putState.run(w.ns, w.key, bindBytes(w.value));
+    }
+  }
+
+  /** Newest first: the two tables' pages, each already in position order, merged. */
+  function page(conv: string, before: number | undefined, limit: number): HistoryRecord[] {
+    const below = before ?? Number.MAX_SAFE_INTEGER;
+    const ins = sql.inboundPage.all(conv, below, limit) as Array<InboundRow & { pos: number }>;
+    const outs = sql.outboxPage.all(conv, below, limit) as Array<OutboxRow & { pos: number }>;
+    const out: HistoryRecord[] = [];
+    let i = 0;
+    let o = 0;
+    while (out.length < limit && (i < ins.length || o < outs.length)) {
+      if (o >= outs.length || (i < ins.length && ins[i]!.pos > outs[o]!.pos)) {
+        const r = ins[i++]!;
+        out.push({ pos: r.pos, inbound: toInbound(r) });
+      } else {
+        const r = outs[o++]!;
+        out.push({ pos: r.pos, outgoing: toOutbox(r) });
+      }
+    }
+    return out;
+  }
+
   return {
     name: 'sqlite',
 
-    async enqueue(draft: OutboxDraft, sequenced: boolean): Promise<OutboxEntry> {
+    async enqueue(draft: OutboxDraft, sequenced: boolean, state?: StateWrite[]): Promise<OutboxEntry> {
       check();
       return tx(() => {
         if (sql.outboxHas.get(draft.id)) {
@@ -263,7 +213,9 @@ export function sqliteClientStore(
           draft.ids === undefined ? null : JSON.stringify(draft.ids),
           draft.createdAt,
           seq ?? null,
+          draft.kind === 'msg' ? show(draft.conv) : null,
         );
+        if (state) writeState(state);
         const entry: OutboxEntry = {
           id: draft.id,
           kind: draft.kind,
@@ -314,10 +266,15 @@ export function sqliteClientStore(
             bindBytes(m.body),
             m.held ? 1 : 0,
             m.read ? 1 : 0,
+            m.held ? null : show(m.conv),
           );
           inserted = true;
         }
-        for (const id of change.release ?? []) sql.release.run(id);
+        for (const id of change.release ?? []) {
+          for (const r of sql.heldById.all(id) as Array<{ n: number; conv: string }>) {
+            sql.release.run(show(r.conv), r.n);
+          }
+        }
         for (const s of change.streams ?? []) sql.setStream.run(s.key, s.next);
         return { inserted };
       });
@@ -360,12 +317,7 @@ export function sqliteClientStore(
     async putState(writes: StateWrite[]): Promise<void> {
       check();
       if (writes.length === 0) return;
-      tx(() => {
-        for (const w of writes) {
-          if (w.value === undefined) sql.deleteState.run(w.ns, w.key);
-          else sql.putState.run(w.ns, w.key, bindBytes(w.value));
-        }
-      });
+      tx(() => writeState(writes));
     },
 
     async listState(ns: string, prefix = ''): Promise<Array<{ key: string; value: Uint8Array }>> {
@@ -375,6 +327,22 @@ export function sqliteClientStore(
         value: Uint8Array;
       }>;
       return rows.map((r) => ({ key: r.key, value: new Uint8Array(r.value) }));
+    },
+
+    async history(conv: string, before: number | undefined, limit: number): Promise<HistoryRecord[]> {
+      check();
+      return page(conv, before, limit);
+    },
+
+    async conversations(): Promise<ConversationRecord[]> {
+      check();
+      const out: ConversationRecord[] = [];
+      for (const c of sql.convs.all() as Array<{ conv: string; last: number }>) {
+        const last = page(c.conv, c.last + 1, 1)[0];
+        if (!last) continue;
+        out.push({ conv: c.conv, last, unread: (sql.unread.get(c.conv) as { n: number }).n });
+      }
+      return out;
     },
 
     async close(): Promise<void> {

@@ -1,0 +1,20 @@
+/**
+ * The outbox's durability point, in one place: an item the app hands the client is either
+ * committed in the client store (and then sent, resent until acked) or refused with an error,
+ * and a refused item was never stored and will never be sent.
+ * @packageDocumentation
+ */
+import { PostboxError, isPostboxError } from '../protocol/index.js';
+
+/**
+ * The error a send (or a group request) rejects with when the client store did not take it:
+ * `unavailable` (retryable: the app may try again), with the store's error as `cause`.
+ */
+export function storeRefused(what: 'message' | 'request', cause: unknown): PostboxError {
+  if (isPostboxError(cause)) return cause;
+  return new PostboxError(
+    'unavailable',
+    `the client store did not take the ${what}: it was not stored and will not be sent; try again`,
+    { cause },
+  );
+}
