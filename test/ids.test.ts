@@ -60,7 +60,7 @@ describe('the id rule holds at every API that takes an id', () => {
     await world.device('bob');
     const c = alice.client;
     for (const { id, why } of badUsers) {
-      expect(() => c.send(id, text('x')), why).toThrow(invalid);
+      await expect(c.send(id, text('x')), why).rejects.toThrow(invalid);
       // A conversation may be a group: `#g` is a fine one to type in.
       if (!isGroupId(id)) expect(() => c.setTyping(id, true), why).toThrow(invalid);
       await expect(c.watchPresence(id), why).rejects.toThrow(invalid);
@@ -82,7 +82,7 @@ describe('the id rule holds at every API that takes an id', () => {
       ).toThrow(invalid);
     }
     for (const { id, why } of badGroups) {
-      expect(() => c.sendToGroup(id, text('x')), why).toThrow(invalid);
+      await expect(c.sendToGroup(id, text('x')), why).rejects.toThrow(invalid);
       await expect(c.createGroup('g', ['bob'], id), why).rejects.toThrow(invalid);
       await expect(c.leaveGroup(id), why).rejects.toThrow(invalid);
       if (id.startsWith('#')) expect(() => c.setTyping(id, true), why).toThrow(invalid);
