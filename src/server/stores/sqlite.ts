@@ -65,6 +65,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { sqlitePing } from './sqlite-ping.js';
 import {
   bundleFrom,
   decodeEvent,
@@ -971,6 +972,11 @@ export function sqliteServerStore(
     async inboxSize(): Promise<number> {
       check();
       return (sql.inboxSize.get() as { n: number }).n;
+    },
+
+    async ping(): Promise<void> {
+      check();
+      sqlitePing(db, LABEL);
     },
 
     async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
