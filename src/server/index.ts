@@ -5,6 +5,7 @@
 export type * from './store.js';
 export { createServer, PostboxServer } from './engine.js';
 export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './engine.js';
+export type { StoreHealth } from './health.js';
 export { insecureDevAuthenticator, signToken, tokenAuthenticator, verifyToken } from './auth.js';
 export type { TokenClaims } from './auth.js';
 export type { PushProvider, PushToken, WakeReason } from './push/types.js';
