@@ -23,8 +23,11 @@ export interface StoreHealth {
 
 /** What the monitor needs of the engine. */
 export interface StoreHealthDeps {
+  /** The store watched and probed. */
   store: ServerStore;
+  /** The engine's clock (the probe's timer, `since`). */
   clock: Clock;
+  /** Where the start and end of an outage are logged. */
   log: Logger;
   /** Delay between probes while failing; 0: no probes (only a successful commit recovers). */
   probeMs: number;
@@ -52,6 +55,7 @@ export class StoreHealthMonitor {
     this.health = { ok: true, since: deps.clock.now(), failures: 0 };
   }
 
+  /** A copy of the health now. */
   get current(): StoreHealth {
     return { ...this.health };
   }

@@ -14,10 +14,15 @@ export const DEFAULT_QUERY_TIMEOUT_MS = 10_000;
 
 /** Settings of a pool the store makes from a connection string. */
 export interface OwnedPoolSettings {
+  /** Where the database is. */
   connectionString: string;
+  /** Connections in the pool. */
   max: number;
+  /** See `connectTimeoutMs` of the store's options; undefined: the URL's, else the default. */
   connectTimeoutMs: number | undefined;
+  /** See `queryTimeoutMs` of the store's options; undefined: the default. */
   queryTimeoutMs: number | undefined;
+  /** Gets the `error` events of idle connections. */
   onError: (error: unknown) => void;
 }
 
