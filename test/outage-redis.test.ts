@@ -26,7 +26,7 @@ const runId = randomBytes(4).toString('hex');
 const schema = `pb_redis_outage_${runId}`;
 const TITLE = 'postbox serve nodes when Redis resets or vanishes';
 /** Well under the 30 s inbox poll: a doorbell, not the poll, brought the message. */
-const DOORBELL_MS = 10_000;
+const DOORBELL_MS = 15_000;
 
 afterEach(cleanUp);
 afterAll(async () => {

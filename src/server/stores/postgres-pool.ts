@@ -70,17 +70,21 @@ interface Emitter {
 
 const guarded = new WeakSet<object>();
 
+/** Listens to nothing: the call under way already rejects with the same error. */
+const ignore = (): void => {};
+
 /**
  * Gives a checked-out connection an `error` listener, once. `pg` emits `error` on a connection
  * whose socket fails even while a query of it is running (the query rejects too), and a pool
  * lends its connections without a listener: a reset mid-transaction would kill the process.
+ * (Idle, the connection's error reaches the pool's `error` event instead.)
  */
-export function guardConnection(c: object, onError: (error: unknown) => void): void {
+export function guardConnection(c: object): void {
   if (guarded.has(c)) return;
   const on = (c as Emitter).on;
   if (typeof on !== 'function') return;
   guarded.add(c);
-  on.call(c, 'error', onError);
+  on.call(c, 'error', ignore);
 }
 
 /**

@@ -112,10 +112,10 @@ export interface PostgresServerStoreTuning {
    */
   maxRetries?: number;
   /**
-   * Connections that fail in the background: an idle connection of the store's own pool reset by
-   * a database restart, failover, pgbouncer or firewall (the pool drops it and opens a new one on
-   * the next call), or a reset on a connection while a call of the store uses it (that call
-   * rejects as well). `postbox serve` logs them as warnings.
+   * Idle connections of the store's own pool that fail: reset by a database restart, failover,
+   * pgbouncer or firewall (the pool drops such a connection and opens a new one on the next
+   * call). A reset while a call uses a connection is not reported here: that call rejects.
+   * `postbox serve` logs them as warnings.
    * @default ignored
    */
   onError?: (error: unknown) => void;
@@ -332,7 +332,7 @@ export async function migratePostgresServerStore(pool: PgPool, schema = 'public'
   for (let steps = 0; ; steps++) {
     const c = await pool.connect();
     // A reset fails the statement under way, which is enough: the event must not end the process.
-    guardConnection(c, () => {});
+    guardConnection(c);
     let applied = false;
     try {
       await c.query('BEGIN');
@@ -466,17 +466,16 @@ export async function openPostgresServerStore(
   const maxRetries = options.maxRetries ?? 5;
   const schema = options.schema ?? 'public';
   const s = quoteSchema(schema);
-  const onError = options.onError ?? (() => {});
   if (options.pool) {
     await migratePostgresServerStore(options.pool, schema);
-    return postgresStore(options.pool, false, s, expiryBatchSize, maxRetries, onError);
+    return postgresStore(options.pool, false, s, expiryBatchSize, maxRetries);
   }
   const settings = {
     connectionString: options.connectionString,
     max: options.poolSize ?? 10,
     connectTimeoutMs: options.connectTimeoutMs,
     queryTimeoutMs: options.queryTimeoutMs,
-    onError,
+    onError: options.onError ?? (() => {}),
   };
   const migrations = makePool(settings, true) as unknown as PgPool;
   try {
@@ -484,14 +483,7 @@ export async function openPostgresServerStore(
   } finally {
     await migrations.end();
   }
-  return postgresStore(
-    makePool(settings) as unknown as PgPool,
-    true,
-    s,
-    expiryBatchSize,
-    maxRetries,
-    onError,
-  );
+  return postgresStore(makePool(settings) as unknown as PgPool, true, s, expiryBatchSize, maxRetries);
 }
 
 function postgresStore(
@@ -500,7 +492,6 @@ function postgresStore(
   s: string,
   expiryBatchSize: number,
   maxRetries: number,
-  onError: (error: unknown) => void,
 ): PostgresServerStore {
   let closed = false;
   function check(): void {
@@ -531,7 +522,7 @@ function postgresStore(
       (async () => {
         for (let attempt = 0; ; attempt++) {
           const c = await pool.connect();
-          guardConnection(c, onError);
+          guardConnection(c);
           try {
             await c.query(BEGIN_DURABLE);
             const out = await fn(c);
