@@ -127,6 +127,7 @@ describe('memory server store fault switch', () => {
       'keyCount',
       'setPushToken',
       'pushToken',
+      'ping',
     ];
     let failing: ServerStoreOp | undefined;
     const store = memoryServerStore({ state, failWhen: (op) => op === failing });
@@ -170,6 +171,7 @@ describe('memory server store fault switch', () => {
         setPushToken: () => store.setPushToken(bob1, { kind: 'fcm', token: 't2' }),
         pushToken: () => store.pushToken(bob1),
         inboxSize: () => store.inboxSize!(),
+        ping: () => store.ping!(),
       };
       await expect(calls[op]()).rejects.toThrow(op);
       expect(JSON.stringify(dump(state))).toBe(snapshot);

@@ -22,6 +22,7 @@ serve options (flag, environment variable, default):
   --host H                  POSTBOX_HOST                  127.0.0.1
   --data FILE               POSTBOX_DATA                  ./postbox.sqlite
   --store URL               POSTBOX_STORE                 (the --data SQLite file) postgres://…[?schema=S]: keep everything in PostgreSQL instead
+                                                          (&connect_timeout=SECONDS, 5, &query_timeout=MS, 10000: how long a vanished database may hold a call)
   --cluster URL             POSTBOX_CLUSTER               (one node) redis://…[?prefix=P]: one gateway of many over Redis (needs --store postgres://)
   --node-id ID              POSTBOX_NODE_ID               HOST-PID (this gateway's name in the cluster)
   --cluster-ttl-ms N        POSTBOX_CLUSTER_TTL_MS        15000 (a dead gateway stops counting after this)

@@ -21,6 +21,7 @@ export interface PrometheusMetrics {
  * `connections` (gauge), `sends_total{kind,result}`, `commit_seconds` (histogram of group-commit
  * latency), `commit_items` (histogram of batch sizes), `deliveries_total`, `acks_total`,
  * `doorbells_total`, `push_total{result}`, `errors_total{code}`, `online_devices` (gauge),
+ * `store_up` (gauge: 1 while the store answers, see `PostboxServer.storeHealth`),
  * `inbox_entries` (gauge: the inbox depth, when the store can count it), plus
  * the process defaults (CPU, memory, event loop lag).
  */
@@ -111,11 +112,21 @@ export async function prometheusMetrics(): Promise<PrometheusMetrics | undefined
           help: 'Entries waiting in all inboxes (not yet acked), as the store counts them',
           registers: [registry],
           async collect() {
-            // A failing store leaves the last value: a scrape must not fail with it.
+            // A failing store leaves the last value: a scrape must not fail with it, nor wait
+            // out the store's timeouts while the engine already knows it is away.
+            if (!engine.storeHealth().ok) return;
             this.set(await size().catch(() => NaN));
           },
         });
       }
+      new prom.Gauge({
+        name: 'postbox_store_up',
+        help: 'Whether the store answers (0 from a failed store call until a commit or probe succeeds)',
+        registers: [registry],
+        collect() {
+          this.set(engine.storeHealth().ok ? 1 : 0);
+        },
+      });
       new prom.Gauge({
         name: 'postbox_online_devices',
         help: 'Devices with an open session on this node',

@@ -73,13 +73,20 @@ export interface ServeHandle {
   close(): Promise<void>;
 }
 
-/** A PostgreSQL store from a `postgres://` URL; a `schema` query parameter picks the schema. */
-async function openPostgres(url: string): Promise<ServerStore> {
+/**
+ * A PostgreSQL store from a `postgres://` URL; a `schema` query parameter picks the schema (and
+ * `connect_timeout` in seconds, `query_timeout` in ms bound the waits on a vanished database).
+ */
+async function openPostgres(url: string, log: ReturnType<typeof jsonLogger>): Promise<ServerStore> {
   const { openPostgresServerStore } = await import('../server/stores/postgres.js');
   const u = new URL(url);
   const schema = u.searchParams.get('schema') ?? undefined;
   u.searchParams.delete('schema');
-  return openPostgresServerStore({ connectionString: u.toString(), ...(schema ? { schema } : {}) });
+  return openPostgresServerStore({
+    connectionString: u.toString(),
+    ...(schema ? { schema } : {}),
+    onError: (e) => log.warn('postgres connection lost', e),
+  });
 }
 
 /** A started Redis cluster node from a `redis://` URL; a `prefix` query parameter sets the key prefix. */
@@ -110,7 +117,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     );
 
   const store: ServerStore = options.store
-    ? await openPostgres(options.store)
+    ? await openPostgres(options.store, log)
     : sqliteServerStore({ path: options.data });
   let cluster: ClusterAdapter | undefined;
   try {
@@ -139,9 +146,13 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     } else if (req.url === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (req.url === '/readyz') {
+      // Not ready while the store fails: a load balancer sends new connections to nodes that can
+      // take sends, and back here once the engine's probe finds the store answering again.
+      const health = engine.storeHealth();
+      const ok = ready && health.ok;
       res
-        .writeHead(ready ? 200 : 503, { 'content-type': 'text/plain' })
-        .end(ready ? 'ready\n' : 'not ready\n');
+        .writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' })
+        .end(ok ? 'ready\n' : health.ok ? 'not ready\n' : 'not ready: store failing\n');
     } else {
       res
         .writeHead(404, { 'content-type': 'text/plain' })
@@ -170,7 +181,6 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     ...(cluster ? { cluster } : {}),
   });
   metrics?.watch(engine);
-  engine.on('error', (e) => log.error('store failure', e));
   await engine.listen(transport);
   await new Promise<void>((resolve, reject) => {
     http.once('error', reject);

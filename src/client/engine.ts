@@ -968,7 +968,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.setState('closed', new PostboxError(fatal, `connection closed: ${reason || code}`));
       return;
     }
-    this.scheduleReconnect(new PostboxError('disconnected', `connection closed: ${reason || code}`));
+    // 1013: the server cannot serve now (overloaded, or its store is away); still retried.
+    const why = code === CLOSE_CODES.tryAgainLater ? 'unavailable' : 'disconnected';
+    this.scheduleReconnect(new PostboxError(why, `connection closed: ${reason || code}`));
   }
 
   private scheduleReconnect(error: PostboxError): void {

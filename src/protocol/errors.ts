@@ -134,8 +134,10 @@ export const CLOSE_CODES = {
    */
   reauthenticate: 4007,
   /**
-   * The server is overloaded (too many handshakes at once, say after another gateway died and its
-   * clients all came here): reconnect after a backoff, maybe to another gateway.
+   * The server cannot serve now: it is overloaded (too many handshakes at once, say after another
+   * gateway died and its clients all came here), or its store is unavailable: reconnect after a
+   * backoff, maybe to another gateway, and resend what was not answered (a send whose commit was
+   * under way may have committed; the resend then gets its original ack).
    */
   tryAgainLater: 1013,
 } as const;

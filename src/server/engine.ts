@@ -32,6 +32,7 @@ import { performance } from 'node:perf_hooks';
 import { deviceKey } from './cluster/common.js';
 import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
 import { BoundedMap, Limits } from './limits.js';
+import { StoreHealthMonitor, type StoreHealth } from './health.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
 import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
 import type { PushProvider, PushToken } from './push/types.js';
@@ -217,6 +218,13 @@ export interface ServerOptions {
    * once cannot overload the survivors' stores. @default 256
    */
   maxConcurrentHandshakes?: number;
+  /**
+   * While the store fails, it is probed this often (with `ServerStore.ping`) so that
+   * {@link PostboxServer.storeHealth} (and `/readyz`) turns healthy again once it answers, even
+   * with no client sending. 0 turns probing off: then only a successful commit does.
+   * @default 1000
+   */
+  storeProbeMs?: number;
   /** @default silent */
   logger?: Logger;
 }
@@ -227,8 +235,13 @@ export interface ServerEvents {
   online: (device: DeviceAddress) => void;
   /** A device's session ended. */
   offline: (device: DeviceAddress, code: number) => void;
-  /** A store failure; affected connections were closed so clients retry. */
+  /**
+   * A store failure; affected connections were closed with 1013 (try again later) so their
+   * clients back off and resend.
+   */
   error: (error: unknown) => void;
+  /** The store started failing, or answers again (see {@link PostboxServer.storeHealth}). */
+  storeHealth: (health: StoreHealth) => void;
   /** A user's announced presence changed (after the debounce). */
   presence: (user: string, online: boolean, lastSeen: number | undefined) => void;
   /** A device was linked to its user by another device's approval. */
@@ -363,6 +376,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   handshakes = 0;
   /** @internal the per-user and per-device limits (see limits.ts). */
   readonly limits: Limits;
+  private readonly health: StoreHealthMonitor;
 
   constructor(options: ServerOptions) {
     super();
@@ -395,8 +409,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       pushIntervalMs: options.pushIntervalMs ?? 60_000,
       inboxPollMs: options.inboxPollMs ?? (options.cluster ? 30_000 : 0),
       maxConcurrentHandshakes: options.maxConcurrentHandshakes ?? 256,
+      storeProbeMs: options.storeProbeMs ?? 1000,
     };
     this.limits = new Limits(this.opts);
+    this.health = new StoreHealthMonitor({
+      store: this.store,
+      clock: this.clock,
+      log: this.log,
+      probeMs: this.opts.storeProbeMs,
+      changed: (h) => this.emit('storeHealth', h),
+    });
     this.cluster = options.cluster;
     if (this.cluster) this.joinCluster(this.cluster);
     this.push = options.push;
@@ -417,6 +439,15 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** Number of open connections (authenticated or not). */
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /**
+   * Whether the store answered: failing from a store call that failed until a commit succeeds or
+   * a probe answers (see {@link ServerOptions.storeProbeMs}). `postbox serve` answers `/readyz`
+   * with 503 while it fails.
+   */
+  storeHealth(): StoreHealth {
+    return this.health.current;
   }
 
   /** Devices with an open, authenticated session. */
@@ -533,6 +564,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   async close(): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    this.health.stop();
     this.clock.clearTimeout(this.sweepTimer);
     this.clock.clearTimeout(this.expiryTimer);
     await Promise.all(this.transports.map((t) => t.close()));
@@ -730,7 +762,10 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** Announces a user's presence to every node watching it (this one hears it back). */
   private publishPresence(user: string, online: boolean, v: number, at: number): void {
     this.emit('presence', user, online, online ? undefined : at);
-    void this.cluster!.publishPresence({ user, online, v, at });
+    // Never rejects by contract; a third-party adapter that does must not end the process.
+    this.cluster!.publishPresence({ user, online, v, at }).catch((e) =>
+      this.log.warn('presence publish failed', e),
+    );
   }
 
   /** A presence event from the cluster: to this node's watchers, unless it is older than what they saw. */
@@ -1172,7 +1207,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       else if (this.cluster) (remote ??= []).push(d);
       else if (this.push) void this.wake(d);
     }
-    if (remote) void this.ringRemote(remote);
+    if (remote) this.ringRemote(remote).catch((e) => this.log.warn('cluster ring failed', e));
   }
 
   /** A device without a connection got an inbox entry: wake it, at most once per interval. */
@@ -1209,11 +1244,15 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     session.send({ t: 'ok', r: f.r });
   }
 
-  /** @internal */
+  /**
+   * @internal A store call failed: the store counts as failing (logged once per outage), and the
+   * sessions it concerned are closed with 1013 (try again later), unanswered: their clients back
+   * off, reconnect (to another gateway of their list) and resend everything unacked in order.
+   */
   reportStoreFailure(error: unknown, sessions: Iterable<Session>): void {
-    this.log.error('store failure', error);
+    this.health.failed(error);
     if (this.listenerCount('error') > 0) this.emit('error', error);
-    for (const s of sessions) s.close(CLOSE_CODES.internal, 'store unavailable');
+    for (const s of sessions) s.close(CLOSE_CODES.tryAgainLater, 'store unavailable');
   }
 
   private async flush(): Promise<void> {
@@ -1230,6 +1269,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
             this.clock.now(),
           );
           this.metrics.commit(performance.now() - started, batch.length, true);
+          this.health.succeeded();
         } catch (error) {
           this.metrics.commit(performance.now() - started, batch.length, false);
           // Answering an error here while later sends of the same connection commit would
@@ -1514,7 +1554,8 @@ class Session {
           if (verdict === 'first-over') this.sendError('rate_limited', 'too many typing notices');
           return;
         }
-        void this.server.typing(this, frame);
+        // Ephemeral: a store that cannot say who is in the group drops the notice, nothing more.
+        this.server.typing(this, frame).catch((e) => this.server.log.warn('typing notice dropped', e));
         return;
       }
       case 'rcpt':

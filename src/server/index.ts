@@ -5,6 +5,7 @@
 export type * from './store.js';
 export { createServer, PostboxServer } from './engine.js';
 export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './engine.js';
+export type { StoreHealth } from './health.js';
 export {
   DEFAULT_TOKEN_TTL_MS,
   insecureDevAuthenticator,

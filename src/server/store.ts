@@ -368,6 +368,13 @@ export interface ServerStore {
    * costly (the PostgreSQL store reads the table's live-row statistics).
    */
   inboxSize?(): Promise<number>;
+  /**
+   * A cheap check that the backend answers and can take writes as far as a quick look can tell
+   * (one round trip; no write). The engine probes with it while the store is failing, to report
+   * it healthy again (`/readyz`) without waiting for a client's send. Optional: without it the
+   * engine probes with a small read ({@link ServerStore.devices}).
+   */
+  ping?(): Promise<void>;
   /** Releases resources. The data stays for the next open. */
   close(): Promise<void>;
 }

@@ -48,6 +48,15 @@ export interface RedisClusterOptions {
   reapBatch?: number;
   /** Background failures (heartbeat, lost hints, connection errors). @default ignored */
   onError?: (error: unknown) => void;
+  /**
+   * A command unanswered this long fails, and its connection is dropped and opened again: what
+   * bounds a call when Redis vanishes without a reset (a partition, a dead host), where the
+   * socket stays open and nothing comes back. The subscriber is checked with a `PING` at every
+   * heartbeat for the same reason. Ignored for a setting the `redis` options object gives
+   * (`commandTimeout`, `socketTimeout`).
+   * @default 2000
+   */
+  commandTimeoutMs?: number;
 }
 
 /** The Redis adapter, with the crash switch the conformance suite uses. */
@@ -57,6 +66,9 @@ export interface RedisClusterAdapter extends ClusterAdapter {
    */
   crash(): Promise<void>;
 }
+
+/** How long opening a connection to Redis may take (unless the `redis` options say otherwise). */
+const CONNECT_TIMEOUT_MS = 5000;
 
 /** Devices per script run in `ring`/`locate`, so one call cannot stall Redis. */
 const CHUNK = 1000;
@@ -253,7 +265,17 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
   const heartbeatMs = options.heartbeatMs ?? Math.max(1, Math.floor(ttlMs / 3));
   const reapBatch = options.reapBatch ?? 500;
   const onError = options.onError ?? (() => {});
+  const commandTimeoutMs = options.commandTimeoutMs ?? 2000;
   const core = new NodeCore();
+  /**
+   * Devices of this node whose registration failed (Redis away): registered again by the next
+   * heartbeat that gets through, so their doorbells ring here again without waiting for the
+   * engine's inbox poll. Only those: re-registering every device could take one back from a
+   * node where it connected since.
+   */
+  const unregistered = new Map<string, DeviceAddress>();
+  /** A command failed since the last heartbeat that got through: repair on the next one. */
+  let degraded = false;
   const versionKey = `${prefix}v`;
   const nodesKey = `${prefix}nodes`;
   const devKey = (d: DeviceAddress): string => `${prefix}d:${deviceKey(d)}`;
@@ -274,10 +296,17 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
    */
   const connect = (queue: boolean): Redis => {
     const own = { lazyConnect: true, enableOfflineQueue: queue };
+    // A socket that answers nothing within the timeout is destroyed and reconnected (ioredis's
+    // socketTimeout), so a black hole costs timeouts, not a connection that hangs forever.
+    const bounded = {
+      commandTimeout: commandTimeoutMs,
+      socketTimeout: commandTimeoutMs,
+      connectTimeout: CONNECT_TIMEOUT_MS,
+    };
     const r =
       typeof options.redis === 'string'
-        ? new Redis(options.redis, own)
-        : new Redis({ ...options.redis, ...own });
+        ? new Redis(options.redis, { ...bounded, ...own })
+        : new Redis({ ...bounded, ...options.redis, ...own });
     r.on('error', onError);
     return r;
   };
@@ -364,8 +393,28 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
   const registerHere = async (d: DeviceAddress): Promise<RegisterResult> => {
     const member = deviceKey(d);
     core.local.set(member, d);
-    const [replaced, came, v] = await cmd!.pbRegister(...registryArgs(d, member));
+    let reply: [string, number, number];
+    try {
+      reply = await cmd!.pbRegister(...registryArgs(d, member));
+    } catch (e) {
+      if (core.local.has(member)) unregistered.set(member, d);
+      degraded = true;
+      throw e;
+    }
+    unregistered.delete(member);
+    const [replaced, came, v] = reply;
     return { replaced: replaced === '' ? undefined : replaced, cameOnline: came === 1, v };
+  };
+
+  /**
+   * After Redis was away: registers the devices whose registration failed, and subscribes again
+   * to this node's channel and its watched users' (a SUBSCRIBE that failed is not one ioredis
+   * repeats on reconnect; subscribing twice is harmless).
+   */
+  const repair = async (): Promise<void> => {
+    for (const d of [...unregistered.values()]) await registerHere(d);
+    const channels = [`${prefix}n:${inc!}`, ...[...core.watched.keys()].map(presenceChannel)];
+    await sub!.subscribe(...channels);
   };
 
   /** One bounded reaping step: a batch of every dead incarnation's devices. */
@@ -392,12 +441,26 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
   };
 
   const heartbeat = async (): Promise<void> => {
-    if (nodeId === undefined || !cmd) return;
+    if (nodeId === undefined || !cmd || !sub) return;
+    // The subscriber sends nothing on its own: a ping is how a black-holed one is found (its
+    // socket timeout then reconnects it). Beside the heartbeat, which must not wait for it.
+    const pinged = sub.ping().then(
+      () => true,
+      (e: unknown) => {
+        degraded = true;
+        onError(e);
+        return false;
+      },
+    );
     const ok = await cmd.pbHeartbeat(`${prefix}alive:${inc!}`, nodeId, ttlMs);
     if (ok === 0) {
       // Paused past the TTL: reapers may be at the old incarnation; register anew under a new one.
       await claim();
       for (const d of [...core.local.values()]) await registerHere(d);
+    }
+    if ((await pinged) && degraded) {
+      degraded = false;
+      await repair();
     }
     await reap();
   };
@@ -405,7 +468,10 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
   const schedule = (): void => {
     timer = setTimeout(() => {
       beating = heartbeat()
-        .catch(onError)
+        .catch((e: unknown) => {
+          degraded = true;
+          onError(e);
+        })
         .finally(() => {
           beating = undefined;
           if (nodeId !== undefined) schedule();
@@ -425,6 +491,8 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     nodeId = inc = undefined;
     core.local.clear();
     core.watched.clear();
+    unregistered.clear();
+    degraded = false;
   };
 
   const adapter: RedisClusterAdapter = {
@@ -480,6 +548,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
       const r = started();
       const member = deviceKey(d);
       core.local.delete(member);
+      unregistered.delete(member);
       const [removed, off, v] = await r.pbUnregister(...registryArgs(d, member));
       return { removed: removed === 1, wentOffline: off === 1, v };
     },
@@ -534,7 +603,13 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     },
     async watch(user) {
       started();
-      if (core.watch(user)) await sub!.subscribe(presenceChannel(user));
+      if (!core.watch(user)) return;
+      try {
+        await sub!.subscribe(presenceChannel(user));
+      } catch (e) {
+        degraded = true; // subscribed again by the repair
+        throw e;
+      }
     },
     async unwatch(user) {
       if (core.unwatch(user) && sub) await sub.unsubscribe(presenceChannel(user));

@@ -61,7 +61,8 @@ export type ServerStoreOp =
   | 'keyCount'
   | 'setPushToken'
   | 'pushToken'
-  | 'inboxSize';
+  | 'inboxSize'
+  | 'ping';
 
 /** Options of {@link memoryServerStore}. */
 export interface MemoryServerStoreOptions {
@@ -678,6 +679,10 @@ export function memoryServerStore(
       let n = 0;
       for (const inbox of data.inboxes.values()) n += inbox.entries.size;
       return n;
+    },
+
+    async ping(): Promise<void> {
+      check('ping');
     },
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {

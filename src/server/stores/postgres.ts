@@ -23,7 +23,6 @@
  *
  * @packageDocumentation
  */
-import pg from 'pg';
 import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
@@ -46,6 +45,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { brokenConnection, guardConnection, makePool, pingPostgres } from './postgres-pool.js';
 import {
   bundleFrom,
   decodeEvent,
@@ -80,6 +80,11 @@ export interface PgQueryable {
 export interface PgPoolClient extends PgQueryable {
   /** Returns the connection; with an error, the pool destroys it instead. */
   release(error?: Error | boolean): void;
+  /**
+   * `pg` emits `error` here when the connection's socket fails (a reset mid-transaction); the store
+   * listens, so such a reset fails the call instead of the process.
+   */
+  on?(event: 'error', listener: (error: Error) => void): unknown;
 }
 
 /** The members of a `pg` `Pool` the store uses, so no `pg` type leaks into postbox's API. */
@@ -110,6 +115,14 @@ export interface PostgresServerStoreTuning {
    * @default 5
    */
   maxRetries?: number;
+  /**
+   * Idle connections of the store's own pool that fail: reset by a database restart, failover,
+   * pgbouncer or firewall (the pool drops such a connection and opens a new one on the next
+   * call). A reset while a call uses a connection is not reported here: that call rejects.
+   * `postbox serve` logs them as warnings.
+   * @default ignored
+   */
+  onError?: (error: unknown) => void;
 }
 
 /**
@@ -126,10 +139,29 @@ export type PostgresServerStoreOptions = (
        * @default 10
        */
       poolSize?: number;
+      /**
+       * How long opening a connection, or waiting for a free one of the pool, may take before the
+       * call fails (so an unreachable database fails sends in bounded time). A libpq
+       * `connect_timeout` (seconds) in a URL `connectionString` is read when this is not given.
+       * @default 5000
+       */
+      connectTimeoutMs?: number;
+      /**
+       * How long one statement may go unanswered before its call fails and its connection is
+       * dropped: what bounds a call when the database vanishes without a reset (a partition, a
+       * dead host). A `query_timeout` (ms) in a URL `connectionString` overrides it. Schema
+       * migrations at open run without it.
+       * @default 10000
+       */
+      queryTimeoutMs?: number;
       pool?: never;
     }
   | {
-      /** An open `pg` `Pool`; the store never ends it. */
+      /**
+       * An open `pg` `Pool`; the store never ends it. Its owner handles the pool's `error` events
+       * and sets its timeouts (`connectionTimeoutMillis`, `query_timeout`): without them an idle
+       * connection's reset kills the process, and a vanished database hangs calls.
+       */
       pool: PgPool;
       connectionString?: never;
     }
@@ -329,6 +361,8 @@ export async function migratePostgresServerStore(pool: PgPool, schema = 'public'
   const s = quoteSchema(schema);
   for (let steps = 0; ; steps++) {
     const c = await pool.connect();
+    // A reset fails the statement under way, which is enough: the event must not end the process.
+    guardConnection(c);
     let applied = false;
     try {
       await c.query('BEGIN');
@@ -462,20 +496,24 @@ export async function openPostgresServerStore(
   const maxRetries = options.maxRetries ?? 5;
   const schema = options.schema ?? 'public';
   const s = quoteSchema(schema);
-  const owned = options.pool === undefined;
-  const pool: PgPool =
-    options.pool ??
-    (new pg.Pool({
-      connectionString: options.connectionString,
-      max: options.poolSize ?? 10,
-    }) as unknown as PgPool);
-  try {
-    await migratePostgresServerStore(pool, schema);
-  } catch (e) {
-    if (owned) await pool.end();
-    throw e;
+  if (options.pool) {
+    await migratePostgresServerStore(options.pool, schema);
+    return postgresStore(options.pool, false, s, expiryBatchSize, maxRetries);
   }
-  return postgresStore(pool, owned, s, expiryBatchSize, maxRetries);
+  const settings = {
+    connectionString: options.connectionString,
+    max: options.poolSize ?? 10,
+    connectTimeoutMs: options.connectTimeoutMs,
+    queryTimeoutMs: options.queryTimeoutMs,
+    onError: options.onError ?? (() => {}),
+  };
+  const migrations = makePool(settings, true) as unknown as PgPool;
+  try {
+    await migratePostgresServerStore(migrations, schema);
+  } finally {
+    await migrations.end();
+  }
+  return postgresStore(makePool(settings) as unknown as PgPool, true, s, expiryBatchSize, maxRetries);
 }
 
 function postgresStore(
@@ -514,6 +552,7 @@ function postgresStore(
       (async () => {
         for (let attempt = 0; ; attempt++) {
           const c = await pool.connect();
+          guardConnection(c);
           try {
             await c.query(BEGIN_DURABLE);
             const out = await fn(c);
@@ -521,8 +560,10 @@ function postgresStore(
             c.release();
             return out;
           } catch (e) {
-            let broken = false;
-            await c.query('ROLLBACK').catch(() => (broken = true));
+            // A COMMIT lost with its connection may have committed or not: the caller does not
+            // ack, the client resends, and dedupe answers a resend of what did commit.
+            let broken = brokenConnection(e);
+            if (!broken) await c.query('ROLLBACK').catch(() => (broken = true));
             c.release(broken);
             if (attempt >= maxRetries || !isRetryable(e)) throw e;
             await sleep(Math.random() * 10 * (attempt + 1));
@@ -1682,6 +1723,11 @@ function postgresStore(
         [`${s}.inbox`],
       );
       return Math.max(0, Number(r?.n ?? 0));
+    },
+
+    async ping(): Promise<void> {
+      check();
+      await pingPostgres(pool, LABEL);
     },
 
     async close(): Promise<void> {

@@ -67,6 +67,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { sqlitePing } from './sqlite-ping.js';
 import {
   bundleFrom,
   decodeEvent,
@@ -1043,6 +1044,11 @@ export function sqliteServerStore(
     async inboxSize(): Promise<number> {
       check();
       return (sql.inboxSize.get() as { n: number }).n;
+    },
+
+    async ping(): Promise<void> {
+      check();
+      sqlitePing(db, LABEL);
     },
 
     async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
