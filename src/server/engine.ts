@@ -1585,8 +1585,10 @@ class Session {
   private async onHello(hello: HelloFrame): Promise<void> {
     const server = this.server;
     if (server.handshakes >= server.opts.maxConcurrentHandshakes) {
-      // Shed load before it reaches the authenticator and the store; the client backs off.
-      this.sendError('unavailable', 'server busy, try again later');
+      // Shed load before it reaches the authenticator and the store; the client backs off. A bare
+      // 1013, no `err` first: a client that read an error would close its side normally and
+      // come back to this same busy gateway instead of moving on to another of its list.
+      this.server.metrics.error('unavailable');
       this.close(CLOSE_CODES.tryAgainLater, 'server busy');
       return;
     }
