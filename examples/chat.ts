@@ -29,12 +29,25 @@ const { values } = parseArgs({
     secret: { type: 'string' },
     'insecure-dev-auth': { type: 'boolean' },
     store: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
   },
 });
+const USAGE = `usage: postbox chat --server URL --as USER --to PEER [--device D] [--store FILE]
+                    [--token T | --secret S | --insecure-dev-auth]
+  --server URL        the server's WebSocket URL (default ws://127.0.0.1:8080/postbox)
+  --as USER           who you are; --device D names this device (default cli)
+  --to PEER           the user (or #group) to chat with
+  --token T           a token from your login service; or --secret S (or POSTBOX_SECRET) to sign
+                      one on every connect; or --insecure-dev-auth for a dev server
+  --store FILE        this device's SQLite file (default ~/.postbox/USER-DEVICE.sqlite)
+In the chat: /help lists the commands.
+`;
+if (values.help) {
+  process.stdout.write(USAGE);
+  process.exit(0);
+}
 if (!values.as || !values.to) {
-  process.stderr.write(
-    'usage: postbox chat --server URL --as USER --to PEER [--token T | --secret S | --insecure-dev-auth]\n',
-  );
+  process.stderr.write(USAGE);
   process.exit(2);
 }
 const me = values.as;
@@ -84,16 +97,20 @@ const print = (line: string) => {
   rl.prompt(true);
 };
 
+// One line when the connection goes and one when it is back, not one per failed retry.
+let offline = false;
 client.on('connection', (state, error) => {
   if (state === 'open') {
-    print(`[online as ${me}, chatting with ${peer}]`);
+    print(offline ? '[back online]' : `[online as ${me}, chatting with ${peer}]`);
+    offline = false;
     if (!isGroupId(peer)) client.watchPresence(peer).catch(() => {});
   } else if (state === 'linking') print('[this device waits for approval from one you already have]');
-  else if (state === 'backoff')
+  else if (state === 'backoff' && !offline) {
+    offline = true;
     print(
       `[offline: ${error?.message ?? 'disconnected'}; messages queue and go out when the server is back]`,
     );
-  else if (state === 'closed' && error) print(`[stopped: ${error.message}]`);
+  } else if (state === 'closed' && error) print(`[stopped: ${error.message}]`);
 });
 client.on('message', (m) => {
   if (shown.has(m.id)) return;
@@ -110,16 +127,24 @@ client.on('status', (s) => {
 });
 client.on('gap', (g) => print(`[${g.fromSeq}–${g.toSeq} from ${g.from} never arrived]`));
 client.on('linkCode', ({ code }) => print(`[on a device you already have, type: /approve ${code}]`));
-client.on('presence', (p) =>
+// Each reconnect watches again and hears the current state: say it only when it changed.
+const presenceShown = new Map<string, boolean>();
+client.on('presence', (p) => {
+  if (presenceShown.get(p.user) === p.online) return;
+  presenceShown.set(p.user, p.online);
   print(
     `[${p.user} is ${p.online ? 'online' : `offline${p.lastSeen ? `, last seen ${new Date(p.lastSeen).toLocaleTimeString()}` : ''}`}]`,
-  ),
-);
+  );
+});
 client.on('typing', (t) => {
   if (t.on && t.conv === peer) print(`[${t.user} is typing…]`);
 });
 client.on('group', (view, change) =>
-  print(`[${view.name} (${view.id}): ${change.by} ${change.op} ${change.members.join(', ')}]`),
+  print(
+    change.op === 'sync'
+      ? `[you are in ${view.name} (${view.id})]`
+      : `[${view.name} (${view.id}): ${change.by} ${change.op} ${change.members.join(', ')}]`,
+  ),
 );
 client.on('memberStatus', (s) => {
   const t = texts.get(s.id);
@@ -166,15 +191,27 @@ function command(t: string): boolean {
       return true;
     case '/approve':
       return (void report(client.approveDevice(arg)), true);
+    case '/help':
+      print(HELP);
+      return true;
     default:
-      return false;
+      // A typo is not a message: only `//…` sends a line that starts with a slash.
+      print(`[unknown command ${cmd}; /help lists them, //text sends "/text"]`);
+      return true;
   }
 }
 
+const HELP = `commands:
+  /group NAME user1,user2   create a group and chat in it     /members   who is in this group
+  /add USER, /remove USER   change this group (admins)        /leave     leave this group
+  /approve CODE             link a new device of yours        /quit      leave the chat
+  //text                    send a line that starts with /    /help      this list`;
+
 rl.on('line', (line) => {
-  const t = line.trim();
+  let t = line.trim();
   if (t === '/quit') return rl.close();
-  if (t.startsWith('/') && command(t)) return rl.prompt();
+  if (t.startsWith('//')) t = t.slice(1);
+  else if (t.startsWith('/') && command(t)) return rl.prompt();
   if (t) {
     const body = new TextEncoder().encode(t);
     // Resolved: in the outbox on disk, so it goes out even if this program dies now.

@@ -40,6 +40,12 @@ async function serve(data: string, ...flags: string[]): Promise<{ p: Proc; url: 
 const printed = (p: Proc, text: string) => () => p.lines.some((l) => l.includes(text));
 
 describe('the postbox command', () => {
+  it('chat --help prints its usage and exits 0', async () => {
+    const p = postbox('chat', '--help');
+    expect(await p.exited).toBe(0);
+    expect(p.lines.some((l) => l.startsWith('usage: postbox chat'))).toBe(true);
+  });
+
   it('--version prints the package version and exits 0', async () => {
     const p = postbox('--version');
     expect(await p.exited).toBe(0);
@@ -243,6 +249,11 @@ describe('postbox chat', () => {
         () => printed(alice, '[online as alice')() && printed(bob, '[online as bob')(),
       );
 
+      // Commands are never sent as messages, a typo neither; `//` sends a leading slash.
+      alice.proc.stdin.write('/help\n/hepl\n//slash\n');
+      await until('help shown', printed(alice, '/approve CODE'));
+      await until('typo caught', printed(alice, '[unknown command /hepl'));
+      await until('bob sees the slash line', printed(bob, 'alice: /slash'));
       alice.proc.stdin.write('hello bob\n');
       await until('bob sees it', printed(bob, 'alice: hello bob'));
       await until('alice sees ✓', printed(alice, '✓  "hello bob"'));
@@ -261,6 +272,10 @@ describe('postbox chat', () => {
       await until('bob gets the queued line', printed(bob, 'alice: sent while the server was down'), 40_000);
       await until('alice sees it read', printed(alice, '✓✓ (read)  "sent while the server was down"'));
       expect(bob.lines.filter((l) => l.includes('alice: hello bob'))).toHaveLength(1);
+      expect(bob.lines.some((l) => l.includes('/help') || l.includes('/hepl'))).toBe(false);
+      // One line when the server went and one when it came back, however many retries between.
+      expect(alice.lines.filter((l) => l.includes('[offline:'))).toHaveLength(1);
+      expect(printed(alice, '[back online]')()).toBe(true);
 
       alice.proc.stdin.end('/quit\n');
       expect(await alice.exited).toBe(0);
@@ -269,7 +284,7 @@ describe('postbox chat', () => {
       bob.proc.kill('SIGKILL');
       await bob.exited;
       const again = chat('bob', 'alice');
-      await until('history drawn', printed(again, '[last 2 messages with alice]'));
+      await until('history drawn', printed(again, '[last 3 messages with alice]'));
       await until('online again', printed(again, '[online as bob'));
       expect(again.lines.filter((l) => l.includes('alice: hello bob'))).toHaveLength(1);
       expect(again.lines.filter((l) => l.includes('alice: sent while the server was down'))).toHaveLength(1);

@@ -275,6 +275,10 @@ for (const kind of ['memory', 'sqlite'] as const) {
       expect(laptop.client.state).toBe('open');
       expect(await w.server.store.devices('alice')).toEqual(['phone', 'laptop']);
       expect(viewOf(laptop, id)?.members.map((m) => m.user)).toEqual(['alice', 'bob']);
+      // The laptop learns a group its user was already in: no one was added.
+      expect(laptop.groupChanges.map((c) => [c.group, c.op, c.by, c.members])).toEqual([
+        [id, 'sync', 'alice', []],
+      ]);
       const m = await alice.client.sendToGroup(id, text('to my laptop too'));
       await w.advance(200);
       expect(laptop.messages.map((x) => x.id)).toEqual([m]);

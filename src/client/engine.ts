@@ -46,6 +46,7 @@ import {
   encodeCounts,
   encodeRecipients,
   encodeView,
+  isJoinSnapshot,
   type GroupChangeEvent,
   type GroupView,
 } from './groups.js';
@@ -882,13 +883,15 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       if (gen !== this.generation) return;
       conn = await this.transport.connect();
     } catch (e) {
-      if (gen === this.generation)
-        this.scheduleReconnect(
-          // The transport's own words, not only in `cause`: "install ws", "ECONNREFUSED", ….
-          new PostboxError('disconnected', `connect failed: ${e instanceof Error ? e.message : String(e)}`, {
-            cause: e,
-          }),
-        );
+      if (gen !== this.generation) return;
+      // A setup that cannot work (no WebSocket at all) stops here rather than retrying forever.
+      if (isPostboxError(e) && e.code === 'misconfigured') return this.setState('closed', e);
+      this.scheduleReconnect(
+        // The transport's own words, not only in `cause`: "ECONNREFUSED", "no connection within…".
+        new PostboxError('disconnected', `connect failed: ${e instanceof Error ? e.message : String(e)}`, {
+          cause: e,
+        }),
+      );
       return;
     }
     if (gen !== this.generation || this._state === 'closed') {
@@ -1552,12 +1555,13 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
             this.e2ee.assertOpen();
             await this.e2ee.rotateGroup(f.g);
           }
+          const sync = isJoinSnapshot(f, me);
           this.emit('group', this.group(f.g)!, {
             group: f.g,
             ver: f.v,
-            op: f.op,
+            op: sync ? 'sync' : f.op,
             by: f.by,
-            members: [...f.m],
+            members: sync ? [] : [...f.m],
             ts: f.ts,
           });
         }

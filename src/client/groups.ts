@@ -29,10 +29,14 @@ export interface GroupView {
 export interface GroupChangeEvent {
   group: string;
   ver: number;
-  op: GroupOp;
-  /** The user who made the change. */
+  /**
+   * What happened; `sync` is no change at all: a device new to its user (just linked, or
+   * re-installed) learning a group the user was already in. Show it as history, not as news.
+   */
+  op: GroupOp | 'sync';
+  /** The user who made the change (for `sync`, this device's own user). */
   by: string;
-  /** Users the change is about. */
+  /** Users the change is about (none for `sync`). */
   members: string[];
   /** Server commit time. */
   ts: number;
@@ -143,6 +147,16 @@ export function applyGroupEvent(
   }
   next.member = next.members.some((m) => m.user === me);
   return next;
+}
+
+/**
+ * Whether a group event is the snapshot the server gives a device new to its user for each group
+ * the user is already in. It comes as an `add` of the user by itself, which no person can cause
+ * (an added user is someone else's doing, and a member cannot add itself again), so the shape
+ * alone says it.
+ */
+export function isJoinSnapshot(ev: GroupEventFrame, me: string): boolean {
+  return ev.op === 'add' && ev.s !== undefined && ev.by === me && ev.m.length === 1 && ev.m[0] === me;
 }
 
 /** Encodes the recipients of a group message this device sent (the `gsend` namespace). */

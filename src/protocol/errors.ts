@@ -33,6 +33,11 @@ export const ERROR_CODES = {
   disconnected: { retryable: true },
   /** The client was closed by the application. */
   closed: { retryable: false },
+  /**
+   * The app's setup lacks something an adapter needs (an optional peer such as `ws` on a runtime
+   * without a global `WebSocket`): retrying cannot help; the message says what to install or pass.
+   */
+  misconfigured: { retryable: false },
 } as const satisfies Record<string, { retryable: boolean }>;
 
 /** One of the closed set of postbox error codes. */

@@ -8,7 +8,7 @@
  * transport; browser bundles import `postbox/transport/websocket-client`.
  * @packageDocumentation
  */
-import { CLOSE_CODES } from '../protocol/errors.js';
+import { CLOSE_CODES, PostboxError } from '../protocol/errors.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import type { ClientTransport, Connection, ConnectionHandlers } from './types.js';
 
@@ -310,14 +310,16 @@ async function loadWs(): Promise<WebSocketConstructor> {
   try {
     mod = (await import(/* webpackIgnore: true */ /* @vite-ignore */ specifier)) as typeof mod;
   } catch (e) {
-    throw new Error(
+    throw new PostboxError(
+      'misconfigured',
       'websocket transport: this runtime has no global WebSocket (Node < 22) and the optional peer `ws` ' +
         'could not be loaded; install it (`npm i ws`) or pass the `WebSocket` option',
       { cause: e },
     );
   }
   const Ctor = mod.WebSocket ?? mod.default;
-  if (typeof Ctor !== 'function') throw new Error('websocket transport: `ws` exports no WebSocket');
+  if (typeof Ctor !== 'function')
+    throw new PostboxError('misconfigured', 'websocket transport: `ws` exports no WebSocket');
   return Ctor;
 }
 
