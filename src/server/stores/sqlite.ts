@@ -17,7 +17,7 @@
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
- * | `devices` | `id` (rowid), `user`, `device`, `registered_at`, `last_offset` | registration order; the per-device offset counter; unique `(user, device)` |
+ * | `devices` | `id` (rowid), `user`, `device`, `registered_at`, `last_offset` | registration order; the per-device offset counter; unique `(user, device)`; `device = '#pending'` is a registered user's pending inbox (see `ServerStore` "User directory") |
  * | `messages` | `id` (rowid), `from_user`, `from_device`, `msg_id`, `to_user`, `to_group`, `seq`, `ts`, `body`, `refs` | each body stored once; `to_user` is the group id when `to_group` is 1; `refs` counts inbox entries pointing at it |
  * | `delivered` | `message`, `user` | recipient users already accounted for: a device of `user` acked `message` (sender told `delivered`) or the sender was told `expired`; primary key `(message, user)`; rows go with their message; `WITHOUT ROWID` |
  * | `group_events` | `id` (rowid), `data`, `refs` | each form of a group event (delta, snapshot) stored once, msgpack-encoded; `refs` counts inbox entries pointing at it |
