@@ -4,6 +4,7 @@
 //   npm run sim -- --seed 1234 --trace    replay one seed with a trace of its actions
 //   npm run sim -- --seeds 50 --crypto    with the libsignal adapter on every device (120 steps)
 //   npm run sim -- --seeds 500 --nodes 3  three gateway nodes over an in-memory cluster
+//   npm run sim -- --seeds 500 --late-users 2  two users registered before their first device
 import { runSimulation } from '../dist/testing/simulator.js';
 
 const args = process.argv.slice(2);
@@ -16,6 +17,7 @@ const count = flag('seeds', 1000);
 const from = flag('from', 1);
 const trace = args.includes('--trace');
 const nodes = flag('nodes', 1);
+const lateUsers = flag('late-users', 0);
 const libsignal = args.includes('--crypto')
   ? (await import('../dist/crypto/libsignal.js')).libsignalCrypto
   : undefined;
@@ -38,12 +40,13 @@ for (const seed of seeds) {
     seed,
     trace: trace ? (l) => console.log(l) : undefined,
     nodes,
+    lateUsers,
     ...(libsignal ? { steps: 120, crypto: () => libsignal() } : {}),
   });
   for (const k of Object.keys(totals)) totals[k] += result.stats[k];
   if (result.violations.length > 0) {
     failed++;
-    const more = nodes > 1 ? ` --nodes ${nodes}` : '';
+    const more = (nodes > 1 ? ` --nodes ${nodes}` : '') + (lateUsers > 0 ? ` --late-users ${lateUsers}` : '');
     console.log(`seed ${seed} FAILED (replay: npm run sim -- --seed ${seed}${more} --trace)`);
     for (const v of result.violations.slice(0, 10)) console.log(`  ${v}`);
   }

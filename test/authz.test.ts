@@ -11,7 +11,7 @@ import type { DeviceAddress, InboxEntry } from '../src/server/index.js';
 import { VirtualClock } from '../src/testing/virtual-clock.js';
 import { memoryNetwork } from '../src/transport/memory.js';
 import { seededRandom } from '../src/util/clock.js';
-import { fakeServer, makeWorld, settled, text, type RawConnection, type World } from './helpers.js';
+import { fakeServer, makeWorld, settled, text, until, type RawConnection, type World } from './helpers.js';
 
 let world: World | undefined;
 afterEach(async () => {
@@ -41,15 +41,6 @@ async function rawAs(w: World, user: string, device: string): Promise<RawConnect
   const raw = await w.raw(`${user}/${device}`);
   await raw.hello(user, device);
   return raw;
-}
-
-/** Advances the clock (letting real promises run: encryption does real work) until `done()`. */
-async function until(w: World, done: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
-  for (let t = 0; t < ms && !(await done()); t += 20) {
-    await w.advance(20);
-    await new Promise((r) => setImmediate(r));
-  }
-  expect(await done()).toBe(true);
 }
 
 const errors = (raw: RawConnection) =>

@@ -401,6 +401,23 @@ describe('gateway nodes over one store and a cluster', () => {
     expect(await cluster.nodes[0]!.server.store.devices('bob')).toEqual(['phone']);
   });
 
+  it('a registered user’s first device gets what waited on whichever node it connects to, and unregisterUser on another node closes it', async () => {
+    cluster = await makeCluster(2);
+    const alice = await cluster.device('alice', 'phone', 0);
+    expect(await cluster.nodes[1]!.server.registerUser('bob')).toBe(true);
+    const waiting = await alice.client.send('bob', text('waiting'));
+    await cluster.advance(200);
+    const bob = await cluster.device('bob', 'phone', 1, { register: false });
+    await cluster.advance(200);
+    const after = await alice.client.send('bob', text('after'));
+    await cluster.advance(200); // a doorbell from node 0, far below the inbox poll
+    expect(bob.messages.map((m) => untext(m.body))).toEqual(['waiting', 'after']);
+    expect([waiting, after].map((id) => alice.statuses.get(id))).toEqual(['delivered', 'delivered']);
+    expect(await cluster.nodes[0]!.server.unregisterUser('bob')).toBe(true);
+    await cluster.advance(200);
+    expect(bob.closes).toEqual(['forbidden']);
+  });
+
   it('server.disconnect on one node closes the user sessions on every node (4007)', async () => {
     cluster = await makeCluster(2);
     const phone = await cluster.device('bob', 'phone', 0);

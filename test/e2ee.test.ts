@@ -10,7 +10,7 @@ import { insecurePlaintextCrypto } from '../src/crypto/plaintext.js';
 import type { CryptoAdapter } from '../src/crypto/types.js';
 import { sqliteServerStore } from '../src/server/stores/sqlite.js';
 import { createMemoryClientState, memoryClientStore } from '../src/client/stores/memory.js';
-import { makeWorld, settled as settle, type TestDevice, type World } from './helpers.js';
+import { makeWorld, settled as settle, until, type TestDevice, type World } from './helpers.js';
 import type { ClientOptions } from '../src/client/index.js';
 
 const text = (s: string) => new TextEncoder().encode(s);
@@ -23,15 +23,6 @@ afterEach(async () => {
   world = undefined;
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
-
-/** Advances the virtual clock until `done()` holds (encryption runs on real promises too). */
-async function until(w: World, done: () => boolean, ms = 20_000): Promise<void> {
-  for (let t = 0; t < ms && !done(); t += 20) {
-    await w.advance(20);
-    await new Promise((r) => setImmediate(r));
-  }
-  expect(done()).toBe(true);
-}
 
 const texts = (d: TestDevice) => d.messages.map((m) => str(m.body));
 

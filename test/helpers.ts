@@ -1,6 +1,7 @@
 // Small scenario builders shared by the engine tests: a world on a virtual clock with an
 // in-memory network, one server engine over a memory store, and devices whose events are
 // recorded so a test reads like the guarantee it proves.
+import { expect } from 'vitest';
 import type { CryptoAdapter } from '../src/crypto/types.js';
 import {
   createClient,
@@ -273,6 +274,15 @@ export async function settled<T>(w: World, p: Promise<T>, maxMs = 20_000): Promi
   if (!done) throw new Error('promise did not settle');
   if (error) throw error;
   return value as T;
+}
+
+/** Advances the clock (letting real promises run: encryption does real work) until `done()`. */
+export async function until(w: World, done: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
+  for (let t = 0; t < ms && !(await done()); t += 20) {
+    await w.advance(20);
+    await new Promise((r) => setImmediate(r));
+  }
+  expect(await done()).toBe(true);
 }
 
 export const text = (s: string): Uint8Array => new TextEncoder().encode(s);

@@ -4,7 +4,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createClient, isGroupId } from '../src/client/index.js';
 import { memoryClientStore } from '../src/client/stores/memory.js';
-import type { GroupChange } from '../src/server/index.js';
+import { isDeviceId } from '../src/protocol/index.js';
+import { PENDING_DEVICE, type GroupChange } from '../src/server/index.js';
 import { badGroupIds, badIds } from './fixtures/ids.js';
 import { makeWorld, text, type World } from './helpers.js';
 
@@ -34,12 +35,17 @@ describe('the id rule holds at every API that takes an id', () => {
       await expect(w.server.registerDevice(id, 'phone'), why).rejects.toThrow(invalid);
       await expect(w.server.unlinkDevice(id, 'phone'), why).rejects.toThrow(invalid);
       await expect(w.server.disconnect(id), why).rejects.toThrow(invalid);
+      await expect(w.server.registerUser(id), why).rejects.toThrow(invalid);
+      await expect(w.server.unregisterUser(id), why).rejects.toThrow(invalid);
       await expect(
         w.server.changeGroup({ user: id, device: 'phone' }, '#g', add([]), 'c1'),
         why,
       ).rejects.toThrow(invalid);
       await expect(w.server.changeGroup(alice, '#g', add([id]), 'c2'), why).rejects.toThrow(invalid);
     }
+    // The pending inbox's reserved name is no device id, so no device can pose as it.
+    expect(isDeviceId(PENDING_DEVICE)).toBe(false);
+    await expect(w.server.registerDevice('alice', PENDING_DEVICE)).rejects.toThrow(invalid);
     for (const { id, why } of badDevices) {
       await expect(w.server.registerDevice('alice', id), why).rejects.toThrow(invalid);
       await expect(w.server.unlinkDevice('alice', id), why).rejects.toThrow(invalid);

@@ -112,6 +112,8 @@ describe('memory server store fault switch', () => {
     const ops: ServerStoreOp[] = [
       'registerDevice',
       'unregisterDevice',
+      'registerUser',
+      'unregisterUser',
       'devices',
       'append',
       'readInbox',
@@ -160,6 +162,8 @@ describe('memory server store fault switch', () => {
         ack: () => store.ack(bob1, [1], 2000),
         expire: () => store.expire(5000, 6000),
         unregisterDevice: () => store.unregisterDevice(bob1),
+        registerUser: () => store.registerUser('carol', 2),
+        unregisterUser: () => store.unregisterUser('bob'),
         group: () => store.group('g'),
         groupsOf: () => store.groupsOf('bob'),
         related: () => store.related('alice', 'bob'),

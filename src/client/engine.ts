@@ -558,7 +558,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * 1,023 of them, or the server's lower cap) as members. The request goes through the durable
    * outbox, so it survives being offline and restarts; the promise resolves with the group id
    * when the server has committed it (every member device then gets the group), and rejects with
-   * `unknown_recipient` (a member never registered a device), `group_full`, or `closed`.
+   * `unknown_recipient` (a member is not registered: no device, not in the server's user
+   * directory), `group_full`, or `closed`.
    * @param id - the group id to use (`#` and 1-63 of [0-9A-Za-z_-]); a fresh one by default.
    */
   async createGroup(name: string, members: string[], id?: string): Promise<string> {

@@ -13,7 +13,7 @@ export const ERROR_CODES = {
   rate_limited: { retryable: true },
   /** No protocol version in common. Upgrade the client or server. */
   unsupported_version: { retryable: false },
-  /** The recipient user has no registered device. */
+  /** The recipient user is not registered: no device, and not in the server's user directory. */
   unknown_recipient: { retryable: false },
   /** The sender's device list for a recipient is out of date (E2EE). Refresh and retry. */
   mismatched_devices: { retryable: false },

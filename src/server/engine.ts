@@ -36,6 +36,7 @@ import { StoreHealthMonitor, type StoreHealth } from './health.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
 import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
 import type { PushProvider, PushToken } from './push/types.js';
+import { isPendingDevice } from './users.js';
 import type {
   AppendInput,
   DeviceAddress,
@@ -267,7 +268,7 @@ interface PendingCommit {
 }
 
 const REFUSAL_TEXT: Record<string, string> = {
-  unknown_recipient: 'recipient has no registered device',
+  unknown_recipient: 'recipient is not registered (no device, not in the user directory)',
   not_member: 'not a member of the group',
   forbidden: 'not allowed',
   group_full: 'group is at its member cap',
@@ -474,13 +475,47 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /**
    * Registers a device ahead of its first connection, so messages sent to its user before it
-   * connects wait in its inbox. (A device is also registered when it first says `hello`.)
+   * connects wait in its inbox. (A device is also registered when it first says `hello`.) When
+   * you know the user but not yet its device id, use {@link PostboxServer.registerUser} instead.
    * @throws PostboxError `invalid_frame` for an invalid user or device id.
    */
   async registerDevice(user: string, device: string): Promise<void> {
     assertAddress({ user, device });
     const res = await this.store.registerDevice({ user, device }, this.clock.now());
     this.ring(res.notify);
+  }
+
+  /**
+   * Puts a user in the user directory before any device of it connects (idempotent; see
+   * docs/devices.md, "User directory"): messages, read receipts and group adds to the user are
+   * accepted from then on (instead of `unknown_recipient`) and wait in a pending inbox that the
+   * user's first device takes over, in order, when it registers. Later devices get only what is
+   * sent after they exist, as always. With end-to-end encryption a 1:1 message still needs a
+   * device with keys. Resolves true when the user was new to the directory, false when it
+   * already had a device or a pending inbox. The same is `store.registerUser(user, Date.now())`,
+   * for an admin process that has the store but no server.
+   * @throws PostboxError `invalid_frame` for an invalid user id.
+   */
+  async registerUser(user: string): Promise<boolean> {
+    assertUserId(user, 'user');
+    return this.store.registerUser(user, this.clock.now());
+  }
+
+  /**
+   * Takes a user out of the user directory: drops its pending inbox and unlinks every device of
+   * it (each as {@link PostboxServer.unlinkDevice} does: inbox deleted, session closed with 4005,
+   * `unlinked` emitted), in one store step. Messages to it are `unknown_recipient` from then on;
+   * its group memberships stay. Resolves false when the user was not in the directory.
+   * @throws PostboxError `invalid_frame` for an invalid user id.
+   */
+  async unregisterUser(user: string): Promise<boolean> {
+    assertUserId(user, 'user');
+    const removed = await this.store.unregisterUser(user);
+    if (removed === undefined) return false;
+    const addrs = removed.map((device) => ({ user, device }));
+    await this.closeUnlinked(addrs);
+    for (const a of addrs) this.emit('unlinked', a);
+    return true;
   }
 
   /**
@@ -492,11 +527,15 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     const addr = { user, device };
     assertAddress(addr);
     const removed = await this.store.unregisterDevice(addr);
-    this.sessions.get(keyOf(addr))?.close(CLOSE_CODES.unlinked, 'device unlinked');
-    // Connected to another node: close it there.
-    if (this.cluster) await this.cluster.closeDevices([addr], CLOSE_CODES.unlinked);
+    await this.closeUnlinked([addr]);
     if (removed) this.emit('unlinked', addr);
     return removed;
+  }
+
+  /** Closes the sessions of unlinked devices, here and (connected to another node) there. */
+  private async closeUnlinked(addrs: DeviceAddress[]): Promise<void> {
+    for (const a of addrs) this.sessions.get(keyOf(a))?.close(CLOSE_CODES.unlinked, 'device unlinked');
+    if (this.cluster && addrs.length > 0) await this.cluster.closeDevices(addrs, CLOSE_CODES.unlinked);
   }
 
   /**
@@ -1202,6 +1241,12 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     if (devices.length > 0) this.metrics.doorbell(devices.length);
     let remote: DeviceAddress[] | undefined;
     for (const d of devices) {
+      if (isPendingDevice(d.device)) {
+        // A pending inbox has no connection, token or node. Its user's first device may have
+        // taken it over after the commit listed it: a session of the user here reads again.
+        for (const s of this.userSessions.get(d.user) ?? []) s.notify();
+        continue;
+      }
       const s = this.sessions.get(keyOf(d));
       if (s) s.notify();
       else if (this.cluster) (remote ??= []).push(d);

@@ -4,6 +4,7 @@
  */
 export type * from './store.js';
 export { createServer, PostboxServer } from './engine.js';
+export { PENDING_DEVICE } from './users.js';
 export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './engine.js';
 export type { StoreHealth } from './health.js';
 export {

@@ -237,10 +237,10 @@ export interface NotifyResult {
  *   after it).
  * - **Recipients are resolved at commit time.** A message or receipt to user `to` goes to every
  *   device of `to` plus every device of the sender's user, never to the sending device itself
- *   (so a note to oneself reaches one's other devices). When `to` has no device the item fails
- *   with `unknown_recipient`. A group message goes to every device of every member at that
- *   moment except the sending device; a sender who is not a member (or an unknown group) gets
- *   `not_member`. Its commit time is the `now` of the append, and the items of one batch enter
+ *   (so a note to oneself reaches one's other devices). When `to` is not in the directory (see
+ *   "User directory") the item fails with `unknown_recipient`. A group message goes to every
+ *   device of every member at that moment except the sending device; a sender who is not a
+ *   member (or an unknown group) gets `not_member`. Its commit time is the `now` of the append, and the items of one batch enter
  *   each inbox in batch order.
  * - **Receipts.** A receipt names messages of user `to` by id; an id counts only when a message
  *   with that id from `to` was committed (and its dedupe record is not yet expired) and went to
@@ -255,16 +255,31 @@ export interface NotifyResult {
  *   it, changed it, or sent a message in it, at or after the version `viewer` joined at). Being
  *   added to a group by someone else, or receiving a message, is no consent.
  * - **Groups.** `create` fails with `forbidden` when the group id exists, with `unknown_recipient`
- *   when a listed user has no device and with `group_full` past `maxMembers`; other changes fail
- *   with `not_member` when the actor is not a member and with `forbidden` when an admin-only change
- *   comes from a member, or a `demote` would leave the group without an admin; `add` past
- *   `maxMembers` fails with `group_full`. Users a change cannot apply to are skipped (adding a
- *   member, removing a non-member or oneself — that is `leave`), and a change left with nothing to
- *   do succeeds writing only its dedupe record. A change that succeeds raises the group's version by one and appends
+ *   when a listed user is not in the directory and with `group_full` past `maxMembers`; other
+ *   changes fail with `not_member` when the actor is not a member and with `forbidden` when an
+ *   admin-only change comes from a member, or a `demote` would leave the group without an admin;
+ *   `add` past `maxMembers` fails with `group_full`, and with `unknown_recipient` when it names a
+ *   user not in the directory. Users a change cannot apply to are skipped (adding a member,
+ *   removing a non-member or oneself — that is `leave`), and a change left with nothing to do
+ *   succeeds writing only its dedupe record. A change that succeeds raises the group's version by one and appends
  *   one `group` entry ({@link GroupEvent}) to every device of every member after the change and of
  *   every user it removed, the acting device included; devices of users new to the group get the
  *   event with a `snapshot`. A device registered later gets a snapshot of each of its user's
  *   groups in its inbox.
+ * - **User directory.** A user is in the directory while it has a registered device or a pending
+ *   inbox. {@link ServerStore.registerUser} gives a user with neither a pending inbox: the inbox
+ *   of the reserved device id `PENDING_DEVICE` (`'#pending'`, which no valid device id can be),
+ *   standing in for the devices the user does not have yet. It is a device of the user in every
+ *   other rule (messages, receipts, statuses, group events and group messages to the user go to
+ *   it; adding the user to a group succeeds; its entries expire, and tell senders `expired`,
+ *   like any), except that {@link ServerStore.devices} never lists it, it never has keys (an
+ *   end-to-end encrypted message to a user who has only it is `unknown_recipient`: there is no
+ *   key to encrypt to), and a user never has it beside a registered device. The first device
+ *   registered for a user with a pending inbox takes it over in the same transaction: the
+ *   pending entries become the device's, in their order, and the pending inbox is gone; then the
+ *   device gets a snapshot of each group like any new device. A device registered later gets
+ *   none of them. Unlinking a user's last device takes the user out of the directory (no pending
+ *   inbox is made).
  * - **No skip.** Offsets are positive and strictly increasing per device; a reader that has seen
  *   offset X never later finds a committed entry with offset ≤ X.
  * - **Delivered once per user.** When a device of user U acks a message entry, U is not the
@@ -303,13 +318,28 @@ export interface ServerStore {
   readonly name: string;
   /**
    * Records that a device exists (idempotent). Messages go to devices registered at commit time.
-   * A device new to the store gets a snapshot of each group its user is in; the result lists it
-   * in `notify` when it did.
+   * A device new to the store takes over its user's pending inbox, if any (see "User directory"),
+   * and gets a snapshot of each group its user is in; the result lists it in `notify` when its
+   * inbox has entries, and counts the snapshots. Rejects the reserved id `PENDING_DEVICE`.
    */
   registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult>;
+  /**
+   * Puts a user in the directory before any device of it exists (idempotent; see "User
+   * directory"): a user with neither a device nor a pending inbox gets an empty pending inbox,
+   * with a snapshot of each group it is still a member of. Resolves true when it did, false when
+   * the user already was in the directory (nothing is written then).
+   */
+  registerUser(user: string, now: number): Promise<boolean>;
+  /**
+   * Takes a user out of the directory in one step: its pending inbox and every device, each as
+   * {@link ServerStore.unregisterDevice} removes one (inbox, keys, push token; no statuses). Group
+   * memberships stay, as when its devices are unlinked one by one. Resolves with the ids of the
+   * devices removed, or undefined when the user was not in the directory.
+   */
+  unregisterUser(user: string): Promise<string[] | undefined>;
   /** Removes a device and its whole inbox (no statuses are produced). False when it was unknown. */
   unregisterDevice(device: DeviceAddress): Promise<boolean>;
-  /** The user's registered device ids, in registration order. */
+  /** The user's registered device ids, in registration order (never `PENDING_DEVICE`). */
   devices(user: string): Promise<string[]>;
   /** Commits a batch; see the interface rules. Outcomes are in input order. */
   append(batch: AppendInput[], now: number): Promise<AppendOutcome[]>;

@@ -20,6 +20,7 @@ import type {
   ReceiptInput,
   ServerStore,
 } from '../server/store.js';
+import { PENDING_DEVICE } from '../server/users.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
 
 /** How the server store suite opens and re-opens the adapter under test. */
@@ -95,6 +96,9 @@ function assertBytes(actual: Uint8Array, expected: Uint8Array, what: string): vo
 
 const devKey = (d: DeviceAddress): string => `${d.user}/${d.device}`;
 
+/** Where a registered user without a device keeps its pending inbox (see "User directory"). */
+const pendingOf = (user: string): DeviceAddress => ({ user, device: PENDING_DEVICE });
+
 function assertDevices(actual: DeviceAddress[], expected: DeviceAddress[], what: string): void {
   const keys = actual.map(devKey);
   assert.equal(new Set(keys).size, keys.length, `${what}: each device listed once`);
@@ -168,6 +172,13 @@ function offsetOf(entries: InboxEntry[], id: string): number {
 
 async function register(store: ServerStore, ...devices: DeviceAddress[]): Promise<void> {
   for (const d of devices) await store.registerDevice(d, 1);
+}
+
+/** alice1 and carol1 registered, bob in the directory without a device, alice's `m1` waiting for him. */
+async function pendingBob(store: ServerStore): Promise<void> {
+  await register(store, alice1, carol1);
+  assert.equal(await store.registerUser('bob', 500), true);
+  await appendOne(store, msg(alice1, 'm1', 'bob'), 1000);
 }
 
 const tick = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0));
@@ -2229,6 +2240,170 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     assert.deepEqual(await h.store.append([sealed(alice1, 'm1', 'bob', [bob1, bob2])], 2000), [
       { ok: true, ts: 1000, duplicate: true, notify: [] },
     ]);
+  });
+
+  // ---- User directory ------------------------------------------------------------------------
+
+  test('a registered user without a device is a recipient: its pending inbox takes messages and group adds, and devices() never lists it', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, carol1);
+    assert.equal(await store.registerUser('bob', 500), true);
+    assert.equal(await store.registerUser('bob', 600), false, 'registering again');
+    assert.equal(await store.registerUser('alice', 600), false, 'a user with a device is registered');
+    assert.deepEqual(await store.devices('bob'), []);
+    const m1 = await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    assertDevices(m1.notify, [alice2, pendingOf('bob')], 'the sender’s other device and bob’s pending inbox');
+    await appendOne(store, create(carol1, 'r1', 'g', 'G', ['bob', 'alice']), 1100);
+    await appendOne(store, gmsg(carol1, 'm2', 'g'), 1200);
+    await appendOne(store, msg(carol1, 'm3', 'bob'), 1300);
+    assert.deepEqual(summary(await inbox(store, pendingOf('bob'))), [
+      'msg m1',
+      'g v1 create +snapshot',
+      'msg m2',
+      'msg m3',
+    ]);
+    assert.deepEqual(await store.groupsOf('bob'), ['g']);
+    const toAlice = await appendOne(store, msg(carol1, 'm4', 'alice'), 1400);
+    assertDevices(toAlice.notify, [alice1, alice2], 'a user with devices has no pending inbox');
+    // Unregistered users are refused as before, also in a group add.
+    await refused(store, msg(alice1, 'x1', 'nobody'), 1500, 'unknown_recipient');
+    await refused(
+      store,
+      groupChange(carol1, 'x2', 'g', { op: 'add', members: ['nobody'] }),
+      1500,
+      'unknown_recipient',
+    );
+    // A pending inbox has no keys, so nothing can be encrypted to it.
+    await giveKeys(store, alice1, alice2);
+    await refused(store, sealed(alice1, 'x3', 'bob', [alice2]), 1600, 'unknown_recipient');
+    assert.deepEqual(await store.claimKeys('bob'), []);
+    await assert.rejects(store.putKeys(pendingOf('bob'), upload(bob1)), 'no keys for a pending inbox');
+    await assert.rejects(store.registerDevice(pendingOf('bob'), 1700), 'the reserved id is no device');
+    assert.deepEqual(await store.devices('bob'), []);
+  });
+
+  test('the first device takes over the pending inbox in order, once, after a restart too; a later device gets none of it', async (h) => {
+    await pendingBob(h.store);
+    await appendOne(h.store, create(carol1, 'r1', 'g', 'G', ['bob']), 1100);
+    await appendOne(h.store, msg(alice1, 'm2', 'bob', 2), 1200);
+    await appendOne(h.store, gmsg(carol1, 'm3', 'g'), 1300);
+    const pending = await inbox(h.store, pendingOf('bob'));
+    await h.reopen();
+    assert.deepEqual(await inbox(h.store, pendingOf('bob')), pending, 'the pending inbox survives a restart');
+    assert.deepEqual(await h.store.registerDevice(bob1, 2000), { count: 1, notify: [bob1] });
+    const b1 = await inbox(h.store, bob1);
+    assert.deepEqual(summary(b1), [
+      'msg m1',
+      'g v1 create +snapshot',
+      'msg m2',
+      'msg m3',
+      'g v1 add +snapshot',
+    ]);
+    for (let i = 1; i < b1.length; i++) assert.ok(b1[i]!.offset > b1[i - 1]!.offset, 'offsets increase');
+    assert.deepEqual(msgIds(b1), msgIds(pending), 'the same messages');
+    assert.deepEqual(await inbox(h.store, pendingOf('bob')), [], 'the pending inbox is gone');
+    assert.deepEqual(await h.store.devices('bob'), ['b1']);
+    assert.deepEqual(await h.store.registerDevice(bob1, 2050), { count: 0, notify: [] }, 'registering again');
+    assert.deepEqual(await h.store.registerDevice(bob2, 2100), { count: 1, notify: [bob2] });
+    assert.deepEqual(
+      summary(await inbox(h.store, bob2)),
+      ['g v1 add +snapshot'],
+      'only what a new device gets',
+    );
+    assert.equal(await h.store.registerUser('bob', 2150), false);
+    const m4 = await appendOne(h.store, msg(alice1, 'm4', 'bob', 3), 2200);
+    assertDevices(m4.notify, [bob1, bob2], 'from now on, the devices');
+    // Statuses flow back as for any message: delivered once, then read.
+    const acked = await h.store.ack(bob1, [offsetOf(b1, 'm1'), offsetOf(b1, 'm2')], 2300);
+    assertDevices(acked.notify, [alice1], 'the sender');
+    await appendOne(h.store, receipt(bob1, 'rc1', 'alice', ['m1', 'm2']), 2400);
+    assert.deepEqual(statuses(await inbox(h.store, alice1)), [
+      { status: 'delivered', ids: ['m1', 'm2'], by: 'bob', ts: 2300 },
+      { status: 'read', ids: ['m1', 'm2'], by: 'bob', ts: 2400 },
+    ]);
+    await h.store.ack(bob1, [offsetOf(b1, 'm3')], 2500);
+    assert.deepEqual(statuses(await inbox(h.store, carol1)), [
+      { status: 'delivered', ids: ['m3'], by: 'bob', ts: 2500 },
+    ]);
+  });
+
+  test('pending entries expire like any other and tell the sender expired; the user stays registered', async ({
+    store,
+  }) => {
+    await pendingBob(store);
+    await appendOne(store, create(carol1, 'r1', 'g', 'G', ['bob']), 1100);
+    await appendOne(store, gmsg(carol1, 'm2', 'g'), 1200);
+    const res = await store.expire(1150, 9000);
+    assert.equal(res.count, 3, 'm1 and both copies of the create event');
+    assertDevices(res.notify, [alice1], 'the sender of the expired message');
+    assert.deepEqual(statuses(await inbox(store, alice1)), [
+      { status: 'expired', ids: ['m1'], by: 'bob', ts: 9000 },
+    ]);
+    assert.deepEqual(summary(await inbox(store, pendingOf('bob'))), ['msg m2']);
+    assert.equal(await store.registerUser('bob', 9100), false, 'still registered');
+    await appendOne(store, msg(alice1, 'm3', 'bob', 2), 9200);
+    // Its first device still learns the group, from the snapshot every new device gets.
+    await store.registerDevice(bob1, 9300);
+    assert.deepEqual(summary(await inbox(store, bob1)), ['msg m2', 'msg m3', 'g v1 add +snapshot']);
+  });
+
+  test('unregisterUser takes a user and every device out of the directory; unlinking the last device does too', async ({
+    store,
+  }) => {
+    await pendingBob(store);
+    assert.deepEqual(await store.unregisterUser('bob'), [], 'no device, only the pending inbox');
+    assert.deepEqual(await inbox(store, pendingOf('bob')), []);
+    await refused(store, msg(alice1, 'm2', 'bob'), 1100, 'unknown_recipient');
+    assert.equal(await store.unregisterUser('bob'), undefined, 'not in the directory any more');
+    await register(store, bob1, bob2);
+    await giveKeys(store, bob1);
+    await appendOne(store, create(carol1, 'r1', 'g', 'G', ['bob']), 1200);
+    await appendOne(store, msg(alice1, 'm3', 'bob'), 1300);
+    assert.deepEqual(await store.unregisterUser('bob'), ['b1', 'b2']);
+    assert.deepEqual(await store.devices('bob'), []);
+    assert.deepEqual(await inboxes(store, [bob1, bob2]), [[], []]);
+    assert.equal(await store.keyCount(bob1), undefined, 'keys go with the device');
+    await refused(store, msg(alice1, 'm4', 'bob'), 1400, 'unknown_recipient');
+    assert.deepEqual(statuses(await inbox(store, alice1)), [], 'no statuses, as for unlinking');
+    assert.deepEqual(await store.groupsOf('bob'), ['g'], 'memberships stay');
+    // Registered again, its pending inbox starts with a snapshot of its groups, as a device would.
+    assert.equal(await store.registerUser('bob', 1500), true);
+    assert.deepEqual(summary(await inbox(store, pendingOf('bob'))), ['g v1 add +snapshot']);
+    await store.registerDevice(bob1, 1600);
+    assert.equal(await store.unregisterDevice(bob1), true);
+    await refused(store, msg(alice1, 'm5', 'bob'), 1700, 'unknown_recipient');
+    assert.deepEqual(await inbox(store, pendingOf('bob')), [], 'unlinking makes no pending inbox');
+  });
+
+  test('first devices registering on several nodes at once: one takes the pending inbox, the other gets only what came after it', async (h) => {
+    const others: ServerStore[] = [];
+    for (let i = 0; subject.share && i < 2; i++) others.push(await subject.share(h.store));
+    const nodes = [h.store, ...others];
+    try {
+      await register(h.store, alice1);
+      await h.store.registerUser('bob', 500);
+      const ids = Array.from({ length: 30 }, (_, i) => `m${i}`);
+      const node = (i: number) => nodes[i % nodes.length]!;
+      // Messages one after another through every node, while two devices register on two others.
+      const sending = (async () => {
+        for (const [i, id] of ids.entries())
+          await appendOne(node(i), msg(alice1, id, 'bob', i + 1), 1000 + i);
+      })();
+      const registering = [bob1, bob2].map(async (d, i) => {
+        for (let k = 0; k < 3 + 4 * i; k++) await tick();
+        await node(i + 1).registerDevice(d, 1010 + i);
+      });
+      await Promise.all([sending, ...registering]);
+      assert.deepEqual([...(await h.store.devices('bob'))].sort(), ['b1', 'b2']);
+      assert.deepEqual(await inbox(h.store, pendingOf('bob')), [], 'no pending inbox beside devices');
+      const [i1, i2] = [msgIds(await inbox(h.store, bob1)), msgIds(await inbox(h.store, bob2))];
+      const [taker, other] = i1.length >= i2.length ? [i1, i2] : [i2, i1];
+      assert.deepEqual(taker, ids, 'one device has every message, once, in order');
+      assert.deepEqual(other, ids.slice(ids.length - other.length), 'the other only those after it');
+    } finally {
+      for (const n of others) await n.close();
+    }
   });
 
   return cases;

@@ -48,6 +48,13 @@ export interface SimulationOptions {
    * dropped, so delivery across nodes must survive lost hints. @default 1
    */
   nodes?: number;
+  /**
+   * Users the app puts in the user directory (`server.registerUser`) before any device of theirs
+   * exists: each has one device, which first connects at a random step of the run's first half,
+   * so messages and group changes for it wait in its pending inbox until then and must all reach
+   * it. Not with `crypto`: a user without a device has no keys to encrypt to. @default 0
+   */
+  lateUsers?: number;
 }
 
 /** What a run found. `violations` is empty when every invariant held. */
@@ -252,24 +259,36 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
         };
 
   const users = Array.from({ length: userCount }, (_, i) => `user${i}`);
+  const lateCount = Math.min(userCount, options.lateUsers ?? 0);
+  if (lateCount > 0 && options.crypto) throw new RangeError('lateUsers cannot run with crypto');
   const devices: SimDevice[] = [];
-  for (const user of users) {
+  const addDevice = (user: string, device: string, offlineUntilStep: number): void => {
+    devices.push({
+      user,
+      device,
+      name: `${user}/${device}`,
+      state: createMemoryClientState(),
+      client: undefined,
+      seen: new Map(),
+      order: new Map(),
+      shownIn: new Map(),
+      sentIn: new Map(),
+      gaps: 0,
+      late: 0,
+      offlineUntilStep,
+    });
+  };
+  for (const [u, user] of users.entries()) {
+    if (u >= userCount - lateCount) {
+      // Registered, deviceless: its one device registers by its first hello, at a later step,
+      // and takes over what waited. It is in `devices` from the start, so in every audience.
+      await server().registerUser(user);
+      addDevice(user, 'd0', 1 + Math.floor(rnd() * (steps / 2)));
+      continue;
+    }
     const n = 1 + Math.floor(rnd() * maxDev);
     for (let d = 0; d < n; d++) {
-      devices.push({
-        user,
-        device: `d${d}`,
-        name: `${user}/d${d}`,
-        state: createMemoryClientState(),
-        client: undefined,
-        seen: new Map(),
-        order: new Map(),
-        shownIn: new Map(),
-        sentIn: new Map(),
-        gaps: 0,
-        late: 0,
-        offlineUntilStep: -1,
-      });
+      addDevice(user, `d${d}`, -1);
       // Every device exists before the first send, so every message has a fixed audience.
       await server().registerDevice(user, `d${d}`);
     }
@@ -337,7 +356,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     dev.client = client;
     return client;
   };
-  for (const d of devices) startClient(d);
+  for (const d of devices) if (d.offlineUntilStep < 0) startClient(d);
   if (options.crypto) {
     // Every device publishes its keys before the first send, so every message has a fixed
     // audience (a device without keys gets nothing: it could not decrypt it).

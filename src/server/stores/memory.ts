@@ -25,6 +25,7 @@ import type {
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
 import {
+  joinSnapshot,
   membershipMarks,
   NotifySet,
   planChange,
@@ -32,6 +33,7 @@ import {
   snapshotOf,
   type SentRecord,
 } from './relational.js';
+import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 
 /**
  * Opaque durable state of a memory server store; a new store over the same state is a "re-open
@@ -46,6 +48,8 @@ export interface MemoryServerState {
 export type ServerStoreOp =
   | 'registerDevice'
   | 'unregisterDevice'
+  | 'registerUser'
+  | 'unregisterUser'
   | 'devices'
   | 'append'
   | 'readInbox'
@@ -416,6 +420,28 @@ export function memoryServerStore(
     }
   }
 
+  /** A device new to the store learns its user's groups from snapshots, as a newly added member would. */
+  function joinSnapshots(device: DeviceAddress, now: number): number {
+    let count = 0;
+    for (const id of data.userGroups.get(device.user) ?? []) {
+      push(device, { kind: 'group', ts: now, event: joinSnapshot(id, data.groups.get(id)!, device.user) });
+      count++;
+    }
+    return count;
+  }
+
+  /** Removes a device (or a pending inbox) with its inbox, keys and push token. */
+  function dropDevice(device: DeviceAddress): void {
+    const k = deviceKey(device);
+    data.keys.delete(k);
+    data.pushTokens.delete(k);
+    const inbox = data.inboxes.get(k);
+    if (inbox) {
+      for (const e of inbox.entries.values()) if (e.kind === 'msg') unref(e.message);
+      data.inboxes.delete(k);
+    }
+  }
+
   function copyEvent(e: GroupEvent): GroupEvent {
     const out: GroupEvent = { ...e, members: [...e.members] };
     if (e.snapshot) out.snapshot = e.snapshot.map((m) => ({ ...m }));
@@ -448,27 +474,22 @@ export function memoryServerStore(
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check('registerDevice');
+      assertNotPending(LABEL, device);
       const list = data.devices.get(device.user);
       if (list?.includes(device.device)) return { count: 0, notify: [] };
-      if (!list) data.devices.set(device.user, [device.device]);
+      if (list?.[0] === PENDING_DEVICE) {
+        // The first device takes over the pending inbox (its only "device"): entries, order, offsets.
+        list[0] = device.device;
+        const pending = data.inboxes.get(deviceKey({ user: device.user, device: PENDING_DEVICE }));
+        if (pending) {
+          data.inboxes.delete(deviceKey({ user: device.user, device: PENDING_DEVICE }));
+          data.inboxes.set(deviceKey(device), pending);
+        }
+      } else if (!list) data.devices.set(device.user, [device.device]);
       else list.push(device.device);
-      // A new device learns its user's groups from snapshots, as a newly added member would.
-      let count = 0;
-      for (const id of data.userGroups.get(device.user) ?? []) {
-        const g = data.groups.get(id)!;
-        const event: GroupEvent = {
-          group: id,
-          ver: g.ver,
-          op: 'add',
-          by: device.user,
-          members: [device.user],
-          name: g.name,
-          snapshot: snapshotOf(g),
-        };
-        push(device, { kind: 'group', ts: now, event });
-        count++;
-      }
-      return { count, notify: count > 0 ? [{ user: device.user, device: device.device }] : [] };
+      const count = joinSnapshots(device, now);
+      const waiting = (data.inboxes.get(deviceKey(device))?.entries.size ?? 0) > 0;
+      return { count, notify: waiting ? [{ user: device.user, device: device.device }] : [] };
     },
 
     async unregisterDevice(device: DeviceAddress): Promise<boolean> {
@@ -478,20 +499,30 @@ export function memoryServerStore(
       if (!list || i < 0) return false;
       list.splice(i, 1);
       if (list.length === 0) data.devices.delete(device.user);
-      const k = deviceKey(device);
-      data.keys.delete(k);
-      data.pushTokens.delete(k);
-      const inbox = data.inboxes.get(k);
-      if (inbox) {
-        for (const e of inbox.entries.values()) if (e.kind === 'msg') unref(e.message);
-        data.inboxes.delete(k);
-      }
+      dropDevice(device);
       return true;
+    },
+
+    async registerUser(user: string, now: number): Promise<boolean> {
+      check('registerUser');
+      if (data.devices.has(user)) return false; // a device, or a pending inbox already
+      data.devices.set(user, [PENDING_DEVICE]);
+      joinSnapshots({ user, device: PENDING_DEVICE }, now);
+      return true;
+    },
+
+    async unregisterUser(user: string): Promise<string[] | undefined> {
+      check('unregisterUser');
+      const list = data.devices.get(user);
+      if (!list) return undefined;
+      data.devices.delete(user);
+      for (const device of list) dropDevice({ user, device });
+      return realDevices(list);
     },
 
     async devices(user: string): Promise<string[]> {
       check('devices');
-      return [...devicesOf(user)];
+      return realDevices(devicesOf(user));
     },
 
     async append(batch: AppendInput[], now: number): Promise<AppendOutcome[]> {
@@ -607,7 +638,10 @@ export function memoryServerStore(
 
     async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
       check('putKeys');
-      if (!devicesOf(device.user).includes(device.device)) throw notRegistered(LABEL, device);
+      // A pending inbox never has keys: nobody holds their private halves.
+      if (isPendingDevice(device.device) || !devicesOf(device.user).includes(device.device)) {
+        throw notRegistered(LABEL, device);
+      }
       const k = deviceKey(device);
       const old = data.keys.get(k);
       const kind = uploadKind(old?.identityKey, keys, LABEL); // throws before any write

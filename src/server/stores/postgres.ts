@@ -64,6 +64,7 @@ import {
   type KeysRow,
   type SentRecord,
 } from './relational.js';
+import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 
 /** The result of a query, as far as the store reads it (a structural subset of `pg`'s). */
 export interface PgQueryResult {
@@ -814,6 +815,53 @@ function postgresStore(
     );
   }
 
+  /**
+   * A device new to the store (or a new pending inbox) learns its user's groups from snapshots,
+   * as a newly added member would; inside the caller's transaction. Returns how many.
+   */
+  async function joinSnapshots(c: PgQueryable, user: string, dev: number, now: number): Promise<number> {
+    const w = new Writer(c);
+    const groups = await rowsOf<{ group_id: string }>(
+      c,
+      `SELECT group_id FROM ${s}.group_members WHERE user_id = $1 ORDER BY joined`,
+      [user],
+    );
+    for (const { group_id: id } of groups) {
+      const g = (await loadGroup(c, id, 'FOR SHARE'))!;
+      const ev = await storeEvent(c, joinSnapshot(id, g, user), 1);
+      w.add({ dev, ts: now, message: null, body: null, event: ev, status: null, ids: null, by: null });
+    }
+    await w.flush();
+    return groups.length;
+  }
+
+  /**
+   * Removes devices (or a pending inbox) whose head and device rows the caller's transaction has
+   * locked: their entries (releasing bodies and events in one step, so in one lock order), heads,
+   * keys, push tokens and rows.
+   */
+  async function dropDevices(c: PgQueryable, devs: string[]): Promise<void> {
+    const removed = await rowsOf<{ message: string | null; event: string | null }>(
+      c,
+      `DELETE FROM ${s}.inbox WHERE dev = ANY($1::bigint[]) RETURNING message, event`,
+      [devs],
+    );
+    await release(
+      c,
+      removed.flatMap((r) => (r.message === null ? [] : [Number(r.message)])),
+      removed.flatMap((r) => (r.event === null ? [] : [Number(r.event)])),
+    );
+    await c.query(
+      `WITH h AS (DELETE FROM ${s}.inbox_heads WHERE dev = ANY($1::bigint[])),
+            k AS (DELETE FROM ${s}.device_keys WHERE dev = ANY($1::bigint[])),
+            p AS (DELETE FROM ${s}.prekeys WHERE dev = ANY($1::bigint[])),
+            q AS (DELETE FROM ${s}.kyber_prekeys WHERE dev = ANY($1::bigint[])),
+            t AS (DELETE FROM ${s}.push_tokens WHERE dev = ANY($1::bigint[]))
+       DELETE FROM ${s}.devices WHERE id = ANY($1::bigint[])`,
+      [devs],
+    );
+  }
+
   async function loadGroup(c: PgQueryable, id: string, lock = ''): Promise<GroupView | undefined> {
     const [row] = await rowsOf<{ name: string; ver: number }>(
       c,
@@ -1346,35 +1394,76 @@ function postgresStore(
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
+      assertNotPending(LABEL, device);
       return tx(async (c) => {
+        // Under the user's lock, as registerUser: a pending inbox exists only while its user has
+        // no device, so a device that takes it over is new. Appends that listed the pending
+        // inbox before the rename write to the same row, so to the device.
         await lockUsers(c, [device.user]);
+        const [taken] = await rowsOf<{ id: string }>(
+          c,
+          `UPDATE ${s}.devices SET device = $1, registered_at = $2 WHERE user_id = $3 AND device = $4
+           RETURNING id`,
+          [device.device, now, device.user, PENDING_DEVICE],
+        );
+        const [row] = taken
+          ? [taken]
+          : await rowsOf<{ id: string }>(
+              c,
+              `WITH d AS (
+                 INSERT INTO ${s}.devices (user_id, device, registered_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, device) DO NOTHING RETURNING id
+               ), h AS (INSERT INTO ${s}.inbox_heads (dev) SELECT id FROM d)
+               SELECT id FROM d`,
+              [device.user, device.device, now],
+            );
+        if (!row) return { count: 0, notify: [] };
+        const dev = Number(row.id);
+        const count = await joinSnapshots(c, device.user, dev, now);
+        const waiting =
+          count > 0 ||
+          (taken !== undefined &&
+            (await rowsOf(c, `SELECT 1 FROM ${s}.inbox WHERE dev = $1 LIMIT 1`, [dev])).length > 0);
+        return { count, notify: waiting ? [{ user: device.user, device: device.device }] : [] };
+      });
+    },
+
+    async registerUser(user: string, now: number): Promise<boolean> {
+      check();
+      return tx(async (c) => {
+        await lockUsers(c, [user]);
         const [row] = await rowsOf<{ id: string }>(
           c,
           `WITH d AS (
-             INSERT INTO ${s}.devices (user_id, device, registered_at) VALUES ($1, $2, $3)
-             ON CONFLICT (user_id, device) DO NOTHING RETURNING id
+             INSERT INTO ${s}.devices (user_id, device, registered_at)
+             SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM ${s}.devices WHERE user_id = $1)
+             RETURNING id
            ), h AS (INSERT INTO ${s}.inbox_heads (dev) SELECT id FROM d)
            SELECT id FROM d`,
-          [device.user, device.device, now],
+          [user, PENDING_DEVICE, now],
         );
-        if (!row) return { count: 0, notify: [] };
-        const dev = Number(row.id);
-        const w = new Writer(c);
-        // A new device learns its user's groups from snapshots, as a newly added member would.
-        const groups = await rowsOf<{ group_id: string }>(
+        if (!row) return false; // a device, or a pending inbox already
+        await joinSnapshots(c, user, Number(row.id), now);
+        return true;
+      });
+    },
+
+    async unregisterUser(user: string): Promise<string[] | undefined> {
+      check();
+      return tx(async (c) => {
+        await lockUsers(c, [user]);
+        const rows = await rowsOf<{ dev: string; device: string }>(
           c,
-          `SELECT group_id FROM ${s}.group_members WHERE user_id = $1 ORDER BY joined`,
-          [device.user],
+          `SELECT h.dev, d.device FROM ${s}.inbox_heads h JOIN ${s}.devices d ON d.id = h.dev
+           WHERE d.user_id = $1 ORDER BY h.dev FOR UPDATE OF h, d`,
+          [user],
         );
-        for (const { group_id: id } of groups) {
-          const g = (await loadGroup(c, id, 'FOR SHARE'))!;
-          const event = joinSnapshot(id, g, device.user);
-          const ev = await storeEvent(c, event, 1);
-          w.add({ dev, ts: now, message: null, body: null, event: ev, status: null, ids: null, by: null });
-        }
-        await w.flush();
-        const count = groups.length;
-        return { count, notify: count > 0 ? [{ user: device.user, device: device.device }] : [] };
+        if (rows.length === 0) return undefined;
+        await dropDevices(
+          c,
+          rows.map((r) => r.dev),
+        );
+        return realDevices(rows.map((r) => r.device));
       });
     },
 
@@ -1392,25 +1481,7 @@ function postgresStore(
           [device.user, device.device],
         );
         if (!row) return false;
-        const removed = await rowsOf<{ message: string | null; event: string | null }>(
-          c,
-          `DELETE FROM ${s}.inbox WHERE dev = $1 RETURNING message, event`,
-          [row.dev],
-        );
-        await release(
-          c,
-          removed.flatMap((r) => (r.message === null ? [] : [Number(r.message)])),
-          removed.flatMap((r) => (r.event === null ? [] : [Number(r.event)])),
-        );
-        await c.query(
-          `WITH h AS (DELETE FROM ${s}.inbox_heads WHERE dev = $1),
-                k AS (DELETE FROM ${s}.device_keys WHERE dev = $1),
-                p AS (DELETE FROM ${s}.prekeys WHERE dev = $1),
-                q AS (DELETE FROM ${s}.kyber_prekeys WHERE dev = $1),
-                t AS (DELETE FROM ${s}.push_tokens WHERE dev = $1)
-           DELETE FROM ${s}.devices WHERE id = $1`,
-          [row.dev],
-        );
+        await dropDevices(c, [row.dev]);
         return true;
       });
     },
@@ -1422,7 +1493,7 @@ function postgresStore(
         `SELECT device FROM ${s}.devices WHERE user_id = $1 ORDER BY id`,
         [user],
       );
-      return rows.map((r) => r.device);
+      return realDevices(rows.map((r) => r.device));
     },
 
     async append(batch: AppendInput[], now: number): Promise<AppendOutcome[]> {
@@ -1557,6 +1628,8 @@ function postgresStore(
 
     async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
       check();
+      // A pending inbox never has keys: nobody holds their private halves.
+      if (isPendingDevice(device.device)) throw notRegistered(LABEL, device);
       await tx(async (c) => {
         // The device row locked: uploads of one device (and its unlinking) take turns.
         const [row] = await rowsOf<{ id: string }>(

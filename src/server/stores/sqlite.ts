@@ -17,7 +17,7 @@
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
- * | `devices` | `id` (rowid), `user`, `device`, `registered_at`, `last_offset` | registration order; the per-device offset counter; unique `(user, device)` |
+ * | `devices` | `id` (rowid), `user`, `device`, `registered_at`, `last_offset` | registration order; the per-device offset counter; unique `(user, device)`; `device = '#pending'` is a registered user's pending inbox (see `ServerStore` "User directory") |
  * | `messages` | `id` (rowid), `from_user`, `from_device`, `msg_id`, `to_user`, `to_group`, `seq`, `ts`, `body`, `refs` | each body stored once; `to_user` is the group id when `to_group` is 1; `refs` counts inbox entries pointing at it |
  * | `delivered` | `message`, `user` | recipient users already accounted for: a device of `user` acked `message` (sender told `delivered`) or the sender was told `expired`; primary key `(message, user)`; rows go with their message; `WITHOUT ROWID` |
  * | `group_events` | `id` (rowid), `data`, `refs` | each form of a group event (delta, snapshot) stored once, msgpack-encoded; `refs` counts inbox entries pointing at it |
@@ -86,6 +86,7 @@ import {
   type KeysRow,
   type SentRecord,
 } from './relational.js';
+import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
   openStoreDatabase,
   prepareNumeric,
@@ -423,6 +424,9 @@ export function sqliteServerStore(
     devicesOf: q('SELECT id, device, last_offset FROM devices WHERE user = ? ORDER BY id'),
     deviceId: q('SELECT id FROM devices WHERE user = ? AND device = ?'),
     deviceDelete: q('DELETE FROM devices WHERE id = ?'),
+    /** The first device takes over its user's pending inbox: the row (so the inbox) becomes its. */
+    takeOver: q('UPDATE devices SET device = ?, registered_at = ? WHERE user = ? AND device = ?'),
+    inboxAny: q('SELECT 1 AS x FROM inbox WHERE dev = ? LIMIT 1'),
     lastOffset: q('SELECT last_offset FROM devices WHERE id = ?'),
     setLastOffset: q('UPDATE devices SET last_offset = ? WHERE id = ?'),
     dedupeGet: q('SELECT ts FROM dedupe WHERE from_user = ? AND from_device = ? AND msg_id = ?'),
@@ -850,6 +854,27 @@ export function sqliteServerStore(
     });
   }
 
+  /**
+   * A device new to the store (or a new pending inbox) learns its user's groups from snapshots,
+   * as a newly added member would; inside the caller's transaction. Returns how many.
+   */
+  function joinSnapshots(user: string, dev: number, now: number): number {
+    const w = writer();
+    const groups = sql.groupsOf.all(user) as Array<{ group_id: string }>;
+    for (const { group_id: id } of groups) {
+      const event = joinSnapshot(id, loadGroup(id)!, user);
+      sql.entryEventInsert.run(dev, w.next(dev), now, storeEvent(event, 1));
+    }
+    w.flush();
+    return groups.length;
+  }
+
+  /** Removes a device (or a pending inbox) inside the caller's transaction. */
+  function dropDevice(dev: number): void {
+    sql.inboxDelete.run(dev); // the triggers release bodies and events
+    sql.deviceDelete.run(dev); // and the device's keys and push token
+  }
+
   /** Acks waiting for the next group commit. */
   let pendingAcks: PendingAck[] = [];
 
@@ -905,22 +930,38 @@ export function sqliteServerStore(
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
+      assertNotPending(LABEL, device);
       return tx(() => {
-        if (sql.insertDevice.run(device.user, device.device, now).changes === 0) {
+        // A pending inbox exists only while its user has no device, so the device is new then.
+        const took = sql.takeOver.run(device.device, now, device.user, PENDING_DEVICE).changes === 1;
+        if (!took && sql.insertDevice.run(device.user, device.device, now).changes === 0) {
           return { count: 0, notify: [] };
         }
-        const w = writer();
-        const row = sql.deviceId.get(device.user, device.device) as { id: number };
-        // A new device learns its user's groups from snapshots, as a newly added member would.
-        let count = 0;
-        for (const { group_id: id } of sql.groupsOf.all(device.user) as Array<{ group_id: string }>) {
-          const g = loadGroup(id)!;
-          const event = joinSnapshot(id, g, device.user);
-          sql.entryEventInsert.run(row.id, w.next(row.id), now, storeEvent(event, 1));
-          count++;
-        }
-        w.flush();
-        return { count, notify: count > 0 ? [{ user: device.user, device: device.device }] : [] };
+        const { id } = sql.deviceId.get(device.user, device.device) as { id: number };
+        const count = joinSnapshots(device.user, id, now);
+        const waiting = count > 0 || (took && sql.inboxAny.get(id) !== undefined);
+        return { count, notify: waiting ? [{ user: device.user, device: device.device }] : [] };
+      });
+    },
+
+    async registerUser(user: string, now: number): Promise<boolean> {
+      check();
+      return tx(() => {
+        if (sql.devicesOf.all(user).length > 0) return false; // a device, or a pending inbox already
+        sql.insertDevice.run(user, PENDING_DEVICE, now);
+        const { id } = sql.deviceId.get(user, PENDING_DEVICE) as { id: number };
+        joinSnapshots(user, id, now);
+        return true;
+      });
+    },
+
+    async unregisterUser(user: string): Promise<string[] | undefined> {
+      check();
+      return tx(() => {
+        const rows = sql.devicesOf.all(user) as DeviceRow[];
+        if (rows.length === 0) return undefined;
+        for (const r of rows) dropDevice(r.id);
+        return realDevices(rows.map((r) => r.device));
       });
     },
 
@@ -929,15 +970,14 @@ export function sqliteServerStore(
       return tx(() => {
         const row = sql.deviceId.get(device.user, device.device) as { id: number } | undefined;
         if (!row) return false;
-        sql.inboxDelete.run(row.id); // the triggers release bodies and events
-        sql.deviceDelete.run(row.id);
+        dropDevice(row.id);
         return true;
       });
     },
 
     async devices(user: string): Promise<string[]> {
       check();
-      return (sql.devicesOf.all(user) as DeviceRow[]).map((r) => r.device);
+      return realDevices((sql.devicesOf.all(user) as DeviceRow[]).map((r) => r.device));
     },
 
     async append(batch: AppendInput[], now: number): Promise<AppendOutcome[]> {
@@ -1055,7 +1095,8 @@ export function sqliteServerStore(
       check();
       tx(() => {
         const row = sql.deviceId.get(device.user, device.device) as { id: number } | undefined;
-        if (!row) throw notRegistered(LABEL, device);
+        // A pending inbox never has keys: nobody holds their private halves.
+        if (!row || isPendingDevice(device.device)) throw notRegistered(LABEL, device);
         const old = sql.keysGet.get(row.id) as KeysRow | undefined;
         const kind = uploadKind(old?.identity_key, keys, LABEL); // throws: the transaction rolls back
         if (kind === 'reinstall') {
