@@ -33,6 +33,11 @@ export const ERROR_CODES = {
   disconnected: { retryable: true },
   /** The client was closed by the application. */
   closed: { retryable: false },
+  /**
+   * Client-side, a status reason (never on the wire): no device of the recipient fetched the
+   * message within the server's retention period, and the server dropped it.
+   */
+  expired: { retryable: false },
 } as const satisfies Record<string, { retryable: boolean }>;
 
 /** One of the closed set of postbox error codes. */
