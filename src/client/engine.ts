@@ -52,7 +52,15 @@ import {
 import type { CryptoAdapter, KeyBundle, KeyUpload } from '../crypto/types.js';
 import { E2ee, decodeContent, encodeContent, type Content } from './e2ee.js';
 import { nextStatus } from './status.js';
-import type { ClientStore, InboundMessage, MessageStatus, OutboxEntry, StateWrite } from './store.js';
+import type {
+  ClientStore,
+  InboundMessage,
+  MessageStatus,
+  OutboxEntry,
+  SendFailure,
+  StateWrite,
+} from './store.js';
+import { failureFor, withFailure } from './failure.js';
 import {
   loadIdentity,
   readConversations,
@@ -97,8 +105,12 @@ export interface MemberStatus {
   status: 'delivered' | 'read' | 'expired';
 }
 
-/** What is known about a message this device sent: the "message info" view. */
-export interface MessageInfo {
+/**
+ * What is known about a message this device sent: the "message info" view. `reason` and `detail`
+ * say why when it is `failed` or `expired` (absent for messages that failed before a client that
+ * kept reasons).
+ */
+export interface MessageInfo extends Partial<SendFailure> {
   id: string;
   conv: string;
   /** The aggregate: for a group, `delivered` means delivered to all, `read` read by all. */
@@ -128,8 +140,13 @@ export interface ReceivedMessage {
   group: boolean;
 }
 
-/** A status change of a message this device sent. */
-export interface StatusChange {
+/**
+ * A status change of a message this device sent. When `status` is `failed` or `expired`, and
+ * only then, `reason` (an error code: `unknown_recipient`, `not_member`, `too_large`,
+ * `forbidden`, `mismatched_devices`, `expired`, …) and `detail` (a human message) say why; the
+ * same are stored with the message (see {@link PostboxClient.messageInfo}, {@link PostboxClient.history}).
+ */
+export interface StatusChange extends Partial<SendFailure> {
   id: string;
   conv: string;
   status: MessageStatus;
@@ -177,7 +194,14 @@ export interface ClientEvents {
    * user, which calls {@link PostboxClient.approveDevice}. A new code comes on each connection.
    */
   linkCode: (link: { code: string; expiresAt: number }) => void;
-  /** A local fault (store failure); the engine recovers by reconnecting. */
+  /**
+   * A local fault that no call's outcome can carry: the client store or the crypto adapter
+   * failed, the `credentials` function threw, a frame could not be read (this client's by the
+   * server, or the server's by this client). The engine recovers by reconnecting. A request the
+   * server refuses never comes here: a send's refusal is its `status` (`failed` with a
+   * `reason`), a group change or other call rejects with the code, and a refused typing notice
+   * is dropped like one sent offline.
+   */
   error: (error: unknown) => void;
   /**
    * A peer device's identity key changed (a re-install, or someone in the middle): show it, and
@@ -283,6 +307,19 @@ const NS_GROUP_SEND_VER = 'gsendv';
 const NS_GROUP_JOINED = 'gjoin';
 const MEMBER_STATUS_CODE = { delivered: 1, read: 2, expired: 3 } as const;
 const MEMBER_STATUS_NAME = ['', 'delivered', 'read', 'expired'] as const;
+
+/**
+ * `err` frames with no request id that need no `error` event: a refused typing notice
+ * (`not_member`, `rate_limited`: dropped, like one sent offline), and the notices the server
+ * sends right before closing (`rate_limited` for a frame flood, `unauthorized`,
+ * `unsupported_version`), whose close the `connection` event reports.
+ */
+const NOTICES_WITHOUT_REQUEST: ReadonlySet<string> = new Set([
+  'not_member',
+  'rate_limited',
+  'unauthorized',
+  'unsupported_version',
+]);
 
 const streamKey = (conv: string, from: string, fromDevice: string) =>
   `${conv}\u0000${from}\u0000${fromDevice}`;
@@ -640,7 +677,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     return this.serial(async () => {
       const entry = await this.store.outgoing(id);
       if (!entry || entry.kind !== 'msg') return undefined;
-      const info: MessageInfo = { id, conv: entry.conv, status: entry.status };
+      const info = withFailure<MessageInfo>({ id, conv: entry.conv, status: entry.status }, entry);
       if (!isGroupId(entry.conv)) return info;
       info.recipients = [...(await this.recipientsOf(id))];
       const prefix = `${id}\u0000`;
@@ -1391,11 +1428,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       q.reject(error);
       return;
     }
-    if (r === undefined && (error.code === 'rate_limited' || error.code === 'not_member')) {
-      // An ephemeral notice (typing) was refused: nothing to retry, the connection is fine.
-      this.emit('error', error);
-      return;
-    }
+    if (r === undefined && NOTICES_WITHOUT_REQUEST.has(error.code)) return;
     const id = r === undefined ? undefined : this.inflight.get(r);
     if (id === undefined) {
       this.emit('error', error);
@@ -1426,14 +1459,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const gen = this.generation;
     void this.serial(async () => {
       try {
-        await this.applyStatus(id, status, by);
+        // A refusal is the item's own outcome (its status, with the reason), not an `error`.
+        await this.applyStatus(id, status, by, error);
       } catch (e) {
         // The store still says pending; reconnecting reloads the outbox and resends it.
         this.emit('error', e);
         if (gen === this.generation) this.drop('client store failed');
       }
     });
-    if (error) this.emit('error', error);
     this.pumpOutbox();
   }
 
@@ -1445,16 +1478,26 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     if (idx < this.sendPointer) this.sendPointer--;
   }
 
-  private async applyStatus(id: string, event: MessageStatus, by?: string): Promise<void> {
+  /**
+   * Moves an outgoing item's status forward (see `nextStatus`), storing why with a `failed` or
+   * `expired` one (`error`: the refusal), and tells the app about messages.
+   */
+  private async applyStatus(
+    id: string,
+    event: MessageStatus,
+    by?: string,
+    error?: PostboxError,
+  ): Promise<void> {
     const entry = await this.store.outgoing(id);
     if (!entry) return;
     const next = nextStatus(entry.status, event);
     if (next === entry.status) return;
-    await this.store.setStatus(id, next);
+    const failure = failureFor(next, entry.to, error);
+    await this.store.setStatus(id, next, failure);
     if (entry.kind !== 'msg') return;
     const change: StatusChange = { id, conv: entry.conv, status: next };
     if (by !== undefined) change.by = by;
-    this.emit('status', change);
+    this.emit('status', failure ? withFailure(change, failure) : change);
   }
 
   // ------------------------------------------------------------------ inbound
