@@ -27,14 +27,7 @@ import {
   type WelcomeFrame,
 } from '../protocol/index.js';
 import type { ClientTransport, Connection } from '../transport/types.js';
-import {
-  backoff,
-  seededRandom,
-  systemClock,
-  type Clock,
-  type Random,
-  type TimerHandle,
-} from '../util/clock.js';
+import { seededRandom, systemClock, type Clock, type Random, type TimerHandle } from '../util/clock.js';
 import { ulidFactory } from '../util/ulid.js';
 import {
   applyGroupEvent,
@@ -71,6 +64,13 @@ import {
   type HistoryOptions,
 } from './history.js';
 import { storeRefused } from './outbox.js';
+import {
+  DEFAULT_BACKOFF_BASE_MS,
+  DEFAULT_BACKOFF_MAX_MS,
+  Reconnector,
+  untilOpen,
+  type ConnectedOptions,
+} from './reconnect.js';
 
 /**
  * Connection states; every transition emits `connection`. `linking`: this is a new device of a
@@ -234,9 +234,18 @@ export interface ClientOptions {
   clock?: Clock;
   /** Randomness for ids and jitter. @default Math.random */
   random?: Random;
-  /** First reconnect/backoff ceiling, ms. @default 500 */
+  /**
+   * Ceiling of the first wait before reconnecting, ms; each failed attempt doubles it (each wait
+   * is uniform below its ceiling: full jitter). See docs/engines.md, "Reconnecting".
+   * @default 500
+   */
   backoffBaseMs?: number;
-  /** Largest backoff ceiling, ms. @default 30000 */
+  /**
+   * Largest ceiling of a wait before reconnecting, ms: once the waits have grown to it, the
+   * client is back at most this long after the server is (see {@link DEFAULT_BACKOFF_MAX_MS} for
+   * why 8 s). Also the least time between two waits {@link PostboxClient.reconnectNow} skips.
+   * @default 8000
+   */
   backoffMaxMs?: number;
   /** How long a hole in a sender's sequence may stay open before `gap`. @default 10000 */
   gapTimeoutMs?: number;
@@ -336,8 +345,6 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly random: Random;
   private readonly ulid: () => string;
   private readonly opts: {
-    backoffBaseMs: number;
-    backoffMaxMs: number;
     gapTimeoutMs: number;
     maxHeldPerStream: number;
     handshakeTimeoutMs: number;
@@ -354,8 +361,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private _state: ConnectionState = 'idle';
   private conn: Connection | undefined;
   private generation = 0;
-  private attempt = 0;
-  private reconnectTimer: TimerHandle | undefined;
+  /** The waits between connection attempts, and the app's hurrying of them. */
+  private readonly reconnects: Reconnector;
+  /** The error of the last failed attempt or close, until the connection opens (see `connected`). */
+  private connectionError: PostboxError | undefined;
   private heartbeatTimer: TimerHandle | undefined;
   private handshakeTimer: TimerHandle | undefined;
   private heartbeatMs = 25_000;
@@ -421,9 +430,18 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.credentials = options.credentials;
     if (options.device !== undefined) assertDeviceId(options.device, 'device');
     this.deviceHint = options.device;
+    this.reconnects = new Reconnector(
+      this.clock,
+      this.random,
+      options.backoffBaseMs ?? DEFAULT_BACKOFF_BASE_MS,
+      options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS,
+      () => {
+        if (this._state !== 'backoff') return;
+        this.setState('connecting');
+        void this.connect();
+      },
+    );
     this.opts = {
-      backoffBaseMs: options.backoffBaseMs ?? 500,
-      backoffMaxMs: options.backoffMaxMs ?? 30_000,
       gapTimeoutMs: options.gapTimeoutMs ?? 10_000,
       maxHeldPerStream: options.maxHeldPerStream ?? 1024,
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
@@ -464,11 +482,71 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     return this.me;
   }
 
-  /** Connects (and keeps reconnecting) until {@link close}. */
+  /**
+   * Connects (and keeps reconnecting) until {@link close}. After a `close()` (or before the
+   * first start, with `autoStart: false`) it connects at once, its waits starting again from the
+   * shortest; while the client waits to reconnect it is {@link reconnectNow}; otherwise (open,
+   * connecting) it does nothing.
+   */
   start(): void {
+    if (this._state === 'backoff') {
+      this.reconnectNow();
+      return;
+    }
     if (this._state !== 'idle' && this._state !== 'closed') return;
+    // A fresh start: nothing left of an earlier run's waits.
+    this.reconnects.restart();
     this.setState('connecting');
     void this.connect();
+  }
+
+  /**
+   * Connects at once if the client is waiting to reconnect (state `backoff`). Call it when the
+   * network comes back (a browser `online` event, React Native NetInfo) or the app returns to the
+   * foreground (`visibilitychange`, AppState): the next attempt then does not wait out a backoff
+   * that grew while the network was down. Safe to call as often as those events fire: it skips at
+   * most one wait per `backoffMaxMs` (later calls return false), never a wait the server asked
+   * for (1013 try again later), and only its first skip after a connection was lost starts the
+   * waits again from the shortest, so an app calling it in a loop cannot hammer a server that is
+   * down (see docs/engines.md, "Reconnecting"). Does nothing while open, connecting, closed or
+   * not yet started.
+   * @returns true when it started a connection attempt.
+   * @example
+   * ```ts
+   * window.addEventListener('online', () => client.reconnectNow());
+   * ```
+   */
+  reconnectNow(): boolean {
+    if (this._state !== 'backoff') return false;
+    return this.reconnects.hurry();
+  }
+
+  /**
+   * Resolves when the connection is open: at once if it is, else on the next `open`. Rejects with
+   * `closed` if the client is closed, or closes while waiting (by {@link close}, or for good:
+   * refused static credentials, say, as its `cause`); with `disconnected` after `timeoutMs`; with
+   * the signal's reason when `signal` aborts. A client not started yet is waited for: a later
+   * {@link start} may open it. Sends need none of this (they wait in the outbox); it is for what
+   * needs a live connection, like {@link setPushToken} or {@link approveDevice}.
+   * @example
+   * ```ts
+   * await client.connected({ timeoutMs: 10_000 });
+   * await client.setPushToken({ kind: 'fcm', token });
+   * ```
+   */
+  connected(options: ConnectedOptions = {}): Promise<void> {
+    return untilOpen(
+      {
+        state: () => this._state,
+        lastError: () => this.connectionError,
+        subscribe: (fn) => {
+          this.on('connection', fn);
+          return () => this.off('connection', fn);
+        },
+      },
+      this.clock,
+      options,
+    );
   }
 
   /**
@@ -883,7 +961,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   /** Closes the connection and stops reconnecting. The store stays open for its owner. */
   async close(): Promise<void> {
     this.setState('closed');
-    this.clock.clearTimeout(this.reconnectTimer);
+    this.reconnects.cancel();
     this.stopTimers();
     for (const t of this.gapTimers.values()) this.clock.clearTimeout(t);
     this.gapTimers.clear();
@@ -906,6 +984,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     if (this._state === state) return;
     if (this._state === 'closed' && state !== 'connecting') return;
     this._state = state;
+    // Kept for `connected()`: why the client is not open (an app's close has no error).
+    if (state === 'open' || state === 'closed') this.connectionError = error;
+    else if (error) this.connectionError = error;
     this.emit('connection', state, error);
   }
 
@@ -1005,21 +1086,17 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.setState('closed', new PostboxError(fatal, `connection closed: ${reason || code}`));
       return;
     }
-    // 1013: the server cannot serve now (overloaded, or its store is away); still retried.
-    const why = code === CLOSE_CODES.tryAgainLater ? 'unavailable' : 'disconnected';
-    this.scheduleReconnect(new PostboxError(why, `connection closed: ${reason || code}`));
+    // 1013: the server cannot serve now (overloaded, or its store is away); still retried, but
+    // after a wait the app cannot cut short.
+    const busy = code === CLOSE_CODES.tryAgainLater;
+    const why = busy ? 'unavailable' : 'disconnected';
+    this.scheduleReconnect(new PostboxError(why, `connection closed: ${reason || code}`), busy);
   }
 
-  private scheduleReconnect(error: PostboxError): void {
+  private scheduleReconnect(error: PostboxError, busy = false): void {
     if (this._state === 'closed') return;
     this.setState('backoff', error);
-    const delay = backoff(this.attempt++, this.opts.backoffBaseMs, this.opts.backoffMaxMs, this.random);
-    this.clock.clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = this.clock.setTimeout(() => {
-      if (this._state !== 'backoff') return;
-      this.setState('connecting');
-      void this.connect();
-    }, delay);
+    this.reconnects.wait(busy);
   }
 
   private stopTimers(): void {
@@ -1125,7 +1202,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     // Delaying acks needs the server's delivery window, or a drain could stall on it.
     this.ackBatch = w.lim.dw === undefined ? 512 : Math.max(1, Math.min(512, Math.floor(w.lim.dw / 2)));
     this.ackDelay = w.lim.dw === undefined ? 0 : this.opts.ackDelayMs;
-    this.attempt = 0;
+    this.reconnects.opened();
     if (this.e2ee) {
       // Inbound messages (serial) and outgoing ones (tx chain) wait for the adapter to open.
       const e2ee = this.e2ee;
