@@ -111,6 +111,7 @@ export interface ConnectedOptions {
 
 /** What {@link untilOpen} reads of a client. */
 export interface ConnectionWatch {
+  /** The client's connection state now. */
   state(): ConnectionState;
   /** The error of the last failed attempt or close, cleared when the connection opens. */
   lastError(): PostboxError | undefined;
