@@ -3,15 +3,18 @@
 // authenticated device or user, so reconnecting resets none of them. Each test is named after
 // the guarantee it proves and would have caught the attack it is about.
 import { afterEach, describe, expect, it } from 'vitest';
-import { createClient } from '../src/client/index.js';
-import { createMemoryClientState, memoryClientStore } from '../src/client/stores/memory.js';
 import { libsignalCrypto } from '../src/crypto/libsignal.js';
 import { isPostboxError, type ServerFrame } from '../src/protocol/index.js';
 import type { DeviceAddress, InboxEntry } from '../src/server/index.js';
-import { VirtualClock } from '../src/testing/virtual-clock.js';
-import { memoryNetwork } from '../src/transport/memory.js';
-import { seededRandom } from '../src/util/clock.js';
-import { fakeServer, makeWorld, settled, text, until, type RawConnection, type World } from './helpers.js';
+import {
+  clientOfFakeServer,
+  makeWorld,
+  settled,
+  text,
+  until,
+  type RawConnection,
+  type World,
+} from './helpers.js';
 
 let world: World | undefined;
 afterEach(async () => {
@@ -96,16 +99,7 @@ describe('read statuses come only from a recipient of the message', () => {
   });
 
   it('a client ignores a status about its message from anyone but a recipient, even if a server forwards it', async () => {
-    const clock = new VirtualClock();
-    const net = memoryNetwork({ clock, random: seededRandom(3), faults: { latency: { min: 1, max: 2 } } });
-    const server = await fakeServer(net, 'alice');
-    const client = createClient({
-      transport: net.client('alice'),
-      store: memoryClientStore({ state: createMemoryClientState() }),
-      credentials: 'alice',
-      clock,
-      random: seededRandom(4),
-    });
+    const { clock, server, client } = await clientOfFakeServer('alice');
     const seen: string[] = [];
     client.on('status', (s) => seen.push(`${s.status}${s.by ? ` by ${s.by}` : ''}`));
     client.start();

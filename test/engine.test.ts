@@ -260,7 +260,7 @@ describe('flow control', () => {
 });
 
 describe('retention', () => {
-  it('an undelivered message expires after the retention period and its sender sees expired', async () => {
+  it('an undelivered message expires after the retention period and its sender sees expired, with reason expired', async () => {
     world = await makeWorld({ server: { retentionMs: 60_000, expiryIntervalMs: 10_000 } });
     const alice = await world.device('alice');
     const bob = await world.device('bob');
@@ -270,6 +270,10 @@ describe('retention', () => {
     expect(alice.statusOf(id)).toBe('sent');
     await world.advance(75_000);
     expect(alice.statusOf(id)).toBe('expired');
+    // Why, on the status event and stored with the message.
+    expect(alice.statuses.at(-1)).toMatchObject({ id, status: 'expired', reason: 'expired' });
+    expect(alice.statuses.at(-1)?.detail).toMatch(/no device of bob/);
+    expect(await alice.client.messageInfo(id)).toMatchObject({ status: 'expired', reason: 'expired' });
     bob.client.start();
     await world.advance(500);
     expect(bob.messages).toEqual([]);

@@ -23,6 +23,7 @@ import {
   decodeServerFrame,
   encodeFrame,
   type ClientFrame,
+  type ErrorCode,
   type ServerFrame,
 } from '../src/protocol/index.js';
 import {
@@ -59,6 +60,8 @@ export interface TestDevice {
   linkCodes: string[];
   identityChanges: Array<{ user: string; device: string }>;
   undecryptable: Array<{ from: string; fromDevice: string; id: string }>;
+  /** Every `error` event (local faults only: a refused request is reported on its own outcome). */
+  errors: unknown[];
   /** Latest status seen per message id. */
   statusOf(id: string): string | undefined;
   restart(): Promise<void>;
@@ -156,6 +159,7 @@ export async function makeWorld(
         linkCodes: [],
         identityChanges: [],
         undecryptable: [],
+        errors: [],
         statusOf(id) {
           return [...d.statuses].reverse().find((s) => s.id === id)?.status;
         },
@@ -187,6 +191,7 @@ export async function makeWorld(
         c.on('memberStatus', (m) => d.memberStatuses.push(m));
         c.on('linkCode', (l) => d.linkCodes.push(l.code));
         c.on('error', (e) => {
+          d.errors.push(e);
           if (process.env.POSTBOX_TEST_DEBUG) console.log(`${user}/${device} error:`, e);
         });
         return c;
@@ -301,7 +306,15 @@ export interface FakeServer {
   push(frame: ServerFrame): void;
 }
 
-export async function fakeServer(net: MemoryNetwork, user: string): Promise<FakeServer> {
+/**
+ * @param refuse - answers a request with this `err` (code and message) instead of `ok`; a send a
+ *   real server would refuse for a reason the test world cannot produce, say.
+ */
+export async function fakeServer(
+  net: MemoryNetwork,
+  user: string,
+  refuse?: (frame: ClientFrame) => { c: ErrorCode; m: string } | undefined,
+): Promise<FakeServer> {
   const open = new Set<Connection>();
   const fake: FakeServer = {
     received: [],
@@ -320,7 +333,10 @@ export async function fakeServer(net: MemoryNetwork, user: string): Promise<Fake
           const lim = { frame: 1 << 18, body: 1 << 16, window: 256 };
           reply({ t: 'welcome', v: 1, u: user, d: f.dev ?? 'phone', hb: 1000, lim });
         } else if (f.t === 'ping') reply({ t: 'pong' });
-        else if ('r' in f && f.t !== 'kget') reply({ t: 'ok', r: f.r });
+        else if ('r' in f && f.t !== 'kget') {
+          const no = refuse?.(f);
+          reply(no ? { t: 'err', r: f.r, ...no } : { t: 'ok', r: f.r });
+        }
       },
       close() {
         open.delete(conn);
@@ -328,4 +344,25 @@ export async function fakeServer(net: MemoryNetwork, user: string): Promise<Fake
     });
   });
   return fake;
+}
+
+/**
+ * One client (user `user`, memory store, virtual clock) connected to a {@link fakeServer} on a
+ * network of its own; `refuse` as for the fake server. The client starts connecting at once.
+ */
+export async function clientOfFakeServer(
+  user: string,
+  refuse?: Parameters<typeof fakeServer>[2],
+): Promise<{ clock: VirtualClock; server: FakeServer; client: PostboxClient }> {
+  const clock = new VirtualClock();
+  const net = memoryNetwork({ clock, random: seededRandom(3), faults: { latency: { min: 1, max: 2 } } });
+  const server = await fakeServer(net, user, refuse);
+  const client = createClient({
+    transport: net.client(user),
+    store: memoryClientStore({ state: createMemoryClientState() }),
+    credentials: user,
+    clock,
+    random: seededRandom(4),
+  });
+  return { clock, server, client };
 }

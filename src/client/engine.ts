@@ -27,14 +27,7 @@ import {
   type WelcomeFrame,
 } from '../protocol/index.js';
 import type { ClientTransport, Connection } from '../transport/types.js';
-import {
-  backoff,
-  seededRandom,
-  systemClock,
-  type Clock,
-  type Random,
-  type TimerHandle,
-} from '../util/clock.js';
+import { seededRandom, systemClock, type Clock, type Random, type TimerHandle } from '../util/clock.js';
 import { ulidFactory } from '../util/ulid.js';
 import {
   applyGroupEvent,
@@ -53,7 +46,15 @@ import {
 import type { CryptoAdapter, KeyBundle, KeyUpload } from '../crypto/types.js';
 import { E2ee, decodeContent, encodeContent, type Content } from './e2ee.js';
 import { nextStatus } from './status.js';
-import type { ClientStore, InboundMessage, MessageStatus, OutboxEntry, StateWrite } from './store.js';
+import type {
+  ClientStore,
+  InboundMessage,
+  MessageStatus,
+  OutboxEntry,
+  SendFailure,
+  StateWrite,
+} from './store.js';
+import { failureFor, withFailure } from './failure.js';
 import {
   loadIdentity,
   readConversations,
@@ -64,6 +65,13 @@ import {
   type HistoryOptions,
 } from './history.js';
 import { storeRefused } from './outbox.js';
+import {
+  DEFAULT_BACKOFF_BASE_MS,
+  DEFAULT_BACKOFF_MAX_MS,
+  Reconnector,
+  untilOpen,
+  type ConnectedOptions,
+} from './reconnect.js';
 
 /**
  * Connection states; every transition emits `connection`. `linking`: this is a new device of a
@@ -98,8 +106,12 @@ export interface MemberStatus {
   status: 'delivered' | 'read' | 'expired';
 }
 
-/** What is known about a message this device sent: the "message info" view. */
-export interface MessageInfo {
+/**
+ * What is known about a message this device sent: the "message info" view. `reason` and `detail`
+ * say why when it is `failed` or `expired` (absent for messages that failed before a client that
+ * kept reasons).
+ */
+export interface MessageInfo extends Partial<SendFailure> {
   id: string;
   conv: string;
   /** The aggregate: for a group, `delivered` means delivered to all, `read` read by all. */
@@ -129,8 +141,13 @@ export interface ReceivedMessage {
   group: boolean;
 }
 
-/** A status change of a message this device sent. */
-export interface StatusChange {
+/**
+ * A status change of a message this device sent. When `status` is `failed` or `expired`, and
+ * only then, `reason` (an error code: `unknown_recipient`, `not_member`, `too_large`,
+ * `forbidden`, `mismatched_devices`, `expired`, …) and `detail` (a human message) say why; the
+ * same are stored with the message (see {@link PostboxClient.messageInfo}, {@link PostboxClient.history}).
+ */
+export interface StatusChange extends Partial<SendFailure> {
   id: string;
   conv: string;
   status: MessageStatus;
@@ -178,7 +195,14 @@ export interface ClientEvents {
    * user, which calls {@link PostboxClient.approveDevice}. A new code comes on each connection.
    */
   linkCode: (link: { code: string; expiresAt: number }) => void;
-  /** A local fault (store failure); the engine recovers by reconnecting. */
+  /**
+   * A local fault that no call's outcome can carry: the client store or the crypto adapter
+   * failed, the `credentials` function threw, a frame could not be read (this client's by the
+   * server, or the server's by this client). The engine recovers by reconnecting. A request the
+   * server refuses never comes here: a send's refusal is its `status` (`failed` with a
+   * `reason`), a group change or other call rejects with the code, and a refused typing notice
+   * is dropped like one sent offline.
+   */
   error: (error: unknown) => void;
   /**
    * A peer device's identity key changed (a re-install, or someone in the middle): show it, and
@@ -211,9 +235,18 @@ export interface ClientOptions {
   clock?: Clock;
   /** Randomness for ids and jitter. @default Math.random */
   random?: Random;
-  /** First reconnect/backoff ceiling, ms. @default 500 */
+  /**
+   * Ceiling of the first wait before reconnecting, ms; each failed attempt doubles it (each wait
+   * is uniform below its ceiling: full jitter). See docs/engines.md, "Reconnecting".
+   * @default 500
+   */
   backoffBaseMs?: number;
-  /** Largest backoff ceiling, ms. @default 30000 */
+  /**
+   * Largest ceiling of a wait before reconnecting, ms: once the waits have grown to it, the
+   * client is back at most this long after the server is (see {@link DEFAULT_BACKOFF_MAX_MS} for
+   * why 8 s). Also the least time between two waits {@link PostboxClient.reconnectNow} skips.
+   * @default 8000
+   */
   backoffMaxMs?: number;
   /** How long a hole in a sender's sequence may stay open before `gap`. @default 10000 */
   gapTimeoutMs?: number;
@@ -285,6 +318,19 @@ const NS_GROUP_JOINED = 'gjoin';
 const MEMBER_STATUS_CODE = { delivered: 1, read: 2, expired: 3 } as const;
 const MEMBER_STATUS_NAME = ['', 'delivered', 'read', 'expired'] as const;
 
+/**
+ * `err` frames with no request id that need no `error` event: a refused typing notice
+ * (`not_member`, `rate_limited`: dropped, like one sent offline), and the notices the server
+ * sends right before closing (`rate_limited` for a frame flood, `unauthorized`,
+ * `unsupported_version`), whose close the `connection` event reports.
+ */
+const NOTICES_WITHOUT_REQUEST: ReadonlySet<string> = new Set([
+  'not_member',
+  'rate_limited',
+  'unauthorized',
+  'unsupported_version',
+]);
+
 const streamKey = (conv: string, from: string, fromDevice: string) =>
   `${conv}\u0000${from}\u0000${fromDevice}`;
 const STATUS_FROM_WIRE = { d: 'delivered', r: 'read', x: 'expired' } as const;
@@ -300,8 +346,6 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly random: Random;
   private readonly ulid: () => string;
   private readonly opts: {
-    backoffBaseMs: number;
-    backoffMaxMs: number;
     gapTimeoutMs: number;
     maxHeldPerStream: number;
     handshakeTimeoutMs: number;
@@ -318,8 +362,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private _state: ConnectionState = 'idle';
   private conn: Connection | undefined;
   private generation = 0;
-  private attempt = 0;
-  private reconnectTimer: TimerHandle | undefined;
+  /** The waits between connection attempts, and the app's hurrying of them. */
+  private readonly reconnects: Reconnector;
+  /** The error of the last failed attempt or close, until the connection opens (see `connected`). */
+  private connectionError: PostboxError | undefined;
   private heartbeatTimer: TimerHandle | undefined;
   private handshakeTimer: TimerHandle | undefined;
   private heartbeatMs = 25_000;
@@ -385,9 +431,18 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.credentials = options.credentials;
     if (options.device !== undefined) assertDeviceId(options.device, 'device');
     this.deviceHint = options.device;
+    this.reconnects = new Reconnector(
+      this.clock,
+      this.random,
+      options.backoffBaseMs ?? DEFAULT_BACKOFF_BASE_MS,
+      options.backoffMaxMs ?? DEFAULT_BACKOFF_MAX_MS,
+      () => {
+        if (this._state !== 'backoff') return;
+        this.setState('connecting');
+        void this.connect();
+      },
+    );
     this.opts = {
-      backoffBaseMs: options.backoffBaseMs ?? 500,
-      backoffMaxMs: options.backoffMaxMs ?? 30_000,
       gapTimeoutMs: options.gapTimeoutMs ?? 10_000,
       maxHeldPerStream: options.maxHeldPerStream ?? 1024,
       handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
@@ -428,11 +483,71 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     return this.me;
   }
 
-  /** Connects (and keeps reconnecting) until {@link close}. */
+  /**
+   * Connects (and keeps reconnecting) until {@link close}. After a `close()` (or before the
+   * first start, with `autoStart: false`) it connects at once, its waits starting again from the
+   * shortest; while the client waits to reconnect it is {@link reconnectNow}; otherwise (open,
+   * connecting) it does nothing.
+   */
   start(): void {
+    if (this._state === 'backoff') {
+      this.reconnectNow();
+      return;
+    }
     if (this._state !== 'idle' && this._state !== 'closed') return;
+    // A fresh start: nothing left of an earlier run's waits.
+    this.reconnects.restart();
     this.setState('connecting');
     void this.connect();
+  }
+
+  /**
+   * Connects at once if the client is waiting to reconnect (state `backoff`). Call it when the
+   * network comes back (a browser `online` event, React Native NetInfo) or the app returns to the
+   * foreground (`visibilitychange`, AppState): the next attempt then does not wait out a backoff
+   * that grew while the network was down. Safe to call as often as those events fire: it skips at
+   * most one wait per `backoffMaxMs` (later calls return false), never a wait the server asked
+   * for (1013 try again later), and only its first skip after a connection was lost starts the
+   * waits again from the shortest, so an app calling it in a loop cannot hammer a server that is
+   * down (see docs/engines.md, "Reconnecting"). Does nothing while open, connecting, closed or
+   * not yet started.
+   * @returns true when it started a connection attempt.
+   * @example
+   * ```ts
+   * window.addEventListener('online', () => client.reconnectNow());
+   * ```
+   */
+  reconnectNow(): boolean {
+    if (this._state !== 'backoff') return false;
+    return this.reconnects.hurry();
+  }
+
+  /**
+   * Resolves when the connection is open: at once if it is, else on the next `open`. Rejects with
+   * `closed` if the client is closed, or closes while waiting (by {@link close}, or for good:
+   * refused static credentials, say, as its `cause`); with `disconnected` after `timeoutMs`; with
+   * the signal's reason when `signal` aborts. A client not started yet is waited for: a later
+   * {@link start} may open it. Sends need none of this (they wait in the outbox); it is for what
+   * needs a live connection, like {@link setPushToken} or {@link approveDevice}.
+   * @example
+   * ```ts
+   * await client.connected({ timeoutMs: 10_000 });
+   * await client.setPushToken({ kind: 'fcm', token });
+   * ```
+   */
+  connected(options: ConnectedOptions = {}): Promise<void> {
+    return untilOpen(
+      {
+        state: () => this._state,
+        lastError: () => this.connectionError,
+        subscribe: (fn) => {
+          this.on('connection', fn);
+          return () => this.off('connection', fn);
+        },
+      },
+      this.clock,
+      options,
+    );
   }
 
   /**
@@ -642,7 +757,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     return this.serial(async () => {
       const entry = await this.store.outgoing(id);
       if (!entry || entry.kind !== 'msg') return undefined;
-      const info: MessageInfo = { id, conv: entry.conv, status: entry.status };
+      const info = withFailure<MessageInfo>({ id, conv: entry.conv, status: entry.status }, entry);
       if (!isGroupId(entry.conv)) return info;
       info.recipients = [...(await this.recipientsOf(id))];
       const prefix = `${id}\u0000`;
@@ -848,7 +963,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   /** Closes the connection and stops reconnecting. The store stays open for its owner. */
   async close(): Promise<void> {
     this.setState('closed');
-    this.clock.clearTimeout(this.reconnectTimer);
+    this.reconnects.cancel();
     this.stopTimers();
     for (const t of this.gapTimers.values()) this.clock.clearTimeout(t);
     this.gapTimers.clear();
@@ -871,6 +986,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     if (this._state === state) return;
     if (this._state === 'closed' && state !== 'connecting') return;
     this._state = state;
+    // Kept for `connected()`: why the client is not open (an app's close has no error).
+    if (state === 'open' || state === 'closed') this.connectionError = error;
+    else if (error) this.connectionError = error;
     this.emit('connection', state, error);
   }
 
@@ -972,21 +1090,17 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.setState('closed', new PostboxError(fatal, `connection closed: ${reason || code}`));
       return;
     }
-    // 1013: the server cannot serve now (overloaded, or its store is away); still retried.
-    const why = code === CLOSE_CODES.tryAgainLater ? 'unavailable' : 'disconnected';
-    this.scheduleReconnect(new PostboxError(why, `connection closed: ${reason || code}`));
+    // 1013: the server cannot serve now (overloaded, or its store is away); still retried, but
+    // after a wait the app cannot cut short.
+    const busy = code === CLOSE_CODES.tryAgainLater;
+    const why = busy ? 'unavailable' : 'disconnected';
+    this.scheduleReconnect(new PostboxError(why, `connection closed: ${reason || code}`), busy);
   }
 
-  private scheduleReconnect(error: PostboxError): void {
+  private scheduleReconnect(error: PostboxError, busy = false): void {
     if (this._state === 'closed') return;
     this.setState('backoff', error);
-    const delay = backoff(this.attempt++, this.opts.backoffBaseMs, this.opts.backoffMaxMs, this.random);
-    this.clock.clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = this.clock.setTimeout(() => {
-      if (this._state !== 'backoff') return;
-      this.setState('connecting');
-      void this.connect();
-    }, delay);
+    this.reconnects.wait(busy);
   }
 
   private stopTimers(): void {
@@ -1092,7 +1206,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     // Delaying acks needs the server's delivery window, or a drain could stall on it.
     this.ackBatch = w.lim.dw === undefined ? 512 : Math.max(1, Math.min(512, Math.floor(w.lim.dw / 2)));
     this.ackDelay = w.lim.dw === undefined ? 0 : this.opts.ackDelayMs;
-    this.attempt = 0;
+    this.reconnects.opened();
     if (this.e2ee) {
       // Inbound messages (serial) and outgoing ones (tx chain) wait for the adapter to open.
       const e2ee = this.e2ee;
@@ -1395,11 +1509,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       q.reject(error);
       return;
     }
-    if (r === undefined && (error.code === 'rate_limited' || error.code === 'not_member')) {
-      // An ephemeral notice (typing) was refused: nothing to retry, the connection is fine.
-      this.emit('error', error);
-      return;
-    }
+    if (r === undefined && NOTICES_WITHOUT_REQUEST.has(error.code)) return;
     const id = r === undefined ? undefined : this.inflight.get(r);
     if (id === undefined) {
       this.emit('error', error);
@@ -1430,14 +1540,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const gen = this.generation;
     void this.serial(async () => {
       try {
-        await this.applyStatus(id, status, by);
+        // A refusal is the item's own outcome (its status, with the reason), not an `error`.
+        await this.applyStatus(id, status, by, error);
       } catch (e) {
         // The store still says pending; reconnecting reloads the outbox and resends it.
         this.emit('error', e);
         if (gen === this.generation) this.drop('client store failed');
       }
     });
-    if (error) this.emit('error', error);
     this.pumpOutbox();
   }
 
@@ -1449,16 +1559,26 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     if (idx < this.sendPointer) this.sendPointer--;
   }
 
-  private async applyStatus(id: string, event: MessageStatus, by?: string): Promise<void> {
+  /**
+   * Moves an outgoing item's status forward (see `nextStatus`), storing why with a `failed` or
+   * `expired` one (`error`: the refusal), and tells the app about messages.
+   */
+  private async applyStatus(
+    id: string,
+    event: MessageStatus,
+    by?: string,
+    error?: PostboxError,
+  ): Promise<void> {
     const entry = await this.store.outgoing(id);
     if (!entry) return;
     const next = nextStatus(entry.status, event);
     if (next === entry.status) return;
-    await this.store.setStatus(id, next);
+    const failure = failureFor(next, entry.to, error);
+    await this.store.setStatus(id, next, failure);
     if (entry.kind !== 'msg') return;
     const change: StatusChange = { id, conv: entry.conv, status: next };
     if (by !== undefined) change.by = by;
-    this.emit('status', change);
+    this.emit('status', failure ? withFailure(change, failure) : change);
   }
 
   // ------------------------------------------------------------------ inbound

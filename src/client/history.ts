@@ -7,7 +7,8 @@
  */
 import { PostboxError } from '../protocol/index.js';
 import { isGroupId, type ReceivedMessage } from './engine.js';
-import type { ClientStore, HistoryRecord, MessageStatus } from './store.js';
+import { withFailure } from './failure.js';
+import type { ClientStore, HistoryRecord, MessageStatus, SendFailure } from './store.js';
 
 /**
  * One message of a conversation's history, received or sent from this device: the fields of a
@@ -15,12 +16,15 @@ import type { ClientStore, HistoryRecord, MessageStatus } from './store.js';
  * `fromDevice` are this device (empty strings for messages queued before it ever connected, when
  * the server had not named it yet), `ts` is when this device queued it, and `self` is true.
  */
-export interface HistoryMessage extends Omit<ReceivedMessage, 'late'> {
+export interface HistoryMessage extends Omit<ReceivedMessage, 'late'>, Partial<SendFailure> {
   /** Where the message stands in the history: pass it as `before` to read the older ones. Opaque. */
   cursor: string;
   /** Sent from this device; `status` says how far it got. */
   outgoing: boolean;
-  /** Outgoing messages: `pending`, `sent`, `delivered`, `read`, `failed` or `expired`. */
+  /**
+   * Outgoing messages: `pending`, `sent`, `delivered`, `read`, `failed` or `expired`; with the
+   * last two, `reason` and `detail` say why (as the `status` event did).
+   */
   status?: MessageStatus;
   /** Received messages: marked read on this device or on another device of this user. */
   read?: boolean;
@@ -85,7 +89,7 @@ export function toHistoryMessage(r: HistoryRecord, me: SelfIdentity | undefined)
     self: r.outgoing !== undefined || (me !== undefined && m.from === me.user),
   };
   if (r.inbound) message.read = r.inbound.read;
-  else message.status = r.outgoing.status;
+  else withFailure(message, r.outgoing).status = r.outgoing.status;
   return message;
 }
 

@@ -20,3 +20,5 @@ export type { GroupChangeEvent, GroupMemberView, GroupView } from './groups.js';
 export type { ConversationSummary, HistoryMessage, HistoryOptions } from './history.js';
 export { MAX_HISTORY_PAGE } from './history.js';
 export { nextStatus } from './status.js';
+export { DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_MAX_MS } from './reconnect.js';
+export type { ConnectedOptions } from './reconnect.js';

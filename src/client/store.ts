@@ -2,6 +2,7 @@
  * The client's storage contract: a durable outbox with sequence counters, the inbound
  * dedupe/order state, and the message history the app renders from.
  */
+import type { ErrorCode } from '../protocol/errors.js';
 
 /** A message's status as the sender sees it. Moves only forward; see `nextStatus`. */
 export type MessageStatus = 'pending' | 'sent' | 'delivered' | 'read' | 'failed' | 'expired';
@@ -27,8 +28,25 @@ export interface OutboxDraft {
   createdAt: number;
 }
 
-/** A stored outgoing item. `seq` is set for messages, absent for receipts. */
-export interface OutboxEntry extends OutboxDraft {
+/**
+ * Why an outgoing item ended `failed` or `expired`, stored with it (see
+ * {@link ClientStore.setStatus}).
+ */
+export interface SendFailure {
+  /**
+   * The code: the server's refusal (`unknown_recipient`, `not_member`, `too_large`, `forbidden`,
+   * …), `mismatched_devices` when the device-list corrections ran out, or `expired`.
+   */
+  reason: ErrorCode;
+  /** A human message (the server's words when it gave some): for logs and support, not for branching. */
+  detail: string;
+}
+
+/**
+ * A stored outgoing item. `seq` is set for messages, absent for receipts; `reason` and `detail`
+ * (a {@link SendFailure}) only when it failed or expired.
+ */
+export interface OutboxEntry extends OutboxDraft, Partial<SendFailure> {
   seq?: number;
   status: MessageStatus;
 }
@@ -94,7 +112,10 @@ export interface ConversationRecord {
  *   next sequence number (1, 2, 3, … per conversation) in the same atomic write that stores the
  *   entry; a re-opened store continues the count, never reuses or skips a number.
  * - **Durable outbox.** Entries stay `pending` (and are returned by `pending()` in enqueue order)
- *   until `setStatus` moves them on, across re-opens. An id already in the outbox is refused:
+ *   until `setStatus` moves them on, across re-opens. The failure `setStatus` is given (why an
+ *   entry failed or expired) is stored with the status, and every read of the entry (`outgoing`,
+ *   `outgoingIn`, `history`, `conversations`) returns it as `reason` and `detail`, across re-opens;
+ *   an entry set without one has neither. An id already in the outbox is refused:
  *   `enqueue` rejects and changes nothing. The `state` writes passed to `enqueue` commit in the
  *   same atomic write as the entry, or not at all.
  * - **Inbound dedupe.** A message is stored at most once per `(from, fromDevice, id)`.
@@ -128,8 +149,11 @@ export interface ClientStore {
   enqueue(draft: OutboxDraft, sequenced: boolean, state?: StateWrite[]): Promise<OutboxEntry>;
   /** Items still `pending`, in enqueue order. */
   pending(): Promise<OutboxEntry[]>;
-  /** Records an outgoing item's status (the engine has already checked it moves forward). */
-  setStatus(id: string, status: MessageStatus): Promise<void>;
+  /**
+   * Records an outgoing item's status (the engine has already checked it moves forward) and, for
+   * `failed` and `expired`, why: the failure replaces any stored before, in the same write.
+   */
+  setStatus(id: string, status: MessageStatus, failure?: SendFailure): Promise<void>;
   /** An outgoing item by id. */
   outgoing(id: string): Promise<OutboxEntry | undefined>;
   /**

@@ -38,6 +38,11 @@ export const ERROR_CODES = {
    * without a global `WebSocket`): retrying cannot help; the message says what to install or pass.
    */
   misconfigured: { retryable: false },
+  /**
+   * Client-side, a status reason (never on the wire): no device of the recipient fetched the
+   * message within the server's retention period, and the server dropped it.
+   */
+  expired: { retryable: false },
 } as const satisfies Record<string, { retryable: boolean }>;
 
 /** One of the closed set of postbox error codes. */

@@ -136,6 +136,36 @@ export function clientStoreConformance(subject: ClientStoreSubject): Conformance
     assert.equal(await h.store.outgoing('unknown'), undefined);
   });
 
+  test('why an entry failed or expired is stored with its status and read back everywhere, across a re-open', async (h) => {
+    for (const id of ['m1', 'm2', 'm3', 'm4']) await h.store.enqueue(draft(id, 'bob'), true);
+    const why = {
+      reason: 'unknown_recipient',
+      detail: 'recipient has no registered device: “bob” ✉',
+    } as const;
+    await h.store.setStatus('m1', 'failed', why);
+    await h.store.setStatus('m2', 'expired', { reason: 'expired', detail: 'not fetched in time' });
+    await h.store.setStatus('m3', 'sent');
+    await h.store.setStatus('m4', 'failed', { reason: 'forbidden', detail: 'x' });
+    await h.store.setStatus('m4', 'failed'); // a write without a failure keeps none
+    await h.reopen();
+    const failureOf = (e: OutboxEntry | undefined) => [e?.status, e?.reason, e?.detail];
+    const want = [
+      ['failed', why.reason, why.detail],
+      ['expired', 'expired', 'not fetched in time'],
+      ['sent', undefined, undefined],
+      ['failed', undefined, undefined],
+    ];
+    const byId = await Promise.all(['m1', 'm2', 'm3', 'm4'].map((id) => h.store.outgoing(id)));
+    assert.deepEqual(byId.map(failureOf), want, 'outgoing()');
+    assert.deepEqual((await h.store.outgoingIn('bob')).map(failureOf), want, 'outgoingIn()');
+    const page = await h.store.history('bob', undefined, 10);
+    assert.deepEqual(page.map((r) => failureOf(r.outgoing)).reverse(), want, 'history()');
+    await h.store.setStatus('m4', 'failed', why);
+    const [conv] = await h.store.conversations();
+    assert.deepEqual(failureOf(conv?.last.outgoing), ['failed', why.reason, why.detail], 'conversations()');
+    assert.deepEqual(ids(await h.store.pending()), []);
+  });
+
   test('an inbound duplicate is stored once and applies nothing else', async (h) => {
     const m1 = inbound('m1', 'bob', 1);
     assert.deepEqual(await h.store.applyInbound({ insert: m1, streams: [{ key: 'k', next: 2 }] }), {

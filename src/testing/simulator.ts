@@ -1,6 +1,7 @@
 import { createClient, type PostboxClient } from '../client/engine.js';
 import { STATUS_RANK } from '../client/status.js';
 import type { MessageStatus } from '../client/store.js';
+import type { ErrorCode } from '../protocol/errors.js';
 import type { CryptoAdapter } from '../crypto/types.js';
 import type { AppendInput, AppendOutcome, GroupState, ServerStore } from '../server/store.js';
 import {
@@ -113,10 +114,12 @@ interface SentRecord {
   /** Set for a group message: `to` is the group id. */
   group?: boolean;
   statuses: MessageStatus[];
+  /** The `reason` of its `failed` / `expired` status event, if one came. */
+  reason?: ErrorCode;
 }
 
 /** What the store did with a group message, observed at its commit. */
-type GroupCommit = { ok: true; members: string[] } | { ok: false };
+type GroupCommit = { ok: true; members: string[] } | { ok: false; code: ErrorCode };
 
 /**
  * Runs one seeded scenario: a server engine and several multi-device users over the faulty
@@ -214,7 +217,10 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
         const id = item.id;
         void Promise.all([outcome, members]).then(([[o], g]) => {
           if (!o || (o.ok && o.duplicate)) return;
-          groupCommits.set(id, o.ok ? { ok: true, members: g!.members.map((m) => m.user) } : { ok: false });
+          groupCommits.set(
+            id,
+            o.ok ? { ok: true, members: g!.members.map((m) => m.user) } : { ok: false, code: o.code },
+          );
         });
       }
       return Promise.all(results).then((r) => r.flat());
@@ -347,7 +353,9 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     client.on('gap', () => dev.gaps++);
     client.on('status', (s) => {
       const rec = sent.get(s.id);
-      if (rec) rec.statuses.push(s.status);
+      if (!rec) return;
+      rec.statuses.push(s.status);
+      if (s.reason !== undefined) rec.reason = s.reason;
     });
     client.on('error', () => {});
     client.on('connection', (state, error) => {
@@ -570,6 +578,13 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     if (!commit.ok) {
       // Refused (the sender was no longer a member at commit): failed, and shown nowhere.
       if (final !== 'failed') violations.push(`group refusal: ${rec.id} refused but its status is ${final}`);
+      // … saying why, on its status event and in the sender's store (across its restarts).
+      const stored = (await rec.from.client!.store.outgoing(rec.id))?.reason;
+      if (rec.reason !== commit.code || stored !== commit.code) {
+        violations.push(
+          `group refusal: ${rec.id} refused with ${commit.code}, its reason is ${rec.reason} (stored ${stored})`,
+        );
+      }
       for (const d of everyone) {
         if (d.seen.has(key)) violations.push(`group refusal: refused ${rec.id} reached ${d.name}`);
       }

@@ -13,6 +13,7 @@ import type {
   MessageStatus,
   OutboxDraft,
   OutboxEntry,
+  SendFailure,
   StateWrite,
 } from '../store.js';
 
@@ -133,6 +134,8 @@ function copyOutbox(e: OutboxEntry): OutboxEntry {
   if (e.seq !== undefined) out.seq = e.seq;
   if (e.body !== undefined) out.body = e.body.slice();
   if (e.ids !== undefined) out.ids = e.ids.slice();
+  if (e.reason !== undefined) out.reason = e.reason;
+  if (e.detail !== undefined) out.detail = e.detail;
   return out;
 }
 
@@ -250,10 +253,17 @@ export function memoryClientStore(
       return out;
     },
 
-    async setStatus(id: string, status: MessageStatus): Promise<void> {
+    async setStatus(id: string, status: MessageStatus, failure?: SendFailure): Promise<void> {
       check('setStatus');
       const e = data.outbox.get(id);
-      if (e) e.status = status;
+      if (!e) return;
+      e.status = status;
+      delete e.reason;
+      delete e.detail;
+      if (failure) {
+        e.reason = failure.reason;
+        e.detail = failure.detail;
+      }
     },
 
     async outgoing(id: string): Promise<OutboxEntry | undefined> {

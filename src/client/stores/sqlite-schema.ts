@@ -4,6 +4,7 @@
  * @internal
  * @packageDocumentation
  */
+import type { ErrorCode } from '../../protocol/errors.js';
 import type { InboundMessage, MessageStatus, OutboxEntry } from '../store.js';
 import type { SqliteDatabase, SqliteMigration } from '../../util/sqlite.js';
 
@@ -85,6 +86,13 @@ export const MIGRATIONS: readonly SqliteMigration[] = [
       CREATE INDEX inbound_unread ON inbound (conv) WHERE read = 0 AND pos IS NOT NULL;
     `);
   },
+  // 4: why an entry failed or expired. Adding nullable columns rewrites no row; entries that
+  // failed before have no reason (none was kept then).
+  (db) =>
+    db.exec(`
+      ALTER TABLE outbox ADD COLUMN reason TEXT;
+      ALTER TABLE outbox ADD COLUMN detail TEXT;
+    `),
 ];
 
 /**
@@ -121,6 +129,8 @@ export interface OutboxRow {
   created_at: number;
   seq: number | null;
   status: MessageStatus;
+  reason: ErrorCode | null;
+  detail: string | null;
 }
 
 /** An `inbound` row as the store reads it. */
@@ -138,7 +148,7 @@ export interface InboundRow {
 }
 
 /** The columns of an {@link OutboxRow}. */
-export const OUTBOX_COLUMNS = 'id, kind, to_user, conv, body, ids, created_at, seq, status';
+export const OUTBOX_COLUMNS = 'id, kind, to_user, conv, body, ids, created_at, seq, status, reason, detail';
 /** The columns of an {@link InboundRow}. */
 export const INBOUND_COLUMNS = 'id, conv, from_user, from_device, to_user, seq, ts, body, held, read';
 
@@ -155,6 +165,8 @@ export function toOutbox(r: OutboxRow): OutboxEntry {
   if (r.body !== null) e.body = new Uint8Array(r.body);
   if (r.ids !== null) e.ids = JSON.parse(r.ids) as string[];
   if (r.seq !== null) e.seq = r.seq;
+  if (r.reason !== null) e.reason = r.reason;
+  if (r.detail !== null) e.detail = r.detail;
   return e;
 }
 

@@ -13,7 +13,7 @@
  * | table | columns | purpose |
  * | --- | --- | --- |
  * | `seqs` | `conv`, `last` | last sequence number handed out per conversation |
- * | `outbox` | `n` (rowid: enqueue order), `id` (unique), `kind`, `to_user`, `conv`, `body`, `ids`, `created_at`, `seq`, `status`, `pos` (history position, messages only) | outgoing items; indexes by `(conv, n)`, by `(conv, pos)`, and a partial index of the pending ones |
+ * | `outbox` | `n` (rowid: enqueue order), `id` (unique), `kind`, `to_user`, `conv`, `body`, `ids`, `created_at`, `seq`, `status`, `pos` (history position, messages only), `reason`, `detail` (why it failed or expired) | outgoing items; indexes by `(conv, n)`, by `(conv, pos)`, and a partial index of the pending ones |
  * | `inbound` | `n` (rowid: arrival order), `from_user`, `from_device`, `id`, `conv`, `to_user`, `seq`, `ts`, `body`, `held`, `read`, `pos` (history position, null while held) | received messages; unique `(from_user, from_device, id)`; indexes by `(conv, n)`, by `id`, by `(conv, pos)`, and partial indexes of the held and of the unread shown ones |
  * | `convs` | `conv`, `last` | each conversation's latest history position (indexed: the conversation list, and the store-wide position counter as its maximum) |
  * | `streams` | `key`, `next` | next expected sequence per stream |
@@ -31,6 +31,7 @@ import type {
   MessageStatus,
   OutboxDraft,
   OutboxEntry,
+  SendFailure,
   StateWrite,
 } from '../store.js';
 import {
@@ -110,7 +111,7 @@ export function sqliteClientStore(
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?)`,
     ),
     pending: q(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' ORDER BY n`),
-    setStatus: q('UPDATE outbox SET status = ? WHERE id = ?'),
+    setStatus: q('UPDATE outbox SET status = ?, reason = ?, detail = ? WHERE id = ?'),
     outgoing: q(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE id = ?`),
     outgoingIn: q(`SELECT ${OUTBOX_COLUMNS} FROM outbox WHERE conv = ? ORDER BY n`),
     inboundHas: q('SELECT 1 FROM inbound WHERE from_user = ? AND from_device = ? AND id = ?'),
@@ -236,9 +237,9 @@ export function sqliteClientStore(
       return (sql.pending.all() as OutboxRow[]).map(toOutbox);
     },
 
-    async setStatus(id: string, status: MessageStatus): Promise<void> {
+    async setStatus(id: string, status: MessageStatus, failure?: SendFailure): Promise<void> {
       check();
-      sql.setStatus.run(status, id);
+      sql.setStatus.run(status, failure?.reason ?? null, failure?.detail ?? null, id);
     },
 
     async outgoing(id: string): Promise<OutboxEntry | undefined> {
