@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { makeWorld, text } from './helpers.js';
 
@@ -15,5 +16,48 @@ describe('server shutdown', () => {
     await world.advance(10);
     await world.server.close();
     expect(world.clock.pendingTimers).toBe(0);
+  });
+});
+
+describe('server shutdown in a real process', () => {
+  it('an embedding process exits once it closed its server, store and clients: nothing of postbox keeps it alive', () => {
+    // The README's embedding, on the memory store, with a presence debounce of a minute (a
+    // pending offline announcement used to hold the process for that long). An unref'd timer
+    // cannot keep the process alive; it only speaks if something else does for 10 s.
+    const app = `
+      import http from 'node:http';
+      import { createServer } from 'postbox/server';
+      import { memoryServerStore } from 'postbox/server/memory';
+      import { createClient } from 'postbox/client';
+      import { memoryClientStore } from 'postbox/client/memory';
+      import { websocketServerTransport, websocketClientTransport } from 'postbox/transport/websocket';
+      const store = memoryServerStore();
+      const server = createServer({
+        store,
+        authenticate: (c) => ({ user: String(c), device: 'd1' }),
+        presenceDebounceMs: 60_000,
+      });
+      const httpServer = http.createServer();
+      await server.listen(websocketServerTransport({ server: httpServer, path: '/postbox' }));
+      await new Promise((r) => httpServer.listen(0, '127.0.0.1', r));
+      const url = 'ws://127.0.0.1:' + httpServer.address().port + '/postbox';
+      const open = (user) => createClient({ transport: websocketClientTransport({ url }), store: memoryClientStore(), credentials: user });
+      const [alice, bob] = [open('alice'), open('bob')];
+      await Promise.all([alice.connected(), bob.connected()]);
+      const got = new Promise((r) => bob.on('message', r));
+      await alice.send('bob', new Uint8Array([1]));
+      await got;
+      await Promise.all([alice.close(), bob.close()]);
+      await server.close();
+      await store.close();
+      await new Promise((r) => httpServer.close(r));
+      setTimeout(() => console.log('still alive 10 s after shutdown'), 10_000).unref();
+      process.on('exit', () => console.log('exited'));
+    `;
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', app], {
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(out.trim().split('\n')).toEqual(['exited']);
   });
 });
