@@ -3,11 +3,14 @@
  * single-process server, on `better-sqlite3` (an optional peer dependency: install it to use
  * this subpath).
  *
- * **Ack means durable.** The connection runs with `journal_mode=WAL` and `synchronous=FULL`, so
- * `append` resolves only after its transaction has committed and the WAL has been fsynced: a
- * message the server acked survives `kill -9` and power loss. Each `append(batch)` is exactly one
- * `BEGIN IMMEDIATE … COMMIT` transaction: the server engine batches concurrent sends into one
- * call, so a batch costs one fsync, not one per message (group commit).
+ * **Ack means durable.** The connection runs with `journal_mode=WAL`, and `append` resolves only
+ * after its transaction has committed and the WAL has been flushed to disk: a message the server
+ * acked survives `kill -9` and power loss. A file database flushes its WAL with `fdatasync` on
+ * libuv's thread pool (`synchronous=NORMAL` plus sqlite-sync.ts), so the event loop keeps serving
+ * while the disk works; every write method resolves only after such a flush. A connection passed
+ * as `database` runs `synchronous=FULL` (each `COMMIT` fsyncs on the calling thread). Each `append(batch)` is exactly one `BEGIN IMMEDIATE … COMMIT`
+ * transaction: the server engine batches concurrent sends into one call, and the commits made
+ * while a flush runs (appends and acks alike) share the next one (group commit).
  *
  * **Schema** (version {@link SQLITE_SERVER_SCHEMA_VERSION}, kept in `PRAGMA user_version` and
  * reached by migration steps applied in one transaction each; step 2 added groups, per-user
@@ -68,6 +71,7 @@ import type {
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import { sqlitePing } from './sqlite-ping.js';
+import { walSync } from './sqlite-sync.js';
 import {
   bundleFrom,
   decodeEvent,
@@ -416,6 +420,17 @@ export function sqliteServerStore(
     options.busyTimeoutMs ?? 5000,
   );
   const tx = transactor(db);
+  // A file the store opened flushes its WAL off the event loop (sqlite-sync.ts). A connection the
+  // caller hands over keeps synchronous=FULL: the caller's own writes on it stay as durable as
+  // it set them up to be.
+  const wal = owned ? walSync(db) : undefined;
+  const synced = (): Promise<void> => (wal ? wal.synced() : Promise.resolve());
+  /** A write transaction that resolves once it is durable. */
+  const durably = async <T>(fn: () => T): Promise<T> => {
+    const result = tx(fn);
+    await synced();
+    return result;
+  };
   const q = (sql: string) => prepareNumeric(db, sql);
   const sql = {
     insertDevice: q(
@@ -922,7 +937,11 @@ export function sqliteServerStore(
       for (const a of batch) a.reject(e);
       return;
     }
-    batch.forEach((a, i) => a.resolve(results[i]!));
+    // Acks share the WAL flushes of appends: one running flush covers both.
+    synced().then(
+      () => batch.forEach((a, i) => a.resolve(results[i]!)),
+      (e: unknown) => batch.forEach((a) => a.reject(e)),
+    );
   }
 
   return {
@@ -931,7 +950,7 @@ export function sqliteServerStore(
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
       assertNotPending(LABEL, device);
-      return tx(() => {
+      return durably(() => {
         // A pending inbox exists only while its user has no device, so the device is new then.
         const took = sql.takeOver.run(device.device, now, device.user, PENDING_DEVICE).changes === 1;
         if (!took && sql.insertDevice.run(device.user, device.device, now).changes === 0) {
@@ -946,7 +965,7 @@ export function sqliteServerStore(
 
     async registerUser(user: string, now: number): Promise<boolean> {
       check();
-      return tx(() => {
+      return durably(() => {
         if (sql.devicesOf.all(user).length > 0) return false; // a device, or a pending inbox already
         sql.insertDevice.run(user, PENDING_DEVICE, now);
         const { id } = sql.deviceId.get(user, PENDING_DEVICE) as { id: number };
@@ -957,7 +976,7 @@ export function sqliteServerStore(
 
     async unregisterUser(user: string): Promise<string[] | undefined> {
       check();
-      return tx(() => {
+      return durably(() => {
         const rows = sql.devicesOf.all(user) as DeviceRow[];
         if (rows.length === 0) return undefined;
         for (const r of rows) dropDevice(r.id);
@@ -967,7 +986,7 @@ export function sqliteServerStore(
 
     async unregisterDevice(device: DeviceAddress): Promise<boolean> {
       check();
-      return tx(() => {
+      return durably(() => {
         const row = sql.deviceId.get(device.user, device.device) as { id: number } | undefined;
         if (!row) return false;
         dropDevice(row.id);
@@ -983,8 +1002,9 @@ export function sqliteServerStore(
     async append(batch: AppendInput[], now: number): Promise<AppendOutcome[]> {
       check();
       if (batch.length === 0) return [];
-      // One transaction for the whole batch: one WAL fsync at COMMIT (group commit).
-      return tx(() => {
+      // One transaction for the whole batch, and one WAL flush shared with whatever else committed
+      // meanwhile (group commit).
+      return durably(() => {
         const w = writer();
         const outcomes = batch.map((item) => commit(w, item, now));
         w.flush();
@@ -1036,6 +1056,8 @@ export function sqliteServerStore(
         await yieldToEventLoop();
         if (closed) break;
       }
+      // The senders are told `expired` only once the entries' removal is durable.
+      await synced();
       return { count, notify: notify.list };
     },
 
@@ -1062,6 +1084,7 @@ export function sqliteServerStore(
       check();
       if (Number.isNaN(ts)) return; // never newer than anything
       sql.lastSeenSet.run(user, ts);
+      await synced();
     },
 
     async lastSeen(user: string): Promise<number | undefined> {
@@ -1073,6 +1096,7 @@ export function sqliteServerStore(
       check();
       if (token) sql.pushSet.run(token.kind, token.token, device.user, device.device);
       else sql.pushDelete.run(device.user, device.device);
+      await synced();
     },
 
     async pushToken(device: DeviceAddress): Promise<PushToken | undefined> {
@@ -1093,7 +1117,7 @@ export function sqliteServerStore(
 
     async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
       check();
-      tx(() => {
+      await durably(() => {
         const row = sql.deviceId.get(device.user, device.device) as { id: number } | undefined;
         // A pending inbox never has keys: nobody holds their private halves.
         if (!row || isPendingDevice(device.device)) throw notRegistered(LABEL, device);
@@ -1126,7 +1150,7 @@ export function sqliteServerStore(
       check();
       // One write transaction for every device's claim: no other connection, or process, can
       // take the same one-time key in between.
-      return tx(() => {
+      return durably(() => {
         const rows = (
           device === undefined ? sql.bundlesOf.all(user) : sql.bundleOf.all(user, device)
         ) as BundleRow[];
@@ -1152,6 +1176,7 @@ export function sqliteServerStore(
       // Acks already accepted are committed before the file closes.
       flushAcks();
       closed = true;
+      await wal?.close();
       if (owned) db.close();
     },
   };
