@@ -22,6 +22,10 @@ import type { SqliteDatabase } from '../../util/sqlite.js';
 export interface WalSync {
   /** Resolves once everything committed on the connection before the call is on disk. */
   synced(): Promise<void>;
+  /** True while a flush runs: a commit made now is on disk only after the next one. */
+  busy(): boolean;
+  /** Resolves when no flush runs or waits. */
+  idle(): Promise<void>;
   /** Waits for the flushes under way and closes the `-wal` file handle. */
   close(): Promise<void>;
 }
@@ -73,6 +77,8 @@ export function walSync(db: SqliteDatabase): WalSync | undefined {
   );
   return {
     synced: group.synced,
+    busy: group.busy,
+    idle: group.idle,
     async close(): Promise<void> {
       await group.idle();
       if (!open) return;
@@ -89,6 +95,7 @@ export function walSync(db: SqliteDatabase): WalSync | undefined {
  */
 export function groupFlushes(flush: () => Promise<void>): {
   synced(): Promise<void>;
+  busy(): boolean;
   idle(): Promise<void>;
 } {
   let running: Promise<void> | undefined;
@@ -118,6 +125,7 @@ export function groupFlushes(flush: () => Promise<void>): {
         return start();
       }));
     },
+    busy: () => running !== undefined,
     async idle(): Promise<void> {
       await settled(queued);
       await settled(running);

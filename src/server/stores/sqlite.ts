@@ -916,20 +916,57 @@ export function sqliteServerStore(
     return count;
   }
 
-  /** Commits every pending ack in one transaction; all of them fail together if it fails. */
-  function flushAcks(): void {
+  /** Takes the acks waiting for a commit, to run them in the caller's transaction. */
+  function takeAcks(): PendingAck[] {
     const batch = pendingAcks;
     pendingAcks = [];
-    if (batch.length === 0) return; // close() flushed them already
+    return batch;
+  }
+
+  /** Runs taken acks inside a running transaction: one result per ack. */
+  function acksIn(w: Writer, batch: PendingAck[]): NotifyResult[] {
+    return batch.map((a) => {
+      const notify = new NotifySet();
+      const count = ackIn(w, a, notify);
+      return { count, notify: notify.list };
+    });
+  }
+
+  /** Answers committed acks once their commit is on disk. */
+  function settleAcks(batch: PendingAck[], results: NotifyResult[], flushed: Promise<void>): void {
+    if (batch.length === 0) return;
+    flushed.then(
+      () => batch.forEach((a, i) => a.resolve(results[i]!)),
+      (e: unknown) => batch.forEach((a) => a.reject(e)),
+    );
+  }
+
+  /**
+   * Commits the pending acks, unless a WAL flush is running: a commit made now would wait for the
+   * next flush anyway, so the acks wait for this one to end, when the engine's next append (run
+   * first, from a microtask) takes them into its own transaction, or else they commit here.
+   */
+  function flushAcks(): void {
+    if (closed) return; // close() committed them
+    if (wal?.busy()) {
+      void wal.idle().then(() => setImmediate(flushAcks));
+      return;
+    }
+    commitAcks();
+  }
+
+  /**
+   * Commits every pending ack in one transaction; all of them fail together if it fails. Acks an
+   * append took into its own transaction first are gone by then.
+   */
+  function commitAcks(): void {
+    const batch = takeAcks();
+    if (batch.length === 0) return; // an append or close() took them already
     let results: NotifyResult[];
     try {
       results = tx(() => {
         const w = writer();
-        const out = batch.map((a) => {
-          const notify = new NotifySet();
-          const count = ackIn(w, a, notify);
-          return { count, notify: notify.list };
-        });
+        const out = acksIn(w, batch);
         w.flush();
         return out;
       });
@@ -937,11 +974,7 @@ export function sqliteServerStore(
       for (const a of batch) a.reject(e);
       return;
     }
-    // Acks share the WAL flushes of appends: one running flush covers both.
-    synced().then(
-      () => batch.forEach((a, i) => a.resolve(results[i]!)),
-      (e: unknown) => batch.forEach((a) => a.reject(e)),
-    );
+    settleAcks(batch, results, synced());
   }
 
   return {
@@ -1002,14 +1035,28 @@ export function sqliteServerStore(
     async append(batch: AppendInput[], now: number): Promise<AppendOutcome[]> {
       check();
       if (batch.length === 0) return [];
-      // One transaction for the whole batch, and one WAL flush shared with whatever else committed
-      // meanwhile (group commit).
-      return durably(() => {
-        const w = writer();
-        const outcomes = batch.map((item) => commit(w, item, now));
-        w.flush();
-        return outcomes;
-      });
+      // One transaction for the whole batch and the acks waiting for theirs (they come from
+      // earlier frames, so they go first), and one WAL flush shared with whatever else committed
+      // meanwhile (group commit): fewer transactions, fewer WAL pages, fewer checkpoints.
+      const acks = takeAcks();
+      let ackResults: NotifyResult[] = [];
+      let outcomes: AppendOutcome[];
+      try {
+        outcomes = tx(() => {
+          const w = writer();
+          ackResults = acksIn(w, acks);
+          const out = batch.map((item) => commit(w, item, now));
+          w.flush();
+          return out;
+        });
+      } catch (e) {
+        for (const a of acks) a.reject(e);
+        throw e;
+      }
+      const flushed = synced();
+      settleAcks(acks, ackResults, flushed);
+      await flushed;
+      return outcomes;
     },
 
     async readInbox(device: DeviceAddress, after: number, limit: number): Promise<InboxEntry[]> {
@@ -1174,7 +1221,7 @@ export function sqliteServerStore(
     async close(): Promise<void> {
       if (closed) return;
       // Acks already accepted are committed before the file closes.
-      flushAcks();
+      commitAcks();
       closed = true;
       await wal?.close();
       if (owned) db.close();
