@@ -66,7 +66,7 @@ describe('WAL flushes', () => {
 
   it('a store that opened its file flushes the WAL itself, and what it acked is there after reopening', async () => {
     const file = path.join(dir, 'flush.db');
-    const store = sqliteServerStore({ path: file });
+    const store = sqliteServerStore({ path: file, walFlush: 'background' });
     const peek = new Database(file, { readonly: true });
     expect(peek.pragma('journal_mode', { simple: true })).toBe('wal');
     peek.close();
@@ -80,7 +80,7 @@ describe('WAL flushes', () => {
     );
     expect(out?.ok).toBe(true);
     await store.close();
-    const again = sqliteServerStore({ path: file });
+    const again = sqliteServerStore({ path: file, walFlush: 'background' });
     expect((await again.readInbox(b, 0, 10)).map((e) => e.kind === 'msg' && e.id)).toEqual(['m1']);
     await again.close();
   });

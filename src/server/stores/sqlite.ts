@@ -5,12 +5,15 @@
  *
  * **Ack means durable.** The connection runs with `journal_mode=WAL`, and `append` resolves only
  * after its transaction has committed and the WAL has been flushed to disk: a message the server
- * acked survives `kill -9` and power loss. A file database flushes its WAL with `fdatasync` on
- * libuv's thread pool (`synchronous=NORMAL` plus sqlite-sync.ts), so the event loop keeps serving
- * while the disk works; every write method resolves only after such a flush. A connection passed
- * as `database` runs `synchronous=FULL` (each `COMMIT` fsyncs on the calling thread). Each `append(batch)` is exactly one `BEGIN IMMEDIATE … COMMIT`
- * transaction: the server engine batches concurrent sends into one call, and the commits made
- * while a flush runs (appends and acks alike) share the next one (group commit).
+ * acked survives `kill -9` and power loss. By default (`walFlush: 'commit'`) the connection runs
+ * `synchronous=FULL` and each `COMMIT` fsyncs on the calling thread. With
+ * `walFlush: 'background'` (what `postbox serve` uses) a file the store opened runs
+ * `synchronous=NORMAL` and the store flushes its WAL with `fdatasync` on libuv's thread pool
+ * (sqlite-sync.ts), so the event loop keeps serving while the disk works; every write method
+ * resolves only after such a flush. Each `append(batch)` is exactly one `BEGIN IMMEDIATE … COMMIT`
+ * transaction, which also carries the device acks waiting for theirs: the server engine batches
+ * concurrent sends into one call, and in the background mode the commits made while a flush runs
+ * share the next one (group commit).
  *
  * **Schema** (version {@link SQLITE_SERVER_SCHEMA_VERSION}, kept in `PRAGMA user_version` and
  * reached by migration steps applied in one transaction each; step 2 added groups, per-user
@@ -117,6 +120,16 @@ export interface SqliteServerStoreTuning extends SqliteConnectionOptions {
    * @default 1000
    */
   expiryBatchSize?: number;
+  /**
+   * Where a file the store opened is flushed to disk before the store answers: `'commit'` runs
+   * `synchronous=FULL` (each `COMMIT` fsyncs on the event loop, stalling the server for the
+   * flush), `'background'` runs `synchronous=NORMAL` and flushes the WAL with `fdatasync` on
+   * libuv's thread pool, grouped (see sqlite-sync.ts): as durable, and at light load a message is
+   * delivered in a few ms instead of hundreds (docs/benchmarks.md, issue 23). `postbox serve`
+   * uses `'background'`. A connection passed as `database` always runs `'commit'`.
+   * @default 'commit' (the engine tests on a virtual clock expect a commit within one macrotask)
+   */
+  walFlush?: 'commit' | 'background';
 }
 
 /**
@@ -423,7 +436,7 @@ export function sqliteServerStore(
   // A file the store opened flushes its WAL off the event loop (sqlite-sync.ts). A connection the
   // caller hands over keeps synchronous=FULL: the caller's own writes on it stay as durable as
   // it set them up to be.
-  const wal = owned ? walSync(db) : undefined;
+  const wal = owned && options.walFlush === 'background' ? walSync(db) : undefined;
   const synced = (): Promise<void> => (wal ? wal.synced() : Promise.resolve());
   /** A write transaction that resolves once it is durable. */
   const durably = async <T>(fn: () => T): Promise<T> => {
