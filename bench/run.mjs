@@ -2,8 +2,8 @@
 //
 //   npm run bench                  every scenario, 3 rounds (≤ 20 min, pgstore about 2 more)
 //   npm run bench -- --quick       one short round of everything (≤ 2 min, pgstore under 1 more)
-//   npm run bench -- --only NAME   one scenario (saturation, latency, drain, fanout, e2ee, crypto, idle, wire, codec,
-//                                  pgstore, multinode)
+//   npm run bench -- --only NAME   one scenario (saturation, latency, latency-light, drain, fanout, e2ee, crypto, idle,
+//                                  wire, codec, pgstore, multinode)
 //   npm run bench -- --rounds N    rounds per scenario
 //
 // Each measurement runs the server under test and the load generator in separate processes,
@@ -109,6 +109,21 @@ const SCENARIOS = {
       rates: [5000, 10000, 20000],
       ...(quick
         ? { firstWarmupMs: 600, warmupMs: 300, measureMs: 800 }
+        : { firstWarmupMs: 2000, warmupMs: 1000, measureMs: 3000 }),
+    },
+    timeoutMs: 90_000,
+  },
+  'latency-light': {
+    about:
+      'paced open-loop load at 500 and 2,000 msg/s (a tenth of capacity and less): send → delivered and send → ✓✓ from the scheduled send time, one message’s timeline traced per rate',
+    systems: ['ws', 'ws-fsync', 'socketio', 'postbox-memory', 'postbox-sqlite'],
+    params: {
+      ...LOAD,
+      rates: [500, 2000],
+      trace: true,
+      receipts: true,
+      ...(quick
+        ? { firstWarmupMs: 800, warmupMs: 400, measureMs: 1200 }
         : { firstWarmupMs: 2000, warmupMs: 1000, measureMs: 3000 }),
     },
     timeoutMs: 90_000,
@@ -518,6 +533,13 @@ function brief(name, out) {
     return `${Math.round(out.msgs_per_s)} msg/s, delivered p50/p99 ${f(out.delivered_p50_ms)}/${f(out.delivered_p99_ms)} ms`;
   if (name === 'latency')
     return `p99 at 5k/10k/20k: ${['5k', '10k', '20k'].map((k) => f(out[`${k}:delivered_p99_ms`])).join('/')} ms`;
+  if (name === 'latency-light')
+    return ['0.5k', '2k']
+      .map((k) => {
+        const t = ['acked', 'delivered', 'status'].map((p) => f(out[`${k}:trace_${p}_ms`])).join('/');
+        return `${k}: delivered p50/p99 ${f(out[`${k}:delivered_p50_ms`])}/${f(out[`${k}:delivered_p99_ms`])}, ✓✓ p50/p99 ${f(out[`${k}:status_p50_ms`])}/${f(out[`${k}:status_p99_ms`])} ms, one message ✓/delivered/✓✓ at ${t} ms`;
+      })
+      .join('; ');
   if (name === 'drain')
     return `${Math.round(out.drain_msgs_per_s)} msg/s, first msg p50 ${f(out.first_msg_p50_ms)} ms, dup ${out.duplicates}, missing ${out.missing}`;
   if (name === 'fanout')
@@ -567,7 +589,7 @@ async function main() {
   log(renderRatios(rs));
   const pgstore = renderPgstore(summary, rs, ROUNDS > 1, results.detail.pgstore);
   if (pgstore) log(`\n${pgstore}`);
-  log('\n================ targets (issue 4) ================\n');
+  log('\n================ targets (issues 4 and 23) ================\n');
   log(renderTargets(targets));
   if (skipped.length) log(`\nskipped: ${skipped.join('; ')}`);
   if (failures.length) log(`\n${failures.length} measurement(s) failed:\n  ${failures.join('\n  ')}`);

@@ -9,7 +9,7 @@ import { Samples } from '../lib/stats.mjs';
 const PS = [50, 99, 99.9];
 
 export async function run(sys, p) {
-  const { url, n, size, rates, warmupMs, firstWarmupMs, measureMs, prefix } = p;
+  const { url, n, size, rates, warmupMs, firstWarmupMs, measureMs, prefix, trace, receipts } = p;
   const now = () => performance.now();
   const sentAt = new Samples(1 << 20);
   const seq = new Int32Array(n);
@@ -18,25 +18,32 @@ export async function run(sys, p) {
   let tEnd = Infinity;
   let outstanding = 0;
   let lost = 0;
+  let traced; // { tag, at, marks }: the one message whose timeline is reported
 
   const inWindow = (tag) => {
     const s = sentAt.get(tag);
     return s >= tStart && s < tEnd ? s : undefined;
   };
+  const follow = (tag, phase) => {
+    if (traced?.tag === tag) traced.marks[phase] ??= now() - traced.at;
+  };
   const onDeliver = (_to, tag) => {
     outstanding--;
+    follow(tag, 'delivered');
     const s = inWindow(tag);
     if (s !== undefined) lat.delivered.push(now() - s);
   };
   const onAck = (_i, tag) => {
+    follow(tag, 'acked');
     const s = inWindow(tag);
     if (s !== undefined) lat.acked.push(now() - s);
   };
   const onStatus = (_i, tag) => {
+    follow(tag, 'status');
     const s = inWindow(tag);
     if (s !== undefined) lat.status.push(now() - s);
   };
-  const client = await sys.connect({ url, n, size, prefix, onDeliver, onAck, onStatus });
+  const client = await sys.connect({ url, n, size, prefix, onDeliver, onAck, onStatus, receipts });
 
   const out = {};
   for (const rate of rates) {
@@ -47,6 +54,8 @@ export async function run(sys, p) {
     tEnd = tStart + measureMs;
     let sent = 0;
     let m0;
+    traced = undefined;
+    const traceFrom = tStart + measureMs / 2;
     await new Promise((resolve) => {
       const tick = () => {
         const t = now();
@@ -57,7 +66,9 @@ export async function run(sys, p) {
         while (sent < due) {
           const i = sent % n;
           const tag = seq[i]++ * n + i;
-          sentAt.set(tag, start + (sent * 1000) / rate);
+          const at = start + (sent * 1000) / rate;
+          sentAt.set(tag, at);
+          if (trace && traced === undefined && at >= traceFrom) traced = { tag, at, marks: {} };
           sent++;
           outstanding++;
           client.send(i, (i + n / 2) % n, tag);
@@ -71,6 +82,10 @@ export async function run(sys, p) {
     const m1 = await mark('end');
     const deadline = now() + 5000;
     while (outstanding > 0 && now() < deadline) await sleep(10);
+    // A system with statuses: the last ✓✓ come after the last deliveries, and count too.
+    while (lat.status.length > 0 && lat.status.length < lat.delivered.length && now() < deadline) {
+      await sleep(10);
+    }
     lost += outstanding;
     outstanding = 0;
     const k = `${rate / 1000}k`;
@@ -79,6 +94,7 @@ export async function run(sys, p) {
       out[`${k}:server_cpu_pct`] =
         (100 * (m1.cpu.user + m1.cpu.system - c0.user - c0.system)) / 1e6 / (measureMs / 1000);
     }
+    for (const [phase, ms] of Object.entries(traced?.marks ?? {})) out[`${k}:trace_${phase}_ms`] = ms;
     for (const [name, s] of Object.entries(lat)) {
       if (s.length === 0) continue;
       const [p50, p99, p999] = s.percentiles(PS);

@@ -5,6 +5,7 @@
 import { createClient } from 'postbox/client';
 import { memoryClientStore } from 'postbox/client/memory';
 import * as ws from 'postbox/transport/websocket';
+import { clearImmediate } from 'node:timers';
 import { WebSocket } from 'ws';
 import { PROTOCOL_VERSION, decodeServerFrame, encodeFrame } from 'postbox/protocol';
 import { openMany } from './common.mjs';
@@ -150,8 +151,9 @@ export async function drainConnect({ url, device, onMessage }) {
 /**
  * A group member at the protocol level: a WebSocket that says hello, decodes and validates every
  * frame the server sends (the codec and schemas the client engine uses), reports each group
- * message and acks it the way the engine does — `ACK_DELAY_MS` after the last entry, or at once
- * when half the server's delivery window awaits its ack. What it skips is the engine's client
+ * message and acks it the way the engine does (src/client/ack-pacing.ts) — at once when no ack
+ * left in the last `ACK_DELAY_MS`, else `ACK_DELAY_MS` after the last one, or at once when half the
+ * server's delivery window awaits its ack. What it skips is the engine's client
  * store and events: a phone pays for those on its own CPU, while here 1,024 members share the
  * one load core.
  */
@@ -161,10 +163,13 @@ function wireMember(url, user, onMsg) {
     const ws = new WebSocket(url, { perMessageDeflate: false });
     let acks = [];
     let batch = 512;
-    let timer;
+    let timer; // a Timeout, or an Immediate (cleared with its own function)
+    let lastAckAt = -Infinity;
     const flush = () => {
-      clearTimeout(timer);
+      if (timer?.constructor?.name === 'Immediate') clearImmediate(timer);
+      else clearTimeout(timer);
       timer = undefined;
+      lastAckAt = performance.now();
       for (let k = 0; k < acks.length; k += 1024) {
         ws.send(encodeFrame({ t: 'ack', o: acks.slice(k, k + 1024) }));
       }
@@ -188,7 +193,11 @@ function wireMember(url, user, onMsg) {
       if (f.t === 'msg' && f.g) onMsg(f.b);
       acks.push(f.o);
       if (acks.length >= batch) flush();
-      else timer ??= setTimeout(flush, ACK_DELAY_MS);
+      else if (timer === undefined) {
+        // After the frame's own synchronous work, like the engine's "store work ran dry".
+        const wait = lastAckAt + ACK_DELAY_MS - performance.now();
+        timer = wait > 0 ? setTimeout(flush, wait) : setImmediate(flush);
+      }
     });
   });
 }

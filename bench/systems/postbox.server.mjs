@@ -12,7 +12,7 @@ export async function start({ store: kind = 'memory', dataDir, preRegister, link
   if (kind === 'sqlite') {
     const { sqliteServerStore } = await import('postbox/server/sqlite');
     mkdirSync(dataDir, { recursive: true });
-    store = sqliteServerStore({ path: path.join(dataDir, 'postbox.sqlite') });
+    store = sqliteServerStore({ path: path.join(dataDir, 'postbox.sqlite'), walFlush: 'background' });
   } else {
     const { memoryServerStore } = await import('postbox/server/memory');
     store = memoryServerStore();

@@ -5,7 +5,9 @@ import { openMany } from './common.mjs';
 
 export const capabilities = { ack: true };
 
-function open(url, i, onDeliver) {
+// With `onStatus`, a recipient answers each message with a `d` event that the server relays to
+// its sender: the Socket.IO way to show ✓✓ (latency-light).
+function open(url, i, onDeliver, onStatus) {
   return new Promise((resolve, reject) => {
     const s = io(url, {
       transports: ['websocket'],
@@ -15,12 +17,19 @@ function open(url, i, onDeliver) {
     });
     s.once('connect', () => resolve(s));
     s.once('connect_error', reject);
-    if (onDeliver) s.on('m', (_from, body) => onDeliver(i, parseInt(body, 36)));
+    if (onDeliver) {
+      s.on('m', (from, body) => {
+        const tag = parseInt(body, 36);
+        onDeliver(i, tag);
+        if (onStatus) s.emit('d', from, tag);
+      });
+    }
+    if (onStatus) s.on('d', (tag) => onStatus(i, tag));
   });
 }
 
-export async function connect({ url, n, size, onDeliver, onAck }) {
-  const socks = await openMany(n, (i) => open(url, i, onDeliver));
+export async function connect({ url, n, size, onDeliver, onAck, onStatus, receipts }) {
+  const socks = await openMany(n, (i) => open(url, i, onDeliver, receipts ? onStatus : undefined));
   return {
     send(i, to, tag) {
       socks[i].emitWithAck('m', to, tag.toString(36).padEnd(size, '-')).then(() => onAck(i, tag));

@@ -1,5 +1,5 @@
 // Socket.IO relay: `emitWithAck('m', to, body)` is forwarded to user `to` and acked at once.
-// Nothing is stored. Users are found in a Map (faster than rooms; the fairest setup for it).
+// A recipient may answer with `d` (delivered), forwarded to the sender the same way. Nothing is stored. Users are found in a Map (faster than rooms; the fairest setup for it).
 import { createServer } from 'node:http';
 import { Server } from 'socket.io';
 
@@ -14,6 +14,7 @@ export async function start() {
       users.get(to)?.emit('m', me, body);
       if (typeof ack === 'function') ack();
     });
+    socket.on('d', (to, tag) => users.get(to)?.emit('d', tag));
     socket.on('disconnect', () => {
       if (users.get(me) === socket) users.delete(me);
     });

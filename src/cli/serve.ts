@@ -118,7 +118,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
 
   const store: ServerStore = options.store
     ? await openPostgres(options.store, log)
-    : sqliteServerStore({ path: options.data });
+    : sqliteServerStore({ path: options.data, walFlush: 'background' });
   let cluster: ClusterAdapter | undefined;
   try {
     if (options.cluster) cluster = await openCluster(options.cluster, options, log);

@@ -44,6 +44,7 @@ import {
   type GroupView,
 } from './groups.js';
 import type { CryptoAdapter, KeyBundle, KeyUpload } from '../crypto/types.js';
+import { ackWait } from './ack-pacing.js';
 import { E2ee, decodeContent, encodeContent, type Content } from './e2ee.js';
 import { nextStatus } from './status.js';
 import type {
@@ -269,11 +270,13 @@ export interface ClientOptions {
   /** While typing continues, `on` is sent again at most this often. @default 3000 */
   typingRefreshMs?: number;
   /**
-   * Acks of received entries wait up to this long to leave as one frame (like TCP's delayed
-   * ACK): a burst costs one ack, and on a busy device acking does not compete with receiving.
-   * Half the server's delivery window of unsent acks goes out at once, so a drain never stalls;
-   * the sender's ✓✓ comes this much later at most. 0 acks as soon as the received entries are
-   * stored.
+   * Under load, acks of received entries wait up to this long to leave as one frame (like TCP's
+   * delayed ACK): a burst costs one ack, and on a busy device acking does not compete with
+   * receiving. A quiet connection (no ack frame within the last `ackDelayMs`) acks as soon as
+   * the received entries are stored, so at light load the sender's ✓✓ is not delayed; after
+   * that, the next ack frame leaves `ackDelayMs` after the previous one. Half the server's
+   * delivery window of unsent acks goes out at once, so a drain never stalls; the sender's ✓✓
+   * comes this much later at most. 0 always acks as soon as the received entries are stored.
    * @default 25
    */
   ackDelayMs?: number;
@@ -392,6 +395,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private ackBatch = 512;
   /** `ackDelayMs`, or 0 with a server that does not say its delivery window. */
   private ackDelay = 0;
+  /** When the last ack frame left (see ack-pacing.ts). */
+  private lastAckAt: number | undefined;
 
   // Groups, requests, presence, typing.
   private readonly groupViews = new Map<string, GroupView>();
@@ -2036,14 +2041,18 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     if (this.pendingAcks.length >= this.ackBatch) this.flushAcks();
   }
 
-  /** The store work ran dry: the acks go out now, or after `ackDelayMs` with whatever follows. */
+  /**
+   * The store work ran dry: the acks go out now when the connection has been quiet, else
+   * `ackDelayMs` after the last ack frame, with whatever follows (ack-pacing.ts).
+   */
   private acksIdle(): void {
     if (this.pendingAcks.length === 0 || this.ackTimer !== undefined) return;
-    if (this.ackDelay <= 0) return this.flushAcks();
+    const wait = ackWait(this.clock.now(), this.lastAckAt, this.ackDelay);
+    if (wait <= 0) return this.flushAcks();
     this.ackTimer = this.clock.setTimeout(() => {
       this.ackTimer = undefined;
       this.flushAcks();
-    }, this.ackDelay);
+    }, wait);
   }
 
   private flushAcks(): void {
@@ -2055,6 +2064,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.write({ t: 'ack', o: this.pendingAcks.slice(k, k + 1024) });
     }
     this.pendingAcks = [];
+    this.lastAckAt = this.clock.now();
   }
 
   /** Runs store work one task at a time; acks are coalesced while it is busy (see `acksIdle`). */

@@ -82,6 +82,9 @@ export type SqliteMigration = (db: SqliteDatabase) => void;
  * block the writer, commits append to the `-wal` file), `synchronous=FULL` (a commit returns only
  * after the WAL is fsynced: committed means durable, also across power loss), and a busy timeout.
  * Throws when the database refuses WAL (an in-memory database reports `memory`, which is fine).
+ * The server store then moves a file it opened itself to `synchronous=NORMAL` and flushes the WAL
+ * before each answer off the event loop (src/server/stores/sqlite-sync.ts): as durable, not
+ * blocking.
  * @internal
  */
 export function configureConnection(db: SqliteDatabase, label: string, busyTimeoutMs: number): void {
