@@ -28,7 +28,7 @@ import { websocketClientTransport, type WebSocketConstructor } from '../src/tran
 import { seededRandom } from '../src/util/clock.js';
 import { killAll, run, type Proc } from './fixtures/proc.js';
 import { deleteRedisPrefix, REDIS_URL, redisUnreachable } from './fixtures/redis.js';
-import { PG_URL, pgUnreachable, servicesRequired } from './fixtures/services.js';
+import { describeWithServices, PG_URL, pgUnreachable } from './fixtures/services.js';
 import { sleep } from './fixtures/util.js';
 
 const pgReason = await pgUnreachable();
@@ -365,18 +365,7 @@ const summary = (v: Record<string, string[]>) =>
 
 // ---------------------------------------------------------------------------- the test
 
-if (reason && servicesRequired()) {
-  describe(TITLE, () => {
-    it('needs PostgreSQL and Redis (POSTBOX_REQUIRE_SERVICES is set, so a skip would be a failure)', () => {
-      throw new Error(reason);
-    });
-  });
-} else if (reason) {
-  console.warn(`cluster-nodes.test.ts SKIPPED: ${reason}`);
-  describe.skip(`${TITLE} (skipped: ${reason})`, () => {
-    it('survives a node SIGKILLed under load', () => {});
-  });
-} else {
+describeWithServices(TITLE, reason, () => {
   const rng = seededRandom(SEED);
   const pick = <T>(a: readonly T[]): T => a[Math.floor(rng() * a.length)]!;
   /** The node killed in each round: each one once, in a seeded order. */
@@ -538,4 +527,4 @@ if (reason && servicesRequired()) {
       );
     }
   });
-}
+});

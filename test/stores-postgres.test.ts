@@ -17,7 +17,7 @@ import {
 } from '../src/server/stores/postgres.js';
 import { registerCases, serverStoreConformance } from '../src/testing/index.js';
 import { checkAfterUpgrade, msg, writeBeforeUpgrade } from './fixtures/consent-upgrade.js';
-import { PG_URL, pgUnreachable, servicesRequired } from './fixtures/services.js';
+import { describeWithServices, PG_URL, pgUnreachable } from './fixtures/services.js';
 
 const URL = PG_URL;
 const reason = await pgUnreachable();
@@ -39,18 +39,7 @@ async function openOn(schema: string): Promise<ServerStore> {
   return store;
 }
 
-if (reason !== undefined && servicesRequired()) {
-  describe('postgres server store', () => {
-    it('needs PostgreSQL (POSTBOX_REQUIRE_SERVICES is set, so a skip would be a failure)', () => {
-      throw new Error(reason);
-    });
-  });
-} else if (reason !== undefined) {
-  console.warn(`postgres server store tests SKIPPED: ${reason}. Start it, or set POSTBOX_PG_URL.`);
-  describe.skip(`postgres server store (skipped: ${reason})`, () => {
-    it('conformance', () => undefined);
-  });
-} else {
+describeWithServices('postgres server store', reason, () => {
   afterAll(async () => {
     const admin = new pg.Client({ connectionString: URL });
     await admin.connect();
@@ -462,4 +451,4 @@ if (reason !== undefined && servicesRequired()) {
       expect(failures, 'acks that failed (deadlock victims)').toEqual([]);
     });
   });
-}
+});
