@@ -10,4 +10,4 @@ export * from './cluster-conformance.js';
 export * from './transport-conformance.js';
 export { VirtualClock } from './virtual-clock.js';
 export { runSimulation } from './simulator.js';
-export type { SimulationOptions, SimulationResult } from './simulator.js';
+export type { SimClusterNode, SimulationOptions, SimulationResult } from './simulator.js';

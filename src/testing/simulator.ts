@@ -3,19 +3,24 @@ import { STATUS_RANK } from '../client/status.js';
 import type { MessageStatus } from '../client/store.js';
 import type { ErrorCode } from '../protocol/errors.js';
 import type { CryptoAdapter } from '../crypto/types.js';
-import type { AppendInput, AppendOutcome, GroupState, ServerStore } from '../server/store.js';
+import type { ServerStore } from '../server/store.js';
+import type { ClientStore } from '../client/store.js';
+import type { ClusterAdapter } from '../server/cluster/types.js';
+import {
+  groupAudienceOracle,
+  ioSettled,
+  withInjectedFaults,
+  type GroupAudienceRecord,
+  type InflightCalls,
+} from './sim-stores.js';
 import {
   createMemoryClientState,
   memoryClientStore,
   type MemoryClientState,
 } from '../client/stores/memory.js';
 import { createServer, type PostboxServer } from '../server/engine.js';
-import {
-  createMemoryServerState,
-  memoryServerStore,
-  type MemoryServerState,
-} from '../server/stores/memory.js';
-import { memoryClusterHub, type MemoryClusterNode } from '../server/cluster/local.js';
+import { createMemoryServerState, memoryServerStore } from '../server/stores/memory.js';
+import { memoryClusterHub } from '../server/cluster/local.js';
 import { memoryNetwork, type MemoryNetwork } from '../transport/memory.js';
 import type { ClientTransport } from '../transport/types.js';
 import { seededRandom, type Random } from '../util/clock.js';
@@ -56,7 +61,30 @@ export interface SimulationOptions {
    * it. Not with `crypto`: a user without a device has no keys to encrypt to. @default 0
    */
   lateUsers?: number;
+  /**
+   * Opens the server store the run uses, in place of a new memory store: one store for the whole
+   * run, shared by every node and kept across engine crashes (a crash abandons an engine, never
+   * the store). It must start empty. Faults are injected around it (a failed call never reaches
+   * it), and it is closed at the end of the run.
+   */
+  serverStore?: () => ServerStore | Promise<ServerStore>;
+  /**
+   * Opens a device's client store, in place of a memory store. Called at every start of that
+   * device's client; a call for the same device after a restart must open the same data again
+   * (as an app does after it was killed). Each store is closed when its client stops. Faults are
+   * injected around it.
+   */
+  clientStore?: (device: { user: string; device: string }) => ClientStore | Promise<ClientStore>;
+  /**
+   * Makes a cluster node for each gateway start (with `nodes` > 1), in place of a node of an
+   * in-memory hub; it is given the run's virtual clock. A node with `crash()` is crashed with it,
+   * others are stopped. Dropped doorbells are injected only with the built-in hub.
+   */
+  cluster?: (clock: VirtualClock) => SimClusterNode | Promise<SimClusterNode>;
 }
+
+/** A cluster node the simulator can start, stop and (when it can) crash. */
+export type SimClusterNode = ClusterAdapter & { crash?(): Promise<void> };
 
 /** What a run found. `violations` is empty when every invariant held. */
 export interface SimulationResult {
@@ -92,7 +120,8 @@ interface SimDevice {
   user: string;
   device: string;
   name: string;
-  state: MemoryClientState;
+  /** The device's store while its client runs (opened at each start, closed at each stop). */
+  store: ClientStore | undefined;
   client: PostboxClient | undefined;
   /** (from/fd/id) → count of `message` events, across engine restarts. */
   seen: Map<string, number>;
@@ -118,9 +147,6 @@ interface SentRecord {
   reason?: ErrorCode;
 }
 
-/** What the store did with a group message, observed at its commit. */
-type GroupCommit = { ok: true; members: string[] } | { ok: false; code: ErrorCode };
-
 /**
  * Runs one seeded scenario: a server engine and several multi-device users over the faulty
  * in-memory transport, with random sends, reads, cuts, half-open links, client restarts and
@@ -134,6 +160,14 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   const chance = (p: number) => rnd() < p * (options.faultLevel ?? 1);
   const trace = options.trace ?? (() => {});
   const clock = new VirtualClock(1_700_000_000_000);
+  /**
+   * Moves virtual time, then lets stores that do real I/O finish what the step started (memory
+   * stores never have a call in flight here, so their runs stay exactly replayable).
+   */
+  const advance = async (ms: number): Promise<void> => {
+    await clock.advance(ms);
+    while (await ioSettled(io)) await clock.tick();
+  };
   const steps = options.steps ?? 250;
   const userCount = options.users ?? 3 + Math.floor(rnd() * 3);
   const maxDev = options.maxDevicesPerUser ?? 3;
@@ -175,7 +209,6 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   let storeFaults = level > 0;
   const serverFaultOps = new Set(['append', 'ack', 'readInbox']);
   const clientFaultOps = new Set(['applyInbound', 'streamNext', 'setStatus', 'pending', 'held']);
-  const serverState: MemoryServerState = createMemoryServerState();
   // With encryption a key upload is some 17 KB a frame (Kyber keys are 1.6 KB): on the slowest
   // simulated links (2 bytes/ms) a 1 s heartbeat would call every uploading device dead.
   const heartbeatMs = options.crypto ? 10_000 : 1000;
@@ -183,56 +216,35 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   // A crashed server's engine may still have commits in flight; from the crash on, nothing it
   // does reaches the store, so what it never committed it never acked.
   const engineAlive = nets.map(() => ({ value: true }));
-  // The oracle of "a group message goes to exactly the members at its commit": the store is
-  // wrapped so that each item of a batch is applied on its own, synchronously (the memory store
-  // computes every call at once), and the group's membership is read right after the item —
-  // the same result as the atomic batch, since the fault decision is taken for the whole batch
-  // before any item is applied.
-  const groupCommits = new Map<string, GroupCommit>();
-  let committedChanges = 0;
-  const oracleStore = (alive: { value: boolean }): ServerStore => {
-    const inner = memoryServerStore({
-      state: serverState,
-      // Appends fail (as a whole batch) in the wrapper below, never item by item in here.
-      failWhen: (op: string) =>
-        !alive.value ||
-        (storeFaults && op !== 'append' && serverFaultOps.has(op) && faultRnd() < 0.003 * level),
-    });
-    const wrapped: ServerStore = Object.create(inner) as ServerStore;
-    wrapped.append = (batch: AppendInput[], now: number): Promise<AppendOutcome[]> => {
-      if (!alive.value || (storeFaults && faultRnd() < 0.003 * level)) {
-        return Promise.reject(new Error('simulated store failure in append'));
-      }
-      const results: Array<Promise<AppendOutcome[]>> = [];
-      for (const item of batch) {
-        const outcome = inner.append([item], now);
-        results.push(outcome);
-        if (item.kind === 'group') {
-          void outcome.then(([o]) => {
-            if (o?.ok && !o.duplicate) committedChanges++;
-          });
-        }
-        if (item.kind !== 'msg' || !item.group) continue;
-        const members: Promise<GroupState | undefined> = inner.group(item.to);
-        const id = item.id;
-        void Promise.all([outcome, members]).then(([[o], g]) => {
-          if (!o || (o.ok && o.duplicate)) return;
-          groupCommits.set(
-            id,
-            o.ok ? { ok: true, members: g!.members.map((m) => m.user) } : { ok: false, code: o.code },
-          );
-        });
-      }
-      return Promise.all(results).then((r) => r.flat());
-    };
-    return wrapped;
-  };
-  const clusterNodes: Array<MemoryClusterNode | undefined> = nets.map(() => undefined);
+  // One store for the whole run (every node shares it; a crash abandons an engine, not the
+  // store), with the oracle that records each group message's audience at its commit.
+  const audience: GroupAudienceRecord = { commits: new Map(), changes: 0 };
+  const groupCommits = audience.commits;
+  const baseServerStore: ServerStore = options.serverStore
+    ? await options.serverStore()
+    : memoryServerStore({ state: createMemoryServerState() });
+  // Store calls in flight, waited for (in real time) after each step: see `advance`.
+  const io: InflightCalls = { count: 0 };
+  const oracleStore = (alive: { value: boolean }): ServerStore =>
+    groupAudienceOracle(
+      withInjectedFaults(
+        baseServerStore,
+        (op) =>
+          !alive.value ||
+          (storeFaults && op !== 'append' && serverFaultOps.has(op) && faultRnd() < 0.003 * level),
+        'simulated server store',
+        io,
+      ),
+      audience,
+      // Appends fail as a whole batch, never item by item.
+      () => !alive.value || (storeFaults && faultRnd() < 0.003 * level),
+    );
+  const clusterNodes: Array<SimClusterNode | undefined> = nets.map(() => undefined);
   let incarnation = 0;
   const makeServer = async (i: number): Promise<PostboxServer> => {
-    let cluster: MemoryClusterNode | undefined;
+    let cluster: SimClusterNode | undefined;
     if (hub) {
-      cluster = clusterNodes[i] = hub.node();
+      cluster = clusterNodes[i] = options.cluster ? await options.cluster(clock) : hub.node();
       await cluster.start(`n${i}.${incarnation++}`);
     }
     return createServer({
@@ -273,7 +285,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       user,
       device,
       name: `${user}/${device}`,
-      state: createMemoryClientState(),
+      store: undefined,
       client: undefined,
       seen: new Map(),
       order: new Map(),
@@ -321,14 +333,28 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   }
   storeFaults = faultsWere;
 
-  const startClient = (dev: SimDevice): PostboxClient => {
+  // Each device's memory state outlives its store: a new store over it is an app restart.
+  const memoryStates = new Map<string, MemoryClientState>();
+  const openClientStore =
+    options.clientStore ??
+    ((d: { user: string; device: string }) => {
+      const key = `${d.user}/${d.device}`;
+      let state = memoryStates.get(key);
+      if (!state) memoryStates.set(key, (state = createMemoryClientState()));
+      return memoryClientStore({ state });
+    });
+  const startClient = async (dev: SimDevice): Promise<PostboxClient> => {
     const random: Random = seededRandom(Math.floor(rnd() * 2 ** 32));
+    const opened = await openClientStore({ user: dev.user, device: dev.device });
+    dev.store = opened;
     const client = createClient({
       transport: transportFor(dev.name),
-      store: memoryClientStore({
-        state: dev.state,
-        failWhen: (op) => storeFaults && clientFaultOps.has(op) && faultRnd() < 0.002 * level,
-      }),
+      store: withInjectedFaults(
+        opened,
+        (op) => storeFaults && clientFaultOps.has(op) && faultRnd() < 0.002 * level,
+        `simulated client store of ${dev.name}`,
+        io,
+      ),
       credentials: { user: dev.user, device: dev.device },
       device: dev.device,
       clock,
@@ -364,7 +390,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     dev.client = client;
     return client;
   };
-  for (const d of devices) if (d.offlineUntilStep < 0) startClient(d);
+  for (const d of devices) if (d.offlineUntilStep < 0) await startClient(d);
   if (options.crypto) {
     // Every device publishes its keys before the first send, so every message has a fixed
     // audience (a device without keys gets nothing: it could not decrypt it).
@@ -374,7 +400,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
         devices.map((d) => server().store.keyCount({ user: d.user, device: d.device })),
       );
       if (counts.every((c) => c && c.preKeys > 0)) break;
-      await clock.advance(50);
+      await advance(50);
     }
     storeFaults = faultsWere;
   }
@@ -400,8 +426,11 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
 
   const stopClient = async (dev: SimDevice) => {
     const c = dev.client;
+    const store = dev.store;
     dev.client = undefined;
+    dev.store = undefined;
     await c?.close();
+    await store?.close();
   };
 
   const crashServer = async (i: number) => {
@@ -409,7 +438,8 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     // had not reached the store are dropped with their sessions, and the engine is abandoned
     // (its cluster node dies first: nothing is cleaned up, its entries linger until the TTL).
     engineAlive[i]!.value = false;
-    await clusterNodes[i]?.crash();
+    const node = clusterNodes[i];
+    await (node?.crash ? node.crash() : node?.stop());
     nets[i]!.cutAll();
     await servers[i]!.close();
     serverDown[i] = true;
@@ -424,11 +454,11 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   let doorbellsBackAtStep = -1;
 
   for (let step = 0; step < steps; step++) {
-    await clock.advance(Math.floor(rnd() * 60));
+    await advance(Math.floor(rnd() * 60));
     for (const d of devices) {
       if (!d.client && d.offlineUntilStep <= step) {
         trace(`${step} restart ${d.name}`);
-        startClient(d);
+        await startClient(d);
       }
     }
     for (let i = 0; i < nodeCount; i++) {
@@ -537,10 +567,10 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   storeFaults = false;
   if (hub) hub.faults.dropDoorbells = false;
   for (let i = 0; i < nodeCount; i++) if (serverDown[i]) await restartServer(i);
-  for (const d of devices) if (!d.client) startClient(d);
+  for (const d of devices) if (!d.client) await startClient(d);
   let quiet = false;
   for (let i = 0; i < 2000 && !quiet; i++) {
-    await clock.advance(200);
+    await advance(200);
     quiet = await isQuiet();
   }
   stats.virtualMs = clock.now() - 1_700_000_000_000;
@@ -564,7 +594,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
     if (!l) byUser.set(d.user, (l = []));
     l.push(d);
   }
-  stats.membershipChanges = committedChanges;
+  stats.membershipChanges = audience.changes;
   const everyone = devices;
   for (const rec of sent.values()) {
     if (!rec.group) continue;
@@ -723,5 +753,6 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   for (const d of devices) await stopClient(d);
   for (const s of servers) await s.close();
   for (const c of clusterNodes) await c?.stop();
+  if (options.serverStore) await baseServerStore.close();
   return { seed, violations, stats };
 }
