@@ -1,8 +1,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runSimulation } from '../src/testing/simulator.js';
 import { sqliteServerStore } from '../src/server/stores/sqlite.js';
@@ -11,7 +9,7 @@ import { openPostgresServerStore } from '../src/server/stores/postgres.js';
 import { createMemoryServerState, memoryServerStore } from '../src/server/stores/memory.js';
 import { memoryClusterHub } from '../src/server/cluster/local.js';
 import type { AppendInput, AppendOutcome, ServerStore } from '../src/server/store.js';
-import { describeWithServices, PG_URL, pgUnreachable } from './fixtures/services.js';
+import { describeWithServices, PG_URL, pgUnreachable, scratchSchemas } from './fixtures/services.js';
 
 // The simulator runs on the stores an integrator passes in: the same seeded faults and the same
 // invariant checks as on the built-in memory stores. Failing seeds replay with the seed printed.
@@ -100,21 +98,11 @@ describe('the simulator runs on the stores it is given', () => {
 const pgReason = await pgUnreachable();
 
 describeWithServices('the simulator on the PostgreSQL server store', pgReason, () => {
-  const schemas: string[] = [];
-  afterAll(async () => {
-    const admin = new pg.Client({ connectionString: PG_URL });
-    await admin.connect();
-    try {
-      for (const s of schemas) await admin.query(`DROP SCHEMA IF EXISTS "${s}" CASCADE`);
-    } finally {
-      await admin.end();
-    }
-  });
+  const freshSchema = scratchSchemas('pb_sim');
 
   it('no loss, no duplicates, per-sender order and exact group audiences on PostgreSQL, under faults', async () => {
     const failures = await failingSeeds(range(3), (seed) => {
-      const schema = `pb_sim_${randomBytes(5).toString('hex')}`;
-      schemas.push(schema);
+      const schema = freshSchema();
       return runSimulation({
         seed,
         steps: 120,

@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { DEFAULT_TOKEN_TTL_MS, signToken } from '../server/auth.js';
 import { LOG_LEVELS, type LogLevel } from './log.js';
 import { startServe, type ServeOptions } from './serve.js';
+import { traceCommand } from './trace.js';
 
 const HELP = `postbox — embeddable store-and-forward messaging
 
@@ -14,6 +15,8 @@ Usage:
   postbox --version              print the version
   postbox token --user U --device D [--secret S] [--ttl-hours H | --no-expiry]
                                  print a signed client token, valid for H hours (default 24)
+  postbox trace ID [--data FILE | --store URL] [--json]
+                                 what the server recorded about message ID (docs/operations.md)
   postbox chat --server URL --as USER --to PEER [--token T | --secret S | --insecure-dev-auth]
                                  terminal chat client (see examples/chat.ts)
 
@@ -38,7 +41,8 @@ serve options (flag, environment variable, default):
   --max-group-members N     POSTBOX_MAX_GROUP_MEMBERS     1024 (at most 1024)
   --presence WHO            POSTBOX_PRESENCE              contacts (contacts|everyone|nobody: who may see whose online/last seen)
   --push-webhook URL        POSTBOX_PUSH_WEBHOOK          (none) POST content-free wake-ups for offline devices to URL (docs/push.md)
-  --log-level L             POSTBOX_LOG_LEVEL             info (debug|info|warn|error|silent)
+  --log-level L             POSTBOX_LOG_LEVEL             info (debug|info|warn|error|silent; debug also logs every trace event)
+  --trace-days N            POSTBOX_TRACE_DAYS            7 (how long the delivery trace keeps its events; 0 turns it off)
 `;
 
 function env(name: string): string | undefined {
@@ -84,6 +88,7 @@ async function serve(argv: string[]): Promise<void> {
       presence: { type: 'string' },
       'push-webhook': { type: 'string' },
       'log-level': { type: 'string' },
+      'trace-days': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -124,6 +129,7 @@ async function serve(argv: string[]): Promise<void> {
       'nobody',
     ]),
     logLevel,
+    traceDays: num('trace-days', values['trace-days'] ?? env('POSTBOX_TRACE_DAYS'), 7),
   };
   const storeUrl = values.store ?? env('POSTBOX_STORE');
   if (storeUrl !== undefined) {
@@ -224,6 +230,7 @@ const [command, ...rest] = process.argv.slice(2);
 try {
   if (command === 'serve') await serve(rest);
   else if (command === 'token') token(rest);
+  else if (command === 'trace') await traceCommand(rest, HELP);
   else if (command === '--version' || command === '-v' || command === 'version') {
     // dist/cli/main.js → the package's own package.json, two levels up (also from src/ under tsx).
     const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {

@@ -9,6 +9,7 @@ import { sqliteServerStore } from '../server/stores/sqlite.js';
 import type { ServerStore } from '../server/store.js';
 import { websocketServerTransport } from '../transport/websocket.js';
 import { jsonLogger, type LogLevel } from './log.js';
+import { openServeTrace } from './trace.js';
 
 /** Settings of `postbox serve`; each has a flag and an environment variable (see `postbox serve --help`). */
 export interface ServeOptions {
@@ -55,6 +56,11 @@ export interface ServeOptions {
   pushWebhook?: string;
   /** @default 'info' */
   logLevel: LogLevel;
+  /**
+   * Days the delivery trace keeps its events (in `DATA-trace` beside the SQLite file, or a table
+   * in the PostgreSQL schema); 0 turns the trace off. @default 7
+   */
+  traceDays?: number;
 }
 
 /** A running `postbox serve`. */
@@ -129,6 +135,14 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
       cause: e,
     });
   }
+  const traceDays = options.traceDays ?? 7;
+  const trace =
+    traceDays > 0
+      ? await openServeTrace(options, {
+          retentionDays: traceDays,
+          onError: (e) => log.warn('trace store connection lost', e),
+        })
+      : undefined;
   const metrics = await prometheusMetrics();
   let ready = false;
   const http = createHttpServer((req, res) => {
@@ -179,6 +193,8 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     ...(options.pushWebhook ? { push: webhookPush({ url: options.pushWebhook }) } : {}),
     ...(metrics ? { metrics: metrics.hooks } : {}),
     ...(cluster ? { cluster } : {}),
+    trace: trace ?? false,
+    traceLog: options.logLevel === 'debug',
   });
   metrics?.watch(engine);
   await engine.listen(transport);
@@ -207,6 +223,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
           http.closeAllConnections();
         });
         await cluster?.stop();
+        await trace?.close();
         await store.close();
       })();
       return closing;

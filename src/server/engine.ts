@@ -32,6 +32,7 @@ import { performance } from 'node:perf_hooks';
 import { deviceKey } from './cluster/common.js';
 import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
 import { BoundedMap, Limits } from './limits.js';
+import { memoryTraceStore, Tracer, type TraceEvent, type TraceStore } from './trace.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
 import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
@@ -228,6 +229,13 @@ export interface ServerOptions {
   storeProbeMs?: number;
   /** @default silent */
   logger?: Logger;
+  /**
+   * Where the delivery trace is kept (see {@link PostboxServer.trace}): metadata only, bounded.
+   * `false` turns it off. @default memoryTraceStore() — the last 50,000 events
+   */
+  trace?: TraceStore | false;
+  /** Also write every trace event to `logger.debug('trace', event)`. @default false */
+  traceLog?: boolean;
 }
 
 /** Events of {@link PostboxServer}. */
@@ -324,7 +332,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** @internal */ readonly opts: Required<
     Omit<
       ServerOptions,
-      'store' | 'authenticate' | 'clock' | 'logger' | 'presence' | 'push' | 'metrics' | 'cluster'
+      | 'store'
+      | 'authenticate'
+      | 'clock'
+      | 'logger'
+      | 'presence'
+      | 'push'
+      | 'metrics'
+      | 'cluster'
+      | 'trace'
+      | 'traceLog'
     >
   >;
   private readonly presencePolicy: PresencePolicy;
@@ -349,6 +366,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly linkCodes = new Map<string, Session>();
   private readonly push: PushProvider | undefined;
   /** @internal */ readonly metrics: ServerMetrics;
+  /** @internal */ readonly tracer: Tracer;
   /** device → push token, for a store that does not keep them. */
   private readonly pushTokens = new Map<string, PushToken>();
   /** device → time of its last wake-up (bounded: the oldest are forgotten past 100k). */
@@ -385,6 +403,12 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     this.authenticate = options.authenticate;
     this.clock = options.clock ?? systemClock;
     this.log = options.logger ?? silentLogger;
+    this.tracer = new Tracer(
+      options.trace === false ? undefined : (options.trace ?? memoryTraceStore()),
+      this.clock,
+      options.traceLog ? (msg, e) => this.log.debug(msg, e) : undefined,
+      () => this.cluster?.nodeId,
+    );
     this.opts = {
       heartbeatMs: options.heartbeatMs ?? 25_000,
       helloTimeoutMs: options.helloTimeoutMs ?? 10_000,
@@ -435,6 +459,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
             : (viewer, target, store) => store.related(viewer, target);
     this.scheduleSweep();
     this.scheduleExpiry();
+  }
+
+  /**
+   * What this server (and, with a shared trace store, every node of its cluster) recorded about
+   * message `id`, oldest first: committed or refused, pushed to which device, acked by which,
+   * which statuses went back to the sender. Metadata only. Empty when the trace is off or the
+   * events aged out of the trace store.
+   */
+  trace(id: string): Promise<TraceEvent[]> {
+    return this.tracer.query(id);
   }
 
   /** Number of open connections (authenticated or not). */
@@ -1334,6 +1368,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
           this.metrics.sent(p.input.kind, out.ok ? undefined : out.code);
           if (out.ok && p.input.kind === 'group') this.memberCache.delete(p.input.group);
           p.done?.(out.ok ? undefined : out.code);
+          if (this.tracer.on) this.tracer.committed(p.input, out);
           if (p.session) p.session.pendingSends--;
           if (out.ok) {
             p.session?.send({ t: 'ok', r: p.r });
@@ -1780,6 +1815,7 @@ class Session {
 
   private async onAck(offsets: number[]): Promise<void> {
     if (this.inflight) for (const o of offsets) this.inflight.delete(o);
+    if (this.server.tracer.on) this.server.tracer.acked(this.addr!, offsets);
     try {
       const res = await this.server.store.ack(this.addr!, offsets, this.server.clock.now());
       this.server.metrics.acked(res.count);
@@ -1804,6 +1840,7 @@ class Session {
     (this.inflight ??= new Set()).add(e.offset);
     if (encode) this.sendEncoded(encode(e.offset));
     else this.send(this.entryFrame(e));
+    if (this.server.tracer.on) this.server.tracer.pushed(this.addr!, e);
     this.server.metrics.delivered(1);
     return true;
   }
@@ -1834,6 +1871,7 @@ class Session {
           this.cursor = e.offset;
           (this.inflight ??= new Set()).add(e.offset);
           this.send(this.entryFrame(e));
+          if (this.server.tracer.on) this.server.tracer.pushed(this.addr!, e);
         }
         if (entries.length > 0) this.server.metrics.delivered(entries.length);
         if (this.dirty || entries.length === room) this.pump();

@@ -7,6 +7,8 @@ export { createServer, PostboxServer } from './engine.js';
 export { PENDING_DEVICE } from './users.js';
 export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './engine.js';
 export type { StoreHealth } from './health.js';
+export { memoryTraceStore } from './trace.js';
+export type { MemoryTraceOptions, TraceEvent, TraceEventKind, TraceStore } from './trace.js';
 export {
   DEFAULT_TOKEN_TTL_MS,
   insecureDevAuthenticator,

@@ -114,3 +114,11 @@ export async function pingPostgres(pool: Queryable, label: string): Promise<void
     throw new Error(`${label}: connected to a standby (read-only); writes would fail`);
   }
 }
+
+/** Quotes a schema name after checking it is a plain identifier (it is spliced into SQL). */
+export function quoteSchemaName(schema: string, label: string): string {
+  if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(schema)) {
+    throw new RangeError(`${label}: schema must be a plain identifier (letters, digits, _), got ${schema}`);
+  }
+  return `"${schema}"`;
+}

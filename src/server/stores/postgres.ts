@@ -45,7 +45,13 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
-import { brokenConnection, guardConnection, makePool, pingPostgres } from './postgres-pool.js';
+import {
+  brokenConnection,
+  guardConnection,
+  makePool,
+  pingPostgres,
+  quoteSchemaName,
+} from './postgres-pool.js';
 import {
   bundleFrom,
   decodeEvent,
@@ -344,13 +350,7 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 /** `BEGIN` for a write: the commit waits for the WAL flush even where the default says otherwise. */
 const BEGIN_DURABLE = 'BEGIN; SET LOCAL synchronous_commit = on';
 
-/** Quotes a schema name after checking it is a plain identifier (it is spliced into SQL). */
-function quoteSchema(schema: string): string {
-  if (!/^[A-Za-z_][A-Za-z0-9_]{0,62}$/.test(schema)) {
-    throw new RangeError(`${LABEL}: schema must be a plain identifier (letters, digits, _), got ${schema}`);
-  }
-  return `"${schema}"`;
-}
+const quoteSchema = (schema: string): string => quoteSchemaName(schema, LABEL);
 
 /**
  * Brings the schema up to {@link POSTGRES_SERVER_SCHEMA_VERSION}: each missing step in its own
@@ -1813,3 +1813,6 @@ function postgresStore(
     },
   };
 }
+
+export { openPostgresTraceStore } from './postgres-trace.js';
+export type { PostgresTraceOptions } from './postgres-trace.js';

@@ -1241,3 +1241,6 @@ export function sqliteServerStore(
     },
   };
 }
+
+export { sqliteTraceStore } from './sqlite-trace.js';
+export type { SqliteTraceOptions } from './sqlite-trace.js';
