@@ -43,6 +43,8 @@ serve options (flag, environment variable, default):
   --push-webhook URL        POSTBOX_PUSH_WEBHOOK          (none) POST content-free wake-ups for offline devices to URL (docs/push.md)
   --log-level L             POSTBOX_LOG_LEVEL             info (debug|info|warn|error|silent; debug also logs every trace event)
   --trace-days N            POSTBOX_TRACE_DAYS            7 (how long the delivery trace keeps its events; 0 turns it off)
+  --media-dir DIR           POSTBOX_MEDIA_DIR             DATA-media (media blobs at http://HOST:PORT/media; with --store, off unless set; 'off' turns it off)
+  --max-upload-mb N         POSTBOX_MAX_UPLOAD_MB         2048 (largest media file)
 `;
 
 function env(name: string): string | undefined {
@@ -89,6 +91,8 @@ async function serve(argv: string[]): Promise<void> {
       'push-webhook': { type: 'string' },
       'log-level': { type: 'string' },
       'trace-days': { type: 'string' },
+      'media-dir': { type: 'string' },
+      'max-upload-mb': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -130,7 +134,10 @@ async function serve(argv: string[]): Promise<void> {
     ]),
     logLevel,
     traceDays: num('trace-days', values['trace-days'] ?? env('POSTBOX_TRACE_DAYS'), 7),
+    maxUploadMb: num('max-upload-mb', values['max-upload-mb'] ?? env('POSTBOX_MAX_UPLOAD_MB'), 2048),
   };
+  const mediaDir = values['media-dir'] ?? env('POSTBOX_MEDIA_DIR');
+  if (mediaDir !== undefined) options.mediaDir = mediaDir === 'off' ? false : mediaDir;
   const storeUrl = values.store ?? env('POSTBOX_STORE');
   if (storeUrl !== undefined) {
     if (!/^postgres(ql)?:\/\//.test(storeUrl)) {

@@ -10,6 +10,7 @@ import type { ServerStore } from '../server/store.js';
 import { websocketServerTransport } from '../transport/websocket.js';
 import { jsonLogger, type LogLevel } from './log.js';
 import { openServeTrace } from './trace.js';
+import { openServeMedia, type ServeMedia } from './media.js';
 
 /** Settings of `postbox serve`; each has a flag and an environment variable (see `postbox serve --help`). */
 export interface ServeOptions {
@@ -61,6 +62,14 @@ export interface ServeOptions {
    * in the PostgreSQL schema); 0 turns the trace off. @default 7
    */
   traceDays?: number;
+  /**
+   * Folder for media blobs, uploads in progress and the media ledger (docs/media.md). With the
+   * SQLite store it defaults to `DATA-media` beside the file; with PostgreSQL, media is off unless
+   * this is set. `false` turns media off.
+   */
+  mediaDir?: string | false;
+  /** Largest media upload, in MiB of plaintext. @default 2048 */
+  maxUploadMb?: number;
 }
 
 /** A running `postbox serve`. */
@@ -72,6 +81,8 @@ export interface ServeHandle {
   store: ServerStore;
   /** This node's id in the cluster, when it runs with one. */
   nodeId: string | undefined;
+  /** The media server (`http://HOST:PORT/media`), when media is on. */
+  media: ServeMedia | undefined;
   /**
    * Graceful shutdown: stop accepting, finish in-flight commits (their acks go out), close every
    * connection with 1001 "going away" so clients reconnect, then close the store.
@@ -144,8 +155,23 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
         })
       : undefined;
   const metrics = await prometheusMetrics();
+  const mediaDir = options.mediaDir ?? (options.store ? false : `${options.data}-media`);
+  const media: ServeMedia | undefined = mediaDir
+    ? openServeMedia(
+        {
+          dir: mediaDir,
+          maxUploadMb: options.maxUploadMb ?? 2048,
+          retentionMs: options.retentionDays * 24 * 3600_000,
+          ...(options.secret ? { secret: options.secret } : {}),
+        },
+        store,
+        authenticate,
+        (e) => log.warn('media', e),
+      )
+    : undefined;
   let ready = false;
   const http = createHttpServer((req, res) => {
+    if (media?.handler.handle(req, res)) return;
     if (req.url === '/metrics') {
       if (!metrics) {
         res
@@ -214,6 +240,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     http,
     store,
     nodeId: cluster?.nodeId,
+    media,
     close() {
       closing ??= (async () => {
         ready = false;
@@ -224,6 +251,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
         });
         await cluster?.stop();
         await trace?.close();
+        await media?.close();
         await store.close();
       })();
       return closing;

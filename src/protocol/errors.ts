@@ -43,6 +43,11 @@ export const ERROR_CODES = {
    * message within the server's retention period, and the server dropped it.
    */
   expired: { retryable: false },
+  /**
+   * Client-side, a media download (never on the wire): the blob failed authentication, its hashes
+   * or its size do not match the media reference, or it ended early. No byte of it was accepted.
+   */
+  corrupt_media: { retryable: false },
 } as const satisfies Record<string, { retryable: boolean }>;
 
 /** One of the closed set of postbox error codes. */

@@ -11,3 +11,4 @@ export * from './transport-conformance.js';
 export { VirtualClock } from './virtual-clock.js';
 export { runSimulation } from './simulator.js';
 export type { SimClusterNode, SimulationOptions, SimulationResult } from './simulator.js';
+export * from './blob-store-conformance.js';

@@ -1,0 +1,23 @@
+/**
+ * Media by reference, encrypted on the device: the `pbm1` format, the media reference, resumable
+ * transfer and the media client. Browser-safe: WebCrypto and `fetch` only (see docs/media.md).
+ * @packageDocumentation
+ */
+export { MEDIA_CHUNK_BYTES, MEDIA_HEADER_BYTES, MEDIA_TAG_BYTES, chunkCount, cipherSize } from './format.js';
+export {
+  blobIdSchema,
+  decodeMediaRef,
+  encodeMediaRef,
+  isMediaMessage,
+  mediaRefSchema,
+  MAX_THUMBNAIL_BYTES,
+} from './ref.js';
+export type { MediaRef } from './ref.js';
+export { decryptMedia, encryptMedia } from './stream.js';
+export type { DecryptExpect, EncryptSummary } from './stream.js';
+export { blobSource, bytesSource } from './transfer.js';
+export type { DownloadOptions, MediaSource } from './transfer.js';
+export type { MediaEndpoint } from './http.js';
+export { mediaBackoff } from './http.js';
+export { MediaClient, mediaClient } from './client.js';
+export type { MediaClientOptions, MediaEvents, MediaPhase, MediaSend, SendMediaOptions } from './client.js';
