@@ -1,6 +1,7 @@
 // The media server as `postbox serve` runs it: blobs in a folder beside the SQLite file (or the
 // --media-dir), the ledger in a SQLite file in that folder, swept once a minute.
 import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Authenticate } from '../server/engine.js';
 import type { ServerStore } from '../server/store.js';
@@ -34,6 +35,7 @@ export function openServeMedia(
   authenticate: Authenticate,
   onError: (e: unknown) => void,
 ): ServeMedia {
+  mkdirSync(options.dir, { recursive: true });
   const blobs = fsBlobStore({ dir: options.dir });
   const ledger = openMediaLedger(join(options.dir, 'ledger.sqlite'));
   const mb = options.maxUploadMb * 1024 * 1024;

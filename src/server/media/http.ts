@@ -22,7 +22,7 @@
  * @packageDocumentation
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { mkdir, open, rm, stat } from 'node:fs/promises';
+import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { pipeline } from 'node:stream/promises';
@@ -110,6 +110,54 @@ async function readJson(req: IncomingMessage, max: number): Promise<unknown> {
   }
 }
 
+const MAX_PENDING_WRITE = 8 * 1024 * 1024;
+
+/**
+ * Appends a PATCH body to the staged file and answers the new offset. Flowing mode rather than
+ * `for await`: a request cut mid-body drops whatever an async iterator still buffered, and the
+ * client would send those bytes again; 'data' hands over every byte that arrived. Writes are
+ * queued in order, and the request is paused while more than 8 MiB wait for the disk.
+ */
+function appendBody(
+  req: IncomingMessage,
+  fh: FileHandle,
+  at: number,
+  length: number,
+  onWritten: (n: number) => void,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    let offset = at;
+    let chain = Promise.resolve();
+    let pending = 0;
+    let failed: unknown;
+    req.on('data', (c: Buffer) => {
+      if (failed) return;
+      if (offset + c.length > length) {
+        failed = new HttpError(413, 'too_large', 'more bytes than Upload-Length');
+        return;
+      }
+      offset += c.length;
+      pending += c.length;
+      if (pending > MAX_PENDING_WRITE) req.pause();
+      chain = chain.then(async () => {
+        await fh.write(c);
+        pending -= c.length;
+        onWritten(c.length);
+        if (pending <= MAX_PENDING_WRITE / 2) req.resume();
+      });
+      chain.catch((e: unknown) => (failed ??= e));
+    });
+    const done = () => {
+      chain.then(
+        () => (failed ? reject(failed) : resolve(offset)),
+        (e: unknown) => reject(e),
+      );
+    };
+    req.once('end', done);
+    req.once('close', done);
+  });
+}
+
 /** The media server's request handler (mount it with `handle`). */
 export function mediaHttpHandler(options: MediaHttpOptions): MediaHttpHandler {
   const prefix = options.prefix ?? '/media';
@@ -117,7 +165,8 @@ export function mediaHttpHandler(options: MediaHttpOptions): MediaHttpHandler {
   const limits = resolveLimits(options.limits);
   const rate = new MediaRate(limits);
   const { store, ledger } = options;
-  const busy = new Set<string>();
+  // Uploads with a PATCH being written, and when that write settles.
+  const busy = new Map<string, Promise<void>>();
   const received = new Map<string, number>();
   const ready = mkdir(options.stagingDir, { recursive: true });
   const staged = (id: string) => join(options.stagingDir, id);
@@ -181,6 +230,10 @@ export function mediaHttpHandler(options: MediaHttpOptions): MediaHttpHandler {
 
   async function head(id: string, req: IncomingMessage, res: ServerResponse) {
     const row = owned(id, await who(req));
+    // A resuming client asks right after its connection broke, often before this side noticed:
+    // the answer waits (boundedly) for that PATCH to settle, so it counts every byte it stored.
+    const writing = busy.get(id);
+    if (writing) await Promise.race([writing, new Promise((r) => setTimeout(r, 5000))]);
     if (row.completed === null && !busy.has(id) && (await offsetOf(id)) === row.length) await finish(row);
     const offset = row.completed !== null || ledger.get(id)?.completed ? row.length : await offsetOf(id);
     res
@@ -205,7 +258,8 @@ export function mediaHttpHandler(options: MediaHttpOptions): MediaHttpHandler {
       throw new HttpError(409, 'invalid_frame', 'upload already complete', {
         'Upload-Offset': String(row.length),
       });
-    busy.add(id);
+    let settle!: () => void;
+    busy.set(id, new Promise<void>((r) => (settle = r)));
     try {
       const at = await offsetOf(id);
       if (Number(req.headers['upload-offset']) !== at)
@@ -214,24 +268,23 @@ export function mediaHttpHandler(options: MediaHttpOptions): MediaHttpHandler {
         });
       const fh = await open(staged(id), 'a');
       let offset = at;
+      let over = false;
       try {
-        for await (const c of req as AsyncIterable<Buffer>) {
-          if (offset + c.length > row.length)
-            throw new HttpError(413, 'too_large', 'more bytes than Upload-Length');
-          await fh.write(c);
-          offset += c.length;
-          received.set(id, (received.get(id) ?? 0) + c.length);
-        }
+        offset = await appendBody(req, fh, at, row.length, (n) => received.set(id, (received.get(id) ?? 0) + n));
       } catch (e) {
-        if (e instanceof HttpError) throw e;
-        return; // the client went away; what arrived is stored and HEAD will say so
+        if (!(e instanceof HttpError)) throw e;
+        over = true;
       } finally {
         await fh.close();
       }
+      if (over) throw new HttpError(413, 'too_large', 'more bytes than Upload-Length');
+      // The client went away: what arrived is stored and HEAD will say so.
+      if (!req.complete) return;
       if (offset === row.length) await finish(row);
       res.writeHead(204, { ...TUS, 'Upload-Offset': String(offset) }).end();
     } finally {
       busy.delete(id);
+      settle();
     }
   }
 
