@@ -76,7 +76,9 @@ describe('the browser client is lean', () => {
     const fromZod = Object.entries(zodBytes)
       .filter(([file]) => file.includes('node_modules/zod/'))
       .reduce((n, [, v]) => n + v.bytesInOutput, 0);
-    console.log(`client core: ${(code.byteLength / 1024).toFixed(1)} KiB min, ${(gzipped / 1024).toFixed(1)} KiB gzip (zod ${(fromZod / 1024).toFixed(1)} KiB min)`);
+    console.log(
+      `client core: ${(code.byteLength / 1024).toFixed(1)} KiB min, ${(gzipped / 1024).toFixed(1)} KiB gzip (zod ${(fromZod / 1024).toFixed(1)} KiB min)`,
+    );
     expect(fromZod).toBeLessThan(64 * 1024);
     expect(gzipped).toBeLessThanOrEqual(CLIENT_CORE_GZIP_CEILING);
   });

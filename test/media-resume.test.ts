@@ -7,7 +7,14 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { startThrottleProxy, type ThrottleProxy } from '../bench/lib/throttle-proxy.mjs';
 import { cipherSize } from '../src/media/format.js';
 import { freshSecret } from '../src/media/stream.js';
-import { attachMedia, blobIdOf, bytesSource, downloadPlain, uploadMedia, type UploadProgress } from '../src/media/transfer.js';
+import {
+  attachMedia,
+  blobIdOf,
+  bytesSource,
+  downloadPlain,
+  uploadMedia,
+  type UploadProgress,
+} from '../src/media/transfer.js';
 import type { MediaEndpoint } from '../src/media/http.js';
 import type { MediaRef } from '../src/media/ref.js';
 import { seededRandom } from '../src/util/clock.js';
@@ -54,7 +61,9 @@ describe('resumable media transfer', () => {
           return fetch(input, init);
         },
       };
-      const { blob, summary } = await uploadMedia(counted, bytesSource(plain), secret, progress, { patchBytes: 512 * 1024 });
+      const { blob, summary } = await uploadMedia(counted, bytesSource(plain), secret, progress, {
+        patchBytes: 512 * 1024,
+      });
       proxy.cutAtUp = undefined;
       expect(proxy.cuts).toBeGreaterThanOrEqual(3);
       // At the server: every ciphertext byte written exactly once.
@@ -87,7 +96,11 @@ describe('resumable media transfer', () => {
     const data = `${dir}/pb.sqlite`;
     let server = await startServerProcess(data);
     const port = server.port;
-    const ep: MediaEndpoint = { url: `http://127.0.0.1:${port}/media`, credentials: () => 'alice/a1', backoff: () => 50 };
+    const ep: MediaEndpoint = {
+      url: `http://127.0.0.1:${port}/media`,
+      credentials: () => 'alice/a1',
+      backoff: () => 50,
+    };
     const plain = randomBytes(6_000_000);
     const total = cipherSize(plain.length);
     const secret = freshSecret();
@@ -114,7 +127,15 @@ describe('resumable media transfer', () => {
     // the bytes it had (more than the last confirmed request), and the upload went on from there.
     expect(offsetAfterRestart).toBeGreaterThan(0);
     expect(progress.url && blobIdOf(progress.url)).toBe(blob);
-    const ref: MediaRef = { v: 1, id: blob, key: secret.key, mime: 'x/y', size: summary.size, plainHash: summary.plainHash, cipherHash: summary.cipherHash };
+    const ref: MediaRef = {
+      v: 1,
+      id: blob,
+      key: secret.key,
+      mime: 'x/y',
+      size: summary.size,
+      plainHash: summary.plainHash,
+      cipherHash: summary.cipherHash,
+    };
     expect((await readPlain(ep, ref)).equals(plain)).toBe(true);
   });
 });

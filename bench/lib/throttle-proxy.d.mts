@@ -10,4 +10,9 @@ export interface ThrottleProxy {
   cutAll(): void;
   close(): Promise<void>;
 }
-export function startThrottleProxy(options: { target: number; bps?: number; rttMs?: number; piece?: number }): Promise<ThrottleProxy>;
+export function startThrottleProxy(options: {
+  target: number;
+  bps?: number;
+  rttMs?: number;
+  piece?: number;
+}): Promise<ThrottleProxy>;

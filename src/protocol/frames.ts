@@ -36,7 +36,9 @@ const bytes = z.pipe(
 );
 
 /** A public key on the wire (EC keys are 33 bytes, Kyber-1024 keys 1,569). */
-const keyBytes = bytes.check(z.refine((v) => v.byteLength >= 1 && v.byteLength <= 2048, 'key of 1-2048 bytes'));
+const keyBytes = bytes.check(
+  z.refine((v) => v.byteLength >= 1 && v.byteLength <= 2048, 'key of 1-2048 bytes'),
+);
 const signature = bytes.check(
   z.refine((v) => v.byteLength >= 1 && v.byteLength <= 128, 'signature of 1-128 bytes'),
 );
@@ -89,7 +91,9 @@ export const sendFrame = z
      * device of `to` and per other device of the sender (then `b` is empty).
      */
     e: z.optional(
-      z.array(z.tuple([user, device, registrationId, bytes])).check(z.minLength(1), z.maxLength(MAX_ENVELOPES)),
+      z
+        .array(z.tuple([user, device, registrationId, bytes]))
+        .check(z.minLength(1), z.maxLength(MAX_ENVELOPES)),
     ),
   })
   .check(z.refine(toMatchesG, TO_MATCHES_G));

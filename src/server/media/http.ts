@@ -270,7 +270,9 @@ export function mediaHttpHandler(options: MediaHttpOptions): MediaHttpHandler {
       let offset = at;
       let over = false;
       try {
-        offset = await appendBody(req, fh, at, row.length, (n) => received.set(id, (received.get(id) ?? 0) + n));
+        offset = await appendBody(req, fh, at, row.length, (n) =>
+          received.set(id, (received.get(id) ?? 0) + n),
+        );
       } catch (e) {
         if (!(e instanceof HttpError)) throw e;
         over = true;

@@ -13,7 +13,6 @@ import {
   ListObjectsV2Command,
   PutObjectCommand,
   S3Client,
-  type S3ClientConfig,
 } from '@aws-sdk/client-s3';
 import { createReadStream } from 'node:fs';
 import { Readable } from 'node:stream';
@@ -21,16 +20,44 @@ import type { BlobRange, BlobStore } from './blob-store.js';
 
 export type { BlobStore, BlobRange } from './blob-store.js';
 
+/**
+ * What the store needs of an `S3Client` from `@aws-sdk/client-s3`, declared here so that no public
+ * signature depends on the peer's (large) types: a real `S3Client` fits.
+ */
+export interface S3ClientLike {
+  /** Sends a command. */
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  send(command: any, options?: { abortSignal?: AbortSignal }): Promise<any>;
+  /** Releases the client's sockets. */
+  destroy(): void;
+}
+
+/** Settings for the `S3Client` the store makes when none is given (see `S3ClientConfig`). */
+export interface S3Settings {
+  /** e.g. `us-east-1`. */
+  region?: string;
+  /** An S3-compatible server's URL. */
+  endpoint?: string;
+  /** Path-style URLs (most S3-compatible servers want them). */
+  forcePathStyle?: boolean;
+  /** Static credentials; the SDK's default chain when absent. */
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** `WHEN_REQUIRED` for servers without the aws-chunked trailing checksums. */
+  requestChecksumCalculation?: 'WHEN_SUPPORTED' | 'WHEN_REQUIRED';
+  /** `WHEN_REQUIRED` likewise. */
+  responseChecksumValidation?: 'WHEN_SUPPORTED' | 'WHEN_REQUIRED';
+}
+
 /** Options of {@link s3BlobStore}. */
 export interface S3BlobStoreOptions {
   /** The bucket; it must exist. */
   bucket: string;
   /** Key prefix, so one bucket can hold several deployments (or test runs). @default 'postbox/' */
   prefix?: string;
-  /** A client you configured, or the config to make one (`region`, `endpoint`, `credentials`, …). */
-  client?: S3Client;
-  /** Used when `client` is absent. */
-  config?: S3ClientConfig;
+  /** A client you configured (an `S3Client`); the store never closes it. */
+  client?: S3ClientLike;
+  /** Used to make a client when `client` is absent. */
+  config?: S3Settings;
 }
 
 const ID = /^[0-9A-HJKMNP-TV-Z]{26}$/;
@@ -45,7 +72,7 @@ function missing(e: unknown): boolean {
  * 5 GB, above the media server's own size limit).
  */
 export function s3BlobStore(options: S3BlobStoreOptions): BlobStore {
-  const s3 = options.client ?? new S3Client(options.config ?? {});
+  const s3: S3ClientLike = options.client ?? new S3Client(options.config ?? {});
   const owned = !options.client;
   const prefix = options.prefix ?? 'postbox/';
   const key = (id: string) => {
