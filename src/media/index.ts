@@ -13,10 +13,18 @@ export {
   MAX_THUMBNAIL_BYTES,
 } from './ref.js';
 export type { MediaRef } from './ref.js';
-export { decryptMedia, encryptMedia } from './stream.js';
-export type { DecryptExpect, EncryptSummary } from './stream.js';
-export { blobSource, bytesSource } from './transfer.js';
-export type { DownloadOptions, MediaSource } from './transfer.js';
+export { decryptMedia, encryptMedia, freshSecret } from './stream.js';
+export type { DecryptExpect, EncryptCheckpoint, EncryptSummary, MediaSecret } from './stream.js';
+export {
+  ackMedia,
+  attachMedia,
+  blobSource,
+  bytesSource,
+  downloadCipher,
+  downloadPlain,
+  uploadMedia,
+} from './transfer.js';
+export type { DownloadOptions, MediaSource, UploadOptions, UploadProgress } from './transfer.js';
 export type { MediaEndpoint } from './http.js';
 export { mediaBackoff } from './http.js';
 export { MediaClient, mediaClient } from './client.js';

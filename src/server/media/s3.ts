@@ -26,7 +26,6 @@ export type { BlobStore, BlobRange } from './blob-store.js';
  */
 export interface S3ClientLike {
   /** Sends a command. */
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
   send(command: any, options?: { abortSignal?: AbortSignal }): Promise<any>;
   /** Releases the client's sockets. */
   destroy(): void;
