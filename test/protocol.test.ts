@@ -304,7 +304,8 @@ describe('the wire protocol', () => {
   });
 
   it('every id field of every frame follows the one id rule (seeded, generated ids)', () => {
-    const types = (u: typeof clientFrame | typeof serverFrame) => u.def.options.map((o) => o.def.shape.t.def.values[0]!);
+    const types = (u: typeof clientFrame | typeof serverFrame) =>
+      u.def.options.map((o) => o.def.shape.t.def.values[0]!);
     expect(new Set([...Object.keys(ID_FIELDS), ...NO_IDS])).toEqual(
       new Set([...types(clientFrame), ...types(serverFrame)]),
     );
