@@ -2,7 +2,6 @@
  * Opening the IndexedDB client store's database, and what its failures mean to the app: the
  * schema upgrade, a newer tab's upgrade waiting on this one, the browser closing the database
  * (site data cleared), the quota. Internal to `postbox/client/indexeddb`.
- * @internal
  * @packageDocumentation
  */
 import { wrap } from 'idb';

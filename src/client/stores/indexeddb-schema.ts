@@ -2,7 +2,6 @@
  * The IndexedDB client store's schema: its versions (one upgrade step each), its records and
  * their mapping to the contract's types. Internal to `postbox/client/indexeddb` (see that
  * module's header for the overview).
- * @internal
  * @packageDocumentation
  */
 import type { IDBPDatabase, IDBPTransaction } from 'idb';

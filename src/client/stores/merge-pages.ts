@@ -1,7 +1,6 @@
 /**
  * The history page of a store that keeps received and sent messages apart (SQLite tables,
  * IndexedDB object stores): each side's page, already newest first, merged by position.
- * @internal
  * @packageDocumentation
  */
 import type { HistoryRecord, InboundMessage, OutboxEntry } from '../store.js';
