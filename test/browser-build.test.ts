@@ -25,6 +25,7 @@ describe('the client core is browser-safe', () => {
     'src/protocol/index.ts',
     'src/transport/memory.ts',
     'src/client/stores/memory.ts',
+    'src/client/stores/indexeddb.ts',
     'src/transport/websocket-client.ts',
     'src/crypto/index.ts', // not src/crypto/libsignal.ts: Node/Electron only
   ]) {
