@@ -45,6 +45,7 @@ serve options (flag, environment variable, default):
   --trace-days N            POSTBOX_TRACE_DAYS            7 (how long the delivery trace keeps its events; 0 turns it off)
   --media-dir DIR           POSTBOX_MEDIA_DIR             DATA-media (media blobs at http://HOST:PORT/media; with --store, off unless set; 'off' turns it off)
   --max-upload-mb N         POSTBOX_MAX_UPLOAD_MB         2048 (largest media file)
+  --static DIR              POSTBOX_STATIC                (none) also serve DIR's files over HTTP, e.g. the web chat example (local play only)
 `;
 
 function env(name: string): string | undefined {
@@ -93,6 +94,7 @@ async function serve(argv: string[]): Promise<void> {
       'trace-days': { type: 'string' },
       'media-dir': { type: 'string' },
       'max-upload-mb': { type: 'string' },
+      static: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -167,6 +169,8 @@ async function serve(argv: string[]): Promise<void> {
       15000,
     );
   }
+  const staticDir = values.static ?? env('POSTBOX_STATIC');
+  if (staticDir !== undefined) options.static = staticDir;
   const pushWebhook = values['push-webhook'] ?? env('POSTBOX_PUSH_WEBHOOK');
   if (pushWebhook !== undefined) options.pushWebhook = pushWebhook;
   const secret = values.secret ?? env('POSTBOX_SECRET');

@@ -11,6 +11,7 @@ import { websocketServerTransport } from '../transport/websocket.js';
 import { jsonLogger, type LogLevel } from './log.js';
 import { openServeTrace } from './trace.js';
 import { openServeMedia, type ServeMedia } from './media.js';
+import { staticFiles } from './static.js';
 
 /** Settings of `postbox serve`; each has a flag and an environment variable (see `postbox serve --help`). */
 export interface ServeOptions {
@@ -70,6 +71,11 @@ export interface ServeOptions {
   mediaDir?: string | false;
   /** Largest media upload, in MiB of plaintext. @default 2048 */
   maxUploadMb?: number;
+  /**
+   * A directory whose files the HTTP port also serves (`/` is its `index.html`), for local play
+   * with a web client such as examples/web. Not a production file server. @default none
+   */
+  static?: string;
 }
 
 /** A running `postbox serve`. */
@@ -170,6 +176,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
       )
     : undefined;
   let ready = false;
+  const files = options.static === undefined ? undefined : staticFiles(options.static);
   const http = createHttpServer((req, res) => {
     if (media?.handler.handle(req, res)) return;
     if (req.url === '/metrics') {
@@ -194,9 +201,15 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
         .writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' })
         .end(ok ? 'ready\n' : health.ok ? 'not ready\n' : 'not ready: store failing\n');
     } else {
-      res
-        .writeHead(404, { 'content-type': 'text/plain' })
-        .end('postbox: connect with WebSocket at the configured path\n');
+      const notFound = () =>
+        res
+          .writeHead(404, { 'content-type': 'text/plain' })
+          .end('postbox: connect with WebSocket at the configured path\n');
+      if (!files) return notFound();
+      files(req, res).then(
+        (served) => served || notFound(),
+        () => res.writeHead(500).end(),
+      );
     }
   });
   const transport = websocketServerTransport({
