@@ -41,7 +41,7 @@ const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   typn: { code: 21, fields: ['f', 'fd', 'on', 'to', 'g'] },
   keys: { code: 22, fields: ['r', 'rid', 'ik', 'spk', 'lrk', 'pk', 'kpk'] },
   kget: { code: 23, fields: ['r', 'u', 'd'] },
-  kb: { code: 24, fields: ['r', 'b'] },
+  kb: { code: 24, fields: ['r', 'b', 'w'] },
   klow: { code: 25, fields: ['pk', 'kpk'] },
   ptok: { code: 26, fields: ['r', 'k', 'tok'] },
 };

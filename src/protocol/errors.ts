@@ -43,6 +43,12 @@ export const ERROR_CODES = {
    * message within the server's retention period, and the server dropped it.
    */
   expired: { retryable: false },
+  /**
+   * Client-side, never on the wire (end-to-end encryption): the recipient has registered devices
+   * but none published keys within the wait allowed (`keyWaitMs` for a held send, `timeoutMs` for
+   * `keysReady`), so there is nothing to encrypt to.
+   */
+  no_keys: { retryable: false },
 } as const satisfies Record<string, { retryable: boolean }>;
 
 /** One of the closed set of postbox error codes. */

@@ -229,7 +229,8 @@ export const errFrame = z.object({
 
 /**
  * Bundles claimed by `kget` `r`: `[user, device, registration id, identity key, signed prekey,
- * Kyber prekey, one-time EC prekey?]` each.
+ * Kyber prekey, one-time EC prekey?]` each. `w` lists the users asked for that have registered
+ * devices but none with keys yet: worth waiting for (a user in neither is not registered).
  */
 export const keyBundlesFrame = z.object({
   t: z.literal('kb'),
@@ -237,6 +238,7 @@ export const keyBundlesFrame = z.object({
   b: z
     .array(z.tuple([user, device, registrationId, keyBytes, wireSignedKey, wireSignedKey]).rest(wirePreKey))
     .max(MAX_KEY_USERS * MAX_ENVELOPES),
+  w: z.array(user).max(MAX_KEY_USERS).optional(),
 });
 
 /**

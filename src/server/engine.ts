@@ -1152,12 +1152,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       return;
     }
     const bundles: KeyBundle[] = [];
+    // Users with registered devices but no keys yet: the sender holds its message for them.
+    const keyless: string[] = [];
     try {
       for (const user of users) {
         const oneTime = (device: string) => this.limits.oneTimeKey(claimer, user, device, this.clock.now());
-        bundles.push(
-          ...(await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime })),
-        );
+        const got = await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime });
+        bundles.push(...got);
+        if (got.length === 0 && f.d === undefined && (await this.store.devices(user)).length > 0) {
+          keyless.push(user);
+        }
       }
     } catch (e) {
       this.log.error('key claim failed', e);
@@ -1180,6 +1184,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         if (b.preKey) t.push([b.preKey.id, b.preKey.key]);
         return t;
       }),
+      ...(keyless.length > 0 ? { w: keyless } : {}),
     });
     for (const b of bundles) void this.checkKeySupply(b);
   }
