@@ -79,8 +79,8 @@ describe('sends to recipients without keys', () => {
     const carol = await world.device('carol');
     await world.server.registerDevice('bob', 'phone');
     await wait(world, 500);
-    const toBob = [];
-    const toCarol = [];
+    const toBob: string[] = [];
+    const toCarol: string[] = [];
     for (let i = 0; i < 5; i++) {
       toBob.push(await alice.client.send('bob', text(`bob ${i}`)));
       toCarol.push(await alice.client.send('carol', text(`carol ${i}`)));
