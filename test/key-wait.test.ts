@@ -99,6 +99,20 @@ describe('sends to recipients without keys', () => {
     await until(world, () => toBob.every((id) => alice.statusOf(id) === 'delivered'));
   });
 
+  it('a held send goes as soon as the recipient publishes keys, without waiting for the next ask', async () => {
+    world = await signal();
+    const alice = await world.device('alice');
+    await world.server.registerDevice('bob', 'phone');
+    await wait(world, 500);
+    const id = await alice.client.send('bob', text('one'));
+    // Long enough for the asks to be a minute apart.
+    await wait(world, 70_000);
+    expect(alice.statusOf(id)).toBe('pending');
+    const bob = await world.device('bob');
+    // The server tells alice's session (kr) when bob's keys arrive: well before the next ask.
+    await until(world, () => texts(bob).includes('one'), 10_000);
+  });
+
   it('a held send waits across a reconnect and still goes in order', async () => {
     world = await signal();
     const alice = await world.device('alice');

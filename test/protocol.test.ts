@@ -75,7 +75,9 @@ const ID_FIELDS: Record<string, Array<[string, IdKind]>> = {
   kb: [
     ['b.*.0', 'user'],
     ['b.*.1', 'device'],
+    ['w.*', 'user'],
   ],
+  kr: [['u', 'user']],
 };
 /** Frame types that carry no user, device or group id. */
 const NO_IDS = ['ack', 'ping', 'pong', 'ok', 'keys', 'ptok', 'lnk', 'lcode', 'klow'];
@@ -204,7 +206,9 @@ const serverFrames: ServerFrame[] = [
     ],
   },
   { t: 'kb', r: 14, b: [] },
+  { t: 'kb', r: 15, b: [], w: ['bob', 'dave'] },
   { t: 'klow', pk: 3, kpk: 0 },
+  { t: 'kr', u: 'bob' },
 ];
 
 describe('the wire protocol', () => {

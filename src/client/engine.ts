@@ -1196,6 +1196,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         return this.onErr(frame.r, errorOf(frame));
       case 'kb':
         return this.onKeyBundles(frame);
+      case 'kr':
+        return this.keyWait?.published(frame.u);
       case 'klow':
         if (this.e2ee) {
           const e2ee = this.e2ee;

@@ -71,6 +71,8 @@ export class KeyWait {
   private readonly waiters = new Map<string, Set<(error?: unknown) => void>>();
   private timer: TimerHandle | undefined;
   private probing = false;
+  /** Users the server said published keys while an ask was out: asked again at once after it. */
+  private readonly hinted = new Set<string>();
 
   constructor(
     private readonly io: KeyWaitIo,
@@ -123,6 +125,15 @@ export class KeyWait {
   /** The outbox was reloaded from the store: the held items are in it again, and are held again as they come. */
   requeued(): void {
     this.held.clear();
+  }
+
+  /** The server says a device of `user` has just published keys (`kr`): asks at once. */
+  published(user: string): void {
+    const w = this.waited.get(user);
+    if (!w) return;
+    if (this.probing) this.hinted.add(user);
+    w.next = this.now();
+    this.schedule();
   }
 
   /** The connection opened: asks that fell due while offline go now. */
@@ -257,9 +268,14 @@ export class KeyWait {
       }
       const w = this.waited.get(u);
       if (!w) continue;
+      if (this.hinted.delete(u)) {
+        w.next = now;
+        continue;
+      }
       w.attempt++;
       w.next = now + Math.min(KEY_PROBE_MAX_MS, KEY_PROBE_BASE_MS * 2 ** Math.min(w.attempt, 20));
     }
+    this.hinted.clear();
     this.schedule();
   }
 

@@ -36,7 +36,9 @@ const bytes = z.pipe(
 );
 
 /** A public key on the wire (EC keys are 33 bytes, Kyber-1024 keys 1,569). */
-const keyBytes = bytes.check(z.refine((v) => v.byteLength >= 1 && v.byteLength <= 2048, 'key of 1-2048 bytes'));
+const keyBytes = bytes.check(
+  z.refine((v) => v.byteLength >= 1 && v.byteLength <= 2048, 'key of 1-2048 bytes'),
+);
 const signature = bytes.check(
   z.refine((v) => v.byteLength >= 1 && v.byteLength <= 128, 'signature of 1-128 bytes'),
 );
@@ -89,7 +91,9 @@ export const sendFrame = z
      * device of `to` and per other device of the sender (then `b` is empty).
      */
     e: z.optional(
-      z.array(z.tuple([user, device, registrationId, bytes])).check(z.minLength(1), z.maxLength(MAX_ENVELOPES)),
+      z
+        .array(z.tuple([user, device, registrationId, bytes]))
+        .check(z.minLength(1), z.maxLength(MAX_ENVELOPES)),
     ),
   })
   .check(z.refine(toMatchesG, TO_MATCHES_G));
@@ -255,6 +259,15 @@ export const keysLowFrame = z.object({
 });
 
 /**
+ * A device of user `u` has just published keys. Sent to the sessions that claimed `u`'s keys and
+ * got none; only a hint (the client claims again with `kget`).
+ */
+export const keysReadyFrame = z.object({
+  t: z.literal('kr'),
+  u: user,
+});
+
+/**
  * An inbox entry carrying a message. `to` is present only when it differs from the receiving
  * user (a copy of one's own message sent from another device).
  */
@@ -366,6 +379,7 @@ export const serverFrame = z.discriminatedUnion('t', [
   typingNoticeFrame,
   keyBundlesFrame,
   keysLowFrame,
+  keysReadyFrame,
 ]);
 
 export type HelloFrame = z.infer<typeof helloFrame>;
@@ -395,6 +409,7 @@ export type KeysFrame = z.infer<typeof keysFrame>;
 export type KeyGetFrame = z.infer<typeof keyGetFrame>;
 export type KeyBundlesFrame = z.infer<typeof keyBundlesFrame>;
 export type KeysLowFrame = z.infer<typeof keysLowFrame>;
+export type KeysReadyFrame = z.infer<typeof keysReadyFrame>;
 export type PushTokenFrame = z.infer<typeof pushTokenFrame>;
 /** A frame a client sends. */
 export type ClientFrame = z.infer<typeof clientFrame>;

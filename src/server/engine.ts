@@ -38,6 +38,7 @@ import { noMetrics, type ServerMetrics } from './metrics.js';
 import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
 import type { PushProvider, PushToken } from './push/types.js';
 import { isPendingDevice } from './users.js';
+import { KeyWaiters } from './key-waiters.js';
 import type {
   AppendInput,
   DeviceAddress,
@@ -347,6 +348,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
   private readonly sessions = new Map<string, Session>();
+  /** Sessions that claimed a user's keys and got none: told (`kr`) when that user publishes keys. */
+  private readonly keyWaiters = new KeyWaiters();
   private readonly connections = new Set<Session>();
   private readonly transports: ServerTransport[] = [];
   private commitQueue: PendingCommit[] = [];
@@ -1136,6 +1139,12 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       return;
     }
     session.send({ t: 'ok', r: f.r });
+    // A first upload (or a rotation) carries the signed prekey: whoever waited can write now.
+    if (f.spk) {
+      for (const k of this.keyWaiters.take(session.addr!.user)) {
+        this.sessions.get(k)?.send({ t: 'kr', u: session.addr!.user });
+      }
+    }
   }
 
   /**
@@ -1159,8 +1168,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         const oneTime = (device: string) => this.limits.oneTimeKey(claimer, user, device, this.clock.now());
         const got = await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime });
         bundles.push(...got);
-        if (got.length === 0 && f.d === undefined && (await this.store.devices(user)).length > 0) {
-          keyless.push(user);
+        if (got.length === 0 && f.d === undefined) {
+          this.keyWaiters.add(user, keyOf(session.addr!));
+          if ((await this.store.devices(user)).length > 0) keyless.push(user);
         }
       }
     } catch (e) {
