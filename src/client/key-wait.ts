@@ -7,7 +7,7 @@
  * a growing wait (one `kget` for every user waited on), and the held items go back into the
  * outbox as soon as a device of the user has keys; an item held longer than `keyWaitMs` fails
  * with `no_keys`. `keysReady(user)` waits the same way, for the app.
- * @internal
+ * @packageDocumentation
  */
 import { PostboxError } from '../protocol/index.js';
 import type { Clock, TimerHandle } from '../util/clock.js';
@@ -24,7 +24,7 @@ const MEMORY = 4096;
 /** Most users asked for in one probe (one `kget`). */
 const PROBE_BATCH = 64;
 
-/** Options of {@link KeyWait.keysReady} (and `PostboxClient.keysReady`). */
+/** Options of `PostboxClient.keysReady`. */
 export interface KeysReadyOptions {
   /** Rejects with the signal's reason when it aborts. */
   signal?: AbortSignal;
@@ -32,7 +32,7 @@ export interface KeysReadyOptions {
   timeoutMs?: number;
 }
 
-/** What the engine lends the key wait. */
+/** What the engine lends the key wait. @internal */
 export interface KeyWaitIo {
   clock: Clock;
   /** Whether the directory can be asked now (the connection is open). */
@@ -59,7 +59,7 @@ interface Waited {
   next: number;
 }
 
-/** The held items and the asks for keys of one client. */
+/** The held items and the asks for keys of one client. @internal */
 export class KeyWait {
   /** Held items per recipient user, in outbox order. */
   private readonly held = new Map<string, OutboxEntry[]>();
