@@ -44,7 +44,8 @@ const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   kb: { code: 24, fields: ['r', 'b', 'w'] },
   klow: { code: 25, fields: ['pk', 'kpk'] },
   ptok: { code: 26, fields: ['r', 'k', 'tok'] },
-  kr: { code: 27, fields: ['u'] },
+  gap: { code: 27, fields: ['o', 'why', 's', 'ts'] },
+  kr: { code: 28, fields: ['u'] },
 };
 const BY_CODE: Array<{ t: string; fields: readonly string[] } | undefined> = [];
 for (const [t, l] of Object.entries(LAYOUT)) BY_CODE[l.code] = { t, fields: l.fields };

@@ -44,6 +44,12 @@ export const ERROR_CODES = {
    */
   expired: { retryable: false },
   /**
+   * Client-side (never on the wire): the client store's storage is full (a browser's quota for the
+   * origin, or the disk). Nothing of the write was kept, so nothing is half-stored: a `send` that
+   * rejects with it was not queued. Retrying helps only once space is freed.
+   */
+  storage_full: { retryable: false },
+  /**
    * Client-side, never on the wire (end-to-end encryption): the recipient has registered devices
    * but none published keys within the wait allowed (`keyWaitMs` for a held send, `timeoutMs` for
    * `keysReady`), so there is nothing to encrypt to.
