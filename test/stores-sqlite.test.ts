@@ -359,7 +359,7 @@ describe('sqlite server store', () => {
     const ticker = setInterval(() => ticks++, 0);
     const res = await store.expire(2000, 9000);
     clearInterval(ticker);
-    expect(res).toEqual({ count: 2 * messages, notify: [alice1] });
+    expect(res).toMatchObject({ count: 2 * messages, notify: [alice1] });
     expect(log.begins).toBeGreaterThanOrEqual((2 * messages) / 1000); // each step its own transaction
     expect(ticks).toBeGreaterThan(0); // the event loop ran between steps
     const told = (await store.readInbox(alice1, 0, 1_000_000)).flatMap((e) =>
@@ -493,7 +493,7 @@ describe('sqlite server store', () => {
       ['fresh', 1001, undefined],
     ]);
     // 'told' was delivered before the upgrade: acking it tells nobody again; 'fresh' was not.
-    expect(await store.ack(bob2, [1, 2], 2000)).toEqual({ count: 2, notify: [alice1] });
+    expect(await store.ack(bob2, [1, 2], 2000)).toMatchObject({ count: 2, notify: [alice1] });
     const statuses = (await store.readInbox(alice1, 0, 10)).flatMap((e) =>
       e.kind === 'status' ? e.ids : [],
     );
@@ -573,7 +573,7 @@ describe('sqlite server store', () => {
       { ok: true, ts: 1001, duplicate: true, notify: [] },
     ]);
     // 'told' was delivered before the upgrade: acking it tells nobody again; 'fresh' was not.
-    expect(await store.ack(bob2, [2, 3], 2000)).toEqual({ count: 2, notify: [alice1] });
+    expect(await store.ack(bob2, [2, 3], 2000)).toMatchObject({ count: 2, notify: [alice1] });
     // Devices registered before the upgrade publish keys and receive end-to-end encrypted messages.
     expect(await store.claimKeys('bob')).toEqual([]);
     await store.putKeys(alice1, keys(1));
