@@ -384,6 +384,8 @@ interface EntryRow {
   message: number | null;
   from_user: string | null;
   msg_id: string | null;
+  /** Inbox entries still referencing the message (ack). */
+  refs?: number | null;
 }
 
 /** An ack waiting for the next group commit. */
@@ -493,13 +495,14 @@ export function sqliteServerStore(
        ORDER BY i.pos LIMIT ?`,
     ),
     entryGet: q(
-      `SELECT i.dev, i.pos, i.message, m.from_user, m.msg_id
+      `SELECT i.dev, i.pos, i.message, m.from_user, m.msg_id, m.refs
        FROM inbox i LEFT JOIN messages m ON m.id = i.message WHERE i.dev = ? AND i.pos = ?`,
     ),
     entryDelete: q('DELETE FROM inbox WHERE dev = ? AND pos = ?'),
     inboxDelete: q('DELETE FROM inbox WHERE dev = ?'),
     /** Marks (message, user) as told; `changes` is 0 when it already was (delivered once). */
     markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
+    isDelivered: q('SELECT 1 AS x FROM delivered WHERE message = ? AND user = ?'),
     expiredEntries: q(
       `SELECT i.dev, i.pos, i.message, d.user AS owner, m.from_user, m.msg_id
        FROM inbox i
@@ -941,10 +944,15 @@ export function sqliteServerStore(
     for (const offset of a.offsets) {
       const e = sql.entryGet.get(row.id, offset) as EntryRow | undefined;
       if (!e) continue;
-      // Marked before the delete: the delete may take the message (and its marks) with it.
+      // Marked before the delete: the delete may take the message (and its marks) with it. The
+      // last entry of a message (a 1:1 message to one device) only looks: its mark would go with
+      // the message in the same transaction, a row written and deleted for nothing.
       if (e.message !== null && e.from_user !== null && e.from_user !== user) {
-        if (sql.markDelivered.run(e.message, user).changes === 1)
-          queueStatus(delivered, e.from_user, user, e.msg_id!);
+        const fresh =
+          e.refs === 1
+            ? sql.isDelivered.get(e.message, user) === undefined
+            : sql.markDelivered.run(e.message, user).changes === 1;
+        if (fresh) queueStatus(delivered, e.from_user, user, e.msg_id!);
       }
       sql.entryDelete.run(row.id, offset);
       count++;
