@@ -84,6 +84,7 @@ export function walCheckpointer(
   const capFrames = options.capFrames ?? 8192;
   db.exec('PRAGMA wal_autocheckpoint = 0');
   let worker: Worker | undefined;
+  let exited: Promise<void> | undefined;
   let failed = false;
   let closed = false;
   let running = false;
@@ -92,9 +93,13 @@ export function walCheckpointer(
   let timer: ReturnType<typeof setTimeout> | undefined;
 
   const fallBack = (): void => {
-    if (failed) return;
+    if (failed || closed) return;
     failed = true;
-    db.exec('PRAGMA wal_autocheckpoint = 1000');
+    try {
+      db.exec('PRAGMA wal_autocheckpoint = 1000');
+    } catch {
+      // The connection is going away; nothing to checkpoint for.
+    }
     void worker?.terminate();
     worker = undefined;
   };
@@ -129,6 +134,13 @@ export function walCheckpointer(
     worker.unref(); // never what keeps a process alive
     worker.on('message', onReply);
     worker.on('error', fallBack);
+    const w = worker;
+    exited = new Promise<void>((resolve) =>
+      w.once('exit', () => {
+        if (!closed) fallBack(); // gone without being asked: SQLite checkpoints again
+        resolve();
+      }),
+    );
     return worker;
   };
 
@@ -165,10 +177,8 @@ export function walCheckpointer(
       worker = undefined;
       if (!w || failed) return;
       // Messages are handled in order: the worker finishes a checkpoint under way, then closes.
-      await new Promise<void>((resolve) => {
-        w.once('exit', () => resolve());
-        w.postMessage('close');
-      });
+      w.postMessage('close');
+      await exited;
     },
   };
 }
