@@ -24,6 +24,8 @@ export async function start({ store: kind = 'memory', dataDir, preRegister, link
     store,
     authenticate: (cred) => ({ user: cred, device: 'd' }),
     ...(linking ? { linking } : {}),
+    // The delivery trace is on by default (a memory ring); trace-cost turns it off to price it.
+    ...(trace === false ? { trace: false } : {}),
   });
   server.on('error', (e) => process.stderr.write(`postbox server error: ${e?.stack ?? e}\n`));
   // The idle scenario opens ~19k connections from one address.
