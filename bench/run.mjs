@@ -136,7 +136,7 @@ const SCENARIOS = {
         ? { firstWarmupMs: 800, warmupMs: 400, measureMs: 1200 }
         : { firstWarmupMs: 2000, warmupMs: 1000, measureMs: 3000 }),
     },
-    serverOptions: { trace: true },
+    serverOptions: { timelines: true },
     timeoutMs: 90_000,
   },
   drain: {

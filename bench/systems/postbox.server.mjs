@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs';
 import { createServer } from 'postbox/server';
 import { websocketServerTransport } from 'postbox/transport/websocket';
 
-export async function start({ store: kind = 'memory', dataDir, preRegister, linking, trace }) {
+export async function start({ store: kind = 'memory', dataDir, preRegister, linking, trace, timelines }) {
   let store;
   if (kind === 'sqlite') {
     const { sqliteServerStore } = await import('postbox/server/sqlite');
@@ -18,7 +18,7 @@ export async function start({ store: kind = 'memory', dataDir, preRegister, link
     store = memoryServerStore();
   }
   // latency-light: per-message timelines (postbox.trace.mjs).
-  const traced = trace ? (await import('./postbox.trace.mjs')).instrument(store) : undefined;
+  const traced = timelines ? (await import('./postbox.trace.mjs')).instrument(store) : undefined;
   if (traced) store = traced.store;
   const server = createServer({
     store,
