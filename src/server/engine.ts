@@ -1272,6 +1272,25 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     }
   }
 
+  /**
+   * @internal Pushes the entries a store call says it wrote ({@link NotifyResult.entries}) to the
+   * sessions here that can take them at once, and rings every other device of the result.
+   */
+  deliverWritten(res: NotifyResult): void {
+    if (!res.entries) return this.ring(res.notify);
+    const ring: DeviceAddress[] = [];
+    const seen = new Map<string, boolean>(); // device → all its entries so far went out
+    for (const { device, entry } of res.entries) {
+      const k = keyOf(device);
+      if (seen.get(k) === false) continue; // an earlier entry could not go: the read takes them all
+      const sent = this.sessions.get(k)?.offer(entry) ?? false;
+      seen.set(k, sent);
+      if (!sent) ring.push(device);
+    }
+    for (const d of res.notify) if (!seen.has(keyOf(d))) ring.push(d);
+    this.ring(ring);
+  }
+
   /** @internal */
   ring(devices: DeviceAddress[]): void {
     if (devices.length > 0) this.metrics.doorbell(devices.length);
@@ -1822,7 +1841,7 @@ class Session {
     try {
       const res = await this.server.store.ack(this.addr!, offsets, this.server.clock.now());
       this.server.metrics.acked(res.count);
-      this.server.ring(res.notify);
+      this.server.deliverWritten(res);
     } catch (e) {
       this.server.reportStoreFailure(e, [this]);
       return;
