@@ -2,6 +2,7 @@ import { EventEmitter } from 'eventemitter3';
 import {
   CLOSE_CODES,
   DEFAULT_MAX_FRAME_BYTES,
+  DEFAULT_MAX_PRE_HELLO_FRAME_BYTES,
   assertDeviceId,
   assertUserId,
   MIN_PROTOCOL_VERSION,
@@ -120,6 +121,12 @@ export interface ServerOptions {
   expiryIntervalMs?: number;
   /** Largest frame accepted, checked before decoding. @default 262144 */
   maxFrameBytes?: number;
+  /**
+   * Largest frame accepted before the session is authenticated (its `hello`, and a linking
+   * device's pings), checked before decoding: a bigger one gets `too_large` and close code 1009.
+   * An unauthenticated peer has no business sending more than its credentials. @default 16384
+   */
+  maxPreHelloFrameBytes?: number;
   /** Largest message body. @default 65536 */
   maxBodyBytes?: number;
   /** Unacked deliveries in flight per connection (flow control for slow links). @default 64 */
@@ -415,6 +422,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       retentionMs: options.retentionMs ?? 30 * 24 * 3600_000,
       expiryIntervalMs: options.expiryIntervalMs ?? 3600_000,
       maxFrameBytes: options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+      maxPreHelloFrameBytes: options.maxPreHelloFrameBytes ?? DEFAULT_MAX_PRE_HELLO_FRAME_BYTES,
       maxBodyBytes: options.maxBodyBytes ?? 64 * 1024,
       deliveryWindow: options.deliveryWindow ?? 64,
       maxPendingSends: options.maxPendingSends ?? 256,
@@ -1555,7 +1563,10 @@ class Session {
     }
     let frame: ClientFrame;
     try {
-      frame = decodeClientFrame(data, this.server.opts.maxFrameBytes);
+      // Before authentication only a hello-sized frame is decoded at all (issue 22).
+      const max =
+        this.state === 'open' ? this.server.opts.maxFrameBytes : this.server.opts.maxPreHelloFrameBytes;
+      frame = decodeClientFrame(data, max);
     } catch (e) {
       const err = isPostboxError(e)
         ? e
