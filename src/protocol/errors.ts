@@ -133,6 +133,12 @@ export const CLOSE_CODES = {
   rateLimited: 4003,
   /** No protocol version in common. */
   unsupportedVersion: 4004,
+  /**
+   * The server's send queues (all connections together) were over their bound and this connection
+   * had the most bytes queued: it read too slowly. Reconnect after a backoff; what was not yet
+   * delivered waits in the inbox. A reader that is not reading at all sees a reset (1006) instead.
+   */
+  slowReader: 4008,
   /** This device was unlinked from its user; reconnecting needs linking again. */
   unlinked: 4005,
   /** The link code shown by a device awaiting approval expired unused; reconnect for a new one. */

@@ -4,7 +4,8 @@
  * few nanoseconds per value and allocates nothing, and it refuses what postbox frames never
  * contain and what makes a decoder expensive:
  *
- * - **extension types** (`fixext`, `ext 8/16/32`): msgpackr decodes some of them into objects
+ * - **extension types** (`fixext`, `ext 8/16/32`; all but msgpackr's 3-byte `undefined`, fixext 1
+ *   of type 0, which a nested optional field left undefined encodes to): msgpackr decodes some of them into objects
  *   (an `Error` ext builds an Error and captures a stack trace; records redefine how later bytes
  *   decode), so a frame full of them cost 0.2–0.5 s of CPU before authentication (issue 22);
  * - the never-used byte `0xc1`;
@@ -36,8 +37,8 @@ for (const [bytes, header] of [
 }
 
 /**
- * Checks that `data` is exactly one msgpack value made only of nil, booleans, numbers, strings,
- * binaries, arrays and maps, with lengths that fit the bytes. Returns undefined when it is, else
+ * Checks that `data` is exactly one msgpack value made only of nil, undefined, booleans, numbers,
+ * strings, binaries, arrays and maps, with lengths that fit the bytes. Returns undefined when it is, else
  * why not (a short phrase for an error message).
  */
 export function scanMsgpack(data: Uint8Array, maxDepth = MAX_SCAN_DEPTH): string | undefined {
@@ -74,6 +75,10 @@ export function scanMsgpack(data: Uint8Array, maxDepth = MAX_SCAN_DEPTH): string
         else skip = n;
       } else if (header < 0) {
         skip = -header; // fixed-size numbers
+      } else if (b === 0xd4 && p < end && data[p] === 0) {
+        // fixext 1 of type 0: msgpackr's `undefined` (a nested optional field left undefined),
+        // decoded to nothing at no cost.
+        skip = 2;
       } else if (b === 0xc1) {
         return 'the never-used byte 0xc1';
       } else if ((b >= 0xc7 && b <= 0xc9) || (b >= 0xd4 && b <= 0xd8)) {

@@ -33,6 +33,7 @@ import { performance } from 'node:perf_hooks';
 import { deviceKey } from './cluster/common.js';
 import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
 import { BoundedMap, Limits } from './limits.js';
+import { RateLimitedLog } from './client-log.js';
 import { memoryTraceStore, Tracer, type TraceEvent, type TraceStore } from './trace.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
@@ -400,6 +401,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly offlineChecks = new Map<string, { timer: TimerHandle; run: () => Promise<void> }>();
   /** @internal handshakes in progress. */
   handshakes = 0;
+  /** @internal client-caused warnings, a few lines per device or user per minute. */
+  readonly clientLog: RateLimitedLog;
   /** @internal the per-user and per-device limits (see limits.ts). */
   readonly limits: Limits;
   private readonly health: StoreHealthMonitor;
@@ -445,6 +448,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       storeProbeMs: options.storeProbeMs ?? 1000,
     };
     this.limits = new Limits(this.opts);
+    this.clientLog = new RateLimitedLog(this.log, () => this.clock.now());
     this.health = new StoreHealthMonitor({
       store: this.store,
       clock: this.clock,
@@ -477,6 +481,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
    */
   trace(id: string): Promise<TraceEvent[]> {
     return this.tracer.query(id);
+  }
+
+  /** Client-caused warning lines not logged for being over the rate (see docs/security.md). */
+  get clientLogDropped(): number {
+    return this.clientLog.dropped;
   }
 
   /** Number of open connections (authenticated or not). */
@@ -1139,7 +1148,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       await this.store.putKeys(session.addr!, upload);
     } catch (e) {
       // A first upload without a signed prekey, or a store fault: the device retries.
-      this.log.warn('key upload refused', e);
+      this.clientLog.warn(keyOf(session.addr!), 'key upload refused', e);
       session.sendError('invalid_frame', 'key upload refused', f.r);
       return;
     }
@@ -1646,7 +1655,9 @@ class Session {
           return;
         }
         // Ephemeral: a store that cannot say who is in the group drops the notice, nothing more.
-        this.server.typing(this, frame).catch((e) => this.server.log.warn('typing notice dropped', e));
+        this.server
+          .typing(this, frame)
+          .catch((e) => this.server.clientLog.warn(this.addr!.user, 'typing notice dropped', e));
         return;
       }
       case 'rcpt':
