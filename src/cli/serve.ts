@@ -12,6 +12,7 @@ import { timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { jsonLogger, type LogLevel } from './log.js';
 import { openServeTrace } from './trace.js';
+import { staticFiles } from './static.js';
 
 /** Settings of `postbox serve`; each has a flag and an environment variable (see `postbox serve --help`). */
 export interface ServeOptions {
@@ -82,6 +83,11 @@ export interface ServeOptions {
    * in the PostgreSQL schema); 0 turns the trace off. @default 7
    */
   traceDays?: number;
+  /**
+   * A directory whose files the HTTP port also serves (`/` is its `index.html`), for local play
+   * with a web client such as examples/web. Not a production file server. @default none
+   */
+  static?: string;
 }
 
 /** A running `postbox serve`. */
@@ -168,6 +174,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
       : undefined;
   const metrics = await prometheusMetrics();
   let ready = false;
+  const files = options.static === undefined ? undefined : staticFiles(options.static);
   const serveMetrics = (res: ServerResponse) => {
     if (!metrics) {
       res
@@ -196,9 +203,15 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
         .writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' })
         .end(ok ? 'ready\n' : health.ok ? 'not ready\n' : 'not ready: store failing\n');
     } else {
-      res
-        .writeHead(404, { 'content-type': 'text/plain' })
-        .end('postbox: connect with WebSocket at the configured path\n');
+      const notFound = () =>
+        res
+          .writeHead(404, { 'content-type': 'text/plain' })
+          .end('postbox: connect with WebSocket at the configured path\n');
+      if (!files || own) return notFound();
+      files(req, res).then(
+        (served) => served || notFound(),
+        () => res.writeHead(500).end(),
+      );
     }
   };
   const headersTimeoutMs = options.headersTimeoutMs ?? 10_000;

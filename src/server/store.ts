@@ -2,16 +2,12 @@
  * The server's storage contract. The store is the source of truth: everything the server
  * engine keeps in memory is a cache or a hint that can be rebuilt from it.
  */
-import type { KeyBundle, KeyUpload } from '../crypto/types.js';
+import type { KeyBundle, KeyUpload } from '../protocol/keys.js';
+import type { DeviceAddress } from './address.js';
 import type { PushToken } from './push/types.js';
 
-export type { KeyBundle, KeyUpload } from '../crypto/types.js';
-
-/** A user's device. */
-export interface DeviceAddress {
-  user: string;
-  device: string;
-}
+export type { KeyBundle, KeyUpload } from '../protocol/keys.js';
+export type { DeviceAddress } from './address.js';
 
 /** Status kinds that travel in inbox entries. */
 export type EntryStatus = 'delivered' | 'read' | 'expired';
