@@ -1192,6 +1192,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         return this.onStatus(frame);
       case 'gev':
         return this.onGroupEvent(frame);
+      case 'gap':
+        // Acked in inbox order with the entries before it.
+        void this.serial(async () => this.ackLater(frame.o));
+        return;
       case 'pres':
         if (this.watched.has(frame.u)) {
           const change: PresenceChange = { user: frame.u, online: frame.on };
