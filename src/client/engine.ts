@@ -17,6 +17,7 @@ import {
   type ClientFrame,
   type DeviceListDifference,
   type ErrFrame,
+  type GapFrame,
   type GroupEventFrame,
   type KeyBundlesFrame,
   type GroupOp,
@@ -29,6 +30,7 @@ import {
 import type { ClientTransport, Connection } from '../transport/types.js';
 import { seededRandom, systemClock, type Clock, type Random, type TimerHandle } from '../util/clock.js';
 import { ulidFactory } from '../util/ulid.js';
+import { GapBook, reasonsOf, walk, type GapEvent, type GapReason, type Range, type Step } from './gaps.js';
 import {
   applyGroupEvent,
   decodeChange,
@@ -156,17 +158,6 @@ export interface StatusChange extends Partial<SendFailure> {
   by?: string;
 }
 
-/** Messages that did not arrive within `gapTimeoutMs`; the held ones after them were released. */
-export interface GapEvent {
-  conv: string;
-  from: string;
-  fromDevice: string;
-  /** First missing sequence number. */
-  fromSeq: number;
-  /** Last missing sequence number. */
-  toSeq: number;
-}
-
 /** Events of {@link PostboxClient}. */
 export interface ClientEvents {
   /**
@@ -177,7 +168,11 @@ export interface ClientEvents {
   message: (message: ReceivedMessage) => void;
   /** A sent message moved forward: pending → sent → delivered → read, or failed / expired. */
   status: (change: StatusChange) => void;
-  /** A gap in a sender's sequence stayed open past `gapTimeoutMs`. */
+  /**
+   * Messages of a sender will not come, and why (`reason`): at once when the server said it
+   * dropped them (`expired`), else once the hole stayed open past `gapTimeoutMs` or
+   * `maxHeldPerStream` (see {@link GapReason}). The held messages after it follow.
+   */
   gap: (gap: GapEvent) => void;
   /** The connection state changed. `error` is set when the change was caused by one. */
   connection: (state: ConnectionState, error?: PostboxError) => void;
@@ -402,6 +397,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly gapTimers = new Map<string, TimerHandle>();
   /** Group streams waiting for messages asked for again (stream key → their sequence numbers). */
   private readonly pins = new Map<string, Set<number>>();
+  /** What the server said it dropped, and group holes skipped without a reason (gaps.ts). */
+  private readonly gapBook: GapBook;
   private pendingAcks: number[] = [];
   private ackTimer: TimerHandle | undefined;
   /** Unsent acks that go out at once: half the server's delivery window. */
@@ -443,6 +440,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     super();
     this.transport = options.transport;
     this.store = options.store;
+    this.gapBook = new GapBook(options.store);
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
     this.ulid = ulidFactory(this.clock, this.random);
@@ -1192,6 +1190,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         return this.onStatus(frame);
       case 'gev':
         return this.onGroupEvent(frame);
+      case 'gap':
+        return this.onGapNotice(frame);
       case 'pres':
         if (this.watched.has(frame.u)) {
           const change: PresenceChange = { user: frame.u, online: frame.on };
@@ -1278,6 +1278,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     for (const { key, value } of await this.store.listState(NS_PINS)) {
       this.pins.set(key, new Set(JSON.parse(new TextDecoder().decode(value)) as number[]));
     }
+    await this.gapBook.load();
     this.heldByKey.clear();
     for (const m of await this.store.held()) {
       const key = streamKey(m.conv, m.from, m.fromDevice);
@@ -1774,7 +1775,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           if (f.seq !== 0 && !(replay && (await this.haveInbound(f, group)))) {
             if (!group && !replay) await e2ee.archive(from);
             await this.enqueueControl(f.f, [2, f.id, f.fd]);
-            if (group) await this.pin(streamKey(group, f.f, f.fd), f.seq);
+            // Pinned 1:1 too: should the new copy never come, the gap says `undecryptable`.
+            const conv = group ?? (f.f === me.user ? (f.to ?? me.user) : f.f);
+            await this.pin(streamKey(conv, f.f, f.fd), f.seq);
           }
           this.ackLater(f.o);
           return;
@@ -1947,11 +1950,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     let next = await this.nextFor(key);
     // In a group a hole in a sender's sequence is never waited for: it is a message the server
     // refused (the sender was no longer a member) or one sent while this user was not in the
-    // group, and the inbox already delivers a sender's messages in commit order.
+    // group, and the inbox already delivers a sender's messages in commit order. A gap notice
+    // that comes later may still explain it (gaps.ts).
+    let passed: Range[] = [];
     if (m.seq > next && isGroupId(m.conv)) {
       // Skip the hole, but not past a message asked for again.
       let first = m.seq;
       for (const s of this.pins.get(key) ?? []) if (s >= next && s < first) first = s;
+      if (first > next) passed = await this.skipHole(key, next, first - 1);
       next = first;
     }
     if (m.seq === next) {
@@ -1962,9 +1968,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         await this.savePins(key, rest);
       }
       const held = this.heldByKey.get(key);
-      const released: InboundMessage[] = [];
-      let n = m.seq + 1;
-      while (held?.has(n)) released.push(held.get(n++)!);
+      const { next: n, steps } = walk(m.seq + 1, held, this.gapBook.dropped(key));
+      const released = steps.flatMap((st) => (st.msg ? [st.msg] : []));
       const { inserted } = await this.store.applyInbound({
         insert: m,
         release: released.map((r) => r.id),
@@ -1974,8 +1979,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.streams.set(key, n);
       for (const r of released) held!.delete(r.seq);
       if (held && held.size === 0) this.clearGap(key);
+      await this.gapBook.passed(key, n);
+      for (const [a, b] of passed) this.emitGap(m, a, b, 'expired');
       this.emitMessage(m, false);
-      for (const r of released) this.emitMessage(r, false);
+      this.emitSteps(m, steps);
     } else if (m.seq < next) {
       const { inserted } = await this.store.applyInbound({ insert: m });
       if (inserted) this.emitMessage(m, true);
@@ -1987,9 +1994,93 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       held.set(m.seq, m);
       if (held.size > this.opts.maxHeldPerStream) {
         this.clearGap(key);
-        await this.giveUpGap(key);
+        await this.giveUpGap(key, 'overflow');
       } else this.armGapTimer(key);
     }
+  }
+
+  /**
+   * A group stream passes the hole `[from, to]` without waiting: the numbers the server already
+   * said it dropped are returned (to report as `expired`), the others are kept as skipped.
+   */
+  private async skipHole(key: string, from: number, to: number): Promise<Range[]> {
+    const known = reasonsOf(from, to, undefined, this.gapBook.dropped(key), 'timeout');
+    for (const r of known) if (r.reason !== 'expired') await this.gapBook.skipped(key, r.from, r.to);
+    return known.flatMap((r): Range[] => (r.reason === 'expired' ? [[r.from, r.to]] : []));
+  }
+
+  /**
+   * A gap notice: the server dropped these messages of each stream before this device acked
+   * them. Numbers behind a stream's next expected one explain a group hole skipped before (or
+   * were shown, or reported, already); the others let the stream move on at once, past them and
+   * over the messages held behind them. Acked after, in inbox order.
+   */
+  private onGapNotice(f: GapFrame): void {
+    const me = this.me;
+    if (!me) return;
+    const gen = this.generation;
+    void this.serial(async () => {
+      try {
+        for (const [from, fromDevice, to, ...flat] of f.s) {
+          const conv = isGroupId(to) ? to : from === me.user ? to : from;
+          const key = streamKey(conv, from, fromDevice);
+          const ranges: Range[] = [];
+          for (let i = 0; i + 1 < flat.length; i += 2) ranges.push([flat[i]!, flat[i + 1]!]);
+          await this.applyDropped(key, { conv, from, fromDevice }, ranges);
+        }
+      } catch (e) {
+        // Not acked: the server delivers it again after the reconnect.
+        this.emit('error', e);
+        if (gen === this.generation) this.drop('client store failed');
+        return;
+      }
+      this.ackLater(f.o);
+    });
+  }
+
+  private async applyDropped(
+    key: string,
+    stream: { conv: string; from: string; fromDevice: string },
+    ranges: Range[],
+  ): Promise<void> {
+    const next = await this.nextFor(key);
+    const behind = ranges.flatMap(([a, b]): Range[] => (a < next ? [[a, Math.min(b, next - 1)]] : []));
+    const ahead = ranges.flatMap(([a, b]): Range[] => (b >= next ? [[Math.max(a, next), b]] : []));
+    if (behind.length > 0 && isGroupId(stream.conv)) {
+      for (const [a, b] of await this.gapBook.explain(key, behind)) this.emitGap(stream, a, b, 'expired');
+    }
+    if (ahead.length === 0) return;
+    await this.gapBook.addDropped(key, ahead);
+    const held = this.heldByKey.get(key);
+    const { next: n, steps } = walk(next, held, this.gapBook.dropped(key));
+    if (n === next) return; // a hole nobody explained comes first: the timeout still runs for it
+    const released = steps.flatMap((st) => (st.msg ? [st.msg] : []));
+    await this.store.applyInbound({ release: released.map((r) => r.id), streams: [{ key, next: n }] });
+    this.streams.set(key, n);
+    for (const r of released) held!.delete(r.seq);
+    if (!held || held.size === 0) {
+      this.clearGap(key);
+      this.heldByKey.delete(key);
+    }
+    await this.gapBook.passed(key, n);
+    this.emitSteps(stream, steps);
+  }
+
+  /** Emits a stream's steps in sequence order: released messages, and dropped ranges as `expired` gaps. */
+  private emitSteps(stream: { conv: string; from: string; fromDevice: string }, steps: Step[]): void {
+    for (const st of steps) {
+      if (st.msg) this.emitMessage(st.msg, false);
+      else this.emitGap(stream, st.gap[0], st.gap[1], 'expired');
+    }
+  }
+
+  private emitGap(
+    s: { conv: string; from: string; fromDevice: string },
+    fromSeq: number,
+    toSeq: number,
+    reason: GapReason,
+  ): void {
+    this.emit('gap', { conv: s.conv, from: s.from, fromDevice: s.fromDevice, fromSeq, toSeq, reason });
   }
 
   private emitMessage(m: InboundMessage, late: boolean): void {
@@ -2014,7 +2105,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       key,
       this.clock.setTimeout(() => {
         this.gapTimers.delete(key);
-        void this.serial(() => this.giveUpGap(key));
+        void this.serial(() => this.giveUpGap(key, 'timeout'));
       }, this.opts.gapTimeoutMs),
     );
   }
@@ -2024,28 +2115,32 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.gapTimers.delete(key);
   }
 
-  private async giveUpGap(key: string): Promise<void> {
-    if (this.pins.has(key)) await this.savePins(key, undefined);
+  /**
+   * Gives up the holes of a stream: every held message is released, each hole reported first
+   * with why — numbers asked for again are `undecryptable`, numbers the server dropped `expired`,
+   * the rest `fallback` (the timeout, or the held-message bound).
+   */
+  private async giveUpGap(key: string, fallback: GapReason): Promise<void> {
+    const pinned = this.pins.get(key);
+    if (pinned) await this.savePins(key, undefined);
     const held = this.heldByKey.get(key);
     if (!held || held.size === 0) return;
     const ordered = [...held.values()].sort((a, b) => a.seq - b.seq);
     let expect = await this.nextFor(key);
     const last = ordered[ordered.length - 1]!;
+    const dropped = this.gapBook.dropped(key);
     await this.store.applyInbound({
       release: ordered.map((m) => m.id),
       streams: [{ key, next: last.seq + 1 }],
     });
     this.streams.set(key, last.seq + 1);
     this.heldByKey.delete(key);
+    await this.gapBook.passed(key, last.seq + 1);
     for (const m of ordered) {
       if (m.seq > expect) {
-        this.emit('gap', {
-          conv: m.conv,
-          from: m.from,
-          fromDevice: m.fromDevice,
-          fromSeq: expect,
-          toSeq: m.seq - 1,
-        });
+        for (const r of reasonsOf(expect, m.seq - 1, pinned, dropped, fallback)) {
+          this.emitGap(m, r.from, r.to, r.reason);
+        }
       }
       this.emitMessage(m, false);
       expect = m.seq + 1;

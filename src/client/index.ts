@@ -8,7 +8,6 @@ export type {
   ClientEvents,
   ClientOptions,
   ConnectionState,
-  GapEvent,
   MemberStatus,
   MessageInfo,
   PresenceChange,
@@ -17,6 +16,7 @@ export type {
   StatusChange,
   TypingChange,
 } from './engine.js';
+export type { GapEvent, GapReason } from './gaps.js';
 export type { GroupChangeEvent, GroupMemberView, GroupView } from './groups.js';
 export type { ConversationSummary, HistoryMessage, HistoryOptions } from './history.js';
 export { MAX_HISTORY_PAGE } from './history.js';

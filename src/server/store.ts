@@ -196,7 +196,35 @@ export type InboxEntry =
       event: GroupEvent;
       /** Commit time of the change. */
       ts: number;
-    };
+    }
+  | GapNotice;
+
+/** Why the server dropped message entries a device never acked (see {@link GapNotice}). */
+export type GapReason = 'expired';
+
+/** The dropped messages of one stream: one sender device in one conversation. */
+export interface GapStream {
+  from: DeviceAddress;
+  /** As on the messages: the recipient user, or the group id when `group` is set. */
+  to: string;
+  group?: boolean;
+  /** Dropped sequence numbers as inclusive `[first, last]` ranges, ascending, not touching. */
+  ranges: Array<[number, number]>;
+}
+
+/**
+ * An inbox entry telling its device which of its message entries the server removed before the
+ * device acked them, and why: per stream (conversation, sender device), the sequence numbers
+ * (see {@link ServerStore} "Expiry"). Acked and deleted like any entry.
+ */
+export interface GapNotice {
+  offset: number;
+  kind: 'gap';
+  reason: GapReason;
+  streams: GapStream[];
+  /** When the server dropped them. */
+  ts: number;
+}
 
 /** Options of {@link ServerStore.claimKeys}. */
 export interface ClaimOptions {
@@ -210,12 +238,26 @@ export interface ClaimOptions {
   oneTime?: (device: string) => boolean;
 }
 
+/** An inbox entry an operation just wrote, as it would read back, and whose inbox it is in. */
+export interface WrittenEntry {
+  device: DeviceAddress;
+  entry: InboxEntry;
+}
+
 /** Result of operations that may put new entries into inboxes. */
 export interface NotifyResult {
   /** How many entries the operation removed. */
   count: number;
   /** Devices that got new inbox entries. */
   notify: DeviceAddress[];
+  /**
+   * The entries the operation wrote, committed and durable, each as {@link ServerStore.readInbox}
+   * would return it, in offset order per device (every device listed in `notify`). Optional:
+   * with it the engine pushes them to waiting connections without reading them back (the `delivered`
+   * status of an ack reaches the sender one store round trip sooner); without it, or for devices
+   * it leaves out, the engine reads the inbox as for any other entry.
+   */
+  entries?: WrittenEntry[];
 }
 
 /**
@@ -288,7 +330,13 @@ export interface NotifyResult {
  * - **Expiry.** {@link ServerStore.expire} removes inbox entries committed strictly before the
  *   cutoff; for each (removed message, recipient user U ≠ sender user) where no device of U had
  *   acked it, one `expired` status (`by` U) is appended, at `now`, to every device of the
- *   sender's user. Dedupe records older than the cutoff are dropped.
+ *   sender's user. Every device that lost message entries (with a sequence number above 0) is
+ *   told which, in the same transaction: one {@link GapNotice} (`reason: 'expired'`, at `now`)
+ *   per device per transaction, listing each removed entry's stream and sequence number exactly
+ *   once (split into several notices past 256 ranges, `MAX_GAP_RANGES`); a store that expires in
+ *   several transactions may give a device several notices, never the same entry twice. The
+ *   notice goes after every entry the device already has, so a client that holds later messages
+ *   of a stream sees them before it. Dedupe records older than the cutoff are dropped.
  * - **Unlinking.** {@link ServerStore.unregisterDevice} removes the device and every entry of its
  *   inbox (releasing bodies) and its keys, producing no statuses.
  * - **Device lists.** A message with `envelopes` (1:1 only; a group message with envelopes is

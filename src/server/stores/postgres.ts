@@ -31,6 +31,8 @@ import type {
   DeviceAddress,
   DeviceEnvelope,
   EntryStatus,
+  GapReason,
+  GapStream,
   GroupEvent,
   GroupInput,
   GroupMember,
@@ -41,10 +43,12 @@ import type {
   KeyUpload,
   MessageInput,
   NotifyResult,
+  WrittenEntry,
   ReceiptInput,
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
 import {
   brokenConnection,
   guardConnection,
@@ -334,6 +338,11 @@ const MIGRATIONS: readonly PgMigration[] = [
         WHERE m.from_user = d.from_user AND m.from_device = d.from_device AND m.msg_id = d.msg_id;
       ALTER TABLE ${s}.dedupe DROP CONSTRAINT dedupe_pkey, ADD PRIMARY KEY (from_user, msg_id, from_device);
     `),
+  // 4: as the SQLite store's step 6: inbox rows may be gap notices (`status` 'gap', the reason in
+  // `by_user`, the streams in `ids`; see gap-notices.ts). No column changes: the step is there so
+  // that an older build, which would read such a row as a status it does not know, refuses the
+  // schema instead.
+  async () => {},
 ];
 
 /** The `postbox_schema` version of a schema the PostgreSQL server store has fully migrated. */
@@ -439,6 +448,12 @@ interface RemovedRow {
   owner?: string;
   from_user: string | null;
   msg_id: string | null;
+  /** Expiry only: the device's id and, for a message, the rest of its stream. */
+  owner_device?: string;
+  from_device?: string | null;
+  to_user?: string | null;
+  to_group?: boolean | null;
+  seq?: string | null;
 }
 
 /** An ack waiting for the next group commit. */
@@ -451,13 +466,20 @@ interface PendingAck {
 }
 
 /** An inbox entry to insert when the transaction takes its offsets. */
+/** Status entries one ack wrote, and the offsets the writer's flush gives them (same order). */
+interface WrittenStatuses {
+  offsets: number[];
+  list: WrittenEntry[];
+}
+
 interface NewEntry {
   dev: number;
   ts: number;
   message: number | null;
   body: Uint8Array | null;
   event: number | null;
-  status: EntryStatus | null;
+  /** An {@link EntryStatus}, or `'gap'` for a gap notice. */
+  status: EntryStatus | typeof GAP_ROW_STATUS | null;
   ids: string | null;
   by: string | null;
   /** Where to report the offset: `sink[slot]`. */
@@ -636,16 +658,44 @@ function postgresStore(
       this.entries.push(e);
     }
 
-    status(dev: number, now: number, status: EntryStatus, ids: readonly string[], by: string): void {
+    /** Queues a status entry; with `sink`, its offset is reported in `sink[slot]`. */
+    status(
+      dev: number,
+      now: number,
+      status: EntryStatus,
+      ids: readonly string[],
+      by: string,
+      sink?: number[],
+      slot?: number,
+    ): void {
+      this.row(dev, now, status, JSON.stringify(ids), by, sink, slot);
+    }
+
+    /** A gap notice (see gap-notices.ts for its stored form). */
+    gap(dev: number, now: number, reason: GapReason, streams: GapStream[]): void {
+      this.row(dev, now, GAP_ROW_STATUS, encodeGapStreams(streams), reason);
+    }
+
+    /** A row with neither message nor event: a status or a gap notice. */
+    private row(
+      dev: number,
+      ts: number,
+      status: NewEntry['status'],
+      ids: string,
+      by: string,
+      sink?: number[],
+      slot?: number,
+    ): void {
       this.add({
         dev,
-        ts: now,
+        ts,
         message: null,
         body: null,
         event: null,
         status,
-        ids: JSON.stringify(ids),
+        ids,
         by,
+        ...(sink ? { sink, slot } : {}),
       });
     }
 
@@ -1221,14 +1271,33 @@ function postgresStore(
   }
 
   /** Appends one status per group to every device of the group's user. */
-  async function fanOut(w: Writer, groups: Groups, status: EntryStatus, now: number, notify: NotifySet) {
+  async function fanOut(
+    w: Writer,
+    groups: Groups,
+    status: EntryStatus,
+    now: number,
+    notify: NotifySet,
+    written?: WrittenStatuses,
+  ) {
     await w.prefetch([...groups.values()].map((g) => g.user));
     for (const g of groups.values()) {
       for (const r of w.known(g.user)) {
-        w.status(r.id, now, status, g.ids, g.by);
-        notify.add({ user: g.user, device: r.device });
+        const device = { user: g.user, device: r.device };
+        w.status(r.id, now, status, g.ids, g.by, written?.offsets, written?.list.length);
+        notify.add(device);
+        written?.list.push({
+          device,
+          entry: { offset: 0, kind: 'status', status, ids: [...g.ids], by: g.by, ts: now },
+        });
       }
     }
+  }
+
+  /** The entries of `written` with the offsets the flush gave them; none when one was dropped. */
+  function writtenEntries(w: Writer, written: WrittenStatuses): WrittenEntry[] | undefined {
+    if (written.list.length === 0 || w.broken.has(written.offsets)) return undefined;
+    written.list.forEach((we, k) => (we.entry.offset = written.offsets[k]!));
+    return written.list;
   }
 
   /**
@@ -1290,14 +1359,27 @@ function postgresStore(
            DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
            RETURNING i.dev, i.pos, i.message, i.event
          )
-         SELECT del.*, d.user_id AS owner, m.from_user, m.msg_id
+         SELECT del.*, d.user_id AS owner, d.device AS owner_device, m.from_user, m.msg_id,
+                m.from_device, m.to_user, m.to_group, m.seq
          FROM del JOIN ${s}.devices d ON d.id = del.dev LEFT JOIN ${s}.messages m ON m.id = del.message
          ORDER BY del.dev, del.pos`,
         [cutoff, expiryBatchSize],
       );
+      // Read before settle: it may delete the messages (the rows already carry their streams).
+      const gaps = new GapCollector<number>();
+      for (const r of removed) {
+        if (r.message === null || r.from_user === null) continue;
+        const from = { user: r.from_user, device: r.from_device! };
+        const stream = { from, to: r.to_user!, group: r.to_group === true, seq: Number(r.seq) };
+        gaps.add(Number(r.dev), { user: r.owner!, device: r.owner_device! }, stream);
+      }
       const expired: Groups = new Map();
       await settle(c, [{ removed, user: (r) => r.owner!, out: expired }]);
       await fanOut(w, expired, 'expired', now, notify);
+      for (const d of gaps.notices()) {
+        for (const streams of d.notices) w.gap(d.key, now, 'expired', streams);
+        notify.add(d.addr);
+      }
       await w.flush();
       return removed.length;
     });
@@ -1341,12 +1423,19 @@ function postgresStore(
         // The whole batch's marks and releases together, in one lock order (see settle).
         await settle(c, parts);
         const out: NotifyResult[] = [];
+        const written: WrittenStatuses[] = [];
         for (let i = 0; i < batch.length; i++) {
           const notify = new NotifySet();
-          await fanOut(w, byBatch[i]!.out, 'delivered', batch[i]!.now, notify);
+          written.push({ offsets: [], list: [] });
+          await fanOut(w, byBatch[i]!.out, 'delivered', batch[i]!.now, notify, written[i]);
           out.push({ count: byBatch[i]!.removed.length, notify: notify.list });
         }
         await w.flush();
+        // The statuses as written, so the engine pushes them without reading them back.
+        out.forEach((r, i) => {
+          const entries = writtenEntries(w, written[i]!);
+          if (entries) r.entries = entries;
+        });
         return out;
       });
     } catch (e) {
@@ -1376,6 +1465,10 @@ function postgresStore(
     if (r.event !== null) {
       if (r.event_data === null) return undefined; // unreachable: refs keep the event while referenced
       return { offset, kind: 'group', event: decodeEvent(r.event_data), ts: Number(r.ts) };
+    }
+    if (r.status === GAP_ROW_STATUS) {
+      const reason = r.by_user as GapReason;
+      return { offset, kind: 'gap', reason, streams: decodeGapStreams(r.ids ?? '[]'), ts: Number(r.ts) };
     }
     return {
       offset,
