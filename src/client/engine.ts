@@ -48,6 +48,7 @@ import {
 import type { CryptoAdapter, KeyBundle, KeyUpload } from '../crypto/types.js';
 import { ackWait } from './ack-pacing.js';
 import { E2ee, decodeContent, encodeContent, type Content } from './e2ee.js';
+import { DEFAULT_KEY_WAIT_MS, KeyWait, type KeysReadyOptions } from './key-wait.js';
 import { nextStatus } from './status.js';
 import type {
   ClientStore,
@@ -147,7 +148,7 @@ export interface ReceivedMessage {
 /**
  * A status change of a message this device sent. When `status` is `failed` or `expired`, and
  * only then, `reason` (an error code: `unknown_recipient`, `not_member`, `too_large`,
- * `forbidden`, `mismatched_devices`, `expired`, …) and `detail` (a human message) say why; the
+ * `forbidden`, `mismatched_devices`, `no_keys`, `expired`, …) and `detail` (a human message) say why; the
  * same are stored with the message (see {@link PostboxClient.messageInfo}, {@link PostboxClient.history}).
  */
 export interface StatusChange extends Partial<SendFailure> {
@@ -306,6 +307,14 @@ export interface ClientOptions {
   signedPreKeyMaxAgeMs?: number;
   /** A peer that could not decrypt a message may have it sent again this long after it was sent. @default 1 day */
   resendWindowMs?: number;
+  /**
+   * With encryption: how long a message to a user whose devices have not published keys yet is
+   * held (`pending`, later messages to that user behind it) waiting for them, before it fails with
+   * `no_keys`. Counted from when the client first found the user without keys; a restart of the
+   * client starts it again. See docs/encryption.md, "A new contact: when can I write?".
+   * @default 1 day
+   */
+  keyWaitMs?: number;
 }
 
 /** A request answered by `ok`/`err` outside the outbox (approve, unlink, subscribe). */
@@ -341,6 +350,9 @@ const NOTICES_WITHOUT_REQUEST: ReadonlySet<string> = new Set([
   'unauthorized',
   'unsupported_version',
 ]);
+
+/** A 1:1 item sealed once per recipient device (so it needs a recipient device with keys). */
+const perDevice = (e: OutboxEntry): boolean => e.kind === 'ctl' || (e.kind === 'msg' && !isGroupId(e.to));
 
 const streamKey = (conv: string, from: string, fromDevice: string) =>
   `${conv}\u0000${from}\u0000${fromDevice}`;
@@ -435,6 +447,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly ctlRequests = new Map<number, { ok(): void; err(e: PostboxError): void }>();
   /** Device-list corrections per outgoing id, to give up on one that never settles. */
   private readonly corrections = new Map<string, number>();
+  /** Sends held until their recipient has keys (key-wait.ts). */
+  private readonly keyWait: KeyWait | undefined;
 
   constructor(options: ClientOptions) {
     super();
@@ -485,6 +499,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           now: () => this.clock.now(),
         },
       );
+      this.keyWait = this.keyWaitOf(this.e2ee, options.keyWaitMs ?? DEFAULT_KEY_WAIT_MS);
     }
     if (options.autoStart ?? true) this.start();
   }
@@ -564,6 +579,24 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.clock,
       options,
     );
+  }
+
+  /**
+   * Resolves when `user` can be written to with encryption: a device of theirs has published keys
+   * (at once when one is known to, and at once without a crypto adapter). A send before that is
+   * not lost: it is held, `pending`, until the keys come or `keyWaitMs` passes (then `failed`,
+   * `no_keys`). Waits also for a user with no device yet; rejects with `no_keys` after
+   * `timeoutMs`, with the signal's reason when `signal` aborts, and with `closed` when the client
+   * is or becomes closed. See docs/encryption.md, "A new contact: when can I write?".
+   * @example
+   * ```ts
+   * await client.keysReady('bob', { timeoutMs: 60_000 }); // bob's phone has published its keys
+   * ```
+   */
+  async keysReady(user: string, options: KeysReadyOptions = {}): Promise<void> {
+    assertUserId(user, 'user');
+    if (this._state === 'closed') throw new PostboxError('closed', 'client is closed');
+    if (this.keyWait) await this.keyWait.keysReady(user, options);
   }
 
   /**
@@ -976,7 +1009,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
 
   /** Outgoing items not yet acked by the server. */
   get unsent(): number {
-    return this.queue.length;
+    return this.queue.length + (this.keyWait?.size ?? 0);
   }
 
   /** Closes the connection and stops reconnecting. The store stays open for its owner. */
@@ -988,6 +1021,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.gapTimers.clear();
     for (const t of this.typingTimers.values()) this.clock.clearTimeout(t);
     this.typingTimers.clear();
+    this.keyWait?.close();
     // Queued requests stay in the outbox for the next start; only this run's promises end.
     for (const id of [...this.waiters.keys()]) {
       this.settleWaiter(id, new PostboxError('closed', 'client closed before the server answered'));
@@ -1176,6 +1210,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         return this.onErr(frame.r, errorOf(frame));
       case 'kb':
         return this.onKeyBundles(frame);
+      case 'kr':
+        return this.keyWait?.published(frame.u);
       case 'klow':
         if (this.e2ee) {
           const e2ee = this.e2ee;
@@ -1251,6 +1287,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.scheduleHeartbeat();
     this.flushAcks();
     this.pumpOutbox();
+    this.keyWait?.connected();
     // Subscriptions end with a connection; the ones the app still wants are renewed.
     for (const user of renew) {
       const r = this.takeReq();
@@ -1269,6 +1306,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private async load(): Promise<void> {
     this.queue = await this.store.pending();
     this.sendPointer = 0;
+    this.keyWait?.requeued();
     if (this.groupViews.size === 0) {
       for (const { key, value } of await this.store.listState(NS_GROUP)) {
         this.groupViews.set(key, decodeView(key, value));
@@ -1318,13 +1356,15 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const gen = this.generation;
     this.txChain = this.txChain.then(async () => {
       if (gen !== this.generation) return;
+      // Behind a send held for its recipient's keys, a later one to the same user waits too.
+      if (perDevice(e) && this.keyWait!.behind(e)) return this.held(e.id, r);
       let frame: ClientFrame;
       try {
         await this.cryptoReady;
         frame = await this.sealedFrame(e, r);
       } catch (err) {
         // The connection went away mid-way: everything unacked goes out again after reconnecting.
-        if (gen === this.generation) this.sealFailed(e.id, r, err);
+        if (gen === this.generation) this.sealFailed(e, r, err);
         return;
       }
       if (gen === this.generation) this.write(frame);
@@ -1383,9 +1423,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     }
   }
 
-  private sealFailed(id: string, r: number, err: unknown): void {
+  private sealFailed(entry: OutboxEntry, r: number, err: unknown): void {
+    const id = entry.id;
     const code = isPostboxError(err) ? err.code : (err as { code?: unknown })?.code;
     if (code === 'disconnected' || code === 'closed') return;
+    // No device with keys yet, but the user has devices: held until keys come (key-wait.ts).
+    if (code === 'unknown_recipient' && this.keyWait!.hold(entry)) return this.held(id, r);
     this.inflight.delete(r);
     if (code === 'untrusted_identity') {
       // Stays pending in the store: it goes out after verifyIdentity() (which reconnects).
@@ -1401,6 +1444,54 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     }
     this.emit('error', err);
     this.drop('encryption failed');
+  }
+
+  /** An item was held for its recipient's keys: it leaves the send window and the queue (it stays pending in the store). */
+  private held(id: string, r: number): void {
+    this.inflight.delete(r);
+    this.unqueue(id);
+    this.pumpOutbox();
+  }
+
+  /** Runs `fn` on the seal chain (after every item already on its way), with the adapter open. */
+  private onSealChain(fn: () => Promise<void>): Promise<void> {
+    const run = this.txChain.then(async () => {
+      await this.cryptoReady;
+      await fn();
+    });
+    this.txChain = run.catch(() => {});
+    return run;
+  }
+
+  /** The key wait of an encrypting client: it asks through this connection, and puts items back through the outbox. */
+  private keyWaitOf(e2ee: E2ee, keyWaitMs: number): KeyWait {
+    return new KeyWait(
+      {
+        clock: this.clock,
+        online: () => this._state === 'open',
+        probe: async (users) => {
+          await this.cryptoReady;
+          const ready: string[] = [];
+          const unknown: string[] = [];
+          for (const u of users) ((await e2ee.hasKeys(u)) ? ready : unknown).push(u);
+          if (unknown.length > 0) {
+            // The round trip is outside the seal chain: it holds up no send.
+            const bundles = await this.claimKeys(unknown);
+            await this.onSealChain(() => e2ee.adopt(unknown, bundles));
+            for (const u of unknown) if (await e2ee.hasKeys(u)) ready.push(u);
+          }
+          return ready;
+        },
+        afterSealing: (fn) => void this.onSealChain(async () => fn()).catch((e) => this.emit('error', e)),
+        requeue: (entries) => {
+          // Ahead of everything not yet sent: the later items of their conversation are behind them.
+          this.queue.splice(this.sendPointer, 0, ...entries);
+          this.pumpOutbox();
+        },
+        fail: (entry, error) => this.settleOutgoing(entry.id, 'failed', error),
+      },
+      keyWaitMs,
+    );
   }
 
   /** Counts a correction of an outgoing item; false once it has had too many. */
@@ -1460,6 +1551,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const q = this.keyRequests.get(f.r);
     if (!q) return;
     this.keyRequests.delete(f.r);
+    if (f.w) this.keyWait?.noteKeyless(f.w);
     q.resolve(
       f.b.map(([user, device, registrationId, identityKey, spk, kpk, pk]) => {
         const b: KeyBundle = {

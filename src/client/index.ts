@@ -23,3 +23,5 @@ export { MAX_HISTORY_PAGE } from './history.js';
 export { nextStatus } from './status.js';
 export { DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_MAX_MS } from './reconnect.js';
 export type { ConnectedOptions } from './reconnect.js';
+export { DEFAULT_KEY_WAIT_MS } from './key-wait.js';
+export type { KeysReadyOptions } from './key-wait.js';

@@ -40,6 +40,7 @@ import { noMetrics, type ServerMetrics } from './metrics.js';
 import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
 import type { PushProvider, PushToken } from './push/types.js';
 import { isPendingDevice } from './users.js';
+import { KeyWaiters } from './key-waiters.js';
 import type {
   AppendInput,
   DeviceAddress,
@@ -349,6 +350,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
   private readonly sessions = new Map<string, Session>();
+  /** Sessions that claimed a user's keys and got none: told (`kr`) when that user publishes keys. */
+  private readonly keyWaiters = new KeyWaiters();
   private readonly connections = new Set<Session>();
   private readonly transports: ServerTransport[] = [];
   private commitQueue: PendingCommit[] = [];
@@ -1138,6 +1141,12 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       return;
     }
     session.send({ t: 'ok', r: f.r });
+    // A first upload (or a rotation) carries the signed prekey: whoever waited can write now.
+    if (f.spk) {
+      for (const k of this.keyWaiters.take(session.addr!.user)) {
+        this.sessions.get(k)?.send({ t: 'kr', u: session.addr!.user });
+      }
+    }
   }
 
   /**
@@ -1154,12 +1163,17 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       return;
     }
     const bundles: KeyBundle[] = [];
+    // Users with registered devices but no keys yet: the sender holds its message for them.
+    const keyless: string[] = [];
     try {
       for (const user of users) {
         const oneTime = (device: string) => this.limits.oneTimeKey(claimer, user, device, this.clock.now());
-        bundles.push(
-          ...(await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime })),
-        );
+        const got = await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime });
+        bundles.push(...got);
+        if (got.length === 0 && f.d === undefined) {
+          this.keyWaiters.add(user, keyOf(session.addr!));
+          if ((await this.store.devices(user)).length > 0) keyless.push(user);
+        }
       }
     } catch (e) {
       this.log.error('key claim failed', e);
@@ -1182,6 +1196,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         if (b.preKey) t.push([b.preKey.id, b.preKey.key]);
         return t;
       }),
+      ...(keyless.length > 0 ? { w: keyless } : {}),
     });
     for (const b of bundles) void this.checkKeySupply(b);
   }
