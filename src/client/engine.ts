@@ -1521,7 +1521,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       if (error.retryable) this.drop(`server error ${error.code}`);
       return;
     }
-    if (isRetryable(error.code)) {
+    // A full inbox is the recipient's state, not the connection's: resending at once would only
+    // hammer it. The send fails with that reason (retryable: the app may send it again later).
+    if (isRetryable(error.code) && error.code !== 'inbox_full') {
       // Later sends may already be in flight; resending everything in order on a fresh
       // connection is what keeps per-sender order.
       this.drop(`server error ${error.code}`);

@@ -32,6 +32,8 @@ import { performance } from 'node:perf_hooks';
 import { deviceKey } from './cluster/common.js';
 import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
 import { BoundedMap, Limits } from './limits.js';
+import { FairCommitQueue, FanoutEstimate, SERVER_SIDE, yieldToEventLoop } from './commit-batch.js';
+import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost, type CostBudgetOptions } from './costs.js';
 import { memoryTraceStore, Tracer, type TraceEvent, type TraceStore } from './trace.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
@@ -128,6 +130,22 @@ export interface ServerOptions {
   maxPendingSends?: number;
   /** Most items in one store append (one group commit). @default 512 */
   maxCommitBatch?: number;
+  /**
+   * Most inbox rows one store append is expected to write (estimated per item from what earlier
+   * commits to the same group or user wrote): a batch of large group messages is cut short, and
+   * the engine yields to the event loop between batches, so one sender's fan-out cannot hold the
+   * store (or, with SQLite, the event loop) for long. Batches are filled round-robin across
+   * senders, so another sender's message waits for at most one batch. @default 8192
+   */
+  maxCommitRows?: number;
+  /**
+   * What a device and its user may spend per second in the cost model (see docs/security.md,
+   * "Cost budgets"): every frame costs the rows it writes, the lookups it makes, and a durable
+   * write of its own as many rows as an fsync. Over budget a frame is refused with `rate_limited`;
+   * a device that keeps sending reaches a burst of debt and is closed with 4003.
+   * @default DEFAULT_COST_BUDGETS (device 10,000/s, burst 20,000; user 20,000/s, burst 40,000)
+   */
+  costBudgets?: CostBudgetOptions;
   /**
    * Frames per second a device may send (all its connections together, so reconnecting does not
    * reset the count) before its connection is closed with `rate_limited`. @default 2000
@@ -280,6 +298,8 @@ const REFUSAL_TEXT: Record<string, string> = {
   not_member: 'not a member of the group',
   forbidden: 'not allowed',
   group_full: 'group is at its member cap',
+  inbox_full: "a recipient device's inbox is full; try again later",
+  quota_exceeded: 'a storage quota would be exceeded',
   mismatched_devices: 'device list does not match the directory',
   stale_devices: 'some devices were re-registered',
 };
@@ -342,6 +362,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       | 'cluster'
       | 'trace'
       | 'traceLog'
+      | 'costBudgets'
     >
   >;
   private readonly presencePolicy: PresencePolicy;
@@ -349,7 +370,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly sessions = new Map<string, Session>();
   private readonly connections = new Set<Session>();
   private readonly transports: ServerTransport[] = [];
-  private commitQueue: PendingCommit[] = [];
+  private readonly commitQueue = new FairCommitQueue<PendingCommit>();
+  /** @internal how many inbox rows each queued item is expected to write. */
+  readonly fanout: FanoutEstimate;
   private committing = false;
   private flushScheduled = false;
   private idleWaiters: Array<() => void> = [];
@@ -395,6 +418,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   handshakes = 0;
   /** @internal the per-user and per-device limits (see limits.ts). */
   readonly limits: Limits;
+  /** @internal the per-device and per-user cost budgets (see costs.ts). */
+  readonly budgets: CostBudgets;
   private readonly health: StoreHealthMonitor;
 
   constructor(options: ServerOptions) {
@@ -419,6 +444,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       deliveryWindow: options.deliveryWindow ?? 64,
       maxPendingSends: options.maxPendingSends ?? 256,
       maxCommitBatch: options.maxCommitBatch ?? 512,
+      maxCommitRows: options.maxCommitRows ?? 8192,
       maxFramesPerSecond: options.maxFramesPerSecond ?? 2000,
       maxInvalidFrames: options.maxInvalidFrames ?? 8,
       sendHighWaterBytes: options.sendHighWaterBytes ?? 1024 * 1024,
@@ -437,6 +463,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       storeProbeMs: options.storeProbeMs ?? 1000,
     };
     this.limits = new Limits(this.opts);
+    this.budgets = new CostBudgets(options.costBudgets ?? DEFAULT_COST_BUDGETS);
+    // Devices per member: a user has a few; assume 2 for a group not committed to yet.
+    this.fanout = new FanoutEstimate(2 * this.opts.maxGroupMembers);
     this.health = new StoreHealthMonitor({
       store: this.store,
       clock: this.clock,
@@ -718,7 +747,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** @internal */
   unbind(session: Session, code: number): void {
     if (this.connections.delete(session)) this.metrics.connection(-1);
-    this.commitQueue = this.commitQueue.filter((p) => p.session !== session);
+    this.commitQueue.drop(session);
     if (session.linkCode !== undefined) this.linkCodes.delete(session.linkCode);
     for (const target of session.subscriptions?.keys() ?? []) this.unwatch(session, target);
     if (!session.addr) return;
@@ -1130,6 +1159,10 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     try {
       await this.store.putKeys(session.addr!, upload);
     } catch (e) {
+      if (isPostboxError(e) && e.code === 'quota_exceeded') {
+        session.sendError('quota_exceeded', 'too many one-time keys for this device', f.r);
+        return;
+      }
       // A first upload without a signed prekey, or a store fault: the device retries.
       this.log.warn('key upload refused', e);
       session.sendError('invalid_frame', 'key upload refused', f.r);
@@ -1215,9 +1248,30 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     return devices.length > 0 && !devices.includes(addr.device);
   }
 
+  /**
+   * @internal Charges a frame of an open session to its device's and user's budgets (see
+   * costs.ts): false when it must not run (refused with `rate_limited`, or the session closed).
+   */
+  afford(session: Session, frame: ClientFrame, now: number): boolean {
+    const addr = session.addr!;
+    const verdict = this.budgets.charge(
+      addr.user,
+      addr.device,
+      frameCost(frame, () => this.fanout.rowsOf(frame)),
+      now,
+    );
+    if (verdict === 'ok') return true;
+    const r = 'r' in frame ? frame.r : undefined;
+    // A refused request is answered; other frames get one notice per stretch of refusals.
+    if (r !== undefined || !session.overBudget) session.sendError('rate_limited', 'over the cost budget', r);
+    session.overBudget = true;
+    if (verdict === 'close') session.close(CLOSE_CODES.rateLimited, 'over the cost budget');
+    return false;
+  }
+
   /** @internal */
   enqueueCommit(p: PendingCommit): void {
-    this.commitQueue.push(p);
+    this.commitQueue.push(p.session ?? SERVER_SIDE, p, this.fanout.rows(p.input));
     if (!this.flushScheduled && !this.committing) {
       this.flushScheduled = true;
       // A microtask lets every frame of the current I/O turn join the batch.
@@ -1338,8 +1392,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     if (this.committing) return;
     this.committing = true;
     try {
-      while (this.commitQueue.length > 0) {
-        const batch = this.commitQueue.splice(0, this.opts.maxCommitBatch);
+      for (let first = true; this.commitQueue.length > 0; first = false) {
+        // Between batches, other connections' frames, acks and reads run (see maxCommitRows).
+        if (!first) await yieldToEventLoop();
+        const batch = this.commitQueue.take(this.opts.maxCommitBatch, this.opts.maxCommitRows);
+        if (batch.length === 0) continue; // their sessions closed while this one yielded
         let outcomes;
         const started = performance.now();
         try {
@@ -1365,6 +1422,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         for (let i = 0; i < batch.length; i++) {
           const p = batch[i]!;
           const out = outcomes[i]!;
+          this.fanout.learn(p.input, out);
           this.metrics.sent(p.input.kind, out.ok ? undefined : out.code);
           if (out.ok && p.input.kind === 'group') this.memberCache.delete(p.input.group);
           p.done?.(out.ok ? undefined : out.code);
@@ -1445,6 +1503,8 @@ class Session {
   /** Presence subscriptions: target user → whether its last-seen time may be shown. */
   subscriptions: Map<string, boolean> | undefined;
   pendingSends = 0;
+  /** @internal a frame of this session was refused over budget since the last one that ran. */
+  overBudget = false;
   private lastFrameAt: number;
   private readonly openedAt: number;
   private invalidFrames = 0;
@@ -1577,6 +1637,8 @@ class Session {
       }
       return;
     }
+    if (!this.server.afford(this, frame, now)) return;
+    this.overBudget = false;
     switch (frame.t) {
       case 'send': {
         const max = this.server.opts.maxBodyBytes;

@@ -34,6 +34,14 @@ import {
   type SentRecord,
 } from './relational.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
+import {
+  inboxFits,
+  keysAfter,
+  overGroupQuota,
+  preKeyQuotaError,
+  resolveQuotas,
+  type StoreQuotas,
+} from '../quotas.js';
 
 /**
  * Opaque durable state of a memory server store; a new store over the same state is a "re-open
@@ -81,6 +89,8 @@ export interface MemoryServerStoreOptions {
    * @default never fail
    */
   failWhen?: (op: ServerStoreOp) => boolean;
+  /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
+  quotas?: Partial<StoreQuotas>;
 }
 
 /** A committed message: its body is kept while `refs` inbox entries point at it. */
@@ -100,8 +110,11 @@ interface StoredMessage {
 }
 
 type StoredEntry =
-  /** `body`: this device's own envelope of an end-to-end encrypted message. */
-  | { kind: 'msg'; ts: number; message: string; body?: Uint8Array }
+  /**
+   * `body`: this device's own envelope of an end-to-end encrypted message; `size`: the body bytes
+   * the entry counts for in its inbox's quota.
+   */
+  | { kind: 'msg'; ts: number; message: string; body?: Uint8Array; size: number }
   | { kind: 'status'; ts: number; status: EntryStatus; ids: string[]; by: string }
   | { kind: 'group'; ts: number; event: GroupEvent };
 
@@ -121,6 +134,8 @@ interface Inbox {
   last: number;
   /** Entries by offset; inserted in increasing offset order, so iteration is offset order. */
   entries: Map<number, StoredEntry>;
+  /** Message body bytes of the entries (the inbox-bytes quota). */
+  bytes: number;
 }
 
 /** A one-time EC prekey, as the directory stores and hands it out. */
@@ -219,6 +234,7 @@ export function memoryServerStore(
 ): ServerStore & Required<Pick<ServerStore, 'setPushToken' | 'pushToken'>> & { readonly name: 'memory' } {
   const data = (options.state ?? createMemoryServerState()) as ServerData;
   const failWhen = options.failWhen;
+  const quotas = resolveQuotas(options.quotas, LABEL);
 
   function check(op: ServerStoreOp): void {
     if (failWhen?.(op)) throw new Error(`${LABEL}: injected failure in ${op}`);
@@ -231,9 +247,25 @@ export function memoryServerStore(
   function push(device: DeviceAddress, entry: StoredEntry): number {
     const k = deviceKey(device);
     let inbox = data.inboxes.get(k);
-    if (!inbox) data.inboxes.set(k, (inbox = { last: 0, entries: new Map() }));
+    if (!inbox) data.inboxes.set(k, (inbox = { last: 0, entries: new Map(), bytes: 0 }));
     inbox.entries.set(++inbox.last, entry);
+    if (entry.kind === 'msg') inbox.bytes += entry.size;
     return inbox.last;
+  }
+
+  /** Deletes one entry of an inbox, keeping its byte count. */
+  function removeEntry(inbox: Inbox, offset: number, e: StoredEntry): void {
+    inbox.entries.delete(offset);
+    if (e.kind === 'msg') inbox.bytes -= e.size;
+  }
+
+  /** Whether every target inbox can take one more entry of its size (the inbox quotas). */
+  function inboxesFit(targets: DeviceAddress[], size: (i: number) => number): boolean {
+    return targets.every((d, i) => {
+      const inbox = data.inboxes.get(deviceKey(d));
+      const usage = { entries: inbox?.entries.size ?? 0, bytes: inbox?.bytes ?? 0 };
+      return inboxFits(quotas, usage, 1, size(i));
+    });
   }
 
   /** Every device of `to` plus the sender user's other devices, each once. */
@@ -275,6 +307,8 @@ export function memoryServerStore(
     const old = data.groups.get(item.group);
     const plan = planChange(item, old, (u) => devicesOf(u).length > 0);
     if (plan === null || typeof plan === 'string') return plan;
+    const groupCount = (u: string): number => data.userGroups.get(u)?.size ?? 0;
+    if (overGroupQuota(plan.joined, groupCount, quotas.groupsPerUser) !== undefined) return 'quota_exceeded';
     const group: StoredGroup = {
       ...plan.after,
       since: new Map(old?.since),
@@ -341,15 +375,17 @@ export function memoryServerStore(
       const g = data.groups.get(item.to);
       if (!g || !g.members.has(item.from.user)) return { ok: false, code: 'not_member' };
       targets = memberDevices(g).filter((d) => d.user !== item.from.user || d.device !== item.from.device);
-      // Sending in a group is taking part in it.
-      g.acted.set(item.from.user, g.ver);
       ver = g.ver;
     } else {
       if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
       targets = recipients(item.from, item.to);
     }
+    const sizeOf = (i: number): number => (bodies ? bodies[i]! : item.body).byteLength;
+    if (!inboxesFit(targets, sizeOf)) return { ok: false, code: 'inbox_full' };
     // Writing to someone is consenting to them.
     if (!item.group && item.from.user !== item.to) data.consents.add(orderedKey(item.to, item.from.user));
+    // Sending in a group is taking part in it.
+    if (ver !== null) data.groups.get(item.to)!.acted.set(item.from.user, ver);
     data.dedupe.set(key, now);
     const sk = orderedKey(item.from.user, item.id);
     const records = data.sent.get(sk) ?? [];
@@ -372,8 +408,8 @@ export function memoryServerStore(
       push(
         d,
         bodies
-          ? { kind: 'msg', ts: now, message: key, body: new Uint8Array(bodies[i]!) }
-          : { kind: 'msg', ts: now, message: key },
+          ? { kind: 'msg', ts: now, message: key, body: new Uint8Array(bodies[i]!), size: sizeOf(i) }
+          : { kind: 'msg', ts: now, message: key, size: sizeOf(i) },
       ),
     );
     return { ok: true, ts: now, duplicate: false, notify: targets, offsets };
@@ -386,11 +422,12 @@ export function memoryServerStore(
     if (item.kind === 'group') return commitGroup(item, key, now);
     if (item.kind === 'msg') return commitMessage(item, key, now);
     if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
-    data.dedupe.set(key, now);
     const records = item.ids.flatMap((id) => data.sent.get(orderedKey(item.to, id)) ?? []);
     const ids = receiptIds(item, records, (g) => data.groups.get(g)?.since.get(item.from.user));
+    const targets = ids.length === 0 ? [] : recipients(item.from, item.to);
+    if (!inboxesFit(targets, () => 0)) return { ok: false, code: 'inbox_full' };
+    data.dedupe.set(key, now);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
-    const targets = recipients(item.from, item.to);
     for (const d of targets) {
       push(d, { kind: 'status', ts: now, status: 'read', ids: [...ids], by: item.from.user });
     }
@@ -555,7 +592,7 @@ export function memoryServerStore(
       for (const offset of offsets) {
         const e = inbox.entries.get(offset);
         if (!e) continue;
-        inbox.entries.delete(offset);
+        removeEntry(inbox, offset, e);
         count++;
         if (e.kind !== 'msg') continue;
         const m = unref(e.message);
@@ -580,7 +617,7 @@ export function memoryServerStore(
         const owner = k.slice(k.indexOf(':') + 1, k.indexOf(':') + 1 + Number(k.slice(0, k.indexOf(':'))));
         for (const [offset, e] of inbox.entries) {
           if (e.ts >= cutoff) continue;
-          inbox.entries.delete(offset);
+          removeEntry(inbox, offset, e);
           count++;
           if (e.kind !== 'msg') continue;
           const m = unref(e.message);
@@ -645,6 +682,13 @@ export function memoryServerStore(
       const k = deviceKey(device);
       const old = data.keys.get(k);
       const kind = uploadKind(old?.identityKey, keys, LABEL); // throws before any write
+      const kept = kind === 'update' ? old : undefined;
+      if (
+        keysAfter(kept?.preKeys, keys.preKeys) > quotas.preKeys ||
+        keysAfter(kept?.kyberPreKeys, keys.kyberPreKeys) > quotas.preKeys
+      ) {
+        throw preKeyQuotaError(LABEL, quotas.preKeys);
+      }
       // A first upload or a re-install starts a fresh record: no one-time key of an old identity.
       const stored: StoredKeys =
         kind === 'update'

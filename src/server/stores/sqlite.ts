@@ -19,7 +19,8 @@
  * reached by migration steps applied in one transaction each; step 2 added groups, per-user
  * delivery tracking, contacts and last-seen times; step 3 the key directory and per-device bodies
  * of end-to-end encrypted messages; step 4 push tokens; step 5 directed consents, membership
- * versions and where each message went, see below):
+ * versions and where each message went, see below; step 6 storage quotas: `devices.entries` and
+`devices.bytes` count each inbox, kept by triggers, and `inbox.size` is the body bytes an entry counts for):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -95,6 +96,14 @@ import {
 } from './relational.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
+  inboxFits,
+  overGroupQuota,
+  preKeyQuotaError,
+  resolveQuotas,
+  type InboxUsage,
+  type StoreQuotas,
+} from '../quotas.js';
+import {
   openStoreDatabase,
   prepareNumeric,
   transactor,
@@ -130,6 +139,8 @@ export interface SqliteServerStoreTuning extends SqliteConnectionOptions {
    * @default 'commit' (the engine tests on a virtual clock expect a commit within one macrotask)
    */
   walFlush?: 'commit' | 'background';
+  /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
+  quotas?: Partial<StoreQuotas>;
 }
 
 /**
@@ -325,6 +336,25 @@ const MIGRATIONS: readonly SqliteMigration[] = [
       ALTER TABLE dedupe_v5 RENAME TO dedupe;
       CREATE INDEX dedupe_ts ON dedupe (ts);
     `),
+  // 6: storage quotas. Each device row counts its inbox's entries and message body bytes, kept by
+  // triggers on every insert and delete (so no write path can miss them), and each entry records
+  // the body bytes it counts for; existing inboxes are counted once here.
+  (db) =>
+    db.exec(`
+      ALTER TABLE devices ADD COLUMN entries INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE devices ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE inbox ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+      UPDATE inbox SET size = coalesce(length(body), (SELECT length(m.body) FROM messages m WHERE m.id = inbox.message), 0)
+        WHERE message IS NOT NULL;
+      UPDATE devices SET entries = (SELECT count(*) FROM inbox WHERE dev = devices.id),
+                         bytes = (SELECT coalesce(sum(size), 0) FROM inbox WHERE dev = devices.id);
+      CREATE TRIGGER inbox_usage_in AFTER INSERT ON inbox BEGIN
+        UPDATE devices SET entries = entries + 1, bytes = bytes + new.size WHERE id = new.dev;
+      END;
+      CREATE TRIGGER inbox_usage_out AFTER DELETE ON inbox BEGIN
+        UPDATE devices SET entries = entries - 1, bytes = bytes - old.size WHERE id = old.dev;
+      END;
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -422,6 +452,7 @@ export function sqliteServerStore(
   options: SqliteServerStoreOptions,
 ): ServerStore & Required<Pick<ServerStore, 'setPushToken' | 'pushToken'>> & { readonly name: 'sqlite' } {
   const expiryBatchSize = options.expiryBatchSize ?? 1000;
+  const quotas = resolveQuotas(options.quotas, LABEL);
   if (!Number.isInteger(expiryBatchSize) || expiryBatchSize < 1) {
     throw new RangeError(`${LABEL}: expiryBatchSize must be a positive integer, got ${expiryBatchSize}`);
   }
@@ -470,7 +501,12 @@ export function sqliteServerStore(
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     eventInsert: q('INSERT INTO group_events (data, refs) VALUES (?, ?)'),
-    entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body) VALUES (?, ?, ?, ?, ?)'),
+    entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body, size) VALUES (?, ?, ?, ?, ?, ?)'),
+    /** A device's inbox usage, as the triggers keep it (this transaction's own writes included). */
+    usageOf: q('SELECT entries, bytes FROM devices WHERE id = ?'),
+    groupCount: q('SELECT count(*) AS n FROM group_members WHERE user = ?'),
+    preKeyCount: q('SELECT count(*) AS n FROM prekeys WHERE dev = ?'),
+    kyberPreKeyCount: q('SELECT count(*) AS n FROM kyber_prekeys WHERE dev = ?'),
     entryEventInsert: q('INSERT INTO inbox (dev, pos, ts, event) VALUES (?, ?, ?, ?)'),
     entryStatusInsert: q('INSERT INTO inbox (dev, pos, ts, status, ids, by_user) VALUES (?, ?, ?, ?, ?, ?)'),
     readInbox: q(
@@ -668,6 +704,10 @@ export function sqliteServerStore(
   function commitGroup(w: Writer, item: GroupInput, now: number): AppendOutcome {
     const plan = planChange(item, loadGroup(item.group), (u) => w.devicesOf(u).length > 0);
     if (typeof plan === 'string') return { ok: false, code: plan };
+    const groupCount = (u: string): number => (sql.groupCount.get(u) as { n: number }).n;
+    if (plan && overGroupQuota(plan.joined, groupCount, quotas.groupsPerUser) !== undefined) {
+      return { ok: false, code: 'quota_exceeded' };
+    }
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     if (plan === null) return { ok: true, ts: now, duplicate: false, notify: [] };
     const { event, after, joined, removed } = plan;
@@ -732,16 +772,29 @@ export function sqliteServerStore(
     return targets.map((t, i) => {
       const offset = w.next(t.dev);
       const own = bodies ? bindBytes(bodies[i]!) : null;
-      sql.entryMessageInsert.run(t.dev, offset, now, lastInsertRowid, own);
+      sql.entryMessageInsert.run(
+        t.dev,
+        offset,
+        now,
+        lastInsertRowid,
+        own,
+        (bodies?.[i] ?? item.body).byteLength,
+      );
       return offset;
     });
+  }
+
+  /**
+   * Whether every target inbox can take one more entry (of `size(i)` body bytes) within the
+   * quotas, read from the device rows inside this transaction (so earlier items of the batch count).
+   */
+  function inboxesFit(targets: Array<{ dev: number }>, size: (i: number) => number): boolean {
+    return targets.every((t, i) => inboxFits(quotas, sql.usageOf.get(t.dev) as InboxUsage, 1, size(i)));
   }
 
   function commitGroupMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
     const member = sql.memberOf.get(item.to, item.from.user) as { ver: number } | undefined;
     if (!member) return { ok: false, code: 'not_member' };
-    // Sending in a group is taking part in it (written only when the version moved on).
-    sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
     const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
     // One query for every member device and its counter; the fan-out is then one insert each,
     // all inside the batch's transaction.
@@ -750,6 +803,9 @@ export function sqliteServerStore(
       w.prime(r);
       targets.push({ dev: r.id, addr: { user: r.user, device: r.device } });
     }
+    if (!inboxesFit(targets, () => item.body.byteLength)) return { ok: false, code: 'inbox_full' };
+    // Sending in a group is taking part in it (written only when the version moved on).
+    sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, member.ver);
     const offsets = storeMessage(w, item, targets, now);
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
@@ -760,6 +816,7 @@ export function sqliteServerStore(
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
     if (item.kind === 'receipt') return commitReceipt(w, item, toDevices, now);
     const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
+    if (!inboxesFit(targets, () => item.body.byteLength)) return { ok: false, code: 'inbox_full' };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const offsets = storeMessage(w, item, targets, now);
     relate(item.from.user, item.to);
@@ -768,14 +825,15 @@ export function sqliteServerStore(
 
   /** A read receipt: a status with the ids that count (see `receiptIds`) or, with none, nothing. */
   function commitReceipt(w: Writer, item: ReceiptInput, toDevices: DeviceRow[], now: number): AppendOutcome {
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     const records = item.ids.flatMap((id) => sql.sentGet.all(item.to, id) as SentRecord[]);
     const ids = receiptIds(item, records, (g) => {
       const row = sql.memberSince.get(g, item.from.user) as { since_ver: number } | undefined;
       return row?.since_ver;
     });
+    const targets = ids.length === 0 ? [] : directTargets(item, toDevices, w.devicesOf(item.from.user));
+    if (!inboxesFit(targets, () => 0)) return { ok: false, code: 'inbox_full' };
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
-    const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
     for (const t of targets) pushStatus(w, t.dev, now, 'read', ids, item.from.user);
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
   }
@@ -798,8 +856,9 @@ export function sqliteServerStore(
       return rows;
     });
     if ('code' in checked) return checked;
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const targets = checked.targets.map((t) => ({ dev: t.id }));
+    if (!inboxesFit(targets, (i) => checked.bodies[i]!.byteLength)) return { ok: false, code: 'inbox_full' };
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const offsets = storeMessage(w, item, targets, now, checked.bodies);
     relate(item.from.user, item.to);
     const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
@@ -1202,6 +1261,12 @@ export function sqliteServerStore(
         for (const k of keys.preKeys ?? []) sql.preKeyPut.run(row.id, k.id, bindBytes(k.key));
         for (const k of keys.kyberPreKeys ?? []) {
           sql.kyberPreKeyPut.run(row.id, k.id, bindBytes(k.key), bindBytes(k.signature));
+        }
+        // Counted after the writes (a re-uploaded id replaced its key): over the quota, throwing
+        // rolls the whole upload back.
+        const count = (stmt: typeof sql.preKeyCount): number => (stmt.get(row.id) as { n: number }).n;
+        if (count(sql.preKeyCount) > quotas.preKeys || count(sql.kyberPreKeyCount) > quotas.preKeys) {
+          throw preKeyQuotaError(LABEL, quotas.preKeys);
         }
       });
     },
