@@ -9,6 +9,8 @@ const CLIENTS = {
   mqtt: './systems/mqtt.client.mjs',
   'postbox-memory': './systems/postbox.client.mjs',
   'postbox-sqlite': './systems/postbox.client.mjs',
+  'postbox-memory-notrace': './systems/postbox.client.mjs',
+  'postbox-sqlite-notrace': './systems/postbox.client.mjs',
 };
 
 try {

@@ -3,7 +3,7 @@
 //   npm run bench                  every scenario, 3 rounds (≤ 20 min, pgstore about 2 more)
 //   npm run bench -- --quick       one short round of everything (≤ 2 min, pgstore under 1 more)
 //   npm run bench -- --only NAME   one scenario (saturation, latency, latency-light, drain, fanout, e2ee, crypto, idle,
-//                                  wire, codec, pgstore, multinode)
+//                                  wire, codec, pgstore, multinode, trace-cost)
 //   npm run bench -- --rounds N    rounds per scenario
 //
 // Each measurement runs the server under test and the load generator in separate processes,
@@ -94,6 +94,16 @@ const SCENARIOS = {
   saturation: {
     about: `1:1 at saturation: ${LOAD.n} clients, client i → i+${LOAD.n / 2}, 16 messages in flight each`,
     systems: ['ws', 'ws-fsync', 'socketio', 'mqtt', 'postbox-memory', 'postbox-sqlite'],
+    params: {
+      ...LOAD,
+      window: 16,
+      ...(quick ? { warmupMs: 400, measureMs: 1200 } : { warmupMs: 2000, measureMs: 5000 }),
+    },
+    timeoutMs: 60_000,
+  },
+  'trace-cost': {
+    about: `what the delivery trace costs: 1:1 at saturation as in saturation, each postbox server with the trace on (the default memory ring) and off; server CPU per message`,
+    systems: ['postbox-memory', 'postbox-memory-notrace', 'postbox-sqlite', 'postbox-sqlite-notrace'],
     params: {
       ...LOAD,
       window: 16,
@@ -237,6 +247,8 @@ const SYSTEM_ORDER = [
   'mqtt',
   'postbox-memory',
   'postbox-sqlite',
+  'postbox-memory-notrace',
+  'postbox-sqlite-notrace',
   'postbox',
   'xmpp',
   'postbox-codec',

@@ -9,6 +9,9 @@ const SERVERS = {
   socketio: './systems/socketio.server.mjs',
   'postbox-memory': './systems/postbox.server.mjs',
   'postbox-sqlite': './systems/postbox.server.mjs',
+  // The same servers with the delivery trace off (`trace: false`), for its cost (trace-cost).
+  'postbox-memory-notrace': './systems/postbox.server.mjs',
+  'postbox-sqlite-notrace': './systems/postbox.server.mjs',
 };
 // Scenarios that need a different server for a peer (`options.variant`); postbox serves them all.
 const VARIANTS = {
@@ -20,9 +23,9 @@ const VARIANTS = {
 
 try {
   const { system, options = {} } = JSON.parse(process.argv[2]);
-  const store = system === 'postbox-sqlite' ? 'sqlite' : 'memory';
+  const store = system.startsWith('postbox-sqlite') ? 'sqlite' : 'memory';
   const mod = await import(VARIANTS[options.variant]?.[system] ?? SERVERS[system]);
-  const server = await mod.start({ ...options, store });
+  const server = await mod.start({ ...options, store, ...(system.endsWith('-notrace') ? { trace: false } : {}) });
   onRequest('cpu', () => ({ cpu: process.cpuUsage() }));
   onRequest('mem', async () => {
     // Two full collections, with a pause for finalizers, so only live memory is counted.

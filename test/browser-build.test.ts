@@ -1,5 +1,6 @@
 import { build, type Plugin } from 'esbuild';
 import { builtinModules } from 'node:module';
+import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 
 // The client core must run in browsers: bundling it for the browser platform must not pull in
@@ -43,4 +44,40 @@ describe('the client core is browser-safe', () => {
       expect(code.length).toBeGreaterThan(1000);
     });
   }
+});
+
+/** The ceiling for the client core in a browser app: minified and gzipped, as a CDN serves it. */
+const CLIENT_CORE_GZIP_CEILING = 60 * 1024;
+
+describe('the browser client is lean', () => {
+  it(`the client core (engine, protocol, memory store, WebSocket transport) is at most ${CLIENT_CORE_GZIP_CEILING / 1024} KiB minified + gzip`, async () => {
+    const result = await build({
+      stdin: {
+        contents: [
+          "export * from './src/client/index.ts';",
+          "export * from './src/client/stores/memory.ts';",
+          "export * from './src/transport/websocket-client.ts';",
+        ].join('\n'),
+        resolveDir: process.cwd(),
+        loader: 'ts',
+      },
+      bundle: true,
+      minify: true,
+      platform: 'browser',
+      format: 'esm',
+      write: false,
+      logLevel: 'silent',
+      metafile: true,
+    });
+    const code = result.outputFiles[0]!.contents;
+    const gzipped = gzipSync(code).byteLength;
+    // Validation comes from zod/mini: the full `zod` entry would add ~400 KiB minified.
+    const zodBytes = Object.entries(result.metafile.outputs)[0]![1].inputs;
+    const fromZod = Object.entries(zodBytes)
+      .filter(([file]) => file.includes('node_modules/zod/'))
+      .reduce((n, [, v]) => n + v.bytesInOutput, 0);
+    console.log(`client core: ${(code.byteLength / 1024).toFixed(1)} KiB min, ${(gzipped / 1024).toFixed(1)} KiB gzip (zod ${(fromZod / 1024).toFixed(1)} KiB min)`);
+    expect(fromZod).toBeLessThan(64 * 1024);
+    expect(gzipped).toBeLessThanOrEqual(CLIENT_CORE_GZIP_CEILING);
+  });
 });

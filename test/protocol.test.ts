@@ -289,7 +289,7 @@ describe('the wire protocol', () => {
   });
 
   it('every id field of every frame follows the one id rule (seeded, generated ids)', () => {
-    const types = (u: typeof clientFrame | typeof serverFrame) => u.options.map((o) => o.shape.t.value);
+    const types = (u: typeof clientFrame | typeof serverFrame) => u.def.options.map((o) => o.def.shape.t.def.values[0]!);
     expect(new Set([...Object.keys(ID_FIELDS), ...NO_IDS])).toEqual(
       new Set([...types(clientFrame), ...types(serverFrame)]),
     );

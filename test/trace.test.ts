@@ -161,6 +161,15 @@ describeWithServices('the PostgreSQL trace store', pgReason, () => {
     if (!reopen) schema = freshSchema();
     return openPostgresTraceStore({ connectionString: PG_URL, schema });
   });
+
+  it('gateway nodes that start together on a fresh schema all open it (the DDL runs once, under a lock)', async () => {
+    const fresh = freshSchema();
+    const stores = await Promise.all(
+      Array.from({ length: 6 }, () => openPostgresTraceStore({ connectionString: PG_URL, schema: fresh })),
+    );
+    expect(stores).toHaveLength(6);
+    await Promise.all(stores.map((s) => s.close()));
+  });
 });
 
 describe('postbox trace ID', () => {

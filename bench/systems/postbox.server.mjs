@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs';
 import { createServer } from 'postbox/server';
 import { websocketServerTransport } from 'postbox/transport/websocket';
 
-export async function start({ store: kind = 'memory', dataDir, preRegister, linking }) {
+export async function start({ store: kind = 'memory', dataDir, preRegister, linking, trace }) {
   let store;
   if (kind === 'sqlite') {
     const { sqliteServerStore } = await import('postbox/server/sqlite');
@@ -21,6 +21,8 @@ export async function start({ store: kind = 'memory', dataDir, preRegister, link
     store,
     authenticate: (cred) => ({ user: cred, device: 'd' }),
     ...(linking ? { linking } : {}),
+    // The delivery trace is on by default (a memory ring); trace-cost turns it off to price it.
+    ...(trace === false ? { trace: false } : {}),
   });
   server.on('error', (e) => process.stderr.write(`postbox server error: ${e?.stack ?? e}\n`));
   // The idle scenario opens ~19k connections from one address.

@@ -1,5 +1,5 @@
 import { Packr } from 'msgpackr';
-import type { z } from 'zod';
+import type * as z from 'zod/mini';
 import { PostboxError } from './errors.js';
 import { clientFrame, serverFrame, type ClientFrame, type ServerFrame } from './frames.js';
 
@@ -188,7 +188,29 @@ function stripUndefined<T extends object>(frame: T): T {
   return frame;
 }
 
-function decodeWith<S extends z.ZodType>(schema: S, data: Uint8Array, maxBytes: number): z.infer<S> {
+/**
+ * What went wrong, in words. The client bundles `zod/mini`, which loads no locale (that is most of
+ * zod's size), so its default text is a bare "Invalid input": the issue's own fields say more.
+ */
+function describeIssue(issue: z.core.$ZodIssue): string {
+  if (issue.message && issue.message !== 'Invalid input') return issue.message;
+  switch (issue.code) {
+    case 'invalid_type':
+      return `expected ${issue.expected}`;
+    case 'too_small':
+      return `too small (at least ${String(issue.minimum)})`;
+    case 'too_big':
+      return `too big (at most ${String(issue.maximum)})`;
+    case 'invalid_value':
+      return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+    case 'unrecognized_keys':
+      return `unknown keys ${issue.keys.join(', ')}`;
+    default:
+      return issue.code.replace(/_/g, ' ');
+  }
+}
+
+function decodeWith<S extends z.ZodMiniType>(schema: S, data: Uint8Array, maxBytes: number): z.infer<S> {
   if (data.byteLength > maxBytes) {
     throw new PostboxError(
       'too_large',
@@ -211,7 +233,7 @@ function decodeWith<S extends z.ZodType>(schema: S, data: Uint8Array, maxBytes: 
     if (typeof r === 'number' && Number.isInteger(r) && r >= 0 && r <= 0xffffffff) options.requestId = r;
     throw new PostboxError(
       'invalid_frame',
-      `frame ${typeof t === 'string' ? JSON.stringify(t.slice(0, 16)) : `of type ${typeof t}`} failed validation${where}: ${issue?.message ?? 'invalid'}`,
+      `frame ${typeof t === 'string' ? JSON.stringify(t.slice(0, 16)) : `of type ${typeof t}`} failed validation${where}: ${issue ? describeIssue(issue) : 'invalid'}`,
       options,
     );
   }

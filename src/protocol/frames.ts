@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { ERROR_CODE_LIST } from './errors.js';
 import { conversationIdSchema, deviceIdSchema, groupIdSchema, isGroupId, userIdSchema } from './ids.js';
 
@@ -9,12 +9,12 @@ import { conversationIdSchema, deviceIdSchema, groupIdSchema, isGroupId, userIdS
  * before it touches state.
  */
 
-const id = z.string().min(1).max(64);
+const id = z.string().check(z.minLength(1), z.maxLength(64));
 // Every id field goes by the one rule of ids.ts.
 const user = userIdSchema;
 const device = deviceIdSchema;
-const reqId = z.number().int().nonnegative().max(0xffffffff);
-const offset = z.number().int().nonnegative();
+const reqId = z.int().check(z.nonnegative(), z.maximum(0xffffffff));
+const offset = z.int().check(z.nonnegative());
 /** Group ids start with `#`, which no user id has, so the two never collide in a conversation list. */
 const groupId = groupIdSchema;
 /** `to` names a group exactly when `g` is set: a user id never passes for a group, nor the reverse. */
@@ -22,28 +22,31 @@ const conversation = conversationIdSchema;
 const toMatchesG = (f: { to?: string | undefined; g?: true | undefined }): boolean =>
   f.g === true ? f.to !== undefined && isGroupId(f.to) : f.to === undefined || !isGroupId(f.to);
 const TO_MATCHES_G = { message: 'to is a group id exactly when g is set', path: ['to'] };
-const groupName = z.string().min(1).max(128);
+const groupName = z.string().check(z.minLength(1), z.maxLength(128));
 /** Largest member list in one frame (a group's hard cap). */
 export const MAX_GROUP_MEMBERS = 1024;
-const userList = z.array(user).min(1).max(MAX_GROUP_MEMBERS);
+const userList = z.array(user).check(z.minLength(1), z.maxLength(MAX_GROUP_MEMBERS));
 // Decoders may hand back a Uint8Array subclass (Node's Buffer); a plain view over the same memory
 // keeps values identical on every platform without copying.
-const bytes = z
-  .custom<Uint8Array>((v) => v instanceof Uint8Array, { message: 'expected binary' })
-  .transform((v) =>
+const bytes = z.pipe(
+  z.custom<Uint8Array>((v) => v instanceof Uint8Array, { message: 'expected binary' }),
+  z.transform((v: Uint8Array) =>
     v.constructor === Uint8Array ? v : new Uint8Array(v.buffer, v.byteOffset, v.byteLength),
-  );
+  ),
+);
 
 /** A public key on the wire (EC keys are 33 bytes, Kyber-1024 keys 1,569). */
-const keyBytes = bytes.refine((v) => v.byteLength >= 1 && v.byteLength <= 2048, 'key of 1-2048 bytes');
-const signature = bytes.refine((v) => v.byteLength >= 1 && v.byteLength <= 128, 'signature of 1-128 bytes');
-const keyId = z.number().int().nonnegative().max(0xffffffff);
+const keyBytes = bytes.check(z.refine((v) => v.byteLength >= 1 && v.byteLength <= 2048, 'key of 1-2048 bytes'));
+const signature = bytes.check(
+  z.refine((v) => v.byteLength >= 1 && v.byteLength <= 128, 'signature of 1-128 bytes'),
+);
+const keyId = z.int().check(z.nonnegative(), z.maximum(0xffffffff));
 /** A signed prekey on the wire: `[id, key, signature]`. */
 const wireSignedKey = z.tuple([keyId, keyBytes, signature]);
 /** A one-time EC prekey on the wire: `[id, key]`. */
 const wirePreKey = z.tuple([keyId, keyBytes]);
 /** A registration id (Signal's are 1-16380; 0 is never used). */
-const registrationId = z.number().int().positive().max(0xffff);
+const registrationId = z.int().check(z.positive(), z.maximum(0xffff));
 /** Most one-time keys of each kind in one `keys` frame (Kyber keys are 1.6 KB each). */
 export const MAX_KEYS_PER_UPLOAD = 100;
 /** Most per-device envelopes in one `send` (the recipient's and the sender's other devices). */
@@ -52,7 +55,7 @@ export const MAX_ENVELOPES = 64;
 export const MAX_KEY_USERS = 64;
 /** A device of a user on the wire: `[user, device]`. */
 const wireDevice = z.tuple([user, device]);
-const deviceList = z.array(wireDevice).max(2 * MAX_ENVELOPES);
+const deviceList = z.array(wireDevice).check(z.maxLength(2 * MAX_ENVELOPES));
 
 /** Wire form of a receipt status: `d` delivered, `r` read, `x` expired. */
 export const wireStatus = z.enum(['d', 'r', 'x']);
@@ -62,9 +65,9 @@ export const wireStatus = z.enum(['d', 'r', 'x']);
 /** Opens a session: supported protocol versions `[min, max]`, app credentials, optional device id. */
 export const helloFrame = z.object({
   t: z.literal('hello'),
-  v: z.tuple([z.number().int().positive(), z.number().int().positive()]),
+  v: z.tuple([z.int().check(z.positive()), z.int().check(z.positive())]),
   cred: z.unknown(),
-  dev: device.optional(),
+  dev: z.optional(device),
 });
 
 /**
@@ -78,20 +81,18 @@ export const sendFrame = z
     id,
     to: conversation,
     /** 0: an unsequenced control message of the encryption layer (1:1 only). */
-    seq: z.number().int().nonnegative(),
+    seq: z.int().check(z.nonnegative()),
     b: bytes,
-    g: z.literal(true).optional(),
+    g: z.optional(z.literal(true)),
     /**
      * End-to-end encrypted 1:1 message: one `[user, device, registration id, ciphertext]` per
      * device of `to` and per other device of the sender (then `b` is empty).
      */
-    e: z
-      .array(z.tuple([user, device, registrationId, bytes]))
-      .min(1)
-      .max(MAX_ENVELOPES)
-      .optional(),
+    e: z.optional(
+      z.array(z.tuple([user, device, registrationId, bytes])).check(z.minLength(1), z.maxLength(MAX_ENVELOPES)),
+    ),
   })
-  .refine(toMatchesG, TO_MATCHES_G);
+  .check(z.refine(toMatchesG, TO_MATCHES_G));
 
 /**
  * Publishes this device's public keys to the directory (see docs/encryption.md): registration id,
@@ -102,10 +103,10 @@ export const keysFrame = z.object({
   r: reqId,
   rid: registrationId,
   ik: keyBytes,
-  spk: wireSignedKey.optional(),
-  lrk: wireSignedKey.optional(),
-  pk: z.array(wirePreKey).max(MAX_KEYS_PER_UPLOAD).optional(),
-  kpk: z.array(wireSignedKey).max(MAX_KEYS_PER_UPLOAD).optional(),
+  spk: z.optional(wireSignedKey),
+  lrk: z.optional(wireSignedKey),
+  pk: z.optional(z.array(wirePreKey).check(z.maxLength(MAX_KEYS_PER_UPLOAD))),
+  kpk: z.optional(z.array(wireSignedKey).check(z.maxLength(MAX_KEYS_PER_UPLOAD))),
 });
 
 /**
@@ -115,8 +116,8 @@ export const keysFrame = z.object({
 export const pushTokenFrame = z.object({
   t: z.literal('ptok'),
   r: reqId,
-  k: z.string().min(1).max(16).optional(),
-  tok: z.string().min(1).max(4096).optional(),
+  k: z.optional(z.string().check(z.minLength(1), z.maxLength(16))),
+  tok: z.optional(z.string().check(z.minLength(1), z.maxLength(4096))),
 });
 
 /**
@@ -126,8 +127,8 @@ export const pushTokenFrame = z.object({
 export const keyGetFrame = z.object({
   t: z.literal('kget'),
   r: reqId,
-  u: z.array(user).min(1).max(MAX_KEY_USERS),
-  d: device.optional(),
+  u: z.array(user).check(z.minLength(1), z.maxLength(MAX_KEY_USERS)),
+  d: z.optional(device),
 });
 
 /** Group operation codes on the wire. */
@@ -143,15 +144,15 @@ export const groupFrame = z.object({
   id,
   g: groupId,
   op: groupOp,
-  m: userList.optional(),
-  n: groupName.optional(),
+  m: z.optional(userList),
+  n: z.optional(groupName),
 });
 
 /** Approves linking the new device that shows `code` to this user (see docs/devices.md). */
 export const linkApproveFrame = z.object({
   t: z.literal('lnk'),
   r: reqId,
-  code: z.string().min(8).max(64),
+  code: z.string().check(z.minLength(8), z.maxLength(64)),
 });
 
 /** Unlinks device `d` of this user (itself included): its inbox is deleted, its session closed. */
@@ -168,10 +169,10 @@ export const typingFrame = z
   .object({
     t: z.literal('typ'),
     to: conversation,
-    g: z.literal(true).optional(),
+    g: z.optional(z.literal(true)),
     on: z.boolean(),
   })
-  .refine(toMatchesG, TO_MATCHES_G);
+  .check(z.refine(toMatchesG, TO_MATCHES_G));
 
 /** A read receipt for messages `ids` that user `to` sent. Stored and forwarded like a message. */
 export const receiptFrame = z.object({
@@ -179,13 +180,13 @@ export const receiptFrame = z.object({
   r: reqId,
   id,
   to: user,
-  ids: z.array(id).min(1).max(512),
+  ids: z.array(id).check(z.minLength(1), z.maxLength(512)),
 });
 
 /** The device has persisted the inbox entries at these offsets; the server may delete them. */
 export const ackFrame = z.object({
   t: z.literal('ack'),
-  o: z.array(offset).min(1).max(1024),
+  o: z.array(offset).check(z.minLength(1), z.maxLength(1024)),
 });
 
 /** Liveness probe, either direction. */
@@ -198,16 +199,16 @@ export const pongFrame = z.object({ t: z.literal('pong') });
 /** The session is open: chosen version, who the server says you are, heartbeat and limits. */
 export const welcomeFrame = z.object({
   t: z.literal('welcome'),
-  v: z.number().int().positive(),
+  v: z.int().check(z.positive()),
   u: user,
   d: device,
-  hb: z.number().int().positive(),
+  hb: z.int().check(z.positive()),
   lim: z.object({
-    frame: z.number().int().positive(),
-    body: z.number().int().positive(),
-    window: z.number().int().positive(),
+    frame: z.int().check(z.positive()),
+    body: z.int().check(z.positive()),
+    window: z.int().check(z.positive()),
     /** Entries the server pushes ahead of the device's acks (its delivery window). */
-    dw: z.number().int().positive().optional(),
+    dw: z.optional(z.int().check(z.positive())),
   }),
 });
 
@@ -220,11 +221,13 @@ export const okFrame = z.object({ t: z.literal('ok'), r: reqId });
 /** The request `r` (or the connection, if absent) failed with `c`. */
 export const errFrame = z.object({
   t: z.literal('err'),
-  r: reqId.optional(),
+  r: z.optional(reqId),
   c: z.enum(ERROR_CODE_LIST),
-  m: z.string().max(1024).optional(),
+  m: z.optional(z.string().check(z.maxLength(1024))),
   /** `mismatched_devices` / `stale_devices`: missing, extra and stale devices. */
-  d: z.object({ m: deviceList.optional(), x: deviceList.optional(), s: deviceList.optional() }).optional(),
+  d: z.optional(
+    z.object({ m: z.optional(deviceList), x: z.optional(deviceList), s: z.optional(deviceList) }),
+  ),
 });
 
 /**
@@ -235,8 +238,8 @@ export const keyBundlesFrame = z.object({
   t: z.literal('kb'),
   r: reqId,
   b: z
-    .array(z.tuple([user, device, registrationId, keyBytes, wireSignedKey, wireSignedKey]).rest(wirePreKey))
-    .max(MAX_KEY_USERS * MAX_ENVELOPES),
+    .array(z.tuple([user, device, registrationId, keyBytes, wireSignedKey, wireSignedKey], wirePreKey))
+    .check(z.maxLength(MAX_KEY_USERS * MAX_ENVELOPES)),
 });
 
 /**
@@ -245,8 +248,8 @@ export const keyBundlesFrame = z.object({
  */
 export const keysLowFrame = z.object({
   t: z.literal('klow'),
-  pk: z.number().int().nonnegative(),
-  kpk: z.number().int().nonnegative(),
+  pk: z.int().check(z.nonnegative()),
+  kpk: z.int().check(z.nonnegative()),
 });
 
 /**
@@ -260,15 +263,15 @@ export const msgFrame = z
     id,
     f: user,
     fd: device,
-    to: conversation.optional(),
+    to: z.optional(conversation),
     /** 0: a control message of the encryption layer (not part of the sender's sequence). */
-    seq: z.number().int().nonnegative(),
+    seq: z.int().check(z.nonnegative()),
     ts: z.number(),
     b: bytes,
     /** `to` is a group (always present then). */
-    g: z.literal(true).optional(),
+    g: z.optional(z.literal(true)),
   })
-  .refine(toMatchesG, TO_MATCHES_G);
+  .check(z.refine(toMatchesG, TO_MATCHES_G));
 
 /**
  * An inbox entry carrying a membership change of group `g`, at version `v`, made by `by`, about
@@ -279,22 +282,21 @@ export const groupEventFrame = z.object({
   t: z.literal('gev'),
   o: offset,
   g: groupId,
-  v: z.number().int().positive(),
+  v: z.int().check(z.positive()),
   op: groupOp,
   by: user,
-  m: z.array(user).max(MAX_GROUP_MEMBERS),
+  m: z.array(user).check(z.maxLength(MAX_GROUP_MEMBERS)),
   ts: z.number(),
-  n: groupName.optional(),
-  s: z
-    .array(z.tuple([user, z.union([z.literal(0), z.literal(1)])]))
-    .max(MAX_GROUP_MEMBERS)
-    .optional(),
+  n: z.optional(groupName),
+  s: z.optional(
+    z.array(z.tuple([user, z.union([z.literal(0), z.literal(1)])])).check(z.maxLength(MAX_GROUP_MEMBERS)),
+  ),
 });
 
 /** Linking this device needs approval: show `code` (e.g. as a QR code) to an existing device. */
 export const linkCodeFrame = z.object({
   t: z.literal('lcode'),
-  code: z.string().min(8).max(64),
+  code: z.string().check(z.minLength(8), z.maxLength(64)),
   /** When the code stops working (server time, ms). */
   exp: z.number(),
 });
@@ -304,7 +306,7 @@ export const presenceFrame = z.object({
   t: z.literal('pres'),
   u: user,
   on: z.boolean(),
-  ls: z.number().optional(),
+  ls: z.optional(z.number()),
 });
 
 /** Device `fd` of user `f` started or stopped typing to this user, or (with `g`) in group `to`. */
@@ -314,17 +316,17 @@ export const typingNoticeFrame = z
     f: user,
     fd: device,
     on: z.boolean(),
-    to: conversation.optional(),
-    g: z.literal(true).optional(),
+    to: z.optional(conversation),
+    g: z.optional(z.literal(true)),
   })
-  .refine(toMatchesG, TO_MATCHES_G);
+  .check(z.refine(toMatchesG, TO_MATCHES_G));
 
 /** An inbox entry carrying a status for messages `ids`, produced by (or about) user `by`. */
 export const statusFrame = z.object({
   t: z.literal('st'),
   o: offset,
   s: wireStatus,
-  ids: z.array(id).min(1).max(4096),
+  ids: z.array(id).check(z.minLength(1), z.maxLength(4096)),
   by: user,
   ts: z.number(),
 });

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { PostboxError } from './errors.js';
 
 /**
@@ -43,15 +43,15 @@ export const isDeviceId = (v: unknown): boolean => typeof v === 'string' && DEVI
 export const isGroupId = (v: unknown): boolean => typeof v === 'string' && GROUP_ID.test(v);
 
 /** Schema of a user id. */
-export const userIdSchema = z.string().regex(USER_ID, USER_ID_RULE);
+export const userIdSchema = z.string().check(z.regex(USER_ID, USER_ID_RULE));
 /** Schema of a device id. */
-export const deviceIdSchema = z.string().regex(DEVICE_ID, DEVICE_ID_RULE);
+export const deviceIdSchema = z.string().check(z.regex(DEVICE_ID, DEVICE_ID_RULE));
 /** Schema of a group id. */
-export const groupIdSchema = z.string().regex(GROUP_ID, GROUP_ID_RULE);
+export const groupIdSchema = z.string().check(z.regex(GROUP_ID, GROUP_ID_RULE));
 /** Schema of a conversation: a user id or a group id (which one, the frame's `g` says). */
 export const conversationIdSchema = z
   .string()
-  .refine((v) => USER_ID.test(v) || GROUP_ID.test(v), `${USER_ID_RULE}, or a ${GROUP_ID_RULE}`);
+  .check(z.refine((v) => USER_ID.test(v) || GROUP_ID.test(v), `${USER_ID_RULE}, or a ${GROUP_ID_RULE}`));
 
 function check(ok: boolean, rule: string, what: string | undefined): void {
   if (!ok)

@@ -13,6 +13,9 @@ import {
 } from '../trace.js';
 import { makePool, quoteSchemaName } from './postgres-pool.js';
 
+/** A SQL string literal of a schema name already checked by `quoteSchemaName`. */
+const literal = (name: string): string => `'${name.replace(/'/g, "''")}'`;
+
 /** Options of {@link openPostgresTraceStore}. */
 export interface PostgresTraceOptions extends TraceTableOptions {
   /** A `postgres://` connection string. */
@@ -42,11 +45,17 @@ export async function openPostgresTraceStore(options: PostgresTraceOptions): Pro
     onError: options.onError ?? (() => {}),
   });
   try {
-    await pool.query(`CREATE SCHEMA IF NOT EXISTS ${s}`);
-    await pool.query(`CREATE TABLE IF NOT EXISTS ${s}.trace (
-      id TEXT NOT NULL, at BIGINT NOT NULL, kind TEXT NOT NULL, device TEXT, detail TEXT, node TEXT)`);
-    await pool.query(`CREATE INDEX IF NOT EXISTS trace_id ON ${s}.trace (id)`);
-    await pool.query(`CREATE INDEX IF NOT EXISTS trace_at ON ${s}.trace (at)`);
+    // Nodes that start together race on CREATE ... IF NOT EXISTS (it is not atomic against a
+    // concurrent create: "duplicate key ... pg_class_relname_nsp_index"), so the DDL runs in one
+    // transaction under the same advisory lock as the store's migrations.
+    await pool.query(`BEGIN;
+      SELECT pg_advisory_xact_lock(hashtextextended('postbox:' || ${literal(options.schema ?? 'public')}, 0));
+      CREATE SCHEMA IF NOT EXISTS ${s};
+      CREATE TABLE IF NOT EXISTS ${s}.trace (
+        id TEXT NOT NULL, at BIGINT NOT NULL, kind TEXT NOT NULL, device TEXT, detail TEXT, node TEXT);
+      CREATE INDEX IF NOT EXISTS trace_id ON ${s}.trace (id);
+      CREATE INDEX IF NOT EXISTS trace_at ON ${s}.trace (at);
+      COMMIT`);
   } catch (e) {
     await pool.end();
     throw e;
