@@ -613,6 +613,7 @@ describe('sqlite server store', () => {
     // records that do not say where a message went, keyed by device before message id.
     const v4 = new Database(file);
     v4.exec(`
+      DROP TABLE group_invites;
       DROP TRIGGER inbox_usage_in;
       DROP TRIGGER inbox_usage_out;
       ALTER TABLE devices DROP COLUMN entries;

@@ -17,6 +17,7 @@ export type {
   TypingChange,
 } from './engine.js';
 export type { GroupChangeEvent, GroupMemberView, GroupView } from './groups.js';
+export type { GroupInvite } from './invites.js';
 export type { ConversationSummary, HistoryMessage, HistoryOptions } from './history.js';
 export { MAX_HISTORY_PAGE } from './history.js';
 export { nextStatus } from './status.js';

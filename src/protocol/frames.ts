@@ -36,7 +36,9 @@ const bytes = z.pipe(
 );
 
 /** A public key on the wire (EC keys are 33 bytes, Kyber-1024 keys 1,569). */
-const keyBytes = bytes.check(z.refine((v) => v.byteLength >= 1 && v.byteLength <= 2048, 'key of 1-2048 bytes'));
+const keyBytes = bytes.check(
+  z.refine((v) => v.byteLength >= 1 && v.byteLength <= 2048, 'key of 1-2048 bytes'),
+);
 const signature = bytes.check(
   z.refine((v) => v.byteLength >= 1 && v.byteLength <= 128, 'signature of 1-128 bytes'),
 );
@@ -89,7 +91,9 @@ export const sendFrame = z
      * device of `to` and per other device of the sender (then `b` is empty).
      */
     e: z.optional(
-      z.array(z.tuple([user, device, registrationId, bytes])).check(z.minLength(1), z.maxLength(MAX_ENVELOPES)),
+      z
+        .array(z.tuple([user, device, registrationId, bytes]))
+        .check(z.minLength(1), z.maxLength(MAX_ENVELOPES)),
     ),
   })
   .check(z.refine(toMatchesG, TO_MATCHES_G));
@@ -131,8 +135,23 @@ export const keyGetFrame = z.object({
   d: z.optional(device),
 });
 
-/** Group operation codes on the wire. */
-export const groupOp = z.enum(['create', 'add', 'remove', 'leave', 'promote', 'demote', 'rename']);
+/**
+ * Group operation codes on the wire. `invite` and `decline` events go only to the invitee's
+ * devices (an invite it may `accept` or `decline`, see docs/groups.md "Consent"); a client sends
+ * `accept` and `decline`, never `invite` (an add the server turns into invites).
+ */
+export const groupOp = z.enum([
+  'create',
+  'add',
+  'remove',
+  'leave',
+  'promote',
+  'demote',
+  'rename',
+  'invite',
+  'accept',
+  'decline',
+]);
 
 /**
  * A membership change of group `g`, deduplicated by `id` like a message: `m` lists the users it

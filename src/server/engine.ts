@@ -34,6 +34,7 @@ import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from '.
 import { BoundedMap, Limits } from './limits.js';
 import { FairCommitQueue, FanoutEstimate, SERVER_SIDE, yieldToEventLoop } from './commit-batch.js';
 import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost, type CostBudgetOptions } from './costs.js';
+import { applyConsent, GroupCaps, type GroupConsent } from './group-consent.js';
 import { memoryTraceStore, Tracer, type TraceEvent, type TraceStore } from './trace.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
@@ -45,6 +46,7 @@ import type {
   DeviceAddress,
   DeviceMismatch,
   GroupChange,
+  GroupInput,
   KeyBundle,
   KeyUpload,
   InboxEntry,
@@ -146,6 +148,21 @@ export interface ServerOptions {
    * @default DEFAULT_COST_BUDGETS (device 10,000/s, burst 20,000; user 20,000/s, burst 40,000)
    */
   costBudgets?: CostBudgetOptions;
+  /**
+   * Who joins a group at once when another user creates it with them or adds them, and who gets
+   * an invite to accept or decline instead (see docs/groups.md, "Consent"): `'related'` (users who
+   * consented to the actor: wrote to it, or took part in a group with it), `'invite'` (nobody),
+   * `'open'` (everybody), or the app's own `GroupConsentRule`. The server API
+   * (`changeGroup`) is the app itself and adds directly. @default 'related'
+   */
+  groupConsent?: GroupConsent;
+  /** Groups one user may create per hour; more are refused with `quota_exceeded`. @default 30 */
+  maxGroupCreatesPerHour?: number;
+  /**
+   * Groups one user may be put into per day (added at once, or accepting an invite): past it,
+   * adds of that user become invites, and its accepts are refused with `quota_exceeded`. @default 100
+   */
+  maxGroupJoinsPerDay?: number;
   /**
    * Frames per second a device may send (all its connections together, so reconnecting does not
    * reset the count) before its connection is closed with `rate_limited`. @default 2000
@@ -291,6 +308,8 @@ interface PendingCommit {
   r: number;
   /** Called with the refusal code, or undefined when committed. */
   done?: (code: ErrorCode | undefined) => void;
+  /** A client's create or add: who joins and who is invited is decided just before it commits. */
+  consent?: boolean;
 }
 
 const REFUSAL_TEXT: Record<string, string> = {
@@ -420,6 +439,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   readonly limits: Limits;
   /** @internal the per-device and per-user cost budgets (see costs.ts). */
   readonly budgets: CostBudgets;
+  private readonly groupCaps: GroupCaps;
   private readonly health: StoreHealthMonitor;
 
   constructor(options: ServerOptions) {
@@ -445,6 +465,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       maxPendingSends: options.maxPendingSends ?? 256,
       maxCommitBatch: options.maxCommitBatch ?? 512,
       maxCommitRows: options.maxCommitRows ?? 8192,
+      groupConsent: options.groupConsent ?? 'related',
+      maxGroupCreatesPerHour: options.maxGroupCreatesPerHour ?? 30,
+      maxGroupJoinsPerDay: options.maxGroupJoinsPerDay ?? 100,
       maxFramesPerSecond: options.maxFramesPerSecond ?? 2000,
       maxInvalidFrames: options.maxInvalidFrames ?? 8,
       sendHighWaterBytes: options.sendHighWaterBytes ?? 1024 * 1024,
@@ -464,6 +487,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     };
     this.limits = new Limits(this.opts);
     this.budgets = new CostBudgets(options.costBudgets ?? DEFAULT_COST_BUDGETS);
+    this.groupCaps = new GroupCaps(this.opts);
     // Devices per member: a user has a few; assume 2 for a group not committed to yet.
     this.fanout = new FanoutEstimate(2 * this.opts.maxGroupMembers);
     this.health = new StoreHealthMonitor({
@@ -1269,6 +1293,24 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     return false;
   }
 
+  /**
+   * @internal Why a client's group change is refused before it is queued (over the creator's
+   * creations per hour, or an accept over the joiner's joins per day), or undefined.
+   */
+  groupCapRefusal(input: GroupInput): string | undefined {
+    const now = this.clock.now();
+    const op = input.change.op;
+    if (op === 'create' && !this.groupCaps.create(input.from.user, now)) return 'too many groups created';
+    if (op === 'accept' && !this.groupCaps.join(input.from.user, now)) return 'too many groups joined';
+    return undefined;
+  }
+
+  /** Splits a client's create or add into users who join and users who are invited (group-consent.ts). */
+  private async decideConsent(input: AppendInput): Promise<void> {
+    if (input.kind !== 'group') return;
+    await applyConsent(input, this.opts.groupConsent, this.store, this.groupCaps, this.clock.now());
+  }
+
   /** @internal */
   enqueueCommit(p: PendingCommit): void {
     this.commitQueue.push(p.session ?? SERVER_SIDE, p, this.fanout.rows(p.input));
@@ -1400,6 +1442,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         let outcomes;
         const started = performance.now();
         try {
+          // In queue order, so a message after a create still commits after it.
+          for (const p of batch) if (p.consent) await this.decideConsent(p.input);
           outcomes = await this.store.append(
             batch.map((p) => p.input),
             this.clock.now(),
@@ -1844,20 +1888,28 @@ class Session {
         change = { op: 'rename', name: f.n };
         break;
       case 'leave':
-        change = { op: 'leave' };
+      case 'accept':
+      case 'decline':
+        change = { op: f.op };
         break;
+      case 'invite':
+        return this.sendError('invalid_frame', 'invite is an event; add the user instead', f.r);
       default:
         if (!f.m) return this.sendError('invalid_frame', `${f.op} needs members`, f.r);
         change = { op: f.op, members: f.m };
     }
-    this.commit(f.r, {
+    const input: GroupInput = {
       kind: 'group',
       from: this.addr!,
       id: f.id,
       group: f.g,
       change,
       maxMembers: this.server.opts.maxGroupMembers,
-    });
+    };
+    const refused = this.server.groupCapRefusal(input);
+    // Not rate_limited: that is retried at once, and these windows last hours.
+    if (refused) return this.sendError('quota_exceeded', refused, f.r);
+    this.commit(f.r, input);
   }
 
   private commit(r: number, input: AppendInput): void {
@@ -1872,7 +1924,7 @@ class Session {
       return;
     }
     this.pendingSends++;
-    this.server.enqueueCommit({ session: this, input, r });
+    this.server.enqueueCommit({ session: this, input, r, consent: input.kind === 'group' });
   }
 
   private async onAck(offsets: number[]): Promise<void> {

@@ -82,10 +82,16 @@ export interface GroupMember {
  *   member becomes admin, so a group never ends up without one.
  * - `promote` / `demote`: admins only; change members' roles.
  * - `rename`: admins only.
+ * - `invite` (on `create` and `add`): users to invite rather than add (the server's consent rule
+ *   decided they have not consented to the actor): each gets a pending invite and an `invite`
+ *   event with the group's name and members; it joins only when it sends `accept`.
+ * - `accept` / `decline`: the acting user takes or refuses its pending invite.
  */
 export type GroupChange =
-  | { op: 'create'; name: string; members: string[] }
-  | { op: 'add'; members: string[] }
+  | { op: 'create'; name: string; members: string[]; invite?: string[] }
+  | { op: 'add'; members: string[]; invite?: string[] }
+  | { op: 'accept' }
+  | { op: 'decline' }
   | { op: 'remove'; members: string[] }
   | { op: 'leave' }
   | { op: 'promote'; members: string[] }
@@ -112,9 +118,10 @@ export interface GroupInput {
  */
 export interface GroupEvent {
   group: string;
-  /** The group's version after this change. */
+  /** The group's version after this change (for an invite or a decline: the group's current one). */
   ver: number;
-  op: GroupChange['op'];
+  /** An accepted invite reads as an `add` of the invitee by itself; `invite` goes only to invitees. */
+  op: Exclude<GroupChange['op'], 'accept'> | 'invite';
   /** The user who made the change. */
   by: string;
   /** Users the change is about (added, removed, promoted, demoted; the leaver for `leave`). */

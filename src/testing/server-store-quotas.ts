@@ -328,6 +328,67 @@ export function serverStoreQuotaConformance(subject: QuotaStoreSubject): Conform
     },
   );
 
+  withQuotas({ invitesPerUser: 2 })(
+    `${prefix}invites: an invited user is no member until it accepts; decline and accept take the invite away`,
+    async (h) => {
+      await register(h.store, alice1, bob1, bob2, carol1);
+      const create = group(alice1, 'c1', '#g', {
+        op: 'create',
+        name: 'G',
+        members: [],
+        invite: ['bob', 'carol'],
+      });
+      assert.equal(codeOf(await one(h.store, create)), 'ok');
+      assert.deepEqual(
+        (await h.store.group('#g'))!.members.map((m) => m.user),
+        ['alice'],
+      );
+      for (const d of [bob1, bob2]) {
+        const [e] = await h.store.readInbox(d, 0, 10);
+        assert.ok(
+          e?.kind === 'group' && e.event.op === 'invite' && e.event.by === 'alice',
+          'an invite event',
+        );
+      }
+      // Not a member: its message is refused, it receives nothing of the group.
+      assert.equal(codeOf(await one(h.store, { ...msg(bob1, 'b1', '#g'), group: true })), 'not_member');
+      assert.equal(codeOf(await one(h.store, { ...msg(alice1, 'a1', '#g'), group: true })), 'ok');
+      assert.deepEqual(await inboxOf(h.store, bob1), ['group']);
+      assert.equal(codeOf(await one(h.store, group(bob1, 'acc', '#g', { op: 'accept' }))), 'ok');
+      assert.deepEqual(
+        (await h.store.group('#g'))!.members.map((m) => m.user),
+        ['alice', 'bob'],
+      );
+      assert.ok(await h.store.related('alice', 'bob'), 'accepting is taking part');
+      // A second accept changes nothing; carol declines and then cannot accept.
+      const again = await one(h.store, group(bob2, 'acc2', '#g', { op: 'accept' }));
+      assert.equal(codeOf(again), 'ok');
+      assert.equal((await h.store.group('#g'))!.ver, 2);
+      assert.equal(codeOf(await one(h.store, group(carol1, 'dec', '#g', { op: 'decline' }))), 'ok');
+      assert.equal(codeOf(await one(h.store, group(carol1, 'acc3', '#g', { op: 'accept' }))), 'forbidden');
+      assert.equal(codeOf(await one(h.store, group(carol1, 'dec2', '#g', { op: 'decline' }))), 'forbidden');
+    },
+  );
+
+  withQuotas({ invitesPerUser: 2 })(
+    `${prefix}invites: a user holds at most its quota of pending invites; further ones are not made`,
+    async (h) => {
+      await register(h.store, alice1, carol1);
+      for (let i = 0; i < 4; i++) {
+        const c = group(alice1, `c${i}`, `#g${i}`, {
+          op: 'create',
+          name: 'G',
+          members: [],
+          invite: ['carol'],
+        });
+        assert.equal(codeOf(await one(h.store, c)), 'ok');
+      }
+      assert.deepEqual(await inboxOf(h.store, carol1), ['group', 'group']);
+      assert.equal(codeOf(await one(h.store, group(carol1, 'a', '#g3', { op: 'accept' }))), 'forbidden');
+      assert.equal(codeOf(await one(h.store, group(carol1, 'b', '#g0', { op: 'accept' }))), 'ok');
+    },
+  );
+
   withQuotas({})(`${prefix}a device holds one push token: registering another replaces it`, async (h) => {
     if (!h.store.setPushToken || !h.store.pushToken) return;
     await register(h.store, bob1);

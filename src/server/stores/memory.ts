@@ -8,7 +8,6 @@ import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
-  AppendRefusal,
   ClaimOptions,
   MessageInput,
   DeviceAddress,
@@ -31,8 +30,10 @@ import {
   planChange,
   receiptIds,
   snapshotOf,
+  type ChangePlan,
   type SentRecord,
 } from './relational.js';
+import { planInvites, type InvitePlan, type PendingInvites } from './invites.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
   inboxFits,
@@ -171,6 +172,8 @@ interface ServerData extends MemoryServerState {
   groups: Map<string, StoredGroup>;
   /** user → ids of the groups it is in. */
   userGroups: Map<string, Set<string>>;
+  /** group → users holding a pending invite to it (absent in a state made by an older version). */
+  invites?: Map<string, Set<string>>;
   /** (viewer, target) pairs where target consented to viewer: it wrote to viewer 1:1. */
   consents: Set<string>;
   lastSeen: Map<string, number>;
@@ -191,6 +194,7 @@ export function createMemoryServerState(): MemoryServerState {
     sent: new Map(),
     groups: new Map(),
     userGroups: new Map(),
+    invites: new Map(),
     consents: new Set(),
     lastSeen: new Map(),
     keys: new Map(),
@@ -296,19 +300,8 @@ export function memoryServerStore(
     data.userGroups.get(user)?.delete(id);
   }
 
-  /**
-   * Validates and applies a membership change (the rules shared with the SQL stores, see
-   * `planChange`). Returns the event and who gets which form of it, `null` for a change with
-   * nothing to do, or a refusal code.
-   */
-  function applyChange(
-    item: GroupInput,
-  ): { event: GroupEvent; group: StoredGroup; joined: string[]; removed: string[] } | null | AppendRefusal {
-    const old = data.groups.get(item.group);
-    const plan = planChange(item, old, (u) => devicesOf(u).length > 0);
-    if (plan === null || typeof plan === 'string') return plan;
-    const groupCount = (u: string): number => data.userGroups.get(u)?.size ?? 0;
-    if (overGroupQuota(plan.joined, groupCount, quotas.groupsPerUser) !== undefined) return 'quota_exceeded';
+  /** Applies a planned membership change (see `planChange`) to the group and the member index. */
+  function applyChange(item: GroupInput, plan: ChangePlan, old: StoredGroup | undefined): StoredGroup {
     const group: StoredGroup = {
       ...plan.after,
       since: new Map(old?.since),
@@ -324,29 +317,80 @@ export function memoryServerStore(
     data.groups.set(item.group, group);
     for (const u of plan.joined) joinGroup(item.group, u);
     for (const u of plan.removed) leaveGroup(item.group, u);
-    return { event: plan.event, group, joined: plan.joined, removed: plan.removed };
+    return group;
+  }
+
+  /** The pending invites of one group, as `planInvites` asks about them. */
+  function pendingInvites(group: string): PendingInvites {
+    const invites = (data.invites ??= new Map());
+    return {
+      has: (user) => invites.get(group)?.has(user) === true,
+      count: (user) => {
+        let n = 0;
+        for (const users of invites.values()) if (users.has(user)) n++;
+        return n;
+      },
+    };
+  }
+
+  /** Records and drops pending invites, and tells the devices concerned. */
+  function applyInvites(
+    group: string,
+    plan: InvitePlan,
+    actor: string,
+    now: number,
+    notify: NotifySet,
+  ): void {
+    const invites = (data.invites ??= new Map());
+    let users = invites.get(group);
+    for (const u of plan.drop) users?.delete(u);
+    if (plan.add.length > 0 && !users) invites.set(group, (users = new Set()));
+    const tell = (user: string, event: GroupEvent) => {
+      for (const device of devicesOf(user)) {
+        push({ user, device }, { kind: 'group', ts: now, event });
+        notify.add({ user, device });
+      }
+    };
+    for (const { user, event } of plan.add) {
+      users!.add(user);
+      tell(user, event);
+    }
+    if (plan.own) tell(actor, plan.own);
+    if (users?.size === 0) invites.delete(group);
   }
 
   function commitGroup(item: GroupInput, key: string, now: number): AppendOutcome {
-    const applied = applyChange(item);
-    if (typeof applied === 'string') return { ok: false, code: applied };
-    data.dedupe.set(key, now);
-    if (applied === null) return { ok: true, ts: now, duplicate: false, notify: [] };
-    const { event, group, joined, removed } = applied;
-    const full: GroupEvent = { ...event, name: group.name, snapshot: snapshotOf(group) };
-    const isNew = new Set(joined);
-    const notify = new NotifySet();
-    for (const d of memberDevices(group)) {
-      push(d, { kind: 'group', ts: now, event: isNew.has(d.user) ? full : event });
-      notify.add(d);
+    const old = data.groups.get(item.group);
+    const hasDevice = (u: string): boolean => devicesOf(u).length > 0;
+    const pending = pendingInvites(item.group);
+    const plan = planChange(item, old, hasDevice, pending.has);
+    if (typeof plan === 'string') return { ok: false, code: plan };
+    const groupCount = (u: string): number => data.userGroups.get(u)?.size ?? 0;
+    if (plan && overGroupQuota(plan.joined, groupCount, quotas.groupsPerUser) !== undefined) {
+      return { ok: false, code: 'quota_exceeded' };
     }
-    for (const user of removed) {
-      for (const device of devicesOf(user)) {
-        const d = { user, device };
-        push(d, { kind: 'group', ts: now, event });
+    const invites = planInvites(item, old, plan, hasDevice, pending, quotas.invitesPerUser);
+    if (typeof invites === 'string') return { ok: false, code: invites };
+    data.dedupe.set(key, now);
+    const notify = new NotifySet();
+    if (plan !== null) {
+      const group = applyChange(item, plan, old);
+      const { event, joined, removed } = plan;
+      const full: GroupEvent = { ...event, name: group.name, snapshot: snapshotOf(group) };
+      const isNew = new Set(joined);
+      for (const d of memberDevices(group)) {
+        push(d, { kind: 'group', ts: now, event: isNew.has(d.user) ? full : event });
         notify.add(d);
       }
+      for (const user of removed) {
+        for (const device of devicesOf(user)) {
+          const d = { user, device };
+          push(d, { kind: 'group', ts: now, event });
+          notify.add(d);
+        }
+      }
     }
+    applyInvites(item.group, invites, item.from.user, now, notify);
     return { ok: true, ts: now, duplicate: false, notify: notify.list };
   }
 

@@ -27,6 +27,7 @@ import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
+  AppendRefusal,
   ClaimOptions,
   DeviceAddress,
   DeviceEnvelope,
@@ -45,6 +46,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { planInvites, type PendingInvites } from './invites.js';
 import {
   brokenConnection,
   guardConnection,
@@ -65,6 +67,7 @@ import {
   queueStatus,
   receiptIds,
   snapshotOf,
+  type ChangePlan,
   type Groups,
   type GroupView,
   type KeysRow,
@@ -358,6 +361,12 @@ const MIGRATIONS: readonly PgMigration[] = [
         FROM ${s}.messages m WHERE m.id = i.message;
       UPDATE ${s}.inbox_heads h SET entries = x.n, bytes = x.b
         FROM (SELECT dev, count(*) AS n, sum(size) AS b FROM ${s}.inbox GROUP BY dev) x WHERE x.dev = h.dev;
+      CREATE TABLE ${s}.group_invites (
+        group_id text NOT NULL,
+        user_id text NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+      );
+      CREATE INDEX group_invites_user ON ${s}.group_invites (user_id);
     `),
 ];
 
@@ -1003,12 +1012,28 @@ function postgresStore(
     // Users who may join: their devices being linked meanwhile wait, or are waited for (below).
     if (change.op === 'create') await lockUsers(c, [item.from.user, ...change.members]);
     else if (change.op === 'add') await lockUsers(c, change.members);
+    else if (change.op === 'accept') await lockUsers(c, [item.from.user]);
     const current = await loadGroup(c, item.group, 'FOR UPDATE');
-    await w.prefetch(['members' in change ? change.members : [], item.from.user].flat());
-    const plan = planChange(item, current, (u) => w.known(u).length > 0);
+    const named = [
+      'members' in change ? change.members : [],
+      'invite' in change ? (change.invite ?? []) : [],
+      item.from.user,
+    ].flat();
+    await w.prefetch(named);
+    const invited = await rowsOf<{ user_id: string; here: boolean; n: string }>(
+      c,
+      `SELECT user_id, bool_or(group_id = $1) AS here, count(*) AS n FROM ${s}.group_invites
+       WHERE user_id = ANY($2::text[]) GROUP BY user_id`,
+      [item.group, [...new Set(named)]],
+    );
+    const pending: PendingInvites = {
+      has: (u) => invited.some((r) => r.user_id === u && r.here),
+      count: (u) => Number(invited.find((r) => r.user_id === u)?.n ?? 0),
+    };
+    const hasDevice = (u: string): boolean => w.known(u).length > 0;
+    const plan = planChange(item, current, hasDevice, pending.has);
     if (typeof plan === 'string') return { ok: false, code: plan };
-    if (plan === null) return { ok: true, ts: now, duplicate: false, notify: [] };
-    if (plan.joined.length > 0) {
+    if (plan && plan.joined.length > 0) {
       // Counted under the joining users' locks (taken above), so two nodes cannot both pass it.
       const rows = await rowsOf<{ user_id: string; n: string }>(
         c,
@@ -1020,13 +1045,64 @@ function postgresStore(
         return { ok: false, code: 'quota_exceeded' };
       }
     }
+    const invites = planInvites(item, current, plan, hasDevice, pending, quotas.invitesPerUser);
+    if (typeof invites === 'string') return { ok: false, code: invites };
+    const notify = new NotifySet();
+    if (plan !== null) {
+      const refused = await applyPlan(c, w, item, plan, now, notify);
+      if (refused) return { ok: false, code: refused };
+    }
+    if (invites.drop.length > 0) {
+      await c.query(`DELETE FROM ${s}.group_invites WHERE group_id = $1 AND user_id = ANY($2::text[])`, [
+        item.group,
+        invites.drop,
+      ]);
+    }
+    if (invites.add.length > 0) {
+      await c.query(
+        `INSERT INTO ${s}.group_invites (group_id, user_id) SELECT $1, u FROM unnest($2::text[]) AS u
+         ON CONFLICT DO NOTHING`,
+        [item.group, invites.add.map((a) => a.user)],
+      );
+    }
+    const tell = [...invites.add, ...(invites.own ? [{ user: item.from.user, event: invites.own }] : [])];
+    for (const { user, event } of tell) {
+      const devices = w.known(user);
+      const id = await storeEvent(c, event, devices.length);
+      for (const r of devices) {
+        w.add({
+          dev: r.id,
+          ts: now,
+          message: null,
+          body: null,
+          event: id,
+          status: null,
+          ids: null,
+          by: null,
+          size: 0,
+        });
+        notify.add({ user, device: r.device });
+      }
+    }
+    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+  }
+
+  /** Writes a planned membership change and queues its events; a refusal when it cannot. */
+  async function applyPlan(
+    c: PgQueryable,
+    w: Writer,
+    item: GroupInput,
+    plan: ChangePlan,
+    now: number,
+    notify: NotifySet,
+  ): Promise<AppendRefusal | undefined> {
     const { event, after, joined, removed } = plan;
     if (plan.created) {
       const r = await c.query(
         `INSERT INTO ${s}.groups (id, name, ver) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
         [item.group, after.name, after.ver],
       );
-      if (r.rowCount !== 1) return { ok: false, code: 'forbidden' }; // created meanwhile by another node
+      if (r.rowCount !== 1) return 'forbidden'; // created meanwhile by another node
     } else {
       await c.query(`UPDATE ${s}.groups SET name = $1, ver = $2 WHERE id = $3`, [
         after.name,
@@ -1085,7 +1161,6 @@ function postgresStore(
     const fullRefs = targets.filter((t) => t.full).length;
     const fullId = await storeEvent(c, { ...event, name: after.name, snapshot: snapshotOf(after) }, fullRefs);
     const deltaId = await storeEvent(c, event, targets.length - fullRefs);
-    const notify = new NotifySet();
     for (const t of targets) {
       w.add({
         dev: t.dev,
@@ -1100,7 +1175,7 @@ function postgresStore(
       });
       notify.add(t.addr);
     }
-    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+    return undefined;
   }
 
   /**

@@ -20,7 +20,8 @@
  * delivery tracking, contacts and last-seen times; step 3 the key directory and per-device bodies
  * of end-to-end encrypted messages; step 4 push tokens; step 5 directed consents, membership
  * versions and where each message went, see below; step 6 storage quotas: `devices.entries` and
-`devices.bytes` count each inbox, kept by triggers, and `inbox.size` is the body bytes an entry counts for):
+`devices.bytes` count each inbox, kept by triggers, and `inbox.size` is the body bytes an entry counts for;
+and `group_invites (group_id, user)`, the pending group invites, indexed by user):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -75,6 +76,7 @@ import type {
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import { sqlitePing } from './sqlite-ping.js';
+import { planInvites, type PendingInvites } from './invites.js';
 import { walSync } from './sqlite-sync.js';
 import {
   bundleFrom,
@@ -89,6 +91,7 @@ import {
   queueStatus,
   receiptIds,
   snapshotOf,
+  type ChangePlan,
   type Groups,
   type GroupView,
   type KeysRow,
@@ -354,6 +357,12 @@ const MIGRATIONS: readonly SqliteMigration[] = [
       CREATE TRIGGER inbox_usage_out AFTER DELETE ON inbox BEGIN
         UPDATE devices SET entries = entries - 1, bytes = bytes - old.size WHERE id = old.dev;
       END;
+      CREATE TABLE group_invites (
+        group_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        PRIMARY KEY (group_id, user)
+      ) WITHOUT ROWID;
+      CREATE INDEX group_invites_user ON group_invites (user);
     `),
 ];
 
@@ -505,6 +514,10 @@ export function sqliteServerStore(
     /** A device's inbox usage, as the triggers keep it (this transaction's own writes included). */
     usageOf: q('SELECT entries, bytes FROM devices WHERE id = ?'),
     groupCount: q('SELECT count(*) AS n FROM group_members WHERE user = ?'),
+    inviteHas: q('SELECT 1 AS x FROM group_invites WHERE group_id = ? AND user = ?'),
+    inviteCount: q('SELECT count(*) AS n FROM group_invites WHERE user = ?'),
+    inviteInsert: q('INSERT OR IGNORE INTO group_invites (group_id, user) VALUES (?, ?)'),
+    inviteDelete: q('DELETE FROM group_invites WHERE group_id = ? AND user = ?'),
     preKeyCount: q('SELECT count(*) AS n FROM prekeys WHERE dev = ?'),
     kyberPreKeyCount: q('SELECT count(*) AS n FROM kyber_prekeys WHERE dev = ?'),
     entryEventInsert: q('INSERT INTO inbox (dev, pos, ts, event) VALUES (?, ?, ?, ?)'),
@@ -702,14 +715,42 @@ export function sqliteServerStore(
   }
 
   function commitGroup(w: Writer, item: GroupInput, now: number): AppendOutcome {
-    const plan = planChange(item, loadGroup(item.group), (u) => w.devicesOf(u).length > 0);
+    const current = loadGroup(item.group);
+    const hasDevice = (u: string): boolean => w.devicesOf(u).length > 0;
+    const pending: PendingInvites = {
+      has: (u) => sql.inviteHas.get(item.group, u) !== undefined,
+      count: (u) => (sql.inviteCount.get(u) as { n: number }).n,
+    };
+    const plan = planChange(item, current, hasDevice, pending.has);
     if (typeof plan === 'string') return { ok: false, code: plan };
     const groupCount = (u: string): number => (sql.groupCount.get(u) as { n: number }).n;
     if (plan && overGroupQuota(plan.joined, groupCount, quotas.groupsPerUser) !== undefined) {
       return { ok: false, code: 'quota_exceeded' };
     }
+    const invites = planInvites(item, current, plan, hasDevice, pending, quotas.invitesPerUser);
+    if (typeof invites === 'string') return { ok: false, code: invites };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
-    if (plan === null) return { ok: true, ts: now, duplicate: false, notify: [] };
+    const notify = new NotifySet();
+    if (plan !== null) applyPlan(w, item, plan, now, notify);
+    for (const u of invites.drop) sql.inviteDelete.run(item.group, u);
+    const tell = (user: string, event: GroupEvent) => {
+      const devices = w.devicesOf(user);
+      const id = storeEvent(event, devices.length);
+      for (const r of devices) {
+        sql.entryEventInsert.run(r.id, w.next(r.id), now, id);
+        notify.add({ user, device: r.device });
+      }
+    };
+    for (const { user, event } of invites.add) {
+      sql.inviteInsert.run(item.group, user);
+      tell(user, event);
+    }
+    if (invites.own) tell(item.from.user, invites.own);
+    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+  }
+
+  /** Writes a planned membership change and its events (see `planChange`). */
+  function applyPlan(w: Writer, item: GroupInput, plan: ChangePlan, now: number, notify: NotifySet): void {
     const { event, after, joined, removed } = plan;
     const marks = membershipMarks(item, plan);
     if (plan.created) {
@@ -738,12 +779,10 @@ export function sqliteServerStore(
     const fullRefs = targets.filter((t) => t.full).length;
     const fullId = storeEvent({ ...event, name: after.name, snapshot: snapshotOf(after) }, fullRefs);
     const deltaId = storeEvent(event, targets.length - fullRefs);
-    const notify = new NotifySet();
     for (const t of targets) {
       sql.entryEventInsert.run(t.dev, w.next(t.dev), now, t.full ? fullId : deltaId);
       notify.add(t.addr);
     }
-    return { ok: true, ts: now, duplicate: false, notify: notify.list };
   }
 
   /**
