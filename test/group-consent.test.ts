@@ -29,7 +29,7 @@ const codeOf = async (p: Promise<unknown>): Promise<string> => {
 
 describe('group consent', () => {
   it('one user cannot add a stranger to a group: the stranger gets an invite, and nothing of the group', async () => {
-    world = await makeWorld();
+    world = await makeWorld({ server: { groupConsent: 'related' } });
     const mallory = await world.device('mallory');
     const bob = await world.device('bob');
     const seen = invitesOf(bob);
@@ -48,7 +48,7 @@ describe('group consent', () => {
   });
 
   it('an invited user joins only by accepting; then every member sees it and its messages flow', async () => {
-    world = await makeWorld();
+    world = await makeWorld({ server: { groupConsent: 'related' } });
     const alice = await world.device('alice');
     const carol = await world.device('carol');
     const bob = await world.device('bob');
@@ -75,7 +75,7 @@ describe('group consent', () => {
   });
 
   it('a declined invite is gone on every device of the invitee, and cannot be accepted after', async () => {
-    world = await makeWorld();
+    world = await makeWorld({ server: { groupConsent: 'related' } });
     const alice = await world.device('alice');
     const bob = await world.device('bob');
     const bob2 = await world.device('bob', 'laptop');
@@ -91,7 +91,7 @@ describe('group consent', () => {
   });
 
   it('accepting an invite one never got is forbidden', async () => {
-    world = await makeWorld();
+    world = await makeWorld({ server: { groupConsent: 'related' } });
     const alice = await world.device('alice');
     const mallory = await world.device('mallory');
     await world.device('carol');
@@ -118,7 +118,7 @@ describe('group consent', () => {
   });
 
   it('the server API is the app and adds directly', async () => {
-    world = await makeWorld();
+    world = await makeWorld({ server: { groupConsent: 'related' } });
     await world.device('alice');
     await world.device('bob');
     await world.server.changeGroup(
@@ -146,7 +146,7 @@ describe('group caps', () => {
   });
 
   it('a victim cannot be put into more groups per day than its cap, even by users it consented to', async () => {
-    world = await makeWorld({ server: { maxGroupJoinsPerDay: 2 } });
+    world = await makeWorld({ server: { maxGroupJoinsPerDay: 2, groupConsent: 'related' } });
     const alice = await world.device('alice');
     const bob = await world.device('bob');
     const seen = invitesOf(bob);
