@@ -25,6 +25,7 @@ describe('the client core is browser-safe', () => {
     'src/protocol/index.ts',
     'src/transport/memory.ts',
     'src/client/stores/memory.ts',
+    'src/client/stores/indexeddb.ts',
     'src/transport/websocket-client.ts',
     'src/crypto/index.ts', // not src/crypto/libsignal.ts: Node/Electron only
   ]) {
@@ -76,8 +77,35 @@ describe('the browser client is lean', () => {
     const fromZod = Object.entries(zodBytes)
       .filter(([file]) => file.includes('node_modules/zod/'))
       .reduce((n, [, v]) => n + v.bytesInOutput, 0);
-    console.log(`client core: ${(code.byteLength / 1024).toFixed(1)} KiB min, ${(gzipped / 1024).toFixed(1)} KiB gzip (zod ${(fromZod / 1024).toFixed(1)} KiB min)`);
+    console.log(
+      `client core: ${(code.byteLength / 1024).toFixed(1)} KiB min, ${(gzipped / 1024).toFixed(1)} KiB gzip (zod ${(fromZod / 1024).toFixed(1)} KiB min)`,
+    );
     expect(fromZod).toBeLessThan(64 * 1024);
     expect(gzipped).toBeLessThanOrEqual(CLIENT_CORE_GZIP_CEILING);
+  });
+});
+
+describe('libsignal in a browser bundle', () => {
+  it('resolves to the browser build, whose libsignalCrypto() throws misconfigured at construction', async () => {
+    const result = await build({
+      stdin: {
+        contents: `import { libsignalCrypto } from 'postbox/crypto/libsignal';
+          let out; try { libsignalCrypto(); out = 'constructed'; } catch (e) { out = e.code + ': ' + e.message; }
+          globalThis.outcome = out;`,
+        resolveDir: process.cwd(),
+      },
+      bundle: true,
+      platform: 'browser',
+      format: 'iife',
+      write: false,
+      logLevel: 'silent',
+      plugins: [nodeBuiltins],
+    });
+    const code = result.outputFiles[0]!.text;
+    expect(code).not.toContain('ProtocolAddress'); // nothing of libsignal itself
+    const g = globalThis as { outcome?: string };
+    new Function(code)();
+    expect(g.outcome).toMatch(/^misconfigured: .*no browser build.*docs\/encryption\.md/);
+    delete g.outcome;
   });
 });

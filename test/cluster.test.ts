@@ -170,6 +170,41 @@ describe.skipIf(unreachable !== undefined && !process.env.POSTBOX_REQUIRE_SERVIC
     }
   });
 
+  it("an app's own ioredis client is reused through duplicate(), and stays open and unchanged after close", async () => {
+    const prefix = `postbox-test:${Math.random().toString(36).slice(2)}:`;
+    const appClient = new Redis(REDIS_URL, { lazyConnect: true });
+    await appClient.connect();
+    let duplicated = 0;
+    const counting = {
+      duplicate: (o?: Record<string, unknown>) => (duplicated++, appClient.duplicate(o)),
+    };
+    const [a, b] = [
+      redisCluster({ redis: counting, prefix, ttlMs: TTL_MS }),
+      redisCluster({ redis: REDIS_URL, prefix, ttlMs: TTL_MS }),
+    ];
+    try {
+      await a.start('A');
+      await b.start('B');
+      expect(duplicated).toBe(2); // commands and subscriber
+      await a.register({ user: 'u', device: 'd' });
+      expect(await b.locate([{ user: 'u', device: 'd' }])).toEqual(['A']);
+      const got: unknown[] = [];
+      a.onDoorbell((d) => got.push(d));
+      await b.ring([{ user: 'u', device: 'd' }]);
+      const end = Date.now() + 2000;
+      while (got.length === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+      expect(got).toEqual([[{ user: 'u', device: 'd' }]]);
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+    expect(appClient.status).toBe('ready');
+    expect(await appClient.ping()).toBe('PONG');
+    const left = await keys(prefix);
+    if (left.length > 0) await admin.del(...left);
+    await appClient.quit();
+  });
+
   it('nothing connects before start, and a node that cannot reach Redis fails to start', async () => {
     const errors: unknown[] = [];
     const c = redisCluster({

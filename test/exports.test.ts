@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 // Every subpath in the exports map resolves from the built package, by its public name, so
@@ -48,4 +49,66 @@ describe('the exports map', () => {
       if (!typeOnly.has(sub)) expect(counts[i], sub).toBeGreaterThan(0);
     });
   });
+
+  // The public surface, named: adding or removing an export is a decision, made here on purpose.
+  // After a deliberate change: UPDATE_EXPORTS=1 npx vitest run test/exports.test.ts
+  it('every subpath exports exactly the names listed in test/fixtures/exports.json', () => {
+    const out = execFileSync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `const subs = ${JSON.stringify(subpaths)}; const r = {};
+         for (const s of subs) r[s] = Object.keys(await import('postbox' + s.slice(1))).sort();
+         console.log(JSON.stringify(r));`,
+      ],
+      { encoding: 'utf8' },
+    );
+    const actual = JSON.parse(out) as Record<string, string[]>;
+    const file = 'test/fixtures/exports.json';
+    if (process.env.UPDATE_EXPORTS) writeFileSync(file, `${JSON.stringify(actual, null, 2)}\n`);
+    const listed = JSON.parse(readFileSync(file, 'utf8')) as Record<string, string[]>;
+    expect(
+      actual,
+      `the exports changed: if on purpose, UPDATE_EXPORTS=1 npx vitest run test/exports.test.ts`,
+    ).toEqual(listed);
+  });
+
+  // Declarations are built with stripInternal: what is left must still type-check on its own,
+  // as an app's compiler sees it (skipLibCheck off, NodeNext resolution of the exports map).
+  it('the declarations of every subpath type-check together, with nothing @internal left dangling', () => {
+    const dir = mkdtempSync(join(process.cwd(), '.decl-check-'));
+    try {
+      writeFileSync(
+        join(dir, 'all.ts'),
+        `${subpaths.map((s, i) => `import * as m${i} from 'postbox${s.slice(1)}';`).join('\n')}\nexport const all = [${subpaths.map((_, i) => `m${i}`).join(', ')}];\n`,
+      );
+      writeFileSync(
+        join(dir, 'tsconfig.json'),
+        JSON.stringify({
+          compilerOptions: {
+            strict: true,
+            noEmit: true,
+            skipLibCheck: false,
+            module: 'nodenext',
+            moduleResolution: 'nodenext',
+            target: 'es2022',
+            types: ['node'],
+          },
+          files: ['all.ts'],
+        }),
+      );
+      const tsc = join(process.cwd(), 'node_modules', 'typescript', 'bin', 'tsc');
+      let output = '';
+      try {
+        execFileSync(process.execPath, [tsc, '-p', dir], { encoding: 'utf8' });
+      } catch (e) {
+        output = String((e as { stdout?: string }).stdout ?? e);
+      }
+      expect(output).toBe('');
+      expect(readFileSync('dist/server/engine.d.ts', 'utf8')).not.toContain('@internal');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });

@@ -76,6 +76,11 @@ const ID_FIELDS: Record<string, Array<[string, IdKind]>> = {
     ['b.*.0', 'user'],
     ['b.*.1', 'device'],
   ],
+  // `s.*.2` is a user or a group id, with no `g` beside it: checked in its own case.
+  gap: [
+    ['s.*.0', 'user'],
+    ['s.*.1', 'device'],
+  ],
 };
 /** Frame types that carry no user, device or group id. */
 const NO_IDS = ['ack', 'ping', 'pong', 'ok', 'keys', 'ptok', 'lnk', 'lcode', 'klow'];
@@ -205,6 +210,16 @@ const serverFrames: ServerFrame[] = [
   },
   { t: 'kb', r: 14, b: [] },
   { t: 'klow', pk: 3, kpk: 0 },
+  {
+    t: 'gap',
+    o: 15,
+    why: 'x',
+    s: [
+      ['bob', 'phone', 'alice', 1, 3, 7, 7],
+      ['carol', 'p', '#trip', 2, 2],
+    ],
+    ts: 1700000000003,
+  },
 ];
 
 describe('the wire protocol', () => {
@@ -289,7 +304,8 @@ describe('the wire protocol', () => {
   });
 
   it('every id field of every frame follows the one id rule (seeded, generated ids)', () => {
-    const types = (u: typeof clientFrame | typeof serverFrame) => u.def.options.map((o) => o.def.shape.t.def.values[0]!);
+    const types = (u: typeof clientFrame | typeof serverFrame) =>
+      u.def.options.map((o) => o.def.shape.t.def.values[0]!);
     expect(new Set([...Object.keys(ID_FIELDS), ...NO_IDS])).toEqual(
       new Set([...types(clientFrame), ...types(serverFrame)]),
     );
@@ -316,6 +332,36 @@ describe('the wire protocol', () => {
       }
     }
     expect(checked).toBeGreaterThan(40);
+  });
+
+  it('a gap frame names ascending, non-touching ranges of positive numbers, at most MAX_GAP_RANGES of them', () => {
+    const gap = (s: unknown[][]) => ({ t: 'gap', o: 1, why: 'x', s, ts: 1 }) as unknown as ServerFrame;
+    const ok = [
+      [['bob', 'p', 'alice', 1, 1]],
+      [['bob', 'p', '#g', 1, 5, 7, 9]],
+      [['bob', 'p', 'bob', 4, 4, 6, 6]],
+      Array.from({ length: 128 }, (_, i) => ['bob', `d${i}`, 'alice', 1, 1, 3, 3]),
+    ];
+    for (const s of ok) expect(decodeServerFrame(encodeFrame(gap(s)))).toEqual(gap(s));
+    const bad = [
+      [],
+      [['bob', 'p', 'alice']], // no range
+      [['bob', 'p', 'alice', 1]], // half a range
+      [['bob', 'p', 'alice', 3, 1]], // first after last
+      [['bob', 'p', 'alice', 1, 2, 3, 4]], // touching: one range
+      [['bob', 'p', 'alice', 5, 6, 1, 2]], // not ascending
+      [['bob', 'p', 'alice', 0, 2]], // 0 is in no sequence
+      [['bob', 'p', 'not a conversation', 1, 1]],
+      Array.from({ length: 129 }, (_, i) => ['bob', `d${i}`, 'alice', 1, 1, 3, 3]), // 258 ranges
+    ];
+    for (const s of bad) {
+      expect(() => decodeServerFrame(encodeFrame(gap(s))), JSON.stringify(s).slice(0, 60)).toThrow(
+        expect.objectContaining({ code: 'invalid_frame' }),
+      );
+    }
+    expect(() =>
+      decodeServerFrame(encodeFrame({ ...gap([['bob', 'p', 'alice', 1, 1]]), why: 'lost' } as never)),
+    ).toThrow(expect.objectContaining({ code: 'invalid_frame' }));
   });
 
   it('a server frame is never accepted as a client frame', () => {

@@ -77,6 +77,27 @@ describe('send() resolves at the durability point', () => {
     expect(bob.messages).toEqual([]);
   });
 
+  it('a send with an id already stored stores nothing and resolves with it: a repeated hand-off is one message', async () => {
+    world = await makeWorld();
+    const alice = await world.device('alice');
+    const bob = await world.device('bob');
+    const id = '01JBROWSERTAB0000000000001';
+    // The same hand-off three times (a tab retrying, a new leader retrying), one after a restart.
+    expect(await alice.client.send('bob', text('once'), { id })).toBe(id);
+    expect(await alice.client.send('bob', text('once'), { id })).toBe(id);
+    await alice.restart();
+    expect(await alice.client.send('bob', text('once'), { id })).toBe(id);
+    await settled(world, alice.client.settled());
+    await world.advance(500);
+    expect(bob.messages.map((m) => [m.id, m.seq])).toEqual([[id, 1]]);
+    expect(alice.statuses.filter((s) => s.status === 'pending').map((s) => s.id)).toEqual([id]);
+    expect((await alice.client.store.outgoingIn('bob')).map((e) => e.id)).toEqual([id]);
+    // A bad given id is refused before anything is stored.
+    await expect(alice.client.send('bob', text('x'), { id: 'not an id!' })).rejects.toMatchObject({
+      code: 'invalid_frame',
+    });
+  });
+
   it('a send called before close() is stored: close waits for it', async () => {
     world = await makeWorld();
     const alice = await world.device('alice');

@@ -44,6 +44,7 @@ serve options (flag, environment variable, default):
   --push-webhook URL        POSTBOX_PUSH_WEBHOOK          (none) POST content-free wake-ups for offline devices to URL (docs/push.md)
   --log-level L             POSTBOX_LOG_LEVEL             info (debug|info|warn|error|silent; debug also logs every trace event)
   --trace-days N            POSTBOX_TRACE_DAYS            7 (how long the delivery trace keeps its events; 0 turns it off)
+  --static DIR              POSTBOX_STATIC                (none) also serve DIR's files over HTTP, e.g. the web chat example (local play only)
 `;
 
 function env(name: string): string | undefined {
@@ -91,6 +92,7 @@ async function serve(argv: string[]): Promise<void> {
       'push-webhook': { type: 'string' },
       'log-level': { type: 'string' },
       'trace-days': { type: 'string' },
+      static: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -167,6 +169,8 @@ async function serve(argv: string[]): Promise<void> {
       15000,
     );
   }
+  const staticDir = values.static ?? env('POSTBOX_STATIC');
+  if (staticDir !== undefined) options.static = staticDir;
   const pushWebhook = values['push-webhook'] ?? env('POSTBOX_PUSH_WEBHOOK');
   if (pushWebhook !== undefined) options.pushWebhook = pushWebhook;
   const secret = values.secret ?? env('POSTBOX_SECRET');

@@ -10,6 +10,7 @@ import type { ServerStore } from '../server/store.js';
 import { websocketServerTransport } from '../transport/websocket.js';
 import { jsonLogger, type LogLevel } from './log.js';
 import { openServeTrace } from './trace.js';
+import { staticFiles } from './static.js';
 
 /** Settings of `postbox serve`; each has a flag and an environment variable (see `postbox serve --help`). */
 export interface ServeOptions {
@@ -63,6 +64,11 @@ export interface ServeOptions {
    * in the PostgreSQL schema); 0 turns the trace off. @default 7
    */
   traceDays?: number;
+  /**
+   * A directory whose files the HTTP port also serves (`/` is its `index.html`), for local play
+   * with a web client such as examples/web. Not a production file server. @default none
+   */
+  static?: string;
 }
 
 /** A running `postbox serve`. */
@@ -147,6 +153,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
       : undefined;
   const metrics = await prometheusMetrics();
   let ready = false;
+  const files = options.static === undefined ? undefined : staticFiles(options.static);
   const http = createHttpServer((req, res) => {
     if (req.url === '/metrics') {
       if (!metrics) {
@@ -170,9 +177,15 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
         .writeHead(ok ? 200 : 503, { 'content-type': 'text/plain' })
         .end(ok ? 'ready\n' : health.ok ? 'not ready\n' : 'not ready: store failing\n');
     } else {
-      res
-        .writeHead(404, { 'content-type': 'text/plain' })
-        .end('postbox: connect with WebSocket at the configured path\n');
+      const notFound = () =>
+        res
+          .writeHead(404, { 'content-type': 'text/plain' })
+          .end('postbox: connect with WebSocket at the configured path\n');
+      if (!files) return notFound();
+      files(req, res).then(
+        (served) => served || notFound(),
+        () => res.writeHead(500).end(),
+      );
     }
   });
   const transport = websocketServerTransport({

@@ -66,7 +66,7 @@ import {
   type HistoryMessage,
   type HistoryOptions,
 } from './history.js';
-import { storeRefused } from './outbox.js';
+import { assertMessageId, storeRefused } from './outbox.js';
 import {
   DEFAULT_BACKOFF_BASE_MS,
   DEFAULT_BACKOFF_MAX_MS,
@@ -222,6 +222,19 @@ export interface ClientEvents {
    * its log). Recoverable failures never show up here: the message arrives late instead.
    */
   undecryptable: (info: { from: string; fromDevice: string; id: string }) => void;
+}
+
+/** Options of {@link PostboxClient.send} and {@link PostboxClient.sendToGroup}. */
+export interface SendOptions {
+  /**
+   * The message's id, instead of a new one. A send whose id is already in this device's outbox
+   * stores nothing and resolves with the id (no second message, no second `pending` status), so
+   * a caller that cannot tell whether an earlier send got stored (a hand-off from another tab, a
+   * retry after a crash) sends again safely. 1–64 of `A–Z a–z 0–9 _ -`; a ULID is best (ids that
+   * sort by creation time). The server dedupes by it too.
+   * @default a new ULID
+   */
+  id?: string;
 }
 
 /** Options of {@link createClient}. */
@@ -580,10 +593,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * // the message is in the outbox on disk: it will reach bob, even if the app dies now
    * ```
    */
-  async send(to: string, body: Uint8Array): Promise<string> {
+  async send(to: string, body: Uint8Array, options?: SendOptions): Promise<string> {
     if (isGroupId(to)) throw new PostboxError('invalid_frame', 'group ids start with #: use sendToGroup');
     assertUserId(to, 'recipient');
-    return this.queueMessage(to, body);
+    return this.queueMessage(to, body, options?.id);
   }
 
   /**
@@ -595,9 +608,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * give each member's receipt. A sender who is not a member gets `failed` (`not_member`). The
    * recipients it is counted against are stored in the same atomic write as the message.
    */
-  async sendToGroup(group: string, body: Uint8Array): Promise<string> {
+  async sendToGroup(group: string, body: Uint8Array, options?: SendOptions): Promise<string> {
     assertGroupId(group, 'group');
-    return this.queueMessage(group, body);
+    return this.queueMessage(group, body, options?.id);
   }
 
   /**
@@ -628,7 +641,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     return this.me ?? (await loadIdentity(this.store));
   }
 
-  private async queueMessage(to: string, body: Uint8Array): Promise<string> {
+  private async queueMessage(to: string, body: Uint8Array, given?: string): Promise<string> {
     if (this._state === 'closed') throw new PostboxError('closed', 'client is closed');
     if (!(body instanceof Uint8Array)) throw new PostboxError('invalid_frame', 'body must be a Uint8Array');
     if (body.byteLength > this.opts.maxBodyBytes) {
@@ -637,11 +650,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         `body of ${body.byteLength} bytes is over ${this.opts.maxBodyBytes}`,
       );
     }
-    const id = this.ulid();
+    if (given !== undefined) assertMessageId(given);
+    const id = given ?? this.ulid();
     const copy = body.slice();
     return this.serial(async () => {
       let entry: OutboxEntry;
       try {
+        // A given id already stored: this send was made before (see SendOptions.id).
+        if (given !== undefined && (await this.store.outgoing(given))) return given;
         // A group message's bookkeeping goes in the same atomic write: a crash in between would
         // send a message whose receipts count against no one, so its ✓✓ never came.
         const state = isGroupId(to) ? await this.groupSendState(id, to) : undefined;
@@ -1200,6 +1216,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         return this.onStatus(frame);
       case 'gev':
         return this.onGroupEvent(frame);
+      case 'gap':
+        // Acked in inbox order with the entries before it.
+        void this.serial(async () => this.ackLater(frame.o));
+        return;
       case 'pres':
         if (this.watched.has(frame.u)) {
           const change: PresenceChange = { user: frame.u, online: frame.on };

@@ -13,6 +13,7 @@ export type {
   MessageInfo,
   PresenceChange,
   ReceivedMessage,
+  SendOptions,
   StatusChange,
   TypingChange,
 } from './engine.js';

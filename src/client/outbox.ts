@@ -18,3 +18,13 @@ export function storeRefused(what: 'message' | 'request', cause: unknown): Postb
     { cause },
   );
 }
+
+/** What a caller-given message id may be (see `SendOptions.id`): within the wire's 64 characters. */
+const MESSAGE_ID = /^[0-9A-Za-z_-]{1,64}$/;
+
+/** Throws `invalid_frame` unless `id` may be a caller-given message id. */
+export function assertMessageId(id: unknown): asserts id is string {
+  if (typeof id !== 'string' || !MESSAGE_ID.test(id)) {
+    throw new PostboxError('invalid_frame', 'message id: 1-64 of A-Z a-z 0-9 _ - (a ULID is best)');
+  }
+}

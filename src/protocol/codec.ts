@@ -44,6 +44,7 @@ const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   kb: { code: 24, fields: ['r', 'b'] },
   klow: { code: 25, fields: ['pk', 'kpk'] },
   ptok: { code: 26, fields: ['r', 'k', 'tok'] },
+  gap: { code: 27, fields: ['o', 'why', 's', 'ts'] },
 };
 const BY_CODE: Array<{ t: string; fields: readonly string[] } | undefined> = [];
 for (const [t, l] of Object.entries(LAYOUT)) BY_CODE[l.code] = { t, fields: l.fields };

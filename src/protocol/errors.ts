@@ -54,6 +54,12 @@ export const ERROR_CODES = {
    * message within the server's retention period, and the server dropped it.
    */
   expired: { retryable: false },
+  /**
+   * Client-side (never on the wire): the client store's storage is full (a browser's quota for the
+   * origin, or the disk). Nothing of the write was kept, so nothing is half-stored: a `send` that
+   * rejects with it was not queued. Retrying helps only once space is freed.
+   */
+  storage_full: { retryable: false },
 } as const satisfies Record<string, { retryable: boolean }>;
 
 /** One of the closed set of postbox error codes. */

@@ -350,6 +350,48 @@ export const statusFrame = z.object({
   ts: z.number(),
 });
 
+/** Wire form of why the server dropped messages (a `gap` frame's `why`): `x` retention expired. */
+export const wireGapReason = z.enum(['x']);
+
+/** Most sequence ranges one `gap` frame names, over all its streams (the server splits past it). */
+export const MAX_GAP_RANGES = 256;
+
+const gapSeq = z.int().check(z.positive(), z.maximum(Number.MAX_SAFE_INTEGER));
+/** Whether `s` (a stream after its three ids) is `[first, last]` pairs, ascending, not touching. */
+function rangesOk(s: readonly unknown[]): boolean {
+  if (s.length < 5 || (s.length - 3) % 2 !== 0) return false;
+  for (let i = 3; i < s.length; i += 2) {
+    const first = s[i] as number;
+    if (first > (s[i + 1] as number) || (i > 3 && first <= (s[i - 1] as number) + 1)) return false;
+  }
+  return true;
+}
+/**
+ * One stream of a `gap` frame: `[from user, from device, to, first, last, first, last, …]`, `to`
+ * as on the messages (the recipient user, or the group id), then the dropped sequence numbers as
+ * inclusive ranges, ascending and not touching.
+ */
+const gapStream = z
+  .tuple([user, device, conversation], gapSeq)
+  .check(z.refine(rangesOk, 'ranges: [first, last] pairs, ascending, not touching'));
+
+/**
+ * An inbox entry telling this device which of its messages the server dropped before the device
+ * acked them, and why (`why`): per stream (see `gapStream`). Sent to clients of protocol version
+ * 2 and later; acked like any entry.
+ */
+export const gapFrame = z.object({
+  t: z.literal('gap'),
+  o: offset,
+  why: wireGapReason,
+  s: z.array(gapStream).check(
+    z.minLength(1),
+    z.maxLength(MAX_GAP_RANGES),
+    z.refine((l) => l.reduce((n, st) => n + (st.length - 3) / 2, 0) <= MAX_GAP_RANGES, 'too many ranges'),
+  ),
+  ts: z.number(),
+});
+
 /** Every frame a client may send. */
 export const clientFrame = z.discriminatedUnion('t', [
   helloFrame,
@@ -383,6 +425,7 @@ export const serverFrame = z.discriminatedUnion('t', [
   typingNoticeFrame,
   keyBundlesFrame,
   keysLowFrame,
+  gapFrame,
 ]);
 
 export type HelloFrame = z.infer<typeof helloFrame>;
@@ -412,6 +455,8 @@ export type KeysFrame = z.infer<typeof keysFrame>;
 export type KeyGetFrame = z.infer<typeof keyGetFrame>;
 export type KeyBundlesFrame = z.infer<typeof keyBundlesFrame>;
 export type KeysLowFrame = z.infer<typeof keysLowFrame>;
+export type GapFrame = z.infer<typeof gapFrame>;
+export type WireGapReason = z.infer<typeof wireGapReason>;
 export type PushTokenFrame = z.infer<typeof pushTokenFrame>;
 /** A frame a client sends. */
 export type ClientFrame = z.infer<typeof clientFrame>;

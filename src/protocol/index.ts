@@ -7,3 +7,4 @@ export * from './frames.js';
 export * from './codec.js';
 export * from './version.js';
 export * from './ids.js';
+export type * from './keys.js';

@@ -7,7 +7,6 @@
  * Over budget, a frame is refused with a typed `rate_limited` error (the request is not run; a
  * client retries after a backoff); a device that keeps sending while refused runs into debt, and
  * at a whole burst of debt its connection is closed with 4003.
- * @internal
  * @packageDocumentation
  */
 import type { ClientFrame } from '../protocol/index.js';

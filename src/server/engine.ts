@@ -4,6 +4,7 @@ import {
   DEFAULT_MAX_FRAME_BYTES,
   assertDeviceId,
   assertUserId,
+  GAP_FRAME_VERSION,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   PostboxError,
@@ -16,6 +17,7 @@ import {
   type ClientFrame,
   type ErrFrame,
   type ErrorCode,
+  type GapFrame,
   type GroupEventFrame,
   type KeyGetFrame,
   type KeysFrame,
@@ -1517,6 +1519,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 }
 
 const WIRE_STATUS = { delivered: 'd', read: 'r', expired: 'x' } as const;
+const WIRE_GAP_REASON = { expired: 'x' } as const;
 
 /** A session's connection handlers: one small object rather than three closures per connection. */
 class SessionHandlers implements ConnectionHandlers {
@@ -1981,13 +1984,19 @@ class Session {
       (entries) => {
         this.reading = false;
         if (this.state !== 'open') return;
+        let unsendable: number[] | undefined;
         for (const e of entries) {
           this.cursor = e.offset;
+          if (e.kind === 'gap' && this.version < GAP_FRAME_VERSION) {
+            (unsendable ??= []).push(e.offset);
+            continue;
+          }
           (this.inflight ??= new Set()).add(e.offset);
           this.send(this.entryFrame(e));
           if (this.server.tracer.on) this.server.tracer.pushed(this.addr!, e);
         }
-        if (entries.length > 0) this.server.metrics.delivered(entries.length);
+        if (entries.length > 0) this.server.metrics.delivered(entries.length - (unsendable?.length ?? 0));
+        if (unsendable) void this.ackUnsendable(unsendable);
         if (this.dirty || entries.length === room) this.pump();
         else this.drained = true;
       },
@@ -1998,8 +2007,30 @@ class Session {
     );
   }
 
+  /**
+   * Deletes entries this session's protocol version has no frame for (gap notices before version
+   * 2), as the device's ack would; the next read goes past them anyway.
+   */
+  private async ackUnsendable(offsets: number[]): Promise<void> {
+    try {
+      const res = await this.server.store.ack(this.addr!, offsets, this.server.clock.now());
+      this.server.ring(res.notify);
+    } catch (e) {
+      this.server.reportStoreFailure(e, [this]);
+    }
+  }
+
   /** The frame this session sends for an inbox entry. */
   entryFrame(e: InboxEntry): ServerFrame {
+    if (e.kind === 'gap') {
+      const s = e.streams.map((g): GapFrame['s'][number] => [
+        g.from.user,
+        g.from.device,
+        g.to,
+        ...g.ranges.flat(),
+      ]);
+      return { t: 'gap', o: e.offset, why: WIRE_GAP_REASON[e.reason], s, ts: e.ts };
+    }
     if (e.kind === 'status') {
       return { t: 'st', o: e.offset, s: WIRE_STATUS[e.status], ids: e.ids, by: e.by, ts: e.ts };
     }

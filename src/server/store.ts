@@ -2,16 +2,12 @@
  * The server's storage contract. The store is the source of truth: everything the server
  * engine keeps in memory is a cache or a hint that can be rebuilt from it.
  */
-import type { KeyBundle, KeyUpload } from '../crypto/types.js';
+import type { KeyBundle, KeyUpload } from '../protocol/keys.js';
+import type { DeviceAddress } from './address.js';
 import type { PushToken } from './push/types.js';
 
-export type { KeyBundle, KeyUpload } from '../crypto/types.js';
-
-/** A user's device. */
-export interface DeviceAddress {
-  user: string;
-  device: string;
-}
+export type { KeyBundle, KeyUpload } from '../protocol/keys.js';
+export type { DeviceAddress } from './address.js';
 
 /** Status kinds that travel in inbox entries. */
 export type EntryStatus = 'delivered' | 'read' | 'expired';
@@ -214,7 +210,35 @@ export type InboxEntry =
       event: GroupEvent;
       /** Commit time of the change. */
       ts: number;
-    };
+    }
+  | GapNotice;
+
+/** Why the server dropped message entries a device never acked (see {@link GapNotice}). */
+export type GapReason = 'expired';
+
+/** The dropped messages of one stream: one sender device in one conversation. */
+export interface GapStream {
+  from: DeviceAddress;
+  /** As on the messages: the recipient user, or the group id when `group` is set. */
+  to: string;
+  group?: boolean;
+  /** Dropped sequence numbers as inclusive `[first, last]` ranges, ascending, not touching. */
+  ranges: Array<[number, number]>;
+}
+
+/**
+ * An inbox entry telling its device which of its message entries the server removed before the
+ * device acked them, and why: per stream (conversation, sender device), the sequence numbers
+ * (see {@link ServerStore} "Expiry"). Acked and deleted like any entry.
+ */
+export interface GapNotice {
+  offset: number;
+  kind: 'gap';
+  reason: GapReason;
+  streams: GapStream[];
+  /** When the server dropped them. */
+  ts: number;
+}
 
 /** Options of {@link ServerStore.claimKeys}. */
 export interface ClaimOptions {
@@ -306,7 +330,13 @@ export interface NotifyResult {
  * - **Expiry.** {@link ServerStore.expire} removes inbox entries committed strictly before the
  *   cutoff; for each (removed message, recipient user U ≠ sender user) where no device of U had
  *   acked it, one `expired` status (`by` U) is appended, at `now`, to every device of the
- *   sender's user. Dedupe records older than the cutoff are dropped.
+ *   sender's user. Every device that lost message entries (with a sequence number above 0) is
+ *   told which, in the same transaction: one {@link GapNotice} (`reason: 'expired'`, at `now`)
+ *   per device per transaction, listing each removed entry's stream and sequence number exactly
+ *   once (split into several notices past 256 ranges, `MAX_GAP_RANGES`); a store that expires in
+ *   several transactions may give a device several notices, never the same entry twice. The
+ *   notice goes after every entry the device already has, so a client that holds later messages
+ *   of a stream sees them before it. Dedupe records older than the cutoff are dropped.
  * - **Unlinking.** {@link ServerStore.unregisterDevice} removes the device and every entry of its
  *   inbox (releasing bodies) and its keys, producing no statuses.
  * - **Device lists.** A message with `envelopes` (1:1 only; a group message with envelopes is

@@ -22,6 +22,7 @@ import type {
 } from '../server/store.js';
 import { PENDING_DEVICE } from '../server/users.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
+import { gapNoticeCases } from './server-store-gap-conformance.js';
 
 /** How the server store suite opens and re-opens the adapter under test. */
 export interface ServerStoreSubject {
@@ -150,7 +151,9 @@ function summary(entries: InboxEntry[]): string[] {
       ? `msg ${e.id}`
       : e.kind === 'group'
         ? `${e.event.group} v${e.event.ver} ${e.event.op}${e.event.snapshot ? ' +snapshot' : ''}`
-        : `${e.status} ${[...e.ids].sort().join(',')} by ${e.by}`,
+        : e.kind === 'gap'
+          ? `gap ${e.reason}`
+          : `${e.status} ${[...e.ids].sort().join(',')} by ${e.by}`,
   );
 }
 
@@ -724,8 +727,10 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
         );
       }
       assert.equal(told.size, toBob.length + toCarol.length, 'no other statuses');
-      for (const d of [bob1, bob2, carol1])
-        assert.deepEqual(await inbox(h.store, d), [], `${devKey(d)} emptied`);
+      for (const d of [bob1, bob2, carol1]) {
+        const left = (await inbox(h.store, d)).filter((e) => e.kind !== 'gap');
+        assert.deepEqual(left, [], `${devKey(d)} emptied but for gap notices`);
+      }
     } finally {
       for (const n of others) await n.close();
     }
@@ -913,7 +918,11 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     await store.ack(alice2, [offsetOf(await inbox(store, alice2), 'old1')], 1400);
     const res = await store.expire(2000, 9000);
     assert.equal(res.count, 2 + 2 + 3 + 3, 'every entry committed before the cutoff');
-    assertDevices(res.notify, [alice1, alice2], 'the sender user’s devices');
+    assertDevices(
+      res.notify,
+      [alice1, alice2, bob1, bob2, carol1],
+      'the sender user’s devices, and every device that lost a message (gap notices)',
+    );
     const expected = [
       { status: 'expired', ids: ['old1', 'old3'], by: 'bob', ts: 9000 },
       { status: 'expired', ids: ['old2'], by: 'carol', ts: 9000 },
@@ -929,7 +938,7 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     assert.deepEqual(msgIds(await inbox(store, bob1)), ['new1']);
     assert.deepEqual(msgIds(await inbox(store, bob2)), ['new1']);
     assert.deepEqual(statuses(await inbox(store, bob2)), [], 'old status entries are removed too');
-    assert.deepEqual(await inbox(store, carol1), []);
+    assert.deepEqual(summary(await inbox(store, carol1)), ['gap expired']);
     // A second pass finds nothing more to remove or tell.
     assert.deepEqual(await store.expire(2000, 9500), { count: 0, notify: [] });
   });
@@ -939,8 +948,8 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
     await store.ack(bob1, [offsetOf(await inbox(store, bob1), 'm1')], 3000);
     const res = await store.expire(2000, 9000);
-    assert.deepEqual(res, { count: 1, notify: [] }, 'bob2’s copy goes, silently');
-    assert.deepEqual(await inbox(store, bob2), []);
+    assert.deepEqual(res, { count: 1, notify: [bob2] }, 'bob2’s copy goes; only bob2 is told (a gap notice)');
+    assert.deepEqual(summary(await inbox(store, bob2)), ['gap expired']);
     assert.deepEqual(statuses(await inbox(store, alice1)), [
       { status: 'delivered', ids: ['m1'], by: 'bob', ts: 3000 },
     ]);
@@ -957,7 +966,7 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     const res = await store.ack(alice2, [offsetOf(await inbox(store, alice2), 'note')], 1500);
     assert.deepEqual(res, { count: 1, notify: [] });
     const exp = await store.expire(2000, 9000);
-    assert.deepEqual(exp.notify, []);
+    assert.deepEqual(exp.notify, [alice3], 'only the device that lost its copy (a gap notice)');
     assert.deepEqual(await inbox(store, alice2), []);
     assert.deepEqual(statuses(await inbox(store, alice1)), []);
     assert.deepEqual(statuses(await inbox(store, alice3)), []);
@@ -1503,7 +1512,11 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     await store.ack(bob1, [offsetOf(await inbox(store, bob1), 'm1')], 1500); // bob has it
     const res = await store.expire(2000, 9000);
     assert.equal(res.count, 6 + 4 + 2, 'the create events, the unacked copies, the delivered statuses');
-    assertDevices(res.notify, [alice1, alice2], 'the sender user’s devices');
+    assertDevices(
+      res.notify,
+      [alice1, alice2, bob2, carol1, dave1],
+      'the sender user’s devices, and the devices that lost the message (gap notices)',
+    );
     const expected = [
       { status: 'expired', ids: ['m1'], by: 'carol', ts: 9000 },
       { status: 'expired', ids: ['m1'], by: 'dave', ts: 9000 },
@@ -1515,7 +1528,9 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
       'not for bob, once per member',
     );
     assert.deepEqual(statuses(await inbox(store, alice2)).sort(byWho), expected);
-    for (const d of [bob1, bob2, carol1, dave1]) assert.deepEqual(await inbox(store, d), [], devKey(d));
+    assert.deepEqual(await inbox(store, bob1), [], 'bob1 acked it: no notice');
+    for (const d of [bob2, carol1, dave1])
+      assert.deepEqual(summary(await inbox(store, d)), ['gap expired'], devKey(d));
     assert.deepEqual(await store.expire(2000, 9500), { count: 0, notify: [] });
   });
 
@@ -2216,7 +2231,11 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     assert.deepEqual(statuses(await inbox(store, alice1)), [delivered]);
     const exp = await store.expire(1001, 9000);
     assert.equal(exp.count, 3, 'the copies of m2');
-    assertDevices(exp.notify, [alice1, alice2], 'the sender user’s devices');
+    assertDevices(
+      exp.notify,
+      [alice1, alice2, bob1, bob2],
+      'the sender user’s devices, and the devices told of their gap',
+    );
     const expired = { status: 'expired', ids: ['m2'], by: 'bob', ts: 9000 };
     assert.deepEqual(statuses(await inbox(store, alice1)), [delivered, expired]);
     for (const d of [alice1, alice2, bob1, bob2])
@@ -2336,16 +2355,25 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     await appendOne(store, gmsg(carol1, 'm2', 'g'), 1200);
     const res = await store.expire(1150, 9000);
     assert.equal(res.count, 3, 'm1 and both copies of the create event');
-    assertDevices(res.notify, [alice1], 'the sender of the expired message');
+    assertDevices(
+      res.notify,
+      [alice1, pendingOf('bob')],
+      'the sender of the expired message, and bob’s gap notice',
+    );
     assert.deepEqual(statuses(await inbox(store, alice1)), [
       { status: 'expired', ids: ['m1'], by: 'bob', ts: 9000 },
     ]);
-    assert.deepEqual(summary(await inbox(store, pendingOf('bob'))), ['msg m2']);
+    assert.deepEqual(summary(await inbox(store, pendingOf('bob'))), ['msg m2', 'gap expired']);
     assert.equal(await store.registerUser('bob', 9100), false, 'still registered');
     await appendOne(store, msg(alice1, 'm3', 'bob', 2), 9200);
     // Its first device still learns the group, from the snapshot every new device gets.
     await store.registerDevice(bob1, 9300);
-    assert.deepEqual(summary(await inbox(store, bob1)), ['msg m2', 'msg m3', 'g v1 add +snapshot']);
+    assert.deepEqual(summary(await inbox(store, bob1)), [
+      'msg m2',
+      'gap expired',
+      'msg m3',
+      'g v1 add +snapshot',
+    ]);
   });
 
   test('unregisterUser takes a user and every device out of the directory; unlinking the last device does too', async ({
@@ -2406,5 +2434,6 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     }
   });
 
+  cases.push(...gapNoticeCases(subject));
   return cases;
 }

@@ -242,9 +242,9 @@ export function serverStoreQuotaConformance(subject: QuotaStoreSubject): Conform
     },
   );
 
-  withQuotas({ inboxEntries: 1 })(`${prefix}expiry frees inbox quota`, async (h) => {
+  withQuotas({ inboxEntries: 2 })(`${prefix}expiry frees inbox quota`, async (h) => {
     await register(h.store, alice1, bob1);
-    await one(h.store, msg(alice1, 'm1', 'bob'), 1000);
+    await h.store.append([msg(alice1, 'm1', 'bob'), msg(alice1, 'm1b', 'bob')], 1000);
     assert.equal(codeOf(await one(h.store, msg(alice1, 'm2', 'bob'), 1500)), 'inbox_full');
     await h.store.expire(1200, 3000);
     assert.equal(codeOf(await one(h.store, msg(alice1, 'm2', 'bob'), 3000)), 'ok');

@@ -1,7 +1,7 @@
 /**
  * The SQLite {@link ClientStore} (`postbox/client/sqlite`) for Node clients: bots, Electron
  * main processes, CLIs. Built on `better-sqlite3` (an optional peer dependency: install it to use
- * this subpath). Not for browsers; use the IndexedDB store there.
+ * this subpath). Not for browsers; use the IndexedDB store (`postbox/client/indexeddb`) there.
  *
  * The connection runs with `journal_mode=WAL` and `synchronous=FULL`: an entry is on disk when
  * `enqueue` resolves, so a message the app saw as queued survives a crash or power loss. The
@@ -50,6 +50,7 @@ import {
   type InboundRow,
   type OutboxRow,
 } from './sqlite-schema.js';
+import { mergePages } from './merge-pages.js';
 
 export type {
   SqliteConnectionOptions,
@@ -179,19 +180,7 @@ export function sqliteClientStore(
     const below = before ?? Number.MAX_SAFE_INTEGER;
     const ins = sql.inboundPage.all(conv, below, limit) as Array<InboundRow & { pos: number }>;
     const outs = sql.outboxPage.all(conv, below, limit) as Array<OutboxRow & { pos: number }>;
-    const out: HistoryRecord[] = [];
-    let i = 0;
-    let o = 0;
-    while (out.length < limit && (i < ins.length || o < outs.length)) {
-      if (o >= outs.length || (i < ins.length && ins[i]!.pos > outs[o]!.pos)) {
-        const r = ins[i++]!;
-        out.push({ pos: r.pos, inbound: toInbound(r) });
-      } else {
-        const r = outs[o++]!;
-        out.push({ pos: r.pos, outgoing: toOutbox(r) });
-      }
-    }
-    return out;
+    return mergePages(ins, outs, limit, toInbound, toOutbox);
   }
 
   return {

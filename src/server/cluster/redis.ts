@@ -34,10 +34,40 @@ import type {
 
 export type * from './types.js';
 
+/**
+ * Connection settings for Redis, handed to ioredis as they are (any ioredis option may be given;
+ * the common ones are named here). Typed by postbox, so an app's types never depend on the
+ * ioredis version postbox resolved.
+ */
+export interface RedisConnectionSettings {
+  host?: string;
+  port?: number;
+  username?: string;
+  password?: string;
+  db?: number;
+  /** TLS options (`{}` for TLS with the defaults). */
+  tls?: Record<string, unknown>;
+  /** Any other ioredis option. */
+  [option: string]: unknown;
+}
+
+/**
+ * An ioredis client the app already has (`new Redis(...)`, or a `Cluster`'s node client): the
+ * adapter calls `duplicate()` on it for its own two connections and never closes or changes it.
+ * Typed by shape, so any ioredis 5 client fits without importing its types.
+ */
+export interface RedisClientLike {
+  duplicate(override?: Record<string, unknown>): unknown;
+}
+
 /** Options of {@link redisCluster}. */
 export interface RedisClusterOptions {
-  /** A `redis://` URL or ioredis options. The adapter opens two connections (commands, subscriber). */
-  redis: string | RedisOptions;
+  /**
+   * A `redis://` URL, connection settings, or an ioredis client the app already has (its settings
+   * are reused through `duplicate()`). Either way the adapter opens two connections of its own
+   * (commands, subscriber) and closes them on `close()`.
+   */
+  redis: string | RedisConnectionSettings | RedisClientLike;
   /** Prefix of every key and channel, so deployments (and tests) can share a Redis. @default 'postbox:' */
   prefix?: string;
   /** A node's entries stop counting this long after its last heartbeat. @default 15000 */
@@ -58,6 +88,9 @@ export interface RedisClusterOptions {
    */
   commandTimeoutMs?: number;
 }
+
+const isClient = (v: unknown): v is RedisClientLike =>
+  typeof v === 'object' && v !== null && typeof (v as { duplicate?: unknown }).duplicate === 'function';
 
 /** The Redis adapter, with the crash switch the conformance suite uses. */
 export interface RedisClusterAdapter extends ClusterAdapter {
@@ -303,10 +336,13 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
       socketTimeout: commandTimeoutMs,
       connectTimeout: CONNECT_TIMEOUT_MS,
     };
+    const given = options.redis;
     const r =
-      typeof options.redis === 'string'
-        ? new Redis(options.redis, { ...bounded, ...own })
-        : new Redis({ ...bounded, ...options.redis, ...own });
+      typeof given === 'string'
+        ? new Redis(given, { ...bounded, ...own })
+        : isClient(given)
+          ? (given.duplicate({ ...bounded, ...own }) as Redis)
+          : new Redis({ ...bounded, ...(given as RedisOptions), ...own });
     r.on('error', onError);
     return r;
   };

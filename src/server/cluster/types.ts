@@ -24,9 +24,9 @@
  *
  * @packageDocumentation
  */
-import type { DeviceAddress } from '../store.js';
+import type { DeviceAddress } from '../address.js';
 
-export type { DeviceAddress } from '../store.js';
+export type { DeviceAddress } from '../address.js';
 
 /** What {@link ClusterAdapter.register} found and changed. */
 export interface RegisterResult {

@@ -5,7 +5,7 @@
  * drains the inbox and shows notifications from what it decrypts.
  * @packageDocumentation
  */
-import type { DeviceAddress } from '../store.js';
+import type { DeviceAddress } from '../address.js';
 
 /** A device's push registration, as its app got it from the platform. */
 export interface PushToken {

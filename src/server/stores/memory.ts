@@ -12,6 +12,8 @@ import type {
   MessageInput,
   DeviceAddress,
   EntryStatus,
+  GapReason,
+  GapStream,
   GroupEvent,
   GroupInput,
   GroupRole,
@@ -23,6 +25,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
+import { GapCollector } from './gap-notices.js';
 import {
   joinSnapshot,
   membershipMarks,
@@ -117,7 +120,8 @@ type StoredEntry =
    */
   | { kind: 'msg'; ts: number; message: string; body?: Uint8Array; size: number }
   | { kind: 'status'; ts: number; status: EntryStatus; ids: string[]; by: string }
-  | { kind: 'group'; ts: number; event: GroupEvent };
+  | { kind: 'group'; ts: number; event: GroupEvent }
+  | { kind: 'gap'; ts: number; reason: GapReason; streams: GapStream[] };
 
 interface StoredGroup {
   name: string;
@@ -523,6 +527,10 @@ export function memoryServerStore(
     }
   }
 
+  function copyStreams(streams: GapStream[]): GapStream[] {
+    return streams.map((g) => ({ ...g, from: { ...g.from }, ranges: g.ranges.map(([a, b]) => [a, b]) }));
+  }
+
   function copyEvent(e: GroupEvent): GroupEvent {
     const out: GroupEvent = { ...e, members: [...e.members] };
     if (e.snapshot) out.snapshot = e.snapshot.map((m) => ({ ...m }));
@@ -534,6 +542,8 @@ export function memoryServerStore(
       return { offset, kind: 'status', status: e.status, ids: [...e.ids], by: e.by, ts: e.ts };
     }
     if (e.kind === 'group') return { offset, kind: 'group', event: copyEvent(e.event), ts: e.ts };
+    if (e.kind === 'gap')
+      return { offset, kind: 'gap', reason: e.reason, streams: copyStreams(e.streams), ts: e.ts };
     const m = data.messages.get(e.message);
     if (!m) return undefined; // unreachable while refs are counted right
     const out: InboxEntry = {
@@ -657,14 +667,18 @@ export function memoryServerStore(
       // (sender user, recipient user) → ids of messages that user never got, each once
       const expired = new Map<string, { user: string; by: string; ids: string[] }>();
       const told = new Set<string>();
+      const gaps = new GapCollector<string>();
       for (const [k, inbox] of data.inboxes) {
-        const owner = k.slice(k.indexOf(':') + 1, k.indexOf(':') + 1 + Number(k.slice(0, k.indexOf(':'))));
+        const sep = k.indexOf(':') + 1 + Number(k.slice(0, k.indexOf(':')));
+        const owner = k.slice(k.indexOf(':') + 1, sep);
+        const addr = { user: owner, device: k.slice(sep) };
         for (const [offset, e] of inbox.entries) {
           if (e.ts >= cutoff) continue;
           removeEntry(inbox, offset, e);
           count++;
           if (e.kind !== 'msg') continue;
           const m = unref(e.message);
+          if (m) gaps.add(k, addr, { from: m.from, to: m.to, group: m.group, seq: m.seq });
           if (!m || owner === m.from.user || m.ackedBy.has(owner)) continue;
           const tk = `${e.message}\u0000${owner}`;
           if (told.has(tk)) continue;
@@ -682,6 +696,10 @@ export function memoryServerStore(
         else if (kept.length < records.length) data.sent.set(key, kept);
       }
       fanOut(expired, 'expired', now, notify);
+      for (const d of gaps.notices()) {
+        for (const streams of d.notices) push(d.addr, { kind: 'gap', ts: now, reason: 'expired', streams });
+        notify.add(d.addr);
+      }
       return { count, notify: notify.list };
     },
 

@@ -32,6 +32,8 @@ import type {
   DeviceAddress,
   DeviceEnvelope,
   EntryStatus,
+  GapReason,
+  GapStream,
   GroupEvent,
   GroupInput,
   GroupMember,
@@ -47,6 +49,7 @@ import type {
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import { planInvites, type PendingInvites } from './invites.js';
+import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
 import {
   brokenConnection,
   guardConnection,
@@ -348,7 +351,12 @@ const MIGRATIONS: readonly PgMigration[] = [
         WHERE m.from_user = d.from_user AND m.from_device = d.from_device AND m.msg_id = d.msg_id;
       ALTER TABLE ${s}.dedupe DROP CONSTRAINT dedupe_pkey, ADD PRIMARY KEY (from_user, msg_id, from_device);
     `),
-  // 4: storage quotas, as the SQLite store's step 6: each head row counts its inbox's entries and
+  // 4: as the SQLite store's step 6: inbox rows may be gap notices (`status` 'gap', the reason in
+  // `by_user`, the streams in `ids`; see gap-notices.ts). No column changes: the step is there so
+  // that an older build, which would read such a row as a status it does not know, refuses the
+  // schema instead.
+  async () => {},
+  // 5: storage quotas, as the SQLite store's step 7: each head row counts its inbox's entries and
   // message body bytes (kept by the writer in the same locked update that takes offsets), and each
   // entry records the body bytes it counts for; existing inboxes are counted here.
   (c, s) =>
@@ -478,6 +486,12 @@ interface RemovedRow {
   msg_id: string | null;
   /** Body bytes the entry counted for in its inbox's quota. */
   size: number;
+  /** Expiry only: the device's id and, for a message, the rest of its stream. */
+  owner_device?: string;
+  from_device?: string | null;
+  to_user?: string | null;
+  to_group?: boolean | null;
+  seq?: string | null;
 }
 
 /** An ack waiting for the next group commit. */
@@ -496,7 +510,8 @@ interface NewEntry {
   message: number | null;
   body: Uint8Array | null;
   event: number | null;
-  status: EntryStatus | null;
+  /** An {@link EntryStatus}, or `'gap'` for a gap notice. */
+  status: EntryStatus | typeof GAP_ROW_STATUS | null;
   ids: string | null;
   by: string | null;
   /** Body bytes it counts for in its inbox's quota. */
@@ -698,17 +713,17 @@ function postgresStore(
     }
 
     status(dev: number, now: number, status: EntryStatus, ids: readonly string[], by: string): void {
-      this.add({
-        dev,
-        ts: now,
-        message: null,
-        body: null,
-        event: null,
-        status,
-        ids: JSON.stringify(ids),
-        by,
-        size: 0,
-      });
+      this.row(dev, now, status, JSON.stringify(ids), by);
+    }
+
+    /** A gap notice (see gap-notices.ts for its stored form). */
+    gap(dev: number, now: number, reason: GapReason, streams: GapStream[]): void {
+      this.row(dev, now, GAP_ROW_STATUS, encodeGapStreams(streams), reason);
+    }
+
+    /** A row with neither message nor event: a status or a gap notice. */
+    private row(dev: number, ts: number, status: NewEntry['status'], ids: string, by: string): void {
+      this.add({ dev, ts, message: null, body: null, event: null, status, ids, by, size: 0 });
     }
 
     /** Records that the sender of a 1:1 message consented to its recipient (for `related`). */
@@ -1464,15 +1479,28 @@ function postgresStore(
            DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
            RETURNING i.dev, i.pos, i.message, i.event, i.size
          )
-         SELECT del.*, d.user_id AS owner, m.from_user, m.msg_id
+         SELECT del.*, d.user_id AS owner, d.device AS owner_device, m.from_user, m.msg_id,
+                m.from_device, m.to_user, m.to_group, m.seq
          FROM del JOIN ${s}.devices d ON d.id = del.dev LEFT JOIN ${s}.messages m ON m.id = del.message
          ORDER BY del.dev, del.pos`,
         [cutoff, expiryBatchSize],
       );
+      // Read before settle: it may delete the messages (the rows already carry their streams).
+      const gaps = new GapCollector<number>();
+      for (const r of removed) {
+        if (r.message === null || r.from_user === null) continue;
+        const from = { user: r.from_user, device: r.from_device! };
+        const stream = { from, to: r.to_user!, group: r.to_group === true, seq: Number(r.seq) };
+        gaps.add(Number(r.dev), { user: r.owner!, device: r.owner_device! }, stream);
+      }
       const expired: Groups = new Map();
       w.released(removed);
       await settle(c, [{ removed, user: (r) => r.owner!, out: expired }]);
       await fanOut(w, expired, 'expired', now, notify);
+      for (const d of gaps.notices()) {
+        for (const streams of d.notices) w.gap(d.key, now, 'expired', streams);
+        notify.add(d.addr);
+      }
       await w.flush();
       return removed.length;
     });
@@ -1552,6 +1580,10 @@ function postgresStore(
     if (r.event !== null) {
       if (r.event_data === null) return undefined; // unreachable: refs keep the event while referenced
       return { offset, kind: 'group', event: decodeEvent(r.event_data), ts: Number(r.ts) };
+    }
+    if (r.status === GAP_ROW_STATUS) {
+      const reason = r.by_user as GapReason;
+      return { offset, kind: 'gap', reason, streams: decodeGapStreams(r.ids ?? '[]'), ts: Number(r.ts) };
     }
     return {
       offset,

@@ -19,9 +19,10 @@
  * reached by migration steps applied in one transaction each; step 2 added groups, per-user
  * delivery tracking, contacts and last-seen times; step 3 the key directory and per-device bodies
  * of end-to-end encrypted messages; step 4 push tokens; step 5 directed consents, membership
- * versions and where each message went, see below; step 6 storage quotas: `devices.entries` and
-`devices.bytes` count each inbox, kept by triggers, and `inbox.size` is the body bytes an entry counts for;
-and `group_invites (group_id, user)`, the pending group invites, indexed by user):
+ * versions and where each message went, see below; step 6 gap notices; step 7 storage quotas:
+ * `devices.entries` and `devices.bytes` count each inbox, kept by triggers, `inbox.size` is the
+ * body bytes an entry counts for, and `group_invites (group_id, user)` holds the pending group
+ * invites, indexed by user):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -61,6 +62,7 @@ import type {
   DeviceAddress,
   DeviceEnvelope,
   EntryStatus,
+  GapReason,
   GroupEvent,
   GroupInput,
   GroupMember,
@@ -75,6 +77,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
 import { sqlitePing } from './sqlite-ping.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import { walSync } from './sqlite-sync.js';
@@ -339,7 +342,11 @@ const MIGRATIONS: readonly SqliteMigration[] = [
       ALTER TABLE dedupe_v5 RENAME TO dedupe;
       CREATE INDEX dedupe_ts ON dedupe (ts);
     `),
-  // 6: storage quotas. Each device row counts its inbox's entries and message body bytes, kept by
+  // 6: inbox rows may be gap notices (`status` 'gap', the reason in `by_user`, the streams in
+  // `ids`; see gap-notices.ts). No column changes: the step is there so that an older build,
+  // which would read such a row as a status it does not know, refuses the database instead.
+  () => {},
+  // 7: storage quotas. Each device row counts its inbox's entries and message body bytes, kept by
   // triggers on every insert and delete (so no write path can miss them), and each entry records
   // the body bytes it counts for; existing inboxes are counted once here.
   (db) =>
@@ -421,6 +428,15 @@ interface EntryRow {
   message: number | null;
   from_user: string | null;
   msg_id: string | null;
+}
+
+/** A removed entry as expiry reads it: also its device and, for a message, its stream. */
+interface ExpiredRow extends EntryRow {
+  owner_device: string | null;
+  from_device: string | null;
+  to_user: string | null;
+  to_group: number | null;
+  seq: number | null;
 }
 
 /** An ack waiting for the next group commit. */
@@ -541,7 +557,8 @@ export function sqliteServerStore(
     /** Marks (message, user) as told; `changes` is 0 when it already was (delivered once). */
     markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
     expiredEntries: q(
-      `SELECT i.dev, i.pos, i.message, d.user AS owner, m.from_user, m.msg_id
+      `SELECT i.dev, i.pos, i.message, d.user AS owner, d.device AS owner_device, m.from_user, m.msg_id,
+              m.from_device, m.to_user, m.to_group, m.seq
        FROM inbox i
        LEFT JOIN devices d ON d.id = i.dev
        LEFT JOIN messages m ON m.id = i.message
@@ -944,6 +961,10 @@ export function sqliteServerStore(
       if (r.event_data === null) return undefined; // unreachable: the trigger keeps refs right
       return { offset: r.pos, kind: 'group', event: decodeEvent(r.event_data), ts: r.ts };
     }
+    if (r.status === GAP_ROW_STATUS) {
+      const reason = r.by_user as GapReason;
+      return { offset: r.pos, kind: 'gap', reason, streams: decodeGapStreams(r.ids ?? '[]'), ts: r.ts };
+    }
     return {
       offset: r.pos,
       kind: 'status',
@@ -963,9 +984,15 @@ export function sqliteServerStore(
   function expireStep(cutoff: number, now: number, notify: NotifySet): number {
     return tx(() => {
       const w = writer();
-      const rows = sql.expiredEntries.all(cutoff, expiryBatchSize) as EntryRow[];
+      const rows = sql.expiredEntries.all(cutoff, expiryBatchSize) as ExpiredRow[];
       const expired: Groups = new Map();
+      const gaps = new GapCollector<number>();
       for (const r of rows) {
+        if (r.message !== null && r.from_user !== null && r.owner) {
+          const from = { user: r.from_user, device: r.from_device! };
+          const stream = { from, to: r.to_user!, group: r.to_group === 1, seq: r.seq! };
+          gaps.add(r.dev, { user: r.owner, device: r.owner_device! }, stream);
+        }
         // Marked before the delete: the delete may take the message (and its marks) with it.
         if (r.message !== null && r.from_user !== null && r.owner && r.owner !== r.from_user) {
           if (sql.markDelivered.run(r.message, r.owner).changes === 1) {
@@ -975,6 +1002,19 @@ export function sqliteServerStore(
         sql.entryDelete.run(r.dev, r.pos);
       }
       fanOut(w, expired, 'expired', now, notify);
+      for (const d of gaps.notices()) {
+        for (const streams of d.notices) {
+          sql.entryStatusInsert.run(
+            d.key,
+            w.next(d.key),
+            now,
+            GAP_ROW_STATUS,
+            encodeGapStreams(streams),
+            'expired',
+          );
+        }
+        notify.add(d.addr);
+      }
       w.flush();
       return rows.length;
     });
