@@ -136,6 +136,7 @@ const SCENARIOS = {
         ? { firstWarmupMs: 800, warmupMs: 400, measureMs: 1200 }
         : { firstWarmupMs: 2000, warmupMs: 1000, measureMs: 3000 }),
     },
+    serverOptions: { timelines: true },
     timeoutMs: 90_000,
   },
   drain: {
@@ -420,6 +421,7 @@ async function startServer(system, options) {
         const r = await child.request({ type: 'mem' }, 60_000);
         return { mem: r.mem, connections: r.connections };
       },
+      trace: async (trace) => (await child.request({ type: 'trace', trace })).trace,
       stop: () => child.stop(),
     };
   } catch (e) {
@@ -446,6 +448,7 @@ async function runPair(scenario, system, def) {
       try {
         reply.cpu = await server.cpu();
         if (m.data?.mem && server.mem) Object.assign(reply, await server.mem());
+        if (m.data?.trace && server.trace) reply.trace = await server.trace(m.data.trace);
       } catch (e) {
         reply.error = String(e);
       }
@@ -549,7 +552,17 @@ function brief(name, out) {
     return ['0.5k', '2k']
       .map((k) => {
         const t = ['acked', 'delivered', 'status'].map((p) => f(out[`${k}:trace_${p}_ms`])).join('/');
-        return `${k}: delivered p50/p99 ${f(out[`${k}:delivered_p50_ms`])}/${f(out[`${k}:delivered_p99_ms`])}, ✓✓ p50/p99 ${f(out[`${k}:status_p50_ms`])}/${f(out[`${k}:status_p99_ms`])} ms, one message ✓/delivered/✓✓ at ${t} ms`;
+        // Where the slowest 1% of the traced messages waited (postbox: postbox.trace.mjs).
+        const tail = Object.keys(out)
+          .filter((m) => m.startsWith(`${k}:tail_`) && m !== `${k}:tail_total_ms`)
+          .sort((a, b) => out[b] - out[a])
+          .slice(0, 3)
+          .map((m) => `${m.slice(k.length + 6, -3)} ${f(out[m])}`)
+          .join(', ');
+        const slow = tail
+          ? `; slowest 1% (${f(out[`${k}:tail_total_ms`])} ms) wait in ${tail}; loop delay p99/max ${f(out[`${k}:eld_p99_ms`])}/${f(out[`${k}:eld_max_ms`])}, GC ${f(out[`${k}:gc_ms`])} ms`
+          : '';
+        return `${k}: delivered p50/p99 ${f(out[`${k}:delivered_p50_ms`])}/${f(out[`${k}:delivered_p99_ms`])}, ✓✓ p50/p99 ${f(out[`${k}:status_p50_ms`])}/${f(out[`${k}:status_p99_ms`])} ms, one message ✓/delivered/✓✓ at ${t} ms${slow}`;
       })
       .join('; ');
   if (name === 'drain')

@@ -25,7 +25,11 @@ try {
   const { system, options = {} } = JSON.parse(process.argv[2]);
   const store = system.startsWith('postbox-sqlite') ? 'sqlite' : 'memory';
   const mod = await import(VARIANTS[options.variant]?.[system] ?? SERVERS[system]);
-  const server = await mod.start({ ...options, store, ...(system.endsWith('-notrace') ? { trace: false } : {}) });
+  const server = await mod.start({
+    ...options,
+    store,
+    ...(system.endsWith('-notrace') ? { trace: false } : {}),
+  });
   onRequest('cpu', () => ({ cpu: process.cpuUsage() }));
   onRequest('mem', async () => {
     // Two full collections, with a pause for finalizers, so only live memory is counted.
@@ -35,6 +39,8 @@ try {
     }
     return { mem: process.memoryUsage(), connections: server.connections() };
   });
+  // Servers that trace messages (latency-light): start and end a window, answer what was seen.
+  onRequest('trace', (m) => ({ trace: server.trace?.(m.trace) }));
   tell({ type: 'ready', url: server.url });
 } catch (e) {
   fail(e);

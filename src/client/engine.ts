@@ -17,6 +17,7 @@ import {
   type ClientFrame,
   type DeviceListDifference,
   type ErrFrame,
+  type GapFrame,
   type GroupEventFrame,
   type KeyBundlesFrame,
   type GroupOp,
@@ -29,6 +30,7 @@ import {
 import type { ClientTransport, Connection } from '../transport/types.js';
 import { seededRandom, systemClock, type Clock, type Random, type TimerHandle } from '../util/clock.js';
 import { ulidFactory } from '../util/ulid.js';
+import { GapBook, reasonsOf, walk, type GapEvent, type GapReason, type Range, type Step } from './gaps.js';
 import {
   applyGroupEvent,
   decodeChange,
@@ -47,6 +49,7 @@ import { encodeInvite, inviteOf, listInvites, NS_INVITES, type GroupInvite } fro
 import type { CryptoAdapter, KeyBundle, KeyUpload } from '../crypto/types.js';
 import { ackWait } from './ack-pacing.js';
 import { E2ee, decodeContent, encodeContent, type Content } from './e2ee.js';
+import { DEFAULT_KEY_WAIT_MS, KeyWait, type KeysReadyOptions } from './key-wait.js';
 import { nextStatus } from './status.js';
 import type {
   ClientStore,
@@ -146,7 +149,7 @@ export interface ReceivedMessage {
 /**
  * A status change of a message this device sent. When `status` is `failed` or `expired`, and
  * only then, `reason` (an error code: `unknown_recipient`, `not_member`, `too_large`,
- * `forbidden`, `mismatched_devices`, `expired`, …) and `detail` (a human message) say why; the
+ * `forbidden`, `mismatched_devices`, `no_keys`, `expired`, …) and `detail` (a human message) say why; the
  * same are stored with the message (see {@link PostboxClient.messageInfo}, {@link PostboxClient.history}).
  */
 export interface StatusChange extends Partial<SendFailure> {
@@ -155,17 +158,6 @@ export interface StatusChange extends Partial<SendFailure> {
   status: MessageStatus;
   /** The user that produced it (delivered/read), when known. */
   by?: string;
-}
-
-/** Messages that did not arrive within `gapTimeoutMs`; the held ones after them were released. */
-export interface GapEvent {
-  conv: string;
-  from: string;
-  fromDevice: string;
-  /** First missing sequence number. */
-  fromSeq: number;
-  /** Last missing sequence number. */
-  toSeq: number;
 }
 
 /** Events of {@link PostboxClient}. */
@@ -178,7 +170,11 @@ export interface ClientEvents {
   message: (message: ReceivedMessage) => void;
   /** A sent message moved forward: pending → sent → delivered → read, or failed / expired. */
   status: (change: StatusChange) => void;
-  /** A gap in a sender's sequence stayed open past `gapTimeoutMs`. */
+  /**
+   * Messages of a sender will not come, and why (`reason`): at once when the server said it
+   * dropped them (`expired`), else once the hole stayed open past `gapTimeoutMs` or
+   * `maxHeldPerStream` (see {@link GapReason}). The held messages after it follow.
+   */
   gap: (gap: GapEvent) => void;
   /** The connection state changed. `error` is set when the change was caused by one. */
   connection: (state: ConnectionState, error?: PostboxError) => void;
@@ -317,6 +313,14 @@ export interface ClientOptions {
   signedPreKeyMaxAgeMs?: number;
   /** A peer that could not decrypt a message may have it sent again this long after it was sent. @default 1 day */
   resendWindowMs?: number;
+  /**
+   * With encryption: how long a message to a user whose devices have not published keys yet is
+   * held (`pending`, later messages to that user behind it) waiting for them, before it fails with
+   * `no_keys`. Counted from when the client first found the user without keys; a restart of the
+   * client starts it again. See docs/encryption.md, "A new contact: when can I write?".
+   * @default 1 day
+   */
+  keyWaitMs?: number;
 }
 
 /** A request answered by `ok`/`err` outside the outbox (approve, unlink, subscribe). */
@@ -352,6 +356,9 @@ const NOTICES_WITHOUT_REQUEST: ReadonlySet<string> = new Set([
   'unauthorized',
   'unsupported_version',
 ]);
+
+/** A 1:1 item sealed once per recipient device (so it needs a recipient device with keys). */
+const perDevice = (e: OutboxEntry): boolean => e.kind === 'ctl' || (e.kind === 'msg' && !isGroupId(e.to));
 
 const streamKey = (conv: string, from: string, fromDevice: string) =>
   `${conv}\u0000${from}\u0000${fromDevice}`;
@@ -408,6 +415,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly gapTimers = new Map<string, TimerHandle>();
   /** Group streams waiting for messages asked for again (stream key → their sequence numbers). */
   private readonly pins = new Map<string, Set<number>>();
+  /** What the server said it dropped, and group holes skipped without a reason (gaps.ts). */
+  private readonly gapBook: GapBook;
   private pendingAcks: number[] = [];
   private ackTimer: TimerHandle | undefined;
   /** Unsent acks that go out at once: half the server's delivery window. */
@@ -444,11 +453,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private readonly ctlRequests = new Map<number, { ok(): void; err(e: PostboxError): void }>();
   /** Device-list corrections per outgoing id, to give up on one that never settles. */
   private readonly corrections = new Map<string, number>();
+  /** Sends held until their recipient has keys (key-wait.ts). */
+  private readonly keyWait: KeyWait | undefined;
 
   constructor(options: ClientOptions) {
     super();
     this.transport = options.transport;
     this.store = options.store;
+    this.gapBook = new GapBook(options.store);
     this.clock = options.clock ?? systemClock;
     this.random = options.random ?? Math.random;
     this.ulid = ulidFactory(this.clock, this.random);
@@ -493,6 +505,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           now: () => this.clock.now(),
         },
       );
+      this.keyWait = this.keyWaitOf(this.e2ee, options.keyWaitMs ?? DEFAULT_KEY_WAIT_MS);
     }
     if (options.autoStart ?? true) this.start();
   }
@@ -572,6 +585,24 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.clock,
       options,
     );
+  }
+
+  /**
+   * Resolves when `user` can be written to with encryption: a device of theirs has published keys
+   * (at once when one is known to, and at once without a crypto adapter). A send before that is
+   * not lost: it is held, `pending`, until the keys come or `keyWaitMs` passes (then `failed`,
+   * `no_keys`). Waits also for a user with no device yet; rejects with `no_keys` after
+   * `timeoutMs`, with the signal's reason when `signal` aborts, and with `closed` when the client
+   * is or becomes closed. See docs/encryption.md, "A new contact: when can I write?".
+   * @example
+   * ```ts
+   * await client.keysReady('bob', { timeoutMs: 60_000 }); // bob's phone has published its keys
+   * ```
+   */
+  async keysReady(user: string, options: KeysReadyOptions = {}): Promise<void> {
+    assertUserId(user, 'user');
+    if (this._state === 'closed') throw new PostboxError('closed', 'client is closed');
+    if (this.keyWait) await this.keyWait.keysReady(user, options);
   }
 
   /**
@@ -1002,7 +1033,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
 
   /** Outgoing items not yet acked by the server. */
   get unsent(): number {
-    return this.queue.length;
+    return this.queue.length + (this.keyWait?.size ?? 0);
   }
 
   /** Closes the connection and stops reconnecting. The store stays open for its owner. */
@@ -1014,6 +1045,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.gapTimers.clear();
     for (const t of this.typingTimers.values()) this.clock.clearTimeout(t);
     this.typingTimers.clear();
+    this.keyWait?.close();
     // Queued requests stay in the outbox for the next start; only this run's promises end.
     for (const id of [...this.waiters.keys()]) {
       this.settleWaiter(id, new PostboxError('closed', 'client closed before the server answered'));
@@ -1202,6 +1234,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         return this.onErr(frame.r, errorOf(frame));
       case 'kb':
         return this.onKeyBundles(frame);
+      case 'kr':
+        return this.keyWait?.published(frame.u);
       case 'klow':
         if (this.e2ee) {
           const e2ee = this.e2ee;
@@ -1217,9 +1251,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       case 'gev':
         return this.onGroupEvent(frame);
       case 'gap':
-        // Acked in inbox order with the entries before it.
-        void this.serial(async () => this.ackLater(frame.o));
-        return;
+        return this.onGapNotice(frame);
       case 'pres':
         if (this.watched.has(frame.u)) {
           const change: PresenceChange = { user: frame.u, online: frame.on };
@@ -1279,6 +1311,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.scheduleHeartbeat();
     this.flushAcks();
     this.pumpOutbox();
+    this.keyWait?.connected();
     // Subscriptions end with a connection; the ones the app still wants are renewed.
     for (const user of renew) {
       const r = this.takeReq();
@@ -1297,6 +1330,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   private async load(): Promise<void> {
     this.queue = await this.store.pending();
     this.sendPointer = 0;
+    this.keyWait?.requeued();
     if (this.groupViews.size === 0) {
       for (const { key, value } of await this.store.listState(NS_GROUP)) {
         this.groupViews.set(key, decodeView(key, value));
@@ -1306,6 +1340,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     for (const { key, value } of await this.store.listState(NS_PINS)) {
       this.pins.set(key, new Set(JSON.parse(new TextDecoder().decode(value)) as number[]));
     }
+    await this.gapBook.load();
     this.heldByKey.clear();
     for (const m of await this.store.held()) {
       const key = streamKey(m.conv, m.from, m.fromDevice);
@@ -1345,13 +1380,15 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const gen = this.generation;
     this.txChain = this.txChain.then(async () => {
       if (gen !== this.generation) return;
+      // Behind a send held for its recipient's keys, a later one to the same user waits too.
+      if (perDevice(e) && this.keyWait!.behind(e)) return this.held(e.id, r);
       let frame: ClientFrame;
       try {
         await this.cryptoReady;
         frame = await this.sealedFrame(e, r);
       } catch (err) {
         // The connection went away mid-way: everything unacked goes out again after reconnecting.
-        if (gen === this.generation) this.sealFailed(e.id, r, err);
+        if (gen === this.generation) this.sealFailed(e, r, err);
         return;
       }
       if (gen === this.generation) this.write(frame);
@@ -1410,9 +1447,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     }
   }
 
-  private sealFailed(id: string, r: number, err: unknown): void {
+  private sealFailed(entry: OutboxEntry, r: number, err: unknown): void {
+    const id = entry.id;
     const code = isPostboxError(err) ? err.code : (err as { code?: unknown })?.code;
     if (code === 'disconnected' || code === 'closed') return;
+    // No device with keys yet, but the user has devices: held until keys come (key-wait.ts).
+    if (code === 'unknown_recipient' && this.keyWait!.hold(entry)) return this.held(id, r);
     this.inflight.delete(r);
     if (code === 'untrusted_identity') {
       // Stays pending in the store: it goes out after verifyIdentity() (which reconnects).
@@ -1428,6 +1468,54 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     }
     this.emit('error', err);
     this.drop('encryption failed');
+  }
+
+  /** An item was held for its recipient's keys: it leaves the send window and the queue (it stays pending in the store). */
+  private held(id: string, r: number): void {
+    this.inflight.delete(r);
+    this.unqueue(id);
+    this.pumpOutbox();
+  }
+
+  /** Runs `fn` on the seal chain (after every item already on its way), with the adapter open. */
+  private onSealChain(fn: () => Promise<void>): Promise<void> {
+    const run = this.txChain.then(async () => {
+      await this.cryptoReady;
+      await fn();
+    });
+    this.txChain = run.catch(() => {});
+    return run;
+  }
+
+  /** The key wait of an encrypting client: it asks through this connection, and puts items back through the outbox. */
+  private keyWaitOf(e2ee: E2ee, keyWaitMs: number): KeyWait {
+    return new KeyWait(
+      {
+        clock: this.clock,
+        online: () => this._state === 'open',
+        probe: async (users) => {
+          await this.cryptoReady;
+          const ready: string[] = [];
+          const unknown: string[] = [];
+          for (const u of users) ((await e2ee.hasKeys(u)) ? ready : unknown).push(u);
+          if (unknown.length > 0) {
+            // The round trip is outside the seal chain: it holds up no send.
+            const bundles = await this.claimKeys(unknown);
+            await this.onSealChain(() => e2ee.adopt(unknown, bundles));
+            for (const u of unknown) if (await e2ee.hasKeys(u)) ready.push(u);
+          }
+          return ready;
+        },
+        afterSealing: (fn) => void this.onSealChain(async () => fn()).catch((e) => this.emit('error', e)),
+        requeue: (entries) => {
+          // Ahead of everything not yet sent: the later items of their conversation are behind them.
+          this.queue.splice(this.sendPointer, 0, ...entries);
+          this.pumpOutbox();
+        },
+        fail: (entry, error) => this.settleOutgoing(entry.id, 'failed', error),
+      },
+      keyWaitMs,
+    );
   }
 
   /** Counts a correction of an outgoing item; false once it has had too many. */
@@ -1487,6 +1575,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const q = this.keyRequests.get(f.r);
     if (!q) return;
     this.keyRequests.delete(f.r);
+    if (f.w) this.keyWait?.noteKeyless(f.w);
     q.resolve(
       f.b.map(([user, device, registrationId, identityKey, spk, kpk, pk]) => {
         const b: KeyBundle = {
@@ -1818,7 +1907,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           if (f.seq !== 0 && !(replay && (await this.haveInbound(f, group)))) {
             if (!group && !replay) await e2ee.archive(from);
             await this.enqueueControl(f.f, [2, f.id, f.fd]);
-            if (group) await this.pin(streamKey(group, f.f, f.fd), f.seq);
+            // Pinned 1:1 too: should the new copy never come, the gap says `undecryptable`.
+            const conv = group ?? (f.f === me.user ? (f.to ?? me.user) : f.f);
+            await this.pin(streamKey(conv, f.f, f.fd), f.seq);
           }
           this.ackLater(f.o);
           return;
@@ -1991,11 +2082,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     let next = await this.nextFor(key);
     // In a group a hole in a sender's sequence is never waited for: it is a message the server
     // refused (the sender was no longer a member) or one sent while this user was not in the
-    // group, and the inbox already delivers a sender's messages in commit order.
+    // group, and the inbox already delivers a sender's messages in commit order. A gap notice
+    // that comes later may still explain it (gaps.ts).
+    let passed: Range[] = [];
     if (m.seq > next && isGroupId(m.conv)) {
       // Skip the hole, but not past a message asked for again.
       let first = m.seq;
       for (const s of this.pins.get(key) ?? []) if (s >= next && s < first) first = s;
+      if (first > next) passed = await this.skipHole(key, next, first - 1);
       next = first;
     }
     if (m.seq === next) {
@@ -2006,9 +2100,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         await this.savePins(key, rest);
       }
       const held = this.heldByKey.get(key);
-      const released: InboundMessage[] = [];
-      let n = m.seq + 1;
-      while (held?.has(n)) released.push(held.get(n++)!);
+      const { next: n, steps } = walk(m.seq + 1, held, this.gapBook.dropped(key));
+      const released = steps.flatMap((st) => (st.msg ? [st.msg] : []));
       const { inserted } = await this.store.applyInbound({
         insert: m,
         release: released.map((r) => r.id),
@@ -2018,8 +2111,10 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.streams.set(key, n);
       for (const r of released) held!.delete(r.seq);
       if (held && held.size === 0) this.clearGap(key);
+      await this.gapBook.passed(key, n);
+      for (const [a, b] of passed) this.emitGap(m, a, b, 'expired');
       this.emitMessage(m, false);
-      for (const r of released) this.emitMessage(r, false);
+      this.emitSteps(m, steps);
     } else if (m.seq < next) {
       const { inserted } = await this.store.applyInbound({ insert: m });
       if (inserted) this.emitMessage(m, true);
@@ -2031,9 +2126,93 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       held.set(m.seq, m);
       if (held.size > this.opts.maxHeldPerStream) {
         this.clearGap(key);
-        await this.giveUpGap(key);
+        await this.giveUpGap(key, 'overflow');
       } else this.armGapTimer(key);
     }
+  }
+
+  /**
+   * A group stream passes the hole `[from, to]` without waiting: the numbers the server already
+   * said it dropped are returned (to report as `expired`), the others are kept as skipped.
+   */
+  private async skipHole(key: string, from: number, to: number): Promise<Range[]> {
+    const known = reasonsOf(from, to, undefined, this.gapBook.dropped(key), 'timeout');
+    for (const r of known) if (r.reason !== 'expired') await this.gapBook.skipped(key, r.from, r.to);
+    return known.flatMap((r): Range[] => (r.reason === 'expired' ? [[r.from, r.to]] : []));
+  }
+
+  /**
+   * A gap notice: the server dropped these messages of each stream before this device acked
+   * them. Numbers behind a stream's next expected one explain a group hole skipped before (or
+   * were shown, or reported, already); the others let the stream move on at once, past them and
+   * over the messages held behind them. Acked after, in inbox order.
+   */
+  private onGapNotice(f: GapFrame): void {
+    const me = this.me;
+    if (!me) return;
+    const gen = this.generation;
+    void this.serial(async () => {
+      try {
+        for (const [from, fromDevice, to, ...flat] of f.s) {
+          const conv = isGroupId(to) ? to : from === me.user ? to : from;
+          const key = streamKey(conv, from, fromDevice);
+          const ranges: Range[] = [];
+          for (let i = 0; i + 1 < flat.length; i += 2) ranges.push([flat[i]!, flat[i + 1]!]);
+          await this.applyDropped(key, { conv, from, fromDevice }, ranges);
+        }
+      } catch (e) {
+        // Not acked: the server delivers it again after the reconnect.
+        this.emit('error', e);
+        if (gen === this.generation) this.drop('client store failed');
+        return;
+      }
+      this.ackLater(f.o);
+    });
+  }
+
+  private async applyDropped(
+    key: string,
+    stream: { conv: string; from: string; fromDevice: string },
+    ranges: Range[],
+  ): Promise<void> {
+    const next = await this.nextFor(key);
+    const behind = ranges.flatMap(([a, b]): Range[] => (a < next ? [[a, Math.min(b, next - 1)]] : []));
+    const ahead = ranges.flatMap(([a, b]): Range[] => (b >= next ? [[Math.max(a, next), b]] : []));
+    if (behind.length > 0 && isGroupId(stream.conv)) {
+      for (const [a, b] of await this.gapBook.explain(key, behind)) this.emitGap(stream, a, b, 'expired');
+    }
+    if (ahead.length === 0) return;
+    await this.gapBook.addDropped(key, ahead);
+    const held = this.heldByKey.get(key);
+    const { next: n, steps } = walk(next, held, this.gapBook.dropped(key));
+    if (n === next) return; // a hole nobody explained comes first: the timeout still runs for it
+    const released = steps.flatMap((st) => (st.msg ? [st.msg] : []));
+    await this.store.applyInbound({ release: released.map((r) => r.id), streams: [{ key, next: n }] });
+    this.streams.set(key, n);
+    for (const r of released) held!.delete(r.seq);
+    if (!held || held.size === 0) {
+      this.clearGap(key);
+      this.heldByKey.delete(key);
+    }
+    await this.gapBook.passed(key, n);
+    this.emitSteps(stream, steps);
+  }
+
+  /** Emits a stream's steps in sequence order: released messages, and dropped ranges as `expired` gaps. */
+  private emitSteps(stream: { conv: string; from: string; fromDevice: string }, steps: Step[]): void {
+    for (const st of steps) {
+      if (st.msg) this.emitMessage(st.msg, false);
+      else this.emitGap(stream, st.gap[0], st.gap[1], 'expired');
+    }
+  }
+
+  private emitGap(
+    s: { conv: string; from: string; fromDevice: string },
+    fromSeq: number,
+    toSeq: number,
+    reason: GapReason,
+  ): void {
+    this.emit('gap', { conv: s.conv, from: s.from, fromDevice: s.fromDevice, fromSeq, toSeq, reason });
   }
 
   private emitMessage(m: InboundMessage, late: boolean): void {
@@ -2058,7 +2237,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       key,
       this.clock.setTimeout(() => {
         this.gapTimers.delete(key);
-        void this.serial(() => this.giveUpGap(key));
+        void this.serial(() => this.giveUpGap(key, 'timeout'));
       }, this.opts.gapTimeoutMs),
     );
   }
@@ -2068,28 +2247,32 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.gapTimers.delete(key);
   }
 
-  private async giveUpGap(key: string): Promise<void> {
-    if (this.pins.has(key)) await this.savePins(key, undefined);
+  /**
+   * Gives up the holes of a stream: every held message is released, each hole reported first
+   * with why — numbers asked for again are `undecryptable`, numbers the server dropped `expired`,
+   * the rest `fallback` (the timeout, or the held-message bound).
+   */
+  private async giveUpGap(key: string, fallback: GapReason): Promise<void> {
+    const pinned = this.pins.get(key);
+    if (pinned) await this.savePins(key, undefined);
     const held = this.heldByKey.get(key);
     if (!held || held.size === 0) return;
     const ordered = [...held.values()].sort((a, b) => a.seq - b.seq);
     let expect = await this.nextFor(key);
     const last = ordered[ordered.length - 1]!;
+    const dropped = this.gapBook.dropped(key);
     await this.store.applyInbound({
       release: ordered.map((m) => m.id),
       streams: [{ key, next: last.seq + 1 }],
     });
     this.streams.set(key, last.seq + 1);
     this.heldByKey.delete(key);
+    await this.gapBook.passed(key, last.seq + 1);
     for (const m of ordered) {
       if (m.seq > expect) {
-        this.emit('gap', {
-          conv: m.conv,
-          from: m.from,
-          fromDevice: m.fromDevice,
-          fromSeq: expect,
-          toSeq: m.seq - 1,
-        });
+        for (const r of reasonsOf(expect, m.seq - 1, pinned, dropped, fallback)) {
+          this.emitGap(m, r.from, r.to, r.reason);
+        }
       }
       this.emitMessage(m, false);
       expect = m.seq + 1;

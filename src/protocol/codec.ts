@@ -41,10 +41,11 @@ const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   typn: { code: 21, fields: ['f', 'fd', 'on', 'to', 'g'] },
   keys: { code: 22, fields: ['r', 'rid', 'ik', 'spk', 'lrk', 'pk', 'kpk'] },
   kget: { code: 23, fields: ['r', 'u', 'd'] },
-  kb: { code: 24, fields: ['r', 'b'] },
+  kb: { code: 24, fields: ['r', 'b', 'w'] },
   klow: { code: 25, fields: ['pk', 'kpk'] },
   ptok: { code: 26, fields: ['r', 'k', 'tok'] },
   gap: { code: 27, fields: ['o', 'why', 's', 'ts'] },
+  kr: { code: 28, fields: ['u'] },
 };
 const BY_CODE: Array<{ t: string; fields: readonly string[] } | undefined> = [];
 for (const [t, l] of Object.entries(LAYOUT)) BY_CODE[l.code] = { t, fields: l.fields };

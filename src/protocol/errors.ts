@@ -60,6 +60,12 @@ export const ERROR_CODES = {
    * rejects with it was not queued. Retrying helps only once space is freed.
    */
   storage_full: { retryable: false },
+  /**
+   * Client-side, never on the wire (end-to-end encryption): the recipient has registered devices
+   * but none published keys within the wait allowed (`keyWaitMs` for a held send, `timeoutMs` for
+   * `keysReady`), so there is nothing to encrypt to.
+   */
+  no_keys: { retryable: false },
 } as const satisfies Record<string, { retryable: boolean }>;
 
 /** One of the closed set of postbox error codes. */

@@ -251,7 +251,8 @@ export const errFrame = z.object({
 
 /**
  * Bundles claimed by `kget` `r`: `[user, device, registration id, identity key, signed prekey,
- * Kyber prekey, one-time EC prekey?]` each.
+ * Kyber prekey, one-time EC prekey?]` each. `w` lists the users asked for that have registered
+ * devices but none with keys yet: worth waiting for (a user in neither is not registered).
  */
 export const keyBundlesFrame = z.object({
   t: z.literal('kb'),
@@ -259,6 +260,7 @@ export const keyBundlesFrame = z.object({
   b: z
     .array(z.tuple([user, device, registrationId, keyBytes, wireSignedKey, wireSignedKey], wirePreKey))
     .check(z.maxLength(MAX_KEY_USERS * MAX_ENVELOPES)),
+  w: z.optional(z.array(user).check(z.maxLength(MAX_KEY_USERS))),
 });
 
 /**
@@ -269,6 +271,15 @@ export const keysLowFrame = z.object({
   t: z.literal('klow'),
   pk: z.int().check(z.nonnegative()),
   kpk: z.int().check(z.nonnegative()),
+});
+
+/**
+ * A device of user `u` has just published keys. Sent to the sessions that claimed `u`'s keys and
+ * got none; only a hint (the client claims again with `kget`).
+ */
+export const keysReadyFrame = z.object({
+  t: z.literal('kr'),
+  u: user,
 });
 
 /**
@@ -426,6 +437,7 @@ export const serverFrame = z.discriminatedUnion('t', [
   keyBundlesFrame,
   keysLowFrame,
   gapFrame,
+  keysReadyFrame,
 ]);
 
 export type HelloFrame = z.infer<typeof helloFrame>;
@@ -457,6 +469,7 @@ export type KeyBundlesFrame = z.infer<typeof keyBundlesFrame>;
 export type KeysLowFrame = z.infer<typeof keysLowFrame>;
 export type GapFrame = z.infer<typeof gapFrame>;
 export type WireGapReason = z.infer<typeof wireGapReason>;
+export type KeysReadyFrame = z.infer<typeof keysReadyFrame>;
 export type PushTokenFrame = z.infer<typeof pushTokenFrame>;
 /** A frame a client sends. */
 export type ClientFrame = z.infer<typeof clientFrame>;

@@ -43,6 +43,7 @@ import { noMetrics, type ServerMetrics } from './metrics.js';
 import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
 import type { PushProvider, PushToken } from './push/types.js';
 import { isPendingDevice } from './users.js';
+import { KeyWaiters } from './key-waiters.js';
 import type {
   AppendInput,
   DeviceAddress,
@@ -389,6 +390,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
   private readonly sessions = new Map<string, Session>();
+  /** Sessions that claimed a user's keys and got none: told (`kr`) when that user publishes keys. */
+  private readonly keyWaiters = new KeyWaiters();
   private readonly connections = new Set<Session>();
   private readonly transports: ServerTransport[] = [];
   private readonly commitQueue = new FairCommitQueue<PendingCommit>();
@@ -1195,6 +1198,12 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       return;
     }
     session.send({ t: 'ok', r: f.r });
+    // A first upload (or a rotation) carries the signed prekey: whoever waited can write now.
+    if (f.spk) {
+      for (const k of this.keyWaiters.take(session.addr!.user)) {
+        this.sessions.get(k)?.send({ t: 'kr', u: session.addr!.user });
+      }
+    }
   }
 
   /**
@@ -1211,12 +1220,17 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       return;
     }
     const bundles: KeyBundle[] = [];
+    // Users with registered devices but no keys yet: the sender holds its message for them.
+    const keyless: string[] = [];
     try {
       for (const user of users) {
         const oneTime = (device: string) => this.limits.oneTimeKey(claimer, user, device, this.clock.now());
-        bundles.push(
-          ...(await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime })),
-        );
+        const got = await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime });
+        bundles.push(...got);
+        if (got.length === 0 && f.d === undefined) {
+          this.keyWaiters.add(user, keyOf(session.addr!));
+          if ((await this.store.devices(user)).length > 0) keyless.push(user);
+        }
       }
     } catch (e) {
       this.log.error('key claim failed', e);
@@ -1239,6 +1253,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         if (b.preKey) t.push([b.preKey.id, b.preKey.key]);
         return t;
       }),
+      ...(keyless.length > 0 ? { w: keyless } : {}),
     });
     for (const b of bundles) void this.checkKeySupply(b);
   }
@@ -1366,6 +1381,25 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       if (input.group) encode ??= encodeAtOffset(s.entryFrame(entry));
       if (!s.offer(entry, encode)) ring.push(d);
     }
+  }
+
+  /**
+   * @internal Pushes the entries a store call says it wrote ({@link NotifyResult.entries}) to the
+   * sessions here that can take them at once, and rings every other device of the result.
+   */
+  deliverWritten(res: NotifyResult): void {
+    if (!res.entries) return this.ring(res.notify);
+    const ring: DeviceAddress[] = [];
+    const seen = new Map<string, boolean>(); // device → all its entries so far went out
+    for (const { device, entry } of res.entries) {
+      const k = keyOf(device);
+      if (seen.get(k) === false) continue; // an earlier entry could not go: the read takes them all
+      const sent = this.sessions.get(k)?.offer(entry) ?? false;
+      seen.set(k, sent);
+      if (!sent) ring.push(device);
+    }
+    for (const d of res.notify) if (!seen.has(keyOf(d))) ring.push(d);
+    this.ring(ring);
   }
 
   /** @internal */
@@ -1936,7 +1970,7 @@ class Session {
     try {
       const res = await this.server.store.ack(this.addr!, offsets, this.server.clock.now());
       this.server.metrics.acked(res.count);
-      this.server.ring(res.notify);
+      this.server.deliverWritten(res);
     } catch (e) {
       this.server.reportStoreFailure(e, [this]);
       return;

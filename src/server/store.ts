@@ -252,12 +252,26 @@ export interface ClaimOptions {
   oneTime?: (device: string) => boolean;
 }
 
+/** An inbox entry an operation just wrote, as it would read back, and whose inbox it is in. */
+export interface WrittenEntry {
+  device: DeviceAddress;
+  entry: InboxEntry;
+}
+
 /** Result of operations that may put new entries into inboxes. */
 export interface NotifyResult {
   /** How many entries the operation removed. */
   count: number;
   /** Devices that got new inbox entries. */
   notify: DeviceAddress[];
+  /**
+   * The entries the operation wrote, committed and durable, each as {@link ServerStore.readInbox}
+   * would return it, in offset order per device (every device listed in `notify`). Optional:
+   * with it the engine pushes them to waiting connections without reading them back (the `delivered`
+   * status of an ack reaches the sender one store round trip sooner); without it, or for devices
+   * it leaves out, the engine reads the inbox as for any other entry.
+   */
+  entries?: WrittenEntry[];
 }
 
 /**

@@ -23,6 +23,7 @@ import type {
   KeyUpload,
   NotifyResult,
   ServerStore,
+  WrittenEntry,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
 import { GapCollector } from './gap-notices.js';
@@ -495,12 +496,17 @@ export function memoryServerStore(
     status: EntryStatus,
     now: number,
     notify: NotifySet,
+    written?: WrittenEntry[],
   ): void {
     for (const g of groups.values()) {
       for (const device of devicesOf(g.user)) {
         const d = { user: g.user, device };
-        push(d, { kind: 'status', ts: now, status, ids: [...g.ids], by: g.by });
+        const offset = push(d, { kind: 'status', ts: now, status, ids: [...g.ids], by: g.by });
         notify.add(d);
+        written?.push({
+          device: d,
+          entry: { offset, kind: 'status', status, ids: [...g.ids], by: g.by, ts: now },
+        });
       }
     }
   }
@@ -656,8 +662,9 @@ export function memoryServerStore(
         if (!g) delivered.set(m.from.user, (g = { user: m.from.user, by: device.user, ids: [] }));
         g.ids.push(m.id);
       }
-      fanOut(delivered, 'delivered', now, notify);
-      return { count, notify: notify.list };
+      const entries: WrittenEntry[] = [];
+      fanOut(delivered, 'delivered', now, notify, entries);
+      return entries.length > 0 ? { count, notify: notify.list, entries } : { count, notify: notify.list };
     },
 
     async expire(cutoff: number, now: number): Promise<NotifyResult> {

@@ -44,6 +44,7 @@ import type {
   KeyUpload,
   MessageInput,
   NotifyResult,
+  WrittenEntry,
   ReceiptInput,
   ServerStore,
 } from '../store.js';
@@ -504,6 +505,12 @@ interface PendingAck {
 }
 
 /** An inbox entry to insert when the transaction takes its offsets. */
+/** Status entries one ack wrote, and the offsets the writer's flush gives them (same order). */
+interface WrittenStatuses {
+  offsets: number[];
+  list: WrittenEntry[];
+}
+
 interface NewEntry {
   dev: number;
   ts: number;
@@ -712,8 +719,17 @@ function postgresStore(
       this.entries.push(e);
     }
 
-    status(dev: number, now: number, status: EntryStatus, ids: readonly string[], by: string): void {
-      this.row(dev, now, status, JSON.stringify(ids), by);
+    /** Queues a status entry; with `sink`, its offset is reported in `sink[slot]`. */
+    status(
+      dev: number,
+      now: number,
+      status: EntryStatus,
+      ids: readonly string[],
+      by: string,
+      sink?: number[],
+      slot?: number,
+    ): void {
+      this.row(dev, now, status, JSON.stringify(ids), by, sink, slot);
     }
 
     /** A gap notice (see gap-notices.ts for its stored form). */
@@ -722,8 +738,27 @@ function postgresStore(
     }
 
     /** A row with neither message nor event: a status or a gap notice. */
-    private row(dev: number, ts: number, status: NewEntry['status'], ids: string, by: string): void {
-      this.add({ dev, ts, message: null, body: null, event: null, status, ids, by, size: 0 });
+    private row(
+      dev: number,
+      ts: number,
+      status: NewEntry['status'],
+      ids: string,
+      by: string,
+      sink?: number[],
+      slot?: number,
+    ): void {
+      this.add({
+        dev,
+        ts,
+        message: null,
+        body: null,
+        event: null,
+        status,
+        ids,
+        by,
+        size: 0,
+        ...(sink ? { sink, slot } : {}),
+      });
     }
 
     /** Records that the sender of a 1:1 message consented to its recipient (for `related`). */
@@ -1410,14 +1445,33 @@ function postgresStore(
   }
 
   /** Appends one status per group to every device of the group's user. */
-  async function fanOut(w: Writer, groups: Groups, status: EntryStatus, now: number, notify: NotifySet) {
+  async function fanOut(
+    w: Writer,
+    groups: Groups,
+    status: EntryStatus,
+    now: number,
+    notify: NotifySet,
+    written?: WrittenStatuses,
+  ) {
     await w.prefetch([...groups.values()].map((g) => g.user));
     for (const g of groups.values()) {
       for (const r of w.known(g.user)) {
-        w.status(r.id, now, status, g.ids, g.by);
-        notify.add({ user: g.user, device: r.device });
+        const device = { user: g.user, device: r.device };
+        w.status(r.id, now, status, g.ids, g.by, written?.offsets, written?.list.length);
+        notify.add(device);
+        written?.list.push({
+          device,
+          entry: { offset: 0, kind: 'status', status, ids: [...g.ids], by: g.by, ts: now },
+        });
       }
     }
+  }
+
+  /** The entries of `written` with the offsets the flush gave them; none when one was dropped. */
+  function writtenEntries(w: Writer, written: WrittenStatuses): WrittenEntry[] | undefined {
+    if (written.list.length === 0 || w.broken.has(written.offsets)) return undefined;
+    written.list.forEach((we, k) => (we.entry.offset = written.offsets[k]!));
+    return written.list;
   }
 
   /**
@@ -1545,12 +1599,19 @@ function postgresStore(
         // The whole batch's marks and releases together, in one lock order (see settle).
         await settle(c, parts);
         const out: NotifyResult[] = [];
+        const written: WrittenStatuses[] = [];
         for (let i = 0; i < batch.length; i++) {
           const notify = new NotifySet();
-          await fanOut(w, byBatch[i]!.out, 'delivered', batch[i]!.now, notify);
+          written.push({ offsets: [], list: [] });
+          await fanOut(w, byBatch[i]!.out, 'delivered', batch[i]!.now, notify, written[i]);
           out.push({ count: byBatch[i]!.removed.length, notify: notify.list });
         }
         await w.flush();
+        // The statuses as written, so the engine pushes them without reading them back.
+        out.forEach((r, i) => {
+          const entries = writtenEntries(w, written[i]!);
+          if (entries) r.entries = entries;
+        });
         return out;
       });
     } catch (e) {

@@ -75,11 +75,13 @@ import type {
   NotifyResult,
   ReceiptInput,
   ServerStore,
+  WrittenEntry,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
 import { sqlitePing } from './sqlite-ping.js';
 import { planInvites, type PendingInvites } from './invites.js';
+import { walCheckpointer, type WalCheckpointer } from './sqlite-checkpoint.js';
 import { walSync } from './sqlite-sync.js';
 import {
   bundleFrom,
@@ -428,6 +430,8 @@ interface EntryRow {
   message: number | null;
   from_user: string | null;
   msg_id: string | null;
+  /** Inbox entries still referencing the message (ack). */
+  refs?: number | null;
 }
 
 /** A removed entry as expiry reads it: also its device and, for a message, its stream. */
@@ -481,18 +485,25 @@ export function sqliteServerStore(
   if (!Number.isInteger(expiryBatchSize) || expiryBatchSize < 1) {
     throw new RangeError(`${LABEL}: expiryBatchSize must be a positive integer, got ${expiryBatchSize}`);
   }
+  const busyTimeoutMs = options.busyTimeoutMs ?? 5000;
   const { db, owned } = openStoreDatabase(
     options,
     (path) => new Database(path),
     MIGRATIONS,
     LABEL,
-    options.busyTimeoutMs ?? 5000,
+    busyTimeoutMs,
   );
   const tx = transactor(db);
-  // A file the store opened flushes its WAL off the event loop (sqlite-sync.ts). A connection the
-  // caller hands over keeps synchronous=FULL: the caller's own writes on it stay as durable as
-  // it set them up to be.
-  const wal = owned && options.walFlush === 'background' ? walSync(db) : undefined;
+  // A file the store opened flushes its WAL off the event loop (sqlite-sync.ts), with the acks
+  // waiting for a commit committed just before each flush starts, and checkpoints on a worker
+  // thread (sqlite-checkpoint.ts). A connection the caller hands over keeps synchronous=FULL and
+  // SQLite's own checkpoints: the caller's own writes on it stay as durable as it set them up.
+  let checkpoints: WalCheckpointer | undefined;
+  const wal =
+    owned && options.walFlush === 'background'
+      ? walSync(db, { beforeFlush: acksBeforeFlush, afterFlush: () => checkpoints?.flushed() })
+      : undefined;
+  if (wal && options.path !== undefined) checkpoints = walCheckpointer(db, options.path, busyTimeoutMs);
   const synced = (): Promise<void> => (wal ? wal.synced() : Promise.resolve());
   /** A write transaction that resolves once it is durable. */
   const durably = async <T>(fn: () => T): Promise<T> => {
@@ -549,13 +560,14 @@ export function sqliteServerStore(
        ORDER BY i.pos LIMIT ?`,
     ),
     entryGet: q(
-      `SELECT i.dev, i.pos, i.message, m.from_user, m.msg_id
+      `SELECT i.dev, i.pos, i.message, m.from_user, m.msg_id, m.refs
        FROM inbox i LEFT JOIN messages m ON m.id = i.message WHERE i.dev = ? AND i.pos = ?`,
     ),
     entryDelete: q('DELETE FROM inbox WHERE dev = ? AND pos = ?'),
     inboxDelete: q('DELETE FROM inbox WHERE dev = ?'),
     /** Marks (message, user) as told; `changes` is 0 when it already was (delivered once). */
     markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
+    isDelivered: q('SELECT 1 AS x FROM delivered WHERE message = ? AND user = ?'),
     expiredEntries: q(
       `SELECT i.dev, i.pos, i.message, d.user AS owner, d.device AS owner_device, m.from_user, m.msg_id,
               m.from_device, m.to_user, m.to_group, m.seq
@@ -706,6 +718,7 @@ export function sqliteServerStore(
   }
   type Writer = ReturnType<typeof writer>;
 
+  /** Appends a status entry to a device's inbox; returns its offset. */
   function pushStatus(
     w: Writer,
     dev: number,
@@ -713,8 +726,10 @@ export function sqliteServerStore(
     status: EntryStatus,
     ids: readonly string[],
     by: string,
-  ): void {
-    sql.entryStatusInsert.run(dev, w.next(dev), now, status, JSON.stringify(ids), by);
+  ): number {
+    const offset = w.next(dev);
+    sql.entryStatusInsert.run(dev, offset, now, status, JSON.stringify(ids), by);
+    return offset;
   }
 
   /** Stores one form of an event once, referenced by `refs` entries (none: nothing stored). */
@@ -932,11 +947,23 @@ export function sqliteServerStore(
   }
 
   /** Appends one status per group to every device of the group's user. */
-  function fanOut(w: Writer, groups: Groups, status: EntryStatus, now: number, notify: NotifySet): void {
+  function fanOut(
+    w: Writer,
+    groups: Groups,
+    status: EntryStatus,
+    now: number,
+    notify: NotifySet,
+    written?: WrittenEntry[],
+  ): void {
     for (const g of groups.values()) {
       for (const r of w.devicesOf(g.user)) {
-        pushStatus(w, r.id, now, status, g.ids, g.by);
-        notify.add({ user: g.user, device: r.device });
+        const offset = pushStatus(w, r.id, now, status, g.ids, g.by);
+        const device = { user: g.user, device: r.device };
+        notify.add(device);
+        written?.push({
+          device,
+          entry: { offset, kind: 'status', status, ids: [...g.ids], by: g.by, ts: now },
+        });
       }
     }
   }
@@ -1045,7 +1072,7 @@ export function sqliteServerStore(
   let pendingAcks: PendingAck[] = [];
 
   /** One device's ack inside a running transaction: deletes the entries, queues `delivered`. */
-  function ackIn(w: Writer, a: PendingAck, notify: NotifySet): number {
+  function ackIn(w: Writer, a: PendingAck, notify: NotifySet, written: WrittenEntry[]): number {
     const row = sql.deviceId.get(a.device.user, a.device.device) as { id: number } | undefined;
     if (!row) return 0;
     const user = a.device.user;
@@ -1055,15 +1082,20 @@ export function sqliteServerStore(
     for (const offset of a.offsets) {
       const e = sql.entryGet.get(row.id, offset) as EntryRow | undefined;
       if (!e) continue;
-      // Marked before the delete: the delete may take the message (and its marks) with it.
+      // Marked before the delete: the delete may take the message (and its marks) with it. The
+      // last entry of a message (a 1:1 message to one device) only looks: its mark would go with
+      // the message in the same transaction, a row written and deleted for nothing.
       if (e.message !== null && e.from_user !== null && e.from_user !== user) {
-        if (sql.markDelivered.run(e.message, user).changes === 1)
-          queueStatus(delivered, e.from_user, user, e.msg_id!);
+        const fresh =
+          e.refs === 1
+            ? sql.isDelivered.get(e.message, user) === undefined
+            : sql.markDelivered.run(e.message, user).changes === 1;
+        if (fresh) queueStatus(delivered, e.from_user, user, e.msg_id!);
       }
       sql.entryDelete.run(row.id, offset);
       count++;
     }
-    fanOut(w, delivered, 'delivered', a.now, notify);
+    fanOut(w, delivered, 'delivered', a.now, notify, written);
     return count;
   }
 
@@ -1078,8 +1110,9 @@ export function sqliteServerStore(
   function acksIn(w: Writer, batch: PendingAck[]): NotifyResult[] {
     return batch.map((a) => {
       const notify = new NotifySet();
-      const count = ackIn(w, a, notify);
-      return { count, notify: notify.list };
+      const entries: WrittenEntry[] = [];
+      const count = ackIn(w, a, notify, entries);
+      return entries.length > 0 ? { count, notify: notify.list, entries } : { count, notify: notify.list };
     });
   }
 
@@ -1094,38 +1127,46 @@ export function sqliteServerStore(
 
   /**
    * Commits the pending acks, unless a WAL flush is running: a commit made now would wait for the
-   * next flush anyway, so the acks wait for this one to end, when the engine's next append (run
-   * first, from a microtask) takes them into its own transaction, or else they commit here.
+   * next flush anyway, so the acks wait for the next one, which commits them just before it starts
+   * (`acksBeforeFlush`) unless an append (run first, from a microtask) took them into its own
+   * transaction.
    */
   function flushAcks(): void {
-    if (closed) return; // close() committed them
+    if (closed || pendingAcks.length === 0) return; // close() or an append took them
     if (wal?.busy()) {
-      void wal.idle().then(() => setImmediate(flushAcks));
+      wal.synced().catch(() => undefined); // the acks' own promises carry a failure
       return;
     }
-    commitAcks();
+    const taken = runAcks();
+    if (taken) settleAcks(taken.batch, taken.results, synced());
+  }
+
+  /** Just before a WAL flush starts: the pending acks commit, and that flush answers them. */
+  function acksBeforeFlush(): ((flush: Promise<void>) => void) | undefined {
+    if (closed) return undefined;
+    const taken = runAcks();
+    return taken && ((flush) => settleAcks(taken.batch, taken.results, flush));
   }
 
   /**
-   * Commits every pending ack in one transaction; all of them fail together if it fails. Acks an
-   * append took into its own transaction first are gone by then.
+   * Commits every pending ack in one transaction; all of them fail together if it fails (they are
+   * rejected here). Acks an append took into its own transaction first are gone by then.
    */
-  function commitAcks(): void {
+  function runAcks(): { batch: PendingAck[]; results: NotifyResult[] } | undefined {
     const batch = takeAcks();
-    if (batch.length === 0) return; // an append or close() took them already
-    let results: NotifyResult[];
+    if (batch.length === 0) return undefined;
     try {
-      results = tx(() => {
+      const results = tx(() => {
         const w = writer();
         const out = acksIn(w, batch);
         w.flush();
         return out;
       });
+      return { batch, results };
     } catch (e) {
       for (const a of batch) a.reject(e);
-      return;
+      return undefined;
     }
-    settleAcks(batch, results, synced());
   }
 
   return {
@@ -1378,9 +1419,11 @@ export function sqliteServerStore(
     async close(): Promise<void> {
       if (closed) return;
       // Acks already accepted are committed before the file closes.
-      commitAcks();
+      const taken = runAcks();
+      if (taken) settleAcks(taken.batch, taken.results, synced());
       closed = true;
       await wal?.close();
+      await checkpoints?.close();
       if (owned) db.close();
     },
   };
