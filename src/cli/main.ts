@@ -47,6 +47,7 @@ serve options (flag, environment variable, default):
   --heartbeat-ms N          POSTBOX_HEARTBEAT_MS          25000
   --linking MODE            POSTBOX_LINKING               approval (approval|open: may a user's new device join without an existing device's approval)
   --max-group-members N     POSTBOX_MAX_GROUP_MEMBERS     1024 (at most 1024)
+  --group-consent RULE      POSTBOX_GROUP_CONSENT         related (related|invite|open: who joins a group at once; the others get an invite)
   --presence WHO            POSTBOX_PRESENCE              contacts (contacts|everyone|nobody: who may see whose online/last seen)
   --push-webhook URL        POSTBOX_PUSH_WEBHOOK          (none) POST content-free wake-ups for offline devices to URL (docs/push.md)
   --log-level L             POSTBOX_LOG_LEVEL             info (debug|info|warn|error|silent; debug also logs every trace event)
@@ -102,6 +103,7 @@ async function serve(argv: string[]): Promise<void> {
       'heartbeat-ms': { type: 'string' },
       linking: { type: 'string' },
       'max-group-members': { type: 'string' },
+      'group-consent': { type: 'string' },
       presence: { type: 'string' },
       'push-webhook': { type: 'string' },
       'log-level': { type: 'string' },
@@ -140,6 +142,11 @@ async function serve(argv: string[]): Promise<void> {
       'max-group-members',
       values['max-group-members'] ?? env('POSTBOX_MAX_GROUP_MEMBERS'),
       1024,
+    ),
+    groupConsent: oneOf<'related' | 'invite' | 'open'>(
+      'group-consent',
+      values['group-consent'] ?? env('POSTBOX_GROUP_CONSENT') ?? 'related',
+      ['related', 'invite', 'open'],
     ),
     presence: oneOf('presence', values.presence ?? env('POSTBOX_PRESENCE') ?? 'contacts', [
       'contacts',

@@ -70,6 +70,8 @@ export interface ServeOptions {
   heartbeatMs: number;
   /** Whether a user's new device needs an existing device's approval. @default 'approval' */
   linking: 'approval' | 'open';
+  /** Who joins a group at once (see `ServerOptions.groupConsent`). @default 'related' */
+  groupConsent?: 'related' | 'invite' | 'open';
   /** Most members of a group (at most 1,024). @default 1024 */
   maxGroupMembers: number;
   /** Who may see whose presence. @default 'contacts' */
@@ -249,6 +251,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     logger: log,
     heartbeatMs: options.heartbeatMs,
     linking: options.linking,
+    groupConsent: options.groupConsent ?? 'related',
     maxGroupMembers: options.maxGroupMembers,
     presence: options.presence,
     retentionMs: options.retentionDays * 24 * 3600_000,
