@@ -5,6 +5,8 @@
 //   npm run bench -- --only NAME   one scenario (saturation, latency, latency-light, drain, fanout, e2ee, crypto, idle,
 //                                  wire, codec, pgstore, multinode, trace-cost)
 //   npm run bench -- --rounds N    rounds per scenario
+//   npm run bench -- --only abuse [--attacks a,b]
+//                                  issue 22's attacks beside a legit client (bench/abuse/run.mjs)
 //
 // Each measurement runs the server under test and the load generator in separate processes,
 // pinned to core 0 and core 1 when `taskset` exists; systems alternate inside every round and
@@ -58,6 +60,7 @@ function parseArgs(argv) {
     else if (x === '--rounds') a.rounds = Number(argv[++i]);
     else if (x === '--profile') a.profile = path.resolve(argv[++i]);
     else if (x === '--systems') a.systems = argv[++i].split(',');
+    else if (x === '--attacks') a.attacks = argv[++i];
     else if (x.startsWith('--rounds=')) a.rounds = Number(x.slice(9));
     else if (x === '--help' || x === '-h') {
       console.log(
@@ -263,6 +266,23 @@ const SYSTEM_ORDER = [
   'postbox-pg',
   'postbox-pg-spread',
 ];
+
+// The abuse bench runs its own processes (postbox serve, a legit client, an attacker) and report.
+if (args.only === 'abuse') {
+  const r = spawnSync(
+    process.execPath,
+    [
+      path.join(here, 'abuse', 'run.mjs'),
+      ...(quick ? ['--quick'] : []),
+      ...(args.rounds ? ['--rounds', String(args.rounds)] : []),
+      ...(args.attacks ? ['--attacks', args.attacks] : []),
+      '--json',
+      path.join(here, 'results', `only-abuse${quick ? '-quick' : ''}.json`),
+    ],
+    { stdio: 'inherit' },
+  );
+  process.exit(r.status ?? 1);
+}
 
 if (args.only && !SCENARIOS[args.only]) {
   console.error(`unknown scenario ${args.only}; one of: ${Object.keys(SCENARIOS).join(', ')}`);

@@ -625,6 +625,12 @@ describe('sqlite server store', () => {
     // records that do not say where a message went, keyed by device before message id.
     const v4 = new Database(file);
     v4.exec(`
+      DROP TABLE group_invites;
+      DROP TRIGGER inbox_usage_in;
+      DROP TRIGGER inbox_usage_out;
+      ALTER TABLE devices DROP COLUMN entries;
+      ALTER TABLE devices DROP COLUMN bytes;
+      ALTER TABLE inbox DROP COLUMN size;
       CREATE TABLE contacts (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
       INSERT INTO contacts SELECT DISTINCT min(viewer, target), max(viewer, target) FROM consents;
       DROP TABLE consents;
@@ -644,6 +650,18 @@ describe('sqlite server store', () => {
     const store = sqliteServerStore({ path: file });
     await checkAfterUpgrade(store);
     await store.close();
+    // Step 6 counted the inboxes it found: the usage columns match the entries.
+    const db = new Database(file);
+    const wrong = db
+      .prepare(
+        `SELECT d.id FROM devices d WHERE d.entries <> (SELECT count(*) FROM inbox WHERE dev = d.id)
+           OR d.bytes <> (SELECT coalesce(sum(size), 0) FROM inbox WHERE dev = d.id)`,
+      )
+      .all();
+    const counted = db.prepare('SELECT sum(entries) AS n FROM devices').get() as { n: number };
+    db.close();
+    expect(wrong).toEqual([]);
+    expect(counted.n).toBeGreaterThan(0);
   });
 
   it('claimKeys and putKeys are one transaction each, and a refused upload writes nothing', async () => {

@@ -24,6 +24,10 @@ export async function start({ store: kind = 'memory', dataDir, preRegister, link
     store,
     authenticate: (cred) => ({ user: cred, device: 'd' }),
     ...(linking ? { linking } : {}),
+    // Benchmarks make groups of synthetic users and send as fast as they can: no invites, and
+    // budgets far above any scenario (the abuse bench measures the defaults).
+    groupConsent: 'open',
+    costBudgets: { device: { perSecond: 1e9, burst: 1e9 }, user: { perSecond: 1e9, burst: 1e9 } },
     // The delivery trace is on by default (a memory ring); trace-cost turns it off to price it.
     ...(trace === false ? { trace: false } : {}),
   });

@@ -45,6 +45,7 @@ import {
   type GroupChangeEvent,
   type GroupView,
 } from './groups.js';
+import { encodeInvite, inviteOf, listInvites, NS_INVITES, type GroupInvite } from './invites.js';
 import type { CryptoAdapter, KeyBundle, KeyUpload } from '../crypto/types.js';
 import { ackWait } from './ack-pacing.js';
 import { E2ee, decodeContent, encodeContent, type Content } from './e2ee.js';
@@ -181,6 +182,11 @@ export interface ClientEvents {
   readElsewhere: (ids: string[]) => void;
   /** A group this device knows changed (or became known); `change` is what happened. */
   group: (view: GroupView, change: GroupChangeEvent) => void;
+  /**
+   * This user was invited to a group (`pending`: accept with {@link PostboxClient.acceptGroupInvite}
+   * or decline), or the invite is gone (`declined` on one of its devices). See docs/groups.md.
+   */
+  groupInvite: (invite: GroupInvite, state: 'pending' | 'declined') => void;
   /** A member's receipt of a group message this device sent (see {@link PostboxClient.messageInfo}). */
   memberStatus: (change: { id: string; conv: string; user: string; status: MemberStatus['status'] }) => void;
   /** A watched user's presence (see {@link PostboxClient.watchPresence}). */
@@ -765,6 +771,24 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     return this.groupRequest(group, { op: 'rename', n: name });
   }
 
+  /**
+   * Accepts a pending invite: this user joins the group (every member is told, and this device
+   * gets the group). Rejects with `forbidden` when there is no such invite.
+   */
+  acceptGroupInvite(group: string): Promise<void> {
+    return this.groupRequest(group, { op: 'accept' });
+  }
+
+  /** Declines a pending invite; this user's other devices drop it too. */
+  declineGroupInvite(group: string): Promise<void> {
+    return this.groupRequest(group, { op: 'decline' });
+  }
+
+  /** The pending group invites this device knows, oldest first. */
+  groupInvites(): Promise<GroupInvite[]> {
+    return listInvites(this.store);
+  }
+
   /** A group as this device knows it (after its membership events arrived), or undefined. */
   group(id: string): GroupView | undefined {
     const v = this.groupViews.get(id);
@@ -1143,9 +1167,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.setState('closed', new PostboxError(fatal, `connection closed: ${reason || code}`));
       return;
     }
-    // 1013: the server cannot serve now (overloaded, or its store is away); still retried, but
-    // after a wait the app cannot cut short.
-    const busy = code === CLOSE_CODES.tryAgainLater;
+    // 1013: the server cannot serve now (overloaded, or its store is away); 4008: this client read
+    // too slowly for the server's queues. Still retried, but after a wait the app cannot cut short.
+    const busy = code === CLOSE_CODES.tryAgainLater || code === CLOSE_CODES.slowReader;
     const why = busy ? 'unavailable' : 'disconnected';
     this.scheduleReconnect(new PostboxError(why, `connection closed: ${reason || code}`), busy);
   }
@@ -1630,7 +1654,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       if (error.retryable) this.drop(`server error ${error.code}`);
       return;
     }
-    if (isRetryable(error.code)) {
+    // A full inbox is the recipient's state, not the connection's: resending at once would only
+    // hammer it. The send fails with that reason (retryable: the app may send it again later).
+    if (isRetryable(error.code) && error.code !== 'inbox_full') {
       // Later sends may already be in flight; resending everything in order on a fresh
       // connection is what keeps per-sender order.
       this.drop(`server error ${error.code}`);
@@ -1776,6 +1802,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const gen = this.generation;
     void this.serial(async () => {
       try {
+        if (f.op === 'invite' || f.op === 'decline') {
+          const invite = inviteOf(f);
+          const value = f.op === 'invite' ? encodeInvite(invite) : undefined;
+          await this.store.putState([{ ns: NS_INVITES, key: f.g, value }]);
+          this.emit('groupInvite', invite, f.op === 'invite' ? 'pending' : 'declined');
+          this.ackLater(f.o);
+          return;
+        }
         const me = this.me?.user ?? '';
         const next = applyGroupEvent(this.groupViews.get(f.g), f, me);
         if (next) {
@@ -1783,7 +1817,13 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
             f.op === 'add' || f.op === 'create'
               ? f.m.map((u) => ({ ns: NS_GROUP_JOINED, key: `${f.g}\u0000${u}`, value: encodeNumber(f.v) }))
               : [];
-          await this.store.putState([{ ns: NS_GROUP, key: f.g, value: encodeView(next) }, ...joined]);
+          // Becoming a member (an accepted invite, or an add) settles any invite to the group.
+          const settled = next.member ? [{ ns: NS_INVITES, key: f.g, value: undefined }] : [];
+          await this.store.putState([
+            { ns: NS_GROUP, key: f.g, value: encodeView(next) },
+            ...joined,
+            ...settled,
+          ]);
           this.groupViews.set(f.g, next);
           // Someone left: a new sender key, which the members that remain get on the next send.
           if (this.e2ee && next.member && (f.op === 'remove' || f.op === 'leave')) {

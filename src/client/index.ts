@@ -18,6 +18,7 @@ export type {
 } from './engine.js';
 export type { GapEvent, GapReason } from './gaps.js';
 export type { GroupChangeEvent, GroupMemberView, GroupView } from './groups.js';
+export type { GroupInvite } from './invites.js';
 export type { ConversationSummary, HistoryMessage, HistoryOptions } from './history.js';
 export { MAX_HISTORY_PAGE } from './history.js';
 export { nextStatus } from './status.js';

@@ -5,7 +5,7 @@
  * @packageDocumentation
  */
 import { Packr } from 'msgpackr';
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { PostboxError } from '../protocol/errors.js';
 
 /** Largest thumbnail a reference may carry inline (a message body is at most 64 KiB). */
@@ -13,10 +13,10 @@ export const MAX_THUMBNAIL_BYTES = 16 * 1024;
 
 const anyBytes = () => z.custom<Uint8Array>((v) => v instanceof Uint8Array, 'must be bytes');
 const bytes = (n?: number) =>
-  n === undefined ? anyBytes() : anyBytes().refine((b) => b.length === n, `must be ${n} bytes`);
+  n === undefined ? anyBytes() : anyBytes().check(z.refine((b) => b.length === n, `must be ${n} bytes`));
 
 /** The blob id rule: 26 characters of Crockford base32 (a ULID-shaped random id). */
-export const blobIdSchema = z.string().regex(/^[0-9A-HJKMNP-TV-Z]{26}$/);
+export const blobIdSchema = z.string().check(z.regex(/^[0-9A-HJKMNP-TV-Z]{26}$/));
 
 /** Schema of {@link MediaRef}. */
 export const mediaRefSchema = z.strictObject({
@@ -31,21 +31,23 @@ export const mediaRefSchema = z.strictObject({
   /** Chunked SHA-256 of the plaintext. */
   plainHash: bytes(32),
   /** Plaintext size in bytes. */
-  size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  size: z.int().check(z.minimum(0), z.maximum(Number.MAX_SAFE_INTEGER)),
   /** MIME type, as the sender declared it. */
-  mime: z.string().min(1).max(255),
+  mime: z.string().check(z.minLength(1), z.maxLength(255)),
   /** File name, as the sender declared it. */
-  name: z.string().max(255).optional(),
+  name: z.optional(z.string().check(z.maxLength(255))),
   /** A small preview image, sent inline. */
-  thumbnail: bytes()
-    .refine((b) => b.length <= MAX_THUMBNAIL_BYTES, `a thumbnail is at most ${MAX_THUMBNAIL_BYTES} bytes`)
-    .optional(),
+  thumbnail: z.optional(
+    bytes().check(
+      z.refine((b) => b.length <= MAX_THUMBNAIL_BYTES, `a thumbnail is at most ${MAX_THUMBNAIL_BYTES} bytes`),
+    ),
+  ),
   /** Pixel width, for images and video. */
-  width: z.number().int().positive().max(100_000).optional(),
+  width: z.optional(z.int().check(z.positive(), z.maximum(100_000))),
   /** Pixel height, for images and video. */
-  height: z.number().int().positive().max(100_000).optional(),
+  height: z.optional(z.int().check(z.positive(), z.maximum(100_000))),
   /** Duration in milliseconds, for audio and video. */
-  durationMs: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).optional(),
+  durationMs: z.optional(z.int().check(z.minimum(0), z.maximum(Number.MAX_SAFE_INTEGER))),
 });
 
 /** A typed reference to an encrypted media blob: what a media message carries. */

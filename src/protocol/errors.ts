@@ -25,6 +25,17 @@ export const ERROR_CODES = {
   forbidden: { retryable: false },
   /** The group is at its member cap. */
   group_full: { retryable: false },
+  /**
+   * A recipient device's inbox is at its storage quota (entries or bytes not yet fetched). Nothing
+   * was stored. Retryable once the device drained its inbox; the client fails the send with this
+   * reason rather than resending it by itself, and the app decides whether to try again.
+   */
+  inbox_full: { retryable: true },
+  /**
+   * A storage quota of the acting device or user (or of a user it names) would be exceeded:
+   * one-time prekeys per device, groups per user, pending invites per user. Nothing was stored.
+   */
+  quota_exceeded: { retryable: false },
   /** The server is shutting down or its store is unavailable. Retry, maybe on another node. */
   unavailable: { retryable: true },
   /** An unexpected server fault. Retried; the request is idempotent. */
@@ -150,6 +161,12 @@ export const CLOSE_CODES = {
   rateLimited: 4003,
   /** No protocol version in common. */
   unsupportedVersion: 4004,
+  /**
+   * The server's send queues (all connections together) were over their bound and this connection
+   * had the most bytes queued: it read too slowly. Reconnect after a backoff; what was not yet
+   * delivered waits in the inbox. A reader that is not reading at all sees a reset (1006) instead.
+   */
+  slowReader: 4008,
   /** This device was unlinked from its user; reconnecting needs linking again. */
   unlinked: 4005,
   /** The link code shown by a device awaiting approval expired unused; reconnect for a new one. */

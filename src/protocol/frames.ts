@@ -135,8 +135,23 @@ export const keyGetFrame = z.object({
   d: z.optional(device),
 });
 
-/** Group operation codes on the wire. */
-export const groupOp = z.enum(['create', 'add', 'remove', 'leave', 'promote', 'demote', 'rename']);
+/**
+ * Group operation codes on the wire. `invite` and `decline` events go only to the invitee's
+ * devices (an invite it may `accept` or `decline`, see docs/groups.md "Consent"); a client sends
+ * `accept` and `decline`, never `invite` (an add the server turns into invites).
+ */
+export const groupOp = z.enum([
+  'create',
+  'add',
+  'remove',
+  'leave',
+  'promote',
+  'demote',
+  'rename',
+  'invite',
+  'accept',
+  'decline',
+]);
 
 /**
  * A membership change of group `g`, deduplicated by `id` like a message: `m` lists the users it

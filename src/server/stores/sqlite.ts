@@ -19,7 +19,10 @@
  * reached by migration steps applied in one transaction each; step 2 added groups, per-user
  * delivery tracking, contacts and last-seen times; step 3 the key directory and per-device bodies
  * of end-to-end encrypted messages; step 4 push tokens; step 5 directed consents, membership
- * versions and where each message went, see below):
+ * versions and where each message went, see below; step 6 gap notices; step 7 storage quotas:
+ * `devices.entries` and `devices.bytes` count each inbox, kept by triggers, `inbox.size` is the
+ * body bytes an entry counts for, and `group_invites (group_id, user)` holds the pending group
+ * invites, indexed by user):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -77,6 +80,7 @@ import type {
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
 import { sqlitePing } from './sqlite-ping.js';
+import { planInvites, type PendingInvites } from './invites.js';
 import { walCheckpointer, type WalCheckpointer } from './sqlite-checkpoint.js';
 import { walSync } from './sqlite-sync.js';
 import {
@@ -92,12 +96,21 @@ import {
   queueStatus,
   receiptIds,
   snapshotOf,
+  type ChangePlan,
   type Groups,
   type GroupView,
   type KeysRow,
   type SentRecord,
 } from './relational.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
+import {
+  inboxFits,
+  overGroupQuota,
+  preKeyQuotaError,
+  resolveQuotas,
+  type InboxUsage,
+  type StoreQuotas,
+} from '../quotas.js';
 import {
   openStoreDatabase,
   prepareNumeric,
@@ -134,6 +147,8 @@ export interface SqliteServerStoreTuning extends SqliteConnectionOptions {
    * @default 'commit' (the engine tests on a virtual clock expect a commit within one macrotask)
    */
   walFlush?: 'commit' | 'background';
+  /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
+  quotas?: Partial<StoreQuotas>;
 }
 
 /**
@@ -333,6 +348,31 @@ const MIGRATIONS: readonly SqliteMigration[] = [
   // `ids`; see gap-notices.ts). No column changes: the step is there so that an older build,
   // which would read such a row as a status it does not know, refuses the database instead.
   () => {},
+  // 7: storage quotas. Each device row counts its inbox's entries and message body bytes, kept by
+  // triggers on every insert and delete (so no write path can miss them), and each entry records
+  // the body bytes it counts for; existing inboxes are counted once here.
+  (db) =>
+    db.exec(`
+      ALTER TABLE devices ADD COLUMN entries INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE devices ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE inbox ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+      UPDATE inbox SET size = coalesce(length(body), (SELECT length(m.body) FROM messages m WHERE m.id = inbox.message), 0)
+        WHERE message IS NOT NULL;
+      UPDATE devices SET entries = (SELECT count(*) FROM inbox WHERE dev = devices.id),
+                         bytes = (SELECT coalesce(sum(size), 0) FROM inbox WHERE dev = devices.id);
+      CREATE TRIGGER inbox_usage_in AFTER INSERT ON inbox BEGIN
+        UPDATE devices SET entries = entries + 1, bytes = bytes + new.size WHERE id = new.dev;
+      END;
+      CREATE TRIGGER inbox_usage_out AFTER DELETE ON inbox BEGIN
+        UPDATE devices SET entries = entries - 1, bytes = bytes - old.size WHERE id = old.dev;
+      END;
+      CREATE TABLE group_invites (
+        group_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        PRIMARY KEY (group_id, user)
+      ) WITHOUT ROWID;
+      CREATE INDEX group_invites_user ON group_invites (user);
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -441,6 +481,7 @@ export function sqliteServerStore(
   options: SqliteServerStoreOptions,
 ): ServerStore & Required<Pick<ServerStore, 'setPushToken' | 'pushToken'>> & { readonly name: 'sqlite' } {
   const expiryBatchSize = options.expiryBatchSize ?? 1000;
+  const quotas = resolveQuotas(options.quotas, LABEL);
   if (!Number.isInteger(expiryBatchSize) || expiryBatchSize < 1) {
     throw new RangeError(`${LABEL}: expiryBatchSize must be a positive integer, got ${expiryBatchSize}`);
   }
@@ -496,7 +537,16 @@ export function sqliteServerStore(
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     eventInsert: q('INSERT INTO group_events (data, refs) VALUES (?, ?)'),
-    entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body) VALUES (?, ?, ?, ?, ?)'),
+    entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body, size) VALUES (?, ?, ?, ?, ?, ?)'),
+    /** A device's inbox usage, as the triggers keep it (this transaction's own writes included). */
+    usageOf: q('SELECT entries, bytes FROM devices WHERE id = ?'),
+    groupCount: q('SELECT count(*) AS n FROM group_members WHERE user = ?'),
+    inviteHas: q('SELECT 1 AS x FROM group_invites WHERE group_id = ? AND user = ?'),
+    inviteCount: q('SELECT count(*) AS n FROM group_invites WHERE user = ?'),
+    inviteInsert: q('INSERT OR IGNORE INTO group_invites (group_id, user) VALUES (?, ?)'),
+    inviteDelete: q('DELETE FROM group_invites WHERE group_id = ? AND user = ?'),
+    preKeyCount: q('SELECT count(*) AS n FROM prekeys WHERE dev = ?'),
+    kyberPreKeyCount: q('SELECT count(*) AS n FROM kyber_prekeys WHERE dev = ?'),
     entryEventInsert: q('INSERT INTO inbox (dev, pos, ts, event) VALUES (?, ?, ?, ?)'),
     entryStatusInsert: q('INSERT INTO inbox (dev, pos, ts, status, ids, by_user) VALUES (?, ?, ?, ?, ?, ?)'),
     readInbox: q(
@@ -697,10 +747,42 @@ export function sqliteServerStore(
   }
 
   function commitGroup(w: Writer, item: GroupInput, now: number): AppendOutcome {
-    const plan = planChange(item, loadGroup(item.group), (u) => w.devicesOf(u).length > 0);
+    const current = loadGroup(item.group);
+    const hasDevice = (u: string): boolean => w.devicesOf(u).length > 0;
+    const pending: PendingInvites = {
+      has: (u) => sql.inviteHas.get(item.group, u) !== undefined,
+      count: (u) => (sql.inviteCount.get(u) as { n: number }).n,
+    };
+    const plan = planChange(item, current, hasDevice, pending.has);
     if (typeof plan === 'string') return { ok: false, code: plan };
+    const groupCount = (u: string): number => (sql.groupCount.get(u) as { n: number }).n;
+    if (plan && overGroupQuota(plan.joined, groupCount, quotas.groupsPerUser) !== undefined) {
+      return { ok: false, code: 'quota_exceeded' };
+    }
+    const invites = planInvites(item, current, plan, hasDevice, pending, quotas.invitesPerUser);
+    if (typeof invites === 'string') return { ok: false, code: invites };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
-    if (plan === null) return { ok: true, ts: now, duplicate: false, notify: [] };
+    const notify = new NotifySet();
+    if (plan !== null) applyPlan(w, item, plan, now, notify);
+    for (const u of invites.drop) sql.inviteDelete.run(item.group, u);
+    const tell = (user: string, event: GroupEvent) => {
+      const devices = w.devicesOf(user);
+      const id = storeEvent(event, devices.length);
+      for (const r of devices) {
+        sql.entryEventInsert.run(r.id, w.next(r.id), now, id);
+        notify.add({ user, device: r.device });
+      }
+    };
+    for (const { user, event } of invites.add) {
+      sql.inviteInsert.run(item.group, user);
+      tell(user, event);
+    }
+    if (invites.own) tell(item.from.user, invites.own);
+    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+  }
+
+  /** Writes a planned membership change and its events (see `planChange`). */
+  function applyPlan(w: Writer, item: GroupInput, plan: ChangePlan, now: number, notify: NotifySet): void {
     const { event, after, joined, removed } = plan;
     const marks = membershipMarks(item, plan);
     if (plan.created) {
@@ -729,12 +811,10 @@ export function sqliteServerStore(
     const fullRefs = targets.filter((t) => t.full).length;
     const fullId = storeEvent({ ...event, name: after.name, snapshot: snapshotOf(after) }, fullRefs);
     const deltaId = storeEvent(event, targets.length - fullRefs);
-    const notify = new NotifySet();
     for (const t of targets) {
       sql.entryEventInsert.run(t.dev, w.next(t.dev), now, t.full ? fullId : deltaId);
       notify.add(t.addr);
     }
-    return { ok: true, ts: now, duplicate: false, notify: notify.list };
   }
 
   /**
@@ -763,16 +843,29 @@ export function sqliteServerStore(
     return targets.map((t, i) => {
       const offset = w.next(t.dev);
       const own = bodies ? bindBytes(bodies[i]!) : null;
-      sql.entryMessageInsert.run(t.dev, offset, now, lastInsertRowid, own);
+      sql.entryMessageInsert.run(
+        t.dev,
+        offset,
+        now,
+        lastInsertRowid,
+        own,
+        (bodies?.[i] ?? item.body).byteLength,
+      );
       return offset;
     });
+  }
+
+  /**
+   * Whether every target inbox can take one more entry (of `size(i)` body bytes) within the
+   * quotas, read from the device rows inside this transaction (so earlier items of the batch count).
+   */
+  function inboxesFit(targets: Array<{ dev: number }>, size: (i: number) => number): boolean {
+    return targets.every((t, i) => inboxFits(quotas, sql.usageOf.get(t.dev) as InboxUsage, 1, size(i)));
   }
 
   function commitGroupMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
     const member = sql.memberOf.get(item.to, item.from.user) as { ver: number } | undefined;
     if (!member) return { ok: false, code: 'not_member' };
-    // Sending in a group is taking part in it (written only when the version moved on).
-    sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
     const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
     // One query for every member device and its counter; the fan-out is then one insert each,
     // all inside the batch's transaction.
@@ -781,6 +874,9 @@ export function sqliteServerStore(
       w.prime(r);
       targets.push({ dev: r.id, addr: { user: r.user, device: r.device } });
     }
+    if (!inboxesFit(targets, () => item.body.byteLength)) return { ok: false, code: 'inbox_full' };
+    // Sending in a group is taking part in it (written only when the version moved on).
+    sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, member.ver);
     const offsets = storeMessage(w, item, targets, now);
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
@@ -791,6 +887,7 @@ export function sqliteServerStore(
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
     if (item.kind === 'receipt') return commitReceipt(w, item, toDevices, now);
     const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
+    if (!inboxesFit(targets, () => item.body.byteLength)) return { ok: false, code: 'inbox_full' };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const offsets = storeMessage(w, item, targets, now);
     relate(item.from.user, item.to);
@@ -799,14 +896,15 @@ export function sqliteServerStore(
 
   /** A read receipt: a status with the ids that count (see `receiptIds`) or, with none, nothing. */
   function commitReceipt(w: Writer, item: ReceiptInput, toDevices: DeviceRow[], now: number): AppendOutcome {
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     const records = item.ids.flatMap((id) => sql.sentGet.all(item.to, id) as SentRecord[]);
     const ids = receiptIds(item, records, (g) => {
       const row = sql.memberSince.get(g, item.from.user) as { since_ver: number } | undefined;
       return row?.since_ver;
     });
+    const targets = ids.length === 0 ? [] : directTargets(item, toDevices, w.devicesOf(item.from.user));
+    if (!inboxesFit(targets, () => 0)) return { ok: false, code: 'inbox_full' };
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
-    const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
     for (const t of targets) pushStatus(w, t.dev, now, 'read', ids, item.from.user);
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
   }
@@ -829,8 +927,9 @@ export function sqliteServerStore(
       return rows;
     });
     if ('code' in checked) return checked;
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const targets = checked.targets.map((t) => ({ dev: t.id }));
+    if (!inboxesFit(targets, (i) => checked.bodies[i]!.byteLength)) return { ok: false, code: 'inbox_full' };
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const offsets = storeMessage(w, item, targets, now, checked.bodies);
     relate(item.from.user, item.to);
     const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
@@ -1282,6 +1381,12 @@ export function sqliteServerStore(
         for (const k of keys.preKeys ?? []) sql.preKeyPut.run(row.id, k.id, bindBytes(k.key));
         for (const k of keys.kyberPreKeys ?? []) {
           sql.kyberPreKeyPut.run(row.id, k.id, bindBytes(k.key), bindBytes(k.signature));
+        }
+        // Counted after the writes (a re-uploaded id replaced its key): over the quota, throwing
+        // rolls the whole upload back.
+        const count = (stmt: typeof sql.preKeyCount): number => (stmt.get(row.id) as { n: number }).n;
+        if (count(sql.preKeyCount) > quotas.preKeys || count(sql.kyberPreKeyCount) > quotas.preKeys) {
+          throw preKeyQuotaError(LABEL, quotas.preKeys);
         }
       });
     },
