@@ -22,62 +22,57 @@ const SIZE = 200 * 1024 * 1024;
 const RSS_BOUND = 100 * 1024 * 1024;
 
 describe('large media', () => {
-  it(
-    'a 200 MB file round-trips streamed with the RSS flat',
-    { timeout: 300_000 },
-    async () => {
-      const dir = dirs.make();
-      const { port } = await startServerProcess(join(dir, 'pb.sqlite'));
-      const path = join(dir, 'big.bin');
-      const want = createHash('sha256');
-      const out = createWriteStream(path);
-      const block = randomBytes(1024 * 1024);
-      for (let i = 0; i < SIZE / block.length; i++) {
-        block.writeUInt32BE(i, 0); // no two megabytes alike
-        want.update(block);
-        if (!out.write(block)) await once(out, 'drain');
-      }
-      out.end();
-      await once(out, 'finish');
-      const ep = (who: string): MediaEndpoint => ({
-        url: `http://127.0.0.1:${port}/media`,
-        credentials: () => who,
-        backoff: () => 50,
-      });
+  it('a 200 MB file round-trips streamed with the RSS flat', { timeout: 300_000 }, async () => {
+    const dir = dirs.make();
+    const { port } = await startServerProcess(join(dir, 'pb.sqlite'));
+    const path = join(dir, 'big.bin');
+    const want = createHash('sha256');
+    const out = createWriteStream(path);
+    const block = randomBytes(1024 * 1024);
+    for (let i = 0; i < SIZE / block.length; i++) {
+      block.writeUInt32BE(i, 0); // no two megabytes alike
+      want.update(block);
+      if (!out.write(block)) await once(out, 'drain');
+    }
+    out.end();
+    await once(out, 'finish');
+    const ep = (who: string): MediaEndpoint => ({
+      url: `http://127.0.0.1:${port}/media`,
+      credentials: () => who,
+      backoff: () => 50,
+    });
 
-      globalThis.gc?.();
-      const base = process.memoryUsage().rss;
-      let peak = base;
-      const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
-      try {
-        const secret = freshSecret();
-        const progress: UploadProgress = { confirmed: { offset: 0 } };
-        const { blob, summary } = await uploadMedia(ep('alice/a1'), await fileSource(path), secret, progress);
-        const got = createHash('sha256');
-        let n = 0;
-        for await (const p of downloadPlain(ep('alice/a1'), {
-          v: 1,
-          id: blob,
-          key: secret.key,
-          mime: 'x/y',
-          size: summary.size,
-          plainHash: summary.plainHash,
-          cipherHash: summary.cipherHash,
-        })) {
-          got.update(p);
-          n += p.length;
-        }
-        expect(n).toBe(SIZE);
-        expect(got.digest('hex')).toBe(want.digest('hex'));
-      } finally {
-        clearInterval(sampler);
+    globalThis.gc?.();
+    const base = process.memoryUsage().rss;
+    let peak = base;
+    const sampler = setInterval(() => (peak = Math.max(peak, process.memoryUsage().rss)), 20);
+    try {
+      const secret = freshSecret();
+      const progress: UploadProgress = { confirmed: { offset: 0 } };
+      const { blob, summary } = await uploadMedia(ep('alice/a1'), await fileSource(path), secret, progress);
+      const got = createHash('sha256');
+      let n = 0;
+      for await (const p of downloadPlain(ep('alice/a1'), {
+        v: 1,
+        id: blob,
+        key: secret.key,
+        mime: 'x/y',
+        size: summary.size,
+        plainHash: summary.plainHash,
+        cipherHash: summary.cipherHash,
+      })) {
+        got.update(p);
+        n += p.length;
       }
-      const growth = peak - base;
-      console.log(
-        `media-large: RSS ${Math.round(base / 2 ** 20)} MiB at start, peak +${Math.round(growth / 2 ** 20)} MiB for a ${SIZE / 2 ** 20} MiB round trip`,
-      );
-      expect(growth).toBeLessThan(RSS_BOUND);
-    },
-    300_000,
-  );
+      expect(n).toBe(SIZE);
+      expect(got.digest('hex')).toBe(want.digest('hex'));
+    } finally {
+      clearInterval(sampler);
+    }
+    const growth = peak - base;
+    console.log(
+      `media-large: RSS ${Math.round(base / 2 ** 20)} MiB at start, peak +${Math.round(growth / 2 ** 20)} MiB for a ${SIZE / 2 ** 20} MiB round trip`,
+    );
+    expect(growth).toBeLessThan(RSS_BOUND);
+  });
 });
