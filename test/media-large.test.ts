@@ -10,6 +10,7 @@ import { fileSource } from '../src/media/node.js';
 import { freshSecret } from '../src/media/stream.js';
 import { downloadPlain, uploadMedia, type UploadProgress } from '../src/media/transfer.js';
 import type { MediaEndpoint } from '../src/media/http.js';
+import { mediaRefOf } from '../src/media/ref.js';
 import { killAll, startServerProcess } from './fixtures/proc.js';
 import { tempDirs } from './fixtures/util.js';
 
@@ -52,15 +53,10 @@ describe('large media', () => {
       const { blob, summary } = await uploadMedia(ep('alice/a1'), await fileSource(path), secret, progress);
       const got = createHash('sha256');
       let n = 0;
-      for await (const p of downloadPlain(ep('alice/a1'), {
-        v: 1,
-        id: blob,
-        key: secret.key,
-        mime: 'x/y',
-        size: summary.size,
-        plainHash: summary.plainHash,
-        cipherHash: summary.cipherHash,
-      })) {
+      for await (const p of downloadPlain(
+        ep('alice/a1'),
+        mediaRefOf(blob, secret.key, summary, { mime: 'x/y' }),
+      )) {
         got.update(p);
         n += p.length;
       }

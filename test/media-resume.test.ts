@@ -16,7 +16,7 @@ import {
   type UploadProgress,
 } from '../src/media/transfer.js';
 import type { MediaEndpoint } from '../src/media/http.js';
-import type { MediaRef } from '../src/media/ref.js';
+import { mediaRefOf, type MediaRef } from '../src/media/ref.js';
 import { seededRandom } from '../src/util/clock.js';
 import { startMediaServer, type MediaFixture } from './fixtures/media.js';
 import { killAll, startServerProcess } from './fixtures/proc.js';
@@ -72,7 +72,7 @@ describe('resumable media transfer', () => {
       expect(proxy.up).toBeGreaterThanOrEqual(total);
       expect(proxy.up).toBeLessThan(total + requests * 600);
       await attachMedia(ep, blob, 'bob');
-      const ref: MediaRef = { v: 1, id: blob, key: secret.key, mime: 'x/y', ...summary };
+      const ref = mediaRefOf(blob, secret.key, summary, { mime: 'x/y' });
       delete (ref as Partial<typeof summary>).cipherSize;
       // The download through the same proxy, cut at random offsets of what comes back.
       const bob = fx.as('bob/b1', proxy.port);
@@ -127,15 +127,7 @@ describe('resumable media transfer', () => {
     // the bytes it had (more than the last confirmed request), and the upload went on from there.
     expect(offsetAfterRestart).toBeGreaterThan(0);
     expect(progress.url && blobIdOf(progress.url)).toBe(blob);
-    const ref: MediaRef = {
-      v: 1,
-      id: blob,
-      key: secret.key,
-      mime: 'x/y',
-      size: summary.size,
-      plainHash: summary.plainHash,
-      cipherHash: summary.cipherHash,
-    };
+    const ref = mediaRefOf(blob, secret.key, summary, { mime: 'x/y' });
     expect((await readPlain(ep, ref)).equals(plain)).toBe(true);
   });
 });

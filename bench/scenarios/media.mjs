@@ -18,7 +18,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { performance } from 'node:perf_hooks';
-import { downloadPlain, freshSecret, uploadMedia } from 'postbox/media';
+import { downloadPlain, freshSecret, mediaRefOf, uploadMedia } from 'postbox/media';
 import { fileSource } from 'postbox/media/node';
 import { startThrottleProxy } from '../lib/throttle-proxy.mjs';
 import { canPin, SERVER_CORE } from '../lib/proc.mjs';
@@ -78,15 +78,7 @@ async function postboxRound(ep, file, size) {
   const { blob, summary } = await uploadMedia(ep, await fileSource(file), secret, progress);
   const up = performance.now() - t;
   t = performance.now();
-  const ref = {
-    v: 1,
-    id: blob,
-    key: secret.key,
-    mime: 'x/y',
-    size: summary.size,
-    plainHash: summary.plainHash,
-    cipherHash: summary.cipherHash,
-  };
+  const ref = mediaRefOf(blob, secret.key, summary, { mime: 'x/y' });
   const got = await drain(downloadPlain(ep, ref));
   const down = performance.now() - t;
   if (got !== size) throw new Error(`postbox downloaded ${got} of ${size}`);

@@ -26,7 +26,7 @@ import type { ClientStore } from '../client/store.js';
 import { PostboxError, isPostboxError, type ErrorCode } from '../protocol/errors.js';
 import { toStream } from './format.js';
 import { type MediaEndpoint } from './http.js';
-import { decodeMediaRef, encodeMediaRef, isMediaMessage, type MediaRef } from './ref.js';
+import { decodeMediaRef, encodeMediaRef, isMediaMessage, mediaRefOf, type MediaRef } from './ref.js';
 import { freshSecret } from './stream.js';
 import {
   ackMedia,
@@ -247,18 +247,12 @@ export class MediaClient extends EventEmitter<MediaEvents> {
     h?: { plainHash: Uint8Array; cipherHash: Uint8Array },
   ): MediaRef {
     const zero = new Uint8Array(32);
-    const ref = {
-      v: 1,
-      id: blob,
+    return mediaRefOf(
+      blob,
       key,
-      size,
-      mime: o.mime,
-      cipherHash: h?.cipherHash ?? zero,
-      plainHash: h?.plainHash ?? zero,
-    } as MediaRef;
-    for (const k of ['name', 'thumbnail', 'width', 'height', 'durationMs'] as const)
-      if (o[k] !== undefined) (ref as Record<string, unknown>)[k] = o[k];
-    return ref;
+      { size, plainHash: h?.plainHash ?? zero, cipherHash: h?.cipherHash ?? zero },
+      o,
+    );
   }
 
   private save(id: string, s: Saved): Promise<void> {

@@ -9,10 +9,11 @@ export {
   decodeMediaRef,
   encodeMediaRef,
   isMediaMessage,
+  mediaRefOf,
   mediaRefSchema,
   MAX_THUMBNAIL_BYTES,
 } from './ref.js';
-export type { MediaRef } from './ref.js';
+export type { MediaMeta, MediaRef, MediaSums } from './ref.js';
 export { decryptMedia, encryptMedia, freshSecret } from './stream.js';
 export type { DecryptExpect, EncryptCheckpoint, EncryptSummary, MediaSecret } from './stream.js';
 export {

@@ -53,6 +53,39 @@ export const mediaRefSchema = z.strictObject({
 /** A typed reference to an encrypted media blob: what a media message carries. */
 export type MediaRef = z.infer<typeof mediaRefSchema>;
 
+/** What a reference says about the file beside where it is and how to open it. */
+export type MediaMeta = Pick<MediaRef, 'mime'> &
+  Partial<Pick<MediaRef, 'name' | 'thumbnail' | 'width' | 'height' | 'durationMs'>>;
+
+/** The facts of an encrypted upload a reference carries (what `uploadMedia` sums up). */
+export interface MediaSums {
+  size: number;
+  plainHash: Uint8Array;
+  cipherHash: Uint8Array;
+}
+
+/**
+ * The reference to blob `blob`, encrypted with `key`, from its upload's sums and the file's
+ * metadata (fields of `meta` beyond {@link MediaMeta}'s are left out).
+ */
+export function mediaRefOf(blob: string, key: Uint8Array, sums: MediaSums, meta: MediaMeta): MediaRef {
+  const ref: MediaRef = {
+    v: 1,
+    id: blob,
+    key,
+    size: sums.size,
+    mime: meta.mime,
+    cipherHash: sums.cipherHash,
+    plainHash: sums.plainHash,
+  };
+  if (meta.name !== undefined) ref.name = meta.name;
+  if (meta.thumbnail !== undefined) ref.thumbnail = meta.thumbnail;
+  if (meta.width !== undefined) ref.width = meta.width;
+  if (meta.height !== undefined) ref.height = meta.height;
+  if (meta.durationMs !== undefined) ref.durationMs = meta.durationMs;
+  return ref;
+}
+
 const MAGIC = [0x50, 0x42, 0x4d, 0x01]; // "PBM\x01": a media message body
 const packr = new Packr({ useRecords: false, variableMapSize: true });
 
