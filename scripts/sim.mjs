@@ -5,6 +5,7 @@
 //   npm run sim -- --seeds 50 --crypto    with the libsignal adapter on every device (120 steps)
 //   npm run sim -- --seeds 500 --nodes 3  three gateway nodes over an in-memory cluster
 //   npm run sim -- --seeds 500 --late-users 2  two users registered before their first device
+//   npm run sim -- --seeds 500 --expiry   retention expiry while devices are away (gap reasons)
 import { runSimulation } from '../dist/testing/simulator.js';
 
 const args = process.argv.slice(2);
@@ -18,6 +19,7 @@ const from = flag('from', 1);
 const trace = args.includes('--trace');
 const nodes = flag('nodes', 1);
 const lateUsers = flag('late-users', 0);
+const expiry = args.includes('--expiry');
 const libsignal = args.includes('--crypto')
   ? (await import('../dist/crypto/libsignal.js')).libsignalCrypto
   : undefined;
@@ -34,6 +36,9 @@ const totals = {
   clientRestarts: 0,
   serverRestarts: 0,
   doorbellOutages: 0,
+  expiries: 0,
+  expiredEntries: 0,
+  staleGroupViews: 0,
 };
 for (const seed of seeds) {
   const result = await runSimulation({
@@ -41,12 +46,17 @@ for (const seed of seeds) {
     trace: trace ? (l) => console.log(l) : undefined,
     nodes,
     lateUsers,
+    expiry,
     ...(libsignal ? { steps: 120, crypto: () => libsignal() } : {}),
   });
   for (const k of Object.keys(totals)) totals[k] += result.stats[k];
   if (result.violations.length > 0) {
     failed++;
-    const more = (nodes > 1 ? ` --nodes ${nodes}` : '') + (lateUsers > 0 ? ` --late-users ${lateUsers}` : '');
+    const more =
+      (nodes > 1 ? ` --nodes ${nodes}` : '') +
+      (lateUsers > 0 ? ` --late-users ${lateUsers}` : '') +
+      (expiry ? ' --expiry' : '') +
+      (libsignal ? ' --crypto' : '');
     console.log(`seed ${seed} FAILED (replay: npm run sim -- --seed ${seed}${more} --trace)`);
     for (const v of result.violations.slice(0, 10)) console.log(`  ${v}`);
   }

@@ -212,6 +212,21 @@ describe('recovery: the app sees a message late, never a hole', () => {
     ]);
   });
 
+  it('a message that could not be decrypted, whose sender never answers, ends in an undecryptable gap with nothing after it', async () => {
+    world = await makeWorld({ crypto: () => libsignalCrypto() });
+    const { alice, restarted } = await lostSessions(world, {});
+    await restarted.client.close();
+    const id = await alice.client.send('bob', text('lost'));
+    await until(world, () => alice.statusOf(id) === 'sent');
+    await alice.client.close(); // away: bob's request to send it again will wait in alice's inbox
+    restarted.client.start();
+    await world.advance(11_000); // past gapTimeoutMs (10 s)
+    expect(restarted.gaps).toEqual([
+      { conv: 'alice', from: 'alice', fromDevice: 'phone', fromSeq: 2, toSeq: 2, reason: 'undecryptable' },
+    ]);
+    expect(texts(restarted)).toEqual([]);
+  });
+
   it('prekey exhaustion: sessions still start (last-resort Kyber key, no one-time key) and the device tops its supply up', async () => {
     world = await makeWorld({ crypto: () => libsignalCrypto(), server: { keyLowWater: 2 } });
     const bob = await world.device('bob', 'phone', { client: { preKeySupply: 3 } });

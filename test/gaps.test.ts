@@ -58,6 +58,26 @@ describe('gaps that say why', () => {
     expect(log).toEqual(['msg two', `gap ${g} 1-1 expired`]);
   });
 
+  it('a member who joined after the sender’s first group messages still gets the expired gap at once', async () => {
+    world = await makeWorld({ server: retention });
+    const alice = await world.device('alice');
+    const bob = await world.device('bob', 'phone', { client: NEVER });
+    await world.device('carol');
+    const log = watch(bob);
+    const g = await settled(world, alice.client.createGroup('trip', ['carol']));
+    await alice.client.sendToGroup(g, text('before bob')); // number 1: bob never gets it
+    await world.advance(200);
+    await settled(world, alice.client.addMembers(g, ['bob']));
+    await world.advance(200);
+    await bob.client.close();
+    await alice.client.sendToGroup(g, text('one')); // number 2
+    await world.advance(75_000);
+    bob.client.start();
+    await world.advance(500);
+    // The hole before it (sent before bob joined) is passed, as a group always does: no waiting.
+    expect(log).toEqual([`gap ${g} 2-2 expired`]);
+  });
+
   it('a message sent after the expiry arrives in order once the notice moved the stream past the dropped ones', async () => {
     world = await makeWorld({ server: retention });
     const alice = await world.device('alice');

@@ -55,6 +55,24 @@ describe('the simulator runs on the stores it is given', () => {
     expect(failures).toEqual([]);
   });
 
+  it('what expiry drops is shown or reported expired, never both, on SQLite server and client stores', async () => {
+    let dropped = 0;
+    const failures = await failingSeeds(range(SEEDS), async (seed) => {
+      const dir = scratch();
+      const r = await runSimulation({
+        seed,
+        steps: 150,
+        expiry: true,
+        serverStore: () => sqliteServerStore({ path: join(dir, 'server.db') }),
+        clientStore: (d) => sqliteClientStore({ path: join(dir, `${d.user}-${d.device}.db`) }),
+      });
+      dropped += r.stats.expiredEntries;
+      return r;
+    });
+    expect(failures).toEqual([]);
+    expect(dropped).toBeGreaterThan(0);
+  });
+
   it('a cluster adapter passed in carries the doorbells between three gateways', async () => {
     const failures = await failingSeeds(range(3, 100), (seed) => {
       let hub: ReturnType<typeof memoryClusterHub> | undefined;

@@ -1339,6 +1339,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     this.pins.clear();
     for (const { key, value } of await this.store.listState(NS_PINS)) {
       this.pins.set(key, new Set(JSON.parse(new TextDecoder().decode(value)) as number[]));
+      this.armGapTimer(key);
     }
     await this.gapBook.load();
     this.heldByKey.clear();
@@ -1962,6 +1963,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const set = new Set(this.pins.get(key));
     set.add(seq);
     await this.savePins(key, set);
+    // Should the new copy never come, the hole ends as `undecryptable` even with nothing after it.
+    this.armGapTimer(key);
   }
 
   /** Pins survive restarts (a restarted app would otherwise skip the hole). */
@@ -2110,7 +2113,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       if (!inserted) return;
       this.streams.set(key, n);
       for (const r of released) held!.delete(r.seq);
-      if (held && held.size === 0) this.clearGap(key);
+      if ((held?.size ?? 0) === 0 && !this.pins.has(key)) this.clearGap(key);
       await this.gapBook.passed(key, n);
       for (const [a, b] of passed) this.emitGap(m, a, b, 'expired');
       this.emitMessage(m, false);
@@ -2175,26 +2178,39 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     stream: { conv: string; from: string; fromDevice: string },
     ranges: Range[],
   ): Promise<void> {
-    const next = await this.nextFor(key);
-    const behind = ranges.flatMap(([a, b]): Range[] => (a < next ? [[a, Math.min(b, next - 1)]] : []));
-    const ahead = ranges.flatMap(([a, b]): Range[] => (b >= next ? [[Math.max(a, next), b]] : []));
-    if (behind.length > 0 && isGroupId(stream.conv)) {
+    const start = await this.nextFor(key);
+    const behind = ranges.flatMap(([a, b]): Range[] => (a < start ? [[a, Math.min(b, start - 1)]] : []));
+    const ahead = ranges.flatMap(([a, b]): Range[] => (b >= start ? [[Math.max(a, start), b]] : []));
+    const inGroup = isGroupId(stream.conv);
+    if (behind.length > 0 && inGroup) {
       for (const [a, b] of await this.gapBook.explain(key, behind)) this.emitGap(stream, a, b, 'expired');
     }
     if (ahead.length === 0) return;
+    // A group stream never waits for a hole (see `receive`): numbers before the first dropped one
+    // that nobody explained (sent before this user joined, or refused) are passed as skipped, so
+    // the dropped ones are reported at once, however the stream began on this device.
+    let next = start;
+    let passed: Range[] = [];
+    if (inGroup) {
+      let first = Math.min(...ahead.map(([a]) => a));
+      for (const s of this.pins.get(key) ?? []) if (s >= next && s < first) first = s;
+      if (first > next) passed = await this.skipHole(key, next, first - 1);
+      next = Math.max(next, first);
+    }
     await this.gapBook.addDropped(key, ahead);
     const held = this.heldByKey.get(key);
     const { next: n, steps } = walk(next, held, this.gapBook.dropped(key));
-    if (n === next) return; // a hole nobody explained comes first: the timeout still runs for it
+    if (n === start) return; // a 1:1 hole nobody explained comes first: the timeout still runs for it
     const released = steps.flatMap((st) => (st.msg ? [st.msg] : []));
     await this.store.applyInbound({ release: released.map((r) => r.id), streams: [{ key, next: n }] });
     this.streams.set(key, n);
     for (const r of released) held!.delete(r.seq);
     if (!held || held.size === 0) {
-      this.clearGap(key);
+      if (!this.pins.has(key)) this.clearGap(key);
       this.heldByKey.delete(key);
     }
     await this.gapBook.passed(key, n);
+    for (const [a, b] of passed) this.emitGap(stream, a, b, 'expired');
     this.emitSteps(stream, steps);
   }
 
@@ -2250,24 +2266,25 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   /**
    * Gives up the holes of a stream: every held message is released, each hole reported first
    * with why — numbers asked for again are `undecryptable`, numbers the server dropped `expired`,
-   * the rest `fallback` (the timeout, or the held-message bound).
+   * the rest `fallback` (the timeout, or the held-message bound). A message asked for again with
+   * nothing held after it is given up too: its hole is the stream's last.
    */
   private async giveUpGap(key: string, fallback: GapReason): Promise<void> {
     const pinned = this.pins.get(key);
     if (pinned) await this.savePins(key, undefined);
     const held = this.heldByKey.get(key);
-    if (!held || held.size === 0) return;
-    const ordered = [...held.values()].sort((a, b) => a.seq - b.seq);
+    const ordered = [...(held?.values() ?? [])].sort((a, b) => a.seq - b.seq);
     let expect = await this.nextFor(key);
-    const last = ordered[ordered.length - 1]!;
+    const end = Math.max(ordered[ordered.length - 1]?.seq ?? 0, ...(pinned ?? []));
+    if (end < expect) return;
     const dropped = this.gapBook.dropped(key);
     await this.store.applyInbound({
       release: ordered.map((m) => m.id),
-      streams: [{ key, next: last.seq + 1 }],
+      streams: [{ key, next: end + 1 }],
     });
-    this.streams.set(key, last.seq + 1);
+    this.streams.set(key, end + 1);
     this.heldByKey.delete(key);
-    await this.gapBook.passed(key, last.seq + 1);
+    await this.gapBook.passed(key, end + 1);
     for (const m of ordered) {
       if (m.seq > expect) {
         for (const r of reasonsOf(expect, m.seq - 1, pinned, dropped, fallback)) {
@@ -2276,6 +2293,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       }
       this.emitMessage(m, false);
       expect = m.seq + 1;
+    }
+    if (expect <= end) {
+      const [conv, from, fromDevice] = key.split('\u0000') as [string, string, string];
+      for (const r of reasonsOf(expect, end, pinned, dropped, fallback)) {
+        this.emitGap({ conv, from, fromDevice }, r.from, r.to, r.reason);
+      }
     }
   }
 

@@ -142,6 +142,35 @@ export function gapNoticeCases(subject: {
     assert.deepEqual(named(notices), [`ann/n1 → ben: ${all}`], 'every number once');
   });
 
+  test('a notice that expires before its device fetched it is carried into the next: nothing it named is lost', async ({
+    store,
+  }) => {
+    for (const d of [ann, ben1]) await store.registerDevice(d, 1);
+    const create = { op: 'create', name: 'G', members: ['ben'] } as const;
+    await store.append(
+      [{ kind: 'group', from: ann, id: 'mk', group: '#g', change: create, maxMembers: 8 }],
+      500,
+    );
+    await store.append([note(ann, 'a1', 'ben', 1)], 1000);
+    await store.expire(2000, 3000); // a notice at 3000 names 1
+    await store.append([note(ann, 'a2', 'ben', 2), note(ann, 'g1', '#g', 1, true)], 3500);
+    await store.expire(4000, 9000); // the notice itself is past the cutoff now, with a2
+    let notices = noticesOf(await everything(store, ben1));
+    assert.equal(notices.length, 1, 'the old notice is gone, its numbers are in the new one');
+    assert.equal(notices[0]!.ts, 9000);
+    assert.deepEqual(named(notices), ['ann/n1 → #g (group): 1', 'ann/n1 → ben: 1 2']);
+    // Carried alone when nothing else expires with it, and its device is told.
+    const res = await store.expire(9500, 10_000);
+    assert.ok(
+      res.notify.some((n) => n.user === 'ben' && n.device === 'e1'),
+      'ben1 is notified',
+    );
+    notices = noticesOf(await everything(store, ben1));
+    assert.equal(notices.length, 1);
+    assert.equal(notices[0]!.ts, 10_000);
+    assert.deepEqual(named(notices), ['ann/n1 → #g (group): 1', 'ann/n1 → ben: 1 2']);
+  });
+
   test('a gap notice survives a re-open and is deleted by its ack like any entry', async (h) => {
     for (const d of [ann, ben1]) await h.store.registerDevice(d, 1);
     await h.store.append([note(ann, 'm1', 'ben', 1), note(ann, 'm2', 'ben', 2)], 1000);

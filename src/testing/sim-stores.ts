@@ -64,6 +64,8 @@ export interface GroupAudienceRecord {
   commits: Map<string, GroupCommit>;
   /** Membership changes committed (not duplicates). */
   changes: number;
+  /** When given: message id → the time of its first commit. */
+  committedAt?: Map<string, number>;
 }
 
 /**
@@ -86,6 +88,9 @@ export function groupAudienceOracle(
       const [outcome] = await store.append([item], now);
       results.push(outcome!);
       if (item.kind === 'group' && outcome?.ok && !outcome.duplicate) record.changes++;
+      if (item.kind === 'msg' && outcome?.ok && !record.committedAt?.has(item.id)) {
+        record.committedAt?.set(item.id, now);
+      }
       if (item.kind !== 'msg' || !item.group || !outcome || (outcome.ok && outcome.duplicate)) {
         continue;
       }

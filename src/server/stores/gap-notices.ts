@@ -7,6 +7,7 @@
  * @packageDocumentation
  */
 import type { DeviceAddress, GapStream } from '../store.js';
+import { merge } from '../../client/gaps.js';
 
 // One notice becomes one `gap` frame: its bound is the frame's (with the longest ids a stream
 // costs about 330 bytes, so a notice stays far below the 256 KiB frame limit).
@@ -27,6 +28,8 @@ interface StreamSeqs {
   to: string;
   group: boolean;
   seqs: number[];
+  /** Ranges carried over from the device's earlier notices that expired. */
+  carried: Array<[number, number]>;
 }
 
 /** One device's dropped messages, by stream. */
@@ -36,7 +39,7 @@ interface DeviceDrops<K> {
   streams: Map<string, StreamSeqs>;
 }
 
-const streamId = (m: DroppedMessage): string =>
+const streamId = (m: Omit<DroppedMessage, 'seq'>): string =>
   `${m.from.user.length}:${m.from.user}${m.from.device.length}:${m.from.device}${m.to}`;
 
 /** Sorted, deduplicated numbers as inclusive ranges. */
@@ -61,12 +64,27 @@ export class GapCollector<K> {
   /** A removed entry of `addr`'s inbox. Control messages (seq 0) are in no sequence: skipped. */
   add(key: K, addr: DeviceAddress, m: DroppedMessage): void {
     if (m.seq <= 0) return;
+    this.stream(key, addr, m).seqs.push(m.seq);
+  }
+
+  /**
+   * A notice of `addr`'s inbox that expires itself (its device stayed away through another
+   * retention period): what it named is named again in the device's new notice, so a device
+   * away through any number of expiries still learns every number it lost, and why.
+   */
+  carry(key: K, addr: DeviceAddress, streams: readonly GapStream[]): void {
+    for (const s of streams) {
+      this.stream(key, addr, { from: s.from, to: s.to, group: s.group === true }).carried.push(...s.ranges);
+    }
+  }
+
+  private stream(key: K, addr: DeviceAddress, m: Omit<DroppedMessage, 'seq'>): StreamSeqs {
     let d = this.devices.get(key);
     if (!d) this.devices.set(key, (d = { key, addr, streams: new Map() }));
     const id = streamId(m);
     let s = d.streams.get(id);
-    if (!s) d.streams.set(id, (s = { from: m.from, to: m.to, group: m.group, seqs: [] }));
-    s.seqs.push(m.seq);
+    if (!s) d.streams.set(id, (s = { from: m.from, to: m.to, group: m.group, seqs: [], carried: [] }));
+    return s;
   }
 
   /** Each device's notices (one, or several past {@link MAX_GAP_RANGES} ranges), in first-seen order. */
@@ -80,7 +98,7 @@ function split<K>(d: DeviceDrops<K>): GapStream[][] {
   let current: GapStream[] = [];
   let room = MAX_GAP_RANGES;
   for (const s of d.streams.values()) {
-    const ranges = toRanges(s.seqs);
+    const ranges = s.carried.length > 0 ? merge([...toRanges(s.seqs), ...s.carried]) : toRanges(s.seqs);
     for (let i = 0; i < ranges.length;) {
       if (room === 0) {
         out.push(current);

@@ -683,6 +683,7 @@ export function memoryServerStore(
           if (e.ts >= cutoff) continue;
           removeEntry(inbox, offset, e);
           count++;
+          if (e.kind === 'gap') gaps.carry(k, addr, e.streams);
           if (e.kind !== 'msg') continue;
           const m = unref(e.message);
           if (m) gaps.add(k, addr, { from: m.from, to: m.to, group: m.group, seq: m.seq });

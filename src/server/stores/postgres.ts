@@ -493,6 +493,8 @@ interface RemovedRow {
   to_user?: string | null;
   to_group?: boolean | null;
   seq?: string | null;
+  status?: string | null;
+  ids?: string | null;
 }
 
 /** An ack waiting for the next group commit. */
@@ -1531,7 +1533,7 @@ function postgresStore(
            SELECT dev, pos FROM ${s}.inbox WHERE ts < $1 ORDER BY ts LIMIT $2 FOR UPDATE SKIP LOCKED
          ), del AS (
            DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
-           RETURNING i.dev, i.pos, i.message, i.event, i.size
+           RETURNING i.dev, i.pos, i.message, i.event, i.size, i.status, i.ids
          )
          SELECT del.*, d.user_id AS owner, d.device AS owner_device, m.from_user, m.msg_id,
                 m.from_device, m.to_user, m.to_group, m.seq
@@ -1542,6 +1544,13 @@ function postgresStore(
       // Read before settle: it may delete the messages (the rows already carry their streams).
       const gaps = new GapCollector<number>();
       for (const r of removed) {
+        if (r.status === GAP_ROW_STATUS) {
+          gaps.carry(
+            Number(r.dev),
+            { user: r.owner!, device: r.owner_device! },
+            decodeGapStreams(r.ids ?? '[]'),
+          );
+        }
         if (r.message === null || r.from_user === null) continue;
         const from = { user: r.from_user, device: r.from_device! };
         const stream = { from, to: r.to_user!, group: r.to_group === true, seq: Number(r.seq) };

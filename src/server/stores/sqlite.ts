@@ -441,6 +441,8 @@ interface ExpiredRow extends EntryRow {
   to_user: string | null;
   to_group: number | null;
   seq: number | null;
+  status: string | null;
+  ids: string | null;
 }
 
 /** An ack waiting for the next group commit. */
@@ -569,8 +571,8 @@ export function sqliteServerStore(
     markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
     isDelivered: q('SELECT 1 AS x FROM delivered WHERE message = ? AND user = ?'),
     expiredEntries: q(
-      `SELECT i.dev, i.pos, i.message, d.user AS owner, d.device AS owner_device, m.from_user, m.msg_id,
-              m.from_device, m.to_user, m.to_group, m.seq
+      `SELECT i.dev, i.pos, i.message, i.status, i.ids, d.user AS owner, d.device AS owner_device,
+              m.from_user, m.msg_id, m.from_device, m.to_user, m.to_group, m.seq
        FROM inbox i
        LEFT JOIN devices d ON d.id = i.dev
        LEFT JOIN messages m ON m.id = i.message
@@ -1015,6 +1017,9 @@ export function sqliteServerStore(
       const expired: Groups = new Map();
       const gaps = new GapCollector<number>();
       for (const r of rows) {
+        if (r.status === GAP_ROW_STATUS && r.owner) {
+          gaps.carry(r.dev, { user: r.owner, device: r.owner_device! }, decodeGapStreams(r.ids ?? '[]'));
+        }
         if (r.message !== null && r.from_user !== null && r.owner) {
           const from = { user: r.from_user, device: r.from_device! };
           const stream = { from, to: r.to_user!, group: r.to_group === 1, seq: r.seq! };
