@@ -25,7 +25,11 @@ try {
   const { system, options = {} } = JSON.parse(process.argv[2]);
   const store = system.startsWith('postbox-sqlite') ? 'sqlite' : 'memory';
   const mod = await import(VARIANTS[options.variant]?.[system] ?? SERVERS[system]);
-  const server = await mod.start({ ...options, store, ...(system.endsWith('-notrace') ? { trace: false } : {}) });
+  const server = await mod.start({
+    ...options,
+    store,
+    ...(system.endsWith('-notrace') ? { trace: false } : {}),
+  });
   onRequest('cpu', () => ({ cpu: process.cpuUsage() }));
   onRequest('mem', async () => {
     // Two full collections, with a pause for finalizers, so only live memory is counted.

@@ -15,7 +15,10 @@ const body = new Uint8Array(100);
 function life(tracer, i) {
   const id = `01J${String(i).padStart(23, '0')}`;
   if (!tracer.on) return;
-  tracer.committed({ kind: 'msg', id, from: alice, to: 'bob', seq: i, body }, { ok: true, ts: 0, duplicate: false, notify: [bob] });
+  tracer.committed(
+    { kind: 'msg', id, from: alice, to: 'bob', seq: i, body },
+    { ok: true, ts: 0, duplicate: false, notify: [bob] },
+  );
   tracer.pushed(bob, { offset: i, kind: 'msg', id, from: alice, to: 'bob', seq: i, ts: 0, body });
   tracer.acked(bob, [i]);
   tracer.pushed(alice, { offset: i, kind: 'status', status: 'delivered', ids: [id], by: 'bob', ts: 0 });
@@ -35,5 +38,9 @@ for (let r = 0; r < ROUNDS; r++) {
   on.push(run(new Tracer(memoryTraceStore(), clock, undefined)));
 }
 const med = (a) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
-console.log(`trace on:  ${(med(on) / 1000).toFixed(2)} µs CPU per message life [${on.map((v) => (v / 1000).toFixed(2)).join(', ')}]`);
-console.log(`trace off: ${(med(off) / 1000).toFixed(3)} µs [${off.map((v) => (v / 1000).toFixed(3)).join(', ')}]`);
+console.log(
+  `trace on:  ${(med(on) / 1000).toFixed(2)} µs CPU per message life [${on.map((v) => (v / 1000).toFixed(2)).join(', ')}]`,
+);
+console.log(
+  `trace off: ${(med(off) / 1000).toFixed(3)} µs [${off.map((v) => (v / 1000).toFixed(3)).join(', ')}]`,
+);

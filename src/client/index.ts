@@ -16,7 +16,7 @@ export type {
   SendOptions,
   StatusChange,
   TypingChange,
-} from './engine.js';
+} from './types.js';
 export type { GroupChangeEvent, GroupMemberView, GroupView } from './groups.js';
 export type { ConversationSummary, HistoryMessage, HistoryOptions } from './history.js';
 export { MAX_HISTORY_PAGE } from './history.js';
