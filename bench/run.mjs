@@ -5,6 +5,8 @@
 //   npm run bench -- --only NAME   one scenario (saturation, latency, latency-light, drain, fanout, e2ee, crypto, idle,
 //                                  wire, codec, pgstore, multinode, trace-cost)
 //   npm run bench -- --rounds N    rounds per scenario
+//   npm run bench -- --only abuse [--attacks a,b]
+//                                  issue 22's attacks beside a legit client (bench/abuse/run.mjs)
 //
 // Each measurement runs the server under test and the load generator in separate processes,
 // pinned to core 0 and core 1 when `taskset` exists; systems alternate inside every round and
@@ -58,6 +60,7 @@ function parseArgs(argv) {
     else if (x === '--rounds') a.rounds = Number(argv[++i]);
     else if (x === '--profile') a.profile = path.resolve(argv[++i]);
     else if (x === '--systems') a.systems = argv[++i].split(',');
+    else if (x === '--attacks') a.attacks = argv[++i];
     else if (x.startsWith('--rounds=')) a.rounds = Number(x.slice(9));
     else if (x === '--help' || x === '-h') {
       console.log(
@@ -136,6 +139,7 @@ const SCENARIOS = {
         ? { firstWarmupMs: 800, warmupMs: 400, measureMs: 1200 }
         : { firstWarmupMs: 2000, warmupMs: 1000, measureMs: 3000 }),
     },
+    serverOptions: { timelines: true },
     timeoutMs: 90_000,
   },
   drain: {
@@ -262,6 +266,23 @@ const SYSTEM_ORDER = [
   'postbox-pg',
   'postbox-pg-spread',
 ];
+
+// The abuse bench runs its own processes (postbox serve, a legit client, an attacker) and report.
+if (args.only === 'abuse') {
+  const r = spawnSync(
+    process.execPath,
+    [
+      path.join(here, 'abuse', 'run.mjs'),
+      ...(quick ? ['--quick'] : []),
+      ...(args.rounds ? ['--rounds', String(args.rounds)] : []),
+      ...(args.attacks ? ['--attacks', args.attacks] : []),
+      '--json',
+      path.join(here, 'results', `only-abuse${quick ? '-quick' : ''}.json`),
+    ],
+    { stdio: 'inherit' },
+  );
+  process.exit(r.status ?? 1);
+}
 
 if (args.only && !SCENARIOS[args.only]) {
   console.error(`unknown scenario ${args.only}; one of: ${Object.keys(SCENARIOS).join(', ')}`);
@@ -420,6 +441,7 @@ async function startServer(system, options) {
         const r = await child.request({ type: 'mem' }, 60_000);
         return { mem: r.mem, connections: r.connections };
       },
+      trace: async (trace) => (await child.request({ type: 'trace', trace })).trace,
       stop: () => child.stop(),
     };
   } catch (e) {
@@ -446,6 +468,7 @@ async function runPair(scenario, system, def) {
       try {
         reply.cpu = await server.cpu();
         if (m.data?.mem && server.mem) Object.assign(reply, await server.mem());
+        if (m.data?.trace && server.trace) reply.trace = await server.trace(m.data.trace);
       } catch (e) {
         reply.error = String(e);
       }
@@ -549,7 +572,17 @@ function brief(name, out) {
     return ['0.5k', '2k']
       .map((k) => {
         const t = ['acked', 'delivered', 'status'].map((p) => f(out[`${k}:trace_${p}_ms`])).join('/');
-        return `${k}: delivered p50/p99 ${f(out[`${k}:delivered_p50_ms`])}/${f(out[`${k}:delivered_p99_ms`])}, ✓✓ p50/p99 ${f(out[`${k}:status_p50_ms`])}/${f(out[`${k}:status_p99_ms`])} ms, one message ✓/delivered/✓✓ at ${t} ms`;
+        // Where the slowest 1% of the traced messages waited (postbox: postbox.trace.mjs).
+        const tail = Object.keys(out)
+          .filter((m) => m.startsWith(`${k}:tail_`) && m !== `${k}:tail_total_ms`)
+          .sort((a, b) => out[b] - out[a])
+          .slice(0, 3)
+          .map((m) => `${m.slice(k.length + 6, -3)} ${f(out[m])}`)
+          .join(', ');
+        const slow = tail
+          ? `; slowest 1% (${f(out[`${k}:tail_total_ms`])} ms) wait in ${tail}; loop delay p99/max ${f(out[`${k}:eld_p99_ms`])}/${f(out[`${k}:eld_max_ms`])}, GC ${f(out[`${k}:gc_ms`])} ms`
+          : '';
+        return `${k}: delivered p50/p99 ${f(out[`${k}:delivered_p50_ms`])}/${f(out[`${k}:delivered_p99_ms`])}, ✓✓ p50/p99 ${f(out[`${k}:status_p50_ms`])}/${f(out[`${k}:status_p99_ms`])} ms, one message ✓/delivered/✓✓ at ${t} ms${slow}`;
       })
       .join('; ');
   if (name === 'drain')

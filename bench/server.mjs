@@ -39,6 +39,8 @@ try {
     }
     return { mem: process.memoryUsage(), connections: server.connections() };
   });
+  // Servers that trace messages (latency-light): start and end a window, answer what was seen.
+  onRequest('trace', (m) => ({ trace: server.trace?.(m.trace) }));
   tell({ type: 'ready', url: server.url });
 } catch (e) {
   fail(e);

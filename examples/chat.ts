@@ -6,7 +6,9 @@
 //   npx postbox chat --server ws://… --as alice --to bob --secret "$POSTBOX_SECRET"   (signs its own token)
 //   npx postbox chat --server ws://… --as alice --to bob --token pb1.…               (a token from your login service)
 // --to may be a group id (#…). Commands: /group NAME user1,user2 (create a group and chat in it),
-// /add USER, /remove USER, /leave, /members, /approve CODE (link a new device of yours), /quit.
+// /add USER, /remove USER, /leave, /members, /approve CODE (link a new device of yours),
+// /send FILE (encrypted on this device, uploaded resumably; received files are saved to
+// --downloads, default ~/.postbox/downloads/USER), /quit.
 import { mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +19,7 @@ import { createClient } from 'postbox/client';
 import { sqliteClientStore } from 'postbox/client/sqlite';
 import { signToken } from 'postbox/server';
 import { websocketClientTransport } from 'postbox/transport/websocket';
+import { chatMedia } from './chat-media.js';
 
 const { values } = parseArgs({
   args: process.argv.slice(3),
@@ -29,6 +32,7 @@ const { values } = parseArgs({
     secret: { type: 'string' },
     'insecure-dev-auth': { type: 'boolean' },
     store: { type: 'string' },
+    downloads: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   },
 });
@@ -40,6 +44,7 @@ const USAGE = `usage: postbox chat --server URL --as USER --to PEER [--device D]
   --token T           a token from your login service; or --secret S (or POSTBOX_SECRET) to sign
                       one on every connect; or --insecure-dev-auth for a dev server
   --store FILE        this device's SQLite file (default ~/.postbox/USER-DEVICE.sqlite)
+  --downloads DIR     where received files are saved (default ~/.postbox/downloads/USER)
 In the chat: /help lists the commands.
 `;
 if (values.help) {
@@ -89,6 +94,20 @@ const TICK: Record<string, string> = {
   expired: '⌛ expired',
 };
 const texts = new Map<string, string>();
+const media = chatMedia({
+  client,
+  store,
+  server: values.server,
+  credentials,
+  downloads: values.downloads ?? join(dir, 'downloads', me),
+  print: (line) => print(line),
+  onQueued: (id, label) => {
+    shown.add(id);
+    texts.set(id, label);
+  },
+});
+/** A message body as the chat shows it: text, or a file's description. */
+const show = (body: Uint8Array) => media.describe(body) ?? new TextDecoder().decode(body);
 /** Ids on screen: history and the live `message` event may both show a message; draw it once. */
 const shown = new Set<string>();
 const rl = createInterface({ input: process.stdin, output: process.stdout, prompt: `${me}> ` });
@@ -115,11 +134,12 @@ client.on('connection', (state, error) => {
 client.on('message', (m) => {
   if (shown.has(m.id)) return;
   shown.add(m.id);
-  const body = new TextDecoder().decode(m.body);
+  const body = show(m.body);
   if (m.conv !== peer) print(`(${m.conv}) ${m.from}: ${body}`);
   else print(`${m.self ? `${m.from} (other device)` : m.from}: ${body}`);
   // The chat with the peer is on screen, so what arrives in it is read.
   if (m.conv === peer && !m.self) void client.markRead(peer);
+  if (!m.self) media.receive(m.from, m.body);
 });
 client.on('status', (s) => {
   const t = texts.get(s.id);
@@ -191,6 +211,9 @@ function command(t: string): boolean {
       return true;
     case '/approve':
       return (void report(client.approveDevice(arg)), true);
+    case '/send':
+      if (!arg) return (print('usage: /send FILE'), true);
+      return (media.send(peer, arg), true);
     case '/help':
       print(HELP);
       return true;
@@ -205,6 +228,7 @@ const HELP = `commands:
   /group NAME user1,user2   create a group and chat in it     /members   who is in this group
   /add USER, /remove USER   change this group (admins)        /leave     leave this group
   /approve CODE             link a new device of yours        /quit      leave the chat
+  /send FILE                send a file (encrypted here, resumable; received ones are saved)
   //text                    send a line that starts with /    /help      this list`;
 
 rl.on('line', (line) => {
@@ -234,7 +258,7 @@ async function drawHistory(): Promise<void> {
   if (recent.length > 0) print(`[last ${recent.length} messages with ${peer}]`);
   for (const m of recent) {
     shown.add(m.id);
-    const body = new TextDecoder().decode(m.body);
+    const body = show(m.body);
     if (m.outgoing) {
       texts.set(m.id, body);
       print(`${me}: ${body}  ${TICK[m.status!]}`);

@@ -26,6 +26,7 @@ describe('the client core is browser-safe', () => {
     'src/transport/memory.ts',
     'src/client/stores/memory.ts',
     'src/client/stores/indexeddb.ts',
+    'src/client/tabs/index.ts',
     'src/transport/websocket-client.ts',
     'src/crypto/index.ts', // not src/crypto/libsignal.ts: Node/Electron only
   ]) {

@@ -86,6 +86,7 @@ async function makeCluster(n: number, server: Partial<ServerOptions> = {}): Prom
       clock,
       heartbeatMs: 1000,
       linking: 'open',
+      groupConsent: 'open', // the groups here are of users that never wrote to each other
       presence: 'everyone',
       presenceDebounceMs: 500,
       inboxPollMs: POLL_MS,

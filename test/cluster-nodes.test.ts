@@ -83,6 +83,8 @@ async function startNode(id: string, node?: GatewayNode): Promise<GatewayNode> {
     '--insecure-dev-auth',
     '--linking',
     'open',
+    '--group-consent',
+    'open', // the seeded groups are of users that never wrote to each other
     '--store',
     `${PG_URL}?schema=${schema}`,
     '--cluster',

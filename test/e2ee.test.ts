@@ -200,6 +200,18 @@ describe('recovery: the app sees a message late, never a hole', () => {
     expect(restarted.undecryptable[0]).toMatchObject({ from: 'alice', fromDevice: 'phone', id });
   });
 
+  it('a message that could not be decrypted and never came again leaves a gap with reason undecryptable', async () => {
+    world = await makeWorld({ crypto: () => libsignalCrypto() });
+    const { alice, restarted } = await lostSessions(world, { resendWindowMs: 0 });
+    await alice.client.send('bob', text('lost'));
+    await until(world, () => restarted.undecryptable.length === 1);
+    await alice.client.send('bob', text('next')); // held behind the hole
+    await until(world, () => texts(restarted).includes('next'), 20_000);
+    expect(restarted.gaps).toEqual([
+      expect.objectContaining({ conv: 'alice', from: 'alice', reason: 'undecryptable' }),
+    ]);
+  });
+
   it('prekey exhaustion: sessions still start (last-resort Kyber key, no one-time key) and the device tops its supply up', async () => {
     world = await makeWorld({ crypto: () => libsignalCrypto(), server: { keyLowWater: 2 } });
     const bob = await world.device('bob', 'phone', { client: { preKeySupply: 3 } });

@@ -227,7 +227,9 @@ describe('order and gaps', () => {
     await world.advance(100);
     expect(ids(bob.messages)).toEqual(['m1']);
     await world.advance(11_000); // default gapTimeoutMs is 10 s
-    expect(bob.gaps).toEqual([{ conv: 'alice', from: 'alice', fromDevice: 'raw', fromSeq: 2, toSeq: 3 }]);
+    expect(bob.gaps).toEqual([
+      { conv: 'alice', from: 'alice', fromDevice: 'raw', fromSeq: 2, toSeq: 3, reason: 'timeout' },
+    ]);
     expect(ids(bob.messages)).toEqual(['m1', 'm4', 'm5']);
     // A straggler from inside the gap is still shown once, flagged late.
     raw.send({ t: 'send', r: 4, id: 'm2', to: 'bob', seq: 2, b: text('2') });

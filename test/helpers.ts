@@ -129,6 +129,9 @@ export async function makeWorld(
       heartbeatMs: 1000,
       // Most tests give a user several devices freely; the linking tests ask for approval.
       linking: 'open',
+      // Most tests make groups of users that never wrote to each other; the consent tests
+      // (group-consent.test.ts) ask for the default rule.
+      groupConsent: 'open',
       ...opts.server,
     });
   let server = makeServer();

@@ -75,12 +75,14 @@ const ID_FIELDS: Record<string, Array<[string, IdKind]>> = {
   kb: [
     ['b.*.0', 'user'],
     ['b.*.1', 'device'],
+    ['w.*', 'user'],
   ],
   // `s.*.2` is a user or a group id, with no `g` beside it: checked in its own case.
   gap: [
     ['s.*.0', 'user'],
     ['s.*.1', 'device'],
   ],
+  kr: [['u', 'user']],
 };
 /** Frame types that carry no user, device or group id. */
 const NO_IDS = ['ack', 'ping', 'pong', 'ok', 'keys', 'ptok', 'lnk', 'lcode', 'klow'];
@@ -209,6 +211,7 @@ const serverFrames: ServerFrame[] = [
     ],
   },
   { t: 'kb', r: 14, b: [] },
+  { t: 'kb', r: 15, b: [], w: ['bob', 'dave'] },
   { t: 'klow', pk: 3, kpk: 0 },
   {
     t: 'gap',
@@ -220,6 +223,7 @@ const serverFrames: ServerFrame[] = [
     ],
     ts: 1700000000003,
   },
+  { t: 'kr', u: 'bob' },
 ];
 
 describe('the wire protocol', () => {

@@ -95,7 +95,7 @@ describeWithServices('postgres server store', reason, () => {
       });
     });
 
-    it('a schema at version 2 gets only the missing steps, and keeps its data and who may see whom', async () => {
+    it('a schema at version 2 gets only the missing steps, keeps its data and who may see whom, and counts its inboxes', async () => {
       const schema = freshSchema();
       const old = await openOn(schema);
       await writeBeforeUpgrade(old);
@@ -111,6 +111,9 @@ describeWithServices('postgres server store', reason, () => {
           ALTER TABLE group_members DROP COLUMN since_ver, DROP COLUMN acted_ver;
           ALTER TABLE dedupe DROP COLUMN to_user, DROP COLUMN gver, DROP CONSTRAINT dedupe_pkey,
             ADD PRIMARY KEY (from_user, from_device, msg_id);
+          DROP TABLE group_invites;
+          ALTER TABLE inbox_heads DROP COLUMN entries, DROP COLUMN bytes;
+          ALTER TABLE inbox DROP COLUMN size;
           DELETE FROM postbox_schema WHERE version > 2;
           RESET search_path;
         `);
@@ -124,6 +127,15 @@ describeWithServices('postgres server store', reason, () => {
       } finally {
         await store.close();
       }
+      // Step 4 counted the inboxes it found: each head's usage matches its entries.
+      await withPool(async (pool) => {
+        const wrong = await pool.query(
+          `SELECT h.dev FROM "${schema}".inbox_heads h
+           WHERE h.entries <> (SELECT count(*) FROM "${schema}".inbox WHERE dev = h.dev)
+              OR h.bytes <> (SELECT coalesce(sum(size), 0) FROM "${schema}".inbox WHERE dev = h.dev)`,
+        );
+        expect(wrong.rows).toEqual([]);
+      });
     });
 
     it('refuses a schema written by a newer version', async () => {

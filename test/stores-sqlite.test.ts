@@ -505,7 +505,7 @@ describe('sqlite server store', () => {
       ['fresh', 1001, undefined],
     ]);
     // 'told' was delivered before the upgrade: acking it tells nobody again; 'fresh' was not.
-    expect(await store.ack(bob2, [1, 2], 2000)).toEqual({ count: 2, notify: [alice1] });
+    expect(await store.ack(bob2, [1, 2], 2000)).toMatchObject({ count: 2, notify: [alice1] });
     const statuses = (await store.readInbox(alice1, 0, 10)).flatMap((e) =>
       e.kind === 'status' ? e.ids : [],
     );
@@ -585,7 +585,7 @@ describe('sqlite server store', () => {
       { ok: true, ts: 1001, duplicate: true, notify: [] },
     ]);
     // 'told' was delivered before the upgrade: acking it tells nobody again; 'fresh' was not.
-    expect(await store.ack(bob2, [2, 3], 2000)).toEqual({ count: 2, notify: [alice1] });
+    expect(await store.ack(bob2, [2, 3], 2000)).toMatchObject({ count: 2, notify: [alice1] });
     // Devices registered before the upgrade publish keys and receive end-to-end encrypted messages.
     expect(await store.claimKeys('bob')).toEqual([]);
     await store.putKeys(alice1, keys(1));
@@ -625,6 +625,12 @@ describe('sqlite server store', () => {
     // records that do not say where a message went, keyed by device before message id.
     const v4 = new Database(file);
     v4.exec(`
+      DROP TABLE group_invites;
+      DROP TRIGGER inbox_usage_in;
+      DROP TRIGGER inbox_usage_out;
+      ALTER TABLE devices DROP COLUMN entries;
+      ALTER TABLE devices DROP COLUMN bytes;
+      ALTER TABLE inbox DROP COLUMN size;
       CREATE TABLE contacts (a TEXT NOT NULL, b TEXT NOT NULL, PRIMARY KEY (a, b)) WITHOUT ROWID;
       INSERT INTO contacts SELECT DISTINCT min(viewer, target), max(viewer, target) FROM consents;
       DROP TABLE consents;
@@ -644,6 +650,18 @@ describe('sqlite server store', () => {
     const store = sqliteServerStore({ path: file });
     await checkAfterUpgrade(store);
     await store.close();
+    // Step 6 counted the inboxes it found: the usage columns match the entries.
+    const db = new Database(file);
+    const wrong = db
+      .prepare(
+        `SELECT d.id FROM devices d WHERE d.entries <> (SELECT count(*) FROM inbox WHERE dev = d.id)
+           OR d.bytes <> (SELECT coalesce(sum(size), 0) FROM inbox WHERE dev = d.id)`,
+      )
+      .all();
+    const counted = db.prepare('SELECT sum(entries) AS n FROM devices').get() as { n: number };
+    db.close();
+    expect(wrong).toEqual([]);
+    expect(counted.n).toBeGreaterThan(0);
   });
 
   it('claimKeys and putKeys are one transaction each, and a refused upload writes nothing', async () => {

@@ -45,10 +45,13 @@ function hookExit() {
 
 /**
  * Builds the argv that runs `cmd` with the open-files limit raised to the hard limit and, when
- * possible, pinned to `core`.
+ * possible, pinned to `core`, at niceness `nice` when given. Every wrapper execs, so the child's
+ * pid is the program's own.
  */
-function wrap(cmd, args, core) {
-  const inner = core !== undefined && canPin ? ['taskset', '-c', String(core), cmd, ...args] : [cmd, ...args];
+export function wrap(cmd, args, core, nice) {
+  let inner = [cmd, ...args];
+  if (nice !== undefined) inner = ['nice', '-n', String(nice), ...inner];
+  if (core !== undefined && canPin) inner = ['taskset', '-c', String(core), ...inner];
   return ['bash', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'bash', ...inner]];
 }
 
@@ -58,9 +61,9 @@ function wrap(cmd, args, core) {
  * @returns a handle with `request(msg)` (resolves with the reply carrying the same `rid`),
  *   `next(type)` (resolves with the next message of that type), `exited`, `kill()`.
  */
-export function startNode(script, args, { core, nodeFlags = [] } = {}) {
+export function startNode(script, args, { core, nice, nodeFlags = [] } = {}) {
   hookExit();
-  const [cmd, argv] = wrap(process.execPath, [...nodeFlags, script, ...args], core);
+  const [cmd, argv] = wrap(process.execPath, [...nodeFlags, script, ...args], core, nice);
   const proc = spawn(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
   live.add(proc);
   let stderr = '';

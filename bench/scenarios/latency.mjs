@@ -5,6 +5,7 @@
 import { performance } from 'node:perf_hooks';
 import { mark, sleep } from '../lib/child.mjs';
 import { Samples } from '../lib/stats.mjs';
+import { TRACE_EVERY, breakdown, clock } from '../systems/postbox.trace.mjs';
 
 const PS = [50, 99, 99.9];
 
@@ -19,6 +20,7 @@ export async function run(sys, p) {
   let outstanding = 0;
   let lost = 0;
   let traced; // { tag, at, marks }: the one message whose timeline is reported
+  let timelines; // tag → { at, sent, acked, delivered, status }: every TRACE_EVERY-th, in the window
 
   const inWindow = (tag) => {
     const s = sentAt.get(tag);
@@ -26,6 +28,8 @@ export async function run(sys, p) {
   };
   const follow = (tag, phase) => {
     if (traced?.tag === tag) traced.marks[phase] ??= now() - traced.at;
+    const line = timelines?.get(tag);
+    if (line) line[phase] ??= clock();
   };
   const onDeliver = (_to, tag) => {
     outstanding--;
@@ -55,6 +59,7 @@ export async function run(sys, p) {
     let sent = 0;
     let m0;
     traced = undefined;
+    timelines = trace ? new Map() : undefined;
     const traceFrom = tStart + measureMs / 2;
     await new Promise((resolve) => {
       const tick = () => {
@@ -71,9 +76,15 @@ export async function run(sys, p) {
           if (trace && traced === undefined && at >= traceFrom) traced = { tag, at, marks: {} };
           sent++;
           outstanding++;
+          const line =
+            timelines && tag % TRACE_EVERY === 0 && at >= tStart && at < tEnd
+              ? { at: at + performance.timeOrigin, sent: clock() }
+              : undefined;
+          if (line) timelines.set(tag, line);
           client.send(i, (i + n / 2) % n, tag);
         }
-        if (m0 === undefined && t >= tStart) m0 = mark('start');
+        if (m0 === undefined && t >= tStart)
+          m0 = mark('start', trace ? { trace: { op: 'start' } } : undefined);
         if (t >= tEnd) resolve();
         else setImmediate(tick);
       };
@@ -86,6 +97,8 @@ export async function run(sys, p) {
     while (lat.status.length > 0 && lat.status.length < lat.delivered.length && now() < deadline) {
       await sleep(10);
     }
+    // The server's side of the timelines, once the last ✓✓ are in.
+    const traceEnd = trace ? (await mark('trace', { trace: { op: 'end' } })).trace : undefined;
     lost += outstanding;
     outstanding = 0;
     const k = `${rate / 1000}k`;
@@ -95,6 +108,12 @@ export async function run(sys, p) {
         (100 * (m1.cpu.user + m1.cpu.system - c0.user - c0.system)) / 1e6 / (measureMs / 1000);
     }
     for (const [phase, ms] of Object.entries(traced?.marks ?? {})) out[`${k}:trace_${phase}_ms`] = ms;
+    // Systems that trace on the server (postbox): every sampled message's segments, and the
+    // server's event loop, GC and store time over the window.
+    if (traceEnd?.server) {
+      for (const [name, v] of Object.entries(breakdown(timelines, traceEnd.server))) out[`${k}:${name}`] = v;
+      for (const [name, v] of Object.entries(traceEnd.loop)) out[`${k}:${name}`] = v;
+    }
     for (const [name, s] of Object.entries(lat)) {
       if (s.length === 0) continue;
       const [p50, p99, p999] = s.percentiles(PS);

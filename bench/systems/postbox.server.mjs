@@ -7,7 +7,7 @@ import { mkdirSync } from 'node:fs';
 import { createServer } from 'postbox/server';
 import { websocketServerTransport } from 'postbox/transport/websocket';
 
-export async function start({ store: kind = 'memory', dataDir, preRegister, linking, trace }) {
+export async function start({ store: kind = 'memory', dataDir, preRegister, linking, trace, timelines }) {
   let store;
   if (kind === 'sqlite') {
     const { sqliteServerStore } = await import('postbox/server/sqlite');
@@ -17,10 +17,17 @@ export async function start({ store: kind = 'memory', dataDir, preRegister, link
     const { memoryServerStore } = await import('postbox/server/memory');
     store = memoryServerStore();
   }
+  // latency-light: per-message timelines (postbox.trace.mjs).
+  const traced = timelines ? (await import('./postbox.trace.mjs')).instrument(store) : undefined;
+  if (traced) store = traced.store;
   const server = createServer({
     store,
     authenticate: (cred) => ({ user: cred, device: 'd' }),
     ...(linking ? { linking } : {}),
+    // Benchmarks make groups of synthetic users and send as fast as they can: no invites, and
+    // budgets far above any scenario (the abuse bench measures the defaults).
+    groupConsent: 'open',
+    costBudgets: { device: { perSecond: 1e9, burst: 1e9 }, user: { perSecond: 1e9, burst: 1e9 } },
     // The delivery trace is on by default (a memory ring); trace-cost turns it off to price it.
     ...(trace === false ? { trace: false } : {}),
   });
@@ -38,5 +45,6 @@ export async function start({ store: kind = 'memory', dataDir, preRegister, link
   return {
     url: `ws://127.0.0.1:${transport.address.port}/postbox`,
     connections: () => server.connectionCount,
+    ...(traced ? { trace: traced.request } : {}),
   };
 }

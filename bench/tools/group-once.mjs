@@ -34,6 +34,7 @@ const server = createServer({
   store,
   authenticate: (c) => ({ user: String(c), device: 'd' }),
   linking: 'open',
+  groupConsent: 'open', // synthetic members never wrote to the sender
 });
 const transport = websocketServerTransport({ port: 0, maxConnectionsPerAddress: 100_000 });
 await server.listen(transport);

@@ -6,7 +6,8 @@
 // The screen is always drawn from the client store (history(), conversations()), never from
 // events alone: events only say when to redraw, so what a reload or a missed event would lose is
 // never missing. Open http://127.0.0.1:8080/?user=alice&peer=bob to skip the sign-in.
-import { createClient, type MessageStatus, type PostboxClient } from 'postbox/client';
+import { createClient, type MessageStatus } from 'postbox/client';
+import { tabClient, type TabClient } from 'postbox/client/tabs';
 import { openIndexedDbClientStore } from 'postbox/client/indexeddb';
 import { websocketClientTransport } from 'postbox/transport/websocket-client';
 
@@ -15,11 +16,8 @@ const utf8 = new TextEncoder();
 const text = new TextDecoder();
 const params = new URLSearchParams(location.search);
 
-/** What the page uses of a client. */
-type Chat = Pick<
-  PostboxClient,
-  'send' | 'history' | 'conversations' | 'markRead' | 'setTyping' | 'watchPresence' | 'reconnectNow' | 'on'
-> & { readonly state: string };
+/** The device's client as this tab sees it: the leader tab owns the connection, the others call through it. */
+type Chat = TabClient;
 
 /** What a test (or a curious developer) can read from the console. */
 interface Debug {
@@ -45,14 +43,19 @@ function deviceOf(user: string): string {
 
 async function connect(user: string): Promise<Chat> {
   const device = deviceOf(user);
-  const store = await openIndexedDbClientStore({ name: `postbox-${user}` });
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  return createClient({
-    store,
-    transport: websocketClientTransport({ url: `${scheme}://${location.host}/postbox` }),
-    // `postbox serve --insecure-dev-auth` takes "user/device"; a real app fetches a token here.
-    credentials: `${user}/${device}`,
-    device,
+  // Every tab of this user is one device with one connection: the leader tab opens the client
+  // (store and socket); the others send and receive through it, and take over when it closes.
+  return tabClient({
+    name: `postbox-${user}`,
+    open: async () =>
+      createClient({
+        store: await openIndexedDbClientStore({ name: `postbox-${user}` }),
+        transport: websocketClientTransport({ url: `${scheme}://${location.host}/postbox` }),
+        // `postbox serve --insecure-dev-auth` takes "user/device"; a real app fetches a token here.
+        credentials: `${user}/${device}`,
+        device,
+      }),
   });
 }
 
@@ -168,6 +171,9 @@ function wire(): void {
     redraw();
   });
   client.on('readElsewhere', () => redraw());
+  // Another tab took over: events of the switch may be missed, the store has everything.
+  client.on('resync', () => redraw());
+  client.on('role', (role) => ($('role').textContent = ` · ${role} tab`));
   client.on('typing', (t) => {
     if (t.conv === open) $('typing').textContent = t.on ? `${t.user} is typing…` : '';
   });
@@ -216,6 +222,7 @@ async function signIn(user: string): Promise<void> {
   $('app').classList.add('on');
   $('me').textContent = me;
   $('conn').textContent = client.state;
+  $('role').textContent = ` · ${client.role} tab`;
   wire();
   const peer = params.get('peer');
   if (peer) openChat(peer);

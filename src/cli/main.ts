@@ -35,14 +35,25 @@ serve options (flag, environment variable, default):
   --retention-days N        POSTBOX_RETENTION_DAYS        30
   --max-body-bytes N        POSTBOX_MAX_BODY_BYTES        65536
   --max-frame-bytes N       POSTBOX_MAX_FRAME_BYTES       262144
-  --max-conns-per-address N POSTBOX_MAX_CONNS_PER_ADDRESS 256
+  --max-conns-per-address N POSTBOX_MAX_CONNS_PER_ADDRESS 256 (open sockets and WebSockets per client address)
+  --max-sockets N           POSTBOX_MAX_SOCKETS           open-files limit less a tenth (open sockets in all; over it a socket is reset)
+  --headers-timeout-ms N    POSTBOX_HEADERS_TIMEOUT_MS    10000 (a new socket must finish its request headers within this)
+  --max-queued-bytes N      POSTBOX_MAX_QUEUED_BYTES      134217728 (send queues of all connections; over it the slowest readers get 4008)
+  --trust-proxy LIST        POSTBOX_TRUST_PROXY           (none) proxies whose header names the client: addresses, CIDRs, loopback, private
+  --trust-proxy-header H    POSTBOX_TRUST_PROXY_HEADER    x-forwarded-for
+  --metrics-port N          POSTBOX_METRICS_PORT          (none) serve /metrics, /healthz, /readyz on a listener of their own
+  --metrics-host H          POSTBOX_METRICS_HOST          127.0.0.1
+  --metrics-token T         POSTBOX_METRICS_TOKEN         (none) serve /metrics on the client port to "Authorization: Bearer T"
   --heartbeat-ms N          POSTBOX_HEARTBEAT_MS          25000
   --linking MODE            POSTBOX_LINKING               approval (approval|open: may a user's new device join without an existing device's approval)
   --max-group-members N     POSTBOX_MAX_GROUP_MEMBERS     1024 (at most 1024)
+  --group-consent RULE      POSTBOX_GROUP_CONSENT         related (related|invite|open: who joins a group at once; the others get an invite)
   --presence WHO            POSTBOX_PRESENCE              contacts (contacts|everyone|nobody: who may see whose online/last seen)
   --push-webhook URL        POSTBOX_PUSH_WEBHOOK          (none) POST content-free wake-ups for offline devices to URL (docs/push.md)
   --log-level L             POSTBOX_LOG_LEVEL             info (debug|info|warn|error|silent; debug also logs every trace event)
   --trace-days N            POSTBOX_TRACE_DAYS            7 (how long the delivery trace keeps its events; 0 turns it off)
+  --media-dir DIR           POSTBOX_MEDIA_DIR             DATA-media (media blobs at http://HOST:PORT/media; with --store, off unless set; 'off' turns it off)
+  --max-upload-mb N         POSTBOX_MAX_UPLOAD_MB         2048 (largest media file)
   --static DIR              POSTBOX_STATIC                (none) also serve DIR's files over HTTP, e.g. the web chat example (local play only)
 `;
 
@@ -83,13 +94,24 @@ async function serve(argv: string[]): Promise<void> {
       'max-body-bytes': { type: 'string' },
       'max-frame-bytes': { type: 'string' },
       'max-conns-per-address': { type: 'string' },
+      'max-sockets': { type: 'string' },
+      'headers-timeout-ms': { type: 'string' },
+      'max-queued-bytes': { type: 'string' },
+      'trust-proxy': { type: 'string' },
+      'trust-proxy-header': { type: 'string' },
+      'metrics-port': { type: 'string' },
+      'metrics-host': { type: 'string' },
+      'metrics-token': { type: 'string' },
       'heartbeat-ms': { type: 'string' },
       linking: { type: 'string' },
       'max-group-members': { type: 'string' },
+      'group-consent': { type: 'string' },
       presence: { type: 'string' },
       'push-webhook': { type: 'string' },
       'log-level': { type: 'string' },
       'trace-days': { type: 'string' },
+      'media-dir': { type: 'string' },
+      'max-upload-mb': { type: 'string' },
       static: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -125,6 +147,11 @@ async function serve(argv: string[]): Promise<void> {
       values['max-group-members'] ?? env('POSTBOX_MAX_GROUP_MEMBERS'),
       1024,
     ),
+    groupConsent: oneOf<'related' | 'invite' | 'open'>(
+      'group-consent',
+      values['group-consent'] ?? env('POSTBOX_GROUP_CONSENT') ?? 'related',
+      ['related', 'invite', 'open'],
+    ),
     presence: oneOf('presence', values.presence ?? env('POSTBOX_PRESENCE') ?? 'contacts', [
       'contacts',
       'everyone',
@@ -132,7 +159,10 @@ async function serve(argv: string[]): Promise<void> {
     ]),
     logLevel,
     traceDays: num('trace-days', values['trace-days'] ?? env('POSTBOX_TRACE_DAYS'), 7),
+    maxUploadMb: num('max-upload-mb', values['max-upload-mb'] ?? env('POSTBOX_MAX_UPLOAD_MB'), 2048),
   };
+  const mediaDir = values['media-dir'] ?? env('POSTBOX_MEDIA_DIR');
+  if (mediaDir !== undefined) options.mediaDir = mediaDir === 'off' ? false : mediaDir;
   const storeUrl = values.store ?? env('POSTBOX_STORE');
   if (storeUrl !== undefined) {
     if (!/^postgres(ql)?:\/\//.test(storeUrl)) {
@@ -162,6 +192,25 @@ async function serve(argv: string[]): Promise<void> {
       15000,
     );
   }
+  const maxSockets = values['max-sockets'] ?? env('POSTBOX_MAX_SOCKETS');
+  if (maxSockets !== undefined) options.maxSockets = num('max-sockets', maxSockets, 0);
+  options.headersTimeoutMs = num(
+    'headers-timeout-ms',
+    values['headers-timeout-ms'] ?? env('POSTBOX_HEADERS_TIMEOUT_MS'),
+    10_000,
+  );
+  const maxQueued = values['max-queued-bytes'] ?? env('POSTBOX_MAX_QUEUED_BYTES');
+  if (maxQueued !== undefined) options.maxQueuedBytes = num('max-queued-bytes', maxQueued, 0);
+  const trustProxy = values['trust-proxy'] ?? env('POSTBOX_TRUST_PROXY');
+  if (trustProxy !== undefined) options.trustProxy = trustProxy.split(',').map((s) => s.trim());
+  const trustHeader = values['trust-proxy-header'] ?? env('POSTBOX_TRUST_PROXY_HEADER');
+  if (trustHeader !== undefined) options.trustProxyHeader = trustHeader;
+  const metricsPort = values['metrics-port'] ?? env('POSTBOX_METRICS_PORT');
+  if (metricsPort !== undefined) options.metricsPort = num('metrics-port', metricsPort, 0);
+  const metricsHost = values['metrics-host'] ?? env('POSTBOX_METRICS_HOST');
+  if (metricsHost !== undefined) options.metricsHost = metricsHost;
+  const metricsToken = values['metrics-token'] ?? env('POSTBOX_METRICS_TOKEN');
+  if (metricsToken !== undefined) options.metricsToken = metricsToken;
   const staticDir = values.static ?? env('POSTBOX_STATIC');
   if (staticDir !== undefined) options.static = staticDir;
   const pushWebhook = values['push-webhook'] ?? env('POSTBOX_PUSH_WEBHOOK');
@@ -179,6 +228,7 @@ async function serve(argv: string[]): Promise<void> {
   const where = options.store ? options.store.replace(/\/\/[^@/]*@/, '//…@') : options.data;
   const node = handle.nodeId ? `, node ${handle.nodeId} of the cluster` : '';
   process.stdout.write(`postbox listening on ${handle.url} (data: ${where}${node})\n`);
+  if (handle.metricsUrl) process.stdout.write(`postbox metrics on ${handle.metricsUrl}\n`);
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;

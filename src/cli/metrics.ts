@@ -6,12 +6,26 @@
 import type { ErrorCode } from '../protocol/index.js';
 import type { PostboxServer } from '../server/engine.js';
 import type { ServerMetrics } from '../server/metrics.js';
+import type { SocketGuard, SocketRefusal } from '../transport/socket-guard.js';
+
+/** What {@link PrometheusMetrics.watch} reads at scrape time: counters only, never the store. */
+export interface WatchedParts {
+  /** The transport's outbound queue account. */
+  transport?: { readonly queuedBytes: number; readonly shedCount: number };
+  /** The socket guard of the client port. */
+  guard?: SocketGuard;
+}
 
 /** The metrics hooks for the engine and the text `/metrics` serves. */
 export interface PrometheusMetrics {
   hooks: ServerMetrics;
-  /** Call once the engine exists: gauges that read its state at scrape time. */
-  watch(engine: PostboxServer): void;
+  /**
+   * Call once the engine exists: gauges that read counters the engine and transport keep up to
+   * date (O(1) at scrape time; nothing reads the store).
+   */
+  watch(engine: PostboxServer, parts?: WatchedParts): void;
+  /** The socket guard's `onRefused` hook. */
+  socketRefused(reason: SocketRefusal, address: string): void;
   contentType: string;
   render(): Promise<string>;
 }
@@ -22,8 +36,9 @@ export interface PrometheusMetrics {
  * latency), `commit_items` (histogram of batch sizes), `deliveries_total`, `acks_total`,
  * `doorbells_total`, `push_total{result}`, `errors_total{code}`, `online_devices` (gauge),
  * `store_up` (gauge: 1 while the store answers, see `PostboxServer.storeHealth`),
- * `inbox_entries` (gauge: the inbox depth, when the store can count it), plus
- * the process defaults (CPU, memory, event loop lag).
+ * `sockets_open` (gauge), `sockets_refused_total{reason}` (global, address, timeout),
+ * `outbound_queued_bytes` (gauge), `slow_readers_shed_total`, `client_log_dropped_total`, plus
+ * the process defaults (CPU, memory, event loop lag) but not `nodejs_version_info`.
  */
 export async function prometheusMetrics(): Promise<PrometheusMetrics | undefined> {
   let prom: typeof import('prom-client');
@@ -35,6 +50,8 @@ export async function prometheusMetrics(): Promise<PrometheusMetrics | undefined
   const registry = new prom.Registry();
   // prom-client's names already start with `process_` / `nodejs_`: prefix only with `postbox_`.
   prom.collectDefaultMetrics({ register: registry, prefix: 'postbox_' });
+  // The exact Node version tells an attacker which CVEs to try: not published.
+  registry.removeSingleMetric('postbox_nodejs_version_info');
   const m = {
     connections: new prom.Gauge({
       name: 'postbox_connections',
@@ -87,6 +104,12 @@ export async function prometheusMetrics(): Promise<PrometheusMetrics | undefined
       labelNames: ['code'] as const,
       registers: [registry],
     }),
+    refused: new prom.Counter({
+      name: 'postbox_sockets_refused_total',
+      help: 'Sockets reset by the socket guard: over the global cap, over their address cap, or too slow to send headers',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
   };
   const hooks: ServerMetrics = {
     connection: (d) => m.connections.inc(d),
@@ -103,36 +126,57 @@ export async function prometheusMetrics(): Promise<PrometheusMetrics | undefined
   };
   return {
     hooks,
-    watch(engine) {
-      const store = engine.store;
-      if (store.inboxSize) {
-        const size = store.inboxSize.bind(store);
+    socketRefused: (reason) => m.refused.inc({ reason }),
+    watch(engine, parts = {}) {
+      // Every gauge reads a number kept up to date elsewhere: a scrape costs no store read and no
+      // walk over sessions, whatever their number.
+      const gauge = (name: string, help: string, read: () => number) =>
         new prom.Gauge({
-          name: 'postbox_inbox_entries',
-          help: 'Entries waiting in all inboxes (not yet acked), as the store counts them',
+          name,
+          help,
           registers: [registry],
-          async collect() {
-            // A failing store leaves the last value: a scrape must not fail with it, nor wait
-            // out the store's timeouts while the engine already knows it is away.
-            if (!engine.storeHealth().ok) return;
-            this.set(await size().catch(() => NaN));
+          collect() {
+            this.set(read());
+          },
+        });
+      let online = 0;
+      engine.on('online', () => online++);
+      engine.on('offline', () => online--);
+      gauge('postbox_online_devices', 'Devices with an open session on this node', () => online);
+      const { transport, guard } = parts;
+      if (guard)
+        gauge('postbox_sockets_open', 'Open sockets on the client port (any kind)', () => guard.open);
+      if (transport) {
+        gauge(
+          'postbox_outbound_queued_bytes',
+          'Bytes queued for sending across all connections',
+          () => transport.queuedBytes,
+        );
+        new prom.Counter({
+          name: 'postbox_slow_readers_shed_total',
+          help: 'Connections closed (4008) because the send queues were over their bound and they had the most queued',
+          registers: [registry],
+          collect() {
+            this.reset();
+            this.inc(transport.shedCount);
           },
         });
       }
+      new prom.Counter({
+        name: 'postbox_client_log_dropped_total',
+        help: 'Client-caused warning lines not written (over the per-device or total rate)',
+        registers: [registry],
+        collect() {
+          this.reset();
+          this.inc(engine.clientLogDropped);
+        },
+      });
       new prom.Gauge({
         name: 'postbox_store_up',
         help: 'Whether the store answers (0 from a failed store call until a commit or probe succeeds)',
         registers: [registry],
         collect() {
           this.set(engine.storeHealth().ok ? 1 : 0);
-        },
-      });
-      new prom.Gauge({
-        name: 'postbox_online_devices',
-        help: 'Devices with an open session on this node',
-        registers: [registry],
-        collect() {
-          this.set(engine.onlineDevices().length);
         },
       });
     },

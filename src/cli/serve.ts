@@ -7,9 +7,12 @@ import { insecureDevAuthenticator, tokenAuthenticator } from '../server/auth.js'
 import { createServer, type PostboxServer } from '../server/engine.js';
 import { sqliteServerStore } from '../server/stores/sqlite.js';
 import type { ServerStore } from '../server/store.js';
-import { websocketServerTransport } from '../transport/websocket.js';
+import { guardSockets, websocketServerTransport } from '../transport/websocket.js';
+import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { jsonLogger, type LogLevel } from './log.js';
 import { openServeTrace } from './trace.js';
+import { openServeMedia, type ServeMedia } from './media.js';
 import { staticFiles } from './static.js';
 
 /** Settings of `postbox serve`; each has a flag and an environment variable (see `postbox serve --help`). */
@@ -43,12 +46,33 @@ export interface ServeOptions {
   maxBodyBytes: number;
   /** Largest frame in bytes, enforced before decoding. @default 262144 */
   maxFrameBytes: number;
-  /** Open connections allowed from one address. @default 256 */
+  /** Open connections (and open sockets) allowed from one address. @default 256 */
   maxConnectionsPerAddress: number;
+  /** Open sockets in all. @default the open-files soft limit less a tenth (see `guardSockets`) */
+  maxSockets?: number;
+  /** A new socket must finish its request headers within this. @default 10000 */
+  headersTimeoutMs?: number;
+  /** Bytes queued for sending across all connections before the slowest readers are shed. @default 134217728 */
+  maxQueuedBytes?: number;
+  /**
+   * Addresses or CIDR ranges (or `loopback`, `private`) of the reverse proxies whose
+   * `trustProxyHeader` names the client. @default none: the TCP peer is the client
+   */
+  trustProxy?: string[];
+  /** @default 'x-forwarded-for' */
+  trustProxyHeader?: string;
+  /** Serve `/metrics` (and `/healthz`, `/readyz`) on a listener of its own at this port. */
+  metricsPort?: number;
+  /** Interface of the metrics listener. @default '127.0.0.1' */
+  metricsHost?: string;
+  /** Serve `/metrics` on the client port to requests with `Authorization: Bearer TOKEN`. */
+  metricsToken?: string;
   /** Heartbeat interval advertised to clients. @default 25000 */
   heartbeatMs: number;
   /** Whether a user's new device needs an existing device's approval. @default 'approval' */
   linking: 'approval' | 'open';
+  /** Who joins a group at once (see `ServerOptions.groupConsent`). @default 'related' */
+  groupConsent?: 'related' | 'invite' | 'open';
   /** Most members of a group (at most 1,024). @default 1024 */
   maxGroupMembers: number;
   /** Who may see whose presence. @default 'contacts' */
@@ -62,6 +86,14 @@ export interface ServeOptions {
    * in the PostgreSQL schema); 0 turns the trace off. @default 7
    */
   traceDays?: number;
+  /**
+   * Folder for media blobs, uploads in progress and the media ledger (docs/media.md). With the
+   * SQLite store it defaults to `DATA-media` beside the file; with PostgreSQL, media is off unless
+   * this is set. `false` turns media off.
+   */
+  mediaDir?: string | false;
+  /** Largest media upload, in MiB of plaintext. @default 2048 */
+  maxUploadMb?: number;
   /**
    * A directory whose files the HTTP port also serves (`/` is its `index.html`), for local play
    * with a web client such as examples/web. Not a production file server. @default none
@@ -78,6 +110,10 @@ export interface ServeHandle {
   store: ServerStore;
   /** This node's id in the cluster, when it runs with one. */
   nodeId: string | undefined;
+  /** The media server (`http://HOST:PORT/media`), when media is on. */
+  media: ServeMedia | undefined;
+  /** Where `/metrics` is served on a listener of its own (`--metrics-port`), if it is. */
+  metricsUrl: string | undefined;
   /**
    * Graceful shutdown: stop accepting, finish in-flight commits (their acks go out), close every
    * connection with 1001 "going away" so clients reconnect, then close the store.
@@ -150,20 +186,41 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
         })
       : undefined;
   const metrics = await prometheusMetrics();
+  const mediaDir = options.mediaDir ?? (options.store ? false : `${options.data}-media`);
+  const media: ServeMedia | undefined = mediaDir
+    ? openServeMedia(
+        {
+          dir: mediaDir,
+          maxUploadMb: options.maxUploadMb ?? 2048,
+          retentionMs: options.retentionDays * 24 * 3600_000,
+          ...(options.secret ? { secret: options.secret } : {}),
+        },
+        store,
+        authenticate,
+        (e) => log.warn('media', e),
+      )
+    : undefined;
   let ready = false;
   const files = options.static === undefined ? undefined : staticFiles(options.static);
-  const http = createHttpServer((req, res) => {
-    if (req.url === '/metrics') {
-      if (!metrics) {
-        res
-          .writeHead(503, { 'content-type': 'text/plain' })
-          .end('metrics need the optional peer prom-client: npm install prom-client\n');
-        return;
-      }
-      metrics.render().then(
-        (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
-        () => res.writeHead(500).end(),
-      );
+  const serveMetrics = (res: ServerResponse) => {
+    if (!metrics) {
+      res
+        .writeHead(503, { 'content-type': 'text/plain' })
+        .end('metrics need the optional peer prom-client: npm install prom-client\n');
+      return;
+    }
+    metrics.render().then(
+      (text) => res.writeHead(200, { 'content-type': metrics.contentType }).end(text),
+      () => res.writeHead(500).end(),
+    );
+  };
+  const token = options.metricsToken;
+  // Shared by both listeners: on the client port /metrics needs the token, else it is not there.
+  const handle = (req: IncomingMessage, res: ServerResponse, own: boolean) => {
+    // Media (uploads and downloads) is on the client port only.
+    if (!own && media?.handler.handle(req, res)) return;
+    if (req.url === '/metrics' && (own || (token !== undefined && bearer(req, token)))) {
+      serveMetrics(res);
     } else if (req.url === '/healthz') {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n');
     } else if (req.url === '/readyz') {
@@ -179,18 +236,41 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
         res
           .writeHead(404, { 'content-type': 'text/plain' })
           .end('postbox: connect with WebSocket at the configured path\n');
-      if (!files) return notFound();
+      if (!files || own) return notFound();
       files(req, res).then(
         (served) => served || notFound(),
         () => res.writeHead(500).end(),
       );
     }
+  };
+  const headersTimeoutMs = options.headersTimeoutMs ?? 10_000;
+  // Node checks its own header and request timeouts every `connectionsCheckingInterval`.
+  const httpOptions = {
+    headersTimeout: headersTimeoutMs,
+    requestTimeout: 30_000,
+    connectionsCheckingInterval: 1000,
+  };
+  const http = createHttpServer(httpOptions, (req, res) => handle(req, res, false));
+  const trustProxy = options.trustProxy?.length
+    ? {
+        proxies: options.trustProxy,
+        ...(options.trustProxyHeader ? { header: options.trustProxyHeader } : {}),
+      }
+    : false;
+  const guard = guardSockets(http, {
+    maxSocketsPerAddress: options.maxConnectionsPerAddress,
+    headersTimeoutMs,
+    trustProxy,
+    ...(options.maxSockets !== undefined ? { maxSockets: options.maxSockets } : {}),
+    ...(metrics ? { onRefused: metrics.socketRefused } : {}),
   });
   const transport = websocketServerTransport({
     server: http,
     path: options.path,
     maxFrameBytes: options.maxFrameBytes,
     maxConnectionsPerAddress: options.maxConnectionsPerAddress,
+    trustProxy,
+    ...(options.maxQueuedBytes !== undefined ? { maxQueuedBytes: options.maxQueuedBytes } : {}),
   });
   const engine = createServer({
     store,
@@ -198,6 +278,7 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     logger: log,
     heartbeatMs: options.heartbeatMs,
     linking: options.linking,
+    groupConsent: options.groupConsent ?? 'related',
     maxGroupMembers: options.maxGroupMembers,
     presence: options.presence,
     retentionMs: options.retentionDays * 24 * 3600_000,
@@ -209,12 +290,19 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     trace: trace ?? false,
     traceLog: options.logLevel === 'debug',
   });
-  metrics?.watch(engine);
+  metrics?.watch(engine, { transport, guard });
   await engine.listen(transport);
-  await new Promise<void>((resolve, reject) => {
-    http.once('error', reject);
-    http.listen(options.port, options.host, () => resolve());
-  });
+  await listen(http, options.port, options.host);
+  let metricsHttp: HttpServer | undefined;
+  let metricsUrl: string | undefined;
+  if (options.metricsPort !== undefined) {
+    metricsHttp = createHttpServer(httpOptions, (req, res) => handle(req, res, true));
+    guardSockets(metricsHttp, { maxSocketsPerAddress: 16, maxSockets: 64, headersTimeoutMs });
+    const host = options.metricsHost ?? '127.0.0.1';
+    await listen(metricsHttp, options.metricsPort, host);
+    const a = metricsHttp.address();
+    metricsUrl = `http://${host.includes(':') ? `[${host}]` : host}:${typeof a === 'object' && a ? a.port : options.metricsPort}/metrics`;
+  }
   const addr = http.address();
   const port = typeof addr === 'object' && addr ? addr.port : options.port;
   const host = options.host.includes(':') ? `[${options.host}]` : options.host;
@@ -227,19 +315,41 @@ export async function startServe(options: ServeOptions): Promise<ServeHandle> {
     http,
     store,
     nodeId: cluster?.nodeId,
+    media,
+    metricsUrl,
     close() {
       closing ??= (async () => {
         ready = false;
         await engine.close();
-        await new Promise<void>((resolve) => {
-          http.close(() => resolve());
-          http.closeAllConnections();
-        });
+        for (const server of metricsHttp ? [http, metricsHttp] : [http]) {
+          await new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeAllConnections();
+          });
+        }
         await cluster?.stop();
         await trace?.close();
+        await media?.close();
         await store.close();
       })();
       return closing;
     },
   };
+}
+
+function listen(server: HttpServer, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/** Whether the request carries `Authorization: Bearer token` (compared in constant time). */
+function bearer(req: IncomingMessage, token: string): boolean {
+  const got = Buffer.from(req.headers.authorization ?? '');
+  const want = Buffer.from(`Bearer ${token}`);
+  return got.length === want.length && timingSafeEqual(got, want);
 }

@@ -201,9 +201,9 @@ export class ConnectionPart {
       this.setState('closed', new PostboxError(fatal, `connection closed: ${reason || code}`));
       return;
     }
-    // 1013: the server cannot serve now (overloaded, or its store is away); still retried, but
-    // after a wait the app cannot cut short.
-    const busy = code === CLOSE_CODES.tryAgainLater;
+    // 1013: the server cannot serve now (overloaded, or its store is away); 4008: this client read
+    // too slowly for the server's queues. Still retried, but after a wait the app cannot cut short.
+    const busy = code === CLOSE_CODES.tryAgainLater || code === CLOSE_CODES.slowReader;
     const why = busy ? 'unavailable' : 'disconnected';
     this.scheduleReconnect(new PostboxError(why, `connection closed: ${reason || code}`), busy);
   }

@@ -235,6 +235,32 @@ export class E2ee {
     ]);
   }
 
+  /**
+   * Whether a device of `user` is known to have keys. This user's own list counts as known even
+   * when empty (no other device); another user's empty list is asked for again.
+   */
+  async hasKeys(user: string): Promise<boolean> {
+    const list = await this.listOf(user);
+    return list !== undefined && (list.length > 0 || user === this.me?.user);
+  }
+
+  /**
+   * Takes claimed bundles as the device lists of `users` (starting a session with each device).
+   * A user whose list is already known keeps it and its sessions (a second claim raced this one);
+   * one with no bundle stays unknown, asked for again next time rather than remembered as nobody.
+   */
+  async adopt(users: string[], bundles: KeyBundle[]): Promise<void> {
+    for (const u of new Set(users)) {
+      if (await this.hasKeys(u)) continue;
+      const mine = bundles.filter((b) => b.user === u);
+      await this.take(mine);
+      const list = mine
+        .filter((b) => !(u === this.me!.user && b.device === this.me!.device))
+        .map((b) => ({ device: b.device, rid: b.registrationId }));
+      if (list.length > 0 || u === this.me!.user) await this.setList(u, list);
+    }
+  }
+
   private async take(bundles: KeyBundle[]): Promise<void> {
     for (const b of bundles) {
       if (b.user === this.me!.user && b.device === this.me!.device) continue;
@@ -249,19 +275,10 @@ export class E2ee {
    */
   async ensure(users: string[]): Promise<void> {
     const unknown: string[] = [];
-    for (const u of new Set(users)) if (!(await this.listOf(u))) unknown.push(u);
+    for (const u of new Set(users)) if (!(await this.hasKeys(u))) unknown.push(u);
     for (let i = 0; i < unknown.length; i += 64) {
       const batch = unknown.slice(i, i + 64);
-      const bundles = await this.io.claim(batch);
-      await this.take(bundles);
-      for (const u of batch) {
-        const list = bundles
-          .filter((b) => b.user === u && !(u === this.me!.user && b.device === this.me!.device))
-          .map((b) => ({ device: b.device, rid: b.registrationId }));
-        // Nobody with keys yet: asked again next time rather than remembered as nobody (this
-        // user's own list may well be empty: no other device).
-        if (list.length > 0 || u === this.me!.user) await this.setList(u, list);
-      }
+      await this.adopt(batch, await this.io.claim(batch));
     }
     for (const u of new Set(users)) {
       const list = (await this.listOf(u)) ?? [];

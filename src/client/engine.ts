@@ -33,6 +33,8 @@ import {
   type HistoryOptions,
 } from './history.js';
 import { Inbound } from './inbound.js';
+import { listInvites, type GroupInvite } from './invites.js';
+import type { KeysReadyOptions } from './key-wait.js';
 import { Outbox, assertMessageId, storeRefused } from './outbox.js';
 import { PlainStage } from './plain.js';
 import { Presence } from './presence.js';
@@ -114,6 +116,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       {
         load: async () => {
           await outbox.load();
+          this.stage.keyWait?.requeued();
           await groups.load();
           await inbound.load();
         },
@@ -128,6 +131,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         opened: () => {
           this.acks.flush();
           outbox.pump();
+          this.stage.keyWait?.connected();
           this.presence.opened();
         },
         lost: () => {
@@ -140,6 +144,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
           this.acks.stop();
           inbound.close();
           this.presence.close();
+          this.stage.keyWait?.close();
           outbox.close();
         },
       },
@@ -219,6 +224,24 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       this.ctx.clock,
       options,
     );
+  }
+
+  /**
+   * Resolves when `user` can be written to with encryption: a device of theirs has published keys
+   * (at once when one is known to, and at once without a crypto adapter). A send before that is
+   * not lost: it is held, `pending`, until the keys come or `keyWaitMs` passes (then `failed`,
+   * `no_keys`). Waits also for a user with no device yet; rejects with `no_keys` after
+   * `timeoutMs`, with the signal's reason when `signal` aborts, and with `closed` when the client
+   * is or becomes closed. See docs/encryption.md, "A new contact: when can I write?".
+   * @example
+   * ```ts
+   * await client.keysReady('bob', { timeoutMs: 60_000 }); // bob's phone has published its keys
+   * ```
+   */
+  async keysReady(user: string, options: KeysReadyOptions = {}): Promise<void> {
+    assertUserId(user, 'user');
+    if (this.ctx.state === 'closed') throw new PostboxError('closed', 'client is closed');
+    await this.stage.keyWait?.keysReady(user, options);
   }
 
   /**
@@ -366,6 +389,24 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     return this.groupState.request(group, { op: 'rename', n: name });
   }
 
+  /**
+   * Accepts a pending invite: this user joins the group (every member is told, and this device
+   * gets the group). Rejects with `forbidden` when there is no such invite.
+   */
+  acceptGroupInvite(group: string): Promise<void> {
+    return this.groupState.request(group, { op: 'accept' });
+  }
+
+  /** Declines a pending invite; this user's other devices drop it too. */
+  declineGroupInvite(group: string): Promise<void> {
+    return this.groupState.request(group, { op: 'decline' });
+  }
+
+  /** The pending group invites this device knows, oldest first. */
+  groupInvites(): Promise<GroupInvite[]> {
+    return listInvites(this.store);
+  }
+
   /** A group as this device knows it (after its membership events arrived), or undefined. */
   group(id: string): GroupView | undefined {
     return this.groupState.view(id);
@@ -504,7 +545,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
 
   /** Outgoing items not yet acked by the server. */
   get unsent(): number {
-    return this.outbox.unsent;
+    return this.outbox.unsent + (this.stage.keyWait?.size ?? 0);
   }
 
   /** Closes the connection and stops reconnecting. The store stays open for its owner. */
@@ -525,8 +566,11 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         const row = this.requests.peek(frame.r);
         if (row?.kind !== 'keys') return;
         this.requests.remove(frame.r);
+        if (frame.w) this.stage.keyWait?.noteKeyless(frame.w);
         return row.resolve(bundlesOf(frame));
       }
+      case 'kr':
+        return this.stage.keyWait?.published(frame.u);
       case 'klow':
         return this.stage.keysLow(frame.pk, frame.kpk);
       case 'msg':
@@ -538,8 +582,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       case 'gev':
         return this.inbound.accept(frame.o, () => this.groupState.apply(frame));
       case 'gap':
-        // Acked in inbox order with the entries before it.
-        return this.inbound.accept(frame.o, async () => {});
+        // Acked after, in inbox order (not acked while this device has no identity yet).
+        if (ctx.me) this.inbound.accept(frame.o, () => this.inbound.dropped(frame, ctx.me!));
+        return;
       case 'pres':
         return this.presence.onPresence(frame);
       case 'typn':

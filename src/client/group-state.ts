@@ -21,6 +21,7 @@ import {
   isJoinSnapshot,
   type GroupView,
 } from './groups.js';
+import { NS_INVITES, encodeInvite, inviteOf } from './invites.js';
 import {
   NS_GROUP,
   NS_GROUP_JOINED,
@@ -143,6 +144,13 @@ export class GroupState {
 
   /** A membership event of the inbox: the view moves (stored first), then the app hears of it. */
   async apply(f: GroupEventFrame): Promise<void> {
+    if (f.op === 'invite' || f.op === 'decline') {
+      const invite = inviteOf(f);
+      const value = f.op === 'invite' ? encodeInvite(invite) : undefined;
+      await this.ctx.store.putState([{ ns: NS_INVITES, key: f.g, value }]);
+      this.ctx.emit('groupInvite', invite, f.op === 'invite' ? 'pending' : 'declined');
+      return;
+    }
     const me = this.ctx.me?.user ?? '';
     const next = applyGroupEvent(this.views.get(f.g), f, me);
     if (!next) return;
@@ -150,7 +158,13 @@ export class GroupState {
       f.op === 'add' || f.op === 'create'
         ? f.m.map((u) => ({ ns: NS_GROUP_JOINED, key: pairKey(f.g, u), value: encodeNumber(f.v) }))
         : [];
-    await this.ctx.store.putState([{ ns: NS_GROUP, key: f.g, value: encodeView(next) }, ...joined]);
+    // Becoming a member (an accepted invite, or an add) settles any invite to the group.
+    const settled = next.member ? [{ ns: NS_INVITES, key: f.g, value: undefined }] : [];
+    await this.ctx.store.putState([
+      { ns: NS_GROUP, key: f.g, value: encodeView(next) },
+      ...joined,
+      ...settled,
+    ]);
     this.views.set(f.g, next);
     // Someone left: a new sender key, which the members that remain get on the next send.
     if (next.member && (f.op === 'remove' || f.op === 'leave')) await this.membersLeft(f.g);

@@ -111,6 +111,23 @@ export class Outbox {
     if (idx < this.pointer) this.pointer--;
   }
 
+  /**
+   * Item `id` (request `r`) is held for its recipient's keys (key-wait.ts): it leaves the send
+   * window and the queue, and stays pending in the store.
+   */
+  hold(id: string, r: number): void {
+    this.requests.remove(r);
+    this.unqueue(id);
+    this.pump();
+  }
+
+  /** Puts held items back, in their order, ahead of everything not yet sent. */
+  requeue(entries: OutboxEntry[]): void {
+    // The later items of their conversation are behind them.
+    this.queue.splice(this.pointer, 0, ...entries);
+    this.pump();
+  }
+
   /** The server committed item `id` (request `r`). */
   ok(r: number, id: string): void {
     this.requests.remove(r);
@@ -119,7 +136,9 @@ export class Outbox {
 
   /** The server refused item `id` (request `r`). */
   refused(r: number, id: string, error: PostboxError): void {
-    if (isRetryable(error.code)) {
+    // A full inbox is the recipient's state, not the connection's: resending at once would only
+    // hammer it. The send fails with that reason (retryable: the app may send it again later).
+    if (isRetryable(error.code) && error.code !== 'inbox_full') {
       // Later sends may already be in flight; resending everything in order on a fresh
       // connection is what keeps per-sender order.
       this.ctx.drop(`server error ${error.code}`);

@@ -15,6 +15,8 @@ const nothing = async (): Promise<void> => {};
 
 /** The plain stage of one client. */
 export class PlainStage implements Stage {
+  readonly keyWait = undefined;
+
   constructor(
     private readonly ctx: ClientContext,
     private readonly inbound: Pick<Inbound, 'accept' | 'receive'>,

@@ -47,7 +47,8 @@ export function openSealed(f: MsgFrame, me: Me, d: OpenDeps): void {
       if (f.seq !== 0 && !(replay && (await inbound.have(conv, f.id, f.f, f.fd)))) {
         if (!group && !replay) await e2ee.archive(from);
         await d.control(f.f, [2, f.id, f.fd]);
-        if (group) await inbound.pin(group, f.f, f.fd, f.seq);
+        // Pinned 1:1 too: should the new copy never come, the gap says `undecryptable`.
+        await inbound.pin(conv, f.f, f.fd, f.seq);
       }
       return;
     }

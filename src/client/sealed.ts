@@ -18,6 +18,7 @@ import type { CryptoAdapter, KeyBundle, KeyUpload } from '../crypto/types.js';
 import type { ClientContext, Me } from './context.js';
 import { E2ee, decodeContent, encodeContent, type Content } from './e2ee.js';
 import type { Inbound } from './inbound.js';
+import { DEFAULT_KEY_WAIT_MS, KeyWait } from './key-wait.js';
 import type { Outbox } from './outbox.js';
 import type { RequestTable } from './requests.js';
 import { openSealed } from './sealed-open.js';
@@ -31,10 +32,13 @@ const MAX_CORRECTIONS = 5;
 /** Items whose corrections are counted (the count starts again past it). */
 const CORRECTION_MEMORY = 1024;
 
+/** A 1:1 item sealed once per recipient device (so it needs a recipient device with keys). */
+const perDevice = (e: OutboxEntry): boolean => e.kind === 'ctl' || (e.kind === 'msg' && !isGroupId(e.to));
+
 /** What the sealing stage needs of other parts. */
 export interface SealedDeps {
   requests: RequestTable;
-  outbox: Pick<Outbox, 'add' | 'settle' | 'unqueue' | 'pump'>;
+  outbox: Pick<Outbox, 'add' | 'settle' | 'unqueue' | 'pump' | 'hold' | 'requeue'>;
   inbound: Pick<Inbound, 'accept' | 'receive' | 'pin' | 'have'>;
   /** Whether this device's message may have reached a user (receipts.ts). */
   reached(e: OutboxEntry, user: string): Promise<boolean>;
@@ -45,6 +49,7 @@ export interface SealedDeps {
 /** The encrypted stage of one client. */
 export class SealedStage implements Stage {
   readonly e2ee: E2ee;
+  readonly keyWait: KeyWait;
   /** Outgoing frames that need encrypting leave through this chain, in outbox order. */
   private txChain: Promise<void> = Promise.resolve();
   /** Resolves when the adapter is open for the current connection. */
@@ -55,7 +60,7 @@ export class SealedStage implements Stage {
   constructor(
     private readonly ctx: ClientContext,
     crypto: CryptoAdapter,
-    options: Pick<ClientOptions, 'identityPolicy' | 'preKeySupply' | 'signedPreKeyMaxAgeMs'>,
+    options: Pick<ClientOptions, 'identityPolicy' | 'preKeySupply' | 'signedPreKeyMaxAgeMs' | 'keyWaitMs'>,
     private readonly deps: SealedDeps,
   ) {
     this.e2ee = new E2ee(
@@ -73,6 +78,7 @@ export class SealedStage implements Stage {
         now: () => ctx.clock.now(),
       },
     );
+    this.keyWait = this.keyWaitOf(options.keyWaitMs ?? DEFAULT_KEY_WAIT_MS);
   }
 
   welcome(me: Me): void {
@@ -136,13 +142,15 @@ export class SealedStage implements Stage {
     const gen = ctx.generation;
     this.txChain = this.txChain.then(async () => {
       if (!ctx.live(gen)) return;
+      // Behind a send held for its recipient's keys, a later one to the same user waits too.
+      if (perDevice(e) && this.keyWait.behind(e)) return this.deps.outbox.hold(e.id, r);
       let frame: ClientFrame;
       try {
         await this.cryptoReady;
         frame = await this.sealedFrame(e, r);
       } catch (err) {
         // The connection went away mid-way: everything unacked goes out again after reconnecting.
-        if (ctx.live(gen)) this.sealFailed(e.id, r, err);
+        if (ctx.live(gen)) this.sealFailed(e, r, err);
         return;
       }
       if (ctx.live(gen)) ctx.write(frame);
@@ -184,9 +192,12 @@ export class SealedStage implements Stage {
     }
   }
 
-  private sealFailed(id: string, r: number, err: unknown): void {
+  private sealFailed(entry: OutboxEntry, r: number, err: unknown): void {
+    const id = entry.id;
     const code = isPostboxError(err) ? err.code : (err as { code?: unknown })?.code;
     if (code === 'disconnected' || code === 'closed') return;
+    // No device with keys yet, but the user has devices: held until keys come (key-wait.ts).
+    if (code === 'unknown_recipient' && this.keyWait.hold(entry)) return this.deps.outbox.hold(id, r);
     this.deps.requests.remove(r);
     if (code === 'untrusted_identity') {
       // Stays pending in the store: it goes out after verifyIdentity() (which reconnects).
@@ -202,6 +213,44 @@ export class SealedStage implements Stage {
     }
     this.ctx.emit('error', err);
     this.ctx.drop('encryption failed');
+  }
+
+  /** Runs `fn` on the seal chain (after every item already on its way), with the adapter open. */
+  private onSealChain(fn: () => Promise<void>): Promise<void> {
+    const run = this.txChain.then(async () => {
+      await this.cryptoReady;
+      await fn();
+    });
+    this.txChain = run.catch(() => {});
+    return run;
+  }
+
+  /** The key wait: it asks through this connection, and puts items back through the outbox. */
+  private keyWaitOf(keyWaitMs: number): KeyWait {
+    const { ctx, e2ee } = this;
+    return new KeyWait(
+      {
+        clock: ctx.clock,
+        online: () => ctx.state === 'open',
+        probe: async (users) => {
+          await this.cryptoReady;
+          const ready: string[] = [];
+          const unknown: string[] = [];
+          for (const u of users) ((await e2ee.hasKeys(u)) ? ready : unknown).push(u);
+          if (unknown.length > 0) {
+            // The round trip is outside the seal chain: it holds up no send.
+            const bundles = await this.claimKeys(unknown);
+            await this.onSealChain(() => e2ee.adopt(unknown, bundles));
+            for (const u of unknown) if (await e2ee.hasKeys(u)) ready.push(u);
+          }
+          return ready;
+        },
+        afterSealing: (fn) => void this.onSealChain(async () => fn()).catch((e) => ctx.emit('error', e)),
+        requeue: (entries) => this.deps.outbox.requeue(entries),
+        fail: (entry, error) => this.deps.outbox.settle(entry.id, 'failed', error),
+      },
+      keyWaitMs,
+    );
   }
 
   /** Counts a correction of an outgoing item; false once it has had too many. */

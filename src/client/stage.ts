@@ -6,10 +6,13 @@
  */
 import type { MsgFrame, PostboxError } from '../protocol/index.js';
 import type { Me } from './context.js';
+import type { KeyWait } from './key-wait.js';
 import type { OutboxEntry } from './store.js';
 
 /** The plain or the sealing stage of a client. */
 export interface Stage {
+  /** Sends held until their recipient has keys (key-wait.ts): the sealing stage's only. */
+  readonly keyWait: KeyWait | undefined;
   /** Writes an outbox item's frame under request `r`, in outbox order. */
   send(entry: OutboxEntry, r: number): void;
   /** A delivered message entry (this device has its identity): accepted through the inbound path. */

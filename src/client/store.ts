@@ -35,7 +35,8 @@ export interface OutboxDraft {
 export interface SendFailure {
   /**
    * The code: the server's refusal (`unknown_recipient`, `not_member`, `too_large`, `forbidden`,
-   * …), `mismatched_devices` when the device-list corrections ran out, or `expired`.
+   * …), `mismatched_devices` when the device-list corrections ran out, `no_keys` when the
+   * recipient's devices published no keys within `keyWaitMs`, or `expired`.
    */
   reason: ErrorCode;
   /** A human message (the server's words when it gave some): for logs and support, not for branching. */

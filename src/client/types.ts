@@ -7,7 +7,9 @@ import type { PostboxError } from '../protocol/index.js';
 import type { CryptoAdapter } from '../crypto/types.js';
 import type { ClientTransport } from '../transport/types.js';
 import type { Clock, Random } from '../util/clock.js';
+import type { GapEvent } from './gaps.js';
 import type { GroupChangeEvent, GroupView } from './groups.js';
+import type { GroupInvite } from './invites.js';
 import type { ClientStore, MessageStatus, SendFailure } from './store.js';
 
 /**
@@ -79,7 +81,7 @@ export interface ReceivedMessage {
 /**
  * A status change of a message this device sent. When `status` is `failed` or `expired`, and
  * only then, `reason` (an error code: `unknown_recipient`, `not_member`, `too_large`,
- * `forbidden`, `mismatched_devices`, `expired`, …) and `detail` (a human message) say why; the
+ * `forbidden`, `mismatched_devices`, `no_keys`, `expired`, …) and `detail` (a human message) say why; the
  * same are stored with the message (see {@link PostboxClient.messageInfo}, {@link PostboxClient.history}).
  */
 export interface StatusChange extends Partial<SendFailure> {
@@ -88,17 +90,6 @@ export interface StatusChange extends Partial<SendFailure> {
   status: MessageStatus;
   /** The user that produced it (delivered/read), when known. */
   by?: string;
-}
-
-/** Messages that did not arrive within `gapTimeoutMs`; the held ones after them were released. */
-export interface GapEvent {
-  conv: string;
-  from: string;
-  fromDevice: string;
-  /** First missing sequence number. */
-  fromSeq: number;
-  /** Last missing sequence number. */
-  toSeq: number;
 }
 
 /** Events of {@link PostboxClient}. */
@@ -111,7 +102,11 @@ export interface ClientEvents {
   message: (message: ReceivedMessage) => void;
   /** A sent message moved forward: pending → sent → delivered → read, or failed / expired. */
   status: (change: StatusChange) => void;
-  /** A gap in a sender's sequence stayed open past `gapTimeoutMs`. */
+  /**
+   * Messages of a sender will not come, and why (`reason`): at once when the server said it
+   * dropped them (`expired`), else once the hole stayed open past `gapTimeoutMs` or
+   * `maxHeldPerStream` (see {@link GapReason}). The held messages after it follow.
+   */
   gap: (gap: GapEvent) => void;
   /**
    * The connection state changed, from `previous` (see docs/engines.md for the transition
@@ -122,6 +117,11 @@ export interface ClientEvents {
   readElsewhere: (ids: string[]) => void;
   /** A group this device knows changed (or became known); `change` is what happened. */
   group: (view: GroupView, change: GroupChangeEvent) => void;
+  /**
+   * This user was invited to a group (`pending`: accept with {@link PostboxClient.acceptGroupInvite}
+   * or decline), or the invite is gone (`declined` on one of its devices). See docs/groups.md.
+   */
+  groupInvite: (invite: GroupInvite, state: 'pending' | 'declined') => void;
   /** A member's receipt of a group message this device sent (see {@link PostboxClient.messageInfo}). */
   memberStatus: (change: { id: string; conv: string; user: string; status: MemberStatus['status'] }) => void;
   /** A watched user's presence (see {@link PostboxClient.watchPresence}). */
@@ -248,4 +248,12 @@ export interface ClientOptions {
   signedPreKeyMaxAgeMs?: number;
   /** A peer that could not decrypt a message may have it sent again this long after it was sent. @default 1 day */
   resendWindowMs?: number;
+  /**
+   * With encryption: how long a message to a user whose devices have not published keys yet is
+   * held (`pending`, later messages to that user behind it) waiting for them, before it fails with
+   * `no_keys`. Counted from when the client first found the user without keys; a restart of the
+   * client starts it again. See docs/encryption.md, "A new contact: when can I write?".
+   * @default 1 day
+   */
+  keyWaitMs?: number;
 }

@@ -2,12 +2,16 @@ import { Packr } from 'msgpackr';
 import type * as z from 'zod/mini';
 import { PostboxError } from './errors.js';
 import { clientFrame, serverFrame, type ClientFrame, type ServerFrame } from './frames.js';
+import { scanMsgpack } from './msgpack-scan.js';
 
 // Plain msgpack (no msgpackr records) so any msgpack implementation can speak the protocol.
 const packr = new Packr({ useRecords: false, variableMapSize: true, moreTypes: false });
 
 /** Default largest frame, in bytes, accepted before decoding. */
 export const DEFAULT_MAX_FRAME_BYTES = 256 * 1024;
+
+/** Default largest frame, in bytes, a server accepts before the connection is authenticated. */
+export const DEFAULT_MAX_PRE_HELLO_FRAME_BYTES = 16 * 1024;
 
 /**
  * The compact wire form. A frame travels as a msgpack array `[code, field1, field2, …]`: the
@@ -41,10 +45,11 @@ const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
   typn: { code: 21, fields: ['f', 'fd', 'on', 'to', 'g'] },
   keys: { code: 22, fields: ['r', 'rid', 'ik', 'spk', 'lrk', 'pk', 'kpk'] },
   kget: { code: 23, fields: ['r', 'u', 'd'] },
-  kb: { code: 24, fields: ['r', 'b'] },
+  kb: { code: 24, fields: ['r', 'b', 'w'] },
   klow: { code: 25, fields: ['pk', 'kpk'] },
   ptok: { code: 26, fields: ['r', 'k', 'tok'] },
   gap: { code: 27, fields: ['o', 'why', 's', 'ts'] },
+  kr: { code: 28, fields: ['u'] },
 };
 const BY_CODE: Array<{ t: string; fields: readonly string[] } | undefined> = [];
 for (const [t, l] of Object.entries(LAYOUT)) BY_CODE[l.code] = { t, fields: l.fields };
@@ -218,6 +223,9 @@ function decodeWith<S extends z.ZodMiniType>(schema: S, data: Uint8Array, maxByt
       `frame of ${data.byteLength} bytes is over the ${maxBytes}-byte limit`,
     );
   }
+  // Refuse extension types and impossible lengths before the decoder sees a byte (issue 22).
+  const refused = scanMsgpack(data);
+  if (refused !== undefined) throw new PostboxError('invalid_frame', `frame refused: ${refused}`);
   let raw: unknown;
   try {
     raw = fromWire(packr.unpack(data));
@@ -241,7 +249,10 @@ function decodeWith<S extends z.ZodMiniType>(schema: S, data: Uint8Array, maxByt
   return parsed.data;
 }
 
-/** Decodes and validates a frame a client sent. Throws `too_large` or `invalid_frame`. */
+/**
+ * Decodes and validates a frame a client sent. Throws `too_large` or `invalid_frame` (which a
+ * frame holding msgpack extension types, or lengths longer than itself, gets before any decoding).
+ */
 export function decodeClientFrame(data: Uint8Array, maxBytes = DEFAULT_MAX_FRAME_BYTES): ClientFrame {
   return decodeWith(clientFrame, data, maxBytes);
 }

@@ -25,6 +25,17 @@ export const ERROR_CODES = {
   forbidden: { retryable: false },
   /** The group is at its member cap. */
   group_full: { retryable: false },
+  /**
+   * A recipient device's inbox is at its storage quota (entries or bytes not yet fetched). Nothing
+   * was stored. Retryable once the device drained its inbox; the client fails the send with this
+   * reason rather than resending it by itself, and the app decides whether to try again.
+   */
+  inbox_full: { retryable: true },
+  /**
+   * A storage quota of the acting device or user (or of a user it names) would be exceeded:
+   * one-time prekeys per device, groups per user, pending invites per user. Nothing was stored.
+   */
+  quota_exceeded: { retryable: false },
   /** The server is shutting down or its store is unavailable. Retry, maybe on another node. */
   unavailable: { retryable: true },
   /** An unexpected server fault. Retried; the request is idempotent. */
@@ -44,11 +55,22 @@ export const ERROR_CODES = {
    */
   expired: { retryable: false },
   /**
+   * Client-side, a media download (never on the wire): the blob failed authentication, its hashes
+   * or its size do not match the media reference, or it ended early. No byte of it was accepted.
+   */
+  corrupt_media: { retryable: false },
+  /**
    * Client-side (never on the wire): the client store's storage is full (a browser's quota for the
    * origin, or the disk). Nothing of the write was kept, so nothing is half-stored: a `send` that
    * rejects with it was not queued. Retrying helps only once space is freed.
    */
   storage_full: { retryable: false },
+  /**
+   * Client-side, never on the wire (end-to-end encryption): the recipient has registered devices
+   * but none published keys within the wait allowed (`keyWaitMs` for a held send, `timeoutMs` for
+   * `keysReady`), so there is nothing to encrypt to.
+   */
+  no_keys: { retryable: false },
 } as const satisfies Record<string, { retryable: boolean }>;
 
 /** One of the closed set of postbox error codes. */
@@ -139,6 +161,12 @@ export const CLOSE_CODES = {
   rateLimited: 4003,
   /** No protocol version in common. */
   unsupportedVersion: 4004,
+  /**
+   * The server's send queues (all connections together) were over their bound and this connection
+   * had the most bytes queued: it read too slowly. Reconnect after a backoff; what was not yet
+   * delivered waits in the inbox. A reader that is not reading at all sees a reset (1006) instead.
+   */
+  slowReader: 4008,
   /** This device was unlinked from its user; reconnecting needs linking again. */
   unlinked: 4005,
   /** The link code shown by a device awaiting approval expired unused; reconnect for a new one. */

@@ -135,8 +135,23 @@ export const keyGetFrame = z.object({
   d: z.optional(device),
 });
 
-/** Group operation codes on the wire. */
-export const groupOp = z.enum(['create', 'add', 'remove', 'leave', 'promote', 'demote', 'rename']);
+/**
+ * Group operation codes on the wire. `invite` and `decline` events go only to the invitee's
+ * devices (an invite it may `accept` or `decline`, see docs/groups.md "Consent"); a client sends
+ * `accept` and `decline`, never `invite` (an add the server turns into invites).
+ */
+export const groupOp = z.enum([
+  'create',
+  'add',
+  'remove',
+  'leave',
+  'promote',
+  'demote',
+  'rename',
+  'invite',
+  'accept',
+  'decline',
+]);
 
 /**
  * A membership change of group `g`, deduplicated by `id` like a message: `m` lists the users it
@@ -236,7 +251,8 @@ export const errFrame = z.object({
 
 /**
  * Bundles claimed by `kget` `r`: `[user, device, registration id, identity key, signed prekey,
- * Kyber prekey, one-time EC prekey?]` each.
+ * Kyber prekey, one-time EC prekey?]` each. `w` lists the users asked for that have registered
+ * devices but none with keys yet: worth waiting for (a user in neither is not registered).
  */
 export const keyBundlesFrame = z.object({
   t: z.literal('kb'),
@@ -244,6 +260,7 @@ export const keyBundlesFrame = z.object({
   b: z
     .array(z.tuple([user, device, registrationId, keyBytes, wireSignedKey, wireSignedKey], wirePreKey))
     .check(z.maxLength(MAX_KEY_USERS * MAX_ENVELOPES)),
+  w: z.optional(z.array(user).check(z.maxLength(MAX_KEY_USERS))),
 });
 
 /**
@@ -254,6 +271,15 @@ export const keysLowFrame = z.object({
   t: z.literal('klow'),
   pk: z.int().check(z.nonnegative()),
   kpk: z.int().check(z.nonnegative()),
+});
+
+/**
+ * A device of user `u` has just published keys. Sent to the sessions that claimed `u`'s keys and
+ * got none; only a hint (the client claims again with `kget`).
+ */
+export const keysReadyFrame = z.object({
+  t: z.literal('kr'),
+  u: user,
 });
 
 /**
@@ -411,6 +437,7 @@ export const serverFrame = z.discriminatedUnion('t', [
   keyBundlesFrame,
   keysLowFrame,
   gapFrame,
+  keysReadyFrame,
 ]);
 
 export type HelloFrame = z.infer<typeof helloFrame>;
@@ -442,6 +469,7 @@ export type KeyBundlesFrame = z.infer<typeof keyBundlesFrame>;
 export type KeysLowFrame = z.infer<typeof keysLowFrame>;
 export type GapFrame = z.infer<typeof gapFrame>;
 export type WireGapReason = z.infer<typeof wireGapReason>;
+export type KeysReadyFrame = z.infer<typeof keysReadyFrame>;
 export type PushTokenFrame = z.infer<typeof pushTokenFrame>;
 /** A frame a client sends. */
 export type ClientFrame = z.infer<typeof clientFrame>;

@@ -2,6 +2,7 @@ import { EventEmitter } from 'eventemitter3';
 import {
   CLOSE_CODES,
   DEFAULT_MAX_FRAME_BYTES,
+  DEFAULT_MAX_PRE_HELLO_FRAME_BYTES,
   assertDeviceId,
   assertUserId,
   GAP_FRAME_VERSION,
@@ -34,17 +35,23 @@ import { performance } from 'node:perf_hooks';
 import { deviceKey } from './cluster/common.js';
 import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
 import { BoundedMap, Limits } from './limits.js';
+import { RateLimitedLog } from './client-log.js';
+import { FairCommitQueue, FanoutEstimate, SERVER_SIDE, yieldToEventLoop } from './commit-batch.js';
+import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost, type CostBudgetOptions } from './costs.js';
+import { applyConsent, GroupCaps, type GroupConsent } from './group-consent.js';
 import { memoryTraceStore, Tracer, type TraceEvent, type TraceStore } from './trace.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
 import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
 import type { PushProvider, PushToken } from './push/types.js';
 import { isPendingDevice } from './users.js';
+import { KeyWaiters } from './key-waiters.js';
 import type {
   AppendInput,
   DeviceAddress,
   DeviceMismatch,
   GroupChange,
+  GroupInput,
   KeyBundle,
   KeyUpload,
   InboxEntry,
@@ -122,6 +129,12 @@ export interface ServerOptions {
   expiryIntervalMs?: number;
   /** Largest frame accepted, checked before decoding. @default 262144 */
   maxFrameBytes?: number;
+  /**
+   * Largest frame accepted before the session is authenticated (its `hello`, and a linking
+   * device's pings), checked before decoding: a bigger one gets `too_large` and close code 1009.
+   * An unauthenticated peer has no business sending more than its credentials. @default 16384
+   */
+  maxPreHelloFrameBytes?: number;
   /** Largest message body. @default 65536 */
   maxBodyBytes?: number;
   /** Unacked deliveries in flight per connection (flow control for slow links). @default 64 */
@@ -130,6 +143,37 @@ export interface ServerOptions {
   maxPendingSends?: number;
   /** Most items in one store append (one group commit). @default 512 */
   maxCommitBatch?: number;
+  /**
+   * Most inbox rows one store append is expected to write (estimated per item from what earlier
+   * commits to the same group or user wrote): a batch of large group messages is cut short, and
+   * the engine yields to the event loop between batches, so one sender's fan-out cannot hold the
+   * store (or, with SQLite, the event loop) for long. Batches are filled round-robin across
+   * senders, so another sender's message waits for at most one batch. @default 8192
+   */
+  maxCommitRows?: number;
+  /**
+   * What a device and its user may spend per second in the cost model (see docs/security.md,
+   * "Cost budgets"): every frame costs the rows it writes, the lookups it makes, and a durable
+   * write of its own as many rows as an fsync. Over budget a frame is refused with `rate_limited`;
+   * a device that keeps sending reaches a burst of debt and is closed with 4003.
+   * @default DEFAULT_COST_BUDGETS (device 10,000/s, burst 20,000; user 20,000/s, burst 40,000)
+   */
+  costBudgets?: CostBudgetOptions;
+  /**
+   * Who joins a group at once when another user creates it with them or adds them, and who gets
+   * an invite to accept or decline instead (see docs/groups.md, "Consent"): `'related'` (users who
+   * consented to the actor: wrote to it, or took part in a group with it), `'invite'` (nobody),
+   * `'open'` (everybody), or the app's own `GroupConsentRule`. The server API
+   * (`changeGroup`) is the app itself and adds directly. @default 'related'
+   */
+  groupConsent?: GroupConsent;
+  /** Groups one user may create per hour; more are refused with `quota_exceeded`. @default 30 */
+  maxGroupCreatesPerHour?: number;
+  /**
+   * Groups one user may be put into per day (added at once, or accepting an invite): past it,
+   * adds of that user become invites, and its accepts are refused with `quota_exceeded`. @default 100
+   */
+  maxGroupJoinsPerDay?: number;
   /**
    * Frames per second a device may send (all its connections together, so reconnecting does not
    * reset the count) before its connection is closed with `rate_limited`. @default 2000
@@ -275,6 +319,8 @@ interface PendingCommit {
   r: number;
   /** Called with the refusal code, or undefined when committed. */
   done?: (code: ErrorCode | undefined) => void;
+  /** A client's create or add: who joins and who is invited is decided just before it commits. */
+  consent?: boolean;
 }
 
 const REFUSAL_TEXT: Record<string, string> = {
@@ -282,6 +328,8 @@ const REFUSAL_TEXT: Record<string, string> = {
   not_member: 'not a member of the group',
   forbidden: 'not allowed',
   group_full: 'group is at its member cap',
+  inbox_full: "a recipient device's inbox is full; try again later",
+  quota_exceeded: 'a storage quota would be exceeded',
   mismatched_devices: 'device list does not match the directory',
   stale_devices: 'some devices were re-registered',
 };
@@ -344,14 +392,19 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       | 'cluster'
       | 'trace'
       | 'traceLog'
+      | 'costBudgets'
     >
   >;
   private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
   private readonly sessions = new Map<string, Session>();
+  /** Sessions that claimed a user's keys and got none: told (`kr`) when that user publishes keys. */
+  private readonly keyWaiters = new KeyWaiters();
   private readonly connections = new Set<Session>();
   private readonly transports: ServerTransport[] = [];
-  private commitQueue: PendingCommit[] = [];
+  private readonly commitQueue = new FairCommitQueue<PendingCommit>();
+  /** @internal how many inbox rows each queued item is expected to write. */
+  readonly fanout: FanoutEstimate;
   private committing = false;
   private flushScheduled = false;
   private idleWaiters: Array<() => void> = [];
@@ -395,8 +448,13 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly offlineChecks = new Map<string, { timer: TimerHandle; run: () => Promise<void> }>();
   /** @internal handshakes in progress. */
   handshakes = 0;
+  /** @internal client-caused warnings, a few lines per device or user per minute. */
+  readonly clientLog: RateLimitedLog;
   /** @internal the per-user and per-device limits (see limits.ts). */
   readonly limits: Limits;
+  /** @internal the per-device and per-user cost budgets (see costs.ts). */
+  readonly budgets: CostBudgets;
+  private readonly groupCaps: GroupCaps;
   private readonly health: StoreHealthMonitor;
 
   constructor(options: ServerOptions) {
@@ -417,10 +475,15 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       retentionMs: options.retentionMs ?? 30 * 24 * 3600_000,
       expiryIntervalMs: options.expiryIntervalMs ?? 3600_000,
       maxFrameBytes: options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+      maxPreHelloFrameBytes: options.maxPreHelloFrameBytes ?? DEFAULT_MAX_PRE_HELLO_FRAME_BYTES,
       maxBodyBytes: options.maxBodyBytes ?? 64 * 1024,
       deliveryWindow: options.deliveryWindow ?? 64,
       maxPendingSends: options.maxPendingSends ?? 256,
       maxCommitBatch: options.maxCommitBatch ?? 512,
+      maxCommitRows: options.maxCommitRows ?? 8192,
+      groupConsent: options.groupConsent ?? 'related',
+      maxGroupCreatesPerHour: options.maxGroupCreatesPerHour ?? 30,
+      maxGroupJoinsPerDay: options.maxGroupJoinsPerDay ?? 100,
       maxFramesPerSecond: options.maxFramesPerSecond ?? 2000,
       maxInvalidFrames: options.maxInvalidFrames ?? 8,
       sendHighWaterBytes: options.sendHighWaterBytes ?? 1024 * 1024,
@@ -439,6 +502,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       storeProbeMs: options.storeProbeMs ?? 1000,
     };
     this.limits = new Limits(this.opts);
+    this.clientLog = new RateLimitedLog(this.log, () => this.clock.now());
+    this.budgets = new CostBudgets(options.costBudgets ?? DEFAULT_COST_BUDGETS);
+    this.groupCaps = new GroupCaps(this.opts);
+    // Devices per member: a user has a few; assume 2 for a group not committed to yet.
+    this.fanout = new FanoutEstimate(2 * this.opts.maxGroupMembers);
     this.health = new StoreHealthMonitor({
       store: this.store,
       clock: this.clock,
@@ -471,6 +539,11 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
    */
   trace(id: string): Promise<TraceEvent[]> {
     return this.tracer.query(id);
+  }
+
+  /** Client-caused warning lines not logged for being over the rate (see docs/security.md). */
+  get clientLogDropped(): number {
+    return this.clientLog.dropped;
   }
 
   /** Number of open connections (authenticated or not). */
@@ -720,7 +793,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   /** @internal */
   unbind(session: Session, code: number): void {
     if (this.connections.delete(session)) this.metrics.connection(-1);
-    this.commitQueue = this.commitQueue.filter((p) => p.session !== session);
+    this.commitQueue.drop(session);
     if (session.linkCode !== undefined) this.linkCodes.delete(session.linkCode);
     for (const target of session.subscriptions?.keys() ?? []) this.unwatch(session, target);
     if (!session.addr) return;
@@ -1132,12 +1205,22 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     try {
       await this.store.putKeys(session.addr!, upload);
     } catch (e) {
+      if (isPostboxError(e) && e.code === 'quota_exceeded') {
+        session.sendError('quota_exceeded', 'too many one-time keys for this device', f.r);
+        return;
+      }
       // A first upload without a signed prekey, or a store fault: the device retries.
-      this.log.warn('key upload refused', e);
+      this.clientLog.warn(keyOf(session.addr!), 'key upload refused', e);
       session.sendError('invalid_frame', 'key upload refused', f.r);
       return;
     }
     session.send({ t: 'ok', r: f.r });
+    // A first upload (or a rotation) carries the signed prekey: whoever waited can write now.
+    if (f.spk) {
+      for (const k of this.keyWaiters.take(session.addr!.user)) {
+        this.sessions.get(k)?.send({ t: 'kr', u: session.addr!.user });
+      }
+    }
   }
 
   /**
@@ -1154,12 +1237,17 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       return;
     }
     const bundles: KeyBundle[] = [];
+    // Users with registered devices but no keys yet: the sender holds its message for them.
+    const keyless: string[] = [];
     try {
       for (const user of users) {
         const oneTime = (device: string) => this.limits.oneTimeKey(claimer, user, device, this.clock.now());
-        bundles.push(
-          ...(await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime })),
-        );
+        const got = await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime });
+        bundles.push(...got);
+        if (got.length === 0 && f.d === undefined) {
+          this.keyWaiters.add(user, keyOf(session.addr!));
+          if ((await this.store.devices(user)).length > 0) keyless.push(user);
+        }
       }
     } catch (e) {
       this.log.error('key claim failed', e);
@@ -1182,6 +1270,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         if (b.preKey) t.push([b.preKey.id, b.preKey.key]);
         return t;
       }),
+      ...(keyless.length > 0 ? { w: keyless } : {}),
     });
     for (const b of bundles) void this.checkKeySupply(b);
   }
@@ -1217,9 +1306,48 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     return devices.length > 0 && !devices.includes(addr.device);
   }
 
+  /**
+   * @internal Charges a frame of an open session to its device's and user's budgets (see
+   * costs.ts): false when it must not run (refused with `rate_limited`, or the session closed).
+   */
+  afford(session: Session, frame: ClientFrame, now: number): boolean {
+    const addr = session.addr!;
+    const verdict = this.budgets.charge(
+      addr.user,
+      addr.device,
+      frameCost(frame, () => this.fanout.rowsOf(frame)),
+      now,
+    );
+    if (verdict === 'ok') return true;
+    const r = 'r' in frame ? frame.r : undefined;
+    // A refused request is answered; other frames get one notice per stretch of refusals.
+    if (r !== undefined || !session.overBudget) session.sendError('rate_limited', 'over the cost budget', r);
+    session.overBudget = true;
+    if (verdict === 'close') session.close(CLOSE_CODES.rateLimited, 'over the cost budget');
+    return false;
+  }
+
+  /**
+   * @internal Why a client's group change is refused before it is queued (over the creator's
+   * creations per hour, or an accept over the joiner's joins per day), or undefined.
+   */
+  groupCapRefusal(input: GroupInput): string | undefined {
+    const now = this.clock.now();
+    const op = input.change.op;
+    if (op === 'create' && !this.groupCaps.create(input.from.user, now)) return 'too many groups created';
+    if (op === 'accept' && !this.groupCaps.join(input.from.user, now)) return 'too many groups joined';
+    return undefined;
+  }
+
+  /** Splits a client's create or add into users who join and users who are invited (group-consent.ts). */
+  private async decideConsent(input: AppendInput): Promise<void> {
+    if (input.kind !== 'group') return;
+    await applyConsent(input, this.opts.groupConsent, this.store, this.groupCaps, this.clock.now());
+  }
+
   /** @internal */
   enqueueCommit(p: PendingCommit): void {
-    this.commitQueue.push(p);
+    this.commitQueue.push(p.session ?? SERVER_SIDE, p, this.fanout.rows(p.input));
     if (!this.flushScheduled && !this.committing) {
       this.flushScheduled = true;
       // A microtask lets every frame of the current I/O turn join the batch.
@@ -1270,6 +1398,25 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       if (input.group) encode ??= encodeAtOffset(s.entryFrame(entry));
       if (!s.offer(entry, encode)) ring.push(d);
     }
+  }
+
+  /**
+   * @internal Pushes the entries a store call says it wrote ({@link NotifyResult.entries}) to the
+   * sessions here that can take them at once, and rings every other device of the result.
+   */
+  deliverWritten(res: NotifyResult): void {
+    if (!res.entries) return this.ring(res.notify);
+    const ring: DeviceAddress[] = [];
+    const seen = new Map<string, boolean>(); // device → all its entries so far went out
+    for (const { device, entry } of res.entries) {
+      const k = keyOf(device);
+      if (seen.get(k) === false) continue; // an earlier entry could not go: the read takes them all
+      const sent = this.sessions.get(k)?.offer(entry) ?? false;
+      seen.set(k, sent);
+      if (!sent) ring.push(device);
+    }
+    for (const d of res.notify) if (!seen.has(keyOf(d))) ring.push(d);
+    this.ring(ring);
   }
 
   /** @internal */
@@ -1340,11 +1487,16 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     if (this.committing) return;
     this.committing = true;
     try {
-      while (this.commitQueue.length > 0) {
-        const batch = this.commitQueue.splice(0, this.opts.maxCommitBatch);
+      for (let first = true; this.commitQueue.length > 0; first = false) {
+        // Between batches, other connections' frames, acks and reads run (see maxCommitRows).
+        if (!first) await yieldToEventLoop();
+        const batch = this.commitQueue.take(this.opts.maxCommitBatch, this.opts.maxCommitRows);
+        if (batch.length === 0) continue; // their sessions closed while this one yielded
         let outcomes;
         const started = performance.now();
         try {
+          // In queue order, so a message after a create still commits after it.
+          for (const p of batch) if (p.consent) await this.decideConsent(p.input);
           outcomes = await this.store.append(
             batch.map((p) => p.input),
             this.clock.now(),
@@ -1367,6 +1519,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         for (let i = 0; i < batch.length; i++) {
           const p = batch[i]!;
           const out = outcomes[i]!;
+          this.fanout.learn(p.input, out);
           this.metrics.sent(p.input.kind, out.ok ? undefined : out.code);
           if (out.ok && p.input.kind === 'group') this.memberCache.delete(p.input.group);
           p.done?.(out.ok ? undefined : out.code);
@@ -1448,6 +1601,8 @@ class Session {
   /** Presence subscriptions: target user → whether its last-seen time may be shown. */
   subscriptions: Map<string, boolean> | undefined;
   pendingSends = 0;
+  /** @internal a frame of this session was refused over budget since the last one that ran. */
+  overBudget = false;
   private lastFrameAt: number;
   private readonly openedAt: number;
   private invalidFrames = 0;
@@ -1558,7 +1713,10 @@ class Session {
     }
     let frame: ClientFrame;
     try {
-      frame = decodeClientFrame(data, this.server.opts.maxFrameBytes);
+      // Before authentication only a hello-sized frame is decoded at all (issue 22).
+      const max =
+        this.state === 'open' ? this.server.opts.maxFrameBytes : this.server.opts.maxPreHelloFrameBytes;
+      frame = decodeClientFrame(data, max);
     } catch (e) {
       const err = isPostboxError(e)
         ? e
@@ -1580,6 +1738,8 @@ class Session {
       }
       return;
     }
+    if (!this.server.afford(this, frame, now)) return;
+    this.overBudget = false;
     switch (frame.t) {
       case 'send': {
         const max = this.server.opts.maxBodyBytes;
@@ -1638,7 +1798,9 @@ class Session {
           return;
         }
         // Ephemeral: a store that cannot say who is in the group drops the notice, nothing more.
-        this.server.typing(this, frame).catch((e) => this.server.log.warn('typing notice dropped', e));
+        this.server
+          .typing(this, frame)
+          .catch((e) => this.server.clientLog.warn(this.addr!.user, 'typing notice dropped', e));
         return;
       }
       case 'rcpt':
@@ -1785,20 +1947,28 @@ class Session {
         change = { op: 'rename', name: f.n };
         break;
       case 'leave':
-        change = { op: 'leave' };
+      case 'accept':
+      case 'decline':
+        change = { op: f.op };
         break;
+      case 'invite':
+        return this.sendError('invalid_frame', 'invite is an event; add the user instead', f.r);
       default:
         if (!f.m) return this.sendError('invalid_frame', `${f.op} needs members`, f.r);
         change = { op: f.op, members: f.m };
     }
-    this.commit(f.r, {
+    const input: GroupInput = {
       kind: 'group',
       from: this.addr!,
       id: f.id,
       group: f.g,
       change,
       maxMembers: this.server.opts.maxGroupMembers,
-    });
+    };
+    const refused = this.server.groupCapRefusal(input);
+    // Not rate_limited: that is retried at once, and these windows last hours.
+    if (refused) return this.sendError('quota_exceeded', refused, f.r);
+    this.commit(f.r, input);
   }
 
   private commit(r: number, input: AppendInput): void {
@@ -1813,7 +1983,7 @@ class Session {
       return;
     }
     this.pendingSends++;
-    this.server.enqueueCommit({ session: this, input, r });
+    this.server.enqueueCommit({ session: this, input, r, consent: input.kind === 'group' });
   }
 
   private async onAck(offsets: number[]): Promise<void> {
@@ -1822,7 +1992,7 @@ class Session {
     try {
       const res = await this.server.store.ack(this.addr!, offsets, this.server.clock.now());
       this.server.metrics.acked(res.count);
-      this.server.ring(res.notify);
+      this.server.deliverWritten(res);
     } catch (e) {
       this.server.reportStoreFailure(e, [this]);
       return;

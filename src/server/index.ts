@@ -22,3 +22,8 @@ export { webhookPush } from './push/webhook.js';
 export { noMetrics } from './metrics.js';
 export type { ServerMetrics } from './metrics.js';
 export type { WebhookPushOptions } from './push/webhook.js';
+export { DEFAULT_QUOTAS } from './quotas.js';
+export type { StoreQuotas } from './quotas.js';
+export { DEFAULT_COST_BUDGETS, FRAME_COSTS } from './costs.js';
+export type { Budget, CostBudgetOptions } from './costs.js';
+export type { GroupConsent, GroupConsentRule } from './group-consent.js';

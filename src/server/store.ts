@@ -78,10 +78,16 @@ export interface GroupMember {
  *   member becomes admin, so a group never ends up without one.
  * - `promote` / `demote`: admins only; change members' roles.
  * - `rename`: admins only.
+ * - `invite` (on `create` and `add`): users to invite rather than add (the server's consent rule
+ *   decided they have not consented to the actor): each gets a pending invite and an `invite`
+ *   event with the group's name and members; it joins only when it sends `accept`.
+ * - `accept` / `decline`: the acting user takes or refuses its pending invite.
  */
 export type GroupChange =
-  | { op: 'create'; name: string; members: string[] }
-  | { op: 'add'; members: string[] }
+  | { op: 'create'; name: string; members: string[]; invite?: string[] }
+  | { op: 'add'; members: string[]; invite?: string[] }
+  | { op: 'accept' }
+  | { op: 'decline' }
   | { op: 'remove'; members: string[] }
   | { op: 'leave' }
   | { op: 'promote'; members: string[] }
@@ -108,9 +114,10 @@ export interface GroupInput {
  */
 export interface GroupEvent {
   group: string;
-  /** The group's version after this change. */
+  /** The group's version after this change (for an invite or a decline: the group's current one). */
   ver: number;
-  op: GroupChange['op'];
+  /** An accepted invite reads as an `add` of the invitee by itself; `invite` goes only to invitees. */
+  op: Exclude<GroupChange['op'], 'accept'> | 'invite';
   /** The user who made the change. */
   by: string;
   /** Users the change is about (added, removed, promoted, demoted; the leaver for `leave`). */
@@ -135,7 +142,14 @@ export type AppendInput = MessageInput | ReceiptInput | GroupInput;
 
 /** Why an append item was refused; nothing of it was written. */
 export type AppendRefusal =
-  'unknown_recipient' | 'not_member' | 'forbidden' | 'group_full' | 'mismatched_devices' | 'stale_devices';
+  | 'unknown_recipient'
+  | 'not_member'
+  | 'forbidden'
+  | 'group_full'
+  | 'mismatched_devices'
+  | 'stale_devices'
+  | 'inbox_full'
+  | 'quota_exceeded';
 
 /** The device-list difference of a `mismatched_devices` / `stale_devices` refusal. */
 export interface DeviceMismatch {
@@ -238,12 +252,26 @@ export interface ClaimOptions {
   oneTime?: (device: string) => boolean;
 }
 
+/** An inbox entry an operation just wrote, as it would read back, and whose inbox it is in. */
+export interface WrittenEntry {
+  device: DeviceAddress;
+  entry: InboxEntry;
+}
+
 /** Result of operations that may put new entries into inboxes. */
 export interface NotifyResult {
   /** How many entries the operation removed. */
   count: number;
   /** Devices that got new inbox entries. */
   notify: DeviceAddress[];
+  /**
+   * The entries the operation wrote, committed and durable, each as {@link ServerStore.readInbox}
+   * would return it, in offset order per device (every device listed in `notify`). Optional:
+   * with it the engine pushes them to waiting connections without reading them back (the `delivered`
+   * status of an ack reaches the sender one store round trip sooner); without it, or for devices
+   * it leaves out, the engine reads the inbox as for any other entry.
+   */
+  entries?: WrittenEntry[];
 }
 
 /**
@@ -334,6 +362,15 @@ export interface NotifyResult {
  *   (`devices.stale`). When `to` has no device with keys it is `unknown_recipient`. Accepted,
  *   the message goes to exactly the expected devices, each entry with its own envelope's body
  *   (registered devices without keys get nothing: they could not decrypt it).
+ * - **Quotas** (a store's `quotas` option, see `StoreQuotas` in quotas.ts), enforced in the
+ *   transaction of the write, across nodes and restarts: a message or receipt that would take any
+ *   recipient device past its inbox entries or body bytes is refused with `inbox_full` and writes
+ *   nothing (items of one batch count against each other in batch order); entries the store makes
+ *   itself (statuses of acks and expiry, group events, snapshots) are never refused but count;
+ *   acks, expiry and unlinking free quota. A create or add that would make a user a member of more
+ *   than `groupsPerUser` groups is refused with `quota_exceeded`. {@link ServerStore.putKeys}
+ *   rejects with a `PostboxError` `quota_exceeded`, writing nothing, when the device would have
+ *   more than `preKeys` one-time keys of a kind (re-uploaded ids count once).
  * - **Key directory.** {@link ServerStore.putKeys} replaces a device's identity key,
  *   registration id, signed prekey and last-resort Kyber key when given and adds one-time keys;
  *   a new identity key (a re-install) first drops the device's old one-time keys.

@@ -806,6 +806,38 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     assert.equal(statuses(await inbox(store, carol1)).length, 1);
   });
 
+  test('statuses an ack reports writing, when it does, are what each notified device reads back', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, carol1);
+    await appendOne(store, msg(bob1, 'warm', 'alice', 1), 500); // offsets need not start at 1
+    await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);
+    await appendOne(store, msg(carol1, 'm2', 'bob', 1), 1000);
+    const b1 = await inbox(store, bob1);
+    const res = await store.ack(
+      bob1,
+      b1.map((e) => e.offset),
+      2000,
+    );
+    const all = res.entries;
+    if (!all) return; // optional: the engine then reads the inbox as usual
+    assertDevices(
+      [...new Map(all.map((w) => [devKey(w.device), w.device])).values()],
+      res.notify,
+      'an entry for every notified device',
+    );
+    for (const d of res.notify) {
+      const written: InboxEntry[] = all.filter((w) => devKey(w.device) === devKey(d)).map((w) => w.entry);
+      const read = await store.readInbox(d, written[0]!.offset - 1, written.length + 1);
+      const fresh = read.filter((e) => e.kind === 'status');
+      assert.deepEqual(
+        written,
+        fresh,
+        `${devKey(d)}: the entries as readInbox returns them, in offset order`,
+      );
+    }
+  });
+
   test('the sender’s other devices’ acks produce no delivered', async ({ store }) => {
     await register(store, alice1, alice2, bob1);
     await appendOne(store, msg(alice1, 'm1', 'bob', 1), 1000);

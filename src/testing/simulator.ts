@@ -1,3 +1,4 @@
+import { GAP_REASONS } from '../client/gaps.js';
 import { createClient, type PostboxClient } from '../client/engine.js';
 import { STATUS_RANK } from '../client/status.js';
 import type { MessageStatus } from '../client/store.js';
@@ -132,6 +133,8 @@ interface SimDevice {
   /** conversation → ids of this device's sends, in the order they resolved (were stored). */
   sentIn: Map<string, string[]>;
   gaps: number;
+  /** The `reason` of each `gap` event, in order (undefined: it gave none). */
+  gapReasons: Array<string | undefined>;
   late: number;
   offlineUntilStep: number;
 }
@@ -147,6 +150,10 @@ interface SentRecord {
   reason?: ErrorCode;
 }
 
+/** The servers' retention in a run (the default, named for the gap-reason check). */
+const retentionMs = 30 * 24 * 3600 * 1000;
+const GAP_REASON_SET: ReadonlySet<string> = new Set(GAP_REASONS);
+
 /**
  * Runs one seeded scenario: a server engine and several multi-device users over the faulty
  * in-memory transport, with random sends, reads, cuts, half-open links, client restarts and
@@ -160,6 +167,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
   const chance = (p: number) => rnd() < p * (options.faultLevel ?? 1);
   const trace = options.trace ?? (() => {});
   const clock = new VirtualClock(1_700_000_000_000);
+  const startedAt = clock.now();
   /**
    * Moves virtual time, then lets stores that do real I/O finish what the step started (memory
    * stores never have a call in flight here, so their runs stay exactly replayable).
@@ -255,6 +263,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       deliveryWindow,
       maxCommitBatch: 1 + Math.floor(rnd() * 64),
       linking: 'open',
+      retentionMs,
       ...(cluster ? { cluster, inboxPollMs: 5000 } : {}),
     });
   };
@@ -292,6 +301,7 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       shownIn: new Map(),
       sentIn: new Map(),
       gaps: 0,
+      gapReasons: [],
       late: 0,
       offlineUntilStep,
     });
@@ -376,7 +386,10 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       if (m.late) dev.late++;
       stats.deliveries++;
     });
-    client.on('gap', () => dev.gaps++);
+    client.on('gap', (g) => {
+      dev.gaps++;
+      dev.gapReasons.push(g.reason);
+    });
     client.on('status', (s) => {
       const rec = sent.get(s.id);
       if (!rec) return;
@@ -714,6 +727,15 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       }
     }
     if (d.gaps > 0) violations.push(`per-sender order: ${d.name} reported ${d.gaps} gaps`);
+    // Every gap says why, and the why matches the run: no entry outlives the server's retention
+    // here (the clock never gets that far), so none may say `expired`; the gap timeout is an hour
+    // and the reorder bound is never reached, so any gap at all is already a violation above.
+    for (const r of d.gapReasons) {
+      if (r === undefined || !GAP_REASON_SET.has(r))
+        violations.push(`gap reasons: ${d.name} reported a gap without a reason`);
+      else if (r === 'expired' && clock.now() - startedAt < retentionMs)
+        violations.push(`gap reasons: ${d.name} reported an expired gap, but nothing outlived the retention`);
+    }
     if (d.late > 0) violations.push(`per-sender order: ${d.name} got ${d.late} late messages`);
   }
   // Nothing unexpected was shown: every seen message was one we sent.

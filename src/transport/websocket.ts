@@ -16,6 +16,17 @@ import { CLOSE_CODES } from '../protocol/errors.js';
 import { systemClock } from '../util/clock.js';
 import type { Connection, ConnectionHandlers, ServerTransport } from './types.js';
 import { DrainGate, HandlerSlot, errorCloseCode, truncateReason } from './ws-common.js';
+import { DEFAULT_MAX_QUEUED_BYTES, OutboundBudget, type BudgetEntry } from './outbound-budget.js';
+import { guardSockets, type SocketGuard } from './socket-guard.js';
+import { addressResolver, type TrustProxy } from './trust-proxy.js';
+
+export {
+  guardSockets,
+  type SocketGuard,
+  type SocketGuardOptions,
+  type SocketRefusal,
+} from './socket-guard.js';
+export type { TrustProxy, TrustProxyOptions } from './trust-proxy.js';
 
 export {
   websocketClientTransport,
@@ -34,6 +45,8 @@ const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 const DEFAULT_DRAIN_LOW_WATER_BYTES = 64 * 1024;
 /** How long a refused upgrade may take to flush its tiny HTTP response before the socket is destroyed. */
 const REFUSE_FLUSH_MS = 1_000;
+/** How long a shed slow reader has to read its close frame (4008) before its socket is reset. */
+const SHED_GRACE_MS = 1_000;
 const SEND_OPTIONS = { binary: true } as const;
 
 /** Options shared by both ways of running {@link websocketServerTransport}. */
@@ -74,14 +87,34 @@ export interface WebSocketServerCommonOptions {
    */
   drainLowWaterBytes?: number;
   /**
-   * Whether to take the client's address from `X-Forwarded-For` (for `remoteAddress` and the
-   * per-address limit). `false` uses the TCP peer address. `true` trusts one proxy hop: the address
-   * is the last entry, the one your proxy saw. A number `n` trusts `n` hops (the `n`-th entry from
-   * the right). Never enable it without a proxy in front that sets the header: clients could then
-   * pick any address they like.
+   * Where the client's address (for `remoteAddress` and the per-address limit) comes from. `false`:
+   * the TCP peer. `{ proxies, header }`: from `header` (default `X-Forwarded-For`) when the peer is
+   * one of `proxies` (addresses, CIDR ranges, `'loopback'`, `'private'`), read from the right past
+   * the trusted proxies; any other peer's header is ignored. `true` / a number `n`: trust `n` hops
+   * of `X-Forwarded-For` from any peer, only for a server nothing can reach but through the proxy.
+   * See {@link TrustProxy}.
    * @default false
    */
-  trustProxy?: boolean | number;
+  trustProxy?: TrustProxy;
+  /**
+   * Bound on the bytes queued for sending across all connections together. Past it the
+   * connections with the most queued (the slowest readers) are shed until the total is back to
+   * three quarters of it: each gets close code 4008 (`CLOSE_CODES.slowReader`) if it reads it
+   * within a second, else a reset. The owner's `close` handler gets 4008.
+   * @default 134217728 (128 MiB)
+   */
+  maxQueuedBytes?: number;
+  /**
+   * Own-port mode only: most open sockets in all (raw TCP, HTTP and WebSocket), see
+   * {@link guardSockets}. With `server`, call `guardSockets(server, …)` yourself.
+   * @default the open-files soft limit less a tenth
+   */
+  maxSockets?: number;
+  /**
+   * Own-port mode only: a new socket must finish its HTTP request headers within this.
+   * @default 10000
+   */
+  headersTimeoutMs?: number;
 }
 
 /** Attaches to an HTTP(S) server the app owns (Express's `app.listen()`, `fastify.server`, …). */
@@ -113,6 +146,12 @@ export interface WebSocketServerTransport extends ServerTransport {
    * address is reported as loopback), or `undefined` while not listening.
    */
   readonly url: string | undefined;
+  /** Bytes queued for sending across all connections now. */
+  readonly queuedBytes: number;
+  /** Connections shed as slowest readers since the start (see `maxQueuedBytes`). */
+  readonly shedCount: number;
+  /** The socket guard of own-port mode (undefined when attached to an app's server). */
+  readonly guard: SocketGuard | undefined;
 }
 
 /**
@@ -165,10 +204,11 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
     positive(options.drainLowWaterBytes, DEFAULT_DRAIN_LOW_WATER_BYTES, 'drainLowWaterBytes'),
     maxBuffered,
   );
-  const hops = options.trustProxy === true ? 1 : options.trustProxy === false ? 0 : (options.trustProxy ?? 0);
-  if (!(Number.isInteger(hops) && hops >= 0)) {
-    throw new TypeError(`websocketServerTransport: trustProxy must be a boolean or a hop count, got ${hops}`);
-  }
+  const resolver = addressResolver(options.trustProxy);
+  const budget = new OutboundBudget(
+    positive(options.maxQueuedBytes, DEFAULT_MAX_QUEUED_BYTES, 'maxQueuedBytes'),
+  );
+  let guard: SocketGuard | undefined;
 
   const wss = new WebSocketServer({
     noServer: true,
@@ -192,7 +232,7 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
       return;
     }
     if (!listener) return refuse(socket, 503, 'Service Unavailable');
-    const address = clientAddress(req, hops);
+    const address = resolver.clientOf(req);
     const open = perAddress.get(address) ?? 0;
     if (open >= maxPerAddress) return refuse(socket, 429, 'Too Many Requests');
     perAddress.set(address, open + 1);
@@ -208,7 +248,15 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
         ws.terminate(); // closed during the handshake
         return;
       }
-      const connection = new WsServerConnection(ws, socket, `ws-${++count}`, address, maxBuffered, lowWater);
+      const connection = new WsServerConnection(
+        ws,
+        socket,
+        `ws-${++count}`,
+        address,
+        maxBuffered,
+        lowWater,
+        budget,
+      );
       try {
         accept(connection);
       } catch {
@@ -231,6 +279,15 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
       const secure = http !== undefined && 'setSecureContext' in http;
       return `${secure ? 'wss' : 'ws'}://${host.includes(':') ? `[${host}]` : host}:${a.port}${path}`;
     },
+    get queuedBytes() {
+      return budget.queuedBytes;
+    },
+    get shedCount() {
+      return budget.shedCount;
+    },
+    get guard() {
+      return guard;
+    },
     async listen(onConnection) {
       if (listener) throw new Error('websocket transport: already listening');
       if (attached) {
@@ -245,6 +302,12 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
         res.end(`postbox: connect with a WebSocket at ${path}\n`);
       });
       server.on('upgrade', onUpgrade);
+      guard = guardSockets(server, {
+        maxSocketsPerAddress: maxPerAddress,
+        trustProxy: options.trustProxy,
+        ...(options.maxSockets !== undefined ? { maxSockets: options.maxSockets } : {}),
+        ...(options.headersTimeoutMs !== undefined ? { headersTimeoutMs: options.headersTimeoutMs } : {}),
+      });
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen(options.port, options.host ?? '127.0.0.1', () => {
@@ -295,8 +358,10 @@ function uncorkConnection(connection: WsServerConnection): void {
  * The server side of one `ws` socket. A class, with listeners shared by every socket: thousands
  * of idle connections should cost their sockets and little else.
  */
-class WsServerConnection implements Connection {
+class WsServerConnection implements Connection, BudgetEntry {
   private open = true;
+  /** @internal this connection's bytes in the transport's {@link OutboundBudget}. */
+  queued = 0;
   private corked = false;
   private errorClose: { code: number; reason: string } | undefined;
   private readonly gate: DrainGate;
@@ -311,11 +376,16 @@ class WsServerConnection implements Connection {
     readonly remoteAddress: string,
     private readonly maxBuffered: number,
     lowWater: number,
+    private readonly budget: OutboundBudget,
   ) {
     this.gate = new DrainGate(lowWater);
     this.slot = new HandlerSlot(systemClock, this);
+    budget.add(this);
     this.written = (error?: Error) => {
-      if (!error && this.open && this.gate.settle(this.ws.bufferedAmount)) this.slot.drain();
+      if (!this.open) return;
+      const queued = this.ws.bufferedAmount;
+      this.budget.update(this, queued);
+      if (!error && this.gate.settle(queued)) this.slot.drain();
     };
     (ws as TaggedWs)[CONNECTION] = this;
     ws.on('message', onWsMessage);
@@ -348,6 +418,7 @@ class WsServerConnection implements Connection {
   }
 
   remoteClose(code: number, reason: Buffer): void {
+    this.budget.release(this);
     if (!this.open) return;
     this.open = false;
     this.slot.closeRemote(this.errorClose?.code ?? code, this.errorClose?.reason ?? reason.toString());
@@ -365,10 +436,9 @@ class WsServerConnection implements Connection {
       // The peer is not reading. A close frame would queue behind what it is not reading, so
       // reset the socket: the memory it pinned is released now, not after a close timeout.
       this.open = false;
+      this.budget.release(this);
       this.slot.closeLocal(CLOSE_CODES.rateLimited, 'send buffer full: the peer is not reading');
-      const reset = (this.socket as Partial<Socket>).resetAndDestroy;
-      if (typeof reset === 'function') reset.call(this.socket);
-      else ws.terminate();
+      this.reset();
       return;
     }
     // Frames sent in one tick leave in one write (one syscall) rather than one each: the socket
@@ -380,12 +450,38 @@ class WsServerConnection implements Connection {
       process.nextTick(uncorkConnection, this);
     }
     ws.send(data, SEND_OPTIONS, this.written);
-    this.gate.sent(ws.bufferedAmount);
+    const queued = ws.bufferedAmount;
+    this.gate.sent(queued);
+    this.budget.update(this, queued);
+  }
+
+  /**
+   * The transport's queues are over their bound and this connection has the most queued: a close
+   * frame (4008) that it reads if it still reads, then a reset that frees what it pinned.
+   */
+  shed(): void {
+    if (!this.open) return;
+    this.open = false;
+    try {
+      this.ws.close(CLOSE_CODES.slowReader, 'slow reader: reconnect later');
+    } catch {
+      // already closing
+    }
+    this.slot.closeLocal(CLOSE_CODES.slowReader, 'slow reader: the send queues are over their bound');
+    setTimeout(() => this.reset(), SHED_GRACE_MS).unref();
+  }
+
+  /** Resets the socket: everything queued on it is dropped and its memory freed now. */
+  private reset(): void {
+    const reset = (this.socket as Partial<Socket>).resetAndDestroy;
+    if (typeof reset === 'function') reset.call(this.socket);
+    else this.ws.terminate();
   }
 
   close(code: number = CLOSE_CODES.normal, reason = ''): void {
     if (!this.open) return;
     this.open = false;
+    this.budget.release(this);
     try {
       this.ws.close(code, truncateReason(reason));
     } catch {
@@ -418,25 +514,6 @@ function pathOf(url: string | undefined): string {
   if (!url) return '';
   const q = url.indexOf('?');
   return q < 0 ? url : url.slice(0, q);
-}
-
-/** The client's address: the TCP peer, or an `X-Forwarded-For` entry when `hops` proxies are trusted. */
-function clientAddress(req: IncomingMessage, hops: number): string {
-  const peer = normalize(req.socket.remoteAddress ?? 'unknown');
-  if (hops === 0) return peer;
-  const header = req.headers['x-forwarded-for'];
-  const forwarded = (Array.isArray(header) ? header.join(',') : (header ?? ''))
-    .split(',')
-    .map((s) => s.trim())
-    .filter((s) => s !== '');
-  // Nearest first: the peer, then each proxy's view from right to left.
-  const chain = [peer, ...forwarded.reverse().map(normalize)];
-  return chain[Math.min(hops, chain.length - 1)]!;
-}
-
-/** `::ffff:1.2.3.4` and `1.2.3.4` are one client. */
-function normalize(address: string): string {
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
 }
 
 /** Answers an upgrade with a plain HTTP status and closes the socket. */

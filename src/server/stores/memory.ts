@@ -8,7 +8,6 @@ import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
-  AppendRefusal,
   ClaimOptions,
   MessageInput,
   DeviceAddress,
@@ -24,6 +23,7 @@ import type {
   KeyUpload,
   NotifyResult,
   ServerStore,
+  WrittenEntry,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
 import { GapCollector } from './gap-notices.js';
@@ -34,9 +34,19 @@ import {
   planChange,
   receiptIds,
   snapshotOf,
+  type ChangePlan,
   type SentRecord,
 } from './relational.js';
+import { planInvites, type InvitePlan, type PendingInvites } from './invites.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
+import {
+  inboxFits,
+  keysAfter,
+  overGroupQuota,
+  preKeyQuotaError,
+  resolveQuotas,
+  type StoreQuotas,
+} from '../quotas.js';
 
 /**
  * Opaque durable state of a memory server store; a new store over the same state is a "re-open
@@ -84,6 +94,8 @@ export interface MemoryServerStoreOptions {
    * @default never fail
    */
   failWhen?: (op: ServerStoreOp) => boolean;
+  /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
+  quotas?: Partial<StoreQuotas>;
 }
 
 /** A committed message: its body is kept while `refs` inbox entries point at it. */
@@ -103,8 +115,11 @@ interface StoredMessage {
 }
 
 type StoredEntry =
-  /** `body`: this device's own envelope of an end-to-end encrypted message. */
-  | { kind: 'msg'; ts: number; message: string; body?: Uint8Array }
+  /**
+   * `body`: this device's own envelope of an end-to-end encrypted message; `size`: the body bytes
+   * the entry counts for in its inbox's quota.
+   */
+  | { kind: 'msg'; ts: number; message: string; body?: Uint8Array; size: number }
   | { kind: 'status'; ts: number; status: EntryStatus; ids: string[]; by: string }
   | { kind: 'group'; ts: number; event: GroupEvent }
   | { kind: 'gap'; ts: number; reason: GapReason; streams: GapStream[] };
@@ -125,6 +140,8 @@ interface Inbox {
   last: number;
   /** Entries by offset; inserted in increasing offset order, so iteration is offset order. */
   entries: Map<number, StoredEntry>;
+  /** Message body bytes of the entries (the inbox-bytes quota). */
+  bytes: number;
 }
 
 /** A one-time EC prekey, as the directory stores and hands it out. */
@@ -160,6 +177,8 @@ interface ServerData extends MemoryServerState {
   groups: Map<string, StoredGroup>;
   /** user → ids of the groups it is in. */
   userGroups: Map<string, Set<string>>;
+  /** group → users holding a pending invite to it (absent in a state made by an older version). */
+  invites?: Map<string, Set<string>>;
   /** (viewer, target) pairs where target consented to viewer: it wrote to viewer 1:1. */
   consents: Set<string>;
   lastSeen: Map<string, number>;
@@ -180,6 +199,7 @@ export function createMemoryServerState(): MemoryServerState {
     sent: new Map(),
     groups: new Map(),
     userGroups: new Map(),
+    invites: new Map(),
     consents: new Set(),
     lastSeen: new Map(),
     keys: new Map(),
@@ -223,6 +243,7 @@ export function memoryServerStore(
 ): ServerStore & Required<Pick<ServerStore, 'setPushToken' | 'pushToken'>> & { readonly name: 'memory' } {
   const data = (options.state ?? createMemoryServerState()) as ServerData;
   const failWhen = options.failWhen;
+  const quotas = resolveQuotas(options.quotas, LABEL);
 
   function check(op: ServerStoreOp): void {
     if (failWhen?.(op)) throw new Error(`${LABEL}: injected failure in ${op}`);
@@ -235,9 +256,25 @@ export function memoryServerStore(
   function push(device: DeviceAddress, entry: StoredEntry): number {
     const k = deviceKey(device);
     let inbox = data.inboxes.get(k);
-    if (!inbox) data.inboxes.set(k, (inbox = { last: 0, entries: new Map() }));
+    if (!inbox) data.inboxes.set(k, (inbox = { last: 0, entries: new Map(), bytes: 0 }));
     inbox.entries.set(++inbox.last, entry);
+    if (entry.kind === 'msg') inbox.bytes += entry.size;
     return inbox.last;
+  }
+
+  /** Deletes one entry of an inbox, keeping its byte count. */
+  function removeEntry(inbox: Inbox, offset: number, e: StoredEntry): void {
+    inbox.entries.delete(offset);
+    if (e.kind === 'msg') inbox.bytes -= e.size;
+  }
+
+  /** Whether every target inbox can take one more entry of its size (the inbox quotas). */
+  function inboxesFit(targets: DeviceAddress[], size: (i: number) => number): boolean {
+    return targets.every((d, i) => {
+      const inbox = data.inboxes.get(deviceKey(d));
+      const usage = { entries: inbox?.entries.size ?? 0, bytes: inbox?.bytes ?? 0 };
+      return inboxFits(quotas, usage, 1, size(i));
+    });
   }
 
   /** Every device of `to` plus the sender user's other devices, each once. */
@@ -268,17 +305,8 @@ export function memoryServerStore(
     data.userGroups.get(user)?.delete(id);
   }
 
-  /**
-   * Validates and applies a membership change (the rules shared with the SQL stores, see
-   * `planChange`). Returns the event and who gets which form of it, `null` for a change with
-   * nothing to do, or a refusal code.
-   */
-  function applyChange(
-    item: GroupInput,
-  ): { event: GroupEvent; group: StoredGroup; joined: string[]; removed: string[] } | null | AppendRefusal {
-    const old = data.groups.get(item.group);
-    const plan = planChange(item, old, (u) => devicesOf(u).length > 0);
-    if (plan === null || typeof plan === 'string') return plan;
+  /** Applies a planned membership change (see `planChange`) to the group and the member index. */
+  function applyChange(item: GroupInput, plan: ChangePlan, old: StoredGroup | undefined): StoredGroup {
     const group: StoredGroup = {
       ...plan.after,
       since: new Map(old?.since),
@@ -294,29 +322,80 @@ export function memoryServerStore(
     data.groups.set(item.group, group);
     for (const u of plan.joined) joinGroup(item.group, u);
     for (const u of plan.removed) leaveGroup(item.group, u);
-    return { event: plan.event, group, joined: plan.joined, removed: plan.removed };
+    return group;
+  }
+
+  /** The pending invites of one group, as `planInvites` asks about them. */
+  function pendingInvites(group: string): PendingInvites {
+    const invites = (data.invites ??= new Map());
+    return {
+      has: (user) => invites.get(group)?.has(user) === true,
+      count: (user) => {
+        let n = 0;
+        for (const users of invites.values()) if (users.has(user)) n++;
+        return n;
+      },
+    };
+  }
+
+  /** Records and drops pending invites, and tells the devices concerned. */
+  function applyInvites(
+    group: string,
+    plan: InvitePlan,
+    actor: string,
+    now: number,
+    notify: NotifySet,
+  ): void {
+    const invites = (data.invites ??= new Map());
+    let users = invites.get(group);
+    for (const u of plan.drop) users?.delete(u);
+    if (plan.add.length > 0 && !users) invites.set(group, (users = new Set()));
+    const tell = (user: string, event: GroupEvent) => {
+      for (const device of devicesOf(user)) {
+        push({ user, device }, { kind: 'group', ts: now, event });
+        notify.add({ user, device });
+      }
+    };
+    for (const { user, event } of plan.add) {
+      users!.add(user);
+      tell(user, event);
+    }
+    if (plan.own) tell(actor, plan.own);
+    if (users?.size === 0) invites.delete(group);
   }
 
   function commitGroup(item: GroupInput, key: string, now: number): AppendOutcome {
-    const applied = applyChange(item);
-    if (typeof applied === 'string') return { ok: false, code: applied };
-    data.dedupe.set(key, now);
-    if (applied === null) return { ok: true, ts: now, duplicate: false, notify: [] };
-    const { event, group, joined, removed } = applied;
-    const full: GroupEvent = { ...event, name: group.name, snapshot: snapshotOf(group) };
-    const isNew = new Set(joined);
-    const notify = new NotifySet();
-    for (const d of memberDevices(group)) {
-      push(d, { kind: 'group', ts: now, event: isNew.has(d.user) ? full : event });
-      notify.add(d);
+    const old = data.groups.get(item.group);
+    const hasDevice = (u: string): boolean => devicesOf(u).length > 0;
+    const pending = pendingInvites(item.group);
+    const plan = planChange(item, old, hasDevice, pending.has);
+    if (typeof plan === 'string') return { ok: false, code: plan };
+    const groupCount = (u: string): number => data.userGroups.get(u)?.size ?? 0;
+    if (plan && overGroupQuota(plan.joined, groupCount, quotas.groupsPerUser) !== undefined) {
+      return { ok: false, code: 'quota_exceeded' };
     }
-    for (const user of removed) {
-      for (const device of devicesOf(user)) {
-        const d = { user, device };
-        push(d, { kind: 'group', ts: now, event });
+    const invites = planInvites(item, old, plan, hasDevice, pending, quotas.invitesPerUser);
+    if (typeof invites === 'string') return { ok: false, code: invites };
+    data.dedupe.set(key, now);
+    const notify = new NotifySet();
+    if (plan !== null) {
+      const group = applyChange(item, plan, old);
+      const { event, joined, removed } = plan;
+      const full: GroupEvent = { ...event, name: group.name, snapshot: snapshotOf(group) };
+      const isNew = new Set(joined);
+      for (const d of memberDevices(group)) {
+        push(d, { kind: 'group', ts: now, event: isNew.has(d.user) ? full : event });
         notify.add(d);
       }
+      for (const user of removed) {
+        for (const device of devicesOf(user)) {
+          const d = { user, device };
+          push(d, { kind: 'group', ts: now, event });
+          notify.add(d);
+        }
+      }
     }
+    applyInvites(item.group, invites, item.from.user, now, notify);
     return { ok: true, ts: now, duplicate: false, notify: notify.list };
   }
 
@@ -345,15 +424,17 @@ export function memoryServerStore(
       const g = data.groups.get(item.to);
       if (!g || !g.members.has(item.from.user)) return { ok: false, code: 'not_member' };
       targets = memberDevices(g).filter((d) => d.user !== item.from.user || d.device !== item.from.device);
-      // Sending in a group is taking part in it.
-      g.acted.set(item.from.user, g.ver);
       ver = g.ver;
     } else {
       if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
       targets = recipients(item.from, item.to);
     }
+    const sizeOf = (i: number): number => (bodies ? bodies[i]! : item.body).byteLength;
+    if (!inboxesFit(targets, sizeOf)) return { ok: false, code: 'inbox_full' };
     // Writing to someone is consenting to them.
     if (!item.group && item.from.user !== item.to) data.consents.add(orderedKey(item.to, item.from.user));
+    // Sending in a group is taking part in it.
+    if (ver !== null) data.groups.get(item.to)!.acted.set(item.from.user, ver);
     data.dedupe.set(key, now);
     const sk = orderedKey(item.from.user, item.id);
     const records = data.sent.get(sk) ?? [];
@@ -376,8 +457,8 @@ export function memoryServerStore(
       push(
         d,
         bodies
-          ? { kind: 'msg', ts: now, message: key, body: new Uint8Array(bodies[i]!) }
-          : { kind: 'msg', ts: now, message: key },
+          ? { kind: 'msg', ts: now, message: key, body: new Uint8Array(bodies[i]!), size: sizeOf(i) }
+          : { kind: 'msg', ts: now, message: key, size: sizeOf(i) },
       ),
     );
     return { ok: true, ts: now, duplicate: false, notify: targets, offsets };
@@ -390,11 +471,12 @@ export function memoryServerStore(
     if (item.kind === 'group') return commitGroup(item, key, now);
     if (item.kind === 'msg') return commitMessage(item, key, now);
     if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
-    data.dedupe.set(key, now);
     const records = item.ids.flatMap((id) => data.sent.get(orderedKey(item.to, id)) ?? []);
     const ids = receiptIds(item, records, (g) => data.groups.get(g)?.since.get(item.from.user));
+    const targets = ids.length === 0 ? [] : recipients(item.from, item.to);
+    if (!inboxesFit(targets, () => 0)) return { ok: false, code: 'inbox_full' };
+    data.dedupe.set(key, now);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
-    const targets = recipients(item.from, item.to);
     for (const d of targets) {
       push(d, { kind: 'status', ts: now, status: 'read', ids: [...ids], by: item.from.user });
     }
@@ -414,12 +496,17 @@ export function memoryServerStore(
     status: EntryStatus,
     now: number,
     notify: NotifySet,
+    written?: WrittenEntry[],
   ): void {
     for (const g of groups.values()) {
       for (const device of devicesOf(g.user)) {
         const d = { user: g.user, device };
-        push(d, { kind: 'status', ts: now, status, ids: [...g.ids], by: g.by });
+        const offset = push(d, { kind: 'status', ts: now, status, ids: [...g.ids], by: g.by });
         notify.add(d);
+        written?.push({
+          device: d,
+          entry: { offset, kind: 'status', status, ids: [...g.ids], by: g.by, ts: now },
+        });
       }
     }
   }
@@ -565,7 +652,7 @@ export function memoryServerStore(
       for (const offset of offsets) {
         const e = inbox.entries.get(offset);
         if (!e) continue;
-        inbox.entries.delete(offset);
+        removeEntry(inbox, offset, e);
         count++;
         if (e.kind !== 'msg') continue;
         const m = unref(e.message);
@@ -575,8 +662,9 @@ export function memoryServerStore(
         if (!g) delivered.set(m.from.user, (g = { user: m.from.user, by: device.user, ids: [] }));
         g.ids.push(m.id);
       }
-      fanOut(delivered, 'delivered', now, notify);
-      return { count, notify: notify.list };
+      const entries: WrittenEntry[] = [];
+      fanOut(delivered, 'delivered', now, notify, entries);
+      return entries.length > 0 ? { count, notify: notify.list, entries } : { count, notify: notify.list };
     },
 
     async expire(cutoff: number, now: number): Promise<NotifyResult> {
@@ -593,7 +681,7 @@ export function memoryServerStore(
         const addr = { user: owner, device: k.slice(sep) };
         for (const [offset, e] of inbox.entries) {
           if (e.ts >= cutoff) continue;
-          inbox.entries.delete(offset);
+          removeEntry(inbox, offset, e);
           count++;
           if (e.kind !== 'msg') continue;
           const m = unref(e.message);
@@ -663,6 +751,13 @@ export function memoryServerStore(
       const k = deviceKey(device);
       const old = data.keys.get(k);
       const kind = uploadKind(old?.identityKey, keys, LABEL); // throws before any write
+      const kept = kind === 'update' ? old : undefined;
+      if (
+        keysAfter(kept?.preKeys, keys.preKeys) > quotas.preKeys ||
+        keysAfter(kept?.kyberPreKeys, keys.kyberPreKeys) > quotas.preKeys
+      ) {
+        throw preKeyQuotaError(LABEL, quotas.preKeys);
+      }
       // A first upload or a re-install starts a fresh record: no one-time key of an old identity.
       const stored: StoredKeys =
         kind === 'update'

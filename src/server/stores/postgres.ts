@@ -27,6 +27,7 @@ import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
   AppendOutcome,
+  AppendRefusal,
   ClaimOptions,
   DeviceAddress,
   DeviceEnvelope,
@@ -43,10 +44,12 @@ import type {
   KeyUpload,
   MessageInput,
   NotifyResult,
+  WrittenEntry,
   ReceiptInput,
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { planInvites, type PendingInvites } from './invites.js';
 import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
 import {
   brokenConnection,
@@ -68,12 +71,22 @@ import {
   queueStatus,
   receiptIds,
   snapshotOf,
+  type ChangePlan,
   type Groups,
   type GroupView,
   type KeysRow,
   type SentRecord,
 } from './relational.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
+import {
+  itemsOverQuota,
+  OverQuota,
+  overGroupQuota,
+  preKeyQuotaError,
+  resolveQuotas,
+  type InboxUsage,
+  type StoreQuotas,
+} from '../quotas.js';
 
 /** The result of a query, as far as the store reads it (a structural subset of `pg`'s). */
 export interface PgQueryResult {
@@ -133,6 +146,8 @@ export interface PostgresServerStoreTuning {
    * @default ignored
    */
   onError?: (error: unknown) => void;
+  /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
+  quotas?: Partial<StoreQuotas>;
 }
 
 /**
@@ -342,10 +357,33 @@ const MIGRATIONS: readonly PgMigration[] = [
   // that an older build, which would read such a row as a status it does not know, refuses the
   // schema instead.
   async () => {},
+  // 5: storage quotas, as the SQLite store's step 7: each head row counts its inbox's entries and
+  // message body bytes (kept by the writer in the same locked update that takes offsets), and each
+  // entry records the body bytes it counts for; existing inboxes are counted here.
+  (c, s) =>
+    c.query(`
+      ALTER TABLE ${s}.inbox_heads
+        ADD COLUMN entries bigint NOT NULL DEFAULT 0,
+        ADD COLUMN bytes bigint NOT NULL DEFAULT 0;
+      ALTER TABLE ${s}.inbox ADD COLUMN size integer NOT NULL DEFAULT 0;
+      UPDATE ${s}.inbox i SET size = coalesce(length(i.body), length(m.body), 0)
+        FROM ${s}.messages m WHERE m.id = i.message;
+      UPDATE ${s}.inbox_heads h SET entries = x.n, bytes = x.b
+        FROM (SELECT dev, count(*) AS n, sum(size) AS b FROM ${s}.inbox GROUP BY dev) x WHERE x.dev = h.dev;
+      CREATE TABLE ${s}.group_invites (
+        group_id text NOT NULL,
+        user_id text NOT NULL,
+        PRIMARY KEY (group_id, user_id)
+      );
+      CREATE INDEX group_invites_user ON ${s}.group_invites (user_id);
+    `),
 ];
 
 /** The `postbox_schema` version of a schema the PostgreSQL server store has fully migrated. */
 export const POSTGRES_SERVER_SCHEMA_VERSION: number = MIGRATIONS.length;
+
+/** The outcome of an item whose dedupe key was committed at `ts`. */
+const duplicateOf = (ts: number): AppendOutcome => ({ ok: true, ts, duplicate: true, notify: [] });
 
 /** Deadlock victim, serialization failure: the transaction may simply run again. */
 const RETRYABLE = new Set(['40P01', '40001']);
@@ -447,6 +485,8 @@ interface RemovedRow {
   owner?: string;
   from_user: string | null;
   msg_id: string | null;
+  /** Body bytes the entry counted for in its inbox's quota. */
+  size: number;
   /** Expiry only: the device's id and, for a message, the rest of its stream. */
   owner_device?: string;
   from_device?: string | null;
@@ -465,6 +505,12 @@ interface PendingAck {
 }
 
 /** An inbox entry to insert when the transaction takes its offsets. */
+/** Status entries one ack wrote, and the offsets the writer's flush gives them (same order). */
+interface WrittenStatuses {
+  offsets: number[];
+  list: WrittenEntry[];
+}
+
 interface NewEntry {
   dev: number;
   ts: number;
@@ -475,6 +521,10 @@ interface NewEntry {
   status: EntryStatus | typeof GAP_ROW_STATUS | null;
   ids: string | null;
   by: string | null;
+  /** Body bytes it counts for in its inbox's quota. */
+  size: number;
+  /** The batch index of the client item it belongs to (checked against the quotas). */
+  item?: number | undefined;
   /** Where to report the offset: `sink[slot]`. */
   sink?: number[];
   slot?: number;
@@ -510,11 +560,12 @@ export async function openPostgresServerStore(
     throw new RangeError(`${LABEL}: expiryBatchSize must be a positive integer, got ${expiryBatchSize}`);
   }
   const maxRetries = options.maxRetries ?? 5;
+  const quotas = resolveQuotas(options.quotas, LABEL);
   const schema = options.schema ?? 'public';
   const s = quoteSchema(schema);
   if (options.pool) {
     await migratePostgresServerStore(options.pool, schema);
-    return postgresStore(options.pool, false, s, expiryBatchSize, maxRetries);
+    return postgresStore(options.pool, false, s, expiryBatchSize, maxRetries, quotas);
   }
   const settings = {
     connectionString: options.connectionString,
@@ -529,7 +580,7 @@ export async function openPostgresServerStore(
   } finally {
     await migrations.end();
   }
-  return postgresStore(makePool(settings) as unknown as PgPool, true, s, expiryBatchSize, maxRetries);
+  return postgresStore(makePool(settings) as unknown as PgPool, true, s, expiryBatchSize, maxRetries, quotas);
 }
 
 function postgresStore(
@@ -538,6 +589,7 @@ function postgresStore(
   s: string,
   expiryBatchSize: number,
   maxRetries: number,
+  quotas: StoreQuotas,
 ): PostgresServerStore {
   let closed = false;
   function check(): void {
@@ -613,7 +665,22 @@ function postgresStore(
     private newConsents: Array<[string, string]> = [];
     /** Offset sinks with an entry dropped because its device was unregistered meanwhile. */
     readonly broken = new Set<number[]>();
+    /** Entries and bytes this transaction deleted, per device (taken off its head's counts). */
+    private readonly freed = new Map<number, InboxUsage>();
+    /** The batch index of the client item being committed (its entries are quota-checked). */
+    item: number | undefined;
     constructor(private readonly c: PgQueryable) {}
+
+    /** Takes deleted entries off their inboxes' counts at {@link Writer.flush}. */
+    released(rows: RemovedRow[]): void {
+      for (const r of rows) {
+        const dev = Number(r.dev);
+        const f = this.freed.get(dev) ?? { entries: 0, bytes: 0 };
+        f.entries++;
+        f.bytes += Number(r.size);
+        this.freed.set(dev, f);
+      }
+    }
 
     /** The user's devices in registration order (read once per transaction). */
     async devicesOf(user: string): Promise<DeviceRow[]> {
@@ -648,11 +715,21 @@ function postgresStore(
     }
 
     add(e: NewEntry): void {
+      e.item = this.item;
       this.entries.push(e);
     }
 
-    status(dev: number, now: number, status: EntryStatus, ids: readonly string[], by: string): void {
-      this.row(dev, now, status, JSON.stringify(ids), by);
+    /** Queues a status entry; with `sink`, its offset is reported in `sink[slot]`. */
+    status(
+      dev: number,
+      now: number,
+      status: EntryStatus,
+      ids: readonly string[],
+      by: string,
+      sink?: number[],
+      slot?: number,
+    ): void {
+      this.row(dev, now, status, JSON.stringify(ids), by, sink, slot);
     }
 
     /** A gap notice (see gap-notices.ts for its stored form). */
@@ -661,8 +738,27 @@ function postgresStore(
     }
 
     /** A row with neither message nor event: a status or a gap notice. */
-    private row(dev: number, ts: number, status: NewEntry['status'], ids: string, by: string): void {
-      this.add({ dev, ts, message: null, body: null, event: null, status, ids, by });
+    private row(
+      dev: number,
+      ts: number,
+      status: NewEntry['status'],
+      ids: string,
+      by: string,
+      sink?: number[],
+      slot?: number,
+    ): void {
+      this.add({
+        dev,
+        ts,
+        message: null,
+        body: null,
+        event: null,
+        status,
+        ids,
+        by,
+        size: 0,
+        ...(sink ? { sink, slot } : {}),
+      });
     }
 
     /** Records that the sender of a 1:1 message consented to its recipient (for `related`). */
@@ -698,16 +794,32 @@ function postgresStore(
      */
     async flush(): Promise<void> {
       await this.writeConsents();
-      if (this.entries.length === 0) return;
+      if (this.entries.length === 0 && this.freed.size === 0) return;
       const c = this.c;
-      const devs = [...new Set(this.entries.map((e) => e.dev))].sort((a, b) => a - b);
-      const heads = await rowsOf<{ dev: string; last_offset: string }>(
+      const devs = [...new Set([...this.entries.map((e) => e.dev), ...this.freed.keys()])].sort(
+        (a, b) => a - b,
+      );
+      const heads = await rowsOf<{ dev: string; last_offset: string; entries: string; bytes: string }>(
         c,
-        `SELECT dev, last_offset FROM ${s}.inbox_heads WHERE dev = ANY($1::bigint[]) ORDER BY dev FOR UPDATE`,
+        `SELECT dev, last_offset, entries, bytes FROM ${s}.inbox_heads
+         WHERE dev = ANY($1::bigint[]) ORDER BY dev FOR UPDATE`,
         [devs],
       );
       const last = new Map<number, number>();
-      for (const h of heads) last.set(Number(h.dev), Number(h.last_offset));
+      // Each inbox's usage after this transaction's deletes, under the lock: what the quotas see.
+      const usage = new Map<number, InboxUsage>();
+      for (const h of heads) {
+        const dev = Number(h.dev);
+        last.set(dev, Number(h.last_offset));
+        const f = this.freed.get(dev);
+        usage.set(dev, {
+          entries: Number(h.entries) - (f?.entries ?? 0),
+          bytes: Number(h.bytes) - (f?.bytes ?? 0),
+        });
+      }
+      const over = itemsOverQuota(quotas, this.entries, new Map([...usage].map(([d, u]) => [d, { ...u }])));
+      if (over.size > 0) throw new OverQuota(over);
+      const added = new Map<number, InboxUsage>();
       const cols = {
         dev: [] as number[],
         pos: [] as number[],
@@ -718,6 +830,7 @@ function postgresStore(
         status: [] as Array<string | null>,
         ids: [] as Array<string | null>,
         by: [] as Array<string | null>,
+        size: [] as number[],
       };
       const droppedMessages: number[] = [];
       const droppedEvents: number[] = [];
@@ -732,6 +845,10 @@ function postgresStore(
         }
         const pos = prev + 1;
         last.set(e.dev, pos);
+        const a = added.get(e.dev) ?? { entries: 0, bytes: 0 };
+        a.entries++;
+        a.bytes += e.size;
+        added.set(e.dev, a);
         if (e.sink) e.sink[e.slot!] = pos;
         cols.dev.push(e.dev);
         cols.pos.push(pos);
@@ -742,16 +859,19 @@ function postgresStore(
         cols.status.push(e.status);
         cols.ids.push(e.ids);
         cols.by.push(e.by);
+        cols.size.push(e.size);
       }
-      if (cols.dev.length > 0) {
+      if (cols.dev.length > 0 || usage.size > 0) {
+        const headDevs = [...last.keys()];
         await c.query(
           `WITH heads AS (
-             UPDATE ${s}.inbox_heads h SET last_offset = x.v
-             FROM unnest($10::bigint[], $11::bigint[]) AS x(dev, v) WHERE h.dev = x.dev
+             UPDATE ${s}.inbox_heads h SET last_offset = x.v, entries = x.n, bytes = x.b
+             FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[]) AS x(dev, v, n, b)
+             WHERE h.dev = x.dev
            )
-           INSERT INTO ${s}.inbox (dev, pos, ts, message, body, event, status, ids, by_user)
+           INSERT INTO ${s}.inbox (dev, pos, ts, message, body, event, status, ids, by_user, size)
            SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::bigint[], $5::bytea[],
-                                $6::bigint[], $7::text[], $8::text[], $9::text[])`,
+                                $6::bigint[], $7::text[], $8::text[], $9::text[], $14::int[])`,
           [
             cols.dev,
             cols.pos,
@@ -762,8 +882,11 @@ function postgresStore(
             cols.status,
             cols.ids,
             cols.by,
-            [...last.keys()],
-            [...last.values()],
+            headDevs,
+            headDevs.map((d) => last.get(d)!),
+            headDevs.map((d) => usage.get(d)!.entries + (added.get(d)?.entries ?? 0)),
+            headDevs.map((d) => usage.get(d)!.bytes + (added.get(d)?.bytes ?? 0)),
+            cols.size,
           ],
         );
       }
@@ -845,7 +968,17 @@ function postgresStore(
     for (const { group_id: id } of groups) {
       const g = (await loadGroup(c, id, 'FOR SHARE'))!;
       const ev = await storeEvent(c, joinSnapshot(id, g, user), 1);
-      w.add({ dev, ts: now, message: null, body: null, event: ev, status: null, ids: null, by: null });
+      w.add({
+        dev,
+        ts: now,
+        message: null,
+        body: null,
+        event: ev,
+        status: null,
+        ids: null,
+        by: null,
+        size: 0,
+      });
     }
     await w.flush();
     return groups.length;
@@ -929,18 +1062,97 @@ function postgresStore(
     // Users who may join: their devices being linked meanwhile wait, or are waited for (below).
     if (change.op === 'create') await lockUsers(c, [item.from.user, ...change.members]);
     else if (change.op === 'add') await lockUsers(c, change.members);
+    else if (change.op === 'accept') await lockUsers(c, [item.from.user]);
     const current = await loadGroup(c, item.group, 'FOR UPDATE');
-    await w.prefetch(['members' in change ? change.members : [], item.from.user].flat());
-    const plan = planChange(item, current, (u) => w.known(u).length > 0);
+    const named = [
+      'members' in change ? change.members : [],
+      'invite' in change ? (change.invite ?? []) : [],
+      item.from.user,
+    ].flat();
+    await w.prefetch(named);
+    const invited = await rowsOf<{ user_id: string; here: boolean; n: string }>(
+      c,
+      `SELECT user_id, bool_or(group_id = $1) AS here, count(*) AS n FROM ${s}.group_invites
+       WHERE user_id = ANY($2::text[]) GROUP BY user_id`,
+      [item.group, [...new Set(named)]],
+    );
+    const pending: PendingInvites = {
+      has: (u) => invited.some((r) => r.user_id === u && r.here),
+      count: (u) => Number(invited.find((r) => r.user_id === u)?.n ?? 0),
+    };
+    const hasDevice = (u: string): boolean => w.known(u).length > 0;
+    const plan = planChange(item, current, hasDevice, pending.has);
     if (typeof plan === 'string') return { ok: false, code: plan };
-    if (plan === null) return { ok: true, ts: now, duplicate: false, notify: [] };
+    if (plan && plan.joined.length > 0) {
+      // Counted under the joining users' locks (taken above), so two nodes cannot both pass it.
+      const rows = await rowsOf<{ user_id: string; n: string }>(
+        c,
+        `SELECT user_id, count(*) AS n FROM ${s}.group_members WHERE user_id = ANY($1::text[]) GROUP BY user_id`,
+        [plan.joined],
+      );
+      const counts = new Map(rows.map((r) => [r.user_id, Number(r.n)]));
+      if (overGroupQuota(plan.joined, (u) => counts.get(u) ?? 0, quotas.groupsPerUser) !== undefined) {
+        return { ok: false, code: 'quota_exceeded' };
+      }
+    }
+    const invites = planInvites(item, current, plan, hasDevice, pending, quotas.invitesPerUser);
+    if (typeof invites === 'string') return { ok: false, code: invites };
+    const notify = new NotifySet();
+    if (plan !== null) {
+      const refused = await applyPlan(c, w, item, plan, now, notify);
+      if (refused) return { ok: false, code: refused };
+    }
+    if (invites.drop.length > 0) {
+      await c.query(`DELETE FROM ${s}.group_invites WHERE group_id = $1 AND user_id = ANY($2::text[])`, [
+        item.group,
+        invites.drop,
+      ]);
+    }
+    if (invites.add.length > 0) {
+      await c.query(
+        `INSERT INTO ${s}.group_invites (group_id, user_id) SELECT $1, u FROM unnest($2::text[]) AS u
+         ON CONFLICT DO NOTHING`,
+        [item.group, invites.add.map((a) => a.user)],
+      );
+    }
+    const tell = [...invites.add, ...(invites.own ? [{ user: item.from.user, event: invites.own }] : [])];
+    for (const { user, event } of tell) {
+      const devices = w.known(user);
+      const id = await storeEvent(c, event, devices.length);
+      for (const r of devices) {
+        w.add({
+          dev: r.id,
+          ts: now,
+          message: null,
+          body: null,
+          event: id,
+          status: null,
+          ids: null,
+          by: null,
+          size: 0,
+        });
+        notify.add({ user, device: r.device });
+      }
+    }
+    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+  }
+
+  /** Writes a planned membership change and queues its events; a refusal when it cannot. */
+  async function applyPlan(
+    c: PgQueryable,
+    w: Writer,
+    item: GroupInput,
+    plan: ChangePlan,
+    now: number,
+    notify: NotifySet,
+  ): Promise<AppendRefusal | undefined> {
     const { event, after, joined, removed } = plan;
     if (plan.created) {
       const r = await c.query(
         `INSERT INTO ${s}.groups (id, name, ver) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
         [item.group, after.name, after.ver],
       );
-      if (r.rowCount !== 1) return { ok: false, code: 'forbidden' }; // created meanwhile by another node
+      if (r.rowCount !== 1) return 'forbidden'; // created meanwhile by another node
     } else {
       await c.query(`UPDATE ${s}.groups SET name = $1, ver = $2 WHERE id = $3`, [
         after.name,
@@ -999,7 +1211,6 @@ function postgresStore(
     const fullRefs = targets.filter((t) => t.full).length;
     const fullId = await storeEvent(c, { ...event, name: after.name, snapshot: snapshotOf(after) }, fullRefs);
     const deltaId = await storeEvent(c, event, targets.length - fullRefs);
-    const notify = new NotifySet();
     for (const t of targets) {
       w.add({
         dev: t.dev,
@@ -1010,10 +1221,11 @@ function postgresStore(
         status: null,
         ids: null,
         by: null,
+        size: 0,
       });
       notify.add(t.addr);
     }
-    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+    return undefined;
   }
 
   /**
@@ -1069,6 +1281,7 @@ function postgresStore(
         status: null,
         ids: null,
         by: null,
+        size: (bodies ? bodies[i]! : item.body).byteLength,
         sink: offsets,
         slot: i,
       });
@@ -1214,12 +1427,7 @@ function postgresStore(
   }
 
   async function commit(c: PgQueryable, w: Writer, item: AppendInput, now: number): Promise<AppendOutcome> {
-    const duplicate = (ts: number | undefined): AppendOutcome => ({
-      ok: true,
-      ts: ts ?? now,
-      duplicate: true,
-      notify: [],
-    });
+    const duplicate = (ts: number | undefined): AppendOutcome => duplicateOf(ts ?? now);
     if (item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes))) {
       const out = await commitDirect(c, w, item, now);
       if (out?.ok) return out;
@@ -1237,14 +1445,33 @@ function postgresStore(
   }
 
   /** Appends one status per group to every device of the group's user. */
-  async function fanOut(w: Writer, groups: Groups, status: EntryStatus, now: number, notify: NotifySet) {
+  async function fanOut(
+    w: Writer,
+    groups: Groups,
+    status: EntryStatus,
+    now: number,
+    notify: NotifySet,
+    written?: WrittenStatuses,
+  ) {
     await w.prefetch([...groups.values()].map((g) => g.user));
     for (const g of groups.values()) {
       for (const r of w.known(g.user)) {
-        w.status(r.id, now, status, g.ids, g.by);
-        notify.add({ user: g.user, device: r.device });
+        const device = { user: g.user, device: r.device };
+        w.status(r.id, now, status, g.ids, g.by, written?.offsets, written?.list.length);
+        notify.add(device);
+        written?.list.push({
+          device,
+          entry: { offset: 0, kind: 'status', status, ids: [...g.ids], by: g.by, ts: now },
+        });
       }
     }
+  }
+
+  /** The entries of `written` with the offsets the flush gave them; none when one was dropped. */
+  function writtenEntries(w: Writer, written: WrittenStatuses): WrittenEntry[] | undefined {
+    if (written.list.length === 0 || w.broken.has(written.offsets)) return undefined;
+    written.list.forEach((we, k) => (we.entry.offset = written.offsets[k]!));
+    return written.list;
   }
 
   /**
@@ -1304,7 +1531,7 @@ function postgresStore(
            SELECT dev, pos FROM ${s}.inbox WHERE ts < $1 ORDER BY ts LIMIT $2 FOR UPDATE SKIP LOCKED
          ), del AS (
            DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
-           RETURNING i.dev, i.pos, i.message, i.event
+           RETURNING i.dev, i.pos, i.message, i.event, i.size
          )
          SELECT del.*, d.user_id AS owner, d.device AS owner_device, m.from_user, m.msg_id,
                 m.from_device, m.to_user, m.to_group, m.seq
@@ -1321,6 +1548,7 @@ function postgresStore(
         gaps.add(Number(r.dev), { user: r.owner!, device: r.owner_device! }, stream);
       }
       const expired: Groups = new Map();
+      w.released(removed);
       await settle(c, [{ removed, user: (r) => r.owner!, out: expired }]);
       await fanOut(w, expired, 'expired', now, notify);
       for (const d of gaps.notices()) {
@@ -1355,12 +1583,13 @@ function postgresStore(
             `WITH del AS (
                DELETE FROM ${s}.inbox WHERE pos = ANY($3::bigint[])
                  AND dev = (SELECT id FROM ${s}.devices WHERE user_id = $1 AND device = $2)
-               RETURNING dev, pos, message, event
+               RETURNING dev, pos, message, event, size
              )
              SELECT del.*, m.from_user, m.msg_id FROM del LEFT JOIN ${s}.messages m ON m.id = del.message
              ORDER BY del.pos`,
             [a.device.user, a.device.device, a.offsets.filter((o) => Number.isSafeInteger(o))],
           );
+          w.released(removed);
           // sender user → ids newly delivered to this (recipient) user
           parts.push({ removed, user: () => a.device.user, out: new Map() });
         }
@@ -1370,12 +1599,19 @@ function postgresStore(
         // The whole batch's marks and releases together, in one lock order (see settle).
         await settle(c, parts);
         const out: NotifyResult[] = [];
+        const written: WrittenStatuses[] = [];
         for (let i = 0; i < batch.length; i++) {
           const notify = new NotifySet();
-          await fanOut(w, byBatch[i]!.out, 'delivered', batch[i]!.now, notify);
+          written.push({ offsets: [], list: [] });
+          await fanOut(w, byBatch[i]!.out, 'delivered', batch[i]!.now, notify, written[i]);
           out.push({ count: byBatch[i]!.removed.length, notify: notify.list });
         }
         await w.flush();
+        // The statuses as written, so the engine pushes them without reading them back.
+        out.forEach((r, i) => {
+          const entries = writtenEntries(w, written[i]!);
+          if (entries) r.entries = entries;
+        });
         return out;
       });
     } catch (e) {
@@ -1534,15 +1770,39 @@ function postgresStore(
       if (batch.length === 0) return [];
       // One transaction for the whole batch: one WAL flush at COMMIT (group commit).
       let written = new Set<string>();
-      const outcomes = await tx(async (c) => {
-        const w = new Writer(c);
-        written = w.consents;
-        const out: AppendOutcome[] = [];
-        for (const item of batch) out.push(await commit(c, w, item, now));
-        await w.flush();
-        for (const o of out) if (o.ok && o.offsets && w.broken.has(o.offsets)) delete o.offsets;
-        return out;
-      });
+      // Items found over an inbox quota under the locks of an earlier attempt (see OverQuota).
+      const refused = new Set<number>();
+      const attempt = () =>
+        tx(async (c) => {
+          const w = new Writer(c);
+          written = w.consents;
+          const out: AppendOutcome[] = [];
+          for (let i = 0; i < batch.length; i++) {
+            const item = batch[i]!;
+            if (refused.has(i)) {
+              const ts = await original(c, item);
+              out.push(ts === undefined ? { ok: false, code: 'inbox_full' } : duplicateOf(ts));
+              continue;
+            }
+            w.item = item.kind === 'group' ? undefined : i;
+            out.push(await commit(c, w, item, now));
+            w.item = undefined;
+          }
+          await w.flush();
+          for (const o of out) if (o.ok && o.offsets && w.broken.has(o.offsets)) delete o.offsets;
+          return out;
+        });
+      let outcomes: AppendOutcome[];
+      for (;;) {
+        try {
+          outcomes = await attempt();
+          break;
+        } catch (e) {
+          // Each round refuses at least one more item, so this ends within the batch's length.
+          if (!(e instanceof OverQuota)) throw e;
+          for (const i of e.items) refused.add(i);
+        }
+      }
       // Committed: later transactions need not write these pairs again (rows are never deleted).
       if (knownConsents.size + written.size > MAX_KNOWN_CONSENTS) knownConsents.clear();
       for (const k of written) knownConsents.add(k);
@@ -1725,6 +1985,17 @@ function postgresStore(
               [...kyb.values()].map((k) => k.signature),
             ],
           );
+        }
+        // Counted after the writes, under the device row's lock: over the quota, throwing rolls
+        // the whole upload back.
+        const [n] = await rowsOf<{ pre: string; kyber: string }>(
+          c,
+          `SELECT (SELECT count(*) FROM ${s}.prekeys WHERE dev = $1) AS pre,
+                  (SELECT count(*) FROM ${s}.kyber_prekeys WHERE dev = $1) AS kyber`,
+          [row.id],
+        );
+        if (Number(n!.pre) > quotas.preKeys || Number(n!.kyber) > quotas.preKeys) {
+          throw preKeyQuotaError(LABEL, quotas.preKeys);
         }
       });
     },

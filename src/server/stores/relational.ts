@@ -50,7 +50,7 @@ const packr = new Packr({ useRecords: false, moreTypes: false });
 export type EventTuple = [
   string,
   number,
-  GroupChange['op'],
+  GroupEvent['op'],
   string,
   string[],
   string | null,
@@ -109,9 +109,21 @@ export function planChange(
   item: GroupInput,
   current: GroupView | undefined,
   hasDevice: (user: string) => boolean,
+  invited: (user: string) => boolean = () => false,
 ): ChangePlan | null | AppendRefusal {
   const actor = item.from.user;
   const c: GroupChange = item.change;
+  // A decline changes no membership (see planInvites); an accept adds the invitee, by itself.
+  if (c.op === 'decline') return null;
+  if (c.op === 'accept') {
+    if (current?.members.has(actor)) return null; // accepted already (say, on another device)
+    if (!current || !invited(actor)) return 'forbidden';
+    if (current.members.size + 1 > item.maxMembers) return 'group_full';
+    const after: GroupView = { name: current.name, ver: current.ver + 1, members: new Map(current.members) };
+    after.members.set(actor, 'member');
+    const event: GroupEvent = { group: item.group, ver: after.ver, op: 'add', by: actor, members: [actor] };
+    return { event, after, created: false, joined: [actor], removed: [], roles: new Map() };
+  }
   if (c.op === 'create') {
     if (current) return 'forbidden';
     const members = uniq([actor, ...c.members]);

@@ -30,6 +30,16 @@ export interface WalSync {
   close(): Promise<void>;
 }
 
+/**
+ * What the store does around each flush. `beforeFlush` runs just before a flush starts (commits
+ * made in it are covered by that flush) and may return a callback that gets the flush's promise;
+ * `afterFlush` runs once a flush succeeded.
+ */
+export interface WalSyncHooks {
+  beforeFlush?: () => ((flush: Promise<void>) => void) | undefined;
+  afterFlush?: () => void;
+}
+
 /** The `better-sqlite3` members that say where a database lives. */
 interface NamedDatabase {
   readonly name?: unknown;
@@ -42,7 +52,7 @@ interface NamedDatabase {
  * process can open: in memory, a temporary database, or a wrapper that does not say its path.
  * @internal
  */
-export function walSync(db: SqliteDatabase): WalSync | undefined {
+export function walSync(db: SqliteDatabase, hooks: WalSyncHooks = {}): WalSync | undefined {
   const { name, memory } = db as unknown as NamedDatabase;
   if (memory === true || typeof name !== 'string' || name === '' || name === ':memory:') return undefined;
   const mode = db.prepare('PRAGMA journal_mode').get() as { journal_mode?: string } | undefined;
@@ -72,8 +82,13 @@ export function walSync(db: SqliteDatabase): WalSync | undefined {
     () =>
       new Promise<void>((resolve, reject) => {
         if (!open) return resolve(); // closed after SQLite synced and checkpointed
-        fdatasync(fd, (e) => (e ? reject(e) : resolve()));
+        fdatasync(fd, (e) => {
+          if (e) return reject(e);
+          resolve();
+          hooks.afterFlush?.();
+        });
       }),
+    hooks.beforeFlush,
   );
   return {
     synced: group.synced,
@@ -91,9 +106,13 @@ export function walSync(db: SqliteDatabase): WalSync | undefined {
 /**
  * Group flushing: `synced()` resolves after a `flush()` that started after the call. One flush
  * runs at a time; the callers that come while it runs share the next, which starts when it ends.
+ * `before` runs just before each flush starts (see {@link WalSyncHooks}).
  * @internal
  */
-export function groupFlushes(flush: () => Promise<void>): {
+export function groupFlushes(
+  flush: () => Promise<void>,
+  before?: WalSyncHooks['beforeFlush'],
+): {
   synced(): Promise<void>;
   busy(): boolean;
   idle(): Promise<void>;
@@ -101,8 +120,10 @@ export function groupFlushes(flush: () => Promise<void>): {
   let running: Promise<void> | undefined;
   let queued: Promise<void> | undefined;
   const start = (): Promise<void> => {
+    const onStart = before?.();
     const p = flush();
     running = p;
+    onStart?.(p);
     const done = (): void => {
       if (running === p) running = undefined;
     };

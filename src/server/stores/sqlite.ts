@@ -19,7 +19,10 @@
  * reached by migration steps applied in one transaction each; step 2 added groups, per-user
  * delivery tracking, contacts and last-seen times; step 3 the key directory and per-device bodies
  * of end-to-end encrypted messages; step 4 push tokens; step 5 directed consents, membership
- * versions and where each message went, see below):
+ * versions and where each message went, see below; step 6 gap notices; step 7 storage quotas:
+ * `devices.entries` and `devices.bytes` count each inbox, kept by triggers, `inbox.size` is the
+ * body bytes an entry counts for, and `group_invites (group_id, user)` holds the pending group
+ * invites, indexed by user):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -72,10 +75,13 @@ import type {
   NotifyResult,
   ReceiptInput,
   ServerStore,
+  WrittenEntry,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
 import { sqlitePing } from './sqlite-ping.js';
+import { planInvites, type PendingInvites } from './invites.js';
+import { walCheckpointer, type WalCheckpointer } from './sqlite-checkpoint.js';
 import { walSync } from './sqlite-sync.js';
 import {
   bundleFrom,
@@ -90,12 +96,21 @@ import {
   queueStatus,
   receiptIds,
   snapshotOf,
+  type ChangePlan,
   type Groups,
   type GroupView,
   type KeysRow,
   type SentRecord,
 } from './relational.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
+import {
+  inboxFits,
+  overGroupQuota,
+  preKeyQuotaError,
+  resolveQuotas,
+  type InboxUsage,
+  type StoreQuotas,
+} from '../quotas.js';
 import {
   openStoreDatabase,
   prepareNumeric,
@@ -132,6 +147,8 @@ export interface SqliteServerStoreTuning extends SqliteConnectionOptions {
    * @default 'commit' (the engine tests on a virtual clock expect a commit within one macrotask)
    */
   walFlush?: 'commit' | 'background';
+  /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
+  quotas?: Partial<StoreQuotas>;
 }
 
 /**
@@ -331,6 +348,31 @@ const MIGRATIONS: readonly SqliteMigration[] = [
   // `ids`; see gap-notices.ts). No column changes: the step is there so that an older build,
   // which would read such a row as a status it does not know, refuses the database instead.
   () => {},
+  // 7: storage quotas. Each device row counts its inbox's entries and message body bytes, kept by
+  // triggers on every insert and delete (so no write path can miss them), and each entry records
+  // the body bytes it counts for; existing inboxes are counted once here.
+  (db) =>
+    db.exec(`
+      ALTER TABLE devices ADD COLUMN entries INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE devices ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+      ALTER TABLE inbox ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+      UPDATE inbox SET size = coalesce(length(body), (SELECT length(m.body) FROM messages m WHERE m.id = inbox.message), 0)
+        WHERE message IS NOT NULL;
+      UPDATE devices SET entries = (SELECT count(*) FROM inbox WHERE dev = devices.id),
+                         bytes = (SELECT coalesce(sum(size), 0) FROM inbox WHERE dev = devices.id);
+      CREATE TRIGGER inbox_usage_in AFTER INSERT ON inbox BEGIN
+        UPDATE devices SET entries = entries + 1, bytes = bytes + new.size WHERE id = new.dev;
+      END;
+      CREATE TRIGGER inbox_usage_out AFTER DELETE ON inbox BEGIN
+        UPDATE devices SET entries = entries - 1, bytes = bytes - old.size WHERE id = old.dev;
+      END;
+      CREATE TABLE group_invites (
+        group_id TEXT NOT NULL,
+        user TEXT NOT NULL,
+        PRIMARY KEY (group_id, user)
+      ) WITHOUT ROWID;
+      CREATE INDEX group_invites_user ON group_invites (user);
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -388,6 +430,8 @@ interface EntryRow {
   message: number | null;
   from_user: string | null;
   msg_id: string | null;
+  /** Inbox entries still referencing the message (ack). */
+  refs?: number | null;
 }
 
 /** A removed entry as expiry reads it: also its device and, for a message, its stream. */
@@ -437,21 +481,29 @@ export function sqliteServerStore(
   options: SqliteServerStoreOptions,
 ): ServerStore & Required<Pick<ServerStore, 'setPushToken' | 'pushToken'>> & { readonly name: 'sqlite' } {
   const expiryBatchSize = options.expiryBatchSize ?? 1000;
+  const quotas = resolveQuotas(options.quotas, LABEL);
   if (!Number.isInteger(expiryBatchSize) || expiryBatchSize < 1) {
     throw new RangeError(`${LABEL}: expiryBatchSize must be a positive integer, got ${expiryBatchSize}`);
   }
+  const busyTimeoutMs = options.busyTimeoutMs ?? 5000;
   const { db, owned } = openStoreDatabase(
     options,
     (path) => new Database(path),
     MIGRATIONS,
     LABEL,
-    options.busyTimeoutMs ?? 5000,
+    busyTimeoutMs,
   );
   const tx = transactor(db);
-  // A file the store opened flushes its WAL off the event loop (sqlite-sync.ts). A connection the
-  // caller hands over keeps synchronous=FULL: the caller's own writes on it stay as durable as
-  // it set them up to be.
-  const wal = owned && options.walFlush === 'background' ? walSync(db) : undefined;
+  // A file the store opened flushes its WAL off the event loop (sqlite-sync.ts), with the acks
+  // waiting for a commit committed just before each flush starts, and checkpoints on a worker
+  // thread (sqlite-checkpoint.ts). A connection the caller hands over keeps synchronous=FULL and
+  // SQLite's own checkpoints: the caller's own writes on it stay as durable as it set them up.
+  let checkpoints: WalCheckpointer | undefined;
+  const wal =
+    owned && options.walFlush === 'background'
+      ? walSync(db, { beforeFlush: acksBeforeFlush, afterFlush: () => checkpoints?.flushed() })
+      : undefined;
+  if (wal && options.path !== undefined) checkpoints = walCheckpointer(db, options.path, busyTimeoutMs);
   const synced = (): Promise<void> => (wal ? wal.synced() : Promise.resolve());
   /** A write transaction that resolves once it is durable. */
   const durably = async <T>(fn: () => T): Promise<T> => {
@@ -485,7 +537,16 @@ export function sqliteServerStore(
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     eventInsert: q('INSERT INTO group_events (data, refs) VALUES (?, ?)'),
-    entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body) VALUES (?, ?, ?, ?, ?)'),
+    entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body, size) VALUES (?, ?, ?, ?, ?, ?)'),
+    /** A device's inbox usage, as the triggers keep it (this transaction's own writes included). */
+    usageOf: q('SELECT entries, bytes FROM devices WHERE id = ?'),
+    groupCount: q('SELECT count(*) AS n FROM group_members WHERE user = ?'),
+    inviteHas: q('SELECT 1 AS x FROM group_invites WHERE group_id = ? AND user = ?'),
+    inviteCount: q('SELECT count(*) AS n FROM group_invites WHERE user = ?'),
+    inviteInsert: q('INSERT OR IGNORE INTO group_invites (group_id, user) VALUES (?, ?)'),
+    inviteDelete: q('DELETE FROM group_invites WHERE group_id = ? AND user = ?'),
+    preKeyCount: q('SELECT count(*) AS n FROM prekeys WHERE dev = ?'),
+    kyberPreKeyCount: q('SELECT count(*) AS n FROM kyber_prekeys WHERE dev = ?'),
     entryEventInsert: q('INSERT INTO inbox (dev, pos, ts, event) VALUES (?, ?, ?, ?)'),
     entryStatusInsert: q('INSERT INTO inbox (dev, pos, ts, status, ids, by_user) VALUES (?, ?, ?, ?, ?, ?)'),
     readInbox: q(
@@ -499,13 +560,14 @@ export function sqliteServerStore(
        ORDER BY i.pos LIMIT ?`,
     ),
     entryGet: q(
-      `SELECT i.dev, i.pos, i.message, m.from_user, m.msg_id
+      `SELECT i.dev, i.pos, i.message, m.from_user, m.msg_id, m.refs
        FROM inbox i LEFT JOIN messages m ON m.id = i.message WHERE i.dev = ? AND i.pos = ?`,
     ),
     entryDelete: q('DELETE FROM inbox WHERE dev = ? AND pos = ?'),
     inboxDelete: q('DELETE FROM inbox WHERE dev = ?'),
     /** Marks (message, user) as told; `changes` is 0 when it already was (delivered once). */
     markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
+    isDelivered: q('SELECT 1 AS x FROM delivered WHERE message = ? AND user = ?'),
     expiredEntries: q(
       `SELECT i.dev, i.pos, i.message, d.user AS owner, d.device AS owner_device, m.from_user, m.msg_id,
               m.from_device, m.to_user, m.to_group, m.seq
@@ -656,6 +718,7 @@ export function sqliteServerStore(
   }
   type Writer = ReturnType<typeof writer>;
 
+  /** Appends a status entry to a device's inbox; returns its offset. */
   function pushStatus(
     w: Writer,
     dev: number,
@@ -663,8 +726,10 @@ export function sqliteServerStore(
     status: EntryStatus,
     ids: readonly string[],
     by: string,
-  ): void {
-    sql.entryStatusInsert.run(dev, w.next(dev), now, status, JSON.stringify(ids), by);
+  ): number {
+    const offset = w.next(dev);
+    sql.entryStatusInsert.run(dev, offset, now, status, JSON.stringify(ids), by);
+    return offset;
   }
 
   /** Stores one form of an event once, referenced by `refs` entries (none: nothing stored). */
@@ -682,10 +747,42 @@ export function sqliteServerStore(
   }
 
   function commitGroup(w: Writer, item: GroupInput, now: number): AppendOutcome {
-    const plan = planChange(item, loadGroup(item.group), (u) => w.devicesOf(u).length > 0);
+    const current = loadGroup(item.group);
+    const hasDevice = (u: string): boolean => w.devicesOf(u).length > 0;
+    const pending: PendingInvites = {
+      has: (u) => sql.inviteHas.get(item.group, u) !== undefined,
+      count: (u) => (sql.inviteCount.get(u) as { n: number }).n,
+    };
+    const plan = planChange(item, current, hasDevice, pending.has);
     if (typeof plan === 'string') return { ok: false, code: plan };
+    const groupCount = (u: string): number => (sql.groupCount.get(u) as { n: number }).n;
+    if (plan && overGroupQuota(plan.joined, groupCount, quotas.groupsPerUser) !== undefined) {
+      return { ok: false, code: 'quota_exceeded' };
+    }
+    const invites = planInvites(item, current, plan, hasDevice, pending, quotas.invitesPerUser);
+    if (typeof invites === 'string') return { ok: false, code: invites };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
-    if (plan === null) return { ok: true, ts: now, duplicate: false, notify: [] };
+    const notify = new NotifySet();
+    if (plan !== null) applyPlan(w, item, plan, now, notify);
+    for (const u of invites.drop) sql.inviteDelete.run(item.group, u);
+    const tell = (user: string, event: GroupEvent) => {
+      const devices = w.devicesOf(user);
+      const id = storeEvent(event, devices.length);
+      for (const r of devices) {
+        sql.entryEventInsert.run(r.id, w.next(r.id), now, id);
+        notify.add({ user, device: r.device });
+      }
+    };
+    for (const { user, event } of invites.add) {
+      sql.inviteInsert.run(item.group, user);
+      tell(user, event);
+    }
+    if (invites.own) tell(item.from.user, invites.own);
+    return { ok: true, ts: now, duplicate: false, notify: notify.list };
+  }
+
+  /** Writes a planned membership change and its events (see `planChange`). */
+  function applyPlan(w: Writer, item: GroupInput, plan: ChangePlan, now: number, notify: NotifySet): void {
     const { event, after, joined, removed } = plan;
     const marks = membershipMarks(item, plan);
     if (plan.created) {
@@ -714,12 +811,10 @@ export function sqliteServerStore(
     const fullRefs = targets.filter((t) => t.full).length;
     const fullId = storeEvent({ ...event, name: after.name, snapshot: snapshotOf(after) }, fullRefs);
     const deltaId = storeEvent(event, targets.length - fullRefs);
-    const notify = new NotifySet();
     for (const t of targets) {
       sql.entryEventInsert.run(t.dev, w.next(t.dev), now, t.full ? fullId : deltaId);
       notify.add(t.addr);
     }
-    return { ok: true, ts: now, duplicate: false, notify: notify.list };
   }
 
   /**
@@ -748,16 +843,29 @@ export function sqliteServerStore(
     return targets.map((t, i) => {
       const offset = w.next(t.dev);
       const own = bodies ? bindBytes(bodies[i]!) : null;
-      sql.entryMessageInsert.run(t.dev, offset, now, lastInsertRowid, own);
+      sql.entryMessageInsert.run(
+        t.dev,
+        offset,
+        now,
+        lastInsertRowid,
+        own,
+        (bodies?.[i] ?? item.body).byteLength,
+      );
       return offset;
     });
+  }
+
+  /**
+   * Whether every target inbox can take one more entry (of `size(i)` body bytes) within the
+   * quotas, read from the device rows inside this transaction (so earlier items of the batch count).
+   */
+  function inboxesFit(targets: Array<{ dev: number }>, size: (i: number) => number): boolean {
+    return targets.every((t, i) => inboxFits(quotas, sql.usageOf.get(t.dev) as InboxUsage, 1, size(i)));
   }
 
   function commitGroupMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
     const member = sql.memberOf.get(item.to, item.from.user) as { ver: number } | undefined;
     if (!member) return { ok: false, code: 'not_member' };
-    // Sending in a group is taking part in it (written only when the version moved on).
-    sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
     const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
     // One query for every member device and its counter; the fan-out is then one insert each,
     // all inside the batch's transaction.
@@ -766,6 +874,9 @@ export function sqliteServerStore(
       w.prime(r);
       targets.push({ dev: r.id, addr: { user: r.user, device: r.device } });
     }
+    if (!inboxesFit(targets, () => item.body.byteLength)) return { ok: false, code: 'inbox_full' };
+    // Sending in a group is taking part in it (written only when the version moved on).
+    sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, member.ver);
     const offsets = storeMessage(w, item, targets, now);
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
@@ -776,6 +887,7 @@ export function sqliteServerStore(
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
     if (item.kind === 'receipt') return commitReceipt(w, item, toDevices, now);
     const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
+    if (!inboxesFit(targets, () => item.body.byteLength)) return { ok: false, code: 'inbox_full' };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const offsets = storeMessage(w, item, targets, now);
     relate(item.from.user, item.to);
@@ -784,14 +896,15 @@ export function sqliteServerStore(
 
   /** A read receipt: a status with the ids that count (see `receiptIds`) or, with none, nothing. */
   function commitReceipt(w: Writer, item: ReceiptInput, toDevices: DeviceRow[], now: number): AppendOutcome {
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     const records = item.ids.flatMap((id) => sql.sentGet.all(item.to, id) as SentRecord[]);
     const ids = receiptIds(item, records, (g) => {
       const row = sql.memberSince.get(g, item.from.user) as { since_ver: number } | undefined;
       return row?.since_ver;
     });
+    const targets = ids.length === 0 ? [] : directTargets(item, toDevices, w.devicesOf(item.from.user));
+    if (!inboxesFit(targets, () => 0)) return { ok: false, code: 'inbox_full' };
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
-    const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
     for (const t of targets) pushStatus(w, t.dev, now, 'read', ids, item.from.user);
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
   }
@@ -814,8 +927,9 @@ export function sqliteServerStore(
       return rows;
     });
     if ('code' in checked) return checked;
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const targets = checked.targets.map((t) => ({ dev: t.id }));
+    if (!inboxesFit(targets, (i) => checked.bodies[i]!.byteLength)) return { ok: false, code: 'inbox_full' };
+    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     const offsets = storeMessage(w, item, targets, now, checked.bodies);
     relate(item.from.user, item.to);
     const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
@@ -833,11 +947,23 @@ export function sqliteServerStore(
   }
 
   /** Appends one status per group to every device of the group's user. */
-  function fanOut(w: Writer, groups: Groups, status: EntryStatus, now: number, notify: NotifySet): void {
+  function fanOut(
+    w: Writer,
+    groups: Groups,
+    status: EntryStatus,
+    now: number,
+    notify: NotifySet,
+    written?: WrittenEntry[],
+  ): void {
     for (const g of groups.values()) {
       for (const r of w.devicesOf(g.user)) {
-        pushStatus(w, r.id, now, status, g.ids, g.by);
-        notify.add({ user: g.user, device: r.device });
+        const offset = pushStatus(w, r.id, now, status, g.ids, g.by);
+        const device = { user: g.user, device: r.device };
+        notify.add(device);
+        written?.push({
+          device,
+          entry: { offset, kind: 'status', status, ids: [...g.ids], by: g.by, ts: now },
+        });
       }
     }
   }
@@ -946,7 +1072,7 @@ export function sqliteServerStore(
   let pendingAcks: PendingAck[] = [];
 
   /** One device's ack inside a running transaction: deletes the entries, queues `delivered`. */
-  function ackIn(w: Writer, a: PendingAck, notify: NotifySet): number {
+  function ackIn(w: Writer, a: PendingAck, notify: NotifySet, written: WrittenEntry[]): number {
     const row = sql.deviceId.get(a.device.user, a.device.device) as { id: number } | undefined;
     if (!row) return 0;
     const user = a.device.user;
@@ -956,15 +1082,20 @@ export function sqliteServerStore(
     for (const offset of a.offsets) {
       const e = sql.entryGet.get(row.id, offset) as EntryRow | undefined;
       if (!e) continue;
-      // Marked before the delete: the delete may take the message (and its marks) with it.
+      // Marked before the delete: the delete may take the message (and its marks) with it. The
+      // last entry of a message (a 1:1 message to one device) only looks: its mark would go with
+      // the message in the same transaction, a row written and deleted for nothing.
       if (e.message !== null && e.from_user !== null && e.from_user !== user) {
-        if (sql.markDelivered.run(e.message, user).changes === 1)
-          queueStatus(delivered, e.from_user, user, e.msg_id!);
+        const fresh =
+          e.refs === 1
+            ? sql.isDelivered.get(e.message, user) === undefined
+            : sql.markDelivered.run(e.message, user).changes === 1;
+        if (fresh) queueStatus(delivered, e.from_user, user, e.msg_id!);
       }
       sql.entryDelete.run(row.id, offset);
       count++;
     }
-    fanOut(w, delivered, 'delivered', a.now, notify);
+    fanOut(w, delivered, 'delivered', a.now, notify, written);
     return count;
   }
 
@@ -979,8 +1110,9 @@ export function sqliteServerStore(
   function acksIn(w: Writer, batch: PendingAck[]): NotifyResult[] {
     return batch.map((a) => {
       const notify = new NotifySet();
-      const count = ackIn(w, a, notify);
-      return { count, notify: notify.list };
+      const entries: WrittenEntry[] = [];
+      const count = ackIn(w, a, notify, entries);
+      return entries.length > 0 ? { count, notify: notify.list, entries } : { count, notify: notify.list };
     });
   }
 
@@ -995,38 +1127,46 @@ export function sqliteServerStore(
 
   /**
    * Commits the pending acks, unless a WAL flush is running: a commit made now would wait for the
-   * next flush anyway, so the acks wait for this one to end, when the engine's next append (run
-   * first, from a microtask) takes them into its own transaction, or else they commit here.
+   * next flush anyway, so the acks wait for the next one, which commits them just before it starts
+   * (`acksBeforeFlush`) unless an append (run first, from a microtask) took them into its own
+   * transaction.
    */
   function flushAcks(): void {
-    if (closed) return; // close() committed them
+    if (closed || pendingAcks.length === 0) return; // close() or an append took them
     if (wal?.busy()) {
-      void wal.idle().then(() => setImmediate(flushAcks));
+      wal.synced().catch(() => undefined); // the acks' own promises carry a failure
       return;
     }
-    commitAcks();
+    const taken = runAcks();
+    if (taken) settleAcks(taken.batch, taken.results, synced());
+  }
+
+  /** Just before a WAL flush starts: the pending acks commit, and that flush answers them. */
+  function acksBeforeFlush(): ((flush: Promise<void>) => void) | undefined {
+    if (closed) return undefined;
+    const taken = runAcks();
+    return taken && ((flush) => settleAcks(taken.batch, taken.results, flush));
   }
 
   /**
-   * Commits every pending ack in one transaction; all of them fail together if it fails. Acks an
-   * append took into its own transaction first are gone by then.
+   * Commits every pending ack in one transaction; all of them fail together if it fails (they are
+   * rejected here). Acks an append took into its own transaction first are gone by then.
    */
-  function commitAcks(): void {
+  function runAcks(): { batch: PendingAck[]; results: NotifyResult[] } | undefined {
     const batch = takeAcks();
-    if (batch.length === 0) return; // an append or close() took them already
-    let results: NotifyResult[];
+    if (batch.length === 0) return undefined;
     try {
-      results = tx(() => {
+      const results = tx(() => {
         const w = writer();
         const out = acksIn(w, batch);
         w.flush();
         return out;
       });
+      return { batch, results };
     } catch (e) {
       for (const a of batch) a.reject(e);
-      return;
+      return undefined;
     }
-    settleAcks(batch, results, synced());
   }
 
   return {
@@ -1242,6 +1382,12 @@ export function sqliteServerStore(
         for (const k of keys.kyberPreKeys ?? []) {
           sql.kyberPreKeyPut.run(row.id, k.id, bindBytes(k.key), bindBytes(k.signature));
         }
+        // Counted after the writes (a re-uploaded id replaced its key): over the quota, throwing
+        // rolls the whole upload back.
+        const count = (stmt: typeof sql.preKeyCount): number => (stmt.get(row.id) as { n: number }).n;
+        if (count(sql.preKeyCount) > quotas.preKeys || count(sql.kyberPreKeyCount) > quotas.preKeys) {
+          throw preKeyQuotaError(LABEL, quotas.preKeys);
+        }
       });
     },
 
@@ -1273,9 +1419,11 @@ export function sqliteServerStore(
     async close(): Promise<void> {
       if (closed) return;
       // Acks already accepted are committed before the file closes.
-      commitAcks();
+      const taken = runAcks();
+      if (taken) settleAcks(taken.batch, taken.results, synced());
       closed = true;
       await wal?.close();
+      await checkpoints?.close();
       if (owned) db.close();
     },
   };

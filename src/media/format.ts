@@ -1,0 +1,243 @@
+/**
+ * The `pbm1` media format: a file encrypted on the device with AES-256-GCM in fixed-size chunks,
+ * so that it can be encrypted, uploaded, downloaded and decrypted as a stream (a 2 GB video never
+ * sits in memory) and every chunk is authenticated before a byte of it is handed on.
+ *
+ * ```
+ * header  = "pbm1" | chunkSize (u32 BE) | baseNonce (12 bytes)            20 bytes
+ * chunk i = AES-256-GCM(key, nonce_i, plaintext[i*C .. (i+1)*C), aad_i)  ≤ C + 16 bytes
+ * nonce_i = baseNonce XOR (i as a 96-bit big-endian integer)
+ * aad_i   = header | i (u64 BE) | final (1 byte: 1 on the last chunk, else 0)
+ * ```
+ *
+ * The final flag in the AAD is what catches truncation: a blob cut at a chunk boundary ends on a
+ * chunk sealed with `final = 0`, which fails to open as the last one. The index in the nonce and
+ * the AAD catches reordered or repeated chunks; the header in the AAD binds the chunk size. An
+ * empty file is one empty final chunk (16 bytes of tag).
+ *
+ * Hashes: the reference carries a *chunked* SHA-256 of the ciphertext and of the plaintext:
+ * SHA-256 over the concatenated SHA-256 digests of the pieces (for the ciphertext: the header,
+ * then each sealed chunk; for the plaintext: each plaintext chunk). Each piece is hashed by
+ * WebCrypto natively; a whole-stream SHA-256 would need a JavaScript hash over every byte, about
+ * four times slower than the encryption itself.
+ * @packageDocumentation
+ */
+import { PostboxError } from '../protocol/errors.js';
+import { Sha256, type Sha256State } from './sha256.js';
+
+/** Plaintext bytes per chunk. */
+export const MEDIA_CHUNK_BYTES = 65536;
+/** Bytes of the GCM tag after every chunk. */
+export const MEDIA_TAG_BYTES = 16;
+/** Bytes of the `pbm1` header. */
+export const MEDIA_HEADER_BYTES = 20;
+const MAGIC = [0x70, 0x62, 0x6d, 0x31]; // "pbm1"
+const MAX_CHUNK = 1 << 20;
+
+/** Chunks of a plaintext of `size` bytes (an empty file still has one). */
+export function chunkCount(size: number, chunk = MEDIA_CHUNK_BYTES): number {
+  return Math.max(1, Math.ceil(size / chunk));
+}
+
+/** Bytes of the `pbm1` blob of a plaintext of `size` bytes. */
+export function cipherSize(size: number, chunk = MEDIA_CHUNK_BYTES): number {
+  return MEDIA_HEADER_BYTES + size + chunkCount(size, chunk) * MEDIA_TAG_BYTES;
+}
+
+/** Offset in the blob where chunk `index` starts. */
+export function chunkOffset(index: number, chunk = MEDIA_CHUNK_BYTES): number {
+  return MEDIA_HEADER_BYTES + index * (chunk + MEDIA_TAG_BYTES);
+}
+
+/** Builds a header for a fresh random base nonce (or the given one). */
+export function makeHeader(baseNonce: Uint8Array, chunk = MEDIA_CHUNK_BYTES): Uint8Array {
+  const h = new Uint8Array(MEDIA_HEADER_BYTES);
+  h.set(MAGIC, 0);
+  new DataView(h.buffer).setUint32(4, chunk);
+  h.set(baseNonce.subarray(0, 12), 8);
+  return h;
+}
+
+/** Reads a header: its chunk size, or a `corrupt_media` error. */
+export function parseHeader(h: Uint8Array): { chunk: number } {
+  if (h.length !== MEDIA_HEADER_BYTES || MAGIC.some((b, i) => h[i] !== b)) throw corrupt('not a pbm1 blob');
+  const chunk = new DataView(h.buffer, h.byteOffset, h.byteLength).getUint32(4);
+  if (chunk < 1024 || chunk > MAX_CHUNK) throw corrupt(`chunk size ${chunk} out of range`);
+  return { chunk };
+}
+
+/** A `corrupt_media` error. */
+export function corrupt(what: string, cause?: unknown): PostboxError {
+  return new PostboxError(
+    'corrupt_media',
+    `media rejected: ${what}`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/** Imports a 32-byte media key for AES-GCM. */
+export function importMediaKey(raw: Uint8Array): Promise<CryptoKey> {
+  if (raw.length !== 32) throw new PostboxError('invalid_frame', 'a media key is 32 bytes');
+  return crypto.subtle.importKey('raw', raw as Uint8Array<ArrayBuffer>, 'AES-GCM', false, [
+    'encrypt',
+    'decrypt',
+  ]);
+}
+
+function params(header: Uint8Array, index: number, final: boolean): AesGcmParams {
+  const iv = header.slice(8, 20);
+  const aad = new Uint8Array(MEDIA_HEADER_BYTES + 9);
+  aad.set(header, 0);
+  const dv = new DataView(aad.buffer);
+  dv.setUint32(MEDIA_HEADER_BYTES, Math.floor(index / 0x100000000));
+  dv.setUint32(MEDIA_HEADER_BYTES + 4, index >>> 0);
+  aad[MEDIA_HEADER_BYTES + 8] = final ? 1 : 0;
+  const ivv = new DataView(iv.buffer);
+  ivv.setUint32(4, ivv.getUint32(4) ^ Math.floor(index / 0x100000000));
+  ivv.setUint32(8, ivv.getUint32(8) ^ (index >>> 0));
+  return { name: 'AES-GCM', iv, additionalData: aad, tagLength: 128 };
+}
+
+/** Seals plaintext chunk `index`. */
+export async function sealChunk(
+  key: CryptoKey,
+  header: Uint8Array,
+  index: number,
+  final: boolean,
+  plain: Uint8Array,
+): Promise<Uint8Array> {
+  return new Uint8Array(
+    await crypto.subtle.encrypt(params(header, index, final), key, plain as Uint8Array<ArrayBuffer>),
+  );
+}
+
+/** Opens sealed chunk `index`, or throws `corrupt_media`. */
+export async function openChunk(
+  key: CryptoKey,
+  header: Uint8Array,
+  index: number,
+  final: boolean,
+  sealed: Uint8Array,
+): Promise<Uint8Array> {
+  try {
+    return new Uint8Array(
+      await crypto.subtle.decrypt(params(header, index, final), key, sealed as Uint8Array<ArrayBuffer>),
+    );
+  } catch (e) {
+    throw corrupt(
+      final
+        ? `chunk ${index} (as the last one) fails authentication: tampered or truncated`
+        : `chunk ${index} fails authentication`,
+      e,
+    );
+  }
+}
+
+/** The chunked SHA-256 of the format (see the module doc), resumable from a saved state. */
+export class ChunkedHash {
+  private readonly outer: Sha256;
+  /** Continues from a saved state, or starts fresh. */
+  constructor(state?: Sha256State) {
+    this.outer = new Sha256(state);
+  }
+  /** Adds the next piece. */
+  async add(piece: Uint8Array): Promise<void> {
+    this.outer.update(
+      new Uint8Array(await crypto.subtle.digest('SHA-256', piece as Uint8Array<ArrayBuffer>)),
+    );
+  }
+  /** The state after the pieces added so far. */
+  save(): Sha256State {
+    return this.outer.save();
+  }
+  /** The 32-byte hash. */
+  digest(): Uint8Array {
+    return this.outer.digest();
+  }
+}
+
+/**
+ * Regroups a byte stream into pieces of exactly `size` bytes (the last may be shorter, and is
+ * flagged `final`; an empty input yields one empty final piece), after an optional first piece of
+ * `first` bytes (yielded with `first: true` and never final; `sizeOf` may then be a function of
+ * that first piece, as a header that says the chunk size). One piece of lookahead is held so
+ * the final flag is known when a piece is yielded.
+ */
+export async function* exactPieces(
+  src: AsyncIterable<Uint8Array>,
+  sizeOf: number | ((first: Uint8Array) => number),
+  first?: number,
+): AsyncGenerator<{ bytes: Uint8Array; final: boolean; first?: boolean }> {
+  let size = typeof sizeOf === 'number' ? sizeOf : 0;
+  let want = first ?? size;
+  let isFirst = first !== undefined;
+  let buf = new Uint8Array(want);
+  let fill = 0;
+  let pending: Uint8Array | undefined;
+  for await (const piece of src) {
+    let o = 0;
+    while (o < piece.length) {
+      const n = Math.min(want - fill, piece.length - o);
+      buf.set(piece.subarray(o, o + n), fill);
+      fill += n;
+      o += n;
+      if (fill < want) continue;
+      if (isFirst) {
+        if (typeof sizeOf === 'function') size = sizeOf(buf);
+        yield { bytes: buf, final: false, first: true };
+        isFirst = false;
+      } else {
+        if (pending) yield { bytes: pending, final: false };
+        pending = buf;
+      }
+      want = size;
+      buf = new Uint8Array(size);
+      fill = 0;
+    }
+  }
+  if (isFirst) {
+    yield { bytes: buf.subarray(0, fill), final: true, first: true };
+    return;
+  }
+  if (fill > 0) {
+    if (pending) yield { bytes: pending, final: false };
+    yield { bytes: buf.subarray(0, fill), final: true };
+  } else yield { bytes: pending ?? new Uint8Array(0), final: true };
+}
+
+/** Iterates a Web stream (not every runtime makes `ReadableStream` async-iterable). */
+export async function* iterate<T>(stream: ReadableStream<T>): AsyncGenerator<T> {
+  const reader = stream.getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      yield value;
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
+/** A Web stream over an async iterable, pulled on demand (so backpressure reaches the source). */
+export function toStream<T>(it: AsyncIterable<T>, onCancel?: () => void): ReadableStream<T> {
+  const iter = it[Symbol.asyncIterator]();
+  return new ReadableStream<T>(
+    {
+      async pull(controller) {
+        try {
+          const r = await iter.next();
+          if (r.done) controller.close();
+          else controller.enqueue(r.value);
+        } catch (e) {
+          controller.error(e);
+        }
+      },
+      async cancel() {
+        onCancel?.();
+        await iter.return?.(undefined);
+      },
+    },
+    { highWaterMark: 0 },
+  );
+}

@@ -1,0 +1,154 @@
+/**
+ * How the server engine forms its group commits: batches bounded by the inbox rows they write
+ * (not by item count), filled round-robin across senders, so that one sender's queue of large
+ * group messages cannot make a transaction long nor keep another sender's message waiting for
+ * more than one batch. The engine yields to the event loop between batches.
+ * @internal
+ * @packageDocumentation
+ */
+import type { ClientFrame } from '../protocol/index.js';
+import type { AppendInput, AppendOutcome } from './store.js';
+import { BoundedMap } from './limits.js';
+
+/** Most groups and recipients whose fan-out the estimate remembers. */
+const MAX_REMEMBERED = 50_000;
+
+/**
+ * Rows an item writes besides its inbox entries (the body or event, the dedupe record): what an
+ * item to nobody still costs.
+ */
+export const ITEM_OVERHEAD_ROWS = 2;
+
+/**
+ * Estimates how many inbox rows an append item will write, from what earlier commits of the same
+ * group or recipient wrote (learned from their outcomes), before the store is asked. A group
+ * never seen yet is assumed to be as large as the member cap, so the first message of a group
+ * never sneaks a large fan-out into a batch sized for small ones.
+ */
+export class FanoutEstimate {
+  private readonly seen = new BoundedMap<string, number>(MAX_REMEMBERED);
+
+  constructor(
+    private readonly maxGroupRows: number,
+    /** Rows assumed for a 1:1 item to a user not seen yet (its devices and the sender's). */
+    private readonly directRows = 8,
+  ) {}
+
+  /** Rows `item` is expected to write. */
+  rows(item: AppendInput): number {
+    if (item.kind === 'msg' && item.envelopes) return item.envelopes.length + ITEM_OVERHEAD_ROWS;
+    const isGroup = item.kind === 'group' || (item.kind === 'msg' && item.group === true);
+    return this.known(keyOf(item), isGroup) + ITEM_OVERHEAD_ROWS;
+  }
+
+  /** Rows a `send` or `grp` frame is expected to write (0 for other frames). */
+  rowsOf(f: ClientFrame): number {
+    if (f.t === 'send') {
+      if (f.e) return f.e.length;
+      return this.known(f.g ? `g:${f.to}` : `u:${f.to}`, f.g === true);
+    }
+    if (f.t === 'grp') return this.known(f.g, true);
+    return 0;
+  }
+
+  private known(key: string, group: boolean): number {
+    return this.seen.get(key) ?? (group ? this.maxGroupRows : this.directRows);
+  }
+
+  /** Learns from a committed item how many rows its conversation fans out to. */
+  learn(item: AppendInput, out: AppendOutcome): void {
+    if (!out.ok || out.duplicate) return;
+    if (item.kind === 'receipt' && out.notify.length === 0) return;
+    this.seen.set(keyOf(item), out.notify.length);
+  }
+}
+
+const keyOf = (item: AppendInput): string =>
+  item.kind === 'group' ? item.group : `${item.kind === 'msg' && item.group ? 'g' : 'u'}:${item.to}`;
+
+/** One queued item with the rows it is expected to write. */
+interface Queued<T> {
+  value: T;
+  rows: number;
+}
+
+/**
+ * A commit queue: FIFO per sender, batches taken round-robin across senders up to a row budget.
+ * Each sender's items leave in the order they came (per-sender order), and a batch holds at least
+ * one item (an item larger than the budget goes alone).
+ */
+export class FairCommitQueue<T> {
+  private readonly queues = new Map<unknown, Array<Queued<T>>>();
+  private count = 0;
+
+  /** Items waiting. */
+  get length(): number {
+    return this.count;
+  }
+
+  /** Forgets every item queued by `sender` (its connection closed; it resends them). */
+  drop(sender: unknown): void {
+    const q = this.queues.get(sender);
+    if (!q) return;
+    this.count -= q.length;
+    this.queues.delete(sender);
+  }
+
+  /** Queues `value` from `sender` (any key: a session, or a symbol for server-side changes). */
+  push(sender: unknown, value: T, rows: number): void {
+    let q = this.queues.get(sender);
+    if (!q) this.queues.set(sender, (q = []));
+    q.push({ value, rows });
+    this.count++;
+  }
+
+  /**
+   * The next batch: senders in turn (each gives its oldest item), round after round, until the
+   * next item would pass `maxRows` or the batch has `maxItems`. A sender whose next item does not
+   * fit sits out the rest of this batch, so its order is kept. Senders that gave an item move to
+   * the back of the line, so the next batch starts with those that did not.
+   */
+  take(maxItems: number, maxRows: number): T[] {
+    const out: T[] = [];
+    let rows = 0;
+    const skipped = new Set<unknown>();
+    const served = new Set<unknown>();
+    while (out.length < maxItems) {
+      let progressed = false;
+      for (const [sender, q] of this.queues) {
+        if (out.length >= maxItems) break;
+        if (skipped.has(sender)) continue;
+        const next = q[0]!;
+        if (out.length > 0 && rows + next.rows > maxRows) {
+          skipped.add(sender);
+          continue;
+        }
+        q.shift();
+        this.count--;
+        out.push(next.value);
+        rows += next.rows;
+        progressed = true;
+        served.add(sender);
+        if (q.length === 0) this.queues.delete(sender);
+      }
+      if (!progressed) break;
+    }
+    // Round-robin across batches: who was served goes to the back.
+    for (const sender of served) {
+      const q = this.queues.get(sender);
+      if (!q) continue;
+      this.queues.delete(sender);
+      this.queues.set(sender, q);
+    }
+    return out;
+  }
+}
+
+/** The commit queue's sender key for changes the server makes itself (`changeGroup`, …). */
+export const SERVER_SIDE: unique symbol = Symbol('server-side');
+
+/**
+ * Lets every callback waiting in the event loop (I/O of other connections, timers) run before
+ * going on: a macrotask, unlike a resolved promise.
+ */
+export const yieldToEventLoop = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));

@@ -1,0 +1,223 @@
+// Issue 22, transport half: nothing costly before authentication, every socket counted, the
+// outbound queue bounded. Real servers on real sockets; no clock assertions.
+import { Packr } from 'msgpackr';
+import { connect, type Socket } from 'node:net';
+import { WebSocket } from 'ws';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CLOSE_CODES, encodeFrame } from '../src/protocol/index.js';
+import { createServer, type PostboxServer } from '../src/server/index.js';
+import { memoryServerStore } from '../src/server/stores/memory.js';
+import type { Connection } from '../src/transport/types.js';
+import { websocketServerTransport, type WebSocketServerOptions } from '../src/transport/websocket.js';
+import { rawPeer } from './fixtures/raw-peer.js';
+
+let cleanup: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const f of cleanup.reverse()) await f();
+  cleanup = [];
+});
+
+async function serve(transportOptions: Partial<WebSocketServerOptions> = {}) {
+  const server: PostboxServer = createServer({
+    store: memoryServerStore(),
+    authenticate: (cred) => (typeof cred === 'string' ? { user: cred, device: 'd' } : null),
+  });
+  const transport = websocketServerTransport({
+    port: 0,
+    host: '127.0.0.1',
+    ...transportOptions,
+  } as WebSocketServerOptions);
+  await server.listen(transport);
+  cleanup.push(() => server.close());
+  return { server, url: transport.url!, port: transport.address!.port };
+}
+
+/** A msgpack array of `n` Error extension values (msgpackr builds an Error, with a stack trace, for each). */
+function errorExtensions(n: number): Uint8Array {
+  return new Packr({ moreTypes: true, useRecords: false }).pack(
+    Array.from({ length: n }, () => new Error('x')),
+  );
+}
+
+describe('nothing costly before authentication', () => {
+  it('a frame holding msgpack extension types is refused unread, without credentials', async () => {
+    const { url } = await serve();
+    const peer = await rawPeer(url);
+    peer.send(errorExtensions(500));
+    expect(await peer.waitClosed()).toBe(CLOSE_CODES.protocolError);
+    expect(peer.frames).toEqual([
+      { t: 'err', c: 'invalid_frame', m: 'frame refused: a msgpack extension type' },
+    ]);
+  });
+
+  it('a frame claiming more elements than it has bytes is refused unread', async () => {
+    const { url } = await serve();
+    const peer = await rawPeer(url);
+    peer.send(new Uint8Array([0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]));
+    expect(await peer.waitClosed()).toBe(CLOSE_CODES.protocolError);
+    expect(peer.frames[0]).toMatchObject({
+      c: 'invalid_frame',
+      m: 'frame refused: a length longer than the frame',
+    });
+  });
+
+  it('before hello a frame may be 16 KiB at most; after hello the full frame limit applies', async () => {
+    const { url } = await serve();
+    const big = encodeFrame({ t: 'hello', v: [1, 1], cred: 'x'.repeat(20_000) });
+    const early = await rawPeer(url);
+    early.send(big);
+    expect(await early.waitClosed()).toBe(CLOSE_CODES.tooLarge);
+    expect(early.frames[0]).toMatchObject({ t: 'err', c: 'too_large' });
+
+    const bob = await rawPeer(url);
+    bob.hello('bob');
+    await until(() => bob.frames.some((f) => f.t === 'welcome'));
+    const late = await rawPeer(url);
+    late.hello('alice');
+    await until(() => late.frames.some((f) => f.t === 'welcome'));
+    late.send(
+      encodeFrame({
+        t: 'send',
+        r: 1,
+        id: '01J00000000000000000000000',
+        to: 'bob',
+        seq: 1,
+        b: new Uint8Array(40_000),
+      }),
+    );
+    await until(() => late.frames.some((f) => f.t === 'ok' || f.t === 'err'));
+    expect(late.frames.find((f) => f.t === 'ok' || f.t === 'err')).toEqual({ t: 'ok', r: 1 });
+    expect(late.closed).toBeUndefined();
+    late.ws.close();
+    bob.ws.close();
+  });
+});
+
+async function until(cond: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe('every socket is counted', () => {
+  it('raw TCP sockets that never speak count against their address; other addresses still connect', async () => {
+    const { url, port } = await serve({ maxConnectionsPerAddress: 5 });
+    const held = await Promise.all(Array.from({ length: 5 }, () => tcp(port, '127.0.0.2')));
+    cleanup.push(async () => held.forEach((s) => s.destroy()));
+    const sixth = await tcp(port, '127.0.0.2');
+    expect(await closedSoon(sixth)).toBe(true);
+    const other = await rawPeer(url, '127.0.0.3');
+    other.hello('carol');
+    await until(() => other.frames.some((f) => f.t === 'welcome'));
+    other.ws.close();
+  });
+
+  it('past the global socket cap a new socket is reset, whatever its address', async () => {
+    const { port } = await serve({ maxSockets: 4 });
+    const held = await Promise.all(
+      ['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5'].map((a) => tcp(port, a)),
+    );
+    cleanup.push(async () => held.forEach((s) => s.destroy()));
+    expect(await closedSoon(await tcp(port, '127.0.0.6'))).toBe(true);
+    held[0]!.destroy();
+    await new Promise((r) => setTimeout(r, 50));
+    const again = await tcp(port, '127.0.0.6');
+    expect(await closedSoon(again, 300)).toBe(false);
+    again.destroy();
+  });
+
+  it('a socket that does not finish its request headers in time is reset', async () => {
+    const { port } = await serve({ headersTimeoutMs: 200 });
+    const slow = await tcp(port, '127.0.0.2');
+    slow.write('GET /postbox HTTP/1.1\r\nHost: x\r\n');
+    const trickle = setInterval(() => slow.write('X-A: b\r\n'), 50);
+    try {
+      expect(await closedSoon(slow, 5000)).toBe(true);
+    } finally {
+      clearInterval(trickle);
+    }
+  });
+});
+
+describe('trusted proxies', () => {
+  it('behind a trusted proxy each forwarded client has its own per-address count; an untrusted peer’s header is ignored', async () => {
+    const { url } = await serve({
+      maxConnectionsPerAddress: 2,
+      trustProxy: { proxies: ['127.0.0.2'] },
+    });
+    const via = (client: string, from: string) => rawPeerWith(url, from, { 'x-forwarded-for': `${client}` });
+    // Through the proxy (127.0.0.2): two clients, two each.
+    const a = await Promise.all([via('203.0.113.1', '127.0.0.2'), via('203.0.113.1', '127.0.0.2')]);
+    await expect(via('203.0.113.1', '127.0.0.2')).rejects.toThrow(/429/);
+    const b = await via('203.0.113.2', '127.0.0.2');
+    // Not the proxy: its header means nothing, so its own address is counted (its third socket is
+    // reset as soon as it is accepted, before any header is read).
+    const c = await Promise.all([via('198.51.100.1', '127.0.0.3'), via('198.51.100.2', '127.0.0.3')]);
+    await expect(via('198.51.100.3', '127.0.0.3')).rejects.toThrow(/ECONNRESET|socket hang up/);
+    for (const ws of [...a, b, ...c]) ws.close();
+  });
+});
+
+function tcp(port: number, localAddress: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port, localAddress }, () => resolve(s));
+    s.once('error', reject);
+  });
+}
+
+/** Whether the server closed (or reset) `s` within `ms`. */
+function closedSoon(s: Socket, ms = 2000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    s.on('error', () => {});
+    s.once('close', () => {
+      clearTimeout(t);
+      resolve(true);
+    });
+  });
+}
+
+function rawPeerWith(url: string, localAddress: string, headers: Record<string, string>): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { localAddress, headers });
+    ws.once('open', () => resolve(ws));
+    ws.once('error', reject);
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`HTTP ${res.statusCode}`)));
+  });
+}
+
+describe('queued outbound bytes are bounded across sessions', () => {
+  it('past the bound the slowest reader is shed with 4008 and the others keep their connections', async () => {
+    const max = 4 * 1024 * 1024;
+    const transport = websocketServerTransport({ port: 0, host: '127.0.0.1', maxQueuedBytes: max });
+    const accepted: Array<{ conn: Connection; closed?: number }> = [];
+    await transport.listen((conn) => {
+      const entry: { conn: Connection; closed?: number } = { conn };
+      conn.setHandlers({ frame() {}, close: (code) => (entry.closed = code) });
+      accepted.push(entry);
+    });
+    cleanup.push(async () => {
+      for (const a of accepted) a.conn.close();
+      await transport.close();
+    });
+    // Two peers that stop reading: the server sends the first twice what it sends the second.
+    const peers = [await rawPeer(transport.url!), await rawPeer(transport.url!)];
+    for (const p of peers) (p.ws as unknown as { _socket: Socket })._socket.pause();
+    await until(() => accepted.length === 2);
+    const [slow, slower] = [accepted[1]!, accepted[0]!];
+    const chunk = new Uint8Array(64 * 1024);
+    for (let i = 0; i < 2000 && slower.closed === undefined; i++) {
+      slower.conn.send(chunk);
+      slower.conn.send(chunk);
+      slow.conn.send(chunk);
+      expect(transport.queuedBytes).toBeLessThanOrEqual(max + 2 * chunk.byteLength);
+      if (i % 16 === 0) await new Promise((r) => setImmediate(r));
+    }
+    expect(slower.closed).toBe(CLOSE_CODES.slowReader);
+    expect(slow.closed).toBeUndefined();
+    expect(transport.shedCount).toBe(1);
+    expect(transport.queuedBytes).toBeLessThanOrEqual(max);
+  });
+});

@@ -1,0 +1,206 @@
+// The media server's guarantees: only an authenticated device uploads; only the sender's and the
+// recipients' devices get a download grant, and a grant is short-lived and for one blob; a
+// tampered or truncated blob reaches no app; limits answer with clear typed errors; and a blob is
+// deleted once every recipient device acked it, when it expires, or when it was never attached.
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync, truncateSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import {
+  bytesSource,
+  uploadMedia,
+  downloadPlain,
+  attachMedia,
+  ackMedia,
+  type UploadProgress,
+} from '../src/media/transfer.js';
+import { freshSecret } from '../src/media/stream.js';
+import type { MediaRef } from '../src/media/ref.js';
+import type { MediaEndpoint } from '../src/media/http.js';
+import { startMediaServer, type MediaFixture } from './fixtures/media.js';
+import { tempDirs } from './fixtures/util.js';
+
+const dirs = tempDirs('media-server');
+afterAll(() => dirs.removeAll());
+let fx: MediaFixture;
+afterEach(async () => fx?.close());
+
+async function send(ep: MediaEndpoint, plain: Uint8Array, to?: string): Promise<MediaRef> {
+  const secret = freshSecret();
+  const progress: UploadProgress = { confirmed: { offset: 0 } };
+  const { blob, summary } = await uploadMedia(ep, bytesSource(plain), secret, progress, {
+    patchBytes: 256 * 1024,
+  });
+  if (to) await attachMedia(ep, blob, to);
+  return {
+    v: 1,
+    id: blob,
+    key: secret.key,
+    size: summary.size,
+    plainHash: summary.plainHash,
+    cipherHash: summary.cipherHash,
+    mime: 'application/octet-stream',
+  };
+}
+
+async function fetchPlain(ep: MediaEndpoint, ref: MediaRef): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const p of downloadPlain(ep, ref)) parts.push(Buffer.from(p));
+  return Buffer.concat(parts);
+}
+
+const codeOf = async (p: Promise<unknown>) =>
+  p.then(
+    () => 'ok',
+    (e: { code?: string }) => e.code ?? String(e),
+  );
+
+describe('media server', () => {
+  it("a file round-trips from the sender to every recipient device and the sender's other device", async () => {
+    fx = await startMediaServer(dirs.make());
+    const plain = randomBytes(1_500_000);
+    const ref = await send(fx.as('alice/a1'), plain, 'bob');
+    for (const who of ['bob/b1', 'bob/b2', 'alice/a2'])
+      expect((await fetchPlain(fx.as(who), ref)).equals(plain)).toBe(true);
+  });
+
+  it('uploads need credentials the authenticate hook accepts', async () => {
+    fx = await startMediaServer(dirs.make());
+    const res = await fetch(`${fx.url}/uploads`, {
+      method: 'POST',
+      headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': '100' },
+    });
+    expect(res.status).toBe(401);
+    expect(((await res.json()) as { code: string }).code).toBe('unauthorized');
+    expect(await codeOf(send({ ...fx.as('x'), credentials: () => 'not a device' }, randomBytes(10)))).toBe(
+      'unauthorized',
+    );
+  });
+
+  it('a device that is not a recipient is refused a grant, and a grant opens only its blob until it expires', async () => {
+    fx = await startMediaServer(dirs.make(), { grantTtlMs: 60_000 });
+    const ref = await send(fx.as('alice/a1'), randomBytes(5000), 'bob');
+    expect(await codeOf(fetchPlain(fx.as('carol/c1'), ref))).toBe('forbidden');
+    const other = await send(fx.as('alice/a1'), randomBytes(5000), 'carol');
+    // bob's grant for ref does not open carol's blob
+    const g = (await (
+      await fetch(`${fx.url}/blobs/${ref.id}/grant`, {
+        method: 'POST',
+        headers: { Authorization: 'Bearer bob/b1' },
+      })
+    ).json()) as { url: string };
+    const t = new URL(g.url, fx.url).searchParams.get('t')!;
+    expect((await fetch(`${fx.url}/blobs/${other.id}?t=${t}`)).status).toBe(403);
+    expect((await fetch(new URL(g.url, fx.url))).status).toBe(200);
+    fx.skewMs = 61_000;
+    expect((await fetch(new URL(g.url, fx.url))).status).toBe(403);
+    // Nobody can peek at another user's upload either.
+    const up = await fetch(`${fx.url}/uploads/${ref.id}`, {
+      method: 'HEAD',
+      headers: { 'Tus-Resumable': '1.0.0', Authorization: 'Bearer carol/c1' },
+    });
+    expect(up.status).toBe(404);
+  });
+
+  it('an unattached blob cannot be downloaded by anyone but its sender', async () => {
+    fx = await startMediaServer(dirs.make());
+    const ref = await send(fx.as('alice/a1'), randomBytes(5000));
+    expect(await codeOf(fetchPlain(fx.as('bob/b1'), ref))).toBe('forbidden');
+  });
+
+  it('a tampered or truncated blob on the server is corrupt_media at the recipient', async () => {
+    fx = await startMediaServer(dirs.make());
+    const plain = randomBytes(300_000);
+    const ref = await send(fx.as('alice/a1'), plain, 'bob');
+    const path = join(fx.dir, 'blobs', ref.id.slice(0, 2), ref.id);
+    const good = readFileSync(path);
+    const bad = Buffer.from(good);
+    bad[200_000]! ^= 0x40;
+    writeFileSync(path, bad);
+    expect(await codeOf(fetchPlain(fx.as('bob/b1'), ref))).toBe('corrupt_media');
+    writeFileSync(path, good);
+    truncateSync(path, good.length - 70_000);
+    expect(await codeOf(fetchPlain(fx.as('bob/b1'), ref))).toBe('corrupt_media');
+  });
+
+  it('limits: an upload over the size limit is too_large, too many open uploads is rate_limited', async () => {
+    fx = await startMediaServer(dirs.make(), { maxUploadBytes: 100_000, maxOpenUploads: 2 });
+    expect(await codeOf(send(fx.as('alice/a1'), randomBytes(200_000)))).toBe('too_large');
+    const create = () =>
+      fetch(`${fx.url}/uploads`, {
+        method: 'POST',
+        headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': '10', Authorization: 'Bearer alice/a1' },
+      });
+    expect((await create()).status).toBe(201);
+    expect((await create()).status).toBe(201);
+    const third = await create();
+    expect(third.status).toBe(429);
+    expect(third.headers.get('retry-after')).toBeTruthy();
+    expect(((await third.json()) as { code: string }).code).toBe('rate_limited');
+    // Another user is not affected.
+    expect(
+      (
+        await fetch(`${fx.url}/uploads`, {
+          method: 'POST',
+          headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': '10', Authorization: 'Bearer bob/b1' },
+        })
+      ).status,
+    ).toBe(201);
+  });
+
+  it("a blob is deleted once every recipient device and the sender's other devices acked it", async () => {
+    fx = await startMediaServer(dirs.make());
+    const ref = await send(fx.as('alice/a1'), randomBytes(5000), 'bob');
+    for (const who of ['bob/b1', 'alice/a2']) {
+      await ackMedia(fx.as(who), ref.id);
+      expect(await fx.blobs.stat(ref.id)).toBeDefined();
+    }
+    await ackMedia(fx.as('bob/b2'), ref.id);
+    expect(await fx.blobs.stat(ref.id)).toBeUndefined();
+    expect(fx.ledger.get(ref.id)).toBeUndefined();
+  });
+
+  it('an attached blob is deleted when it expires, an unattached upload after its bound, and nothing earlier', async () => {
+    fx = await startMediaServer(dirs.make(), { retentionMs: 10 * 86_400_000, unattachedMs: 3_600_000 });
+    const kept = await send(fx.as('alice/a1'), randomBytes(5000), 'bob');
+    const orphan = await send(fx.as('alice/a1'), randomBytes(5000));
+    const partial = await fetch(`${fx.url}/uploads`, {
+      method: 'POST',
+      headers: { 'Tus-Resumable': '1.0.0', 'Upload-Length': '1000', Authorization: 'Bearer alice/a1' },
+    });
+    const partialId = partial.headers.get('location')!.split('/').pop()!;
+    expect(await fx.handler.sweep()).toBe(0);
+    expect(await fx.handler.sweep(Date.now() + 3_600_001)).toBe(2);
+    expect(await fx.blobs.stat(orphan.id)).toBeUndefined();
+    expect(fx.ledger.get(partialId)).toBeUndefined();
+    expect(() => statSync(join(fx.dir, 'uploads', partialId))).toThrow();
+    expect(await fx.blobs.stat(kept.id)).toBeDefined();
+    expect(await fx.handler.sweep(Date.now() + 10 * 86_400_000 + 1)).toBe(1);
+    expect(await fx.blobs.stat(kept.id)).toBeUndefined();
+  });
+
+  it('speaks tus 1.0: discovery, a wrong offset is 409 with the right one, a missing version is 412', async () => {
+    fx = await startMediaServer(dirs.make());
+    const opt = await fetch(`${fx.url}/uploads`, { method: 'OPTIONS' });
+    expect(opt.headers.get('tus-version')).toBe('1.0.0');
+    expect(opt.headers.get('tus-extension')).toContain('creation');
+    const auth = { Authorization: 'Bearer alice/a1', 'Tus-Resumable': '1.0.0' };
+    const loc = (
+      await fetch(`${fx.url}/uploads`, { method: 'POST', headers: { ...auth, 'Upload-Length': '10' } })
+    ).headers.get('location')!;
+    const url = new URL(loc, fx.url);
+    const patch = (offset: number, body: string, h = auth) =>
+      fetch(url, {
+        method: 'PATCH',
+        headers: { ...h, 'Upload-Offset': String(offset), 'Content-Type': 'application/offset+octet-stream' },
+        body,
+      });
+    expect((await patch(0, 'hello')).headers.get('upload-offset')).toBe('5');
+    const wrong = await patch(2, 'xx');
+    expect(wrong.status).toBe(409);
+    expect(wrong.headers.get('upload-offset')).toBe('5');
+    expect((await patch(5, 'x', { Authorization: 'Bearer alice/a1' } as typeof auth)).status).toBe(412);
+    expect((await patch(5, 'world and more')).status).toBe(413);
+    expect((await fetch(url, { method: 'HEAD', headers: auth })).headers.get('upload-offset')).toBe('5');
+  });
+});
