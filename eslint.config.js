@@ -1,3 +1,4 @@
+import { builtinModules } from 'node:module';
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
@@ -37,22 +38,88 @@ export default tseslint.config(
       '@typescript-eslint/no-explicit-any': 'off',
     },
   },
-  {
-    // The client core must stay browser-safe: no Node built-ins.
-    files: [
-      'src/client/**/*.ts',
-      'src/crypto/**/*.ts',
-      'src/protocol/**/*.ts',
-      'src/transport/memory.ts',
-      'src/util/**/*.ts',
-    ],
-    ignores: ['src/client/stores/sqlite.ts', 'src/crypto/libsignal.ts'],
+  ...boundaries(),
+);
+
+/**
+ * The boundaries the code keeps by itself (issue 16): ESLint `no-restricted-imports`, one entry
+ * per group of files with every restriction that applies to it (a later flat-config entry
+ * replaces a rule's options, it does not merge them, so each file must match exactly one).
+ * - Browser code (client, crypto, protocol, util, the memory and WebSocket client transports)
+ *   imports no Node built-in.
+ * - The client never imports the server; crypto never imports the client.
+ * - A transport never imports another transport's file (shared WebSocket helpers live in
+ *   ws-common.ts; the Node server half may re-export the client half's public names only).
+ * test/lint-boundaries.test.ts proves each rule fails on a wrong import.
+ */
+function boundaries() {
+  const nodeBuiltins = {
+    paths: builtinModules.filter((m) => !m.startsWith('_')),
+    patterns: ['node:*'],
+    message: 'browser code: no Node built-ins (see eslint.config.js, boundaries)',
+  };
+  const noServer = {
+    regex: '(^|/)server(/|$)|^postbox/server',
+    message: 'the client never imports the server',
+  };
+  const noClient = { regex: '(^|/)client(/|$)|^postbox/client', message: 'crypto never imports the client' };
+  const transport = (name) => ({
+    regex: `^\\./${name}(\\.js)?$`,
+    message: "a transport never imports another transport's file (shared WebSocket helpers: ws-common.ts)",
+  });
+  const entry = (files, { builtins = false, patterns = [], paths = [] }, ignores = []) => ({
+    files,
+    ignores,
     rules: {
       'no-restricted-imports': [
         'error',
-        // Bare module names as `paths` (a `crypto` pattern would also match ../crypto/*.js).
-        { paths: ['fs', 'path', 'crypto', 'os', 'net', 'http'], patterns: ['node:*'] },
+        {
+          paths: [
+            ...(builtins ? nodeBuiltins.paths.map((name) => ({ name, message: nodeBuiltins.message })) : []),
+            ...paths,
+          ],
+          patterns: [
+            ...(builtins ? [{ group: nodeBuiltins.patterns, message: nodeBuiltins.message }] : []),
+            ...patterns,
+          ],
+        },
       ],
     },
-  },
-);
+  });
+  return [
+    entry(['src/client/**/*.ts'], { builtins: true, patterns: [noServer] }, ['src/client/stores/sqlite.ts']),
+    entry(['src/client/stores/sqlite.ts'], { patterns: [noServer] }),
+    entry(['src/crypto/**/*.ts'], { builtins: true, patterns: [noClient] }, ['src/crypto/libsignal.ts']),
+    entry(['src/crypto/libsignal.ts'], { patterns: [noClient] }),
+    entry(['src/protocol/**/*.ts', 'src/util/**/*.ts'], { builtins: true }),
+    entry(['src/transport/memory.ts'], {
+      builtins: true,
+      patterns: [transport('websocket'), transport('websocket-client'), transport('ws-common')],
+    }),
+    entry(['src/transport/websocket-client.ts'], {
+      builtins: true,
+      patterns: [transport('memory'), transport('websocket')],
+    }),
+    entry(['src/transport/ws-common.ts'], {
+      builtins: true,
+      patterns: [transport('memory'), transport('websocket'), transport('websocket-client')],
+    }),
+    entry(['src/transport/websocket.ts'], {
+      patterns: [transport('memory')],
+      paths: [
+        {
+          name: './websocket-client.js',
+          allowImportNames: [
+            'websocketClientTransport',
+            'WebSocketClientOptions',
+            'WebSocketConstructor',
+            'WebSocketConstructorOptions',
+            'WebSocketLike',
+          ],
+          message:
+            "only the client half's public names are re-exported here; shared helpers live in ws-common.ts",
+        },
+      ],
+    }),
+  ];
+}

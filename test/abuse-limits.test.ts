@@ -1,10 +1,12 @@
 // Abuse resistance on the server side (issue 22): inbox quotas as the sender sees them, cost
-// budgets keyed on the device and user, and commit batches bounded by the rows they write.
+// budgets keyed on the device and user, commit batches bounded by the rows they write, and the
+// handshake deadline.
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AppendInput, ServerStore } from '../src/server/store.js';
 import { memoryServerStore } from '../src/server/stores/memory.js';
 import { CostBudgets, frameCost } from '../src/server/costs.js';
 import { FairCommitQueue } from '../src/server/commit-batch.js';
+import { PROTOCOL_VERSION } from '../src/protocol/index.js';
 import { makeWorld, settled, text, type World } from './helpers.js';
 
 let world: World | undefined;
@@ -131,6 +133,39 @@ describe('cost budgets', () => {
     );
     for (let i = 0; i < 1000; i++) b.charge(`u${i}`, 'd', 1, 0);
     expect(b.size).toBeLessThanOrEqual(200);
+  });
+});
+
+describe('handshake deadline', () => {
+  it('a connection that has not opened its session is closed at helloTimeoutMs, not at the next liveness sweep', async () => {
+    // Heartbeat 25 s: the liveness sweep runs every 12.5 s, so a sweep-kept deadline would close
+    // these at 12.5 s. The hook never answers one of them (a handshake stuck in authentication).
+    world = await makeWorld({
+      server: {
+        heartbeatMs: 25_000,
+        helloTimeoutMs: 10_000,
+        authenticate: (cred) =>
+          cred === 'hang' ? new Promise(() => {}) : { user: 'alice', device: 'phone' },
+      },
+    });
+    const w = world;
+    const t0 = w.clock.now();
+    const silent = await w.raw('silent');
+    const stuck = await w.raw('stuck');
+    stuck.send({ t: 'hello', v: [1, PROTOCOL_VERSION], cred: 'hang' });
+    const opened = await w.raw('opened');
+    await opened.hello('alice', 'phone');
+    const accepted = w.clock.now() - t0; // connecting took a few ms of virtual time
+    // The memory link's latency is 1-5 ms each way: the close reaches the peer within 10 ms of the
+    // deadline, counted from when the server accepted the connection.
+    await w.advance(t0 + 10_000 - 10 - w.clock.now());
+    expect([silent.closed, stuck.closed]).toEqual([undefined, undefined]);
+    await w.advance(accepted + 20);
+    expect(silent.closed?.code).toBe(4000);
+    expect(stuck.closed?.code).toBe(4000);
+    // The deadline ends with the handshake: an opened session is kept (its heartbeat rules now).
+    await world.advance(5_000);
+    expect(opened.closed).toBeUndefined();
   });
 });
 

@@ -3,6 +3,9 @@
  * sessions from the server's key directory, per-device envelopes, group sender keys, key upload,
  * and the content format inside ciphertexts. The engine owns the connection and the outbox; this
  * module owns everything that touches a {@link CryptoAdapter}.
+ *
+ * A little over 400 lines for one reason: it is the one place that calls the adapter (device
+ * lists, sessions, sender keys, key upload), which is what keeps the rest of the client free of it.
  * @internal
  */
 import { Packr } from 'msgpackr';

@@ -6,7 +6,8 @@
  * @packageDocumentation
  */
 import { PostboxError } from '../protocol/index.js';
-import { isGroupId, type ReceivedMessage } from './engine.js';
+import { isGroupId } from '../protocol/index.js';
+import type { ReceivedMessage } from './types.js';
 import { withFailure } from './failure.js';
 import type { ClientStore, HistoryRecord, MessageStatus, SendFailure } from './store.js';
 

@@ -15,7 +15,7 @@ export type {
   SendOptions,
   StatusChange,
   TypingChange,
-} from './engine.js';
+} from './types.js';
 export type { GapEvent, GapReason } from './gaps.js';
 export type { GroupChangeEvent, GroupMemberView, GroupView } from './groups.js';
 export type { GroupInvite } from './invites.js';

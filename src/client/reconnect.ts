@@ -7,7 +7,7 @@
  */
 import { PostboxError } from '../protocol/index.js';
 import { backoff, type Clock, type Random, type TimerHandle } from '../util/clock.js';
-import type { ConnectionState } from './engine.js';
+import type { ConnectionState } from './types.js';
 
 /** Ceiling of the first wait, ms; each failed attempt doubles it, up to {@link DEFAULT_BACKOFF_MAX_MS}. */
 export const DEFAULT_BACKOFF_BASE_MS = 500;

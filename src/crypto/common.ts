@@ -4,7 +4,6 @@
  * trust asked before use). Browser-safe: the libsignal adapter builds on it, never the reverse.
  * @packageDocumentation
  */
-import type { ClientStore } from '../client/store.js';
 import type { KeyedLock } from './lock.js';
 import {
   UntrustedIdentityError,
@@ -13,6 +12,20 @@ import {
   type IdentityHooks,
   type IdentityStatus,
 } from './types.js';
+
+/**
+ * The state namespaces of a client store, as far as crypto needs them: the same methods as
+ * `ClientStore` has, declared here so that crypto never imports the client (a lint rule keeps
+ * that boundary; any `ClientStore` is one of these).
+ */
+export interface NamespacedState {
+  /** A value of a namespace, or undefined. */
+  getState(ns: string, key: string): Promise<Uint8Array | undefined>;
+  /** Writes and deletes values, all in one atomic write (`value` undefined deletes). */
+  putState(writes: Array<{ ns: string; key: string; value: Uint8Array | undefined }>): Promise<void>;
+  /** A namespace's entries whose key starts with `prefix` (all when omitted), in key order. */
+  listState(ns: string, prefix?: string): Promise<Array<{ key: string; value: Uint8Array }>>;
+}
 
 /**
  * The {@link CryptoStateStore} of a client store: one namespace of its `getState`/`putState`/
@@ -24,10 +37,7 @@ import {
  * const identity = await crypto.open(clientCryptoState(store), { user: 'alice', device: 'phone' }, hooks);
  * ```
  */
-export function clientCryptoState(
-  store: Pick<ClientStore, 'getState' | 'putState' | 'listState'>,
-  ns = 'crypto',
-): CryptoStateStore {
+export function clientCryptoState(store: NamespacedState, ns = 'crypto'): CryptoStateStore {
   return {
     get: (key) => store.getState(ns, key),
     put: (writes) => store.putState(writes.map((w) => ({ ns, key: w.key, value: w.value }))),

@@ -8,6 +8,7 @@
  */
 export * from './types.js';
 export { NoSessionError, clientCryptoState } from './common.js';
+export type { NamespacedState } from './common.js';
 export { insecurePlaintextCrypto } from './plaintext.js';
 export type { PlaintextCryptoOptions } from './plaintext.js';
 export { keyedLock } from './lock.js';

@@ -121,7 +121,11 @@ export interface ServerOptions {
   clock?: Clock;
   /** Heartbeat interval advertised to clients; a connection silent for twice this is closed. @default 25000 */
   heartbeatMs?: number;
-  /** A connection must complete `hello` within this. @default 10000 */
+  /**
+   * A connection must complete `hello` (authentication included) within this, to the
+   * millisecond: each connection has a timer of its own until its session opens, so a silent
+   * socket is held this long and no longer; after it, close 4000. @default 10000
+   */
   helloTimeoutMs?: number;
   /** Undelivered entries older than this expire. @default 30 days */
   retentionMs?: number;
@@ -1604,7 +1608,8 @@ class Session {
   /** @internal a frame of this session was refused over budget since the last one that ran. */
   overBudget = false;
   private lastFrameAt: number;
-  private readonly openedAt: number;
+  /** Closes the connection if it has not opened (or started linking) by the `hello` deadline. */
+  private helloTimer: TimerHandle | undefined;
   private invalidFrames = 0;
   private rateWindowStart: number;
   private rateCount = 0;
@@ -1626,8 +1631,26 @@ class Session {
     private readonly server: PostboxServer,
     readonly conn: Connection,
   ) {
-    this.openedAt = this.lastFrameAt = this.rateWindowStart = server.clock.now();
+    this.lastFrameAt = this.rateWindowStart = server.clock.now();
     conn.setHandlers(new SessionHandlers(this));
+    // A timer per handshake rather than a check in the liveness sweep, which runs every half
+    // heartbeat (12.5 s): with it a silent socket was held 10-22 s. Node keeps timers of one
+    // duration in one list, so this is O(1) to arm and to clear, and it lives only until hello.
+    this.helloTimer = server.clock.setTimeout(() => this.helloExpired(), server.opts.helloTimeoutMs);
+  }
+
+  private helloExpired(): void {
+    this.helloTimer = undefined;
+    // Not `unauthorized`: a slow link is no reason for the client to give up for good.
+    if (this.state === 'hello' || this.state === 'authenticating')
+      this.close(CLOSE_CODES.heartbeatTimeout, 'no hello in time');
+  }
+
+  /** The handshake is over (opened, linking, or closed): its deadline no longer applies. */
+  private endHandshake(): void {
+    if (this.helloTimer === undefined) return;
+    this.server.clock.clearTimeout(this.helloTimer);
+    this.helloTimer = undefined;
   }
 
   send(frame: ServerFrame): void {
@@ -1670,12 +1693,8 @@ class Session {
         this.close(CLOSE_CODES.linkExpired, 'link code expired');
       return;
     }
-    if (this.state !== 'open') {
-      // Not `unauthorized`: a slow link is no reason for the client to give up for good.
-      if (now - this.openedAt > this.server.opts.helloTimeoutMs)
-        this.close(CLOSE_CODES.heartbeatTimeout, 'no hello in time');
-      return;
-    }
+    // Before the session opens, its own timer keeps the hello deadline (helloExpired).
+    if (this.state !== 'open') return;
     if (now - this.lastFrameAt > this.server.opts.heartbeatMs * 2) {
       this.close(CLOSE_CODES.heartbeatTimeout, 'heartbeat timeout');
       return;
@@ -1689,6 +1708,7 @@ class Session {
   onClosed(code: number): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
+    this.endHandshake();
     this.server.unbind(this, code);
   }
 
@@ -1884,6 +1904,7 @@ class Session {
     if (this.isClosed()) return;
     if (approval) {
       this.state = 'linking';
+      this.endHandshake();
       this.linkStartedAt = this.server.clock.now();
       const { code, exp } = this.server.startLink(this);
       this.send({ t: 'lcode', code, exp });
@@ -1917,6 +1938,7 @@ class Session {
     this.addr = addr;
     this.pendingAddr = undefined;
     this.state = 'open';
+    this.endHandshake();
     // Heartbeats count from here: a slow handshake (authentication, store, cluster) is not silence.
     this.lastFrameAt = this.server.clock.now();
     this.server.bind(this);

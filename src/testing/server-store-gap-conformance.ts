@@ -146,7 +146,7 @@ export function gapNoticeCases(subject: {
     store,
   }) => {
     for (const d of [ann, ben1]) await store.registerDevice(d, 1);
-    const create = { op: 'create', name: 'G', members: ['ben'] } as const;
+    const create = { op: 'create' as const, name: 'G', members: ['ben'] };
     await store.append(
       [{ kind: 'group', from: ann, id: 'mk', group: '#g', change: create, maxMembers: 8 }],
       500,

@@ -15,7 +15,7 @@ import { WebSocketServer, type WebSocket as WsSocket } from 'ws';
 import { CLOSE_CODES } from '../protocol/errors.js';
 import { systemClock } from '../util/clock.js';
 import type { Connection, ConnectionHandlers, ServerTransport } from './types.js';
-import { DrainGate, HandlerSlot, errorCloseCode, truncateReason } from './websocket-client.js';
+import { DrainGate, HandlerSlot, errorCloseCode, truncateReason } from './ws-common.js';
 import { DEFAULT_MAX_QUEUED_BYTES, OutboundBudget, type BudgetEntry } from './outbound-budget.js';
 import { guardSockets, type SocketGuard } from './socket-guard.js';
 import { addressResolver, type TrustProxy } from './trust-proxy.js';

@@ -109,4 +109,64 @@ export function openTcp(host, port, { localAddress } = {}) {
   });
 }
 
+/**
+ * Counts what the server answers a peer into the attack's report: `ok`, `err_<code>` per
+ * refusal, and, once the server closes the socket, `closed_<code>`. Returns the `onFrame` to pass
+ * to {@link openPeer} (it calls `also(frame)` too, for frames the attack looks at itself).
+ */
+export function answerCounter(ctx, also) {
+  return (f) => {
+    if (f.t === 'ok') ctx.count('ok');
+    else if (f.t === 'err') ctx.count(`err_${f.c}`);
+    also?.(f);
+  };
+}
+
+/** Counts the code a peer's socket is closed with (`closed_<code>`), unless the attack ended it. */
+export function countClose(ctx, peer) {
+  peer.ws.once('close', (code) => {
+    if (!ctx.signal.aborted) ctx.count(`closed_${code}`);
+  });
+}
+
+/**
+ * Keeps `inFlight` requests outstanding from `user`'s device `d1` until the attack ends, each
+ * built by `frame(r)` for request id `r`, reconnecting when the server closes the socket; what the
+ * server answers is counted ({@link answerCounter}; `onAnswer(frame)` sees each answer too). Calls
+ * `ctx.ready()` once the first session is open.
+ */
+export async function pipeline(ctx, { user, localAddress, inFlight, frame, onAnswer }) {
+  let waiting = 0;
+  let r = 0;
+  let peer;
+  const onFrame = answerCounter(ctx, (f) => {
+    if (f.t !== 'ok' && f.t !== 'err') return;
+    waiting = Math.max(0, waiting - 1);
+    onAnswer?.(f);
+  });
+  while (!ctx.signal.aborted) {
+    if (!peer?.open) {
+      try {
+        peer = await openPeer(ctx.url, ctx.token(user, 'd1'), { localAddress, onFrame });
+        countClose(ctx, peer);
+        ctx.count('sessions');
+        waiting = 0;
+      } catch {
+        ctx.count('refused');
+        await ctx.sleep(200);
+        continue;
+      }
+      ctx.ready();
+    }
+    if (waiting >= inFlight) {
+      await ctx.sleep(1);
+      continue;
+    }
+    waiting++;
+    peer.send(frame(++r));
+    ctx.count('requests');
+  }
+  peer?.close();
+}
+
 export { encodeFrame, decodeServerFrame };

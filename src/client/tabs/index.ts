@@ -9,7 +9,8 @@ import { EventEmitter } from 'eventemitter3';
 import { PostboxError, isPostboxError, type ErrorCode } from '../../protocol/errors.js';
 import { systemClock, type Clock } from '../../util/clock.js';
 import { ulidFactory } from '../../util/ulid.js';
-import type { ClientEvents, ConnectionState, PostboxClient } from '../engine.js';
+import type { PostboxClient } from '../engine.js';
+import type { ClientEvents, ConnectionState } from '../types.js';
 import {
   LeaseElection,
   lockElection,

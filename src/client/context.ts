@@ -1,0 +1,192 @@
+/**
+ * What every part of the client engine shares, and nothing more: the store, the clock, ids, the
+ * options, `emit`, the serial store queue and the current link (connection, its generation,
+ * state, identity). Parts depend on this context, never on each other's classes: the façade
+ * (`engine.ts`) hands each part the few functions of another that it needs.
+ * @packageDocumentation
+ */
+import { encodeFrame, type ClientFrame } from '../protocol/index.js';
+import type { Connection } from '../transport/types.js';
+import type { Clock, Random } from '../util/clock.js';
+import { ulidFactory } from '../util/ulid.js';
+import { loadIdentity } from './history.js';
+import type { ClientStore } from './store.js';
+import type { ClientEvents, ClientOptions, ConnectionState } from './types.js';
+
+/** A queued store task. */
+interface Task {
+  fn: () => Promise<unknown>;
+  resolve: ((value: unknown) => void) | undefined;
+  reject: ((error: unknown) => void) | undefined;
+}
+
+const settledNow = async (): Promise<void> => {};
+
+/** The options every part reads, with their defaults applied. */
+export interface ResolvedOptions {
+  gapTimeoutMs: number;
+  maxHeldPerStream: number;
+  handshakeTimeoutMs: number;
+  maxInflight: number;
+  /** Starts at the option; the server's `welcome` sets it to the server's limit. */
+  maxBodyBytes: number;
+  typingTimeoutMs: number;
+  typingRefreshMs: number;
+  ackDelayMs: number;
+  resendWindowMs: number;
+}
+
+/** Resolves the options' defaults (see {@link ClientOptions} for each). */
+export function resolveOptions(o: ClientOptions): ResolvedOptions {
+  return {
+    gapTimeoutMs: o.gapTimeoutMs ?? 10_000,
+    maxHeldPerStream: o.maxHeldPerStream ?? 1024,
+    handshakeTimeoutMs: o.handshakeTimeoutMs ?? 10_000,
+    maxInflight: o.maxInflight ?? 128,
+    maxBodyBytes: o.maxBodyBytes ?? 64 * 1024,
+    typingTimeoutMs: o.typingTimeoutMs ?? 6000,
+    typingRefreshMs: o.typingRefreshMs ?? 3000,
+    ackDelayMs: o.ackDelayMs ?? 25,
+    resendWindowMs: o.resendWindowMs ?? 24 * 3600_000,
+  };
+}
+
+/** The façade's typed `emit`. */
+export type Emit = <K extends keyof ClientEvents>(event: K, ...args: Parameters<ClientEvents[K]>) => void;
+
+/** This device as the server named it. */
+export interface Me {
+  user: string;
+  device: string;
+}
+
+/**
+ * The shared context. The link fields (`conn`, `generation`, `state`) are written by the
+ * connection part only; everyone else reads them, and checks a link with {@link live}.
+ */
+export class ClientContext {
+  readonly ulid: () => string;
+  /** Who the server says this device is (after the first `welcome`). */
+  me: Me | undefined;
+  /** The current connection, set from `handshaking` until it closes. */
+  conn: Connection | undefined;
+  /**
+   * Bumped whenever a link starts or ends: work begun for one link (a timer, a store task, an
+   * encryption) checks {@link live} before it touches the next one.
+   */
+  generation = 0;
+  /** The connection state; the connection part's `setState` is its only writer. */
+  state: ConnectionState = 'idle';
+  /** When a frame last left (the heartbeat reads it). */
+  lastSentAt = 0;
+  /** Drops the current link and reconnects after a backoff; the connection part installs it. */
+  drop: (reason: string) => void = () => {};
+  /** Runs when the serial queue runs dry (the ack pacing listens). */
+  onIdle: () => void = () => {};
+
+  /** Store work waiting to run, oldest first (`head` is the next one). */
+  private tasks: Array<Task | undefined> = [];
+  private head = 0;
+  private running = false;
+
+  constructor(
+    readonly store: ClientStore,
+    readonly clock: Clock,
+    readonly random: Random,
+    readonly opts: ResolvedOptions,
+    readonly emit: Emit,
+  ) {
+    this.ulid = ulidFactory(clock, random);
+  }
+
+  /** Whether `gen` is still the current link: the one generation check of the engine. */
+  live(gen: number): boolean {
+    return gen === this.generation;
+  }
+
+  /** Whether frames can be written now (open, with a connection). */
+  get open(): boolean {
+    return this.state === 'open' && this.conn !== undefined;
+  }
+
+  /** Encodes and writes a frame on the current connection; nothing without one. */
+  write(frame: ClientFrame): void {
+    if (!this.conn) return;
+    this.lastSentAt = this.clock.now();
+    this.conn.send(encodeFrame(frame));
+  }
+
+  /**
+   * A local fault (the store or the crypto adapter failed) in work begun for link `gen`:
+   * reported as `error`, and that link dropped if it is still current, so what was not acked is
+   * delivered again after the reconnect.
+   */
+  fault(gen: number, error: unknown, reason = 'client store failed'): void {
+    this.emit('error', error);
+    if (this.live(gen)) this.drop(reason);
+  }
+
+  /**
+   * Runs store work one task at a time, in the order given; resolves with what `fn` resolves
+   * to. A task that fails rejects its promise and is also reported as `error`.
+   */
+  serial<T>(fn: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+    });
+  }
+
+  /**
+   * {@link serial} for work whose outcome no caller waits for (it handles its own failures; any
+   * it lets through is reported as `error`): no promise is made for it.
+   */
+  later(fn: () => Promise<unknown>): void {
+    this.push({ fn, resolve: undefined, reject: undefined });
+  }
+
+  /** Resolves when every store task queued so far has run (failed ones included). */
+  drained(): Promise<void> {
+    return new Promise<void>((resolve) =>
+      this.push({ fn: settledNow, resolve: () => resolve(), reject: undefined }),
+    );
+  }
+
+  private push(task: Task): void {
+    this.tasks.push(task);
+    if (this.running) return;
+    this.running = true;
+    // Never inside the caller's own turn: store work starts once the caller's code has run.
+    queueMicrotask(this.runner);
+  }
+
+  private readonly runner = (): void => void this.run();
+
+  /** The one loop over the queue: a task starts once the one before it has settled. */
+  private async run(): Promise<void> {
+    while (this.head < this.tasks.length) {
+      const task = this.tasks[this.head]!;
+      this.tasks[this.head++] = undefined;
+      try {
+        const value = await task.fn();
+        task.resolve?.(value);
+      } catch (e) {
+        task.reject?.(e);
+        this.emit('error', e);
+      }
+      // Drop the run's finished slots now and then, not on every task.
+      if (this.head >= 1024) {
+        this.tasks = this.tasks.slice(this.head);
+        this.head = 0;
+      }
+    }
+    this.tasks = [];
+    this.head = 0;
+    this.running = false;
+    this.onIdle();
+  }
+
+  /** This device's identity: from the live session, else as saved on an earlier connection. */
+  async self(): Promise<Me | undefined> {
+    return this.me ?? (await loadIdentity(this.store));
+  }
+}

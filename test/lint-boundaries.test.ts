@@ -1,0 +1,53 @@
+import { ESLint } from 'eslint';
+import { describe, expect, it } from 'vitest';
+
+// The import boundaries of eslint.config.js, proved on deliberately wrong imports: each fixture
+// is linted as if it were a file at `filePath` in the repo.
+const eslint = new ESLint({ cwd: process.cwd() });
+
+async function restricted(filePath: string, code: string): Promise<string[]> {
+  const [result] = await eslint.lintText(code, { filePath });
+  return result!.messages.filter((m) => m.ruleId === 'no-restricted-imports').map((m) => m.message);
+}
+
+describe('the code keeps its import boundaries by itself', () => {
+  it('the client importing the server fails the lint', async () => {
+    const code = "import { PostboxServer } from '../server/engine.js';\nexport const s = PostboxServer;\n";
+    expect(await restricted('src/client/fixture.ts', code)).toEqual([
+      expect.stringContaining('the client never imports the server'),
+    ]);
+  });
+
+  it('crypto importing the client fails the lint', async () => {
+    const code = "import type { ClientStore } from '../client/store.js';\nexport type S = ClientStore;\n";
+    expect(await restricted('src/crypto/fixture.ts', code)).toEqual([
+      expect.stringContaining('crypto never imports the client'),
+    ]);
+  });
+
+  it("a transport importing another transport's file fails the lint", async () => {
+    const code =
+      "import { websocketClientTransport } from './websocket-client.js';\nexport const t = websocketClientTransport;\n";
+    expect(await restricted('src/transport/memory.ts', code)).toHaveLength(1);
+    const helper = "import { DrainGate } from './websocket-client.js';\nexport const g = DrainGate;\n";
+    expect(await restricted('src/transport/websocket.ts', helper)).toHaveLength(1);
+  });
+
+  it('browser code importing a Node built-in fails the lint', async () => {
+    for (const spec of ['node:fs', 'fs', 'crypto', 'node:crypto', 'events']) {
+      const code = `import * as m from '${spec}';\nexport const x = m;\n`;
+      expect(await restricted('src/client/fixture.ts', code), spec).toHaveLength(1);
+      expect(await restricted('src/transport/websocket-client.ts', code), spec).toHaveLength(1);
+    }
+  });
+
+  it('the imports the boundaries allow pass', async () => {
+    const ok = "import { PostboxError } from '../protocol/index.js';\nexport const e = PostboxError;\n";
+    expect(await restricted('src/client/fixture.ts', ok)).toEqual([]);
+    expect(await restricted('src/crypto/fixture.ts', ok)).toEqual([]);
+    const reexport = "export { websocketClientTransport } from './websocket-client.js';\n";
+    expect(await restricted('src/transport/websocket.ts', reexport)).toEqual([]);
+    const node = "import { createServer } from 'node:http';\nexport const c = createServer;\n";
+    expect(await restricted('src/transport/websocket.ts', node)).toEqual([]);
+  });
+});
