@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { libsignalCrypto } from '../src/crypto/libsignal.js';
 import { isPostboxError } from '../src/protocol/index.js';
-import { makeWorld, text, untext, until, type TestDevice, type World } from './helpers.js';
+import { makeWorld, settled, text, untext, until, type TestDevice, type World } from './helpers.js';
 
 let world: World | undefined;
 afterEach(async () => {
@@ -49,6 +49,27 @@ describe('sends to recipients without keys', () => {
     await alice.client.send('bob', text('three'));
     await until(world, () => texts(bob).includes('three'));
     expect(texts(bob)).toEqual(['one', 'two', 'three']);
+  });
+
+  it('a group message is not held for a member without keys: it goes at once, and that member gets it through a resend once its keys are up', async () => {
+    world = await signal();
+    const alice = await world.device('alice', 'phone', { client: { keyWaitMs: 30_000 } });
+    const carol = await world.device('carol');
+    await world.server.registerDevice('bob', 'phone'); // registered, no keys yet
+    await wait(world, 500);
+    const g = await settled(world, alice.client.createGroup('club', ['bob', 'carol']));
+    await wait(world, 500);
+    const id = await alice.client.sendToGroup(g, text('hello all'));
+    await until(world, () => texts(carol).includes('hello all'));
+    expect(alice.statusOf(id)).not.toBe('pending'); // committed, not held behind bob's keys
+    // Past keyWaitMs: nothing fails, there was nothing to hold.
+    await wait(world, 31_000);
+    expect(alice.statusOf(id)).not.toBe('failed');
+    // Bob's phone comes up and publishes its keys; it has no sender key for the waiting message,
+    // asks alice's device again and gets it over a fresh pairwise session.
+    const bob = await world.device('bob');
+    await until(world, () => texts(bob).includes('hello all'));
+    expect(bob.undecryptable).toEqual([]);
   });
 
   it('a send to a user who never uploads keys fails with no_keys after keyWaitMs', async () => {

@@ -348,7 +348,9 @@ export interface NotifyResult {
  *   told which, in the same transaction: one {@link GapNotice} (`reason: 'expired'`, at `now`)
  *   per device per transaction, listing each removed entry's stream and sequence number exactly
  *   once (split into several notices past 256 ranges, `MAX_GAP_RANGES`); a store that expires in
- *   several transactions may give a device several notices, never the same entry twice. The
+ *   several transactions may give a device several notices, never the same entry twice. A notice
+ *   that expires itself is carried, not lost: its streams and ranges are named again in the
+ *   device's notice of that transaction (merged with what it drops then). The
  *   notice goes after every entry the device already has, so a client that holds later messages
  *   of a stream sees them before it. Dedupe records older than the cutoff are dropped.
  * - **Unlinking.** {@link ServerStore.unregisterDevice} removes the device and every entry of its

@@ -144,11 +144,12 @@ export class ExpiryOracle {
   }
 
   /**
-   * Whether device `sender` lost a control message from device `asker` (a request to send again
-   * that never reached it: the asker's hole can only end in an `undecryptable` gap).
+   * Whether a control message between devices `sender` and `asker` expired: the asker's request
+   * to send a message again, or the sender's new copy answering it. Either way the asker's hole
+   * can only end in an `undecryptable` gap.
    */
   lostRequest(sender: string, asker: string): boolean {
-    return this.lostControl.has(`${sender}<${asker}`);
+    return this.lostControl.has(`${sender}<${asker}`) || this.lostControl.has(`${asker}<${sender}`);
   }
 
   /** Whether message `id` was dropped for device `name`. */
@@ -159,8 +160,8 @@ export class ExpiryOracle {
   /**
    * Every dropped entry was shown on its device or covered there by an `expired` gap, not both;
    * every gap says `expired` and covers only numbers the server dropped for that device in that
-   * stream, or says `undecryptable` in a stream whose sender lost this device's request to send
-   * again (nothing else makes a gap in these runs).
+   * stream, or says `undecryptable` in a stream where a request to send again (or its answer)
+   * expired between the sender and this device (nothing else makes a gap in these runs).
    */
   check(devices: readonly ExpiryDevice[], violations: string[]): void {
     for (const d of devices) {

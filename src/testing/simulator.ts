@@ -84,13 +84,14 @@ export interface SimulationOptions {
    */
   cluster?: (clock: VirtualClock) => SimClusterNode | Promise<SimClusterNode>;
   /**
-   * Retention expiry as one more fault: the servers keep undelivered messages for a short
-   * retention drawn from the seed (2–6 s of virtual time), and at seeded steps some devices go
-   * offline while time moves past it, then the server expires what they (and devices on slow or
-   * half-open links) had not acked. Checked as well: every entry the server dropped for a device
-   * was shown there or is covered there by a `gap` with reason `expired`, never both; every gap
-   * has a reason and covers only what was dropped; a sender sees `expired` when no device of the
-   * recipient got the message. Its draws come from a stream of their own. @default false
+   * Retention expiry as one more fault: the servers keep undelivered entries for a retention
+   * drawn from the seed (60–120 s of virtual time, far beyond any other fault's recovery), and at
+   * seeded steps devices down from a restart come back, some devices with nothing unsent go
+   * away, time moves past the retention, and a running node expires what was not acked. Checked
+   * as well: every message entry dropped for a device was shown there or is covered there by a
+   * `gap` with reason `expired`, never both; every gap has a reason and covers only what was
+   * dropped; a 1:1 message dropped for every device of its recipient ends `expired`. Its draws
+   * come from a stream of their own. @default false
    */
   expiry?: boolean;
 }
