@@ -142,6 +142,23 @@ const SCENARIOS = {
     serverOptions: { timelines: true },
     timeoutMs: 90_000,
   },
+  'client-cost': {
+    about: `CPU per message life of ${LOAD.n} full client engines in one load process (memory client stores) and of the server, read from /proc, at paced 500 and 2,000 msg/s with ✓✓ (Socket.IO: emitWithAck plus a relayed delivered event); send → delivered p50/p99 beside it`,
+    systems: ['socketio', 'postbox-memory'],
+    params: {
+      ...LOAD,
+      rates: [500, 2000],
+      // No server trace session: it would add its own cost to the server's CPU per message.
+      trace: false,
+      // A spinning pacing loop would bill the load process 100% of a core whatever the clients cost.
+      timerPacing: true,
+      receipts: true,
+      ...(quick
+        ? { firstWarmupMs: 800, warmupMs: 400, measureMs: 2000 }
+        : { firstWarmupMs: 2000, warmupMs: 1000, measureMs: 5000 }),
+    },
+    timeoutMs: 120_000,
+  },
   drain: {
     about: `offline drain: ${DRAIN.devices} offline devices × ${DRAIN.perDevice} queued messages, reconnecting at ${DRAIN.rate}/s${quick ? ' (scaled down from 1,000 devices for --quick)' : ''}`,
     systems: ['mqtt', 'postbox-memory', 'postbox-sqlite'],
@@ -584,6 +601,13 @@ function brief(name, out) {
           : '';
         return `${k}: delivered p50/p99 ${f(out[`${k}:delivered_p50_ms`])}/${f(out[`${k}:delivered_p99_ms`])}, ✓✓ p50/p99 ${f(out[`${k}:status_p50_ms`])}/${f(out[`${k}:status_p99_ms`])} ms, one message ✓/delivered/✓✓ at ${t} ms${slow}`;
       })
+      .join('; ');
+  if (name === 'client-cost')
+    return ['0.5k', '2k']
+      .map(
+        (k) =>
+          `${k}: load ${f(out[`${k}:load_cpu_us_per_msg`])} µs/msg, server ${f(out[`${k}:server_cpu_us_per_msg`])} µs/msg, delivered p50/p99 ${f(out[`${k}:delivered_p50_ms`])}/${f(out[`${k}:delivered_p99_ms`])} ms`,
+      )
       .join('; ');
   if (name === 'drain')
     return `${Math.round(out.drain_msgs_per_s)} msg/s, first msg p50 ${f(out.first_msg_p50_ms)} ms, dup ${out.duplicates}, missing ${out.missing}`;

@@ -10,6 +10,7 @@ export function unitOf(metric) {
   if (metric === 'deliveries_per_s') return 'deliveries/s';
   if (metric === 'ops_per_s') return 'ops/s';
   if (metric.endsWith('_pct')) return '%';
+  if (metric.endsWith('_us_per_msg')) return 'µs/msg';
   if (metric.endsWith('_kb_per_conn')) return 'KB';
   if (metric.startsWith('bytes') || metric.endsWith('_bytes')) return 'B';
   if (metric.startsWith('frames')) return 'frames';
@@ -328,6 +329,14 @@ export function checkTargets(results, idleStep) {
     'status_p50_ms',
     '<=',
     2,
+  );
+  ratioTarget(
+    'client CPU per message life at 2,000 msg/s (memory client store) ≤ 1.5 × socket.io-client (issue 16)',
+    ['client-cost-2k', 'postbox-memory'],
+    ['client-cost-2k', 'socketio'],
+    'load_cpu_us_per_msg',
+    '<=',
+    1.5,
   );
   ratioTarget(
     `heap per idle connection (${idleStep}) ≤ 1.5 × raw ws`,

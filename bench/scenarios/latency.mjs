@@ -4,13 +4,18 @@
 // (no coordinated omission). Percentiles cover the messages scheduled after the warm-up.
 import { performance } from 'node:perf_hooks';
 import { mark, sleep } from '../lib/child.mjs';
+import { procCpu } from '../lib/proc.mjs';
 import { Samples } from '../lib/stats.mjs';
 import { TRACE_EVERY, breakdown, clock } from '../systems/postbox.trace.mjs';
 
 const PS = [50, 99, 99.9];
 
 export async function run(sys, p) {
-  const { url, n, size, rates, warmupMs, firstWarmupMs, measureMs, prefix, trace, receipts } = p;
+  const { url, n, size, rates, warmupMs, firstWarmupMs, measureMs, prefix, trace, receipts, timerPacing } = p;
+  // The pacing loop spins (setImmediate) for the tightest send times; with `timerPacing` it sleeps
+  // a timer tick (~1 ms) between rounds instead, so the load process's CPU is the clients' work and
+  // not the spin's (client-cost reads it), at the price of up to a tick of send lateness.
+  const next = timerPacing ? (fn) => setTimeout(fn, 1) : setImmediate;
   const now = () => performance.now();
   const sentAt = new Samples(1 << 20);
   const seq = new Int32Array(n);
@@ -21,6 +26,10 @@ export async function run(sys, p) {
   let lost = 0;
   let traced; // { tag, at, marks }: the one message whose timeline is reported
   let timelines; // tag → { at, sent, acked, delivered, status }: every TRACE_EVERY-th, in the window
+  // Message lives ended (at ✓✓ for a system that reports it, else at delivery), whenever they
+  // were scheduled: CPU per message divides by what was done, so saturation flatters no one.
+  const ended = { delivered: 0, status: 0 };
+  let endedAt0 = { ...ended };
 
   const inWindow = (tag) => {
     const s = sentAt.get(tag);
@@ -33,6 +42,7 @@ export async function run(sys, p) {
   };
   const onDeliver = (_to, tag) => {
     outstanding--;
+    ended.delivered++;
     follow(tag, 'delivered');
     const s = inWindow(tag);
     if (s !== undefined) lat.delivered.push(now() - s);
@@ -43,6 +53,7 @@ export async function run(sys, p) {
     if (s !== undefined) lat.acked.push(now() - s);
   };
   const onStatus = (_i, tag) => {
+    ended.status++;
     follow(tag, 'status');
     const s = inWindow(tag);
     if (s !== undefined) lat.status.push(now() - s);
@@ -58,6 +69,7 @@ export async function run(sys, p) {
     tEnd = tStart + measureMs;
     let sent = 0;
     let m0;
+    let load0;
     traced = undefined;
     timelines = trace ? new Map() : undefined;
     const traceFrom = tStart + measureMs / 2;
@@ -83,13 +95,18 @@ export async function run(sys, p) {
           if (line) timelines.set(tag, line);
           client.send(i, (i + n / 2) % n, tag);
         }
-        if (m0 === undefined && t >= tStart)
+        if (m0 === undefined && t >= tStart) {
           m0 = mark('start', trace ? { trace: { op: 'start' } } : undefined);
+          load0 = procCpu(process.pid);
+          endedAt0 = { ...ended };
+        }
         if (t >= tEnd) resolve();
-        else setImmediate(tick);
+        else next(tick);
       };
       tick();
     });
+    const load1 = procCpu(process.pid);
+    const lives = ended.status > 0 ? ended.status - endedAt0.status : ended.delivered - endedAt0.delivered;
     const m1 = await mark('end');
     const deadline = now() + 5000;
     while (outstanding > 0 && now() < deadline) await sleep(10);
@@ -103,10 +120,15 @@ export async function run(sys, p) {
     outstanding = 0;
     const k = `${rate / 1000}k`;
     const c0 = (await m0).cpu;
+    // CPU per message life ended in the window (µs, user + system, from /proc): at a steady
+    // paced rate each message's whole life (send, ✓, delivery, ack, ✓✓) costs this much.
+    const perMsg = (a, b) => (b.user + b.system - a.user - a.system) / Math.max(1, lives);
     if (c0 && m1.cpu) {
       out[`${k}:server_cpu_pct`] =
         (100 * (m1.cpu.user + m1.cpu.system - c0.user - c0.system)) / 1e6 / (measureMs / 1000);
+      out[`${k}:server_cpu_us_per_msg`] = perMsg(c0, m1.cpu);
     }
+    if (load0 && load1) out[`${k}:load_cpu_us_per_msg`] = perMsg(load0, load1);
     for (const [phase, ms] of Object.entries(traced?.marks ?? {})) out[`${k}:trace_${phase}_ms`] = ms;
     // Systems that trace on the server (postbox): every sampled message's segments, and the
     // server's event loop, GC and store time over the window.

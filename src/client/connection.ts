@@ -275,7 +275,7 @@ export class ConnectionPart {
     ctx.clock.clearTimeout(this.handshakeTimer);
     const me = (ctx.me = { user: w.u, device: w.d });
     // Saved so that history names this device's messages while offline, after a restart.
-    void ctx.serial(() => saveIdentity(ctx.store, me));
+    ctx.later(() => saveIdentity(ctx.store, me));
     this.heartbeatMs = w.hb;
     ctx.opts.maxBodyBytes = w.lim.body;
     this.reconnects.opened();

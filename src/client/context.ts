@@ -13,6 +13,15 @@ import { loadIdentity } from './history.js';
 import type { ClientStore } from './store.js';
 import type { ClientEvents, ClientOptions, ConnectionState } from './types.js';
 
+/** A queued store task. */
+interface Task {
+  fn: () => Promise<unknown>;
+  resolve: ((value: unknown) => void) | undefined;
+  reject: ((error: unknown) => void) | undefined;
+}
+
+const settledNow = async (): Promise<void> => {};
+
 /** The options every part reads, with their defaults applied. */
 export interface ResolvedOptions {
   gapTimeoutMs: number;
@@ -75,8 +84,10 @@ export class ClientContext {
   /** Runs when the serial queue runs dry (the ack pacing listens). */
   onIdle: () => void = () => {};
 
-  private chain: Promise<unknown> = Promise.resolve();
-  private tasks = 0;
+  /** Store work waiting to run, oldest first (`head` is the next one). */
+  private tasks: Array<Task | undefined> = [];
+  private head = 0;
+  private running = false;
 
   constructor(
     readonly store: ClientStore,
@@ -115,26 +126,63 @@ export class ClientContext {
     if (this.live(gen)) this.drop(reason);
   }
 
-  /** Runs store work one task at a time; {@link onIdle} runs when the queue runs dry. */
+  /**
+   * Runs store work one task at a time, in the order given; resolves with what `fn` resolves
+   * to. A task that fails rejects its promise and is also reported as `error`.
+   */
   serial<T>(fn: () => Promise<T>): Promise<T> {
-    this.tasks++;
-    const run = this.chain.then(fn);
-    this.chain = run
-      .catch((e) => {
-        this.emit('error', e);
-      })
-      .finally(() => {
-        if (--this.tasks === 0) this.onIdle();
-      });
-    return run;
+    return new Promise<T>((resolve, reject) => {
+      this.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+    });
+  }
+
+  /**
+   * {@link serial} for work whose outcome no caller waits for (it handles its own failures; any
+   * it lets through is reported as `error`): no promise is made for it.
+   */
+  later(fn: () => Promise<unknown>): void {
+    this.push({ fn, resolve: undefined, reject: undefined });
   }
 
   /** Resolves when every store task queued so far has run (failed ones included). */
   drained(): Promise<void> {
-    return this.chain.then(
-      () => {},
-      () => {},
+    return new Promise<void>((resolve) =>
+      this.push({ fn: settledNow, resolve: () => resolve(), reject: undefined }),
     );
+  }
+
+  private push(task: Task): void {
+    this.tasks.push(task);
+    if (this.running) return;
+    this.running = true;
+    // Never inside the caller's own turn: store work starts once the caller's code has run.
+    queueMicrotask(this.runner);
+  }
+
+  private readonly runner = (): void => void this.run();
+
+  /** The one loop over the queue: a task starts once the one before it has settled. */
+  private async run(): Promise<void> {
+    while (this.head < this.tasks.length) {
+      const task = this.tasks[this.head]!;
+      this.tasks[this.head++] = undefined;
+      try {
+        const value = await task.fn();
+        task.resolve?.(value);
+      } catch (e) {
+        task.reject?.(e);
+        this.emit('error', e);
+      }
+      // Drop the run's finished slots now and then, not on every task.
+      if (this.head >= 1024) {
+        this.tasks = this.tasks.slice(this.head);
+        this.head = 0;
+      }
+    }
+    this.tasks = [];
+    this.head = 0;
+    this.running = false;
+    this.onIdle();
   }
 
   /** This device's identity: from the live session, else as saved on an earlier connection. */

@@ -35,7 +35,7 @@ import {
 import { Inbound } from './inbound.js';
 import { listInvites, type GroupInvite } from './invites.js';
 import type { KeysReadyOptions } from './key-wait.js';
-import { Outbox, assertMessageId, storeRefused } from './outbox.js';
+import { LiveEntries, Outbox, assertMessageId, storeRefused } from './outbox.js';
 import { PlainStage } from './plain.js';
 import { Presence } from './presence.js';
 import { Receipts } from './receipts.js';
@@ -48,7 +48,7 @@ import {
 import { RequestTable } from './requests.js';
 import { SealedStage, bundlesOf } from './sealed.js';
 import type { Stage } from './stage.js';
-import type { ClientStore, OutboxEntry } from './store.js';
+import type { ClientStore, InboundMessage, OutboxEntry } from './store.js';
 import type { ClientEvents, ClientOptions, ConnectionState, MessageInfo, SendOptions } from './types.js';
 import { NOTICES_WITHOUT_REQUEST, errorOf } from './wire.js';
 
@@ -88,12 +88,13 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const inbound = (this.inbound = new Inbound(ctx, this.acks, (c, u, d) =>
       this.presence.endTyping(c, u, d),
     ));
-    const outbox = (this.outbox = new Outbox(ctx, requests, {
+    const live = new LiveEntries();
+    const outbox = (this.outbox = new Outbox(ctx, requests, live, {
       send: (e, r) => this.stage.send(e, r),
       refused: (id, r, error) => this.stage.refused(id, r, error),
       applyStatus: (id, status, by, error) => this.receipts.applyStatus(id, status, by, error),
     }));
-    const receipts = (this.receipts = new Receipts(ctx, (id) => outbox.unqueue(id)));
+    const receipts = (this.receipts = new Receipts(ctx, live, (id) => outbox.unqueue(id)));
     const groups = (this.groupState = new GroupState(ctx, outbox, (g) => this.stage.membersLeft(g)));
     this.stage = options.crypto
       ? new SealedStage(ctx, options.crypto, options, {
@@ -510,8 +511,16 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
   markRead(conv: string, upTo?: string): Promise<void> {
     const ctx = this.ctx;
     return ctx.serial(async () => {
-      const messages = await this.store.inbound(conv);
-      const end = upTo === undefined ? messages.length - 1 : messages.findIndex((m) => m.id === upTo);
+      // What is unread, when the store can say it by itself; the whole conversation when the
+      // store cannot, or when `upTo` is not among the unread (its place among them is then
+      // known only from the whole arrival order).
+      const store = this.store;
+      let messages = (await store.unreadInbound?.(conv)) ?? (await store.inbound(conv));
+      const at = (list: InboundMessage[]) =>
+        upTo === undefined ? list.length - 1 : list.findIndex((m) => m.id === upTo);
+      let end = at(messages);
+      if (end < 0 && upTo !== undefined && store.unreadInbound)
+        end = at((messages = await store.inbound(conv)));
       const bySender = new Map<string, string[]>();
       for (let i = 0; i <= end; i++) {
         const m = messages[i]!;

@@ -118,7 +118,7 @@ export class GroupState {
     }
     const id = ctx.ulid();
     const done = this.outbox.waiter(id);
-    void ctx.serial(async () => {
+    ctx.later(async () => {
       let entry: OutboxEntry;
       try {
         entry = await ctx.store.enqueue(

@@ -53,7 +53,7 @@ export class Inbound {
    */
   accept(offset: number, work: () => Promise<boolean | void>): void {
     const gen = this.ctx.generation;
-    void this.ctx.serial(async () => {
+    this.ctx.later(async () => {
       try {
         if ((await work()) === KEEP_UNACKED) return;
       } catch (e) {
@@ -125,7 +125,16 @@ export class Inbound {
         await this.savePins(key, rest);
       }
       const held = this.heldByKey.get(key);
-      const { next: n, steps } = walk(m.seq + 1, held, this.gapBook.dropped(key));
+      const dropped = this.gapBook.dropped(key);
+      if (!held && dropped.length === 0 && passed.length === 0) {
+        // The common case, nothing held or dropped behind it: no steps to walk.
+        const { inserted } = await store.applyInbound({ insert: m, streams: [{ key, next: m.seq + 1 }] });
+        if (!inserted) return;
+        this.streams.set(key, m.seq + 1);
+        this.emitMessage(m, false);
+        return;
+      }
+      const { next: n, steps } = walk(m.seq + 1, held, dropped);
       const released = steps.flatMap((st) => (st.msg ? [st.msg] : []));
       const { inserted } = await store.applyInbound({
         insert: m,
@@ -267,7 +276,7 @@ export class Inbound {
       key,
       this.ctx.clock.setTimeout(() => {
         this.gapTimers.delete(key);
-        void this.ctx.serial(() => this.giveUpGap(key, 'timeout'));
+        this.ctx.later(() => this.giveUpGap(key, 'timeout'));
       }, this.ctx.opts.gapTimeoutMs),
     );
   }

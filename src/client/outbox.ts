@@ -8,7 +8,13 @@
 import { PostboxError, isPostboxError, isRetryable, type WelcomeFrame } from '../protocol/index.js';
 import type { ClientContext } from './context.js';
 import type { RequestTable } from './requests.js';
-import type { MessageStatus, OutboxDraft, OutboxEntry } from './store.js';
+import {
+  applyEntryStatus,
+  type MessageStatus,
+  type OutboxDraft,
+  type OutboxEntry,
+  type SendFailure,
+} from './store.js';
 
 /**
  * The error a send (or a group request) rejects with when the client store did not take it:
@@ -30,6 +36,45 @@ const MESSAGE_ID = /^[0-9A-Za-z_-]{1,64}$/;
 export function assertMessageId(id: unknown): asserts id is string {
   if (typeof id !== 'string' || !MESSAGE_ID.test(id)) {
     throw new PostboxError('invalid_frame', 'message id: 1-64 of A-Z a-z 0-9 _ - (a ULID is best)');
+  }
+}
+
+/** Statuses after which nothing more is expected often enough to keep an entry in memory for. */
+const SETTLED: ReadonlySet<MessageStatus> = new Set(['delivered', 'read', 'failed', 'expired']);
+
+/**
+ * The outgoing entries whose next status is expected soon (queued, or sent and awaiting ✓✓),
+ * kept in memory so that an `ok` or a receipt moves them without reading the store again. The
+ * engine is the only writer of statuses, and an entry here changes only after the store took the
+ * change, so it never disagrees with the store; one the store may have taken partly (a write
+ * that failed) is forgotten, as are the oldest past `limit`: those are read from the store again.
+ */
+export class LiveEntries {
+  private readonly map = new Map<string, OutboxEntry>();
+
+  constructor(private readonly limit = 1024) {}
+
+  /** The entry of `id`, if in memory. */
+  get(id: string): OutboxEntry | undefined {
+    return this.map.get(id);
+  }
+
+  /** Keeps `entry` (as the store returned it) until it settles. */
+  remember(entry: OutboxEntry): void {
+    this.map.set(entry.id, entry);
+    if (this.map.size > this.limit) this.map.delete(this.map.keys().next().value as string);
+  }
+
+  /** The store took `status` (and `failure`) for `entry`: moves the copy in memory. */
+  moved(entry: OutboxEntry, status: MessageStatus, failure: SendFailure | undefined): void {
+    applyEntryStatus(entry, status, failure);
+    // Receipts and membership changes settle with their `ok`; messages once delivered.
+    if (entry.kind !== 'msg' || SETTLED.has(status)) this.map.delete(entry.id);
+  }
+
+  /** Forgets `id` (its store write failed: the store is the truth again). */
+  forget(id: string): void {
+    this.map.delete(id);
   }
 }
 
@@ -57,6 +102,7 @@ export class Outbox {
   constructor(
     private readonly ctx: ClientContext,
     private readonly requests: RequestTable,
+    private readonly live: LiveEntries,
     private readonly hooks: OutboxHooks,
   ) {}
 
@@ -69,6 +115,7 @@ export class Outbox {
   async load(): Promise<void> {
     this.queue = await this.ctx.store.pending();
     this.pointer = 0;
+    for (const e of this.queue) this.live.remember(e);
   }
 
   /** Reads the server's send window. */
@@ -84,12 +131,13 @@ export class Outbox {
   /** Queues a stored item (call {@link pump} to send). */
   push(entry: OutboxEntry): void {
     this.queue.push(entry);
+    this.live.remember(entry);
   }
 
   /** Stores a draft and queues it, sending what the window allows; rejects as the store did. */
   async add(draft: OutboxDraft, sequenced = false): Promise<OutboxEntry> {
     const entry = await this.ctx.store.enqueue(draft, sequenced);
-    this.queue.push(entry);
+    this.push(entry);
     this.pump();
     return entry;
   }
@@ -157,7 +205,7 @@ export class Outbox {
       status === 'failed' ? (error ?? new PostboxError('internal', 'failed')) : undefined,
     );
     const gen = this.ctx.generation;
-    void this.ctx.serial(async () => {
+    this.ctx.later(async () => {
       try {
         // A refusal is the item's own outcome (its status, with the reason), not an `error`.
         await this.hooks.applyStatus(id, status, by, error);

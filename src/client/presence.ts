@@ -131,6 +131,8 @@ export class Presence {
 
   /** A message from a device that was typing ends its typing notice. */
   endTyping(conv: string, user: string, device: string): void {
+    // Most messages come from a device that was not typing: no key to build then.
+    if (this.typingTimers.size === 0) return;
     const key = streamKey(conv, user, device);
     const t = this.typingTimers.get(key);
     if (t === undefined) return;

@@ -24,6 +24,7 @@ import {
   nextStatus,
   type MemberReceipt,
 } from './status.js';
+import type { LiveEntries } from './outbox.js';
 import type { MessageStatus, OutboxEntry } from './store.js';
 import type { MessageInfo, StatusChange } from './types.js';
 import { STATUS_FROM_WIRE } from './wire.js';
@@ -37,9 +38,16 @@ export class Receipts {
 
   constructor(
     private readonly ctx: ClientContext,
+    /** Outgoing entries kept in memory (outbox.ts): most statuses need no store read. */
+    private readonly live: LiveEntries,
     /** Takes an item out of the outbox queue (a status can overtake the `ok`). */
     private readonly unqueue: (id: string) => void,
   ) {}
+
+  /** An outgoing entry: from memory when it is there, else from the store. */
+  private async entryOf(id: string): Promise<OutboxEntry | undefined> {
+    return this.live.get(id) ?? (await this.ctx.store.outgoing(id));
+  }
 
   /**
    * An `st` entry: statuses of this device's messages (believed only from a user the message may
@@ -55,14 +63,14 @@ export class Receipts {
       return;
     }
     for (const id of f.ids) {
-      const entry = await ctx.store.outgoing(id);
+      const entry = await this.entryOf(id);
       // Only a user the message went to can have received or read it: a status from anyone
       // else is forged (a server that does not check forwarded it) and changes nothing.
       if (!entry || !(await this.reached(entry, f.by))) continue;
       // A status can overtake the `ok` (the ok was lost with a connection); it settles the item too.
       this.unqueue(id);
       if (isGroupId(entry.conv)) await this.onMemberStatus(entry, f.by, status);
-      else await this.applyStatus(id, status, f.by);
+      else await this.move(entry, status, f.by);
     }
   }
 
@@ -71,12 +79,28 @@ export class Receipts {
    * `expired` one (`error`: the refusal), and tells the app about messages.
    */
   async applyStatus(id: string, event: MessageStatus, by?: string, error?: PostboxError): Promise<void> {
-    const entry = await this.ctx.store.outgoing(id);
-    if (!entry) return;
+    const entry = await this.entryOf(id);
+    if (entry) await this.move(entry, event, by, error);
+  }
+
+  /** {@link applyStatus} of an entry at hand. */
+  private async move(
+    entry: OutboxEntry,
+    event: MessageStatus,
+    by?: string,
+    error?: PostboxError,
+  ): Promise<void> {
     const next = nextStatus(entry.status, event);
     if (next === entry.status) return;
+    const { id } = entry;
     const failure = failureFor(next, entry.to, error);
-    await this.ctx.store.setStatus(id, next, failure);
+    try {
+      await this.ctx.store.setStatus(id, next, failure);
+    } catch (e) {
+      this.live.forget(id);
+      throw e;
+    }
+    this.live.moved(entry, next, failure);
     if (entry.kind !== 'msg') return;
     const change: StatusChange = { id, conv: entry.conv, status: next };
     if (by !== undefined) change.by = by;
@@ -91,7 +115,7 @@ export class Receipts {
     if (status !== 'delivered' && status !== 'read' && status !== 'expired') return;
     const { id } = entry;
     const store = this.ctx.store;
-    if (entry.status === 'pending') await this.applyStatus(id, 'sent');
+    if (entry.status === 'pending') await this.move(entry, 'sent');
     const key = pairKey(id, user);
     const old = MEMBER_RECEIPT_NAME[(await store.getState(NS_MEMBER_STATUS, key))?.[0] ?? 0];
     const step = memberStep(old, status);
@@ -109,8 +133,8 @@ export class Receipts {
     ]);
     this.ctx.emit('memberStatus', { id, conv: entry.conv, user, status });
     const all = recipients.size;
-    if (all > 0 && count.read >= all) await this.applyStatus(id, 'read');
-    else if (all > 0 && count.delivered >= all) await this.applyStatus(id, 'delivered');
+    if (all > 0 && count.read >= all) await this.move(entry, 'read');
+    else if (all > 0 && count.delivered >= all) await this.move(entry, 'delivered');
   }
 
   /** The recipients recorded when a group message was sent, cached for the receipts that follow. */

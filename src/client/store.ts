@@ -52,6 +52,26 @@ export interface OutboxEntry extends OutboxDraft, Partial<SendFailure> {
   status: MessageStatus;
 }
 
+/**
+ * Moves an entry held in memory to `status`, with `failure`'s reason and detail or none: the
+ * one rule of what `setStatus` leaves on an entry (the memory store and the engine's in-memory
+ * copies both follow it).
+ * @internal
+ */
+export function applyEntryStatus(
+  e: OutboxEntry,
+  status: MessageStatus,
+  failure: SendFailure | undefined,
+): void {
+  e.status = status;
+  delete e.reason;
+  delete e.detail;
+  if (failure) {
+    e.reason = failure.reason;
+    e.detail = failure.detail;
+  }
+}
+
 /** A stored inbound message. */
 export interface InboundMessage {
   id: string;
@@ -170,6 +190,13 @@ export interface ClientStore {
   held(): Promise<InboundMessage[]>;
   /** Inbound messages of a conversation in arrival order. */
   inbound(conv: string): Promise<InboundMessage[]>;
+  /**
+   * Optional: a conversation's shown inbound messages that are not read, in arrival order —
+   * what `inbound(conv)` returns, less the held and the read ones — read through an index, so
+   * that marking a conversation read costs what is unread in it, not its whole history. Without
+   * it the engine filters `inbound(conv)`.
+   */
+  unreadInbound?(conv: string): Promise<InboundMessage[]>;
   /** Outgoing items of a conversation in enqueue order. */
   outgoingIn(conv: string): Promise<OutboxEntry[]>;
   /** Marks inbound messages read (unknown ids are ignored). */

@@ -4,17 +4,18 @@
  * restart after a crash) and a `failWhen` fault switch. Browser-safe: no Node built-ins.
  * @packageDocumentation
  */
-import type {
-  ClientStore,
-  ConversationRecord,
-  HistoryRecord,
-  InboundChange,
-  InboundMessage,
-  MessageStatus,
-  OutboxDraft,
-  OutboxEntry,
-  SendFailure,
-  StateWrite,
+import {
+  applyEntryStatus,
+  type ClientStore,
+  type ConversationRecord,
+  type HistoryRecord,
+  type InboundChange,
+  type InboundMessage,
+  type MessageStatus,
+  type OutboxDraft,
+  type OutboxEntry,
+  type SendFailure,
+  type StateWrite,
 } from '../store.js';
 
 /**
@@ -36,6 +37,7 @@ export type ClientStoreOp =
   | 'streamNext'
   | 'held'
   | 'inbound'
+  | 'unreadInbound'
   | 'outgoingIn'
   | 'markRead'
   | 'getState'
@@ -256,14 +258,7 @@ export function memoryClientStore(
     async setStatus(id: string, status: MessageStatus, failure?: SendFailure): Promise<void> {
       check('setStatus');
       const e = data.outbox.get(id);
-      if (!e) return;
-      e.status = status;
-      delete e.reason;
-      delete e.detail;
-      if (failure) {
-        e.reason = failure.reason;
-        e.detail = failure.detail;
-      }
+      if (e) applyEntryStatus(e, status, failure);
     },
 
     async outgoing(id: string): Promise<OutboxEntry | undefined> {
@@ -316,6 +311,21 @@ export function memoryClientStore(
       check('inbound');
       const out: InboundMessage[] = [];
       for (const key of data.inByConv.get(conv) ?? []) {
+        const m = data.inbound.get(key);
+        if (m) out.push(copyInbound(m));
+      }
+      return out;
+    },
+
+    async unreadInbound(conv: string): Promise<InboundMessage[]> {
+      check('unreadInbound');
+      const unread = data.unread.get(conv);
+      const out: InboundMessage[] = [];
+      if (!unread?.size) return out;
+      // The reference keeps no arrival numbers: it walks the conversation's keys (copying only
+      // the unread ones); the SQLite store reads its partial index instead.
+      for (const key of data.inByConv.get(conv) ?? []) {
+        if (!unread.has(key)) continue;
         const m = data.inbound.get(key);
         if (m) out.push(copyInbound(m));
       }

@@ -146,6 +146,9 @@ export function sqliteClientStore(
     streamNext: q('SELECT next FROM streams WHERE key = ?'),
     held: q(`SELECT ${INBOUND_COLUMNS} FROM inbound WHERE held = 1 ORDER BY n`),
     inbound: q(`SELECT ${INBOUND_COLUMNS} FROM inbound WHERE conv = ? ORDER BY n`),
+    unreadInbound: q(
+      `SELECT ${INBOUND_COLUMNS} FROM inbound INDEXED BY inbound_unread WHERE conv = ? AND read = 0 AND pos IS NOT NULL ORDER BY n`,
+    ),
     markRead: q('UPDATE inbound SET read = 1 WHERE id = ?'),
     getState: q('SELECT value FROM state WHERE ns = ? AND key = ?'),
     putState: q(
@@ -283,6 +286,11 @@ export function sqliteClientStore(
     async inbound(conv: string): Promise<InboundMessage[]> {
       check();
       return (sql.inbound.all(conv) as InboundRow[]).map(toInbound);
+    },
+
+    async unreadInbound(conv: string): Promise<InboundMessage[]> {
+      check();
+      return (sql.unreadInbound.all(conv) as InboundRow[]).map(toInbound);
     },
 
     async outgoingIn(conv: string): Promise<OutboxEntry[]> {
