@@ -83,7 +83,7 @@ describe('cost budgets', () => {
     expect(frameCost({ t: 'ack', o: Array.from({ length: 1024 }, (_, i) => i) }, () => 0)).toBe(129);
   });
 
-  it('budgets survive a reconnect: a device over its budget stays over it on a new connection', async () => {
+  it('budgets survive a reconnect: a device in debt is refused at hello, before any store work, until its debt is paid', async () => {
     world = await makeWorld({
       server: {
         costBudgets: { device: { perSecond: 10, burst: 200 }, user: { perSecond: 1000, burst: 100_000 } },
@@ -92,21 +92,26 @@ describe('cost budgets', () => {
     await world.server.registerDevice('alice', 'phone');
     const raw = await world.raw('a1');
     await raw.hello('alice', 'phone');
-    // ptok costs 64: three fit in the burst of 200, the fourth is refused with a typed error.
+    // ptok costs 64: three fit in the burst of 200, the fourth is refused with a typed error (and
+    // its cost is taken as debt).
     for (let r = 1; r <= 4; r++) raw.send({ t: 'ptok', r, k: 'fcm', tok: `t${r}` });
     await world.advance(10);
-    const answers = () => raw.frames.filter((f) => f.t === 'ok' || f.t === 'err');
-    expect(answers().map((f) => (f.t === 'err' ? f.c : 'ok'))).toEqual(['ok', 'ok', 'ok', 'rate_limited']);
+    const answers = (p: typeof raw) => p.frames.map((f) => (f.t === 'err' ? f.c : f.t));
+    expect(answers(raw)).toEqual(['welcome', 'ok', 'ok', 'ok', 'rate_limited']);
     expect(raw.closed).toBeUndefined();
     raw.conn.close(1000, 'bye');
-    // A new connection of the same device finds the budget spent.
+    // A new connection of the same device finds the debt: refused at hello, 4003 (back off).
     const again = await world.raw('a2');
     await again.hello('alice', 'phone');
-    again.send({ t: 'ptok', r: 9, k: 'fcm', tok: 'again' });
+    expect(answers(again)).toEqual(['rate_limited']);
+    expect(again.closed?.code).toBe(4003);
+    // 56 units of debt at 10 a second: paid off within 6 s, and another 64 for a ptok 7 s later.
+    await world.advance(13_000);
+    const later = await world.raw('a3');
+    await later.hello('alice', 'phone');
+    later.send({ t: 'ptok', r: 9, k: 'fcm', tok: 'again' });
     await world.advance(10);
-    expect(again.frames.filter((f) => f.t === 'err').map((f) => f.t === 'err' && f.c)).toEqual([
-      'rate_limited',
-    ]);
+    expect(answers(later)).toEqual(['welcome', 'ok']);
   });
 
   it('a device that keeps sending over its budget is closed with 4003, and other users are unaffected', async () => {

@@ -9,7 +9,7 @@ import { createServer, type PostboxServer } from '../src/server/index.js';
 import { memoryServerStore } from '../src/server/stores/memory.js';
 import type { Connection } from '../src/transport/types.js';
 import { websocketServerTransport, type WebSocketServerOptions } from '../src/transport/websocket.js';
-import { rawPeer } from './fixtures/raw-peer.js';
+import { rawPeer, type RawPeer } from './fixtures/raw-peer.js';
 
 let cleanup: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -188,23 +188,32 @@ function rawPeerWith(url: string, localAddress: string, headers: Record<string, 
   });
 }
 
+/** A transport with a queued-bytes bound of `max` whose accepted connections record their close code. */
+async function boundedTransport(max: number, more: { shedGraceMs?: number } = {}) {
+  const transport = websocketServerTransport({ port: 0, host: '127.0.0.1', maxQueuedBytes: max, ...more });
+  const accepted: Array<{ conn: Connection; closed?: number }> = [];
+  await transport.listen((conn) => {
+    const entry: { conn: Connection; closed?: number } = { conn };
+    conn.setHandlers({ frame() {}, close: (code) => (entry.closed = code) });
+    accepted.push(entry);
+  });
+  cleanup.push(async () => {
+    for (const a of accepted) a.conn.close();
+    await transport.close();
+  });
+  return { transport, accepted };
+}
+
+const pauseReading = (p: RawPeer) => (p.ws as unknown as { _socket: Socket })._socket.pause();
+const resumeReading = (p: RawPeer) => (p.ws as unknown as { _socket: Socket })._socket.resume();
+
 describe('queued outbound bytes are bounded across sessions', () => {
   it('past the bound the slowest reader is shed with 4008 and the others keep their connections', async () => {
     const max = 4 * 1024 * 1024;
-    const transport = websocketServerTransport({ port: 0, host: '127.0.0.1', maxQueuedBytes: max });
-    const accepted: Array<{ conn: Connection; closed?: number }> = [];
-    await transport.listen((conn) => {
-      const entry: { conn: Connection; closed?: number } = { conn };
-      conn.setHandlers({ frame() {}, close: (code) => (entry.closed = code) });
-      accepted.push(entry);
-    });
-    cleanup.push(async () => {
-      for (const a of accepted) a.conn.close();
-      await transport.close();
-    });
+    const { transport, accepted } = await boundedTransport(max);
     // Two peers that stop reading: the server sends the first twice what it sends the second.
     const peers = [await rawPeer(transport.url!), await rawPeer(transport.url!)];
-    for (const p of peers) (p.ws as unknown as { _socket: Socket })._socket.pause();
+    for (const p of peers) pauseReading(p);
     await until(() => accepted.length === 2);
     const [slow, slower] = [accepted[1]!, accepted[0]!];
     const chunk = new Uint8Array(64 * 1024);
@@ -220,4 +229,31 @@ describe('queued outbound bytes are bounded across sessions', () => {
     expect(transport.shedCount).toBe(1);
     expect(transport.queuedBytes).toBeLessThanOrEqual(max);
   });
+
+  // The close frame is queued behind every byte the peer has not read (frames go in order, and
+  // queued bytes cannot be recalled), so only a peer that reads again can hear it.
+  for (const [graceMs, what, heard] of [
+    [60_000, 'reads again within the grace hears 4008', CLOSE_CODES.slowReader],
+    [0, 'reads nothing before the grace ends is reset and sees 1006', CLOSE_CODES.abnormal],
+  ] as const) {
+    it(`a shed reader that ${what}`, async () => {
+      const { transport, accepted } = await boundedTransport(4 * 1024 * 1024, { shedGraceMs: graceMs });
+      const peer = await rawPeer(transport.url!);
+      pauseReading(peer);
+      await until(() => accepted.length === 1);
+      const server = accepted[0]!;
+      const chunk = new Uint8Array(64 * 1024);
+      for (let i = 0; i < 2000 && server.closed === undefined; i++) {
+        server.conn.send(chunk);
+        if (i % 16 === 0) await new Promise((r) => setImmediate(r));
+      }
+      // The owner hears the close a moment after the shed (the slot delivers it asynchronously).
+      await until(() => server.closed !== undefined);
+      expect(server.closed).toBe(CLOSE_CODES.slowReader);
+      // Order, not time: a timer set now runs after the reset timer the shed set (same process).
+      await new Promise((r) => setTimeout(r, 20));
+      resumeReading(peer);
+      expect(await peer.waitClosed()).toBe(heard);
+    });
+  }
 });

@@ -63,6 +63,22 @@ function timesOf(w: World, client: PostboxClient, state: ConnectionState): numbe
   return times;
 }
 
+/** A client on `net` whose waits are near their ceiling; `errors` lists why each backoff began. */
+function backoffWatched(clock: VirtualClock, net: ReturnType<typeof memoryNetwork>) {
+  const client = createClient({
+    transport: net.client('alice'),
+    store: memoryClientStore(),
+    credentials: 'alice',
+    clock,
+    random: () => 0.99,
+  });
+  const errors: string[] = [];
+  client.on('connection', (s, e) => {
+    if (s === 'backoff' && e) errors.push(e.code);
+  });
+  return { client, errors };
+}
+
 describe('the default backoff', () => {
   it('brings a client back within its 8 s ceiling after an outage, every wait under the ceiling', async () => {
     world = await makeWorld({ seed: 11 });
@@ -144,17 +160,7 @@ describe('reconnectNow', () => {
         close: () => {},
       });
     });
-    const client = createClient({
-      transport: net.client('alice'),
-      store: memoryClientStore(),
-      credentials: 'alice',
-      clock,
-      random: () => 0.99,
-    });
-    const errors: string[] = [];
-    client.on('connection', (s, e) => {
-      if (s === 'backoff' && e) errors.push(e.code);
-    });
+    const { client, errors } = backoffWatched(clock, net);
     await clock.advance(20);
     expect(client.state).toBe('backoff');
     expect(errors).toEqual(['unavailable']);
@@ -162,6 +168,45 @@ describe('reconnectNow', () => {
     expect(client.state).toBe('backoff');
     await client.close();
   });
+});
+
+describe('a slow reader shed by the server', () => {
+  // A shed reader that still reads hears 4008 (slowReader); one that is not reading cannot (the
+  // close frame waits behind the bytes it is not reading) and is reset: 1006. Either way it must
+  // come back, after a backoff, and get what it missed from its inbox.
+  for (const [heard, how, error] of [
+    [CLOSE_CODES.slowReader, 'close 4008', 'unavailable'],
+    [CLOSE_CODES.abnormal, 'a reset (1006)', 'disconnected'],
+  ] as const) {
+    it(`after ${how} it waits out a backoff and connects again`, async () => {
+      const clock = new VirtualClock();
+      const net = memoryNetwork({ clock, random: seededRandom(5), faults: { latency: LATENCY } });
+      let accepted = 0;
+      await net.server.listen((conn) => {
+        accepted++;
+        conn.setHandlers({
+          // The first connection is shed as soon as it says hello; later ones are left waiting.
+          frame: () => {
+            if (accepted > 1) return;
+            if (heard === CLOSE_CODES.abnormal) net.connections()[0]!.cut();
+            else conn.close(heard, 'slow reader: reconnect later');
+          },
+          close: () => {},
+        });
+      });
+      const { client, errors } = backoffWatched(clock, net);
+      await clock.advance(20);
+      expect(client.state).toBe('backoff');
+      expect(errors).toEqual([error]);
+      expect(accepted).toBe(1);
+      // A wait the server asked for (4008) cannot be cut short by the app.
+      if (heard === CLOSE_CODES.slowReader) expect(client.reconnectNow()).toBe(false);
+      // Retryable, not fatal: after the backoff it connects again.
+      await clock.advance(CEILING + 100);
+      expect(accepted).toBe(2);
+      await client.close();
+    });
+  }
 });
 
 describe('start', () => {

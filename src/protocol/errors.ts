@@ -164,7 +164,9 @@ export const CLOSE_CODES = {
   /**
    * The server's send queues (all connections together) were over their bound and this connection
    * had the most bytes queued: it read too slowly. Reconnect after a backoff; what was not yet
-   * delivered waits in the inbox. A reader that is not reading at all sees a reset (1006) instead.
+   * delivered waits in the inbox. The close frame is queued behind what the client has not read, so
+   * a reader that reads nothing within the transport's `shedGraceMs` sees a reset (1006) instead;
+   * the client engine backs off after either (see docs/security.md, "Shed slow readers").
    */
   slowReader: 4008,
   /** This device was unlinked from its user; reconnecting needs linking again. */

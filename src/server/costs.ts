@@ -113,6 +113,13 @@ class Buckets {
     return b;
   }
 
+  /** The level of `key`'s bucket refilled up to now, without touching it (a full burst if unknown). */
+  peek(key: string, now: number): number {
+    const b = this.buckets.get(key);
+    if (!b) return this.budget.burst;
+    return Math.min(this.budget.burst, b.level + ((now - b.at) * this.budget.perSecond) / 1000);
+  }
+
   get size(): number {
     return this.buckets.size;
   }
@@ -148,6 +155,15 @@ export class CostBudgets {
     }
     d.level = Math.max(-this.devices.burst, d.level - cost);
     return d.level <= -this.devices.burst ? 'close' : 'over';
+  }
+
+  /**
+   * Whether `user`'s device `device` is in debt (refused frames cost more than it refilled since).
+   * Read at `hello`, so that a device closed for debt does not come back at once to be closed again
+   * (each session costs a store write and an inbox read before its first frame).
+   */
+  inDebt(user: string, device: string, now: number): boolean {
+    return this.devices.peek(`${user.length}:${user}${device}`, now) < 0;
   }
 
   /** Keys remembered (for tests of the bound). */

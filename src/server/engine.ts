@@ -1891,6 +1891,12 @@ class Session {
       return;
     }
     const addr = accepted.addr;
+    if (this.server.budgets.inDebt(addr.user, addr.device, this.server.clock.now())) {
+      // Closed for debt and back before paying it off: refused before any store work.
+      this.sendError('rate_limited', 'over the cost budget: reconnect later');
+      this.close(CLOSE_CODES.rateLimited, 'over the cost budget');
+      return;
+    }
     this.pendingAddr = addr;
     this.expiresAt = accepted.expiresAt;
     this.version = version;

@@ -45,8 +45,8 @@ const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 const DEFAULT_DRAIN_LOW_WATER_BYTES = 64 * 1024;
 /** How long a refused upgrade may take to flush its tiny HTTP response before the socket is destroyed. */
 const REFUSE_FLUSH_MS = 1_000;
-/** How long a shed slow reader has to read its close frame (4008) before its socket is reset. */
-const SHED_GRACE_MS = 1_000;
+/** Default `shedGraceMs`. */
+const DEFAULT_SHED_GRACE_MS = 1_000;
 const SEND_OPTIONS = { binary: true } as const;
 
 /** Options shared by both ways of running {@link websocketServerTransport}. */
@@ -100,10 +100,19 @@ export interface WebSocketServerCommonOptions {
    * Bound on the bytes queued for sending across all connections together. Past it the
    * connections with the most queued (the slowest readers) are shed until the total is back to
    * three quarters of it: each gets close code 4008 (`CLOSE_CODES.slowReader`) if it reads it
-   * within a second, else a reset. The owner's `close` handler gets 4008.
+   * within `shedGraceMs`, else a reset. The owner's `close` handler gets 4008.
    * @default 134217728 (128 MiB)
    */
   maxQueuedBytes?: number;
+  /**
+   * How long a connection shed for `maxQueuedBytes` keeps its socket so that it can read its close
+   * frame (4008), which is queued behind everything it has not read yet (a WebSocket cannot send
+   * a frame out of order, and queued bytes cannot be recalled). A peer that reads nothing in
+   * that time is reset and sees 1006. Its queued bytes stay in memory meanwhile, outside
+   * `maxQueuedBytes`: a longer grace lets slower readers hear 4008 at that price.
+   * @default 1000
+   */
+  shedGraceMs?: number;
   /**
    * Own-port mode only: most open sockets in all (raw TCP, HTTP and WebSocket), see
    * {@link guardSockets}. With `server`, call `guardSockets(server, …)` yourself.
@@ -208,6 +217,8 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
   const budget = new OutboundBudget(
     positive(options.maxQueuedBytes, DEFAULT_MAX_QUEUED_BYTES, 'maxQueuedBytes'),
   );
+  const shedGraceMs = options.shedGraceMs ?? DEFAULT_SHED_GRACE_MS;
+  if (!(shedGraceMs >= 0)) throw new RangeError(`shedGraceMs must be 0 or more, got ${shedGraceMs}`);
   let guard: SocketGuard | undefined;
 
   const wss = new WebSocketServer({
@@ -256,6 +267,7 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
         maxBuffered,
         lowWater,
         budget,
+        shedGraceMs,
       );
       try {
         accept(connection);
@@ -377,6 +389,7 @@ class WsServerConnection implements Connection, BudgetEntry {
     private readonly maxBuffered: number,
     lowWater: number,
     private readonly budget: OutboundBudget,
+    private readonly shedGraceMs: number,
   ) {
     this.gate = new DrainGate(lowWater);
     this.slot = new HandlerSlot(systemClock, this);
@@ -468,11 +481,12 @@ class WsServerConnection implements Connection, BudgetEntry {
       // already closing
     }
     this.slot.closeLocal(CLOSE_CODES.slowReader, 'slow reader: the send queues are over their bound');
-    setTimeout(() => this.reset(), SHED_GRACE_MS).unref();
+    setTimeout(() => this.reset(), this.shedGraceMs).unref();
   }
 
   /** Resets the socket: everything queued on it is dropped and its memory freed now. */
   private reset(): void {
+    if (this.socket.destroyed) return; // it read its close frame and closed meanwhile
     const reset = (this.socket as Partial<Socket>).resetAndDestroy;
     if (typeof reset === 'function') reset.call(this.socket);
     else this.ws.terminate();
