@@ -7,6 +7,9 @@
 //   npm run bench -- --rounds N    rounds per scenario
 //   npm run bench -- --only abuse [--attacks a,b]
 //                                  issue 22's attacks beside a legit client (bench/abuse/run.mjs)
+//   npm run bench -- --only browser
+//                                  durable sends/s of the IndexedDB store in Chromium beside the
+//                                  SQLite and memory stores in Node (bench/browser.mjs, < 1 min)
 //
 // Each measurement runs the server under test and the load generator in separate processes,
 // pinned to core 0 and core 1 when `taskset` exists; systems alternate inside every round and
@@ -295,6 +298,22 @@ if (args.only === 'abuse') {
       ...(args.attacks ? ['--attacks', args.attacks] : []),
       '--json',
       path.join(here, 'results', `only-abuse${quick ? '-quick' : ''}.json`),
+    ],
+    { stdio: 'inherit' },
+  );
+  process.exit(r.status ?? 1);
+}
+
+// The browser bench drives Chromium and the client stores itself, in one process.
+if (args.only === 'browser') {
+  const r = spawnSync(
+    process.execPath,
+    [
+      path.join(here, 'browser.mjs'),
+      ...(quick ? ['--quick'] : []),
+      ...(args.rounds ? ['--rounds', String(args.rounds)] : []),
+      '--json',
+      path.join(here, 'results', `only-browser${quick ? '-quick' : ''}.json`),
     ],
     { stdio: 'inherit' },
   );

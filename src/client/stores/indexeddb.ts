@@ -85,7 +85,8 @@ export interface IndexedDbClientStoreOptions {
   /**
    * `'strict'`: a write is flushed to disk before it resolves (survives power loss).
    * `'relaxed'`: the browser may report a write done once the OS has it (survives a killed tab
-   * or browser, not power loss), several times faster in Chromium. See docs/browser.md.
+   * or browser, not power loss); faster only where the flush to disk dominates (in the bench of
+   * docs/benchmarks.md it did not: about 590 sends/s either way). See docs/browser.md.
    * @default 'strict'
    */
   durability?: 'strict' | 'relaxed';
