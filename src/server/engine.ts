@@ -1,35 +1,21 @@
 import { EventEmitter } from 'eventemitter3';
 import {
   CLOSE_CODES,
-  DEFAULT_MAX_FRAME_BYTES,
-  DEFAULT_MAX_PRE_HELLO_FRAME_BYTES,
   assertDeviceId,
   assertUserId,
-  GAP_FRAME_VERSION,
-  MIN_PROTOCOL_VERSION,
-  PROTOCOL_VERSION,
   PostboxError,
-  decodeClientFrame,
   encodeAtOffset,
   encodeFrame,
   isPostboxError,
-  negotiateVersion,
-  MAX_GROUP_MEMBERS,
   type ClientFrame,
-  type ErrFrame,
   type ErrorCode,
-  type GapFrame,
-  type GroupEventFrame,
   type KeyGetFrame,
   type KeysFrame,
   type PushTokenFrame,
-  type GroupFrame,
   type HelloFrame,
-  type MsgFrame,
-  type ServerFrame,
   type TypingFrame,
 } from '../protocol/index.js';
-import type { Connection, ConnectionHandlers, ServerTransport } from '../transport/types.js';
+import type { Connection, ServerTransport } from '../transport/types.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import { performance } from 'node:perf_hooks';
 import { deviceKey } from './cluster/common.js';
@@ -37,277 +23,58 @@ import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from '.
 import { BoundedMap, Limits } from './limits.js';
 import { RateLimitedLog } from './client-log.js';
 import { FairCommitQueue, FanoutEstimate, SERVER_SIDE, yieldToEventLoop } from './commit-batch.js';
-import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost, type CostBudgetOptions } from './costs.js';
-import { applyConsent, GroupCaps, type GroupConsent } from './group-consent.js';
-import { memoryTraceStore, Tracer, type TraceEvent, type TraceStore } from './trace.js';
+import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost } from './costs.js';
+import { applyConsent, GroupCaps } from './group-consent.js';
+import { memoryTraceStore, Tracer, type TraceEvent } from './trace.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';
 import { noMetrics, type ServerMetrics } from './metrics.js';
-import { acceptAuth, assertAddress, assertGroupChange } from './identity.js';
+import { assertAddress, assertGroupChange } from './identity.js';
 import type { PushProvider, PushToken } from './push/types.js';
 import { isPendingDevice } from './users.js';
 import { KeyWaiters } from './key-waiters.js';
+import {
+  resolveConfig,
+  silentLogger,
+  type AuthResult,
+  type Authenticate,
+  type EngineConfig,
+  type Logger,
+  type PresencePolicy,
+  type PresenceVisibility,
+  type ServerEvents,
+  type ServerOptions,
+} from './options.js';
+import { Session } from './session.js';
+import type { ServiceFrame, SessionHost } from './session-host.js';
+import {
+  REFUSAL_TEXT,
+  committedMsgFrame,
+  keyBundlesFrame,
+  keyUpload,
+  presenceFrame,
+  typingFrame,
+  wireDifference,
+} from './wire.js';
 import type {
   AppendInput,
   DeviceAddress,
-  DeviceMismatch,
   GroupChange,
   GroupInput,
   KeyBundle,
-  KeyUpload,
-  InboxEntry,
   MessageInput,
   NotifyResult,
   ServerStore,
 } from './store.js';
 
-/** Who a connection is, as decided by the app's {@link Authenticate} hook. */
-export interface AuthResult {
-  /** The user id; one that breaks the id rule (see `isUserId`) refuses the connection. */
-  user: string;
-  /** The device id; one that breaks the id rule (see `isDeviceId`) refuses the connection. */
-  device: string;
-  /**
-   * When the credentials expire, ms since the epoch: the session is closed then (within half a
-   * heartbeat interval) with close code 4007, and the client reconnects with fresh credentials.
-   * One already past refuses the connection. @default never
-   */
-  expiresAt?: number;
-}
-
-/**
- * The app's authentication hook. Gets the `cred` of the client's `hello` and returns the
- * user and device, or `null` (or throws) to reject. The sender identity of every later frame
- * comes from this result, never from frame fields.
- */
-export type Authenticate = (
-  credentials: unknown,
-  context: { device?: string; remoteAddress?: string },
-) => AuthResult | null | Promise<AuthResult | null>;
-
-/**
- * What a viewer may see of a target user's presence: `true` (online and last seen), `false`
- * (nothing: subscribing fails with `forbidden`), or `'online'` (online/offline, no last-seen time).
- */
-export type PresenceVisibility = boolean | 'online';
-
-/**
- * The presence privacy hook: may `viewer` see `target`'s presence? `store` answers questions such
- * as {@link ServerStore.related} (did `target` consent to `viewer`: write to it, or take part in a
- * group with it).
- */
-export type PresencePolicy = (
-  viewer: string,
-  target: string,
-  store: ServerStore,
-) => PresenceVisibility | Promise<PresenceVisibility>;
-
-/** Minimal logger; `console` fits. */
-export interface Logger {
-  debug(msg: string, data?: unknown): void;
-  info(msg: string, data?: unknown): void;
-  warn(msg: string, data?: unknown): void;
-  error(msg: string, data?: unknown): void;
-}
-
-const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
-
-/** Options of {@link createServer}. */
-export interface ServerOptions {
-  /** Durable state. The server does not close it; its owner does. */
-  store: ServerStore;
-  /** Decides who a connection is. */
-  authenticate: Authenticate;
-  /** Time source. @default systemClock */
-  clock?: Clock;
-  /** Heartbeat interval advertised to clients; a connection silent for twice this is closed. @default 25000 */
-  heartbeatMs?: number;
-  /**
-   * A connection must complete `hello` (authentication included) within this, to the
-   * millisecond: each connection has a timer of its own until its session opens, so a silent
-   * socket is held this long and no longer; after it, close 4000. @default 10000
-   */
-  helloTimeoutMs?: number;
-  /** Undelivered entries older than this expire. @default 30 days */
-  retentionMs?: number;
-  /** How often expiry runs. @default 1 hour */
-  expiryIntervalMs?: number;
-  /** Largest frame accepted, checked before decoding. @default 262144 */
-  maxFrameBytes?: number;
-  /**
-   * Largest frame accepted before the session is authenticated (its `hello`, and a linking
-   * device's pings), checked before decoding: a bigger one gets `too_large` and close code 1009.
-   * An unauthenticated peer has no business sending more than its credentials. @default 16384
-   */
-  maxPreHelloFrameBytes?: number;
-  /** Largest message body. @default 65536 */
-  maxBodyBytes?: number;
-  /** Unacked deliveries in flight per connection (flow control for slow links). @default 64 */
-  deliveryWindow?: number;
-  /** Sends waiting for commit per connection; more closes the connection with `rate_limited`. @default 256 */
-  maxPendingSends?: number;
-  /** Most items in one store append (one group commit). @default 512 */
-  maxCommitBatch?: number;
-  /**
-   * Most inbox rows one store append is expected to write (estimated per item from what earlier
-   * commits to the same group or user wrote): a batch of large group messages is cut short, and
-   * the engine yields to the event loop between batches, so one sender's fan-out cannot hold the
-   * store (or, with SQLite, the event loop) for long. Batches are filled round-robin across
-   * senders, so another sender's message waits for at most one batch. @default 8192
-   */
-  maxCommitRows?: number;
-  /**
-   * What a device and its user may spend per second in the cost model (see docs/security.md,
-   * "Cost budgets"): every frame costs the rows it writes, the lookups it makes, and a durable
-   * write of its own as many rows as an fsync. Over budget a frame is refused with `rate_limited`;
-   * a device that keeps sending reaches a burst of debt and is closed with 4003.
-   * @default DEFAULT_COST_BUDGETS (device 10,000/s, burst 20,000; user 20,000/s, burst 40,000)
-   */
-  costBudgets?: CostBudgetOptions;
-  /**
-   * Who joins a group at once when another user creates it with them or adds them, and who gets
-   * an invite to accept or decline instead (see docs/groups.md, "Consent"): `'related'` (users who
-   * consented to the actor: wrote to it, or took part in a group with it), `'invite'` (nobody),
-   * `'open'` (everybody), or the app's own `GroupConsentRule`. The server API
-   * (`changeGroup`) is the app itself and adds directly. @default 'related'
-   */
-  groupConsent?: GroupConsent;
-  /** Groups one user may create per hour; more are refused with `quota_exceeded`. @default 30 */
-  maxGroupCreatesPerHour?: number;
-  /**
-   * Groups one user may be put into per day (added at once, or accepting an invite): past it,
-   * adds of that user become invites, and its accepts are refused with `quota_exceeded`. @default 100
-   */
-  maxGroupJoinsPerDay?: number;
-  /**
-   * Frames per second a device may send (all its connections together, so reconnecting does not
-   * reset the count) before its connection is closed with `rate_limited`. @default 2000
-   */
-  maxFramesPerSecond?: number;
-  /** Invalid frames a connection may send before it is closed. @default 8 */
-  maxInvalidFrames?: number;
-  /** Pause deliveries while the connection buffers more than this many bytes. @default 1 MiB */
-  sendHighWaterBytes?: number;
-  /** Most members a group may have; at most 1,024. @default 1024 */
-  maxGroupMembers?: number;
-  /**
-   * How a new device of a user who already has devices joins: `'approval'` (it gets a link code
-   * that an existing device must approve, see docs/devices.md) or `'open'` (the `authenticate`
-   * hook's word is enough, for apps whose credentials already prove the device).
-   * @default 'approval'
-   */
-  linking?: 'approval' | 'open';
-  /** How long a link code stays valid. @default 300000 (5 minutes) */
-  linkCodeTtlMs?: number;
-  /**
-   * Who may see whose presence: `'contacts'` (users who consented to the viewer: wrote to it, or
-   * took part in a group with it; see {@link ServerStore.related}), `'everyone'`, `'nobody'`, or a
-   * {@link PresencePolicy} hook. 1:1 typing notices always need that consent, whatever this says.
-   * @default 'contacts'
-   */
-  presence?: 'contacts' | 'everyone' | 'nobody' | PresencePolicy;
-  /**
-   * A user who goes offline is announced offline only after this long without coming back, so a
-   * flapping connection does not storm subscribers. @default 3000
-   */
-  presenceDebounceMs?: number;
-  /**
-   * Most presence subscriptions a device holds at once (they live as long as its session, and a
-   * device has one session at a time). @default 256
-   */
-  maxSubscriptions?: number;
-  /**
-   * Typing notices a user (all its devices together) may send per 10 s; more are dropped, the
-   * first with a `rate_limited` error. @default 20
-   */
-  maxTypingPer10s?: number;
-  /**
-   * Key bundles a user (all its devices together) may claim per 10 s; a claim past it is refused
-   * with `rate_limited`. Counts each user asked for, then each bundle handed out. @default 4096
-   */
-  maxKeyClaimsPer10s?: number;
-  /**
-   * One-time prekeys a user may take of any one device per day (Signal's defence against
-   * draining them). Past it, that user's claims for that device are still answered, with a
-   * bundle of the signed prekey and the last-resort Kyber key and no one-time key, which makes a
-   * session just as well. 0 hands out only such bundles. @default 5
-   */
-  maxOneTimeKeyClaimsPerDay?: number;
-  /**
-   * Wakes devices without a connection when entries land in their inbox (content-free; see
-   * docs/push.md). Devices register tokens with `client.setPushToken`.
-   */
-  push?: PushProvider;
-  /** At most one wake-up per device per this interval. @default 60000 */
-  pushIntervalMs?: number;
-  /** Monitoring hooks (see {@link ServerMetrics}). @default none */
-  metrics?: ServerMetrics;
-  /**
-   * A device is told (`klow`) to upload more one-time keys when either of its supplies falls
-   * below this, on connect and when its keys are claimed. 0 turns the notice off. @default 10
-   */
-  keyLowWater?: number;
-  /**
-   * Makes this server one gateway node of many (see docs/scaling.md): entries for devices
-   * connected to other nodes ring those nodes' doorbells, presence and typing cross nodes, and a
-   * device's newest connection wins cluster-wide. Start it (`await cluster.start(nodeId)`) before
-   * the first connection; the server never stops it: its owner does, after
-   * {@link PostboxServer.close}. Without it the server is a single node and keeps all of this in
-   * its own memory.
-   */
-  cluster?: ClusterAdapter;
-  /**
-   * An open session re-reads its inbox when it has not read it for this long, so an entry whose
-   * doorbell was lost (its node died mid-ring, Redis dropped it, the registry was stale or
-   * unreachable) still arrives without a reconnect. Costs one inbox read per idle connection
-   * per interval. 0 turns it off. @default 30000 with a cluster, 0 without (one node's rings
-   * are not lost)
-   */
-  inboxPollMs?: number;
-  /**
-   * Handshakes (`hello` until `welcome`: authentication, device registration) in progress at
-   * once. Past it a new connection gets `unavailable` and close code 1013 ("try again later"),
-   * and its client backs off with jitter, so the clients of a dead gateway reconnecting all at
-   * once cannot overload the survivors' stores. @default 256
-   */
-  maxConcurrentHandshakes?: number;
-  /**
-   * While the store fails, it is probed this often (with `ServerStore.ping`) so that
-   * {@link PostboxServer.storeHealth} (and `/readyz`) turns healthy again once it answers, even
-   * with no client sending. 0 turns probing off: then only a successful commit does.
-   * @default 1000
-   */
-  storeProbeMs?: number;
-  /** @default silent */
-  logger?: Logger;
-  /**
-   * Where the delivery trace is kept (see {@link PostboxServer.trace}): metadata only, bounded.
-   * `false` turns it off. @default memoryTraceStore() — the last 50,000 events
-   */
-  trace?: TraceStore | false;
-  /** Also write every trace event to `logger.debug('trace', event)`. @default false */
-  traceLog?: boolean;
-}
-
-/** Events of {@link PostboxServer}. */
-export interface ServerEvents {
-  /** A device completed `hello`. */
-  online: (device: DeviceAddress) => void;
-  /** A device's session ended. */
-  offline: (device: DeviceAddress, code: number) => void;
-  /**
-   * A store failure; affected connections were closed with 1013 (try again later) so their
-   * clients back off and resend.
-   */
-  error: (error: unknown) => void;
-  /** The store started failing, or answers again (see {@link PostboxServer.storeHealth}). */
-  storeHealth: (health: StoreHealth) => void;
-  /** A user's announced presence changed (after the debounce). */
-  presence: (user: string, online: boolean, lastSeen: number | undefined) => void;
-  /** A device was linked to its user by another device's approval. */
-  linked: (device: DeviceAddress, approvedBy: DeviceAddress) => void;
-  /** A device was unlinked. */
-  unlinked: (device: DeviceAddress) => void;
-}
+export type {
+  AuthResult,
+  Authenticate,
+  Logger,
+  PresencePolicy,
+  PresenceVisibility,
+  ServerEvents,
+  ServerOptions,
+} from './options.js';
 
 /** Announced presence of one user and its pending offline announcement. */
 interface PresenceState {
@@ -325,27 +92,6 @@ interface PendingCommit {
   done?: (code: ErrorCode | undefined) => void;
   /** A client's create or add: who joins and who is invited is decided just before it commits. */
   consent?: boolean;
-}
-
-const REFUSAL_TEXT: Record<string, string> = {
-  unknown_recipient: 'recipient is not registered (no device, not in the user directory)',
-  not_member: 'not a member of the group',
-  forbidden: 'not allowed',
-  group_full: 'group is at its member cap',
-  inbox_full: "a recipient device's inbox is full; try again later",
-  quota_exceeded: 'a storage quota would be exceeded',
-  mismatched_devices: 'device list does not match the directory',
-  stale_devices: 'some devices were re-registered',
-};
-
-/** Wire form of a device-list difference. */
-function wireDifference(d: DeviceMismatch): NonNullable<ErrFrame['d']> {
-  const out: NonNullable<ErrFrame['d']> = {};
-  const list = (l: DeviceAddress[]): Array<[string, string]> => l.map((a) => [a.user, a.device]);
-  if (d.missing?.length) out.m = list(d.missing);
-  if (d.extra?.length) out.x = list(d.extra);
-  if (d.stale?.length) out.s = list(d.stale);
-  return out;
 }
 
 /**
@@ -369,11 +115,6 @@ const MEMBER_CACHE_MS = 5000;
 /** Most groups whose members the typing cache keeps (the least recently read are dropped). */
 const MEMBER_CACHE_MAX = 10_000;
 
-type WireKey = [number, Uint8Array, Uint8Array];
-
-/** What a ciphertext may add to `maxBodyBytes` (a PreKey message carries ~1.9 KB of keys). */
-const CIPHERTEXT_OVERHEAD = 4096;
-
 /**
  * The embeddable server engine. Hand it connections with {@link PostboxServer.accept} or a
  * transport with {@link PostboxServer.listen}. All durable state lives in the store; the engine
@@ -383,22 +124,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   readonly store: ServerStore;
   private readonly authenticate: Authenticate;
   /** @internal */ readonly clock: Clock;
-  /** @internal */ readonly opts: Required<
-    Omit<
-      ServerOptions,
-      | 'store'
-      | 'authenticate'
-      | 'clock'
-      | 'logger'
-      | 'presence'
-      | 'push'
-      | 'metrics'
-      | 'cluster'
-      | 'trace'
-      | 'traceLog'
-      | 'costBudgets'
-    >
-  >;
+  /** @internal */ readonly opts: EngineConfig;
   private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
   private readonly sessions = new Map<string, Session>();
@@ -461,6 +187,9 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly groupCaps: GroupCaps;
   private readonly health: StoreHealthMonitor;
 
+  /** What this server's sessions may ask of it. */
+  private readonly host: SessionHost;
+
   constructor(options: ServerOptions) {
     super();
     this.store = options.store;
@@ -473,38 +202,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       options.traceLog ? (msg, e) => this.log.debug(msg, e) : undefined,
       () => this.cluster?.nodeId,
     );
-    this.opts = {
-      heartbeatMs: options.heartbeatMs ?? 25_000,
-      helloTimeoutMs: options.helloTimeoutMs ?? 10_000,
-      retentionMs: options.retentionMs ?? 30 * 24 * 3600_000,
-      expiryIntervalMs: options.expiryIntervalMs ?? 3600_000,
-      maxFrameBytes: options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
-      maxPreHelloFrameBytes: options.maxPreHelloFrameBytes ?? DEFAULT_MAX_PRE_HELLO_FRAME_BYTES,
-      maxBodyBytes: options.maxBodyBytes ?? 64 * 1024,
-      deliveryWindow: options.deliveryWindow ?? 64,
-      maxPendingSends: options.maxPendingSends ?? 256,
-      maxCommitBatch: options.maxCommitBatch ?? 512,
-      maxCommitRows: options.maxCommitRows ?? 8192,
-      groupConsent: options.groupConsent ?? 'related',
-      maxGroupCreatesPerHour: options.maxGroupCreatesPerHour ?? 30,
-      maxGroupJoinsPerDay: options.maxGroupJoinsPerDay ?? 100,
-      maxFramesPerSecond: options.maxFramesPerSecond ?? 2000,
-      maxInvalidFrames: options.maxInvalidFrames ?? 8,
-      sendHighWaterBytes: options.sendHighWaterBytes ?? 1024 * 1024,
-      maxGroupMembers: Math.min(MAX_GROUP_MEMBERS, options.maxGroupMembers ?? MAX_GROUP_MEMBERS),
-      linking: options.linking ?? 'approval',
-      linkCodeTtlMs: options.linkCodeTtlMs ?? 300_000,
-      presenceDebounceMs: options.presenceDebounceMs ?? 3000,
-      maxSubscriptions: options.maxSubscriptions ?? 256,
-      maxTypingPer10s: options.maxTypingPer10s ?? 20,
-      maxKeyClaimsPer10s: options.maxKeyClaimsPer10s ?? 4096,
-      maxOneTimeKeyClaimsPerDay: options.maxOneTimeKeyClaimsPerDay ?? 5,
-      keyLowWater: options.keyLowWater ?? 10,
-      pushIntervalMs: options.pushIntervalMs ?? 60_000,
-      inboxPollMs: options.inboxPollMs ?? (options.cluster ? 30_000 : 0),
-      maxConcurrentHandshakes: options.maxConcurrentHandshakes ?? 256,
-      storeProbeMs: options.storeProbeMs ?? 1000,
-    };
+    this.opts = resolveConfig(options);
     this.limits = new Limits(this.opts);
     this.clientLog = new RateLimitedLog(this.log, () => this.clock.now());
     this.budgets = new CostBudgets(options.costBudgets ?? DEFAULT_COST_BUDGETS);
@@ -531,6 +229,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
           : p === 'nobody'
             ? () => false
             : (viewer, target, store) => store.related(viewer, target);
+    this.host = this.sessionHost();
     this.scheduleSweep();
     this.scheduleExpiry();
   }
@@ -581,7 +280,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       connection.close(CLOSE_CODES.goingAway, 'server shutting down');
       return;
     }
-    const session = new Session(this, connection);
+    const session = new Session(this.host, connection);
     this.connections.add(session);
     this.metrics.connection(1);
   }
@@ -760,23 +459,98 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     return new Promise((resolve) => this.idleWaiters.push(resolve));
   }
 
-  // ------------------------------------------------------------ internals used by Session
+  // ------------------------------------------------------------ what a session may ask
 
-  /** @internal */
-  get hasCluster(): boolean {
-    return this.cluster !== undefined;
+  /** The one object through which sessions reach the server (see session-host.ts). */
+  private sessionHost(): SessionHost {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- `closing` is read live
+    const server = this;
+    return {
+      clock: this.clock,
+      config: this.opts,
+      metrics: this.metrics,
+      tracer: this.tracer,
+      log: this.log,
+      store: this.store,
+      get closing() {
+        return server.closing;
+      },
+      enterHandshake: () => {
+        if (this.handshakes >= this.opts.maxConcurrentHandshakes) return false;
+        this.handshakes++;
+        return true;
+      },
+      leaveHandshake: () => {
+        this.handshakes--;
+      },
+      authenticate: (hello, remoteAddress) => this.authenticateHello(hello, remoteAddress),
+      inDebt: (addr, now) => this.budgets.inDebt(addr.user, addr.device, now),
+      needsApproval: (addr) => this.needsApproval(addr),
+      startLink: (session) => this.startLink(session),
+      registerInCluster: (addr) => (this.cluster ? this.registerInCluster(addr) : undefined),
+      unregisterInCluster: (addr) => this.unregisterInCluster(addr),
+      bind: (session) => this.bind(session),
+      unbind: (session, code) => this.unbind(session, code),
+      frameAllowed: (addr, now) => this.limits.frame(addr.user, addr.device, now),
+      afford: (session, frame, now) => this.afford(session, frame, now),
+      groupCapRefusal: (input) => this.groupCapRefusal(input),
+      commit: (session, r, input) =>
+        this.enqueueCommit({ session, input, r, consent: input.kind === 'group' }),
+      serve: (session, frame, now) => this.serve(session, frame, now),
+      deliverWritten: (res) => this.deliverWritten(res),
+      ring: (devices) => this.ring(devices),
+      checkKeySupply: (addr) => this.checkKeySupply(addr),
+      storeFailed: (error, session) => this.reportStoreFailure(error, [session]),
+    };
   }
 
-  /** @internal */
-  get isClosing(): boolean {
-    return this.closing;
+  /** A frame a session hands over as it comes: to the part of the server that serves it. */
+  private serve(session: Session, frame: ServiceFrame, now: number): void {
+    switch (frame.t) {
+      case 'keys':
+        void this.putKeys(session, frame);
+        return;
+      case 'ptok':
+        void this.setPushToken(session, frame);
+        return;
+      case 'kget':
+        void this.claimKeys(session, frame);
+        return;
+      case 'lnk':
+        void this.approveLink(session, frame.r, frame.code);
+        return;
+      case 'unl':
+        void this.unlinkFromSession(session, frame.r, frame.d);
+        return;
+      case 'sub':
+        void this.subscribe(session, frame.r, frame.u);
+        return;
+      case 'unsub':
+        this.unsubscribe(session, frame.u);
+        return;
+      case 'typ': {
+        const verdict = this.limits.typing(session.addr!.user, now);
+        if (verdict !== 'ok') {
+          // Dropped, not fatal: typing is ephemeral and a flood only costs the flooder.
+          if (verdict === 'first-over') session.sendError('rate_limited', 'too many typing notices');
+          return;
+        }
+        // Ephemeral: a store that cannot say who is in the group drops the notice, nothing more.
+        this.typing(session, frame).catch((e) =>
+          this.clientLog.warn(session.addr!.user, 'typing notice dropped', e),
+        );
+        return;
+      }
+    }
   }
 
-  /** @internal */
-  async authenticateHello(hello: HelloFrame, session: Session): Promise<AuthResult | null> {
+  private async authenticateHello(
+    hello: HelloFrame,
+    remoteAddress: string | undefined,
+  ): Promise<AuthResult | null> {
     const ctx: { device?: string; remoteAddress?: string } = {};
     if (hello.dev !== undefined) ctx.device = hello.dev;
-    if (session.conn.remoteAddress !== undefined) ctx.remoteAddress = session.conn.remoteAddress;
+    if (remoteAddress !== undefined) ctx.remoteAddress = remoteAddress;
     return this.authenticate(hello.cred, ctx);
   }
 
@@ -938,9 +712,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** A typing notice to this node's sessions of `users` (the typist's own user left out). */
   private deliverTyping(users: Iterable<string>, n: TypingNotice): void {
-    const frame: ServerFrame = n.group
-      ? { t: 'typn', f: n.from.user, fd: n.from.device, on: n.on, to: n.to, g: true }
-      : { t: 'typn', f: n.from.user, fd: n.from.device, on: n.on };
+    const frame = typingFrame(n);
     let encoded: Uint8Array | undefined;
     for (const user of users) {
       if (user === n.from.user) continue;
@@ -1003,11 +775,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private tellWatchers(user: string, online: boolean, lastSeen: number | undefined): void {
     for (const s of this.watchers.get(user) ?? []) {
       const showLastSeen = s.subscriptions?.get(user) === true;
-      s.send(
-        online || lastSeen === undefined || !showLastSeen
-          ? { t: 'pres', u: user, on: online }
-          : { t: 'pres', u: user, on: false, ls: lastSeen },
-      );
+      s.send(presenceFrame(user, online, showLastSeen ? lastSeen : undefined));
     }
   }
 
@@ -1055,11 +823,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       }
       if (session.isClosed() || !session.subscriptions?.has(target)) return;
     }
-    session.send(
-      online || lastSeen === undefined
-        ? { t: 'pres', u: target, on: online }
-        : { t: 'pres', u: target, on: false, ls: lastSeen },
-    );
+    session.send(presenceFrame(target, online, lastSeen));
   }
 
   /** @internal */
@@ -1201,11 +965,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** @internal publishes a device's keys (`keys` frame). */
   async putKeys(session: Session, f: KeysFrame): Promise<void> {
-    const upload: KeyUpload = { registrationId: f.rid, identityKey: f.ik };
-    if (f.spk) upload.signedPreKey = { id: f.spk[0], key: f.spk[1], signature: f.spk[2] };
-    if (f.lrk) upload.lastResortKyber = { id: f.lrk[0], key: f.lrk[1], signature: f.lrk[2] };
-    if (f.pk) upload.preKeys = f.pk.map(([id, key]) => ({ id, key }));
-    if (f.kpk) upload.kyberPreKeys = f.kpk.map(([id, key, signature]) => ({ id, key, signature }));
+    const upload = keyUpload(f);
     try {
       await this.store.putKeys(session.addr!, upload);
     } catch (e) {
@@ -1259,23 +1019,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       return;
     }
     this.limits.claimed(claimer, bundles.length, this.clock.now());
-    session.send({
-      t: 'kb',
-      r: f.r,
-      b: bundles.map((b) => {
-        const t: [string, string, number, Uint8Array, WireKey, WireKey, ...Array<[number, Uint8Array]>] = [
-          b.user,
-          b.device,
-          b.registrationId,
-          b.identityKey,
-          [b.signedPreKey.id, b.signedPreKey.key, b.signedPreKey.signature],
-          [b.kyberPreKey.id, b.kyberPreKey.key, b.kyberPreKey.signature],
-        ];
-        if (b.preKey) t.push([b.preKey.id, b.preKey.key]);
-        return t;
-      }),
-      ...(keyless.length > 0 ? { w: keyless } : {}),
-    });
+    session.send(keyBundlesFrame(f, bundles, keyless));
     for (const b of bundles) void this.checkKeySupply(b);
   }
 
@@ -1374,19 +1118,8 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     offsets: number[],
     ring: DeviceAddress[],
   ): void {
-    const entry: InboxEntry = {
-      offset: 0,
-      kind: 'msg',
-      id: input.id,
-      from: input.from,
-      to: input.to,
-      seq: input.seq,
-      ts,
-      body: input.body,
-    };
     // A group entry reads the same on every device but for its offset: packed once.
     let encode: ((offset: number) => Uint8Array) | undefined;
-    if (input.group) entry.group = true;
     // An encrypted 1:1 message carries one ciphertext per device.
     const bodies = input.envelopes && new Map(input.envelopes.map((e) => [keyOf(e), e.body]));
     for (let i = 0; i < devices.length; i++) {
@@ -1397,10 +1130,18 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
         if (this.push || this.cluster) ring.push(d);
         continue;
       }
-      entry.offset = offsets[i]!;
-      if (bodies) entry.body = bodies.get(keyOf(d)) ?? input.body;
-      if (input.group) encode ??= encodeAtOffset(s.entryFrame(entry));
-      if (!s.offer(entry, encode)) ring.push(d);
+      const offset = offsets[i]!;
+      if (!s.canTake(offset)) {
+        ring.push(d);
+        continue;
+      }
+      let data: Uint8Array;
+      if (input.group)
+        data = (encode ??= encodeAtOffset(committedMsgFrame(input, ts, 0, input.body, d.user)))(offset);
+      else
+        data = encodeFrame(committedMsgFrame(input, ts, offset, bodies?.get(keyOf(d)) ?? input.body, d.user));
+      s.take(offset, data);
+      if (this.tracer.on) this.tracer.pushedMessage(d, input.id, offset);
     }
   }
 
@@ -1570,585 +1311,6 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
           if (!this.closing) this.scheduleExpiry();
         });
     }, this.opts.expiryIntervalMs);
-  }
-}
-
-const WIRE_STATUS = { delivered: 'd', read: 'r', expired: 'x' } as const;
-const WIRE_GAP_REASON = { expired: 'x' } as const;
-
-/** A session's connection handlers: one small object rather than three closures per connection. */
-class SessionHandlers implements ConnectionHandlers {
-  constructor(private readonly session: Session) {}
-  frame(data: Uint8Array): void {
-    this.session.onFrame(data);
-  }
-  close(code: number): void {
-    this.session.onClosed(code);
-  }
-  drain(): void {
-    this.session.pump();
-  }
-}
-
-/** One connection's state: handshake, rate limits, commit pipeline and delivery window. */
-class Session {
-  addr: DeviceAddress | undefined;
-  private state: 'hello' | 'authenticating' | 'linking' | 'open' | 'closed' = 'hello';
-  /** From the hook's answer until the session opens (link approval included): who it is. */
-  pendingAddr: DeviceAddress | undefined;
-  /** While awaiting link approval: the code it was given. */
-  linkCode: string | undefined;
-  private linkStartedAt = 0;
-  /** When the credentials of this session expire (the hook's `expiresAt`), if they do. */
-  private expiresAt: number | undefined;
-  private version = PROTOCOL_VERSION;
-  /** Presence subscriptions: target user → whether its last-seen time may be shown. */
-  subscriptions: Map<string, boolean> | undefined;
-  pendingSends = 0;
-  /** @internal a frame of this session was refused over budget since the last one that ran. */
-  overBudget = false;
-  private lastFrameAt: number;
-  /** Closes the connection if it has not opened (or started linking) by the `hello` deadline. */
-  private helloTimer: TimerHandle | undefined;
-  private invalidFrames = 0;
-  private rateWindowStart: number;
-  private rateCount = 0;
-  // Delivery window.
-  private cursor = 0;
-  /** Offsets delivered and not yet acked; made on the first delivery (idle sessions never need one). */
-  private inflight: Set<number> | undefined;
-  private reading = false;
-  private dirty = false;
-  /**
-   * The last read reached the end of the inbox and nothing was appended since (every append
-   * rings): an ack or a drain then frees room without a pointless read of an empty tail.
-   */
-  private drained = false;
-  /** When the inbox was last read (for {@link ServerOptions.inboxPollMs}). */
-  private lastReadAt = 0;
-
-  constructor(
-    private readonly server: PostboxServer,
-    readonly conn: Connection,
-  ) {
-    this.lastFrameAt = this.rateWindowStart = server.clock.now();
-    conn.setHandlers(new SessionHandlers(this));
-    // A timer per handshake rather than a check in the liveness sweep, which runs every half
-    // heartbeat (12.5 s): with it a silent socket was held 10-22 s. Node keeps timers of one
-    // duration in one list, so this is O(1) to arm and to clear, and it lives only until hello.
-    this.helloTimer = server.clock.setTimeout(() => this.helloExpired(), server.opts.helloTimeoutMs);
-  }
-
-  private helloExpired(): void {
-    this.helloTimer = undefined;
-    // Not `unauthorized`: a slow link is no reason for the client to give up for good.
-    if (this.state === 'hello' || this.state === 'authenticating')
-      this.close(CLOSE_CODES.heartbeatTimeout, 'no hello in time');
-  }
-
-  /** The handshake is over (opened, linking, or closed): its deadline no longer applies. */
-  private endHandshake(): void {
-    if (this.helloTimer === undefined) return;
-    this.server.clock.clearTimeout(this.helloTimer);
-    this.helloTimer = undefined;
-  }
-
-  send(frame: ServerFrame): void {
-    if (this.state !== 'closed') this.conn.send(encodeFrame(frame));
-  }
-
-  /** Sends an already encoded frame (one encoding shared by many recipients). */
-  sendEncoded(data: Uint8Array): void {
-    if (this.state === 'open') this.conn.send(data);
-  }
-
-  sendError(code: ErrorCode, message: string, r?: number, devices?: ErrFrame['d']): void {
-    this.server.metrics.error(code);
-    const frame: ErrFrame = { t: 'err', c: code, m: message };
-    if (r !== undefined) frame.r = r;
-    if (devices) frame.d = devices;
-    this.send(frame);
-  }
-
-  isClosed(): boolean {
-    return this.state === 'closed';
-  }
-
-  close(code: number, reason: string): void {
-    if (this.state === 'closed') return;
-    this.conn.close(code, reason);
-    this.onClosed(code);
-  }
-
-  checkLiveness(now: number): void {
-    if (this.state === 'closed') return;
-    if (this.expiresAt !== undefined && now >= this.expiresAt) {
-      // Its credentials ran out: the client asks its `credentials` function for fresh ones.
-      this.sendError('unauthorized', 'credentials expired');
-      this.close(CLOSE_CODES.reauthenticate, 'credentials expired');
-      return;
-    }
-    if (this.state === 'linking') {
-      if (now - this.linkStartedAt > this.server.opts.linkCodeTtlMs)
-        this.close(CLOSE_CODES.linkExpired, 'link code expired');
-      return;
-    }
-    // Before the session opens, its own timer keeps the hello deadline (helloExpired).
-    if (this.state !== 'open') return;
-    if (now - this.lastFrameAt > this.server.opts.heartbeatMs * 2) {
-      this.close(CLOSE_CODES.heartbeatTimeout, 'heartbeat timeout');
-      return;
-    }
-    const poll = this.server.opts.inboxPollMs;
-    // A doorbell may have been lost: look at the inbox anyway now and then.
-    if (poll > 0 && now - this.lastReadAt >= poll) this.notify();
-  }
-
-  /** @internal the connection closed. */
-  onClosed(code: number): void {
-    if (this.state === 'closed') return;
-    this.state = 'closed';
-    this.endHandshake();
-    this.server.unbind(this, code);
-  }
-
-  /** @internal one frame arrived. */
-  onFrame(data: Uint8Array): void {
-    if (this.state === 'closed') return;
-    const now = this.server.clock.now();
-    this.lastFrameAt = now;
-    if (now - this.rateWindowStart >= 1000) {
-      this.rateWindowStart = now;
-      this.rateCount = 0;
-    }
-    // Counted per device once it is known, so that reconnecting does not reset the count.
-    const addr = this.addr;
-    const over = addr
-      ? !this.server.limits.frame(addr.user, addr.device, now)
-      : ++this.rateCount > this.server.opts.maxFramesPerSecond;
-    if (over) {
-      this.sendError('rate_limited', 'too many frames per second');
-      this.close(CLOSE_CODES.rateLimited, 'rate limited');
-      return;
-    }
-    let frame: ClientFrame;
-    try {
-      // Before authentication only a hello-sized frame is decoded at all (issue 22).
-      const max =
-        this.state === 'open' ? this.server.opts.maxFrameBytes : this.server.opts.maxPreHelloFrameBytes;
-      frame = decodeClientFrame(data, max);
-    } catch (e) {
-      const err = isPostboxError(e)
-        ? e
-        : new PostboxError('invalid_frame', 'undecodable frame', { cause: e });
-      this.sendError(err.code, err.message, this.state === 'open' ? err.requestId : undefined);
-      if (err.code === 'too_large') this.close(CLOSE_CODES.tooLarge, 'frame too large');
-      else if (this.state !== 'open' || ++this.invalidFrames > this.server.opts.maxInvalidFrames) {
-        this.close(CLOSE_CODES.protocolError, 'invalid frames');
-      }
-      return;
-    }
-    if (this.state !== 'open') {
-      if (frame.t === 'hello' && this.state === 'hello') void this.onHello(frame);
-      else if (this.state === 'linking' && (frame.t === 'ping' || frame.t === 'pong')) {
-        if (frame.t === 'ping') this.send({ t: 'pong' });
-      } else {
-        this.sendError('unauthorized', 'say hello first');
-        this.close(CLOSE_CODES.unauthorized, 'no hello');
-      }
-      return;
-    }
-    if (!this.server.afford(this, frame, now)) return;
-    this.overBudget = false;
-    switch (frame.t) {
-      case 'send': {
-        const max = this.server.opts.maxBodyBytes;
-        // A ciphertext is its plaintext plus the session's overhead (a first, PreKey message
-        // carries some 1.9 KB of keys).
-        if (frame.b.byteLength > max || frame.e?.some((e) => e[3].byteLength > max + CIPHERTEXT_OVERHEAD)) {
-          this.sendError('too_large', `body over ${max} bytes`, frame.r);
-          return;
-        }
-        if (frame.g && (frame.e || frame.seq === 0)) {
-          this.sendError('invalid_frame', 'a group message has one body and a sequence number', frame.r);
-          return;
-        }
-        const input: MessageInput = {
-          kind: 'msg',
-          from: this.addr!,
-          id: frame.id,
-          to: frame.to,
-          seq: frame.seq,
-          body: frame.b,
-        };
-        if (frame.g) input.group = true;
-        if (frame.e)
-          input.envelopes = frame.e.map(([user, device, rid, body]) => ({ user, device, rid, body }));
-        this.commit(frame.r, input);
-        return;
-      }
-      case 'keys':
-        void this.server.putKeys(this, frame);
-        return;
-      case 'ptok':
-        void this.server.setPushToken(this, frame);
-        return;
-      case 'kget':
-        void this.server.claimKeys(this, frame);
-        return;
-      case 'grp':
-        return this.onGroup(frame);
-      case 'lnk':
-        void this.server.approveLink(this, frame.r, frame.code);
-        return;
-      case 'unl':
-        void this.server.unlinkFromSession(this, frame.r, frame.d);
-        return;
-      case 'sub':
-        void this.server.subscribe(this, frame.r, frame.u);
-        return;
-      case 'unsub':
-        this.server.unsubscribe(this, frame.u);
-        return;
-      case 'typ': {
-        const verdict = this.server.limits.typing(this.addr!.user, now);
-        if (verdict !== 'ok') {
-          // Dropped, not fatal: typing is ephemeral and a flood only costs the flooder.
-          if (verdict === 'first-over') this.sendError('rate_limited', 'too many typing notices');
-          return;
-        }
-        // Ephemeral: a store that cannot say who is in the group drops the notice, nothing more.
-        this.server
-          .typing(this, frame)
-          .catch((e) => this.server.clientLog.warn(this.addr!.user, 'typing notice dropped', e));
-        return;
-      }
-      case 'rcpt':
-        this.commit(frame.r, {
-          kind: 'receipt',
-          from: this.addr!,
-          id: frame.id,
-          to: frame.to,
-          status: 'read',
-          ids: frame.ids,
-        });
-        return;
-      case 'ack':
-        void this.onAck(frame.o);
-        return;
-      case 'ping':
-        this.send({ t: 'pong' });
-        return;
-      case 'pong':
-        return;
-      case 'hello':
-        this.sendError('invalid_frame', 'already said hello');
-        return;
-    }
-  }
-
-  private async onHello(hello: HelloFrame): Promise<void> {
-    const server = this.server;
-    if (server.handshakes >= server.opts.maxConcurrentHandshakes) {
-      // Shed load before it reaches the authenticator and the store; the client backs off. A bare
-      // 1013, no `err` first: a client that read an error would close its side normally and
-      // come back to this same busy gateway instead of moving on to another of its list.
-      this.server.metrics.error('unavailable');
-      this.close(CLOSE_CODES.tryAgainLater, 'server busy');
-      return;
-    }
-    server.handshakes++;
-    try {
-      await this.handshake(hello);
-    } finally {
-      server.handshakes--;
-    }
-  }
-
-  private async handshake(hello: HelloFrame): Promise<void> {
-    this.state = 'authenticating';
-    const version = negotiateVersion(hello.v, [MIN_PROTOCOL_VERSION, PROTOCOL_VERSION]);
-    if (version === undefined) {
-      this.sendError('unsupported_version', `server speaks ${MIN_PROTOCOL_VERSION}..${PROTOCOL_VERSION}`);
-      this.close(CLOSE_CODES.unsupportedVersion, 'unsupported version');
-      return;
-    }
-    let auth: AuthResult | null;
-    try {
-      auth = await this.server.authenticateHello(hello, this);
-    } catch (e) {
-      this.server.log.debug('authenticate threw', e);
-      auth = null;
-    }
-    if (this.isClosed()) return;
-    const accepted = acceptAuth(auth, this.server.clock.now());
-    if ('refused' in accepted) {
-      // An app whose hook passes on ids it never checked wants to hear about it.
-      if (auth && accepted.refused !== 'credentials expired')
-        this.server.log.warn(`authenticate hook's answer refused: ${accepted.refused}`);
-      this.sendError('unauthorized', accepted.refused);
-      this.close(CLOSE_CODES.unauthorized, 'unauthorized');
-      return;
-    }
-    const addr = accepted.addr;
-    if (this.server.budgets.inDebt(addr.user, addr.device, this.server.clock.now())) {
-      // Closed for debt and back before paying it off: refused before any store work.
-      this.sendError('rate_limited', 'over the cost budget: reconnect later');
-      this.close(CLOSE_CODES.rateLimited, 'over the cost budget');
-      return;
-    }
-    this.pendingAddr = addr;
-    this.expiresAt = accepted.expiresAt;
-    this.version = version;
-    let approval: boolean;
-    try {
-      approval = await this.server.needsApproval(addr);
-    } catch (e) {
-      this.server.reportStoreFailure(e, [this]);
-      return;
-    }
-    if (this.isClosed()) return;
-    if (approval) {
-      this.state = 'linking';
-      this.endHandshake();
-      this.linkStartedAt = this.server.clock.now();
-      const { code, exp } = this.server.startLink(this);
-      this.send({ t: 'lcode', code, exp });
-      return;
-    }
-    await this.open(addr);
-  }
-
-  /** Registers the approved device and opens its session. False when the store failed. */
-  async completeLink(): Promise<boolean> {
-    if (this.state !== 'linking' || !this.pendingAddr) return false;
-    return this.open(this.pendingAddr);
-  }
-
-  private async open(addr: DeviceAddress): Promise<boolean> {
-    let registered: NotifyResult;
-    try {
-      registered = await this.server.store.registerDevice(addr, this.server.clock.now());
-    } catch (e) {
-      this.server.reportStoreFailure(e, [this]);
-      return false;
-    }
-    if (this.isClosed()) return false;
-    if (this.server.hasCluster) {
-      await this.server.registerInCluster(addr);
-      if (this.isClosed()) {
-        this.server.unregisterInCluster(addr);
-        return false;
-      }
-    }
-    this.addr = addr;
-    this.pendingAddr = undefined;
-    this.state = 'open';
-    this.endHandshake();
-    // Heartbeats count from here: a slow handshake (authentication, store, cluster) is not silence.
-    this.lastFrameAt = this.server.clock.now();
-    this.server.bind(this);
-    const o = this.server.opts;
-    this.send({
-      t: 'welcome',
-      v: this.version,
-      u: addr.user,
-      d: addr.device,
-      hb: o.heartbeatMs,
-      lim: { frame: o.maxFrameBytes, body: o.maxBodyBytes, window: o.maxPendingSends, dw: o.deliveryWindow },
-    });
-    this.server.ring(registered.notify);
-    this.pump();
-    void this.server.checkKeySupply(addr);
-    return true;
-  }
-
-  private onGroup(f: GroupFrame): void {
-    let change: GroupChange;
-    switch (f.op) {
-      case 'create':
-        if (f.n === undefined) return this.sendError('invalid_frame', 'create needs a name', f.r);
-        change = { op: 'create', name: f.n, members: f.m ?? [] };
-        break;
-      case 'rename':
-        if (f.n === undefined) return this.sendError('invalid_frame', 'rename needs a name', f.r);
-        change = { op: 'rename', name: f.n };
-        break;
-      case 'leave':
-      case 'accept':
-      case 'decline':
-        change = { op: f.op };
-        break;
-      case 'invite':
-        return this.sendError('invalid_frame', 'invite is an event; add the user instead', f.r);
-      default:
-        if (!f.m) return this.sendError('invalid_frame', `${f.op} needs members`, f.r);
-        change = { op: f.op, members: f.m };
-    }
-    const input: GroupInput = {
-      kind: 'group',
-      from: this.addr!,
-      id: f.id,
-      group: f.g,
-      change,
-      maxMembers: this.server.opts.maxGroupMembers,
-    };
-    const refused = this.server.groupCapRefusal(input);
-    // Not rate_limited: that is retried at once, and these windows last hours.
-    if (refused) return this.sendError('quota_exceeded', refused, f.r);
-    this.commit(f.r, input);
-  }
-
-  private commit(r: number, input: AppendInput): void {
-    if (this.server.isClosing) {
-      // Not committing means not acking; the client resends to the next server.
-      this.close(CLOSE_CODES.goingAway, 'server shutting down');
-      return;
-    }
-    if (this.pendingSends >= this.server.opts.maxPendingSends) {
-      this.sendError('rate_limited', 'too many sends awaiting commit', r);
-      this.close(CLOSE_CODES.rateLimited, 'too many pending sends');
-      return;
-    }
-    this.pendingSends++;
-    this.server.enqueueCommit({ session: this, input, r, consent: input.kind === 'group' });
-  }
-
-  private async onAck(offsets: number[]): Promise<void> {
-    if (this.inflight) for (const o of offsets) this.inflight.delete(o);
-    if (this.server.tracer.on) this.server.tracer.acked(this.addr!, offsets);
-    try {
-      const res = await this.server.store.ack(this.addr!, offsets, this.server.clock.now());
-      this.server.metrics.acked(res.count);
-      this.server.deliverWritten(res);
-    } catch (e) {
-      this.server.reportStoreFailure(e, [this]);
-      return;
-    }
-    this.pump();
-  }
-
-  /**
-   * Delivers a just-committed entry without a store read when this session has delivered
-   * everything before it (its inbox was drained and the entry is the very next offset) and has
-   * room. False when it could not: the caller rings instead.
-   */
-  offer(e: InboxEntry, encode?: (offset: number) => Uint8Array): boolean {
-    if (this.state !== 'open' || !this.drained || this.reading || this.cursor !== e.offset - 1) return false;
-    if ((this.inflight?.size ?? 0) >= this.server.opts.deliveryWindow) return false;
-    if (this.conn.bufferedAmount > this.server.opts.sendHighWaterBytes) return false;
-    this.cursor = e.offset;
-    (this.inflight ??= new Set()).add(e.offset);
-    if (encode) this.sendEncoded(encode(e.offset));
-    else this.send(this.entryFrame(e));
-    if (this.server.tracer.on) this.server.tracer.pushed(this.addr!, e);
-    this.server.metrics.delivered(1);
-    return true;
-  }
-
-  /** New entries landed in this device's inbox. */
-  notify(): void {
-    this.drained = false;
-    this.pump();
-  }
-
-  /** Pulls the next entries of the inbox into the delivery window. Store is the truth; this is idempotent. */
-  pump(): void {
-    if (this.state !== 'open' || this.drained) return;
-    if (this.reading) {
-      this.dirty = true;
-      return;
-    }
-    const room = this.server.opts.deliveryWindow - (this.inflight?.size ?? 0);
-    if (room <= 0 || this.conn.bufferedAmount > this.server.opts.sendHighWaterBytes) return;
-    this.reading = true;
-    this.dirty = false;
-    this.lastReadAt = this.server.clock.now();
-    this.server.store.readInbox(this.addr!, this.cursor, room).then(
-      (entries) => {
-        this.reading = false;
-        if (this.state !== 'open') return;
-        let unsendable: number[] | undefined;
-        for (const e of entries) {
-          this.cursor = e.offset;
-          if (e.kind === 'gap' && this.version < GAP_FRAME_VERSION) {
-            (unsendable ??= []).push(e.offset);
-            continue;
-          }
-          (this.inflight ??= new Set()).add(e.offset);
-          this.send(this.entryFrame(e));
-          if (this.server.tracer.on) this.server.tracer.pushed(this.addr!, e);
-        }
-        if (entries.length > 0) this.server.metrics.delivered(entries.length - (unsendable?.length ?? 0));
-        if (unsendable) void this.ackUnsendable(unsendable);
-        if (this.dirty || entries.length === room) this.pump();
-        else this.drained = true;
-      },
-      (e) => {
-        this.reading = false;
-        this.server.reportStoreFailure(e, [this]);
-      },
-    );
-  }
-
-  /**
-   * Deletes entries this session's protocol version has no frame for (gap notices before version
-   * 2), as the device's ack would; the next read goes past them anyway.
-   */
-  private async ackUnsendable(offsets: number[]): Promise<void> {
-    try {
-      const res = await this.server.store.ack(this.addr!, offsets, this.server.clock.now());
-      this.server.ring(res.notify);
-    } catch (e) {
-      this.server.reportStoreFailure(e, [this]);
-    }
-  }
-
-  /** The frame this session sends for an inbox entry. */
-  entryFrame(e: InboxEntry): ServerFrame {
-    if (e.kind === 'gap') {
-      const s = e.streams.map((g): GapFrame['s'][number] => [
-        g.from.user,
-        g.from.device,
-        g.to,
-        ...g.ranges.flat(),
-      ]);
-      return { t: 'gap', o: e.offset, why: WIRE_GAP_REASON[e.reason], s, ts: e.ts };
-    }
-    if (e.kind === 'status') {
-      return { t: 'st', o: e.offset, s: WIRE_STATUS[e.status], ids: e.ids, by: e.by, ts: e.ts };
-    }
-    if (e.kind === 'group') {
-      const ev = e.event;
-      const f: GroupEventFrame = {
-        t: 'gev',
-        o: e.offset,
-        g: ev.group,
-        v: ev.ver,
-        op: ev.op,
-        by: ev.by,
-        m: ev.members,
-        ts: e.ts,
-      };
-      if (ev.name !== undefined) f.n = ev.name;
-      if (ev.snapshot) f.s = ev.snapshot.map((m) => [m.user, m.role === 'admin' ? 1 : 0]);
-      return f;
-    }
-    const f: MsgFrame = {
-      t: 'msg',
-      o: e.offset,
-      id: e.id,
-      f: e.from.user,
-      fd: e.from.device,
-      seq: e.seq,
-      ts: e.ts,
-      b: e.body,
-    };
-    if (e.group) {
-      f.to = e.to;
-      f.g = true;
-    } else if (e.to !== this.addr!.user) f.to = e.to;
-    return f;
   }
 }
 
