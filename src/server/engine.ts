@@ -1,37 +1,43 @@
+/**
+ * The server engine's façade: {@link PostboxServer} takes the options, builds the engine's parts
+ * and wires them together, opens a {@link Session} per connection, and offers the app's API
+ * (admin calls, lifecycle, events). The parts:
+ * - session.ts: one connection (handshake, frame checks, delivery window), behind
+ *   session-host.ts, the one interface of what a session may ask of the server;
+ * - wire.ts: frames to domain inputs, entries to frames;
+ * - commit.ts: the commit queue and its batches; routing.ts: sessions by device and the ways to
+ *   reach one (push down, ring, doorbell, wake);
+ * - presence.ts, typing.ts, linking.ts, key-directory.ts, push-wake.ts: the other services.
+ * See docs/engines.md, "Server engine", for the module map.
+ *
+ * Longer than 500 lines for its public surface: the app's API with its documentation is half the
+ * file, and the wiring of the parts is most of the rest; no delivery logic lives here.
+ * @packageDocumentation
+ */
 import { EventEmitter } from 'eventemitter3';
 import {
   CLOSE_CODES,
+  PostboxError,
   assertDeviceId,
   assertUserId,
-  PostboxError,
-  encodeAtOffset,
-  encodeFrame,
-  isPostboxError,
   type ClientFrame,
-  type ErrorCode,
-  type KeyGetFrame,
-  type KeysFrame,
-  type PushTokenFrame,
   type HelloFrame,
-  type TypingFrame,
 } from '../protocol/index.js';
 import type { Connection, ServerTransport } from '../transport/types.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
-import { performance } from 'node:perf_hooks';
-import { deviceKey } from './cluster/common.js';
-import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from './cluster/types.js';
-import { BoundedMap, Limits } from './limits.js';
 import { RateLimitedLog } from './client-log.js';
-import { FairCommitQueue, FanoutEstimate, SERVER_SIDE, yieldToEventLoop } from './commit-batch.js';
+import type { ClusterAdapter, Unsubscribe } from './cluster/types.js';
+import { FanoutEstimate } from './commit-batch.js';
+import { Committer } from './commit.js';
+import { deviceKey } from './cluster/common.js';
 import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost } from './costs.js';
-import { applyConsent, GroupCaps } from './group-consent.js';
-import { memoryTraceStore, Tracer, type TraceEvent } from './trace.js';
+import { GroupCaps } from './group-consent.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';
-import { noMetrics, type ServerMetrics } from './metrics.js';
 import { assertAddress, assertGroupChange } from './identity.js';
-import type { PushProvider, PushToken } from './push/types.js';
-import { isPendingDevice } from './users.js';
-import { KeyWaiters } from './key-waiters.js';
+import { KeyDirectory } from './key-directory.js';
+import { Limits } from './limits.js';
+import { Linking } from './linking.js';
+import { noMetrics, type ServerMetrics } from './metrics.js';
 import {
   resolveConfig,
   silentLogger,
@@ -40,31 +46,17 @@ import {
   type EngineConfig,
   type Logger,
   type PresencePolicy,
-  type PresenceVisibility,
   type ServerEvents,
   type ServerOptions,
 } from './options.js';
-import { Session } from './session.js';
+import { Presence } from './presence.js';
+import { PushWake } from './push-wake.js';
+import { Router } from './routing.js';
 import type { ServiceFrame, SessionHost } from './session-host.js';
-import {
-  REFUSAL_TEXT,
-  committedMsgFrame,
-  keyBundlesFrame,
-  keyUpload,
-  presenceFrame,
-  typingFrame,
-  wireDifference,
-} from './wire.js';
-import type {
-  AppendInput,
-  DeviceAddress,
-  GroupChange,
-  GroupInput,
-  KeyBundle,
-  MessageInput,
-  NotifyResult,
-  ServerStore,
-} from './store.js';
+import { Session } from './session.js';
+import type { DeviceAddress, GroupChange, NotifyResult, ServerStore } from './store.js';
+import { memoryTraceStore, Tracer, type TraceEvent } from './trace.js';
+import { Typing } from './typing.js';
 
 export type {
   AuthResult,
@@ -76,44 +68,16 @@ export type {
   ServerOptions,
 } from './options.js';
 
-/** Announced presence of one user and its pending offline announcement. */
-interface PresenceState {
-  sessions: number;
-  announced: boolean;
-  timer: TimerHandle | undefined;
-}
-
-interface PendingCommit {
-  /** The connection that asked, answered with `ok`/`err`; absent for server-side changes. */
-  session?: Session;
-  input: AppendInput;
-  r: number;
-  /** Called with the refusal code, or undefined when committed. */
-  done?: (code: ErrorCode | undefined) => void;
-  /** A client's create or add: who joins and who is invited is decided just before it commits. */
-  consent?: boolean;
-}
-
-/**
- * A device's session key. Unambiguous for any two strings, not only valid ids: a separator
- * character would let ids containing it collide, and one device take over another's session.
- */
-const keyOf = deviceKey;
-
-/**
- * A session opening while the cluster does not answer its registration within this opens anyway
- * (its entries then come by the inbox poll).
- */
-const CLUSTER_REGISTER_TIMEOUT_MS = 3000;
-
 /** How long {@link PostboxServer.close} waits for the cluster to take this node's leave. */
 const CLUSTER_CLOSE_WAIT_MS = 5000;
 
-/** With a cluster, a group's cached member list (for typing) is re-read after this long. */
-const MEMBER_CACHE_MS = 5000;
-
-/** Most groups whose members the typing cache keeps (the least recently read are dropped). */
-const MEMBER_CACHE_MAX = 10_000;
+/** The presence policy an option names. */
+function presencePolicy(p: ServerOptions['presence'] = 'contacts'): PresencePolicy {
+  if (typeof p === 'function') return p;
+  if (p === 'everyone') return () => true;
+  if (p === 'nobody') return () => false;
+  return (viewer, target, store) => store.related(viewer, target);
+}
 
 /**
  * The embeddable server engine. Hand it connections with {@link PostboxServer.accept} or a
@@ -125,110 +89,143 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly authenticate: Authenticate;
   /** @internal */ readonly clock: Clock;
   /** @internal */ readonly opts: EngineConfig;
-  private readonly presencePolicy: PresencePolicy;
   /** @internal */ readonly log: Logger;
-  private readonly sessions = new Map<string, Session>();
-  /** Sessions that claimed a user's keys and got none: told (`kr`) when that user publishes keys. */
-  private readonly keyWaiters = new KeyWaiters();
+  /** @internal */ readonly metrics: ServerMetrics;
+  /** @internal */ readonly tracer: Tracer;
+  /** Every open connection, authenticated or not. */
   private readonly connections = new Set<Session>();
   private readonly transports: ServerTransport[] = [];
-  private readonly commitQueue = new FairCommitQueue<PendingCommit>();
-  /** @internal how many inbox rows each queued item is expected to write. */
-  readonly fanout: FanoutEstimate;
-  private committing = false;
-  private flushScheduled = false;
-  private idleWaiters: Array<() => void> = [];
   private sweepTimer: TimerHandle | undefined;
   private expiryTimer: TimerHandle | undefined;
   private closing = false;
-  /** user → its devices' open sessions. */
-  private readonly userSessions = new Map<string, Set<Session>>();
-  /** user → presence bookkeeping, for users online or with an offline announcement pending. */
-  private readonly presence = new Map<string, PresenceState>();
-  /** user → sessions subscribed to its presence. */
-  private readonly watchers = new Map<string, Set<Session>>();
-  /** link code → the session of the device waiting for approval. */
-  private readonly linkCodes = new Map<string, Session>();
-  private readonly push: PushProvider | undefined;
-  /** @internal */ readonly metrics: ServerMetrics;
-  /** @internal */ readonly tracer: Tracer;
-  /** device → push token, for a store that does not keep them. */
-  private readonly pushTokens = new Map<string, PushToken>();
-  /** device → time of its last wake-up (bounded: the oldest are forgotten past 100k). */
-  private readonly lastWake = new BoundedMap<string, number>(100_000);
-  /**
-   * group id → member users and when they were read; a cache for typing notices, dropped on every
-   * change made here (with a cluster, changes made on other nodes age it out). Bounded: typing in
-   * ever more groups must not grow it without end.
-   */
-  private readonly memberCache = new BoundedMap<string, { members: Set<string>; at: number }>(
-    MEMBER_CACHE_MAX,
-  );
+  /** Handshakes in progress. */
+  private handshakes = 0;
   /** The gateway cluster this node belongs to, if any. */
   private readonly cluster: ClusterAdapter | undefined;
   private readonly clusterHandlers: Unsubscribe[] = [];
   /** Cluster calls in flight that {@link close} waits for (unregistrations, presence checks). */
   private readonly clusterOps = new Set<Promise<unknown>>();
-  /**
-   * With a cluster: watched user → the newest presence (highest version) applied here, so an
-   * older event arriving late is dropped.
-   */
-  private readonly presenceSeen = new Map<string, { v: number; online: boolean; at: number }>();
-  /** With a cluster: user whose last device left → its pending offline check (the debounce). */
-  private readonly offlineChecks = new Map<string, { timer: TimerHandle; run: () => Promise<void> }>();
-  /** @internal handshakes in progress. */
-  handshakes = 0;
-  /** @internal client-caused warnings, a few lines per device or user per minute. */
-  readonly clientLog: RateLimitedLog;
-  /** @internal the per-user and per-device limits (see limits.ts). */
-  readonly limits: Limits;
-  /** @internal the per-device and per-user cost budgets (see costs.ts). */
-  readonly budgets: CostBudgets;
-  private readonly groupCaps: GroupCaps;
+  /** Client-caused warnings, a few lines per device or user per minute. */
+  private readonly clientLog: RateLimitedLog;
+  /** The per-user and per-device limits (see limits.ts). */
+  private readonly limits: Limits;
+  /** The per-device and per-user cost budgets (see costs.ts). */
+  private readonly budgets: CostBudgets;
+  /** How many inbox rows each queued item is expected to write. */
+  private readonly fanout: FanoutEstimate;
   private readonly health: StoreHealthMonitor;
-
+  // The parts.
+  private readonly router: Router;
+  private readonly commits: Committer;
+  private readonly presence: Presence;
+  private readonly typing: Typing;
+  private readonly linking: Linking;
+  private readonly keys: KeyDirectory;
+  private readonly push: PushWake;
   /** What this server's sessions may ask of it. */
   private readonly host: SessionHost;
 
   constructor(options: ServerOptions) {
     super();
-    this.store = options.store;
+    const store = (this.store = options.store);
     this.authenticate = options.authenticate;
-    this.clock = options.clock ?? systemClock;
-    this.log = options.logger ?? silentLogger;
+    const clock = (this.clock = options.clock ?? systemClock);
+    const log = (this.log = options.logger ?? silentLogger);
     this.tracer = new Tracer(
       options.trace === false ? undefined : (options.trace ?? memoryTraceStore()),
-      this.clock,
-      options.traceLog ? (msg, e) => this.log.debug(msg, e) : undefined,
+      clock,
+      options.traceLog ? (msg, e) => log.debug(msg, e) : undefined,
       () => this.cluster?.nodeId,
     );
-    this.opts = resolveConfig(options);
-    this.limits = new Limits(this.opts);
-    this.clientLog = new RateLimitedLog(this.log, () => this.clock.now());
+    const config = (this.opts = resolveConfig(options));
+    this.limits = new Limits(config);
+    this.clientLog = new RateLimitedLog(log, () => clock.now());
     this.budgets = new CostBudgets(options.costBudgets ?? DEFAULT_COST_BUDGETS);
-    this.groupCaps = new GroupCaps(this.opts);
     // Devices per member: a user has a few; assume 2 for a group not committed to yet.
-    this.fanout = new FanoutEstimate(2 * this.opts.maxGroupMembers);
+    this.fanout = new FanoutEstimate(2 * config.maxGroupMembers);
     this.health = new StoreHealthMonitor({
-      store: this.store,
-      clock: this.clock,
-      log: this.log,
-      probeMs: this.opts.storeProbeMs,
+      store,
+      clock,
+      log,
+      probeMs: config.storeProbeMs,
       changed: (h) => this.emit('storeHealth', h),
     });
-    this.cluster = options.cluster;
-    if (this.cluster) this.joinCluster(this.cluster);
-    this.push = options.push;
-    this.metrics = options.metrics ?? noMetrics;
-    const p = options.presence ?? 'contacts';
-    this.presencePolicy =
-      typeof p === 'function'
-        ? p
-        : p === 'everyone'
-          ? () => true
-          : p === 'nobody'
-            ? () => false
-            : (viewer, target, store) => store.related(viewer, target);
+    const cluster = (this.cluster = options.cluster);
+    const metrics = (this.metrics = options.metrics ?? noMetrics);
+    const clusterOp = (what: string, op: () => Promise<void>) => this.clusterOp(what, op);
+    const storeFailed = (e: unknown, sessions: Iterable<Session>) => this.reportStoreFailure(e, sessions);
+    this.push = new PushWake({
+      store,
+      clock,
+      log,
+      metrics,
+      provider: options.push,
+      intervalMs: config.pushIntervalMs,
+      connected: (key) => this.router.sessions.has(key),
+    });
+    const router = (this.router = new Router({
+      metrics,
+      tracer: this.tracer,
+      log,
+      cluster,
+      push: this.push,
+    }));
+    const ring = (devices: DeviceAddress[]) => router.ring(devices);
+    this.typing = new Typing({
+      store,
+      clock,
+      log,
+      clientLog: this.clientLog,
+      limits: this.limits,
+      cluster,
+      sessionsOf: (user) => router.userSessions.get(user),
+    });
+    this.commits = new Committer({
+      store,
+      clock,
+      config,
+      metrics,
+      tracer: this.tracer,
+      fanout: this.fanout,
+      groupCaps: new GroupCaps(config),
+      health: this.health,
+      router,
+      groupChanged: (group) => this.typing.forgetGroup(group),
+      storeFailed,
+    });
+    this.presence = new Presence({
+      store,
+      clock,
+      log,
+      config,
+      policy: presencePolicy(options.presence),
+      cluster,
+      clusterOp,
+      connected: (addr) => router.session(addr) !== undefined,
+      announced: (user, online, lastSeen) => this.emit('presence', user, online, lastSeen),
+    });
+    this.linking = new Linking({
+      store,
+      clock,
+      log,
+      config,
+      cluster,
+      clusterOp,
+      ring,
+      linked: (device, by) => this.emit('linked', device, by),
+      unlinkDevice: (user, device) => this.unlinkDevice(user, device),
+      storeFailed,
+    });
+    this.keys = new KeyDirectory({
+      store,
+      clock,
+      log,
+      clientLog: this.clientLog,
+      limits: this.limits,
+      keyLowWater: config.keyLowWater,
+      session: (key) => router.sessions.get(key),
+    });
+    if (cluster) this.joinCluster(cluster);
     this.host = this.sessionHost();
     this.scheduleSweep();
     this.scheduleExpiry();
@@ -265,7 +262,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** Devices with an open, authenticated session. */
   onlineDevices(): DeviceAddress[] {
-    return [...this.sessions.values()].map((s) => s.addr!);
+    return [...this.router.sessions.values()].map((s) => s.addr!);
   }
 
   /** Accepts connections from a transport until {@link close}. */
@@ -294,7 +291,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   async registerDevice(user: string, device: string): Promise<void> {
     assertAddress({ user, device });
     const res = await this.store.registerDevice({ user, device }, this.clock.now());
-    this.ring(res.notify);
+    this.router.ring(res.notify);
   }
 
   /**
@@ -346,7 +343,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** Closes the sessions of unlinked devices, here and (connected to another node) there. */
   private async closeUnlinked(addrs: DeviceAddress[]): Promise<void> {
-    for (const a of addrs) this.sessions.get(keyOf(a))?.close(CLOSE_CODES.unlinked, 'device unlinked');
+    for (const a of addrs) this.router.session(a)?.close(CLOSE_CODES.unlinked, 'device unlinked');
     if (this.cluster && addrs.length > 0) await this.cluster.closeDevices(addrs, CLOSE_CODES.unlinked);
   }
 
@@ -358,7 +355,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   changeGroup(actor: DeviceAddress, group: string, change: GroupChange, id: string): Promise<void> {
     return new Promise((resolve, reject) => {
       assertGroupChange(actor, group, change);
-      this.enqueueCommit({
+      this.commits.enqueue({
         input: { kind: 'group', from: actor, id, group, change, maxMembers: this.opts.maxGroupMembers },
         r: 0,
         done: (code) =>
@@ -395,14 +392,14 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** Whether the user has an open session on this server (this node, with a cluster). */
   isOnline(user: string): boolean {
-    return (this.presence.get(user)?.sessions ?? 0) > 0;
+    return this.presence.isOnline(user);
   }
 
   /** Runs expiry now (it also runs every `expiryIntervalMs`). */
   async expireNow(): Promise<NotifyResult> {
     const now = this.clock.now();
     const result = await this.store.expire(now - this.opts.retentionMs, now);
-    this.ring(result.notify);
+    this.router.ring(result.notify);
     return result;
   }
 
@@ -423,8 +420,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     for (const s of [...this.connections]) s.close(CLOSE_CODES.goingAway, 'server shutting down');
     // Pending offline announcements would keep the process alive for the debounce, with no one
     // left to tell (every connection just closed; last seen was stored when each left).
-    for (const p of this.presence.values()) this.clock.clearTimeout(p.timer);
-    this.presence.clear();
+    this.presence.stopTimers();
     if (this.cluster) {
       // Unregister every device, then announce now the users who left with this node (their
       // clients reconnect elsewhere and are announced online again there). A backend that does
@@ -432,9 +428,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       const deadline = this.clock.now() + CLUSTER_CLOSE_WAIT_MS;
       while (this.clusterOps.size > 0 && this.clock.now() < deadline)
         await this.settledBy(deadline, [...this.clusterOps]);
-      const checks = [...this.offlineChecks.values()];
-      this.offlineChecks.clear();
-      for (const c of checks) this.clock.clearTimeout(c.timer);
+      const checks = this.presence.takeOfflineChecks();
       await this.settledBy(
         deadline,
         checks.map((c) => c.run()),
@@ -455,8 +449,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 
   /** Resolves when no commit is queued or running. */
   idle(): Promise<void> {
-    if (!this.committing && this.commitQueue.length === 0) return Promise.resolve();
-    return new Promise((resolve) => this.idleWaiters.push(resolve));
+    return this.commits.idle();
   }
 
   // ------------------------------------------------------------ what a session may ask
@@ -465,6 +458,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private sessionHost(): SessionHost {
     // eslint-disable-next-line @typescript-eslint/no-this-alias -- `closing` is read live
     const server = this;
+    const { router, commits, keys, linking, presence } = this;
     return {
       clock: this.clock,
       config: this.opts,
@@ -485,21 +479,20 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       },
       authenticate: (hello, remoteAddress) => this.authenticateHello(hello, remoteAddress),
       inDebt: (addr, now) => this.budgets.inDebt(addr.user, addr.device, now),
-      needsApproval: (addr) => this.needsApproval(addr),
-      startLink: (session) => this.startLink(session),
-      registerInCluster: (addr) => (this.cluster ? this.registerInCluster(addr) : undefined),
-      unregisterInCluster: (addr) => this.unregisterInCluster(addr),
+      needsApproval: (addr) => linking.needsApproval(addr),
+      startLink: (session) => linking.start(session),
+      registerInCluster: (addr) => (this.cluster ? presence.registerInCluster(addr) : undefined),
+      unregisterInCluster: (addr) => presence.unregisterInCluster(addr),
       bind: (session) => this.bind(session),
       unbind: (session, code) => this.unbind(session, code),
       frameAllowed: (addr, now) => this.limits.frame(addr.user, addr.device, now),
       afford: (session, frame, now) => this.afford(session, frame, now),
-      groupCapRefusal: (input) => this.groupCapRefusal(input),
-      commit: (session, r, input) =>
-        this.enqueueCommit({ session, input, r, consent: input.kind === 'group' }),
+      groupCapRefusal: (input) => commits.groupCapRefusal(input),
+      commit: (session, r, input) => commits.enqueue({ session, input, r, consent: input.kind === 'group' }),
       serve: (session, frame, now) => this.serve(session, frame, now),
-      deliverWritten: (res) => this.deliverWritten(res),
-      ring: (devices) => this.ring(devices),
-      checkKeySupply: (addr) => this.checkKeySupply(addr),
+      deliverWritten: (res) => router.deliverWritten(res),
+      ring: (devices) => router.ring(devices),
+      checkKeySupply: (addr) => keys.checkSupply(addr),
       storeFailed: (error, session) => this.reportStoreFailure(error, [session]),
     };
   }
@@ -508,39 +501,29 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private serve(session: Session, frame: ServiceFrame, now: number): void {
     switch (frame.t) {
       case 'keys':
-        void this.putKeys(session, frame);
+        void this.keys.put(session, frame);
         return;
       case 'ptok':
-        void this.setPushToken(session, frame);
+        void this.push.setToken(session, frame);
         return;
       case 'kget':
-        void this.claimKeys(session, frame);
+        void this.keys.claim(session, frame);
         return;
       case 'lnk':
-        void this.approveLink(session, frame.r, frame.code);
+        void this.linking.approve(session, frame.r, frame.code);
         return;
       case 'unl':
-        void this.unlinkFromSession(session, frame.r, frame.d);
+        void this.linking.unlink(session, frame.r, frame.d);
         return;
       case 'sub':
-        void this.subscribe(session, frame.r, frame.u);
+        void this.presence.subscribe(session, frame.r, frame.u);
         return;
       case 'unsub':
-        this.unsubscribe(session, frame.u);
+        this.presence.unsubscribe(session, frame.u);
         return;
-      case 'typ': {
-        const verdict = this.limits.typing(session.addr!.user, now);
-        if (verdict !== 'ok') {
-          // Dropped, not fatal: typing is ephemeral and a flood only costs the flooder.
-          if (verdict === 'first-over') session.sendError('rate_limited', 'too many typing notices');
-          return;
-        }
-        // Ephemeral: a store that cannot say who is in the group drops the notice, nothing more.
-        this.typing(session, frame).catch((e) =>
-          this.clientLog.warn(session.addr!.user, 'typing notice dropped', e),
-        );
+      case 'typ':
+        this.typing.onFrame(session, frame, now);
         return;
-      }
     }
   }
 
@@ -554,511 +537,48 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
     return this.authenticate(hello.cred, ctx);
   }
 
-  /** @internal */
-  bind(session: Session): void {
-    const key = keyOf(session.addr!);
-    const old = this.sessions.get(key);
+  /** A session opened: the device's session from now on, replacing an older one here. */
+  private bind(session: Session): void {
+    const { sessions, userSessions } = this.router;
+    const addr = session.addr!;
+    const key = deviceKey(addr);
+    const old = sessions.get(key);
     if (old && old !== session) old.close(CLOSE_CODES.replaced, 'replaced by a newer connection');
-    this.sessions.set(key, session);
-    let mine = this.userSessions.get(session.addr!.user);
-    if (!mine) this.userSessions.set(session.addr!.user, (mine = new Set()));
+    sessions.set(key, session);
+    let mine = userSessions.get(addr.user);
+    if (!mine) userSessions.set(addr.user, (mine = new Set()));
     mine.add(session);
-    this.emit('online', session.addr!);
+    this.emit('online', addr);
     // With a cluster, presence follows the cluster's registry (see registerInCluster).
-    if (!this.cluster) this.presenceUp(session.addr!.user);
+    if (!this.cluster) this.presence.up(addr.user);
   }
 
-  /** @internal */
-  unbind(session: Session, code: number): void {
+  /** A session closed: forgotten everywhere it was known. */
+  private unbind(session: Session, code: number): void {
     if (this.connections.delete(session)) this.metrics.connection(-1);
-    this.commitQueue.drop(session);
-    if (session.linkCode !== undefined) this.linkCodes.delete(session.linkCode);
-    for (const target of session.subscriptions?.keys() ?? []) this.unwatch(session, target);
-    if (!session.addr) return;
-    const key = keyOf(session.addr);
-    if (this.sessions.get(key) === session) {
-      this.sessions.delete(key);
-      const mine = this.userSessions.get(session.addr.user);
+    this.commits.drop(session);
+    this.linking.forget(session);
+    this.presence.dropSession(session);
+    const addr = session.addr;
+    if (!addr) return;
+    const { sessions, userSessions } = this.router;
+    const key = deviceKey(addr);
+    if (sessions.get(key) === session) {
+      sessions.delete(key);
+      const mine = userSessions.get(addr.user);
       mine?.delete(session);
-      if (mine?.size === 0) this.userSessions.delete(session.addr.user);
-      this.emit('offline', session.addr, code);
-      if (this.cluster) this.unregisterInCluster(session.addr);
-      else this.presenceDown(session.addr.user);
-    }
-  }
-
-  // ------------------------------------------------------------ cluster
-
-  /** Hooks this node's sessions to the cluster's doorbells, take-overs, presence and typing. */
-  private joinCluster(c: ClusterAdapter): void {
-    this.clusterHandlers.push(
-      c.onDoorbell((devices) => {
-        for (const d of devices) this.sessions.get(keyOf(d))?.notify();
-      }),
-      c.onReplaced((devices) => {
-        for (const d of devices)
-          this.sessions.get(keyOf(d))?.close(CLOSE_CODES.replaced, 'replaced by a newer connection');
-      }),
-      c.onPresence((e) => this.onClusterPresence(e)),
-      c.onTyping((users, notice) => this.deliverTyping(users, notice)),
-      c.onClose((devices, code) => {
-        for (const d of devices) this.sessions.get(keyOf(d))?.close(code, 'closed by the cluster');
-      }),
-      c.onLinkApproved((code) => {
-        // Approved from another node, which already registered the device: open its session.
-        const pending = this.linkCodes.get(code);
-        if (!pending) return;
-        this.linkCodes.delete(code);
-        pending.linkCode = undefined;
-        void pending.completeLink();
-      }),
-    );
-  }
-
-  /** Runs a cluster call that {@link close} must wait for; its failure is logged, not thrown. */
-  private clusterOp(what: string, op: () => Promise<void>): Promise<void> {
-    const p = op().catch((e) => this.log.warn(`cluster ${what} failed`, e));
-    this.clusterOps.add(p);
-    void p.finally(() => this.clusterOps.delete(p));
-    return p;
-  }
-
-  /**
-   * @internal Registers a device that is opening a session here, before its first inbox read:
-   * from then on every commit for it rings this node, and every commit before is in that read.
-   * When the cluster is unreachable the session opens anyway and gets its entries by polling.
-   */
-  registerInCluster(addr: DeviceAddress): Promise<void> {
-    return this.clusterOp('register', async () => {
-      // A hung backend must not hold handshakes (and so the handshake cap) forever.
-      let timer: TimerHandle | undefined;
-      const late = new Promise<never>((_, reject) => {
-        timer = this.clock.setTimeout(
-          () => reject(new Error(`no answer within ${CLUSTER_REGISTER_TIMEOUT_MS} ms`)),
-          CLUSTER_REGISTER_TIMEOUT_MS,
-        );
-      });
-      const r = await Promise.race([this.cluster!.register(addr), late]).finally(() =>
-        this.clock.clearTimeout(timer),
-      );
-      const pending = this.offlineChecks.get(addr.user);
-      if (pending) {
-        // Back before its offline announcement: watchers never saw the user leave.
-        this.clock.clearTimeout(pending.timer);
-        this.offlineChecks.delete(addr.user);
-      }
-      if (r.cameOnline) this.publishPresence(addr.user, true, r.v, this.clock.now());
-    });
-  }
-
-  /**
-   * @internal Forgets a device that closed its session here (unless a newer session of it is
-   * open here again). When that was the user's last device anywhere, last seen is written and,
-   * after the debounce, the user is announced offline if no device came back meanwhile.
-   */
-  unregisterInCluster(addr: DeviceAddress): void {
-    const c = this.cluster!;
-    void this.clusterOp('unregister', async () => {
-      // A newer session of the device replacing this one here binds right after this one closes.
-      await undefined;
-      if (this.sessions.has(keyOf(addr))) return;
-      const r = await c.unregister(addr);
-      if (!r.wentOffline || this.sessions.has(keyOf(addr))) return;
-      const user = addr.user;
-      const at = this.clock.now();
-      this.store.setLastSeen(user, at).catch((e) => this.log.error('setLastSeen failed', e));
-      const old = this.offlineChecks.get(user);
-      if (old) this.clock.clearTimeout(old.timer);
-      const run = async (): Promise<void> => {
-        const [now] = await c.presence([user]);
-        if (now && !now.online) this.publishPresence(user, false, now.v, at);
-      };
-      const check = {
-        run,
-        timer: this.clock.setTimeout(() => {
-          if (this.offlineChecks.get(user) !== check) return;
-          this.offlineChecks.delete(user);
-          void this.clusterOp('presence check', run);
-        }, this.opts.presenceDebounceMs),
-      };
-      this.offlineChecks.set(user, check);
-    });
-  }
-
-  /** Announces a user's presence to every node watching it (this one hears it back). */
-  private publishPresence(user: string, online: boolean, v: number, at: number): void {
-    this.emit('presence', user, online, online ? undefined : at);
-    // Never rejects by contract; a third-party adapter that does must not end the process.
-    this.cluster!.publishPresence({ user, online, v, at }).catch((e) =>
-      this.log.warn('presence publish failed', e),
-    );
-  }
-
-  /** A presence event from the cluster: to this node's watchers, unless it is older than what they saw. */
-  private onClusterPresence(e: PresenceEvent): void {
-    if (e.lost && e.origin === this.cluster!.nodeId) {
-      // This node reaped a dead node's last device of the user: nobody else records last seen.
-      this.store.setLastSeen(e.user, e.at).catch((err) => this.log.error('setLastSeen failed', err));
-      this.emit('presence', e.user, false, e.at);
-    }
-    if (!this.watchers.has(e.user)) return;
-    const seen = this.presenceSeen.get(e.user);
-    if (seen && seen.v >= e.v) return;
-    this.presenceSeen.set(e.user, { v: e.v, online: e.online, at: e.at });
-    // Levels, not edges: a second "online" (two nodes saw devices come) tells watchers nothing.
-    if (seen?.online && e.online) return;
-    this.tellWatchers(e.user, e.online, e.online ? undefined : e.at);
-  }
-
-  /** A typing notice to this node's sessions of `users` (the typist's own user left out). */
-  private deliverTyping(users: Iterable<string>, n: TypingNotice): void {
-    const frame = typingFrame(n);
-    let encoded: Uint8Array | undefined;
-    for (const user of users) {
-      if (user === n.from.user) continue;
-      for (const s of this.userSessions.get(user) ?? []) s.sendEncoded((encoded ??= encodeFrame(frame)));
-    }
-  }
-
-  /** Rings the nodes of devices not connected here; wakes by push those connected nowhere. */
-  private async ringRemote(devices: DeviceAddress[]): Promise<void> {
-    const c = this.cluster!;
-    await c.ring(devices);
-    if (!this.push) return;
-    let where: Array<string | undefined>;
-    try {
-      where = await c.locate(devices);
-    } catch (e) {
-      // Unknown whereabouts: a wake-up too many beats a device left asleep.
-      this.log.warn('cluster locate failed', e);
-      where = [];
-    }
-    for (let i = 0; i < devices.length; i++) if (where[i] === undefined) void this.wake(devices[i]!);
-  }
-
-  // ------------------------------------------------------------ presence
-
-  private presenceUp(user: string): void {
-    let p = this.presence.get(user);
-    if (!p) this.presence.set(user, (p = { sessions: 0, announced: false, timer: undefined }));
-    p.sessions++;
-    if (p.timer !== undefined) {
-      // Back before the offline announcement: subscribers never saw it leave.
-      this.clock.clearTimeout(p.timer);
-      p.timer = undefined;
-    }
-    if (!p.announced) {
-      p.announced = true;
-      this.announce(user, true, undefined);
-    }
-  }
-
-  private presenceDown(user: string): void {
-    const p = this.presence.get(user);
-    if (!p || --p.sessions > 0) return;
-    const now = this.clock.now();
-    this.store.setLastSeen(user, now).catch((e) => this.log.error('setLastSeen failed', e));
-    p.timer = this.clock.setTimeout(() => {
-      p.timer = undefined;
-      if (p.sessions > 0) return;
-      this.presence.delete(user);
-      this.announce(user, false, now);
-    }, this.opts.presenceDebounceMs);
-  }
-
-  private announce(user: string, online: boolean, lastSeen: number | undefined): void {
-    this.emit('presence', user, online, lastSeen);
-    this.tellWatchers(user, online, lastSeen);
-  }
-
-  /** Sends a presence change to this node's sessions watching `user`. */
-  private tellWatchers(user: string, online: boolean, lastSeen: number | undefined): void {
-    for (const s of this.watchers.get(user) ?? []) {
-      const showLastSeen = s.subscriptions?.get(user) === true;
-      s.send(presenceFrame(user, online, showLastSeen ? lastSeen : undefined));
-    }
-  }
-
-  /** @internal `sub`: privacy check, then the current state, then changes until unsubscribe or close. */
-  async subscribe(session: Session, r: number, target: string): Promise<void> {
-    const viewer = session.addr!.user;
-    let visible: PresenceVisibility;
-    let lastSeen: number | undefined;
-    try {
-      visible = viewer === target ? true : await this.presencePolicy(viewer, target, this.store);
-      lastSeen = visible === true ? await this.store.lastSeen(target) : undefined;
-    } catch (e) {
-      this.log.warn('presence policy failed', e);
-      visible = false;
-    }
-    if (session.isClosed()) return;
-    if (visible === false) {
-      session.sendError('forbidden', 'presence not visible', r);
-      return;
-    }
-    const subs = (session.subscriptions ??= new Map());
-    if (!subs.has(target) && subs.size >= this.opts.maxSubscriptions) {
-      session.sendError('rate_limited', `over ${this.opts.maxSubscriptions} subscriptions`, r);
-      return;
-    }
-    subs.set(target, visible === true);
-    let set = this.watchers.get(target);
-    if (!set) {
-      this.watchers.set(target, (set = new Set()));
-      if (this.cluster) void this.clusterOp('watch', () => this.cluster!.watch(target));
-    }
-    set.add(session);
-    session.send({ t: 'ok', r });
-    let online = this.presence.get(target)?.announced === true;
-    if (this.cluster) {
-      try {
-        const [now] = await this.cluster.presence([target]);
-        const seen = this.presenceSeen.get(target);
-        // An event newer than this read may have arrived meanwhile; the newest wins.
-        if (now && (!seen || seen.v < now.v))
-          this.presenceSeen.set(target, { v: now.v, online: now.online, at: this.clock.now() });
-        online = this.presenceSeen.get(target)?.online ?? false;
-      } catch (e) {
-        this.log.warn('cluster presence read failed', e);
-      }
-      if (session.isClosed() || !session.subscriptions?.has(target)) return;
-    }
-    session.send(presenceFrame(target, online, lastSeen));
-  }
-
-  /** @internal */
-  unsubscribe(session: Session, target: string): void {
-    session.subscriptions?.delete(target);
-    this.unwatch(session, target);
-  }
-
-  /** Drops one session from `target`'s watchers; the last one stops the cluster's events. */
-  private unwatch(session: Session, target: string): void {
-    const set = this.watchers.get(target);
-    if (!set?.delete(session) || set.size > 0) return;
-    this.watchers.delete(target);
-    if (this.cluster) {
-      this.presenceSeen.delete(target);
-      void this.clusterOp('unwatch', () => this.cluster!.unwatch(target));
-    }
-  }
-
-  // ------------------------------------------------------------ typing
-
-  /** @internal forwards a typing notice to the online devices it concerns; nothing is stored. */
-  async typing(session: Session, f: TypingFrame): Promise<void> {
-    const from = session.addr!;
-    let users: Iterable<string>;
-    if (f.g) {
-      const now = this.clock.now();
-      const cached = this.memberCache.get(f.to);
-      let members =
-        cached && (!this.cluster || now - cached.at < MEMBER_CACHE_MS) ? cached.members : undefined;
-      if (!members) {
-        const g = await this.store.group(f.to);
-        members = new Set(g?.members.map((m) => m.user));
-        if (g) this.memberCache.set(f.to, { members, at: now });
-      }
-      if (!members.has(from.user)) {
-        session.sendError('not_member', 'not a member of the group');
-        return;
-      }
-      users = members;
-    } else {
-      // Only to a user who consented to the typist (wrote to it, or took part in a group with
-      // it). Dropped without an error otherwise, as for a user offline: an error would tell a
-      // stranger who consented, and a client typing into a brand-new chat is no fault.
-      if (!(await this.consented(from.user, f.to))) return;
-      users = [f.to];
-    }
-    const notice: TypingNotice = { from, to: f.to, on: f.on };
-    if (f.g) notice.group = true;
-    if (!this.cluster) return this.deliverTyping(users, notice);
-    // Through the cluster, this node's own sessions included (see ClusterAdapter.typing).
-    const to = [...users].filter((u) => u !== from.user);
-    if (to.length > 0) await this.cluster.typing(to, notice);
-  }
-
-  /** Whether `target` consented to `viewer` ({@link ServerStore.related}); a store fault says no. */
-  private async consented(viewer: string, target: string): Promise<boolean> {
-    try {
-      return await this.store.related(viewer, target);
-    } catch (e) {
-      this.log.warn('relation check failed', e);
-      return false;
-    }
-  }
-
-  // ------------------------------------------------------------ devices
-
-  /** @internal a new device awaits approval: hands out its link code. */
-  startLink(session: Session): { code: string; exp: number } {
-    const bytes = new Uint8Array(15);
-    globalThis.crypto.getRandomValues(bytes);
-    let code = '';
-    for (const b of bytes) code += 'ABCDEFGHJKMNPQRSTVWXYZ0123456789'[b & 31];
-    session.linkCode = code;
-    this.linkCodes.set(code, session);
-    const addr = session.pendingAddr;
-    if (this.cluster && addr) {
-      // So that a device of the user connected to any node can approve it.
-      const c = this.cluster;
-      void this.clusterOp('offer link', () => c.offerLink(code, addr, this.opts.linkCodeTtlMs));
-    }
-    return { code, exp: this.clock.now() + this.opts.linkCodeTtlMs };
-  }
-
-  /** @internal `lnk`: an existing device approves the device showing `code`. */
-  async approveLink(approver: Session, r: number, code: string): Promise<void> {
-    const pending = this.linkCodes.get(code);
-    const by = approver.addr!;
-    if (!pending && this.cluster) return this.approveRemoteLink(approver, r, code);
-    if (!pending || pending.isClosed() || pending.pendingAddr?.user !== by.user) {
-      approver.sendError('forbidden', 'no device of this user awaits approval with that code', r);
-      return;
-    }
-    this.linkCodes.delete(code);
-    pending.linkCode = undefined;
-    const ok = await pending.completeLink();
-    if (!ok) {
-      approver.sendError('unavailable', 'the new device could not be registered', r);
-      return;
-    }
-    approver.send({ t: 'ok', r });
-    this.emit('linked', pending.addr!, by);
-  }
-
-  /**
-   * Approves a device waiting on another node: takes its code from the cluster (once, and only for
-   * a device of the approver's user), registers the device in the store (the approval is durable:
-   * should the notice to its node be lost, its next hello needs no approval), and the waiting
-   * node opens its session.
-   */
-  private async approveRemoteLink(approver: Session, r: number, code: string): Promise<void> {
-    const by = approver.addr!;
-    let device: DeviceAddress | undefined;
-    try {
-      device = await this.cluster!.takeLink(code, by.user);
-    } catch (e) {
-      this.log.warn('cluster takeLink failed', e);
-      approver.sendError('unavailable', 'link codes are unavailable, try again', r);
-      return;
-    }
-    if (!device) {
-      approver.sendError('forbidden', 'no device of this user awaits approval with that code', r);
-      return;
-    }
-    try {
-      const res = await this.store.registerDevice(device, this.clock.now());
-      this.ring(res.notify);
-    } catch (e) {
-      this.log.error('store failure registering a linked device', e);
-      approver.sendError('unavailable', 'the new device could not be registered', r);
-      return;
-    }
-    approver.send({ t: 'ok', r });
-    this.emit('linked', device, by);
-  }
-
-  /** @internal `unl`: a device unlinks a device of its own user. */
-  // ------------------------------------------------------------ key directory
-
-  /** @internal publishes a device's keys (`keys` frame). */
-  async putKeys(session: Session, f: KeysFrame): Promise<void> {
-    const upload = keyUpload(f);
-    try {
-      await this.store.putKeys(session.addr!, upload);
-    } catch (e) {
-      if (isPostboxError(e) && e.code === 'quota_exceeded') {
-        session.sendError('quota_exceeded', 'too many one-time keys for this device', f.r);
-        return;
-      }
-      // A first upload without a signed prekey, or a store fault: the device retries.
-      this.clientLog.warn(keyOf(session.addr!), 'key upload refused', e);
-      session.sendError('invalid_frame', 'key upload refused', f.r);
-      return;
-    }
-    session.send({ t: 'ok', r: f.r });
-    // A first upload (or a rotation) carries the signed prekey: whoever waited can write now.
-    if (f.spk) {
-      for (const k of this.keyWaiters.take(session.addr!.user)) {
-        this.sessions.get(k)?.send({ t: 'kr', u: session.addr!.user });
-      }
+      if (mine?.size === 0) userSessions.delete(addr.user);
+      this.emit('offline', addr, code);
+      if (this.cluster) this.presence.unregisterInCluster(addr);
+      else this.presence.down(addr.user);
     }
   }
 
   /**
-   * @internal claims bundles (`kget` frame) and tells devices that run low. The claiming user's
-   * bundles per 10 s are limited, and so are the one-time keys it takes of each device (see
-   * {@link ServerOptions.maxOneTimeKeyClaimsPerDay}).
+   * Charges a frame of an open session to its device's and user's budgets (see costs.ts): false
+   * when it must not run (refused with `rate_limited`, or the session closed).
    */
-  async claimKeys(session: Session, f: KeyGetFrame): Promise<void> {
-    const claimer = session.addr!.user;
-    // Asking for one user twice in a frame gets nothing a second answer would not.
-    const users = [...new Set(f.u)];
-    if (!this.limits.claim(claimer, users.length, this.clock.now())) {
-      session.sendError('rate_limited', 'too many key claims', f.r);
-      return;
-    }
-    const bundles: KeyBundle[] = [];
-    // Users with registered devices but no keys yet: the sender holds its message for them.
-    const keyless: string[] = [];
-    try {
-      for (const user of users) {
-        const oneTime = (device: string) => this.limits.oneTimeKey(claimer, user, device, this.clock.now());
-        const got = await this.store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime });
-        bundles.push(...got);
-        if (got.length === 0 && f.d === undefined) {
-          this.keyWaiters.add(user, keyOf(session.addr!));
-          if ((await this.store.devices(user)).length > 0) keyless.push(user);
-        }
-      }
-    } catch (e) {
-      this.log.error('key claim failed', e);
-      session.sendError('unavailable', 'key directory unavailable', f.r);
-      return;
-    }
-    this.limits.claimed(claimer, bundles.length, this.clock.now());
-    session.send(keyBundlesFrame(f, bundles, keyless));
-    for (const b of bundles) void this.checkKeySupply(b);
-  }
-
-  /** @internal tells a connected device whose one-time keys run low to upload more. */
-  async checkKeySupply(device: DeviceAddress): Promise<void> {
-    const low = this.opts.keyLowWater;
-    const s = low > 0 ? this.sessions.get(keyOf(device)) : undefined;
-    if (!s) return;
-    try {
-      const n = await this.store.keyCount(device);
-      if (n && (n.preKeys < low || n.kyberPreKeys < low))
-        s.send({ t: 'klow', pk: n.preKeys, kpk: n.kyberPreKeys });
-    } catch (e) {
-      this.log.warn('key count failed', e);
-    }
-  }
-
-  async unlinkFromSession(session: Session, r: number, device: string): Promise<void> {
-    try {
-      await this.unlinkDevice(session.addr!.user, device);
-    } catch (e) {
-      this.reportStoreFailure(e, [session]);
-      return;
-    }
-    session.send({ t: 'ok', r });
-  }
-
-  /** @internal whether approval is needed before this device may open a session. */
-  async needsApproval(addr: DeviceAddress): Promise<boolean> {
-    if (this.opts.linking === 'open') return false;
-    const devices = await this.store.devices(addr.user);
-    return devices.length > 0 && !devices.includes(addr.device);
-  }
-
-  /**
-   * @internal Charges a frame of an open session to its device's and user's budgets (see
-   * costs.ts): false when it must not run (refused with `rate_limited`, or the session closed).
-   */
-  afford(session: Session, frame: ClientFrame, now: number): boolean {
+  private afford(session: Session, frame: ClientFrame, now: number): boolean {
     const addr = session.addr!;
     const verdict = this.budgets.charge(
       addr.user,
@@ -1076,223 +596,47 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   }
 
   /**
-   * @internal Why a client's group change is refused before it is queued (over the creator's
-   * creations per hour, or an accept over the joiner's joins per day), or undefined.
+   * A store call failed: the store counts as failing (logged once per outage), and the sessions
+   * it concerned are closed with 1013 (try again later), unanswered: their clients back off,
+   * reconnect (to another gateway of their list) and resend everything unacked in order.
    */
-  groupCapRefusal(input: GroupInput): string | undefined {
-    const now = this.clock.now();
-    const op = input.change.op;
-    if (op === 'create' && !this.groupCaps.create(input.from.user, now)) return 'too many groups created';
-    if (op === 'accept' && !this.groupCaps.join(input.from.user, now)) return 'too many groups joined';
-    return undefined;
-  }
-
-  /** Splits a client's create or add into users who join and users who are invited (group-consent.ts). */
-  private async decideConsent(input: AppendInput): Promise<void> {
-    if (input.kind !== 'group') return;
-    await applyConsent(input, this.opts.groupConsent, this.store, this.groupCaps, this.clock.now());
-  }
-
-  /** @internal */
-  enqueueCommit(p: PendingCommit): void {
-    this.commitQueue.push(p.session ?? SERVER_SIDE, p, this.fanout.rows(p.input));
-    if (!this.flushScheduled && !this.committing) {
-      this.flushScheduled = true;
-      // A microtask lets every frame of the current I/O turn join the batch.
-      queueMicrotask(() => {
-        this.flushScheduled = false;
-        void this.flush();
-      });
-    }
-  }
-
-  /**
-   * Pushes a just-committed message straight to each recipient session that has delivered
-   * everything before it (the common case for online devices), without reading it back from the
-   * store; the others are rung as usual.
-   */
-  private deliverNew(
-    input: MessageInput,
-    ts: number,
-    devices: DeviceAddress[],
-    offsets: number[],
-    ring: DeviceAddress[],
-  ): void {
-    // A group entry reads the same on every device but for its offset: packed once.
-    let encode: ((offset: number) => Uint8Array) | undefined;
-    // An encrypted 1:1 message carries one ciphertext per device.
-    const bodies = input.envelopes && new Map(input.envelopes.map((e) => [keyOf(e), e.body]));
-    for (let i = 0; i < devices.length; i++) {
-      const d = devices[i]!;
-      const s = this.sessions.get(keyOf(d));
-      if (!s) {
-        // Not here: the entry waits in its inbox; its node is rung (or a push wakes it).
-        if (this.push || this.cluster) ring.push(d);
-        continue;
-      }
-      const offset = offsets[i]!;
-      if (!s.canTake(offset)) {
-        ring.push(d);
-        continue;
-      }
-      let data: Uint8Array;
-      if (input.group)
-        data = (encode ??= encodeAtOffset(committedMsgFrame(input, ts, 0, input.body, d.user)))(offset);
-      else
-        data = encodeFrame(committedMsgFrame(input, ts, offset, bodies?.get(keyOf(d)) ?? input.body, d.user));
-      s.take(offset, data);
-      if (this.tracer.on) this.tracer.pushedMessage(d, input.id, offset);
-    }
-  }
-
-  /**
-   * @internal Pushes the entries a store call says it wrote ({@link NotifyResult.entries}) to the
-   * sessions here that can take them at once, and rings every other device of the result.
-   */
-  deliverWritten(res: NotifyResult): void {
-    if (!res.entries) return this.ring(res.notify);
-    const ring: DeviceAddress[] = [];
-    const seen = new Map<string, boolean>(); // device → all its entries so far went out
-    for (const { device, entry } of res.entries) {
-      const k = keyOf(device);
-      if (seen.get(k) === false) continue; // an earlier entry could not go: the read takes them all
-      const sent = this.sessions.get(k)?.offer(entry) ?? false;
-      seen.set(k, sent);
-      if (!sent) ring.push(device);
-    }
-    for (const d of res.notify) if (!seen.has(keyOf(d))) ring.push(d);
-    this.ring(ring);
-  }
-
-  /** @internal */
-  ring(devices: DeviceAddress[]): void {
-    if (devices.length > 0) this.metrics.doorbell(devices.length);
-    let remote: DeviceAddress[] | undefined;
-    for (const d of devices) {
-      if (isPendingDevice(d.device)) {
-        // A pending inbox has no connection, token or node. Its user's first device may have
-        // taken it over after the commit listed it: a session of the user here reads again.
-        for (const s of this.userSessions.get(d.user) ?? []) s.notify();
-        continue;
-      }
-      const s = this.sessions.get(keyOf(d));
-      if (s) s.notify();
-      else if (this.cluster) (remote ??= []).push(d);
-      else if (this.push) void this.wake(d);
-    }
-    if (remote) this.ringRemote(remote).catch((e) => this.log.warn('cluster ring failed', e));
-  }
-
-  /** A device without a connection got an inbox entry: wake it, at most once per interval. */
-  private async wake(device: DeviceAddress): Promise<void> {
-    const k = keyOf(device);
-    const now = this.clock.now();
-    const last = this.lastWake.get(k);
-    if (last !== undefined && now - last < this.opts.pushIntervalMs) return;
-    this.lastWake.set(k, now);
-    try {
-      const token = this.store.pushToken ? await this.store.pushToken(device) : this.pushTokens.get(k);
-      if (!token || this.sessions.has(k)) return;
-      await this.push!.wake(device, token, { ts: now });
-      this.metrics.push(true);
-    } catch (e) {
-      this.metrics.push(false);
-      this.log.warn('push wake-up failed', e);
-    }
-  }
-
-  /** @internal registers or removes a device's push token (`ptok`). */
-  async setPushToken(session: Session, f: PushTokenFrame): Promise<void> {
-    const token = f.k !== undefined && f.tok !== undefined ? { kind: f.k, token: f.tok } : undefined;
-    const addr = session.addr!;
-    try {
-      if (this.store.setPushToken) await this.store.setPushToken(addr, token);
-      else if (token) this.pushTokens.set(keyOf(addr), token);
-      else this.pushTokens.delete(keyOf(addr));
-    } catch (e) {
-      this.log.error('push token not stored', e);
-      session.sendError('unavailable', 'push token not stored', f.r);
-      return;
-    }
-    session.send({ t: 'ok', r: f.r });
-  }
-
-  /**
-   * @internal A store call failed: the store counts as failing (logged once per outage), and the
-   * sessions it concerned are closed with 1013 (try again later), unanswered: their clients back
-   * off, reconnect (to another gateway of their list) and resend everything unacked in order.
-   */
-  reportStoreFailure(error: unknown, sessions: Iterable<Session>): void {
+  private reportStoreFailure(error: unknown, sessions: Iterable<Session>): void {
     this.health.failed(error);
     if (this.listenerCount('error') > 0) this.emit('error', error);
     for (const s of sessions) s.close(CLOSE_CODES.tryAgainLater, 'store unavailable');
   }
 
-  private async flush(): Promise<void> {
-    if (this.committing) return;
-    this.committing = true;
-    try {
-      for (let first = true; this.commitQueue.length > 0; first = false) {
-        // Between batches, other connections' frames, acks and reads run (see maxCommitRows).
-        if (!first) await yieldToEventLoop();
-        const batch = this.commitQueue.take(this.opts.maxCommitBatch, this.opts.maxCommitRows);
-        if (batch.length === 0) continue; // their sessions closed while this one yielded
-        let outcomes;
-        const started = performance.now();
-        try {
-          // In queue order, so a message after a create still commits after it.
-          for (const p of batch) if (p.consent) await this.decideConsent(p.input);
-          outcomes = await this.store.append(
-            batch.map((p) => p.input),
-            this.clock.now(),
-          );
-          this.metrics.commit(performance.now() - started, batch.length, true);
-          this.health.succeeded();
-        } catch (error) {
-          this.metrics.commit(performance.now() - started, batch.length, false);
-          // Answering an error here while later sends of the same connection commit would
-          // break per-sender order; closing makes the client resend everything in order.
-          const sessions = new Set<Session>();
-          for (const p of batch) {
-            if (p.session) sessions.add(p.session);
-            else p.done?.('unavailable');
-          }
-          this.reportStoreFailure(error, sessions);
-          continue;
-        }
-        const notify: DeviceAddress[] = [];
-        for (let i = 0; i < batch.length; i++) {
-          const p = batch[i]!;
-          const out = outcomes[i]!;
-          this.fanout.learn(p.input, out);
-          this.metrics.sent(p.input.kind, out.ok ? undefined : out.code);
-          if (out.ok && p.input.kind === 'group') this.memberCache.delete(p.input.group);
-          p.done?.(out.ok ? undefined : out.code);
-          if (this.tracer.on) this.tracer.committed(p.input, out);
-          if (p.session) p.session.pendingSends--;
-          if (out.ok) {
-            p.session?.send({ t: 'ok', r: p.r });
-            if (out.offsets && p.input.kind === 'msg' && !out.duplicate) {
-              this.deliverNew(p.input, out.ts, out.notify, out.offsets, notify);
-            } else for (const n of out.notify) notify.push(n);
-          } else if (p.session) {
-            p.session.sendError(
-              out.code,
-              REFUSAL_TEXT[out.code] ?? out.code,
-              p.r,
-              out.devices && wireDifference(out.devices),
-            );
-          }
-        }
-        this.ring(notify);
-      }
-    } finally {
-      this.committing = false;
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const w of waiters) w();
-    }
+  // ------------------------------------------------------------ cluster
+
+  /** Hooks this node's sessions to the cluster's doorbells, take-overs, presence and typing. */
+  private joinCluster(c: ClusterAdapter): void {
+    const router = this.router;
+    this.clusterHandlers.push(
+      c.onDoorbell((devices) => {
+        for (const d of devices) router.session(d)?.notify();
+      }),
+      c.onReplaced((devices) => {
+        for (const d of devices)
+          router.session(d)?.close(CLOSE_CODES.replaced, 'replaced by a newer connection');
+      }),
+      c.onPresence((e) => this.presence.onClusterEvent(e)),
+      c.onTyping((users, notice) => this.typing.deliver(users, notice)),
+      c.onClose((devices, code) => {
+        for (const d of devices) router.session(d)?.close(code, 'closed by the cluster');
+      }),
+      c.onLinkApproved((code) => this.linking.approvedElsewhere(code)),
+    );
   }
+
+  /** Runs a cluster call that {@link close} must wait for; its failure is logged, not thrown. */
+  private clusterOp(what: string, op: () => Promise<void>): Promise<void> {
+    const p = op().catch((e) => this.log.warn(`cluster ${what} failed`, e));
+    this.clusterOps.add(p);
+    void p.finally(() => this.clusterOps.delete(p));
+    return p;
+  }
+
+  // ------------------------------------------------------------ timers
 
   private scheduleSweep(): void {
     const every = Math.max(50, Math.floor(this.opts.heartbeatMs / 2));

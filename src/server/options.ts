@@ -269,7 +269,8 @@ export interface ServerEvents {
 }
 
 /**
- * The options with every default applied: what the engine's parts read. @internal
+ * The options with every default applied: what the engine's parts read (not exported from
+ * `postbox/server`).
  */
 export type EngineConfig = Required<
   Omit<

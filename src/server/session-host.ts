@@ -4,7 +4,7 @@
  * and limits, and its delivery window; everything shared between sessions (the commit queue, the
  * session registry, presence, typing, linking, keys, push, the cluster) it reaches through
  * these calls, never through the server's members.
- * @internal
+ * Internal to the engine: not exported from `postbox/server`.
  * @packageDocumentation
  */
 import type { ClientFrame, HelloFrame } from '../protocol/index.js';

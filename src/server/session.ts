@@ -3,7 +3,7 @@
  * every frame passes (frame rate, size, validity, cost budget), and its delivery window (read the
  * inbox after a cursor, push, take acks). Everything shared between sessions it asks of the
  * server through {@link SessionHost}.
- * @internal
+ * Internal to the engine: not exported from `postbox/server`.
  * @packageDocumentation
  */
 import {
@@ -63,7 +63,7 @@ export class Session {
   /** Presence subscriptions: target user → whether its last-seen time may be shown. */
   subscriptions: Map<string, boolean> | undefined;
   pendingSends = 0;
-  /** @internal a frame of this session was refused over budget since the last one that ran. */
+  /** A frame of this session was refused over budget since the last one that ran. */
   overBudget = false;
   private lastFrameAt: number;
   /** Closes the connection if it has not opened (or started linking) by the `hello` deadline. */
@@ -162,7 +162,7 @@ export class Session {
     if (poll > 0 && now - this.lastReadAt >= poll) this.notify();
   }
 
-  /** @internal the connection closed. */
+  /** The connection closed. */
   onClosed(code: number): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
@@ -170,7 +170,7 @@ export class Session {
     this.host.unbind(this, code);
   }
 
-  /** @internal one frame arrived. */
+  /** One frame arrived. */
   onFrame(data: Uint8Array): void {
     if (this.state === 'closed') return;
     const now = this.host.clock.now();

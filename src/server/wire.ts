@@ -2,7 +2,7 @@
  * The server's wire layer: client frames to the domain inputs the engine and the store take, and
  * store results (inbox entries, refusals, key bundles) to the frames a device receives. Pure
  * functions, no state: the only place that knows both the frame layout and the domain types.
- * @internal
+ * Internal to the engine: not exported from `postbox/server`.
  * @packageDocumentation
  */
 import type {
