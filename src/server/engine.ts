@@ -20,6 +20,7 @@ import {
   PostboxError,
   assertDeviceId,
   assertUserId,
+  peekClientRequestId,
   type ClientFrame,
   type HelloFrame,
 } from '../protocol/index.js';
@@ -30,7 +31,7 @@ import type { ClusterAdapter, Unsubscribe } from './cluster/types.js';
 import { FanoutEstimate } from './commit-batch.js';
 import { Committer } from './commit.js';
 import { deviceKey } from './cluster/common.js';
-import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost } from './costs.js';
+import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost, type CostVerdict } from './costs.js';
 import { GroupCaps } from './group-consent.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';
 import { assertAddress, assertGroupChange } from './identity.js';
@@ -487,6 +488,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       unbind: (session, code) => this.unbind(session, code),
       frameAllowed: (addr, now) => this.limits.frame(addr.user, addr.device, now),
       afford: (session, frame, now) => this.afford(session, frame, now),
+      affordBytes: (session, data, now) => this.affordBytes(session, data, now),
       groupCapRefusal: (input) => commits.groupCapRefusal(input),
       commit: (session, r, input) => commits.enqueue({ session, input, r, consent: input.kind === 'group' }),
       serve: (session, frame, now) => this.serve(session, frame, now),
@@ -586,8 +588,21 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       frameCost(frame, () => this.fanout.rowsOf(frame)),
       now,
     );
-    if (verdict === 'ok') return true;
-    const r = 'r' in frame ? frame.r : undefined;
+    return verdict === 'ok' || this.refuseOverBudget(session, verdict, 'r' in frame ? frame.r : undefined);
+  }
+
+  /**
+   * Charges a frame's size to the budgets before it is decoded (costs.ts): false when it must not
+   * be decoded at all (a device in debt, or one that cannot pay for the bytes). Its request id is
+   * read from the bytes so that the refusal is still answered.
+   */
+  private affordBytes(session: Session, data: Uint8Array, now: number): boolean {
+    const addr = session.addr!;
+    const verdict = this.budgets.charge(addr.user, addr.device, this.budgets.byteCost(data.byteLength), now);
+    return verdict === 'ok' || this.refuseOverBudget(session, verdict, peekClientRequestId(data));
+  }
+
+  private refuseOverBudget(session: Session, verdict: CostVerdict, r: number | undefined): false {
     // A refused request is answered; other frames get one notice per stretch of refusals.
     if (r !== undefined || !session.overBudget) session.sendError('rate_limited', 'over the cost budget', r);
     session.overBudget = true;

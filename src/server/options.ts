@@ -116,10 +116,11 @@ export interface ServerOptions {
   maxCommitRows?: number;
   /**
    * What a device and its user may spend per second in the cost model (see docs/security.md,
-   * "Cost budgets"): every frame costs the rows it writes, the lookups it makes, and a durable
-   * write of its own as many rows as an fsync. Over budget a frame is refused with `rate_limited`;
-   * a device that keeps sending reaches a burst of debt and is closed with 4003.
-   * @default DEFAULT_COST_BUDGETS (device 10,000/s, burst 20,000; user 20,000/s, burst 40,000)
+   * "Cost budgets"): every frame costs the rows it writes, the lookups it makes, a durable
+   * write of its own as many rows as an fsync, and its size (one unit per `bytesPerUnit` bytes,
+   * charged before it is decoded). Over budget a frame is refused with `rate_limited`; a device
+   * that keeps sending reaches a burst of debt and is closed with 4003.
+   * @default DEFAULT_COST_BUDGETS (device 10,000/s, burst 20,000; user 20,000/s, burst 40,000; 64 bytes a unit)
    */
   costBudgets?: CostBudgetOptions;
   /**

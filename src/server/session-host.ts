@@ -85,6 +85,11 @@ export interface SessionHost {
   // ---------------------------------------------------------------- frames
   /** Counts a frame against the device's frames per second: false when over. */
   frameAllowed(addr: DeviceAddress, now: number): boolean;
+  /**
+   * Charges a frame's size to the device's and user's cost budgets before it is decoded: false
+   * when it must not be decoded at all (refused, its request id read from the bytes).
+   */
+  affordBytes(session: Session, data: Uint8Array, now: number): boolean;
   /** Charges a frame to the device's and user's cost budgets: false when it must not run. */
   afford(session: Session, frame: ClientFrame, now: number): boolean;
   /** Why a group change is refused before it is queued (a creation or join cap), or undefined. */

@@ -189,6 +189,8 @@ export class Session {
       this.close(CLOSE_CODES.rateLimited, 'rate limited');
       return;
     }
+    // A device in debt, or one that cannot pay for the frame's bytes, is refused before decoding.
+    if (this.state === 'open' && !this.host.affordBytes(this, data, now)) return;
     let frame: ClientFrame;
     try {
       // Before authentication only a hello-sized frame is decoded at all (issue 22).
