@@ -7,7 +7,7 @@ import { memoryServerStore } from '../src/server/stores/memory.js';
 import { CostBudgets, frameCost } from '../src/server/costs.js';
 import { FairCommitQueue } from '../src/server/commit-batch.js';
 import { PROTOCOL_VERSION } from '../src/protocol/index.js';
-import { makeWorld, settled, text, type World } from './helpers.js';
+import { makeWorld, settled, text, type RawConnection, type World } from './helpers.js';
 
 let world: World | undefined;
 afterEach(async () => {
@@ -74,6 +74,20 @@ describe('inbox quotas as the sender sees them', () => {
 });
 
 describe('cost budgets', () => {
+  /** A world where a device's budget is 200 units refilled at 10 a second, and alice's phone in it. */
+  async function aliceOnTightBudget(): Promise<{ w: World; raw: RawConnection }> {
+    const w = await makeWorld({
+      server: {
+        costBudgets: { device: { perSecond: 10, burst: 200 }, user: { perSecond: 1000, burst: 100_000 } },
+      },
+    });
+    world = w;
+    await w.server.registerDevice('alice', 'phone');
+    const raw = await w.raw('a1');
+    await raw.hello('alice', 'phone');
+    return { w, raw };
+  }
+
   it('every frame type has a cost, and a send costs its fan-out', () => {
     const send = { t: 'send', r: 1, id: 'x', to: '#g', seq: 1, b: new Uint8Array(0), g: true } as const;
     expect(frameCost(send, () => 2048)).toBe(2050);
@@ -84,33 +98,26 @@ describe('cost budgets', () => {
   });
 
   it('budgets survive a reconnect: a device in debt is refused at hello, before any store work, until its debt is paid', async () => {
-    world = await makeWorld({
-      server: {
-        costBudgets: { device: { perSecond: 10, burst: 200 }, user: { perSecond: 1000, burst: 100_000 } },
-      },
-    });
-    await world.server.registerDevice('alice', 'phone');
-    const raw = await world.raw('a1');
-    await raw.hello('alice', 'phone');
+    const { w, raw } = await aliceOnTightBudget();
     // ptok costs 64: three fit in the burst of 200, the fourth is refused with a typed error (and
     // its cost is taken as debt).
     for (let r = 1; r <= 4; r++) raw.send({ t: 'ptok', r, k: 'fcm', tok: `t${r}` });
-    await world.advance(10);
+    await w.advance(10);
     const answers = (p: typeof raw) => p.frames.map((f) => (f.t === 'err' ? f.c : f.t));
     expect(answers(raw)).toEqual(['welcome', 'ok', 'ok', 'ok', 'rate_limited']);
     expect(raw.closed).toBeUndefined();
     raw.conn.close(1000, 'bye');
     // A new connection of the same device finds the debt: refused at hello, 4003 (back off).
-    const again = await world.raw('a2');
+    const again = await w.raw('a2');
     await again.hello('alice', 'phone');
     expect(answers(again)).toEqual(['rate_limited']);
     expect(again.closed?.code).toBe(4003);
     // 56 units of debt at 10 a second: paid off within 6 s, and another 64 for a ptok 7 s later.
-    await world.advance(13_000);
-    const later = await world.raw('a3');
+    await w.advance(13_000);
+    const later = await w.raw('a3');
     await later.hello('alice', 'phone');
     later.send({ t: 'ptok', r: 9, k: 'fcm', tok: 'again' });
-    await world.advance(10);
+    await w.advance(10);
     expect(answers(later)).toEqual(['welcome', 'ok']);
   });
 
@@ -129,6 +136,78 @@ describe('cost budgets', () => {
     const id = await carol.client.send('bob', text('still here'));
     await world.advance(300);
     expect(bob.messages.map((m) => m.id)).toEqual([id]);
+  });
+
+  it('a send costs its bytes: a device sending 60 KB messages is throttled with rate_limited and 4003, one sending 100-byte messages is not, and others are unaffected', async () => {
+    world = await makeWorld({
+      server: {
+        costBudgets: { device: { perSecond: 10, burst: 2000 }, user: { perSecond: 10, burst: 2000 } },
+      },
+    });
+    const bob = await world.device('bob');
+    // Answers to requests (delivery statuses left out).
+    const answers = (p: RawConnection) =>
+      p.frames.filter((f) => f.t !== 'st').map((f) => (f.t === 'err' ? f.c : f.t));
+    const send = (p: RawConnection, r: number, bytes: number) =>
+      p.send({ t: 'send', r, id: `m${r}`, to: 'bob', seq: r, b: new Uint8Array(bytes) });
+    // 60 KB is 960 units at 64 bytes a unit: two fit in the burst of 2,000, the third is refused.
+    await world.server.registerDevice('mallory', 'm');
+    const big = await world.raw('m');
+    await big.hello('mallory', 'm');
+    for (let r = 1; r <= 3; r++) send(big, r, 60_000);
+    await world.advance(10);
+    expect(answers(big)).toEqual(['welcome', 'ok', 'ok', 'rate_limited']);
+    expect(big.frames.find((f) => f.t === 'err')).toMatchObject({ c: 'rate_limited', r: 3 });
+    // Ignoring the refusals runs into a burst of debt: closed with 4003, like any other cost.
+    for (let r = 4; r <= 6; r++) send(big, r, 60_000);
+    await world.advance(10);
+    expect(big.closed?.code).toBe(4003);
+    // Twenty 100-byte messages (3-4 units each) from another device under the same budget all go in.
+    await world.server.registerDevice('dave', 'd');
+    const small = await world.raw('d');
+    await small.hello('dave', 'd');
+    for (let r = 1; r <= 20; r++) send(small, r, 100);
+    await world.advance(10);
+    expect(answers(small).filter((a) => a !== 'ok')).toEqual(['welcome']);
+    const carol = await world.device('carol');
+    const id = await carol.client.send('bob', text('still here'));
+    await world.advance(300);
+    expect(bob.messages.map((m) => m.id)).toEqual([
+      'm1',
+      'm2',
+      ...Array.from({ length: 20 }, (_, i) => `m${i + 1}`),
+      id,
+    ]);
+  });
+
+  it('a device in debt has its frames refused before they are decoded, answered under their request id', async () => {
+    const { w, raw } = await aliceOnTightBudget();
+    // A frame the decoder would refuse as invalid (a msgpack extension type in it), 120 bytes:
+    // {t: 'send', r: 7, x: ext 8 of 100 bytes}.
+    const t = [0xa1, 0x74, 0xa4, ...new TextEncoder().encode('send')];
+    const poison = new Uint8Array([
+      0x83,
+      ...t,
+      0xa1,
+      0x72,
+      0x07,
+      0xa1,
+      0x78,
+      0xc7,
+      100,
+      1,
+      ...new Uint8Array(100),
+    ]);
+    raw.sendBytes(poison);
+    await w.advance(10);
+    expect(raw.frames.at(-1)).toMatchObject({ t: 'err', c: 'invalid_frame' }); // decoded: not in debt
+    for (let r = 1; r <= 4; r++) raw.send({ t: 'ptok', r, k: 'fcm', tok: `t${r}` }); // the 4th: debt
+    await w.advance(10);
+    raw.sendBytes(poison);
+    await w.advance(10);
+    // In debt: refused unread (a decoded frame would have been answered invalid_frame).
+    expect(raw.frames.at(-1)).toEqual({ t: 'err', c: 'rate_limited', r: 7, m: expect.any(String) });
+    expect(raw.closed).toBeUndefined();
   });
 
   it('the budget maps are bounded', () => {

@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 import { cipherSize, MEDIA_CHUNK_BYTES, MEDIA_HEADER_BYTES, MEDIA_TAG_BYTES } from '../src/media/format.js';
 import { decodeMediaRef, encodeMediaRef, type MediaRef } from '../src/media/ref.js';
 import { Sha256 } from '../src/media/sha256.js';
-import { decryptMedia, encryptMedia } from '../src/media/stream.js';
+import { decryptMedia, encryptMedia, encryptPieces, freshSecret } from '../src/media/stream.js';
 
 function streamOf(bytes: Uint8Array, piece = 10_007): ReadableStream<Uint8Array> {
   let o = 0;
@@ -33,6 +33,22 @@ async function seal(plain: Uint8Array) {
 }
 
 describe('pbm1 media format', () => {
+  it('a blob sealed in another chunk size (64 KiB, as earlier clients wrote) decrypts to the same bytes', async () => {
+    const plain = randomBytes(3 * 65536 + 777);
+    const secret = freshSecret();
+    let summary: { size: number; plainHash: Uint8Array; cipherHash: Uint8Array } | undefined;
+    const parts: Uint8Array[] = [];
+    for await (const p of encryptPieces(streamOf(plain) as unknown as AsyncIterable<Uint8Array>, secret, {
+      chunk: 65536,
+      onDone: (s) => (summary = s),
+    }))
+      parts.push(p.bytes);
+    const cipher = Buffer.concat(parts);
+    expect(cipher.length).toBe(cipherSize(plain.length, 65536));
+    const out = await readAll(decryptMedia(streamOf(cipher), { key: secret.key, ...summary! }));
+    expect(out.equals(plain)).toBe(true);
+  });
+
   it('the incremental SHA-256 matches the reference one, also from a saved state', () => {
     for (const n of [0, 1, 55, 56, 63, 64, 65, 1000, 70_000]) {
       const d = randomBytes(n);

@@ -1,8 +1,11 @@
 // The structural scan that runs before any decoding: every plain msgpack value passes, every
-// extension type and every impossible length is refused. Seeded random values.
+// extension type and every impossible length is refused; and the request id a refused frame is
+// answered under, read without decoding. Seeded random values.
 import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { scanMsgpack } from '../src/protocol/msgpack-scan.js';
+import { encodeFrame, peekClientRequestId } from '../src/protocol/codec.js';
+import type { ClientFrame } from '../src/protocol/frames.js';
 
 const packr = new Packr({ useRecords: false, variableMapSize: true, moreTypes: false });
 
@@ -94,5 +97,37 @@ describe('the msgpack scan before decoding', () => {
     );
     expect(scanMsgpack(new Uint8Array([...new Array(17).fill(0x91), 0]))).toBe('nesting deeper than 16');
     expect(scanMsgpack(new Uint8Array([...new Array(16).fill(0x91), 0]))).toBeUndefined();
+  });
+});
+
+describe('the request id read without decoding', () => {
+  it('is the r of every request frame in the compact form, and absent from frames without one', () => {
+    const b = new Uint8Array(70_000);
+    for (const r of [0, 1, 127, 128, 255, 256, 65_535, 65_536, 0xffffffff]) {
+      const frames: ClientFrame[] = [
+        { t: 'send', r, id: 'm', to: 'bob', seq: 1, b },
+        { t: 'rcpt', r, id: 'x', to: 'bob', ids: ['m'] },
+        { t: 'ptok', r, k: 'fcm', tok: 't' },
+        { t: 'kget', r, u: ['bob'] },
+      ];
+      for (const f of frames) {
+        expect(peekClientRequestId(encodeFrame(f)), `${f.t} ${r}`).toBe(r);
+      }
+    }
+    expect(peekClientRequestId(encodeFrame({ t: 'ack', o: [5, 6] }))).toBeUndefined();
+    expect(peekClientRequestId(encodeFrame({ t: 'ping' }))).toBeUndefined();
+  });
+
+  it('is found in the map form behind any other keys (seeds 1-200), and never read past a truncation', () => {
+    for (let seed = 1; seed <= 200; seed++) {
+      const rand = rng(seed);
+      const r = Math.floor(rand() * 2 ** 32);
+      const frame = { ...(value(rand, 1) as object), t: 'send', r, tail: value(rand, 1) };
+      const bytes = packr.pack(frame);
+      expect(peekClientRequestId(bytes), `seed ${seed}`).toBe(r);
+      expect([r, undefined]).toContain(
+        peekClientRequestId(bytes.subarray(0, Math.floor(rand() * bytes.length))),
+      );
+    }
   });
 });

@@ -34,9 +34,12 @@ export async function startThrottleProxy({ target, bps = 0, rttMs = 0, piece = 5
       }),
   };
 
+  /** Forwards `from` to `to`; returns `finish`, which ends `to` once what is queued has arrived. */
   function lane(from, to, upstream, pair) {
     let nextFree = 0;
+    let lastAt = 0;
     let queued = 0;
+    let finished = false;
     const deliver = (d) => {
       if (pair.dead) return;
       if (upstream && state.cutAtUp !== undefined && state.up + d.length >= state.cutAtUp) {
@@ -59,6 +62,7 @@ export async function startThrottleProxy({ target, bps = 0, rttMs = 0, piece = 5
         const now = Date.now();
         nextFree = Math.max(now, nextFree) + (bps ? (part.length * 8 * 1000) / bps : 0);
         const at = nextFree + rttMs / 2;
+        lastAt = at;
         queued += part.length;
         if (queued > 32 * 1024) from.pause();
         setTimeout(() => {
@@ -68,6 +72,20 @@ export async function startThrottleProxy({ target, bps = 0, rttMs = 0, piece = 5
         }, at - now);
       }
     });
+    // A FIN must not overtake the delayed bytes before it: a server that answers and closes would
+    // otherwise have its answer dropped (the client sees "other side closed" and retries forever).
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      const wait = lastAt - Date.now();
+      const end = () => {
+        if (!pair.dead) to.end();
+      };
+      if (wait > 0) setTimeout(end, wait + 1);
+      else end();
+    };
+    from.on('end', finish);
+    from.on('close', finish);
   }
 
   const server = net.createServer((a) => {
@@ -96,10 +114,12 @@ export async function startThrottleProxy({ target, bps = 0, rttMs = 0, piece = 5
     };
     a.on('error', end);
     b.on('error', end);
-    a.on('close', () => {
-      if (!pair.dead) b.end();
-    });
-    b.on('close', end);
+    let closed = 0;
+    const onClose = () => {
+      if (++closed === 2) end();
+    };
+    a.on('close', onClose);
+    b.on('close', onClose);
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   state.port = server.address().port;

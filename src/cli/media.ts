@@ -9,6 +9,7 @@ import { storeAudience } from '../server/media/audience.js';
 import { fsBlobStore } from '../server/media/fs.js';
 import { mediaHttpHandler, type MediaHttpHandler } from '../server/media/http.js';
 import { openMediaLedger } from '../server/media/ledger.js';
+import { cipherSize } from '../media/format.js';
 
 /** What the media part of `postbox serve` needs. */
 export interface ServeMediaOptions {
@@ -48,8 +49,9 @@ export function openServeMedia(
     // A grant secret of its own, derived so that a restart keeps issued grants valid.
     secret: options.secret ? `media-grant:${options.secret}` : randomBytes(32),
     limits: {
-      // The ciphertext of a file of `mb` bytes: 16 bytes of tag per 64 KiB chunk, 20 of header.
-      maxUploadBytes: mb + Math.ceil(mb / 65536 + 1) * 16 + 20,
+      // The ciphertext of a file of `mb` bytes, tags and header included, counted in the 64 KiB
+      // chunks earlier clients used (today's 256 KiB chunks carry fewer tags and fit).
+      maxUploadBytes: cipherSize(mb, 65536),
       retentionMs: options.retentionMs,
     },
     onError,

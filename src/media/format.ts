@@ -26,7 +26,7 @@ import { PostboxError } from '../protocol/errors.js';
 import { Sha256, type Sha256State } from './sha256.js';
 
 /** Plaintext bytes per chunk. */
-export const MEDIA_CHUNK_BYTES = 65536;
+export const MEDIA_CHUNK_BYTES = 262144;
 /** Bytes of the GCM tag after every chunk. */
 export const MEDIA_TAG_BYTES = 16;
 /** Bytes of the `pbm1` header. */
@@ -133,6 +133,11 @@ export async function openChunk(
   }
 }
 
+/** The SHA-256 of one piece (WebCrypto, off the main thread where the runtime can). */
+export async function pieceDigest(piece: Uint8Array): Promise<Uint8Array> {
+  return new Uint8Array(await crypto.subtle.digest('SHA-256', piece as Uint8Array<ArrayBuffer>));
+}
+
 /** The chunked SHA-256 of the format (see the module doc), resumable from a saved state. */
 export class ChunkedHash {
   private readonly outer: Sha256;
@@ -142,9 +147,11 @@ export class ChunkedHash {
   }
   /** Adds the next piece. */
   async add(piece: Uint8Array): Promise<void> {
-    this.outer.update(
-      new Uint8Array(await crypto.subtle.digest('SHA-256', piece as Uint8Array<ArrayBuffer>)),
-    );
+    this.addDigest(await pieceDigest(piece));
+  }
+  /** Adds the next piece by its {@link pieceDigest} (computed ahead, possibly concurrently). */
+  addDigest(digest: Uint8Array): void {
+    this.outer.update(digest);
   }
   /** The state after the pieces added so far. */
   save(): Sha256State {

@@ -18,6 +18,7 @@ import {
   MEDIA_TAG_BYTES,
   openChunk,
   parseHeader,
+  pieceDigest,
   sealChunk,
   toStream,
   cipherSize,
@@ -54,6 +55,29 @@ export interface EncryptSummary {
   cipherHash: Uint8Array;
 }
 
+/**
+ * Chunks sealed or opened at once. WebCrypto does the work off the main thread (Node's thread
+ * pool), so with one chunk at a time the stream waited on every hop; a few in flight keep the
+ * cipher and the I/O busy together. Memory: this many chunks beyond the stream's own.
+ */
+const IN_FLIGHT = 4;
+
+/** Starts `work` for each item of `src` in order, up to `window` ahead, and yields the results in order. */
+async function* ahead<T, R>(
+  src: AsyncIterable<T>,
+  work: (item: T) => Promise<R>,
+  window = IN_FLIGHT,
+): AsyncGenerator<R> {
+  const queue: Promise<R>[] = [];
+  for await (const item of src) {
+    const p = work(item);
+    p.catch(() => undefined); // awaited below, in order: not an unhandled rejection meanwhile
+    queue.push(p);
+    if (queue.length >= window) yield await queue.shift()!;
+  }
+  while (queue.length > 0) yield await queue.shift()!;
+}
+
 /** A fresh random key and base nonce (WebCrypto's CSPRNG). */
 export function freshSecret(): MediaSecret {
   return {
@@ -64,7 +88,7 @@ export function freshSecret(): MediaSecret {
 
 /**
  * Seals a plaintext, yielding ciphertext pieces with their offsets in the blob. `plain` must start
- * at chunk `from.chunk` of the file (byte `from.chunk * 65536`) when resuming from a checkpoint.
+ * at chunk `from.chunk` of the file (byte `from.chunk * MEDIA_CHUNK_BYTES`) when resuming from a checkpoint.
  * `onChunk` sees the checkpoint after every sealed chunk; `onDone` the summary at the end.
  */
 export async function* encryptPieces(
@@ -74,34 +98,47 @@ export async function* encryptPieces(
     from?: EncryptCheckpoint;
     onChunk?: (c: EncryptCheckpoint) => void;
     onDone?: (s: EncryptSummary) => void;
+    /** Plaintext bytes per chunk (written in the header). @default MEDIA_CHUNK_BYTES */
+    chunk?: number;
   } = {},
 ): AsyncGenerator<{ offset: number; bytes: Uint8Array }> {
+  const chunk = hooks.chunk ?? MEDIA_CHUNK_BYTES;
   const key = await importMediaKey(secret.key);
-  const header = makeHeader(secret.baseNonce);
+  const header = makeHeader(secret.baseNonce, chunk);
   const plainHash = new ChunkedHash(hooks.from?.plain);
   const cipherHash = new ChunkedHash(hooks.from?.cipher);
   let index = hooks.from?.chunk ?? 0;
-  let size = index * MEDIA_CHUNK_BYTES;
+  let size = index * chunk;
   if (!hooks.from) {
     await cipherHash.add(header);
     yield { offset: 0, bytes: header };
   }
-  for await (const { bytes, final } of exactPieces(plain, MEDIA_CHUNK_BYTES)) {
-    const [sealed] = await Promise.all([sealChunk(key, header, index, final, bytes), plainHash.add(bytes)]);
-    await cipherHash.add(sealed);
-    const offset = chunkOffset(index);
-    size += bytes.length;
-    index++;
-    hooks.onChunk?.({ chunk: index, plain: plainHash.save(), cipher: cipherHash.save() });
-    if (final) {
+  const sealed = ahead(exactPieces(plain, chunk), ({ bytes, final }) => {
+    const i = index++;
+    const out = sealChunk(key, header, i, final, bytes);
+    return Promise.all([out, pieceDigest(bytes), out.then(pieceDigest)]).then(([out, plainD, cipherD]) => ({
+      i,
+      final,
+      plainBytes: bytes.length,
+      out,
+      plainD,
+      cipherD,
+    }));
+  });
+  for await (const w of sealed) {
+    plainHash.addDigest(w.plainD);
+    cipherHash.addDigest(w.cipherD);
+    size += w.plainBytes;
+    hooks.onChunk?.({ chunk: w.i + 1, plain: plainHash.save(), cipher: cipherHash.save() });
+    if (w.final) {
       hooks.onDone?.({
         size,
-        cipherSize: cipherSize(size),
+        cipherSize: cipherSize(size, chunk),
         plainHash: plainHash.digest(),
         cipherHash: cipherHash.digest(),
       });
     }
-    yield { offset, bytes: sealed };
+    yield { offset: chunkOffset(w.i, chunk), bytes: w.out };
   }
 }
 
@@ -135,29 +172,43 @@ export async function* decryptPieces(
   let header: Uint8Array | undefined;
   let index = 0;
   let size = 0;
-  const limit = cipherSize(expect.size);
+  // Until the header says the chunk size, only the header may arrive; then the exact blob size.
+  let limit = MEDIA_HEADER_BYTES;
   let seen = 0;
   const pieces = exactPieces(cipher, (h) => parseHeader(h).chunk + MEDIA_TAG_BYTES, MEDIA_HEADER_BYTES);
-  for await (const { bytes, final, first } of pieces) {
+  // Runs in stream order as pieces arrive (so `header` is set before any chunk is opened); the
+  // results are taken in the same order below, where the hashes are chained.
+  type Opened = { cipherD: Uint8Array; final: boolean; plain?: Uint8Array; plainD?: Uint8Array };
+  const opened = ahead(pieces, ({ bytes, final, first }): Promise<Opened> => {
     seen += bytes.length;
     if (seen > limit) throw corrupt('the blob is longer than the reference says');
-    await cipherHash.add(bytes);
+    const cipherD = pieceDigest(bytes);
     if (first) {
       if (final) throw corrupt('the blob ends inside its header');
       header = bytes;
-      continue;
+      limit = cipherSize(expect.size, parseHeader(bytes).chunk);
+      return cipherD.then((d) => ({ cipherD: d, final }));
     }
     if (bytes.length < MEDIA_TAG_BYTES) throw corrupt('the blob ends inside a chunk tag');
-    const plain = await openChunk(key, header!, index, final, bytes);
-    await plainHash.add(plain);
-    size += plain.length;
-    index++;
-    if (final) {
+    const plain = openChunk(key, header!, index++, final, bytes);
+    return Promise.all([cipherD, plain, plain.then(pieceDigest)]).then(([cipherD, plain, plainD]) => ({
+      cipherD,
+      final,
+      plain,
+      plainD,
+    }));
+  });
+  for await (const w of opened) {
+    cipherHash.addDigest(w.cipherD);
+    if (!w.plain || !w.plainD) continue; // the header
+    plainHash.addDigest(w.plainD);
+    size += w.plain.length;
+    if (w.final) {
       if (size !== expect.size) throw corrupt(`the file is ${size} bytes, the reference says ${expect.size}`);
       if (!equal(cipherHash.digest(), expect.cipherHash)) throw corrupt('the ciphertext hash does not match');
       if (!equal(plainHash.digest(), expect.plainHash)) throw corrupt('the plaintext hash does not match');
     }
-    if (plain.length > 0) yield plain;
+    if (w.plain.length > 0) yield w.plain;
   }
 }
 

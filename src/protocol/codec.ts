@@ -3,7 +3,7 @@ import type * as z from 'zod/mini';
 import { PostboxError } from './errors.js';
 import { clientFrame, serverFrame, type ClientFrame, type ServerFrame } from './frames.js';
 import { passesFastCheck } from './fast-checks.js';
-import { scanMsgpack } from './msgpack-scan.js';
+import { peekRequestId, scanMsgpack } from './msgpack-scan.js';
 
 // Plain msgpack (no msgpackr records) so any msgpack implementation can speak the protocol.
 const packr = new Packr({ useRecords: false, variableMapSize: true, moreTypes: false });
@@ -54,6 +54,21 @@ const LAYOUT: Record<string, { code: number; fields: readonly string[] }> = {
 };
 const BY_CODE: Array<{ t: string; fields: readonly string[] } | undefined> = [];
 for (const [t, l] of Object.entries(LAYOUT)) BY_CODE[l.code] = { t, fields: l.fields };
+
+/** Codes of the frames whose first field is a request id. */
+const REQUEST_CODES: ReadonlySet<number> = new Set(
+  Object.values(LAYOUT)
+    .filter((l) => l.fields[0] === 'r')
+    .map((l) => l.code),
+);
+
+/**
+ * The request id of a client frame, read from its bytes without decoding it (either wire form),
+ * or undefined. For answering a frame refused unread, e.g. one over the sender's cost budget.
+ */
+export function peekClientRequestId(data: Uint8Array): number | undefined {
+  return peekRequestId(data, REQUEST_CODES);
+}
 
 /** Fields that hold one message id, and fields that hold a list of them. */
 const ID_FIELD = 'id';

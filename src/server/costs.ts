@@ -4,6 +4,10 @@
  * keyed on the device or user (never the connection), so reconnecting resets nothing; it refills
  * continuously at its rate up to its burst.
  *
+ * Every frame also costs its size on the wire ({@link CostBudgetOptions.bytesPerUnit}), charged
+ * from its length before it is decoded: so a 64 KB message costs what its bytes cost the store and
+ * the disk, not what a 100-byte one does, and a device in debt has its frames refused unread.
+ *
  * Over budget, a frame is refused with a typed `rate_limited` error (the request is not run; a
  * client retries after a backoff); a device that keeps sending while refused runs into debt, and
  * at a whole burst of debt its connection is closed with 4003.
@@ -73,7 +77,16 @@ export interface CostBudgetOptions {
   device: Budget;
   /** Per user, all its devices together. */
   user: Budget;
+  /**
+   * Wire bytes per cost unit, charged for every frame from its length before it is decoded (a
+   * frame shorter than this costs nothing for its bytes, so pings and acks stay cheap).
+   * @default 64 (a 64 KiB message: 1,024 units, about 10 a second at the default device budget)
+   */
+  bytesPerUnit?: number;
 }
+
+/** Default of {@link CostBudgetOptions.bytesPerUnit}. */
+export const DEFAULT_BYTES_PER_COST_UNIT = 64;
 
 /** Defaults: a device may write ~10,000 inbox rows a second (5 messages a second to a full 1,024-member group). */
 export const DEFAULT_COST_BUDGETS: Readonly<CostBudgetOptions> = Object.freeze({
@@ -137,10 +150,17 @@ class Buckets {
 export class CostBudgets {
   private readonly devices: Buckets;
   private readonly users: Buckets;
+  private readonly bytesPerUnit: number;
 
   constructor(opts: CostBudgetOptions = DEFAULT_COST_BUDGETS, maxKeys = MAX_LIMIT_KEYS) {
     this.devices = new Buckets(opts.device, maxKeys);
     this.users = new Buckets(opts.user, maxKeys);
+    this.bytesPerUnit = opts.bytesPerUnit ?? DEFAULT_BYTES_PER_COST_UNIT;
+  }
+
+  /** What a frame of `bytes` bytes costs for its size (whole units: a short frame costs 0). */
+  byteCost(bytes: number): number {
+    return Math.floor(bytes / this.bytesPerUnit);
   }
 
   /** Charges `cost` to `user`'s device `device` and to `user`. */

@@ -10,6 +10,7 @@ import {
   PROTOCOL_VERSION,
   PostboxError,
   decodeClientFrame,
+  peekClientRequestId,
   encodeAtOffset,
   encodeFrame,
   isPostboxError,
@@ -37,7 +38,13 @@ import type { ClusterAdapter, PresenceEvent, TypingNotice, Unsubscribe } from '.
 import { BoundedMap, Limits } from './limits.js';
 import { RateLimitedLog } from './client-log.js';
 import { FairCommitQueue, FanoutEstimate, SERVER_SIDE, yieldToEventLoop } from './commit-batch.js';
-import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost, type CostBudgetOptions } from './costs.js';
+import {
+  CostBudgets,
+  DEFAULT_COST_BUDGETS,
+  frameCost,
+  type CostBudgetOptions,
+  type CostVerdict,
+} from './costs.js';
 import { applyConsent, GroupCaps, type GroupConsent } from './group-consent.js';
 import { memoryTraceStore, Tracer, type TraceEvent, type TraceStore } from './trace.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';
@@ -157,10 +164,11 @@ export interface ServerOptions {
   maxCommitRows?: number;
   /**
    * What a device and its user may spend per second in the cost model (see docs/security.md,
-   * "Cost budgets"): every frame costs the rows it writes, the lookups it makes, and a durable
-   * write of its own as many rows as an fsync. Over budget a frame is refused with `rate_limited`;
-   * a device that keeps sending reaches a burst of debt and is closed with 4003.
-   * @default DEFAULT_COST_BUDGETS (device 10,000/s, burst 20,000; user 20,000/s, burst 40,000)
+   * "Cost budgets"): every frame costs the rows it writes, the lookups it makes, a durable
+   * write of its own as many rows as an fsync, and its size (one unit per `bytesPerUnit` bytes,
+   * charged before it is decoded). Over budget a frame is refused with `rate_limited`; a device
+   * that keeps sending reaches a burst of debt and is closed with 4003.
+   * @default DEFAULT_COST_BUDGETS (device 10,000/s, burst 20,000; user 20,000/s, burst 40,000; 64 bytes a unit)
    */
   costBudgets?: CostBudgetOptions;
   /**
@@ -1322,8 +1330,21 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       frameCost(frame, () => this.fanout.rowsOf(frame)),
       now,
     );
-    if (verdict === 'ok') return true;
-    const r = 'r' in frame ? frame.r : undefined;
+    return verdict === 'ok' || this.refuseOverBudget(session, verdict, 'r' in frame ? frame.r : undefined);
+  }
+
+  /**
+   * @internal Charges a frame's size to the budgets before it is decoded (costs.ts): false when it
+   * must not be decoded at all (a device in debt, or one that cannot pay for the bytes). Its
+   * request id is read from the bytes so that the refusal is still answered.
+   */
+  affordBytes(session: Session, data: Uint8Array, now: number): boolean {
+    const addr = session.addr!;
+    const verdict = this.budgets.charge(addr.user, addr.device, this.budgets.byteCost(data.byteLength), now);
+    return verdict === 'ok' || this.refuseOverBudget(session, verdict, peekClientRequestId(data));
+  }
+
+  private refuseOverBudget(session: Session, verdict: CostVerdict, r: number | undefined): false {
     // A refused request is answered; other frames get one notice per stretch of refusals.
     if (r !== undefined || !session.overBudget) session.sendError('rate_limited', 'over the cost budget', r);
     session.overBudget = true;
@@ -1731,6 +1752,8 @@ class Session {
       this.close(CLOSE_CODES.rateLimited, 'rate limited');
       return;
     }
+    // A device in debt, or one that cannot pay for the frame's bytes, is refused before decoding.
+    if (this.state === 'open' && !this.server.affordBytes(this, data, now)) return;
     let frame: ClientFrame;
     try {
       // Before authentication only a hello-sized frame is decoded at all (issue 22).

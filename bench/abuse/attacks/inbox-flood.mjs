@@ -1,7 +1,9 @@
 // Issue 22, item 4: 64 KB messages to one offline victim, as fast as the server takes them.
 // Unguarded this added 132 MB in 12 s with no cap; now the victim's device has an inbox quota
 // (20,000 entries / 64 MiB), and once it is full the sender is refused with `inbox_full` (typed,
-// retryable), nothing stored.
+// retryable), nothing stored. Before that, the sender's cost budget charges each frame's size (1
+// unit per 64 bytes: a 64 KB message is 1,024 units), so the device writes about 10 of them a
+// second, is refused `rate_limited` beyond that and closed 4003 in debt.
 import { openPeer, pipeline } from '../lib/wire-peer.mjs';
 
 const BODY = 64 * 1024;
