@@ -5,7 +5,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { GapEvent } from '../src/client/index.js';
 import { memoryServerStore } from '../src/server/stores/memory.js';
-import { makeWorld, settled, text, type TestDevice, type World } from './helpers.js';
+import { SECRET, makeWorld, settled, text, type TestDevice, type World } from './helpers.js';
 
 let world: World | undefined;
 afterEach(async () => {
@@ -66,5 +66,31 @@ describe('a full inbox does not silence the others', () => {
     const tablet = await world.device('bob', 'tablet', { client: NEVER });
     await world.advance(1000);
     expect(shown(tablet)).toEqual(['msg m1', 'msg m2', 'gap alice 3-4 inbox_full']);
+  });
+
+  it('on the wire: a version-3 session gets the notice as gap why f; a version-2 session never does, the server deletes it for it', async () => {
+    world = await makeWorld({ openStore: () => memoryServerStore({ quotas: { inboxEntries: 1 } }) });
+    const alice = await world.device('alice');
+    await world.server.registerDevice('bob', 'phone');
+    await alice.client.send('bob', text('one')); // the phone is full with it
+    await world.advance(200);
+    await world.server.registerDevice('bob', 'tablet');
+    await alice.client.send('bob', text('two')); // the tablet takes it; the phone is skipped
+    await world.advance(200);
+    const session = async (name: string, v: [number, number]) => {
+      const raw = await world!.raw(name);
+      raw.send({ t: 'hello', v, cred: `bob/phone:${SECRET}` });
+      await world!.advance(100);
+      raw.conn.close(1000, 'done');
+      await world!.advance(100);
+      return raw.frames.filter((f) => f.t === 'msg' || f.t === 'gap');
+    };
+    const v3 = await session('v3', [1, 3]);
+    expect(v3.map((f) => f.t)).toEqual(['msg', 'gap']);
+    expect(v3[1]).toMatchObject({ why: 'f', s: [['alice', 'phone', 'bob', 2, 2]] });
+    // Not acked by that session: a version-2 session finds it, and the server deletes it instead.
+    expect((await session('v2', [1, 2])).map((f) => f.t)).toEqual(['msg']);
+    expect((await session('v2 again', [1, 2])).map((f) => f.t)).toEqual(['msg']);
+    expect((await session('v3 again', [1, 3])).map((f) => f.t)).toEqual(['msg']);
   });
 });
