@@ -83,6 +83,8 @@ export interface QuotaSuite {
   ): (name: string, body: (h: StoreHarness<ServerStore>) => Promise<void>) => void;
   /** Prefix of case names (the subject's name). */
   prefix: string;
+  /** Another store over the same data, alongside (a second node), when the subject has one. */
+  share?: ((store: ServerStore) => Promise<ServerStore>) | undefined;
 }
 
 /** Registers devices (at time 1). */
@@ -91,7 +93,7 @@ async function register(store: ServerStore, ...ds: DeviceAddress[]): Promise<voi
 }
 
 /** Registers the full-inbox cases with the suite's builder (part of `serverStoreQuotaConformance`). */
-export function serverStoreFullInboxCases({ withQuotas, prefix }: QuotaSuite): void {
+export function serverStoreFullInboxCases({ withQuotas, prefix, share }: QuotaSuite): void {
   withQuotas({ inboxEntries: 3 })(
     `${prefix}a group message skips a member whose inbox is full: the others get it, the full device one inbox_full notice naming every message it missed`,
     async (h) => {
@@ -202,6 +204,39 @@ export function serverStoreFullInboxCases({ withQuotas, prefix }: QuotaSuite): v
       assert.deepEqual(await fullNoticesOf(h.store, carol1), [
         [{ from: alice1, to: '#g', group: true, ranges: [[2, 2]] }],
       ]);
+    },
+  );
+
+  withQuotas({ inboxBytes: 1000 })(
+    `${prefix}several nodes skipping one full device at once leave it one notice naming every message`,
+    async (h) => {
+      await register(h.store, alice1, bob1, carol1);
+      assert.equal(codeOf(await one(h.store, create(alice1, '#g', ['bob', 'carol']))), 'ok');
+      const big = { ...msg(bob1, 'big', 'carol', 0), body: new Uint8Array(995) };
+      assert.equal(codeOf(await one(h.store, big)), 'ok'); // carol: 995 of 1,000 bytes
+      const nodes = [h.store];
+      for (let i = 0; share && i < 2; i++) nodes.push(await share(h.store));
+      try {
+        const outs = await Promise.all(
+          nodes.map((n, i) =>
+            n.append(
+              [1, 2, 3].map((k) => groupMsg(alice1, `n${i}-${k}`, '#g', 3 * i + k)),
+              1000,
+            ),
+          ),
+        );
+        assert.ok(
+          outs.flat().every((o) => o.ok),
+          'every message acked',
+        );
+        const n = 3 * nodes.length;
+        assert.equal((await inboxOf(h.store, bob1)).filter((e) => e.startsWith('n')).length, n);
+        assert.deepEqual(await fullNoticesOf(h.store, carol1), [
+          [{ from: alice1, to: '#g', group: true, ranges: [[1, n]] }],
+        ]);
+      } finally {
+        for (const node of nodes.slice(1)) await node.close();
+      }
     },
   );
 

@@ -363,6 +363,6 @@ export function serverStoreQuotaConformance(subject: QuotaStoreSubject): Conform
     assert.deepEqual(await h.store.pushToken(bob1), { kind: 'fcm', token: 't19' });
   });
 
-  serverStoreFullInboxCases({ withQuotas, prefix });
+  serverStoreFullInboxCases({ withQuotas, prefix, share: subject.share?.bind(subject) });
   return cases;
 }
