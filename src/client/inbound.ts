@@ -10,7 +10,15 @@ import { isGroupId, type GapFrame } from '../protocol/index.js';
 import type { TimerHandle } from '../util/clock.js';
 import type { Acks } from './acks.js';
 import type { ClientContext, Me } from './context.js';
-import { GapBook, reasonsOf, walk, type GapReason, type Range, type Step } from './gaps.js';
+import {
+  GapBook,
+  reasonsOf,
+  walk,
+  type GapReason,
+  type Range,
+  type ReasonedRange,
+  type Step,
+} from './gaps.js';
 import { NS_PINS, decodeSeqs, encodeSeqs, streamKey, streamOf } from './namespaces.js';
 import type { InboundMessage } from './store.js';
 import { conversationOf } from './wire.js';
@@ -113,7 +121,7 @@ export class Inbound {
     // refused (the sender was no longer a member) or one sent while this user was not in the
     // group, and the inbox already delivers a sender's messages in commit order. A gap notice
     // that comes later may still explain it (gaps.ts).
-    let passed: Range[] = [];
+    let passed: ReasonedRange[] = [];
     if (m.seq > next && isGroupId(m.conv)) {
       // Skip the hole, but not past a message asked for again.
       let first = m.seq;
@@ -149,10 +157,11 @@ export class Inbound {
       this.streams.set(key, n);
       for (const r of released) held!.delete(r.seq);
       if ((held?.size ?? 0) === 0 && !this.pins.has(key)) this.clearGap(key);
+      const full = this.gapBook.full(key); // before `passed` forgets it
       await this.gapBook.passed(key, n);
-      for (const [a, b] of passed) this.emitGap(m, a, b, 'expired');
+      for (const r of passed) this.emitGap(m, r.from, r.to, r.reason);
       this.emitMessage(m, false);
-      this.emitSteps(m, steps);
+      this.emitSteps(m, steps, full);
     } else if (m.seq < next) {
       const { inserted } = await store.applyInbound({ insert: m });
       if (inserted) this.emitMessage(m, true);
@@ -171,12 +180,14 @@ export class Inbound {
 
   /**
    * A group stream passes the hole `[from, to]` without waiting: the numbers the server already
-   * said it dropped are returned (to report as `expired`), the others are kept as skipped.
+   * said it dropped are returned with why (to report), the others are kept as skipped.
    */
-  private async skipHole(key: string, from: number, to: number): Promise<Range[]> {
-    const known = reasonsOf(from, to, undefined, this.gapBook.dropped(key), 'timeout');
-    for (const r of known) if (r.reason !== 'expired') await this.gapBook.skipped(key, r.from, r.to);
-    return known.flatMap((r): Range[] => (r.reason === 'expired' ? [[r.from, r.to]] : []));
+  private async skipHole(key: string, from: number, to: number): Promise<ReasonedRange[]> {
+    const book = this.gapBook;
+    const known = reasonsOf(from, to, undefined, book.dropped(key), 'timeout', book.full(key));
+    const said = (r: ReasonedRange) => r.reason === 'expired' || r.reason === 'inbox_full';
+    for (const r of known) if (!said(r)) await book.skipped(key, r.from, r.to);
+    return known.filter(said);
   }
 
   /**
@@ -186,35 +197,41 @@ export class Inbound {
    * at once, past them and over the messages held behind them.
    */
   async dropped(f: GapFrame, me: Me): Promise<void> {
+    const reason = f.why === 'f' ? 'inbox_full' : 'expired';
     for (const [from, fromDevice, to, ...flat] of f.s) {
       const conv = conversationOf(from, to, isGroupId(to), me.user);
       const ranges: Range[] = [];
       for (let i = 0; i + 1 < flat.length; i += 2) ranges.push([flat[i]!, flat[i + 1]!]);
-      await this.applyDropped(streamKey(conv, from, fromDevice), { conv, from, fromDevice }, ranges);
+      await this.applyDropped(streamKey(conv, from, fromDevice), { conv, from, fromDevice }, ranges, reason);
     }
   }
 
-  private async applyDropped(key: string, stream: Stream, ranges: Range[]): Promise<void> {
+  private async applyDropped(
+    key: string,
+    stream: Stream,
+    ranges: Range[],
+    reason: 'expired' | 'inbox_full',
+  ): Promise<void> {
     const start = await this.nextFor(key);
     const behind = ranges.flatMap(([a, b]): Range[] => (a < start ? [[a, Math.min(b, start - 1)]] : []));
     const ahead = ranges.flatMap(([a, b]): Range[] => (b >= start ? [[Math.max(a, start), b]] : []));
     const inGroup = isGroupId(stream.conv);
     if (behind.length > 0 && inGroup) {
-      for (const [a, b] of await this.gapBook.explain(key, behind)) this.emitGap(stream, a, b, 'expired');
+      for (const [a, b] of await this.gapBook.explain(key, behind)) this.emitGap(stream, a, b, reason);
     }
     if (ahead.length === 0) return;
     // A group stream never waits for a hole (see `receive`): numbers before the first dropped one
     // that nobody explained (sent before this user joined, or refused) are passed as skipped, so
     // the dropped ones are reported at once, however the stream began on this device.
     let next = start;
-    let passed: Range[] = [];
+    let passed: ReasonedRange[] = [];
     if (inGroup) {
       let first = Math.min(...ahead.map(([a]) => a));
       for (const s of this.pins.get(key) ?? []) if (s >= next && s < first) first = s;
       if (first > next) passed = await this.skipHole(key, next, first - 1);
       next = Math.max(next, first);
     }
-    await this.gapBook.addDropped(key, ahead);
+    await this.gapBook.addDropped(key, ahead, reason === 'inbox_full');
     const held = this.heldByKey.get(key);
     const { next: n, steps } = walk(next, held, this.gapBook.dropped(key));
     if (n === start) return; // a 1:1 hole nobody explained comes first: the timeout still runs for it
@@ -226,16 +243,24 @@ export class Inbound {
       if (!this.pins.has(key)) this.clearGap(key);
       this.heldByKey.delete(key);
     }
+    const full = this.gapBook.full(key); // before `passed` forgets it
     await this.gapBook.passed(key, n);
-    for (const [a, b] of passed) this.emitGap(stream, a, b, 'expired');
-    this.emitSteps(stream, steps);
+    for (const r of passed) this.emitGap(stream, r.from, r.to, r.reason);
+    this.emitSteps(stream, steps, full);
   }
 
-  /** Emits a stream's steps in sequence order: released messages, and dropped ranges as `expired` gaps. */
-  private emitSteps(stream: Stream, steps: Step[]): void {
+  /**
+   * Emits a stream's steps in sequence order: released messages, and dropped ranges as gaps,
+   * `inbox_full` for the numbers in `full`, else `expired`.
+   */
+  private emitSteps(stream: Stream, steps: Step[], full: readonly Range[]): void {
     for (const st of steps) {
       if (st.msg) this.emitMessage(st.msg, false);
-      else this.emitGap(stream, st.gap[0], st.gap[1], 'expired');
+      else {
+        for (const r of reasonsOf(st.gap[0], st.gap[1], undefined, [st.gap], 'expired', full)) {
+          this.emitGap(stream, r.from, r.to, r.reason);
+        }
+      }
     }
   }
 
@@ -320,6 +345,7 @@ export class Inbound {
     const end = Math.max(ordered[ordered.length - 1]?.seq ?? 0, ...(pinned ?? []));
     if (end < expect) return;
     const dropped = this.gapBook.dropped(key);
+    const full = this.gapBook.full(key);
     await this.ctx.store.applyInbound({
       release: ordered.map((m) => m.id),
       streams: [{ key, next: end + 1 }],
@@ -329,7 +355,7 @@ export class Inbound {
     await this.gapBook.passed(key, end + 1);
     for (const m of ordered) {
       if (m.seq > expect) {
-        for (const r of reasonsOf(expect, m.seq - 1, pinned, dropped, fallback)) {
+        for (const r of reasonsOf(expect, m.seq - 1, pinned, dropped, fallback, full)) {
           this.emitGap(m, r.from, r.to, r.reason);
         }
       }
@@ -338,7 +364,7 @@ export class Inbound {
     }
     if (expect <= end) {
       const stream = streamOf(key);
-      for (const r of reasonsOf(expect, end, pinned, dropped, fallback))
+      for (const r of reasonsOf(expect, end, pinned, dropped, fallback, full))
         this.emitGap(stream, r.from, r.to, r.reason);
     }
   }

@@ -6,6 +6,7 @@ import {
   assertDeviceId,
   assertUserId,
   GAP_FRAME_VERSION,
+  INBOX_FULL_GAP_VERSION,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   PostboxError,
@@ -1595,7 +1596,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
 }
 
 const WIRE_STATUS = { delivered: 'd', read: 'r', expired: 'x' } as const;
-const WIRE_GAP_REASON = { expired: 'x' } as const;
+const WIRE_GAP_REASON = { expired: 'x', inbox_full: 'f' } as const;
 
 /** A session's connection handlers: one small object rather than three closures per connection. */
 class SessionHandlers implements ConnectionHandlers {
@@ -2094,7 +2095,10 @@ class Session {
         let unsendable: number[] | undefined;
         for (const e of entries) {
           this.cursor = e.offset;
-          if (e.kind === 'gap' && this.version < GAP_FRAME_VERSION) {
+          if (
+            e.kind === 'gap' &&
+            this.version < (e.reason === 'inbox_full' ? INBOX_FULL_GAP_VERSION : GAP_FRAME_VERSION)
+          ) {
             (unsendable ??= []).push(e.offset);
             continue;
           }
@@ -2116,7 +2120,7 @@ class Session {
 
   /**
    * Deletes entries this session's protocol version has no frame for (gap notices before version
-   * 2), as the device's ack would; the next read goes past them anyway.
+   * 2, `inbox_full` ones before 3), as the device's ack would; the next read goes past them anyway.
    */
   private async ackUnsendable(offsets: number[]): Promise<void> {
     try {

@@ -50,7 +50,14 @@ import type {
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import { planInvites, type PendingInvites } from './invites.js';
-import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
+import {
+  decodeGapStreams,
+  encodeGapStreams,
+  extendFullNotices,
+  GAP_ROW_STATUS,
+  GapCollector,
+  type DroppedMessage,
+} from './gap-notices.js';
 import {
   brokenConnection,
   guardConnection,
@@ -79,8 +86,8 @@ import {
 } from './relational.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
-  itemsOverQuota,
   OverQuota,
+  planInboxes,
   overGroupQuota,
   preKeyQuotaError,
   resolveQuotas,
@@ -377,6 +384,9 @@ const MIGRATIONS: readonly PgMigration[] = [
       );
       CREATE INDEX group_invites_user ON ${s}.group_invites (user_id);
     `),
+  // 6: as the SQLite store's step 8: gap notices may have the reason `inbox_full`, and a device's
+  // one such notice is found, to be extended, by an index of notice rows.
+  (c, s) => c.query(`CREATE INDEX inbox_gaps ON ${s}.inbox (dev) WHERE status = '${GAP_ROW_STATUS}'`),
 ];
 
 /** The `postbox_schema` version of a schema the PostgreSQL server store has fully migrated. */
@@ -527,6 +537,12 @@ interface NewEntry {
   size: number;
   /** The batch index of the client item it belongs to (checked against the quotas). */
   item?: number | undefined;
+  /** The item's message, when it may skip a full device (see `placeItem`): what its notice names. */
+  stream?: DroppedMessage | undefined;
+  /** The item may skip full devices (see `placeItem`). */
+  partial?: boolean;
+  /** Its device is one of the sender's user's. */
+  own?: boolean;
   /** Where to report the offset: `sink[slot]`. */
   sink?: number[];
   slot?: number;
@@ -671,6 +687,8 @@ function postgresStore(
     private readonly freed = new Map<number, InboxUsage>();
     /** The batch index of the client item being committed (its entries are quota-checked). */
     item: number | undefined;
+    /** The message being committed, when it may skip full devices (see `placeItem`). */
+    stream: DroppedMessage | undefined;
     constructor(private readonly c: PgQueryable) {}
 
     /** Takes deleted entries off their inboxes' counts at {@link Writer.flush}. */
@@ -718,7 +736,55 @@ function postgresStore(
 
     add(e: NewEntry): void {
       e.item = this.item;
+      if (this.item !== undefined && this.stream) {
+        e.stream = this.stream;
+        e.partial = true;
+      }
       this.entries.push(e);
+    }
+
+    /**
+     * Takes the entries of full devices out of the transaction (their bodies' references are
+     * released, their items' offsets are not reported) and extends each such device's one
+     * `inbox_full` notice by what it missed, under the head locks (`usage`: what each head
+     * holds, less the notices replaced). A notice an ack is deleting meanwhile is left to it.
+     */
+    private async skip(
+      skipped: Set<NewEntry>,
+      usage: Map<number, InboxUsage>,
+      messages: number[],
+    ): Promise<void> {
+      const missed = new Map<number, { ts: number; list: DroppedMessage[] }>();
+      for (const e of skipped) {
+        if (e.message !== null) messages.push(e.message);
+        if (e.sink) this.broken.add(e.sink);
+        let m = missed.get(e.dev);
+        if (!m) missed.set(e.dev, (m = { ts: e.ts, list: [] }));
+        m.list.push(e.stream!);
+      }
+      this.entries.splice(0, this.entries.length, ...this.entries.filter((e) => !skipped.has(e)));
+      const held = await rowsOf<{ dev: string; ids: string | null }>(
+        this.c,
+        `DELETE FROM ${s}.inbox WHERE (dev, pos) IN (
+           SELECT dev, pos FROM ${s}.inbox
+           WHERE dev = ANY($1::bigint[]) AND status = '${GAP_ROW_STATUS}' AND by_user = 'inbox_full'
+           ORDER BY dev, pos FOR UPDATE SKIP LOCKED
+         ) RETURNING dev, ids`,
+        [[...missed.keys()]],
+      );
+      const notices = new Map<number, GapStream[][]>();
+      for (const r of held) {
+        const dev = Number(r.dev);
+        usage.get(dev)!.entries--;
+        let list = notices.get(dev);
+        if (!list) notices.set(dev, (list = []));
+        list.push(decodeGapStreams(r.ids ?? '[]'));
+      }
+      for (const [dev, m] of missed) {
+        for (const streams of extendFullNotices(notices.get(dev) ?? [], m.list)) {
+          this.gap(dev, m.ts, 'inbox_full', streams);
+        }
+      }
     }
 
     /** Queues a status entry; with `sink`, its offset is reported in `sink[slot]`. */
@@ -819,8 +885,10 @@ function postgresStore(
           bytes: Number(h.bytes) - (f?.bytes ?? 0),
         });
       }
-      const over = itemsOverQuota(quotas, this.entries, new Map([...usage].map(([d, u]) => [d, { ...u }])));
-      if (over.size > 0) throw new OverQuota(over);
+      const plan = planInboxes(quotas, this.entries, new Map([...usage].map(([d, u]) => [d, { ...u }])));
+      if (plan.refused.size > 0) throw new OverQuota(plan.refused);
+      const droppedMessages: number[] = [];
+      if (plan.skipped.size > 0) await this.skip(plan.skipped, usage, droppedMessages);
       const added = new Map<number, InboxUsage>();
       const cols = {
         dev: [] as number[],
@@ -834,7 +902,6 @@ function postgresStore(
         by: [] as Array<string | null>,
         size: [] as number[],
       };
-      const droppedMessages: number[] = [];
       const droppedEvents: number[] = [];
       for (const e of this.entries) {
         const prev = last.get(e.dev);
@@ -1240,13 +1307,13 @@ function postgresStore(
     c: PgQueryable,
     w: Writer,
     item: MessageInput,
-    devs: number[],
+    targets: Array<{ dev: number; own: boolean }>,
     now: number,
     bodies?: Uint8Array[],
     claiming = false,
   ): Promise<number[] | null> {
-    const offsets: number[] = new Array<number>(devs.length).fill(0);
-    if (devs.length === 0) return offsets;
+    const offsets: number[] = new Array<number>(targets.length).fill(0);
+    if (targets.length === 0) return offsets;
     // Claiming: the dedupe key goes in with the body, and a known key stores nothing (no row).
     const [row] = await rowsOf<{ id: string }>(
       c,
@@ -1268,14 +1335,15 @@ function postgresStore(
         item.seq,
         now,
         bodies ? EMPTY : item.body,
-        devs.length,
+        targets.length,
       ],
     );
     if (!row) return null;
     const message = Number(row.id);
-    devs.forEach((dev, i) => {
+    targets.forEach(({ dev, own }, i) => {
       w.add({
         dev,
+        own,
         ts: now,
         message,
         body: bodies ? bodies[i]! : null,
@@ -1333,7 +1401,7 @@ function postgresStore(
       c,
       w,
       item,
-      targets.map((t) => t.dev),
+      targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user })),
       now,
     );
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets: offsets! };
@@ -1355,7 +1423,8 @@ function postgresStore(
     const devs = targets.map((t) => t.dev);
     const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
     if (item.kind === 'msg' && devs.length > 0) {
-      const offsets = await storeMessage(c, w, item, devs, now, undefined, true);
+      const own = targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user }));
+      const offsets = await storeMessage(c, w, item, own, now, undefined, true);
       if (!offsets) return null;
       out.offsets = offsets;
       w.relate(item.from.user, item.to);
@@ -1409,7 +1478,7 @@ function postgresStore(
       c,
       w,
       item,
-      checked.targets.map((t) => t.id),
+      checked.targets.map((t) => ({ dev: t.id, own: t.user === item.from.user })),
       now,
       checked.bodies,
     );
@@ -1794,8 +1863,14 @@ function postgresStore(
               continue;
             }
             w.item = item.kind === 'group' ? undefined : i;
+            // A message in a sequence may skip full devices (see `placeItem`).
+            w.stream =
+              item.kind === 'msg' && item.seq > 0
+                ? { from: item.from, to: item.to, group: item.group === true, seq: item.seq }
+                : undefined;
             out.push(await commit(c, w, item, now));
             w.item = undefined;
+            w.stream = undefined;
           }
           await w.flush();
           for (const o of out) if (o.ok && o.offsets && w.broken.has(o.offsets)) delete o.offsets;
