@@ -61,15 +61,13 @@ export class Inbound {
    */
   accept(offset: number, work: () => Promise<boolean | void>): void {
     const gen = this.ctx.generation;
-    this.ctx.later(async () => {
-      try {
-        if ((await work()) === KEEP_UNACKED) return;
-      } catch (e) {
-        this.ctx.fault(gen, e);
-        return;
-      }
-      this.acks.later(offset);
-    });
+    this.ctx.then(
+      work,
+      (kept) => {
+        if (kept !== KEEP_UNACKED) this.acks.later(offset);
+      },
+      (e) => this.ctx.fault(gen, e),
+    );
   }
 
   /** Reloads pins and held messages from the store (every connection starts from it). */
@@ -99,11 +97,13 @@ export class Inbound {
 
   /** The next expected sequence number of a stream. */
   private async nextFor(key: string): Promise<number> {
-    let next = this.streams.get(key);
-    if (next === undefined) {
-      next = (await this.ctx.store.streamNext(key)) ?? 1;
-      this.streams.set(key, next);
-    }
+    return this.streams.get(key) ?? (await this.loadNext(key));
+  }
+
+  /** Reads a stream's next expected number from the store (once per stream and run). */
+  private async loadNext(key: string): Promise<number> {
+    const next = (await this.ctx.store.streamNext(key)) ?? 1;
+    this.streams.set(key, next);
     return next;
   }
 
@@ -115,7 +115,8 @@ export class Inbound {
   async receive(m: InboundMessage): Promise<void> {
     const key = streamKey(m.conv, m.from, m.fromDevice);
     const store = this.ctx.store;
-    let next = await this.nextFor(key);
+    // The stream's number is in memory after its first message: no await for it then.
+    let next = this.streams.get(key) ?? (await this.loadNext(key));
     // In a group a hole in a sender's sequence is never waited for: it is a message the server
     // refused (the sender was no longer a member) or one sent while this user was not in the
     // group, and the inbox already delivers a sender's messages in commit order. A gap notice
