@@ -49,6 +49,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { claimDirect, type DirectClaim } from './postgres-claim.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import {
   decodeGapStreams,
@@ -1300,8 +1301,8 @@ function postgresStore(
   /**
    * Inserts the body once and queues one entry per target device referencing it; returns the
    * array their offsets will be in once the writer flushes. With `bodies` (an end-to-end encrypted
-   * message) each entry holds its own, in target order. `claiming` also claims the item's dedupe
-   * key, in the same statement: null (nothing stored) when the key is known.
+   * message) each entry holds its own, in target order. (Plain 1:1 messages are stored by
+   * `claimBatch` instead, a batch at a time.)
    */
   async function storeMessage(
     c: PgQueryable,
@@ -1310,22 +1311,12 @@ function postgresStore(
     targets: Array<{ dev: number; own: boolean }>,
     now: number,
     bodies?: Uint8Array[],
-    claiming = false,
-  ): Promise<number[] | null> {
-    const offsets: number[] = new Array<number>(targets.length).fill(0);
-    if (targets.length === 0) return offsets;
-    // Claiming: the dedupe key goes in with the body, and a known key stores nothing (no row).
+  ): Promise<number[]> {
+    if (targets.length === 0) return [];
     const [row] = await rowsOf<{ id: string }>(
       c,
-      claiming
-        ? `WITH d AS (
-             INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts, to_user) VALUES ($1, $2, $3, $7, $4)
-             ON CONFLICT DO NOTHING RETURNING 1
-           )
-           INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM d) RETURNING id`
-        : `INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
+      `INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
       [
         item.from.user,
         item.from.device,
@@ -1338,8 +1329,19 @@ function postgresStore(
         targets.length,
       ],
     );
-    if (!row) return null;
-    const message = Number(row.id);
+    return queueEntries(w, item, targets, Number(row!.id), now, bodies);
+  }
+
+  /** Queues one entry per target referencing body `message`; returns where their offsets go. */
+  function queueEntries(
+    w: Writer,
+    item: MessageInput,
+    targets: Array<{ dev: number; own: boolean }>,
+    message: number,
+    now: number,
+    bodies?: Uint8Array[],
+  ): number[] {
+    const offsets: number[] = new Array<number>(targets.length).fill(0);
     targets.forEach(({ dev, own }, i) => {
       w.add({
         dev,
@@ -1404,7 +1406,7 @@ function postgresStore(
       targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user })),
       now,
     );
-    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets: offsets! };
+    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
   }
 
   /**
@@ -1416,6 +1418,7 @@ function postgresStore(
     w: Writer,
     item: MessageInput | ReceiptInput,
     now: number,
+    claimed?: number | null,
   ): Promise<AppendOutcome | null> {
     const toDevices = await w.devicesOf(item.to);
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
@@ -1424,8 +1427,10 @@ function postgresStore(
     const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
     if (item.kind === 'msg' && devs.length > 0) {
       const own = targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user }));
-      const offsets = await storeMessage(c, w, item, own, now, undefined, true);
-      if (!offsets) return null;
+      // Claimed, with its body stored, by `claimBatch` (which claims every such message): null
+      // when its key was known.
+      if (claimed == null) return null;
+      const offsets = queueEntries(w, item, own, claimed, now);
       out.offsets = offsets;
       w.relate(item.from.user, item.to);
       return out;
@@ -1484,7 +1489,7 @@ function postgresStore(
     );
     w.relate(item.from.user, item.to);
     const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
-    return { ok: true, ts: now, duplicate: false, notify, offsets: offsets! }; // not claiming: never null
+    return { ok: true, ts: now, duplicate: false, notify, offsets };
   }
 
   /** The commit time of an item whose dedupe key is known, or undefined. */
@@ -1497,10 +1502,46 @@ function postgresStore(
     return row && Number(row.ts);
   }
 
-  async function commit(c: PgQueryable, w: Writer, item: AppendInput, now: number): Promise<AppendOutcome> {
+  /** A 1:1 message or receipt (not a group's, not end-to-end encrypted): `commitDirect`'s. */
+  const isDirect = (item: AppendInput): boolean =>
+    item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes));
+
+  /**
+   * Reads the device lists of every 1:1 item of the batch in one query, then claims the dedupe
+   * keys and stores the bodies of its plain 1:1 messages in one more (see `claimDirect`), so a
+   * batch of them costs two round trips, not one per message. Returns each claimed index's body
+   * id (null: a duplicate); items left out are committed one at a time as before.
+   */
+  async function claimBatch(
+    c: PgQueryable,
+    w: Writer,
+    batch: AppendInput[],
+    skip: Set<number>,
+    now: number,
+  ): Promise<Map<number, number | null>> {
+    const direct = batch.filter((item): item is MessageInput | ReceiptInput => isDirect(item));
+    await w.prefetch(direct.flatMap((item) => [item.to, item.from.user]));
+    const claims: DirectClaim[] = [];
+    batch.forEach((item, index) => {
+      if (skip.has(index) || item.kind !== 'msg' || !isDirect(item)) return;
+      const to = w.known(item.to);
+      if (to.length === 0) return; // refused in `commit`, claiming nothing
+      const refs = directTargets(item, to, w.known(item.from.user)).length;
+      if (refs > 0) claims.push({ index, item, refs });
+    });
+    return claimDirect(c, s, claims, now);
+  }
+
+  async function commit(
+    c: PgQueryable,
+    w: Writer,
+    item: AppendInput,
+    now: number,
+    claimed?: number | null,
+  ): Promise<AppendOutcome> {
     const duplicate = (ts: number | undefined): AppendOutcome => duplicateOf(ts ?? now);
     if (item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes))) {
-      const out = await commitDirect(c, w, item, now);
+      const out = await commitDirect(c, w, item, now, claimed);
       if (out?.ok) return out;
       // A duplicate, or a refusal: which is a duplicate too when the key is known.
       const ts = await original(c, item);
@@ -1854,6 +1895,7 @@ function postgresStore(
         tx(async (c) => {
           const w = new Writer(c);
           written = w.consents;
+          const claimed = await claimBatch(c, w, batch, refused, now);
           const out: AppendOutcome[] = [];
           for (let i = 0; i < batch.length; i++) {
             const item = batch[i]!;
@@ -1868,7 +1910,7 @@ function postgresStore(
               item.kind === 'msg' && item.seq > 0
                 ? { from: item.from, to: item.to, group: item.group === true, seq: item.seq }
                 : undefined;
-            out.push(await commit(c, w, item, now));
+            out.push(await commit(c, w, item, now, claimed.get(i)));
             w.item = undefined;
             w.stream = undefined;
           }
