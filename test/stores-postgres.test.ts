@@ -114,6 +114,7 @@ describeWithServices('postgres server store', reason, () => {
           DROP TABLE group_invites;
           ALTER TABLE inbox_heads DROP COLUMN entries, DROP COLUMN bytes;
           ALTER TABLE inbox DROP COLUMN size;
+          DROP INDEX inbox_gaps;
           DELETE FROM postbox_schema WHERE version > 2;
           RESET search_path;
         `);

@@ -626,6 +626,7 @@ describe('sqlite server store', () => {
     const v4 = new Database(file);
     v4.exec(`
       DROP TABLE group_invites;
+      DROP INDEX inbox_gaps;
       DROP TRIGGER inbox_usage_in;
       DROP TRIGGER inbox_usage_out;
       ALTER TABLE devices DROP COLUMN entries;

@@ -58,9 +58,11 @@ export class Acks {
   flush(): void {
     if (this.pending.length === 0 || !this.ctx.open) return;
     this.stop();
-    for (let k = 0; k < this.pending.length; k += ACK_FRAME_MAX) {
-      this.ctx.write({ t: 'ack', o: this.pending.slice(k, k + ACK_FRAME_MAX) });
-    }
+    const all = this.pending;
+    if (all.length <= ACK_FRAME_MAX) this.ctx.write({ t: 'ack', o: all });
+    else
+      for (let k = 0; k < all.length; k += ACK_FRAME_MAX)
+        this.ctx.write({ t: 'ack', o: all.slice(k, k + ACK_FRAME_MAX) });
     this.pending = [];
     this.lastAckAt = this.ctx.clock.now();
   }

@@ -18,6 +18,8 @@ interface Task {
   fn: () => Promise<unknown>;
   resolve: ((value: unknown) => void) | undefined;
   reject: ((error: unknown) => void) | undefined;
+  /** `reject` reports the failure itself (else it is also emitted as `error`). */
+  reports: boolean;
 }
 
 const settledNow = async (): Promise<void> => {};
@@ -132,7 +134,7 @@ export class ClientContext {
    */
   serial<T>(fn: () => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      this.push({ fn, resolve: resolve as (v: unknown) => void, reject, reports: false });
     });
   }
 
@@ -141,13 +143,27 @@ export class ClientContext {
    * it lets through is reported as `error`): no promise is made for it.
    */
   later(fn: () => Promise<unknown>): void {
-    this.push({ fn, resolve: undefined, reject: undefined });
+    this.push({ fn, resolve: undefined, reject: undefined, reports: false });
+  }
+
+  /**
+   * {@link later} with its outcome handled in place: `done` gets what `fn` resolved to, `failed`
+   * its failure (which it reports itself: it is not emitted as `error` again). The hot paths (an
+   * inbox entry, an `ok`) queue their work this way: no wrapping async function and no promise
+   * per task.
+   */
+  then<T>(
+    fn: () => Promise<T>,
+    done: ((value: T) => void) | undefined,
+    failed: (error: unknown) => void,
+  ): void {
+    this.push({ fn, resolve: done as ((value: unknown) => void) | undefined, reject: failed, reports: true });
   }
 
   /** Resolves when every store task queued so far has run (failed ones included). */
   drained(): Promise<void> {
     return new Promise<void>((resolve) =>
-      this.push({ fn: settledNow, resolve: () => resolve(), reject: undefined }),
+      this.push({ fn: settledNow, resolve: () => resolve(), reject: undefined, reports: false }),
     );
   }
 
@@ -166,13 +182,15 @@ export class ClientContext {
     while (this.head < this.tasks.length) {
       const task = this.tasks[this.head]!;
       this.tasks[this.head++] = undefined;
+      let value: unknown;
+      let failed = false;
       try {
-        const value = await task.fn();
-        task.resolve?.(value);
+        value = await task.fn();
       } catch (e) {
-        task.reject?.(e);
-        this.emit('error', e);
+        failed = true;
+        this.settle(task.reject, e, !task.reports);
       }
+      if (!failed) this.settle(task.resolve, value, false);
       // Drop the run's finished slots now and then, not on every task.
       if (this.head >= 1024) {
         this.tasks = this.tasks.slice(this.head);
@@ -183,6 +201,16 @@ export class ClientContext {
     this.head = 0;
     this.running = false;
     this.onIdle();
+  }
+
+  /** Hands a task's outcome to its callback; a callback that throws is reported as `error`. */
+  private settle(fn: ((v: unknown) => void) | undefined, v: unknown, report: boolean): void {
+    try {
+      fn?.(v);
+    } catch (e) {
+      this.emit('error', e);
+    }
+    if (report) this.emit('error', v);
   }
 
   /** This device's identity: from the live session, else as saved on an earlier connection. */

@@ -264,9 +264,14 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * // the message is in the outbox on disk: it will reach bob, even if the app dies now
    * ```
    */
-  async send(to: string, body: Uint8Array, options?: SendOptions): Promise<string> {
-    if (isGroupId(to)) throw new PostboxError('invalid_frame', 'group ids start with #: use sendToGroup');
-    assertUserId(to, 'recipient');
+  send(to: string, body: Uint8Array, options?: SendOptions): Promise<string> {
+    // Not `async`: the promise of the store task is the caller's, with no wrapper around it.
+    try {
+      if (isGroupId(to)) throw new PostboxError('invalid_frame', 'group ids start with #: use sendToGroup');
+      assertUserId(to, 'recipient');
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this.queueMessage(to, body, options?.id);
   }
 
@@ -279,8 +284,12 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
    * give each member's receipt. A sender who is not a member gets `failed` (`not_member`). The
    * recipients it is counted against are stored in the same atomic write as the message.
    */
-  async sendToGroup(group: string, body: Uint8Array, options?: SendOptions): Promise<string> {
-    assertGroupId(group, 'group');
+  sendToGroup(group: string, body: Uint8Array, options?: SendOptions): Promise<string> {
+    try {
+      assertGroupId(group, 'group');
+    } catch (e) {
+      return Promise.reject(e);
+    }
     return this.queueMessage(group, body, options?.id);
   }
 
@@ -307,17 +316,22 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     return this.ctx.serial(async () => readConversations(this.store, await this.ctx.self()));
   }
 
-  private async queueMessage(to: string, body: Uint8Array, given?: string): Promise<string> {
+  /** Queues a message; rejects (never throws) when it may not be queued. */
+  private queueMessage(to: string, body: Uint8Array, given?: string): Promise<string> {
     const ctx = this.ctx;
-    if (ctx.state === 'closed') throw new PostboxError('closed', 'client is closed');
-    if (!(body instanceof Uint8Array)) throw new PostboxError('invalid_frame', 'body must be a Uint8Array');
-    if (body.byteLength > ctx.opts.maxBodyBytes) {
-      throw new PostboxError(
-        'too_large',
-        `body of ${body.byteLength} bytes is over ${ctx.opts.maxBodyBytes}`,
-      );
+    try {
+      if (ctx.state === 'closed') throw new PostboxError('closed', 'client is closed');
+      if (!(body instanceof Uint8Array)) throw new PostboxError('invalid_frame', 'body must be a Uint8Array');
+      if (body.byteLength > ctx.opts.maxBodyBytes) {
+        throw new PostboxError(
+          'too_large',
+          `body of ${body.byteLength} bytes is over ${ctx.opts.maxBodyBytes}`,
+        );
+      }
+      if (given !== undefined) assertMessageId(given);
+    } catch (e) {
+      return Promise.reject(e);
     }
-    if (given !== undefined) assertMessageId(given);
     const id = given ?? ctx.ulid();
     const copy = body.slice();
     return ctx.serial(async () => {

@@ -11,6 +11,9 @@ import type { ClientStore, InboundMessage } from './store.js';
  * Why messages of a sender are missing:
  * - `expired`: the server said it dropped them, unfetched, at the end of its retention period;
  *   reported as soon as that notice arrives.
+ * - `inbox_full`: the server said it never stored them for this device because its inbox was at
+ *   its quota (the other recipients got them; see docs/security.md); reported as soon as that
+ *   notice arrives.
  * - `undecryptable`: with end-to-end encryption, a message this device could not decrypt and
  *   asked the sender for again; the new copy did not come within `gapTimeoutMs`.
  * - `overflow`: more than `maxHeldPerStream` later messages were waiting for the hole.
@@ -20,7 +23,7 @@ import type { ClientStore, InboundMessage } from './store.js';
 export type GapReason = (typeof GAP_REASONS)[number];
 
 /** Every {@link GapReason}. */
-export const GAP_REASONS = ['expired', 'timeout', 'undecryptable', 'overflow'] as const;
+export const GAP_REASONS = ['expired', 'inbox_full', 'timeout', 'undecryptable', 'overflow'] as const;
 
 /** A hole in a sender's sequence that the client gave up on; the held messages after it were released. */
 export interface GapEvent {
@@ -108,9 +111,17 @@ export function walk(
   return { next: n, steps };
 }
 
+/** A missing range and why. */
+export interface ReasonedRange {
+  from: number;
+  to: number;
+  reason: GapReason;
+}
+
 /**
  * The missing range `[from, to]` split by reason: numbers pinned (asked for again) are
- * `undecryptable`, numbers the server dropped `expired`, the rest `fallback`.
+ * `undecryptable`, numbers the server dropped `inbox_full` when in `full`, else `expired`, the
+ * rest `fallback`.
  */
 export function reasonsOf(
   from: number,
@@ -118,10 +129,17 @@ export function reasonsOf(
   pinned: ReadonlySet<number> | undefined,
   dropped: readonly Range[],
   fallback: GapReason,
-): Array<{ from: number; to: number; reason: GapReason }> {
-  const out: Array<{ from: number; to: number; reason: GapReason }> = [];
+  full: readonly Range[] = [],
+): ReasonedRange[] {
+  const out: ReasonedRange[] = [];
   for (let s = from; s <= to; s++) {
-    const reason = pinned?.has(s) ? 'undecryptable' : has(dropped, s) ? 'expired' : fallback;
+    const reason = pinned?.has(s)
+      ? 'undecryptable'
+      : has(dropped, s)
+        ? has(full, s)
+          ? 'inbox_full'
+          : 'expired'
+        : fallback;
     const last = out[out.length - 1];
     if (last && last.reason === reason && last.to === s - 1) last.to = s;
     else out.push({ from: s, to: s, reason });
@@ -132,6 +150,8 @@ export function reasonsOf(
 interface StreamGaps {
   /** Numbers at or past the stream's next expected one that the server said it dropped. */
   dropped: Range[];
+  /** Those of `dropped` it dropped because this device's inbox was full (the others expired). */
+  full?: Range[];
   /** Group holes skipped without a reason, which a later notice may explain. */
   skipped: Range[];
 }
@@ -155,10 +175,19 @@ export class GapBook {
     return this.streams.get(key)?.dropped ?? [];
   }
 
-  /** Records numbers the server dropped at or past the stream's next expected one. */
-  async addDropped(key: string, ranges: readonly Range[]): Promise<void> {
+  /** Of {@link GapBook.dropped}, the numbers dropped because this device's inbox was full. */
+  full(key: string): readonly Range[] {
+    return this.streams.get(key)?.full ?? [];
+  }
+
+  /**
+   * Records numbers the server dropped at or past the stream's next expected one; `full`: because
+   * this device's inbox was full.
+   */
+  async addDropped(key: string, ranges: readonly Range[], full = false): Promise<void> {
     const g = this.of(key);
     g.dropped = merge([...g.dropped, ...ranges]).slice(0, MAX_RANGES);
+    if (full) g.full = merge([...(g.full ?? []), ...ranges]).slice(0, MAX_RANGES);
     await this.save(key, g);
   }
 
@@ -166,7 +195,10 @@ export class GapBook {
   async passed(key: string, next: number): Promise<void> {
     const g = this.streams.get(key);
     if (!g || !g.dropped.some(([a]) => a < next)) return;
-    g.dropped = g.dropped.flatMap(([a, b]): Range[] => (b < next ? [] : [[Math.max(a, next), b]]));
+    const from = (ranges: Range[]): Range[] =>
+      ranges.flatMap(([a, b]): Range[] => (b < next ? [] : [[Math.max(a, next), b]]));
+    g.dropped = from(g.dropped);
+    if (g.full) g.full = from(g.full);
     await this.save(key, g);
   }
 

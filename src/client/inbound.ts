@@ -10,7 +10,15 @@ import { isGroupId, type GapFrame } from '../protocol/index.js';
 import type { TimerHandle } from '../util/clock.js';
 import type { Acks } from './acks.js';
 import type { ClientContext, Me } from './context.js';
-import { GapBook, reasonsOf, walk, type GapReason, type Range, type Step } from './gaps.js';
+import {
+  GapBook,
+  reasonsOf,
+  walk,
+  type GapReason,
+  type Range,
+  type ReasonedRange,
+  type Step,
+} from './gaps.js';
 import { NS_PINS, decodeSeqs, encodeSeqs, streamKey, streamOf } from './namespaces.js';
 import type { InboundMessage } from './store.js';
 import { conversationOf } from './wire.js';
@@ -53,15 +61,13 @@ export class Inbound {
    */
   accept(offset: number, work: () => Promise<boolean | void>): void {
     const gen = this.ctx.generation;
-    this.ctx.later(async () => {
-      try {
-        if ((await work()) === KEEP_UNACKED) return;
-      } catch (e) {
-        this.ctx.fault(gen, e);
-        return;
-      }
-      this.acks.later(offset);
-    });
+    this.ctx.then(
+      work,
+      (kept) => {
+        if (kept !== KEEP_UNACKED) this.acks.later(offset);
+      },
+      (e) => this.ctx.fault(gen, e),
+    );
   }
 
   /** Reloads pins and held messages from the store (every connection starts from it). */
@@ -91,11 +97,13 @@ export class Inbound {
 
   /** The next expected sequence number of a stream. */
   private async nextFor(key: string): Promise<number> {
-    let next = this.streams.get(key);
-    if (next === undefined) {
-      next = (await this.ctx.store.streamNext(key)) ?? 1;
-      this.streams.set(key, next);
-    }
+    return this.streams.get(key) ?? (await this.loadNext(key));
+  }
+
+  /** Reads a stream's next expected number from the store (once per stream and run). */
+  private async loadNext(key: string): Promise<number> {
+    const next = (await this.ctx.store.streamNext(key)) ?? 1;
+    this.streams.set(key, next);
     return next;
   }
 
@@ -107,12 +115,13 @@ export class Inbound {
   async receive(m: InboundMessage): Promise<void> {
     const key = streamKey(m.conv, m.from, m.fromDevice);
     const store = this.ctx.store;
-    let next = await this.nextFor(key);
+    // The stream's number is in memory after its first message: no await for it then.
+    let next = this.streams.get(key) ?? (await this.loadNext(key));
     // In a group a hole in a sender's sequence is never waited for: it is a message the server
     // refused (the sender was no longer a member) or one sent while this user was not in the
     // group, and the inbox already delivers a sender's messages in commit order. A gap notice
     // that comes later may still explain it (gaps.ts).
-    let passed: Range[] = [];
+    let passed: ReasonedRange[] = [];
     if (m.seq > next && isGroupId(m.conv)) {
       // Skip the hole, but not past a message asked for again.
       let first = m.seq;
@@ -148,10 +157,11 @@ export class Inbound {
       this.streams.set(key, n);
       for (const r of released) held!.delete(r.seq);
       if ((held?.size ?? 0) === 0 && !this.pins.has(key)) this.clearGap(key);
+      const full = this.gapBook.full(key); // before `passed` forgets it
       await this.gapBook.passed(key, n);
-      for (const [a, b] of passed) this.emitGap(m, a, b, 'expired');
+      for (const r of passed) this.emitGap(m, r.from, r.to, r.reason);
       this.emitMessage(m, false);
-      this.emitSteps(m, steps);
+      this.emitSteps(m, steps, full);
     } else if (m.seq < next) {
       const { inserted } = await store.applyInbound({ insert: m });
       if (inserted) this.emitMessage(m, true);
@@ -170,12 +180,14 @@ export class Inbound {
 
   /**
    * A group stream passes the hole `[from, to]` without waiting: the numbers the server already
-   * said it dropped are returned (to report as `expired`), the others are kept as skipped.
+   * said it dropped are returned with why (to report), the others are kept as skipped.
    */
-  private async skipHole(key: string, from: number, to: number): Promise<Range[]> {
-    const known = reasonsOf(from, to, undefined, this.gapBook.dropped(key), 'timeout');
-    for (const r of known) if (r.reason !== 'expired') await this.gapBook.skipped(key, r.from, r.to);
-    return known.flatMap((r): Range[] => (r.reason === 'expired' ? [[r.from, r.to]] : []));
+  private async skipHole(key: string, from: number, to: number): Promise<ReasonedRange[]> {
+    const book = this.gapBook;
+    const known = reasonsOf(from, to, undefined, book.dropped(key), 'timeout', book.full(key));
+    const said = (r: ReasonedRange) => r.reason === 'expired' || r.reason === 'inbox_full';
+    for (const r of known) if (!said(r)) await book.skipped(key, r.from, r.to);
+    return known.filter(said);
   }
 
   /**
@@ -185,35 +197,41 @@ export class Inbound {
    * at once, past them and over the messages held behind them.
    */
   async dropped(f: GapFrame, me: Me): Promise<void> {
+    const reason = f.why === 'f' ? 'inbox_full' : 'expired';
     for (const [from, fromDevice, to, ...flat] of f.s) {
       const conv = conversationOf(from, to, isGroupId(to), me.user);
       const ranges: Range[] = [];
       for (let i = 0; i + 1 < flat.length; i += 2) ranges.push([flat[i]!, flat[i + 1]!]);
-      await this.applyDropped(streamKey(conv, from, fromDevice), { conv, from, fromDevice }, ranges);
+      await this.applyDropped(streamKey(conv, from, fromDevice), { conv, from, fromDevice }, ranges, reason);
     }
   }
 
-  private async applyDropped(key: string, stream: Stream, ranges: Range[]): Promise<void> {
+  private async applyDropped(
+    key: string,
+    stream: Stream,
+    ranges: Range[],
+    reason: 'expired' | 'inbox_full',
+  ): Promise<void> {
     const start = await this.nextFor(key);
     const behind = ranges.flatMap(([a, b]): Range[] => (a < start ? [[a, Math.min(b, start - 1)]] : []));
     const ahead = ranges.flatMap(([a, b]): Range[] => (b >= start ? [[Math.max(a, start), b]] : []));
     const inGroup = isGroupId(stream.conv);
     if (behind.length > 0 && inGroup) {
-      for (const [a, b] of await this.gapBook.explain(key, behind)) this.emitGap(stream, a, b, 'expired');
+      for (const [a, b] of await this.gapBook.explain(key, behind)) this.emitGap(stream, a, b, reason);
     }
     if (ahead.length === 0) return;
     // A group stream never waits for a hole (see `receive`): numbers before the first dropped one
     // that nobody explained (sent before this user joined, or refused) are passed as skipped, so
     // the dropped ones are reported at once, however the stream began on this device.
     let next = start;
-    let passed: Range[] = [];
+    let passed: ReasonedRange[] = [];
     if (inGroup) {
       let first = Math.min(...ahead.map(([a]) => a));
       for (const s of this.pins.get(key) ?? []) if (s >= next && s < first) first = s;
       if (first > next) passed = await this.skipHole(key, next, first - 1);
       next = Math.max(next, first);
     }
-    await this.gapBook.addDropped(key, ahead);
+    await this.gapBook.addDropped(key, ahead, reason === 'inbox_full');
     const held = this.heldByKey.get(key);
     const { next: n, steps } = walk(next, held, this.gapBook.dropped(key));
     if (n === start) return; // a 1:1 hole nobody explained comes first: the timeout still runs for it
@@ -225,16 +243,24 @@ export class Inbound {
       if (!this.pins.has(key)) this.clearGap(key);
       this.heldByKey.delete(key);
     }
+    const full = this.gapBook.full(key); // before `passed` forgets it
     await this.gapBook.passed(key, n);
-    for (const [a, b] of passed) this.emitGap(stream, a, b, 'expired');
-    this.emitSteps(stream, steps);
+    for (const r of passed) this.emitGap(stream, r.from, r.to, r.reason);
+    this.emitSteps(stream, steps, full);
   }
 
-  /** Emits a stream's steps in sequence order: released messages, and dropped ranges as `expired` gaps. */
-  private emitSteps(stream: Stream, steps: Step[]): void {
+  /**
+   * Emits a stream's steps in sequence order: released messages, and dropped ranges as gaps,
+   * `inbox_full` for the numbers in `full`, else `expired`.
+   */
+  private emitSteps(stream: Stream, steps: Step[], full: readonly Range[]): void {
     for (const st of steps) {
       if (st.msg) this.emitMessage(st.msg, false);
-      else this.emitGap(stream, st.gap[0], st.gap[1], 'expired');
+      else {
+        for (const r of reasonsOf(st.gap[0], st.gap[1], undefined, [st.gap], 'expired', full)) {
+          this.emitGap(stream, r.from, r.to, r.reason);
+        }
+      }
     }
   }
 
@@ -319,6 +345,7 @@ export class Inbound {
     const end = Math.max(ordered[ordered.length - 1]?.seq ?? 0, ...(pinned ?? []));
     if (end < expect) return;
     const dropped = this.gapBook.dropped(key);
+    const full = this.gapBook.full(key);
     await this.ctx.store.applyInbound({
       release: ordered.map((m) => m.id),
       streams: [{ key, next: end + 1 }],
@@ -328,7 +355,7 @@ export class Inbound {
     await this.gapBook.passed(key, end + 1);
     for (const m of ordered) {
       if (m.seq > expect) {
-        for (const r of reasonsOf(expect, m.seq - 1, pinned, dropped, fallback)) {
+        for (const r of reasonsOf(expect, m.seq - 1, pinned, dropped, fallback, full)) {
           this.emitGap(m, r.from, r.to, r.reason);
         }
       }
@@ -337,7 +364,7 @@ export class Inbound {
     }
     if (expect <= end) {
       const stream = streamOf(key);
-      for (const r of reasonsOf(expect, end, pinned, dropped, fallback))
+      for (const r of reasonsOf(expect, end, pinned, dropped, fallback, full))
         this.emitGap(stream, r.from, r.to, r.reason);
     }
   }

@@ -205,15 +205,13 @@ export class Outbox {
       status === 'failed' ? (error ?? new PostboxError('internal', 'failed')) : undefined,
     );
     const gen = this.ctx.generation;
-    this.ctx.later(async () => {
-      try {
-        // A refusal is the item's own outcome (its status, with the reason), not an `error`.
-        await this.hooks.applyStatus(id, status, by, error);
-      } catch (e) {
-        // The store still says pending; reconnecting reloads the outbox and resends it.
-        this.ctx.fault(gen, e);
-      }
-    });
+    // A refusal is the item's own outcome (its status, with the reason), not an `error`. A store
+    // failure is: the store still says pending, and reconnecting reloads the outbox and resends it.
+    this.ctx.then(
+      () => this.hooks.applyStatus(id, status, by, error),
+      undefined,
+      (e) => this.ctx.fault(gen, e),
+    );
     this.pump();
   }
 

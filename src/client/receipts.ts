@@ -44,11 +44,6 @@ export class Receipts {
     private readonly unqueue: (id: string) => void,
   ) {}
 
-  /** An outgoing entry: from memory when it is there, else from the store. */
-  private async entryOf(id: string): Promise<OutboxEntry | undefined> {
-    return this.live.get(id) ?? (await this.ctx.store.outgoing(id));
-  }
-
   /**
    * An `st` entry: statuses of this device's messages (believed only from a user the message may
    * have reached), or this user's own reads on another device. Throws on a store failure (the
@@ -63,10 +58,14 @@ export class Receipts {
       return;
     }
     for (const id of f.ids) {
-      const entry = await this.entryOf(id);
+      // From memory, without an await, for the recent messages that nearly every status is about.
+      const entry = this.live.get(id) ?? (await this.ctx.store.outgoing(id));
       // Only a user the message went to can have received or read it: a status from anyone
       // else is forged (a server that does not check forwarded it) and changes nothing.
-      if (!entry || !(await this.reached(entry, f.by))) continue;
+      // A 1:1 message's answer is at hand; a group's may need the store.
+      if (!entry) continue;
+      const oneToOne = entry.kind === 'msg' && !isGroupId(entry.to);
+      if (!(oneToOne ? entry.to === f.by : await this.reached(entry, f.by))) continue;
       // A status can overtake the `ok` (the ok was lost with a connection); it settles the item too.
       this.unqueue(id);
       if (isGroupId(entry.conv)) await this.onMemberStatus(entry, f.by, status);
@@ -79,7 +78,7 @@ export class Receipts {
    * `expired` one (`error`: the refusal), and tells the app about messages.
    */
   async applyStatus(id: string, event: MessageStatus, by?: string, error?: PostboxError): Promise<void> {
-    const entry = await this.entryOf(id);
+    const entry = this.live.get(id) ?? (await this.ctx.store.outgoing(id));
     if (entry) await this.move(entry, event, by, error);
   }
 

@@ -361,8 +361,11 @@ export const statusFrame = z.object({
   ts: z.number(),
 });
 
-/** Wire form of why the server dropped messages (a `gap` frame's `why`): `x` retention expired. */
-export const wireGapReason = z.enum(['x']);
+/**
+ * Wire form of why the server dropped messages (a `gap` frame's `why`): `x` retention expired;
+ * `f` the device's inbox was full (protocol version 3 and later, {@link INBOX_FULL_GAP_VERSION}).
+ */
+export const wireGapReason = z.enum(['x', 'f']);
 
 /** Most sequence ranges one `gap` frame names, over all its streams (the server splits past it). */
 export const MAX_GAP_RANGES = 256;

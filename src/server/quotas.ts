@@ -11,10 +11,12 @@ import { PostboxError } from '../protocol/errors.js';
 export interface StoreQuotas {
   /**
    * Entries one device's inbox may hold (messages, statuses, group events not yet acked). A
-   * message or read receipt that would take any of its recipient devices past it is refused as a
-   * whole with `inbox_full` (retryable: the sender may try again once the device drained it).
-   * Entries the server makes itself (delivered/expired statuses, group events, snapshots) are
-   * never refused, but count. @default 20000
+   * message skips a device it would take past it (the device gets an `inbox_full` gap notice
+   * instead) and is refused with `inbox_full` (retryable) only when none of its recipient devices
+   * has room; a read receipt (or a control message, in no sequence) that would take any device
+   * past it is refused as a whole (see {@link placeItem}). Entries the server makes itself
+   * (delivered/expired statuses, group events, snapshots, gap notices) are never refused, but
+   * count. @default 20000
    */
   inboxEntries: number;
   /**
@@ -78,34 +80,6 @@ export function inboxFits(q: StoreQuotas, usage: InboxUsage, entries: number, by
 }
 
 /**
- * Tracks the inbox usage a transaction adds on top of what it read, so that a batch with many
- * items to one device is checked against all of them.
- */
-export class UsageTally {
-  private readonly added = new Map<number | string, InboxUsage>();
-
-  /** What `dev` holds now: `base` (as read in this transaction) plus what this transaction added. */
-  usage(dev: number | string, base: InboxUsage): InboxUsage {
-    const a = this.added.get(dev);
-    return a ? { entries: base.entries + a.entries, bytes: base.bytes + a.bytes } : base;
-  }
-
-  /** Records `entries` entries of `bytes` bytes added to `dev`. */
-  add(dev: number | string, entries: number, bytes: number): void {
-    const a = this.added.get(dev);
-    if (a) {
-      a.entries += entries;
-      a.bytes += bytes;
-    } else this.added.set(dev, { entries, bytes });
-  }
-
-  /** Every device this transaction added to, with what it added. */
-  entries(): IterableIterator<[number | string, InboxUsage]> {
-    return this.added.entries();
-  }
-}
-
-/**
  * The refusal of a key upload past {@link StoreQuotas.preKeys}: the store rejects `putKeys` with
  * it, and the server answers the `keys` frame with its code.
  */
@@ -138,6 +112,33 @@ export function keysAfter(
   return (have?.size ?? 0) + added.size;
 }
 
+/** One target device of a client item, as {@link placeItem} sees it. */
+export interface ItemTarget {
+  /** Its inbox can take the item's entry within the quotas. */
+  fits: boolean;
+  /** It is a device of the sender's own user (the sender's other devices). */
+  own: boolean;
+}
+
+/**
+ * Where a client item goes under the inbox quotas (docs/security.md, "A full member does not
+ * silence a group"). A message in a sequence (`partial`: seq > 0) goes to every target device with
+ * room and skips the full ones (each gets an `inbox_full` gap notice instead); it is refused only
+ * when none of its recipient devices has room: the targets outside the sender's user, or, when
+ * there are none (a note to self), all of them. Anything else (a read receipt, a control message
+ * in no sequence: there is no number to name in a notice) goes to every target or is refused.
+ * Returns the indexes of the targets to skip, or `'refused'`.
+ */
+export function placeItem(targets: readonly ItemTarget[], partial: boolean): number[] | 'refused' {
+  const full: number[] = [];
+  targets.forEach((t, i) => t.fits || full.push(i));
+  if (full.length === 0) return full;
+  if (!partial) return 'refused';
+  const others = targets.filter((t) => !t.own);
+  const recipients = others.length > 0 ? others : targets;
+  return recipients.some((t) => t.fits) ? full : 'refused';
+}
+
 /** An inbox entry a transaction is about to insert, as the quota check sees it. */
 export interface PlannedEntry {
   dev: number;
@@ -145,21 +146,27 @@ export interface PlannedEntry {
   size: number;
   /** The batch index of the client item it belongs to; undefined for server-made entries. */
   item?: number | undefined;
+  /** The item may skip full devices ({@link placeItem}'s `partial`). */
+  partial?: boolean | undefined;
+  /** Its device is one of the sender's own user. */
+  own?: boolean | undefined;
 }
 
 /**
- * The client items of a transaction that do not fit their inboxes, given `usage` (each device's
- * usage as locked at the end of the transaction): server-made entries always count; then each
- * item, in batch order, fits as a whole (every one of its entries) or is refused and counts for
- * nothing. So the outcome is the one of applying the items one by one against the locked usage.
+ * Places the client items of a transaction, given `usage` (each device's usage as locked at the
+ * end of the transaction): server-made entries always count; then each item, in batch order, is
+ * placed by {@link placeItem} (an item has at most one entry per device). So the outcome is the
+ * one of applying the items one by one against the locked usage. Returns the items refused (they
+ * count for nothing) and the entries of placed items to skip (their devices are full).
  */
-export function itemsOverQuota(
+export function planInboxes<E extends PlannedEntry>(
   q: StoreQuotas,
-  entries: readonly PlannedEntry[],
+  entries: readonly E[],
   usage: Map<number, InboxUsage>,
-): Set<number> {
-  const over = new Set<number>();
-  const byItem = new Map<number, PlannedEntry[]>();
+): { refused: Set<number>; skipped: Set<E> } {
+  const refused = new Set<number>();
+  const skipped = new Set<E>();
+  const byItem = new Map<number, E[]>();
   const at = (dev: number): InboxUsage => {
     let u = usage.get(dev);
     if (!u) usage.set(dev, (u = { entries: 0, bytes: 0 }));
@@ -177,22 +184,21 @@ export function itemsOverQuota(
     }
   }
   for (const [item, list] of [...byItem].sort((a, b) => a[0] - b[0])) {
-    const tally = new UsageTally();
-    for (const e of list) tally.add(e.dev, 1, e.size);
-    const fits = [...tally.entries()].every(([dev, add]) =>
-      inboxFits(q, at(dev as number), add.entries, add.bytes),
-    );
-    if (!fits) {
-      over.add(item);
+    const targets = list.map((e) => ({ fits: inboxFits(q, at(e.dev), 1, e.size), own: e.own === true }));
+    const skip = placeItem(targets, list[0]!.partial === true);
+    if (skip === 'refused') {
+      refused.add(item);
       continue;
     }
-    for (const [dev, add] of tally.entries()) {
-      const u = at(dev as number);
-      u.entries += add.entries;
-      u.bytes += add.bytes;
-    }
+    for (const i of skip) skipped.add(list[i]!);
+    list.forEach((e, i) => {
+      if (skip.includes(i)) return;
+      const u = at(e.dev);
+      u.entries++;
+      u.bytes += e.size;
+    });
   }
-  return over;
+  return { refused, skipped };
 }
 
 /**

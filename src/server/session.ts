@@ -9,6 +9,7 @@
 import {
   CLOSE_CODES,
   GAP_FRAME_VERSION,
+  INBOX_FULL_GAP_VERSION,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   PostboxError,
@@ -470,7 +471,10 @@ export class Session {
         let unsendable: number[] | undefined;
         for (const e of entries) {
           this.cursor = e.offset;
-          if (e.kind === 'gap' && this.version < GAP_FRAME_VERSION) {
+          if (
+            e.kind === 'gap' &&
+            this.version < (e.reason === 'inbox_full' ? INBOX_FULL_GAP_VERSION : GAP_FRAME_VERSION)
+          ) {
             (unsendable ??= []).push(e.offset);
             continue;
           }
@@ -492,7 +496,7 @@ export class Session {
 
   /**
    * Deletes entries this session's protocol version has no frame for (gap notices before version
-   * 2), as the device's ack would; the next read goes past them anyway.
+   * 2, `inbox_full` ones before 3), as the device's ack would; the next read goes past them anyway.
    */
   private async ackUnsendable(offsets: number[]): Promise<void> {
     try {

@@ -213,8 +213,12 @@ export type InboxEntry =
     }
   | GapNotice;
 
-/** Why the server dropped message entries a device never acked (see {@link GapNotice}). */
-export type GapReason = 'expired';
+/**
+ * Why the server dropped message entries a device never acked (see {@link GapNotice}):
+ * `expired`, removed unfetched at the end of the retention period; `inbox_full`, never stored for
+ * the device because its inbox was at its quota (the message went to the other recipients).
+ */
+export type GapReason = 'expired' | 'inbox_full';
 
 /** The dropped messages of one stream: one sender device in one conversation. */
 export interface GapStream {
@@ -365,10 +369,19 @@ export interface NotifyResult {
  *   the message goes to exactly the expected devices, each entry with its own envelope's body
  *   (registered devices without keys get nothing: they could not decrypt it).
  * - **Quotas** (a store's `quotas` option, see `StoreQuotas` in quotas.ts), enforced in the
- *   transaction of the write, across nodes and restarts: a message or receipt that would take any
- *   recipient device past its inbox entries or body bytes is refused with `inbox_full` and writes
- *   nothing (items of one batch count against each other in batch order); entries the store makes
- *   itself (statuses of acks and expiry, group events, snapshots) are never refused but count;
+ *   transaction of the write, across nodes and restarts (items of one batch count against each
+ *   other in batch order). A message with a sequence number skips every target device it would
+ *   take past its inbox entries or body bytes: such a device gets no entry of it but, in the same
+ *   transaction, an `inbox_full` {@link GapNotice} naming its stream and number; a device has at
+ *   most one such notice (split past 256 ranges) that later skips replace by one naming
+ *   everything (at a new offset, after the device's other entries), so a full inbox grows by no
+ *   entry per skipped message. The message is refused with `inbox_full`, writing nothing, only
+ *   when none of its recipient devices has room (those outside the sender's user; for a note to
+ *   self, the sender's other devices); the outcome's `notify` lists the skipped devices too and
+ *   has no `offsets` then. A receipt or a control message (sequence number 0) that would take
+ *   any target past its quota is refused as a whole (see `placeItem`). Entries the store makes
+ *   itself (statuses of acks and expiry, group events, snapshots, gap notices) are never refused
+ *   but count;
  *   acks, expiry and unlinking free quota. A create or add that would make a user a member of more
  *   than `groupsPerUser` groups is refused with `quota_exceeded`. {@link ServerStore.putKeys}
  *   rejects with a `PostboxError` `quota_exceeded`, writing nothing, when the device would have

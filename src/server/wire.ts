@@ -42,7 +42,7 @@ export const REFUSAL_TEXT: Record<string, string> = {
 };
 
 const WIRE_STATUS = { delivered: 'd', read: 'r', expired: 'x' } as const;
-const WIRE_GAP_REASON = { expired: 'x' } as const;
+const WIRE_GAP_REASON = { expired: 'x', inbox_full: 'f' } as const;
 
 type WireKey = [number, Uint8Array, Uint8Array];
 

@@ -1,7 +1,8 @@
 /**
  * The storage-quota part of the {@link ServerStore} conformance: every built-in store (memory,
  * SQLite, PostgreSQL) runs it, and so can an integrator's own. Each case opens a store with small
- * quotas and proves one guarantee of docs/security.md, "Storage quotas".
+ * quotas and proves one guarantee of docs/security.md, "Storage quotas"; what a full inbox does to
+ * the other recipients is in server-store-full-inbox.ts.
  */
 import assert from 'node:assert/strict';
 import { PostboxError, isPostboxError } from '../protocol/errors.js';
@@ -16,6 +17,7 @@ import type {
   ServerStore,
 } from '../server/store.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
+import { serverStoreFullInboxCases } from './server-store-full-inbox.js';
 
 /** How the quota suite opens the adapter under test. */
 export interface QuotaStoreSubject {
@@ -171,27 +173,6 @@ export function serverStoreQuotaConformance(subject: QuotaStoreSubject): Conform
     },
   );
 
-  withQuotas({ inboxEntries: 2 })(
-    `${prefix}a group message to a member whose inbox is full is refused as a whole`,
-    async (h) => {
-      await register(h.store, alice1, bob1, carol1);
-      assert.equal(
-        codeOf(
-          await one(
-            h.store,
-            group(alice1, 'g1', '#g', { op: 'create', name: 'G', members: ['bob', 'carol'] }),
-          ),
-        ),
-        'ok',
-      );
-      await one(h.store, msg(alice1, 'd1', 'carol'));
-      const out = await one(h.store, { ...msg(alice1, 'gm1', '#g'), group: true });
-      assert.equal(codeOf(out), 'inbox_full');
-      assert.deepEqual(await inboxOf(h.store, bob1), ['group']);
-      assert.deepEqual(await inboxOf(h.store, carol1), ['group', 'd1']);
-    },
-  );
-
   withQuotas({ inboxEntries: 1 })(
     `${prefix}entries the server makes (statuses, group events) are never refused, and count`,
     async (h) => {
@@ -225,20 +206,6 @@ export function serverStoreQuotaConformance(subject: QuotaStoreSubject): Conform
       assert.equal(codeOf(await one(h.store, receipt)), 'inbox_full');
       await h.store.ack(alice1, await offsetsOf(h.store, alice1), 2000);
       assert.equal(codeOf(await one(h.store, receipt)), 'ok');
-    },
-  );
-
-  withQuotas({ inboxEntries: 2 })(
-    `${prefix}every device of the recipient counts: one full device refuses the message for all`,
-    async (h) => {
-      await register(h.store, alice1, bob1, bob2);
-      await h.store.append([msg(alice1, 'm1', 'bob'), msg(alice1, 'm2', 'bob')], 1000);
-      await h.store.ack(bob1, await offsetsOf(h.store, bob1), 2000);
-      assert.equal(codeOf(await one(h.store, msg(alice1, 'm3', 'bob'))), 'inbox_full');
-      assert.deepEqual(await inboxOf(h.store, bob1), []);
-      // Unlinking the full device frees the user.
-      await h.store.unregisterDevice(bob2);
-      assert.equal(codeOf(await one(h.store, msg(alice1, 'm3', 'bob'))), 'ok');
     },
   );
 
@@ -396,5 +363,6 @@ export function serverStoreQuotaConformance(subject: QuotaStoreSubject): Conform
     assert.deepEqual(await h.store.pushToken(bob1), { kind: 'fcm', token: 't19' });
   });
 
+  serverStoreFullInboxCases({ withQuotas, prefix, share: subject.share?.bind(subject) });
   return cases;
 }

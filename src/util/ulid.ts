@@ -1,6 +1,7 @@
 import type { Clock, Random } from './clock.js';
 
 const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+const CODES = Array.from(ALPHABET, (c) => c.charCodeAt(0));
 
 /**
  * Makes a ULID generator: 26 characters, lexicographically sortable by creation time, and
@@ -9,6 +10,7 @@ const ALPHABET = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 export function ulidFactory(clock: Pick<Clock, 'now'>, random: Random): () => string {
   let lastTime = -1;
   const rand = new Array<number>(16).fill(0);
+  const codes = new Array<number>(26).fill(0);
   return () => {
     let time = clock.now();
     if (time <= lastTime) {
@@ -21,13 +23,13 @@ export function ulidFactory(clock: Pick<Clock, 'now'>, random: Random): () => st
       lastTime = time;
       for (let i = 0; i < 16; i++) rand[i] = Math.floor(random() * 32);
     }
-    let out = '';
+    // One string from 26 character codes: concatenating would leave 25 strings of garbage per id.
     let t = time;
     for (let i = 9; i >= 0; i--) {
-      out = ALPHABET[t % 32] + out;
+      codes[i] = CODES[t % 32]!;
       t = Math.floor(t / 32);
     }
-    for (const r of rand) out += ALPHABET[r];
-    return out;
+    for (let i = 0; i < 16; i++) codes[10 + i] = CODES[rand[i]!]!;
+    return String.fromCharCode.apply(null, codes);
   };
 }

@@ -72,8 +72,12 @@ interface ClientData extends MemoryClientState {
   inbound: Map<string, InboundMessage>;
   /** conversation → inbound dedupe keys in arrival order. */
   inByConv: Map<string, string[]>;
-  /** message id → inbound dedupe keys (release and markRead address messages by id). */
-  byId: Map<string, string[]>;
+  /**
+   * message id → inbound dedupe key(s) (release and markRead address messages by id): one key as
+   * a string, the rare several (one id from several senders) as a list, so that the common case
+   * keeps no array per message.
+   */
+  byId: Map<string, string | string[]>;
   /** dedupe keys of held messages, in arrival order. */
   held: Set<string>;
   /** stream key → next expected sequence. */
@@ -189,7 +193,8 @@ export function memoryClientStore(
 
   function eachById(ids: string[], fn: (key: string, m: InboundMessage) => void): void {
     for (const id of ids) {
-      for (const key of data.byId.get(id) ?? []) {
+      const keys = data.byId.get(id);
+      for (const key of typeof keys === 'string' ? [keys] : (keys ?? [])) {
         const m = data.inbound.get(key);
         if (m) fn(key, m);
       }
@@ -276,7 +281,10 @@ export function memoryClientStore(
         const m = copyInbound(change.insert);
         data.inbound.set(key, m);
         listIn(data.inByConv, m.conv).push(key);
-        listIn(data.byId, m.id).push(key);
+        const known = data.byId.get(m.id);
+        if (known === undefined) data.byId.set(m.id, key);
+        else if (typeof known === 'string') data.byId.set(m.id, [known, key]);
+        else known.push(key);
         if (m.held) data.held.add(key);
         else show(m.conv, { key, read: m.read });
         inserted = true;

@@ -1,7 +1,8 @@
 /**
  * Gap notices as the built-in stores collect and keep them: every message entry an expiry removes
  * before its device acked it is named, by stream and sequence number, in one notice per device
- * (see `ServerStore` "Expiry"). Pure code: each store feeds it the rows it removed and writes the
+ * (see `ServerStore` "Expiry"), and every message a full device was skipped for, in the device's
+ * one `inbox_full` notice (see `ServerStore` "Quotas"). Pure code: each store feeds it the rows it removed and writes the
  * notices it returns into its own inboxes.
  * @internal
  * @packageDocumentation
@@ -115,6 +116,23 @@ function split<K>(d: DeviceDrops<K>): GapStream[][] {
   }
   if (current.length > 0) out.push(current);
   return out;
+}
+
+/**
+ * The `inbox_full` notices a full device is to hold after skipping `skipped`: what its current
+ * notices (`held`) named, with the skipped messages added: one notice, or several past
+ * {@link MAX_GAP_RANGES} ranges. The caller replaces the held notices by these, so a device
+ * has one such notice however many messages skipped it.
+ */
+export function extendFullNotices(
+  held: ReadonlyArray<readonly GapStream[]>,
+  skipped: readonly DroppedMessage[],
+): GapStream[][] {
+  const c = new GapCollector<0>();
+  const device = { user: '', device: '' }; // one device: the collector's key is all it needs
+  for (const streams of held) c.carry(0, device, streams);
+  for (const m of skipped) c.add(0, device, m);
+  return c.notices()[0]?.notices ?? [];
 }
 
 /**

@@ -26,7 +26,7 @@ import type {
   WrittenEntry,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
-import { GapCollector } from './gap-notices.js';
+import { extendFullNotices, GapCollector, type DroppedMessage } from './gap-notices.js';
 import {
   joinSnapshot,
   membershipMarks,
@@ -41,6 +41,7 @@ import { planInvites, type InvitePlan, type PendingInvites } from './invites.js'
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
   inboxFits,
+  placeItem,
   keysAfter,
   overGroupQuota,
   preKeyQuotaError,
@@ -142,6 +143,8 @@ interface Inbox {
   entries: Map<number, StoredEntry>;
   /** Message body bytes of the entries (the inbox-bytes quota). */
   bytes: number;
+  /** Offsets of its `inbox_full` gap notices (some may be acked since: checked when used). */
+  full?: number[];
 }
 
 /** A one-time EC prekey, as the directory stores and hands it out. */
@@ -268,13 +271,39 @@ export function memoryServerStore(
     if (e.kind === 'msg') inbox.bytes -= e.size;
   }
 
-  /** Whether every target inbox can take one more entry of its size (the inbox quotas). */
-  function inboxesFit(targets: DeviceAddress[], size: (i: number) => number): boolean {
-    return targets.every((d, i) => {
+  /**
+   * Which targets a client item skips under the inbox quotas (see `placeItem`), or 'refused';
+   * `from` is the sender, `partial` whether the item may skip full devices.
+   */
+  function place(
+    targets: DeviceAddress[],
+    from: DeviceAddress,
+    size: (i: number) => number,
+    partial: boolean,
+  ): number[] | 'refused' {
+    const placed = targets.map((d, i) => {
       const inbox = data.inboxes.get(deviceKey(d));
       const usage = { entries: inbox?.entries.size ?? 0, bytes: inbox?.bytes ?? 0 };
-      return inboxFits(quotas, usage, 1, size(i));
+      return { fits: inboxFits(quotas, usage, 1, size(i)), own: d.user === from.user };
     });
+    return placeItem(placed, partial);
+  }
+
+  /** A full device skipped by a message: its one `inbox_full` notice now names it too. */
+  function noteSkipped(d: DeviceAddress, m: DroppedMessage, now: number): void {
+    const k = deviceKey(d);
+    let inbox = data.inboxes.get(k);
+    if (!inbox) data.inboxes.set(k, (inbox = { last: 0, entries: new Map(), bytes: 0 }));
+    const held: GapStream[][] = [];
+    for (const o of inbox.full ?? []) {
+      const e = inbox.entries.get(o);
+      if (e?.kind !== 'gap' || e.reason !== 'inbox_full') continue;
+      held.push(e.streams);
+      inbox.entries.delete(o);
+    }
+    inbox.full = extendFullNotices(held, [m]).map((streams) =>
+      push(d, { kind: 'gap', ts: now, reason: 'inbox_full', streams }),
+    );
   }
 
   /** Every device of `to` plus the sender user's other devices, each once. */
@@ -429,8 +458,14 @@ export function memoryServerStore(
       if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
       targets = recipients(item.from, item.to);
     }
+    const skip = place(targets, item.from, (i) => (bodies ? bodies[i]! : item.body).byteLength, item.seq > 0);
+    if (skip === 'refused') return { ok: false, code: 'inbox_full' };
+    const skipped = skip.map((i) => targets[i]!);
+    if (skip.length > 0) {
+      targets = targets.filter((_, i) => !skip.includes(i));
+      bodies = bodies?.filter((_, i) => !skip.includes(i));
+    }
     const sizeOf = (i: number): number => (bodies ? bodies[i]! : item.body).byteLength;
-    if (!inboxesFit(targets, sizeOf)) return { ok: false, code: 'inbox_full' };
     // Writing to someone is consenting to them.
     if (!item.group && item.from.user !== item.to) data.consents.add(orderedKey(item.to, item.from.user));
     // Sending in a group is taking part in it.
@@ -461,7 +496,10 @@ export function memoryServerStore(
           : { kind: 'msg', ts: now, message: key, size: sizeOf(i) },
       ),
     );
-    return { ok: true, ts: now, duplicate: false, notify: targets, offsets };
+    if (skipped.length === 0) return { ok: true, ts: now, duplicate: false, notify: targets, offsets };
+    const stream = { from: item.from, to: item.to, group: item.group === true, seq: item.seq };
+    for (const d of skipped) noteSkipped(d, stream, now);
+    return { ok: true, ts: now, duplicate: false, notify: [...targets, ...skipped] };
   }
 
   function commit(item: AppendInput, now: number): AppendOutcome {
@@ -474,7 +512,7 @@ export function memoryServerStore(
     const records = item.ids.flatMap((id) => data.sent.get(orderedKey(item.to, id)) ?? []);
     const ids = receiptIds(item, records, (g) => data.groups.get(g)?.since.get(item.from.user));
     const targets = ids.length === 0 ? [] : recipients(item.from, item.to);
-    if (!inboxesFit(targets, () => 0)) return { ok: false, code: 'inbox_full' };
+    if (place(targets, item.from, () => 0, false) === 'refused') return { ok: false, code: 'inbox_full' };
     data.dedupe.set(key, now);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
     for (const d of targets) {

@@ -49,8 +49,16 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { claimDirect, type DirectClaim } from './postgres-claim.js';
 import { planInvites, type PendingInvites } from './invites.js';
-import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
+import {
+  decodeGapStreams,
+  encodeGapStreams,
+  extendFullNotices,
+  GAP_ROW_STATUS,
+  GapCollector,
+  type DroppedMessage,
+} from './gap-notices.js';
 import {
   brokenConnection,
   guardConnection,
@@ -79,8 +87,8 @@ import {
 } from './relational.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
-  itemsOverQuota,
   OverQuota,
+  planInboxes,
   overGroupQuota,
   preKeyQuotaError,
   resolveQuotas,
@@ -377,6 +385,9 @@ const MIGRATIONS: readonly PgMigration[] = [
       );
       CREATE INDEX group_invites_user ON ${s}.group_invites (user_id);
     `),
+  // 6: as the SQLite store's step 8: gap notices may have the reason `inbox_full`, and a device's
+  // one such notice is found, to be extended, by an index of notice rows.
+  (c, s) => c.query(`CREATE INDEX inbox_gaps ON ${s}.inbox (dev) WHERE status = '${GAP_ROW_STATUS}'`),
 ];
 
 /** The `postbox_schema` version of a schema the PostgreSQL server store has fully migrated. */
@@ -527,6 +538,12 @@ interface NewEntry {
   size: number;
   /** The batch index of the client item it belongs to (checked against the quotas). */
   item?: number | undefined;
+  /** The item's message, when it may skip a full device (see `placeItem`): what its notice names. */
+  stream?: DroppedMessage | undefined;
+  /** The item may skip full devices (see `placeItem`). */
+  partial?: boolean;
+  /** Its device is one of the sender's user's. */
+  own?: boolean;
   /** Where to report the offset: `sink[slot]`. */
   sink?: number[];
   slot?: number;
@@ -671,6 +688,8 @@ function postgresStore(
     private readonly freed = new Map<number, InboxUsage>();
     /** The batch index of the client item being committed (its entries are quota-checked). */
     item: number | undefined;
+    /** The message being committed, when it may skip full devices (see `placeItem`). */
+    stream: DroppedMessage | undefined;
     constructor(private readonly c: PgQueryable) {}
 
     /** Takes deleted entries off their inboxes' counts at {@link Writer.flush}. */
@@ -718,7 +737,55 @@ function postgresStore(
 
     add(e: NewEntry): void {
       e.item = this.item;
+      if (this.item !== undefined && this.stream) {
+        e.stream = this.stream;
+        e.partial = true;
+      }
       this.entries.push(e);
+    }
+
+    /**
+     * Takes the entries of full devices out of the transaction (their bodies' references are
+     * released, their items' offsets are not reported) and extends each such device's one
+     * `inbox_full` notice by what it missed, under the head locks (`usage`: what each head
+     * holds, less the notices replaced). A notice an ack is deleting meanwhile is left to it.
+     */
+    private async skip(
+      skipped: Set<NewEntry>,
+      usage: Map<number, InboxUsage>,
+      messages: number[],
+    ): Promise<void> {
+      const missed = new Map<number, { ts: number; list: DroppedMessage[] }>();
+      for (const e of skipped) {
+        if (e.message !== null) messages.push(e.message);
+        if (e.sink) this.broken.add(e.sink);
+        let m = missed.get(e.dev);
+        if (!m) missed.set(e.dev, (m = { ts: e.ts, list: [] }));
+        m.list.push(e.stream!);
+      }
+      this.entries.splice(0, this.entries.length, ...this.entries.filter((e) => !skipped.has(e)));
+      const held = await rowsOf<{ dev: string; ids: string | null }>(
+        this.c,
+        `DELETE FROM ${s}.inbox WHERE (dev, pos) IN (
+           SELECT dev, pos FROM ${s}.inbox
+           WHERE dev = ANY($1::bigint[]) AND status = '${GAP_ROW_STATUS}' AND by_user = 'inbox_full'
+           ORDER BY dev, pos FOR UPDATE SKIP LOCKED
+         ) RETURNING dev, ids`,
+        [[...missed.keys()]],
+      );
+      const notices = new Map<number, GapStream[][]>();
+      for (const r of held) {
+        const dev = Number(r.dev);
+        usage.get(dev)!.entries--;
+        let list = notices.get(dev);
+        if (!list) notices.set(dev, (list = []));
+        list.push(decodeGapStreams(r.ids ?? '[]'));
+      }
+      for (const [dev, m] of missed) {
+        for (const streams of extendFullNotices(notices.get(dev) ?? [], m.list)) {
+          this.gap(dev, m.ts, 'inbox_full', streams);
+        }
+      }
     }
 
     /** Queues a status entry; with `sink`, its offset is reported in `sink[slot]`. */
@@ -819,8 +886,10 @@ function postgresStore(
           bytes: Number(h.bytes) - (f?.bytes ?? 0),
         });
       }
-      const over = itemsOverQuota(quotas, this.entries, new Map([...usage].map(([d, u]) => [d, { ...u }])));
-      if (over.size > 0) throw new OverQuota(over);
+      const plan = planInboxes(quotas, this.entries, new Map([...usage].map(([d, u]) => [d, { ...u }])));
+      if (plan.refused.size > 0) throw new OverQuota(plan.refused);
+      const droppedMessages: number[] = [];
+      if (plan.skipped.size > 0) await this.skip(plan.skipped, usage, droppedMessages);
       const added = new Map<number, InboxUsage>();
       const cols = {
         dev: [] as number[],
@@ -834,7 +903,6 @@ function postgresStore(
         by: [] as Array<string | null>,
         size: [] as number[],
       };
-      const droppedMessages: number[] = [];
       const droppedEvents: number[] = [];
       for (const e of this.entries) {
         const prev = last.get(e.dev);
@@ -1233,32 +1301,22 @@ function postgresStore(
   /**
    * Inserts the body once and queues one entry per target device referencing it; returns the
    * array their offsets will be in once the writer flushes. With `bodies` (an end-to-end encrypted
-   * message) each entry holds its own, in target order. `claiming` also claims the item's dedupe
-   * key, in the same statement: null (nothing stored) when the key is known.
+   * message) each entry holds its own, in target order. (Plain 1:1 messages are stored by
+   * `claimBatch` instead, a batch at a time.)
    */
   async function storeMessage(
     c: PgQueryable,
     w: Writer,
     item: MessageInput,
-    devs: number[],
+    targets: Array<{ dev: number; own: boolean }>,
     now: number,
     bodies?: Uint8Array[],
-    claiming = false,
-  ): Promise<number[] | null> {
-    const offsets: number[] = new Array<number>(devs.length).fill(0);
-    if (devs.length === 0) return offsets;
-    // Claiming: the dedupe key goes in with the body, and a known key stores nothing (no row).
+  ): Promise<number[]> {
+    if (targets.length === 0) return [];
     const [row] = await rowsOf<{ id: string }>(
       c,
-      claiming
-        ? `WITH d AS (
-             INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts, to_user) VALUES ($1, $2, $3, $7, $4)
-             ON CONFLICT DO NOTHING RETURNING 1
-           )
-           INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
-           SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 WHERE EXISTS (SELECT 1 FROM d) RETURNING id`
-        : `INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
+      `INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
       [
         item.from.user,
         item.from.device,
@@ -1268,14 +1326,26 @@ function postgresStore(
         item.seq,
         now,
         bodies ? EMPTY : item.body,
-        devs.length,
+        targets.length,
       ],
     );
-    if (!row) return null;
-    const message = Number(row.id);
-    devs.forEach((dev, i) => {
+    return queueEntries(w, item, targets, Number(row!.id), now, bodies);
+  }
+
+  /** Queues one entry per target referencing body `message`; returns where their offsets go. */
+  function queueEntries(
+    w: Writer,
+    item: MessageInput,
+    targets: Array<{ dev: number; own: boolean }>,
+    message: number,
+    now: number,
+    bodies?: Uint8Array[],
+  ): number[] {
+    const offsets: number[] = new Array<number>(targets.length).fill(0);
+    targets.forEach(({ dev, own }, i) => {
       w.add({
         dev,
+        own,
         ts: now,
         message,
         body: bodies ? bodies[i]! : null,
@@ -1333,10 +1403,10 @@ function postgresStore(
       c,
       w,
       item,
-      targets.map((t) => t.dev),
+      targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user })),
       now,
     );
-    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets: offsets! };
+    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
   }
 
   /**
@@ -1348,6 +1418,7 @@ function postgresStore(
     w: Writer,
     item: MessageInput | ReceiptInput,
     now: number,
+    claimed?: number | null,
   ): Promise<AppendOutcome | null> {
     const toDevices = await w.devicesOf(item.to);
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
@@ -1355,8 +1426,11 @@ function postgresStore(
     const devs = targets.map((t) => t.dev);
     const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
     if (item.kind === 'msg' && devs.length > 0) {
-      const offsets = await storeMessage(c, w, item, devs, now, undefined, true);
-      if (!offsets) return null;
+      const own = targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user }));
+      // Claimed, with its body stored, by `claimBatch` (which claims every such message): null
+      // when its key was known.
+      if (claimed == null) return null;
+      const offsets = queueEntries(w, item, own, claimed, now);
       out.offsets = offsets;
       w.relate(item.from.user, item.to);
       return out;
@@ -1409,13 +1483,13 @@ function postgresStore(
       c,
       w,
       item,
-      checked.targets.map((t) => t.id),
+      checked.targets.map((t) => ({ dev: t.id, own: t.user === item.from.user })),
       now,
       checked.bodies,
     );
     w.relate(item.from.user, item.to);
     const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
-    return { ok: true, ts: now, duplicate: false, notify, offsets: offsets! }; // not claiming: never null
+    return { ok: true, ts: now, duplicate: false, notify, offsets };
   }
 
   /** The commit time of an item whose dedupe key is known, or undefined. */
@@ -1428,10 +1502,46 @@ function postgresStore(
     return row && Number(row.ts);
   }
 
-  async function commit(c: PgQueryable, w: Writer, item: AppendInput, now: number): Promise<AppendOutcome> {
+  /** A 1:1 message or receipt (not a group's, not end-to-end encrypted): `commitDirect`'s. */
+  const isDirect = (item: AppendInput): boolean =>
+    item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes));
+
+  /**
+   * Reads the device lists of every 1:1 item of the batch in one query, then claims the dedupe
+   * keys and stores the bodies of its plain 1:1 messages in one more (see `claimDirect`), so a
+   * batch of them costs two round trips, not one per message. Returns each claimed index's body
+   * id (null: a duplicate); items left out are committed one at a time as before.
+   */
+  async function claimBatch(
+    c: PgQueryable,
+    w: Writer,
+    batch: AppendInput[],
+    skip: Set<number>,
+    now: number,
+  ): Promise<Map<number, number | null>> {
+    const direct = batch.filter((item): item is MessageInput | ReceiptInput => isDirect(item));
+    await w.prefetch(direct.flatMap((item) => [item.to, item.from.user]));
+    const claims: DirectClaim[] = [];
+    batch.forEach((item, index) => {
+      if (skip.has(index) || item.kind !== 'msg' || !isDirect(item)) return;
+      const to = w.known(item.to);
+      if (to.length === 0) return; // refused in `commit`, claiming nothing
+      const refs = directTargets(item, to, w.known(item.from.user)).length;
+      if (refs > 0) claims.push({ index, item, refs });
+    });
+    return claimDirect(c, s, claims, now);
+  }
+
+  async function commit(
+    c: PgQueryable,
+    w: Writer,
+    item: AppendInput,
+    now: number,
+    claimed?: number | null,
+  ): Promise<AppendOutcome> {
     const duplicate = (ts: number | undefined): AppendOutcome => duplicateOf(ts ?? now);
     if (item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes))) {
-      const out = await commitDirect(c, w, item, now);
+      const out = await commitDirect(c, w, item, now, claimed);
       if (out?.ok) return out;
       // A duplicate, or a refusal: which is a duplicate too when the key is known.
       const ts = await original(c, item);
@@ -1785,6 +1895,7 @@ function postgresStore(
         tx(async (c) => {
           const w = new Writer(c);
           written = w.consents;
+          const claimed = await claimBatch(c, w, batch, refused, now);
           const out: AppendOutcome[] = [];
           for (let i = 0; i < batch.length; i++) {
             const item = batch[i]!;
@@ -1794,8 +1905,14 @@ function postgresStore(
               continue;
             }
             w.item = item.kind === 'group' ? undefined : i;
-            out.push(await commit(c, w, item, now));
+            // A message in a sequence may skip full devices (see `placeItem`).
+            w.stream =
+              item.kind === 'msg' && item.seq > 0
+                ? { from: item.from, to: item.to, group: item.group === true, seq: item.seq }
+                : undefined;
+            out.push(await commit(c, w, item, now, claimed.get(i)));
             w.item = undefined;
+            w.stream = undefined;
           }
           await w.flush();
           for (const o of out) if (o.ok && o.offsets && w.broken.has(o.offsets)) delete o.offsets;

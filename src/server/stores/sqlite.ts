@@ -63,6 +63,7 @@ import type {
   DeviceEnvelope,
   EntryStatus,
   GapReason,
+  GapStream,
   GroupEvent,
   GroupInput,
   GroupMember,
@@ -78,7 +79,13 @@ import type {
   WrittenEntry,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
-import { decodeGapStreams, encodeGapStreams, GAP_ROW_STATUS, GapCollector } from './gap-notices.js';
+import {
+  decodeGapStreams,
+  encodeGapStreams,
+  extendFullNotices,
+  GAP_ROW_STATUS,
+  GapCollector,
+} from './gap-notices.js';
 import { sqlitePing } from './sqlite-ping.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import { walCheckpointer, type WalCheckpointer } from './sqlite-checkpoint.js';
@@ -105,6 +112,7 @@ import {
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
   inboxFits,
+  placeItem,
   overGroupQuota,
   preKeyQuotaError,
   resolveQuotas,
@@ -373,6 +381,10 @@ const MIGRATIONS: readonly SqliteMigration[] = [
       ) WITHOUT ROWID;
       CREATE INDEX group_invites_user ON group_invites (user);
     `),
+  // 8: gap notices may have the reason `inbox_full` (a message that skipped a full device), and a
+  // device's one such notice is found, to be extended, by an index of notice rows (an older build
+  // would not know the reason: it refuses the database instead).
+  (db) => db.exec(`CREATE INDEX inbox_gaps ON inbox (dev) WHERE status = '${GAP_ROW_STATUS}';`),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -566,6 +578,10 @@ export function sqliteServerStore(
        FROM inbox i LEFT JOIN messages m ON m.id = i.message WHERE i.dev = ? AND i.pos = ?`,
     ),
     entryDelete: q('DELETE FROM inbox WHERE dev = ? AND pos = ?'),
+    /** A device's `inbox_full` gap notices (see migration 8). */
+    fullNotices: q(
+      `SELECT pos, ids FROM inbox WHERE dev = ? AND status = '${GAP_ROW_STATUS}' AND by_user = 'inbox_full' ORDER BY pos`,
+    ),
     inboxDelete: q('DELETE FROM inbox WHERE dev = ?'),
     /** Marks (message, user) as told; `changes` is 0 when it already was (delivered once). */
     markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
@@ -734,6 +750,11 @@ export function sqliteServerStore(
     return offset;
   }
 
+  /** Appends a gap notice to a device's inbox (see gap-notices.ts for its stored form). */
+  function pushGap(w: Writer, dev: number, now: number, reason: GapReason, streams: GapStream[]): void {
+    sql.entryStatusInsert.run(dev, w.next(dev), now, GAP_ROW_STATUS, encodeGapStreams(streams), reason);
+  }
+
   /** Stores one form of an event once, referenced by `refs` entries (none: nothing stored). */
   function storeEvent(event: GroupEvent, refs: number): number | undefined {
     if (refs === 0) return undefined;
@@ -858,11 +879,53 @@ export function sqliteServerStore(
   }
 
   /**
-   * Whether every target inbox can take one more entry (of `size(i)` body bytes) within the
-   * quotas, read from the device rows inside this transaction (so earlier items of the batch count).
+   * Which targets a client item skips under the inbox quotas (see `placeItem`), or 'refused': read
+   * from the device rows inside this transaction (so earlier items of the batch count). `own`
+   * marks the sender's user's devices; `partial`, an item that may skip full devices.
    */
-  function inboxesFit(targets: Array<{ dev: number }>, size: (i: number) => number): boolean {
-    return targets.every((t, i) => inboxFits(quotas, sql.usageOf.get(t.dev) as InboxUsage, 1, size(i)));
+  function place(
+    targets: Array<{ dev: number; addr: DeviceAddress }>,
+    from: DeviceAddress,
+    size: (i: number) => number,
+    partial: boolean,
+  ): number[] | 'refused' {
+    const placed = targets.map((t, i) => ({
+      fits: inboxFits(quotas, sql.usageOf.get(t.dev) as InboxUsage, 1, size(i)),
+      own: t.addr.user === from.user,
+    }));
+    return placeItem(placed, partial);
+  }
+
+  /**
+   * Stores a message for its targets but the skipped ones (indexes into `targets`), which get
+   * their one `inbox_full` notice extended instead (see `ServerStore` "Quotas"); its outcome.
+   */
+  function deliver(
+    w: Writer,
+    item: MessageInput,
+    targets: Array<{ dev: number; addr: DeviceAddress }>,
+    skip: number[],
+    now: number,
+    bodies?: Uint8Array[],
+  ): AppendOutcome {
+    const kept = skip.length === 0 ? targets : targets.filter((_, i) => !skip.includes(i));
+    const keptBodies = skip.length === 0 ? bodies : bodies?.filter((_, i) => !skip.includes(i));
+    const offsets = storeMessage(w, item, kept, now, keptBodies);
+    const notify = kept.map((t) => t.addr);
+    if (skip.length === 0) return { ok: true, ts: now, duplicate: false, notify, offsets };
+    const m = { from: item.from, to: item.to, group: item.group === true, seq: item.seq };
+    for (const i of skip) {
+      const t = targets[i]!;
+      const held = sql.fullNotices.all(t.dev) as Array<{ pos: number; ids: string | null }>;
+      for (const r of held) sql.entryDelete.run(t.dev, r.pos);
+      const notices = extendFullNotices(
+        held.map((r) => decodeGapStreams(r.ids ?? '[]')),
+        [m],
+      );
+      for (const streams of notices) pushGap(w, t.dev, now, 'inbox_full', streams);
+      notify.push(t.addr);
+    }
+    return { ok: true, ts: now, duplicate: false, notify };
   }
 
   function commitGroupMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
@@ -876,12 +939,12 @@ export function sqliteServerStore(
       w.prime(r);
       targets.push({ dev: r.id, addr: { user: r.user, device: r.device } });
     }
-    if (!inboxesFit(targets, () => item.body.byteLength)) return { ok: false, code: 'inbox_full' };
+    const skip = place(targets, item.from, () => item.body.byteLength, item.seq > 0);
+    if (skip === 'refused') return { ok: false, code: 'inbox_full' };
     // Sending in a group is taking part in it (written only when the version moved on).
     sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, member.ver);
-    const offsets = storeMessage(w, item, targets, now);
-    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
+    return deliver(w, item, targets, skip, now);
   }
 
   function commitDirect(w: Writer, item: MessageInput | ReceiptInput, now: number): AppendOutcome {
@@ -889,11 +952,11 @@ export function sqliteServerStore(
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
     if (item.kind === 'receipt') return commitReceipt(w, item, toDevices, now);
     const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
-    if (!inboxesFit(targets, () => item.body.byteLength)) return { ok: false, code: 'inbox_full' };
+    const skip = place(targets, item.from, () => item.body.byteLength, item.seq > 0);
+    if (skip === 'refused') return { ok: false, code: 'inbox_full' };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
-    const offsets = storeMessage(w, item, targets, now);
     relate(item.from.user, item.to);
-    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
+    return deliver(w, item, targets, skip, now);
   }
 
   /** A read receipt: a status with the ids that count (see `receiptIds`) or, with none, nothing. */
@@ -904,7 +967,7 @@ export function sqliteServerStore(
       return row?.since_ver;
     });
     const targets = ids.length === 0 ? [] : directTargets(item, toDevices, w.devicesOf(item.from.user));
-    if (!inboxesFit(targets, () => 0)) return { ok: false, code: 'inbox_full' };
+    if (place(targets, item.from, () => 0, false) === 'refused') return { ok: false, code: 'inbox_full' };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
     for (const t of targets) pushStatus(w, t.dev, now, 'read', ids, item.from.user);
@@ -929,13 +992,12 @@ export function sqliteServerStore(
       return rows;
     });
     if ('code' in checked) return checked;
-    const targets = checked.targets.map((t) => ({ dev: t.id }));
-    if (!inboxesFit(targets, (i) => checked.bodies[i]!.byteLength)) return { ok: false, code: 'inbox_full' };
+    const targets = checked.targets.map((t) => ({ dev: t.id, addr: { user: t.user, device: t.device } }));
+    const skip = place(targets, item.from, (i) => checked.bodies[i]!.byteLength, item.seq > 0);
+    if (skip === 'refused') return { ok: false, code: 'inbox_full' };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
-    const offsets = storeMessage(w, item, targets, now, checked.bodies);
     relate(item.from.user, item.to);
-    const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
-    return { ok: true, ts: now, duplicate: false, notify, offsets };
+    return deliver(w, item, targets, skip, now, checked.bodies);
   }
 
   function commit(w: Writer, item: AppendInput, now: number): AppendOutcome {
@@ -1035,16 +1097,7 @@ export function sqliteServerStore(
       }
       fanOut(w, expired, 'expired', now, notify);
       for (const d of gaps.notices()) {
-        for (const streams of d.notices) {
-          sql.entryStatusInsert.run(
-            d.key,
-            w.next(d.key),
-            now,
-            GAP_ROW_STATUS,
-            encodeGapStreams(streams),
-            'expired',
-          );
-        }
+        for (const streams of d.notices) pushGap(w, d.key, now, 'expired', streams);
         notify.add(d.addr);
       }
       w.flush();
