@@ -189,12 +189,12 @@ function rawPeerWith(url: string, localAddress: string, headers: Record<string, 
 }
 
 /** A transport with a queued-bytes bound of `max` whose accepted connections record their close code. */
-async function boundedTransport(max: number, more: { shedGraceMs?: number } = {}) {
+async function boundedTransport(max: number, more: { shedGraceMs?: number; readPauseBytes?: number } = {}) {
   const transport = websocketServerTransport({ port: 0, host: '127.0.0.1', maxQueuedBytes: max, ...more });
-  const accepted: Array<{ conn: Connection; closed?: number }> = [];
+  const accepted: Array<{ conn: Connection; closed?: number; frames: number }> = [];
   await transport.listen((conn) => {
-    const entry: { conn: Connection; closed?: number } = { conn };
-    conn.setHandlers({ frame() {}, close: (code) => (entry.closed = code) });
+    const entry: { conn: Connection; closed?: number; frames: number } = { conn, frames: 0 };
+    conn.setHandlers({ frame: () => void entry.frames++, close: (code) => (entry.closed = code) });
     accepted.push(entry);
   });
   cleanup.push(async () => {
@@ -228,6 +228,35 @@ describe('queued outbound bytes are bounded across sessions', () => {
     expect(slow.closed).toBeUndefined();
     expect(transport.shedCount).toBe(1);
     expect(transport.queuedBytes).toBeLessThanOrEqual(max);
+  });
+
+  it('a peer that does not read what it is sent is not read either, until it catches up', async () => {
+    const { transport, accepted } = await boundedTransport(64 * 1024 * 1024, { readPauseBytes: 256 * 1024 });
+    const peer = await rawPeer(transport.url!);
+    pauseReading(peer);
+    await until(() => accepted.length === 1);
+    const server = accepted[0]!;
+    // Answers the peer does not take: once the kernel's buffers are full too, more than
+    // readPauseBytes stay queued and its frames are left unread.
+    const chunk = new Uint8Array(64 * 1024);
+    for (let i = 0; i < 2000 && server.conn.bufferedAmount <= 256 * 1024; i++) {
+      for (let k = 0; k < 8; k++) server.conn.send(chunk);
+      await new Promise((r) => setImmediate(r));
+    }
+    expect(server.conn.bufferedAmount).toBeGreaterThan(256 * 1024);
+    const asks = 20;
+    for (let i = 0; i < asks; i++) peer.send(new Uint8Array([0x90]));
+    // Proof of order, not of time: an echo through a second connection of the same server, sent
+    // after the asks, comes back while the asks still wait unread.
+    const other = await rawPeer(transport.url!);
+    await until(() => accepted.length === 2);
+    other.send(new Uint8Array([0x90]));
+    await until(() => accepted[1]!.frames === 1);
+    expect(server.frames).toBe(0);
+    // It reads what it was sent; its queue drains, and then its frames are read, all of them.
+    resumeReading(peer);
+    await until(() => server.frames === asks);
+    expect(server.closed).toBeUndefined();
   });
 
   // The close frame is queued behind every byte the peer has not read (frames go in order, and

@@ -42,6 +42,7 @@ const DEFAULT_PATH = '/postbox';
 const DEFAULT_MAX_FRAME_BYTES = 256 * 1024;
 const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 256;
 const DEFAULT_MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+const DEFAULT_READ_PAUSE_BYTES = 2 * 1024 * 1024;
 const DEFAULT_DRAIN_LOW_WATER_BYTES = 64 * 1024;
 /** How long a refused upgrade may take to flush its tiny HTTP response before the socket is destroyed. */
 const REFUSE_FLUSH_MS = 1_000;
@@ -80,6 +81,16 @@ export interface WebSocketServerCommonOptions {
    * @default 8388608 (8 MiB)
    */
   maxBufferedBytes?: number;
+  /**
+   * A connection with more than this queued for sending stops being read until its queue falls
+   * back to `drainLowWaterBytes`: a peer that asks for answers and does not read them (key claims,
+   * history) gets no more work done for it, rather than the server building answers nobody takes.
+   * TCP flow control then holds the peer's further frames in its own buffers. Keep it above the
+   * engine's `sendHighWaterBytes`, where deliveries pause, so a slow but honest reader's own acks
+   * and requests are read while it catches up.
+   * @default 2097152 (2 MiB)
+   */
+  readPauseBytes?: number;
   /**
    * The `drain` handler fires when a connection's buffered bytes fall back to this many after a
    * send left them above it, and once more when the buffer empties.
@@ -172,7 +183,8 @@ export interface WebSocketServerTransport extends ServerTransport {
  * - **Backpressure**: `bufferedAmount` is `ws`'s (bytes queued in the socket and not yet handed to
  *   the kernel). `ws` has no drain event, so every send carries a write callback; when one finds
  *   the buffer back at `drainLowWaterBytes` (and again when it is empty) the `drain` handler fires.
- *   The engine pauses deliveries above its `sendHighWaterBytes` and resumes on `drain`; the
+ *   The engine pauses deliveries above its `sendHighWaterBytes` and resumes on `drain`; above
+ *   `readPauseBytes` the transport stops reading the peer until its queue drains; the
  *   transport's `maxBufferedBytes` is the hard cap behind it.
  * - **Limits**: `maxConnectionsPerAddress` refuses upgrades with HTTP 429.
  * - `close()` stops accepting (and closes the transport's own HTTP server, if it made one) but
@@ -212,6 +224,10 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
   const lowWater = Math.min(
     positive(options.drainLowWaterBytes, DEFAULT_DRAIN_LOW_WATER_BYTES, 'drainLowWaterBytes'),
     maxBuffered,
+  );
+  const readPause = Math.max(
+    positive(options.readPauseBytes, DEFAULT_READ_PAUSE_BYTES, 'readPauseBytes'),
+    lowWater,
   );
   const resolver = addressResolver(options.trustProxy);
   const budget = new OutboundBudget(
@@ -268,6 +284,7 @@ export function websocketServerTransport(options: WebSocketServerOptions): WebSo
         lowWater,
         budget,
         shedGraceMs,
+        readPause,
       );
       try {
         accept(connection);
@@ -375,6 +392,8 @@ class WsServerConnection implements Connection, BudgetEntry {
   /** @internal this connection's bytes in the transport's {@link OutboundBudget}. */
   queued = 0;
   private corked = false;
+  /** Reading is paused: more than `readPause` bytes queued for a peer that is not taking them. */
+  private readPaused = false;
   private errorClose: { code: number; reason: string } | undefined;
   private readonly gate: DrainGate;
   private readonly slot: HandlerSlot;
@@ -390,6 +409,7 @@ class WsServerConnection implements Connection, BudgetEntry {
     lowWater: number,
     private readonly budget: OutboundBudget,
     private readonly shedGraceMs: number,
+    private readonly readPause: number,
   ) {
     this.gate = new DrainGate(lowWater);
     this.slot = new HandlerSlot(systemClock, this);
@@ -398,6 +418,7 @@ class WsServerConnection implements Connection, BudgetEntry {
       if (!this.open) return;
       const queued = this.ws.bufferedAmount;
       this.budget.update(this, queued);
+      if (this.readPaused && queued <= lowWater) this.resumeReading();
       if (!error && this.gate.settle(queued)) this.slot.drain();
     };
     (ws as TaggedWs)[CONNECTION] = this;
@@ -465,7 +486,17 @@ class WsServerConnection implements Connection, BudgetEntry {
     ws.send(data, SEND_OPTIONS, this.written);
     const queued = ws.bufferedAmount;
     this.gate.sent(queued);
+    // Before the budget's update, which may shed this connection (and then reads it again).
+    if (queued > this.readPause && !this.readPaused) {
+      this.readPaused = true;
+      ws.pause();
+    }
     this.budget.update(this, queued);
+  }
+
+  private resumeReading(): void {
+    this.readPaused = false;
+    this.ws.resume();
   }
 
   /**
@@ -481,6 +512,8 @@ class WsServerConnection implements Connection, BudgetEntry {
       // already closing
     }
     this.slot.closeLocal(CLOSE_CODES.slowReader, 'slow reader: the send queues are over their bound');
+    // Read again, so that a peer that takes its close frame can finish the closing handshake.
+    if (this.readPaused) this.resumeReading();
     setTimeout(() => this.reset(), this.shedGraceMs).unref();
   }
 
