@@ -86,14 +86,19 @@ function readHeader(data: Uint8Array, p: number): string | undefined {
   return undefined;
 }
 
+/** The level counts of {@link scanMsgpack} at the default depth (reused; see there). */
+const SCRATCH = new Float64Array(MAX_SCAN_DEPTH + 1);
+
 /**
  * Checks that `data` is exactly one msgpack value made only of nil, undefined, booleans, numbers,
  * strings, binaries, arrays and maps, with lengths that fit the bytes. Returns undefined when it is, else
  * why not (a short phrase for an error message).
  */
 export function scanMsgpack(data: Uint8Array, maxDepth = MAX_SCAN_DEPTH): string | undefined {
-  // Values still expected at each open level; level 0 is the single top-level value.
-  const left = new Float64Array(maxDepth + 1);
+  // Values still expected at each open level; level 0 is the single top-level value. The scan is
+  // synchronous, so one buffer serves every call at the default depth: a fresh one per frame was
+  // an off-heap ArrayBuffer per frame for the garbage collector to track.
+  const left = maxDepth === MAX_SCAN_DEPTH ? SCRATCH : new Float64Array(maxDepth + 1);
   let depth = 0;
   left[0] = 1;
   let p = 0;
