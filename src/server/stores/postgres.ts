@@ -6,7 +6,8 @@
  * (set per transaction, whatever the role or server default), so `append` resolves only after
  * PostgreSQL has flushed its commit record. Each `append(batch)` is exactly one transaction: the
  * server engine batches concurrent sends into one call, so a batch costs one WAL flush (group
- * commit), and the inbox entries of the whole batch go in with one multi-row `INSERT`.
+ * commit); the dedupe keys and bodies of its plain 1:1 messages go in with one multi-row statement
+ * (see postgres-claim.ts) and the inbox entries of the whole batch with one more.
  *
  * **No skip across nodes.** Offsets come from a per-device head row (`inbox_heads.last_offset`),
  * locked (`SELECT … ORDER BY dev FOR UPDATE`) at the end of the writing transaction and held until
