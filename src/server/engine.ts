@@ -627,9 +627,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private joinCluster(c: ClusterAdapter): void {
     const router = this.router;
     this.clusterHandlers.push(
-      c.onDoorbell((devices) => {
-        for (const d of devices) router.session(d)?.notify();
-      }),
+      c.onDoorbell((devices, entries) => router.doorbell(devices, entries)),
       c.onReplaced((devices) => {
         for (const d of devices)
           router.session(d)?.close(CLOSE_CODES.replaced, 'replaced by a newer connection');

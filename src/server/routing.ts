@@ -9,12 +9,12 @@
  */
 import { encodeAtOffset, encodeFrame } from '../protocol/index.js';
 import { deviceKey } from './cluster/common.js';
-import type { ClusterAdapter } from './cluster/types.js';
+import type { ClusterAdapter, DoorbellEntry } from './cluster/types.js';
 import type { ServerMetrics } from './metrics.js';
 import type { Logger } from './options.js';
 import type { PushWake } from './push-wake.js';
 import type { Session } from './session.js';
-import type { DeviceAddress, MessageInput, NotifyResult } from './store.js';
+import type { DeviceAddress, InboxEntry, MessageInput, NotifyResult } from './store.js';
 import type { Tracer } from './trace.js';
 import { isPendingDevice } from './users.js';
 import { committedMsgFrame } from './wire.js';
@@ -24,6 +24,27 @@ import { committedMsgFrame } from './wire.js';
  * character would let ids containing it collide, and one device take over another's session.
  */
 export const keyOf = deviceKey;
+
+/** Most entries that ride in one device's doorbell to another node (more: it reads its inbox). */
+const MAX_CARRIED_PER_DEVICE = 8;
+
+/** Most message ids a status may name to ride in a doorbell (a doorbell stays small). */
+const MAX_CARRIED_IDS = 32;
+
+/**
+ * Adds an entry to the ones that ride in a device's doorbell: only small statuses do, and a
+ * device with any entry that cannot ride gets none (undefined): it reads its inbox.
+ */
+function carry(
+  list: DoorbellEntry[] | undefined,
+  device: DeviceAddress,
+  entry: InboxEntry,
+): DoorbellEntry[] | undefined {
+  if (!list || entry.kind !== 'status' || entry.ids.length > MAX_CARRIED_IDS) return undefined;
+  if (list.length >= MAX_CARRIED_PER_DEVICE) return undefined;
+  list.push({ device, entry });
+  return list;
+}
 
 /** What routing needs of the engine. */
 export interface RouterDeps {
@@ -91,25 +112,62 @@ export class Router {
 
   /**
    * Pushes the entries a store call says it wrote ({@link NotifyResult.entries}) to the
-   * sessions here that can take them at once, and rings every other device of the result.
+   * sessions here that can take them at once, and rings every other device of the result. With
+   * a cluster, the small statuses of a device not connected here ride in its doorbell, so its
+   * node can push them without reading its inbox back.
    */
   deliverWritten(res: NotifyResult): void {
     if (!res.entries) return this.ring(res.notify);
     const ring: DeviceAddress[] = [];
     const seen = new Map<string, boolean>(); // device → all its entries so far went out
+    // Device not connected here → the entries that ride in its doorbell (undefined: none can).
+    const away = this.d.cluster ? new Map<string, DoorbellEntry[] | undefined>() : undefined;
     for (const { device, entry } of res.entries) {
       const k = keyOf(device);
-      if (seen.get(k) === false) continue; // an earlier entry could not go: the read takes them all
-      const sent = this.sessions.get(k)?.offer(entry) ?? false;
+      if (seen.get(k) === false) {
+        // An earlier entry could not go: the read (or the doorbell) takes them all.
+        if (away?.has(k)) away.set(k, carry(away.get(k), device, entry));
+        continue;
+      }
+      const s = this.sessions.get(k);
+      const sent = s?.offer(entry) ?? false;
       seen.set(k, sent);
-      if (!sent) ring.push(device);
+      if (sent) continue;
+      ring.push(device);
+      if (!s && away) away.set(k, carry([], device, entry));
     }
     for (const d of res.notify) if (!seen.has(keyOf(d))) ring.push(d);
-    this.ring(ring);
+    let carried: DoorbellEntry[] | undefined;
+    for (const list of away?.values() ?? []) if (list) (carried ??= []).push(...list);
+    this.ring(ring, carried);
   }
 
-  /** Tells the devices that entries landed in their inboxes. */
-  ring(devices: DeviceAddress[]): void {
+  /**
+   * A doorbell from the cluster: each listed session here takes the entries that rode with it
+   * when it can take them at once, and reads its inbox otherwise.
+   */
+  doorbell(devices: DeviceAddress[], entries: DoorbellEntry[] | undefined): void {
+    let byDevice: Map<string, InboxEntry[]> | undefined;
+    for (const e of entries ?? []) {
+      const k = keyOf(e.device);
+      const list = (byDevice ??= new Map()).get(k);
+      if (list) list.push(e.entry);
+      else byDevice.set(k, [e.entry]);
+    }
+    for (const d of devices) {
+      const k = keyOf(d);
+      const s = this.sessions.get(k);
+      if (!s) continue;
+      const mine = byDevice?.get(k);
+      if (!mine || !mine.every((e) => s.offer(e))) s.notify();
+    }
+  }
+
+  /**
+   * Tells the devices that entries landed in their inboxes; `carried` are the entries that ride
+   * in the doorbells of devices on other nodes (see {@link deliverWritten}).
+   */
+  ring(devices: DeviceAddress[], carried?: DoorbellEntry[]): void {
     const { cluster, push } = this.d;
     if (devices.length > 0) this.d.metrics.doorbell(devices.length);
     let remote: DeviceAddress[] | undefined;
@@ -125,13 +183,13 @@ export class Router {
       else if (cluster) (remote ??= []).push(d);
       else if (push.enabled) void push.wake(d);
     }
-    if (remote) this.ringRemote(remote).catch((e) => this.d.log.warn('cluster ring failed', e));
+    if (remote) this.ringRemote(remote, carried).catch((e) => this.d.log.warn('cluster ring failed', e));
   }
 
   /** Rings the nodes of devices not connected here; wakes by push those connected nowhere. */
-  private async ringRemote(devices: DeviceAddress[]): Promise<void> {
+  private async ringRemote(devices: DeviceAddress[], carried: DoorbellEntry[] | undefined): Promise<void> {
     const c = this.d.cluster!;
-    await c.ring(devices);
+    await (carried ? c.ring(devices, carried) : c.ring(devices));
     const push = this.d.push;
     if (!push.enabled) return;
     let where: Array<string | undefined>;

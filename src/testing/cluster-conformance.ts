@@ -3,7 +3,13 @@
  * cluster of up to three nodes. Run it against your own adapter with {@link registerCases}.
  */
 import assert from 'node:assert/strict';
-import type { ClusterAdapter, DeviceAddress, PresenceEvent, TypingNotice } from '../server/cluster/types.js';
+import type {
+  ClusterAdapter,
+  DeviceAddress,
+  DoorbellEntry,
+  PresenceEvent,
+  TypingNotice,
+} from '../server/cluster/types.js';
 import type { ConformanceCase } from './conformance.js';
 
 /** One isolated cluster (its own key prefix, hub, …) that a case builds its nodes in. */
@@ -211,6 +217,35 @@ export function clusterConformance(subject: ClusterSubject): ConformanceCase[] {
     await a.node.ring([nobody]);
     await sleep(SETTLE_MS);
     assert.equal(a.got.doorbells.length + b.got.doorbells.length + x.got.doorbells.length, 3);
+  });
+
+  test('entries given to ring go only with their own device, unchanged (an adapter may carry none)', async (c) => {
+    const a = await c.start('A');
+    const b = await c.start('B');
+    await a.node.register(alice1);
+    await b.node.register(bob1);
+    const carried: Array<[string, DoorbellEntry[] | undefined]> = [];
+    a.node.onDoorbell((_, e) => carried.push(['A', e]));
+    b.node.onDoorbell((_, e) => carried.push(['B', e]));
+    const status = (offset: number, ids: string[]): DoorbellEntry['entry'] => ({
+      offset,
+      kind: 'status',
+      status: 'delivered',
+      ids,
+      by: 'carol',
+      ts: 1,
+    });
+    const toBob = [
+      { device: bob1, entry: status(7, ['m1']) },
+      { device: bob1, entry: status(9, ['m2', 'm3']) },
+    ];
+    await a.node.ring([alice1, bob1], [{ device: alice1, entry: status(3, ['m0']) }, ...toBob]);
+    await eventually('doorbells arrive', 1000, () => carried.length >= 2);
+    await sleep(SETTLE_MS);
+    for (const [node, e] of carried) {
+      if (e === undefined) continue; // this adapter carries no entries: every session reads
+      assert.deepEqual(e, node === 'A' ? [{ device: alice1, entry: status(3, ['m0']) }] : toBob);
+    }
   });
 
   test('a lost doorbell is harmless: ring resolves, nothing is queued or replayed, the next one arrives', async (c) => {

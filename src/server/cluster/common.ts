@@ -3,10 +3,28 @@
  * users it watches. Both are bounded by the node's sessions.
  * @internal
  */
-import type { ClusterAdapter, DeviceAddress, PresenceEvent, TypingNotice, Unsubscribe } from './types.js';
+import type {
+  ClusterAdapter,
+  DeviceAddress,
+  DoorbellEntry,
+  PresenceEvent,
+  TypingNotice,
+  Unsubscribe,
+} from './types.js';
 
 /** A device's identity as one string (also its Redis key suffix); unambiguous for any ids. */
 export const deviceKey = (d: DeviceAddress): string => JSON.stringify([d.user, d.device]);
+
+/** The entries of a ring that are for `devices` (one node's share), or undefined when none are. */
+export function entriesFor(
+  entries: DoorbellEntry[] | undefined,
+  devices: DeviceAddress[],
+): DoorbellEntry[] | undefined {
+  if (!entries?.length) return undefined;
+  const keys = new Set(devices.map(deviceKey));
+  const out = entries.filter((e) => keys.has(deviceKey(e.device)));
+  return out.length > 0 ? out : undefined;
+}
 
 /** A random suffix that makes a node incarnation unique. */
 export function incarnationToken(): string {
@@ -36,7 +54,7 @@ class Handlers<A extends unknown[]> {
 
 /** The per-node state and handler plumbing shared by the adapters. @internal */
 export class NodeCore {
-  readonly doorbell = new Handlers<[DeviceAddress[]]>();
+  readonly doorbell = new Handlers<[DeviceAddress[], (DoorbellEntry[] | undefined)?]>();
   readonly replaced = new Handlers<[DeviceAddress[]]>();
   readonly presence = new Handlers<[PresenceEvent]>();
   readonly typing = new Handlers<[string[], TypingNotice]>();

@@ -9,7 +9,7 @@
  * @packageDocumentation
  */
 import { systemClock, type Clock, type TimerHandle } from '../../util/clock.js';
-import { NodeCore, deviceKey, incarnationToken } from './common.js';
+import { NodeCore, deviceKey, entriesFor, incarnationToken } from './common.js';
 import type {
   ClusterAdapter,
   DeviceAddress,
@@ -268,10 +268,11 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
           return alive(i) ? incarnations.get(i)!.nodeId : undefined;
         });
       },
-      async ring(list) {
+      async ring(list, entries) {
         for (const [i, l] of byHolder(list)) {
-          if (i === inc) core.doorbell.emit(l);
-          else if (!faults.dropDoorbells) toNode(i, (c) => c.doorbell.emit(l));
+          const carried = entriesFor(entries, l);
+          if (i === inc) core.doorbell.emit(l, carried);
+          else if (!faults.dropDoorbells) toNode(i, (c) => c.doorbell.emit(l, carried));
         }
       },
       onDoorbell: (h) => core.doorbell.add(h),

@@ -24,10 +24,11 @@
  * @packageDocumentation
  */
 import { Redis, type RedisOptions } from 'ioredis';
-import { NodeCore, deviceKey, incarnationToken } from './common.js';
+import { NodeCore, deviceKey, entriesFor, incarnationToken } from './common.js';
 import type {
   ClusterAdapter,
   DeviceAddress,
+  DoorbellEntry,
   PresenceEvent,
   PresenceState,
   RegisterResult,
@@ -105,6 +106,27 @@ export interface RedisClusterAdapter extends ClusterAdapter {
 
 /** How long opening a connection to Redis may take (unless the `redis` options say otherwise). */
 const CONNECT_TIMEOUT_MS = 5000;
+
+/**
+ * A device as a doorbell names it: `[user, device]` (its {@link deviceKey}), followed by the
+ * entries that ride with the ring for it. A node that knows nothing of entries reads the first
+ * two elements only.
+ */
+function doorbellMember(d: DeviceAddress, entries: DoorbellEntry[] | undefined): string {
+  const mine = entries?.filter((e) => e.device.user === d.user && e.device.device === d.device);
+  return mine?.length ? JSON.stringify([d.user, d.device, ...mine.map((e) => e.entry)]) : deviceKey(d);
+}
+
+/** The entries a doorbell member carries that read as status entries; others are dropped. */
+function carriedEntries(device: DeviceAddress, rest: unknown[]): DoorbellEntry[] {
+  const out: DoorbellEntry[] = [];
+  for (const e of rest) {
+    const x = e as DoorbellEntry['entry'];
+    if (x && x.kind === 'status' && typeof x.offset === 'number' && Array.isArray(x.ids))
+      out.push({ device, entry: x });
+  }
+  return out;
+}
 
 /** Devices per script run in `ring`/`locate`, so one call cannot stall Redis. */
 const CHUNK = 1000;
@@ -376,7 +398,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
   const onMessage = (channel: string, message: string): void => {
     let m: {
       t?: string;
-      d?: Array<[string, string]>;
+      d?: Array<[string, string, ...unknown[]]>;
       u?: string[];
       n?: TypingNotice;
       c?: number;
@@ -390,8 +412,13 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     }
     if (inc !== undefined && channel === `${prefix}n:${inc}`) {
       const devices = (m.d ?? []).map(([user, device]) => ({ user, device }));
-      if (m.t === 'd') core.doorbell.emit(devices);
-      else if (m.t === 'r') {
+      if (m.t === 'd') {
+        let entries: DoorbellEntry[] | undefined;
+        (m.d ?? []).forEach(([, , ...rest], i) => {
+          if (rest.length > 0) (entries ??= []).push(...carriedEntries(devices[i]!, rest));
+        });
+        core.doorbell.emit(devices, entries);
+      } else if (m.t === 'r') {
         for (const d of devices) core.local.delete(deviceKey(d));
         core.replaced.emit(devices);
       } else if (m.t === 't' && m.u && m.n) core.typing.emit(m.u, m.n);
@@ -600,7 +627,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
       }
       return out;
     },
-    async ring(list) {
+    async ring(list, entries) {
       if (nodeId === undefined || !cmd) return;
       try {
         for (const part of chunks(list, CHUNK)) {
@@ -610,9 +637,12 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
             prefix,
             inc!,
             '"t":"d"',
-            ...part.map(deviceKey),
+            ...part.map((d) => doorbellMember(d, entries)),
           );
-          if (mine.length > 0) core.doorbell.emit(mine.map((i) => part[i - 1]!));
+          if (mine.length > 0) {
+            const here = mine.map((i) => part[i - 1]!);
+            core.doorbell.emit(here, entriesFor(entries, here));
+          }
         }
       } catch (e) {
         onError(e); // a lost hint: the inbox still has the entries

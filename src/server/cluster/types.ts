@@ -25,6 +25,7 @@
  * @packageDocumentation
  */
 import type { DeviceAddress } from '../address.js';
+import type { InboxEntry } from '../store.js';
 
 export type { DeviceAddress } from '../address.js';
 
@@ -109,6 +110,16 @@ export interface TypingNotice {
 export type Unsubscribe = () => void;
 
 /**
+ * A small inbox entry (a status) that rides in a doorbell to the node holding its device, so that
+ * node pushes it without reading the inbox back (issue 19, item 3). A hint like the doorbell
+ * itself: it was committed before the ring, and a node that cannot use it reads the inbox.
+ */
+export interface DoorbellEntry {
+  device: DeviceAddress;
+  entry: Extract<InboxEntry, { kind: 'status' }>;
+}
+
+/**
  * The device → node registry with liveness, doorbells, and presence and typing across nodes.
  *
  * **Liveness.** Between {@link ClusterAdapter.start} and {@link ClusterAdapter.stop} the node
@@ -172,12 +183,15 @@ export interface ClusterAdapter {
    * Devices held by this node are delivered to its own {@link ClusterAdapter.onDoorbell} without a
    * network trip. Never rejects (a backend failure loses the hint, which is harmless).
    */
-  ring(devices: DeviceAddress[]): Promise<void>;
+  ring(devices: DeviceAddress[], entries?: DoorbellEntry[]): Promise<void>;
   /**
-   * Receives doorbells meant for this node: the devices whose sessions should read their inbox.
-   * A listed device may already be gone; ignore it.
+   * Receives doorbells meant for this node: the devices whose sessions should read their inbox,
+   * and the entries that rode with the ring (`entries`, as given to {@link ClusterAdapter.ring}:
+   * the engine offers them to a session that can take them at once and has it read its inbox
+   * otherwise). A listed device may already be gone; ignore it. An adapter that does not carry
+   * entries passes none, and every listed session reads its inbox, as before.
    */
-  onDoorbell(handler: (devices: DeviceAddress[]) => void): Unsubscribe;
+  onDoorbell(handler: (devices: DeviceAddress[], entries?: DoorbellEntry[]) => void): Unsubscribe;
   /**
    * Receives devices that another node took over (a newer connection of the same device): close
    * their sessions here with the "replaced" close code.
