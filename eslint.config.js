@@ -50,6 +50,8 @@ export default tseslint.config(
  * - The client never imports the server; crypto never imports the client.
  * - A transport never imports another transport's file (shared WebSocket helpers live in
  *   ws-common.ts; the Node server half may re-export the client half's public names only).
+ * - The server's Session reaches the server only through SessionHost (session-host.ts): it imports
+ *   neither the façade (engine.ts) nor the parts behind it; and no part imports the façade.
  * test/lint-boundaries.test.ts proves each rule fails on a wrong import.
  */
 function boundaries() {
@@ -86,7 +88,21 @@ function boundaries() {
       ],
     },
   });
+  const serverParts = ['commit', 'routing', 'presence', 'typing', 'linking', 'key-directory', 'push-wake'];
+  const noFacade = {
+    regex: '^\\./engine(\\.js)?$',
+    message: "the server's parts never import the façade (engine.ts); it hands them what they need",
+  };
+  const sessionOnlyHost = {
+    regex: `^\\./(${serverParts.join('|')})(\\.js)?$`,
+    message: 'a session reaches the server only through SessionHost (session-host.ts)',
+  };
   return [
+    entry(['src/server/session.ts'], { patterns: [noFacade, sessionOnlyHost] }),
+    entry(
+      [...serverParts, 'session-host', 'wire'].map((f) => `src/server/${f}.ts`),
+      { patterns: [noFacade] },
+    ),
     entry(['src/client/**/*.ts'], { builtins: true, patterns: [noServer] }, ['src/client/stores/sqlite.ts']),
     entry(['src/client/stores/sqlite.ts'], { patterns: [noServer] }),
     entry(['src/crypto/**/*.ts'], { builtins: true, patterns: [noClient] }, ['src/crypto/libsignal.ts']),

@@ -33,6 +33,20 @@ describe('the code keeps its import boundaries by itself', () => {
     expect(await restricted('src/transport/websocket.ts', helper)).toHaveLength(1);
   });
 
+  it("the server's session reaching past its host interface fails the lint", async () => {
+    const facade = "import type { PostboxServer } from './engine.js';\nexport type S = PostboxServer;\n";
+    expect(await restricted('src/server/session.ts', facade)).toHaveLength(1);
+    const part = "import type { Router } from './routing.js';\nexport type R = Router;\n";
+    expect(await restricted('src/server/session.ts', part)).toEqual([
+      expect.stringContaining('only through SessionHost'),
+    ]);
+    expect(await restricted('src/server/presence.ts', facade)).toEqual([
+      expect.stringContaining('never import the façade'),
+    ]);
+    const host = "import type { SessionHost } from './session-host.js';\nexport type H = SessionHost;\n";
+    expect(await restricted('src/server/session.ts', host)).toEqual([]);
+  });
+
   it('browser code importing a Node built-in fails the lint', async () => {
     for (const spec of ['node:fs', 'fs', 'crypto', 'node:crypto', 'events']) {
       const code = `import * as m from '${spec}';\nexport const x = m;\n`;

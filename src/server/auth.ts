@@ -9,7 +9,7 @@ import {
   userIdSchema,
 } from '../protocol/ids.js';
 import { systemClock, type Clock } from '../util/clock.js';
-import type { Authenticate, AuthResult } from './engine.js';
+import type { Authenticate, AuthResult } from './options.js';
 
 /** What a signed token says about its bearer. */
 export interface TokenClaims {

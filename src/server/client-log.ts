@@ -6,7 +6,7 @@
  * per window that it is dropping more, and counts what it dropped.
  * @packageDocumentation
  */
-import type { Logger } from './engine.js';
+import type { Logger } from './options.js';
 import { WindowCounters } from './limits.js';
 
 /** Options of {@link RateLimitedLog}. */

@@ -6,7 +6,7 @@
  * @packageDocumentation
  */
 import type { Clock, TimerHandle } from '../util/clock.js';
-import type { Logger } from './engine.js';
+import type { Logger } from './options.js';
 import type { ServerStore } from './store.js';
 
 /** What the engine knows of its store (see {@link PostboxServer.storeHealth}). */

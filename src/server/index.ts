@@ -5,7 +5,7 @@
 export type * from './store.js';
 export { createServer, PostboxServer } from './engine.js';
 export { PENDING_DEVICE } from './users.js';
-export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './engine.js';
+export type { Authenticate, AuthResult, Logger, ServerEvents, ServerOptions } from './options.js';
 export type { StoreHealth } from './health.js';
 export { memoryTraceStore } from './trace.js';
 export type { MemoryTraceOptions, TraceEvent, TraceEventKind, TraceStore } from './trace.js';

@@ -132,14 +132,19 @@ export class Tracer {
 
   /** An inbox entry sent to `device` over its connection. */
   pushed(device: DeviceAddress, e: InboxEntry): void {
-    const addr = addressOf(device);
-    if (e.kind === 'msg') {
-      if (this.unacked.size >= MAX_UNACKED) this.unacked.delete(this.unacked.keys().next().value!);
-      this.unacked.set(`${addr}|${e.offset}`, e.id);
-      this.emit(e.id, 'pushed', addr, String(e.offset));
-    } else if (e.kind === 'status') {
+    if (e.kind === 'msg') this.pushedMessage(device, e.id, e.offset);
+    else if (e.kind === 'status') {
+      const addr = addressOf(device);
       for (const id of e.ids) this.emit(id, 'status', addr, STATUS_WORD[e.status]);
     }
+  }
+
+  /** Message `id`, at inbox offset `offset`, sent to `device` over its connection. */
+  pushedMessage(device: DeviceAddress, id: string, offset: number): void {
+    const addr = addressOf(device);
+    if (this.unacked.size >= MAX_UNACKED) this.unacked.delete(this.unacked.keys().next().value!);
+    this.unacked.set(`${addr}|${offset}`, id);
+    this.emit(id, 'pushed', addr, String(offset));
   }
 
   /** `device` acked these offsets of its inbox. */

@@ -18,6 +18,9 @@
  *   of one user, subscribed only by nodes that watch it): nothing is broadcast to every node.
  *
  * Every multi-key step is one Lua script, so each is atomic and one round trip.
+ *
+ * Longer than 500 lines: the Lua script of every multi-key step lives in this file beside the key
+ * layout above and the adapter that runs it, so each step's keys and its script read together.
  * @packageDocumentation
  */
 import { Redis, type RedisOptions } from 'ioredis';

@@ -29,7 +29,7 @@ import { pipeline } from 'node:stream/promises';
 import { Readable } from 'node:stream';
 import type { ErrorCode } from '../../protocol/errors.js';
 import { systemClock, type Clock } from '../../util/clock.js';
-import type { Authenticate } from '../engine.js';
+import type { Authenticate } from '../options.js';
 import type { BlobStore } from './blob-store.js';
 import { checkGrant, signGrant } from './grants.js';
 import type { MediaLedger, UploadRow } from './ledger.js';

@@ -1,0 +1,176 @@
+/**
+ * The commit path: sends, receipts and group changes queue per sender, are taken in fair batches
+ * (see commit-batch.ts) and appended to the store in one call per batch; each is then answered
+ * (`ok`, or `err` with the refusal), and what it wrote is routed to its recipients. A failed
+ * append answers nobody: the sessions concerned are closed so their clients resend in order.
+ * Internal to the engine: not exported from `postbox/server`.
+ * @packageDocumentation
+ */
+import { performance } from 'node:perf_hooks';
+import type { ErrorCode } from '../protocol/index.js';
+import type { Clock } from '../util/clock.js';
+import { FairCommitQueue, type FanoutEstimate, SERVER_SIDE, yieldToEventLoop } from './commit-batch.js';
+import { applyConsent, type GroupCaps } from './group-consent.js';
+import type { StoreHealthMonitor } from './health.js';
+import type { ServerMetrics } from './metrics.js';
+import type { EngineConfig } from './options.js';
+import type { Router } from './routing.js';
+import type { Session } from './session.js';
+import type { AppendInput, AppendOutcome, DeviceAddress, GroupInput, ServerStore } from './store.js';
+import type { Tracer } from './trace.js';
+import { REFUSAL_TEXT, wireDifference } from './wire.js';
+
+/** One queued commit. */
+export interface PendingCommit {
+  /** The connection that asked, answered with `ok`/`err`; absent for server-side changes. */
+  session?: Session;
+  input: AppendInput;
+  r: number;
+  /** Called with the refusal code, or undefined when committed. */
+  done?: (code: ErrorCode | undefined) => void;
+  /** A client's create or add: who joins and who is invited is decided just before it commits. */
+  consent?: boolean;
+}
+
+/** What the commit path needs of the engine. */
+export interface CommitterDeps {
+  store: ServerStore;
+  clock: Clock;
+  config: Pick<EngineConfig, 'maxCommitBatch' | 'maxCommitRows' | 'groupConsent'>;
+  metrics: ServerMetrics;
+  tracer: Tracer;
+  fanout: FanoutEstimate;
+  groupCaps: GroupCaps;
+  health: StoreHealthMonitor;
+  router: Router;
+  /** A group's membership changed: caches of its members are stale. */
+  groupChanged(group: string): void;
+  /** A store call failed: the store counts as failing, the sessions are closed with 1013. */
+  storeFailed(error: unknown, sessions: Iterable<Session>): void;
+}
+
+/** The commit queue and its batches. */
+export class Committer {
+  private readonly queue = new FairCommitQueue<PendingCommit>();
+  private committing = false;
+  private flushScheduled = false;
+  private idleWaiters: Array<() => void> = [];
+
+  constructor(private readonly d: CommitterDeps) {}
+
+  /** Resolves when no commit is queued or running. */
+  idle(): Promise<void> {
+    if (!this.committing && this.queue.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** A session closed: its queued commits are dropped unanswered (its client resends them). */
+  drop(session: Session): void {
+    this.queue.drop(session);
+  }
+
+  /**
+   * Why a client's group change is refused before it is queued (over the creator's creations per
+   * hour, or an accept over the joiner's joins per day), or undefined.
+   */
+  groupCapRefusal(input: GroupInput): string | undefined {
+    const now = this.d.clock.now();
+    const op = input.change.op;
+    if (op === 'create' && !this.d.groupCaps.create(input.from.user, now)) return 'too many groups created';
+    if (op === 'accept' && !this.d.groupCaps.join(input.from.user, now)) return 'too many groups joined';
+    return undefined;
+  }
+
+  /** Queues a commit; the batch it joins runs after the current I/O turn. */
+  enqueue(p: PendingCommit): void {
+    this.queue.push(p.session ?? SERVER_SIDE, p, this.d.fanout.rows(p.input));
+    if (!this.flushScheduled && !this.committing) {
+      this.flushScheduled = true;
+      // A microtask lets every frame of the current I/O turn join the batch.
+      queueMicrotask(() => {
+        this.flushScheduled = false;
+        void this.flush();
+      });
+    }
+  }
+
+  /** Splits a client's create or add into users who join and users who are invited (group-consent.ts). */
+  private async decideConsent(input: AppendInput): Promise<void> {
+    if (input.kind !== 'group') return;
+    const { config, store, groupCaps, clock } = this.d;
+    await applyConsent(input, config.groupConsent, store, groupCaps, clock.now());
+  }
+
+  private async flush(): Promise<void> {
+    if (this.committing) return;
+    this.committing = true;
+    const { store, clock, config, metrics, health } = this.d;
+    try {
+      for (let first = true; this.queue.length > 0; first = false) {
+        // Between batches, other connections' frames, acks and reads run (see maxCommitRows).
+        if (!first) await yieldToEventLoop();
+        const batch = this.queue.take(config.maxCommitBatch, config.maxCommitRows);
+        if (batch.length === 0) continue; // their sessions closed while this one yielded
+        let outcomes;
+        const started = performance.now();
+        try {
+          // In queue order, so a message after a create still commits after it.
+          for (const p of batch) if (p.consent) await this.decideConsent(p.input);
+          outcomes = await store.append(
+            batch.map((p) => p.input),
+            clock.now(),
+          );
+          metrics.commit(performance.now() - started, batch.length, true);
+          health.succeeded();
+        } catch (error) {
+          metrics.commit(performance.now() - started, batch.length, false);
+          // Answering an error here while later sends of the same connection commit would
+          // break per-sender order; closing makes the client resend everything in order.
+          const sessions = new Set<Session>();
+          for (const p of batch) {
+            if (p.session) sessions.add(p.session);
+            else p.done?.('unavailable');
+          }
+          this.d.storeFailed(error, sessions);
+          continue;
+        }
+        this.settle(batch, outcomes);
+      }
+    } finally {
+      this.committing = false;
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Answers each commit of a batch and routes what it wrote. */
+  private settle(batch: PendingCommit[], outcomes: AppendOutcome[]): void {
+    const { metrics, tracer, router } = this.d;
+    const notify: DeviceAddress[] = [];
+    for (let i = 0; i < batch.length; i++) {
+      const p = batch[i]!;
+      const out = outcomes[i]!;
+      this.d.fanout.learn(p.input, out);
+      metrics.sent(p.input.kind, out.ok ? undefined : out.code);
+      if (out.ok && p.input.kind === 'group') this.d.groupChanged(p.input.group);
+      p.done?.(out.ok ? undefined : out.code);
+      if (tracer.on) tracer.committed(p.input, out);
+      if (p.session) p.session.pendingSends--;
+      if (out.ok) {
+        p.session?.send({ t: 'ok', r: p.r });
+        if (out.offsets && p.input.kind === 'msg' && !out.duplicate) {
+          router.deliverNew(p.input, out.ts, out.notify, out.offsets, notify);
+        } else for (const n of out.notify) notify.push(n);
+      } else if (p.session) {
+        p.session.sendError(
+          out.code,
+          REFUSAL_TEXT[out.code] ?? out.code,
+          p.r,
+          out.devices && wireDifference(out.devices),
+        );
+      }
+    }
+    router.ring(notify);
+  }
+}
