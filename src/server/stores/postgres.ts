@@ -54,6 +54,7 @@ import type {
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import { claimDirect, type DirectClaim } from './postgres-claim.js';
+import { lockAndPlace, type EntryColumns } from './postgres-heads.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import {
   decodeGapStreams,
@@ -872,13 +873,30 @@ function postgresStore(
       const devs = [...new Set([...this.entries.map((e) => e.dev), ...this.freed.keys()])].sort(
         (a, b) => a - b,
       );
-      const heads = await rowsOf<{ dev: string; last_offset: string; entries: string; bytes: string }>(
-        c,
-        `SELECT dev, last_offset, entries, bytes FROM ${s}.inbox_heads
-         WHERE dev = ANY($1::bigint[]) ORDER BY dev FOR UPDATE`,
-        [devs],
-      );
+      const entryCols: EntryColumns = {
+        dev: this.entries.map((e) => e.dev),
+        ts: this.entries.map((e) => e.ts),
+        message: this.entries.map((e) => e.message),
+        body: this.entries.map((e) => e.body),
+        event: this.entries.map((e) => e.event),
+        status: this.entries.map((e) => e.status),
+        ids: this.entries.map((e) => e.ids),
+        by: this.entries.map((e) => e.by),
+        size: this.entries.map((e) => e.size),
+      };
+      const limit = { entries: quotas.inboxEntries, bytes: quotas.inboxBytes };
+      const { heads, placed } = await lockAndPlace(c, s, devs, this.freed, entryCols, limit);
       const last = new Map<number, number>();
+      if (placed) {
+        // Everything fitted and went in with the locks, offsets in entry order per device.
+        for (const h of heads) last.set(Number(h.dev), Number(h.last_offset));
+        for (const e of this.entries) {
+          const pos = last.get(e.dev)! + 1;
+          last.set(e.dev, pos);
+          if (e.sink) e.sink[e.slot!] = pos;
+        }
+        return;
+      }
       // Each inbox's usage after this transaction's deletes, under the lock: what the quotas see.
       const usage = new Map<number, InboxUsage>();
       for (const h of heads) {
