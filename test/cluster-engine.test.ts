@@ -13,12 +13,12 @@ import {
 import { createServer, type PostboxServer, type ServerOptions } from '../src/server/index.js';
 import { noMetrics } from '../src/server/metrics.js';
 import type { PushProvider } from '../src/server/push/types.js';
-import type { DeviceAddress, ServerStore } from '../src/server/store.js';
+import type { DeviceAddress } from '../src/server/store.js';
 import { createMemoryServerState, memoryServerStore } from '../src/server/stores/memory.js';
 import { VirtualClock } from '../src/testing/virtual-clock.js';
 import { memoryNetwork, type MemoryNetwork } from '../src/transport/memory.js';
 import { seededRandom } from '../src/util/clock.js';
-import { text, untext } from './helpers.js';
+import { countingStore, text, untext } from './helpers.js';
 
 const TTL_MS = 3000;
 const POLL_MS = 10_000;
@@ -206,25 +206,17 @@ describe('gateway nodes over one store and a cluster', () => {
   });
 
   it("✓✓ for a sender on another node rides in the doorbell: the sender's inbox is not read again", async () => {
-    const reads = new Map<string, number>();
-    const inner = memoryServerStore({ state: createMemoryServerState() });
-    const store: ServerStore = {
-      ...inner,
-      readInbox(d: DeviceAddress, after: number, limit: number) {
-        reads.set(`${d.user}/${d.device}`, (reads.get(`${d.user}/${d.device}`) ?? 0) + 1);
-        return inner.readInbox(d, after, limit);
-      },
-    };
+    const { store, readsOf } = countingStore();
     cluster = await makeCluster(2, { store });
     const alice = await cluster.device('alice', 'phone', 0);
     const bob = await cluster.device('bob', 'phone', 1);
     await cluster.advance(100);
-    const before = reads.get('alice/phone') ?? 0;
+    const before = readsOf('alice/phone');
     const id = await alice.client.send('bob', text('hi'));
     await cluster.advance(200);
     expect(bob.messages.map((m) => untext(m.body))).toEqual(['hi']);
     expect(alice.statuses.get(id)).toBe('delivered');
-    expect((reads.get('alice/phone') ?? 0) - before).toBe(0);
+    expect(readsOf('alice/phone') - before).toBe(0);
   });
 
   it('a group message fans out to members on every node, once each, in order', async () => {

@@ -29,6 +29,7 @@ import {
 import {
   createServer,
   type PostboxServer,
+  type DeviceAddress,
   type ServerOptions,
   type ServerStore,
 } from '../src/server/index.js';
@@ -295,6 +296,24 @@ export async function until(w: World, done: () => boolean | Promise<boolean>, ms
 
 export const text = (s: string): Uint8Array => new TextEncoder().encode(s);
 export const untext = (b: Uint8Array): string => new TextDecoder().decode(b);
+
+/** The memory store, counting inbox reads per device (`user/device`); `plain` drops `entries` from acks. */
+export function countingStore(plain = false): { store: ServerStore; readsOf: (device: string) => number } {
+  const reads = new Map<string, number>();
+  const inner = memoryServerStore({ state: createMemoryServerState() });
+  const store: ServerStore = {
+    ...inner,
+    readInbox(d: DeviceAddress, after: number, limit: number) {
+      reads.set(`${d.user}/${d.device}`, (reads.get(`${d.user}/${d.device}`) ?? 0) + 1);
+      return inner.readInbox(d, after, limit);
+    },
+    async ack(d: DeviceAddress, offsets: number[], now: number) {
+      const res = await inner.ack(d, offsets, now);
+      return plain ? { count: res.count, notify: res.notify } : res;
+    },
+  };
+  return { store, readsOf: (d: string) => reads.get(d) ?? 0 };
+}
 
 /**
  * A server that speaks just enough of the protocol to open a session (it welcomes whoever says

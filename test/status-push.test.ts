@@ -2,33 +2,13 @@
 // `delivered` status to the sender at once, without reading the sender's inbox back (issue 23);
 // a store that does not, or a sender that cannot take it right now, gets it by the usual read.
 import { afterEach, describe, expect, it } from 'vitest';
-import type { DeviceAddress, ServerStore } from '../src/server/index.js';
-import { createMemoryServerState, memoryServerStore } from '../src/server/stores/memory.js';
-import { makeWorld, text, type World } from './helpers.js';
+import { countingStore, makeWorld, text, type World } from './helpers.js';
 
 let world: World | undefined;
 afterEach(async () => {
   await world?.close();
   world = undefined;
 });
-
-/** The memory store, counting inbox reads per device; `plain` drops `entries` from acks. */
-function countingStore(plain = false) {
-  const reads = new Map<string, number>();
-  const inner = memoryServerStore({ state: createMemoryServerState() });
-  const store: ServerStore = {
-    ...inner,
-    readInbox(d: DeviceAddress, after: number, limit: number) {
-      reads.set(`${d.user}/${d.device}`, (reads.get(`${d.user}/${d.device}`) ?? 0) + 1);
-      return inner.readInbox(d, after, limit);
-    },
-    async ack(d: DeviceAddress, offsets: number[], now: number) {
-      const res = await inner.ack(d, offsets, now);
-      return plain ? { count: res.count, notify: res.notify } : res;
-    },
-  };
-  return { store, readsOf: (d: string) => reads.get(d) ?? 0 };
-}
 
 describe('statuses pushed as written', () => {
   /** Alice sends to Bob, who acks at once; how often Alice's inbox was read meanwhile. */
