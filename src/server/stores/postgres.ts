@@ -1801,6 +1801,7 @@ function postgresStore(
 
   return {
     name: 'postgres',
+    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
