@@ -1,6 +1,9 @@
 /**
  * The server's storage contract. The store is the source of truth: everything the server
  * engine keeps in memory is a cache or a hint that can be rebuilt from it.
+ *
+ * Over 500 lines because it is the contract written out (types and their rules, no code): the
+ * rules belong next to the methods they bind.
  */
 import type { KeyBundle, KeyUpload } from '../protocol/keys.js';
 import type { DeviceAddress } from './address.js';
@@ -280,10 +283,52 @@ export interface NotifyResult {
 }
 
 /**
+ * What a store does beyond the required methods, declared once instead of probed for: the engine
+ * and the conformance suite read this object, never `typeof store.x === 'function'`. Each flag
+ * is a promise the store keeps for every call; `false` means the engine uses its fallback (and
+ * the conformance suite skips the cases that need it, printing why). A store object without
+ * `capabilities` (a store written before it existed) reads as declaring none of them.
+ */
+export interface StoreCapabilities {
+  /**
+   * {@link ServerStore.setPushToken} and {@link ServerStore.pushToken} are implemented and
+   * durable: a token set through one node (or before a restart) is read back through any other.
+   * Without it the engine keeps tokens in memory, and a restarted server knows a token again
+   * only when its device reconnects.
+   */
+  readonly pushTokens: boolean;
+  /**
+   * {@link ServerStore.inboxSize} is implemented (possibly as an estimate, see there).
+   */
+  readonly inboxSize: boolean;
+  /**
+   * {@link ServerStore.ping} is implemented: one round trip, no write, rejects while the backend
+   * cannot take writes. Without it the engine's health probe is a small read
+   * ({@link ServerStore.devices}).
+   */
+  readonly ping: boolean;
+  /**
+   * A failed {@link ServerStore.append} commits none of its batch: the whole batch is one
+   * transaction. Without it the store still keeps what every store must (see "Atomicity" on
+   * {@link ServerStore}): each item all-or-nothing, and a failed call leaves a prefix of the batch
+   * committed, so the client's resend (deduplicated) completes it in order.
+   */
+  readonly atomicBatch: boolean;
+}
+
+/**
  * Durable server state: devices, groups, messages, per-device inboxes, dedupe records, last-seen
  * times.
  *
  * Rules every adapter keeps (the conformance suite in `postbox/testing` checks them):
+ * - **Atomicity.** A call that rejects (the backend failed midway) leaves no item half-written:
+ *   for {@link ServerStore.append}, each item is all-or-nothing (its dedupe record, body and
+ *   every inbox entry, or none of them) and the committed items are a prefix of the batch (all or
+ *   none of it when the store declares {@link StoreCapabilities.atomicBatch}); an
+ *   {@link ServerStore.ack} deletes its entries and appends their `delivered` statuses together,
+ *   or does neither; {@link ServerStore.expire}, {@link ServerStore.registerDevice} and the
+ *   unregister calls likewise. The engine answers a failed call by making its clients resend,
+ *   and dedupe makes the resend complete the batch exactly once.
  * - **Atomic append with dedupe.** Each item of {@link ServerStore.append} is all-or-nothing:
  *   its dedupe record, its body or event (stored once) and one entry in every recipient device's
  *   inbox. The whole batch commits in one transaction (group commit), durably, before the promise
@@ -399,6 +444,8 @@ export interface NotifyResult {
 export interface ServerStore {
   /** For logs and conformance reports. */
   readonly name: string;
+  /** What the store implements beyond the required methods (see {@link StoreCapabilities}). */
+  readonly capabilities: StoreCapabilities;
   /**
    * Records that a device exists (idempotent). Messages go to devices registered at commit time.
    * A device new to the store takes over its user's pending inbox, if any (see "User directory"),
@@ -472,8 +519,8 @@ export interface ServerStore {
   keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined>;
   /**
    * Records (or with `undefined` removes) a registered device's push token (see docs/push.md);
-   * unregistering a device removes it. Optional: without these two methods the engine keeps
-   * tokens in memory only, and a restarted server knows a token again when its device reconnects.
+   * unregistering a device removes it. Optional, with {@link ServerStore.pushToken}: a store that
+   * has both declares {@link StoreCapabilities.pushTokens}.
    */
   setPushToken?(device: DeviceAddress, token: PushToken | undefined): Promise<void>;
   /** A device's push token, if it registered one. */
@@ -481,14 +528,16 @@ export interface ServerStore {
   /**
    * How many entries wait in all inboxes (delivered and not yet acked, or not yet delivered): the
    * inbox depth that `/metrics` reports. Optional; may be an estimate where an exact count is
-   * costly (the PostgreSQL store reads the table's live-row statistics).
+   * costly (the PostgreSQL store reads the table's live-row statistics). Declared by
+   * {@link StoreCapabilities.inboxSize}.
    */
   inboxSize?(): Promise<number>;
   /**
    * A cheap check that the backend answers and can take writes as far as a quick look can tell
    * (one round trip; no write). The engine probes with it while the store is failing, to report
    * it healthy again (`/readyz`) without waiting for a client's send. Optional: without it the
-   * engine probes with a small read ({@link ServerStore.devices}).
+   * engine probes with a small read ({@link ServerStore.devices}). Declared by
+   * {@link StoreCapabilities.ping}.
    */
   ping?(): Promise<void>;
   /** Releases resources. The data stays for the next open. */

@@ -631,6 +631,7 @@ export function memoryServerStore(
 
   return {
     name: 'memory',
+    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check('registerDevice');

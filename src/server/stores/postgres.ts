@@ -1799,6 +1799,7 @@ function postgresStore(
 
   return {
     name: 'postgres',
+    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();

@@ -1231,6 +1231,7 @@ export function sqliteServerStore(
 
   return {
     name: 'sqlite',
+    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
