@@ -36,7 +36,7 @@ async function rawAs(w: World, user: string): Promise<RawConnection> {
 
 /** The answers a raw connection got to its `kget` frames: the bundle count, or the error code. */
 const answers = (raw: RawConnection): Array<number | string> =>
-  raw.frames.flatMap((f: ServerFrame) => {
+  raw.frames.flatMap((f: ServerFrame): Array<number | string> => {
     if (f.t === 'kb') return [f.b.length];
     if (f.t === 'err') return [f.c];
     return [];
