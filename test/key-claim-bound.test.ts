@@ -103,4 +103,24 @@ describe('key claims', () => {
     await w.advance(50);
     expect(others.map((o) => answers(o))).toEqual(others.map(() => [1, 1]));
   });
+  it('a claim that takes one-time keys tells their online device to upload more, and one of last-resort bundles tells no one again', async () => {
+    const w = (world = await makeWorld());
+    await withKeys(w, ['bob']);
+    await w.server.store.putKeys(
+      { user: 'bob', device: 'd1' },
+      { ...keys, preKeys: [{ id: 7, key: new Uint8Array([7]) }] },
+    );
+    const bob = await rawAs(w, 'bob');
+    await w.advance(50);
+    const klows = () => bob.frames.filter((f) => f.t === 'klow').length;
+    const told = klows(); // on connect, below the low-water mark
+    const mallory = await rawAs(w, 'mallory');
+    mallory.send({ t: 'kget', r: 1, u: ['bob'] });
+    await w.advance(50);
+    expect(klows()).toBe(told + 1);
+    for (let r = 2; r <= 6; r++) mallory.send({ t: 'kget', r, u: ['bob'] });
+    await w.advance(50);
+    expect(answers(mallory)).toEqual([1, 1, 1, 1, 1, 1]);
+    expect(klows()).toBe(told + 1);
+  });
 });

@@ -103,7 +103,9 @@ export class KeyDirectory {
     }
     limits.claimed(claimer, bundles.length, clock.now());
     session.send(keyBundlesFrame(f, bundles, keyless));
-    for (const b of bundles) void this.checkSupply(b);
+    // Only a claim that took a one-time EC key can have lowered a supply: a last-resort bundle
+    // (a drained device, a claimer past its budget) costs no count and nags no one again.
+    for (const b of bundles) if (b.preKey) void this.checkSupply(b);
   }
 
   /** Tells a connected device whose one-time keys run low to upload more. */

@@ -1458,9 +1458,12 @@ export function sqliteServerStore(
       options?: ClaimOptions,
     ): Promise<KeyBundle[]> {
       check();
-      // One write transaction for every user and device of the claim (one fsync however many are
-      // named): no other connection, or process, can take the same one-time key in between.
-      return durably(() =>
+      // One write transaction for every user and device of the claim (one flush however many are
+      // named): no other connection, or process, can take the same one-time key in between. A
+      // claim that took no one-time key wrote nothing, so it has nothing to wait for: claims of
+      // last-resort bundles (a drained device, a claimer past its one-time budget) cost no flush.
+      let took = false;
+      const bundles = tx(() =>
         claimedUsers(users).flatMap((user) => {
           const rows = (
             device === undefined ? sql.bundlesOf.all(user) : sql.bundleOf.all(user, device)
@@ -1471,10 +1474,13 @@ export function sqliteServerStore(
             const pre = sql.preKeyClaim.get(r.id) as { key_id: number; key: Uint8Array } | undefined;
             const kyber = sql.kyberPreKeyClaim.get(r.id) as
               { key_id: number; key: Uint8Array; signature: Uint8Array } | undefined;
+            if (pre || kyber) took = true;
             return bundleFrom(user, r.device, r, pre, kyber);
           });
         }),
       );
+      if (took) await synced();
+      return bundles;
     },
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {
