@@ -1152,8 +1152,11 @@ function postgresStore(
   ): Promise<AppendOutcome> {
     const change = item.change;
     // Users who may join: their devices being linked meanwhile wait, or are waited for (below).
-    if (change.op === 'create') await lockUsers(c, [item.from.user, ...change.members]);
-    else if (change.op === 'add') await lockUsers(c, change.members);
+    // Users invited too: their pending invites are counted against their quota below, and a
+    // concurrent invite on another node must wait for this one's to be committed (or not made).
+    if (change.op === 'create')
+      await lockUsers(c, [item.from.user, ...change.members, ...(change.invite ?? [])]);
+    else if (change.op === 'add') await lockUsers(c, [...change.members, ...(change.invite ?? [])]);
     else if (change.op === 'accept') await lockUsers(c, [item.from.user]);
     const current = await loadGroup(c, item.group, 'FOR UPDATE');
     const named = [
