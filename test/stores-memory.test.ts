@@ -130,6 +130,7 @@ describe('memory server store fault switch', () => {
       'setPushToken',
       'pushToken',
       'ping',
+      'countActions',
     ];
     let failing: ServerStoreOp | undefined;
     const store = memoryServerStore({ state, failWhen: (op) => op === failing });
@@ -176,6 +177,7 @@ describe('memory server store fault switch', () => {
         pushToken: () => store.pushToken(bob1),
         inboxSize: () => store.inboxSize!(),
         ping: () => store.ping!(),
+        countActions: () => store.countActions!('group-create', ['bob'], 1000, 2000),
       };
       await expect(calls[op]()).rejects.toThrow(op);
       expect(JSON.stringify(dump(state))).toBe(snapshot);

@@ -115,6 +115,7 @@ describeWithServices('postgres server store', reason, () => {
           ALTER TABLE inbox_heads DROP COLUMN entries, DROP COLUMN bytes;
           ALTER TABLE inbox DROP COLUMN size;
           DROP INDEX inbox_gaps;
+          DROP TABLE action_counts;
           DELETE FROM postbox_schema WHERE version > 2;
           RESET search_path;
         `);

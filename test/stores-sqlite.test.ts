@@ -645,6 +645,7 @@ describe('sqlite server store', () => {
       DROP TABLE dedupe;
       ALTER TABLE dedupe_v4 RENAME TO dedupe;
       CREATE INDEX dedupe_ts ON dedupe (ts);
+      DROP TABLE action_counts;
       PRAGMA user_version = 4;
     `);
     v4.close();

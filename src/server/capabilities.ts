@@ -10,6 +10,7 @@ interface CapabilityMethods {
   inboxSize: Required<Pick<ServerStore, 'inboxSize'>>;
   ping: Required<Pick<ServerStore, 'ping'>>;
   atomicBatch: unknown;
+  actionCounts: Required<Pick<ServerStore, 'countActions'>>;
 }
 
 /**

@@ -16,9 +16,12 @@ import type { ServerMetrics } from './metrics.js';
 import type { EngineConfig } from './options.js';
 import type { Router } from './routing.js';
 import type { Session } from './session.js';
-import type { AppendInput, AppendOutcome, DeviceAddress, GroupInput, ServerStore } from './store.js';
+import type { AppendInput, AppendOutcome, DeviceAddress, ServerStore } from './store.js';
 import type { Tracer } from './trace.js';
 import { REFUSAL_TEXT, wireDifference } from './wire.js';
+
+/** The outcome of a client's group change refused by a group cap. */
+const CAPPED: AppendOutcome = { ok: false, code: 'quota_exceeded' };
 
 /** One queued commit. */
 export interface PendingCommit {
@@ -28,8 +31,13 @@ export interface PendingCommit {
   r: number;
   /** Called with the refusal code, or undefined when committed. */
   done?: (code: ErrorCode | undefined) => void;
-  /** A client's create or add: who joins and who is invited is decided just before it commits. */
+  /**
+   * A client's group change: its creator's or joiner's cap is counted, and for a create or add who
+   * joins and who is invited is decided, just before it commits (in queue order).
+   */
   consent?: boolean;
+  /** Why it was refused before reaching the store (a group cap), set by the committer. */
+  capped?: string;
 }
 
 /** What the commit path needs of the engine. */
@@ -70,14 +78,18 @@ export class Committer {
   }
 
   /**
-   * Why a client's group change is refused before it is queued (over the creator's creations per
-   * hour, or an accept over the joiner's joins per day), or undefined.
+   * Why a client's group change is refused before it reaches the store (over the creator's
+   * creations per hour, or an accept over the joiner's joins per day), or undefined. Counted
+   * through the store when it can (see `GroupCaps`), so a cluster counts once.
    */
-  groupCapRefusal(input: GroupInput): string | undefined {
+  private async groupCapRefusal(input: AppendInput): Promise<string | undefined> {
+    if (input.kind !== 'group') return undefined;
     const now = this.d.clock.now();
     const op = input.change.op;
-    if (op === 'create' && !this.d.groupCaps.create(input.from.user, now)) return 'too many groups created';
-    if (op === 'accept' && !this.d.groupCaps.join(input.from.user, now)) return 'too many groups joined';
+    if (op === 'create' && !(await this.d.groupCaps.create(input.from.user, now)))
+      return 'too many groups created';
+    if (op === 'accept' && !(await this.d.groupCaps.join([input.from.user], now))[0])
+      return 'too many groups joined';
     return undefined;
   }
 
@@ -115,11 +127,22 @@ export class Committer {
         const started = performance.now();
         try {
           // In queue order, so a message after a create still commits after it.
-          for (const p of batch) if (p.consent) await this.decideConsent(p.input);
-          outcomes = await store.append(
-            batch.map((p) => p.input),
-            clock.now(),
-          );
+          for (const p of batch) {
+            if (!p.consent) continue;
+            p.capped = await this.groupCapRefusal(p.input);
+            if (!p.capped) await this.decideConsent(p.input);
+          }
+          const going = batch.filter((p) => !p.capped);
+          const stored =
+            going.length > 0
+              ? await store.append(
+                  going.map((p) => p.input),
+                  clock.now(),
+                )
+              : [];
+          let k = 0;
+          // Not rate_limited: that is retried at once, and these windows last hours.
+          outcomes = batch.map((p): AppendOutcome => (p.capped ? CAPPED : stored[k++]!));
           metrics.commit(performance.now() - started, batch.length, true);
           health.succeeded();
         } catch (error) {
@@ -165,7 +188,7 @@ export class Committer {
       } else if (p.session) {
         p.session.sendError(
           out.code,
-          REFUSAL_TEXT[out.code] ?? out.code,
+          p.capped ?? REFUSAL_TEXT[out.code] ?? out.code,
           p.r,
           out.devices && wireDifference(out.devices),
         );

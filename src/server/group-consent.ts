@@ -5,6 +5,7 @@
  * also capped per user and time, so even users who consented cannot be flooded with groups.
  * @packageDocumentation
  */
+import { capable } from './capabilities.js';
 import type { GroupInput, ServerStore } from './store.js';
 import { WindowCounters } from './limits.js';
 
@@ -39,21 +40,43 @@ export interface GroupCapOptions {
 const HOUR_MS = 3600_000;
 const DAY_MS = 24 * HOUR_MS;
 
-/** Creations per creator and joins per joining user, in fixed windows (bounded maps, see limits.ts). */
+/**
+ * Creations per creator and joins per joining user, in fixed windows. Counted through the store
+ * when it declares `actionCounts` (so every node of a cluster counts together, atomically);
+ * else on this node (bounded maps, see limits.ts), and N nodes allow up to N times each cap.
+ */
 export class GroupCaps {
   private readonly creates = new WindowCounters(HOUR_MS);
   private readonly joins = new WindowCounters(DAY_MS);
 
-  constructor(private readonly opts: GroupCapOptions) {}
+  constructor(
+    private readonly opts: GroupCapOptions,
+    private readonly store?: ServerStore,
+  ) {}
 
   /** One more group created by `user`: false once it is over its creations per hour. */
-  create(user: string, now: number): boolean {
-    return this.creates.add(user, 1, now) <= this.opts.maxGroupCreatesPerHour;
+  async create(user: string, now: number): Promise<boolean> {
+    const [n] = await this.count('group-create', this.creates, HOUR_MS, [user], now);
+    return n! <= this.opts.maxGroupCreatesPerHour;
   }
 
-  /** One more group joined by `user`: false once it is over its joins per day. */
-  join(user: string, now: number): boolean {
-    return this.joins.add(user, 1, now) <= this.opts.maxGroupJoinsPerDay;
+  /** One more group joined by each of `users` (each named once): whether each is within its joins per day. */
+  async join(users: string[], now: number): Promise<boolean[]> {
+    const counts = await this.count('group-join', this.joins, DAY_MS, users, now);
+    return counts.map((n) => n <= this.opts.maxGroupJoinsPerDay);
+  }
+
+  private async count(
+    kind: string,
+    local: WindowCounters,
+    windowMs: number,
+    users: string[],
+    now: number,
+  ): Promise<number[]> {
+    if (users.length === 0) return [];
+    const store = this.store;
+    if (store && capable(store, 'actionCounts')) return store.countActions(kind, users, windowMs, now);
+    return users.map((u) => local.add(u, 1, now));
   }
 }
 
@@ -74,6 +97,7 @@ export async function applyConsent(
   const actor = input.from.user;
   const direct: string[] = [];
   const invite: string[] = [];
+  const consenting: string[] = [];
   for (const user of new Set(c.members)) {
     if (user === actor) continue;
     let ok: boolean;
@@ -81,8 +105,11 @@ export async function applyConsent(
     else if (consent === 'invite') ok = false;
     else if (consent === 'related') ok = await store.related(actor, user);
     else ok = await consent(actor, user, store);
-    (ok && caps.join(user, now) ? direct : invite).push(user);
+    (ok ? consenting : invite).push(user);
   }
+  // Users over their joins per day are invited instead (one count for all of them).
+  const within = await caps.join(consenting, now);
+  consenting.forEach((user, i) => (within[i] ? direct : invite).push(user));
   c.members = direct;
   if (invite.length > 0) c.invite = invite;
 }

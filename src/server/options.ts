@@ -131,7 +131,12 @@ export interface ServerOptions {
    * (`changeGroup`) is the app itself and adds directly. @default 'related'
    */
   groupConsent?: GroupConsent;
-  /** Groups one user may create per hour; more are refused with `quota_exceeded`. @default 30 */
+  /**
+   * Groups one user may create per hour (fixed hours); more are refused with `quota_exceeded`.
+   * This and `maxGroupJoinsPerDay` count through the store when it declares `actionCounts` (every
+   * built-in store does), so a cluster allows each once; else each node counts on its own.
+   * @default 30
+   */
   maxGroupCreatesPerHour?: number;
   /**
    * Groups one user may be put into per day (added at once, or accepting an invite): past it,

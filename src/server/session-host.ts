@@ -12,7 +12,7 @@ import type { Clock } from '../util/clock.js';
 import type { ServerMetrics } from './metrics.js';
 import type { AuthResult, EngineConfig, Logger } from './options.js';
 import type { Session } from './session.js';
-import type { AppendInput, DeviceAddress, GroupInput, NotifyResult, ServerStore } from './store.js';
+import type { AppendInput, DeviceAddress, NotifyResult, ServerStore } from './store.js';
 import type { Tracer } from './trace.js';
 
 /** The limits a session enforces by itself. */
@@ -92,8 +92,6 @@ export interface SessionHost {
   affordBytes(session: Session, data: Uint8Array, now: number): boolean;
   /** Charges a frame to the device's and user's cost budgets: false when it must not run. */
   afford(session: Session, frame: ClientFrame, now: number): boolean;
-  /** Why a group change is refused before it is queued (a creation or join cap), or undefined. */
-  groupCapRefusal(input: GroupInput): string | undefined;
   /** Queues a commit; the session is answered `ok` or `err` with `r` once it ran. */
   commit(session: Session, r: number, input: AppendInput): void;
   /** Hands a frame to the part of the server that serves it (see {@link ServiceFrame}). */

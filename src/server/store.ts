@@ -314,6 +314,12 @@ export interface StoreCapabilities {
    * committed, so the client's resend (deduplicated) completes it in order.
    */
   readonly atomicBatch: boolean;
+  /**
+   * {@link ServerStore.countActions} is implemented, atomically for every node that shares the
+   * store: the engine's per-user caps on group creations and joins count through it, so a cluster
+   * allows each cap once and not once per node. Without it each node counts on its own.
+   */
+  readonly actionCounts?: boolean;
 }
 
 /**
@@ -540,6 +546,15 @@ export interface ServerStore {
    * {@link StoreCapabilities.ping}.
    */
   ping?(): Promise<void>;
+  /**
+   * Counts one more action of `kind` (the engine's: `'group-create'`, `'group-join'`) for each
+   * of `users` (each named once) in the fixed window of `windowMs` that holds `now` (windows start
+   * at whole multiples of `windowMs`, so every node agrees which one it is), and resolves with
+   * each user's count in that window after this call, in the order named. Atomic per user: of
+   * concurrent calls from any nodes, each sees a different count. Need not be durable (a crash
+   * may forget recent counts). Optional; declared by {@link StoreCapabilities.actionCounts}.
+   */
+  countActions?(kind: string, users: readonly string[], windowMs: number, now: number): Promise<number[]>;
   /** Releases resources. The data stays for the next open. */
   close(): Promise<void>;
 }

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import type { DeviceAddress, KeyBundle, ServerStore } from '../server/store.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
+import type { ServerStoreSubject } from './server-store-conformance.js';
 import { bundleOf, describeBundle, devKey, giveKeys, noKeys, upload } from './key-fixtures.js';
 
 const alice1: DeviceAddress = { user: 'alice', device: 'a1' };
@@ -29,11 +30,7 @@ function handedOut(bundles: KeyBundle[], d: DeviceAddress): { ec: number[]; kybe
 }
 
 /** The many-user claim cases, for {@link ServerStore} adapters (run by `serverStoreConformance`). */
-export function keyClaimCases(subject: {
-  open(): Promise<ServerStore>;
-  reopen(store: ServerStore): Promise<ServerStore>;
-  share?(store: ServerStore): Promise<ServerStore>;
-}): ConformanceCase[] {
+export function keyClaimCases(subject: ServerStoreSubject): ConformanceCase[] {
   const cases: ConformanceCase[] = [];
   const test = storeCaseBuilder(subject, cases);
 

@@ -34,6 +34,7 @@ import {
   text,
   upload,
 } from './key-fixtures.js';
+import { actionCountCases } from './server-store-actions.js';
 import { keyClaimCases } from './server-store-claims.js';
 import { gapNoticeCases } from './server-store-gap-conformance.js';
 
@@ -2395,6 +2396,7 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
   });
 
   cases.push(...keyClaimCases(subject));
+  cases.push(...actionCountCases(subject));
   cases.push(...gapNoticeCases(subject));
   return cases;
 }

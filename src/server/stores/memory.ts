@@ -84,7 +84,8 @@ export type ServerStoreOp =
   | 'setPushToken'
   | 'pushToken'
   | 'inboxSize'
-  | 'ping';
+  | 'ping'
+  | 'countActions';
 
 /** Options of {@link memoryServerStore}. */
 export interface MemoryServerStoreOptions {
@@ -193,6 +194,8 @@ interface ServerData extends MemoryServerState {
   keys: Map<string, StoredKeys>;
   /** device key → push token. */
   pushTokens: Map<string, PushToken>;
+  /** (action kind, user) → its count in its current window (absent in a state made by an older version). */
+  actions?: Map<string, { win: number; n: number }>;
 }
 
 /** Creates an empty state for {@link memoryServerStore}. */
@@ -211,6 +214,7 @@ export function createMemoryServerState(): MemoryServerState {
     lastSeen: new Map(),
     keys: new Map(),
     pushTokens: new Map(),
+    actions: new Map(),
   };
   return data;
 }
@@ -631,7 +635,7 @@ export function memoryServerStore(
 
   return {
     name: 'memory',
-    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true, actionCounts: true },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check('registerDevice');
@@ -884,6 +888,24 @@ export function memoryServerStore(
 
     async ping(): Promise<void> {
       check('ping');
+    },
+
+    async countActions(
+      kind: string,
+      users: readonly string[],
+      windowMs: number,
+      now: number,
+    ): Promise<number[]> {
+      check('countActions');
+      const actions = (data.actions ??= new Map());
+      const win = now - (now % windowMs);
+      return users.map((user) => {
+        const k = orderedKey(kind, user);
+        const c = actions.get(k);
+        const n = c && c.win === win ? c.n + 1 : 1;
+        actions.set(k, { win, n });
+        return n;
+      });
     },
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {

@@ -393,6 +393,18 @@ const MIGRATIONS: readonly PgMigration[] = [
   // 6: as the SQLite store's step 8: gap notices may have the reason `inbox_full`, and a device's
   // one such notice is found, to be extended, by an index of notice rows.
   (c, s) => c.query(`CREATE INDEX inbox_gaps ON ${s}.inbox (dev) WHERE status = '${GAP_ROW_STATUS}'`),
+  // 7: as the SQLite store's step 9: per-user action counts (the engine's group caps), so that
+  // every node counts together.
+  (c, s) =>
+    c.query(`
+      CREATE TABLE ${s}.action_counts (
+        kind text NOT NULL,
+        user_id text NOT NULL,
+        win bigint NOT NULL,
+        n integer NOT NULL,
+        PRIMARY KEY (kind, user_id)
+      )
+    `),
 ];
 
 /** The `postbox_schema` version of a schema the PostgreSQL server store has fully migrated. */
@@ -1802,7 +1814,7 @@ function postgresStore(
 
   return {
     name: 'postgres',
-    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true, actionCounts: true },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
@@ -2148,6 +2160,33 @@ function postgresStore(
           throw preKeyQuotaError(LABEL, quotas.preKeys);
         }
       });
+    },
+
+    async countActions(
+      kind: string,
+      users: readonly string[],
+      windowMs: number,
+      now: number,
+    ): Promise<number[]> {
+      check();
+      const distinct = [...new Set(users)].sort();
+      if (distinct.length === 0) return [];
+      // One statement: each row is locked by its upsert until the end, so concurrent counts from
+      // any nodes see different values; users in sorted order so two calls lock alike (and tx
+      // retries the rare deadlock).
+      const rows = await tx((c) =>
+        rowsOf<{ user_id: string; n: number }>(
+          c,
+          `INSERT INTO ${s}.action_counts AS a (kind, user_id, win, n)
+           SELECT $1, u, $3, 1 FROM unnest($2::text[]) AS u ORDER BY u
+           ON CONFLICT (kind, user_id) DO UPDATE
+             SET n = CASE WHEN a.win = excluded.win THEN a.n + 1 ELSE 1 END, win = excluded.win
+           RETURNING user_id, n`,
+          [kind, distinct, now - (now % windowMs)],
+        ),
+      );
+      const counts = new Map(rows.map((r) => [r.user_id, Number(r.n)]));
+      return users.map((u) => counts.get(u)!);
     },
 
     async claimKeys(

@@ -39,6 +39,7 @@
  * | `device_keys` | `dev`, `identity_key`, `registration_id`, `signed_id`, `signed_key`, `signed_sig`, `kyber_id`, `kyber_key`, `kyber_sig` | a device's directory entry (the `kyber_*` columns are the last-resort Kyber key); `dev` (the `devices` row) is the rowid |
  * | `prekeys` | `id` (rowid), `dev`, `key_id`, `key` | unclaimed one-time EC prekeys; `id` is upload order (oldest first); unique `(dev, key_id)`; index by `dev` |
  * | `kyber_prekeys` | `id` (rowid), `dev`, `key_id`, `key`, `signature` | unclaimed one-time Kyber prekeys, as `prekeys` |
+ * | `action_counts` | `kind`, `user`, `win`, `n` | step 9: per-user action counts in fixed windows (the engine's group caps, see `countActions`), one row per (kind, user); `WITHOUT ROWID` |
  *
  * Indexes: `inbox` by `(dev, pos)` (reads and acks; `dev` is the `devices` row of `(user, device)`),
  * `inbox_ts` and `dedupe_ts` (expiry), `dedupe` by its key (dedupe), `devices` by `(user, device)`,
@@ -387,6 +388,18 @@ const MIGRATIONS: readonly SqliteMigration[] = [
   // device's one such notice is found, to be extended, by an index of notice rows (an older build
   // would not know the reason: it refuses the database instead).
   (db) => db.exec(`CREATE INDEX inbox_gaps ON inbox (dev) WHERE status = '${GAP_ROW_STATUS}';`),
+  // 9: per-user action counts (the engine's group caps), one row per (kind, user): its current
+  // window and the count in it, so that every process on the file counts together.
+  (db) =>
+    db.exec(`
+      CREATE TABLE action_counts (
+        kind TEXT NOT NULL,
+        user TEXT NOT NULL,
+        win INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (kind, user)
+      ) WITHOUT ROWID;
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -687,6 +700,13 @@ export function sqliteServerStore(
     kyberPreKeyClaim: q(
       `DELETE FROM kyber_prekeys WHERE id = (SELECT id FROM kyber_prekeys WHERE dev = ? ORDER BY id LIMIT 1)
        RETURNING key_id, key, signature`,
+    ),
+    /** One more action in the window `win`: the count starts over when the window changed. */
+    countAction: q(
+      `INSERT INTO action_counts (kind, user, win, n) VALUES (?, ?, ?, 1)
+       ON CONFLICT (kind, user) DO UPDATE SET n = CASE WHEN win = excluded.win THEN n + 1 ELSE 1 END,
+         win = excluded.win
+       RETURNING n`,
     ),
     keyCount: q(
       `SELECT (SELECT count(*) FROM prekeys WHERE dev = d.id) AS pre,
@@ -1231,7 +1251,7 @@ export function sqliteServerStore(
 
   return {
     name: 'sqlite',
-    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true, actionCounts: true },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
@@ -1481,6 +1501,19 @@ export function sqliteServerStore(
       );
       if (took) await synced();
       return bundles;
+    },
+
+    async countActions(
+      kind: string,
+      users: readonly string[],
+      windowMs: number,
+      now: number,
+    ): Promise<number[]> {
+      check();
+      const win = now - (now % windowMs);
+      // One write transaction (SQLite's write lock orders it against every other process), not
+      // waited on for a flush: a count a crash forgets only lets a user one action more.
+      return tx(() => users.map((user) => (sql.countAction.get(kind, user, win) as { n: number }).n));
     },
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {
