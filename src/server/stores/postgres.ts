@@ -30,6 +30,7 @@
 import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
+  BeforeWrite,
   AppendOutcome,
   AppendRefusal,
   ClaimOptions,
@@ -161,6 +162,13 @@ export interface PostgresServerStoreTuning {
   onError?: (error: unknown) => void;
   /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
   quotas?: Partial<StoreQuotas>;
+  /**
+   * Fault hook for tests (see {@link BeforeWrite}), called before each writing statement
+   * (`INSERT`, `UPDATE … SET`, `DELETE`, also inside a `WITH`) of a transaction; its throw rolls
+   * the transaction back, and is not retried.
+   * @default none
+   */
+  beforeWrite?: BeforeWrite;
 }
 
 /**
@@ -404,6 +412,24 @@ const duplicateOf = (ts: number): AppendOutcome => ({ ok: true, ts, duplicate: t
 /** Deadlock victim, serialization failure: the transaction may simply run again. */
 const RETRYABLE = new Set(['40P01', '40001']);
 
+/** A statement that changes rows: `INSERT INTO`, `DELETE FROM`, `UPDATE t SET` (also in a `WITH`). */
+const WRITING = /\b(INSERT\s+INTO|DELETE\s+FROM)\b|\bUPDATE\s+[\w."$]+(\s+(AS\s+)?\w+)?\s+SET\b/i;
+
+/** `c`, asking `beforeWrite` (a test's fault hook) before each statement that changes rows. */
+function hookWrites(c: PgQueryable, beforeWrite: BeforeWrite): PgQueryable {
+  return {
+    query(text, values) {
+      const write = WRITING.exec(text);
+      try {
+        if (write) beforeWrite(write[0].split(/\s+/)[0]!.toUpperCase());
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      return c.query(text, values);
+    },
+  };
+}
+
 const isRetryable = (e: unknown): boolean =>
   typeof e === 'object' && e !== null && RETRYABLE.has((e as { code?: unknown }).code as string);
 
@@ -589,7 +615,7 @@ export async function openPostgresServerStore(
   const s = quoteSchema(schema);
   if (options.pool) {
     await migratePostgresServerStore(options.pool, schema);
-    return postgresStore(options.pool, false, s, expiryBatchSize, maxRetries, quotas);
+    return postgresStore(options.pool, false, s, expiryBatchSize, maxRetries, quotas, options.beforeWrite);
   }
   const settings = {
     connectionString: options.connectionString,
@@ -604,7 +630,15 @@ export async function openPostgresServerStore(
   } finally {
     await migrations.end();
   }
-  return postgresStore(makePool(settings) as unknown as PgPool, true, s, expiryBatchSize, maxRetries, quotas);
+  return postgresStore(
+    makePool(settings) as unknown as PgPool,
+    true,
+    s,
+    expiryBatchSize,
+    maxRetries,
+    quotas,
+    options.beforeWrite,
+  );
 }
 
 function postgresStore(
@@ -614,6 +648,7 @@ function postgresStore(
   expiryBatchSize: number,
   maxRetries: number,
   quotas: StoreQuotas,
+  beforeWrite: BeforeWrite | undefined,
 ): PostgresServerStore {
   let closed = false;
   function check(): void {
@@ -647,7 +682,7 @@ function postgresStore(
           guardConnection(c);
           try {
             await c.query(BEGIN_DURABLE);
-            const out = await fn(c);
+            const out = await fn(beforeWrite ? hookWrites(c, beforeWrite) : c);
             await c.query('COMMIT');
             c.release();
             return out;
