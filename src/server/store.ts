@@ -250,13 +250,14 @@ export interface GapNotice {
 /** Options of {@link ServerStore.claimKeys}. */
 export interface ClaimOptions {
   /**
-   * Asked once for each device about to be claimed, synchronously inside the claim: whether this
-   * claim may take that device's one-time keys. For a device it answers false for, the bundle has
-   * the signed prekey, the last-resort Kyber key and no EC prekey, and the device's one-time keys
-   * stay in the directory (the server's per-claimer budget, see `maxOneTimeKeyClaimsPerDay`).
+   * Asked once for each device about to be claimed, synchronously inside the claim, with the
+   * device's id and its user's: whether this claim may take that device's one-time keys. For a
+   * device it answers false for, the bundle has the signed prekey, the last-resort Kyber key and
+   * no EC prekey, and the device's one-time keys stay in the directory (the server's per-claimer
+   * budget, see `maxOneTimeKeyClaimsPerDay`).
    * @default every device's one-time keys may be taken
    */
-  oneTime?: (device: string) => boolean;
+  oneTime?: (device: string, user: string) => boolean;
 }
 
 /** An inbox entry an operation just wrote, as it would read back, and whose inbox it is in. */
@@ -445,8 +446,8 @@ export type BeforeWrite = (write: string) => void;
  *   registration id, signed prekey and last-resort Kyber key when given and adds one-time keys;
  *   a new identity key (a re-install) first drops the device's old one-time keys.
  *   {@link ServerStore.claimKeys} hands out each one-time key at most once, also under
- *   concurrent claims from several connections and nodes: one EC and one Kyber one-time key per
- *   device (oldest first), the last-resort Kyber key once the one-time ones ran out, no EC
+ *   concurrent claims from several connections and nodes, and whether a claim names one user
+ *   or many: one EC and one Kyber one-time key per device (oldest first), the last-resort Kyber key once the one-time ones ran out, no EC
  *   prekey once those ran out; for a device that {@link ClaimOptions.oneTime} refuses, the
  *   last-resort Kyber key and no EC prekey, taking nothing.
  */
@@ -513,11 +514,14 @@ export interface ServerStore {
    */
   putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void>;
   /**
-   * Claims a bundle for every device of `user` that has keys (or only for `device`), in
-   * registration order; empty when there is none. `options.oneTime` may keep a device's one-time
-   * keys out of the claim.
+   * Claims a bundle for every device that has keys of `users` (one user id, or several: each
+   * named once counts once, in the order first named), user by user and each user's devices in
+   * registration order; with `device`, only the device of that id of each user. Empty when there
+   * is none. One atomic step however many users are named (one write transaction in the SQL
+   * stores: the server claims a whole `kget` frame with one call). `options.oneTime` may keep a
+   * device's one-time keys out of the claim.
    */
-  claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]>;
+  claimKeys(users: string | readonly string[], device?: string, options?: ClaimOptions): Promise<KeyBundle[]>;
   /**
    * How many unclaimed one-time keys a device has left; undefined for a device without keys in
    * the directory (never uploaded, or unregistered), so the server nags only devices that encrypt.

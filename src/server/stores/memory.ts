@@ -30,7 +30,7 @@ import type {
   ServerStore,
   WrittenEntry,
 } from '../store.js';
-import { checkDeviceList, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
+import { checkDeviceList, claimedUsers, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
 import { extendFullNotices, GapCollector, type DroppedMessage } from './gap-notices.js';
 import {
   joinSnapshot,
@@ -241,6 +241,27 @@ const copySigned = (k: SignedPublicKey): SignedPublicKey => ({
   key: new Uint8Array(k.key),
   signature: new Uint8Array(k.signature),
 });
+
+/**
+ * One device's bundle, taking its oldest one-time keys (when `oneTime`) out of the directory in
+ * the same step.
+ */
+function claimOne(user: string, device: string, k: StoredKeys, oneTime: boolean): KeyBundle {
+  const pre = oneTime ? (k.preKeys.values().next().value as PublicPreKey | undefined) : undefined;
+  if (pre) k.preKeys.delete(pre.id);
+  const kyber = oneTime ? (k.kyberPreKeys.values().next().value as SignedPublicKey | undefined) : undefined;
+  if (kyber) k.kyberPreKeys.delete(kyber.id);
+  const bundle: KeyBundle = {
+    user,
+    device,
+    registrationId: k.registrationId,
+    identityKey: new Uint8Array(k.identityKey),
+    signedPreKey: copySigned(k.signedPreKey),
+    kyberPreKey: copySigned(kyber ?? k.lastResortKyber),
+  };
+  if (pre) bundle.preKey = copyKey(pre);
+  return bundle;
+}
 
 /**
  * A {@link ServerStore} kept in memory. Every operation runs synchronously inside its promise,
@@ -867,31 +888,20 @@ export function memoryServerStore(
       for (const p of keys.kyberPreKeys ?? []) stored.kyberPreKeys.set(p.id, copySigned(p));
     },
 
-    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
+    async claimKeys(
+      users: string | readonly string[],
+      device?: string,
+      options?: ClaimOptions,
+    ): Promise<KeyBundle[]> {
       check('claimKeys');
+      // Synchronous from here on: no other claim can run between two users of this one.
       const out: KeyBundle[] = [];
-      for (const id of devicesOf(user)) {
-        if (device !== undefined && id !== device) continue;
-        const k = data.keys.get(deviceKey({ user, device: id }));
-        if (!k) continue;
-        const oneTime = options?.oneTime?.(id) ?? true;
-        // Oldest first; a claimed one-time key leaves the directory in the same step.
-        const pre = oneTime ? (k.preKeys.values().next().value as PublicPreKey | undefined) : undefined;
-        if (pre) k.preKeys.delete(pre.id);
-        const kyber = oneTime
-          ? (k.kyberPreKeys.values().next().value as SignedPublicKey | undefined)
-          : undefined;
-        if (kyber) k.kyberPreKeys.delete(kyber.id);
-        const bundle: KeyBundle = {
-          user,
-          device: id,
-          registrationId: k.registrationId,
-          identityKey: new Uint8Array(k.identityKey),
-          signedPreKey: copySigned(k.signedPreKey),
-          kyberPreKey: copySigned(kyber ?? k.lastResortKyber),
-        };
-        if (pre) bundle.preKey = copyKey(pre);
-        out.push(bundle);
+      for (const user of claimedUsers(users)) {
+        for (const id of devicesOf(user)) {
+          if (device !== undefined && id !== device) continue;
+          const k = data.keys.get(deviceKey({ user, device: id }));
+          if (k) out.push(claimOne(user, id, k, options?.oneTime?.(id, user) ?? true));
+        }
       }
       return out;
     },

@@ -81,7 +81,7 @@ import type {
   ServerStore,
   WrittenEntry,
 } from '../store.js';
-import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { checkDeviceList, claimedUsers, notRegistered, uploadKind } from './directory.js';
 import {
   decodeGapStreams,
   encodeGapStreams,
@@ -1460,23 +1460,35 @@ export function sqliteServerStore(
       });
     },
 
-    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
+    async claimKeys(
+      users: string | readonly string[],
+      device?: string,
+      options?: ClaimOptions,
+    ): Promise<KeyBundle[]> {
       check();
-      // One write transaction for every device's claim: no other connection, or process, can
-      // take the same one-time key in between.
-      return durably(() => {
-        const rows = (
-          device === undefined ? sql.bundlesOf.all(user) : sql.bundleOf.all(user, device)
-        ) as BundleRow[];
-        return rows.map((r) => {
-          if (!(options?.oneTime?.(r.device) ?? true))
-            return bundleFrom(user, r.device, r, undefined, undefined);
-          const pre = sql.preKeyClaim.get(r.id) as { key_id: number; key: Uint8Array } | undefined;
-          const kyber = sql.kyberPreKeyClaim.get(r.id) as
-            { key_id: number; key: Uint8Array; signature: Uint8Array } | undefined;
-          return bundleFrom(user, r.device, r, pre, kyber);
-        });
-      });
+      // One write transaction for every user and device of the claim (one flush however many are
+      // named): no other connection, or process, can take the same one-time key in between. A
+      // claim that took no one-time key wrote nothing, so it has nothing to wait for: claims of
+      // last-resort bundles (a drained device, a claimer past its one-time budget) cost no flush.
+      let took = false;
+      const bundles = tx(() =>
+        claimedUsers(users).flatMap((user) => {
+          const rows = (
+            device === undefined ? sql.bundlesOf.all(user) : sql.bundleOf.all(user, device)
+          ) as BundleRow[];
+          return rows.map((r) => {
+            if (!(options?.oneTime?.(r.device, user) ?? true))
+              return bundleFrom(user, r.device, r, undefined, undefined);
+            const pre = sql.preKeyClaim.get(r.id) as { key_id: number; key: Uint8Array } | undefined;
+            const kyber = sql.kyberPreKeyClaim.get(r.id) as
+              { key_id: number; key: Uint8Array; signature: Uint8Array } | undefined;
+            if (pre || kyber) took = true;
+            return bundleFrom(user, r.device, r, pre, kyber);
+          });
+        }),
+      );
+      if (took) await synced();
+      return bundles;
     },
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {
