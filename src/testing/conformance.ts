@@ -42,18 +42,6 @@ export function registerCases(cases: ConformanceCase[], it: CaseRunner): void {
   }
 }
 
-/**
- * Marks the cases whose `needs` the subject lacks as skipped, with the missing names as the
- * reason. `has` answers for one name.
- * @internal
- */
-export function skipUnmet(cases: ConformanceCase[], has: (need: string) => boolean, who: string): void {
-  for (const c of cases) {
-    const missing = (c.needs ?? []).filter((n) => !has(n));
-    if (missing.length > 0) c.skip = `${who} does not declare ${missing.join(', ')}`;
-  }
-}
-
 /** What a store case works on: the store under test, and a way to restart it over the same data. */
 export interface StoreHarness<S> {
   /** The current store (replaced by {@link StoreHarness.reopen}). */

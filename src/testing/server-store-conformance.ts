@@ -22,7 +22,7 @@ import type {
   StoreCapabilities,
 } from '../server/store.js';
 import { PENDING_DEVICE } from '../server/users.js';
-import { skipUnmet, storeCaseBuilder, type ConformanceCase } from './conformance.js';
+import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
 import {
   bundleOf,
   bytes,
@@ -2418,6 +2418,17 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
   cases.push(...faultCases(subject));
   skipUnmet(cases, (need) => hasNeed(subject, need), `subject ${subject.name}`);
   return cases;
+}
+
+/**
+ * Marks the cases whose `needs` the subject lacks as skipped, with the missing names as the
+ * reason. `has` answers for one name.
+ */
+function skipUnmet(cases: ConformanceCase[], has: (need: string) => boolean, who: string): void {
+  for (const c of cases) {
+    const missing = (c.needs ?? []).filter((n) => !has(n));
+    if (missing.length > 0) c.skip = `${who} does not declare ${missing.join(', ')}`;
+  }
 }
 
 /** Whether the subject declares `need`: a store capability, `faults` or `capabilities` at all. */
