@@ -1,4 +1,7 @@
 import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { makeWorld, text } from './helpers.js';
 
@@ -59,5 +62,28 @@ describe('server shutdown in a real process', () => {
       timeout: 60_000,
     });
     expect(out.trim().split('\n')).toEqual(['exited']);
+  });
+
+  it('a script whose last work is closing its SQLite store runs on after the close: the checkpoint worker holds the process until it has exited', () => {
+    // The WAL checkpoint worker is unref'd while it works (it never keeps a server alive); it was
+    // also unref'd while it closed, so a script awaiting store.close() found its event loop empty
+    // and exited with code 13 before the close resolved, skipping what came after it.
+    const dir = mkdtempSync(join(tmpdir(), 'postbox-close-'));
+    try {
+      const app = `
+        import { sqliteServerStore } from 'postbox/server/sqlite';
+        const store = sqliteServerStore({ path: ${JSON.stringify(join(dir, 'db.sqlite'))}, walFlush: 'background' });
+        await store.registerDevice({ user: 'alice', device: 'phone' }, Date.now());
+        await store.close();
+        console.log('after close');
+      `;
+      const out = execFileSync(process.execPath, ['--input-type=module', '-e', app], {
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
+      expect(out.trim()).toBe('after close');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

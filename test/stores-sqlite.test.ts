@@ -70,6 +70,9 @@ for (const mode of ['path', 'database'] as const) {
           return openServer(files.get(old)!);
         },
         share: async (store) => openServer(files.get(store)!),
+        capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+        openWithFaults: async (faults) =>
+          opener((source) => sqliteServerStore({ ...source, beforeWrite: faults.hook }), mode)(freshFile()),
       }),
       it,
     );
@@ -665,7 +668,7 @@ describe('sqlite server store', () => {
     expect(counted.n).toBeGreaterThan(0);
   });
 
-  it('claimKeys and putKeys are one transaction each, and a refused upload writes nothing', async () => {
+  it('claimKeys (for one user or for every user of a kget frame) and putKeys are one transaction each, and a refused upload writes nothing', async () => {
     const db = new Database(freshFile());
     const { wrapped, log } = recording(db);
     const store = sqliteServerStore({ database: wrapped });
@@ -678,6 +681,10 @@ describe('sqlite server store', () => {
     log.begins = log.commits = 0;
     expect((await store.claimKeys('bob')).map((b) => b.device)).toEqual(['b1', 'b2']);
     expect(log).toEqual({ begins: 1, commits: 1, autocommitWrites: [] });
+    log.begins = log.commits = 0;
+    const many = await store.claimKeys(['carol', 'bob', 'alice', 'dave']);
+    expect(many.map((b) => `${b.user}/${b.device}`)).toEqual(['bob/b1', 'bob/b2']);
+    expect(log).toEqual({ begins: 1, commits: 1, autocommitWrites: [] });
     const count = (table: string) =>
       (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
     const before = [count('device_keys'), count('prekeys'), count('kyber_prekeys')];
@@ -686,7 +693,7 @@ describe('sqlite server store', () => {
     await expect(store.putKeys(bob1, partial)).rejects.toThrow(/signed prekey/);
     await expect(store.putKeys({ user: 'bob', device: 'b9' }, keys(9))).rejects.toThrow(/register/);
     expect([count('device_keys'), count('prekeys'), count('kyber_prekeys')]).toEqual(before);
-    expect(await store.keyCount(bob1)).toEqual({ preKeys: 3, kyberPreKeys: 0 });
+    expect(await store.keyCount(bob1)).toEqual({ preKeys: 2, kyberPreKeys: 0 }); // two claims took two
     await store.close();
     db.close();
   });

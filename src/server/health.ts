@@ -7,6 +7,7 @@
  */
 import type { Clock, TimerHandle } from '../util/clock.js';
 import type { Logger } from './options.js';
+import { capable } from './capabilities.js';
 import type { ServerStore } from './store.js';
 
 /** What the engine knows of its store (see {@link PostboxServer.storeHealth}). */
@@ -109,7 +110,7 @@ export class StoreHealthMonitor {
     this.probing = true;
     const { store } = this.deps;
     try {
-      await (store.ping ? store.ping() : store.devices(PROBE_USER));
+      await (capable(store, 'ping') ? store.ping() : store.devices(PROBE_USER));
       this.probing = false;
       this.succeeded();
     } catch (e) {

@@ -64,8 +64,9 @@ export class KeyDirectory {
 
   /**
    * Claims bundles (`kget` frame) and tells devices that run low. The claiming user's bundles per
-   * 10 s are limited, and so are the one-time keys it takes of each device (see
-   * `ServerOptions.maxOneTimeKeyClaimsPerDay`).
+   * 10 s are limited, so are the claims of all users together on this node
+   * (`ServerOptions.maxNodeKeyClaimsPerSecond`) and the one-time keys a claimer takes of each
+   * device (`ServerOptions.maxOneTimeKeyClaimsPerDay`). One store call claims the whole frame.
    */
   async claim(session: Session, f: KeyGetFrame): Promise<void> {
     const claimer = session.addr!.user;
@@ -76,15 +77,21 @@ export class KeyDirectory {
       session.sendError('rate_limited', 'too many key claims', f.r);
       return;
     }
-    const bundles: KeyBundle[] = [];
+    if (!limits.nodeClaim(users.length, clock.now())) {
+      session.sendError('rate_limited', 'too many key claims on this server; retry later', f.r);
+      return;
+    }
+    let bundles: KeyBundle[];
     // Users with registered devices but no keys yet: the sender holds its message for them.
     const keyless: string[] = [];
     try {
-      for (const user of users) {
-        const oneTime = (device: string) => limits.oneTimeKey(claimer, user, device, clock.now());
-        const got = await store.claimKeys(user, users.length === 1 ? f.d : undefined, { oneTime });
-        bundles.push(...got);
-        if (got.length === 0 && f.d === undefined) {
+      // One store call (one write transaction) for the whole frame, however many users it names.
+      const oneTime = (device: string, user: string) => limits.oneTimeKey(claimer, user, device, clock.now());
+      bundles = await store.claimKeys(users, users.length === 1 ? f.d : undefined, { oneTime });
+      if (f.d === undefined) {
+        const got = new Set(bundles.map((b) => b.user));
+        for (const user of users) {
+          if (got.has(user)) continue;
           this.waiters.add(user, deviceKey(session.addr!));
           if ((await store.devices(user)).length > 0) keyless.push(user);
         }
@@ -96,7 +103,9 @@ export class KeyDirectory {
     }
     limits.claimed(claimer, bundles.length, clock.now());
     session.send(keyBundlesFrame(f, bundles, keyless));
-    for (const b of bundles) void this.checkSupply(b);
+    // Only a claim that took a one-time EC key can have lowered a supply: a last-resort bundle
+    // (a drained device, a claimer past its budget) costs no count and nags no one again.
+    for (const b of bundles) if (b.preKey) void this.checkSupply(b);
   }
 
   /** Tells a connected device whose one-time keys run low to upload more. */

@@ -84,6 +84,33 @@ export class WindowCounters {
   }
 }
 
+/**
+ * A token bucket for one node: `perSecond` tokens a second, holding at most `burst`. Unlike the
+ * per-user counters it is keyed on nothing, so it bounds what all clients together may do.
+ */
+export class TokenBucket {
+  private level: number;
+  private at: number | undefined;
+
+  constructor(
+    private readonly perSecond: number,
+    private readonly burst: number,
+  ) {
+    this.level = burst;
+  }
+
+  /** Takes `n` tokens when there are that many (refilled up to `now`); false, taking none, when not. */
+  take(n: number, now: number): boolean {
+    if (this.at !== undefined) {
+      this.level = Math.min(this.burst, this.level + (Math.max(0, now - this.at) * this.perSecond) / 1000);
+    }
+    this.at = now;
+    if (this.level < n) return false;
+    this.level -= n;
+    return true;
+  }
+}
+
 interface Claimer {
   start: number;
   /** Target device → one-time keys taken in this window. */
@@ -156,6 +183,8 @@ export interface LimitOptions {
   maxFramesPerSecond: number;
   maxTypingPer10s: number;
   maxKeyClaimsPer10s: number;
+  /** 0: no node-wide bound. */
+  maxNodeKeyClaimsPerSecond: number;
   maxOneTimeKeyClaimsPerDay: number;
 }
 
@@ -175,9 +204,13 @@ export class Limits {
   private readonly bundles = new WindowCounters(10_000);
   /** One-time keys per day, per (claiming user, target device). */
   private readonly oneTimeKeys: OneTimeKeyBudget;
+  /** Users named in key claims per second, all claimers of this node together. */
+  private readonly nodeClaims: TokenBucket | undefined;
 
   constructor(private readonly opts: LimitOptions) {
     this.oneTimeKeys = new OneTimeKeyBudget(opts.maxOneTimeKeyClaimsPerDay, DAY_MS);
+    const perSecond = opts.maxNodeKeyClaimsPerSecond;
+    if (perSecond > 0) this.nodeClaims = new TokenBucket(perSecond, 2 * perSecond);
   }
 
   /** One more frame from an authenticated device: false once it is over its frames per second. */
@@ -196,6 +229,15 @@ export class Limits {
    */
   claim(user: string, n: number, now: number): boolean {
     return this.bundles.add(user, n, now) <= this.opts.maxKeyClaimsPer10s;
+  }
+
+  /**
+   * A key claim for `n` users against this node's bound (all claimers together): false, counting
+   * nothing, when the node is over it. Asked after {@link claim}, so a claimer over its own
+   * budget takes nothing from the others'.
+   */
+  nodeClaim(n: number, now: number): boolean {
+    return this.nodeClaims?.take(n, now) ?? true;
   }
 
   /** Counts the bundles a claim by `user` got. */

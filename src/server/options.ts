@@ -186,6 +186,14 @@ export interface ServerOptions {
    */
   maxKeyClaimsPer10s?: number;
   /**
+   * Key claims this node answers per second, all users together (a token bucket holding two
+   * seconds' worth): each user a `kget` frame names counts one. A frame past it is refused with
+   * `rate_limited` (retryable; the client's key wait asks again after its backoff). Bounds what many
+   * accounts, each within `maxKeyClaimsPer10s`, can make the key directory do together. 0: no
+   * bound. @default 2000
+   */
+  maxNodeKeyClaimsPerSecond?: number;
+  /**
    * One-time prekeys a user may take of any one device per day (Signal's defence against
    * draining them). Past it, that user's claims for that device are still answered, with a
    * bundle of the signed prekey and the last-resort Kyber key and no one-time key, which makes a
@@ -203,7 +211,8 @@ export interface ServerOptions {
   metrics?: ServerMetrics;
   /**
    * A device is told (`klow`) to upload more one-time keys when either of its supplies falls
-   * below this, on connect and when its keys are claimed. 0 turns the notice off. @default 10
+   * below this, on connect and when a claim takes one of its one-time EC keys. 0 turns the
+   * notice off. @default 10
    */
   keyLowWater?: number;
   /**
@@ -317,6 +326,7 @@ export function resolveConfig(options: ServerOptions): EngineConfig {
     maxSubscriptions: options.maxSubscriptions ?? 256,
     maxTypingPer10s: options.maxTypingPer10s ?? 20,
     maxKeyClaimsPer10s: options.maxKeyClaimsPer10s ?? 4096,
+    maxNodeKeyClaimsPerSecond: options.maxNodeKeyClaimsPerSecond ?? 2000,
     maxOneTimeKeyClaimsPerDay: options.maxOneTimeKeyClaimsPerDay ?? 5,
     keyLowWater: options.keyLowWater ?? 10,
     pushIntervalMs: options.pushIntervalMs ?? 60_000,

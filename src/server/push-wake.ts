@@ -7,6 +7,7 @@
  */
 import type { PushTokenFrame } from '../protocol/index.js';
 import type { Clock } from '../util/clock.js';
+import { capable } from './capabilities.js';
 import { deviceKey } from './cluster/common.js';
 import { BoundedMap } from './limits.js';
 import type { ServerMetrics } from './metrics.js';
@@ -52,7 +53,7 @@ export class PushWake {
     if (last !== undefined && now - last < this.d.intervalMs) return;
     this.lastWake.set(k, now);
     try {
-      const token = store.pushToken ? await store.pushToken(device) : this.tokens.get(k);
+      const token = capable(store, 'pushTokens') ? await store.pushToken(device) : this.tokens.get(k);
       if (!token || this.d.connected(k)) return;
       await this.d.provider!.wake(device, token, { ts: now });
       metrics.push(true);
@@ -68,7 +69,7 @@ export class PushWake {
     const addr = session.addr!;
     const store = this.d.store;
     try {
-      if (store.setPushToken) await store.setPushToken(addr, token);
+      if (capable(store, 'pushTokens')) await store.setPushToken(addr, token);
       else if (token) this.tokens.set(deviceKey(addr), token);
       else this.tokens.delete(deviceKey(addr));
     } catch (e) {

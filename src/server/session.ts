@@ -26,6 +26,7 @@ import {
 } from '../protocol/index.js';
 import type { Connection, ConnectionHandlers } from '../transport/types.js';
 import type { TimerHandle } from '../util/clock.js';
+import { HeldEntries } from './held-entries.js';
 import { acceptAuth } from './identity.js';
 import type { AuthResult } from './options.js';
 import type { SessionHost } from './session-host.js';
@@ -85,12 +86,15 @@ export class Session {
   private drained = false;
   /** When the inbox was last read (for {@link ServerOptions.inboxPollMs}). */
   private lastReadAt = 0;
+  /** Pushes that overtook an earlier offset's, held until it goes out (see held-entries.ts). */
+  private readonly held: HeldEntries;
 
   constructor(
     private readonly host: SessionHost,
     readonly conn: Connection,
   ) {
     this.lastFrameAt = this.rateWindowStart = host.clock.now();
+    this.held = new HeldEntries(host.clock, () => this.notify());
     conn.setHandlers(new SessionHandlers(this));
     // A timer per handshake rather than a check in the liveness sweep, which runs every half
     // heartbeat (12.5 s): with it a silent socket was held 10-22 s. Node keeps timers of one
@@ -167,6 +171,7 @@ export class Session {
   onClosed(code: number): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
+    this.held.clear();
     this.endHandshake();
     this.host.unbind(this, code);
   }
@@ -420,18 +425,31 @@ export class Session {
   }
 
   /**
-   * Whether the entry at `offset` may go out now without a store read: this session has delivered
-   * everything before it (its inbox was drained and `offset` is the very next one) and has room.
-   * When it may not, the caller rings instead.
+   * Whether the entry at `offset` may go out without a store read: this session's inbox was
+   * drained (every entry up to its cursor went out), `offset` is past the cursor, and the window
+   * has room for it and for the entries before it that have not come yet. When it may not, the
+   * caller rings instead.
    */
   canTake(offset: number): boolean {
-    if (this.state !== 'open' || !this.drained || this.reading || this.cursor !== offset - 1) return false;
-    if ((this.inflight?.size ?? 0) >= this.host.config.deliveryWindow) return false;
+    if (this.state !== 'open' || !this.drained || this.reading || offset <= this.cursor) return false;
+    const ahead = offset - this.cursor; // this entry, and the ones before it still to come
+    if ((this.inflight?.size ?? 0) + ahead > this.host.config.deliveryWindow) return false;
     return this.conn.bufferedAmount <= this.host.config.sendHighWaterBytes;
   }
 
-  /** Sends the entry at `offset`, already encoded, that {@link canTake} let through. */
+  /**
+   * Sends the entry at `offset`, already encoded, that {@link canTake} let through; one that
+   * overtook an earlier offset's push is held until that one goes out.
+   */
   take(offset: number, data: Uint8Array): void {
+    if (offset !== this.cursor + 1) return this.held.hold(offset, data);
+    this.sendAt(offset, data);
+    let next: Uint8Array | undefined;
+    while (this.held.size > 0 && (next = this.held.take(offset + 1)) !== undefined)
+      this.sendAt(++offset, next);
+  }
+
+  private sendAt(offset: number, data: Uint8Array): void {
     this.cursor = offset;
     (this.inflight ??= new Set()).add(offset);
     this.conn.send(data);
@@ -461,6 +479,7 @@ export class Session {
     }
     const room = this.host.config.deliveryWindow - (this.inflight?.size ?? 0);
     if (room <= 0 || this.conn.bufferedAmount > this.host.config.sendHighWaterBytes) return;
+    this.held.clear(); // the read delivers them, in order
     this.reading = true;
     this.dirty = false;
     this.lastReadAt = this.host.clock.now();

@@ -1,6 +1,9 @@
 /**
  * The server's storage contract. The store is the source of truth: everything the server
  * engine keeps in memory is a cache or a hint that can be rebuilt from it.
+ *
+ * Over 500 lines because it is the contract written out (types and their rules, no code): the
+ * rules belong next to the methods they bind.
  */
 import type { KeyBundle, KeyUpload } from '../protocol/keys.js';
 import type { DeviceAddress } from './address.js';
@@ -247,13 +250,14 @@ export interface GapNotice {
 /** Options of {@link ServerStore.claimKeys}. */
 export interface ClaimOptions {
   /**
-   * Asked once for each device about to be claimed, synchronously inside the claim: whether this
-   * claim may take that device's one-time keys. For a device it answers false for, the bundle has
-   * the signed prekey, the last-resort Kyber key and no EC prekey, and the device's one-time keys
-   * stay in the directory (the server's per-claimer budget, see `maxOneTimeKeyClaimsPerDay`).
+   * Asked once for each device about to be claimed, synchronously inside the claim, with the
+   * device's id and its user's: whether this claim may take that device's one-time keys. For a
+   * device it answers false for, the bundle has the signed prekey, the last-resort Kyber key and
+   * no EC prekey, and the device's one-time keys stay in the directory (the server's per-claimer
+   * budget, see `maxOneTimeKeyClaimsPerDay`).
    * @default every device's one-time keys may be taken
    */
-  oneTime?: (device: string) => boolean;
+  oneTime?: (device: string, user: string) => boolean;
 }
 
 /** An inbox entry an operation just wrote, as it would read back, and whose inbox it is in. */
@@ -279,10 +283,62 @@ export interface NotifyResult {
 }
 
 /**
+ * What a store does beyond the required methods, declared once instead of probed for: the engine
+ * and the conformance suite read this object, never `typeof store.x === 'function'`. Each flag
+ * is a promise the store keeps for every call; `false` means the engine uses its fallback (and
+ * the conformance suite skips the cases that need it, printing why). A store object without
+ * `capabilities` (a store written before it existed) reads as declaring none of them.
+ */
+export interface StoreCapabilities {
+  /**
+   * {@link ServerStore.setPushToken} and {@link ServerStore.pushToken} are implemented and
+   * durable: a token set through one node (or before a restart) is read back through any other.
+   * Without it the engine keeps tokens in memory, and a restarted server knows a token again
+   * only when its device reconnects.
+   */
+  readonly pushTokens: boolean;
+  /**
+   * {@link ServerStore.inboxSize} is implemented (possibly as an estimate, see there).
+   */
+  readonly inboxSize: boolean;
+  /**
+   * {@link ServerStore.ping} is implemented: one round trip, no write, rejects while the backend
+   * cannot take writes. Without it the engine's health probe is a small read
+   * ({@link ServerStore.devices}).
+   */
+  readonly ping: boolean;
+  /**
+   * A failed {@link ServerStore.append} commits none of its batch: the whole batch is one
+   * transaction. Without it the store still keeps what every store must (see "Atomicity" on
+   * {@link ServerStore}): each item all-or-nothing, and a failed call leaves a prefix of the batch
+   * committed, so the client's resend (deduplicated) completes it in order.
+   */
+  readonly atomicBatch: boolean;
+}
+
+/**
+ * A fault hook for tests: a store given one calls it before each underlying write (an inbox
+ * entry, a message, a dedupe record, a deleted entry; for the SQL stores each writing statement),
+ * with a short name of the write. A throw fails that write as a failing backend would: the call
+ * must reject and leave nothing half-done (see "Atomicity" on {@link ServerStore}). The stores of
+ * this package take it as their `beforeWrite` option; the conformance suite's `WriteFaults`
+ * drives it (docs/adapters.md).
+ */
+export type BeforeWrite = (write: string) => void;
+
+/**
  * Durable server state: devices, groups, messages, per-device inboxes, dedupe records, last-seen
  * times.
  *
  * Rules every adapter keeps (the conformance suite in `postbox/testing` checks them):
+ * - **Atomicity.** A call that rejects (the backend failed midway) leaves no item half-written:
+ *   for {@link ServerStore.append}, each item is all-or-nothing (its dedupe record, body and
+ *   every inbox entry, or none of them) and the committed items are a prefix of the batch (all or
+ *   none of it when the store declares {@link StoreCapabilities.atomicBatch}); an
+ *   {@link ServerStore.ack} deletes its entries and appends their `delivered` statuses together,
+ *   or does neither; {@link ServerStore.expire}, {@link ServerStore.registerDevice} and the
+ *   unregister calls likewise. The engine answers a failed call by making its clients resend,
+ *   and dedupe makes the resend complete the batch exactly once.
  * - **Atomic append with dedupe.** Each item of {@link ServerStore.append} is all-or-nothing:
  *   its dedupe record, its body or event (stored once) and one entry in every recipient device's
  *   inbox. The whole batch commits in one transaction (group commit), durably, before the promise
@@ -390,14 +446,16 @@ export interface NotifyResult {
  *   registration id, signed prekey and last-resort Kyber key when given and adds one-time keys;
  *   a new identity key (a re-install) first drops the device's old one-time keys.
  *   {@link ServerStore.claimKeys} hands out each one-time key at most once, also under
- *   concurrent claims from several connections and nodes: one EC and one Kyber one-time key per
- *   device (oldest first), the last-resort Kyber key once the one-time ones ran out, no EC
+ *   concurrent claims from several connections and nodes, and whether a claim names one user
+ *   or many: one EC and one Kyber one-time key per device (oldest first), the last-resort Kyber key once the one-time ones ran out, no EC
  *   prekey once those ran out; for a device that {@link ClaimOptions.oneTime} refuses, the
  *   last-resort Kyber key and no EC prekey, taking nothing.
  */
 export interface ServerStore {
   /** For logs and conformance reports. */
   readonly name: string;
+  /** What the store implements beyond the required methods (see {@link StoreCapabilities}). */
+  readonly capabilities: StoreCapabilities;
   /**
    * Records that a device exists (idempotent). Messages go to devices registered at commit time.
    * A device new to the store takes over its user's pending inbox, if any (see "User directory"),
@@ -456,11 +514,14 @@ export interface ServerStore {
    */
   putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void>;
   /**
-   * Claims a bundle for every device of `user` that has keys (or only for `device`), in
-   * registration order; empty when there is none. `options.oneTime` may keep a device's one-time
-   * keys out of the claim.
+   * Claims a bundle for every device that has keys of `users` (one user id, or several: each
+   * named once counts once, in the order first named), user by user and each user's devices in
+   * registration order; with `device`, only the device of that id of each user. Empty when there
+   * is none. One atomic step however many users are named (one write transaction in the SQL
+   * stores: the server claims a whole `kget` frame with one call). `options.oneTime` may keep a
+   * device's one-time keys out of the claim.
    */
-  claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]>;
+  claimKeys(users: string | readonly string[], device?: string, options?: ClaimOptions): Promise<KeyBundle[]>;
   /**
    * How many unclaimed one-time keys a device has left; undefined for a device without keys in
    * the directory (never uploaded, or unregistered), so the server nags only devices that encrypt.
@@ -468,8 +529,8 @@ export interface ServerStore {
   keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined>;
   /**
    * Records (or with `undefined` removes) a registered device's push token (see docs/push.md);
-   * unregistering a device removes it. Optional: without these two methods the engine keeps
-   * tokens in memory only, and a restarted server knows a token again when its device reconnects.
+   * unregistering a device removes it. Optional, with {@link ServerStore.pushToken}: a store that
+   * has both declares {@link StoreCapabilities.pushTokens}.
    */
   setPushToken?(device: DeviceAddress, token: PushToken | undefined): Promise<void>;
   /** A device's push token, if it registered one. */
@@ -477,14 +538,16 @@ export interface ServerStore {
   /**
    * How many entries wait in all inboxes (delivered and not yet acked, or not yet delivered): the
    * inbox depth that `/metrics` reports. Optional; may be an estimate where an exact count is
-   * costly (the PostgreSQL store reads the table's live-row statistics).
+   * costly (the PostgreSQL store reads the table's live-row statistics). Declared by
+   * {@link StoreCapabilities.inboxSize}.
    */
   inboxSize?(): Promise<number>;
   /**
    * A cheap check that the backend answers and can take writes as far as a quick look can tell
    * (one round trip; no write). The engine probes with it while the store is failing, to report
    * it healthy again (`/readyz`) without waiting for a client's send. Optional: without it the
-   * engine probes with a small read ({@link ServerStore.devices}).
+   * engine probes with a small read ({@link ServerStore.devices}). Declared by
+   * {@link StoreCapabilities.ping}.
    */
   ping?(): Promise<void>;
   /** Releases resources. The data stays for the next open. */

@@ -19,9 +19,24 @@ import type {
   MessageInput,
   ReceiptInput,
   ServerStore,
+  StoreCapabilities,
 } from '../server/store.js';
 import { PENDING_DEVICE } from '../server/users.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
+import {
+  bundleOf,
+  bytes,
+  describeBundle,
+  devKey,
+  giveKeys,
+  noKeys,
+  ridOf,
+  signed,
+  text,
+  upload,
+} from './key-fixtures.js';
+import { keyClaimCases } from './server-store-claims.js';
+import { faultCases, type WriteFaults } from './server-store-faults.js';
 import { gapNoticeCases } from './server-store-gap-conformance.js';
 
 /** How the server store suite opens and re-opens the adapter under test. */
@@ -38,6 +53,18 @@ export interface ServerStoreSubject {
    * several nodes run their "nodes" on `store` alone.
    */
   share?(store: ServerStore): Promise<ServerStore>;
+  /**
+   * The capabilities the store declares (its `capabilities` object): the suite runs the cases
+   * that need one only when it is declared here, and skips the others saying why; a case checks
+   * that the store declares the same. Without it, every case that needs a capability is skipped.
+   */
+  capabilities?: StoreCapabilities;
+  /**
+   * Opens a store over fresh empty data whose underlying writes go through `faults.hook` (the
+   * store's fault hook, see `BeforeWrite`): the atomicity cases make its Nth write fail, for each
+   * N, and check that nothing is left half-done. Without it those cases are skipped, saying so.
+   */
+  openWithFaults?(faults: WriteFaults): Promise<ServerStore>;
 }
 
 const alice1: DeviceAddress = { user: 'alice', device: 'a1' };
@@ -94,8 +121,6 @@ function assertBytes(actual: Uint8Array, expected: Uint8Array, what: string): vo
     if (actual[i] !== expected[i]) assert.fail(`${what}: body differs at byte ${i}`);
   }
 }
-
-const devKey = (d: DeviceAddress): string => `${d.user}/${d.device}`;
 
 /** Where a registered user without a device keeps its pending inbox (see "User directory"). */
 const pendingOf = (user: string): DeviceAddress => ({ user, device: PENDING_DEVICE });
@@ -213,89 +238,6 @@ async function follow(
       await tick();
     }
   }
-}
-
-// ---- Key directory helpers -------------------------------------------------------------------
-
-const decoder = new TextDecoder();
-/** Stand-ins for key material and ciphertexts: bytes that say what they are. */
-const bytes = (label: string): Uint8Array => encoder.encode(label);
-const text = (b: Uint8Array): string => decoder.decode(b);
-
-/** A registration id (1…16380) that differs between devices and between installs of one device. */
-function ridOf(d: DeviceAddress, gen: number): number {
-  let h = 0;
-  for (const c of `${devKey(d)}#${gen}`) h = (h * 31 + c.charCodeAt(0)) % 16_380;
-  return h + 1;
-}
-
-const signed = (id: number, label: string) => ({
-  id,
-  key: bytes(label),
-  signature: bytes(`signature of ${label}`),
-});
-
-/**
- * A key upload of install `gen` of device `d` (a re-install is the next `gen`: a new identity key
- * and registration id), with one-time EC keys `pre` and Kyber keys `kyber` in that order. `full`
- * (the default) adds the signed prekey (id 1) and the last-resort Kyber key (id 9000).
- */
-function upload(
-  d: DeviceAddress,
-  o: { gen?: number; pre?: number[]; kyber?: number[]; full?: boolean } = {},
-): KeyUpload {
-  const gen = o.gen ?? 1;
-  const name = `${devKey(d)}#${gen}`;
-  const keys: KeyUpload = {
-    registrationId: ridOf(d, gen),
-    identityKey: bytes(`identity ${name}`),
-    preKeys: (o.pre ?? []).map((id) => ({ id, key: bytes(`pre ${id} ${name}`) })),
-    kyberPreKeys: (o.kyber ?? []).map((id) => signed(id, `kyber ${id} ${name}`)),
-  };
-  if (o.full !== false) {
-    keys.signedPreKey = signed(1, `signed ${name}`);
-    keys.lastResortKyber = signed(9000, `last resort ${name}`);
-  }
-  return keys;
-}
-
-/** Gives each device a first upload: one-time EC keys 1, 2, 3 and Kyber keys 101, 102. */
-async function giveKeys(store: ServerStore, ...devices: DeviceAddress[]): Promise<void> {
-  for (const d of devices) await store.putKeys(d, upload(d, { pre: [1, 2, 3], kyber: [101, 102] }));
-}
-
-const noKeys = { preKeys: 0, kyberPreKeys: 0 };
-
-/** A bundle in words, so that whole bundles compare at once. */
-function describeBundle(b: KeyBundle) {
-  const key = (k: { id: number; key: Uint8Array }) => `${k.id}: ${text(k.key)}`;
-  const sig = (k: { id: number; key: Uint8Array; signature: Uint8Array }) =>
-    `${key(k)} (${text(k.signature)})`;
-  return {
-    device: devKey(b),
-    rid: b.registrationId,
-    identity: text(b.identityKey),
-    signed: sig(b.signedPreKey),
-    kyber: sig(b.kyberPreKey),
-    pre: b.preKey ? key(b.preKey) : 'none',
-  };
-}
-
-/**
- * The bundle install `gen` of `d` hands out with one-time EC key `pre` (or none) and one-time
- * Kyber key `kyber` (or the last-resort one), as {@link describeBundle} words it.
- */
-function bundleOf(d: DeviceAddress, gen: number, pre: number | undefined, kyber: number | undefined) {
-  const name = `${devKey(d)}#${gen}`;
-  const kyberLabel = kyber === undefined ? `last resort ${name}` : `kyber ${kyber} ${name}`;
-  return {
-    device: devKey(d),
-    rid: ridOf(d, gen),
-    identity: `identity ${name}`,
-    signed: `1: signed ${name} (signature of signed ${name})`,
-    kyber: `${kyber ?? 9000}: ${kyberLabel} (signature of ${kyberLabel})`,
-    pre: pre === undefined ? 'none' : `${pre}: pre ${pre} ${name}`,
-  };
 }
 
 /** Device `d`'s envelope of message `id`, made for registration id `rid` (its first install's by default). */
@@ -2466,6 +2408,35 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     }
   });
 
+  test('the store declares the capabilities the suite runs by', async ({ store }) => {
+    assert.deepEqual({ ...store.capabilities }, { ...subject.capabilities });
+  });
+  cases[cases.length - 1]!.needs = ['capabilities'];
+
+  cases.push(...keyClaimCases(subject));
   cases.push(...gapNoticeCases(subject));
+  cases.push(...faultCases(subject));
+  skipUnmet(cases, (need) => hasNeed(subject, need), `subject ${subject.name}`);
   return cases;
+}
+
+/**
+ * Marks the cases whose `needs` the subject lacks as skipped, with the missing names as the
+ * reason. `has` answers for one name.
+ */
+function skipUnmet(cases: ConformanceCase[], has: (need: string) => boolean, who: string): void {
+  for (const c of cases) {
+    const missing = (c.needs ?? []).filter((n) => !has(n));
+    if (missing.length > 0) c.skip = `${who} does not declare ${missing.join(', ')}`;
+  }
+}
+
+/** Whether the subject declares `need`: a store capability, `faults` or `capabilities` at all. */
+function hasNeed(
+  subject: Pick<ServerStoreSubject, 'capabilities' | 'openWithFaults'>,
+  need: string,
+): boolean {
+  if (need === 'faults') return subject.openWithFaults !== undefined;
+  if (need === 'capabilities') return subject.capabilities !== undefined;
+  return (subject.capabilities as Record<string, boolean> | undefined)?.[need] === true;
 }

@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { PostboxError, isPostboxError } from '../protocol/errors.js';
+import { capable } from '../server/capabilities.js';
 import type { StoreQuotas } from '../server/quotas.js';
 import type {
   AppendInput,
@@ -356,8 +357,39 @@ export function serverStoreQuotaConformance(subject: QuotaStoreSubject): Conform
     },
   );
 
+  withQuotas({ invitesPerUser: 2 })(
+    `${prefix}invites: several nodes inviting one user at once never pass its pending-invite quota`,
+    async (h) => {
+      await register(h.store, alice1, bob1, carol1, dave1);
+      const nodes = [h.store];
+      for (let i = 0; subject.share && i < 2; i++) nodes.push(await subject.share(h.store));
+      try {
+        const creators = [alice1, bob1, dave1];
+        // Each node creates three groups inviting carol, all at once: nine invites race for two places.
+        await Promise.all(
+          nodes.flatMap((n, i) =>
+            [0, 1, 2].map((k) =>
+              one(
+                n,
+                group(creators[i % creators.length]!, `n${i}-${k}`, `#n${i}-${k}`, {
+                  op: 'create',
+                  name: 'G',
+                  members: [],
+                  invite: ['carol'],
+                }),
+              ),
+            ),
+          ),
+        );
+        assert.deepEqual(await inboxOf(h.store, carol1), ['group', 'group'], 'two invites, no more');
+      } finally {
+        for (const n of nodes.slice(1)) await n.close();
+      }
+    },
+  );
+
   withQuotas({})(`${prefix}a device holds one push token: registering another replaces it`, async (h) => {
-    if (!h.store.setPushToken || !h.store.pushToken) return;
+    if (!capable(h.store, 'pushTokens')) return;
     await register(h.store, bob1);
     for (let i = 0; i < 20; i++) await h.store.setPushToken(bob1, { kind: 'fcm', token: `t${i}` });
     assert.deepEqual(await h.store.pushToken(bob1), { kind: 'fcm', token: 't19' });

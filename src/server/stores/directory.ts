@@ -119,3 +119,11 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false;
   return true;
 }
+
+/**
+ * The users a `claimKeys` call names, as the stores claim them: each once, in the order first
+ * named (asking for one user twice gets nothing a second bundle would not).
+ */
+export function claimedUsers(users: string | readonly string[]): string[] {
+  return typeof users === 'string' ? [users] : [...new Set(users)];
+}

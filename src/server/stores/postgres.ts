@@ -30,6 +30,7 @@
 import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
+  BeforeWrite,
   AppendOutcome,
   AppendRefusal,
   ClaimOptions,
@@ -53,6 +54,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { claimBundles } from './postgres-keys.js';
 import { claimDirect, type DirectClaim } from './postgres-claim.js';
 import { lockAndPlace, type EntryColumns } from './postgres-heads.js';
 import { planInvites, type PendingInvites } from './invites.js';
@@ -72,7 +74,6 @@ import {
   quoteSchemaName,
 } from './postgres-pool.js';
 import {
-  bundleFrom,
   decodeEvent,
   directTargets,
   encodeEvent,
@@ -161,6 +162,13 @@ export interface PostgresServerStoreTuning {
   onError?: (error: unknown) => void;
   /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
   quotas?: Partial<StoreQuotas>;
+  /**
+   * Fault hook for tests (see {@link BeforeWrite}), called before each writing statement
+   * (`INSERT`, `UPDATE … SET`, `DELETE`, also inside a `WITH`) of a transaction; its throw rolls
+   * the transaction back, and is not retried.
+   * @default none
+   */
+  beforeWrite?: BeforeWrite;
 }
 
 /**
@@ -404,6 +412,24 @@ const duplicateOf = (ts: number): AppendOutcome => ({ ok: true, ts, duplicate: t
 /** Deadlock victim, serialization failure: the transaction may simply run again. */
 const RETRYABLE = new Set(['40P01', '40001']);
 
+/** A statement that changes rows: `INSERT INTO`, `DELETE FROM`, `UPDATE t SET` (also in a `WITH`). */
+const WRITING = /\b(INSERT\s+INTO|DELETE\s+FROM)\b|\bUPDATE\s+[\w."$]+(\s+(AS\s+)?\w+)?\s+SET\b/i;
+
+/** `c`, asking `beforeWrite` (a test's fault hook) before each statement that changes rows. */
+function hookWrites(c: PgQueryable, beforeWrite: BeforeWrite): PgQueryable {
+  return {
+    query(text, values) {
+      const write = WRITING.exec(text);
+      try {
+        if (write) beforeWrite(write[0].split(/\s+/)[0]!.toUpperCase());
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      return c.query(text, values);
+    },
+  };
+}
+
 const isRetryable = (e: unknown): boolean =>
   typeof e === 'object' && e !== null && RETRYABLE.has((e as { code?: unknown }).code as string);
 
@@ -589,7 +615,7 @@ export async function openPostgresServerStore(
   const s = quoteSchema(schema);
   if (options.pool) {
     await migratePostgresServerStore(options.pool, schema);
-    return postgresStore(options.pool, false, s, expiryBatchSize, maxRetries, quotas);
+    return postgresStore(options.pool, false, s, expiryBatchSize, maxRetries, quotas, options.beforeWrite);
   }
   const settings = {
     connectionString: options.connectionString,
@@ -604,7 +630,15 @@ export async function openPostgresServerStore(
   } finally {
     await migrations.end();
   }
-  return postgresStore(makePool(settings) as unknown as PgPool, true, s, expiryBatchSize, maxRetries, quotas);
+  return postgresStore(
+    makePool(settings) as unknown as PgPool,
+    true,
+    s,
+    expiryBatchSize,
+    maxRetries,
+    quotas,
+    options.beforeWrite,
+  );
 }
 
 function postgresStore(
@@ -614,6 +648,7 @@ function postgresStore(
   expiryBatchSize: number,
   maxRetries: number,
   quotas: StoreQuotas,
+  beforeWrite: BeforeWrite | undefined,
 ): PostgresServerStore {
   let closed = false;
   function check(): void {
@@ -647,7 +682,7 @@ function postgresStore(
           guardConnection(c);
           try {
             await c.query(BEGIN_DURABLE);
-            const out = await fn(c);
+            const out = await fn(beforeWrite ? hookWrites(c, beforeWrite) : c);
             await c.query('COMMIT');
             c.release();
             return out;
@@ -1152,8 +1187,11 @@ function postgresStore(
   ): Promise<AppendOutcome> {
     const change = item.change;
     // Users who may join: their devices being linked meanwhile wait, or are waited for (below).
-    if (change.op === 'create') await lockUsers(c, [item.from.user, ...change.members]);
-    else if (change.op === 'add') await lockUsers(c, change.members);
+    // Users invited too: their pending invites are counted against their quota below, and a
+    // concurrent invite on another node must wait for this one's to be committed (or not made).
+    if (change.op === 'create')
+      await lockUsers(c, [item.from.user, ...change.members, ...(change.invite ?? [])]);
+    else if (change.op === 'add') await lockUsers(c, [...change.members, ...(change.invite ?? [])]);
     else if (change.op === 'accept') await lockUsers(c, [item.from.user]);
     const current = await loadGroup(c, item.group, 'FOR UPDATE');
     const named = [
@@ -1797,10 +1835,9 @@ function postgresStore(
     };
   }
 
-  const bundleSelect = `SELECT d.id, d.device, k.* FROM ${s}.devices d JOIN ${s}.device_keys k ON k.dev = d.id`;
-
   return {
     name: 'postgres',
+    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
@@ -2148,54 +2185,13 @@ function postgresStore(
       });
     },
 
-    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
+    async claimKeys(
+      users: string | readonly string[],
+      device?: string,
+      options?: ClaimOptions,
+    ): Promise<KeyBundle[]> {
       check();
-      const rows = await rowsOf<KeysRow & { id: string; device: string }>(
-        pool,
-        device === undefined
-          ? `${bundleSelect} WHERE d.user_id = $1 ORDER BY d.id`
-          : `${bundleSelect} WHERE d.user_id = $1 AND d.device = $2`,
-        device === undefined ? [user] : [user, device],
-      );
-      if (rows.length === 0) return [];
-      const oneTime = rows.filter((r) => options?.oneTime?.(r.device) ?? true);
-      // Each device's oldest unclaimed one-time keys, deleted as they are read. SKIP LOCKED: a
-      // concurrent claim (on any node) holding the oldest row takes it, this one the next.
-      type Claimed = {
-        dev: string;
-        kind: 'ec' | 'kyber';
-        key_id: number;
-        key: Uint8Array;
-        signature: Uint8Array | null;
-      };
-      const claimed: Claimed[] = [];
-      if (oneTime.length > 0) {
-        const taken = await rowsOf<Claimed>(
-          pool,
-          `WITH ec AS (
-           DELETE FROM ${s}.prekeys p WHERE p.id = ANY(ARRAY(
-             SELECT k.id FROM unnest($1::bigint[]) AS x(dev) CROSS JOIN LATERAL (
-               SELECT id FROM ${s}.prekeys WHERE dev = x.dev ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
-             ) k))
-           RETURNING p.dev, p.key_id, p.key
-         ), ky AS (
-           DELETE FROM ${s}.kyber_prekeys p WHERE p.id = ANY(ARRAY(
-             SELECT k.id FROM unnest($1::bigint[]) AS x(dev) CROSS JOIN LATERAL (
-               SELECT id FROM ${s}.kyber_prekeys WHERE dev = x.dev ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED
-             ) k))
-           RETURNING p.dev, p.key_id, p.key, p.signature
-         )
-         SELECT dev, 'ec' AS kind, key_id, key, NULL::bytea AS signature FROM ec
-         UNION ALL SELECT dev, 'kyber', key_id, key, signature FROM ky`,
-          [oneTime.map((r) => r.id)],
-        );
-        claimed.push(...taken);
-      }
-      return rows.map((r) => {
-        const pre = claimed.find((k) => k.dev === r.id && k.kind === 'ec');
-        const kyber = claimed.find((k) => k.dev === r.id && k.kind === 'kyber');
-        return bundleFrom(user, r.device, r, pre, kyber);
-      });
+      return claimBundles(pool, s, users, device, options);
     },
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {

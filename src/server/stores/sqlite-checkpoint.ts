@@ -177,6 +177,10 @@ export function walCheckpointer(
       worker = undefined;
       if (!w || failed) return;
       // Messages are handled in order: the worker finishes a checkpoint under way, then closes.
+      // Ref'd until it has: an unref'd worker is no reason to keep running, so a script whose last
+      // work is `await store.close()` would see its event loop empty and exit (code 13) before
+      // the close resolved, skipping whatever came after.
+      w.ref();
       w.postMessage('close');
       await exited;
     },

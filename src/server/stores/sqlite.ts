@@ -59,6 +59,7 @@ import Database from 'better-sqlite3';
 import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
+  BeforeWrite,
   AppendOutcome,
   ClaimOptions,
   DeviceAddress,
@@ -80,7 +81,7 @@ import type {
   ServerStore,
   WrittenEntry,
 } from '../store.js';
-import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { checkDeviceList, claimedUsers, notRegistered, uploadKind } from './directory.js';
 import {
   decodeGapStreams,
   encodeGapStreams,
@@ -122,6 +123,7 @@ import {
   type StoreQuotas,
 } from '../quotas.js';
 import {
+  hookWrites,
   openStoreDatabase,
   prepareNumeric,
   transactor,
@@ -159,6 +161,12 @@ export interface SqliteServerStoreTuning extends SqliteConnectionOptions {
   walFlush?: 'commit' | 'background';
   /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
   quotas?: Partial<StoreQuotas>;
+  /**
+   * Fault hook for tests (see {@link BeforeWrite}), called before each run of a writing statement
+   * (`INSERT`, `UPDATE`, `DELETE`); its throw rolls the call's transaction back.
+   * @default none
+   */
+  beforeWrite?: BeforeWrite;
 }
 
 /**
@@ -527,7 +535,7 @@ export function sqliteServerStore(
     await synced();
     return result;
   };
-  const q = (sql: string) => prepareNumeric(db, sql);
+  const q = (sql: string) => hookWrites(prepareNumeric(db, sql), sql, options.beforeWrite);
   const sql = {
     insertDevice: q(
       'INSERT INTO devices (user, device, registered_at) VALUES (?, ?, ?) ON CONFLICT (user, device) DO NOTHING',
@@ -1231,6 +1239,7 @@ export function sqliteServerStore(
 
   return {
     name: 'sqlite',
+    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
@@ -1451,23 +1460,35 @@ export function sqliteServerStore(
       });
     },
 
-    async claimKeys(user: string, device?: string, options?: ClaimOptions): Promise<KeyBundle[]> {
+    async claimKeys(
+      users: string | readonly string[],
+      device?: string,
+      options?: ClaimOptions,
+    ): Promise<KeyBundle[]> {
       check();
-      // One write transaction for every device's claim: no other connection, or process, can
-      // take the same one-time key in between.
-      return durably(() => {
-        const rows = (
-          device === undefined ? sql.bundlesOf.all(user) : sql.bundleOf.all(user, device)
-        ) as BundleRow[];
-        return rows.map((r) => {
-          if (!(options?.oneTime?.(r.device) ?? true))
-            return bundleFrom(user, r.device, r, undefined, undefined);
-          const pre = sql.preKeyClaim.get(r.id) as { key_id: number; key: Uint8Array } | undefined;
-          const kyber = sql.kyberPreKeyClaim.get(r.id) as
-            { key_id: number; key: Uint8Array; signature: Uint8Array } | undefined;
-          return bundleFrom(user, r.device, r, pre, kyber);
-        });
-      });
+      // One write transaction for every user and device of the claim (one flush however many are
+      // named): no other connection, or process, can take the same one-time key in between. A
+      // claim that took no one-time key wrote nothing, so it has nothing to wait for: claims of
+      // last-resort bundles (a drained device, a claimer past its one-time budget) cost no flush.
+      let took = false;
+      const bundles = tx(() =>
+        claimedUsers(users).flatMap((user) => {
+          const rows = (
+            device === undefined ? sql.bundlesOf.all(user) : sql.bundleOf.all(user, device)
+          ) as BundleRow[];
+          return rows.map((r) => {
+            if (!(options?.oneTime?.(r.device, user) ?? true))
+              return bundleFrom(user, r.device, r, undefined, undefined);
+            const pre = sql.preKeyClaim.get(r.id) as { key_id: number; key: Uint8Array } | undefined;
+            const kyber = sql.kyberPreKeyClaim.get(r.id) as
+              { key_id: number; key: Uint8Array; signature: Uint8Array } | undefined;
+            if (pre || kyber) took = true;
+            return bundleFrom(user, r.device, r, pre, kyber);
+          });
+        }),
+      );
+      if (took) await synced();
+      return bundles;
     },
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {
