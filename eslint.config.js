@@ -108,6 +108,13 @@ function boundaries() {
     entry(['src/crypto/**/*.ts'], { builtins: true, patterns: [noClient] }, ['src/crypto/libsignal.ts']),
     entry(['src/crypto/libsignal.ts'], { patterns: [noClient] }),
     entry(['src/protocol/**/*.ts', 'src/util/**/*.ts'], { builtins: true }),
+    // postbox/media is browser code; its Node-only files are the `postbox/media/node` subpath and
+    // the `node` export condition of `postbox/media` (index.node.ts).
+    entry(['src/media/**/*.ts'], { builtins: true, patterns: [noServer] }, [
+      'src/media/node.ts',
+      'src/media/node-cipher.ts',
+      'src/media/index.node.ts',
+    ]),
     entry(['src/transport/memory.ts'], {
       builtins: true,
       patterns: [transport('websocket'), transport('websocket-client'), transport('ws-common')],

@@ -21,6 +21,8 @@ describe('memory server store conformance', () => {
   registerCases(
     serverStoreConformance({
       name: 'memory',
+      capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+      openWithFaults: async (faults) => memoryServerStore({ beforeWrite: faults.hook }),
       async open() {
         const state = createMemoryServerState();
         const store = memoryServerStore({ state });

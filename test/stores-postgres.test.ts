@@ -60,6 +60,14 @@ describeWithServices('postgres server store', reason, () => {
           return openOn(schemaOf.get(old)!);
         },
         share: (store) => openOn(schemaOf.get(store)!),
+        capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+        openWithFaults: (faults) =>
+          openPostgresServerStore({
+            connectionString: URL,
+            schema: freshSchema(),
+            poolSize: 4,
+            beforeWrite: faults.hook,
+          }),
       }),
       it,
     );

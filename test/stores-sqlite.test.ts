@@ -70,6 +70,9 @@ for (const mode of ['path', 'database'] as const) {
           return openServer(files.get(old)!);
         },
         share: async (store) => openServer(files.get(store)!),
+        capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+        openWithFaults: async (faults) =>
+          opener((source) => sqliteServerStore({ ...source, beforeWrite: faults.hook }), mode)(freshFile()),
       }),
       it,
     );

@@ -95,7 +95,7 @@ export interface MediaClientOptions extends MediaEndpoint {
   store: ClientStore;
   /** Re-opens a file from its `sourceKey` after a restart (see {@link MediaClient.resume}). */
   openSource?: (sourceKey: string) => MediaSource | Promise<MediaSource>;
-  /** Target size of one upload request. @default 4 MiB */
+  /** Fixed size of every upload request. @default adaptive: 4 MiB, doubling to 8 MiB on a fast link (see `UploadOptions.patchBytes`) */
   patchBytes?: number;
 }
 

@@ -18,8 +18,8 @@
  * Hashes: the reference carries a *chunked* SHA-256 of the ciphertext and of the plaintext:
  * SHA-256 over the concatenated SHA-256 digests of the pieces (for the ciphertext: the header,
  * then each sealed chunk; for the plaintext: each plaintext chunk). Each piece is hashed by
- * WebCrypto natively; a whole-stream SHA-256 would need a JavaScript hash over every byte, about
- * four times slower than the encryption itself.
+ * natively (by the `MediaCipher`, see `cipher.ts`); a whole-stream SHA-256 would need a JavaScript
+ * hash over every byte in browsers, about four times slower than the encryption itself.
  * @packageDocumentation
  */
 import { PostboxError } from '../protocol/errors.js';
@@ -75,67 +75,33 @@ export function corrupt(what: string, cause?: unknown): PostboxError {
   );
 }
 
-/** Imports a 32-byte media key for AES-GCM. */
-export function importMediaKey(raw: Uint8Array): Promise<CryptoKey> {
+/** Checks a media key's length (32 bytes, AES-256). */
+export function checkMediaKey(raw: Uint8Array): Uint8Array {
   if (raw.length !== 32) throw new PostboxError('invalid_frame', 'a media key is 32 bytes');
-  return crypto.subtle.importKey('raw', raw as Uint8Array<ArrayBuffer>, 'AES-GCM', false, [
-    'encrypt',
-    'decrypt',
-  ]);
+  return raw;
 }
 
-function params(header: Uint8Array, index: number, final: boolean): AesGcmParams {
-  const iv = header.slice(8, 20);
+/** The nonce of chunk `index`: the header's base nonce XOR the index. */
+export function chunkIv(header: Uint8Array, index: number): Uint8Array {
+  // A copy of its own (a Node Buffer's `slice` would be a view, and the header may be a view into
+  // a larger input piece).
+  const iv = new Uint8Array(12);
+  iv.set(header.subarray(8, 20));
+  const ivv = new DataView(iv.buffer);
+  ivv.setUint32(4, ivv.getUint32(4) ^ Math.floor(index / 0x100000000));
+  ivv.setUint32(8, ivv.getUint32(8) ^ (index >>> 0));
+  return iv;
+}
+
+/** The additional data of chunk `index`: the header, the index and the final flag. */
+export function chunkAad(header: Uint8Array, index: number, final: boolean): Uint8Array {
   const aad = new Uint8Array(MEDIA_HEADER_BYTES + 9);
   aad.set(header, 0);
   const dv = new DataView(aad.buffer);
   dv.setUint32(MEDIA_HEADER_BYTES, Math.floor(index / 0x100000000));
   dv.setUint32(MEDIA_HEADER_BYTES + 4, index >>> 0);
   aad[MEDIA_HEADER_BYTES + 8] = final ? 1 : 0;
-  const ivv = new DataView(iv.buffer);
-  ivv.setUint32(4, ivv.getUint32(4) ^ Math.floor(index / 0x100000000));
-  ivv.setUint32(8, ivv.getUint32(8) ^ (index >>> 0));
-  return { name: 'AES-GCM', iv, additionalData: aad, tagLength: 128 };
-}
-
-/** Seals plaintext chunk `index`. */
-export async function sealChunk(
-  key: CryptoKey,
-  header: Uint8Array,
-  index: number,
-  final: boolean,
-  plain: Uint8Array,
-): Promise<Uint8Array> {
-  return new Uint8Array(
-    await crypto.subtle.encrypt(params(header, index, final), key, plain as Uint8Array<ArrayBuffer>),
-  );
-}
-
-/** Opens sealed chunk `index`, or throws `corrupt_media`. */
-export async function openChunk(
-  key: CryptoKey,
-  header: Uint8Array,
-  index: number,
-  final: boolean,
-  sealed: Uint8Array,
-): Promise<Uint8Array> {
-  try {
-    return new Uint8Array(
-      await crypto.subtle.decrypt(params(header, index, final), key, sealed as Uint8Array<ArrayBuffer>),
-    );
-  } catch (e) {
-    throw corrupt(
-      final
-        ? `chunk ${index} (as the last one) fails authentication: tampered or truncated`
-        : `chunk ${index} fails authentication`,
-      e,
-    );
-  }
-}
-
-/** The SHA-256 of one piece (WebCrypto, off the main thread where the runtime can). */
-export async function pieceDigest(piece: Uint8Array): Promise<Uint8Array> {
-  return new Uint8Array(await crypto.subtle.digest('SHA-256', piece as Uint8Array<ArrayBuffer>));
+  return aad;
 }
 
 /** The chunked SHA-256 of the format (see the module doc), resumable from a saved state. */
@@ -145,11 +111,11 @@ export class ChunkedHash {
   constructor(state?: Sha256State) {
     this.outer = new Sha256(state);
   }
-  /** Adds the next piece. */
-  async add(piece: Uint8Array): Promise<void> {
-    this.addDigest(await pieceDigest(piece));
+  /** Adds the next piece, hashing it here (for small pieces: the header). */
+  add(piece: Uint8Array): void {
+    this.addDigest(new Sha256().update(piece).digest());
   }
-  /** Adds the next piece by its {@link pieceDigest} (computed ahead, possibly concurrently). */
+  /** Adds the next piece by its SHA-256 (computed ahead by a cipher, possibly concurrently). */
   addDigest(digest: Uint8Array): void {
     this.outer.update(digest);
   }
@@ -178,35 +144,45 @@ export async function* exactPieces(
   let size = typeof sizeOf === 'number' ? sizeOf : 0;
   let want = first ?? size;
   let isFirst = first !== undefined;
-  let buf = new Uint8Array(want);
+  let buf: Uint8Array | undefined; // allocated when bytes must be gathered from several inputs
   let fill = 0;
   let pending: Uint8Array | undefined;
   for await (const piece of src) {
     let o = 0;
     while (o < piece.length) {
-      const n = Math.min(want - fill, piece.length - o);
-      buf.set(piece.subarray(o, o + n), fill);
-      fill += n;
-      o += n;
-      if (fill < want) continue;
+      let done: Uint8Array;
+      if (fill === 0 && piece.length - o >= want) {
+        // A whole piece inside the input: handed on as a view, not copied (a stream's chunks
+        // belong to the reader once read, so the source does not write to them again).
+        done = piece.subarray(o, o + want);
+        o += want;
+      } else {
+        buf ??= new Uint8Array(want);
+        const n = Math.min(want - fill, piece.length - o);
+        buf.set(piece.subarray(o, o + n), fill);
+        fill += n;
+        o += n;
+        if (fill < want) continue;
+        done = buf;
+        buf = undefined;
+        fill = 0;
+      }
       if (isFirst) {
-        if (typeof sizeOf === 'function') size = sizeOf(buf);
-        yield { bytes: buf, final: false, first: true };
+        if (typeof sizeOf === 'function') size = sizeOf(done);
+        yield { bytes: done, final: false, first: true };
         isFirst = false;
       } else {
         if (pending) yield { bytes: pending, final: false };
-        pending = buf;
+        pending = done;
       }
       want = size;
-      buf = new Uint8Array(size);
-      fill = 0;
     }
   }
   if (isFirst) {
-    yield { bytes: buf.subarray(0, fill), final: true, first: true };
+    yield { bytes: buf?.subarray(0, fill) ?? new Uint8Array(0), final: true, first: true };
     return;
   }
-  if (fill > 0) {
+  if (buf && fill > 0) {
     if (pending) yield { bytes: pending, final: false };
     yield { bytes: buf.subarray(0, fill), final: true };
   } else yield { bytes: pending ?? new Uint8Array(0), final: true };

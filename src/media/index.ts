@@ -14,6 +14,8 @@ export {
   MAX_THUMBNAIL_BYTES,
 } from './ref.js';
 export type { MediaMeta, MediaRef, MediaSums } from './ref.js';
+export { defaultMediaCipher, webCryptoCipher } from './cipher.js';
+export type { ChunkCipher, MediaCipher, OpenedChunk, SealedChunk } from './cipher.js';
 export { decryptMedia, encryptMedia, freshSecret } from './stream.js';
 export type { DecryptExpect, EncryptCheckpoint, EncryptSummary, MediaSecret } from './stream.js';
 export {

@@ -1,6 +1,6 @@
 /**
- * Node helpers for media: a file on disk as an upload source, and saving a download to a file
- * that appears only once it fully verified.
+ * Node helpers for media: a file on disk as an upload source, saving a download to a file that
+ * appears only once it fully verified, and the `node:crypto` media cipher.
  * @packageDocumentation
  */
 import { createReadStream, createWriteStream } from 'node:fs';
@@ -9,15 +9,15 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { MediaSource } from './transfer.js';
 
-/** A file as a re-openable upload source (resumes read from the byte they need). */
+export { nodeMediaCipher } from './node-cipher.js';
+
+/** A file as a re-openable upload source (resumes read from the byte they need), read in 256 KiB pieces. */
 export async function fileSource(path: string): Promise<MediaSource> {
   const { size } = await stat(path);
   return {
     size,
-    open: (start) =>
-      Readable.toWeb(
-        createReadStream(path, { start, highWaterMark: 256 * 1024 }),
-      ) as unknown as ReadableStream<Uint8Array>,
+    // Read directly (async iterable): a Web-stream adapter cost 3-5 % of an upload's client time.
+    open: (start) => createReadStream(path, { start, highWaterMark: 256 * 1024 }) as AsyncIterable<Buffer>,
   };
 }
 

@@ -5,25 +5,25 @@
  * @packageDocumentation
  */
 import { PostboxError } from '../protocol/errors.js';
+import { defaultMediaCipher, type MediaCipher } from './cipher.js';
 import {
   ChunkedHash,
+  checkMediaKey,
+  chunkAad,
+  chunkIv,
   chunkOffset,
   corrupt,
   exactPieces,
-  importMediaKey,
   iterate,
   makeHeader,
   MEDIA_CHUNK_BYTES,
   MEDIA_HEADER_BYTES,
   MEDIA_TAG_BYTES,
-  openChunk,
   parseHeader,
-  pieceDigest,
-  sealChunk,
   toStream,
   cipherSize,
 } from './format.js';
-import type { Sha256State } from './sha256.js';
+import { Sha256, type Sha256State } from './sha256.js';
 
 /** Where an interrupted encryption picks up: the hash states before chunk `chunk`. */
 export interface EncryptCheckpoint {
@@ -100,29 +100,30 @@ export async function* encryptPieces(
     onDone?: (s: EncryptSummary) => void;
     /** Plaintext bytes per chunk (written in the header). @default MEDIA_CHUNK_BYTES */
     chunk?: number;
+    /** The cryptography. @default defaultMediaCipher() */
+    cipher?: MediaCipher;
   } = {},
 ): AsyncGenerator<{ offset: number; bytes: Uint8Array }> {
   const chunk = hooks.chunk ?? MEDIA_CHUNK_BYTES;
-  const key = await importMediaKey(secret.key);
+  const key = await (hooks.cipher ?? defaultMediaCipher()).forKey(checkMediaKey(secret.key));
   const header = makeHeader(secret.baseNonce, chunk);
   const plainHash = new ChunkedHash(hooks.from?.plain);
   const cipherHash = new ChunkedHash(hooks.from?.cipher);
   let index = hooks.from?.chunk ?? 0;
   let size = index * chunk;
   if (!hooks.from) {
-    await cipherHash.add(header);
+    cipherHash.add(header);
     yield { offset: 0, bytes: header };
   }
   const sealed = ahead(exactPieces(plain, chunk), ({ bytes, final }) => {
     const i = index++;
-    const out = sealChunk(key, header, i, final, bytes);
-    return Promise.all([out, pieceDigest(bytes), out.then(pieceDigest)]).then(([out, plainD, cipherD]) => ({
+    return key.seal(chunkIv(header, i), chunkAad(header, i, final), bytes).then((s) => ({
       i,
       final,
       plainBytes: bytes.length,
-      out,
-      plainD,
-      cipherD,
+      out: s.sealed,
+      plainD: s.plainDigest,
+      cipherD: s.cipherDigest,
     }));
   });
   for await (const w of sealed) {
@@ -152,6 +153,8 @@ export interface DecryptExpect {
   plainHash: Uint8Array;
   /** Chunked SHA-256 of the ciphertext. */
   cipherHash: Uint8Array;
+  /** The cryptography. @default defaultMediaCipher() */
+  cipher?: MediaCipher;
 }
 
 const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
@@ -166,7 +169,7 @@ export async function* decryptPieces(
   cipher: AsyncIterable<Uint8Array>,
   expect: DecryptExpect,
 ): AsyncGenerator<Uint8Array> {
-  const key = await importMediaKey(expect.key);
+  const key = await (expect.cipher ?? defaultMediaCipher()).forKey(checkMediaKey(expect.key));
   const cipherHash = new ChunkedHash();
   const plainHash = new ChunkedHash();
   let header: Uint8Array | undefined;
@@ -182,21 +185,25 @@ export async function* decryptPieces(
   const opened = ahead(pieces, ({ bytes, final, first }): Promise<Opened> => {
     seen += bytes.length;
     if (seen > limit) throw corrupt('the blob is longer than the reference says');
-    const cipherD = pieceDigest(bytes);
     if (first) {
       if (final) throw corrupt('the blob ends inside its header');
       header = bytes;
       limit = cipherSize(expect.size, parseHeader(bytes).chunk);
-      return cipherD.then((d) => ({ cipherD: d, final }));
+      return Promise.resolve({ cipherD: new Sha256().update(bytes).digest(), final });
     }
     if (bytes.length < MEDIA_TAG_BYTES) throw corrupt('the blob ends inside a chunk tag');
-    const plain = openChunk(key, header!, index++, final, bytes);
-    return Promise.all([cipherD, plain, plain.then(pieceDigest)]).then(([cipherD, plain, plainD]) => ({
-      cipherD,
-      final,
-      plain,
-      plainD,
-    }));
+    const i = index++;
+    return key.open(chunkIv(header!, i), chunkAad(header!, i, final), bytes).then(
+      (o) => ({ cipherD: o.cipherDigest, final, plain: o.plain, plainD: o.plainDigest }),
+      (e: unknown) => {
+        throw corrupt(
+          final
+            ? `chunk ${i} (as the last one) fails authentication: tampered or truncated`
+            : `chunk ${i} fails authentication`,
+          e,
+        );
+      },
+    );
   });
   for await (const w of opened) {
     cipherHash.addDigest(w.cipherD);

@@ -323,6 +323,16 @@ export interface StoreCapabilities {
 }
 
 /**
+ * A fault hook for tests: a store given one calls it before each underlying write (an inbox
+ * entry, a message, a dedupe record, a deleted entry; for the SQL stores each writing statement),
+ * with a short name of the write. A throw fails that write as a failing backend would: the call
+ * must reject and leave nothing half-done (see "Atomicity" on {@link ServerStore}). The stores of
+ * this package take it as their `beforeWrite` option; the conformance suite's `WriteFaults`
+ * drives it (docs/adapters.md).
+ */
+export type BeforeWrite = (write: string) => void;
+
+/**
  * Durable server state: devices, groups, messages, per-device inboxes, dedupe records, last-seen
  * times.
  *

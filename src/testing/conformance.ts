@@ -9,21 +9,37 @@ export interface ConformanceCase {
   name: string;
   /** Checks the guarantee; resolves when it holds, rejects (usually with an assertion) when not. */
   run(): Promise<void>;
+  /**
+   * What the subject must declare for the case to apply (a store capability, or `faults` for a
+   * subject that can inject write faults); select cases by it to run a suite by capability.
+   */
+  needs?: readonly string[];
+  /** Why the case does not apply to this subject: {@link registerCases} skips it, saying so. */
+  skip?: string;
+}
+
+/** A test runner's `it`: `it(name, fn)`, with `it.skip(name, fn)` where the runner has one. */
+export interface CaseRunner {
+  (name: string, fn: () => Promise<void>): void;
+  skip?: (name: string, fn: () => Promise<void>) => void;
 }
 
 /**
- * Registers every case with a test runner's `it` (vitest, jest, mocha, `node:test`, …).
+ * Registers every case with a test runner's `it` (vitest, jest, mocha, `node:test`, …). A case
+ * with a `skip` reason is registered with `it.skip`, the reason in its name (`… [skipped: …]`),
+ * or, for a runner without `it.skip`, not registered and its reason logged.
  *
  * @example
  * ```ts
  * describe('my store', () => registerCases(serverStoreConformance(subject), it));
  * ```
  */
-export function registerCases(
-  cases: ConformanceCase[],
-  it: (name: string, fn: () => Promise<void>) => void,
-): void {
-  for (const c of cases) it(c.name, () => c.run());
+export function registerCases(cases: ConformanceCase[], it: CaseRunner): void {
+  for (const c of cases) {
+    if (c.skip === undefined) it(c.name, () => c.run());
+    else if (it.skip) it.skip(`${c.name} [skipped: ${c.skip}]`, () => c.run());
+    else console.warn(`conformance: ${c.name} [skipped: ${c.skip}]`);
+  }
 }
 
 /** What a store case works on: the store under test, and a way to restart it over the same data. */

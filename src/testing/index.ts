@@ -4,6 +4,7 @@
  */
 export * from './conformance.js';
 export * from './server-store-conformance.js';
+export { WriteFaults } from './server-store-faults.js';
 export * from './server-store-quotas.js';
 export * from './client-store-conformance.js';
 export * from './crypto-conformance.js';

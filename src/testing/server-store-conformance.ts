@@ -19,6 +19,7 @@ import type {
   MessageInput,
   ReceiptInput,
   ServerStore,
+  StoreCapabilities,
 } from '../server/store.js';
 import { PENDING_DEVICE } from '../server/users.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
@@ -36,6 +37,7 @@ import {
 } from './key-fixtures.js';
 import { actionCountCases } from './server-store-actions.js';
 import { keyClaimCases } from './server-store-claims.js';
+import { faultCases, type WriteFaults } from './server-store-faults.js';
 import { gapNoticeCases } from './server-store-gap-conformance.js';
 
 /** How the server store suite opens and re-opens the adapter under test. */
@@ -52,6 +54,18 @@ export interface ServerStoreSubject {
    * several nodes run their "nodes" on `store` alone.
    */
   share?(store: ServerStore): Promise<ServerStore>;
+  /**
+   * The capabilities the store declares (its `capabilities` object): the suite runs the cases
+   * that need one only when it is declared here, and skips the others saying why; a case checks
+   * that the store declares the same. Without it, every case that needs a capability is skipped.
+   */
+  capabilities?: StoreCapabilities;
+  /**
+   * Opens a store over fresh empty data whose underlying writes go through `faults.hook` (the
+   * store's fault hook, see `BeforeWrite`): the atomicity cases make its Nth write fail, for each
+   * N, and check that nothing is left half-done. Without it those cases are skipped, saying so.
+   */
+  openWithFaults?(faults: WriteFaults): Promise<ServerStore>;
 }
 
 const alice1: DeviceAddress = { user: 'alice', device: 'a1' };
@@ -2395,8 +2409,36 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     }
   });
 
+  test('the store declares the capabilities the suite runs by', async ({ store }) => {
+    assert.deepEqual({ ...store.capabilities }, { ...subject.capabilities });
+  });
+  cases[cases.length - 1]!.needs = ['capabilities'];
+
   cases.push(...keyClaimCases(subject));
   cases.push(...actionCountCases(subject));
   cases.push(...gapNoticeCases(subject));
+  cases.push(...faultCases(subject));
+  skipUnmet(cases, (need) => hasNeed(subject, need), `subject ${subject.name}`);
   return cases;
+}
+
+/**
+ * Marks the cases whose `needs` the subject lacks as skipped, with the missing names as the
+ * reason. `has` answers for one name.
+ */
+function skipUnmet(cases: ConformanceCase[], has: (need: string) => boolean, who: string): void {
+  for (const c of cases) {
+    const missing = (c.needs ?? []).filter((n) => !has(n));
+    if (missing.length > 0) c.skip = `${who} does not declare ${missing.join(', ')}`;
+  }
+}
+
+/** Whether the subject declares `need`: a store capability, `faults` or `capabilities` at all. */
+function hasNeed(
+  subject: Pick<ServerStoreSubject, 'capabilities' | 'openWithFaults'>,
+  need: string,
+): boolean {
+  if (need === 'faults') return subject.openWithFaults !== undefined;
+  if (need === 'capabilities') return subject.capabilities !== undefined;
+  return (subject.capabilities as Record<string, boolean> | undefined)?.[need] === true;
 }

@@ -173,6 +173,37 @@ export function prepareNumeric(db: SqliteDatabase, sql: string): SqliteStatement
   return stmt;
 }
 
+/** Statements that change rows (the fault hook's writes). */
+const WRITING = /^\s*(INSERT|UPDATE|DELETE|REPLACE)\b/i;
+
+/**
+ * `stmt`, asking `beforeWrite` (a test's fault hook) before each execution when `sql` changes
+ * rows; the statement itself when there is no hook or it only reads.
+ * @internal
+ */
+export function hookWrites(
+  stmt: SqliteStatement,
+  sql: string,
+  beforeWrite: ((write: string) => void) | undefined,
+): SqliteStatement {
+  if (!beforeWrite || !WRITING.test(sql)) return stmt;
+  const what = sql.trim().split(/\s+/, 3).join(' ');
+  return {
+    run(...params) {
+      beforeWrite(what);
+      return stmt.run(...params);
+    },
+    get(...params) {
+      beforeWrite(what);
+      return stmt.get(...params);
+    },
+    all(...params) {
+      beforeWrite(what);
+      return stmt.all(...params);
+    },
+  };
+}
+
 /**
  * Opens (or adopts) a store's connection, configures it and migrates its schema. When the store
  * opened the database itself and setup fails, the database is closed again before the error is

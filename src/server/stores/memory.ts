@@ -10,6 +10,7 @@
  */
 import type { PushToken } from '../push/types.js';
 import type {
+  BeforeWrite,
   AppendInput,
   AppendOutcome,
   ClaimOptions,
@@ -102,6 +103,14 @@ export interface MemoryServerStoreOptions {
   failWhen?: (op: ServerStoreOp) => boolean;
   /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
   quotas?: Partial<StoreQuotas>;
+  /**
+   * Fault hook for tests (see {@link BeforeWrite}), called before each change to the state in
+   * the writing calls (append, ack, expire, registering and unregistering). With it, each such
+   * call copies the state first and puts the copy back when the hook throws, so a failed call
+   * changes nothing; without it nothing is copied.
+   * @default none
+   */
+  beforeWrite?: BeforeWrite;
 }
 
 /** A committed message: its body is kept while `refs` inbox entries point at it. */
@@ -281,11 +290,29 @@ export function memoryServerStore(
     if (failWhen?.(op)) throw new Error(`${LABEL}: injected failure in ${op}`);
   }
 
+  const beforeWrite = options.beforeWrite;
+  /** Asks the fault hook before a change to the state. */
+  function wrote(what: string): void {
+    beforeWrite?.(what);
+  }
+  /** Runs a writing call: with a fault hook, all of it or (the hook threw) none of it. */
+  function atomically<T>(fn: () => T): T {
+    if (!beforeWrite) return fn();
+    const saved = structuredClone(data);
+    try {
+      return fn();
+    } catch (e) {
+      Object.assign(data, saved);
+      throw e;
+    }
+  }
+
   function devicesOf(user: string): string[] {
     return data.devices.get(user) ?? [];
   }
 
   function push(device: DeviceAddress, entry: StoredEntry): number {
+    wrote('inbox');
     const k = deviceKey(device);
     let inbox = data.inboxes.get(k);
     if (!inbox) data.inboxes.set(k, (inbox = { last: 0, entries: new Map(), bytes: 0 }));
@@ -296,6 +323,7 @@ export function memoryServerStore(
 
   /** Deletes one entry of an inbox, keeping its byte count. */
   function removeEntry(inbox: Inbox, offset: number, e: StoredEntry): void {
+    wrote('delete');
     inbox.entries.delete(offset);
     if (e.kind === 'msg') inbox.bytes -= e.size;
   }
@@ -434,6 +462,7 @@ export function memoryServerStore(
     }
     const invites = planInvites(item, old, plan, hasDevice, pending, quotas.invitesPerUser);
     if (typeof invites === 'string') return { ok: false, code: invites };
+    wrote('dedupe');
     data.dedupe.set(key, now);
     const notify = new NotifySet();
     if (plan !== null) {
@@ -499,12 +528,14 @@ export function memoryServerStore(
     if (!item.group && item.from.user !== item.to) data.consents.add(orderedKey(item.to, item.from.user));
     // Sending in a group is taking part in it.
     if (ver !== null) data.groups.get(item.to)!.acted.set(item.from.user, ver);
+    wrote('dedupe');
     data.dedupe.set(key, now);
     const sk = orderedKey(item.from.user, item.id);
     const records = data.sent.get(sk) ?? [];
     records.push({ id: item.id, to: item.to, ver, ts: now });
     data.sent.set(sk, records);
     if (targets.length > 0) {
+      wrote('message');
       data.messages.set(key, {
         from: { user: item.from.user, device: item.from.device },
         id: item.id,
@@ -542,6 +573,7 @@ export function memoryServerStore(
     const ids = receiptIds(item, records, (g) => data.groups.get(g)?.since.get(item.from.user));
     const targets = ids.length === 0 ? [] : recipients(item.from, item.to);
     if (place(targets, item.from, () => 0, false) === 'refused') return { ok: false, code: 'inbox_full' };
+    wrote('dedupe');
     data.dedupe.set(key, now);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
     for (const d of targets) {
@@ -639,50 +671,58 @@ export function memoryServerStore(
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check('registerDevice');
-      assertNotPending(LABEL, device);
-      const list = data.devices.get(device.user);
-      if (list?.includes(device.device)) return { count: 0, notify: [] };
-      if (list?.[0] === PENDING_DEVICE) {
-        // The first device takes over the pending inbox (its only "device"): entries, order, offsets.
-        list[0] = device.device;
-        const pending = data.inboxes.get(deviceKey({ user: device.user, device: PENDING_DEVICE }));
-        if (pending) {
-          data.inboxes.delete(deviceKey({ user: device.user, device: PENDING_DEVICE }));
-          data.inboxes.set(deviceKey(device), pending);
-        }
-      } else if (!list) data.devices.set(device.user, [device.device]);
-      else list.push(device.device);
-      const count = joinSnapshots(device, now);
-      const waiting = (data.inboxes.get(deviceKey(device))?.entries.size ?? 0) > 0;
-      return { count, notify: waiting ? [{ user: device.user, device: device.device }] : [] };
+      return atomically(() => {
+        assertNotPending(LABEL, device);
+        const list = data.devices.get(device.user);
+        if (list?.includes(device.device)) return { count: 0, notify: [] };
+        if (list?.[0] === PENDING_DEVICE) {
+          // The first device takes over the pending inbox (its only "device"): entries, order, offsets.
+          list[0] = device.device;
+          const pending = data.inboxes.get(deviceKey({ user: device.user, device: PENDING_DEVICE }));
+          if (pending) {
+            data.inboxes.delete(deviceKey({ user: device.user, device: PENDING_DEVICE }));
+            data.inboxes.set(deviceKey(device), pending);
+          }
+        } else if (!list) data.devices.set(device.user, [device.device]);
+        else list.push(device.device);
+        const count = joinSnapshots(device, now);
+        const waiting = (data.inboxes.get(deviceKey(device))?.entries.size ?? 0) > 0;
+        return { count, notify: waiting ? [{ user: device.user, device: device.device }] : [] };
+      });
     },
 
     async unregisterDevice(device: DeviceAddress): Promise<boolean> {
       check('unregisterDevice');
-      const list = data.devices.get(device.user);
-      const i = list ? list.indexOf(device.device) : -1;
-      if (!list || i < 0) return false;
-      list.splice(i, 1);
-      if (list.length === 0) data.devices.delete(device.user);
-      dropDevice(device);
-      return true;
+      return atomically(() => {
+        const list = data.devices.get(device.user);
+        const i = list ? list.indexOf(device.device) : -1;
+        if (!list || i < 0) return false;
+        list.splice(i, 1);
+        if (list.length === 0) data.devices.delete(device.user);
+        dropDevice(device);
+        return true;
+      });
     },
 
     async registerUser(user: string, now: number): Promise<boolean> {
       check('registerUser');
-      if (data.devices.has(user)) return false; // a device, or a pending inbox already
-      data.devices.set(user, [PENDING_DEVICE]);
-      joinSnapshots({ user, device: PENDING_DEVICE }, now);
-      return true;
+      return atomically(() => {
+        if (data.devices.has(user)) return false; // a device, or a pending inbox already
+        data.devices.set(user, [PENDING_DEVICE]);
+        joinSnapshots({ user, device: PENDING_DEVICE }, now);
+        return true;
+      });
     },
 
     async unregisterUser(user: string): Promise<string[] | undefined> {
       check('unregisterUser');
-      const list = data.devices.get(user);
-      if (!list) return undefined;
-      data.devices.delete(user);
-      for (const device of list) dropDevice({ user, device });
-      return realDevices(list);
+      return atomically(() => {
+        const list = data.devices.get(user);
+        if (!list) return undefined;
+        data.devices.delete(user);
+        for (const device of list) dropDevice({ user, device });
+        return realDevices(list);
+      });
     },
 
     async devices(user: string): Promise<string[]> {
@@ -692,7 +732,7 @@ export function memoryServerStore(
 
     async append(batch: AppendInput[], now: number): Promise<AppendOutcome[]> {
       check('append');
-      return batch.map((item) => commit(item, now));
+      return atomically(() => batch.map((item) => commit(item, now)));
     },
 
     async readInbox(device: DeviceAddress, after: number, limit: number): Promise<InboxEntry[]> {
@@ -711,72 +751,76 @@ export function memoryServerStore(
 
     async ack(device: DeviceAddress, offsets: number[], now: number): Promise<NotifyResult> {
       check('ack');
-      const inbox = data.inboxes.get(deviceKey(device));
-      const notify = new NotifySet();
-      if (!inbox) return { count: 0, notify: [] };
-      let count = 0;
-      // sender user → ids newly delivered to this (recipient) user
-      const delivered = new Map<string, { user: string; by: string; ids: string[] }>();
-      for (const offset of offsets) {
-        const e = inbox.entries.get(offset);
-        if (!e) continue;
-        removeEntry(inbox, offset, e);
-        count++;
-        if (e.kind !== 'msg') continue;
-        const m = unref(e.message);
-        if (!m || m.from.user === device.user || m.ackedBy.has(device.user)) continue;
-        m.ackedBy.add(device.user);
-        let g = delivered.get(m.from.user);
-        if (!g) delivered.set(m.from.user, (g = { user: m.from.user, by: device.user, ids: [] }));
-        g.ids.push(m.id);
-      }
-      const entries: WrittenEntry[] = [];
-      fanOut(delivered, 'delivered', now, notify, entries);
-      return entries.length > 0 ? { count, notify: notify.list, entries } : { count, notify: notify.list };
+      return atomically(() => {
+        const inbox = data.inboxes.get(deviceKey(device));
+        const notify = new NotifySet();
+        if (!inbox) return { count: 0, notify: [] };
+        let count = 0;
+        // sender user → ids newly delivered to this (recipient) user
+        const delivered = new Map<string, { user: string; by: string; ids: string[] }>();
+        for (const offset of offsets) {
+          const e = inbox.entries.get(offset);
+          if (!e) continue;
+          removeEntry(inbox, offset, e);
+          count++;
+          if (e.kind !== 'msg') continue;
+          const m = unref(e.message);
+          if (!m || m.from.user === device.user || m.ackedBy.has(device.user)) continue;
+          m.ackedBy.add(device.user);
+          let g = delivered.get(m.from.user);
+          if (!g) delivered.set(m.from.user, (g = { user: m.from.user, by: device.user, ids: [] }));
+          g.ids.push(m.id);
+        }
+        const entries: WrittenEntry[] = [];
+        fanOut(delivered, 'delivered', now, notify, entries);
+        return entries.length > 0 ? { count, notify: notify.list, entries } : { count, notify: notify.list };
+      });
     },
 
     async expire(cutoff: number, now: number): Promise<NotifyResult> {
       check('expire');
-      const notify = new NotifySet();
-      let count = 0;
-      // (sender user, recipient user) → ids of messages that user never got, each once
-      const expired = new Map<string, { user: string; by: string; ids: string[] }>();
-      const told = new Set<string>();
-      const gaps = new GapCollector<string>();
-      for (const [k, inbox] of data.inboxes) {
-        const sep = k.indexOf(':') + 1 + Number(k.slice(0, k.indexOf(':')));
-        const owner = k.slice(k.indexOf(':') + 1, sep);
-        const addr = { user: owner, device: k.slice(sep) };
-        for (const [offset, e] of inbox.entries) {
-          if (e.ts >= cutoff) continue;
-          removeEntry(inbox, offset, e);
-          count++;
-          if (e.kind === 'gap') gaps.carry(k, addr, e.streams);
-          if (e.kind !== 'msg') continue;
-          const m = unref(e.message);
-          if (m) gaps.add(k, addr, { from: m.from, to: m.to, group: m.group, seq: m.seq });
-          if (!m || owner === m.from.user || m.ackedBy.has(owner)) continue;
-          const tk = `${e.message}\u0000${owner}`;
-          if (told.has(tk)) continue;
-          told.add(tk);
-          const gk = pairKey(m.from.user, owner) + (m.from.user < owner ? '<' : '>');
-          let g = expired.get(gk);
-          if (!g) expired.set(gk, (g = { user: m.from.user, by: owner, ids: [] }));
-          g.ids.push(m.id);
+      return atomically(() => {
+        const notify = new NotifySet();
+        let count = 0;
+        // (sender user, recipient user) → ids of messages that user never got, each once
+        const expired = new Map<string, { user: string; by: string; ids: string[] }>();
+        const told = new Set<string>();
+        const gaps = new GapCollector<string>();
+        for (const [k, inbox] of data.inboxes) {
+          const sep = k.indexOf(':') + 1 + Number(k.slice(0, k.indexOf(':')));
+          const owner = k.slice(k.indexOf(':') + 1, sep);
+          const addr = { user: owner, device: k.slice(sep) };
+          for (const [offset, e] of inbox.entries) {
+            if (e.ts >= cutoff) continue;
+            removeEntry(inbox, offset, e);
+            count++;
+            if (e.kind === 'gap') gaps.carry(k, addr, e.streams);
+            if (e.kind !== 'msg') continue;
+            const m = unref(e.message);
+            if (m) gaps.add(k, addr, { from: m.from, to: m.to, group: m.group, seq: m.seq });
+            if (!m || owner === m.from.user || m.ackedBy.has(owner)) continue;
+            const tk = `${e.message}\u0000${owner}`;
+            if (told.has(tk)) continue;
+            told.add(tk);
+            const gk = pairKey(m.from.user, owner) + (m.from.user < owner ? '<' : '>');
+            let g = expired.get(gk);
+            if (!g) expired.set(gk, (g = { user: m.from.user, by: owner, ids: [] }));
+            g.ids.push(m.id);
+          }
         }
-      }
-      for (const [key, ts] of data.dedupe) if (ts < cutoff) data.dedupe.delete(key);
-      for (const [key, records] of data.sent) {
-        const kept = records.filter((r) => r.ts >= cutoff);
-        if (kept.length === 0) data.sent.delete(key);
-        else if (kept.length < records.length) data.sent.set(key, kept);
-      }
-      fanOut(expired, 'expired', now, notify);
-      for (const d of gaps.notices()) {
-        for (const streams of d.notices) push(d.addr, { kind: 'gap', ts: now, reason: 'expired', streams });
-        notify.add(d.addr);
-      }
-      return { count, notify: notify.list };
+        for (const [key, ts] of data.dedupe) if (ts < cutoff) data.dedupe.delete(key);
+        for (const [key, records] of data.sent) {
+          const kept = records.filter((r) => r.ts >= cutoff);
+          if (kept.length === 0) data.sent.delete(key);
+          else if (kept.length < records.length) data.sent.set(key, kept);
+        }
+        fanOut(expired, 'expired', now, notify);
+        for (const d of gaps.notices()) {
+          for (const streams of d.notices) push(d.addr, { kind: 'gap', ts: now, reason: 'expired', streams });
+          notify.add(d.addr);
+        }
+        return { count, notify: notify.list };
+      });
     },
 
     async group(id: string): Promise<GroupState | undefined> {

@@ -60,6 +60,7 @@ import Database from 'better-sqlite3';
 import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
+  BeforeWrite,
   AppendOutcome,
   ClaimOptions,
   DeviceAddress,
@@ -123,6 +124,7 @@ import {
   type StoreQuotas,
 } from '../quotas.js';
 import {
+  hookWrites,
   openStoreDatabase,
   prepareNumeric,
   transactor,
@@ -160,6 +162,12 @@ export interface SqliteServerStoreTuning extends SqliteConnectionOptions {
   walFlush?: 'commit' | 'background';
   /** Storage quotas (see {@link StoreQuotas}). @default DEFAULT_QUOTAS */
   quotas?: Partial<StoreQuotas>;
+  /**
+   * Fault hook for tests (see {@link BeforeWrite}), called before each run of a writing statement
+   * (`INSERT`, `UPDATE`, `DELETE`); its throw rolls the call's transaction back.
+   * @default none
+   */
+  beforeWrite?: BeforeWrite;
 }
 
 /**
@@ -540,7 +548,7 @@ export function sqliteServerStore(
     await synced();
     return result;
   };
-  const q = (sql: string) => prepareNumeric(db, sql);
+  const q = (sql: string) => hookWrites(prepareNumeric(db, sql), sql, options.beforeWrite);
   const sql = {
     insertDevice: q(
       'INSERT INTO devices (user, device, registered_at) VALUES (?, ?, ?) ON CONFLICT (user, device) DO NOTHING',

@@ -1,0 +1,13 @@
+/**
+ * `postbox/media` as Node loads it (the package's `node` export condition): everything of the
+ * browser-safe entry, with `node:crypto` as the default media cipher instead of WebCrypto (faster
+ * in Node: no copy of every chunk into a thread-pool job; see docs/media.md, Bench). Browser
+ * bundlers resolve the `default` condition and never see this file.
+ * @packageDocumentation
+ */
+import { setDefaultMediaCipher } from './cipher.js';
+import { nodeMediaCipher } from './node-cipher.js';
+
+setDefaultMediaCipher(nodeMediaCipher);
+
+export * from './index.js';
