@@ -21,7 +21,7 @@ describe('memory server store conformance', () => {
   registerCases(
     serverStoreConformance({
       name: 'memory',
-      capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+      capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true, actionCounts: true },
       openWithFaults: async (faults) => memoryServerStore({ beforeWrite: faults.hook }),
       async open() {
         const state = createMemoryServerState();

@@ -60,7 +60,13 @@ describeWithServices('postgres server store', reason, () => {
           return openOn(schemaOf.get(old)!);
         },
         share: (store) => openOn(schemaOf.get(store)!),
-        capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+        capabilities: {
+          pushTokens: true,
+          inboxSize: true,
+          ping: true,
+          atomicBatch: true,
+          actionCounts: true,
+        },
         openWithFaults: (faults) =>
           openPostgresServerStore({
             connectionString: URL,

@@ -70,7 +70,13 @@ for (const mode of ['path', 'database'] as const) {
           return openServer(files.get(old)!);
         },
         share: async (store) => openServer(files.get(store)!),
-        capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
+        capabilities: {
+          pushTokens: true,
+          inboxSize: true,
+          ping: true,
+          atomicBatch: true,
+          actionCounts: true,
+        },
         openWithFaults: async (faults) =>
           opener((source) => sqliteServerStore({ ...source, beforeWrite: faults.hook }), mode)(freshFile()),
       }),
