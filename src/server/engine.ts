@@ -124,7 +124,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   private readonly keys: KeyDirectory;
   private readonly push: PushWake;
   /** What this server's sessions may ask of it. */
-  private readonly host: SessionHost;
+  private readonly host: SessionHost<Session>;
 
   constructor(options: ServerOptions) {
     super();
@@ -456,7 +456,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
   // ------------------------------------------------------------ what a session may ask
 
   /** The one object through which sessions reach the server (see session-host.ts). */
-  private sessionHost(): SessionHost {
+  private sessionHost(): SessionHost<Session> {
     // eslint-disable-next-line @typescript-eslint/no-this-alias -- `closing` is read live
     const server = this;
     const { router, commits, keys, linking, presence } = this;

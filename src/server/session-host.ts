@@ -1,6 +1,6 @@
 /**
  * What a session may ask of the server: the one interface between a connection's
- * {@link Session} and the rest of the engine. A session owns its handshake, its frame decoding
+ * `Session` and the rest of the engine. A session owns its handshake, its frame decoding
  * and limits, and its delivery window; everything shared between sessions (the commit queue, the
  * session registry, presence, typing, linking, keys, push, the cluster) it reaches through
  * these calls, never through the server's members.
@@ -11,7 +11,6 @@ import type { ClientFrame, HelloFrame } from '../protocol/index.js';
 import type { Clock } from '../util/clock.js';
 import type { ServerMetrics } from './metrics.js';
 import type { AuthResult, EngineConfig, Logger } from './options.js';
-import type { Session } from './session.js';
 import type { AppendInput, DeviceAddress, GroupInput, NotifyResult, ServerStore } from './store.js';
 import type { Tracer } from './trace.js';
 
@@ -46,8 +45,11 @@ export type ServiceFrame = Extract<
   { t: 'keys' | 'ptok' | 'kget' | 'lnk' | 'unl' | 'sub' | 'unsub' | 'typ' }
 >;
 
-/** What a {@link Session} may ask of the server. */
-export interface SessionHost {
+/**
+ * What a session may ask of the server. `S` is the session type (the engine's `Session`): a
+ * parameter, so that this file does not import session.ts, which imports it (no import cycle).
+ */
+export interface SessionHost<S> {
   readonly clock: Clock;
   readonly config: SessionConfig;
   readonly metrics: ServerMetrics;
@@ -69,7 +71,7 @@ export interface SessionHost {
   /** Whether an existing device must approve this one before it may open a session. */
   needsApproval(addr: DeviceAddress): Promise<boolean>;
   /** A new device awaits approval: its link code. */
-  startLink(session: Session): { code: string; exp: number };
+  startLink(session: S): { code: string; exp: number };
   /**
    * Registers a device opening a session here in the cluster (undefined without one): from then
    * on every commit for it rings this node.
@@ -78,9 +80,9 @@ export interface SessionHost {
   /** Takes back {@link registerInCluster} for a session that closed while it ran. */
   unregisterInCluster(addr: DeviceAddress): void;
   /** The session opened: it is the device's session from now on (replacing an older one). */
-  bind(session: Session): void;
+  bind(session: S): void;
   /** The session closed. */
-  unbind(session: Session, code: number): void;
+  unbind(session: S, code: number): void;
 
   // ---------------------------------------------------------------- frames
   /** Counts a frame against the device's frames per second: false when over. */
@@ -89,15 +91,15 @@ export interface SessionHost {
    * Charges a frame's size to the device's and user's cost budgets before it is decoded: false
    * when it must not be decoded at all (refused, its request id read from the bytes).
    */
-  affordBytes(session: Session, data: Uint8Array, now: number): boolean;
+  affordBytes(session: S, data: Uint8Array, now: number): boolean;
   /** Charges a frame to the device's and user's cost budgets: false when it must not run. */
-  afford(session: Session, frame: ClientFrame, now: number): boolean;
+  afford(session: S, frame: ClientFrame, now: number): boolean;
   /** Why a group change is refused before it is queued (a creation or join cap), or undefined. */
   groupCapRefusal(input: GroupInput): string | undefined;
   /** Queues a commit; the session is answered `ok` or `err` with `r` once it ran. */
-  commit(session: Session, r: number, input: AppendInput): void;
+  commit(session: S, r: number, input: AppendInput): void;
   /** Hands a frame to the part of the server that serves it (see {@link ServiceFrame}). */
-  serve(session: Session, frame: ServiceFrame, now: number): void;
+  serve(session: S, frame: ServiceFrame, now: number): void;
 
   // ---------------------------------------------------------------- delivery
   /** Pushes the entries a store call wrote to sessions that can take them, rings the rest. */
@@ -107,5 +109,5 @@ export interface SessionHost {
   /** Tells a connected device whose one-time keys run low to upload more. */
   checkKeySupply(addr: DeviceAddress): Promise<void>;
   /** A store call of the session failed: the store counts as failing, the session is closed with 1013. */
-  storeFailed(error: unknown, session: Session): void;
+  storeFailed(error: unknown, session: S): void;
 }

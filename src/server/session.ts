@@ -90,7 +90,7 @@ export class Session {
   private readonly held: HeldEntries;
 
   constructor(
-    private readonly host: SessionHost,
+    private readonly host: SessionHost<Session>,
     readonly conn: Connection,
   ) {
     this.lastFrameAt = this.rateWindowStart = host.clock.now();

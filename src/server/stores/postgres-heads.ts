@@ -20,18 +20,48 @@ export interface HeadRow {
   bytes: string;
 }
 
-/** The columns of the entries to insert, one element per entry, in offset order per device. */
-export interface EntryColumns {
-  dev: number[];
-  ts: number[];
-  message: Array<number | null>;
-  body: Array<Uint8Array | null>;
-  event: Array<number | null>;
-  status: Array<string | null>;
-  ids: Array<string | null>;
-  by: Array<string | null>;
-  size: number[];
+/** A new inbox entry's values, as the store's writer holds them. */
+export interface EntryValues {
+  dev: number;
+  ts: number;
+  message: number | null;
+  body: Uint8Array | null;
+  event: number | null;
+  status: string | null;
+  ids: string | null;
+  by: string | null;
+  size: number;
 }
+
+/**
+ * The inbox columns after `dev` and `pos`, in table order: the column, the array type it is
+ * bound as, and the {@link EntryValues} field it comes from. The one list every statement that
+ * inserts entries is built from.
+ */
+const VALUE_COLUMNS = [
+  ['ts', 'float8', 'ts'],
+  ['message', 'bigint', 'message'],
+  ['body', 'bytea', 'body'],
+  ['event', 'bigint', 'event'],
+  ['status', 'text', 'status'],
+  ['ids', 'text', 'ids'],
+  ['by_user', 'text', 'by'],
+  ['size', 'int', 'size'],
+] as const satisfies ReadonlyArray<readonly [string, string, keyof EntryValues]>;
+
+/** The value columns, for an insert's column list: `ts, message, …, size`. */
+export const ENTRY_VALUE_COLUMNS = VALUE_COLUMNS.map(([c]) => c).join(', ');
+
+/** The value columns' parameters from `$first` on, typed as arrays: `$3::float8[], …`. */
+export const entryValueParams = (first: number): string =>
+  VALUE_COLUMNS.map(([, type], i) => `$${first + i}::${type}[]`).join(', ');
+
+/** The value columns' arrays for those parameters, one element per entry. */
+export const entryValueArrays = (entries: readonly EntryValues[]): unknown[] =>
+  VALUE_COLUMNS.map(([, , field]) => entries.map((e) => e[field]));
+
+/** The value columns of the `e` rows, for the insert's select list. */
+const E_VALUES = VALUE_COLUMNS.map(([c]) => `e.${c}`).join(', ');
 
 /**
  * Locks the heads of `devs` (sorted: one lock order for every writer) and returns them as they
@@ -44,16 +74,16 @@ export async function lockAndPlace(
   s: string,
   devs: number[],
   freed: Map<number, InboxUsage>,
-  cols: EntryColumns,
+  entries: readonly EntryValues[],
   limit: InboxUsage,
 ): Promise<{ heads: HeadRow[]; placed: boolean }> {
   const added = new Map<number, InboxUsage>();
-  cols.dev.forEach((dev, i) => {
-    const a = added.get(dev) ?? { entries: 0, bytes: 0 };
+  for (const e of entries) {
+    const a = added.get(e.dev) ?? { entries: 0, bytes: 0 };
     a.entries++;
-    a.bytes += cols.size[i]!;
-    added.set(dev, a);
-  });
+    a.bytes += e.size;
+    added.set(e.dev, a);
+  }
   const { rows } = await c.query(
     `WITH h AS (
        SELECT dev, last_offset, entries, bytes FROM ${s}.inbox_heads
@@ -67,13 +97,11 @@ export async function lockAndPlace(
                                     AND h.bytes - a.fb + a.ab <= $7::float8), true) AS ok
        FROM a LEFT JOIN h ON h.dev = a.dev
      ), e AS (
-       SELECT * FROM unnest($8::bigint[], $9::float8[], $10::bigint[], $11::bytea[], $12::bigint[],
-                            $13::text[], $14::text[], $15::text[], $16::int[])
-         WITH ORDINALITY AS e(dev, ts, message, body, event, status, ids, by_user, size, n)
+       SELECT * FROM unnest($8::bigint[], ${entryValueParams(9)})
+         WITH ORDINALITY AS e(dev, ${ENTRY_VALUE_COLUMNS}, n)
      ), ins AS (
-       INSERT INTO ${s}.inbox (dev, pos, ts, message, body, event, status, ids, by_user, size)
-       SELECT e.dev, h.last_offset + row_number() OVER (PARTITION BY e.dev ORDER BY e.n), e.ts,
-              e.message, e.body, e.event, e.status, e.ids, e.by_user, e.size
+       INSERT INTO ${s}.inbox (dev, pos, ${ENTRY_VALUE_COLUMNS})
+       SELECT e.dev, h.last_offset + row_number() OVER (PARTITION BY e.dev ORDER BY e.n), ${E_VALUES}
        FROM e JOIN h ON h.dev = e.dev WHERE (SELECT ok FROM ok)
      ), upd AS (
        UPDATE ${s}.inbox_heads x
@@ -89,15 +117,8 @@ export async function lockAndPlace(
       devs.map((d) => added.get(d)?.bytes ?? 0),
       limit.entries,
       limit.bytes,
-      cols.dev,
-      cols.ts,
-      cols.message,
-      cols.body,
-      cols.event,
-      cols.status,
-      cols.ids,
-      cols.by,
-      cols.size,
+      entries.map((e) => e.dev),
+      ...entryValueArrays(entries),
     ],
   );
   const heads = rows as Array<HeadRow & { placed: boolean }>;

@@ -56,7 +56,7 @@ import type {
 import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
 import { claimBundles } from './postgres-keys.js';
 import { claimDirect, type DirectClaim } from './postgres-claim.js';
-import { lockAndPlace, type EntryColumns } from './postgres-heads.js';
+import { ENTRY_VALUE_COLUMNS, entryValueArrays, entryValueParams, lockAndPlace } from './postgres-heads.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import {
   decodeGapStreams,
@@ -908,19 +908,8 @@ function postgresStore(
       const devs = [...new Set([...this.entries.map((e) => e.dev), ...this.freed.keys()])].sort(
         (a, b) => a - b,
       );
-      const entryCols: EntryColumns = {
-        dev: this.entries.map((e) => e.dev),
-        ts: this.entries.map((e) => e.ts),
-        message: this.entries.map((e) => e.message),
-        body: this.entries.map((e) => e.body),
-        event: this.entries.map((e) => e.event),
-        status: this.entries.map((e) => e.status),
-        ids: this.entries.map((e) => e.ids),
-        by: this.entries.map((e) => e.by),
-        size: this.entries.map((e) => e.size),
-      };
       const limit = { entries: quotas.inboxEntries, bytes: quotas.inboxBytes };
-      const { heads, placed } = await lockAndPlace(c, s, devs, this.freed, entryCols, limit);
+      const { heads, placed } = await lockAndPlace(c, s, devs, this.freed, this.entries, limit);
       const last = new Map<number, number>();
       if (placed) {
         // Everything fitted and went in with the locks, offsets in entry order per device.
@@ -948,18 +937,8 @@ function postgresStore(
       const droppedMessages: number[] = [];
       if (plan.skipped.size > 0) await this.skip(plan.skipped, usage, droppedMessages);
       const added = new Map<number, InboxUsage>();
-      const cols = {
-        dev: [] as number[],
-        pos: [] as number[],
-        ts: [] as number[],
-        message: [] as Array<number | null>,
-        body: [] as Array<Uint8Array | null>,
-        event: [] as Array<number | null>,
-        status: [] as Array<string | null>,
-        ids: [] as Array<string | null>,
-        by: [] as Array<string | null>,
-        size: [] as number[],
-      };
+      const kept: NewEntry[] = [];
+      const positions: number[] = [];
       const droppedEvents: number[] = [];
       for (const e of this.entries) {
         const prev = last.get(e.dev);
@@ -977,43 +956,27 @@ function postgresStore(
         a.bytes += e.size;
         added.set(e.dev, a);
         if (e.sink) e.sink[e.slot!] = pos;
-        cols.dev.push(e.dev);
-        cols.pos.push(pos);
-        cols.ts.push(e.ts);
-        cols.message.push(e.message);
-        cols.body.push(e.body);
-        cols.event.push(e.event);
-        cols.status.push(e.status);
-        cols.ids.push(e.ids);
-        cols.by.push(e.by);
-        cols.size.push(e.size);
+        kept.push(e);
+        positions.push(pos);
       }
-      if (cols.dev.length > 0 || usage.size > 0) {
+      if (kept.length > 0 || usage.size > 0) {
         const headDevs = [...last.keys()];
         await c.query(
           `WITH heads AS (
              UPDATE ${s}.inbox_heads h SET last_offset = x.v, entries = x.n, bytes = x.b
-             FROM unnest($10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[]) AS x(dev, v, n, b)
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[]) AS x(dev, v, n, b)
              WHERE h.dev = x.dev
            )
-           INSERT INTO ${s}.inbox (dev, pos, ts, message, body, event, status, ids, by_user, size)
-           SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::bigint[], $5::bytea[],
-                                $6::bigint[], $7::text[], $8::text[], $9::text[], $14::int[])`,
+           INSERT INTO ${s}.inbox (dev, pos, ${ENTRY_VALUE_COLUMNS})
+           SELECT * FROM unnest($5::bigint[], $6::bigint[], ${entryValueParams(7)})`,
           [
-            cols.dev,
-            cols.pos,
-            cols.ts,
-            cols.message,
-            cols.body,
-            cols.event,
-            cols.status,
-            cols.ids,
-            cols.by,
             headDevs,
             headDevs.map((d) => last.get(d)!),
             headDevs.map((d) => usage.get(d)!.entries + (added.get(d)?.entries ?? 0)),
             headDevs.map((d) => usage.get(d)!.bytes + (added.get(d)?.bytes ?? 0)),
-            cols.size,
+            kept.map((e) => e.dev),
+            positions,
+            ...entryValueArrays(kept),
           ],
         );
       }
