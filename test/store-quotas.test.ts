@@ -28,6 +28,7 @@ describe('memory store quotas', () => {
   registerCases(
     serverStoreQuotaConformance({
       name: 'memory',
+      capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
       open: async (quotas) => make(quotas, createMemoryServerState()),
       async reopen(old) {
         const { quotas, data } = opened.get(old)!;
@@ -52,6 +53,7 @@ describe('sqlite store quotas', () => {
   registerCases(
     serverStoreQuotaConformance({
       name: 'sqlite',
+      capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
       open: async (quotas) => make(quotas, path.join(root, `q-${++n}.sqlite`)),
       async reopen(old) {
         const { quotas, data } = opened.get(old)!;
@@ -79,6 +81,7 @@ describeWithServices('postgres store quotas', reason, () => {
   registerCases(
     serverStoreQuotaConformance({
       name: 'postgres',
+      capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true },
       open: (quotas) => make(quotas, fresh()),
       async reopen(old) {
         const { quotas, data } = opened.get(old)!;

@@ -245,9 +245,10 @@ export interface ServerOptions {
    */
   maxConcurrentHandshakes?: number;
   /**
-   * While the store fails, it is probed this often (with `ServerStore.ping`) so that
-   * {@link PostboxServer.storeHealth} (and `/readyz`) turns healthy again once it answers, even
-   * with no client sending. 0 turns probing off: then only a successful commit does.
+   * While the store fails, it is probed this often (with `ServerStore.ping` when the store
+   * declares it, else a small read) so that {@link PostboxServer.storeHealth} (and `/readyz`)
+   * turns healthy again once it answers, even with no client sending. 0 turns probing off: then
+   * only a successful commit does.
    * @default 1000
    */
   storeProbeMs?: number;

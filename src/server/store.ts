@@ -342,9 +342,10 @@ export type BeforeWrite = (write: string) => void;
  *   every inbox entry, or none of them) and the committed items are a prefix of the batch (all or
  *   none of it when the store declares {@link StoreCapabilities.atomicBatch}); an
  *   {@link ServerStore.ack} deletes its entries and appends their `delivered` statuses together,
- *   or does neither; {@link ServerStore.expire}, {@link ServerStore.registerDevice} and the
- *   unregister calls likewise. The engine answers a failed call by making its clients resend,
- *   and dedupe makes the resend complete the batch exactly once.
+ *   or does neither; {@link ServerStore.registerDevice} and the unregister calls likewise, and
+ *   {@link ServerStore.expire} each of its steps (removals with their statuses and notices). The
+ *   engine answers a failed call by making its clients resend, and dedupe makes the resend
+ *   complete the batch exactly once.
  * - **Atomic append with dedupe.** Each item of {@link ServerStore.append} is all-or-nothing:
  *   its dedupe record, its body or event (stored once) and one entry in every recipient device's
  *   inbox. The whole batch commits in one transaction (group commit), durably, before the promise

@@ -22,6 +22,7 @@ import type {
   StoreCapabilities,
 } from '../server/store.js';
 import { PENDING_DEVICE } from '../server/users.js';
+import { skipUnmet, subjectHas } from './case-needs.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
 import {
   bundleOf,
@@ -2418,27 +2419,6 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
   cases.push(...actionCountCases(subject));
   cases.push(...gapNoticeCases(subject));
   cases.push(...faultCases(subject));
-  skipUnmet(cases, (need) => hasNeed(subject, need), `subject ${subject.name}`);
+  skipUnmet(cases, (need) => subjectHas(subject, need), `subject ${subject.name}`);
   return cases;
-}
-
-/**
- * Marks the cases whose `needs` the subject lacks as skipped, with the missing names as the
- * reason. `has` answers for one name.
- */
-function skipUnmet(cases: ConformanceCase[], has: (need: string) => boolean, who: string): void {
-  for (const c of cases) {
-    const missing = (c.needs ?? []).filter((n) => !has(n));
-    if (missing.length > 0) c.skip = `${who} does not declare ${missing.join(', ')}`;
-  }
-}
-
-/** Whether the subject declares `need`: a store capability, `faults` or `capabilities` at all. */
-function hasNeed(
-  subject: Pick<ServerStoreSubject, 'capabilities' | 'openWithFaults'>,
-  need: string,
-): boolean {
-  if (need === 'faults') return subject.openWithFaults !== undefined;
-  if (need === 'capabilities') return subject.capabilities !== undefined;
-  return (subject.capabilities as Record<string, boolean> | undefined)?.[need] === true;
 }

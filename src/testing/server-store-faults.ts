@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import type { AppendInput, DeviceAddress, InboxEntry, ServerStore } from '../server/store.js';
+import { PENDING_DEVICE } from '../server/users.js';
 import type { ConformanceCase } from './conformance.js';
 
 /**
@@ -286,6 +287,107 @@ export function faultCases(subject: FaultSubject): ConformanceCase[] {
             all.filter((e) => ids.some((id) => (e as { ids: string[] }).ids.includes(id))).length,
             1,
           );
+          return fired;
+        }),
+    },
+    {
+      name: 'a failed expire removes entries only with their expired statuses and gap notices; the retried expire removes each entry once, with one of each',
+      needs: ['faults'],
+      run: () =>
+        everyWrite(subject, async (store, faults, n) => {
+          const t = 1000 * n;
+          const ids = [`x${n}a`, `x${n}b`];
+          const seqs = [n * 10 + 1, n * 10 + 2];
+          await store.append(
+            ids.map((id, i) => ({
+              kind: 'msg',
+              from: ann1,
+              id,
+              to: 'fben',
+              seq: seqs[i]!,
+              body: encoder.encode(id),
+            })),
+            t + 1,
+          );
+          const recipients = [ben1, ben2];
+          const named = async (d: DeviceAddress) =>
+            (await inbox(store, d)).filter(
+              (e) =>
+                e.kind === 'gap' &&
+                e.streams.some(
+                  (st) =>
+                    st.from.device === ann1.device &&
+                    st.ranges.some(([a, b]) => a <= seqs[0]! && seqs[1]! <= b),
+                ),
+            ).length;
+          const expired = async (d: DeviceAddress) =>
+            (await inbox(store, d)).filter(
+              (e) => e.kind === 'status' && e.status === 'expired' && ids.every((id) => e.ids.includes(id)),
+            ).length;
+          const fired = await withFault(faults, n, () => store.expire(t + 2, t + 3));
+          if (fired) {
+            // A store may expire in several steps (entries, then dedupe records), each whole: the
+            // entries are all still there with nothing told, or all gone with everything told.
+            const gone = (await inbox(store, ben1)).every((e) => e.kind !== 'msg' || !ids.includes(e.id));
+            const what = gone ? 'a step that committed' : 'a failed step';
+            for (const d of recipients) {
+              const kept = (await inbox(store, d)).filter((e) => e.kind === 'msg' && ids.includes(e.id));
+              assert.equal(kept.length, gone ? 0 : 2, `${what} removed all of ${key(d)}'s entries or none`);
+              assert.equal(
+                await named(d),
+                gone ? 1 : 0,
+                `${what} told ${key(d)} of the gap with its removal`,
+              );
+            }
+            for (const d of [ann1, ann2])
+              assert.equal(await expired(d), gone ? 1 : 0, `${what} told ${key(d)} expired with the removal`);
+            await store.expire(t + 2, t + 4);
+          }
+          for (const d of recipients) {
+            const kept = (await inbox(store, d)).filter((e) => e.kind === 'msg' && ids.includes(e.id));
+            assert.equal(kept.length, 0, `the expire removed ${key(d)}'s entries`);
+            assert.equal(await named(d), 1, `${key(d)} is told of the gap once`);
+          }
+          for (const d of [ann1, ann2]) assert.equal(await expired(d), 1, `${key(d)} is told expired once`);
+          // A clean slate for the next round: every entry acked.
+          for (const d of [ann1, ann2, ben1, ben2, cid1]) {
+            const offsets = (await inbox(store, d)).map((e) => e.offset);
+            if (offsets.length > 0) await store.ack(d, offsets, t + 5);
+          }
+          return fired;
+        }),
+    },
+    {
+      name: 'a failed first registration leaves the pending inbox whole; the retried one takes it over exactly once',
+      needs: ['faults'],
+      run: () =>
+        everyWrite(subject, async (store, faults, n) => {
+          const user = `fp${n}`;
+          const device: DeviceAddress = { user, device: 'd1' };
+          const pending: DeviceAddress = { user, device: PENDING_DEVICE };
+          assert.equal(await store.registerUser(user, n), true);
+          const ids = [`p${n}a`, `p${n}b`];
+          for (const [i, id] of ids.entries())
+            await store.append(
+              [{ kind: 'msg', from: ann1, id, to: user, seq: i + 1, body: encoder.encode(id) }],
+              n,
+            );
+          const msgIds = async (d: DeviceAddress) =>
+            (await inbox(store, d)).flatMap((e) => (e.kind === 'msg' ? [e.id] : []));
+          const fired = await withFault(faults, n, () => store.registerDevice(device, 100 + n));
+          if (fired) {
+            assert.deepEqual(await store.devices(user), [], 'a failed registration registered nothing');
+            assert.deepEqual(await msgIds(pending), ids, 'the pending inbox is whole');
+            assert.deepEqual(await msgIds(device), [], 'the device has nothing yet');
+            await store.registerDevice(device, 200 + n);
+          }
+          assert.deepEqual(await store.devices(user), ['d1']);
+          assert.deepEqual(
+            await msgIds(device),
+            ids,
+            'the device took the pending entries over, once, in order',
+          );
+          assert.deepEqual(await msgIds(pending), [], 'no pending inbox beside the device');
           return fired;
         }),
     },

@@ -16,7 +16,9 @@ import type {
   KeyUpload,
   MessageInput,
   ServerStore,
+  StoreCapabilities,
 } from '../server/store.js';
+import { skipUnmet, subjectHas } from './case-needs.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
 import { serverStoreFullInboxCases } from './server-store-full-inbox.js';
 
@@ -30,6 +32,11 @@ export interface QuotaStoreSubject {
   reopen(store: ServerStore): Promise<ServerStore>;
   /** Another store over the same data, alongside (a second node); the suite closes it. Optional. */
   share?(store: ServerStore): Promise<ServerStore>;
+  /**
+   * The capabilities the store declares: the cases that need one run only when it is declared
+   * here, and are skipped, saying why, otherwise.
+   */
+  capabilities?: StoreCapabilities;
 }
 
 const alice1: DeviceAddress = { user: 'alice', device: 'a1' };
@@ -389,12 +396,15 @@ export function serverStoreQuotaConformance(subject: QuotaStoreSubject): Conform
   );
 
   withQuotas({})(`${prefix}a device holds one push token: registering another replaces it`, async (h) => {
-    if (!capable(h.store, 'pushTokens')) return;
+    assert.ok(capable(h.store, 'pushTokens'), 'the store declares pushTokens');
     await register(h.store, bob1);
     for (let i = 0; i < 20; i++) await h.store.setPushToken(bob1, { kind: 'fcm', token: `t${i}` });
     assert.deepEqual(await h.store.pushToken(bob1), { kind: 'fcm', token: 't19' });
   });
 
+  cases[cases.length - 1]!.needs = ['pushTokens'];
+
   serverStoreFullInboxCases({ withQuotas, prefix, share: subject.share?.bind(subject) });
+  skipUnmet(cases, (need) => subjectHas(subject, need), `subject ${subject.name}`);
   return cases;
 }
