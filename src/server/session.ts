@@ -4,6 +4,9 @@
  * inbox after a cursor, push, take acks). Everything shared between sessions it asks of the
  * server through {@link SessionHost}.
  * Internal to the engine: not exported from `postbox/server`.
+ *
+ * Just over 500 lines: it holds two kinds of state, the handshake's and the delivery window's
+ * (cursor, in-flight offsets, reads, held pushes); the window is the next part to move out.
  * @packageDocumentation
  */
 import {
