@@ -98,7 +98,12 @@ function boundaries() {
     message: 'a session reaches the server only through SessionHost (session-host.ts)',
   };
   return [
-    entry(['src/server/session.ts'], { patterns: [noFacade, sessionOnlyHost] }),
+    entry(
+      ['session', 'delivery', 'held-entries'].map((f) => `src/server/${f}.ts`),
+      {
+        patterns: [noFacade, sessionOnlyHost],
+      },
+    ),
     entry(
       [...serverParts, 'session-host', 'wire'].map((f) => `src/server/${f}.ts`),
       { patterns: [noFacade] },

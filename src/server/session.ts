@@ -4,15 +4,11 @@
  * inbox after a cursor, push, take acks). Everything shared between sessions it asks of the
  * server through {@link SessionHost}.
  * Internal to the engine: not exported from `postbox/server`.
- *
- * Just over 500 lines: it holds two kinds of state, the handshake's and the delivery window's
- * (cursor, in-flight offsets, reads, held pushes); the window is the next part to move out.
+ * The delivery window (cursor, in-flight offsets, reads, held pushes) is its own part: delivery.ts.
  * @packageDocumentation
  */
 import {
   CLOSE_CODES,
-  GAP_FRAME_VERSION,
-  INBOX_FULL_GAP_VERSION,
   MIN_PROTOCOL_VERSION,
   PROTOCOL_VERSION,
   PostboxError,
@@ -29,12 +25,12 @@ import {
 } from '../protocol/index.js';
 import type { Connection, ConnectionHandlers } from '../transport/types.js';
 import type { TimerHandle } from '../util/clock.js';
-import { HeldEntries } from './held-entries.js';
+import { DeliveryWindow } from './delivery.js';
 import { acceptAuth } from './identity.js';
 import type { AuthResult } from './options.js';
 import type { SessionHost } from './session-host.js';
 import type { AppendInput, DeviceAddress, InboxEntry, NotifyResult } from './store.js';
-import { entryFrame, groupInput, messageInput, receiptInput } from './wire.js';
+import { groupInput, messageInput, receiptInput } from './wire.js';
 
 /** What a ciphertext may add to `maxBodyBytes` (a PreKey message carries ~1.9 KB of keys). */
 const CIPHERTEXT_OVERHEAD = 4096;
@@ -76,28 +72,15 @@ export class Session {
   private invalidFrames = 0;
   private rateWindowStart: number;
   private rateCount = 0;
-  // Delivery window.
-  private cursor = 0;
-  /** Offsets delivered and not yet acked; made on the first delivery (idle sessions never need one). */
-  private inflight: Set<number> | undefined;
-  private reading = false;
-  private dirty = false;
-  /**
-   * The last read reached the end of the inbox and nothing was appended since (every append
-   * rings): an ack or a drain then frees room without a pointless read of an empty tail.
-   */
-  private drained = false;
-  /** When the inbox was last read (for {@link ServerOptions.inboxPollMs}). */
-  private lastReadAt = 0;
-  /** Pushes that overtook an earlier offset's, held until it goes out (see held-entries.ts). */
-  private readonly held: HeldEntries;
+  /** What went down the connection and what waits for the device's ack (delivery.ts). */
+  private readonly window: DeliveryWindow<Session>;
 
   constructor(
     private readonly host: SessionHost<Session>,
     readonly conn: Connection,
   ) {
     this.lastFrameAt = this.rateWindowStart = host.clock.now();
-    this.held = new HeldEntries(host.clock, () => this.notify());
+    this.window = new DeliveryWindow(host, this);
     conn.setHandlers(new SessionHandlers(this));
     // A timer per handshake rather than a check in the liveness sweep, which runs every half
     // heartbeat (12.5 s): with it a silent socket was held 10-22 s. Node keeps timers of one
@@ -167,14 +150,14 @@ export class Session {
     }
     const poll = this.host.config.inboxPollMs;
     // A doorbell may have been lost: look at the inbox anyway now and then.
-    if (poll > 0 && now - this.lastReadAt >= poll) this.notify();
+    if (poll > 0 && now - this.window.lastReadAt >= poll) this.notify();
   }
 
   /** The connection closed. */
   onClosed(code: number): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
-    this.held.clear();
+    this.window.closed();
     this.endHandshake();
     this.host.unbind(this, code);
   }
@@ -412,7 +395,7 @@ export class Session {
   }
 
   private async onAck(offsets: number[]): Promise<void> {
-    if (this.inflight) for (const o of offsets) this.inflight.delete(o);
+    this.window.acked(offsets);
     if (this.host.tracer.on) this.host.tracer.acked(this.addr!, offsets);
     try {
       const res = await this.host.store.ack(this.addr!, offsets, this.host.clock.now());
@@ -425,105 +408,38 @@ export class Session {
     this.pump();
   }
 
-  /**
-   * Whether the entry at `offset` may go out without a store read: this session's inbox was
-   * drained (every entry up to its cursor went out), `offset` is past the cursor, and the window
-   * has room for it and for the entries before it that have not come yet. When it may not, the
-   * caller rings instead.
-   */
+  /** Whether the entry at `offset` may go out without a store read (see {@link DeliveryWindow.canTake}). */
   canTake(offset: number): boolean {
-    if (this.state !== 'open' || !this.drained || this.reading || offset <= this.cursor) return false;
-    const ahead = offset - this.cursor; // this entry, and the ones before it still to come
-    if ((this.inflight?.size ?? 0) + ahead > this.host.config.deliveryWindow) return false;
-    return this.conn.bufferedAmount <= this.host.config.sendHighWaterBytes;
+    return this.window.canTake(offset);
   }
 
-  /**
-   * Sends the entry at `offset`, already encoded, that {@link canTake} let through; one that
-   * overtook an earlier offset's push is held until that one goes out.
-   */
+  /** Sends the entry at `offset`, already encoded, that {@link canTake} let through. */
   take(offset: number, data: Uint8Array): void {
-    if (offset !== this.cursor + 1) return this.held.hold(offset, data);
-    this.sendAt(offset, data);
-    let next: Uint8Array | undefined;
-    while (this.held.size > 0 && (next = this.held.take(offset + 1)) !== undefined)
-      this.sendAt(++offset, next);
-  }
-
-  private sendAt(offset: number, data: Uint8Array): void {
-    this.cursor = offset;
-    (this.inflight ??= new Set()).add(offset);
-    this.conn.send(data);
-    this.host.metrics.delivered(1);
+    this.window.take(offset, data);
   }
 
   /** Delivers an entry the store just wrote when {@link canTake} lets it through; false otherwise. */
   offer(e: InboxEntry): boolean {
-    if (!this.canTake(e.offset)) return false;
-    this.take(e.offset, encodeFrame(entryFrame(e, this.addr!.user)));
-    if (this.host.tracer.on) this.host.tracer.pushed(this.addr!, e);
-    return true;
+    return this.window.offer(e);
   }
 
   /** New entries landed in this device's inbox. */
   notify(): void {
-    this.drained = false;
-    this.pump();
+    this.window.notify();
   }
 
-  /** Pulls the next entries of the inbox into the delivery window. Store is the truth; this is idempotent. */
+  /** Pulls the next entries of the inbox into the delivery window. */
   pump(): void {
-    if (this.state !== 'open' || this.drained) return;
-    if (this.reading) {
-      this.dirty = true;
-      return;
-    }
-    const room = this.host.config.deliveryWindow - (this.inflight?.size ?? 0);
-    if (room <= 0 || this.conn.bufferedAmount > this.host.config.sendHighWaterBytes) return;
-    this.held.clear(); // the read delivers them, in order
-    this.reading = true;
-    this.dirty = false;
-    this.lastReadAt = this.host.clock.now();
-    this.host.store.readInbox(this.addr!, this.cursor, room).then(
-      (entries) => {
-        this.reading = false;
-        if (this.state !== 'open') return;
-        let unsendable: number[] | undefined;
-        for (const e of entries) {
-          this.cursor = e.offset;
-          if (
-            e.kind === 'gap' &&
-            this.version < (e.reason === 'inbox_full' ? INBOX_FULL_GAP_VERSION : GAP_FRAME_VERSION)
-          ) {
-            (unsendable ??= []).push(e.offset);
-            continue;
-          }
-          (this.inflight ??= new Set()).add(e.offset);
-          this.send(entryFrame(e, this.addr!.user));
-          if (this.host.tracer.on) this.host.tracer.pushed(this.addr!, e);
-        }
-        if (entries.length > 0) this.host.metrics.delivered(entries.length - (unsendable?.length ?? 0));
-        if (unsendable) void this.ackUnsendable(unsendable);
-        if (this.dirty || entries.length === room) this.pump();
-        else this.drained = true;
-      },
-      (e) => {
-        this.reading = false;
-        this.host.storeFailed(e, this);
-      },
-    );
+    this.window.pump();
   }
 
-  /**
-   * Deletes entries this session's protocol version has no frame for (gap notices before version
-   * 2, `inbox_full` ones before 3), as the device's ack would; the next read goes past them anyway.
-   */
-  private async ackUnsendable(offsets: number[]): Promise<void> {
-    try {
-      const res = await this.host.store.ack(this.addr!, offsets, this.host.clock.now());
-      this.host.ring(res.notify);
-    } catch (e) {
-      this.host.storeFailed(e, this);
-    }
+  /** Open: frames may go down the connection (for the delivery window). */
+  isOpen(): boolean {
+    return this.state === 'open';
+  }
+
+  /** The protocol version this session speaks. */
+  protocolVersion(): number {
+    return this.version;
   }
 }
