@@ -1,6 +1,7 @@
 // Small scenario builders shared by the engine tests: a world on a virtual clock with an
 // in-memory network, one server engine over a memory store, and devices whose events are
 // recorded so a test reads like the guarantee it proves.
+import type { StoreCapabilities } from '../src/server/store.js';
 import { expect } from 'vitest';
 import type { CryptoAdapter } from '../src/crypto/types.js';
 import {
@@ -388,3 +389,12 @@ export async function clientOfFakeServer(
   });
   return { clock, server, client };
 }
+
+/** Every capability a store can declare: what the three built-in stores' conformance subjects claim. */
+export const EVERY_CAPABILITY: StoreCapabilities = {
+  pushTokens: true,
+  inboxSize: true,
+  ping: true,
+  atomicBatch: true,
+  actionCounts: true,
+};

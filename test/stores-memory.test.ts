@@ -1,3 +1,4 @@
+import { EVERY_CAPABILITY } from './helpers.js';
 import { describe, expect, it } from 'vitest';
 import {
   createMemoryClientState,
@@ -21,7 +22,7 @@ describe('memory server store conformance', () => {
   registerCases(
     serverStoreConformance({
       name: 'memory',
-      capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true, actionCounts: true },
+      capabilities: EVERY_CAPABILITY,
       openWithFaults: async (faults) => memoryServerStore({ beforeWrite: faults.hook }),
       async open() {
         const state = createMemoryServerState();

@@ -1,3 +1,4 @@
+import { EVERY_CAPABILITY } from './helpers.js';
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -60,13 +61,7 @@ describeWithServices('postgres server store', reason, () => {
           return openOn(schemaOf.get(old)!);
         },
         share: (store) => openOn(schemaOf.get(store)!),
-        capabilities: {
-          pushTokens: true,
-          inboxSize: true,
-          ping: true,
-          atomicBatch: true,
-          actionCounts: true,
-        },
+        capabilities: EVERY_CAPABILITY,
         openWithFaults: (faults) =>
           openPostgresServerStore({
             connectionString: URL,

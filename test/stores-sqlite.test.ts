@@ -1,3 +1,4 @@
+import { EVERY_CAPABILITY } from './helpers.js';
 import Database from 'better-sqlite3';
 import { Packr } from 'msgpackr';
 import fs from 'node:fs';
@@ -70,13 +71,7 @@ for (const mode of ['path', 'database'] as const) {
           return openServer(files.get(old)!);
         },
         share: async (store) => openServer(files.get(store)!),
-        capabilities: {
-          pushTokens: true,
-          inboxSize: true,
-          ping: true,
-          atomicBatch: true,
-          actionCounts: true,
-        },
+        capabilities: EVERY_CAPABILITY,
         openWithFaults: async (faults) =>
           opener((source) => sqliteServerStore({ ...source, beforeWrite: faults.hook }), mode)(freshFile()),
       }),
