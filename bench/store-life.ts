@@ -50,11 +50,10 @@ async function round(store: ServerStore, n: { next: number }): Promise<number> {
   const now = Date.now();
   const out = await store.append(items, now);
   const acks: Array<Promise<unknown>> = [];
-  out.forEach((o, i) => {
+  for (const o of out) {
     if (!o.ok || !o.offsets) throw new Error('append refused');
     o.notify.forEach((d, j) => acks.push(store.ack(d, [o.offsets![j]!], now)));
-    void i;
-  });
+  }
   const results = (await Promise.all(acks)) as Array<{
     entries?: Array<{ device: DeviceAddress; entry: { offset: number } }>;
   }>;

@@ -90,6 +90,15 @@ export function preKeyQuotaError(label: string, max: number): PostboxError {
   );
 }
 
+/**
+ * The start of the fixed window of `windowMs` that holds `now`, for
+ * {@link ServerStore.countActions}: windows start at whole multiples of `windowMs`, so every
+ * node agrees which one a count falls in.
+ */
+export function actionWindow(now: number, windowMs: number): number {
+  return now - (now % windowMs);
+}
+
 /** The first of `users` that already holds `count(user) >= max` groups, or undefined. */
 export function overGroupQuota(
   users: readonly string[],

@@ -48,6 +48,7 @@ import {
   inboxFits,
   placeItem,
   keysAfter,
+  actionWindow,
   overGroupQuota,
   preKeyQuotaError,
   resolveQuotas,
@@ -942,7 +943,7 @@ export function memoryServerStore(
     ): Promise<number[]> {
       check('countActions');
       const actions = (data.actions ??= new Map());
-      const win = now - (now % windowMs);
+      const win = actionWindow(now, windowMs);
       return users.map((user) => {
         const k = orderedKey(kind, user);
         const c = actions.get(k);

@@ -95,6 +95,7 @@ import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '
 import {
   OverQuota,
   planInboxes,
+  actionWindow,
   overGroupQuota,
   preKeyQuotaError,
   resolveQuotas,
@@ -2180,7 +2181,7 @@ function postgresStore(
            ON CONFLICT (kind, user_id) DO UPDATE
              SET n = CASE WHEN a.win = excluded.win THEN a.n + 1 ELSE 1 END, win = excluded.win
            RETURNING user_id, n`,
-          [kind, distinct, now - (now % windowMs)],
+          [kind, distinct, actionWindow(now, windowMs)],
         ),
       );
       const counts = new Map(rows.map((r) => [r.user_id, Number(r.n)]));

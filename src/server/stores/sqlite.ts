@@ -117,6 +117,7 @@ import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '
 import {
   inboxFits,
   placeItem,
+  actionWindow,
   overGroupQuota,
   preKeyQuotaError,
   resolveQuotas,
@@ -1518,7 +1519,7 @@ export function sqliteServerStore(
       now: number,
     ): Promise<number[]> {
       check();
-      const win = now - (now % windowMs);
+      const win = actionWindow(now, windowMs);
       // One write transaction (SQLite's write lock orders it against every other process), not
       // waited on for a flush: a count a crash forgets only lets a user one action more.
       return tx(() => users.map((user) => (sql.countAction.get(kind, user, win) as { n: number }).n));
