@@ -1,6 +1,7 @@
 // Issue 22, transport half: nothing costly before authentication, every socket counted, the
 // outbound queue bounded. Real servers on real sockets; no clock assertions.
 import { Packr } from 'msgpackr';
+import { createServer as createHttpServer } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { WebSocket } from 'ws';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -8,7 +9,11 @@ import { CLOSE_CODES, encodeFrame } from '../src/protocol/index.js';
 import { createServer, type PostboxServer } from '../src/server/index.js';
 import { memoryServerStore } from '../src/server/stores/memory.js';
 import type { Connection } from '../src/transport/types.js';
-import { websocketServerTransport, type WebSocketServerOptions } from '../src/transport/websocket.js';
+import {
+  guardSockets,
+  websocketServerTransport,
+  type WebSocketServerOptions,
+} from '../src/transport/websocket.js';
 import { rawPeer, type RawPeer } from './fixtures/raw-peer.js';
 
 let cleanup: Array<() => Promise<void>> = [];
@@ -106,8 +111,7 @@ describe('every socket is counted', () => {
     const { url, port } = await serve({ maxConnectionsPerAddress: 5 });
     const held = await Promise.all(Array.from({ length: 5 }, () => tcp(port, '127.0.0.2')));
     cleanup.push(async () => held.forEach((s) => s.destroy()));
-    const sixth = await tcp(port, '127.0.0.2');
-    expect(await closedSoon(sixth)).toBe(true);
+    expect(await refusedSoon(port, '127.0.0.2')).toBe(true);
     const other = await rawPeer(url, '127.0.0.3');
     other.hello('carol');
     await until(() => other.frames.some((f) => f.t === 'welcome'));
@@ -120,12 +124,36 @@ describe('every socket is counted', () => {
       ['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5'].map((a) => tcp(port, a)),
     );
     cleanup.push(async () => held.forEach((s) => s.destroy()));
-    expect(await closedSoon(await tcp(port, '127.0.0.6'))).toBe(true);
+    expect(await refusedSoon(port, '127.0.0.6')).toBe(true);
     held[0]!.destroy();
     await new Promise((r) => setTimeout(r, 50));
     const again = await tcp(port, '127.0.0.6');
     expect(await closedSoon(again, 300)).toBe(false);
     again.destroy();
+  });
+
+  it('a socket over its cap is reset on accept, before the HTTP server builds a socket for it', async () => {
+    // A flooding peer reconnects as fast as it is reset: the refusal must not cost a net.Socket and
+    // an HTTP parser. The `connection` event counts the sockets the server built.
+    const http = createHttpServer();
+    let built = 0;
+    http.on('connection', () => built++);
+    const guard = guardSockets(http, { maxSocketsPerAddress: 2 });
+    await new Promise<void>((r) => http.listen(0, '127.0.0.1', r));
+    cleanup.push(() => new Promise<void>((r) => http.close(() => r())));
+    const port = (http.address() as { port: number }).port;
+    const held = await Promise.all([tcp(port, '127.0.0.2'), tcp(port, '127.0.0.2')]);
+    cleanup.push(async () => held.forEach((s) => s.destroy()));
+    await until(() => built === 2);
+    for (let i = 0; i < 5; i++) expect(await refusedSoon(port, '127.0.0.2')).toBe(true);
+    expect(guard.refused.address).toBe(5);
+    expect(built).toBe(2);
+    expect(guard.openFrom('127.0.0.2')).toBe(2);
+    // Detached, the server accepts again as Node alone would.
+    guard.detach();
+    const free = await tcp(port, '127.0.0.2');
+    cleanup.push(async () => void free.destroy());
+    await until(() => built === 3);
   });
 
   it('a socket that does not finish its request headers in time is reset', async () => {
@@ -177,6 +205,14 @@ function closedSoon(s: Socket, ms = 2000): Promise<boolean> {
       resolve(true);
     });
   });
+}
+
+/** Whether a new socket from `localAddress` is refused: reset during its connect, or closed soon after. */
+function refusedSoon(port: number, localAddress: string, ms = 2000): Promise<boolean> {
+  return tcp(port, localAddress).then(
+    (s) => closedSoon(s, ms),
+    () => true,
+  );
 }
 
 function rawPeerWith(url: string, localAddress: string, headers: Record<string, string>): Promise<WebSocket> {

@@ -4,6 +4,12 @@
  * request headers. A socket over a cap is reset as soon as it is accepted, before Node reads a
  * byte of it, so one address cannot hold the server's file descriptors, and the process keeps
  * descriptors for its store, logs and outgoing connections below its open-files limit.
+ *
+ * A refusal must also be cheap, since a flooding peer reconnects as fast as it is reset: the guard
+ * checks the caps on the accepted handle itself, before Node wraps it in a `net.Socket` and the
+ * HTTP server gives it a parser (about a third of the CPU per refused socket; see
+ * docs/security.md). Where the listening handle is not a plain TCP one (a cluster worker's shared
+ * handle, a pipe), the same check runs on the `connection` event instead.
  * @packageDocumentation
  */
 import { readFileSync } from 'node:fs';
@@ -113,21 +119,30 @@ export function guardSockets(
   const refused = { global: 0, address: 0, timeout: 0 };
   let open = 0;
 
-  const refuse = (socket: Socket, reason: SocketRefusal, address: string) => {
+  const count = (reason: SocketRefusal, address: string) => {
     refused[reason]++;
     options.onRefused?.(reason, address);
+  };
+  const refuse = (socket: Socket, reason: SocketRefusal, address: string) => {
+    count(reason, address);
     // A reset frees the descriptor now; a FIN would leave it to the peer's goodwill.
     socket.on('error', () => {});
     if (typeof socket.resetAndDestroy === 'function') socket.resetAndDestroy();
     else socket.destroy();
   };
+  /** The one admission rule: why a new socket from `address` is refused, if it is. */
+  const refusal = (address: string): SocketRefusal | undefined => {
+    if (open >= maxSockets) return 'global';
+    if (resolver.isProxy(address)) return undefined;
+    return (perAddress.get(address) ?? 0) >= maxPerAddress ? 'address' : undefined;
+  };
 
   const onConnection = (socket: Socket) => {
     const address = normalizeAddress(socket.remoteAddress ?? 'unknown');
-    if (open >= maxSockets) return refuse(socket, 'global', address);
+    const no = refusal(address);
+    if (no !== undefined) return refuse(socket, no, address);
     const counted = !resolver.isProxy(address);
     const mine = counted ? (perAddress.get(address) ?? 0) : 0;
-    if (counted && mine >= maxPerAddress) return refuse(socket, 'address', address);
     open++;
     if (counted) perAddress.set(address, mine + 1);
     const deadline = setTimeout(() => {
@@ -157,6 +172,12 @@ export function guardSockets(
   };
 
   server.on('connection', onConnection);
+  const early = refuseOnAccept(server, (peer) => {
+    const address = normalizeAddress(peer);
+    const no = refusal(address);
+    if (no !== undefined) count(no, address);
+    return no !== undefined;
+  });
   // `prependListener`: met before any handler that may hold the request for long.
   server.prependListener('request', onHeaders);
   server.prependListener('upgrade', onHeaders);
@@ -171,8 +192,61 @@ export function guardSockets(
     openFrom: (address) => perAddress.get(normalizeAddress(address)) ?? 0,
     detach() {
       server.off('connection', onConnection);
+      early.detach();
       server.off('request', onHeaders);
       server.off('upgrade', onHeaders);
+    },
+  };
+}
+
+/** The parts of Node's TCP handle (`process.binding('tcp_wrap').TCP`) the early refusal uses. */
+interface AcceptedHandle {
+  getpeername?(out: { address?: string }): number;
+  reset?(callback: () => void): number;
+  close(callback?: () => void): void;
+}
+/** A listening handle: Node calls `onconnection` with each accepted handle. */
+interface ListeningHandle {
+  onconnection?: (this: unknown, error: number, handle?: AcceptedHandle) => unknown;
+}
+
+/**
+ * Refuses a connection on its accepted handle, before Node builds a socket for it, whenever
+ * `refused(peerAddress)` says so: the handle is reset (RST) and closed. Installs on every
+ * `listening` of `server` (and now, if it listens already); a handle without a peer name is left
+ * to the `connection` event. This hooks Node's undocumented `server._handle.onconnection`, the
+ * same on Node 18 to 24; if the shape differs, nothing is hooked and the `connection` path alone
+ * refuses, as before.
+ */
+function refuseOnAccept(
+  server: HttpServer | HttpsServer,
+  refused: (peer: string) => boolean,
+): { detach(): void } {
+  const hooked: Array<[ListeningHandle, NonNullable<ListeningHandle['onconnection']>]> = [];
+  const peer: { address?: string } = {};
+  const install = () => {
+    const handle = (server as unknown as { _handle?: ListeningHandle | null })._handle;
+    const original = handle?.onconnection;
+    if (!handle || typeof original !== 'function' || hooked.some(([h]) => h === handle)) return;
+    handle.onconnection = function (this: unknown, error: number, accepted?: AcceptedHandle) {
+      if (error === 0 && accepted && typeof accepted.getpeername === 'function') {
+        peer.address = undefined;
+        if (accepted.getpeername(peer) === 0 && peer.address !== undefined && refused(peer.address)) {
+          // A reset that cannot be set up leaves the handle open: close it then.
+          if (typeof accepted.reset !== 'function' || accepted.reset(() => {}) !== 0) accepted.close();
+          return;
+        }
+      }
+      return original.call(this, error, accepted);
+    };
+    hooked.push([handle, original]);
+  };
+  server.on('listening', install);
+  if (server.listening) install();
+  return {
+    detach() {
+      server.off('listening', install);
+      for (const [handle, original] of hooked.splice(0)) handle.onconnection = original;
     },
   };
 }
