@@ -31,7 +31,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { LOAD_CORE, SERVER_CORE, canPin, startNode } from '../lib/proc.mjs';
+import { LOAD_CORE, SERVER_CORE, canPin, procCpu, startNode } from '../lib/proc.mjs';
 import { median, round } from '../lib/stats.mjs';
 import { healthy, startServe } from './lib/serve.mjs';
 
@@ -80,17 +80,23 @@ for (const a of selected) {
 }
 
 /** Samples the server's RSS every 100 ms while `fn` runs; returns fn's result, peak and CPU share. */
-async function watched(server, fn) {
+/**
+ * Runs `fn` (a legit measurement) while watching the server's RSS peak and CPU, and the CPU of
+ * `others` (pid by name: the legit client, the attacker), as % of one core.
+ */
+async function watched(server, fn, others = {}) {
   let peak = server.rss() ?? 0;
   const t = setInterval(() => (peak = Math.max(peak, server.rss() ?? 0)), 100);
-  const c0 = server.cpu();
+  const read = () => [server.cpu(), ...Object.values(others).map((pid) => procCpu(pid))];
+  const c0 = read();
   const t0 = performance.now();
   try {
     const r = await fn();
-    const c1 = server.cpu();
-    const cpu =
-      c0 && c1 ? (c1.user + c1.system - c0.user - c0.system) / 1000 / (performance.now() - t0) : NaN;
-    return { ...r, rssPeak: peak, cpuPct: 100 * cpu };
+    const c1 = read();
+    const ms = performance.now() - t0;
+    const pct = (a, b) => (a && b ? (100 * (b.user + b.system - a.user - a.system)) / 1000 / ms : NaN);
+    const cpuOf = Object.fromEntries(Object.keys(others).map((k, i) => [k, pct(c0[i + 1], c1[i + 1])]));
+    return { ...r, rssPeak: peak, cpuPct: pct(c0[0], c1[0]), cpuOf };
   } finally {
     clearInterval(t);
   }
@@ -113,7 +119,7 @@ async function runOnce(name, mod) {
     await legit.request({ type: 'start', url: server.url, httpUrl: server.httpUrl, secret, rate: args.rate });
     await sleep(T.warmMs);
     const measure = () => legit.request({ type: 'measure', ms: T.measureMs }, T.measureMs + 30_000);
-    const base = await watched(server, measure);
+    const base = await watched(server, measure, { legit: legit.pid });
     const rss0 = server.rss() ?? 0;
     const disk0 = server.diskBytes();
     const log0 = server.logBytes();
@@ -129,7 +135,9 @@ async function runOnce(name, mod) {
     };
     await attacker.request({ type: 'start', attack: name, env }, 120_000);
     await sleep(T.settleMs);
-    const during = await watched(server, measure);
+    // The attacker shares the legit client's core (at nice 19): its CPU there, kernel time of its
+    // connects included, is reported beside the server's, to tell the two costs apart.
+    const during = await watched(server, measure, { legit: legit.pid, attacker: attacker.pid });
     const { stats } = await attacker.request({ type: 'halt' }, 30_000);
     await attacker.stop();
     attacker = undefined;
@@ -196,6 +204,7 @@ async function main() {
         console.log(
           `  round ${k + 1}: legit p50/p99 ${f(r.base.p50)}/${f(r.base.p99)} → ${f(r.during.p50)}/${f(r.during.p99)} ms ` +
             `(×${f(r.p50Ratio)}/×${f(r.p99Ratio)}), server CPU ${f(r.base.cpuPct)} → ${f(r.during.cpuPct)}%, ` +
+            `legit client CPU ${f(r.base.cpuOf.legit)} → ${f(r.during.cpuOf.legit)}%, attacker CPU ${f(r.during.cpuOf.attacker)}%, ` +
             `RSS +${f(r.memoryMb)} MB, disk +${f(r.diskMb)} MB, log +${f(r.logKb)} KB, newcomers ${r.during.connects} ok / ${r.during.connectFailures + r.during.healthFailures} failed` +
             `${r.alive ? '' : ', SERVER DOWN'}, after p50/p99 ${f(r.after?.p50)}/${f(r.after?.p99)} ms; ${r.misses.length ? `MISS: ${r.misses.join('; ')}` : 'PASS'}`,
         );
@@ -223,6 +232,7 @@ async function main() {
       p50_ratio: round(m((r) => r.p50Ratio)),
       p99_ratio: round(m((r) => r.p99Ratio)),
       server_cpu_pct: round(m((r) => r.during.cpuPct)),
+      attacker_cpu_pct: round(m((r) => r.during.cpuOf.attacker)),
       memory_growth_mb: round(m((r) => r.memoryMb)),
       disk_growth_mb: round(m((r) => r.diskMb)),
       log_growth_kb: round(m((r) => r.logKb)),
