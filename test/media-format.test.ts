@@ -1,8 +1,11 @@
 // The pbm1 format: streamed encryption and decryption round-trip any size, and no tampered,
 // truncated, reordered or mismatched blob yields a single byte to the app — it is a typed
-// `corrupt_media` error instead.
+// `corrupt_media` error instead. The rejections are proven for both readers: the general one
+// (WebCrypto: whole chunks) and the incremental one (node:crypto: pieces decrypted where they lie).
 import { createHash, randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
+import { webCryptoCipher, type MediaCipher } from '../src/media/cipher.js';
+import { nodeMediaCipher } from '../src/media/node-cipher.js';
 import { cipherSize, MEDIA_CHUNK_BYTES, MEDIA_HEADER_BYTES, MEDIA_TAG_BYTES } from '../src/media/format.js';
 import { decodeMediaRef, encodeMediaRef, type MediaRef } from '../src/media/ref.js';
 import { Sha256 } from '../src/media/sha256.js';
@@ -60,23 +63,6 @@ describe('pbm1 media format', () => {
     }
   });
 
-  for (const size of [
-    0,
-    1,
-    MEDIA_CHUNK_BYTES - 1,
-    MEDIA_CHUNK_BYTES,
-    MEDIA_CHUNK_BYTES + 1,
-    3 * MEDIA_CHUNK_BYTES,
-    1_000_003,
-  ]) {
-    it(`a ${size}-byte file round-trips and its blob has the computed size`, async () => {
-      const plain = randomBytes(size);
-      const { cipher, expect: e } = await seal(plain);
-      expect(cipher.length).toBe(cipherSize(size));
-      expect((await readAll(decryptMedia(streamOf(cipher, 777), e))).equals(plain)).toBe(true);
-    });
-  }
-
   it('the ciphertext does not contain the plaintext, and two encryptions of one file differ', async () => {
     const plain = Buffer.alloc(200_000, 'secret text ');
     const a = await seal(plain);
@@ -85,65 +71,95 @@ describe('pbm1 media format', () => {
     expect(a.cipher.equals(b.cipher)).toBe(false);
   });
 
-  async function rejects(cipher: Uint8Array, e: Parameters<typeof decryptMedia>[1]) {
-    const got: Uint8Array[] = [];
-    let error: unknown;
-    try {
-      for await (const p of decryptMedia(streamOf(cipher), e) as unknown as AsyncIterable<Uint8Array>)
-        got.push(p);
-    } catch (err) {
-      error = err;
-    }
-    expect((error as { code?: string })?.code).toBe('corrupt_media');
-    return got;
+  for (const reader of [webCryptoCipher, nodeMediaCipher] as MediaCipher[]) {
+    describe(`read by the ${reader.name} reader`, () => {
+      const open = (blob: Uint8Array, e: Parameters<typeof decryptMedia>[1], piece?: number) =>
+        decryptMedia(streamOf(blob, piece), { ...e, cipher: reader });
+
+      async function rejects(blob: Uint8Array, e: Parameters<typeof decryptMedia>[1]) {
+        const got: Uint8Array[] = [];
+        let error: unknown;
+        try {
+          for await (const p of open(blob, e) as unknown as AsyncIterable<Uint8Array>) got.push(p);
+        } catch (err) {
+          error = err;
+        }
+        expect((error as { code?: string })?.code).toBe('corrupt_media');
+        return got;
+      }
+
+      for (const size of [
+        0,
+        1,
+        MEDIA_CHUNK_BYTES - 1,
+        MEDIA_CHUNK_BYTES,
+        MEDIA_CHUNK_BYTES + 1,
+        3 * MEDIA_CHUNK_BYTES,
+        1_000_003,
+      ]) {
+        it(`a ${size}-byte file round-trips and its blob has the computed size`, async () => {
+          const plain = randomBytes(size);
+          const { cipher, expect: e } = await seal(plain);
+          expect(cipher.length).toBe(cipherSize(size));
+          for (const piece of [7, 777, 65536])
+            expect((await readAll(open(cipher, e, piece))).equals(plain)).toBe(true);
+        });
+      }
+
+      it('a flipped bit anywhere is rejected as corrupt_media before the bad chunk is handed on', async () => {
+        const plain = randomBytes(5 * MEDIA_CHUNK_BYTES + 100);
+        const { cipher, expect: e } = await seal(plain);
+        for (const at of [
+          0,
+          5,
+          MEDIA_HEADER_BYTES + 3,
+          MEDIA_HEADER_BYTES + 2 * (MEDIA_CHUNK_BYTES + 16) + 9,
+          MEDIA_HEADER_BYTES + 2 * (MEDIA_CHUNK_BYTES + 16) - 1, // chunk 1's tag: its plaintext is intact
+          cipher.length - 1,
+        ]) {
+          const bad = Buffer.from(cipher);
+          bad[at]! ^= 1;
+          const got = await rejects(bad, e);
+          // Only whole chunks before the tampered one may have been released, and they are the
+          // true bytes (a byte of the tampered chunk would be released unauthenticated).
+          const released = Buffer.concat(got);
+          expect(plain.subarray(0, released.length).equals(released)).toBe(true);
+          const chunk = Math.floor((at - MEDIA_HEADER_BYTES) / (MEDIA_CHUNK_BYTES + MEDIA_TAG_BYTES));
+          expect(released.length).toBeLessThanOrEqual(Math.max(0, chunk) * MEDIA_CHUNK_BYTES);
+        }
+      });
+
+      it('a blob truncated anywhere, at a chunk boundary too, is rejected', async () => {
+        const plain = randomBytes(4 * MEDIA_CHUNK_BYTES);
+        const { cipher, expect: e } = await seal(plain);
+        const boundary = MEDIA_HEADER_BYTES + 2 * (MEDIA_CHUNK_BYTES + MEDIA_TAG_BYTES);
+        for (const len of [0, 10, MEDIA_HEADER_BYTES, boundary, boundary + 100, cipher.length - 1]) {
+          const released = Buffer.concat(await rejects(cipher.subarray(0, len), e));
+          expect(released.length).toBeLessThan(plain.length);
+        }
+      });
+
+      it('reordered chunks, extra bytes and a wrong key or hash are rejected', async () => {
+        const plain = randomBytes(3 * MEDIA_CHUNK_BYTES);
+        const { cipher, expect: e } = await seal(plain);
+        const c = MEDIA_CHUNK_BYTES + MEDIA_TAG_BYTES;
+        const h = MEDIA_HEADER_BYTES;
+        const swapped = Buffer.concat([
+          cipher.subarray(0, h),
+          cipher.subarray(h + c, h + 2 * c),
+          cipher.subarray(h, h + c),
+          cipher.subarray(h + 2 * c),
+        ]);
+        await rejects(swapped, e);
+        await rejects(Buffer.concat([cipher, Buffer.from([1, 2, 3])]), e);
+        await rejects(cipher, { ...e, key: randomBytes(32) });
+        await rejects(cipher, { ...e, cipherHash: randomBytes(32) });
+        await rejects(cipher, { ...e, plainHash: randomBytes(32) });
+        await rejects(cipher, { ...e, size: e.size - 1 });
+        await rejects(cipher, { ...e, size: e.size + 1 });
+      });
+    });
   }
-
-  it('a flipped bit anywhere is rejected as corrupt_media before the bad chunk is handed on', async () => {
-    const plain = randomBytes(5 * MEDIA_CHUNK_BYTES + 100);
-    const { cipher, expect: e } = await seal(plain);
-    for (const at of [
-      0,
-      5,
-      MEDIA_HEADER_BYTES + 3,
-      MEDIA_HEADER_BYTES + 2 * (MEDIA_CHUNK_BYTES + 16) + 9,
-      cipher.length - 1,
-    ]) {
-      const bad = Buffer.from(cipher);
-      bad[at]! ^= 1;
-      const got = await rejects(bad, e);
-      // Only chunks before the tampered one may have been released, and they are the true bytes.
-      const released = Buffer.concat(got);
-      expect(plain.subarray(0, released.length).equals(released)).toBe(true);
-      expect(released.length).toBeLessThan(plain.length);
-    }
-  });
-
-  it('a blob truncated anywhere, at a chunk boundary too, is rejected', async () => {
-    const plain = randomBytes(4 * MEDIA_CHUNK_BYTES);
-    const { cipher, expect: e } = await seal(plain);
-    const boundary = MEDIA_HEADER_BYTES + 2 * (MEDIA_CHUNK_BYTES + MEDIA_TAG_BYTES);
-    for (const len of [0, 10, MEDIA_HEADER_BYTES, boundary, boundary + 100, cipher.length - 1])
-      await rejects(cipher.subarray(0, len), e);
-  });
-
-  it('reordered chunks, extra bytes and a wrong key or hash are rejected', async () => {
-    const plain = randomBytes(3 * MEDIA_CHUNK_BYTES);
-    const { cipher, expect: e } = await seal(plain);
-    const c = MEDIA_CHUNK_BYTES + MEDIA_TAG_BYTES;
-    const h = MEDIA_HEADER_BYTES;
-    const swapped = Buffer.concat([
-      cipher.subarray(0, h),
-      cipher.subarray(h + c, h + 2 * c),
-      cipher.subarray(h, h + c),
-      cipher.subarray(h + 2 * c),
-    ]);
-    await rejects(swapped, e);
-    await rejects(Buffer.concat([cipher, Buffer.from([1, 2, 3])]), e);
-    await rejects(cipher, { ...e, key: randomBytes(32) });
-    await rejects(cipher, { ...e, cipherHash: randomBytes(32) });
-    await rejects(cipher, { ...e, plainHash: randomBytes(32) });
-    await rejects(cipher, { ...e, size: e.size - 1 });
-  });
 
   it('a media reference survives encoding and a malformed one is refused', async () => {
     const ref: MediaRef = {

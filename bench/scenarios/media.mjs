@@ -38,7 +38,7 @@ function start(script, args, ready) {
   return { proc, line };
 }
 
-async function makeFile(file, size) {
+export async function makeFile(file, size) {
   const out = createWriteStream(file);
   const block = randomBytes(MB);
   for (let o = 0; o < size; o += MB) {
@@ -65,7 +65,7 @@ function fileStream(file) {
   });
 }
 
-async function drain(body) {
+export async function drain(body) {
   let n = 0;
   for await (const p of body) n += p.length;
   return n;
@@ -182,9 +182,8 @@ async function badNetwork({ kib, cuts, seed }, dir, ports) {
   ];
 }
 
-export async function run(params = {}) {
-  const quick = params.quick ?? false;
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'postbox-media-bench-'));
+/** Starts `postbox serve` and the plain HTTP peer on DIR; resolves with their ports and pids. */
+export async function startServers(dir) {
   const serve = start(
     'dist/cli/main.js',
     [
@@ -200,11 +199,31 @@ export async function run(params = {}) {
     'postbox listening on ',
   );
   const plain = start('bench/systems/plain-upload.mjs', [path.join(dir)], 'plain listening on ');
+  const stop = () => {
+    serve.proc.kill('SIGKILL');
+    plain.proc.kill('SIGKILL');
+  };
   try {
-    const ports = {
-      postbox: Number(new URL((await serve.line).split(' ')[3]).port),
-      plain: Number((await plain.line).split(' ')[3]),
+    return {
+      ports: {
+        postbox: Number(new URL((await serve.line).split(' ')[3]).port),
+        plain: Number((await plain.line).split(' ')[3]),
+      },
+      pids: { postbox: serve.proc.pid, plain: plain.proc.pid },
+      stop,
     };
+  } catch (e) {
+    stop();
+    throw e;
+  }
+}
+
+export async function run(params = {}) {
+  const quick = params.quick ?? false;
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'postbox-media-bench-'));
+  const servers = await startServers(dir);
+  try {
+    const { ports } = servers;
     const rows = await throughput(
       { sizeMb: params.sizeMb ?? (quick ? 32 : 100), rounds: params.rounds ?? (quick ? 1 : 3) },
       dir,
@@ -213,8 +232,7 @@ export async function run(params = {}) {
     rows.push(...(await badNetwork({ kib: quick ? 96 : 160, cuts: 3, seed: 7 }, dir, ports)));
     return { results: rows };
   } finally {
-    serve.proc.kill('SIGKILL');
-    plain.proc.kill('SIGKILL');
+    servers.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }

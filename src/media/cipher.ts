@@ -31,12 +31,30 @@ export interface OpenedChunk {
   cipherDigest: Uint8Array;
 }
 
+/**
+ * One chunk opened as its bytes arrive (see {@link ChunkCipher.opening}). What `update` returns is
+ * **not authenticated**: the caller keeps it until `final` returned, and drops it when `final`
+ * throws.
+ */
+export interface ChunkOpening {
+  /** Decrypts the next bytes of the chunk's ciphertext (the tag excluded); the plaintext of them. */
+  update(cipher: Uint8Array): Uint8Array;
+  /** Checks the 16-byte tag; throws (any error) when the chunk does not authenticate. */
+  final(tag: Uint8Array): { plainDigest: Uint8Array; cipherDigest: Uint8Array };
+}
+
 /** AES-256-GCM (128-bit tag) and SHA-256 under one file key. */
 export interface ChunkCipher {
   /** Seals `plain` with nonce `iv` (12 bytes) and additional data `aad`. */
   seal(iv: Uint8Array, aad: Uint8Array, plain: Uint8Array): Promise<SealedChunk>;
   /** Opens `sealed`; rejects (with any error) when it does not authenticate, and releases no byte then. */
   open(iv: Uint8Array, aad: Uint8Array, sealed: Uint8Array): Promise<OpenedChunk>;
+  /**
+   * Optional, for a cipher that can decrypt incrementally (`node:crypto`; WebCrypto cannot): opens
+   * a chunk piece by piece as the download delivers it, so the reader neither gathers each chunk
+   * into a buffer of its own nor waits for a whole chunk to start. Same bytes and digests as `open`.
+   */
+  opening?(iv: Uint8Array, aad: Uint8Array): ChunkOpening;
 }
 
 /** A source of {@link ChunkCipher}s: an implementation of the format's cryptography. */

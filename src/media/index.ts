@@ -15,7 +15,7 @@ export {
 } from './ref.js';
 export type { MediaMeta, MediaRef, MediaSums } from './ref.js';
 export { defaultMediaCipher, webCryptoCipher } from './cipher.js';
-export type { ChunkCipher, MediaCipher, OpenedChunk, SealedChunk } from './cipher.js';
+export type { ChunkCipher, ChunkOpening, MediaCipher, OpenedChunk, SealedChunk } from './cipher.js';
 export { decryptMedia, encryptMedia, freshSecret } from './stream.js';
 export type { DecryptExpect, EncryptCheckpoint, EncryptSummary, MediaSecret } from './stream.js';
 export {

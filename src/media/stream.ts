@@ -23,6 +23,7 @@ import {
   toStream,
   cipherSize,
 } from './format.js';
+import { openIncrementally } from './open-stream.js';
 import { Sha256, type Sha256State } from './sha256.js';
 
 /** Where an interrupted encryption picks up: the hash states before chunk `chunk`. */
@@ -163,13 +164,15 @@ const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every
  * Opens a `pbm1` blob as a stream of plaintext chunks. Every chunk is authenticated before it is
  * yielded; the last one only after the size and both hashes matched, so a consumer that reads to
  * the end without an error has exactly the file the reference describes. Anything else throws
- * `corrupt_media`.
+ * `corrupt_media`. With a cipher that opens chunks incrementally (`node:crypto`'s) the pieces are
+ * decrypted where they lie, under the same rules (see `open-stream.ts`).
  */
 export async function* decryptPieces(
   cipher: AsyncIterable<Uint8Array>,
   expect: DecryptExpect,
 ): AsyncGenerator<Uint8Array> {
   const key = await (expect.cipher ?? defaultMediaCipher()).forKey(checkMediaKey(expect.key));
+  if (key.opening) return yield* openIncrementally(cipher, expect, { opening: key.opening.bind(key) });
   const cipherHash = new ChunkedHash();
   const plainHash = new ChunkedHash();
   let header: Uint8Array | undefined;
