@@ -7,7 +7,7 @@
 // offsets and resumed; bytes sent upstream per upload over the file size (goal ≤ 1.05×). At
 // 50 kbit/s a 100 MB file takes 4.5 hours, so that profile uses a 160 KiB file (--quick: 96 KiB).
 //
-//   node bench/scenarios/media.mjs [--quick]   (or npm run bench -- --only media)
+//   node bench/scenarios/media.mjs [--quick]   (standalone: bench/run.mjs has no media scenario)
 /* global ReadableStream, fetch */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -21,7 +21,7 @@ import { performance } from 'node:perf_hooks';
 import { downloadPlain, freshSecret, mediaRefOf, uploadMedia } from 'postbox/media';
 import { fileSource } from 'postbox/media/node';
 import { startThrottleProxy } from '../lib/throttle-proxy.mjs';
-import { canPin, SERVER_CORE } from '../lib/proc.mjs';
+import { canPin, procCpu, SERVER_CORE } from '../lib/proc.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const MB = 1024 * 1024;
@@ -71,75 +71,103 @@ export async function drain(body) {
   return n;
 }
 
-async function postboxRound(ep, file, size) {
+/**
+ * Runs `step`, measuring its wall time, the CPU of this process (the client: all its threads) and
+ * of the server process `pid` (from /proc), in ms. CPU per MB is steadier than MB/s while other
+ * work shares the machine.
+ */
+async function measured(pid, step) {
+  const c0 = process.cpuUsage();
+  const s0 = procCpu(pid);
+  const t0 = performance.now();
+  const value = await step();
+  const ms = performance.now() - t0;
+  const c = process.cpuUsage(c0);
+  const s1 = procCpu(pid);
+  const server = s0 && s1 ? (s1.user + s1.system - s0.user - s0.system) / 1000 : NaN;
+  return { value, ms, client: (c.user + c.system) / 1000, server };
+}
+
+async function postboxRound(ep, file, size, pid) {
   const secret = freshSecret();
   const progress = { confirmed: { offset: 0 } };
-  let t = performance.now();
-  const { blob, summary } = await uploadMedia(ep, await fileSource(file), secret, progress);
-  const up = performance.now() - t;
-  t = performance.now();
+  const up = await measured(pid, async () => uploadMedia(ep, await fileSource(file), secret, progress));
+  const { blob, summary } = up.value;
   const ref = mediaRefOf(blob, secret.key, summary, { mime: 'x/y' });
-  const got = await drain(downloadPlain(ep, ref));
-  const down = performance.now() - t;
-  if (got !== size) throw new Error(`postbox downloaded ${got} of ${size}`);
+  const down = await measured(pid, () => drain(downloadPlain(ep, ref)));
+  if (down.value !== size) throw new Error(`postbox downloaded ${down.value} of ${size}`);
   return { up, down };
 }
 
-async function plainRound(base, file, size) {
-  let t = performance.now();
-  const res = await fetch(`${base}/f`, { method: 'PUT', body: fileStream(file), duplex: 'half' });
-  if (res.status !== 204) throw new Error(`plain PUT ${res.status}`);
-  const up = performance.now() - t;
-  t = performance.now();
-  const got = await drain((await fetch(`${base}/f`)).body);
-  const down = performance.now() - t;
-  if (got !== size) throw new Error(`plain downloaded ${got} of ${size}`);
+async function plainRound(base, file, size, pid) {
+  const up = await measured(pid, () =>
+    fetch(`${base}/f`, { method: 'PUT', body: fileStream(file), duplex: 'half' }),
+  );
+  if (up.value.status !== 204) throw new Error(`plain PUT ${up.value.status}`);
+  const down = await measured(pid, async () => drain((await fetch(`${base}/f`)).body));
+  if (down.value !== size) throw new Error(`plain downloaded ${down.value} of ${size}`);
   return { up, down };
 }
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** Throughput rounds; resolves with the results table rows. */
-async function throughput({ sizeMb, rounds }, dir, ports) {
+async function throughput({ sizeMb, rounds }, dir, servers) {
   const size = sizeMb * MB;
   const file = path.join(dir, 'media.bin');
   await makeFile(file, size);
+  const { ports, pids } = servers;
   const ep = { url: `http://127.0.0.1:${ports.postbox}/media`, credentials: () => 'alice/bench' };
   const plainBase = `http://127.0.0.1:${ports.plain}`;
+  const round = (sys) =>
+    sys === 'postbox'
+      ? postboxRound(ep, file, size, pids.postbox)
+      : plainRound(plainBase, file, size, pids.plain);
   const t = { postbox: { up: [], down: [] }, plain: { up: [], down: [] } };
-  await postboxRound(ep, file, size); // warm-up (JIT, connections)
-  await plainRound(plainBase, file, size);
+  await round('postbox'); // warm-up (JIT, connections)
+  await round('plain');
   for (let r = 0; r < rounds; r++) {
     const order = r % 2 === 0 ? ['postbox', 'plain'] : ['plain', 'postbox'];
     for (const sys of order) {
-      const x =
-        sys === 'postbox' ? await postboxRound(ep, file, size) : await plainRound(plainBase, file, size);
+      const x = await round(sys);
       t[sys].up.push(x.up);
       t[sys].down.push(x.down);
     }
   }
   const mbps = (ms) => size / MB / (ms / 1000);
+  const perMb = (ms) => ms / (size / MB);
   const rows = [];
   for (const sys of ['postbox', 'plain'])
-    for (const dirn of ['up', 'down'])
+    for (const dirn of ['up', 'down']) {
+      const xs = t[sys][dirn];
       rows.push({
         system: sys,
         metric: `${dirn}load_MBps`,
-        value: mbps(median(t[sys][dirn])),
+        value: mbps(median(xs.map((x) => x.ms))),
         unit: 'MB/s',
-        spread: t[sys][dirn].map((x) => +mbps(x).toFixed(1)),
+        spread: xs.map((x) => +mbps(x.ms).toFixed(1)),
       });
+      for (const side of ['client', 'server'])
+        rows.push({
+          system: sys,
+          metric: `${dirn}load_${side}_cpu_ms_per_MB`,
+          value: perMb(median(xs.map((x) => x[side]))),
+          unit: 'ms/MB',
+          spread: xs.map((x) => +perMb(x[side]).toFixed(2)),
+        });
+    }
+  const ratio = (dirn) => median(t.plain[dirn].map((x) => x.ms)) / median(t.postbox[dirn].map((x) => x.ms));
   rows.push({
     system: 'postbox',
     metric: 'upload_ratio_vs_plain',
-    value: median(t.plain.up) / median(t.postbox.up),
+    value: ratio('up'),
     unit: '×',
     goal: '≥ 0.7',
   });
   rows.push({
     system: 'postbox',
     metric: 'download_ratio_vs_plain',
-    value: median(t.plain.down) / median(t.postbox.down),
+    value: ratio('down'),
     unit: '×',
     goal: '≥ 0.7',
   });
@@ -223,13 +251,12 @@ export async function run(params = {}) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'postbox-media-bench-'));
   const servers = await startServers(dir);
   try {
-    const { ports } = servers;
     const rows = await throughput(
       { sizeMb: params.sizeMb ?? (quick ? 32 : 100), rounds: params.rounds ?? (quick ? 1 : 3) },
       dir,
-      ports,
+      servers,
     );
-    rows.push(...(await badNetwork({ kib: quick ? 96 : 160, cuts: 3, seed: 7 }, dir, ports)));
+    rows.push(...(await badNetwork({ kib: quick ? 96 : 160, cuts: 3, seed: 7 }, dir, servers.ports)));
     return { results: rows };
   } finally {
     servers.stop();
@@ -245,7 +272,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   );
   for (const r of results)
     console.log(
-      `${r.system.padEnd(8)} ${r.metric.padEnd(40)} ${r.value.toFixed(r.unit === '×' ? 3 : 1).padStart(8)} ${r.unit}${r.goal ? `  (goal ${r.goal})` : ''}${r.spread ? `  rounds ${r.spread.join(' / ')}` : ''}${r.detail ? `  ${r.detail}` : ''}`,
+      `${r.system.padEnd(8)} ${r.metric.padEnd(40)} ${r.value.toFixed(r.unit === '×' ? 3 : r.unit === 'ms/MB' ? 2 : 1).padStart(8)} ${r.unit}${r.goal ? `  (goal ${r.goal})` : ''}${r.spread ? `  rounds ${r.spread.join(' / ')}` : ''}${r.detail ? `  ${r.detail}` : ''}`,
     );
   console.log(JSON.stringify({ scenario: 'media', quick, results }));
 }
