@@ -98,6 +98,27 @@ describe('send() resolves at the durability point', () => {
     });
   });
 
+  it('the body is copied when send is called, a Node Buffer too: the caller may reuse its buffer at once', async () => {
+    world = await makeWorld();
+    const alice = await world.device('alice');
+    const bob = await world.device('bob');
+    // A Buffer's own `slice` is a view of the same memory: it must not be what `send` keeps.
+    const reused = Buffer.from('first');
+    const fromBuffer = alice.client.send('bob', reused);
+    reused.write('XXXXX');
+    const plain = new TextEncoder().encode('second');
+    const fromArray = alice.client.send('bob', plain);
+    plain.fill(0);
+    const ids = [await fromBuffer, await fromArray];
+    await world.advance(500);
+    expect(bob.messages.map((m) => [m.id, new TextDecoder().decode(m.body)])).toEqual([
+      [ids[0], 'first'],
+      [ids[1], 'second'],
+    ]);
+    const stored = await alice.client.store.outgoingIn('bob');
+    expect(stored.map((e) => new TextDecoder().decode(e.body))).toEqual(['first', 'second']);
+  });
+
   it('a send called before close() is stored: close waits for it', async () => {
     world = await makeWorld();
     const alice = await world.device('alice');

@@ -333,7 +333,8 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
       return Promise.reject(e);
     }
     const id = given ?? ctx.ulid();
-    const copy = body.slice();
+    // `new Uint8Array`, not `slice`: a Node Buffer's `slice` is a view of the caller's memory.
+    const copy = new Uint8Array(body);
     return ctx.serial(async () => {
       let entry: OutboxEntry;
       try {

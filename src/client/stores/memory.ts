@@ -88,8 +88,6 @@ interface ClientData extends MemoryClientState {
   pos: number;
   /** conversation → its shown messages in position order (inbound by dedupe key, outgoing by id). */
   hist: Map<string, HistoryRef[]>;
-  /** dedupe keys of shown inbound messages (a held one is not shown yet). */
-  shown: Set<string>;
   /** conversation → dedupe keys of its shown inbound messages that are not read. */
   unread: Map<string, Set<string>>;
 }
@@ -116,7 +114,6 @@ export function createMemoryClientState(): MemoryClientState {
     kv: new Map(),
     pos: 0,
     hist: new Map(),
-    shown: new Set(),
     unread: new Map(),
   };
   return data;
@@ -126,27 +123,54 @@ export function createMemoryClientState(): MemoryClientState {
 const inboundKey = (m: { from: string; fromDevice: string; id: string }): string =>
   `${m.from.length}:${m.from}${m.fromDevice.length}:${m.fromDevice}${m.id}`;
 
-// Field by field rather than a spread: this runs several times per message, and a literal of
-// one fixed shape is several times cheaper to build than a spread of a varying one.
-function copyOutbox(e: OutboxEntry): OutboxEntry {
-  const out: OutboxEntry = {
-    id: e.id,
-    kind: e.kind,
-    to: e.to,
-    conv: e.conv,
-    createdAt: e.createdAt,
-    status: e.status,
-  };
-  if (e.seq !== undefined) out.seq = e.seq;
-  if (e.body !== undefined) out.body = e.body.slice();
-  if (e.ids !== undefined) out.ids = e.ids.slice();
+// What this store copies, and only there. As the contract's reference and a test double it never
+// keeps a buffer (or array) a caller owns and never hands out an object whose mutation changes
+// what it stores; as every engine's store it runs several times per message (and the bench's load
+// process, 200 engines, is GC-bound), so it copies where those two rules need it and nowhere else:
+// - `enqueue` copies the draft's body and ids once, into the stored entry, and returns a fresh
+//   entry carrying the draft's own body and ids back: the caller's, not kept here, so changing them
+//   changes nothing stored (the engine's draft body is already its own copy, taken in `send`).
+//   It copied the body three times before.
+// - `applyInbound` copies the message and body once; every read copies them again.
+// - Copies are literals of one shape (not spreads: cheaper, and one hidden class), and bodies are
+//   copied with `new Uint8Array(b)`: a Node `Buffer`'s `slice` is a view, not a copy.
+
+/** An entry with `e`'s fields and the given status, number, body and ids (copied or not: the caller's choice). */
+function outboxEntry(
+  e: OutboxDraft & Partial<SendFailure>,
+  status: MessageStatus,
+  seq: number | undefined,
+  body: Uint8Array | undefined,
+  ids: string[] | undefined,
+): OutboxEntry {
+  const out: OutboxEntry = { id: e.id, kind: e.kind, to: e.to, conv: e.conv, createdAt: e.createdAt, status };
+  if (seq !== undefined) out.seq = seq;
+  if (body !== undefined) out.body = body;
+  if (ids !== undefined) out.ids = ids;
   if (e.reason !== undefined) out.reason = e.reason;
   if (e.detail !== undefined) out.detail = e.detail;
   return out;
 }
 
+const copyBytes = (b: Uint8Array | undefined): Uint8Array | undefined => b && new Uint8Array(b);
+
+function copyOutbox(e: OutboxEntry): OutboxEntry {
+  return outboxEntry(e, e.status, e.seq, copyBytes(e.body), e.ids?.slice());
+}
+
 function copyInbound(m: InboundMessage): InboundMessage {
-  return { ...m, body: new Uint8Array(m.body) };
+  return {
+    id: m.id,
+    conv: m.conv,
+    from: m.from,
+    fromDevice: m.fromDevice,
+    to: m.to,
+    seq: m.seq,
+    ts: m.ts,
+    body: new Uint8Array(m.body),
+    held: m.held,
+    read: m.read,
+  };
 }
 
 function listIn<K, V>(map: Map<K, V[]>, key: K): V[] {
@@ -201,18 +225,18 @@ export function memoryClientStore(
     }
   }
 
-  /** Gives a message the next history position (see the contract's rule). */
-  function show(conv: string, ref: { key: string; read: boolean } | { id: string }): void {
-    const pos = ++data.pos;
-    if ('key' in ref) {
-      listIn(data.hist, conv).push({ pos, key: ref.key });
-      data.shown.add(ref.key);
-      if (!ref.read) {
-        let set = data.unread.get(conv);
-        if (!set) data.unread.set(conv, (set = new Set()));
-        set.add(ref.key);
-      }
-    } else listIn(data.hist, conv).push({ pos, id: ref.id });
+  /** Gives a shown message the next history position (see the contract's rule). */
+  function showInbound(conv: string, key: string, read: boolean): void {
+    listIn(data.hist, conv).push({ pos: ++data.pos, key });
+    if (!read) {
+      let set = data.unread.get(conv);
+      if (!set) data.unread.set(conv, (set = new Set()));
+      set.add(key);
+    }
+  }
+
+  function showOutgoing(conv: string, id: string): void {
+    listIn(data.hist, conv).push({ pos: ++data.pos, id });
   }
 
   function record(ref: HistoryRef): HistoryRecord {
@@ -240,17 +264,17 @@ export function memoryClientStore(
       if (data.outbox.has(draft.id)) {
         throw new Error(`memory client store: outbox id ${draft.id} is already enqueued`);
       }
-      const entry: OutboxEntry = copyOutbox({ ...draft, seq: undefined, status: 'pending' });
-      if (sequenced) {
-        const seq = (data.seqs.get(draft.conv) ?? 0) + 1;
-        data.seqs.set(draft.conv, seq);
-        entry.seq = seq;
-      }
-      data.outbox.set(entry.id, entry);
-      listIn(data.outByConv, entry.conv).push(entry.id);
-      if (entry.kind === 'msg') show(entry.conv, { id: entry.id });
+      const seq = sequenced ? (data.seqs.get(draft.conv) ?? 0) + 1 : undefined;
+      if (seq !== undefined) data.seqs.set(draft.conv, seq);
+      // The one copy of the body and ids (see the note above `outboxEntry`); the caller gets its own.
+      data.outbox.set(
+        draft.id,
+        outboxEntry(draft, 'pending', seq, copyBytes(draft.body), draft.ids?.slice()),
+      );
+      listIn(data.outByConv, draft.conv).push(draft.id);
+      if (draft.kind === 'msg') showOutgoing(draft.conv, draft.id);
       if (state) writeState(state);
-      return copyOutbox(entry);
+      return outboxEntry(draft, 'pending', seq, draft.body, draft.ids);
     },
 
     async pending(): Promise<OutboxEntry[]> {
@@ -286,14 +310,17 @@ export function memoryClientStore(
         else if (typeof known === 'string') data.byId.set(m.id, [known, key]);
         else known.push(key);
         if (m.held) data.held.add(key);
-        else show(m.conv, { key, read: m.read });
+        else showInbound(m.conv, key, m.read);
         inserted = true;
       }
       if (change.release) {
         eachById(change.release, (key, m) => {
+          // A stored message is shown exactly when it is not held (held ones never are; a release
+          // shows them): one of another sender with the same id, already shown, stays as it is.
+          if (!m.held) return;
           m.held = false;
           data.held.delete(key);
-          if (!data.shown.has(key)) show(m.conv, { key, read: m.read });
+          showInbound(m.conv, key, m.read);
         });
       }
       for (const s of change.streams ?? []) data.streams.set(s.key, s.next);
