@@ -425,6 +425,9 @@ interface MemberDeviceRow extends DeviceRow {
   user: string;
 }
 
+/** A member device with its inbox usage, as a group message's fan-out reads it. */
+interface FanoutDeviceRow extends MemberDeviceRow, InboxUsage {}
+
 /** A device with keys, as the device-list check sees it. */
 interface KeyedDeviceRow extends MemberDeviceRow {
   rid: number;
@@ -639,8 +642,9 @@ export function sqliteServerStore(
     memberOf: q(
       'SELECT g.ver FROM groups g JOIN group_members m ON m.group_id = g.id WHERE g.id = ? AND m.user = ?',
     ),
+    /** Every member device, its counter and its inbox usage: a group message's fan-out in one read. */
     memberDevices: q(
-      `SELECT d.id, d.user, d.device, d.last_offset
+      `SELECT d.id, d.user, d.device, d.last_offset, d.entries, d.bytes
        FROM group_members gm JOIN devices d ON d.user = gm.user
        WHERE gm.group_id = ? ORDER BY gm.joined, d.id`,
     ),
@@ -915,13 +919,13 @@ export function sqliteServerStore(
    * marks the sender's user's devices; `partial`, an item that may skip full devices.
    */
   function place(
-    targets: Array<{ dev: number; addr: DeviceAddress }>,
+    targets: Array<{ dev: number; addr: DeviceAddress; usage?: InboxUsage }>,
     from: DeviceAddress,
     size: (i: number) => number,
     partial: boolean,
   ): number[] | 'refused' {
     const placed = targets.map((t, i) => ({
-      fits: inboxFits(quotas, sql.usageOf.get(t.dev) as InboxUsage, 1, size(i)),
+      fits: inboxFits(quotas, t.usage ?? (sql.usageOf.get(t.dev) as InboxUsage), 1, size(i)),
       own: t.addr.user === from.user,
     }));
     return placeItem(placed, partial);
@@ -962,13 +966,13 @@ export function sqliteServerStore(
   function commitGroupMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
     const member = sql.memberOf.get(item.to, item.from.user) as { ver: number } | undefined;
     if (!member) return { ok: false, code: 'not_member' };
-    const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
-    // One query for every member device and its counter; the fan-out is then one insert each,
-    // all inside the batch's transaction.
-    for (const r of sql.memberDevices.all(item.to) as MemberDeviceRow[]) {
+    const targets: Array<{ dev: number; addr: DeviceAddress; usage: InboxUsage }> = [];
+    // One query for every member device, its counter and its inbox usage (read inside the
+    // transaction, so earlier items of the batch count); the fan-out is then one insert each.
+    for (const r of sql.memberDevices.all(item.to) as FanoutDeviceRow[]) {
       if (r.user === item.from.user && r.device === item.from.device) continue;
       w.prime(r);
-      targets.push({ dev: r.id, addr: { user: r.user, device: r.device } });
+      targets.push({ dev: r.id, addr: { user: r.user, device: r.device }, usage: r });
     }
     const skip = place(targets, item.from, () => item.body.byteLength, item.seq > 0);
     if (skip === 'refused') return { ok: false, code: 'inbox_full' };
