@@ -254,13 +254,16 @@ describe('handshake deadline', () => {
 });
 
 describe('commit batches', () => {
-  it('a 1,024-member group commit does not stall other senders beyond one batch', async () => {
+  /**
+   * A world on a recording store, without cost budgets: a spammer in a group with 1,023 offline
+   * members, and alice and bob online.
+   */
+  async function spamWorld(maxCommitRows?: number) {
     const rec = recording(memoryServerStore());
-    const { batches } = rec;
     world = await makeWorld({
       openStore: () => rec.store,
       server: {
-        maxCommitRows: 4096,
+        ...(maxCommitRows ? { maxCommitRows } : {}),
         costBudgets: { device: { perSecond: 1e9, burst: 1e9 }, user: { perSecond: 1e9, burst: 1e9 } },
       },
     });
@@ -268,19 +271,25 @@ describe('commit batches', () => {
     for (const m of members) await world.server.registerDevice(m, 'd');
     const spammer = await world.device('spammer');
     const group = await settled(world, spammer.client.createGroup('spam', members));
-    const legit = await world.device('alice');
+    const alice = await world.device('alice');
     await world.device('bob');
+    return { rec, w: world, spammer, group, alice };
+  }
+
+  it('a 1,024-member group commit does not stall other senders beyond one batch', async () => {
+    const { rec, w, spammer, group, alice: legit } = await spamWorld(4096);
+    const { batches } = rec;
     // The disk stalls on the first spam commit while 40 messages to 1,023 members pile up, then
     // a 1:1 message from another user comes.
     rec.hold();
     batches.length = 0;
     for (let i = 0; i < 40; i++) void spammer.client.sendToGroup(group, text(`spam ${i}`));
-    await world.advance(200);
+    await w.advance(200);
     const started = batches.length;
     const id = await legit.client.send('bob', text('hi'));
-    await world.advance(50);
+    await w.advance(50);
     rec.release();
-    await world.advance(2000);
+    await w.advance(2000);
     const at = batches.findIndex((b) => b.includes(id));
     // Structure, not time: no batch holds more group messages than fit 4,096 rows, the legit
     // message rides in the first batch after the one running when it came, and most of the spam
@@ -291,17 +300,67 @@ describe('commit batches', () => {
     expect(batches.slice(at + 1).flat().length).toBeGreaterThan(30);
   });
 
+  it('large fan-outs commit one to a transaction while others send, and fill the budget when nobody does', async () => {
+    const { rec, w, spammer, group, alice } = await spamWorld();
+    const { batches } = rec;
+    const spam = async (n: number, during?: () => Promise<unknown>) => {
+      rec.hold();
+      batches.length = 0;
+      const ids = await Promise.all(
+        Array.from({ length: n }, (_, i) => spammer.client.sendToGroup(group, text(`spam ${i}`))),
+      );
+      await w.advance(100);
+      await during?.();
+      await w.advance(100);
+      rec.release();
+      await w.advance(2000);
+      return batches.map((b) => b.filter((id) => ids.includes(id)).length).filter((n) => n > 0);
+    };
+    // Once the engine knows the group's fan-out (1,023 rows), and nobody else has sent for a
+    // while, the whole budget (8,192 rows) holds 7 of them.
+    await settled(w, spammer.client.sendToGroup(group, text('first')));
+    await w.advance(5000);
+    expect(Math.max(...(await spam(16)))).toBe(7);
+    // Alice writes to bob meanwhile: one fan-out to a transaction, her message in a batch of its own.
+    let mine = '';
+    const perBatch = await spam(16, async () => (mine = await alice.client.send('bob', text('hi'))));
+    expect(perBatch.every((n) => n === 1)).toBe(true);
+    expect(batches.find((b) => b.includes(mine))).toEqual([mine]);
+  });
+
   it('the commit queue keeps each sender in order and serves senders in turn', () => {
-    const q = new FairCommitQueue<string>();
+    const q = new FairCommitQueue<string>(64);
     for (let i = 0; i < 5; i++) q.push('a', `a${i}`, 1000);
-    q.push('b', 'b0', 1);
-    q.push('b', 'b1', 1);
-    expect(q.take(100, 2000)).toEqual(['a0', 'b0', 'b1']);
-    expect(q.take(100, 2000)).toEqual(['a1', 'a2']);
+    q.push('b', 'b0', 1000);
+    q.push('b', 'b1', 1000);
+    expect(q.take(100, 2000)).toEqual(['a0', 'b0']);
+    expect(q.take(100, 2000)).toEqual(['a1', 'b1']);
+    expect(q.take(100, 2000)).toEqual(['a2', 'a3']);
     q.push('c', 'c0', 5000);
-    expect(q.take(100, 2000)).toEqual(['a3', 'a4']);
+    expect(q.take(100, 2000)).toEqual(['a4']);
     // An item over the budget goes alone.
     expect(q.take(100, 2000)).toEqual(['c0']);
+    expect(q.length).toBe(0);
+  });
+
+  it('a small commit never shares a batch with a large fan-out, and waits for at most one', () => {
+    const q = new FairCommitQueue<string>(64);
+    for (let i = 0; i < 4; i++) q.push('spammer', `g${i}`, 1025);
+    expect(q.take(512, 2048)).toEqual(['g0']); // running when the others come
+    q.push('alice', 'a0', 3);
+    q.push('bob', 'b0', 3);
+    // Small and large alternate while both wait: the 1:1 messages go next, on their own.
+    expect(q.take(512, 2048)).toEqual(['a0', 'b0']);
+    expect(q.take(512, 2048)).toEqual(['g1']);
+    q.push('alice', 'a1', 3);
+    expect(q.take(512, 2048)).toEqual(['a1']);
+    // A sender's small item behind its own large one keeps its place (per-sender order).
+    q.push('spammer', 's0', 3);
+    q.push('alice', 'a2', 3);
+    expect(q.take(512, 2048)).toEqual(['g2']);
+    expect(q.take(512, 2048)).toEqual(['a2']);
+    expect(q.take(512, 2048)).toEqual(['g3']);
+    expect(q.take(512, 2048)).toEqual(['s0']);
     expect(q.length).toBe(0);
   });
 });

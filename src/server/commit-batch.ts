@@ -2,7 +2,10 @@
  * How the server engine forms its group commits: batches bounded by the inbox rows they write
  * (not by item count), filled round-robin across senders, so that one sender's queue of large
  * group messages cannot make a transaction long nor keep another sender's message waiting for
- * more than one batch. The engine yields to the event loop between batches.
+ * more than one batch. Small items and large fan-outs never share a batch (a 1:1 message is not
+ * acked only once a 1,023-row fan-out has committed with it), when both wait the two kinds take
+ * turns, and while small items are around a batch of large ones is short (one full-group
+ * message). The engine yields to the event loop between batches.
  * @internal
  * @packageDocumentation
  */
@@ -66,6 +69,38 @@ export class FanoutEstimate {
 const keyOf = (item: AppendInput): string =>
   item.kind === 'group' ? item.group : `${item.kind === 'msg' && item.group ? 'g' : 'u'}:${item.to}`;
 
+/** How the row budget of a batch (`maxCommitRows`) is split; see {@link rowBounds}. */
+export interface RowBounds {
+  /** Items expected to write more rows than this are large: they never share a batch with small ones. */
+  large: number;
+  /** Most rows of a batch of large items while small items are around ({@link CONTENDED_MS}). */
+  contended: number;
+}
+
+/**
+ * The split of `maxCommitRows`: items expected to write more than a 128th of it are large (64 rows
+ * at the default 8,192: a message to a group of more than about 30 two-device members); while
+ * small items are around, a batch of large ones holds at most a quarter of it (2,048: one message
+ * to a full 1,024-member group, not two). With SQLite such a message is one synchronous
+ * transaction of 6–9 ms on a quiet core (bench/tools/fanout-stall.mjs); seven in one batch (what
+ * the whole budget holds) hold the event loop, and every other sender, seven times as long, but
+ * serve a busy group with half the server CPU per delivery (the fan-out bench).
+ */
+export function rowBounds(maxCommitRows: number): RowBounds {
+  return {
+    large: Math.max(1, Math.floor(maxCommitRows / 128)),
+    contended: Math.max(1, Math.floor(maxCommitRows / 4)),
+  };
+}
+
+/**
+ * How long after a small item was queued batches of large ones stay at the contended bound: a
+ * server where only large fan-outs are committing (one busy group, nobody else sending) batches
+ * them up to the whole budget, for throughput; one where other senders are active keeps each
+ * large transaction short, for their latency.
+ */
+export const CONTENDED_MS = 1000;
+
 /** One queued item with the rows it is expected to write. */
 interface Queued<T> {
   value: T;
@@ -75,11 +110,19 @@ interface Queued<T> {
 /**
  * A commit queue: FIFO per sender, batches taken round-robin across senders up to a row budget.
  * Each sender's items leave in the order they came (per-sender order), and a batch holds at least
- * one item (an item larger than the budget goes alone).
+ * one item (an item larger than the budget goes alone). A batch holds either small items only or
+ * large ones only ({@link RowBounds.large}); when senders wait with both at the head of their
+ * queues, small and large batches alternate, so a small item waits for at most the batch that is
+ * running and one large batch, and a large one is not starved by a stream of small ones.
  */
 export class FairCommitQueue<T> {
   private readonly queues = new Map<unknown, Array<Queued<T>>>();
   private count = 0;
+  /** The kind of the last batch taken (true: large). */
+  private lastLarge = false;
+
+  /** @param largeRows Items expected to write more rows than this are large. */
+  constructor(private readonly largeRows: number) {}
 
   /** Items waiting. */
   get length(): number {
@@ -102,14 +145,31 @@ export class FairCommitQueue<T> {
     this.count++;
   }
 
+  /** Whether the next batch takes large items: the kind waiting, or when both wait, the other kind. */
+  private nextIsLarge(): boolean {
+    let small = false;
+    let large = false;
+    for (const q of this.queues.values()) {
+      if (q[0]!.rows > this.largeRows) large = true;
+      else small = true;
+      if (small && large) return !this.lastLarge;
+    }
+    return large;
+  }
+
   /**
    * The next batch: senders in turn (each gives its oldest item), round after round, until the
-   * next item would pass `maxRows` or the batch has `maxItems`. A sender whose next item does not
-   * fit sits out the rest of this batch, so its order is kept. Senders that gave an item move to
-   * the back of the line, so the next batch starts with those that did not.
+   * next item would pass the row bound (`maxRows`, or `maxLargeRows` for a batch of large items)
+   * or the batch has `maxItems`. A sender whose next item does not fit, or is not of the batch's
+   * kind (small or large), sits out the rest of this batch, so its order is kept. Senders that
+   * gave an item move to the back of the line, so the next batch starts with those that did not.
    */
-  take(maxItems: number, maxRows: number): T[] {
+  take(maxItems: number, maxRows: number, maxLargeRows = maxRows): T[] {
     const out: T[] = [];
+    if (this.count === 0) return out;
+    const large = this.nextIsLarge();
+    this.lastLarge = large;
+    const bound = large ? maxLargeRows : maxRows;
     let rows = 0;
     const skipped = new Set<unknown>();
     const served = new Set<unknown>();
@@ -119,7 +179,7 @@ export class FairCommitQueue<T> {
         if (out.length >= maxItems) break;
         if (skipped.has(sender)) continue;
         const next = q[0]!;
-        if (out.length > 0 && rows + next.rows > maxRows) {
+        if (next.rows > this.largeRows !== large || (out.length > 0 && rows + next.rows > bound)) {
           skipped.add(sender);
           continue;
         }

@@ -9,7 +9,15 @@
 import { performance } from 'node:perf_hooks';
 import type { ErrorCode } from '../protocol/index.js';
 import type { Clock } from '../util/clock.js';
-import { FairCommitQueue, type FanoutEstimate, SERVER_SIDE, yieldToEventLoop } from './commit-batch.js';
+import {
+  CONTENDED_MS,
+  FairCommitQueue,
+  type FanoutEstimate,
+  rowBounds,
+  type RowBounds,
+  SERVER_SIDE,
+  yieldToEventLoop,
+} from './commit-batch.js';
 import { applyConsent, type GroupCaps } from './group-consent.js';
 import type { StoreHealthMonitor } from './health.js';
 import type { ServerMetrics } from './metrics.js';
@@ -59,12 +67,18 @@ export interface CommitterDeps {
 
 /** The commit queue and its batches. */
 export class Committer {
-  private readonly queue = new FairCommitQueue<PendingCommit>();
+  private readonly queue: FairCommitQueue<PendingCommit>;
+  private readonly bounds: RowBounds;
+  /** When a small item was last queued (large batches are short for {@link CONTENDED_MS} after). */
+  private smallAt = -Infinity;
   private committing = false;
   private flushScheduled = false;
   private idleWaiters: Array<() => void> = [];
 
-  constructor(private readonly d: CommitterDeps) {}
+  constructor(private readonly d: CommitterDeps) {
+    this.bounds = rowBounds(d.config.maxCommitRows);
+    this.queue = new FairCommitQueue(this.bounds.large);
+  }
 
   /** Resolves when no commit is queued or running. */
   idle(): Promise<void> {
@@ -95,7 +109,9 @@ export class Committer {
 
   /** Queues a commit; the batch it joins runs after the current I/O turn. */
   enqueue(p: PendingCommit): void {
-    this.queue.push(p.session ?? SERVER_SIDE, p, this.d.fanout.rows(p.input));
+    const rows = this.d.fanout.rows(p.input);
+    if (rows <= this.bounds.large) this.smallAt = this.d.clock.now();
+    this.queue.push(p.session ?? SERVER_SIDE, p, rows);
     if (!this.flushScheduled && !this.committing) {
       this.flushScheduled = true;
       // A microtask lets every frame of the current I/O turn join the batch.
@@ -121,7 +137,12 @@ export class Committer {
       for (let first = true; this.queue.length > 0; first = false) {
         // Between batches, other connections' frames, acks and reads run (see maxCommitRows).
         if (!first) await yieldToEventLoop();
-        const batch = this.queue.take(config.maxCommitBatch, config.maxCommitRows);
+        const contended = clock.now() - this.smallAt < CONTENDED_MS;
+        const batch = this.queue.take(
+          config.maxCommitBatch,
+          config.maxCommitRows,
+          contended ? this.bounds.contended : config.maxCommitRows,
+        );
         if (batch.length === 0) continue; // their sessions closed while this one yielded
         let outcomes;
         const started = performance.now();

@@ -111,7 +111,11 @@ export interface ServerOptions {
    * commits to the same group or user wrote): a batch of large group messages is cut short, and
    * the engine yields to the event loop between batches, so one sender's fan-out cannot hold the
    * store (or, with SQLite, the event loop) for long. Batches are filled round-robin across
-   * senders, so another sender's message waits for at most one batch. @default 8192
+   * senders; items of more than a 128th of this (64 rows) never share a batch with smaller ones,
+   * and while small items are being sent, a batch of large ones holds at most a quarter of this
+   * (one message to a full 1,024-member group): another sender's 1:1 message waits for at most
+   * the batch that is running and one large one (see docs/security.md, "Commit batches").
+   * @default 8192
    */
   maxCommitRows?: number;
   /**

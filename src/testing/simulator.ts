@@ -287,13 +287,19 @@ export async function runSimulation(options: SimulationOptions): Promise<Simulat
       cluster = clusterNodes[i] = options.cluster ? await options.cluster(clock) : hub.node();
       await cluster.start(`n${i}.${incarnation++}`);
     }
+    const maxCommitBatch = 1 + Math.floor(rnd() * 64);
     return createServer({
       store: oracleStore(engineAlive[i]!),
       authenticate: (cred) => cred as { user: string; device: string },
       clock,
       heartbeatMs,
       deliveryWindow,
-      maxCommitBatch: 1 + Math.floor(rnd() * 64),
+      maxCommitBatch,
+      // 128–1,024 rows: items of more than 1–8 rows are large, so group messages (and some 1:1
+      // ones) commit in batches of their own, taking turns with small ones, in batches of 32–256
+      // rows while small ones are around (commit-batch.ts). Derived from the same draw, so every
+      // seed keeps the rest of its random stream.
+      maxCommitRows: 128 * (1 + (maxCommitBatch % 8)),
       linking: 'open',
       retentionMs: retention,
       // Only the seeded expiry steps expire, so the oracle sees every one.
