@@ -156,6 +156,9 @@ interface StreamGaps {
   skipped: Range[];
 }
 
+/** No ranges: one shared frozen list (asked on every received message), not a new one per call. */
+const NONE: readonly Range[] = Object.freeze([]);
+
 /** The per-stream gap knowledge, cached over the client store's `gaps` namespace. */
 export class GapBook {
   private readonly streams = new Map<string, StreamGaps>();
@@ -172,12 +175,12 @@ export class GapBook {
 
   /** The numbers the server dropped at or past the stream's next expected one. */
   dropped(key: string): readonly Range[] {
-    return this.streams.get(key)?.dropped ?? [];
+    return this.streams.get(key)?.dropped ?? NONE;
   }
 
   /** Of {@link GapBook.dropped}, the numbers dropped because this device's inbox was full. */
   full(key: string): readonly Range[] {
-    return this.streams.get(key)?.full ?? [];
+    return this.streams.get(key)?.full ?? NONE;
   }
 
   /**

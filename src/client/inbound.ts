@@ -33,6 +33,8 @@ interface Stream {
 /** Returned by an accepted entry's work to leave it unacked (it waits on the server). */
 export const KEEP_UNACKED = false;
 
+const runWork = (e: { work: () => Promise<boolean | void> }): Promise<boolean | void> => e.work();
+
 /** The inbound part of one client. */
 export class Inbound {
   /** Next expected sequence number per stream (conversation, sender, device). */
@@ -60,15 +62,21 @@ export class Inbound {
    * server delivers the entry again after the reconnect.
    */
   accept(offset: number, work: () => Promise<boolean | void>): void {
-    const gen = this.ctx.generation;
-    this.ctx.then(
-      work,
-      (kept) => {
-        if (kept !== KEEP_UNACKED) this.acks.later(offset);
-      },
-      (e) => this.ctx.fault(gen, e),
-    );
+    this.ctx.then(runWork, { work, offset }, this.accepted, this.faulted);
   }
+
+  /** {@link accept} of a delivered message: `receive(m)`, with no closure made for it. */
+  acceptMessage(offset: number, m: InboundMessage): void {
+    this.ctx.then(this.receiveEntry, { m, offset }, this.accepted, this.faulted);
+  }
+
+  private readonly receiveEntry = (e: { m: InboundMessage }): Promise<void> => this.receive(e.m);
+
+  private readonly accepted = (kept: boolean | void, e: { offset: number }): void => {
+    if (kept !== KEEP_UNACKED) this.acks.later(e.offset);
+  };
+
+  private readonly faulted = (error: unknown, gen: number): void => this.ctx.fault(gen, error);
 
   /** Reloads pins and held messages from the store (every connection starts from it). */
   async load(): Promise<void> {
@@ -112,8 +120,32 @@ export class Inbound {
    * releases, an old one (after its gap was given up) is shown as late, a future one is held.
    * A duplicate changes nothing.
    */
-  async receive(m: InboundMessage): Promise<void> {
+  receive(m: InboundMessage): Promise<void> {
     const key = streamKey(m.conv, m.from, m.fromDevice);
+    // Nearly every message: the stream's next one, nothing held, pinned or dropped around it. A
+    // small function of its own: an async function's frame is as big as its largest path.
+    if (
+      this.streams.get(key) === m.seq &&
+      !this.heldByKey.has(key) &&
+      !this.pins.has(key) &&
+      this.gapBook.dropped(key).length === 0
+    ) {
+      return this.receiveNext(m, key);
+    }
+    return this.receiveAny(m, key);
+  }
+
+  /** {@link receive} of the stream's next message with nothing held, pinned or dropped. */
+  private async receiveNext(m: InboundMessage, key: string): Promise<void> {
+    const next = m.seq + 1;
+    const { inserted } = await this.ctx.store.applyInbound({ insert: m, streams: [{ key, next }] });
+    if (!inserted) return;
+    this.streams.set(key, next);
+    this.emitMessage(m, false);
+  }
+
+  /** {@link receive}, every case. */
+  private async receiveAny(m: InboundMessage, key: string): Promise<void> {
     const store = this.ctx.store;
     // The stream's number is in memory after its first message: no await for it then.
     let next = this.streams.get(key) ?? (await this.loadNext(key));

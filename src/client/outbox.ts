@@ -204,16 +204,20 @@ export class Outbox {
       id,
       status === 'failed' ? (error ?? new PostboxError('internal', 'failed')) : undefined,
     );
-    const gen = this.ctx.generation;
     // A refusal is the item's own outcome (its status, with the reason), not an `error`. A store
     // failure is: the store still says pending, and reconnecting reloads the outbox and resends it.
-    this.ctx.then(
-      () => this.hooks.applyStatus(id, status, by, error),
-      undefined,
-      (e) => this.ctx.fault(gen, e),
-    );
+    this.ctx.then(this.applyStatus, { id, status, error, by }, undefined, this.faulted);
     this.pump();
   }
+
+  private readonly applyStatus = (s: {
+    id: string;
+    status: MessageStatus;
+    error: PostboxError | undefined;
+    by: string | undefined;
+  }): Promise<void> => this.hooks.applyStatus(s.id, s.status, s.by, s.error);
+
+  private readonly faulted = (error: unknown, gen: number): void => this.ctx.fault(gen, error);
 
   /** A promise that settles with item `id` (group requests resolve when the server commits them). */
   waiter(id: string): Promise<void> {

@@ -19,7 +19,7 @@ export class PlainStage implements Stage {
 
   constructor(
     private readonly ctx: ClientContext,
-    private readonly inbound: Pick<Inbound, 'accept' | 'receive'>,
+    private readonly inbound: Pick<Inbound, 'accept' | 'acceptMessage'>,
   ) {}
 
   send(entry: OutboxEntry, r: number): void {
@@ -31,7 +31,7 @@ export class PlainStage implements Stage {
     if (f.seq === 0) return this.inbound.accept(f.o, nothing);
     const conv = conversationOf(f.f, f.to, f.g === true, me.user);
     const m = inboundOf(conv, me.user, f.id, f.f, f.fd, f.seq, f.ts, f.b);
-    this.inbound.accept(f.o, () => this.inbound.receive(m));
+    this.inbound.acceptMessage(f.o, m);
   }
 
   refused(): boolean {

@@ -77,9 +77,11 @@ export class Receipts {
    * Moves an outgoing item's status forward (see `nextStatus`), storing why with a `failed` or
    * `expired` one (`error`: the refusal), and tells the app about messages.
    */
-  async applyStatus(id: string, event: MessageStatus, by?: string, error?: PostboxError): Promise<void> {
-    const entry = this.live.get(id) ?? (await this.ctx.store.outgoing(id));
-    if (entry) await this.move(entry, event, by, error);
+  applyStatus(id: string, event: MessageStatus, by?: string, error?: PostboxError): Promise<void> {
+    // Not `async`: the entry is nearly always in memory, and then `move`'s promise is the answer.
+    const entry = this.live.get(id);
+    if (entry) return this.move(entry, event, by, error);
+    return this.ctx.store.outgoing(id).then((e) => (e ? this.move(e, event, by, error) : undefined));
   }
 
   /** {@link applyStatus} of an entry at hand. */
