@@ -14,9 +14,47 @@ export const canPin = (() => {
   return r.status === 0;
 })();
 
-/** Core of the server under test and core of the load generator (when pinning is possible). */
-export const SERVER_CORE = 0;
-export const LOAD_CORE = 1;
+/**
+ * The core (0 or 1) that takes the disk's completion interrupts, read from /proc/interrupts (the
+ * busiest CPU column of the block devices' queue lines: virtio `-req`, NVMe, SCSI/ATA), or
+ * undefined. A durable server's flushes end in such an interrupt and its softirq; on a VM they
+ * may all land on one core (this workplace's do, and the affinity cannot be changed), and when
+ * that core is the load generator's, every fsync of the server under test steals time from the
+ * clients that measure it.
+ */
+function diskInterruptCore() {
+  try {
+    const lines = readFileSync('/proc/interrupts', 'utf8').split('\n');
+    const cpus = lines[0].trim().split(/\s+/).length;
+    const counts = new Array(cpus).fill(0);
+    for (const line of lines.slice(1)) {
+      if (!/virtio\d+-req|nvme\d+q|ahci|ata_piix|scsi/.test(line)) continue;
+      const cols = line
+        .trim()
+        .split(/\s+/)
+        .slice(1, 1 + cpus)
+        .map(Number);
+      cols.forEach((n, i) => (counts[i] += Number.isFinite(n) ? n : 0));
+    }
+    const best = counts.indexOf(Math.max(...counts));
+    return counts[best] > 0 && best <= 1 ? best : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Core of the server under test and core of the load generator (when pinning is possible): the
+ * server gets the core its disk's interrupts land on, so that the cost of its own flushes is
+ * charged to it and not to the clients (the same for every system: only the durable ones
+ * flush). `POSTBOX_BENCH_SERVER_CORE=0|1` overrides.
+ */
+export const SERVER_CORE = (() => {
+  const forced = process.env.POSTBOX_BENCH_SERVER_CORE;
+  if (forced === '0' || forced === '1') return Number(forced);
+  return diskInterruptCore() ?? 0;
+})();
+export const LOAD_CORE = SERVER_CORE === 0 ? 1 : 0;
 
 function killAll() {
   for (const c of live) {
