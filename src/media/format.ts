@@ -224,3 +224,25 @@ export function toStream<T>(it: AsyncIterable<T>, onCancel?: () => void): Readab
     { highWaterMark: 0 },
   );
 }
+
+/** What a blob is checked against once read to its end: the reference's size and hashes. */
+export interface BlobExpect {
+  /** Plaintext bytes. */
+  size: number;
+  /** Chunked SHA-256 of the plaintext. */
+  plainHash: Uint8Array;
+  /** Chunked SHA-256 of the ciphertext. */
+  cipherHash: Uint8Array;
+}
+
+const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+/**
+ * The check both readers make before they release a blob's last chunk: the plaintext's size and
+ * both chunked hashes match the reference; else `corrupt_media`.
+ */
+export function checkWhole(size: number, cipher: ChunkedHash, plain: ChunkedHash, expect: BlobExpect): void {
+  if (size !== expect.size) throw corrupt(`the file is ${size} bytes, the reference says ${expect.size}`);
+  if (!equal(cipher.digest(), expect.cipherHash)) throw corrupt('the ciphertext hash does not match');
+  if (!equal(plain.digest(), expect.plainHash)) throw corrupt('the plaintext hash does not match');
+}

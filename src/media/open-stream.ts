@@ -15,7 +15,9 @@
  */
 import type { ChunkCipher, ChunkOpening } from './cipher.js';
 import {
+  type BlobExpect,
   ChunkedHash,
+  checkWhole,
   chunkAad,
   chunkCount,
   chunkIv,
@@ -26,25 +28,13 @@ import {
   parseHeader,
 } from './format.js';
 
-/** What the blob is checked against: the reference's size and hashes. */
-export interface OpenExpect {
-  /** Plaintext bytes. */
-  size: number;
-  /** Chunked SHA-256 of the plaintext. */
-  plainHash: Uint8Array;
-  /** Chunked SHA-256 of the ciphertext. */
-  cipherHash: Uint8Array;
-}
-
-const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
-
 /**
  * Opens a `pbm1` blob with `key.opening`, yielding authenticated plaintext pieces; throws
  * `corrupt_media` on any tampering, truncation, extra bytes or mismatch with `expect`.
  */
 export async function* openIncrementally(
   src: AsyncIterable<Uint8Array>,
-  expect: OpenExpect,
+  expect: BlobExpect,
   key: Required<Pick<ChunkCipher, 'opening'>>,
 ): AsyncGenerator<Uint8Array> {
   const header = new Uint8Array(MEDIA_HEADER_BYTES);
@@ -131,8 +121,6 @@ export async function* openIncrementally(
   }
   if (headerFill < MEDIA_HEADER_BYTES) throw corrupt('the blob ends inside its header');
   if (!last) throw corrupt(`the blob ends early, at byte ${seen} of ${total}: truncated`);
-  if (size !== expect.size) throw corrupt(`the file is ${size} bytes, the reference says ${expect.size}`);
-  if (!equal(cipherHash.digest(), expect.cipherHash)) throw corrupt('the ciphertext hash does not match');
-  if (!equal(plainHash.digest(), expect.plainHash)) throw corrupt('the plaintext hash does not match');
+  checkWhole(size, cipherHash, plainHash, expect);
   yield* last;
 }

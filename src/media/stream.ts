@@ -7,8 +7,10 @@
 import { PostboxError } from '../protocol/errors.js';
 import { defaultMediaCipher, type MediaCipher } from './cipher.js';
 import {
+  type BlobExpect,
   ChunkedHash,
   checkMediaKey,
+  checkWhole,
   chunkAad,
   chunkIv,
   chunkOffset,
@@ -145,20 +147,12 @@ export async function* encryptPieces(
 }
 
 /** What a decryption checks the blob against (the fields of a media reference). */
-export interface DecryptExpect {
+export interface DecryptExpect extends BlobExpect {
   /** The file's key. */
   key: Uint8Array;
-  /** Plaintext bytes. */
-  size: number;
-  /** Chunked SHA-256 of the plaintext. */
-  plainHash: Uint8Array;
-  /** Chunked SHA-256 of the ciphertext. */
-  cipherHash: Uint8Array;
   /** The cryptography. @default defaultMediaCipher() */
   cipher?: MediaCipher;
 }
-
-const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
 
 /**
  * Opens a `pbm1` blob as a stream of plaintext chunks. Every chunk is authenticated before it is
@@ -214,9 +208,7 @@ export async function* decryptPieces(
     plainHash.addDigest(w.plainD);
     size += w.plain.length;
     if (w.final) {
-      if (size !== expect.size) throw corrupt(`the file is ${size} bytes, the reference says ${expect.size}`);
-      if (!equal(cipherHash.digest(), expect.cipherHash)) throw corrupt('the ciphertext hash does not match');
-      if (!equal(plainHash.digest(), expect.plainHash)) throw corrupt('the plaintext hash does not match');
+      checkWhole(size, cipherHash, plainHash, expect);
     }
     if (w.plain.length > 0) yield w.plain;
   }
