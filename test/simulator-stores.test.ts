@@ -9,6 +9,7 @@ import { openPostgresServerStore } from '../src/server/stores/postgres.js';
 import { createMemoryServerState, memoryServerStore } from '../src/server/stores/memory.js';
 import { memoryClusterHub } from '../src/server/cluster/local.js';
 import type { AppendInput, AppendOutcome, ServerStore } from '../src/server/store.js';
+import { usageDrift } from './fixtures/sqlite-usage.js';
 import { describeWithServices, PG_URL, pgUnreachable, scratchSchemas } from './fixtures/services.js';
 
 // The simulator runs on the stores an integrator passes in: the same seeded faults and the same
@@ -41,22 +42,28 @@ async function failingSeeds(
 const range = (n: number, from = 1): number[] => Array.from({ length: n }, (_, i) => from + i);
 
 describe('the simulator runs on the stores it is given', () => {
-  it('no loss, no duplicates, per-sender order and exact group audiences on SQLite server and client stores, under faults', async () => {
-    const failures = await failingSeeds(range(SEEDS), (seed) => {
+  it('no loss, no duplicates, per-sender order and exact group audiences on SQLite server and client stores, under faults; inbox usage counters match the inboxes', async () => {
+    const drift: string[] = [];
+    const failures = await failingSeeds(range(SEEDS), async (seed) => {
       const dir = scratch();
-      return runSimulation({
+      const r = await runSimulation({
         seed,
         steps: 150,
         serverStore: () => sqliteServerStore({ path: join(dir, 'server.db') }),
         // Every start reopens the device's file: an app killed and started again.
         clientStore: (d) => sqliteClientStore({ path: join(dir, `${d.user}-${d.device}.db`) }),
       });
+      const wrong = usageDrift(join(dir, 'server.db'));
+      if (wrong.length > 0) drift.push(`seed ${seed}: ${JSON.stringify(wrong.slice(0, 3))}`);
+      return r;
     });
     expect(failures).toEqual([]);
+    expect(drift).toEqual([]);
   });
 
-  it('what expiry drops is shown or reported expired, never both, on SQLite server and client stores', async () => {
+  it('what expiry drops is shown or reported expired, never both, on SQLite server and client stores; inbox usage counters match the inboxes', async () => {
     let dropped = 0;
+    const drift: string[] = [];
     const failures = await failingSeeds(range(SEEDS), async (seed) => {
       const dir = scratch();
       const r = await runSimulation({
@@ -67,9 +74,12 @@ describe('the simulator runs on the stores it is given', () => {
         clientStore: (d) => sqliteClientStore({ path: join(dir, `${d.user}-${d.device}.db`) }),
       });
       dropped += r.stats.expiredEntries;
+      const wrong = usageDrift(join(dir, 'server.db'));
+      if (wrong.length > 0) drift.push(`seed ${seed}: ${JSON.stringify(wrong.slice(0, 3))}`);
       return r;
     });
     expect(failures).toEqual([]);
+    expect(drift).toEqual([]);
     expect(dropped).toBeGreaterThan(0);
   });
 

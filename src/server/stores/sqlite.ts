@@ -20,9 +20,9 @@
  * delivery tracking, contacts and last-seen times; step 3 the key directory and per-device bodies
  * of end-to-end encrypted messages; step 4 push tokens; step 5 directed consents, membership
  * versions and where each message went, see below; step 6 gap notices; step 7 storage quotas:
- * `devices.entries` and `devices.bytes` count each inbox, kept by triggers, `inbox.size` is the
+ * `devices.entries` and `devices.bytes` count each inbox, `inbox.size` is the
  * body bytes an entry counts for, and `group_invites (group_id, user)` holds the pending group
- * invites, indexed by user):
+ * invites, indexed by user; step 10 made the writer, not a per-entry trigger, grow the counters):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -409,6 +409,11 @@ const MIGRATIONS: readonly SqliteMigration[] = [
         PRIMARY KEY (kind, user)
       ) WITHOUT ROWID;
     `),
+  // 10: an inbox's usage grows through the writer, which adds each transaction's entries and bytes
+  // to the device row once, with its offset counter (see \`writer\`), not through a trigger that
+  // updated the device row once per inserted entry (a 1,024-member group message paid 1,023
+  // extra row updates inside its transaction). Deletes keep their trigger.
+  (db) => db.exec('DROP TRIGGER inbox_usage_in;'),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -564,7 +569,9 @@ export function sqliteServerStore(
     takeOver: q('UPDATE devices SET device = ?, registered_at = ? WHERE user = ? AND device = ?'),
     inboxAny: q('SELECT 1 AS x FROM inbox WHERE dev = ? LIMIT 1'),
     lastOffset: q('SELECT last_offset FROM devices WHERE id = ?'),
-    setLastOffset: q('UPDATE devices SET last_offset = ? WHERE id = ?'),
+    setLastOffset: q(
+      'UPDATE devices SET last_offset = ?, entries = entries + ?, bytes = bytes + ? WHERE id = ?',
+    ),
     dedupeGet: q('SELECT ts FROM dedupe WHERE from_user = ? AND from_device = ? AND msg_id = ?'),
     dedupeInsert: q(
       'INSERT INTO dedupe (from_user, from_device, msg_id, ts, to_user, gver) VALUES (?, ?, ?, ?, ?, ?)',
@@ -744,6 +751,8 @@ export function sqliteServerStore(
   function writer() {
     const devices = new Map<string, DeviceRow[]>();
     const last = new Map<number, number>();
+    /** Entries and body bytes this transaction added to each inbox, written back by `flush`. */
+    const added = new Map<number, InboxUsage>();
     /** Seeds a device's counter from a row read in this transaction, unless already in use. */
     const prime = (r: DeviceRow): void => {
       if (!last.has(r.id)) last.set(r.id, r.last_offset);
@@ -758,14 +767,34 @@ export function sqliteServerStore(
         return list;
       },
       prime,
-      next(dev: number): number {
+      /** The next offset of a device's inbox, for an entry of `size` body bytes. */
+      next(dev: number, size = 0): number {
         let v = last.get(dev);
         if (v === undefined) v = (sql.lastOffset.get(dev) as { last_offset: number }).last_offset;
         last.set(dev, ++v);
+        const a = added.get(dev);
+        if (a) {
+          a.entries += 1;
+          a.bytes += size;
+        } else added.set(dev, { entries: 1, bytes: size });
         return v;
       },
+      /**
+       * A device's inbox usage with this transaction's entries: `row` as read in this transaction
+       * (deletes are counted by their trigger at once), or read now.
+       */
+      usage(dev: number, row?: InboxUsage): InboxUsage {
+        const base = row ?? (sql.usageOf.get(dev) as InboxUsage);
+        const a = added.get(dev);
+        return a ? { entries: base.entries + a.entries, bytes: base.bytes + a.bytes } : base;
+      },
+      /** Writes each touched device's counter and its inbox usage back, once per device. */
       flush(): void {
-        for (const [dev, v] of last) sql.setLastOffset.run(v, dev);
+        for (const [dev, v] of last) {
+          const a = added.get(dev);
+          sql.setLastOffset.run(v, a?.entries ?? 0, a?.bytes ?? 0, dev);
+        }
+        added.clear();
       },
     };
   }
@@ -899,16 +928,10 @@ export function sqliteServerStore(
       targets.length,
     );
     return targets.map((t, i) => {
-      const offset = w.next(t.dev);
+      const size = (bodies?.[i] ?? item.body).byteLength;
+      const offset = w.next(t.dev, size);
       const own = bodies ? bindBytes(bodies[i]!) : null;
-      sql.entryMessageInsert.run(
-        t.dev,
-        offset,
-        now,
-        lastInsertRowid,
-        own,
-        (bodies?.[i] ?? item.body).byteLength,
-      );
+      sql.entryMessageInsert.run(t.dev, offset, now, lastInsertRowid, own, size);
       return offset;
     });
   }
@@ -919,13 +942,14 @@ export function sqliteServerStore(
    * marks the sender's user's devices; `partial`, an item that may skip full devices.
    */
   function place(
+    w: Writer,
     targets: Array<{ dev: number; addr: DeviceAddress; usage?: InboxUsage }>,
     from: DeviceAddress,
     size: (i: number) => number,
     partial: boolean,
   ): number[] | 'refused' {
     const placed = targets.map((t, i) => ({
-      fits: inboxFits(quotas, t.usage ?? (sql.usageOf.get(t.dev) as InboxUsage), 1, size(i)),
+      fits: inboxFits(quotas, w.usage(t.dev, t.usage), 1, size(i)),
       own: t.addr.user === from.user,
     }));
     return placeItem(placed, partial);
@@ -974,7 +998,7 @@ export function sqliteServerStore(
       w.prime(r);
       targets.push({ dev: r.id, addr: { user: r.user, device: r.device }, usage: r });
     }
-    const skip = place(targets, item.from, () => item.body.byteLength, item.seq > 0);
+    const skip = place(w, targets, item.from, () => item.body.byteLength, item.seq > 0);
     if (skip === 'refused') return { ok: false, code: 'inbox_full' };
     // Sending in a group is taking part in it (written only when the version moved on).
     sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
@@ -987,7 +1011,7 @@ export function sqliteServerStore(
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
     if (item.kind === 'receipt') return commitReceipt(w, item, toDevices, now);
     const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
-    const skip = place(targets, item.from, () => item.body.byteLength, item.seq > 0);
+    const skip = place(w, targets, item.from, () => item.body.byteLength, item.seq > 0);
     if (skip === 'refused') return { ok: false, code: 'inbox_full' };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     relate(item.from.user, item.to);
@@ -1002,7 +1026,7 @@ export function sqliteServerStore(
       return row?.since_ver;
     });
     const targets = ids.length === 0 ? [] : directTargets(item, toDevices, w.devicesOf(item.from.user));
-    if (place(targets, item.from, () => 0, false) === 'refused') return { ok: false, code: 'inbox_full' };
+    if (place(w, targets, item.from, () => 0, false) === 'refused') return { ok: false, code: 'inbox_full' };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
     for (const t of targets) pushStatus(w, t.dev, now, 'read', ids, item.from.user);
@@ -1028,7 +1052,7 @@ export function sqliteServerStore(
     });
     if ('code' in checked) return checked;
     const targets = checked.targets.map((t) => ({ dev: t.id, addr: { user: t.user, device: t.device } }));
-    const skip = place(targets, item.from, (i) => checked.bodies[i]!.byteLength, item.seq > 0);
+    const skip = place(w, targets, item.from, (i) => checked.bodies[i]!.byteLength, item.seq > 0);
     if (skip === 'refused') return { ok: false, code: 'inbox_full' };
     sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     relate(item.from.user, item.to);
