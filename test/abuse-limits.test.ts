@@ -220,6 +220,65 @@ describe('cost budgets', () => {
   });
 });
 
+describe('readers that do not read', () => {
+  it("a session that does not read its answers gets no more key bundles claimed for it, and another user's claims are unaffected", async () => {
+    // A slow link (2 bytes per ms each way) and a 2 KB high-water mark: answers pile up unsent.
+    const w = (world = await makeWorld({
+      faults: { latency: { min: 1, max: 2 }, bytesPerMs: 2 },
+      server: { sendHighWaterBytes: 2048, maxKeyClaimsPer10s: 1000 },
+    }));
+    await w.server.registerDevice('bob', 'phone');
+    await w.server.store.putKeys(
+      { user: 'bob', device: 'phone' },
+      {
+        registrationId: 1,
+        identityKey: new Uint8Array(33),
+        signedPreKey: { id: 1, key: new Uint8Array(33), signature: new Uint8Array(64) },
+        lastResortKyber: { id: 2, key: new Uint8Array(1569), signature: new Uint8Array(64) },
+      },
+    );
+    let claims = 0;
+    const claimKeys = w.server.store.claimKeys.bind(w.server.store);
+    w.server.store.claimKeys = (...args) => {
+      claims++;
+      return claimKeys(...args);
+    };
+    const mallory = await w.raw('m');
+    await mallory.hello('mallory', 'm1');
+    /** Lets `s` seconds pass, mallory pinging so that the server keeps its session. */
+    const alive = async (s: number) => {
+      for (let i = 0; i < s; i++) {
+        mallory.send({ t: 'ping' });
+        await w.advance(1_000);
+      }
+    };
+    await w.advance(2_000); // the welcome is through
+    for (let r = 1; r <= 20; r++) mallory.send({ t: 'kget', r, u: ['bob'] });
+    await w.advance(500); // every kget is in (~20 bytes each), and the answers still queue
+    // Each answer is some 1.8 KB: two fill the high-water mark, every later claim is refused
+    // before the store is asked (the refusals are small frames, queued behind the answers).
+    const mine = claims;
+    expect(mine).toBeGreaterThan(0);
+    expect(mine).toBeLessThanOrEqual(3);
+    // Another user on its own connection is served meanwhile.
+    const carol = await w.raw('c');
+    await carol.hello('carol', 'c1');
+    carol.send({ t: 'kget', r: 1, u: ['bob'] });
+    await alive(3);
+    expect(carol.frames.filter((f) => f.t === 'kb' || f.t === 'err').map((f) => f.t)).toEqual(['kb']);
+    await alive(10);
+    expect(mallory.closed).toBeUndefined();
+    const answers = mallory.frames.filter((f) => f.t === 'kb' || f.t === 'err');
+    expect(answers.length).toBe(20);
+    expect(answers.filter((f) => f.t === 'kb').length).toBe(mine);
+    expect(answers.filter((f) => f.t === 'err' && f.c === 'rate_limited').length).toBe(20 - mine);
+    // Once the queue drained, a claim goes through again.
+    mallory.send({ t: 'kget', r: 21, u: ['bob'] });
+    await w.advance(5_000);
+    expect(mallory.frames.some((f) => f.t === 'kb' && f.r === 21)).toBe(true);
+  });
+});
+
 describe('handshake deadline', () => {
   it('a connection that has not opened its session is closed at helloTimeoutMs, not at the next liveness sweep', async () => {
     // Heartbeat 25 s: the liveness sweep runs every 12.5 s, so a sweep-kept deadline would close

@@ -25,6 +25,8 @@ export interface WindowOwner {
   readonly addr: DeviceAddress | undefined;
   /** Open: frames may go down the connection. */
   isOpen(): boolean;
+  /** The connection buffers more than `sendHighWaterBytes`: deliveries pause. */
+  backlogged(): boolean;
   /** The protocol version the session speaks (which entries it has frames for). */
   protocolVersion(): number;
   send(frame: ServerFrame): void;
@@ -73,7 +75,7 @@ export class DeliveryWindow<S extends WindowOwner> {
     if (!this.owner.isOpen() || !this.drained || this.reading || offset <= this.cursor) return false;
     const ahead = offset - this.cursor; // this entry, and the ones before it still to come
     if ((this.inflight?.size ?? 0) + ahead > this.host.config.deliveryWindow) return false;
-    return this.owner.conn.bufferedAmount <= this.host.config.sendHighWaterBytes;
+    return !this.owner.backlogged();
   }
 
   /**
@@ -118,7 +120,7 @@ export class DeliveryWindow<S extends WindowOwner> {
       return;
     }
     const room = this.host.config.deliveryWindow - (this.inflight?.size ?? 0);
-    if (room <= 0 || this.owner.conn.bufferedAmount > this.host.config.sendHighWaterBytes) return;
+    if (room <= 0 || this.owner.backlogged()) return;
     this.held.clear(); // the read delivers them, in order
     this.reading = true;
     this.dirty = false;

@@ -73,6 +73,12 @@ export class KeyDirectory {
     const { store, limits, clock } = this.d;
     // Asking for one user twice in a frame gets nothing a second answer would not.
     const users = [...new Set(f.u)];
+    // An answer is up to ~2 KB per device: a session that does not read what it already has gets
+    // no more claimed and encoded for it (its queue would only grow until it is shed).
+    if (session.backlogged()) {
+      session.sendError('rate_limited', 'read the answers already sent first', f.r);
+      return;
+    }
     if (!limits.claim(claimer, users.length, clock.now())) {
       session.sendError('rate_limited', 'too many key claims', f.r);
       return;

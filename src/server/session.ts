@@ -119,6 +119,14 @@ export class Session {
     this.send(frame);
   }
 
+  /**
+   * The connection holds more unsent bytes than `sendHighWaterBytes`: its reader is behind.
+   * Deliveries pause, and requests whose answers are large (key bundles) are refused.
+   */
+  backlogged(): boolean {
+    return this.conn.bufferedAmount > this.host.config.sendHighWaterBytes;
+  }
+
   isClosed(): boolean {
     return this.state === 'closed';
   }
