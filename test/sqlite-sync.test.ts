@@ -57,6 +57,20 @@ describe('WAL flushes', () => {
     expect(f.started).toBe(2);
   });
 
+  it('waiting for the running flush to end asks for no flush of its own', async () => {
+    const f = manualFlush();
+    const g = groupFlushes(f.flush);
+    await g.ended(); // none runs: at once
+    void g.synced();
+    let ended = false;
+    void g.ended().then(() => (ended = true));
+    expect(ended).toBe(false);
+    await f.finishOne();
+    expect(ended).toBe(true);
+    expect(f.started).toBe(1);
+    expect(g.busy()).toBe(false);
+  });
+
   it('a failed flush fails its callers, and the next callers get a fresh flush', async () => {
     let fail = true;
     const g = groupFlushes(() => (fail ? Promise.reject(new Error('EIO')) : Promise.resolve()));

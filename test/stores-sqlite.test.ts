@@ -15,6 +15,7 @@ import type {
   MessageInput,
   ServerStore,
 } from '../src/server/store.js';
+import { memoryServerStore } from '../src/server/stores/memory.js';
 import { SQLITE_SERVER_SCHEMA_VERSION, sqliteServerStore } from '../src/server/stores/sqlite.js';
 import { clientStoreConformance, registerCases, serverStoreConformance } from '../src/testing/index.js';
 import { checkAfterUpgrade, writeBeforeUpgrade } from './fixtures/consent-upgrade.js';
@@ -303,6 +304,48 @@ describe('sqlite server store', () => {
     expect((await store.readInbox(bob2, 0, 1000)).length).toBe(512);
     await store.close();
     db.close();
+  });
+
+  it('an ack counts each entry once and reports it delivered in the order given, however its offsets are ordered or repeated', async () => {
+    const offsets = [5, 6, 2, 3, 3, 4, 99, 1.5, Number.NaN, 6];
+    const run = async (store: ServerStore) => {
+      for (const d of [alice1, bob1]) await store.registerDevice(d, 1);
+      await store.append(
+        Array.from({ length: 6 }, (_, i) => msg(`m${i + 1}`, i + 1)),
+        1000,
+      );
+      const res = await store.ack(bob1, offsets, 2000);
+      const left = (await store.readInbox(bob1, 0, 100)).map((e) => e.offset);
+      await store.close();
+      return {
+        count: res.count,
+        ids: res.entries?.map((w) => w.entry.kind === 'status' && w.entry.ids),
+        left,
+      };
+    };
+    const sqlite = await run(sqliteServerStore({ path: freshFile() }));
+    expect(sqlite).toEqual({ count: 5, ids: [['m5', 'm6', 'm2', 'm3', 'm4']], left: [1] });
+    expect(sqlite).toEqual(await run(memoryServerStore()));
+  });
+
+  it('a consent written by an append that failed is written again by the next message to the same user', async () => {
+    let failMessages = 1;
+    const store = sqliteServerStore({
+      path: freshFile(),
+      walFlush: 'background',
+      beforeWrite: (write) => {
+        // After the consent insert, before the body: the transaction rolls both back.
+        if (write === 'INSERT INTO messages' && failMessages-- > 0) throw new Error('EIO');
+      },
+    });
+    for (const d of [alice1, bob1]) await store.registerDevice(d, 1);
+    await expect(store.append([msg('m1')], 1000)).rejects.toThrow('EIO');
+    expect(await store.related('bob', 'alice')).toBe(false);
+    expect((await store.append([msg('m1')], 1001))[0]?.ok).toBe(true);
+    expect(await store.related('bob', 'alice')).toBe(true);
+    await store.append([msg('m2', 2)], 1002); // known now: no second insert, still related
+    expect(await store.related('bob', 'alice')).toBe(true);
+    await store.close();
   });
 
   it('a store handed a database does not close it', async () => {

@@ -24,6 +24,8 @@ export interface WalSync {
   synced(): Promise<void>;
   /** True while a flush runs: a commit made now is on disk only after the next one. */
   busy(): boolean;
+  /** Resolves once the flush running now has ended (at once when none runs), asking for none. */
+  ended(): Promise<void>;
   /** Resolves when no flush runs or waits. */
   idle(): Promise<void>;
   /** Waits for the flushes under way and closes the `-wal` file handle. */
@@ -93,6 +95,7 @@ export function walSync(db: SqliteDatabase, hooks: WalSyncHooks = {}): WalSync |
   return {
     synced: group.synced,
     busy: group.busy,
+    ended: group.ended,
     idle: group.idle,
     async close(): Promise<void> {
       await group.idle();
@@ -115,6 +118,7 @@ export function groupFlushes(
 ): {
   synced(): Promise<void>;
   busy(): boolean;
+  ended(): Promise<void>;
   idle(): Promise<void>;
 } {
   let running: Promise<void> | undefined;
@@ -147,6 +151,7 @@ export function groupFlushes(
       }));
     },
     busy: () => running !== undefined,
+    ended: () => settled(running),
     async idle(): Promise<void> {
       await settled(queued);
       await settled(running);
