@@ -73,10 +73,11 @@ export class KeyDirectory {
     const { store, limits, clock } = this.d;
     // Asking for one user twice in a frame gets nothing a second answer would not.
     const users = [...new Set(f.u)];
-    // An answer is up to ~2 KB per device: a session that does not read what it already has gets
-    // no more claimed and encoded for it (its queue would only grow until it is shed).
+    // An answer is up to ~2 KB per device: for a session that does not read what it already has,
+    // nothing more is claimed and encoded until it drains (a few claims wait, the rest are refused).
     if (session.backlogged()) {
-      session.sendError('rate_limited', 'read the answers already sent first', f.r);
+      if (!session.holdClaim(f))
+        session.sendError('rate_limited', 'read the answers already sent first', f.r);
       return;
     }
     if (!limits.claim(claimer, users.length, clock.now())) {

@@ -21,6 +21,7 @@ import {
   type ErrorCode,
   type GroupFrame,
   type HelloFrame,
+  type KeyGetFrame,
   type ServerFrame,
 } from '../protocol/index.js';
 import type { Connection, ConnectionHandlers } from '../transport/types.js';
@@ -35,6 +36,9 @@ import { groupInput, messageInput, receiptInput } from './wire.js';
 /** What a ciphertext may add to `maxBodyBytes` (a PreKey message carries ~1.9 KB of keys). */
 const CIPHERTEXT_OVERHEAD = 4096;
 
+/** Most key claims a backlogged session holds until it drains (see {@link Session.holdClaim}). */
+export const MAX_HELD_CLAIMS = 4;
+
 /** A session's connection handlers: one small object rather than three closures per connection. */
 class SessionHandlers implements ConnectionHandlers {
   constructor(private readonly session: Session) {}
@@ -45,7 +49,7 @@ class SessionHandlers implements ConnectionHandlers {
     this.session.onClosed(code);
   }
   drain(): void {
-    this.session.pump();
+    this.session.drained();
   }
 }
 
@@ -74,6 +78,8 @@ export class Session {
   private rateCount = 0;
   /** What went down the connection and what waits for the device's ack (delivery.ts). */
   private readonly window: DeliveryWindow<Session>;
+  /** Key claims that came while the connection was backlogged, served when it drains. */
+  private heldClaims: KeyGetFrame[] | undefined;
 
   constructor(
     private readonly host: SessionHost<Session>,
@@ -121,7 +127,7 @@ export class Session {
 
   /**
    * The connection holds more unsent bytes than `sendHighWaterBytes`: its reader is behind.
-   * Deliveries pause, and requests whose answers are large (key bundles) are refused.
+   * Deliveries pause, and key claims wait for the queue to drain ({@link holdClaim}).
    */
   backlogged(): boolean {
     return this.conn.bufferedAmount > this.host.config.sendHighWaterBytes;
@@ -439,6 +445,32 @@ export class Session {
   /** Pulls the next entries of the inbox into the delivery window. */
   pump(): void {
     this.window.pump();
+  }
+
+  /**
+   * The connection's queue fell back to the transport's low-water mark: the claims held meanwhile
+   * are served (their answers go out before the deliveries that resume after them).
+   */
+  drained(): void {
+    const held = this.heldClaims;
+    this.heldClaims = undefined;
+    if (held && this.state === 'open') {
+      const now = this.host.clock.now();
+      for (const f of held) this.host.serve(this, f, now);
+    }
+    this.pump();
+  }
+
+  /**
+   * Holds a key claim until the connection drains, instead of claiming and queueing an answer
+   * behind bytes its reader has not taken (it would arrive no sooner); false when
+   * {@link MAX_HELD_CLAIMS} are held already.
+   */
+  holdClaim(f: KeyGetFrame): boolean {
+    const held = (this.heldClaims ??= []);
+    if (held.length >= MAX_HELD_CLAIMS) return false;
+    held.push(f);
+    return true;
   }
 
   /** Open: frames may go down the connection (for the delivery window). */
