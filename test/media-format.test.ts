@@ -143,7 +143,7 @@ describe('pbm1 media format', () => {
         }
       });
 
-      it('reordered chunks, extra bytes and a wrong key or hash are rejected', async () => {
+      it('reordered chunks, extra bytes and a wrong key, ciphertext hash or size are rejected', async () => {
         const plain = randomBytes(3 * MEDIA_CHUNK_BYTES);
         const { cipher, expect: e } = await seal(plain);
         const c = MEDIA_CHUNK_BYTES + MEDIA_TAG_BYTES;
@@ -158,9 +158,33 @@ describe('pbm1 media format', () => {
         await rejects(Buffer.concat([cipher, Buffer.from([1, 2, 3])]), e);
         await rejects(cipher, { ...e, key: randomBytes(32) });
         await rejects(cipher, { ...e, cipherHash: randomBytes(32) });
-        await rejects(cipher, { ...e, plainHash: randomBytes(32) });
         await rejects(cipher, { ...e, size: e.size - 1 });
         await rejects(cipher, { ...e, size: e.size + 1 });
+      });
+
+      it('a blob sealed anew under the same key (every tag valid) is rejected unless it is the hashed one', async () => {
+        // What a holder of the key (a group member, with the server's help) could substitute: the
+        // tags cannot tell it apart, the ciphertext hash can. Other bytes of the same size under
+        // the same key and nonce, and the same bytes under another nonce, are both refused; the
+        // reader checks no plaintext hash, so this is where a plaintext other than the sender's
+        // is caught.
+        const plain = randomBytes(2 * MEDIA_CHUNK_BYTES + 5);
+        const secret = freshSecret();
+        const sealWith = async (p: Uint8Array, s: typeof secret) => {
+          let summary: { size: number; plainHash: Uint8Array; cipherHash: Uint8Array } | undefined;
+          const parts: Uint8Array[] = [];
+          for await (const x of encryptPieces(streamOf(p) as unknown as AsyncIterable<Uint8Array>, s, {
+            onDone: (v) => (summary = v),
+          }))
+            parts.push(x.bytes);
+          return { cipher: Buffer.concat(parts), expect: { key: s.key, ...summary! } };
+        };
+        const sent = await sealWith(plain, secret);
+        expect((await readAll(open(sent.cipher, sent.expect))).equals(plain)).toBe(true);
+        const other = await sealWith(randomBytes(plain.length), secret);
+        await rejects(other.cipher, sent.expect);
+        const renonced = await sealWith(plain, { key: secret.key, baseNonce: randomBytes(12) });
+        await rejects(renonced.cipher, sent.expect);
       });
     });
   }

@@ -2,8 +2,11 @@
 // postbox and plain HTTP alternately, with the client's CPU (process.cpuUsage, all threads) and
 // each server's CPU (/proc) per MB beside the throughput. CPU per MB moves much less than MB/s
 // when other work shares the machine.
-//   node bench/tools/media-download.mjs [ROUNDS] [MB] [postbox|plain]   (one system only)
+//   node bench/tools/media-download.mjs [ROUNDS] [MB] [postbox|plain|base]   (one system only)
 // PROFILE=FILE.cpuprofile: a CPU profile of the downloads alone (bench/tools/profile-top.mjs reads it).
+// BASE=DIR: a third system, `base`, downloads with the build in DIR (another checkout's dist, e.g.
+// `git archive main | tar -x -C DIR`, node_modules linked, `npx tsc -p tsconfig.build.json`), for
+// a before/after of the client in one process, interleaved; its ratio is printed beside postbox's.
 /* global fetch */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
@@ -14,6 +17,10 @@ import { downloadPlain, freshSecret, mediaRefOf, uploadMedia } from 'postbox/med
 import { fileSource } from 'postbox/media/node';
 import { procCpu } from '../lib/proc.mjs';
 import { drain, makeFile, startServers } from '../scenarios/media.mjs';
+
+const base = process.env.BASE
+  ? await import(path.resolve(process.env.BASE, 'dist/media/index.node.js'))
+  : undefined;
 
 const rounds = Number(process.argv[2] ?? 6);
 const size = Number(process.argv[3] ?? 100) * 1024 * 1024;
@@ -34,8 +41,10 @@ try {
   const sys = {
     postbox: { pid: servers.pids.postbox, get: () => drain(downloadPlain(ep, ref)) },
     plain: { pid: servers.pids.plain, get: async () => drain((await fetch(plainUrl)).body) },
+    ...(base ? { base: { pid: servers.pids.postbox, get: () => drain(base.downloadPlain(ep, ref)) } } : {}),
   };
-  const out = { postbox: [], plain: [] };
+  const names = Object.keys(sys);
+  const out = Object.fromEntries(names.map((n) => [n, []]));
   const session = process.env.PROFILE ? new Session() : undefined;
   if (session) {
     session.connect();
@@ -43,7 +52,7 @@ try {
     await session.post('Profiler.start');
   }
   for (let r = -1; r < rounds; r++) {
-    for (const name of only ? [only] : r % 2 === 0 ? ['postbox', 'plain'] : ['plain', 'postbox']) {
+    for (const name of only ? [only] : r % 2 === 0 ? names : [...names].reverse()) {
       const s = sys[name];
       const c0 = process.cpuUsage();
       const s0 = procCpu(s.pid);
@@ -66,7 +75,7 @@ try {
     writeFileSync(process.env.PROFILE, JSON.stringify((await session.post('Profiler.stop')).profile));
   const med = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const fmt = (xs) => `${med(xs).toFixed(2)} [${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}]`;
-  for (const name of ['postbox', 'plain']) {
+  for (const name of names) {
     const o = out[name];
     if (o.length === 0) continue;
     console.log(
@@ -74,9 +83,14 @@ try {
     );
   }
   if (only) process.exit(0);
-  const ratios = out.postbox.map((p, i) => p.mbps / out.plain[i].mbps);
+  for (const name of names.filter((n) => n !== 'plain')) {
+    const ratios = out[name].map((p, i) => p.mbps / out.plain[i].mbps);
+    console.log(
+      `${name} ratio per round ${ratios.map((x) => x.toFixed(2)).join(' ')}  (median ${med(ratios).toFixed(2)})`,
+    );
+  }
   console.log(
-    `ratio per round ${ratios.map((x) => x.toFixed(2)).join(' ')}  (median ${med(ratios).toFixed(2)}); load ${os
+    `load ${os
       .loadavg()
       .map((x) => x.toFixed(1))
       .join(' ')}`,

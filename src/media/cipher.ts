@@ -1,8 +1,9 @@
 /**
  * The cryptographic steps of the `pbm1` format behind one small interface, so that a runtime can
- * bring a faster implementation than WebCrypto: sealing or opening one chunk together with the
- * SHA-256 digests of its plaintext and ciphertext (the pieces of the chunked hashes, see
- * `format.ts`). Every implementation produces the same bytes and digests; only the speed differs.
+ * bring a faster implementation than WebCrypto: sealing one chunk together with the SHA-256
+ * digests of its plaintext and ciphertext (the pieces of the chunked hashes, see `format.ts`), and
+ * opening one with the digest of its ciphertext (the hash a download checks). Every
+ * implementation produces the same bytes and digests; only the speed differs.
  *
  * - {@link webCryptoCipher}: WebCrypto, any runtime (browsers, Node, Deno, workers). The default.
  * - `nodeMediaCipher` in `postbox/media/node`: `node:crypto` on the calling thread, without the
@@ -21,12 +22,13 @@ export interface SealedChunk {
   cipherDigest: Uint8Array;
 }
 
-/** One opened (authenticated) chunk with the digests of both sides. */
+/**
+ * One opened (authenticated) chunk with the digest of its ciphertext. A download checks the
+ * ciphertext hash only, so opening hashes one side (see `BlobExpect` in `format.ts`).
+ */
 export interface OpenedChunk {
   /** The plaintext, authenticated. */
   plain: Uint8Array;
-  /** SHA-256 of `plain`. */
-  plainDigest: Uint8Array;
   /** SHA-256 of the sealed chunk. */
   cipherDigest: Uint8Array;
 }
@@ -39,8 +41,11 @@ export interface OpenedChunk {
 export interface ChunkOpening {
   /** Decrypts the next bytes of the chunk's ciphertext (the tag excluded); the plaintext of them. */
   update(cipher: Uint8Array): Uint8Array;
-  /** Checks the 16-byte tag; throws (any error) when the chunk does not authenticate. */
-  final(tag: Uint8Array): { plainDigest: Uint8Array; cipherDigest: Uint8Array };
+  /**
+   * Checks the 16-byte tag; throws (any error) when the chunk does not authenticate. Returns the
+   * SHA-256 of the sealed chunk (its ciphertext, then the tag).
+   */
+  final(tag: Uint8Array): { cipherDigest: Uint8Array };
 }
 
 /** AES-256-GCM (128-bit tag) and SHA-256 under one file key. */
@@ -52,7 +57,7 @@ export interface ChunkCipher {
   /**
    * Optional, for a cipher that can decrypt incrementally (`node:crypto`; WebCrypto cannot): opens
    * a chunk piece by piece as the download delivers it, so the reader neither gathers each chunk
-   * into a buffer of its own nor waits for a whole chunk to start. Same bytes and digests as `open`.
+   * into a buffer of its own nor waits for a whole chunk to start. Same bytes and digest as `open`.
    */
   opening?(iv: Uint8Array, aad: Uint8Array): ChunkOpening;
 }
@@ -99,8 +104,7 @@ export const webCryptoCipher: MediaCipher = {
         const cipherDigesting = digest(sealed);
         cipherDigesting.catch(() => undefined); // awaited below unless the open fails first
         const plain = new Uint8Array(await opening);
-        const [plainDigest, cipherDigest] = await Promise.all([digest(plain), cipherDigesting]);
-        return { plain, plainDigest, cipherDigest };
+        return { plain, cipherDigest: await cipherDigesting };
       },
     };
   },

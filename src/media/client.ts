@@ -214,8 +214,8 @@ export class MediaClient extends EventEmitter<MediaEvents> {
 
   /**
    * The plaintext of a received media reference as a stream: fetched (resuming with `Range`),
-   * every chunk authenticated, the hashes and size checked before the stream ends; any tampering
-   * or truncation errors the stream with `corrupt_media`. Once read to the end, the server is
+   * every chunk authenticated, the size and the ciphertext hash checked before the stream ends;
+   * any tampering or truncation errors the stream with `corrupt_media`. Once read to the end, the server is
    * told this device is done with the blob.
    */
   downloadMedia(ref: MediaRef, options: DownloadOptions = {}): ReadableStream<Uint8Array> {

@@ -17,9 +17,10 @@
  *
  * Hashes: the reference carries a *chunked* SHA-256 of the ciphertext and of the plaintext:
  * SHA-256 over the concatenated SHA-256 digests of the pieces (for the ciphertext: the header,
- * then each sealed chunk; for the plaintext: each plaintext chunk). Each piece is hashed by
+ * then each sealed chunk; for the plaintext: each plaintext chunk). Each piece is hashed
  * natively (by the `MediaCipher`, see `cipher.ts`); a whole-stream SHA-256 would need a JavaScript
- * hash over every byte in browsers, about four times slower than the encryption itself.
+ * hash over every byte in browsers, about four times slower than the encryption itself. A
+ * download checks the ciphertext hash only (see {@link BlobExpect}).
  * @packageDocumentation
  */
 import { PostboxError } from '../protocol/errors.js';
@@ -225,24 +226,29 @@ export function toStream<T>(it: AsyncIterable<T>, onCancel?: () => void): Readab
   );
 }
 
-/** What a blob is checked against once read to its end: the reference's size and hashes. */
+/**
+ * What a blob is checked against once read to its end: the reference's size and ciphertext hash.
+ * The plaintext hash is not checked on download: the chunks' tags authenticate each plaintext
+ * chunk and its place under the key, and the plaintext is a function of the key and the
+ * ciphertext, so a ciphertext that matches the ciphertext hash has the sender's plaintext (see
+ * "Verification" in docs/media.md).
+ */
 export interface BlobExpect {
   /** Plaintext bytes. */
   size: number;
-  /** Chunked SHA-256 of the plaintext. */
-  plainHash: Uint8Array;
   /** Chunked SHA-256 of the ciphertext. */
   cipherHash: Uint8Array;
+  /** Chunked SHA-256 of the plaintext: carried by the reference, not checked on download. */
+  plainHash?: Uint8Array;
 }
 
 const equal = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((x, i) => x === b[i]);
 
 /**
  * The check both readers make before they release a blob's last chunk: the plaintext's size and
- * both chunked hashes match the reference; else `corrupt_media`.
+ * the ciphertext's chunked hash match the reference; else `corrupt_media`.
  */
-export function checkWhole(size: number, cipher: ChunkedHash, plain: ChunkedHash, expect: BlobExpect): void {
+export function checkWhole(size: number, cipher: ChunkedHash, expect: BlobExpect): void {
   if (size !== expect.size) throw corrupt(`the file is ${size} bytes, the reference says ${expect.size}`);
   if (!equal(cipher.digest(), expect.cipherHash)) throw corrupt('the ciphertext hash does not match');
-  if (!equal(plain.digest(), expect.plainHash)) throw corrupt('the plaintext hash does not match');
 }

@@ -24,7 +24,8 @@ export async function fileSource(path: string): Promise<MediaSource> {
 /**
  * Writes a plaintext stream (from `downloadMedia`) to `path`, through `path.part`: the file
  * appears under its name only once the stream ended without an error, that is once every chunk,
- * the size and the hashes verified. On an error the partial file is removed and the error thrown.
+ * the size and the ciphertext hash verified. On an error the partial file is removed and the
+ * error thrown.
  */
 export async function saveStream(stream: ReadableStream<Uint8Array>, path: string): Promise<void> {
   const part = `${path}.part`;

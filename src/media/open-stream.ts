@@ -7,7 +7,8 @@
  * where it lies, and the plaintext is handed on in the pieces it came in.
  *
  * The rules are the general reader's: a chunk's plaintext is held until its tag verified; the last
- * chunk's until the blob ended at exactly the size the reference implies and both hashes matched.
+ * chunk's until the blob ended at exactly the size the reference implies and the ciphertext hash
+ * matched.
  * The layout (which chunk is the last, how long it is) comes from the reference's size and the
  * header's chunk size, so a blob cut at a chunk boundary is caught as ending early, and one that
  * was not sealed for that size fails its final chunk's tag (the final flag is in the AAD).
@@ -40,7 +41,6 @@ export async function* openIncrementally(
   const header = new Uint8Array(MEDIA_HEADER_BYTES);
   const tag = new Uint8Array(MEDIA_TAG_BYTES);
   const cipherHash = new ChunkedHash();
-  const plainHash = new ChunkedHash();
   let headerFill = 0;
   let tagFill = 0;
   let chunk = 0; // plaintext bytes per chunk, from the header
@@ -62,7 +62,7 @@ export async function* openIncrementally(
   };
   const finish = () => {
     const final = index === chunks - 1;
-    let d: { plainDigest: Uint8Array; cipherDigest: Uint8Array };
+    let d: { cipherDigest: Uint8Array };
     try {
       d = opening!.final(tag);
     } catch (e) {
@@ -74,7 +74,6 @@ export async function* openIncrementally(
       );
     }
     cipherHash.addDigest(d.cipherDigest);
-    plainHash.addDigest(d.plainDigest);
     for (const p of held) size += p.length;
     if (final) last = held;
     else ready.push(...held);
@@ -121,6 +120,6 @@ export async function* openIncrementally(
   }
   if (headerFill < MEDIA_HEADER_BYTES) throw corrupt('the blob ends inside its header');
   if (!last) throw corrupt(`the blob ends early, at byte ${seen} of ${total}: truncated`);
-  checkWhole(size, cipherHash, plainHash, expect);
+  checkWhole(size, cipherHash, expect);
   yield* last;
 }
