@@ -118,6 +118,7 @@ function boundaries() {
     entry(['src/media/**/*.ts'], { builtins: true, patterns: [noServer] }, [
       'src/media/node.ts',
       'src/media/node-cipher.ts',
+      'src/media/node-http.ts',
       'src/media/index.node.ts',
     ]),
     entry(['src/transport/memory.ts'], {

@@ -8,6 +8,8 @@ import { describe, expect, it } from 'vitest';
 import { defaultMediaCipher, webCryptoCipher, type MediaCipher } from '../src/media/cipher.js';
 import { MEDIA_CHUNK_BYTES, MEDIA_HEADER_BYTES, MEDIA_TAG_BYTES } from '../src/media/format.js';
 import { nodeMediaCipher } from '../src/media/node-cipher.js';
+import { rangeGetOf } from '../src/media/http.js';
+import { nodeRangeGet } from '../src/media/node-http.js';
 import { decryptPieces, encryptPieces, freshSecret, type MediaSecret } from '../src/media/stream.js';
 import type { EncryptSummary } from '../src/media/stream.js';
 
@@ -95,12 +97,17 @@ describe('media ciphers', () => {
     }
   });
 
-  it('postbox/media loaded by Node uses node:crypto by default; the browser entry keeps WebCrypto', async () => {
+  it('postbox/media loaded by Node uses node:crypto and node:http by default; the browser entry keeps WebCrypto and fetch', async () => {
     const exports = JSON.parse(readFileSync('package.json', 'utf8')).exports['./media'];
     expect(exports.node).toBe('./dist/media/index.node.js');
     expect(exports.default).toBe('./dist/media/index.js');
+    const ep = { url: 'http://127.0.0.1:1/media', credentials: () => 'x' };
     expect(defaultMediaCipher().name).toBe('webcrypto');
+    expect(rangeGetOf(ep)).not.toBe(nodeRangeGet);
     await import('../src/media/index.node.js');
     expect(defaultMediaCipher().name).toBe('node');
+    expect(rangeGetOf(ep)).toBe(nodeRangeGet);
+    // An endpoint with a fetch of its own keeps it for downloads too.
+    expect(rangeGetOf({ ...ep, fetch })).not.toBe(nodeRangeGet);
   });
 });

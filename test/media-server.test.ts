@@ -18,7 +18,8 @@ import { webCryptoCipher, type MediaCipher } from '../src/media/cipher.js';
 import { nodeMediaCipher } from '../src/media/node-cipher.js';
 import { freshSecret } from '../src/media/stream.js';
 import type { MediaRef } from '../src/media/ref.js';
-import type { MediaEndpoint } from '../src/media/http.js';
+import { fetchRange, type MediaEndpoint, type RangeGet } from '../src/media/http.js';
+import { nodeRangeGet } from '../src/media/node-http.js';
 import { startMediaServer, type MediaFixture } from './fixtures/media.js';
 import { tempDirs } from './fixtures/util.js';
 
@@ -49,6 +50,15 @@ async function fetchPlain(ep: MediaEndpoint, ref: MediaRef, cipher?: MediaCipher
   const parts: Buffer[] = [];
   for await (const p of downloadPlain(ep, ref, cipher ? { cipher } : {})) parts.push(Buffer.from(p));
   return Buffer.concat(parts);
+}
+
+/** The download URL the server grants `device` for blob `id`. */
+async function grantUrl(fx: MediaFixture, id: string, device: string): Promise<URL> {
+  const res = await fetch(`${fx.url}/blobs/${id}/grant`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${device}` },
+  });
+  return new URL(((await res.json()) as { url: string }).url, fx.url);
 }
 
 const codeOf = async (p: Promise<unknown>) =>
@@ -85,23 +95,43 @@ describe('media server', () => {
     expect(await codeOf(fetchPlain(fx.as('carol/c1'), ref))).toBe('forbidden');
     const other = await send(fx.as('alice/a1'), randomBytes(5000), 'carol');
     // bob's grant for ref does not open carol's blob
-    const g = (await (
-      await fetch(`${fx.url}/blobs/${ref.id}/grant`, {
-        method: 'POST',
-        headers: { Authorization: 'Bearer bob/b1' },
-      })
-    ).json()) as { url: string };
-    const t = new URL(g.url, fx.url).searchParams.get('t')!;
+    const granted = await grantUrl(fx, ref.id, 'bob/b1');
+    const t = granted.searchParams.get('t')!;
     expect((await fetch(`${fx.url}/blobs/${other.id}?t=${t}`)).status).toBe(403);
-    expect((await fetch(new URL(g.url, fx.url))).status).toBe(200);
+    expect((await fetch(granted)).status).toBe(200);
     fx.skewMs = 61_000;
-    expect((await fetch(new URL(g.url, fx.url))).status).toBe(403);
+    expect((await fetch(granted)).status).toBe(403);
     // Nobody can peek at another user's upload either.
     const up = await fetch(`${fx.url}/uploads/${ref.id}`, {
       method: 'HEAD',
       headers: { 'Tus-Resumable': '1.0.0', Authorization: 'Bearer carol/c1' },
     });
     expect(up.status).toBe(404);
+  });
+
+  it('the blob getters (fetch, node:http) read from any offset and refuse a bad grant or range alike', async () => {
+    fx = await startMediaServer(dirs.make());
+    const ref = await send(fx.as('alice/a1'), randomBytes(300_000), 'bob');
+    const url = await grantUrl(fx, ref.id, 'bob/b1');
+    const whole = Buffer.from(await (await fetch(url)).arrayBuffer());
+    const failure = async (p: Promise<unknown>) =>
+      p.then(
+        () => 'ok',
+        (e: { code?: string; status?: number }) => `${e.status} ${e.code}`,
+      );
+    for (const get of [fetchRange(fx.as('bob/b1')), nodeRangeGet] as RangeGet[]) {
+      for (const offset of [0, 1, 123_456, whole.length - 1]) {
+        const { total, pieces } = await get(url.toString(), offset);
+        const parts: Buffer[] = [];
+        for await (const p of pieces) parts.push(Buffer.from(p));
+        expect(total).toBe(whole.length);
+        expect(Buffer.concat(parts).equals(whole.subarray(offset))).toBe(true);
+      }
+      const bad = new URL(url);
+      bad.searchParams.set('t', 'x' + bad.searchParams.get('t')!.slice(1));
+      expect(await failure(get(bad.toString(), 0))).toBe('403 forbidden');
+      expect(await failure(get(url.toString(), whole.length))).toBe('416 invalid_frame');
+    }
   });
 
   it('an unattached blob cannot be downloaded by anyone but its sender', async () => {

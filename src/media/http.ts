@@ -4,6 +4,7 @@
  * @packageDocumentation
  */
 import { PostboxError, ERROR_CODES, type ErrorCode } from '../protocol/errors.js';
+import { iterate } from './format.js';
 
 /** Where and as whom a device talks to the media server. */
 export interface MediaEndpoint {
@@ -11,7 +12,11 @@ export interface MediaEndpoint {
   url: string;
   /** The device's credentials (the same the client connects with). */
   credentials: () => string | Promise<string>;
-  /** @default globalThis.fetch */
+  /**
+   * The HTTP client of every request, blob downloads included. Without one, requests use the
+   * global `fetch`, but blob downloads under Node's entry point use `node:http` (cheaper per byte).
+   * @default globalThis.fetch
+   */
   fetch?: typeof fetch;
   /** Waits between retries: attempt number → ms. @default full jitter, 250 ms doubling to 8 s */
   backoff?: (attempt: number) => number;
@@ -73,22 +78,84 @@ export async function mediaFetch(
     throw new Transient(`network: ${(e as Error).message}`);
   }
   if (res.ok) return res;
+  throw refusal(res.status, await res.text().catch(() => ''), res.headers.get('retry-after'));
+}
+
+/**
+ * The error of a non-2xx answer with body `body`: a {@link Transient} when retryable (5xx, 423,
+ * 429; `Retry-After` honoured), else a `PostboxError` with the server's code and the status.
+ */
+export function refusal(status: number, body: string, retryAfterHeader: string | null | undefined): Error {
   let code: ErrorCode = 'internal';
-  let message = `HTTP ${res.status}`;
+  let message = `HTTP ${status}`;
   try {
-    const j = (await res.json()) as { code?: string; message?: string };
+    const j = JSON.parse(body) as { code?: string; message?: string };
     if (j.code && j.code in ERROR_CODES) code = j.code as ErrorCode;
     if (j.message) message = j.message;
   } catch {
     /* not JSON */
   }
-  const retryAfter = Number(res.headers.get('retry-after'));
-  if (res.status >= 500 || res.status === 423 || res.status === 429)
-    throw new Transient(
+  const retryAfter = Number(retryAfterHeader);
+  if (status >= 500 || status === 423 || status === 429)
+    return new Transient(
       message,
       Number.isFinite(retryAfter) && retryAfter > 0 ? retryAfter * 1000 : undefined,
     );
-  throw Object.assign(new PostboxError(code, message), { status: res.status });
+  return Object.assign(new PostboxError(code, message), { status });
+}
+
+/** A blob's bytes from an offset on: the blob's whole size and the bytes, as they arrive. */
+export interface RangeBody {
+  /** Bytes of the whole blob (from `Content-Range`, else `Content-Length`). */
+  total: number;
+  /** The bytes from the requested offset to the end. */
+  pieces: AsyncIterable<Uint8Array>;
+}
+
+/**
+ * A `GET` of a granted blob URL from byte `offset` (`Range: bytes=N-`, no credentials: the URL
+ * carries the grant). Throws like {@link mediaFetch}: a {@link Transient} for network faults and
+ * retryable answers, a `PostboxError` with `status` for refusals.
+ */
+export type RangeGet = (url: string, offset: number, signal?: AbortSignal) => Promise<RangeBody>;
+
+/** The blob's size from a ranged answer's headers. */
+export const totalOf = (contentRange: string | null | undefined, contentLength: string | null | undefined) =>
+  Number(/\/(\d+)$/.exec(contentRange ?? '')?.[1] ?? contentLength);
+
+/** {@link RangeGet} over the endpoint's `fetch`. */
+export function fetchRange(ep: MediaEndpoint): RangeGet {
+  return async (url, offset, signal) => {
+    const res = await mediaFetch(
+      ep,
+      url,
+      { headers: { Range: `bytes=${offset}-` }, ...(signal ? { signal } : {}) },
+      false,
+    );
+    return {
+      total: totalOf(res.headers.get('content-range'), res.headers.get('content-length')),
+      pieces: iterate(res.body!),
+    };
+  };
+}
+
+let nodeRange: RangeGet | undefined;
+
+/**
+ * How downloads get a blob's bytes from `ep`: its own `fetch` when it has one, else what the
+ * runtime's entry point installed (Node: `node:http`), else the global `fetch`.
+ */
+export function rangeGetOf(ep: MediaEndpoint): RangeGet {
+  return ep.fetch || !nodeRange ? fetchRange(ep) : nodeRange;
+}
+
+/**
+ * Installs the runtime's blob getter (the Node entry point of `postbox/media` installs
+ * `node:http`'s), used when an endpoint brings no `fetch`.
+ * @internal
+ */
+export function setDefaultRangeGet(get: RangeGet | undefined): void {
+  nodeRange = get;
 }
 
 /** The HTTP status of a {@link mediaFetch} refusal. */

@@ -11,7 +11,17 @@
  * @packageDocumentation
  */
 import { chunkOffset, cipherSize, iterate, MEDIA_CHUNK_BYTES } from './format.js';
-import { aborted, mediaBackoff, mediaFetch, sleep, statusOf, Transient, type MediaEndpoint } from './http.js';
+import {
+  aborted,
+  mediaBackoff,
+  mediaFetch,
+  rangeGetOf,
+  sleep,
+  statusOf,
+  Transient,
+  type MediaEndpoint,
+  type RangeBody,
+} from './http.js';
 import {
   decryptPieces,
   encryptPieces,
@@ -257,19 +267,15 @@ export async function* downloadCipher(
   let offset = 0;
   let total: number | undefined;
   const signal = options.signal;
+  const get = rangeGetOf(ep);
   for (let attempt = 0; ; attempt++) {
     try {
       grant ??= (await (
         await mediaFetch(ep, `${base}/blobs/${blob}/grant`, { method: 'POST', ...(signal ? { signal } : {}) })
       ).json()) as { url: string };
-      let res: Response;
+      let res: RangeBody;
       try {
-        res = await mediaFetch(
-          ep,
-          grant.url,
-          { headers: { Range: `bytes=${offset}-` }, ...(signal ? { signal } : {}) },
-          false,
-        );
+        res = await get(new URL(grant.url, ep.url).toString(), offset, signal);
       } catch (e) {
         if (statusOf(e) === 403) {
           grant = undefined; // expired: ask again (the grant route decides if we still may)
@@ -277,11 +283,9 @@ export async function* downloadCipher(
         }
         throw e;
       }
-      total ??= Number(
-        /\/(\d+)$/.exec(res.headers.get('content-range') ?? '')?.[1] ?? res.headers.get('content-length'),
-      );
+      total ??= res.total;
       try {
-        for await (const piece of iterate(res.body!)) {
+        for await (const piece of res.pieces) {
           offset += piece.length;
           attempt = 0;
           options.onProgress?.(offset, total);
