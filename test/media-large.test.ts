@@ -10,7 +10,8 @@ import { fileSource } from '../src/media/node.js';
 import { nodeMediaCipher } from '../src/media/node-cipher.js';
 import { freshSecret } from '../src/media/stream.js';
 import { downloadPlain, uploadMedia, type UploadProgress } from '../src/media/transfer.js';
-import type { MediaEndpoint } from '../src/media/http.js';
+import { setDefaultRangeGet, type MediaEndpoint } from '../src/media/http.js';
+import { nodeRangeGet } from '../src/media/node-http.js';
 import { mediaRefOf } from '../src/media/ref.js';
 import { killAll, startServerProcess } from './fixtures/proc.js';
 import { tempDirs } from './fixtures/util.js';
@@ -54,8 +55,10 @@ describe('large media', () => {
       const { blob, summary } = await uploadMedia(ep('alice/a1'), await fileSource(path), secret, progress);
       const got = createHash('sha256');
       let n = 0;
-      // Sealed by WebCrypto (this file's default), opened by node:crypto (Node's default since
-      // `postbox/media` loads index.node there), which decrypts the download piece by piece.
+      // Sealed by WebCrypto (this file's default), opened by node:crypto and fetched on node:http
+      // (Node's defaults, since `postbox/media` loads index.node there): the download is decrypted
+      // piece by piece as the socket delivers it.
+      setDefaultRangeGet(nodeRangeGet);
       for await (const p of downloadPlain(
         ep('alice/a1'),
         mediaRefOf(blob, secret.key, summary, { mime: 'x/y' }),
@@ -68,6 +71,7 @@ describe('large media', () => {
       expect(got.digest('hex')).toBe(want.digest('hex'));
     } finally {
       clearInterval(sampler);
+      setDefaultRangeGet(undefined);
     }
     const growth = peak - base;
     console.log(
