@@ -82,8 +82,8 @@ try {
       `${name.padEnd(8)} MB/s ${fmt(o.map((x) => x.mbps))}  client ms/MB ${fmt(o.map((x) => x.client))}  server ms/MB ${fmt(o.map((x) => x.server))}`,
     );
   }
-  if (only) process.exit(0);
-  for (const name of names.filter((n) => n !== 'plain')) {
+  // (Not `process.exit` here: it would skip the `finally` and leave both servers running.)
+  for (const name of only ? [] : names.filter((n) => n !== 'plain')) {
     const ratios = out[name].map((p, i) => p.mbps / out.plain[i].mbps);
     console.log(
       `${name} ratio per round ${ratios.map((x) => x.toFixed(2)).join(' ')}  (median ${med(ratios).toFixed(2)})`,
