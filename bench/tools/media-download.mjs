@@ -2,11 +2,12 @@
 // postbox and plain HTTP alternately, with the client's CPU (process.cpuUsage, all threads) and
 // each server's CPU (/proc) per MB beside the throughput. CPU per MB moves much less than MB/s
 // when other work shares the machine.
-//   node bench/tools/media-download.mjs [ROUNDS] [MB] [postbox|plain|base]   (one system only)
+//   node bench/tools/media-download.mjs [ROUNDS] [MB] [postbox|plain|NAME]   (one system only)
 // PROFILE=FILE.cpuprofile: a CPU profile of the downloads alone (bench/tools/profile-top.mjs reads it).
-// BASE=DIR: a third system, `base`, downloads with the build in DIR (another checkout's dist, e.g.
-// `git archive main | tar -x -C DIR`, node_modules linked, `npx tsc -p tsconfig.build.json`), for
-// a before/after of the client in one process, interleaved; its ratio is printed beside postbox's.
+// BASE=DIR[,DIR…]: one more system per DIR, named after its last path segment, that downloads with
+// the build in DIR (another checkout's dist, e.g. `git archive main | tar -x -C DIR`, node_modules
+// linked, `npx tsc -p tsconfig.build.json`): a before/after of the client in one process,
+// interleaved; each one's ratio is printed beside postbox's.
 /* global fetch */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector/promises';
@@ -18,9 +19,12 @@ import { fileSource } from 'postbox/media/node';
 import { procCpu } from '../lib/proc.mjs';
 import { drain, makeFile, startServers } from '../scenarios/media.mjs';
 
-const base = process.env.BASE
-  ? await import(path.resolve(process.env.BASE, 'dist/media/index.node.js'))
-  : undefined;
+const bases = await Promise.all(
+  (process.env.BASE ? process.env.BASE.split(',') : []).map(async (dir) => [
+    path.basename(path.resolve(dir)),
+    await import(path.resolve(dir, 'dist/media/index.node.js')),
+  ]),
+);
 
 const rounds = Number(process.argv[2] ?? 6);
 const size = Number(process.argv[3] ?? 100) * 1024 * 1024;
@@ -41,7 +45,12 @@ try {
   const sys = {
     postbox: { pid: servers.pids.postbox, get: () => drain(downloadPlain(ep, ref)) },
     plain: { pid: servers.pids.plain, get: async () => drain((await fetch(plainUrl)).body) },
-    ...(base ? { base: { pid: servers.pids.postbox, get: () => drain(base.downloadPlain(ep, ref)) } } : {}),
+    ...Object.fromEntries(
+      bases.map(([name, m]) => [
+        name,
+        { pid: servers.pids.postbox, get: () => drain(m.downloadPlain(ep, ref)) },
+      ]),
+    ),
   };
   const names = Object.keys(sys);
   const out = Object.fromEntries(names.map((n) => [n, []]));
