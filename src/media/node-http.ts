@@ -1,8 +1,8 @@
 /**
- * Blob downloads on `node:http` (Node only). In the media bench a 100 MB download cost the client
- * about 0.6-0.9 ms of CPU per MB less through `node:http` than through `fetch` (undici's parser in
- * WebAssembly and the Web stream it feeds), out of 5-6 for the whole verified download; see
- * docs/benchmarks.md, media. The Node entry point of `postbox/media` installs it for endpoints
+ * Blob downloads on `node:http` (Node only). Reading a 100 MB download cost the client about
+ * 0.7-0.9 ms of CPU per MB less through `node:http` than through `fetch` (undici's parser in
+ * WebAssembly and the Web stream it feeds), and 0.06-1.1 less in the verified download, out of
+ * 3.4-5.3; see docs/benchmarks.md, media. The Node entry point of `postbox/media` installs it for endpoints
  * that bring no `fetch` of their own.
  * @packageDocumentation
  */
