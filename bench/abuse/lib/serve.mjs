@@ -2,6 +2,8 @@
 // `postbox serve` (dist/cli/main.js) in its own process, as a user runs it, for the abuse bench:
 // pinned to the server core when possible, its open-files limit raised to the hard limit, its
 // log (stderr) written to a file so an attack's log volume can be measured.
+// POSTBOX_ABUSE_PROFILE=DIR: each server writes a CPU profile into DIR (stopped with SIGTERM then,
+// so that it can; bench/tools/profile-top.mjs reads it).
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -10,6 +12,8 @@ import { procCpu, procRss, withTimeout, wrap } from '../../lib/proc.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 const CLI = path.join(root, 'dist', 'cli', 'main.js');
+const profileDir = process.env.POSTBOX_ABUSE_PROFILE;
+const PROFILE = profileDir ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(profileDir)}`] : [];
 
 /**
  * Starts `postbox serve --port 0` on a fresh SQLite file in `dir` with `--secret secret` and the
@@ -20,7 +24,18 @@ export async function startServe({ dir, secret, args = [], core, fileLimit }) {
   const logFd = openSync(logFile, 'a');
   let [cmd, argv] = wrap(
     process.execPath,
-    [CLI, 'serve', '--port', '0', '--data', path.join(dir, 'db.sqlite'), '--secret', secret, ...args],
+    [
+      ...PROFILE,
+      CLI,
+      'serve',
+      '--port',
+      '0',
+      '--data',
+      path.join(dir, 'db.sqlite'),
+      '--secret',
+      secret,
+      ...args,
+    ],
     core,
   );
   // An open-files limit of the attack's choosing (the wrapper raises the soft limit to it).
@@ -68,7 +83,14 @@ export async function startServe({ dir, secret, args = [], core, fileLimit }) {
     logBytes: () => statSync(logFile).size,
     diskBytes: () => dirBytes(dir, logFile),
     async stop() {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      if (proc.exitCode === null && proc.signalCode === null) {
+        if (profileDir) {
+          // A graceful stop writes the profile; a server that does not stop in 10 s is killed.
+          proc.kill('SIGTERM');
+          await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
+        }
+        if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      }
       await exited;
     },
   };
