@@ -31,7 +31,7 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { LOAD_CORE, SERVER_CORE, canPin, procCpu, startNode } from '../lib/proc.mjs';
+import { LOAD_CORE, SERVER_CORE, canPin, loadAverages, procCpu, startNode } from '../lib/proc.mjs';
 import { median, round } from '../lib/stats.mjs';
 import { healthy, startServe } from './lib/serve.mjs';
 
@@ -187,10 +187,7 @@ async function main() {
   console.log(
     `abuse bench: ${selected.join(', ')}; ${ROUNDS} round(s); legit ${args.rate} msg/s; ` +
       `server on core ${canPin ? SERVER_CORE : '(unpinned)'}, legit client and attacker on core ${canPin ? LOAD_CORE : '(unpinned)'}, ` +
-      `attacker ${args.nice === undefined ? 'at normal priority' : `at nice ${args.nice}`}; ${os.cpus().length} cores, load average ${os
-        .loadavg()
-        .map((x) => x.toFixed(1))
-        .join(' ')}`,
+      `attacker ${args.nice === undefined ? 'at normal priority' : `at nice ${args.nice}`}; ${os.cpus().length} cores, load average ${loadAverages()}`,
   );
   const rows = [];
   for (const name of selected) {

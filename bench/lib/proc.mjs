@@ -265,3 +265,10 @@ export function procRss(pid) {
     return undefined;
   }
 }
+
+/** The load averages, as the bench tools print them: "0.8 1.2 1.5". */
+export const loadAverages = () =>
+  os
+    .loadavg()
+    .map((x) => x.toFixed(1))
+    .join(' ');

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { downloadPlain, freshSecret, mediaRefOf, uploadMedia } from 'postbox/media';
 import { fileSource } from 'postbox/media/node';
-import { procCpu } from '../lib/proc.mjs';
+import { loadAverages, procCpu } from '../lib/proc.mjs';
 import { drain, makeFile, startServers } from '../scenarios/media.mjs';
 
 const bases = await Promise.all(
@@ -98,12 +98,7 @@ try {
       `${name} ratio per round ${ratios.map((x) => x.toFixed(2)).join(' ')}  (median ${med(ratios).toFixed(2)})`,
     );
   }
-  console.log(
-    `load ${os
-      .loadavg()
-      .map((x) => x.toFixed(1))
-      .join(' ')}`,
-  );
+  console.log(`load ${loadAverages()}`);
 } finally {
   servers.stop();
   rmSync(dir, { recursive: true, force: true });

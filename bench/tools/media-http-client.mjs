@@ -11,6 +11,7 @@ import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { loadAverages } from '../lib/proc.mjs';
 import { drain, makeFile, startServers } from '../scenarios/media.mjs';
 
 const rounds = Number(process.argv[2] ?? 8);
@@ -67,12 +68,7 @@ try {
     console.log(
       `${n.padEnd(20)} ${med(xs).toFixed(2)} ms/MB  [${Math.min(...xs).toFixed(2)}–${Math.max(...xs).toFixed(2)}]`,
     );
-  console.log(
-    `load ${os
-      .loadavg()
-      .map((x) => x.toFixed(1))
-      .join(' ')}`,
-  );
+  console.log(`load ${loadAverages()}`);
 } finally {
   servers.stop();
   rmSync(dir, { recursive: true, force: true });
