@@ -1,9 +1,9 @@
 // Resumable transfer on a bad network: an upload cut at random offsets by a TCP proxy resumes from
 // the server's offset and sends each ciphertext byte once (counted at the proxy and at the
-// server), a download cut the same way resumes with Range; and a server killed with SIGKILL in
+// server), through `fetch` and through `node:http` (what Node's entry point uses), a download cut the same way resumes with Range; and a server killed with SIGKILL in
 // the middle of an upload comes back with what it had stored, and the upload finishes from there.
 import { randomBytes } from 'node:crypto';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { startThrottleProxy, type ThrottleProxy } from '../bench/lib/throttle-proxy.mjs';
 import { cipherSize } from '../src/media/format.js';
 import { freshSecret } from '../src/media/stream.js';
@@ -15,8 +15,13 @@ import {
   uploadMedia,
   type UploadProgress,
 } from '../src/media/transfer.js';
-import { setDefaultRangeGet, type MediaEndpoint } from '../src/media/http.js';
-import { nodeRangeGet } from '../src/media/node-http.js';
+import {
+  setDefaultPatch,
+  setDefaultRangeGet,
+  type MediaEndpoint,
+  type PatchSend,
+} from '../src/media/http.js';
+import { nodePatch, nodeRangeGet } from '../src/media/node-http.js';
 import { mediaRefOf, type MediaRef } from '../src/media/ref.js';
 import { seededRandom } from '../src/util/clock.js';
 import { startMediaServer, type MediaFixture } from './fixtures/media.js';
@@ -41,8 +46,11 @@ async function readPlain(ep: MediaEndpoint, ref: MediaRef): Promise<Buffer> {
 }
 
 describe('resumable media transfer', () => {
-  for (const seed of (process.env.SEEDS ?? '1,2,3').split(',').map(Number)) {
-    it(`an upload cut at random offsets resumes and each byte is sent once (seed ${seed})`, async () => {
+  const seeds = (process.env.SEEDS ?? '1,2,3').split(',').map(Number);
+  for (const [seed, sender] of seeds.flatMap((n) =>
+    (['fetch', 'node:http'] as const).map((s) => [n, s] as const),
+  )) {
+    it(`an upload cut at random offsets resumes and each byte is sent once (seed ${seed}, ${sender})`, async () => {
       fx = await startMediaServer(dirs.make());
       proxy = await startThrottleProxy({ target: fx.port });
       const rand = seededRandom(seed);
@@ -54,17 +62,36 @@ describe('resumable media transfer', () => {
       const secret = freshSecret();
       const progress: UploadProgress = { confirmed: { offset: 0 } };
       const ep = fx.as('alice/a1', proxy.port);
+      // Every request counted: through the endpoint's own fetch, or (node:http) the global fetch
+      // for the others and the installed sender for the PATCHes.
       let requests = 0;
-      const counted: MediaEndpoint = {
-        ...ep,
-        fetch: (input, init) => {
-          requests++;
-          return fetch(input, init);
-        },
+      const counted: MediaEndpoint =
+        sender === 'fetch'
+          ? {
+              ...ep,
+              fetch: (input, init) => {
+                requests++;
+                return fetch(input, init);
+              },
+            }
+          : ep;
+      const spy = sender === 'node:http' ? vi.spyOn(globalThis, 'fetch') : undefined;
+      const patches: PatchSend = (...a) => {
+        requests++;
+        return nodePatch(...a);
       };
-      const { blob, summary } = await uploadMedia(counted, bytesSource(plain), secret, progress, {
-        patchBytes: 512 * 1024,
-      });
+      if (sender === 'node:http') setDefaultPatch(patches);
+      let result: Awaited<ReturnType<typeof uploadMedia>>;
+      try {
+        result = await uploadMedia(counted, bytesSource(plain), secret, progress, {
+          patchBytes: 512 * 1024,
+        });
+      } finally {
+        if (spy) requests += spy.mock.calls.length;
+        spy?.mockRestore();
+        setDefaultPatch(undefined);
+      }
+      const { blob, summary } = result;
       proxy.cutAtUp = undefined;
       expect(proxy.cuts).toBeGreaterThanOrEqual(3);
       // At the server: every ciphertext byte written exactly once.

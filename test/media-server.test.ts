@@ -18,8 +18,15 @@ import { webCryptoCipher, type MediaCipher } from '../src/media/cipher.js';
 import { nodeMediaCipher } from '../src/media/node-cipher.js';
 import { freshSecret } from '../src/media/stream.js';
 import type { MediaRef } from '../src/media/ref.js';
-import { fetchRange, type MediaEndpoint, type RangeGet } from '../src/media/http.js';
-import { nodeRangeGet } from '../src/media/node-http.js';
+import {
+  fetchPatch,
+  fetchRange,
+  Transient,
+  type MediaEndpoint,
+  type PatchSend,
+  type RangeGet,
+} from '../src/media/http.js';
+import { nodePatch, nodeRangeGet } from '../src/media/node-http.js';
 import { startMediaServer, type MediaFixture } from './fixtures/media.js';
 import { tempDirs } from './fixtures/util.js';
 
@@ -131,6 +138,50 @@ describe('media server', () => {
       bad.searchParams.set('t', 'x' + bad.searchParams.get('t')!.slice(1));
       expect(await failure(get(bad.toString(), 0))).toBe('403 forbidden');
       expect(await failure(get(url.toString(), whole.length))).toBe('416 invalid_frame');
+    }
+  });
+
+  it('the upload senders (fetch, node:http) store a PATCH, and a refusal that comes before the body ended stops the sending', async () => {
+    fx = await startMediaServer(dirs.make());
+    const piece = randomBytes(256 * 1024);
+    const failure = async (p: Promise<unknown>) =>
+      p.then(
+        (v) => `ok ${String(v)}`,
+        (e: { code?: string; status?: number }) =>
+          e instanceof Transient ? 'transient' : `${e.status} ${e.code}`,
+      );
+    for (const send of [fetchPatch, nodePatch] as PatchSend[]) {
+      const ep = fx.as('alice/a1');
+      const created = await fetch(`${fx.url}/uploads`, {
+        method: 'POST',
+        headers: {
+          'Tus-Resumable': '1.0.0',
+          'Upload-Length': String(4 * piece.length),
+          Authorization: 'Bearer alice/a1',
+        },
+      });
+      const url = new URL(created.headers.get('location')!, fx.url).toString();
+      async function* pieces(n: number, pulled: { bytes: number }) {
+        for (let i = 0; i < n; i++) {
+          pulled.bytes += piece.length;
+          yield piece;
+        }
+      }
+      const first = { bytes: 0 };
+      expect(await failure(send(ep, url, 0, pieces(2, first)))).toBe(`ok ${2 * piece.length}`);
+      expect(fx.handler.received.get(url.slice(url.lastIndexOf('/') + 1))).toBe(2 * piece.length);
+      // A wrong offset is refused at once (409); 64 MiB of body stay unsent.
+      const pulled = { bytes: 0 };
+      expect(await failure(send(ep, url, 0, pieces(256, pulled)))).toBe('409 invalid_frame');
+      expect(pulled.bytes).toBeLessThan(256 * piece.length);
+      expect(await failure(send(fx.as('bob/b1'), url, 2 * piece.length, pieces(1, { bytes: 0 })))).toMatch(
+        /^40[34] /,
+      );
+      // Nobody listening: a retryable network fault.
+      const closed = `http://127.0.0.1:1/media/uploads/x`;
+      expect(await failure(send({ ...ep, url: closed }, closed, 0, pieces(1, { bytes: 0 })))).toBe(
+        'transient',
+      );
     }
   });
 

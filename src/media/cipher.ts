@@ -14,11 +14,17 @@
 
 /** One sealed chunk (`ciphertext | tag`) with the digests of both sides. */
 export interface SealedChunk {
-  /** The sealed chunk: ciphertext then the 16-byte GCM tag. */
+  /** The sealed chunk: ciphertext then the 16-byte GCM tag; the ciphertext alone when `tag` is set. */
   sealed: Uint8Array;
+  /**
+   * The 16-byte GCM tag, when the cipher hands it apart from the ciphertext (it follows `sealed`
+   * in the blob). Saves joining the two into a new chunk-sized buffer: `node:crypto` gives them
+   * apart, WebCrypto joined.
+   */
+  tag?: Uint8Array;
   /** SHA-256 of the plaintext chunk. */
   plainDigest: Uint8Array;
-  /** SHA-256 of `sealed`. */
+  /** SHA-256 of the sealed chunk (`sealed`, then `tag` when set). */
   cipherDigest: Uint8Array;
 }
 

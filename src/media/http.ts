@@ -13,8 +13,9 @@ export interface MediaEndpoint {
   /** The device's credentials (the same the client connects with). */
   credentials: () => string | Promise<string>;
   /**
-   * The HTTP client of every request, blob downloads included. Without one, requests use the
-   * global `fetch`, but blob downloads under Node's entry point use `node:http` (cheaper per byte).
+   * The HTTP client of every request, blob transfers included. Without one, requests use the
+   * global `fetch`, but blob downloads and upload `PATCH`es under Node's entry point use
+   * `node:http` (cheaper per byte).
    * @default globalThis.fetch
    */
   fetch?: typeof fetch;
@@ -139,7 +140,72 @@ export function fetchRange(ep: MediaEndpoint): RangeGet {
   };
 }
 
+/** The tus protocol version header of every upload request. */
+export const TUS = { 'Tus-Resumable': '1.0.0' } as const;
+
+/** The headers of a tus `PATCH` at `offset` (credentials aside). */
+export const patchHeaders = (offset: number): Record<string, string> => ({
+  ...TUS,
+  'Upload-Offset': String(offset),
+  'Content-Type': 'application/offset+octet-stream',
+});
+
+/**
+ * A tus `PATCH` of `body` at `offset` to the upload `url`, with the device's credentials; resolves
+ * with the server's `Upload-Offset` after it. Throws like {@link mediaFetch}: a {@link Transient}
+ * for network faults and retryable answers, a `PostboxError` with `status` for refusals. The body
+ * is pulled only as fast as the connection takes it.
+ */
+export type PatchSend = (
+  ep: MediaEndpoint,
+  url: string,
+  offset: number,
+  body: AsyncIterable<Uint8Array>,
+  signal?: AbortSignal,
+) => Promise<number>;
+
+/** {@link PatchSend} over the endpoint's `fetch`, the body as a Web stream. */
+export const fetchPatch: PatchSend = async (ep, url, offset, body, signal) => {
+  const it = body[Symbol.asyncIterator]();
+  const stream = new ReadableStream<Uint8Array>(
+    {
+      async pull(c) {
+        const r = await it.next();
+        if (r.done) c.close();
+        else c.enqueue(r.value);
+      },
+    },
+    { highWaterMark: 2 },
+  );
+  const res = await mediaFetch(ep, url, {
+    method: 'PATCH',
+    headers: patchHeaders(offset),
+    body: stream,
+    duplex: 'half',
+    ...(signal ? { signal } : {}),
+  });
+  return Number(res.headers.get('upload-offset'));
+};
+
 let nodeRange: RangeGet | undefined;
+let nodePatch: PatchSend | undefined;
+
+/**
+ * How uploads send their bytes to `ep`: its own `fetch` when it has one, else what the runtime's
+ * entry point installed (Node: `node:http`), else the global `fetch`.
+ */
+export function patchOf(ep: MediaEndpoint): PatchSend {
+  return ep.fetch || !nodePatch ? fetchPatch : nodePatch;
+}
+
+/**
+ * Installs the runtime's upload sender (the Node entry point of `postbox/media` installs
+ * `node:http`'s), used when an endpoint brings no `fetch`.
+ * @internal
+ */
+export function setDefaultPatch(send: PatchSend | undefined): void {
+  nodePatch = send;
+}
 
 /**
  * How downloads get a blob's bytes from `ep`: its own `fetch` when it has one, else what the

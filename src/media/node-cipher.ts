@@ -29,13 +29,11 @@ export const nodeMediaCipher: MediaCipher = {
       seal(iv, aad, plain) {
         const c = createCipheriv('aes-256-gcm', key, iv);
         c.setAAD(aad);
-        const body = c.update(plain);
+        const sealed = c.update(plain);
         c.final();
         const tag = c.getAuthTag();
-        const sealed = Buffer.allocUnsafeSlow(body.length + tag.length);
-        sealed.set(body, 0);
-        sealed.set(tag, body.length);
-        return Promise.resolve({ sealed, plainDigest: sha256(plain), cipherDigest: sha256(sealed) });
+        // Apart, not joined: a chunk-sized buffer and copy less per chunk (fewer collections).
+        return Promise.resolve({ sealed, tag, plainDigest: sha256(plain), cipherDigest: sha256(sealed, tag) });
       },
       open(iv, aad, sealed) {
         try {

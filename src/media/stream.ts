@@ -125,6 +125,7 @@ export async function* encryptPieces(
       final,
       plainBytes: bytes.length,
       out: s.sealed,
+      tag: s.tag,
       plainD: s.plainDigest,
       cipherD: s.cipherDigest,
     }));
@@ -142,7 +143,9 @@ export async function* encryptPieces(
         cipherHash: cipherHash.digest(),
       });
     }
-    yield { offset: chunkOffset(w.i, chunk), bytes: w.out };
+    const at = chunkOffset(w.i, chunk);
+    yield { offset: at, bytes: w.out };
+    if (w.tag) yield { offset: at + w.out.length, bytes: w.tag };
   }
 }
 

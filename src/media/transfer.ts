@@ -15,10 +15,12 @@ import {
   aborted,
   mediaBackoff,
   mediaFetch,
+  patchOf,
   rangeGetOf,
   sleep,
   statusOf,
   Transient,
+  TUS,
   type MediaEndpoint,
   type RangeBody,
 } from './http.js';
@@ -93,9 +95,11 @@ export interface UploadOptions {
   cipher?: MediaCipher;
 }
 
-const TUS = { 'Tus-Resumable': '1.0.0' };
 const PATCH_FIRST = 4 * 1024 * 1024;
 const PATCH_MAX = 8 * 1024 * 1024;
+
+/** True at a blob offset where a sealed chunk starts (the header's end included). */
+const onBoundary = (offset: number) => (offset - chunkOffset(0)) % (chunkOffset(1) - chunkOffset(0)) === 0;
 
 /** The blob id of a tus upload URL. */
 export const blobIdOf = (url: string): string => url.slice(url.lastIndexOf('/') + 1);
@@ -180,6 +184,7 @@ async function sendFrom(
     onDone: (s) => (progress.summary = s),
     ...(options.cipher ? { cipher: options.cipher } : {}),
   })[Symbol.asyncIterator]();
+  const send = patchOf(ep);
   let at = offset; // the server's offset: where the next PATCH starts
   let carry: Uint8Array | undefined; // bytes past `at` of a piece already pulled
   let ended = false;
@@ -194,45 +199,33 @@ async function sendFrom(
     const start = at;
     let sent = 0;
     let cpAtEnd: EncryptCheckpoint | undefined;
-    const body = new ReadableStream<Uint8Array>(
-      {
-        async pull(c) {
-          if (carry) {
-            c.enqueue(carry);
-            sent += carry.length;
-            carry = undefined;
-            options.onProgress?.(start + sent, total);
-            return;
-          }
-          if (sent >= patch.bytes || ended) {
-            cpAtEnd = latest;
-            return c.close();
-          }
-          const r = await pieces.next();
-          if (r.done) {
-            ended = true;
-            cpAtEnd = latest;
-            return c.close();
-          }
-          c.enqueue(r.value.bytes);
-          sent += r.value.bytes.length;
-          options.onProgress?.(start + sent, total);
-        },
-      },
-      { highWaterMark: 2 },
-    );
+    // The pieces of this request: what a cut left over, then up to `patch.bytes`, ending on a
+    // chunk boundary (a chunk may come as two pieces, ciphertext and tag) unless the file ends.
+    async function* body(): AsyncGenerator<Uint8Array> {
+      if (carry) {
+        const c = carry;
+        carry = undefined;
+        sent += c.length;
+        options.onProgress?.(start + sent, total);
+        yield c;
+      }
+      while ((sent < patch.bytes || !onBoundary(start + sent)) && !ended) {
+        const r = await pieces.next();
+        if (r.done) {
+          ended = true;
+          break;
+        }
+        sent += r.value.bytes.length;
+        options.onProgress?.(start + sent, total);
+        yield r.value.bytes;
+      }
+      cpAtEnd = latest;
+    }
     const began = Date.now();
-    const res = await mediaFetch(ep, progress.url!, {
-      method: 'PATCH',
-      headers: { ...TUS, 'Upload-Offset': String(start), 'Content-Type': 'application/offset+octet-stream' },
-      body,
-      duplex: 'half',
-      ...(options.signal ? { signal: options.signal } : {}),
-    }).catch((e: unknown) => {
+    at = await send(ep, progress.url!, start, body(), options.signal).catch((e: unknown) => {
       if (statusOf(e) === 409) throw new Transient('offset moved'); // HEAD again
       throw e;
     });
-    at = Number(res.headers.get('upload-offset'));
     if (at !== start + sent) throw new Transient(`server stored ${at - start} of ${sent} bytes`);
     if (patch.grow && Date.now() - began < 1000) patch.bytes = Math.min(2 * patch.bytes, PATCH_MAX);
     // Confirmed on a chunk boundary: the checkpoint there is where a later resume starts.
