@@ -129,6 +129,19 @@ function appendBody(
     let chain = Promise.resolve();
     let pending = 0;
     let failed: unknown;
+    // What arrived while the previous write ran goes out in one `writev`: one thread-pool job
+    // for several socket reads (64 KiB each), not one per read.
+    const queued: Buffer[] = [];
+    const writeQueued = async () => {
+      const batch = queued.splice(0);
+      let n = 0;
+      for (const b of batch) n += b.length;
+      const { bytesWritten } = await fh.writev(batch);
+      if (bytesWritten !== n) throw new Error(`short write: ${bytesWritten} of ${n} bytes`);
+      pending -= n;
+      onWritten(n);
+      if (pending <= MAX_PENDING_WRITE / 2) req.resume();
+    };
     req.on('data', (c: Buffer) => {
       if (failed) return;
       if (offset + c.length > length) {
@@ -138,12 +151,9 @@ function appendBody(
       offset += c.length;
       pending += c.length;
       if (pending > MAX_PENDING_WRITE) req.pause();
-      chain = chain.then(async () => {
-        await fh.write(c);
-        pending -= c.length;
-        onWritten(c.length);
-        if (pending <= MAX_PENDING_WRITE / 2) req.resume();
-      });
+      queued.push(c);
+      if (queued.length > 1) return; // a write is already due to take it
+      chain = chain.then(writeQueued);
       chain.catch((e: unknown) => (failed ??= e));
     });
     const done = () => {
