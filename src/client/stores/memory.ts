@@ -2,6 +2,9 @@
  * The in-memory {@link ClientStore}: the reference implementation of the contract and the test
  * double, with a `state` object that outlives a store (a new store over the same state is an app
  * restart after a crash) and a `failWhen` fault switch. Browser-safe: no Node built-ins.
+ *
+ * A little over 400 lines because it is the reference: every method of the contract is written
+ * out here in full, so the SQLite and IndexedDB stores have one readable model to match.
  * @packageDocumentation
  */
 import {
