@@ -8,6 +8,7 @@ import { CostBudgets, frameCost } from '../src/server/costs.js';
 import { FairCommitQueue } from '../src/server/commit-batch.js';
 import { PROTOCOL_VERSION } from '../src/protocol/index.js';
 import { makeWorld, settled, text, type RawConnection, type World } from './helpers.js';
+import { kyberBundle } from './fixtures/keys.js';
 
 let world: World | undefined;
 afterEach(async () => {
@@ -230,15 +231,7 @@ describe('readers that do not read', () => {
     const owners = ['bob', 'dave', 'erin', 'frank', 'gina'];
     for (const user of owners) {
       await w.server.registerDevice(user, 'phone');
-      await w.server.store.putKeys(
-        { user, device: 'phone' },
-        {
-          registrationId: 1,
-          identityKey: new Uint8Array(33),
-          signedPreKey: { id: 1, key: new Uint8Array(33), signature: new Uint8Array(64) },
-          lastResortKyber: { id: 2, key: new Uint8Array(1569), signature: new Uint8Array(64) },
-        },
-      );
+      await w.server.store.putKeys({ user, device: 'phone' }, kyberBundle());
     }
     let claims = 0;
     const claimKeys = w.server.store.claimKeys.bind(w.server.store);

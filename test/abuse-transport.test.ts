@@ -15,6 +15,7 @@ import {
   type WebSocketServerOptions,
 } from '../src/transport/websocket.js';
 import { rawPeer, type RawPeer } from './fixtures/raw-peer.js';
+import { kyberBundle } from './fixtures/keys.js';
 
 let cleanup: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -227,10 +228,15 @@ function rawPeerWith(url: string, localAddress: string, headers: Record<string, 
 /** A transport with a queued-bytes bound of `max` whose accepted connections record their close code. */
 async function boundedTransport(max: number, more: { shedGraceMs?: number; readPauseBytes?: number } = {}) {
   const transport = websocketServerTransport({ port: 0, host: '127.0.0.1', maxQueuedBytes: max, ...more });
-  const accepted: Array<{ conn: Connection; closed?: number; frames: number }> = [];
+  type Entry = { conn: Connection; closed?: number; frames: number; drains: number };
+  const accepted: Entry[] = [];
   await transport.listen((conn) => {
-    const entry: { conn: Connection; closed?: number; frames: number } = { conn, frames: 0 };
-    conn.setHandlers({ frame: () => void entry.frames++, close: (code) => (entry.closed = code) });
+    const entry: Entry = { conn, frames: 0, drains: 0 };
+    conn.setHandlers({
+      frame: () => void entry.frames++,
+      close: (code) => (entry.closed = code),
+      drain: () => void entry.drains++,
+    });
     accepted.push(entry);
   });
   cleanup.push(async () => {
@@ -293,6 +299,90 @@ describe('queued outbound bytes are bounded across sessions', () => {
     resumeReading(peer);
     await until(() => server.frames === asks);
     expect(server.closed).toBeUndefined();
+  });
+
+  it('bytes the kernel took for a peer that stopped reading count as unread, until its pong shows it read them', async () => {
+    const { transport, accepted } = await boundedTransport(64 * 1024 * 1024);
+    const peer = await rawPeer(transport.url!);
+    await until(() => accepted.length === 1);
+    const server = accepted[0]!;
+    const chunk = new Uint8Array(64 * 1024);
+    // A reading peer answers the pings: what it was sent is soon confirmed.
+    for (let i = 0; i < 32; i++) server.conn.send(chunk);
+    await until(() => server.conn.unreadBytes! <= 64 * 1024);
+    pauseReading(peer);
+    // 2 MiB to a peer that stopped reading: on loopback the kernel takes it all, so nothing
+    // stays queued in the process, and yet all of it is unread.
+    for (let i = 0; i < 32; i++) server.conn.send(chunk);
+    await until(() => server.conn.bufferedAmount === 0);
+    expect(server.conn.unreadBytes).toBeGreaterThanOrEqual(2 * 1024 * 1024);
+    // A pong the peer made up (unsolicited pongs are legal) confirms nothing.
+    const unread = server.conn.unreadBytes;
+    peer.ws.pong(Buffer.from('made up!'));
+    const echo = await rawPeer(transport.url!); // order: the pong was read before this arrives
+    await until(() => accepted.length === 2);
+    echo.ws.close();
+    expect(server.conn.unreadBytes).toBe(unread);
+    const before = server.drains;
+    // It reads again: its ws answers the ping, the unread bytes fall back, and drain fires.
+    resumeReading(peer);
+    await until(() => server.conn.unreadBytes! <= 64 * 1024 && server.drains > before);
+    expect(server.closed).toBeUndefined();
+  });
+
+  it('on a real socket, a session that stops reading is backlogged once its unread answers pass sendHighWaterBytes, though the kernel took them', async () => {
+    const store = memoryServerStore();
+    const server = createServer({
+      store,
+      authenticate: (cred) => (typeof cred === 'string' ? { user: cred, device: 'd' } : null),
+      sendHighWaterBytes: 256 * 1024,
+      maxNodeKeyClaimsPerSecond: 0,
+    });
+    const transport = websocketServerTransport({ port: 0, host: '127.0.0.1' });
+    await server.listen(transport);
+    cleanup.push(() => server.close());
+    const owners = Array.from({ length: 40 }, (_, i) => `owner${i}`);
+    for (const user of owners) {
+      await server.registerDevice(user, 'd');
+      await store.putKeys({ user, device: 'd' }, kyberBundle());
+    }
+    let claims = 0;
+    const claimKeys = store.claimKeys.bind(store);
+    store.claimKeys = (...args) => {
+      claims++;
+      return claimKeys(...args);
+    };
+    const peer = await rawPeer(transport.url!);
+    peer.hello('mallory');
+    await until(() => peer.frames.some((f) => f.t === 'welcome'));
+    pauseReading(peer);
+    // 30 claims of 40 bundles, 20 ms apart as an attacker paces them (some 70 KB an answer; 2 MB
+    // in all, which loopback's kernel buffers take without a byte queued in the server).
+    const asks = 30;
+    for (let r = 1; r <= asks; r++) {
+      peer.send(encodeFrame({ t: 'kget', r, u: owners }));
+      await new Promise((ok) => setTimeout(ok, 20));
+    }
+    // Order, not time: a second session's claim, sent after them, is answered first.
+    const carol = await rawPeer(transport.url!);
+    carol.hello('carol');
+    await until(() => carol.frames.some((f) => f.t === 'welcome'));
+    carol.send(encodeFrame({ t: 'kget', r: 1, u: ['owner0'] }));
+    await until(() => carol.frames.some((f) => f.t === 'kb'));
+    // About 256 KiB of answers went out unread (4 of them; a claim or two more when the next frame
+    // came before an answer was written): then the session was backlogged, 4 claims wait and the
+    // rest were refused before the store was asked. Counting only what is queued in the process,
+    // all 30 were answered.
+    const first = claims - 1;
+    expect(first).toBeGreaterThanOrEqual(4);
+    expect(first).toBeLessThanOrEqual(asks / 2);
+    // It reads again: its pongs drain it, the held claims are served, every claim answered once.
+    resumeReading(peer);
+    await until(() => peer.frames.filter((f) => f.t === 'kb' || f.t === 'err').length === asks);
+    const answers = peer.frames.filter((f) => f.t === 'kb' || f.t === 'err');
+    expect(answers.filter((f) => f.t === 'kb').length).toBe(first + 4);
+    expect(claims).toBe(first + 4 + 1);
+    expect(new Set(answers.map((f) => f.r)).size).toBe(asks);
   });
 
   // The close frame is queued behind every byte the peer has not read (frames go in order, and

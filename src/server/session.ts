@@ -126,11 +126,13 @@ export class Session {
   }
 
   /**
-   * The connection holds more unsent bytes than `sendHighWaterBytes`: its reader is behind.
-   * Deliveries pause, and key claims wait for the queue to drain ({@link holdClaim}).
+   * The peer has more than `sendHighWaterBytes` it has not read (or, where the transport cannot
+   * tell, not yet sent): its reader is behind. Deliveries pause, and key claims wait for the
+   * queue to drain ({@link holdClaim}).
    */
   backlogged(): boolean {
-    return this.conn.bufferedAmount > this.host.config.sendHighWaterBytes;
+    const conn = this.conn;
+    return (conn.unreadBytes ?? conn.bufferedAmount) > this.host.config.sendHighWaterBytes;
   }
 
   isClosed(): boolean {

@@ -23,6 +23,13 @@ export interface Connection {
   readonly remoteAddress?: string;
   /** Bytes queued for sending and not yet handed to the network. */
   readonly bufferedAmount: number;
+  /**
+   * Bytes sent that the peer has not yet shown it read (at least `bufferedAmount`), when the
+   * transport can tell (the WebSocket server transport does, by pings). The server engine pauses
+   * deliveries and holds key claims above `sendHighWaterBytes` of it, so bytes parked in kernel
+   * buffers for a peer that stopped reading count too. Without it, `bufferedAmount` is used.
+   */
+  readonly unreadBytes?: number;
   /** False once closed or known dead. */
   readonly isOpen: boolean;
   /** Queues one frame. Ignored once the connection is closed. */

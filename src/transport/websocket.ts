@@ -16,6 +16,7 @@ import { CLOSE_CODES } from '../protocol/errors.js';
 import { systemClock } from '../util/clock.js';
 import type { Connection, ConnectionHandlers, ServerTransport } from './types.js';
 import { DrainGate, HandlerSlot, errorCloseCode, truncateReason } from './ws-common.js';
+import { ReadConfirmations } from './read-confirm.js';
 import { DEFAULT_MAX_QUEUED_BYTES, OutboundBudget, type BudgetEntry } from './outbound-budget.js';
 import { guardSockets, type SocketGuard } from './socket-guard.js';
 import { addressResolver, type TrustProxy } from './trust-proxy.js';
@@ -183,6 +184,9 @@ export interface WebSocketServerTransport extends ServerTransport {
  * - **Backpressure**: `bufferedAmount` is `ws`'s (bytes queued in the socket and not yet handed to
  *   the kernel). `ws` has no drain event, so every send carries a write callback; when one finds
  *   the buffer back at `drainLowWaterBytes` (and again when it is empty) the `drain` handler fires.
+ *   `unreadBytes` counts what the peer has not shown it read: a ping goes out once
+ *   `drainLowWaterBytes` were sent unconfirmed, and its pong confirms everything before it (see
+ *   `read-confirm.ts`); `drain` fires too when a pong brings it back to `drainLowWaterBytes`.
  *   The engine pauses deliveries above its `sendHighWaterBytes` and resumes on `drain`; above
  *   `readPauseBytes` the transport stops reading the peer until its queue drains; the
  *   transport's `maxBufferedBytes` is the hard cap behind it.
@@ -379,6 +383,9 @@ function onWsError(this: WsSocket, error: Error): void {
 function onWsClose(this: WsSocket, code: number, reason: Buffer): void {
   (this as TaggedWs)[CONNECTION].remoteClose(code, reason);
 }
+function onWsPong(this: WsSocket, data: Buffer): void {
+  (this as TaggedWs)[CONNECTION].pong(data);
+}
 function uncorkConnection(connection: WsServerConnection): void {
   connection.uncork();
 }
@@ -399,6 +406,9 @@ class WsServerConnection implements Connection, BudgetEntry {
   private readonly slot: HandlerSlot;
   /** One callback for every send: when a write completes, bytes have left the buffer. */
   private readonly written: (error?: Error) => void;
+  /** What the peer has shown it read (pings), and the drain owed when that catches up. */
+  private readonly reads: ReadConfirmations;
+  private readonly readGate: DrainGate;
 
   constructor(
     private readonly ws: WsSocket,
@@ -412,6 +422,8 @@ class WsServerConnection implements Connection, BudgetEntry {
     private readonly readPause: number,
   ) {
     this.gate = new DrainGate(lowWater);
+    this.reads = new ReadConfirmations(lowWater);
+    this.readGate = new DrainGate(lowWater);
     this.slot = new HandlerSlot(systemClock, this);
     budget.add(this);
     this.written = (error?: Error) => {
@@ -426,10 +438,25 @@ class WsServerConnection implements Connection, BudgetEntry {
     // Without a listener `ws` would rethrow its errors and crash the process.
     ws.on('error', onWsError);
     ws.on('close', onWsClose);
+    ws.on('pong', onWsPong);
   }
 
   get bufferedAmount(): number {
     return this.ws.bufferedAmount;
+  }
+
+  get unreadBytes(): number {
+    return this.reads.unread;
+  }
+
+  pong(data: Buffer): void {
+    if (!this.open) return;
+    this.ping(this.reads.pong(data));
+    if (this.readGate.settle(this.reads.unread)) this.slot.drain();
+  }
+
+  private ping(payload: Buffer | undefined): void {
+    if (payload && this.ws.readyState === this.ws.OPEN) this.ws.ping(payload);
   }
 
   get isOpen(): boolean {
@@ -484,6 +511,8 @@ class WsServerConnection implements Connection, BudgetEntry {
       process.nextTick(uncorkConnection, this);
     }
     ws.send(data, SEND_OPTIONS, this.written);
+    this.ping(this.reads.sentBytes(data.byteLength));
+    this.readGate.sent(this.reads.unread);
     const queued = ws.bufferedAmount;
     this.gate.sent(queued);
     // Before the budget's update, which may shed this connection (and then reads it again).
