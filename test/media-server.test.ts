@@ -141,7 +141,7 @@ describe('media server', () => {
     }
   });
 
-  it('the upload senders (fetch, node:http) store a PATCH, and a refusal that comes before the body ended stops the sending', async () => {
+  it('the upload senders (fetch, node:http) store a PATCH and report refusals; node:http stops sending when refused early', async () => {
     fx = await startMediaServer(dirs.make());
     const piece = randomBytes(256 * 1024);
     const failure = async (p: Promise<unknown>) =>
@@ -150,7 +150,12 @@ describe('media server', () => {
         (e: { code?: string; status?: number }) =>
           e instanceof Transient ? 'transient' : `${e.status} ${e.code}`,
       );
-    for (const send of [fetchPatch, nodePatch] as PatchSend[]) {
+    // fetch gathers each PATCH into a Blob (browsers cannot stream a request body over
+    // HTTP/1.1); node:http streams it, and stops when the server refuses early.
+    for (const [send, streams] of [
+      [fetchPatch, false],
+      [nodePatch, true],
+    ] as Array<[PatchSend, boolean]>) {
       const ep = fx.as('alice/a1');
       const created = await fetch(`${fx.url}/uploads`, {
         method: 'POST',
@@ -170,10 +175,10 @@ describe('media server', () => {
       const first = { bytes: 0 };
       expect(await failure(send(ep, url, 0, pieces(2, first)))).toBe(`ok ${2 * piece.length}`);
       expect(fx.handler.received.get(url.slice(url.lastIndexOf('/') + 1))).toBe(2 * piece.length);
-      // A wrong offset is refused at once (409); 64 MiB of body stay unsent.
+      // A wrong offset is refused (409); a streamed body is not sent to its end (32 MiB).
       const pulled = { bytes: 0 };
-      expect(await failure(send(ep, url, 0, pieces(256, pulled)))).toBe('409 invalid_frame');
-      expect(pulled.bytes).toBeLessThan(256 * piece.length);
+      expect(await failure(send(ep, url, 0, pieces(128, pulled)))).toBe('409 invalid_frame');
+      if (streams) expect(pulled.bytes).toBeLessThan(128 * piece.length);
       expect(await failure(send(fx.as('bob/b1'), url, 2 * piece.length, pieces(1, { bytes: 0 })))).toMatch(
         /^40[34] /,
       );

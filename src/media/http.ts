@@ -164,24 +164,19 @@ export type PatchSend = (
   signal?: AbortSignal,
 ) => Promise<number>;
 
-/** {@link PatchSend} over the endpoint's `fetch`, the body as a Web stream. */
+/**
+ * {@link PatchSend} over the endpoint's `fetch`. The request's bytes are gathered first and sent
+ * as one `Blob`: browsers stream a request body only over HTTP/2 (Chromium; over HTTP/1.1 the
+ * request fails) or not at all (Firefox, Safari), and a PATCH is a few MiB at most (8 MiB by
+ * default), so memory stays bounded by it.
+ */
 export const fetchPatch: PatchSend = async (ep, url, offset, body, signal) => {
-  const it = body[Symbol.asyncIterator]();
-  const stream = new ReadableStream<Uint8Array>(
-    {
-      async pull(c) {
-        const r = await it.next();
-        if (r.done) c.close();
-        else c.enqueue(r.value);
-      },
-    },
-    { highWaterMark: 2 },
-  );
+  const parts: Uint8Array[] = [];
+  for await (const piece of body) parts.push(piece);
   const res = await mediaFetch(ep, url, {
     method: 'PATCH',
     headers: patchHeaders(offset),
-    body: stream,
-    duplex: 'half',
+    body: new Blob(parts as Uint8Array<ArrayBuffer>[]),
     ...(signal ? { signal } : {}),
   });
   return Number(res.headers.get('upload-offset'));
