@@ -10,8 +10,8 @@ import { fileSource } from '../src/media/node.js';
 import { nodeMediaCipher } from '../src/media/node-cipher.js';
 import { freshSecret } from '../src/media/stream.js';
 import { downloadPlain, uploadMedia, type UploadProgress } from '../src/media/transfer.js';
-import { setDefaultRangeGet, type MediaEndpoint } from '../src/media/http.js';
-import { nodeRangeGet } from '../src/media/node-http.js';
+import { setDefaultPatch, setDefaultRangeGet, type MediaEndpoint } from '../src/media/http.js';
+import { nodePatch, nodeRangeGet } from '../src/media/node-http.js';
 import { mediaRefOf } from '../src/media/ref.js';
 import { killAll, startServerProcess } from './fixtures/proc.js';
 import { tempDirs } from './fixtures/util.js';
@@ -52,12 +52,14 @@ describe('large media', () => {
     try {
       const secret = freshSecret();
       const progress: UploadProgress = { confirmed: { offset: 0 } };
+      // Uploaded as a Node app does (`postbox/media` loads index.node there): PATCH bodies
+      // streamed on node:http, sealed by WebCrypto (this file's default cipher).
+      setDefaultPatch(nodePatch);
       const { blob, summary } = await uploadMedia(ep('alice/a1'), await fileSource(path), secret, progress);
       const got = createHash('sha256');
       let n = 0;
-      // Sealed by WebCrypto (this file's default), opened by node:crypto and fetched on node:http
-      // (Node's defaults, since `postbox/media` loads index.node there): the download is decrypted
-      // piece by piece as the socket delivers it.
+      // Opened by node:crypto and fetched on node:http (Node's defaults): the download is
+      // decrypted piece by piece as the socket delivers it.
       setDefaultRangeGet(nodeRangeGet);
       for await (const p of downloadPlain(
         ep('alice/a1'),
@@ -72,6 +74,7 @@ describe('large media', () => {
     } finally {
       clearInterval(sampler);
       setDefaultRangeGet(undefined);
+      setDefaultPatch(undefined);
     }
     const growth = peak - base;
     console.log(
