@@ -80,7 +80,11 @@ export interface UploadProgress {
 export interface UploadOptions {
   /** Saves the progress (called after every confirmed PATCH); awaited. */
   onSaved?: (p: UploadProgress) => Promise<void> | void;
-  /** Bytes stored on the server so far, of the total. */
+  /**
+   * Ciphertext bytes sent so far, of the total: the server's offset when a pass starts (what it
+   * stored), then each piece as it is handed to the request (under Node as the socket takes it;
+   * in a browser, where a PATCH goes as one `Blob`, a PATCH's worth at a time before it is sent).
+   */
   onProgress?: (stored: number, total: number) => void;
   /** Stops the upload (it can be resumed later from the saved progress). */
   signal?: AbortSignal;
