@@ -7,7 +7,7 @@ import { memoryServerStore } from '../src/server/stores/memory.js';
 import { CostBudgets, frameCost } from '../src/server/costs.js';
 import { FairCommitQueue } from '../src/server/commit-batch.js';
 import { PROTOCOL_VERSION } from '../src/protocol/index.js';
-import { makeWorld, settled, text, type RawConnection, type World } from './helpers.js';
+import { makeWorld, settled, storeGate, text, type RawConnection, type World } from './helpers.js';
 import { kyberBundle } from './fixtures/keys.js';
 
 let world: World | undefined;
@@ -22,25 +22,14 @@ afterEach(async () => {
  */
 function recording(inner: ServerStore) {
   const batches: string[][] = [];
-  let gate: Promise<void> | undefined;
-  let open = () => {};
+  const gate = storeGate();
   const store: ServerStore = Object.create(inner) as ServerStore;
   store.append = async (batch: AppendInput[], now: number) => {
     batches.push(batch.map((i) => i.id));
-    if (gate) await gate;
+    await gate.passed();
     return inner.append(batch, now);
   };
-  return {
-    store,
-    batches,
-    hold() {
-      gate = new Promise((resolve) => (open = resolve));
-    },
-    release() {
-      gate = undefined;
-      open();
-    },
-  };
+  return { store, batches, hold: gate.hold, release: gate.release };
 }
 
 describe('inbox quotas as the sender sees them', () => {

@@ -390,7 +390,10 @@ export async function clientOfFakeServer(
   return { clock, server, client };
 }
 
-/** Every capability a store can declare: what the three built-in stores' conformance subjects claim. */
+/**
+ * Every capability the three built-in stores' conformance subjects claim (the SQLite store also
+ * declares `slicedAppend`).
+ */
 export const EVERY_CAPABILITY: StoreCapabilities = {
   pushTokens: true,
   inboxSize: true,
@@ -398,3 +401,22 @@ export const EVERY_CAPABILITY: StoreCapabilities = {
   atomicBatch: true,
   actionCounts: true,
 };
+
+/**
+ * A gate that a test store's calls wait at while it is held (a slow disk): `passed()` resolves at
+ * once when open, or when `release()` opens it.
+ */
+export function storeGate(): { hold(): void; release(): void; passed(): Promise<void> | undefined } {
+  let gate: Promise<void> | undefined;
+  let open = () => {};
+  return {
+    hold() {
+      gate = new Promise((resolve) => (open = resolve));
+    },
+    release() {
+      gate = undefined;
+      open();
+    },
+    passed: () => gate,
+  };
+}

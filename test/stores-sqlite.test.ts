@@ -73,7 +73,7 @@ for (const mode of ['path', 'database'] as const) {
           return openServer(files.get(old)!);
         },
         share: async (store) => openServer(files.get(store)!),
-        capabilities: EVERY_CAPABILITY,
+        capabilities: { ...EVERY_CAPABILITY, slicedAppend: true },
         openWithFaults: async (faults) =>
           opener((source) => sqliteServerStore({ ...source, beforeWrite: faults.hook }), mode)(freshFile()),
       }),
@@ -728,6 +728,8 @@ describe('sqlite server store', () => {
       ALTER TABLE dedupe_v4 RENAME TO dedupe;
       CREATE INDEX dedupe_ts ON dedupe (ts);
       DROP TABLE action_counts;
+      DROP TABLE fanouts;
+      DROP TABLE fanout_done;
       PRAGMA user_version = 4;
     `);
     v4.close();

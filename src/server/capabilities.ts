@@ -11,6 +11,7 @@ interface CapabilityMethods {
   ping: Required<Pick<ServerStore, 'ping'>>;
   atomicBatch: unknown;
   actionCounts: Required<Pick<ServerStore, 'countActions'>>;
+  slicedAppend: unknown;
 }
 
 /**

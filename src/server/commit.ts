@@ -24,7 +24,8 @@ import type { ServerMetrics } from './metrics.js';
 import type { EngineConfig } from './options.js';
 import type { Router } from './routing.js';
 import type { Session } from './session.js';
-import type { AppendInput, AppendOutcome, DeviceAddress, ServerStore } from './store.js';
+import { capable } from './capabilities.js';
+import type { AppendInput, AppendOptions, AppendOutcome, DeviceAddress, ServerStore } from './store.js';
 import type { Tracer } from './trace.js';
 import { REFUSAL_TEXT, wireDifference } from './wire.js';
 
@@ -73,11 +74,18 @@ export class Committer {
   private smallAt = -Infinity;
   private committing = false;
   private flushScheduled = false;
+  /** Whether the store commits large batches in slices beside small ones (`slicedAppend`). */
+  private readonly sliced: boolean;
+  /** The large batch committing beside small ones, with a store that slices. */
+  private large: LargeBatch | undefined;
+  /** Wakes the flush loop waiting beside a large batch when an item is queued. */
+  private wake: (() => void) | undefined;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly d: CommitterDeps) {
     this.bounds = rowBounds(d.config.maxCommitRows);
     this.queue = new FairCommitQueue(this.bounds.large);
+    this.sliced = capable(d.store, 'slicedAppend');
   }
 
   /** Resolves when no commit is queued or running. */
@@ -112,6 +120,7 @@ export class Committer {
     const rows = this.d.fanout.rows(p.input);
     if (rows <= this.bounds.large) this.smallAt = this.d.clock.now();
     this.queue.push(p.session ?? SERVER_SIDE, p, rows);
+    this.wake?.();
     if (!this.flushScheduled && !this.committing) {
       this.flushScheduled = true;
       // A microtask lets every frame of the current I/O turn join the batch.
@@ -132,53 +141,37 @@ export class Committer {
   private async flush(): Promise<void> {
     if (this.committing) return;
     this.committing = true;
-    const { store, clock, config, metrics, health } = this.d;
+    const { clock, config } = this.d;
     try {
-      for (let first = true; this.queue.length > 0; first = false) {
+      for (let first = true; this.queue.length > 0 || this.large; first = false) {
         // Between batches, other connections' frames, acks and reads run (see maxCommitRows).
         if (!first) await yieldToEventLoop();
         const contended = clock.now() - this.smallAt < CONTENDED_MS;
+        const large = this.large;
         const batch = this.queue.take(
           config.maxCommitBatch,
           config.maxCommitRows,
           contended ? this.bounds.contended : config.maxCommitRows,
+          large && { blocked: (sender, p) => large.blocks(sender, p.input) },
         );
-        if (batch.length === 0) continue; // their sessions closed while this one yielded
-        let outcomes;
-        const started = performance.now();
-        try {
-          // In queue order, so a message after a create still commits after it.
-          for (const p of batch) {
-            if (!p.consent) continue;
-            p.capped = await this.groupCapRefusal(p.input);
-            if (!p.capped) await this.decideConsent(p.input);
-          }
-          const going = batch.filter((p) => !p.capped);
-          const stored =
-            going.length > 0
-              ? await store.append(
-                  going.map((p) => p.input),
-                  clock.now(),
-                )
-              : [];
-          let k = 0;
-          // Not rate_limited: that is retried at once, and these windows last hours.
-          outcomes = batch.map((p): AppendOutcome => (p.capped ? CAPPED : stored[k++]!));
-          metrics.commit(performance.now() - started, batch.length, true);
-          health.succeeded();
-        } catch (error) {
-          metrics.commit(performance.now() - started, batch.length, false);
-          // Answering an error here while later sends of the same connection commit would
-          // break per-sender order; closing makes the client resend everything in order.
-          const sessions = new Set<Session>();
-          for (const p of batch) {
-            if (p.session) sessions.add(p.session);
-            else p.done?.('unavailable');
-          }
-          this.d.storeFailed(error, sessions);
+        if (batch.length === 0) {
+          // Nothing may commit beside the large batch: wait for it, or for a new item.
+          if (large) await Promise.race([large.done, new Promise<void>((r) => (this.wake = r))]);
+          this.wake = undefined;
           continue;
         }
-        this.settle(batch, outcomes);
+        if (!large && this.sliced && this.queue.lastWasLarge) {
+          // A store that slices commits this batch while small batches go on beside it.
+          this.large = new LargeBatch(batch, (options) => this.commit(batch, options), {
+            sliceRows: contended ? this.bounds.slice : undefined,
+          });
+          const clear = (): void => {
+            this.large = undefined;
+          };
+          this.large.done.then(clear, clear);
+          continue;
+        }
+        await this.commit(batch);
       }
     } finally {
       this.committing = false;
@@ -186,6 +179,47 @@ export class Committer {
       this.idleWaiters = [];
       for (const w of waiters) w();
     }
+  }
+
+  /** Commits one batch and answers it; a failing store closes the sessions concerned. */
+  private async commit(batch: PendingCommit[], options?: AppendOptions): Promise<void> {
+    const { store, clock, metrics, health } = this.d;
+    let outcomes;
+    const started = performance.now();
+    try {
+      // In queue order, so a message after a create still commits after it.
+      for (const p of batch) {
+        if (!p.consent) continue;
+        p.capped = await this.groupCapRefusal(p.input);
+        if (!p.capped) await this.decideConsent(p.input);
+      }
+      const going = batch.filter((p) => !p.capped);
+      const stored =
+        going.length > 0
+          ? await store.append(
+              going.map((p) => p.input),
+              clock.now(),
+              options,
+            )
+          : [];
+      let k = 0;
+      // Not rate_limited: that is retried at once, and these windows last hours.
+      outcomes = batch.map((p): AppendOutcome => (p.capped ? CAPPED : stored[k++]!));
+      metrics.commit(performance.now() - started, batch.length, true);
+      health.succeeded();
+    } catch (error) {
+      metrics.commit(performance.now() - started, batch.length, false);
+      // Answering an error here while later sends of the same connection commit would
+      // break per-sender order; closing makes the client resend everything in order.
+      const sessions = new Set<Session>();
+      for (const p of batch) {
+        if (p.session) sessions.add(p.session);
+        else p.done?.('unavailable');
+      }
+      this.d.storeFailed(error, sessions);
+      return;
+    }
+    this.settle(batch, outcomes);
   }
 
   /** Answers each commit of a batch and routes what it wrote. */
@@ -216,5 +250,37 @@ export class Committer {
       }
     }
     router.ring(notify);
+  }
+}
+
+/**
+ * A batch of large items committing while small batches go on beside it (with a store that
+ * declares `slicedAppend`). Per-sender order: a sender with an item in it sends nothing else until
+ * it is answered; nor does a change to a group one of its messages goes to (whoever sends it), so
+ * that a member removed meanwhile is not told of the removal before the message it was sent.
+ */
+class LargeBatch {
+  readonly done: Promise<void>;
+  private readonly senders = new Set<unknown>();
+  private readonly groups = new Set<string>();
+
+  constructor(
+    batch: PendingCommit[],
+    commit: (options: AppendOptions) => Promise<void>,
+    options: AppendOptions,
+  ) {
+    for (const p of batch) {
+      this.senders.add(p.session ?? SERVER_SIDE);
+      const i = p.input;
+      if (i.kind === 'group') this.groups.add(i.group);
+      else if (i.kind === 'msg' && i.group) this.groups.add(i.to);
+    }
+    this.done = commit(options);
+  }
+
+  /** Whether `input` from `sender` must wait for this batch. */
+  blocks(sender: unknown, input: AppendInput): boolean {
+    if (this.senders.has(sender)) return true;
+    return input.kind === 'group' && this.groups.has(input.group);
   }
 }

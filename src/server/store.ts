@@ -320,6 +320,27 @@ export interface StoreCapabilities {
    * allows each cap once and not once per node. Without it each node counts on its own.
    */
   readonly actionCounts?: boolean;
+  /**
+   * {@link ServerStore.append} may be called again while an earlier call is pending (the engine
+   * keeps a sender's later items out of it until the sender's earlier call is answered), and
+   * given {@link AppendOptions.sliceRows} it commits a group message with more recipient devices
+   * than that in slices: one transaction with its dedupe record, its body, a first slice of
+   * entries and a durable record of the devices still to write (fixed then: the recipients are
+   * resolved at commit time), then one transaction per slice with the event loop free between
+   * them, so other calls commit meanwhile. The call resolves once every slice is durable. A
+   * failure between slices leaves the item *pending*, not half-written: a resend of it (the
+   * dedupe hit) or the store's next open writes the rest, each device's entry exactly once. The
+   * items of the call still take effect in batch order (an item after a sliced one is written
+   * after its last slice), but such a call is not one transaction ({@link atomicBatch} holds for
+   * calls without `sliceRows`).
+   */
+  readonly slicedAppend?: boolean;
+}
+
+/** How a store that declares {@link StoreCapabilities.slicedAppend} may split one append. */
+export interface AppendOptions {
+  /** Most inbox entries a transaction of this call writes for one group message (see there). */
+  sliceRows?: number;
 }
 
 /**
@@ -340,7 +361,8 @@ export type BeforeWrite = (write: string) => void;
  * - **Atomicity.** A call that rejects (the backend failed midway) leaves no item half-written:
  *   for {@link ServerStore.append}, each item is all-or-nothing (its dedupe record, body and
  *   every inbox entry, or none of them) and the committed items are a prefix of the batch (all or
- *   none of it when the store declares {@link StoreCapabilities.atomicBatch}); an
+ *   none of it when the store declares {@link StoreCapabilities.atomicBatch}; a group message
+ *   written in slices may instead be left pending, see {@link StoreCapabilities.slicedAppend}); an
  *   {@link ServerStore.ack} deletes its entries and appends their `delivered` statuses together,
  *   or does neither; {@link ServerStore.registerDevice} and the unregister calls likewise, and
  *   {@link ServerStore.expire} each of its steps (removals with their statuses and notices). The
@@ -488,8 +510,11 @@ export interface ServerStore {
   unregisterDevice(device: DeviceAddress): Promise<boolean>;
   /** The user's registered device ids, in registration order (never `PENDING_DEVICE`). */
   devices(user: string): Promise<string[]>;
-  /** Commits a batch; see the interface rules. Outcomes are in input order. */
-  append(batch: AppendInput[], now: number): Promise<AppendOutcome[]>;
+  /**
+   * Commits a batch; see the interface rules. Outcomes are in input order. `options` is read only
+   * by a store that declares {@link StoreCapabilities.slicedAppend}.
+   */
+  append(batch: AppendInput[], now: number, options?: AppendOptions): Promise<AppendOutcome[]>;
   /** Up to `limit` entries of the device's inbox with offset > `after`, in offset order. */
   readInbox(device: DeviceAddress, after: number, limit: number): Promise<InboxEntry[]>;
   /**

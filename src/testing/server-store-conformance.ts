@@ -40,6 +40,7 @@ import { actionCountCases } from './server-store-actions.js';
 import { keyClaimCases } from './server-store-claims.js';
 import { faultCases, type WriteFaults } from './server-store-faults.js';
 import { gapNoticeCases } from './server-store-gap-conformance.js';
+import { slicedAppendCases } from './server-store-sliced.js';
 
 /** How the server store suite opens and re-opens the adapter under test. */
 export interface ServerStoreSubject {
@@ -2418,6 +2419,7 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
   cases.push(...keyClaimCases(subject));
   cases.push(...actionCountCases(subject));
   cases.push(...gapNoticeCases(subject));
+  cases.push(...slicedAppendCases(subject));
   cases.push(...faultCases(subject));
   skipUnmet(cases, (need) => subjectHas(subject, need), `subject ${subject.name}`);
   return cases;

@@ -13,7 +13,9 @@
  * resolves only after such a flush. Each `append(batch)` is exactly one `BEGIN IMMEDIATE … COMMIT`
  * transaction, which also carries the device acks waiting for theirs: the server engine batches
  * concurrent sends into one call, and in the background mode the commits made while a flush runs
- * share the next one (group commit).
+ * share the next one (group commit). With `sliceRows` (the engine passes it while other senders
+ * are active) a group message to more devices than that is written in slices, one transaction
+ * each, with the event loop free between them (sqlite-fanout.ts, capability `slicedAppend`).
  *
  * **Schema** (version {@link SQLITE_SERVER_SCHEMA_VERSION}, kept in `PRAGMA user_version` and
  * reached by migration steps applied in one transaction each; step 2 added groups, per-user
@@ -22,7 +24,8 @@
  * versions and where each message went, see below; step 6 gap notices; step 7 storage quotas:
  * `devices.entries` and `devices.bytes` count each inbox, `inbox.size` is the
  * body bytes an entry counts for, and `group_invites (group_id, user)` holds the pending group
- * invites, indexed by user; step 10 made the writer, not a per-entry trigger, grow the counters):
+ * invites, indexed by user; step 10 made the writer, not a per-entry trigger, grow the counters;
+ * step 11 added `fanouts` and `fanout_done`, the group messages whose slices are not all written, see sqlite-fanout.ts):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -40,6 +43,7 @@
  * | `prekeys` | `id` (rowid), `dev`, `key_id`, `key` | unclaimed one-time EC prekeys; `id` is upload order (oldest first); unique `(dev, key_id)`; index by `dev` |
  * | `kyber_prekeys` | `id` (rowid), `dev`, `key_id`, `key`, `signature` | unclaimed one-time Kyber prekeys, as `prekeys` |
  * | `action_counts` | `kind`, `user`, `win`, `n` | step 9: per-user action counts in fixed windows (the engine's group caps, see `countActions`), one row per (kind, user); `WITHOUT ROWID` |
+ * | `fanouts`, `fanout_done` | `message` (rowid), `from_user`, `from_device`, `msg_id`, `ts`, `size`, `devs`; `message`, `done` | a group message written in slices: the devices still to write when its first transaction committed (`devs`, JSON) and how many of them are written (`done`, a row of its own that each slice rewrites); gone with its last slice |
  *
  * Indexes: `inbox` by `(dev, pos)` (reads and acks; `dev` is the `devices` row of `(user, device)`),
  * `inbox_ts` and `dedupe_ts` (expiry), `dedupe` by its key (dedupe), `devices` by `(user, device)`,
@@ -60,6 +64,7 @@ import Database from 'better-sqlite3';
 import type { PushToken } from '../push/types.js';
 import type {
   AppendInput,
+  AppendOptions,
   BeforeWrite,
   AppendOutcome,
   ClaimOptions,
@@ -94,6 +99,7 @@ import { sqlitePing } from './sqlite-ping.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import { walCheckpointer, type WalCheckpointer } from './sqlite-checkpoint.js';
 import { walSync } from './sqlite-sync.js';
+import { FANOUTS_TABLE, type FanoutJob, fanoutSlicer, type SlicedOutcome } from './sqlite-fanout.js';
 import {
   bundleFrom,
   decodeEvent,
@@ -414,6 +420,8 @@ const MIGRATIONS: readonly SqliteMigration[] = [
   // updated the device row once per inserted entry (a 1,024-member group message paid 1,023
   // extra row updates inside its transaction). Deletes keep their trigger.
   (db) => db.exec('DROP TRIGGER inbox_usage_in;'),
+  // 11: group messages written in slices (sqlite-fanout.ts) record the devices still to write.
+  (db) => db.exec(FANOUTS_TABLE),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */
@@ -497,6 +505,16 @@ interface ExpiredRow extends EntryRow {
   seq: number | null;
   status: string | null;
   ids: string | null;
+}
+
+/** What one append transaction slices (see `slicing` in the store). */
+interface Slicing {
+  /** Most entries a group message writes in this transaction (Infinity: no slicing). */
+  rows: number;
+  /** The item whose later entries this transaction deferred: the transaction's last item. */
+  deferred?: FanoutJob;
+  /** Sliced items still pending that this transaction found duplicates of. */
+  pending: FanoutJob[];
 }
 
 /** An ack waiting for the next group commit. */
@@ -791,6 +809,18 @@ export function sqliteServerStore(
   let consentsInTx: string[] = [];
 
   /**
+   * The running transaction's slicing: entries a group message writes in it at most (`rows`), the
+   * item it deferred the rest of, and the pending items it found duplicates of (sqlite-fanout.ts).
+   */
+  let slicing: Slicing | undefined;
+  /** Between slices: the event loop runs, and a store closed meanwhile writes no more. */
+  const pause = async (): Promise<void> => {
+    await yieldToEventLoop();
+    check();
+  };
+  const slicer = fanoutSlicer({ q, tx, writer, insertEntry: sql.entryMessageInsert });
+
+  /**
    * The per-transaction view of device lists and offset counters. Offsets come from the device's
    * `last_offset` row, read once (with the device list when possible) and written back once per
    * transaction. No skip: every write transaction holds SQLite's single write lock from
@@ -803,6 +833,7 @@ export function sqliteServerStore(
     const last = new Map<number, number>();
     /** Entries and body bytes this transaction added to each inbox, written back by `flush`. */
     const added = new Map<number, InboxUsage>();
+    let written = 0;
     /** Seeds a device's counter from a row read in this transaction, unless already in use. */
     const prime = (r: DeviceRow): void => {
       if (!last.has(r.id)) last.set(r.id, r.last_offset);
@@ -822,6 +853,7 @@ export function sqliteServerStore(
         let v = last.get(dev);
         if (v === undefined) v = (sql.lastOffset.get(dev) as { last_offset: number }).last_offset;
         last.set(dev, ++v);
+        written++;
         const a = added.get(dev);
         if (a) {
           a.entries += 1;
@@ -836,8 +868,12 @@ export function sqliteServerStore(
       usage(dev: number, row?: InboxUsage): InboxUsage {
         const base = row ?? (sql.usageOf.get(dev) as InboxUsage);
         const a = added.get(dev);
-        return a ? { entries: base.entries + a.entries, bytes: base.bytes + a.bytes } : base;
+        const r = slicer.reserved(dev); // entries of sliced messages still to write
+        const entries = base.entries + (a?.entries ?? 0) + (r?.entries ?? 0);
+        return a || r ? { entries, bytes: base.bytes + (a?.bytes ?? 0) + (r?.bytes ?? 0) } : base;
       },
+      /** Inbox entries this transaction has written so far. */
+      written: () => written,
       /** Writes each touched device's counter and its inbox usage back, once per device. */
       flush(): void {
         for (const [dev, v] of last) {
@@ -957,11 +993,13 @@ export function sqliteServerStore(
   /**
    * Inserts the body once and one entry per target device referencing it; returns their offsets.
    * With `bodies` (an end-to-end encrypted message) each entry holds its own, in target order.
+   * A group message to more devices than the running transaction's slice writes only that many
+   * now and defers the rest (sqlite-fanout.ts); `refs` counts them all.
    */
   function storeMessage(
     w: Writer,
     item: MessageInput,
-    targets: Array<{ dev: number }>,
+    targets: Array<{ dev: number; addr: DeviceAddress }>,
     now: number,
     bodies?: Uint8Array[],
   ): number[] {
@@ -977,7 +1015,14 @@ export function sqliteServerStore(
       bindBytes(bodies ? EMPTY : item.body),
       targets.length,
     );
-    return targets.map((t, i) => {
+    let first = targets;
+    if (slicing && !bodies && item.group && targets.length > slicing.rows) {
+      first = targets.slice(0, slicing.rows);
+      const rest = targets.slice(slicing.rows);
+      const id = Number(lastInsertRowid);
+      slicing.deferred = slicer.defer(id, item.from, item.id, now, item.body.byteLength, rest);
+    }
+    return first.map((t, i) => {
       const size = (bodies?.[i] ?? item.body).byteLength;
       const offset = w.next(t.dev, size);
       const own = bodies ? bindBytes(bodies[i]!) : null;
@@ -1020,7 +1065,8 @@ export function sqliteServerStore(
     const kept = skip.length === 0 ? targets : targets.filter((_, i) => !skip.includes(i));
     const keptBodies = skip.length === 0 ? bodies : bodies?.filter((_, i) => !skip.includes(i));
     const offsets = storeMessage(w, item, kept, now, keptBodies);
-    const notify = kept.map((t) => t.addr);
+    // A sliced message's later entries add their devices (and offsets) as they are written.
+    const notify = (offsets.length < kept.length ? kept.slice(0, offsets.length) : kept).map((t) => t.addr);
     if (skip.length === 0) return { ok: true, ts: now, duplicate: false, notify, offsets };
     const m = { from: item.from, to: item.to, group: item.group === true, seq: item.seq };
     for (const i of skip) {
@@ -1116,7 +1162,12 @@ export function sqliteServerStore(
   function commit(w: Writer, item: AppendInput, now: number): AppendOutcome {
     const original = sql.dedupeGet.get(item.from.user, item.from.device, item.id) as
       { ts: number } | undefined;
-    if (original) return { ok: true, ts: original.ts, duplicate: true, notify: [] };
+    if (original) {
+      // A duplicate of a sliced message still pending: answered once its last slice is durable.
+      const pending = slicing && slicer.pendingOf(item.from, item.id);
+      if (pending) slicing!.pending.push(pending);
+      return { ok: true, ts: original.ts, duplicate: true, notify: [] };
+    }
     if (item.kind === 'group') return commitGroup(w, item, now);
     if (item.kind === 'msg' && item.envelopes) return commitSealed(w, item, item.envelopes, now);
     if (item.kind === 'msg' && item.group) return commitGroupMessage(w, item, now);
@@ -1344,9 +1395,24 @@ export function sqliteServerStore(
     }
   }
 
+  // Group messages a crash (or a failed slice) left half-sliced are written to the end first.
+  try {
+    slicer.resumeAll();
+  } catch (e) {
+    if (owned) db.close();
+    throw e;
+  }
+
   return {
     name: 'sqlite',
-    capabilities: { pushTokens: true, inboxSize: true, ping: true, atomicBatch: true, actionCounts: true },
+    capabilities: {
+      pushTokens: true,
+      inboxSize: true,
+      ping: true,
+      atomicBatch: true,
+      actionCounts: true,
+      slicedAppend: true,
+    },
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check();
@@ -1400,34 +1466,67 @@ export function sqliteServerStore(
       return realDevices(devicesOf(user).map((r) => r.device));
     },
 
-    async append(batch: AppendInput[], now: number): Promise<AppendOutcome[]> {
+    async append(batch: AppendInput[], now: number, options?: AppendOptions): Promise<AppendOutcome[]> {
       check();
       if (batch.length === 0) return [];
+      const rows = options?.sliceRows ?? Infinity;
+      if (!(rows >= 1)) throw new RangeError(`${LABEL}: sliceRows must be at least 1, got ${rows}`);
       // One transaction for the whole batch and the acks waiting for theirs (they come from
       // earlier frames, so they go first), and one WAL flush shared with whatever else committed
-      // meanwhile (group commit): fewer transactions, fewer WAL pages, fewer checkpoints.
-      const acks = takeAcks();
-      let ackResults: NotifyResult[] = [];
-      let outcomes: AppendOutcome[];
-      consentsInTx = [];
-      try {
-        outcomes = tx(() => {
-          const w = writer();
-          ackResults = acksIn(w, acks);
-          const out = batch.map((item) => commit(w, item, now));
-          w.flush();
-          return out;
-        });
-      } catch (e) {
+      // meanwhile (group commit): fewer transactions, fewer WAL pages, fewer checkpoints. With
+      // `sliceRows`, a transaction ends after an item it sliced (or past that many entries), and
+      // the item's other slices commit before the batch goes on (sqlite-fanout.ts).
+      const outcomes: AppendOutcome[] = [];
+      const consents: string[] = [];
+      while (outcomes.length < batch.length) {
+        if (outcomes.length > 0) {
+          await yieldToEventLoop();
+          check();
+        }
+        const from = outcomes.length;
+        const acks = takeAcks();
+        let ackResults: NotifyResult[] = [];
+        const part: Slicing = { rows, pending: [] };
         consentsInTx = [];
-        for (const a of acks) a.reject(e);
-        throw e;
+        slicing = part;
+        let out: AppendOutcome[];
+        try {
+          out = tx(() => {
+            const w = writer();
+            ackResults = acksIn(w, acks);
+            const done: AppendOutcome[] = [];
+            for (let i = from; i < batch.length; i++) {
+              done.push(commit(w, batch[i]!, now));
+              if (part.deferred || part.pending.length > 0 || w.written() >= rows) break;
+            }
+            w.flush();
+            return done;
+          });
+        } catch (e) {
+          for (const a of acks) a.reject(e);
+          throw e;
+        } finally {
+          slicing = undefined;
+        }
+        consents.push(...consentsInTx);
+        consentsInTx = [];
+        outcomes.push(...out);
+        const jobs = part.pending;
+        if (part.deferred) {
+          slicer.adopt(part.deferred, out[out.length - 1] as SlicedOutcome);
+          jobs.push(part.deferred);
+        }
+        if (jobs.length === 0 && outcomes.length === batch.length) {
+          // The common case: one transaction, its acks answered by the flush the batch waits for.
+          const flushed = synced();
+          settleAcks(acks, ackResults, flushed);
+          await flushed;
+          break;
+        }
+        settleAcks(acks, ackResults, synced());
+        for (const job of jobs) await slicer.finish(job, rows, pause);
+        if (outcomes.length === batch.length) await synced();
       }
-      const consents = consentsInTx;
-      consentsInTx = [];
-      const flushed = synced();
-      settleAcks(acks, ackResults, flushed);
-      await flushed;
       if (knownConsents.size + consents.length > MAX_KNOWN_CONSENTS) knownConsents.clear();
       for (const k of consents) knownConsents.add(k);
       return outcomes;
