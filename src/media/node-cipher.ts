@@ -33,7 +33,12 @@ export const nodeMediaCipher: MediaCipher = {
         c.final();
         const tag = c.getAuthTag();
         // Apart, not joined: a chunk-sized buffer and copy less per chunk (fewer collections).
-        return Promise.resolve({ sealed, tag, plainDigest: sha256(plain), cipherDigest: sha256(sealed, tag) });
+        return Promise.resolve({
+          sealed,
+          tag,
+          plainDigest: sha256(plain),
+          cipherDigest: sha256(sealed, tag),
+        });
       },
       open(iv, aad, sealed) {
         try {
