@@ -103,7 +103,9 @@ const PATCH_FIRST = 4 * 1024 * 1024;
 const PATCH_MAX = 8 * 1024 * 1024;
 
 /** True at a blob offset where a sealed chunk starts (the header's end included). */
-const onBoundary = (offset: number) => (offset - chunkOffset(0)) % (chunkOffset(1) - chunkOffset(0)) === 0;
+const FIRST_CHUNK = chunkOffset(0);
+const SEALED_CHUNK = chunkOffset(1) - FIRST_CHUNK;
+const onBoundary = (offset: number) => (offset - FIRST_CHUNK) % SEALED_CHUNK === 0;
 
 /** The blob id of a tus upload URL. */
 export const blobIdOf = (url: string): string => url.slice(url.lastIndexOf('/') + 1);

@@ -18,9 +18,9 @@ import { randomBytes } from 'node:crypto';
 export class ReadConfirmations {
   private sent = 0;
   private confirmed = 0;
-  /** `sent` when the outstanding ping went out, or -1. */
-  private probeAt = -1;
+  /** The outstanding ping's payload, and `sent` when it went out. */
   private probe: Buffer | undefined;
+  private probeAt = 0;
 
   constructor(private readonly probeBytes: number) {}
 
@@ -43,7 +43,6 @@ export class ReadConfirmations {
     if (!this.probe || !payload.equals(this.probe)) return undefined;
     this.confirmed = this.probeAt;
     this.probe = undefined;
-    this.probeAt = -1;
     return this.due();
   }
 

@@ -1479,10 +1479,7 @@ export function sqliteServerStore(
       const outcomes: AppendOutcome[] = [];
       const consents: string[] = [];
       while (outcomes.length < batch.length) {
-        if (outcomes.length > 0) {
-          await yieldToEventLoop();
-          check();
-        }
+        if (outcomes.length > 0) await pause();
         const from = outcomes.length;
         const acks = takeAcks();
         let ackResults: NotifyResult[] = [];
