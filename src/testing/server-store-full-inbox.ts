@@ -44,12 +44,14 @@ const create = (from: DeviceAddress, g: string, members: string[]): GroupInput =
   maxMembers: 256,
 });
 
-async function one(store: ServerStore, item: AppendInput, now = 1000): Promise<AppendOutcome> {
+/** Appends one item alone (at `now`) and returns its outcome. */
+export async function one(store: ServerStore, item: AppendInput, now = 1000): Promise<AppendOutcome> {
   const [out] = await store.append([item], now);
   return out!;
 }
 
-const codeOf = (o: AppendOutcome): string => (o.ok ? 'ok' : o.code);
+/** An outcome as `ok` or its refusal code. */
+export const codeOf = (o: AppendOutcome): string => (o.ok ? 'ok' : o.code);
 const keyOf = (d: DeviceAddress): string => `${d.user}/${d.device}`;
 
 /** A device's inbox: message ids, `gap:<reason>` for notices, the kind for the rest. */

@@ -10,7 +10,6 @@ import { capable } from '../server/capabilities.js';
 import type { StoreQuotas } from '../server/quotas.js';
 import type {
   AppendInput,
-  AppendOutcome,
   DeviceAddress,
   GroupInput,
   KeyUpload,
@@ -20,7 +19,8 @@ import type {
 } from '../server/store.js';
 import { skipUnmet, subjectHas } from './case-needs.js';
 import { storeCaseBuilder, type ConformanceCase } from './conformance.js';
-import { serverStoreFullInboxCases } from './server-store-full-inbox.js';
+import { codeOf, one, serverStoreFullInboxCases } from './server-store-full-inbox.js';
+import { serverStoreLargeGroupCases } from './server-store-large-groups.js';
 
 /** How the quota suite opens the adapter under test. */
 export interface QuotaStoreSubject {
@@ -62,13 +62,6 @@ const group = (from: DeviceAddress, id: string, g: string, change: GroupInput['c
   change,
   maxMembers: 256,
 });
-
-async function one(store: ServerStore, item: AppendInput, now = 1000): Promise<AppendOutcome> {
-  const [out] = await store.append([item], now);
-  return out!;
-}
-
-const codeOf = (o: AppendOutcome): string => (o.ok ? 'ok' : o.code);
 
 async function inboxOf(store: ServerStore, d: DeviceAddress): Promise<string[]> {
   const entries = await store.readInbox(d, 0, 1_000_000);
@@ -405,6 +398,7 @@ export function serverStoreQuotaConformance(subject: QuotaStoreSubject): Conform
   cases[cases.length - 1]!.needs = ['pushTokens'];
 
   serverStoreFullInboxCases({ withQuotas, prefix, share: subject.share?.bind(subject) });
+  serverStoreLargeGroupCases({ withQuotas, prefix });
   skipUnmet(cases, (need) => subjectHas(subject, need), `subject ${subject.name}`);
   return cases;
 }

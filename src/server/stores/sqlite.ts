@@ -874,12 +874,14 @@ export function sqliteServerStore(
       },
       /** Inbox entries this transaction has written so far. */
       written: () => written,
-      /** Writes each touched device's counter and its inbox usage back, once per device. */
+      /**
+       * Writes the counter and inbox usage of each device this transaction wrote entries to back,
+       * once per device. Devices only read are not written: a group message that writes its first
+       * slice now reads (primes) every member's row but writes a slice of them, and rewriting the
+       * others' unchanged rows dirtied their pages for the WAL too.
+       */
       flush(): void {
-        for (const [dev, v] of last) {
-          const a = added.get(dev);
-          sql.setLastOffset.run(v, a?.entries ?? 0, a?.bytes ?? 0, dev);
-        }
+        for (const [dev, a] of added) sql.setLastOffset.run(last.get(dev)!, a.entries, a.bytes, dev);
         added.clear();
       },
     };
