@@ -1,7 +1,7 @@
 import { build, type Plugin } from 'esbuild';
 import { builtinModules } from 'node:module';
-import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { browserBundleSize } from '../bench/lib/browser-bundle.mjs';
 
 // The client core must run in browsers: bundling it for the browser platform must not pull in
 // any Node built-in.
@@ -53,28 +53,20 @@ const CLIENT_CORE_GZIP_CEILING = 60 * 1024;
 
 describe('the browser client is lean', () => {
   it(`the client core (engine, protocol, memory store, WebSocket transport) is at most ${CLIENT_CORE_GZIP_CEILING / 1024} KiB minified + gzip`, async () => {
-    const result = await build({
-      stdin: {
-        contents: [
-          "export * from './src/client/index.ts';",
-          "export * from './src/client/stores/memory.ts';",
-          "export * from './src/transport/websocket-client.ts';",
-        ].join('\n'),
-        resolveDir: process.cwd(),
-        loader: 'ts',
-      },
-      bundle: true,
-      minify: true,
-      platform: 'browser',
-      format: 'esm',
-      write: false,
-      logLevel: 'silent',
-      metafile: true,
-    });
-    const code = result.outputFiles[0]!.contents;
-    const gzipped = gzipSync(code).byteLength;
+    const {
+      code,
+      gzip: gzipped,
+      metafile,
+    } = await browserBundleSize(
+      [
+        "export * from './src/client/index.ts';",
+        "export * from './src/client/stores/memory.ts';",
+        "export * from './src/transport/websocket-client.ts';",
+      ].join('\n'),
+      { loader: 'ts' },
+    );
     // Validation comes from zod/mini: the full `zod` entry would add ~400 KiB minified.
-    const zodBytes = Object.entries(result.metafile.outputs)[0]![1].inputs;
+    const zodBytes = Object.entries(metafile.outputs)[0]![1].inputs;
     const fromZod = Object.entries(zodBytes)
       .filter(([file]) => file.includes('node_modules/zod/'))
       .reduce((n, [, v]) => n + v.bytesInOutput, 0);
