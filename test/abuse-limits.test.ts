@@ -7,7 +7,16 @@ import { memoryServerStore } from '../src/server/stores/memory.js';
 import { CostBudgets, frameCost } from '../src/server/costs.js';
 import { FairCommitQueue } from '../src/server/commit-batch.js';
 import { PROTOCOL_VERSION } from '../src/protocol/index.js';
-import { makeWorld, settled, storeGate, text, type RawConnection, type World } from './helpers.js';
+import {
+  groupSpam,
+  makeWorld,
+  settled,
+  storeGate,
+  text,
+  UNLIMITED_BUDGETS,
+  type RawConnection,
+  type World,
+} from './helpers.js';
 import { kyberBundle } from './fixtures/keys.js';
 
 let world: World | undefined;
@@ -307,18 +316,9 @@ describe('commit batches', () => {
     const rec = recording(memoryServerStore());
     world = await makeWorld({
       openStore: () => rec.store,
-      server: {
-        ...(maxCommitRows ? { maxCommitRows } : {}),
-        costBudgets: { device: { perSecond: 1e9, burst: 1e9 }, user: { perSecond: 1e9, burst: 1e9 } },
-      },
+      server: { ...(maxCommitRows ? { maxCommitRows } : {}), costBudgets: UNLIMITED_BUDGETS },
     });
-    const members = Array.from({ length: 1023 }, (_, i) => `m${i}`);
-    for (const m of members) await world.server.registerDevice(m, 'd');
-    const spammer = await world.device('spammer');
-    const group = await settled(world, spammer.client.createGroup('spam', members));
-    const alice = await world.device('alice');
-    await world.device('bob');
-    return { rec, w: world, spammer, group, alice };
+    return { rec, w: world, ...(await groupSpam(world)) };
   }
 
   it('a 1,024-member group commit does not stall other senders beyond one batch', async () => {

@@ -5,7 +5,16 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AppendInput, AppendOptions, ServerStore } from '../src/server/store.js';
 import { sqliteServerStore } from '../src/server/stores/sqlite.js';
-import { makeWorld, settled, storeGate, text, until, type World } from './helpers.js';
+import {
+  groupSpam,
+  makeWorld,
+  settled,
+  storeGate,
+  text,
+  UNLIMITED_BUDGETS,
+  until,
+  type World,
+} from './helpers.js';
 
 let world: World | undefined;
 afterEach(async () => {
@@ -36,17 +45,10 @@ describe('commit lanes with a slicing store', () => {
     expect(rec.store.capabilities?.slicedAppend).toBe(true);
     world = await makeWorld({
       openStore: () => rec.store,
-      server: {
-        costBudgets: { device: { perSecond: 1e9, burst: 1e9 }, user: { perSecond: 1e9, burst: 1e9 } },
-      },
+      server: { costBudgets: UNLIMITED_BUDGETS },
     });
     const w = world;
-    const members = Array.from({ length: 1023 }, (_, i) => `m${i}`);
-    for (const m of members) await w.server.registerDevice(m, 'd');
-    const spammer = await w.device('spammer');
-    const group = await settled(w, spammer.client.createGroup('spam', members));
-    const alice = await w.device('alice');
-    await w.device('bob');
+    const { spammer, group, alice } = await groupSpam(w);
     await settled(w, spammer.client.sendToGroup(group, text('first'))); // the engine learns its size
     const first = await settled(w, alice.client.send('bob', text('warm up'))); // others are sending
     expect(first).toBeTruthy();

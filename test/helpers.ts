@@ -420,3 +420,25 @@ export function storeGate(): { hold(): void; release(): void; passed(): Promise<
     passed: () => gate,
   };
 }
+
+/** Cost budgets no test traffic reaches: for tests about commit batching, not budgets. */
+export const UNLIMITED_BUDGETS: NonNullable<ServerOptions['costBudgets']> = {
+  device: { perSecond: 1e9, burst: 1e9 },
+  user: { perSecond: 1e9, burst: 1e9 },
+};
+
+/**
+ * Group spam in `w`: a spammer in a group with 1,023 offline members (`m0`…`m1022`), then alice
+ * and bob online.
+ */
+export async function groupSpam(
+  w: World,
+): Promise<{ spammer: TestDevice; group: string; alice: TestDevice }> {
+  const members = Array.from({ length: 1023 }, (_, i) => `m${i}`);
+  for (const m of members) await w.server.registerDevice(m, 'd');
+  const spammer = await w.device('spammer');
+  const group = await settled(w, spammer.client.createGroup('spam', members));
+  const alice = await w.device('alice');
+  await w.device('bob');
+  return { spammer, group, alice };
+}
