@@ -9,15 +9,13 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { AppendInput, AppendOutcome, DeviceAddress, ServerStore } from '../src/server/store.js';
+import type { AppendInput, AppendOutcome, ServerStore } from '../src/server/store.js';
 import { sqliteServerStore } from '../src/server/stores/sqlite.js';
+import { MEMBERS, from, fullGroup, members } from './fixtures/full-group.js';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'postbox-fanout-slices-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-const MEMBERS = 1024;
-const from: DeviceAddress = { user: 'u0', device: 'd1' };
-const members = Array.from({ length: MEMBERS }, (_, i) => ({ user: `u${i}`, device: 'd1' }));
 const body = new Uint8Array([1, 2, 3]);
 const groupMessage = (id: string, seq: number): AppendInput => ({
   kind: 'msg',
@@ -39,24 +37,6 @@ const direct: AppendInput = {
 
 let files = 0;
 const file = () => path.join(dir, `db${++files}.sqlite`);
-
-/** A store with a full group `#g` of single-device members and two users outside it. */
-async function fullGroup(
-  at: string,
-  beforeWrite?: (write: string) => void,
-): Promise<ReturnType<typeof sqliteServerStore>> {
-  const store = sqliteServerStore({ path: at, walFlush: 'background', beforeWrite });
-  await Promise.all(members.map((m) => store.registerDevice(m, 1)));
-  await store.registerDevice({ user: 'alice', device: 'a1' }, 1);
-  await store.registerDevice({ user: 'bob', device: 'b1' }, 1);
-  const change = { op: 'create' as const, name: 'g', members: members.slice(1).map((m) => m.user) };
-  const [made] = await store.append(
-    [{ kind: 'group', from, id: 'create', group: '#g', change, maxMembers: MEMBERS }],
-    2,
-  );
-  expect(made?.ok).toBe(true);
-  return store;
-}
 
 /** How many entries of message `id` each of the other members' devices holds. */
 async function copies(store: ServerStore, id: string): Promise<number[]> {
