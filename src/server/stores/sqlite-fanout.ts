@@ -16,6 +16,8 @@
  * - a device removed between slices gets nothing, and the body's `refs` drop by as many;
  * - the entries still to write count against their devices' inbox quotas (`reserved`) while the
  *   item is in flight, so a send placed between slices sees them as the item's own placement did.
+ * - before each slice the store waits for a WAL flush under way to end (`paceSlice` in sqlite.ts):
+ *   the flush a send committed between slices waits for then carries at most one slice.
  *
  * A pending row is finished when the store opens, or by the sender's resend (its dedupe hit),
  * which first waits for a run of the same item under way in this process.
