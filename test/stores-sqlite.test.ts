@@ -306,6 +306,41 @@ describe('sqlite server store', () => {
     db.close();
   });
 
+  it('a group fans out the same over a database wrapper without raw() as over the driver, which reads the member devices as arrays', async () => {
+    const run = async (database: SqliteDatabase) => {
+      const store = sqliteServerStore({ database });
+      const carol1 = { user: 'carol', device: 'c1' };
+      for (const d of [alice1, bob1, bob2, carol1]) await store.registerDevice(d, 1);
+      const change = { op: 'create' as const, name: 'g', members: ['bob', 'carol'] };
+      const created = await store.append(
+        [{ kind: 'group', from: alice1, id: 'c', group: '#g', change, maxMembers: 16 }],
+        10,
+      );
+      const sent = await store.append(
+        [{ kind: 'msg', from: alice1, id: 'hi', to: '#g', group: true, seq: 1, body: new Uint8Array([7]) }],
+        11,
+      );
+      const inboxes = [];
+      for (const d of [bob1, bob2, carol1])
+        inboxes.push((await store.readInbox(d, 0, 10)).map((e) => e.offset));
+      await store.close();
+      return { created, sent, inboxes };
+    };
+    const direct = new Database(freshFile());
+    const viaDriver = await run(direct);
+    direct.close();
+    const wrappedDb = new Database(freshFile());
+    const { wrapped } = recording(wrappedDb);
+    expect('raw' in (wrapped.prepare('SELECT 1') as object)).toBe(false);
+    const viaWrapper = await run(wrapped);
+    wrappedDb.close();
+    expect(viaDriver.sent[0]).toMatchObject({
+      ok: true,
+      notify: [bob1, bob2, { user: 'carol', device: 'c1' }],
+    });
+    expect(viaWrapper).toEqual(viaDriver);
+  });
+
   it('an ack counts each entry once and reports it delivered in the order given, however its offsets are ordered or repeated', async () => {
     const offsets = [5, 6, 2, 3, 3, 4, 99, 1.5, Number.NaN, 6];
     const run = async (store: ServerStore) => {

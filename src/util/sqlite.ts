@@ -27,6 +27,11 @@ export interface SqliteStatement {
    * off on their own statements, whatever the database's default.
    */
   safeIntegers?(toggle?: boolean): unknown;
+  /**
+   * Makes the statement return each row as an array of its column values (`true`). Optional: a
+   * store reads the rows of a statement that lacks it as objects (see `arrayRows`).
+   */
+  raw?(toggle?: boolean): unknown;
 }
 
 /**
@@ -171,6 +176,22 @@ export function prepareNumeric(db: SqliteDatabase, sql: string): SqliteStatement
   const stmt = db.prepare(sql);
   stmt.safeIntegers?.(false);
   return stmt;
+}
+
+/**
+ * A reader of `stmt`'s rows as arrays of column values, in the statement's column order: through
+ * better-sqlite3's `raw` mode where the statement has it, or from each row object's values (a
+ * wrapper without it). For reads of many rows: better-sqlite3 builds a row object key by key,
+ * which for a full group's 1,023 member devices was about a third of the read. The statement is
+ * switched to raw mode for good: use it only through the returned reader.
+ * @internal
+ */
+export function arrayRows(stmt: SqliteStatement): (...params: unknown[]) => unknown[][] {
+  if (typeof stmt.raw === 'function') {
+    stmt.raw(true);
+    return (...params) => stmt.all(...params) as unknown[][];
+  }
+  return (...params) => stmt.all(...params).map((row) => Object.values(row as object));
 }
 
 /** Statements that change rows (the fault hook's writes). */
