@@ -261,8 +261,16 @@ const SCENARIOS = {
     timeoutMs: 300_000,
   },
 };
-// `--profile DIR`: every server and load child writes a V8 CPU profile (.cpuprofile) into DIR.
-const PROFILE_FLAGS = args.profile ? ['--cpu-prof', `--cpu-prof-dir=${args.profile}`] : [];
+// `--profile DIR`: every server and load child writes a V8 CPU profile (.cpuprofile) into DIR,
+// sampled every POSTBOX_PROFILE_INTERVAL_US µs (V8's default 1,000 is too coarse to see the stalls
+// bench/tools/long-tasks.mjs looks for).
+const PROFILE_FLAGS = args.profile
+  ? [
+      '--cpu-prof',
+      `--cpu-prof-dir=${args.profile}`,
+      `--cpu-prof-interval=${Number(process.env.POSTBOX_PROFILE_INTERVAL_US ?? 1000)}`,
+    ]
+  : [];
 
 const SYSTEM_ORDER = [
   'ws',

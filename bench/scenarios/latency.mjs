@@ -2,7 +2,7 @@
 // spread round-robin over the clients (client i → client i + n/2), and each latency is measured
 // from the message's *scheduled* send time, so a stalled system cannot hide its queueing
 // (no coordinated omission). Percentiles cover the messages scheduled after the warm-up.
-import { performance } from 'node:perf_hooks';
+import { performance, PerformanceObserver, monitorEventLoopDelay } from 'node:perf_hooks';
 import { mark, sleep } from '../lib/child.mjs';
 import { procCpu } from '../lib/proc.mjs';
 import { Samples } from '../lib/stats.mjs';
@@ -58,6 +58,18 @@ export async function run(sys, p) {
     const s = inWindow(tag);
     if (s !== undefined) lat.status.push(now() - s);
   };
+  // The load process's own pauses (GC, event-loop delay) over each window: at light load the
+  // tail is often the load's, not the server's, and this says so.
+  const loadGc = { on: false, ms: 0, max: 0 };
+  const gcObserver = new PerformanceObserver((list) => {
+    if (!loadGc.on) return;
+    for (const e of list.getEntries()) {
+      loadGc.ms += e.duration;
+      loadGc.max = Math.max(loadGc.max, e.duration);
+    }
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
+  const loadEld = monitorEventLoopDelay({ resolution: 1 });
   const client = await sys.connect({ url, n, size, prefix, onDeliver, onAck, onStatus, receipts });
 
   const out = {};
@@ -99,6 +111,9 @@ export async function run(sys, p) {
           m0 = mark('start', trace ? { trace: { op: 'start' } } : undefined);
           load0 = procCpu(process.pid);
           endedAt0 = { ...ended };
+          Object.assign(loadGc, { on: true, ms: 0, max: 0 });
+          loadEld.reset();
+          loadEld.enable();
         }
         if (t >= tEnd) resolve();
         else next(tick);
@@ -106,6 +121,8 @@ export async function run(sys, p) {
       tick();
     });
     const load1 = procCpu(process.pid);
+    loadGc.on = false;
+    loadEld.disable();
     const lives = ended.status > 0 ? ended.status - endedAt0.status : ended.delivered - endedAt0.delivered;
     const m1 = await mark('end');
     const deadline = now() + 5000;
@@ -129,6 +146,10 @@ export async function run(sys, p) {
       out[`${k}:server_cpu_us_per_msg`] = perMsg(c0, m1.cpu);
     }
     if (load0 && load1) out[`${k}:load_cpu_us_per_msg`] = perMsg(load0, load1);
+    out[`${k}:load_gc_ms`] = loadGc.ms;
+    out[`${k}:load_gc_max_ms`] = loadGc.max;
+    out[`${k}:load_eld_p99_ms`] = loadEld.percentile(99) / 1e6;
+    out[`${k}:load_eld_max_ms`] = loadEld.max / 1e6;
     for (const [phase, ms] of Object.entries(traced?.marks ?? {})) out[`${k}:trace_${phase}_ms`] = ms;
     // Systems that trace on the server (postbox): every sampled message's segments, and the
     // server's event loop, GC and store time over the window.
@@ -147,6 +168,7 @@ export async function run(sys, p) {
     }
     await sleep(200);
   }
+  gcObserver.disconnect();
   await client.close();
   if (lost > 0) out.undelivered_after_5s = lost;
   return out;

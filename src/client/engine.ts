@@ -602,7 +602,9 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         if (ctx.me) this.stage.open(frame, ctx.me);
         return;
       case 'st':
-        return this.inbound.accept(frame.o, () => this.receipts.onStatus(frame));
+        // A status's ack is quiet: nobody waits for it, and a status delivered again after a
+        // reconnect changes nothing (statuses only move forward: ack-pacing.ts).
+        return this.inbound.accept(frame.o, () => this.receipts.onStatus(frame), true);
       case 'gev':
         return this.inbound.accept(frame.o, () => this.groupState.apply(frame));
       case 'gap':

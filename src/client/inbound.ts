@@ -59,21 +59,23 @@ export class Inbound {
    * The one accept template of an inbox entry at `offset`: `work` runs as a serial store task;
    * when it resolves the entry is acked (unless it returned {@link KEEP_UNACKED}); when it throws
    * (a local fault) the entry is not acked, the fault is reported and the link dropped, so the
-   * server delivers the entry again after the reconnect.
+   * server delivers the entry again after the reconnect. `quiet`: its ack makes nothing happen
+   * for anyone and a second delivery changes nothing (a status), so the ack may wait
+   * (ack-pacing.ts).
    */
-  accept(offset: number, work: () => Promise<boolean | void>): void {
-    this.ctx.then(runWork, { work, offset }, this.accepted, this.faulted);
+  accept(offset: number, work: () => Promise<boolean | void>, quiet = false): void {
+    this.ctx.then(runWork, { work, offset, quiet }, this.accepted, this.faulted);
   }
 
   /** {@link accept} of a delivered message: `receive(m)`, with no closure made for it. */
   acceptMessage(offset: number, m: InboundMessage): void {
-    this.ctx.then(this.receiveEntry, { m, offset }, this.accepted, this.faulted);
+    this.ctx.then(this.receiveEntry, { m, offset, quiet: false }, this.accepted, this.faulted);
   }
 
   private readonly receiveEntry = (e: { m: InboundMessage }): Promise<void> => this.receive(e.m);
 
-  private readonly accepted = (kept: boolean | void, e: { offset: number }): void => {
-    if (kept !== KEEP_UNACKED) this.acks.later(e.offset);
+  private readonly accepted = (kept: boolean | void, e: { offset: number; quiet: boolean }): void => {
+    if (kept !== KEEP_UNACKED) this.acks.later(e.offset, e.quiet);
   };
 
   private readonly faulted = (error: unknown, gen: number): void => this.ctx.fault(gen, error);
