@@ -272,6 +272,14 @@ const PROFILE_FLAGS = args.profile
     ]
   : [];
 
+// The load process is the harness, pinned to one core. There V8's GC helper threads (4 by default)
+// can only run by preempting its main thread, so a major GC's concurrent marking slows the event
+// loop for as long as it lasts, by an amount that grows with the load's heap: an artifact of the
+// pinning that no client on a phone (or an unpinned process) has. With a single-threaded GC the
+// load still pays all its collections, as pauses its loop and the figures see. Measured: SQLite
+// p99 send→delivered at 2,000/s 15–35 ms → 5.7–5.9, ws-fsync 3.7–4.2 → 3.5–3.9 (docs/benchmarks.md).
+const LOAD_FLAGS = canPin ? ['--single-threaded-gc'] : [];
+
 const SYSTEM_ORDER = [
   'ws',
   'ws-fsync',
@@ -348,7 +356,7 @@ const machine = {
   node: process.version,
   os: `${os.type()} ${os.release()}`,
   pinned: canPin
-    ? `server on core ${SERVER_CORE}, load on core ${LOAD_CORE} (taskset)`
+    ? `server on core ${SERVER_CORE}, load on core ${LOAD_CORE} (taskset; load with a single-threaded GC)`
     : 'no (taskset unavailable)',
   mosquitto: mosquittoVersion() ?? 'not installed',
 };
@@ -504,7 +512,7 @@ async function runPair(scenario, system, def) {
     const params = { ...def.params, prefix: `b${process.pid}x${runId}` };
     load = startNode(SCRIPT.load, [JSON.stringify({ system, scenario, url: server.url, params })], {
       core: LOAD_CORE,
-      nodeFlags: PROFILE_FLAGS,
+      nodeFlags: [...LOAD_FLAGS, ...PROFILE_FLAGS],
     });
     load.onMessage = async (m) => {
       if (m.type !== 'mark') return;

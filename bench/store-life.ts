@@ -5,7 +5,9 @@
 // the `delivered` status into the sender's inbox) and the sender device's ack of that status;
 // acks of one round go in one turn, as the engine's group commit takes them.
 //
-//   npx tsx bench/store-life.ts [--dir DIR] [--seconds S] [--batch N] [--pairs N]
+//   npx tsx bench/store-life.ts [--dir DIR] [--seconds S] [--batch N] [--pairs N] [--only sqlite]
+//
+// `--only NAME` measures one store (for a CPU profile of it alone: `node --cpu-prof --import tsx …`).
 //
 // CPU is process.cpuUsage (user + system) over the measured rounds, so the WAL flushes' thread
 // pool time counts too. Prints a table and one JSON line per store.
@@ -23,6 +25,7 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '4' },
     batch: { type: 'string', default: '32' },
     pairs: { type: 'string', default: '200' },
+    only: { type: 'string' },
   },
 });
 const dir = fs.mkdtempSync(path.join(values.dir ?? os.tmpdir(), 'postbox-life-'));
@@ -84,24 +87,25 @@ async function measure(
   }
 }
 
+const stores: Record<string, () => ServerStore> = {
+  memory: () => memoryServerStore(),
+  sqlite: () => sqliteServerStore({ path: path.join(dir, 'life.sqlite'), walFlush: 'background' }),
+};
 const results = [];
 try {
-  results.push(await measure('memory', memoryServerStore()));
-  results.push(
-    await measure(
-      'sqlite',
-      sqliteServerStore({ path: path.join(dir, 'life.sqlite'), walFlush: 'background' }),
-    ),
-  );
+  for (const [name, make] of Object.entries(stores)) {
+    if (values.only === undefined || values.only === name) results.push(await measure(name, make()));
+  }
 } finally {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 console.log(`store CPU per 1:1 message life, batches of ${batch}, ${pairs} pairs, ${seconds} s each`);
 for (const r of results)
   console.log(`${r.name.padEnd(7)} ${r.us.toFixed(1).padStart(7)} µs  (${r.lives} lives)`);
-console.log(
-  `sqlite / memory ${(results[1]!.us / results[0]!.us).toFixed(2)}x, sqlite - memory ${(results[1]!.us - results[0]!.us).toFixed(1)} µs`,
-);
+if (results.length === 2)
+  console.log(
+    `sqlite / memory ${(results[1]!.us / results[0]!.us).toFixed(2)}x, sqlite - memory ${(results[1]!.us - results[0]!.us).toFixed(1)} µs`,
+  );
 for (const r of results)
   console.log(
     JSON.stringify({

@@ -150,6 +150,7 @@ export async function run(sys, p) {
     out[`${k}:load_gc_max_ms`] = loadGc.max;
     out[`${k}:load_eld_p99_ms`] = loadEld.percentile(99) / 1e6;
     out[`${k}:load_eld_max_ms`] = loadEld.max / 1e6;
+    out[`${k}:load_heap_mb`] = process.memoryUsage().heapUsed / 1e6;
     for (const [phase, ms] of Object.entries(traced?.marks ?? {})) out[`${k}:trace_${phase}_ms`] = ms;
     // Systems that trace on the server (postbox): every sampled message's segments, and the
     // server's event loop, GC and store time over the window.
