@@ -59,8 +59,7 @@ export class Inbound {
    * The one accept template of an inbox entry at `offset`: `work` runs as a serial store task;
    * when it resolves the entry is acked (unless it returned {@link KEEP_UNACKED}); when it throws
    * (a local fault) the entry is not acked, the fault is reported and the link dropped, so the
-   * server delivers the entry again after the reconnect. `quiet`: its ack makes nothing happen
-   * for anyone and a second delivery changes nothing (a status), so the ack may wait
+   * server delivers the entry again after the reconnect. `quiet`: a status's ack may wait
    * (ack-pacing.ts).
    */
   accept(offset: number, work: () => Promise<boolean | void>, quiet = false): void {

@@ -288,12 +288,12 @@ export function bundleFrom(
  */
 export function directTargets<R extends { id: number; device: string }>(
   item: { from: DeviceAddress; to: string },
-  toDevices: R[],
-  fromDevices: R[],
+  toDevices: readonly R[],
+  fromDevices: readonly R[],
 ): Array<{ dev: number; addr: DeviceAddress }> {
   const seen = new Set<number>();
   const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
-  const add = (user: string, rows: R[]) => {
+  const add = (user: string, rows: readonly R[]) => {
     for (const r of rows) {
       if (seen.has(r.id)) continue;
       seen.add(r.id);

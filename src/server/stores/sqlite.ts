@@ -99,6 +99,7 @@ import { sqlitePing } from './sqlite-ping.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import { walCheckpointer, type WalCheckpointer } from './sqlite-checkpoint.js';
 import { walSync } from './sqlite-sync.js';
+import { deviceDirectory, type DeviceRef } from './sqlite-devices.js';
 import { FANOUTS_TABLE, type FanoutJob, fanoutSlicer, type SlicedOutcome } from './sqlite-fanout.js';
 import {
   bundleFrom,
@@ -586,7 +587,26 @@ export function sqliteServerStore(
     LABEL,
     busyTimeoutMs,
   );
-  const tx = transactor(db);
+  const runTx = transactor(db);
+  const dataVersion = prepareNumeric(db, 'PRAGMA data_version');
+  /** Brings the device directory up to date with other connections' commits (sqlite-devices.ts). */
+  const syncDirectory = (): void =>
+    directory.sync((dataVersion.get() as { data_version: number }).data_version);
+  /**
+   * A write transaction. It first syncs the device directory (the write lock is held, so nothing
+   * commits meanwhile); a failed one empties it.
+   */
+  const tx = <T>(fn: () => T): T => {
+    try {
+      return runTx(() => {
+        syncDirectory();
+        return fn();
+      });
+    } catch (e) {
+      directory.clear();
+      throw e;
+    }
+  };
   // A file the store opened flushes its WAL off the event loop (sqlite-sync.ts), with the acks
   // waiting for a commit committed just before each flush starts, and checkpoints on a worker
   // thread (sqlite-checkpoint.ts). A connection the caller hands over keeps synchronous=FULL and
@@ -609,8 +629,8 @@ export function sqliteServerStore(
     insertDevice: q(
       'INSERT INTO devices (user, device, registered_at) VALUES (?, ?, ?) ON CONFLICT (user, device) DO NOTHING',
     ),
-    /** A user's devices, in no order (see `devicesOf`): `ORDER BY id` cost a sorter per call. */
-    devicesOf: q('SELECT id, device, last_offset FROM devices WHERE user = ?'),
+    /** A user's devices, in no order (sqlite-devices.ts sorts): `ORDER BY id` cost a sorter per call. */
+    devicesOf: q('SELECT id, device FROM devices WHERE user = ?'),
     deviceId: q('SELECT id FROM devices WHERE user = ? AND device = ?'),
     deviceDelete: q('DELETE FROM devices WHERE id = ?'),
     /** The first device takes over its user's pending inbox: the row (so the inbox) becomes its. */
@@ -788,6 +808,7 @@ export function sqliteServerStore(
        FROM devices d JOIN device_keys k ON k.dev = d.id WHERE d.user = ? AND d.device = ?`,
     ),
   };
+  const directory = deviceDirectory((user) => sql.devicesOf.all(user) as DeviceRef[]);
 
   let closed = false;
   const memberRows = arrayRows(sql.memberDevices);
@@ -811,9 +832,9 @@ export function sqliteServerStore(
   }
 
   /** A user's devices (and pending inbox) in registration order, the order of their row ids. */
-  function devicesOf(user: string): DeviceRow[] {
-    const rows = sql.devicesOf.all(user) as DeviceRow[];
-    return rows.length > 1 ? rows.sort((a, b) => a.id - b.id) : rows;
+  /** A user's devices in registration order, from the directory (shared: not to be changed). */
+  function devicesOf(user: string): readonly DeviceRef[] {
+    return directory.of(user);
   }
 
   /**
@@ -861,7 +882,6 @@ export function sqliteServerStore(
    * an offset whose entry is not yet committed.
    */
   function writer() {
-    const devices = new Map<string, DeviceRow[]>();
     const last = new Map<number, number>();
     /** Entries and body bytes this transaction added to each inbox, written back by `flush`. */
     const added = new Map<number, InboxUsage>();
@@ -871,14 +891,8 @@ export function sqliteServerStore(
       if (!last.has(r.id)) last.set(r.id, r.last_offset);
     };
     return {
-      devicesOf(user: string): DeviceRow[] {
-        let list = devices.get(user);
-        if (!list) {
-          devices.set(user, (list = devicesOf(user)));
-          for (const r of list) prime(r);
-        }
-        return list;
-      },
+      /** A user's devices (their counters are read when first used: `next`). */
+      devicesOf,
       prime,
       /** The next offset of a device's inbox, for an entry of `size` body bytes. */
       next(dev: number, size = 0): number {
@@ -1149,7 +1163,12 @@ export function sqliteServerStore(
   }
 
   /** A read receipt: a status with the ids that count (see `receiptIds`) or, with none, nothing. */
-  function commitReceipt(w: Writer, item: ReceiptInput, toDevices: DeviceRow[], now: number): AppendOutcome {
+  function commitReceipt(
+    w: Writer,
+    item: ReceiptInput,
+    toDevices: readonly DeviceRef[],
+    now: number,
+  ): AppendOutcome {
     const records = item.ids.flatMap((id) => sql.sentGet.all(item.to, id) as SentRecord[]);
     const ids = receiptIds(item, records, (g) => {
       const row = sql.memberSince.get(g, item.from.user) as { since_ver: number } | undefined;
@@ -1329,8 +1348,8 @@ export function sqliteServerStore(
 
   /** One device's ack inside a running transaction: deletes the entries, queues `delivered`. */
   function ackIn(w: Writer, a: PendingAck, notify: NotifySet, written: WrittenEntry[]): number {
-    const row = sql.deviceId.get(a.device.user, a.device.device) as { id: number } | undefined;
-    if (!row) return 0;
+    const dev = directory.id(a.device.user, a.device.device);
+    if (dev === undefined) return 0;
     const user = a.device.user;
     let count = 0;
     // sender user → ids newly delivered to this (recipient) user
@@ -1339,7 +1358,7 @@ export function sqliteServerStore(
     // entry. The deletes stay one per entry: a ranged DELETE on a table with triggers first
     // collects its keys in a temporary table, costlier than the ten single deletes it replaces.
     for (const [lo, hi] of offsetRuns(a.offsets)) {
-      for (const e of sql.entriesAcked.all(user, row.id, lo, hi) as AckedRow[]) {
+      for (const e of sql.entriesAcked.all(user, dev, lo, hi) as AckedRow[]) {
         // Marked before the delete: the delete may take the message (and its marks) with it. The
         // last entry of a message (a 1:1 message to one device) only looks: its mark would go
         // with the message in the same transaction, a row written and deleted for nothing.
@@ -1347,7 +1366,7 @@ export function sqliteServerStore(
           const fresh = e.refs === 1 ? e.told === 0 : sql.markDelivered.run(e.message, user).changes === 1;
           if (fresh) queueStatus(delivered, e.from_user, user, e.msg_id!);
         }
-        sql.entryDelete.run(row.id, e.pos);
+        sql.entryDelete.run(dev, e.pos);
         count++;
       }
     }
@@ -1457,6 +1476,7 @@ export function sqliteServerStore(
         if (!took && sql.insertDevice.run(device.user, device.device, now).changes === 0) {
           return { count: 0, notify: [] };
         }
+        directory.forget(device.user);
         const { id } = sql.deviceId.get(device.user, device.device) as { id: number };
         const count = joinSnapshots(device.user, id, now);
         const waiting = count > 0 || (took && sql.inboxAny.get(id) !== undefined);
@@ -1469,6 +1489,7 @@ export function sqliteServerStore(
       return durably(() => {
         if (devicesOf(user).length > 0) return false; // a device, or a pending inbox already
         sql.insertDevice.run(user, PENDING_DEVICE, now);
+        directory.forget(user);
         const { id } = sql.deviceId.get(user, PENDING_DEVICE) as { id: number };
         joinSnapshots(user, id, now);
         return true;
@@ -1481,6 +1502,7 @@ export function sqliteServerStore(
         const rows = devicesOf(user);
         if (rows.length === 0) return undefined;
         for (const r of rows) dropDevice(r.id);
+        directory.forget(user);
         return realDevices(rows.map((r) => r.device));
       });
     },
@@ -1491,12 +1513,14 @@ export function sqliteServerStore(
         const row = sql.deviceId.get(device.user, device.device) as { id: number } | undefined;
         if (!row) return false;
         dropDevice(row.id);
+        directory.forget(device.user);
         return true;
       });
     },
 
     async devices(user: string): Promise<string[]> {
       check();
+      syncDirectory();
       return realDevices(devicesOf(user).map((r) => r.device));
     },
 
