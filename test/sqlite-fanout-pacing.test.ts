@@ -84,7 +84,7 @@ describe('SQLite store: sliced fan-out is paced by the WAL flushes', () => {
     expect(piled).toEqual([]);
     // Every 1:1 send is in bob's inbox (read page by page: there may be more than one page).
     let inBob = 0;
-    for (let after = 0; ; ) {
+    for (let after = 0; ;) {
       const page = await store.readInbox({ user: 'bob', device: 'b1' }, after, 1000);
       if (page.length === 0) break;
       inBob += page.length;

@@ -227,7 +227,8 @@ export interface ClientOptions {
    * that, the next ack frame leaves `ackDelayMs` after the previous one. Half the server's
    * delivery window of unsent acks goes out at once, so a drain never stalls; the sender's ✓✓
    * comes this much later at most. Acks of statuses (✓✓ entries, which nobody waits on) are
-   * quiet: they ride with the next frame written, or leave after 10 × this. 0 always acks as soon as the received entries are stored.
+   * quiet: they ride with the next frame written, or leave after 10 × this. 0 always acks as
+   * soon as the received entries are stored.
    * @default 25
    */
   ackDelayMs?: number;

@@ -831,8 +831,10 @@ export function sqliteServerStore(
     if (closed) throw new Error(`${LABEL}: the store is closed`);
   }
 
-  /** A user's devices (and pending inbox) in registration order, the order of their row ids. */
-  /** A user's devices in registration order, from the directory (shared: not to be changed). */
+  /**
+   * A user's devices (and pending inbox) in registration order, the order of their row ids, from
+   * the device directory (sqlite-devices.ts; the list is shared: not to be changed).
+   */
   function devicesOf(user: string): readonly DeviceRef[] {
     return directory.of(user);
   }
