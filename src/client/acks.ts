@@ -84,14 +84,15 @@ export class Acks {
   flush(): void {
     if (this.pending.length === 0 || !this.ctx.open) return;
     this.stop();
+    // Taken before the writes: the write hook (`carry`) then finds nothing pending.
     const all = this.pending;
+    this.pending = [];
+    this.quiet = true;
+    this.lastAckAt = this.ctx.clock.now();
     if (all.length <= ACK_FRAME_MAX) this.ctx.write({ t: 'ack', o: all });
     else
       for (let k = 0; k < all.length; k += ACK_FRAME_MAX)
         this.ctx.write({ t: 'ack', o: all.slice(k, k + ACK_FRAME_MAX) });
-    this.pending = [];
-    this.quiet = true;
-    this.lastAckAt = this.ctx.clock.now();
   }
 
   /** Cancels a paced flush (the connection ended). */

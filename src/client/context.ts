@@ -90,7 +90,7 @@ export class ClientContext {
   drop: (reason: string) => void = () => {};
   /** Runs when the serial queue runs dry (the ack pacing listens). */
   onIdle: () => void = () => {};
-  /** Runs before a frame other than an ack is written (pending acks may ride with it). */
+  /** Runs before a frame is written (pending acks may ride with it: acks.ts). */
   onWrite: () => void = () => {};
 
   /** Store work waiting to run, oldest first (`head` is the next one). */
@@ -121,7 +121,7 @@ export class ClientContext {
   /** Encodes and writes a frame on the current connection; nothing without one. */
   write(frame: ClientFrame): void {
     if (!this.conn) return;
-    if (frame.t !== 'ack') this.onWrite();
+    this.onWrite();
     this.lastSentAt = this.clock.now();
     this.conn.send(encodeFrame(frame));
   }
