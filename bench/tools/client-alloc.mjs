@@ -10,8 +10,10 @@
 // messages: first CPU (process.cpuUsage) and GC (a `gc` PerformanceObserver: scavenges, major
 // GCs, their time), then allocation (the inspector's sampling heap profiler with the objects
 // that scavenges and major GCs collected, so the estimate is of every byte allocated, not what
-// survived). The profiler is off in the CPU phase. The server lives in another process, so the
-// figures are the load process's alone.
+// survived). The profiler is off in the CPU phase. Last, what the engines keep: the heap after a
+// full collection, before the two phases and after them, over their messages (what every later
+// major GC marks: the memory client stores' history, mostly). The server lives in another
+// process, so the figures are the load process's alone.
 //
 //   npm run build
 //   node bench/tools/client-alloc.mjs [--builds base=dist/.base,new=dist] [--clients 100]
@@ -95,6 +97,13 @@ async function child() {
   }
 
   await phase(Math.min(M, 5000)); // warm-up: JIT, maps, the server's per-user state
+  const settle = async () => {
+    await new Promise((r) => setTimeout(r, 300)); // the last acks and their timers
+    globalThis.gc();
+    globalThis.gc();
+    return process.memoryUsage();
+  };
+  const kept0 = await settle();
 
   const gc = { minor: 0, major: 0, minorMs: 0, majorMs: 0 };
   const obs = new PerformanceObserver((list) => {
@@ -148,6 +157,7 @@ async function child() {
   await phase(M);
   const { profile } = await post('HeapProfiler.stopSampling');
   session.disconnect();
+  const kept1 = await settle();
 
   let bytes = 0;
   const byFn = new Map();
@@ -169,6 +179,8 @@ async function child() {
     scavengeMs: ((gc.minorMs / M) * 1000).toFixed(2),
     majors: gc.major,
     majorMs: gc.majorMs.toFixed(1),
+    keptHeap: Math.round((kept1.heapUsed - kept0.heapUsed) / (2 * M)),
+    keptOff: Math.round((kept1.arrayBuffers - kept0.arrayBuffers) / (2 * M)),
     top: top.map(([w, b]) => [w, Math.round(b / M)]),
   });
   process.exit(0);
@@ -215,16 +227,21 @@ async function driver() {
         v,
       ]);
       const r = await new Promise((resolve, reject) => {
-        const p = spawn(process.execPath, [fileURLToPath(import.meta.url), '--child', ...flags], {
-          stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-        });
+        const p = spawn(
+          process.execPath,
+          ['--expose-gc', fileURLToPath(import.meta.url), '--child', ...flags],
+          {
+            stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+          },
+        );
         p.on('message', resolve);
         p.on('exit', (code) => code && reject(new Error(`${name}: load process exited ${code}`)));
       });
       results.get(name).push(r);
       console.log(
         `round ${round + 1} ${name.padEnd(5)} CPU ${r.cpuUs} µs/msg  alloc ${(r.bytes / 1024).toFixed(1)} KB/msg  ` +
-          `scavenges ${r.scavenges}/1000 msgs (${r.scavengeMs} ms/1000)  major GCs ${r.majors} (${r.majorMs} ms)`,
+          `scavenges ${r.scavenges}/1000 msgs (${r.scavengeMs} ms/1000)  major GCs ${r.majors} (${r.majorMs} ms)  ` +
+          `kept ${r.keptHeap} B heap + ${r.keptOff} B buffers/msg`,
       );
       for (const [w, b] of r.top) console.log(`    ${String(b).padStart(6)} B  ${w}`);
     }
@@ -234,7 +251,8 @@ async function driver() {
   for (const [name, rs] of results) {
     console.log(
       `  ${name.padEnd(5)} CPU ${med(rs.map((r) => +r.cpuUs)).toFixed(1)} µs  alloc ${(med(rs.map((r) => r.bytes)) / 1024).toFixed(1)} KB  ` +
-        `scavenges ${med(rs.map((r) => +r.scavenges)).toFixed(2)} per 1000`,
+        `scavenges ${med(rs.map((r) => +r.scavenges)).toFixed(2)} per 1000  ` +
+        `kept ${med(rs.map((r) => r.keptHeap))} B heap + ${med(rs.map((r) => r.keptOff))} B buffers`,
     );
   }
   await server.close?.();

@@ -59,7 +59,7 @@ export interface OutboxEntry extends OutboxDraft, Partial<SendFailure> {
  * @internal
  */
 export function applyEntryStatus(
-  e: OutboxEntry,
+  e: Pick<OutboxEntry, 'status' | 'reason' | 'detail'>,
   status: MessageStatus,
   failure: SendFailure | undefined,
 ): void {
