@@ -13,7 +13,7 @@ import {
 import { createServer, type PostboxServer, type ServerOptions } from '../src/server/index.js';
 import { noMetrics } from '../src/server/metrics.js';
 import type { PushProvider } from '../src/server/push/types.js';
-import type { DeviceAddress } from '../src/server/store.js';
+import type { DeviceAddress, ServerStore } from '../src/server/store.js';
 import { createMemoryServerState, memoryServerStore } from '../src/server/stores/memory.js';
 import { VirtualClock } from '../src/testing/virtual-clock.js';
 import { memoryNetwork, type MemoryNetwork } from '../src/transport/memory.js';
@@ -217,6 +217,71 @@ describe('gateway nodes over one store and a cluster', () => {
     expect(bob.messages.map((m) => untext(m.body))).toEqual(['hi']);
     expect(alice.statuses.get(id)).toBe('delivered');
     expect(readsOf('alice/phone') - before).toBe(0);
+  });
+
+  it("a short message for a device on another node rides in the doorbell: the recipient's inbox is not read again", async () => {
+    const { store, readsOf } = countingStore();
+    cluster = await makeCluster(2, { store });
+    const alice = await cluster.device('alice', 'phone', 0);
+    const bob = await cluster.device('bob', 'phone', 1);
+    const tablet = await cluster.device('bob', 'tablet', 0); // bob's other device, on alice's node
+    await cluster.advance(100);
+    const before = readsOf('bob/phone');
+    for (const t of ['one', 'two', 'three']) await alice.client.send('bob', text(t));
+    await cluster.advance(200);
+    expect(bob.messages.map((m) => untext(m.body))).toEqual(['one', 'two', 'three']);
+    expect(tablet.messages.map((m) => untext(m.body))).toEqual(['one', 'two', 'three']);
+    expect(readsOf('bob/phone') - before).toBe(0);
+  });
+
+  it('a batch that wrote several entries for a device on another node rings its node once for it, with them all', async () => {
+    // Appends wait at a gate, so the sends that arrive meanwhile commit as one batch.
+    const inner = memoryServerStore({ state: createMemoryServerState() });
+    let gate: Promise<void> | undefined;
+    const store: ServerStore = {
+      ...inner,
+      async append(items, opts) {
+        await gate;
+        return inner.append(items, opts);
+      },
+    };
+    cluster = await makeCluster(2, { store });
+    const rings: Array<{ devices: string[]; carried: number }> = [];
+    const c = cluster.nodes[0]!.cluster;
+    const ring = c.ring.bind(c);
+    c.ring = (devices, entries) => {
+      rings.push({ devices: devices.map((d) => `${d.user}/${d.device}`), carried: entries?.length ?? 0 });
+      return ring(devices, entries);
+    };
+    const alice = await cluster.device('alice', 'phone', 0);
+    const bob = await cluster.device('bob', 'phone', 1);
+    await cluster.advance(100);
+    rings.length = 0;
+    let open = (): void => {};
+    gate = new Promise((r) => (open = r));
+    const sends = ['a', 'b', 'c', 'd'].map((t) => alice.client.send('bob', text(t)));
+    await cluster.advance(50);
+    open();
+    await cluster.advance(200);
+    await Promise.all(sends);
+    expect(bob.messages.map((m) => untext(m.body))).toEqual(['a', 'b', 'c', 'd']);
+    const forBob = rings.filter((r) => r.devices.includes('bob/phone'));
+    expect(forBob.some((r) => r.carried > 1)).toBe(true); // one batch wrote several
+    for (const r of forBob) expect(r.devices.filter((d) => d === 'bob/phone')).toHaveLength(1);
+  });
+
+  it('a message too long to ride is read from the inbox on the other node, in order with the short ones', async () => {
+    const { store, readsOf } = countingStore();
+    cluster = await makeCluster(2, { store });
+    const alice = await cluster.device('alice', 'phone', 0);
+    const bob = await cluster.device('bob', 'phone', 1);
+    await cluster.advance(100);
+    const before = readsOf('bob/phone');
+    const long = 'x'.repeat(4096);
+    for (const t of ['short', long, 'after']) await alice.client.send('bob', text(t));
+    await cluster.advance(300);
+    expect(bob.messages.map((m) => untext(m.body))).toEqual(['short', long, 'after']);
+    expect(readsOf('bob/phone') - before).toBeGreaterThan(0);
   });
 
   it('a group message fans out to members on every node, once each, in order', async () => {

@@ -226,6 +226,7 @@ export class Committer {
   private settle(batch: PendingCommit[], outcomes: AppendOutcome[]): void {
     const { metrics, tracer, router } = this.d;
     const notify: DeviceAddress[] = [];
+    const carried = router.carrying();
     for (let i = 0; i < batch.length; i++) {
       const p = batch[i]!;
       const out = outcomes[i]!;
@@ -238,8 +239,14 @@ export class Committer {
       if (out.ok) {
         p.session?.send({ t: 'ok', r: p.r });
         if (out.offsets && p.input.kind === 'msg' && !out.duplicate) {
-          router.deliverNew(p.input, out.ts, out.notify, out.offsets, notify);
-        } else for (const n of out.notify) notify.push(n);
+          router.deliverNew(p.input, out.ts, out.notify, out.offsets, notify, carried);
+        } else {
+          for (const n of out.notify) {
+            notify.push(n);
+            // What this item wrote is not known here: no later entry of the device may ride.
+            carried?.skip(n);
+          }
+        }
       } else if (p.session) {
         p.session.sendError(
           out.code,
@@ -249,7 +256,7 @@ export class Committer {
         );
       }
     }
-    router.ring(notify);
+    router.ring(notify, carried?.entries());
   }
 }
 

@@ -31,19 +31,67 @@ const MAX_CARRIED_PER_DEVICE = 8;
 /** Most message ids a status may name to ride in a doorbell (a doorbell stays small). */
 const MAX_CARRIED_IDS = 32;
 
+/** Largest message body that rides in a doorbell (a longer one is read from the inbox). */
+const MAX_CARRIED_BODY = 1024;
+
+/** Whether an entry is small enough to ride in a doorbell: a short status or a short message. */
+function canRide(entry: InboxEntry): entry is DoorbellEntry['entry'] {
+  if (entry.kind === 'status') return entry.ids.length <= MAX_CARRIED_IDS;
+  return entry.kind === 'msg' && entry.body.length <= MAX_CARRIED_BODY;
+}
+
 /**
- * Adds an entry to the ones that ride in a device's doorbell: only small statuses do, and a
- * device with any entry that cannot ride gets none (undefined): it reads its inbox.
+ * The entries that ride in one ring's doorbells, per device not connected to this node. A device
+ * with any entry that cannot ride gets none: its node reads its inbox, which has them all.
  */
-function carry(
-  list: DoorbellEntry[] | undefined,
-  device: DeviceAddress,
-  entry: InboxEntry,
-): DoorbellEntry[] | undefined {
-  if (!list || entry.kind !== 'status' || entry.ids.length > MAX_CARRIED_IDS) return undefined;
-  if (list.length >= MAX_CARRIED_PER_DEVICE) return undefined;
-  list.push({ device, entry });
-  return list;
+export class Carried {
+  /** device key → its entries so far, in offset order (undefined: it reads its inbox). */
+  private readonly byDevice = new Map<string, DoorbellEntry[] | undefined>();
+
+  /** Adds the next entry written for `device`. */
+  add(device: DeviceAddress, entry: InboxEntry): void {
+    const k = keyOf(device);
+    const list = this.byDevice.has(k) ? this.byDevice.get(k) : [];
+    if (!list || !canRide(entry) || list.length >= MAX_CARRIED_PER_DEVICE) this.byDevice.set(k, undefined);
+    else {
+      list.push({ device, entry });
+      this.byDevice.set(k, list);
+    }
+  }
+
+  /** `device` has entries in this ring that are not known here: none of its entries ride. */
+  skip(device: DeviceAddress): void {
+    this.byDevice.set(keyOf(device), undefined);
+  }
+
+  /** What rides, over every device (undefined when nothing does). */
+  entries(): DoorbellEntry[] | undefined {
+    let out: DoorbellEntry[] | undefined;
+    for (const list of this.byDevice.values()) if (list) (out ??= []).push(...list);
+    return out;
+  }
+}
+
+/** The inbox entry a just-committed message is for device `d` (its own envelope when sealed). */
+function messageEntry(
+  input: MessageInput,
+  ts: number,
+  offset: number,
+  bodies: Map<string, Uint8Array> | undefined,
+  d: DeviceAddress,
+): InboxEntry {
+  const e: InboxEntry = {
+    offset,
+    kind: 'msg',
+    id: input.id,
+    from: input.from,
+    to: input.to,
+    seq: input.seq,
+    ts,
+    body: bodies?.get(keyOf(d)) ?? input.body,
+  };
+  if (input.group) e.group = true;
+  return e;
 }
 
 /** What routing needs of the engine. */
@@ -64,6 +112,11 @@ export class Router {
 
   constructor(private readonly d: RouterDeps) {}
 
+  /** A collector of the entries that ride in one ring's doorbells; none without a cluster. */
+  carrying(): Carried | undefined {
+    return this.d.cluster ? new Carried() : undefined;
+  }
+
   /** The open session of a device on this node. */
   session(addr: DeviceAddress): Session | undefined {
     return this.sessions.get(keyOf(addr));
@@ -72,7 +125,9 @@ export class Router {
   /**
    * Pushes a just-committed message straight to each recipient session that has delivered
    * everything before it (the common case for online devices), without reading it back from the
-   * store, and encoded straight from what was committed; the others go to `ring`.
+   * store, and encoded straight from what was committed; the others go to `ring`. With a
+   * cluster, the entry of a device not connected here goes to `carried` too, so that a short
+   * message rides in its node's doorbell and is pushed there without a read.
    */
   deliverNew(
     input: MessageInput,
@@ -80,6 +135,7 @@ export class Router {
     devices: DeviceAddress[],
     offsets: number[],
     ring: DeviceAddress[],
+    carried?: Carried,
   ): void {
     const { cluster, tracer } = this.d;
     const remote = cluster !== undefined || this.d.push.enabled;
@@ -92,7 +148,9 @@ export class Router {
       const s = this.sessions.get(keyOf(d));
       if (!s) {
         // Not here: the entry waits in its inbox; its node is rung (or a push wakes it).
-        if (remote) ring.push(d);
+        if (!remote) continue;
+        ring.push(d);
+        carried?.add(d, messageEntry(input, ts, offsets[i]!, bodies, d));
         continue;
       }
       const offset = offsets[i]!;
@@ -120,26 +178,25 @@ export class Router {
     if (!res.entries) return this.ring(res.notify);
     const ring: DeviceAddress[] = [];
     const seen = new Map<string, boolean>(); // device → all its entries so far went out
-    // Device not connected here → the entries that ride in its doorbell (undefined: none can).
-    const away = this.d.cluster ? new Map<string, DoorbellEntry[] | undefined>() : undefined;
+    // Devices not connected here: the entries that ride in their doorbells.
+    const away = this.d.cluster ? new Carried() : undefined;
     for (const { device, entry } of res.entries) {
       const k = keyOf(device);
-      if (seen.get(k) === false) {
-        // An earlier entry could not go: the read (or the doorbell) takes them all.
-        if (away?.has(k)) away.set(k, carry(away.get(k), device, entry));
+      const s = this.sessions.get(k);
+      if (!s) {
+        if (!seen.has(k)) ring.push(device);
+        seen.set(k, false);
+        away?.add(device, entry);
         continue;
       }
-      const s = this.sessions.get(k);
-      const sent = s?.offer(entry) ?? false;
+      // An earlier entry could not go: the read takes them all.
+      if (seen.get(k) === false) continue;
+      const sent = s.offer(entry);
       seen.set(k, sent);
-      if (sent) continue;
-      ring.push(device);
-      if (!s && away) away.set(k, carry([], device, entry));
+      if (!sent) ring.push(device);
     }
     for (const d of res.notify) if (!seen.has(keyOf(d))) ring.push(d);
-    let carried: DoorbellEntry[] | undefined;
-    for (const list of away?.values() ?? []) if (list) (carried ??= []).push(...list);
-    this.ring(ring, carried);
+    this.ring(ring, away?.entries());
   }
 
   /**
@@ -169,20 +226,25 @@ export class Router {
    */
   ring(devices: DeviceAddress[], carried?: DoorbellEntry[]): void {
     const { cluster, push } = this.d;
-    if (devices.length > 0) this.d.metrics.doorbell(devices.length);
     let remote: DeviceAddress[] | undefined;
+    // A batch lists a device once per entry it wrote for it: one doorbell each is enough.
+    const rung = new Set<string>();
     for (const d of devices) {
+      const k = keyOf(d);
+      if (rung.has(k)) continue;
+      rung.add(k);
       if (isPendingDevice(d.device)) {
         // A pending inbox has no connection, token or node. Its user's first device may have
         // taken it over after the commit listed it: a session of the user here reads again.
         for (const s of this.userSessions.get(d.user) ?? []) s.notify();
         continue;
       }
-      const s = this.sessions.get(keyOf(d));
+      const s = this.sessions.get(k);
       if (s) s.notify();
       else if (cluster) (remote ??= []).push(d);
       else if (push.enabled) void push.wake(d);
     }
+    if (rung.size > 0) this.d.metrics.doorbell(rung.size);
     if (remote) this.ringRemote(remote, carried).catch((e) => this.d.log.warn('cluster ring failed', e));
   }
 

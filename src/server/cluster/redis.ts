@@ -114,16 +114,51 @@ const CONNECT_TIMEOUT_MS = 5000;
  */
 function doorbellMember(d: DeviceAddress, entries: DoorbellEntry[] | undefined): string {
   const mine = entries?.filter((e) => e.device.user === d.user && e.device.device === d.device);
-  return mine?.length ? JSON.stringify([d.user, d.device, ...mine.map((e) => e.entry)]) : deviceKey(d);
+  if (!mine?.length) return deviceKey(d);
+  // JSON has no bytes: a message's body goes as base64.
+  const wire = mine.map(({ entry }) =>
+    entry.kind === 'msg' ? { ...entry, body: Buffer.from(entry.body).toString('base64') } : entry,
+  );
+  return JSON.stringify([d.user, d.device, ...wire]);
 }
 
-/** The entries a doorbell member carries that read as status entries; others are dropped. */
+const isStr = (v: unknown): v is string => typeof v === 'string';
+const isNum = (v: unknown): v is number => typeof v === 'number';
+
+/**
+ * The entries a doorbell member carries that read as a status or a message entry; others are
+ * dropped (the device's node then reads its inbox, which has them).
+ */
 function carriedEntries(device: DeviceAddress, rest: unknown[]): DoorbellEntry[] {
   const out: DoorbellEntry[] = [];
   for (const e of rest) {
-    const x = e as DoorbellEntry['entry'];
-    if (x && x.kind === 'status' && typeof x.offset === 'number' && Array.isArray(x.ids))
-      out.push({ device, entry: x });
+    const x = e as Record<string, unknown> | null;
+    if (!x || !isNum(x.offset)) continue;
+    if (x.kind === 'status' && Array.isArray(x.ids)) out.push({ device, entry: x as DoorbellEntry['entry'] });
+    const from = x.from as Record<string, unknown> | undefined;
+    if (
+      x.kind === 'msg' &&
+      isStr(x.id) &&
+      isStr(x.to) &&
+      isNum(x.seq) &&
+      isNum(x.ts) &&
+      isStr(x.body) &&
+      isStr(from?.user) &&
+      isStr(from?.device)
+    ) {
+      const entry: DoorbellEntry['entry'] = {
+        offset: x.offset,
+        kind: 'msg',
+        id: x.id,
+        from: { user: from.user, device: from.device },
+        to: x.to,
+        seq: x.seq,
+        ts: x.ts,
+        body: new Uint8Array(Buffer.from(x.body, 'base64')),
+      };
+      if (x.group === true) entry.group = true;
+      out.push({ device, entry });
+    }
   }
   return out;
 }

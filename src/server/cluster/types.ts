@@ -110,13 +110,16 @@ export interface TypingNotice {
 export type Unsubscribe = () => void;
 
 /**
- * A small inbox entry (a status) that rides in a doorbell to the node holding its device, so that
- * node pushes it without reading the inbox back (issue 19, item 3). A hint like the doorbell
- * itself: it was committed before the ring, and a node that cannot use it reads the inbox.
+ * A small inbox entry (a status naming few messages, or a message with a short body) that rides
+ * in a doorbell to the node holding its device, so that node pushes it without reading the inbox
+ * back (issue 19, item 3). A hint like the doorbell itself: it was committed before the ring, and
+ * a node that cannot use it reads the inbox. A message's `body` is bytes: an adapter that sends
+ * doorbells over a text channel encodes it (the Redis adapter: base64), and one that cannot
+ * carry an entry drops it (the device's node then reads).
  */
 export interface DoorbellEntry {
   device: DeviceAddress;
-  entry: Extract<InboxEntry, { kind: 'status' }>;
+  entry: Extract<InboxEntry, { kind: 'status' | 'msg' }>;
 }
 
 /**
