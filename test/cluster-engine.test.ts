@@ -237,11 +237,11 @@ describe('gateway nodes over one store and a cluster', () => {
   it('a batch that wrote several entries for a device on another node rings its node once for it, with them all', async () => {
     // Appends wait at a gate, so the sends that arrive meanwhile commit as one batch.
     const inner = memoryServerStore({ state: createMemoryServerState() });
-    let gate: Promise<void> | undefined;
+    const gate = { shut: Promise.resolve() };
     const store: ServerStore = {
       ...inner,
       async append(items, opts) {
-        await gate;
+        await gate.shut;
         return inner.append(items, opts);
       },
     };
@@ -258,7 +258,7 @@ describe('gateway nodes over one store and a cluster', () => {
     await cluster.advance(100);
     rings.length = 0;
     let open = (): void => {};
-    gate = new Promise((r) => (open = r));
+    gate.shut = new Promise((r) => (open = r));
     const sends = ['a', 'b', 'c', 'd'].map((t) => alice.client.send('bob', text(t)));
     await cluster.advance(50);
     open();
