@@ -109,11 +109,10 @@ const CONNECT_TIMEOUT_MS = 5000;
 
 /**
  * A device as a doorbell names it: `[user, device]` (its {@link deviceKey}), followed by the
- * entries that ride with the ring for it. A node that knows nothing of entries reads the first
- * two elements only.
+ * entries that ride with the ring for it (`mine`: its own). A node that knows nothing of entries
+ * reads the first two elements only.
  */
-function doorbellMember(d: DeviceAddress, entries: DoorbellEntry[] | undefined): string {
-  const mine = entries?.filter((e) => e.device.user === d.user && e.device.device === d.device);
+function doorbellMember(d: DeviceAddress, mine: DoorbellEntry[] | undefined): string {
   if (!mine?.length) return deviceKey(d);
   // JSON has no bytes: a message's body goes as base64.
   const wire = mine.map(({ entry }) =>
@@ -229,12 +228,13 @@ return out
 // KEYS: dev keys. ARGV: prefix, my inc, message head (e.g. '"t":"d"'), members (same order).
 // → indexes (1-based) held by me. Doorbells and closes both go to the nodes holding the devices.
 const RING = `${ALIVE}
-local p, me, head, by, mine = ARGV[1], ARGV[2], ARGV[3], {}, {}
+local p, me, head, by, mine, live = ARGV[1], ARGV[2], ARGV[3], {}, {}, {}
 for i, k in ipairs(KEYS) do
   local inc = redis.call('GET', k)
+  if inc and inc ~= me and live[inc] == nil then live[inc] = alive(p, inc) end
   if inc == me then
     mine[#mine + 1] = i
-  elseif inc and alive(p, inc) then
+  elseif inc and live[inc] then
     if by[inc] == nil then by[inc] = {} end
     table.insert(by[inc], ARGV[i + 3])
   end
@@ -665,6 +665,14 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     async ring(list, entries) {
       if (nodeId === undefined || !cmd) return;
       try {
+        // Each device's own entries, found once (not by scanning them all per device).
+        let byDevice: Map<string, DoorbellEntry[]> | undefined;
+        for (const e of entries ?? []) {
+          const k = deviceKey(e.device);
+          const mine = (byDevice ??= new Map()).get(k);
+          if (mine) mine.push(e);
+          else byDevice.set(k, [e]);
+        }
         for (const part of chunks(list, CHUNK)) {
           const mine = await cmd.pbRing(
             part.length,
@@ -672,7 +680,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
             prefix,
             inc!,
             '"t":"d"',
-            ...part.map((d) => doorbellMember(d, entries)),
+            ...part.map((d) => doorbellMember(d, byDevice?.get(deviceKey(d)))),
           );
           if (mine.length > 0) {
             const here = mine.map((i) => part[i - 1]!);
