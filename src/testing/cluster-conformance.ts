@@ -235,9 +235,21 @@ export function clusterConformance(subject: ClusterSubject): ConformanceCase[] {
       by: 'carol',
       ts: 1,
     });
+    // A short message rides too; its body is bytes (every value), which a text channel encodes.
+    const message: DoorbellEntry['entry'] = {
+      offset: 10,
+      kind: 'msg',
+      id: 'm4',
+      from: { user: 'carol', device: 'laptop' },
+      to: 'bob',
+      seq: 3,
+      ts: 2,
+      body: Uint8Array.from({ length: 256 }, (_, i) => i),
+    };
     const toBob = [
       { device: bob1, entry: status(7, ['m1']) },
       { device: bob1, entry: status(9, ['m2', 'm3']) },
+      { device: bob1, entry: message },
     ];
     await a.node.ring([alice1, bob1], [{ device: alice1, entry: status(3, ['m0']) }, ...toBob]);
     await eventually('doorbells arrive', 1000, () => carried.length >= 2);
