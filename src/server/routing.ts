@@ -8,7 +8,7 @@
  * @packageDocumentation
  */
 import { encodeAtOffset, encodeFrame } from '../protocol/index.js';
-import { deviceKey } from './cluster/common.js';
+import { deviceKey, entriesByDevice } from './cluster/common.js';
 import type { ClusterAdapter, DoorbellEntry } from './cluster/types.js';
 import type { ServerMetrics } from './metrics.js';
 import type { Logger } from './options.js';
@@ -204,19 +204,13 @@ export class Router {
    * when it can take them at once, and reads its inbox otherwise.
    */
   doorbell(devices: DeviceAddress[], entries: DoorbellEntry[] | undefined): void {
-    let byDevice: Map<string, InboxEntry[]> | undefined;
-    for (const e of entries ?? []) {
-      const k = keyOf(e.device);
-      const list = (byDevice ??= new Map()).get(k);
-      if (list) list.push(e.entry);
-      else byDevice.set(k, [e.entry]);
-    }
+    const byDevice = entriesByDevice(entries);
     for (const d of devices) {
       const k = keyOf(d);
       const s = this.sessions.get(k);
       if (!s) continue;
       const mine = byDevice?.get(k);
-      if (!mine || !mine.every((e) => s.offer(e))) s.notify();
+      if (!mine || !mine.every((e) => s.offer(e.entry))) s.notify();
     }
   }
 

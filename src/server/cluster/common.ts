@@ -26,6 +26,20 @@ export function entriesFor(
   return out.length > 0 ? out : undefined;
 }
 
+/** A ring's carried entries by device ({@link deviceKey}), each device's in order; undefined when none. */
+export function entriesByDevice(
+  entries: readonly DoorbellEntry[] | undefined,
+): Map<string, DoorbellEntry[]> | undefined {
+  let out: Map<string, DoorbellEntry[]> | undefined;
+  for (const e of entries ?? []) {
+    const k = deviceKey(e.device);
+    const mine = (out ??= new Map()).get(k);
+    if (mine) mine.push(e);
+    else out.set(k, [e]);
+  }
+  return out;
+}
+
 /** A random suffix that makes a node incarnation unique. */
 export function incarnationToken(): string {
   const bytes = new Uint8Array(6);

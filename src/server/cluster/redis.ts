@@ -24,7 +24,7 @@
  * @packageDocumentation
  */
 import { Redis, type RedisOptions } from 'ioredis';
-import { NodeCore, deviceKey, entriesFor, incarnationToken } from './common.js';
+import { NodeCore, deviceKey, entriesByDevice, entriesFor, incarnationToken } from './common.js';
 import type {
   ClusterAdapter,
   DeviceAddress,
@@ -666,13 +666,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
       if (nodeId === undefined || !cmd) return;
       try {
         // Each device's own entries, found once (not by scanning them all per device).
-        let byDevice: Map<string, DoorbellEntry[]> | undefined;
-        for (const e of entries ?? []) {
-          const k = deviceKey(e.device);
-          const mine = (byDevice ??= new Map()).get(k);
-          if (mine) mine.push(e);
-          else byDevice.set(k, [e]);
-        }
+        const byDevice = entriesByDevice(entries);
         for (const part of chunks(list, CHUNK)) {
           const mine = await cmd.pbRing(
             part.length,
