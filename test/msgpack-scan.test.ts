@@ -6,18 +6,12 @@ import { describe, expect, it } from 'vitest';
 import { scanMsgpack } from '../src/protocol/msgpack-scan.js';
 import { encodeFrame, peekClientRequestId } from '../src/protocol/codec.js';
 import type { ClientFrame } from '../src/protocol/frames.js';
+import { seededRandom } from '../src/util/clock.js';
 
 const packr = new Packr({ useRecords: false, variableMapSize: true, moreTypes: false });
 
-/** A small seeded PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The project's seeded PRNG (mulberry32). */
+const rng = seededRandom;
 
 /** A random plain msgpack value: every non-extension type msgpackr writes, nested. */
 function value(r: () => number, depth = 0): unknown {
