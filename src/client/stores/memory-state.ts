@@ -11,13 +11,14 @@ import { ByteSlab } from './memory-bytes.js';
 
 /**
  * Opaque durable state of a memory client store; a new store over the same state is a "re-open
- * after a crash". Its contents are private to this module and may change between versions.
+ * after a crash". Its contents are private to the memory client store and may change between versions.
  */
 export interface MemoryClientState {
   /** Brand that keeps other objects from passing as a state; nothing else is public. */
   readonly kind: 'postbox.memory-client-state';
 }
 
+/** What a {@link MemoryClientState} is inside: the records and their indexes. Not part of the package's API. */
 export interface ClientData extends MemoryClientState {
   /** conversation → last sequence number handed out. */
   seqs: Map<string, number>;
@@ -195,6 +196,7 @@ function intern(data: ClientData, name: string): string {
   return name;
 }
 
+/** The list under `key`, made empty when there is none. */
 export function listIn<K, V>(map: Map<K, V[]>, key: K): V[] {
   let list = map.get(key);
   if (!list) map.set(key, (list = []));
