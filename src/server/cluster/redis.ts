@@ -116,7 +116,14 @@ function doorbellMember(d: DeviceAddress, mine: DoorbellEntry[] | undefined): st
   if (!mine?.length) return deviceKey(d);
   // JSON has no bytes: a message's body goes as base64.
   const wire = mine.map(({ entry }) =>
-    entry.kind === 'msg' ? { ...entry, body: Buffer.from(entry.body).toString('base64') } : entry,
+    entry.kind === 'msg'
+      ? {
+          ...entry,
+          body: Buffer.from(entry.body.buffer, entry.body.byteOffset, entry.body.byteLength).toString(
+            'base64',
+          ),
+        }
+      : entry,
   );
   return JSON.stringify([d.user, d.device, ...wire]);
 }
@@ -153,6 +160,7 @@ function carriedEntries(device: DeviceAddress, rest: unknown[]): DoorbellEntry[]
         to: x.to,
         seq: x.seq,
         ts: x.ts,
+        // Its own bytes: a small decoded Buffer is a view of a shared pool it would keep alive.
         body: new Uint8Array(Buffer.from(x.body, 'base64')),
       };
       if (x.group === true) entry.group = true;
