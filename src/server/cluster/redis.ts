@@ -140,7 +140,10 @@ function carriedEntries(device: DeviceAddress, rest: unknown[]): DoorbellEntry[]
   for (const e of rest) {
     const x = e as Record<string, unknown> | null;
     if (!x || !isNum(x.offset)) continue;
-    if (x.kind === 'status' && Array.isArray(x.ids)) out.push({ device, entry: x as DoorbellEntry['entry'] });
+    if (x.kind === 'status' && Array.isArray(x.ids)) {
+      out.push({ device, entry: x as DoorbellEntry['entry'] });
+      continue;
+    }
     const from = x.from as Record<string, unknown> | undefined;
     if (
       x.kind === 'msg' &&
