@@ -2,9 +2,12 @@
 // an ack wrote, and the short messages a send wrote, for a device on another node ride in that
 // node's doorbell (the engine's side is proven in cluster-engine.test.ts). Here: each built-in
 // adapter carries them unchanged, a message's body byte for byte.
+import { Redis } from 'ioredis';
+import { Packr } from 'msgpackr';
 import { describe, expect, it } from 'vitest';
 import { memoryClusterHub } from '../src/server/cluster/local.js';
 import { redisCluster } from '../src/server/cluster/redis.js';
+import { DOORBELL_MARK, doorbellMember, readDoorbell } from '../src/server/cluster/redis-doorbell.js';
 import type { ClusterAdapter, DoorbellEntry } from '../src/server/cluster/types.js';
 import type { DeviceAddress } from '../src/server/store.js';
 import { Carried } from '../src/server/routing.js';
@@ -72,6 +75,72 @@ describe('doorbells that carry entries', () => {
       }
     },
   );
+
+  it.skipIf(unreachable !== undefined && !process.env.POSTBOX_REQUIRE_SERVICES)(
+    `a JSON doorbell from a node older than the binary one still rings its devices, without taking its entries${unreachable ? ` (SKIPPED: ${unreachable})` : ''}`,
+    async () => {
+      const prefix = `postbox-test:${Math.random().toString(36).slice(2)}:`;
+      const b = redisCluster({ redis: REDIS_URL, prefix, ttlMs: 400 });
+      const got: unknown[] = [];
+      b.onDoorbell((devices, entries) => got.push([devices, entries]));
+      const r = new Redis(REDIS_URL);
+      try {
+        await b.start('B');
+        await b.register(bob);
+        const [inc] = await r.smembers(`${prefix}nodes`);
+        // The form a node before 7 Dec 2026 published: JSON, entries after the device's name.
+        const old = JSON.stringify({ t: 'd', d: [['bob', 'phone', { ...status }]] });
+        await r.publish(`${prefix}n:${inc}`, old);
+        for (let i = 0; i < 100 && got.length === 0; i++) await new Promise((res) => setTimeout(res, 10));
+        expect(got).toEqual([[[bob], undefined]]);
+      } finally {
+        r.disconnect();
+        await b.stop();
+        await deleteRedisPrefix(prefix);
+      }
+    },
+  );
+});
+
+describe("the Redis doorbell's bytes", () => {
+  const packr = new Packr({ useRecords: false, moreTypes: false });
+  const tab: DeviceAddress = { user: 'bob', device: 'tablet' };
+  const payload = (...members: Buffer[]): Buffer => Buffer.concat([Buffer.from(DOORBELL_MARK), ...members]);
+
+  it('a ring of several devices reads back as rung: every device, each with its own entries, a body byte for byte', () => {
+    const got = readDoorbell(payload(doorbellMember(bob, carried), doorbellMember(tab, undefined)));
+    expect(got).toEqual({ devices: [bob, tab], entries: carried });
+    const body = (got.entries![1]!.entry as { body: Uint8Array }).body;
+    expect(Object.getPrototypeOf(body)).toBe(Uint8Array.prototype);
+  });
+
+  it('an entry that does not read as one a doorbell may carry is dropped, not trusted: the device is still rung, its other entries kept', () => {
+    // Each spoils one field of a message or status tuple (see redis-doorbell.ts for the layout).
+    const spoilt: unknown[][] = [
+      [0, 5, 'm3', 'alice', 'laptop', 'g1', 1, 9, 6, 'not bytes'],
+      [0, 'five', 'm3', 'alice', 'laptop', 'g1', 1, 9, 6, new Uint8Array(1)],
+      [0, 5, 7, 'alice', 'laptop', 'g1', 1, 9, 6, new Uint8Array(1)],
+      [1, 4, 'seen', ['m1'], 'alice', 5],
+      [1, 4, 'read', [1, 2], 'alice', 5],
+      [1, 4, 'read', ['m1'], null, 5],
+      [9, 4],
+      'not a tuple',
+    ];
+    for (const bad of spoilt) {
+      const member = packr.pack(['bob', 'phone', bad, [1, 4, 'read', ['m1', 'm2'], 'alice', 5]]);
+      expect(readDoorbell(payload(member)), JSON.stringify(bad)).toEqual({
+        devices: [bob],
+        entries: [{ device: bob, entry: status }],
+      });
+    }
+  });
+
+  it('a member that names no device is skipped; bytes that are not msgpack throw (the adapter reports a lost hint)', () => {
+    expect(readDoorbell(payload(packr.pack([1, 'phone']), doorbellMember(tab, undefined)))).toEqual({
+      devices: [tab],
+    });
+    expect(() => readDoorbell(payload(Buffer.from([0x92, 0xa3, 0x62])))).toThrow();
+  });
 });
 
 describe('which entries ride', () => {

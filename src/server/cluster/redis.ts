@@ -25,10 +25,10 @@
  */
 import { Redis, type RedisOptions } from 'ioredis';
 import { NodeCore, deviceKey, entriesByDevice, entriesFor, incarnationToken } from './common.js';
+import { DOORBELL_MARK, doorbellMember, isDoorbell, readDoorbell } from './redis-doorbell.js';
 import type {
   ClusterAdapter,
   DeviceAddress,
-  DoorbellEntry,
   PresenceEvent,
   PresenceState,
   RegisterResult,
@@ -107,72 +107,6 @@ export interface RedisClusterAdapter extends ClusterAdapter {
 /** How long opening a connection to Redis may take (unless the `redis` options say otherwise). */
 const CONNECT_TIMEOUT_MS = 5000;
 
-/**
- * A device as a doorbell names it: `[user, device]` (its {@link deviceKey}), followed by the
- * entries that ride with the ring for it (`mine`: its own). A node that knows nothing of entries
- * reads the first two elements only.
- */
-function doorbellMember(d: DeviceAddress, mine: DoorbellEntry[] | undefined): string {
-  if (!mine?.length) return deviceKey(d);
-  // JSON has no bytes: a message's body goes as base64.
-  const wire = mine.map(({ entry }) =>
-    entry.kind === 'msg'
-      ? {
-          ...entry,
-          body: Buffer.from(entry.body.buffer, entry.body.byteOffset, entry.body.byteLength).toString(
-            'base64',
-          ),
-        }
-      : entry,
-  );
-  return JSON.stringify([d.user, d.device, ...wire]);
-}
-
-const isStr = (v: unknown): v is string => typeof v === 'string';
-const isNum = (v: unknown): v is number => typeof v === 'number';
-
-/**
- * The entries a doorbell member carries that read as a status or a message entry; others are
- * dropped (the device's node then reads its inbox, which has them).
- */
-function carriedEntries(device: DeviceAddress, rest: unknown[]): DoorbellEntry[] {
-  const out: DoorbellEntry[] = [];
-  for (const e of rest) {
-    const x = e as Record<string, unknown> | null;
-    if (!x || !isNum(x.offset)) continue;
-    if (x.kind === 'status' && Array.isArray(x.ids)) {
-      out.push({ device, entry: x as DoorbellEntry['entry'] });
-      continue;
-    }
-    const from = x.from as Record<string, unknown> | undefined;
-    if (
-      x.kind === 'msg' &&
-      isStr(x.id) &&
-      isStr(x.to) &&
-      isNum(x.seq) &&
-      isNum(x.ts) &&
-      isStr(x.body) &&
-      isStr(from?.user) &&
-      isStr(from?.device)
-    ) {
-      const entry: DoorbellEntry['entry'] = {
-        offset: x.offset,
-        kind: 'msg',
-        id: x.id,
-        from: { user: from.user, device: from.device },
-        to: x.to,
-        seq: x.seq,
-        ts: x.ts,
-        // Its own bytes: a small decoded Buffer is a view of a shared pool it would keep alive.
-        body: new Uint8Array(Buffer.from(x.body, 'base64')),
-      };
-      if (x.group === true) entry.group = true;
-      out.push({ device, entry });
-    }
-  }
-  return out;
-}
-
 /** Devices per script run in `ring`/`locate`, so one call cannot stall Redis. */
 const CHUNK = 1000;
 
@@ -236,10 +170,11 @@ end
 return out
 `;
 
-// KEYS: dev keys. ARGV: prefix, my inc, message head (e.g. '"t":"d"'), members (same order).
-// → indexes (1-based) held by me. Doorbells and closes both go to the nodes holding the devices.
+// KEYS: dev keys. ARGV: prefix, my inc, what a publish starts with, what goes between members,
+// what it ends with, members (same order). → indexes (1-based) held by me. Doorbells (binary, see
+// redis-doorbell.ts) and closes (JSON) both go to the nodes holding the devices.
 const RING = `${ALIVE}
-local p, me, head, by, mine, live = ARGV[1], ARGV[2], ARGV[3], {}, {}, {}
+local p, me, open, sep, close, by, mine, live = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], {}, {}, {}
 for i, k in ipairs(KEYS) do
   local inc = redis.call('GET', k)
   if inc and inc ~= me and live[inc] == nil then live[inc] = alive(p, inc) end
@@ -247,11 +182,11 @@ for i, k in ipairs(KEYS) do
     mine[#mine + 1] = i
   elseif inc and live[inc] then
     if by[inc] == nil then by[inc] = {} end
-    table.insert(by[inc], ARGV[i + 3])
+    table.insert(by[inc], ARGV[i + 5])
   end
 end
 for inc, list in pairs(by) do
-  redis.call('PUBLISH', p .. 'n:' .. inc, '{' .. head .. ',"d":[' .. table.concat(list, ',') .. ']}')
+  redis.call('PUBLISH', p .. 'n:' .. inc, open .. table.concat(list, sep) .. close)
 end
 return mine
 `;
@@ -333,7 +268,7 @@ interface Scripts {
   pbRegister(...args: string[]): Promise<[string, number, number]>;
   pbUnregister(...args: string[]): Promise<[number, number, number]>;
   pbLocate(...args: Array<string | number>): Promise<string[]>;
-  pbRing(...args: Array<string | number>): Promise<number[]>;
+  pbRing(...args: Array<string | number | Buffer>): Promise<number[]>;
   pbPresence(...args: Array<string | number>): Promise<number[]>;
   pbTyping(...args: Array<string | number>): Promise<number>;
   pbHeartbeat(...args: Array<string | number>): Promise<number>;
@@ -441,30 +376,40 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     return r as Redis & Scripts;
   };
 
-  const onMessage = (channel: string, message: string): void => {
+  const onMessage = (channelBytes: Buffer, payload: Buffer): void => {
+    const channel = channelBytes.toString();
+    const mine = inc !== undefined && channel === `${prefix}n:${inc}`;
+    if (mine && isDoorbell(payload)) {
+      let rung: ReturnType<typeof readDoorbell>;
+      try {
+        rung = readDoorbell(payload);
+      } catch (e) {
+        onError(e); // a lost hint: the inbox still has the entries
+        return;
+      }
+      if (rung.devices.length > 0) core.doorbell.emit(rung.devices, rung.entries);
+      return;
+    }
     let m: {
       t?: string;
-      d?: Array<[string, string, ...unknown[]]>;
+      d?: Array<[string, string]>;
       u?: string[];
       n?: TypingNotice;
       c?: number;
       k?: string;
     } & Partial<PresenceEvent>;
     try {
-      m = JSON.parse(message) as typeof m;
+      m = JSON.parse(payload.toString()) as typeof m;
     } catch (e) {
       onError(e);
       return;
     }
-    if (inc !== undefined && channel === `${prefix}n:${inc}`) {
+    if (mine) {
       const devices = (m.d ?? []).map(([user, device]) => ({ user, device }));
-      if (m.t === 'd') {
-        let entries: DoorbellEntry[] | undefined;
-        (m.d ?? []).forEach(([, , ...rest], i) => {
-          if (rest.length > 0) (entries ??= []).push(...carriedEntries(devices[i]!, rest));
-        });
-        core.doorbell.emit(devices, entries);
-      } else if (m.t === 'r') {
+      // A JSON doorbell comes from a node older than the binary one (a rolling upgrade): its
+      // devices read their inboxes; the entries it may carry are not trusted in that form.
+      if (m.t === 'd') core.doorbell.emit(devices);
+      else if (m.t === 'r') {
         for (const d of devices) core.local.delete(deviceKey(d));
         core.replaced.emit(devices);
       } else if (m.t === 't' && m.u && m.n) core.typing.emit(m.u, m.n);
@@ -616,7 +561,8 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
       if (nodeId !== undefined) throw new Error(`cluster node already started as ${nodeId}`);
       cmd = defineScripts(connect(false));
       sub = connect(true);
-      sub.on('message', onMessage);
+      // Bytes, not strings: a doorbell is msgpack (ioredis then skips its own toString).
+      sub.on('messageBuffer', onMessage);
       try {
         await Promise.all([ready(cmd), ready(sub)]);
         nodeId = id;
@@ -684,7 +630,9 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
             ...part.map(devKey),
             prefix,
             inc!,
-            '"t":"d"',
+            DOORBELL_MARK,
+            '',
+            '',
             ...part.map((d) => doorbellMember(d, byDevice?.get(deviceKey(d)))),
           );
           if (mine.length > 0) {
@@ -747,13 +695,14 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
       if (nodeId === undefined || !cmd) return;
       try {
         for (const part of chunks(list, CHUNK)) {
-          const head = `"t":"c","c":${Math.trunc(code)}`;
           const mine = await cmd.pbRing(
             part.length,
             ...part.map(devKey),
             prefix,
             inc!,
-            head,
+            `{"t":"c","c":${Math.trunc(code)},"d":[`,
+            ',',
+            ']}',
             ...part.map(deviceKey),
           );
           if (mine.length > 0)
