@@ -116,7 +116,7 @@ describe("the Redis doorbell's bytes", () => {
 
   it('an entry that does not read as one a doorbell may carry is dropped, not trusted: the device is still rung, its other entries kept', () => {
     // Each spoils one field of a message or status tuple (see redis-doorbell.ts for the layout).
-    const spoilt: unknown[][] = [
+    const spoilt: unknown[] = [
       [0, 5, 'm3', 'alice', 'laptop', 'g1', 1, 9, 6, 'not bytes'],
       [0, 'five', 'm3', 'alice', 'laptop', 'g1', 1, 9, 6, new Uint8Array(1)],
       [0, 5, 7, 'alice', 'laptop', 'g1', 1, 9, 6, new Uint8Array(1)],

@@ -3,13 +3,16 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import type {
+  AppendInput,
   DeviceAddress,
   GroupChange,
   GroupInput,
   KeyUpload,
   MessageInput,
+  ReceiptInput,
   ServerStore,
 } from '../src/server/store.js';
+import { ridOf, upload } from '../src/testing/key-fixtures.js';
 import {
   migratePostgresServerStore,
   openPostgresServerStore,
@@ -18,6 +21,7 @@ import {
 } from '../src/server/stores/postgres.js';
 import { registerCases, serverStoreConformance } from '../src/testing/index.js';
 import { checkAfterUpgrade, msg, writeBeforeUpgrade } from './fixtures/consent-upgrade.js';
+import { countingPool } from './fixtures/pg-count.js';
 import { describeWithServices, PG_URL, pgUnreachable } from './fixtures/services.js';
 
 const URL = PG_URL;
@@ -172,6 +176,77 @@ describeWithServices('postgres server store', reason, () => {
         ]);
         await store.close();
         expect((await pool.query('SELECT 1 AS x')).rows).toEqual([{ x: 1 }]);
+      });
+    });
+
+    it('a batch of 1:1 items (plain and end-to-end encrypted messages, read receipts) costs the same few statements however many items it has', async () => {
+      const schema = freshSchema();
+      await withPool(async (pool) => {
+        // The statements the store's transactions send, counted on the connections it checks out.
+        const counted = countingPool(pool);
+        const store = await openPostgresServerStore({ pool: counted.pool, schema });
+        const pairs = Array.from({ length: 64 }, (_, i) => ({
+          a: { user: `a${i}`, device: 'd' },
+          b: { user: `b${i}`, device: 'd' },
+        }));
+        for (const { a, b } of pairs) {
+          for (const d of [a, b]) {
+            await store.registerDevice(d, 1);
+            await store.putKeys(d, upload(d, { pre: [1], kyber: [101] }));
+          }
+        }
+        const plain = (n: number) =>
+          pairs.slice(0, n).map(({ a, b }, i): MessageInput => ({
+            kind: 'msg',
+            from: a,
+            id: `p${i}`,
+            to: b.user,
+            seq: i + 1,
+            body: new Uint8Array(100),
+          }));
+        const sealed = (n: number) =>
+          pairs.slice(0, n).map(({ a, b }, i): MessageInput => ({
+            kind: 'msg',
+            from: a,
+            id: `e${i}`,
+            to: b.user,
+            seq: i + 1,
+            body: new Uint8Array(0),
+            envelopes: [{ user: b.user, device: 'd', rid: ridOf(b, 1), body: new Uint8Array(100) }],
+          }));
+        const receipts = (n: number) =>
+          pairs.slice(0, n).map(({ a, b }, i): ReceiptInput => ({
+            kind: 'receipt',
+            from: b,
+            id: `r${i}`,
+            to: a.user,
+            status: 'read',
+            ids: [`p${i}`, `e${i}`],
+          }));
+        const cost = async (batch: AppendInput[], now: number) => {
+          counted.reset();
+          const out = await store.append(batch, now);
+          expect(out.every((o) => o.ok && !o.duplicate && o.notify.length === 1)).toBe(true);
+          return counted.statements();
+        };
+        try {
+          // One item, then 64 of the same kind (later items of each kind name other pairs).
+          const one = [await cost(plain(1), 1), await cost(sealed(1), 2), await cost(receipts(1), 3)];
+          const many = [
+            await cost(plain(64).slice(1), 4),
+            await cost(sealed(64).slice(1), 5),
+            await cost(receipts(64).slice(1), 6),
+          ];
+          expect(many).toEqual(one);
+          expect(Math.max(...many)).toBeLessThanOrEqual(8);
+          // And every receipt counted both messages it names.
+          const read = await store.readInbox(pairs[9]!.a, 0, 10);
+          expect(read.filter((e) => e.kind === 'status')).toEqual([
+            { offset: 1, kind: 'status', status: 'read', ids: ['p9', 'e9'], by: 'b9', ts: 6 },
+          ]);
+        } finally {
+          await store.close();
+        }
       });
     });
 

@@ -1686,6 +1686,46 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
     assert.deepEqual(await inbox(h.store, dave1), daveBefore, 'dave’s inbox never changed');
   });
 
+  test('a receipt counts the messages its batch committed before it, not the ones after it', async ({
+    store,
+  }) => {
+    await register(store, alice1, bob1);
+    await giveKeys(store, alice1, bob1);
+    const readBy = async (d: DeviceAddress) =>
+      statuses(await inbox(store, d)).filter((x) => x.status === 'read');
+    // 1:1 items only: plain and end-to-end encrypted messages on both sides of the receipt.
+    const first = await store.append(
+      [
+        msg(alice1, 'm1', 'bob', 1),
+        sealed(alice1, 'e1', 'bob', [bob1], 2),
+        receipt(bob1, 'r1', 'alice', ['m1', 'e1', 'm2', 'e2']),
+        msg(alice1, 'm2', 'bob', 3),
+        sealed(alice1, 'e2', 'bob', [bob1], 4),
+      ],
+      1000,
+    );
+    assert.ok(first.every((o) => o.ok && !o.duplicate));
+    assert.deepEqual(await readBy(alice1), [{ status: 'read', ids: ['e1', 'm1'], by: 'bob', ts: 1000 }]);
+    // After a membership change in the batch: the group's messages count as they come too.
+    await store.append(
+      [
+        create(alice1, 'c1', 'g', 'G', ['bob']),
+        gmsg(alice1, 'g1', 'g', 1),
+        msg(alice1, 'm3', 'bob', 5),
+        receipt(bob1, 'r2', 'alice', ['g1', 'g2', 'm2', 'm3', 'm4']),
+        gmsg(alice1, 'g2', 'g', 2),
+        msg(alice1, 'm4', 'bob', 6),
+      ],
+      2000,
+    );
+    assert.deepEqual((await readBy(alice1)).at(-1), {
+      status: 'read',
+      ids: ['g1', 'm2', 'm3'],
+      by: 'bob',
+      ts: 2000,
+    });
+  });
+
   test('what a receipt is checked against expires with the message’s dedupe record', async ({ store }) => {
     await register(store, alice1, bob1);
     await appendOne(store, msg(alice1, 'old', 'bob'), 1000);

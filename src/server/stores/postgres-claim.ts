@@ -1,30 +1,41 @@
 /**
- * The PostgreSQL store's bulk claim: the dedupe keys and bodies of every plain 1:1 message of a
- * batch in one statement, where each message used to cost a round trip of its own.
+ * The PostgreSQL store's bulk reads and claims for the 1:1 items of a batch (plain and end-to-end
+ * encrypted messages, read receipts): the dedupe keys and bodies of all of them in one statement,
+ * the key directory's devices of every sealed message in one query, and the sent records every
+ * receipt is checked against in one more, where each item used to cost round trips of its own.
  * @packageDocumentation
  */
-import type { MessageInput } from '../store.js';
+import type { MessageInput, ReceiptInput } from '../store.js';
+import type { SentRecord } from './relational.js';
 
 /** What the claim needs of a connection (see `PgQueryable` in postgres.ts). */
 interface Queryable {
   query(text: string, values?: unknown[]): Promise<{ rows: unknown[] }>;
 }
 
-/** A plain 1:1 message of the batch: its index, and how many inbox entries will reference it. */
+/**
+ * A 1:1 item of the batch to claim: its index and how many inbox entries will reference its body
+ * (none: no body is stored, as for a receipt). `body` is what the message row keeps: the item's own
+ * unless given (an end-to-end encrypted message keeps an empty one: each entry has its envelope).
+ */
 export interface DirectClaim {
   index: number;
-  item: MessageInput;
+  item: MessageInput | ReceiptInput;
   refs: number;
+  body?: Uint8Array;
 }
 
-/** The dedupe key of a message, as one string (the parts are length-prefixed). */
+const EMPTY = new Uint8Array(0);
+
+/** The dedupe key of an item, as one string (the parts are length-prefixed). */
 const keyOf = (user: string, device: string, id: string): string =>
   `${user.length}:${user}${device.length}:${device}${id}`;
 
 /**
- * Claims the dedupe key of every listed message and stores the body of each one claimed, in one
- * statement, at `now`. Returns each index's body id, or null where the key was known (committed
- * before, or a repeat of an earlier message of the same batch: the first wins, as one at a time).
+ * Claims the dedupe key of every listed item and stores the body of each message claimed, in one
+ * statement, at `now`. Returns each index's body id (0 for an item claimed without a body: a
+ * receipt, or a message to no device), or null where the key was known (committed before, or a repeat of an earlier item of the same batch:
+ * the first wins, as one at a time).
  *
  * Keys are inserted in primary-key order, so two transactions claiming overlapping keys take their
  * index locks in one order (a concurrent holder of a key makes the insert wait for its outcome,
@@ -38,31 +49,36 @@ export async function claimDirect(
 ): Promise<Map<number, number | null>> {
   const out = new Map<number, number | null>();
   if (claims.length === 0) return out;
+  const msg = (k: DirectClaim): k is DirectClaim & { item: MessageInput } => k.item.kind === 'msg';
   const { rows } = await c.query(
     `WITH x AS (
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[],
-                            $7::int[]) WITH ORDINALITY AS x(fu, fd, id, tu, seq, body, refs, n)
+                            $7::int[], $9::bool[]) WITH ORDINALITY AS x(fu, fd, id, tu, seq, body, refs, msg, n)
      ), d AS (
        INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts, to_user)
-       SELECT fu, fd, id, $8, tu FROM x ORDER BY fu, id, fd, n
+       SELECT fu, fd, id, $8, CASE WHEN msg THEN tu END FROM x ORDER BY fu, id, fd, n
        ON CONFLICT DO NOTHING RETURNING from_user, from_device, msg_id
-     )
-     INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
-     SELECT fu, fd, id, tu, false, seq, $8, body, refs FROM (
+     ), f AS (
        SELECT DISTINCT ON (x.fu, x.fd, x.id) x.* FROM x
        JOIN d ON d.from_user = x.fu AND d.from_device = x.fd AND d.msg_id = x.id
        ORDER BY x.fu, x.fd, x.id, x.n
-     ) f ORDER BY n
-     RETURNING id, from_user, from_device, msg_id`,
+     ), m AS (
+       INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
+       SELECT fu, fd, id, tu, false, seq, $8, body, refs FROM f WHERE msg AND refs > 0 ORDER BY n
+       RETURNING id, from_user, from_device, msg_id
+     )
+     SELECT id, from_user, from_device, msg_id FROM m
+     UNION ALL SELECT 0, fu, fd, id FROM f WHERE NOT (msg AND refs > 0)`,
     [
       claims.map((k) => k.item.from.user),
       claims.map((k) => k.item.from.device),
       claims.map((k) => k.item.id),
       claims.map((k) => k.item.to),
-      claims.map((k) => k.item.seq),
-      claims.map((k) => k.item.body),
+      claims.map((k) => (msg(k) ? k.item.seq : 0)),
+      claims.map((k) => k.body ?? (msg(k) ? k.item.body : EMPTY)),
       claims.map((k) => k.refs),
       now,
+      claims.map(msg),
     ],
   );
   const ids = new Map<string, number>();
@@ -77,3 +93,89 @@ export async function claimDirect(
   }
   return out;
 }
+
+/** A device with keys, as the device-list check sees it. */
+export interface KeyedRow {
+  id: number;
+  user: string;
+  device: string;
+  rid: number;
+}
+
+/** The devices with keys of each of `users`, in registration order, in one query. */
+export async function keyedDevices(
+  c: Queryable,
+  s: string,
+  users: readonly string[],
+): Promise<Map<string, KeyedRow[]>> {
+  const out = new Map<string, KeyedRow[]>();
+  const wanted = [...new Set(users)];
+  for (const u of wanted) out.set(u, []);
+  if (wanted.length === 0) return out;
+  const { rows } = await c.query(
+    `SELECT d.id, d.user_id AS user, d.device, k.registration_id AS rid
+     FROM ${s}.devices d JOIN ${s}.device_keys k ON k.dev = d.id
+     WHERE d.user_id = ANY($1::text[]) ORDER BY d.id`,
+    [wanted],
+  );
+  for (const r of rows as Array<{ id: string; user: string; device: string; rid: number }>) {
+    out.get(r.user)!.push({ id: Number(r.id), user: r.user, device: r.device, rid: r.rid });
+  }
+  return out;
+}
+
+/** A stored record of a sent message as a receipt is checked against it (see `receiptIds`). */
+export interface ReceiptRecord extends SentRecord {
+  /** The device that sent it (with `to` of the receipt and `id`, its dedupe key). */
+  device: string;
+  /** For a group message: the version the reader's membership began at, null when not a member. */
+  since: number | null;
+}
+
+/**
+ * The sent records of every listed receipt's messages, by batch index: for each id it names, the
+ * committed messages of its `to` with that id, where each went, and for group messages the
+ * version the reader's current membership began at. One query for the whole batch.
+ */
+export async function receiptRecords(
+  c: Queryable,
+  s: string,
+  receipts: ReadonlyArray<{ index: number; item: ReceiptInput }>,
+): Promise<Map<number, ReceiptRecord[]>> {
+  const out = new Map<number, ReceiptRecord[]>();
+  const n: number[] = [];
+  const reader: string[] = [];
+  const sender: string[] = [];
+  const id: string[] = [];
+  for (const { index, item } of receipts) {
+    out.set(index, []);
+    for (const m of new Set(item.ids)) {
+      n.push(index);
+      reader.push(item.from.user);
+      sender.push(item.to);
+      id.push(m);
+    }
+  }
+  if (n.length === 0) return out;
+  const { rows } = await c.query(
+    `SELECT x.n, d.msg_id AS id, d.from_device AS device, d.to_user AS "to", d.gver AS ver,
+            m.since_ver AS since
+     FROM unnest($1::int[], $2::text[], $3::text[], $4::text[]) AS x(n, reader, fu, id)
+     JOIN ${s}.dedupe d ON d.from_user = x.fu AND d.msg_id = x.id AND d.to_user IS NOT NULL
+     LEFT JOIN ${s}.group_members m
+       ON d.gver IS NOT NULL AND m.group_id = d.to_user AND m.user_id = x.reader`,
+    [n, reader, sender, id],
+  );
+  for (const r of rows as Array<ReceiptRecord & { n: number; ver: string | number | null }>) {
+    out.get(r.n)!.push({
+      id: r.id,
+      device: r.device,
+      to: r.to,
+      ver: r.ver === null ? null : Number(r.ver),
+      since: r.since === null ? null : Number(r.since),
+    });
+  }
+  return out;
+}
+
+export { keyOf as claimKey };

@@ -53,9 +53,17 @@ import type {
   ReceiptInput,
   ServerStore,
 } from '../store.js';
-import { checkDeviceList, notRegistered, uploadKind } from './directory.js';
+import { checkDeviceList, notRegistered, uploadKind, type Refusal, type SealedTargets } from './directory.js';
 import { claimBundles } from './postgres-keys.js';
-import { claimDirect, type DirectClaim } from './postgres-claim.js';
+import {
+  claimDirect,
+  claimKey,
+  keyedDevices,
+  receiptRecords,
+  type DirectClaim,
+  type KeyedRow,
+  type ReceiptRecord,
+} from './postgres-claim.js';
 import { ENTRY_VALUE_COLUMNS, entryValueArrays, entryValueParams, lockAndPlace } from './postgres-heads.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import {
@@ -89,7 +97,6 @@ import {
   type Groups,
   type GroupView,
   type KeysRow,
-  type SentRecord,
 } from './relational.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
@@ -506,9 +513,22 @@ interface DeviceRow {
   device: string;
 }
 
-/** A device with keys, as the device-list check sees it. */
-interface KeyedDeviceRow extends DeviceRow {
-  rid: number;
+/** What `claimBatch` did for one 1:1 item of a batch. */
+interface Claimed {
+  /** The body id (0: claimed without a body: a receipt, a message to no device), or null: its key was known. */
+  id: number | null;
+  /** An end-to-end encrypted message's targets and bodies, checked against the directory. */
+  sealed?: SealedTargets<KeyedRow>;
+  /** An end-to-end encrypted message the directory check refused (its key was not claimed). */
+  refusal?: Refusal;
+  /** A receipt's ids that count, when read with the batch's (see `claimBatch`). */
+  ids?: string[];
+}
+
+/** `claimBatch`'s result: each claimed item by batch index, and each message's by its dedupe key. */
+interface BatchClaims {
+  items: Map<number, Claimed>;
+  at: Map<string, number>;
 }
 
 interface InboxRow {
@@ -1335,10 +1355,9 @@ function postgresStore(
   }
 
   /**
-   * Inserts the body once and queues one entry per target device referencing it; returns the
-   * array their offsets will be in once the writer flushes. With `bodies` (an end-to-end encrypted
-   * message) each entry holds its own, in target order. (Plain 1:1 messages are stored by
-   * `claimBatch` instead, a batch at a time.)
+   * Inserts a group message's body once and queues one entry per target device referencing it;
+   * returns the array their offsets will be in once the writer flushes. (1:1 messages, plain or
+   * end-to-end encrypted, are stored by `claimBatch`, a batch at a time.)
    */
   async function storeMessage(
     c: PgQueryable,
@@ -1346,7 +1365,6 @@ function postgresStore(
     item: MessageInput,
     targets: Array<{ dev: number; own: boolean }>,
     now: number,
-    bodies?: Uint8Array[],
   ): Promise<number[]> {
     if (targets.length === 0) return [];
     const [row] = await rowsOf<{ id: string }>(
@@ -1361,11 +1379,11 @@ function postgresStore(
         item.group === true,
         item.seq,
         now,
-        bodies ? EMPTY : item.body,
+        item.body,
         targets.length,
       ],
     );
-    return queueEntries(w, item, targets, Number(row!.id), now, bodies);
+    return queueEntries(w, item, targets, Number(row!.id), now);
   }
 
   /** Queues one entry per target referencing body `message`; returns where their offsets go. */
@@ -1446,83 +1464,73 @@ function postgresStore(
   }
 
   /**
-   * A 1:1 message or receipt, which claims its own dedupe key (null: a duplicate): a message with
-   * the body's insert, in one statement, the round trip most appends consist of.
+   * A plain 1:1 message or receipt, claimed by `claimBatch` (null: its key was known, a
+   * duplicate). A message's entries reference the body the claim stored; a receipt writes a
+   * `read` status with the ids that count to every device of the user whose messages were read.
    */
   async function commitDirect(
     c: PgQueryable,
     w: Writer,
     item: MessageInput | ReceiptInput,
     now: number,
-    claimed?: number | null,
+    index: number,
+    claims: BatchClaims,
   ): Promise<AppendOutcome | null> {
     const toDevices = await w.devicesOf(item.to);
     if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
     const targets = directTargets(item, toDevices, await w.devicesOf(item.from.user));
-    const devs = targets.map((t) => t.dev);
     const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
-    if (item.kind === 'msg' && devs.length > 0) {
-      const own = targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user }));
-      // Claimed, with its body stored, by `claimBatch` (which claims every such message): null
-      // when its key was known.
-      if (claimed == null) return null;
-      const offsets = queueEntries(w, item, own, claimed, now);
-      out.offsets = offsets;
-      w.relate(item.from.user, item.to);
-      return out;
-    }
-    if (!(await claim(c, item, now))) return null;
+    // `claimBatch` claimed every 1:1 item whose recipient has a device.
+    const claimed = claims.items.get(index)!;
+    if (claimed.id === null) return null;
     if (item.kind === 'msg') {
       w.relate(item.from.user, item.to);
+      if (claimed.id > 0) {
+        const own = targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user }));
+        out.offsets = queueEntries(w, item, own, claimed.id, now);
+      }
       return out;
     }
-    const ids = await countedIds(c, item);
+    let ids = claimed.ids;
+    if (ids === undefined) {
+      const records = await receiptRecords(c, s, [{ index, item }]);
+      ids = countedIds(item, index, records.get(index)!, claims.at);
+    }
     if (ids.length === 0) return { ...out, notify: [] };
-    for (const dev of devs) w.status(dev, now, 'read', ids, item.from.user);
+    for (const t of targets) w.status(t.dev, now, 'read', ids, item.from.user);
     return out;
   }
 
-  /** The ids of a receipt that count (see `receiptIds`), read in one query. */
-  async function countedIds(c: PgQueryable, item: ReceiptInput): Promise<string[]> {
-    const rows = await rowsOf<SentRecord & { since: number | null }>(
-      c,
-      `SELECT d.msg_id AS id, d.to_user AS "to", d.gver AS ver, m.since_ver AS since
-       FROM ${s}.dedupe d
-       LEFT JOIN ${s}.group_members m ON d.gver IS NOT NULL AND m.group_id = d.to_user AND m.user_id = $3
-       WHERE d.from_user = $1 AND d.msg_id = ANY($2::text[]) AND d.to_user IS NOT NULL`,
-      [item.to, item.ids, item.from.user],
-    );
-    const since = new Map(rows.flatMap((r) => (r.since === null ? [] : [[r.to, r.since] as const])));
-    return receiptIds(item, rows, (g) => since.get(g));
+  /**
+   * The ids of a receipt that count (see `receiptIds`): of its records, those of messages
+   * committed before it, which are all but the ones this batch claimed at a later index (`at`:
+   * dedupe key → batch index of every message `claimBatch` claimed).
+   */
+  function countedIds(
+    item: ReceiptInput,
+    index: number,
+    records: ReceiptRecord[],
+    at: ReadonlyMap<string, number>,
+  ): string[] {
+    const before = records.filter((r) => (at.get(claimKey(item.to, r.device, r.id)) ?? -1) < index);
+    const since = new Map(before.flatMap((r) => (r.since === null ? [] : [[r.to, r.since] as const])));
+    return receiptIds(item, before, (g) => since.get(g));
   }
 
-  /** An end-to-end encrypted message: checked against the directory, one body per device. */
-  async function commitSealed(
-    c: PgQueryable,
+  /**
+   * An end-to-end encrypted message, checked against the directory and claimed by `claimBatch`
+   * (`id`: its body row, an empty body; 0 when it has no target): one entry per device with its
+   * own envelope's body.
+   */
+  function commitSealed(
     w: Writer,
     item: MessageInput,
-    envelopes: DeviceEnvelope[],
+    id: number,
+    checked: SealedTargets<KeyedRow>,
     now: number,
-  ): Promise<AppendOutcome> {
-    const rows = await rowsOf<{ id: string; user: string; device: string; rid: number }>(
-      c,
-      `SELECT d.id, d.user_id AS user, d.device, k.registration_id AS rid
-       FROM ${s}.devices d JOIN ${s}.device_keys k ON k.dev = d.id
-       WHERE d.user_id = ANY($1::text[]) ORDER BY d.id`,
-      [[item.to, item.from.user]],
-    );
-    const keyed = (user: string): KeyedDeviceRow[] =>
-      rows.filter((r) => r.user === user).map((r) => ({ ...deviceRow(r), rid: r.rid }));
-    const checked = checkDeviceList(item, envelopes, keyed);
-    if ('code' in checked) return checked;
-    const offsets = await storeMessage(
-      c,
-      w,
-      item,
-      checked.targets.map((t) => ({ dev: t.id, own: t.user === item.from.user })),
-      now,
-      checked.bodies,
-    );
+  ): AppendOutcome {
+    const targets = checked.targets.map((t) => ({ dev: t.id, own: t.user === item.from.user }));
+    const offsets = id > 0 ? queueEntries(w, item, targets, id, now, checked.bodies) : [];
     w.relate(item.from.user, item.to);
     const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
     return { ok: true, ts: now, duplicate: false, notify, offsets };
@@ -1539,14 +1547,20 @@ function postgresStore(
   }
 
   /** A 1:1 message or receipt (not a group's, not end-to-end encrypted): `commitDirect`'s. */
-  const isDirect = (item: AppendInput): boolean =>
+  const isDirect = (item: AppendInput): item is MessageInput | ReceiptInput =>
     item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes));
 
+  /** An end-to-end encrypted message: `commitSealed`'s. */
+  const isSealed = (item: AppendInput): item is MessageInput & { envelopes: DeviceEnvelope[] } =>
+    item.kind === 'msg' && item.envelopes !== undefined;
+
   /**
-   * Reads the device lists of every 1:1 item of the batch in one query, then claims the dedupe
-   * keys and stores the bodies of its plain 1:1 messages in one more (see `claimDirect`), so a
-   * batch of them costs two round trips, not one per message. Returns each claimed index's body
-   * id (null: a duplicate); items left out are committed one at a time as before.
+   * Reads the device lists of every 1:1 item of the batch in one query and the key directory's
+   * devices of every end-to-end encrypted message in one more, checks the sealed messages' device
+   * lists, then claims the dedupe keys of all 1:1 items and stores the bodies of their messages in
+   * one statement (see `claimDirect`), and reads the records the receipts are checked against in
+   * one more: a batch of them costs four round trips, not two or three per item. Items left out
+   * (group changes and messages) are committed one at a time.
    */
   async function claimBatch(
     c: PgQueryable,
@@ -1554,18 +1568,56 @@ function postgresStore(
     batch: AppendInput[],
     skip: Set<number>,
     now: number,
-  ): Promise<Map<number, number | null>> {
-    const direct = batch.filter((item): item is MessageInput | ReceiptInput => isDirect(item));
-    await w.prefetch(direct.flatMap((item) => [item.to, item.from.user]));
+  ): Promise<BatchClaims> {
+    const items = new Map<number, Claimed>();
+    const sealedUsers = batch.flatMap((item, i) =>
+      !skip.has(i) && isSealed(item) ? [item.to, item.from.user] : [],
+    );
+    const keyed = await keyedDevices(c, s, sealedUsers);
+    await w.prefetch(batch.filter(isDirect).flatMap((item) => [item.to, item.from.user]));
     const claims: DirectClaim[] = [];
     batch.forEach((item, index) => {
-      if (skip.has(index) || item.kind !== 'msg' || !isDirect(item)) return;
+      if (skip.has(index)) return;
+      if (isSealed(item)) {
+        const checked = checkDeviceList(item, item.envelopes, (u) => keyed.get(u) ?? []);
+        // Refused: nothing is claimed (the outcome is still a duplicate when the key is known).
+        if ('code' in checked) return items.set(index, { id: null, refusal: checked });
+        items.set(index, { id: null, sealed: checked });
+        claims.push({ index, item, refs: checked.targets.length, body: EMPTY });
+        return;
+      }
+      if (!isDirect(item)) return;
       const to = w.known(item.to);
       if (to.length === 0) return; // refused in `commit`, claiming nothing
-      const refs = directTargets(item, to, w.known(item.from.user)).length;
-      if (refs > 0) claims.push({ index, item, refs });
+      const refs = item.kind === 'msg' ? directTargets(item, to, w.known(item.from.user)).length : 0;
+      items.set(index, { id: null });
+      claims.push({ index, item, refs });
     });
-    return claimDirect(c, s, claims, now);
+    const ids = await claimDirect(c, s, claims, now);
+    const at = new Map<string, number>();
+    for (const k of claims) {
+      const id = ids.get(k.index)!;
+      items.get(k.index)!.id = id;
+      if (k.item.kind === 'msg' && id !== null) {
+        at.set(claimKey(k.item.from.user, k.item.from.device, k.item.id), k.index);
+      }
+    }
+    // A receipt counts what was committed before it, in batch order. Group changes and group
+    // messages write records and memberships as they commit, so a receipt after the first of them
+    // reads its records at its turn (`commitDirect`); the ones before it, with the batch's here.
+    const firstGroup = batch.findIndex(
+      (item) => item.kind === 'group' || (item.kind === 'msg' && item.group),
+    );
+    const readers = claims.flatMap((k) =>
+      k.item.kind === 'receipt' && ids.get(k.index) !== null && (firstGroup < 0 || k.index < firstGroup)
+        ? [{ index: k.index, item: k.item }]
+        : [],
+    );
+    const records = await receiptRecords(c, s, readers);
+    for (const { index, item } of readers) {
+      items.get(index)!.ids = countedIds(item, index, records.get(index)!, at);
+    }
+    return { items, at };
   }
 
   async function commit(
@@ -1573,11 +1625,21 @@ function postgresStore(
     w: Writer,
     item: AppendInput,
     now: number,
-    claimed?: number | null,
+    index: number,
+    claims: BatchClaims,
   ): Promise<AppendOutcome> {
     const duplicate = (ts: number | undefined): AppendOutcome => duplicateOf(ts ?? now);
-    if (item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes))) {
-      const out = await commitDirect(c, w, item, now, claimed);
+    if (isSealed(item)) {
+      const claimed = claims.items.get(index)!;
+      if (claimed.refusal) {
+        const ts = await original(c, item);
+        return ts === undefined ? claimed.refusal : duplicate(ts);
+      }
+      if (claimed.id === null) return duplicate(await original(c, item));
+      return commitSealed(w, item, claimed.id, claimed.sealed!, now);
+    }
+    if (isDirect(item)) {
+      const out = await commitDirect(c, w, item, now, index, claims);
       if (out?.ok) return out;
       // A duplicate, or a refusal: which is a duplicate too when the key is known.
       const ts = await original(c, item);
@@ -1586,7 +1648,6 @@ function postgresStore(
     if (!(await claim(c, item, now))) return duplicate(await original(c, item));
     let out: AppendOutcome;
     if (item.kind === 'group') out = await commitGroup(c, w, item, now);
-    else if (item.envelopes) out = await commitSealed(c, w, item, item.envelopes, now);
     else out = await commitGroupMessage(c, w, item, now);
     if (!out.ok) await unclaim(c, item);
     return out;
@@ -1945,7 +2006,7 @@ function postgresStore(
               item.kind === 'msg' && item.seq > 0
                 ? { from: item.from, to: item.to, group: item.group === true, seq: item.seq }
                 : undefined;
-            out.push(await commit(c, w, item, now, claimed.get(i)));
+            out.push(await commit(c, w, item, now, i, claimed));
             w.item = undefined;
             w.stream = undefined;
           }
