@@ -179,7 +179,7 @@ describeWithServices('postgres server store', reason, () => {
       });
     });
 
-    it('a batch of 1:1 items (plain and end-to-end encrypted messages, read receipts) costs the same few statements however many items it has', async () => {
+    it('a batch of messages (plain, end-to-end encrypted, group) or read receipts costs the same few statements however many items it has', async () => {
       const schema = freshSchema();
       await withPool(async (pool) => {
         // The statements the store's transactions send, counted on the connections it checks out.
@@ -223,6 +223,26 @@ describeWithServices('postgres server store', reason, () => {
             status: 'read',
             ids: [`p${i}`, `e${i}`],
           }));
+        // Each pair's group of two (made below).
+        const grouped = (n: number) =>
+          pairs.slice(0, n).map(({ a }, i): MessageInput => ({
+            kind: 'msg',
+            from: a,
+            id: `g${i}`,
+            to: `grp${i}`,
+            group: true,
+            seq: i + 1,
+            body: new Uint8Array(100),
+          }));
+        const groups = pairs.map(({ a, b }, i): AppendInput => ({
+          kind: 'group',
+          from: a,
+          id: `create${i}`,
+          group: `grp${i}`,
+          change: { op: 'create', name: 'G', members: [b.user] },
+          maxMembers: 8,
+        }));
+        expect((await store.append(groups, 0)).every((o) => o.ok)).toBe(true);
         const cost = async (batch: AppendInput[], now: number) => {
           counted.reset();
           const out = await store.append(batch, now);
@@ -231,18 +251,24 @@ describeWithServices('postgres server store', reason, () => {
         };
         try {
           // One item, then 64 of the same kind (later items of each kind name other pairs).
-          const one = [await cost(plain(1), 1), await cost(sealed(1), 2), await cost(receipts(1), 3)];
+          const one = [
+            await cost(plain(1), 1),
+            await cost(sealed(1), 2),
+            await cost(receipts(1), 3),
+            await cost(grouped(1), 4),
+          ];
           const many = [
-            await cost(plain(64).slice(1), 4),
-            await cost(sealed(64).slice(1), 5),
-            await cost(receipts(64).slice(1), 6),
+            await cost(plain(64).slice(1), 5),
+            await cost(sealed(64).slice(1), 6),
+            await cost(receipts(64).slice(1), 7),
+            await cost(grouped(64).slice(1), 8),
           ];
           expect(many).toEqual(one);
           expect(Math.max(...many)).toBeLessThanOrEqual(8);
-          // And every receipt counted both messages it names.
+          // And every receipt counted both messages it names (after the group's creation).
           const read = await store.readInbox(pairs[9]!.a, 0, 10);
           expect(read.filter((e) => e.kind === 'status')).toEqual([
-            { offset: 1, kind: 'status', status: 'read', ids: ['p9', 'e9'], by: 'b9', ts: 6 },
+            { offset: 2, kind: 'status', status: 'read', ids: ['p9', 'e9'], by: 'b9', ts: 7 },
           ]);
         } finally {
           await store.close();

@@ -1,6 +1,6 @@
 // Statements and wall time per append batch of the PostgreSQL server store, by kind of 1:1 item:
 // plain messages, end-to-end encrypted messages (one envelope each) and read receipts, 64 items a
-// batch from 64 different senders. What issue 19 (item 3) asks: a batch as a few multi-row
+// batch from 64 different senders, and group messages (each sender to a group of its own). What issue 19 (item 3) asks: a batch as a few multi-row
 // statements, not round trips per item. The statements are counted on the connections the
 // store's transactions check out; times are wall clock (one process, loopback PostgreSQL).
 //
@@ -59,7 +59,26 @@ const kinds: Record<string, (i: number, r: number) => AppendInput> = {
     status: 'read',
     ids: [`p${r}-${i}`, `e${r}-${i}`],
   }),
+  // Sender i's group with reader i (made below), one message to each group.
+  group: (i, r) => ({
+    kind: 'msg',
+    from: senders[i]!,
+    id: `g${r}-${i}`,
+    to: `grp${i}`,
+    group: true,
+    seq: ++seq,
+    body,
+  }),
 };
+const groups = senders.map((d, i): AppendInput => ({
+  kind: 'group',
+  from: d,
+  id: `create-${i}`,
+  group: `grp${i}`,
+  change: { op: 'create', name: `group ${i}`, members: [readers[i]!.user] },
+  maxMembers: 1024,
+}));
+if (!(await store.append(groups, 500)).every((o) => o.ok)) throw new Error('could not create the groups');
 const results: Record<string, { statements: number; ms: number[] }> = {};
 try {
   for (let round = 0; round < rounds; round++) {

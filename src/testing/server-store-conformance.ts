@@ -1724,6 +1724,40 @@ export function serverStoreConformance(subject: ServerStoreSubject): Conformance
       by: 'bob',
       ts: 2000,
     });
+    // Group messages without a membership change in the batch.
+    await store.append(
+      [gmsg(alice1, 'g3', 'g', 3), receipt(bob1, 'r3', 'alice', ['g3', 'g4']), gmsg(alice1, 'g4', 'g', 4)],
+      3000,
+    );
+    assert.deepEqual((await readBy(alice1)).at(-1), { status: 'read', ids: ['g3'], by: 'bob', ts: 3000 });
+  });
+
+  test('group messages before a membership change in one batch reach the members before it; a non-member’s is refused; a sender takes part', async ({
+    store,
+  }) => {
+    await register(store, alice1, alice2, bob1, carol1, dave1);
+    await appendOne(store, create(alice1, 'c1', 'g', 'G', ['bob']), 1000);
+    assert.equal(await store.related('alice', 'bob'), false, 'bob has not taken part yet');
+    const out = await store.append(
+      [
+        gmsg(bob1, 'm1', 'g', 1),
+        gmsg(carol1, 'x1', 'g', 1),
+        gmsg(alice2, 'm2', 'g', 1),
+        gmsg(bob1, 'm1', 'g', 1),
+        groupChange(alice1, 'c2', 'g', { op: 'add', members: ['carol'] }),
+        gmsg(alice2, 'm3', 'g', 2),
+      ],
+      2000,
+    );
+    assertDevices(ok(out[0], 'm1').notify, [alice1, alice2], 'm1: the members before carol');
+    assert.deepEqual(out[1], { ok: false, code: 'not_member' });
+    assertDevices(ok(out[2], 'm2').notify, [alice1, bob1], 'm2: not the sending device');
+    assert.deepEqual(out[3], { ok: true, ts: 2000, duplicate: true, notify: [] }, 'a repeat in the batch');
+    assertDevices(ok(out[5], 'm3').notify, [alice1, bob1, carol1], 'm3: after carol joined');
+    assert.deepEqual(msgIds(await inbox(store, carol1)), ['m3']);
+    assert.deepEqual(msgIds(await inbox(store, dave1)), []);
+    assert.equal(await store.related('alice', 'bob'), true, 'bob took part by sending m1');
+    assert.equal(await store.related('carol', 'bob'), false, 'before carol joined');
   });
 
   test('what a receipt is checked against expires with the message’s dedupe record', async ({ store }) => {

@@ -1,8 +1,10 @@
 /**
- * The PostgreSQL store's bulk reads and claims for the 1:1 items of a batch (plain and end-to-end
- * encrypted messages, read receipts): the dedupe keys and bodies of all of them in one statement,
- * the key directory's devices of every sealed message in one query, and the sent records every
- * receipt is checked against in one more, where each item used to cost round trips of its own.
+ * The PostgreSQL store's bulk reads and claims for the messages and receipts of a batch (plain,
+ * end-to-end encrypted and group messages, read receipts): the dedupe keys and bodies of all of
+ * them in one statement, the key directory's devices of every sealed message in one query, the
+ * groups of every group message locked and their member devices read in two, and the sent records
+ * every receipt is checked against in one more, where each item used to cost round trips of its
+ * own.
  * @packageDocumentation
  */
 import type { MessageInput, ReceiptInput } from '../store.js';
@@ -23,6 +25,8 @@ export interface DirectClaim {
   item: MessageInput | ReceiptInput;
   refs: number;
   body?: Uint8Array;
+  /** A group message: the group's version it commits at (its dedupe record keeps it). */
+  ver?: number;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -53,10 +57,11 @@ export async function claimDirect(
   const { rows } = await c.query(
     `WITH x AS (
        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[],
-                            $7::int[], $9::bool[]) WITH ORDINALITY AS x(fu, fd, id, tu, seq, body, refs, msg, n)
+                            $7::int[], $9::bool[], $10::int[])
+                     WITH ORDINALITY AS x(fu, fd, id, tu, seq, body, refs, msg, ver, n)
      ), d AS (
-       INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts, to_user)
-       SELECT fu, fd, id, $8, CASE WHEN msg THEN tu END FROM x ORDER BY fu, id, fd, n
+       INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts, to_user, gver)
+       SELECT fu, fd, id, $8, CASE WHEN msg THEN tu END, ver FROM x ORDER BY fu, id, fd, n
        ON CONFLICT DO NOTHING RETURNING from_user, from_device, msg_id
      ), f AS (
        SELECT DISTINCT ON (x.fu, x.fd, x.id) x.* FROM x
@@ -64,7 +69,7 @@ export async function claimDirect(
        ORDER BY x.fu, x.fd, x.id, x.n
      ), m AS (
        INSERT INTO ${s}.messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
-       SELECT fu, fd, id, tu, false, seq, $8, body, refs FROM f WHERE msg AND refs > 0 ORDER BY n
+       SELECT fu, fd, id, tu, ver IS NOT NULL, seq, $8, body, refs FROM f WHERE msg AND refs > 0 ORDER BY n
        RETURNING id, from_user, from_device, msg_id
      )
      SELECT id, from_user, from_device, msg_id FROM m
@@ -79,6 +84,7 @@ export async function claimDirect(
       claims.map((k) => k.refs),
       now,
       claims.map(msg),
+      claims.map((k) => k.ver ?? null),
     ],
   );
   const ids = new Map<string, number>();
@@ -122,6 +128,75 @@ export async function keyedDevices(
     out.get(r.user)!.push({ id: Number(r.id), user: r.user, device: r.device, rid: r.rid });
   }
   return out;
+}
+
+/** A group as its messages of a batch commit to it: its version and its members' devices. */
+export interface GroupTargets {
+  ver: number;
+  /** Its members (a member without a device too). */
+  members: Set<string>;
+  /** Every device of every member, in member (join) then registration order. */
+  devices: Array<{ id: number; user: string; device: string }>;
+}
+
+/**
+ * Locks `groups` (`FOR SHARE`, in id order: a membership change of one of them waits for this
+ * transaction, so each of its messages reaches the members of one version), then reads each one's
+ * version, members and member devices. Groups that do not exist are left out. Two statements: the
+ * read comes after the lock, so it sees the membership the lock holds still.
+ */
+export async function lockGroups(
+  c: Queryable,
+  s: string,
+  groups: readonly string[],
+): Promise<Map<string, GroupTargets>> {
+  const out = new Map<string, GroupTargets>();
+  const ids = [...new Set(groups)].sort();
+  if (ids.length === 0) return out;
+  const locked = await c.query(
+    `SELECT id, ver FROM ${s}.groups WHERE id = ANY($1::text[]) ORDER BY id FOR SHARE`,
+    [ids],
+  );
+  for (const r of locked.rows as Array<{ id: string; ver: number }>) {
+    out.set(r.id, { ver: Number(r.ver), members: new Set(), devices: [] });
+  }
+  if (out.size === 0) return out;
+  const { rows } = await c.query(
+    `SELECT gm.group_id AS g, gm.user_id AS user, d.id, d.device
+     FROM ${s}.group_members gm LEFT JOIN ${s}.devices d ON d.user_id = gm.user_id
+     WHERE gm.group_id = ANY($1::text[]) ORDER BY gm.group_id, gm.joined, d.id`,
+    [[...out.keys()]],
+  );
+  for (const r of rows as Array<{ g: string; user: string; id: string | null; device: string | null }>) {
+    const g = out.get(r.g)!;
+    g.members.add(r.user);
+    if (r.id !== null) g.devices.push({ id: Number(r.id), user: r.user, device: r.device! });
+  }
+  return out;
+}
+
+/**
+ * Marks each listed sender as having taken part in its group at the version its message committed
+ * at (the "Consent" rule), where that moves its mark on: one statement.
+ */
+export async function markActed(
+  c: Queryable,
+  s: string,
+  acted: ReadonlyArray<{ group: string; user: string; ver: number }>,
+): Promise<void> {
+  if (acted.length === 0) return;
+  // The rows are locked in key order: two batches marking overlapping (group, user) rows then wait
+  // for each other instead of deadlocking.
+  await c.query(
+    `WITH x AS (
+       SELECT g, u, max(v) AS v FROM unnest($1::text[], $2::text[], $3::int[]) AS y(g, u, v) GROUP BY g, u
+     ), l AS (
+       SELECT m.joined, x.v FROM ${s}.group_members m JOIN x ON m.group_id = x.g AND m.user_id = x.u
+       WHERE m.acted_ver < x.v ORDER BY m.group_id, m.user_id FOR UPDATE OF m
+     )
+     UPDATE ${s}.group_members m SET acted_ver = l.v FROM l WHERE m.joined = l.joined AND m.acted_ver < l.v`,
+    [acted.map((a) => a.group), acted.map((a) => a.user), acted.map((a) => a.ver)],
+  );
 }
 
 /** A stored record of a sent message as a receipt is checked against it (see `receiptIds`). */

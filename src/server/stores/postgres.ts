@@ -53,15 +53,16 @@ import type {
   ReceiptInput,
   ServerStore,
 } from '../store.js';
-import { checkDeviceList, notRegistered, uploadKind, type Refusal, type SealedTargets } from './directory.js';
+import { checkDeviceList, notRegistered, uploadKind, type Refusal } from './directory.js';
 import { claimBundles } from './postgres-keys.js';
 import {
   claimDirect,
   claimKey,
   keyedDevices,
+  lockGroups,
+  markActed,
   receiptRecords,
   type DirectClaim,
-  type KeyedRow,
   type ReceiptRecord,
 } from './postgres-claim.js';
 import { ENTRY_VALUE_COLUMNS, entryValueArrays, entryValueParams, lockAndPlace } from './postgres-heads.js';
@@ -517,9 +518,12 @@ interface DeviceRow {
 interface Claimed {
   /** The body id (0: claimed without a body: a receipt, a message to no device), or null: its key was known. */
   id: number | null;
-  /** An end-to-end encrypted message's targets and bodies, checked against the directory. */
-  sealed?: SealedTargets<KeyedRow>;
-  /** An end-to-end encrypted message the directory check refused (its key was not claimed). */
+  /**
+   * A message claimed here: its target devices, and for an end-to-end encrypted one each target's
+   * body (checked against the directory), in target order.
+   */
+  targets?: { devices: Array<{ id: number; user: string; device: string }>; bodies?: Uint8Array[] };
+  /** A message refused here (the directory check, not a member): its key was not claimed. */
   refusal?: Refusal;
   /** A receipt's ids that count, when read with the batch's (see `claimBatch`). */
   ids?: string[];
@@ -1518,21 +1522,21 @@ function postgresStore(
   }
 
   /**
-   * An end-to-end encrypted message, checked against the directory and claimed by `claimBatch`
-   * (`id`: its body row, an empty body; 0 when it has no target): one entry per device with its
-   * own envelope's body.
+   * An end-to-end encrypted or group message that `claimBatch` resolved and claimed (`id`: its
+   * body row; 0 when it has no target): one entry per target device, each with its own envelope's
+   * body for an encrypted one.
    */
-  function commitSealed(
+  function commitClaimed(
     w: Writer,
     item: MessageInput,
     id: number,
-    checked: SealedTargets<KeyedRow>,
+    targets: NonNullable<Claimed['targets']>,
     now: number,
   ): AppendOutcome {
-    const targets = checked.targets.map((t) => ({ dev: t.id, own: t.user === item.from.user }));
-    const offsets = id > 0 ? queueEntries(w, item, targets, id, now, checked.bodies) : [];
-    w.relate(item.from.user, item.to);
-    const notify = checked.targets.map((t) => ({ user: t.user, device: t.device }));
+    const own = targets.devices.map((t) => ({ dev: t.id, own: t.user === item.from.user }));
+    const offsets = id > 0 ? queueEntries(w, item, own, id, now, targets.bodies) : [];
+    if (!item.group) w.relate(item.from.user, item.to);
+    const notify = targets.devices.map((t) => ({ user: t.user, device: t.device }));
     return { ok: true, ts: now, duplicate: false, notify, offsets };
   }
 
@@ -1550,17 +1554,24 @@ function postgresStore(
   const isDirect = (item: AppendInput): item is MessageInput | ReceiptInput =>
     item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes));
 
-  /** An end-to-end encrypted message: `commitSealed`'s. */
+  /** An end-to-end encrypted message (a group's is refused). */
   const isSealed = (item: AppendInput): item is MessageInput & { envelopes: DeviceEnvelope[] } =>
     item.kind === 'msg' && item.envelopes !== undefined;
 
+  /** A group message (not end-to-end encrypted). */
+  const isGroupMessage = (item: AppendInput): item is MessageInput & { group: true } =>
+    item.kind === 'msg' && item.group === true && item.envelopes === undefined;
+
   /**
-   * Reads the device lists of every 1:1 item of the batch in one query and the key directory's
-   * devices of every end-to-end encrypted message in one more, checks the sealed messages' device
-   * lists, then claims the dedupe keys of all 1:1 items and stores the bodies of their messages in
-   * one statement (see `claimDirect`), and reads the records the receipts are checked against in
-   * one more: a batch of them costs four round trips, not two or three per item. Items left out
-   * (group changes and messages) are committed one at a time.
+   * Claims the messages and receipts of a batch together. First the reads: the device lists of
+   * every plain 1:1 item in one query, the key directory's devices of every end-to-end encrypted
+   * message in one more (their device lists are checked here), and the groups of the group
+   * messages before the batch's first membership change, locked and read in two (see
+   * `lockGroups`). Then one statement claims every dedupe key and stores every body (see
+   * `claimDirect`), one marks the group senders as having taken part, and one reads what the
+   * receipts before that first change are checked against: a batch of them costs a few round
+   * trips, not a few per item. Membership changes, and the group messages and receipts after the
+   * first of them (which depend on what it changes), are committed one at a time.
    */
   async function claimBatch(
     c: PgQueryable,
@@ -1570,46 +1581,62 @@ function postgresStore(
     now: number,
   ): Promise<BatchClaims> {
     const items = new Map<number, Claimed>();
-    const sealedUsers = batch.flatMap((item, i) =>
-      !skip.has(i) && isSealed(item) ? [item.to, item.from.user] : [],
+    const firstChange = batch.findIndex((item) => item.kind === 'group');
+    const early = (index: number): boolean => !skip.has(index) && (firstChange < 0 || index < firstChange);
+    const keyed = await keyedDevices(
+      c,
+      s,
+      batch.flatMap((item, i) => (!skip.has(i) && isSealed(item) ? [item.to, item.from.user] : [])),
     );
-    const keyed = await keyedDevices(c, s, sealedUsers);
+    const groups = await lockGroups(
+      c,
+      s,
+      batch.flatMap((item, i) => (early(i) && isGroupMessage(item) ? [item.to] : [])),
+    );
     await w.prefetch(batch.filter(isDirect).flatMap((item) => [item.to, item.from.user]));
     const claims: DirectClaim[] = [];
+    // Refused here: nothing is claimed (the outcome is still a duplicate when the key is known).
+    const refuse = (index: number, refusal: Refusal) => items.set(index, { id: null, refusal });
     batch.forEach((item, index) => {
       if (skip.has(index)) return;
       if (isSealed(item)) {
         const checked = checkDeviceList(item, item.envelopes, (u) => keyed.get(u) ?? []);
-        // Refused: nothing is claimed (the outcome is still a duplicate when the key is known).
-        if ('code' in checked) return items.set(index, { id: null, refusal: checked });
-        items.set(index, { id: null, sealed: checked });
+        if ('code' in checked) return refuse(index, checked);
+        items.set(index, { id: null, targets: { devices: checked.targets, bodies: checked.bodies } });
         claims.push({ index, item, refs: checked.targets.length, body: EMPTY });
-        return;
+      } else if (isGroupMessage(item)) {
+        if (!early(index)) return;
+        const g = groups.get(item.to);
+        if (!g?.members.has(item.from.user)) return refuse(index, { ok: false, code: 'not_member' });
+        const mine = (d: { user: string; device: string }) =>
+          d.user === item.from.user && d.device === item.from.device;
+        const devices = g.devices.filter((d) => !mine(d));
+        items.set(index, { id: null, targets: { devices } });
+        claims.push({ index, item, refs: devices.length, ver: g.ver });
+      } else if (isDirect(item)) {
+        const to = w.known(item.to);
+        if (to.length === 0) return; // refused in `commit`, claiming nothing
+        const refs = item.kind === 'msg' ? directTargets(item, to, w.known(item.from.user)).length : 0;
+        items.set(index, { id: null });
+        claims.push({ index, item, refs });
       }
-      if (!isDirect(item)) return;
-      const to = w.known(item.to);
-      if (to.length === 0) return; // refused in `commit`, claiming nothing
-      const refs = item.kind === 'msg' ? directTargets(item, to, w.known(item.from.user)).length : 0;
-      items.set(index, { id: null });
-      claims.push({ index, item, refs });
     });
     const ids = await claimDirect(c, s, claims, now);
     const at = new Map<string, number>();
+    const acted: Array<{ group: string; user: string; ver: number }> = [];
     for (const k of claims) {
       const id = ids.get(k.index)!;
       items.get(k.index)!.id = id;
-      if (k.item.kind === 'msg' && id !== null) {
-        at.set(claimKey(k.item.from.user, k.item.from.device, k.item.id), k.index);
-      }
+      if (k.item.kind !== 'msg' || id === null) continue;
+      at.set(claimKey(k.item.from.user, k.item.from.device, k.item.id), k.index);
+      // Sending in a group is taking part in it.
+      if (k.ver !== undefined) acted.push({ group: k.item.to, user: k.item.from.user, ver: k.ver });
     }
-    // A receipt counts what was committed before it, in batch order. Group changes and group
-    // messages write records and memberships as they commit, so a receipt after the first of them
-    // reads its records at its turn (`commitDirect`); the ones before it, with the batch's here.
-    const firstGroup = batch.findIndex(
-      (item) => item.kind === 'group' || (item.kind === 'msg' && item.group),
-    );
+    await markActed(c, s, acted);
+    // A receipt counts what was committed before it, in batch order: with the batch's records here
+    // (less the messages claimed for later items), or, after a membership change, at its turn.
     const readers = claims.flatMap((k) =>
-      k.item.kind === 'receipt' && ids.get(k.index) !== null && (firstGroup < 0 || k.index < firstGroup)
+      k.item.kind === 'receipt' && ids.get(k.index) !== null && early(k.index)
         ? [{ index: k.index, item: k.item }]
         : [],
     );
@@ -1629,14 +1656,14 @@ function postgresStore(
     claims: BatchClaims,
   ): Promise<AppendOutcome> {
     const duplicate = (ts: number | undefined): AppendOutcome => duplicateOf(ts ?? now);
-    if (isSealed(item)) {
-      const claimed = claims.items.get(index)!;
+    const claimed = claims.items.get(index);
+    if (item.kind === 'msg' && (claimed?.refusal || claimed?.targets)) {
       if (claimed.refusal) {
         const ts = await original(c, item);
         return ts === undefined ? claimed.refusal : duplicate(ts);
       }
       if (claimed.id === null) return duplicate(await original(c, item));
-      return commitSealed(w, item, claimed.id, claimed.sealed!, now);
+      return commitClaimed(w, item, claimed.id, claimed.targets!, now);
     }
     if (isDirect(item)) {
       const out = await commitDirect(c, w, item, now, index, claims);
