@@ -179,7 +179,7 @@ describeWithServices('postgres server store', reason, () => {
       });
     });
 
-    it('a batch of messages (plain, end-to-end encrypted, group) or read receipts costs the same few statements however many items it has', async () => {
+    it('a batch of messages (plain, end-to-end encrypted, group), read receipts or duplicates costs the same few statements however many items it has', async () => {
       const schema = freshSchema();
       await withPool(async (pool) => {
         // The statements the store's transactions send, counted on the connections it checks out.
@@ -265,6 +265,12 @@ describeWithServices('postgres server store', reason, () => {
           ];
           expect(many).toEqual(one);
           expect(Math.max(...many)).toBeLessThanOrEqual(8);
+          // A batch sent again (a client resending after a lost connection): duplicates, each with
+          // its original's time, as cheaply.
+          counted.reset();
+          const again = await store.append(plain(64).slice(1), 9);
+          expect(again.every((o) => o.ok && o.duplicate && o.ts === 5)).toBe(true);
+          expect(counted.statements()).toBeLessThanOrEqual(8);
           // And every receipt counted both messages it names (after the group's creation).
           const read = await store.readInbox(pairs[9]!.a, 0, 10);
           expect(read.filter((e) => e.kind === 'status')).toEqual([

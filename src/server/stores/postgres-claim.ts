@@ -100,6 +100,29 @@ export async function claimDirect(
   return out;
 }
 
+/**
+ * The commit times of the items whose dedupe keys are known (a duplicate's outcome carries its
+ * original's), by {@link claimKey}, in one query; keys not found are left out.
+ */
+export async function originals(
+  c: Queryable,
+  s: string,
+  items: ReadonlyArray<{ from: { user: string; device: string }; id: string }>,
+): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  if (items.length === 0) return out;
+  const { rows } = await c.query(
+    `SELECT d.from_user, d.from_device, d.msg_id, d.ts
+     FROM unnest($1::text[], $2::text[], $3::text[]) AS x(fu, fd, id)
+     JOIN ${s}.dedupe d ON d.from_user = x.fu AND d.msg_id = x.id AND d.from_device = x.fd`,
+    [items.map((i) => i.from.user), items.map((i) => i.from.device), items.map((i) => i.id)],
+  );
+  for (const r of rows as Array<{ from_user: string; from_device: string; msg_id: string; ts: string }>) {
+    out.set(keyOf(r.from_user, r.from_device, r.msg_id), Number(r.ts));
+  }
+  return out;
+}
+
 /** A device with keys, as the device-list check sees it. */
 export interface KeyedRow {
   id: number;

@@ -61,6 +61,7 @@ import {
   keyedDevices,
   lockGroups,
   markActed,
+  originals,
   receiptRecords,
   type DirectClaim,
   type ReceiptRecord,
@@ -533,6 +534,11 @@ interface Claimed {
 interface BatchClaims {
   items: Map<number, Claimed>;
   at: Map<string, number>;
+  /**
+   * The commit times of the items `claimBatch` found known or refused (a duplicate answers with
+   * its original's), by dedupe key (see `claimKey`).
+   */
+  known: Map<string, number>;
 }
 
 interface InboxRow {
@@ -1644,7 +1650,14 @@ function postgresStore(
     for (const { index, item } of readers) {
       items.get(index)!.ids = countedIds(item, index, records.get(index)!, at);
     }
-    return { items, at };
+    // The originals of the duplicates (a resent batch is all of them) and of the refused items
+    // (one whose key is known is a duplicate, not a refusal), in one query.
+    const known = await originals(
+      c,
+      s,
+      [...items].flatMap(([i, k]) => (k.id === null ? [batch[i]!] : [])),
+    );
+    return { items, at, known };
   }
 
   async function commit(
@@ -1657,20 +1670,23 @@ function postgresStore(
   ): Promise<AppendOutcome> {
     const duplicate = (ts: number | undefined): AppendOutcome => duplicateOf(ts ?? now);
     const claimed = claims.items.get(index);
+    // Known or refused in `claimBatch`, which read the original times then.
+    const known = () => claims.known.get(claimKey(item.from.user, item.from.device, item.id));
     if (item.kind === 'msg' && (claimed?.refusal || claimed?.targets)) {
       if (claimed.refusal) {
-        const ts = await original(c, item);
+        const ts = known();
         return ts === undefined ? claimed.refusal : duplicate(ts);
       }
-      if (claimed.id === null) return duplicate(await original(c, item));
+      if (claimed.id === null) return duplicate(known());
       return commitClaimed(w, item, claimed.id, claimed.targets!, now);
     }
     if (isDirect(item)) {
       const out = await commitDirect(c, w, item, now, index, claims);
       if (out?.ok) return out;
-      // A duplicate, or a refusal: which is a duplicate too when the key is known.
+      if (out === null) return duplicate(known());
+      // Refused (its recipient is not in the directory): a duplicate all the same when its key is known.
       const ts = await original(c, item);
-      return out === null || ts !== undefined ? duplicate(ts) : out;
+      return ts !== undefined ? duplicate(ts) : out;
     }
     if (!(await claim(c, item, now))) return duplicate(await original(c, item));
     let out: AppendOutcome;
