@@ -641,9 +641,15 @@ export function sqliteServerStore(
       'UPDATE devices SET last_offset = ?, entries = entries + ?, bytes = bytes + ? WHERE id = ?',
     ),
     dedupeGet: q('SELECT ts FROM dedupe WHERE from_user = ? AND from_device = ? AND msg_id = ?'),
-    dedupeInsert: q(
-      'INSERT INTO dedupe (from_user, from_device, msg_id, ts, to_user, gver) VALUES (?, ?, ?, ?, ?, ?)',
+    /** Claims an item's dedupe key: `changes` is 0 when it was known (a duplicate). */
+    dedupeClaim: q(
+      `INSERT INTO dedupe (from_user, from_device, msg_id, ts, to_user, gver) VALUES (?, ?, ?, ?, ?, NULL)
+       ON CONFLICT DO NOTHING`,
     ),
+    /** Gives back the claim of a refused item (a refusal writes nothing). */
+    dedupeUnclaim: q('DELETE FROM dedupe WHERE from_user = ? AND from_device = ? AND msg_id = ?'),
+    /** A group message's record keeps the group version it committed at. */
+    dedupeGroupVer: q('UPDATE dedupe SET gver = ? WHERE from_user = ? AND from_device = ? AND msg_id = ?'),
     /** A sender's messages with one id, and where each went. */
     sentGet: q(
       'SELECT msg_id AS id, to_user AS "to", gver AS ver FROM dedupe WHERE from_user = ? AND msg_id = ? AND to_user IS NOT NULL',
@@ -654,8 +660,11 @@ export function sqliteServerStore(
     ),
     eventInsert: q('INSERT INTO group_events (data, refs) VALUES (?, ?)'),
     entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body, size) VALUES (?, ?, ?, ?, ?, ?)'),
-    /** A device's inbox usage, as the triggers keep it (this transaction's own writes included). */
-    usageOf: q('SELECT entries, bytes FROM devices WHERE id = ?'),
+    /**
+     * A device's inbox usage, as the triggers keep it (this transaction's own writes included),
+     * and its offset counter (the entry a quota check is for takes the next offset right after).
+     */
+    usageOf: q('SELECT entries, bytes, last_offset FROM devices WHERE id = ?'),
     groupCount: q('SELECT count(*) AS n FROM group_members WHERE user = ?'),
     inviteHas: q('SELECT 1 AS x FROM group_invites WHERE group_id = ? AND user = ?'),
     inviteCount: q('SELECT count(*) AS n FROM group_invites WHERE user = ?'),
@@ -914,7 +923,12 @@ export function sqliteServerStore(
        * (deletes are counted by their trigger at once), or read now.
        */
       usage(dev: number, row?: InboxUsage): InboxUsage {
-        const base = row ?? (sql.usageOf.get(dev) as InboxUsage);
+        let base = row;
+        if (!base) {
+          const read = sql.usageOf.get(dev) as InboxUsage & { last_offset: number };
+          if (!last.has(dev)) last.set(dev, read.last_offset); // `next` needs no read of its own
+          base = read;
+        }
         const a = added.get(dev);
         const r = slicer.reserved(dev); // entries of sliced messages still to write
         const entries = base.entries + (a?.entries ?? 0) + (r?.entries ?? 0);
@@ -984,7 +998,6 @@ export function sqliteServerStore(
     }
     const invites = planInvites(item, current, plan, hasDevice, pending, quotas.invitesPerUser);
     if (typeof invites === 'string') return { ok: false, code: invites };
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     const notify = new NotifySet();
     if (plan !== null) applyPlan(w, item, plan, now, notify);
     for (const u of invites.drop) sql.inviteDelete.run(item.group, u);
@@ -1148,7 +1161,7 @@ export function sqliteServerStore(
     if (skip === 'refused') return { ok: false, code: 'inbox_full' };
     // Sending in a group is taking part in it (written only when the version moved on).
     sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, member.ver);
+    sql.dedupeGroupVer.run(member.ver, item.from.user, item.from.device, item.id);
     return deliver(w, item, targets, skip, now);
   }
 
@@ -1159,7 +1172,6 @@ export function sqliteServerStore(
     const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
     const skip = place(w, targets, item.from, () => item.body.byteLength, item.seq > 0);
     if (skip === 'refused') return { ok: false, code: 'inbox_full' };
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     relate(item.from.user, item.to);
     return deliver(w, item, targets, skip, now);
   }
@@ -1178,7 +1190,6 @@ export function sqliteServerStore(
     });
     const targets = ids.length === 0 ? [] : directTargets(item, toDevices, w.devicesOf(item.from.user));
     if (place(w, targets, item.from, () => 0, false) === 'refused') return { ok: false, code: 'inbox_full' };
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, null, null);
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
     for (const t of targets) pushStatus(w, t.dev, now, 'read', ids, item.from.user);
     return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
@@ -1209,24 +1220,29 @@ export function sqliteServerStore(
     const targets = checked.targets.map((t) => ({ dev: t.id, addr: { user: t.user, device: t.device } }));
     const skip = place(w, targets, item.from, (i) => checked.bodies[i]!.byteLength, item.seq > 0);
     if (skip === 'refused') return { ok: false, code: 'inbox_full' };
-    sql.dedupeInsert.run(item.from.user, item.from.device, item.id, now, item.to, null);
     relate(item.from.user, item.to);
     return deliver(w, item, targets, skip, now, checked.bodies);
   }
 
   function commit(w: Writer, item: AppendInput, now: number): AppendOutcome {
-    const original = sql.dedupeGet.get(item.from.user, item.from.device, item.id) as
-      { ts: number } | undefined;
-    if (original) {
+    // The dedupe key first, claimed in one write (a known one is a duplicate); a refused item
+    // gives its claim back below, so a refusal writes nothing.
+    const { from, id } = item;
+    const to = item.kind === 'msg' ? item.to : null;
+    if (sql.dedupeClaim.run(from.user, from.device, id, now, to).changes === 0) {
+      const original = sql.dedupeGet.get(from.user, from.device, id) as { ts: number };
       // A duplicate of a sliced message still pending: answered once its last slice is durable.
       const pending = slicing && slicer.pendingOf(item.from, item.id);
       if (pending) slicing!.pending.push(pending);
       return { ok: true, ts: original.ts, duplicate: true, notify: [] };
     }
-    if (item.kind === 'group') return commitGroup(w, item, now);
-    if (item.kind === 'msg' && item.envelopes) return commitSealed(w, item, item.envelopes, now);
-    if (item.kind === 'msg' && item.group) return commitGroupMessage(w, item, now);
-    return commitDirect(w, item, now);
+    let out: AppendOutcome;
+    if (item.kind === 'group') out = commitGroup(w, item, now);
+    else if (item.kind === 'msg' && item.envelopes) out = commitSealed(w, item, item.envelopes, now);
+    else if (item.kind === 'msg' && item.group) out = commitGroupMessage(w, item, now);
+    else out = commitDirect(w, item, now);
+    if (!out.ok) sql.dedupeUnclaim.run(from.user, from.device, id);
+    return out;
   }
 
   /** Appends one status per group to every device of the group's user. */
