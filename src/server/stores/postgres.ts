@@ -54,6 +54,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { checkDeviceList, notRegistered, uploadKind, type Refusal } from './directory.js';
+import { deleteAcked } from './postgres-acks.js';
 import { claimBundles } from './postgres-keys.js';
 import {
   claimDirect,
@@ -1821,9 +1822,6 @@ function postgresStore(
 
   let pendingAcks: PendingAck[] = [];
 
-  const deviceOrder = (a: DeviceAddress, b: DeviceAddress): number =>
-    a.user < b.user ? -1 : a.user > b.user ? 1 : a.device < b.device ? -1 : a.device > b.device ? 1 : 0;
-
   /** Commits every pending ack in one transaction; all of them fail together if it fails. */
   async function flushAcks(): Promise<void> {
     const batch = pendingAcks;
@@ -1833,37 +1831,25 @@ function postgresStore(
     try {
       results = await tx(async (c) => {
         const w = new Writer(c);
-        const parts: Array<{ removed: RemovedRow[]; user: () => string; out: Groups }> = [];
-        // Inbox rows too are deleted in one order (by device), should two nodes ack for one device.
-        const order = batch.map((_, i) => i).sort((x, y) => deviceOrder(batch[x]!.device, batch[y]!.device));
-        for (const a of order.map((i) => batch[i]!)) {
-          const removed = await rowsOf<RemovedRow>(
-            c,
-            `WITH del AS (
-               DELETE FROM ${s}.inbox WHERE pos = ANY($3::bigint[])
-                 AND dev = (SELECT id FROM ${s}.devices WHERE user_id = $1 AND device = $2)
-               RETURNING dev, pos, message, event, size
-             )
-             SELECT del.*, m.from_user, m.msg_id FROM del LEFT JOIN ${s}.messages m ON m.id = del.message
-             ORDER BY del.pos`,
-            [a.device.user, a.device.device, a.offsets.filter((o) => Number.isSafeInteger(o))],
-          );
+        // Every ack's entries in one statement, rows locked in (device, offset) order.
+        const deleted = await deleteAcked(c, s, batch);
+        const parts = batch.map((a, i) => {
+          const removed: RemovedRow[] = deleted[i]!;
           w.released(removed);
           // sender user → ids newly delivered to this (recipient) user
-          parts.push({ removed, user: () => a.device.user, out: new Map() });
-        }
-        // Back in the batch's order, for the answers.
-        const byBatch = new Array<(typeof parts)[number]>(batch.length);
-        order.forEach((i, k) => (byBatch[i] = parts[k]!));
+          return { removed, user: () => a.device.user, out: new Map() as Groups };
+        });
         // The whole batch's marks and releases together, in one lock order (see settle).
         await settle(c, parts);
+        // The senders' device lists in one query (fanOut then reads none).
+        await w.prefetch(parts.flatMap((p) => [...p.out.values()].map((g) => g.user)));
         const out: NotifyResult[] = [];
         const written: WrittenStatuses[] = [];
         for (let i = 0; i < batch.length; i++) {
           const notify = new NotifySet();
           written.push({ offsets: [], list: [] });
-          await fanOut(w, byBatch[i]!.out, 'delivered', batch[i]!.now, notify, written[i]);
-          out.push({ count: byBatch[i]!.removed.length, notify: notify.list });
+          await fanOut(w, parts[i]!.out, 'delivered', batch[i]!.now, notify, written[i]);
+          out.push({ count: parts[i]!.removed.length, notify: notify.list });
         }
         await w.flush();
         // The statuses as written, so the engine pushes them without reading them back.
