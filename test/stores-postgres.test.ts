@@ -301,6 +301,43 @@ describeWithServices('postgres server store', reason, () => {
       });
     });
 
+    it('acks made while an ack flush runs wait for it and then go together in one transaction', async () => {
+      const schema = freshSchema();
+      await withPool(async (pool) => {
+        const counted = countingPool(pool);
+        const store = await openPostgresServerStore({ pool: counted.pool, schema });
+        const readers = Array.from({ length: 21 }, (_, i) => ({ user: `r${i}`, device: 'd' }));
+        try {
+          await store.registerDevice(alice1, 1);
+          for (const d of readers) await store.registerDevice(d, 1);
+          const sends = readers.map((d, i): MessageInput => ({
+            kind: 'msg',
+            from: alice1,
+            id: `m${i}`,
+            to: d.user,
+            seq: i + 1,
+            body: new Uint8Array(1),
+          }));
+          expect((await store.append(sends, 2)).every((o) => o.ok)).toBe(true);
+          counted.reset();
+          const turn = () => new Promise((resolve) => setImmediate(resolve));
+          const [first, ...rest] = readers;
+          const acks = [store.ack(first!, [1], 3)];
+          await turn(); // the first flush has begun
+          // Four more turns of five acks each while it runs: without the wait, four more flushes.
+          for (let k = 0; k < 4; k++) {
+            for (const d of rest.slice(k * 5, k * 5 + 5)) acks.push(store.ack(d, [1], 3));
+            await turn();
+          }
+          const done = await Promise.all(acks);
+          expect(done.every((r) => r.count === 1 && r.notify.length === 1)).toBe(true);
+          expect(counted.transactions()).toBe(2);
+        } finally {
+          await store.close();
+        }
+      });
+    });
+
     it('keeps commit times exactly, fractions of a millisecond included', async () => {
       const store = await openOn(freshSchema());
       try {

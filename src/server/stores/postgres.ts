@@ -1821,12 +1821,31 @@ function postgresStore(
   }
 
   let pendingAcks: PendingAck[] = [];
+  /**
+   * Whether an ack flush is running. One at a time: the acks made meanwhile wait for it and then
+   * go together in the next, so under load a flush carries more acks (fewer statements and
+   * commits per ack), and at light load nothing waits.
+   */
+  let ackFlushing = false;
+  const scheduleAcks = (): void => void setImmediate(() => void track(flushAcks()));
 
-  /** Commits every pending ack in one transaction; all of them fail together if it fails. */
+  /** Commits every pending ack in one transaction, unless a flush is running (it runs them next). */
   async function flushAcks(): Promise<void> {
+    if (ackFlushing) return;
     const batch = pendingAcks;
     pendingAcks = [];
     if (batch.length === 0) return;
+    ackFlushing = true;
+    try {
+      await commitAcks(batch);
+    } finally {
+      ackFlushing = false;
+      if (pendingAcks.length > 0) scheduleAcks();
+    }
+  }
+
+  /** Commits `batch` in one transaction; all of them fail together if it fails. */
+  async function commitAcks(batch: PendingAck[]): Promise<void> {
     let results: NotifyResult[];
     try {
       results = await tx(async (c) => {
@@ -2090,11 +2109,11 @@ function postgresStore(
     async ack(device: DeviceAddress, offsets: number[], now: number): Promise<NotifyResult> {
       check();
       if (offsets.length === 0) return { count: 0, notify: [] };
-      // Group commit for acks: every ack called in this turn of the event loop joins one
-      // transaction, committed on the next turn; each caller gets its own result.
+      // Group commit for acks: every ack called in this turn of the event loop (or while the
+      // previous flush runs) joins one transaction; each caller gets its own result.
       return new Promise<NotifyResult>((resolve, reject) => {
         pendingAcks.push({ device, offsets, now, resolve, reject });
-        if (pendingAcks.length === 1) setImmediate(() => void track(flushAcks()));
+        if (pendingAcks.length === 1 && !ackFlushing) scheduleAcks();
       });
     },
 
