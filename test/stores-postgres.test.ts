@@ -338,6 +338,34 @@ describeWithServices('postgres server store', reason, () => {
       });
     });
 
+    it('acks waiting for a running flush are committed before close resolves', async () => {
+      const schema = freshSchema();
+      const store = await openOn(schema);
+      const readers = [0, 1, 2].map((i) => ({ user: `r${i}`, device: 'd' }));
+      await store.registerDevice(alice1, 1);
+      for (const d of readers) await store.registerDevice(d, 1);
+      const sends = readers.map((d, i): MessageInput => ({
+        kind: 'msg',
+        from: alice1,
+        id: `m${i}`,
+        to: d.user,
+        seq: i + 1,
+        body: new Uint8Array(1),
+      }));
+      expect((await store.append(sends, 2)).every((o) => o.ok)).toBe(true);
+      const acks = [store.ack(readers[0]!, [1], 3)];
+      await new Promise((resolve) => setImmediate(resolve)); // its flush has begun
+      acks.push(store.ack(readers[1]!, [1], 3), store.ack(readers[2]!, [1], 3)); // they wait for it
+      await store.close();
+      expect((await Promise.all(acks)).map((r) => r.count)).toEqual([1, 1, 1]);
+      const again = await openOn(schema);
+      try {
+        for (const d of readers) expect(await again.readInbox(d, 0, 10)).toEqual([]);
+      } finally {
+        await again.close();
+      }
+    });
+
     it('keeps commit times exactly, fractions of a millisecond included', async () => {
       const store = await openOn(freshSchema());
       try {

@@ -1840,7 +1840,8 @@ function postgresStore(
       await commitAcks(batch);
     } finally {
       ackFlushing = false;
-      if (pendingAcks.length > 0) scheduleAcks();
+      // Tracked before this flush settles, so `close` waits for it too.
+      if (pendingAcks.length > 0) void track(flushAcks());
     }
   }
 
