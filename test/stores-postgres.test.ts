@@ -609,6 +609,57 @@ describeWithServices('postgres server store', reason, () => {
       expect(failures, 'appends that failed (deadlock victims)').toEqual([]);
     });
 
+    it('two nodes committing group messages to the same groups from the same senders in opposite orders never deadlock', async () => {
+      // A batch locks its groups FOR SHARE and marks its senders as having taken part (rows both
+      // nodes write here) all at once, in key order. Committed one at a time in batch order, as
+      // before 7 Dec, the two nodes deadlocked in the first round.
+      const schema = freshSchema();
+      const a = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
+      const b = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
+      const failures: string[] = [];
+      try {
+        const users = Array.from({ length: 6 }, (_, i) => `u${i}`);
+        for (const u of users) await a.registerDevice({ user: u, device: 'd' }, 1);
+        const groups = Array.from({ length: 6 }, (_, g) => `g${g}`);
+        const creates = groups.map((g, i): GroupInput => ({
+          kind: 'group',
+          from: { user: users[i]!, device: 'd' },
+          id: `c-${g}`,
+          group: g,
+          change: { op: 'create', name: g, members: users.filter((_, k) => k !== i) },
+          maxMembers: 64,
+        }));
+        expect((await a.append(creates, 1)).every((o) => o.ok)).toBe(true);
+        for (let round = 0; round < 8; round++) {
+          // Every sender to every group; node b takes the same items in the opposite order.
+          const items = users.flatMap((u, i) =>
+            groups.map((g, k): MessageInput => ({
+              kind: 'msg',
+              from: { user: u, device: 'd' },
+              id: `m${round}-${i}-${k}`,
+              to: g,
+              group: true,
+              seq: round * 100 + k + 1,
+              body: Uint8Array.of(k),
+            })),
+          );
+          const half = (tag: string, list: MessageInput[]) => list.map((m) => ({ ...m, id: tag + m.id }));
+          const results = await Promise.allSettled([
+            a.append(half('a', items), 2 + round),
+            b.append(half('b', [...items].reverse()), 2 + round),
+          ]);
+          for (const r of results)
+            if (r.status === 'rejected') failures.push(`round ${round}: ${(r.reason as Error).message}`);
+            else if (!r.value.every((o) => o.ok)) failures.push(`round ${round}: an item was refused`);
+        }
+        expect(await a.related('u1', 'u0')).toBe(true);
+      } finally {
+        await a.close();
+        await b.close();
+      }
+      expect(failures, 'appends that failed (deadlock victims)').toEqual([]);
+    });
+
     it('two nodes acking entries of the same messages at once never deadlock (marks and bodies lock in one order)', async () => {
       // Each body sits in three inboxes (the peer's two devices and the sender's other device);
       // each node acks two of them in one batch, the two nodes in opposite message orders: even
