@@ -14,6 +14,7 @@ import type {
   KeyUpload,
   MessageInput,
 } from '../store.js';
+import { isSender } from './relational.js';
 
 /** A device that has keys in the directory, as the device-list check sees it. */
 export interface KeyedDevice extends DeviceAddress {
@@ -53,7 +54,7 @@ export function checkDeviceList<T extends KeyedDevice>(
   const expected = new Map<string, T>();
   const mine = item.to === item.from.user ? [] : keyed(item.from.user);
   for (const d of [...toDevices, ...mine]) {
-    if (d.user === item.from.user && d.device === item.from.device) continue;
+    if (isSender(d, item.from)) continue;
     expected.set(keyOf(d), d);
   }
   const given = new Map<string, DeviceEnvelope>();

@@ -33,6 +33,7 @@ import type {
 import { checkDeviceList, claimedUsers, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
 import { extendFullNotices, GapCollector, type DroppedMessage } from './gap-notices.js';
 import {
+  exceptSender,
   joinSnapshot,
   membershipMarks,
   NotifySet,
@@ -511,7 +512,7 @@ export function memoryServerStore(
     } else if (item.group) {
       const g = data.groups.get(item.to);
       if (!g || !g.members.has(item.from.user)) return { ok: false, code: 'not_member' };
-      targets = memberDevices(g).filter((d) => d.user !== item.from.user || d.device !== item.from.device);
+      targets = exceptSender(memberDevices(g), item.from);
       ver = g.ver;
     } else {
       if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };

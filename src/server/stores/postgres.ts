@@ -96,6 +96,7 @@ import {
   queueStatus,
   receiptIds,
   snapshotOf,
+  exceptSender,
   type ChangePlan,
   type Groups,
   type GroupView,
@@ -1426,52 +1427,35 @@ function postgresStore(
     return offsets;
   }
 
+  /**
+   * A group message committed at its turn (after a membership change in its batch, which decides
+   * who gets it; the ones before are claimed by `claimBatch`), its key already claimed: the same
+   * group lock, member read and marks as there, for this one group.
+   */
   async function commitGroupMessage(
     c: PgQueryable,
     w: Writer,
     item: MessageInput,
     now: number,
   ): Promise<AppendOutcome> {
-    // FOR SHARE: a concurrent membership change of this group waits for this commit (and this
-    // message for it), so a message reaches exactly the members of one version of the group. In
-    // the same round trip: the sender took part in the group at that version (written only when
-    // it moved on), and the message's dedupe record (claimed already) gets that version.
-    const member = await c.query(
-      `WITH g AS (
-         SELECT g.ver FROM ${s}.groups g WHERE g.id = $1
-           AND EXISTS (SELECT 1 FROM ${s}.group_members WHERE group_id = g.id AND user_id = $2)
-         FOR SHARE
-       ), acted AS (
-         UPDATE ${s}.group_members m SET acted_ver = g.ver FROM g
-         WHERE m.group_id = $1 AND m.user_id = $2 AND m.acted_ver < g.ver
-       ), rec AS (
-         UPDATE ${s}.dedupe d SET gver = g.ver FROM g
-         WHERE d.from_user = $2 AND d.msg_id = $4 AND d.from_device = $3
-       )
-       SELECT ver FROM g`,
-      [item.to, item.from.user, item.from.device, item.id],
+    const g = (await lockGroups(c, s, [item.to])).get(item.to);
+    if (!g?.members.has(item.from.user)) return { ok: false, code: 'not_member' };
+    // Its dedupe record keeps the group's version; sending in a group is taking part in it.
+    await c.query(
+      `UPDATE ${s}.dedupe SET gver = $4 WHERE from_user = $1 AND msg_id = $3 AND from_device = $2`,
+      [item.from.user, item.from.device, item.id, g.ver],
     );
-    if (member.rowCount === 0) return { ok: false, code: 'not_member' };
-    const rows = await rowsOf<{ id: string; user: string; device: string }>(
-      c,
-      `SELECT d.id, d.user_id AS user, d.device
-       FROM ${s}.group_members gm JOIN ${s}.devices d ON d.user_id = gm.user_id
-       WHERE gm.group_id = $1 ORDER BY gm.joined, d.id`,
-      [item.to],
-    );
-    const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
-    for (const r of rows) {
-      if (r.user === item.from.user && r.device === item.from.device) continue;
-      targets.push({ dev: Number(r.id), addr: { user: r.user, device: r.device } });
-    }
+    await markActed(c, s, [{ group: item.to, user: item.from.user, ver: g.ver }]);
+    const targets = exceptSender(g.devices, item.from);
     const offsets = await storeMessage(
       c,
       w,
       item,
-      targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user })),
+      targets.map((t) => ({ dev: t.id, own: t.user === item.from.user })),
       now,
     );
-    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr), offsets };
+    const notify = targets.map((t) => ({ user: t.user, device: t.device }));
+    return { ok: true, ts: now, duplicate: false, notify, offsets };
   }
 
   /**
@@ -1615,9 +1599,7 @@ function postgresStore(
         if (!early(index)) return;
         const g = groups.get(item.to);
         if (!g?.members.has(item.from.user)) return refuse(index, { ok: false, code: 'not_member' });
-        const mine = (d: { user: string; device: string }) =>
-          d.user === item.from.user && d.device === item.from.device;
-        const devices = g.devices.filter((d) => !mine(d));
+        const devices = exceptSender(g.devices, item.from);
         items.set(index, { id: null, targets: { devices } });
         claims.push({ index, item, refs: devices.length, ver: g.ver });
       } else if (isDirect(item)) {

@@ -286,6 +286,18 @@ export function bundleFrom(
  * The devices a 1:1 message or receipt goes to: every device of `to`, then the sender user's
  * devices, each once, never the sending device.
  */
+/** Whether `d` is the sending device: a message never goes to it (it has what it sent). */
+export const isSender = (d: { user: string; device: string }, from: DeviceAddress): boolean =>
+  d.user === from.user && d.device === from.device;
+
+/** A message's targets among `devices`: every one but the sending device. */
+export function exceptSender<T extends { user: string; device: string }>(
+  devices: readonly T[],
+  from: DeviceAddress,
+): T[] {
+  return devices.filter((d) => !isSender(d, from));
+}
+
 export function directTargets<R extends { id: number; device: string }>(
   item: { from: DeviceAddress; to: string },
   toDevices: readonly R[],
@@ -297,7 +309,7 @@ export function directTargets<R extends { id: number; device: string }>(
     for (const r of rows) {
       if (seen.has(r.id)) continue;
       seen.add(r.id);
-      if (user === item.from.user && r.device === item.from.device) continue;
+      if (isSender({ user, device: r.device }, item.from)) continue;
       targets.push({ dev: r.id, addr: { user, device: r.device } });
     }
   };

@@ -106,6 +106,7 @@ import {
   decodeEvent,
   directTargets,
   encodeEvent,
+  exceptSender,
   joinSnapshot,
   keptKeys,
   NotifySet,
@@ -1152,8 +1153,7 @@ export function sqliteServerStore(
     const targets: Array<{ dev: number; addr: DeviceAddress; usage: InboxUsage }> = [];
     // One query for every member device, its counter and its inbox usage (read inside the
     // transaction, so earlier items of the batch count); the fan-out is then one insert each.
-    for (const r of memberDevicesOf(item.to)) {
-      if (r.user === item.from.user && r.device === item.from.device) continue;
+    for (const r of exceptSender(memberDevicesOf(item.to), item.from)) {
       w.prime(r);
       targets.push({ dev: r.id, addr: { user: r.user, device: r.device }, usage: r });
     }
