@@ -301,6 +301,21 @@ describeWithServices('postgres server store', reason, () => {
       });
     });
 
+    /** Registers alice1 and `readers` and commits one message from alice1 to each (offset 1 in each inbox). */
+    const oneEach = async (store: ServerStore, readers: DeviceAddress[]): Promise<void> => {
+      await store.registerDevice(alice1, 1);
+      for (const d of readers) await store.registerDevice(d, 1);
+      const sends = readers.map((d, i): MessageInput => ({
+        kind: 'msg',
+        from: alice1,
+        id: `m${i}`,
+        to: d.user,
+        seq: i + 1,
+        body: new Uint8Array(1),
+      }));
+      expect((await store.append(sends, 2)).every((o) => o.ok)).toBe(true);
+    };
+
     it('acks made while an ack flush runs wait for it and then go together in one transaction', async () => {
       const schema = freshSchema();
       await withPool(async (pool) => {
@@ -308,17 +323,7 @@ describeWithServices('postgres server store', reason, () => {
         const store = await openPostgresServerStore({ pool: counted.pool, schema });
         const readers = Array.from({ length: 21 }, (_, i) => ({ user: `r${i}`, device: 'd' }));
         try {
-          await store.registerDevice(alice1, 1);
-          for (const d of readers) await store.registerDevice(d, 1);
-          const sends = readers.map((d, i): MessageInput => ({
-            kind: 'msg',
-            from: alice1,
-            id: `m${i}`,
-            to: d.user,
-            seq: i + 1,
-            body: new Uint8Array(1),
-          }));
-          expect((await store.append(sends, 2)).every((o) => o.ok)).toBe(true);
+          await oneEach(store, readers);
           counted.reset();
           const turn = () => new Promise((resolve) => setImmediate(resolve));
           const [first, ...rest] = readers;
@@ -342,17 +347,7 @@ describeWithServices('postgres server store', reason, () => {
       const schema = freshSchema();
       const store = await openOn(schema);
       const readers = [0, 1, 2].map((i) => ({ user: `r${i}`, device: 'd' }));
-      await store.registerDevice(alice1, 1);
-      for (const d of readers) await store.registerDevice(d, 1);
-      const sends = readers.map((d, i): MessageInput => ({
-        kind: 'msg',
-        from: alice1,
-        id: `m${i}`,
-        to: d.user,
-        seq: i + 1,
-        body: new Uint8Array(1),
-      }));
-      expect((await store.append(sends, 2)).every((o) => o.ok)).toBe(true);
+      await oneEach(store, readers);
       const acks = [store.ack(readers[0]!, [1], 3)];
       await new Promise((resolve) => setImmediate(resolve)); // its flush has begun
       acks.push(store.ack(readers[1]!, [1], 3), store.ack(readers[2]!, [1], 3)); // they wait for it
@@ -573,14 +568,40 @@ describeWithServices('postgres server store', reason, () => {
       }
     });
 
-    it('two nodes committing batches that start the same conversations in opposite orders never deadlock', async () => {
-      // The first message between two users records the sender's consent; batches on two nodes
-      // holding first messages of the same pairs in opposite orders must not lock them crosswise.
+    /**
+     * Two stores (nodes) on one fresh schema with retries off, so that a deadlock shows as a failed
+     * call: `fn` reports each round's settled calls with `failed`; both stores are closed after,
+     * and no call may have failed.
+     */
+    const twoNodes = async (
+      what: string,
+      fn: (
+        a: ServerStore,
+        b: ServerStore,
+        failed: (round: number, results: PromiseSettledResult<unknown>[]) => void,
+      ) => Promise<void>,
+    ): Promise<void> => {
       const schema = freshSchema();
       const a = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
       const b = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
       const failures: string[] = [];
+      const failed = (round: number, results: PromiseSettledResult<unknown>[]) => {
+        for (const r of results)
+          if (r.status === 'rejected') failures.push(`round ${round}: ${(r.reason as Error).message}`);
+      };
       try {
+        await fn(a, b, failed);
+      } finally {
+        await a.close();
+        await b.close();
+      }
+      expect(failures, `${what} that failed (deadlock victims)`).toEqual([]);
+    };
+
+    it('two nodes committing batches that start the same conversations in opposite orders never deadlock', async () => {
+      // The first message between two users records the sender's consent; batches on two nodes
+      // holding first messages of the same pairs in opposite orders must not lock them crosswise.
+      await twoNodes('appends', async (a, b, failed) => {
         const users = Array.from({ length: 12 }, (_, i) => `u${i}`);
         for (const u of users) await a.registerDevice({ user: u, device: 'd' }, 1);
         for (let round = 0; round < 6; round++) {
@@ -594,30 +615,23 @@ describeWithServices('postgres server store', reason, () => {
               seq: round * 100 + i + 1,
               body: Uint8Array.of(i),
             }));
-          const results = await Promise.allSettled([
-            a.append(batch(pairs, 'a'), 2),
-            b.append(batch([...pairs].reverse(), 'b'), 2),
-          ]);
-          for (const r of results)
-            if (r.status === 'rejected') failures.push(`round ${round}: ${(r.reason as Error).message}`);
+          failed(
+            round,
+            await Promise.allSettled([
+              a.append(batch(pairs, 'a'), 2),
+              b.append(batch([...pairs].reverse(), 'b'), 2),
+            ]),
+          );
         }
         expect(await a.related('u1', 'u0')).toBe(true);
-      } finally {
-        await a.close();
-        await b.close();
-      }
-      expect(failures, 'appends that failed (deadlock victims)').toEqual([]);
+      });
     });
 
     it('two nodes committing group messages to the same groups from the same senders in opposite orders never deadlock', async () => {
       // A batch locks its groups FOR SHARE and marks its senders as having taken part (rows both
       // nodes write here) all at once, in key order. Committed one at a time in batch order, as
       // before 7 Dec, the two nodes deadlocked in the first round.
-      const schema = freshSchema();
-      const a = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
-      const b = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
-      const failures: string[] = [];
-      try {
+      await twoNodes('appends', async (a, b, failed) => {
         const users = Array.from({ length: 6 }, (_, i) => `u${i}`);
         for (const u of users) await a.registerDevice({ user: u, device: 'd' }, 1);
         const groups = Array.from({ length: 6 }, (_, g) => `g${g}`);
@@ -648,16 +662,12 @@ describeWithServices('postgres server store', reason, () => {
             a.append(half('a', items), 2 + round),
             b.append(half('b', [...items].reverse()), 2 + round),
           ]);
+          failed(round, results);
           for (const r of results)
-            if (r.status === 'rejected') failures.push(`round ${round}: ${(r.reason as Error).message}`);
-            else if (!r.value.every((o) => o.ok)) failures.push(`round ${round}: an item was refused`);
+            if (r.status === 'fulfilled') expect(r.value.every((o) => o.ok)).toBe(true);
         }
         expect(await a.related('u1', 'u0')).toBe(true);
-      } finally {
-        await a.close();
-        await b.close();
-      }
-      expect(failures, 'appends that failed (deadlock victims)').toEqual([]);
+      });
     });
 
     it('two nodes acking entries of the same messages at once never deadlock (marks and bodies lock in one order)', async () => {
@@ -665,9 +675,6 @@ describeWithServices('postgres server store', reason, () => {
       // each node acks two of them in one batch, the two nodes in opposite message orders: even
       // rounds on devices of the same users (shared `delivered` keys), odd rounds the sender's
       // copies (shared message rows only). With no retries a deadlock shows as a failed ack.
-      const schema = freshSchema();
-      const a = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
-      const b = await openPostgresServerStore({ connectionString: URL, schema, maxRetries: 0 });
       const dev = (user: string, device: string): DeviceAddress => ({ user, device });
       const [p1, p2, q1, q2, s1, s2] = [
         dev('P', 'd1'),
@@ -677,8 +684,7 @@ describeWithServices('postgres server store', reason, () => {
         dev('S', 'd1'),
         dev('S', 'd2'),
       ];
-      const failures: string[] = [];
-      try {
+      await twoNodes('acks', async (a, b, failed) => {
         for (const d of [p1, p2, q1, q2, s1, s2]) await a.registerDevice(d, 1);
         for (let i = 0; i < 8; i++) {
           await a.append(
@@ -695,14 +701,15 @@ describeWithServices('postgres server store', reason, () => {
           const [qB, pB] = even
             ? [await offset(q2, `q${i}`), await offset(p2, `p${i}`)]
             : [await offset(s2, `q${i}`), await offset(s2, `p${i}`)];
-          const results = await Promise.allSettled([
-            a.ack(p1, [pA], 3),
-            a.ack(q1, [qA], 3),
-            b.ack(even ? q2 : s2, [qB], 3),
-            b.ack(even ? p2 : s2, [pB], 3),
-          ]);
-          for (const r of results)
-            if (r.status === 'rejected') failures.push(`round ${i}: ${(r.reason as Error).message}`);
+          failed(
+            i,
+            await Promise.allSettled([
+              a.ack(p1, [pA], 3),
+              a.ack(q1, [qA], 3),
+              b.ack(even ? q2 : s2, [qB], 3),
+              b.ack(even ? p2 : s2, [pB], 3),
+            ]),
+          );
         }
         // And the statuses are right: S hears delivered once per (message, recipient user).
         const st = (await a.readInbox(s1, 0, 1000)).filter((e) => e.kind === 'status');
@@ -711,11 +718,7 @@ describeWithServices('postgres server store', reason, () => {
             .flat()
             .sort(),
         );
-      } finally {
-        await a.close();
-        await b.close();
-      }
-      expect(failures, 'acks that failed (deadlock victims)').toEqual([]);
+      });
     });
   });
 });
