@@ -36,21 +36,24 @@ export async function deleteAcked(
   const users: string[] = [];
   const devices: string[] = [];
   const positions: number[] = [];
-  for (const a of acks) {
+  const named: number[] = []; // the ack (index into `acks`) that named each offset
+  acks.forEach((a, i) => {
     for (const o of a.offsets) {
       if (!Number.isSafeInteger(o)) continue;
       users.push(a.device.user);
       devices.push(a.device.device);
       positions.push(o);
+      named.push(i);
     }
-  }
+  });
   const out = acks.map((): AckedRow[] => []);
   if (positions.length === 0) return out;
   const { rows } = await c.query(
     `WITH x AS (
-       SELECT DISTINCT d.id AS dev, x.pos
-       FROM unnest($1::text[], $2::text[], $3::bigint[]) AS x(u, dv, pos)
+       SELECT DISTINCT ON (d.id, x.pos) d.id AS dev, x.pos, x.n
+       FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[]) AS x(u, dv, pos, n)
        JOIN ${s}.devices d ON d.user_id = x.u AND d.device = x.dv
+       ORDER BY d.id, x.pos, x.n
      ), picked AS (
        SELECT i.dev, i.pos FROM ${s}.inbox i JOIN x ON i.dev = x.dev AND i.pos = x.pos
        ORDER BY i.dev, i.pos FOR UPDATE OF i
@@ -58,25 +61,15 @@ export async function deleteAcked(
        DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
        RETURNING i.dev, i.pos, i.message, i.event, i.size
      )
-     SELECT del.*, d.user_id AS owner, d.device AS owner_device, m.from_user, m.msg_id
-     FROM del JOIN ${s}.devices d ON d.id = del.dev LEFT JOIN ${s}.messages m ON m.id = del.message
+     SELECT del.*, x.n, m.from_user, m.msg_id
+     FROM del JOIN x ON x.dev = del.dev AND x.pos = del.pos LEFT JOIN ${s}.messages m ON m.id = del.message
      ORDER BY del.dev, del.pos`,
-    [users, devices, positions],
+    [users, devices, positions, named],
   );
-  // Each deleted row to the first ack of its device that named its offset.
-  const claimant = new Map<string, number>();
-  acks.forEach((a, i) => {
-    for (const o of a.offsets) {
-      const k = `${a.device.user.length}:${a.device.user}${a.device.device.length}:${a.device.device}#${o}`;
-      if (!claimant.has(k)) claimant.set(k, i);
-    }
-  });
-  for (const r of rows as Array<AckedRow & { owner: string; owner_device: string }>) {
-    const k = `${r.owner.length}:${r.owner}${r.owner_device.length}:${r.owner_device}#${Number(r.pos)}`;
-    const i = claimant.get(k);
-    if (i === undefined) continue; // unreachable: every deleted row was named
-    const { owner: _owner, owner_device: _device, ...row } = r;
-    out[i]!.push(row);
+  // Each deleted row to the first ack of its device that named its offset (`DISTINCT ON` kept it).
+  for (const r of rows as Array<AckedRow & { n: number }>) {
+    const { n, ...row } = r;
+    out[n]!.push(row);
   }
   return out;
 }

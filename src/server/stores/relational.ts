@@ -282,10 +282,6 @@ export function bundleFrom(
   return bundle;
 }
 
-/**
- * The devices a 1:1 message or receipt goes to: every device of `to`, then the sender user's
- * devices, each once, never the sending device.
- */
 /** Whether `d` is the sending device: a message never goes to it (it has what it sent). */
 export const isSender = (d: { user: string; device: string }, from: DeviceAddress): boolean =>
   d.user === from.user && d.device === from.device;
@@ -298,6 +294,10 @@ export function exceptSender<T extends { user: string; device: string }>(
   return devices.filter((d) => !isSender(d, from));
 }
 
+/**
+ * The devices a 1:1 message or receipt goes to: every device of `to`, then the sender user's
+ * devices, each once, never the sending device.
+ */
 export function directTargets<R extends { id: number; device: string }>(
   item: { from: DeviceAddress; to: string },
   toDevices: readonly R[],

@@ -899,7 +899,7 @@ export function sqliteServerStore(
     const added = new Map<number, InboxUsage>();
     let written = 0;
     /** Seeds a device's counter from a row read in this transaction, unless already in use. */
-    const prime = (r: DeviceRow): void => {
+    const prime = (r: Pick<DeviceRow, 'id' | 'last_offset'>): void => {
       if (!last.has(r.id)) last.set(r.id, r.last_offset);
     };
     return {
@@ -927,7 +927,7 @@ export function sqliteServerStore(
         let base = row;
         if (!base) {
           const read = sql.usageOf.get(dev) as InboxUsage & { last_offset: number };
-          if (!last.has(dev)) last.set(dev, read.last_offset); // `next` needs no read of its own
+          prime({ id: dev, last_offset: read.last_offset }); // `next` needs no read of its own
           base = read;
         }
         const a = added.get(dev);
