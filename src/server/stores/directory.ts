@@ -46,7 +46,7 @@ const address = (d: DeviceAddress): DeviceAddress => ({ user: d.user, device: d.
 export function checkDeviceList<T extends KeyedDevice>(
   item: MessageInput,
   envelopes: DeviceEnvelope[],
-  keyed: (user: string) => T[],
+  keyed: (user: string) => readonly T[],
 ): SealedTargets<T> | Refusal {
   if (item.group) return { ok: false, code: 'forbidden' };
   const toDevices = keyed(item.to);

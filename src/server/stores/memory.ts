@@ -30,10 +30,10 @@ import type {
   ServerStore,
   WrittenEntry,
 } from '../store.js';
-import { checkDeviceList, claimedUsers, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
+import { claimedUsers, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
+import { placeMessage, planMessage, planReceipt, type AppendReads } from './planner.js';
 import { extendFullNotices, GapCollector, type DroppedMessage } from './gap-notices.js';
 import {
-  exceptSender,
   joinSnapshot,
   membershipMarks,
   NotifySet,
@@ -46,13 +46,12 @@ import {
 import { planInvites, type InvitePlan, type PendingInvites } from './invites.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
-  inboxFits,
-  placeItem,
   keysAfter,
   actionWindow,
   overGroupQuota,
   preKeyQuotaError,
   resolveQuotas,
+  type InboxUsage,
   type StoreQuotas,
 } from '../quotas.js';
 
@@ -330,22 +329,10 @@ export function memoryServerStore(
     if (e.kind === 'msg') inbox.bytes -= e.size;
   }
 
-  /**
-   * Which targets a client item skips under the inbox quotas (see `placeItem`), or 'refused';
-   * `from` is the sender, `partial` whether the item may skip full devices.
-   */
-  function place(
-    targets: DeviceAddress[],
-    from: DeviceAddress,
-    size: (i: number) => number,
-    partial: boolean,
-  ): number[] | 'refused' {
-    const placed = targets.map((d, i) => {
-      const inbox = data.inboxes.get(deviceKey(d));
-      const usage = { entries: inbox?.entries.size ?? 0, bytes: inbox?.bytes ?? 0 };
-      return { fits: inboxFits(quotas, usage, 1, size(i)), own: d.user === from.user };
-    });
-    return placeItem(placed, partial);
+  /** A device's inbox usage now (the quota check's view). */
+  function usageOf(d: DeviceAddress): InboxUsage {
+    const inbox = data.inboxes.get(deviceKey(d));
+    return { entries: inbox?.entries.size ?? 0, bytes: inbox?.bytes ?? 0 };
   }
 
   /** A full device skipped by a message: its one `inbox_full` notice now names it too. */
@@ -363,15 +350,6 @@ export function memoryServerStore(
     inbox.full = extendFullNotices(held, [m]).map((streams) =>
       push(d, { kind: 'gap', ts: now, reason: 'inbox_full', streams }),
     );
-  }
-
-  /** Every device of `to` plus the sender user's other devices, each once. */
-  function recipients(from: DeviceAddress, to: string): DeviceAddress[] {
-    const out = new NotifySet();
-    for (const device of devicesOf(to)) out.add({ user: to, device });
-    for (const device of devicesOf(from.user)) out.add({ user: from.user, device });
-    // The sending device already has what it sent, also for a note to its own user.
-    return out.list.filter((d) => d.user !== from.user || d.device !== from.device);
   }
 
   /** Every device of every member of a group, in member then registration order. */
@@ -498,37 +476,28 @@ export function memoryServerStore(
     return out;
   }
 
+  /** What the append planner reads of this store (planner.ts). */
+  const reads: AppendReads<DeviceAddress> = {
+    devices: (user) => devicesOf(user).map((device) => ({ user, device })),
+    keyed: keyedDevices,
+    memberVer(group, user) {
+      const g = data.groups.get(group);
+      return g?.members.has(user) ? g.ver : undefined;
+    },
+    memberDevices(group) {
+      const g = data.groups.get(group);
+      return g ? memberDevices(g) : [];
+    },
+  };
+
   function commitMessage(item: MessageInput, key: string, now: number): AppendOutcome {
-    let targets: DeviceAddress[];
-    /** The group's version, for a group message. */
-    let ver: number | null = null;
-    // Per target, for an end-to-end encrypted message: each device's own envelope.
-    let bodies: Uint8Array[] | undefined;
-    if (item.envelopes) {
-      const checked = checkDeviceList(item, item.envelopes, keyedDevices);
-      if ('code' in checked) return checked;
-      targets = checked.targets.map((d) => ({ user: d.user, device: d.device }));
-      bodies = checked.bodies;
-    } else if (item.group) {
-      const g = data.groups.get(item.to);
-      if (!g || !g.members.has(item.from.user)) return { ok: false, code: 'not_member' };
-      targets = exceptSender(memberDevices(g), item.from);
-      ver = g.ver;
-    } else {
-      if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
-      targets = recipients(item.from, item.to);
-    }
-    const skip = place(targets, item.from, (i) => (bodies ? bodies[i]! : item.body).byteLength, item.seq > 0);
-    if (skip === 'refused') return { ok: false, code: 'inbox_full' };
-    const skipped = skip.map((i) => targets[i]!);
-    if (skip.length > 0) {
-      targets = targets.filter((_, i) => !skip.includes(i));
-      bodies = bodies?.filter((_, i) => !skip.includes(i));
-    }
-    const sizeOf = (i: number): number => (bodies ? bodies[i]! : item.body).byteLength;
-    // Writing to someone is consenting to them.
-    if (!item.group && item.from.user !== item.to) data.consents.add(orderedKey(item.to, item.from.user));
-    // Sending in a group is taking part in it.
+    const plan = planMessage(item, reads);
+    if (!plan.ok) return plan;
+    const placed = placeMessage(quotas, item, plan, usageOf);
+    if (!placed.ok) return placed;
+    const { targets, bodies, skipped } = placed;
+    const { ver } = plan;
+    if (plan.consent) data.consents.add(orderedKey(item.to, item.from.user));
     if (ver !== null) data.groups.get(item.to)!.acted.set(item.from.user, ver);
     wrote('dedupe');
     data.dedupe.set(key, now);
@@ -550,14 +519,15 @@ export function memoryServerStore(
         ackedBy: new Set(),
       });
     }
-    const offsets = targets.map((d, i) =>
-      push(
+    const offsets = targets.map((d, i) => {
+      const body = bodies?.[i];
+      return push(
         d,
-        bodies
-          ? { kind: 'msg', ts: now, message: key, body: new Uint8Array(bodies[i]!), size: sizeOf(i) }
-          : { kind: 'msg', ts: now, message: key, size: sizeOf(i) },
-      ),
-    );
+        body
+          ? { kind: 'msg', ts: now, message: key, body: new Uint8Array(body), size: body.byteLength }
+          : { kind: 'msg', ts: now, message: key, size: item.body.byteLength },
+      );
+    });
     if (skipped.length === 0) return { ok: true, ts: now, duplicate: false, notify: targets, offsets };
     const stream = { from: item.from, to: item.to, group: item.group === true, seq: item.seq };
     for (const d of skipped) noteSkipped(d, stream, now);
@@ -570,13 +540,16 @@ export function memoryServerStore(
     if (original !== undefined) return { ok: true, ts: original, duplicate: true, notify: [] };
     if (item.kind === 'group') return commitGroup(item, key, now);
     if (item.kind === 'msg') return commitMessage(item, key, now);
-    if (devicesOf(item.to).length === 0) return { ok: false, code: 'unknown_recipient' };
-    const records = item.ids.flatMap((id) => data.sent.get(orderedKey(item.to, id)) ?? []);
-    const ids = receiptIds(item, records, (g) => data.groups.get(g)?.since.get(item.from.user));
-    const targets = ids.length === 0 ? [] : recipients(item.from, item.to);
-    if (place(targets, item.from, () => 0, false) === 'refused') return { ok: false, code: 'inbox_full' };
+    const plan = planReceipt(item, reads, () => {
+      const records = item.ids.flatMap((id) => data.sent.get(orderedKey(item.to, id)) ?? []);
+      return receiptIds(item, records, (g) => data.groups.get(g)?.since.get(item.from.user));
+    });
+    if (!plan.ok) return plan;
+    const placed = placeMessage(quotas, item, plan, usageOf);
+    if (!placed.ok) return placed;
     wrote('dedupe');
     data.dedupe.set(key, now);
+    const { ids, targets } = plan;
     if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
     for (const d of targets) {
       push(d, { kind: 'status', ts: now, status: 'read', ids: [...ids], by: item.from.user });

@@ -53,7 +53,8 @@ import type {
   ReceiptInput,
   ServerStore,
 } from '../store.js';
-import { checkDeviceList, notRegistered, uploadKind, type Refusal } from './directory.js';
+import { notRegistered, uploadKind, type Refusal } from './directory.js';
+import { addressOf, planMessage, planReceipt, type AppendReads } from './planner.js';
 import { deleteAcked } from './postgres-acks.js';
 import { claimBundles } from './postgres-keys.js';
 import {
@@ -65,6 +66,8 @@ import {
   originals,
   receiptRecords,
   type DirectClaim,
+  type GroupTargets,
+  type KeyedRow,
   type ReceiptRecord,
 } from './postgres-claim.js';
 import { ENTRY_VALUE_COLUMNS, entryValueArrays, entryValueParams, lockAndPlace } from './postgres-heads.js';
@@ -86,7 +89,6 @@ import {
 } from './postgres-pool.js';
 import {
   decodeEvent,
-  directTargets,
   encodeEvent,
   joinSnapshot,
   keptKeys,
@@ -96,7 +98,6 @@ import {
   queueStatus,
   receiptIds,
   snapshotOf,
-  exceptSender,
   type ChangePlan,
   type Groups,
   type GroupView,
@@ -1438,15 +1439,16 @@ function postgresStore(
     item: MessageInput,
     now: number,
   ): Promise<AppendOutcome> {
-    const g = (await lockGroups(c, s, [item.to])).get(item.to);
-    if (!g?.members.has(item.from.user)) return { ok: false, code: 'not_member' };
+    const plan = planMessage(item, readsOf(w, undefined, await lockGroups(c, s, [item.to])));
+    if (!plan.ok) return plan;
+    const ver = plan.ver!;
     // Its dedupe record keeps the group's version; sending in a group is taking part in it.
     await c.query(
       `UPDATE ${s}.dedupe SET gver = $4 WHERE from_user = $1 AND msg_id = $3 AND from_device = $2`,
-      [item.from.user, item.from.device, item.id, g.ver],
+      [item.from.user, item.from.device, item.id, ver],
     );
-    await markActed(c, s, [{ group: item.to, user: item.from.user, ver: g.ver }]);
-    const targets = exceptSender(g.devices, item.from);
+    await markActed(c, s, [{ group: item.to, user: item.from.user, ver }]);
+    const { targets } = plan;
     const offsets = await storeMessage(
       c,
       w,
@@ -1454,8 +1456,27 @@ function postgresStore(
       targets.map((t) => ({ dev: t.id, own: t.user === item.from.user })),
       now,
     );
-    const notify = targets.map((t) => ({ user: t.user, device: t.device }));
-    return { ok: true, ts: now, duplicate: false, notify, offsets };
+    return { ok: true, ts: now, duplicate: false, notify: targets.map(addressOf), offsets };
+  }
+
+  /**
+   * What the append planner reads (planner.ts), answered from what the transaction loaded: the
+   * writer's prefetched device lists, and a batch's keyed devices and locked groups.
+   */
+  function readsOf(
+    w: Writer,
+    keyed?: ReadonlyMap<string, KeyedRow[]>,
+    groups?: ReadonlyMap<string, GroupTargets>,
+  ): AppendReads<DeviceRow> {
+    return {
+      devices: (user) => w.known(user),
+      keyed: (user) => keyed?.get(user) ?? [],
+      memberVer(group, user) {
+        const g = groups?.get(group);
+        return g?.members.has(user) ? g.ver : undefined;
+      },
+      memberDevices: (group) => groups?.get(group)?.devices ?? [],
+    };
   }
 
   /**
@@ -1471,29 +1492,31 @@ function postgresStore(
     index: number,
     claims: BatchClaims,
   ): Promise<AppendOutcome | null> {
-    const toDevices = await w.devicesOf(item.to);
-    if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
-    const targets = directTargets(item, toDevices, await w.devicesOf(item.from.user));
-    const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
-    // `claimBatch` claimed every 1:1 item whose recipient has a device.
-    const claimed = claims.items.get(index)!;
-    if (claimed.id === null) return null;
+    await w.prefetch([item.to, item.from.user]); // loaded by `claimBatch` already
+    // `claimBatch` claimed every 1:1 item the planner accepts (id null: its key was known).
+    const claimed = claims.items.get(index);
     if (item.kind === 'msg') {
-      w.relate(item.from.user, item.to);
-      if (claimed.id > 0) {
-        const own = targets.map((t) => ({ dev: t.dev, own: t.addr.user === item.from.user }));
-        out.offsets = queueEntries(w, item, own, claimed.id, now);
+      const plan = planMessage(item, readsOf(w));
+      if (!plan.ok || claimed!.id === null) return plan.ok ? null : plan;
+      if (plan.consent) w.relate(item.from.user, item.to);
+      const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: plan.targets.map(addressOf) };
+      if (claimed!.id > 0) {
+        const own = plan.targets.map((t) => ({ dev: t.id, own: t.user === item.from.user }));
+        out.offsets = queueEntries(w, item, own, claimed!.id, now);
       }
       return out;
     }
-    let ids = claimed.ids;
-    if (ids === undefined) {
+    let ids = claimed?.ids;
+    if (claimed && claimed.id !== null && ids === undefined) {
+      // After a membership change in its batch: what counts is read at its turn.
       const records = await receiptRecords(c, s, [{ index, item }]);
       ids = countedIds(item, index, records.get(index)!, claims.at);
     }
-    if (ids.length === 0) return { ...out, notify: [] };
-    for (const t of targets) w.status(t.dev, now, 'read', ids, item.from.user);
-    return out;
+    const plan = planReceipt(item, readsOf(w), () => ids ?? []);
+    if (!plan.ok || claimed!.id === null) return plan.ok ? null : plan;
+    if (plan.ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
+    for (const t of plan.targets) w.status(t.id, now, 'read', plan.ids, item.from.user);
+    return { ok: true, ts: now, duplicate: false, notify: plan.targets.map(addressOf) };
   }
 
   /**
@@ -1588,26 +1611,26 @@ function postgresStore(
     const claims: DirectClaim[] = [];
     // Refused here: nothing is claimed (the outcome is still a duplicate when the key is known).
     const refuse = (index: number, refusal: Refusal) => items.set(index, { id: null, refusal });
+    const reads = readsOf(w, keyed, groups);
     batch.forEach((item, index) => {
       if (skip.has(index)) return;
-      if (isSealed(item)) {
-        const checked = checkDeviceList(item, item.envelopes, (u) => keyed.get(u) ?? []);
-        if ('code' in checked) return refuse(index, checked);
-        items.set(index, { id: null, targets: { devices: checked.targets, bodies: checked.bodies } });
-        claims.push({ index, item, refs: checked.targets.length, body: EMPTY });
-      } else if (isGroupMessage(item)) {
-        if (!early(index)) return;
-        const g = groups.get(item.to);
-        if (!g?.members.has(item.from.user)) return refuse(index, { ok: false, code: 'not_member' });
-        const devices = exceptSender(g.devices, item.from);
-        items.set(index, { id: null, targets: { devices } });
-        claims.push({ index, item, refs: devices.length, ver: g.ver });
+      if (isSealed(item) || (isGroupMessage(item) && early(index))) {
+        const plan = planMessage(item, reads);
+        if (!plan.ok) return refuse(index, plan);
+        const { targets: devices, bodies } = plan;
+        const refs = devices.length;
+        if (bodies) {
+          items.set(index, { id: null, targets: { devices, bodies } });
+          claims.push({ index, item, refs, body: EMPTY });
+        } else {
+          items.set(index, { id: null, targets: { devices } });
+          claims.push({ index, item, refs, ver: plan.ver! });
+        }
       } else if (isDirect(item)) {
-        const to = w.known(item.to);
-        if (to.length === 0) return; // refused in `commit`, claiming nothing
-        const refs = item.kind === 'msg' ? directTargets(item, to, w.known(item.from.user)).length : 0;
+        const plan = item.kind === 'msg' ? planMessage(item, reads) : planReceipt(item, reads, () => []);
+        if (!plan.ok) return; // refused in `commit`, claiming nothing
         items.set(index, { id: null });
-        claims.push({ index, item, refs });
+        claims.push({ index, item, refs: item.kind === 'msg' ? plan.targets.length : 0 });
       }
     });
     const ids = await claimDirect(c, s, claims, now);

@@ -209,12 +209,19 @@ export function fanoutSlicer(d: SlicerDeps) {
       msgId: string,
       ts: number,
       size: number,
-      rest: ReadonlyArray<{ dev: number; addr: DeviceAddress }>,
+      rest: ReadonlyArray<DeviceAddress & { id: number }>,
     ): FanoutJob {
-      const devs = rest.map((t) => t.dev);
+      const devs = rest.map((t) => t.id);
       sql.insert.run(message, from.user, from.device, msgId, ts, size, JSON.stringify(devs));
       sql.start.run(message);
-      return { message, ts, size, devs, addrs: rest.map((t) => t.addr), reserving: true };
+      return {
+        message,
+        ts,
+        size,
+        devs,
+        addrs: rest.map((t) => ({ user: t.user, device: t.device })),
+        reserving: true,
+      };
     },
 
     /** The first transaction committed: `job` is in flight, its unwritten entries reserved. */

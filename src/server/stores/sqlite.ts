@@ -69,7 +69,6 @@ import type {
   AppendOutcome,
   ClaimOptions,
   DeviceAddress,
-  DeviceEnvelope,
   EntryStatus,
   GapReason,
   GapStream,
@@ -87,7 +86,15 @@ import type {
   ServerStore,
   WrittenEntry,
 } from '../store.js';
-import { checkDeviceList, claimedUsers, notRegistered, uploadKind } from './directory.js';
+import { claimedUsers, notRegistered, uploadKind } from './directory.js';
+import {
+  addressOf,
+  placeMessage,
+  planMessage,
+  planReceipt,
+  type AppendReads,
+  type Placement,
+} from './planner.js';
 import {
   decodeGapStreams,
   encodeGapStreams,
@@ -104,9 +111,7 @@ import { FANOUTS_TABLE, type FanoutJob, fanoutSlicer, type SlicedOutcome } from 
 import {
   bundleFrom,
   decodeEvent,
-  directTargets,
   encodeEvent,
-  exceptSender,
   joinSnapshot,
   keptKeys,
   NotifySet,
@@ -123,8 +128,6 @@ import {
 } from './relational.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import {
-  inboxFits,
-  placeItem,
   actionWindow,
   overGroupQuota,
   preKeyQuotaError,
@@ -447,6 +450,16 @@ interface FanoutDeviceRow extends MemberDeviceRow, InboxUsage {}
 /** A device with keys, as the device-list check sees it. */
 interface KeyedDeviceRow extends MemberDeviceRow {
   rid: number;
+}
+
+/**
+ * A device as the append planner hands it back (planner.ts): its row id and address, and, for a
+ * group member's row, its inbox usage as read in the transaction.
+ */
+interface Target extends DeviceAddress {
+  id: number;
+  entries?: number;
+  bytes?: number;
 }
 
 /** A keyed device of a user and its `device_keys` row, as a claim reads it. */
@@ -1063,7 +1076,7 @@ export function sqliteServerStore(
   function storeMessage(
     w: Writer,
     item: MessageInput,
-    targets: Array<{ dev: number; addr: DeviceAddress }>,
+    targets: readonly Target[],
     now: number,
     bodies?: Uint8Array[],
   ): number[] {
@@ -1088,111 +1101,100 @@ export function sqliteServerStore(
     }
     return first.map((t, i) => {
       const size = (bodies?.[i] ?? item.body).byteLength;
-      const offset = w.next(t.dev, size);
+      const offset = w.next(t.id, size);
       const own = bodies ? bindBytes(bodies[i]!) : null;
-      sql.entryMessageInsert.run(t.dev, offset, now, lastInsertRowid, own, size);
+      sql.entryMessageInsert.run(t.id, offset, now, lastInsertRowid, own, size);
       return offset;
     });
   }
 
   /**
-   * Which targets a client item skips under the inbox quotas (see `placeItem`), or 'refused': read
-   * from the device rows inside this transaction (so earlier items of the batch count). `own`
-   * marks the sender's user's devices; `partial`, an item that may skip full devices.
+   * What the append planner reads of this store inside a transaction (planner.ts): device lists
+   * from the directory, keyed devices and member devices as rows read now (their counters primed,
+   * member rows with their inbox usage, so that the quota check reads nothing more).
    */
-  function place(
-    w: Writer,
-    targets: Array<{ dev: number; addr: DeviceAddress; usage?: InboxUsage }>,
-    from: DeviceAddress,
-    size: (i: number) => number,
-    partial: boolean,
-  ): number[] | 'refused' {
-    const placed = targets.map((t, i) => ({
-      fits: inboxFits(quotas, w.usage(t.dev, t.usage), 1, size(i)),
-      own: t.addr.user === from.user,
-    }));
-    return placeItem(placed, partial);
+  function readsOf(w: Writer): AppendReads<Target> {
+    return {
+      devices: (user) => w.devicesOf(user).map((r) => ({ id: r.id, user, device: r.device })),
+      keyed(user) {
+        const rows = sql.keyedDevices.all(user) as KeyedDeviceRow[];
+        for (const r of rows) w.prime(r);
+        return rows;
+      },
+      memberVer: (group, user) => (sql.memberOf.get(group, user) as { ver: number } | undefined)?.ver,
+      memberDevices(group) {
+        const rows = memberDevicesOf(group);
+        for (const r of rows) w.prime(r);
+        return rows;
+      },
+    };
   }
 
+  /** A target's inbox usage in this transaction: from its row when the row carries it. */
+  const usageIn =
+    (w: Writer) =>
+    (t: Target): InboxUsage =>
+      w.usage(t.id, t.entries === undefined ? undefined : (t as Target & InboxUsage));
+
   /**
-   * Stores a message for its targets but the skipped ones (indexes into `targets`), which get
-   * their one `inbox_full` notice extended instead (see `ServerStore` "Quotas"); its outcome.
+   * Stores a placed message for its targets; the full devices it skips get their one `inbox_full`
+   * notice extended instead (see `ServerStore` "Quotas"). Its outcome.
    */
-  function deliver(
-    w: Writer,
-    item: MessageInput,
-    targets: Array<{ dev: number; addr: DeviceAddress }>,
-    skip: number[],
-    now: number,
-    bodies?: Uint8Array[],
-  ): AppendOutcome {
-    const kept = skip.length === 0 ? targets : targets.filter((_, i) => !skip.includes(i));
-    const keptBodies = skip.length === 0 ? bodies : bodies?.filter((_, i) => !skip.includes(i));
-    const offsets = storeMessage(w, item, kept, now, keptBodies);
+  function deliver(w: Writer, item: MessageInput, placed: Placement<Target>, now: number): AppendOutcome {
+    const { targets, skipped } = placed;
+    const offsets = storeMessage(w, item, targets, now, placed.bodies);
     // A sliced message's later entries add their devices (and offsets) as they are written.
-    const notify = (offsets.length < kept.length ? kept.slice(0, offsets.length) : kept).map((t) => t.addr);
-    if (skip.length === 0) return { ok: true, ts: now, duplicate: false, notify, offsets };
+    const notify = (offsets.length < targets.length ? targets.slice(0, offsets.length) : targets).map(
+      addressOf,
+    );
+    if (skipped.length === 0) return { ok: true, ts: now, duplicate: false, notify, offsets };
     const m = { from: item.from, to: item.to, group: item.group === true, seq: item.seq };
-    for (const i of skip) {
-      const t = targets[i]!;
-      const held = sql.fullNotices.all(t.dev) as Array<{ pos: number; ids: string | null }>;
-      for (const r of held) sql.entryDelete.run(t.dev, r.pos);
+    for (const t of skipped) {
+      const held = sql.fullNotices.all(t.id) as Array<{ pos: number; ids: string | null }>;
+      for (const r of held) sql.entryDelete.run(t.id, r.pos);
       const notices = extendFullNotices(
         held.map((r) => decodeGapStreams(r.ids ?? '[]')),
         [m],
       );
-      for (const streams of notices) pushGap(w, t.dev, now, 'inbox_full', streams);
-      notify.push(t.addr);
+      for (const streams of notices) pushGap(w, t.id, now, 'inbox_full', streams);
+      notify.push(addressOf(t));
     }
     return { ok: true, ts: now, duplicate: false, notify };
   }
 
-  function commitGroupMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
-    const member = sql.memberOf.get(item.to, item.from.user) as { ver: number } | undefined;
-    if (!member) return { ok: false, code: 'not_member' };
-    const targets: Array<{ dev: number; addr: DeviceAddress; usage: InboxUsage }> = [];
-    // One query for every member device, its counter and its inbox usage (read inside the
-    // transaction, so earlier items of the batch count); the fan-out is then one insert each.
-    for (const r of exceptSender(memberDevicesOf(item.to), item.from)) {
-      w.prime(r);
-      targets.push({ dev: r.id, addr: { user: r.user, device: r.device }, usage: r });
+  /**
+   * A message (1:1, group or end-to-end encrypted) as the planner decides it: a group message also
+   * marks its sender as taking part and keeps the group's version in its dedupe record.
+   */
+  function commitMessage(w: Writer, item: MessageInput, now: number): AppendOutcome {
+    const plan = planMessage(item, readsOf(w));
+    if (!plan.ok) return plan;
+    const placed = placeMessage(quotas, item, plan, usageIn(w));
+    if (!placed.ok) return placed;
+    if (plan.consent) relate(item.from.user, item.to);
+    if (plan.ver !== null) {
+      // Written only when the version moved on.
+      sql.memberActed.run(plan.ver, item.to, item.from.user, plan.ver);
+      sql.dedupeGroupVer.run(plan.ver, item.from.user, item.from.device, item.id);
     }
-    const skip = place(w, targets, item.from, () => item.body.byteLength, item.seq > 0);
-    if (skip === 'refused') return { ok: false, code: 'inbox_full' };
-    // Sending in a group is taking part in it (written only when the version moved on).
-    sql.memberActed.run(member.ver, item.to, item.from.user, member.ver);
-    sql.dedupeGroupVer.run(member.ver, item.from.user, item.from.device, item.id);
-    return deliver(w, item, targets, skip, now);
-  }
-
-  function commitDirect(w: Writer, item: MessageInput | ReceiptInput, now: number): AppendOutcome {
-    const toDevices = w.devicesOf(item.to);
-    if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
-    if (item.kind === 'receipt') return commitReceipt(w, item, toDevices, now);
-    const targets = directTargets(item, toDevices, w.devicesOf(item.from.user));
-    const skip = place(w, targets, item.from, () => item.body.byteLength, item.seq > 0);
-    if (skip === 'refused') return { ok: false, code: 'inbox_full' };
-    relate(item.from.user, item.to);
-    return deliver(w, item, targets, skip, now);
+    return deliver(w, item, placed, now);
   }
 
   /** A read receipt: a status with the ids that count (see `receiptIds`) or, with none, nothing. */
-  function commitReceipt(
-    w: Writer,
-    item: ReceiptInput,
-    toDevices: readonly DeviceRef[],
-    now: number,
-  ): AppendOutcome {
-    const records = item.ids.flatMap((id) => sql.sentGet.all(item.to, id) as SentRecord[]);
-    const ids = receiptIds(item, records, (g) => {
-      const row = sql.memberSince.get(g, item.from.user) as { since_ver: number } | undefined;
-      return row?.since_ver;
+  function commitReceipt(w: Writer, item: ReceiptInput, now: number): AppendOutcome {
+    const plan = planReceipt(item, readsOf(w), () => {
+      const records = item.ids.flatMap((id) => sql.sentGet.all(item.to, id) as SentRecord[]);
+      return receiptIds(item, records, (g) => {
+        const row = sql.memberSince.get(g, item.from.user) as { since_ver: number } | undefined;
+        return row?.since_ver;
+      });
     });
-    const targets = ids.length === 0 ? [] : directTargets(item, toDevices, w.devicesOf(item.from.user));
-    if (place(w, targets, item.from, () => 0, false) === 'refused') return { ok: false, code: 'inbox_full' };
-    if (ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
-    for (const t of targets) pushStatus(w, t.dev, now, 'read', ids, item.from.user);
-    return { ok: true, ts: now, duplicate: false, notify: targets.map((t) => t.addr) };
+    if (!plan.ok) return plan;
+    const placed = placeMessage(quotas, item, plan, usageIn(w));
+    if (!placed.ok) return placed;
+    if (plan.ids.length === 0) return { ok: true, ts: now, duplicate: false, notify: [] };
+    for (const t of plan.targets) pushStatus(w, t.id, now, 'read', plan.ids, item.from.user);
+    return { ok: true, ts: now, duplicate: false, notify: plan.targets.map(addressOf) };
   }
 
   /** Records that the sender of a 1:1 message consented to its recipient (for `related`). */
@@ -1202,26 +1204,6 @@ export function sqliteServerStore(
     if (knownConsents.has(key)) return;
     sql.consentInsert.run(to, from);
     consentsInTx.push(key);
-  }
-
-  /** An end-to-end encrypted message: checked against the directory, one body per device. */
-  function commitSealed(
-    w: Writer,
-    item: MessageInput,
-    envelopes: DeviceEnvelope[],
-    now: number,
-  ): AppendOutcome {
-    const checked = checkDeviceList(item, envelopes, (user) => {
-      const rows = sql.keyedDevices.all(user) as KeyedDeviceRow[];
-      for (const r of rows) w.prime(r);
-      return rows;
-    });
-    if ('code' in checked) return checked;
-    const targets = checked.targets.map((t) => ({ dev: t.id, addr: { user: t.user, device: t.device } }));
-    const skip = place(w, targets, item.from, (i) => checked.bodies[i]!.byteLength, item.seq > 0);
-    if (skip === 'refused') return { ok: false, code: 'inbox_full' };
-    relate(item.from.user, item.to);
-    return deliver(w, item, targets, skip, now, checked.bodies);
   }
 
   function commit(w: Writer, item: AppendInput, now: number): AppendOutcome {
@@ -1238,9 +1220,8 @@ export function sqliteServerStore(
     }
     let out: AppendOutcome;
     if (item.kind === 'group') out = commitGroup(w, item, now);
-    else if (item.kind === 'msg' && item.envelopes) out = commitSealed(w, item, item.envelopes, now);
-    else if (item.kind === 'msg' && item.group) out = commitGroupMessage(w, item, now);
-    else out = commitDirect(w, item, now);
+    else if (item.kind === 'msg') out = commitMessage(w, item, now);
+    else out = commitReceipt(w, item, now);
     if (!out.ok) sql.dedupeUnclaim.run(from.user, from.device, id);
     return out;
   }

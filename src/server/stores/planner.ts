@@ -1,0 +1,163 @@
+/**
+ * The append rules of the `ServerStore` contract, written once for the three built-in stores:
+ * which items are refused and why, which devices a message or read receipt goes to, which of them
+ * a full inbox makes it skip, who consents to whom by writing, and who takes part in a group. A
+ * store reads (`AppendReads`), asks the planner, and writes what the plan says with its own
+ * statements, in its own lock order: the memory and SQLite stores plan and place one item at a
+ * time inside their transaction; the PostgreSQL store plans a batch's items over the rows its
+ * batch reads loaded and places them when it takes offsets (`postgres.ts`, "flush").
+ *
+ * What is not here yet (docs/engines.md, "The append planner"): acks (releases and "delivered
+ * once per user"), expiry statuses and offsets are still each store's own code.
+ * @internal
+ * @packageDocumentation
+ */
+import type { DeviceAddress, MessageInput, ReceiptInput } from '../store.js';
+import { inboxFits, placeItem, type InboxUsage, type StoreQuotas } from '../quotas.js';
+import { checkDeviceList, type Refusal } from './directory.js';
+import { exceptSender, isSender } from './relational.js';
+
+/**
+ * What the planner reads of a store, synchronously: a store whose reads are asynchronous loads
+ * them first (PostgreSQL's batch reads) and answers from what it loaded. `D` is the store's own
+ * form of a device (a row with its id, or an address); the plan hands the same objects back.
+ */
+export interface AppendReads<D extends DeviceAddress> {
+  /** The user's devices, in registration order (none: the user is unknown). */
+  devices(user: string): readonly D[];
+  /** The user's devices that have keys in the directory, with their registration ids, in registration order. */
+  keyed(user: string): readonly (D & { rid: number })[];
+  /** The group's current version when `user` is one of its members, else undefined. */
+  memberVer(group: string, user: string): number | undefined;
+  /** Every device of every member of the group, in the store's member order. */
+  memberDevices(group: string): readonly D[];
+}
+
+/** A message the rules accept: where it goes and what writing it also records. */
+export interface MessagePlan<D> {
+  ok: true;
+  /** The devices it goes to, before the inbox quotas are applied (see {@link placeMessage}). */
+  targets: D[];
+  /** For an end-to-end encrypted message, each target's own envelope, in the order of `targets`. */
+  bodies?: Uint8Array[];
+  /** For a group message, the group's version: its dedupe record keeps it, and its sender takes part at it. */
+  ver: number | null;
+  /** The sender consents to the recipient user by writing to it (the "Consent" rule): a 1:1 message to another user. */
+  consent: boolean;
+}
+
+/** A read receipt the rules accept: the ids that count and, when any does, the devices their status goes to. */
+export interface ReceiptPlan<D> {
+  ok: true;
+  ids: string[];
+  /** None when no id counts: the receipt then writes nothing but its dedupe record. */
+  targets: D[];
+}
+
+/** A device's address alone, without the store's own fields (for `notify`). */
+export const addressOf = (d: DeviceAddress): DeviceAddress => ({ user: d.user, device: d.device });
+
+/**
+ * The devices a 1:1 message or read receipt goes to: every device of `to`, then the sender user's
+ * devices, never the sending device (which has what it sent). A note to self lists its user once.
+ */
+export function directTargets<D extends DeviceAddress>(
+  item: { from: DeviceAddress; to: string },
+  toDevices: readonly D[],
+  fromDevices: readonly D[],
+): D[] {
+  const targets = exceptSender(toDevices, item.from);
+  if (item.to === item.from.user) return targets;
+  for (const d of fromDevices) if (!isSender(d, item.from)) targets.push(d);
+  return targets;
+}
+
+/**
+ * Plans a message (the "Delivery", "Device lists" and "Groups" rules): an end-to-end encrypted one
+ * must carry one envelope per keyed device of its recipient and of the sender's other devices (a
+ * group's is refused: `forbidden`); a group message goes to every member device but the sender's,
+ * and only a member may send one (`not_member`); a 1:1 message goes to every device of its
+ * recipient and the sender's other devices, and a recipient without devices is `unknown_recipient`.
+ */
+export function planMessage<D extends DeviceAddress>(
+  item: MessageInput,
+  reads: AppendReads<D>,
+): MessagePlan<D> | Refusal {
+  const consent = item.group !== true && item.from.user !== item.to;
+  if (item.envelopes) {
+    const checked = checkDeviceList(item, item.envelopes, (user) => reads.keyed(user));
+    if ('code' in checked) return checked;
+    return { ok: true, targets: checked.targets, bodies: checked.bodies, ver: null, consent };
+  }
+  if (item.group) {
+    const ver = reads.memberVer(item.to, item.from.user);
+    if (ver === undefined) return { ok: false, code: 'not_member' };
+    return { ok: true, targets: exceptSender(reads.memberDevices(item.to), item.from), ver, consent };
+  }
+  const toDevices = reads.devices(item.to);
+  if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
+  return {
+    ok: true,
+    targets: directTargets(item, toDevices, reads.devices(item.from.user)),
+    ver: null,
+    consent,
+  };
+}
+
+/**
+ * Plans a read receipt (the "Receipts" rule): a recipient without devices is `unknown_recipient`;
+ * otherwise `counted()` gives the ids that count (see `receiptIds`; a batched store also leaves out
+ * messages its batch commits after the receipt), and their `read` status goes where a 1:1 message
+ * from the reader would.
+ */
+export function planReceipt<D extends DeviceAddress>(
+  item: ReceiptInput,
+  reads: Pick<AppendReads<D>, 'devices'>,
+  counted: () => string[],
+): ReceiptPlan<D> | Refusal {
+  const toDevices = reads.devices(item.to);
+  if (toDevices.length === 0) return { ok: false, code: 'unknown_recipient' };
+  const ids = counted();
+  const targets = ids.length === 0 ? [] : directTargets(item, toDevices, reads.devices(item.from.user));
+  return { ok: true, ids, targets };
+}
+
+/** A planned message's targets under the inbox quotas: where it is written, and the full devices it skips. */
+export interface Placement<D> {
+  ok: true;
+  targets: D[];
+  /** The envelopes of `targets`, for an end-to-end encrypted message. */
+  bodies?: Uint8Array[];
+  /** Full devices it skips: each gets its one `inbox_full` notice extended instead. */
+  skipped: D[];
+}
+
+/**
+ * Applies the inbox quotas to a plan (see `placeItem`): `usage(d)` is the device's inbox usage as
+ * the running transaction sees it (earlier items of its batch counted). A message in a sequence
+ * skips full devices while a recipient device has room; anything else, a read receipt included
+ * (its status has no body bytes), goes everywhere or is refused (`inbox_full`).
+ */
+export function placeMessage<D extends DeviceAddress>(
+  quotas: StoreQuotas,
+  item: MessageInput | ReceiptInput,
+  plan: { targets: D[]; bodies?: Uint8Array[] | undefined },
+  usage: (d: D) => InboxUsage,
+): Placement<D> | Refusal {
+  const { targets, bodies } = plan;
+  const size = (i: number): number =>
+    item.kind === 'receipt' ? 0 : (bodies ? bodies[i]! : item.body).byteLength;
+  const placed = targets.map((d, i) => ({
+    fits: inboxFits(quotas, usage(d), 1, size(i)),
+    own: d.user === item.from.user,
+  }));
+  const skip = placeItem(placed, item.kind === 'msg' && item.seq > 0);
+  if (skip === 'refused') return { ok: false, code: 'inbox_full' };
+  if (skip.length === 0)
+    return bodies ? { ok: true, targets, bodies, skipped: [] } : { ok: true, targets, skipped: [] };
+  const skipped = new Set(skip);
+  const kept = targets.filter((_, i) => !skipped.has(i));
+  const out: Placement<D> = { ok: true, targets: kept, skipped: skip.map((i) => targets[i]!) };
+  if (bodies) out.bodies = bodies.filter((_, i) => !skipped.has(i));
+  return out;
+}
