@@ -10,7 +10,9 @@
 // `--only NAME` measures one store (for a CPU profile of it alone: `node --cpu-prof --import tsx …`).
 //
 // CPU is process.cpuUsage (user + system) over the measured rounds, so the WAL flushes' thread
-// pool time counts too. Prints a table and one JSON line per store.
+// pool time counts too; bytes written are the process's own (`/proc/self/io` write_bytes: the WAL
+// and its checkpoints; Linux only). Message ids are ULIDs, one generator per sender, as clients
+// make them by default. Prints a table and one JSON line per metric and store.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -18,6 +20,7 @@ import { parseArgs } from 'node:util';
 import type { DeviceAddress, MessageInput, ServerStore } from '../src/server/store.js';
 import { memoryServerStore } from '../src/server/stores/memory.js';
 import { sqliteServerStore } from '../src/server/stores/sqlite.js';
+import { ulidFactory } from '../src/util/ulid.js';
 
 const { values } = parseArgs({
   options: {
@@ -35,6 +38,17 @@ const pairs = Number(values.pairs);
 const body = new Uint8Array(100).fill(7);
 const senders: DeviceAddress[] = Array.from({ length: pairs }, (_, i) => ({ user: `s${i}`, device: 'd' }));
 const recipients: DeviceAddress[] = Array.from({ length: pairs }, (_, i) => ({ user: `r${i}`, device: 'd' }));
+const ids = senders.map(() => ulidFactory({ now: Date.now }, Math.random));
+
+/** Bytes this process has written to storage so far, or undefined where /proc does not say. */
+function writtenBytes(): number | undefined {
+  try {
+    const m = /^write_bytes: (\d+)$/m.exec(fs.readFileSync('/proc/self/io', 'utf8'));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /** One round: `batch` messages appended, their entries acked, the statuses acked. */
 async function round(store: ServerStore, n: { next: number }): Promise<number> {
@@ -44,7 +58,7 @@ async function round(store: ServerStore, n: { next: number }): Promise<number> {
     items.push({
       kind: 'msg',
       from: senders[p]!,
-      id: `m${n.next}`,
+      id: ids[p]!(),
       to: recipients[p]!.user,
       seq: n.next,
       body,
@@ -70,7 +84,7 @@ async function round(store: ServerStore, n: { next: number }): Promise<number> {
 async function measure(
   name: string,
   store: ServerStore,
-): Promise<{ name: string; us: number; lives: number }> {
+): Promise<{ name: string; us: number; lives: number; bytes: number | undefined }> {
   try {
     for (const d of [...senders, ...recipients]) await store.registerDevice(d, 0);
     const n = { next: 0 };
@@ -78,10 +92,13 @@ async function measure(
     while (Date.now() < warm) await round(store, n);
     let lives = 0;
     const cpu = process.cpuUsage();
+    const written = writtenBytes();
     const end = Date.now() + seconds * 1000;
     while (Date.now() < end) lives += await round(store, n);
     const used = process.cpuUsage(cpu);
-    return { name, us: (used.user + used.system) / lives, lives };
+    const after = writtenBytes();
+    const bytes = written === undefined || after === undefined ? undefined : (after - written) / lives;
+    return { name, us: (used.user + used.system) / lives, lives, bytes };
   } finally {
     await store.close();
   }
@@ -100,13 +117,16 @@ try {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 console.log(`store CPU per 1:1 message life, batches of ${batch}, ${pairs} pairs, ${seconds} s each`);
+const kb = (b: number | undefined): string => (b === undefined ? '?' : (b / 1024).toFixed(1));
 for (const r of results)
-  console.log(`${r.name.padEnd(7)} ${r.us.toFixed(1).padStart(7)} µs  (${r.lives} lives)`);
+  console.log(
+    `${r.name.padEnd(7)} ${r.us.toFixed(1).padStart(7)} µs  ${kb(r.bytes).padStart(5)} KB written  (${r.lives} lives)`,
+  );
 if (results.length === 2)
   console.log(
     `sqlite / memory ${(results[1]!.us / results[0]!.us).toFixed(2)}x, sqlite - memory ${(results[1]!.us - results[0]!.us).toFixed(1)} µs`,
   );
-for (const r of results)
+for (const r of results) {
   console.log(
     JSON.stringify({
       scenario: 'store-life',
@@ -116,3 +136,16 @@ for (const r of results)
       unit: 'µs',
     }),
   );
+  if (r.bytes !== undefined) {
+    const value = +r.bytes.toFixed(0);
+    console.log(
+      JSON.stringify({
+        scenario: 'store-life',
+        system: r.name,
+        metric: 'bytes_written_per_life',
+        value,
+        unit: 'B',
+      }),
+    );
+  }
+}

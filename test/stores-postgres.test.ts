@@ -135,6 +135,18 @@ describeWithServices('postgres server store', reason, () => {
         expect(await migratePostgresServerStore(pool as unknown as PgPool, schema)).toBe(
           POSTGRES_SERVER_SCHEMA_VERSION - 2,
         );
+        // Step 9 keys the records by message id first (ids that sort by time insert at the end).
+        const key = await pool.query(
+          `SELECT a.attname FROM pg_index i
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+           WHERE i.indrelid = '"${schema}".dedupe'::regclass AND i.indisprimary
+           ORDER BY array_position(i.indkey::int2[], a.attnum)`,
+        );
+        expect(key.rows.map((r: { attname: string }) => r.attname)).toEqual([
+          'msg_id',
+          'from_user',
+          'from_device',
+        ]);
       });
       const store = await openOn(schema);
       try {

@@ -776,6 +776,63 @@ describe('sqlite server store', () => {
     expect(inboxUsage(file).reduce((n, r) => n + r.entries, 0)).toBeGreaterThan(0);
   });
 
+  it('migrating a version 11 database keys its dedupe records by message id first and keeps every one: resends are still duplicates, receipts still count', async () => {
+    const file = freshFile();
+    const old = sqliteServerStore({ path: file });
+    await writeBeforeUpgrade(old);
+    await old.close();
+    // Back to version 11: the records keyed by sender first.
+    const v11 = new Database(file);
+    const records = (db: Database.Database) =>
+      db.prepare('SELECT * FROM dedupe ORDER BY from_user, msg_id, from_device').all();
+    const before = records(v11);
+    v11.exec(`
+      CREATE TABLE dedupe_v11 (
+        from_user TEXT NOT NULL, msg_id TEXT NOT NULL, from_device TEXT NOT NULL, ts INTEGER NOT NULL,
+        to_user TEXT, gver INTEGER, PRIMARY KEY (from_user, msg_id, from_device)
+      ) WITHOUT ROWID;
+      INSERT INTO dedupe_v11 SELECT from_user, msg_id, from_device, ts, to_user, gver FROM dedupe;
+      DROP TABLE dedupe;
+      ALTER TABLE dedupe_v11 RENAME TO dedupe;
+      CREATE INDEX dedupe_ts ON dedupe (ts);
+      PRAGMA user_version = 11;
+    `);
+    v11.close();
+    const store = sqliteServerStore({ path: file });
+    const look = peek(file);
+    expect(look.db.pragma('user_version', { simple: true })).toBe(SQLITE_SERVER_SCHEMA_VERSION);
+    const key = look.db
+      .prepare("SELECT name FROM pragma_table_info('dedupe') WHERE pk > 0 ORDER BY pk")
+      .all()
+      .map((r) => (r as { name: string }).name);
+    expect(key).toEqual(['msg_id', 'from_user', 'from_device']);
+    expect(records(look.db)).toEqual(before);
+    expect(before.length).toBe(4); // m1, m2, the group's create and gm
+    look.close();
+    const alice1 = { user: 'alice', device: 'a1' };
+    const bob1 = { user: 'bob', device: 'b1' };
+    const carol1 = { user: 'carol', device: 'c1' };
+    expect(
+      await store.append(
+        [{ kind: 'msg', from: alice1, id: 'm1', to: 'bob', seq: 1, body: new Uint8Array(1) }],
+        3000,
+      ),
+    ).toEqual([{ ok: true, ts: 1000, duplicate: true, notify: [] }]);
+    // A receipt finds a sender's message by id, and a group message's version came along.
+    await store.append(
+      [
+        { kind: 'receipt', from: bob1, id: 'r1', to: 'alice', status: 'read', ids: ['m1'] },
+        { kind: 'receipt', from: carol1, id: 'r2', to: 'alice', status: 'read', ids: ['gm'] },
+      ],
+      3001,
+    );
+    const reads = (await store.readInbox(alice1, 0, 100)).flatMap((e) =>
+      e.kind === 'status' && e.status === 'read' ? [`${e.by}: ${e.ids.join()}`] : [],
+    );
+    expect(reads).toEqual(['bob: m1', 'carol: gm']);
+    await store.close();
+  });
+
   it('claimKeys (for one user or for every user of a kget frame) and putKeys are one transaction each, and a refused upload writes nothing', async () => {
     const db = new Database(freshFile());
     const { wrapped, log } = recording(db);

@@ -61,7 +61,7 @@ export async function claimDirect(
                      WITH ORDINALITY AS x(fu, fd, id, tu, seq, body, refs, msg, ver, n)
      ), d AS (
        INSERT INTO ${s}.dedupe (from_user, from_device, msg_id, ts, to_user, gver)
-       SELECT fu, fd, id, $8, CASE WHEN msg THEN tu END, ver FROM x ORDER BY fu, id, fd, n
+       SELECT fu, fd, id, $8, CASE WHEN msg THEN tu END, ver FROM x ORDER BY id, fu, fd, n
        ON CONFLICT DO NOTHING RETURNING from_user, from_device, msg_id
      ), f AS (
        SELECT DISTINCT ON (x.fu, x.fd, x.id) x.* FROM x

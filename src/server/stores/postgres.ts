@@ -426,6 +426,14 @@ const MIGRATIONS: readonly PgMigration[] = [
         PRIMARY KEY (kind, user_id)
       )
     `),
+  // 9: as the SQLite store's step 12: dedupe records keyed by message id first, so the records of
+  // ids that sort by time (ULIDs, the client's default) go to the right edge of the key's index,
+  // not to one leaf page per sender (each written whole to the WAL at its first change after a
+  // checkpoint: bench/tools/pg-wal-per-message.ts). Rebuilds the index once.
+  (c, s) =>
+    c.query(`
+      ALTER TABLE ${s}.dedupe DROP CONSTRAINT dedupe_pkey, ADD PRIMARY KEY (msg_id, from_user, from_device)
+    `),
 ];
 
 /** The `postbox_schema` version of a schema the PostgreSQL server store has fully migrated. */
