@@ -9,8 +9,10 @@ import {
   placeMessage,
   planMessage,
   planReceipt,
+  tellSender,
   type AppendReads,
 } from '../src/server/stores/planner.js';
+import type { Groups } from '../src/server/stores/relational.js';
 import { resolveQuotas } from '../src/server/quotas.js';
 import type { DeviceAddress, MessageInput, ReceiptInput } from '../src/server/store.js';
 import { seededRandom } from '../src/util/clock.js';
@@ -182,6 +184,33 @@ describe('append planner: placement under the inbox quotas', () => {
     if (!rp.ok) throw new Error('planned');
     expect(placeMessage(quotas, r, rp, fullOnly('bob/b2'))).toMatchObject({ code: 'inbox_full' });
     expect(placeMessage(quotas, r, rp, fullOnly())).toMatchObject({ ok: true, skipped: [] });
+  });
+});
+
+describe('statuses of entries leaving an inbox (acked or expired)', () => {
+  it('the first entry of a recipient user tells the sender once; own copies tell no one and are not recorded', () => {
+    const told = new Set<string>();
+    const asked: string[] = [];
+    const first = (id: string, user: string) => () => {
+      asked.push(`${id}/${user}`);
+      return !told.has(`${id}/${user}`) && (told.add(`${id}/${user}`), true);
+    };
+    const statuses: Groups = new Map();
+    // bob's two devices ack m1, alice's other device acks her own m1, carol acks m1 and m2.
+    for (const [id, owner] of [
+      ['m1', 'bob'],
+      ['m1', 'bob'],
+      ['m1', 'alice'],
+      ['m1', 'carol'],
+      ['m2', 'carol'],
+    ] as const) {
+      tellSender(statuses, { from: 'alice', id }, owner, first(id, owner));
+    }
+    expect([...statuses.values()]).toEqual([
+      { user: 'alice', by: 'bob', ids: ['m1'] },
+      { user: 'alice', by: 'carol', ids: ['m1', 'm2'] },
+    ]);
+    expect(asked).not.toContain('m1/alice'); // the sender's own copy is never recorded as told
   });
 });
 

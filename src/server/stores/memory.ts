@@ -31,7 +31,7 @@ import type {
   WrittenEntry,
 } from '../store.js';
 import { claimedUsers, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
-import { placeMessage, planMessage, planReceipt, type AppendReads } from './planner.js';
+import { placeMessage, planMessage, planReceipt, tellSender, type AppendReads } from './planner.js';
 import { extendFullNotices, GapCollector, type DroppedMessage } from './gap-notices.js';
 import {
   joinSnapshot,
@@ -41,6 +41,7 @@ import {
   receiptIds,
   snapshotOf,
   type ChangePlan,
+  type Groups,
   type SentRecord,
 } from './relational.js';
 import { planInvites, type InvitePlan, type PendingInvites } from './invites.js';
@@ -235,7 +236,6 @@ const LABEL = 'memory server store';
 const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
 const dedupeKey = (from: DeviceAddress, id: string): string =>
   `${from.user.length}:${from.user}${from.device.length}:${from.device}${id}`;
-const pairKey = (a: string, b: string): string => (a < b ? `${a.length}:${a}${b}` : `${b.length}:${b}${a}`);
 /** An ordered pair: `(a, b)` and `(b, a)` differ. */
 const orderedKey = (a: string, b: string): string => `${a.length}:${a}${b}`;
 const EMPTY = new Uint8Array(0);
@@ -557,6 +557,13 @@ export function memoryServerStore(
     return { ok: true, ts: now, duplicate: false, notify: targets };
   }
 
+  /** Records that `user` was told about `m` (delivered or expired); false when it already was. */
+  function firstTold(m: StoredMessage, user: string): boolean {
+    if (m.ackedBy.has(user)) return false;
+    m.ackedBy.add(user);
+    return true;
+  }
+
   /** Drops one reference; the body goes with the last one. */
   function unref(key: string): StoredMessage | undefined {
     const message = data.messages.get(key);
@@ -732,7 +739,7 @@ export function memoryServerStore(
         if (!inbox) return { count: 0, notify: [] };
         let count = 0;
         // sender user → ids newly delivered to this (recipient) user
-        const delivered = new Map<string, { user: string; by: string; ids: string[] }>();
+        const delivered: Groups = new Map();
         for (const offset of offsets) {
           const e = inbox.entries.get(offset);
           if (!e) continue;
@@ -740,11 +747,10 @@ export function memoryServerStore(
           count++;
           if (e.kind !== 'msg') continue;
           const m = unref(e.message);
-          if (!m || m.from.user === device.user || m.ackedBy.has(device.user)) continue;
-          m.ackedBy.add(device.user);
-          let g = delivered.get(m.from.user);
-          if (!g) delivered.set(m.from.user, (g = { user: m.from.user, by: device.user, ids: [] }));
-          g.ids.push(m.id);
+          if (m)
+            tellSender(delivered, { from: m.from.user, id: m.id }, device.user, () =>
+              firstTold(m, device.user),
+            );
         }
         const entries: WrittenEntry[] = [];
         fanOut(delivered, 'delivered', now, notify, entries);
@@ -758,8 +764,7 @@ export function memoryServerStore(
         const notify = new NotifySet();
         let count = 0;
         // (sender user, recipient user) → ids of messages that user never got, each once
-        const expired = new Map<string, { user: string; by: string; ids: string[] }>();
-        const told = new Set<string>();
+        const expired: Groups = new Map();
         const gaps = new GapCollector<string>();
         for (const [k, inbox] of data.inboxes) {
           const sep = k.indexOf(':') + 1 + Number(k.slice(0, k.indexOf(':')));
@@ -773,14 +778,7 @@ export function memoryServerStore(
             if (e.kind !== 'msg') continue;
             const m = unref(e.message);
             if (m) gaps.add(k, addr, { from: m.from, to: m.to, group: m.group, seq: m.seq });
-            if (!m || owner === m.from.user || m.ackedBy.has(owner)) continue;
-            const tk = `${e.message}\u0000${owner}`;
-            if (told.has(tk)) continue;
-            told.add(tk);
-            const gk = pairKey(m.from.user, owner) + (m.from.user < owner ? '<' : '>');
-            let g = expired.get(gk);
-            if (!g) expired.set(gk, (g = { user: m.from.user, by: owner, ids: [] }));
-            g.ids.push(m.id);
+            if (m) tellSender(expired, { from: m.from.user, id: m.id }, owner, () => firstTold(m, owner));
           }
         }
         for (const [key, ts] of data.dedupe) if (ts < cutoff) data.dedupe.delete(key);

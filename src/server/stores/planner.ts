@@ -7,15 +7,17 @@
  * time inside their transaction; the PostgreSQL store plans a batch's items over the rows its
  * batch reads loaded and places them when it takes offsets (`postgres.ts`, "flush").
  *
- * What is not here yet (docs/engines.md, "The append planner"): acks (releases and "delivered
- * once per user"), expiry statuses and offsets are still each store's own code.
+ * It also holds the rule of the statuses a message entry leaving an inbox makes (`tellSender`:
+ * `delivered` on an ack, `expired` on expiry). What is not here yet (docs/engines.md, "The append
+ * planner"): which entries an ack or expiry removes, releasing bodies, and offsets are still each
+ * store's own code.
  * @internal
  * @packageDocumentation
  */
 import type { DeviceAddress, MessageInput, ReceiptInput } from '../store.js';
 import { inboxFits, placeItem, type InboxUsage, type StoreQuotas } from '../quotas.js';
 import { checkDeviceList, type Refusal } from './directory.js';
-import { exceptSender, isSender } from './relational.js';
+import { exceptSender, isSender, queueStatus, type Groups } from './relational.js';
 
 /**
  * What the planner reads of a store, synchronously: a store whose reads are asynchronous loads
@@ -160,4 +162,26 @@ export function placeMessage<D extends DeviceAddress>(
   const out: Placement<D> = { ok: true, targets: kept, skipped: skip.map((i) => targets[i]!) };
   if (bodies) out.bodies = bodies.filter((_, i) => !skipped.has(i));
   return out;
+}
+
+/**
+ * Whether a message entry of `owner`'s leaving its inbox may tell the sender user `from`: never
+ * for the sender's own user (the copies its other devices get).
+ */
+export const tellsSender = (from: string, owner: string): boolean => from !== owner;
+
+/**
+ * The "Receipts" rule for a message entry leaving a recipient's inbox, acked (`delivered`) or
+ * expired (`expired`): the first of a recipient user's entries of a message to go tells its sender
+ * user, once per (message, recipient user), and the sender's own user's copies tell no one.
+ * `first()` asks the store's record of who was told and records `owner`; it is asked only when the
+ * entry may tell. The status joins `statuses`, one group per (sender, recipient) pair.
+ */
+export function tellSender(
+  statuses: Groups,
+  m: { from: string; id: string },
+  owner: string,
+  first: () => boolean,
+): void {
+  if (tellsSender(m.from, owner) && first()) queueStatus(statuses, m.from, owner, m.id);
 }

@@ -54,7 +54,7 @@ import type {
   ServerStore,
 } from '../store.js';
 import { notRegistered, uploadKind, type Refusal } from './directory.js';
-import { addressOf, planMessage, planReceipt, type AppendReads } from './planner.js';
+import { addressOf, planMessage, planReceipt, tellSender, tellsSender, type AppendReads } from './planner.js';
 import { deleteAcked } from './postgres-acks.js';
 import { claimBundles } from './postgres-keys.js';
 import {
@@ -95,7 +95,6 @@ import {
   NotifySet,
   membershipMarks,
   planChange,
-  queueStatus,
   receiptIds,
   snapshotOf,
   type ChangePlan,
@@ -1754,7 +1753,7 @@ function postgresStore(
     const marks = parts
       .flatMap((p) =>
         p.removed
-          .filter((r) => r.message !== null && r.from_user !== null && r.from_user !== p.user(r))
+          .filter((r) => r.message !== null && r.from_user !== null && tellsSender(r.from_user, p.user(r)))
           .map((r) => ({ r, user: p.user(r), out: p.out })),
       )
       .sort(
@@ -1770,9 +1769,9 @@ function postgresStore(
       );
       const isFresh = new Set(fresh.map((f) => `${f.message}:${f.user_id}`));
       for (const m of marks) {
-        const k = `${m.r.message}:${m.user}`;
-        if (!isFresh.delete(k)) continue; // already told (or a repeat within this call)
-        queueStatus(m.out, m.r.from_user!, m.user, m.r.msg_id!);
+        // Not fresh: already told (or a repeat within this call).
+        const first = () => isFresh.delete(`${m.r.message}:${m.user}`);
+        tellSender(m.out, { from: m.r.from_user!, id: m.r.msg_id! }, m.user, first);
       }
     }
     const all = parts.flatMap((p) => p.removed);

@@ -93,6 +93,7 @@ import {
   placeMessage,
   planMessage,
   planReceipt,
+  tellSender,
   type AppendReads,
   type Placement,
 } from './planner.js';
@@ -118,7 +119,6 @@ import {
   NotifySet,
   membershipMarks,
   planChange,
-  queueStatus,
   receiptIds,
   snapshotOf,
   type ChangePlan,
@@ -1326,10 +1326,11 @@ export function sqliteServerStore(
           gaps.add(r.dev, { user: r.owner, device: r.owner_device! }, stream);
         }
         // Marked before the delete: the delete may take the message (and its marks) with it.
-        if (r.message !== null && r.from_user !== null && r.owner && r.owner !== r.from_user) {
-          if (sql.markDelivered.run(r.message, r.owner).changes === 1) {
-            queueStatus(expired, r.from_user, r.owner, r.msg_id!);
-          }
+        if (r.message !== null && r.from_user !== null && r.owner) {
+          const [message, owner] = [r.message, r.owner];
+          tellSender(expired, { from: r.from_user, id: r.msg_id! }, owner, () => {
+            return sql.markDelivered.run(message, owner).changes === 1;
+          });
         }
         sql.entryDelete.run(r.dev, r.pos);
       }
@@ -1383,9 +1384,11 @@ export function sqliteServerStore(
         // Marked before the delete: the delete may take the message (and its marks) with it. The
         // last entry of a message (a 1:1 message to one device) only looks: its mark would go
         // with the message in the same transaction, a row written and deleted for nothing.
-        if (e.message !== null && e.from_user !== null && e.from_user !== user) {
-          const fresh = e.refs === 1 ? e.told === 0 : sql.markDelivered.run(e.message, user).changes === 1;
-          if (fresh) queueStatus(delivered, e.from_user, user, e.msg_id!);
+        if (e.message !== null && e.from_user !== null) {
+          const message = e.message;
+          tellSender(delivered, { from: e.from_user, id: e.msg_id! }, user, () =>
+            e.refs === 1 ? e.told === 0 : sql.markDelivered.run(message, user).changes === 1,
+          );
         }
         sql.entryDelete.run(dev, e.pos);
         count++;
