@@ -5,6 +5,7 @@
 // holds the delivery rule's invariants; PLANNER_SEED=N replays one seed.
 import { describe, expect, it } from 'vitest';
 import {
+  changeTargets,
   directTargets,
   placeMessage,
   planMessage,
@@ -184,6 +185,28 @@ describe('append planner: placement under the inbox quotas', () => {
     if (!rp.ok) throw new Error('planned');
     expect(placeMessage(quotas, r, rp, fullOnly('bob/b2'))).toMatchObject({ code: 'inbox_full' });
     expect(placeMessage(quotas, r, rp, fullOnly())).toMatchObject({ ok: true, skipped: [] });
+  });
+});
+
+describe('append planner: who a membership change goes to', () => {
+  it('every member device after it, the added members’ with the full form, then the removed users’ devices', () => {
+    const dir = directory({ alice: ['a1', 'a2'], bob: ['b1'], carol: ['c1', 'c2'], dave: ['d1'] });
+    // alice and carol are members after the change (carol added); bob and dave were removed.
+    const members = [...dir.devices('alice'), ...dir.devices('carol')];
+    const { targets, full } = changeTargets(
+      { joined: ['carol'], removed: ['bob', 'dave'] },
+      members,
+      dir.devices,
+    );
+    expect(targets.map((t) => `${t.device.user}/${t.device.device}${t.full ? ' full' : ''}`)).toEqual([
+      'alice/a1',
+      'alice/a2',
+      'carol/c1 full',
+      'carol/c2 full',
+      'bob/b1',
+      'dave/d1',
+    ]);
+    expect(full).toBe(2);
   });
 });
 

@@ -31,7 +31,14 @@ import type {
   WrittenEntry,
 } from '../store.js';
 import { claimedUsers, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
-import { placeMessage, planMessage, planReceipt, tellSender, type AppendReads } from './planner.js';
+import {
+  changeTargets,
+  placeMessage,
+  planMessage,
+  planReceipt,
+  tellSender,
+  type AppendReads,
+} from './planner.js';
 import { extendFullNotices, GapCollector, type DroppedMessage } from './gap-notices.js';
 import {
   joinSnapshot,
@@ -447,19 +454,11 @@ export function memoryServerStore(
     const notify = new NotifySet();
     if (plan !== null) {
       const group = applyChange(item, plan, old);
-      const { event, joined, removed } = plan;
+      const { event } = plan;
       const full: GroupEvent = { ...event, name: group.name, snapshot: snapshotOf(group) };
-      const isNew = new Set(joined);
-      for (const d of memberDevices(group)) {
-        push(d, { kind: 'group', ts: now, event: isNew.has(d.user) ? full : event });
-        notify.add(d);
-      }
-      for (const user of removed) {
-        for (const device of devicesOf(user)) {
-          const d = { user, device };
-          push(d, { kind: 'group', ts: now, event });
-          notify.add(d);
-        }
+      for (const t of changeTargets(plan, memberDevices(group), reads.devices).targets) {
+        push(t.device, { kind: 'group', ts: now, event: t.full ? full : event });
+        notify.add(t.device);
       }
     }
     applyInvites(item.group, invites, item.from.user, now, notify);

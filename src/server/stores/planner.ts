@@ -106,6 +106,36 @@ export function planMessage<D extends DeviceAddress>(
   };
 }
 
+/** A committed membership change's targets: each device and whether it gets the full form. */
+export interface ChangeTargets<D> {
+  targets: Array<{ device: D; full: boolean }>;
+  /** How many targets get the full form (with a snapshot): a store keeps each form once, with its count. */
+  full: number;
+}
+
+/**
+ * Who a committed membership change goes to (the "Groups" rule): every device of every member after
+ * it, in `members` order (the members it added get the full form, with the group's name and a
+ * snapshot, to start from), then every device of each user it removed (the plain event: they learn
+ * they are out). `members` are the group's member devices as the change left them.
+ */
+export function changeTargets<D extends DeviceAddress>(
+  change: { joined: readonly string[]; removed: readonly string[] },
+  members: readonly D[],
+  devicesOf: (user: string) => readonly D[],
+): ChangeTargets<D> {
+  const isNew = new Set(change.joined);
+  let full = 0;
+  const targets = members.map((device) => {
+    const f = isNew.has(device.user);
+    if (f) full++;
+    return { device, full: f };
+  });
+  for (const user of change.removed)
+    for (const device of devicesOf(user)) targets.push({ device, full: false });
+  return { targets, full };
+}
+
 /**
  * Plans a read receipt (the "Receipts" rule): a recipient without devices is `unknown_recipient`;
  * otherwise `counted()` gives the ids that count (see `receiptIds`; a batched store also leaves out

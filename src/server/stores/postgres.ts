@@ -54,7 +54,15 @@ import type {
   ServerStore,
 } from '../store.js';
 import { notRegistered, uploadKind, type Refusal } from './directory.js';
-import { addressOf, planMessage, planReceipt, tellSender, tellsSender, type AppendReads } from './planner.js';
+import {
+  addressOf,
+  changeTargets,
+  planMessage,
+  planReceipt,
+  tellSender,
+  tellsSender,
+  type AppendReads,
+} from './planner.js';
 import { deleteAcked } from './postgres-acks.js';
 import { claimBundles } from './postgres-keys.js';
 import {
@@ -1336,9 +1344,6 @@ function postgresStore(
         marks.ver,
       ]);
     }
-    // Members after the change (new ones get the snapshot form), then the users it removed.
-    const isNew = new Set(joined);
-    const targets: Array<{ dev: number; addr: DeviceAddress; full: boolean }> = [];
     const memberDevices = await rowsOf<{ id: string; user: string; device: string }>(
       c,
       `SELECT d.id, d.user_id AS user, d.device
@@ -1346,20 +1351,13 @@ function postgresStore(
        WHERE gm.group_id = $1 ORDER BY gm.joined, d.id`,
       [item.group],
     );
-    for (const r of memberDevices) {
-      targets.push({ dev: Number(r.id), addr: { user: r.user, device: r.device }, full: isNew.has(r.user) });
-    }
     await w.prefetch(removed);
-    for (const user of removed) {
-      for (const r of w.known(user))
-        targets.push({ dev: r.id, addr: { user, device: r.device }, full: false });
-    }
-    const fullRefs = targets.filter((t) => t.full).length;
-    const fullId = await storeEvent(c, { ...event, name: after.name, snapshot: snapshotOf(after) }, fullRefs);
-    const deltaId = await storeEvent(c, event, targets.length - fullRefs);
+    const { targets, full } = changeTargets(plan, memberDevices.map(deviceRow), (u) => w.known(u));
+    const fullId = await storeEvent(c, { ...event, name: after.name, snapshot: snapshotOf(after) }, full);
+    const deltaId = await storeEvent(c, event, targets.length - full);
     for (const t of targets) {
       w.add({
-        dev: t.dev,
+        dev: t.device.id,
         ts: now,
         message: null,
         body: null,
@@ -1369,7 +1367,7 @@ function postgresStore(
         by: null,
         size: 0,
       });
-      notify.add(t.addr);
+      notify.add(t.device);
     }
     return undefined;
   }

@@ -90,6 +90,7 @@ import type {
 import { claimedUsers, notRegistered, uploadKind } from './directory.js';
 import {
   addressOf,
+  changeTargets,
   placeMessage,
   planMessage,
   planReceipt,
@@ -1069,23 +1070,13 @@ export function sqliteServerStore(
       sql.memberInsert.run(item.group, u, after.members.get(u)!, marks.ver, acted);
     }
     if (marks.acted !== undefined) sql.memberActed.run(marks.ver, item.group, marks.acted, marks.ver);
-    // Members after the change (new ones get the snapshot form), then the users it removed.
-    const isNew = new Set(joined);
-    const targets: Array<{ dev: number; addr: DeviceAddress; full: boolean }> = [];
-    for (const r of memberDevicesOf(item.group)) {
-      w.prime(r);
-      targets.push({ dev: r.id, addr: { user: r.user, device: r.device }, full: isNew.has(r.user) });
-    }
-    for (const user of removed) {
-      for (const r of w.devicesOf(user))
-        targets.push({ dev: r.id, addr: { user, device: r.device }, full: false });
-    }
-    const fullRefs = targets.filter((t) => t.full).length;
-    const fullId = storeEvent({ ...event, name: after.name, snapshot: snapshotOf(after) }, fullRefs);
-    const deltaId = storeEvent(event, targets.length - fullRefs);
+    const reads = readsOf(w);
+    const { targets, full } = changeTargets(plan, reads.memberDevices(item.group), reads.devices);
+    const fullId = storeEvent({ ...event, name: after.name, snapshot: snapshotOf(after) }, full);
+    const deltaId = storeEvent(event, targets.length - full);
     for (const t of targets) {
-      sql.entryEventInsert.run(t.dev, w.next(t.dev), now, t.full ? fullId : deltaId);
-      notify.add(t.addr);
+      sql.entryEventInsert.run(t.device.id, w.next(t.device.id), now, t.full ? fullId : deltaId);
+      notify.add(t.device);
     }
   }
 
