@@ -3,9 +3,10 @@
  * double, with a `state` object that outlives a store (a new store over the same state is a
  * restart after a crash) and a `failWhen` fault switch.
  *
- * Longer than 500 lines because it is the reference: every rule of the contract (targets, group
- * rules, device lists, statuses, gap notices, quotas, keys) is spelled out here once in plain
- * maps; issue 19 (item 2) moves those rules into a shared planner that all three stores use.
+ * Longer than 500 lines because it is the reference: every part of the contract (groups, device
+ * lists, statuses, gap notices, quotas, keys, push tokens) is here in plain maps. The append rules
+ * it shares with the SQL stores (refusals, targets, placement, consent, statuses) come from the
+ * planner (planner.ts); acks' releases, expiry and offsets are still its own code.
  * @packageDocumentation
  */
 import type { PushToken } from '../push/types.js';

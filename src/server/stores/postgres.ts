@@ -22,9 +22,10 @@
  * `devices`, and migrations are versioned in `postbox_schema`, each step in its own transaction
  * under an advisory lock, so nodes starting together apply each step once.
  *
- * Longer than 500 lines: the schema and its migrations, the batch writer and its lock order, and
- * the delivery rules the store still writes itself (issue 19, item 2 moves them into a shared
- * planner, leaving the SQL and the lock order here).
+ * Longer than 500 lines: the schema and its migrations, the batch writer and its lock order, the
+ * batch's reads and claims, acks, expiry and the key directory. The append rules (refusals,
+ * targets, consent, statuses) come from the shared planner (planner.ts), asked over what the
+ * batch loaded; acks' releases, expiry's steps and offsets are still written here.
  * @packageDocumentation
  */
 import type { PushToken } from '../push/types.js';

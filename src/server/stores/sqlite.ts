@@ -57,8 +57,10 @@
  * `inbox.message` would cost an extra index for every body delete), so the connection's
  * `foreign_keys` setting does not matter.
  *
- * Longer than 500 lines: the schema and its migrations, and the delivery rules the store still
- * writes itself (issue 19, item 2 moves them into a shared planner, leaving the SQL here).
+ * Longer than 500 lines: the schema and its migrations, the writer (offsets, usage), acks,
+ * expiry, group changes, the key directory and push tokens as SQL. The append rules (refusals,
+ * targets, placement, consent, statuses) come from the shared planner (planner.ts); acks'
+ * releases, expiry's steps and offsets are still written here.
  * @packageDocumentation
  */
 import Database from 'better-sqlite3';
