@@ -1,7 +1,8 @@
 /**
  * The append rules of the `ServerStore` contract, written once for the three built-in stores:
- * which items are refused and why, which devices a message or read receipt goes to, which of them
- * a full inbox makes it skip, who consents to whom by writing, and who takes part in a group. A
+ * which items are refused and why, which devices a message, read receipt or membership change goes
+ * to, which of them a full inbox makes a message skip, who consents to whom by writing, and who
+ * takes part in a group. A
  * store reads (`AppendReads`), asks the planner, and writes what the plan says with its own
  * statements, in its own lock order: the memory and SQLite stores plan and place one item at a
  * time inside their transaction; the PostgreSQL store plans a batch's items over the rows its
@@ -51,6 +52,7 @@ export interface MessagePlan<D> {
 /** A read receipt the rules accept: the ids that count and, when any does, the devices their status goes to. */
 export interface ReceiptPlan<D> {
   ok: true;
+  /** The receipt's ids that count, in its order, each once. */
   ids: string[];
   /** None when no id counts: the receipt then writes nothing but its dedupe record. */
   targets: D[];
