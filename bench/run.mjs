@@ -693,7 +693,7 @@ async function main() {
   log(renderRatios(rs));
   const pgstore = renderPgstore(summary, rs, ROUNDS > 1, results.detail.pgstore);
   if (pgstore) log(`\n${pgstore}`);
-  log('\n================ targets (issues 4 and 23) ================\n');
+  log('\n================ targets (issues 4, 16, 19 and 23) ================\n');
   log(renderTargets(targets));
   if (skipped.length) log(`\nskipped: ${skipped.join('; ')}`);
   if (failures.length) log(`\n${failures.length} measurement(s) failed:\n  ${failures.join('\n  ')}`);

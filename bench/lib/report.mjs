@@ -282,6 +282,14 @@ export function checkTargets(results, idleStep) {
     1.2,
   );
   ratioTarget(
+    '  durable 1:1 throughput (SQLite) ≥ 1.0 × Socket.IO (issue 16; the standing goal is the 1.2× above)',
+    ['saturation', 'postbox-sqlite'],
+    ['saturation', 'socketio'],
+    'msgs_per_s',
+    '>=',
+    1,
+  );
+  ratioTarget(
     'p99 send→delivered at 5k msg/s (SQLite) ≤ 1.5 × raw ws relay',
     ['latency-5k', 'postbox-sqlite'],
     ['latency-5k', 'ws'],
@@ -296,6 +304,22 @@ export function checkTargets(results, idleStep) {
     'delivered_p99_ms',
     '<=',
     1.5,
+  );
+  ratioTarget(
+    'p99 send→delivered at 5k msg/s (memory store) ≤ 1.5 × Socket.IO’s (issue 16)',
+    ['latency-5k', 'postbox-memory'],
+    ['latency-5k', 'socketio'],
+    'delivered_p99_ms',
+    '<=',
+    1.5,
+  );
+  ratioTarget(
+    '  same, SQLite ≤ 3 × Socket.IO’s (issue 16)',
+    ['latency-5k', 'postbox-sqlite'],
+    ['latency-5k', 'socketio'],
+    'delivered_p99_ms',
+    '<=',
+    3,
   );
   ratioTarget(
     'p99 send→delivered at 2,000 msg/s (SQLite) ≤ 3 × a ws relay that fsyncs before acking (issue 23)',
@@ -337,6 +361,39 @@ export function checkTargets(results, idleStep) {
     'load_cpu_us_per_msg',
     '<=',
     1.5,
+  );
+  // Issue 19's: server CPU per message is the inverse of messages per server CPU-second.
+  ratioTarget(
+    'SQLite server CPU per message at saturation ≤ 1.5 × the memory store’s (issue 19)',
+    ['saturation', 'postbox-memory'],
+    ['saturation', 'postbox-sqlite'],
+    'msgs_per_server_cpu_s',
+    '<=',
+    1.5,
+  );
+  ratioTarget(
+    'gateway CPU per message, 3 nodes (every message crosses nodes) ≤ 1.3 × 1 node (issue 19)',
+    ['multinode', 'postbox-pg-3nodes'],
+    ['multinode', 'postbox-pg-1node'],
+    'server_cpu_us_per_msg',
+    '<=',
+    1.3,
+  );
+  ratioTarget(
+    'PostgreSQL store append, batch 256 × 12 writers ≥ 0.5 × postgres-unnest (issue 19)',
+    ['pgstore-b256-w12', 'postbox-pg'],
+    ['pgstore-b256-w12', 'postgres-unnest'],
+    'msgs_per_s',
+    '>=',
+    0.5,
+  );
+  ratioTarget(
+    '  and batch 1 × 12 writers ≥ 0.5 × plain postgres (issue 19)',
+    ['pgstore-b1-w12', 'postbox-pg'],
+    ['pgstore-b1-w12', 'postgres'],
+    'msgs_per_s',
+    '>=',
+    0.5,
   );
   ratioTarget(
     `heap per idle connection (${idleStep}) ≤ 1.5 × raw ws`,
