@@ -33,6 +33,7 @@ import type {
 } from '../store.js';
 import { claimedUsers, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
 import {
+  addressOf,
   changeTargets,
   placeMessage,
   planMessage,
@@ -528,10 +529,12 @@ export function memoryServerStore(
           : { kind: 'msg', ts: now, message: key, size: item.body.byteLength },
       );
     });
-    if (skipped.length === 0) return { ok: true, ts: now, duplicate: false, notify: targets, offsets };
+    // Keyed devices (an end-to-end encrypted message's) carry their registration ids: addresses only.
+    const notify = bodies ? targets.map(addressOf) : targets;
+    if (skipped.length === 0) return { ok: true, ts: now, duplicate: false, notify, offsets };
     const stream = { from: item.from, to: item.to, group: item.group === true, seq: item.seq };
     for (const d of skipped) noteSkipped(d, stream, now);
-    return { ok: true, ts: now, duplicate: false, notify: [...targets, ...skipped] };
+    return { ok: true, ts: now, duplicate: false, notify: [...notify, ...skipped.map(addressOf)] };
   }
 
   function commit(item: AppendInput, now: number): AppendOutcome {
