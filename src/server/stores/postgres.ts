@@ -539,11 +539,16 @@ interface Claimed {
   /** The body id (0: claimed without a body: a receipt, a message to no device), or null: its key was known. */
   id: number | null;
   /**
-   * A message claimed here: its target devices, and for an end-to-end encrypted one each target's
-   * body (checked against the directory), in target order.
+   * A message claimed here: its target devices, for an end-to-end encrypted one each target's body
+   * (checked against the directory) in target order, and whether writing it consents its sender to
+   * its recipient (the planner's `consent`).
    */
-  targets?: { devices: Array<{ id: number; user: string; device: string }>; bodies?: Uint8Array[] };
-  /** A message refused here (the directory check, not a member): its key was not claimed. */
+  targets?: {
+    devices: Array<{ id: number; user: string; device: string }>;
+    bodies?: Uint8Array[];
+    consent: boolean;
+  };
+  /** A message refused here (the planner's refusal): its key was not claimed. */
   refusal?: Refusal;
   /** A receipt's ids that count, when read with the batch's (see `claimBatch`). */
   ids?: string[];
@@ -1486,32 +1491,21 @@ function postgresStore(
   }
 
   /**
-   * A plain 1:1 message or receipt, claimed by `claimBatch` (null: its key was known, a
-   * duplicate). A message's entries reference the body the claim stored; a receipt writes a
-   * `read` status with the ids that count to every device of the user whose messages were read.
+   * A read receipt, claimed by `claimBatch` (null: its key was known, a duplicate): a `read` status
+   * with the ids that count to every device of the user whose messages were read. (1:1 messages
+   * are planned and claimed by `claimBatch` and committed by `commitClaimed`.)
    */
-  async function commitDirect(
+  async function commitReceipt(
     c: PgQueryable,
     w: Writer,
-    item: MessageInput | ReceiptInput,
+    item: ReceiptInput,
     now: number,
     index: number,
     claims: BatchClaims,
   ): Promise<AppendOutcome | null> {
-    await w.prefetch([item.to, item.from.user]); // loaded by `claimBatch` already
-    // `claimBatch` claimed every 1:1 item the planner accepts (id null: its key was known).
+    // `claimBatch` read the device lists and claimed every receipt the planner accepts (id null:
+    // its key was known).
     const claimed = claims.items.get(index);
-    if (item.kind === 'msg') {
-      const plan = planMessage(item, readsOf(w));
-      if (!plan.ok || claimed!.id === null) return plan.ok ? null : plan;
-      if (plan.consent) w.relate(item.from.user, item.to);
-      const out: AppendOutcome = { ok: true, ts: now, duplicate: false, notify: plan.targets.map(addressOf) };
-      if (claimed!.id > 0) {
-        const own = plan.targets.map((t) => ({ dev: t.id, own: t.user === item.from.user }));
-        out.offsets = queueEntries(w, item, own, claimed!.id, now);
-      }
-      return out;
-    }
     let ids = claimed?.ids;
     if (claimed && claimed.id !== null && ids === undefined) {
       // After a membership change in its batch: what counts is read at its turn.
@@ -1555,7 +1549,7 @@ function postgresStore(
   ): AppendOutcome {
     const own = targets.devices.map((t) => ({ dev: t.id, own: t.user === item.from.user }));
     const offsets = id > 0 ? queueEntries(w, item, own, id, now, targets.bodies) : [];
-    if (!item.group) w.relate(item.from.user, item.to);
+    if (targets.consent) w.relate(item.from.user, item.to);
     const notify = targets.devices.map((t) => ({ user: t.user, device: t.device }));
     return { ok: true, ts: now, duplicate: false, notify, offsets };
   }
@@ -1570,7 +1564,7 @@ function postgresStore(
     return row && Number(row.ts);
   }
 
-  /** A 1:1 message or receipt (not a group's, not end-to-end encrypted): `commitDirect`'s. */
+  /** A 1:1 message or a read receipt (not a group's, not end-to-end encrypted). */
   const isDirect = (item: AppendInput): item is MessageInput | ReceiptInput =>
     item.kind !== 'group' && !(item.kind === 'msg' && (item.group || item.envelopes));
 
@@ -1620,23 +1614,27 @@ function postgresStore(
     const reads = readsOf(w, keyed, groups);
     batch.forEach((item, index) => {
       if (skip.has(index)) return;
-      if (isSealed(item) || (isGroupMessage(item) && early(index))) {
+      // Every message but a group's after the batch's first membership change (committed at its turn).
+      if (
+        isSealed(item) ||
+        (isDirect(item) && item.kind === 'msg') ||
+        (isGroupMessage(item) && early(index))
+      ) {
         const plan = planMessage(item, reads);
         if (!plan.ok) return refuse(index, plan);
-        const { targets: devices, bodies } = plan;
+        const { targets: devices, bodies, consent } = plan;
         const refs = devices.length;
         if (bodies) {
-          items.set(index, { id: null, targets: { devices, bodies } });
+          items.set(index, { id: null, targets: { devices, bodies, consent } });
           claims.push({ index, item, refs, body: EMPTY });
         } else {
-          items.set(index, { id: null, targets: { devices } });
-          claims.push({ index, item, refs, ver: plan.ver! });
+          items.set(index, { id: null, targets: { devices, consent } });
+          claims.push(plan.ver === null ? { index, item, refs } : { index, item, refs, ver: plan.ver });
         }
-      } else if (isDirect(item)) {
-        const plan = item.kind === 'msg' ? planMessage(item, reads) : planReceipt(item, reads, () => []);
-        if (!plan.ok) return; // refused in `commit`, claiming nothing
+      } else if (item.kind === 'receipt') {
+        if (!planReceipt(item, reads, () => []).ok) return; // refused in `commit`, claiming nothing
         items.set(index, { id: null });
-        claims.push({ index, item, refs: item.kind === 'msg' ? plan.targets.length : 0 });
+        claims.push({ index, item, refs: 0 });
       }
     });
     const ids = await claimDirect(c, s, claims, now);
@@ -1692,8 +1690,8 @@ function postgresStore(
       if (claimed.id === null) return duplicate(known());
       return commitClaimed(w, item, claimed.id, claimed.targets!, now);
     }
-    if (isDirect(item)) {
-      const out = await commitDirect(c, w, item, now, index, claims);
+    if (item.kind === 'receipt') {
+      const out = await commitReceipt(c, w, item, now, index, claims);
       if (out?.ok) return out;
       if (out === null) return duplicate(known());
       // Refused (its recipient is not in the directory): a duplicate all the same when its key is known.
