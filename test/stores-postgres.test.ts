@@ -191,6 +191,75 @@ describeWithServices('postgres server store', reason, () => {
       });
     });
 
+    // The names the store gives its statements (postgres-prepared.ts), on the pool's one connection.
+    const preparedOn = async (pool: pg.Pool): Promise<number> =>
+      Number(
+        (await pool.query(`SELECT count(*) AS n FROM pg_prepared_statements WHERE name LIKE 'postbox\\_%'`))
+          .rows[0].n,
+      );
+
+    it('each statement is prepared once per connection and then only run again; with preparedStatements off, none is', async () => {
+      const life = async (store: ServerStore, from: number): Promise<void> => {
+        for (let i = from; i < from + 3; i++) {
+          await store.append([msg(`m${i}`)], 1000 + i);
+          const [entry] = await store.readInbox(bob1, 0, 10);
+          await store.ack(bob1, [entry!.offset], 1000 + i);
+        }
+        await store.devices('bob');
+      };
+      for (const preparedStatements of [true, false]) {
+        const schema = freshSchema();
+        const pool = new pg.Pool({ connectionString: URL, max: 1 });
+        try {
+          const store = await openPostgresServerStore({ pool, schema, preparedStatements });
+          await store.registerDevice(alice1, 1);
+          await store.registerDevice(bob1, 1);
+          await life(store, 1);
+          const prepared = await preparedOn(pool);
+          if (preparedStatements) expect(prepared).toBeGreaterThan(3);
+          else expect(prepared).toBe(0);
+          // The same kinds of calls again prepare nothing new: the connection keeps what it parsed.
+          await life(store, 4);
+          expect(await preparedOn(pool)).toBe(prepared);
+          await store.close();
+        } finally {
+          await pool.end();
+        }
+      }
+    });
+
+    it('a prepared statement whose result columns a schema change altered is dropped with its connection, and the call succeeds on a fresh one', async () => {
+      const schema = freshSchema();
+      const pool = new pg.Pool({ connectionString: URL, max: 1 });
+      try {
+        const store = await openPostgresServerStore({ pool, schema });
+        await store.registerDevice(alice1, 1);
+        await store.registerDevice(bob1, 1);
+        // Both prepare statements that return `devices.device`: one on the pool, one in a transaction.
+        expect(await store.devices('bob')).toEqual(['b1']);
+        expect(await store.append([msg('m1')], 1000)).toMatchObject([{ ok: true, duplicate: false }]);
+        const before = (await pool.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+        // What a newer node's migration could do while this one runs; the transaction meets it first.
+        await pool.query(`ALTER TABLE "${schema}".devices ALTER COLUMN device TYPE varchar(200)`);
+        expect(await store.append([msg('m2')], 1001)).toMatchObject([{ ok: true, duplicate: false }]);
+        expect(await store.devices('bob')).toEqual(['b1']);
+        // And back, the statement run on the pool meeting it first.
+        await pool.query(`ALTER TABLE "${schema}".devices ALTER COLUMN device TYPE text`);
+        expect(await store.devices('bob')).toEqual(['b1']);
+        expect(await store.append([msg('m3')], 1002)).toMatchObject([{ ok: true, duplicate: false }]);
+        expect((await store.readInbox(bob1, 0, 10)).map((e) => e.kind === 'msg' && e.id)).toEqual([
+          'm1',
+          'm2',
+          'm3',
+        ]);
+        // The connections that held the stale statements are gone.
+        expect((await pool.query('SELECT pg_backend_pid() AS pid')).rows[0].pid).not.toBe(before);
+        await store.close();
+      } finally {
+        await pool.end();
+      }
+    });
+
     it('a batch of messages (plain, end-to-end encrypted, group), read receipts, duplicates or acks costs the same few statements however many items it has', async () => {
       const schema = freshSchema();
       await withPool(async (pool) => {

@@ -24,7 +24,7 @@ serve options (flag, environment variable, default):
   --port N                  POSTBOX_PORT                  8080
   --host H                  POSTBOX_HOST                  127.0.0.1
   --data FILE               POSTBOX_DATA                  ./postbox.sqlite
-  --store URL               POSTBOX_STORE                 (the --data SQLite file) postgres://…[?schema=S]: keep everything in PostgreSQL instead
+  --store URL               POSTBOX_STORE                 (the --data SQLite file) postgres://…[?schema=S][&prepared=off]: keep everything in PostgreSQL instead
                                                           (&connect_timeout=SECONDS, 5, &query_timeout=MS, 10000: how long a vanished database may hold a call)
   --cluster URL             POSTBOX_CLUSTER               (one node) redis://…[?prefix=P]: one gateway of many over Redis (needs --store postgres://)
   --node-id ID              POSTBOX_NODE_ID               HOST-PID (this gateway's name in the cluster)

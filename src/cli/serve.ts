@@ -14,6 +14,7 @@ import { jsonLogger, type LogLevel } from './log.js';
 import { openServeTrace } from './trace.js';
 import { openServeMedia, type ServeMedia } from './media.js';
 import { staticFiles } from './static.js';
+import { parsePostgresStoreUrl } from './store-url.js';
 
 /** Settings of `postbox serve`; each has a flag and an environment variable (see `postbox serve --help`). */
 export interface ServeOptions {
@@ -122,17 +123,14 @@ export interface ServeHandle {
 }
 
 /**
- * A PostgreSQL store from a `postgres://` URL; a `schema` query parameter picks the schema (and
- * `connect_timeout` in seconds, `query_timeout` in ms bound the waits on a vanished database).
+ * A PostgreSQL store from a `postgres://` URL; `schema` and `prepared=off` query parameters are
+ * read by {@link parsePostgresStoreUrl} (and `connect_timeout` in seconds, `query_timeout` in ms
+ * bound the waits on a vanished database).
  */
 async function openPostgres(url: string, log: ReturnType<typeof jsonLogger>): Promise<ServerStore> {
   const { openPostgresServerStore } = await import('../server/stores/postgres.js');
-  const u = new URL(url);
-  const schema = u.searchParams.get('schema') ?? undefined;
-  u.searchParams.delete('schema');
   return openPostgresServerStore({
-    connectionString: u.toString(),
-    ...(schema ? { schema } : {}),
+    ...parsePostgresStoreUrl(url),
     onError: (e) => log.warn('postgres connection lost', e),
   });
 }

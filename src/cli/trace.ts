@@ -2,6 +2,7 @@
 // read from its trace table; and the trace store `postbox serve` writes to.
 import { parseArgs } from 'node:util';
 import type { TraceEvent, TraceStore } from '../server/trace.js';
+import { parsePostgresStoreUrl } from './store-url.js';
 
 /** Where `postbox serve` keeps its trace: beside the SQLite file, or in the PostgreSQL schema. */
 export interface TraceLocation {
@@ -22,11 +23,9 @@ export async function openServeTrace(
   const retentionMs = options.retentionDays * 24 * 3600_000;
   if (where.store) {
     const { openPostgresTraceStore } = await import('../server/stores/postgres-trace.js');
-    const u = new URL(where.store);
-    const schema = u.searchParams.get('schema') ?? undefined;
-    u.searchParams.delete('schema');
+    const { connectionString, schema } = parsePostgresStoreUrl(where.store);
     return openPostgresTraceStore({
-      connectionString: u.toString(),
+      connectionString,
       retentionMs,
       ...(schema ? { schema } : {}),
       ...(options.onError ? { onError: options.onError } : {}),
