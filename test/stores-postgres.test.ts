@@ -228,7 +228,7 @@ describeWithServices('postgres server store', reason, () => {
       }
     });
 
-    it('a prepared statement whose result columns a schema change altered is dropped with its connection, and the call succeeds on a fresh one', async () => {
+    it('a prepared statement whose result columns a schema change altered, or that was deallocated, is dropped with its connection, and the call succeeds on a fresh one', async () => {
       const schema = freshSchema();
       const pool = new pg.Pool({ connectionString: URL, max: 1 });
       try {
@@ -253,7 +253,14 @@ describeWithServices('postgres server store', reason, () => {
           'm3',
         ]);
         // The connections that held the stale statements are gone.
-        expect((await pool.query('SELECT pg_backend_pid() AS pid')).rows[0].pid).not.toBe(before);
+        const after = (await pool.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+        expect(after).not.toBe(before);
+        // Statements deallocated behind pg's back (a pooler's `DISCARD ALL`): the same recovery.
+        await pool.query('DEALLOCATE ALL');
+        expect(await store.append([msg('m4')], 1003)).toMatchObject([{ ok: true, duplicate: false }]);
+        await pool.query('DEALLOCATE ALL');
+        expect(await store.devices('bob')).toEqual(['b1']);
+        expect((await pool.query('SELECT pg_backend_pid() AS pid')).rows[0].pid).not.toBe(after);
         await store.close();
       } finally {
         await pool.end();

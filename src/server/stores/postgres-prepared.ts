@@ -15,7 +15,8 @@
  * whose result columns changed (`cached plan must not change result type`, a rolling upgrade
  * whose migration altered a table the statement returns). Such a connection is dropped instead of
  * returned to the pool, and the call runs once more on a fresh connection, which prepares the
- * statement anew.
+ * statement anew. So is one whose statements were deallocated behind `pg`'s back (a pooler's
+ * `DISCARD ALL`).
  * @packageDocumentation
  */
 import { createHash } from 'node:crypto';
@@ -67,10 +68,16 @@ export class StatementNames {
   }
 }
 
-/** Whether `e` is PostgreSQL refusing a named statement whose result columns changed since it was prepared. */
+/**
+ * Whether `e` says a connection's named statements no longer match what `pg` believes it prepared
+ * there: PostgreSQL refusing one whose result columns changed since (`0A000`, `cached plan must
+ * not change result type`), or not knowing one (`26000`: something ran `DEALLOCATE` or
+ * `DISCARD ALL` on the connection, as a pooler's reset query does).
+ */
 export function isStalePlan(e: unknown): boolean {
   if (typeof e !== 'object' || e === null) return false;
   const { code, message } = e as { code?: unknown; message?: unknown };
+  if (code === '26000') return true;
   return (
     code === '0A000' &&
     typeof message === 'string' &&
