@@ -217,6 +217,19 @@ describe('cost budgets', () => {
     for (let i = 0; i < 1000; i++) b.charge(`u${i}`, 'd', 1, 0);
     expect(b.size).toBeLessThanOrEqual(200);
   });
+
+  it('past the bound the budget unused longest is forgotten, never one in use: a device in debt keeps its debt', () => {
+    const b = new CostBudgets(
+      { device: { perSecond: 0.001, burst: 10 }, user: { perSecond: 0.001, burst: 10 } },
+      2,
+    );
+    b.charge('u0', 'd', 10, 0);
+    b.charge('u1', 'd', 1, 0);
+    expect(b.charge('u0', 'd', 5, 2000)).toBe('over'); // u0 in use again, and in debt
+    b.charge('u2', 'd', 1, 2000); // a third key: u1, unused since 0, is the one forgotten
+    expect(b.inDebt('u0', 'd', 2000)).toBe(true);
+    expect(b.size).toBe(4);
+  });
 });
 
 describe('readers that do not read', () => {
