@@ -240,7 +240,7 @@ const SCENARIOS = {
   // bench/scenarios/multinode.mjs starts its own `postbox serve` nodes and load process (nothing
   // pinned); needs PostgreSQL and Redis (POSTBOX_PG_URL, POSTBOX_REDIS_URL), else skipped.
   multinode: {
-    about: `three postbox nodes on PostgreSQL + Redis beside one node on PostgreSQL: ${LOAD.n} clients spread over the nodes, each sending to a client on another node, 16 in flight each; then one of the three SIGKILLed under 100 msg/s (client defaults: backoff 500 ms–30 s): time until its clients are back on the others and everything is delivered. Nodes, PostgreSQL, Redis and the load share ${os.cpus().length} cores, unpinned`,
+    about: `three postbox nodes on PostgreSQL + Redis beside one node on PostgreSQL: ${LOAD.n} clients spread over the nodes, each sending to a client on another node, 16 in flight each; the same three nodes with each client sending to one on its own node; then one of the three SIGKILLed under 100 msg/s (client defaults: backoff 500 ms–30 s): time until its clients are back on the others and everything is delivered. Nodes, PostgreSQL, Redis and the load share ${os.cpus().length} cores, unpinned`,
     solo: true,
     rounds: quick ? 1 : 2,
     params: {

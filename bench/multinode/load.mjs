@@ -5,7 +5,10 @@
 // bench/systems/postbox.client.mjs, each a user `u<i>` with device `d` (`--insecure-dev-auth`
 // credentials `u<i>/d`). Client i starts on gateway i mod (number of URLs) and sends to client
 // i + n/2, which with 200 clients and 3 gateways is always on another gateway: every message
-// crosses nodes. Clients find the gateways by themselves: the WebSocket client transport's URL
+// crosses nodes. With `pairing: 'same'` (saturation only) client i starts on gateway
+// (i mod n/2) mod k instead, the gateway of its peer: no message crosses nodes, and each node
+// carries the same share of the load as with crossing pairs (what a cross-node message costs is
+// the difference). Clients find the gateways by themselves: the WebSocket client transport's URL
 // list (placed start, failover to a random other gateway) when this build has it, else a function moving to
 // the next gateway on every connect. Before either mode, every client sends one message to its
 // peer and all must arrive (`prime`): a conversation's first message is not a steady state.
@@ -63,7 +66,7 @@ const tagOfBody = (b) => new DataView(b.buffer, b.byteOffset, b.byteLength).getU
  * `on.state(i, state)` after the first `open`. Each client's current gateway is `gateway[i]`
  * (index into `urls`, from the URL its last socket was opened to).
  */
-async function connectAll({ urls, n, size }, on) {
+async function connectAll({ urls, n, size, pairing }, on) {
   const k = urls.length;
   let primedCount = 0;
   let allPrimed;
@@ -73,7 +76,7 @@ async function connectAll({ urls, n, size }, on) {
   const gateway = new Int32Array(n).fill(-1);
   const tagMaps = [];
   const clients = await openMany(n, (i) => {
-    const home = i % k;
+    const home = pairing === 'same' ? (i % (n / 2)) % k : i % k;
     // Records the URL each socket of client i is opened to: which gateway it is on.
     class Dial extends WebSocket {
       constructor(url, protocols, options) {
@@ -176,7 +179,7 @@ function addPercentiles(out, name, s) {
 // ------------------------------------------------------------------------------- saturation
 
 async function saturation(urls, p) {
-  const { n, window: W, size, warmupMs, measureMs } = p;
+  const { n, window: W, size, warmupMs, measureMs, pairing } = p;
   const sentAt = new Samples(1 << 20);
   const lat = { delivered: new Samples(), acked: new Samples(), status: new Samples() };
   const inflight = new Int32Array(n);
@@ -201,7 +204,7 @@ async function saturation(urls, p) {
     }
   }
   load = await connectAll(
-    { urls, n, size },
+    { urls, n, size, pairing },
     {
       deliver(_to, tag) {
         const t = now();

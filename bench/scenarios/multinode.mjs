@@ -9,6 +9,10 @@
 //   3nodes     three `postbox serve --store postgres://… --cluster redis://… --node-id nK` on one
 //              schema and prefix; client i starts on node i mod 3 and sends to client i + n/2,
 //              which is on another node, so every message crosses nodes
+//   3nodes-same  the same three nodes and load, but client i starts on its peer's node: no message
+//              crosses nodes. Three nodes ÷ this is what crossing costs (issue 19's target):
+//              3nodes ÷ 1node also counts that each of three nodes commits a third of the
+//              messages per batch (its statements spread over fewer messages)
 //   both: n clients, 100-byte messages; first one message per conversation (its first message
 //   creates rows a steady state does not: timed apart, as first_messages_ms), then `window` in
 //   flight per client; messages/s delivered and acked, latencies, and CPU per message: the nodes' (sum, from /proc/PID/stat), the nodes'
@@ -43,6 +47,8 @@ const PG_URL = process.env.POSTBOX_PG_URL ?? 'postgres://postgres@127.0.0.1:5432
 const REDIS_URL = process.env.POSTBOX_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const ONE = 'postbox-pg-1node';
 const THREE = 'postbox-pg-3nodes';
+/** Three nodes as THREE, each client on its peer's node: the same deployment and load, nothing crossing. */
+const SAME = 'postbox-pg-3nodes-same';
 const NODES = 3;
 /**
  * Nothing is pinned here: the nodes, the load, PostgreSQL and Redis all share the machine's cores
@@ -352,7 +358,7 @@ export async function run(params) {
   const unpinned = unpin();
   const round = params.round ?? 0;
   // `parts`: a subset to run (trying things out); the bench runs all three.
-  const parts = params.parts ?? [ONE, THREE, 'failover'];
+  const parts = params.parts ?? [ONE, THREE, SAME, 'failover'];
   const admin = new pg.Client({ connectionString: PG_URL, application_name: 'pbbench-mn-admin' });
   await admin.connect();
   const ctx = {
@@ -372,24 +378,26 @@ export async function run(params) {
   let urlList;
   try {
     // Alternate which deployment goes first, so a drift of the shared machine spreads over both.
-    const order = (round % 2 === 0 ? [ONE, THREE] : [THREE, ONE]).filter((s) => parts.includes(s));
+    const systems = [ONE, THREE, SAME];
+    const order = [0, 1, 2].map((j) => systems[(round + j) % 3]).filter((s) => parts.includes(s));
     for (const system of order) {
-      const three = system === THREE;
+      const three = system !== ONE;
       try {
         const r = await measure(ctx, {
           count: three ? NODES : 1,
           cluster: three,
           mode: 'saturation',
-          params: params.saturation,
+          params: system === SAME ? { ...params.saturation, pairing: 'same' } : params.saturation,
         });
         urlList = r.url_list;
         sat[system] = { raw: r, fig: saturationFigures(r, three) };
         for (const [k, v] of Object.entries(sat[system].fig)) add('multinode', system, k, v);
         if (three) {
           add('multinode', system, 'cross_node_fraction', r.cross_node_fraction);
-          if (r.cross_node_fraction < 1) {
+          const want = system === THREE ? 1 : 0;
+          if (r.cross_node_fraction !== want) {
             errors.push(
-              `${system}: only ${(r.cross_node_fraction * 100).toFixed(0)}% of clients had their peer on another node`,
+              `${system}: ${(r.cross_node_fraction * 100).toFixed(0)}% of clients had their peer on another node (want ${want * 100}%)`,
             );
           }
         }
@@ -397,9 +405,13 @@ export async function run(params) {
         errors.push(`${system}: ${String(e.message ?? e).split('\n')[0]}`);
       }
     }
-    if (sat[ONE] && sat[THREE]) {
+    for (const [over, system] of [
+      [ONE, '3nodes/1node'],
+      [SAME, '3nodes/3nodes-same'],
+    ]) {
+      if (!sat[THREE] || !sat[over]) continue;
       const a = sat[THREE].fig;
-      const b = sat[ONE].fig;
+      const b = sat[over].fig;
       for (const k of [
         'msgs_per_s',
         'delivered_p50_ms',
@@ -409,13 +421,7 @@ export async function run(params) {
         'total_cpu_us_per_msg',
       ]) {
         if (a[k] && b[k])
-          results.push({
-            scenario: 'multinode-ratio',
-            system: '3nodes/1node',
-            metric: k,
-            value: a[k] / b[k],
-            unit: 'ratio',
-          });
+          results.push({ scenario: 'multinode-ratio', system, metric: k, value: a[k] / b[k], unit: 'ratio' });
       }
     }
     if (parts.includes('failover'))
@@ -456,11 +462,16 @@ export async function run(params) {
     `  ${name.padEnd(18)} ${human(f.msgs_per_s).padStart(6)} msg/s delivered, ${human(f.acked_per_s).padStart(6)} acked, delivered p50/p99 ${human(f.delivered_p50_ms)}/${human(f.delivered_p99_ms)} ms; CPU per msg: nodes ${us(f.server_cpu_us_per_msg)}, PostgreSQL ${us(f.pg_cpu_us_per_msg)}${f.redis_cpu_us_per_msg !== undefined ? `, Redis ${us(f.redis_cpu_us_per_msg)}` : ''}; nodes ${human(f.server_cpu_pct)}% CPU, load ${human(f.load_cpu_pct)}%`;
   if (sat[ONE]) lines.push(row('1 node', sat[ONE].fig));
   if (sat[THREE]) lines.push(row('3 nodes', sat[THREE].fig));
-  if (sat[ONE] && sat[THREE]) {
+  if (sat[SAME]) lines.push(row('3 nodes, same-node', sat[SAME].fig));
+  for (const [over, name] of [
+    [ONE, '1 node'],
+    [SAME, '3 nodes same-node'],
+  ]) {
+    if (!sat[THREE] || !sat[over]) continue;
     const a = sat[THREE].fig;
-    const b = sat[ONE].fig;
+    const b = sat[over].fig;
     lines.push(
-      `  3 nodes ÷ 1 node: msg/s ${times(a.msgs_per_s, b.msgs_per_s)}, delivered p99 ${times(a.delivered_p99_ms, b.delivered_p99_ms)}, CPU per msg: nodes ${times(a.server_cpu_us_per_msg, b.server_cpu_us_per_msg)}, all ${times(a.total_cpu_us_per_msg, b.total_cpu_us_per_msg)}`,
+      `  3 nodes ÷ ${name}: msg/s ${times(a.msgs_per_s, b.msgs_per_s)}, delivered p99 ${times(a.delivered_p99_ms, b.delivered_p99_ms)}, CPU per msg: nodes ${times(a.server_cpu_us_per_msg, b.server_cpu_us_per_msg)}, all ${times(a.total_cpu_us_per_msg, b.total_cpu_us_per_msg)}`,
     );
   }
   if (fo) {
