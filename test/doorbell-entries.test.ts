@@ -10,7 +10,7 @@ import { redisCluster } from '../src/server/cluster/redis.js';
 import { DOORBELL_MARK, doorbellMember, readDoorbell } from '../src/server/cluster/redis-doorbell.js';
 import type { ClusterAdapter, DoorbellEntry } from '../src/server/cluster/types.js';
 import type { DeviceAddress } from '../src/server/store.js';
-import { Carried } from '../src/server/routing.js';
+import { Carried, MAX_CARRIED_PER_DEVICE } from '../src/server/routing.js';
 import { deleteRedisPrefix, REDIS_URL, redisUnreachable } from './fixtures/redis.js';
 
 const bob: DeviceAddress = { user: 'bob', device: 'phone' };
@@ -166,7 +166,11 @@ describe('which entries ride', () => {
       ['a long message', (c) => c.add(bob, msg(5, 1025))],
       ['a status naming many messages', (c) => c.add(bob, { ...status, ids: Array(33).fill('m') })],
       ['an entry this node does not know', (c) => c.skip(bob)],
-      ['a ninth entry', (c) => [5, 6, 7, 8, 9, 10, 11, 12].forEach((o) => c.add(bob, msg(o, 1)))],
+      // With the status above, one more than a delivery window's worth.
+      [
+        'an entry past the cap',
+        (c) => Array.from({ length: MAX_CARRIED_PER_DEVICE }, (_, i) => c.add(bob, msg(5 + i, 1))),
+      ],
     ];
     for (const [what, spoil] of cases) {
       const c = new Carried();

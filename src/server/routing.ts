@@ -34,7 +34,7 @@ export const keyOf = deviceKey;
  * in a 5-second window, about a third of the entries delivered read back from the store. A ring
  * stays bounded by its batch (at most `maxCommitBatch` items, each body at most 1 KB to ride).
  */
-const MAX_CARRIED_PER_DEVICE = 64;
+export const MAX_CARRIED_PER_DEVICE = 64;
 
 /** Most message ids a status may name to ride in a doorbell (a doorbell stays small). */
 const MAX_CARRIED_IDS = 32;
