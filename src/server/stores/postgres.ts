@@ -208,7 +208,7 @@ export interface PostgresServerStoreTuning {
   /**
    * Sends the store's statements as named (prepared) statements: each connection parses and plans
    * a statement once instead of on every call, which took PostgreSQL's CPU per one-message append
-   * from 2.2 to 0.9 ms (docs/postgres.md). Turn it off behind a connection pooler in transaction
+   * from 2.24 to 0.58 ms (docs/postgres.md). Turn it off behind a connection pooler in transaction
    * mode that does not track prepared statements (PgBouncer before 1.21, or without
    * `max_prepared_statements`), where a named statement may land on a server connection that
    * never prepared it.
