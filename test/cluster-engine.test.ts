@@ -270,33 +270,39 @@ describe('gateway nodes over one store and a cluster', () => {
     for (const r of forBob) expect(r.devices.filter((d) => d === 'bob/phone')).toHaveLength(1);
   });
 
-  it('a batch that wrote more entries for a device on another node than a few (up to its delivery window) carries them all: its inbox is not read', async () => {
-    // Appends wait at a gate, so the sends that arrive meanwhile commit as one batch.
-    const counting = countingStore();
-    const gate = { shut: Promise.resolve() };
-    const store: ServerStore = {
-      ...counting.store,
-      async append(items, now, opts) {
-        await gate.shut;
-        return counting.store.append(items, now, opts);
-      },
-    };
-    cluster = await makeCluster(2, { store });
-    const alice = await cluster.device('alice', 'phone', 0);
-    const bob = await cluster.device('bob', 'phone', 1);
-    await cluster.advance(100);
-    const before = counting.readsOf('bob/phone');
-    let open = (): void => {};
-    gate.shut = new Promise((r) => (open = r));
-    const words = Array.from({ length: 20 }, (_, i) => `m${i}`);
-    const sends = words.map((t) => alice.client.send('bob', text(t)));
-    await cluster.advance(50);
-    open();
-    await cluster.advance(300);
-    await Promise.all(sends);
-    expect(bob.messages.map((m) => untext(m.body))).toEqual(words);
-    expect(counting.readsOf('bob/phone') - before).toBe(0);
-  });
+  it.each([
+    ['the default window (64), 20 messages', {}, 20],
+    ['a window of 128, 100 messages', { deliveryWindow: 128 }, 100],
+  ] as const)(
+    'a batch that wrote many entries for a device on another node carries them all, up to its delivery window: its inbox is not read (%s)',
+    async (_what, options, count) => {
+      // Appends wait at a gate, so the sends that arrive meanwhile commit as one batch.
+      const counting = countingStore();
+      const gate = { shut: Promise.resolve() };
+      const store: ServerStore = {
+        ...counting.store,
+        async append(items, now, opts) {
+          await gate.shut;
+          return counting.store.append(items, now, opts);
+        },
+      };
+      cluster = await makeCluster(2, { store, ...options });
+      const alice = await cluster.device('alice', 'phone', 0);
+      const bob = await cluster.device('bob', 'phone', 1);
+      await cluster.advance(100);
+      const before = counting.readsOf('bob/phone');
+      let open = (): void => {};
+      gate.shut = new Promise((r) => (open = r));
+      const words = Array.from({ length: count }, (_, i) => `m${i}`);
+      const sends = words.map((t) => alice.client.send('bob', text(t)));
+      await cluster.advance(50);
+      open();
+      await cluster.advance(300);
+      await Promise.all(sends);
+      expect(bob.messages.map((m) => untext(m.body))).toEqual(words);
+      expect(counting.readsOf('bob/phone') - before).toBe(0);
+    },
+  );
 
   it('a message too long to ride is read from the inbox on the other node, in order with the short ones', async () => {
     const { store, readsOf } = countingStore();

@@ -10,7 +10,10 @@ import { redisCluster } from '../src/server/cluster/redis.js';
 import { DOORBELL_MARK, doorbellMember, readDoorbell } from '../src/server/cluster/redis-doorbell.js';
 import type { ClusterAdapter, DoorbellEntry } from '../src/server/cluster/types.js';
 import type { DeviceAddress } from '../src/server/store.js';
-import { Carried, MAX_CARRIED_PER_DEVICE } from '../src/server/routing.js';
+import { Carried } from '../src/server/routing.js';
+
+/** Entries that ride per device here (the engine passes its delivery window). */
+const PER_DEVICE = 64;
 import { deleteRedisPrefix, REDIS_URL, redisUnreachable } from './fixtures/redis.js';
 
 const bob: DeviceAddress = { user: 'bob', device: 'phone' };
@@ -152,7 +155,7 @@ describe('which entries ride', () => {
   });
 
   it('a device whose entries all ride gets them all, in the order written', () => {
-    const c = new Carried();
+    const c = new Carried(PER_DEVICE);
     c.add(bob, status);
     c.add(bob, msg(5, 1024));
     expect(c.entries()).toEqual([
@@ -169,11 +172,11 @@ describe('which entries ride', () => {
       // With the status above, one more than a delivery window's worth.
       [
         'an entry past the cap',
-        (c) => Array.from({ length: MAX_CARRIED_PER_DEVICE }, (_, i) => c.add(bob, msg(5 + i, 1))),
+        (c) => Array.from({ length: PER_DEVICE }, (_, i) => c.add(bob, msg(5 + i, 1))),
       ],
     ];
     for (const [what, spoil] of cases) {
-      const c = new Carried();
+      const c = new Carried(PER_DEVICE);
       c.add(tab, status);
       c.add(bob, status);
       spoil(c);

@@ -170,6 +170,7 @@ export class PostboxServer extends EventEmitter<ServerEvents> {
       log,
       cluster,
       push: this.push,
+      carryPerDevice: config.deliveryWindow,
     }));
     const ring = (devices: DeviceAddress[]) => router.ring(devices);
     this.typing = new Typing({

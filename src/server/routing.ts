@@ -25,17 +25,6 @@ import { committedMsgFrame } from './wire.js';
  */
 export const keyOf = deviceKey;
 
-/**
- * Most entries that ride in one device's doorbell to another node (more: it reads its inbox): a
- * session's delivery window at its default, since a session takes no more pushes than its window
- * holds anyway. It was 8: at saturation a commit batch often held more than eight messages for one
- * device (a sender keeps up to its window in flight), none of them rode, and the device's node read
- * its inbox for them: with three nodes and every message crossing, 370–610 such doorbells per node
- * in a 5-second window, about a third of the entries delivered read back from the store. A ring
- * stays bounded by its batch (at most `maxCommitBatch` items, each body at most 1 KB to ride).
- */
-export const MAX_CARRIED_PER_DEVICE = 64;
-
 /** Most message ids a status may name to ride in a doorbell (a doorbell stays small). */
 const MAX_CARRIED_IDS = 32;
 
@@ -56,11 +45,23 @@ export class Carried {
   /** device key → its entries so far, in offset order (undefined: it reads its inbox). */
   private readonly byDevice = new Map<string, DoorbellEntry[] | undefined>();
 
+  /**
+   * @param perDevice Most entries that ride for one device (more: it reads its inbox): the
+   *   delivery window (`deliveryWindow`), since a session takes no more pushes than its window
+   *   holds anyway. It was a fixed 8: at saturation a commit batch often held more than eight
+   *   messages for one device (a sender keeps up to its window in flight), none of them rode, and
+   *   the device's node read its inbox for them (with three nodes and every message crossing,
+   *   370–610 such doorbells per node in a 5-second window, about a third of the entries
+   *   delivered read back from the store). A ring stays bounded by its batch (at most
+   *   `maxCommitBatch` items, each body at most 1 KB to ride).
+   */
+  constructor(private readonly perDevice: number) {}
+
   /** Adds the next entry written for `device`. */
   add(device: DeviceAddress, entry: InboxEntry): void {
     const k = keyOf(device);
     const list = this.byDevice.has(k) ? this.byDevice.get(k) : [];
-    if (!list || !canRide(entry) || list.length >= MAX_CARRIED_PER_DEVICE) this.byDevice.set(k, undefined);
+    if (!list || !canRide(entry) || list.length >= this.perDevice) this.byDevice.set(k, undefined);
     else {
       list.push({ device, entry });
       this.byDevice.set(k, list);
@@ -109,6 +110,8 @@ export interface RouterDeps {
   log: Logger;
   cluster: ClusterAdapter | undefined;
   push: PushWake;
+  /** Most entries that ride in one device's doorbell: the delivery window (see {@link Carried}). */
+  carryPerDevice: number;
 }
 
 /** This node's sessions by device and by user, and the ways to reach a device. */
@@ -122,7 +125,7 @@ export class Router {
 
   /** A collector of the entries that ride in one ring's doorbells; none without a cluster. */
   carrying(): Carried | undefined {
-    return this.d.cluster ? new Carried() : undefined;
+    return this.d.cluster ? new Carried(this.d.carryPerDevice) : undefined;
   }
 
   /** The open session of a device on this node. */
@@ -187,7 +190,7 @@ export class Router {
     const ring: DeviceAddress[] = [];
     const seen = new Map<string, boolean>(); // device → all its entries so far went out
     // Devices not connected here: the entries that ride in their doorbells.
-    const away = this.d.cluster ? new Carried() : undefined;
+    const away = this.d.cluster ? new Carried(this.d.carryPerDevice) : undefined;
     for (const { device, entry } of res.entries) {
       const k = keyOf(device);
       const s = this.sessions.get(k);
