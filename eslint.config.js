@@ -52,6 +52,9 @@ export default tseslint.config(
  *   ws-common.ts; the Node server half may re-export the client half's public names only).
  * - The server's Session reaches the server only through SessionHost (session-host.ts): it imports
  *   neither the façade (engine.ts) nor the parts behind it; and no part imports the façade.
+ * - The memory server store takes its rules from the store kit (store-kit.ts) alone, the public
+ *   module a store of one's own uses: it is the kit's worked example, so the kit cannot lack a
+ *   rule a store needs without this failing.
  * test/lint-boundaries.test.ts proves each rule fails on a wrong import.
  */
 function boundaries() {
@@ -108,6 +111,16 @@ function boundaries() {
       [...serverParts, 'session-host', 'wire'].map((f) => `src/server/${f}.ts`),
       { patterns: [noFacade] },
     ),
+    entry(['src/server/stores/memory.ts'], {
+      patterns: [
+        {
+          regex:
+            '^\\./(planner|relational|invites|gap-notices|directory)(\\.js)?$|^\\.\\./(quotas|users)(\\.js)?$',
+          message:
+            'the memory store takes its rules from the store kit (store-kit.ts), as a store of your own does',
+        },
+      ],
+    }),
     entry(['src/client/**/*.ts'], { builtins: true, patterns: [noServer] }, ['src/client/stores/sqlite.ts']),
     entry(['src/client/stores/sqlite.ts'], { patterns: [noServer] }),
     entry(['src/crypto/**/*.ts'], { builtins: true, patterns: [noClient] }, ['src/crypto/libsignal.ts']),

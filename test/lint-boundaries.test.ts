@@ -47,6 +47,29 @@ describe('the code keeps its import boundaries by itself', () => {
     expect(await restricted('src/server/session.ts', host)).toEqual([]);
   });
 
+  it('the memory server store taking a rule from anywhere but the store kit fails the lint', async () => {
+    const memory = 'src/server/stores/memory.ts';
+    for (const from of [
+      './planner.js',
+      './relational.js',
+      './invites.js',
+      './gap-notices.js',
+      './directory.js',
+    ]) {
+      const code = `import * as m from '${from}';\nexport const x = m;\n`;
+      expect(await restricted(memory, code), from).toEqual([expect.stringContaining('store kit')]);
+    }
+    for (const from of ['../quotas.js', '../users.js']) {
+      const code = `import * as m from '${from}';\nexport const x = m;\n`;
+      expect(await restricted(memory, code), from).toEqual([expect.stringContaining('store kit')]);
+    }
+    const kit = "import { planMessage } from '../store-kit.js';\nexport const p = planMessage;\n";
+    expect(await restricted(memory, kit)).toEqual([]);
+    // The other stores keep their own imports (they are not the kit's example).
+    const planner = "import { planMessage } from './planner.js';\nexport const p = planMessage;\n";
+    expect(await restricted('src/server/stores/sqlite.ts', planner)).toEqual([]);
+  });
+
   it('browser code importing a Node built-in fails the lint', async () => {
     for (const spec of ['node:fs', 'fs', 'crypto', 'node:crypto', 'events']) {
       const code = `import * as m from '${spec}';\nexport const x = m;\n`;

@@ -3,7 +3,7 @@
  * that they decide alike: which devices an end-to-end encrypted message must carry envelopes for
  * ("Device lists"), and what a key upload may do ("Key directory"). Pure functions: each store
  * reads its own state and writes its own rows around them.
- * @internal
+ * What store-kit.ts re-exports from here is public (`postbox/server/store-kit`).
  * @packageDocumentation
  */
 import type {

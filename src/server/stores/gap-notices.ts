@@ -4,7 +4,7 @@
  * (see `ServerStore` "Expiry"), and every message a full device was skipped for, in the device's
  * one `inbox_full` notice (see `ServerStore` "Quotas"). Pure code: each store feeds it the rows it removed and writes the
  * notices it returns into its own inboxes.
- * @internal
+ * What store-kit.ts re-exports from here is public (`postbox/server/store-kit`).
  * @packageDocumentation
  */
 import type { DeviceAddress, GapStream } from '../store.js';

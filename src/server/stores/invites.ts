@@ -2,7 +2,7 @@
  * The group-invite rules every built-in store shares (see docs/groups.md, "Consent"): who gets a
  * pending invite from a create or add, what an invitee's devices are told, and what `accept` and
  * `decline` take away. Pure code: each store reads its pending invites and writes its own rows.
- * @internal
+ * What store-kit.ts re-exports from here is public (`postbox/server/store-kit`).
  * @packageDocumentation
  */
 import type { AppendRefusal, GroupEvent, GroupInput } from '../store.js';

@@ -4,9 +4,12 @@
  * restart after a crash) and a `failWhen` fault switch.
  *
  * Longer than 500 lines because it is the reference: every part of the contract (groups, device
- * lists, statuses, gap notices, quotas, keys, push tokens) is here in plain maps. The append rules
- * it shares with the SQL stores (refusals, targets, placement, consent, statuses) come from the
- * planner (planner.ts); acks' releases, expiry and offsets are still its own code.
+ * lists, statuses, gap notices, quotas, keys, push tokens) is here in plain maps. It takes its
+ * rules (refusals, targets, placement, consent, statuses, group changes, invites, gap notices,
+ * key uploads and claims' users, quotas) from the public store kit (store-kit.ts) alone, a lint
+ * rule keeps it so, and it is the kit's worked example: what is left here is what any store of
+ * one's own writes, its storage (maps instead of tables), offsets, releasing bodies with their last
+ * entry, and the records the rules ask about.
  * @packageDocumentation
  */
 import type { PushToken } from '../push/types.js';
@@ -31,39 +34,45 @@ import type {
   ServerStore,
   WrittenEntry,
 } from '../store.js';
-import { claimedUsers, notRegistered, uploadKind, type KeyedDevice } from './directory.js';
 import {
+  actionWindow,
   addressOf,
+  assertNotPending,
   changeTargets,
+  claimedUsers,
+  extendFullNotices,
+  GapCollector,
+  isPendingDevice,
+  joinSnapshot,
+  keysAfter,
+  membershipMarks,
+  notRegistered,
+  NotifySet,
+  overGroupQuota,
+  PENDING_DEVICE,
   placeMessage,
+  planChange,
+  planInvites,
   planMessage,
   planReceipt,
-  tellSender,
-  type AppendReads,
-} from './planner.js';
-import { extendFullNotices, GapCollector, type DroppedMessage } from './gap-notices.js';
-import {
-  joinSnapshot,
-  membershipMarks,
-  NotifySet,
-  planChange,
-  receiptIds,
-  snapshotOf,
-  type ChangePlan,
-  type Groups,
-  type SentRecord,
-} from './relational.js';
-import { planInvites, type InvitePlan, type PendingInvites } from './invites.js';
-import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
-import {
-  keysAfter,
-  actionWindow,
-  overGroupQuota,
   preKeyQuotaError,
+  realDevices,
+  receiptIds,
   resolveQuotas,
+  snapshotOf,
+  tellSender,
+  uploadKind,
+  type AppendReads,
+  type ChangePlan,
+  type DroppedMessage,
+  type Groups,
   type InboxUsage,
+  type InvitePlan,
+  type KeyedDevice,
+  type PendingInvites,
+  type SentRecord,
   type StoreQuotas,
-} from '../quotas.js';
+} from '../store-kit.js';
 
 /**
  * Opaque durable state of a memory server store; a new store over the same state is a "re-open

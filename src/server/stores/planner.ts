@@ -12,7 +12,7 @@
  * `delivered` on an ack, `expired` on expiry). What is not here yet (docs/engines.md, "The append
  * planner"): which entries an ack or expiry removes, releasing bodies, and offsets are still each
  * store's own code.
- * @internal
+ * What store-kit.ts re-exports from here is public (`postbox/server/store-kit`).
  * @packageDocumentation
  */
 import type { DeviceAddress, MessageInput, ReceiptInput } from '../store.js';

@@ -3,7 +3,7 @@
  * rules worked out before anything is written (all three stores), the stored form of group
  * events (the SQL stores) and small collectors. Pure code: each store reads and writes its own
  * state around it.
- * @internal
+ * What store-kit.ts re-exports from here is public (`postbox/server/store-kit`).
  * @packageDocumentation
  */
 import { Packr } from 'msgpackr';
