@@ -23,13 +23,14 @@
  *   {@link keysAfter}, {@link preKeyQuotaError}, {@link PENDING_DEVICE} and its helpers;
  * - quotas: {@link resolveQuotas}, {@link overGroupQuota}, {@link actionWindow}.
  *
- * **What your store does** (its storage driver's part, which the kit cannot do for it): read the
- * four answers of {@link AppendReads} synchronously (an asynchronous backend loads them for a
- * whole batch first, then plans, as the PostgreSQL store does); keep every write of one item in
- * one atomic unit (or a whole batch: `StoreCapabilities.atomicBatch`) and its own lock order;
- * take each device's offsets from a counter that never skips or reuses one, so that no reader
- * sees offset n+1 committed while n may still come; store a body once and release it with its
- * last entry; keep the durable records the rules ask about (dedupe keys, who was told, consents).
+ * **What your store does** (its storage driver's part, which the kit cannot do for it): answer
+ * the four questions of {@link AppendReads} synchronously (an asynchronous backend loads what
+ * {@link batchReads} lists for a whole batch first, then plans, as the PostgreSQL store does);
+ * keep every write of one item in one atomic unit (or a whole batch:
+ * `StoreCapabilities.atomicBatch`) and its own lock order; take each device's offsets from a
+ * counter that never skips or reuses one, so that no reader sees offset n+1 committed while n
+ * may still come; store a body once and release it with its last entry; keep the durable
+ * records the rules ask about (dedupe keys, who was told, consents).
  * `serverStoreConformance` in `postbox/testing` checks the result, by capability and with a fault
  * hook.
  *
@@ -41,12 +42,14 @@
 export type { ServerStore } from './store.js';
 export {
   addressOf,
+  batchReads,
   changeTargets,
   placeMessage,
   planMessage,
   planReceipt,
   tellSender,
   type AppendReads,
+  type BatchReads,
   type ChangeTargets,
   type MessagePlan,
   type Placement,

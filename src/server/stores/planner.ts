@@ -15,7 +15,7 @@
  * What store-kit.ts re-exports from here is public (`postbox/server/store-kit`).
  * @packageDocumentation
  */
-import type { DeviceAddress, MessageInput, ReceiptInput } from '../store.js';
+import type { AppendInput, DeviceAddress, MessageInput, ReceiptInput } from '../store.js';
 import { inboxFits, placeItem, type InboxUsage, type StoreQuotas } from '../quotas.js';
 import { checkDeviceList, type Refusal } from './directory.js';
 import { exceptSender, isSender, queueStatus, type Groups } from './relational.js';
@@ -34,6 +34,43 @@ export interface AppendReads<D extends DeviceAddress> {
   memberVer(group: string, user: string): number | undefined;
   /** Every device of every member of the group, in the store's member order. */
   memberDevices(group: string): readonly D[];
+}
+
+/**
+ * What planning a batch's messages and read receipts asks of {@link AppendReads}: which users'
+ * devices, which users' keyed devices, and which groups (with the members whose membership is
+ * asked). A store whose reads are asynchronous loads all of it first, in as few queries as its
+ * backend allows, then answers the planner from what it loaded (as the PostgreSQL store does).
+ * The answers must take the batch's own earlier items into account: after a membership change,
+ * or a device registered in between, read again or update what was loaded. Group changes are not
+ * listed: {@link planChange} takes the group as the store read it.
+ */
+export interface BatchReads {
+  /** Users whose devices `devices(user)` is asked for. */
+  devices: Set<string>;
+  /** Users whose keyed devices `keyed(user)` is asked for (end-to-end encrypted messages). */
+  keyed: Set<string>;
+  /** Groups whose member devices `memberDevices(group)` is asked for, each with the users whose `memberVer(group, user)` is. */
+  groups: Map<string, Set<string>>;
+}
+
+/** The reads planning `items` may ask for (see {@link BatchReads}); a superset, never less. */
+export function batchReads(items: readonly AppendInput[]): BatchReads {
+  const out: BatchReads = { devices: new Set(), keyed: new Set(), groups: new Map() };
+  for (const item of items) {
+    if (item.kind === 'group') continue;
+    if (item.kind === 'msg' && item.group === true) {
+      if (item.envelopes) continue; // refused (`forbidden`) before any read
+      let members = out.groups.get(item.to);
+      if (!members) out.groups.set(item.to, (members = new Set()));
+      members.add(item.from.user);
+      continue;
+    }
+    const asked = item.kind === 'msg' && item.envelopes ? out.keyed : out.devices;
+    asked.add(item.to);
+    asked.add(item.from.user);
+  }
+  return out;
 }
 
 /** A message the rules accept: where it goes and what writing it also records. */
