@@ -6,6 +6,8 @@ import { createClient, isGroupId } from '../src/client/index.js';
 import { memoryClientStore } from '../src/client/stores/memory.js';
 import { isDeviceId } from '../src/protocol/index.js';
 import { PENDING_DEVICE, type GroupChange } from '../src/server/index.js';
+import { addressKey, deviceKeyOf } from '../src/server/address.js';
+import { seededRandom } from '../src/util/clock.js';
 import { badGroupIds, badIds } from './fixtures/ids.js';
 import { makeWorld, text, type World } from './helpers.js';
 
@@ -96,5 +98,27 @@ describe('the id rule holds at every API that takes an id', () => {
     await world.advance(200);
     expect(alice.statuses).toEqual([]);
     expect(c.groups()).toEqual([]);
+  });
+});
+
+describe('the in-process device key (address.ts)', () => {
+  it('no two different addresses share a key, whatever characters their ids hold (seeded)', () => {
+    // Sessions, budgets and the stores' indexes are keyed by it: a collision would let one
+    // device's frames land on another's session or budget.
+    const r = seededRandom(7);
+    const alphabet = ['a', 'b', ':', '1', '2', '\u0000', '"', ',', '[', ']'];
+    const word = () =>
+      Array.from({ length: Math.floor(r() * 5) }, () => alphabet[Math.floor(r() * alphabet.length)]).join('');
+    const seen = new Map<string, string>();
+    for (let i = 0; i < 20_000; i++) {
+      const d = { user: word(), device: word() };
+      const k = addressKey(d);
+      const was = seen.get(k);
+      const me = JSON.stringify([d.user, d.device]);
+      if (was !== undefined) expect(was, `key ${JSON.stringify(k)}`).toBe(me);
+      else seen.set(k, me);
+      expect(deviceKeyOf(d.user, d.device)).toBe(k);
+    }
+    expect(seen.size).toBeGreaterThan(1000);
   });
 });

@@ -30,7 +30,7 @@ import { RateLimitedLog } from './client-log.js';
 import type { ClusterAdapter, Unsubscribe } from './cluster/types.js';
 import { FanoutEstimate } from './commit-batch.js';
 import { Committer } from './commit.js';
-import { deviceKey } from './cluster/common.js';
+import { addressKey as deviceKey } from './address.js';
 import { CostBudgets, DEFAULT_COST_BUDGETS, frameCost, type CostVerdict } from './costs.js';
 import { GroupCaps } from './group-consent.js';
 import { StoreHealthMonitor, type StoreHealth } from './health.js';

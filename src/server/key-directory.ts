@@ -9,7 +9,7 @@
 import { isPostboxError, type KeyGetFrame, type KeysFrame } from '../protocol/index.js';
 import type { KeyBundle } from '../protocol/keys.js';
 import type { Clock } from '../util/clock.js';
-import { deviceKey } from './cluster/common.js';
+import { addressKey as deviceKey } from './address.js';
 import type { RateLimitedLog } from './client-log.js';
 import { KeyWaiters } from './key-waiters.js';
 import type { Limits } from './limits.js';

@@ -8,6 +8,7 @@
  * @internal
  * @packageDocumentation
  */
+import { deviceKeyOf } from './address.js';
 
 /** Most keys (users or devices) a counter map remembers; past it the oldest windows are forgotten. */
 export const MAX_LIMIT_KEYS = 100_000;
@@ -189,7 +190,6 @@ export interface LimitOptions {
 }
 
 const DAY_MS = 24 * 3600_000;
-const deviceKey = (user: string, device: string): string => `${user}\u0000${device}`;
 
 /** What a limited request may do: go ahead, or not (and whether this is the first refusal of its window). */
 export type LimitVerdict = 'ok' | 'over' | 'first-over';
@@ -215,7 +215,7 @@ export class Limits {
 
   /** One more frame from an authenticated device: false once it is over its frames per second. */
   frame(user: string, device: string, now: number): boolean {
-    return this.frames.add(deviceKey(user, device), 1, now) <= this.opts.maxFramesPerSecond;
+    return this.frames.add(deviceKeyOf(user, device), 1, now) <= this.opts.maxFramesPerSecond;
   }
 
   /** One more typing notice from `user`. */
@@ -247,7 +247,7 @@ export class Limits {
 
   /** Whether `claimer` may take a one-time key of `target`'s device `device` now (counted when so). */
   oneTimeKey(claimer: string, target: string, device: string, now: number): boolean {
-    return this.oneTimeKeys.take(claimer, deviceKey(target, device), now);
+    return this.oneTimeKeys.take(claimer, deviceKeyOf(target, device), now);
   }
 }
 

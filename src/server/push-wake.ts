@@ -8,7 +8,7 @@
 import type { PushTokenFrame } from '../protocol/index.js';
 import type { Clock } from '../util/clock.js';
 import { capable } from './capabilities.js';
-import { deviceKey } from './cluster/common.js';
+import { addressKey as deviceKey } from './address.js';
 import { BoundedMap } from './limits.js';
 import type { ServerMetrics } from './metrics.js';
 import type { Logger } from './options.js';

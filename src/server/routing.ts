@@ -8,7 +8,8 @@
  * @packageDocumentation
  */
 import { encodeAtOffset, encodeFrame } from '../protocol/index.js';
-import { deviceKey, entriesByDevice } from './cluster/common.js';
+import { addressKey } from './address.js';
+import { entriesByDevice } from './cluster/common.js';
 import type { ClusterAdapter, DoorbellEntry } from './cluster/types.js';
 import type { ServerMetrics } from './metrics.js';
 import type { Logger } from './options.js';
@@ -20,10 +21,11 @@ import { isPendingDevice } from './users.js';
 import { committedMsgFrame } from './wire.js';
 
 /**
- * A device's session key. Unambiguous for any two strings, not only valid ids: a separator
- * character would let ids containing it collide, and one device take over another's session.
+ * A device's session key (`addressKey`, length-prefixed). Unambiguous for any two strings, not
+ * only valid ids: a separator character would let ids containing it collide, and one device take
+ * over another's session.
  */
-export const keyOf = deviceKey;
+const keyOf = addressKey;
 
 /** Most message ids a status may name to ride in a doorbell (a doorbell stays small). */
 const MAX_CARRIED_IDS = 32;

@@ -3,6 +3,7 @@
  * users it watches. Both are bounded by the node's sessions.
  * @internal
  */
+import { addressKey } from '../address.js';
 import type {
   ClusterAdapter,
   DeviceAddress,
@@ -12,8 +13,12 @@ import type {
   Unsubscribe,
 } from './types.js';
 
-/** A device's identity as one string (also its Redis key suffix); unambiguous for any ids. */
-export const deviceKey = (d: DeviceAddress): string => JSON.stringify([d.user, d.device]);
+/**
+ * A device's identity as the cluster stores it (its Redis key suffix, the members of the registry's
+ * sets, the take-over and close messages): JSON, unambiguous for any ids, and the same on nodes of
+ * two versions. Inside one process, maps use `addressKey` (address.ts).
+ */
+export const clusterDeviceKey = (d: DeviceAddress): string => JSON.stringify([d.user, d.device]);
 
 /** The entries of a ring that are for `devices` (one node's share), or undefined when none are. */
 export function entriesFor(
@@ -21,18 +26,18 @@ export function entriesFor(
   devices: DeviceAddress[],
 ): DoorbellEntry[] | undefined {
   if (!entries?.length) return undefined;
-  const keys = new Set(devices.map(deviceKey));
-  const out = entries.filter((e) => keys.has(deviceKey(e.device)));
+  const keys = new Set(devices.map(addressKey));
+  const out = entries.filter((e) => keys.has(addressKey(e.device)));
   return out.length > 0 ? out : undefined;
 }
 
-/** A ring's carried entries by device ({@link deviceKey}), each device's in order; undefined when none. */
+/** A ring's carried entries by device (`addressKey`), each device's in order; undefined when none. */
 export function entriesByDevice(
   entries: readonly DoorbellEntry[] | undefined,
 ): Map<string, DoorbellEntry[]> | undefined {
   let out: Map<string, DoorbellEntry[]> | undefined;
   for (const e of entries ?? []) {
-    const k = deviceKey(e.device);
+    const k = addressKey(e.device);
     const mine = (out ??= new Map()).get(k);
     if (mine) mine.push(e);
     else out.set(k, [e]);

@@ -9,7 +9,7 @@
  * @packageDocumentation
  */
 import { systemClock, type Clock, type TimerHandle } from '../../util/clock.js';
-import { NodeCore, deviceKey, entriesFor, incarnationToken } from './common.js';
+import { NodeCore, clusterDeviceKey, entriesFor, incarnationToken } from './common.js';
 import type {
   ClusterAdapter,
   DeviceAddress,
@@ -124,7 +124,7 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
   const byHolder = (list: DeviceAddress[]): Map<string, DeviceAddress[]> => {
     const byNode = new Map<string, DeviceAddress[]>();
     for (const d of list) {
-      const i = devices.get(deviceKey(d));
+      const i = devices.get(clusterDeviceKey(d));
       if (!alive(i)) continue;
       let l = byNode.get(i);
       if (!l) byNode.set(i, (l = []));
@@ -171,7 +171,7 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
       incarnations.set(inc, { nodeId: nodeId!, expiresAt: clock.now() + ttlMs, devices: new Set(), core });
     };
     const registerHere = (d: DeviceAddress): RegisterResult => {
-      const key = deviceKey(d);
+      const key = clusterDeviceKey(d);
       const before = onlineNow(d.user);
       const prev = devices.get(key);
       let replaced: string | undefined;
@@ -253,7 +253,7 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
       },
       async unregister(d) {
         requireStarted();
-        const key = deviceKey(d);
+        const key = clusterDeviceKey(d);
         core.local.delete(key);
         if (devices.get(key) !== inc) return { removed: false, wentOffline: false, v: version };
         devices.delete(key);
@@ -264,7 +264,7 @@ export function memoryClusterHub(options: MemoryClusterOptions = {}): MemoryClus
       },
       async locate(list) {
         return list.map((d) => {
-          const i = devices.get(deviceKey(d));
+          const i = devices.get(clusterDeviceKey(d));
           return alive(i) ? incarnations.get(i)!.nodeId : undefined;
         });
       },

@@ -24,7 +24,8 @@
  * @packageDocumentation
  */
 import { Redis, type RedisOptions } from 'ioredis';
-import { NodeCore, deviceKey, entriesByDevice, entriesFor, incarnationToken } from './common.js';
+import { addressKey } from '../address.js';
+import { NodeCore, clusterDeviceKey, entriesByDevice, entriesFor, incarnationToken } from './common.js';
 import { DOORBELL_MARK, doorbellMember, isDoorbell, readDoorbell } from './redis-doorbell.js';
 import type {
   ClusterAdapter,
@@ -317,7 +318,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
   let degraded = false;
   const versionKey = `${prefix}v`;
   const nodesKey = `${prefix}nodes`;
-  const devKey = (d: DeviceAddress): string => `${prefix}d:${deviceKey(d)}`;
+  const devKey = (d: DeviceAddress): string => `${prefix}d:${clusterDeviceKey(d)}`;
   const userKey = (u: string): string => `${prefix}u:${u}`;
   const presenceChannel = (u: string): string => `${prefix}p:${u}`;
 
@@ -410,7 +411,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
       // devices read their inboxes; the entries it may carry are not trusted in that form.
       if (m.t === 'd') core.doorbell.emit(devices);
       else if (m.t === 'r') {
-        for (const d of devices) core.local.delete(deviceKey(d));
+        for (const d of devices) core.local.delete(clusterDeviceKey(d));
         core.replaced.emit(devices);
       } else if (m.t === 't' && m.u && m.n) core.typing.emit(m.u, m.n);
       else if (m.t === 'c' && typeof m.c === 'number') core.closed.emit(devices, m.c);
@@ -448,7 +449,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
   ];
 
   const registerHere = async (d: DeviceAddress): Promise<RegisterResult> => {
-    const member = deviceKey(d);
+    const member = clusterDeviceKey(d);
     core.local.set(member, d);
     let reply: [string, number, number];
     try {
@@ -604,7 +605,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
     },
     async unregister(d): Promise<UnregisterResult> {
       const r = started();
-      const member = deviceKey(d);
+      const member = clusterDeviceKey(d);
       core.local.delete(member);
       unregistered.delete(member);
       const [removed, off, v] = await r.pbUnregister(...registryArgs(d, member));
@@ -633,7 +634,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
             DOORBELL_MARK,
             '',
             '',
-            ...part.map((d) => doorbellMember(d, byDevice?.get(deviceKey(d)))),
+            ...part.map((d) => doorbellMember(d, byDevice?.get(addressKey(d)))),
           );
           if (mine.length > 0) {
             const here = mine.map((i) => part[i - 1]!);
@@ -703,7 +704,7 @@ export function redisCluster(options: RedisClusterOptions): RedisClusterAdapter 
             `{"t":"c","c":${Math.trunc(code)},"d":[`,
             ',',
             ']}',
-            ...part.map(deviceKey),
+            ...part.map(clusterDeviceKey),
           );
           if (mine.length > 0)
             core.closed.emit(

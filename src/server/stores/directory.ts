@@ -14,6 +14,7 @@ import type {
   KeyUpload,
   MessageInput,
 } from '../store.js';
+import { addressKey as keyOf } from '../address.js';
 import { isSender } from './relational.js';
 
 /** A device that has keys in the directory, as the device-list check sees it. */
@@ -31,7 +32,6 @@ export interface SealedTargets<T extends KeyedDevice> {
   bodies: Uint8Array[];
 }
 
-const keyOf = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
 const address = (d: DeviceAddress): DeviceAddress => ({ user: d.user, device: d.device });
 
 /**

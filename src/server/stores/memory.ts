@@ -12,6 +12,7 @@
  * entry, and the records the rules ask about.
  * @packageDocumentation
  */
+import { addressKey as deviceKey } from '../address.js';
 import type { PushToken } from '../push/types.js';
 import type {
   BeforeWrite,
@@ -251,7 +252,6 @@ export function createMemoryServerState(): MemoryServerState {
 const LABEL = 'memory server store';
 
 // Length-prefixed so that no two different tuples share a key.
-const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
 const dedupeKey = (from: DeviceAddress, id: string): string =>
   `${from.user.length}:${from.user}${from.device.length}:${from.device}${id}`;
 /** An ordered pair: `(a, b)` and `(b, a)` differ. */

@@ -7,6 +7,7 @@
  * @packageDocumentation
  */
 import { Packr } from 'msgpackr';
+import { addressKey } from '../address.js';
 import type {
   AppendRefusal,
   DeviceAddress,
@@ -24,7 +25,6 @@ import type {
 export type Groups = Map<string, { user: string; by: string; ids: string[] }>;
 
 // Length-prefixed so that no two different tuples share a key.
-const deviceKey = (d: DeviceAddress): string => `${d.user.length}:${d.user}${d.device}`;
 const uniq = (users: string[]): string[] => [...new Set(users)];
 
 /** Collects devices that got new entries, each once, in first-seen order. */
@@ -32,7 +32,7 @@ export class NotifySet {
   private readonly seen = new Set<string>();
   readonly list: DeviceAddress[] = [];
   add(d: DeviceAddress): void {
-    const k = deviceKey(d);
+    const k = addressKey(d);
     if (this.seen.has(k)) return;
     this.seen.add(k);
     this.list.push({ user: d.user, device: d.device });
