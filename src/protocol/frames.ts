@@ -443,36 +443,112 @@ export const serverFrame = z.discriminatedUnion('t', [
   keysReadyFrame,
 ]);
 
+/** The type of {@link helloFrame}: opens a session. */
 export type HelloFrame = z.infer<typeof helloFrame>;
+/**
+ * The type of {@link sendFrame}: a message for user `to` (or, with `g`, for group `to`); `seq` is
+ * the per-(conversation, sender device) sequence.
+ */
 export type SendFrame = z.infer<typeof sendFrame>;
+/** The type of {@link receiptFrame}: a read receipt for messages `ids` that user `to` sent. */
 export type ReceiptFrame = z.infer<typeof receiptFrame>;
+/**
+ * The type of {@link ackFrame}: the device has persisted the inbox entries at these offsets; the
+ * server may delete them.
+ */
 export type AckFrame = z.infer<typeof ackFrame>;
+/** The type of {@link pingFrame}: liveness probe, either direction. */
 export type PingFrame = z.infer<typeof pingFrame>;
+/** The type of {@link pongFrame}: answer to `ping`. */
 export type PongFrame = z.infer<typeof pongFrame>;
+/** The type of {@link welcomeFrame}: the session is open. */
 export type WelcomeFrame = z.infer<typeof welcomeFrame>;
+/** The type of {@link okFrame}: the request `r` is durably committed. */
 export type OkFrame = z.infer<typeof okFrame>;
+/** The type of {@link errFrame}: the request `r` (or the connection, if absent) failed with `c`. */
 export type ErrFrame = z.infer<typeof errFrame>;
+/** The type of {@link msgFrame}: an inbox entry carrying a message. */
 export type MsgFrame = z.infer<typeof msgFrame>;
+/**
+ * The type of {@link statusFrame}: an inbox entry carrying a status for messages `ids`, produced
+ * by (or about) user `by`.
+ */
 export type StatusFrame = z.infer<typeof statusFrame>;
+/** The type of {@link wireStatus}: wire form of a receipt status. */
 export type WireStatus = z.infer<typeof wireStatus>;
+/**
+ * The type of {@link groupFrame}: a membership change of group `g`, deduplicated by `id` like a
+ * message.
+ */
 export type GroupFrame = z.infer<typeof groupFrame>;
+/** The type of {@link groupOp}: group operation codes on the wire. */
 export type GroupOp = z.infer<typeof groupOp>;
+/**
+ * The type of {@link linkApproveFrame}: approves linking the new device that shows `code` to this
+ * user (see docs/devices.md).
+ */
 export type LinkApproveFrame = z.infer<typeof linkApproveFrame>;
+/** The type of {@link unlinkFrame}: unlinks device `d` of this user (itself included). */
 export type UnlinkFrame = z.infer<typeof unlinkFrame>;
+/**
+ * The type of {@link subscribeFrame}: subscribes to user `u`'s presence for as long as this
+ * connection lasts.
+ */
 export type SubscribeFrame = z.infer<typeof subscribeFrame>;
+/** The type of {@link unsubscribeFrame}: ends a presence subscription. */
 export type UnsubscribeFrame = z.infer<typeof unsubscribeFrame>;
+/**
+ * The type of {@link typingFrame}: typing started (`on`) or stopped in the 1:1 chat with `to` or,
+ * with `g`, in group `to`.
+ */
 export type TypingFrame = z.infer<typeof typingFrame>;
+/**
+ * The type of {@link groupEventFrame}: an inbox entry carrying a membership change of group `g`,
+ * at version `v`, made by `by`, about users `m`.
+ */
 export type GroupEventFrame = z.infer<typeof groupEventFrame>;
+/** The type of {@link linkCodeFrame}: linking this device needs approval. */
 export type LinkCodeFrame = z.infer<typeof linkCodeFrame>;
+/**
+ * The type of {@link presenceFrame}: user `u` is online (`on`) or not; `ls` is its last-seen time
+ * when the privacy rule shows it.
+ */
 export type PresenceFrame = z.infer<typeof presenceFrame>;
+/**
+ * The type of {@link typingNoticeFrame}: device `fd` of user `f` started or stopped typing to this
+ * user, or (with `g`) in group `to`.
+ */
 export type TypingNoticeFrame = z.infer<typeof typingNoticeFrame>;
+/**
+ * The type of {@link keysFrame}: publishes this device's public keys to the directory (see
+ * docs/encryption.md).
+ */
 export type KeysFrame = z.infer<typeof keysFrame>;
+/** The type of {@link keyGetFrame}: claims key bundles. */
 export type KeyGetFrame = z.infer<typeof keyGetFrame>;
+/** The type of {@link keyBundlesFrame}: bundles claimed by `kget` `r`. */
 export type KeyBundlesFrame = z.infer<typeof keyBundlesFrame>;
+/**
+ * The type of {@link keysLowFrame}: this device's supply of one-time keys in the directory is low
+ * (`pk` EC, `kpk` Kyber left).
+ */
 export type KeysLowFrame = z.infer<typeof keysLowFrame>;
+/**
+ * The type of {@link gapFrame}: an inbox entry telling this device which of its messages the
+ * server dropped before the device acked them, and why (`why`).
+ */
 export type GapFrame = z.infer<typeof gapFrame>;
+/**
+ * The type of {@link wireGapReason}: wire form of why the server dropped messages (a `gap` frame's
+ * `why`).
+ */
 export type WireGapReason = z.infer<typeof wireGapReason>;
+/** The type of {@link keysReadyFrame}: a device of user `u` has just published keys. */
 export type KeysReadyFrame = z.infer<typeof keysReadyFrame>;
+/**
+ * The type of {@link pushTokenFrame}: registers this device's push token (`k` the service, `tok`
+ * the token), or with neither removes it; answered `ok`.
+ */
 export type PushTokenFrame = z.infer<typeof pushTokenFrame>;
 /** A frame a client sends. */
 export type ClientFrame = z.infer<typeof clientFrame>;
