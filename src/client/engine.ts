@@ -48,7 +48,7 @@ import {
 import { RequestTable } from './requests.js';
 import { SealedStage, bundlesOf } from './sealed.js';
 import type { Stage } from './stage.js';
-import type { ClientStore, InboundMessage, OutboxEntry } from './store.js';
+import type { ClientStore, InboundMessage, OutboxEntry, StateWrite } from './store.js';
 import type { ClientEvents, ClientOptions, ConnectionState, MessageInfo, SendOptions } from './types.js';
 import { NOTICES_WITHOUT_REQUEST, errorOf } from './wire.js';
 
@@ -335,27 +335,52 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
     const id = given ?? ctx.ulid();
     // `new Uint8Array`, not `slice`: a Node Buffer's `slice` is a view of the caller's memory.
     const copy = new Uint8Array(body);
+    // The common send (no id of the caller's to look up, no group bookkeeping) queues the store
+    // write itself: no async function around it, in every message's life.
+    if (given === undefined && !isGroupId(to)) return ctx.serial(() => this.enqueueMessage(id, to, copy));
     return ctx.serial(async () => {
-      let entry: OutboxEntry;
+      let state: StateWrite[] | undefined;
       try {
         // A given id already stored: this send was made before (see SendOptions.id).
         if (given !== undefined && (await this.store.outgoing(given))) return given;
         // A group message's bookkeeping goes in the same atomic write: a crash in between would
         // send a message whose receipts count against no one, so its ✓✓ never came.
-        const state = isGroupId(to) ? await this.groupState.sendState(id, to) : undefined;
-        entry = await this.store.enqueue(
-          { id, kind: 'msg', to, conv: to, body: copy, createdAt: ctx.clock.now() },
-          true,
-          state,
-        );
+        state = isGroupId(to) ? await this.groupState.sendState(id, to) : undefined;
       } catch (e) {
         throw storeRefused('message', e);
       }
-      this.outbox.push(entry);
-      ctx.emit('status', { id, conv: to, status: 'pending' });
-      this.outbox.pump();
-      return id;
+      return this.enqueueMessage(id, to, copy, state);
     });
+  }
+
+  /**
+   * Writes a message to the outbox (with `state` in the same atomic write), then queues it: the
+   * `pending` status, and the outbox sends it when it can. A store failure rejects with
+   * `unavailable` (`storeRefused`), and nothing was queued.
+   */
+  private enqueueMessage(id: string, to: string, body: Uint8Array, state?: StateWrite[]): Promise<string> {
+    const ctx = this.ctx;
+    let stored: Promise<OutboxEntry>;
+    try {
+      stored = this.store.enqueue(
+        { id, kind: 'msg', to, conv: to, body, createdAt: ctx.clock.now() },
+        true,
+        state,
+      );
+    } catch (e) {
+      return Promise.reject(storeRefused('message', e));
+    }
+    return stored.then(
+      (entry) => {
+        this.outbox.push(entry);
+        ctx.emit('status', { id, conv: to, status: 'pending' });
+        this.outbox.pump();
+        return id;
+      },
+      (e: unknown) => {
+        throw storeRefused('message', e);
+      },
+    );
   }
 
   // ------------------------------------------------------------------ groups

@@ -25,9 +25,12 @@ import {
   type MemberReceipt,
 } from './status.js';
 import type { LiveEntries } from './outbox.js';
-import type { MessageStatus, OutboxEntry } from './store.js';
+import type { MessageStatus, OutboxEntry, SendFailure } from './store.js';
 import type { MessageInfo, StatusChange } from './types.js';
 import { STATUS_FROM_WIRE } from './wire.js';
+
+/** The answer of a move that changes nothing: one settled promise, not one per call. */
+const SETTLED: Promise<void> = Promise.resolve();
 
 /** Recipients of recent group messages kept in memory for the receipts that follow. */
 const RECIPIENT_CACHE = 64;
@@ -49,8 +52,21 @@ export class Receipts {
    * have reached), or this user's own reads on another device. Throws on a store failure (the
    * entry is then not acked).
    */
-  async onStatus(f: StatusFrame): Promise<void> {
+  onStatus(f: StatusFrame): Promise<void> {
     const status = STATUS_FROM_WIRE[f.s];
+    // Nearly every status is one id of a recent 1:1 message: taken here, with no async function
+    // around it; anything else goes the general way (statusesOf), under the same rules.
+    const entry = f.ids.length === 1 ? this.live.get(f.ids[0]!) : undefined;
+    if (entry && entry.kind === 'msg' && !isGroupId(entry.to) && f.by !== this.ctx.me?.user) {
+      if (entry.to !== f.by) return SETTLED; // forged: only its recipient can have it
+      this.unqueue(entry.id);
+      return this.move(entry, status, f.by);
+    }
+    return this.statusesOf(f, status);
+  }
+
+  /** {@link onStatus}, every case. */
+  private async statusesOf(f: StatusFrame, status: MessageStatus): Promise<void> {
     const ctx = this.ctx;
     if (status === 'read' && ctx.me && f.by === ctx.me.user) {
       await ctx.store.markRead(f.ids);
@@ -84,26 +100,40 @@ export class Receipts {
     return this.ctx.store.outgoing(id).then((e) => (e ? this.move(e, event, by, error) : undefined));
   }
 
-  /** {@link applyStatus} of an entry at hand. */
-  private async move(
-    entry: OutboxEntry,
-    event: MessageStatus,
-    by?: string,
-    error?: PostboxError,
-  ): Promise<void> {
+  /**
+   * {@link applyStatus} of an entry at hand. Not `async`: two of these run in every message's life
+   * (✓ and ✓✓), and the store's promise with one `then` is the whole cost.
+   */
+  private move(entry: OutboxEntry, event: MessageStatus, by?: string, error?: PostboxError): Promise<void> {
     const next = nextStatus(entry.status, event);
-    if (next === entry.status) return;
-    const { id } = entry;
+    if (next === entry.status) return SETTLED;
     const failure = failureFor(next, entry.to, error);
+    let stored: Promise<void>;
     try {
-      await this.ctx.store.setStatus(id, next, failure);
+      stored = this.ctx.store.setStatus(entry.id, next, failure);
     } catch (e) {
-      this.live.forget(id);
-      throw e;
+      this.live.forget(entry.id);
+      return Promise.reject(e as Error);
     }
+    return stored.then(
+      () => this.moved(entry, next, failure, by),
+      (e: unknown) => {
+        this.live.forget(entry.id);
+        throw e;
+      },
+    );
+  }
+
+  /** The status is stored: the entry in memory follows, and the app hears of a message's. */
+  private moved(
+    entry: OutboxEntry,
+    next: MessageStatus,
+    failure: SendFailure | undefined,
+    by?: string,
+  ): void {
     this.live.moved(entry, next, failure);
     if (entry.kind !== 'msg') return;
-    const change: StatusChange = { id, conv: entry.conv, status: next };
+    const change: StatusChange = { id: entry.id, conv: entry.conv, status: next };
     if (by !== undefined) change.by = by;
     this.ctx.emit('status', failure ? withFailure(change, failure) : change);
   }
