@@ -136,13 +136,23 @@ export class Inbound {
     return this.receiveAny(m, key);
   }
 
-  /** {@link receive} of the stream's next message with nothing held, pinned or dropped. */
-  private async receiveNext(m: InboundMessage, key: string): Promise<void> {
+  /**
+   * {@link receive} of the stream's next message with nothing held, pinned or dropped; not async
+   * (every received message takes it).
+   */
+  private receiveNext(m: InboundMessage, key: string): Promise<void> {
     const next = m.seq + 1;
-    const { inserted } = await this.ctx.store.applyInbound({ insert: m, streams: [{ key, next }] });
-    if (!inserted) return;
-    this.streams.set(key, next);
-    this.emitMessage(m, false);
+    let applied: Promise<{ inserted: boolean }>;
+    try {
+      applied = this.ctx.store.applyInbound({ insert: m, streams: [{ key, next }] });
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+    return applied.then(({ inserted }) => {
+      if (!inserted) return;
+      this.streams.set(key, next);
+      this.emitMessage(m, false);
+    });
   }
 
   /** {@link receive}, every case. */
