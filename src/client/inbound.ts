@@ -4,6 +4,9 @@
  * buffer, gaps (given up after `gapTimeoutMs` or `maxHeldPerStream`, or passed at once on the
  * server's gap notice, each with its reason: gaps.ts), and pins (streams waiting for a message
  * asked for again).
+ *
+ * A little over 400 lines: the received message's common path and the general one sit side by
+ * side on purpose (the common one is not async, see `receive`), and they share the order rules.
  * @packageDocumentation
  */
 import { isGroupId, type GapFrame } from '../protocol/index.js';
