@@ -553,10 +553,12 @@ async function runScenario(name) {
   const rounds = Math.min(ROUNDS, def.rounds ?? ROUNDS);
   log(`\n# ${name}: ${def.about}${rounds > 1 ? ` — ${rounds} rounds` : ''}`);
   if (def.solo) {
+    // A solo scenario that runs several deployments (multinode) takes `--systems` as its `parts`.
+    const parts = args.systems ? { parts: args.systems } : {};
     for (let r = 0; r < rounds; r++) {
       try {
         const out = await withTimeout(
-          runSolo(name, { ...def.params, round: r }, def.timeoutMs),
+          runSolo(name, { ...def.params, ...parts, round: r }, def.timeoutMs),
           def.timeoutMs + 5000,
           `${name}: timed out`,
         );
