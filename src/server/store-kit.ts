@@ -25,7 +25,8 @@
  *
  * **What your store does** (its storage driver's part, which the kit cannot do for it): answer
  * the four questions of {@link AppendReads} synchronously (an asynchronous backend loads what
- * {@link batchReads} lists for a whole batch first, then plans, as the PostgreSQL store does);
+ * {@link batchReads} lists for a whole batch first, then plans: the PostgreSQL store works that
+ * way, with its own reads);
  * keep every write of one item in one atomic unit (or a whole batch:
  * `StoreCapabilities.atomicBatch`) and its own lock order; take each device's offsets from a
  * counter that never skips or reuses one, so that no reader sees offset n+1 committed while n
