@@ -368,7 +368,7 @@ export class PostboxClient extends EventEmitter<ClientEvents> {
         state,
       );
     } catch (e) {
-      return Promise.reject(storeRefused('message', e));
+      stored = Promise.reject(e as Error); // refused below, as a rejection is
     }
     return stored.then(
       (entry) => {

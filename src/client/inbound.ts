@@ -145,13 +145,9 @@ export class Inbound {
    */
   private receiveNext(m: InboundMessage, key: string): Promise<void> {
     const next = m.seq + 1;
-    let applied: Promise<{ inserted: boolean }>;
-    try {
-      applied = this.ctx.store.applyInbound({ insert: m, streams: [{ key, next }] });
-    } catch (e) {
-      return Promise.reject(e as Error);
-    }
-    return applied.then(({ inserted }) => {
+    // No guard for a store that throws: a store task and an async function, the callers, make
+    // the throw a rejection already.
+    return this.ctx.store.applyInbound({ insert: m, streams: [{ key, next }] }).then(({ inserted }) => {
       if (!inserted) return;
       this.streams.set(key, next);
       this.emitMessage(m, false);

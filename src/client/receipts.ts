@@ -112,8 +112,7 @@ export class Receipts {
     try {
       stored = this.ctx.store.setStatus(entry.id, next, failure);
     } catch (e) {
-      this.live.forget(entry.id);
-      return Promise.reject(e as Error);
+      stored = Promise.reject(e as Error); // a store that throws fails the same way as one that rejects
     }
     return stored.then(
       () => this.moved(entry, next, failure, by),

@@ -20,28 +20,8 @@
  * @packageDocumentation
  */
 import { createHash } from 'node:crypto';
+import type { PgPool, PgPoolClient, PgQueryResult } from './postgres.js';
 import { guardConnection } from './postgres-pool.js';
-
-// What the wrapper needs of a pool and its connections: `PgPool`, `PgPoolClient` in postgres.ts.
-interface PgQueryResult {
-  rows: unknown[];
-  rowCount: number | null;
-}
-interface PgNamedQuery {
-  name: string;
-  text: string;
-  values: unknown[];
-}
-interface PgPoolClient {
-  query(text: string | PgNamedQuery, values?: unknown[]): Promise<PgQueryResult>;
-  release(error?: Error | boolean): void;
-  on?(event: 'error', listener: (error: Error) => void): unknown;
-}
-interface PgPool {
-  query(text: string | PgNamedQuery, values?: unknown[]): Promise<PgQueryResult>;
-  connect(): Promise<PgPoolClient>;
-  end(): Promise<void>;
-}
 
 /** Most statement texts one store names; later ones run unnamed. */
 export const MAX_NAMED_STATEMENTS = 512;
