@@ -35,12 +35,33 @@
  * `serverStoreConformance` in `postbox/testing` checks the result, by capability and with a fault
  * hook.
  *
+ * **Or let the kit run all of it**: for an engine reachable synchronously (maps, better-sqlite3,
+ * LMDB), {@link driverStore} is a whole `ServerStore` over a {@link StoreDriver} that only keeps
+ * records in keyed tables and applies a call's writes all or nothing; offsets, usage, releases,
+ * statuses, expiry, the pending inbox and key claims are then the kit's too. The memory store is
+ * `driverStore` over maps.
+ *
  * The functions are pure (no I/O, no clock) and take the store's own device objects (a row with
  * its id, or an address) and hand the same objects back, so a store copies nothing into another
  * shape. They change with the {@link ServerStore} contract they implement.
  * @packageDocumentation
  */
 export type { ServerStore } from './store.js';
+export { driverStore, type DriverStoreOptions } from './stores/driver-store.js';
+export type {
+  DriverEntry,
+  DriverGroup,
+  DriverInbox,
+  DriverKeys,
+  DriverMessage,
+  DriverPreKey,
+  DriverSignedKey,
+  DriverTable,
+  ExpiringTable,
+  InboxHead,
+  SentAt,
+  StoreDriver,
+} from './stores/driver.js';
 export {
   addressOf,
   batchReads,
