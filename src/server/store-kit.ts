@@ -55,6 +55,7 @@ export type {
   DriverKeys,
   DriverMessage,
   DriverPreKey,
+  DriverRemote,
   DriverSignedKey,
   DriverTable,
   ExpiringTable,

@@ -232,7 +232,22 @@ export function appender(
     else d.invites.set(group, users);
   }
 
+  /**
+   * For a remote driver: reads every record of the users a change names, so that one load round
+   * brings them all (the change's checks stop at the first unknown or capped user, and a round
+   * only sees the reads made before that).
+   */
+  function touchUsers(item: GroupInput): void {
+    const c = item.change;
+    const named = [...('members' in c ? c.members : []), ...('invite' in c ? (c.invite ?? []) : [])];
+    for (const u of named) {
+      d.devices.get(u);
+      d.userGroups.get(u);
+    }
+  }
+
   function commitGroup(item: GroupInput, key: string, now: number): AppendOutcome {
+    if (d.remote) touchUsers(item);
     const old = d.groups.get(item.group);
     const hasDevice = (u: string): boolean => devicesOf(d, u).length > 0;
     const pending = pendingInvites(item.group);

@@ -16,8 +16,6 @@ import type {
   ClaimOptions,
   DeviceAddress,
   EntryStatus,
-  GapStream,
-  GroupEvent,
   GroupState,
   InboxEntry,
   KeyBundle,
@@ -30,14 +28,9 @@ import type {
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import { claimedUsers, notRegistered, uploadKind } from './directory.js';
 import { appender, devicesOf, orderedKey, push } from './driver-append.js';
-import type {
-  DriverEntry,
-  DriverKeys,
-  DriverMessage,
-  DriverPreKey,
-  DriverSignedKey,
-  StoreDriver,
-} from './driver.js';
+import { claimOne, copyEvent, copyKey, copySigned, copyStreams } from './driver-records.js';
+import { units } from './driver-runner.js';
+import type { DriverEntry, DriverKeys, DriverMessage, StoreDriver } from './driver.js';
 import { GapCollector } from './gap-notices.js';
 import { tellSender } from './planner.js';
 import { joinSnapshot, NotifySet, snapshotOf, type Groups } from './relational.js';
@@ -66,38 +59,6 @@ const CAPABILITIES: StoreCapabilities = {
   actionCounts: true,
 };
 
-const copyKey = (k: DriverPreKey): DriverPreKey => ({ id: k.id, key: new Uint8Array(k.key) });
-const copySigned = (k: DriverSignedKey): DriverSignedKey => ({
-  id: k.id,
-  key: new Uint8Array(k.key),
-  signature: new Uint8Array(k.signature),
-});
-const copyStreams = (streams: GapStream[]): GapStream[] =>
-  streams.map((g) => ({ ...g, from: { ...g.from }, ranges: g.ranges.map(([a, b]) => [a, b]) }));
-function copyEvent(e: GroupEvent): GroupEvent {
-  const out: GroupEvent = { ...e, members: [...e.members] };
-  if (e.snapshot) out.snapshot = e.snapshot.map((m) => ({ ...m }));
-  return out;
-}
-
-/** One device's bundle, taking its oldest one-time keys (when `oneTime`) out of `k`. */
-function claimOne(user: string, device: string, k: DriverKeys, oneTime: boolean): KeyBundle {
-  const pre = oneTime ? (k.preKeys.values().next().value as DriverPreKey | undefined) : undefined;
-  if (pre) k.preKeys.delete(pre.id);
-  const kyber = oneTime ? (k.kyberPreKeys.values().next().value as DriverSignedKey | undefined) : undefined;
-  if (kyber) k.kyberPreKeys.delete(kyber.id);
-  const bundle: KeyBundle = {
-    user,
-    device,
-    registrationId: k.registrationId,
-    identityKey: new Uint8Array(k.identityKey),
-    signedPreKey: copySigned(k.signedPreKey),
-    kyberPreKey: copySigned(kyber ?? k.lastResortKyber),
-  };
-  if (pre) bundle.preKey = copyKey(pre);
-  return bundle;
-}
-
 /**
  * A {@link ServerStore} over a synchronous {@link StoreDriver}: every writing call runs in one of
  * the driver's atomic units, so each call is all or nothing (a whole batch, `atomicBatch`), and
@@ -117,6 +78,7 @@ export function driverStore(
   const quotas = resolveQuotas(options.quotas, label);
   const check = options.before ?? (() => {});
   const commit = appender(d, quotas);
+  const { unit, view } = units(d);
 
   /** Drops one reference of `key` as a recipient user's entry leaves; the body goes with the last. */
   function release(key: string, user: string, statuses: Groups): DriverMessage | undefined {
@@ -220,7 +182,7 @@ export function driverStore(
 
     async registerDevice(device: DeviceAddress, now: number): Promise<NotifyResult> {
       check('registerDevice');
-      return d.atomically(() => {
+      return unit(() => {
         assertNotPending(label, device);
         const list = d.devices.get(device.user);
         if (list?.includes(device.device)) return { count: 0, notify: [] };
@@ -239,7 +201,7 @@ export function driverStore(
 
     async unregisterDevice(device: DeviceAddress): Promise<boolean> {
       check('unregisterDevice');
-      return d.atomically(() => {
+      return unit(() => {
         const list = d.devices.get(device.user);
         const i = list ? list.indexOf(device.device) : -1;
         if (!list || i < 0) return false;
@@ -253,7 +215,7 @@ export function driverStore(
 
     async registerUser(user: string, now: number): Promise<boolean> {
       check('registerUser');
-      return d.atomically(() => {
+      return unit(() => {
         if (d.devices.get(user)) return false; // a device, or a pending inbox already
         d.devices.set(user, [PENDING_DEVICE]);
         joinSnapshots({ user, device: PENDING_DEVICE }, now);
@@ -263,7 +225,7 @@ export function driverStore(
 
     async unregisterUser(user: string): Promise<string[] | undefined> {
       check('unregisterUser');
-      return d.atomically(() => {
+      return unit(() => {
         const list = d.devices.get(user);
         if (!list) return undefined;
         d.devices.delete(user);
@@ -274,30 +236,32 @@ export function driverStore(
 
     async devices(user: string): Promise<string[]> {
       check('devices');
-      return realDevices(devicesOf(d, user));
+      return view(() => realDevices(devicesOf(d, user)));
     },
 
     async append(batch: AppendInput[], now: number): Promise<AppendOutcome[]> {
       check('append');
-      return d.atomically(() => batch.map((item) => commit(item, now)));
+      return unit(() => batch.map((item) => commit(item, now)));
     },
 
     async readInbox(device: DeviceAddress, after: number, limit: number): Promise<InboxEntry[]> {
       check('readInbox');
-      const out: InboxEntry[] = [];
-      const inbox = limit > 0 ? d.inbox(device) : undefined;
-      if (!inbox) return out;
-      for (const [offset, e] of inbox.after(after)) {
-        const entry = toEntry(offset, e);
-        if (entry) out.push(entry);
-        if (out.length >= limit) break;
-      }
-      return out;
+      return view(() => {
+        const out: InboxEntry[] = [];
+        const inbox = limit > 0 ? d.inbox(device) : undefined;
+        if (!inbox) return out;
+        for (const [offset, e] of inbox.after(after)) {
+          const entry = toEntry(offset, e);
+          if (entry) out.push(entry);
+          if (out.length >= limit) break;
+        }
+        return out;
+      });
     },
 
     async ack(device: DeviceAddress, offsets: number[], now: number): Promise<NotifyResult> {
       check('ack');
-      return d.atomically(() => {
+      return unit(() => {
         const inbox = d.inbox(device);
         if (!inbox) return { count: 0, notify: [] };
         let count = 0;
@@ -322,7 +286,7 @@ export function driverStore(
 
     async expire(cutoff: number, now: number): Promise<NotifyResult> {
       check('expire');
-      return d.atomically(() => {
+      return unit(() => {
         let count = 0;
         // (sender user, recipient user) → ids of messages that user never got, each once
         const expired: Groups = new Map();
@@ -360,67 +324,75 @@ export function driverStore(
 
     async group(id: string): Promise<GroupState | undefined> {
       check('group');
-      const g = d.groups.get(id);
-      return g && { id, name: g.name, ver: g.ver, members: snapshotOf(g) };
+      return view(() => {
+        const g = d.groups.get(id);
+        return g && { id, name: g.name, ver: g.ver, members: snapshotOf(g) };
+      });
     },
 
     async groupsOf(user: string): Promise<string[]> {
       check('groupsOf');
-      return [...(d.userGroups.get(user) ?? [])];
+      return view(() => [...(d.userGroups.get(user) ?? [])]);
     },
 
     async related(viewer: string, target: string): Promise<boolean> {
       check('related');
-      if (viewer === target || d.consents.get(orderedKey(viewer, target))) return true;
-      for (const id of d.userGroups.get(viewer) ?? []) {
-        const g = d.groups.get(id)!;
-        // The target took part in the group while the viewer was in it.
-        if ((g.acted.get(target) ?? -1) >= g.since.get(viewer)!) return true;
-      }
-      return false;
+      return view(() => {
+        if (viewer === target || d.consents.get(orderedKey(viewer, target))) return true;
+        for (const id of d.userGroups.get(viewer) ?? []) {
+          const g = d.groups.get(id)!;
+          // The target took part in the group while the viewer was in it.
+          if ((g.acted.get(target) ?? -1) >= g.since.get(viewer)!) return true;
+        }
+        return false;
+      });
     },
 
     async setLastSeen(user: string, ts: number): Promise<void> {
       check('setLastSeen');
-      if ((d.lastSeen.get(user) ?? -Infinity) < ts) d.lastSeen.set(user, ts);
+      return unit(() => {
+        if ((d.lastSeen.get(user) ?? -Infinity) < ts) d.lastSeen.set(user, ts);
+      });
     },
 
     async lastSeen(user: string): Promise<number | undefined> {
       check('lastSeen');
-      return d.lastSeen.get(user);
+      return view(() => d.lastSeen.get(user));
     },
 
     async putKeys(device: DeviceAddress, keys: KeyUpload): Promise<void> {
       check('putKeys');
-      // A pending inbox never has keys: nobody holds their private halves.
-      if (isPendingDevice(device.device) || !devicesOf(d, device.user).includes(device.device)) {
-        throw notRegistered(label, device);
-      }
-      const old = d.keys.get(device);
-      const kind = uploadKind(old?.identityKey, keys, label); // throws before any write
-      const kept = kind === 'update' ? old : undefined;
-      if (
-        keysAfter(kept?.preKeys, keys.preKeys) > quotas.preKeys ||
-        keysAfter(kept?.kyberPreKeys, keys.kyberPreKeys) > quotas.preKeys
-      ) {
-        throw preKeyQuotaError(label, quotas.preKeys);
-      }
-      // A first upload or a re-install starts a fresh record: no one-time key of an old identity.
-      const stored: DriverKeys = kept ?? {
-        registrationId: keys.registrationId,
-        identityKey: new Uint8Array(0),
-        signedPreKey: keys.signedPreKey!,
-        lastResortKyber: keys.lastResortKyber!,
-        preKeys: new Map(),
-        kyberPreKeys: new Map(),
-      };
-      stored.registrationId = keys.registrationId;
-      stored.identityKey = new Uint8Array(keys.identityKey);
-      if (keys.signedPreKey) stored.signedPreKey = copySigned(keys.signedPreKey);
-      if (keys.lastResortKyber) stored.lastResortKyber = copySigned(keys.lastResortKyber);
-      for (const p of keys.preKeys ?? []) stored.preKeys.set(p.id, copyKey(p));
-      for (const p of keys.kyberPreKeys ?? []) stored.kyberPreKeys.set(p.id, copySigned(p));
-      d.keys.set(device, stored);
+      return unit(() => {
+        // A pending inbox never has keys: nobody holds their private halves.
+        if (isPendingDevice(device.device) || !devicesOf(d, device.user).includes(device.device)) {
+          throw notRegistered(label, device);
+        }
+        const old = d.keys.get(device);
+        const kind = uploadKind(old?.identityKey, keys, label); // throws before any write
+        const kept = kind === 'update' ? old : undefined;
+        if (
+          keysAfter(kept?.preKeys, keys.preKeys) > quotas.preKeys ||
+          keysAfter(kept?.kyberPreKeys, keys.kyberPreKeys) > quotas.preKeys
+        ) {
+          throw preKeyQuotaError(label, quotas.preKeys);
+        }
+        // A first upload or a re-install starts a fresh record: no one-time key of an old identity.
+        const stored: DriverKeys = kept ?? {
+          registrationId: keys.registrationId,
+          identityKey: new Uint8Array(0),
+          signedPreKey: keys.signedPreKey!,
+          lastResortKyber: keys.lastResortKyber!,
+          preKeys: new Map(),
+          kyberPreKeys: new Map(),
+        };
+        stored.registrationId = keys.registrationId;
+        stored.identityKey = new Uint8Array(keys.identityKey);
+        if (keys.signedPreKey) stored.signedPreKey = copySigned(keys.signedPreKey);
+        if (keys.lastResortKyber) stored.lastResortKyber = copySigned(keys.lastResortKyber);
+        for (const p of keys.preKeys ?? []) stored.preKeys.set(p.id, copyKey(p));
+        for (const p of keys.kyberPreKeys ?? []) stored.kyberPreKeys.set(p.id, copySigned(p));
+        d.keys.set(device, stored);
+      });
     },
 
     async claimKeys(
@@ -430,7 +402,7 @@ export function driverStore(
     ): Promise<KeyBundle[]> {
       check('claimKeys');
       // One unit: no other claim can run between two users of this one.
-      return d.atomically(() => {
+      return unit(() => {
         const out: KeyBundle[] = [];
         for (const user of claimedUsers(users)) {
           for (const id of devicesOf(d, user)) {
@@ -448,21 +420,27 @@ export function driverStore(
 
     async setPushToken(device: DeviceAddress, token: PushToken | undefined): Promise<void> {
       check('setPushToken');
-      if (!token) d.pushTokens.delete(device);
-      else if (devicesOf(d, device.user).includes(device.device)) d.pushTokens.set(device, { ...token });
+      return unit(() => {
+        if (!token) d.pushTokens.delete(device);
+        else if (devicesOf(d, device.user).includes(device.device)) d.pushTokens.set(device, { ...token });
+      });
     },
 
     async pushToken(device: DeviceAddress): Promise<PushToken | undefined> {
       check('pushToken');
-      const t = d.pushTokens.get(device);
-      return t && { ...t };
+      return view(() => {
+        const t = d.pushTokens.get(device);
+        return t && { ...t };
+      });
     },
 
     async inboxSize(): Promise<number> {
       check('inboxSize');
-      let n = 0;
-      for (const inbox of d.inboxes()) n += inbox.head.count;
-      return n;
+      return view(() => {
+        let n = 0;
+        for (const inbox of d.inboxes()) n += inbox.head.count;
+        return n;
+      });
     },
 
     async ping(): Promise<void> {
@@ -477,7 +455,7 @@ export function driverStore(
     ): Promise<number[]> {
       check('countActions');
       const win = actionWindow(now, windowMs);
-      return d.atomically(() =>
+      return unit(() =>
         users.map((user) => {
           const k = orderedKey(kind, user);
           const c = d.actions.get(k);
@@ -490,8 +468,10 @@ export function driverStore(
 
     async keyCount(device: DeviceAddress): Promise<{ preKeys: number; kyberPreKeys: number } | undefined> {
       check('keyCount');
-      const k = d.keys.get(device);
-      return k && { preKeys: k.preKeys.size, kyberPreKeys: k.kyberPreKeys.size };
+      return view(() => {
+        const k = d.keys.get(device);
+        return k && { preKeys: k.preKeys.size, kyberPreKeys: k.kyberPreKeys.size };
+      });
     },
 
     async close(): Promise<void> {},

@@ -5,12 +5,18 @@
  * with its last entry, "delivered once per user", statuses, expiry's notices, the pending inbox,
  * group changes and invites, key claims: all of that is the kit's (driver-store.ts).
  *
- * **Synchronous by design.** Every call of a driver returns its answer, not a promise, and
- * {@link StoreDriver.atomically} runs a whole store call's reads and writes as one unit: what an
- * engine that lives in the process gives (plain maps, as the memory store does; better-sqlite3;
- * LMDB). A backend reached over the network (PostgreSQL, DynamoDB, Cassandra) cannot answer
- * synchronously; it plans with the kit's pure functions over what `batchReads` lists, loaded
- * first, as the PostgreSQL store does (docs/adapters.md).
+ * **Synchronous reads and writes, asynchronous loads and commits.** Every table call of a
+ * driver returns its answer, not a promise, and {@link StoreDriver.atomically} runs a whole store
+ * call's reads and writes as one unit: what an engine that lives in the process gives (plain
+ * maps, as the memory store does; better-sqlite3; LMDB). A backend reached over the network
+ * (DynamoDB, Cassandra, FoundationDB) serves the tables from what it has loaded and adds
+ * {@link StoreDriver.remote}: a read it cannot answer returns `undefined` and is noted; after the
+ * unit the kit asks `missed()`, and if anything was missed it throws the unit away (rolled back
+ * by `atomically`), awaits `fetch()` and runs it again, so each round loads every record the
+ * previous one reached; a unit that missed nothing is made durable by `flush()` (its writes all or
+ * nothing, on the condition that what it read is unchanged: say one `TransactWriteItems` with a
+ * version check per record) before the call answers, or run again when the condition failed. The kit runs a remote driver's
+ * calls one at a time, so a unit and its flush are not interleaved with another call's.
  *
  * Records are plain values. A driver may hand back its live record or a copy: the kit changes the
  * record it got and then writes it back with `set` (or `save` for an inbox head), so either works.
@@ -152,6 +158,26 @@ export interface ExpiringTable<V> extends DriverTable<string, V> {
 }
 
 /**
+ * What a driver whose records live elsewhere adds (see {@link StoreDriver.remote}): it answers
+ * reads from what it has loaded, notes what it could not answer, loads that when asked, and makes
+ * a finished unit's writes durable.
+ */
+export interface DriverRemote {
+  /** True when a read since the last `fetch` found its record (or scan) not loaded. */
+  missed(): boolean;
+  /** Loads every record and scan that was missed; `missed()` is false afterwards. */
+  fetch(): Promise<void>;
+  /**
+   * Makes the writes of the unit that just ran (and missed nothing) durable, all or nothing. A
+   * rejection rejects the store call. Resolves `false` when a record the unit read changed
+   * meanwhile (another node wrote it: a failed condition, a version that moved): nothing is
+   * written, and the kit runs the unit again from a cold cache. The driver forgets what it
+   * loaded after every flush, written or not.
+   */
+  flush(): Promise<boolean | void>;
+}
+
+/**
  * The storage a {@link driverStore} runs on. Keys are the kit's: user ids, group ids, and strings
  * it builds for compound keys (length-prefixed, so no two tuples share one).
  */
@@ -162,6 +188,8 @@ export interface StoreDriver {
    * that must see one state.
    */
   atomically<T>(fn: () => T): T;
+  /** For records that live elsewhere: load on a miss, flush after a unit (see {@link DriverRemote}). */
+  readonly remote?: DriverRemote;
   /** User → its device ids in registration order (a pending inbox's id while it has none). */
   readonly devices: DriverTable<string, string[]>;
   /** The device's inbox, created empty when `create` is set. */
