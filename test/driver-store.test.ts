@@ -7,7 +7,10 @@
 //   cache, misses what is not loaded, and is run again after the load; a finished unit flushes
 //   all or nothing on the condition that the tables it read did not move (one version per
 //   table), else it runs again. Several stores over one remote are several nodes.
-import { describe, it } from 'vitest';
+// - the same remote driver on a real Redis (fixtures/redis-backend.ts): WATCH and MULTI/EXEC
+//   are its conditional flush.
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, it } from 'vitest';
 import type { StoreQuotas } from '../src/server/quotas.js';
 import type { ServerStore } from '../src/server/store.js';
 import { driverStore } from '../src/server/store-kit.js';
@@ -19,6 +22,9 @@ import {
   remoteDriver,
   type CopyingStorage,
 } from './fixtures/copying-driver.js';
+import { redisBackend } from './fixtures/redis-backend.js';
+import { deleteRedisPrefix, REDIS_URL, redisUnreachable } from './fixtures/redis.js';
+import { describeWithServices } from './fixtures/services.js';
 
 type Driver = typeof copyingDriver;
 const opened = new WeakMap<
@@ -72,3 +78,58 @@ for (const [kind, driver] of [
     );
   });
 }
+
+// The remote driver on a real Redis: WATCH on every record and index read, MULTI/EXEC for the
+// unit's writes (refused, nothing written, when a watched key changed).
+const redisMissing = await redisUnreachable();
+describeWithServices('the store kit over a remote driver on Redis', redisMissing, () => {
+  const run = `pbdrv:${randomBytes(4).toString('hex')}`;
+  const backends: { close(): void }[] = [];
+  afterAll(async () => {
+    for (const b of backends) b.close();
+    await deleteRedisPrefix(run);
+  });
+  let n = 0;
+  /** A fresh namespace, a "database" a store and its reopens and shares use. */
+  const fresh = () => `${run}:${n++}`;
+  const onRedis = new WeakMap<ServerStore, { ns: string; quotas?: Partial<StoreQuotas> }>();
+  function openOn(ns: string, quotas?: Partial<StoreQuotas>, hook?: (w: string) => void): ServerStore {
+    const backend = redisBackend(REDIS_URL, ns);
+    backends.push(backend);
+    const store = driverStore(remoteDriver(backend, hook), { name: 'redis', ...(quotas ? { quotas } : {}) });
+    onRedis.set(store, { ns, ...(quotas ? { quotas } : {}) });
+    return store;
+  }
+  async function reopenOn(old: ServerStore): Promise<ServerStore> {
+    const { ns, quotas } = onRedis.get(old)!;
+    await old.close();
+    return openOn(ns, quotas);
+  }
+  describe('store conformance', () => {
+    registerCases(
+      serverStoreConformance({
+        name: 'driver (redis)',
+        capabilities: EVERY_CAPABILITY,
+        openWithFaults: async (faults) => openOn(fresh(), undefined, faults.hook),
+        open: async () => openOn(fresh()),
+        reopen: reopenOn,
+      }),
+      it,
+    );
+  });
+  describe('quota conformance', () => {
+    registerCases(
+      serverStoreQuotaConformance({
+        name: 'driver (redis)',
+        capabilities: EVERY_CAPABILITY,
+        open: async (quotas) => openOn(fresh(), quotas),
+        reopen: reopenOn,
+        share: async (store) => {
+          const { ns, quotas } = onRedis.get(store)!;
+          return openOn(ns, quotas);
+        },
+      }),
+      it,
+    );
+  });
+});

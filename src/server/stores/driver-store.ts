@@ -291,7 +291,7 @@ export function driverStore(
         // (sender user, recipient user) → ids of messages that user never got, each once
         const expired: Groups = new Map();
         const gaps = new GapCollector<string>();
-        for (const inbox of d.inboxes()) {
+        for (const inbox of d.inboxes(cutoff)) {
           const addr = inbox.device;
           const k = orderedKey(addr.user, addr.device);
           let removed = 0;

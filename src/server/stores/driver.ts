@@ -198,8 +198,11 @@ export interface StoreDriver {
   inbox(device: DeviceAddress, create?: false): DriverInbox | undefined;
   /** Deletes a device's inbox (its head and entries). */
   dropInbox(device: DeviceAddress): void;
-  /** Every inbox, for expiry (any order). */
-  inboxes(): Iterable<DriverInbox>;
+  /**
+   * Every inbox, in any order. Given `olderThan` (expiry's cutoff), a driver may leave out the
+   * inboxes it knows hold no entry older than it (from an index by time, say).
+   */
+  inboxes(olderThan?: number): Iterable<DriverInbox>;
   /** Message key → the message, while an entry points at it. */
   readonly messages: DriverTable<string, DriverMessage>;
   /** Dedupe key → the original commit time (messages, receipts, group changes). */
