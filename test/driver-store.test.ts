@@ -10,15 +10,16 @@
 // - the same remote driver on a real Redis (fixtures/redis-backend.ts): WATCH and MULTI/EXEC
 //   are its conditional flush.
 import { randomBytes } from 'node:crypto';
-import { afterAll, describe, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import type { StoreQuotas } from '../src/server/quotas.js';
 import type { ServerStore } from '../src/server/store.js';
-import { driverStore } from '../src/server/store-kit.js';
+import { backendDriver, driverStore, type RemoteBackend } from '../src/server/store-kit.js';
 import { registerCases, serverStoreConformance, serverStoreQuotaConformance } from '../src/testing/index.js';
 import { EVERY_CAPABILITY } from './helpers.js';
 import {
   copyingDriver,
   createCopyingStorage,
+  memoryBackend,
   remoteDriver,
   type CopyingStorage,
 } from './fixtures/copying-driver.js';
@@ -78,6 +79,47 @@ for (const [kind, driver] of [
     );
   });
 }
+
+describe('a backend that fails', () => {
+  it('a load or a commit the backend rejects fails that call alone, writing nothing, and the next call starts afresh', async () => {
+    const base = memoryBackend(createCopyingStorage());
+    let fail: 'get' | 'commit' | undefined;
+    const reset = () => Promise.reject(new Error('connection reset'));
+    const flaky: RemoteBackend = {
+      get: (keys) => (fail === 'get' ? ((fail = undefined), reset()) : base.get(keys)),
+      scan: (table, prefix) => base.scan(table, prefix),
+      commit: (writes) => (fail === 'commit' ? ((fail = undefined), reset()) : base.commit(writes)),
+    };
+    const store = driverStore(backendDriver(flaky), { name: 'flaky' });
+    const bob = { user: 'bob', device: 'b1' };
+    await store.registerDevice({ user: 'alice', device: 'a1' }, 1);
+    await store.registerDevice(bob, 1);
+    const msg = (at: number) =>
+      store.append(
+        [
+          {
+            kind: 'msg',
+            from: { user: 'alice', device: 'a1' },
+            id: 'm1',
+            to: 'bob',
+            seq: 1,
+            body: new Uint8Array([7]),
+          },
+        ],
+        at,
+      );
+    fail = 'commit';
+    await expect(msg(2)).rejects.toThrow('connection reset');
+    expect(await store.readInbox(bob, 0, 10)).toEqual([]);
+    fail = 'get';
+    await expect(msg(3)).rejects.toThrow('connection reset');
+    const [first] = await msg(4);
+    expect(first).toMatchObject({ ok: true, duplicate: false, ts: 4 });
+    expect((await store.readInbox(bob, 0, 10)).map((e) => e.offset)).toEqual([1]);
+    const [again] = await msg(5);
+    expect(again).toMatchObject({ ok: true, duplicate: true, ts: 4 });
+  });
+});
 
 // The remote driver on a real Redis: WATCH on every record and index read, MULTI/EXEC for the
 // unit's writes (refused, nothing written, when a watched key changed).

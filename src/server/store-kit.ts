@@ -48,6 +48,7 @@
  */
 export type { ServerStore } from './store.js';
 export { driverStore, type DriverStoreOptions } from './stores/driver-store.js';
+export { backendDriver, type BackendDriverOptions, type RemoteBackend } from './stores/backend-driver.js';
 export type {
   DriverEntry,
   DriverGroup,
