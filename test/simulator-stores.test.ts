@@ -10,6 +10,8 @@ import { createMemoryServerState, memoryServerStore } from '../src/server/stores
 import { memoryClusterHub } from '../src/server/cluster/local.js';
 import type { AppendInput, AppendOutcome, ServerStore } from '../src/server/store.js';
 import { usageDrift } from './fixtures/sqlite-usage.js';
+import { backendDriver, driverStore } from '../src/server/store-kit.js';
+import { createCopyingStorage, memoryBackend } from './fixtures/copying-driver.js';
 import { describeWithServices, PG_URL, pgUnreachable, scratchSchemas } from './fixtures/services.js';
 
 // The simulator runs on the stores an integrator passes in: the same seeded faults and the same
@@ -80,6 +82,27 @@ describe('the simulator runs on the stores it is given', () => {
     });
     expect(failures).toEqual([]);
     expect(drift).toEqual([]);
+    expect(dropped).toBeGreaterThan(0);
+  });
+
+  it('no loss, no duplicates, per-sender order and exact group audiences on the store kit over a network backend (every call loaded in rounds, committed on a condition), under faults, with expiry, on one node and three', async () => {
+    const backend = () =>
+      driverStore(backendDriver(memoryBackend(createCopyingStorage())), { name: 'backend' });
+    let dropped = 0;
+    const failures = [
+      ...(await failingSeeds(range(SEEDS, 200), (seed) =>
+        runSimulation({ seed, steps: 150, serverStore: backend }),
+      )),
+      ...(await failingSeeds(range(SEEDS, 300), async (seed) => {
+        const r = await runSimulation({ seed, steps: 150, expiry: true, serverStore: backend });
+        dropped += r.stats.expiredEntries;
+        return r;
+      })),
+      ...(await failingSeeds(range(SEEDS, 400), (seed) =>
+        runSimulation({ seed, steps: 150, nodes: 3, serverStore: backend }),
+      )),
+    ];
+    expect(failures).toEqual([]);
     expect(dropped).toBeGreaterThan(0);
   });
 
