@@ -80,6 +80,41 @@ for (const [kind, driver] of [
   });
 }
 
+describe('group events in a driver store', () => {
+  it('a change is stored once per form, whatever the member count, every entry shows it, and expiry drops it with its entries', async () => {
+    const storage = createCopyingStorage();
+    const store = open(copyingDriver, storage);
+    const members = Array.from({ length: 20 }, (_, i) => `u${i}`);
+    for (const u of members) {
+      await store.registerDevice({ user: u, device: 'a' }, 1);
+      await store.registerDevice({ user: u, device: 'b' }, 1);
+    }
+    const [out] = await store.append(
+      [
+        {
+          kind: 'group',
+          from: { user: 'u0', device: 'a' },
+          id: 'c1',
+          group: 'g',
+          change: { op: 'create', name: 'G', members: members.slice(1) },
+          maxMembers: 1024,
+        },
+      ],
+      2,
+    );
+    expect(out).toMatchObject({ ok: true, duplicate: false });
+    expect(storage.get('events')?.size).toBe(1); // every member is new: the full form alone
+    for (const u of members) {
+      const [entry] = await store.readInbox({ user: u, device: 'b' }, 0, 10);
+      expect(entry).toMatchObject({ kind: 'group', event: { group: 'g', ver: 1 } });
+      expect((entry as { event: { snapshot?: unknown[] } }).event.snapshot).toHaveLength(20);
+    }
+    await store.expire(3, 4);
+    expect(storage.get('events')?.size ?? 0).toBe(0);
+    expect(await store.readInbox({ user: 'u5', device: 'a' }, 0, 10)).toEqual([]);
+  });
+});
+
 describe('a backend that fails', () => {
   it('a load or a commit the backend rejects fails that call alone, writing nothing, and the next call starts afresh', async () => {
     const base = memoryBackend(createCopyingStorage());

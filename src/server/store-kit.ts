@@ -63,6 +63,7 @@ export type {
   InboxHead,
   SentAt,
   StoreDriver,
+  StoredEvent,
 } from './stores/driver.js';
 export {
   addressOf,

@@ -53,6 +53,26 @@ export function putNext(inbox: DriverInbox, entry: DriverEntry): number {
   return offset;
 }
 
+/**
+ * Stores a group event once under `key` and puts an entry pointing at it in each device's inbox,
+ * noting each device in `notify`.
+ */
+export function pushEvent(
+  d: StoreDriver,
+  devices: readonly DeviceAddress[],
+  key: string,
+  event: GroupEvent,
+  now: number,
+  notify?: NotifySet,
+): void {
+  if (devices.length === 0) return;
+  d.events.set(key, { ts: now, event });
+  for (const device of devices) {
+    push(d, device, { kind: 'group', ts: now, event: key });
+    notify?.add(device);
+  }
+}
+
 /** Appends one entry to a device's inbox; returns its offset. */
 export function push(d: StoreDriver, device: DeviceAddress, entry: DriverEntry): number {
   const inbox = d.inbox(device, true);
@@ -208,6 +228,7 @@ export function appender(
 
   /** Records and drops pending invites, and tells the devices concerned. */
   function applyInvites(
+    key: string,
     group: string,
     plan: InvitePlan,
     actor: string,
@@ -216,17 +237,20 @@ export function appender(
   ): void {
     const users = d.invites.get(group) ?? new Set<string>();
     for (const u of plan.drop) users.delete(u);
-    const tell = (user: string, event: GroupEvent) => {
-      for (const device of devicesOf(d, user)) {
-        push(d, { user, device }, { kind: 'group', ts: now, event });
-        notify.add({ user, device });
-      }
-    };
+    const tell = (user: string, suffix: string, event: GroupEvent) =>
+      pushEvent(
+        d,
+        devicesOf(d, user).map((device) => ({ user, device })),
+        key + suffix,
+        event,
+        now,
+        notify,
+      );
     for (const { user, event } of plan.add) {
       users.add(user);
-      tell(user, event);
+      tell(user, `#i${orderedKey(user, '')}`, event);
     }
-    if (plan.own) tell(actor, plan.own);
+    if (plan.own) tell(actor, '#own', plan.own);
     if (plan.drop.length === 0 && plan.add.length === 0) return;
     if (users.size === 0) d.invites.delete(group);
     else d.invites.set(group, users);
@@ -265,12 +289,16 @@ export function appender(
       const group = applyChange(item, plan, old);
       const { event } = plan;
       const full: GroupEvent = { ...event, name: group.name, snapshot: snapshotOf(group) };
-      for (const t of changeTargets(plan, memberDevices(d, group), reads.devices).targets) {
-        push(d, t.device, { kind: 'group', ts: now, event: t.full ? full : event });
+      const { targets } = changeTargets(plan, memberDevices(d, group), reads.devices);
+      // Each form stored once; the entries, in the targets' order, point at theirs.
+      if (targets.some((t) => t.full)) d.events.set(`${key}#full`, { ts: now, event: full });
+      if (targets.some((t) => !t.full)) d.events.set(`${key}#delta`, { ts: now, event });
+      for (const t of targets) {
+        push(d, t.device, { kind: 'group', ts: now, event: t.full ? `${key}#full` : `${key}#delta` });
         notify.add(t.device);
       }
     }
-    applyInvites(item.group, invites, item.from.user, now, notify);
+    applyInvites(key, item.group, invites, item.from.user, now, notify);
     return { ok: true, ts: now, duplicate: false, notify: notify.list };
   }
 

@@ -27,7 +27,7 @@ import type {
 } from '../store.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import { claimedUsers, notRegistered, uploadKind } from './directory.js';
-import { appender, devicesOf, orderedKey, push } from './driver-append.js';
+import { appender, devicesOf, orderedKey, push, pushEvent } from './driver-append.js';
 import { claimOne, copyEvent, copyKey, copySigned, copyStreams } from './driver-records.js';
 import { units } from './driver-runner.js';
 import type { DriverEntry, DriverKeys, DriverMessage, StoreDriver } from './driver.js';
@@ -121,7 +121,14 @@ export function driverStore(
   function joinSnapshots(device: DeviceAddress, now: number): number {
     let count = 0;
     for (const id of d.userGroups.get(device.user) ?? []) {
-      push(d, device, { kind: 'group', ts: now, event: joinSnapshot(id, d.groups.get(id)!, device.user) });
+      const event = joinSnapshot(id, d.groups.get(id)!, device.user);
+      pushEvent(
+        d,
+        [device],
+        `join#${orderedKey(device.user, device.device)}#${orderedKey(id, String(now))}`,
+        event,
+        now,
+      );
       count++;
     }
     return count;
@@ -157,7 +164,10 @@ export function driverStore(
   function toEntry(offset: number, e: DriverEntry): InboxEntry | undefined {
     if (e.kind === 'status')
       return { offset, kind: 'status', status: e.status, ids: [...e.ids], by: e.by, ts: e.ts };
-    if (e.kind === 'group') return { offset, kind: 'group', event: copyEvent(e.event), ts: e.ts };
+    if (e.kind === 'group') {
+      const stored = d.events.get(e.event);
+      return stored && { offset, kind: 'group', event: copyEvent(stored.event), ts: e.ts };
+    }
     if (e.kind === 'gap')
       return { offset, kind: 'gap', reason: e.reason, streams: copyStreams(e.streams), ts: e.ts };
     const m = d.messages.get(e.message);
@@ -311,6 +321,7 @@ export function driverStore(
         }
         d.dedupe.dropOlder(cutoff);
         d.sent.dropOlder(cutoff);
+        d.events.dropOlder(cutoff);
         const notify = new NotifySet();
         fanOut(expired, 'expired', now, notify);
         for (const g of gaps.notices()) {

@@ -37,12 +37,14 @@ import type { SentRecord } from './relational.js';
 /**
  * One inbox entry as a driver keeps it at (device, offset). `msg` points at a stored message by
  * its key; `body` is this device's own envelope of an end-to-end encrypted message, and `size`
- * the body bytes the entry counts for in the inbox-bytes quota.
+ * the body bytes the entry counts for in the inbox-bytes quota. `group` points at a stored
+ * group event by its key: one change's event (a full form with a snapshot of up to 1,024
+ * members) is stored once, not once per device.
  */
 export type DriverEntry =
   | { kind: 'msg'; ts: number; message: string; body?: Uint8Array; size: number }
   | { kind: 'status'; ts: number; status: EntryStatus; ids: string[]; by: string }
-  | { kind: 'group'; ts: number; event: GroupEvent }
+  | { kind: 'group'; ts: number; event: string }
   | { kind: 'gap'; ts: number; reason: GapReason; streams: GapStream[] };
 
 /** A committed message, stored once and kept while `refs` inbox entries point at it. */
@@ -98,6 +100,14 @@ export interface DriverInbox {
   after(offset: number): Iterable<[number, DriverEntry]>;
   /** Writes the head back. */
   save(): void;
+}
+
+/** A group event as stored once for every inbox entry that shows it. */
+export interface StoredEvent {
+  /** Commit time: the entries that point at it carry the same, and expire with it. */
+  ts: number;
+  /** The event. */
+  event: GroupEvent;
 }
 
 /** A group as a driver keeps it. */
@@ -209,6 +219,11 @@ export interface StoreDriver {
   readonly dedupe: ExpiringTable<number>;
   /** (sender user, message id) → where messages with that id went. */
   readonly sent: ExpiringTable<SentAt[]>;
+  /**
+   * Event key → a group event and its commit time, written once per change and form, kept until
+   * expiry drops it with the entries of the same time that point at it.
+   */
+  readonly events: ExpiringTable<StoredEvent>;
   /** Group id → the group. */
   readonly groups: DriverTable<string, DriverGroup>;
   /** User → ids of the groups it is in. */

@@ -23,6 +23,7 @@ import {
   type ExpiringTable,
   type InboxHead,
   type SentAt,
+  type StoredEvent,
   type StoreDriver,
   type StoreQuotas,
 } from '../store-kit.js';
@@ -101,6 +102,7 @@ interface ServerData extends MemoryServerState {
   messages: Map<string, DriverMessage>;
   dedupe: Map<string, number>;
   sent: Map<string, SentAt[]>;
+  events: Map<string, StoredEvent>;
   groups: Map<string, DriverGroup>;
   userGroups: Map<string, Set<string>>;
   invites: Map<string, Set<string>>;
@@ -122,6 +124,7 @@ export function createMemoryServerState(): MemoryServerState {
     messages: new Map(),
     dedupe: new Map(),
     sent: new Map(),
+    events: new Map(),
     groups: new Map(),
     userGroups: new Map(),
     invites: new Map(),
@@ -225,6 +228,10 @@ function mapDriver(data: ServerData, beforeWrite: BeforeWrite | undefined): Stor
       else data.sent.set(key, kept);
     }
   };
+  const events = table(data, 'events') as ExpiringTable<StoredEvent>;
+  events.dropOlder = (cutoff) => {
+    for (const [key, e] of data.events) if (e.ts < cutoff) data.events.delete(key);
+  };
   function inbox(device: DeviceAddress, create: true): DriverInbox;
   function inbox(device: DeviceAddress, create?: false): DriverInbox | undefined;
   function inbox(device: DeviceAddress, create?: boolean): DriverInbox | undefined {
@@ -260,6 +267,7 @@ function mapDriver(data: ServerData, beforeWrite: BeforeWrite | undefined): Stor
     messages: table(data, 'messages', beforeWrite),
     dedupe,
     sent,
+    events,
     groups: table(data, 'groups'),
     userGroups: table(data, 'userGroups'),
     invites: table(data, 'invites'),

@@ -172,6 +172,9 @@ export function recordTables(
       const kept = records.filter((r) => r.ts >= cutoff);
       return kept.length === records.length ? 'same' : kept.length > 0 ? kept : undefined;
     }) as StoreDriver['sent'],
+    events: expiring<{ ts: number }>('events', (e, cutoff) =>
+      e.ts < cutoff ? undefined : 'same',
+    ) as StoreDriver['events'],
     groups: table('groups'),
     userGroups: table('userGroups'),
     invites: table('invites'),
