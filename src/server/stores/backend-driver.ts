@@ -57,19 +57,15 @@ export function backendDriver(backend: RemoteBackend, options: BackendDriverOpti
   const hook = options.beforeWrite ?? (() => {});
   const cache: RecordStorage = new Map();
   const loaded = new Set<string>();
-  const scans = new Set<string>();
+  /** Table → the key prefixes scanned into the cache (every record under one is loaded). */
+  const scans = new Map<string, string[]>();
   const wantKeys = new Set<string>();
   const wantScans = new Set<string>();
   let dirty = new Set<string>();
   /** Records a unit wrote without having loaded them: unknown again if it rolls back. */
   let blind = new Set<string>();
-  const scannedFor = (table: string, key: string) => {
-    for (const s of scans) {
-      const [sp, prefix] = s.split(sep) as [string, string];
-      if (sp === table && key.startsWith(prefix)) return true;
-    }
-    return false;
-  };
+  const scannedFor = (table: string, key: string) =>
+    scans.get(table)?.some((prefix) => key.startsWith(prefix)) === true;
   const guard: CacheGuard = {
     has(table, key) {
       const k = table + sep + key;
@@ -79,7 +75,7 @@ export function backendDriver(backend: RemoteBackend, options: BackendDriverOpti
     },
     scanned(table, prefix) {
       const k = table + sep + prefix;
-      if (scans.has(k) || scannedFor(table, prefix)) return true;
+      if (scannedFor(table, prefix)) return true;
       wantScans.add(k);
       return false;
     },
@@ -133,7 +129,7 @@ export function backendDriver(backend: RemoteBackend, options: BackendDriverOpti
           for (const k of scanned) {
             const [name, prefix] = k.split(sep) as [string, string];
             for (const [key, v] of await backend.scan(name, prefix)) cached(name).set(key, v);
-            scans.add(k);
+            scans.set(name, [...(scans.get(name) ?? []), prefix]);
           }
         } catch (e) {
           forget(); // the next call starts cold

@@ -73,6 +73,13 @@ export function pushEvent(
   }
 }
 
+/** Deletes the inbox's entry `e` at `offset`, counting it out of the head (saved by the caller). */
+export function takeAt(inbox: DriverInbox, offset: number, e: DriverEntry): void {
+  inbox.delete(offset);
+  inbox.head.count--;
+  if (e.kind === 'msg') inbox.head.bytes -= e.size;
+}
+
 /** Appends one entry to a device's inbox; returns its offset. */
 export function push(d: StoreDriver, device: DeviceAddress, entry: DriverEntry): number {
   const inbox = d.inbox(device, true);
@@ -132,8 +139,7 @@ export function appender(
       const e = inbox.get(o);
       if (e?.kind !== 'gap' || e.reason !== 'inbox_full') continue;
       held.push(e.streams);
-      inbox.delete(o);
-      inbox.head.count--;
+      takeAt(inbox, o, e);
     }
     inbox.head.full = extendFullNotices(held, [m]).map((streams) =>
       putNext(inbox, { kind: 'gap', ts: now, reason: 'inbox_full', streams }),

@@ -27,7 +27,7 @@ import type {
 } from '../store.js';
 import { assertNotPending, isPendingDevice, PENDING_DEVICE, realDevices } from '../users.js';
 import { claimedUsers, notRegistered, uploadKind } from './directory.js';
-import { appender, devicesOf, orderedKey, push, pushEvent } from './driver-append.js';
+import { appender, devicesOf, orderedKey, push, pushEvent, takeAt } from './driver-append.js';
 import { claimOne, copyEvent, copyKey, copySigned, copyStreams } from './driver-records.js';
 import { units } from './driver-runner.js';
 import type { DriverEntry, DriverKeys, DriverMessage, StoreDriver } from './driver.js';
@@ -80,17 +80,22 @@ export function driverStore(
   const commit = appender(d, quotas);
   const { unit, view } = units(d);
 
-  /** Drops one reference of `key` as a recipient user's entry leaves; the body goes with the last. */
-  function release(key: string, user: string, statuses: Groups): DriverMessage | undefined {
+  /**
+   * Drops one reference of `key` as an entry leaves; the body goes with the last. With `user`
+   * (a recipient user's entry acked or expired, not a removed device's), the first of the user's
+   * entries to leave tells the sender, once, in `statuses`.
+   */
+  function release(key: string, user?: string, statuses?: Groups): DriverMessage | undefined {
     const m = d.messages.get(key);
     if (!m) return undefined; // unreachable while refs are counted right
     m.refs--;
-    // The first of the user's entries to leave tells the sender, once.
-    tellSender(statuses, { from: m.from.user, id: m.id }, user, () => {
-      if (m.told.has(user)) return false;
-      m.told.add(user);
-      return true;
-    });
+    if (user !== undefined && statuses) {
+      tellSender(statuses, { from: m.from.user, id: m.id }, user, () => {
+        if (m.told.has(user)) return false;
+        m.told.add(user);
+        return true;
+      });
+    }
     if (m.refs <= 0) d.messages.delete(key);
     else d.messages.set(key, m);
     return m;
@@ -140,12 +145,7 @@ export function driverStore(
     d.pushTokens.delete(device);
     const inbox = d.inbox(device);
     if (!inbox) return;
-    for (const [, e] of inbox.after(0)) {
-      if (e.kind !== 'msg') continue;
-      const m = d.messages.get(e.message);
-      if (m && --m.refs <= 0) d.messages.delete(e.message);
-      else if (m) d.messages.set(e.message, m);
-    }
+    for (const [, e] of inbox.after(0)) if (e.kind === 'msg') release(e.message);
     d.dropInbox(device);
   }
 
@@ -280,9 +280,7 @@ export function driverStore(
         for (const offset of offsets) {
           const e = inbox.get(offset);
           if (!e) continue;
-          inbox.delete(offset);
-          inbox.head.count--;
-          if (e.kind === 'msg') inbox.head.bytes -= e.size;
+          takeAt(inbox, offset, e);
           count++;
           if (e.kind === 'msg') release(e.message, device.user, delivered);
         }
@@ -307,9 +305,7 @@ export function driverStore(
           let removed = 0;
           for (const [offset, e] of inbox.after(0)) {
             if (e.ts >= cutoff) continue;
-            inbox.delete(offset);
-            inbox.head.count--;
-            if (e.kind === 'msg') inbox.head.bytes -= e.size;
+            takeAt(inbox, offset, e);
             removed++;
             if (e.kind === 'gap') gaps.carry(k, addr, e.streams);
             if (e.kind !== 'msg') continue;
