@@ -22,6 +22,26 @@ import { checkAfterUpgrade, writeBeforeUpgrade } from './fixtures/consent-upgrad
 import { inboxUsage, usageDrift } from './fixtures/sqlite-usage.js';
 import { migrate, type SqliteDatabase, type SqliteStatement } from '../src/util/sqlite.js';
 
+/**
+ * Takes a database back to schema version 13: every message its entry held alone (step 14) gets
+ * its `messages` row again, and the entry's own columns go.
+ */
+function toVersion13(db: Database.Database): void {
+  db.exec(`
+    INSERT INTO messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
+      SELECT from_user, from_device, msg_id, to_user, 0, seq, ts, body, 1 FROM inbox WHERE msg_id IS NOT NULL;
+    UPDATE inbox SET body = NULL, message = (
+      SELECT m.id FROM messages m
+      WHERE (m.msg_id, m.from_user, m.from_device) = (inbox.msg_id, inbox.from_user, inbox.from_device)
+    ) WHERE msg_id IS NOT NULL;
+    ALTER TABLE inbox DROP COLUMN from_user;
+    ALTER TABLE inbox DROP COLUMN from_device;
+    ALTER TABLE inbox DROP COLUMN msg_id;
+    ALTER TABLE inbox DROP COLUMN to_user;
+    ALTER TABLE inbox DROP COLUMN seq;
+  `);
+}
+
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'postbox-sqlite-'));
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }));
 let fileCount = 0;
@@ -369,8 +389,8 @@ describe('sqlite server store', () => {
       path: freshFile(),
       walFlush: 'background',
       beforeWrite: (write) => {
-        // After the consent insert, before the body: the transaction rolls both back.
-        if (write === 'INSERT INTO messages' && failMessages-- > 0) throw new Error('EIO');
+        // After the consent insert, before the entry: the transaction rolls both back.
+        if (write === 'INSERT INTO inbox' && failMessages-- > 0) throw new Error('EIO');
       },
     });
     for (const d of [alice1, bob1]) await store.registerDevice(d, 1);
@@ -742,10 +762,10 @@ describe('sqlite server store', () => {
     // Back to version 4 as released: symmetric contacts, members without versions, dedupe
     // records that do not say where a message went, keyed by device before message id.
     const v4 = new Database(file);
+    toVersion13(v4);
     v4.exec(`
       DROP TABLE group_invites;
       DROP INDEX inbox_gaps;
-      DROP TRIGGER inbox_usage_out;
       ALTER TABLE devices DROP COLUMN entries;
       ALTER TABLE devices DROP COLUMN bytes;
       ALTER TABLE inbox DROP COLUMN size;
@@ -781,8 +801,9 @@ describe('sqlite server store', () => {
     const old = sqliteServerStore({ path: file });
     await writeBeforeUpgrade(old);
     await old.close();
-    // Back to version 11: the records keyed by sender first.
+    // Back to version 11: the records keyed by sender first, deletes counted by a trigger.
     const v11 = new Database(file);
+    toVersion13(v11);
     const records = (db: Database.Database) =>
       db.prepare('SELECT * FROM dedupe ORDER BY from_user, msg_id, from_device').all();
     const before = records(v11);
@@ -795,6 +816,9 @@ describe('sqlite server store', () => {
       DROP TABLE dedupe;
       ALTER TABLE dedupe_v11 RENAME TO dedupe;
       CREATE INDEX dedupe_ts ON dedupe (ts);
+      CREATE TRIGGER inbox_usage_out AFTER DELETE ON inbox BEGIN
+        UPDATE devices SET entries = entries - 1, bytes = bytes - old.size WHERE id = old.dev;
+      END;
       PRAGMA user_version = 11;
     `);
     v11.close();
@@ -884,6 +908,32 @@ describe('sqlite server store', () => {
     expect(await two.keyCount(bob1)).toEqual({ preKeys: 0, kyberPreKeys: 0 });
     await one.close();
     await two.close();
+  });
+
+  it('a 1:1 message with one entry is that entry alone, one with two entries shares one body, and acks leave no row behind', async () => {
+    const file = freshFile();
+    const store = sqliteServerStore({ path: file });
+    for (const d of [alice1, bob1]) await store.registerDevice(d, 1);
+    const look = peek(file);
+    await store.append([msg('m1')], 1000);
+    expect(look.count('messages')).toBe(0); // bob has one device: the entry holds it all
+    const [one] = await store.readInbox(bob1, 0, 10);
+    expect(one).toMatchObject({ kind: 'msg', id: 'm1', from: alice1, to: 'bob', seq: 1, ts: 1000 });
+    expect(new TextDecoder().decode((one as { body: Uint8Array }).body)).toBe('m1');
+    await store.registerDevice(bob2, 1001);
+    await store.append([msg('m2', 2)], 1002);
+    expect(look.db.prepare('SELECT refs FROM messages').all()).toEqual([{ refs: 2 }]);
+    // The sender hears `delivered` once per user, whichever form the message was stored in.
+    const told = [await store.ack(bob1, [one!.offset, 2], 1003), await store.ack(bob2, [1], 1004)].flatMap(
+      (r) => r.entries ?? [],
+    );
+    expect(told.map((e) => e.entry)).toMatchObject([
+      { kind: 'status', status: 'delivered', ids: ['m1', 'm2'] },
+    ]);
+    expect(look.count('messages') + look.count('delivered')).toBe(0);
+    expect(usageDrift(file)).toEqual([]);
+    look.close();
+    await store.close();
   });
 
   it('an end-to-end encrypted message stores no shared body, and each envelope goes with its entry', async () => {

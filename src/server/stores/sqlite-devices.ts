@@ -9,8 +9,13 @@
  * `PRAGMA data_version`, which the store reads at the start of every write transaction and before
  * a read outside one ({@link DeviceDirectory.sync}); and a read made inside a transaction that then
  * fails may have seen rows that were rolled back, so a failed transaction calls
- * {@link DeviceDirectory.clear}. The offset counters (`last_offset`) change with every write and
- * are not kept here: the writer reads them once per transaction.
+ * {@link DeviceDirectory.clear}.
+ *
+ * It also keeps the inbox heads it has read (`last_offset`, `entries`, `bytes` of a device row),
+ * under the same rules: only the store's writer changes those columns (`flush`, which hands each
+ * change to {@link DeviceDirectory.moved}), and every rule above that drops the lists drops the
+ * heads too (a removed device's row id may be given to the next new device). A one-message
+ * append then reads no device row at all.
  * @internal
  * @packageDocumentation
  */
@@ -21,8 +26,17 @@ export interface DeviceRef {
   readonly device: string;
 }
 
+/** A device row's inbox head: its offset counter and its inbox's usage. */
+export interface InboxHeadRow {
+  last_offset: number;
+  entries: number;
+  bytes: number;
+}
+
 /** Most users whose devices are kept; past it the directory starts over (a bound, not a cache policy). */
 const MAX_USERS = 100_000;
+/** Most inbox heads kept; past it they start over. */
+const MAX_HEADS = 200_000;
 
 /** See the module comment. */
 export interface DeviceDirectory {
@@ -39,11 +53,25 @@ export interface DeviceDirectory {
    * another connection committed, and everything is read again.
    */
   sync(version: number): void;
+  /** A device's inbox head as committed or written in the running transaction; read when not kept. */
+  head(dev: number): InboxHeadRow;
+  /**
+   * The writer wrote a device's head: `last` its counter (undefined: unchanged), `entries` and
+   * `bytes` what it added (negative: removed).
+   */
+  moved(dev: number, last: number | undefined, entries: number, bytes: number): void;
 }
 
-/** A directory over `read`, the query of one user's devices (in any order). */
-export function deviceDirectory(read: (user: string) => DeviceRef[]): DeviceDirectory {
+/**
+ * A directory over `read`, the query of one user's devices (in any order), and `readHead`, the
+ * query of one device row's head.
+ */
+export function deviceDirectory(
+  read: (user: string) => DeviceRef[],
+  readHead: (dev: number) => InboxHeadRow,
+): DeviceDirectory {
   const lists = new Map<string, readonly DeviceRef[]>();
+  const heads = new Map<number, InboxHeadRow>();
   let seen: number | undefined;
   const of = (user: string): readonly DeviceRef[] => {
     let list = lists.get(user);
@@ -61,11 +89,37 @@ export function deviceDirectory(read: (user: string) => DeviceRef[]): DeviceDire
       for (const r of of(user)) if (r.device === device) return r.id;
       return undefined;
     },
-    forget: (user) => void lists.delete(user),
-    clear: () => lists.clear(),
+    forget(user) {
+      lists.delete(user);
+      heads.clear();
+    },
+    clear() {
+      lists.clear();
+      heads.clear();
+    },
     sync(version) {
-      if (version !== seen) lists.clear();
+      if (version !== seen) {
+        lists.clear();
+        heads.clear();
+      }
       seen = version;
+    },
+    head(dev) {
+      let h = heads.get(dev);
+      if (h === undefined) {
+        const r = readHead(dev);
+        h = { last_offset: r.last_offset, entries: r.entries, bytes: r.bytes };
+        if (heads.size >= MAX_HEADS) heads.clear();
+        heads.set(dev, h);
+      }
+      return h;
+    },
+    moved(dev, last, entries, bytes) {
+      const h = heads.get(dev);
+      if (h === undefined) return;
+      if (last !== undefined) h.last_offset = last;
+      h.entries += entries;
+      h.bytes += bytes;
     },
   };
 }

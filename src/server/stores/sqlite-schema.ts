@@ -266,6 +266,22 @@ export const MIGRATIONS: readonly SqliteMigration[] = [
       ALTER TABLE dedupe_v12 RENAME TO dedupe;
       CREATE INDEX dedupe_ts ON dedupe (ts);
     `),
+  // 13: an inbox's usage shrinks through the writer too, once per device and transaction with its
+  // other changes to the device row (see \`writer\`), not through a trigger that updated the row
+  // once per deleted entry (an ack of ten entries paid ten row updates). A removed device needs
+  // none: its row goes with its entries.
+  (db) => db.exec('DROP TRIGGER inbox_usage_out;'),
+  // 14: a 1:1 message with one entry (one recipient device, no other device of its sender) is
+  // stored in the entry: no `messages` row to write, to count down on the ack and delete with its
+  // `delivered` rows. Such an entry has `msg_id` and no `message`; its body is the entry's `body`.
+  (db) =>
+    db.exec(`
+      ALTER TABLE inbox ADD COLUMN from_user TEXT;
+      ALTER TABLE inbox ADD COLUMN from_device TEXT;
+      ALTER TABLE inbox ADD COLUMN msg_id TEXT;
+      ALTER TABLE inbox ADD COLUMN to_user TEXT;
+      ALTER TABLE inbox ADD COLUMN seq INTEGER;
+    `),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */

@@ -26,7 +26,9 @@
  * body bytes an entry counts for, and `group_invites (group_id, user)` holds the pending group
  * invites, indexed by user; step 10 made the writer, not a per-entry trigger, grow the counters;
  * step 11 added `fanouts` and `fanout_done`, the group messages whose slices are not all written, see sqlite-fanout.ts;
- * step 12 keyed `dedupe` by message id first, see below):
+ * step 12 keyed `dedupe` by message id first, see below; step 13 made the writer shrink the
+ * counters too, once per device and transaction; step 14 stores a 1:1 message with one entry in
+ * that entry alone, see `inbox` below):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -34,7 +36,7 @@
  * | `messages` | `id` (rowid), `from_user`, `from_device`, `msg_id`, `to_user`, `to_group`, `seq`, `ts`, `body`, `refs` | each body stored once; `to_user` is the group id when `to_group` is 1; `refs` counts inbox entries pointing at it |
  * | `delivered` | `message`, `user` | recipient users already accounted for: a device of `user` acked `message` (sender told `delivered`) or the sender was told `expired`; primary key `(message, user)`; rows go with their message; `WITHOUT ROWID` |
  * | `group_events` | `id` (rowid), `data`, `refs` | each form of a group event (delta, snapshot) stored once, msgpack-encoded; `refs` counts inbox entries pointing at it |
- * | `inbox` | `dev`, `pos`, `ts`, `message` (with `body` for an end-to-end encrypted message) or `event` or (`status`, `ids`, `by_user`) | one row per entry; primary key `(dev, pos)` = (device, offset); `body` is this device's own envelope, and such a message's `messages.body` is empty; `WITHOUT ROWID` |
+ * | `inbox` | `dev`, `pos`, `ts`, `message` (with `body` for an end-to-end encrypted message) or `event` or (`status`, `ids`, `by_user`) or, step 14, a message of its own (`from_user`, `from_device`, `msg_id`, `to_user`, `seq`, `body`) | one row per entry; primary key `(dev, pos)` = (device, offset); `body` is this device's own envelope, and such a message's `messages.body` is empty; a 1:1 message with one entry is the entry alone (no `messages` row: nothing to share or count, and its ack deletes one row, see `storeMessage`); `WITHOUT ROWID` |
  * | `groups` | `id`, `name`, `ver` | one row per group; `WITHOUT ROWID` |
  * | `group_members` | `joined` (rowid), `group_id`, `user`, `role`, `since_ver`, `acted_ver` | `joined` orders members by join (the longest-standing first); `since_ver` is the group version the membership began at, `acted_ver` the latest at which the member took part (-1: never); unique `(group_id, user)`; index by `user` |
  * | `consents` | `viewer`, `target` | `target` wrote to `viewer` 1:1 (see `related`); `WITHOUT ROWID` |
@@ -112,7 +114,7 @@ import { sqlitePing } from './sqlite-ping.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import { walCheckpointer, type WalCheckpointer } from './sqlite-checkpoint.js';
 import { walSync } from './sqlite-sync.js';
-import { deviceDirectory, type DeviceRef } from './sqlite-devices.js';
+import { deviceDirectory, type DeviceRef, type InboxHeadRow } from './sqlite-devices.js';
 import { type FanoutJob, fanoutSlicer, type SlicedOutcome } from './sqlite-fanout.js';
 import { MIGRATIONS } from './sqlite-schema.js';
 import {
@@ -232,6 +234,14 @@ interface BundleRow extends KeysRow {
   device: string;
 }
 
+/**
+ * A message entry's stream and id, from its `messages` row or, for a message of its own (step 14),
+ * from the entry.
+ */
+const OWN_OR_SHARED = ['from_user', 'from_device', 'msg_id', 'to_user', 'seq']
+  .map((c) => `coalesce(m.${c}, i.${c}) AS ${c}`)
+  .join(', ');
+
 interface InboxRow {
   pos: number;
   ts: number;
@@ -257,6 +267,8 @@ interface InboxRow {
 interface EntryRow {
   dev: number;
   pos: number;
+  /** Body bytes the entry holds of its own (see `inbox.size`). */
+  size: number;
   /** The device's user. */
   owner?: string | null;
   message: number | null;
@@ -267,6 +279,8 @@ interface EntryRow {
 /** An acked entry (see `entriesAcked`). */
 interface AckedRow {
   pos: number;
+  /** Body bytes the entry holds of its own (see `inbox.size`). */
+  size: number;
   message: number | null;
   from_user: string | null;
   msg_id: string | null;
@@ -414,10 +428,11 @@ export function sqliteServerStore(
     /** The first device takes over its user's pending inbox: the row (so the inbox) becomes its. */
     takeOver: q('UPDATE devices SET device = ?, registered_at = ? WHERE user = ? AND device = ?'),
     inboxAny: q('SELECT 1 AS x FROM inbox WHERE dev = ? LIMIT 1'),
-    lastOffset: q('SELECT last_offset FROM devices WHERE id = ?'),
     setLastOffset: q(
       'UPDATE devices SET last_offset = ?, entries = entries + ?, bytes = bytes + ? WHERE id = ?',
     ),
+    /** An inbox only removed from in this transaction: its usage, its counter unchanged. */
+    addUsage: q('UPDATE devices SET entries = entries + ?, bytes = bytes + ? WHERE id = ?'),
     dedupeGet: q('SELECT ts FROM dedupe WHERE from_user = ? AND from_device = ? AND msg_id = ?'),
     /** Claims an item's dedupe key: `changes` is 0 when it was known (a duplicate). */
     dedupeClaim: q(
@@ -438,10 +453,12 @@ export function sqliteServerStore(
     ),
     eventInsert: q('INSERT INTO group_events (data, refs) VALUES (?, ?)'),
     entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body, size) VALUES (?, ?, ?, ?, ?, ?)'),
-    /**
-     * A device's inbox usage, as the triggers keep it (this transaction's own writes included),
-     * and its offset counter (the entry a quota check is for takes the next offset right after).
-     */
+    /** A 1:1 message whose one entry is its only copy (see `storeMessage`). */
+    entryOwnMessageInsert: q(
+      `INSERT INTO inbox (dev, pos, ts, from_user, from_device, msg_id, to_user, seq, body, size)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    /** A device's inbox head: its usage and its offset counter (see `deviceDirectory`). */
     usageOf: q('SELECT entries, bytes, last_offset FROM devices WHERE id = ?'),
     groupCount: q('SELECT count(*) AS n FROM group_members WHERE user = ?'),
     inviteHas: q('SELECT 1 AS x FROM group_invites WHERE group_id = ? AND user = ?'),
@@ -454,7 +471,7 @@ export function sqliteServerStore(
     entryStatusInsert: q('INSERT INTO inbox (dev, pos, ts, status, ids, by_user) VALUES (?, ?, ?, ?, ?, ?)'),
     readInbox: q(
       `SELECT i.pos, i.ts, i.message, i.status, i.ids, i.by_user, i.event,
-              m.from_user, m.from_device, m.msg_id, m.to_user, m.to_group, m.seq, m.ts AS mts, m.body,
+              ${OWN_OR_SHARED}, m.to_group, coalesce(m.ts, i.ts) AS mts, m.body,
               i.body AS own_body, e.data AS event_data
        FROM inbox i
        LEFT JOIN messages m ON m.id = i.message
@@ -468,22 +485,24 @@ export function sqliteServerStore(
      * already accounted for.
      */
     entriesAcked: q(
-      `SELECT i.pos, i.message, m.from_user, m.msg_id, m.refs,
-              EXISTS (SELECT 1 FROM delivered d WHERE d.message = i.message AND d.user = ?) AS told
+      `SELECT i.pos, i.size, i.message, coalesce(m.from_user, i.from_user) AS from_user,
+              coalesce(m.msg_id, i.msg_id) AS msg_id, coalesce(m.refs, 1) AS refs,
+              i.message IS NOT NULL
+                AND EXISTS (SELECT 1 FROM delivered d WHERE d.message = i.message AND d.user = ?) AS told
        FROM inbox i LEFT JOIN messages m ON m.id = i.message
        WHERE i.dev = ? AND i.pos BETWEEN ? AND ? ORDER BY i.pos`,
     ),
     entryDelete: q('DELETE FROM inbox WHERE dev = ? AND pos = ?'),
     /** A device's `inbox_full` gap notices (see migration 8). */
     fullNotices: q(
-      `SELECT pos, ids FROM inbox WHERE dev = ? AND status = '${GAP_ROW_STATUS}' AND by_user = 'inbox_full' ORDER BY pos`,
+      `SELECT pos, size, ids FROM inbox WHERE dev = ? AND status = '${GAP_ROW_STATUS}' AND by_user = 'inbox_full' ORDER BY pos`,
     ),
     inboxDelete: q('DELETE FROM inbox WHERE dev = ?'),
     /** Marks (message, user) as told; `changes` is 0 when it already was (delivered once). */
     markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
     expiredEntries: q(
-      `SELECT i.dev, i.pos, i.message, i.status, i.ids, d.user AS owner, d.device AS owner_device,
-              m.from_user, m.msg_id, m.from_device, m.to_user, m.to_group, m.seq
+      `SELECT i.dev, i.pos, i.size, i.message, i.status, i.ids, d.user AS owner, d.device AS owner_device,
+              ${OWN_OR_SHARED}, m.to_group
        FROM inbox i
        LEFT JOIN devices d ON d.id = i.dev
        LEFT JOIN messages m ON m.id = i.message
@@ -595,7 +614,10 @@ export function sqliteServerStore(
        FROM devices d JOIN device_keys k ON k.dev = d.id WHERE d.user = ? AND d.device = ?`,
     ),
   };
-  const directory = deviceDirectory((user) => sql.devicesOf.all(user) as DeviceRef[]);
+  const directory = deviceDirectory(
+    (user) => sql.devicesOf.all(user) as DeviceRef[],
+    (dev) => sql.usageOf.get(dev) as InboxHeadRow,
+  );
 
   let closed = false;
   const memberRows = arrayRows(sql.memberDevices);
@@ -672,7 +694,10 @@ export function sqliteServerStore(
    */
   function writer() {
     const last = new Map<number, number>();
-    /** Entries and body bytes this transaction added to each inbox, written back by `flush`. */
+    /**
+     * Entries and body bytes this transaction added to each inbox (negative: removed), written
+     * back by `flush`: the one place an inbox's usage changes.
+     */
     const added = new Map<number, InboxUsage>();
     let written = 0;
     /** Seeds a device's counter from a row read in this transaction, unless already in use. */
@@ -686,7 +711,7 @@ export function sqliteServerStore(
       /** The next offset of a device's inbox, for an entry of `size` body bytes. */
       next(dev: number, size = 0): number {
         let v = last.get(dev);
-        if (v === undefined) v = (sql.lastOffset.get(dev) as { last_offset: number }).last_offset;
+        if (v === undefined) v = directory.head(dev).last_offset;
         last.set(dev, ++v);
         written++;
         const a = added.get(dev);
@@ -697,20 +722,31 @@ export function sqliteServerStore(
         return v;
       },
       /**
-       * A device's inbox usage with this transaction's entries: `row` as read in this transaction
-       * (deletes are counted by their trigger at once), or read now.
+       * A device's inbox usage with this transaction's entries and removals: `row` as read in this
+       * transaction before its `flush`, or the device's head.
        */
       usage(dev: number, row?: InboxUsage): InboxUsage {
         let base = row;
         if (!base) {
-          const read = sql.usageOf.get(dev) as InboxUsage & { last_offset: number };
-          prime({ id: dev, last_offset: read.last_offset }); // `next` needs no read of its own
-          base = read;
+          const head = directory.head(dev);
+          prime({ id: dev, last_offset: head.last_offset }); // `next` needs no read of its own
+          base = head;
         }
         const a = added.get(dev);
         const r = slicer.reserved(dev); // entries of sliced messages still to write
-        const entries = base.entries + (a?.entries ?? 0) + (r?.entries ?? 0);
-        return a || r ? { entries, bytes: base.bytes + (a?.bytes ?? 0) + (r?.bytes ?? 0) } : base;
+        return {
+          entries: base.entries + (a?.entries ?? 0) + (r?.entries ?? 0),
+          bytes: base.bytes + (a?.bytes ?? 0) + (r?.bytes ?? 0),
+        };
+      },
+      /** Deletes an entry of `size` body bytes (its message or event is released by trigger). */
+      remove(dev: number, pos: number, size: number): void {
+        sql.entryDelete.run(dev, pos);
+        const a = added.get(dev);
+        if (a) {
+          a.entries -= 1;
+          a.bytes -= size;
+        } else added.set(dev, { entries: -1, bytes: -size });
       },
       /** Inbox entries this transaction has written so far. */
       written: () => written,
@@ -721,7 +757,12 @@ export function sqliteServerStore(
        * others' unchanged rows dirtied their pages for the WAL too.
        */
       flush(): void {
-        for (const [dev, a] of added) sql.setLastOffset.run(last.get(dev)!, a.entries, a.bytes, dev);
+        for (const [dev, a] of added) {
+          const l = last.get(dev);
+          if (l === undefined) sql.addUsage.run(a.entries, a.bytes, dev);
+          else sql.setLastOffset.run(l, a.entries, a.bytes, dev);
+          directory.moved(dev, l, a.entries, a.bytes);
+        }
         added.clear();
       },
     };
@@ -835,6 +876,26 @@ export function sqliteServerStore(
     bodies?: Uint8Array[],
   ): number[] {
     if (targets.length === 0) return [];
+    if (targets.length === 1 && !item.group) {
+      // Its one entry is its only copy: no `messages` row to write, count down and delete.
+      const t = targets[0]!;
+      const body = bodies?.[0] ?? item.body;
+      const offset = w.next(t.id, body.byteLength);
+      const { from } = item;
+      sql.entryOwnMessageInsert.run(
+        t.id,
+        offset,
+        now,
+        from.user,
+        from.device,
+        item.id,
+        item.to,
+        item.seq,
+        bindBytes(body),
+        body.byteLength,
+      );
+      return [offset];
+    }
     const { lastInsertRowid } = sql.messageInsert.run(
       item.from.user,
       item.from.device,
@@ -904,8 +965,8 @@ export function sqliteServerStore(
     if (skipped.length === 0) return { ok: true, ts: now, duplicate: false, notify, offsets };
     const m = { from: item.from, to: item.to, group: item.group === true, seq: item.seq };
     for (const t of skipped) {
-      const held = sql.fullNotices.all(t.id) as Array<{ pos: number; ids: string | null }>;
-      for (const r of held) sql.entryDelete.run(t.id, r.pos);
+      const held = sql.fullNotices.all(t.id) as Array<{ pos: number; size: number; ids: string | null }>;
+      for (const r of held) w.remove(t.id, r.pos, r.size);
       const notices = extendFullNotices(
         held.map((r) => decodeGapStreams(r.ids ?? '[]')),
         [m],
@@ -1003,7 +1064,7 @@ export function sqliteServerStore(
   }
 
   function toEntry(r: InboxRow): InboxEntry | undefined {
-    if (r.message !== null) {
+    if (r.message !== null || r.msg_id !== null) {
       if (r.from_user === null) return undefined; // unreachable: the trigger keeps refs right
       const out: InboxEntry = {
         offset: r.pos,
@@ -1052,19 +1113,20 @@ export function sqliteServerStore(
         if (r.status === GAP_ROW_STATUS && r.owner) {
           gaps.carry(r.dev, { user: r.owner, device: r.owner_device! }, decodeGapStreams(r.ids ?? '[]'));
         }
-        if (r.message !== null && r.from_user !== null && r.owner) {
+        if (r.from_user !== null && r.owner) {
           const from = { user: r.from_user, device: r.from_device! };
           const stream = { from, to: r.to_user!, group: r.to_group === 1, seq: r.seq! };
           gaps.add(r.dev, { user: r.owner, device: r.owner_device! }, stream);
         }
         // Marked before the delete: the delete may take the message (and its marks) with it.
-        if (r.message !== null && r.from_user !== null && r.owner) {
+        if (r.from_user !== null && r.owner) {
           const [message, owner] = [r.message, r.owner];
+          // A message of its own (no `messages` row) is this entry alone: told once by its expiry.
           tellSender(expired, { from: r.from_user, id: r.msg_id! }, owner, () => {
-            return sql.markDelivered.run(message, owner).changes === 1;
+            return message === null || sql.markDelivered.run(message, owner).changes === 1;
           });
         }
-        sql.entryDelete.run(r.dev, r.pos);
+        w.remove(r.dev, r.pos, r.size);
       }
       fanOut(w, expired, 'expired', now, notify);
       for (const d of gaps.notices()) {
@@ -1116,13 +1178,15 @@ export function sqliteServerStore(
         // Marked before the delete: the delete may take the message (and its marks) with it. The
         // last entry of a message (a 1:1 message to one device) only looks: its mark would go
         // with the message in the same transaction, a row written and deleted for nothing.
-        if (e.message !== null && e.from_user !== null) {
+        if (e.from_user !== null) {
           const message = e.message;
           tellSender(delivered, { from: e.from_user, id: e.msg_id! }, user, () =>
-            e.refs === 1 ? e.told === 0 : sql.markDelivered.run(message, user).changes === 1,
+            e.refs === 1 || message === null
+              ? e.told === 0
+              : sql.markDelivered.run(message, user).changes === 1,
           );
         }
-        sql.entryDelete.run(dev, e.pos);
+        w.remove(dev, e.pos, e.size);
         count++;
       }
     }
