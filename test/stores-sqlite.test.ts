@@ -23,11 +23,20 @@ import { inboxUsage, usageDrift } from './fixtures/sqlite-usage.js';
 import { migrate, type SqliteDatabase, type SqliteStatement } from '../src/util/sqlite.js';
 
 /**
- * Takes a database back to schema version 13: every message its entry held alone (step 14) gets
- * its `messages` row again, and the entry's own columns go.
+ * Takes a database back to schema version 13: the release triggers come back (step 15), every
+ * message its entry held alone (step 14) gets its `messages` row again, and the entry's own
+ * columns go.
  */
 function toVersion13(db: Database.Database): void {
   db.exec(`
+    CREATE TRIGGER inbox_unref AFTER DELETE ON inbox WHEN old.message IS NOT NULL BEGIN
+      UPDATE messages SET refs = refs - 1 WHERE id = old.message;
+      DELETE FROM messages WHERE id = old.message AND refs <= 0;
+    END;
+    CREATE TRIGGER inbox_unref_event AFTER DELETE ON inbox WHEN old.event IS NOT NULL BEGIN
+      UPDATE group_events SET refs = refs - 1 WHERE id = old.event;
+      DELETE FROM group_events WHERE id = old.event AND refs <= 0;
+    END;
     INSERT INTO messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
       SELECT from_user, from_device, msg_id, to_user, 0, seq, ts, body, 1 FROM inbox WHERE msg_id IS NOT NULL;
     UPDATE inbox SET body = NULL, message = (
@@ -589,6 +598,25 @@ describe('sqlite server store', () => {
     expect(look.count('inbox')).toBe(0);
     expect(await store.registerDevice(carol1, 5000)).toEqual({ count: 1, notify: [carol1] });
     expect(refs()).toEqual([1]); // a new device's snapshot
+    look.close();
+    await store.close();
+  });
+
+  it('a removed device and expiry release the group events and bodies their entries referenced', async () => {
+    const file = freshFile();
+    const store = sqliteServerStore({ path: file });
+    for (const d of [alice1, bob1, bob2]) await store.registerDevice(d, 1);
+    await store.append([groupItem('r1', { op: 'create', name: 'G', members: ['bob'] })], 1000);
+    await store.append([{ ...msg('m1'), to: 'g', group: true }], 1500);
+    const look = peek(file);
+    const refs = (table: string) => look.db.prepare(`SELECT refs FROM ${table}`).all();
+    expect([refs('group_events'), refs('messages')]).toEqual([[{ refs: 3 }], [{ refs: 2 }]]);
+    expect(await store.unregisterDevice(bob2)).toBe(true);
+    expect([refs('group_events'), refs('messages')]).toEqual([[{ refs: 2 }], [{ refs: 1 }]]);
+    expect((await store.expire(2000, 9000)).count).toBe(3); // the event twice, the message once
+    // What is left is what expiry wrote: the sender's `expired`, bob's gap notice.
+    for (const table of ['group_events', 'messages', 'delivered']) expect(look.count(table)).toBe(0);
+    expect(usageDrift(file)).toEqual([]);
     look.close();
     await store.close();
   });

@@ -68,6 +68,8 @@ export interface SlicerDeps {
   writer(): SliceWriter;
   /** Inserts a message entry: (dev, pos, ts, message, own body, size). */
   insertEntry: Statement;
+  /** Takes `n` references from a shared body, which goes with its last (the store's one rule). */
+  releaseMessage(id: number, n: number): void;
 }
 
 /** The part of an item's outcome its later slices extend. */
@@ -115,8 +117,6 @@ export function fanoutSlicer(d: SlicerDeps) {
       'SELECT message, ts, size, devs FROM fanouts WHERE from_user = ? AND from_device = ? AND msg_id = ?',
     ),
     lastOffset: d.q('SELECT last_offset FROM devices WHERE id = ?'),
-    unref: d.q('UPDATE messages SET refs = refs - ? WHERE id = ?'),
-    dropUnref: d.q('DELETE FROM messages WHERE id = ? AND refs <= 0'),
   };
   /** Entries and bytes of jobs in flight not yet written, per device. */
   const reserved = new Map<number, InboxUsage>();
@@ -166,10 +166,7 @@ export function fanoutSlicer(d: SlicerDeps) {
       d.insertEntry.run(dev, offset, job.ts, job.message, null, job.size);
       written.push([i, offset]);
     }
-    if (gone > 0) {
-      sql.unref.run(gone, job.message);
-      sql.dropUnref.run(job.message);
-    }
+    if (gone > 0) d.releaseMessage(job.message, gone);
     if (end === job.devs.length) {
       sql.finish.run(job.message);
       sql.finishDone.run(job.message);

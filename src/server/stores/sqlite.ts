@@ -52,10 +52,11 @@
  * `inbox_ts` and `dedupe_ts` (expiry), `dedupe` by its key (dedupe), `devices` by `(user, device)`,
  * `group_members` by `(group_id, user)` and by `user` (membership, fan-out, `groupsOf`), `prekeys`
  * and `kyber_prekeys` by `(dev, key_id)` (re-uploads) and by `dev` (claims, oldest first).
- * Triggers on inbox deletes decrement `messages.refs` and `group_events.refs` and delete the body
- * or event with its last reference, one on message deletes drops its `delivered` rows, and one on
- * device deletes drops the device's keys, so no delete path can leak or drop any of them. No
- * foreign keys are declared (the triggers keep the tables consistent, and a foreign key from
+ * Every path that removes inbox entries releases what they reference through `releaseMessage` and
+ * `releaseEvent`, which decrement `messages.refs` and `group_events.refs` and delete the body or
+ * event with its last reference (triggers on inbox deletes did until step 15); a trigger on
+ * message deletes drops its `delivered` rows, and one on device deletes drops the device's keys.
+ * No foreign keys are declared (the store keeps the tables consistent, and a foreign key from
  * `inbox.message` would cost an extra index for every body delete), so the connection's
  * `foreign_keys` setting does not matter.
  *
@@ -263,29 +264,39 @@ interface InboxRow {
   event_data: Uint8Array | null;
 }
 
-/** An inbox entry with what expiry needs to know about its message. */
-interface EntryRow {
-  dev: number;
+/** An entry as removing it needs it: where it is, its bytes, what it references. */
+interface StoredEntry {
   pos: number;
-  /** Body bytes the entry holds of its own (see `inbox.size`). */
+  /** Body bytes the entry counts for (see `inbox.size`). */
   size: number;
+  /** The shared body it references, if any. */
+  message: number | null;
+  /** The stored group event it references, if any. */
+  event: number | null;
+}
+
+/** An inbox entry with what expiry needs to know about its message. */
+interface EntryRow extends StoredEntry {
+  dev: number;
   /** The device's user. */
   owner?: string | null;
-  message: number | null;
   from_user: string | null;
   msg_id: string | null;
 }
 
-/** An acked entry (see `entriesAcked`). */
-interface AckedRow {
-  pos: number;
-  /** Body bytes the entry holds of its own (see `inbox.size`). */
-  size: number;
-  message: number | null;
+/** An entry an ack took out (see `entriesTaken`). */
+interface TakenRow extends StoredEntry {
+  /** The sender and id of a message stored in the entry alone (step 14). */
   from_user: string | null;
   msg_id: string | null;
-  /** Inbox entries still referencing the message. */
-  refs: number | null;
+}
+
+/** A shared message as an ack reads it (see `ackedMessage`). */
+interface AckedMessage {
+  from_user: string;
+  msg_id: string;
+  /** Inbox entries still referencing it (the acked one included). */
+  refs: number;
   /** 1 when the acking user was already accounted for (a `delivered` row), else 0. */
   told: number;
 }
@@ -484,24 +495,31 @@ export function sqliteServerStore(
      * message: its sender, id, references and whether the acking user (the first parameter) was
      * already accounted for.
      */
-    entriesAcked: q(
-      `SELECT i.pos, i.size, i.message, coalesce(m.from_user, i.from_user) AS from_user,
-              coalesce(m.msg_id, i.msg_id) AS msg_id, coalesce(m.refs, 1) AS refs,
-              i.message IS NOT NULL
-                AND EXISTS (SELECT 1 FROM delivered d WHERE d.message = i.message AND d.user = ?) AS told
-       FROM inbox i LEFT JOIN messages m ON m.id = i.message
-       WHERE i.dev = ? AND i.pos BETWEEN ? AND ? ORDER BY i.pos`,
+    entriesTaken: q(
+      `DELETE FROM inbox WHERE dev = ? AND pos BETWEEN ? AND ?
+       RETURNING pos, size, message, event, from_user, msg_id`,
+    ),
+    /** What an ack needs of a shared message: its sender, id, references, and whether the user was told. */
+    ackedMessage: q(
+      `SELECT from_user, msg_id, refs,
+              EXISTS (SELECT 1 FROM delivered WHERE message = m.id AND user = ?) AS told
+       FROM messages m WHERE id = ?`,
     ),
     entryDelete: q('DELETE FROM inbox WHERE dev = ? AND pos = ?'),
+    messageDelete: q('DELETE FROM messages WHERE id = ?'),
+    messageUnref: q('UPDATE messages SET refs = refs - ? WHERE id = ?'),
+    messageDrop: q('DELETE FROM messages WHERE id = ? AND refs <= 0'),
+    eventUnref: q('UPDATE group_events SET refs = refs - ? WHERE id = ?'),
+    eventDrop: q('DELETE FROM group_events WHERE id = ? AND refs <= 0'),
     /** A device's `inbox_full` gap notices (see migration 8). */
     fullNotices: q(
-      `SELECT pos, size, ids FROM inbox WHERE dev = ? AND status = '${GAP_ROW_STATUS}' AND by_user = 'inbox_full' ORDER BY pos`,
+      `SELECT pos, size, message, event, ids FROM inbox WHERE dev = ? AND status = '${GAP_ROW_STATUS}' AND by_user = 'inbox_full' ORDER BY pos`,
     ),
-    inboxDelete: q('DELETE FROM inbox WHERE dev = ?'),
+    inboxTake: q('DELETE FROM inbox WHERE dev = ? RETURNING message, event'),
     /** Marks (message, user) as told; `changes` is 0 when it already was (delivered once). */
     markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
     expiredEntries: q(
-      `SELECT i.dev, i.pos, i.size, i.message, i.status, i.ids, d.user AS owner, d.device AS owner_device,
+      `SELECT i.dev, i.pos, i.size, i.message, i.event, i.status, i.ids, d.user AS owner, d.device AS owner_device,
               ${OWN_OR_SHARED}, m.to_group
        FROM inbox i
        LEFT JOIN devices d ON d.id = i.dev
@@ -682,7 +700,7 @@ export function sqliteServerStore(
       check();
     }
   };
-  const slicer = fanoutSlicer({ q, tx, writer, insertEntry: sql.entryMessageInsert });
+  const slicer = fanoutSlicer({ q, tx, writer, insertEntry: sql.entryMessageInsert, releaseMessage });
 
   /**
    * The per-transaction view of device lists and offset counters. Offsets come from the device's
@@ -739,9 +757,8 @@ export function sqliteServerStore(
           bytes: base.bytes + (a?.bytes ?? 0) + (r?.bytes ?? 0),
         };
       },
-      /** Deletes an entry of `size` body bytes (its message or event is released by trigger). */
-      remove(dev: number, pos: number, size: number): void {
-        sql.entryDelete.run(dev, pos);
+      /** An entry of `size` body bytes was removed from a device's inbox (see `removeEntry`). */
+      removed(dev: number, size: number): void {
         const a = added.get(dev);
         if (a) {
           a.entries -= 1;
@@ -768,6 +785,36 @@ export function sqliteServerStore(
     };
   }
   type Writer = ReturnType<typeof writer>;
+
+  /**
+   * A shared message body loses `n` of its inbox references and goes with its last (with its
+   * `delivered` rows, by trigger). `refs`, when the caller read it in this transaction, spares the
+   * count-down of a last reference. Every path that removes entries releases through here or
+   * `releaseEvent` (acks, expiry, a full inbox's notices, a removed device, a device gone between
+   * a group message's slices).
+   */
+  function releaseMessage(id: number, n = 1, refs?: number): void {
+    if (refs === n) {
+      sql.messageDelete.run(id);
+      return;
+    }
+    sql.messageUnref.run(n, id);
+    sql.messageDrop.run(id);
+  }
+
+  /** A stored group event loses `n` references and goes with its last. */
+  function releaseEvent(id: number, n = 1): void {
+    sql.eventUnref.run(n, id);
+    sql.eventDrop.run(id);
+  }
+
+  /** Removes one entry: its usage through the writer, what it referenced released. */
+  function removeEntry(w: Writer, dev: number, e: StoredEntry): void {
+    sql.entryDelete.run(dev, e.pos);
+    w.removed(dev, e.size);
+    if (e.message !== null) releaseMessage(e.message);
+    if (e.event !== null) releaseEvent(e.event);
+  }
 
   /** Appends a status entry to a device's inbox; returns its offset. */
   function pushStatus(
@@ -965,8 +1012,8 @@ export function sqliteServerStore(
     if (skipped.length === 0) return { ok: true, ts: now, duplicate: false, notify, offsets };
     const m = { from: item.from, to: item.to, group: item.group === true, seq: item.seq };
     for (const t of skipped) {
-      const held = sql.fullNotices.all(t.id) as Array<{ pos: number; size: number; ids: string | null }>;
-      for (const r of held) w.remove(t.id, r.pos, r.size);
+      const held = sql.fullNotices.all(t.id) as Array<StoredEntry & { ids: string | null }>;
+      for (const r of held) removeEntry(w, t.id, r);
       const notices = extendFullNotices(
         held.map((r) => decodeGapStreams(r.ids ?? '[]')),
         [m],
@@ -1065,7 +1112,7 @@ export function sqliteServerStore(
 
   function toEntry(r: InboxRow): InboxEntry | undefined {
     if (r.message !== null || r.msg_id !== null) {
-      if (r.from_user === null) return undefined; // unreachable: the trigger keeps refs right
+      if (r.from_user === null) return undefined; // unreachable: releases keep refs right
       const out: InboxEntry = {
         offset: r.pos,
         kind: 'msg',
@@ -1080,7 +1127,7 @@ export function sqliteServerStore(
       return out;
     }
     if (r.event !== null) {
-      if (r.event_data === null) return undefined; // unreachable: the trigger keeps refs right
+      if (r.event_data === null) return undefined; // unreachable: releases keep refs right
       return { offset: r.pos, kind: 'group', event: decodeEvent(r.event_data), ts: r.ts };
     }
     if (r.status === GAP_ROW_STATUS) {
@@ -1126,7 +1173,7 @@ export function sqliteServerStore(
             return message === null || sql.markDelivered.run(message, owner).changes === 1;
           });
         }
-        w.remove(r.dev, r.pos, r.size);
+        removeEntry(w, r.dev, r);
       }
       fanOut(w, expired, 'expired', now, notify);
       for (const d of gaps.notices()) {
@@ -1155,8 +1202,15 @@ export function sqliteServerStore(
 
   /** Removes a device (or a pending inbox) inside the caller's transaction. */
   function dropDevice(dev: number): void {
-    sql.inboxDelete.run(dev); // the triggers release bodies and events
-    sql.deviceDelete.run(dev); // and the device's keys and push token
+    const messages = new Map<number, number>();
+    const events = new Map<number, number>();
+    for (const r of sql.inboxTake.all(dev) as Array<Pick<StoredEntry, 'message' | 'event'>>) {
+      if (r.message !== null) messages.set(r.message, (messages.get(r.message) ?? 0) + 1);
+      if (r.event !== null) events.set(r.event, (events.get(r.event) ?? 0) + 1);
+    }
+    for (const [id, n] of messages) releaseMessage(id, n);
+    for (const [id, n] of events) releaseEvent(id, n);
+    sql.deviceDelete.run(dev); // its triggers drop the device's keys and push token
   }
 
   /** Acks waiting for the next group commit. */
@@ -1170,23 +1224,26 @@ export function sqliteServerStore(
     let count = 0;
     // sender user → ids newly delivered to this (recipient) user
     const delivered: Groups = new Map();
-    // A client acks what it read, in order: one read per run of consecutive offsets, not per
-    // entry. The deletes stay one per entry: a ranged DELETE on a table with triggers first
-    // collects its keys in a temporary table, costlier than the ten single deletes it replaces.
+    // A client acks what it read, in order: one statement per run of consecutive offsets takes
+    // the run's entries out and returns them (in no set order: sorted here).
     for (const [lo, hi] of offsetRuns(a.offsets)) {
-      for (const e of sql.entriesAcked.all(user, dev, lo, hi) as AckedRow[]) {
-        // Marked before the delete: the delete may take the message (and its marks) with it. The
-        // last entry of a message (a 1:1 message to one device) only looks: its mark would go
-        // with the message in the same transaction, a row written and deleted for nothing.
-        if (e.from_user !== null) {
+      const taken = sql.entriesTaken.all(dev, lo, hi) as TakenRow[];
+      if (taken.length > 1) taken.sort((x, y) => x.pos - y.pos);
+      for (const e of taken) {
+        w.removed(dev, e.size);
+        if (e.message !== null) {
+          // A shared body: the user is told once, by whichever of its devices acks first. The last
+          // reference only looks (its mark would go with the message in this transaction).
+          const m = sql.ackedMessage.get(user, e.message) as AckedMessage;
           const message = e.message;
-          tellSender(delivered, { from: e.from_user, id: e.msg_id! }, user, () =>
-            e.refs === 1 || message === null
-              ? e.told === 0
-              : sql.markDelivered.run(message, user).changes === 1,
+          tellSender(delivered, { from: m.from_user, id: m.msg_id }, user, () =>
+            m.refs === 1 ? m.told === 0 : sql.markDelivered.run(message, user).changes === 1,
           );
+          releaseMessage(message, 1, m.refs);
+        } else if (e.from_user !== null) {
+          tellSender(delivered, { from: e.from_user, id: e.msg_id! }, user, () => true); // its only entry
         }
-        w.remove(dev, e.pos, e.size);
+        if (e.event !== null) releaseEvent(e.event);
         count++;
       }
     }
