@@ -284,9 +284,9 @@ export const MIGRATIONS: readonly SqliteMigration[] = [
     `),
   // 15: the store releases shared bodies and group events itself (\`releaseMessage\`,
   // \`releaseEvent\`), not by triggers on inbox deletes: with no trigger on \`inbox\`, an ack
-  // deletes a run of entries in one statement that returns them, where each entry took a delete
-  // of its own (a ranged delete on a table with triggers first collects its keys in a temporary
-  // table). Bodies and events removed devices referenced are released by \`dropDevice\`.
+  // deletes a run of entries with one statement, where each entry took a delete of its own (a
+  // ranged delete on a table with triggers first collects its keys in a temporary table). Bodies
+  // and events removed devices referenced are released by \`dropDevice\`.
   (db) => db.exec('DROP TRIGGER inbox_unref; DROP TRIGGER inbox_unref_event;'),
 ];
 
