@@ -490,11 +490,6 @@ export function sqliteServerStore(
        WHERE i.dev = (SELECT id FROM devices WHERE user = ? AND device = ?) AND i.pos > ?
        ORDER BY i.pos LIMIT ?`,
     ),
-    /**
-     * The entries of one run of acked offsets (see `offsetRuns`), with what the ack needs of each
-     * message: its sender, id, references and whether the acking user (the first parameter) was
-     * already accounted for.
-     */
     /** The entries of one run of acked offsets (see `offsetRuns`), then their delete. */
     entriesAcked: q(
       `SELECT pos, size, message, event, from_user, msg_id FROM inbox
@@ -1236,12 +1231,15 @@ export function sqliteServerStore(
         if (e.message !== null) {
           // A shared body: the user is told once, by whichever of its devices acks first. The last
           // reference only looks (its mark would go with the message in this transaction).
-          const m = sql.ackedMessage.get(user, e.message) as AckedMessage;
+          // (No row is unreachable: releases keep refs right.)
+          const m = sql.ackedMessage.get(user, e.message) as AckedMessage | undefined;
           const message = e.message;
-          tellSender(delivered, { from: m.from_user, id: m.msg_id }, user, () =>
-            m.refs === 1 ? m.told === 0 : sql.markDelivered.run(message, user).changes === 1,
-          );
-          releaseMessage(message, 1, m.refs);
+          if (m !== undefined) {
+            tellSender(delivered, { from: m.from_user, id: m.msg_id }, user, () =>
+              m.refs === 1 ? m.told === 0 : sql.markDelivered.run(message, user).changes === 1,
+            );
+            releaseMessage(message, 1, m.refs);
+          }
         } else if (e.from_user !== null) {
           tellSender(delivered, { from: e.from_user, id: e.msg_id! }, user, () => true); // its only entry
         }
