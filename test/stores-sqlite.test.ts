@@ -23,12 +23,14 @@ import { inboxUsage, usageDrift } from './fixtures/sqlite-usage.js';
 import { migrate, type SqliteDatabase, type SqliteStatement } from '../src/util/sqlite.js';
 
 /**
- * Takes a database back to schema version 13: the release triggers come back (step 15), every
+ * Takes a database back to schema version 13: the index on `inbox.ts` (step 16) and the release
+ * triggers (step 15) come back, every
  * message its entry held alone (step 14) gets its `messages` row again, and the entry's own
  * columns go.
  */
 function toVersion13(db: Database.Database): void {
   db.exec(`
+    CREATE INDEX inbox_ts ON inbox (ts);
     CREATE TRIGGER inbox_unref AFTER DELETE ON inbox WHEN old.message IS NOT NULL BEGIN
       UPDATE messages SET refs = refs - 1 WHERE id = old.message;
       DELETE FROM messages WHERE id = old.message AND refs <= 0;
@@ -599,6 +601,38 @@ describe('sqlite server store', () => {
     expect(await store.registerDevice(carol1, 5000)).toEqual({ count: 1, notify: [carol1] });
     expect(refs()).toEqual([1]); // a new device's snapshot
     look.close();
+    await store.close();
+  });
+
+  it('expiry walks each inbox by offset: an entry a stepped-back clock stamped older expires with the one before it, never skipped', async () => {
+    const store = sqliteServerStore({ path: freshFile(), expiryBatchSize: 1 });
+    for (const d of [alice1, bob1]) await store.registerDevice(d, 1);
+    await store.append([msg('m1')], 2000);
+    await store.append([msg('m2', 2)], 1000); // the clock went back
+    await store.append([msg('m3', 3)], 3000);
+    expect((await store.expire(1500, 4000)).count).toBe(0); // m2 waits behind m1
+    expect((await store.expire(2500, 4000)).count).toBe(2);
+    const left = await store.readInbox(bob1, 0, 10);
+    expect(left.filter((e) => e.kind === 'msg').map((e) => (e as { id: string }).id)).toEqual(['m3']);
+    await store.close();
+  });
+
+  it('expiry in steps smaller than the devices and their backlogs removes every expired entry and no other', async () => {
+    const file = freshFile();
+    const store = sqliteServerStore({ path: file, expiryBatchSize: 2 });
+    const readers = Array.from({ length: 5 }, (_, i) => ({ user: `r${i}`, device: 'd' }));
+    for (const d of [alice1, ...readers]) await store.registerDevice(d, 1);
+    let seq = 0;
+    for (const ts of [1000, 1100, 1200, 5000]) {
+      for (const r of readers) await store.append([{ ...msg(`${r.user}-${ts}`, ++seq), to: r.user }], ts);
+    }
+    expect((await store.expire(2000, 6000)).count).toBe(15);
+    for (const r of readers) {
+      const ids = (await store.readInbox(r, 0, 10)).flatMap((e) => (e.kind === 'msg' ? [e.id] : []));
+      expect(ids).toEqual([`${r.user}-5000`]);
+    }
+    expect(usageDrift(file)).toEqual([]);
+    expect((await store.expire(2000, 6000)).count).toBe(0);
     await store.close();
   });
 

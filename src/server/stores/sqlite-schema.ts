@@ -288,6 +288,11 @@ export const MIGRATIONS: readonly SqliteMigration[] = [
   // ranged delete on a table with triggers first collects its keys in a temporary table). Bodies
   // and events removed devices referenced are released by \`dropDevice\`.
   (db) => db.exec('DROP TRIGGER inbox_unref; DROP TRIGGER inbox_unref_event;'),
+  // 16: expiry walks the devices whose \`entries\` counters are not zero and each inbox by offset
+  // (the hourly job reads each such device once), so no index on \`inbox.ts\` is kept up on every
+  // entry written and deleted. Offsets follow commit order: an entry a clock stepped back
+  // stamped older than the one before it expires with that one, later, never skipped.
+  (db) => db.exec('DROP INDEX inbox_ts;'),
 ];
 
 /** The `PRAGMA user_version` of a database the SQLite server store has fully migrated. */

@@ -275,15 +275,6 @@ interface StoredEntry {
   event: number | null;
 }
 
-/** An inbox entry with what expiry needs to know about its message. */
-interface EntryRow extends StoredEntry {
-  dev: number;
-  /** The device's user. */
-  owner?: string | null;
-  from_user: string | null;
-  msg_id: string | null;
-}
-
 /** An entry an ack takes out (see `entriesAcked`). */
 interface TakenRow extends StoredEntry {
   /** The sender and id of a message stored in the entry alone (step 14). */
@@ -301,15 +292,33 @@ interface AckedMessage {
   told: number;
 }
 
-/** A removed entry as expiry reads it: also its device and, for a message, its stream. */
-interface ExpiredRow extends EntryRow {
-  owner_device: string | null;
+/** An entry as expiry reads it: also its commit time and, for a message, its stream. */
+interface ExpiredRow extends StoredEntry {
+  ts: number;
+  from_user: string | null;
+  msg_id: string | null;
   from_device: string | null;
   to_user: string | null;
   to_group: number | null;
   seq: number | null;
   status: string | null;
   ids: string | null;
+}
+
+/** A device whose inbox expiry walks. */
+interface ExpiryDevice {
+  id: number;
+  user: string;
+  device: string;
+}
+
+/**
+ * Where one `expire` call's walk over the devices is: past row `after`; `done` once a step saw
+ * the last device with entries.
+ */
+interface ExpiryWalk {
+  after: number;
+  done: boolean;
 }
 
 /** What one append transaction slices (see `slicing` in the store). */
@@ -515,13 +524,15 @@ export function sqliteServerStore(
     inboxTake: q('DELETE FROM inbox WHERE dev = ? RETURNING message, event'),
     /** Marks (message, user) as told; `changes` is 0 when it already was (delivered once). */
     markDelivered: q('INSERT OR IGNORE INTO delivered (message, user) VALUES (?, ?)'),
-    expiredEntries: q(
-      `SELECT i.dev, i.pos, i.size, i.message, i.event, i.status, i.ids, d.user AS owner, d.device AS owner_device,
-              ${OWN_OR_SHARED}, m.to_group
-       FROM inbox i
-       LEFT JOIN devices d ON d.id = i.dev
-       LEFT JOIN messages m ON m.id = i.message
-       WHERE i.ts < ? ORDER BY i.ts LIMIT ?`,
+    /** Devices whose inboxes hold entries, in row order after a cursor (expiry's walk). */
+    devicesWithEntries: q(
+      'SELECT id, user, device FROM devices WHERE id > ? AND entries > 0 ORDER BY id LIMIT ?',
+    ),
+    /** A device's oldest entries by offset (expiry takes those committed before its cutoff). */
+    oldestEntries: q(
+      `SELECT i.pos, i.ts, i.size, i.message, i.event, i.status, i.ids, ${OWN_OR_SHARED}, m.to_group
+       FROM inbox i LEFT JOIN messages m ON m.id = i.message
+       WHERE i.dev = ? ORDER BY i.pos LIMIT ?`,
     ),
     expireDedupe: q(
       `DELETE FROM dedupe WHERE (msg_id, from_user, from_device) IN
@@ -1142,35 +1153,35 @@ export function sqliteServerStore(
   }
 
   /**
-   * One bounded expiry step, in one transaction: removes up to `expiryBatchSize` entries committed
-   * before `cutoff`, and tells the senders `expired` for each (message, recipient user) among them
-   * not yet accounted for. The `delivered` rows (not a per-call set) make "once per user" hold
+   * One bounded expiry step, in one transaction: walks on from `walk` over up to `expiryBatchSize`
+   * devices with entries (their `entries` counters say which), removes up to `expiryBatchSize`
+   * entries committed before `cutoff` from their inboxes, oldest first, and tells the senders
+   * `expired` for each (message, recipient user) among them not yet accounted for. The `delivered` rows (not a per-call set) make "once per user" hold
    * across steps; a message's rows go with its last entry.
    */
-  function expireStep(cutoff: number, now: number, notify: NotifySet): number {
+  function expireStep(cutoff: number, now: number, notify: NotifySet, walk: ExpiryWalk): number {
     return tx(() => {
       const w = writer();
-      const rows = sql.expiredEntries.all(cutoff, expiryBatchSize) as ExpiredRow[];
       const expired: Groups = new Map();
       const gaps = new GapCollector<number>();
-      for (const r of rows) {
-        if (r.status === GAP_ROW_STATUS && r.owner) {
-          gaps.carry(r.dev, { user: r.owner, device: r.owner_device! }, decodeGapStreams(r.ids ?? '[]'));
+      let removed = 0;
+      const devices = sql.devicesWithEntries.all(walk.after, expiryBatchSize) as ExpiryDevice[];
+      walk.done = devices.length < expiryBatchSize;
+      for (const d of devices) {
+        const room = expiryBatchSize - removed;
+        const rows = sql.oldestEntries.all(d.id, room) as ExpiredRow[];
+        // Up to the first entry not yet expired: offsets follow commit order, so one a clock
+        // stepped back stamped older than the entry before it waits for that one.
+        let n = rows.findIndex((r) => r.ts >= cutoff);
+        if (n < 0) n = rows.length;
+        const owner = { user: d.user, device: d.device };
+        for (let i = 0; i < n; i++) expireEntry(w, d.id, owner, rows[i]!, expired, gaps);
+        removed += n;
+        if (n === room && rows.length === room) {
+          walk.done = false; // the step is full: the next one starts at this device again
+          break;
         }
-        if (r.from_user !== null && r.owner) {
-          const from = { user: r.from_user, device: r.from_device! };
-          const stream = { from, to: r.to_user!, group: r.to_group === 1, seq: r.seq! };
-          gaps.add(r.dev, { user: r.owner, device: r.owner_device! }, stream);
-        }
-        // Marked before the delete: the delete may take the message (and its marks) with it.
-        if (r.from_user !== null && r.owner) {
-          const [message, owner] = [r.message, r.owner];
-          // A message of its own (no `messages` row) is this entry alone: told once by its expiry.
-          tellSender(expired, { from: r.from_user, id: r.msg_id! }, owner, () => {
-            return message === null || sql.markDelivered.run(message, owner).changes === 1;
-          });
-        }
-        removeEntry(w, r.dev, r);
+        walk.after = d.id;
       }
       fanOut(w, expired, 'expired', now, notify);
       for (const d of gaps.notices()) {
@@ -1178,8 +1189,31 @@ export function sqliteServerStore(
         notify.add(d.addr);
       }
       w.flush();
-      return rows.length;
+      return removed;
     });
+  }
+
+  /** Removes one expired entry of `owner`'s inbox, telling its sender and collecting its gap. */
+  function expireEntry(
+    w: Writer,
+    dev: number,
+    owner: DeviceAddress,
+    r: ExpiredRow,
+    expired: Groups,
+    gaps: GapCollector<number>,
+  ): void {
+    if (r.status === GAP_ROW_STATUS) gaps.carry(dev, owner, decodeGapStreams(r.ids ?? '[]'));
+    if (r.from_user !== null) {
+      const from = { user: r.from_user, device: r.from_device! };
+      gaps.add(dev, owner, { from, to: r.to_user!, group: r.to_group === 1, seq: r.seq! });
+      // Marked before the delete: the delete may take the message (and its marks) with it. A
+      // message of its own (no `messages` row) is this entry alone: told once by its expiry.
+      const message = r.message;
+      tellSender(expired, { from: r.from_user, id: r.msg_id! }, owner.user, () => {
+        return message === null || sql.markDelivered.run(message, owner.user).changes === 1;
+      });
+    }
+    removeEntry(w, dev, r);
   }
 
   /**
@@ -1495,10 +1529,10 @@ export function sqliteServerStore(
       let count = 0;
       // Bounded steps, each its own transaction, with the event loop free in between. A store
       // closed mid-way stops early; the rest expires on the next call.
+      const walk: ExpiryWalk = { after: 0, done: false };
       for (;;) {
-        const removed = expireStep(cutoff, now, notify);
-        count += removed;
-        if (removed < expiryBatchSize) break;
+        count += expireStep(cutoff, now, notify, walk);
+        if (walk.done) break;
         await yieldToEventLoop();
         if (closed) return { count, notify: notify.list };
       }
