@@ -49,7 +49,7 @@
  * | `fanouts`, `fanout_done` | `message` (rowid), `from_user`, `from_device`, `msg_id`, `ts`, `size`, `devs`; `message`, `done` | a group message written in slices: the devices still to write when its first transaction committed (`devs`, JSON) and how many of them are written (`done`, a row of its own that each slice rewrites); gone with its last slice |
  *
  * Indexes: `inbox` by `(dev, pos)` (reads and acks; `dev` is the `devices` row of `(user, device)`),
- * `inbox_ts` and `dedupe_ts` (expiry), `dedupe` by its key (dedupe), `devices` by `(user, device)`,
+ * `dedupe_ts` (expiry; the inbox's walks devices by `entries` and each inbox by offset), `dedupe` by its key (dedupe), `devices` by `(user, device)`,
  * `group_members` by `(group_id, user)` and by `user` (membership, fan-out, `groupsOf`), `prekeys`
  * and `kyber_prekeys` by `(dev, key_id)` (re-uploads) and by `dev` (claims, oldest first).
  * Every path that removes inbox entries releases what they reference through `releaseMessage` and
