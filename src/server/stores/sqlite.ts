@@ -28,7 +28,8 @@
  * step 11 added `fanouts` and `fanout_done`, the group messages whose slices are not all written, see sqlite-fanout.ts;
  * step 12 keyed `dedupe` by message id first, see below; step 13 made the writer shrink the
  * counters too, once per device and transaction; step 14 stores a 1:1 message with one entry in
- * that entry alone, see `inbox` below):
+ * that entry alone, see `inbox` below; step 15 dropped the release triggers, see below; step 16
+ * the index on `inbox.ts`, see `expireStep`):
  *
  * | table | columns | purpose |
  * | --- | --- | --- |
@@ -49,7 +50,8 @@
  * | `fanouts`, `fanout_done` | `message` (rowid), `from_user`, `from_device`, `msg_id`, `ts`, `size`, `devs`; `message`, `done` | a group message written in slices: the devices still to write when its first transaction committed (`devs`, JSON) and how many of them are written (`done`, a row of its own that each slice rewrites); gone with its last slice |
  *
  * Indexes: `inbox` by `(dev, pos)` (reads and acks; `dev` is the `devices` row of `(user, device)`),
- * `dedupe_ts` (expiry; the inbox's walks devices by `entries` and each inbox by offset), `dedupe` by its key (dedupe), `devices` by `(user, device)`,
+ * `dedupe_ts` (expiry; the inbox's walks devices by `entries` and each inbox by offset),
+ * `dedupe` by its key (dedupe), `devices` by `(user, device)`,
  * `group_members` by `(group_id, user)` and by `user` (membership, fan-out, `groupsOf`), `prekeys`
  * and `kyber_prekeys` by `(dev, key_id)` (re-uploads) and by `dev` (claims, oldest first).
  * Every path that removes inbox entries releases what they reference through `releaseMessage` and
@@ -1156,8 +1158,9 @@ export function sqliteServerStore(
    * One bounded expiry step, in one transaction: walks on from `walk` over up to `expiryBatchSize`
    * devices with entries (their `entries` counters say which), removes up to `expiryBatchSize`
    * entries committed before `cutoff` from their inboxes, oldest first, and tells the senders
-   * `expired` for each (message, recipient user) among them not yet accounted for. The `delivered` rows (not a per-call set) make "once per user" hold
-   * across steps; a message's rows go with its last entry.
+   * `expired` for each (message, recipient user) among them not yet accounted for. The
+   * `delivered` rows (not a per-call set) make "once per user" hold across steps; a message's
+   * rows go with its last entry. Every step removes an entry or moves the walk on.
    */
   function expireStep(cutoff: number, now: number, notify: NotifySet, walk: ExpiryWalk): number {
     return tx(() => {
