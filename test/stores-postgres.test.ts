@@ -538,6 +538,32 @@ describeWithServices('postgres server store', reason, () => {
       }
     });
 
+    it('expiry in steps smaller than the devices and their backlogs removes every expired entry and no other', async () => {
+      const schema = freshSchema();
+      const store = await openPostgresServerStore({ connectionString: URL, schema, expiryBatchSize: 2 });
+      try {
+        // Two devices first with nothing expired: a step can read devices and remove nothing.
+        const fresh = [0, 1].map((i) => ({ user: `f${i}`, device: 'd' }));
+        const readers = Array.from({ length: 5 }, (_, i) => ({ user: `r${i}`, device: 'd' }));
+        for (const d of [alice1, ...fresh, ...readers]) await store.registerDevice(d, 1);
+        for (const ts of [1000, 1100, 1200, 5000]) {
+          const to = ts === 5000 ? [...fresh, ...readers] : readers;
+          await store.append(
+            to.map((r) => ({ ...msg(`${r.user}-${ts}`), to: r.user })),
+            ts,
+          );
+        }
+        expect((await store.expire(2000, 6000)).count).toBe(15);
+        for (const r of [...fresh, ...readers]) {
+          const ids = (await store.readInbox(r, 0, 10)).flatMap((e) => (e.kind === 'msg' ? [e.id] : []));
+          expect(ids).toEqual([`${r.user}-5000`]);
+        }
+        expect((await store.expire(2000, 6000)).count).toBe(0);
+      } finally {
+        await store.close();
+      }
+    });
+
     it('a push token set on one node is known on another, replaced, removed, and gone with its device', async () => {
       const schema = freshSchema();
       const [a, b] = [await openPostgresServerStore({ connectionString: URL, schema }), await openOn(schema)];

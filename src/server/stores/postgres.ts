@@ -364,6 +364,15 @@ interface InboxRow {
 }
 
 /** A removed inbox entry with what ack and expiry need to know about its message. */
+/**
+ * Where one `expire` call's walk over the devices is: past head row `after`; `done` once a step
+ * saw the last device with entries.
+ */
+interface ExpiryWalk {
+  after: number;
+  done: boolean;
+}
+
 interface RemovedRow {
   dev: string;
   pos: string;
@@ -1568,17 +1577,35 @@ function postgresStore(
   }
 
   /**
-   * One bounded expiry step, in one transaction: removes up to `expiryBatchSize` entries committed
-   * before `cutoff` (skipping rows another transaction holds: an ack on another node), and tells
-   * the senders `expired` for each (message, recipient user) among them not yet accounted for.
+   * One bounded expiry step, in one transaction: walks on from `walk` over up to `expiryBatchSize`
+   * devices whose head rows count entries, removes up to `expiryBatchSize` of their entries
+   * committed before `cutoff`, each inbox by offset (skipping rows another transaction holds: an
+   * ack on another node), and tells the senders `expired` for each (message, recipient user) among
+   * them not yet accounted for. A full step ends at the device it stopped in, which the next step
+   * reads again; every step removes an entry or moves the walk on. (Schema step 9: no index on
+   * `inbox.ts` is written and deleted with every entry for an hourly job.)
    */
-  function expireStep(cutoff: number, now: number, notify: NotifySet): Promise<number> {
+  function expireStep(cutoff: number, now: number, notify: NotifySet, walk: ExpiryWalk): Promise<number> {
     return tx(async (c) => {
       const w = new Writer(c);
+      const devs = (
+        await rowsOf<{ dev: string }>(
+          c,
+          `SELECT dev FROM ${s}.inbox_heads WHERE dev > $1 AND entries > 0 ORDER BY dev LIMIT $2`,
+          [walk.after, expiryBatchSize],
+        )
+      ).map((r) => Number(r.dev));
+      walk.done = devs.length < expiryBatchSize;
+      if (devs.length === 0) return 0;
       const removed = await rowsOf<RemovedRow>(
         c,
         `WITH picked AS (
-           SELECT dev, pos FROM ${s}.inbox WHERE ts < $1 ORDER BY ts LIMIT $2 FOR UPDATE SKIP LOCKED
+           SELECT x.dev, x.pos FROM unnest($3::bigint[]) AS v(dev)
+           CROSS JOIN LATERAL (
+             SELECT dev, pos FROM ${s}.inbox
+             WHERE dev = v.dev AND ts < $1 ORDER BY pos LIMIT $2 FOR UPDATE SKIP LOCKED
+           ) x
+           ORDER BY x.dev, x.pos LIMIT $2
          ), del AS (
            DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
            RETURNING i.dev, i.pos, i.message, i.event, i.size, i.status, i.ids
@@ -1587,8 +1614,12 @@ function postgresStore(
                 m.from_device, m.to_user, m.to_group, m.seq
          FROM del JOIN ${s}.devices d ON d.id = del.dev LEFT JOIN ${s}.messages m ON m.id = del.message
          ORDER BY del.dev, del.pos`,
-        [cutoff, expiryBatchSize],
+        [cutoff, expiryBatchSize, devs],
       );
+      if (removed.length === expiryBatchSize) {
+        walk.done = false;
+        walk.after = Number(removed[removed.length - 1]!.dev) - 1; // its last device, read again
+      } else walk.after = devs[devs.length - 1]!;
       // Read before settle: it may delete the messages (the rows already carry their streams).
       const gaps = new GapCollector<number>();
       for (const r of removed) {
@@ -1921,10 +1952,10 @@ function postgresStore(
       let count = 0;
       // Bounded steps, each its own transaction. A store closed mid-way stops early; the rest
       // expires on the next call.
+      const walk: ExpiryWalk = { after: 0, done: false };
       for (;;) {
-        const removed = await expireStep(cutoff, now, notify);
-        count += removed;
-        if (removed < expiryBatchSize || closed) break;
+        count += await expireStep(cutoff, now, notify, walk);
+        if (walk.done || closed) break;
       }
       while (!closed) {
         const r = await track(
