@@ -110,6 +110,7 @@ import {
   receiptIds,
   snapshotOf,
   type ChangePlan,
+  type ExpiryWalk,
   type Groups,
   type GroupView,
   type KeysRow,
@@ -364,15 +365,6 @@ interface InboxRow {
 }
 
 /** A removed inbox entry with what ack and expiry need to know about its message. */
-/**
- * Where one `expire` call's walk over the devices is: past head row `after`; `done` once a step
- * saw the last device with entries.
- */
-interface ExpiryWalk {
-  after: number;
-  done: boolean;
-}
-
 interface RemovedRow {
   dev: string;
   pos: string;

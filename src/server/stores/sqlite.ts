@@ -132,6 +132,7 @@ import {
   receiptIds,
   snapshotOf,
   type ChangePlan,
+  type ExpiryWalk,
   type Groups,
   type GroupView,
   type KeysRow,
@@ -312,15 +313,6 @@ interface ExpiryDevice {
   id: number;
   user: string;
   device: string;
-}
-
-/**
- * Where one `expire` call's walk over the devices is: past row `after`; `done` once a step saw
- * the last device with entries.
- */
-interface ExpiryWalk {
-  after: number;
-  done: boolean;
 }
 
 /** What one append transaction slices (see `slicing` in the store). */
