@@ -1573,8 +1573,8 @@ function postgresStore(
    * devices whose head rows count entries, removes up to `expiryBatchSize` of their entries
    * committed before `cutoff`, each inbox by offset (skipping rows another transaction holds: an
    * ack on another node), and tells the senders `expired` for each (message, recipient user) among
-   * them not yet accounted for. A full step ends at the device it stopped in, which the next step
-   * reads again; every step removes an entry or moves the walk on. (Schema step 9: no index on
+   * them not yet accounted for. After a full step the next reads the same devices again; every
+   * step removes an entry or moves the walk on. (Schema step 9: no index on
    * `inbox.ts` is written and deleted with every entry for an hourly job.)
    */
   function expireStep(cutoff: number, now: number, notify: NotifySet, walk: ExpiryWalk): Promise<number> {
@@ -1597,7 +1597,7 @@ function postgresStore(
              SELECT dev, pos FROM ${s}.inbox
              WHERE dev = v.dev AND ts < $1 ORDER BY pos LIMIT $2 FOR UPDATE SKIP LOCKED
            ) x
-           ORDER BY x.dev, x.pos LIMIT $2
+           LIMIT $2
          ), del AS (
            DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
            RETURNING i.dev, i.pos, i.message, i.event, i.size, i.status, i.ids
@@ -1608,10 +1608,10 @@ function postgresStore(
          ORDER BY del.dev, del.pos`,
         [cutoff, expiryBatchSize, devs],
       );
-      if (removed.length === expiryBatchSize) {
-        walk.done = false;
-        walk.after = Number(removed[removed.length - 1]!.dev) - 1; // its last device, read again
-      } else walk.after = devs[devs.length - 1]!;
+      // A full step reads the same devices again (which of them it finished is not known: the
+      // pick stops at its limit without sorting, so it locks no more than it deletes).
+      if (removed.length === expiryBatchSize) walk.done = false;
+      else walk.after = devs[devs.length - 1]!;
       // Read before settle: it may delete the messages (the rows already carry their streams).
       const gaps = new GapCollector<number>();
       for (const r of removed) {

@@ -381,8 +381,9 @@ export function membershipMarks(
 /**
  * Where one `expire` call of a SQL store is in its walk over the devices with entries (row ids in
  * ascending order): past device `after`; `done` once a step saw the last of them. A step that
- * fills its batch leaves `after` before the device it stopped in, so the next step reads that
- * device again; every step removes an entry or moves `after` on.
+ * fills its batch leaves `after` before the device it stopped in (SQLite) or where it was
+ * (PostgreSQL), so the next step reads that device again; every step removes an entry or moves
+ * `after` on.
  * @internal
  */
 export interface ExpiryWalk {

@@ -790,18 +790,18 @@ export function sqliteServerStore(
 
   /**
    * A shared message body loses `n` of its inbox references and goes with its last (with its
-   * `delivered` rows, by trigger). `refs`, when the caller read it in this transaction, spares the
-   * count-down of a last reference. Every path that removes entries releases through here or
+   * `delivered` rows, by trigger). `refs`, when the caller read it in this transaction, decides
+   * which of the two it is with no second statement. Every path that removes entries releases through here or
    * `releaseEvent` (acks, expiry, a full inbox's notices, a removed device, a device gone between
    * a group message's slices).
    */
   function releaseMessage(id: number, n = 1, refs?: number): void {
-    if (refs === n) {
-      sql.messageDelete.run(id);
-      return;
+    if (refs === n) sql.messageDelete.run(id);
+    else if (refs !== undefined) sql.messageUnref.run(n, id);
+    else {
+      sql.messageUnref.run(n, id);
+      sql.messageDrop.run(id);
     }
-    sql.messageUnref.run(n, id);
-    sql.messageDrop.run(id);
   }
 
   /** A stored group event loses `n` references and goes with its last. */
