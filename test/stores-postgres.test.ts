@@ -126,7 +126,15 @@ describeWithServices('postgres server store', reason, () => {
             ADD PRIMARY KEY (from_user, from_device, msg_id);
           DROP TABLE group_invites;
           ALTER TABLE inbox_heads DROP COLUMN entries, DROP COLUMN bytes;
-          ALTER TABLE inbox DROP COLUMN size;
+          -- Before step 10 a message's one entry referenced a shared row like any other.
+          INSERT INTO messages (from_user, from_device, msg_id, to_user, to_group, seq, ts, body, refs)
+            SELECT from_user, from_device, msg_id, to_user, false, seq, ts, body, 1 FROM inbox WHERE msg_id IS NOT NULL;
+          UPDATE inbox SET body = NULL, message = (
+            SELECT m.id FROM messages m
+            WHERE (m.msg_id, m.from_user, m.from_device) = (inbox.msg_id, inbox.from_user, inbox.from_device)
+          ) WHERE msg_id IS NOT NULL;
+          ALTER TABLE inbox DROP COLUMN size, DROP COLUMN from_user, DROP COLUMN from_device,
+            DROP COLUMN msg_id, DROP COLUMN to_user, DROP COLUMN seq;
           DROP INDEX inbox_gaps;
           DROP TABLE action_counts;
           DELETE FROM postbox_schema WHERE version > 2;
@@ -508,6 +516,53 @@ describeWithServices('postgres server store', reason, () => {
           await store.ack(bob2, [e2!.offset], 2000);
           expect(await count(pool, schema, 'messages')).toBe(0);
           expect(await count(pool, schema, 'delivered')).toBe(0); // its marks went with it
+        });
+      } finally {
+        await store.close();
+      }
+    });
+
+    it('a 1:1 message with one entry is that entry alone, one with two entries shares one body, and acks and expiry leave no row behind', async () => {
+      const schema = freshSchema();
+      const store = await openOn(schema);
+      const bob2: DeviceAddress = { user: 'bob', device: 'b2' };
+      const carol1: DeviceAddress = { user: 'carol', device: 'c1' };
+      try {
+        for (const d of [alice1, bob1, carol1]) await store.registerDevice(d, 1);
+        await store.append([msg('m1')], 1000);
+        await withPool(async (pool) => expect(await count(pool, schema, 'messages')).toBe(0)); // bob has one device
+        const [one] = await store.readInbox(bob1, 0, 10);
+        expect(one).toMatchObject({ kind: 'msg', id: 'm1', from: alice1, to: 'bob', seq: 1, ts: 1000 });
+        expect(new TextDecoder().decode((one as { body: Uint8Array }).body)).toBe('m1');
+        expect((one as { group?: boolean }).group).toBeUndefined();
+        await store.registerDevice(bob2, 1001);
+        await store.append([msg('m2')], 1002);
+        await withPool(async (pool) =>
+          expect((await pool.query(`SELECT refs FROM "${schema}".messages`)).rows).toEqual([{ refs: 2 }]),
+        );
+        // The sender hears `delivered` once per user, whichever form the message was stored in.
+        const told = [
+          await store.ack(bob1, [one!.offset, 2], 1003),
+          await store.ack(bob2, [1], 1004),
+        ].flatMap((r) => r.entries ?? []);
+        expect(told.map((e) => e.entry)).toMatchObject([
+          { kind: 'status', status: 'delivered', ids: ['m1', 'm2'] },
+        ]);
+        // Expiry of a message in its one entry tells `expired` once and leaves nothing.
+        await store.append([msg('m3', alice1, 'carol')], 1005);
+        expect((await store.expire(2000, 3000)).count).toBe(2); // m3 and alice's ✓✓ entry
+        const expired = (await store.readInbox(alice1, 0, 100)).flatMap((e) =>
+          e.kind === 'status' && e.status === 'expired' ? e.ids : [],
+        );
+        expect(expired).toEqual(['m3']);
+        await withPool(async (pool) => {
+          expect((await count(pool, schema, 'messages')) + (await count(pool, schema, 'delivered'))).toBe(0);
+          const drift = await pool.query(
+            `SELECT h.dev FROM "${schema}".inbox_heads h
+             WHERE h.entries <> (SELECT count(*) FROM "${schema}".inbox WHERE dev = h.dev)
+                OR h.bytes <> (SELECT coalesce(sum(size), 0) FROM "${schema}".inbox WHERE dev = h.dev)`,
+          );
+          expect(drift.rows).toEqual([]);
         });
       } finally {
         await store.close();

@@ -6,13 +6,17 @@
  * @packageDocumentation
  */
 import type { DeviceAddress } from '../store.js';
+import { ownOrShared } from './postgres-heads.js';
 
 /** What the delete needs of a connection (see `PgQueryable` in postgres.ts). */
 interface Queryable {
   query(text: string, values?: unknown[]): Promise<{ rows: unknown[] }>;
 }
 
-/** A deleted entry, with what the ack needs of its message (null for other entries). */
+/**
+ * A deleted entry, with what the ack needs of its message (null for other entries): from the entry
+ * itself when it holds its message (`message` null), else from the shared row.
+ */
 export interface AckedRow {
   dev: string;
   pos: string;
@@ -59,9 +63,9 @@ export async function deleteAcked(
        ORDER BY i.dev, i.pos FOR UPDATE OF i
      ), del AS (
        DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
-       RETURNING i.dev, i.pos, i.message, i.event, i.size
+       RETURNING i.dev, i.pos, i.message, i.event, i.size, i.from_user, i.from_device, i.msg_id, i.to_user, i.seq
      )
-     SELECT del.*, x.n, m.from_user, m.msg_id
+     SELECT del.dev, del.pos, del.message, del.event, del.size, x.n, ${ownOrShared('del', 'm')}
      FROM del JOIN x ON x.dev = del.dev AND x.pos = del.pos LEFT JOIN ${s}.messages m ON m.id = del.message
      ORDER BY del.dev, del.pos`,
     [users, devices, positions, named],

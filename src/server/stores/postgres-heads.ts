@@ -31,6 +31,15 @@ export interface EntryValues {
   ids: string | null;
   by: string | null;
   size: number;
+  /**
+   * A 1:1 message stored in its one entry (schema step 10): its sender, id, recipient and
+   * sequence number, its body in `body`; absent for every other entry.
+   */
+  fromUser?: string;
+  fromDevice?: string;
+  msgId?: string;
+  toUser?: string;
+  seq?: number;
 }
 
 /**
@@ -47,6 +56,11 @@ const VALUE_COLUMNS = [
   ['ids', 'text', 'ids'],
   ['by_user', 'text', 'by'],
   ['size', 'int', 'size'],
+  ['from_user', 'text', 'fromUser'],
+  ['from_device', 'text', 'fromDevice'],
+  ['msg_id', 'text', 'msgId'],
+  ['to_user', 'text', 'toUser'],
+  ['seq', 'bigint', 'seq'],
 ] as const satisfies ReadonlyArray<readonly [string, string, keyof EntryValues]>;
 
 /** The value columns, for an insert's column list: `ts, message, …, size`. */
@@ -58,7 +72,17 @@ export const entryValueParams = (first: number): string =>
 
 /** The value columns' arrays for those parameters, one element per entry. */
 export const entryValueArrays = (entries: readonly EntryValues[]): unknown[] =>
-  VALUE_COLUMNS.map(([, , field]) => entries.map((e) => e[field]));
+  VALUE_COLUMNS.map(([, , field]) => entries.map((e) => e[field] ?? null));
+
+/**
+ * The columns of a message entry as one reads them, from the entry `i` when it holds its message
+ * (schema step 10) or else from the shared `messages` row `m` it references: `from_user`,
+ * `from_device`, `msg_id`, `to_user`, `seq`. NULL in all of them for any other entry.
+ */
+export const ownOrShared = (i: string, m: string): string =>
+  ['from_user', 'from_device', 'msg_id', 'to_user', 'seq']
+    .map((col) => `coalesce(${i}.${col}, ${m}.${col}) AS ${col}`)
+    .join(', ');
 
 /** The value columns of the `e` rows, for the insert's select list. */
 const E_VALUES = VALUE_COLUMNS.map(([c]) => `e.${c}`).join(', ');

@@ -80,7 +80,14 @@ import {
   type KeyedRow,
   type ReceiptRecord,
 } from './postgres-claim.js';
-import { ENTRY_VALUE_COLUMNS, entryValueArrays, entryValueParams, lockAndPlace } from './postgres-heads.js';
+import {
+  ENTRY_VALUE_COLUMNS,
+  type EntryValues,
+  entryValueArrays,
+  entryValueParams,
+  lockAndPlace,
+  ownOrShared,
+} from './postgres-heads.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import {
   decodeGapStreams,
@@ -401,18 +408,9 @@ interface WrittenStatuses {
   list: WrittenEntry[];
 }
 
-interface NewEntry {
-  dev: number;
-  ts: number;
-  message: number | null;
-  body: Uint8Array | null;
-  event: number | null;
+interface NewEntry extends EntryValues {
   /** An {@link EntryStatus}, or `'gap'` for a gap notice. */
   status: EntryStatus | typeof GAP_ROW_STATUS | null;
-  ids: string | null;
-  by: string | null;
-  /** Body bytes it counts for in its inbox's quota. */
-  size: number;
   /** The batch index of the client item it belongs to (checked against the quotas). */
   item?: number | undefined;
   /** The item's message, when it may skip a full device (see `placeItem`): what its notice names. */
@@ -1199,6 +1197,46 @@ function postgresStore(
     return queueEntries(w, item, targets, Number(row!.id), now);
   }
 
+  /**
+   * Whether a message is stored in its one entry (schema step 10): a 1:1 message, plain or end-to-end
+   * encrypted, with exactly one target device. Nothing is shared, so there is no `messages` row to
+   * write, count down and delete, and its ack needs no `delivered` mark: one entry is told once.
+   */
+  const inEntry = (item: MessageInput, targets: readonly unknown[]): boolean =>
+    targets.length === 1 && item.group !== true;
+
+  /** Queues a message's one entry holding the message itself (see `inEntry`); returns where its offset goes. */
+  function queueInEntry(
+    w: Writer,
+    item: MessageInput,
+    target: { dev: number; own: boolean },
+    now: number,
+    envelope?: Uint8Array,
+  ): number[] {
+    const offsets = [0];
+    const body = envelope ?? item.body;
+    w.add({
+      dev: target.dev,
+      own: target.own,
+      ts: now,
+      message: null,
+      body,
+      event: null,
+      status: null,
+      ids: null,
+      by: null,
+      size: body.byteLength,
+      fromUser: item.from.user,
+      fromDevice: item.from.device,
+      msgId: item.id,
+      toUser: item.to,
+      seq: item.seq,
+      sink: offsets,
+      slot: 0,
+    });
+    return offsets;
+  }
+
   /** Queues one entry per target referencing body `message`; returns where their offsets go. */
   function queueEntries(
     w: Writer,
@@ -1337,7 +1375,11 @@ function postgresStore(
     now: number,
   ): AppendOutcome {
     const own = targets.devices.map((t) => ({ dev: t.id, own: t.user === item.from.user }));
-    const offsets = id > 0 ? queueEntries(w, item, own, id, now, targets.bodies) : [];
+    const offsets = inEntry(item, targets.devices)
+      ? queueInEntry(w, item, own[0]!, now, targets.bodies?.[0])
+      : id > 0
+        ? queueEntries(w, item, own, id, now, targets.bodies)
+        : [];
     if (targets.consent) w.relate(item.from.user, item.to);
     const notify = targets.devices.map((t) => ({ user: t.user, device: t.device }));
     return { ok: true, ts: now, duplicate: false, notify, offsets };
@@ -1412,7 +1454,8 @@ function postgresStore(
         const plan = planMessage(item, reads);
         if (!plan.ok) return refuse(index, plan);
         const { targets: devices, bodies, consent } = plan;
-        const refs = devices.length;
+        // A message with one entry keeps its body there: no shared row to count (see `commitClaimed`).
+        const refs = inEntry(item, devices) ? 0 : devices.length;
         if (bodies) {
           items.set(index, { id: null, targets: { devices, bodies, consent } });
           claims.push({ index, item, refs, body: EMPTY });
@@ -1536,12 +1579,18 @@ function postgresStore(
     c: PgQueryable,
     parts: Array<{ removed: RemovedRow[]; user: (r: RemovedRow) => string; out: Groups }>,
   ) {
-    const marks = parts
-      .flatMap((p) =>
-        p.removed
-          .filter((r) => r.message !== null && r.from_user !== null && tellsSender(r.from_user, p.user(r)))
-          .map((r) => ({ r, user: p.user(r), out: p.out })),
-      )
+    const told = parts.flatMap((p) =>
+      p.removed
+        .filter((r) => r.from_user !== null && tellsSender(r.from_user, p.user(r)))
+        .map((r) => ({ r, user: p.user(r), out: p.out })),
+    );
+    // A message stored in its one entry is told once by that entry: no mark to write.
+    for (const m of told) {
+      if (m.r.message === null)
+        tellSender(m.out, { from: m.r.from_user!, id: m.r.msg_id! }, m.user, () => true);
+    }
+    const marks = told
+      .filter((m) => m.r.message !== null)
       .sort(
         (a, b) =>
           Number(a.r.message) - Number(b.r.message) || (a.user < b.user ? -1 : a.user > b.user ? 1 : 0),
@@ -1600,10 +1649,11 @@ function postgresStore(
            LIMIT $2
          ), del AS (
            DELETE FROM ${s}.inbox i USING picked p WHERE i.dev = p.dev AND i.pos = p.pos
-           RETURNING i.dev, i.pos, i.message, i.event, i.size, i.status, i.ids
+           RETURNING i.dev, i.pos, i.message, i.event, i.size, i.status, i.ids,
+                     i.from_user, i.from_device, i.msg_id, i.to_user, i.seq
          )
-         SELECT del.*, d.user_id AS owner, d.device AS owner_device, m.from_user, m.msg_id,
-                m.from_device, m.to_user, m.to_group, m.seq
+         SELECT del.dev, del.pos, del.message, del.event, del.size, del.status, del.ids,
+                d.user_id AS owner, d.device AS owner_device, ${ownOrShared('del', 'm')}, m.to_group
          FROM del JOIN ${s}.devices d ON d.id = del.dev LEFT JOIN ${s}.messages m ON m.id = del.message
          ORDER BY del.dev, del.pos`,
         [cutoff, expiryBatchSize, devs],
@@ -1622,7 +1672,7 @@ function postgresStore(
             decodeGapStreams(r.ids ?? '[]'),
           );
         }
-        if (r.message === null || r.from_user === null) continue;
+        if (r.from_user === null) continue; // not a message
         const from = { user: r.from_user, device: r.from_device! };
         const stream = { from, to: r.to_user!, group: r.to_group === true, seq: Number(r.seq) };
         gaps.add(Number(r.dev), { user: r.owner!, device: r.owner_device! }, stream);
@@ -1708,7 +1758,8 @@ function postgresStore(
 
   function toEntry(r: InboxRow): InboxEntry | undefined {
     const offset = Number(r.pos);
-    if (r.message !== null) {
+    // A message entry: its own message (schema step 10) or a reference to a shared one.
+    if (r.message !== null || r.msg_id !== null) {
       if (r.from_user === null) return undefined; // unreachable: refs keep the body while referenced
       const out: InboxEntry = {
         offset,
@@ -1909,9 +1960,8 @@ function postgresStore(
       const max = limit < Number.MAX_SAFE_INTEGER ? Math.ceil(limit) : null;
       const rows = await rowsOf<InboxRow>(
         pool,
-        `SELECT i.pos, i.ts, i.message, i.status, i.ids, i.by_user, i.event,
-                m.from_user, m.from_device, m.msg_id, m.to_user, m.to_group, m.seq, m.ts AS mts, m.body,
-                i.body AS own_body, e.data AS event_data
+        `SELECT i.pos, i.ts, i.message, i.status, i.ids, i.by_user, i.event, ${ownOrShared('i', 'm')},
+                m.to_group, coalesce(m.ts, i.ts) AS mts, m.body, i.body AS own_body, e.data AS event_data
          FROM ${s}.inbox i
          LEFT JOIN ${s}.messages m ON m.id = i.message
          LEFT JOIN ${s}.group_events e ON e.id = i.event

@@ -294,30 +294,6 @@ export function exceptSender<T extends { user: string; device: string }>(
   return devices.filter((d) => !isSender(d, from));
 }
 
-/**
- * The devices a 1:1 message or receipt goes to: every device of `to`, then the sender user's
- * devices, each once, never the sending device.
- */
-export function directTargets<R extends { id: number; device: string }>(
-  item: { from: DeviceAddress; to: string },
-  toDevices: readonly R[],
-  fromDevices: readonly R[],
-): Array<{ dev: number; addr: DeviceAddress }> {
-  const seen = new Set<number>();
-  const targets: Array<{ dev: number; addr: DeviceAddress }> = [];
-  const add = (user: string, rows: readonly R[]) => {
-    for (const r of rows) {
-      if (seen.has(r.id)) continue;
-      seen.add(r.id);
-      if (isSender({ user, device: r.device }, item.from)) continue;
-      targets.push({ dev: r.id, addr: { user, device: r.device } });
-    }
-  };
-  add(item.to, toDevices);
-  add(item.from.user, fromDevices);
-  return targets;
-}
-
 /** The event a device new to the store gets for one of its user's groups: a snapshot, as on an add. */
 export function joinSnapshot(group: string, g: GroupView, user: string): GroupEvent {
   return {
