@@ -840,8 +840,11 @@ function postgresStore(
 
   /**
    * Drops one reference per listed id (repeated ids: several) from bodies and events, deleting
-   * those left without any, with their `delivered` marks. Rows are locked in id order first, so
-   * transactions releasing overlapping bodies wait for each other rather than deadlock.
+   * those left without any, with their `delivered` marks: one statement per table. It locks the
+   * rows in id order first (`l`), so transactions releasing overlapping bodies wait for each other
+   * rather than deadlock, and decides from the counts it locked, which are the latest committed:
+   * a row that keeps references is updated, one that keeps none deleted (never both: a statement
+   * may not change one row twice).
    */
   async function release(c: PgQueryable, messages: number[], events: number[]): Promise<void> {
     for (const [table, ids] of [
@@ -852,20 +855,21 @@ function postgresStore(
       const counts = new Map<number, number>();
       for (const id of ids) counts.set(id, (counts.get(id) ?? 0) + 1);
       const keys = [...counts.keys()].sort((a, b) => a - b);
-      await c.query(`SELECT id FROM ${s}.${table} WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE`, [
-        keys,
-      ]);
+      const gone = `DELETE FROM ${s}.${table} t USING l WHERE t.id = l.id AND l.refs <= l.n RETURNING t.id`;
       await c.query(
-        `UPDATE ${s}.${table} t SET refs = t.refs - x.n
-         FROM unnest($1::bigint[], $2::int[]) AS x(id, n) WHERE t.id = x.id`,
+        `WITH x AS (
+           SELECT * FROM unnest($1::bigint[], $2::int[]) AS x(id, n)
+         ), l AS (
+           SELECT t.id, t.refs, x.n FROM ${s}.${table} t JOIN x ON x.id = t.id ORDER BY t.id FOR UPDATE OF t
+         ), kept AS (
+           UPDATE ${s}.${table} t SET refs = l.refs - l.n FROM l WHERE t.id = l.id AND l.refs > l.n
+         )${
+           table === 'messages'
+             ? `, gone AS (${gone})
+                DELETE FROM ${s}.delivered WHERE message IN (SELECT id FROM gone)`
+             : ` ${gone}`
+         }`,
         [keys, keys.map((k) => counts.get(k)!)],
-      );
-      await c.query(
-        table === 'messages'
-          ? `WITH gone AS (DELETE FROM ${s}.messages WHERE id = ANY($1::bigint[]) AND refs <= 0 RETURNING id)
-             DELETE FROM ${s}.delivered WHERE message IN (SELECT id FROM gone)`
-          : `DELETE FROM ${s}.group_events WHERE id = ANY($1::bigint[]) AND refs <= 0`,
-        [keys],
       );
     }
   }
