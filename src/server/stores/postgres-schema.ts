@@ -215,9 +215,10 @@ const MIGRATIONS: readonly PgMigration[] = [
   // deleted with every entry, for an hourly job) goes.
   (c, s) => c.query(`DROP INDEX IF EXISTS ${s}.inbox_ts`),
   // 10, as the SQLite store's step 14: a 1:1 message with one entry (one recipient device, no
-  // other device of its sender: the common case) is stored in that entry, its body in `body`, so
-  // no `messages` row is written, counted down and deleted, and its ack marks no `delivered` row.
-  // Nullable columns without a default: no table rewrite.
+  // other device of its sender: the common case) is stored in that entry, its body in `body` and
+  // `message` 0 (never an identity: a node from before this step skips such an entry rather than
+  // misread it), so no `messages` row is written, counted down and deleted, and its ack marks no
+  // `delivered` row. Nullable columns without a default: no table rewrite.
   (c, s) =>
     c.query(`
       ALTER TABLE ${s}.inbox ADD COLUMN from_user text, ADD COLUMN from_device text,

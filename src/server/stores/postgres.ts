@@ -426,6 +426,18 @@ interface NewEntry extends EntryValues {
 
 const EMPTY = new Uint8Array(0);
 
+/**
+ * `inbox.message` of an entry that holds its message itself (schema step 10). Not NULL, and never
+ * an identity value: a node from before step 10 (a rolling upgrade) finds no shared row for it and
+ * skips the entry (its read returns nothing for a reference without a body) instead of reading
+ * it as a status; the entry waits in the inbox for a newer node to deliver it.
+ */
+const IN_ENTRY = 0;
+
+/** The shared `messages` row an entry references, or undefined (none, or the message is in the entry). */
+const sharedMessage = (message: string | number | null): number | undefined =>
+  message === null || Number(message) === IN_ENTRY ? undefined : Number(message);
+
 /** Bound of the per-store cache of consents known to be stored. */
 const MAX_KNOWN_CONSENTS = 100_000;
 
@@ -651,7 +663,7 @@ function postgresStore(
     ): Promise<void> {
       const missed = new Map<number, { ts: number; list: DroppedMessage[] }>();
       for (const e of skipped) {
-        if (e.message !== null) messages.push(e.message);
+        if (sharedMessage(e.message) !== undefined) messages.push(e.message!);
         if (e.sink) this.broken.add(e.sink);
         let m = missed.get(e.dev);
         if (!m) missed.set(e.dev, (m = { ts: e.ts, list: [] }));
@@ -798,7 +810,7 @@ function postgresStore(
         const prev = last.get(e.dev);
         if (prev === undefined) {
           // Unregistered since this transaction listed it: the entry has no inbox to go to.
-          if (e.message !== null) droppedMessages.push(e.message);
+          if (sharedMessage(e.message) !== undefined) droppedMessages.push(e.message!);
           if (e.event !== null) droppedEvents.push(e.event);
           if (e.sink) this.broken.add(e.sink);
           continue;
@@ -945,7 +957,7 @@ function postgresStore(
     );
     await release(
       c,
-      removed.flatMap((r) => (r.message === null ? [] : [Number(r.message)])),
+      removed.flatMap((r) => sharedMessage(r.message) ?? []),
       removed.flatMap((r) => (r.event === null ? [] : [Number(r.event)])),
     );
     await c.query(
@@ -1223,7 +1235,7 @@ function postgresStore(
       dev: target.dev,
       own: target.own,
       ts: now,
-      message: null,
+      message: IN_ENTRY,
       body,
       event: null,
       status: null,
@@ -1590,11 +1602,11 @@ function postgresStore(
     );
     // A message stored in its one entry is told once by that entry: no mark to write.
     for (const m of told) {
-      if (m.r.message === null)
+      if (sharedMessage(m.r.message) === undefined)
         tellSender(m.out, { from: m.r.from_user!, id: m.r.msg_id! }, m.user, () => true);
     }
     const marks = told
-      .filter((m) => m.r.message !== null)
+      .filter((m) => sharedMessage(m.r.message) !== undefined)
       .sort(
         (a, b) =>
           Number(a.r.message) - Number(b.r.message) || (a.user < b.user ? -1 : a.user > b.user ? 1 : 0),
@@ -1616,7 +1628,7 @@ function postgresStore(
     const all = parts.flatMap((p) => p.removed);
     await release(
       c,
-      all.flatMap((r) => (r.message === null ? [] : [Number(r.message)])),
+      all.flatMap((r) => sharedMessage(r.message) ?? []),
       all.flatMap((r) => (r.event === null ? [] : [Number(r.event)])),
     );
   }
@@ -1762,8 +1774,8 @@ function postgresStore(
 
   function toEntry(r: InboxRow): InboxEntry | undefined {
     const offset = Number(r.pos);
-    // A message entry: its own message (schema step 10) or a reference to a shared one.
-    if (r.message !== null || r.msg_id !== null) {
+    // A message entry: a reference to a shared one, or (`IN_ENTRY`) the message itself.
+    if (r.message !== null) {
       if (r.from_user === null) return undefined; // unreachable: refs keep the body while referenced
       const out: InboxEntry = {
         offset,
