@@ -109,12 +109,14 @@ import {
 import {
   decodeEvent,
   encodeEvent,
+  IN_ENTRY,
   joinSnapshot,
   keptKeys,
   NotifySet,
   membershipMarks,
   planChange,
   receiptIds,
+  sharedMessage,
   snapshotOf,
   type ChangePlan,
   type ExpiryWalk,
@@ -425,18 +427,6 @@ interface NewEntry extends EntryValues {
 }
 
 const EMPTY = new Uint8Array(0);
-
-/**
- * `inbox.message` of an entry that holds its message itself (schema step 10). Not NULL, and never
- * an identity value: a node from before step 10 (a rolling upgrade) finds no shared row for it and
- * skips the entry (its read returns nothing for a reference without a body) instead of reading
- * it as a status; the entry waits in the inbox for a newer node to deliver it.
- */
-const IN_ENTRY = 0;
-
-/** The shared `messages` row an entry references, or undefined (none, or the message is in the entry). */
-const sharedMessage = (message: string | number | null): number | undefined =>
-  message === null || Number(message) === IN_ENTRY ? undefined : Number(message);
 
 /** Bound of the per-store cache of consents known to be stored. */
 const MAX_KNOWN_CONSENTS = 100_000;

@@ -282,6 +282,19 @@ export function bundleFrom(
   return bundle;
 }
 
+/**
+ * `inbox.message` of an entry that holds its 1:1 message itself (the SQLite store's schema step 14,
+ * the PostgreSQL store's step 10). Not NULL, and never a row id: a node from before those steps
+ * (several processes on one SQLite file, or a PostgreSQL rolling upgrade) finds no shared row for
+ * it and skips the entry (its read returns nothing for a reference without a body) instead of
+ * reading it as a status; the entry waits in the inbox for a newer node to deliver it.
+ */
+export const IN_ENTRY = 0;
+
+/** The shared `messages` row an entry references, or undefined (none, or the message is in the entry). */
+export const sharedMessage = (message: string | number | null): number | undefined =>
+  message === null || Number(message) === IN_ENTRY ? undefined : Number(message);
+
 /** Whether `d` is the sending device: a message never goes to it (it has what it sent). */
 export const isSender = (d: { user: string; device: string }, from: DeviceAddress): boolean =>
   d.user === from.user && d.device === from.device;

@@ -37,7 +37,7 @@
  * | `messages` | `id` (rowid), `from_user`, `from_device`, `msg_id`, `to_user`, `to_group`, `seq`, `ts`, `body`, `refs` | each body stored once; `to_user` is the group id when `to_group` is 1; `refs` counts inbox entries pointing at it |
  * | `delivered` | `message`, `user` | recipient users already accounted for: a device of `user` acked `message` (sender told `delivered`) or the sender was told `expired`; primary key `(message, user)`; rows go with their message; `WITHOUT ROWID` |
  * | `group_events` | `id` (rowid), `data`, `refs` | each form of a group event (delta, snapshot) stored once, msgpack-encoded; `refs` counts inbox entries pointing at it |
- * | `inbox` | `dev`, `pos`, `ts`, `message` (with `body` for an end-to-end encrypted message) or `event` or (`status`, `ids`, `by_user`) or, step 14, a message of its own (`from_user`, `from_device`, `msg_id`, `to_user`, `seq`, `body`) | one row per entry; primary key `(dev, pos)` = (device, offset); `body` is this device's own envelope, and such a message's `messages.body` is empty; a 1:1 message with one entry is the entry alone (no `messages` row: nothing to share or count, and its ack deletes one row, see `storeMessage`); `WITHOUT ROWID` |
+ * | `inbox` | `dev`, `pos`, `ts`, `message` (with `body` for an end-to-end encrypted message) or `event` or (`status`, `ids`, `by_user`) or, step 14, a message of its own (`from_user`, `from_device`, `msg_id`, `to_user`, `seq`, `body`) | one row per entry; primary key `(dev, pos)` = (device, offset); `body` is this device's own envelope, and such a message's `messages.body` is empty; a 1:1 message with one entry is the entry alone (no `messages` row: nothing to share or count, and its ack deletes one row, see `storeMessage`), its `message` 0 since stop 43 (NULL before) so that a store from before step 14 on the same file skips it rather than reading a status (`IN_ENTRY`, relational.ts); `WITHOUT ROWID` |
  * | `groups` | `id`, `name`, `ver` | one row per group; `WITHOUT ROWID` |
  * | `group_members` | `joined` (rowid), `group_id`, `user`, `role`, `since_ver`, `acted_ver` | `joined` orders members by join (the longest-standing first); `since_ver` is the group version the membership began at, `acted_ver` the latest at which the member took part (-1: never); unique `(group_id, user)`; index by `user` |
  * | `consents` | `viewer`, `target` | `target` wrote to `viewer` 1:1 (see `related`); `WITHOUT ROWID` |
@@ -124,12 +124,14 @@ import {
   bundleFrom,
   decodeEvent,
   encodeEvent,
+  IN_ENTRY,
   joinSnapshot,
   keptKeys,
   NotifySet,
   membershipMarks,
   planChange,
   receiptIds,
+  sharedMessage,
   snapshotOf,
   type ChangePlan,
   type ExpiryWalk,
@@ -469,8 +471,8 @@ export function sqliteServerStore(
     entryMessageInsert: q('INSERT INTO inbox (dev, pos, ts, message, body, size) VALUES (?, ?, ?, ?, ?, ?)'),
     /** A 1:1 message whose one entry is its only copy (see `storeMessage`). */
     entryOwnMessageInsert: q(
-      `INSERT INTO inbox (dev, pos, ts, from_user, from_device, msg_id, to_user, seq, body, size)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      `INSERT INTO inbox (dev, pos, ts, message, from_user, from_device, msg_id, to_user, seq, body, size)
+       VALUES (?, ?, ?, ${IN_ENTRY}, ?, ?, ?, ?, ?, ?, ?)`,
     ),
     /** A device's inbox head: its usage and its offset counter (see `deviceDirectory`). */
     usageOf: q('SELECT entries, bytes, last_offset FROM devices WHERE id = ?'),
@@ -814,7 +816,8 @@ export function sqliteServerStore(
   function removeEntry(w: Writer, dev: number, e: StoredEntry): void {
     sql.entryDelete.run(dev, e.pos);
     w.removed(dev, e.size);
-    if (e.message !== null) releaseMessage(e.message);
+    const message = sharedMessage(e.message);
+    if (message !== undefined) releaseMessage(message);
     if (e.event !== null) releaseEvent(e.event);
   }
 
@@ -1203,9 +1206,9 @@ export function sqliteServerStore(
       gaps.add(dev, owner, { from, to: r.to_user!, group: r.to_group === 1, seq: r.seq! });
       // Marked before the delete: the delete may take the message (and its marks) with it. A
       // message of its own (no `messages` row) is this entry alone: told once by its expiry.
-      const message = r.message;
+      const message = sharedMessage(r.message);
       tellSender(expired, { from: r.from_user, id: r.msg_id! }, owner.user, () => {
-        return message === null || sql.markDelivered.run(message, owner.user).changes === 1;
+        return message === undefined || sql.markDelivered.run(message, owner.user).changes === 1;
       });
     }
     removeEntry(w, dev, r);
@@ -1231,7 +1234,8 @@ export function sqliteServerStore(
     const messages = new Map<number, number>();
     const events = new Map<number, number>();
     for (const r of sql.inboxTake.all(dev) as Array<Pick<StoredEntry, 'message' | 'event'>>) {
-      if (r.message !== null) messages.set(r.message, (messages.get(r.message) ?? 0) + 1);
+      const message = sharedMessage(r.message);
+      if (message !== undefined) messages.set(message, (messages.get(message) ?? 0) + 1);
       if (r.event !== null) events.set(r.event, (events.get(r.event) ?? 0) + 1);
     }
     for (const [id, n] of messages) releaseMessage(id, n);
@@ -1257,12 +1261,12 @@ export function sqliteServerStore(
       if (taken.length > 0) sql.entriesDelete.run(dev, lo, hi);
       for (const e of taken) {
         w.removed(dev, e.size);
-        if (e.message !== null) {
+        const message = sharedMessage(e.message);
+        if (message !== undefined) {
           // A shared body: the user is told once, by whichever of its devices acks first. The last
           // reference only looks (its mark would go with the message in this transaction).
           // (No row is unreachable: releases keep refs right.)
-          const m = sql.ackedMessage.get(user, e.message) as AckedMessage | undefined;
-          const message = e.message;
+          const m = sql.ackedMessage.get(user, message) as AckedMessage | undefined;
           if (m !== undefined) {
             tellSender(delivered, { from: m.from_user, id: m.msg_id }, user, () =>
               m.refs === 1 ? m.told === 0 : sql.markDelivered.run(message, user).changes === 1,
