@@ -70,9 +70,15 @@ export const ENTRY_VALUE_COLUMNS = VALUE_COLUMNS.map(([c]) => c).join(', ');
 export const entryValueParams = (first: number): string =>
   VALUE_COLUMNS.map(([, type], i) => `$${first + i}::${type}[]`).join(', ');
 
-/** The value columns' arrays for those parameters, one element per entry. */
+/**
+ * The value columns' arrays for those parameters, one element per entry; NULL for a column that is
+ * NULL in every entry (most are, in a batch of one kind of entry), which the statements' multi-array
+ * `unnest` pads with NULLs: neither side builds or parses an array of NULLs.
+ */
 export const entryValueArrays = (entries: readonly EntryValues[]): unknown[] =>
-  VALUE_COLUMNS.map(([, , field]) => entries.map((e) => e[field] ?? null));
+  VALUE_COLUMNS.map(([, , field]) =>
+    entries.some((e) => e[field] != null) ? entries.map((e) => e[field] ?? null) : null,
+  );
 
 /**
  * The columns of a message entry as one reads them, from the entry `i` when it holds its message
