@@ -17,7 +17,8 @@ interface Queryable {
 
 /**
  * A 1:1 item of the batch to claim: its index and how many inbox entries will reference its body
- * (none: no body is stored, as for a receipt). `body` is what the message row keeps: the item's own
+ * (none: no body is stored, as for a receipt or a message kept in its one entry, `inEntry` in
+ * relational.ts). `body` is what the message row keeps: the item's own
  * unless given (an end-to-end encrypted message keeps an empty one: each entry has its envelope).
  */
 export interface DirectClaim {

@@ -110,6 +110,7 @@ import {
   decodeEvent,
   encodeEvent,
   IN_ENTRY,
+  inEntry,
   joinSnapshot,
   keptKeys,
   NotifySet,
@@ -653,7 +654,8 @@ function postgresStore(
     ): Promise<void> {
       const missed = new Map<number, { ts: number; list: DroppedMessage[] }>();
       for (const e of skipped) {
-        if (sharedMessage(e.message) !== undefined) messages.push(e.message!);
+        const shared = sharedMessage(e.message);
+        if (shared !== undefined) messages.push(shared);
         if (e.sink) this.broken.add(e.sink);
         let m = missed.get(e.dev);
         if (!m) missed.set(e.dev, (m = { ts: e.ts, list: [] }));
@@ -800,7 +802,8 @@ function postgresStore(
         const prev = last.get(e.dev);
         if (prev === undefined) {
           // Unregistered since this transaction listed it: the entry has no inbox to go to.
-          if (sharedMessage(e.message) !== undefined) droppedMessages.push(e.message!);
+          const shared = sharedMessage(e.message);
+          if (shared !== undefined) droppedMessages.push(shared);
           if (e.event !== null) droppedEvents.push(e.event);
           if (e.sink) this.broken.add(e.sink);
           continue;
@@ -1202,14 +1205,6 @@ function postgresStore(
     );
     return queueEntries(w, item, targets, Number(row!.id), now);
   }
-
-  /**
-   * Whether a message is stored in its one entry (schema step 10): a 1:1 message, plain or end-to-end
-   * encrypted, with exactly one target device. Nothing is shared, so there is no `messages` row to
-   * write, count down and delete, and its ack needs no `delivered` mark: one entry is told once.
-   */
-  const inEntry = (item: MessageInput, targets: readonly unknown[]): boolean =>
-    targets.length === 1 && item.group !== true;
 
   /** Queues a message's one entry holding the message itself (see `inEntry`); returns where its offset goes. */
   function queueInEntry(

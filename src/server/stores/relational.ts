@@ -291,6 +291,15 @@ export function bundleFrom(
  */
 export const IN_ENTRY = 0;
 
+/**
+ * Whether a message is stored in its one entry (see {@link IN_ENTRY}): a 1:1 message, plain or
+ * end-to-end encrypted, with exactly one target device. Nothing is shared, so there is no
+ * `messages` row to write, count down and delete, and its ack needs no `delivered` mark: one entry
+ * is told once.
+ */
+export const inEntry = (item: { group?: boolean }, targets: readonly unknown[]): boolean =>
+  targets.length === 1 && item.group !== true;
+
 /** The shared `messages` row an entry references, or undefined (none, or the message is in the entry). */
 export const sharedMessage = (message: string | number | null): number | undefined =>
   message === null || Number(message) === IN_ENTRY ? undefined : Number(message);

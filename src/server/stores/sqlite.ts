@@ -125,6 +125,7 @@ import {
   decodeEvent,
   encodeEvent,
   IN_ENTRY,
+  inEntry,
   joinSnapshot,
   keptKeys,
   NotifySet,
@@ -928,7 +929,7 @@ export function sqliteServerStore(
     bodies?: Uint8Array[],
   ): number[] {
     if (targets.length === 0) return [];
-    if (targets.length === 1 && !item.group) {
+    if (inEntry(item, targets)) {
       // Its one entry is its only copy: no `messages` row to write, count down and delete.
       const t = targets[0]!;
       const body = bodies?.[0] ?? item.body;
