@@ -15,7 +15,7 @@ interface Queryable {
 
 /**
  * A deleted entry, with what the ack needs of its message (null for other entries): from the entry
- * itself when it holds its message (`message` null), else from the shared row.
+ * itself when it holds its message (`message` 0, `IN_ENTRY`), else from the shared row.
  */
 export interface AckedRow {
   dev: string;
