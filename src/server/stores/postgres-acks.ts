@@ -6,7 +6,7 @@
  * @packageDocumentation
  */
 import type { DeviceAddress } from '../store.js';
-import { ownOrShared } from './postgres-heads.js';
+import { ownOrShared } from './relational.js';
 
 /** What the delete needs of a connection (see `PgQueryable` in postgres.ts). */
 interface Queryable {

@@ -80,16 +80,6 @@ export const entryValueArrays = (entries: readonly EntryValues[]): unknown[] =>
     entries.some((e) => e[field] != null) ? entries.map((e) => e[field] ?? null) : null,
   );
 
-/**
- * The columns of a message entry as one reads them, from the entry `i` when it holds its message
- * (schema step 10) or else from the shared `messages` row `m` it references: `from_user`,
- * `from_device`, `msg_id`, `to_user`, `seq`. NULL in all of them for any other entry.
- */
-export const ownOrShared = (i: string, m: string): string =>
-  ['from_user', 'from_device', 'msg_id', 'to_user', 'seq']
-    .map((col) => `coalesce(${i}.${col}, ${m}.${col}) AS ${col}`)
-    .join(', ');
-
 /** The value columns of the `e` rows, for the insert's select list. */
 const E_VALUES = VALUE_COLUMNS.map(([c]) => `e.${c}`).join(', ');
 

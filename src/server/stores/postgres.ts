@@ -86,7 +86,6 @@ import {
   entryValueArrays,
   entryValueParams,
   lockAndPlace,
-  ownOrShared,
 } from './postgres-heads.js';
 import { planInvites, type PendingInvites } from './invites.js';
 import {
@@ -115,6 +114,7 @@ import {
   keptKeys,
   NotifySet,
   membershipMarks,
+  ownOrShared,
   planChange,
   receiptIds,
   sharedMessage,

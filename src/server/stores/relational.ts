@@ -304,6 +304,17 @@ export const inEntry = (item: { group?: boolean }, targets: readonly unknown[]):
 export const sharedMessage = (message: string | number | null): number | undefined =>
   message === null || Number(message) === IN_ENTRY ? undefined : Number(message);
 
+/**
+ * The columns of a message entry as a query reads them, from the entry `i` when it holds its message
+ * (see {@link IN_ENTRY}) or else from the shared `messages` row `m` it references: `from_user`,
+ * `from_device`, `msg_id`, `to_user`, `seq`. NULL in all of them for any other entry. The same SQL
+ * in both stores.
+ */
+export const ownOrShared = (i: string, m: string): string =>
+  ['from_user', 'from_device', 'msg_id', 'to_user', 'seq']
+    .map((col) => `coalesce(${i}.${col}, ${m}.${col}) AS ${col}`)
+    .join(', ');
+
 /** Whether `d` is the sending device: a message never goes to it (it has what it sent). */
 export const isSender = (d: { user: string; device: string }, from: DeviceAddress): boolean =>
   d.user === from.user && d.device === from.device;

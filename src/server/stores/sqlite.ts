@@ -130,6 +130,7 @@ import {
   keptKeys,
   NotifySet,
   membershipMarks,
+  ownOrShared,
   planChange,
   receiptIds,
   sharedMessage,
@@ -240,14 +241,6 @@ interface BundleRow extends KeysRow {
   id: number;
   device: string;
 }
-
-/**
- * A message entry's stream and id, from its `messages` row or, for a message of its own (step 14),
- * from the entry.
- */
-const OWN_OR_SHARED = ['from_user', 'from_device', 'msg_id', 'to_user', 'seq']
-  .map((c) => `coalesce(m.${c}, i.${c}) AS ${c}`)
-  .join(', ');
 
 interface InboxRow {
   pos: number;
@@ -488,7 +481,7 @@ export function sqliteServerStore(
     entryStatusInsert: q('INSERT INTO inbox (dev, pos, ts, status, ids, by_user) VALUES (?, ?, ?, ?, ?, ?)'),
     readInbox: q(
       `SELECT i.pos, i.ts, i.message, i.status, i.ids, i.by_user, i.event,
-              ${OWN_OR_SHARED}, m.to_group, coalesce(m.ts, i.ts) AS mts, m.body,
+              ${ownOrShared('i', 'm')}, m.to_group, coalesce(m.ts, i.ts) AS mts, m.body,
               i.body AS own_body, e.data AS event_data
        FROM inbox i
        LEFT JOIN messages m ON m.id = i.message
@@ -527,7 +520,7 @@ export function sqliteServerStore(
     ),
     /** A device's oldest entries by offset (expiry takes those committed before its cutoff). */
     oldestEntries: q(
-      `SELECT i.pos, i.ts, i.size, i.message, i.event, i.status, i.ids, ${OWN_OR_SHARED}, m.to_group
+      `SELECT i.pos, i.ts, i.size, i.message, i.event, i.status, i.ids, ${ownOrShared('i', 'm')}, m.to_group
        FROM inbox i LEFT JOIN messages m ON m.id = i.message
        WHERE i.dev = ? ORDER BY i.pos LIMIT ?`,
     ),
